@@ -1,0 +1,197 @@
+"""Named experiment presets: everything that defines a study's results.
+
+An experiment is a frozen dataclass. Flags a user changes per run (seeds,
+max epochs, train size, ...) are applied with `Experiment.override`, which
+validates again, so an impossible value fails before any work starts.
+
+    >>> exp = get_experiment("mnist-cnn").override(max_epochs=50)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+DEFAULT_EXPERIMENT = "digits-cnn"
+
+# Layer indices (1-based, as in the paper's figures) shown in Figures 1-2.
+CNN_CHANNEL_LAYERS = (1, 2, 3, 4)
+VGG_CHANNEL_LAYERS = (6, 10, 13)
+
+
+class ConfigError(ValueError):
+    """A preset or flag value that cannot work; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    dataset: str  # digits | mnist | fashion-mnist | cifar10 | synthetic
+    arch: str  # cnn | vgg16
+
+    # ---- training (paper 3.1) ----
+    optimizer: str = "sgd"  # sgd (Nesterov momentum) | adam (default betas/eps)
+    lr: float = 0.01  # initial learning rate, models with BatchNorm
+    lr_nobn: float | None = None  # initial learning rate without BatchNorm (None: same as lr)
+    momentum: float = 0.99  # SGD Nesterov momentum; ignored by Adam
+    lr_gamma: float = 0.99  # learning rate multiplied by this ...
+    lr_step_epochs: int = 10  # ... every this many epochs
+    batch_size: int = 64  # images per optimiser step
+    max_epochs: int = 1000  # hard cap on epochs
+    stop: str = "interpolate"  # interpolate (100% train acc) | early-stop (val error)
+    patience: float = 0.2  # early stopping: epochs without improvement, as a fraction of max_epochs
+    weight_decay: float = 0.0
+
+    # ---- data ----
+    val_size: int | float = 5000  # images held out from the official training set (float: fraction)
+    test_fraction: float = 0.2  # only for datasets without an official test set (digits, synthetic)
+    train_size: int | None = None  # train on the first N images of the seeded training split
+    split_seed: int = 0  # seeds the train/val split and analysis samples, never the model
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # synthetic dataset only: (C, H, W)
+    num_images: int = 2000  # synthetic dataset only
+
+    # ---- hparam sweep (paper 3.1.1-3.1.2) ----
+    lr_range: tuple[float, float] = (1e-3, 1e-1)  # log-uniform
+    momentum_choices: tuple[float, ...] = (0.0, 0.9, 0.95, 0.99)  # SGD only
+    num_samples: int = 8  # Tune trials per BatchNorm setting
+    sweep_max_epochs: int | None = None  # epoch cap for sweep trials (None: max_epochs)
+
+    # ---- final grid ----
+    seeds: int = 4  # seeds 0..seeds-1, each with and without BatchNorm
+
+    # ---- analysis (paper 3.2-3.3) ----
+    samples_sparsity: int = 5000
+    samples_cluster: int = 15000
+    k_min: int = 2
+    k_max: int = 15
+    n_init: int = 3  # k-means restarts per k
+    eps: float = 0.0  # |x| <= eps counts as zero (paper: exactly zero)
+    channel_layers: tuple[int, ...] = CNN_CHANNEL_LAYERS  # Figures 1-2
+    first_shown_layer: int = 1  # Figures 4-6 start here (VGG16: 6, as in the paper)
+
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def override(self, **changes) -> "Experiment":
+        """A copy with `changes` applied (None values are ignored), validated."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown experiment field(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def lr_for(self, bn: bool) -> float:
+        return self.lr if bn or self.lr_nobn is None else self.lr_nobn
+
+    def paper_hparams(self, bn: bool) -> dict:
+        return {"lr": self.lr_for(bn), "momentum": self.momentum if self.optimizer == "sgd" else 0.0}
+
+    @property
+    def objective(self) -> str:
+        """What the hparam sweep maximises (paper 3.1.1 / 3.1.2)."""
+        return "val_acc_at_interpolation" if self.stop == "interpolate" else "best_val_acc"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def config_hash(self) -> str:
+        """Hash of every field that changes results (not the description)."""
+        d = self.to_dict()
+        d.pop("description")
+        blob = json.dumps(d, sort_keys=True, default=list).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def validate(e: Experiment) -> None:
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{e.name}: {msg}")
+
+    need(e.dataset in DATASETS, f"unknown dataset {e.dataset!r} (valid: {', '.join(DATASETS)})")
+    need(e.arch in ("cnn", "vgg16"), f"unknown arch {e.arch!r} (valid: cnn, vgg16)")
+    need(e.optimizer in ("sgd", "adam"), f"unknown optimizer {e.optimizer!r} (valid: sgd, adam)")
+    need(e.stop in ("interpolate", "early-stop"), f"unknown stop rule {e.stop!r}")
+    for name in ("lr", "lr_nobn"):
+        v = getattr(e, name)
+        need(v is None or v > 0, f"learning rate must be > 0, got {name}={v}")
+    need(0 <= e.momentum < 1, f"momentum must be in [0, 1), got {e.momentum}")
+    need(all(0 <= m < 1 for m in e.momentum_choices), f"momentum must be in [0, 1), got {e.momentum_choices}")
+    need(0 < e.lr_range[0] <= e.lr_range[1], f"learning rate range must be 0 < low <= high, got {e.lr_range}")
+    need(0 < e.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {e.lr_gamma}")
+    for name in ("lr_step_epochs", "batch_size", "max_epochs", "num_samples", "samples_sparsity", "samples_cluster", "n_init"):
+        need(getattr(e, name) > 0, f"{name} must be > 0, got {getattr(e, name)}")
+    need(e.seeds >= 1, f"need at least one seed, got seeds={e.seeds}")
+    need(e.sweep_max_epochs is None or e.sweep_max_epochs > 0, f"sweep_max_epochs must be > 0, got {e.sweep_max_epochs}")
+    need(e.train_size is None or e.train_size > 0, f"train_size must be > 0, got {e.train_size}")
+    need(0 < e.patience <= 1, f"patience is a fraction of max_epochs in (0, 1], got {e.patience}")
+    need(e.weight_decay >= 0, f"weight_decay must be >= 0, got {e.weight_decay}")
+    need(e.val_size > 0, f"val_size must be > 0, got {e.val_size}")
+    need(e.k_min >= 2, f"k_min must be >= 2, got {e.k_min}")
+    need(e.k_max >= e.k_min, f"k_max must be >= k_min, got k_min={e.k_min}, k_max={e.k_max}")
+    need(e.eps >= 0, f"eps must be >= 0, got {e.eps}")
+    need(e.first_shown_layer >= 1, f"first_shown_layer must be >= 1, got {e.first_shown_layer}")
+
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "synthetic")
+
+_MNIST_LIKE = dict(
+    arch="cnn", optimizer="sgd", lr=0.01, momentum=0.99, lr_gamma=0.99, lr_step_epochs=10,
+    batch_size=64, max_epochs=1000, stop="interpolate", val_size=5000,
+    lr_range=(1e-3, 1e-1), num_samples=8, sweep_max_epochs=100,
+)
+
+PRESETS: dict[str, Experiment] = {
+    e.name: e
+    for e in [
+        Experiment(
+            name="digits-cnn", dataset="digits", **{**_MNIST_LIKE, "val_size": 0.1,
+                                                    "max_epochs": 200, "sweep_max_epochs": 60,
+                                                    "num_samples": 4},
+            description="scikit-learn's bundled 8x8 digits, StandardCNN, paper's MNIST recipe; "
+            "minutes on 2 CPU cores, no download",
+        ),
+        Experiment(name="mnist-cnn", dataset="mnist", **_MNIST_LIKE,
+                   description="paper 3.1.1: MNIST, StandardCNN, SGD + Nesterov 0.99, stop at interpolation"),
+        Experiment(name="fashion-mnist-cnn", dataset="fashion-mnist", **_MNIST_LIKE,
+                   description="Fashion-MNIST with the paper's MNIST recipe"),
+        Experiment(
+            name="cifar10-vgg16", dataset="cifar10", arch="vgg16", optimizer="adam",
+            lr=1e-3, lr_nobn=1e-4, momentum=0.0, lr_gamma=0.99, lr_step_epochs=1, batch_size=64,
+            max_epochs=300, stop="early-stop", patience=0.2, val_size=5000,
+            lr_range=(1e-5, 1e-2), momentum_choices=(0.0,), num_samples=8, sweep_max_epochs=60,
+            channel_layers=VGG_CHANNEL_LAYERS, first_shown_layer=6,
+            description="paper 3.1.2: CIFAR10, VGG16, Adam, early stopping (patience 20%)",
+        ),
+        Experiment(
+            name="synthetic-cnn", dataset="synthetic", **{**_MNIST_LIKE, "val_size": 0.1,
+                                                          "max_epochs": 30, "sweep_max_epochs": 10,
+                                                          "num_samples": 2, "seeds": 2},
+            image_shape=(1, 8, 8), num_images=600, samples_sparsity=200, samples_cluster=300,
+            description="seeded class-structured images for tests",
+        ),
+        Experiment(
+            name="synthetic-vgg16", dataset="synthetic", arch="vgg16", optimizer="adam",
+            lr=1e-3, lr_nobn=1e-4, momentum=0.0, lr_step_epochs=1, batch_size=32, max_epochs=5,
+            stop="early-stop", val_size=0.1, lr_range=(1e-5, 1e-2), momentum_choices=(0.0,),
+            num_samples=2, seeds=2, image_shape=(3, 32, 32), num_images=200,
+            samples_sparsity=100, samples_cluster=150,
+            channel_layers=VGG_CHANNEL_LAYERS, first_shown_layer=6,
+            description="seeded class-structured 3x32x32 images through VGG16, for tests",
+        ),
+    ]
+}
+
+# --smoke-test: tiny everything, seconds per stage.
+SMOKE = dict(max_epochs=3, sweep_max_epochs=2, num_samples=2, seeds=2, train_size=256,
+             samples_sparsity=128, samples_cluster=160, k_max=6, n_init=1)
+
+
+def get_experiment(name: str) -> Experiment:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown experiment {name!r} (valid: {', '.join(PRESETS)})") from None

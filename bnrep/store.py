@@ -1,0 +1,175 @@
+"""The results store: where every stage reads and writes, local or remote.
+
+`<out>` is a local path or a pyarrow.fs URI (s3://, gs://, file://). Under it,
+one directory per experiment:
+
+    <out>/<experiment>/
+      config.json                   resolved experiment + config hash
+      hparam/best_hparams.json      best trial per BatchNorm setting
+      hparam/tune/                  Ray Tune storage of the sweep
+      train/tune/                   Ray Tune storage of the final grid
+      train/models/<model_id>/model.pt
+      results/<table>/<part>.parquet   one part per unit of work
+      report/                       report.md, report.html, table1.*, fig_*
+
+Every write goes to a temporary name in the same directory and is then
+renamed, so a reader never sees half a file; a part whose footer does not
+read counts as absent.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import uuid
+from functools import lru_cache
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+import bnrep
+
+TABLES = ("hparam_trials", "training", "training_history", "samples",
+          "channel_sparsity", "layer_sparsity", "class_dbi", "kmeans")
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def resolve(out: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, root path inside it) for a local path or URI."""
+    out = str(out)
+    if is_uri(out):
+        fs, root = pafs.FileSystem.from_uri(out)
+        return fs, root.rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(out))
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The commit bnrep runs from, or '' outside a git checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        r = subprocess.run(["git", "-C", here, "rev-parse", "--short=12", "HEAD"],
+                           capture_output=True, text=True, timeout=5)
+        return r.stdout.strip() if r.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def provenance(config_hash: str = "") -> dict[str, str]:
+    return {"bnrep_version": bnrep.__version__, "git_commit": git_commit(), "config_hash": config_hash}
+
+
+class Store:
+    """One experiment's directory under `<out>`, on any pyarrow filesystem."""
+
+    def __init__(self, out: str, experiment: str):
+        self.out = str(out)
+        self.experiment = experiment
+        self.fs, base = resolve(out)
+        self.root = f"{base}/{experiment}"
+        self._uri_prefix = self.out.split("://", 1)[0] + "://" if is_uri(self.out) else ""
+
+    # ---- paths ----
+    def path(self, *parts: str) -> str:
+        """Path inside the filesystem (what pyarrow.fs calls take)."""
+        return "/".join([self.root, *parts])
+
+    def uri(self, *parts: str) -> str:
+        """Path with the URI scheme (what Ray Tune's storage_path takes)."""
+        p = self.path(*parts)
+        if self._uri_prefix == "file://":
+            return "file://" + p if p.startswith("/") else "file:///" + p
+        return self._uri_prefix + p
+
+    def local_path(self, *parts: str) -> str | None:
+        return self.path(*parts) if isinstance(self.fs, pafs.LocalFileSystem) else None
+
+    # ---- files ----
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def mkdir(self, *parts: str) -> None:
+        self.fs.create_dir(self.path(*parts), recursive=True)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Atomic: temporary name in the same directory, then rename."""
+        final = self.path(rel)
+        parent = final.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        self.fs.move(tmp, final)
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read()
+
+    def write_json(self, rel: str, obj) -> None:
+        self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+    def read_json(self, rel: str):
+        return json.loads(self.read_bytes(rel))
+
+    def delete(self, rel: str) -> None:
+        info = self.fs.get_file_info(self.path(rel))
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(self.path(rel))
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(self.path(rel))
+
+    def list_dir(self, rel: str) -> list[str]:
+        """Names directly under `rel` (empty when it does not exist)."""
+        sel = pafs.FileSelector(self.path(rel), allow_not_found=True)
+        return sorted(i.base_name for i in self.fs.get_file_info(sel))
+
+    # ---- Parquet datasets ----
+    def part_name(self, table: str, part: str) -> str:
+        return f"results/{table}/{part}.parquet"
+
+    def write_part(self, table: str, part: str, df: pd.DataFrame, config_hash: str = "", **meta) -> None:
+        """Write one part of a dataset atomically, with provenance in its schema metadata."""
+        t = pa.Table.from_pandas(df, preserve_index=False)
+        info = {**provenance(config_hash), **{k: str(v) for k, v in meta.items()}}
+        t = t.replace_schema_metadata({**(t.schema.metadata or {}), b"bnrep": json.dumps(info).encode()})
+        buf = io.BytesIO()
+        pq.write_table(t, buf)
+        self.write_bytes(self.part_name(table, part), buf.getvalue())
+
+    def part_metadata(self, table: str, part: str) -> dict | None:
+        """Provenance of a complete, readable part, or None if absent or corrupt."""
+        try:
+            with self.fs.open_input_file(self.path(self.part_name(table, part))) as f:
+                md = pq.read_metadata(f).metadata or {}
+            return json.loads(md.get(b"bnrep", b"{}"))
+        except (OSError, pa.ArrowInvalid, ValueError):
+            return None
+
+    def has_part(self, table: str, part: str, config_hash: str | None = None) -> bool:
+        md = self.part_metadata(table, part)
+        return md is not None and (config_hash is None or md.get("config_hash") == config_hash)
+
+    def parts(self, table: str) -> list[str]:
+        """Names of the parts of `table` that are complete and readable."""
+        names = [n[: -len(".parquet")] for n in self.list_dir(f"results/{table}")
+                 if n.endswith(".parquet") and not n.startswith(".")]
+        return [n for n in names if self.part_metadata(table, n) is not None]
+
+    def read_table(self, table: str) -> pd.DataFrame:
+        """Every valid part of `table` as one DataFrame (empty if none)."""
+        frames = []
+        for n in self.parts(table):
+            with self.fs.open_input_file(self.path(self.part_name(table, n))) as f:
+                frames.append(pq.read_table(f).to_pandas())
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def has_table(self, table: str) -> bool:
+        return bool(self.parts(table))
