@@ -1,0 +1,255 @@
+"""Datasets -> whole splits as in-memory tensors, split deterministically.
+
+    >>> data = load_data(get_experiment("digits-cnn"))      # Data(train, val, test)
+    >>> for idx in batches(len(data.train), 64, torch.Generator().manual_seed(0), "cpu"):
+    ...     xb, yb = data.train.X[idx], data.train.y[idx]  # (B, C, H, W), (B,)
+
+Datasets (all 10 classes):
+    digits         scikit-learn's bundled 8x8 digits (1,797 images, offline); test = a
+                   stratified `test_fraction` hold-out, validation = `val_size` of the rest
+    mnist          torchvision MNIST, 28x28x1; test = official test set (10,000),
+    fashion-mnist  torchvision FashionMNIST, 28x28x1;  validation = `val_size` held out
+    cifar10        torchvision CIFAR10, 32x32x3;       from the official training set
+    synthetic      seeded class-structured images of `image_shape`, split as digits
+
+Splits depend only on `exp.split_seed` (private RNGs, never the global ones), so
+every model seed sees the same train/val/test images. Pixels are scaled to
+[0, 1], then normalised per channel with the mean/std of the seeded training
+split (before any `train_size` cut, so val/test never change with it).
+
+Real datasets are read from `data_root` (`$BNREP_DATA` or ~/.cache/bnrep/data)
+and downloaded there when missing and the network allows. Call `check_data` in
+the driver before starting Ray: it downloads once (not once per trial) and fails
+with a one-line `DataError` naming the files to place when offline.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+
+from bnrep.experiments import Experiment
+
+NUM_CLASSES = 10  # every supported dataset
+TORCHVISION = ("mnist", "fashion-mnist", "cifar10")
+SYNTHETIC_SEED = 20240901  # fixes the synthetic images; split_seed only splits them, as for real data
+
+
+class DataError(ValueError):
+    """Missing, unreadable or unsplittable data; the message is one line."""
+
+
+def default_data_root() -> str:
+    return os.path.expanduser(os.environ.get("BNREP_DATA") or "~/.cache/bnrep/data")
+
+
+@dataclass
+class Split:
+    X: torch.Tensor  # (N, C, H, W) float32, normalised with training-split channel stats
+    y: torch.Tensor  # (N,) int64 class labels
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device) -> "Split":
+        return Split(self.X.to(device), self.y.to(device))
+
+
+@dataclass
+class Data:
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    channels: int
+    size: int  # H = W, pixels
+    name: str  # dataset name, as in Experiment.dataset
+    mean: torch.Tensor | None = None  # (C,) training-split channel mean of [0, 1] pixels, on the splits' device
+    std: torch.Tensor | None = None  # (C,) training-split channel std; X = (pixels - mean) / std
+
+
+# ==== public API ====
+
+def check_data(exp: Experiment, data_root: str | None = None, download: bool = True) -> None:
+    """Fail fast (DataError) if `exp`'s dataset cannot be loaded; downloads it when missing.
+
+    Cheap when the files are present (existence checks only). digits and
+    synthetic need no files and always pass.
+    """
+    if exp.dataset in TORCHVISION:
+        cls, root = _torchvision_class(exp.dataset), _readable_root(data_root)
+        if _missing_files(cls, root):
+            _fetch(cls, root, download)
+
+
+def load_data(exp: Experiment, data_root: str | None = None, device="cpu", download: bool = True) -> Data:
+    """All three splits of `exp.dataset` as normalised tensors on `device`."""
+    (X, y), (X_test, y_test), scale = _read(exp, data_root, download)  # X: (N, C, H, W), pixels * scale
+    train_idx, val_idx = _holdout(y, exp.val_size, exp.split_seed, "val_size")
+    train = _subset(X, y, train_idx, scale)
+    mean, std = _channel_stats(train.X)
+    if exp.train_size is not None:
+        train = _first(train, exp.train_size)
+    splits = [train, _subset(X, y, val_idx, scale), _subset(X_test, y_test, torch.arange(len(y_test)), scale)]
+    for s in splits:
+        s.X.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+    train, val, test = (s.to(device) for s in splits)
+    _, C, H, _ = train.X.shape
+    return Data(train, val, test, NUM_CLASSES, C, H, exp.dataset, mean.to(device), std.to(device))
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, device):
+    """Index tensors on `device` of one seeded pass over range(n); the last batch may be short.
+
+    The permutation is drawn when called (not lazily), so `generator`'s state
+    after the call is the same however far the caller iterates.
+    """
+    if batch_size <= 0:
+        raise DataError(f"batch_size must be > 0, got {batch_size}")
+    perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
+    return iter(perm.split(batch_size))
+
+
+# ==== reading: (train images, labels), (test images, labels), pixel scale ====
+
+def _read(exp: Experiment, data_root, download):
+    if exp.dataset in TORCHVISION:
+        return (*_read_torchvision(exp.dataset, data_root, download), 255.0)
+    if exp.dataset == "digits":
+        (X, y), scale = _digits(), 16.0  # digits pixels are integers 0..16
+    elif exp.dataset == "synthetic":
+        (X, y), scale = _synthetic(exp.image_shape, exp.num_images), 1.0
+    else:
+        raise DataError(f"unknown dataset {exp.dataset!r}")
+    rest, test = _holdout(y, exp.test_fraction, exp.split_seed, "test_fraction")
+    return (X[rest], y[rest]), (X[test], y[test]), scale
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X = torch.from_numpy(d.data.astype(np.uint8)).view(-1, 1, 8, 8)  # (1797, 1, 8, 8), values 0..16
+    return X, torch.from_numpy(d.target).long()
+
+
+def _synthetic(shape: tuple[int, int, int], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class smooth random prototype + pixel noise, in [0, 1]; a small CNN learns it in a few epochs."""
+    C, H, W = shape
+    g = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    coarse = torch.rand(NUM_CLASSES, C, 4, 4, generator=g)  # 4x4 grid of class-specific intensities
+    protos = F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)  # (10, C, H, W)
+    y = (torch.arange(n) % NUM_CLASSES)[torch.randperm(n, generator=g)]  # balanced classes
+    X = protos[y] + 0.25 * torch.randn(n, C, H, W, generator=g)
+    return X.clamp_(0, 1), y
+
+
+def _read_torchvision(name: str, data_root, download):
+    """Official (train, test) sets as uint8 (N, C, H, W) tensors, read once from the dataset's arrays."""
+    cls, root = _torchvision_class(name), _readable_root(data_root)
+    if _missing_files(cls, root):
+        _fetch(cls, root, download)
+    try:
+        sets = [cls(root, train=train, download=False) for train in (True, False)]
+    except Exception as e:  # corrupt or non-official files: torchvision raises many kinds
+        folder, names = _expected_files(cls, root)
+        raise DataError(f"{cls.__name__} files under {folder} did not load ({_one_line(e)}): "
+                        f"replace {', '.join(names)} with the official files") from None
+    return [(_images(ds.data), torch.as_tensor(ds.targets, dtype=torch.long)) for ds in sets]
+
+
+def _images(data) -> torch.Tensor:
+    if isinstance(data, np.ndarray):  # CIFAR: (N, H, W, C) uint8
+        return torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()
+    return data.unsqueeze(1)  # MNIST family: (N, H, W) uint8 tensor
+
+
+# ==== files: where torchvision looks, download, one-line errors ====
+
+def _torchvision_class(name: str):
+    from torchvision import datasets
+
+    return {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
+
+
+def _expected_files(cls, root: str) -> tuple[str, list[str]]:
+    """(folder, file names) torchvision's `cls` reads under `root`."""
+    if hasattr(cls, "resources"):  # MNIST family: uncompressed IDX files in <root>/<Class>/raw
+        return os.path.join(root, cls.__name__, "raw"), [os.path.splitext(f)[0] for f, _ in cls.resources]
+    names = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]  # CIFAR python pickles
+    return os.path.join(root, cls.base_folder), names
+
+
+def _missing_files(cls, root: str) -> list[str]:
+    folder, names = _expected_files(cls, root)
+    return [f for f in names if not os.path.isfile(os.path.join(folder, f))]
+
+
+def _fetch(cls, root: str, download: bool) -> None:
+    """Download through torchvision, or raise DataError naming the files to place by hand."""
+    if not download:
+        raise _missing_error(cls, root, "download disabled", gz=False)
+    try:
+        cls(root, train=False, download=True)  # fetches both splits; the test split is the cheaper load
+    except Exception as e:  # offline (URLError), unwritable root (OSError), bad checksum (RuntimeError), ...
+        raise _missing_error(cls, root, f"download failed: {_one_line(e)}", gz=True) from None
+
+
+def _missing_error(cls, root: str, why: str, gz: bool) -> DataError:
+    """gz: torchvision unpacks official MNIST .gz files itself, but only on its download path."""
+    folder, missing = _expected_files(cls, root)[0], _missing_files(cls, root)
+    if hasattr(cls, "resources"):  # MNIST family
+        what = ", ".join(f + "(.gz)" * gz for f in missing) + " there"
+    else:
+        what = ", ".join(missing) + f" there (or {cls.filename} in {root})"
+    return DataError(f"{cls.__name__} not found under {folder}: place {what} ({why})")
+
+
+def _readable_root(data_root: str | None) -> str:
+    root = os.path.expanduser(data_root) if data_root else default_data_root()
+    if os.path.exists(root) and not (os.path.isdir(root) and os.access(root, os.R_OK | os.X_OK)):
+        raise DataError(f"data root {root} is not a readable directory (set --data-root or $BNREP_DATA)")
+    return root
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:160]
+
+
+# ==== splitting and normalising ====
+
+def _holdout(y: torch.Tensor, size: int | float, seed: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held-out) index tensors, both in seeded random order; stratified by class when possible."""
+    n = len(y)
+    n_hold = round(size * n) if isinstance(size, float) else int(size)
+    if not 0 < n_hold < n:
+        raise DataError(f"{what}={size} holds out {n_hold} of {n} images; it must leave 1..{n - 1}")
+    idx = np.arange(n)
+    try:
+        keep, hold = train_test_split(idx, test_size=n_hold, random_state=seed, stratify=y.numpy())
+    except ValueError:  # a class too small to stratify: plain seeded permutation
+        keep, hold = train_test_split(idx, test_size=n_hold, random_state=seed)
+    return torch.from_numpy(keep), torch.from_numpy(hold)
+
+
+def _subset(X: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, scale: float) -> Split:
+    return Split(X[idx].float().div_(scale), y[idx])  # pixels -> [0, 1]; indexing copies, so in-place is safe
+
+
+def _first(train: Split, n: int) -> Split:
+    if n > len(train):
+        warnings.warn(f"train_size={n} exceeds the {len(train)} training images; using all of them")
+    return Split(train.X[:n].clone(), train.y[:n].clone())  # clone: don't keep the full split alive
+
+
+def _channel_stats(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C,) mean and population std over N, H, W; std floored so constant channels stay finite."""
+    std, mean = torch.std_mean(X, dim=(0, 2, 3), correction=0)
+    return mean, std.clamp_min(1e-6)
