@@ -1,0 +1,219 @@
+"""One training run: (experiment, BatchNorm on/off, hparams, seed) -> a model.
+
+Paper 3.1: SGD with Nesterov momentum (or Adam), a step learning-rate
+schedule, cross-entropy; stop when the model interpolates (100% accuracy on
+the whole training split, checked in eval mode after every epoch) or by early
+stopping on validation error with the best weights restored.
+
+`Trainer` advances one epoch at a time so a driver can report and checkpoint
+between epochs; `train()` runs it to the end. A checkpoint holds the model,
+optimiser, scheduler, epoch, early-stopping state and the batch-order RNG, so
+a resumed run continues exactly where it stopped (bit-identical on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from bnrep.data import Data, Split, batches
+from bnrep.experiments import Experiment
+from bnrep.models import ProbedNet, build_model
+
+EVAL_BATCH = 1024  # images per forward pass when only evaluating
+
+
+def model_id(arch: str, bn: bool, seed: int) -> str:
+    return f"{arch}-{'bn' if bn else 'nobn'}-s{seed}"
+
+
+def best_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int  # 1-based, epochs completed
+    lr: float  # learning rate used during this epoch
+    train_loss: float  # mean over the epoch's batches (train mode)
+    train_acc: float  # whole training split, eval mode
+    val_acc: float
+    interpolated: bool  # train_acc == 1.0
+    objective: float  # what the hparam sweep maximises (see Trainer.objective)
+
+
+@dataclass
+class RunResult:
+    model: ProbedNet
+    epochs: int  # epochs trained
+    best_epoch: int  # epoch whose weights were kept
+    train_acc: float
+    val_acc: float
+    test_acc: float
+    interpolated: bool
+    objective: float
+    history: list[EpochMetrics] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, exp: Experiment, data: Data, bn: bool, hparams: dict, seed: int,
+                 device: torch.device | str | None = None, amp: bool = False,
+                 max_epochs: int | None = None):
+        self.exp, self.data, self.bn, self.seed = exp, data, bn, seed
+        self.device = torch.device(device) if device is not None else best_device()
+        self.max_epochs = max_epochs or exp.max_epochs
+        self.amp = amp and self.device.type == "cuda"  # bf16 autocast, GPU only
+        self.patience = max(1, math.ceil(exp.patience * self.max_epochs))  # epochs (paper: 20%)
+        self.lr, self.momentum = float(hparams["lr"]), float(hparams.get("momentum", 0.0))
+
+        torch.manual_seed(seed)  # weight init depends on the model seed only
+        self.model = build_model(exp.arch, bn, data.channels, data.num_classes).to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.opt = self._optimizer()
+        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, exp.lr_step_epochs, exp.lr_gamma)
+        self.gen = torch.Generator().manual_seed(seed)  # batch order, on CPU for portability
+        self.loss_fn = nn.CrossEntropyLoss()
+
+        self.epoch = 0
+        self.best_val_acc = -1.0
+        self.best_epoch = 0
+        self.best_state: dict | None = None
+        self.first_interpolation: int | None = None
+        self.val_at_interpolation = float("nan")
+        self.history: list[EpochMetrics] = []
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        params = self.model.parameters()
+        if self.exp.optimizer == "adam":  # betas, eps at defaults (paper 3.1.2)
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.exp.weight_decay)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
+                               nesterov=self.momentum > 0, weight_decay=self.exp.weight_decay)
+
+    # ==== one epoch ====
+    def step_epoch(self) -> EpochMetrics:
+        lr = self.opt.param_groups[0]["lr"]
+        loss = self._train_one_epoch()
+        self.sched.step()
+        self.epoch += 1
+        train_acc = accuracy(self.model, self.data.train, self.device, self.amp)
+        val_acc = accuracy(self.model, self.data.val, self.device, self.amp)
+        interpolated = train_acc >= 1.0
+        if interpolated and self.first_interpolation is None:
+            self.first_interpolation, self.val_at_interpolation = self.epoch, val_acc
+        if val_acc > self.best_val_acc:
+            self.best_val_acc, self.best_epoch = val_acc, self.epoch
+            if self.exp.stop == "early-stop":
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        m = EpochMetrics(self.epoch, lr, loss, train_acc, val_acc, interpolated, self.objective(val_acc))
+        self.history.append(m)
+        return m
+
+    def _train_one_epoch(self) -> float:
+        self.model.train()
+        X, y = self.data.train.X, self.data.train.y
+        total, n = 0.0, 0
+        for idx in batches(len(y), self.exp.batch_size, self.gen, self.device):
+            xb, yb = X[idx], y[idx]
+            if len(yb) < 2 and self.bn:  # BatchNorm cannot train on a single image
+                continue
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
+                loss = self.loss_fn(self.model(xb), yb)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            total += loss.item() * len(yb)
+            n += len(yb)
+        return total / max(n, 1)
+
+    def objective(self, val_acc: float) -> float:
+        """Paper 3.1.1: validation accuracy at the first interpolating epoch; runs
+        that have not interpolated rank below every run that has (val_acc - 1).
+        Paper 3.1.2 (early stopping): the best validation accuracy so far."""
+        if self.exp.stop == "early-stop":
+            return self.best_val_acc
+        if self.first_interpolation is not None:
+            return self.val_at_interpolation
+        return val_acc - 1.0
+
+    @property
+    def done(self) -> bool:
+        if self.epoch >= self.max_epochs:
+            return True
+        if self.exp.stop == "interpolate":
+            return self.first_interpolation is not None
+        return self.epoch - self.best_epoch >= self.patience
+
+    def finish(self) -> RunResult:
+        """Restore the best weights (early stopping) and evaluate on the test split."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        kept = self.best_epoch if self.exp.stop == "early-stop" else self.epoch
+        train_acc = accuracy(self.model, self.data.train, self.device, self.amp)
+        val_acc = accuracy(self.model, self.data.val, self.device, self.amp)
+        test_acc = accuracy(self.model, self.data.test, self.device, self.amp)
+        last = self.history[-1].objective if self.history else float("nan")
+        return RunResult(self.model, self.epoch, kept, train_acc, val_acc, test_acc,
+                         train_acc >= 1.0, last, list(self.history))
+
+    # ==== checkpoints ====
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(), "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "epoch": self.epoch,
+            "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
+            "best_state": self.best_state, "first_interpolation": self.first_interpolation,
+            "val_at_interpolation": self.val_at_interpolation,
+            "history": [vars(m) for m in self.history],
+        }
+
+    def load_state_dict(self, s: dict) -> None:
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["opt"])
+        self.sched.load_state_dict(s["sched"])
+        self.gen.set_state(s["gen"])
+        torch.set_rng_state(s["torch_rng"])
+        self.epoch, self.best_epoch = s["epoch"], s["best_epoch"]
+        self.best_val_acc, self.best_state = s["best_val_acc"], s["best_state"]
+        self.first_interpolation = s["first_interpolation"]
+        self.val_at_interpolation = s["val_at_interpolation"]
+        self.history = [EpochMetrics(**m) for m in s["history"]]
+
+    def save_checkpoint(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save(self.state_dict(), buf)
+        return buf.getvalue()
+
+    def load_checkpoint(self, blob: bytes) -> None:
+        self.load_state_dict(torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True))
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, split: Split, device: torch.device, amp: bool = False) -> float:
+    """Fraction of `split` classified correctly, eval mode (BatchNorm running stats)."""
+    if len(split) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(split), EVAL_BATCH):
+        xb = split.X[i:i + EVAL_BATCH].to(device, non_blocking=True)
+        ctx = torch.autocast(device.type, torch.bfloat16) if amp else contextlib.nullcontext()
+        with ctx:
+            correct += (model(xb).argmax(1) == split.y[i:i + EVAL_BATCH].to(device)).sum().item()
+    model.train(was_training)
+    return correct / len(split)
+
+
+def train(exp: Experiment, data: Data, bn: bool, hparams: dict, seed: int, **kw) -> RunResult:
+    """Train one model to its stopping rule."""
+    t = Trainer(exp, data, bn, hparams, seed, **kw)
+    while not t.done:
+        t.step_epoch()
+    return t.finish()
