@@ -1,0 +1,106 @@
+"""Streaming extraction of post-ReLU representations (paper 3.2-3.3).
+
+Forward hooks on each probe ReLU reduce every batch as it passes, then drop
+it: per-channel zero counts (eq. 3-4, several eps thresholds at once) over the
+sparsity samples, and channel means over H x W (eq. 5) into a preallocated
+N x C buffer per layer. Memory is O(N x sum of C) plus one batch of
+activations, never O(N x C x H x W).
+
+Samples: one seeded permutation of the training split; the first
+`samples_sparsity` images are the sparsity samples and the first
+`samples_cluster` the clustering samples, so one forward pass serves both and
+every model of an experiment sees the same images.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bnrep.models import ProbedNet
+
+
+@dataclass
+class LayerReps:
+    name: str  # "conv3"
+    index: int  # 1-based layer index
+    zero_counts: np.ndarray  # (n_eps, C) int64: values with |x| <= eps, over the sparsity samples
+    values_per_channel: int  # N_sparsity * H * W: denominator of eq. 3
+    reduced: torch.Tensor  # (N, C) float32, eq. 5 means with rows L2-normalised
+
+    @property
+    def channels(self) -> int:
+        return self.reduced.shape[1]
+
+
+def sample_indices(n_train: int, samples_sparsity: int, samples_cluster: int, seed: int) -> dict[str, np.ndarray]:
+    """Seeded training-split indices per purpose, capped (with a warning) at n_train."""
+    out = {}
+    perm = np.random.default_rng(seed).permutation(n_train)
+    for purpose, n in (("sparsity", samples_sparsity), ("cluster", samples_cluster)):
+        if n > n_train:
+            warnings.warn(f"{purpose}: {n} samples asked, the training split holds {n_train}; using {n_train}")
+        out[purpose] = perm[: min(n, n_train)]
+    return out
+
+
+class _Reducer:
+    """Forward hook for one probe: reduces each batch into its buffers."""
+
+    def __init__(self, n: int, n_sparse: int, eps: torch.Tensor):
+        self.n, self.n_sparse, self.eps = n, n_sparse, eps
+        self.start = 0  # row of the current batch's first sample
+        self.means: torch.Tensor | None = None  # (N, C)
+        self.zeros: torch.Tensor | None = None  # (n_eps, C)
+        self.hw = 1
+
+    def __call__(self, module, inputs, out: torch.Tensor) -> None:
+        x = out.detach().float()
+        if x.dim() == 2:  # fully connected: (B, C) -> (B, C, 1, 1)
+            x = x[:, :, None, None]
+        B, C, H, W = x.shape
+        if self.means is None:
+            self.means = torch.zeros(self.n, C, device=x.device)
+            self.zeros = torch.zeros(len(self.eps), C, dtype=torch.int64, device=x.device)
+            self.hw = H * W
+        self.means[self.start:self.start + B] = x.mean(dim=(2, 3))  # eq. 5
+        keep = max(0, min(B, self.n_sparse - self.start))  # rows that are sparsity samples
+        if keep:
+            a = x[:keep].abs().transpose(0, 1).reshape(C, -1)  # (C, keep*H*W)
+            for i, e in enumerate(self.eps):
+                self.zeros[i] += (a <= e).sum(dim=1)
+        self.start += B
+
+
+@torch.inference_mode()
+def extract_representations(model: ProbedNet, X: torch.Tensor, n_sparsity: int,
+                            eps: tuple[float, ...] = (0.0,), batch_size: int = 500,
+                            device: torch.device | str | None = None) -> list[LayerReps]:
+    """Representations of every probe layer for the images X (N, C, H, W).
+
+    Rows [0, n_sparsity) count toward sparsity; all N rows are reduced (eq. 5).
+    The model runs in eval mode; hooks are removed afterwards, also on error.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model.to(device).eval()
+    n_sparse = min(n_sparsity, len(X))
+    eps_t = torch.tensor(list(eps), dtype=torch.float32, device=device)
+    probes = model.probes()
+    reducers = [_Reducer(len(X), n_sparse, eps_t) for _ in probes]
+    handles = [p.module.register_forward_hook(r) for p, r in zip(probes, reducers)]
+    try:
+        for i in range(0, len(X), batch_size):
+            xb = X[i:i + batch_size].to(device, non_blocking=True)
+            if device.type == "cuda":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            model(xb)
+    finally:
+        for h in handles:
+            h.remove()
+    return [LayerReps(p.name, p.index, r.zeros.cpu().numpy(), n_sparse * r.hw,
+                      F.normalize(r.means, dim=1).cpu())  # zero rows stay zero
+            for p, r in zip(probes, reducers)]
