@@ -1,0 +1,116 @@
+"""Streaming extraction against a manual forward pass and hand-computed values."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bnrep.metrics import reduce_representation, sparsity_from_activations
+from bnrep.models import build_model
+from bnrep.represent import extract_representations, sample_indices
+
+
+def manual_activations(model, X):
+    """Post-ReLU outputs of every probe, by walking the modules by hand."""
+    model.eval()
+    acts = []
+    with torch.no_grad():
+        x = X
+        for m in model.features:
+            x = m(x)
+            if isinstance(m, nn.ReLU):
+                acts.append(x.clone())
+        x = torch.amax(x, dim=(2, 3))
+        for m in model.classifier:
+            x = m(x)
+            if isinstance(m, nn.ReLU):
+                acts.append(x.clone())
+    return acts
+
+
+@pytest.mark.parametrize("arch,shape", [("cnn", (1, 8, 8)), ("cnn", (3, 32, 32)), ("vgg16", (3, 16, 16))])
+@pytest.mark.parametrize("bn", [True, False])
+def test_matches_manual_forward(arch, shape, bn):
+    torch.manual_seed(0)
+    model = build_model(arch, bn, shape[0])
+    if bn:  # non-trivial running statistics, so eval mode matters
+        model.train()
+        with torch.no_grad():
+            model(torch.randn(64, *shape))
+    X = torch.randn(37, *shape)
+    n_sparse = 20
+    reps = extract_representations(model, X, n_sparse, eps=(0.0, 0.05), batch_size=8)
+    acts = manual_activations(model, X)
+    assert [r.name for r in reps] == [p.name for p in model.probes()]
+    for r, A in zip(reps, acts):
+        torch.testing.assert_close(r.reduced, reduce_representation(A), rtol=1e-5, atol=1e-6)
+        for i, eps in enumerate((0.0, 0.05)):
+            chan, layer = sparsity_from_activations(A[:n_sparse], eps)
+            np.testing.assert_allclose(r.zero_counts[i] / r.values_per_channel, chan, rtol=0, atol=1e-12)
+            assert r.zero_counts[i].sum() / (r.values_per_channel * r.channels) == pytest.approx(layer)
+    assert all(not p.module._forward_hooks for p in model.probes())  # hooks removed
+
+
+def test_hand_computed_tensor():
+    """A 1-layer network whose activations are known exactly."""
+    class One(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(x)
+
+        def probes(self):
+            from bnrep.models import Probe
+            return [Probe("conv1", 1, self.relu)]
+
+    X = torch.tensor([[[[1.0, -1.0], [0.0, 3.0]], [[-2.0, -2.0], [-2.0, -2.0]]],
+                      [[[0.0, 0.0], [0.0, 4.0]], [[2.0, 0.0], [0.0, 0.0]]]])  # (N=2, C=2, 2, 2)
+    (r,) = extract_representations(One(), X, n_sparsity=2, device="cpu")
+    # channel 0: zeros at (-1, 0) in sample 0 and three in sample 1 -> 5/8; channel 1: 4 + 3 -> 7/8
+    np.testing.assert_array_equal(r.zero_counts[0], [5, 7])
+    assert r.values_per_channel == 8
+    means = torch.tensor([[1.0, 0.0], [1.0, 0.5]])  # eq. 5
+    torch.testing.assert_close(r.reduced, means / means.norm(dim=1, keepdim=True))
+
+
+def test_zero_rows_stay_zero_and_hooks_removed_on_error():
+    model = build_model("cnn", False, 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    reps = extract_representations(model, torch.randn(5, 1, 8, 8), 5)
+    assert all(torch.count_nonzero(r.reduced) == 0 for r in reps)  # dead network: all-zero, no NaN
+    assert all(r.zero_counts[0].sum() == r.values_per_channel * r.channels for r in reps)
+    with pytest.raises(RuntimeError):
+        extract_representations(model, torch.randn(5, 3, 8, 8), 5)  # wrong channel count
+    assert all(not p.module._forward_hooks for p in model.probes())
+
+
+class AddOneInPlace(nn.Module):
+    def forward(self, x):
+        return x.add_(1)  # writes into the probe's output tensor
+
+
+def test_inplace_op_after_probe_does_not_corrupt():
+    torch.manual_seed(0)
+    model = build_model("cnn", False, 1)
+    X = torch.randn(6, 1, 8, 8)
+    expected = manual_activations(model, X)[3]  # conv4, before any in-place change
+    model.features.append(AddOneInPlace())
+    reps = extract_representations(model, X, 6)
+    torch.testing.assert_close(reps[3].reduced, reduce_representation(expected))
+    chan, _ = sparsity_from_activations(expected)
+    np.testing.assert_allclose(reps[3].zero_counts[0] / reps[3].values_per_channel, chan)
+
+
+def test_samples_are_seeded_prefixes_and_capped():
+    a = sample_indices(1000, 300, 500, seed=0)
+    b = sample_indices(1000, 300, 500, seed=0)
+    np.testing.assert_array_equal(a["cluster"], b["cluster"])
+    np.testing.assert_array_equal(a["cluster"][:300], a["sparsity"])
+    assert len(set(a["cluster"])) == 500
+    with pytest.warns(UserWarning, match="holds 100"):
+        c = sample_indices(100, 50, 500, seed=0)
+    assert len(c["cluster"]) == 100
