@@ -1,0 +1,126 @@
+"""Result tables with known values for the report tests (schema: design.md).
+
+`make_tables` builds every table of one experiment from small per-layer
+rules, so a test states the pattern it needs (BN sparser in these layers,
+optimal k here) and the expected findings follow from it. Defaults look like
+the paper's MNIST CNN: BN less sparse except the last layer, class DBI
+falling with depth and lower with BN, optimal k growing to 10 clusters,
+earlier with BN.
+
+    python tests/report_fixtures.py /tmp/fx   # writes digits-cnn and cifar10-vgg16, then the reports
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bnrep.experiments import get_experiment
+from bnrep.store import Store
+
+CNN_LAYERS = ["conv1", "conv2", "conv3", "conv4", "fc1"]
+CNN_CHANNELS = [16, 32, 64, 128, 100]
+VGG_LAYERS = [f"conv{i}" for i in range(1, 14)]
+VGG_CHANNELS = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+
+
+def cnn_sparsity(bn: bool, li: int) -> float:
+    return {True: [0.30, 0.35, 0.40, 0.45, 0.80], False: [0.40, 0.50, 0.55, 0.60, 0.70]}[bn][li - 1]
+
+
+def cnn_class_dbi(bn: bool, li: int) -> float:
+    return (6.0 - li) * (0.8 if bn else 1.0)
+
+
+def cnn_kopt(bn: bool, li: int) -> int:
+    return {True: [2, 4, 10, 10, 10], False: [2, 2, 3, 9, 10]}[bn][li - 1]
+
+
+def cnn_kmeans_dbi(bn: bool, li: int) -> float:
+    return [1.0, 1.5, 2.0, 1.5, 0.8][li - 1] + (0.1 if bn else 0.0) * (li < 5) - (0.2 if bn else 0.0) * (li == 5)
+
+
+def make_tables(experiment: str = "digits-cnn", seeds: int = 4, layers=CNN_LAYERS, channels=CNN_CHANNELS,
+                sparsity=cnn_sparsity, class_dbi=cnn_class_dbi, kopt=cnn_kopt, kmeans_dbi=cnn_kmeans_dbi,
+                acc=None, k_range=range(2, 16), noise: float = 0.01, k_jitter: int = 0, epochs: int = 20,
+                rng: int = 0) -> dict[str, pd.DataFrame]:
+    """Every report table; per-seed noise is +-`noise` (uniform) on top of the rules."""
+    e, g = get_experiment(experiment), np.random.default_rng(rng)
+    acc = acc or (lambda bn, seed: (1.0, 0.99 if bn else 0.985, 0.985 if bn else 0.98))
+    t = {k: [] for k in ("training", "training_history", "channel_sparsity", "layer_sparsity", "class_dbi", "kmeans")}
+    for bn in (True, False):
+        for seed in range(seeds):
+            mid = f"{'bn' if bn else 'nobn'}-s{seed}"
+            key = dict(model_id=mid, bn=bn, seed=seed)
+            tr, va, te = acc(bn, seed)
+            t["training"].append(dict(key, experiment=e.name, dataset=e.dataset, arch=e.arch, lr=0.01,
+                                      momentum=0.99, epochs=epochs, train_acc=tr, val_acc=va, test_acc=te,
+                                      interpolated=tr >= 1.0))
+            n_ep = epochs - (0 if bn else 1) * seed  # no-BN seeds stop at different epochs
+            for ep in range(1, n_ep + 1):
+                f = 1 - np.exp(-ep / (n_ep / (4.0 if bn else 2.5)))
+                t["training_history"].append(dict(key, epoch=ep, lr=0.01, train_loss=2.3 * (1 - f) + 0.005,
+                                                  train_acc=0.1 + 0.9 * f, val_acc=0.1 + (va - 0.1) * f))
+            for li, (name, C) in enumerate(zip(layers, channels), start=1):
+                lk = dict(key, layer=name, layer_index=li)
+                s = float(np.clip(sparsity(bn, li) + g.uniform(-noise, noise), 0, 1))
+                t["layer_sparsity"].append(dict(lk, sparsity=s))
+                cs = np.clip(s + g.uniform(-0.05, 0.05, C), 0, 1)
+                t["channel_sparsity"] += [dict(lk, channel=c, sparsity=float(v)) for c, v in enumerate(cs)]
+                cd = class_dbi(bn, li)
+                t["class_dbi"].append(dict(lk, dbi=cd if np.isnan(cd) else cd + g.uniform(-noise, noise)))
+                ko = kopt(bn, li) + (int(g.integers(-k_jitter, k_jitter + 1)) if li < len(layers) else 0)
+                kd = kmeans_dbi(bn, li) + g.uniform(-noise, noise)
+                t["kmeans"] += [dict(lk, k=k, dbi=kd + 0.05 * (k - ko) ** 2, inertia=100.0 / k) for k in k_range]
+    return {k: pd.DataFrame(v) for k, v in t.items()}
+
+
+def write_tables(out, experiment: str, tables: dict[str, pd.DataFrame], parts: int = 2) -> None:
+    """Each table split over `parts` Parquet parts (by model), as the stages write them."""
+    store = Store(str(out), experiment)
+    for name, df in tables.items():
+        ids = sorted(df["model_id"].unique())
+        for i in range(parts):
+            chunk = df[df["model_id"].isin(ids[i::parts])]
+            if len(chunk):
+                store.write_part(name, f"part-{i}", chunk, config_hash="fixture")
+
+
+def vgg_sparsity(bn: bool, li: int) -> float:  # both grow to conv5; then BN keeps growing, no BN falls
+    return min(0.2 + 0.05 * li, 0.85) if bn else 0.2 + 0.05 * min(li, 5) - 0.03 * max(li - 5, 0)
+
+
+def vgg_class_dbi(bn: bool, li: int) -> float:  # BN purer except conv11-12, as in the paper
+    return (14 - li) * 0.3 * (0.85 if bn and li not in (11, 12) else 1.0)
+
+
+def vgg_kopt(bn: bool, li: int) -> int:
+    return ([2] * 5 + ([5, 6, 6, 6, 6, 6, 10, 10] if bn else [9, 3, 3, 4, 4, 6, 8, 10]))[li - 1]
+
+
+def vgg_kmeans_dbi(bn: bool, li: int) -> float:
+    return 1.5 - 0.05 * li - (0.1 if bn and li not in (11, 12) else 0.0)
+
+
+def vgg_acc(bn: bool, seed: int) -> tuple[float, float, float]:
+    return (0.9999, 0.87 + 0.003 * seed, 0.86) if bn else (0.9998, 0.81 + 0.01 * seed, 0.79)
+
+
+def vgg_tables(**kw) -> dict[str, pd.DataFrame]:
+    """Paper-like VGG16 / CIFAR10: BN sparser, BN purer except conv11-12, optimal k jitters by seed."""
+    kw = {"channels": VGG_CHANNELS, "k_jitter": 1, **kw}
+    return make_tables("cifar10-vgg16", layers=VGG_LAYERS, sparsity=vgg_sparsity, class_dbi=vgg_class_dbi,
+                       kopt=vgg_kopt, kmeans_dbi=vgg_kmeans_dbi, acc=vgg_acc, **kw)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from bnrep.report import build_combined_report, build_report
+
+    out = sys.argv[1]
+    write_tables(out, "digits-cnn", make_tables())
+    write_tables(out, "cifar10-vgg16", vgg_tables())
+    for n in ("digits-cnn", "cifar10-vgg16"):
+        print(build_report(out, n).summary)
+    print(build_combined_report(out, ["digits-cnn", "cifar10-vgg16"]).summary)
