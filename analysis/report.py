@@ -36,6 +36,7 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                             "experiment side by side in <out>/combined/")
     which.add_argument("--all", action="store_true",
                        help="every experiment that has results under --out, plus a combined report")
+    p.add_argument("--force", action="store_true", help="rebuild the report even when it is up to date")
     p.add_argument("--out", default="./runs", metavar="PATH|URI",
                    help="results root, a local path or s3:// gs:// file:// URI (default: ./runs)")
     return p
@@ -86,6 +87,11 @@ def write(args, names: list[str]) -> int:
     several = bool(args.experiments or args.all)
     written = 0
     for n in names:
+        if not args.force and report.report_is_current(args.out, n):
+            print(f"[report] {n}: report is up to date (--force rebuilds it)")
+            print(Store(args.out, n).read_bytes("report/summary.txt").decode(), flush=True)
+            written += 1
+            continue
         try:
             res = report.build_report(args.out, n)
         except report.ReportError as e:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import sys
+from pathlib import Path
 
 import bnrep
 from bnrep.data import DataError
@@ -130,16 +131,28 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
 
 # ==== the results directory and its configuration ====
 def open_store(args: argparse.Namespace, exp: Experiment) -> Store:
-    """The experiment's store, checked writable (UsageError otherwise)."""
+    """The experiment's store, checked writable without creating anything
+    (UsageError otherwise), so a refused run leaves --out as it was."""
     store = Store(args.out, exp.name)
     try:
-        store.mkdir()
-        probe = f".write-probe-{os.getpid()}"
-        store.write_bytes(probe, b"")
-        store.delete(probe)
+        if store.local_path() is not None:
+            _check_local_writable(Path(store.local_path()))
+        else:  # object stores have no directories: a probe object, then gone
+            probe = f".write-probe-{os.getpid()}"
+            store.write_bytes(probe, b"")
+            store.delete(probe)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot write to --out {args.out}: {str(e).splitlines()[0]}") from None
     return store
+
+
+def _check_local_writable(path: Path) -> None:
+    while not path.exists():  # the nearest existing ancestor must be a writable directory
+        path = path.parent
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"{path} is not writable")
 
 
 ANALYSIS_TABLES = ("samples", "channel_sparsity", "layer_sparsity", "class_dbi", "kmeans")

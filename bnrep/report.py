@@ -930,11 +930,12 @@ def build_report(out: str, experiment: str) -> ReportResult:
               ("h2", "Figures"), *fig_blocks]
     w.documents(blocks, title)
     w.put("findings.json", json.dumps([dataclasses.asdict(f) for f in fs], indent=2, default=str) + "\n")
-    store.write_json("report/report_inputs.json", fingerprint)
-    w.files.append("report_inputs.json")
     where = store.uri("report")
-    return ReportResult(exp.name, where, w.files, r.missing, fs,
-                        _summary(title, t1_text, {"Findings": fs}, notes, f"{where}/report.html"))
+    summary = _summary(title, t1_text, {"Findings": fs}, notes, f"{where}/report.html")
+    w.put("summary.txt", summary + "\n")
+    store.write_json("report/report_inputs.json", fingerprint)  # last: marks the report complete
+    w.files.append("report_inputs.json")
+    return ReportResult(exp.name, where, w.files, r.missing, fs, summary)
 
 
 def _dest_store(out: str, dest: str | None) -> tuple[Store, str]:

@@ -100,11 +100,18 @@ def grid_hparams(exp: Experiment, store: Store, paper: bool) -> dict[bool, dict]
     return {bn: {k: best[tag][k] for k in ("lr", "momentum")} for bn, tag in ((True, "bn"), (False, "nobn"))}
 
 
+def forget_analysis(store: Store, mid: str) -> None:
+    for table in driver.ANALYSIS_TABLES:
+        for part in store.parts(table):
+            if part == mid or part.startswith(mid + "-"):
+                store.delete(store.part_name(table, part))
+
+
 def print_summary(df: pd.DataFrame) -> None:
     """Table-1-style: accuracy in percent, mean +- std over seeds."""
     print(f"\n{'model':16} {'seeds':>5} {'train %':>16} {'val %':>16} {'test %':>16} {'epochs':>7}")
     for (arch, bn), g in df.groupby(["arch", "bn"], sort=False):
-        cells = [f"{100 * g[c].mean():7.3f} ± {100 * g[c].std(ddof=0):5.3f}" for c in ("train_acc", "val_acc", "test_acc")]
+        cells = [f"{100 * g[c].mean():7.3f} ± {100 * g[c].std():5.3f}" for c in ("train_acc", "val_acc", "test_acc")]
         name = f"{arch} {'BN' if bn else 'NBN'}"
         print(f"{name:16} {len(g):5d} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} {g['epochs'].mean():7.1f}")
 
@@ -160,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[final] {len(grid) - len(todo)} of {len(grid)} models already trained", flush=True)
     if todo:
         driver.write_config(store, record)
+        for g in todo:  # a model trained anew makes its earlier analysis stale
+            forget_analysis(store, model_id(exp.arch, g["bn"], g["seed"]))
         with driver.ray_session(args.address) as ray:
             gpus = driver.default_gpus(ray, args.gpus_per_trial)
             run_grid(exp, args, store, todo, gpus, train_hash)

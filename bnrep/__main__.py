@@ -1,0 +1,5 @@
+import sys
+
+from bnrep.cli import main
+
+sys.exit(main())

@@ -1,0 +1,156 @@
+"""Bad input: one line on stderr, exit 2, before Ray starts, earlier results untouched."""
+
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pandas as pd
+import pytest
+import ray
+
+from bnrep import cli, driver
+from bnrep.store import Store
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "sweeps"))
+sys.path.insert(0, str(ROOT / "analysis"))
+
+
+def stage(name):
+    return cli.load_stage(name)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    def refuse(*a, **k):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+@pytest.fixture
+def results(tmp_path):
+    """An --out holding earlier results of the smoke configuration (made by hand, no Ray)."""
+    out = tmp_path / "runs"
+    exp = driver.resolve_experiment(stage("final").build_parser().parse_args(["--smoke-test"]))
+    store = Store(str(out), exp.name)
+    store.mkdir()
+    driver.write_config(store, driver.prepare(store, exp, "final", fresh=False))
+    store.write_part("training", "cnn-bn-s0", pd.DataFrame([{"model_id": "cnn-bn-s0", "bn": True, "seed": 0}]))
+    store.write_json("hparam/best_hparams.json", {"bn": {"lr": 0.01, "momentum": 0.9}})
+    return out
+
+
+def tree(path):
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+CASES = [  # (name, stage, argv, words the message must contain)
+    ("unknown experiment", "hparam", ["--experiment", "nope"], ["unknown experiment 'nope'", "digits-cnn"]),
+    ("lr zero", "final", ["--paper-hparams", "--lr", "0"], ["learning rate must be > 0"]),
+    ("lr negative", "final", ["--paper-hparams", "--lr", "-1"], ["learning rate must be > 0"]),
+    ("momentum one", "final", ["--paper-hparams", "--momentum", "1.0"], ["momentum must be in [0, 1)"]),
+    ("no seeds", "final", ["--seeds", "0"], ["--seeds must be > 0"]),
+    ("batch size", "hparam", ["--batch-size", "0"], ["--batch-size must be > 0"]),
+    ("epochs", "hparam", ["--max-epochs", "-3"], ["--max-epochs must be > 0"]),
+    ("gpus", "hparam", ["--gpus-per-trial", "-1"], ["--gpus-per-trial must be >= 0"]),
+    ("missing mnist", "hparam", ["--experiment", "mnist-cnn", "--data-root", "{empty}"],
+     ["MNIST not found", "train-images-idx3-ubyte"]),
+    ("unreadable data root", "final", ["--experiment", "cifar10-vgg16", "--data-root", "{tmp}/nowhere"],
+     ["nowhere"]),
+    ("k_min < 2", "analysis", ["--k-min", "1"], ["k_min must be >= 2"]),
+    ("k_max < k_min", "analysis", ["--k-min", "5", "--k-max", "4"], ["k_max must be >= k_min"]),
+    ("k_max >= samples", "analysis", ["--samples-cluster", "10", "--k-max", "10"], ["clustering samples"]),
+    ("negative eps", "analysis", ["--eps", "-0.1"], ["eps must be >= 0"]),
+    ("different config", "final", ["--smoke-test", "--max-epochs", "5", "--paper-hparams"],
+     ["different configuration", "max_epochs 3 -> 5", "--fresh"]),
+    ("analysis of another config", "analysis", ["--smoke-test", "--k-max", "5"],
+     ["analysis results of a different configuration"]),
+    ("no sweep yet", "final", ["--smoke-test", "--experiment", "synthetic-cnn"], ["run sweeps/hparam.py"]),
+    ("no trained models", "analysis", ["--smoke-test", "--experiment", "synthetic-cnn"], ["sweeps/final.py"]),
+    ("unknown report experiment", "report", ["--experiment", "nope"], ["unknown experiment 'nope'"]),
+]
+
+
+@pytest.mark.parametrize("name,stage_name,argv,words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(name, stage_name, argv, words, results, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    if name == "analysis of another config":  # earlier analysis with the smoke defaults
+        store = Store(str(results), "digits-cnn")
+        cfg = store.read_json("config.json")
+        cfg["analysis_hash"] = "0" * 12
+        store.write_json("config.json", cfg)
+    argv = [a.format(empty=tmp_path / "empty", tmp=tmp_path) for a in argv] + ["--out", str(results)]
+    before = tree(results)
+    rc = driver.main_guard(stage(stage_name).main, argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1, err
+    for w in words:
+        assert w in err
+    assert not ray.is_initialized()
+    assert tree(results) == before
+
+
+def test_unwritable_out(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    rc = driver.main_guard(stage("hparam").main, ["--smoke-test", "--out", str(blocker / "runs")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: cannot write to --out") and len(err.strip().splitlines()) == 1
+    assert blocker.read_text() == "not a directory"
+
+
+def test_checkpoint_that_does_not_load(results, capsys):
+    store = Store(str(results), "digits-cnn")
+    store.write_bytes("train/models/cnn-bn-s0/model.pt", b"not a checkpoint")
+    before = tree(results)
+    rc = driver.main_guard(stage("analysis").main, ["--smoke-test", "--out", str(results)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "train/models/cnn-bn-s0/model.pt does not load" in err
+    assert tree(results) == before and not ray.is_initialized()
+
+
+def test_bnrep_run_validates_every_stage_first(results, capsys):
+    before = tree(results)
+    rc = cli.main(["run", "--smoke-test", "--k-max", "1", "--out", str(results)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "k_max must be >= k_min" in err
+    assert tree(results) == before and not ray.is_initialized()
+
+
+def test_stage_argv_passes_only_known_flags():
+    p = cli.build_parser()
+    args = p.parse_args(["run", "--smoke-test", "--seeds", "3", "--k-max", "7", "--out", "/x"])
+    assert cli.stage_argv(args, stage("hparam").build_parser()) == ["--out", "/x", "--smoke-test", "--seeds", "3"]
+    assert cli.stage_argv(args, stage("analysis").build_parser()) == ["--out", "/x", "--smoke-test", "--k-max", "7"]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["status", "--help"], ["list", "--help"],
+                                  ["hparam", "--help"], ["final", "--help"], ["analysis", "--help"],
+                                  ["report", "--help"]])
+def test_help_lists_flags_with_defaults(argv):
+    r = subprocess.run([sys.executable, "-m", "bnrep", *argv], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "usage:" in r.stdout
+    if argv[0] in ("run", "hparam", "final"):
+        for flag in ("--experiment", "--out", "--seeds", "--max-epochs", "--smoke-test", "--gpus-per-trial"):
+            assert flag in r.stdout
+        assert "default" in r.stdout
+
+
+def test_list_shows_every_experiment(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("digits-cnn", "mnist-cnn", "fashion-mnist-cnn", "cifar10-vgg16"):
+        assert name in out
+    assert "digits-cnn           digits         cnn       yes" in out
+
+
+def test_status_of_partial_results(results, capsys):
+    assert cli.main(["status", "--experiment", "digits-cnn", "--out", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "hparam     missing   0/2 BatchNorm settings searched" in out  # best_hparams but no trials table
+    assert "final      missing   0/4 models trained" in out  # a training row without its model file
+    assert "report     missing" in out
