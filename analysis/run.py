@@ -72,8 +72,10 @@ def extract(out: str, exp: Experiment, data_root: str | None, row: dict, idx: np
                                   "channel": np.arange(len(s)), "sparsity": s, "eps": exp.eps}))
         lay.append({**keys, "layer": r.name, "layer_index": r.index, "eps": exp.eps,
                     "sparsity": layer_sparsity(r.zero_counts[0], r.values_per_channel)})
-    store.write_part("channel_sparsity", row["model_id"], pd.concat(chan, ignore_index=True), analysis_hash)
-    store.write_part("layer_sparsity", row["model_id"], pd.DataFrame(lay), analysis_hash)
+    node = driver.node_id()  # provenance: which machine measured it
+    store.write_part("channel_sparsity", row["model_id"], pd.concat(chan, ignore_index=True), analysis_hash,
+                     node_id=node)
+    store.write_part("layer_sparsity", row["model_id"], pd.DataFrame(lay), analysis_hash, node_id=node)
     return [r.reduced.numpy() for r in reps]
 
 
@@ -89,9 +91,9 @@ def cluster(out: str, exp: Experiment, row: dict, layer: str, index: int, X: np.
     km = pd.DataFrame([{**keys, "k": r.k, "dbi": r.dbi, "inertia": r.inertia, "optimal": r.k == best.k,
                         "dbi_reason": r.dbi_reason or ""} for r in results])
     part = f"{row['model_id']}-{layer}"
-    store.write_part("kmeans", part, km, analysis_hash)
+    store.write_part("kmeans", part, km, analysis_hash, node_id=driver.node_id())
     store.write_part("class_dbi", part, pd.DataFrame([{**keys, "dbi": dbi, "dbi_reason": reason or ""}]),
-                     analysis_hash)
+                     analysis_hash, node_id=driver.node_id())
     return best.k
 
 
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ==== Ray tasks: extract per model, cluster per (model, layer) ====
     with driver.ray_session(args.address) as ray:
+        driver.check_shared_out(ray, store)
         gpus = driver.default_gpus(ray, args.gpus_per_task)
         opts = {"num_cpus": args.cpus_per_task, "num_gpus": gpus, "max_retries": 3}
         extract_task = ray.remote(extract).options(num_returns=n_layers, **opts)
@@ -182,13 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         idx_ref, labels_ref = ray.put(order), ray.put(labels)
         pending = []
         for row, missing in todo:
-            arrays = extract_task.remote(args.out, exp, args.data_root, row, idx_ref,
+            arrays = extract_task.remote(store.out, exp, args.data_root, row, idx_ref,
                                          len(idx["sparsity"]), h)
             arrays = arrays if isinstance(arrays, list) else [arrays]
             pending.append(arrays[-1])  # completes with the extraction (and its sparsity parts)
             for name, index in missing:
                 X = arrays[index - 1]
-                pending.append(cluster_task.remote(args.out, exp, row, name, index, X, labels_ref,
+                pending.append(cluster_task.remote(store.out, exp, row, name, index, X, labels_ref,
                                                    args.kmeans_backend, h))
         wait_all(ray, pending)
     print(f"[analysis] wrote {store.out}/{exp.name}/results/"

@@ -20,7 +20,7 @@ from pathlib import Path
 import bnrep
 from bnrep.data import DataError
 from bnrep.experiments import DEFAULT_EXPERIMENT, SMOKE, ConfigError, Experiment, PRESETS, get_experiment
-from bnrep.store import Store, git_commit
+from bnrep.store import Store, git_commit, is_uri
 
 # Fields that change what the analysis stage computes but not the models.
 ANALYSIS_FIELDS = ("samples_sparsity", "samples_cluster", "k_min", "k_max", "n_init", "eps")
@@ -102,8 +102,15 @@ OVERRIDE_FLAGS = {  # flag attribute -> Experiment field
 }
 
 
+def absolute_data_root(args: argparse.Namespace) -> None:
+    """Ray workers and Tune trials run in other directories: make --data-root absolute."""
+    if getattr(args, "data_root", None) and not is_uri(args.data_root):
+        args.data_root = os.path.abspath(os.path.expanduser(args.data_root))
+
+
 def resolve_experiment(args: argparse.Namespace) -> Experiment:
     """Preset, then --smoke-test, then explicit flags; validated (ConfigError)."""
+    absolute_data_root(args)
     exp = get_experiment(args.experiment)
     if args.smoke_test:
         exp = exp.override(**SMOKE)
@@ -232,6 +239,22 @@ def ray_session(address: str | None):
             ray.shutdown()
 
 
+def check_shared_out(ray, store: Store) -> None:
+    """Warn when a multi-node cluster writes to a local path: every node must
+    see the same results (a shared mount at that path, or an s3:// gs:// URI)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and not is_uri(store.out):
+        print(f"warning: --out {store.out} is a local path on a {len(nodes)}-node cluster; it must be "
+              "a filesystem shared by every node at that path, else use an s3:// or gs:// URI", flush=True)
+
+
+def node_id() -> str:
+    """The Ray node this task or trial runs on ('' outside Ray): provenance."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
 def default_gpus(ray, requested: float | None) -> float:
     """GPUs per trial/task: the flag, else 1 when the cluster has GPUs, else 0."""
     if requested is not None:
@@ -259,10 +282,11 @@ def trial_dirname(trial) -> str:
 CHECKPOINT_FILE = "trainer.pt"
 
 
-def train_in_tune(trainer, extra: dict | None = None, checkpoint_every: int = 1) -> None:
+def train_in_tune(trainer, extra: dict | None = None, checkpoint_every: int = 1) -> int:
     """Run `trainer` to its stopping rule inside a Tune trial: resume from the
     trial's last checkpoint if Tune restarted it, report every epoch with a
-    checkpoint so a failed trial loses at most one epoch."""
+    checkpoint so a failed trial loses at most one epoch. Returns the epoch it
+    resumed from (0: a fresh start)."""
     import tempfile
 
     from ray import tune
@@ -271,9 +295,11 @@ def train_in_tune(trainer, extra: dict | None = None, checkpoint_every: int = 1)
     if ckpt is not None:
         with ckpt.as_directory() as d, open(os.path.join(d, CHECKPOINT_FILE), "rb") as f:
             trainer.load_checkpoint(f.read())
+    resumed_from = trainer.epoch
     while not trainer.done:
         m = trainer.step_epoch()
-        metrics = {**vars(m), **(extra or {}), "stopped": trainer.done}  # not "done": Tune would end the trial
+        metrics = {**vars(m), **(extra or {}), "node_id": node_id(),
+                   "stopped": trainer.done}  # not "done": Tune would end the trial
         if trainer.epoch % checkpoint_every and not trainer.done:
             tune.report(metrics)
             continue
@@ -281,3 +307,4 @@ def train_in_tune(trainer, extra: dict | None = None, checkpoint_every: int = 1)
             with open(os.path.join(d, CHECKPOINT_FILE), "wb") as f:
                 f.write(trainer.save_checkpoint())
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    return resumed_from

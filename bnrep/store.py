@@ -70,11 +70,15 @@ class Store:
     """One experiment's directory under `<out>`, on any pyarrow filesystem."""
 
     def __init__(self, out: str, experiment: str):
-        self.out = str(out)
         self.experiment = experiment
         self.fs, base = resolve(out)
+        # Absolute, so that Ray workers (other cwd; Tune trials chdir) find the same place.
+        self.out = str(out) if is_uri(out) else base
         self.root = f"{base}/{experiment}"
         self._uri_prefix = self.out.split("://", 1)[0] + "://" if is_uri(self.out) else ""
+        # Options such as ?endpoint_override=...&scheme=http must reach Ray Tune too.
+        query = self.out.split("?", 1)[1] if is_uri(self.out) and "?" in self.out else ""
+        self._uri_query = f"?{query}" if query else ""
 
     # ---- paths ----
     def path(self, *parts: str) -> str:
@@ -82,11 +86,11 @@ class Store:
         return "/".join([self.root, *parts])
 
     def uri(self, *parts: str) -> str:
-        """Path with the URI scheme (what Ray Tune's storage_path takes)."""
+        """Path with the URI scheme and options (what Ray Tune's storage_path takes)."""
         p = self.path(*parts)
         if self._uri_prefix == "file://":
             return "file://" + p if p.startswith("/") else "file:///" + p
-        return self._uri_prefix + p
+        return self._uri_prefix + p + self._uri_query
 
     def local_path(self, *parts: str) -> str | None:
         return self.path(*parts) if isinstance(self.fs, pafs.LocalFileSystem) else None

@@ -60,7 +60,7 @@ def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: b
     store = Store(out, exp.name)
     data = load_data(exp, data_root, device=best_device())
     trainer = Trainer(exp, data, bn, hp, seed, amp=amp)
-    driver.train_in_tune(trainer, extra={"model_id": mid})
+    resumed_from = driver.train_in_tune(trainer, extra={"model_id": mid})
     r = trainer.finish()
     row = {"model_id": mid, "experiment": exp.name, "dataset": exp.dataset, "arch": exp.arch, "bn": bn,
            "seed": seed, "lr": float(hp["lr"]), "momentum": float(hp.get("momentum", 0.0)), "epochs": r.epochs,
@@ -71,8 +71,9 @@ def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: b
                 "experiment": exp.to_dict(), "hparams": dict(hp), "metrics": row}, buf)
     store.write_bytes(model_path(mid), buf.getvalue())
     history = pd.DataFrame([{"model_id": mid, "bn": bn, "seed": seed, **vars(m)} for m in r.history])
-    store.write_part("training_history", mid, history, train_hash)
-    store.write_part("training", mid, pd.DataFrame([row]), train_hash)  # written last: marks the model complete
+    where = {"node_id": driver.node_id(), "resumed_from_epoch": resumed_from}  # provenance of a resumed trial
+    store.write_part("training_history", mid, history, train_hash, **where)
+    store.write_part("training", mid, pd.DataFrame([row]), train_hash, **where)  # last: marks the model complete
     tune.report({"model_id": mid, "test_acc": r.test_acc, "saved": True})
 
 
@@ -121,7 +122,7 @@ def run_grid(exp: Experiment, args, store: Store, todo: list[dict], gpus: float,
     from ray import tune
 
     fn = tune.with_resources(
-        tune.with_parameters(trial, exp=exp, out=args.out, data_root=args.data_root, amp=args.amp,
+        tune.with_parameters(trial, exp=exp, out=store.out, data_root=args.data_root, amp=args.amp,
                              train_hash=train_hash),
         {"cpu": args.cpus_per_trial, "gpu": gpus})
     path = store.uri("train", "tune", "final")
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         for g in todo:  # a model trained anew makes its earlier analysis stale
             forget_analysis(store, model_id(exp.arch, g["bn"], g["seed"]))
         with driver.ray_session(args.address) as ray:
+            driver.check_shared_out(ray, store)
             gpus = driver.default_gpus(ray, args.gpus_per_trial)
             run_grid(exp, args, store, todo, gpus, train_hash)
             todo = untrained(exp, store, grid, train_hash)
