@@ -132,7 +132,7 @@ def run_and_kill(out, when, *args, timeout=300):
 
 def parts(out, name):
     d = out / "digits-cnn" / "results" / name
-    return sorted(p.name for p in d.glob("*.parquet")) if d.exists() else []
+    return sorted(p.name for p in d.glob("*.parquet") if not p.name.startswith(".")) if d.exists() else []
 
 
 def assert_tables_equal(out, ref, names):
@@ -147,9 +147,12 @@ def test_killed_during_training_resumes_to_the_same_results(reference, tmp_path)
     out = tmp_path / "runs"
     copy_stages(ref, out, "config.json", "hparam", "results/hparam_trials")  # same best hparams as ref
     run_and_kill(out, lambda o: len(parts(o, "training")) >= 1)
-    assert len(parts(out, "training")) < len(MODELS), "training finished before the kill"
+    n_done = len(parts(out, "training"))
+    assert n_done < len(MODELS), "training finished before the kill"
     r = bnrep("run", "--smoke-test", out=out)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert f"[final] {n_done} of {len(MODELS)} models already trained" in r.stdout
+    assert "[final] resuming the interrupted grid" in r.stdout  # Tuner.restore
     assert_tables_equal(out, ref, ["training", "layer_sparsity", "channel_sparsity", "class_dbi", "kmeans"])
 
 
@@ -159,11 +162,15 @@ def test_killed_during_analysis_resumes_to_the_same_results(reference, tmp_path)
     copy_stages(ref, out, "config.json", "hparam", "train/models", "results/hparam_trials",
                 "results/training", "results/training_history")
     run_and_kill(out, lambda o: len(parts(o, "kmeans")) >= 1)
-    n_killed = len(parts(out, "kmeans"))
-    assert n_killed < len(MODELS) * len(CNN_CHANNELS), "analysis finished before the kill"
+    done = set(parts(out, "kmeans")) & set(parts(out, "class_dbi"))
+    assert len(done) < len(MODELS) * len(CNN_CHANNELS), "analysis finished before the kill"
+    missing = {m: [l for l in CNN_CHANNELS if f"{m}-{l}.parquet" not in done] for m in MODELS}
+    sparse = set(parts(out, "channel_sparsity")) & set(parts(out, "layer_sparsity"))
+    todo = [m for m in MODELS if missing[m] or f"{m}.parquet" not in sparse]
     r = bnrep("run", "--smoke-test", out=out)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"{len(MODELS) * len(CNN_CHANNELS) - n_killed}" in r.stdout or "tasks to run" in r.stdout
+    n_tasks = sum(1 + len(missing[m]) for m in todo)  # only the unfinished work is redone
+    assert f"{len(MODELS) - len(todo)} models complete, {n_tasks} tasks to run" in r.stdout
     assert_tables_equal(out, ref, ["samples", "layer_sparsity", "channel_sparsity", "class_dbi", "kmeans"])
 
 
