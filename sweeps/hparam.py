@@ -97,7 +97,8 @@ def run_search(exp: Experiment, args, store, tag: str, gpus: float) -> pd.DataFr
                      "momentum": float(cfg.get("momentum", 0.0)), "epochs": int(m.get("epoch", 0)),
                      "train_acc": float(m.get("train_acc", "nan")), "val_acc": float(m.get("val_acc", "nan")),
                      "interpolated": bool(m.get("interpolated", False)),
-                     "objective": float(m.get("objective", "nan")), "error": str(r.error or "")})
+                     "objective": float(m.get("objective", "nan")), "error": str(r.error or ""),
+                     "node_id": str(m.get("node_id", ""))})  # the Ray node of its last epoch
     return pd.DataFrame(rows)
 
 
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ==== search, one BatchNorm setting at a time ====
     with driver.ray_session(args.address) as ray:
+        driver.check_shared_out(ray, store)
         gpus = driver.default_gpus(ray, args.gpus_per_trial)
         for tag in todo:
             print(f"[hparam] {tag}: {exp.num_samples} trials, lr in {exp.lr_range}"

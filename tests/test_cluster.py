@@ -1,0 +1,370 @@
+"""Ray cluster use, on one machine: cluster.yaml, multi-node runs, node
+failures, and results at file:// and s3:// URIs.
+
+    pytest tests/test_cluster.py        # about 3 minutes on 2 CPU cores
+
+A `ray.cluster_utils.Cluster` on loopback stands in for a cluster: a head
+with no CPUs (it runs nothing but Ray's own services) and worker nodes of one
+CPU each, so every trial and task runs on a worker. moto's S3 server on
+loopback stands in for a bucket. Two runs of the smoke-test pipeline are
+shared by the tests (module fixtures):
+
+    reference   a private single-node Ray (the drivers as subprocesses), --out file://...
+    multinode   the 2-worker cluster, joined through --address, --out s3://...
+
+The node-failure tests kill a worker (SIGKILL, no graceful shutdown) in the
+middle of sweeps/final.py or analysis/run.py, add a replacement node, and
+check that the results are complete and equal to the uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import jsonschema
+import pandas as pd
+import pyarrow.fs as pafs
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+from bnrep.store import Store
+
+EXPERIMENT = "digits-cnn"
+FLAGS = ["--smoke-test"]
+# Longer trials (about a second) for the node-failure test, so a node dies mid-training.
+LONG = [*FLAGS, "--max-epochs", "12"]
+STAGES = ("sweeps/hparam.py", "sweeps/final.py", "analysis/run.py")
+# Fast node-death detection (defaults take ~30 s): GCS health checks every 0.5 s.
+FAST_FAILURE = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
+# Rows are identified by these columns; compared tables are sorted by them.
+KEYS = {"training": ["model_id"], "training_history": ["model_id", "epoch"],
+        "samples": ["purpose", "position"], "channel_sparsity": ["model_id", "layer_index", "channel"],
+        "layer_sparsity": ["model_id", "layer_index"], "class_dbi": ["model_id", "layer_index"],
+        "kmeans": ["model_id", "layer_index", "k"]}
+ANALYSIS = ("samples", "channel_sparsity", "layer_sparsity", "class_dbi", "kmeans")
+BUCKET = "bnrep-test"
+
+
+def load_driver(rel: str):
+    """A driver script as a module (sweeps/ and analysis/ are not packages)."""
+    spec = importlib.util.spec_from_file_location(f"bnrep_test_{rel.replace('/', '_')[:-3]}", ROOT / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def short_tmpdir(prefix: str) -> str:
+    """Ray's socket paths must stay under ~100 characters: no deep pytest paths."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+def table(out: str, name: str) -> pd.DataFrame:
+    """A results table sorted by its key columns, as a reader would compare it."""
+    df = Store(out, EXPERIMENT).read_table(name)
+    return df.sort_values(KEYS.get(name, list(df.columns[:1]))).reset_index(drop=True)
+
+
+def assert_same_table(a: str, b: str, name: str) -> None:
+    ta, tb = table(a, name), table(b, name)
+    assert len(ta) and not ta.duplicated(KEYS[name]).any(), f"{name}: empty or duplicated rows"
+    pd.testing.assert_frame_equal(ta, tb, check_exact=True, obj=name)
+
+
+# ==== environment: private Ray temp dir, S3 server, cluster ====
+@pytest.fixture(scope="module")
+def s3_env():
+    """moto's S3 server on loopback and the AWS_* variables that point pyarrow
+    (and every Ray node started afterwards) at it; RAY_TMPDIR private, so no
+    other Ray on this machine finds or joins this module's cluster."""
+    from moto.server import ThreadedMotoServer
+    import boto3
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per S3 request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    ray_tmp = short_tmpdir("bnrep-ray-")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+                     "AWS_EC2_METADATA_DISABLED": "true", "RAY_TMPDIR": ray_tmp}.items():
+            mp.setenv(k, v)
+        mp.delenv("RAY_ADDRESS", raising=False)
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        yield {"endpoint": f"{host}:{port}"}
+    server.stop()
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_env):
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": FAST_FAILURE})
+    for _ in range(2):
+        c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    yield c
+    c.shutdown()
+
+
+def workers(cluster) -> list:
+    return [n for n in cluster.list_all_nodes() if n is not cluster.head_node]
+
+
+# ==== the two pipeline runs ====
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, s3_env):
+    """The smoke-test pipeline as a user runs it: each driver a process with a
+    private single-node Ray, --out a file:// URI. Returns that URI."""
+    out = "file://" + str(tmp_path_factory.mktemp("reference") / "runs")
+    ray_tmp = short_tmpdir("bnrep-ref-")  # its own: must not find the module's cluster
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(ROOT)}
+    for stage in STAGES:
+        r = subprocess.run([sys.executable, str(ROOT / stage), *FLAGS, "--out", out],
+                           env=env, cwd=tmp_path_factory.getbasetemp(), capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, f"{stage} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def multinode(cluster, s3_env):
+    """The same pipeline on the 2-worker cluster through --address (drivers
+    in this process), --out on the S3 server. Returns (out, worker node ids)."""
+    out = f"s3://{BUCKET}/runs"
+    nodes = {n.node_id for n in workers(cluster)}
+    for stage in STAGES:
+        assert load_driver(stage).main([*FLAGS, "--out", out, "--address", cluster.address]) == 0, stage
+    return out, nodes
+
+
+# ==== cluster.yaml ====
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster-local.yaml"])
+def test_cluster_config_passes_ray_validation(name):
+    """What `ray up` checks before it contacts a provider, plus our rules:
+    dashboard on loopback only, the project installed on every node."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((ROOT / name).read_text())
+    config = prepare_config(raw)
+    validate_config(config)
+    start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in (ROOT / name).read_text()
+    assert config["file_mounts"] == {"~/bnrep": "."}
+    assert any("pip install -e ~/bnrep" in c for c in config["setup_commands"])
+    broken = {**raw, "head_start_ray_commandz": []}  # the validation can fail
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(prepare_config(broken))
+
+
+def test_aws_cluster_has_gpu_workers_and_cpu_free_head():
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    types = config["available_node_types"]
+    gpu = [t for n, t in types.items() if n != config["head_node_type"] and t["resources"].get("GPU", 0) > 1]
+    assert gpu and all(0 <= t["min_workers"] <= t["max_workers"] for t in gpu)
+    assert types[config["head_node_type"]]["resources"].get("CPU") == 0
+    assert config["provider"]["type"] == "aws"
+
+
+# ==== URIs ====
+def test_store_uri_keeps_endpoint_options():
+    """Options in an s3:// URI (an S3-compatible endpoint) must reach Ray Tune's storage_path too."""
+    out = "s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http"
+    s = Store(out, "exp")
+    assert s.path("hparam", "tune") == "bucket/runs/exp/hparam/tune"
+    assert s.uri("hparam", "tune") == "s3://bucket/runs/exp/hparam/tune?endpoint_override=127.0.0.1:9000&scheme=http"
+    fs, path = pafs.FileSystem.from_uri(s.uri("hparam", "tune"))
+    assert path == "bucket/runs/exp/hparam/tune" and isinstance(fs, pafs.S3FileSystem)
+
+
+def test_store_resolves_relative_paths_for_workers(tmp_path, monkeypatch):
+    """A relative --out is made absolute once, in the driver: Tune trials run in another directory."""
+    monkeypatch.chdir(tmp_path)
+    assert Store("runs", "exp").out == str(tmp_path / "runs")
+    assert Store("file:///x/runs", "exp").uri("a") == "file:///x/runs/exp/a"
+
+
+@pytest.mark.slow
+def test_file_uri_pipeline_reads_back_with_pandas(reference):
+    local = reference[len("file://"):]
+    for name in ("hparam_trials", "training", *ANALYSIS):
+        assert len(pd.read_parquet(f"{reference}/{EXPERIMENT}/results/{name}")), name
+    models = pd.read_parquet(f"{local}/{EXPERIMENT}/results/training")["model_id"]
+    for mid in models:  # model files beside the tables, and no stray local ./runs anywhere
+        assert os.path.isfile(f"{local}/{EXPERIMENT}/train/models/{mid}/model.pt")
+    assert glob.glob(f"{local}/{EXPERIMENT}/train/tune/final/*/checkpoint_*")
+
+
+@pytest.mark.slow
+def test_s3_pipeline_reads_back_with_pandas(multinode, s3_env):
+    out, _ = multinode
+    for name in ("hparam_trials", "training", *ANALYSIS):
+        assert len(pd.read_parquet(f"{out}/{EXPERIMENT}/results/{name}")), name  # env points pyarrow at moto
+    fs, root = pafs.FileSystem.from_uri(f"{out}/{EXPERIMENT}")
+    files = [i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))]
+    models = pd.read_parquet(f"{out}/{EXPERIMENT}/results/training")["model_id"]
+    assert all(f"{root}/train/models/{m}/model.pt" in files for m in models)
+    assert any("/train/tune/final/" in f and "/checkpoint_" in f for f in files), "Tune's storage is not in S3"
+    assert f"{root}/hparam/best_hparams.json" in files and f"{root}/config.json" in files
+
+
+# ==== multi-node ====
+@pytest.mark.slow
+def test_multinode_uses_both_workers_and_matches_single_node(multinode, reference):
+    out, nodes = multinode
+    store = Store(out, EXPERIMENT)
+    assert set(table(out, "hparam_trials")["node_id"]) == nodes, "sweep trials did not run on both workers"
+    for name in ("training", "layer_sparsity", "class_dbi", "kmeans"):
+        ran_on = {store.part_metadata(name, p)["node_id"] for p in store.parts(name)}
+        assert ran_on == nodes, f"{name}: written on {ran_on}, workers are {nodes}"
+    # The sweep: same trials (Tune's trial ids differ); ASHA may stop a trial at
+    # another rung depending on which result arrives first, so compare each
+    # trial's values only where both runs trained it as long.
+    cols = ["bn", "lr", "momentum"]
+    a, b = (table(o, "hparam_trials").sort_values(cols).reset_index(drop=True) for o in (reference, out))
+    pd.testing.assert_frame_equal(a[cols], b[cols], check_exact=True)
+    same = a["epochs"] == b["epochs"]
+    pd.testing.assert_frame_equal(a.loc[same, ["val_acc", "objective"]], b.loc[same, ["val_acc", "objective"]])
+    best = [{tag: {k: v for k, v in b.items() if k != "trial_id"} for tag, b in
+             Store(o, EXPERIMENT).read_json("hparam/best_hparams.json").items()} for o in (reference, out)]
+    assert best[0] == best[1]
+    for name in ("training", "training_history", *ANALYSIS):
+        assert_same_table(reference, out, name)
+
+
+# ==== node failures ====
+def run_and_kill_worker(cluster, argv: list[str], victim, cwd) -> tuple[str, str]:
+    """Run a driver (a process, joined to `cluster`); as soon as `victim()`
+    names a worker node, SIGKILL it and add a replacement. Here, not in a
+    thread: Ray starts nodes only from the main thread. Returns (killed,
+    replacement) node ids."""
+    proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, node_id = time.time() + 120, None
+        while node_id is None and proc.poll() is None and time.time() < deadline:
+            node_id = victim()
+            time.sleep(0.02)
+        assert node_id, "no node to kill before the driver ended:\n" + (proc.stdout.read()[-3000:] if proc.poll() is not None else "")
+        cluster.remove_node(next(n for n in workers(cluster) if n.node_id == node_id), allow_graceful=False)
+        replacement = cluster.add_node(num_cpus=1)
+        log = proc.communicate(timeout=240)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, log[-5000:]
+    return node_id, replacement.node_id
+
+
+def training_now(tune_dir: str) -> dict | None:
+    """A trial mid-training with a checkpoint, from Tune's live result.json:
+    its last epoch report (model_id, epoch, node_id), or None."""
+    for path in glob.glob(f"{tune_dir}/*/result.json"):
+        lines = open(path).read().splitlines()
+        last = json.loads(lines[-1]) if lines and lines[-1].endswith("}") else {}
+        if last.get("node_id") and not last.get("stopped") and glob.glob(f"{os.path.dirname(path)}/checkpoint_*"):
+            return last
+    return None
+
+
+def seed_out(reference: str, out: str, rels: list[str]) -> None:
+    """Copy what a stage reads (files or directories) from the reference run."""
+    src, dst = reference[len("file://"):] + f"/{EXPERIMENT}", f"{out}/{EXPERIMENT}"
+    for rel in rels:
+        os.makedirs(os.path.dirname(f"{dst}/{rel}"), exist_ok=True)
+        (shutil.copytree if os.path.isdir(f"{src}/{rel}") else shutil.copy)(f"{src}/{rel}", f"{dst}/{rel}")
+
+
+def train_uninterrupted(final, argv: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The grid's models trained here without Tune, on one thread like a 1-CPU
+    Ray worker: (training rows, history rows) to compare a resumed grid with."""
+    import torch
+
+    from bnrep import driver
+    from bnrep.data import load_data
+    from bnrep.train import model_id, train
+
+    exp = driver.resolve_experiment(final.build_parser().parse_args(argv))
+    hparams = final.grid_hparams(exp, Store(argv[argv.index("--out") + 1], exp.name), paper=False)
+    data, threads = load_data(exp), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = {model_id(exp.arch, bn, s): train(exp, data, bn, hparams[bn], s)
+                for s in range(exp.seeds) for bn in (True, False)}
+    finally:
+        torch.set_num_threads(threads)
+    rows = pd.DataFrame([{"model_id": m, "epochs": r.epochs, "train_acc": r.train_acc, "val_acc": r.val_acc,
+                          "test_acc": r.test_acc} for m, r in runs.items()])
+    hist = pd.DataFrame([{"model_id": m, **vars(h)} for m, r in runs.items() for h in r.history])
+    return rows.sort_values("model_id").reset_index(drop=True), hist.sort_values(KEYS["training_history"])
+
+
+@pytest.mark.slow
+def test_final_survives_node_failure(cluster, reference, tmp_path):
+    """A worker dies after the first checkpoints: its trial restarts on the
+    replacement from its last checkpoint and the grid ends as if nothing happened."""
+    out = str(tmp_path / "runs")
+    seed_out(reference, out, ["hparam/best_hparams.json"])  # the sweep's hparams, as in the reference grid
+    tune_dir = f"{out}/{EXPERIMENT}/train/tune/final"
+    argv = [*LONG, "--out", out, "--address", cluster.address]
+
+    store, at_kill = Store(out, EXPERIMENT), {}
+
+    def victim():  # the node of a trial that is training and has a checkpoint
+        at_kill.update(trial=training_now(tune_dir) or {}, saved=store.parts("training"))
+        return at_kill["trial"].get("node_id")
+
+    killed, replacement = run_and_kill_worker(cluster, [str(ROOT / "sweeps/final.py"), *argv], victim, tmp_path)
+    meta = {m: store.part_metadata("training", m) for m in store.parts("training")}
+    assert len(meta) == len(table(reference, "training")), "a model is missing"
+    assert {m for m, md in meta.items() if md["node_id"] == killed} <= set(at_kill["saved"]), \
+        "the dead node saved a model after it died"
+    hit = at_kill["trial"]  # the trial that was training on the dead node
+    assert int(meta[hit["model_id"]]["resumed_from_epoch"]) >= hit["epoch"], "it did not resume from its checkpoint"
+    assert meta[hit["model_id"]]["node_id"] != killed
+    history = table(out, "training_history")
+    for mid, g in history.groupby("model_id"):  # every epoch exactly once, resumed or not
+        assert g["epoch"].tolist() == list(range(1, len(g) + 1)), mid
+    # Resuming is exact on CPU: the same models, to the bit, as without the failure.
+    rows, hist = train_uninterrupted(load_driver("sweeps/final.py"), argv)
+    got = table(out, "training")
+    pd.testing.assert_frame_equal(got[rows.columns], rows, check_exact=True)
+    pd.testing.assert_frame_equal(history[hist.columns].reset_index(drop=True), hist.reset_index(drop=True),
+                                  check_exact=True)
+
+
+@pytest.mark.slow
+def test_analysis_survives_node_failure(cluster, reference, tmp_path):
+    """A worker dies while analysis tasks run: Ray retries them (and rebuilds
+    lost representations); every table is complete, without duplicates."""
+    out = str(tmp_path / "runs")
+    seed_out(reference, out, ["config.json", "train/models", "results/training"])
+    parts_dir = f"{out}/{EXPERIMENT}/results"
+    total = sum(len(Store(reference, EXPERIMENT).parts(t)) for t in ANALYSIS)
+    at_kill = []
+
+    def victim():  # the first model's extraction is done: tasks are in flight on both workers
+        at_kill[:] = [sum(len(glob.glob(f"{parts_dir}/{t}/*.parquet")) for t in ANALYSIS)]
+        return workers(cluster)[0].node_id if glob.glob(f"{parts_dir}/layer_sparsity/*.parquet") else None
+
+    argv = [str(ROOT / "analysis/run.py"), *FLAGS, "--out", out, "--address", cluster.address]
+    killed, _ = run_and_kill_worker(cluster, argv, victim, tmp_path)
+    assert at_kill[0] < total, "the analysis had finished before the node died"
+    store = Store(out, EXPERIMENT)
+    by_dead = [p for t in ANALYSIS[1:] for p in store.parts(t) if store.part_metadata(t, p)["node_id"] == killed]
+    assert len(by_dead) <= at_kill[0], "the dead node kept writing"
+    for name in ANALYSIS:
+        assert_same_table(reference, out, name)
