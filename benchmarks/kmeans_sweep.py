@@ -1,0 +1,131 @@
+"""Benchmark: bnrep's batched k-means sweep against a loop of scikit-learn KMeans.
+
+    python benchmarks/kmeans_sweep.py                 # N=15000, d=64 and 512, k=2..15
+    python benchmarks/kmeans_sweep.py --seeds 1 --repeats 1 --dims 64   # quick look
+
+Data: rows like reduced representations (paper eq. 5): |gaussian blobs| (10
+centres, std --std), each row L2-normalised, float32. Both sides get the same
+array, n_init=1, tol=1e-4, max_iter=300, the same seeds and the same number of
+threads (torch.set_num_threads and threadpoolctl for scikit-learn's OpenMP/BLAS).
+Each seed runs --repeats times, interleaved; the fastest repeat counts, since
+other processes on a shared machine only ever add time.
+
+Prints JSON lines: one "env" line, one "seed" line per (d, seed), one
+"summary" line per d with
+  kmeans_speedup   sklearn loop time / bnrep k-means time (k-means only, the target: >= 5)
+  sweep_speedup    the same with the Davies-Bouldin index of every k on both sides
+                   (bnrep.metrics.davies_bouldin vs sklearn's davies_bouldin_score)
+  inertia_ratio    mean inertia over k (and seeds), bnrep / sklearn (target: <= 1.01)
+  worst_k_ratio    the largest per-k inertia ratio seen
+
+Takes about a minute on 2 CPU cores (AMD EPYC, AVX-512); figures are in
+the commit message that added this file and in the issue's closing note.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
+from sklearn.metrics import davies_bouldin_score
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from bnrep.kmeans import _sweep_torch, sweep_kmeans  # noqa: E402  (_sweep_torch: k-means only, no DBI)
+
+KS = list(range(2, 16))
+
+
+def rows(n: int, d: int, std: float, seed: int = 0) -> np.ndarray:
+    X, _ = make_blobs(n, d, centers=10, cluster_std=std, random_state=seed)
+    X = np.abs(X)  # non-negative, like post-ReLU channel means
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+def sklearn_loop(X, seed: int, dbi: bool):
+    inertia = []
+    for k in KS:
+        km = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(X)
+        inertia.append(km.inertia_)
+        if dbi:
+            davies_bouldin_score(X, km.labels_)
+    return inertia
+
+
+def bnrep_kmeans(X, seed: int, dbi: bool):
+    if dbi:
+        return [r.inertia for r in sweep_kmeans(X, KS[0], KS[-1], n_init=1, seed=seed)]
+    labels, inertia = _sweep_torch(X, KS, 1, 300, 1e-4, seed)
+    return inertia
+
+
+def timed(fn, *args):
+    t = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t, out
+
+
+def run_seed(X, Xt, seed: int, repeats: int) -> dict:
+    best = dict(sk=np.inf, bn=np.inf, sk_dbi=np.inf, bn_dbi=np.inf)
+    for _ in range(repeats):  # interleaved, fastest repeat counts
+        for key, fn, data, dbi in (("sk", sklearn_loop, X, False), ("bn", bnrep_kmeans, Xt, False),
+                                   ("sk_dbi", sklearn_loop, X, True), ("bn_dbi", bnrep_kmeans, Xt, True)):
+            t, inertia = timed(fn, data, seed, dbi)
+            best[key] = min(best[key], t)
+            if key in ("sk", "bn"):
+                best[key + "_inertia"] = inertia
+    return best
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=15000, help="rows (samples)")
+    p.add_argument("--dims", type=int, nargs="+", default=[64, 512], help="row dimensions d (channels)")
+    p.add_argument("--std", type=float, default=5.0, help="blob std before abs/normalise (centres in [-10, 10])")
+    p.add_argument("--seeds", type=int, default=3, help="k-means seeds per d (iteration counts vary by seed)")
+    p.add_argument("--repeats", type=int, default=2, help="timed repeats per seed; the fastest counts")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads for both sides")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    print(json.dumps(dict(kind="env", python=platform.python_version(), torch=torch.__version__,
+                          sklearn=__import__("sklearn").__version__, threads=args.threads,
+                          cpus=os.cpu_count(), cpu=platform.processor() or platform.machine(),
+                          n=args.n, ks=[KS[0], KS[-1]], std=args.std)), flush=True)
+    with threadpool_limits(args.threads):
+        for d in args.dims:
+            X = rows(args.n, d, args.std)
+            Xt = torch.from_numpy(X)
+            bnrep_kmeans(Xt[:2000], 0, False)  # warm-up: thread pools, allocator
+            sklearn_loop(X[:2000], 0, False)
+            tot = dict(sk=0.0, bn=0.0, sk_dbi=0.0, bn_dbi=0.0)
+            ratios, inertia_bn, inertia_sk = [], [], []
+            for seed in range(args.seeds):
+                r = run_seed(X, Xt, seed, args.repeats)
+                for key in tot:
+                    tot[key] += r[key]
+                inertia_bn += r["bn_inertia"]
+                inertia_sk += r["sk_inertia"]
+                ratios += list(np.array(r["bn_inertia"]) / np.array(r["sk_inertia"]))
+                print(json.dumps(dict(kind="seed", d=d, seed=seed, sklearn_s=round(r["sk"], 3),
+                                      bnrep_s=round(r["bn"], 3), speedup=round(r["sk"] / r["bn"], 2),
+                                      inertia_ratio=round(np.mean(r["bn_inertia"]) / np.mean(r["sk_inertia"]), 4))),
+                      flush=True)
+            print(json.dumps(dict(
+                kind="summary", d=d, n=args.n, seeds=args.seeds,
+                sklearn_kmeans_s=round(tot["sk"], 3), bnrep_kmeans_s=round(tot["bn"], 3),
+                kmeans_speedup=round(tot["sk"] / tot["bn"], 2),
+                sklearn_sweep_s=round(tot["sk_dbi"], 3), bnrep_sweep_s=round(tot["bn_dbi"], 3),
+                sweep_speedup=round(tot["sk_dbi"] / tot["bn_dbi"], 2),
+                inertia_ratio=round(float(np.mean(inertia_bn) / np.mean(inertia_sk)), 4),
+                worst_k_ratio=round(float(np.max(ratios)), 4))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

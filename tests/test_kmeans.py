@@ -1,0 +1,189 @@
+"""Batched k-means sweep against scikit-learn's KMeans (the reference backend)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
+
+import bnrep.kmeans as km
+from bnrep.kmeans import KMeansResult, optimal_k, sweep_kmeans
+
+KS = range(2, 16)
+
+
+def _data(kind: str, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "uniform":
+        return rng.random((2000, 16)).astype(np.float32)
+    if kind == "gaussian":
+        return rng.normal(size=(2000, 32)).astype(np.float32)
+    if kind == "blobs":
+        return make_blobs(2000, 16, centers=8, cluster_std=2.0, random_state=seed)[0].astype(np.float32)
+    if kind == "relu-blobs":  # like reduced representations: non-negative, unit rows
+        X = np.abs(make_blobs(3000, 64, centers=10, cluster_std=5.0, random_state=seed)[0])
+        return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    raise ValueError(kind)
+
+
+def _within_ss(X, labels) -> float:
+    """Sum of squared distances to the cluster means of a labelling (float64)."""
+    X = np.asarray(X, dtype=np.float64)
+    return sum(((X[labels == j] - X[labels == j].mean(0)) ** 2).sum() for j in np.unique(labels))
+
+
+# ==== inertia against scikit-learn ====
+
+INERTIA_CASES = {
+    # name: (data, n_init for both); blobs have local minima, so more restarts
+    # keep the comparison about the algorithm rather than one lucky seed
+    "uniform": ("uniform", 3),
+    "gaussian": ("gaussian", 3),
+    "relu-blobs": ("relu-blobs", 3),
+    "blobs": ("blobs", 10),
+}
+
+
+@pytest.mark.parametrize("name", INERTIA_CASES)
+def test_inertia_close_to_sklearn(name):
+    kind, n_init = INERTIA_CASES[name]
+    X = _data(kind)
+    ours = np.array([r.inertia for r in sweep_kmeans(X, 2, 15, n_init=n_init, seed=0)])
+    ref = np.array([KMeans(k, n_init=n_init, random_state=0).fit(X).inertia_ for k in KS])
+    assert ours.mean() <= 1.01 * ref.mean()  # averaged over the k range: within 1%
+    assert np.all(ours <= 1.05 * ref)  # no single k more than 5% worse
+
+
+def test_results_are_consistent_kmeans_solutions():
+    X = _data("gaussian")
+    for r in sweep_kmeans(X, 2, 15, n_init=2, seed=1):
+        assert isinstance(r, KMeansResult)
+        assert r.labels.shape == (len(X),) and r.labels.dtype == np.int64
+        assert r.labels.min() >= 0 and r.labels.max() < r.k
+        # a converged Lloyd run: centres are the means of their points
+        assert r.inertia == pytest.approx(_within_ss(X, r.labels), rel=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_optimal_k_on_separated_blobs(seed):
+    X, _ = make_blobs(1500, 8, centers=5, cluster_std=1.0, random_state=seed)
+    for backend in ("torch", "sklearn"):
+        assert optimal_k(sweep_kmeans(X, 2, 15, n_init=3, seed=seed, backend=backend)).k == 5
+
+
+def test_same_seed_same_result():
+    X = torch.from_numpy(_data("relu-blobs", 1))
+    a = sweep_kmeans(X, 2, 10, n_init=2, seed=7)
+    b = sweep_kmeans(X, 2, 10, n_init=2, seed=7)
+    for ra, rb in zip(a, b):
+        np.testing.assert_array_equal(ra.labels, rb.labels)
+        assert ra.inertia == rb.inertia and (ra.dbi == rb.dbi or math.isnan(ra.dbi))
+
+
+def test_input_not_modified():
+    for X in (_data("uniform").astype(np.float64), torch.from_numpy(_data("uniform"))):
+        X0 = X.copy() if isinstance(X, np.ndarray) else X.clone()
+        sweep_kmeans(X, 2, 4)
+        np.testing.assert_array_equal(np.asarray(X), np.asarray(X0))
+
+
+def test_sklearn_backend():
+    X = _data("blobs")
+    results = sweep_kmeans(X, 3, 6, n_init=2, seed=0, backend="sklearn")
+    assert [r.k for r in results] == [3, 4, 5, 6]
+    for r in results:
+        ref = KMeans(r.k, n_init=2, random_state=0).fit(X)
+        np.testing.assert_array_equal(r.labels, ref.labels_)
+        assert r.inertia == pytest.approx(ref.inertia_, rel=1e-5)
+        assert r.dbi_reason is None and r.dbi > 0
+
+
+def test_work_split_into_chunks_gives_the_same_result(monkeypatch):
+    X = _data("gaussian")[:500]
+    whole = sweep_kmeans(X, 2, 9, n_init=2, seed=3)
+    monkeypatch.setattr(km, "_BUFFER_FLOATS", 30 * 500)  # forces one or two runs per batch
+    assert len(km._run_chunks([k for k in range(2, 10) for _ in range(2)], 500)) > 4
+    chunked = sweep_kmeans(X, 2, 9, n_init=2, seed=3)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert a.inertia == pytest.approx(b.inertia, rel=1e-6)  # other matmul shapes: rounding
+
+
+# ==== degenerate data: never a crash ====
+
+DEGENERATE = {
+    # name: (X, what the DBI reason starts with, or None)
+    "dead-layer": (np.zeros((300, 8), np.float32), "dead layer"),
+    "identical-rows": (np.full((300, 8), 0.25, np.float32), "all samples are identical"),
+    "fewer-distinct-points-than-k": (np.repeat(np.eye(4, 8, dtype=np.float32), 60, axis=0), None),
+}
+
+
+@pytest.mark.parametrize("name", DEGENERATE)
+def test_degenerate_data(name):
+    X, reason = DEGENERATE[name]
+    results = sweep_kmeans(X, 2, 8, n_init=2)
+    assert [r.k for r in results] == list(range(2, 9))
+    for r in results:
+        assert r.labels.shape == (len(X),) and 0 <= r.labels.min() and r.labels.max() < r.k
+        assert r.inertia == pytest.approx(_within_ss(X, r.labels), rel=1e-6, abs=1e-6)
+        if reason:
+            assert math.isnan(r.dbi) and r.dbi_reason.startswith(reason)
+    best = optimal_k(results)
+    assert best.k == 2 if reason else best.dbi == 0.0  # all NaN -> the first
+
+
+def test_optimal_k_ignores_nan():
+    res = [KMeansResult(k, np.zeros(3, np.int64), 1.0, dbi, None)
+           for k, dbi in [(2, float("nan")), (3, 0.9), (4, 0.4), (5, float("nan")), (6, 0.7)]]
+    assert optimal_k(res).k == 4
+    assert optimal_k(res[:1]).k == 2
+    with pytest.raises(ValueError):
+        optimal_k([])
+
+
+# ==== bad input ====
+
+BAD = {
+    "k_min<2": dict(k_min=1),
+    "k_max<k_min": dict(k_min=5, k_max=4),
+    "k_max>=N": dict(k_max=50),
+    "n_init<1": dict(n_init=0),
+    "max_iter<1": dict(max_iter=0),
+    "negative-tol": dict(tol=-1.0),
+    "unknown-backend": dict(backend="faiss"),
+}
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_input(name):
+    X = np.random.default_rng(0).random((50, 3))
+    with pytest.raises(ValueError) as err:
+        sweep_kmeans(X, **{"k_min": 2, "k_max": 5, **BAD[name]})
+    assert "\n" not in str(err.value)
+
+
+def test_bad_shape():
+    with pytest.raises(ValueError):
+        sweep_kmeans(np.zeros(50), 2, 5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu_quality():
+    X = _data("relu-blobs")
+    gpu = sweep_kmeans(torch.from_numpy(X).cuda(), 2, 15, n_init=3)
+    cpu = sweep_kmeans(X, 2, 15, n_init=3)
+    assert np.mean([r.inertia for r in gpu]) <= 1.01 * np.mean([r.inertia for r in cpu])
+
+
+def test_pruning_does_not_change_the_result(monkeypatch):
+    """Hamerly's bounds only skip work: recomputing every point gives the same labels."""
+    X = _data("relu-blobs", 2)
+    pruned = sweep_kmeans(X, 2, 15, n_init=2, seed=4)
+    monkeypatch.setattr(km, "_FULL", -1.0)  # every E-step recomputes every point
+    full = sweep_kmeans(X, 2, 15, n_init=2, seed=4)
+    for a, b in zip(pruned, full):
+        assert (a.labels == b.labels).mean() > 0.999  # float32 near-ties may differ
+        assert a.inertia == pytest.approx(b.inertia, rel=1e-5)
