@@ -202,12 +202,17 @@ def main(argv: list[str] | None = None) -> int:
 def wait_all(ray, pending: list) -> None:
     """Block until every task is done, printing progress; raise the first error."""
     total, done, t0 = len(pending), 0, time.time()
+    tty = sys.stdout.isatty()  # a live counter on a terminal, a line per tenth in a log
+    step = max(1, total // 10)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=None)
         ray.get(ready)
         done += len(ready)
-        print(f"\r[analysis] {done}/{total} tasks done ({time.time() - t0:.0f} s)", end="", flush=True)
-    print()
+        line = f"[analysis] {done}/{total} tasks done ({time.time() - t0:.0f} s)"
+        if tty:
+            print("\r" + line, end="\n" if done == total else "", flush=True)
+        elif done % step == 0 or done == total:
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -274,6 +275,30 @@ def main_guard(fn, argv=None) -> int:
         return 130
 
 
+def tune_progress(stage: str, total: int, describe):
+    """A Tune callback printing one line per finished trial (instead of Tune's
+    tables); `describe(last_result) -> str` says what the trial achieved."""
+    import time
+
+    from ray import tune
+
+    class Progress(tune.Callback):
+        def __init__(self):
+            self.done, self.t0 = 0, time.time()
+
+        def _line(self, trial, what: str) -> None:
+            self.done += 1
+            print(f"[{stage}] {self.done}/{total} {what} ({time.time() - self.t0:.0f} s)", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._line(trial, describe(trial.last_result or {}))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._line(trial, f"trial {trial.trial_id} failed: see {trial.local_path or 'the Tune logs'}")
+
+    return Progress()
+
+
 # ==== inside a Tune trial ====
 def trial_dirname(trial) -> str:
     """Short trial directory names (Tune's default spells out the whole config)."""
@@ -291,6 +316,7 @@ def train_in_tune(trainer, extra: dict | None = None, checkpoint_every: int = 1)
 
     from ray import tune
 
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d, open(os.path.join(d, CHECKPOINT_FILE), "rb") as f:

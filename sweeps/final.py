@@ -138,12 +138,17 @@ def run_grid(exp: Experiment, args, store: Store, todo: list[dict], gpus: float,
             param_space={"run": tune.grid_search(todo)},
             tune_config=tune.TuneConfig(trial_dirname_creator=driver.trial_dirname),
             run_config=tune.RunConfig(
-                name="final", storage_path=store.uri("train", "tune"), verbose=1,
+                name="final", storage_path=store.uri("train", "tune"), verbose=0,
+                callbacks=[driver.tune_progress("final", len(todo), describe_model)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures)))
     errors = [r.error for r in tuner.fit() if r.error]
     if errors:
         raise RuntimeError(f"{len(errors)} model(s) failed after retries; first error: {errors[0]}")
+
+
+def describe_model(r: dict) -> str:
+    return f"models trained; last: {r.get('model_id', '?')}, test_acc {r.get('test_acc', float('nan')):.4f}"
 
 
 def untrained(exp: Experiment, store: Store, grid: list[dict], train_hash: str) -> list[dict]:

@@ -86,7 +86,8 @@ def run_search(exp: Experiment, args, store, tag: str, gpus: float) -> pd.DataFr
                 search_alg=BasicVariantGenerator(random_state=exp.split_seed),
                 trial_dirname_creator=driver.trial_dirname),
             run_config=tune.RunConfig(
-                name=tag, storage_path=store.uri("hparam", "tune"), verbose=1,
+                name=tag, storage_path=store.uri("hparam", "tune"), verbose=0,
+                callbacks=[driver.tune_progress(f"hparam {tag}", exp.num_samples, describe_trial)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures)))
     grid = tuner.fit()
@@ -100,6 +101,12 @@ def run_search(exp: Experiment, args, store, tag: str, gpus: float) -> pd.DataFr
                      "objective": float(m.get("objective", "nan")), "error": str(r.error or ""),
                      "node_id": str(m.get("node_id", ""))})  # the Ray node of its last epoch
     return pd.DataFrame(rows)
+
+
+def describe_trial(r: dict) -> str:
+    return (f"trials done; last: lr {r.get('lr', float('nan')):.3g}, {r.get('epoch', 0)} epochs, "
+            f"val_acc {r.get('val_acc', float('nan')):.4f}"
+            + (", interpolated" if r.get("interpolated") else ""))
 
 
 def best_trial(trials: pd.DataFrame) -> dict:
