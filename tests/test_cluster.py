@@ -6,8 +6,8 @@ failures, and results at file:// and s3:// URIs.
 A `ray.cluster_utils.Cluster` on loopback stands in for a cluster: a head
 with no CPUs (it runs nothing but Ray's own services) and worker nodes of one
 CPU each, so every trial and task runs on a worker. moto's S3 server on
-loopback stands in for a bucket. Two runs of the smoke-test pipeline are
-shared by the tests (module fixtures):
+loopback stands in for a bucket. Two runs of the smoke-test pipeline (all
+four stages, report included) are shared by the tests (module fixtures):
 
     reference   a private single-node Ray (the drivers as subprocesses), --out file://...
     multinode   the 2-worker cluster, joined through --address, --out s3://...
@@ -44,7 +44,8 @@ EXPERIMENT = "digits-cnn"
 FLAGS = ["--smoke-test"]
 # Longer trials (about a second) for the node-failure test, so a node dies mid-training.
 LONG = [*FLAGS, "--max-epochs", "12"]
-STAGES = ("sweeps/hparam.py", "sweeps/final.py", "analysis/run.py")
+STAGES = ("sweeps/hparam.py", "sweeps/final.py", "analysis/run.py", "analysis/report.py")
+REPORT = ("report.md", "report.html", "table1.csv", "findings.json")  # some of the report's files
 # Fast node-death detection (defaults take ~30 s): GCS health checks every 0.5 s.
 FAST_FAILURE = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                 "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
@@ -55,6 +56,11 @@ KEYS = {"training": ["model_id"], "training_history": ["model_id", "epoch"],
         "kmeans": ["model_id", "layer_index", "k"]}
 ANALYSIS = ("samples", "channel_sparsity", "layer_sparsity", "class_dbi", "kmeans")
 BUCKET = "bnrep-test"
+
+
+def stage_flags(stage: str) -> list[str]:
+    """The report reads what the stages wrote: it takes no Ray and no smoke flags."""
+    return [] if stage == "analysis/report.py" else FLAGS
 
 
 def load_driver(rel: str):
@@ -126,14 +132,15 @@ def workers(cluster) -> list:
 
 # ==== the two pipeline runs ====
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, s3_env):
+def reference(tmp_path_factory):
     """The smoke-test pipeline as a user runs it: each driver a process with a
     private single-node Ray, --out a file:// URI. Returns that URI."""
     out = "file://" + str(tmp_path_factory.mktemp("reference") / "runs")
     ray_tmp = short_tmpdir("bnrep-ref-")  # its own: must not find the module's cluster
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(ROOT)}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(ROOT))
     for stage in STAGES:
-        r = subprocess.run([sys.executable, str(ROOT / stage), *FLAGS, "--out", out],
+        r = subprocess.run([sys.executable, str(ROOT / stage), *stage_flags(stage), "--out", out],
                            env=env, cwd=tmp_path_factory.getbasetemp(), capture_output=True, text=True,
                            timeout=300)
         assert r.returncode == 0, f"{stage} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
@@ -148,7 +155,8 @@ def multinode(cluster, s3_env):
     out = f"s3://{BUCKET}/runs"
     nodes = {n.node_id for n in workers(cluster)}
     for stage in STAGES:
-        assert load_driver(stage).main([*FLAGS, "--out", out, "--address", cluster.address]) == 0, stage
+        ray_flags = ["--address", cluster.address] if stage != "analysis/report.py" else []
+        assert load_driver(stage).main([*stage_flags(stage), "--out", out, *ray_flags]) == 0, stage
     return out, nodes
 
 
@@ -204,9 +212,10 @@ def test_file_uri_pipeline_reads_back_with_pandas(reference):
     for name in ("hparam_trials", "training", *ANALYSIS):
         assert len(pd.read_parquet(f"{reference}/{EXPERIMENT}/results/{name}")), name
     models = pd.read_parquet(f"{local}/{EXPERIMENT}/results/training")["model_id"]
-    for mid in models:  # model files beside the tables, and no stray local ./runs anywhere
+    for mid in models:  # model files beside the tables
         assert os.path.isfile(f"{local}/{EXPERIMENT}/train/models/{mid}/model.pt")
     assert glob.glob(f"{local}/{EXPERIMENT}/train/tune/final/*/checkpoint_*")
+    assert all(os.path.getsize(f"{local}/{EXPERIMENT}/report/{f}") for f in REPORT)
 
 
 @pytest.mark.slow
@@ -220,6 +229,9 @@ def test_s3_pipeline_reads_back_with_pandas(multinode, s3_env):
     assert all(f"{root}/train/models/{m}/model.pt" in files for m in models)
     assert any("/train/tune/final/" in f and "/checkpoint_" in f for f in files), "Tune's storage is not in S3"
     assert f"{root}/hparam/best_hparams.json" in files and f"{root}/config.json" in files
+    assert all(f"{root}/report/{f}" in files for f in REPORT)
+    with fs.open_input_stream(f"{root}/report/report.html") as f:
+        assert b"<html" in f.read().lower()
 
 
 # ==== multi-node ====
@@ -239,7 +251,7 @@ def test_multinode_uses_both_workers_and_matches_single_node(multinode, referenc
     pd.testing.assert_frame_equal(a[cols], b[cols], check_exact=True)
     same = a["epochs"] == b["epochs"]
     pd.testing.assert_frame_equal(a.loc[same, ["val_acc", "objective"]], b.loc[same, ["val_acc", "objective"]])
-    best = [{tag: {k: v for k, v in b.items() if k != "trial_id"} for tag, b in
+    best = [{tag: {k: v for k, v in hp.items() if k != "trial_id"} for tag, hp in
              Store(o, EXPERIMENT).read_json("hparam/best_hparams.json").items()} for o in (reference, out)]
     assert best[0] == best[1]
     for name in ("training", "training_history", *ANALYSIS):
@@ -252,20 +264,21 @@ def run_and_kill_worker(cluster, argv: list[str], victim, cwd) -> tuple[str, str
     names a worker node, SIGKILL it and add a replacement. Here, not in a
     thread: Ray starts nodes only from the main thread. Returns (killed,
     replacement) node ids."""
-    proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    log = cwd / "driver.log"  # a file, not a pipe: a full pipe would stall the driver while we poll
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
     try:
         deadline, node_id = time.time() + 120, None
         while node_id is None and proc.poll() is None and time.time() < deadline:
             node_id = victim()
             time.sleep(0.02)
-        assert node_id, "no node to kill before the driver ended:\n" + (proc.stdout.read()[-3000:] if proc.poll() is not None else "")
+        assert node_id, "no node to kill before the driver ended:\n" + log.read_text()[-3000:]
         cluster.remove_node(next(n for n in workers(cluster) if n.node_id == node_id), allow_graceful=False)
         replacement = cluster.add_node(num_cpus=1)
-        log = proc.communicate(timeout=240)[0]
+        proc.wait(timeout=240)
     finally:
         proc.kill()
-    assert proc.returncode == 0, log[-5000:]
+    assert proc.returncode == 0, log.read_text()[-5000:]
     return node_id, replacement.node_id
 
 
