@@ -139,12 +139,14 @@ def reference(tmp_path_factory):
     ray_tmp = short_tmpdir("bnrep-ref-")  # its own: must not find the module's cluster
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(ROOT))
-    for stage in STAGES:
-        r = subprocess.run([sys.executable, str(ROOT / stage), *stage_flags(stage), "--out", out],
-                           env=env, cwd=tmp_path_factory.getbasetemp(), capture_output=True, text=True,
-                           timeout=300)
-        assert r.returncode == 0, f"{stage} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+    try:
+        for stage in STAGES:
+            r = subprocess.run([sys.executable, str(ROOT / stage), *stage_flags(stage), "--out", out],
+                               env=env, cwd=tmp_path_factory.getbasetemp(), capture_output=True, text=True,
+                               timeout=300)
+            assert r.returncode == 0, f"{stage} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     return out
 
 
