@@ -136,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     # ==== validate everything before Ray starts ====
     args = build_parser().parse_args(argv)
     exp = driver.resolve_experiment(args)
+    store = driver.open_store(args, exp)
+    exp = driver.with_trained_config(store, exp)  # training flags are final.py's, not ours
     validate(args, exp)
     check_data(exp, args.data_root)
-    store = driver.open_store(args, exp)
     record = driver.prepare(store, exp, "analysis", args.fresh)
     data = load_data(exp, args.data_root, device="cpu")
     models = trained_models(store, exp, data.channels)

@@ -126,6 +126,15 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
     return exp
 
 
+def with_trained_config(store: Store, exp: Experiment) -> Experiment:
+    """The analysis of existing models: training fields as they were trained
+    (config.json), analysis fields from this run's preset and flags."""
+    if not store.exists("config.json"):
+        return exp
+    trained = Experiment.from_dict(store.read_json("config.json")["experiment"])
+    return trained.override(**{f: getattr(exp, f) for f in ANALYSIS_FIELDS})
+
+
 def check_positive(args: argparse.Namespace, *names: str) -> None:
     for n in names:
         v = getattr(args, n, None)

@@ -84,6 +84,12 @@ class Experiment:
             raise ConfigError(f"unknown experiment field(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Experiment":
+        """Inverse of to_dict (JSON lists back to tuples; unknown keys ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+
     def lr_for(self, bn: bool) -> float:
         return self.lr if bn or self.lr_nobn is None else self.lr_nobn
 

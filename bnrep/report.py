@@ -149,10 +149,7 @@ def load_experiment(store: Store, name: str) -> Experiment:
     """The resolved experiment from config.json, else the preset called `name`."""
     if store.exists("config.json"):
         try:
-            d = store.read_json("config.json")["experiment"]
-            names = {f.name for f in dataclasses.fields(Experiment)}
-            return Experiment(**{k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in d.items() if k in names})
+            return Experiment.from_dict(store.read_json("config.json")["experiment"])
         except (KeyError, TypeError, ValueError, OSError):
             pass  # unreadable or from another version: the preset still names the layers
     return get_experiment(name)
@@ -931,7 +928,7 @@ def build_report(out: str, experiment: str) -> ReportResult:
     w.documents(blocks, title)
     w.put("findings.json", json.dumps([dataclasses.asdict(f) for f in fs], indent=2, default=str) + "\n")
     where = store.uri("report")
-    summary = _summary(title, t1_text, {"Findings": fs}, notes, f"{where}/report.html")
+    summary = _summary(title, t1_text, {"Findings": fs}, notes, store.uri("report", "report.html"))
     w.put("summary.txt", summary + "\n")
     store.write_json("report/report_inputs.json", fingerprint)  # last: marks the report complete
     w.files.append("report_inputs.json")

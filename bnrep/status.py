@@ -12,9 +12,7 @@ ANALYSIS_PER_MODEL = ("channel_sparsity", "layer_sparsity")
 def resolved_experiment(store: Store, name: str) -> Experiment | None:
     """The configuration the results were made with (config.json), else the preset."""
     if store.exists("config.json"):
-        d = store.read_json("config.json")["experiment"]
-        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return Experiment(**d)
+        return Experiment.from_dict(store.read_json("config.json")["experiment"])
     try:
         return get_experiment(name)
     except ConfigError:

@@ -154,3 +154,14 @@ def test_status_of_partial_results(results, capsys):
     assert "hparam     missing   0/2 BatchNorm settings searched" in out  # best_hparams but no trials table
     assert "final      missing   0/4 models trained" in out  # a training row without its model file
     assert "report     missing" in out
+
+
+def test_analysis_takes_training_fields_from_the_trained_config(results):
+    """final.py --max-epochs 3 (smoke) then analysis/run.py --k-max 4: the analysis
+    keeps the models' training settings and applies only its own flags."""
+    store = Store(str(results), "digits-cnn")
+    plain = driver.resolve_experiment(stage("analysis").build_parser().parse_args(["--k-max", "4"]))
+    exp = driver.with_trained_config(store, plain)
+    assert exp.max_epochs == 3 and exp.train_size == 256  # as trained (smoke)
+    assert exp.k_max == 4 and exp.samples_cluster == plain.samples_cluster  # this run's analysis flags
+    assert driver.stage_hashes(exp)["train_hash"] == store.read_json("config.json")["train_hash"]

@@ -336,7 +336,8 @@ def test_driver_parser_is_reusable(driver):
     import argparse
 
     p = driver.add_args(argparse.ArgumentParser())
-    assert vars(p.parse_args([])) == {"experiment": "digits-cnn", "experiments": None, "all": False, "out": "./runs"}
+    assert vars(p.parse_args([])) == {"experiment": "digits-cnn", "experiments": None, "all": False, "force": False,
+                                      "out": "./runs"}
     assert driver.build_parser().parse_args(["--experiments", "a", "b"]).experiments == ["a", "b"]
     with pytest.raises(SystemExit):
         driver.build_parser().parse_args(["--all", "--experiment", "x"])
@@ -346,3 +347,18 @@ def test_driver_runs_as_a_script(tmp_path):
     r = subprocess.run([sys.executable, "analysis/report.py", "--experiment", "nope", "--out", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("error: unknown experiment")
+
+
+def test_driver_skips_an_up_to_date_report(tmp_path, capsys, driver):
+    out = str(tmp_path)
+    write_tables(tmp_path, "digits-cnn", make_tables("digits-cnn", **SMALL))
+    assert driver.main(["--experiment", "digits-cnn", "--out", out]) == 0
+    html = tmp_path / "digits-cnn" / "report" / "report.html"
+    mtime = html.stat().st_mtime_ns
+    capsys.readouterr()
+    assert driver.main(["--experiment", "digits-cnn", "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "report is up to date" in printed and "Table 1" in printed  # the summary, from summary.txt
+    assert html.stat().st_mtime_ns == mtime
+    assert driver.main(["--experiment", "digits-cnn", "--out", out, "--force"]) == 0
+    assert html.stat().st_mtime_ns != mtime
