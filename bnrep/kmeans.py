@@ -38,7 +38,7 @@ from bnrep.metrics import davies_bouldin
 
 BACKENDS = ("torch", "sklearn")
 _BUFFER_FLOATS = 2**26  # float32 workspace per batch of runs (256 MiB); more runs -> chunks
-_ROWS = 2048  # rows per chunk in exact inertia passes
+_ROWS = 2048  # rows per chunk (at most) in exact inertia passes
 _FULL = 0.8  # recompute every point when more than this fraction is unsure anywhere
 _ROUNDING = 1e-6  # relative error allowed for float32 ||x||^2 - 2 x.c + ||c||^2 (about 16 ulp)
 
@@ -62,7 +62,10 @@ def sweep_kmeans(X, k_min: int = 2, k_max: int = 15, n_init: int = 3, max_iter: 
     backend "torch" batches every k and restart (CPU or GPU: `device`, else
     X's device); "sklearn" runs sklearn.cluster.KMeans per k (the reference).
     n_init restarts per k keep the lowest inertia; tol is scikit-learn's
-    (relative to the mean feature variance); seed makes runs repeatable.
+    (relative to the mean feature variance); max_iter caps Lloyd iterations.
+    The same seed gives the same result on the same device (on CUDA, atomic
+    float sums may break exact near-ties differently between runs). Memory:
+    about (k + 10) * N floats per (k, restart), processed in batches of 256 MiB.
     """
     X = _as_rows(X, device)
     _validate(X, k_min, k_max, n_init, max_iter, tol, backend)
@@ -109,6 +112,8 @@ def _validate(X, k_min, k_max, n_init, max_iter, tol, backend) -> None:
         raise ValueError(f"need n_init >= 1, max_iter >= 1, tol >= 0 (got {n_init}, {max_iter}, {tol})")
     if backend not in BACKENDS:
         raise ValueError(f"unknown k-means backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if X.numel() and not bool(torch.isfinite(torch.stack(X.aminmax())).all()):  # NaN propagates
+        raise ValueError("k-means needs finite values: X contains NaN or inf")
 
 
 # ==== sklearn backend (reference) ====
@@ -212,8 +217,8 @@ class _Workspace:
 def _assign(X, xx, C, L: _Layout, ws: _Workspace):
     """Nearest and second-nearest centre of each run for rows X (n, d).
 
-    Returns labels (A, n) int64 and squared distances to the nearest and the
-    second-nearest centre (A, n), float32 from ||x||^2 - 2 x.c + ||c||^2.
+    Returns labels (A, n) int64 and, for the nearest and the second-nearest
+    centre, ||c||^2 - 2 x.c (A, n) float32: the squared distance less ||x||^2.
     """
     A, n = L.A, X.shape[0]
     cc = (C * C).sum(1, keepdim=True)  # (S, 1)
@@ -231,17 +236,18 @@ def _assign(X, xx, C, L: _Layout, ws: _Workspace):
         torch.minimum(v1[a0:], blk, out=v1[a0:])
         # labels so far are < j, so max(lab, j * new_best) is branch-free masked assignment
         torch.maximum(lab[a0:], t[a0:].mul_(j), out=lab[a0:])
-    return lab.long(), (v1 + xx).clamp_(min=0), (v2 + xx).clamp_(min=0)
+    return lab.long(), v1, v2
 
 
-def _bounds(d1, d2, xx, C):
-    """Hamerly bounds from float32 squared distances (A, n), widened by their rounding error.
+def _bounds(v1, v2, xx, C):
+    """Hamerly bounds (A, n) from _assign's v1, v2, widened by float32 rounding error.
 
     u >= distance to the own centre; l <= distance to any other centre.
     """
     cmax = torch.linalg.vector_norm(C, dim=1).max()
     err = _ROUNDING * (xx.sqrt() + cmax).square()  # (n,) error of ||x||^2 - 2 x.c + ||c||^2
-    return (d1 + err).sqrt_(), (d2 - err).clamp_(min=0).sqrt_()
+    u = (v1 + (xx + err)).clamp_(min=0).sqrt_()
+    return u, (v2 + (xx - err)).clamp_(min=0).sqrt_()
 
 
 def _reassign(X, xx, C, L: _Layout, ws: _Workspace, st: dict):
@@ -256,19 +262,20 @@ def _reassign(X, xx, C, L: _Layout, ws: _Workspace, st: dict):
     cols = (st["u"] > st["l"]).any(0).nonzero().flatten()  # (n,)
     if len(cols) > _FULL * N:  # nearly all unsure: skip the gathers
         old = st["lab"]
-        lab, d1, d2 = _assign(X, xx, C, L, ws)
-        st["lab"], (st["u"], st["l"]) = lab, _bounds(d1, d2, xx, C)
+        lab, v1, v2 = _assign(X, xx, C, L, ws)
+        st["lab"], (st["u"], st["l"]) = lab, _bounds(v1, v2, xx, C)
         changed = lab != old
         a, n = changed.nonzero(as_tuple=True)
         return (a, n, old[a, n], lab[a, n]), changed.any(1)
     if len(cols) == 0:
         none = cols.new_empty(0)
         return (none, none, none, none), torch.zeros(L.A, dtype=torch.bool, device=X.device)
-    lab, d1, d2 = _assign(X[cols], xx[cols], C, L, ws)
+    Xc = torch.index_select(X, 0, cols, out=ws.take("Xc", len(cols), X.shape[1]))  # no fresh pages
+    lab, v1, v2 = _assign(Xc, xx[cols], C, L, ws)
     old = st["lab"].index_select(1, cols)  # (A, n)
     changed = lab != old
     a, i = changed.nonzero(as_tuple=True)
-    u, l = _bounds(d1, d2, xx[cols], C)
+    u, l = _bounds(v1, v2, xx[cols], C)
     for key, val in (("lab", lab), ("u", u), ("l", l)):
         st[key].index_copy_(1, cols, val)
     return (a, cols[i], old[a, i], lab[a, i]), changed.any(1)
@@ -283,11 +290,11 @@ def _full_sums(X, lab, L: _Layout, ws: _Workspace):
     return H @ X, H.sum(1)
 
 
-def _move_points(X, moved, L: _Layout, sums, counts) -> None:
+def _move_points(X, moved, L: _Layout, sums, counts, ws: _Workspace) -> None:
     """Move the points that changed centre from their old to their new centre's sums."""
     a, n, old, new = moved
     new, old = L.base[new] + a, L.base[old] + a  # (M,) rows
-    xs = X[n]  # (M, d)
+    xs = torch.index_select(X, 0, n, out=ws.take("Xc", len(n), X.shape[1]))  # (M, d)
     sums.index_add_(0, new, xs).index_add_(0, old, xs, alpha=-1)
     one = torch.ones_like(n, dtype=counts.dtype)
     counts.index_add_(0, new, one).index_add_(0, old, one, alpha=-1)
@@ -319,38 +326,43 @@ def _lloyd(X, xx, C, k: list[int], max_iter: int, tol_abs: float):
     ws = _Workspace(X.device)
     out = dict(C=C.clone(), lab=torch.empty(L.A, X.shape[0], dtype=torch.long, device=X.device),
                sums=torch.empty_like(C), counts=torch.empty(L.S, device=X.device))
-    runs, rows = torch.arange(L.A, device=X.device), torch.arange(L.S, device=X.device)
-    lab, d1, d2 = _assign(X, xx, C, L, ws)
-    st = dict(lab=lab, **dict(zip("ul", _bounds(d1, d2, xx, C))))
-    sums, counts = _full_sums(X, lab, L, ws)
+    runs, rows = torch.arange(L.A, device=X.device), torch.arange(L.S, device=X.device)  # -> out
+    lab, v1, v2 = _assign(X, xx, C, L, ws)
+    st = dict(lab=lab, **dict(zip("ul", _bounds(v1, v2, xx, C))))  # per run and point
+    strict = torch.zeros(L.A, dtype=torch.bool, device=X.device)
+    moved, stale, sums, counts = None, False, None, None
     pending = []  # runs stopped on tol or max_iter: they get a last E-step (as scikit-learn)
     for it in range(max_iter):
         if it > 0:
             moved, changed = _reassign(X, xx, C, L, ws, st)
-            if stale or 64 * len(moved[0]) > L.S * X.shape[0]:  # many moved: one matmul is cheaper
-                sums, counts = _full_sums(X, st["lab"], L, ws)
-            else:
-                _move_points(X, moved, L, sums, counts)
+            strict = ~changed  # scikit-learn's first stopping rule: labels unchanged
+        sums, counts = _centre_sums(X, st["lab"], L, ws, sums, counts, moved, stale)
         stale = bool((counts == 0).any()) and _relocate_empty(X, st["lab"], C, L, sums, counts)
         C_new = sums / counts.clamp(min=1)[:, None]  # (S, d)
         out["C"][rows] = C_new
         delta = (C_new - C).square().sum(1)  # (S,) squared centre shift
-        strict = ~changed if it > 0 else torch.zeros(L.A, dtype=torch.bool, device=X.device)
-        loose = torch.zeros(L.A, device=X.device).index_add_(0, L.row_run, delta) <= tol_abs
+        loose = torch.zeros(L.A, device=X.device).index_add_(0, L.row_run, delta) <= tol_abs  # rule 2
         _follow_centres(st, delta, L)
-        C = C_new
-        last = it == max_iter - 1
-        done = strict | loose | last  # scikit-learn: labels unchanged, or shift <= tol
+        C, done = C_new, strict | loose | (it == max_iter - 1)
         _finish(out, pending, st, runs, rows, L, done, strict, sums, counts)
         if bool(done.all()):
             break
-        keep = (~done).nonzero().flatten()
-        if len(keep) < L.A:  # converged runs leave the batch
+        if bool(done.any()):  # converged runs leave the batch
+            keep = (~done).nonzero().flatten()
             L, sub = L.subset(keep)
             runs, rows, C, sums, counts = runs[keep], rows[sub], C[sub], sums[sub], counts[sub]
             st = {key: val[keep] for key, val in st.items()}
     _last_estep(X, xx, full, out, pending, ws)
     return full, out["C"], out["lab"], _inertia_estimate(xx, full, out)
+
+
+def _centre_sums(X, lab, L: _Layout, ws: _Workspace, sums, counts, moved, stale):
+    """Per-centre sums and counts: from scratch (first step, after a relocation, when
+    many points moved: one matmul is then cheaper), else by moving the points that changed."""
+    if moved is None or stale or 64 * len(moved[0]) > L.S * X.shape[0]:
+        return _full_sums(X, lab, L, ws)
+    _move_points(X, moved, L, sums, counts, ws)
+    return sums, counts
 
 
 def _follow_centres(st: dict, delta, L: _Layout) -> None:
@@ -382,7 +394,7 @@ def _last_estep(X, xx, full: _Layout, out: dict, pending: list, ws: _Workspace) 
               l=torch.cat([p[2] for p in pending])[order])
     moved, _ = _reassign(X, xx, out["C"][rows], L, ws, st)
     sums, counts = out["sums"][rows], out["counts"][rows]
-    _move_points(X, moved, L, sums, counts)  # keep sums consistent with the labels
+    _move_points(X, moved, L, sums, counts, ws)  # keep sums consistent with the labels
     out["lab"][runs], out["sums"][rows], out["counts"][rows] = st["lab"], sums, counts
 
 
@@ -400,8 +412,12 @@ def _inertia64(X, C, lab) -> float:
     """Sum of squared distances to assigned centres from exact differences (float64 total)."""
     C = C.to(X.dtype)
     total = torch.zeros((), dtype=torch.float64, device=X.device)
-    for xs, ls in zip(X.split(_ROWS), lab.split(_ROWS)):
-        total += (xs - C[ls]).square_().sum(1).sum(dtype=torch.float64)  # per-row sums in X's dtype
+    R = max(1, min(_ROWS, 2**19 // max(X.shape[1], 1)))  # small chunks, one reused buffer
+    buf = torch.empty(R, X.shape[1], dtype=X.dtype, device=X.device)  # reused
+    for xs, ls in zip(X.split(R), lab.split(R)):
+        diff = torch.index_select(C, 0, ls, out=buf[: len(ls)])
+        torch.sub(xs, diff, out=diff)
+        total += diff.square_().sum(1).sum(dtype=torch.float64)  # per-row sums in X's dtype
     return float(total)
 
 

@@ -103,7 +103,11 @@ def _encode_labels(labels, n: int, device) -> torch.Tensor:
     return codes.to(device=device, dtype=torch.int64)
 
 
-_ROWS = 2048  # rows per chunk: float64 temporaries stay a few MB (no page-fault storms)
+_ROWS = 2048  # rows per chunk (at most); chunks of 2**19 values keep temporaries small
+
+
+def _chunk_rows(d: int) -> int:
+    return max(1, min(_ROWS, 2**19 // max(d, 1)))
 
 
 def _degenerate(X: torch.Tensor, k: int) -> str | None:
@@ -114,7 +118,7 @@ def _degenerate(X: torch.Tensor, k: int) -> str | None:
     lo, hi = X.aminmax()  # NaN propagates, inf shows
     if not (torch.isfinite(lo) and torch.isfinite(hi)):
         return "representations contain NaN or inf"
-    if not X.any():  # before the label checks: k-means puts a dead layer in one cluster
+    if lo == 0 and hi == 0:  # before the label checks: k-means puts a dead layer in one cluster
         return "dead layer: all representations are zero"
     if all(bool((xs == X[0]).all()) for xs in X.split(_ROWS)):
         return "all samples are identical"
@@ -128,15 +132,18 @@ def _degenerate(X: torch.Tensor, k: int) -> str | None:
 def _cluster_stats(X: torch.Tensor, codes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Centroids (k, d) and mean member-to-centroid distance (k,), both float64."""
     f64 = dict(dtype=torch.float64, device=X.device)
+    R = _chunk_rows(X.shape[1])
+    x64, c64 = torch.empty(R, X.shape[1], **f64), torch.empty(R, X.shape[1], **f64)  # reused
     counts = torch.bincount(codes, minlength=k).to(torch.float64)  # (k,)
     centroids = torch.zeros(k, X.shape[1], **f64)
-    for xs, cs in zip(X.split(_ROWS), codes.split(_ROWS)):
-        centroids.index_add_(0, cs, xs.to(torch.float64))
+    for xs, cs in zip(X.split(R), codes.split(R)):
+        centroids.index_add_(0, cs, x64[: len(cs)].copy_(xs))
     centroids /= counts[:, None]  # (k, d)
     intra = torch.zeros(k, **f64)
-    for xs, cs in zip(X.split(_ROWS), codes.split(_ROWS)):
-        dist = (xs.to(torch.float64) - centroids[cs]).square_().sum(dim=1).sqrt_()  # (rows,), X untouched
-        intra.index_add_(0, cs, dist)
+    for xs, cs in zip(X.split(R), codes.split(R)):
+        diff = torch.index_select(centroids, 0, cs, out=c64[: len(cs)])
+        diff = torch.sub(x64[: len(cs)].copy_(xs), diff, out=diff)  # X itself is never written
+        intra.index_add_(0, cs, diff.square_().sum(dim=1).sqrt_())
     return centroids, intra / counts
 
 

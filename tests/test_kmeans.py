@@ -165,9 +165,13 @@ def test_bad_input(name):
     assert "\n" not in str(err.value)
 
 
-def test_bad_shape():
+def test_bad_shape_or_values():
     with pytest.raises(ValueError):
         sweep_kmeans(np.zeros(50), 2, 5)
+    X = np.random.default_rng(0).random((50, 3))
+    X[4, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        sweep_kmeans(X, 2, 5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
