@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bnrep.models import ProbedNet
+
+COUNT_CHUNK = 2 ** 22  # activation values per zero-counting step: its int64 temporary stays <= 32 MiB
 
 
 @dataclass
@@ -69,10 +70,10 @@ class _Reducer:
             self.hw = H * W
         self.means[self.start:self.start + B] = x.mean(dim=(2, 3))  # eq. 5
         keep = max(0, min(B, self.n_sparse - self.start))  # rows that are sparsity samples
-        if keep:
-            a = x[:keep].abs().transpose(0, 1).reshape(C, -1)  # (C, keep*H*W)
-            for i, e in enumerate(self.eps):
-                self.zeros[i] += (a <= e).sum(dim=1)
+        rows = max(1, COUNT_CHUNK // (C * H * W))
+        for a in x[:keep].split(rows):  # chunks bound the temporaries: sum casts a bool mask to int64
+            for i, e in enumerate(self.eps):  # |a| <= e as two bool masks: no float copy
+                self.zeros[i] += ((a <= e) & (a >= -e)).sum(dim=(0, 2, 3))
         self.start += B
 
 
@@ -101,6 +102,10 @@ def extract_representations(model: ProbedNet, X: torch.Tensor, n_sparsity: int,
     finally:
         for h in handles:
             h.remove()
-    return [LayerReps(p.name, p.index, r.zeros.cpu().numpy(), n_sparse * r.hw,
-                      F.normalize(r.means, dim=1).cpu())  # zero rows stay zero
+    return [LayerReps(p.name, p.index, r.zeros.cpu().numpy(), n_sparse * r.hw, _normalize_rows_(r.means).cpu())
             for p, r in zip(probes, reducers)]
+
+
+def _normalize_rows_(M: torch.Tensor) -> torch.Tensor:
+    """F.normalize(M, dim=1), bit for bit, in place: no second (N, C) buffer. Zero rows stay zero."""
+    return M.div_(M.norm(dim=1, keepdim=True).clamp_min(1e-12))  # eps as F.normalize's default
