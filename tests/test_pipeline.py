@@ -6,6 +6,7 @@ the other runs are compared with.
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -151,7 +152,9 @@ def test_killed_during_training_resumes_to_the_same_results(reference, tmp_path)
     assert n_done < len(MODELS), "training finished before the kill"
     r = bnrep("run", "--smoke-test", out=out)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"[final] {n_done} of {len(MODELS)} models already trained" in r.stdout
+    # Ray workers can outlive the killed driver by a moment and finish one more model
+    already = int(re.search(r"\[final\] (\d+) of 4 models already trained", r.stdout).group(1))
+    assert n_done <= already < len(MODELS)  # the rerun trained what was missing, no more
     assert "[final] resuming the interrupted grid" in r.stdout  # Tuner.restore
     assert_tables_equal(out, ref, ["training", "layer_sparsity", "channel_sparsity", "class_dbi", "kmeans"])
 
