@@ -156,7 +156,7 @@ PRESETS: dict[str, Experiment] = {
         Experiment(
             name="digits-cnn", dataset="digits", **{**_MNIST_LIKE, "val_size": 0.1,
                                                     "max_epochs": 200, "sweep_max_epochs": 60,
-                                                    "num_samples": 4},
+                                                    "num_samples": 8},
             description="scikit-learn's bundled 8x8 digits, StandardCNN, paper's MNIST recipe; "
             "minutes on 2 CPU cores, no download",
         ),
