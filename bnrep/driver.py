@@ -135,6 +135,18 @@ def with_trained_config(store: Store, exp: Experiment) -> Experiment:
     return trained.override(**{f: getattr(exp, f) for f in ANALYSIS_FIELDS})
 
 
+def open_training_stage(args: argparse.Namespace, stage: str) -> tuple[Experiment, Store, dict]:
+    """Every check of a training stage ('hparam' or 'final'), before Ray starts:
+    (experiment, store, the configuration record to write once work starts)."""
+    from bnrep.data import check_data
+
+    check_positive(args, "seeds", "max_epochs", "num_samples", "train_size", "batch_size", "cpus_per_trial")
+    exp = resolve_experiment(args)
+    check_data(exp, args.data_root)
+    store = open_store(args, exp)
+    return exp, store, prepare(store, exp, stage, args.fresh)
+
+
 def check_positive(args: argparse.Namespace, *names: str) -> None:
     for n in names:
         v = getattr(args, n, None)

@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from bnrep import driver  # noqa: E402
-from bnrep.data import check_data, load_data  # noqa: E402
+from bnrep.data import load_data  # noqa: E402
 from bnrep.experiments import Experiment  # noqa: E402
 from bnrep.store import Store  # noqa: E402
 from bnrep.train import Trainer, best_device, model_id  # noqa: E402
@@ -158,11 +158,7 @@ def untrained(exp: Experiment, store: Store, grid: list[dict], train_hash: str) 
 def main(argv: list[str] | None = None) -> int:
     # ==== validate everything before Ray starts ====
     args = build_parser().parse_args(argv)
-    driver.check_positive(args, "seeds", "max_epochs", "num_samples", "train_size", "batch_size", "cpus_per_trial")
-    exp = driver.resolve_experiment(args)
-    check_data(exp, args.data_root)
-    store = driver.open_store(args, exp)
-    record = driver.prepare(store, exp, "final", args.fresh)
+    exp, store, record = driver.open_training_stage(args, "final")
     hparams = grid_hparams(exp, store, args.paper_hparams)
     driver.print_header("final grid", exp, store)
     train_hash = driver.stage_hashes(exp)["train_hash"]

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pandas as pd  # noqa: E402
 
 from bnrep import driver  # noqa: E402
-from bnrep.data import check_data, load_data  # noqa: E402
+from bnrep.data import load_data  # noqa: E402
 from bnrep.experiments import Experiment  # noqa: E402
 from bnrep.train import Trainer, best_device  # noqa: E402
 
@@ -128,11 +128,7 @@ def print_best(best: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     # ==== validate everything before Ray starts ====
     args = build_parser().parse_args(argv)
-    driver.check_positive(args, "seeds", "max_epochs", "num_samples", "train_size", "batch_size", "cpus_per_trial")
-    exp = driver.resolve_experiment(args)
-    check_data(exp, args.data_root)
-    store = driver.open_store(args, exp)
-    record = driver.prepare(store, exp, "hparam", args.fresh)
+    exp, store, record = driver.open_training_stage(args, "hparam")
     driver.print_header("hparam sweep", exp, store)
 
     # ==== skip what is done ====
