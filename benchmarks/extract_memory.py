@@ -1,7 +1,7 @@
 """Peak memory of streaming representation extraction, VGG16 on 15,000 CIFAR-sized images.
 
-    /work/venv/bin/python benchmarks/extract_memory.py                # about 1-3 minutes on 2 CPU cores
-    /work/venv/bin/python benchmarks/extract_memory.py --images 2000  # quick check
+    python benchmarks/extract_memory.py                # about 1-3 minutes on 2 CPU cores
+    python benchmarks/extract_memory.py --images 2000  # quick check
 
 Each measurement runs in a fresh subprocess (`--child`), so nothing the
 parent imported or allocated counts. The child imports torch and bnrep,

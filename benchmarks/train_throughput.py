@@ -1,7 +1,7 @@
 """Training-loop throughput: bnrep's Trainer against a plain DataLoader loop.
 
-    /work/venv/bin/python benchmarks/train_throughput.py                  # both cases, ~2 min on an idle 2-core box
-    /work/venv/bin/python benchmarks/train_throughput.py --cases cnn --repeats 3   # ~30 s
+    python benchmarks/train_throughput.py                  # both cases, ~2 min on an idle 2-core box
+    python benchmarks/train_throughput.py --cases cnn --repeats 3   # ~30 s
 
 Both loops train the same model (same seed, same init) with the same
 optimiser (SGD, Nesterov momentum 0.99, lr 0.01, paper 3.1.1), batch 64,
