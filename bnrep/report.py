@@ -158,7 +158,7 @@ def load_experiment(store: Store, name: str) -> Experiment:
 def load_results(out: str, name: str) -> Results:
     store = Store(out, name)
     exp = load_experiment(store, name)
-    return Results(exp, {t: store.read_table(t) for t in TABLES})
+    return Results(exp, {t: store.read_table(t) for t in (*TABLES, "samples")})
 
 
 def stage_command(table: str, experiment: str, out: str = "runs") -> str:
@@ -756,6 +756,13 @@ def findings_blocks(fs: list[Finding]) -> list[tuple]:
             ("p", "How verdicts are decided:"), ("ul", RULES)]
 
 
+def _n_samples(r: Results, purpose: str, asked: int) -> str:
+    """How many images the analysis used (results/samples), next to what the preset asked."""
+    s = r.table("samples")
+    used = int((s["purpose"] == purpose).sum()) if len(s) else None
+    return str(asked) if used in (None, asked) else f"{used} (of {asked} asked: all the split holds)"
+
+
 def settings_rows(r: Results) -> list[list[str]]:
     e, t = r.experiment, r.table("training")
     rows = [["experiment", f"{e.name} ({e.description})" if e.description else e.name],
@@ -764,7 +771,8 @@ def settings_rows(r: Results) -> list[list[str]]:
                           f"x{e.lr_gamma:g} every {e.lr_step_epochs} epochs, batch {e.batch_size}"],
             ["stopping", f"{e.stop}, at most {e.max_epochs} epochs"],
             ["seeds", f"{e.seeds} per BN setting"],
-            ["analysis", f"{e.samples_sparsity} samples for sparsity, {e.samples_cluster} for clustering, "
+            ["analysis", f"{_n_samples(r, 'sparsity', e.samples_sparsity)} training images for sparsity, "
+                         f"{_n_samples(r, 'cluster', e.samples_cluster)} for clustering, "
                          f"k = {e.k_min}..{e.k_max}, zero threshold eps = {e.eps:g}"],
             ["layers shown", f"channel sparsity: {_names(e.channel_layers)}; Figures 4-6 from layer "
                              f"{e.first_shown_layer}"],
@@ -910,7 +918,7 @@ def build_report(out: str, experiment: str) -> ReportResult:
     store = Store(out, experiment)
     exp = load_experiment(store, experiment)
     fingerprint = inputs_fingerprint(store)  # before reading: a part landing meanwhile marks it stale
-    r = Results(exp, {t: store.read_table(t) for t in TABLES})
+    r = Results(exp, {t: store.read_table(t) for t in (*TABLES, "samples")})
     if len(r.missing) == len(TABLES):
         raise _no_results(experiment, out)
     store.delete("report/report_inputs.json")
