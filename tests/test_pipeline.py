@@ -190,3 +190,17 @@ def test_truncated_part_and_checkpoint_are_recomputed(reference, tmp_path):
     assert "[final] 3 of 4 models already trained" in r.stdout
     torch.load(exp / "train/models/cnn-bn-s0/model.pt", weights_only=True)  # whole again
     assert_tables_equal(out, ref, ["training", "layer_sparsity", "class_dbi", "kmeans"])
+
+
+def test_killed_during_the_sweep_resumes_through_tuner_restore(tmp_path):
+    out = tmp_path / "runs"
+    tune_dir = out / "digits-cnn" / "hparam" / "tune" / "bn"
+    run_and_kill(out, lambda o: any(tune_dir.glob("*/checkpoint_*")))
+    assert not (out / "digits-cnn" / "hparam" / "best_hparams.json").exists(), "the sweep ended before the kill"
+    r = bnrep("run", "--smoke-test", out=out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[hparam] bn: resuming the interrupted search" in r.stdout
+    trials = table(out, "hparam_trials")
+    assert trials.groupby("bn").size().to_dict() == {False: 2, True: 2} and trials["trial_id"].is_unique
+    assert (trials["error"] == "").all()
+    assert len(table(out, "training")) == len(MODELS)
