@@ -261,11 +261,11 @@ def test_multinode_uses_both_workers_and_matches_single_node(multinode, referenc
 
 
 # ==== node failures ====
-def run_and_kill_worker(cluster, argv: list[str], victim, cwd) -> tuple[str, str]:
+def run_and_kill_worker(cluster, argv: list[str], victim, cwd) -> tuple[str, str, float]:
     """Run a driver (a process, joined to `cluster`); as soon as `victim()`
     names a worker node, SIGKILL it and add a replacement. Here, not in a
-    thread: Ray starts nodes only from the main thread. Returns (killed,
-    replacement) node ids."""
+    thread: Ray starts nodes only from the main thread. Returns the killed
+    and the replacement node ids, and the time the killed node was gone."""
     log = cwd / "driver.log"  # a file, not a pipe: a full pipe would stall the driver while we poll
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
@@ -276,12 +276,19 @@ def run_and_kill_worker(cluster, argv: list[str], victim, cwd) -> tuple[str, str
             time.sleep(0.02)
         assert node_id, "no node to kill before the driver ended:\n" + log.read_text()[-3000:]
         cluster.remove_node(next(n for n in workers(cluster) if n.node_id == node_id), allow_graceful=False)
+        gone = time.time()
         replacement = cluster.add_node(num_cpus=1)
         proc.wait(timeout=240)
     finally:
         proc.kill()
     assert proc.returncode == 0, log.read_text()[-5000:]
-    return node_id, replacement.node_id
+    return node_id, replacement.node_id, gone
+
+
+def written_after(store: Store, table: str, node: str, t: float) -> list[str]:
+    """Parts of `table` that `node` wrote after time t (a dead node must write none)."""
+    return [p for p in store.parts(table) if store.part_metadata(table, p)["node_id"] == node
+            and os.path.getmtime(store.path(store.part_name(table, p))) > t]
 
 
 def training_now(tune_dir: str) -> dict | None:
@@ -339,14 +346,14 @@ def test_final_survives_node_failure(cluster, reference, tmp_path):
     store, at_kill = Store(out, EXPERIMENT), {}
 
     def victim():  # the node of a trial that is training and has a checkpoint
-        at_kill.update(trial=training_now(tune_dir) or {}, saved=store.parts("training"))
+        at_kill.update(trial=training_now(tune_dir) or {})
         return at_kill["trial"].get("node_id")
 
-    killed, replacement = run_and_kill_worker(cluster, [str(ROOT / "sweeps/final.py"), *argv], victim, tmp_path)
+    killed, replacement, gone = run_and_kill_worker(cluster, [str(ROOT / "sweeps/final.py"), *argv], victim,
+                                                    tmp_path)
     meta = {m: store.part_metadata("training", m) for m in store.parts("training")}
     assert len(meta) == len(table(reference, "training")), "a model is missing"
-    assert {m for m, md in meta.items() if md["node_id"] == killed} <= set(at_kill["saved"]), \
-        "the dead node saved a model after it died"
+    assert not written_after(store, "training", killed, gone), "the dead node saved a model after it died"
     hit = at_kill["trial"]  # the trial that was training on the dead node
     assert int(meta[hit["model_id"]]["resumed_from_epoch"]) >= hit["epoch"], "it did not resume from its checkpoint"
     assert meta[hit["model_id"]]["node_id"] != killed
@@ -376,10 +383,9 @@ def test_analysis_survives_node_failure(cluster, reference, tmp_path):
         return workers(cluster)[0].node_id if glob.glob(f"{parts_dir}/layer_sparsity/*.parquet") else None
 
     argv = [str(ROOT / "analysis/run.py"), *FLAGS, "--out", out, "--address", cluster.address]
-    killed, _ = run_and_kill_worker(cluster, argv, victim, tmp_path)
+    killed, _, gone = run_and_kill_worker(cluster, argv, victim, tmp_path)
     assert at_kill[0] < total, "the analysis had finished before the node died"
     store = Store(out, EXPERIMENT)
-    by_dead = [p for t in ANALYSIS[1:] for p in store.parts(t) if store.part_metadata(t, p)["node_id"] == killed]
-    assert len(by_dead) <= at_kill[0], "the dead node kept writing"
+    assert not [p for t in ANALYSIS[1:] for p in written_after(store, t, killed, gone)], "the dead node kept writing"
     for name in ANALYSIS:
         assert_same_table(reference, out, name)
