@@ -127,9 +127,12 @@ def trained_models(store: Store, exp: Experiment, channels: int) -> pd.DataFrame
 def validate(args, exp: Experiment) -> None:
     driver.check_positive(args, "samples_sparsity", "samples_cluster", "n_init", "cpus_per_task")
     # k_min >= 2, k_max >= k_min and eps >= 0 are checked by the experiment itself.
-    if exp.k_max >= exp.samples_cluster:
-        raise driver.UsageError(f"--k-max {exp.k_max} must be below the number of clustering samples "
-                                f"({exp.samples_cluster})")
+    check_k_max(exp, exp.samples_cluster)
+
+
+def check_k_max(exp: Experiment, n_cluster: int) -> None:
+    if exp.k_max >= n_cluster:
+        raise driver.UsageError(f"--k-max {exp.k_max} must be below the number of clustering samples ({n_cluster})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ==== samples: the same training images for every model ====
     idx = sample_indices(len(data.train), exp.samples_sparsity, exp.samples_cluster, exp.split_seed)
-    if len(idx["cluster"]) <= exp.k_max:
-        raise driver.UsageError(f"--k-max {exp.k_max} must be below the number of clustering samples "
-                                f"({len(idx['cluster'])} in the training split)")
+    check_k_max(exp, len(idx["cluster"]))  # capped at what the training split holds
     order = idx["cluster"] if len(idx["cluster"]) >= len(idx["sparsity"]) else idx["sparsity"]
     labels = data.train.y[torch.as_tensor(idx["cluster"])].numpy()
     probes = [(p.name, p.index) for p in build_model(exp.arch, True, data.channels).probes()]

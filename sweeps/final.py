@@ -101,11 +101,13 @@ def grid_hparams(exp: Experiment, store: Store, paper: bool) -> dict[bool, dict]
     return {bn: {k: best[tag][k] for k in ("lr", "momentum")} for bn, tag in ((True, "bn"), (False, "nobn"))}
 
 
-def forget_analysis(store: Store, mid: str) -> None:
+def forget_analysis(store: Store, mids: list[str]) -> None:
+    """Delete the analysis parts of models about to be trained anew (stale, valid or not)."""
     for table in driver.ANALYSIS_TABLES:
-        for part in store.parts(table):
-            if part == mid or part.startswith(mid + "-"):
-                store.delete(store.part_name(table, part))
+        for name in store.list_dir(f"results/{table}"):
+            part = name.removesuffix(".parquet")
+            if any(part == m or part.startswith(m + "-") for m in mids):
+                store.delete(f"results/{table}/{name}")
 
 
 def print_summary(df: pd.DataFrame) -> None:
@@ -169,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[final] {len(grid) - len(todo)} of {len(grid)} models already trained", flush=True)
     if todo:
         driver.write_config(store, record)
-        for g in todo:  # a model trained anew makes its earlier analysis stale
-            forget_analysis(store, model_id(exp.arch, g["bn"], g["seed"]))
+        forget_analysis(store, [model_id(exp.arch, g["bn"], g["seed"]) for g in todo])  # now stale
         with driver.ray_session(args.address) as ray:
             driver.check_shared_out(ray, store)
             gpus = driver.default_gpus(ray, args.gpus_per_trial)

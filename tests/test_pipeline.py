@@ -12,13 +12,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
