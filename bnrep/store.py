@@ -15,6 +15,36 @@ one directory per experiment:
 Every write goes to a temporary name in the same directory and is then
 renamed, so a reader never sees half a file; a part whose footer does not
 read counts as absent.
+
+The results schema (the one place it is written down; `TABLES` below holds
+each table's stage, part layout and key columns). Accuracies and sparsities
+are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
+`bn` is "norm is batch", kept for notebooks written before the norm axis.
+
+    hparam_trials      one row per sweep trial; part = norm tag (bn, nobn, gn, ln)
+        trial_id, bn, norm, lr, momentum, epochs, train_acc, val_acc,
+        interpolated, objective, error, node_id
+    training           one row per trained model; part = model_id
+        model_id, experiment, dataset, arch, bn, norm, seed, lr, momentum,
+        epochs, best_epoch, train_acc, val_acc, test_acc, interpolated
+    training_history   one row per model and epoch; part = model_id
+        model_id, bn, norm, seed, epoch, lr, train_loss, train_acc, val_acc,
+        interpolated, objective
+    samples            the analysis images; part = "indices"
+        purpose (sparsity | cluster), position, index (into the training split)
+    channel_sparsity   model x layer x eps x channel; part = model_id
+        model_id, bn, norm, seed, layer, layer_index, channel, eps, sparsity
+    layer_sparsity     model x layer x eps; part = model_id
+        model_id, bn, norm, seed, layer, layer_index, eps, sparsity
+    class_dbi          model x layer; part = <model_id>-<layer>
+        model_id, bn, norm, seed, layer, layer_index, dbi, dbi_reason
+    kmeans             model x layer x k; part = <model_id>-<layer>
+        model_id, bn, norm, seed, layer, layer_index, k, dbi, inertia,
+        optimal (the k with the lowest DBI: chosen here, once), dbi_reason
+
+Every part carries provenance in its schema metadata (`provenance`): bnrep
+version, git commit, the stage hash of config.json it was computed under
+(`config_hash`), and the Ray node that wrote it.
 """
 
 from __future__ import annotations
@@ -24,6 +54,7 @@ import json
 import os
 import subprocess
 import uuid
+from dataclasses import dataclass
 from functools import lru_cache
 
 import pandas as pd
@@ -33,8 +64,37 @@ import pyarrow.parquet as pq
 
 import bnrep
 
-TABLES = ("hparam_trials", "training", "training_history", "samples",
-          "channel_sparsity", "layer_sparsity", "class_dbi", "kmeans")
+
+@dataclass(frozen=True)
+class Table:
+    stage: str  # the stage that writes it: hparam | final | analysis
+    part: str  # one part per: norm | model | layer (model and layer) | samples
+    keys: tuple[str, ...]  # columns that identify a row
+
+
+TABLES: dict[str, Table] = {  # the schema is in the module docstring
+    "hparam_trials": Table("hparam", "norm", ("trial_id",)),
+    "training": Table("final", "model", ("model_id",)),
+    "training_history": Table("final", "model", ("model_id", "epoch")),
+    "samples": Table("analysis", "samples", ("purpose", "position")),
+    "channel_sparsity": Table("analysis", "model", ("model_id", "layer_index", "eps", "channel")),
+    "layer_sparsity": Table("analysis", "model", ("model_id", "layer_index", "eps")),
+    "class_dbi": Table("analysis", "layer", ("model_id", "layer_index")),
+    "kmeans": Table("analysis", "layer", ("model_id", "layer_index", "k")),
+}
+
+
+def tables(stage: str | None = None, part: str | None = None) -> tuple[str, ...]:
+    """Table names, in pipeline order, written by `stage` and/or split per `part`."""
+    return tuple(n for n, t in TABLES.items()
+                 if (stage is None or t.stage == stage) and (part is None or t.part == part))
+
+
+def with_norm(df: pd.DataFrame) -> pd.DataFrame:
+    """Parts written before the norm axis have only `bn`: norm is batch or none."""
+    if "bn" in df and "norm" not in df:
+        df.insert(df.columns.get_loc("bn") + 1, "norm", df["bn"].map({True: "batch", False: "none"}))
+    return df
 
 
 def is_uri(path: str) -> bool:
@@ -172,7 +232,7 @@ class Store:
         for n in self.parts(table):
             with self.fs.open_input_file(self.path(self.part_name(table, n))) as f:
                 frames.append(pq.read_table(f).to_pandas())
-        frames = [f for f in frames if len(f)]
+        frames = [with_norm(f) for f in frames if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def has_table(self, table: str) -> bool:
