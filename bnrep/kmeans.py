@@ -34,11 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bnrep.metrics import davies_bouldin
+from bnrep.metrics import chunk_rows, davies_bouldin
 
 BACKENDS = ("torch", "sklearn")
 _BUFFER_FLOATS = 2**26  # float32 workspace per batch of runs (256 MiB); more runs -> chunks
-_ROWS = 2048  # rows per chunk (at most) in exact inertia passes
 _FULL = 0.8  # recompute every point when more than this fraction is unsure anywhere
 _ROUNDING = 1e-6  # relative error allowed for float32 ||x||^2 - 2 x.c + ||c||^2 (about 16 ulp)
 
@@ -81,12 +80,14 @@ def sweep_kmeans(X, k_min: int = 2, k_max: int = 15, n_init: int = 3, max_iter: 
     return results
 
 
-def optimal_k(results: list[KMeansResult]) -> KMeansResult:
-    """The result with the lowest DBI (paper 3.3); NaNs ignored, all NaN -> the first."""
-    scored = [r for r in results if not math.isnan(r.dbi)]
+def optimal_k(results: list[KMeansResult]) -> KMeansResult | None:
+    """The result with the lowest DBI (paper 3.3; ties: the smallest k), NaNs
+    ignored; None when every DBI is NaN (a dead layer has no optimal k).
+    The analysis stage calls this once and stores it as the `optimal` column."""
     if not results:
         raise ValueError("optimal_k needs at least one k-means result")
-    return min(scored, key=lambda r: r.dbi) if scored else results[0]
+    scored = [r for r in results if not math.isnan(r.dbi)]
+    return min(scored, key=lambda r: (r.dbi, r.k)) if scored else None
 
 
 def _as_rows(X, device) -> torch.Tensor:
@@ -412,7 +413,7 @@ def _inertia64(X, C, lab) -> float:
     """Sum of squared distances to assigned centres from exact differences (float64 total)."""
     C = C.to(X.dtype)
     total = torch.zeros((), dtype=torch.float64, device=X.device)
-    R = max(1, min(_ROWS, 2**19 // max(X.shape[1], 1)))  # small chunks, one reused buffer
+    R = chunk_rows(X.shape[1])  # small chunks, one reused buffer
     buf = torch.empty(R, X.shape[1], dtype=X.dtype, device=X.device)  # reused
     for xs, ls in zip(X.split(R), lab.split(R)):
         diff = torch.index_select(C, 0, ls, out=buf[: len(ls)])

@@ -71,10 +71,12 @@ def sparsity_from_activations(A: torch.Tensor, eps: float = 0.0) -> tuple[np.nda
 
 # ==== reduced representation (paper eq. 5) ====
 
-def l2_normalise_rows(X: torch.Tensor) -> torch.Tensor:
-    """Rows divided by their Euclidean norm; all-zero rows (dead samples) stay zero."""
-    norm = torch.linalg.vector_norm(X, dim=1, keepdim=True)  # (N, 1)
-    return X / torch.where(norm > 0, norm, torch.ones_like(norm))
+def l2_normalise_rows(X: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """Rows divided by their Euclidean norm (eq. 5), as F.normalize: norms are
+    floored at 1e-12, so all-zero rows (dead samples) stay zero. `in_place`
+    writes into X: no second (N, C) buffer."""
+    norm = torch.linalg.vector_norm(X, dim=1, keepdim=True).clamp_min_(1e-12)  # (N, 1)
+    return X.div_(norm) if in_place else X / norm
 
 
 def reduce_representation(A: torch.Tensor) -> torch.Tensor:
@@ -106,8 +108,11 @@ def _encode_labels(labels, n: int, device) -> torch.Tensor:
 _ROWS = 2048  # rows per chunk (at most); chunks of 2**19 values keep temporaries small
 
 
-def _chunk_rows(d: int) -> int:
-    return max(1, min(_ROWS, 2**19 // max(d, 1)))
+def chunk_rows(values_per_row: int, budget: int = 2**19, cap: int | None = _ROWS) -> int:
+    """Rows per chunk so a chunk holds at most `budget` values (and `cap` rows): the
+    one rule every row-chunked loop here uses to keep its temporaries small."""
+    rows = max(1, budget // max(values_per_row, 1))
+    return rows if cap is None else min(cap, rows)
 
 
 def _degenerate(X: torch.Tensor, k: int) -> str | None:
@@ -132,7 +137,7 @@ def _degenerate(X: torch.Tensor, k: int) -> str | None:
 def _cluster_stats(X: torch.Tensor, codes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Centroids (k, d) and mean member-to-centroid distance (k,), both float64."""
     f64 = dict(dtype=torch.float64, device=X.device)
-    R = _chunk_rows(X.shape[1])
+    R = chunk_rows(X.shape[1])
     x64, c64 = torch.empty(R, X.shape[1], **f64), torch.empty(R, X.shape[1], **f64)  # reused
     counts = torch.bincount(codes, minlength=k).to(torch.float64)  # (k,)
     centroids = torch.zeros(k, X.shape[1], **f64)

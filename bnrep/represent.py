@@ -6,20 +6,21 @@ sparsity samples, and channel means over H x W (eq. 5) into a preallocated
 N x C buffer per layer. Memory is O(N x sum of C) plus one batch of
 activations, never O(N x C x H x W).
 
-Samples: one seeded permutation of the training split; the first
-`samples_sparsity` images are the sparsity samples and the first
-`samples_cluster` the clustering samples, so one forward pass serves both and
+Samples (`AnalysisSamples`): one seeded permutation of the training split;
+its first `n_sparsity` images are the sparsity samples and its first
+`n_cluster` the clustering samples, so one forward pass serves both and
 every model of an experiment sees the same images.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
+from bnrep.metrics import chunk_rows, l2_normalise_rows
 from bnrep.models import ProbedNet
 
 COUNT_CHUNK = 2 ** 22  # activation values per zero-counting step: its int64 temporary stays <= 32 MiB
@@ -38,15 +39,32 @@ class LayerReps:
         return self.reduced.shape[1]
 
 
-def sample_indices(n_train: int, samples_sparsity: int, samples_cluster: int, seed: int) -> dict[str, np.ndarray]:
-    """Seeded training-split indices per purpose, capped (with a warning) at n_train."""
-    out = {}
-    perm = np.random.default_rng(seed).permutation(n_train)
-    for purpose, n in (("sparsity", samples_sparsity), ("cluster", samples_cluster)):
-        if n > n_train:
-            warnings.warn(f"{purpose}: {n} samples asked, the training split holds {n_train}; using {n_train}")
-        out[purpose] = perm[: min(n, n_train)]
-    return out
+@dataclass(frozen=True)
+class AnalysisSamples:
+    """The training images the analysis measures (the one home of the prefix rule)."""
+    order: np.ndarray  # (max(n_sparsity, n_cluster),) indices into the training split, seeded order
+    n_sparsity: int  # the first n_sparsity of `order` count toward sparsity (eq. 3-4)
+    n_cluster: int  # the first n_cluster are clustered (class DBI, k-means)
+    notes: tuple[str, ...] = ()  # requests capped at the split's size, as plain sentences
+
+    @classmethod
+    def draw(cls, n_train: int, samples_sparsity: int, samples_cluster: int, seed: int) -> "AnalysisSamples":
+        """Seeded, independent of the model seed; capped at n_train."""
+        perm = np.random.default_rng(seed).permutation(n_train)
+        notes = tuple(f"{what}: {n:,} samples asked, the training split holds {n_train:,}; using {n_train:,}"
+                      for what, n in (("sparsity", samples_sparsity), ("clustering", samples_cluster))
+                      if n > n_train)
+        ns, nc = min(samples_sparsity, n_train), min(samples_cluster, n_train)
+        return cls(perm[: max(ns, nc)], ns, nc, notes)
+
+    def indices(self, purpose: str) -> np.ndarray:
+        """Training-split indices of the 'sparsity' or 'cluster' samples."""
+        return self.order[: {"sparsity": self.n_sparsity, "cluster": self.n_cluster}[purpose]]
+
+    def table(self) -> pd.DataFrame:
+        """As results/samples stores it: purpose, position, index."""
+        return pd.concat([pd.DataFrame({"purpose": p, "position": np.arange(len(ix)), "index": ix})
+                          for p in ("sparsity", "cluster") for ix in [self.indices(p)]], ignore_index=True)
 
 
 class _Reducer:
@@ -70,7 +88,7 @@ class _Reducer:
             self.hw = H * W
         self.means[self.start:self.start + B] = x.mean(dim=(2, 3))  # eq. 5
         keep = max(0, min(B, self.n_sparse - self.start))  # rows that are sparsity samples
-        rows = max(1, COUNT_CHUNK // (C * H * W))
+        rows = chunk_rows(C * H * W, budget=COUNT_CHUNK, cap=None)
         for a in x[:keep].split(rows):  # chunks bound the temporaries: sum casts a bool mask to int64
             for i, e in enumerate(self.eps):  # |a| <= e as two bool masks: no float copy
                 self.zeros[i] += ((a <= e) & (a >= -e)).sum(dim=(0, 2, 3))
@@ -102,10 +120,5 @@ def extract_representations(model: ProbedNet, X: torch.Tensor, n_sparsity: int,
     finally:
         for h in handles:
             h.remove()
-    return [LayerReps(p.name, p.index, r.zeros.cpu().numpy(), n_sparse * r.hw, _normalize_rows_(r.means).cpu())
-            for p, r in zip(probes, reducers)]
-
-
-def _normalize_rows_(M: torch.Tensor) -> torch.Tensor:
-    """F.normalize(M, dim=1), bit for bit, in place: no second (N, C) buffer. Zero rows stay zero."""
-    return M.div_(M.norm(dim=1, keepdim=True).clamp_min(1e-12))  # eps as F.normalize's default
+    return [LayerReps(p.name, p.index, r.zeros.cpu().numpy(), n_sparse * r.hw,
+                      l2_normalise_rows(r.means, in_place=True).cpu()) for p, r in zip(probes, reducers)]

@@ -1,22 +1,13 @@
-"""Where an experiment stands, stage by stage, read from the results store."""
+"""Where an experiment stands, stage by stage, read from the results store.
+
+No Ray, no torch training, no matplotlib: `bnrep status` answers in a second.
+"""
 
 from __future__ import annotations
 
-from bnrep.experiments import ConfigError, Experiment, get_experiment
-from bnrep.store import Store
-
-ANALYSIS_PER_LAYER = ("class_dbi", "kmeans")
-ANALYSIS_PER_MODEL = ("channel_sparsity", "layer_sparsity")
-
-
-def resolved_experiment(store: Store, name: str) -> Experiment | None:
-    """The configuration the results were made with (config.json), else the preset."""
-    if store.exists("config.json"):
-        return Experiment.from_dict(store.read_json("config.json")["experiment"])
-    try:
-        return get_experiment(name)
-    except ConfigError:
-        return None
+from bnrep.config import load_experiment, read_hashes
+from bnrep.experiments import ConfigError, Experiment
+from bnrep.store import Store, tables
 
 
 def _state(done: int, total: int) -> str:
@@ -26,36 +17,50 @@ def _state(done: int, total: int) -> str:
 def stage_status(out: str, name: str) -> list[tuple[str, str, str]]:
     """(stage, complete|partial|missing, detail) for hparam, final, analysis, report."""
     store = Store(out, name)
-    exp = resolved_experiment(store, name)
+    try:
+        exp = load_experiment(store, name)
+    except ConfigError:
+        exp = None
     if exp is None or not store.exists():
         return [(s, "missing", "no results") for s in ("hparam", "final", "analysis", "report")]
-    rows = []
+    return [_hparam(store), *_final_and_analysis(store, exp), _report(store)]
+
+
+def _hparam(store: Store) -> tuple[str, str, str]:
     best = store.read_json("hparam/best_hparams.json") if store.exists("hparam/best_hparams.json") else {}
     done = sum(t in best and store.has_part("hparam_trials", t) for t in ("bn", "nobn"))
     resumable = [t for t in ("bn", "nobn") if t not in best and store.exists("hparam", "tune", t)]
-    rows.append(("hparam", _state(done, 2), f"{done}/2 BatchNorm settings searched"
-                 + (f"; interrupted search to resume: {', '.join(resumable)}" if resumable else "")))
+    return ("hparam", _state(done, 2), f"{done}/2 BatchNorm settings searched"
+            + (f"; interrupted search to resume: {', '.join(resumable)}" if resumable else ""))
 
-    models = sorted(set(store.parts("training")))
-    want = 2 * exp.seeds
-    trained = [m for m in models if store.exists("train", "models", m, "model.pt")]
-    rows.append(("final", _state(len(trained), want), f"{len(trained)}/{want} models trained"))
 
+def _final_and_analysis(store: Store, exp: Experiment) -> list[tuple[str, str, str]]:
+    from bnrep.checkpoints import is_trained
+    from bnrep.train import model_id
+
+    hashes = read_hashes(store)
+    want = [model_id(exp.arch, bn, s) for s in range(exp.seeds) for bn in (True, False)]
+    trained = [m for m in want if is_trained(store, m, hashes.get("train_hash", ""))]
+    rows = [("final", _state(len(trained), len(want)), f"{len(trained)}/{len(want)} models trained")]
+
+    per_model, per_layer = tables("analysis", part="model"), tables("analysis", part="layer")
     n_layers = _n_layers(exp)
-    parts = {t: set(store.parts(t)) for t in ANALYSIS_PER_MODEL + ANALYSIS_PER_LAYER}
-    total = len(trained) * (len(ANALYSIS_PER_MODEL) + len(ANALYSIS_PER_LAYER) * n_layers)
-    have = sum(any(p == m or p.startswith(m + "-") for m in trained) for t in parts for p in parts[t])
+    total = len(trained) * (len(per_model) + len(per_layer) * n_layers)
+    h = hashes.get("analysis_hash")
+    have = sum(any(p == m or p.startswith(m + "-") for m in trained)
+               for t in per_model + per_layer for p in store.parts(t, h))
     rows.append(("analysis", _state(min(have, total), total), f"{have}/{total} Parquet parts"))
+    return rows
 
-    from bnrep import report
+
+def _report(store: Store) -> tuple[str, str, str]:
+    from bnrep.report import report_is_current
 
     if not store.exists("report", "report.md"):
-        rows.append(("report", "missing", "no report yet"))
-    else:
-        current = report.report_is_current(out, name)
-        rows.append(("report", "complete" if current else "partial",
-                     f"{store.out}/{name}/report/report.html" + ("" if current else " (older than the results)")))
-    return rows
+        return ("report", "missing", "no report yet")
+    current = report_is_current(store.out, store.experiment)
+    return ("report", "complete" if current else "partial",
+            f"{store.out}/{store.experiment}/report/report.html" + ("" if current else " (older than the results)"))
 
 
 def _n_layers(exp: Experiment) -> int:

@@ -220,11 +220,12 @@ class Store:
         md = self.part_metadata(table, part)
         return md is not None and (config_hash is None or md.get("config_hash") == config_hash)
 
-    def parts(self, table: str) -> list[str]:
-        """Names of the parts of `table` that are complete and readable."""
+    def parts(self, table: str, config_hash: str | None = None) -> list[str]:
+        """Names of the parts of `table` that are complete and readable (and, given
+        `config_hash`, computed under it)."""
         names = [n[: -len(".parquet")] for n in self.list_dir(f"results/{table}")
                  if n.endswith(".parquet") and not n.startswith(".")]
-        return [n for n in names if self.part_metadata(table, n) is not None]
+        return [n for n in names if self.has_part(table, n, config_hash)]
 
     def read_table(self, table: str) -> pd.DataFrame:
         """Every valid part of `table` as one DataFrame (empty if none)."""

@@ -9,16 +9,9 @@ import pandas as pd
 import pytest
 import ray
 
-from bnrep import cli, driver
+from bnrep import cli, config, flags
 from bnrep.store import Store
 from tests.conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "sweeps"))
-sys.path.insert(0, str(ROOT / "analysis"))
-
-
-def stage(name):
-    return cli.load_stage(name)
 
 
 @pytest.fixture(autouse=True)
@@ -33,10 +26,10 @@ def offline(monkeypatch):
 def results(tmp_path):
     """An --out holding earlier results of the smoke configuration (made by hand, no Ray)."""
     out = tmp_path / "runs"
-    exp = driver.resolve_experiment(stage("final").build_parser().parse_args(["--smoke-test"]))
+    exp = flags.resolve_experiment(flags.build_parser("final").parse_args(["--smoke-test"]))
     store = Store(str(out), exp.name)
     store.mkdir()
-    driver.write_config(store, driver.prepare(store, exp, "final", fresh=False))
+    config.write_config(store, config.prepare(store, exp, "final", fresh=False))
     store.write_part("training", "cnn-bn-s0", pd.DataFrame([{"model_id": "cnn-bn-s0", "bn": True, "seed": 0}]))
     store.write_json("hparam/best_hparams.json", {"bn": {"lr": 0.01, "momentum": 0.9}})
     return out
@@ -83,7 +76,7 @@ def test_bad_input(name, stage_name, argv, words, results, tmp_path, capsys):
         store.write_json("config.json", cfg)
     argv = [a.format(empty=tmp_path / "empty", tmp=tmp_path) for a in argv] + ["--out", str(results)]
     before = tree(results)
-    rc = driver.main_guard(stage(stage_name).main, argv)
+    rc = flags.run_stage(stage_name, argv)
     err = capsys.readouterr().err.strip()
     assert rc == 2, err
     assert len(err.splitlines()) == 1, err
@@ -96,7 +89,7 @@ def test_bad_input(name, stage_name, argv, words, results, tmp_path, capsys):
 def test_unwritable_out(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    rc = driver.main_guard(stage("hparam").main, ["--smoke-test", "--out", str(blocker / "runs")])
+    rc = flags.run_stage("hparam", ["--smoke-test", "--out", str(blocker / "runs")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: cannot write to --out") and len(err.strip().splitlines()) == 1
     assert blocker.read_text() == "not a directory"
@@ -106,7 +99,7 @@ def test_checkpoint_that_does_not_load(results, capsys):
     store = Store(str(results), "digits-cnn")
     store.write_bytes("train/models/cnn-bn-s0/model.pt", b"not a checkpoint")
     before = tree(results)
-    rc = driver.main_guard(stage("analysis").main, ["--smoke-test", "--out", str(results)])
+    rc = flags.run_stage("analysis", ["--smoke-test", "--out", str(results)])
     err = capsys.readouterr().err
     assert rc == 2 and "train/models/cnn-bn-s0/model.pt does not load" in err
     assert tree(results) == before and not ray.is_initialized()
@@ -120,11 +113,26 @@ def test_bnrep_run_validates_every_stage_first(results, capsys):
     assert tree(results) == before and not ray.is_initialized()
 
 
-def test_stage_argv_passes_only_known_flags():
-    p = cli.build_parser()
-    args = p.parse_args(["run", "--smoke-test", "--seeds", "3", "--k-max", "7", "--out", "/x"])
-    assert cli.stage_argv(args, stage("hparam").build_parser()) == ["--out", "/x", "--smoke-test", "--seeds", "3"]
-    assert cli.stage_argv(args, stage("analysis").build_parser()) == ["--out", "/x", "--smoke-test", "--k-max", "7"]
+def test_stage_scripts_are_thin_and_import_nothing_by_path():
+    """Scripts parse flags and call the library; bnrep never loads a script or edits sys.path."""
+    for script in flags.SCRIPTS.values():
+        text = (ROOT / script).read_text()
+        assert "run_stage(" in text and "sys.path" not in text, script
+    for path in (ROOT / "bnrep").rglob("*.py"):
+        text = path.read_text()
+        for banned in ("spec_from_file_location", "register_pickle_by_value", "sys.path.insert", "_actions"):
+            assert banned not in text, f"{path.name}: {banned}"
+
+
+def test_ray_runs_library_functions_by_reference():
+    """The functions Ray runs live in the installed package, so they pickle by reference."""
+    import ray.cloudpickle as cp
+
+    from bnrep.stages import analysis, final, hparam
+
+    for fn in (hparam.trial, final.trial, analysis.extract, analysis.cluster):
+        blob = cp.dumps(fn)
+        assert fn.__module__.startswith("bnrep.stages.") and len(blob) < 200, (fn.__name__, len(blob))
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["status", "--help"], ["list", "--help"],
@@ -160,8 +168,8 @@ def test_analysis_takes_training_fields_from_the_trained_config(results):
     """final.py --max-epochs 3 (smoke) then analysis/run.py --k-max 4: the analysis
     keeps the models' training settings and applies only its own flags."""
     store = Store(str(results), "digits-cnn")
-    plain = driver.resolve_experiment(stage("analysis").build_parser().parse_args(["--k-max", "4"]))
-    exp = driver.with_trained_config(store, plain)
+    plain = flags.resolve_experiment(flags.build_parser("analysis").parse_args(["--k-max", "4"]))
+    exp = config.with_trained_config(store, plain)
     assert exp.max_epochs == 3 and exp.train_size == 256  # as trained (smoke)
     assert exp.k_max == 4 and exp.samples_cluster == plain.samples_cluster  # this run's analysis flags
-    assert driver.stage_hashes(exp)["train_hash"] == store.read_json("config.json")["train_hash"]
+    assert config.stage_hashes(exp)["train_hash"] == store.read_json("config.json")["train_hash"]

@@ -132,14 +132,14 @@ def test_degenerate_data(name):
         if reason:
             assert math.isnan(r.dbi) and r.dbi_reason.startswith(reason)
     best = optimal_k(results)
-    assert best.k == 2 if reason else best.dbi == 0.0  # all NaN -> the first
+    assert best is None if reason else best.dbi == 0.0  # all NaN: no optimal k (a dead layer)
 
 
 def test_optimal_k_ignores_nan():
     res = [KMeansResult(k, np.zeros(3, np.int64), 1.0, dbi, None)
            for k, dbi in [(2, float("nan")), (3, 0.9), (4, 0.4), (5, float("nan")), (6, 0.7)]]
     assert optimal_k(res).k == 4
-    assert optimal_k(res[:1]).k == 2
+    assert optimal_k(res[:1]) is None  # every DBI NaN: no optimal k
     with pytest.raises(ValueError):
         optimal_k([])
 

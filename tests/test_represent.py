@@ -7,7 +7,7 @@ from torch import nn
 
 from bnrep.metrics import reduce_representation, sparsity_from_activations
 from bnrep.models import build_model
-from bnrep.represent import extract_representations, sample_indices
+from bnrep.represent import AnalysisSamples, extract_representations
 
 
 def manual_activations(model, X):
@@ -106,11 +106,14 @@ def test_inplace_op_after_probe_does_not_corrupt():
 
 
 def test_samples_are_seeded_prefixes_and_capped():
-    a = sample_indices(1000, 300, 500, seed=0)
-    b = sample_indices(1000, 300, 500, seed=0)
-    np.testing.assert_array_equal(a["cluster"], b["cluster"])
-    np.testing.assert_array_equal(a["cluster"][:300], a["sparsity"])
-    assert len(set(a["cluster"])) == 500
-    with pytest.warns(UserWarning, match="holds 100"):
-        c = sample_indices(100, 50, 500, seed=0)
-    assert len(c["cluster"]) == 100
+    a = AnalysisSamples.draw(1000, 300, 500, seed=0)
+    b = AnalysisSamples.draw(1000, 300, 500, seed=0)
+    np.testing.assert_array_equal(a.indices("cluster"), b.indices("cluster"))
+    np.testing.assert_array_equal(a.indices("cluster")[:300], a.indices("sparsity"))
+    assert len(set(a.indices("cluster"))) == 500 and len(a.order) == 500 and not a.notes
+    c = AnalysisSamples.draw(100, 50, 500, seed=0)  # a plain note, no Python warning
+    assert c.notes == ("clustering: 500 samples asked, the training split holds 100; using 100",)
+    assert len(c.indices("cluster")) == 100
+    t = a.table()
+    assert t.groupby("purpose").size().to_dict() == {"sparsity": 300, "cluster": 500}
+    np.testing.assert_array_equal(t[t.purpose == "sparsity"]["index"], a.indices("sparsity"))

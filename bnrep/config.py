@@ -1,0 +1,181 @@
+"""A run's identity: its options, the stage hashes in config.json, --fresh.
+
+`<out>/<experiment>/config.json` is the one record of the configuration that
+results were made with:
+
+    {"experiment": {...resolved Experiment...}, "train_hash": "...",
+     "analysis_hash": "...", "bnrep_version": "...", "git_commit": "...", "written": "..."}
+
+`train_hash` covers every field that changes the models, `analysis_hash`
+every field that changes the measurements too. They are the only
+configuration hashes: every Parquet part carries one of them as its
+`config_hash` (training tables: train_hash; analysis tables: analysis_hash),
+and the report shows them, so a report traces to the parts it read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import bnrep
+from bnrep.experiments import ConfigError, Experiment, get_experiment
+from bnrep.store import Store, git_commit, is_uri, tables
+
+# Fields that change what the analysis stage computes but not the models.
+ANALYSIS_FIELDS = ("samples_sparsity", "samples_cluster", "k_min", "k_max", "n_init", "eps")
+# Fields that change neither (more seeds only add models; figures only choose layers).
+FREE_FIELDS = ("description", "seeds", "channel_layers", "first_shown_layer")
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit status 2, before any work."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a stage runs (where, on what resources), as opposed to what it computes (Experiment)."""
+    out: str = "./runs"  # results root: a local path or a pyarrow URI (s3://, gs://, file://)
+    address: str | None = None  # Ray cluster to join (None: $RAY_ADDRESS, else a private local Ray)
+    data_root: str | None = None  # torchvision datasets (None: $BNREP_DATA or ~/.cache/bnrep/data)
+    fresh: bool = False  # delete this stage's earlier results (and what depends on them) first
+    paper_hparams: bool = False  # grid: the preset's lr/momentum instead of the sweep's best
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    max_failures: int = 3  # retries of a failed trial from its last checkpoint
+    amp: bool = False  # bf16 autocast on GPU (ignored on CPU)
+    cpus_per_task: float = 1.0
+    gpus_per_task: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    kmeans_backend: str = "torch"  # torch (batched) | sklearn (reference)
+
+    def absolute(self) -> "RunOptions":
+        """Ray workers and Tune trials run in other directories: absolute local paths."""
+        root = self.data_root
+        if root and not is_uri(root):
+            root = os.path.abspath(os.path.expanduser(root))
+        return RunOptions(**{**vars(self), "data_root": root})
+
+
+def stage_hashes(exp: Experiment) -> dict[str, str]:
+    d = exp.to_dict()
+    for f in FREE_FIELDS:
+        d.pop(f)
+    train = {k: v for k, v in d.items() if k not in ANALYSIS_FIELDS}
+
+    def h(x):
+        return hashlib.sha256(json.dumps(x, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+    return {"train_hash": h(train), "analysis_hash": h(d)}
+
+
+# ==== config.json ====
+def load_experiment(store: Store, name: str | None = None) -> Experiment:
+    """The experiment the results under `store` were made with (config.json),
+    else the preset called `name` (default: the store's experiment).
+    ConfigError (one line) when neither exists or config.json is unreadable."""
+    if store.exists("config.json"):
+        try:
+            return Experiment.from_dict(store.read_json("config.json")["experiment"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"{store.out}/{store.experiment}/config.json is unreadable "
+                              f"({type(e).__name__}: {e}); use another --out or --fresh") from None
+    return get_experiment(name or store.experiment)
+
+
+def read_hashes(store: Store) -> dict[str, str]:
+    """The stage hashes recorded in config.json ({} when there is none)."""
+    if not store.exists("config.json"):
+        return {}
+    rec = store.read_json("config.json")
+    return {k: rec[k] for k in ("train_hash", "analysis_hash") if k in rec}
+
+
+def with_trained_config(store: Store, exp: Experiment) -> Experiment:
+    """The analysis of existing models: training fields as they were trained
+    (config.json), analysis fields from this run's preset and flags."""
+    if not store.exists("config.json"):
+        return exp
+    return load_experiment(store).override(**{f: getattr(exp, f) for f in ANALYSIS_FIELDS})
+
+
+# What --fresh deletes for each stage: its own outputs and everything downstream.
+FRESH = {
+    "hparam": ("hparam", "train", "results", "report", "config.json"),
+    "final": ("train", "report", *(f"results/{t}" for t in (*tables("final"), *tables("analysis")))),
+    "analysis": ("report", *(f"results/{t}" for t in tables("analysis"))),
+}
+
+
+def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
+    """--fresh: delete the stage's earlier outputs; otherwise refuse to mix
+    results of a different configuration. Returns the configuration record
+    to write (write_config) once the stage starts work."""
+    hashes = stage_hashes(exp)
+    record = {"experiment": exp.to_dict(), **hashes, "bnrep_version": bnrep.__version__,
+              "git_commit": git_commit(), "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    if fresh:
+        for rel in FRESH[stage]:
+            store.delete(rel)
+        return record
+    if not store.exists("config.json"):
+        return record
+    old = store.read_json("config.json")
+    keys = ["train_hash"] + (["analysis_hash"] if stage == "analysis" else [])
+    for key in keys:
+        if old.get(key) != hashes[key]:
+            diff = describe_diff(old.get("experiment", {}), exp.to_dict())
+            what = "training" if key == "train_hash" else "analysis"
+            raise UsageError(
+                f"{store.out}/{exp.name} holds {what} results of a different configuration ({diff}); "
+                f"use another --out, the same flags as before, or --fresh to start over")
+    return record
+
+
+def describe_diff(old: dict, new: dict) -> str:
+    changed = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new
+               if k not in FREE_FIELDS and json.dumps(old.get(k), default=list) != json.dumps(new[k], default=list)]
+    return ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "") if changed else "config hash differs"
+
+
+def write_config(store: Store, record: dict) -> None:
+    old = store.read_json("config.json") if store.exists("config.json") else {}
+    store.write_json("config.json", {**old, **record})
+
+
+# ==== the results directory ====
+def open_store(out: str, exp: Experiment) -> Store:
+    """The experiment's store, checked writable without creating anything
+    (UsageError otherwise), so a refused run leaves --out as it was."""
+    store = Store(out, exp.name)
+    try:
+        if store.local_path() is not None:
+            _check_local_writable(Path(store.local_path()))
+        else:  # object stores have no directories: a probe object, then gone
+            probe = f".write-probe-{os.getpid()}"
+            store.write_bytes(probe, b"")
+            store.delete(probe)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot write to --out {out}: {str(e).splitlines()[0]}") from None
+    return store
+
+
+def _check_local_writable(path: Path) -> None:
+    while not path.exists():  # the nearest existing ancestor must be a writable directory
+        path = path.parent
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"{path} is not writable")
+
+
+def header(stage: str, exp: Experiment, store: Store) -> str:
+    """The first lines a stage prints: version, commit, what and where, the stage hashes."""
+    h = stage_hashes(exp)
+    return (f"bnrep {bnrep.__version__} ({git_commit() or 'unknown commit'}) | {stage} | "
+            f"experiment {exp.name} -> {store.out}/{exp.name}\n"
+            f"config: train {h['train_hash']}, analysis {h['analysis_hash']} "
+            f"({store.uri('config.json')})")

@@ -1,0 +1,196 @@
+"""The command line: flags -> (Experiment, RunOptions) -> a stage.
+
+The one place argparse lives (besides `bnrep.cli`'s subcommands). The stage
+scripts in sweeps/ and analysis/ are `sys.exit(run_stage("final", argv))`.
+
+    resolve_experiment(args)   preset, then --smoke-test, then explicit flags; validated
+    options(args)              where and how the stage runs (bnrep.config.RunOptions)
+    run_stage(name, argv)      parse, check, run; bad input -> one line on stderr, exit 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+
+from bnrep.config import RunOptions, UsageError
+from bnrep.data import DataError
+from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, SMOKE, ConfigError, Experiment, get_experiment
+
+SCRIPTS = {  # stage -> script, in pipeline order
+    "hparam": "sweeps/hparam.py",
+    "final": "sweeps/final.py",
+    "analysis": "analysis/run.py",
+    "report": "analysis/report.py",
+}
+DESCRIPTIONS = {
+    "hparam": "Stage 1: Ray Tune hyperparameter sweep, one search per BatchNorm setting.",
+    "final": "Stage 2: train the seed x {BatchNorm, no BatchNorm} grid with Ray Tune.",
+    "analysis": "Stage 3: measure every trained model's representations with Ray tasks.",
+    "report": "Write the report: Table 1, the paper's Figures 1-6, findings, as Markdown and HTML.",
+}
+
+
+# ==== flags ====
+def add_experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, metavar="NAME",
+                   help=f"experiment preset (default: {DEFAULT_EXPERIMENT}; valid: {', '.join(PRESETS)})")
+    p.add_argument("--out", default="./runs", metavar="PATH|URI",
+                   help="results root, a local path or s3:// gs:// file:// URI (default: ./runs)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="join this Ray cluster (default: $RAY_ADDRESS, else a private local Ray)")
+    p.add_argument("--smoke-test", action="store_true",
+                   help="tiny everything (few epochs, trials, seeds and samples): seconds per stage")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete this stage's earlier results (and what depends on them) and start over")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="where torchvision datasets live (default: $BNREP_DATA or ~/.cache/bnrep/data)")
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", type=int, default=None, metavar="N", help="model seeds 0..N-1 (default: preset, 4)")
+    p.add_argument("--max-epochs", type=int, default=None, metavar="N", help="epoch cap per model (default: preset)")
+    p.add_argument("--num-samples", type=int, default=None, metavar="N",
+                   help="hparam trials per BatchNorm setting (default: preset)")
+    p.add_argument("--train-size", type=int, default=None, metavar="N",
+                   help="train on the first N images of the seeded training split (default: all)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per step (default: preset, 64)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate for --paper-hparams runs (default: preset)")
+    p.add_argument("--momentum", type=float, default=None, help="SGD Nesterov momentum (default: preset)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="N", help="CPUs per Tune trial (default: 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=None, metavar="F",
+                   help="GPUs per Tune trial, fractions allowed (default: 1 if the cluster has GPUs, else 0)")
+    p.add_argument("--max-failures", type=int, default=3, metavar="N",
+                   help="retries of a failed trial from its last checkpoint (default: 3)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on GPU (ignored on CPU)")
+
+
+def add_paper_hparams(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--paper-hparams", action="store_true",
+                   help="skip the sweep: the preset's (paper's) lr and momentum instead of the sweep's best")
+
+
+def add_analysis_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--samples-sparsity", type=int, default=None, metavar="N",
+                   help="training images for sparsity (default: preset, 5000)")
+    p.add_argument("--samples-cluster", type=int, default=None, metavar="N",
+                   help="training images for clustering (default: preset, 15000)")
+    p.add_argument("--k-min", type=int, default=None, help="smallest k of the k-means sweep (default: 2)")
+    p.add_argument("--k-max", type=int, default=None, help="largest k of the k-means sweep (default: 15)")
+    p.add_argument("--n-init", type=int, default=None, help="k-means restarts per k (default: preset)")
+    p.add_argument("--eps", type=float, default=None, help="|x| <= eps counts as zero (default: 0, the paper's)")
+    p.add_argument("--kmeans-backend", choices=("torch", "sklearn"), default="torch",
+                   help="batched torch k-means (default) or scikit-learn's KMeans per k")
+    p.add_argument("--cpus-per-task", type=float, default=1.0, metavar="N", help="CPUs per analysis task (default: 1)")
+    p.add_argument("--gpus-per-task", type=float, default=None, metavar="F",
+                   help="GPUs per extraction task, fractions allowed (default: 1 if the cluster has GPUs, else 0)")
+
+
+def add_report_args(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                       help=f"experiment to report on (default {DEFAULT_EXPERIMENT})")
+    which.add_argument("--experiments", nargs="+", metavar="NAME",
+                       help="several experiments: a report for each, plus a combined one with a panel per "
+                            "experiment side by side in <out>/combined/")
+    which.add_argument("--all", action="store_true",
+                       help="every experiment that has results under --out, plus a combined report")
+    p.add_argument("--force", action="store_true", help="rebuild the report even when it is up to date")
+    p.add_argument("--out", default="./runs", metavar="PATH|URI",
+                   help="results root, a local path or s3:// gs:// file:// URI (default: ./runs)")
+
+
+STAGE_FLAGS = {
+    "hparam": (add_experiment_args, add_training_args),
+    "final": (add_experiment_args, add_training_args, add_paper_hparams),
+    "analysis": (add_experiment_args, add_analysis_args),
+    "report": (add_report_args,),
+    "run": (add_experiment_args, add_training_args, add_paper_hparams, add_analysis_args),
+}
+
+
+def build_parser(stage: str, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The flags of `stage` (a stage name or "run"), on `parser` or a new one."""
+    p = parser or argparse.ArgumentParser(prog=SCRIPTS.get(stage), description=DESCRIPTIONS.get(stage))
+    for add in STAGE_FLAGS[stage]:
+        add(p)
+    return p
+
+
+# ==== flags -> Experiment, RunOptions ====
+OVERRIDE_FLAGS = ("seeds", "max_epochs", "num_samples", "train_size", "batch_size", "lr", "momentum",
+                  "samples_sparsity", "samples_cluster", "k_min", "k_max", "n_init", "eps")  # = Experiment fields
+
+
+def resolve_experiment(args: argparse.Namespace) -> Experiment:
+    """Preset, then --smoke-test, then explicit flags; validated (ConfigError)."""
+    exp = get_experiment(args.experiment)
+    if args.smoke_test:
+        exp = exp.override(**SMOKE)
+    flags = {f: getattr(args, f, None) for f in OVERRIDE_FLAGS}
+    if flags.get("lr") is not None:  # an explicit lr applies to both BatchNorm settings
+        flags["lr_nobn"] = flags["lr"]
+    exp = exp.override(**flags)
+    if exp.sweep_max_epochs and exp.sweep_max_epochs > exp.max_epochs:
+        exp = exp.override(sweep_max_epochs=exp.max_epochs)
+    return exp
+
+
+def options(args: argparse.Namespace) -> RunOptions:
+    """The RunOptions fields that `args` has (the rest keep their defaults), paths absolute."""
+    fields = RunOptions.__dataclass_fields__
+    return RunOptions(**{f: getattr(args, f) for f in fields if hasattr(args, f)}).absolute()
+
+
+POSITIVE = ("seeds", "max_epochs", "num_samples", "train_size", "batch_size", "cpus_per_trial",
+            "samples_sparsity", "samples_cluster", "n_init", "cpus_per_task")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Counts > 0 and GPU fractions >= 0, named by their flag (UsageError)."""
+    for n in POSITIVE:
+        v = getattr(args, n, None)
+        if v is not None and v <= 0:
+            raise UsageError(f"--{n.replace('_', '-')} must be > 0, got {v}")
+    for n in ("gpus_per_trial", "gpus_per_task"):
+        v = getattr(args, n, None)
+        if v is not None and v < 0:
+            raise UsageError(f"--{n.replace('_', '-')} must be >= 0, got {v}")
+
+
+def parse(stage: str, argv: list[str] | None) -> tuple[Experiment, RunOptions]:
+    """A training or analysis stage's flags, checked and resolved (before any work)."""
+    args = build_parser(stage).parse_args(argv)
+    check_flags(args)
+    return resolve_experiment(args), options(args)
+
+
+# ==== running ====
+def run_stage(stage: str, argv: list[str] | None = None) -> int:
+    """`python sweeps/final.py ARGS` == run_stage("final", ARGS)."""
+    module = importlib.import_module(f"bnrep.stages.{stage}")
+    if stage == "report":
+        args = build_parser("report").parse_args(argv)
+        chosen = None if args.all else (args.experiments or [args.experiment])
+        return main_guard(lambda: module.run(args.out, chosen, several=bool(args.experiments), force=args.force))
+    return main_guard(lambda: module.run(*parse(stage, argv)))
+
+
+def plain_warnings() -> None:
+    """Python warnings as one plain line (no file path, no source line)."""
+    warnings.formatwarning = lambda message, category, *a, **k: f"note: {message}\n"
+
+
+def main_guard(fn) -> int:
+    """Run `fn()`: bad input -> one line on stderr, exit 2; Ctrl-C -> exit 130."""
+    plain_warnings()
+    try:
+        return fn() or 0
+    except (UsageError, ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,149 @@
+"""What a running stage shows: the trials in flight, tasks done, time left.
+
+On a terminal, a block of lines rewritten in place (one per running trial:
+epoch / max epochs, last validation accuracy, elapsed time, and an estimate
+of what remains); in a log file, one line per trial per minute at most. A
+finished trial always gets one permanent line.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+LOG_EVERY_S = 60.0  # log files: at most one line per trial per this many seconds
+REDRAW_S = 1.0  # terminals: redraw the block at most this often
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class TrialBoard:
+    """The state behind the display: running trials, finished count, time estimate."""
+
+    def __init__(self, stage: str, total: int, max_epochs: int, clock=time.monotonic):
+        self.stage, self.total, self.max_epochs, self.clock = stage, total, max_epochs, clock
+        self.t0, self.done = clock(), 0
+        self.running: dict[str, dict] = {}  # trial id -> label, epoch, val_acc, start
+        self.epoch_seconds, self.epochs_seen = 0.0, 0
+
+    def start(self, tid: str, label: str) -> None:
+        self.running.setdefault(tid, {"label": label, "epoch": 0, "val_acc": float("nan"),
+                                      "start": self.clock(), "last": self.clock()})
+
+    def result(self, tid: str, label: str, epoch: int, val_acc: float) -> None:
+        self.start(tid, label)
+        r, now = self.running[tid], self.clock()
+        if epoch > r["epoch"]:
+            self.epoch_seconds += now - r["last"]
+            self.epochs_seen += epoch - r["epoch"]
+        r.update(epoch=epoch, val_acc=val_acc, last=now)
+
+    def finish(self, tid: str) -> None:
+        self.running.pop(tid, None)
+        self.done += 1
+
+    def remaining_s(self) -> float | None:
+        """Upper bound: every unfinished trial runs to max epochs, as many at once as now."""
+        if not self.epochs_seen:
+            return None
+        per_epoch = self.epoch_seconds / self.epochs_seen
+        pending = max(0, self.total - self.done - len(self.running))
+        epochs = sum(self.max_epochs - r["epoch"] for r in self.running.values()) + pending * self.max_epochs
+        return per_epoch * epochs / max(1, len(self.running))
+
+    def lines(self) -> list[str]:
+        now = self.clock()
+        left = self.remaining_s()
+        head = (f"[{self.stage}] {self.done}/{self.total} done, {len(self.running)} running, "
+                f"{_duration(now - self.t0)} elapsed" + (f", at most ~{_duration(left)} left" if left else ""))
+        return [head] + [self.line(r, now) for r in self.running.values()]
+
+    def line(self, r: dict, now: float) -> str:
+        acc = "" if r["val_acc"] != r["val_acc"] else f", val_acc {r['val_acc']:.4f}"
+        return f"  {r['label']}: epoch {r['epoch']}/{self.max_epochs}{acc}, {_duration(now - r['start'])}"
+
+
+def tune_progress(stage: str, total: int, max_epochs: int, label, describe, stream=None):
+    """A Tune callback showing `TrialBoard`; `label(config) -> str` names a
+    trial, `describe(last_result) -> str` says what a finished one achieved."""
+    from ray import tune
+
+    class Progress(tune.Callback):
+        def __init__(self):
+            self.board = TrialBoard(stage, total, max_epochs)
+            self.out = stream or sys.stdout
+            self.tty = self.out.isatty()
+            self.drawn, self.last_draw, self.logged = 0, 0.0, {}
+
+        def _erase(self) -> None:
+            if self.tty and self.drawn:
+                self.out.write(f"\x1b[{self.drawn}F\x1b[J")  # up to the block's first line, clear below
+                self.drawn = 0
+
+        def _print(self, line: str) -> None:
+            self._erase()
+            print(line, file=self.out, flush=True)
+
+        def _draw(self, force: bool = False) -> None:
+            now = time.monotonic()
+            if not self.tty or (not force and now - self.last_draw < REDRAW_S):
+                return
+            self._erase()
+            lines = self.board.lines()
+            self.out.write("\n".join(lines) + "\n")
+            self.out.flush()
+            self.drawn, self.last_draw = len(lines), now
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.board.start(trial.trial_id, label(trial.config))
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            tid = trial.trial_id
+            self.board.result(tid, label(trial.config), int(result.get("epoch", 0)),
+                              float(result.get("val_acc", float("nan"))))
+            if not self.tty and time.monotonic() - self.logged.get(tid, -LOG_EVERY_S) >= LOG_EVERY_S:
+                self.logged[tid] = time.monotonic()
+                r = self.board.running[tid]
+                print(f"[{stage}]" + self.board.line(r, self.board.clock()), file=self.out, flush=True)
+
+        def on_step_end(self, iteration, trials, **info):
+            self._draw()
+
+        def _end(self, trial, what: str) -> None:
+            self.board.finish(trial.trial_id)
+            self._print(f"[{stage}] {self.board.done}/{total} {what} "
+                        f"({time.monotonic() - self.board.t0:.0f} s)")
+            self._draw(force=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._end(trial, describe(trial.last_result or {}))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._end(trial, f"trial {trial.trial_id} failed: see {trial.local_path or 'the Tune logs'}")
+
+        def on_experiment_end(self, trials, **info):
+            self._erase()
+
+    return Progress()
+
+
+def wait_tasks(ray, pending: list, stage: str, stream=None) -> None:
+    """Block until every Ray task is done, showing a counter; raise the first error.
+    A live counter on a terminal, a line per tenth of the tasks in a log."""
+    out = stream or sys.stdout
+    total, done, t0 = len(pending), 0, time.monotonic()
+    tty, step = out.isatty(), max(1, total // 10)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=None)
+        ray.get(ready)
+        done += len(ready)
+        elapsed = time.monotonic() - t0
+        left = f", ~{_duration(elapsed / done * (total - done))} left" if done < total else ""
+        line = f"[{stage}] {done}/{total} tasks done ({elapsed:.0f} s{left})"
+        if tty:
+            print("\r\x1b[K" + line, end="\n" if done == total else "", file=out, flush=True)
+        elif done % step == 0 or done == total:
+            print(line, file=out, flush=True)

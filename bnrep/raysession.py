@@ -1,0 +1,69 @@
+"""The Ray connection every stage shares, and what a trial or task asks of it.
+
+    with ray_session(opts.address) as ray:      # join a cluster, or a private local Ray
+        gpus = default_gpus(ray, opts.gpus_per_trial)
+
+Ray's own console output is turned down here (no Tune tables, no TensorBoard
+hint pointing into the session directory, no INFO logs): a run prints only
+bnrep's lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from bnrep.store import Store, is_uri
+
+QUIET_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",  # Tune's old reporter, which verbose=0 silences entirely
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_DEDUP_LOGS": "1",
+}
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None):
+    """Join `address` / $RAY_ADDRESS, or start a private local Ray; shut down
+    only what this process started. The dashboard is never started here."""
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    import ray
+
+    quiet = {"log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
+    address = address or os.environ.get("RAY_ADDRESS")
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            ray.init(include_dashboard=False, **quiet)
+        started = True
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def check_shared_out(ray, store: Store) -> None:
+    """Warn when a multi-node cluster writes to a local path: every node must
+    see the same results (a shared mount at that path, or an s3:// gs:// URI)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and not is_uri(store.out):
+        print(f"warning: --out {store.out} is a local path on a {len(nodes)}-node cluster; it must be "
+              "a filesystem shared by every node at that path, else use an s3:// or gs:// URI", flush=True)
+
+
+def node_id() -> str:
+    """The Ray node this task or trial runs on ('' outside Ray): provenance."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+def default_gpus(ray, requested: float | None) -> float:
+    """GPUs per trial/task: the flag, else 1 when the cluster has GPUs, else 0."""
+    if requested is not None:
+        return requested
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0

@@ -1,0 +1,151 @@
+"""Stage 2: train the seed x {BatchNorm, no BatchNorm} grid with Ray Tune.
+
+Each model trains to its preset's stopping rule, reporting a checkpoint to
+Tune every epoch; a failed trial (a node lost) restarts from its last
+checkpoint (FailureConfig), an interrupted grid resumes with Tuner.restore.
+
+Writes, under <out>/<experiment>/:
+    train/models/<model_id>/model.pt       weights, preset, hparams, metrics (bnrep.checkpoints)
+    results/training/<model_id>.parquet    one row per model; its metadata holds model.pt's sha256
+    results/training_history/<model_id>.parquet   one row per epoch
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bnrep.checkpoints import is_trained, save_model
+from bnrep.config import RunOptions, UsageError, header, stage_hashes, write_config
+from bnrep.data import load_data
+from bnrep.experiments import Experiment
+from bnrep.progress import tune_progress
+from bnrep.raysession import check_shared_out, default_gpus, node_id, ray_session
+from bnrep.stages.tuning import open_training_stage, run_config, train_in_tune, trial_dirname
+from bnrep.store import Store, tables
+from bnrep.train import Trainer, best_device, model_id
+
+
+# ==== the work of one trial ====
+def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: bool, train_hash: str) -> None:
+    """One Tune trial = one model of the grid; saves it and its Parquet rows."""
+    from ray import tune
+
+    seed, bn, hp = config["run"]["seed"], config["run"]["bn"], config["run"]["hparams"]
+    mid = model_id(exp.arch, bn, seed)
+    store = Store(out, exp.name)
+    data = load_data(exp, data_root, device=best_device())
+    trainer = Trainer(exp, data, bn, hp, seed, amp=amp)
+    resumed_from = train_in_tune(trainer, extra={"model_id": mid})
+    r = trainer.finish()
+    row = {"model_id": mid, "experiment": exp.name, "dataset": exp.dataset, "arch": exp.arch, "bn": bn,
+           "seed": seed, "lr": float(hp["lr"]), "momentum": float(hp.get("momentum", 0.0)), "epochs": r.epochs,
+           "best_epoch": r.best_epoch, "train_acc": r.train_acc, "val_acc": r.val_acc, "test_acc": r.test_acc,
+           "interpolated": r.interpolated}
+    digest = save_model(store, mid, r.model, exp, hp, row)
+    history = pd.DataFrame([{"model_id": mid, "bn": bn, "seed": seed, **vars(m)} for m in r.history])
+    where = {"node_id": node_id(), "resumed_from_epoch": resumed_from}  # provenance of a resumed trial
+    store.write_part("training_history", mid, history, train_hash, **where)
+    store.write_part("training", mid, pd.DataFrame([row]), train_hash,  # last: marks the model complete
+                     model_sha256=digest, **where)
+    tune.report({"model_id": mid, "test_acc": r.test_acc, "saved": True})
+
+
+# ==== the grid ====
+def grid_hparams(exp: Experiment, store: Store, paper: bool) -> dict[bool, dict]:
+    """hparams per BatchNorm setting: the sweep's best, or the preset's."""
+    if paper:
+        return {bn: exp.paper_hparams(bn) for bn in (True, False)}
+    if not store.exists("hparam/best_hparams.json"):
+        raise UsageError(f"no sweep results in {store.out}/{exp.name}/hparam: run sweeps/hparam.py "
+                         f"--experiment {exp.name} first, or pass --paper-hparams")
+    best = store.read_json("hparam/best_hparams.json")
+    missing = [t for t in ("bn", "nobn") if t not in best]
+    if missing:
+        raise UsageError(f"best_hparams.json lacks {', '.join(missing)}: rerun sweeps/hparam.py")
+    return {bn: {k: best[tag][k] for k in ("lr", "momentum")} for bn, tag in ((True, "bn"), (False, "nobn"))}
+
+
+def forget_analysis(store: Store, mids: list[str]) -> None:
+    """Delete the analysis parts of models about to be trained anew (stale, valid or not)."""
+    for table in tables("analysis"):
+        for name in store.list_dir(f"results/{table}"):
+            part = name.removesuffix(".parquet")
+            if any(part == m or part.startswith(m + "-") for m in mids):
+                store.delete(f"results/{table}/{name}")
+
+
+def print_summary(df: pd.DataFrame) -> None:
+    """Table-1-style: accuracy in percent, mean +- std over seeds."""
+    print(f"\n{'model':16} {'seeds':>5} {'train %':>16} {'val %':>16} {'test %':>16} {'epochs':>7}")
+    for (arch, bn), g in df.groupby(["arch", "bn"], sort=False):
+        cells = [f"{100 * g[c].mean():7.3f} ± {100 * g[c].std():5.3f}" for c in ("train_acc", "val_acc", "test_acc")]
+        name = f"{arch} {'BN' if bn else 'NBN'}"
+        print(f"{name:16} {len(g):5d} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} {g['epochs'].mean():7.1f}")
+
+
+def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], gpus: float,
+             train_hash: str) -> None:
+    """Train `todo` in one Tune grid; resume the interrupted grid when it planned the same models."""
+    from ray import tune
+
+    fn = tune.with_resources(
+        tune.with_parameters(trial, exp=exp, out=store.out, data_root=opts.data_root, amp=opts.amp,
+                             train_hash=train_hash),
+        {"cpu": opts.cpus_per_trial, "gpu": gpus})
+    path = store.uri("train", "tune", "final")
+    planned = store.read_json("train/tune/plan.json") if store.exists("train/tune/plan.json") else []
+    if planned and all(g in planned for g in todo) and tune.Tuner.can_restore(path):
+        print(f"[final] resuming the interrupted grid in {path}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True)
+    else:
+        store.delete("train/tune/final")
+        store.write_json("train/tune/plan.json", todo)
+        progress = tune_progress("final", len(todo), exp.max_epochs, describe_config, describe_model)
+        tuner = tune.Tuner(fn, param_space={"run": tune.grid_search(todo)},
+                           tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname),
+                           run_config=run_config(opts, "final", store.uri("train", "tune"), progress))
+    errors = [r.error for r in tuner.fit() if r.error]
+    if errors:
+        raise RuntimeError(f"{len(errors)} model(s) failed after retries; first error: {errors[0]}")
+
+
+def describe_config(config: dict) -> str:
+    run = config.get("run", {})
+    return model_id("", run.get("bn", False), run.get("seed", 0)).lstrip("-")
+
+
+def describe_model(r: dict) -> str:
+    return f"models trained; last: {r.get('model_id', '?')}, test_acc {r.get('test_acc', float('nan')):.4f}"
+
+
+def untrained(exp: Experiment, store: Store, grid: list[dict], train_hash: str) -> list[dict]:
+    return [g for g in grid if not is_trained(store, model_id(exp.arch, g["bn"], g["seed"]), train_hash)]
+
+
+# ==== the stage ====
+def run(exp: Experiment, opts: RunOptions) -> int:
+    store, record = open_training_stage(exp, opts, "final")  # every check before Ray starts
+    hparams = grid_hparams(exp, store, opts.paper_hparams)
+    print(header("final grid", exp, store), flush=True)
+    train_hash = stage_hashes(exp)["train_hash"]
+
+    grid = [{"seed": s, "bn": bn, "hparams": hparams[bn]} for s in range(exp.seeds) for bn in (True, False)]
+    todo = untrained(exp, store, grid, train_hash)
+    print(f"[final] {len(grid) - len(todo)} of {len(grid)} models already trained", flush=True)
+    if todo:
+        write_config(store, record)
+        forget_analysis(store, [model_id(exp.arch, g["bn"], g["seed"]) for g in todo])  # now stale
+        with ray_session(opts.address) as ray:
+            check_shared_out(ray, store)
+            gpus = default_gpus(ray, opts.gpus_per_trial)
+            run_grid(exp, opts, store, todo, gpus, train_hash)
+            todo = untrained(exp, store, grid, train_hash)
+            if todo:  # a restored grid whose trials ended without saving: train them anew
+                store.delete("train/tune/plan.json")
+                run_grid(exp, opts, store, todo, gpus, train_hash)
+
+    df = store.read_table("training")
+    wanted = {model_id(exp.arch, g["bn"], g["seed"]) for g in grid}
+    print_summary(df[df["model_id"].isin(wanted)])
+    print(f"\nwrote {store.out}/{exp.name}/results/training ({len(df)} models)")
+    return 0

@@ -1,0 +1,157 @@
+"""Stage 1: Ray Tune hyperparameter sweep, one search per BatchNorm setting.
+
+Searches learning rate (log-uniform) x momentum (SGD presets) with an ASHA
+scheduler. Objective (paper 3.1.1): validation accuracy at the epoch a model
+first interpolates, non-interpolating trials ranked below all that do; for
+early-stopping presets (paper 3.1.2) the best validation accuracy.
+
+Writes, under <out>/<experiment>/:
+    results/hparam_trials/{bn,nobn}.parquet   one row per trial
+    hparam/best_hparams.json                  best trial per BatchNorm setting
+    hparam/tune/{bn,nobn}/                    Ray Tune state (resumed with Tuner.restore)
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bnrep.config import RunOptions, header, stage_hashes, write_config
+from bnrep.data import load_data
+from bnrep.experiments import Experiment
+from bnrep.progress import tune_progress
+from bnrep.raysession import check_shared_out, default_gpus, ray_session
+from bnrep.stages.tuning import open_training_stage, run_config, train_in_tune, trial_dirname
+from bnrep.store import Store
+from bnrep.train import Trainer, best_device
+
+SWEEP_SEED = 0  # model seed of every sweep trial; the search itself is seeded too
+BN_SETTINGS = {"bn": True, "nobn": False}
+EDGE = 0.1  # a best lr within 10% of the log range of an end lies "at the edge"
+
+
+# ==== the work of one trial ====
+def trial(config: dict, exp: Experiment, data_root: str | None, amp: bool) -> None:
+    """One Tune trial: train with the sampled hparams, report every epoch."""
+    data = load_data(exp, data_root, device=best_device())
+    trainer = Trainer(exp, data, config["bn"], config, SWEEP_SEED, amp=amp,
+                      max_epochs=exp.sweep_max_epochs or exp.max_epochs)
+    train_in_tune(trainer)
+
+
+# ==== one search ====
+def search_space(exp: Experiment, bn: bool) -> dict:
+    from ray import tune
+
+    space = {"bn": bn, "lr": tune.loguniform(*exp.lr_range)}
+    if exp.optimizer == "sgd":
+        space["momentum"] = tune.choice(list(exp.momentum_choices))
+    return space
+
+
+def run_search(exp: Experiment, opts: RunOptions, store: Store, tag: str, gpus: float) -> pd.DataFrame:
+    """One Tune search for one BatchNorm setting; resumes an interrupted one."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    fn = tune.with_resources(tune.with_parameters(trial, exp=exp, data_root=opts.data_root, amp=opts.amp),
+                             {"cpu": opts.cpus_per_trial, "gpu": gpus})
+    path = store.uri("hparam", "tune", tag)
+    if tune.Tuner.can_restore(path):
+        print(f"[hparam] {tag}: resuming the interrupted search in {path}", flush=True)
+        return trials_table(tune.Tuner.restore(path, trainable=fn, resume_errored=True).fit(), tag)
+    max_t = exp.sweep_max_epochs or exp.max_epochs
+    progress = tune_progress(f"hparam {tag}", exp.num_samples, max_t, describe_config, describe_trial)
+    tuner = tune.Tuner(
+        fn, param_space=search_space(exp, BN_SETTINGS[tag]),
+        tune_config=tune.TuneConfig(
+            metric="objective", mode="max", num_samples=exp.num_samples,
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max_t,
+                                    grace_period=max(1, max_t // 4), reduction_factor=3),
+            search_alg=BasicVariantGenerator(random_state=exp.split_seed),
+            trial_dirname_creator=trial_dirname),
+        run_config=run_config(opts, tag, store.uri("hparam", "tune"), progress))
+    return trials_table(tuner.fit(), tag)
+
+
+def trials_table(grid, tag: str) -> pd.DataFrame:
+    rows = []
+    for r in grid:
+        m, cfg = r.metrics or {}, r.config or {}
+        rows.append({"trial_id": m.get("trial_id", ""), "bn": BN_SETTINGS[tag], "lr": float(cfg.get("lr", "nan")),
+                     "momentum": float(cfg.get("momentum", 0.0)), "epochs": int(m.get("epoch", 0)),
+                     "train_acc": float(m.get("train_acc", "nan")), "val_acc": float(m.get("val_acc", "nan")),
+                     "interpolated": bool(m.get("interpolated", False)),
+                     "objective": float(m.get("objective", "nan")), "error": str(r.error or ""),
+                     "node_id": str(m.get("node_id", ""))})  # the Ray node of its last epoch
+    return pd.DataFrame(rows)
+
+
+def describe_config(config: dict) -> str:
+    return f"lr {config.get('lr', float('nan')):.3g}" + (
+        f", momentum {config['momentum']:g}" if "momentum" in config else "")
+
+
+def describe_trial(r: dict) -> str:
+    return (f"trials done; last: lr {r.get('lr', float('nan')):.3g}, {r.get('epoch', 0)} epochs, "
+            f"val_acc {r.get('val_acc', float('nan')):.4f}"
+            + (", interpolated" if r.get("interpolated") else ""))
+
+
+# ==== the best trial ====
+def best_trial(trials: pd.DataFrame) -> dict:
+    ok = trials[trials["error"] == ""].dropna(subset=["objective"])
+    if ok.empty:
+        raise RuntimeError("every trial failed; see the Ray Tune logs above")
+    b = ok.sort_values(["objective", "val_acc"], ascending=False).iloc[0]
+    return {"lr": float(b["lr"]), "momentum": float(b["momentum"]), "objective": float(b["objective"]),
+            "val_acc": float(b["val_acc"]), "epochs": int(b["epochs"]), "trial_id": b["trial_id"]}
+
+
+def lr_at_edge(lr: float, lr_range: tuple[float, float]) -> str | None:
+    """'low'/'high' when `lr` lies within EDGE of the log range of an end, else None."""
+    import math
+
+    lo, hi = (math.log(x) for x in lr_range)
+    if hi <= lo:
+        return None
+    pos = (math.log(lr) - lo) / (hi - lo)
+    return "low" if pos < EDGE else "high" if pos > 1 - EDGE else None
+
+
+def print_best(best: dict, exp: Experiment) -> None:
+    print("\nBest trial per BatchNorm setting")
+    print(f"{'setting':8} {'lr':>10} {'momentum':>9} {'epochs':>7} {'val_acc':>8} {'objective':>10}")
+    for tag, b in best.items():
+        print(f"{tag:8} {b['lr']:10.3g} {b['momentum']:9.3g} {b['epochs']:7d} {b['val_acc']:8.4f} {b['objective']:10.4f}")
+    for tag, b in best.items():
+        edge = lr_at_edge(b["lr"], exp.lr_range)
+        if edge:
+            print(f"note: {tag}'s best lr {b['lr']:.3g} lies at the {edge} edge of the search range "
+                  f"{exp.lr_range}; the optimum may lie outside it: widen lr_range", flush=True)
+
+
+# ==== the stage ====
+def run(exp: Experiment, opts: RunOptions) -> int:
+    store, record = open_training_stage(exp, opts, "hparam")  # every check before Ray starts
+    print(header("hparam sweep", exp, store), flush=True)
+    best = store.read_json("hparam/best_hparams.json") if store.exists("hparam/best_hparams.json") else {}
+    todo = [t for t in BN_SETTINGS if not (t in best and store.has_part("hparam_trials", t))]
+    if not todo:
+        print("[hparam] complete: nothing to do")
+        print_best(best, exp)
+        return 0
+    write_config(store, record)
+    with ray_session(opts.address) as ray:
+        check_shared_out(ray, store)
+        gpus = default_gpus(ray, opts.gpus_per_trial)
+        for tag in todo:
+            print(f"[hparam] {tag}: {exp.num_samples} trials, lr in {exp.lr_range}"
+                  + (f", momentum in {exp.momentum_choices}" if exp.optimizer == "sgd" else ""), flush=True)
+            trials = run_search(exp, opts, store, tag, gpus)
+            best[tag] = best_trial(trials)
+            store.write_part("hparam_trials", tag, trials, stage_hashes(exp)["train_hash"])
+            store.write_json("hparam/best_hparams.json", best)
+    print_best(best, exp)
+    print(f"\nwrote {store.out}/{exp.name}/hparam/best_hparams.json")
+    return 0

@@ -1,0 +1,73 @@
+"""Stage 4: the report of one or several experiments (no Ray, no GPU).
+
+Reads only <out>/<experiment>/results/ and config.json and writes
+<out>/<experiment>/report/ (and <out>/combined/ for several experiments).
+A report whose inputs have not changed is not rebuilt (`force` rebuilds it).
+
+Exit codes: 0 written, 1 no results (the message names the stage to run) or
+the report could not be written, 2 bad arguments (unknown experiment).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from bnrep import report
+from bnrep.experiments import get_experiment
+from bnrep.store import Store, git_commit
+
+
+def check_name(out: str, name: str) -> None:
+    """A preset, or an experiment whose resolved config.json is under `out` (ConfigError otherwise)."""
+    if not Store(out, name).exists("config.json"):
+        get_experiment(name)
+
+
+def names(out: str, experiments: list[str] | None) -> list[str]:
+    """The experiments to report on; None: every experiment with results under `out`."""
+    if experiments is None:
+        found = report.find_experiments(out)
+        if not found:
+            raise report.ReportError(f"no experiment has results under {out}: run "
+                                     f"`python sweeps/final.py --experiment NAME` (or `bnrep run`) first")
+        return found
+    for n in experiments:
+        check_name(out, n)
+    return experiments
+
+
+def run(out: str, experiments: list[str] | None, several: bool = False, force: bool = False) -> int:
+    """Report on `experiments` (None: all under `out`); `several` adds the combined report."""
+    print(f"bnrep report ({git_commit() or 'unknown commit'}) | {out}", flush=True)
+    try:
+        todo = names(out, experiments)
+    except report.ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
+        return write(out, todo, several or experiments is None, force)
+    except OSError as e:
+        print(f"error: cannot write the report under {out}: {e}", file=sys.stderr)
+        return 1
+
+
+def write(out: str, todo: list[str], several: bool, force: bool) -> int:
+    written = 0
+    for n in todo:
+        if not force and report.report_is_current(out, n):
+            print(f"[report] {n}: report is up to date (--force rebuilds it)")
+            print(Store(out, n).read_bytes("report/summary.txt").decode(), flush=True)
+            written += 1
+            continue
+        try:
+            res = report.build_report(out, n)
+        except report.ReportError as e:
+            print(f"{'skipped' if several else 'error'}: {e}", file=sys.stderr)
+            continue
+        print(res.summary, flush=True)
+        written += 1
+    if several and written:
+        res = report.build_combined_report(out, todo)
+        print(f"combined report: {res.html}")
+    return 0 if written else 1
+
