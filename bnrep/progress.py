@@ -66,14 +66,14 @@ class TrialBoard:
         return f"  {r['label']}: epoch {r['epoch']}/{self.max_epochs}{acc}, {_duration(now - r['start'])}"
 
 
-def tune_progress(stage: str, total: int, max_epochs: int, label, describe, stream=None):
+def tune_progress(stage: str, total: int, max_epochs: int, label, describe, stream=None, clock=time.monotonic):
     """A Tune callback showing `TrialBoard`; `label(config) -> str` names a
     trial, `describe(last_result) -> str` says what a finished one achieved."""
     from ray import tune
 
     class Progress(tune.Callback):
         def __init__(self):
-            self.board = TrialBoard(stage, total, max_epochs)
+            self.board = TrialBoard(stage, total, max_epochs, clock)
             self.out = stream or sys.stdout
             self.tty = self.out.isatty()
             self.drawn, self.last_draw, self.logged = 0, 0.0, {}
@@ -88,7 +88,7 @@ def tune_progress(stage: str, total: int, max_epochs: int, label, describe, stre
             print(line, file=self.out, flush=True)
 
         def _draw(self, force: bool = False) -> None:
-            now = time.monotonic()
+            now = clock()
             if not self.tty or (not force and now - self.last_draw < REDRAW_S):
                 return
             self._erase()
@@ -104,18 +104,18 @@ def tune_progress(stage: str, total: int, max_epochs: int, label, describe, stre
             tid = trial.trial_id
             self.board.result(tid, label(trial.config), int(result.get("epoch", 0)),
                               float(result.get("val_acc", float("nan"))))
-            if not self.tty and time.monotonic() - self.logged.get(tid, -LOG_EVERY_S) >= LOG_EVERY_S:
-                self.logged[tid] = time.monotonic()
+            now = clock()
+            if not self.tty and (tid not in self.logged or now - self.logged[tid] >= LOG_EVERY_S):
+                self.logged[tid] = now
                 r = self.board.running[tid]
-                print(f"[{stage}]" + self.board.line(r, self.board.clock()), file=self.out, flush=True)
+                print(f"[{stage}] " + self.board.line(r, now).strip(), file=self.out, flush=True)
 
         def on_step_end(self, iteration, trials, **info):
             self._draw()
 
         def _end(self, trial, what: str) -> None:
             self.board.finish(trial.trial_id)
-            self._print(f"[{stage}] {self.board.done}/{total} {what} "
-                        f"({time.monotonic() - self.board.t0:.0f} s)")
+            self._print(f"[{stage}] {self.board.done}/{total} {what} ({clock() - self.board.t0:.0f} s)")
             self._draw(force=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):

@@ -36,7 +36,8 @@ def ray_session(address: str | None):
     if not ray.is_initialized():
         if address:
             ray.init(address=address, **quiet)
-        else:
+        else:  # token auth, as Ray now defaults to; said explicitly so Ray need not warn about it
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
             ray.init(include_dashboard=False, **quiet)
         started = True
     try:

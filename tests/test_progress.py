@@ -1,0 +1,83 @@
+"""What a running stage prints: the live trial block on a terminal, at most a
+line per trial per minute in a log, a time estimate; driven with a fake clock."""
+
+import io
+from types import SimpleNamespace
+
+from bnrep.progress import LOG_EVERY_S, TrialBoard, tune_progress
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def trial(tid, seed):
+    return SimpleNamespace(trial_id=tid, config={"seed": seed}, last_result={"acc": 0.5}, local_path="/x")
+
+
+def callback(stream, clock):
+    return tune_progress("final", 3, 10, lambda c: f"model s{c['seed']}", lambda r: f"done acc {r['acc']}",
+                         stream=stream, clock=clock)
+
+
+def test_board_estimates_an_upper_bound_of_the_time_left():
+    clock = Clock()
+    b = TrialBoard("final", total=3, max_epochs=10, clock=clock)
+    b.start("a", "model s0")
+    b.start("b", "model s1")
+    assert b.remaining_s() is None  # no epoch seen yet: no estimate
+    clock.t += 4
+    b.result("a", "model s0", 1, 0.5)  # 4 s per epoch
+    b.result("b", "model s1", 2, 0.6)  # 2 epochs in 4 s
+    # 3 epochs in 8 s; left: 9 + 8 epochs running, 10 for the pending trial, 2 at a time
+    assert b.remaining_s() == (8 / 3) * (9 + 8 + 10) / 2
+    assert b.lines() == ["[final] 0/3 done, 2 running, 4s elapsed, at most ~36s left",
+                         "  model s0: epoch 1/10, val_acc 0.5000, 4s",
+                         "  model s1: epoch 2/10, val_acc 0.6000, 4s"]
+    b.finish("a")
+    assert b.done == 1 and list(b.running) == ["b"]
+
+
+def test_log_gets_at_most_one_line_per_trial_per_minute():
+    clock, log = Clock(), io.StringIO()
+    cb = callback(log, clock)
+    t = trial("a", 0)
+    cb.on_trial_start(0, [], t)
+    for epoch in range(1, 6):  # five epochs within a minute: one line
+        clock.t += 10
+        cb.on_trial_result(0, [], t, {"epoch": epoch, "val_acc": 0.1 * epoch})
+        cb.on_step_end(0, [])
+    clock.t += LOG_EVERY_S
+    cb.on_trial_result(0, [], t, {"epoch": 6, "val_acc": 0.6})
+    cb.on_trial_complete(0, [], t)
+    assert log.getvalue().splitlines() == [
+        "[final] model s0: epoch 1/10, val_acc 0.1000, 10s",
+        "[final] model s0: epoch 6/10, val_acc 0.6000, 1m50s",
+        "[final] 1/3 done acc 0.5 (110 s)"]
+
+
+def test_terminal_block_is_rewritten_in_place():
+    clock, term = Clock(), Terminal()
+    cb = callback(term, clock)
+    a, b = trial("a", 0), trial("b", 1)
+    cb.on_trial_start(0, [], a)
+    cb.on_trial_start(0, [], b)
+    clock.t += 2
+    cb.on_trial_result(0, [], a, {"epoch": 1, "val_acc": 0.5})
+    cb.on_step_end(0, [])  # draws a head line and two trial lines
+    clock.t += 2
+    cb.on_trial_complete(0, [], a)  # erases the block, prints the permanent line, redraws
+    text = term.getvalue()
+    first, rest = text.split("\x1b[3F\x1b[J", 1)  # the 3-line block erased once
+    assert "model s0: epoch 1/10" in first and "model s1: epoch 0/10" in first
+    assert rest.startswith("[final] 1/3 done acc 0.5 (4 s)\n")
+    assert "model s0" not in rest.split("\n", 1)[1]  # the finished trial left the block
