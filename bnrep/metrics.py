@@ -5,9 +5,16 @@
 - The reduced representation (eq. 5): channel means over H x W, rows L2-normalised.
 - The Davies-Bouldin index (eq. 2) with scikit-learn's definition and edge cases,
   computed in torch with float64 accumulation on the input's device.
+- Beyond the paper, on the reduced representations: within-class variability
+  collapse NC1 (Papyan et al. 2020), linear CKA between two models (Kornblith
+  et al. 2019) and effective rank (Roy & Vetterli 2007); float64 on the input's
+  device, d x d matrices only, NaN with a reason where a measure is undefined.
 
     >>> channel, layer = sparsity_from_activations(A)          # A: (N, C, H, W)
-    >>> dbi, reason = davies_bouldin(reduce_representation(A), y)
+    >>> X = reduce_representation(A)                           # (N, C)
+    >>> dbi, reason = davies_bouldin(X, y)
+    >>> collapse, reason = nc1(X, y); rank, reason = effective_rank(X)
+    >>> similarity = linear_cka(X, X_other_model)              # same N samples
 """
 
 from __future__ import annotations
