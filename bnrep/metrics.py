@@ -5,9 +5,16 @@
 - The reduced representation (eq. 5): channel means over H x W, rows L2-normalised.
 - The Davies-Bouldin index (eq. 2) with scikit-learn's definition and edge cases,
   computed in torch with float64 accumulation on the input's device.
+- Beyond the paper, on the reduced representations: within-class variability
+  collapse NC1 (Papyan et al. 2020), linear CKA between two models (Kornblith
+  et al. 2019) and effective rank (Roy & Vetterli 2007); float64 on the input's
+  device, d x d matrices only, NaN with a reason where a measure is undefined.
 
     >>> channel, layer = sparsity_from_activations(A)          # A: (N, C, H, W)
-    >>> dbi, reason = davies_bouldin(reduce_representation(A), y)
+    >>> X = reduce_representation(A)                           # (N, C)
+    >>> dbi, reason = davies_bouldin(X, y)
+    >>> collapse, reason = nc1(X, y); rank, reason = effective_rank(X)
+    >>> similarity = linear_cka(X, X_other_model)              # same N samples
 """
 
 from __future__ import annotations
@@ -115,11 +122,18 @@ def chunk_rows(values_per_row: int, budget: int = 2**19, cap: int | None = _ROWS
     return rows if cap is None else min(cap, rows)
 
 
-def _degenerate(X: torch.Tensor, k: int) -> str | None:
-    """Why the DBI of X (N, d) with k labels is undefined, or None."""
-    N = X.shape[0]
-    if N == 0:
-        return "no samples"
+def _as_matrix(X, name: str = "X") -> torch.Tensor:
+    """X as a floating (N, d) tensor on its own device (integers become float64)."""
+    X = torch.as_tensor(X)
+    if X.dim() != 2:
+        raise ValueError(f"{name} must have shape (N, d), got {tuple(X.shape)}")
+    return X if X.is_floating_point() else X.to(torch.float64)
+
+
+def _unusable(X: torch.Tensor) -> str | None:
+    """Why no measure of the samples X (N, d) means anything, or None."""
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        return "no samples" if X.shape[0] == 0 else "no features"
     lo, hi = X.aminmax()  # NaN propagates, inf shows
     if not (torch.isfinite(lo) and torch.isfinite(hi)):
         return "representations contain NaN or inf"
@@ -127,6 +141,15 @@ def _degenerate(X: torch.Tensor, k: int) -> str | None:
         return "dead layer: all representations are zero"
     if all(bool((xs == X[0]).all()) for xs in X.split(_ROWS)):
         return "all samples are identical"
+    return None
+
+
+def _degenerate(X: torch.Tensor, k: int) -> str | None:
+    """Why the DBI of X (N, d) with k labels is undefined, or None."""
+    N = X.shape[0]
+    reason = _unusable(X)
+    if reason is not None:
+        return reason
     if k < 2:
         return f"fewer than 2 distinct labels (got {k})"
     if k >= N:
@@ -134,16 +157,24 @@ def _degenerate(X: torch.Tensor, k: int) -> str | None:
     return None
 
 
+def _class_means(X: torch.Tensor, codes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Means (k, d) and sizes (k,) of the k groups of rows of X, float64, summed in row chunks."""
+    f64 = dict(dtype=torch.float64, device=X.device)
+    R = chunk_rows(X.shape[1])
+    x64 = torch.empty(R, X.shape[1], **f64)  # reused: X is never copied whole
+    counts = torch.bincount(codes, minlength=k).to(torch.float64)  # (k,)
+    sums = torch.zeros(k, X.shape[1], **f64)
+    for xs, cs in zip(X.split(R), codes.split(R)):
+        sums.index_add_(0, cs, x64[: len(cs)].copy_(xs))
+    return sums / counts[:, None], counts
+
+
 def _cluster_stats(X: torch.Tensor, codes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Centroids (k, d) and mean member-to-centroid distance (k,), both float64."""
     f64 = dict(dtype=torch.float64, device=X.device)
     R = chunk_rows(X.shape[1])
     x64, c64 = torch.empty(R, X.shape[1], **f64), torch.empty(R, X.shape[1], **f64)  # reused
-    counts = torch.bincount(codes, minlength=k).to(torch.float64)  # (k,)
-    centroids = torch.zeros(k, X.shape[1], **f64)
-    for xs, cs in zip(X.split(R), codes.split(R)):
-        centroids.index_add_(0, cs, x64[: len(cs)].copy_(xs))
-    centroids /= counts[:, None]  # (k, d)
+    centroids, counts = _class_means(X, codes, k)  # (k, d), (k,)
     intra = torch.zeros(k, **f64)
     for xs, cs in zip(X.split(R), codes.split(R)):
         diff = torch.index_select(centroids, 0, cs, out=c64[: len(cs)])
@@ -166,11 +197,7 @@ def davies_bouldin(X, labels) -> tuple[float, str | None]:
     non-finite values -- dbi is NaN and reason says why. When every centroid
     coincides (but samples differ) dbi is scikit-learn's 0 and reason notes it.
     """
-    X = torch.as_tensor(X)
-    if X.dim() != 2:
-        raise ValueError(f"X must have shape (N, d), got {tuple(X.shape)}")
-    if not X.is_floating_point():
-        X = X.to(torch.float64)
+    X = _as_matrix(X)
     codes = _encode_labels(labels, X.shape[0], X.device)
     k = int(codes.max()) + 1 if codes.numel() else 0
     reason = _degenerate(X, k)
@@ -187,3 +214,101 @@ def davies_bouldin(X, labels) -> tuple[float, str | None]:
     cd[cd == 0] = torch.inf  # sklearn: coinciding pairs (and i == j) drop out of the max
     scores = ((intra[:, None] + intra[None, :]) / cd).max(dim=1).values  # (k,)
     return float(scores.mean()), None
+
+
+# ==== neural collapse, CKA, effective rank ====
+
+# Class means closer than this to the global mean, relative to the largest sample norm, are one
+# mean seen through float64 rounding: chunked sums of N rows err by at most ~N * 2.2e-16 relative.
+_COINCIDE_RTOL = 1e-10
+
+
+def _centred64(X: torch.Tensor) -> torch.Tensor:
+    """A float64 copy of X (N, d) with zero-mean columns; X itself is never written."""
+    Xc = X.to(torch.float64, copy=True)
+    return Xc.sub_(Xc.mean(dim=0))
+
+
+def _within_scatter(X: torch.Tensor, codes: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """sum over rows of (h_i - mu_c(i))(h_i - mu_c(i))^T, (d, d) float64, in row chunks (no N x N)."""
+    f64 = dict(dtype=torch.float64, device=X.device)
+    R = chunk_rows(X.shape[1])
+    x64, m64 = torch.empty(R, X.shape[1], **f64), torch.empty(R, X.shape[1], **f64)  # reused
+    S = torch.zeros(X.shape[1], X.shape[1], **f64)
+    for xs, cs in zip(X.split(R), codes.split(R)):
+        D = x64[: len(cs)].copy_(xs).sub_(torch.index_select(means, 0, cs, out=m64[: len(cs)]))
+        S.addmm_(D.T, D)
+    return S
+
+
+def nc1(X, labels) -> tuple[float, str | None]:
+    """Within-class variability collapse NC1 = Tr(Sigma_W Sigma_B^+) / C of rows X (N, d).
+
+    Papyan, Han & Donoho, PNAS 2020: C classes present in `labels` (N,), Sigma_W =
+    (1/N) sum_i (h_i - mu_c(i))(h_i - mu_c(i))^T, Sigma_B = (1/C) sum_c (mu_c - mu_G)(mu_c - mu_G)^T
+    with mu_G the mean of all N samples. 0 when every class is one point.
+
+    Sigma_B^+ is torch.linalg.pinv(Sigma_B, hermitian=True, rtol=d * eps64): Sigma_B is symmetric
+    PSD by construction (eigh is exact about that), and rank <= C - 1 < d, so its null space comes
+    out of float64 as eigenvalues of ~1e-16 * the largest; d * eps is the numerical-rank cutoff of
+    numpy.linalg.matrix_rank (and torch's default), pinned here so a library change cannot move it.
+
+    Returns (nc1, reason); NaN with the reason for no samples, non-finite values, a dead layer
+    (all zero), identical samples, fewer than 2 classes, or class means that coincide (Sigma_B = 0).
+    Float64 on X's device; Sigma_W and Sigma_B are d x d, nothing is N x N.
+    """
+    X = _as_matrix(X)
+    N, d = X.shape
+    codes = _encode_labels(labels, N, X.device)
+    C = int(codes.max()) + 1 if codes.numel() else 0
+    reason = _unusable(X) or (f"fewer than 2 classes (got {C})" if C < 2 else None)
+    if reason is not None:
+        return float("nan"), reason
+    means, counts = _class_means(X, codes, C)  # (C, d), (C,)
+    M = means - (counts[:, None] * means).sum(dim=0) / N  # (C, d): mu_c - mu_G
+    scale = float(torch.linalg.vector_norm(X, dim=1).max())  # largest |h|, in X's dtype: no copy
+    if torch.linalg.vector_norm(M, dim=1).max() <= _COINCIDE_RTOL * scale:
+        return float("nan"), "class means coincide: between-class covariance Sigma_B is zero"
+    sigma_b = M.T @ M / C  # (d, d)
+    sigma_w = _within_scatter(X, codes, means) / N  # (d, d)
+    sigma_b_pinv = torch.linalg.pinv(sigma_b, hermitian=True, rtol=d * torch.finfo(torch.float64).eps)
+    return float((sigma_w * sigma_b_pinv).sum() / C), None  # Tr(AB) = sum(A * B) for symmetric B
+
+
+def linear_cka(X, Y) -> float:
+    """Linear CKA (Kornblith et al., ICML 2019) of two representations X (N, d1), Y (N, d2) of the same N samples.
+
+    ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F) on column-centred float64 copies: the
+    feature-space form, d x d Gram matrices only. In [0, 1]; invariant to orthogonal maps and
+    isotropic scaling of either side. NaN when either side is constant (a dead layer included),
+    empty or not finite. Runs on X's device (Y is moved there).
+    """
+    X, Y = _as_matrix(X, "X"), _as_matrix(Y, "Y").to(X.device)
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X and Y must hold the same samples: {X.shape[0]} rows vs {Y.shape[0]}")
+    if _unusable(X) is not None or _unusable(Y) is not None:
+        return float("nan")
+    Xc, Yc = _centred64(X), _centred64(Y)  # (N, d1), (N, d2)
+    fro = torch.linalg.matrix_norm
+    return float(fro(Yc.T @ Xc) ** 2 / (fro(Xc.T @ Xc) * fro(Yc.T @ Yc)))
+
+
+def effective_rank(X) -> tuple[float, str | None]:
+    """Effective rank (Roy & Vetterli 2007) of the column-centred rows X (N, d).
+
+    exp(-sum_i p_i log p_i) with p_i = s_i / sum_j s_j over the singular values s of X - mean(X);
+    between 1 and min(N, d); r for a rank-r matrix whose r singular values are equal.
+    Singular values come from torch.linalg.svdvals of the centred (N, d) matrix, not from
+    a Gram matrix, whose eigenvalues would blur values below ~1e-8 * the largest.
+
+    Returns (rank, reason); NaN with the reason for no samples, non-finite values, a dead layer
+    (all zero) or a constant one (identical samples: nothing left after centring).
+    """
+    X = _as_matrix(X)
+    reason = _unusable(X)
+    if reason is not None:
+        return float("nan"), reason
+    s = torch.linalg.svdvals(_centred64(X))  # (min(N, d),)
+    p = s / s.sum()
+    p = p[p > 0]  # 0 log 0 = 0
+    return float(torch.exp(-(p * p.log()).sum())), None

@@ -1,7 +1,8 @@
-"""Sparsity (eqs. 3-4), reduced representations (eq. 5) and the Davies-Bouldin index.
+"""Sparsity (eqs. 3-4), reduced representations (eq. 5), the Davies-Bouldin index,
+NC1, linear CKA and effective rank.
 
 References: values worked out by hand on small known tensors, numpy on random
-ones, and sklearn.metrics.davies_bouldin_score.
+ones (formulas written out below), and sklearn.metrics.davies_bouldin_score.
 """
 
 import math
@@ -11,8 +12,8 @@ import pytest
 import torch
 from sklearn.metrics import davies_bouldin_score
 
-from bnrep.metrics import (channel_sparsity, davies_bouldin, layer_sparsity, reduce_representation,
-                           sparsity_from_activations, zero_counts)
+from bnrep.metrics import (channel_sparsity, davies_bouldin, effective_rank, layer_sparsity, linear_cka, nc1,
+                           reduce_representation, sparsity_from_activations, zero_counts)
 
 # ==== sparsity ====
 
@@ -214,3 +215,257 @@ def test_dbi_on_cuda():
     X, y = _random_case(0, np.random.default_rng(5))
     dbi, _ = davies_bouldin(torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda())
     assert dbi == pytest.approx(davies_bouldin_score(X, y), rel=1e-6)
+
+
+# ==== NC1 (Papyan, Han & Donoho 2020) ====
+
+EPS64 = np.finfo(np.float64).eps
+
+
+def _nc1_numpy(X, y):
+    """Tr(Sigma_W Sigma_B^+) / C written out class by class; pinv by numpy's SVD path."""
+    N, d = X.shape
+    classes = np.unique(y)
+    C = len(classes)
+    mu_G = X.mean(axis=0)
+    sigma_w, sigma_b = np.zeros((d, d)), np.zeros((d, d))
+    for c in classes:
+        Xc = X[y == c]
+        mu_c = Xc.mean(axis=0)
+        sigma_w += (Xc - mu_c).T @ (Xc - mu_c)  # sum over the class's samples of outer products
+        sigma_b += np.outer(mu_c - mu_G, mu_c - mu_G)
+    sigma_w /= N
+    sigma_b /= C
+    return np.trace(sigma_w @ np.linalg.pinv(sigma_b, rtol=d * EPS64)) / C
+
+
+def _nc1_case(seed, N, d, C, unbalanced):
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(C, 0.5)) if unbalanced else np.full(C, 1 / C)
+    y = rng.choice(C, size=N, p=p)
+    y[:C] = np.arange(C)  # every class present
+    centres = rng.normal(size=(C, d)) * rng.uniform(0.1, 3)
+    X = (centres[y] + rng.normal(size=(N, d)) * rng.uniform(0.1, 2, size=d)) * rng.uniform(0.01, 100)
+    return X, y
+
+
+NC1_RANDOM = {  # name: (seed, N, d, C, unbalanced)
+    "balanced-d>C": (0, 200, 16, 4, False),
+    "unbalanced-d>C": (1, 300, 40, 10, True),
+    "unbalanced-many-classes": (2, 400, 12, 30, True),  # d < C - 1: Sigma_B full rank
+    "d-equals-C-minus-1": (3, 120, 9, 10, True),
+    "two-classes-wide": (4, 60, 100, 2, True),  # d > N: Sigma_W and Sigma_B both singular
+    "larger": (5, 3000, 64, 10, True),
+}
+
+
+@pytest.mark.parametrize("name", NC1_RANDOM)
+def test_nc1_matches_numpy(name):
+    X, y = _nc1_case(*NC1_RANDOM[name])
+    value, reason = nc1(torch.from_numpy(X), torch.from_numpy(y))
+    assert reason is None
+    assert value == pytest.approx(_nc1_numpy(X, y), rel=1e-8)
+
+
+def test_nc1_float32_input_and_label_kinds():
+    X, y = _nc1_case(6, 250, 20, 5, True)
+    X32 = X.astype(np.float32)
+    ref = _nc1_numpy(X32.astype(np.float64), y)
+    for labels in (y, torch.from_numpy(y), np.array(["c%d" % v for v in y]), list(y * 3 + 7)):
+        assert nc1(torch.from_numpy(X32), labels)[0] == pytest.approx(ref, rel=1e-8)
+
+
+def test_nc1_pinv_keeps_exactly_the_between_class_subspace():
+    """Papyan et al.'s own code inverts Sigma_B on its top C - 1 eigenvectors: same number when d >= C."""
+    X, y = _nc1_case(7, 500, 64, 10, True)
+    N, C = len(y), 10
+    means = np.stack([X[y == c].mean(axis=0) for c in range(C)])
+    M = means - X.mean(axis=0)
+    w, V = np.linalg.eigh(M.T @ M / C)
+    w, V = w[-(C - 1):], V[:, -(C - 1):]  # rank C - 1
+    D = X - means[y]
+    sigma_w = D.T @ D / N
+    ref = np.trace(sigma_w @ (V / w) @ V.T) / C
+    assert nc1(X, y)[0] == pytest.approx(ref, rel=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nc1_collapsed_classes_give_zero(dtype):
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 6, 300)
+    X = rng.normal(size=(6, 20))[y]  # every sample sits on its class mean
+    value, reason = nc1(torch.from_numpy(X).to(dtype), y)
+    assert reason is None and value == pytest.approx(0.0, abs=1e-20)
+    X_noisy = X + 0.1 * rng.normal(size=X.shape)  # and a little within-class spread is not 0
+    assert nc1(X_noisy, y)[0] > 1e-4
+
+
+NC1_UNDEFINED = {
+    # name: (X, labels, reason start)
+    "dead-layer": ([[0, 0]] * 6, [0, 0, 1, 1, 2, 2], "dead layer"),
+    "one-class": (SQUARE, [3, 3, 3, 3], "fewer than 2 classes"),
+    "nan-values": ([[0, 0], [1, np.nan], [2, 2], [3, 3]], [0, 0, 1, 1], "representations contain"),
+    "inf-values": ([[0, 0], [1, -np.inf], [2, 2], [3, 3]], [0, 0, 1, 1], "representations contain"),
+    "class-means-coincide": (SQUARE, [0, 0, 1, 1], "class means coincide"),  # both means (1, 1)
+    "identical-samples": ([[0.5, 1]] * 6, [0, 0, 1, 1, 2, 2], "all samples are identical"),
+    "no-samples": (np.zeros((0, 3)), [], "no samples"),
+}
+
+
+@pytest.mark.parametrize("name", NC1_UNDEFINED)
+def test_nc1_undefined(name):
+    X, y, reason = NC1_UNDEFINED[name]
+    value, why = nc1(torch.tensor(np.asarray(X, dtype=np.float64)), torch.tensor(y, dtype=torch.int64))
+    assert math.isnan(value) and why.startswith(reason)
+
+
+def test_nc1_bad_shapes():
+    with pytest.raises(ValueError, match="shape"):
+        nc1(torch.zeros(4), [0, 1, 0, 1])
+    with pytest.raises(ValueError, match="labels has 3 entries"):
+        nc1(torch.zeros(4, 2), [0, 1, 0])
+
+
+# ==== linear CKA (Kornblith et al. 2019) ====
+
+def _cka_numpy(X, Y):
+    """Feature-space form on centred columns."""
+    Xc, Yc = X - X.mean(axis=0), Y - Y.mean(axis=0)
+    fro = np.linalg.norm
+    return fro(Yc.T @ Xc) ** 2 / (fro(Xc.T @ Xc) * fro(Yc.T @ Yc))
+
+
+def _cka_hsic(X, Y):
+    """HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) with K = XX^T, L = YY^T, H = I - 11^T / N (paper eq. 1-3)."""
+    N = len(X)
+    H = np.eye(N) - np.ones((N, N)) / N
+    K, L = X @ X.T, Y @ Y.T
+    hsic = lambda A, B: np.trace(A @ H @ B @ H) / (N - 1) ** 2  # noqa: E731
+    return hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))
+
+
+def _cka_pair(seed, N, d1, d2):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(N, d1)) + rng.normal(size=d1) * 3  # columns far from zero mean: centring matters
+    Y = np.maximum(X @ rng.normal(size=(d1, d2)), 0) + 0.5 * rng.normal(size=(N, d2))
+    return X, Y
+
+
+CKA_SHAPES = {"tall": (0, 300, 12, 7), "square-ish": (1, 50, 40, 45), "wide": (2, 20, 60, 35), "one-column": (3, 80, 1, 5)}
+
+
+@pytest.mark.parametrize("name", CKA_SHAPES)
+def test_cka_matches_numpy_and_hsic_form(name):
+    X, Y = _cka_pair(*CKA_SHAPES[name])
+    got = linear_cka(torch.from_numpy(X), torch.from_numpy(Y))
+    assert got == pytest.approx(_cka_numpy(X, Y), rel=1e-10)
+    assert got == pytest.approx(_cka_hsic(X, Y), rel=1e-9)
+    assert 0 < got < 1
+
+
+def test_cka_invariances():
+    X, Y = _cka_pair(4, 200, 16, 24)
+    ref = linear_cka(X, Y)
+    Q, _ = np.linalg.qr(np.random.default_rng(5).normal(size=(24, 24)))  # orthogonal (24, 24)
+    assert linear_cka(X, Y @ Q) == pytest.approx(ref, rel=1e-10)
+    assert linear_cka(X, 37.5 * Y) == pytest.approx(ref, rel=1e-10)
+    assert linear_cka(X * 1e-3, Y) == pytest.approx(ref, rel=1e-10)
+    assert linear_cka(X + 100.0, Y) == pytest.approx(ref, rel=1e-10)  # columns are centred
+    assert linear_cka(Y, X) == pytest.approx(ref, rel=1e-12)
+    assert linear_cka(X, X) == pytest.approx(1.0, rel=1e-12)
+    # not invariant to anisotropic scaling: the checks above can tell maps apart
+    assert abs(linear_cka(X, Y * np.linspace(0.1, 10, 24)) - ref) > 1e-3
+
+
+def test_cka_float32_input():
+    X, Y = _cka_pair(6, 100, 10, 10)
+    X32, Y32 = X.astype(np.float32), Y.astype(np.float32)
+    got = linear_cka(torch.from_numpy(X32), torch.from_numpy(Y32))
+    assert got == pytest.approx(_cka_numpy(X32.astype(np.float64), Y32.astype(np.float64)), rel=1e-10)
+
+
+X_RAND = np.random.default_rng(7).normal(size=(6, 3))
+CKA_UNDEFINED = {
+    "constant-X": (np.ones((6, 3)) * [1, 2, 3], X_RAND),
+    "dead-Y": (X_RAND, np.zeros((6, 4))),
+    "nan-in-X": (np.where(np.eye(6, 3) > 0, np.nan, X_RAND), X_RAND),
+    "no-samples": (np.zeros((0, 3)), np.zeros((0, 2))),
+}
+
+
+@pytest.mark.parametrize("name", CKA_UNDEFINED)
+def test_cka_undefined(name):
+    X, Y = CKA_UNDEFINED[name]
+    assert math.isnan(linear_cka(torch.from_numpy(X), torch.from_numpy(Y)))
+
+
+def test_cka_bad_shapes():
+    with pytest.raises(ValueError, match="same samples"):
+        linear_cka(torch.zeros(5, 2), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="Y must have shape"):
+        linear_cka(torch.zeros(5, 2), torch.zeros(5))
+
+
+# ==== effective rank (Roy & Vetterli 2007) ====
+
+def _effective_rank_numpy(X):
+    s = np.linalg.svd(X - X.mean(axis=0), compute_uv=False)
+    p = s / s.sum()
+    p = p[p > 0]
+    return np.exp(-np.sum(p * np.log(p)))
+
+
+def _with_singular_values(s, N, d, seed):
+    """(N, d) rows with column means b (not 0) whose centred matrix has singular values s."""
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(N, len(s)))
+    U, _ = np.linalg.qr(A - A.mean(axis=0))  # (N, r) orthonormal, columns sum to 0
+    V, _ = np.linalg.qr(rng.normal(size=(d, len(s))))  # (d, r) orthonormal
+    return (U * s) @ V.T + rng.normal(size=d) * 5
+
+
+@pytest.mark.parametrize("r", [1, 2, 5, 17, 30])
+def test_effective_rank_of_equal_singular_values_is_the_rank(r):
+    X = _with_singular_values(np.full(r, 2.5), N=64, d=30, seed=r)
+    value, reason = effective_rank(torch.from_numpy(X))
+    assert reason is None and value == pytest.approx(r, rel=1e-9)
+
+
+def test_effective_rank_by_hand():
+    # singular values (2, 1, 1): p = (1/2, 1/4, 1/4), entropy 1.5 ln 2, effective rank 2 ** 1.5
+    X = _with_singular_values(np.array([2.0, 1.0, 1.0]), N=20, d=8, seed=0)
+    assert effective_rank(X)[0] == pytest.approx(2 ** 1.5, rel=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(100, 20), (15, 40), (300, 64), (7, 1)])
+def test_effective_rank_matches_numpy(shape):
+    rng = np.random.default_rng(shape[0])
+    X = rng.normal(size=shape) * rng.uniform(0.01, 10, size=shape[1]) + rng.normal(size=shape[1])
+    assert effective_rank(torch.from_numpy(X))[0] == pytest.approx(_effective_rank_numpy(X), rel=1e-10)
+    X32 = X.astype(np.float32)
+    assert effective_rank(torch.from_numpy(X32))[0] == pytest.approx(
+        _effective_rank_numpy(X32.astype(np.float64)), rel=1e-9)
+
+
+ERANK_UNDEFINED = {
+    "dead-layer": (np.zeros((5, 4)), "dead layer"),
+    "constant-layer": (np.ones((5, 4)) * [0, 1, 2, 3], "all samples are identical"),
+    "one-sample": (np.array([[1.0, 2.0]]), "all samples are identical"),
+    "inf-values": (np.array([[1.0, np.inf], [0, 1]]), "representations contain"),
+}
+
+
+@pytest.mark.parametrize("name", ERANK_UNDEFINED)
+def test_effective_rank_undefined(name):
+    X, reason = ERANK_UNDEFINED[name]
+    value, why = effective_rank(torch.from_numpy(X))
+    assert math.isnan(value) and why.startswith(reason)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_nc1_cka_effective_rank_on_cuda():
+    X, y = _nc1_case(9, 500, 32, 10, True)
+    Xg, yg = torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda()
+    assert nc1(Xg, yg)[0] == pytest.approx(_nc1_numpy(X, y), rel=1e-8)
+    assert linear_cka(Xg, Xg[:, :20].float()) == pytest.approx(_cka_numpy(X, X[:, :20].astype(np.float32)), rel=1e-6)
+    assert effective_rank(Xg)[0] == pytest.approx(_effective_rank_numpy(X), rel=1e-10)

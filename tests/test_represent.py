@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from bnrep.metrics import reduce_representation, sparsity_from_activations
-from bnrep.models import build_model
+from bnrep.models import Probe, build_model
 from bnrep.represent import AnalysisSamples, extract_representations
 
 
@@ -86,6 +86,58 @@ def test_zero_rows_stay_zero_and_hooks_removed_on_error():
     with pytest.raises(RuntimeError):
         extract_representations(model, torch.randn(5, 3, 8, 8), 5)  # wrong channel count
     assert all(not p.module._forward_hooks for p in model.probes())
+
+
+class Passthrough(nn.Module):
+    """A 'network' whose one probe outputs the input unchanged (no ReLU): the test sets every activation."""
+
+    def __init__(self):
+        super().__init__()
+        self.probe = nn.Identity()
+        self.forward_calls = 0
+
+    def forward(self, x):
+        self.forward_calls += 1
+        return self.probe(x)
+
+    def probes(self):
+        return [Probe("conv1", 1, self.probe)]
+
+
+def test_thresholds_at_and_around_each_eps_in_one_pass():
+    """|x| <= eps counts as zero; values exactly at, one float32 step below and above each eps.
+
+    The activations are float32, so "at eps" is the float32 nearest to eps (what the extractor
+    compares against); below/above are its float32 neighbours. Negative values test |x|.
+    """
+    f32 = np.float32
+    at = {e: f32(e) for e in (1e-3, 1e-2, 1e-1)}
+    lo = {e: np.nextafter(a, f32(0)) for e, a in at.items()}
+    hi = {e: np.nextafter(a, f32(1)) for e, a in at.items()}
+    tiny = np.finfo(f32).tiny  # just above 0
+    a1, a2, a3 = at[1e-3], at[1e-2], at[1e-1]
+    channels = [  # per channel: sample 0 (2 x 3 values), sample 1 (2 x 3 values)
+        [[0.0, -0.0, tiny, -tiny, a1, 3.0], [0.0, 0.0, 0.0, -0.5, 0.2, -2.0]],
+        [[a1, -a1, lo[1e-3], -lo[1e-3], hi[1e-3], -hi[1e-3]], [0.0, 0.5, -0.5, 2.0, a1, 0.05]],
+        [[a2, -a2, lo[1e-2], -lo[1e-2], hi[1e-2], -hi[1e-2]], [hi[1e-3], -lo[1e-3], 7.0, -a2, 0.0, 0.5]],
+        [[a3, -a3, lo[1e-1], -lo[1e-1], hi[1e-1], -hi[1e-1]], [1.0, -1.0, hi[1e-2], 0.3, -hi[1e-1], lo[1e-1]]],
+    ]
+    X = torch.tensor(np.array(channels, dtype=f32).reshape(4, 2, 2, 3).transpose(1, 0, 2, 3))  # (N=2, C=4, 2, 3)
+    X = torch.cat([X, torch.zeros(1, 4, 2, 3)])  # a third sample, beyond n_sparsity: never counted
+    expected = np.array([  # counted by hand from the table above, one row per eps
+        [5, 1, 1, 0],  # eps 0: the zeros (-0.0 included); tiny is not zero
+        [8, 6, 2, 0],  # eps 1e-3: + tiny, a1 and lo(1e-3); hi(1e-3) is not
+        [8, 8, 8, 0],  # eps 1e-2: + everything up to a2; hi(1e-2) is not
+        [8, 9, 10, 6],  # eps 1e-1: + 0.05 and everything up to a3; hi(1e-1), 0.2, 0.3 are not
+    ])
+    model = Passthrough()
+    (r,) = extract_representations(model, X, n_sparsity=2, eps=(0, 1e-3, 1e-2, 1e-1), device="cpu")
+    assert model.forward_calls == 1  # one pass serves every threshold
+    np.testing.assert_array_equal(r.zero_counts, expected)
+    assert r.values_per_channel == 2 * 2 * 3
+    for i, eps in enumerate((0, 1e-3, 1e-2, 1e-1)):  # the same counts as the whole-tensor reference
+        chan, _ = sparsity_from_activations(X[:2], eps=float(f32(eps)))
+        np.testing.assert_array_equal(chan, expected[i] / 12)
 
 
 class AddOneInPlace(nn.Module):
