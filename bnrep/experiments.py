@@ -4,7 +4,12 @@ An experiment is a frozen dataclass. Flags a user changes per run (seeds,
 max epochs, train size, ...) are applied with `Experiment.override`, which
 validates again, so an impossible value fails before any work starts.
 
-    >>> exp = get_experiment("mnist-cnn").override(max_epochs=50)
+    >>> exp = get_experiment("mnist-cnn").override(max_epochs=50, norms="batch,group,none")
+
+`norms` (the normalisations compared) and `eps` (sparsity thresholds) are
+tuples; a comma-separated string (as a flag gives it), a JSON list or one
+number is accepted, and each is stored in one spelling: norms in
+bnrep.models.NORMS order, thresholds ascending.
 """
 
 from __future__ import annotations

@@ -166,6 +166,13 @@ def test_resnet18_parameter_count(norm, channels, expected):
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
+@pytest.mark.parametrize("channels,size", [(1, 8), (1, 12), (1, 28), (3, 32)])
+def test_resnet18_input_sizes(channels, size):
+    """Odd map sizes on the way down (12 -> 6 -> 3 -> 2, 28 -> 14 -> 7 -> 4) and 32x32 all run."""
+    with torch.no_grad():
+        assert build_model("resnet18", "none", channels)(torch.randn(1, channels, size, size)).shape == (1, 10)
+
+
 def test_resnet18_structure():
     """Strides, projection shortcuts, the `.out` probe is the block output, global average pool."""
     model = build_model("resnet18", "batch", 3).eval()
