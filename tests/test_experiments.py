@@ -1,0 +1,158 @@
+"""Experiments: the norms and eps lists, old config.json, learning rate per norm, presets."""
+
+import json
+
+import pytest
+import torch
+
+from bnrep.data import load_data
+from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, ConfigError, Experiment, get_experiment
+from bnrep.models import NORMS, build_model
+
+BASE = get_experiment("synthetic-cnn")
+
+# config.json["experiment"] as the code before the norm axis wrote it (commit 6959f65:
+# synthetic-vgg16 with --eps 0.01 --seeds 3): eps a float, no norms field.
+OLD_CONFIG = json.loads("""{"name": "synthetic-vgg16", "dataset": "synthetic", "arch": "vgg16",
+ "optimizer": "adam", "lr": 0.001, "lr_nobn": 0.0001, "momentum": 0.0, "lr_gamma": 0.99,
+ "lr_step_epochs": 1, "batch_size": 32, "max_epochs": 5, "stop": "early-stop", "patience": 0.2,
+ "weight_decay": 0.0, "val_size": 0.1, "test_fraction": 0.2, "train_size": null, "split_seed": 0,
+ "image_shape": [3, 32, 32], "num_images": 200, "lr_range": [1e-05, 0.01], "momentum_choices": [0.0],
+ "num_samples": 2, "sweep_max_epochs": null, "seeds": 3, "samples_sparsity": 100, "samples_cluster": 150,
+ "k_min": 2, "k_max": 15, "n_init": 3, "eps": 0.01, "channel_layers": [6, 10, 13], "first_shown_layer": 6,
+ "description": "seeded class-structured 3x32x32 images through VGG16, for tests"}""")
+
+BAD = [  # (case, field changes, message)
+    ("unknown norm", {"norms": ("batch", "instance")},
+     "synthetic-cnn: unknown norm 'instance' (valid: batch, group, layer, none)"),
+    ("unknown norm in a flag", {"norms": "batch,bn"},
+     "synthetic-cnn: unknown norm 'bn' (valid: batch, group, layer, none)"),
+    ("empty norms", {"norms": ()}, "synthetic-cnn: norms is empty: name at least one of batch, group, layer, none"),
+    ("empty norms flag", {"norms": ""}, "synthetic-cnn: norms is empty: name at least one of batch, group, layer, none"),
+    ("duplicate norm", {"norms": ("batch", "none", "batch")}, "synthetic-cnn: norms lists batch more than once"),
+    ("duplicate norm flag", {"norms": "none,group,none,group"},
+     "synthetic-cnn: norms lists group, none more than once"),
+    ("norms not a list", {"norms": 3.5}, "synthetic-cnn: unknown norm '3.5' (valid: batch, group, layer, none)"),
+    ("negative eps", {"eps": (0.0, -0.1)}, "synthetic-cnn: eps thresholds must be >= 0, got 0, -0.1"),
+    ("nan eps", {"eps": float("nan")}, "synthetic-cnn: eps thresholds must be >= 0, got nan"),
+    ("duplicate eps", {"eps": (0.01, 0, 0.01)}, "synthetic-cnn: eps lists 0.01 more than once"),
+    ("duplicate eps, int and float", {"eps": "0,0.0"}, "synthetic-cnn: eps lists 0 more than once"),
+    ("empty eps", {"eps": ()}, "synthetic-cnn: eps is empty: give at least one threshold (the paper's: 0)"),
+    ("eps not numbers", {"eps": "0,abc"}, "synthetic-cnn: eps must be a list of numbers, got ['0', 'abc']"),
+    ("unknown arch", {"arch": "resnet50"}, "synthetic-cnn: unknown arch 'resnet50' (valid: cnn, vgg16, resnet18)"),
+]
+
+
+@pytest.mark.parametrize("changes,message", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_values_are_one_line_config_errors(changes, message):
+    for make in (lambda: BASE.override(**changes),
+                 lambda: Experiment.from_dict({**BASE.to_dict(), **changes})):
+        with pytest.raises(ConfigError) as err:
+            make()
+        assert str(err.value) == message
+        assert "\n" not in str(err.value)
+
+
+LISTS = [  # (case, field, given, stored)
+    ("norms default", "norms", None, ("batch", "none")),
+    ("norms canonical order", "norms", ("none", "layer", "batch"), ("batch", "layer", "none")),
+    ("norms from a flag", "norms", "none, group", ("group", "none")),
+    ("norms from JSON", "norms", ["layer"], ("layer",)),
+    ("eps default", "eps", None, (0.0,)),
+    ("eps one float (old config)", "eps", 0.01, (0.01,)),
+    ("eps one int", "eps", 0, (0.0,)),
+    ("eps sorted", "eps", (0.1, 0.0, 1e-3), (0.0, 1e-3, 0.1)),
+    ("eps from a flag", "eps", "0,1e-3,1e-2,1e-1", (0.0, 1e-3, 1e-2, 1e-1)),
+    ("eps from JSON", "eps", [1e-2, 0], (0.0, 1e-2)),
+]
+
+
+@pytest.mark.parametrize("field,given,stored", [c[1:] for c in LISTS], ids=[c[0] for c in LISTS])
+def test_list_fields_are_normalised(field, given, stored):
+    e = BASE.override(**{field: given})
+    assert getattr(e, field) == stored
+    assert all(type(v) is type(stored[0]) for v in getattr(e, field))
+    assert Experiment.from_dict(json.loads(json.dumps(e.to_dict()))) == e
+
+
+def test_old_config_loads():
+    e = Experiment.from_dict(OLD_CONFIG)
+    assert e.norms == ("batch", "none")  # what runs before the norm axis trained
+    assert e.eps == (0.01,)
+    assert e == get_experiment("synthetic-vgg16").override(eps=0.01, seeds=3)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_round_trip_through_json(name):
+    e = PRESETS[name]
+    assert Experiment.from_dict(json.loads(json.dumps(e.to_dict()))) == e
+
+
+LR = [  # (preset, norm, lr): lr_nobn only for norm none, else lr
+    ("cifar10-vgg16", "batch", 1e-3), ("cifar10-vgg16", "group", 1e-3), ("cifar10-vgg16", "layer", 1e-3),
+    ("cifar10-vgg16", "none", 1e-4),
+    ("cifar10-resnet18", "none", 1e-4), ("cifar10-resnet18", "layer", 1e-3),
+    ("digits-cnn", "batch", 0.01), ("digits-cnn", "none", 0.01),  # lr_nobn None: the same lr
+]
+
+
+@pytest.mark.parametrize("preset,norm,lr", LR, ids=[f"{p}-{n}" for p, n, _ in LR])
+def test_lr_per_norm(preset, norm, lr):
+    e = get_experiment(preset)
+    assert e.lr_for(norm) == lr
+    momentum = 0.99 if e.optimizer == "sgd" else 0.0
+    assert e.paper_hparams(norm) == {"lr": lr, "momentum": momentum}
+
+
+def test_lr_for_unknown_norm():
+    with pytest.raises(ValueError, match="unknown norm 'bn'"):
+        get_experiment("digits-cnn").lr_for("bn")
+
+
+PRESET_TABLE = [  # (preset, dataset, arch, norms)
+    ("digits-cnn", "digits", "cnn", ("batch", "none")),
+    ("digits-cnn-norms", "digits", "cnn", NORMS),
+    ("cifar10-vgg16", "cifar10", "vgg16", ("batch", "none")),
+    ("cifar10-vgg16-norms", "cifar10", "vgg16", NORMS),
+    ("cifar10-resnet18", "cifar10", "resnet18", NORMS),
+    ("synthetic-resnet18", "synthetic", "resnet18", NORMS),
+]
+
+
+@pytest.mark.parametrize("preset,dataset,arch,norms", PRESET_TABLE, ids=[c[0] for c in PRESET_TABLE])
+def test_presets(preset, dataset, arch, norms):
+    e = get_experiment(preset)
+    assert (e.dataset, e.arch, e.norms) == (dataset, arch, norms)
+
+
+@pytest.mark.parametrize("variant,base", [("digits-cnn-norms", "digits-cnn"),
+                                          ("cifar10-vgg16-norms", "cifar10-vgg16"),
+                                          ("cifar10-resnet18", "cifar10-vgg16")])
+def test_norms_presets_keep_their_recipe(variant, base):
+    """The -norms presets and ResNet-18 change only the norms, the architecture and its figure layers."""
+    a, b = get_experiment(variant).to_dict(), get_experiment(base).to_dict()
+    changed = {k for k in a if a[k] != b[k]}
+    assert changed <= {"name", "description", "norms", "arch", "channel_layers", "first_shown_layer"}
+
+
+def test_default_experiment():
+    assert DEFAULT_EXPERIMENT == "digits-cnn"
+
+
+@pytest.mark.parametrize("preset", ["cifar10-resnet18", "synthetic-resnet18"])
+def test_resnet18_figure_layers(preset):
+    """Channel figures show each stage's output; Figures 4-6 start at stage 3."""
+    e = get_experiment(preset)
+    names = {p.index: p.name for p in build_model("resnet18", "batch", 3).probes()}
+    assert [names[i] for i in e.channel_layers] == ["s1b2.out", "s2b2.out", "s3b2.out", "s4b2.out"]
+    assert names[e.first_shown_layer] == "s3b1.relu1"
+
+
+def test_synthetic_resnet18_fits_its_data():
+    """Its samples fit the training split (no capping), and the model runs on its images."""
+    e = get_experiment("synthetic-resnet18")
+    data = load_data(e)
+    assert data.train.X.shape[1:] == e.image_shape
+    assert max(e.samples_sparsity, e.samples_cluster) <= len(data.train)
+    with torch.no_grad():
+        assert build_model(e.arch, "none", e.image_shape[0])(data.train.X[:2]).shape == (2, 10)
