@@ -100,7 +100,7 @@ def write(args, names: list[str]) -> int:
         print(res.summary, flush=True)
         written += 1
     if several and written:
-        res = report.build_combined_report(args.out, names)
+        res = report.build_report(args.out, names)  # a list: the combined report
         print(f"combined report: {res.html}")
     return 0 if written else 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bnrep.experiments import ConfigError, Experiment, get_experiment
+from bnrep.report import report_is_current  # no matplotlib: figures load only when a report is drawn
 from bnrep.store import Store
 
 ANALYSIS_PER_LAYER = ("class_dbi", "kmeans")
@@ -47,12 +48,10 @@ def stage_status(out: str, name: str) -> list[tuple[str, str, str]]:
     have = sum(any(p == m or p.startswith(m + "-") for m in trained) for t in parts for p in parts[t])
     rows.append(("analysis", _state(min(have, total), total), f"{have}/{total} Parquet parts"))
 
-    from bnrep import report
-
     if not store.exists("report", "report.md"):
         rows.append(("report", "missing", "no report yet"))
     else:
-        current = report.report_is_current(out, name)
+        current = report_is_current(out, name)
         rows.append(("report", "complete" if current else "partial",
                      f"{store.out}/{name}/report/report.html" + ("" if current else " (older than the results)")))
     return rows
