@@ -1,6 +1,6 @@
 """Figures: the paper's Figures 1-6 and two extras, from the result tables (the only matplotlib user).
 
-One colour per normalisation in every figure (`bnrep.findings.COLORS`: BatchNorm
+One colour per normalisation in every figure (`bnrep.results.COLORS`: BatchNorm
 blue and no BatchNorm orange as in the paper, GroupNorm green, LayerNorm
 purple). Each function takes one `Results` or a list (a panel or row per
 experiment, side by side) and returns a Figure, or None when its table is
@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from bnrep.findings import (COLORS, NORMS, Results, at_eps, n_seeds, norm_labels, optimal_k, ordered,
+from bnrep.results import (COLORS, NORMS, Results, at_eps, n_seeds, norm_labels, optimal_k, ordered,
                             present_norms, seed_stats, seeds_text, shown)
 
 DPI = 150

@@ -1,20 +1,24 @@
 """Findings: the paper's section 6 claims judged on your results, and the statistics behind them.
 
 Every claim is judged for each normalisation against `none` (the paper: BatchNorm
-against no BatchNorm), from the tables described in `bnrep.store`. Means and
-standard deviations are over seeds (pandas' sample std, ddof=1); NaN values (a
-DBI of a dead layer) are left out of means and counted in the evidence. The
-optimal k is read from the kmeans table's `optimal` column (chosen once, by the
-analysis stage), never recomputed here.
+against no BatchNorm), from the tables described in `bnrep.store`, by the rules
+in RULES (shown in every report): per-layer differences count only beyond seed
+noise (Welch's t-test), and a verdict built on data that cannot carry it
+(missed stopping rules, too few seeds, a learning rate at the edge of its
+sweep, mostly-zero layers, a correlation that is only the difference between
+normalisation groups) says "inconclusive" and names the reason. The optimal k
+is read from the kmeans table's `optimal` column (chosen once, by the analysis
+stage), never recomputed here.
 
 No plotting and no file access here: pandas, numpy and scipy only.
 
-    >>> fs = findings(results)   # results: bnrep.report.Results
-    >>> [f.verdict for f in fs]
+    >>> fs = findings(results)   # results: bnrep.results.Results
+    >>> [f.verdict_text for f in fs]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -23,138 +27,37 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bnrep.experiments import Experiment
-from bnrep.store import with_norm
+from bnrep.results import (NORM_NAMES, N_CLASSES, REF, SHORT, Results, at_eps, is_paper_pair, norm_labels, optimal_k,
+                           pair, pair_names, present_norms, seed_stats, shown)
 
-N_CLASSES = 10  # every dataset here has 10 classes
+def welch_p(a, b) -> float:
+    """Two-sided p of Welch's t-test over seeds (scipy, equal_var=False); NaN when a side has < 2 values.
 
-# ==== the normalisation axis: one colour, label and tag per norm, everywhere ====
-
-NORMS = ("batch", "group", "layer", "none")  # display order; `none` is the reference
-REF = "none"
-COLORS = {"batch": "tab:blue", "none": "tab:orange", "group": "tab:green", "layer": "tab:purple"}  # paper: blue/orange
-SHORT = {"batch": "BN", "group": "GN", "layer": "LN", "none": "NBN"}
-_LABELS = {"batch": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm", "none": "no norm"}
-
-
-def is_paper_pair(norms) -> bool:
-    """Only BatchNorm and no normalisation: the paper's study, worded as the paper words it."""
-    return set(norms) <= {"batch", "none"}
-
-
-def norm_labels(norms) -> dict[str, str]:
-    """Legend labels; 'no BatchNorm' while the study is the paper's pair."""
-    return {**_LABELS, "none": "no BatchNorm" if is_paper_pair(norms) else "no norm"}
-
-
-def ordered(norms) -> list[str]:
-    return sorted(set(norms), key=lambda n: NORMS.index(n) if n in NORMS else len(NORMS))
-
-
-def present_norms(*dfs: pd.DataFrame) -> list[str]:
-    return ordered({n for df in dfs if "norm" in df for n in df["norm"].dropna().unique()})
-
-
-def pair_names(norm: str, norms) -> tuple[str, str]:
-    """How the evidence names the two sides: ('BN', 'no BN') or ('GN', 'no norm')."""
-    return SHORT[norm], "no BN" if is_paper_pair(norms) else "no norm"
-
-
-# ==== one experiment's tables ====
-
-@dataclass(eq=False)
-class Results:
-    """One experiment's tables (empty DataFrame where a table is missing) and its config.json record."""
-    experiment: Experiment
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    n_classes: int = N_CLASSES
-    config: dict = field(default_factory=dict)  # config.json: train_hash, analysis_hash, ...
-
-    def __post_init__(self) -> None:
-        self.tables = {k: with_norm(v.copy()) for k, v in self.tables.items() if v is not None}
-
-    def table(self, name: str) -> pd.DataFrame:
-        df = self.tables.get(name)
-        return df if df is not None else pd.DataFrame()
-
-    @property
-    def norms(self) -> list[str]:
-        """Normalisations with results, else those the experiment lists."""
-        have = present_norms(*self.tables.values())
-        return have or ordered(getattr(self.experiment, "norms", ("batch", "none")))
-
-    @property
-    def label(self) -> str:
-        return experiment_label(self.experiment)
-
-
-def model_label(arch: str, dataset: str) -> str:
-    """As in the paper's Table 1: 'CNN MNIST', 'VGG-16 CIFAR10'."""
-    arch = {"cnn": "CNN", "vgg16": "VGG-16", "resnet18": "ResNet-18"}.get(arch, arch)
-    data = {"digits": "Digits", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
-            "cifar10": "CIFAR10", "synthetic": "Synthetic"}.get(dataset, dataset)
-    return f"{arch} {data}"
-
-
-def experiment_label(e: Experiment) -> str:
-    return model_label(e.arch, e.dataset)
-
-
-# ==== aggregation ====
-
-def seed_stats(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
-    """mean, std (ddof=1), n (non-NaN) and n_nan of `value` per `keys`, over seeds."""
-    g = df.groupby(keys, sort=True)[value]
-    s = g.agg(mean="mean", std="std", n="count", size="size").reset_index()
-    s["n_nan"] = s.pop("size") - s["n"]
-    return s
-
-
-def n_seeds(df: pd.DataFrame) -> dict[str, int]:
-    return {n: int(k) for n, k in df.groupby("norm")["seed"].nunique().items()} if len(df) else {}
-
-
-def seeds_text(df: pd.DataFrame) -> str:
-    n = n_seeds(df)
-    if len(set(n.values())) == 1:
-        k = next(iter(n.values()))
-        return f"{k} seed" + ("s" if k != 1 else "")
-    return " / ".join(f"{n[m]} ({SHORT.get(m, m)})" for m in ordered(n)) + " seeds"
-
-
-def shown(df: pd.DataFrame, first_layer: int) -> pd.DataFrame:
-    return df[df["layer_index"] >= first_layer] if len(df) else df
-
-
-def at_eps(df: pd.DataFrame) -> pd.DataFrame:
-    """Sparsity rows at the smallest threshold (the paper's exact zero when eps = 0 was asked)."""
-    return df[df["eps"] == df["eps"].min()] if len(df) and "eps" in df else df
-
-
-def optimal_k(kmeans: pd.DataFrame) -> pd.DataFrame:
-    """Per model and layer, the optimal k (the analysis stage's `optimal` row) and its DBI.
-
-    The analysis stage marks at most one row per (model, layer) and none for a
-    dead layer (every DBI NaN), so such a layer has no row here.
+    Two groups without spread and different means give p = 0 (scipy's t = inf).
     """
-    cols = ["model_id", "bn", "norm", "seed", "layer", "layer_index", "k_opt", "dbi"]
-    if kmeans.empty or "optimal" not in kmeans:
-        return pd.DataFrame(columns=cols)
-    best = kmeans[kmeans["optimal"].astype(bool)].sort_values(["model_id", "layer_index"])
-    return best.rename(columns={"k": "k_opt"})[cols].reset_index(drop=True)
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant groups: scipy warns, then returns inf / NaN as wanted
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def compare_layers(df: pd.DataFrame, value: str, norm: str = "batch") -> pd.DataFrame:
-    """Per layer, seed-mean of `value` for `norm` (`a`) and for `none` (`ref`); layers with both only."""
-    if df.empty:
-        return pd.DataFrame(columns=["layer_index", "layer", "a", "ref"])
-    m = df[df["norm"].isin([norm, REF])].groupby(["layer_index", "layer", "norm"])[value].mean().unstack("norm")
-    m = m.rename(columns={norm: "a", REF: "ref"}).reindex(columns=["a", "ref"])
-    return m.dropna().reset_index().sort_values("layer_index", ignore_index=True)
+    """Per layer, seed-mean of `value` for `norm` (`a`) and for `none` (`ref`) and Welch's p over seeds;
+    layers with values on both sides only."""
+    cols = ["layer_index", "layer", "a", "ref", "p"]
+    rows = []
+    for (li, name), g in df.groupby(["layer_index", "layer"], sort=True) if len(df) else []:
+        a, ref = g.loc[g["norm"] == norm, value], g.loc[g["norm"] == REF, value]
+        if a.notna().any() and ref.notna().any():
+            rows.append([li, name, a.mean(), ref.mean(), welch_p(a, ref)])
+    return pd.DataFrame(rows, columns=cols)
 
 
-def _pair(df: pd.DataFrame, norm: str) -> pd.DataFrame:
-    return df[df["norm"].isin([norm, REF])] if len(df) else df
+def _p(p: float) -> str:
+    return "n/a" if pd.isna(p) else f"{p:.2g}"
 
 
 # ==== verdict rules (documented in the report, RULES below) ====
@@ -162,9 +65,12 @@ def _pair(df: pd.DataFrame, norm: str) -> pd.DataFrame:
 SPARSITY_TOL = 0.01  # layer sparsity differences within 1 percentage point count as equal
 MOSTLY = 0.75  # one direction in >= 75% of layers (but not all) is a tendency: "mixed"
 R_MIN = 0.5  # a correlation counts when |r| >= 0.5 ...
-P_MAX = 0.05  # ... and p < 0.05
+P_MAX = 0.05  # ... and p < 0.05; also the level of Welch's t-test over seeds
 MIN_MODELS = 4  # fewer models than this: no correlation is computed
 K_TOL = 1  # "reaches the number of classes": seed-mean optimal k within +-1 of it
+MIN_SEEDS = 3  # fewer seeds per normalisation: every verdict is inconclusive
+MOSTLY_ZERO = 0.9  # a layer above 90% zeros (seed mean) undermines the sparsity verdicts
+LR_EDGE = 0.1  # best swept lr within 10% of the range's width (log scale) of an end: at the edge
 
 CLAIMS = {
     1: "BatchNorm does not consistently induce nor prevent sparsity in hidden representations.",
@@ -175,29 +81,41 @@ CLAIMS = {
     4: "BatchNorm forms class-agnostic clusters earlier in the network, and these early clusters "
        "are more consistent with the actual number of classes.",
 }
+JUDGED = ("supported", "not supported", "mixed")  # verdicts a condition can turn into "inconclusive"
 
 RULES = [
+    f"Per-layer comparisons count a layer for one direction only when the difference exceeds seed noise: "
+    f"Welch's t-test over seeds (scipy.stats.ttest_ind, equal_var=False), two-sided p < {P_MAX} (two groups "
+    f"without spread and different means count as different; one seed: untestable). Other layers: no "
+    f"detectable difference.",
     f"1 (sparsity): per layer, compare the seed-mean layer sparsity with and without BatchNorm; "
-    f"differences within {SPARSITY_TOL * 100:g} percentage point count as equal. BN sparser in every "
-    f"layer, or less sparse in every layer: not supported (it consistently induces / prevents). "
-    f"Only one direction (other layers equal), or one direction in at least {MOSTLY:.0%} of the layers: "
-    f"mixed. Otherwise (both directions, or no difference anywhere): supported.",
+    f"differences within {SPARSITY_TOL * 100:g} percentage point, or not detectable, count as equal. BN "
+    f"sparser in every layer, or less sparse in every layer: not supported (it consistently induces / "
+    f"prevents). Only one direction (other layers equal), or one direction in at least {MOSTLY:.0%} of the "
+    f"layers: mixed. Otherwise (both directions, or no difference anywhere): supported.",
     f"2 (sparsity vs generalisation): per model, mean layer sparsity over all layers against test "
     f"accuracy and against the generalisation gap (train - test accuracy), Pearson and Spearman, "
     f"across all models (BN and no BN). A correlation counts when |r| >= {R_MIN} and p < {P_MAX}. "
     f"One that links sparser to better generalisation (higher test accuracy or smaller gap): not "
     f"supported. Only links to worse generalisation: mixed. None: supported. Needs >= {MIN_MODELS} models. "
     f"BN changes both sparsity and accuracy, so an across-model correlation can be the BN effect "
-    f"alone; the Spearman correlation within each BN setting is shown for that reason.",
-    "3 (purer clusters): over the shown layers, (a) class-based DBI lower with BN in more than half "
-    "the layers and lower on average; (b) k-means DBI at the optimal k lower with BN at the last "
-    "shown layer. Both hold: supported; one: mixed; neither: not supported (a missing table leaves "
+    f"alone: the Spearman correlation within each BN setting and the partial (Pearson) correlation "
+    f"controlling for the normalisation are shown, and a counted correlation whose partial correlation "
+    f"does not count with the same sign makes the verdict inconclusive.",
+    "3 (purer clusters): over the shown layers, (a) class-based DBI detectably lower with BN in more than "
+    "half the layers and lower on average; (b) k-means DBI at the optimal k detectably lower with BN at the "
+    "last shown layer. Both hold: supported; one: mixed; neither: not supported (a missing table leaves "
     "only the other part to decide).",
     f"4 (early clusters): the optimal k is the k with the lowest k-means DBI per model and layer, "
     f"chosen by the analysis stage. (a) earlier: the first shown layer whose seed-mean optimal k is "
     f"within +-{K_TOL} of the number of classes comes strictly earlier with BN (or only BN reaches it); "
-    f"(b) closer: over the first half of the shown layers, the mean |optimal k - classes| is smaller "
-    f"with BN. Both: supported; one: mixed; neither: not supported.",
+    f"(b) closer: over the first half of the shown layers, the mean |optimal k - classes| per model is "
+    f"detectably smaller with BN. Both: supported; one: mixed; neither: not supported.",
+    f"Inconclusive: a verdict built on models that missed their stopping rule (interpolate: not "
+    f"interpolated; early-stop: trained to the epoch cap), on fewer than {MIN_SEEDS} seeds per normalisation, "
+    f"or on a sweep whose best learning rate (the one the models used) lies within {LR_EDGE:.0%} (log scale) "
+    f"of an end of the search range (all claims); on layers above {MOSTLY_ZERO:.0%} zeros (claims 1-2). Dead "
+    f"channels (zero for every sample at eps 0) are named next to the verdicts without changing them.",
 ]
 OTHER_NORMS_RULE = ("Other normalisations (GroupNorm GN, LayerNorm LN) are judged against no normalisation "
                     "by the same rules, with 'BN' standing for the normalisation judged and the claim's "
@@ -214,17 +132,23 @@ def rules(norms) -> list[str]:
 class Finding:
     number: int
     claim: str
-    verdict: str  # supported | not supported | mixed | not evaluated
+    verdict: str  # supported | not supported | mixed | inconclusive | not evaluated
     detail: str
     numbers: dict = field(default_factory=dict)
     norm: str = "batch"  # the normalisation judged against none
+    caveats: list[str] = field(default_factory=list)  # conditions that undermine the verdict, named
+
+    @property
+    def verdict_text(self) -> str:
+        """The verdict with the conditions that undermine it, side by side."""
+        return self.verdict + (f" ({'; '.join(self.caveats)})" if self.caveats else "")
 
     def line(self) -> str:
-        return f"[{self.verdict}] {self.number}. {self.claim}\n    {self.detail}"
+        return f"[{self.verdict_text}] {self.number}. {self.claim}\n    {self.detail}"
 
 
 def claim(number: int, norm: str = "batch") -> str:
-    return CLAIMS[number].replace("BatchNorm", _LABELS[norm]) if norm in _LABELS else CLAIMS[number]
+    return CLAIMS[number].replace("BatchNorm", NORM_NAMES[norm]) if norm in NORM_NAMES else CLAIMS[number]
 
 
 def _not_evaluated(number: int, tables: list[str], norm: str = "batch") -> Finding:
@@ -242,19 +166,22 @@ def finding_sparsity(layer_sparsity: pd.DataFrame, norm: str = "batch") -> Findi
     if c.empty:
         return _not_evaluated(1, ["layer_sparsity"], norm)
     a, ref = pair_names(norm, present_norms(layer_sparsity))
-    d = c["a"] - c["ref"]
-    more, less, n = c["layer"][d > SPARSITY_TOL], c["layer"][d < -SPARSITY_TOL], len(c)
+    d, seen = c["a"] - c["ref"], c["p"] < P_MAX
+    more, less, n = c["layer"][(d > SPARSITY_TOL) & seen], c["layer"][(d < -SPARSITY_TOL) & seen], len(c)
     if len(more) == n or len(less) == n:
         verdict = "not supported"
     elif (len(more) == 0) != (len(less) == 0) or max(len(more), len(less)) >= MOSTLY * n:
         verdict = "mixed"
     else:
         verdict = "supported"
+    per_layer = ", ".join(f"{l} {v * 100:+.1f} pp (p {_p(p)})" for l, v, p in zip(c["layer"], d, c["p"]))
     detail = (f"{a} sparser in {len(more)} of {n} layers ({_names(more)}), less sparse in {len(less)} "
-              f"({_names(less)}), within {SPARSITY_TOL * 100:g} pp in {n - len(more) - len(less)}; "
-              f"mean difference {a} - {ref} {d.mean() * 100:+.1f} pp.")
+              f"({_names(less)}), no detectable difference (within {SPARSITY_TOL * 100:g} pp or Welch p >= "
+              f"{P_MAX}) in {n - len(more) - len(less)}; mean difference {a} - {ref} {d.mean() * 100:+.1f} pp; "
+              f"per layer: {per_layer}.")
     numbers = {"layers": n, "sparser": list(more), "less_sparse": list(less),
-               "diff_pp": {l: round(v * 100, 3) for l, v in zip(c["layer"], d)}}
+               "diff_pp": {l: round(v * 100, 3) for l, v in zip(c["layer"], d)},
+               "welch_p": dict(zip(c["layer"], c["p"]))}
     return Finding(1, claim(1, norm), verdict, detail, numbers, norm)
 
 
@@ -276,10 +203,31 @@ def _corr(x: pd.Series, y: pd.Series) -> dict:
             "spearman_r": float(s[0]), "spearman_p": float(s[1])}
 
 
-def _significant_signs(c: dict) -> set[int]:
+def partial_corr(m: pd.DataFrame, x: str, y: str, group: str = "norm") -> dict:
+    """Pearson r of x and y controlling for `group` (both minus their group means), with its p-value.
+
+    Degrees of freedom n - 2 - (groups - 1): each group mean removed costs one.
+    """
+    rx = m[x] - m.groupby(group)[x].transform("mean")
+    ry = m[y] - m.groupby(group)[y].transform("mean")
+    dof = len(m) - 2 - (m[group].nunique() - 1)
+    if dof < 1 or rx.std() == 0 or ry.std() == 0:
+        return {"pearson_r": math.nan, "pearson_p": math.nan}
+    r = float(np.clip(np.corrcoef(rx, ry)[0, 1], -1, 1))
+    t = r * math.sqrt(dof / max(1 - r * r, 1e-300))
+    return {"pearson_r": r, "pearson_p": float(2 * stats.t.sf(abs(t), dof))}
+
+
+def _significant_signs(c: dict, methods=("pearson", "spearman")) -> set[int]:
     """Signs (+1/-1) of the correlations in `c` that count (|r| >= R_MIN, p < P_MAX)."""
-    return {int(np.sign(c[f"{m}_r"])) for m in ("pearson", "spearman")
-            if abs(c[f"{m}_r"]) >= R_MIN and c[f"{m}_p"] < P_MAX}
+    return {int(np.sign(c[f"{m}_r"])) for m in methods if abs(c[f"{m}_r"]) >= R_MIN and c[f"{m}_p"] < P_MAX}
+
+
+def _between_groups_only(m: pd.DataFrame, across: dict[str, dict], partial: dict[str, dict]) -> list[str]:
+    """Measures whose counted correlation does not survive controlling for the normalisation."""
+    if m["norm"].nunique() < 2:
+        return []
+    return [y for y in across if _significant_signs(across[y]) - _significant_signs(partial[y], ("pearson",))]
 
 
 def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame, norm: str = "batch") -> Finding:
@@ -288,7 +236,7 @@ def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame,
         return _not_evaluated(2, [t for t, d in [("training", training), ("layer_sparsity", layer_sparsity)]
                                   if d.empty], norm)
     norms = present_norms(training, layer_sparsity)
-    m = model_sparsity(_pair(training, norm), _pair(layer_sparsity, norm))
+    m = model_sparsity(pair(training, norm), pair(layer_sparsity, norm))
     if len(m) < MIN_MODELS:
         return Finding(2, claim(2, norm), "not evaluated",
                        f"only {len(m)} models with both tables; need {MIN_MODELS}.", norm=norm)
@@ -299,14 +247,24 @@ def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame,
     labels = norm_labels(norms)
     within = {labels[n]: _corr(g["sparsity"], g["test_acc"])["spearman_r"]
               for n in (norm, REF) for g in [m[m["norm"] == n]] if len(g) >= 3}
+    partial = {"test_acc": partial_corr(m, "sparsity", "test_acc"), "gap": partial_corr(m, "sparsity", "gap")}
     setting = "BN setting" if is_paper_pair(norms) else "normalisation"
     detail = (f"across {len(m)} models, mean layer sparsity vs test accuracy: Pearson r = {test['pearson_r']:.2f} "
               f"(p = {test['pearson_p']:.3g}), Spearman {test['spearman_r']:.2f} (p = {test['spearman_p']:.3g}); "
               f"vs generalisation gap: Pearson r = {gap['pearson_r']:.2f} (p = {gap['pearson_p']:.3g}), "
               f"Spearman {gap['spearman_r']:.2f} (p = {gap['spearman_p']:.3g}). Within one {setting}, "
-              f"Spearman vs test accuracy: " + (", ".join(f"{k} {_num(v)}" for k, v in within.items()) or "n/a") + ".")
-    return Finding(2, claim(2, norm), verdict, detail,
-                   {"models": len(m), "test_acc": test, "gap": gap, "within_spearman_test_acc": within}, norm)
+              f"Spearman vs test accuracy: " + (", ".join(f"{k} {_num(v)}" for k, v in within.items()) or "n/a") +
+              f". Controlling for the normalisation (partial Pearson): vs test accuracy "
+              f"r = {_num(partial['test_acc']['pearson_r'])} (p = {_p(partial['test_acc']['pearson_p'])}), "
+              f"vs gap r = {_num(partial['gap']['pearson_r'])} (p = {_p(partial['gap']['pearson_p'])}).")
+    f = Finding(2, claim(2, norm), verdict, detail, {"models": len(m), "test_acc": test, "gap": gap,
+                                                     "within_spearman_test_acc": within, "partial": partial}, norm)
+    lost = _between_groups_only(m, {"test_acc": test, "gap": gap}, partial)
+    if lost and verdict in JUDGED:
+        f.verdict = "inconclusive"
+        f.caveats.append(f"the correlation with {' and '.join('test accuracy' if y == 'test_acc' else 'the gap' for y in lost)} "
+                         f"comes only from the difference between the normalisation groups")
+    return f
 
 
 def _num(v: float) -> str:
@@ -322,22 +280,27 @@ def finding_purity(class_dbi: pd.DataFrame, kmeans: pd.DataFrame, first_layer: i
     """Claim 3: class DBI lower with `norm` in most shown layers; k-means DBI lower at the final layer."""
     parts, notes, numbers = [], [], {}
     a, ref = pair_names(norm, present_norms(class_dbi, kmeans))
-    cd = shown(_pair(class_dbi, norm), first_layer)
+    cd = shown(pair(class_dbi, norm), first_layer)
     c = compare_layers(cd, "dbi", norm)
     if len(c):
-        lower, gap = c["layer"][c["a"] < c["ref"]], float((c["ref"] - c["a"]).mean())
+        seen = c["p"] < P_MAX
+        lower, gap = c["layer"][(c["a"] < c["ref"]) & seen], float((c["ref"] - c["a"]).mean())
+        higher = c["layer"][(c["a"] > c["ref"]) & seen]
         parts.append(len(lower) > len(c) / 2 and gap > 0)
-        notes.append(f"class DBI lower with {a} in {len(lower)} of {len(c)} shown layers "
+        notes.append(f"class DBI lower with {a} in {len(lower)} of {len(c)} shown layers, higher in {len(higher)}, "
+                     f"no detectable difference in {len(c) - len(lower) - len(higher)} "
                      f"(mean gap {ref} - {a} {gap:+.2f}).{_nan_note(cd)}")
-        numbers["class_dbi"] = {"layers": len(c), "lower": list(lower), "mean_gap": gap}
+        numbers["class_dbi"] = {"layers": len(c), "lower": list(lower), "higher": list(higher), "mean_gap": gap,
+                                "welch_p": dict(zip(c["layer"], c["p"]))}
     k = compare_layers(shown(optimal_k(kmeans), first_layer), "dbi", norm)
     if len(k):
-        lower, last = k["layer"][k["a"] < k["ref"]], k.iloc[-1]
-        parts.append(bool(last["a"] < last["ref"]))
-        notes.append(f"k-means DBI at optimal k lower with {a} in {len(lower)} of {len(k)} layers; final "
-                     f"shown layer {last['layer']}: {a} {last['a']:.2f} vs {ref} {last['ref']:.2f}.")
+        lower, last = k["layer"][(k["a"] < k["ref"]) & (k["p"] < P_MAX)], k.iloc[-1]
+        parts.append(bool(last["a"] < last["ref"] and last["p"] < P_MAX))
+        notes.append(f"k-means DBI at optimal k detectably lower with {a} in {len(lower)} of {len(k)} layers; final "
+                     f"shown layer {last['layer']}: {a} {last['a']:.2f} vs {ref} {last['ref']:.2f} "
+                     f"(Welch p {_p(last['p'])}).")
         numbers["kmeans_dbi"] = {"layers": len(k), "lower": list(lower), "final_layer": last["layer"],
-                                 "final": float(last["a"]), "final_ref": float(last["ref"])}
+                                 "final": float(last["a"]), "final_ref": float(last["ref"]), "final_p": last["p"]}
     if not parts:
         return _not_evaluated(3, ["class_dbi", "kmeans"], norm)
     verdict = "supported" if all(parts) else "not supported" if not any(parts) else "mixed"
@@ -354,31 +317,131 @@ def _first_reach(curve: pd.Series, n_classes: int):
 def finding_early_clusters(kmeans: pd.DataFrame, first_layer: int, n_classes: int = N_CLASSES,
                            norm: str = "batch") -> Finding:
     """Claim 4: `norm` reaches ~n_classes clusters earlier; early optimal k closer to n_classes."""
-    best = shown(_pair(optimal_k(kmeans), norm), first_layer)
+    best = shown(pair(optimal_k(kmeans), norm), first_layer)
     if best.empty or best["norm"].nunique() < 2:
         return _not_evaluated(4, ["kmeans"], norm)
     a, ref = pair_names(norm, present_norms(kmeans))
     layers = sorted(best["layer_index"].unique())
     early = layers[: math.ceil(len(layers) / 2)]
     e = best[best["layer_index"].isin(early)]
-    dist = (e["k_opt"] - n_classes).abs().groupby(e["norm"]).mean()
+    per_model = (e["k_opt"] - n_classes).abs().groupby([e["norm"], e["model_id"]]).mean()  # over early layers
+    dist = per_model.groupby(level="norm").mean()
+    p = welch_p(per_model.get(norm, []), per_model.get(REF, []))
     curve = best.groupby(["norm", "layer_index"])["k_opt"].mean()
     reach = {n: _first_reach(curve.loc[n], n_classes) if n in curve.index.get_level_values(0) else None
              for n in (norm, REF)}
     earlier = reach[norm] is not None and (reach[REF] is None or reach[norm] < reach[REF])
-    closer = bool(dist.get(norm, math.inf) < dist.get(REF, math.inf))
+    closer = bool(dist.get(norm, math.inf) < dist.get(REF, math.inf) and p < P_MAX)
     verdict = "supported" if earlier and closer else "mixed" if earlier or closer else "not supported"
     kmax = int(kmeans["k"].max())
     at = {n: "never" if v is None else f"at layer {v}" for n, v in reach.items()}
     detail = (f"seed-mean optimal k first within +-{K_TOL} of {n_classes} classes {at[norm]} with {a}, "
               f"{at[REF]} without; mean |optimal k - {n_classes}| "
               f"over early layers {_names(early)}: {a} {dist.get(norm, math.nan):.2f}, "
-              f"{ref} {dist.get(REF, math.nan):.2f}.")
+              f"{ref} {dist.get(REF, math.nan):.2f} (Welch p {_p(p)}).")
     if kmax < n_classes - K_TOL:
         detail += f" Note: k only goes up to {kmax}, so {n_classes} clusters cannot be found."
     return Finding(4, claim(4, norm), verdict, detail,
                    {"first_layer_reaching": {SHORT[n]: v for n, v in reach.items()}, "early_layers": early,
-                    "early_distance": {SHORT[n]: float(v) for n, v in dist.items()}}, norm)
+                    "early_distance": {SHORT[n]: float(v) for n, v in dist.items()}, "welch_p": p}, norm)
+
+
+# ==== conditions that undermine verdicts (design.md: scientific output states its own limits) ====
+
+@dataclass(frozen=True)
+class Condition:
+    text: str  # named next to the verdicts of `claims`
+    claims: tuple[int, ...]
+    undermines: bool = True  # False: named only, the verdict stands
+
+
+ALL = (1, 2, 3, 4)
+
+
+def _tags(r: Results, norm: str) -> dict[str, str]:
+    a, ref = pair_names(norm, r.norms)
+    return {norm: a, REF: ref}
+
+
+def missed_stopping_rule(r: Results, norm: str) -> list[Condition]:
+    """Models that did not stop by their rule: not interpolated, or (early stopping) trained to the cap."""
+    t, e = pair(r.table("training"), norm), r.experiment
+    if t.empty or not {"interpolated", "epochs"} <= set(t):
+        return []
+    interpolate = e.stop == "interpolate"
+    missed = ~t["interpolated"].astype(bool) if interpolate else t["epochs"] >= e.max_epochs
+    why = "not interpolated" if interpolate else f"trained to the {e.max_epochs}-epoch cap without early stopping"
+    return [Condition(f"{int(missed[t['norm'] == n].sum())} of {int((t['norm'] == n).sum())} {tag} models "
+                      f"missed their stopping rule ({why})", ALL)
+            for n, tag in _tags(r, norm).items() if missed[t["norm"] == n].any()]
+
+
+def too_few_seeds(r: Results, norm: str) -> list[Condition]:
+    seeds = {}
+    for df in r.tables.values():
+        if {"norm", "seed"} <= set(df):
+            for n, k in df.groupby("norm")["seed"].nunique().items():
+                seeds[n] = max(seeds.get(n, 0), int(k))
+    return [Condition(f"only {seeds[n]} seed{'s' * (seeds[n] != 1)} of {tag} (need {MIN_SEEDS})", ALL)
+            for n, tag in _tags(r, norm).items() if 0 < seeds.get(n, 0) < MIN_SEEDS]
+
+
+def lr_at_edge(r: Results, norm: str) -> list[Condition]:
+    """The sweep's best learning rate within LR_EDGE (log scale) of an end of lr_range, when the models used it."""
+    trials, t = r.table("hparam_trials"), r.table("training")
+    lo, hi = r.experiment.lr_range
+    if trials.empty or not {"lr", "objective", "norm"} <= set(trials) or hi <= lo:
+        return []
+    out = []
+    for n, tag in _tags(r, norm).items():
+        g = trials[trials["norm"] == n].dropna(subset=["objective", "lr"])
+        if g.empty:
+            continue
+        lr = float(g.loc[g["objective"].idxmax(), "lr"])
+        used = t.empty or "lr" not in t or np.isclose(t.loc[t["norm"] == n, "lr"], lr, rtol=1e-6).any()
+        pos = (math.log(lr) - math.log(lo)) / (math.log(hi) - math.log(lo))  # 0 at lo, 1 at hi
+        if used and (pos <= LR_EDGE or pos >= 1 - LR_EDGE):
+            out.append(Condition(f"the sweep's best learning rate for {tag}, {lr:.3g}, lies at the "
+                                 f"{'low' if pos < 0.5 else 'high'} edge of its search range {lo:g}..{hi:g} "
+                                 f"(widen lr_range)", ALL))
+    return out
+
+
+def mostly_zero_layers(r: Results, norm: str) -> list[Condition]:
+    """Layers above MOSTLY_ZERO zeros (seed mean), and dead channels (zero for every sample at eps 0)."""
+    out, tags = [], _tags(r, norm)
+    ls = at_eps(pair(r.table("layer_sparsity"), norm))
+    if len(ls):
+        m = ls.groupby(["norm", "layer_index", "layer"])["sparsity"].mean().reset_index()
+        m = m[m["sparsity"] > MOSTLY_ZERO]
+        if len(m):
+            out.append(Condition(f"layers above {MOSTLY_ZERO:.0%} zeros: " + ", ".join(
+                f"{tags[x.norm]} {x.layer} {x.sparsity:.0%}" for x in m.itertuples()), (1, 2)))
+    cs = pair(r.table("channel_sparsity"), norm)
+    cs = cs[cs["eps"] == 0] if "eps" in cs else cs
+    dead = cs[cs["sparsity"] >= 1.0] if len(cs) else cs
+    if len(dead):
+        n = dead.groupby(["norm", "layer_index", "layer"]).size().reset_index(name="n")
+        models = cs.groupby("norm")["model_id"].nunique()
+        out.append(Condition("dead channels (over all models): " + ", ".join(
+            f"{tags[x.norm]} {x.layer} {x.n} of {models[x.norm]} models x channels" for x in n.itertuples()),
+            ALL, undermines=False))
+    return out
+
+
+def conditions(r: Results, norm: str) -> list[Condition]:
+    """Everything in `r` that undermines the verdicts on `norm` against none."""
+    return [c for check in (missed_stopping_rule, too_few_seeds, lr_at_edge, mostly_zero_layers)
+            for c in check(r, norm)]
+
+
+def with_conditions(f: Finding, conds: list[Condition]) -> Finding:
+    """`f` with the conditions on its claim named; an undermined verdict becomes inconclusive."""
+    mine = [c for c in conds if f.number in c.claims]
+    if not mine or f.verdict == "not evaluated":
+        return f
+    verdict = "inconclusive" if f.verdict in JUDGED and any(c.undermines for c in mine) else f.verdict
+    return dataclasses.replace(f, verdict=verdict, caveats=f.caveats + [c.text for c in mine])
 
 
 def judged_norms(r: Results) -> list[str]:
@@ -387,13 +450,15 @@ def judged_norms(r: Results) -> list[str]:
 
 
 def findings(r: Results) -> list[Finding]:
-    """The four claims for each normalisation against none, claims in order within each norm."""
+    """The four claims for each normalisation against none, with the conditions that undermine them."""
     first, out = r.experiment.first_shown_layer, []
     ls = at_eps(r.table("layer_sparsity"))
     for n in judged_norms(r):
-        out += [finding_sparsity(ls, n), finding_generalisation(r.table("training"), ls, n),
-                finding_purity(r.table("class_dbi"), r.table("kmeans"), first, n),
-                finding_early_clusters(r.table("kmeans"), first, r.n_classes, n)]
+        conds = conditions(r, n)
+        fs = [finding_sparsity(ls, n), finding_generalisation(r.table("training"), ls, n),
+              finding_purity(r.table("class_dbi"), r.table("kmeans"), first, n),
+              finding_early_clusters(r.table("kmeans"), first, r.n_classes, n)]
+        out += [with_conditions(f, conds) for f in fs]
     return out
 
 
@@ -411,7 +476,10 @@ def finding_sparsity_across(per_exp: dict[str, Finding]) -> Finding:
     all_consistent = all(per_exp[n].verdict == "not supported" for n in dirs)
     verdict = "supported" if not same else "not supported" if all_consistent else "mixed"
     detail = "direction in most layers: " + "; ".join(f"{n}: {a} {d}" for n, d in dirs.items()) + "."
-    return Finding(1, claim(1, norm) + " (across experiments)", verdict, detail, {"direction": dirs}, norm)
+    caveats = [f"{n}: {f.verdict_text}" for n, f in per_exp.items() if f.verdict == "inconclusive"]
+    if caveats and verdict in JUDGED:
+        verdict = "inconclusive"
+    return Finding(1, claim(1, norm) + " (across experiments)", verdict, detail, {"direction": dirs}, norm, caveats)
 
 
 # ==== rankings: several normalisations side by side ====

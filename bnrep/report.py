@@ -19,8 +19,8 @@ side (no Ray here):
     <out>/combined/                   build_report(out, [A, B]): the same files, a panel per experiment
 
 Accuracies and sparsities are fractions in [0, 1] in the tables and percent
-in the report. The claims, verdict rules and statistics are in
-`bnrep.findings`, the figures in `bnrep.figures` (the only module that
+in the report. The tables in memory and the norm axis are in `bnrep.results`, the
+claims, verdict rules and statistics in `bnrep.findings`, the figures in `bnrep.figures` (the only module that
 imports matplotlib, loaded only when a report is written, so `bnrep status`
 can ask `report_is_current` without it).
 
@@ -44,8 +44,8 @@ import pyarrow.fs as pafs
 
 import bnrep
 from bnrep.experiments import Experiment, get_experiment
-from bnrep.findings import (CLAIMS, REF, SHORT, Finding, Results, at_eps, finding_sparsity_across, findings,
-                            is_paper_pair, judged_norms, model_label, norm_labels, ordered, rankings, rules)
+from bnrep.findings import CLAIMS, Finding, finding_sparsity_across, findings, judged_norms, rankings, rules
+from bnrep.results import REF, SHORT, Results, at_eps, is_paper_pair, model_label, norm_labels, ordered
 from bnrep.store import TABLES, Store, git_commit, tables
 
 TRAINING_TABLES = tables(stage="final")
@@ -214,12 +214,12 @@ def findings_blocks(r: Results, fs: list[Finding]) -> list[tuple]:
     """The paper pair: one table as the paper's section 6. Several norms: claims x norms, evidence, rankings."""
     judged = judged_norms(r)
     if len(judged) == 1:
-        rows = [[str(f.number), f.claim, f.verdict, f.detail] for f in fs]
+        rows = [[str(f.number), f.claim, f.verdict_text, f.detail] for f in fs]
         return [("table", ["#", "Claim (paper section 6)", "Verdict", "Evidence"], rows),
                 ("p", "How verdicts are decided:"), ("ul", rules(r.norms))]
     by = {(f.number, f.norm): f for f in fs}
     matrix = [[str(i), c] + [by[(i, n)].verdict for n in judged] for i, c in _claims(fs)]
-    evidence = [[str(f.number), SHORT[f.norm], f.verdict, f.detail] for f in fs]
+    evidence = [[str(f.number), SHORT[f.norm], f.verdict_text, f.detail] for f in fs]
     blocks = [("p", f"Each claim judged for each normalisation against no normalisation ({SHORT[REF]}):"),
               ("table", ["#", "Claim (paper section 6)"] + [f"{SHORT[n]} vs {SHORT[REF]}" for n in judged], matrix),
               ("table", ["#", "Norm", "Verdict", "Evidence"], evidence)]
@@ -244,12 +244,12 @@ def combined_findings_blocks(rs: list[Results], per_exp: dict[str, list[Finding]
               for i, c in _claims([f for fs in per_exp.values() for f in fs])]
     blocks = [("h2", "Findings (paper section 6)"), ("p", "Claim 1 across experiments:"),
               ("table", ["Norm", "Verdict", "Evidence"] if not paper else ["Verdict", "Evidence"],
-               [([] if paper else [SHORT[f.norm]]) + [f.verdict, f.detail] for f in across]),
+               [([] if paper else [SHORT[f.norm]]) + [f.verdict_text, f.detail] for f in across]),
               ("table", ["#", "Claim"] + [name if paper else f"{name} {SHORT[n]}" for name, n in cols], matrix)]
     for name, fs in per_exp.items():
         head = ["#", "Verdict", "Evidence"] if paper else ["#", "Norm", "Verdict", "Evidence"]
         blocks += [("h2", f"Findings: {name}"),
-                   ("table", head, [[str(f.number)] + ([] if paper else [SHORT[f.norm]]) + [f.verdict, f.detail]
+                   ("table", head, [[str(f.number)] + ([] if paper else [SHORT[f.norm]]) + [f.verdict_text, f.detail]
                                     for f in fs])]
         ranks = rankings(next(r for r in rs if r.experiment.name == name))
         if ranks:
