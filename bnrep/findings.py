@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats
 
 from bnrep.results import (NORM_NAMES, N_CLASSES, REF, SHORT, Results, at_eps, is_paper_pair, norm_labels, optimal_k,
-                           pair, pair_names, present_norms, seed_stats, shown)
+                           pair, pair_names, present_norms, shown)
 
 def welch_p(a, b) -> float:
     """Two-sided p of Welch's t-test over seeds (scipy, equal_var=False); NaN when a side has < 2 values.
@@ -480,35 +480,3 @@ def finding_sparsity_across(per_exp: dict[str, Finding]) -> Finding:
     if caveats and verdict in JUDGED:
         verdict = "inconclusive"
     return Finding(1, claim(1, norm) + " (across experiments)", verdict, detail, {"direction": dirs}, norm, caveats)
-
-
-# ==== rankings: several normalisations side by side ====
-
-def _ranked(s: pd.DataFrame, lowest_first: bool, fmt: str) -> str:
-    """'1. GN 0.80 ± 0.01; 2. BN 0.85 ± 0.02' from seed_stats rows keyed by norm."""
-    s = s.dropna(subset=["mean"]).sort_values("mean", ascending=lowest_first)
-    sd = lambda v: "n/a" if pd.isna(v) else format(v, fmt)  # noqa: E731  one seed: no std
-    return "; ".join(f"{i}. {SHORT.get(r.norm, r.norm)} {r.mean:{fmt}} ± {sd(r.std)}"
-                     for i, r in enumerate(s.itertuples(), start=1))
-
-
-def rankings(r: Results) -> list[list[str]]:
-    """[measure, ranking best first with mean ± std over seeds]; empty with two normalisations or fewer."""
-    if len(r.norms) <= 2:
-        return []
-    rows = []
-    t = r.table("training")
-    if len(t):
-        rows.append(["best test accuracy (%, per model)",
-                     _ranked(seed_stats(t.assign(pct=t["test_acc"] * 100), ["norm"], "pct"), False, ".2f")])
-    ls = at_eps(r.table("layer_sparsity"))
-    if len(ls):
-        per_model = ls.groupby(["norm", "model_id"], as_index=False)["sparsity"].mean()
-        rows.append(["sparsest layers (mean layer sparsity over layers, %)",
-                     _ranked(seed_stats(per_model.assign(pct=per_model["sparsity"] * 100), ["norm"], "pct"),
-                             False, ".1f")])
-    cd = shown(r.table("class_dbi"), r.experiment.first_shown_layer)
-    for (li, name), g in cd.groupby(["layer_index", "layer"]) if len(cd) else []:
-        rows.append([f"purest class clusters, {name} (class DBI, lower first)",
-                     _ranked(seed_stats(g, ["norm"], "dbi"), True, ".3f")])
-    return rows

@@ -44,8 +44,9 @@ import pyarrow.fs as pafs
 
 import bnrep
 from bnrep.experiments import Experiment, get_experiment
-from bnrep.findings import CLAIMS, Finding, finding_sparsity_across, findings, judged_norms, rankings, rules
-from bnrep.results import REF, SHORT, Results, at_eps, is_paper_pair, model_label, norm_labels, ordered
+from bnrep.findings import CLAIMS, Finding, finding_sparsity_across, findings, judged_norms, rules
+from bnrep.results import (REF, SHORT, Results, fmt_pm, is_paper_pair, model_label, norm_labels, ordered, rankings,
+                           side_by_side)
 from bnrep.store import TABLES, Store, git_commit, tables
 
 TRAINING_TABLES = tables(stage="final")
@@ -147,11 +148,6 @@ def table1(training: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["_o", "_n"], ignore_index=True).drop(columns=["_o", "_n"])
 
 
-def fmt_pm(mean: float, std: float, digits: int = 3) -> str:
-    s = "n/a" if pd.isna(std) else f"{std:.{digits}f}"  # one seed: no std
-    return f"{mean:.{digits}f} ± {s}"
-
-
 ACC_COLS = [("train_acc", "Training acc (%)"), ("val_acc", "Validation acc (%)"),
             ("test_acc", "Evaluation (test) acc (%)")]
 
@@ -179,33 +175,6 @@ def table1_caption(norms) -> str:
         tags = "BatchNorm (BN) and no-BatchNorm (NBN)"
     return (f"Train, validation and evaluation (test) accuracy in percent for the {tags} models; "
             f"± is the standard deviation across seeds.")
-
-
-def side_by_side(rs: list[Results]) -> tuple[list[str], list[list[str]]]:
-    """Architectures side by side: a row per (measure, norm), a column per experiment; mean ± std over seeds."""
-    measures = [("test accuracy (%)", lambda r: r.table("training"), "test_acc", 100, 2),
-                ("mean layer sparsity (%)", lambda r: _per_model(at_eps(r.table("layer_sparsity")), "sparsity"),
-                 "sparsity", 100, 1),
-                ("class DBI, last layer", lambda r: _last_layer(r.table("class_dbi")), "dbi", 1, 3)]
-    norms = ordered({n for r in rs for n in r.norms})
-    rows = []
-    for name, get, col, scale, digits in measures:
-        for n in norms:
-            cells = []
-            for r in rs:
-                d = get(r)
-                d = d[d["norm"] == n] if len(d) else d
-                cells.append(fmt_pm(d[col].mean() * scale, d[col].std() * scale, digits) if len(d) else "-")
-            rows.append([name, SHORT[n]] + cells)
-    return ["measure", "norm"] + [f"{r.experiment.name} ({r.label})" for r in rs], rows
-
-
-def _per_model(df: pd.DataFrame, col: str) -> pd.DataFrame:
-    return df.groupby(["norm", "model_id"], as_index=False)[col].mean() if len(df) else df
-
-
-def _last_layer(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["layer_index"] == df["layer_index"].max()] if len(df) else df
 
 
 # ==== findings as blocks ====
@@ -534,7 +503,7 @@ def _build_combined(out: str, names: list[str], dest: str | None) -> ReportResul
               ("h2", "Provenance"), ("table", ["item", "value"], provenance_rows(rs)),
               ("h2", "Table 1: accuracy"), *t1_blocks,
               ("h2", "Architectures side by side"),
-              ("p", "Mean ± std over seeds; models per model, layer sparsity averaged over layers first."),
+              ("p", "Mean ± std over seeds; layer sparsity averaged over the layers of each model first."),
               ("table", *side_by_side(rs)),
               *combined_findings_blocks(rs, per_exp, across), ("h2", "Figures"), *fig_blocks]
     w.documents(blocks, title)

@@ -3,7 +3,9 @@
 The vocabulary every report part shares (one home): the order, colour, label
 and short tag of each normalisation; the `Results` container; seed means and
 standard deviations (pandas' sample std, ddof=1); the optimal-k rows of the
-kmeans table. No file access (bnrep.report loads) and no plotting.
+kmeans table; the rankings of several normalisations and the side-by-side
+table of several architectures. No file access (bnrep.report loads) and no
+plotting.
 """
 
 from __future__ import annotations
@@ -136,3 +138,67 @@ def optimal_k(kmeans: pd.DataFrame) -> pd.DataFrame:
 def pair(df: pd.DataFrame, norm: str) -> pd.DataFrame:
     """The rows of `norm` and of the reference (none)."""
     return df[df["norm"].isin([norm, REF])] if len(df) else df
+
+
+# ==== rankings: several normalisations side by side ====
+
+def _ranked(s: pd.DataFrame, lowest_first: bool, fmt: str) -> str:
+    """'1. GN 0.80 ± 0.01; 2. BN 0.85 ± 0.02' from seed_stats rows keyed by norm."""
+    s = s.dropna(subset=["mean"]).sort_values("mean", ascending=lowest_first)
+    sd = lambda v: "n/a" if pd.isna(v) else format(v, fmt)  # noqa: E731  one seed: no std
+    return "; ".join(f"{i}. {SHORT.get(r.norm, r.norm)} {r.mean:{fmt}} ± {sd(r.std)}"
+                     for i, r in enumerate(s.itertuples(), start=1))
+
+
+def rankings(r: Results) -> list[list[str]]:
+    """[measure, ranking best first with mean ± std over seeds]; empty with two normalisations or fewer."""
+    if len(r.norms) <= 2:
+        return []
+    rows = []
+    t = r.table("training")
+    if len(t):
+        rows.append(["best test accuracy (%, per model)",
+                     _ranked(seed_stats(t.assign(pct=t["test_acc"] * 100), ["norm"], "pct"), False, ".2f")])
+    ls = at_eps(r.table("layer_sparsity"))
+    if len(ls):
+        per_model = _per_model(ls, "sparsity")
+        rows.append(["sparsest layers (mean layer sparsity over layers, %)",
+                     _ranked(seed_stats(per_model.assign(pct=per_model["sparsity"] * 100), ["norm"], "pct"),
+                             False, ".1f")])
+    cd = shown(r.table("class_dbi"), r.experiment.first_shown_layer)
+    for (li, name), g in cd.groupby(["layer_index", "layer"]) if len(cd) else []:
+        rows.append([f"purest class clusters, {name} (class DBI, lower first)",
+                     _ranked(seed_stats(g, ["norm"], "dbi"), True, ".3f")])
+    return rows
+
+
+def fmt_pm(mean: float, std: float, digits: int = 3) -> str:
+    s = "n/a" if pd.isna(std) else f"{std:.{digits}f}"  # one seed: no std
+    return f"{mean:.{digits}f} ± {s}"
+
+
+def side_by_side(rs: list[Results]) -> tuple[list[str], list[list[str]]]:
+    """Architectures side by side: a row per (measure, norm), a column per experiment; mean ± std over seeds."""
+    measures = [("test accuracy (%)", lambda r: r.table("training"), "test_acc", 100, 2),
+                ("mean layer sparsity (%)", lambda r: _per_model(at_eps(r.table("layer_sparsity")), "sparsity"),
+                 "sparsity", 100, 1),
+                ("class DBI, last layer", lambda r: _last_layer(r.table("class_dbi")), "dbi", 1, 3)]
+    norms = ordered({n for r in rs for n in r.norms})
+    rows = []
+    for name, get, col, scale, digits in measures:
+        for n in norms:
+            cells = []
+            for r in rs:
+                d = get(r)
+                d = d[d["norm"] == n] if len(d) else d
+                cells.append(fmt_pm(d[col].mean() * scale, d[col].std() * scale, digits) if len(d) else "-")
+            rows.append([name, SHORT[n]] + cells)
+    return ["measure", "norm"] + [f"{r.experiment.name} ({r.label})" for r in rs], rows
+
+
+def _per_model(df: pd.DataFrame, col: str) -> pd.DataFrame:
+    return df.groupby(["norm", "model_id"], as_index=False)[col].mean() if len(df) else df
+
+
+def _last_layer(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["layer_index"] == df["layer_index"].max()] if len(df) else df

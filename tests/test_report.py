@@ -524,8 +524,8 @@ def test_each_claim_judged_per_norm_against_none():
 
 def test_rankings_per_measure_with_seed_spread():
     r = cnn4()
-    rows = dict(findings.rankings(r))
-    assert findings.rankings(cnn()) == []  # two norms: the verdicts say it all
+    rows = dict(results.rankings(r))
+    assert results.rankings(cnn()) == []  # two norms: the verdicts say it all
     order = lambda text: re.findall(r"\d\. (\w+) ", text)  # noqa: E731
     assert order(rows["best test accuracy (%, per model)"]) == ["GN", "BN", "LN", "NBN"]
     assert order(rows["sparsest layers (mean layer sparsity over layers, %)"]) == ["LN", "NBN", "BN", "GN"]
