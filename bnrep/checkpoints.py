@@ -85,6 +85,7 @@ def load_model(store: Store, mid: str, exp: Experiment, channels: int, device="c
     """The trained model `mid` with its weights, verified (ModelFileError otherwise)."""
     where = f"{store.out}/{store.experiment}/{model_path(mid)}"
     blob = _load_blob(_read_verified(store, mid), where, device)
-    model = build_model(exp.arch, bool(blob["metrics"]["bn"]), channels)
+    m = blob["metrics"]  # files written before the norm axis record only bn
+    model = build_model(exp.arch, m.get("norm") or ("batch" if m["bn"] else "none"), channels)
     model.load_state_dict(blob["state_dict"])
     return model.to(device)

@@ -28,8 +28,8 @@ from bnrep.store import Store, git_commit, is_uri, tables
 
 # Fields that change what the analysis stage computes but not the models.
 ANALYSIS_FIELDS = ("samples_sparsity", "samples_cluster", "k_min", "k_max", "n_init", "eps")
-# Fields that change neither (more seeds only add models; figures only choose layers).
-FREE_FIELDS = ("description", "seeds", "channel_layers", "first_shown_layer")
+# Fields that change neither (more seeds or norms only add models; figures only choose layers).
+FREE_FIELDS = ("description", "seeds", "norms", "channel_layers", "first_shown_layer")
 
 
 class UsageError(Exception):
@@ -61,9 +61,14 @@ class RunOptions:
 
 
 def stage_hashes(exp: Experiment) -> dict[str, str]:
+    """{"train_hash", "analysis_hash"} of `exp`; fields added since the first
+    results were written hash as they did then (one eps: the number), so
+    older results directories keep their hashes and resume."""
     d = exp.to_dict()
     for f in FREE_FIELDS:
         d.pop(f)
+    if len(d["eps"]) == 1:
+        d["eps"] = d["eps"][0]
     train = {k: v for k, v in d.items() if k not in ANALYSIS_FIELDS}
 
     def h(x):

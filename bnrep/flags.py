@@ -18,6 +18,7 @@ import warnings
 from bnrep.config import RunOptions, UsageError
 from bnrep.data import DataError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, SMOKE, ConfigError, Experiment, get_experiment
+from bnrep.models import NORMS
 
 SCRIPTS = {  # stage -> script, in pipeline order
     "hparam": "sweeps/hparam.py",
@@ -26,8 +27,8 @@ SCRIPTS = {  # stage -> script, in pipeline order
     "report": "analysis/report.py",
 }
 DESCRIPTIONS = {
-    "hparam": "Stage 1: Ray Tune hyperparameter sweep, one search per BatchNorm setting.",
-    "final": "Stage 2: train the seed x {BatchNorm, no BatchNorm} grid with Ray Tune.",
+    "hparam": "Stage 1: Ray Tune hyperparameter sweep, one search per normalisation.",
+    "final": "Stage 2: train the seed x normalisation grid with Ray Tune.",
     "analysis": "Stage 3: measure every trained model's representations with Ray tasks.",
     "report": "Write the report: Table 1, the paper's Figures 1-6, findings, as Markdown and HTML.",
 }
@@ -50,10 +51,13 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--norms", default=None, metavar="LIST",
+                   help=f"normalisations to compare, comma-separated, of {', '.join(NORMS)} "
+                        "(default: preset; the paper's: batch,none)")
     p.add_argument("--seeds", type=int, default=None, metavar="N", help="model seeds 0..N-1 (default: preset, 4)")
     p.add_argument("--max-epochs", type=int, default=None, metavar="N", help="epoch cap per model (default: preset)")
     p.add_argument("--num-samples", type=int, default=None, metavar="N",
-                   help="hparam trials per BatchNorm setting (default: preset)")
+                   help="hparam trials per normalisation (default: preset)")
     p.add_argument("--train-size", type=int, default=None, metavar="N",
                    help="train on the first N images of the seeded training split (default: all)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per step (default: preset, 64)")
@@ -80,7 +84,9 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-min", type=int, default=None, help="smallest k of the k-means sweep (default: 2)")
     p.add_argument("--k-max", type=int, default=None, help="largest k of the k-means sweep (default: 15)")
     p.add_argument("--n-init", type=int, default=None, help="k-means restarts per k (default: preset)")
-    p.add_argument("--eps", type=float, default=None, help="|x| <= eps counts as zero (default: 0, the paper's)")
+    p.add_argument("--eps", default=None, metavar="LIST",
+                   help="sparsity thresholds, comma-separated: |x| <= eps counts as zero, all counted in one "
+                        "pass (default: 0, the paper's; e.g. 0,1e-3,1e-2,1e-1)")
     p.add_argument("--kmeans-backend", choices=("torch", "sklearn"), default="torch",
                    help="batched torch k-means (default) or scikit-learn's KMeans per k")
     p.add_argument("--cpus-per-task", type=float, default=1.0, metavar="N", help="CPUs per analysis task (default: 1)")
@@ -120,7 +126,7 @@ def build_parser(stage: str, parser: argparse.ArgumentParser | None = None) -> a
 
 
 # ==== flags -> Experiment, RunOptions ====
-OVERRIDE_FLAGS = ("seeds", "max_epochs", "num_samples", "train_size", "batch_size", "lr", "momentum",
+OVERRIDE_FLAGS = ("norms", "seeds", "max_epochs", "num_samples", "train_size", "batch_size", "lr", "momentum",
                   "samples_sparsity", "samples_cluster", "k_min", "k_max", "n_init", "eps")  # = Experiment fields
 
 
@@ -130,7 +136,7 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
     if args.smoke_test:
         exp = exp.override(**SMOKE)
     flags = {f: getattr(args, f, None) for f in OVERRIDE_FLAGS}
-    if flags.get("lr") is not None:  # an explicit lr applies to both BatchNorm settings
+    if flags.get("lr") is not None:  # an explicit lr applies to every normalisation
         flags["lr_nobn"] = flags["lr"]
     exp = exp.override(**flags)
     if exp.sweep_max_epochs and exp.sweep_max_epochs > exp.max_epochs:

@@ -23,23 +23,26 @@ def stage_status(out: str, name: str) -> list[tuple[str, str, str]]:
         exp = None
     if exp is None or not store.exists():
         return [(s, "missing", "no results") for s in ("hparam", "final", "analysis", "report")]
-    return [_hparam(store), *_final_and_analysis(store, exp), _report(store)]
+    return [_hparam(store, exp), *_final_and_analysis(store, exp), _report(store)]
 
 
-def _hparam(store: Store) -> tuple[str, str, str]:
+def _hparam(store: Store, exp: Experiment) -> tuple[str, str, str]:
+    from bnrep.models import NORM_TAGS
+
+    tags = [NORM_TAGS[n] for n in exp.norms]
     best = store.read_json("hparam/best_hparams.json") if store.exists("hparam/best_hparams.json") else {}
-    done = sum(t in best and store.has_part("hparam_trials", t) for t in ("bn", "nobn"))
-    resumable = [t for t in ("bn", "nobn") if t not in best and store.exists("hparam", "tune", t)]
-    return ("hparam", _state(done, 2), f"{done}/2 BatchNorm settings searched"
+    done = sum(t in best and store.has_part("hparam_trials", t) for t in tags)
+    resumable = [t for t in tags if t not in best and store.exists("hparam", "tune", t)]
+    return ("hparam", _state(done, len(tags)), f"{done}/{len(tags)} normalisations searched"
             + (f"; interrupted search to resume: {', '.join(resumable)}" if resumable else ""))
 
 
 def _final_and_analysis(store: Store, exp: Experiment) -> list[tuple[str, str, str]]:
     from bnrep.checkpoints import is_trained
-    from bnrep.train import model_id
+    from bnrep.models import model_id
 
     hashes = read_hashes(store)
-    want = [model_id(exp.arch, bn, s) for s in range(exp.seeds) for bn in (True, False)]
+    want = [model_id(exp.arch, n, s) for s in range(exp.seeds) for n in exp.norms]
     trained = [m for m in want if is_trained(store, m, hashes.get("train_hash", ""))]
     rows = [("final", _state(len(trained), len(want)), f"{len(trained)}/{len(want)} models trained")]
 
@@ -67,4 +70,4 @@ def _n_layers(exp: Experiment) -> int:
     from bnrep.models import build_model
 
     channels = 3 if exp.dataset == "cifar10" else (exp.image_shape[0] if exp.dataset == "synthetic" else 1)
-    return len(build_model(exp.arch, False, channels).probes())
+    return len(build_model(exp.arch, "none", channels).probes())

@@ -35,7 +35,8 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
     channel_sparsity   model x layer x eps x channel; part = model_id
         model_id, bn, norm, seed, layer, layer_index, channel, eps, sparsity
     layer_sparsity     model x layer x eps; part = model_id
-        model_id, bn, norm, seed, layer, layer_index, eps, sparsity
+        model_id, bn, norm, seed, layer, layer_index, eps, sparsity,
+        dead_channels (channels with |x| <= eps for every value of every sample)
     class_dbi          model x layer; part = <model_id>-<layer>
         model_id, bn, norm, seed, layer, layer_index, dbi, dbi_reason
     kmeans             model x layer x k; part = <model_id>-<layer>

@@ -1,4 +1,4 @@
-"""One training run: (experiment, BatchNorm on/off, hparams, seed) -> a model.
+"""One training run: (experiment, normalisation, hparams, seed) -> a model.
 
 Paper 3.1: SGD with Nesterov momentum (or Adam), a step learning-rate
 schedule, cross-entropy; stop when the model interpolates (100% accuracy on
@@ -27,10 +27,6 @@ from bnrep.models import ProbedNet, build_model
 
 EVAL_BATCH = 1024  # images per forward pass when only evaluating, GPU
 EVAL_BATCH_CPU = 64  # CPU: small batches stay in cache (StandardCNN 28x28: ~3.8x the images/s of 1024)
-
-
-def model_id(arch: str, bn: bool, seed: int) -> str:
-    return f"{arch}-{'bn' if bn else 'nobn'}-s{seed}"
 
 
 def best_device() -> torch.device:
@@ -62,10 +58,10 @@ class RunResult:
 
 
 class Trainer:
-    def __init__(self, exp: Experiment, data: Data, bn: bool, hparams: dict, seed: int,
+    def __init__(self, exp: Experiment, data: Data, norm: str, hparams: dict, seed: int,
                  device: torch.device | str | None = None, amp: bool = False,
                  max_epochs: int | None = None):
-        self.exp, self.data, self.bn, self.seed = exp, data, bn, seed
+        self.exp, self.data, self.norm, self.seed = exp, data, norm, seed
         self.device = torch.device(device) if device is not None else best_device()
         self.max_epochs = max_epochs or exp.max_epochs
         self.amp = amp and self.device.type == "cuda"  # bf16 autocast, GPU only
@@ -73,7 +69,7 @@ class Trainer:
         self.lr, self.momentum = float(hparams["lr"]), float(hparams.get("momentum", 0.0))
 
         torch.manual_seed(seed)  # weight init depends on the model seed only
-        self.model = build_model(exp.arch, bn, data.channels, data.num_classes).to(self.device)
+        self.model = build_model(exp.arch, norm, data.channels, data.num_classes).to(self.device)
         # channels_last on CPU too: oneDNN convs and max pooling skip layout reorders (2 cores:
         # StandardCNN 28x28 ~1.4x, VGG16 32x32 ~1.05x images/s; benchmarks/train_throughput.py)
         self.model = self.model.to(memory_format=torch.channels_last)
@@ -125,7 +121,7 @@ class Trainer:
         n = 0
         for idx in batches(len(y), self.exp.batch_size, self.gen, self.device):
             xb, yb = _channels_last(X[idx]), y[idx]
-            if len(yb) < 2 and self.bn:  # BatchNorm cannot train on a single image
+            if len(yb) < 2 and self.norm == "batch":  # BatchNorm cannot train on a single image
                 continue
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
                 loss = self.loss_fn(self.model(xb), yb)
@@ -223,9 +219,9 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
-def train(exp: Experiment, data: Data, bn: bool, hparams: dict, seed: int, **kw) -> RunResult:
+def train(exp: Experiment, data: Data, norm: str, hparams: dict, seed: int, **kw) -> RunResult:
     """Train one model to its stopping rule."""
-    t = Trainer(exp, data, bn, hparams, seed, **kw)
+    t = Trainer(exp, data, norm, hparams, seed, **kw)
     while not t.done:
         t.step_epoch()
     return t.finish()

@@ -5,7 +5,9 @@ rules, so a test states the pattern it needs (BN sparser in these layers,
 optimal k here) and the expected findings follow from it. Defaults look like
 the paper's MNIST CNN: BN less sparse except the last layer, class DBI
 falling with depth and lower with BN, optimal k growing to 10 clusters,
-earlier with BN.
+earlier with BN. Rules take (bn, layer_index) with bn True/False for the
+paper's pair (batch/none) and the norm's name ("group", "layer") for the
+others; the defaults give group and layer norm values of their own.
 
     python tests/report_fixtures.py /tmp/fx   # writes digits-cnn and cifar10-vgg16, then the reports
 """
@@ -24,41 +26,60 @@ VGG_LAYERS = [f"conv{i}" for i in range(1, 14)]
 VGG_CHANNELS = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
 
 
-def cnn_sparsity(bn: bool, li: int) -> float:
-    return {True: [0.30, 0.35, 0.40, 0.45, 0.80], False: [0.40, 0.50, 0.55, 0.60, 0.70]}[bn][li - 1]
+TAGS = {"batch": "bn", "none": "nobn", "group": "gn", "layer": "ln"}  # model_id tags
 
 
-def cnn_class_dbi(bn: bool, li: int) -> float:
-    return (6.0 - li) * (0.8 if bn else 1.0)
+def rule_arg(norm: str):
+    """What a rule gets: True / False for batch / none (the paper's pair), else the norm's name."""
+    return {"batch": True, "none": False}.get(norm, norm)
 
 
-def cnn_kopt(bn: bool, li: int) -> int:
-    return {True: [2, 4, 10, 10, 10], False: [2, 2, 3, 9, 10]}[bn][li - 1]
+def cnn_sparsity(bn, li: int) -> float:
+    return {True: [0.30, 0.35, 0.40, 0.45, 0.80], False: [0.40, 0.50, 0.55, 0.60, 0.70],
+            "group": [0.20, 0.25, 0.30, 0.35, 0.40], "layer": [0.50, 0.55, 0.60, 0.65, 0.75]}[bn][li - 1]
 
 
-def cnn_kmeans_dbi(bn: bool, li: int) -> float:
-    return [1.0, 1.5, 2.0, 1.5, 0.8][li - 1] + (0.1 if bn else 0.0) * (li < 5) - (0.2 if bn else 0.0) * (li == 5)
+def cnn_class_dbi(bn, li: int) -> float:
+    return (6.0 - li) * {True: 0.8, False: 1.0, "group": 0.7, "layer": 0.9}[bn]
+
+
+def cnn_kopt(bn, li: int) -> int:
+    return {True: [2, 4, 10, 10, 10], False: [2, 2, 3, 9, 10], "group": [3, 10, 10, 10, 10],
+            "layer": [2, 2, 2, 4, 10]}[bn][li - 1]
+
+
+def cnn_kmeans_dbi(bn, li: int) -> float:
+    better = 0.0 if bn is False else 0.1  # BN, GN, LN: a little worse early, purer at the end
+    return [1.0, 1.5, 2.0, 1.5, 0.8][li - 1] + better * (li < 5) - 2 * better * (li == 5)
+
+
+def optimal_rows(dbi: np.ndarray) -> np.ndarray:
+    """The analysis stage's `optimal` column: lowest DBI, ties to the smallest k, none when all NaN."""
+    flags = np.zeros(len(dbi), bool)
+    if not np.isnan(dbi).all():
+        flags[np.nanargmin(dbi)] = True  # first minimum: the smallest k, as k_range ascends
+    return flags
 
 
 def make_tables(experiment: str = "digits-cnn", seeds: int = 4, layers=CNN_LAYERS, channels=CNN_CHANNELS,
                 sparsity=cnn_sparsity, class_dbi=cnn_class_dbi, kopt=cnn_kopt, kmeans_dbi=cnn_kmeans_dbi,
                 acc=None, k_range=range(2, 16), noise: float = 0.01, k_jitter: int = 0, epochs: int = 20,
-                rng: int = 0) -> dict[str, pd.DataFrame]:
+                rng: int = 0, norms=("batch", "none")) -> dict[str, pd.DataFrame]:
     """Every report table; per-seed noise is +-`noise` (uniform) on top of the rules."""
     e, g = get_experiment(experiment), np.random.default_rng(rng)
     acc = acc or (lambda bn, seed: (1.0, 0.99 if bn else 0.985, 0.985 if bn else 0.98))
     t = {k: [] for k in ("training", "training_history", "channel_sparsity", "layer_sparsity", "class_dbi", "kmeans")}
-    for bn in (True, False):
+    for norm in norms:
+        bn = rule_arg(norm)
         for seed in range(seeds):
-            mid = f"{'bn' if bn else 'nobn'}-s{seed}"
-            key = dict(model_id=mid, bn=bn, seed=seed)
+            key = dict(model_id=f"{TAGS[norm]}-s{seed}", bn=norm == "batch", norm=norm, seed=seed)
             tr, va, te = acc(bn, seed)
             t["training"].append(dict(key, experiment=e.name, dataset=e.dataset, arch=e.arch, lr=0.01,
                                       momentum=0.99, epochs=epochs, train_acc=tr, val_acc=va, test_acc=te,
                                       interpolated=tr >= 1.0))
-            n_ep = epochs - (0 if bn else 1) * seed  # no-BN seeds stop at different epochs
+            n_ep = epochs - (1 if bn is False else 0) * seed  # no-BN seeds stop at different epochs
             for ep in range(1, n_ep + 1):
-                f = 1 - np.exp(-ep / (n_ep / (4.0 if bn else 2.5)))
+                f = 1 - np.exp(-ep / (n_ep / (2.5 if bn is False else 4.0)))
                 t["training_history"].append(dict(key, epoch=ep, lr=0.01, train_loss=2.3 * (1 - f) + 0.005,
                                                   train_acc=0.1 + 0.9 * f, val_acc=0.1 + (va - 0.1) * f))
             for li, (name, C) in enumerate(zip(layers, channels), start=1):
@@ -71,7 +92,9 @@ def make_tables(experiment: str = "digits-cnn", seeds: int = 4, layers=CNN_LAYER
                 t["class_dbi"].append(dict(lk, dbi=cd if np.isnan(cd) else cd + g.uniform(-noise, noise)))
                 ko = kopt(bn, li) + (int(g.integers(-k_jitter, k_jitter + 1)) if li < len(layers) else 0)
                 kd = kmeans_dbi(bn, li) + g.uniform(-noise, noise)
-                t["kmeans"] += [dict(lk, k=k, dbi=kd + 0.05 * (k - ko) ** 2, inertia=100.0 / k) for k in k_range]
+                dbi = np.array([kd + 0.05 * (k - ko) ** 2 for k in k_range])
+                t["kmeans"] += [dict(lk, k=k, dbi=d, inertia=100.0 / k, optimal=o)
+                                for k, d, o in zip(k_range, dbi, optimal_rows(dbi))]
     return {k: pd.DataFrame(v) for k, v in t.items()}
 
 
@@ -116,11 +139,11 @@ def vgg_tables(**kw) -> dict[str, pd.DataFrame]:
 if __name__ == "__main__":
     import sys
 
-    from bnrep.report import build_combined_report, build_report
+    from bnrep.report import build_report
 
     out = sys.argv[1]
     write_tables(out, "digits-cnn", make_tables())
     write_tables(out, "cifar10-vgg16", vgg_tables())
     for n in ("digits-cnn", "cifar10-vgg16"):
         print(build_report(out, n).summary)
-    print(build_combined_report(out, ["digits-cnn", "cifar10-vgg16"]).summary)
+    print(build_report(out, ["digits-cnn", "cifar10-vgg16"]).summary)

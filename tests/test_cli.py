@@ -159,7 +159,7 @@ def test_list_shows_every_experiment(capsys):
 def test_status_of_partial_results(results, capsys):
     assert cli.main(["status", "--experiment", "digits-cnn", "--out", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "hparam     missing   0/2 BatchNorm settings searched" in out  # best_hparams but no trials table
+    assert "hparam     missing   0/2 normalisations searched" in out  # best_hparams but no trials table
     assert "final      missing   0/4 models trained" in out  # a training row without its model file
     assert "report     missing" in out
 

@@ -29,11 +29,11 @@ def manual_activations(model, X):
 
 
 @pytest.mark.parametrize("arch,shape", [("cnn", (1, 8, 8)), ("cnn", (3, 32, 32)), ("vgg16", (3, 16, 16))])
-@pytest.mark.parametrize("bn", [True, False])
-def test_matches_manual_forward(arch, shape, bn):
+@pytest.mark.parametrize("norm", ["batch", "group", "layer", "none"])
+def test_matches_manual_forward(arch, shape, norm):
     torch.manual_seed(0)
-    model = build_model(arch, bn, shape[0])
-    if bn:  # non-trivial running statistics, so eval mode matters
+    model = build_model(arch, norm, shape[0])
+    if norm == "batch":  # non-trivial running statistics, so eval mode matters
         model.train()
         with torch.no_grad():
             model(torch.randn(64, *shape))
@@ -76,7 +76,7 @@ def test_hand_computed_tensor():
 
 
 def test_zero_rows_stay_zero_and_hooks_removed_on_error():
-    model = build_model("cnn", False, 1)
+    model = build_model("cnn", "none", 1)
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
@@ -147,7 +147,7 @@ class AddOneInPlace(nn.Module):
 
 def test_inplace_op_after_probe_does_not_corrupt():
     torch.manual_seed(0)
-    model = build_model("cnn", False, 1)
+    model = build_model("cnn", "none", 1)
     X = torch.randn(6, 1, 8, 8)
     expected = manual_activations(model, X)[3]  # conv4, before any in-place change
     model.features.append(AddOneInPlace())

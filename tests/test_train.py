@@ -6,7 +6,8 @@ import torch
 import bnrep.train as train_mod
 from bnrep.data import load_data
 from bnrep.experiments import get_experiment
-from bnrep.train import Trainer, model_id, train
+from bnrep.models import model_id
+from bnrep.train import Trainer, train
 
 
 @pytest.fixture(scope="module")
@@ -16,13 +17,13 @@ def digits():
 
 
 def test_model_id():
-    assert model_id("cnn", True, 3) == "cnn-bn-s3"
-    assert model_id("vgg16", False, 0) == "vgg16-nobn-s0"
+    assert model_id("cnn", "batch", 3) == "cnn-bn-s3"
+    assert model_id("vgg16", "none", 0) == "vgg16-nobn-s0"
 
 
 def test_digits_paper_sgd_interpolates_and_stops(digits):
     exp, data = digits  # paper 3.1.1: SGD, Nesterov 0.99, lr 0.01, batch 64
-    r = train(exp, data, bn=True, hparams=exp.paper_hparams(True), seed=0, device="cpu")
+    r = train(exp, data, norm="batch", hparams=exp.paper_hparams("batch"), seed=0, device="cpu")
     assert r.interpolated and r.train_acc == 1.0
     assert r.epochs < exp.max_epochs
     # it stopped at the first epoch with 100% training accuracy, no later
@@ -33,7 +34,7 @@ def test_digits_paper_sgd_interpolates_and_stops(digits):
 
 def test_objective_ranks_non_interpolating_runs_last(digits):
     exp, data = digits
-    t = Trainer(exp.override(max_epochs=1), data, True, {"lr": 1e-5, "momentum": 0.0}, seed=0, device="cpu")
+    t = Trainer(exp.override(max_epochs=1), data, "batch", {"lr": 1e-5, "momentum": 0.0}, seed=0, device="cpu")
     m = t.step_epoch()
     assert not m.interpolated and m.objective == pytest.approx(m.val_acc - 1.0)
     assert m.objective < 0 <= m.val_acc
@@ -52,7 +53,7 @@ def test_early_stopping_restores_best_weights(digits, monkeypatch):
         return real(model, split, device, amp)
 
     monkeypatch.setattr(train_mod, "accuracy", scripted)
-    t = Trainer(exp, data, True, exp.paper_hparams(True), seed=0, device="cpu")
+    t = Trainer(exp, data, "batch", exp.paper_hparams("batch"), seed=0, device="cpu")
     while not t.done:
         t.step_epoch()
         snapshots[t.epoch] = {k: v.clone() for k, v in t.model.state_dict().items()}
@@ -70,13 +71,13 @@ def test_resume_from_checkpoint_is_exact(optimizer):
                                                    lr_gamma=0.5, stop="early-stop")
     data = load_data(exp)
     hp = {"lr": 0.01, "momentum": 0.9}
-    full = train(exp, data, True, hp, seed=1, device="cpu")
+    full = train(exp, data, "batch", hp, seed=1, device="cpu")
 
-    first = Trainer(exp, data, True, hp, seed=1, device="cpu")
+    first = Trainer(exp, data, "batch", hp, seed=1, device="cpu")
     first.step_epoch(), first.step_epoch()
     blob = first.save_checkpoint()
     torch.manual_seed(12345)  # disturb the global RNG: the checkpoint must carry what matters
-    resumed = Trainer(exp, data, True, hp, seed=99, device="cpu")
+    resumed = Trainer(exp, data, "batch", hp, seed=99, device="cpu")
     resumed.load_checkpoint(blob)
     while not resumed.done:
         resumed.step_epoch()

@@ -34,21 +34,28 @@ from bnrep.train import best_device
 
 
 # ==== the work of one task ====
+def model_keys(row: dict) -> dict:
+    """The columns that name a model in every analysis table."""
+    return {"model_id": row["model_id"], "bn": row["norm"] == "batch", "norm": row["norm"], "seed": row["seed"]}
+
+
 def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, n_sparsity: int,
             analysis_hash: str) -> list[np.ndarray]:
     """Extract one model's representations of `images` (the analysis samples,
     in order); write its sparsity parts; return one (N, C) float32 array per probe layer."""
     store, device = Store(out, exp.name), best_device()
     model = load_model(store, row["model_id"], exp, images.shape[1], device)
-    reps = extract_representations(model, images, n_sparsity, (exp.eps,), device=device)
-    keys = {"model_id": row["model_id"], "bn": row["bn"], "seed": row["seed"]}
+    reps = extract_representations(model, images, n_sparsity, exp.eps, device=device)  # every eps, one pass
+    keys = model_keys(row)
     chan, lay = [], []
     for r in reps:
-        s = channel_sparsity(r.zero_counts[0], r.values_per_channel)
-        chan.append(pd.DataFrame({**keys, "layer": r.name, "layer_index": r.index,
-                                  "channel": np.arange(len(s)), "sparsity": s, "eps": exp.eps}))
-        lay.append({**keys, "layer": r.name, "layer_index": r.index, "eps": exp.eps,
-                    "sparsity": layer_sparsity(r.zero_counts[0], r.values_per_channel)})
+        for i, eps in enumerate(exp.eps):
+            s = channel_sparsity(r.zero_counts[i], r.values_per_channel)
+            chan.append(pd.DataFrame({**keys, "layer": r.name, "layer_index": r.index,
+                                      "channel": np.arange(len(s)), "sparsity": s, "eps": eps}))
+            lay.append({**keys, "layer": r.name, "layer_index": r.index, "eps": eps,
+                        "sparsity": layer_sparsity(r.zero_counts[i], r.values_per_channel),
+                        "dead_channels": int((s == 1.0).sum())})  # zero for every sample
     node = node_id()  # provenance: which machine measured it
     store.write_part("channel_sparsity", row["model_id"], pd.concat(chan, ignore_index=True), analysis_hash,
                      node_id=node)
@@ -61,7 +68,7 @@ def cluster(out: str, exp: Experiment, row: dict, layer: str, index: int, X: np.
     """Class-based DBI, the k-means sweep and the optimal k for one (model, layer)."""
     store = Store(out, exp.name)
     Xt = torch.tensor(X[: len(y)], device=best_device())  # the clustering samples lead the extracted rows
-    keys = {"model_id": row["model_id"], "bn": row["bn"], "seed": row["seed"], "layer": layer, "layer_index": index}
+    keys = {**model_keys(row), "layer": layer, "layer_index": index}
     dbi, reason = davies_bouldin(Xt, torch.tensor(y, device=Xt.device))
     results = sweep_kmeans(Xt, exp.k_min, exp.k_max, n_init=exp.n_init, seed=row["seed"], backend=backend)
     best = optimal_k(results)  # the one place the optimal k is chosen
@@ -130,7 +137,7 @@ def run(exp: Experiment, opts: RunOptions) -> int:
         print(f"note: {note}", flush=True)
 
     # ==== skip complete work ====
-    probes = [(p.name, p.index) for p in build_model(exp.arch, True, data.channels).probes()]
+    probes = [(p.name, p.index) for p in build_model(exp.arch, "none", data.channels).probes()]
     h = stage_hashes(exp)["analysis_hash"]
     todo = unfinished(store, models, probes, h)
     n_tasks = sum(1 + len(m) for _, m in todo)

@@ -1,4 +1,4 @@
-"""Stage 2: train the seed x {BatchNorm, no BatchNorm} grid with Ray Tune.
+"""Stage 2: train the seed x normalisation grid with Ray Tune.
 
 Each model trains to its preset's stopping rule, reporting a checkpoint to
 Tune every epoch; a failed trial (a node lost) restarts from its last
@@ -18,11 +18,12 @@ from bnrep.checkpoints import is_trained, save_model
 from bnrep.config import RunOptions, UsageError, header, stage_hashes, write_config
 from bnrep.data import load_data
 from bnrep.experiments import Experiment
+from bnrep.models import NORM_TAGS, model_id
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_shared_out, default_gpus, node_id, ray_session
 from bnrep.stages.tuning import open_training_stage, run_config, train_in_tune, trial_dirname
 from bnrep.store import Store, tables
-from bnrep.train import Trainer, best_device, model_id
+from bnrep.train import Trainer, best_device
 
 
 # ==== the work of one trial ====
@@ -30,19 +31,19 @@ def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: b
     """One Tune trial = one model of the grid; saves it and its Parquet rows."""
     from ray import tune
 
-    seed, bn, hp = config["run"]["seed"], config["run"]["bn"], config["run"]["hparams"]
-    mid = model_id(exp.arch, bn, seed)
+    seed, norm, hp = config["run"]["seed"], config["run"]["norm"], config["run"]["hparams"]
+    mid, bn = model_id(exp.arch, norm, seed), norm == "batch"
     store = Store(out, exp.name)
     data = load_data(exp, data_root, device=best_device())
-    trainer = Trainer(exp, data, bn, hp, seed, amp=amp)
+    trainer = Trainer(exp, data, norm, hp, seed, amp=amp)
     resumed_from = train_in_tune(trainer, extra={"model_id": mid})
     r = trainer.finish()
     row = {"model_id": mid, "experiment": exp.name, "dataset": exp.dataset, "arch": exp.arch, "bn": bn,
-           "seed": seed, "lr": float(hp["lr"]), "momentum": float(hp.get("momentum", 0.0)), "epochs": r.epochs,
+           "norm": norm, "seed": seed, "lr": float(hp["lr"]), "momentum": float(hp.get("momentum", 0.0)), "epochs": r.epochs,
            "best_epoch": r.best_epoch, "train_acc": r.train_acc, "val_acc": r.val_acc, "test_acc": r.test_acc,
            "interpolated": r.interpolated}
     digest = save_model(store, mid, r.model, exp, hp, row)
-    history = pd.DataFrame([{"model_id": mid, "bn": bn, "seed": seed, **vars(m)} for m in r.history])
+    history = pd.DataFrame([{"model_id": mid, "bn": bn, "norm": norm, "seed": seed, **vars(m)} for m in r.history])
     where = {"node_id": node_id(), "resumed_from_epoch": resumed_from}  # provenance of a resumed trial
     store.write_part("training_history", mid, history, train_hash, **where)
     store.write_part("training", mid, pd.DataFrame([row]), train_hash,  # last: marks the model complete
@@ -51,18 +52,19 @@ def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: b
 
 
 # ==== the grid ====
-def grid_hparams(exp: Experiment, store: Store, paper: bool) -> dict[bool, dict]:
-    """hparams per BatchNorm setting: the sweep's best, or the preset's."""
+def grid_hparams(exp: Experiment, store: Store, paper: bool) -> dict[str, dict]:
+    """hparams per normalisation: the sweep's best, or the preset's."""
     if paper:
-        return {bn: exp.paper_hparams(bn) for bn in (True, False)}
+        return {n: exp.paper_hparams(n) for n in exp.norms}
     if not store.exists("hparam/best_hparams.json"):
         raise UsageError(f"no sweep results in {store.out}/{exp.name}/hparam: run sweeps/hparam.py "
                          f"--experiment {exp.name} first, or pass --paper-hparams")
     best = store.read_json("hparam/best_hparams.json")
-    missing = [t for t in ("bn", "nobn") if t not in best]
+    missing = [NORM_TAGS[n] for n in exp.norms if NORM_TAGS[n] not in best]
     if missing:
-        raise UsageError(f"best_hparams.json lacks {', '.join(missing)}: rerun sweeps/hparam.py")
-    return {bn: {k: best[tag][k] for k in ("lr", "momentum")} for bn, tag in ((True, "bn"), (False, "nobn"))}
+        raise UsageError(f"best_hparams.json lacks {', '.join(missing)}: rerun sweeps/hparam.py "
+                         f"with the same --norms, or pass --paper-hparams")
+    return {n: {k: best[NORM_TAGS[n]][k] for k in ("lr", "momentum")} for n in exp.norms}
 
 
 def forget_analysis(store: Store, mids: list[str]) -> None:
@@ -77,9 +79,9 @@ def forget_analysis(store: Store, mids: list[str]) -> None:
 def print_summary(df: pd.DataFrame) -> None:
     """Table-1-style: accuracy in percent, mean +- std over seeds."""
     print(f"\n{'model':16} {'seeds':>5} {'train %':>16} {'val %':>16} {'test %':>16} {'epochs':>7}")
-    for (arch, bn), g in df.groupby(["arch", "bn"], sort=False):
+    for (arch, norm), g in df.groupby(["arch", "norm"], sort=False):
         cells = [f"{100 * g[c].mean():7.3f} ± {100 * g[c].std():5.3f}" for c in ("train_acc", "val_acc", "test_acc")]
-        name = f"{arch} {'BN' if bn else 'NBN'}"
+        name = f"{arch} {NORM_TAGS[norm].upper()}"
         print(f"{name:16} {len(g):5d} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} {g['epochs'].mean():7.1f}")
 
 
@@ -111,7 +113,7 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
 
 def describe_config(config: dict) -> str:
     run = config.get("run", {})
-    return model_id("", run.get("bn", False), run.get("seed", 0)).lstrip("-")
+    return f"{NORM_TAGS.get(run.get('norm'), '?')}-s{run.get('seed', '?')}"
 
 
 def describe_model(r: dict) -> str:
@@ -119,7 +121,7 @@ def describe_model(r: dict) -> str:
 
 
 def untrained(exp: Experiment, store: Store, grid: list[dict], train_hash: str) -> list[dict]:
-    return [g for g in grid if not is_trained(store, model_id(exp.arch, g["bn"], g["seed"]), train_hash)]
+    return [g for g in grid if not is_trained(store, model_id(exp.arch, g["norm"], g["seed"]), train_hash)]
 
 
 # ==== the stage ====
@@ -129,12 +131,12 @@ def run(exp: Experiment, opts: RunOptions) -> int:
     print(header("final grid", exp, store), flush=True)
     train_hash = stage_hashes(exp)["train_hash"]
 
-    grid = [{"seed": s, "bn": bn, "hparams": hparams[bn]} for s in range(exp.seeds) for bn in (True, False)]
+    grid = [{"seed": s, "norm": n, "hparams": hparams[n]} for s in range(exp.seeds) for n in exp.norms]
     todo = untrained(exp, store, grid, train_hash)
     print(f"[final] {len(grid) - len(todo)} of {len(grid)} models already trained", flush=True)
     if todo:
         write_config(store, record)
-        forget_analysis(store, [model_id(exp.arch, g["bn"], g["seed"]) for g in todo])  # now stale
+        forget_analysis(store, [model_id(exp.arch, g["norm"], g["seed"]) for g in todo])  # now stale
         with ray_session(opts.address) as ray:
             check_shared_out(ray, store)
             gpus = default_gpus(ray, opts.gpus_per_trial)
@@ -145,7 +147,7 @@ def run(exp: Experiment, opts: RunOptions) -> int:
                 run_grid(exp, opts, store, todo, gpus, train_hash)
 
     df = store.read_table("training")
-    wanted = {model_id(exp.arch, g["bn"], g["seed"]) for g in grid}
+    wanted = {model_id(exp.arch, g["norm"], g["seed"]) for g in grid}
     print_summary(df[df["model_id"].isin(wanted)])
     print(f"\nwrote {store.out}/{exp.name}/results/training ({len(df)} models)")
     return 0

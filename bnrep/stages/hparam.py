@@ -1,4 +1,4 @@
-"""Stage 1: Ray Tune hyperparameter sweep, one search per BatchNorm setting.
+"""Stage 1: Ray Tune hyperparameter sweep, one search per normalisation.
 
 Searches learning rate (log-uniform) x momentum (SGD presets) with an ASHA
 scheduler. Objective (paper 3.1.1): validation accuracy at the epoch a model
@@ -6,9 +6,9 @@ first interpolates, non-interpolating trials ranked below all that do; for
 early-stopping presets (paper 3.1.2) the best validation accuracy.
 
 Writes, under <out>/<experiment>/:
-    results/hparam_trials/{bn,nobn}.parquet   one row per trial
-    hparam/best_hparams.json                  best trial per BatchNorm setting
-    hparam/tune/{bn,nobn}/                    Ray Tune state (resumed with Tuner.restore)
+    results/hparam_trials/<tag>.parquet   one row per trial; tag = bn, nobn, gn, ln (bnrep.models.NORM_TAGS)
+    hparam/best_hparams.json              best trial per normalisation, keyed by tag
+    hparam/tune/<tag>/                    Ray Tune state (resumed with Tuner.restore)
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pandas as pd
 from bnrep.config import RunOptions, header, stage_hashes, write_config
 from bnrep.data import load_data
 from bnrep.experiments import Experiment
+from bnrep.models import NORM_TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_shared_out, default_gpus, ray_session
 from bnrep.stages.tuning import open_training_stage, run_config, train_in_tune, trial_dirname
@@ -25,7 +26,6 @@ from bnrep.store import Store
 from bnrep.train import Trainer, best_device
 
 SWEEP_SEED = 0  # model seed of every sweep trial; the search itself is seeded too
-BN_SETTINGS = {"bn": True, "nobn": False}
 EDGE = 0.1  # a best lr within 10% of the log range of an end lies "at the edge"
 
 
@@ -33,37 +33,38 @@ EDGE = 0.1  # a best lr within 10% of the log range of an end lies "at the edge"
 def trial(config: dict, exp: Experiment, data_root: str | None, amp: bool) -> None:
     """One Tune trial: train with the sampled hparams, report every epoch."""
     data = load_data(exp, data_root, device=best_device())
-    trainer = Trainer(exp, data, config["bn"], config, SWEEP_SEED, amp=amp,
+    trainer = Trainer(exp, data, config["norm"], config, SWEEP_SEED, amp=amp,
                       max_epochs=exp.sweep_max_epochs or exp.max_epochs)
     train_in_tune(trainer)
 
 
 # ==== one search ====
-def search_space(exp: Experiment, bn: bool) -> dict:
+def search_space(exp: Experiment, norm: str) -> dict:
     from ray import tune
 
-    space = {"bn": bn, "lr": tune.loguniform(*exp.lr_range)}
+    space = {"norm": norm, "lr": tune.loguniform(*exp.lr_range)}
     if exp.optimizer == "sgd":
         space["momentum"] = tune.choice(list(exp.momentum_choices))
     return space
 
 
-def run_search(exp: Experiment, opts: RunOptions, store: Store, tag: str, gpus: float) -> pd.DataFrame:
-    """One Tune search for one BatchNorm setting; resumes an interrupted one."""
+def run_search(exp: Experiment, opts: RunOptions, store: Store, norm: str, gpus: float) -> pd.DataFrame:
+    """One Tune search for one normalisation; resumes an interrupted one."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
     fn = tune.with_resources(tune.with_parameters(trial, exp=exp, data_root=opts.data_root, amp=opts.amp),
                              {"cpu": opts.cpus_per_trial, "gpu": gpus})
+    tag = NORM_TAGS[norm]
     path = store.uri("hparam", "tune", tag)
     if tune.Tuner.can_restore(path):
         print(f"[hparam] {tag}: resuming the interrupted search in {path}", flush=True)
-        return trials_table(tune.Tuner.restore(path, trainable=fn, resume_errored=True).fit(), tag)
+        return trials_table(tune.Tuner.restore(path, trainable=fn, resume_errored=True).fit(), norm)
     max_t = exp.sweep_max_epochs or exp.max_epochs
     progress = tune_progress(f"hparam {tag}", exp.num_samples, max_t, describe_config, describe_trial)
     tuner = tune.Tuner(
-        fn, param_space=search_space(exp, BN_SETTINGS[tag]),
+        fn, param_space=search_space(exp, norm),
         tune_config=tune.TuneConfig(
             metric="objective", mode="max", num_samples=exp.num_samples,
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max_t,
@@ -71,14 +72,14 @@ def run_search(exp: Experiment, opts: RunOptions, store: Store, tag: str, gpus: 
             search_alg=BasicVariantGenerator(random_state=exp.split_seed),
             trial_dirname_creator=trial_dirname),
         run_config=run_config(opts, tag, store.uri("hparam", "tune"), progress))
-    return trials_table(tuner.fit(), tag)
+    return trials_table(tuner.fit(), norm)
 
 
-def trials_table(grid, tag: str) -> pd.DataFrame:
+def trials_table(grid, norm: str) -> pd.DataFrame:
     rows = []
     for r in grid:
         m, cfg = r.metrics or {}, r.config or {}
-        rows.append({"trial_id": m.get("trial_id", ""), "bn": BN_SETTINGS[tag], "lr": float(cfg.get("lr", "nan")),
+        rows.append({"trial_id": m.get("trial_id", ""), "bn": norm == "batch", "norm": norm, "lr": float(cfg.get("lr", "nan")),
                      "momentum": float(cfg.get("momentum", 0.0)), "epochs": int(m.get("epoch", 0)),
                      "train_acc": float(m.get("train_acc", "nan")), "val_acc": float(m.get("val_acc", "nan")),
                      "interpolated": bool(m.get("interpolated", False)),
@@ -120,8 +121,8 @@ def lr_at_edge(lr: float, lr_range: tuple[float, float]) -> str | None:
 
 
 def print_best(best: dict, exp: Experiment) -> None:
-    print("\nBest trial per BatchNorm setting")
-    print(f"{'setting':8} {'lr':>10} {'momentum':>9} {'epochs':>7} {'val_acc':>8} {'objective':>10}")
+    print("\nBest trial per normalisation")
+    print(f"{'norm':8} {'lr':>10} {'momentum':>9} {'epochs':>7} {'val_acc':>8} {'objective':>10}")
     for tag, b in best.items():
         print(f"{tag:8} {b['lr']:10.3g} {b['momentum']:9.3g} {b['epochs']:7d} {b['val_acc']:8.4f} {b['objective']:10.4f}")
     for tag, b in best.items():
@@ -136,7 +137,7 @@ def run(exp: Experiment, opts: RunOptions) -> int:
     store, record = open_training_stage(exp, opts, "hparam")  # every check before Ray starts
     print(header("hparam sweep", exp, store), flush=True)
     best = store.read_json("hparam/best_hparams.json") if store.exists("hparam/best_hparams.json") else {}
-    todo = [t for t in BN_SETTINGS if not (t in best and store.has_part("hparam_trials", t))]
+    todo = [n for n in exp.norms if not (NORM_TAGS[n] in best and store.has_part("hparam_trials", NORM_TAGS[n]))]
     if not todo:
         print("[hparam] complete: nothing to do")
         print_best(best, exp)
@@ -145,10 +146,11 @@ def run(exp: Experiment, opts: RunOptions) -> int:
     with ray_session(opts.address) as ray:
         check_shared_out(ray, store)
         gpus = default_gpus(ray, opts.gpus_per_trial)
-        for tag in todo:
+        for norm in todo:
+            tag = NORM_TAGS[norm]
             print(f"[hparam] {tag}: {exp.num_samples} trials, lr in {exp.lr_range}"
                   + (f", momentum in {exp.momentum_choices}" if exp.optimizer == "sgd" else ""), flush=True)
-            trials = run_search(exp, opts, store, tag, gpus)
+            trials = run_search(exp, opts, store, norm, gpus)
             best[tag] = best_trial(trials)
             store.write_part("hparam_trials", tag, trials, stage_hashes(exp)["train_hash"])
             store.write_json("hparam/best_hparams.json", best)

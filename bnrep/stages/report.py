@@ -67,7 +67,7 @@ def write(out: str, todo: list[str], several: bool, force: bool) -> int:
         print(res.summary, flush=True)
         written += 1
     if several and written:
-        res = report.build_combined_report(out, todo)
+        res = report.build_report(out, todo)  # a list: the combined report
         print(f"combined report: {res.html}")
     return 0 if written else 1
 

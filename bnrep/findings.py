@@ -1,0 +1,482 @@
+"""Findings: the paper's section 6 claims judged on your results, and the statistics behind them.
+
+Every claim is judged for each normalisation against `none` (the paper: BatchNorm
+against no BatchNorm), from the tables described in `bnrep.store`, by the rules
+in RULES (shown in every report): per-layer differences count only beyond seed
+noise (Welch's t-test), and a verdict built on data that cannot carry it
+(missed stopping rules, too few seeds, a learning rate at the edge of its
+sweep, mostly-zero layers, a correlation that is only the difference between
+normalisation groups) says "inconclusive" and names the reason. The optimal k
+is read from the kmeans table's `optimal` column (chosen once, by the analysis
+stage), never recomputed here.
+
+No plotting and no file access here: pandas, numpy and scipy only.
+
+    >>> fs = findings(results)   # results: bnrep.results.Results
+    >>> [f.verdict_text for f in fs]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from bnrep.results import (NORM_NAMES, N_CLASSES, REF, SHORT, Results, at_eps, is_paper_pair, norm_labels, optimal_k,
+                           pair, pair_names, present_norms, shown)
+
+def welch_p(a, b) -> float:
+    """Two-sided p of Welch's t-test over seeds (scipy, equal_var=False); NaN when a side has < 2 values.
+
+    Two groups without spread and different means give p = 0 (scipy's t = inf).
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant groups: scipy warns, then returns inf / NaN as wanted
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def compare_layers(df: pd.DataFrame, value: str, norm: str = "batch") -> pd.DataFrame:
+    """Per layer, seed-mean of `value` for `norm` (`a`) and for `none` (`ref`) and Welch's p over seeds;
+    layers with values on both sides only."""
+    cols = ["layer_index", "layer", "a", "ref", "p"]
+    rows = []
+    for (li, name), g in df.groupby(["layer_index", "layer"], sort=True) if len(df) else []:
+        a, ref = g.loc[g["norm"] == norm, value], g.loc[g["norm"] == REF, value]
+        if a.notna().any() and ref.notna().any():
+            rows.append([li, name, a.mean(), ref.mean(), welch_p(a, ref)])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _p(p: float) -> str:
+    return "n/a" if pd.isna(p) else f"{p:.2g}"
+
+
+# ==== verdict rules (documented in the report, RULES below) ====
+
+SPARSITY_TOL = 0.01  # layer sparsity differences within 1 percentage point count as equal
+MOSTLY = 0.75  # one direction in >= 75% of layers (but not all) is a tendency: "mixed"
+R_MIN = 0.5  # a correlation counts when |r| >= 0.5 ...
+P_MAX = 0.05  # ... and p < 0.05; also the level of Welch's t-test over seeds
+MIN_MODELS = 4  # fewer models than this: no correlation is computed
+K_TOL = 1  # "reaches the number of classes": seed-mean optimal k within +-1 of it
+MIN_SEEDS = 3  # fewer seeds per normalisation: every verdict is inconclusive
+MOSTLY_ZERO = 0.9  # a layer above 90% zeros (seed mean) undermines the sparsity verdicts
+LR_EDGE = 0.1  # best swept lr within 10% of the range's width (log scale) of an end: at the edge
+
+CLAIMS = {
+    1: "BatchNorm does not consistently induce nor prevent sparsity in hidden representations.",
+    2: "Sparse representations do not correlate with better generalization.",
+    3: "BatchNorm tends to produce purer representational clusters than models trained without, especially "
+       "in the case of class-based representations. For class-agnostic representation, results are less "
+       "clear, except at the final layer, where BatchNorm clusters are again purer.",
+    4: "BatchNorm forms class-agnostic clusters earlier in the network, and these early clusters "
+       "are more consistent with the actual number of classes.",
+}
+JUDGED = ("supported", "not supported", "mixed")  # verdicts a condition can turn into "inconclusive"
+
+RULES = [
+    f"Per-layer comparisons count a layer for one direction only when the difference exceeds seed noise: "
+    f"Welch's t-test over seeds (scipy.stats.ttest_ind, equal_var=False), two-sided p < {P_MAX} (two groups "
+    f"without spread and different means count as different; one seed: untestable). Other layers: no "
+    f"detectable difference.",
+    f"1 (sparsity): per layer, compare the seed-mean layer sparsity with and without BatchNorm; "
+    f"differences within {SPARSITY_TOL * 100:g} percentage point, or not detectable, count as equal. BN "
+    f"sparser in every layer, or less sparse in every layer: not supported (it consistently induces / "
+    f"prevents). Only one direction (other layers equal), or one direction in at least {MOSTLY:.0%} of the "
+    f"layers: mixed. Otherwise (both directions, or no difference anywhere): supported.",
+    f"2 (sparsity vs generalisation): per model, mean layer sparsity over all layers against test "
+    f"accuracy and against the generalisation gap (train - test accuracy), Pearson and Spearman, "
+    f"across all models (BN and no BN). A correlation counts when |r| >= {R_MIN} and p < {P_MAX}. "
+    f"One that links sparser to better generalisation (higher test accuracy or smaller gap): not "
+    f"supported. Only links to worse generalisation: mixed. None: supported. Needs >= {MIN_MODELS} models. "
+    f"BN changes both sparsity and accuracy, so an across-model correlation can be the BN effect "
+    f"alone: the Spearman correlation within each BN setting and the partial (Pearson) correlation "
+    f"controlling for the normalisation are shown, and a counted correlation whose partial correlation "
+    f"does not count with the same sign makes the verdict inconclusive.",
+    "3 (purer clusters): over the shown layers, (a) class-based DBI detectably lower with BN in more than "
+    "half the layers and lower on average; (b) k-means DBI at the optimal k detectably lower with BN at the "
+    "last shown layer. Both hold: supported; one: mixed; neither: not supported (a missing table leaves "
+    "only the other part to decide).",
+    f"4 (early clusters): the optimal k is the k with the lowest k-means DBI per model and layer, "
+    f"chosen by the analysis stage. (a) earlier: the first shown layer whose seed-mean optimal k is "
+    f"within +-{K_TOL} of the number of classes comes strictly earlier with BN (or only BN reaches it); "
+    f"(b) closer: over the first half of the shown layers, the mean |optimal k - classes| per model is "
+    f"detectably smaller with BN. Both: supported; one: mixed; neither: not supported.",
+    f"Inconclusive: a verdict built on models that missed their stopping rule (interpolate: not "
+    f"interpolated; early-stop: trained to the epoch cap), on fewer than {MIN_SEEDS} seeds per normalisation, "
+    f"or on a sweep whose best learning rate (the one the models used) lies within {LR_EDGE:.0%} (log scale) "
+    f"of an end of the search range (all claims); on layers above {MOSTLY_ZERO:.0%} zeros (claims 1-2). Dead "
+    f"channels (zero for every sample at eps 0) are named next to the verdicts without changing them.",
+]
+OTHER_NORMS_RULE = ("Other normalisations (GroupNorm GN, LayerNorm LN) are judged against no normalisation "
+                    "by the same rules, with 'BN' standing for the normalisation judged and the claim's "
+                    "'BatchNorm' read as that normalisation; models of other normalisations are left out.")
+
+
+def rules(norms) -> list[str]:
+    return RULES if is_paper_pair(norms) else RULES + [OTHER_NORMS_RULE]
+
+
+# ==== findings (paper section 6) ====
+
+@dataclass
+class Finding:
+    number: int
+    claim: str
+    verdict: str  # supported | not supported | mixed | inconclusive | not evaluated
+    detail: str
+    numbers: dict = field(default_factory=dict)
+    norm: str = "batch"  # the normalisation judged against none
+    caveats: list[str] = field(default_factory=list)  # conditions that undermine the verdict, named
+
+    @property
+    def verdict_text(self) -> str:
+        """The verdict with the conditions that undermine it, side by side."""
+        return self.verdict + (f" ({'; '.join(self.caveats)})" if self.caveats else "")
+
+    def line(self) -> str:
+        return f"[{self.verdict_text}] {self.number}. {self.claim}\n    {self.detail}"
+
+
+def claim(number: int, norm: str = "batch") -> str:
+    return CLAIMS[number].replace("BatchNorm", NORM_NAMES[norm]) if norm in NORM_NAMES else CLAIMS[number]
+
+
+def _not_evaluated(number: int, tables: list[str], norm: str = "batch") -> Finding:
+    return Finding(number, claim(number, norm), "not evaluated",
+                   f"needs results/{' and results/'.join(tables)}, which are missing.", norm=norm)
+
+
+def _names(layers) -> str:
+    return ", ".join(map(str, layers)) or "none"
+
+
+def finding_sparsity(layer_sparsity: pd.DataFrame, norm: str = "batch") -> Finding:
+    """Claim 1: `norm` neither consistently increases nor decreases layer sparsity."""
+    c = compare_layers(layer_sparsity, "sparsity", norm)
+    if c.empty:
+        return _not_evaluated(1, ["layer_sparsity"], norm)
+    a, ref = pair_names(norm, present_norms(layer_sparsity))
+    d, seen = c["a"] - c["ref"], c["p"] < P_MAX
+    more, less, n = c["layer"][(d > SPARSITY_TOL) & seen], c["layer"][(d < -SPARSITY_TOL) & seen], len(c)
+    if len(more) == n or len(less) == n:
+        verdict = "not supported"
+    elif (len(more) == 0) != (len(less) == 0) or max(len(more), len(less)) >= MOSTLY * n:
+        verdict = "mixed"
+    else:
+        verdict = "supported"
+    per_layer = ", ".join(f"{l} {v * 100:+.1f} pp (p {_p(p)})" for l, v, p in zip(c["layer"], d, c["p"]))
+    detail = (f"{a} sparser in {len(more)} of {n} layers ({_names(more)}), less sparse in {len(less)} "
+              f"({_names(less)}), no detectable difference (within {SPARSITY_TOL * 100:g} pp or Welch p >= "
+              f"{P_MAX}) in {n - len(more) - len(less)}; mean difference {a} - {ref} {d.mean() * 100:+.1f} pp; "
+              f"per layer: {per_layer}.")
+    numbers = {"layers": n, "sparser": list(more), "less_sparse": list(less),
+               "diff_pp": {l: round(v * 100, 3) for l, v in zip(c["layer"], d)},
+               "welch_p": dict(zip(c["layer"], c["p"]))}
+    return Finding(1, claim(1, norm), verdict, detail, numbers, norm)
+
+
+def model_sparsity(training: pd.DataFrame, layer_sparsity: pd.DataFrame) -> pd.DataFrame:
+    """Per model: mean layer sparsity over all layers, test accuracy, gap (train - test)."""
+    s = layer_sparsity.groupby("model_id")["sparsity"].mean().rename("sparsity")
+    t = training.set_index("model_id")[["norm", "train_acc", "test_acc"]]
+    m = t.join(s, how="inner").dropna(subset=["sparsity", "test_acc", "train_acc"])
+    return m.assign(gap=m["train_acc"] - m["test_acc"]).reset_index()
+
+
+def _corr(x: pd.Series, y: pd.Series) -> dict:
+    if x.nunique() < 2 or y.nunique() < 2:
+        return {"pearson_r": math.nan, "pearson_p": math.nan, "spearman_r": math.nan, "spearman_p": math.nan}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p, s = stats.pearsonr(x, y), stats.spearmanr(x, y)
+    return {"pearson_r": float(p[0]), "pearson_p": float(p[1]),
+            "spearman_r": float(s[0]), "spearman_p": float(s[1])}
+
+
+def partial_corr(m: pd.DataFrame, x: str, y: str, group: str = "norm") -> dict:
+    """Pearson r of x and y controlling for `group` (both minus their group means), with its p-value.
+
+    Degrees of freedom n - 2 - (groups - 1): each group mean removed costs one.
+    """
+    rx = m[x] - m.groupby(group)[x].transform("mean")
+    ry = m[y] - m.groupby(group)[y].transform("mean")
+    dof = len(m) - 2 - (m[group].nunique() - 1)
+    if dof < 1 or rx.std() == 0 or ry.std() == 0:
+        return {"pearson_r": math.nan, "pearson_p": math.nan}
+    r = float(np.clip(np.corrcoef(rx, ry)[0, 1], -1, 1))
+    t = r * math.sqrt(dof / max(1 - r * r, 1e-300))
+    return {"pearson_r": r, "pearson_p": float(2 * stats.t.sf(abs(t), dof))}
+
+
+def _significant_signs(c: dict, methods=("pearson", "spearman")) -> set[int]:
+    """Signs (+1/-1) of the correlations in `c` that count (|r| >= R_MIN, p < P_MAX)."""
+    return {int(np.sign(c[f"{m}_r"])) for m in methods if abs(c[f"{m}_r"]) >= R_MIN and c[f"{m}_p"] < P_MAX}
+
+
+def _between_groups_only(m: pd.DataFrame, across: dict[str, dict], partial: dict[str, dict]) -> list[str]:
+    """Measures whose counted correlation does not survive controlling for the normalisation."""
+    if m["norm"].nunique() < 2:
+        return []
+    return [y for y in across if _significant_signs(across[y]) - _significant_signs(partial[y], ("pearson",))]
+
+
+def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame, norm: str = "batch") -> Finding:
+    """Claim 2: sparsity does not correlate with better generalisation (models of `norm` and none)."""
+    if training.empty or layer_sparsity.empty:
+        return _not_evaluated(2, [t for t, d in [("training", training), ("layer_sparsity", layer_sparsity)]
+                                  if d.empty], norm)
+    norms = present_norms(training, layer_sparsity)
+    m = model_sparsity(pair(training, norm), pair(layer_sparsity, norm))
+    if len(m) < MIN_MODELS:
+        return Finding(2, claim(2, norm), "not evaluated",
+                       f"only {len(m)} models with both tables; need {MIN_MODELS}.", norm=norm)
+    test, gap = _corr(m["sparsity"], m["test_acc"]), _corr(m["sparsity"], m["gap"])
+    st, sg = _significant_signs(test), _significant_signs(gap)
+    better, worse = (1 in st or -1 in sg), (-1 in st or 1 in sg)
+    verdict = "not supported" if better else "mixed" if worse else "supported"
+    labels = norm_labels(norms)
+    within = {labels[n]: _corr(g["sparsity"], g["test_acc"])["spearman_r"]
+              for n in (norm, REF) for g in [m[m["norm"] == n]] if len(g) >= 3}
+    partial = {"test_acc": partial_corr(m, "sparsity", "test_acc"), "gap": partial_corr(m, "sparsity", "gap")}
+    setting = "BN setting" if is_paper_pair(norms) else "normalisation"
+    detail = (f"across {len(m)} models, mean layer sparsity vs test accuracy: Pearson r = {test['pearson_r']:.2f} "
+              f"(p = {test['pearson_p']:.3g}), Spearman {test['spearman_r']:.2f} (p = {test['spearman_p']:.3g}); "
+              f"vs generalisation gap: Pearson r = {gap['pearson_r']:.2f} (p = {gap['pearson_p']:.3g}), "
+              f"Spearman {gap['spearman_r']:.2f} (p = {gap['spearman_p']:.3g}). Within one {setting}, "
+              f"Spearman vs test accuracy: " + (", ".join(f"{k} {_num(v)}" for k, v in within.items()) or "n/a") +
+              f". Controlling for the normalisation (partial Pearson): vs test accuracy "
+              f"r = {_num(partial['test_acc']['pearson_r'])} (p = {_p(partial['test_acc']['pearson_p'])}), "
+              f"vs gap r = {_num(partial['gap']['pearson_r'])} (p = {_p(partial['gap']['pearson_p'])}).")
+    f = Finding(2, claim(2, norm), verdict, detail, {"models": len(m), "test_acc": test, "gap": gap,
+                                                     "within_spearman_test_acc": within, "partial": partial}, norm)
+    lost = _between_groups_only(m, {"test_acc": test, "gap": gap}, partial)
+    if lost and verdict in JUDGED:
+        f.verdict = "inconclusive"
+        f.caveats.append(f"the correlation with {' and '.join('test accuracy' if y == 'test_acc' else 'the gap' for y in lost)} "
+                         f"comes only from the difference between the normalisation groups")
+    return f
+
+
+def _num(v: float) -> str:
+    return "n/a (constant)" if pd.isna(v) else f"{v:.2f}"
+
+
+def _nan_note(df: pd.DataFrame) -> str:
+    n = int(df["dbi"].isna().sum()) if len(df) else 0
+    return f" {n} of {len(df)} DBI values NaN (dead layers), left out." if n else ""
+
+
+def finding_purity(class_dbi: pd.DataFrame, kmeans: pd.DataFrame, first_layer: int, norm: str = "batch") -> Finding:
+    """Claim 3: class DBI lower with `norm` in most shown layers; k-means DBI lower at the final layer."""
+    parts, notes, numbers = [], [], {}
+    a, ref = pair_names(norm, present_norms(class_dbi, kmeans))
+    cd = shown(pair(class_dbi, norm), first_layer)
+    c = compare_layers(cd, "dbi", norm)
+    if len(c):
+        seen = c["p"] < P_MAX
+        lower, gap = c["layer"][(c["a"] < c["ref"]) & seen], float((c["ref"] - c["a"]).mean())
+        higher = c["layer"][(c["a"] > c["ref"]) & seen]
+        parts.append(len(lower) > len(c) / 2 and gap > 0)
+        notes.append(f"class DBI lower with {a} in {len(lower)} of {len(c)} shown layers, higher in {len(higher)}, "
+                     f"no detectable difference in {len(c) - len(lower) - len(higher)} "
+                     f"(mean gap {ref} - {a} {gap:+.2f}).{_nan_note(cd)}")
+        numbers["class_dbi"] = {"layers": len(c), "lower": list(lower), "higher": list(higher), "mean_gap": gap,
+                                "welch_p": dict(zip(c["layer"], c["p"]))}
+    k = compare_layers(shown(optimal_k(kmeans), first_layer), "dbi", norm)
+    if len(k):
+        lower, last = k["layer"][(k["a"] < k["ref"]) & (k["p"] < P_MAX)], k.iloc[-1]
+        parts.append(bool(last["a"] < last["ref"] and last["p"] < P_MAX))
+        notes.append(f"k-means DBI at optimal k detectably lower with {a} in {len(lower)} of {len(k)} layers; final "
+                     f"shown layer {last['layer']}: {a} {last['a']:.2f} vs {ref} {last['ref']:.2f} "
+                     f"(Welch p {_p(last['p'])}).")
+        numbers["kmeans_dbi"] = {"layers": len(k), "lower": list(lower), "final_layer": last["layer"],
+                                 "final": float(last["a"]), "final_ref": float(last["ref"]), "final_p": last["p"]}
+    if not parts:
+        return _not_evaluated(3, ["class_dbi", "kmeans"], norm)
+    verdict = "supported" if all(parts) else "not supported" if not any(parts) else "mixed"
+    if len(parts) == 1:
+        notes.append("(only one of the two parts could be evaluated.)")
+    return Finding(3, claim(3, norm), verdict, " ".join(notes), numbers, norm)
+
+
+def _first_reach(curve: pd.Series, n_classes: int):
+    hit = curve[(curve - n_classes).abs() <= K_TOL]
+    return int(hit.index.min()) if len(hit) else None
+
+
+def finding_early_clusters(kmeans: pd.DataFrame, first_layer: int, n_classes: int = N_CLASSES,
+                           norm: str = "batch") -> Finding:
+    """Claim 4: `norm` reaches ~n_classes clusters earlier; early optimal k closer to n_classes."""
+    best = shown(pair(optimal_k(kmeans), norm), first_layer)
+    if best.empty or best["norm"].nunique() < 2:
+        return _not_evaluated(4, ["kmeans"], norm)
+    a, ref = pair_names(norm, present_norms(kmeans))
+    layers = sorted(best["layer_index"].unique())
+    early = layers[: math.ceil(len(layers) / 2)]
+    e = best[best["layer_index"].isin(early)]
+    per_model = (e["k_opt"] - n_classes).abs().groupby([e["norm"], e["model_id"]]).mean()  # over early layers
+    dist = per_model.groupby(level="norm").mean()
+    p = welch_p(per_model.get(norm, []), per_model.get(REF, []))
+    curve = best.groupby(["norm", "layer_index"])["k_opt"].mean()
+    reach = {n: _first_reach(curve.loc[n], n_classes) if n in curve.index.get_level_values(0) else None
+             for n in (norm, REF)}
+    earlier = reach[norm] is not None and (reach[REF] is None or reach[norm] < reach[REF])
+    closer = bool(dist.get(norm, math.inf) < dist.get(REF, math.inf) and p < P_MAX)
+    verdict = "supported" if earlier and closer else "mixed" if earlier or closer else "not supported"
+    kmax = int(kmeans["k"].max())
+    at = {n: "never" if v is None else f"at layer {v}" for n, v in reach.items()}
+    detail = (f"seed-mean optimal k first within +-{K_TOL} of {n_classes} classes {at[norm]} with {a}, "
+              f"{at[REF]} without; mean |optimal k - {n_classes}| "
+              f"over early layers {_names(early)}: {a} {dist.get(norm, math.nan):.2f}, "
+              f"{ref} {dist.get(REF, math.nan):.2f} (Welch p {_p(p)}).")
+    if kmax < n_classes - K_TOL:
+        detail += f" Note: k only goes up to {kmax}, so {n_classes} clusters cannot be found."
+    return Finding(4, claim(4, norm), verdict, detail,
+                   {"first_layer_reaching": {SHORT[n]: v for n, v in reach.items()}, "early_layers": early,
+                    "early_distance": {SHORT[n]: float(v) for n, v in dist.items()}, "welch_p": p}, norm)
+
+
+# ==== conditions that undermine verdicts (design.md: scientific output states its own limits) ====
+
+@dataclass(frozen=True)
+class Condition:
+    text: str  # named next to the verdicts of `claims`
+    claims: tuple[int, ...]
+    undermines: bool = True  # False: named only, the verdict stands
+
+
+ALL = (1, 2, 3, 4)
+
+
+def _tags(r: Results, norm: str) -> dict[str, str]:
+    a, ref = pair_names(norm, r.norms)
+    return {norm: a, REF: ref}
+
+
+def missed_stopping_rule(r: Results, norm: str) -> list[Condition]:
+    """Models that did not stop by their rule: not interpolated, or (early stopping) trained to the cap."""
+    t, e = pair(r.table("training"), norm), r.experiment
+    if t.empty or not {"interpolated", "epochs"} <= set(t):
+        return []
+    interpolate = e.stop == "interpolate"
+    missed = ~t["interpolated"].astype(bool) if interpolate else t["epochs"] >= e.max_epochs
+    why = "not interpolated" if interpolate else f"trained to the {e.max_epochs}-epoch cap without early stopping"
+    return [Condition(f"{int(missed[t['norm'] == n].sum())} of {int((t['norm'] == n).sum())} {tag} models "
+                      f"missed their stopping rule ({why})", ALL)
+            for n, tag in _tags(r, norm).items() if missed[t["norm"] == n].any()]
+
+
+def too_few_seeds(r: Results, norm: str) -> list[Condition]:
+    seeds = {}
+    for df in r.tables.values():
+        if {"norm", "seed"} <= set(df):
+            for n, k in df.groupby("norm")["seed"].nunique().items():
+                seeds[n] = max(seeds.get(n, 0), int(k))
+    return [Condition(f"only {seeds[n]} seed{'s' * (seeds[n] != 1)} of {tag} (need {MIN_SEEDS})", ALL)
+            for n, tag in _tags(r, norm).items() if 0 < seeds.get(n, 0) < MIN_SEEDS]
+
+
+def lr_at_edge(r: Results, norm: str) -> list[Condition]:
+    """The sweep's best learning rate within LR_EDGE (log scale) of an end of lr_range, when the models used it."""
+    trials, t = r.table("hparam_trials"), r.table("training")
+    lo, hi = r.experiment.lr_range
+    if trials.empty or not {"lr", "objective", "norm"} <= set(trials) or hi <= lo:
+        return []
+    out = []
+    for n, tag in _tags(r, norm).items():
+        g = trials[trials["norm"] == n].dropna(subset=["objective", "lr"])
+        if g.empty:
+            continue
+        lr = float(g.loc[g["objective"].idxmax(), "lr"])
+        used = t.empty or "lr" not in t or np.isclose(t.loc[t["norm"] == n, "lr"], lr, rtol=1e-6).any()
+        pos = (math.log(lr) - math.log(lo)) / (math.log(hi) - math.log(lo))  # 0 at lo, 1 at hi
+        if used and (pos <= LR_EDGE or pos >= 1 - LR_EDGE):
+            out.append(Condition(f"the sweep's best learning rate for {tag}, {lr:.3g}, lies at the "
+                                 f"{'low' if pos < 0.5 else 'high'} edge of its search range {lo:g}..{hi:g} "
+                                 f"(widen lr_range)", ALL))
+    return out
+
+
+def mostly_zero_layers(r: Results, norm: str) -> list[Condition]:
+    """Layers above MOSTLY_ZERO zeros (seed mean), and dead channels (zero for every sample at eps 0)."""
+    out, tags = [], _tags(r, norm)
+    ls = at_eps(pair(r.table("layer_sparsity"), norm))
+    if len(ls):
+        m = ls.groupby(["norm", "layer_index", "layer"])["sparsity"].mean().reset_index()
+        m = m[m["sparsity"] > MOSTLY_ZERO]
+        if len(m):
+            out.append(Condition(f"layers above {MOSTLY_ZERO:.0%} zeros: " + ", ".join(
+                f"{tags[x.norm]} {x.layer} {x.sparsity:.0%}" for x in m.itertuples()), (1, 2)))
+    cs = pair(r.table("channel_sparsity"), norm)
+    cs = cs[cs["eps"] == 0] if "eps" in cs else cs
+    dead = cs[cs["sparsity"] >= 1.0] if len(cs) else cs
+    if len(dead):
+        n = dead.groupby(["norm", "layer_index", "layer"]).size().reset_index(name="n")
+        models = cs.groupby("norm")["model_id"].nunique()
+        out.append(Condition("dead channels (over all models): " + ", ".join(
+            f"{tags[x.norm]} {x.layer} {x.n} of {models[x.norm]} models x channels" for x in n.itertuples()),
+            ALL, undermines=False))
+    return out
+
+
+def conditions(r: Results, norm: str) -> list[Condition]:
+    """Everything in `r` that undermines the verdicts on `norm` against none."""
+    return [c for check in (missed_stopping_rule, too_few_seeds, lr_at_edge, mostly_zero_layers)
+            for c in check(r, norm)]
+
+
+def with_conditions(f: Finding, conds: list[Condition]) -> Finding:
+    """`f` with the conditions on its claim named; an undermined verdict becomes inconclusive."""
+    mine = [c for c in conds if f.number in c.claims]
+    if not mine or f.verdict == "not evaluated":
+        return f
+    verdict = "inconclusive" if f.verdict in JUDGED and any(c.undermines for c in mine) else f.verdict
+    return dataclasses.replace(f, verdict=verdict, caveats=f.caveats + [c.text for c in mine])
+
+
+def judged_norms(r: Results) -> list[str]:
+    """The normalisations judged against none (the paper: batch)."""
+    return [n for n in r.norms if n != REF] or ["batch"]
+
+
+def findings(r: Results) -> list[Finding]:
+    """The four claims for each normalisation against none, with the conditions that undermine them."""
+    first, out = r.experiment.first_shown_layer, []
+    ls = at_eps(r.table("layer_sparsity"))
+    for n in judged_norms(r):
+        conds = conditions(r, n)
+        fs = [finding_sparsity(ls, n), finding_generalisation(r.table("training"), ls, n),
+              finding_purity(r.table("class_dbi"), r.table("kmeans"), first, n),
+              finding_early_clusters(r.table("kmeans"), first, r.n_classes, n)]
+        out += [with_conditions(f, conds) for f in fs]
+    return out
+
+
+def finding_sparsity_across(per_exp: dict[str, Finding]) -> Finding:
+    """Claim 1 across experiments: does a norm's dominant direction differ between experiments?"""
+    dirs, norm = {}, next(iter(per_exp.values())).norm if per_exp else "batch"
+    a = SHORT.get(norm, norm)
+    for name, f in per_exp.items():
+        if f.verdict != "not evaluated":
+            more, less = len(f.numbers["sparser"]), len(f.numbers["less_sparse"])
+            dirs[name] = "sparser" if more > less else "less sparse" if less > more else "neither"
+    if not dirs:
+        return _not_evaluated(1, ["layer_sparsity"], norm)
+    same = len(set(dirs.values())) == 1 and "neither" not in dirs.values()
+    all_consistent = all(per_exp[n].verdict == "not supported" for n in dirs)
+    verdict = "supported" if not same else "not supported" if all_consistent else "mixed"
+    detail = "direction in most layers: " + "; ".join(f"{n}: {a} {d}" for n, d in dirs.items()) + "."
+    caveats = [f"{n}: {f.verdict_text}" for n, f in per_exp.items() if f.verdict == "inconclusive"]
+    if caveats and verdict in JUDGED:
+        verdict = "inconclusive"
+    return Finding(1, claim(1, norm) + " (across experiments)", verdict, detail, {"direction": dirs}, norm, caveats)

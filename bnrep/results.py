@@ -1,0 +1,204 @@
+"""One experiment's result tables in memory, and the normalisation axis they are read along.
+
+The vocabulary every report part shares (one home): the order, colour, label
+and short tag of each normalisation; the `Results` container; seed means and
+standard deviations (pandas' sample std, ddof=1); the optimal-k rows of the
+kmeans table; the rankings of several normalisations and the side-by-side
+table of several architectures. No file access (bnrep.report loads) and no
+plotting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from bnrep.experiments import Experiment
+from bnrep.store import with_norm
+
+N_CLASSES = 10  # every dataset here has 10 classes
+
+# ==== the normalisation axis: one colour, label and tag per norm, everywhere ====
+
+NORMS = ("batch", "group", "layer", "none")  # display order; `none` is the reference
+REF = "none"
+COLORS = {"batch": "tab:blue", "none": "tab:orange", "group": "tab:green", "layer": "tab:purple"}  # paper: blue/orange
+SHORT = {"batch": "BN", "group": "GN", "layer": "LN", "none": "NBN"}
+NORM_NAMES = {"batch": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm", "none": "no norm"}
+
+
+def is_paper_pair(norms) -> bool:
+    """Only BatchNorm and no normalisation: the paper's study, worded as the paper words it."""
+    return set(norms) <= {"batch", "none"}
+
+
+def norm_labels(norms) -> dict[str, str]:
+    """Legend labels; 'no BatchNorm' while the study is the paper's pair."""
+    return {**NORM_NAMES, "none": "no BatchNorm" if is_paper_pair(norms) else "no norm"}
+
+
+def ordered(norms) -> list[str]:
+    return sorted(set(norms), key=lambda n: NORMS.index(n) if n in NORMS else len(NORMS))
+
+
+def present_norms(*dfs: pd.DataFrame) -> list[str]:
+    return ordered({n for df in dfs if "norm" in df for n in df["norm"].dropna().unique()})
+
+
+def pair_names(norm: str, norms) -> tuple[str, str]:
+    """How the evidence names the two sides: ('BN', 'no BN') or ('GN', 'no norm')."""
+    return SHORT[norm], "no BN" if is_paper_pair(norms) else "no norm"
+
+
+# ==== one experiment's tables ====
+
+@dataclass(eq=False)
+class Results:
+    """One experiment's tables (empty DataFrame where a table is missing) and its config.json record."""
+    experiment: Experiment
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    n_classes: int = N_CLASSES
+    config: dict = field(default_factory=dict)  # the stage hashes of config.json: train_hash, analysis_hash
+
+    def __post_init__(self) -> None:
+        self.tables = {k: with_norm(v.copy()) for k, v in self.tables.items() if v is not None}
+
+    def table(self, name: str) -> pd.DataFrame:
+        df = self.tables.get(name)
+        return df if df is not None else pd.DataFrame()
+
+    @property
+    def norms(self) -> list[str]:
+        """Normalisations with results, else those the experiment lists."""
+        have = present_norms(*self.tables.values())
+        return have or ordered(self.experiment.norms)
+
+    @property
+    def label(self) -> str:
+        return experiment_label(self.experiment)
+
+
+def model_label(arch: str, dataset: str) -> str:
+    """As in the paper's Table 1: 'CNN MNIST', 'VGG-16 CIFAR10'."""
+    arch = {"cnn": "CNN", "vgg16": "VGG-16", "resnet18": "ResNet-18"}.get(arch, arch)
+    data = {"digits": "Digits", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
+            "cifar10": "CIFAR10", "synthetic": "Synthetic"}.get(dataset, dataset)
+    return f"{arch} {data}"
+
+
+def experiment_label(e: Experiment) -> str:
+    return model_label(e.arch, e.dataset)
+
+
+# ==== aggregation ====
+
+def seed_stats(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
+    """mean, std (ddof=1), n (non-NaN) and n_nan of `value` per `keys`, over seeds."""
+    g = df.groupby(keys, sort=True)[value]
+    s = g.agg(mean="mean", std="std", n="count", size="size").reset_index()
+    s["n_nan"] = s.pop("size") - s["n"]
+    return s
+
+
+def n_seeds(df: pd.DataFrame) -> dict[str, int]:
+    return {n: int(k) for n, k in df.groupby("norm")["seed"].nunique().items()} if len(df) else {}
+
+
+def seeds_text(df: pd.DataFrame) -> str:
+    n = n_seeds(df)
+    if len(set(n.values())) == 1:
+        k = next(iter(n.values()))
+        return f"{k} seed" + ("s" if k != 1 else "")
+    return " / ".join(f"{n[m]} ({SHORT.get(m, m)})" for m in ordered(n)) + " seeds"
+
+
+def shown(df: pd.DataFrame, first_layer: int) -> pd.DataFrame:
+    return df[df["layer_index"] >= first_layer] if len(df) else df
+
+
+def at_eps(df: pd.DataFrame) -> pd.DataFrame:
+    """Sparsity rows at the smallest threshold (the paper's exact zero when eps = 0 was asked)."""
+    return df[df["eps"] == df["eps"].min()] if len(df) and "eps" in df else df
+
+
+def optimal_k(kmeans: pd.DataFrame) -> pd.DataFrame:
+    """Per model and layer, the optimal k (the analysis stage's `optimal` row) and its DBI.
+
+    The analysis stage marks at most one row per (model, layer) and none for a
+    dead layer (every DBI NaN), so such a layer has no row here.
+    """
+    cols = ["model_id", "bn", "norm", "seed", "layer", "layer_index", "k_opt", "dbi"]
+    if kmeans.empty or "optimal" not in kmeans:
+        return pd.DataFrame(columns=cols)
+    best = kmeans[kmeans["optimal"].astype(bool)].sort_values(["model_id", "layer_index"])
+    return best.rename(columns={"k": "k_opt"})[cols].reset_index(drop=True)
+
+
+def pair(df: pd.DataFrame, norm: str) -> pd.DataFrame:
+    """The rows of `norm` and of the reference (none)."""
+    return df[df["norm"].isin([norm, REF])] if len(df) else df
+
+
+# ==== rankings: several normalisations side by side ====
+
+def _ranked(s: pd.DataFrame, lowest_first: bool, fmt: str) -> str:
+    """'1. GN 0.80 ± 0.01; 2. BN 0.85 ± 0.02' from seed_stats rows keyed by norm."""
+    s = s.dropna(subset=["mean"]).sort_values("mean", ascending=lowest_first)
+    sd = lambda v: "n/a" if pd.isna(v) else format(v, fmt)  # noqa: E731  one seed: no std
+    return "; ".join(f"{i}. {SHORT.get(r.norm, r.norm)} {r.mean:{fmt}} ± {sd(r.std)}"
+                     for i, r in enumerate(s.itertuples(), start=1))
+
+
+def rankings(r: Results) -> list[list[str]]:
+    """[measure, ranking best first with mean ± std over seeds]; empty with two normalisations or fewer."""
+    if len(r.norms) <= 2:
+        return []
+    rows = []
+    t = r.table("training")
+    if len(t):
+        rows.append(["best test accuracy (%, per model)",
+                     _ranked(seed_stats(t.assign(pct=t["test_acc"] * 100), ["norm"], "pct"), False, ".2f")])
+    ls = at_eps(r.table("layer_sparsity"))
+    if len(ls):
+        per_model = _per_model(ls, "sparsity")
+        rows.append(["sparsest layers (mean layer sparsity over layers, %)",
+                     _ranked(seed_stats(per_model.assign(pct=per_model["sparsity"] * 100), ["norm"], "pct"),
+                             False, ".1f")])
+    cd = shown(r.table("class_dbi"), r.experiment.first_shown_layer)
+    for (li, name), g in cd.groupby(["layer_index", "layer"]) if len(cd) else []:
+        rows.append([f"purest class clusters, {name} (class DBI, lower first)",
+                     _ranked(seed_stats(g, ["norm"], "dbi"), True, ".3f")])
+    return rows
+
+
+def fmt_pm(mean: float, std: float, digits: int = 3) -> str:
+    s = "n/a" if pd.isna(std) else f"{std:.{digits}f}"  # one seed: no std
+    return f"{mean:.{digits}f} ± {s}"
+
+
+def side_by_side(rs: list[Results]) -> tuple[list[str], list[list[str]]]:
+    """Architectures side by side: a row per (measure, norm), a column per experiment; mean ± std over seeds."""
+    measures = [("test accuracy (%)", lambda r: r.table("training"), "test_acc", 100, 2),
+                ("mean layer sparsity (%)", lambda r: _per_model(at_eps(r.table("layer_sparsity")), "sparsity"),
+                 "sparsity", 100, 1),
+                ("class DBI, last layer", lambda r: _last_layer(r.table("class_dbi")), "dbi", 1, 3)]
+    norms = ordered({n for r in rs for n in r.norms})
+    rows = []
+    for name, get, col, scale, digits in measures:
+        for n in norms:
+            cells = []
+            for r in rs:
+                d = get(r)
+                d = d[d["norm"] == n] if len(d) else d
+                cells.append(fmt_pm(d[col].mean() * scale, d[col].std() * scale, digits) if len(d) else "-")
+            rows.append([name, SHORT[n]] + cells)
+    return ["measure", "norm"] + [f"{r.experiment.name} ({r.label})" for r in rs], rows
+
+
+def _per_model(df: pd.DataFrame, col: str) -> pd.DataFrame:
+    return df.groupby(["norm", "model_id"], as_index=False)[col].mean() if len(df) else df
+
+
+def _last_layer(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["layer_index"] == df["layer_index"].max()] if len(df) else df
