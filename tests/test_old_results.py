@@ -1,0 +1,57 @@
+"""Results written before the norm axis (bnrep 0.1.0, commit f0f5254: no
+`norm` column, `eps` a number, no model sha256) still report, show their
+status and resume: a rerun finds every model and every part complete.
+
+The fixture is `bnrep run --experiment synthetic-cnn --paper-hparams` as
+that code wrote it (config.json, results/, train/models/).
+"""
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from bnrep import flags
+from bnrep.status import stage_status
+from bnrep.store import Store
+from tests.conftest import ROOT
+
+OLD = ROOT / "tests" / "fixtures" / "results_v0_1_0"
+
+
+def tree(path):
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def out(tmp_path):
+    shutil.copytree(OLD, tmp_path / "runs")
+    return tmp_path / "runs"
+
+
+def test_old_parts_read_with_a_norm_column(out):
+    store = Store(str(out), "synthetic-cnn")
+    assert "norm" not in pd.read_parquet(out / "synthetic-cnn/results/training").columns  # truly old
+    for table in ("training", "layer_sparsity", "kmeans"):
+        df = store.read_table(table)
+        assert (df["norm"] == df["bn"].map({True: "batch", False: "none"})).all(), table
+
+
+def test_old_results_resume_without_work(out, capsys):
+    before = tree(out)
+    args = ["--experiment", "synthetic-cnn", "--out", str(out)]
+    assert flags.run_stage("final", [*args, "--paper-hparams"]) == 0
+    assert flags.run_stage("analysis", args) == 0
+    printed = capsys.readouterr().out
+    assert "[final] 4 of 4 models already trained" in printed
+    assert "4 models complete, 0 tasks to run" in printed
+    assert tree(out) == before  # same hashes as then: nothing refused, nothing recomputed
+
+
+def test_old_results_status_and_report(out, capsys):
+    rows = {s: (state, detail) for s, state, detail in stage_status(str(out), "synthetic-cnn")}
+    assert rows["final"] == ("complete", "4/4 models trained")
+    assert rows["analysis"][0] == "complete"
+    assert flags.run_stage("report", ["--experiment", "synthetic-cnn", "--out", str(out)]) == 0
+    md = (out / "synthetic-cnn/report/report.md").read_text()
+    assert "BatchNorm" in md and "| BN |" in md and "| NBN |" in md
