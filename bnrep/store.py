@@ -42,6 +42,15 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
     kmeans             model x layer x k; part = <model_id>-<layer>
         model_id, bn, norm, seed, layer, layer_index, k, dbi, inertia,
         optimal (the k with the lowest DBI: chosen here, once), dbi_reason
+    nc1                model x layer; part = <model_id>-<layer>
+        model_id, bn, norm, seed, layer, layer_index, value, reason
+        (within-class variability collapse, Papyan et al. 2020; NaN + reason where undefined)
+    effective_rank     model x layer; part = <model_id>-<layer>
+        model_id, bn, norm, seed, layer, layer_index, value, reason (Roy & Vetterli 2007)
+    cka                model pair x layer; part = <layer>-<model_a>-<model_b>
+        model_a, model_b, norm_a, norm_b, seed_a, seed_b, layer, layer_index, cka
+        (linear CKA, Kornblith et al. 2019, of the reduced representations of the
+        clustering samples; every pair of norms at one seed, every pair of seeds in one norm)
 
 Every part carries provenance in its schema metadata (`provenance`): bnrep
 version, git commit, the stage hash of config.json it was computed under
@@ -69,7 +78,7 @@ import bnrep
 @dataclass(frozen=True)
 class Table:
     stage: str  # the stage that writes it: hparam | final | analysis
-    part: str  # one part per: norm | model | layer (model and layer) | samples
+    part: str  # one part per: norm | model | layer (model and layer) | pair (layer, two models) | samples
     keys: tuple[str, ...]  # columns that identify a row
 
 
@@ -82,6 +91,9 @@ TABLES: dict[str, Table] = {  # the schema is in the module docstring
     "layer_sparsity": Table("analysis", "model", ("model_id", "layer_index", "eps")),
     "class_dbi": Table("analysis", "layer", ("model_id", "layer_index")),
     "kmeans": Table("analysis", "layer", ("model_id", "layer_index", "k")),
+    "nc1": Table("analysis", "layer", ("model_id", "layer_index")),
+    "effective_rank": Table("analysis", "layer", ("model_id", "layer_index")),
+    "cka": Table("analysis", "pair", ("layer_index", "model_a", "model_b")),
 }
 
 
