@@ -11,6 +11,7 @@ bnrep's lines.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 
 from bnrep.store import Store, is_uri
@@ -36,8 +37,8 @@ def ray_session(address: str | None):
     if not ray.is_initialized():
         if address:
             ray.init(address=address, **quiet)
-        else:  # token auth, as Ray now defaults to; said explicitly so Ray need not warn about it
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
+        else:  # Ray turns token auth on for a private cluster by default and warns that it did: as wanted
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(include_dashboard=False, **quiet)
         started = True
     try:
