@@ -4,13 +4,15 @@
 results were made with:
 
     {"experiment": {...resolved Experiment...}, "train_hash": "...",
-     "analysis_hash": "...", "bnrep_version": "...", "git_commit": "...", "written": "..."}
+     "analysis_hash": "...", "table_hashes": {"kmeans": "...", ...},
+     "bnrep_version": "...", "git_commit": "...", "written": "..."}
 
 `train_hash` covers every field that changes the models, `analysis_hash`
-every field that changes the measurements too. They are the only
-configuration hashes: every Parquet part carries one of them as its
-`config_hash` (training tables: train_hash; analysis tables: analysis_hash),
-and the report shows them, so a report traces to the parts it read.
+every field that changes the measurements too, and `table_hashes` what each
+analysis table depends on (TABLE_FIELDS). They are the only configuration
+hashes: every Parquet part carries one as its `config_hash` (training tables:
+train_hash; each analysis table: its table hash), and the report shows them,
+so a report traces to the parts it read.
 """
 
 from __future__ import annotations
@@ -60,6 +62,33 @@ class RunOptions:
         return RunOptions(**{**vars(self), "data_root": root})
 
 
+# What each analysis table depends on besides the models (train_hash). A part
+# carries its table's hash (`table_hashes`), so a change that leaves a table's
+# fields alone (more eps thresholds; a new measure) recomputes only the rest.
+TABLE_FIELDS = {
+    "samples": ("samples_sparsity", "samples_cluster"),
+    "channel_sparsity": ("samples_sparsity", "eps"),
+    "layer_sparsity": ("samples_sparsity", "eps"),
+    "class_dbi": ("samples_cluster",),
+    "kmeans": ("samples_cluster", "k_min", "k_max", "n_init"),
+    "nc1": ("samples_cluster",),
+    "effective_rank": ("samples_cluster",),
+    "cka": ("samples_cluster",),
+}
+
+
+def _hash(x) -> str:
+    return hashlib.sha256(json.dumps(x, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+def table_hashes(exp: Experiment) -> dict[str, str]:
+    """The hash each analysis table's parts carry (recorded in config.json): the
+    train hash and the fields the table depends on."""
+    train = stage_hashes(exp)["train_hash"]
+    return {t: _hash({"train_hash": train, **{f: getattr(exp, f) for f in fields}})
+            for t, fields in TABLE_FIELDS.items()}
+
+
 def stage_hashes(exp: Experiment) -> dict[str, str]:
     """{"train_hash", "analysis_hash"} of `exp`; fields added since the first
     results were written hash as they did then (one eps: the number), so
@@ -70,11 +99,7 @@ def stage_hashes(exp: Experiment) -> dict[str, str]:
     if len(d["eps"]) == 1:
         d["eps"] = d["eps"][0]
     train = {k: v for k, v in d.items() if k not in ANALYSIS_FIELDS}
-
-    def h(x):
-        return hashlib.sha256(json.dumps(x, sort_keys=True, default=list).encode()).hexdigest()[:12]
-
-    return {"train_hash": h(train), "analysis_hash": h(d)}
+    return {"train_hash": _hash(train), "analysis_hash": _hash(d)}
 
 
 # ==== config.json ====
@@ -120,7 +145,8 @@ def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
     results of a different configuration. Returns the configuration record
     to write (write_config) once the stage starts work."""
     hashes = stage_hashes(exp)
-    record = {"experiment": exp.to_dict(), **hashes, "bnrep_version": bnrep.__version__,
+    record = {"experiment": exp.to_dict(), **hashes, "table_hashes": table_hashes(exp),
+              "bnrep_version": bnrep.__version__,
               "git_commit": git_commit(), "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     if fresh:
         for rel in FRESH[stage]:
@@ -131,13 +157,24 @@ def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
     old = store.read_json("config.json")
     keys = ["train_hash"] + (["analysis_hash"] if stage == "analysis" else [])
     for key in keys:
-        if old.get(key) != hashes[key]:
+        if old.get(key) != hashes[key] and not (key == "analysis_hash" and adds_only(old, exp)):
             diff = describe_diff(old.get("experiment", {}), exp.to_dict())
             what = "training" if key == "train_hash" else "analysis"
             raise UsageError(
                 f"{store.out}/{exp.name} holds {what} results of a different configuration ({diff}); "
                 f"use another --out, the same flags as before, or --fresh to start over")
     return record
+
+
+def adds_only(old: dict, exp: Experiment) -> bool:
+    """The analysis change only adds to what is there (more eps thresholds):
+    nothing computed before is replaced, so the rerun computes the rest."""
+    before = old.get("experiment", {})
+    changed = [f for f in ANALYSIS_FIELDS
+               if json.dumps(before.get(f), default=list) != json.dumps(getattr(exp, f), default=list)]
+    old_eps = before.get("eps", 0.0)
+    old_eps = set(old_eps) if isinstance(old_eps, list) else {old_eps}
+    return changed == ["eps"] and old_eps <= set(exp.eps)
 
 
 def describe_diff(old: dict, new: dict) -> str:

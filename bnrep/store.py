@@ -229,11 +229,14 @@ class Store:
         except (OSError, pa.ArrowInvalid, ValueError):
             return None
 
-    def has_part(self, table: str, part: str, config_hash: str | None = None) -> bool:
+    def has_part(self, table: str, part: str, config_hash: str | tuple[str, ...] | None = None) -> bool:
+        """A complete, readable part (computed under `config_hash`, or one of several)."""
         md = self.part_metadata(table, part)
-        return md is not None and (config_hash is None or md.get("config_hash") == config_hash)
+        if md is None or config_hash is None:
+            return md is not None
+        return md.get("config_hash") in ((config_hash,) if isinstance(config_hash, str) else config_hash)
 
-    def parts(self, table: str, config_hash: str | None = None) -> list[str]:
+    def parts(self, table: str, config_hash: str | tuple[str, ...] | None = None) -> list[str]:
         """Names of the parts of `table` that are complete and readable (and, given
         `config_hash`, computed under it)."""
         names = [n[: -len(".parquet")] for n in self.list_dir(f"results/{table}")

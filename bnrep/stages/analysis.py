@@ -1,53 +1,70 @@
 """Stage 3: measure every trained model's representations with Ray tasks.
 
 One task per model extracts the post-ReLU representations of the analysis
-samples (GPU when the cluster has one) and writes sparsity (paper eq. 3-4);
-its outputs are the per-layer N x C reduced representations (eq. 5), one
-object per layer. One task per (model, layer) then computes the class-based
-DBI and the k-means sweep k = 2..15 with the DBI of each k and the optimal k
-(paper 3.3). The sampled images travel to the tasks once, through the object
-store; no task reloads the dataset.
+samples (GPU when the cluster has one) and writes sparsity at every eps
+threshold (paper eq. 3-4, one pass); its outputs are the per-layer N x C
+reduced representations (eq. 5), one object per layer, never written to
+disk. One task per (model, layer) then computes the class-based DBI, the
+k-means sweep k = 2..15 with the DBI of each k and the optimal k (paper 3.3),
+NC1 and the effective rank; one task per (layer, pair of models) the linear
+CKA. The sampled images travel to the tasks once, through the object store.
+
+Each analysis table's parts carry that table's hash (bnrep.config.TABLE_FIELDS),
+so a rerun with more eps thresholds, or with measures added since, computes
+only what is missing: no retraining, no second k-means sweep.
 
 Writes, under <out>/<experiment>/results/ (one Parquet part per task; schema
-in bnrep.store): samples/, channel_sparsity/, layer_sparsity/, class_dbi/, kmeans/.
+in bnrep.store): samples, channel_sparsity, layer_sparsity, class_dbi, kmeans,
+nc1, effective_rank, cka.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
 from bnrep.checkpoints import ModelFileError, load_model
-from bnrep.config import (RunOptions, UsageError, header, open_store, prepare, stage_hashes,
+from bnrep.config import (RunOptions, UsageError, header, open_store, prepare, stage_hashes, table_hashes,
                           with_trained_config, write_config)
 from bnrep.data import check_data, load_data
 from bnrep.experiments import Experiment
 from bnrep.kmeans import optimal_k, sweep_kmeans
-from bnrep.metrics import channel_sparsity, davies_bouldin, layer_sparsity
-from bnrep.models import build_model
+from bnrep.metrics import channel_sparsity, davies_bouldin, effective_rank, layer_sparsity, linear_cka, nc1
+from bnrep.models import NORMS, build_model
 from bnrep.progress import wait_tasks
 from bnrep.raysession import check_shared_out, default_gpus, node_id, ray_session
 from bnrep.represent import AnalysisSamples, extract_representations
-from bnrep.store import Store
+from bnrep.store import Store, tables
 from bnrep.train import best_device
 
 
 # ==== the work of one task ====
+LAYER_WORK = {"clustering": ("class_dbi", "kmeans"), "measures": ("nc1", "effective_rank")}  # task part -> tables
+
+
 def model_keys(row: dict) -> dict:
     """The columns that name a model in every analysis table."""
     return {"model_id": row["model_id"], "bn": row["norm"] == "batch", "norm": row["norm"], "seed": row["seed"]}
 
 
 def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, n_sparsity: int,
-            analysis_hash: str) -> list[np.ndarray]:
+            hashes: dict[str, str] | None) -> list[np.ndarray]:
     """Extract one model's representations of `images` (the analysis samples,
-    in order); write its sparsity parts; return one (N, C) float32 array per probe layer."""
+    in order); write its sparsity parts (unless `hashes` is None: only the
+    arrays are wanted); return one (N, C) float32 array per probe layer."""
     store, device = Store(out, exp.name), best_device()
     model = load_model(store, row["model_id"], exp, images.shape[1], device)
     reps = extract_representations(model, images, n_sparsity, exp.eps, device=device)  # every eps, one pass
-    keys = model_keys(row)
-    chan, lay = [], []
+    if hashes is not None:
+        write_sparsity(store, exp, row, reps, hashes)
+    return [r.reduced.numpy() for r in reps]
+
+
+def write_sparsity(store: Store, exp: Experiment, row: dict, reps, hashes: dict[str, str]) -> None:
+    keys, chan, lay = model_keys(row), [], []
     for r in reps:
         for i, eps in enumerate(exp.eps):
             s = channel_sparsity(r.zero_counts[i], r.values_per_channel)
@@ -57,27 +74,54 @@ def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, n_sparsi
                         "sparsity": layer_sparsity(r.zero_counts[i], r.values_per_channel),
                         "dead_channels": int((s == 1.0).sum())})  # zero for every sample
     node = node_id()  # provenance: which machine measured it
-    store.write_part("channel_sparsity", row["model_id"], pd.concat(chan, ignore_index=True), analysis_hash,
-                     node_id=node)
-    store.write_part("layer_sparsity", row["model_id"], pd.DataFrame(lay), analysis_hash, node_id=node)
-    return [r.reduced.numpy() for r in reps]
+    store.write_part("channel_sparsity", row["model_id"], pd.concat(chan, ignore_index=True),
+                     hashes["channel_sparsity"], node_id=node)
+    store.write_part("layer_sparsity", row["model_id"], pd.DataFrame(lay), hashes["layer_sparsity"], node_id=node)
 
 
-def cluster(out: str, exp: Experiment, row: dict, layer: str, index: int, X: np.ndarray,
-            y: np.ndarray, backend: str, analysis_hash: str) -> None:
-    """Class-based DBI, the k-means sweep and the optimal k for one (model, layer)."""
+def layer_task(out: str, exp: Experiment, row: dict, layer: str, index: int, X: np.ndarray, y: np.ndarray,
+               work: tuple[str, ...], backend: str, hashes: dict[str, str]) -> None:
+    """One (model, layer) on the clustering samples: 'clustering' = class-based DBI,
+    the k-means sweep and the optimal k; 'measures' = NC1 and effective rank."""
     store = Store(out, exp.name)
     Xt = torch.tensor(X[: len(y)], device=best_device())  # the clustering samples lead the extracted rows
+    yt = torch.tensor(y, device=Xt.device)
     keys = {**model_keys(row), "layer": layer, "layer_index": index}
-    dbi, reason = davies_bouldin(Xt, torch.tensor(y, device=Xt.device))
-    results = sweep_kmeans(Xt, exp.k_min, exp.k_max, n_init=exp.n_init, seed=row["seed"], backend=backend)
-    best = optimal_k(results)  # the one place the optimal k is chosen
-    km = pd.DataFrame([{**keys, "k": r.k, "dbi": r.dbi, "inertia": r.inertia, "optimal": r is best,
-                        "dbi_reason": r.dbi_reason or ""} for r in results])
-    part = f"{row['model_id']}-{layer}"
-    store.write_part("kmeans", part, km, analysis_hash, node_id=node_id())
-    store.write_part("class_dbi", part, pd.DataFrame([{**keys, "dbi": dbi, "dbi_reason": reason or ""}]),
-                     analysis_hash, node_id=node_id())
+    part, node = f"{row['model_id']}-{layer}", node_id()
+    if "clustering" in work:
+        dbi, reason = davies_bouldin(Xt, yt)
+        results = sweep_kmeans(Xt, exp.k_min, exp.k_max, n_init=exp.n_init, seed=row["seed"], backend=backend)
+        best = optimal_k(results)  # the one place the optimal k is chosen
+        km = pd.DataFrame([{**keys, "k": r.k, "dbi": r.dbi, "inertia": r.inertia, "optimal": r is best,
+                            "dbi_reason": r.dbi_reason or ""} for r in results])
+        store.write_part("kmeans", part, km, hashes["kmeans"], node_id=node)
+        store.write_part("class_dbi", part, pd.DataFrame([{**keys, "dbi": dbi, "dbi_reason": reason or ""}]),
+                         hashes["class_dbi"], node_id=node)
+    if "measures" in work:
+        for table, (value, reason) in (("nc1", nc1(Xt, yt)), ("effective_rank", effective_rank(Xt))):
+            store.write_part(table, part, pd.DataFrame([{**keys, "value": value, "reason": reason or ""}]),
+                             hashes[table], node_id=node)
+
+
+def cka_task(out: str, exp: Experiment, a: dict, b: dict, layer: str, index: int, Xa: np.ndarray,
+             Xb: np.ndarray, n: int, cka_hash: str) -> None:
+    """Linear CKA between two models' reduced representations of one layer (the n clustering samples)."""
+    store, dev = Store(out, exp.name), best_device()
+    value = linear_cka(torch.tensor(Xa[:n], device=dev), torch.tensor(Xb[:n], device=dev))
+    row = {"model_a": a["model_id"], "model_b": b["model_id"], "norm_a": a["norm"], "norm_b": b["norm"],
+           "seed_a": a["seed"], "seed_b": b["seed"], "layer": layer, "layer_index": index, "cka": value}
+    store.write_part("cka", cka_part(layer, a, b), pd.DataFrame([row]), cka_hash, node_id=node_id())
+
+
+def cka_part(layer: str, a: dict, b: dict) -> str:
+    return f"{layer}-{a['model_id']}-{b['model_id']}"
+
+
+def cka_pairs(models: pd.DataFrame) -> list[tuple[dict, dict]]:
+    """Every pair of norms at one seed, and every pair of seeds within one norm (the baseline)."""
+    rows = sorted(models.to_dict("records"), key=lambda r: (NORMS.index(r["norm"]), r["seed"]))
+    return [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]
+            if (a["seed"] == b["seed"]) != (a["norm"] == b["norm"])]
 
 
 # ==== the plan ====
@@ -101,17 +145,39 @@ def check_k_max(exp: Experiment, n_cluster: int) -> None:
         raise UsageError(f"--k-max {exp.k_max} must be below the number of clustering samples ({n_cluster})")
 
 
-def unfinished(store: Store, models: pd.DataFrame, probes: list[tuple[str, int]], h: str) -> list:
-    """(row, probes whose clustering parts are missing) of every model with work left."""
-    todo = []
+@dataclass
+class Plan:
+    """What is left to compute; everything else has a current part."""
+    sparsity: set[str] = field(default_factory=set)  # models whose sparsity parts are missing
+    layers: dict[str, list] = field(default_factory=dict)  # model id -> [(layer, index, work)]
+    cka: list = field(default_factory=list)  # (row a, row b, layer, index)
+
+    def extract(self) -> set[str]:
+        """Models that need a forward pass."""
+        return (self.sparsity | set(self.layers) | {r["model_id"] for a, b, *_ in self.cka for r in (a, b)})
+
+    def n_tasks(self) -> int:
+        return len(self.extract()) + sum(map(len, self.layers.values())) + len(self.cka)
+
+
+def plan(store: Store, exp: Experiment, models: pd.DataFrame, probes: list[tuple[str, int]]) -> Plan:
+    """Compare the store with what the experiment needs. A part is current when it
+    carries its table's hash, or the whole analysis hash (parts written before
+    tables had their own hashes)."""
+    th, ah = table_hashes(exp), stage_hashes(exp)["analysis_hash"]
+    have = lambda t, part: store.has_part(t, part, (th[t], ah))  # noqa: E731
+    p = Plan()
     for row in models.to_dict("records"):
         mid = row["model_id"]
-        missing = [p for p in probes if not (store.has_part("kmeans", f"{mid}-{p[0]}", h)
-                                             and store.has_part("class_dbi", f"{mid}-{p[0]}", h))]
-        sparse_done = store.has_part("channel_sparsity", mid, h) and store.has_part("layer_sparsity", mid, h)
-        if missing or not sparse_done:
-            todo.append((row, missing))
-    return todo
+        if not (have("channel_sparsity", mid) and have("layer_sparsity", mid)):
+            p.sparsity.add(mid)
+        for name, index in probes:
+            work = tuple(w for w, tables in LAYER_WORK.items() if not all(have(t, f"{mid}-{name}") for t in tables))
+            if work:
+                p.layers.setdefault(mid, []).append((name, index, work))
+    p.cka = [(a, b, name, index) for a, b in cka_pairs(models) for name, index in probes
+             if not have("cka", cka_part(name, a, b))]
+    return p
 
 
 # ==== the stage ====
@@ -138,34 +204,38 @@ def run(exp: Experiment, opts: RunOptions) -> int:
 
     # ==== skip complete work ====
     probes = [(p.name, p.index) for p in build_model(exp.arch, "none", data.channels).probes()]
-    h = stage_hashes(exp)["analysis_hash"]
-    todo = unfinished(store, models, probes, h)
-    n_tasks = sum(1 + len(m) for _, m in todo)
-    print(f"[analysis] {len(models)} models x {len(probes)} layers; {len(models) - len(todo)} models complete, "
-          f"{n_tasks} tasks to run", flush=True)
-    if not todo:
+    todo = plan(store, exp, models, probes)
+    print(f"[analysis] {len(models)} models x {len(probes)} layers; {len(models) - len(todo.extract())} models "
+          f"complete, {todo.n_tasks()} tasks to run", flush=True)
+    if not todo.n_tasks():
         return 0
     write_config(store, record)
-    if not store.has_part("samples", "indices", h):
-        store.write_part("samples", "indices", samples.table(), h)
+    hashes = table_hashes(exp)
+    if not store.has_part("samples", "indices", (hashes["samples"], stage_hashes(exp)["analysis_hash"])):
+        store.write_part("samples", "indices", samples.table(), hashes["samples"])
 
-    # ==== Ray tasks: extract per model, cluster per (model, layer) ====
+    # ==== Ray tasks: extract per model; per (model, layer); CKA per (layer, pair) ====
     with ray_session(opts.address) as ray:
         check_shared_out(ray, store)
         gpus = default_gpus(ray, opts.gpus_per_task)
         task = {"num_cpus": opts.cpus_per_task, "num_gpus": gpus, "max_retries": 3}
-        extract_task = ray.remote(extract).options(num_returns=len(probes), **task)
-        cluster_task = ray.remote(cluster).options(**task)
+        remote = {f.__name__: ray.remote(f).options(**task) for f in (layer_task, cka_task)}
+        remote["extract"] = ray.remote(extract).options(num_returns=len(probes), **task)
         images = ray.put(data.train.X[torch.as_tensor(samples.order)])  # shipped once, to every task
         labels = ray.put(data.train.y[torch.as_tensor(samples.indices("cluster"))].numpy())
-        pending = []
-        for row, missing in todo:
-            arrays = extract_task.remote(store.out, exp, row, images, samples.n_sparsity, h)
-            arrays = arrays if isinstance(arrays, list) else [arrays]
-            pending.append(arrays[-1])  # completes with the extraction (and its sparsity parts)
-            pending += [cluster_task.remote(store.out, exp, row, name, index, arrays[index - 1], labels,
-                                            opts.kmeans_backend, h) for name, index in missing]
+        rows = {r["model_id"]: r for r in models.to_dict("records")}
+        arrays, pending = {}, []
+        for mid in sorted(todo.extract()):
+            refs = remote["extract"].remote(store.out, exp, rows[mid], images, samples.n_sparsity,
+                                            hashes if mid in todo.sparsity else None)
+            arrays[mid] = refs if isinstance(refs, list) else [refs]
+            pending.append(arrays[mid][-1])  # completes with the extraction (and its sparsity parts)
+            pending += [remote["layer_task"].remote(store.out, exp, rows[mid], name, index, arrays[mid][index - 1],
+                                                    labels, work, opts.kmeans_backend, hashes)
+                        for name, index, work in todo.layers.get(mid, [])]
+        pending += [remote["cka_task"].remote(store.out, exp, a, b, name, index, arrays[a["model_id"]][index - 1],
+                                              arrays[b["model_id"]][index - 1], samples.n_cluster, hashes["cka"])
+                    for a, b, name, index in todo.cka]
         wait_tasks(ray, pending, "analysis")
-    print(f"[analysis] wrote {store.out}/{exp.name}/results/"
-          "{samples,channel_sparsity,layer_sparsity,class_dbi,kmeans}")
+    print(f"[analysis] wrote {store.out}/{exp.name}/results/{{{','.join(tables('analysis'))}}}")
     return 0

@@ -21,6 +21,7 @@ from bnrep.experiments import Experiment
 from bnrep.models import NORM_TAGS, model_id
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_shared_out, default_gpus, node_id, ray_session
+from bnrep.results import SHORT
 from bnrep.stages.tuning import open_training_stage, run_config, train_in_tune, trial_dirname
 from bnrep.store import Store, tables
 from bnrep.train import Trainer, best_device
@@ -81,7 +82,7 @@ def print_summary(df: pd.DataFrame) -> None:
     print(f"\n{'model':16} {'seeds':>5} {'train %':>16} {'val %':>16} {'test %':>16} {'epochs':>7}")
     for (arch, norm), g in df.groupby(["arch", "norm"], sort=False):
         cells = [f"{100 * g[c].mean():7.3f} ± {100 * g[c].std():5.3f}" for c in ("train_acc", "val_acc", "test_acc")]
-        name = f"{arch} {NORM_TAGS[norm].upper()}"
+        name = f"{arch} {SHORT[norm]}"
         print(f"{name:16} {len(g):5d} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} {g['epochs'].mean():7.1f}")
 
 
