@@ -46,14 +46,16 @@ def _final_and_analysis(store: Store, exp: Experiment) -> list[tuple[str, str, s
     trained = [m for m in want if is_trained(store, m, hashes.get("train_hash", ""))]
     rows = [("final", _state(len(trained), len(want)), f"{len(trained)}/{len(want)} models trained")]
 
-    per_model, per_layer = tables("analysis", part="model"), tables("analysis", part="layer")
-    n_layers = _n_layers(exp)
-    total = len(trained) * (len(per_model) + len(per_layer) * n_layers)
-    h = hashes.get("analysis_hash")
-    have = sum(any(p == m or p.startswith(m + "-") for m in trained)
-               for t in per_model + per_layer for p in store.parts(t, h))
-    rows.append(("analysis", _state(min(have, total), total), f"{have}/{total} Parquet parts"))
-    return rows
+    if not trained:
+        return rows + [("analysis", "missing", "no trained models")]
+    from bnrep.stages.analysis import plan
+
+    models = store.read_table("training")
+    models = models[models["model_id"].isin(trained)]
+    left = plan(store, exp, models, _probes(exp)).n_tasks()
+    done = sum(len(store.parts(t)) for t in tables("analysis"))
+    state = "complete" if not left else "partial" if done else "missing"
+    return rows + [("analysis", state, f"{left} tasks left" if left else "every part current")]
 
 
 def _report(store: Store) -> tuple[str, str, str]:
@@ -66,8 +68,8 @@ def _report(store: Store) -> tuple[str, str, str]:
             f"{store.out}/{store.experiment}/report/report.html" + ("" if current else " (older than the results)"))
 
 
-def _n_layers(exp: Experiment) -> int:
+def _probes(exp: Experiment) -> list[tuple[str, int]]:
     from bnrep.models import build_model
 
     channels = 3 if exp.dataset == "cifar10" else (exp.image_shape[0] if exp.dataset == "synthetic" else 1)
-    return len(build_model(exp.arch, "none", channels).probes())
+    return [(p.name, p.index) for p in build_model(exp.arch, "none", channels).probes()]

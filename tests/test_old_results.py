@@ -37,21 +37,32 @@ def test_old_parts_read_with_a_norm_column(out):
         assert (df["norm"] == df["bn"].map({True: "batch", False: "none"})).all(), table
 
 
-def test_old_results_resume_without_work(out, capsys):
+@pytest.mark.slow
+def test_old_results_resume_computing_only_the_new_measures(out, capsys):
+    """Same hashes as then: no model retrained, no part recomputed; the rerun adds
+    only the measures that came later (NC1, effective rank, CKA)."""
     before = tree(out)
     args = ["--experiment", "synthetic-cnn", "--out", str(out)]
     assert flags.run_stage("final", [*args, "--paper-hparams"]) == 0
+    assert "[final] 4 of 4 models already trained" in capsys.readouterr().out
+    assert tree(out) == before
     assert flags.run_stage("analysis", args) == 0
     printed = capsys.readouterr().out
-    assert "[final] 4 of 4 models already trained" in printed
-    assert "4 models complete, 0 tasks to run" in printed
-    assert tree(out) == before  # same hashes as then: nothing refused, nothing recomputed
+    n_layers, n_pairs = 5, 4  # 2 seeds x (batch, none): 2 norm pairs at one seed + 2 seed pairs in one norm
+    assert f"0 models complete, {4 + 4 * n_layers + n_pairs * n_layers} tasks to run" in printed
+    after = tree(out)
+    assert {k: v for k, v in after.items() if k in before} == {**before, "synthetic-cnn/config.json":
+                                                               after["synthetic-cnn/config.json"]}
+    added = {k.split("/")[2] for k in set(after) - set(before)}
+    assert added == {"nc1", "effective_rank", "cka"}
+    assert flags.run_stage("analysis", args) == 0  # and now nothing is left
+    assert "4 models complete, 0 tasks to run" in capsys.readouterr().out
 
 
 def test_old_results_status_and_report(out, capsys):
     rows = {s: (state, detail) for s, state, detail in stage_status(str(out), "synthetic-cnn")}
     assert rows["final"] == ("complete", "4/4 models trained")
-    assert rows["analysis"][0] == "complete"
+    assert rows["analysis"] == ("partial", f"{4 + 4 * 5 + 4 * 5} tasks left")  # the measures added since
     assert flags.run_stage("report", ["--experiment", "synthetic-cnn", "--out", str(out)]) == 0
     md = (out / "synthetic-cnn/report/report.md").read_text()
     assert "BatchNorm" in md and "| BN |" in md and "| NBN |" in md
