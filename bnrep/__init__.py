@@ -1,7 +1,18 @@
-"""bnrep: what BatchNorm does to a network's hidden representations.
+"""bnrep: what normalisation does to a network's hidden representations.
 
 Reproduces Potgieter, Mouton & Davel, "Impact of Batch Normalization on
-Convolutional Network Representations", as a Ray-distributed sweep system.
+Convolutional Network Representations", as a Ray-distributed sweep system,
+and generalises it (normalisations, architectures, measures).
+
+    >>> study = bnrep.open_results("runs", "digits-cnn")   # results in a notebook (bnrep.api)
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version lives (pyproject.toml reads it)
+
+
+def __getattr__(name: str):  # bnrep.open_results without importing torch for `bnrep status`
+    if name in ("open_results", "Study"):
+        from bnrep import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'bnrep' has no attribute {name!r}")

@@ -105,6 +105,32 @@ def test_checkpoint_that_does_not_load(results, capsys):
     assert tree(results) == before and not ray.is_initialized()
 
 
+def test_checkpoint_with_a_flipped_byte(results, capsys):
+    """A model.pt that loads but is not the one trained (sha256 in its training part differs)."""
+    import torch
+
+    from bnrep.checkpoints import save_model
+    from bnrep.models import build_model
+
+    store = Store(str(results), "digits-cnn")
+    exp = flags.resolve_experiment(flags.build_parser("final").parse_args(["--smoke-test"]))
+    row = {"model_id": "cnn-bn-s0", "bn": True, "norm": "batch", "seed": 0}
+    digest = save_model(store, "cnn-bn-s0", build_model("cnn", "batch", 1), exp, {"lr": 0.01}, row)
+    store.write_part("training", "cnn-bn-s0", pd.DataFrame([row]), config.stage_hashes(exp)["train_hash"],
+                     model_sha256=digest)
+    path = results / "digits-cnn/train/models/cnn-bn-s0/model.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, mid-file: torch.load would still read it
+    path.write_bytes(bytes(data))
+    torch.load(path, weights_only=True)
+    before = tree(results)
+    rc = flags.run_stage("analysis", ["--smoke-test", "--out", str(results)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "train/models/cnn-bn-s0/model.pt is not the model that was trained" in err
+    assert tree(results) == before and not ray.is_initialized()
+
+
 def test_bnrep_run_validates_every_stage_first(results, capsys):
     before = tree(results)
     rc = cli.main(["run", "--smoke-test", "--k-max", "1", "--out", str(results)])

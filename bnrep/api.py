@@ -1,0 +1,98 @@
+"""Results for notebooks: one read-only object per experiment directory.
+
+    >>> import bnrep
+    >>> study = bnrep.open_results("runs", "digits-cnn")   # or "s3://bucket/bnrep"
+    >>> study.experiment.norms, study.hashes               # the configuration it was made with
+    >>> study.kmeans.query("optimal")                       # every table as a pandas DataFrame
+    >>> model = study.model("cnn-bn-s0")                    # weights loaded, sha256 verified
+    >>> X = study.representations("cnn-bn-s0", "conv3")    # (N, C) reduced, on the saved samples
+
+Nothing here writes: a notebook can read results while a run is adding to them.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import pandas as pd
+import torch
+
+from bnrep.config import load_experiment, read_hashes
+from bnrep.experiments import Experiment
+from bnrep.store import TABLES, Store
+
+
+class Study:
+    """One experiment's results under `out` (a local path or a pyarrow URI)."""
+
+    def __init__(self, out: str, experiment: str, data_root: str | None = None):
+        self.store = Store(out, experiment)
+        if not self.store.exists("config.json"):
+            raise FileNotFoundError(f"no results of {experiment} under {out} (no config.json)")
+        self.data_root = data_root
+
+    @cached_property
+    def experiment(self) -> Experiment:
+        """The resolved experiment the results were made with (config.json)."""
+        return load_experiment(self.store)
+
+    @property
+    def hashes(self) -> dict[str, str]:
+        """train_hash and analysis_hash: the config_hash of the Parquet parts."""
+        return read_hashes(self.store)
+
+    @property
+    def tables(self) -> list[str]:
+        """Names of the tables that have at least one part."""
+        return [t for t in TABLES if self.store.has_table(t)]
+
+    def table(self, name: str) -> pd.DataFrame:
+        """Every valid part of a results table as one DataFrame (schema: bnrep.store)."""
+        if name not in TABLES:
+            raise KeyError(f"unknown table {name!r} (valid: {', '.join(TABLES)})")
+        return self.store.read_table(name)
+
+    def __getattr__(self, name: str) -> pd.DataFrame:  # study.kmeans == study.table("kmeans")
+        if name in TABLES:
+            return self.table(name)
+        raise AttributeError(name)
+
+    def __dir__(self):
+        return [*super().__dir__(), *TABLES]
+
+    @cached_property
+    def data(self):
+        from bnrep.data import load_data
+
+        return load_data(self.experiment, self.data_root, device="cpu", download=False)
+
+    def model(self, model_id: str, device="cpu") -> torch.nn.Module:
+        """A trained model with its weights, verified against the sha256 of its training row."""
+        from bnrep.checkpoints import load_model
+
+        return load_model(self.store, model_id, self.experiment, self.data.channels, device).eval()
+
+    def representations(self, model_id: str, layer: str, purpose: str = "cluster") -> torch.Tensor:
+        """A layer's reduced representations (paper eq. 5), recomputed on the saved
+        samples of `purpose` ('cluster' or 'sparsity'), rows in the samples' order."""
+        from bnrep.represent import extract_representations
+
+        reps = extract_representations(self.model(model_id), self.data.train.X[self._indices(purpose)], 0,
+                                       device="cpu")
+        by_name = {r.name: r for r in reps}
+        if layer not in by_name:
+            raise KeyError(f"{model_id} has no layer {layer!r} (layers: {', '.join(by_name)})")
+        return by_name[layer].reduced
+
+    def labels(self, purpose: str = "cluster") -> torch.Tensor:
+        """Class labels of the saved samples of `purpose`, in their order."""
+        return self.data.train.y[self._indices(purpose)]
+
+    def _indices(self, purpose: str) -> torch.Tensor:
+        s = self.table("samples")
+        return torch.as_tensor(s[s["purpose"] == purpose].sort_values("position")["index"].to_numpy().copy())
+
+
+def open_results(out: str, experiment: str, data_root: str | None = None) -> Study:
+    """The results of `experiment` under `out`, read-only."""
+    return Study(out, experiment, data_root)
