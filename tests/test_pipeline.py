@@ -6,9 +6,7 @@ the other runs are compared with.
 """
 
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,15 +15,20 @@ import pandas as pd
 import pytest
 import torch
 
+from bnrep.store import TABLES, tables
+from tests.processes import kill_tree
+
 
 pytestmark = pytest.mark.slow
 
 CNN_CHANNELS = {"conv1": 16, "conv2": 32, "conv3": 64, "conv4": 128, "fc1": 100}
 MODELS = ["cnn-bn-s0", "cnn-bn-s1", "cnn-nobn-s0", "cnn-nobn-s1"]  # --smoke-test: 2 seeds x BN
 K_VALUES = range(2, 7)  # --smoke-test: k = 2..6
-SORT = {"training": ["model_id"], "channel_sparsity": ["model_id", "layer_index", "channel"],
-        "layer_sparsity": ["model_id", "layer_index"], "class_dbi": ["model_id", "layer_index"],
-        "kmeans": ["model_id", "layer_index", "k"], "samples": ["purpose", "position"]}
+SORT = {name: list(t.keys) for name, t in TABLES.items()}
+ANALYSIS = list(tables("analysis"))
+# CKA pairs of the smoke grid: the two norms at one seed, the two seeds in one norm
+PAIRS = [("cnn-bn-s0", "cnn-nobn-s0"), ("cnn-bn-s1", "cnn-nobn-s1"), ("cnn-bn-s0", "cnn-bn-s1"),
+         ("cnn-nobn-s0", "cnn-nobn-s1")]
 
 
 def bnrep(*args, out, timeout=600, **popen):
@@ -85,7 +88,13 @@ def test_every_stage_writes_its_outputs(reference):
     km = table(out, "kmeans")
     assert len(km) == len(MODELS) * len(CNN_CHANNELS) * len(K_VALUES)
     assert set(km["k"]) == set(K_VALUES)
-    assert (km.groupby(["model_id", "layer"])["optimal"].sum() == 1).all()
+    n_opt = km.groupby(["model_id", "layer"]).agg(optimal=("optimal", "sum"), finite=("dbi", "count"))
+    assert (n_opt["optimal"] == (n_opt["finite"] > 0)).all()  # one optimal k; none for a dead layer
+    for name in ("nc1", "effective_rank"):
+        assert len(table(out, name)) == len(MODELS) * len(CNN_CHANNELS), name
+    cka = table(out, "cka")
+    assert sorted(set(zip(cka.model_a, cka.model_b))) == sorted(PAIRS) and len(cka) == len(PAIRS) * len(CNN_CHANNELS)
+    assert cka["cka"].between(0, 1 + 1e-6).all()
     samples = table(out, "samples")
     assert samples.groupby("purpose").size().to_dict() == {"sparsity": 128, "cluster": 160}
 
@@ -114,7 +123,8 @@ def test_second_run_does_no_work(reference, tmp_path):
 
 # ==== interruption ====
 def run_and_kill(out, when, *args, timeout=300):
-    """Start `bnrep run`, SIGKILL its whole process group once when(out) holds."""
+    """Start `bnrep run`, SIGKILL it and every process it started (Ray included)
+    once when(out) holds; when this returns, nothing of that run can still write."""
     p = subprocess.Popen([sys.executable, "-m", "bnrep", "run", "--smoke-test", *args, "--out", str(out)],
                          cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
@@ -125,7 +135,7 @@ def run_and_kill(out, when, *args, timeout=300):
             assert time.time() - t0 < timeout
             time.sleep(0.02)
     finally:
-        os.killpg(p.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        kill_tree(p.pid)  # the driver and the local Ray it started, all at once
         p.wait()
 
 
@@ -134,11 +144,11 @@ def parts(out, name):
     return sorted(p.name for p in d.glob("*.parquet") if not p.name.startswith(".")) if d.exists() else []
 
 
-def assert_tables_equal(out, ref, names):
+def assert_tables_equal(out, ref, names, exact=False):
     for name in names:
         got, want = table(out, name), table(ref, name)
         assert not got.duplicated(SORT[name]).any(), name
-        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-6, obj=name)
+        pd.testing.assert_frame_equal(got, want, check_exact=exact, rtol=1e-6, obj=name)
 
 
 def test_killed_during_training_resumes_to_the_same_results(reference, tmp_path):
@@ -150,11 +160,10 @@ def test_killed_during_training_resumes_to_the_same_results(reference, tmp_path)
     assert n_done < len(MODELS), "training finished before the kill"
     r = bnrep("run", "--smoke-test", out=out)
     assert r.returncode == 0, r.stderr[-3000:]
-    # Ray workers can outlive the killed driver by a moment and finish one more model
-    already = int(re.search(r"\[final\] (\d+) of 4 models already trained", r.stdout).group(1))
-    assert n_done <= already < len(MODELS)  # the rerun trained what was missing, no more
+    assert f"[final] {n_done} of 4 models already trained" in r.stdout  # nothing of the killed run wrote later
     assert "[final] resuming the interrupted grid" in r.stdout  # Tuner.restore
-    assert_tables_equal(out, ref, ["training", "layer_sparsity", "channel_sparsity", "class_dbi", "kmeans"])
+    assert_tables_equal(out, ref, ["training", "training_history"], exact=True)  # resume is bit-exact
+    assert_tables_equal(out, ref, ["layer_sparsity", "channel_sparsity", "class_dbi", "kmeans"])
 
 
 def test_killed_during_analysis_resumes_to_the_same_results(reference, tmp_path):
@@ -163,16 +172,22 @@ def test_killed_during_analysis_resumes_to_the_same_results(reference, tmp_path)
     copy_stages(ref, out, "config.json", "hparam", "train/models", "results/hparam_trials",
                 "results/training", "results/training_history")
     run_and_kill(out, lambda o: len(parts(o, "kmeans")) >= 1)
-    done = set(parts(out, "kmeans")) & set(parts(out, "class_dbi"))
-    assert len(done) < len(MODELS) * len(CNN_CHANNELS), "analysis finished before the kill"
-    missing = {m: [l for l in CNN_CHANNELS if f"{m}-{l}.parquet" not in done] for m in MODELS}
-    sparse = set(parts(out, "channel_sparsity")) & set(parts(out, "layer_sparsity"))
-    todo = [m for m in MODELS if missing[m] or f"{m}.parquet" not in sparse]
+    have = {t: set(parts(out, t)) for t in ANALYSIS}
+    assert len(have["kmeans"]) < len(MODELS) * len(CNN_CHANNELS), "analysis finished before the kill"
+    # what is left, derived here from the files: a layer task per missing group of tables, a CKA task
+    # per missing (layer, pair), an extraction per model with any of that or its sparsity missing
+    layer_tasks = {m: sum(any(f"{m}-{l}.parquet" not in have[t] for t in group)
+                          for l in CNN_CHANNELS for group in (("class_dbi", "kmeans"), ("nc1", "effective_rank")))
+                   for m in MODELS}
+    cka_left = [(a, b) for a, b in PAIRS for l in CNN_CHANNELS if f"{l}-{a}-{b}.parquet" not in have["cka"]]
+    extract = {m for m in MODELS if layer_tasks[m] or any(f"{m}.parquet" not in have[t]
+                                                          for t in ("channel_sparsity", "layer_sparsity"))}
+    extract |= {m for pair in cka_left for m in pair}
+    n_tasks = len(extract) + sum(layer_tasks.values()) + len(cka_left)
     r = bnrep("run", "--smoke-test", out=out)
     assert r.returncode == 0, r.stderr[-3000:]
-    n_tasks = sum(1 + len(missing[m]) for m in todo)  # only the unfinished work is redone
-    assert f"{len(MODELS) - len(todo)} models complete, {n_tasks} tasks to run" in r.stdout
-    assert_tables_equal(out, ref, ["samples", "layer_sparsity", "channel_sparsity", "class_dbi", "kmeans"])
+    assert f"{len(MODELS) - len(extract)} models complete, {n_tasks} tasks to run" in r.stdout
+    assert_tables_equal(out, ref, ANALYSIS)
 
 
 def test_truncated_part_and_checkpoint_are_recomputed(reference, tmp_path):
@@ -183,14 +198,21 @@ def test_truncated_part_and_checkpoint_are_recomputed(reference, tmp_path):
     for f in (exp / "results" / "kmeans" / "cnn-nobn-s1-conv3.parquet", exp / "train/models/cnn-bn-s0/model.pt"):
         data = f.read_bytes()
         f.write_bytes(data[: len(data) // 2])  # killed mid-write (without the atomic rename)
+    flipped = exp / "train/models/cnn-nobn-s0/model.pt"
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit in the middle: it still loads, but is not the model trained
+    flipped.write_bytes(bytes(data))
+    torch.load(flipped, weights_only=True)
     r = bnrep("run", "--smoke-test", out=out)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "[final] 3 of 4 models already trained" in r.stdout
+    assert "[final] 2 of 4 models already trained" in r.stdout  # both retrained
     torch.load(exp / "train/models/cnn-bn-s0/model.pt", weights_only=True)  # whole again
+    assert (exp / "train/models/cnn-nobn-s0/model.pt").read_bytes() == (ref / "digits-cnn/train/models/cnn-nobn-s0/model.pt").read_bytes()
     assert_tables_equal(out, ref, ["training", "layer_sparsity", "class_dbi", "kmeans"])
 
 
-def test_killed_during_the_sweep_resumes_through_tuner_restore(tmp_path):
+def test_killed_during_the_sweep_resumes_through_tuner_restore(reference, tmp_path):
+    ref, _ = reference
     out = tmp_path / "runs"
     tune_dir = out / "digits-cnn" / "hparam" / "tune" / "bn"
     run_and_kill(out, lambda o: any(tune_dir.glob("*/checkpoint_*")))
@@ -202,3 +224,10 @@ def test_killed_during_the_sweep_resumes_through_tuner_restore(tmp_path):
     assert trials.groupby("bn").size().to_dict() == {False: 2, True: 2} and trials["trial_id"].is_unique
     assert (trials["error"] == "").all()
     assert len(table(out, "training")) == len(MODELS)
+    # The search is seeded: the same configurations as the uninterrupted sweep. ASHA's stopping depends
+    # on the order results arrive, so trials are compared where they ran the same epochs: there, equal.
+    keys = ["norm", "lr", "momentum", "epochs"]
+    both = trials.merge(table(ref, "hparam_trials"), on=keys, suffixes=("", "_ref"))
+    assert len(both), "no trial of the resumed sweep is comparable with the uninterrupted one"
+    for c in ("train_acc", "val_acc", "objective"):
+        assert (both[c] == both[f"{c}_ref"]).all(), c

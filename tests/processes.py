@@ -1,0 +1,68 @@
+"""Killing a process tree as a machine failure would: every descendant at once.
+
+`os.killpg` reaches only the process group; Ray's raylet and workers may sit in
+other groups and outlive the driver for a moment, finishing work "after" the
+kill. `kill_tree` freezes the whole tree first (SIGSTOP: a stopped process
+cannot fork or write), then SIGKILLs every process in it and waits until all
+are gone, so nothing the tree started can write afterwards.
+"""
+
+import os
+import signal
+import time
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def descendants(pid: int) -> set[int]:
+    kids, out, todo = _children(), set(), [pid]
+    while todo:
+        p = todo.pop()
+        for c in kids.get(p, []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _signal(pids, sig) -> None:
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has stopped for good
+    except OSError:
+        return False
+
+
+def kill_tree(pid: int, timeout: float = 60.0) -> None:
+    """SIGKILL `pid` and every descendant, frozen first; return once all are dead."""
+    tree = {pid}
+    while True:  # freeze until no frozen process has a child we have not frozen
+        _signal(tree, signal.SIGSTOP)
+        grown = tree | descendants(pid) | {d for p in tree for d in descendants(p)}
+        if grown == tree:
+            break
+        tree = grown
+    _signal(tree, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in tree):
+        assert time.monotonic() < deadline, "processes survived SIGKILL"
+        time.sleep(0.01)
