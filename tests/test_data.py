@@ -269,3 +269,15 @@ def test_default_data_root(monkeypatch):
     assert default_data_root() == "/somewhere/data"
     monkeypatch.delenv("BNREP_DATA")
     assert default_data_root().endswith(".cache/bnrep/data")
+
+
+@pytest.mark.parametrize("preset, cls, shape", TV_CASES, ids=TV_IDS)
+def test_preset_validation_holdout_is_5000_images(preset, cls, shape, tmp_path, monkeypatch, offline):
+    """The presets' own hold-out (every other test overrides it): 5,000 of the official training set."""
+    monkeypatch.setitem(globals(), "N_TRAIN", 5600)  # a training set with a 5,000 hold-out to spare
+    write_dataset(cls, tmp_path, monkeypatch)
+    exp = get_experiment(preset)
+    assert exp.val_size == 5000
+    d = load_data(exp, str(tmp_path))
+    assert (len(d.val), len(d.train), len(d.test)) == (5000, 600, N_TEST)
+    assert np.bincount(d.val.y.numpy(), minlength=10).tolist() == [500] * 10  # stratified

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bnrep.store import TABLES, tables
+from bnrep.store import TABLES, Store, tables
 from tests.processes import kill_tree
 
 
@@ -100,6 +100,8 @@ def test_every_stage_writes_its_outputs(reference):
 
     for f in ("report.md", "report.html", "table1.md", "fig_layer_sparsity.png", "fig_class_dbi.png"):
         assert (exp / "report" / f).stat().st_size > 0, f
+    store = Store(str(out), "digits-cnn")
+    assert {store.part_metadata("training", m)["resumed_from_epoch"] for m in MODELS} == {"0"}  # uninterrupted
     cfg = pd.read_json(exp / "config.json", typ="series")
     assert cfg["experiment"]["max_epochs"] == 3 and cfg["train_hash"] and cfg["analysis_hash"]
     assert "report.html" in log
@@ -155,14 +157,21 @@ def test_killed_during_training_resumes_to_the_same_results(reference, tmp_path)
     ref, _ = reference
     out = tmp_path / "runs"
     copy_stages(ref, out, "config.json", "hparam", "results/hparam_trials")  # same best hparams as ref
-    run_and_kill(out, lambda o: len(parts(o, "training")) >= 1)
+    trials = out / "digits-cnn" / "train" / "tune" / "final"
+    # kill once a model is done and an unfinished trial has reported a checkpoint (one kept per trial)
+    run_and_kill(out, lambda o: 1 <= len(parts(o, "training")) < len(list(trials.glob("*/checkpoint_*"))))
     n_done = len(parts(out, "training"))
     assert n_done < len(MODELS), "training finished before the kill"
+    status = bnrep("status", "--experiment", "digits-cnn", out=out)
+    assert f"final      partial   {n_done}/4 models trained" in status.stdout
     r = bnrep("run", "--smoke-test", out=out)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"[final] {n_done} of 4 models already trained" in r.stdout  # nothing of the killed run wrote later
     assert "[final] resuming the interrupted grid" in r.stdout  # Tuner.restore
     assert_tables_equal(out, ref, ["training", "training_history"], exact=True)  # resume is bit-exact
+    store = Store(str(out), "digits-cnn")
+    resumed = {m: int(store.part_metadata("training", m)["resumed_from_epoch"]) for m in MODELS}
+    assert max(resumed.values()) > 0, resumed  # a resume, not a restart from scratch
     assert_tables_equal(out, ref, ["layer_sparsity", "channel_sparsity", "class_dbi", "kmeans"])
 
 
@@ -231,3 +240,44 @@ def test_killed_during_the_sweep_resumes_through_tuner_restore(reference, tmp_pa
     assert len(both), "no trial of the resumed sweep is comparable with the uninterrupted one"
     for c in ("train_acc", "val_acc", "objective"):
         assert (both[c] == both[f"{c}_ref"]).all(), c
+
+
+def test_fresh_recomputes_the_stage_and_downstream_only(reference, tmp_path):
+    ref, _ = reference
+    out = tmp_path / "runs"
+    shutil.copytree(ref, out)
+    before = snapshot(out)
+    r = bnrep("analysis", "--smoke-test", "--fresh", out=out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = snapshot(out)
+    upstream = [k for k in before if k.startswith(("train/", "hparam/", "results/training", "results/hparam"))]
+    assert upstream and all(after[k] == before[k] for k in upstream)  # untouched
+    analysis = [k for k in before if k.split("/")[:2] in [["results", t] for t in ANALYSIS]]
+    assert analysis and all(after[k][1] != before[k][1] for k in analysis)  # every part written anew
+    assert not any(k.startswith("report/") for k in after)  # downstream of the analysis: gone
+    assert_tables_equal(out, ref, ANALYSIS)
+
+
+def test_killed_during_the_report_gives_a_complete_report_on_rerun(reference, tmp_path):
+    ref, _ = reference
+    out = tmp_path / "runs"
+    shutil.copytree(ref, out)
+    report = out / "digits-cnn" / "report"
+    shutil.rmtree(report)
+    p = subprocess.Popen([sys.executable, "-m", "bnrep", "report", "--out", str(out)],
+                         cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:  # killed after the report began writing, before it marked itself complete
+        while not (any(report.glob("fig_*.png")) and not (report / "report_inputs.json").exists()):
+            assert p.poll() is None, "the report ended before it could be interrupted"
+            time.sleep(0.005)
+    finally:
+        kill_tree(p.pid)
+        p.wait()
+    assert not (report / "report_inputs.json").exists()
+    r = bnrep("report", out=out)
+    assert r.returncode == 0 and "up to date" not in r.stdout, r.stderr[-3000:]
+    from bnrep.report import report_is_current
+
+    assert report_is_current(str(out), "digits-cnn")
+    for f in ("report.md", "report.html", "table1.csv", "findings.json", "fig_layer_sparsity.png"):
+        assert (report / f).stat().st_size > 0, f

@@ -1,0 +1,62 @@
+"""Defaults a cluster user relies on: GPUs per trial and task, --amp on CPU,
+and the warning about a local --out on several nodes."""
+
+import io
+from contextlib import redirect_stdout
+from types import SimpleNamespace
+
+import pytest
+import ray
+import torch
+
+from bnrep.data import load_data
+from bnrep.experiments import get_experiment
+from bnrep.raysession import check_shared_out, default_gpus
+from bnrep.store import Store
+from bnrep.train import Trainer
+
+
+@pytest.mark.parametrize("gpus_on_cluster, flag, want", [
+    (1, None, 1.0),  # a cluster with GPUs: one per trial/task by default
+    (1, 0.25, 0.25),  # --gpus-per-trial 0.25: four trials per GPU
+    (1, 0.0, 0.0),
+    (0, None, 0.0),  # no GPUs: none asked
+])
+def test_gpus_default_to_one_when_the_cluster_has_them(gpus_on_cluster, flag, want):
+    ray.init(num_cpus=1, num_gpus=gpus_on_cluster, include_dashboard=False)  # a node advertising a GPU
+    try:
+        assert default_gpus(ray, flag) == want
+    finally:
+        ray.shutdown()
+
+
+def test_amp_is_ignored_on_cpu():
+    exp = get_experiment("synthetic-cnn").override(max_epochs=2)
+    data = load_data(exp)
+    runs = []
+    for amp in (False, True):
+        t = Trainer(exp, data, "batch", exp.paper_hparams("batch"), seed=0, device="cpu", amp=amp)
+        assert not t.amp
+        t.step_epoch()
+        runs.append(t.model.state_dict())
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k  # no autocast on CPU: the same weights
+
+
+def nodes(n):
+    return SimpleNamespace(nodes=lambda: [{"Alive": True}] * n + [{"Alive": False}])
+
+
+@pytest.mark.parametrize("out, n_nodes, warns", [
+    ("/tmp/runs", 2, True),  # a local path on two nodes: results would scatter
+    ("/tmp/runs", 1, False),
+    ("s3://bucket/runs", 2, False),
+    ("file:///shared/runs", 2, False),  # a URI says where, explicitly
+])
+def test_local_out_on_several_nodes_warns(out, n_nodes, warns):
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        check_shared_out(nodes(n_nodes), Store(out, "x") if "s3" not in out else SimpleNamespace(out=out))
+    assert ("warning: --out" in buf.getvalue()) == warns
+    if warns:
+        assert f"{n_nodes}-node cluster" in buf.getvalue() and len(buf.getvalue().splitlines()) == 1
