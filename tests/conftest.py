@@ -1,10 +1,25 @@
 """Shared test set-up: Ray stays on loopback, torch stays small."""
 
 import os
+import shutil
 from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray binds 127.0.0.1
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (pytest's `pythonpath` puts it on sys.path)
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file under `path` with its bytes: compare before and after to prove nothing changed."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def old_results(tmp_path):
+    """A copy of results written by bnrep 0.1.0 (tests/fixtures/results_v0_1_0: synthetic-cnn)."""
+    shutil.copytree(ROOT / "tests" / "fixtures" / "results_v0_1_0", tmp_path / "runs")
+    return tmp_path / "runs"

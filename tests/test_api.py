@@ -1,8 +1,6 @@
 """The notebook API: read-only access to a results directory, checked against
 the Parquet files themselves and against scikit-learn on recomputed representations."""
 
-import shutil
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,41 +10,29 @@ from sklearn.metrics import davies_bouldin_score
 import bnrep
 from bnrep.checkpoints import ModelFileError, sha256
 from bnrep.store import Store
-from tests.conftest import ROOT
-
-OLD = ROOT / "tests" / "fixtures" / "results_v0_1_0"
+from tests.conftest import tree
 
 
-def tree(path):
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture
-def out(tmp_path):
-    shutil.copytree(OLD, tmp_path / "runs")
-    return tmp_path / "runs"
-
-
-def test_configuration_and_tables(out):
-    before = tree(out)
-    study = bnrep.open_results(str(out), "synthetic-cnn")
+def test_configuration_and_tables(old_results):
+    before = tree(old_results)
+    study = bnrep.open_results(str(old_results), "synthetic-cnn")
     assert study.experiment.name == "synthetic-cnn" and study.experiment.norms == ("batch", "none")
     assert study.hashes == {"train_hash": "e5f7f537dd71", "analysis_hash": "bfc3ee710a61"}
     assert set(study.tables) >= {"training", "kmeans", "samples"}
     for name in ("training", "kmeans"):
-        direct = pd.read_parquet(out / "synthetic-cnn" / "results" / name)
+        direct = pd.read_parquet(old_results / "synthetic-cnn" / "results" / name)
         got = getattr(study, name)
         pd.testing.assert_frame_equal(got.drop(columns="norm").sort_values(list(direct.columns[:3]))
                                       .reset_index(drop=True),
                                       direct.sort_values(list(direct.columns[:3])).reset_index(drop=True))
     with pytest.raises(KeyError, match="unknown table"):
         study.table("nope")
-    assert tree(out) == before  # read-only
+    assert tree(old_results) == before  # read-only
 
 
-def test_model_and_representations_reproduce_the_stored_dbi(out):
-    before = tree(out)
-    study = bnrep.open_results(str(out), "synthetic-cnn")
+def test_model_and_representations_reproduce_the_stored_dbi(old_results):
+    before = tree(old_results)
+    study = bnrep.open_results(str(old_results), "synthetic-cnn")
     dbi = study.class_dbi.set_index(["model_id", "layer"])["dbi"]
     for mid, layer in [("cnn-bn-s0", "conv2"), ("cnn-nobn-s1", "fc1")]:
         X = study.representations(mid, layer)
@@ -54,19 +40,19 @@ def test_model_and_representations_reproduce_the_stored_dbi(out):
         np.testing.assert_allclose(torch.linalg.vector_norm(X, dim=1)[X.abs().sum(1) > 0], 1, rtol=1e-5)
         ref = davies_bouldin_score(X.numpy().astype(np.float64), study.labels().numpy())  # scikit-learn
         assert ref == pytest.approx(dbi[(mid, layer)], rel=1e-5)
-    assert tree(out) == before
+    assert tree(old_results) == before
 
 
-def test_a_model_with_a_flipped_byte_is_refused(out):
+def test_a_model_with_a_flipped_byte_is_refused(old_results):
     """As the grid records it since 0.2.0: model.pt's sha256 in its training part's metadata."""
-    store = Store(str(out), "synthetic-cnn")
-    row = pd.read_parquet(out / "synthetic-cnn/results/training/cnn-bn-s1.parquet")
-    path = out / "synthetic-cnn/train/models/cnn-bn-s1/model.pt"
+    store = Store(str(old_results), "synthetic-cnn")
+    row = pd.read_parquet(old_results / "synthetic-cnn/results/training/cnn-bn-s1.parquet")
+    path = old_results / "synthetic-cnn/train/models/cnn-bn-s1/model.pt"
     store.write_part("training", "cnn-bn-s1", row, "e5f7f537dd71", model_sha256=sha256(path.read_bytes()))
-    bnrep.open_results(str(out), "synthetic-cnn").model("cnn-bn-s1")  # intact: loads
+    bnrep.open_results(str(old_results), "synthetic-cnn").model("cnn-bn-s1")  # intact: loads
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    study = bnrep.open_results(str(out), "synthetic-cnn")
+    study = bnrep.open_results(str(old_results), "synthetic-cnn")
     with pytest.raises(ModelFileError, match="cnn-bn-s1/model.pt"):
         study.model("cnn-bn-s1")

@@ -11,7 +11,7 @@ import ray
 
 from bnrep import cli, config, flags
 from bnrep.store import Store
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tree
 
 
 @pytest.fixture(autouse=True)
@@ -34,9 +34,6 @@ def results(tmp_path):
     store.write_json("hparam/best_hparams.json", {"bn": {"lr": 0.01, "momentum": 0.9}})
     return out
 
-
-def tree(path):
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 CASES = [  # (name, stage, argv, words the message must contain)

@@ -6,51 +6,37 @@ The fixture is `bnrep run --experiment synthetic-cnn --paper-hparams` as
 that code wrote it (config.json, results/, train/models/).
 """
 
-import shutil
-
 import pandas as pd
 import pytest
 
 from bnrep import flags
 from bnrep.status import stage_status
 from bnrep.store import Store
-from tests.conftest import ROOT
-
-OLD = ROOT / "tests" / "fixtures" / "results_v0_1_0"
+from tests.conftest import tree
 
 
-def tree(path):
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture
-def out(tmp_path):
-    shutil.copytree(OLD, tmp_path / "runs")
-    return tmp_path / "runs"
-
-
-def test_old_parts_read_with_a_norm_column(out):
-    store = Store(str(out), "synthetic-cnn")
-    assert "norm" not in pd.read_parquet(out / "synthetic-cnn/results/training").columns  # truly old
+def test_old_parts_read_with_a_norm_column(old_results):
+    store = Store(str(old_results), "synthetic-cnn")
+    assert "norm" not in pd.read_parquet(old_results / "synthetic-cnn/results/training").columns  # truly old
     for table in ("training", "layer_sparsity", "kmeans"):
         df = store.read_table(table)
         assert (df["norm"] == df["bn"].map({True: "batch", False: "none"})).all(), table
 
 
 @pytest.mark.slow
-def test_old_results_resume_computing_only_the_new_measures(out, capsys):
+def test_old_results_resume_computing_only_the_new_measures(old_results, capsys):
     """Same hashes as then: no model retrained, no part recomputed; the rerun adds
     only the measures that came later (NC1, effective rank, CKA)."""
-    before = tree(out)
-    args = ["--experiment", "synthetic-cnn", "--out", str(out)]
+    before = tree(old_results)
+    args = ["--experiment", "synthetic-cnn", "--out", str(old_results)]
     assert flags.run_stage("final", [*args, "--paper-hparams"]) == 0
     assert "[final] 4 of 4 models already trained" in capsys.readouterr().out
-    assert tree(out) == before
+    assert tree(old_results) == before
     assert flags.run_stage("analysis", args) == 0
     printed = capsys.readouterr().out
     n_layers, n_pairs = 5, 4  # 2 seeds x (batch, none): 2 norm pairs at one seed + 2 seed pairs in one norm
     assert f"0 models complete, {4 + 4 * n_layers + n_pairs * n_layers} tasks to run" in printed
-    after = tree(out)
+    after = tree(old_results)
     assert {k: v for k, v in after.items() if k in before} == {**before, "synthetic-cnn/config.json":
                                                                after["synthetic-cnn/config.json"]}
     added = {k.split("/")[2] for k in set(after) - set(before)}
@@ -59,10 +45,10 @@ def test_old_results_resume_computing_only_the_new_measures(out, capsys):
     assert "4 models complete, 0 tasks to run" in capsys.readouterr().out
 
 
-def test_old_results_status_and_report(out, capsys):
-    rows = {s: (state, detail) for s, state, detail in stage_status(str(out), "synthetic-cnn")}
+def test_old_results_status_and_report(old_results, capsys):
+    rows = {s: (state, detail) for s, state, detail in stage_status(str(old_results), "synthetic-cnn")}
     assert rows["final"] == ("complete", "4/4 models trained")
     assert rows["analysis"] == ("partial", f"{4 + 4 * 5 + 4 * 5} tasks left")  # the measures added since
-    assert flags.run_stage("report", ["--experiment", "synthetic-cnn", "--out", str(out)]) == 0
-    md = (out / "synthetic-cnn/report/report.md").read_text()
+    assert flags.run_stage("report", ["--experiment", "synthetic-cnn", "--out", str(old_results)]) == 0
+    md = (old_results / "synthetic-cnn/report/report.md").read_text()
     assert "BatchNorm" in md and "| BN |" in md and "| NBN |" in md
