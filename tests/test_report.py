@@ -20,6 +20,7 @@ from tests.report_fixtures import CNN_LAYERS, cnn_kopt, make_tables, vgg_tables,
 ROOT = report.__file__.rsplit("/bnrep/", 1)[0]
 BLUE, ORANGE = "#1f77b4", "#ff7f0e"
 SMALL = dict(channels=[3] * 5, k_range=range(2, 13), epochs=6)  # small and fast to draw
+EPS3 = (0.0, 0.01, 0.1)  # sparsity thresholds
 
 
 def acc(bn, seed):  # test accuracy 98/99 alternating (BN) -> 98.500 +- 0.577; 97 (no BN) -> 97.000 +- 0.000
@@ -36,9 +37,9 @@ def vgg() -> findings.Results:
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
-    """One complete report on the small CNN fixture."""
+    """One complete report on the small CNN fixture, every table, three sparsity thresholds."""
     out = tmp_path_factory.mktemp("full")
-    write_tables(out, "digits-cnn", cnn().tables)
+    write_tables(out, "digits-cnn", cnn(eps=EPS3).tables)
     return out, report.build_report(str(out), "digits-cnn")
 
 
@@ -352,7 +353,7 @@ def test_report_files_and_self_contained_html(full):
     assert re.findall(r'src="([^"]{0,5})', html) == ["data:"] * len(figs)
     md = (d / "report.md").read_text()
     assert all(f"![{f}]({f}.png)" in md for f in figs) and "bnrep version" in md and "8 |" in md
-    verdicts = [f["verdict"] for f in json.loads((d / "findings.json").read_text())]
+    verdicts = [f["verdict"] for f in json.loads((d / "findings.json").read_text())["findings"]]
     assert verdicts == [f.verdict for f in res.findings] and "not evaluated" not in verdicts
     assert res.missing == [] and res.html.endswith("digits-cnn/report/report.html")
 
@@ -677,10 +678,16 @@ CONDITIONS = {  # name: (tables, experiment, text named, claims turned inconclus
     "edge lr not used (paper hparams)": ({**T, "hparam_trials": trials(0.01, 0.00101)}, "digits-cnn", None, set()),
     "a layer above 90% zeros": (set_rows(T, "layer_sparsity", "norm == 'none' and layer == 'conv4'", sparsity=0.95),
                                 "digits-cnn", "layers above 90% zeros: no BN conv4 95%", {1, 2}),
-    "a dead channel (named only)": (set_rows(T, "channel_sparsity", "model_id == 'bn-s0' and layer == 'conv1' and "
-                                                                    "channel == 0", sparsity=1.0),
+    "a dead channel (named only)": (set_rows(T, "layer_sparsity", "model_id == 'bn-s0' and layer == 'conv1'",
+                                             dead_channels=1),
                                     "digits-cnn", "dead channels (over all models): BN conv1 1 of 4 models x channels",
                                     set()),
+    "a dead channel, counted from channel_sparsity (tables before dead_channels)": (
+        {**set_rows(T, "channel_sparsity", "model_id == 'bn-s0' and layer == 'conv1' and channel == 0", sparsity=1.0),
+         "layer_sparsity": T["layer_sparsity"].drop(columns="dead_channels")},
+        "digits-cnn", "dead channels (over all models): BN conv1 1 of 4 models x channels", set()),
+    "dead channels at the larger eps only are not named": (
+        make_tables(**SMALL, acc=acc, eps=(0.0, 0.5)), "digits-cnn", None, set()),  # eps 0.5: every channel zero
 }
 
 
