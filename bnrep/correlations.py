@@ -126,7 +126,7 @@ def predictors(r: Results) -> list[dict]:
         return []
     rows = [row for name in MEASURES if m[name].notna().any() for y in TARGETS
             for row in [_row(m, name, y)] if row]
-    return sorted(rows, key=strength, reverse=True)
+    return sorted(rows, key=lambda x: -round(strength(x), 9))  # ties (e.g. test accuracy and gap): table order
 
 
 # ==== as a table for the report ====
