@@ -131,7 +131,7 @@ def _log_if_positive(fig: Figure | None) -> Figure | None:
 def fig_nc1(results) -> Figure | None:
     """Beyond the paper: NC1 (Papyan, Han & Donoho 2020) per layer; lower = classes more collapsed."""
     return _log_if_positive(fig_per_layer(results, lambda r: r.table("nc1"), "value",
-                                          "NC1 = Tr(Σ_W Σ_B⁺) / C (lower = more collapsed)",
+                                          "NC1 (lower = more collapsed)",
                                           "Within-class variability collapse (NC1) per layer"))
 
 
@@ -420,7 +420,8 @@ def caption(spec: FigureSpec, rs: list[Results]) -> str:
     layers = "; ".join(f"{r.label}: from layer {r.experiment.first_shown_layer}" for r in rs)
     nan, col = "", "dbi" if "dbi" in df else "value"
     if col in df and df[col].isna().any():
-        what = "DBI values are NaN (dead layers)" if col == "dbi" else "values are NaN (undefined: dead layer, one class)"
+        what = ("DBI values are NaN (dead layers)" if col == "dbi" else
+                "values are NaN (undefined: dead layer, one class)")
         nan = f" {int(df[col].isna().sum())} of {len(df)} {what} and left out of the means."
     norms = {n for r in rs for n in r.norms}
     return spec.caption.format(seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms))

@@ -465,7 +465,8 @@ def findings(r: Results) -> list[Finding]:
     ls = at_eps(ls_all)
     for n in judged_norms(r):
         conds = conditions(r, n)
-        fs = [eps_robustness(finding_sparsity(ls, n), sparsity_by_eps(ls_all, n)), finding_generalisation(r.table("training"), ls, n),
+        fs = [eps_robustness(finding_sparsity(ls, n), sparsity_by_eps(ls_all, n)),
+              finding_generalisation(r.table("training"), ls, n),
               finding_purity(r.table("class_dbi"), r.table("kmeans"), first, n),
               finding_early_clusters(r.table("kmeans"), first, r.n_classes, n)]
         out += [with_conditions(f, conds) for f in fs]

@@ -8,21 +8,26 @@ side (no Ray here):
       config.json                     resolved experiment and stage hashes (train_hash, analysis_hash)
       results/<table>/                the tables of bnrep.store.TABLES
       report/                         <- written here
-        report.md, report.html        settings, provenance, Table 1, findings, figures
+        report.md, report.html        settings, provenance, Table 1, findings (claim 1 per eps),
+                                      which measure predicts generalisation, figures
         table1.md, table1.csv, table1.tex
         fig_channel_sparsity, fig_layer_sparsity, fig_class_dbi,      (.png and .svg;
-        fig_optimal_k, fig_kmeans_dbi, fig_kmeans_sweep,               paper Figures 1-6
-        fig_learning_curves                                            + two extras)
-        findings.json                 verdicts and numbers, for machines
+        fig_optimal_k, fig_kmeans_dbi,                                 paper Figures 1-6,
+        fig_kmeans_sweep, fig_sparsity_thresholds, fig_nc1,            then beyond the paper;
+        fig_effective_rank, fig_cka, fig_learning_curves               a figure without its data
+                                                                       is a note instead)
+        findings.json                 {"findings": verdicts and numbers, "predictors": correlations,
+                                       "measures": per-layer NC1 / effective rank / CKA}, for machines
         summary.txt                   what the terminal shows
         report_inputs.json            fingerprint of the input parts (report_is_current)
     <out>/combined/                   build_report(out, [A, B]): the same files, a panel per experiment
 
 Accuracies and sparsities are fractions in [0, 1] in the tables and percent
 in the report. The tables in memory and the norm axis are in `bnrep.results`, the
-claims, verdict rules and statistics in `bnrep.findings`, the figures in `bnrep.figures` (the only module that
-imports matplotlib, loaded only when a report is written, so `bnrep status`
-can ask `report_is_current` without it).
+claims, verdict rules and statistics in `bnrep.findings`, the correlations with
+generalisation in `bnrep.correlations`, Markdown / HTML in `bnrep.documents`, the
+figures in `bnrep.figures` (the only module that imports matplotlib, loaded only
+when a report is written, so `bnrep status` can ask `report_is_current` without it).
 
     >>> res = build_report("runs", "digits-cnn"); print(res.summary)
     >>> res = build_report("runs", ["mnist-cnn", "cifar10-vgg16"])   # -> runs/combined/
@@ -486,7 +491,8 @@ def _build_combined(out: str, names: list[str], dest: str | None) -> ReportResul
               *combined_findings_blocks(rs, per_exp, across), ("h2", "Figures"), *fig_blocks]
     w.documents(blocks, title)
     w.put("findings.json", json.dumps({"across": [dataclasses.asdict(f) for f in across],
-                                       **{r.experiment.name: _findings_json(r, per_exp[r.experiment.name]) for r in rs}},
+                                       **{r.experiment.name: _findings_json(r, per_exp[r.experiment.name])
+                                          for r in rs}},
                                       indent=2, default=str) + "\n")
     where = store.uri()
     lost = sorted({f"{r.experiment.name}/{t}" for r in loaded for t in missing(r)})
