@@ -1,4 +1,4 @@
-"""Figures: the paper's Figures 1-6 and two extras, from the result tables (the only matplotlib user).
+"""Figures: the paper's Figures 1-6 and the measures beyond it, from the result tables (the only matplotlib user).
 
 One colour per normalisation in every figure (`bnrep.results.COLORS`: BatchNorm
 blue and no BatchNorm orange as in the paper, GroupNorm green, LayerNorm
@@ -20,8 +20,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from bnrep.results import (COLORS, NORMS, Results, at_eps, n_seeds, norm_labels, optimal_k, ordered,
-                            present_norms, seed_stats, seeds_text, shown)
+from bnrep.results import (COLORS, NORMS, SHORT, Results, at_eps, cka_pairs, eps_values, n_seeds, norm_labels,
+                           optimal_k, ordered, present_norms, seed_stats, seeds_text, shown)
 
 DPI = 150
 
@@ -117,6 +117,128 @@ def fig_kmeans_dbi(results) -> Figure | None:
     """Paper Figure 6: k-means DBI at the optimal k per layer."""
     return fig_per_layer(results, _shown_optimal_k, "dbi", "k-means DBI at optimal k (lower = purer)",
                          "Class-agnostic (k-means) DBI at the optimal k per layer")
+
+
+def _log_if_positive(fig: Figure | None) -> Figure | None:
+    """Log y axis where every plotted value is positive (NC1 spans orders of magnitude over depth)."""
+    for ax in fig.axes if fig else []:
+        ys = np.concatenate([np.asarray(c.lines[0].get_ydata(), float) for c in ax.containers] or [np.ones(1)])
+        if np.all(ys[np.isfinite(ys)] > 0):
+            ax.set_yscale("log")
+    return fig
+
+
+def fig_nc1(results) -> Figure | None:
+    """Beyond the paper: NC1 (Papyan, Han & Donoho 2020) per layer; lower = classes more collapsed."""
+    return _log_if_positive(fig_per_layer(results, lambda r: r.table("nc1"), "value",
+                                          "NC1 (lower = more collapsed)",
+                                          "Within-class variability collapse (NC1) per layer"))
+
+
+def fig_effective_rank(results) -> Figure | None:
+    """Beyond the paper: effective rank (Roy & Vetterli 2007) of the reduced representations per layer."""
+    return fig_per_layer(results, lambda r: r.table("effective_rank"), "value", "effective rank",
+                         "Effective rank of the reduced representations per layer")
+
+
+# ==== CKA: does a normalisation change what a layer represents, beyond seed noise? ====
+
+def _norm_pairs(p: pd.DataFrame) -> list[tuple[str, str]]:
+    cross, rank = p[p["kind"] == "cross"], {n: i for i, n in enumerate(NORMS)}
+    return sorted(set(zip(cross["first"], cross["second"])), key=lambda ab: tuple(rank.get(n, len(NORMS)) for n in ab))
+
+
+def _cka_series(ax, d: pd.DataFrame, label: str, color: str, ls: str, marker: str) -> None:
+    """Mean CKA over the pairs per layer, error bars: std over the pairs (ddof=1)."""
+    s = seed_stats(d, ["layer_index", "layer"], "cka")
+    ax.errorbar(s["layer_index"], s["mean"], yerr=s["std"].fillna(0), color=color, ls=ls, marker=marker,
+                capsize=3, label=label)
+
+
+CKA_COLS = 3  # panels (pairs of norms) per row
+
+
+def fig_cka(results) -> Figure | None:
+    """Beyond the paper: per layer, CKA(norm A vs norm B, same seed) next to CKA(seed vs seed) of each norm;
+    a panel per pair of norms, a row per experiment."""
+    rs = [(r, cka_pairs(r.table("cka"))) for r in _as_list(results)]
+    rs = [(r, p, _norm_pairs(p)) for r, p in rs if len(p) and _norm_pairs(p)]
+    if not rs:
+        return None
+    cols = min(CKA_COLS, max(len(pairs) for _, _, pairs in rs))
+    fig, axes = _grid(sum(math.ceil(len(pairs) / cols) for _, _, pairs in rs), cols, w=4.4, h=3.4)
+    used, row0 = [], 0
+    for r, p, pairs in rs:
+        for i, (a, b) in enumerate(pairs):
+            ax = axes[row0 + i // cols, i % cols]
+            used.append(ax)
+            cross = p[(p["kind"] == "cross") & (p["first"] == a) & (p["second"] == b)]
+            _cka_series(ax, cross, f"{SHORT[a]} vs {SHORT[b]}, same seed", "black", "-", "s")
+            for n in (a, b):
+                seeds = p[(p["kind"] == "seeds") & (p["first"] == n)]
+                if len(seeds):
+                    _cka_series(ax, seeds, f"{SHORT[n]} seed vs seed", COLORS[n], "--", "o")
+            _layer_ticks(ax, cross)
+            ax.set(title=f"{r.label}: {SHORT[a]} vs {SHORT[b]}", xlabel="layer", ylabel="linear CKA", ylim=(0, 1.05))
+            ax.title.set_fontsize(10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="lower left")
+        row0 += math.ceil(len(pairs) / cols)
+    for ax in axes.flat:
+        if ax not in used:
+            ax.set_axis_off()
+    fig.suptitle("Linear CKA per layer: two normalisations (same seed) against two seeds (same normalisation)")
+    return fig
+
+
+# ==== sparsity against the threshold eps ====
+
+def layer_groups(layers: list[tuple[int, str]]) -> list[tuple[str, list[int]]]:
+    """(name, layer indices): each layer alone when there are at most 4, else early / middle / late thirds."""
+    if len(layers) <= 4:
+        return [(name, [li]) for li, name in layers]
+    thirds = np.array_split(np.arange(len(layers)), 3)  # sizes differ by at most one, the larger first
+    return [(f"{part} layers ({layers[t[0]][1]}-{layers[t[-1]][1]})" if len(t) > 1 else
+             f"{part} layer ({layers[t[0]][1]})", [layers[i][0] for i in t])
+            for part, t in zip(("early", "middle", "late"), thirds)]
+
+
+def _model_group_sparsity(ls: pd.DataFrame, idx: list[int]) -> pd.DataFrame:
+    """Per model and eps, layer sparsity averaged over the group's layers."""
+    g = ls[ls["layer_index"].isin(idx)]
+    return g.groupby(["norm", "model_id", "eps"], as_index=False)["sparsity"].mean()
+
+
+def fig_sparsity_thresholds(results) -> Figure | None:
+    """Beyond the paper: layer sparsity against the threshold eps, a panel per layer group, a row per experiment.
+    None unless some experiment measured at least two thresholds."""
+    rs = [(r, r.table("layer_sparsity")) for r in _as_list(results)]
+    rs = [(r, d) for r, d in rs if len(eps_values(d)) > 1]
+    if not rs:
+        return None
+    labels = _labels([r for r, _ in rs])
+    groups = [layer_groups(list(d.drop_duplicates("layer_index").sort_values("layer_index")[["layer_index", "layer"]]
+                                .itertuples(index=False, name=None))) for _, d in rs]
+    fig, axes = _grid(len(rs), max(map(len, groups)), w=3.8, h=3.0)
+    for row, ((r, d), gs) in enumerate(zip(rs, groups)):
+        eps = eps_values(d)
+        for col, (name, idx) in enumerate(gs):
+            ax, m = axes[row, col], _model_group_sparsity(d, idx)
+            for norm in present_norms(m):
+                s = seed_stats(m[m["norm"] == norm], ["eps"], "sparsity")
+                ax.errorbar(s["eps"], s["mean"], yerr=s["std"].fillna(0), color=COLORS[norm], marker="o",
+                            capsize=3, label=labels[norm])
+            ax.set_xscale("symlog", linthresh=min(e for e in eps if e > 0))  # eps = 0 stays on the axis
+            ax.set_xticks(eps, [f"{e:g}" for e in eps])
+            ax.set(title=f"{r.label}: {name}", xlabel="threshold eps (|x| <= eps counts as zero)",
+                   ylabel="layer sparsity", ylim=(-0.02, 1.02))
+            ax.title.set_fontsize(9)
+            ax.grid(alpha=0.3)
+        axes[row, 0].legend(fontsize=7)
+        for ax in axes[row, len(gs):]:
+            ax.set_axis_off()
+    fig.suptitle(f"Layer sparsity against the zero threshold, {seeds_text(rs[0][1])}")
+    return fig
 
 
 def plot_band(ax, df: pd.DataFrame, x: str, value: str, norm: str, label: str | None = None,
@@ -223,6 +345,8 @@ class FigureSpec:
     make: object  # results -> Figure | None
     tables: tuple[str, ...]
     caption: str  # {colours}, {seeds}, {layers} and {nan} filled in per report
+    title: str = ""  # how a note names the figure when it is not drawn (default: its name)
+    needs: str = ""  # why it may not be drawn although its table is there
 
 
 FIGURES = [
@@ -245,6 +369,29 @@ FIGURES = [
     FigureSpec("fig_kmeans_sweep", fig_kmeans_sweep, ("kmeans",),
                "Beyond the paper: k-means DBI against k for each layer ({layers}), {colours}. "
                "Shading: standard deviation across {seeds}."),
+    FigureSpec("fig_sparsity_thresholds", fig_sparsity_thresholds, ("layer_sparsity",),
+               "Beyond the paper: layer sparsity (fraction of post-ReLU values with |x| <= eps) against the "
+               "threshold eps, averaged over the layers of each group per model, for {colours} models; eps = 0 is "
+               "the paper's exact zero. Error bars: standard deviation across {seeds}.",
+               "Layer sparsity against the threshold eps",
+               "it needs layer sparsity at two or more thresholds: run the analysis with --eps 0,1e-3,1e-2,1e-1"),
+    FigureSpec("fig_nc1", fig_nc1, ("nc1",),
+               "Beyond the paper: within-class variability collapse NC1 = Tr(Σ_W Σ_B⁺)/C (Papyan, Han & Donoho "
+               "2020) of the reduced representations of the clustering samples per layer, for {colours} models; "
+               "lower means the classes are more collapsed around their means. Error bars: standard deviation "
+               "across {seeds}.{nan}", "NC1 per layer"),
+    FigureSpec("fig_effective_rank", fig_effective_rank, ("effective_rank",),
+               "Beyond the paper: effective rank (Roy & Vetterli 2007: exp of the entropy of the normalised "
+               "singular values of the centred reduced representations) per layer, for {colours} models. "
+               "Error bars: standard deviation across {seeds}.{nan}", "Effective rank per layer"),
+    FigureSpec("fig_cka", fig_cka, ("cka",),
+               "Beyond the paper: linear CKA (Kornblith et al. 2019) per layer between the reduced "
+               "representations of two models on the same samples. Black squares: two normalisations at the same "
+               "seed; dashed, in each normalisation's colour: two seeds of one normalisation (the seed-noise "
+               "baseline). Mean over the pairs, error bars: standard deviation over the pairs ({seeds}). A "
+               "cross-normalisation CKA clearly below both seed baselines means the normalisation changes what "
+               "the layer represents beyond seed noise; at the baseline, it does not.", "CKA per layer",
+               "it needs CKA between two normalisations at the same seed"),
     FigureSpec("fig_learning_curves", fig_learning_curves, ("training_history",),
                "Beyond the paper: training loss (left) and training (solid) / validation (dashed) accuracy "
                "(right) per epoch, mean over the seeds still training at that epoch ({seeds} in all); "
@@ -261,15 +408,23 @@ def colours_text(norms) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)
 
 
+def _models(df: pd.DataFrame) -> pd.DataFrame:
+    """(norm, seed) rows of a table; a pair table (cka) names both of its models."""
+    if "norm_a" in df and "norm" not in df:
+        return pd.concat([df[[f"norm_{s}", f"seed_{s}"]].set_axis(["norm", "seed"], axis=1) for s in "ab"])
+    return df
+
+
 def caption(spec: FigureSpec, rs: list[Results]) -> str:
     df = pd.concat([r.table(spec.tables[0]) for r in rs], ignore_index=True)
     layers = "; ".join(f"{r.label}: from layer {r.experiment.first_shown_layer}" for r in rs)
-    nan = ""
-    if "dbi" in df and df["dbi"].isna().any():
-        nan = (f" {int(df['dbi'].isna().sum())} of {len(df)} DBI values are NaN (dead layers) "
-               f"and left out of the means.")
+    nan, col = "", "dbi" if "dbi" in df else "value"
+    if col in df and df[col].isna().any():
+        what = ("DBI values are NaN (dead layers)" if col == "dbi" else
+                "values are NaN (undefined: dead layer, one class)")
+        nan = f" {int(df[col].isna().sum())} of {len(df)} {what} and left out of the means."
     norms = {n for r in rs for n in r.norms}
-    return spec.caption.format(seeds=seeds_text(df), layers=layers, nan=nan, colours=colours_text(norms))
+    return spec.caption.format(seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms))
 
 
 def figure_bytes(fig: Figure, fmt: str) -> bytes:

@@ -27,8 +27,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bnrep.results import (NORM_NAMES, N_CLASSES, REF, SHORT, Results, at_eps, is_paper_pair, norm_labels, optimal_k,
-                           pair, pair_names, present_norms, shown)
+from bnrep.correlations import (MIN_MODELS, P_MAX, R_MIN, correlate, only_between_groups, partial_corr,  # noqa: F401
+                                significant_signs)
+from bnrep.results import (NORM_NAMES, N_CLASSES, REF, SHORT, Results, at_eps, eps_values, is_paper_pair, norm_labels,
+                           optimal_k, pair, pair_names, present_norms, shown)
 
 def welch_p(a, b) -> float:
     """Two-sided p of Welch's t-test over seeds (scipy, equal_var=False); NaN when a side has < 2 values.
@@ -64,9 +66,6 @@ def _p(p: float) -> str:
 
 SPARSITY_TOL = 0.01  # layer sparsity differences within 1 percentage point count as equal
 MOSTLY = 0.75  # one direction in >= 75% of layers (but not all) is a tendency: "mixed"
-R_MIN = 0.5  # a correlation counts when |r| >= 0.5 ...
-P_MAX = 0.05  # ... and p < 0.05; also the level of Welch's t-test over seeds
-MIN_MODELS = 4  # fewer models than this: no correlation is computed
 K_TOL = 1  # "reaches the number of classes": seed-mean optimal k within +-1 of it
 MIN_SEEDS = 3  # fewer seeds per normalisation: every verdict is inconclusive
 MOSTLY_ZERO = 0.9  # a layer above 90% zeros (seed mean) undermines the sparsity verdicts
@@ -115,7 +114,12 @@ RULES = [
     f"interpolated; early-stop: trained to the epoch cap), on fewer than {MIN_SEEDS} seeds per normalisation, "
     f"or on a sweep whose best learning rate (the one the models used) lies within {LR_EDGE:.0%} (log scale) "
     f"of an end of the search range (all claims); on layers above {MOSTLY_ZERO:.0%} zeros (claims 1-2). Dead "
-    f"channels (zero for every sample at eps 0) are named next to the verdicts without changing them.",
+    f"channels (zero for every sample at the smallest eps; layer_sparsity's dead_channels) are named next to "
+    f"the verdicts without changing them.",
+    "Thresholds: claims 1 and 2 and the figures use the smallest sparsity threshold eps (the paper: 0, "
+    "exactly zero). Where several thresholds were measured, claim 1 is also judged at each eps by the same "
+    "rule, and its evidence says whether the verdict is robust to the threshold (the same at every eps) or "
+    "at which eps it changes.",
 ]
 OTHER_NORMS_RULE = ("Other normalisations (GroupNorm GN, LayerNorm LN) are judged against no normalisation "
                     "by the same rules, with 'BN' standing for the normalisation judged and the claim's "
@@ -185,6 +189,29 @@ def finding_sparsity(layer_sparsity: pd.DataFrame, norm: str = "batch") -> Findi
     return Finding(1, claim(1, norm), verdict, detail, numbers, norm)
 
 
+def sparsity_by_eps(layer_sparsity: pd.DataFrame, norm: str = "batch") -> dict[float, Finding]:
+    """Claim 1 judged at each threshold eps in the table, by the same rule."""
+    return {e: finding_sparsity(at_eps(layer_sparsity, e), norm) for e in eps_values(layer_sparsity)}
+
+
+def eps_robustness(f: Finding, by_eps: dict[float, Finding]) -> Finding:
+    """Claim 1 (at the smallest eps) with its verdict at every eps and whether the threshold changes it."""
+    if len(by_eps) < 2 or f.verdict == "not evaluated":
+        return f
+    a = pair_names(f.norm, [f.norm, REF])[0]
+    changed = [e for e, g in by_eps.items() if g.verdict != f.verdict]
+    per = "; ".join(f"eps {e:g}: {g.verdict}" + ("" if g.verdict == "not evaluated" else
+                    f" ({a} sparser in {len(g.numbers['sparser'])}, less sparse in "
+                    f"{len(g.numbers['less_sparse'])} of {g.numbers['layers']} layers)") for e, g in by_eps.items())
+    said = ("robust to the threshold: the same verdict at every eps" if not changed else
+            f"not robust to the threshold: the verdict changes at eps {_names(f'{e:g}' for e in changed)}")
+    numbers = {**f.numbers, "robust_to_eps": not changed, "by_eps": {
+        f"{e:g}": {"verdict": g.verdict, "sparser": g.numbers.get("sparser", []),
+                   "less_sparse": g.numbers.get("less_sparse", []), "diff_pp": g.numbers.get("diff_pp", {})}
+        for e, g in by_eps.items()}}
+    return dataclasses.replace(f, detail=f"{f.detail} By threshold: {per}; {said}.", numbers=numbers)
+
+
 def model_sparsity(training: pd.DataFrame, layer_sparsity: pd.DataFrame) -> pd.DataFrame:
     """Per model: mean layer sparsity over all layers, test accuracy, gap (train - test)."""
     s = layer_sparsity.groupby("model_id")["sparsity"].mean().rename("sparsity")
@@ -193,41 +220,9 @@ def model_sparsity(training: pd.DataFrame, layer_sparsity: pd.DataFrame) -> pd.D
     return m.assign(gap=m["train_acc"] - m["test_acc"]).reset_index()
 
 
-def _corr(x: pd.Series, y: pd.Series) -> dict:
-    if x.nunique() < 2 or y.nunique() < 2:
-        return {"pearson_r": math.nan, "pearson_p": math.nan, "spearman_r": math.nan, "spearman_p": math.nan}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        p, s = stats.pearsonr(x, y), stats.spearmanr(x, y)
-    return {"pearson_r": float(p[0]), "pearson_p": float(p[1]),
-            "spearman_r": float(s[0]), "spearman_p": float(s[1])}
-
-
-def partial_corr(m: pd.DataFrame, x: str, y: str, group: str = "norm") -> dict:
-    """Pearson r of x and y controlling for `group` (both minus their group means), with its p-value.
-
-    Degrees of freedom n - 2 - (groups - 1): each group mean removed costs one.
-    """
-    rx = m[x] - m.groupby(group)[x].transform("mean")
-    ry = m[y] - m.groupby(group)[y].transform("mean")
-    dof = len(m) - 2 - (m[group].nunique() - 1)
-    if dof < 1 or rx.std() == 0 or ry.std() == 0:
-        return {"pearson_r": math.nan, "pearson_p": math.nan}
-    r = float(np.clip(np.corrcoef(rx, ry)[0, 1], -1, 1))
-    t = r * math.sqrt(dof / max(1 - r * r, 1e-300))
-    return {"pearson_r": r, "pearson_p": float(2 * stats.t.sf(abs(t), dof))}
-
-
-def _significant_signs(c: dict, methods=("pearson", "spearman")) -> set[int]:
-    """Signs (+1/-1) of the correlations in `c` that count (|r| >= R_MIN, p < P_MAX)."""
-    return {int(np.sign(c[f"{m}_r"])) for m in methods if abs(c[f"{m}_r"]) >= R_MIN and c[f"{m}_p"] < P_MAX}
-
-
 def _between_groups_only(m: pd.DataFrame, across: dict[str, dict], partial: dict[str, dict]) -> list[str]:
-    """Measures whose counted correlation does not survive controlling for the normalisation."""
-    if m["norm"].nunique() < 2:
-        return []
-    return [y for y in across if _significant_signs(across[y]) - _significant_signs(partial[y], ("pearson",))]
+    """Targets whose counted correlation does not survive controlling for the normalisation."""
+    return [y for y in across if m["norm"].nunique() > 1 and only_between_groups(across[y], partial[y])]
 
 
 def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame, norm: str = "batch") -> Finding:
@@ -240,12 +235,12 @@ def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame,
     if len(m) < MIN_MODELS:
         return Finding(2, claim(2, norm), "not evaluated",
                        f"only {len(m)} models with both tables; need {MIN_MODELS}.", norm=norm)
-    test, gap = _corr(m["sparsity"], m["test_acc"]), _corr(m["sparsity"], m["gap"])
-    st, sg = _significant_signs(test), _significant_signs(gap)
+    test, gap = correlate(m["sparsity"], m["test_acc"]), correlate(m["sparsity"], m["gap"])
+    st, sg = significant_signs(test), significant_signs(gap)
     better, worse = (1 in st or -1 in sg), (-1 in st or 1 in sg)
     verdict = "not supported" if better else "mixed" if worse else "supported"
     labels = norm_labels(norms)
-    within = {labels[n]: _corr(g["sparsity"], g["test_acc"])["spearman_r"]
+    within = {labels[n]: correlate(g["sparsity"], g["test_acc"])["spearman_r"]
               for n in (norm, REF) for g in [m[m["norm"] == n]] if len(g) >= 3}
     partial = {"test_acc": partial_corr(m, "sparsity", "test_acc"), "gap": partial_corr(m, "sparsity", "gap")}
     setting = "BN setting" if is_paper_pair(norms) else "normalisation"
@@ -407,8 +402,26 @@ def lr_at_edge(r: Results, norm: str) -> list[Condition]:
     return out
 
 
+def dead_channel_counts(r: Results, norm: str) -> pd.DataFrame:
+    """Per (norm, layer): dead channels summed over models at the smallest eps, and the number of models.
+
+    From layer_sparsity's `dead_channels`; tables written before that column count
+    channel_sparsity == 1 instead (the same definition: zero for every value of every sample).
+    """
+    ls = at_eps(pair(r.table("layer_sparsity"), norm))
+    if "dead_channels" in ls and ls["dead_channels"].notna().all():
+        src = ls.assign(n=ls["dead_channels"].astype(int))
+    else:
+        cs = at_eps(pair(r.table("channel_sparsity"), norm))
+        src = cs.assign(n=(cs["sparsity"] >= 1.0).astype(int)) if len(cs) else cs
+    if src.empty:
+        return pd.DataFrame(columns=["norm", "layer_index", "layer", "n", "models"])
+    g = src.groupby(["norm", "layer_index", "layer"]).agg(n=("n", "sum"), models=("model_id", "nunique"))
+    return g[g["n"] > 0].reset_index()
+
+
 def mostly_zero_layers(r: Results, norm: str) -> list[Condition]:
-    """Layers above MOSTLY_ZERO zeros (seed mean), and dead channels (zero for every sample at eps 0)."""
+    """Layers above MOSTLY_ZERO zeros (seed mean), and dead channels, both at the smallest eps."""
     out, tags = [], _tags(r, norm)
     ls = at_eps(pair(r.table("layer_sparsity"), norm))
     if len(ls):
@@ -417,14 +430,10 @@ def mostly_zero_layers(r: Results, norm: str) -> list[Condition]:
         if len(m):
             out.append(Condition(f"layers above {MOSTLY_ZERO:.0%} zeros: " + ", ".join(
                 f"{tags[x.norm]} {x.layer} {x.sparsity:.0%}" for x in m.itertuples()), (1, 2)))
-    cs = pair(r.table("channel_sparsity"), norm)
-    cs = cs[cs["eps"] == 0] if "eps" in cs else cs
-    dead = cs[cs["sparsity"] >= 1.0] if len(cs) else cs
+    dead = dead_channel_counts(r, norm)
     if len(dead):
-        n = dead.groupby(["norm", "layer_index", "layer"]).size().reset_index(name="n")
-        models = cs.groupby("norm")["model_id"].nunique()
         out.append(Condition("dead channels (over all models): " + ", ".join(
-            f"{tags[x.norm]} {x.layer} {x.n} of {models[x.norm]} models x channels" for x in n.itertuples()),
+            f"{tags[x.norm]} {x.layer} {x.n} of {x.models} models x channels" for x in dead.itertuples()),
             ALL, undermines=False))
     return out
 
@@ -452,10 +461,12 @@ def judged_norms(r: Results) -> list[str]:
 def findings(r: Results) -> list[Finding]:
     """The four claims for each normalisation against none, with the conditions that undermine them."""
     first, out = r.experiment.first_shown_layer, []
-    ls = at_eps(r.table("layer_sparsity"))
+    ls_all = r.table("layer_sparsity")
+    ls = at_eps(ls_all)
     for n in judged_norms(r):
         conds = conditions(r, n)
-        fs = [finding_sparsity(ls, n), finding_generalisation(r.table("training"), ls, n),
+        fs = [eps_robustness(finding_sparsity(ls, n), sparsity_by_eps(ls_all, n)),
+              finding_generalisation(r.table("training"), ls, n),
               finding_purity(r.table("class_dbi"), r.table("kmeans"), first, n),
               finding_early_clusters(r.table("kmeans"), first, r.n_classes, n)]
         out += [with_conditions(f, conds) for f in fs]

@@ -8,21 +8,26 @@ side (no Ray here):
       config.json                     resolved experiment and stage hashes (train_hash, analysis_hash)
       results/<table>/                the tables of bnrep.store.TABLES
       report/                         <- written here
-        report.md, report.html        settings, provenance, Table 1, findings, figures
+        report.md, report.html        settings, provenance, Table 1, findings (claim 1 per eps),
+                                      which measure predicts generalisation, figures
         table1.md, table1.csv, table1.tex
         fig_channel_sparsity, fig_layer_sparsity, fig_class_dbi,      (.png and .svg;
-        fig_optimal_k, fig_kmeans_dbi, fig_kmeans_sweep,               paper Figures 1-6
-        fig_learning_curves                                            + two extras)
-        findings.json                 verdicts and numbers, for machines
+        fig_optimal_k, fig_kmeans_dbi,                                 paper Figures 1-6,
+        fig_kmeans_sweep, fig_sparsity_thresholds, fig_nc1,            then beyond the paper;
+        fig_effective_rank, fig_cka, fig_learning_curves               a figure without its data
+                                                                       is a note instead)
+        findings.json                 {"findings": verdicts and numbers, "predictors": correlations,
+                                       "measures": per-layer NC1 / effective rank / CKA}, for machines
         summary.txt                   what the terminal shows
         report_inputs.json            fingerprint of the input parts (report_is_current)
     <out>/combined/                   build_report(out, [A, B]): the same files, a panel per experiment
 
 Accuracies and sparsities are fractions in [0, 1] in the tables and percent
 in the report. The tables in memory and the norm axis are in `bnrep.results`, the
-claims, verdict rules and statistics in `bnrep.findings`, the figures in `bnrep.figures` (the only module that
-imports matplotlib, loaded only when a report is written, so `bnrep status`
-can ask `report_is_current` without it).
+claims, verdict rules and statistics in `bnrep.findings`, the correlations with
+generalisation in `bnrep.correlations`, Markdown / HTML in `bnrep.documents`, the
+figures in `bnrep.figures` (the only module that imports matplotlib, loaded only
+when a report is written, so `bnrep status` can ask `report_is_current` without it).
 
     >>> res = build_report("runs", "digits-cnn"); print(res.summary)
     >>> res = build_report("runs", ["mnist-cnn", "cifar10-vgg16"])   # -> runs/combined/
@@ -30,13 +35,10 @@ can ask `report_is_current` without it).
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime as dt
 import hashlib
-import html
 import json
-import re
 from dataclasses import dataclass
 
 import pandas as pd
@@ -44,9 +46,11 @@ import pyarrow.fs as pafs
 
 import bnrep
 from bnrep.config import load_experiment, read_hashes
+from bnrep.documents import md_table, render_html, render_md
+from bnrep.correlations import MIN_MODELS, limits_sentence, predictor_rows, predictors
 from bnrep.findings import CLAIMS, Finding, finding_sparsity_across, findings, judged_norms, rules
-from bnrep.results import (REF, SHORT, Results, fmt_pm, is_paper_pair, model_label, norm_labels, ordered, rankings,
-                           side_by_side)
+from bnrep.results import (REF, SHORT, Results, fmt_pm, is_paper_pair, measure_numbers, model_label, norm_labels,
+                           ordered, rankings, side_by_side)
 from bnrep.store import TABLES, Store, git_commit, tables
 
 TRAINING_TABLES = tables(stage="final")
@@ -169,7 +173,7 @@ def findings_blocks(r: Results, fs: list[Finding]) -> list[tuple]:
     judged = judged_norms(r)
     if len(judged) == 1:
         rows = [[str(f.number), f.claim, f.verdict_text, f.detail] for f in fs]
-        return [("table", ["#", "Claim (paper section 6)", "Verdict", "Evidence"], rows),
+        return [("table", ["#", "Claim (paper section 6)", "Verdict", "Evidence"], rows), *eps_blocks(fs),
                 ("p", "How verdicts are decided:"), ("ul", rules(r.norms))]
     by = {(f.number, f.norm): f for f in fs}
     matrix = [[str(i), c] + [by[(i, n)].verdict for n in judged] for i, c in _claims(fs)]
@@ -180,7 +184,49 @@ def findings_blocks(r: Results, fs: list[Finding]) -> list[tuple]:
     ranks = rankings(r)
     if ranks:
         blocks += [("p", "Rankings (best first; mean ± std over seeds):"), ("table", ["measure", "ranking"], ranks)]
-    return blocks + [("p", "How verdicts are decided:"), ("ul", rules(r.norms))]
+    return blocks + eps_blocks(fs) + [("p", "How verdicts are decided:"), ("ul", rules(r.norms))]
+
+
+def eps_blocks(fs: list[Finding]) -> list[tuple]:
+    """Claim 1 at each sparsity threshold: a row per eps, a column per normalisation judged, and
+    whether each verdict is robust to the threshold. Nothing with one threshold."""
+    ones = [f for f in fs if f.number == 1 and "by_eps" in f.numbers]
+    if not ones:
+        return []
+    cell = lambda g, n: g["verdict"] + ("" if g["verdict"] == "not evaluated" else  # noqa: E731
+                                        f" ({SHORT[n]} sparser in {len(g['sparser'])}, less sparse in "
+                                        f"{len(g['less_sparse'])} layers)")
+    rows = [[e] + [cell(f.numbers["by_eps"][e], f.norm) if e in f.numbers["by_eps"] else "-" for f in ones]
+            for e in dict.fromkeys(e for f in ones for e in f.numbers["by_eps"])]
+    said = [f"{SHORT[f.norm]} vs {SHORT[REF]}: " + ("robust to the threshold (the same verdict at every eps)"
+            if f.numbers["robust_to_eps"] else "not robust to the threshold (the verdict changes at eps " +
+            ", ".join(e for e, g in f.numbers["by_eps"].items() if g["verdict"] != f.verdict) + ")") for f in ones]
+    return [("p", "Claim 1 at each sparsity threshold eps (|x| <= eps counts as zero). The verdict above and "
+                  "every other sparsity number use the smallest eps (the paper's exact zero when eps = 0):"),
+            ("table", ["eps"] + [f"{SHORT[f.norm]} vs {SHORT[REF]}" for f in ones], rows), ("ul", said)]
+
+
+def predictor_blocks(r: Results, heading: str = "Which measure predicts generalisation") -> list[tuple]:
+    """The correlations of each layer-averaged measure with test accuracy and the gap, strongest first."""
+    rows = predictors(r)
+    if not rows:
+        return [("h2", heading), ("p", f"Not computed: needs results/training and a measure for at least "
+                                       f"{MIN_MODELS} models.")]
+    header, cells = predictor_rows(rows)
+    blocks = [("h2", heading),
+              ("p", "Per model, each measure is averaged over its layers (those with a value; sparsity at the "
+                    "smallest eps, k-means DBI at the optimal k) and correlated with test accuracy and with the "
+                    "generalisation gap (train - test accuracy). Sorted by strength: the larger |r| of Pearson "
+                    "and Spearman across all models."),
+              ("table", header, cells), ("p", limits_sentence(r, rows))]
+    only = [f"{x['measure']} vs {'test accuracy' if x['target'] == 'test_acc' else 'the gap'}" for x in rows
+            if x["between_groups_only"]]
+    if only:
+        blocks.append(("note", f"The sign of {'; '.join(only)} comes only from the difference between the "
+                               f"normalisation groups: controlling for the normalisation (partial correlation), "
+                               f"it does not hold. Read it as a normalisation effect, not a link between the "
+                               f"measure and generalisation."))
+    return blocks
 
 
 def _claims(fs: list[Finding]) -> list[tuple[int, str]]:
@@ -205,9 +251,11 @@ def combined_findings_blocks(rs: list[Results], per_exp: dict[str, list[Finding]
         blocks += [("h2", f"Findings: {name}"),
                    ("table", head, [[str(f.number)] + ([] if paper else [SHORT[f.norm]]) + [f.verdict_text, f.detail]
                                     for f in fs])]
-        ranks = rankings(next(r for r in rs if r.experiment.name == name))
+        r = next(r for r in rs if r.experiment.name == name)
+        ranks = rankings(r)
         if ranks:
             blocks += [("table", ["measure", "ranking (best first; mean ± std over seeds)"], ranks)]
+        blocks += eps_blocks(fs) + predictor_blocks(r, f"Which measure predicts generalisation: {name}")
     return blocks + [("p", "How verdicts are decided:"), ("ul", rules({n for r in rs for n in r.norms}))]
 
 
@@ -283,73 +331,6 @@ def missing_notes(r: Results, out: str) -> list[str]:
     return notes
 
 
-# ==== documents: Markdown and self-contained HTML from one block list ====
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    cells = [header, ["---"] * len(header)] + rows
-    return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in cells)
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
-
-
-def render_md(blocks: list[tuple]) -> str:
-    out = []
-    for kind, *a in blocks:
-        if kind in ("h1", "h2"):
-            out.append(("# " if kind == "h1" else "## ") + a[0])
-        elif kind == "p":
-            out.append(a[0])
-        elif kind == "note":
-            out.append("> **Note:** " + a[0])
-        elif kind == "ul":
-            out.append("\n".join(f"- {x}" for x in a[0]))
-        elif kind == "table":
-            out.append(_md_table(*a))
-        elif kind == "fig":
-            name, cap, _ = a
-            out.append(f"![{name}]({name}.png)\n\n*{cap}* ([SVG]({name}.svg))")
-    return "\n\n".join(out) + "\n"
-
-
-CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-       "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;"
-       "text-align:left;vertical-align:top}th{background:#f3f3f3}figure{margin:1.5em 0}"
-       "figure img{max-width:100%}figcaption{font-size:.9em;color:#444}"
-       ".note{background:#fff6e0;border-left:4px solid #e0a000;padding:.5em 1em}")
-
-
-def _inline(text: str) -> str:
-    """Escaped text with `code` spans."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-
-
-def render_html(blocks: list[tuple], title: str) -> str:
-    out = []
-    for kind, *a in blocks:
-        if kind in ("h1", "h2"):
-            out.append(f"<{kind}>{html.escape(a[0])}</{kind}>")
-        elif kind == "p":
-            out.append(f"<p>{_inline(a[0])}</p>")
-        elif kind == "note":
-            out.append(f'<p class="note"><b>Note:</b> {_inline(a[0])}</p>')
-        elif kind == "ul":
-            out.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in a[0]) + "</ul>")
-        elif kind == "table":
-            out.append(_html_table(*a))
-        elif kind == "fig":
-            name, cap, png = a
-            src = "data:image/png;base64," + base64.b64encode(png).decode()
-            out.append(f'<figure id="{name}"><img src="{src}" alt="{html.escape(name)}">'
-                       f"<figcaption>{html.escape(cap)}</figcaption></figure>")
-    body = "\n".join(out)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
-
-
 # ==== writing ====
 
 @dataclass
@@ -376,13 +357,14 @@ class _Writer:
         self.store.write_bytes(f"{self.prefix}{name}", data.encode() if isinstance(data, str) else data)
         self.files.append(name)
 
-    def figures(self, rs: list[Results]) -> list[tuple]:
+    def figures(self, rs: list[Results], out: str) -> list[tuple]:
         from bnrep import figures  # matplotlib only when drawing: `bnrep status` imports this module
 
         blocks = []
         for spec in figures.FIGURES:
             fig = spec.make(rs)
             if fig is None:
+                blocks.append(("note", skipped_note(spec, rs, out)))
                 continue
             png = figures.figure_bytes(fig, "png")
             self.put(f"{spec.name}.png", png)
@@ -397,7 +379,7 @@ class _Writer:
             return [("p", "No training results yet.")], ""
         t = table1(training)
         header, rows = table1_rows(t)
-        self.put("table1.md", _md_table(header, rows) + "\n")
+        self.put("table1.md", md_table(header, rows) + "\n")
         self.put("table1.csv", t.to_csv(index=False, float_format="%.4f"))
         self.put("table1.tex", table1_tex(t))
         text = pd.DataFrame(rows, columns=header).to_string(index=False)
@@ -406,6 +388,22 @@ class _Writer:
     def documents(self, blocks: list[tuple], title: str) -> None:
         self.put("report.md", render_md(blocks))
         self.put("report.html", render_html(blocks, title))
+
+
+def skipped_note(spec, rs: list[Results], out: str) -> str:
+    """Why a figure (a bnrep.figures.FigureSpec) is not in the report, and what would draw it."""
+    name = spec.title or spec.name
+    absent = [t for t in spec.tables if all(r.table(t).empty for r in rs)]
+    if absent:
+        return (f"{name} not drawn: no results/{absent[0]} (results written before this measure existed, or "
+                f"the stage has not run; `{stage_command(absent[0], rs[0].experiment.name, out)}` adds it).")
+    return f"{name} not drawn: {spec.needs or 'no data to plot'}."
+
+
+def _findings_json(r: Results, fs: list[Finding]) -> dict:
+    """Verdicts with their numbers (claim 1 per eps inside), the generalisation correlations, per-layer measures."""
+    return {"findings": [dataclasses.asdict(f) for f in fs], "predictors": predictors(r),
+            "measures": measure_numbers(r)}
 
 
 def _summary(title: str, table_text: str, fs: dict[str, list[Finding]], notes: list[str], where: str) -> str:
@@ -451,16 +449,16 @@ def _build_one(out: str, name: str) -> ReportResult:
     w = _Writer(store, "report/")
     notes, fs = missing_notes(r, out), findings(r)
     t1_blocks, t1_text = w.table1([r])
-    fig_blocks = w.figures([r])
+    fig_blocks = w.figures([r], out)
     title = f"bnrep report: {r.experiment.name} ({r.label})"
     blocks = [("h1", title), *[("note", n) for n in notes],
               ("h2", "Settings"), ("table", ["setting", "value"], settings_rows(r)),
               ("h2", "Provenance"), ("table", ["item", "value"], provenance_rows([r])),
               ("h2", "Table 1: accuracy"), *t1_blocks,
-              ("h2", "Findings (paper section 6)"), *findings_blocks(r, fs),
+              ("h2", "Findings (paper section 6)"), *findings_blocks(r, fs), *predictor_blocks(r),
               ("h2", "Figures"), *fig_blocks]
     w.documents(blocks, title)
-    w.put("findings.json", json.dumps([dataclasses.asdict(f) for f in fs], indent=2, default=str) + "\n")
+    w.put("findings.json", json.dumps(_findings_json(r, fs), indent=2, default=str) + "\n")
     summary = _summary(title, t1_text, {"Findings": fs}, notes, store.uri("report", "report.html"))
     w.put("summary.txt", summary + "\n")
     store.write_json("report/report_inputs.json", fingerprint)  # last: marks the report complete
@@ -479,7 +477,7 @@ def _build_combined(out: str, names: list[str], dest: str | None) -> ReportResul
              for r in loaded if r not in rs] + [n for r in rs for n in missing_notes(r, out)]
     per_exp = {r.experiment.name: findings(r) for r in rs}
     t1_blocks, t1_text = w.table1(rs)
-    fig_blocks = w.figures(rs)
+    fig_blocks = w.figures(rs, out)
     across = across_findings(per_exp)
     title = "bnrep combined report: " + ", ".join(f"{r.experiment.name} ({r.label})" for r in rs)
     blocks = [("h1", title), *[("note", n) for n in notes],
@@ -493,7 +491,8 @@ def _build_combined(out: str, names: list[str], dest: str | None) -> ReportResul
               *combined_findings_blocks(rs, per_exp, across), ("h2", "Figures"), *fig_blocks]
     w.documents(blocks, title)
     w.put("findings.json", json.dumps({"across": [dataclasses.asdict(f) for f in across],
-                                       **{n: [dataclasses.asdict(f) for f in fs] for n, fs in per_exp.items()}},
+                                       **{r.experiment.name: _findings_json(r, per_exp[r.experiment.name])
+                                          for r in rs}},
                                       indent=2, default=str) + "\n")
     where = store.uri()
     lost = sorted({f"{r.experiment.name}/{t}" for r in loaded for t in missing(r)})

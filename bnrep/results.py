@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from bnrep.experiments import Experiment
@@ -117,9 +118,16 @@ def shown(df: pd.DataFrame, first_layer: int) -> pd.DataFrame:
     return df[df["layer_index"] >= first_layer] if len(df) else df
 
 
-def at_eps(df: pd.DataFrame) -> pd.DataFrame:
-    """Sparsity rows at the smallest threshold (the paper's exact zero when eps = 0 was asked)."""
-    return df[df["eps"] == df["eps"].min()] if len(df) and "eps" in df else df
+def eps_values(df: pd.DataFrame) -> list[float]:
+    """The sparsity thresholds in a table, ascending ([] without an eps column: one threshold)."""
+    return sorted(float(x) for x in df["eps"].dropna().unique()) if len(df) and "eps" in df else []
+
+
+def at_eps(df: pd.DataFrame, eps: float | None = None) -> pd.DataFrame:
+    """Sparsity rows at threshold `eps`, default the smallest (the paper's exact zero when eps = 0 was asked)."""
+    if not len(df) or "eps" not in df:
+        return df
+    return df[df["eps"] == (df["eps"].min() if eps is None else eps)]
 
 
 def optimal_k(kmeans: pd.DataFrame) -> pd.DataFrame:
@@ -133,6 +141,30 @@ def optimal_k(kmeans: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     best = kmeans[kmeans["optimal"].astype(bool)].sort_values(["model_id", "layer_index"])
     return best.rename(columns={"k": "k_opt"})[cols].reset_index(drop=True)
+
+
+def cka_pairs(cka: pd.DataFrame) -> pd.DataFrame:
+    """The cka rows with `first`/`second` (the pair's two norms in display order) and `kind`:
+    'cross' (two norms, one seed) or 'seeds' (one norm, two seeds); any other pair dropped."""
+    if cka.empty:
+        return cka.assign(first=[], second=[], kind=[])
+    same_norm, same_seed = cka["norm_a"] == cka["norm_b"], cka["seed_a"] == cka["seed_b"]
+    d = cka[same_norm != same_seed]
+    rank = {n: i for i, n in enumerate(ordered(set(d["norm_a"]) | set(d["norm_b"])))}
+    swap = d["norm_a"].map(rank) > d["norm_b"].map(rank)
+    return d.assign(first=d["norm_b"].where(swap, d["norm_a"]), second=d["norm_a"].where(swap, d["norm_b"]),
+                    kind=np.where(d["norm_a"] == d["norm_b"], "seeds", "cross"))
+
+
+def measure_numbers(r: Results) -> dict[str, list[dict]]:
+    """Seed mean, std and counts per layer of NC1 and effective rank (per norm) and of CKA (per kind of
+    pair: over the pairs), for findings.json."""
+    out = {t: seed_stats(r.table(t), ["norm", "layer_index", "layer"], "value").to_dict("records")
+           for t in ("nc1", "effective_rank") if len(r.table(t))}
+    p = cka_pairs(r.table("cka"))
+    if len(p):
+        out["cka"] = seed_stats(p, ["kind", "first", "second", "layer_index", "layer"], "cka").to_dict("records")
+    return out
 
 
 def pair(df: pd.DataFrame, norm: str) -> pd.DataFrame:

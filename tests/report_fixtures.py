@@ -53,6 +53,27 @@ def cnn_kmeans_dbi(bn, li: int) -> float:
     return [1.0, 1.5, 2.0, 1.5, 0.8][li - 1] + better * (li < 5) - 2 * better * (li == 5)
 
 
+def cnn_nc1(bn, li: int) -> float:  # within-class variability falls with depth, lower with BN
+    return 3.0 / li * {True: 0.5, False: 0.8, "group": 0.4, "layer": 0.7}[bn]
+
+
+def cnn_erank(bn, li: int) -> float:
+    return 4.0 + li * {True: 2.0, False: 1.0, "group": 2.5, "layer": 1.5}[bn]
+
+
+def cnn_cka_within(bn, li: int) -> float:  # seed vs seed within one norm; BN seeds agree more
+    return 0.95 * (0.98 if bn is True else 0.95) ** li
+
+
+def cnn_cka_cross(bn_a, bn_b, li: int) -> float:  # norm A vs norm B, same seed: below the seed baseline
+    return 0.85 * 0.9 ** li
+
+
+def eps_growth(s: float, eps: float) -> float:
+    """Sparsity at threshold eps from the exact-zero sparsity s: more values count as zero."""
+    return s + (1 - s) * min(1.0, 2 * eps)
+
+
 def optimal_rows(dbi: np.ndarray) -> np.ndarray:
     """The analysis stage's `optimal` column: lowest DBI, ties to the smallest k, none when all NaN."""
     flags = np.zeros(len(dbi), bool)
@@ -64,10 +85,19 @@ def optimal_rows(dbi: np.ndarray) -> np.ndarray:
 def make_tables(experiment: str = "digits-cnn", seeds: int = 4, layers=CNN_LAYERS, channels=CNN_CHANNELS,
                 sparsity=cnn_sparsity, class_dbi=cnn_class_dbi, kopt=cnn_kopt, kmeans_dbi=cnn_kmeans_dbi,
                 acc=None, k_range=range(2, 16), noise: float = 0.01, k_jitter: int = 0, epochs: int = 20,
-                rng: int = 0, norms=("batch", "none")) -> dict[str, pd.DataFrame]:
-    """Every report table; per-seed noise is +-`noise` (uniform) on top of the rules."""
+                rng: int = 0, norms=("batch", "none"), eps=(0.0,), sparsity_eps=None, nc1=cnn_nc1,
+                erank=cnn_erank, cka_within=cnn_cka_within, cka_cross=cnn_cka_cross,
+                new_tables: bool = True) -> dict[str, pd.DataFrame]:
+    """Every report table; per-seed noise is +-`noise` (uniform) on top of the rules.
+
+    `eps`: the sparsity thresholds (one row per eps in the sparsity tables), sparsity at
+    eps from `sparsity_eps(bn, li, eps)` (default: `eps_growth` of the rule's value).
+    `new_tables=False`: the tables as results written before nc1, effective_rank and
+    cka existed (and without dead_channels).
+    """
     e, g = get_experiment(experiment), np.random.default_rng(rng)
     acc = acc or (lambda bn, seed: (1.0, 0.99 if bn else 0.985, 0.985 if bn else 0.98))
+    sparsity_eps = sparsity_eps or (lambda bn, li, x: eps_growth(sparsity(bn, li), x))
     t = {k: [] for k in ("training", "training_history", "channel_sparsity", "layer_sparsity", "class_dbi", "kmeans")}
     for norm in norms:
         bn = rule_arg(norm)
@@ -84,10 +114,12 @@ def make_tables(experiment: str = "digits-cnn", seeds: int = 4, layers=CNN_LAYER
                                                   train_acc=0.1 + 0.9 * f, val_acc=0.1 + (va - 0.1) * f))
             for li, (name, C) in enumerate(zip(layers, channels), start=1):
                 lk = dict(key, layer=name, layer_index=li)
-                s = float(np.clip(sparsity(bn, li) + g.uniform(-noise, noise), 0, 1))
-                t["layer_sparsity"].append(dict(lk, sparsity=s))
-                cs = np.clip(s + g.uniform(-0.05, 0.05, C), 0, 1)
-                t["channel_sparsity"] += [dict(lk, channel=c, sparsity=float(v)) for c, v in enumerate(cs)]
+                for x in eps:
+                    s = float(np.clip(sparsity_eps(bn, li, x) + g.uniform(-noise, noise), 0, 1))
+                    cs = np.clip(s + g.uniform(-0.05, 0.05, C), 0, 1)
+                    dead = dict(dead_channels=int((cs >= 1.0).sum())) if new_tables else {}
+                    t["layer_sparsity"].append(dict(lk, eps=x, sparsity=s, **dead))
+                    t["channel_sparsity"] += [dict(lk, eps=x, channel=c, sparsity=float(v)) for c, v in enumerate(cs)]
                 cd = class_dbi(bn, li)
                 t["class_dbi"].append(dict(lk, dbi=cd if np.isnan(cd) else cd + g.uniform(-noise, noise)))
                 ko = kopt(bn, li) + (int(g.integers(-k_jitter, k_jitter + 1)) if li < len(layers) else 0)
@@ -95,16 +127,47 @@ def make_tables(experiment: str = "digits-cnn", seeds: int = 4, layers=CNN_LAYER
                 dbi = np.array([kd + 0.05 * (k - ko) ** 2 for k in k_range])
                 t["kmeans"] += [dict(lk, k=k, dbi=d, inertia=100.0 / k, optimal=o)
                                 for k, d, o in zip(k_range, dbi, optimal_rows(dbi))]
-    return {k: pd.DataFrame(v) for k, v in t.items()}
+    t = {k: pd.DataFrame(v) for k, v in t.items()}
+    if new_tables:
+        t.update(measure_tables(t["training"], layers, nc1, erank, cka_within, cka_cross, noise, rng))
+    return t
+
+
+def measure_tables(training, layers, nc1, erank, cka_within, cka_cross, noise, rng) -> dict[str, pd.DataFrame]:
+    """nc1, effective_rank (model x layer) and cka (model pair x layer: every pair of norms at one seed,
+    every pair of seeds in one norm), with their own random stream so the older tables keep their values."""
+    g = np.random.default_rng(rng + 1000)
+    per_layer = {"nc1": [], "effective_rank": [], "cka": []}
+    models = training[["model_id", "bn", "norm", "seed"]].to_dict("records")
+    for m in models:
+        for li, name in enumerate(layers, start=1):
+            lk = dict(m, layer=name, layer_index=li)
+            for table, rule in (("nc1", nc1), ("effective_rank", erank)):
+                v = rule(rule_arg(m["norm"]), li)
+                per_layer[table].append(dict(lk, value=v + g.uniform(-noise, noise),
+                                             reason="dead layer" if np.isnan(v) else ""))
+    for i, a in enumerate(models):
+        for b in models[i + 1:]:
+            same_norm, same_seed = a["norm"] == b["norm"], a["seed"] == b["seed"]
+            if same_norm == same_seed:
+                continue  # neither a seed pair nor a norm pair
+            for li, name in enumerate(layers, start=1):
+                ra, rb = rule_arg(a["norm"]), rule_arg(b["norm"])
+                v = cka_within(ra, li) if same_norm else cka_cross(ra, rb, li)
+                per_layer["cka"].append(dict(model_a=a["model_id"], model_b=b["model_id"], norm_a=a["norm"],
+                                             norm_b=b["norm"], seed_a=a["seed"], seed_b=b["seed"], layer=name,
+                                             layer_index=li, cka=float(np.clip(v + g.uniform(-noise, noise), 0, 1))))
+    return {k: pd.DataFrame(v) for k, v in per_layer.items()}
 
 
 def write_tables(out, experiment: str, tables: dict[str, pd.DataFrame], parts: int = 2) -> None:
     """Each table split over `parts` Parquet parts (by model), as the stages write them."""
     store = Store(str(out), experiment)
     for name, df in tables.items():
-        ids = sorted(df["model_id"].unique())
+        key = "model_a" if name == "cka" else "model_id"
+        ids = sorted(df[key].unique())
         for i in range(parts):
-            chunk = df[df["model_id"].isin(ids[i::parts])]
+            chunk = df[df[key].isin(ids[i::parts])]
             if len(chunk):
                 store.write_part(name, f"part-{i}", chunk, config_hash="fixture")
 

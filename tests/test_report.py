@@ -15,11 +15,12 @@ from bnrep import figures, findings, report, results
 from bnrep.experiments import get_experiment
 from bnrep.store import Store
 from bnrep.results import COLORS
-from tests.report_fixtures import CNN_LAYERS, cnn_kopt, make_tables, vgg_tables, write_tables
+from tests.report_fixtures import CNN_LAYERS, cnn_kopt, cnn_sparsity, make_tables, vgg_tables, write_tables
 
 ROOT = report.__file__.rsplit("/bnrep/", 1)[0]
 BLUE, ORANGE = "#1f77b4", "#ff7f0e"
 SMALL = dict(channels=[3] * 5, k_range=range(2, 13), epochs=6)  # small and fast to draw
+EPS3 = (0.0, 0.01, 0.1)  # sparsity thresholds
 
 
 def acc(bn, seed):  # test accuracy 98/99 alternating (BN) -> 98.500 +- 0.577; 97 (no BN) -> 97.000 +- 0.000
@@ -36,9 +37,9 @@ def vgg() -> findings.Results:
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
-    """One complete report on the small CNN fixture."""
+    """One complete report on the small CNN fixture, every table, three sparsity thresholds."""
     out = tmp_path_factory.mktemp("full")
-    write_tables(out, "digits-cnn", cnn().tables)
+    write_tables(out, "digits-cnn", cnn(eps=EPS3).tables)
     return out, report.build_report(str(out), "digits-cnn")
 
 
@@ -352,7 +353,7 @@ def test_report_files_and_self_contained_html(full):
     assert re.findall(r'src="([^"]{0,5})', html) == ["data:"] * len(figs)
     md = (d / "report.md").read_text()
     assert all(f"![{f}]({f}.png)" in md for f in figs) and "bnrep version" in md and "8 |" in md
-    verdicts = [f["verdict"] for f in json.loads((d / "findings.json").read_text())]
+    verdicts = [f["verdict"] for f in json.loads((d / "findings.json").read_text())["findings"]]
     assert verdicts == [f.verdict for f in res.findings] and "not evaluated" not in verdicts
     assert res.missing == [] and res.html.endswith("digits-cnn/report/report.html")
 
@@ -677,10 +678,16 @@ CONDITIONS = {  # name: (tables, experiment, text named, claims turned inconclus
     "edge lr not used (paper hparams)": ({**T, "hparam_trials": trials(0.01, 0.00101)}, "digits-cnn", None, set()),
     "a layer above 90% zeros": (set_rows(T, "layer_sparsity", "norm == 'none' and layer == 'conv4'", sparsity=0.95),
                                 "digits-cnn", "layers above 90% zeros: no BN conv4 95%", {1, 2}),
-    "a dead channel (named only)": (set_rows(T, "channel_sparsity", "model_id == 'bn-s0' and layer == 'conv1' and "
-                                                                    "channel == 0", sparsity=1.0),
+    "a dead channel (named only)": (set_rows(T, "layer_sparsity", "model_id == 'bn-s0' and layer == 'conv1'",
+                                             dead_channels=1),
                                     "digits-cnn", "dead channels (over all models): BN conv1 1 of 4 models x channels",
                                     set()),
+    "a dead channel, counted from channel_sparsity (tables before dead_channels)": (
+        {**set_rows(T, "channel_sparsity", "model_id == 'bn-s0' and layer == 'conv1' and channel == 0", sparsity=1.0),
+         "layer_sparsity": T["layer_sparsity"].drop(columns="dead_channels")},
+        "digits-cnn", "dead channels (over all models): BN conv1 1 of 4 models x channels", set()),
+    "dead channels at the larger eps only are not named": (
+        make_tables(**SMALL, acc=acc, eps=(0.0, 0.5)), "digits-cnn", None, set()),  # eps 0.5: every channel zero
 }
 
 
@@ -702,3 +709,262 @@ def test_conditions_named_next_to_the_verdicts_they_undermine(name):
             assert (text in f.caveats) == (text is not None and name.startswith("a dead channel")), (name, f.caveats)
     if text is None:  # no condition: nothing named beyond what a finding found itself
         assert [f.caveats for f in fs] == [p.caveats for p in plain]
+
+
+# ==== the measures beyond the paper: NC1, effective rank, CKA, sparsity thresholds ====
+
+@pytest.mark.parametrize("make,labels", [(cnn, LABEL), (cnn4, LABEL4)])
+@pytest.mark.parametrize("make_fig,table", [(figures.fig_nc1, "nc1"), (figures.fig_effective_rank, "effective_rank")])
+def test_nc1_and_effective_rank_figures_plot_the_table_values(make, labels, make_fig, table):
+    r = make()
+    (ax,) = make_fig(r).axes
+    check_errorbars(ax, r.table(table), "value", labels)
+    assert ticks(ax) == CNN_LAYERS and ax.get_yscale() == ("log" if table == "nc1" else "linear")
+
+
+def test_nc1_figure_leaves_nan_layers_out_of_the_means():
+    t = set_rows(cnn().tables, "nc1", "model_id in ['bn-s0', 'nobn-s2'] and layer_index == 2", value=math.nan)
+    r = results.Results(get_experiment("digits-cnn"), t)
+    (ax,) = figures.fig_nc1(r).axes
+    check_errorbars(ax, r.table("nc1").dropna(subset=["value"]), "value")
+    assert "2 of 40 values are NaN" in figures.caption(next(s for s in figures.FIGURES if s.name == "fig_nc1"), [r])
+
+
+def cka_expected(cka: pd.DataFrame, a: str, b: str) -> tuple[list, list, list]:
+    """Per layer, mean and std (ddof=1) of CKA over the pairs of models with norms {a, b}: two norms at the same
+    seed when a != b, two seeds of one norm when a == b; written out with numpy."""
+    if a == b:
+        d = cka[(cka["norm_a"] == a) & (cka["norm_b"] == a) & (cka["seed_a"] != cka["seed_b"])]
+    else:
+        d = cka[(cka["seed_a"] == cka["seed_b"]) & (((cka["norm_a"] == a) & (cka["norm_b"] == b)) |
+                                                    ((cka["norm_a"] == b) & (cka["norm_b"] == a)))]
+    xs = sorted(d["layer_index"].unique())
+    vals = [d.loc[d["layer_index"] == li, "cka"].to_numpy() for li in xs]
+    return xs, [v.mean() for v in vals], [v.std(ddof=1) for v in vals]
+
+
+SHORT4 = {"batch": "BN", "group": "GN", "layer": "LN", "none": "NBN"}
+
+
+@pytest.mark.parametrize("make,pairs", [
+    (cnn, [("batch", "none")]),
+    (cnn4, [("batch", "group"), ("batch", "layer"), ("batch", "none"), ("group", "layer"), ("group", "none"),
+            ("layer", "none")]),
+])
+def test_cka_figure_cross_norm_next_to_seed_baselines(make, pairs):
+    r = make()
+    cka = r.table("cka")
+    axes = [a for a in figures.fig_cka(r).axes if a.axison]
+    assert [a.get_title() for a in axes] == [f"CNN Digits: {SHORT4[a]} vs {SHORT4[b]}" for a, b in pairs]
+    for ax, (a, b) in zip(axes, pairs):
+        got = errorbars(ax)
+        want = {f"{SHORT4[a]} vs {SHORT4[b]}, same seed": cka_expected(cka, a, b),
+                f"{SHORT4[a]} seed vs seed": cka_expected(cka, a, a), f"{SHORT4[b]} seed vs seed": cka_expected(cka, b, b)}
+        assert set(got) == set(want)
+        for label, (xs, mean, std) in want.items():
+            gx, gy, gerr = got[label]
+            assert gx == xs and gy == pytest.approx(mean, abs=1e-12) and gerr == pytest.approx(std, abs=1e-12), label
+        colours = {c.get_label(): to_hex(c.lines[0].get_color()) for c in ax.containers}
+        assert colours[f"{SHORT4[a]} seed vs seed"] == to_hex(COLORS[a]) and colours[f"{SHORT4[b]} seed vs seed"] == \
+            to_hex(COLORS[b]) and colours[f"{SHORT4[a]} vs {SHORT4[b]}, same seed"] == "#000000"
+
+
+GROUPS = {  # layer groups by hand: each layer alone up to 4 layers, else thirds (the larger first)
+    "CNN Digits": {"early layers (conv1-conv2)": [1, 2], "middle layers (conv3-conv4)": [3, 4], "late layer (fc1)": [5]},
+    "VGG-16 CIFAR10": {"early layers (conv1-conv5)": [1, 2, 3, 4, 5], "middle layers (conv6-conv9)": [6, 7, 8, 9],
+                       "late layers (conv10-conv13)": [10, 11, 12, 13]},
+}
+
+
+@pytest.mark.parametrize("r", [cnn(eps=EPS3), cnn4(eps=EPS3),
+                               results.Results(get_experiment("cifar10-vgg16"),
+                                               vgg_tables(channels=[2] * 13, seeds=2, eps=EPS3))],
+                         ids=["cnn", "cnn-4-norms", "vgg"])
+def test_sparsity_threshold_figure_plots_group_means_over_seeds(r):
+    ls = r.table("layer_sparsity")
+    axes = [a for a in figures.fig_sparsity_thresholds(r).axes if a.axison]
+    groups = GROUPS[r.label]
+    assert [a.get_title() for a in axes] == [f"{r.label}: {g}" for g in groups]
+    labels = LABEL4 if len(r.norms) == 4 else LABEL
+    for ax, idx in zip(axes, groups.values()):
+        got = errorbars(ax)
+        assert set(got) == {labels[n] for n in r.norms}
+        for n in r.norms:
+            d = ls[(ls["norm"] == n) & ls["layer_index"].isin(idx)]
+            per_model = {e: [d[(d["eps"] == e) & (d["model_id"] == m)]["sparsity"].mean() for m in d["model_id"].unique()]
+                         for e in EPS3}
+            gx, gy, gerr = got[labels[n]]
+            assert gx == list(EPS3)
+            assert gy == pytest.approx([np.mean(v) for v in per_model.values()], abs=1e-12)
+            assert gerr == pytest.approx([np.std(v, ddof=1) for v in per_model.values()], abs=1e-12)
+        assert ax.get_xscale() == "symlog"
+
+
+def test_sparsity_threshold_figure_needs_two_thresholds():
+    assert figures.fig_sparsity_thresholds(cnn()) is None  # eps 0 only: nothing to plot against
+
+
+def test_the_other_sparsity_figures_and_claims_use_the_smallest_eps():
+    r = cnn(eps=(0.0, 0.1))
+    (ax,) = figures.fig_layer_sparsity(r).axes
+    check_errorbars(ax, r.table("layer_sparsity").query("eps == 0"), "sparsity")
+    f = findings.findings(r)[0]
+    assert f.numbers["diff_pp"] == findings.finding_sparsity(r.table("layer_sparsity").query("eps == 0")).numbers["diff_pp"]
+
+
+# ---- claim 1 at each threshold ----
+
+FLIP = lambda bn, li, eps: (.9 if bn is True else .5) if eps >= 0.1 else cnn_sparsity(bn, li)  # noqa: E731
+
+
+@pytest.mark.parametrize("name,kw,by_eps,robust", [
+    ("the same verdict at every eps", {}, {"0": "mixed", "0.01": "mixed", "0.1": "mixed"}, True),
+    ("BN sparser everywhere at eps 0.1", dict(sparsity_eps=FLIP), {"0": "mixed", "0.01": "mixed", "0.1": "not supported"},
+     False),
+])
+def test_claim_1_per_threshold_and_its_robustness(name, kw, by_eps, robust, tmp_path):
+    r = cnn(eps=EPS3, **kw)
+    f = findings.findings(r)[0]
+    ls = r.table("layer_sparsity")
+    assert f.number == 1 and f.verdict == "mixed", name  # the verdict itself: at the smallest eps, as the paper
+    assert {e: g["verdict"] for e, g in f.numbers["by_eps"].items()} == by_eps, name
+    for e in EPS3:  # each threshold judged on exactly its own rows
+        assert f.numbers["by_eps"][f"{e:g}"]["verdict"] == findings.finding_sparsity(ls[ls["eps"] == e]).verdict
+    assert f.numbers["robust_to_eps"] is robust
+    write_tables(tmp_path, "digits-cnn", r.tables)
+    report.build_report(str(tmp_path), "digits-cnn")
+    md = (tmp_path / "digits-cnn" / "report" / "report.md").read_text()
+    said = "robust to the threshold (the same verdict at every eps)" if robust else \
+        "not robust to the threshold (the verdict changes at eps 0.1)"
+    assert f"- BN vs NBN: {said}" in md and ("not robust" in md) is not robust
+    assert "| 0.1 | " + by_eps["0.1"] + " (BN sparser in" in md
+    fj = json.loads((tmp_path / "digits-cnn" / "report" / "findings.json").read_text())
+    assert fj["findings"][0]["numbers"]["robust_to_eps"] is robust
+
+
+def test_claim_1_with_one_threshold_says_nothing_of_robustness():
+    f = findings.findings(cnn())[0]
+    assert "by_eps" not in f.numbers and "robust" not in f.detail
+
+
+# ---- which measure predicts generalisation ----
+
+def acc_by_seed(bn, seed):  # test accuracy varies within each norm, so within-norm correlations exist
+    return 1.0, 0.99, {True: 0.98, False: 0.97, "group": 0.985, "layer": 0.975}[bn] + 0.003 * seed - 0.001 * seed ** 2
+
+
+def reference_correlations(r) -> dict[tuple[str, str], dict]:
+    """Per model measures and their correlations, computed here from the tables with pandas and scipy."""
+    from scipy import stats
+
+    t = r.table("training").set_index("model_id")
+    ls, km = r.table("layer_sparsity"), r.table("kmeans")
+    per_model = {"layer sparsity (smallest eps)": ls[ls["eps"] == ls["eps"].min()].groupby("model_id")["sparsity"].mean(),
+                 "class DBI": r.table("class_dbi").groupby("model_id")["dbi"].mean(),
+                 "NC1": r.table("nc1").groupby("model_id")["value"].mean(),
+                 "effective rank": r.table("effective_rank").groupby("model_id")["value"].mean(),
+                 "k-means DBI at optimal k": km[km["optimal"]].groupby("model_id")["dbi"].mean()}
+    targets = {"test_acc": t["test_acc"], "gap": t["train_acc"] - t["test_acc"]}
+    out = {}
+    for name, x in per_model.items():
+        for tname, y in targets.items():
+            x_, y_ = x.loc[t.index].to_numpy(), y.to_numpy()
+            D = np.column_stack([np.ones(len(t))] + [(t["norm"] == n).to_numpy(float) for n in sorted(t["norm"].unique())[1:]])
+            rx, ry = x_ - D @ np.linalg.lstsq(D, x_, rcond=None)[0], y_ - D @ np.linalg.lstsq(D, y_, rcond=None)[0]
+            pr = np.sum(rx * ry) / math.sqrt(np.sum(rx ** 2) * np.sum(ry ** 2))
+            dof = len(t) - 2 - (D.shape[1] - 1)
+            pp = 2 * stats.t.sf(abs(pr) * math.sqrt(dof / (1 - pr ** 2)), dof)
+            within = {n: stats.spearmanr(x_[t["norm"] == n], y_[t["norm"] == n])[0] for n in t["norm"].unique()}
+            out[(name, tname)] = dict(pearson=stats.pearsonr(x_, y_), spearman=stats.spearmanr(x_, y_), partial=(pr, pp),
+                                      within=within)
+    return out
+
+
+@pytest.mark.parametrize("make", [cnn, cnn4], ids=["2-norms", "4-norms"])
+def test_predictor_table_equals_scipy(make):
+    from bnrep import correlations
+
+    r = make(acc=acc_by_seed)
+    rows, ref = correlations.predictors(r), reference_correlations(r)
+    assert {(x["measure"], x["target"]) for x in rows} == set(ref) and len(rows) == 10
+    for x in rows:
+        want = ref[(x["measure"], x["target"])]
+        assert x["models"] == len(r.table("training"))
+        assert (x["pearson_r"], x["pearson_p"]) == pytest.approx(tuple(want["pearson"]), rel=1e-9)
+        assert (x["spearman_r"], x["spearman_p"]) == pytest.approx(tuple(want["spearman"]), rel=1e-9)
+        assert (x["partial_pearson_r"], x["partial_pearson_p"]) == pytest.approx(want["partial"], rel=1e-6)
+        assert x["within_spearman"] == pytest.approx(want["within"], rel=1e-9)
+    strength = [max(abs(x["pearson_r"]), abs(x["spearman_r"])) for x in rows]
+    assert all(a >= b - 1e-9 for a, b in zip(strength, strength[1:]))  # strongest first
+
+
+def measure_case(nc1_of_acc) -> results.Results:
+    """8 models; BN models 4 pp better; NC1 per model from its norm, test accuracy and seed."""
+    tr = pd.DataFrame(dict(model_id=[f"m{i}" for i in range(8)], bn=[True] * 4 + [False] * 4,
+                           norm=["batch"] * 4 + ["none"] * 4, seed=list(range(4)) * 2, train_acc=1.0,
+                           test_acc=np.r_[.98 + np.array([.01, -.01, .005, -.005]), .94 + np.array([.01, -.01, .005, -.005])]))
+    nc1 = tr[["model_id", "bn", "norm", "seed"]].assign(layer="l1", layer_index=1,
+                                                        value=[nc1_of_acc(n, a, s) for n, a, s in zip(tr["norm"], tr["test_acc"], tr["seed"])])
+    return results.Results(get_experiment("digits-cnn"), {"training": tr, "nc1": nc1})
+
+
+NOTE = "sign only from the difference between the normalisation groups"
+
+
+@pytest.mark.parametrize("name,nc1,flagged", [
+    ("NC1 follows accuracy within the groups too", lambda n, a, s: 10 - 100 * a, False),
+    ("NC1 differs by group only, within the sign turns", lambda n, a, s: {"batch": 1, "none": 2}[n] + [.3, .1, -.1, -.3][s],
+     True),
+])
+def test_a_predictor_whose_sign_is_only_the_groups_is_noted(name, nc1, flagged):
+    from bnrep import correlations
+
+    r = measure_case(nc1)
+    (test, gap) = sorted(correlations.predictors(r), key=lambda x: x["target"] != "test_acc")
+    assert test["pearson_r"] < -0.5 and test["pearson_p"] < 0.05, name  # counts across all 8 models
+    assert test["between_groups_only"] is flagged and gap["between_groups_only"] is flagged, name
+    header, rows = correlations.predictor_rows([test])
+    assert (rows[0][-1] == NOTE) is flagged
+
+
+def test_predictor_section_in_the_report_with_the_real_model_count(tmp_path):
+    r = cnn4(acc=acc_by_seed)
+    write_tables(tmp_path, "digits-cnn", r.tables)
+    report.build_report(str(tmp_path), "digits-cnn")
+    d = tmp_path / "digits-cnn" / "report"
+    md = (d / "report.md").read_text()
+    assert "## Which measure predicts generalisation" in md
+    assert "These are correlations over 16 models (4 BN, 4 GN, 4 LN, 4 NBN)" in md
+    from scipy import stats
+    t = stats.t.ppf(0.975, 14)
+    assert f"|Pearson r| >= {t / math.sqrt(14 + t * t):.2f} for p < 0.05" in md
+    from bnrep import correlations
+    top = correlations.predictors(r)[0]
+    assert f"| {top['measure']} | " in md.split("## Which measure predicts generalisation")[1].split("\n| ---")[1]
+    fj = json.loads((d / "findings.json").read_text())
+    assert fj["predictors"][0]["pearson_r"] == pytest.approx(top["pearson_r"])
+    assert {m["norm"] for m in fj["measures"]["nc1"]} == set(NORMS4) and len(fj["measures"]["cka"]) == (6 + 4) * 5
+    nc1 = r.table("nc1").query("norm == 'group' and layer_index == 2")["value"]
+    row = next(m for m in fj["measures"]["nc1"] if m["norm"] == "group" and m["layer_index"] == 2)
+    assert (row["mean"], row["std"]) == pytest.approx((nc1.mean(), nc1.std(ddof=1)))
+
+
+# ---- results written before the new tables ----
+
+def test_report_builds_without_the_new_tables(tmp_path):
+    write_tables(tmp_path, "digits-cnn", cnn(new_tables=False).tables)
+    res = report.build_report(str(tmp_path), "digits-cnn")
+    d = tmp_path / "digits-cnn" / "report"
+    md, html = (d / "report.md").read_text(), (d / "report.html").read_text()
+    for name, table in [("NC1 per layer", "nc1"), ("Effective rank per layer", "effective_rank"), ("CKA per layer", "cka")]:
+        assert f"{name} not drawn: no results/{table} (results written before this measure existed" in md
+        assert f"{name} not drawn: no results/{table}" in html
+    assert "Layer sparsity against the threshold eps not drawn: it needs layer sparsity at two or more thresholds" in md
+    new = {"fig_nc1", "fig_effective_rank", "fig_cka", "fig_sparsity_thresholds"}
+    drawn = {f.rsplit(".", 1)[0] for f in res.files if f.startswith("fig_")}
+    assert drawn == {s.name for s in figures.FIGURES} - new
+    assert md.count("![fig_") == len(drawn) and html.count("data:image/png;base64,") == len(drawn)
+    fj = json.loads((d / "findings.json").read_text())
+    assert fj["measures"] == {} and {x["measure"] for x in fj["predictors"]} == \
+        {"layer sparsity (smallest eps)", "class DBI", "k-means DBI at optimal k"}
+    assert [f.verdict for f in res.findings] == [f.verdict for f in findings.findings(cnn())]

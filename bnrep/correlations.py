@@ -1,0 +1,169 @@
+"""Which measure predicts generalisation: correlations over the models of one experiment.
+
+Per model, each measure is averaged over the layers that have a value (layer
+sparsity at the smallest eps, class DBI, NC1, effective rank, k-means DBI at the
+optimal k) and correlated with test accuracy and with the generalisation gap
+(train - test accuracy): Pearson and Spearman across all models (scipy.stats,
+two-sided p), Spearman within each normalisation, and the partial Pearson
+correlation controlling for the normalisation. Also the home of the two
+correlation helpers claim 2 uses (`correlate`, `partial_corr`): one
+implementation for both.
+
+No plotting and no file access: pandas, numpy and scipy only.
+
+    >>> rows = predictors(results)   # one dict per (measure, target), strongest first
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from bnrep.results import SHORT, Results, at_eps, optimal_k, ordered
+
+R_MIN = 0.5  # a correlation counts when |r| >= 0.5 ...
+P_MAX = 0.05  # ... and p < 0.05; also the level of Welch's t-test over seeds (bnrep.findings)
+MIN_MODELS = 4  # fewer models than this: no correlation is computed
+MIN_WITHIN = 3  # models of one normalisation needed for a within-group Spearman r
+
+NAN_CORR = {"pearson_r": math.nan, "pearson_p": math.nan, "spearman_r": math.nan, "spearman_p": math.nan}
+
+
+def correlate(x: pd.Series, y: pd.Series) -> dict:
+    """Pearson and Spearman r with two-sided p (scipy); NaN when either side is constant."""
+    if x.nunique() < 2 or y.nunique() < 2:
+        return dict(NAN_CORR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns on tiny samples; the p-values are still its own
+        p, s = stats.pearsonr(x, y), stats.spearmanr(x, y)
+    return {"pearson_r": float(p[0]), "pearson_p": float(p[1]),
+            "spearman_r": float(s[0]), "spearman_p": float(s[1])}
+
+
+def partial_corr(m: pd.DataFrame, x: str, y: str, group: str = "norm") -> dict:
+    """Pearson r of x and y controlling for `group` (both minus their group means), with its p-value.
+
+    Degrees of freedom n - 2 - (groups - 1): each group mean removed costs one.
+    """
+    rx = m[x] - m.groupby(group)[x].transform("mean")
+    ry = m[y] - m.groupby(group)[y].transform("mean")
+    dof = len(m) - 2 - (m[group].nunique() - 1)
+    if dof < 1 or rx.std() == 0 or ry.std() == 0:
+        return {"pearson_r": math.nan, "pearson_p": math.nan}
+    r = float(np.clip(np.corrcoef(rx, ry)[0, 1], -1, 1))
+    t = r * math.sqrt(dof / max(1 - r * r, 1e-300))
+    return {"pearson_r": r, "pearson_p": float(2 * stats.t.sf(abs(t), dof))}
+
+
+def significant_signs(c: dict, methods=("pearson", "spearman")) -> set[int]:
+    """Signs (+1/-1) of the correlations in `c` that count (|r| >= R_MIN, p < P_MAX)."""
+    return {int(np.sign(c[f"{m}_r"])) for m in methods if abs(c[f"{m}_r"]) >= R_MIN and c[f"{m}_p"] < P_MAX}
+
+
+def only_between_groups(across: dict, partial: dict) -> bool:
+    """A counted across-model correlation that does not count, with the same sign, once the
+    normalisation is controlled for: its sign comes from the difference between the groups."""
+    return bool(significant_signs(across) - significant_signs(partial, ("pearson",)))
+
+
+# ==== the measures, one value per model ====
+
+def _per_model(df: pd.DataFrame, col: str) -> pd.Series:
+    """Mean of `col` over the layers of each model that have a value (NaN layers left out)."""
+    return df.groupby("model_id")[col].mean() if len(df) and col in df else pd.Series(dtype=float)
+
+
+MEASURES = {  # name in the report -> per-model values from one experiment's tables
+    "layer sparsity (smallest eps)": lambda r: _per_model(at_eps(r.table("layer_sparsity")), "sparsity"),
+    "class DBI": lambda r: _per_model(r.table("class_dbi"), "dbi"),
+    "NC1": lambda r: _per_model(r.table("nc1"), "value"),
+    "effective rank": lambda r: _per_model(r.table("effective_rank"), "value"),
+    "k-means DBI at optimal k": lambda r: _per_model(optimal_k(r.table("kmeans")), "dbi"),
+}
+TARGETS = {"test_acc": "test accuracy", "gap": "generalisation gap (train - test)"}
+
+
+def model_measures(r: Results) -> pd.DataFrame:
+    """One row per trained model: norm, test_acc, gap and each layer-averaged measure (NaN where missing)."""
+    t = r.table("training")
+    if t.empty:
+        return pd.DataFrame()
+    m = t.set_index("model_id")[["norm", "train_acc", "test_acc"]].dropna()
+    m = m.assign(gap=m["train_acc"] - m["test_acc"])
+    for name, get in MEASURES.items():
+        m[name] = get(r).reindex(m.index)
+    return m.reset_index()
+
+
+def _row(m: pd.DataFrame, measure: str, target: str) -> dict | None:
+    d = m.dropna(subset=[measure, target])
+    if len(d) < MIN_MODELS:
+        return None
+    across, partial = correlate(d[measure], d[target]), partial_corr(d, measure, target)
+    within = {n: correlate(g[measure], g[target])["spearman_r"] for n, g in d.groupby("norm")
+              if len(g) >= MIN_WITHIN}
+    groups = d["norm"].nunique() > 1
+    return {"measure": measure, "target": target, "models": len(d), **across,
+            "within_spearman": {n: within[n] for n in ordered(within)},
+            "partial_pearson_r": partial["pearson_r"] if groups else math.nan,
+            "partial_pearson_p": partial["pearson_p"] if groups else math.nan,
+            "between_groups_only": groups and only_between_groups(across, partial)}
+
+
+def strength(row: dict) -> float:
+    """|r|, the larger of Pearson and Spearman across all models; NaN counts as 0 (sorted last)."""
+    return max(np.nan_to_num(abs(row["pearson_r"])), np.nan_to_num(abs(row["spearman_r"])))
+
+
+def predictors(r: Results) -> list[dict]:
+    """Each (measure, target) with enough models, strongest correlation across all models first."""
+    m = model_measures(r)
+    if m.empty:
+        return []
+    rows = [row for name in MEASURES if m[name].notna().any() for y in TARGETS
+            for row in [_row(m, name, y)] if row]
+    return sorted(rows, key=lambda x: -round(strength(x), 9))  # ties (e.g. test accuracy and gap): table order
+
+
+# ==== as a table for the report ====
+
+def _rp(r: float, p: float) -> str:
+    return "n/a" if pd.isna(r) else f"{r:+.2f} (p {p:.2g})"
+
+
+def predictor_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["measure (mean over layers)", "vs", "models", "Pearson r (p)", "Spearman r (p)",
+              "Spearman within each norm", "partial Pearson r (p), norm controlled", "note"]
+    out = []
+    for x in rows:
+        within = ", ".join(f"{SHORT.get(n, n)} {'n/a' if pd.isna(v) else f'{v:+.2f}'}"
+                           for n, v in x["within_spearman"].items()) or "n/a"
+        note = "sign only from the difference between the normalisation groups" if x["between_groups_only"] else ""
+        out.append([x["measure"], TARGETS[x["target"]], str(x["models"]), _rp(x["pearson_r"], x["pearson_p"]),
+                    _rp(x["spearman_r"], x["spearman_p"]), within,
+                    _rp(x["partial_pearson_r"], x["partial_pearson_p"]), note])
+    return header, out
+
+
+def r_critical(n: int, alpha: float = P_MAX) -> float:
+    """The smallest |Pearson r| with two-sided p < alpha over n models (t with n - 2 dof)."""
+    t = stats.t.ppf(1 - alpha / 2, n - 2)
+    return float(t / math.sqrt(n - 2 + t * t))
+
+
+def limits_sentence(r: Results, rows: list[dict]) -> str:
+    """What a correlation over these N models can and cannot show, with the real counts."""
+    m = model_measures(r)
+    n = int(m.dropna(subset=["test_acc"]).shape[0])
+    per = ", ".join(f"{k} {SHORT.get(g, g)}" for g, k in m["norm"].value_counts().reindex(ordered(m["norm"])).items())
+    return (f"These are correlations over {n} models ({per}). They show whether a measure and generalisation "
+            f"moved together across these models, not that one causes the other, nor that it holds for other "
+            f"models or data. With {n} models only strong correlations are distinguishable from chance: "
+            f"|Pearson r| >= {r_critical(n):.2f} for p < {P_MAX}, and the p-values are not corrected for the "
+            f"{len(rows)} correlations in the table. Across normalisations, a correlation can be the difference "
+            f"between the normalisation groups alone (both the measure and the accuracy differ by norm): the "
+            f"within-norm and partial columns show what is left inside the groups.")
