@@ -148,7 +148,8 @@ class Finding:
         return self.verdict + (f" ({'; '.join(self.caveats)})" if self.caveats else "")
 
     def line(self) -> str:
-        return f"[{self.verdict_text}] {self.number}. {self.claim}\n    {self.detail}"
+        caveats = "".join(f"\n    - {c}" for c in self.caveats)
+        return f"[{self.verdict}] {self.number}. {self.claim}{caveats}\n    {self.detail}"
 
 
 def claim(number: int, norm: str = "batch") -> str:
@@ -432,8 +433,8 @@ def mostly_zero_layers(r: Results, norm: str) -> list[Condition]:
                 f"{tags[x.norm]} {x.layer} {x.sparsity:.0%}" for x in m.itertuples()), (1, 2)))
     dead = dead_channel_counts(r, norm)
     if len(dead):
-        out.append(Condition("dead channels (over all models): " + ", ".join(
-            f"{tags[x.norm]} {x.layer} {x.n} of {x.models} models x channels" for x in dead.itertuples()),
+        out.append(Condition("dead channels (zero for every sample), summed over models: " + ", ".join(
+            f"{tags[x.norm]} {x.layer} {x.n} in {x.models} models" for x in dead.itertuples()),
             ALL, undermines=False))
     return out
 
