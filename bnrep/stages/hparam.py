@@ -33,7 +33,8 @@ EDGE = 0.1  # a best lr within 10% of the log range of an end lies "at the edge"
 def trial(config: dict, exp: Experiment, data_root: str | None, amp: bool) -> None:
     """One Tune trial: train with the sampled hparams, report every epoch."""
     data = load_data(exp, data_root, device=best_device())
-    trainer = Trainer(exp, data, config["norm"], config, SWEEP_SEED, amp=amp,
+    norm = config.get("norm") or ("batch" if config["bn"] else "none")  # a search begun before the norm axis
+    trainer = Trainer(exp, data, norm, config, SWEEP_SEED, amp=amp,
                       max_epochs=exp.sweep_max_epochs or exp.max_epochs)
     train_in_tune(trainer)
 
