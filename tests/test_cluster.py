@@ -25,14 +25,17 @@ import importlib.util
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import struct
 import time
 
 import jsonschema
+import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 import pytest
@@ -58,6 +61,8 @@ KEYS = {"training": ["model_id"], "training_history": ["model_id", "epoch"],
         "kmeans": ["model_id", "layer_index", "k"]}
 ANALYSIS = ("samples", "channel_sparsity", "layer_sparsity", "class_dbi", "kmeans")
 BUCKET = "bnrep-test"
+TOKEN_ON_NODE = "~/.ray/bnrep_auth_token"  # where the cluster files put the token on each node
+AUTH_ENV = "RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$HOME/.ray/bnrep_auth_token"
 
 
 def stage_flags(stage: str) -> list[str]:
@@ -176,11 +181,30 @@ def test_cluster_config_passes_ray_validation(name):
     validate_config(config)
     start = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in (ROOT / name).read_text()
-    assert config["file_mounts"] == {"~/bnrep": "."}
+    assert config["file_mounts"] == {"~/bnrep": ".", TOKEN_ON_NODE: "~/.ray/auth_token"}
     assert any("pip install -e ~/bnrep" in c for c in config["setup_commands"])
     broken = {**raw, "head_start_ray_commandz": []}  # the validation can fail
     with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(broken))
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster-local.yaml"])
+def test_cluster_config_starts_every_node_with_token_auth(name):
+    """The token made on the user's machine (where `ray get-auth-token
+    --generate` writes it) reaches every node, owner-only before Ray starts,
+    and Ray is pointed at the file, never given the value."""
+    config = yaml.safe_load((ROOT / name).read_text())
+    assert config["file_mounts"][TOKEN_ON_NODE] == "~/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        cmds = config[key]
+        starts = [i for i, c in enumerate(cmds) if "ray start" in c]
+        assert starts and all(AUTH_ENV in cmds[i] for i in starts), f"{key}: a node starts without token auth"
+        chmod = [i for i, c in enumerate(cmds) if c.strip() == f"chmod 600 {TOKEN_ON_NODE}"]
+        assert chmod and chmod[0] < starts[0], f"{key}: the token is not owner-only before Ray starts"
+    assert any(f"export {AUTH_ENV}" in c for c in config["setup_commands"]), "drivers on the head lack the token"
+    assert "RAY_AUTH_TOKEN=" not in (ROOT / name).read_text()  # a path, never the value
+    ignored = subprocess.run(["git", "check-ignore", "-q", "auth_token"], cwd=ROOT).returncode == 0
+    assert ignored, "a token file in the repository would be committed"
 
 
 def test_aws_cluster_has_gpu_workers_and_cpu_free_head():
@@ -190,6 +214,113 @@ def test_aws_cluster_has_gpu_workers_and_cpu_free_head():
     assert gpu and all(0 <= t["min_workers"] <= t["max_workers"] for t in gpu)
     assert types[config["head_node_type"]]["resources"].get("CPU") == 0
     assert config["provider"]["type"] == "aws"
+
+
+# ==== token authentication ====
+AUTH_CLUSTER = """
+import sys
+from ray.cluster_utils import Cluster
+c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+nodes = [c.add_node(num_cpus=1) for _ in range(2)]
+c.wait_for_nodes()
+print(c.address, *[n.node_id for n in nodes], flush=True)
+sys.stdin.read()  # runs until the test closes stdin
+c.shutdown()
+"""
+CLIENT = "import sys, ray; ray.init(address=sys.argv[1]); print('connected')"
+
+
+@pytest.fixture
+def auth_cluster(tmp_path):
+    """A head and two 1-CPU workers started with RAY_AUTH_MODE=token and the
+    token in an owner-only file, as the cluster files start them; in a process
+    of their own, since Ray reads the authentication mode once per process.
+    Yields (address, worker node ids, token file, environment without a token)."""
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+    token.chmod(0o600)
+    ray_tmp = short_tmpdir("bnrep-auth-")
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    plain.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(ROOT), HOME=str(tmp_path))  # no ~/.ray/auth_token either
+    env = {**plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    proc = subprocess.Popen([sys.executable, "-c", AUTH_CLUSTER], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        address, *nodes = proc.stdout.readline().split()
+        assert len(nodes) == 2, "the cluster did not start"
+        yield address, set(nodes), token, plain, proc.pid
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_token_auth_runs_the_pipeline_with_the_token_and_refuses_others(auth_cluster, tmp_path):
+    address, nodes, token, plain, pid = auth_cluster
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text(secrets.token_hex(32))
+    fast = {"RAY_gcs_rpc_server_connect_timeout_s": "2"}  # a refused client gives up in ~20 s, not minutes
+    refused = {name: subprocess.Popen([sys.executable, "-c", CLIENT, address], env={**plain, **fast, **extra},
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for name, extra in {"no token": {},
+                                   "wrong token": {"RAY_AUTH_MODE": "token",
+                                                   "RAY_AUTH_TOKEN_PATH": str(wrong)}}.items()}
+    secret = token.read_text()
+    for p in process_tree(pid):  # the token is in no command line (`ps`) and no environment of the cluster
+        with contextlib.suppress(OSError):
+            assert secret not in open(f"/proc/{p}/cmdline").read() + open(f"/proc/{p}/environ").read()
+    out = str(tmp_path / "runs")
+    r = subprocess.run([sys.executable, "-m", "bnrep", "run", *FLAGS, "--address", address, "--out", out],
+                       env={**plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=1800)  # ~2 min idle; a guard against a hang
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert set(table(out, "hparam_trials")["node_id"]) == nodes, "the sweep did not run on both workers"
+    assert Store(out, EXPERIMENT).exists("report", "report.html")
+    for name, p in refused.items():
+        log = p.communicate(timeout=180)[0]
+        assert p.returncode != 0 and "connected" not in log.splitlines(), f"{name}: connected"
+        assert "Unauthenticated" in log and "InvalidAuthToken" in log, f"{name}: not refused for its token:\n{log[-2000:]}"
+
+
+# ==== TensorBoard ====
+def scalars(trial_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of a trial's TensorBoard event file: tag -> [(step, value)].
+    Parsed here (TFRecord framing: length, crc, Event protobuf, crc), so the
+    test does not trust the writer's own reader."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    [path] = glob.glob(f"{trial_dir}/events.out.tfevents.*")
+    data, i, tags = open(path, "rb").read(), 0, {}
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i:i + 8])
+        event = Event.FromString(data[i + 12:i + 12 + n])
+        i += 12 + n + 4
+        for v in event.summary.value:
+            tags.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return tags
+
+
+@pytest.mark.slow
+def test_every_trial_has_tensorboard_scalars_per_epoch(reference):
+    """`tensorboard --logdir <out>/<exp>/hparam/tune` (and train/tune) shows
+    every trial's loss and accuracy per epoch: the event files hold the
+    values of the tables (as float32, TensorBoard's type), epoch by epoch."""
+    root = f"{reference[len('file://'):]}/{EXPERIMENT}"
+    history = table(reference, "training_history")
+    trials = glob.glob(f"{root}/train/tune/final/*/")
+    assert len(trials) == history["model_id"].nunique()
+    for d in trials:
+        mid = json.loads(open(f"{d}/result.json").readline())["model_id"]
+        h, ev = history[history["model_id"] == mid], scalars(d)
+        for col in ("train_loss", "val_acc"):
+            want = [(int(e), float(np.float32(v))) for e, v in zip(h["epoch"], h[col])]
+            assert ev[f"ray/tune/{col}"] == want, f"{mid}: {col}"
+    sweep = table(reference, "hparam_trials")
+    for _, row in sweep.iterrows():
+        ev = scalars(f"{root}/hparam/tune/{'bn' if row['bn'] else 'nobn'}/{row['trial_id']}")
+        assert [s for s, _ in ev["ray/tune/val_acc"]] == list(range(1, row["epochs"] + 1)), row["trial_id"]
+        assert ev["ray/tune/val_acc"][-1][1] == np.float32(row["val_acc"]), row["trial_id"]
 
 
 # ==== URIs ====
