@@ -283,7 +283,7 @@ def acquire(store: Store, stage: str, lease_s: float = LEASE_S, clock: Callable[
 
 def _refusal(store: Store, rec: dict | None) -> LockError:
     who = describe(rec) if rec and not rec.get("released") else "another writer"
-    return LockError(f"{store.out}/{store.experiment} is being written by {who}: wait for it to end or stop it "
+    return LockError(f"{store.uri()} is being written by {who}: wait for it to end or stop it "
                      "(the lock of a killed writer is taken over)")
 
 

@@ -86,7 +86,7 @@ def test_second_writer_is_refused_with_one_line_naming_the_first(out):
         assert "\n" not in msg
         holder = current_writer(store)
         assert (f"final on host {socket.gethostname()}, pid {os.getpid()}, started {holder['started']}" in msg
-                and f"{store.out}/exp" in msg), msg
+                and store.uri() in msg), msg
         assert tree(out) == before, "the refused writer changed something under --out"
     assert current_writer(store) is None, "a released lock still names a writer"
     with writer_lock(store, "analysis", renew=False):  # free again
