@@ -151,13 +151,18 @@ def backend(store: Store):
 
 
 # ==== records: who holds the lock, and whether it still does ====
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc, Linux): with
-    the pid it names one process, not a later one that reuses the pid."""
+def _proc_stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (Linux): [0] the state, [19] the start time in
+    clock ticks since boot, which with the pid names one process, not a later one reusing the pid."""
     try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def _process_start(pid: int) -> str | None:
+    stat = _proc_stat(pid)
+    return stat[19] if len(stat) > 19 else None
 
 
 def _pid_alive(pid: int, start: str | None) -> bool:
@@ -167,7 +172,10 @@ def _pid_alive(pid: int, start: str | None) -> bool:
         return False
     except PermissionError:  # another user's process: alive
         pass
-    return start is None or _process_start(pid) in (None, start)
+    stat = _proc_stat(pid)
+    if stat[:1] == ["Z"]:  # killed, not yet reaped by its parent
+        return False
+    return start is None or len(stat) <= 19 or stat[19] == start
 
 
 def is_stale(rec: dict, now: float) -> bool:

@@ -152,8 +152,9 @@ def test_killed_holder_is_taken_over_at_once_and_a_live_one_is_not(out, tmp_path
         assert current_writer(store)["pid"] == p.pid
     finally:
         p.send_signal(signal.SIGKILL)
-        p.wait()
-    assert current_writer(store) is None
+        os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)  # dead, but a zombie: not reaped yet
+    assert current_writer(store) is None, "a killed (zombie) holder still holds the lock"
+    p.wait()
     with writer_lock(store, "analysis", renew=False) as lock:
         assert current_writer(store)["pid"] == os.getpid() and lock.gen == 1
 
