@@ -1,7 +1,8 @@
-"""Ray cluster use, on one machine: cluster.yaml, multi-node runs, node
-failures, and results at file:// and s3:// URIs.
+"""Ray cluster use, on one machine: cluster.yaml, token authentication,
+multi-node runs, node failures, TensorBoard files, and results at file:// and
+s3:// URIs.
 
-    pytest tests/test_cluster.py        # about 3 minutes on 2 CPU cores
+    pytest tests/test_cluster.py        # about 5 minutes on 2 idle CPU cores
 
 A `ray.cluster_utils.Cluster` on loopback stands in for a cluster: a head
 with no CPUs (it runs nothing but Ray's own services) and worker nodes of one
@@ -12,9 +13,12 @@ four stages, report included) are shared by the tests (module fixtures):
     reference   a private single-node Ray (the drivers as subprocesses), --out file://...
     multinode   the 2-worker cluster, joined through --address, --out s3://...
 
-The node-failure tests kill a worker (SIGKILL, no graceful shutdown) in the
-middle of sweeps/final.py or analysis/run.py, add a replacement node, and
-check that the results are complete and equal to the uninterrupted run's.
+The node-failure tests kill a worker node as a machine dies (its raylet and
+every worker process it started, by SIGKILL) in the middle of sweeps/final.py
+or analysis/run.py, add a replacement node, and check that the results are
+complete and equal to the uninterrupted run's. A third cluster, started with
+token authentication in a process of its own, runs `bnrep run` for a driver
+with the token and refuses clients without it.
 """
 
 from __future__ import annotations
