@@ -2,7 +2,7 @@
 multi-node runs, node failures, TensorBoard files, and results at file:// and
 s3:// URIs.
 
-    pytest tests/test_cluster.py        # about 5 minutes on 2 idle CPU cores
+    pytest tests/test_cluster.py        # minutes: three smoke-test pipeline runs and two node failures
 
 A `ray.cluster_utils.Cluster` on loopback stands in for a cluster: a head
 with no CPUs (it runs nothing but Ray's own services) and worker nodes of one
