@@ -1,7 +1,8 @@
-"""Ray cluster use, on one machine: cluster.yaml, multi-node runs, node
-failures, and results at file:// and s3:// URIs.
+"""Ray cluster use, on one machine: cluster.yaml, token authentication,
+multi-node runs, node failures, TensorBoard files, and results at file:// and
+s3:// URIs.
 
-    pytest tests/test_cluster.py        # about 3 minutes on 2 CPU cores
+    pytest tests/test_cluster.py        # minutes: three smoke-test pipeline runs and two node failures
 
 A `ray.cluster_utils.Cluster` on loopback stands in for a cluster: a head
 with no CPUs (it runs nothing but Ray's own services) and worker nodes of one
@@ -12,25 +13,33 @@ four stages, report included) are shared by the tests (module fixtures):
     reference   a private single-node Ray (the drivers as subprocesses), --out file://...
     multinode   the 2-worker cluster, joined through --address, --out s3://...
 
-The node-failure tests kill a worker (SIGKILL, no graceful shutdown) in the
-middle of sweeps/final.py or analysis/run.py, add a replacement node, and
-check that the results are complete and equal to the uninterrupted run's.
+The node-failure tests kill a worker node as a machine dies (its raylet and
+every worker process it started, by SIGKILL) in the middle of sweeps/final.py
+or analysis/run.py, add a replacement node, and check that the results are
+complete and equal to the uninterrupted run's. A third cluster, started with
+token authentication in a process of its own, runs `bnrep run` for a driver
+with the token and refuses clients without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
 import json
 import logging
 import os
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import struct
 import time
 
 import jsonschema
+import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 import pytest
@@ -56,6 +65,8 @@ KEYS = {"training": ["model_id"], "training_history": ["model_id", "epoch"],
         "kmeans": ["model_id", "layer_index", "k"]}
 ANALYSIS = ("samples", "channel_sparsity", "layer_sparsity", "class_dbi", "kmeans")
 BUCKET = "bnrep-test"
+TOKEN_ON_NODE = "~/.ray/bnrep_auth_token"  # where the cluster files put the token on each node
+AUTH_ENV = "RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$HOME/.ray/bnrep_auth_token"
 
 
 def stage_flags(stage: str) -> list[str]:
@@ -174,11 +185,30 @@ def test_cluster_config_passes_ray_validation(name):
     validate_config(config)
     start = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in (ROOT / name).read_text()
-    assert config["file_mounts"] == {"~/bnrep": "."}
+    assert config["file_mounts"] == {"~/bnrep": ".", TOKEN_ON_NODE: "~/.ray/auth_token"}
     assert any("pip install -e ~/bnrep" in c for c in config["setup_commands"])
     broken = {**raw, "head_start_ray_commandz": []}  # the validation can fail
     with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(broken))
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster-local.yaml"])
+def test_cluster_config_starts_every_node_with_token_auth(name):
+    """The token made on the user's machine (where `ray get-auth-token
+    --generate` writes it) reaches every node, owner-only before Ray starts,
+    and Ray is pointed at the file, never given the value."""
+    config = yaml.safe_load((ROOT / name).read_text())
+    assert config["file_mounts"][TOKEN_ON_NODE] == "~/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        cmds = config[key]
+        starts = [i for i, c in enumerate(cmds) if "ray start" in c]
+        assert starts and all(AUTH_ENV in cmds[i] for i in starts), f"{key}: a node starts without token auth"
+        chmod = [i for i, c in enumerate(cmds) if c.strip() == f"chmod 600 {TOKEN_ON_NODE}"]
+        assert chmod and chmod[0] < starts[0], f"{key}: the token is not owner-only before Ray starts"
+    assert any(f"export {AUTH_ENV}" in c for c in config["setup_commands"]), "drivers on the head lack the token"
+    assert "RAY_AUTH_TOKEN=" not in (ROOT / name).read_text()  # a path, never the value
+    ignored = subprocess.run(["git", "check-ignore", "-q", "auth_token"], cwd=ROOT).returncode == 0
+    assert ignored, "a token file in the repository would be committed"
 
 
 def test_aws_cluster_has_gpu_workers_and_cpu_free_head():
@@ -188,6 +218,113 @@ def test_aws_cluster_has_gpu_workers_and_cpu_free_head():
     assert gpu and all(0 <= t["min_workers"] <= t["max_workers"] for t in gpu)
     assert types[config["head_node_type"]]["resources"].get("CPU") == 0
     assert config["provider"]["type"] == "aws"
+
+
+# ==== token authentication ====
+AUTH_CLUSTER = """
+import sys
+from ray.cluster_utils import Cluster
+c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+nodes = [c.add_node(num_cpus=1) for _ in range(2)]
+c.wait_for_nodes()
+print(c.address, *[n.node_id for n in nodes], flush=True)
+sys.stdin.read()  # runs until the test closes stdin
+c.shutdown()
+"""
+CLIENT = "import sys, ray; ray.init(address=sys.argv[1]); print('connected')"
+
+
+@pytest.fixture
+def auth_cluster(tmp_path):
+    """A head and two 1-CPU workers started with RAY_AUTH_MODE=token and the
+    token in an owner-only file, as the cluster files start them; in a process
+    of their own, since Ray reads the authentication mode once per process.
+    Yields (address, worker node ids, token file, environment without a token)."""
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+    token.chmod(0o600)
+    ray_tmp = short_tmpdir("bnrep-auth-")
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    plain.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(ROOT), HOME=str(tmp_path))  # no ~/.ray/auth_token either
+    env = {**plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    proc = subprocess.Popen([sys.executable, "-c", AUTH_CLUSTER], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        address, *nodes = proc.stdout.readline().split()
+        assert len(nodes) == 2, "the cluster did not start"
+        yield address, set(nodes), token, plain, proc.pid
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_token_auth_runs_the_pipeline_with_the_token_and_refuses_others(auth_cluster, tmp_path):
+    address, nodes, token, plain, pid = auth_cluster
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text(secrets.token_hex(32))
+    fast = {"RAY_gcs_rpc_server_connect_timeout_s": "2"}  # a refused client gives up in ~20 s, not minutes
+    refused = {name: subprocess.Popen([sys.executable, "-c", CLIENT, address], env={**plain, **fast, **extra},
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for name, extra in {"no token": {},
+                                   "wrong token": {"RAY_AUTH_MODE": "token",
+                                                   "RAY_AUTH_TOKEN_PATH": str(wrong)}}.items()}
+    secret = token.read_text()
+    for p in process_tree(pid):  # the token is in no command line (`ps`) and no environment of the cluster
+        with contextlib.suppress(OSError):
+            assert secret not in open(f"/proc/{p}/cmdline").read() + open(f"/proc/{p}/environ").read()
+    out = str(tmp_path / "runs")
+    r = subprocess.run([sys.executable, "-m", "bnrep", "run", *FLAGS, "--address", address, "--out", out],
+                       env={**plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=1800)  # ~2 min idle; a guard against a hang
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert set(table(out, "hparam_trials")["node_id"]) == nodes, "the sweep did not run on both workers"
+    assert Store(out, EXPERIMENT).exists("report", "report.html")
+    for name, p in refused.items():
+        log = p.communicate(timeout=180)[0]
+        assert p.returncode != 0 and "connected" not in log.splitlines(), f"{name}: connected"
+        assert "Unauthenticated" in log and "InvalidAuthToken" in log, f"{name}: not refused for its token:\n{log[-2000:]}"
+
+
+# ==== TensorBoard ====
+def scalars(trial_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of a trial's TensorBoard event file: tag -> [(step, value)].
+    Parsed here (TFRecord framing: length, crc, Event protobuf, crc), so the
+    test does not trust the writer's own reader."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    [path] = glob.glob(f"{trial_dir}/events.out.tfevents.*")
+    data, i, tags = open(path, "rb").read(), 0, {}
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i:i + 8])
+        event = Event.FromString(data[i + 12:i + 12 + n])
+        i += 12 + n + 4
+        for v in event.summary.value:
+            tags.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return tags
+
+
+@pytest.mark.slow
+def test_every_trial_has_tensorboard_scalars_per_epoch(reference):
+    """`tensorboard --logdir <out>/<exp>/hparam/tune` (and train/tune) shows
+    every trial's loss and accuracy per epoch: the event files hold the
+    values of the tables (as float32, TensorBoard's type), epoch by epoch."""
+    root = f"{reference[len('file://'):]}/{EXPERIMENT}"
+    history = table(reference, "training_history")
+    trials = glob.glob(f"{root}/train/tune/final/*/")
+    assert len(trials) == history["model_id"].nunique()
+    for d in trials:
+        mid = json.loads(open(f"{d}/result.json").readline())["model_id"]
+        h, ev = history[history["model_id"] == mid], scalars(d)
+        for col in ("train_loss", "val_acc"):
+            want = [(int(e), float(np.float32(v))) for e, v in zip(h["epoch"], h[col])]
+            assert ev[f"ray/tune/{col}"] == want, f"{mid}: {col}"
+    sweep = table(reference, "hparam_trials")
+    for _, row in sweep.iterrows():
+        ev = scalars(f"{root}/hparam/tune/{'bn' if row['bn'] else 'nobn'}/{row['trial_id']}")
+        assert [s for s, _ in ev["ray/tune/val_acc"]] == list(range(1, row["epochs"] + 1)), row["trial_id"]
+        assert ev["ray/tune/val_acc"][-1][1] == np.float32(row["val_acc"]), row["trial_id"]
 
 
 # ==== URIs ====
@@ -261,11 +398,57 @@ def test_multinode_uses_both_workers_and_matches_single_node(multinode, referenc
 
 
 # ==== node failures ====
-def run_and_kill_worker(cluster, argv: list[str], victim, cwd) -> tuple[str, str, float]:
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants, from /proc (Linux, as Ray's tests are)."""
+    children: dict[int, list[int]] = {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:  # field 4 of /proc/PID/stat, after the ")" that ends the command name, is the parent pid
+            ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # ended while we read
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def is_running(pid: int) -> bool:
+    """False once the process has ended (gone, or a zombie nobody reaped yet)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill_node(cluster, node) -> None:
+    """A machine dying: its raylet and every process the raylet started (the
+    Ray workers running trials and tasks) die together, by SIGKILL.
+    `Cluster.remove_node` alone stops a node's Ray services but not its worker
+    processes, and an orphaned worker could finish its trial and write after
+    its node was declared dead (a real case too: see "Node failures" in the
+    README for what bnrep promises then; the tests model a machine that is gone)."""
+    raylet = node.all_processes["raylet"][0].process.pid
+    os.kill(raylet, signal.SIGSTOP)  # it starts no new worker while its children are listed
+    tree = process_tree(raylet)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):  # a worker that had just ended
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 30  # SIGKILL cannot be ignored: only a wedged kernel would reach this
+    while any(map(is_running, tree)) and time.time() < deadline:
+        time.sleep(0.01)
+    assert not any(map(is_running, tree)), "processes of the killed node still run"
+    cluster.remove_node(node, allow_graceful=False)
+
+
+def run_and_kill_worker(cluster, argv: list[str], victim, cwd, at_death=lambda node_id: None) -> tuple[str, str]:
     """Run a driver (a process, joined to `cluster`); as soon as `victim()`
-    names a worker node, SIGKILL it and add a replacement. Here, not in a
+    names a worker node, kill it with its workers (`kill_node`), call
+    `at_death(node_id)` (nothing of that node runs any more: what is in the
+    store then is all it ever wrote) and add a replacement. Here, not in a
     thread: Ray starts nodes only from the main thread. Returns the killed
-    and the replacement node ids, and the time the killed node was gone."""
+    and the replacement node ids."""
     log = cwd / "driver.log"  # a file, not a pipe: a full pipe would stall the driver while we poll
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
@@ -275,20 +458,22 @@ def run_and_kill_worker(cluster, argv: list[str], victim, cwd) -> tuple[str, str
             node_id = victim()
             time.sleep(0.02)
         assert node_id, "no node to kill before the driver ended:\n" + log.read_text()[-3000:]
-        cluster.remove_node(next(n for n in workers(cluster) if n.node_id == node_id), allow_graceful=False)
-        gone = time.time()
+        kill_node(cluster, next(n for n in workers(cluster) if n.node_id == node_id))
+        at_death(node_id)
         replacement = cluster.add_node(num_cpus=1)
         proc.wait(timeout=240)
     finally:
         proc.kill()
     assert proc.returncode == 0, log.read_text()[-5000:]
-    return node_id, replacement.node_id, gone
+    return node_id, replacement.node_id
 
 
-def written_after(store: Store, table: str, node: str, t: float) -> list[str]:
-    """Parts of `table` that `node` wrote after time t (a dead node must write none)."""
-    return [p for p in store.parts(table) if store.part_metadata(table, p)["node_id"] == node
-            and os.path.getmtime(store.path(store.part_name(table, p))) > t]
+def written_by(store: Store, tables, node: str) -> dict[str, int]:
+    """Parts of `tables` that `node` wrote: {part file: mtime in ns}. Taken
+    when the node is dead and again at the end, the two must be equal: a dead
+    node writes nothing, neither a new part nor a replaced one."""
+    return {store.part_name(t, p): os.stat(store.path(store.part_name(t, p))).st_mtime_ns
+            for t in tables for p in store.parts(t) if store.part_metadata(t, p)["node_id"] == node}
 
 
 def training_now(tune_dir: str) -> dict | None:
@@ -300,6 +485,15 @@ def training_now(tune_dir: str) -> dict | None:
         if last.get("node_id") and not last.get("stopped") and glob.glob(f"{os.path.dirname(path)}/checkpoint_*"):
             return last
     return None
+
+
+def trial_results(tune_dir: str, model_id: str) -> list[dict]:
+    """Every result Tune recorded for the trial that trains `model_id`, in order."""
+    for path in glob.glob(f"{tune_dir}/*/result.json"):
+        rows = [json.loads(line) for line in open(path).read().splitlines() if line.endswith("}")]
+        if any(r.get("model_id") == model_id for r in rows):
+            return rows
+    raise AssertionError(f"no Tune trial of {model_id} in {tune_dir}")
 
 
 def seed_out(reference: str, out: str, rels: list[str]) -> None:
@@ -349,14 +543,26 @@ def test_final_survives_node_failure(cluster, reference, tmp_path):
         at_kill.update(trial=training_now(tune_dir) or {})
         return at_kill["trial"].get("node_id")
 
-    killed, replacement, gone = run_and_kill_worker(cluster, [str(ROOT / "sweeps/final.py"), *argv], victim,
-                                                    tmp_path)
+    def at_death(node_id):
+        at_kill["written"] = written_by(store, ("training", "training_history"), node_id)
+
+    killed, replacement = run_and_kill_worker(cluster, [str(ROOT / "sweeps/final.py"), *argv], victim, tmp_path,
+                                              at_death)
     meta = {m: store.part_metadata("training", m) for m in store.parts("training")}
     assert len(meta) == len(table(reference, "training")), "a model is missing"
-    assert not written_after(store, "training", killed, gone), "the dead node saved a model after it died"
-    hit = at_kill["trial"]  # the trial that was training on the dead node
-    assert int(meta[hit["model_id"]]["resumed_from_epoch"]) >= hit["epoch"], "it did not resume from its checkpoint"
-    assert meta[hit["model_id"]]["node_id"] != killed
+    assert written_by(store, ("training", "training_history"), killed) == at_kill["written"], \
+        "the dead node wrote after it died"
+    # The trial that was training on the dead node restarts from the last
+    # checkpoint Tune registered before the kill: the last epoch it reported
+    # from that node (every epoch reports a checkpoint), read from Tune's own
+    # record of the trial once the run is over.
+    hit = at_kill["trial"]["model_id"]
+    epochs = [(r["epoch"], r["node_id"]) for r in trial_results(tune_dir, hit) if "epoch" in r]
+    before = [e for e, n in epochs if n == killed]
+    assert before and int(meta[hit]["resumed_from_epoch"]) == before[-1] > 0, \
+        f"{hit} resumed from epoch {meta[hit]['resumed_from_epoch']}, its last checkpoint was {before[-1:]}"
+    assert [e for e, _ in epochs] == list(range(1, len(epochs) + 1)), "an epoch was trained twice or skipped"
+    assert meta[hit]["node_id"] != killed
     history = table(out, "training_history")
     for mid, g in history.groupby("model_id"):  # every epoch exactly once, resumed or not
         assert g["epoch"].tolist() == list(range(1, len(g) + 1)), mid
@@ -383,9 +589,10 @@ def test_analysis_survives_node_failure(cluster, reference, tmp_path):
         return workers(cluster)[0].node_id if glob.glob(f"{parts_dir}/layer_sparsity/*.parquet") else None
 
     argv = [str(ROOT / "analysis/run.py"), *FLAGS, "--out", out, "--address", cluster.address]
-    killed, _, gone = run_and_kill_worker(cluster, argv, victim, tmp_path)
+    store, written = Store(out, EXPERIMENT), {}
+    killed, _ = run_and_kill_worker(cluster, argv, victim, tmp_path,
+                                    lambda node_id: written.update(written_by(store, ANALYSIS[1:], node_id)))
     assert at_kill[0] < total, "the analysis had finished before the node died"
-    store = Store(out, EXPERIMENT)
-    assert not [p for t in ANALYSIS[1:] for p in written_after(store, t, killed, gone)], "the dead node kept writing"
+    assert written_by(store, ANALYSIS[1:], killed) == written, "the dead node wrote after it died"
     for name in ANALYSIS:
         assert_same_table(reference, out, name)
