@@ -36,15 +36,25 @@ def validate_run(args: argparse.Namespace):
     check_k_max(exp, exp.samples_cluster)
     check_data(exp, opts.data_root)
     store = open_store(opts.out, exp)
-    prepare(store, exp, "hparam" if opts.fresh else "analysis", opts.fresh)  # --fresh: deleted here, once
-    return exp, dataclasses.replace(opts, fresh=False), store
+    prepare(store, exp, "hparam" if opts.fresh else "analysis", opts.fresh)
+    return exp, opts, store
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bnrep.config import start_fresh
+    from bnrep.lock import writer_lock
+
+    exp, opts, store = validate_run(args)
+    with writer_lock(store, "run"):  # the stages find it held by this process
+        if opts.fresh:
+            start_fresh(store, "hparam" if not opts.paper_hparams else "final")
+        return run_stages(exp, dataclasses.replace(opts, fresh=False), store)
+
+
+def run_stages(exp, opts, store) -> int:
     from bnrep.raysession import ray_session
     from bnrep.stages import analysis, final, hparam, report
 
-    exp, opts, store = validate_run(args)
     t0 = time.time()
     steps = [("hparam", lambda: hparam.run(exp, opts)), ("final", lambda: final.run(exp, opts)),
              ("analysis", lambda: analysis.run(exp, opts)), ("report", lambda: report.run(opts.out, [exp.name]))]

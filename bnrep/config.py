@@ -140,19 +140,22 @@ FRESH = {
 }
 
 
+def start_fresh(store: Store, stage: str) -> None:
+    """--fresh: delete the stage's earlier outputs and everything downstream
+    (call it holding the writer lock, once work starts)."""
+    for rel in FRESH[stage]:
+        store.delete(rel)
+
+
 def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
-    """--fresh: delete the stage's earlier outputs; otherwise refuse to mix
-    results of a different configuration. Returns the configuration record
-    to write (write_config) once the stage starts work."""
+    """Unless --fresh (which will replace them), refuse to mix results of a
+    different configuration. Returns the configuration record to write
+    (write_config) once the stage starts work. Writes nothing."""
     hashes = stage_hashes(exp)
     record = {"experiment": exp.to_dict(), **hashes, "table_hashes": table_hashes(exp),
               "bnrep_version": bnrep.__version__,
               "git_commit": git_commit(), "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    if fresh:
-        for rel in FRESH[stage]:
-            store.delete(rel)
-        return record
-    if not store.exists("config.json"):
+    if fresh or not store.exists("config.json"):
         return record
     old = store.read_json("config.json")
     keys = ["train_hash"] + (["analysis_hash"] if stage == "analysis" else [])

@@ -17,6 +17,7 @@ import warnings
 
 from bnrep.config import RunOptions, UsageError
 from bnrep.data import DataError
+from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, SMOKE, ConfigError, Experiment, get_experiment
 from bnrep.models import NORMS
 
@@ -194,7 +195,7 @@ def main_guard(fn) -> int:
     plain_warnings()
     try:
         return fn() or 0
-    except (UsageError, ConfigError, DataError) as e:
+    except (UsageError, ConfigError, DataError, LockError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -295,11 +295,20 @@ def _refusal(store: Store, rec: dict | None) -> LockError:
                      "(the lock of a killed writer is taken over)")
 
 
+_HELD: dict[str, Lock] = {}  # locks this process holds, by directory: `bnrep run` around its stages
+
+
 @contextlib.contextmanager
 def writer_lock(store: Store, stage: str, **kw):
-    """`with writer_lock(store, stage):` holds the lock for the block."""
-    lock = acquire(store, stage, **kw)
+    """`with writer_lock(store, stage):` holds the lock for the block (already
+    held by this process, e.g. by `bnrep run` around its stages: kept as is)."""
+    key = store.uri()
+    if key in _HELD:
+        yield _HELD[key]
+        return
+    lock = _HELD[key] = acquire(store, stage, **kw)
     try:
         yield lock
     finally:
+        del _HELD[key]
         lock.release()

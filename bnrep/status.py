@@ -23,7 +23,14 @@ def stage_status(out: str, name: str) -> list[tuple[str, str, str]]:
         exp = None
     if exp is None or not store.exists():
         return [(s, "missing", "no results") for s in ("hparam", "final", "analysis", "report")]
-    return [_hparam(store, exp), *_final_and_analysis(store, exp), _report(store)]
+    return [_hparam(store, exp), *_final_and_analysis(store, exp), _report(store), _writer(store)]
+
+
+def _writer(store: Store) -> tuple[str, str, str]:
+    from bnrep.lock import current_writer, describe
+
+    rec = current_writer(store)
+    return ("writer", "running" if rec else "none", describe(rec) if rec else "no run holds the lock")
 
 
 def _hparam(store: Store, exp: Experiment) -> tuple[str, str, str]:

@@ -52,7 +52,11 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("k_min < 2", "analysis", ["--k-min", "1"], ["k_min must be >= 2"]),
     ("k_max < k_min", "analysis", ["--k-min", "5", "--k-max", "4"], ["k_max must be >= k_min"]),
     ("k_max >= samples", "analysis", ["--samples-cluster", "10", "--k-max", "10"], ["clustering samples"]),
-    ("negative eps", "analysis", ["--eps", "-0.1"], ["eps must be >= 0"]),
+    ("negative eps", "analysis", ["--eps", "-0.1"], ["eps thresholds must be >= 0, got -0.1"]),
+    ("eps twice", "analysis", ["--eps", "0,0.01,0"], ["eps lists 0 more than once"]),
+    ("unknown norm", "final", ["--norms", "batch,weight"], ["unknown norm 'weight'", "batch, group, layer, none"]),
+    ("no norms", "hparam", ["--norms", ""], ["norms is empty"]),
+    ("norm twice", "final", ["--norms", "group,none,group"], ["norms lists group more than once"]),
     ("different config", "final", ["--smoke-test", "--max-epochs", "5", "--paper-hparams"],
      ["different configuration", "max_epochs 3 -> 5", "--fresh"]),
     ("analysis of another config", "analysis", ["--smoke-test", "--k-max", "5"],
@@ -128,6 +132,27 @@ def test_checkpoint_with_a_flipped_byte(results, capsys):
     assert tree(results) == before and not ray.is_initialized()
 
 
+@pytest.mark.parametrize("argv", [["final", "--paper-hparams"], ["run", "--paper-hparams"], ["hparam"]])
+def test_a_second_writer_is_refused_before_ray_starts(argv, results, capsys):
+    from bnrep import lock
+
+    store = Store(str(results), "digits-cnn")
+    held = lock.acquire(store, "final", renew=False)  # a first writer (this process: alive)
+    try:
+        store.write_part("training", "cnn-bn-s0", pd.DataFrame([{"model_id": "cnn-bn-s0"}]))  # work left to do
+        store.delete("results/training/cnn-bn-s0.parquet")
+        before = tree(results)
+        rc = cli.main([argv[0], "--smoke-test", *argv[1:], "--out", str(results)])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1, err
+        assert f"is being written by final on host {held.record['host']}, pid {held.record['pid']}" in err
+        assert tree(results) == before and not ray.is_initialized()
+        assert cli.main(["status", "--experiment", "digits-cnn", "--out", str(results)]) == 0
+        assert f"writer     running   final on host {held.record['host']}" in capsys.readouterr().out
+    finally:
+        held.release()
+
+
 def test_bnrep_run_validates_every_stage_first(results, capsys):
     before = tree(results)
     rc = cli.main(["run", "--smoke-test", "--k-max", "1", "--out", str(results)])
@@ -153,7 +178,7 @@ def test_ray_runs_library_functions_by_reference():
 
     from bnrep.stages import analysis, final, hparam
 
-    for fn in (hparam.trial, final.trial, analysis.extract, analysis.cluster):
+    for fn in (hparam.trial, final.trial, analysis.extract, analysis.layer_task, analysis.cka_task):
         blob = cp.dumps(fn)
         assert fn.__module__.startswith("bnrep.stages.") and len(blob) < 200, (fn.__name__, len(blob))
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import importlib.util
 import json
 import logging
 import os
@@ -74,12 +73,11 @@ def stage_flags(stage: str) -> list[str]:
     return [] if stage == "analysis/report.py" else FLAGS
 
 
-def load_driver(rel: str):
-    """A driver script as a module (sweeps/ and analysis/ are not packages)."""
-    spec = importlib.util.spec_from_file_location(f"bnrep_test_{rel.replace('/', '_')[:-3]}", ROOT / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def run_script(rel: str, argv: list[str]) -> int:
+    """`python <rel> ARGV`, in this process (the scripts are flags -> bnrep.flags.run_stage)."""
+    from bnrep import flags
+
+    return flags.run_stage({v: k for k, v in flags.SCRIPTS.items()}[rel], argv)
 
 
 def short_tmpdir(prefix: str) -> str:
@@ -169,7 +167,7 @@ def multinode(cluster, s3_env):
     nodes = {n.node_id for n in workers(cluster)}
     for stage in STAGES:
         ray_flags = ["--address", cluster.address] if stage != "analysis/report.py" else []
-        assert load_driver(stage).main([*stage_flags(stage), "--out", out, *ray_flags]) == 0, stage
+        assert run_script(stage, [*stage_flags(stage), "--out", out, *ray_flags]) == 0, stage
     return out, nodes
 
 
@@ -504,22 +502,24 @@ def seed_out(reference: str, out: str, rels: list[str]) -> None:
         (shutil.copytree if os.path.isdir(f"{src}/{rel}") else shutil.copy)(f"{src}/{rel}", f"{dst}/{rel}")
 
 
-def train_uninterrupted(final, argv: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def train_uninterrupted(argv: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The grid's models trained here without Tune, on one thread like a 1-CPU
     Ray worker: (training rows, history rows) to compare a resumed grid with."""
     import torch
 
-    from bnrep import driver
+    from bnrep import flags
     from bnrep.data import load_data
-    from bnrep.train import model_id, train
+    from bnrep.models import model_id
+    from bnrep.stages.final import grid_hparams
+    from bnrep.train import train
 
-    exp = driver.resolve_experiment(final.build_parser().parse_args(argv))
-    hparams = final.grid_hparams(exp, Store(argv[argv.index("--out") + 1], exp.name), paper=False)
+    exp = flags.resolve_experiment(flags.build_parser("final").parse_args(argv))
+    hparams = grid_hparams(exp, Store(argv[argv.index("--out") + 1], exp.name), paper=False)
     data, threads = load_data(exp), torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        runs = {model_id(exp.arch, bn, s): train(exp, data, bn, hparams[bn], s)
-                for s in range(exp.seeds) for bn in (True, False)}
+        runs = {model_id(exp.arch, n, s): train(exp, data, n, hparams[n], s)
+                for s in range(exp.seeds) for n in exp.norms}
     finally:
         torch.set_num_threads(threads)
     rows = pd.DataFrame([{"model_id": m, "epochs": r.epochs, "train_acc": r.train_acc, "val_acc": r.val_acc,
@@ -567,7 +567,7 @@ def test_final_survives_node_failure(cluster, reference, tmp_path):
     for mid, g in history.groupby("model_id"):  # every epoch exactly once, resumed or not
         assert g["epoch"].tolist() == list(range(1, len(g) + 1)), mid
     # Resuming is exact on CPU: the same models, to the bit, as without the failure.
-    rows, hist = train_uninterrupted(load_driver("sweeps/final.py"), argv)
+    rows, hist = train_uninterrupted(argv)
     got = table(out, "training")
     pd.testing.assert_frame_equal(got[rows.columns], rows, check_exact=True)
     pd.testing.assert_frame_equal(history[hist.columns].reset_index(drop=True), hist.reset_index(drop=True),

@@ -20,6 +20,7 @@ nc1, effective_rank, cka.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,11 +28,12 @@ import pandas as pd
 import torch
 
 from bnrep.checkpoints import ModelFileError, load_model
-from bnrep.config import (RunOptions, UsageError, header, open_store, prepare, stage_hashes, table_hashes,
-                          with_trained_config, write_config)
+from bnrep.config import (RunOptions, UsageError, header, open_store, prepare, stage_hashes, start_fresh,
+                          table_hashes, with_trained_config, write_config)
 from bnrep.data import check_data, load_data
 from bnrep.experiments import Experiment
 from bnrep.kmeans import optimal_k, sweep_kmeans
+from bnrep.lock import writer_lock
 from bnrep.metrics import channel_sparsity, davies_bouldin, effective_rank, layer_sparsity, linear_cka, nc1
 from bnrep.models import NORMS, build_model
 from bnrep.progress import wait_tasks
@@ -202,19 +204,30 @@ def run(exp: Experiment, opts: RunOptions) -> int:
     for note in samples.notes:
         print(f"note: {note}", flush=True)
 
-    # ==== skip complete work ====
+    # ==== skip complete work; one writer from here on ====
     probes = [(p.name, p.index) for p in build_model(exp.arch, "none", data.channels).probes()]
-    todo = plan(store, exp, models, probes)
-    print(f"[analysis] {len(models)} models x {len(probes)} layers; {len(models) - len(todo.extract())} models "
-          f"complete, {todo.n_tasks()} tasks to run", flush=True)
-    if not todo.n_tasks():
-        return 0
-    write_config(store, record)
-    hashes = table_hashes(exp)
-    if not store.has_part("samples", "indices", (hashes["samples"], stage_hashes(exp)["analysis_hash"])):
-        store.write_part("samples", "indices", samples.table(), hashes["samples"])
+    with contextlib.ExitStack() as held:
+        if opts.fresh:  # the lock, then the deletion
+            held.enter_context(writer_lock(store, "analysis"))
+            start_fresh(store, "analysis")
+        todo = plan(store, exp, models, probes)
+        print(f"[analysis] {len(models)} models x {len(probes)} layers; {len(models) - len(todo.extract())} "
+              f"models complete, {todo.n_tasks()} tasks to run", flush=True)
+        if not todo.n_tasks():
+            return 0
+        held.enter_context(writer_lock(store, "analysis"))  # LockError: one line
+        write_config(store, record)
+        hashes = table_hashes(exp)
+        if not store.has_part("samples", "indices", (hashes["samples"], stage_hashes(exp)["analysis_hash"])):
+            store.write_part("samples", "indices", samples.table(), hashes["samples"])
+        launch(exp, opts, store, data, models, samples, probes, todo, hashes)
+    print(f"[analysis] wrote {store.out}/{exp.name}/results/{{{','.join(tables('analysis'))}}}")
+    return 0
 
-    # ==== Ray tasks: extract per model; per (model, layer); CKA per (layer, pair) ====
+
+def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.DataFrame, samples: AnalysisSamples,
+           probes: list[tuple[str, int]], todo: Plan, hashes: dict[str, str]) -> None:
+    """Ray tasks: extract per model; one per (model, layer); CKA per (layer, pair)."""
     with ray_session(opts.address) as ray:
         check_shared_out(ray, store)
         gpus = default_gpus(ray, opts.gpus_per_task)
@@ -237,5 +250,3 @@ def run(exp: Experiment, opts: RunOptions) -> int:
                                               arrays[b["model_id"]][index - 1], samples.n_cluster, hashes["cka"])
                     for a, b, name, index in todo.cka]
         wait_tasks(ray, pending, "analysis")
-    print(f"[analysis] wrote {store.out}/{exp.name}/results/{{{','.join(tables('analysis'))}}}")
-    return 0

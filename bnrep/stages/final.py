@@ -12,12 +12,15 @@ Writes, under <out>/<experiment>/:
 
 from __future__ import annotations
 
+import contextlib
+
 import pandas as pd
 
 from bnrep.checkpoints import is_trained, save_model
-from bnrep.config import RunOptions, UsageError, header, stage_hashes, write_config
+from bnrep.config import RunOptions, UsageError, header, stage_hashes, start_fresh, write_config
 from bnrep.data import load_data
 from bnrep.experiments import Experiment
+from bnrep.lock import writer_lock
 from bnrep.models import NORM_TAGS, model_id
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_shared_out, default_gpus, node_id, ray_session
@@ -131,21 +134,25 @@ def run(exp: Experiment, opts: RunOptions) -> int:
     hparams = grid_hparams(exp, store, opts.paper_hparams)
     print(header("final grid", exp, store), flush=True)
     train_hash = stage_hashes(exp)["train_hash"]
-
     grid = [{"seed": s, "norm": n, "hparams": hparams[n]} for s in range(exp.seeds) for n in exp.norms]
-    todo = untrained(exp, store, grid, train_hash)
-    print(f"[final] {len(grid) - len(todo)} of {len(grid)} models already trained", flush=True)
-    if todo:
-        write_config(store, record)
-        forget_analysis(store, [model_id(exp.arch, g["norm"], g["seed"]) for g in todo])  # now stale
-        with ray_session(opts.address) as ray:
-            check_shared_out(ray, store)
-            gpus = default_gpus(ray, opts.gpus_per_trial)
-            run_grid(exp, opts, store, todo, gpus, train_hash)
-            todo = untrained(exp, store, grid, train_hash)
-            if todo:  # a restored grid whose trials ended without saving: train them anew
-                store.delete("train/tune/plan.json")
+    with contextlib.ExitStack() as held:
+        if opts.fresh:  # the lock, then the deletion
+            held.enter_context(writer_lock(store, "final"))
+            start_fresh(store, "final")
+        todo = untrained(exp, store, grid, train_hash)
+        print(f"[final] {len(grid) - len(todo)} of {len(grid)} models already trained", flush=True)
+        if todo:
+            held.enter_context(writer_lock(store, "final"))  # one writer from here on (LockError: one line)
+            write_config(store, record)
+            forget_analysis(store, [model_id(exp.arch, g["norm"], g["seed"]) for g in todo])  # now stale
+            with ray_session(opts.address) as ray:
+                check_shared_out(ray, store)
+                gpus = default_gpus(ray, opts.gpus_per_trial)
                 run_grid(exp, opts, store, todo, gpus, train_hash)
+                todo = untrained(exp, store, grid, train_hash)
+                if todo:  # a restored grid whose trials ended without saving: train them anew
+                    store.delete("train/tune/plan.json")
+                    run_grid(exp, opts, store, todo, gpus, train_hash)
 
     df = store.read_table("training")
     wanted = {model_id(exp.arch, g["norm"], g["seed"]) for g in grid}

@@ -13,11 +13,14 @@ Writes, under <out>/<experiment>/:
 
 from __future__ import annotations
 
+import contextlib
+
 import pandas as pd
 
-from bnrep.config import RunOptions, header, stage_hashes, write_config
+from bnrep.config import RunOptions, header, stage_hashes, start_fresh, write_config
 from bnrep.data import load_data
 from bnrep.experiments import Experiment
+from bnrep.lock import writer_lock
 from bnrep.models import NORM_TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_shared_out, default_gpus, ray_session
@@ -137,24 +140,29 @@ def print_best(best: dict, exp: Experiment) -> None:
 def run(exp: Experiment, opts: RunOptions) -> int:
     store, record = open_training_stage(exp, opts, "hparam")  # every check before Ray starts
     print(header("hparam sweep", exp, store), flush=True)
-    best = store.read_json("hparam/best_hparams.json") if store.exists("hparam/best_hparams.json") else {}
-    todo = [n for n in exp.norms if not (NORM_TAGS[n] in best and store.has_part("hparam_trials", NORM_TAGS[n]))]
-    if not todo:
-        print("[hparam] complete: nothing to do")
-        print_best(best, exp)
-        return 0
-    write_config(store, record)
-    with ray_session(opts.address) as ray:
-        check_shared_out(ray, store)
-        gpus = default_gpus(ray, opts.gpus_per_trial)
-        for norm in todo:
-            tag = NORM_TAGS[norm]
-            print(f"[hparam] {tag}: {exp.num_samples} trials, lr in {exp.lr_range}"
-                  + (f", momentum in {exp.momentum_choices}" if exp.optimizer == "sgd" else ""), flush=True)
-            trials = run_search(exp, opts, store, norm, gpus)
-            best[tag] = best_trial(trials)
-            store.write_part("hparam_trials", tag, trials, stage_hashes(exp)["train_hash"])
-            store.write_json("hparam/best_hparams.json", best)
+    with contextlib.ExitStack() as held:
+        if opts.fresh:  # the lock, then the deletion
+            held.enter_context(writer_lock(store, "hparam"))
+            start_fresh(store, "hparam")
+        best = store.read_json("hparam/best_hparams.json") if store.exists("hparam/best_hparams.json") else {}
+        todo = [n for n in exp.norms if not (NORM_TAGS[n] in best and store.has_part("hparam_trials", NORM_TAGS[n]))]
+        if not todo:
+            print("[hparam] complete: nothing to do")
+            print_best(best, exp)
+            return 0
+        held.enter_context(writer_lock(store, "hparam"))  # one writer from here on (LockError: one line)
+        write_config(store, record)
+        with ray_session(opts.address) as ray:
+            check_shared_out(ray, store)
+            gpus = default_gpus(ray, opts.gpus_per_trial)
+            for norm in todo:
+                tag = NORM_TAGS[norm]
+                print(f"[hparam] {tag}: {exp.num_samples} trials, lr in {exp.lr_range}"
+                      + (f", momentum in {exp.momentum_choices}" if exp.optimizer == "sgd" else ""), flush=True)
+                trials = run_search(exp, opts, store, norm, gpus)
+                best[tag] = best_trial(trials)
+                store.write_part("hparam_trials", tag, trials, stage_hashes(exp)["train_hash"])
+                store.write_json("hparam/best_hparams.json", best)
     print_best(best, exp)
     print(f"\nwrote {store.out}/{exp.name}/hparam/best_hparams.json")
     return 0

@@ -14,6 +14,7 @@ import sys
 
 from bnrep import report
 from bnrep.experiments import get_experiment
+from bnrep.lock import writer_lock
 from bnrep.store import Store, git_commit
 
 
@@ -60,14 +61,16 @@ def write(out: str, todo: list[str], several: bool, force: bool) -> int:
             written += 1
             continue
         try:
-            res = report.build_report(out, n)
+            with writer_lock(Store(out, n), "report"):
+                res = report.build_report(out, n)
         except report.ReportError as e:
             print(f"{'skipped' if several else 'error'}: {e}", file=sys.stderr)
             continue
         print(res.summary, flush=True)
         written += 1
     if several and written:
-        res = report.build_report(out, todo)  # a list: the combined report
+        with writer_lock(Store(out, "combined"), "report"):
+            res = report.build_report(out, todo)  # a list: the combined report
         print(f"combined report: {res.html}")
     return 0 if written else 1
 
