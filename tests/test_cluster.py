@@ -468,8 +468,10 @@ def run_and_kill_worker(cluster, argv: list[str], victim, cwd, at_death=lambda n
 
 def written_by(store: Store, tables, node: str) -> dict[str, int]:
     """Parts of `tables` that `node` wrote: {part file: mtime in ns}. Taken
-    when the node is dead and again at the end, the two must be equal: a dead
-    node writes nothing, neither a new part nor a replaced one."""
+    when the node is dead and again at the end, the end's must be a subset of
+    the first: a dead node writes nothing, neither a new part nor a replaced
+    one (a live node may replace its parts: Ray re-runs a task whose output
+    was lost with the node, and that task rewrites its parts)."""
     return {store.part_name(t, p): os.stat(store.path(store.part_name(t, p))).st_mtime_ns
             for t in tables for p in store.parts(t) if store.part_metadata(t, p)["node_id"] == node}
 
@@ -550,7 +552,7 @@ def test_final_survives_node_failure(cluster, reference, tmp_path):
                                               at_death)
     meta = {m: store.part_metadata("training", m) for m in store.parts("training")}
     assert len(meta) == len(table(reference, "training")), "a model is missing"
-    assert written_by(store, ("training", "training_history"), killed) == at_kill["written"], \
+    assert written_by(store, ("training", "training_history"), killed).items() <= at_kill["written"].items(), \
         "the dead node wrote after it died"
     # The trial that was training on the dead node restarts from the last
     # checkpoint Tune registered before the kill: the last epoch it reported
@@ -593,6 +595,6 @@ def test_analysis_survives_node_failure(cluster, reference, tmp_path):
     killed, _ = run_and_kill_worker(cluster, argv, victim, tmp_path,
                                     lambda node_id: written.update(written_by(store, ANALYSIS[1:], node_id)))
     assert at_kill[0] < total, "the analysis had finished before the node died"
-    assert written_by(store, ANALYSIS[1:], killed) == written, "the dead node wrote after it died"
+    assert written_by(store, ANALYSIS[1:], killed).items() <= written.items(), "the dead node wrote after it died"
     for name in ANALYSIS:
         assert_same_table(reference, out, name)
