@@ -44,8 +44,6 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 MIB = 2 ** 20
 TARGET_BYTES = 2 * 2 ** 30  # 2 GiB
 
