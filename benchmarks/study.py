@@ -76,9 +76,11 @@ def write_fake_idx(root: str, dataset: str, n_train: int, n_test: int, seed: int
 def run_stage(stage: str, argv: list[str], log) -> float:
     """Run `python -m bnrep <stage> ...`; its output goes to `log`. Wall seconds."""
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "bnrep", stage, *argv], stdout=log, stderr=subprocess.STDOUT)
+    r = subprocess.run([sys.executable, "-m", "bnrep", stage, *argv], capture_output=True, text=True)
+    log.write(r.stdout + r.stderr)
     if r.returncode:
-        raise SystemExit(f"study: `bnrep {stage}` failed (exit {r.returncode}); see {log.name}")
+        tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-5:])
+        raise SystemExit(f"study: `bnrep {stage}` failed (exit {r.returncode}):\n{tail}")
     return time.perf_counter() - t
 
 
@@ -151,11 +153,13 @@ def main() -> None:
         out = a.out or os.path.join(tmp, "out")
         if a.fake_data:
             a.data_root = os.path.join(tmp, "data")
-            write_fake_idx(a.data_root, a.experiment, *a.fake_images)
+            write_fake_idx(a.data_root, a.experiment.removesuffix("-cnn"), *a.fake_images)
         common = ["--experiment", a.experiment, "--out", out]
         data = ["--data-root", a.data_root] if a.data_root else []
         argv = {"hparam": common + data + flags(a, TRAIN_FLAGS), "final": common + data + flags(a, TRAIN_FLAGS),
                 "analysis": common + data + flags(a, ANALYSIS_FLAGS), "report": common}
+        if flags(a, ANALYSIS_FLAGS):  # the grid recorded the preset's analysis settings in config.json;
+            argv["analysis"].append("--fresh")  # --fresh accepts the new ones (nothing to delete yet)
         root = os.path.join(out, a.experiment)
         n_train = None
         with open(os.path.join(tmp, "stages.log"), "w") as log:

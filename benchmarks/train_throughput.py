@@ -241,7 +241,7 @@ def pack_child(name: str, n: int, bn: bool, seed: int, device: str, amp: bool, c
 def run_pack(name: str, P: int, a, n: int, amp: bool) -> dict:
     """P pack_child processes started together; aggregate images/s."""
     cmd = [sys.executable, os.path.abspath(__file__), "--pack-child", name, "--images", str(n), "--seed", str(a.seed),
-           "--device", a.device, "--seconds", str(a.seconds), "--bn", a.bn] + ["--amp"] * amp + ["--compile"] * a.compile
+           "--device", a.device, "--seconds", str(a.seconds), "--bn", a.bn] + ["--amp"] * amp + ["--compile"] * a.compile + ["--quick"] * a.quick
     procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(P)]
     for pr in procs:  # all warmed up before any timing starts
         if pr.stdout.readline().strip() != "ready":
