@@ -44,8 +44,6 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 MIB = 2 ** 20
 TARGET_BYTES = 2 * 2 ** 30  # 2 GiB
 
@@ -80,7 +78,7 @@ def child(n: int, batch_size: int, n_sparsity: int, seed: int) -> dict:
 
     exp = get_experiment("cifar10-vgg16")
     torch.manual_seed(seed)
-    model = build_model("vgg16", True, 3).eval()  # random weights
+    model = build_model("vgg16", "batch", 3).eval()  # random weights
     X = torch.randn(n, 3, 32, 32)  # (N, C, H, W) float32, as data.train.X[idx]
     shapes = probe_shapes(model, X[:1])
     baseline = status_kib("VmRSS") * 1024

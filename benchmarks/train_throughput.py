@@ -1,14 +1,32 @@
-"""Training-loop throughput: bnrep's Trainer against a plain DataLoader loop.
+"""Training-loop throughput: bnrep's Trainer against a plain DataLoader loop, on CPU or CUDA.
 
-    python benchmarks/train_throughput.py                  # both cases, ~2 min on an idle 2-core box
+    python benchmarks/train_throughput.py                  # CPU: both cases, ~2 min on an idle 2-core box
     python benchmarks/train_throughput.py --cases cnn --repeats 3   # ~30 s
+    python benchmarks/train_throughput.py --device cuda --precision fp32,amp            # GPU: full-size epochs
+    python benchmarks/train_throughput.py --device cuda --pack 1,2,4,8                  # trials sharing one GPU
+    python benchmarks/train_throughput.py --device cpu --quick --pack 1,2 --precision fp32,amp   # smoke test
+                                           # (on CPU, amp is ignored as in the Trainer: rows say fp32)
+
+GPU (--device cuda): each case trains on a full-size synthetic epoch (cnn
+55,000 images = MNIST less validation, vgg16 45,000 = CIFAR10 less
+validation) held on the GPU, at batch 64; one line per case and precision
+(fp32, or amp = bf16 autocast as `--amp` in the stages) with bnrep_img_s and
+epoch_s (a timed epoch). No DataLoader reference on GPU unless --workers is
+given. --compile wraps the model in torch.compile (compile time is in the
+warm-up epoch, not in the figures). --pack 1,2,4,8 instead starts that many
+training processes at once on the same device (as `--gpus-per-trial 1/P`
+packs Tune trials), each with its own model and data, runs them for
+--seconds after a shared start signal, and prints per P the aggregate
+images/s (sum over processes) and the scaling over P = 1. --quick shrinks
+every size (cnn 256, vgg16 64 images, 1 repeat, 2 s packs) to check that the
+code runs.
 
 Both loops train the same model (same seed, same init) with the same
 optimiser (SGD, Nesterov momentum 0.99, lr 0.01, paper 3.1.1), batch 64,
 cross-entropy, on the same synthetic class-structured images (bnrep's
 `synthetic` dataset at the case's shape), in one process on the same cores:
 
-    bnrep      Trainer._train_one_epoch: the whole split is one tensor, batches
+    bnrep      Trainer.train_one_epoch: the whole split is one tensor, batches
                are seeded index permutations (bnrep.data.batches). Timed apart:
                the per-epoch eval-mode accuracy on the whole training split
                (bnrep.train.accuracy), which the reference loop does not do.
@@ -68,16 +86,17 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from bnrep.data import Data, load_data
+from bnrep.experiments import get_experiment
+from bnrep.models import build_model
+from bnrep.train import Trainer, accuracy
 
-from bnrep.data import Data, load_data  # noqa: E402
-from bnrep.experiments import get_experiment  # noqa: E402
-from bnrep.models import build_model  # noqa: E402
-from bnrep.train import Trainer, accuracy  # noqa: E402
+GPU_IMAGES = {"cnn": 55000, "vgg16": 45000}  # a real epoch: MNIST / CIFAR10 training sets less 5,000 validation
+QUICK_IMAGES = {"cnn": 256, "vgg16": 64}
 
 HPARAMS = {"lr": 0.01, "momentum": 0.99}  # paper 3.1.1 (MNIST recipe), used for both archs here
 BATCH = 64  # images per optimiser step (paper 3.1)
@@ -89,13 +108,23 @@ CASES = {  # name: (arch, (C, H, W), default number of training images)
 
 # ==== data and the two loops ====
 
-def synthetic_data(arch: str, shape: tuple[int, int, int], n: int, seed: int):
-    """(Experiment, Data) with exactly n training images of `shape`; SGD recipe above."""
+def synthetic_data(arch: str, shape: tuple[int, int, int], n: int, seed: int, device="cpu"):
+    """(Experiment, Data on `device`) with exactly n training images of `shape`; SGD recipe above."""
     exp = get_experiment("synthetic-cnn").override(
         arch=arch, image_shape=shape, num_images=int(n / 0.72) + 50,  # 20% test, 10% val, rest train
         train_size=n, optimizer="sgd", lr=HPARAMS["lr"], momentum=HPARAMS["momentum"], batch_size=BATCH,
         split_seed=seed)
-    return exp, load_data(exp)
+    return exp, load_data(exp, device=device)
+
+
+def make_trainer(name: str, n: int, bn: bool, seed: int, device: str, amp: bool, compile_: bool):
+    """(Trainer on `device`, its Data) for one case."""
+    arch, shape, _ = CASES[name]
+    exp, data = synthetic_data(arch, shape, n, seed, device)
+    trainer = Trainer(exp, data, "batch" if bn else "none", HPARAMS, seed, device=device, amp=amp)
+    if compile_:  # same parameters, so the optimiser built in Trainer still updates them
+        trainer.model = torch.compile(trainer.model)
+    return trainer, data
 
 
 class TensorImages(Dataset):
@@ -116,7 +145,7 @@ class Reference:
 
     def __init__(self, arch: str, bn: bool, data: Data, workers: int, seed: int):
         torch.manual_seed(seed)
-        self.model = build_model(arch, bn, data.channels, data.num_classes)
+        self.model = build_model(arch, "batch" if bn else "none", data.channels, data.num_classes)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=HPARAMS["lr"], momentum=HPARAMS["momentum"],
                                    nesterov=True)
         self.loss_fn = nn.CrossEntropyLoss()
@@ -137,20 +166,22 @@ class Reference:
 
 
 def timed(fn) -> float:
-    """Wall seconds of fn()."""
+    """Wall seconds of fn(), GPU work included."""
     t = time.perf_counter()
     fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - t
 
 
 # ==== one case ====
 
-def run_case(name: str, n: int, bn: bool, workers: list[int], repeats: int, seed: int) -> dict:
+def run_case(name: str, n: int, bn: bool, workers: list[int], repeats: int, seed: int,
+             device: str = "cpu", amp: bool = False, compile_: bool = False) -> dict:
     arch, shape, _ = CASES[name]
-    exp, data = synthetic_data(arch, shape, n, seed)
-    trainer = Trainer(exp, data, bn, HPARAMS, seed, device="cpu")
-    refs = {w: Reference(arch, bn, data, w, seed) for w in workers}
-    loops = {"bnrep": trainer._train_one_epoch,
+    trainer, data = make_trainer(name, n, bn, seed, device, amp, compile_)
+    refs = {w: Reference(arch, bn, data, w, seed) for w in workers}  # CPU data only (main() checks)
+    loops = {"bnrep": trainer.train_one_epoch,
              "eval": lambda: accuracy(trainer.model, data.train, trainer.device),
              **{f"ref{w}": r.epoch for w, r in refs.items()}}
     load0 = os.getloadavg()[0]
@@ -165,23 +196,64 @@ def run_case(name: str, n: int, bn: bool, workers: list[int], repeats: int, seed
     rate = {k: n / statistics.median(s) for k, s in secs.items()}
     best = {k: n / min(s) for k, s in secs.items()}  # least disturbed by neighbours
     epoch_s = statistics.median(a + b for a, b in zip(secs["bnrep"], secs["eval"]))
-    by_w = {w: rate[f"ref{w}"] for w in workers}
-    best_w = max(by_w, key=by_w.get)
-    ref_best = max(best[f"ref{w}"] for w in workers)
-    return {
+    row = {
         "case": name, "arch": arch, "input": "x".join(map(str, shape)), "n_images": n, "batch_size": BATCH,
-        "bn": bn, "optimizer": "sgd-nesterov-0.99-lr0.01",
+        "bn": bn, "optimizer": "sgd-nesterov-0.99-lr0.01", **device_info(device, amp, compile_),
         "bnrep_img_s": round(rate["bnrep"], 1), "bnrep_eval_img_s": round(rate["eval"], 1),
-        "bnrep_epoch_img_s": round(n / epoch_s, 1),
-        "reference_img_s": round(by_w[best_w], 1), "reference_workers": best_w,
-        "reference_img_s_by_workers": {str(w): round(v, 1) for w, v in by_w.items()},
-        "ratio": round(rate["bnrep"] / by_w[best_w], 3),
-        "bnrep_best_img_s": round(best["bnrep"], 1), "reference_best_img_s": round(ref_best, 1),
-        "ratio_best": round(best["bnrep"] / ref_best, 3),
-        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "repeats": repeats,
-        "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
-        "torch": torch.__version__, "commit": git_commit(),
+        "bnrep_epoch_img_s": round(n / epoch_s, 1), "bnrep_best_img_s": round(best["bnrep"], 1),
+        "train_epoch_s": round(statistics.median(secs["bnrep"]), 3),
+        "repeats": repeats, "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)], "commit": git_commit(),
     }
+    if workers:
+        by_w = {w: rate[f"ref{w}"] for w in workers}
+        best_w = max(by_w, key=by_w.get)
+        ref_best = max(best[f"ref{w}"] for w in workers)
+        row.update({"reference_img_s": round(by_w[best_w], 1), "reference_workers": best_w,
+                    "reference_img_s_by_workers": {str(w): round(v, 1) for w, v in by_w.items()},
+                    "ratio": round(rate["bnrep"] / by_w[best_w], 3), "reference_best_img_s": round(ref_best, 1),
+                    "ratio_best": round(best["bnrep"] / ref_best, 3)})
+    return row
+
+
+def device_info(device: str, amp: bool, compile_: bool) -> dict:
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
+    return {"device": device, "gpu": gpu, "precision": "amp-bf16" if amp and device == "cuda" else "fp32",
+            "compile": compile_,
+            "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__}
+
+
+# ==== several trials on one device (--pack) ====
+
+def pack_child(name: str, n: int, bn: bool, seed: int, device: str, amp: bool, compile_: bool,
+               seconds: float) -> dict:
+    """One packed trial: warm up, say "ready", wait for "go" on stdin, train whole epochs for `seconds`."""
+    trainer, _ = make_trainer(name, n, bn, seed, device, amp, compile_)
+    trainer.train_one_epoch()  # warm-up (and compilation)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    t, images = time.perf_counter(), 0
+    while time.perf_counter() - t < seconds:
+        timed(trainer.train_one_epoch)
+        images += n
+    return {"images": images, "seconds": time.perf_counter() - t}
+
+
+def run_pack(name: str, P: int, a, n: int, amp: bool) -> dict:
+    """P pack_child processes started together; aggregate images/s."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--pack-child", name, "--images", str(n), "--seed", str(a.seed),
+           "--device", a.device, "--seconds", str(a.seconds), "--bn", a.bn] + ["--amp"] * amp + ["--compile"] * a.compile + ["--quick"] * a.quick
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(P)]
+    for pr in procs:  # all warmed up before any timing starts
+        if pr.stdout.readline().strip() != "ready":
+            raise SystemExit(f"train_throughput: a packed trial failed to start (exit {pr.wait()})")
+    for pr in procs:
+        pr.stdin.write("go\n")
+        pr.stdin.flush()
+    outs = [json.loads(pr.communicate()[0].strip().splitlines()[-1]) for pr in procs]
+    per = [o["images"] / o["seconds"] for o in outs]
+    return {"case": name, "mode": "pack", "trials": P, "n_images": n, "batch_size": BATCH, "seconds": a.seconds,
+            **device_info(a.device, amp, a.compile), "aggregate_img_s": round(sum(per), 1),
+            "per_trial_img_s": [round(r, 1) for r in per]}
 
 
 def git_commit() -> str:
@@ -192,23 +264,58 @@ def git_commit() -> str:
         return "unknown"
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", default="cnn,vgg16", help="comma-separated: cnn (1x28x28), vgg16 (3x32x32)")
-    p.add_argument("--images", type=int, default=None, help="training images per case (default: cnn 4096, vgg16 512)")
+    p.add_argument("--images", type=int, default=None,
+                   help="training images per case (default CPU: cnn 4096, vgg16 512; CUDA: 55000, 45000)")
     p.add_argument("--bn", choices=["on", "off", "both"], default="on", help="BatchNorm in the model")
-    p.add_argument("--workers", default="0,1,2", help="DataLoader num_workers values tried for the reference")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="fp32", help="comma-separated: fp32, amp (bf16 autocast, CUDA only)")
+    p.add_argument("--amp", action="store_true", help="same as --precision amp")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (compile time not timed)")
+    p.add_argument("--workers", default=None,
+                   help="DataLoader num_workers values tried for the reference (default: 0,1,2 on CPU; none on CUDA)")
     p.add_argument("--repeats", type=int, default=5, help="timed epochs per loop; the median is reported")
+    p.add_argument("--pack", default=None, help="comma-separated trial counts run at once on the device, e.g. 1,2,4,8")
+    p.add_argument("--seconds", type=float, default=20.0, help="--pack: seconds each packed trial trains")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a check that everything runs")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pack-child", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main() -> None:
+    p = build_parser()
     a = p.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device")
+    precisions = ["amp"] if a.amp else a.precision.split(",")
+    if set(precisions) - {"fp32", "amp"} or (a.device == "cpu" and "amp" in precisions and not a.quick):
+        p.error("--precision takes fp32 and amp; amp (bf16 autocast) runs on CUDA only (CPU: only with --quick)")
     if a.threads:
         torch.set_num_threads(a.threads)
-    workers = [int(w) for w in a.workers.split(",")]
+    if a.quick:
+        a.repeats, a.seconds = 1, min(a.seconds, 2.0)
+    if a.pack_child:
+        n, bn = a.images, a.bn != "off"
+        print(json.dumps(pack_child(a.pack_child, n, bn, a.seed, a.device, a.amp, a.compile, a.seconds)), flush=True)
+        return
+    workers = [int(w) for w in (a.workers or ("0,1,2" if a.device == "cpu" and not a.quick else "")).split(",") if w]
+    if workers and a.device != "cpu":
+        p.error("--workers: the DataLoader reference runs on CPU only")
     for name in a.cases.split(","):
-        for bn in {"on": [True], "off": [False], "both": [True, False]}[a.bn]:
-            n = a.images or CASES[name][2]
-            print(json.dumps(run_case(name, n, bn, workers, a.repeats, a.seed)), flush=True)
+        n = a.images or (QUICK_IMAGES if a.quick else GPU_IMAGES if a.device == "cuda" else
+                         {k: v[2] for k, v in CASES.items()})[name]
+        for amp in (pr == "amp" for pr in precisions):
+            if a.pack:
+                for P in (int(x) for x in a.pack.split(",")):
+                    print(json.dumps(run_pack(name, P, a, n, amp)), flush=True)
+                continue
+            for bn in {"on": [True], "off": [False], "both": [True, False]}[a.bn]:
+                print(json.dumps(run_case(name, n, bn, workers, a.repeats, a.seed, a.device, amp, a.compile)),
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -325,9 +325,14 @@ def fig_learning_curves(results) -> Figure | None:
     for row, r in enumerate(rs):
         h = r.table("training_history")
         loss, acc = axes[row]
+        # since 0.2.0 train_acc is a full pass only where one decided something; the curve is the
+        # running accuracy of each epoch's own batches (older results: the full pass of every epoch)
+        train_col = "train_acc_running" if "train_acc_running" in h and h["train_acc_running"].notna().any() \
+            else "train_acc"
         for norm in present_norms(h):
             plot_band(loss, h, "epoch", "train_loss", norm, f"{labels[norm]} ({n_seeds(h).get(norm, 0)} seeds)")
-            plot_band(acc, h, "epoch", "train_acc", norm, f"{labels[norm]} train", scale=100)
+            plot_band(acc, h, "epoch", train_col, norm,
+                      f"{labels[norm]} train" + (" (running)" if train_col != "train_acc" else ""), scale=100)
             plot_band(acc, h, "epoch", "val_acc", norm, f"{labels[norm]} validation", ls="--", scale=100)
         loss.set(title=f"{r.label}: training loss", xlabel="epoch", ylabel="cross-entropy", yscale="log")
         acc.set(title=f"{r.label}: accuracy", xlabel="epoch", ylabel="accuracy (%)")

@@ -24,6 +24,7 @@ the torch backend runs every (k, restart) pair as one batch:
 
     >>> results = sweep_kmeans(X, k_min=2, k_max=15)      # X: (N, d)
     >>> best = optimal_k(results)                        # lowest DBI
+    >>> fits = fit_kmeans(X, k_min=2, k_max=15)          # k-means only: centres, labels, inertia
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ class KMeansResult:
     dbi_reason: str | None  # why dbi is NaN (or a convention value), else None
 
 
+@dataclass
+class KMeansFit:
+    k: int
+    centres: torch.Tensor  # (k, d) float32, on X's device
+    labels: torch.Tensor  # (N,) int64, on X's device
+    inertia: float  # as KMeansResult.inertia
+
+
 # ==== API ====
 
 def sweep_kmeans(X, k_min: int = 2, k_max: int = 15, n_init: int = 3, max_iter: int = 300,
@@ -69,15 +78,24 @@ def sweep_kmeans(X, k_min: int = 2, k_max: int = 15, n_init: int = 3, max_iter: 
     X = _as_rows(X, device)
     _validate(X, k_min, k_max, n_init, max_iter, tol, backend)
     ks = list(range(k_min, k_max + 1))
-    if backend == "torch":
-        labels, inertia = _sweep_torch(X, ks, n_init, max_iter, tol, seed)
-    else:
-        labels, inertia = _sweep_sklearn(X, ks, n_init, max_iter, tol, seed)
+    sweep = _sweep_torch if backend == "torch" else _sweep_sklearn
+    labels, inertia, _ = sweep(X, ks, n_init, max_iter, tol, seed)
     results = []
     for k, lab, inr in zip(ks, labels, inertia):
         dbi, reason = davies_bouldin(X, lab)
         results.append(KMeansResult(k, lab.cpu().numpy(), float(inr), dbi, reason))
     return results
+
+
+def fit_kmeans(X, k_min: int = 2, k_max: int = 15, n_init: int = 3, max_iter: int = 300,
+               tol: float = 1e-4, seed: int = 0, device=None) -> list[KMeansFit]:
+    """The k-means half of sweep_kmeans (torch backend, same arguments and results)
+    without the Davies-Bouldin index: one fit per k, with its centres."""
+    X = _as_rows(X, device)
+    _validate(X, k_min, k_max, n_init, max_iter, tol, "torch")
+    ks = list(range(k_min, k_max + 1))
+    labels, inertia, centres = _sweep_torch(X, ks, n_init, max_iter, tol, seed)
+    return [KMeansFit(k, C, lab, float(inr)) for k, lab, inr, C in zip(ks, labels, inertia, centres)]
 
 
 def optimal_k(results: list[KMeansResult]) -> KMeansResult | None:
@@ -123,13 +141,13 @@ def _sweep_sklearn(X, ks, n_init, max_iter, tol, seed):
     from sklearn.cluster import KMeans
 
     Xn = X.detach().cpu().numpy()
-    labels, inertia = [], []
+    labels, inertia, centres = [], [], []
     for k in ks:
         km = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=seed).fit(Xn)
         labels.append(torch.from_numpy(km.labels_.astype(np.int64)))
-        inertia.append(_inertia64(X, torch.from_numpy(km.cluster_centers_).to(X.device),
-                                  labels[-1].to(X.device)))
-    return labels, inertia
+        centres.append(torch.from_numpy(km.cluster_centers_).to(X.device))
+        inertia.append(_inertia64(X, centres[-1], labels[-1].to(X.device)))
+    return labels, inertia, centres
 
 
 # ==== torch backend: layout of a batch of runs ====
@@ -434,7 +452,7 @@ def _run_chunks(k_run: list[int], N: int) -> list[range]:
 
 
 def _sweep_torch(X, ks, n_init, max_iter, tol, seed):
-    """Labels (one (N,) tensor per k) and float64 inertia per k, batched over k and restarts."""
+    """Labels (one (N,) tensor per k), float64 inertia and centres (k, d) per k, batched over k and restarts."""
     dev, K, N = X.device, max(ks), X.shape[0]
     X32 = X.to(torch.float32).contiguous()  # (N, d)
     xx = (X32 * X32).sum(1)  # (N,)
@@ -457,4 +475,5 @@ def _sweep_torch(X, ks, n_init, max_iter, tol, seed):
     labels, score = torch.cat(labels), torch.cat(score).view(len(ks), n_init)
     best = score.argmin(1).tolist()  # restart kept per k
     runs = [ki * n_init + b for ki, b in enumerate(best)]
-    return [labels[r] for r in runs], [_inertia64(X, centres[r], labels[r]) for r in runs]
+    return ([labels[r] for r in runs], [_inertia64(X, centres[r], labels[r]) for r in runs],
+            [centres[r] for r in runs])

@@ -22,14 +22,18 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
 `bn` is "norm is batch", kept for notebooks written before the norm axis.
 
     hparam_trials      one row per sweep trial; part = norm tag (bn, nobn, gn, ln)
-        trial_id, bn, norm, lr, momentum, epochs, train_acc, val_acc,
-        interpolated, objective, error, node_id
+        trial_id, bn, norm, lr, momentum, epochs, train_acc, train_acc_running,
+        val_acc, interpolated, objective, error, node_id (of its last epoch)
     training           one row per trained model; part = model_id
         model_id, experiment, dataset, arch, bn, norm, seed, lr, momentum,
         epochs, best_epoch, train_acc, val_acc, test_acc, interpolated
     training_history   one row per model and epoch; part = model_id
         model_id, bn, norm, seed, epoch, lr, train_loss, train_acc, val_acc,
-        interpolated, objective
+        interpolated, objective, train_acc_running
+        (train_acc: a full pass over the training split where one decided
+        something, i.e. 1.0 on the epoch an interpolation preset interpolates,
+        NaN otherwise; train_acc_running: the epoch's own batches as they
+        trained, for the curves; results before 0.2.0: a full pass every epoch)
     samples            the analysis images; part = "indices"
         purpose (sparsity | cluster), position, index (into the training split)
     channel_sparsity   model x layer x eps x channel; part = model_id

@@ -5,6 +5,14 @@ schedule, cross-entropy; stop when the model interpolates (100% accuracy on
 the whole training split, checked in eval mode after every epoch) or by early
 stopping on validation error with the best weights restored.
 
+An epoch does only the evaluation that decides something: the validation
+split every epoch (early stopping, the sweep objective); the training split
+only for interpolation presets, and there only until the first misclassified
+batch (the question is "is every image right?", and the batches are those of
+a full pass, so the answer is exactly the full pass's). Early-stopping presets
+never evaluate the training split per epoch; `finish()` evaluates it once, on
+the kept weights, for Table 1. See EpochMetrics for what the history records.
+
 `Trainer` advances one epoch at a time so a driver can report and checkpoint
 between epochs; `train()` runs it to the end. A checkpoint holds the model,
 optimiser, scheduler, epoch, early-stopping state and the batch-order RNG, so
@@ -35,13 +43,27 @@ def best_device() -> torch.device:
 
 @dataclass
 class EpochMetrics:
+    """One row of the training history (results/training_history).
+
+    train_acc is only ever a full pass over the training split (eval mode, the
+    epoch's final weights) and is NaN where none was made: it is 1.0 on the
+    epoch an interpolation preset interpolates and NaN on every other epoch
+    (the pass stopped at the first misclassified batch) and on every epoch of
+    an early-stopping preset (no pass). For curves use train_acc_running: the
+    fraction of the epoch's own training batches classified correctly as they
+    passed (train mode, each batch before its optimiser step), recorded every
+    epoch. `interpolated` is the exact answer where the question was asked
+    (interpolation presets) and False on early-stopping presets.
+    """
+
     epoch: int  # 1-based, epochs completed
     lr: float  # learning rate used during this epoch
     train_loss: float  # mean over the epoch's batches (train mode)
-    train_acc: float  # whole training split, eval mode
-    val_acc: float
-    interpolated: bool  # train_acc == 1.0
+    train_acc: float  # whole training split, eval mode; NaN when no full pass was made (see above)
+    val_acc: float  # whole validation split, eval mode, every epoch
+    interpolated: bool  # every training image classified correctly (interpolation presets only)
     objective: float  # what the hparam sweep maximises (see Trainer.objective)
+    train_acc_running: float = float("nan")  # the epoch's batches as they trained (train mode); NaN: older checkpoints
 
 
 @dataclass
@@ -97,40 +119,53 @@ class Trainer:
 
     # ==== one epoch ====
     def step_epoch(self) -> EpochMetrics:
+        """Train one epoch, then evaluate what decides stopping (see the module docstring)."""
         lr = self.opt.param_groups[0]["lr"]
-        loss = self._train_one_epoch()
+        loss, running = self.train_one_epoch()
         self.sched.step()
         self.epoch += 1
-        train_acc = accuracy(self.model, self.data.train, self.device, self.amp)
+        train_acc, interpolated = float("nan"), False
+        if self.exp.stop == "interpolate":
+            interpolated = classifies_all(self.model, self.data.train, self.device, self.amp)
+            train_acc = 1.0 if interpolated else float("nan")  # an early exit leaves the fraction unknown
         val_acc = accuracy(self.model, self.data.val, self.device, self.amp)
-        interpolated = train_acc >= 1.0
         if interpolated and self.first_interpolation is None:
             self.first_interpolation, self.val_at_interpolation = self.epoch, val_acc
         if val_acc > self.best_val_acc:
             self.best_val_acc, self.best_epoch = val_acc, self.epoch
             if self.exp.stop == "early-stop":
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        m = EpochMetrics(self.epoch, lr, loss, train_acc, val_acc, interpolated, self.objective(val_acc))
+        m = EpochMetrics(self.epoch, lr, loss, train_acc, val_acc, interpolated, self.objective(val_acc), running)
         self.history.append(m)
         return m
 
-    def _train_one_epoch(self) -> float:
+    def train_one_epoch(self) -> tuple[float, float]:
+        """One pass of optimiser steps over the seeded batches of the training split.
+
+        Returns the mean training loss and the running accuracy (fraction of
+        the images trained on that the model got right in its forward pass,
+        train mode, before the step). Advances the batch-order RNG; touches no
+        epoch counter, schedule or stopping state (step_epoch does).
+        """
         self.model.train()
         X, y = self.data.train.X, self.data.train.y
         total = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on-device: no sync per batch
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
         n = 0
         for idx in batches(len(y), self.exp.batch_size, self.gen, self.device):
             xb, yb = _channels_last(X[idx]), y[idx]
             if len(yb) < 2 and self.norm == "batch":  # BatchNorm cannot train on a single image
                 continue
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
-                loss = self.loss_fn(self.model(xb), yb)
+                logits = self.model(xb)
+                loss = self.loss_fn(logits, yb)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
             total += loss.detach().double() * len(yb)  # float64, as the Python float sum it replaces
+            correct += (logits.detach().argmax(1) == yb).sum()
             n += len(yb)
-        return total.item() / max(n, 1)
+        return total.item() / max(n, 1), (correct.item() / n if n else float("nan"))
 
     def objective(self, val_acc: float) -> float:
         """Paper 3.1.1: validation accuracy at the first interpolating epoch; runs
@@ -151,7 +186,8 @@ class Trainer:
         return self.epoch - self.best_epoch >= self.patience
 
     def finish(self) -> RunResult:
-        """Restore the best weights (early stopping) and evaluate on the test split."""
+        """Restore the best weights (early stopping) and evaluate the kept weights on
+        the whole training, validation and test splits (Table 1: full passes)."""
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         kept = self.best_epoch if self.exp.stop == "early-stop" else self.epoch
@@ -200,18 +236,39 @@ def accuracy(model: nn.Module, split: Split, device: torch.device, amp: bool = F
     """Fraction of `split` classified correctly, eval mode (BatchNorm running stats)."""
     if len(split) == 0:
         return float("nan")
+    correct = torch.zeros((), dtype=torch.int64, device=device)  # summed on-device: no sync per batch
+    for c, _ in _correct_per_batch(model, split, device, amp):
+        correct += c
+    return correct.item() / len(split)
+
+
+@torch.inference_mode()
+def classifies_all(model: nn.Module, split: Split, device: torch.device, amp: bool = False) -> bool:
+    """Is every image of `split` classified correctly (eval mode)? Stops at the first
+    batch with an error; the batches are accuracy()'s, so the answer is exactly
+    `accuracy(...) == 1.0` (an empty split: False, as NaN >= 1.0 is)."""
+    if len(split) == 0:
+        return False
+    with contextlib.closing(_correct_per_batch(model, split, device, amp)) as counts:  # closing: eval mode ends
+        return all(int(c) == n for c, n in counts)  # one sync per batch
+
+
+def _correct_per_batch(model: nn.Module, split: Split, device, amp: bool):
+    """Yield (correct count as a 0-dim device tensor, batch size) per evaluation batch, in order.
+    Callers run it under inference_mode."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     B = EVAL_BATCH if device.type == "cuda" else EVAL_BATCH_CPU
-    correct = torch.zeros((), dtype=torch.int64, device=device)  # summed on-device: no sync per batch
-    for i in range(0, len(split), B):
-        xb = _channels_last(split.X[i:i + B].to(device, non_blocking=True))
-        ctx = torch.autocast(device.type, torch.bfloat16) if amp else contextlib.nullcontext()
-        with ctx:
-            correct += (model(xb).argmax(1) == split.y[i:i + B].to(device)).sum()
-    model.train(was_training)
-    return correct.item() / len(split)
+    try:
+        for i in range(0, len(split), B):
+            xb = _channels_last(split.X[i:i + B].to(device, non_blocking=True))
+            ctx = torch.autocast(device.type, torch.bfloat16) if amp else contextlib.nullcontext()
+            with ctx:
+                c = (model(xb).argmax(1) == split.y[i:i + B].to(device)).sum()
+            yield c, len(xb)
+    finally:  # also when the caller stops early
+        model.train(was_training)
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:

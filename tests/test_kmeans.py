@@ -52,8 +52,12 @@ def test_inertia_close_to_sklearn(name):
     X = _data(kind)
     ours = np.array([r.inertia for r in sweep_kmeans(X, 2, 15, n_init=n_init, seed=0)])
     ref = np.array([KMeans(k, n_init=n_init, random_state=0).fit(X).inertia_ for k in KS])
-    assert ours.mean() <= 1.01 * ref.mean()  # averaged over the k range: within 1%
-    assert np.all(ours <= 1.05 * ref)  # no single k more than 5% worse
+    # Lloyd's algorithm only reaches a local minimum, so nothing bounds one k against scikit-learn;
+    # the bounds are measured: seeds 0-7 x these 4 cases (data and k-means seed alike) gave a worst
+    # mean ratio of 1.0019 and a worst single-k ratio of 1.0162 (blobs, seed 5), and 2x those
+    # margins still catch a broken seeding or restart choice (several % on every k)
+    assert ours.mean() <= 1.005 * ref.mean()  # averaged over the k range: within 0.5%
+    assert np.all(ours <= 1.03 * ref)  # no single k more than 3% worse
 
 
 def test_results_are_consistent_kmeans_solutions():

@@ -49,6 +49,10 @@ def _same(got: pd.DataFrame, want: pd.DataFrame, name: str) -> None:
 def test_every_table_equals_the_pinned_one(run, name):
     want = pd.read_csv(PINNED / f"{name}.csv", keep_default_na=False, na_values={"dbi": ["", "nan", "NaN"]})
     got = pd.read_parquet(run / "results" / name).sort_values(KEYS[name]).reset_index(drop=True)
+    if name == "training_history":  # since 0.2.0 (issue 13) a full training pass only where it decides:
+        full = got["train_acc"].notna()  # the interpolating epoch, where it equals the pinned full pass
+        assert (got.loc[full, "train_acc"] == want.loc[full, "train_acc"]).all() and full.sum() == 2
+        want, got = want.drop(columns="train_acc"), got.drop(columns="train_acc")
     assert len(got) == len(want) and not got.duplicated(KEYS[name]).any(), name
     _same(got, want, name)
 

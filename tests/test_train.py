@@ -1,13 +1,16 @@
-"""Training: interpolation stop, early stopping, exact resume from a checkpoint."""
+"""Training: interpolation stop, early stopping, exact resume from a checkpoint,
+and epochs that evaluate only what decides stopping (against today's full evaluation)."""
+
+import math
 
 import pytest
 import torch
 
 import bnrep.train as train_mod
-from bnrep.data import load_data
+from bnrep.data import batches, load_data
 from bnrep.experiments import get_experiment
 from bnrep.models import model_id
-from bnrep.train import Trainer, train
+from bnrep.train import EpochMetrics, Trainer, train
 
 
 @pytest.fixture(scope="module")
@@ -85,4 +88,109 @@ def test_resume_from_checkpoint_is_exact(optimizer):
     assert r.epochs == full.epochs
     for (k, a), b in zip(full.model.state_dict().items(), r.model.state_dict().values()):
         assert torch.equal(a, b), k
-    assert [vars(m) for m in r.history] == [vars(m) for m in full.history]
+    assert _rows(r.history) == _rows(full.history)
+
+
+def _rows(history: list[EpochMetrics]) -> list[dict]:
+    """History rows with NaN as None, so that equal histories compare equal."""
+    return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in vars(m).items()}
+            for m in history]
+
+
+# ==== epochs that evaluate only what decides: same decisions as a full evaluation ====
+
+@torch.inference_mode()
+def _full_accuracy(model, split) -> float:
+    """The evaluation every epoch made before: the whole split, eval mode, the CPU batch size."""
+    model.eval()
+    B = train_mod.EVAL_BATCH_CPU  # the same batches, so logits are bitwise the library's
+    correct = 0
+    for i in range(0, len(split), B):
+        xb = split.X[i:i + B].contiguous(memory_format=torch.channels_last)
+        correct += int((model(xb).argmax(1) == split.y[i:i + B]).sum())
+    model.train()
+    return correct / len(split)
+
+
+class FullEvalTrainer(Trainer):
+    """The reference: today's epoch written out here (its own training loop, then full passes
+    over the training and validation splits, interpolated = train_acc >= 1.0) plus a plain
+    count of the running accuracy. Only step_epoch differs from the library's Trainer."""
+
+    def step_epoch(self) -> EpochMetrics:
+        lr = self.opt.param_groups[0]["lr"]
+        loss, running = self._reference_train()
+        self.sched.step()
+        self.epoch += 1
+        train_acc, val_acc = _full_accuracy(self.model, self.data.train), _full_accuracy(self.model, self.data.val)
+        if train_acc >= 1.0 and self.first_interpolation is None:
+            self.first_interpolation, self.val_at_interpolation = self.epoch, val_acc
+        if val_acc > self.best_val_acc:
+            self.best_val_acc, self.best_epoch = val_acc, self.epoch
+            if self.exp.stop == "early-stop":
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        m = EpochMetrics(self.epoch, lr, loss, train_acc, val_acc, train_acc >= 1.0, self.objective(val_acc), running)
+        self.history.append(m)
+        return m
+
+    def _reference_train(self):
+        self.model.train()
+        X, y = self.data.train.X, self.data.train.y
+        total, right, n = 0.0, 0, 0
+        for idx in batches(len(y), self.exp.batch_size, self.gen, "cpu"):
+            xb, yb = X[idx].contiguous(memory_format=torch.channels_last), y[idx]
+            if len(yb) < 2 and self.norm == "batch":
+                continue
+            out = self.model(xb)
+            loss = self.loss_fn(out, yb)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            total += loss.item() * len(yb)
+            right += int((out.argmax(1) == yb).sum())
+            n += len(yb)
+        return total / n, right / n
+
+
+def _run(cls, exp, data, bn, hp, seed):
+    t = cls(exp, data, bn, hp, seed, device="cpu")
+    while not t.done:
+        t.step_epoch()
+    return t, t.finish()
+
+
+SAME_DECISIONS = {
+    # name: (preset, overrides, norm, hparams (None: the paper's)); small splits keep each case to seconds
+    # (digits at train_size 400 does not interpolate in 40 epochs with BatchNorm's eval-mode statistics,
+    # so the digits case uses the whole split, as test_digits_paper_sgd_interpolates_and_stops)
+    "digits-interpolate-bn": ("digits-cnn", dict(), "batch", None),
+    "synthetic-interpolate": ("synthetic-cnn", dict(max_epochs=40), "batch", {"lr": 0.01, "momentum": 0.9}),
+    "digits-early-stop": ("digits-cnn", dict(train_size=300, stop="early-stop", max_epochs=8, patience=0.25),
+                          "batch", None),
+    "synthetic-early-stop": ("synthetic-cnn", dict(stop="early-stop", max_epochs=12, patience=0.25), "batch",
+                             {"lr": 0.01, "momentum": 0.9}),
+}
+
+
+@pytest.mark.parametrize("name", SAME_DECISIONS)
+def test_epochs_decide_as_a_full_evaluation(name):
+    preset, over, bn, hp = SAME_DECISIONS[name]
+    exp = get_experiment(preset).override(**over)
+    data = load_data(exp)
+    hp = hp or exp.paper_hparams(bn)
+    new, r = _run(Trainer, exp, data, bn, hp, seed=0)
+    ref, rr = _run(FullEvalTrainer, exp, data, bn, hp, seed=0)
+    assert (r.epochs, r.best_epoch, r.interpolated) == (rr.epochs, rr.best_epoch, rr.interpolated)
+    if exp.stop == "interpolate":  # (early stopping never asks, so never records a first interpolation)
+        assert new.first_interpolation == ref.first_interpolation
+        assert r.interpolated and r.epochs > 1  # the case exercises the stop after non-interpolating epochs
+    for k, v in rr.model.state_dict().items():  # the saved (for early stopping: restored) weights
+        assert torch.equal(r.model.state_dict()[k], v), k
+    assert (r.train_acc, r.val_acc, r.test_acc, r.objective) == (rr.train_acc, rr.val_acc, rr.test_acc, rr.objective)
+    for m, mr in zip(r.history, rr.history):
+        assert (m.val_acc, m.objective, m.train_loss, m.train_acc_running) == pytest.approx(
+            (mr.val_acc, mr.objective, mr.train_loss, mr.train_acc_running), rel=1e-12)
+        interp = exp.stop == "interpolate" and mr.interpolated
+        assert m.interpolated == interp
+        assert m.train_acc == 1.0 if interp else math.isnan(m.train_acc)  # a full pass only where one was made
+

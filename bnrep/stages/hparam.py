@@ -85,7 +85,9 @@ def trials_table(grid, norm: str) -> pd.DataFrame:
         m, cfg = r.metrics or {}, r.config or {}
         rows.append({"trial_id": m.get("trial_id", ""), "bn": norm == "batch", "norm": norm, "lr": float(cfg.get("lr", "nan")),
                      "momentum": float(cfg.get("momentum", 0.0)), "epochs": int(m.get("epoch", 0)),
-                     "train_acc": float(m.get("train_acc", "nan")), "val_acc": float(m.get("val_acc", "nan")),
+                     "train_acc": float(m.get("train_acc", "nan")),
+                     "train_acc_running": float(m.get("train_acc_running", "nan")),
+                     "val_acc": float(m.get("val_acc", "nan")),
                      "interpolated": bool(m.get("interpolated", False)),
                      "objective": float(m.get("objective", "nan")), "error": str(r.error or ""),
                      "node_id": str(m.get("node_id", ""))})  # the Ray node of its last epoch
