@@ -74,9 +74,17 @@ def tune_progress(stage: str, total: int, max_epochs: int, label, describe, stre
     class Progress(tune.Callback):
         def __init__(self):
             self.board = TrialBoard(stage, total, max_epochs, clock)
-            self.out = stream or sys.stdout
-            self.tty = self.out.isatty()
             self.drawn, self.last_draw, self.logged = 0, 0.0, {}
+
+        # Tune pickles its callbacks with the experiment state: the stream is looked up when
+        # printing, never kept (a captured sys.stdout does not pickle)
+        @property
+        def out(self):
+            return stream or sys.stdout
+
+        @property
+        def tty(self) -> bool:
+            return self.out.isatty()
 
         def _erase(self) -> None:
             if self.tty and self.drawn:
