@@ -38,6 +38,10 @@ class UsageError(Exception):
     """Bad input: printed as one line, exit status 2, before any work."""
 
 
+class StageFailed(RuntimeError):
+    """Work that failed beyond its retries: one line, exit status 1; a rerun resumes."""
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How a stage runs (where, on what resources), as opposed to what it computes (Experiment)."""

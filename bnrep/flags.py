@@ -15,7 +15,7 @@ import importlib
 import sys
 import warnings
 
-from bnrep.config import RunOptions, UsageError
+from bnrep.config import RunOptions, StageFailed, UsageError
 from bnrep.data import DataError
 from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, SMOKE, ConfigError, Experiment, get_experiment
@@ -198,6 +198,9 @@ def main_guard(fn) -> int:
     except (UsageError, ConfigError, DataError, LockError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except StageFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130

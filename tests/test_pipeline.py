@@ -282,3 +282,46 @@ def test_killed_during_the_report_gives_a_complete_report_on_rerun(reference, tm
     assert report_is_current(str(out), "digits-cnn")
     for f in ("report.md", "report.html", "table1.csv", "findings.json", "fig_layer_sparsity.png"):
         assert (report / f).stat().st_size > 0, f
+
+
+FAULTS = '''
+import os
+if os.environ.get("BNREP_TEST_FAILS"):  # every Python process of the run, Ray workers included
+    import bnrep.train as train
+
+    step_epoch = train.Trainer.step_epoch
+
+    def failing(self):
+        """cnn-bn-s0's second epoch fails, the first BNREP_TEST_FAILS times (counted in files)."""
+        d = os.environ["BNREP_TEST_FAIL_DIR"]
+        if self.epoch == 1 and self.seed == 0 and self.norm == "batch" and len(os.listdir(d)) < int(os.environ["BNREP_TEST_FAILS"]):
+            open(os.path.join(d, str(len(os.listdir(d)))), "w").close()
+            raise RuntimeError("injected failure of cnn-bn-s0")
+        return step_epoch(self)
+
+    train.Trainer.step_epoch = failing
+'''
+
+
+@pytest.mark.parametrize("fails, survives", [(1, True), (2, False)])
+def test_max_failures(fails, survives, tmp_path):
+    """--max-failures 1: one failure of a trial is survived (it resumes from its checkpoint),
+    a second ends the grid with a one-line error naming the flag; the other models are trained."""
+    hooks, counts, out = tmp_path / "hooks", tmp_path / "failures", tmp_path / "runs"
+    hooks.mkdir()
+    counts.mkdir()
+    (hooks / "sitecustomize.py").write_text(FAULTS)
+    env = {**os.environ, "PYTHONPATH": f"{hooks}:{os.environ.get('PYTHONPATH', '')}",
+           "BNREP_TEST_FAILS": str(fails), "BNREP_TEST_FAIL_DIR": str(counts)}
+    r = bnrep("final", "--smoke-test", "--paper-hparams", "--max-failures", "1", out=out, env=env)
+    assert len(os.listdir(counts)) == fails  # the failures happened, in Ray workers
+    store = Store(str(out), "digits-cnn")
+    if survives:
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert sorted(store.parts("training")) == MODELS
+        assert store.part_metadata("training", "cnn-bn-s0")["resumed_from_epoch"] == "1"  # its last checkpoint
+    else:
+        err = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and err[-1].startswith("error: 1 model(s) failed 2 times, more than --max-failures 1")
+        assert "injected failure of cnn-bn-s0" in err[-1]
+        assert sorted(store.parts("training")) == [m for m in MODELS if m != "cnn-bn-s0"]

@@ -17,7 +17,7 @@ import contextlib
 import pandas as pd
 
 from bnrep.checkpoints import is_trained, save_model
-from bnrep.config import RunOptions, UsageError, header, stage_hashes, start_fresh, write_config
+from bnrep.config import RunOptions, StageFailed, UsageError, header, stage_hashes, start_fresh, write_config
 from bnrep.data import load_data
 from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
@@ -112,7 +112,9 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
                            run_config=run_config(opts, "final", store.uri("train", "tune"), progress))
     errors = [r.error for r in tuner.fit() if r.error]
     if errors:
-        raise RuntimeError(f"{len(errors)} model(s) failed after retries; first error: {errors[0]}")
+        first = str(errors[0]).strip().splitlines()[-1][:300]
+        raise StageFailed(f"{len(errors)} model(s) failed {opts.max_failures + 1} times, more than --max-failures "
+                          f"{opts.max_failures}; last error: {first} (Tune logs: {path})")
 
 
 def describe_config(config: dict) -> str:

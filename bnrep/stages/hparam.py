@@ -17,7 +17,7 @@ import contextlib
 
 import pandas as pd
 
-from bnrep.config import RunOptions, header, stage_hashes, start_fresh, write_config
+from bnrep.config import RunOptions, StageFailed, header, stage_hashes, start_fresh, write_config
 from bnrep.data import load_data
 from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
@@ -109,7 +109,7 @@ def describe_trial(r: dict) -> str:
 def best_trial(trials: pd.DataFrame) -> dict:
     ok = trials[trials["error"] == ""].dropna(subset=["objective"])
     if ok.empty:
-        raise RuntimeError("every trial failed; see the Ray Tune logs above")
+        raise StageFailed(f"every trial failed ({trials['error'].iloc[0].strip().splitlines()[-1][:300]})")
     b = ok.sort_values(["objective", "val_acc"], ascending=False).iloc[0]
     return {"lr": float(b["lr"]), "momentum": float(b["momentum"]), "objective": float(b["objective"]),
             "val_acc": float(b["val_acc"]), "epochs": int(b["epochs"]), "trial_id": b["trial_id"]}
