@@ -11,23 +11,19 @@ side (no Ray here):
         report.md, report.html        settings, provenance, Table 1, findings (claim 1 per eps),
                                       which measure predicts generalisation, figures
         table1.md, table1.csv, table1.tex
-        fig_channel_sparsity, fig_layer_sparsity, fig_class_dbi,      (.png and .svg;
-        fig_optimal_k, fig_kmeans_dbi,                                 paper Figures 1-6,
-        fig_kmeans_sweep, fig_sparsity_thresholds, fig_nc1,            then beyond the paper;
-        fig_effective_rank, fig_cka, fig_learning_curves               a figure without its data
-                                                                       is a note instead)
+        fig_*.png, fig_*.svg          paper Figures 1-6, then beyond the paper (k sweep, thresholds, NC1,
+                                      effective rank, CKA, learning curves); no data: a note instead
         findings.json                 {"findings": verdicts and numbers, "predictors": correlations,
                                        "measures": per-layer NC1 / effective rank / CKA}, for machines
         summary.txt                   what the terminal shows
         report_inputs.json            fingerprint of the input parts (report_is_current)
     <out>/combined/                   build_report(out, [A, B]): the same files, a panel per experiment
 
-Accuracies and sparsities are fractions in [0, 1] in the tables and percent
-in the report. The tables in memory and the norm axis are in `bnrep.results`, the
-claims, verdict rules and statistics in `bnrep.findings`, the correlations with
-generalisation in `bnrep.correlations`, Markdown / HTML in `bnrep.documents`, the
-figures in `bnrep.figures` (the only module that imports matplotlib, loaded only
-when a report is written, so `bnrep status` can ask `report_is_current` without it).
+Accuracies and sparsities are fractions in the tables, percent in the report.
+Tables in memory and the norm axis: `bnrep.results`; claims, verdict rules and
+statistics: `bnrep.findings`; correlations with generalisation: `bnrep.correlations`;
+Markdown / HTML: `bnrep.documents`; figures: `bnrep.figures`, the only matplotlib
+importer, loaded only when a report is written (`bnrep status` never loads it).
 
     >>> res = build_report("runs", "digits-cnn"); print(res.summary)
     >>> res = build_report("runs", ["mnist-cnn", "cifar10-vgg16"])   # -> runs/combined/
@@ -48,6 +44,7 @@ import bnrep
 from bnrep.config import load_experiment, read_hashes
 from bnrep.documents import md_table, render_html, render_md
 from bnrep.correlations import MIN_MODELS, limits_sentence, predictor_rows, predictors
+from bnrep.flags import SCRIPTS
 from bnrep.findings import CLAIMS, Finding, finding_sparsity_across, findings, judged_norms, rules
 from bnrep.results import (REF, SHORT, Results, fmt_pm, is_paper_pair, measure_numbers, model_label, norm_labels,
                            ordered, rankings, side_by_side)
@@ -56,7 +53,6 @@ from bnrep.store import TABLES, Store, git_commit, tables
 TRAINING_TABLES = tables(stage="final")
 MEASURE_TABLES = tuple(t for t in tables(stage="analysis") if TABLES[t].part != "samples")
 REPORT_TABLES = TRAINING_TABLES + MEASURE_TABLES  # a report needs at least one of these
-STAGE_SCRIPTS = {"hparam": "sweeps/hparam.py", "final": "sweeps/final.py", "analysis": "analysis/run.py"}
 
 
 class ReportError(RuntimeError):
@@ -78,7 +74,7 @@ def load_results(out: str, name: str) -> Results:
 
 def stage_command(table: str, experiment: str, out: str = "runs") -> str:
     flag = "" if out.rstrip("/") in ("runs", "./runs") else f" --out {out}"
-    return f"python {STAGE_SCRIPTS[TABLES[table].stage]} --experiment {experiment}{flag}"
+    return f"python {SCRIPTS[TABLES[table].stage]} --experiment {experiment}{flag}"
 
 
 def find_experiments(out: str) -> list[str]:
