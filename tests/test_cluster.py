@@ -451,8 +451,8 @@ def run_and_kill_worker(cluster, argv: list[str], victim, cwd, at_death=lambda n
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
     try:
-        deadline, node_id = time.time() + 120, None
-        while node_id is None and proc.poll() is None and time.time() < deadline:
+        node_id = None
+        while node_id is None and proc.poll() is None:  # no clock: however slow the machine, wait for it
             node_id = victim()
             time.sleep(0.02)
         assert node_id, "no node to kill before the driver ended:\n" + log.read_text()[-3000:]
