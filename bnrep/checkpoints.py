@@ -45,10 +45,11 @@ def save_model(store: Store, mid: str, model: torch.nn.Module, exp: Experiment, 
     return sha256(data)
 
 
-def _read_verified(store: Store, mid: str) -> bytes:
-    """model.pt's bytes, checked against the sha256 its training part records."""
+def _read_verified(store: Store, mid: str, md: dict | None = None) -> bytes:
+    """model.pt's bytes, checked against the sha256 its training part records (`md`: that part's
+    metadata, when the caller has it already)."""
     where = f"{store.out}/{store.experiment}/{model_path(mid)}"
-    md = store.part_metadata("training", mid)
+    md = md if md is not None else store.part_metadata("training", mid)
     if md is None:
         raise ModelFileError(f"{where} has no training record (results/training/{mid}.parquet)")
     try:
@@ -70,11 +71,12 @@ def _load_blob(data: bytes, where: str, device="cpu") -> dict:
 
 def is_trained(store: Store, mid: str, train_hash: str) -> bool:
     """Complete: the training part (current configuration) and a verified model file."""
-    if not store.has_part("training", mid, train_hash):
+    md = store.part_metadata("training", mid)  # one footer read for the hash and the sha256
+    if md is None or md.get("config_hash") != train_hash:
         return False
     try:
-        data = _read_verified(store, mid)
-        if not store.part_metadata("training", mid).get("model_sha256"):
+        data = _read_verified(store, mid, md)
+        if not md.get("model_sha256"):
             _load_blob(data, mid)  # parts written before sha256 was recorded: does it load?
         return True
     except ModelFileError:
