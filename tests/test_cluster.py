@@ -15,8 +15,10 @@ four stages, report included) are shared by the tests (module fixtures):
 
 The node-failure tests kill a worker node as a machine dies (its raylet and
 every worker process it started, by SIGKILL) in the middle of sweeps/final.py
-or analysis/run.py, add a replacement node, and check that the results are
-complete and equal to the uninterrupted run's. A third cluster, started with
+(once a trial on it has a checkpoint) or analysis/run.py (once it holds a task:
+the node joins with a hook that makes its first task never end), add a
+replacement node, and check that the interrupted work ran again on a live node
+and that the results are complete and equal to the uninterrupted run's. A third cluster, started with
 token authentication in a process of its own, runs `bnrep run` for a driver
 with the token and refuses clients without it.
 """
@@ -46,7 +48,7 @@ import yaml
 
 from tests.conftest import ROOT
 
-from bnrep.store import Store
+from bnrep.store import TABLES, Store, tables
 
 EXPERIMENT = "digits-cnn"
 FLAGS = ["--smoke-test"]
@@ -57,12 +59,8 @@ REPORT = ("report.md", "report.html", "table1.csv", "findings.json")  # some of 
 # Fast node-death detection (defaults take ~30 s): GCS health checks every 0.5 s.
 FAST_FAILURE = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                 "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
-# Rows are identified by these columns; compared tables are sorted by them.
-KEYS = {"training": ["model_id"], "training_history": ["model_id", "epoch"],
-        "samples": ["purpose", "position"], "channel_sparsity": ["model_id", "layer_index", "channel"],
-        "layer_sparsity": ["model_id", "layer_index"], "class_dbi": ["model_id", "layer_index"],
-        "kmeans": ["model_id", "layer_index", "k"]}
-ANALYSIS = ("samples", "channel_sparsity", "layer_sparsity", "class_dbi", "kmeans")
+KEYS = {name: list(t.keys) for name, t in TABLES.items()}  # rows are identified by these; compared sorted
+ANALYSIS = tables("analysis")
 BUCKET = "bnrep-test"
 TOKEN_ON_NODE = "~/.ray/bnrep_auth_token"  # where the cluster files put the token on each node
 AUTH_ENV = "RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$HOME/.ray/bnrep_auth_token"
@@ -88,7 +86,7 @@ def short_tmpdir(prefix: str) -> str:
 def table(out: str, name: str) -> pd.DataFrame:
     """A results table sorted by its key columns, as a reader would compare it."""
     df = Store(out, EXPERIMENT).read_table(name)
-    return df.sort_values(KEYS.get(name, list(df.columns[:1]))).reset_index(drop=True)
+    return df.sort_values(KEYS[name]).reset_index(drop=True)
 
 
 def assert_same_table(a: str, b: str, name: str) -> None:
@@ -152,7 +150,7 @@ def reference(tmp_path_factory):
         for stage in STAGES:
             r = subprocess.run([sys.executable, str(ROOT / stage), *stage_flags(stage), "--out", out],
                                env=env, cwd=tmp_path_factory.getbasetemp(), capture_output=True, text=True,
-                               timeout=300)
+                               timeout=1800)  # a guard against a hang
             assert r.returncode == 0, f"{stage} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -459,7 +457,7 @@ def run_and_kill_worker(cluster, argv: list[str], victim, cwd, at_death=lambda n
         kill_node(cluster, next(n for n in workers(cluster) if n.node_id == node_id))
         at_death(node_id)
         replacement = cluster.add_node(num_cpus=1)
-        proc.wait(timeout=240)
+        proc.wait(timeout=1800)  # ~1 min idle; a guard against a hang, not a clock
     finally:
         proc.kill()
     assert proc.returncode == 0, log.read_text()[-5000:]
@@ -576,26 +574,76 @@ def test_final_survives_node_failure(cluster, reference, tmp_path):
                                   check_exact=True)
 
 
+STALL = '''
+import os
+if os.environ.get("BNREP_TEST_STALL_DIR"):  # the Ray workers of the one node started with it
+    import functools, inspect, json, time
+
+    import ray
+    import bnrep.stages.analysis as analysis
+
+    def parts(name, args):
+        """(table, part) pairs the analysis task `name` writes, from its arguments."""
+        if name == "extract":
+            mid = args["row"]["model_id"]
+            return [(t, mid) for t in ("channel_sparsity", "layer_sparsity")] if args["hashes"] else []
+        if name == "layer_task":
+            part = f"{args['row']['model_id']}-{args['layer']}"
+            return [(t, part) for w in args["work"] for t in analysis.LAYER_WORK[w]]
+        return [("cka", analysis.cka_part(args["layer"], args["a"], args["b"]))]
+
+    def stalling(task):
+        @functools.wraps(task)
+        def first_task_never_ends(*args, **kwargs):
+            """The node's first analysis task records itself (its node, the parts it would
+            write) and never ends: the node dies holding it. Later tasks run as usual."""
+            d = os.environ["BNREP_TEST_STALL_DIR"]
+            try:
+                os.close(os.open(os.path.join(d, "claimed"), os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return task(*args, **kwargs)
+            named = inspect.signature(task).bind(*args, **kwargs).arguments
+            record = {"node_id": ray.get_runtime_context().get_node_id(), "parts": parts(task.__name__, named)}
+            with open(os.path.join(d, "task.tmp"), "w") as f:
+                json.dump(record, f)
+            os.rename(os.path.join(d, "task.tmp"), os.path.join(d, "task.json"))  # whole, or not at all
+            while True:
+                time.sleep(60)
+        return first_task_never_ends
+
+    for name in ("extract", "layer_task", "cka_task"):
+        setattr(analysis, name, stalling(getattr(analysis, name)))
+'''
+
+
 @pytest.mark.slow
 def test_analysis_survives_node_failure(cluster, reference, tmp_path):
-    """A worker dies while analysis tasks run: Ray retries them (and rebuilds
-    lost representations); every table is complete, without duplicates."""
+    """A worker node dies holding an analysis task (a node joins whose first
+    task never ends, and is killed once that task has started): Ray runs the
+    task again on a live node, the dead node wrote nothing, and every table is
+    complete, without duplicates, equal to the uninterrupted run's."""
     out = str(tmp_path / "runs")
     seed_out(reference, out, ["config.json", "train/models", "results/training"])
-    parts_dir = f"{out}/{EXPERIMENT}/results"
-    total = sum(len(Store(reference, EXPERIMENT).parts(t)) for t in ANALYSIS)
-    at_kill = []
+    hooks, stall = tmp_path / "hooks", tmp_path / "stall"
+    hooks.mkdir()
+    stall.mkdir()
+    (hooks / "sitecustomize.py").write_text(STALL)
+    stalling = cluster.add_node(num_cpus=1, env_vars={  # its raylet's environment, which its workers inherit
+        "PYTHONPATH": f"{hooks}:{os.environ.get('PYTHONPATH', '')}", "BNREP_TEST_STALL_DIR": str(stall)})
+    cluster.wait_for_nodes()
+    record = stall / "task.json"
 
-    def victim():  # the first model's extraction is done: tasks are in flight on both workers
-        at_kill[:] = [sum(len(glob.glob(f"{parts_dir}/{t}/*.parquet")) for t in ANALYSIS)]
-        return workers(cluster)[0].node_id if glob.glob(f"{parts_dir}/layer_sparsity/*.parquet") else None
+    def victim():  # the stalling node, once its task has started (it is holding it)
+        return json.loads(record.read_text())["node_id"] if record.exists() else None
 
     argv = [str(ROOT / "analysis/run.py"), *FLAGS, "--out", out, "--address", cluster.address]
-    store, written = Store(out, EXPERIMENT), {}
-    killed, _ = run_and_kill_worker(cluster, argv, victim, tmp_path,
-                                    lambda node_id: written.update(written_by(store, ANALYSIS[1:], node_id)))
-    assert at_kill[0] < total, "the analysis had finished before the node died"
-    assert written_by(store, ANALYSIS[1:], killed).items() <= written.items(), "the dead node wrote after it died"
+    store = Store(out, EXPERIMENT)
+    killed, replacement = run_and_kill_worker(cluster, argv, victim, tmp_path)
+    task = json.loads(record.read_text())
+    assert killed == task["node_id"] == stalling.node_id and task["parts"], task
+    assert not written_by(store, ANALYSIS[1:], killed), "the dead node wrote parts"  # its only task never ended
+    for name, part in task["parts"]:  # the task held by the dead node ran again, on a live node
+        assert (store.part_metadata(name, part) or {}).get("node_id") not in (killed, None), (name, part)
     for name in ANALYSIS:
         assert_same_table(reference, out, name)
 

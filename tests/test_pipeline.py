@@ -31,7 +31,7 @@ PAIRS = [("cnn-bn-s0", "cnn-nobn-s0"), ("cnn-bn-s1", "cnn-nobn-s1"), ("cnn-bn-s0
          ("cnn-nobn-s0", "cnn-nobn-s1")]
 
 
-def bnrep(*args, out, timeout=600, **popen):
+def bnrep(*args, out, timeout=1800, **popen):  # a guard against a hang: ~1 min idle
     cmd = [sys.executable, "-m", "bnrep", *args, "--out", str(out)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=out.parent, **popen)
 
@@ -124,17 +124,16 @@ def test_second_run_does_no_work(reference, tmp_path):
 
 
 # ==== interruption ====
-def run_and_kill(out, when, *args, timeout=300):
+def run_and_kill(out, when, *args):
     """Start `bnrep run`, SIGKILL it and every process it started (Ray included)
-    once when(out) holds; when this returns, nothing of that run can still write."""
+    once when(out) holds; when this returns, nothing of that run can still write.
+    No clock: however slow the machine, the run either reaches the moment or ends."""
     p = subprocess.Popen([sys.executable, "-m", "bnrep", "run", "--smoke-test", *args, "--out", str(out)],
                          cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
-    t0 = time.time()
     try:
         while not when(out):
             assert p.poll() is None, "the run ended before it could be interrupted"
-            assert time.time() - t0 < timeout
             time.sleep(0.02)
     finally:
         kill_tree(p.pid)  # the driver and the local Ray it started, all at once
