@@ -64,6 +64,15 @@ def node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
+def placement() -> dict:
+    """Where this task or trial runs, as provenance: its Ray node and the GPUs
+    Ray assigned it (0 outside Ray; a fraction when several share one GPU)."""
+    import ray
+
+    gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0) if ray.is_initialized() else 0.0
+    return {"node_id": node_id(), "gpus": float(gpus)}
+
+
 def default_gpus(ray, requested: float | None) -> float:
     """GPUs per trial/task: the flag, else 1 when the cluster has GPUs, else 0."""
     if requested is not None:

@@ -58,7 +58,10 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
 
 Every part carries provenance in its schema metadata (`provenance`): bnrep
 version, git commit, the stage hash of config.json it was computed under
-(`config_hash`), and the Ray node that wrote it.
+(`config_hash`), and where it was computed: the Ray node (`node_id`) and the
+GPUs Ray assigned the task or trial (`gpus`, 0 on CPU, 0.25 for a quarter).
+Training parts also record the model file's sha256 (`model_sha256`, checked on
+every load) and the epoch a restarted trial resumed from (`resumed_from_epoch`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Defaults a cluster user relies on: GPUs per trial and task, --amp on CPU,
 and the warning about a local --out on several nodes."""
 
+import glob
 import io
+import json
 from contextlib import redirect_stdout
 from types import SimpleNamespace
 
@@ -9,10 +11,11 @@ import pytest
 import ray
 import torch
 
+from bnrep import flags
 from bnrep.data import load_data
 from bnrep.experiments import get_experiment
 from bnrep.raysession import check_shared_out, default_gpus
-from bnrep.store import Store
+from bnrep.store import Store, tables
 from bnrep.train import Trainer
 
 
@@ -28,6 +31,34 @@ def test_gpus_default_to_one_when_the_cluster_has_them(gpus_on_cluster, flag, wa
         assert default_gpus(ray, flag) == want
     finally:
         ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gpus, want", [
+    (None, 1.0),  # the cluster has a GPU: every trial and task asks for one
+    ("0.25", 0.25),  # --gpus-per-trial 0.25 / --gpus-per-task 0.25: four per GPU
+])
+def test_trials_and_tasks_get_the_gpus_asked(gpus, want, tmp_path):
+    """Every stage on a Ray node that advertises one GPU (none is there: torch
+    stays on the CPU, as --amp does): what Ray assigned each sweep trial, grid
+    trial and analysis task, as recorded with its results."""
+    out = tmp_path / "runs"
+    train = ["--norms", "batch", "--seeds", "2", "--num-samples", "2", "--max-epochs", "1"]  # small: 1 GPU, 1 trial
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
+    try:
+        for stage, flag, more in (("hparam", "--gpus-per-trial", train), ("final", "--gpus-per-trial", train),
+                                  ("analysis", "--gpus-per-task", [])):
+            argv = ["--smoke-test", *more, "--out", str(out), *([flag, gpus] if gpus else [])]
+            assert flags.run_stage(stage, argv) == 0, stage
+    finally:
+        ray.shutdown()
+    sweep = [json.loads(line) for f in glob.glob(f"{out}/digits-cnn/hparam/tune/*/*/result.json")
+             for line in open(f) if line.strip()]
+    assert sweep and {r["gpus"] for r in sweep} == {want}  # Tune's record of every epoch of every trial
+    store = Store(str(out), "digits-cnn")
+    for table in ("training", "training_history", *tables("analysis")[1:]):  # samples: written by the driver
+        got = {store.part_metadata(table, p)["gpus"] for p in store.parts(table)}
+        assert got == {str(want)}, table
 
 
 def test_amp_is_ignored_on_cpu():

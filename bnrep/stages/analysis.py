@@ -37,7 +37,7 @@ from bnrep.lock import writer_lock
 from bnrep.metrics import channel_sparsity, davies_bouldin, effective_rank, layer_sparsity, linear_cka, nc1
 from bnrep.models import NORMS, build_model
 from bnrep.progress import wait_tasks
-from bnrep.raysession import check_shared_out, default_gpus, node_id, ray_session
+from bnrep.raysession import check_shared_out, default_gpus, placement, ray_session
 from bnrep.represent import AnalysisSamples, extract_representations
 from bnrep.store import Store, tables
 from bnrep.train import best_device
@@ -75,10 +75,10 @@ def write_sparsity(store: Store, exp: Experiment, row: dict, reps, hashes: dict[
             lay.append({**keys, "layer": r.name, "layer_index": r.index, "eps": eps,
                         "sparsity": layer_sparsity(r.zero_counts[i], r.values_per_channel),
                         "dead_channels": int((s == 1.0).sum())})  # zero for every sample
-    node = node_id()  # provenance: which machine measured it
+    where = placement()  # provenance: which machine measured it, with what
     store.write_part("channel_sparsity", row["model_id"], pd.concat(chan, ignore_index=True),
-                     hashes["channel_sparsity"], node_id=node)
-    store.write_part("layer_sparsity", row["model_id"], pd.DataFrame(lay), hashes["layer_sparsity"], node_id=node)
+                     hashes["channel_sparsity"], **where)
+    store.write_part("layer_sparsity", row["model_id"], pd.DataFrame(lay), hashes["layer_sparsity"], **where)
 
 
 def layer_task(out: str, exp: Experiment, row: dict, layer: str, index: int, X: np.ndarray, y: np.ndarray,
@@ -89,20 +89,20 @@ def layer_task(out: str, exp: Experiment, row: dict, layer: str, index: int, X: 
     Xt = torch.tensor(X[: len(y)], device=best_device())  # the clustering samples lead the extracted rows
     yt = torch.tensor(y, device=Xt.device)
     keys = {**model_keys(row), "layer": layer, "layer_index": index}
-    part, node = f"{row['model_id']}-{layer}", node_id()
+    part, where = f"{row['model_id']}-{layer}", placement()
     if "clustering" in work:
         dbi, reason = davies_bouldin(Xt, yt)
         results = sweep_kmeans(Xt, exp.k_min, exp.k_max, n_init=exp.n_init, seed=row["seed"], backend=backend)
         best = optimal_k(results)  # the one place the optimal k is chosen
         km = pd.DataFrame([{**keys, "k": r.k, "dbi": r.dbi, "inertia": r.inertia, "optimal": r is best,
                             "dbi_reason": r.dbi_reason or ""} for r in results])
-        store.write_part("kmeans", part, km, hashes["kmeans"], node_id=node)
+        store.write_part("kmeans", part, km, hashes["kmeans"], **where)
         store.write_part("class_dbi", part, pd.DataFrame([{**keys, "dbi": dbi, "dbi_reason": reason or ""}]),
-                         hashes["class_dbi"], node_id=node)
+                         hashes["class_dbi"], **where)
     if "measures" in work:
         for table, (value, reason) in (("nc1", nc1(Xt, yt)), ("effective_rank", effective_rank(Xt))):
             store.write_part(table, part, pd.DataFrame([{**keys, "value": value, "reason": reason or ""}]),
-                             hashes[table], node_id=node)
+                             hashes[table], **where)
 
 
 def cka_task(out: str, exp: Experiment, a: dict, b: dict, layer: str, index: int, Xa: np.ndarray,
@@ -112,7 +112,7 @@ def cka_task(out: str, exp: Experiment, a: dict, b: dict, layer: str, index: int
     value = linear_cka(torch.tensor(Xa[:n], device=dev), torch.tensor(Xb[:n], device=dev))
     row = {"model_a": a["model_id"], "model_b": b["model_id"], "norm_a": a["norm"], "norm_b": b["norm"],
            "seed_a": a["seed"], "seed_b": b["seed"], "layer": layer, "layer_index": index, "cka": value}
-    store.write_part("cka", cka_part(layer, a, b), pd.DataFrame([row]), cka_hash, node_id=node_id())
+    store.write_part("cka", cka_part(layer, a, b), pd.DataFrame([row]), cka_hash, **placement())
 
 
 def cka_part(layer: str, a: dict, b: dict) -> str:

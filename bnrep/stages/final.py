@@ -23,7 +23,7 @@ from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
 from bnrep.models import NORM_TAGS, model_id
 from bnrep.progress import tune_progress
-from bnrep.raysession import check_shared_out, default_gpus, node_id, ray_session
+from bnrep.raysession import check_shared_out, default_gpus, placement, ray_session
 from bnrep.results import SHORT
 from bnrep.stages.tuning import open_training_stage, run_config, train_in_tune, trial_dirname
 from bnrep.store import Store, tables
@@ -48,7 +48,7 @@ def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: b
            "interpolated": r.interpolated}
     digest = save_model(store, mid, r.model, exp, hp, row)
     history = pd.DataFrame([{"model_id": mid, "bn": bn, "norm": norm, "seed": seed, **vars(m)} for m in r.history])
-    where = {"node_id": node_id(), "resumed_from_epoch": resumed_from}  # provenance of a resumed trial
+    where = {**placement(), "resumed_from_epoch": resumed_from}  # provenance, of a resumed trial too
     store.write_part("training_history", mid, history, train_hash, **where)
     store.write_part("training", mid, pd.DataFrame([row]), train_hash,  # last: marks the model complete
                      model_sha256=digest, **where)

@@ -10,7 +10,7 @@ import tempfile
 from bnrep.config import RunOptions, open_store, prepare
 from bnrep.data import check_data
 from bnrep.experiments import Experiment
-from bnrep.raysession import node_id
+from bnrep.raysession import placement
 from bnrep.store import Store
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -44,7 +44,7 @@ def train_in_tune(trainer, extra: dict | None = None) -> int:
     resumed_from = trainer.epoch
     while not trainer.done:
         m = trainer.step_epoch()
-        metrics = {**vars(m), **(extra or {}), "node_id": node_id(),
+        metrics = {**vars(m), **(extra or {}), **placement(),
                    "stopped": trainer.done}  # not "done": Tune would end the trial
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, CHECKPOINT_FILE), "wb") as f:
