@@ -204,7 +204,7 @@ def test_list_shows_every_experiment(capsys):
     assert "digits-cnn           digits         cnn       yes" in out
 
 
-def test_status_of_partial_results(results, capsys):
+def test_status_counts_only_complete_work(results, capsys):
     assert cli.main(["status", "--experiment", "digits-cnn", "--out", str(results)]) == 0
     out = capsys.readouterr().out
     assert "hparam     missing   0/2 normalisations searched" in out  # best_hparams but no trials table

@@ -45,6 +45,21 @@ def test_old_results_resume_computing_only_the_new_measures(old_results, capsys)
     assert "4 models complete, 0 tasks to run" in capsys.readouterr().out
 
 
+def test_status_partial_in_every_stage(old_results):
+    """One model's row gone, one norm searched, one figure newer than the report: partial, counted."""
+    store = Store(str(old_results), "synthetic-cnn")
+    (old_results / "synthetic-cnn/results/training" / store.part_name("training", "cnn-nobn-s1").split("/")[-1]).unlink()
+    store.write_json("hparam/best_hparams.json", {"bn": {"lr": 0.01, "momentum": 0.9}})
+    store.write_part("hparam_trials", "bn", pd.DataFrame([{"trial_id": "t0", "norm": "batch"}]))
+    store.write_bytes("report/report.md", b"an old report")  # not made from these results
+    rows = {s: (state, detail) for s, state, detail in stage_status(str(old_results), "synthetic-cnn")}
+    assert rows["hparam"] == ("partial", "1/2 normalisations searched")
+    assert rows["final"] == ("partial", "3/4 models trained")
+    # 3 extractions, NC1 + rank on 3 x 5 layers, CKA of 2 pairs (bn-s0 with nobn-s0 and with bn-s1) x 5 layers
+    assert rows["analysis"] == ("partial", f"{3 + 3 * 5 + 2 * 5} tasks left")
+    assert rows["report"][0] == "partial" and rows["report"][1].endswith("(older than the results)")
+
+
 def test_old_results_status_and_report(old_results, capsys):
     rows = {s: (state, detail) for s, state, detail in stage_status(str(old_results), "synthetic-cnn")}
     assert rows["final"] == ("complete", "4/4 models trained")
