@@ -31,6 +31,20 @@ def _grid(nrows: int, ncols: int, w: float = 4.2, h: float = 3.2) -> tuple[Figur
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
+def _panel(ax, **props) -> None:
+    """One panel of a grid figure: its title and labels (`ax.set`), small title, light grid."""
+    ax.set(**props)
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+
+
+def _end_row(axes: np.ndarray, row: int, used: int) -> None:
+    """A grid row of `used` panels: the legend in its first, the rest of the row blank."""
+    axes[row, 0].legend(fontsize=7)
+    for ax in axes[row, used:]:
+        ax.set_axis_off()
+
+
 def _as_list(results) -> list[Results]:
     return [results] if isinstance(results, Results) else list(results)
 
@@ -230,13 +244,9 @@ def fig_sparsity_thresholds(results) -> Figure | None:
                             capsize=3, label=labels[norm])
             ax.set_xscale("symlog", linthresh=min(e for e in eps if e > 0))  # eps = 0 stays on the axis
             ax.set_xticks(eps, [f"{e:g}" for e in eps])
-            ax.set(title=f"{r.label}: {name}", xlabel="threshold eps (|x| <= eps counts as zero)",
+            _panel(ax, title=f"{r.label}: {name}", xlabel="threshold eps (|x| <= eps counts as zero)",
                    ylabel="layer sparsity", ylim=(-0.02, 1.02))
-            ax.title.set_fontsize(9)
-            ax.grid(alpha=0.3)
-        axes[row, 0].legend(fontsize=7)
-        for ax in axes[row, len(gs):]:
-            ax.set_axis_off()
+        _end_row(axes, row, len(gs))
     fig.suptitle(f"Layer sparsity against the zero threshold, {seeds_text(rs[0][1])}")
     return fig
 
@@ -271,13 +281,9 @@ def fig_channel_sparsity(results) -> Figure | None:
             ax, d = axes[row, col], cs[cs["layer_index"] == li]
             for norm in present_norms(d):
                 plot_band(ax, d, "channel", "sparsity", norm, f"{labels[norm]} ({n_seeds(d).get(norm, 0)} seeds)")
-            ax.set(title=f"{r.label}: {d['layer'].iloc[0]} (layer {li})", xlabel="channel",
+            _panel(ax, title=f"{r.label}: {d['layer'].iloc[0]} (layer {li})", xlabel="channel",
                    ylabel="channel sparsity", ylim=(-0.02, 1.02))
-            ax.title.set_fontsize(9)
-            ax.grid(alpha=0.3)
-        axes[row, 0].legend(fontsize=7)
-        for ax in axes[row, len(layers):]:
-            ax.set_axis_off()
+        _end_row(axes, row, len(layers))
     fig.suptitle(f"Channel sparsity (mean over seeds, shading: std), {seeds_text(rs[0].table('channel_sparsity'))}")
     return fig
 
@@ -301,10 +307,8 @@ def fig_kmeans_sweep(results) -> Figure | None:
             ax, dl = axes[row0 + i // SWEEP_COLS, i % SWEEP_COLS], d[d["layer_index"] == li]
             for norm in present_norms(dl):
                 plot_band(ax, dl, "k", "dbi", norm, labels[norm])
-            ax.set(title=f"{r.label}: {name}", xlabel="k", ylabel="k-means DBI")
+            _panel(ax, title=f"{r.label}: {name}", xlabel="k", ylabel="k-means DBI")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.title.set_fontsize(9)
-            ax.grid(alpha=0.3)
             used.append(ax)
         row0 += math.ceil(n / SWEEP_COLS)
     for ax in axes.flat:
