@@ -52,15 +52,25 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def kill_tree(pid: int, timeout: float = 60.0) -> None:
-    """SIGKILL `pid` and every descendant, frozen first; return once all are dead."""
+def freeze_tree(pid: int) -> set[int]:
+    """SIGSTOP `pid` and every descendant; returns the frozen set. A frozen
+    process cannot fork or write: the files the tree writes stand still."""
     tree = {pid}
     while True:  # freeze until no frozen process has a child we have not frozen
         _signal(tree, signal.SIGSTOP)
         grown = tree | descendants(pid) | {d for p in tree for d in descendants(p)}
         if grown == tree:
-            break
+            return tree
         tree = grown
+
+
+def thaw(tree: set[int]) -> None:
+    _signal(tree, signal.SIGCONT)
+
+
+def kill_tree(pid: int, timeout: float = 60.0) -> None:
+    """SIGKILL `pid` and every descendant, frozen first; return once all are dead."""
+    tree = freeze_tree(pid)
     _signal(tree, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     while any(_alive(p) for p in tree):
