@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from bnrep.store import TABLES, Store, tables
-from tests.processes import kill_tree
+from tests.processes import freeze_tree, kill_tree, thaw
 
 
 pytestmark = pytest.mark.slow
@@ -124,20 +124,43 @@ def test_second_run_does_no_work(reference, tmp_path):
 
 
 # ==== interruption ====
-def run_and_kill(out, when, *args):
+def run_and_kill(out, when, *args, frozen=lambda out: True):
     """Start `bnrep run`, SIGKILL it and every process it started (Ray included)
-    once when(out) holds; when this returns, nothing of that run can still write.
-    No clock: however slow the machine, the run either reaches the moment or ends."""
+    once when(out) holds and, with every one of them frozen, frozen(out) holds
+    too (else thaw and wait on); when this returns, nothing of that run can
+    still write. No clock: however slow the machine, the run either reaches
+    the moment or ends."""
     p = subprocess.Popen([sys.executable, "-m", "bnrep", "run", "--smoke-test", *args, "--out", str(out)],
                          cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     try:
-        while not when(out):
+        while True:
             assert p.poll() is None, "the run ended before it could be interrupted"
+            if when(out):
+                tree = freeze_tree(p.pid)  # nothing writes now: frozen(out) reads files that stand still
+                if frozen(out):
+                    return
+                thaw(tree)
             time.sleep(0.02)
     finally:
         kill_tree(p.pid)  # the driver and the local Ray it started, all at once
         p.wait()
+
+
+def tune_whole(out, rel):
+    """Tune's state under <experiment>/rel is whole: Tuner.restore can use it."""
+    from bnrep.stages.tuning import tune_state_problem
+
+    return (out / "digits-cnn" / rel / "tuner.pkl").exists() and not tune_state_problem(Store(str(out), "digits-cnn"), rel)
+
+
+def resumable(out, rel):
+    """Tune's state under <experiment>/rel is whole and names a checkpoint of
+    a trial that has not finished: a restore resumes a trial past epoch 0."""
+    from ray.tune import ExperimentAnalysis
+
+    return tune_whole(out, rel) and any(t.status != "TERMINATED" and t.checkpoint is not None
+                                        for t in ExperimentAnalysis(str(out / "digits-cnn" / rel)).trials)
 
 
 def parts(out, name):
@@ -152,15 +175,27 @@ def assert_tables_equal(out, ref, names, exact=False):
         pd.testing.assert_frame_equal(got, want, check_exact=exact, rtol=1e-6, obj=name)
 
 
-def test_killed_during_training_resumes_to_the_same_results(reference, tmp_path):
+FINAL_TUNE = "train/tune/final"
+
+
+@pytest.fixture(scope="module")
+def killed_grid(reference, tmp_path_factory):
+    """A run killed in the final grid once a model is done, Tune's state on disk
+    is whole and it names a checkpoint of an unfinished model; (runs, models done)."""
     ref, _ = reference
-    out = tmp_path / "runs"
+    out = tmp_path_factory.mktemp("killed_grid") / "runs"
     copy_stages(ref, out, "config.json", "hparam", "results/hparam_trials")  # same best hparams as ref
-    trials = out / "digits-cnn" / "train" / "tune" / "final"
-    # kill once a model is done and an unfinished trial has reported a checkpoint (one kept per trial)
-    run_and_kill(out, lambda o: 1 <= len(parts(o, "training")) < len(list(trials.glob("*/checkpoint_*"))))
+    run_and_kill(out, lambda o: len(parts(o, "training")) >= 1, frozen=lambda o: resumable(o, FINAL_TUNE))
     n_done = len(parts(out, "training"))
     assert n_done < len(MODELS), "training finished before the kill"
+    return out, n_done
+
+
+def test_killed_during_training_resumes_to_the_same_results(reference, killed_grid, tmp_path):
+    ref, _ = reference
+    out = tmp_path / "runs"
+    shutil.copytree(killed_grid[0], out)
+    n_done = killed_grid[1]
     status = bnrep("status", "--experiment", "digits-cnn", out=out)
     assert f"final      partial   {n_done}/4 models trained" in status.stdout
     r = bnrep("run", "--smoke-test", out=out)
@@ -172,6 +207,41 @@ def test_killed_during_training_resumes_to_the_same_results(reference, tmp_path)
     resumed = {m: int(store.part_metadata("training", m)["resumed_from_epoch"]) for m in MODELS}
     assert max(resumed.values()) > 0, resumed  # a resume, not a restart from scratch
     assert_tables_equal(out, ref, ["layer_sparsity", "channel_sparsity", "class_dbi", "kmeans"])
+
+
+def truncate_state(tune_dir):  # killed while Tune copied its state to storage
+    state = max(tune_dir.glob("experiment_state-*.json"))
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+
+
+def remove_checkpoints(tune_dir):  # killed after Tune replaced a checkpoint, before it saved its state
+    from ray.tune import ExperimentAnalysis
+
+    gone = [t.checkpoint.path for t in ExperimentAnalysis(str(tune_dir)).trials
+            if t.status != "TERMINATED" and t.checkpoint is not None]
+    assert gone
+    for path in gone:
+        shutil.rmtree(path)
+
+
+@pytest.mark.parametrize("damage", [truncate_state, remove_checkpoints])
+def test_unusable_tune_state_trains_the_unfinished_models_anew(reference, killed_grid, tmp_path, damage):
+    ref, _ = reference
+    out = tmp_path / "runs"
+    shutil.copytree(killed_grid[0], out)
+    n_done = killed_grid[1]
+    done = set(m.removesuffix(".parquet") for m in parts(out, "training"))
+    damage(out / "digits-cnn" / FINAL_TUNE)
+    r = bnrep("run", "--smoke-test", out=out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"[final] {n_done} of 4 models already trained" in r.stdout
+    assert f"[final] cannot resume the interrupted grid in" in r.stdout
+    assert f"training its {len(MODELS) - n_done} unfinished models from the start" in r.stdout
+    assert_tables_equal(out, ref, ["training", "training_history"], exact=True)
+    store = Store(str(out), "digits-cnn")
+    resumed = {m: int(store.part_metadata("training", m)["resumed_from_epoch"]) for m in MODELS if m not in done}
+    assert set(resumed.values()) == {0}, resumed  # trained from the start
+    assert_tables_equal(out, ref, ["layer_sparsity", "class_dbi"])
 
 
 def test_killed_during_analysis_resumes_to_the_same_results(reference, tmp_path):
@@ -220,15 +290,27 @@ def test_truncated_part_and_checkpoint_are_recomputed(reference, tmp_path):
     assert_tables_equal(out, ref, ["training", "layer_sparsity", "class_dbi", "kmeans"])
 
 
-def test_killed_during_the_sweep_resumes_through_tuner_restore(reference, tmp_path):
+@pytest.mark.parametrize("damage", [None, truncate_state])
+def test_killed_during_the_sweep_resumes_through_tuner_restore(reference, tmp_path, damage):
     ref, _ = reference
     out = tmp_path / "runs"
     tune_dir = out / "digits-cnn" / "hparam" / "tune" / "bn"
-    run_and_kill(out, lambda o: any(tune_dir.glob("*/checkpoint_*")))
+    run_and_kill(out, lambda o: any(tune_dir.glob("*/checkpoint_*")), frozen=lambda o: tune_whole(o, "hparam/tune/bn"))
     assert not (out / "digits-cnn" / "hparam" / "best_hparams.json").exists(), "the sweep ended before the kill"
+    from bnrep.stages.tuning import tune_state_problem
+
+    store = Store(str(out), "digits-cnn")  # a search begun with other keys (before the norm axis) is not resumed
+    assert tune_state_problem(store, "hparam/tune/bn", {"bn": 1, "lr": 1, "momentum": 1}) == (
+        "it searched other keys (lr, momentum, norm)")
+    if damage:
+        damage(tune_dir)
     r = bnrep("run", "--smoke-test", out=out)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "[hparam] bn: resuming the interrupted search" in r.stdout
+    if damage:
+        assert "[hparam] bn: cannot resume the interrupted search in" in r.stdout
+        assert "searching anew (seeded: the same configurations)" in r.stdout
+    else:
+        assert "[hparam] bn: resuming the interrupted search" in r.stdout
     trials = table(out, "hparam_trials")
     assert trials.groupby("bn").size().to_dict() == {False: 2, True: 2} and trials["trial_id"].is_unique
     assert (trials["error"] == "").all()

@@ -24,7 +24,7 @@ from bnrep.lock import writer_lock
 from bnrep.models import NORM_TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_shared_out, default_gpus, ray_session
-from bnrep.stages.tuning import open_training_stage, run_config, train_in_tune, trial_dirname
+from bnrep.stages.tuning import open_training_stage, run_config, train_in_tune, trial_dirname, tune_state_problem
 from bnrep.store import Store
 from bnrep.train import Trainer, best_device
 
@@ -36,8 +36,7 @@ EDGE = 0.1  # a best lr within 10% of the log range of an end lies "at the edge"
 def trial(config: dict, exp: Experiment, data_root: str | None, amp: bool) -> None:
     """One Tune trial: train with the sampled hparams, report every epoch."""
     data = load_data(exp, data_root, device=best_device())
-    norm = config.get("norm") or ("batch" if config["bn"] else "none")  # a search begun before the norm axis
-    trainer = Trainer(exp, data, norm, config, SWEEP_SEED, amp=amp,
+    trainer = Trainer(exp, data, config["norm"], config, SWEEP_SEED, amp=amp,
                       max_epochs=exp.sweep_max_epochs or exp.max_epochs)
     train_in_tune(trainer)
 
@@ -62,13 +61,19 @@ def run_search(exp: Experiment, opts: RunOptions, store: Store, norm: str, gpus:
                              {"cpu": opts.cpus_per_trial, "gpu": gpus})
     tag = NORM_TAGS[norm]
     path = store.uri("hparam", "tune", tag)
-    if tune.Tuner.can_restore(path):
+    space, rel = search_space(exp, norm), f"hparam/tune/{tag}"
+    problem = tune_state_problem(store, rel, space) if store.exists(rel, "tuner.pkl") else None
+    if store.exists(rel, "tuner.pkl") and problem is None:
         print(f"[hparam] {tag}: resuming the interrupted search in {path}", flush=True)
-        return trials_table(tune.Tuner.restore(path, trainable=fn, resume_errored=True).fit(), norm)
+        return trials_table(tune.Tuner.restore(path, trainable=fn, param_space=space, resume_errored=True).fit(), norm)
+    if problem:
+        print(f"[hparam] {tag}: cannot resume the interrupted search in {path} ({problem}): "
+              f"searching anew (seeded: the same configurations)", flush=True)
+        store.delete(rel)
     max_t = exp.sweep_max_epochs or exp.max_epochs
     progress = tune_progress(f"hparam {tag}", exp.num_samples, max_t, describe_config, describe_trial)
     tuner = tune.Tuner(
-        fn, param_space=search_space(exp, norm),
+        fn, param_space=space,
         tune_config=tune.TuneConfig(
             metric="objective", mode="max", num_samples=exp.num_samples,
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max_t,

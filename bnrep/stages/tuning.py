@@ -53,6 +53,52 @@ def train_in_tune(trainer, extra: dict | None = None) -> int:
     return resumed_from
 
 
+def tune_state_problem(store: Store, rel: str, param_space: dict | None = None) -> str | None:
+    """Why the Tune state under `rel` cannot resume the run it belongs to, or
+    None when Tuner.restore can use it (with `param_space`, when given: Tune
+    takes only a space with the same keys).
+
+    Tune copies its state files and checkpoints to storage with plain writes,
+    in the background: a run killed mid-copy leaves a truncated file, or a
+    state naming a checkpoint that was already replaced. Tune meets either by
+    starting over with an empty configuration; bnrep checks first, and starts
+    the stage's unfinished work anew instead."""
+    import pickle
+
+    from pyarrow import fs as pafs
+    from ray.tune import ExperimentAnalysis
+
+    names = store.list_dir(rel)
+    if "tuner.pkl" not in names:
+        return "no Tune state"
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")  # warns of trials with no result yet
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        keys = pickle.loads(store.read_bytes(f"{rel}/tuner.pkl")).get("__flattened_param_space_keys")
+        for prefix in {n.split("-", 1)[0] for n in names if n.endswith(".json")} - {"experiment_state"}:
+            pickle.loads(store.read_bytes(f"{rel}/{max(n for n in names if n.startswith(prefix + '-'))}"))
+        trials = ExperimentAnalysis(store.uri(rel)).trials
+    except Exception as e:  # a truncated or missing file: what a kill mid-copy leaves
+        first = (str(e).splitlines() or [""])[0][:120]
+        return f"its state does not load: {type(e).__name__}: {first}"
+    finally:
+        quiet.setLevel(level)
+    if param_space is not None and keys is not None and keys != flat_keys(param_space):
+        return f"it searched other keys ({', '.join(keys)})"
+    for t in trials:
+        c = t.checkpoint
+        if t.status != "TERMINATED" and c is not None and c.filesystem.get_file_info(c.path).type == pafs.FileType.NotFound:
+            return f"trial {t.trial_id}'s last checkpoint {c.path} is gone"
+    return None
+
+
+def flat_keys(space: dict, prefix: str = "") -> list[str]:
+    """The sorted '/'-joined key paths of a param_space, as Tune records them in tuner.pkl."""
+    return sorted(k for name, v in space.items()
+                  for k in (flat_keys(v, f"{prefix}{name}/") if isinstance(v, dict) else [f"{prefix}{name}"]))
+
+
 def run_config(opts: RunOptions, name: str, storage: str, callback):
     """Tune's RunConfig for a bnrep stage: quiet, one checkpoint kept, retries."""
     from ray import tune
