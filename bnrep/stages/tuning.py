@@ -76,6 +76,7 @@ def tune_state_problem(store: Store, rel: str, param_space: dict | None = None) 
     quiet.setLevel(logging.ERROR)
     try:
         keys = pickle.loads(store.read_bytes(f"{rel}/tuner.pkl")).get("__flattened_param_space_keys")
+        # the searcher's state (basic-variant-state-<time>.json, a pickle): the newest of each kind
         for prefix in {n.split("-", 1)[0] for n in names if n.endswith(".json")} - {"experiment_state"}:
             pickle.loads(store.read_bytes(f"{rel}/{max(n for n in names if n.startswith(prefix + '-'))}"))
         trials = ExperimentAnalysis(store.uri(rel)).trials
