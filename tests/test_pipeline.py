@@ -151,7 +151,7 @@ def tune_whole(out, rel):
     """Tune's state under <experiment>/rel is whole: Tuner.restore can use it."""
     from bnrep.stages.tuning import tune_state_problem
 
-    return (out / "digits-cnn" / rel / "tuner.pkl").exists() and not tune_state_problem(Store(str(out), "digits-cnn"), rel)
+    return tune_state_problem(Store(str(out), "digits-cnn"), rel) is None
 
 
 def resumable(out, rel):

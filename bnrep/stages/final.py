@@ -25,7 +25,7 @@ from bnrep.models import NORM_TAGS, model_id
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_shared_out, default_gpus, placement, ray_session
 from bnrep.results import SHORT
-from bnrep.stages.tuning import open_training_stage, run_config, train_in_tune, trial_dirname, tune_state_problem
+from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, trial_dirname
 from bnrep.store import Store, tables
 from bnrep.train import Trainer, best_device
 
@@ -100,15 +100,11 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
         {"cpu": opts.cpus_per_trial, "gpu": gpus})
     path, space = store.uri("train", "tune", "final"), {"run": tune.grid_search(todo)}
     planned = store.read_json("train/tune/plan.json") if store.exists("train/tune/plan.json") else []
-    interrupted = planned and all(g in planned for g in todo) and store.exists("train/tune/final/tuner.pkl")
-    problem = tune_state_problem(store, "train/tune/final", space) if interrupted else None
-    if interrupted and problem is None:
+    if planned and all(g in planned for g in todo) and can_resume(
+            store, "train/tune/final", space, "[final]", "grid", f"training its {len(todo)} unfinished models from the start"):
         print(f"[final] resuming the interrupted grid in {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable=fn, param_space=space, resume_errored=True)
     else:
-        if problem:
-            print(f"[final] cannot resume the interrupted grid in {path} ({problem}): "
-                  f"training its {len(todo)} unfinished models from the start", flush=True)
         store.delete("train/tune/final")
         store.write_json("train/tune/plan.json", todo)
         progress = tune_progress("final", len(todo), exp.max_epochs, describe_config, describe_model)

@@ -24,7 +24,7 @@ from bnrep.lock import writer_lock
 from bnrep.models import NORM_TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_shared_out, default_gpus, ray_session
-from bnrep.stages.tuning import open_training_stage, run_config, train_in_tune, trial_dirname, tune_state_problem
+from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, trial_dirname
 from bnrep.store import Store
 from bnrep.train import Trainer, best_device
 
@@ -62,14 +62,10 @@ def run_search(exp: Experiment, opts: RunOptions, store: Store, norm: str, gpus:
     tag = NORM_TAGS[norm]
     path = store.uri("hparam", "tune", tag)
     space, rel = search_space(exp, norm), f"hparam/tune/{tag}"
-    problem = tune_state_problem(store, rel, space) if store.exists(rel, "tuner.pkl") else None
-    if store.exists(rel, "tuner.pkl") and problem is None:
+    if can_resume(store, rel, space, f"[hparam] {tag}:", "search", "searching anew (seeded: the same configurations)"):
         print(f"[hparam] {tag}: resuming the interrupted search in {path}", flush=True)
         return trials_table(tune.Tuner.restore(path, trainable=fn, param_space=space, resume_errored=True).fit(), norm)
-    if problem:
-        print(f"[hparam] {tag}: cannot resume the interrupted search in {path} ({problem}): "
-              f"searching anew (seeded: the same configurations)", flush=True)
-        store.delete(rel)
+    store.delete(rel)  # what a run killed before Tune saved a usable state left
     max_t = exp.sweep_max_epochs or exp.max_epochs
     progress = tune_progress(f"hparam {tag}", exp.num_samples, max_t, describe_config, describe_trial)
     tuner = tune.Tuner(

@@ -69,8 +69,6 @@ def tune_state_problem(store: Store, rel: str, param_space: dict | None = None) 
     from ray.tune import ExperimentAnalysis
 
     names = store.list_dir(rel)
-    if "tuner.pkl" not in names:
-        return "no Tune state"
     quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")  # warns of trials with no result yet
     level = quiet.level
     quiet.setLevel(logging.ERROR)
@@ -92,6 +90,18 @@ def tune_state_problem(store: Store, rel: str, param_space: dict | None = None) 
         if t.status != "TERMINATED" and c is not None and c.filesystem.get_file_info(c.path).type == pafs.FileType.NotFound:
             return f"trial {t.trial_id}'s last checkpoint {c.path} is gone"
     return None
+
+
+def can_resume(store: Store, rel: str, param_space: dict, label: str, what: str, otherwise: str) -> bool:
+    """Whether Tuner.restore can resume the Tune run under `rel`. When its state
+    is there but cannot be used, says so in one line: `otherwise` is what the
+    stage does instead."""
+    if not store.exists(rel, "tuner.pkl"):
+        return False
+    problem = tune_state_problem(store, rel, param_space)
+    if problem:
+        print(f"{label} cannot resume the interrupted {what} in {store.uri(rel)} ({problem}): {otherwise}", flush=True)
+    return problem is None
 
 
 def flat_keys(space: dict, prefix: str = "") -> list[str]:
