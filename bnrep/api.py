@@ -70,19 +70,21 @@ class Study:
         """A trained model with its weights, verified against the sha256 of its training row."""
         from bnrep.checkpoints import load_model
 
-        return load_model(self.store, model_id, self.experiment, self.data.channels, device).eval()
+        return load_model(self.store, model_id, self.experiment, device).eval()
 
     def representations(self, model_id: str, layer: str, purpose: str = "cluster") -> torch.Tensor:
         """A layer's reduced representations (paper eq. 5), recomputed on the saved
         samples of `purpose` ('cluster' or 'sparsity'), rows in the samples' order."""
+        from bnrep.probes import find_probes
         from bnrep.represent import extract_representations
 
-        reps = extract_representations(self.model(model_id), self.data.train.X[self._indices(purpose)], 0,
-                                       device="cpu")
-        by_name = {r.name: r for r in reps}
-        if layer not in by_name:
-            raise KeyError(f"{model_id} has no layer {layer!r} (layers: {', '.join(by_name)})")
-        return by_name[layer].reduced
+        model, X = self.model(model_id), self.data.train.X[self._indices(purpose)]
+        probes = find_probes(model, X[:2])
+        chosen = [p for p in probes if p.name == layer]
+        if not chosen:
+            raise KeyError(f"{model_id} has no layer {layer!r} (layers: {', '.join(p.name for p in probes)})")
+        (rep,) = extract_representations(model, X, 0, device="cpu", probes=chosen)
+        return rep.reduced
 
     def labels(self, purpose: str = "cluster") -> torch.Tensor:
         """Class labels of the saved samples of `purpose`, in their order."""

@@ -17,8 +17,9 @@ import io
 
 import torch
 
+from bnrep.data import NUM_CLASSES, input_shape
 from bnrep.experiments import Experiment
-from bnrep.models import ProbedNet, build_model
+from bnrep.models import build_model
 from bnrep.store import Store
 
 
@@ -83,11 +84,13 @@ def is_trained(store: Store, mid: str, train_hash: str) -> bool:
         return False
 
 
-def load_model(store: Store, mid: str, exp: Experiment, channels: int, device="cpu") -> ProbedNet:
+def load_model(store: Store, mid: str, exp: Experiment, device="cpu") -> torch.nn.Module:
     """The trained model `mid` with its weights, verified (ModelFileError otherwise)."""
     where = f"{store.out}/{store.experiment}/{model_path(mid)}"
     blob = _load_blob(_read_verified(store, mid), where, device)
-    m = blob["metrics"]  # files written before the norm axis record only bn
-    model = build_model(exp.arch, m.get("norm") or ("batch" if m["bn"] else "none"), channels)
+    m = blob["metrics"]  # files written before the norm axis record only bn, before model specs only arch
+    C, H, W = input_shape(exp)
+    model = build_model(m.get("model") or exp.model, m.get("norm") or ("batch" if m["bn"] else "none"), C,
+                        NUM_CLASSES, (H, W))
     model.load_state_dict(blob["state_dict"])
     return model.to(device)

@@ -29,12 +29,14 @@ def validate_run(args: argparse.Namespace):
     """Every check of every stage, before any work: (experiment, options, store)."""
     from bnrep.config import open_store, prepare
     from bnrep.data import check_data
+    from bnrep.represent import model_probes
     from bnrep.stages.analysis import check_k_max
 
     check_flags(args)
     exp, opts = resolve_experiment(args), options(args)
     check_k_max(exp, exp.samples_cluster)
     check_data(exp, opts.data_root)
+    model_probes(exp)  # the model builds under every norm and takes the data
     store = open_store(opts.out, exp)
     prepare(store, exp, "hparam" if opts.fresh else "analysis", opts.fresh)
     return exp, opts, store
@@ -60,7 +62,7 @@ def run_stages(exp, opts, store) -> int:
              ("analysis", lambda: analysis.run(exp, opts)), ("report", lambda: report.run(opts.out, [exp.name]))]
     if opts.paper_hparams:
         steps = steps[1:]
-    with ray_session(opts.address):
+    with ray_session(opts.address, exp.model):
         for i, (name, step) in enumerate(steps, 1):
             print(f"\n==== stage {i}/{len(steps)}: {name} (as python {SCRIPTS[name]}) ====", flush=True)
             rc = step()
@@ -84,7 +86,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             here = "yes"
         except DataError:
             here = "no"
-        print(f"{name:20} {e.dataset:14} {e.arch:9} {here:10} {e.description}")
+        print(f"{name:20} {e.dataset:14} {e.model:9} {here:10} {e.description}")
     print(f"\n(data root: {root}; datasets download there on first use when the network allows)")
     return 0
 

@@ -30,8 +30,9 @@ from bnrep.store import Store, git_commit, is_uri, tables
 
 # Fields that change what the analysis stage computes but not the models.
 ANALYSIS_FIELDS = ("samples_sparsity", "samples_cluster", "k_min", "k_max", "n_init", "eps")
-# Fields that change neither (more seeds or norms only add models; figures only choose layers).
-FREE_FIELDS = ("description", "seeds", "norms", "channel_layers", "first_shown_layer")
+# Fields that change neither
+# (more seeds or norms only add models; figures only choose layers; probes only add or skip layers)
+FREE_FIELDS = ("description", "seeds", "norms", "channel_layers", "first_shown_layer", "probes")
 
 
 class UsageError(Exception):
@@ -100,6 +101,7 @@ def stage_hashes(exp: Experiment) -> dict[str, str]:
     d = exp.to_dict()
     for f in FREE_FIELDS:
         d.pop(f)
+    d["arch"] = d.pop("model")  # hashed under the name it had before model specs, so old runs keep their hashes
     if len(d["eps"]) == 1:
         d["eps"] = d["eps"][0]
     train = {k: v for k, v in d.items() if k not in ANALYSIS_FIELDS}
@@ -130,10 +132,10 @@ def read_hashes(store: Store) -> dict[str, str]:
 
 def with_trained_config(store: Store, exp: Experiment) -> Experiment:
     """The analysis of existing models: training fields as they were trained
-    (config.json), analysis fields from this run's preset and flags."""
+    (config.json), analysis fields (and the probes) from this run's preset and flags."""
     if not store.exists("config.json"):
         return exp
-    return load_experiment(store).override(**{f: getattr(exp, f) for f in ANALYSIS_FIELDS})
+    return load_experiment(store).override(**{f: getattr(exp, f) for f in (*ANALYSIS_FIELDS, "probes")})
 
 
 # What --fresh deletes for each stage: its own outputs and everything downstream.
@@ -185,6 +187,7 @@ def adds_only(old: dict, exp: Experiment) -> bool:
 
 
 def describe_diff(old: dict, new: dict) -> str:
+    old = {("model" if k == "arch" else k): v for k, v in old.items()}  # config.json before model specs
     changed = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new
                if k not in FREE_FIELDS and json.dumps(old.get(k), default=list) != json.dumps(new[k], default=list)]
     return ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "") if changed else "config hash differs"

@@ -38,6 +38,7 @@ from bnrep.experiments import Experiment
 
 NUM_CLASSES = 10  # every supported dataset
 TORCHVISION = ("mnist", "fashion-mnist", "cifar10")
+SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}  # (C, H, W)
 SYNTHETIC_SEED = 20240901  # fixes the synthetic images; split_seed only splits them, as for real data
 
 
@@ -86,6 +87,11 @@ def check_data(exp: Experiment, data_root: str | None = None, download: bool = T
         cls, root = _torchvision_class(exp.dataset), _readable_root(data_root)
         if _missing_files(cls, root):
             _fetch(cls, root, download)
+
+
+def input_shape(exp: Experiment) -> tuple[int, int, int]:
+    """(C, H, W) of `exp`'s images, without reading them (models are checked against it before Ray)."""
+    return tuple(exp.image_shape) if exp.dataset == "synthetic" else SHAPES[exp.dataset]
 
 
 def load_data(exp: Experiment, data_root: str | None = None, device="cpu", download: bool = True) -> Data:

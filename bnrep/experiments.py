@@ -6,18 +6,30 @@ validates again, so an impossible value fails before any work starts.
 
     >>> exp = get_experiment("mnist-cnn").override(max_epochs=50, norms="batch,group,none")
 
-`norms` (the normalisations compared) and `eps` (sparsity thresholds) are
-tuples; a comma-separated string (as a flag gives it), a JSON list or one
-number is accepted, and each is stored in one spelling: norms in
-bnrep.models.NORMS order, thresholds ascending.
+`model` is a model spec (bnrep.models: `cnn`, `torchvision:resnet50`,
+`timm:NAME`, `package.module:function`); config.json files written before it
+existed name it `arch` and still load. `norms` (the normalisations compared,
+bnrep.norms) and `eps` (sparsity thresholds) are tuples; a comma-separated
+string (as a flag gives it), a JSON list or one number is accepted, and each
+is stored in one spelling: norms in the norm table's order, thresholds
+ascending.
+
+Figure layers (`channel_layers`, `first_shown_layer`) are layer indices
+(1-based), or fractions of the model's depth below 1 (0.5: the layer half way
+down), so one choice fits any model; `channel_layers=()` shows four layers at
+a quarter, half, three quarters and all of the depth. A preset's choices are
+for its own model: `with_model` swaps the model and sets them to those that
+fit any.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
-from bnrep.models import ARCHS, NORMS, check_norm
+from bnrep.models import ModelError, parse_spec
+from bnrep.norms import NAMES as NORM_NAMES, REF, NormError, get_norm, sort_key
 
 DEFAULT_EXPERIMENT = "digits-cnn"
 
@@ -39,8 +51,8 @@ class ConfigError(ValueError):
 class Experiment:
     name: str
     dataset: str  # digits | mnist | fashion-mnist | cifar10 | synthetic
-    arch: str  # cnn | vgg16 | resnet18
-    norms: tuple[str, ...] = ("batch", "none")  # normalisations compared (bnrep.models.NORMS); the paper's pair
+    model: str  # a model spec: cnn | vgg16 | resnet18 | torchvision:NAME | timm:NAME | package.module:function
+    norms: tuple[str, ...] = ("batch", "none")  # normalisations compared (bnrep.norms); the paper's pair
 
     # ---- training (paper 3.1) ----
     optimizer: str = "sgd"  # sgd (Nesterov momentum) | adam (default betas/eps)
@@ -79,8 +91,9 @@ class Experiment:
     k_max: int = 15
     n_init: int = 3  # k-means restarts per k
     eps: tuple[float, ...] = (0.0,)  # thresholds, sorted: |x| <= eps counts as zero (paper: exactly zero)
-    channel_layers: tuple[int, ...] = CNN_CHANNEL_LAYERS  # Figures 1-2
-    first_shown_layer: int = 1  # Figures 4-6 start here (VGG16: 6, as in the paper)
+    channel_layers: tuple[float, ...] = CNN_CHANNEL_LAYERS  # Figures 1-2; () = at 1/4, 1/2, 3/4, all of the depth
+    first_shown_layer: float = 1  # Figures 4-6 start here (VGG16: 6, as in the paper); < 1: a fraction of depth
+    probes: str = "all"  # which activations to measure: all | globs on names | type:ReLU,GELU (bnrep.probes)
 
     description: str = field(default="", compare=False)
 
@@ -88,9 +101,11 @@ class Experiment:
         # Lists (JSON), a comma string (a flag) or one number (old config.json eps) become tuples.
         object.__setattr__(self, "norms", _as_tuple(self.norms, str, self.name, "norms"))
         object.__setattr__(self, "eps", _as_tuple(self.eps, float, self.name, "eps"))
+        object.__setattr__(self, "channel_layers", _as_tuple(self.channel_layers, layer_value, self.name, "channel_layers"))
+        object.__setattr__(self, "first_shown_layer", layer_value(self.first_shown_layer))
         validate(self)
-        # One spelling per study: norms in NORMS order, thresholds ascending.
-        object.__setattr__(self, "norms", tuple(sorted(self.norms, key=NORMS.index)))
+        # One spelling per study: norms in the norm table's order, thresholds ascending.
+        object.__setattr__(self, "norms", tuple(sorted(self.norms, key=sort_key)))
         object.__setattr__(self, "eps", tuple(sorted(self.eps)))
 
     def override(self, **changes) -> "Experiment":
@@ -101,20 +116,33 @@ class Experiment:
             raise ConfigError(f"unknown experiment field(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **changes)
 
+    @property
+    def arch(self) -> str:
+        """The model spec under its name before specs (notebooks written for bnrep 0.2)."""
+        return self.model
+
+    def with_model(self, spec: str | None) -> "Experiment":
+        """A copy studying `spec`; figure layers that fit any model unless it is the preset's own."""
+        if spec is None or spec == self.model:
+            return self
+        return self.override(model=spec, channel_layers=(), first_shown_layer=1)
+
     @classmethod
     def from_dict(cls, d: dict) -> "Experiment":
         """Inverse of to_dict (JSON lists back to tuples; unknown keys ignored).
 
-        Also reads config.json written before the norm axis: eps a float, no norms
-        (the default, batch and none, is what those runs trained).
+        Also reads config.json written before the norm axis (eps a float, no
+        norms: the default, batch and none, is what those runs trained) and
+        before model specs (`arch`).
         """
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {("model" if k == "arch" else k): v for k, v in d.items()}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
 
     def lr_for(self, norm: str) -> float:
         """The preset learning rate: lr_nobn (if set) for norm none, lr for every norm."""
-        check_norm(norm)
-        return self.lr if norm != "none" or self.lr_nobn is None else self.lr_nobn
+        get_norm(norm)
+        return self.lr if norm != REF or self.lr_nobn is None else self.lr_nobn
 
     def paper_hparams(self, norm: str) -> dict:
         return {"lr": self.lr_for(norm), "momentum": self.momentum if self.optimizer == "sgd" else 0.0}
@@ -123,7 +151,18 @@ class Experiment:
         return dataclasses.asdict(self)
 
 
-def _as_tuple(v, kind: type, name: str, field_name: str) -> tuple:
+def layer_value(x) -> int | float:
+    """A figure layer as written: an index (int, >= 1) or a fraction of depth (float, < 1)."""
+    x = float(x)
+    return int(x) if x >= 1 and x.is_integer() else x
+
+
+def layer_indices(values, n_layers: int) -> list[int]:
+    """Figure layers (indices, or fractions of depth) as 1-based layer indices of a model with n_layers."""
+    return [int(v) if v >= 1 else max(1, math.ceil(v * n_layers)) for v in values]
+
+
+def _as_tuple(v, kind, name: str, field_name: str) -> tuple:
     """v as a tuple of `kind`: a comma-separated string, a list/tuple, or one number."""
     if isinstance(v, str):
         v = [p.strip() for p in v.split(",")] if v.strip() else []
@@ -132,7 +171,7 @@ def _as_tuple(v, kind: type, name: str, field_name: str) -> tuple:
     try:
         return tuple(kind(x) for x in v)
     except (TypeError, ValueError):
-        what = "numbers" if kind is float else "names"
+        what = "names" if kind is str else "numbers"
         raise ConfigError(f"{name}: {field_name} must be a list of {what}, got {v!r}") from None
 
 
@@ -142,10 +181,13 @@ def validate(e: Experiment) -> None:
             raise ConfigError(f"{e.name}: {msg}")
 
     need(e.dataset in DATASETS, f"unknown dataset {e.dataset!r} (valid: {', '.join(DATASETS)})")
-    need(e.arch in ARCHS, f"unknown arch {e.arch!r} (valid: {', '.join(ARCHS)})")
-    need(len(e.norms) > 0, f"norms is empty: name at least one of {', '.join(NORMS)}")
-    for n in e.norms:
-        need(n in NORMS, f"unknown norm {n!r} (valid: {', '.join(NORMS)})")
+    try:
+        parse_spec(e.model)
+        for n in e.norms:
+            get_norm(n)
+    except (ModelError, NormError) as err:
+        need(False, str(err))
+    need(len(e.norms) > 0, f"norms is empty: name at least one of {', '.join(NORM_NAMES)}")
     twice = sorted({n for n in e.norms if e.norms.count(n) > 1})
     need(not twice, f"norms lists {', '.join(twice)} more than once")
     need(e.optimizer in ("sgd", "adam"), f"unknown optimizer {e.optimizer!r} (valid: sgd, adam)")
@@ -171,13 +213,16 @@ def validate(e: Experiment) -> None:
     need(all(x >= 0 for x in e.eps), f"eps thresholds must be >= 0, got {', '.join(f'{x:g}' for x in e.eps)}")
     twice = sorted({x for x in e.eps if e.eps.count(x) > 1})
     need(not twice, f"eps lists {', '.join(f'{x:g}' for x in twice)} more than once")
-    need(e.first_shown_layer >= 1, f"first_shown_layer must be >= 1, got {e.first_shown_layer}")
+    need(e.first_shown_layer > 0, f"first_shown_layer must be > 0 (an index, or a fraction of depth), "
+                                  f"got {e.first_shown_layer}")
+    need(all(x > 0 for x in e.channel_layers), f"channel_layers must be > 0, got {e.channel_layers}")
 
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "synthetic")
+PAPER_NORMS = ("batch", "group", "layer", "none")  # the "-norms" presets' axis (Lubana et al. 2021's four)
 
 _MNIST_LIKE = dict(
-    arch="cnn", optimizer="sgd", lr=0.01, momentum=0.99, lr_gamma=0.99, lr_step_epochs=10,
+    model="cnn", optimizer="sgd", lr=0.01, momentum=0.99, lr_gamma=0.99, lr_step_epochs=10,
     batch_size=64, max_epochs=1000, stop="interpolate", val_size=5000,
     lr_range=(1e-3, 1e-1), num_samples=8, sweep_max_epochs=100,
 )
@@ -200,7 +245,7 @@ PRESETS: dict[str, Experiment] = {
             "minutes on 2 CPU cores, no download",
         ),
         Experiment(
-            name="digits-cnn-norms", **_DIGITS, norms=NORMS,
+            name="digits-cnn-norms", **_DIGITS, norms=PAPER_NORMS,
             description="digits-cnn over batch, group, layer and none: the whole norm axis on a laptop "
             "(bnrep run --experiment digits-cnn-norms)",
         ),
@@ -209,11 +254,11 @@ PRESETS: dict[str, Experiment] = {
         Experiment(name="fashion-mnist-cnn", dataset="fashion-mnist", **_MNIST_LIKE,
                    description="Fashion-MNIST with the paper's MNIST recipe"),
         Experiment(
-            name="cifar10-vgg16", arch="vgg16", **_CIFAR_ADAM, **_VGG_FIGS,
+            name="cifar10-vgg16", model="vgg16", **_CIFAR_ADAM, **_VGG_FIGS,
             description="paper 3.1.2: CIFAR10, VGG16, Adam, early stopping (patience 20%)",
         ),
         Experiment(
-            name="cifar10-vgg16-norms", arch="vgg16", **_CIFAR_ADAM, **_VGG_FIGS, norms=NORMS,
+            name="cifar10-vgg16-norms", model="vgg16", **_CIFAR_ADAM, **_VGG_FIGS, norms=PAPER_NORMS,
             description="cifar10-vgg16 (the paper's recipe) over batch, group, layer and none",
         ),
         # Adam and the paper's VGG16 schedule rather than the usual SGD + momentum 0.9 ResNet recipe:
@@ -221,7 +266,7 @@ PRESETS: dict[str, Experiment] = {
         # per-parameter step sizes let one lr range (1e-5..1e-2) serve all four norms, the sweep
         # picking each norm's lr (lr / lr_nobn below are only the --paper-hparams fallback).
         Experiment(
-            name="cifar10-resnet18", arch="resnet18", **_CIFAR_ADAM, **_RESNET_FIGS, norms=NORMS,
+            name="cifar10-resnet18", model="resnet18", **_CIFAR_ADAM, **_RESNET_FIGS, norms=PAPER_NORMS,
             description="CIFAR10, ResNet-18 (CIFAR variant), batch/group/layer/none, Adam with the "
             "sweep's lr per norm, early stopping as cifar10-vgg16",
         ),
@@ -233,7 +278,7 @@ PRESETS: dict[str, Experiment] = {
             description="seeded class-structured images for tests",
         ),
         Experiment(
-            name="synthetic-vgg16", dataset="synthetic", arch="vgg16", optimizer="adam",
+            name="synthetic-vgg16", dataset="synthetic", model="vgg16", optimizer="adam",
             lr=1e-3, lr_nobn=1e-4, momentum=0.0, lr_step_epochs=1, batch_size=32, max_epochs=5,
             stop="early-stop", val_size=0.1, lr_range=(1e-5, 1e-2), momentum_choices=(0.0,),
             num_samples=2, seeds=2, image_shape=(3, 32, 32), num_images=200,
@@ -241,7 +286,7 @@ PRESETS: dict[str, Experiment] = {
             description="seeded class-structured 3x32x32 images through VGG16, for tests",
         ),
         Experiment(
-            name="synthetic-resnet18", dataset="synthetic", arch="resnet18", norms=NORMS, optimizer="adam",
+            name="synthetic-resnet18", dataset="synthetic", model="resnet18", norms=PAPER_NORMS, optimizer="adam",
             lr=1e-3, lr_nobn=1e-4, momentum=0.0, lr_step_epochs=1, batch_size=32, max_epochs=3,
             stop="early-stop", val_size=0.1, lr_range=(1e-5, 1e-2), momentum_choices=(0.0,),
             num_samples=2, seeds=2, image_shape=(3, 16, 16), num_images=200,

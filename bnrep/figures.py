@@ -20,6 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from bnrep.norms import sort_key
 from bnrep.results import (COLORS, NORMS, SHORT, Results, at_eps, cka_pairs, eps_values, n_seeds, norm_labels,
                            optimal_k, ordered, present_norms, seed_stats, seeds_text, shown)
 
@@ -94,8 +95,8 @@ def fig_per_layer(results, get, value: str, ylabel: str, title: str, hline=None)
     entries = {}  # every panel's legend entries once, normalisations first in display order
     for ax in axes[0]:
         entries.update(zip(*reversed(ax.get_legend_handles_labels())))
-    norm_rank = {labels[n]: i for i, n in enumerate(NORMS)}
-    names = sorted(entries, key=lambda l: norm_rank.get(l, len(NORMS)))
+    norm_rank = {labels[n]: sort_key(n) for n in labels}
+    names = sorted(entries, key=lambda l: norm_rank.get(l, (len(NORMS), 0)))
     fig.legend([entries[l] for l in names], names, loc="outside lower center", ncols=len(names), fontsize=9)
     fig.suptitle(title)
     return fig
@@ -158,8 +159,8 @@ def fig_effective_rank(results) -> Figure | None:
 # ==== CKA: does a normalisation change what a layer represents, beyond seed noise? ====
 
 def _norm_pairs(p: pd.DataFrame) -> list[tuple[str, str]]:
-    cross, rank = p[p["kind"] == "cross"], {n: i for i, n in enumerate(NORMS)}
-    return sorted(set(zip(cross["first"], cross["second"])), key=lambda ab: tuple(rank.get(n, len(NORMS)) for n in ab))
+    cross = p[p["kind"] == "cross"]
+    return sorted(set(zip(cross["first"], cross["second"])), key=lambda ab: tuple(sort_key(n) for n in ab))
 
 
 def _cka_series(ax, d: pd.DataFrame, label: str, color: str, ls: str, marker: str) -> None:
@@ -407,13 +408,10 @@ FIGURES = [
                "shading: standard deviation."),
 ]
 
-_COLOUR_NAMES = {"tab:blue": "blue", "tab:orange": "orange", "tab:green": "green", "tab:purple": "purple"}
-
-
 def colours_text(norms) -> str:
     """'BatchNorm (blue) and no-BatchNorm (orange)' style legend for captions."""
     labels = norm_labels(norms)
-    parts = [f"{labels[n]} ({_COLOUR_NAMES[COLORS[n]]})" for n in ordered(norms)]
+    parts = [f"{labels[n]} ({COLORS[n].removeprefix('tab:')})" for n in ordered(norms)]
     return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)
 
 

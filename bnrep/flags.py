@@ -19,7 +19,9 @@ from bnrep.config import RunOptions, StageFailed, UsageError
 from bnrep.data import DataError
 from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, SMOKE, ConfigError, Experiment, get_experiment
-from bnrep.models import NORMS
+from bnrep.models import BUILTIN, ModelError
+from bnrep.norms import NAMES as NORMS, NormError
+from bnrep.probes import ProbeError
 
 SCRIPTS = {  # stage -> script, in pipeline order
     "hparam": "sweeps/hparam.py",
@@ -43,6 +45,10 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
                    help="results root, a local path or s3:// gs:// file:// URI (default: ./runs)")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="join this Ray cluster (default: $RAY_ADDRESS, else a private local Ray)")
+    p.add_argument("--model", default=None, metavar="SPEC",
+                   help=f"the network: {', '.join(BUILTIN)}, torchvision:NAME, timm:NAME or "
+                        "package.module:function (a callable(num_classes, in_channels) -> nn.Module); "
+                        "default: the preset's")
     p.add_argument("--smoke-test", action="store_true",
                    help="tiny everything (few epochs, trials, seeds and samples): seconds per stage")
     p.add_argument("--fresh", action="store_true",
@@ -54,7 +60,7 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
 def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norms", default=None, metavar="LIST",
                    help=f"normalisations to compare, comma-separated, of {', '.join(NORMS)} "
-                        "(default: preset; the paper's: batch,none)")
+                        "(default: preset; the paper's: batch,none; as-built: the model's own)")
     p.add_argument("--seeds", type=int, default=None, metavar="N", help="model seeds 0..N-1 (default: preset, 4)")
     p.add_argument("--max-epochs", type=int, default=None, metavar="N", help="epoch cap per model (default: preset)")
     p.add_argument("--num-samples", type=int, default=None, metavar="N",
@@ -88,6 +94,9 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", default=None, metavar="LIST",
                    help="sparsity thresholds, comma-separated: |x| <= eps counts as zero, all counted in one "
                         "pass (default: 0, the paper's; e.g. 0,1e-3,1e-2,1e-1)")
+    p.add_argument("--probes", default=None, metavar="RULE",
+                   help="activations to measure: all (default), comma-separated globs on probe names "
+                        "('layer*.relu*'), or activation types ('type:ReLU,GELU')")
     p.add_argument("--kmeans-backend", choices=("torch", "sklearn"), default="torch",
                    help="batched torch k-means (default) or scikit-learn's KMeans per k")
     p.add_argument("--cpus-per-task", type=float, default=1.0, metavar="N", help="CPUs per analysis task (default: 1)")
@@ -128,12 +137,13 @@ def build_parser(stage: str, parser: argparse.ArgumentParser | None = None) -> a
 
 # ==== flags -> Experiment, RunOptions ====
 OVERRIDE_FLAGS = ("norms", "seeds", "max_epochs", "num_samples", "train_size", "batch_size", "lr", "momentum",
-                  "samples_sparsity", "samples_cluster", "k_min", "k_max", "n_init", "eps")  # = Experiment fields
+                  "samples_sparsity", "samples_cluster", "k_min", "k_max", "n_init", "eps",
+                  "probes")  # = Experiment fields
 
 
 def resolve_experiment(args: argparse.Namespace) -> Experiment:
     """Preset, then --smoke-test, then explicit flags; validated (ConfigError)."""
-    exp = get_experiment(args.experiment)
+    exp = get_experiment(args.experiment).with_model(getattr(args, "model", None))
     if args.smoke_test:
         exp = exp.override(**SMOKE)
     flags = {f: getattr(args, f, None) for f in OVERRIDE_FLAGS}
@@ -195,7 +205,7 @@ def main_guard(fn) -> int:
     plain_warnings()
     try:
         return fn() or 0
-    except (UsageError, ConfigError, DataError, LockError) as e:
+    except (UsageError, ConfigError, DataError, LockError, ModelError, NormError, ProbeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except StageFailed as e:

@@ -1,39 +1,41 @@
-"""StandardCNN, VGG16 and ResNet-18 under four normalisations, and their probe layers.
+"""Models: one spec string -> an nn.Module, for any normalisation.
 
-Every hidden layer is linear map -> [norm] -> ReLU, and every ReLU is its own
-module, never in place, so a forward hook on it sees exactly the post-ReLU
-representation the paper measures (paper 3.2). `ProbedNet.probes()` finds the
-ReLUs in module registration order and pairs them with the names the builder
-gives, so a builder must register its ReLUs in forward order.
+A model is named by a spec (the experiment's `model`, the `--model` flag):
 
-Normalisations (`norm`, the axis of the study; Lubana et al. 2021, "Beyond BatchNorm"):
+    cnn, vgg16, resnet18        the built-in nets below (the paper's StandardCNN and VGG16, CIFAR ResNet-18)
+    torchvision:NAME            torchvision.models.get_model(NAME, weights=None, num_classes=...)
+    timm:NAME                   timm.create_model(NAME, pretrained=False, num_classes=..., in_chans=...)
+                                (pip install "bnrep[timm]")
+    package.module:function     a researcher's own code: function(num_classes, in_channels) -> nn.Module
 
-    batch  BatchNorm2d after convs, BatchNorm1d after hidden FC layers (the paper's BN)
-    group  GroupNorm(G, C) with G = GN_GROUPS (32, Wu & He 2018) when it divides C,
-           else the largest divisor of C that is at most 32; so C <= 32 gives one
-           channel per group (instance norm), e.g. StandardCNN's 16 channels ->
-           16 groups and its FC-100 -> 25 groups of 4 features
-    layer  GroupNorm(1, C) after convs: normalises C, H, W per sample;
-           LayerNorm(C) over the features of hidden FC layers
-    none   no norm module (the paper's no-BN)
+`build_model(spec, norm, shape, num_classes)` is the one place a model is
+made (training, loading, analysis, status). The built-in nets take the norm
+as they are built; any other model is built as its authors wrote it and its
+normalisation modules are swapped (`bnrep.norms.swap_norms`), unless the norm
+is `as-built`. The data's channel and class counts reach every builder
+(torchvision's models take 3 channels: their first conv is rebuilt for others).
+`check_model` builds every norm of a study at the data's shape, runs one
+forward pass and finds the probes, so a model that cannot work is refused
+with one line before any work starts.
 
-The linear maps have a bias only with `none`: with a norm, the norm's shift
-makes a bias redundant. The classifier always has a bias. With `batch` and
-`none`, StandardCNN and VGG16 are built exactly as before the norm axis
-existed (same modules, same order), so a torch seed gives the same weights.
+Built-in nets: every hidden layer is linear map -> [norm] -> ReLU, each ReLU
+its own module, never in place (paper 3.2). The linear maps have a bias only
+where the norm table says so (`none`): a norm's shift makes a bias redundant.
+With `batch` and `none`, StandardCNN and VGG16 are built exactly as before the
+norm axis existed (same modules, same order), so a torch seed gives the same
+weights. Their probes keep the names the builders give (`probe_names`).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import importlib
+import re
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-ARCHS = ("cnn", "vgg16", "resnet18")
-NORMS = ("batch", "group", "layer", "none")
-NORM_TAGS = {"batch": "bn", "none": "nobn", "group": "gn", "layer": "ln"}  # model_id spelling
-GN_GROUPS = 32  # Wu & He 2018's default group count
+from bnrep.norms import AS_BUILT, GN_GROUPS, NormError, get_norm, group_count, swap_norms  # noqa: F401
 
 CNN_WIDTHS = (16, 32, 64, 128)  # Nakkiran et al. 2019 'standard CNN'
 CNN_POOL_AFTER = (2, 3)  # 2x2 max pooling after conv2 and conv3 (paper 3.1.1)
@@ -42,37 +44,17 @@ VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
 RESNET18_STAGES = (64, 128, 256, 512)  # He et al. 2016, two BasicBlocks per stage
 
 
-class Probe(NamedTuple):
-    name: str  # e.g. "conv3", "fc1", "s2b1.out"
-    index: int  # 1-based, as in the paper's figures
-    module: nn.ReLU
-
-
-def check_norm(norm: str) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r} (valid: {', '.join(NORMS)})")
-
-
-def model_id(arch: str, norm: str, seed: int) -> str:
-    """`<arch>-<bn|nobn|gn|ln>-s<seed>`: the paper's two keep their old ids."""
-    check_norm(norm)
-    return f"{arch}-{NORM_TAGS[norm]}-s{seed}"
-
-
-def group_count(channels: int) -> int:
-    """GN_GROUPS if it divides `channels`, else the largest divisor of `channels` below it."""
-    return max(g for g in range(1, min(GN_GROUPS, channels) + 1) if channels % g == 0)
+class ModelError(ValueError):
+    """A spec that names no model, or a model that cannot take the data; the message is one line."""
 
 
 def norm_layer(norm: str, width: int, conv: bool) -> nn.Module | None:
     """The norm module after a conv (conv=True) or hidden FC layer of `width` channels; None for none."""
-    if norm == "batch":
-        return (nn.BatchNorm2d if conv else nn.BatchNorm1d)(width)
-    if norm == "group":
-        return nn.GroupNorm(group_count(width), width)  # (N, C) or (N, C, H, W) alike
-    if norm == "layer":
-        return nn.GroupNorm(1, width) if conv else nn.LayerNorm(width)
-    return None
+    return get_norm(norm).build(width, conv)
+
+
+def _bias(norm: str) -> bool:
+    return get_norm(norm).bias
 
 
 def _block(layer: nn.Module, width: int, norm: str, conv: bool) -> list[nn.Module]:
@@ -82,8 +64,9 @@ def _block(layer: nn.Module, width: int, norm: str, conv: bool) -> list[nn.Modul
 class ProbedNet(nn.Module):
     """features -> global pool -> classifier, with the ReLUs to probe named.
 
-    `probe_names` lists one name per ReLU in module registration order.
-    `pool` is "max" (StandardCNN, VGG16) or "avg" (ResNet-18).
+    `probe_names` lists one name per ReLU in forward order (bnrep.probes finds
+    the ReLUs and gives them these names). `pool` is "max" (StandardCNN,
+    VGG16) or "avg" (ResNet-18).
     """
 
     def __init__(self, features: nn.Sequential, classifier: nn.Sequential, norm: str,
@@ -103,10 +86,6 @@ class ProbedNet(nn.Module):
         x = torch.amax(x, dim=(2, 3)) if self.pool == "max" else x.mean(dim=(2, 3))  # (N, C)
         return self.classifier(x)
 
-    def probes(self) -> list[Probe]:
-        relus = [m for m in self.modules() if isinstance(m, nn.ReLU)]
-        return [Probe(name, i + 1, relu) for i, (name, relu) in enumerate(zip(self.probe_names, relus))]
-
 
 def _conv_fc_names(n_conv: int, n_fc: int) -> list[str]:
     return [f"conv{i + 1}" for i in range(n_conv)] + [f"fc{i + 1}" for i in range(n_fc)]
@@ -114,7 +93,7 @@ def _conv_fc_names(n_conv: int, n_fc: int) -> list[str]:
 
 def standard_cnn(norm: str, in_channels: int = 1, num_classes: int = 10) -> ProbedNet:
     """Four 3x3 convs (16, 32, 64, 128), pools after conv2/conv3, FC-100, FC-out."""
-    bias = norm == "none"
+    bias = _bias(norm)
     layers: list[nn.Module] = []
     c = in_channels
     for i, width in enumerate(CNN_WIDTHS, start=1):
@@ -139,7 +118,7 @@ def vgg16(norm: str, in_channels: int = 3, num_classes: int = 10) -> ProbedNet:
         if v == "M":
             layers.append(_MaybePool())
             continue
-        layers += _block(nn.Conv2d(c, v, 3, padding=1, bias=norm == "none"), v, norm, conv=True)
+        layers += _block(nn.Conv2d(c, v, 3, padding=1, bias=_bias(norm)), v, norm, conv=True)
         c = v
     n_conv = sum(v != "M" for v in VGG16_CFG)
     return ProbedNet(nn.Sequential(*layers), nn.Sequential(nn.Linear(c, num_classes)), norm,
@@ -157,7 +136,7 @@ class _MaybePool(nn.MaxPool2d):
 
 
 def _conv_norm(c_in: int, c_out: int, k: int, stride: int, norm: str) -> list[nn.Module]:
-    conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, bias=norm == "none")
+    conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, bias=_bias(norm))
     return [m for m in (conv, norm_layer(norm, c_out, conv=True)) if m is not None]
 
 
@@ -183,7 +162,7 @@ class BasicBlock(nn.Module):
         self.branch1 = nn.Sequential(*_conv_norm(c_in, c_out, 3, stride, norm))
         self.relu1 = nn.ReLU(inplace=False)
         self.branch2 = nn.Sequential(*_conv_norm(c_out, c_out, 3, 1, norm))
-        self.skip_gain = nn.Parameter(torch.zeros(())) if norm == "none" else None
+        self.skip_gain = nn.Parameter(torch.zeros(())) if get_norm(norm).conv is None else None
         project = stride != 1 or c_in != c_out
         self.shortcut = nn.Sequential(*_conv_norm(c_in, c_out, 1, stride, norm)) if project else nn.Identity()
         self.relu2 = nn.ReLU(inplace=False)
@@ -220,9 +199,163 @@ def resnet18(norm: str, in_channels: int = 3, num_classes: int = 10) -> ProbedNe
     return ProbedNet(features, nn.Sequential(nn.Linear(c, num_classes)), norm, names, pool="avg")
 
 
-def build_model(arch: str, norm: str, in_channels: int, num_classes: int = 10) -> ProbedNet:
-    check_norm(norm)
-    builders = {"cnn": standard_cnn, "vgg16": vgg16, "resnet18": resnet18}
-    if arch not in builders:
-        raise ValueError(f"unknown arch {arch!r} (valid: {', '.join(ARCHS)})")
-    return builders[arch](norm, in_channels, num_classes)
+# ==== specs: the one table of model sources ====
+BUILTIN = {"cnn": standard_cnn, "vgg16": vgg16, "resnet18": resnet18}  # spec -> builder(norm, in_channels, classes)
+SOURCES = ("torchvision", "timm")  # `source:NAME`; anything else with a colon is `package.module:function`
+TRY_SIZES = (8, 16, 28, 32, 64, 96, 128, 224)  # image sizes tried to tell a user what a model needs
+
+
+@dataclass(frozen=True)
+class Spec:
+    text: str  # as given: "torchvision:resnet18"
+    source: str  # builtin | torchvision | timm | module
+    name: str  # "resnet18", or "mylab.nets:wide_cnn" for a module
+
+
+def parse_spec(text: str) -> Spec:
+    """The spec's parts, from its text alone (nothing imported); ModelError for a malformed one."""
+    text = str(text).strip()
+    if text in BUILTIN:
+        return Spec(text, "builtin", text)
+    source, _, name = text.partition(":")
+    if source in SOURCES and name:
+        return Spec(text, source, name)
+    if name and re.fullmatch(r"[A-Za-z_][\w.]*", source) and name.isidentifier():
+        return Spec(text, "module", text)
+    raise ModelError(f"unknown model {text!r} (valid: {', '.join(BUILTIN)}, torchvision:NAME, timm:NAME, "
+                     f"or package.module:function)")
+
+
+def model_slug(spec: str) -> str:
+    """The spec as it appears in model_id and file names: safe on local disks and S3 (no ':' or '/')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", parse_spec(spec).text).strip("-")
+
+
+def model_id(spec: str, norm: str, seed: int) -> str:
+    """`<model>-<norm tag>-s<seed>`: cnn-bn-s0, torchvision-resnet18-gn8-s1 (the paper's keep their old ids)."""
+    return f"{model_slug(spec)}-{get_norm(norm).tag}-s{seed}"
+
+
+def _torchvision(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    import torchvision
+
+    if name not in torchvision.models.list_models():
+        raise ModelError(f"unknown torchvision model {name!r} (torchvision.models.list_models() has them)")
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    return _first_conv_takes(model, in_channels) if in_channels != 3 else model
+
+
+def _first_conv_takes(model: nn.Module, in_channels: int) -> nn.Module:
+    """torchvision's models are built for RGB: rebuild the first conv for `in_channels`."""
+    path, conv = next((p, m) for p, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups if conv.groups == 1 else in_channels, conv.bias is not None, conv.padding_mode)
+    parent, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent), attr, new)
+    return model
+
+
+def _timm(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ModelError(f"timm:{name} needs timm: pip install \"bnrep[timm]\"") from None
+    if not timm.is_model(name):
+        raise ModelError(f"unknown timm model {name!r} (timm.list_models() has them)")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+
+
+def _user(text: str, in_channels: int, num_classes: int) -> nn.Module:
+    module, _, fn = text.partition(":")
+    try:
+        build = getattr(importlib.import_module(module), fn)
+    except ImportError as e:
+        raise ModelError(f"cannot import {module} for --model {text} ({type(e).__name__}: {e}); install it "
+                         f"or put its folder on PYTHONPATH") from None
+    except AttributeError:
+        raise ModelError(f"{module} has no {fn!r} for --model {text}") from None
+    model = build(num_classes, in_channels)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{text}(num_classes, in_channels) returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def build_model(spec: str, norm: str, in_channels: int, num_classes: int = 10,
+                size: tuple[int, int] = (32, 32)) -> nn.Module:
+    """The model `spec` under `norm`, for `in_channels` x `size` images and `num_classes` classes.
+
+    Weights come from torch's RNG as the builder draws them: seed it first for
+    reproducible weights. NormError or ModelError (one line) when it cannot be built."""
+    s, n = parse_spec(spec), get_norm(norm)
+    if s.source == "builtin":
+        if n.name == AS_BUILT:
+            raise NormError(f"{spec} is built for a norm: as-built is for models that bring their own "
+                            f"(try batch)")
+        return BUILTIN[s.text](n.name, in_channels, num_classes)
+    make = {"torchvision": _torchvision, "timm": _timm, "module": _user}[s.source]
+    model = make(s.name, in_channels, num_classes)
+    try:
+        return swap_norms(model, n.name, torch.zeros(2, in_channels, *size), spec)
+    except NormError as e:
+        if "no normalisation layer" in str(e) and s.source == "torchvision" and f"{s.name}_bn" in _torchvision_names():
+            raise NormError(f"{e}; use its BatchNorm variant {spec}_bn") from None
+        raise
+    except Exception as e:  # noqa: BLE001 - the forward pass that finds the norms' shapes failed
+        raise _cannot_take(spec, norm, in_channels, size, num_classes, e) from None
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models()
+
+
+def check_model(spec: str, norms, shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Build `spec` under every norm and run one forward pass of a (2, C, H, W) batch;
+    returns the model of the first norm. One line (ModelError, NormError) for any failure."""
+    C, H, W = shape
+    first = None
+    for norm in norms:
+        model = build_model(spec, norm, C, num_classes, (H, W)).eval()
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(2, C, H, W))
+        except Exception as e:  # noqa: BLE001 - any failure of the forward pass is the same refusal
+            raise _cannot_take(spec, norm, C, (H, W), num_classes, e) from None
+        if tuple(out.shape) != (2, num_classes):
+            raise ModelError(f"{spec} gives outputs of shape {tuple(out.shape)} for 2 images, "
+                             f"not (2, {num_classes}) logits")
+        first = first or model
+    return first
+
+
+def _cannot_take(spec: str, norm: str, C: int, size: tuple[int, int], num_classes: int,
+                 e: Exception) -> ModelError:
+    H, W = size
+    return ModelError(f"{spec} cannot take {C}x{H}x{W} images ({_needs(spec, norm, C, max(H, W), num_classes)}; "
+                      f"{type(e).__name__}: {str(e).splitlines()[0][:120]})")
+
+
+def _needs(spec: str, norm: str, C: int, H: int, num_classes: int) -> str:
+    """'it needs at least 32x32' from the smallest size in TRY_SIZES that runs."""
+    for size in (s for s in TRY_SIZES if s > H):
+        try:
+            with torch.no_grad():
+                build_model(spec, norm, C, num_classes, (size, size)).eval()(torch.zeros(2, C, size, size))
+            return f"it needs at least {size}x{size}"
+        except Exception:  # noqa: BLE001
+            continue
+    return f"no size up to {TRY_SIZES[-1]}x{TRY_SIZES[-1]} works either"
+
+
+def user_module_path(spec: str) -> str | None:
+    """The local file or folder of a `package.module:function` spec's top-level package, for Ray's
+    runtime_env py_modules (every worker imports it); None for other specs and installed packages."""
+    s = parse_spec(spec)
+    if s.source != "module":
+        return None
+    top = importlib.import_module(s.name.split(".")[0].split(":")[0])
+    path = list(getattr(top, "__path__", []))[:1] or [getattr(top, "__file__", None)]
+    if not path[0] or any(part in ("site-packages", "dist-packages") for part in re.split(r"[\\/]", path[0])):
+        return None
+    return path[0]

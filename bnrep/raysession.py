@@ -1,7 +1,12 @@
 """The Ray connection every stage shares, and what a trial or task asks of it.
 
-    with ray_session(opts.address) as ray:      # join a cluster, or a private local Ray
+    with ray_session(opts.address, exp.model) as ray:   # join a cluster, or a private local Ray
         gpus = default_gpus(ray, opts.gpus_per_trial)
+
+A model from a researcher's own code (`--model mylab.nets:wide_cnn`) reaches
+every worker: the local folder of its top-level package (or its single file)
+is shipped with Ray's runtime_env `py_modules`, so the nodes of a cluster need
+only bnrep and its dependencies (and timm for timm: models) installed.
 
 Ray's own console output is turned down here (no Tune tables, no TensorBoard
 hint pointing into the session directory, no INFO logs): a run prints only
@@ -14,6 +19,7 @@ import contextlib
 import logging
 import os
 
+from bnrep.models import user_module_path
 from bnrep.store import Store, is_uri
 
 QUIET_ENV = {
@@ -24,14 +30,18 @@ QUIET_ENV = {
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None):
+def ray_session(address: str | None, model: str | None = None):
     """Join `address` / $RAY_ADDRESS, or start a private local Ray; shut down
-    only what this process started. The dashboard is never started here."""
+    only what this process started. The dashboard is never started here.
+    `model`: the study's model spec; a researcher's own module is shipped to the workers."""
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
     import ray
 
     quiet = {"log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
+    shipped = user_module_path(model) if model else None
+    if shipped:
+        quiet["runtime_env"] = {"py_modules": [shipped]}
     address = address or os.environ.get("RAY_ADDRESS")
     started = False
     if not ray.is_initialized():

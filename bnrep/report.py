@@ -46,6 +46,7 @@ from bnrep.documents import md_table, render_html, render_md
 from bnrep.correlations import MIN_MODELS, limits_sentence, predictor_rows, predictors
 from bnrep.flags import SCRIPTS
 from bnrep.findings import CLAIMS, Finding, finding_sparsity_across, findings, judged_norms, rules
+from bnrep.norms import sort_key
 from bnrep.results import (REF, SHORT, Results, fmt_pm, is_paper_pair, measure_numbers, model_label, norm_labels,
                            ordered, rankings, side_by_side)
 from bnrep.store import TABLES, Store, git_commit, tables
@@ -123,13 +124,12 @@ def table1(training: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (exp, norm), g in t.groupby(["experiment", "norm"], sort=False):
         row = {"experiment": exp, "model": model_label(g["arch"].iloc[0], g["dataset"].iloc[0]),
-               "bn": SHORT.get(norm, norm), "seeds": g["seed"].nunique(), "interpolated": int(g["interpolated"].sum())}
+               "bn": SHORT.get(norm, norm), "_n": sort_key(norm), "seeds": g["seed"].nunique(), "interpolated": int(g["interpolated"].sum())}
         for c in ("train_acc", "val_acc", "test_acc"):
             row[f"{c}_mean"], row[f"{c}_std"] = g[c].mean(), g[c].std()
         rows.append(row)
     df = pd.DataFrame(rows)
-    rank = {SHORT[n]: i for i, n in enumerate(ordered(SHORT))}  # BN, GN, LN, NBN: display order
-    df["_o"], df["_n"] = df["experiment"].map(order.index), df["bn"].map(rank)
+    df["_o"] = df["experiment"].map(order.index)  # experiments as given; norms in display order (_n)
     return df.sort_values(["_o", "_n"], ignore_index=True).drop(columns=["_o", "_n"])
 
 
@@ -279,7 +279,7 @@ def settings_rows(r: Results) -> list[list[str]]:
     e, t = r.experiment, r.table("training")
     setting = "BN setting" if is_paper_pair(r.norms) else "normalisation"
     rows = [["experiment", f"{e.name} ({e.description})" if e.description else e.name],
-            ["dataset / model", f"{e.dataset} / {e.arch}"],
+            ["dataset / model", f"{e.dataset} / {e.model}"],
             ["normalisations", ", ".join(f"{norm_labels(r.norms)[n]} ({SHORT[n]})" for n in r.norms)],
             ["optimiser", f"{e.optimizer}, lr {e.lr:g} (normalised) / {e.lr_for('none'):g} (no norm), momentum {e.momentum:g}, "
                           f"x{e.lr_gamma:g} every {e.lr_step_epochs} epochs, batch {e.batch_size}"],

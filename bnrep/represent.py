@@ -1,7 +1,7 @@
-"""Streaming extraction of post-ReLU representations (paper 3.2-3.3).
+"""Streaming extraction of post-activation representations (paper 3.2-3.3).
 
-Forward hooks on each probe ReLU reduce every batch as it passes, then drop
-it: per-channel zero counts (eq. 3-4, several eps thresholds at once) over the
+Every probe (bnrep.probes: each activation call of the model, ReLU in the
+paper's nets) reduces every batch as it passes, then drops it: per-channel zero counts (eq. 3-4, several eps thresholds at once) over the
 sparsity samples, and channel means over H x W (eq. 5) into a preallocated
 N x C buffer per layer. Memory is O(N x sum of C) plus one batch of
 activations, never O(N x C x H x W).
@@ -20,16 +20,29 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bnrep.data import NUM_CLASSES, input_shape
+from bnrep.experiments import Experiment
 from bnrep.metrics import chunk_rows, l2_normalise_rows
-from bnrep.models import ProbedNet
+from bnrep.models import check_model
+from bnrep.probes import Probe, ProbeError, find_probes, select_probes, tap
 
 COUNT_CHUNK = 2 ** 22  # activation values per zero-counting step: its int64 temporary stays <= 32 MiB
+
+
+def model_probes(exp: Experiment) -> list[Probe]:
+    """The probes the analysis measures: the study's model checked under each of its norms at its
+    data's shape (one line otherwise: ModelError, NormError), its activations found (those of the
+    first norm: a swap changes no activation), then `exp.probes` chooses (ProbeError)."""
+    C, H, W = input_shape(exp)
+    model = check_model(exp.model, exp.norms, (C, H, W), NUM_CLASSES)
+    return select_probes(find_probes(model, torch.zeros(2, C, H, W)), exp.probes, exp.model)
 
 
 @dataclass
 class LayerReps:
     name: str  # "conv3"
     index: int  # 1-based layer index
+    activation: str  # "ReLU", "GELU": sparsity (exact zeros) means something after a rectifier only
     zero_counts: np.ndarray  # (n_eps, C) int64: values with |x| <= eps, over the sparsity samples
     values_per_channel: int  # N_sparsity * H * W: denominator of eq. 3
     reduced: torch.Tensor  # (N, C) float32, eq. 5 means with rows L2-normalised
@@ -77,10 +90,12 @@ class _Reducer:
         self.zeros: torch.Tensor | None = None  # (n_eps, C)
         self.hw = 1
 
-    def __call__(self, module, inputs, out: torch.Tensor) -> None:
+    def __call__(self, out: torch.Tensor, channels_last: bool) -> None:
         x = out.detach().float()
-        if x.dim() == 2:  # fully connected: (B, C) -> (B, C, 1, 1)
-            x = x[:, :, None, None]
+        if channels_last:  # (B, H, W, C) or (B, T, C) -> channels first
+            x = x.movedim(-1, 1)
+        while x.dim() < 4:  # fully connected (B, C) or tokens (B, C, T) -> (B, C, H, W)
+            x = x.unsqueeze(-1)
         B, C, H, W = x.shape
         if self.means is None:
             self.means = torch.zeros(self.n, C, device=x.device)
@@ -96,29 +111,38 @@ class _Reducer:
 
 
 @torch.inference_mode()
-def extract_representations(model: ProbedNet, X: torch.Tensor, n_sparsity: int,
+def extract_representations(model: torch.nn.Module, X: torch.Tensor, n_sparsity: int,
                             eps: tuple[float, ...] = (0.0,), batch_size: int = 500,
-                            device: torch.device | str | None = None) -> list[LayerReps]:
-    """Representations of every probe layer for the images X (N, C, H, W).
+                            device: torch.device | str | None = None,
+                            probes: list[Probe] | None = None) -> list[LayerReps]:
+    """Representations of the `probes` (default: every activation) for the images X (N, C, H, W).
 
     Rows [0, n_sparsity) count toward sparsity; all N rows are reduced (eq. 5).
-    The model runs in eval mode; hooks are removed afterwards, also on error.
+    The model runs in eval mode; each output is reduced as it is made (before
+    any in-place operation can change it); hooks are removed afterwards, also on error.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(device).eval()
+    if probes is None:
+        probes = find_probes(model, X[:2].to(device))
     n_sparse = min(n_sparsity, len(X))
     eps_t = torch.tensor(list(eps), dtype=torch.float32, device=device)
-    probes = model.probes()
-    reducers = [_Reducer(len(X), n_sparse, eps_t) for _ in probes]
-    handles = [p.module.register_forward_hook(r) for p, r in zip(probes, reducers)]
-    try:
+    reducers = {p.index: (_Reducer(len(X), n_sparse, eps_t), p.channels_last) for p in probes}
+
+    def reduce(index, path, activation, out):
+        if index in reducers:
+            r, last = reducers[index]
+            r(out, last)
+
+    with tap(model, reduce):
         for i in range(0, len(X), batch_size):
             xb = X[i:i + batch_size].to(device, non_blocking=True)
             if device.type == "cuda":
                 xb = xb.contiguous(memory_format=torch.channels_last)
             model(xb)
-    finally:
-        for h in handles:
-            h.remove()
-    return [LayerReps(p.name, p.index, r.zeros.cpu().numpy(), n_sparse * r.hw,
-                      l2_normalise_rows(r.means, in_place=True).cpu()) for p, r in zip(probes, reducers)]
+    missing = [p.name for p in probes if reducers[p.index][0].start != len(X)]
+    if missing:
+        raise ProbeError(f"probe {missing[0]} did not see every image ({len(missing)} probe(s)): the model's "
+                         f"activations differ from those found when the analysis was planned")
+    return [LayerReps(p.name, p.index, p.activation, r.zeros.cpu().numpy(), n_sparse * r.hw,
+                      l2_normalise_rows(r.means, in_place=True).cpu()) for p in probes for r in [reducers[p.index][0]]]

@@ -16,17 +16,15 @@ import numpy as np
 import pandas as pd
 
 from bnrep.experiments import Experiment
+from bnrep.norms import COLORS, LABELS, NORMS as NORM_TABLE, REF, SHORT, ordered, sort_key  # noqa: F401
 from bnrep.store import with_norm
 
 N_CLASSES = 10  # every dataset here has 10 classes
 
-# ==== the normalisation axis: one colour, label and tag per norm, everywhere ====
+# ==== the normalisation axis: colour, label and tag of each norm come from bnrep.norms ====
 
-NORMS = ("batch", "group", "layer", "none")  # display order; `none` is the reference
-REF = "none"
-COLORS = {"batch": "tab:blue", "none": "tab:orange", "group": "tab:green", "layer": "tab:purple"}  # paper: blue/orange
-SHORT = {"batch": "BN", "group": "GN", "layer": "LN", "none": "NBN"}
-NORM_NAMES = {"batch": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm", "none": "no norm"}
+NORMS = tuple(NORM_TABLE)  # display order; `none`, the reference, last
+NORM_NAMES = LABELS
 
 
 def is_paper_pair(norms) -> bool:
@@ -35,12 +33,9 @@ def is_paper_pair(norms) -> bool:
 
 
 def norm_labels(norms) -> dict[str, str]:
-    """Legend labels; 'no BatchNorm' while the study is the paper's pair."""
-    return {**NORM_NAMES, "none": "no BatchNorm" if is_paper_pair(norms) else "no norm"}
-
-
-def ordered(norms) -> list[str]:
-    return sorted(set(norms), key=lambda n: NORMS.index(n) if n in NORMS else len(NORMS))
+    """Legend labels of `norms` (and of the reference); 'no BatchNorm' while the study is the paper's pair."""
+    labels = {n: LABELS.get(n, n) for n in {*norms, *NORMS}}
+    return {**labels, REF: "no BatchNorm" if is_paper_pair(norms) else LABELS[REF]}
 
 
 def present_norms(*dfs: pd.DataFrame) -> list[str]:
@@ -89,7 +84,7 @@ def model_label(arch: str, dataset: str) -> str:
 
 
 def experiment_label(e: Experiment) -> str:
-    return model_label(e.arch, e.dataset)
+    return model_label(e.model, e.dataset)
 
 
 # ==== aggregation ====

@@ -34,9 +34,9 @@ def _writer(store: Store) -> tuple[str, str, str]:
 
 
 def _hparam(store: Store, exp: Experiment) -> tuple[str, str, str]:
-    from bnrep.models import NORM_TAGS
+    from bnrep.norms import TAGS
 
-    tags = [NORM_TAGS[n] for n in exp.norms]
+    tags = [TAGS[n] for n in exp.norms]
     best = store.read_json("hparam/best_hparams.json") if store.exists("hparam/best_hparams.json") else {}
     done = sum(t in best and store.has_part("hparam_trials", t) for t in tags)
     resumable = [t for t in tags if t not in best and store.exists("hparam", "tune", t)]
@@ -49,17 +49,18 @@ def _final_and_analysis(store: Store, exp: Experiment) -> list[tuple[str, str, s
     from bnrep.models import model_id
 
     hashes = read_hashes(store)
-    want = [model_id(exp.arch, n, s) for s in range(exp.seeds) for n in exp.norms]
+    want = [model_id(exp.model, n, s) for s in range(exp.seeds) for n in exp.norms]
     trained = [m for m in want if is_trained(store, m, hashes.get("train_hash", ""))]
     rows = [("final", _state(len(trained), len(want)), f"{len(trained)}/{len(want)} models trained")]
 
     if not trained:
         return rows + [("analysis", "missing", "no trained models")]
+    from bnrep.represent import model_probes
     from bnrep.stages.analysis import plan
 
     models = store.read_table("training")
     models = models[models["model_id"].isin(trained)]
-    left = plan(store, exp, models, _probes(exp)).n_tasks()
+    left = plan(store, exp, models, model_probes(exp)).n_tasks()
     done = sum(len(store.parts(t)) for t in tables("analysis"))
     state = "complete" if not left else "partial" if done else "missing"
     return rows + [("analysis", state, f"{left} tasks left" if left else "every part current")]
@@ -74,9 +75,3 @@ def _report(store: Store) -> tuple[str, str, str]:
     return ("report", "complete" if current else "partial",
             f"{store.out}/{store.experiment}/report/report.html" + ("" if current else " (older than the results)"))
 
-
-def _probes(exp: Experiment) -> list[tuple[str, int]]:
-    from bnrep.models import build_model
-
-    channels = 3 if exp.dataset == "cifar10" else (exp.image_shape[0] if exp.dataset == "synthetic" else 1)
-    return [(p.name, p.index) for p in build_model(exp.arch, "none", channels).probes()]

@@ -17,7 +17,8 @@ renamed, so a reader never sees half a file; a part whose footer does not
 read counts as absent.
 
 The results schema (the one place it is written down; `TABLES` below holds
-each table's stage, part layout and key columns). Accuracies and sparsities
+each table's stage, part layout and key columns). Part names pass through
+`safe_key`: a layer named `layer1.0.relu:2` is the file `...-layer1.0.relu~3a2.parquet`. Accuracies and sparsities
 are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
 `bn` is "norm is batch", kept for notebooks written before the norm axis.
 
@@ -25,8 +26,9 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
         trial_id, bn, norm, lr, momentum, epochs, train_acc, train_acc_running,
         val_acc, interpolated, objective, error, node_id (of its last epoch)
     training           one row per trained model; part = model_id
-        model_id, experiment, dataset, arch, bn, norm, seed, lr, momentum,
+        model_id, experiment, dataset, arch, model, bn, norm, seed, lr, momentum,
         epochs, best_epoch, train_acc, val_acc, test_acc, interpolated
+        (model: the model spec, bnrep.models; arch holds the same, for older notebooks)
     training_history   one row per model and epoch; part = model_id
         model_id, bn, norm, seed, epoch, lr, train_loss, train_acc, val_acc,
         interpolated, objective, train_acc_running
@@ -37,10 +39,12 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
     samples            the analysis images; part = "indices"
         purpose (sparsity | cluster), position, index (into the training split)
     channel_sparsity   model x layer x eps x channel; part = model_id
-        model_id, bn, norm, seed, layer, layer_index, channel, eps, sparsity
+        model_id, bn, norm, seed, layer, layer_index, activation, channel, eps, sparsity
     layer_sparsity     model x layer x eps; part = model_id
-        model_id, bn, norm, seed, layer, layer_index, eps, sparsity,
+        model_id, bn, norm, seed, layer, layer_index, activation, eps, sparsity,
         dead_channels (channels with |x| <= eps for every value of every sample)
+        (activation: the probe's activation, ReLU, GELU, ...: exact zeros mean
+        something only after a rectifier; older parts have none and were ReLU)
     class_dbi          model x layer; part = <model_id>-<layer>
         model_id, bn, norm, seed, layer, layer_index, dbi, dbi_reason
     kmeans             model x layer x k; part = <model_id>-<layer>
@@ -69,6 +73,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -115,6 +120,13 @@ def with_norm(df: pd.DataFrame) -> pd.DataFrame:
     if "bn" in df and "norm" not in df:
         df.insert(df.columns.get_loc("bn") + 1, "norm", df["bn"].map({True: "batch", False: "none"}))
     return df
+
+
+def safe_key(name: str) -> str:
+    """`name` as a file name safe on local disks and S3: any character but letters, digits and
+    . _ - ~ becomes ~ and its hex code (layer1.0.relu:2 -> layer1.0.relu~3a2); names of that
+    alphabet (every model_id and every built-in layer name) are unchanged."""
+    return re.sub(r"[^A-Za-z0-9._~-]", lambda m: "".join(f"~{b:02x}" for b in m.group().encode()), name)
 
 
 def is_uri(path: str) -> bool:
@@ -216,7 +228,7 @@ class Store:
 
     # ---- Parquet datasets ----
     def part_name(self, table: str, part: str) -> str:
-        return f"results/{table}/{part}.parquet"
+        return f"results/{table}/{safe_key(part)}.parquet"
 
     def write_part(self, table: str, part: str, df: pd.DataFrame, config_hash: str = "", **meta) -> None:
         """Write one part of a dataset atomically, with provenance in its schema metadata."""

@@ -31,7 +31,7 @@ from torch import nn
 
 from bnrep.data import Data, Split, batches
 from bnrep.experiments import Experiment
-from bnrep.models import ProbedNet, build_model
+from bnrep.models import build_model
 
 EVAL_BATCH = 1024  # images per forward pass when only evaluating, GPU
 EVAL_BATCH_CPU = 64  # CPU: small batches stay in cache (StandardCNN 28x28: ~3.8x the images/s of 1024)
@@ -68,7 +68,7 @@ class EpochMetrics:
 
 @dataclass
 class RunResult:
-    model: ProbedNet
+    model: nn.Module
     epochs: int  # epochs trained
     best_epoch: int  # epoch whose weights were kept
     train_acc: float
@@ -91,10 +91,12 @@ class Trainer:
         self.lr, self.momentum = float(hparams["lr"]), float(hparams.get("momentum", 0.0))
 
         torch.manual_seed(seed)  # weight init depends on the model seed only
-        self.model = build_model(exp.arch, norm, data.channels, data.num_classes).to(self.device)
+        self.model = build_model(exp.model, norm, data.channels, data.num_classes,
+                                 tuple(data.train.X.shape[2:])).to(self.device)
         # channels_last on CPU too: oneDNN convs and max pooling skip layout reorders (2 cores:
         # StandardCNN 28x28 ~1.4x, VGG16 32x32 ~1.05x images/s; benchmarks/train_throughput.py)
         self.model = self.model.to(memory_format=torch.channels_last)
+        self.batch_stats = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         self.opt = self._optimizer()
         self.sched = torch.optim.lr_scheduler.StepLR(self.opt, exp.lr_step_epochs, exp.lr_gamma)
         self.gen = torch.Generator().manual_seed(seed)  # batch order, on CPU for portability
@@ -154,7 +156,7 @@ class Trainer:
         n = 0
         for idx in batches(len(y), self.exp.batch_size, self.gen, self.device):
             xb, yb = _channels_last(X[idx]), y[idx]
-            if len(yb) < 2 and self.norm == "batch":  # BatchNorm cannot train on a single image
+            if len(yb) < 2 and self.batch_stats:  # BatchNorm cannot train on a single image
                 continue
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
                 logits = self.model(xb)

@@ -7,7 +7,9 @@ import torch
 
 from bnrep.data import load_data
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, ConfigError, Experiment, get_experiment
-from bnrep.models import NORMS, build_model
+from bnrep.experiments import PAPER_NORMS as NORMS
+from bnrep.models import build_model
+from bnrep.probes import find_probes
 
 BASE = get_experiment("synthetic-cnn")
 
@@ -23,23 +25,30 @@ OLD_CONFIG = json.loads("""{"name": "synthetic-vgg16", "dataset": "synthetic", "
  "description": "seeded class-structured 3x32x32 images through VGG16, for tests"}""")
 
 BAD = [  # (case, field changes, message)
-    ("unknown norm", {"norms": ("batch", "instance")},
-     "synthetic-cnn: unknown norm 'instance' (valid: batch, group, layer, none)"),
+    ("unknown norm", {"norms": ("batch", "batchnorm")},
+     "synthetic-cnn: unknown norm 'batchnorm' (valid: batch, group, layer, instance, as-built, none, group:G)"),
     ("unknown norm in a flag", {"norms": "batch,bn"},
-     "synthetic-cnn: unknown norm 'bn' (valid: batch, group, layer, none)"),
-    ("empty norms", {"norms": ()}, "synthetic-cnn: norms is empty: name at least one of batch, group, layer, none"),
-    ("empty norms flag", {"norms": ""}, "synthetic-cnn: norms is empty: name at least one of batch, group, layer, none"),
+     "synthetic-cnn: unknown norm 'bn' (valid: batch, group, layer, instance, as-built, none, group:G)"),
+    ("group count not a number", {"norms": "group:x"},
+     "synthetic-cnn: group:x: the group count must be a whole number >= 1"),
+    ("group count zero", {"norms": "group:0"},
+     "synthetic-cnn: group:0: the group count must be a whole number >= 1"),
+    ("empty norms", {"norms": ()}, "synthetic-cnn: norms is empty: name at least one of batch, group, layer, instance, as-built, none, group:G"),
+    ("empty norms flag", {"norms": ""}, "synthetic-cnn: norms is empty: name at least one of batch, group, layer, instance, as-built, none, group:G"),
     ("duplicate norm", {"norms": ("batch", "none", "batch")}, "synthetic-cnn: norms lists batch more than once"),
     ("duplicate norm flag", {"norms": "none,group,none,group"},
      "synthetic-cnn: norms lists group, none more than once"),
-    ("norms not a list", {"norms": 3.5}, "synthetic-cnn: unknown norm '3.5' (valid: batch, group, layer, none)"),
+    ("norms not a list", {"norms": 3.5}, "synthetic-cnn: unknown norm '3.5' (valid: batch, group, layer, instance, as-built, none, group:G)"),
     ("negative eps", {"eps": (0.0, -0.1)}, "synthetic-cnn: eps thresholds must be >= 0, got 0, -0.1"),
     ("nan eps", {"eps": float("nan")}, "synthetic-cnn: eps thresholds must be >= 0, got nan"),
     ("duplicate eps", {"eps": (0.01, 0, 0.01)}, "synthetic-cnn: eps lists 0.01 more than once"),
     ("duplicate eps, int and float", {"eps": "0,0.0"}, "synthetic-cnn: eps lists 0 more than once"),
     ("empty eps", {"eps": ()}, "synthetic-cnn: eps is empty: give at least one threshold (the paper's: 0)"),
     ("eps not numbers", {"eps": "0,abc"}, "synthetic-cnn: eps must be a list of numbers, got ['0', 'abc']"),
-    ("unknown arch", {"arch": "resnet50"}, "synthetic-cnn: unknown arch 'resnet50' (valid: cnn, vgg16, resnet18)"),
+    ("unknown model", {"model": "resnet50"}, "synthetic-cnn: unknown model 'resnet50' (valid: cnn, vgg16, "
+     "resnet18, torchvision:NAME, timm:NAME, or package.module:function)"),
+    ("model spec with a path", {"model": "my/nets.py:net"}, "synthetic-cnn: unknown model 'my/nets.py:net' (valid: "
+     "cnn, vgg16, resnet18, torchvision:NAME, timm:NAME, or package.module:function)"),
 ]
 
 
@@ -122,7 +131,7 @@ PRESET_TABLE = [  # (preset, dataset, arch, norms)
 @pytest.mark.parametrize("preset,dataset,arch,norms", PRESET_TABLE, ids=[c[0] for c in PRESET_TABLE])
 def test_presets(preset, dataset, arch, norms):
     e = get_experiment(preset)
-    assert (e.dataset, e.arch, e.norms) == (dataset, arch, norms)
+    assert (e.dataset, e.model, e.norms) == (dataset, arch, norms)
 
 
 @pytest.mark.parametrize("variant,base", [("digits-cnn-norms", "digits-cnn"),
@@ -132,7 +141,7 @@ def test_norms_presets_keep_their_recipe(variant, base):
     """The -norms presets and ResNet-18 change only the norms, the architecture and its figure layers."""
     a, b = get_experiment(variant).to_dict(), get_experiment(base).to_dict()
     changed = {k for k in a if a[k] != b[k]}
-    assert changed <= {"name", "description", "norms", "arch", "channel_layers", "first_shown_layer"}
+    assert changed <= {"name", "description", "norms", "model", "channel_layers", "first_shown_layer"}
 
 
 def test_default_experiment():
@@ -143,7 +152,7 @@ def test_default_experiment():
 def test_resnet18_figure_layers(preset):
     """Channel figures show each stage's output; Figures 4-6 start at stage 3."""
     e = get_experiment(preset)
-    names = {p.index: p.name for p in build_model("resnet18", "batch", 3).probes()}
+    names = {p.index: p.name for p in find_probes(build_model("resnet18", "batch", 3), torch.zeros(2, 3, 16, 16))}
     assert [names[i] for i in e.channel_layers] == ["s1b2.out", "s2b2.out", "s3b2.out", "s4b2.out"]
     assert names[e.first_shown_layer] == "s3b1.relu1"
 
@@ -155,4 +164,4 @@ def test_synthetic_resnet18_fits_its_data():
     assert data.train.X.shape[1:] == e.image_shape
     assert max(e.samples_sparsity, e.samples_cluster) <= len(data.train)
     with torch.no_grad():
-        assert build_model(e.arch, "none", e.image_shape[0])(data.train.X[:2]).shape == (2, 10)
+        assert build_model(e.model, "none", e.image_shape[0])(data.train.X[:2]).shape == (2, 10)

@@ -4,7 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from bnrep.models import NORMS, BasicBlock, build_model, group_count, model_id
+from bnrep.experiments import PAPER_NORMS as NORMS
+from bnrep.models import BasicBlock, build_model, model_id
+from bnrep.norms import group_count
+from bnrep.probes import find_probes
 
 CNN_NAMES = ["conv1", "conv2", "conv3", "conv4", "fc1"]
 VGG_NAMES = [f"conv{i}" for i in range(1, 14)]
@@ -37,17 +40,20 @@ def test_shapes_and_probes(arch, channels, size, names, norm):
     model = build_model(arch, norm, channels, num_classes=10).eval()
     assert model.norm == norm
     fired = []  # probe ReLUs in the order a forward pass runs them
-    probes = model.probes()
-    for p in probes:
-        p.module.register_forward_hook(lambda m, i, o, name=p.name: fired.append(name))
+    probes = find_probes(model, torch.zeros(2, channels, size, size))
+    modules = dict(model.named_modules())
+    relus = [modules[p.path] for p in probes]
+    for p, relu in zip(probes, relus):
+        relu.register_forward_hook(lambda m, i, o, name=p.name: fired.append(name))
     with torch.no_grad():
         out = model(torch.randn(2, channels, size, size))
     assert out.shape == (2, 10)
     assert [p.name for p in probes] == names
     assert fired == names
     assert [p.index for p in probes] == list(range(1, len(names) + 1))
-    assert all(isinstance(p.module, nn.ReLU) and not p.module.inplace for p in probes)
-    assert len({id(p.module) for p in probes}) == len(probes)  # every probe has its own ReLU
+    assert all(isinstance(r, nn.ReLU) and not r.inplace for r in relus)
+    assert len({id(r) for r in relus}) == len(probes)  # every probe has its own ReLU
+    assert all(p.activation == "ReLU" and p.rectifier for p in probes)
 
 
 @pytest.mark.parametrize("norm", NORMS)
@@ -181,9 +187,9 @@ def test_resnet18_structure():
     projected = [not isinstance(b.shortcut, nn.Identity) for b in blocks]
     assert projected == [False, False, True, False, True, False, True, False]
     assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
-    seen = {}
-    for p in model.probes():
-        p.module.register_forward_hook(lambda m, i, o, name=p.name: seen.__setitem__(name, o))
+    seen, modules = {}, dict(model.named_modules())
+    for p in find_probes(model, torch.zeros(2, 3, 16, 16)):
+        modules[p.path].register_forward_hook(lambda m, i, o, name=p.name: seen.__setitem__(name, o))
     block_out = []
     for b in blocks:
         b.register_forward_hook(lambda m, i, o: block_out.append(o))
@@ -242,9 +248,12 @@ def test_model_id(arch, norm, seed, expected):
 
 
 @pytest.mark.parametrize("arch,norm,match", [
-    ("cnn", "instance", r"unknown norm 'instance' \(valid: batch, group, layer, none\)"),
-    ("cnn", True, r"unknown norm True \(valid: batch, group, layer, none\)"),  # the old bool argument
-    ("resnet50", "batch", r"unknown arch 'resnet50' \(valid: cnn, vgg16, resnet18\)"),
+    ("cnn", "instancenorm", r"unknown norm 'instancenorm' \(valid: batch, group, layer, instance, as-built, none, "
+                            r"group:G\)"),
+    ("cnn", True, r"unknown norm True \(valid: batch, group, layer, instance, as-built, none, group:G\)"),
+    ("resnet50", "batch", r"unknown model 'resnet50' \(valid: cnn, vgg16, resnet18, torchvision:NAME, timm:NAME, "
+                          r"or package.module:function\)"),
+    ("cnn", "as-built", r"cnn is built for a norm: as-built is for models that bring their own \(try batch\)"),
 ])
 def test_bad_input(arch, norm, match):
     with pytest.raises(ValueError, match=match):

@@ -6,8 +6,13 @@ import torch
 from torch import nn
 
 from bnrep.metrics import reduce_representation, sparsity_from_activations
-from bnrep.models import Probe, build_model
+from bnrep.models import build_model
+from bnrep.probes import find_probes
 from bnrep.represent import AnalysisSamples, extract_representations
+
+
+def no_hooks(model) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 def manual_activations(model, X):
@@ -41,14 +46,14 @@ def test_matches_manual_forward(arch, shape, norm):
     n_sparse = 20
     reps = extract_representations(model, X, n_sparse, eps=(0.0, 0.05), batch_size=8)
     acts = manual_activations(model, X)
-    assert [r.name for r in reps] == [p.name for p in model.probes()]
+    assert [r.name for r in reps] == [p.name for p in find_probes(model, X[:2])]
     for r, A in zip(reps, acts):
         torch.testing.assert_close(r.reduced, reduce_representation(A), rtol=1e-5, atol=1e-6)
         for i, eps in enumerate((0.0, 0.05)):
             chan, layer = sparsity_from_activations(A[:n_sparse], eps)
             np.testing.assert_allclose(r.zero_counts[i] / r.values_per_channel, chan, rtol=0, atol=1e-12)
             assert r.zero_counts[i].sum() / (r.values_per_channel * r.channels) == pytest.approx(layer)
-    assert all(not p.module._forward_hooks for p in model.probes())  # hooks removed
+    assert no_hooks(model)  # hooks removed
 
 
 def test_hand_computed_tensor():
@@ -60,10 +65,6 @@ def test_hand_computed_tensor():
 
         def forward(self, x):
             return self.relu(x)
-
-        def probes(self):
-            from bnrep.models import Probe
-            return [Probe("conv1", 1, self.relu)]
 
     X = torch.tensor([[[[1.0, -1.0], [0.0, 3.0]], [[-2.0, -2.0], [-2.0, -2.0]]],
                       [[[0.0, 0.0], [0.0, 4.0]], [[2.0, 0.0], [0.0, 0.0]]]])  # (N=2, C=2, 2, 2)
@@ -85,23 +86,20 @@ def test_zero_rows_stay_zero_and_hooks_removed_on_error():
     assert all(r.zero_counts[0].sum() == r.values_per_channel * r.channels for r in reps)
     with pytest.raises(RuntimeError):
         extract_representations(model, torch.randn(5, 3, 8, 8), 5)  # wrong channel count
-    assert all(not p.module._forward_hooks for p in model.probes())
+    assert no_hooks(model)
 
 
 class Passthrough(nn.Module):
-    """A 'network' whose one probe outputs the input unchanged (no ReLU): the test sets every activation."""
+    """A 'network' whose one probe outputs the input unchanged: a leaky ReLU of slope 1, applied
+    as a function (a probe found by the function mode), so the test sets every activation."""
 
     def __init__(self):
         super().__init__()
-        self.probe = nn.Identity()
         self.forward_calls = 0
 
     def forward(self, x):
         self.forward_calls += 1
-        return self.probe(x)
-
-    def probes(self):
-        return [Probe("conv1", 1, self.probe)]
+        return nn.functional.leaky_relu(x, 1.0)
 
 
 def test_thresholds_at_and_around_each_eps_in_one_pass():
@@ -131,7 +129,10 @@ def test_thresholds_at_and_around_each_eps_in_one_pass():
         [8, 9, 10, 6],  # eps 1e-1: + 0.05 and everything up to a3; hi(1e-1), 0.2, 0.3 are not
     ])
     model = Passthrough()
-    (r,) = extract_representations(model, X, n_sparsity=2, eps=(0, 1e-3, 1e-2, 1e-1), device="cpu")
+    probes = find_probes(model, X[:2])
+    assert [(p.name, p.activation, p.rectifier) for p in probes] == [("leaky_relu", "LeakyReLU", False)]
+    model.forward_calls = 0
+    (r,) = extract_representations(model, X, n_sparsity=2, eps=(0, 1e-3, 1e-2, 1e-1), device="cpu", probes=probes)
     assert model.forward_calls == 1  # one pass serves every threshold
     np.testing.assert_array_equal(r.zero_counts, expected)
     assert r.values_per_channel == 2 * 2 * 3

@@ -1,7 +1,7 @@
 """Stage 3: measure every trained model's representations with Ray tasks.
 
-One task per model extracts the post-ReLU representations of the analysis
-samples (GPU when the cluster has one) and writes sparsity at every eps
+One task per model extracts the post-activation representations (every
+probe of bnrep.probes, or those --probes chooses) of the analysis samples (GPU when the cluster has one) and writes sparsity at every eps
 threshold (paper eq. 3-4, one pass); its outputs are the per-layer N x C
 reduced representations (eq. 5), one object per layer, never written to
 disk. One task per (model, layer) then computes the class-based DBI, the
@@ -35,10 +35,11 @@ from bnrep.experiments import Experiment
 from bnrep.kmeans import optimal_k, sweep_kmeans
 from bnrep.lock import writer_lock
 from bnrep.metrics import channel_sparsity, davies_bouldin, effective_rank, layer_sparsity, linear_cka, nc1
-from bnrep.models import NORMS, build_model
+from bnrep.norms import sort_key
+from bnrep.probes import Probe
 from bnrep.progress import wait_tasks
 from bnrep.raysession import check_shared_out, default_gpus, placement, ray_session
-from bnrep.represent import AnalysisSamples, extract_representations
+from bnrep.represent import AnalysisSamples, extract_representations, model_probes
 from bnrep.store import Store, tables
 from bnrep.train import best_device
 
@@ -52,14 +53,15 @@ def model_keys(row: dict) -> dict:
     return {"model_id": row["model_id"], "bn": row["norm"] == "batch", "norm": row["norm"], "seed": row["seed"]}
 
 
-def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, n_sparsity: int,
+def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, n_sparsity: int, probes: list[Probe],
             hashes: dict[str, str] | None) -> list[np.ndarray]:
     """Extract one model's representations of `images` (the analysis samples,
     in order); write its sparsity parts (unless `hashes` is None: only the
-    arrays are wanted); return one (N, C) float32 array per probe layer."""
+    arrays are wanted); return one (N, C) float32 array per probe."""
     store, device = Store(out, exp.name), best_device()
-    model = load_model(store, row["model_id"], exp, images.shape[1], device)
-    reps = extract_representations(model, images, n_sparsity, exp.eps, device=device)  # every eps, one pass
+    model = load_model(store, row["model_id"], exp, device)
+    reps = extract_representations(model, images, n_sparsity, exp.eps, device=device,
+                                   probes=probes)  # every eps, one pass
     if hashes is not None:
         write_sparsity(store, exp, row, reps, hashes)
     return [r.reduced.numpy() for r in reps]
@@ -70,9 +72,9 @@ def write_sparsity(store: Store, exp: Experiment, row: dict, reps, hashes: dict[
     for r in reps:
         for i, eps in enumerate(exp.eps):
             s = channel_sparsity(r.zero_counts[i], r.values_per_channel)
-            chan.append(pd.DataFrame({**keys, "layer": r.name, "layer_index": r.index,
-                                      "channel": np.arange(len(s)), "sparsity": s, "eps": eps}))
-            lay.append({**keys, "layer": r.name, "layer_index": r.index, "eps": eps,
+            at = {**keys, "layer": r.name, "layer_index": r.index, "activation": r.activation}
+            chan.append(pd.DataFrame({**at, "channel": np.arange(len(s)), "sparsity": s, "eps": eps}))
+            lay.append({**at, "eps": eps,
                         "sparsity": layer_sparsity(r.zero_counts[i], r.values_per_channel),
                         "dead_channels": int((s == 1.0).sum())})  # zero for every sample
     where = placement()  # provenance: which machine measured it, with what
@@ -81,15 +83,15 @@ def write_sparsity(store: Store, exp: Experiment, row: dict, reps, hashes: dict[
     store.write_part("layer_sparsity", row["model_id"], pd.DataFrame(lay), hashes["layer_sparsity"], **where)
 
 
-def layer_task(out: str, exp: Experiment, row: dict, layer: str, index: int, X: np.ndarray, y: np.ndarray,
+def layer_task(out: str, exp: Experiment, row: dict, probe: Probe, X: np.ndarray, y: np.ndarray,
                work: tuple[str, ...], backend: str, hashes: dict[str, str]) -> None:
     """One (model, layer) on the clustering samples: 'clustering' = class-based DBI,
     the k-means sweep and the optimal k; 'measures' = NC1 and effective rank."""
     store = Store(out, exp.name)
     Xt = torch.tensor(X[: len(y)], device=best_device())  # the clustering samples lead the extracted rows
     yt = torch.tensor(y, device=Xt.device)
-    keys = {**model_keys(row), "layer": layer, "layer_index": index}
-    part, where = f"{row['model_id']}-{layer}", placement()
+    keys = {**model_keys(row), "layer": probe.name, "layer_index": probe.index, "activation": probe.activation}
+    part, where = f"{row['model_id']}-{probe.name}", placement()
     if "clustering" in work:
         dbi, reason = davies_bouldin(Xt, yt)
         results = sweep_kmeans(Xt, exp.k_min, exp.k_max, n_init=exp.n_init, seed=row["seed"], backend=backend)
@@ -121,13 +123,13 @@ def cka_part(layer: str, a: dict, b: dict) -> str:
 
 def cka_pairs(models: pd.DataFrame) -> list[tuple[dict, dict]]:
     """Every pair of norms at one seed, and every pair of seeds within one norm (the baseline)."""
-    rows = sorted(models.to_dict("records"), key=lambda r: (NORMS.index(r["norm"]), r["seed"]))
+    rows = sorted(models.to_dict("records"), key=lambda r: (sort_key(r["norm"]), r["seed"]))
     return [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]
             if (a["seed"] == b["seed"]) != (a["norm"] == b["norm"])]
 
 
 # ==== the plan ====
-def trained_models(store: Store, exp: Experiment, channels: int) -> pd.DataFrame:
+def trained_models(store: Store, exp: Experiment) -> pd.DataFrame:
     """The experiment's trained models, each verified (UsageError names the file)."""
     df = store.read_table("training")
     if df.empty:
@@ -135,7 +137,7 @@ def trained_models(store: Store, exp: Experiment, channels: int) -> pd.DataFrame
                          f"--experiment {exp.name} first")
     for mid in df["model_id"]:
         try:
-            load_model(store, mid, exp, channels)
+            load_model(store, mid, exp)
         except ModelFileError as e:
             raise UsageError(f"checkpoint {e}; rerun sweeps/final.py to retrain it") from None
     return df.sort_values("model_id").reset_index(drop=True)
@@ -151,7 +153,7 @@ def check_k_max(exp: Experiment, n_cluster: int) -> None:
 class Plan:
     """What is left to compute; everything else has a current part."""
     sparsity: set[str] = field(default_factory=set)  # models whose sparsity parts are missing
-    layers: dict[str, list] = field(default_factory=dict)  # model id -> [(layer, index, work)]
+    layers: dict[str, list] = field(default_factory=dict)  # model id -> [(probe, work)]
     cka: list = field(default_factory=list)  # (row a, row b, layer, index)
 
     def extract(self) -> set[str]:
@@ -162,7 +164,7 @@ class Plan:
         return len(self.extract()) + sum(map(len, self.layers.values())) + len(self.cka)
 
 
-def plan(store: Store, exp: Experiment, models: pd.DataFrame, probes: list[tuple[str, int]]) -> Plan:
+def plan(store: Store, exp: Experiment, models: pd.DataFrame, probes: list[Probe]) -> Plan:
     """Compare the store with what the experiment needs. A part is current when it
     carries its table's hash, or the whole analysis hash (parts written before
     tables had their own hashes)."""
@@ -173,12 +175,12 @@ def plan(store: Store, exp: Experiment, models: pd.DataFrame, probes: list[tuple
         mid = row["model_id"]
         if not (have("channel_sparsity", mid) and have("layer_sparsity", mid)):
             p.sparsity.add(mid)
-        for name, index in probes:
-            work = tuple(w for w, tables in LAYER_WORK.items() if not all(have(t, f"{mid}-{name}") for t in tables))
+        for q in probes:
+            work = tuple(w for w, tables in LAYER_WORK.items() if not all(have(t, f"{mid}-{q.name}") for t in tables))
             if work:
-                p.layers.setdefault(mid, []).append((name, index, work))
-    p.cka = [(a, b, name, index) for a, b in cka_pairs(models) for name, index in probes
-             if not have("cka", cka_part(name, a, b))]
+                p.layers.setdefault(mid, []).append((q, work))
+    p.cka = [(a, b, q.name, q.index) for a, b in cka_pairs(models) for q in probes
+             if not have("cka", cka_part(q.name, a, b))]
     return p
 
 
@@ -186,7 +188,11 @@ def plan(store: Store, exp: Experiment, models: pd.DataFrame, probes: list[tuple
 def resolve(exp: Experiment, opts: RunOptions) -> tuple[Experiment, Store]:
     """The experiment as trained (config.json) with this run's analysis fields; checks that need no data."""
     store = open_store(opts.out, exp)
-    exp = with_trained_config(store, exp)  # training flags are final.py's, not ours
+    trained = with_trained_config(store, exp)  # training flags are final.py's, not ours
+    if trained.model != exp.model:
+        raise UsageError(f"{store.out}/{exp.name} trained {trained.model}; --model {exp.model} is another model "
+                         f"(analyse it in another --out, or train it with --fresh)")
+    exp = trained
     check_k_max(exp, exp.samples_cluster)
     return exp, store
 
@@ -195,9 +201,10 @@ def run(exp: Experiment, opts: RunOptions) -> int:
     # ==== every check before Ray starts ====
     exp, store = resolve(exp, opts)
     check_data(exp, opts.data_root)
+    probes = model_probes(exp)  # the model checked at the data's shape; its activations, as --probes chooses
     record = prepare(store, exp, "analysis", opts.fresh)
     data = load_data(exp, opts.data_root, device="cpu")
-    models = trained_models(store, exp, data.channels)
+    models = trained_models(store, exp)
     samples = AnalysisSamples.draw(len(data.train), exp.samples_sparsity, exp.samples_cluster, exp.split_seed)
     check_k_max(exp, samples.n_cluster)  # capped at what the training split holds
     print(header("analysis", exp, store), flush=True)
@@ -205,7 +212,6 @@ def run(exp: Experiment, opts: RunOptions) -> int:
         print(f"note: {note}", flush=True)
 
     # ==== skip complete work; one writer from here on ====
-    probes = [(p.name, p.index) for p in build_model(exp.arch, "none", data.channels).probes()]
     with contextlib.ExitStack() as held:
         if opts.fresh:  # the lock, then the deletion
             held.enter_context(writer_lock(store, "analysis"))
@@ -226,9 +232,9 @@ def run(exp: Experiment, opts: RunOptions) -> int:
 
 
 def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.DataFrame, samples: AnalysisSamples,
-           probes: list[tuple[str, int]], todo: Plan, hashes: dict[str, str]) -> None:
+           probes: list[Probe], todo: Plan, hashes: dict[str, str]) -> None:
     """Ray tasks: extract per model; one per (model, layer); CKA per (layer, pair)."""
-    with ray_session(opts.address) as ray:
+    with ray_session(opts.address, exp.model) as ray:
         check_shared_out(ray, store)
         gpus = default_gpus(ray, opts.gpus_per_task)
         task = {"num_cpus": opts.cpus_per_task, "num_gpus": gpus, "max_retries": 3}
@@ -237,16 +243,17 @@ def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.Dat
         images = ray.put(data.train.X[torch.as_tensor(samples.order)])  # shipped once, to every task
         labels = ray.put(data.train.y[torch.as_tensor(samples.indices("cluster"))].numpy())
         rows = {r["model_id"]: r for r in models.to_dict("records")}
+        at = {p.index: i for i, p in enumerate(probes)}  # layer index -> position of its array
         arrays, pending = {}, []
         for mid in sorted(todo.extract()):
-            refs = remote["extract"].remote(store.out, exp, rows[mid], images, samples.n_sparsity,
+            refs = remote["extract"].remote(store.out, exp, rows[mid], images, samples.n_sparsity, probes,
                                             hashes if mid in todo.sparsity else None)
             arrays[mid] = refs if isinstance(refs, list) else [refs]
             pending.append(arrays[mid][-1])  # completes with the extraction (and its sparsity parts)
-            pending += [remote["layer_task"].remote(store.out, exp, rows[mid], name, index, arrays[mid][index - 1],
+            pending += [remote["layer_task"].remote(store.out, exp, rows[mid], q, arrays[mid][at[q.index]],
                                                     labels, work, opts.kmeans_backend, hashes)
-                        for name, index, work in todo.layers.get(mid, [])]
-        pending += [remote["cka_task"].remote(store.out, exp, a, b, name, index, arrays[a["model_id"]][index - 1],
-                                              arrays[b["model_id"]][index - 1], samples.n_cluster, hashes["cka"])
+                        for q, work in todo.layers.get(mid, [])]
+        pending += [remote["cka_task"].remote(store.out, exp, a, b, name, index, arrays[a["model_id"]][at[index]],
+                                              arrays[b["model_id"]][at[index]], samples.n_cluster, hashes["cka"])
                     for a, b, name, index in todo.cka]
         wait_tasks(ray, pending, "analysis")

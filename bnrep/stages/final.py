@@ -21,10 +21,10 @@ from bnrep.config import RunOptions, StageFailed, UsageError, header, stage_hash
 from bnrep.data import load_data
 from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
-from bnrep.models import NORM_TAGS, model_id
+from bnrep.models import model_id
+from bnrep.norms import SHORT, TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_shared_out, default_gpus, placement, ray_session
-from bnrep.results import SHORT
 from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, trial_dirname
 from bnrep.store import Store, tables
 from bnrep.train import Trainer, best_device
@@ -36,13 +36,14 @@ def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: b
     from ray import tune
 
     seed, norm, hp = config["run"]["seed"], config["run"]["norm"], config["run"]["hparams"]
-    mid, bn = model_id(exp.arch, norm, seed), norm == "batch"
+    mid, bn = model_id(exp.model, norm, seed), norm == "batch"
     store = Store(out, exp.name)
     data = load_data(exp, data_root, device=best_device())
     trainer = Trainer(exp, data, norm, hp, seed, amp=amp)
     resumed_from = train_in_tune(trainer, extra={"model_id": mid})
     r = trainer.finish()
-    row = {"model_id": mid, "experiment": exp.name, "dataset": exp.dataset, "arch": exp.arch, "bn": bn,
+    row = {"model_id": mid, "experiment": exp.name, "dataset": exp.dataset, "arch": exp.model, "model": exp.model,
+           "bn": bn,
            "norm": norm, "seed": seed, "lr": float(hp["lr"]), "momentum": float(hp.get("momentum", 0.0)), "epochs": r.epochs,
            "best_epoch": r.best_epoch, "train_acc": r.train_acc, "val_acc": r.val_acc, "test_acc": r.test_acc,
            "interpolated": r.interpolated}
@@ -64,11 +65,11 @@ def grid_hparams(exp: Experiment, store: Store, paper: bool) -> dict[str, dict]:
         raise UsageError(f"no sweep results in {store.out}/{exp.name}/hparam: run sweeps/hparam.py "
                          f"--experiment {exp.name} first, or pass --paper-hparams")
     best = store.read_json("hparam/best_hparams.json")
-    missing = [NORM_TAGS[n] for n in exp.norms if NORM_TAGS[n] not in best]
+    missing = [TAGS[n] for n in exp.norms if TAGS[n] not in best]
     if missing:
         raise UsageError(f"best_hparams.json lacks {', '.join(missing)}: rerun sweeps/hparam.py "
                          f"with the same --norms, or pass --paper-hparams")
-    return {n: {k: best[NORM_TAGS[n]][k] for k in ("lr", "momentum")} for n in exp.norms}
+    return {n: {k: best[TAGS[n]][k] for k in ("lr", "momentum")} for n in exp.norms}
 
 
 def forget_analysis(store: Store, mids: list[str]) -> None:
@@ -85,7 +86,7 @@ def print_summary(df: pd.DataFrame) -> None:
     print(f"\n{'model':16} {'seeds':>5} {'train %':>16} {'val %':>16} {'test %':>16} {'epochs':>7}")
     for (arch, norm), g in df.groupby(["arch", "norm"], sort=False):
         cells = [f"{100 * g[c].mean():7.3f} ± {100 * g[c].std():5.3f}" for c in ("train_acc", "val_acc", "test_acc")]
-        name = f"{arch} {SHORT[norm]}"
+        name = f"{arch} {SHORT.get(norm, norm)}"
         print(f"{name:16} {len(g):5d} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} {g['epochs'].mean():7.1f}")
 
 
@@ -120,7 +121,7 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
 
 def describe_config(config: dict) -> str:
     run = config.get("run", {})
-    return f"{NORM_TAGS.get(run.get('norm'), '?')}-s{run.get('seed', '?')}"
+    return f"{TAGS.get(run.get('norm'), '?')}-s{run.get('seed', '?')}"
 
 
 def describe_model(r: dict) -> str:
@@ -128,7 +129,7 @@ def describe_model(r: dict) -> str:
 
 
 def untrained(exp: Experiment, store: Store, grid: list[dict], train_hash: str) -> list[dict]:
-    return [g for g in grid if not is_trained(store, model_id(exp.arch, g["norm"], g["seed"]), train_hash)]
+    return [g for g in grid if not is_trained(store, model_id(exp.model, g["norm"], g["seed"]), train_hash)]
 
 
 # ==== the stage ====
@@ -147,8 +148,8 @@ def run(exp: Experiment, opts: RunOptions) -> int:
         if todo:
             held.enter_context(writer_lock(store, "final"))  # one writer from here on (LockError: one line)
             write_config(store, record)
-            forget_analysis(store, [model_id(exp.arch, g["norm"], g["seed"]) for g in todo])  # now stale
-            with ray_session(opts.address) as ray:
+            forget_analysis(store, [model_id(exp.model, g["norm"], g["seed"]) for g in todo])  # now stale
+            with ray_session(opts.address, exp.model) as ray:
                 check_shared_out(ray, store)
                 gpus = default_gpus(ray, opts.gpus_per_trial)
                 run_grid(exp, opts, store, todo, gpus, train_hash)
@@ -158,7 +159,7 @@ def run(exp: Experiment, opts: RunOptions) -> int:
                     run_grid(exp, opts, store, todo, gpus, train_hash)
 
     df = store.read_table("training")
-    wanted = {model_id(exp.arch, g["norm"], g["seed"]) for g in grid}
+    wanted = {model_id(exp.model, g["norm"], g["seed"]) for g in grid}
     print_summary(df[df["model_id"].isin(wanted)])
     print(f"\nwrote {store.out}/{exp.name}/results/training ({len(df)} models)")
     return 0

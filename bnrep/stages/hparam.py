@@ -6,7 +6,7 @@ first interpolates, non-interpolating trials ranked below all that do; for
 early-stopping presets (paper 3.1.2) the best validation accuracy.
 
 Writes, under <out>/<experiment>/:
-    results/hparam_trials/<tag>.parquet   one row per trial; tag = bn, nobn, gn, ln (bnrep.models.NORM_TAGS)
+    results/hparam_trials/<tag>.parquet   one row per trial; tag = bn, nobn, gn, ln ... (bnrep.norms.TAGS)
     hparam/best_hparams.json              best trial per normalisation, keyed by tag
     hparam/tune/<tag>/                    Ray Tune state (resumed with Tuner.restore)
 """
@@ -21,7 +21,7 @@ from bnrep.config import RunOptions, StageFailed, header, stage_hashes, start_fr
 from bnrep.data import load_data
 from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
-from bnrep.models import NORM_TAGS
+from bnrep.norms import TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_shared_out, default_gpus, ray_session
 from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, trial_dirname
@@ -59,7 +59,7 @@ def run_search(exp: Experiment, opts: RunOptions, store: Store, norm: str, gpus:
 
     fn = tune.with_resources(tune.with_parameters(trial, exp=exp, data_root=opts.data_root, amp=opts.amp),
                              {"cpu": opts.cpus_per_trial, "gpu": gpus})
-    tag = NORM_TAGS[norm]
+    tag = TAGS[norm]
     path = store.uri("hparam", "tune", tag)
     space, rel = search_space(exp, norm), f"hparam/tune/{tag}"
     if can_resume(store, rel, space, f"[hparam] {tag}:", "search", "searching anew (seeded: the same configurations)"):
@@ -148,18 +148,18 @@ def run(exp: Experiment, opts: RunOptions) -> int:
             held.enter_context(writer_lock(store, "hparam"))
             start_fresh(store, "hparam")
         best = store.read_json("hparam/best_hparams.json") if store.exists("hparam/best_hparams.json") else {}
-        todo = [n for n in exp.norms if not (NORM_TAGS[n] in best and store.has_part("hparam_trials", NORM_TAGS[n]))]
+        todo = [n for n in exp.norms if not (TAGS[n] in best and store.has_part("hparam_trials", TAGS[n]))]
         if not todo:
             print("[hparam] complete: nothing to do")
             print_best(best, exp)
             return 0
         held.enter_context(writer_lock(store, "hparam"))  # one writer from here on (LockError: one line)
         write_config(store, record)
-        with ray_session(opts.address) as ray:
+        with ray_session(opts.address, exp.model) as ray:
             check_shared_out(ray, store)
             gpus = default_gpus(ray, opts.gpus_per_trial)
             for norm in todo:
-                tag = NORM_TAGS[norm]
+                tag = TAGS[norm]
                 print(f"[hparam] {tag}: {exp.num_samples} trials, lr in {exp.lr_range}"
                       + (f", momentum in {exp.momentum_choices}" if exp.optimizer == "sgd" else ""), flush=True)
                 trials = run_search(exp, opts, store, norm, gpus)

@@ -1,0 +1,281 @@
+"""Normalisations: one table, and `swap_norms` for any model.
+
+Every fact about a normalisation lives in its `Norm` entry: the name a user
+types, the model_id tag, the short and long labels of tables and legends, the
+colour of every figure, how it is built after a conv (N, C, H, W) or a linear
+layer (N, C) of a given width, and whether the layer before it keeps a bias.
+Results, figures, findings, the trainer and the model code read this table;
+adding a normalisation is one entry here plus its tests (as timm's
+`layers/create_norm.py` does with `_NORM_MAP`).
+
+    batch      BatchNorm2d after convs, BatchNorm1d after hidden linear layers (the paper's BN)
+    group      GroupNorm with 32 groups where 32 divides C, else the largest divisor of C below 32
+    group:G    GroupNorm with G groups (Lubana et al. 2021: the group size matters); G must divide
+               every width; group:1 normalises (C, H, W) per sample
+    layer      GroupNorm(1, C) after convs, LayerNorm(C) after linear layers
+    instance   GroupNorm(C, C) (= InstanceNorm2d with affine parameters) after convs;
+               LayerNorm(C) after linear layers, where one value per channel has nothing to normalise
+    none       no norm module; the layer before keeps its bias (the paper's no-BN)
+    as-built   a model's own normalisation, untouched (models a researcher brings)
+
+`swap_norms(model, norm)` replaces every normalisation module of any model
+(BatchNorm, GroupNorm, LayerNorm, the channels-last LayerNorm of ConvNeXt
+blocks and the LayerNorm2d variants, InstanceNorm) by `norm`'s module at the
+same width, and for `none` by a per-channel bias (`ChannelBias`, the function
+class of the conv bias the norm made redundant). It finds where each module
+keeps its channels from one forward pass, and proves afterwards that no
+module of another kind is left (`check_norm_kind`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+GN_GROUPS = 32  # Wu & He 2018's default group count
+AS_BUILT = "as-built"
+REF = "none"  # the reference every claim compares against
+
+
+class NormError(ValueError):
+    """A normalisation that cannot be built or swapped; the message is one line."""
+
+
+def group_count(channels: int, groups: int = GN_GROUPS) -> int:
+    """`groups` if it divides `channels`, else the largest divisor of `channels` below it."""
+    return max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
+
+
+def _exact_groups(groups: int) -> Callable[[int], nn.Module]:
+    def build(width: int) -> nn.Module:
+        if width % groups:
+            raise NormError(f"group:{groups}: {groups} groups do not divide a layer of width {width}")
+        return nn.GroupNorm(groups, width)
+    return build
+
+
+@dataclass(frozen=True)
+class Norm:
+    name: str  # as a user types it: batch, group:8
+    tag: str  # in model_id and part names: bn, gn8
+    short: str  # Table 1 and compact legends: BN, GN8
+    label: str  # figure legends and prose: BatchNorm
+    color: str  # one colour in every figure
+    conv: Callable[[int], nn.Module] | None  # width -> module after a conv; None: nothing
+    linear: Callable[[int], nn.Module] | None  # width -> module after a hidden linear layer
+    bias: bool  # the layer before keeps its bias (no norm shift to make it redundant)
+    kinds: tuple[type, ...] = ()  # the module types it builds: after a swap, no other norm type is left
+
+    def build(self, width: int, conv: bool) -> nn.Module | None:
+        make = self.conv if conv else self.linear
+        return make(width) if make is not None else None
+
+
+# ==== the table (display order: none, the reference, last) ====
+NORMS: dict[str, Norm] = {n.name: n for n in [
+    Norm("batch", "bn", "BN", "BatchNorm", "tab:blue", nn.BatchNorm2d, nn.BatchNorm1d, bias=False,
+         kinds=(nn.BatchNorm2d, nn.BatchNorm1d)),
+    Norm("group", "gn", "GN", "GroupNorm", "tab:green", lambda c: nn.GroupNorm(group_count(c), c),
+         lambda c: nn.GroupNorm(group_count(c), c), bias=False, kinds=(nn.GroupNorm,)),
+    Norm("layer", "ln", "LN", "LayerNorm", "tab:purple", lambda c: nn.GroupNorm(1, c), nn.LayerNorm, bias=False,
+         kinds=(nn.GroupNorm, nn.LayerNorm)),
+    Norm("instance", "in", "IN", "InstanceNorm", "tab:brown", lambda c: nn.GroupNorm(c, c), nn.LayerNorm,
+         bias=False, kinds=(nn.GroupNorm, nn.LayerNorm)),
+    Norm(AS_BUILT, "asbuilt", "AB", "as built", "tab:gray", None, None, bias=True),
+    Norm("none", "nobn", "NBN", "no norm", "tab:orange", None, None, bias=True),
+]}
+# Families with an argument, `name:arg`: arg -> the entry.
+GROUP_SHADES = ("lightgreen", "limegreen", "tab:olive", "tab:cyan", "seagreen", "darkgreen")  # by log2(G)
+FAMILIES: dict[str, Callable[[int], Norm]] = {
+    "group": lambda g: Norm(f"group:{g}", f"gn{g}", f"GN{g}", f"GroupNorm ({g} group{'s' * (g != 1)})",
+                            GROUP_SHADES[g.bit_length() % len(GROUP_SHADES)], _exact_groups(g),
+                            _exact_groups(g), bias=False, kinds=(nn.GroupNorm,)),
+}
+NAMES = (*NORMS, *(f"{f}:G" for f in FAMILIES))  # what help texts and errors list
+
+
+def get_norm(name: str) -> Norm:
+    """The entry for `name` (`batch`, `group:8`, ...); NormError (one line) for an unknown one."""
+    if name in NORMS:
+        return NORMS[name]
+    family, _, arg = str(name).partition(":")
+    if family in FAMILIES and arg:
+        if not arg.isdigit() or int(arg) < 1:
+            raise NormError(f"{name}: the group count must be a whole number >= 1")
+        return FAMILIES[family](int(arg))
+    raise NormError(f"unknown norm {name!r} (valid: {', '.join(NAMES)})")
+
+
+def sort_key(name: str) -> tuple:
+    """Display order: the table's, a family's members by their argument, unknown names last."""
+    order = list(NORMS)
+    family, _, arg = str(name).partition(":")
+    if family in NORMS:
+        return (order.index(family), int(arg) if arg.isdigit() else -1)
+    return (len(order), 0)
+
+
+def ordered(names) -> list[str]:
+    return sorted(set(names), key=sort_key)
+
+
+class NormField(dict):
+    """A read-only view of one field of the table: SHORT["group:8"] == "GN8"; unknown -> KeyError."""
+
+    def __init__(self, field: str):
+        super().__init__()
+        self.field = field
+
+    def __missing__(self, name: str):
+        try:
+            return getattr(get_norm(name), self.field)
+        except NormError:
+            raise KeyError(name) from None
+
+    def __contains__(self, name) -> bool:
+        try:
+            get_norm(name)
+            return True
+        except (NormError, TypeError):
+            return False
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+
+TAGS, SHORT, LABELS, COLORS = (NormField(f) for f in ("tag", "short", "label", "color"))
+
+
+# ==== swapping the normalisation of any model ====
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+class ChannelBias(nn.Module):
+    """A learnable per-channel bias along dim 1: what `none` leaves where a norm stood."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias.view(-1, *([1] * (x.dim() - 2)))  # (N, C, ...) + (C, 1, ...)
+
+
+class ChannelsLast(nn.Module):
+    """Runs a channels-first module on a channels-last input: (N, ..., C) -> (N, C, ...) and back."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.movedim(-1, 1)).movedim(1, -1)
+
+
+class Sequence1d(nn.Module):
+    """Runs a module made for (N, C, H, W) on (N, C, L) as (N, C, L, 1)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.unsqueeze(-1)).squeeze(-1)
+
+
+def norm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path, module) of every normalisation module, in registration order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, NORM_TYPES)]
+
+
+def _width(m: nn.Module) -> int:
+    if isinstance(m, nn.GroupNorm):
+        return m.num_channels
+    if isinstance(m, nn.LayerNorm):
+        if len(m.normalized_shape) != 1:
+            raise NormError(f"a LayerNorm over {tuple(m.normalized_shape)} has no channel dimension to swap")
+        return m.normalized_shape[0]
+    return m.num_features
+
+
+def _channels_last(m: nn.Module, shape: torch.Size) -> bool:
+    """Where the module keeps its channels, from the input shape it saw (one forward pass).
+
+    BatchNorm, GroupNorm and InstanceNorm: dim 1. LayerNorm over the last dim
+    (ConvNeXt blocks, transformers): channels last, unless it is a LayerNorm2d
+    variant that permutes an (N, C, H, W) input itself (torchvision, timm)."""
+    if not isinstance(m, nn.LayerNorm) or len(shape) == 2:
+        return False
+    c = _width(m)
+    return not (shape[1] == c and (shape[-1] != c or "2d" in type(m).__name__.lower()))
+
+
+def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Size]:
+    shapes: dict[str, torch.Size] = {}
+
+    def record(path: str):
+        def hook(module, args) -> None:
+            shapes.setdefault(path, args[0].shape)
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(n)) for n, m in norm_modules(model)]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def _replacement(norm: Norm, m: nn.Module, shape: torch.Size, where: str) -> nn.Module:
+    c, last = _width(m), _channels_last(m, shape)
+    dims = len(shape)  # (N, C) = 2, (N, C, L) or (N, L, C) = 3, images 4
+    try:
+        new = norm.build(c, conv=dims > 2) or ChannelBias(c)
+    except NormError as e:
+        raise NormError(f"{e} ({where})") from None
+    if dims == 3 and not isinstance(new, ChannelBias):
+        new = Sequence1d(new)
+    return ChannelsLast(new) if last else new
+
+
+def swap_norms(model: nn.Module, name: str, example: torch.Tensor, what: str = "the model") -> nn.Module:
+    """`model` with every normalisation module replaced by `name`'s (in place; returned).
+
+    `example` is one small input batch: a forward pass tells where each norm
+    keeps its channels. NormError (one line) when there is nothing to swap or
+    a width does not fit the norm (group:G).
+    """
+    norm = get_norm(name)
+    if norm.name == AS_BUILT:
+        return model
+    found = norm_modules(model)
+    if not found:
+        raise NormError(f"{what} has no normalisation layer to swap for {name}")
+    shapes = _input_shapes(model, example)
+    for path, m in found:
+        if path not in shapes:
+            continue  # never called in a forward pass: leave it (check_norm_kind says so)
+        parent_path, _, attr = path.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        setattr(parent, attr, _replacement(norm, m, shapes[path], f"{what}: {path}"))
+    check_norm_kind(model, norm.name, what)
+    return model
+
+
+def check_norm_kind(model: nn.Module, name: str, what: str = "the model") -> None:
+    """Every normalisation module of `model` is one that `name` builds (none: there are none)."""
+    norm = get_norm(name)
+    if norm.name == AS_BUILT:
+        return
+    wrong = [(p, type(m).__name__) for p, m in norm_modules(model) if type(m) not in norm.kinds]
+    if wrong:
+        path, kind = wrong[0]
+        raise NormError(f"{what} still has a {kind} at {path} after the swap to {name} "
+                        f"({len(wrong)} module(s) of another kind)")
+
+

@@ -1,0 +1,179 @@
+"""Probes: every activation of any model, found by running it once, named by module path.
+
+A probe is one call of an activation: the output of an activation module
+(ReLU, ReLU6, LeakyReLU, GELU, SiLU, Hardswish, ... and timm's own classes of
+those names), or of an activation applied as a function in a `forward`
+(`F.relu(x)`, `x.relu()`, `torch.relu_`). `tap` sees both in one forward
+pass: hooks on the modules, and a TorchFunctionMode for the functions, so no
+tracing is needed and models with data-dependent control flow work too.
+
+Names (the `layer` column of every table):
+
+    layer2.0.relu      an activation module, by its path in the model
+    layer1.0.relu:2    the 2nd call of a module called more than once per forward
+                       (torchvision's BasicBlock calls self.relu twice): one probe per call
+    block1.relu        F.relu called inside the module `block1` (`relu` at the top level)
+
+Probes are numbered in forward order (`index`, 1-based, the paper's layer
+index), and the index is what identifies a probe during extraction: the same
+model under another norm may have other module paths (a built-in net with no
+norm module) but calls its activations in the same order. The built-in nets
+keep their names (conv1..fc1, stem, s1b1.relu1, ...) through their `probe_names`.
+
+Each output is handed to the callback when it is made, before any later
+in-place operation can overwrite it: an in-place activation is measured as it
+was. `--probes` chooses among them (`select_probes`).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fnmatch
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+# Activation modules by class name, lower case (torch's, and timm's classes of the same names).
+# Gates (Sigmoid, Hardsigmoid) are not hidden representations and are not probed.
+ACTIVATION_MODULES = {"relu", "relu6", "leakyrelu", "prelu", "rrelu", "elu", "celu", "selu", "gelu", "geglu",
+                      "gelutanh", "quickgelu", "silu", "swish", "mish", "hardswish", "softplus", "tanh"}
+# Functional activations -> the activation's name in the tables.
+ACTIVATION_FUNCTIONS = {
+    F.relu: "ReLU", F.relu_: "ReLU", torch.relu: "ReLU", torch.relu_: "ReLU", torch.Tensor.relu: "ReLU",
+    torch.Tensor.relu_: "ReLU", F.relu6: "ReLU6", F.leaky_relu: "LeakyReLU", F.leaky_relu_: "LeakyReLU",
+    F.gelu: "GELU", F.silu: "SiLU", F.mish: "Mish", F.hardswish: "Hardswish", F.elu: "ELU", F.selu: "SELU",
+    F.celu: "CELU", F.softplus: "Softplus", torch.tanh: "Tanh", torch.Tensor.tanh: "Tanh",
+}
+RECTIFIERS = {"ReLU", "ReLU6"}  # exact zeros below 0: what paper eq. 3-4 count
+
+
+class ProbeError(ValueError):
+    """A probe rule that selects nothing, or a model whose probes changed; one line."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str  # "layer1.0.relu:2", or a built-in net's name ("conv3")
+    index: int  # 1-based, forward order over all of the model's activations: the probe's identity
+    activation: str  # "ReLU", "GELU", ...
+    path: str  # the module path (of the module calling the function, for a functional activation)
+    channels_last: bool = False  # (N, H, W, C) or (N, T, C) output
+
+    @property
+    def rectifier(self) -> bool:
+        """Exact zeros mean something (sparsity, paper eq. 3-4) only after a rectifier."""
+        return self.activation in RECTIFIERS
+
+
+def is_activation(m: nn.Module) -> bool:
+    return type(m).__name__.lower() in ACTIVATION_MODULES
+
+
+class _Functions(TorchFunctionMode):
+    """Reports activation functions called outside activation modules."""
+
+    def __init__(self, tap: "_Tap"):
+        super().__init__()
+        self.tap = tap
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = ACTIVATION_FUNCTIONS.get(func)
+        if name is not None and not self.tap.inside:
+            where = self.tap.stack[-1] if self.tap.stack else ""
+            self.tap.report(f"{where}.{func.__name__.rstrip('_')}" if where else func.__name__.rstrip("_"),
+                            name, out)
+        return out
+
+
+class _Tap:
+    def __init__(self, model: nn.Module, fn: Callable[[int, str, str, torch.Tensor], None]):
+        self.model, self.fn = model, fn
+        self.stack: list[str] = []  # module paths being run
+        self.inside = 0  # depth inside activation modules (their own F.relu is not a second probe)
+        self.index = 0  # activations called so far in this forward pass
+
+    def report(self, path: str, activation: str, out: torch.Tensor) -> None:
+        self.index += 1
+        self.fn(self.index, path, activation, out)
+
+    def hooks(self) -> list:
+        handles = []
+        for path, m in self.model.named_modules():
+            act = is_activation(m)
+            handles.append(m.register_forward_pre_hook(lambda mod, a, p=path, act=act: self._enter(p, act)))
+            handles.append(m.register_forward_hook(lambda mod, a, out, p=path, act=act: self._leave(p, act, mod, out)))
+        return handles
+
+    def _enter(self, path: str, act: bool) -> None:
+        if not path:  # the model itself: a new forward pass
+            self.stack, self.inside, self.index = [], 0, 0
+        self.stack.append(path)
+        self.inside += act
+
+    def _leave(self, path: str, act: bool, mod: nn.Module, out) -> None:
+        self.stack.pop()
+        self.inside -= act
+        if act and not self.inside:
+            self.report(path, type(mod).__name__, out)
+
+
+@contextlib.contextmanager
+def tap(model: nn.Module, fn: Callable[[int, str, str, torch.Tensor], None]):
+    """While open, every forward pass of `model` calls fn(index, path, activation, output) for each
+    activation call (index: 1-based, in forward order)."""
+    t = _Tap(model, fn)
+    handles = t.hooks()
+    try:
+        with _Functions(t):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """(N, H, W, C) from a ConvNeXt-style block (square maps, C apart), or (N, T, C) tokens."""
+    return x.dim() == 3 or (x.dim() == 4 and x.shape[1] == x.shape[2] != x.shape[3])
+
+
+@torch.no_grad()
+def find_probes(model: nn.Module, example: torch.Tensor) -> list[Probe]:
+    """Every activation call of one forward pass of `example` (eval mode), in forward order."""
+    seen: list[tuple[str, str, bool]] = []  # (path, activation, channels last) per call
+    was_training = model.training
+    with tap(model.eval(), lambda index, path, act, out: seen.append((path, act, _is_channels_last(out)))):
+        model(example)
+    model.train(was_training)
+    counts, calls = collections.Counter(path for path, _, _ in seen), collections.Counter()
+    names = []
+    for path, _, _ in seen:  # a module called more than once: one probe per call, path:1, path:2
+        calls[path] += 1
+        names.append(path if counts[path] == 1 else f"{path}:{calls[path]}")
+    given = getattr(model, "probe_names", None)  # the built-in nets' names
+    if given is not None and len(given) == len(names):
+        names = list(given)
+    return [Probe(n, i, act, path, last) for i, (n, (path, act, last)) in enumerate(zip(names, seen), start=1)]
+
+
+def select_probes(probes: list[Probe], rule: str = "all", what: str = "the model") -> list[Probe]:
+    """`all`; comma-separated globs on names (`layer*.relu*`); or `type:ReLU,GELU` (activation types)."""
+    rule = (rule or "all").strip()
+    if rule == "all":
+        chosen = probes
+    elif rule.startswith("type:"):
+        kinds = {k.strip().lower() for k in rule[5:].split(",") if k.strip()}
+        chosen = [p for p in probes if p.activation.lower() in kinds]
+    else:
+        globs = [g.strip() for g in rule.split(",") if g.strip()]
+        chosen = [p for p in probes if any(fnmatch.fnmatchcase(p.name, g) for g in globs)]
+    if not chosen:
+        kinds = sorted({p.activation for p in probes})
+        raise ProbeError(f"--probes {rule!r} matches none of the {len(probes)} probes of {what} "
+                         f"(names like {probes[0].name if probes else '-'}; types {', '.join(kinds) or '-'})")
+    return chosen

@@ -1,0 +1,40 @@
+"""Networks written the way researchers write them: activations as functions in `forward`,
+a norm chosen by the author, a head that needs one input size."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class WideCNN(nn.Module):
+    """conv -> BatchNorm -> F.relu, three times (the third conv reused twice), global average pool, linear."""
+
+    def __init__(self, num_classes: int, in_channels: int, width: int = 24):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(2 * width)
+        self.conv3 = nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(2 * width)
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))  # (N, w, H, W)
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)  # (N, 2w, H/2, W/2)
+        x = x + F.relu(self.bn3(self.conv3(x)))  # a residual step
+        return self.head(x.mean(dim=(2, 3)))  # (N, classes)
+
+
+def wide_cnn(num_classes: int, in_channels: int) -> nn.Module:
+    return WideCNN(num_classes, in_channels)
+
+
+def not_a_module(num_classes: int, in_channels: int):
+    return {"layers": [num_classes, in_channels]}
+
+
+def flat_mlp(num_classes: int, in_channels: int) -> nn.Module:
+    """A head for 28x28 images only."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 28 * 28, 64), nn.BatchNorm1d(64), nn.ReLU(),
+                         nn.Linear(64, num_classes))
