@@ -157,9 +157,15 @@ def layer_value(x) -> int | float:
     return int(x) if x >= 1 and x.is_integer() else x
 
 
+AUTO_LAYERS = (0.25, 0.5, 0.75, 1.0)  # channel_layers=(): these fractions of the depth (1.0: the last layer)
+
+
 def layer_indices(values, n_layers: int) -> list[int]:
-    """Figure layers (indices, or fractions of depth) as 1-based layer indices of a model with n_layers."""
-    return [int(v) if v >= 1 else max(1, math.ceil(v * n_layers)) for v in values]
+    """Figure layers (indices, or fractions of depth below 1; () for AUTO_LAYERS) as 1-based
+    layer indices of a model with n_layers, in order, each once."""
+    if not values:
+        return sorted({max(1, math.ceil(f * n_layers)) for f in AUTO_LAYERS})
+    return list(dict.fromkeys(int(v) if v >= 1 else max(1, math.ceil(v * n_layers)) for v in values))
 
 
 def _as_tuple(v, kind, name: str, field_name: str) -> tuple:

@@ -20,9 +20,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from bnrep.experiments import layer_indices
 from bnrep.norms import sort_key
 from bnrep.results import (COLORS, NORMS, SHORT, Results, at_eps, cka_pairs, eps_values, n_seeds, norm_labels,
-                           optimal_k, ordered, present_norms, seed_stats, seeds_text, shown)
+                           not_rectified, optimal_k, ordered, present_norms, seed_stats, seeds_text, shown)
 
 DPI = 150
 
@@ -59,14 +60,28 @@ def _panel_title(res: Results, i: int, n: int) -> str:
     return f"({'abcdefghijklmnop'[i]}) {res.label}" if n > 1 else res.label
 
 
-def _layer_ticks(ax, s: pd.DataFrame) -> None:
+MAX_TICK_LABELS = 24  # a layer axis labels at most this many layers (ResNet-50 has 49 probes)
+
+
+def _layer_ticks(ax, s: pd.DataFrame, marked: set[int] = frozenset()) -> None:
+    """Layer names on the x axis, thinned to MAX_TICK_LABELS (every k-th, the last always);
+    layers in `marked` get a '*' (not a rectifier)."""
     ticks = s.drop_duplicates("layer_index").sort_values("layer_index")
-    ax.set_xticks(ticks["layer_index"].tolist(), ticks["layer"].tolist(),
-                  rotation=45 if len(ticks) > 6 else 0)
+    step = math.ceil(len(ticks) / MAX_TICK_LABELS)
+    keep = ticks.iloc[[i for i in range(len(ticks)) if i % step == 0 or i == len(ticks) - 1]]
+    names = [f"{n}*" if i in marked else n for i, n in zip(keep["layer_index"], keep["layer"])]
+    ax.set_xticks(keep["layer_index"].tolist(), names, rotation=0 if len(keep) <= 6 else 45 if len(keep) <= 12 else 90,
+                  fontsize=8 if len(keep) > 12 else None)
+
+
+def _width(rs_frames, per_layer: float = 0.22, least: float = 4.2) -> float:
+    """Panel width in inches: wider for models with many layers."""
+    n = max((d["layer_index"].nunique() for d in rs_frames if len(d)), default=0)
+    return max(least, per_layer * n)
 
 
 def plot_per_layer(ax, df: pd.DataFrame, value: str, ylabel: str, labels: dict[str, str],
-                   hline: float | None = None) -> None:
+                   hline: float | None = None, marked: set[int] = frozenset()) -> None:
     """Seed mean per layer with std error bars, one colour per normalisation."""
     s = seed_stats(df, ["norm", "layer_index", "layer"], value)
     for norm in ordered(s["norm"]):
@@ -75,8 +90,8 @@ def plot_per_layer(ax, df: pd.DataFrame, value: str, ylabel: str, labels: dict[s
                     marker="o", capsize=3, label=labels[norm])
     if hline is not None:
         ax.axhline(hline, color="grey", ls="--", lw=1, label=f"{hline:g} classes")
-    _layer_ticks(ax, s)
-    ax.set_xlabel("layer")
+    _layer_ticks(ax, s, marked)
+    ax.set_xlabel("layer" + (" (*: not a rectifier)" if marked & set(s["layer_index"]) else ""))
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
 
@@ -88,9 +103,10 @@ def fig_per_layer(results, get, value: str, ylabel: str, title: str, hline=None)
     if not rs:
         return None
     labels = _labels([r for r, _ in rs])
-    fig, axes = _grid(1, len(rs), h=3.5)
+    fig, axes = _grid(1, len(rs), w=_width([d for _, d in rs]), h=3.5)
     for i, (r, d) in enumerate(rs):
-        plot_per_layer(axes[0, i], d, value, ylabel, labels, hline)
+        marked = set(not_rectified(d)["layer_index"]) if value == "sparsity" else set()
+        plot_per_layer(axes[0, i], d, value, ylabel, labels, hline, marked)
         axes[0, i].set_title(f"{_panel_title(r, i, len(rs))}, {seeds_text(d)}", fontsize=10)
     entries = {}  # every panel's legend entries once, normalisations first in display order
     for ax in axes[0]:
@@ -264,9 +280,14 @@ def plot_band(ax, df: pd.DataFrame, x: str, value: str, norm: str, label: str | 
 
 
 def _channel_layers(r: Results) -> list[int]:
+    """The experiment's channel layers (indices or fractions of depth) among those measured: each
+    the first measured layer at or after it."""
     cs = r.table("channel_sparsity")
-    have = set(cs["layer_index"]) if len(cs) else set()
-    return [i for i in r.experiment.channel_layers if i in have] or sorted(have)[:4]
+    have = sorted(set(cs["layer_index"])) if len(cs) else []
+    if not have:
+        return []
+    want = layer_indices(r.experiment.channel_layers, have[-1])
+    return list(dict.fromkeys(next((h for h in have if h >= w), have[-1]) for w in want))
 
 
 def fig_channel_sparsity(results) -> Figure | None:

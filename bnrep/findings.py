@@ -30,7 +30,7 @@ from scipy import stats
 from bnrep.correlations import (MIN_MODELS, P_MAX, R_MIN, correlate, only_between_groups, partial_corr,  # noqa: F401
                                 significant_signs)
 from bnrep.results import (NORM_NAMES, N_CLASSES, REF, SHORT, Results, at_eps, eps_values, is_paper_pair, norm_labels,
-                           optimal_k, pair, pair_names, present_norms, shown)
+                           not_rectified, optimal_k, pair, pair_names, present_norms, rectified, shown)
 
 def welch_p(a, b) -> float:
     """Two-sided p of Welch's t-test over seeds (scipy, equal_var=False); NaN when a side has < 2 values.
@@ -439,10 +439,28 @@ def mostly_zero_layers(r: Results, norm: str) -> list[Condition]:
     return out
 
 
+def non_rectifier_layers(r: Results, norm: str) -> list[Condition]:
+    """Claims 1-2 count exact zeros, which mean something after a rectifier only: other probes are left out."""
+    nr = not_rectified(at_eps(pair(r.table("layer_sparsity"), norm)))
+    if not len(nr):
+        return []
+    layers = list(dict.fromkeys(nr.sort_values("layer_index")["layer"]))
+    return [Condition(f"sparsity judged on the rectifier layers only: {len(layers)} layer(s) after "
+                      f"{', '.join(sorted(set(nr['activation'])))} ({_names(layers[:6])}"
+                      f"{', ...' if len(layers) > 6 else ''}) left out, where exact zeros say little",
+                      (1, 2), undermines=False)]
+
+
 def conditions(r: Results, norm: str) -> list[Condition]:
     """Everything in `r` that undermines the verdicts on `norm` against none."""
-    return [c for check in (missed_stopping_rule, too_few_seeds, lr_at_edge, mostly_zero_layers)
-            for c in check(r, norm)]
+    return [c for check in (missed_stopping_rule, too_few_seeds, lr_at_edge, mostly_zero_layers,
+                            non_rectifier_layers) for c in check(r, norm)]
+
+
+def _no_rectifier(number: int, kinds, norm: str) -> Finding:
+    return Finding(number, claim(number, norm), "not evaluated",
+                   f"no probe is a rectifier (activations: {', '.join(sorted(kinds))}): exact-zero sparsity says "
+                   f"little there; see the sparsity-threshold figure (analysis with --eps 0,0.01,0.1).", norm=norm)
 
 
 def with_conditions(f: Finding, conds: list[Condition]) -> Finding:
@@ -462,14 +480,17 @@ def judged_norms(r: Results) -> list[str]:
 def findings(r: Results) -> list[Finding]:
     """The four claims for each normalisation against none, with the conditions that undermine them."""
     first, out = r.experiment.first_shown_layer, []
-    ls_all = r.table("layer_sparsity")
+    ls_all = rectified(r.table("layer_sparsity"))  # claims 1-2: exact zeros after rectifiers
     ls = at_eps(ls_all)
+    kinds = set(r.table("layer_sparsity").get("activation", pd.Series(dtype=str)).dropna())
     for n in judged_norms(r):
         conds = conditions(r, n)
         fs = [eps_robustness(finding_sparsity(ls, n), sparsity_by_eps(ls_all, n)),
-              finding_generalisation(r.table("training"), ls, n),
-              finding_purity(r.table("class_dbi"), r.table("kmeans"), first, n),
-              finding_early_clusters(r.table("kmeans"), first, r.n_classes, n)]
+              finding_generalisation(r.table("training"), ls, n)]
+        if kinds and not len(ls_all):
+            fs = [_no_rectifier(1, kinds, n), _no_rectifier(2, kinds, n)]
+        fs += [finding_purity(r.table("class_dbi"), r.table("kmeans"), first, n),
+               finding_early_clusters(r.table("kmeans"), first, r.n_classes, n)]
         out += [with_conditions(f, conds) for f in fs]
     return out
 

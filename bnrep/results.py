@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from bnrep.experiments import Experiment
+from bnrep.experiments import Experiment, layer_indices
+from bnrep.probes import RECTIFIERS
 from bnrep.norms import COLORS, LABELS, NORMS as NORM_TABLE, REF, SHORT, ordered, sort_key  # noqa: F401
 from bnrep.store import with_norm
 
@@ -109,8 +110,21 @@ def seeds_text(df: pd.DataFrame) -> str:
     return " / ".join(f"{n[m]} ({SHORT.get(m, m)})" for m in ordered(n)) + " seeds"
 
 
-def shown(df: pd.DataFrame, first_layer: int) -> pd.DataFrame:
-    return df[df["layer_index"] >= first_layer] if len(df) else df
+def shown(df: pd.DataFrame, first_layer: float) -> pd.DataFrame:
+    """Rows from the first shown layer on (an index, or a fraction of the depth)."""
+    if not len(df):
+        return df
+    return df[df["layer_index"] >= layer_indices([first_layer], int(df["layer_index"].max()))[0]]
+
+
+def rectified(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of probes after a rectifier (ReLU, ReLU6), where exact zeros mean something (paper
+    eq. 3-4); tables written before the activation column hold ReLU probes only."""
+    return df[df["activation"].isin(RECTIFIERS)] if len(df) and "activation" in df else df
+
+
+def not_rectified(df: pd.DataFrame) -> pd.DataFrame:
+    return df.drop(rectified(df).index) if len(df) else df
 
 
 def eps_values(df: pd.DataFrame) -> list[float]:

@@ -968,3 +968,51 @@ def test_report_builds_without_the_new_tables(tmp_path):
     assert fj["measures"] == {} and {x["measure"] for x in fj["predictors"]} == \
         {"layer sparsity (smallest eps)", "class DBI", "k-means DBI at optimal k"}
     assert [f.verdict for f in res.findings] == [f.verdict for f in findings.findings(cnn())]
+
+
+def test_figures_stay_readable_at_49_probes():
+    """ResNet-50 has 49 ReLU calls: the layer axis thins its labels, the panel grows, non-rectifier
+    probes are marked in the sparsity figure, and the channel panels sit at fractions of the depth."""
+
+    from bnrep.experiments import get_experiment
+    from bnrep.figures import MAX_TICK_LABELS, fig_channel_sparsity, fig_class_dbi, fig_layer_sparsity
+    from bnrep.results import Results
+    exp = get_experiment("cifar10-vgg16").with_model("torchvision:resnet50")
+    rng, rows, chans = np.random.default_rng(0), [], []
+    for norm in ("batch", "none"):
+        for s in range(2):
+            for i in range(1, 50):
+                key = dict(model_id=f"m-{norm}-{s}", norm=norm, bn=norm == "batch", seed=s, layer=f"l{i}",
+                           layer_index=i, activation="GELU" if i % 7 == 0 else "ReLU", eps=0.0)
+                rows.append({**key, "sparsity": rng.random(), "dbi": rng.random()})
+                chans += [{**key, "channel": c, "sparsity": rng.random()} for c in range(4)]
+    r = Results(exp, {"layer_sparsity": pd.DataFrame(rows), "class_dbi": pd.DataFrame(rows),
+                      "channel_sparsity": pd.DataFrame(chans)})
+    ax = fig_layer_sparsity(r).axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert 12 < len(labels) <= MAX_TICK_LABELS and labels[0] == "l1" and labels[-1] == "l49*"
+    assert "l7*" in labels and not any(l.endswith("*") and int(l[1:-1]) % 7 for l in labels)
+    assert ax.get_xlabel() == "layer (*: not a rectifier)"
+    assert fig_layer_sparsity(r).get_size_inches()[0] > 10  # grows with the layers
+    assert not any(t.get_text().endswith("*") for t in fig_class_dbi(r).axes[0].get_xticklabels())  # DBI: no mark
+    titles = [a.get_title() for a in fig_channel_sparsity(r).axes if a.get_title()]
+    assert [t.split("(layer ")[1].rstrip(")") for t in titles] == ["13", "25", "37", "49"]  # quarters of 49
+
+
+def test_sparsity_claims_judge_rectifier_layers_only():
+    """Exact zeros mean something after a ReLU: GELU probes stay out of claims 1-2 and are named;
+    a model without any rectifier probe gets 'not evaluated' instead of a verdict on near-zero sparsity."""
+    from bnrep.experiments import get_experiment
+    from bnrep.results import Results
+    exp = get_experiment("synthetic-cnn").override(seeds=3)
+    rows = [dict(model_id=f"m-{n}-{s}", norm=n, bn=n == "batch", seed=s, layer=f"l{i}", layer_index=i, eps=0.0,
+                 activation="ReLU" if i <= 3 else "GELU", sparsity=(0.6 if n == "batch" else 0.2) + 0.01 * s)
+            for n in ("batch", "none") for s in range(3) for i in range(1, 6)]
+    fs = {f.number: f for f in findings.findings(Results(exp, {"layer_sparsity": pd.DataFrame(rows)}))}
+    assert set(fs[1].numbers["diff_pp"]) == {"l1", "l2", "l3"}
+    assert fs[1].verdict == "not supported"  # BN sparser in every rectifier layer
+    assert any("2 layer(s) after GELU (l4, l5) left out" in c for c in fs[1].caveats)
+    only_gelu = pd.DataFrame(rows).assign(activation="GELU")
+    fs = {f.number: f for f in findings.findings(Results(exp, {"layer_sparsity": only_gelu}))}
+    assert fs[1].verdict == fs[2].verdict == "not evaluated"
+    assert fs[1].detail.startswith("no probe is a rectifier (activations: GELU)")

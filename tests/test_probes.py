@@ -1,0 +1,246 @@
+"""Any model, any norm: a table of torchvision models and a researcher's own module, each with its
+probes counted independently (torch.fx's traced graph), its norms swapped and checked, a forward
+pass and a training step; probe hooks on reused and in-place activations; the swap on known tensors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from bnrep.metrics import reduce_representation, sparsity_from_activations
+from bnrep.models import build_model, check_model, model_id, model_slug
+from bnrep.norms import (NORMS, ChannelBias, ChannelsLast, NormError, check_norm_kind, get_norm, norm_modules,
+                         swap_norms)
+from bnrep.probes import ACTIVATION_FUNCTIONS, find_probes, is_activation, select_probes
+from bnrep.represent import extract_representations
+from bnrep.store import safe_key
+
+SIZE = 32  # small CIFAR-sized inputs keep the big models fast (ResNet-50 at 32x32: 1x1 maps in layer4)
+
+MODELS = [  # (spec, activation types, norms to swap to): the issue's table
+    ("torchvision:resnet18", {"ReLU"}, ("batch", "group", "layer", "instance", "none")),
+    ("torchvision:resnet50", {"ReLU"}, ("batch", "group:8", "none")),
+    ("torchvision:vgg11_bn", {"ReLU"}, ("batch", "none")),  # 129M parameters at any input size: two builds
+    ("torchvision:mobilenet_v3_small", {"ReLU", "Hardswish"}, ("batch", "group:8", "none")),
+    ("torchvision:efficientnet_b0", {"SiLU"}, ("batch", "layer", "none")),
+    ("torchvision:convnext_tiny", {"GELU"}, ("batch", "group", "none", "as-built")),
+    ("tests.labnets.nets:wide_cnn", {"ReLU"}, ("batch", "group:4", "instance", "none", "as-built")),
+]
+
+
+def traced_activation_calls(model: nn.Module) -> int:
+    """The reference count: activation modules and functions in torch.fx's graph of the model."""
+    class Leaves(fx.Tracer):
+        def is_leaf_module(self, m, qualname):
+            return is_activation(m) or super().is_leaf_module(m, qualname)
+
+    graph = Leaves().trace(model.eval())
+    modules = dict(model.named_modules())
+    return sum((n.op == "call_module" and is_activation(modules[n.target]))
+               or (n.op in ("call_function", "call_method") and _is_activation_fn(n.target)) for n in graph.nodes)
+
+
+def _is_activation_fn(target) -> bool:
+    return target in ACTIVATION_FUNCTIONS or (isinstance(target, str) and getattr(torch.Tensor, target, None)
+                                                 in ACTIVATION_FUNCTIONS)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def few_threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("spec,kinds,norms", MODELS, ids=[m[0] for m in MODELS])
+def test_model_table(spec, kinds, norms):
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, SIZE, SIZE), torch.tensor([0, 1, 2, 3])
+    counts = []
+    for norm in norms:
+        model = build_model(spec, norm, 3, num_classes=10, size=(SIZE, SIZE))
+        n = get_norm(norm)
+        found = norm_modules(model)
+        if n.name == "as-built":
+            assert found  # the model's own norms, untouched
+        else:  # no norm of another kind is left; none leaves per-channel biases only
+            assert all(type(m) in n.kinds for _, m in found), {type(m).__name__ for _, m in found}
+            assert bool(found) == (n.conv is not None)
+            assert any(isinstance(m, ChannelBias) for m in model.modules()) == (n.conv is None)
+        probes = find_probes(model, x[:2])
+        assert [p.index for p in probes] == list(range(1, len(probes) + 1))
+        assert {p.activation for p in probes} == kinds
+        assert len({p.name for p in probes}) == len(probes)  # one name per call
+        counts.append(len(probes))
+        model.train()
+        out = model(x)
+        assert out.shape == (4, 10)
+        F.cross_entropy(out, y).backward()  # one training step runs
+        torch.optim.SGD(model.parameters(), lr=0.01).step()
+    reference = traced_activation_calls(build_model(spec, "as-built" if spec.startswith("tests") else "batch", 3,
+                                                    10, (SIZE, SIZE)))
+    assert counts == [reference] * len(norms)
+
+
+def test_model_table_probe_counts():
+    """The counts the README quotes, from the models themselves."""
+    x = torch.zeros(2, 3, SIZE, SIZE)
+    got = {spec: len(find_probes(build_model(spec, "batch", 3, 10, (SIZE, SIZE)), x))
+           for spec in ("torchvision:resnet18", "torchvision:resnet50", "torchvision:convnext_tiny")}
+    assert got == {"torchvision:resnet18": 17, "torchvision:resnet50": 49, "torchvision:convnext_tiny": 18}
+
+
+def test_torchvision_names_and_reused_relu():
+    """BasicBlock calls self.relu twice: two probes, `:1` and `:2`; the stem's relu once: no suffix."""
+    names = [p.name for p in find_probes(build_model("torchvision:resnet18", "batch", 3, 10, (SIZE, SIZE)),
+                                          torch.zeros(2, 3, SIZE, SIZE))]
+    assert names[:5] == ["relu", "layer1.0.relu:1", "layer1.0.relu:2", "layer1.1.relu:1", "layer1.1.relu:2"]
+    assert names[-1] == "layer4.1.relu:2"
+    assert safe_key("layer4.1.relu:2") == "layer4.1.relu~3a2" and safe_key("s1b1.relu1") == "s1b1.relu1"
+
+
+def test_functional_activations_named_by_their_module():
+    names = [p.name for p in find_probes(build_model("tests.labnets.nets:wide_cnn", "batch", 1, 10, (8, 8)),
+                                          torch.zeros(2, 1, 8, 8))]
+    assert names == ["relu:1", "relu:2", "relu:3"]  # three F.relu calls in the model's own forward
+
+
+def test_one_channel_and_other_class_counts():
+    model = build_model("torchvision:resnet18", "group", 1, num_classes=7, size=(8, 8))
+    assert model.conv1.in_channels == 1
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 7)
+
+
+def test_timm_model():
+    timm = pytest.importorskip("timm")
+    model = check_model("timm:resnet10t", ["batch", "layer", "none"], (1, 8, 8), 10)
+    assert timm.is_model("resnet10t")
+    probes = find_probes(model, torch.zeros(2, 1, 8, 8))
+    assert len(probes) == traced_activation_calls(build_model("timm:resnet10t", "batch", 1, 10, (8, 8)))
+
+
+# ==== hooks: a reused module's calls, in-place activations ====
+
+class Reused(nn.Module):
+    """One ReLU module called after each of two convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.relu = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.conv2(self.relu(self.conv1(x)))).sum(dim=(2, 3))
+
+
+class InPlace(nn.Module):
+    """An in-place ReLU whose output the next step overwrites in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu = nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = self.relu(self.conv(x))
+        return y.add_(5.0).mul_(2.0).sum(dim=(2, 3))  # no zero survives: the probe must see y before this
+
+
+def test_reused_module_gives_one_probe_per_call_never_mixed():
+    torch.manual_seed(0)
+    model, X = Reused().eval(), torch.randn(9, 2, 6, 6)
+    with torch.no_grad():
+        first = model.relu(model.conv1(X))
+        second = model.relu(model.conv2(first))
+    reps = extract_representations(model, X, n_sparsity=9, batch_size=4, device="cpu")
+    assert [(r.name, r.channels) for r in reps] == [("relu:1", 3), ("relu:2", 4)]
+    for r, A in zip(reps, (first, second)):
+        torch.testing.assert_close(r.reduced, reduce_representation(A))
+        chan, _ = sparsity_from_activations(A)
+        torch.testing.assert_close(torch.tensor(r.zero_counts[0] / r.values_per_channel), torch.tensor(chan))
+
+
+def test_inplace_activation_is_measured_before_it_is_overwritten():
+    torch.manual_seed(0)
+    model, X = InPlace().eval(), torch.randn(7, 2, 5, 5)
+    with torch.no_grad():
+        A = torch.relu(model.conv(X))
+    (r,) = extract_representations(model, X, n_sparsity=7, device="cpu")
+    chan, layer = sparsity_from_activations(A)
+    assert layer > 0.2  # there are zeros to lose
+    torch.testing.assert_close(torch.tensor(r.zero_counts[0] / r.values_per_channel), torch.tensor(chan))
+    torch.testing.assert_close(r.reduced, reduce_representation(A))
+
+
+def test_select_probes():
+    probes = find_probes(build_model("torchvision:mobilenet_v3_small", "batch", 3, 10, (SIZE, SIZE)),
+                         torch.zeros(2, 3, SIZE, SIZE))
+    assert {p.activation for p in select_probes(probes, "type:hardswish")} == {"Hardswish"}
+    chosen = select_probes(probes, "features.1*,classifier.*")
+    assert chosen and all(p.name.startswith(("features.1", "classifier.")) for p in chosen)
+    assert select_probes(probes, "all") == probes
+    assert [p.rectifier for p in probes[:3]] == [p.activation == "ReLU" for p in probes[:3]]
+
+
+# ==== the norm table and the swap, on known tensors ====
+
+def test_group_g_and_the_default_group_rule():
+    assert isinstance(get_norm("group:8").build(64, True), nn.GroupNorm)
+    assert get_norm("group:8").build(64, True).num_groups == 8
+    assert get_norm("group").build(48, True).num_groups == 24  # 32 does not divide 48
+    assert get_norm("group:1").tag == "gn1" and get_norm("group:16").short == "GN16"
+    with pytest.raises(NormError, match="group:3: 3 groups do not divide a layer of width 16"):
+        get_norm("group:3").build(16, True)
+
+
+def test_channels_last_layernorm_swapped_keeps_its_layout():
+    """ConvNeXt's block norm: LayerNorm over C of an (N, H, W, C) tensor. Swapped to batch, it must be
+    BatchNorm2d over C of the same values (train mode: batch statistics), in the same layout."""
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.LayerNorm(6)
+
+        def forward(self, x):  # (N, C, H, W)
+            return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 6, 4, 3) * 3 + 1
+    model = swap_norms(Block(), "batch", x[:2])
+    assert isinstance(model.norm, ChannelsLast) and isinstance(model.norm.inner, nn.BatchNorm2d)
+    mean, var = x.mean(dim=(0, 2, 3), keepdim=True), x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    torch.testing.assert_close(model.train()(x), (x - mean) / torch.sqrt(var + 1e-5))
+
+
+def test_none_is_a_per_channel_bias():
+    model = swap_norms(nn.Sequential(nn.Conv2d(2, 3, 1, bias=False), nn.BatchNorm2d(3)), "none",
+                       torch.zeros(2, 2, 4, 4))
+    assert isinstance(model[1], ChannelBias) and not norm_modules(model)
+    with torch.no_grad():
+        model[1].bias.copy_(torch.tensor([1.0, -2.0, 0.5]))
+    x = torch.randn(2, 2, 4, 4)
+    torch.testing.assert_close(model(x), model[0](x) + torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1))
+
+
+def test_check_norm_kind_finds_a_leftover():
+    model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.GroupNorm(2, 4), nn.BatchNorm2d(4))
+    with pytest.raises(NormError, match="still has a BatchNorm2d at 2 after the swap to group"):
+        check_norm_kind(model, "group")
+
+
+def test_every_table_entry_has_its_facts():
+    for name, n in NORMS.items():
+        assert n.name == name and n.tag and n.short and n.label and n.color
+        assert (n.conv is None) == (not n.kinds) == n.bias  # a norm module, or the layer keeps its bias
+    tags = [n.tag for n in NORMS.values()]
+    assert len(set(tags)) == len(tags)
+
+
+@pytest.mark.parametrize("spec,norm,seed,expected", [
+    ("torchvision:resnet18", "group:8", 1, "torchvision-resnet18-gn8-s1"),
+    ("tests.labnets.nets:wide_cnn", "as-built", 0, "tests.labnets.nets-wide_cnn-asbuilt-s0"),
+    ("cnn", "instance", 2, "cnn-in-s2"),
+])
+def test_model_ids_are_file_and_s3_safe(spec, norm, seed, expected):
+    mid = model_id(spec, norm, seed)
+    assert mid == expected and ":" not in mid and "/" not in mid
+    assert model_slug(spec) == expected.rsplit("-", 2)[0]
