@@ -1,7 +1,8 @@
-"""Peak memory of streaming representation extraction, VGG16 on 15,000 CIFAR-sized images.
+"""Peak memory of streaming representation extraction, VGG16 (or any model spec) on CIFAR-sized images.
 
     python benchmarks/extract_memory.py                # about 1-3 minutes on 2 CPU cores
     python benchmarks/extract_memory.py --images 2000  # quick check
+    python benchmarks/extract_memory.py --model torchvision:resnet50 --images 1000   # 49 probes
 
 Each measurement runs in a fresh subprocess (`--child`), so nothing the
 parent imported or allocated counts. The child imports torch and bnrep,
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -69,7 +71,7 @@ def reset_hwm() -> bool:
 
 # ==== child: one measurement in a clean process ====
 
-def child(n: int, batch_size: int, n_sparsity: int, seed: int) -> dict:
+def child(spec: str, n: int, batch_size: int, n_sparsity: int, seed: int) -> dict:
     import torch
 
     from bnrep.experiments import get_experiment
@@ -78,19 +80,19 @@ def child(n: int, batch_size: int, n_sparsity: int, seed: int) -> dict:
 
     exp = get_experiment("cifar10-vgg16")
     torch.manual_seed(seed)
-    model = build_model("vgg16", "batch", 3).eval()  # random weights
+    model = build_model(spec, "batch", 3, 10, (32, 32)).eval()  # random weights
     X = torch.randn(n, 3, 32, 32)  # (N, C, H, W) float32, as data.train.X[idx]
-    shapes = probe_shapes(model, X[:1])
+    shapes = probe_shapes(model, X[:2])
     baseline = status_kib("VmRSS") * 1024
     hwm_reset = reset_hwm()
     t = time.perf_counter()
-    reps = extract_representations(model, X, n_sparsity, (exp.eps,), batch_size=batch_size, device="cpu")
+    reps = extract_representations(model, X, n_sparsity, exp.eps, batch_size=batch_size, device="cpu")
     seconds = time.perf_counter() - t
     peak = status_kib("VmHWM") * 1024
-    full = sum(n * C * H * W * 4 for C, H, W in shapes)
+    full = sum(n * math.prod(s) * 4 for s in shapes)
     outputs = sum(r.reduced.numel() * r.reduced.element_size() for r in reps)
     return {
-        "n_images": n, "batch_size": batch_size, "n_sparsity": n_sparsity, "probe_layers": len(reps),
+        "model": spec, "n_images": n, "batch_size": batch_size, "n_sparsity": n_sparsity, "probe_layers": len(reps),
         "baseline_rss_mib": round(baseline / MIB, 1), "peak_rss_mib": round(peak / MIB, 1),
         "extraction_mib": round((peak - baseline) / MIB, 1), "hwm_reset": hwm_reset,
         "ru_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # KiB on Linux
@@ -100,27 +102,23 @@ def child(n: int, batch_size: int, n_sparsity: int, seed: int) -> dict:
     }
 
 
-def probe_shapes(model, x) -> list[tuple[int, int, int]]:
-    """(C, H, W) of every probe layer's output, from one image."""
+def probe_shapes(model, x) -> list[tuple[int, ...]]:
+    """The per-image shape of every probe's output (values per image: their product)."""
     import torch
 
+    from bnrep.probes import tap
+
     shapes = []
-
-    def record(module, inputs, out):  # FC outputs (1, C) count as (C, 1, 1)
-        shapes.append(tuple(out.shape[1:]) if out.dim() == 4 else (out.shape[1], 1, 1))
-
-    hooks = [p.module.register_forward_hook(record) for p in model.probes()]
-    with torch.inference_mode():
+    with torch.inference_mode(), tap(model, lambda index, path, act, out: shapes.append(tuple(out.shape[1:]))):
         model(x)
-    for h in hooks:
-        h.remove()
-    return shapes
+    return [s + (1,) * (3 - len(s)) for s in shapes]  # FC outputs (C,) count as (C, 1, 1)
 
 
 # ==== parent: run the child, print its line ====
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="vgg16", help="model spec (bnrep.models), BatchNorm, random weights")
     p.add_argument("--images", type=int, default=15000, help="inputs to extract (paper 5.1: 15,000)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per forward pass (default: extract_representations' default)")
@@ -134,9 +132,9 @@ def main() -> None:
         from bnrep.represent import extract_representations
         a.batch_size = inspect.signature(extract_representations).parameters["batch_size"].default
     if a.child:
-        print(json.dumps(child(a.images, a.batch_size, a.sparsity_samples, a.seed)), flush=True)
+        print(json.dumps(child(a.model, a.images, a.batch_size, a.sparsity_samples, a.seed)), flush=True)
         return
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--images", str(a.images),
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--model", a.model, "--images", str(a.images),
            "--batch-size", str(a.batch_size), "--sparsity-samples", str(a.sparsity_samples), "--seed", str(a.seed)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     print(out.strip().splitlines()[-1], flush=True)

@@ -271,6 +271,9 @@ def _n_samples(r: Results, purpose: str, asked: int) -> str:
     return str(asked) if used in (None, asked) else f"{used} (of {asked} asked: all the split holds)"
 
 
+AUTO_TEXT = "layers at a quarter, half, three quarters and all of the depth"  # channel_layers=()
+
+
 def _names(xs) -> str:
     return ", ".join(map(str, xs)) or "none"
 
@@ -288,8 +291,9 @@ def settings_rows(r: Results) -> list[list[str]]:
             ["analysis", f"{_n_samples(r, 'sparsity', e.samples_sparsity)} training images for sparsity, "
                          f"{_n_samples(r, 'cluster', e.samples_cluster)} for clustering, "
                          f"k = {e.k_min}..{e.k_max}, zero threshold eps = {_names(f'{x:g}' for x in e.eps)}"],
-            ["layers shown", f"channel sparsity: {_names(e.channel_layers)}; Figures 4-6 from layer "
-                             f"{e.first_shown_layer}"]]
+            ["layers shown", f"channel sparsity: {_names(e.channel_layers) if e.channel_layers else AUTO_TEXT}; "
+                             f"Figures 4-6 from layer {e.first_shown_layer}"
+                             f"{' (a fraction of the depth)' if e.first_shown_layer < 1 else ''}"]]
     # The stage hashes of config.json: the config_hash each Parquet part carries.
     rows += [[f"{stage} hash", r.config.get(f"{stage}_hash") or "unknown (no config.json)"]
              for stage in ("train", "analysis")]

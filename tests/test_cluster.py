@@ -216,6 +216,30 @@ def test_aws_cluster_has_gpu_workers_and_cpu_free_head():
     assert config["provider"]["type"] == "aws"
 
 
+# ==== a researcher's own network on the cluster ====
+@pytest.mark.slow
+def test_user_module_reaches_every_worker(cluster, s3_env, tmp_path):
+    """`--model labnets.nets:wide_cnn` from a folder only the driver has on its PYTHONPATH: Ray's
+    runtime_env ships the package, and every worker node trains and measures the model."""
+    lab = tmp_path / "lab"
+    shutil.copytree(ROOT / "tests" / "labnets", lab / "labnets")
+    out = f"s3://{BUCKET}/usermodule"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(lab)  # the driver's only; the workers' processes come from the cluster's raylets
+    r = subprocess.run([sys.executable, "-m", "bnrep", "run", *FLAGS, "--paper-hparams", "--model",
+                        "labnets.nets:wide_cnn", "--norms", "batch,none", "--address", cluster.address, "--out", out],
+                       env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    store, nodes = Store(out, EXPERIMENT), {n.node_id for n in workers(cluster)}
+    mids = sorted(table(out, "training")["model_id"])
+    assert mids == [f"labnets.nets-wide_cnn-{t}-s{s}" for t in ("bn", "nobn") for s in (0, 1)]
+    assert {store.part_metadata("training", m)["node_id"] for m in mids} == nodes  # trained on both workers
+    assert {store.part_metadata("layer_sparsity", m)["node_id"] for m in mids} <= nodes
+    ls = table(out, "layer_sparsity")
+    assert sorted(set(ls["layer"])) == ["relu:1", "relu:2", "relu:3"]  # its three F.relu calls
+    assert store.exists("report", "report.html")
+
+
 # ==== token authentication ====
 AUTH_CLUSTER = """
 import sys
