@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bnrep
-from bnrep.experiments import ConfigError, Experiment, get_experiment
+from bnrep.experiments import ConfigError, Experiment, get_experiment, renamed
 from bnrep.store import Store, git_commit, is_uri, tables
 
 # Fields that change what the analysis stage computes but not the models.
@@ -187,7 +187,7 @@ def adds_only(old: dict, exp: Experiment) -> bool:
 
 
 def describe_diff(old: dict, new: dict) -> str:
-    old = {("model" if k == "arch" else k): v for k, v in old.items()}  # config.json before model specs
+    old = renamed(old)  # config.json before model specs
     changed = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new
                if k not in FREE_FIELDS and json.dumps(old.get(k), default=list) != json.dumps(new[k], default=list)]
     return ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "") if changed else "config hash differs"

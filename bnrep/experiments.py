@@ -110,7 +110,7 @@ class Experiment:
 
     def override(self, **changes) -> "Experiment":
         """A copy with `changes` applied (None values are ignored), validated."""
-        changes = {k: v for k, v in changes.items() if v is not None}
+        changes = renamed({k: v for k, v in changes.items() if v is not None})
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ConfigError(f"unknown experiment field(s): {', '.join(sorted(unknown))}")
@@ -125,7 +125,8 @@ class Experiment:
         """A copy studying `spec`; figure layers that fit any model unless it is the preset's own."""
         if spec is None or spec == self.model:
             return self
-        return self.override(model=spec, channel_layers=(), first_shown_layer=1)
+        return self.override(model=spec, channel_layers=(), first_shown_layer=1,
+                             description=f"{self.description} [model: {spec} instead of {self.model}]")
 
     @classmethod
     def from_dict(cls, d: dict) -> "Experiment":
@@ -136,7 +137,7 @@ class Experiment:
         before model specs (`arch`).
         """
         names = {f.name for f in dataclasses.fields(cls)}
-        d = {("model" if k == "arch" else k): v for k, v in d.items()}
+        d = renamed(d)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
 
     def lr_for(self, norm: str) -> float:
@@ -149,6 +150,11 @@ class Experiment:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def renamed(d: dict) -> dict:
+    """Fields under the names they had before (`arch`, now `model`), for old config.json files and code."""
+    return {("model" if k == "arch" else k): v for k, v in d.items()}
 
 
 def layer_value(x) -> int | float:

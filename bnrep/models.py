@@ -31,11 +31,12 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
-from bnrep.norms import AS_BUILT, GN_GROUPS, NormError, get_norm, group_count, swap_norms  # noqa: F401
+from bnrep.norms import AS_BUILT, NormError, get_norm, swap_norms
 
 CNN_WIDTHS = (16, 32, 64, 128)  # Nakkiran et al. 2019 'standard CNN'
 CNN_POOL_AFTER = (2, 3)  # 2x2 max pooling after conv2 and conv3 (paper 3.1.1)
@@ -48,17 +49,12 @@ class ModelError(ValueError):
     """A spec that names no model, or a model that cannot take the data; the message is one line."""
 
 
-def norm_layer(norm: str, width: int, conv: bool) -> nn.Module | None:
-    """The norm module after a conv (conv=True) or hidden FC layer of `width` channels; None for none."""
-    return get_norm(norm).build(width, conv)
-
-
 def _bias(norm: str) -> bool:
     return get_norm(norm).bias
 
 
 def _block(layer: nn.Module, width: int, norm: str, conv: bool) -> list[nn.Module]:
-    return [m for m in (layer, norm_layer(norm, width, conv), nn.ReLU(inplace=False)) if m is not None]
+    return [m for m in (layer, get_norm(norm).build(width, conv), nn.ReLU(inplace=False)) if m is not None]
 
 
 class ProbedNet(nn.Module):
@@ -137,7 +133,7 @@ class _MaybePool(nn.MaxPool2d):
 
 def _conv_norm(c_in: int, c_out: int, k: int, stride: int, norm: str) -> list[nn.Module]:
     conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, bias=_bias(norm))
-    return [m for m in (conv, norm_layer(norm, c_out, conv=True)) if m is not None]
+    return [m for m in (conv, get_norm(norm).build(c_out, conv=True)) if m is not None]
 
 
 class BasicBlock(nn.Module):
@@ -200,7 +196,13 @@ def resnet18(norm: str, in_channels: int = 3, num_classes: int = 10) -> ProbedNe
 
 
 # ==== specs: the one table of model sources ====
-BUILTIN = {"cnn": standard_cnn, "vgg16": vgg16, "resnet18": resnet18}  # spec -> builder(norm, in_channels, classes)
+class Builtin(NamedTuple):
+    build: Callable[[str, int, int], nn.Module]  # (norm, in_channels, num_classes) -> model
+    label: str  # in Table 1 and figure titles, as the paper writes it
+
+
+BUILTIN = {"cnn": Builtin(standard_cnn, "CNN"), "vgg16": Builtin(vgg16, "VGG-16"),
+           "resnet18": Builtin(resnet18, "ResNet-18")}
 SOURCES = ("torchvision", "timm")  # `source:NAME`; anything else with a colon is `package.module:function`
 TRY_SIZES = (8, 16, 28, 32, 64, 96, 128, 224)  # image sizes tried to tell a user what a model needs
 
@@ -224,6 +226,11 @@ def parse_spec(text: str) -> Spec:
         return Spec(text, "module", text)
     raise ModelError(f"unknown model {text!r} (valid: {', '.join(BUILTIN)}, torchvision:NAME, timm:NAME, "
                      f"or package.module:function)")
+
+
+def model_label(spec: str) -> str:
+    """How tables and figures name the model: the paper's names for the built-in nets, else the spec."""
+    return BUILTIN[spec].label if spec in BUILTIN else spec
 
 
 def model_slug(spec: str) -> str:
@@ -291,7 +298,7 @@ def build_model(spec: str, norm: str, in_channels: int, num_classes: int = 10,
         if n.name == AS_BUILT:
             raise NormError(f"{spec} is built for a norm: as-built is for models that bring their own "
                             f"(try batch)")
-        return BUILTIN[s.text](n.name, in_channels, num_classes)
+        return BUILTIN[s.text].build(n.name, in_channels, num_classes)
     make = {"torchvision": _torchvision, "timm": _timm, "module": _user}[s.source]
     model = make(s.name, in_channels, num_classes)
     try:

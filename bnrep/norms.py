@@ -175,6 +175,25 @@ class ChannelsLast(nn.Module):
         return self.inner(x.movedim(-1, 1)).movedim(1, -1)
 
 
+class NormThen(nn.Module):
+    """A swapped norm followed by what the replaced module applied after normalising: timm's
+    BatchNormAct2d and friends hold their activation (and dropout) as children, run in
+    registration order after the norm; they keep their names (`bn1.act` stays a probe)."""
+
+    def __init__(self, norm: nn.Module, after: dict[str, nn.Module]):
+        super().__init__()
+        self.norm = norm
+        for name, m in after.items():
+            self.add_module(name, m)
+        self.after = list(after)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        for name in self.after:
+            x = getattr(self, name)(x)
+        return x
+
+
 class Sequence1d(nn.Module):
     """Runs a module made for (N, C, H, W) on (N, C, L) as (N, C, L, 1)."""
 
@@ -240,7 +259,9 @@ def _replacement(norm: Norm, m: nn.Module, shape: torch.Size, where: str) -> nn.
         raise NormError(f"{e} ({where})") from None
     if dims == 3 and not isinstance(new, ChannelBias):
         new = Sequence1d(new)
-    return ChannelsLast(new) if last else new
+    new = ChannelsLast(new) if last else new
+    after = dict(m.named_children())  # a norm with its activation inside (timm's norm_act layers)
+    return NormThen(new, after) if after else new
 
 
 def swap_norms(model: nn.Module, name: str, example: torch.Tensor, what: str = "the model") -> nn.Module:

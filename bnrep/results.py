@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bnrep.experiments import Experiment, layer_indices
+from bnrep.models import model_label as spec_label
 from bnrep.probes import RECTIFIERS
 from bnrep.norms import COLORS, LABELS, NORMS as NORM_TABLE, REF, SHORT, ordered, sort_key  # noqa: F401
 from bnrep.store import with_norm
@@ -78,7 +79,7 @@ class Results:
 
 def model_label(arch: str, dataset: str) -> str:
     """As in the paper's Table 1: 'CNN MNIST', 'VGG-16 CIFAR10'."""
-    arch = {"cnn": "CNN", "vgg16": "VGG-16", "resnet18": "ResNet-18"}.get(arch, arch)
+    arch = spec_label(arch)
     data = {"digits": "Digits", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
             "cifar10": "CIFAR10", "synthetic": "Synthetic"}.get(dataset, dataset)
     return f"{arch} {data}"

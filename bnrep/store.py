@@ -46,15 +46,15 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
         (activation: the probe's activation, ReLU, GELU, ...: exact zeros mean
         something only after a rectifier; older parts have none and were ReLU)
     class_dbi          model x layer; part = <model_id>-<layer>
-        model_id, bn, norm, seed, layer, layer_index, dbi, dbi_reason
+        model_id, bn, norm, seed, layer, layer_index, activation, dbi, dbi_reason
     kmeans             model x layer x k; part = <model_id>-<layer>
-        model_id, bn, norm, seed, layer, layer_index, k, dbi, inertia,
+        model_id, bn, norm, seed, layer, layer_index, activation, k, dbi, inertia,
         optimal (the k with the lowest DBI: chosen here, once), dbi_reason
     nc1                model x layer; part = <model_id>-<layer>
-        model_id, bn, norm, seed, layer, layer_index, value, reason
+        model_id, bn, norm, seed, layer, layer_index, activation, value, reason
         (within-class variability collapse, Papyan et al. 2020; NaN + reason where undefined)
     effective_rank     model x layer; part = <model_id>-<layer>
-        model_id, bn, norm, seed, layer, layer_index, value, reason (Roy & Vetterli 2007)
+        model_id, bn, norm, seed, layer, layer_index, activation, value, reason (Roy & Vetterli 2007)
     cka                model pair x layer; part = <layer>-<model_a>-<model_b>
         model_a, model_b, norm_a, norm_b, seed_a, seed_b, layer, layer_index, cka
         (linear CKA, Kornblith et al. 2019, of the reduced representations of the

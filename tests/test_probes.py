@@ -118,6 +118,11 @@ def test_timm_model():
     assert timm.is_model("resnet10t")
     probes = find_probes(model, torch.zeros(2, 1, 8, 8))
     assert len(probes) == traced_activation_calls(build_model("timm:resnet10t", "batch", 1, 10, (8, 8)))
+    # timm's EfficientNet holds each activation inside its norm module (BatchNormAct2d): kept by every swap
+    x = torch.zeros(2, 3, SIZE, SIZE)
+    counts = {n: len(find_probes(build_model("timm:efficientnet_b0", n, 3, 10, (SIZE, SIZE)), x))
+              for n in ("as-built", "group", "none")}
+    assert counts == {"as-built": 49, "group": 49, "none": 49}
 
 
 # ==== hooks: a reused module's calls, in-place activations ====
@@ -219,6 +224,23 @@ def test_none_is_a_per_channel_bias():
         model[1].bias.copy_(torch.tensor([1.0, -2.0, 0.5]))
     x = torch.randn(2, 2, 4, 4)
     torch.testing.assert_close(model(x), model[0](x) + torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1))
+
+
+def test_a_norm_holding_its_activation_keeps_it():
+    """timm's BatchNormAct2d applies its activation inside the norm module: the swap keeps it, after the new norm."""
+    class BNAct(nn.BatchNorm2d):
+        def __init__(self, c):
+            super().__init__(c)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            return self.act(super().forward(x))
+
+    model = swap_norms(nn.Sequential(nn.Conv2d(2, 4, 1), BNAct(4)), "group:2", torch.zeros(2, 2, 3, 3))
+    assert [p.name for p in find_probes(model, torch.zeros(2, 2, 3, 3))] == ["1.act"]
+    x = torch.randn(3, 2, 3, 3)
+    gn = nn.GroupNorm(2, 4)
+    torch.testing.assert_close(model(x), torch.relu(gn(model[0](x))))
 
 
 def test_check_norm_kind_finds_a_leftover():
