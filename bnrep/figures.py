@@ -311,6 +311,13 @@ def fig_channel_sparsity(results) -> Figure | None:
 
 
 SWEEP_COLS = 4  # k-sweep panels per row
+MAX_SWEEP_PANELS = 16  # per experiment; deeper models show this many layers, evenly over the depth
+
+
+def _spread(layer_indices: list[int], k: int) -> list[int]:
+    """At most k of the (sorted) layer indices, evenly over the list, first and last kept."""
+    n = len(layer_indices)
+    return layer_indices if n <= k else [layer_indices[round(i * (n - 1) / (k - 1))] for i in range(k)]
 
 
 def fig_kmeans_sweep(results) -> Figure | None:
@@ -319,6 +326,8 @@ def fig_kmeans_sweep(results) -> Figure | None:
     rs = [(r, d) for r, d in rs if len(d)]
     if not rs:
         return None
+    all_layers = max(d["layer_index"].nunique() for _, d in rs)
+    rs = [(r, d[d["layer_index"].isin(_spread(sorted(set(d["layer_index"])), MAX_SWEEP_PANELS))]) for r, d in rs]
     labels = _labels([r for r, _ in rs])
     nl = [d["layer_index"].nunique() for _, d in rs]
     fig, axes = _grid(sum(math.ceil(n / SWEEP_COLS) for n in nl), min(SWEEP_COLS, max(nl)), w=3.2, h=2.5)
@@ -337,7 +346,8 @@ def fig_kmeans_sweep(results) -> Figure | None:
         if ax not in used:
             ax.set_axis_off()
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"k-means DBI against k (mean over seeds, shading: std), {seeds_text(rs[0][1])}")
+    some = f"; {max(nl)} of {all_layers} layers, evenly over the depth" if max(nl) < all_layers else ""
+    fig.suptitle(f"k-means DBI against k (mean over seeds, shading: std), {seeds_text(rs[0][1])}{some}")
     return fig
 
 

@@ -995,6 +995,11 @@ def test_figures_stay_readable_at_49_probes():
     assert ax.get_xlabel() == "layer (*: not a rectifier)"
     assert fig_layer_sparsity(r).get_size_inches()[0] > 10  # grows with the layers
     assert not any(t.get_text().endswith("*") for t in fig_class_dbi(r).axes[0].get_xticklabels())  # DBI: no mark
+    km = pd.DataFrame([{**row, "k": k, "dbi": row["dbi"] + k} for row in rows for k in (2, 3)])
+    sweep = figures.fig_kmeans_sweep(Results(exp, {"kmeans": km}))
+    panels = [a.get_title() for a in sweep.axes if a.get_title()]
+    assert len(panels) == 16 and panels[0].endswith(": l1") and panels[-1].endswith(": l49")
+    assert sweep._suptitle.get_text().endswith("16 of 49 layers, evenly over the depth")
     titles = [a.get_title() for a in fig_channel_sparsity(r).axes if a.get_title()]
     assert [t.split("(layer ")[1].rstrip(")") for t in titles] == ["13", "25", "37", "49"]  # quarters of 49
 
