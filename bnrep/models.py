@@ -53,6 +53,11 @@ def _bias(norm: str) -> bool:
     return get_norm(norm).bias
 
 
+def _conv(norm: str) -> type:
+    """The conv class `norm` asks for (nn.Conv2d but for weight standardisation)."""
+    return get_norm(norm).conv_type
+
+
 def _block(layer: nn.Module, width: int, norm: str, conv: bool) -> list[nn.Module]:
     return [m for m in (layer, get_norm(norm).build(width, conv), nn.ReLU(inplace=False)) if m is not None]
 
@@ -93,7 +98,7 @@ def standard_cnn(norm: str, in_channels: int = 1, num_classes: int = 10) -> Prob
     layers: list[nn.Module] = []
     c = in_channels
     for i, width in enumerate(CNN_WIDTHS, start=1):
-        layers += _block(nn.Conv2d(c, width, 3, padding=1, bias=bias), width, norm, conv=True)
+        layers += _block(_conv(norm)(c, width, 3, padding=1, bias=bias), width, norm, conv=True)
         if i in CNN_POOL_AFTER:
             layers.append(nn.MaxPool2d(2))
         c = width
@@ -114,7 +119,7 @@ def vgg16(norm: str, in_channels: int = 3, num_classes: int = 10) -> ProbedNet:
         if v == "M":
             layers.append(_MaybePool())
             continue
-        layers += _block(nn.Conv2d(c, v, 3, padding=1, bias=_bias(norm)), v, norm, conv=True)
+        layers += _block(_conv(norm)(c, v, 3, padding=1, bias=_bias(norm)), v, norm, conv=True)
         c = v
     n_conv = sum(v != "M" for v in VGG16_CFG)
     return ProbedNet(nn.Sequential(*layers), nn.Sequential(nn.Linear(c, num_classes)), norm,
@@ -132,7 +137,7 @@ class _MaybePool(nn.MaxPool2d):
 
 
 def _conv_norm(c_in: int, c_out: int, k: int, stride: int, norm: str) -> list[nn.Module]:
-    conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, bias=_bias(norm))
+    conv = _conv(norm)(c_in, c_out, k, stride=stride, padding=k // 2, bias=_bias(norm))
     return [m for m in (conv, get_norm(norm).build(c_out, conv=True)) if m is not None]
 
 

@@ -15,6 +15,11 @@ adding a normalisation is one entry here plus its tests (as timm's
     layer      GroupNorm(1, C) after convs, LayerNorm(C) after linear layers
     instance   GroupNorm(C, C) (= InstanceNorm2d with affine parameters) after convs;
                LayerNorm(C) after linear layers, where one value per channel has nothing to normalise
+    ghost:B    BatchNorm whose training statistics come from virtual batches of B samples (Hoffer
+               et al. 2017, "Train longer, generalize better"); running statistics updated per
+               virtual batch, eval mode as BatchNorm
+    ws+group   weight standardisation of every conv (each filter mean 0, std 1 over its fan-in in
+               the forward pass; Qiao et al. 2019) followed by `group`'s GroupNorm
     none       no norm module; the layer before keeps its bias (the paper's no-BN)
     as-built   a model's own normalisation, untouched (models a researcher brings)
 
@@ -49,6 +54,45 @@ def group_count(channels: int, groups: int = GN_GROUPS) -> int:
     return max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
 
 
+class WSConv2d(nn.Conv2d):
+    """A conv whose filters are standardised in every forward pass: mean 0, std 1 over each
+    filter's fan-in (in_channels/groups x kh x kw), the weights learnt as usual (Qiao et al. 2019)."""
+
+    EPS = 1e-5  # added to the std, as the paper's code does
+
+    def standardised_weight(self) -> torch.Tensor:
+        w = self.weight  # (out, in/groups, kh, kw)
+        mean = w.mean(dim=(1, 2, 3), keepdim=True)
+        std = w.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
+        return (w - mean) / (std + self.EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.standardised_weight(), self.bias)
+
+
+def _ghost(base: type) -> type:
+    class Ghost(base):
+        """BatchNorm over virtual batches of `virtual` samples in training (a short last one joins
+        the one before: a single sample has no batch statistics); plain BatchNorm in eval mode."""
+
+        def __init__(self, num_features: int, virtual: int):
+            super().__init__(num_features)
+            self.virtual = virtual
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.training or len(x) <= self.virtual:
+                return super().forward(x)
+            sizes = [self.virtual] * (len(x) // self.virtual)
+            sizes[-1] += len(x) % self.virtual
+            return torch.cat([super(Ghost, self).forward(c) for c in x.split(sizes)])
+
+    Ghost.__name__ = Ghost.__qualname__ = f"Ghost{base.__name__}"
+    return Ghost
+
+
+GhostBatchNorm2d, GhostBatchNorm1d = _ghost(nn.BatchNorm2d), _ghost(nn.BatchNorm1d)
+
+
 def _exact_groups(groups: int) -> Callable[[int], nn.Module]:
     def build(width: int) -> nn.Module:
         if width % groups:
@@ -68,6 +112,7 @@ class Norm:
     linear: Callable[[int], nn.Module] | None  # width -> module after a hidden linear layer
     bias: bool  # the layer before keeps its bias (no norm shift to make it redundant)
     kinds: tuple[type, ...] = ()  # the module types it builds: after a swap, no other norm type is left
+    conv_type: type = nn.Conv2d  # the conv it asks for before it (weight standardisation: WSConv2d)
 
     def build(self, width: int, conv: bool) -> nn.Module | None:
         make = self.conv if conv else self.linear
@@ -80,6 +125,8 @@ NORMS: dict[str, Norm] = {n.name: n for n in [
          kinds=(nn.BatchNorm2d, nn.BatchNorm1d)),
     Norm("group", "gn", "GN", "GroupNorm", "tab:green", lambda c: nn.GroupNorm(group_count(c), c),
          lambda c: nn.GroupNorm(group_count(c), c), bias=False, kinds=(nn.GroupNorm,)),
+    Norm("ws+group", "wsgn", "WSGN", "WS + GroupNorm", "tab:pink", lambda c: nn.GroupNorm(group_count(c), c),
+         lambda c: nn.GroupNorm(group_count(c), c), bias=False, kinds=(nn.GroupNorm,), conv_type=WSConv2d),
     Norm("layer", "ln", "LN", "LayerNorm", "tab:purple", lambda c: nn.GroupNorm(1, c), nn.LayerNorm, bias=False,
          kinds=(nn.GroupNorm, nn.LayerNorm)),
     Norm("instance", "in", "IN", "InstanceNorm", "tab:brown", lambda c: nn.GroupNorm(c, c), nn.LayerNorm,
@@ -87,14 +134,18 @@ NORMS: dict[str, Norm] = {n.name: n for n in [
     Norm(AS_BUILT, "asbuilt", "AB", "as built", "tab:gray", None, None, bias=True),
     Norm("none", "nobn", "NBN", "no norm", "tab:orange", None, None, bias=True),
 ]}
-# Families with an argument, `name:arg`: arg -> the entry.
+# Families with an argument, `name:arg`: family -> (what the argument is called, arg -> the entry).
+GHOST_SHADES = ("lightblue", "deepskyblue", "steelblue", "navy", "slateblue", "darkblue")  # by log2(B)
 GROUP_SHADES = ("lightgreen", "limegreen", "tab:olive", "tab:cyan", "seagreen", "darkgreen")  # by log2(G)
-FAMILIES: dict[str, Callable[[int], Norm]] = {
-    "group": lambda g: Norm(f"group:{g}", f"gn{g}", f"GN{g}", f"GroupNorm ({g} group{'s' * (g != 1)})",
+FAMILIES: dict[str, tuple[str, Callable[[int], Norm]]] = {
+    "ghost": ("B", lambda b: Norm(f"ghost:{b}", f"gbn{b}", f"GBN{b}", f"ghost BatchNorm ({b} per virtual batch)",
+                            GHOST_SHADES[b.bit_length() % len(GHOST_SHADES)], lambda c: GhostBatchNorm2d(c, b),
+                            lambda c: GhostBatchNorm1d(c, b), bias=False, kinds=(GhostBatchNorm2d, GhostBatchNorm1d))),
+    "group": ("G", lambda g: Norm(f"group:{g}", f"gn{g}", f"GN{g}", f"GroupNorm ({g} group{'s' * (g != 1)})",
                             GROUP_SHADES[g.bit_length() % len(GROUP_SHADES)], _exact_groups(g),
-                            _exact_groups(g), bias=False, kinds=(nn.GroupNorm,)),
+                            _exact_groups(g), bias=False, kinds=(nn.GroupNorm,))),
 }
-NAMES = (*NORMS, *(f"{f}:G" for f in FAMILIES))  # what help texts and errors list
+NAMES = (*NORMS, *(f"{f}:{arg}" for f, (arg, _) in FAMILIES.items()))  # what help texts and errors list
 
 
 def get_norm(name: str) -> Norm:
@@ -103,9 +154,10 @@ def get_norm(name: str) -> Norm:
         return NORMS[name]
     family, _, arg = str(name).partition(":")
     if family in FAMILIES and arg:
+        what, make = FAMILIES[family]
         if not arg.isdigit() or int(arg) < 1:
-            raise NormError(f"{name}: the group count must be a whole number >= 1")
-        return FAMILIES[family](int(arg))
+            raise NormError(f"{name}: {family}:{what} needs a whole number {what} >= 1")
+        return make(int(arg))
     raise NormError(f"unknown norm {name!r} (valid: {', '.join(NAMES)})")
 
 
@@ -115,6 +167,8 @@ def sort_key(name: str) -> tuple:
     family, _, arg = str(name).partition(":")
     if family in NORMS:
         return (order.index(family), int(arg) if arg.isdigit() else -1)
+    if family in FAMILIES:  # a family without a plain entry (ghost:B): after BatchNorm
+        return (order.index("batch") + 0.5, int(arg) if arg.isdigit() else -1)
     return (len(order), 0)
 
 
@@ -281,11 +335,24 @@ def swap_norms(model: nn.Module, name: str, example: torch.Tensor, what: str = "
     for path, m in found:
         if path not in shapes:
             continue  # never called in a forward pass: leave it (check_norm_kind says so)
-        parent_path, _, attr = path.rpartition(".")
-        parent = model.get_submodule(parent_path)
-        setattr(parent, attr, _replacement(norm, m, shapes[path], f"{what}: {path}"))
+        _replace(model, path, _replacement(norm, m, shapes[path], f"{what}: {path}"))
+    if norm.conv_type is not nn.Conv2d:  # weight standardisation: every conv, weights kept
+        for path, conv in [(p, c) for p, c in model.named_modules() if type(c) is nn.Conv2d]:
+            _replace(model, path, _as_conv_type(conv, norm.conv_type))
     check_norm_kind(model, norm.name, what)
     return model
+
+
+def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent_path), attr, new)
+
+
+def _as_conv_type(conv: nn.Conv2d, kind: type) -> nn.Conv2d:
+    new = kind(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+               conv.groups, conv.bias is not None, conv.padding_mode)
+    new.load_state_dict(conv.state_dict())
+    return new
 
 
 def check_norm_kind(model: nn.Module, name: str, what: str = "the model") -> None:

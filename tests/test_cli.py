@@ -54,7 +54,7 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("k_max >= samples", "analysis", ["--samples-cluster", "10", "--k-max", "10"], ["clustering samples"]),
     ("negative eps", "analysis", ["--eps", "-0.1"], ["eps thresholds must be >= 0, got -0.1"]),
     ("eps twice", "analysis", ["--eps", "0,0.01,0"], ["eps lists 0 more than once"]),
-    ("unknown norm", "final", ["--norms", "batch,weight"], ["unknown norm 'weight'", "batch, group, layer, instance, as-built, none, group:G"]),
+    ("unknown norm", "final", ["--norms", "batch,weight"], ["unknown norm 'weight'", "batch, group, ws+group, layer, instance, as-built, none, ghost:B, group:G"]),
     ("no norms", "hparam", ["--norms", ""], ["norms is empty"]),
     ("unknown model", "hparam", ["--model", "resnet50"], ["unknown model 'resnet50'", "torchvision:NAME"]),
     ("model module does not import", "final", ["--model", "nolab.nets:wide_cnn"],

@@ -248,9 +248,10 @@ def test_model_id(arch, norm, seed, expected):
 
 
 @pytest.mark.parametrize("arch,norm,match", [
-    ("cnn", "instancenorm", r"unknown norm 'instancenorm' \(valid: batch, group, layer, instance, as-built, none, "
-                            r"group:G\)"),
-    ("cnn", True, r"unknown norm True \(valid: batch, group, layer, instance, as-built, none, group:G\)"),
+    ("cnn", "instancenorm", r"unknown norm 'instancenorm' \(valid: batch, group, ws\+group, layer, instance, as-built, "
+                            r"none, ghost:B, group:G\)"),
+    ("cnn", True, r"unknown norm True \(valid: batch, group, ws\+group, layer, instance, as-built, none, ghost:B, "
+                  r"group:G\)"),
     ("resnet50", "batch", r"unknown model 'resnet50' \(valid: cnn, vgg16, resnet18, torchvision:NAME, timm:NAME, "
                           r"or package.module:function\)"),
     ("cnn", "as-built", r"cnn is built for a norm: as-built is for models that bring their own \(try batch\)"),

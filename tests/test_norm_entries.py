@@ -1,0 +1,93 @@
+"""Norm-table entries against computations written here: ghost batch norm (Hoffer et al. 2017) and
+weight standardisation + GroupNorm (Qiao et al. 2019), in built-in nets and in swapped ones."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bnrep.models import build_model
+from bnrep.norms import GhostBatchNorm1d, GhostBatchNorm2d, WSConv2d, get_norm, norm_modules
+
+
+def _bn_numpy(x: np.ndarray, axes: tuple[int, ...], eps: float = 1e-5) -> np.ndarray:
+    mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps)
+
+
+@pytest.mark.parametrize("n,virtual", [(16, 4), (18, 4), (5, 8)])
+def test_ghost_batchnorm_is_batchnorm_per_virtual_batch(n, virtual):
+    """Train mode: each chunk of `virtual` samples normalised by its own statistics (a short last chunk
+    joins the one before); running statistics: one momentum update per chunk; eval mode: BatchNorm."""
+    torch.manual_seed(0)
+    x = torch.randn(n, 3, 4, 5, dtype=torch.float64) * 2 + 1
+    gbn = GhostBatchNorm2d(3, virtual).double().train()
+    out = gbn(x).detach().numpy()
+    sizes = [virtual] * max(1, n // virtual)
+    sizes[-1] += n - sum(sizes)
+    bounds = np.cumsum([0] + sizes)
+    X, mean, var = x.numpy(), np.zeros(3), np.ones(3)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        np.testing.assert_allclose(out[a:b], _bn_numpy(X[a:b], (0, 2, 3)), rtol=1e-10, atol=1e-10)
+        chunk = X[a:b].transpose(1, 0, 2, 3).reshape(3, -1)
+        mean = 0.9 * mean + 0.1 * chunk.mean(axis=1)
+        var = 0.9 * var + 0.1 * chunk.var(axis=1, ddof=1)  # torch's running var is unbiased
+    np.testing.assert_allclose(gbn.running_mean.numpy(), mean, rtol=1e-10)
+    np.testing.assert_allclose(gbn.running_var.numpy(), var, rtol=1e-10)
+    gbn.eval()
+    ref = nn.BatchNorm2d(3).double().eval()
+    ref.load_state_dict(gbn.state_dict())
+    torch.testing.assert_close(gbn(x), ref(x))
+
+
+def test_ghost_batchnorm_after_linear_layers():
+    x = torch.randn(12, 7, dtype=torch.float64)
+    out = GhostBatchNorm1d(7, 4).double().train()(x).detach().numpy()
+    for a in range(0, 12, 4):
+        np.testing.assert_allclose(out[a:a + 4], _bn_numpy(x.numpy()[a:a + 4], (0,)), rtol=1e-10, atol=1e-10)
+
+
+def test_weight_standardised_filters_have_mean_0_std_1():
+    torch.manual_seed(0)
+    conv = WSConv2d(3, 5, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.mul_(7).add_(torch.arange(5.0).view(5, 1, 1, 1))  # far from standardised
+    w = conv.weight.detach().numpy().reshape(5, -1)
+    ref = (w - w.mean(axis=1, keepdims=True)) / (w.std(axis=1, keepdims=True) + 1e-5)  # numpy std: population
+    std = conv.standardised_weight().detach().reshape(5, -1)
+    np.testing.assert_allclose(std.numpy(), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std.mean(dim=1).numpy(), 0, atol=1e-6)
+    np.testing.assert_allclose(std.std(dim=1, unbiased=False).numpy(), 1, atol=1e-4)
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(conv(x), nn.functional.conv2d(x, torch.tensor(ref.reshape(5, 3, 3, 3)), padding=1),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["cnn", "resnet18", "torchvision:resnet18", "tests.labnets.nets:wide_cnn"])
+def test_ws_group_and_ghost_in_any_model(spec):
+    """Built-in nets build them; swapped nets get every conv standardised (weights kept) or every BN ghosted."""
+    torch.manual_seed(0)
+    ws = build_model(spec, "ws+group", 3, 10, (16, 16))
+    convs = [m for m in ws.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(type(c) is WSConv2d for c in convs)
+    assert {type(m) for _, m in norm_modules(ws)} == {nn.GroupNorm}
+    ghost = build_model(spec, "ghost:4", 3, 10, (16, 16))
+    assert {type(m) for _, m in norm_modules(ghost)} <= {GhostBatchNorm2d, GhostBatchNorm1d}
+    assert all(m.virtual == 4 for _, m in norm_modules(ghost))
+    for model in (ws, ghost):
+        assert model.train()(torch.randn(8, 3, 16, 16)).shape == (8, 10)
+
+
+def test_ws_swap_keeps_the_weights():
+    torch.manual_seed(0)
+    ref = build_model("torchvision:resnet18", "batch", 3, 10, (16, 16))
+    torch.manual_seed(0)
+    ws = build_model("torchvision:resnet18", "ws+group", 3, 10, (16, 16))
+    torch.testing.assert_close(ws.layer1[0].conv1.weight, ref.layer1[0].conv1.weight)
+
+
+def test_entries():
+    g = get_norm("ghost:16")
+    assert (g.tag, g.short, g.label) == ("gbn16", "GBN16", "ghost BatchNorm (16 per virtual batch)")
+    w = get_norm("ws+group")
+    assert (w.tag, w.short, w.conv_type) == ("wsgn", "WSGN", WSConv2d)
