@@ -1,6 +1,6 @@
 """Trained model files: the one place they are written, read and verified.
 
-    train/models/<model_id>/model.pt    {"state_dict", "experiment", "hparams", "metrics"}
+    train/models/<model_id>/model.pt    {"state_dict", "experiment", "hparams", "metrics", "num_classes"}
 
 A model is trained when its `results/training` part exists under the
 current train hash and its model.pt has the sha256 recorded in that part's
@@ -36,11 +36,12 @@ def sha256(data: bytes) -> str:
 
 
 def save_model(store: Store, mid: str, model: torch.nn.Module, exp: Experiment, hparams: dict,
-               row: dict) -> str:
+               row: dict, num_classes: int = NUM_CLASSES) -> str:
     """Write model.pt atomically; returns its sha256 (record it with the training row)."""
     buf = io.BytesIO()
     torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                "experiment": exp.to_dict(), "hparams": dict(hparams), "metrics": row}, buf)
+                "experiment": exp.to_dict(), "hparams": dict(hparams), "metrics": row,
+                "num_classes": num_classes}, buf)
     data = buf.getvalue()
     store.write_bytes(model_path(mid), data)
     return sha256(data)
@@ -91,6 +92,6 @@ def load_model(store: Store, mid: str, exp: Experiment, device="cpu") -> torch.n
     m = blob["metrics"]  # files written before the norm axis record only bn, before model specs only arch
     C, H, W = input_shape(exp)
     model = build_model(m.get("model") or exp.model, m.get("norm") or ("batch" if m["bn"] else "none"), C,
-                        NUM_CLASSES, (H, W))
+                        blob.get("num_classes", NUM_CLASSES), (H, W))  # files before 0.3: 10 classes
     model.load_state_dict(blob["state_dict"])
     return model.to(device)

@@ -163,6 +163,19 @@ def layer_value(x) -> int | float:
     return int(x) if x >= 1 and x.is_integer() else x
 
 
+LR_EDGE = 0.1  # a best lr within 10% of lr_range's width (log scale) of an end, inclusive, lies at its edge
+
+
+def lr_edge(lr: float, lr_range: tuple[float, float]) -> str | None:
+    """'low' or 'high' when `lr` lies within LR_EDGE of that end of `lr_range` (log scale), else None:
+    the one rule the sweep's note and the findings' caveat both apply."""
+    lo, hi = (math.log(x) for x in lr_range)
+    if hi <= lo:
+        return None
+    pos = (math.log(lr) - lo) / (hi - lo)  # 0 at the low end, 1 at the high end
+    return "low" if pos <= LR_EDGE else "high" if pos >= 1 - LR_EDGE else None
+
+
 AUTO_LAYERS = (0.25, 0.5, 0.75, 1.0)  # channel_layers=(): these fractions of the depth (1.0: the last layer)
 
 

@@ -29,6 +29,7 @@ from scipy import stats
 
 from bnrep.correlations import (MIN_MODELS, P_MAX, R_MIN, correlate, only_between_groups, partial_corr,  # noqa: F401
                                 significant_signs)
+from bnrep.experiments import LR_EDGE, lr_edge
 from bnrep.results import (NORM_NAMES, N_CLASSES, REF, SHORT, Results, at_eps, eps_values, is_paper_pair, norm_labels,
                            not_rectified, optimal_k, pair, pair_names, present_norms, rectified, shown)
 
@@ -69,7 +70,6 @@ MOSTLY = 0.75  # one direction in >= 75% of layers (but not all) is a tendency: 
 K_TOL = 1  # "reaches the number of classes": seed-mean optimal k within +-1 of it
 MIN_SEEDS = 3  # fewer seeds per normalisation: every verdict is inconclusive
 MOSTLY_ZERO = 0.9  # a layer above 90% zeros (seed mean) undermines the sparsity verdicts
-LR_EDGE = 0.1  # best swept lr within 10% of the range's width (log scale) of an end: at the edge
 
 CLAIMS = {
     1: "BatchNorm does not consistently induce nor prevent sparsity in hidden representations.",
@@ -395,11 +395,10 @@ def lr_at_edge(r: Results, norm: str) -> list[Condition]:
             continue
         lr = float(g.loc[g["objective"].idxmax(), "lr"])
         used = t.empty or "lr" not in t or np.isclose(t.loc[t["norm"] == n, "lr"], lr, rtol=1e-6).any()
-        pos = (math.log(lr) - math.log(lo)) / (math.log(hi) - math.log(lo))  # 0 at lo, 1 at hi
-        if used and (pos <= LR_EDGE or pos >= 1 - LR_EDGE):
+        edge = lr_edge(lr, (lo, hi))
+        if used and edge:
             out.append(Condition(f"the sweep's best learning rate for {tag}, {lr:.3g}, lies at the "
-                                 f"{'low' if pos < 0.5 else 'high'} edge of its search range {lo:g}..{hi:g} "
-                                 f"(widen lr_range)", ALL))
+                                 f"{edge} edge of its search range {lo:g}..{hi:g} (widen lr_range)", ALL))
     return out
 
 

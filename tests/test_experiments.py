@@ -165,3 +165,12 @@ def test_synthetic_resnet18_fits_its_data():
     assert max(e.samples_sparsity, e.samples_cluster) <= len(data.train)
     with torch.no_grad():
         assert build_model(e.model, "none", e.image_shape[0])(data.train.X[:2]).shape == (2, 10)
+
+
+@pytest.mark.parametrize("position,edge", [(0.0, "low"), (0.05, "low"), (0.15, None), (0.5, None), (0.85, None),
+                                           (0.95, "high"), (1.0, "high")])
+def test_lr_edge_one_rule(position, edge):
+    """The sweep's note and the findings' caveat apply this one rule (10% of the log range, inclusive)."""
+    from bnrep.experiments import lr_edge
+    lo, hi = 1e-4, 1e-1
+    assert lr_edge(lo * (hi / lo) ** position, (lo, hi)) == edge

@@ -266,3 +266,22 @@ def test_model_ids_are_file_and_s3_safe(spec, norm, seed, expected):
     mid = model_id(spec, norm, seed)
     assert mid == expected and ":" not in mid and "/" not in mid
     assert model_slug(spec) == expected.rsplit("-", 2)[0]
+
+
+def test_a_model_file_knows_its_class_count(tmp_path):
+    """load_model builds the head from the class count saved with the weights (a 7-class model loads)."""
+    import pandas as pd
+
+    from bnrep.checkpoints import load_model, save_model
+    from bnrep.config import stage_hashes
+    from bnrep.experiments import get_experiment
+    from bnrep.store import Store
+
+    exp, store = get_experiment("digits-cnn"), Store(str(tmp_path), "digits-cnn")
+    row = {"model_id": "m", "bn": True, "norm": "batch", "seed": 0, "model": "torchvision:resnet18"}
+    trained = build_model("torchvision:resnet18", "batch", 1, num_classes=7, size=(8, 8))
+    digest = save_model(store, "m", trained, exp, {"lr": 0.01}, row, num_classes=7)
+    store.write_part("training", "m", pd.DataFrame([row]), stage_hashes(exp)["train_hash"], model_sha256=digest)
+    model = load_model(store, "m", exp).eval()
+    assert model.fc.out_features == 7
+    torch.testing.assert_close(model(torch.ones(2, 1, 8, 8)), trained.eval()(torch.ones(2, 1, 8, 8)))

@@ -19,7 +19,7 @@ import pandas as pd
 
 from bnrep.config import RunOptions, StageFailed, header, stage_hashes, start_fresh, write_config
 from bnrep.data import load_data
-from bnrep.experiments import Experiment
+from bnrep.experiments import Experiment, lr_edge
 from bnrep.lock import writer_lock
 from bnrep.norms import TAGS
 from bnrep.progress import tune_progress
@@ -29,7 +29,6 @@ from bnrep.store import Store
 from bnrep.train import Trainer, best_device
 
 SWEEP_SEED = 0  # model seed of every sweep trial; the search itself is seeded too
-EDGE = 0.1  # a best lr within 10% of the log range of an end lies "at the edge"
 
 
 # ==== the work of one trial ====
@@ -116,24 +115,13 @@ def best_trial(trials: pd.DataFrame) -> dict:
             "val_acc": float(b["val_acc"]), "epochs": int(b["epochs"]), "trial_id": b["trial_id"]}
 
 
-def lr_at_edge(lr: float, lr_range: tuple[float, float]) -> str | None:
-    """'low'/'high' when `lr` lies within EDGE of the log range of an end, else None."""
-    import math
-
-    lo, hi = (math.log(x) for x in lr_range)
-    if hi <= lo:
-        return None
-    pos = (math.log(lr) - lo) / (hi - lo)
-    return "low" if pos < EDGE else "high" if pos > 1 - EDGE else None
-
-
 def print_best(best: dict, exp: Experiment) -> None:
     print("\nBest trial per normalisation")
     print(f"{'norm':8} {'lr':>10} {'momentum':>9} {'epochs':>7} {'val_acc':>8} {'objective':>10}")
     for tag, b in best.items():
         print(f"{tag:8} {b['lr']:10.3g} {b['momentum']:9.3g} {b['epochs']:7d} {b['val_acc']:8.4f} {b['objective']:10.4f}")
     for tag, b in best.items():
-        edge = lr_at_edge(b["lr"], exp.lr_range)
+        edge = lr_edge(b["lr"], exp.lr_range)
         if edge:
             print(f"note: {tag}'s best lr {b['lr']:.3g} lies at the {edge} edge of the search range "
                   f"{exp.lr_range}; the optimum may lie outside it: widen lr_range", flush=True)
