@@ -195,3 +195,11 @@ def test_pruning_does_not_change_the_result(monkeypatch):
     for a, b in zip(pruned, full):
         assert (a.labels == b.labels).mean() > 0.999  # float32 near-ties may differ
         assert a.inertia == pytest.approx(b.inertia, rel=1e-5)
+
+
+@pytest.mark.parametrize("order", [[6, 3, 4, 5], [3, 4, 5, 6], [5, 6, 4, 3]])
+def test_optimal_k_ties_go_to_the_smallest_k(order):
+    """Equal DBIs at several k (in any order of the results): the smallest of them is the optimal k."""
+    dbi = {3: 0.4, 4: 0.5, 5: 0.4, 6: 0.4}
+    res = [KMeansResult(k, np.zeros(3, np.int64), 1.0, dbi[k], None) for k in order]
+    assert optimal_k(res).k == 3

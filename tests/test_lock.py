@@ -217,3 +217,22 @@ def test_unsupported_filesystem_is_a_clear_error():
 
     with pytest.raises(LockError, match="local paths and s3:// only"):
         acquire(Other(), "final")
+
+
+def test_a_contender_with_an_old_listing_withdraws(out, monkeypatch):
+    """A writer that listed the lock before others took and released it can still create the generation
+    it saw as next (its name was freed by the release); the check after creating finds a higher live
+    generation, so it withdraws: refused, its file gone, the live holder untouched."""
+    from bnrep import lock as lockmod
+
+    store = Store(out, "exp")
+    old_listing = lockmod._head(lockmod.backend(store))  # nothing there yet: generation 0 is next
+    acquire(store, "final", renew=False).release()  # generation 0, then the tombstone 1 (0 deleted)
+    holder = acquire(store, "analysis", renew=False)  # generation 2, live
+    monkeypatch.setattr(lockmod, "_head", lambda b: old_listing)
+    with pytest.raises(LockError):
+        acquire(store, "report", renew=False)  # creates generation 0 again, sees 2, withdraws
+    monkeypatch.undo()
+    assert lockmod._generations(lockmod.backend(store)) == [2]
+    assert current_writer(store)["stage"] == "analysis"
+    holder.release()

@@ -1021,3 +1021,15 @@ def test_sparsity_claims_judge_rectifier_layers_only():
     fs = {f.number: f for f in findings.findings(Results(exp, {"layer_sparsity": only_gelu}))}
     assert fs[1].verdict == fs[2].verdict == "not evaluated"
     assert fs[1].detail.startswith("no probe is a rectifier (activations: GELU)")
+
+
+@pytest.mark.parametrize("spread,lower", [(2.0, []), (0.01, ["l1", "l2", "l3"])])
+def test_claim_3_counts_only_detectable_differences(spread, lower):
+    """Class DBI lower with BN in every layer on average, but within seed noise (Welch p >= P_MAX) when the
+    seeds spread widely: those layers do not count as lower, and claim 3 is not supported by them."""
+    rows = [dict(model_id=f"m-{n}-{s}", norm=n, bn=n == "batch", seed=s, layer=f"l{i}", layer_index=i,
+                 dbi=(3.0 if n == "batch" else 3.2) + (s - 1) * (spread if n == "batch" else 0.3 * spread))
+            for n in ("batch", "none") for s in range(3) for i in (1, 2, 3)]
+    f = findings.finding_purity(pd.DataFrame(rows), pd.DataFrame(), 1)
+    assert f.numbers["class_dbi"]["lower"] == lower
+    assert f.verdict == ("supported" if lower else "not supported")
