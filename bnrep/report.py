@@ -284,7 +284,7 @@ def settings_rows(r: Results) -> list[list[str]]:
     rows = [["experiment", f"{e.name} ({e.description})" if e.description else e.name],
             ["dataset / model", f"{e.dataset} / {e.model}"],
             ["normalisations", ", ".join(f"{norm_labels(r.norms)[n]} ({SHORT[n]})" for n in r.norms)],
-            ["optimiser", f"{e.optimizer}, lr {e.lr:g} (normalised) / {e.lr_for('none'):g} (no norm), momentum {e.momentum:g}, "
+            ["optimiser", f"{e.optimizer}, lr {e.lr:.3g} (normalised) / {e.lr_for('none'):.3g} (no norm), momentum {e.momentum:.3g}, "
                           f"x{e.lr_gamma:g} every {e.lr_step_epochs} epochs, batch {e.batch_size}"],
             ["stopping", f"{e.stop}, at most {e.max_epochs} epochs"],
             ["seeds", f"{e.seeds} per {setting}"],
@@ -300,9 +300,9 @@ def settings_rows(r: Results) -> list[list[str]]:
     for n in ordered(t["norm"]) if len(t) else []:
         g = t[t["norm"] == n]
         ep = sorted({g["epochs"].min(), g["epochs"].max()})
-        rows.append([f"trained ({SHORT[n]})", f"{len(g)} models, lr {_names(sorted(g['lr'].unique()))}, "
-                     f"momentum {_names(sorted(g['momentum'].unique()))}, epochs {'-'.join(map(str, ep))}, "
-                     f"interpolated {int(g['interpolated'].sum())}/{len(g)}"])
+        lr, mom = (_names(f"{x:.3g}" for x in sorted(g[c].unique())) for c in ("lr", "momentum"))  # 3 digits
+        rows.append([f"trained ({SHORT[n]})", f"{len(g)} models, lr {lr}, momentum {mom}, "
+                     f"epochs {'-'.join(map(str, ep))}, interpolated {int(g['interpolated'].sum())}/{len(g)}"])
     return rows
 
 

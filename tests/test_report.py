@@ -1033,3 +1033,13 @@ def test_claim_3_counts_only_detectable_differences(spread, lower):
     f = findings.finding_purity(pd.DataFrame(rows), pd.DataFrame(), 1)
     assert f.numbers["class_dbi"]["lower"] == lower
     assert f.verdict == ("supported" if lower else "not supported")
+
+
+def test_settings_print_hyperparameters_at_three_digits():
+    from bnrep.experiments import get_experiment
+    from bnrep.results import Results
+    t = pd.DataFrame([dict(model_id=f"m{s}", norm="batch", bn=True, seed=s, lr=0.01878985266149949, momentum=0.95,
+                           epochs=3, interpolated=False, train_acc=0.5, val_acc=0.5, test_acc=0.5,
+                           experiment="synthetic-cnn", dataset="synthetic", arch="cnn") for s in range(2)])
+    rows = dict((r[0], r[1]) for r in report.settings_rows(Results(get_experiment("synthetic-cnn"), {"training": t})))
+    assert rows["trained (BN)"].startswith("2 models, lr 0.0188, momentum 0.95, epochs 3")
