@@ -164,6 +164,9 @@ def find_probes(model: nn.Module, example: torch.Tensor) -> list[Probe]:
 def select_probes(probes: list[Probe], rule: str = "all", what: str = "the model") -> list[Probe]:
     """`all`; comma-separated globs on names (`layer*.relu*`); or `type:ReLU,GELU` (activation types)."""
     rule = (rule or "all").strip()
+    if not probes:
+        raise ProbeError(f"{what} calls no activation bnrep knows (modules or functions named ReLU, ReLU6, "
+                         f"LeakyReLU, GELU, SiLU, Hardswish, Mish, ELU, Tanh, ...): nothing to measure")
     if rule == "all":
         chosen = probes
     elif rule.startswith("type:"):

@@ -77,6 +77,8 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("as-built on a built-in net", "hparam", ["--norms", "as-built"], ["cnn is built for a norm"]),
     ("analysis of another model", "analysis", ["--smoke-test", "--model", "vgg16"],
      ["trained cnn; --model vgg16 is another model (analyse it in another --out, or train it with --fresh)"]),
+    ("model without activations", "hparam", ["--model", "tests.labnets.nets:gated"],
+     ["tests.labnets.nets:gated calls no activation bnrep knows"]),
     ("probes match nothing", "analysis", ["--smoke-test", "--probes", "layer9*"],
      ["--probes 'layer9*' matches none of the 5 probes of cnn (names like conv1; types ReLU)"]),
     ("norm twice", "final", ["--norms", "group,none,group"], ["norms lists group more than once"]),

@@ -8,8 +8,8 @@ import os
 import tempfile
 
 from bnrep.config import RunOptions, open_store, prepare
-from bnrep.data import NUM_CLASSES, check_data, input_shape
-from bnrep.models import check_model
+from bnrep.data import check_data
+from bnrep.represent import model_probes
 from bnrep.experiments import Experiment
 from bnrep.raysession import placement
 from bnrep.store import Store
@@ -21,7 +21,7 @@ def open_training_stage(exp: Experiment, opts: RunOptions, stage: str) -> tuple[
     """Every check of a training stage ('hparam' or 'final') before Ray starts:
     (store, the configuration record to write once work starts)."""
     check_data(exp, opts.data_root)
-    check_model(exp.model, exp.norms, input_shape(exp), NUM_CLASSES)  # one line if it cannot work
+    model_probes(exp)  # the model builds under every norm, takes the data and has activations to measure
     store = open_store(opts.out, exp)
     return store, prepare(store, exp, stage, opts.fresh)
 

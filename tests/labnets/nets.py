@@ -38,3 +38,9 @@ def flat_mlp(num_classes: int, in_channels: int) -> nn.Module:
     """A head for 28x28 images only."""
     return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 28 * 28, 64), nn.BatchNorm1d(64), nn.ReLU(),
                          nn.Linear(64, num_classes))
+
+
+def gated(num_classes: int, in_channels: int) -> nn.Module:
+    """No activation bnrep probes: a sigmoid gate only."""
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.BatchNorm2d(4), nn.Sigmoid(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, num_classes))
