@@ -35,6 +35,9 @@ ANALYSIS_FIELDS = ("samples_sparsity", "samples_cluster", "k_min", "k_max", "n_i
 FREE_FIELDS = ("description", "seeds", "norms", "channel_layers", "first_shown_layer", "probes")
 
 
+OUT_SCHEMES = ("file", "s3")  # where results may live: the schemes the writer lock can make safe (bnrep.lock)
+
+
 class UsageError(Exception):
     """Bad input: printed as one line, exit status 2, before any work."""
 
@@ -46,7 +49,7 @@ class StageFailed(RuntimeError):
 @dataclass(frozen=True)
 class RunOptions:
     """How a stage runs (where, on what resources), as opposed to what it computes (Experiment)."""
-    out: str = "./runs"  # results root: a local path or a pyarrow URI (s3://, gs://, file://)
+    out: str = "./runs"  # results root: a local path or a URI in OUT_SCHEMES (s3://, file://)
     address: str | None = None  # Ray cluster to join (None: $RAY_ADDRESS, else a private local Ray)
     data_root: str | None = None  # torchvision datasets (None: $BNREP_DATA or ~/.cache/bnrep/data)
     fresh: bool = False  # delete this stage's earlier results (and what depends on them) first
@@ -109,13 +112,30 @@ def stage_hashes(exp: Experiment) -> dict[str, str]:
 
 
 # ==== config.json ====
+def read_config(store: Store) -> dict:
+    """config.json as a dict ({} when there is none); ConfigError (one line) naming the file when it
+    is not a JSON object (a hand edit gone wrong, a truncated write)."""
+    if not store.exists("config.json"):
+        return {}
+    try:
+        rec = store.read_json("config.json")
+    except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+        raise ConfigError(f"{store.uri('config.json')} is not valid JSON ({str(e).splitlines()[0]}): repair it, "
+                          f"or delete it to start this experiment over") from None
+    if not isinstance(rec, dict):
+        raise ConfigError(f"{store.uri('config.json')} is not a JSON object: repair it, or delete it to start "
+                          f"this experiment over")
+    return rec
+
+
 def load_experiment(store: Store, name: str | None = None) -> Experiment:
     """The experiment the results under `store` were made with (config.json),
     else the preset called `name` (default: the store's experiment).
     ConfigError (one line) when neither exists or config.json is unreadable."""
-    if store.exists("config.json"):
+    rec = read_config(store)
+    if rec:
         try:
-            return Experiment.from_dict(store.read_json("config.json")["experiment"])
+            return Experiment.from_dict(rec["experiment"])
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"{store.out}/{store.experiment}/config.json is unreadable "
                               f"({type(e).__name__}: {e}); use another --out or --fresh") from None
@@ -124,9 +144,7 @@ def load_experiment(store: Store, name: str | None = None) -> Experiment:
 
 def read_hashes(store: Store) -> dict[str, str]:
     """The stage hashes recorded in config.json ({} when there is none)."""
-    if not store.exists("config.json"):
-        return {}
-    rec = store.read_json("config.json")
+    rec = read_config(store)
     return {k: rec[k] for k in ("train_hash", "analysis_hash") if k in rec}
 
 
@@ -163,7 +181,7 @@ def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
               "git_commit": git_commit(), "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     if fresh or not store.exists("config.json"):
         return record
-    old = store.read_json("config.json")
+    old = read_config(store)
     keys = ["train_hash"] + (["analysis_hash"] if stage == "analysis" else [])
     for key in keys:
         if old.get(key) != hashes[key] and not (key == "analysis_hash" and adds_only(old, exp)):
@@ -194,7 +212,7 @@ def describe_diff(old: dict, new: dict) -> str:
 
 
 def write_config(store: Store, record: dict) -> None:
-    old = store.read_json("config.json") if store.exists("config.json") else {}
+    old = read_config(store)
     store.write_json("config.json", {**old, **record})
 
 
@@ -202,6 +220,11 @@ def write_config(store: Store, record: dict) -> None:
 def open_store(out: str, exp: Experiment) -> Store:
     """The experiment's store, checked writable without creating anything
     (UsageError otherwise), so a refused run leaves --out as it was."""
+    scheme = str(out).split("://", 1)[0] if is_uri(out) else "file"
+    if scheme not in OUT_SCHEMES:
+        raise UsageError(f"--out {out}: bnrep writes results to a local or shared path, file:// or s3:// only "
+                         f"(its one-writer lock needs create-if-absent writes; for Google Cloud Storage use its "
+                         f"S3 endpoint: s3://BUCKET/PATH?endpoint_override=storage.googleapis.com with HMAC keys)")
     store = Store(out, exp.name)
     try:
         if store.local_path() is not None:

@@ -16,6 +16,7 @@ import sys
 import warnings
 
 from bnrep.config import RunOptions, StageFailed, UsageError
+from bnrep.raysession import check_address
 from bnrep.data import DataError
 from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, SMOKE, ConfigError, Experiment, get_experiment
@@ -42,7 +43,7 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, metavar="NAME",
                    help=f"experiment preset (default: {DEFAULT_EXPERIMENT}; valid: {', '.join(PRESETS)})")
     p.add_argument("--out", default="./runs", metavar="PATH|URI",
-                   help="results root, a local path or s3:// gs:// file:// URI (default: ./runs)")
+                   help="results root, a local path or an s3:// or file:// URI (default: ./runs)")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="join this Ray cluster (default: $RAY_ADDRESS, else a private local Ray)")
     p.add_argument("--model", default=None, metavar="SPEC",
@@ -115,7 +116,7 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
                        help="every experiment that has results under --out, plus a combined report")
     p.add_argument("--force", action="store_true", help="rebuild the report even when it is up to date")
     p.add_argument("--out", default="./runs", metavar="PATH|URI",
-                   help="results root, a local path or s3:// gs:// file:// URI (default: ./runs)")
+                   help="results root, a local path or an s3:// or file:// URI (default: ./runs)")
 
 
 STAGE_FLAGS = {
@@ -175,6 +176,8 @@ def check_flags(args: argparse.Namespace) -> None:
         v = getattr(args, n, None)
         if v is not None and v < 0:
             raise UsageError(f"--{n.replace('_', '-')} must be >= 0, got {v}")
+    if hasattr(args, "address"):
+        check_address(args.address)  # a typo in a cluster address: one line now, not minutes of retries
 
 
 def parse(stage: str, argv: list[str] | None) -> tuple[Experiment, RunOptions]:

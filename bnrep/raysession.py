@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 
 from bnrep.models import user_module_path
 from bnrep.store import Store, is_uri
@@ -27,6 +28,30 @@ QUIET_ENV = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_DEDUP_LOGS": "1",
 }
+
+
+CONNECT_TIMEOUT_S = 10  # an address that neither accepts nor refuses a connection (a dropped route)
+
+
+def check_address(address: str | None) -> None:
+    """`--address` / $RAY_ADDRESS names a reachable Ray head, decided by one TCP connection to its
+    port (refused at once when nothing listens), before any work; UsageError (one line) otherwise.
+    `auto` and `local` are Ray's own words and left to it."""
+    from bnrep.config import UsageError
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address {address}: expected HOST:PORT of a Ray head (as `ray start --head` prints it)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        why = "nothing listens there" if isinstance(e, ConnectionRefusedError) else (
+            f"no answer in {CONNECT_TIMEOUT_S} s" if isinstance(e, TimeoutError) else e.strerror or type(e).__name__)
+        raise UsageError(f"no Ray cluster at {address} ({why}): check the address (`ray status` on the head "
+                         f"shows it), or leave --address and RAY_ADDRESS unset for a private local Ray") from None
 
 
 @contextlib.contextmanager
@@ -60,11 +85,11 @@ def ray_session(address: str | None, model: str | None = None):
 
 def check_shared_out(ray, store: Store) -> None:
     """Warn when a multi-node cluster writes to a local path: every node must
-    see the same results (a shared mount at that path, or an s3:// gs:// URI)."""
+    see the same results (a shared mount at that path, or an s3:// URI)."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) > 1 and not is_uri(store.out):
         print(f"warning: --out {store.out} is a local path on a {len(nodes)}-node cluster; it must be "
-              "a filesystem shared by every node at that path, else use an s3:// or gs:// URI", flush=True)
+              "a filesystem shared by every node at that path, else use an s3:// URI", flush=True)
 
 
 def node_id() -> str:

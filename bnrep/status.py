@@ -19,9 +19,9 @@ def stage_status(out: str, name: str) -> list[tuple[str, str, str]]:
     store = Store(out, name)
     try:
         exp = load_experiment(store, name)
-    except ConfigError:
-        exp = None
-    if exp is None or not store.exists():
+    except ConfigError as e:
+        return [(s, "unknown", str(e)) for s in ("hparam", "final", "analysis", "report")]
+    if not store.exists():
         return [(s, "missing", "no results") for s in ("hparam", "final", "analysis", "report")]
     return [_hparam(store, exp), *_final_and_analysis(store, exp), _report(store), _writer(store)]
 

@@ -1,6 +1,7 @@
 """The results store: where every stage reads and writes, local or remote.
 
-`<out>` is a local path or a pyarrow.fs URI (s3://, gs://, file://). Under it,
+`<out>` is a local path or a pyarrow.fs URI (s3://, file://; gs:// is refused:
+bnrep.config.OUT_SCHEMES). Under it,
 one directory per experiment:
 
     <out>/<experiment>/

@@ -246,3 +246,48 @@ def test_analysis_takes_training_fields_from_the_trained_config(results):
     assert exp.max_epochs == 3 and exp.train_size == 256  # as trained (smoke)
     assert exp.k_max == 4 and exp.samples_cluster == plain.samples_cluster  # this run's analysis flags
     assert config.stage_hashes(exp)["train_hash"] == store.read_json("config.json")["train_hash"]
+
+
+@pytest.mark.parametrize("stage,argv,line", [
+    ("final", ["--out", "gs://bucket/bnrep"], "error: --out gs://bucket/bnrep: bnrep writes results to a local or "
+     "shared path, file:// or s3:// only (its one-writer lock needs create-if-absent writes; for Google Cloud "
+     "Storage use its S3 endpoint: s3://BUCKET/PATH?endpoint_override=storage.googleapis.com with HMAC keys)"),
+    ("hparam", ["--address", "127.0.0.1:1"], "error: no Ray cluster at 127.0.0.1:1 (nothing listens there): check "
+     "the address (`ray status` on the head shows it), or leave --address and RAY_ADDRESS unset for a private "
+     "local Ray"),
+    ("analysis", ["--address", "127.0.0.1"], "error: --address 127.0.0.1: expected HOST:PORT of a Ray head (as "
+     "`ray start --head` prints it)"),
+])
+def test_unreachable_places_are_one_line_before_any_work(stage, argv, line, tmp_path, capsys, monkeypatch):
+    """A typo in a cluster address (nothing listens: refused at once) and a results URI bnrep cannot lock."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    rc = flags.run_stage(stage, ["--smoke-test", *argv])
+    assert (rc, capsys.readouterr().err.strip()) == (2, line)
+    assert not ray.is_initialized() and not list(tmp_path.iterdir())
+
+
+def test_ray_address_from_the_environment_is_checked_too(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    assert flags.run_stage("final", ["--smoke-test", "--paper-hparams"]) == 2
+    assert capsys.readouterr().err.startswith("error: no Ray cluster at 127.0.0.1:1 (nothing listens there)")
+
+
+@pytest.mark.parametrize("text,why", [('{"experiment": {"name": ', "is not valid JSON (Expecting value: line 2 "
+                                       "column 1 (char 25))"), ("[1, 2]", "is not a JSON object")])
+def test_hand_edited_config_json_is_one_line_naming_the_file(text, why, tmp_path, capsys):
+    """Every stage and `bnrep status` name the file; nothing under --out changes."""
+    from bnrep.status import stage_status
+
+    out = tmp_path / "runs"
+    (out / "digits-cnn").mkdir(parents=True)
+    (out / "digits-cnn" / "config.json").write_text(text + "\n")
+    before = tree(out)
+    line = f"error: {out}/digits-cnn/config.json {why}"
+    for stage, argv in [("hparam", []), ("final", ["--paper-hparams"]), ("analysis", []), ("report", [])]:
+        assert flags.run_stage(stage, [*argv, "--out", str(out)]) == 2, stage
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(line) and len(err.splitlines()) == 1, (stage, err)
+    assert {state for _, state, _ in stage_status(str(out), "digits-cnn")} == {"unknown"}
+    assert tree(out) == before and not ray.is_initialized()

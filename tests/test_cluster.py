@@ -680,6 +680,7 @@ def test_analysis_survives_node_failure(cluster, reference, tmp_path):
         assert_same_table(reference, out, name)
 
 
+@pytest.mark.slow
 def test_endpoint_in_the_uri_works_end_to_end(s3_env, tmp_path):
     """`--out "s3://bucket/path?endpoint_override=HOST:PORT&scheme=http"` with no AWS_ENDPOINT_URL: every
     stage, Tune's storage, the Ray workers and the writer lock reach the store through the URI alone

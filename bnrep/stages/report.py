@@ -13,15 +13,14 @@ from __future__ import annotations
 import sys
 
 from bnrep import report
-from bnrep.experiments import get_experiment
+from bnrep.config import load_experiment
 from bnrep.lock import writer_lock
 from bnrep.store import Store, git_commit
 
 
 def check_name(out: str, name: str) -> None:
-    """A preset, or an experiment whose resolved config.json is under `out` (ConfigError otherwise)."""
-    if not Store(out, name).exists("config.json"):
-        get_experiment(name)
+    """A preset, or an experiment whose resolved config.json is under `out` and reads (ConfigError otherwise)."""
+    load_experiment(Store(out, name), name)
 
 
 def names(out: str, experiments: list[str] | None) -> list[str]:
