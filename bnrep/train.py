@@ -33,6 +33,7 @@ from bnrep.data import Data, Split, batches
 from bnrep.experiments import Experiment
 from bnrep.models import build_model
 
+DIVERGED = -2.0  # the objective of a diverged run: below every other (early stop: [0, 1]; interpolation: [-1, 1])
 EVAL_BATCH = 1024  # images per forward pass when only evaluating, GPU
 EVAL_BATCH_CPU = 64  # CPU: small batches stay in cache (StandardCNN 28x28: ~3.8x the images/s of 1024)
 
@@ -64,6 +65,7 @@ class EpochMetrics:
     interpolated: bool  # every training image classified correctly (interpolation presets only)
     objective: float  # what the hparam sweep maximises (see Trainer.objective)
     train_acc_running: float = float("nan")  # the epoch's batches as they trained (train mode); NaN: older checkpoints
+    diverged: bool = False  # the epoch's training loss was NaN or inf: training stopped here
 
 
 @dataclass
@@ -77,6 +79,7 @@ class RunResult:
     interpolated: bool
     objective: float
     history: list[EpochMetrics] = field(default_factory=list)
+    diverged_epoch: int = 0  # the epoch whose training loss was NaN or inf; 0: never
 
 
 class Trainer:
@@ -107,6 +110,7 @@ class Trainer:
         self.best_epoch = 0
         self.best_state: dict | None = None
         self.first_interpolation: int | None = None
+        self.diverged_epoch = 0  # the epoch whose training loss became NaN or inf (0: never); training stops
         self.val_at_interpolation = float("nan")
         self.history: list[EpochMetrics] = []
 
@@ -126,6 +130,8 @@ class Trainer:
         loss, running = self.train_one_epoch()
         self.sched.step()
         self.epoch += 1
+        if not math.isfinite(loss) and not self.diverged_epoch:
+            self.diverged_epoch = self.epoch
         train_acc, interpolated = float("nan"), False
         if self.exp.stop == "interpolate":
             interpolated = classifies_all(self.model, self.data.train, self.device, self.amp)
@@ -137,7 +143,8 @@ class Trainer:
             self.best_val_acc, self.best_epoch = val_acc, self.epoch
             if self.exp.stop == "early-stop":
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        m = EpochMetrics(self.epoch, lr, loss, train_acc, val_acc, interpolated, self.objective(val_acc), running)
+        m = EpochMetrics(self.epoch, lr, loss, train_acc, val_acc, interpolated, self.objective(val_acc), running,
+                         diverged=self.diverged_epoch == self.epoch)
         self.history.append(m)
         return m
 
@@ -172,7 +179,10 @@ class Trainer:
     def objective(self, val_acc: float) -> float:
         """Paper 3.1.1: validation accuracy at the first interpolating epoch; runs
         that have not interpolated rank below every run that has (val_acc - 1).
-        Paper 3.1.2 (early stopping): the best validation accuracy so far."""
+        Paper 3.1.2 (early stopping): the best validation accuracy so far.
+        A run that diverged scores DIVERGED, below every other."""
+        if self.diverged_epoch:
+            return DIVERGED
         if self.exp.stop == "early-stop":
             return self.best_val_acc
         if self.first_interpolation is not None:
@@ -181,7 +191,7 @@ class Trainer:
 
     @property
     def done(self) -> bool:
-        if self.epoch >= self.max_epochs:
+        if self.epoch >= self.max_epochs or self.diverged_epoch:
             return True
         if self.exp.stop == "interpolate":
             return self.first_interpolation is not None
@@ -198,7 +208,7 @@ class Trainer:
         test_acc = accuracy(self.model, self.data.test, self.device, self.amp)
         last = self.history[-1].objective if self.history else float("nan")
         return RunResult(self.model, self.epoch, kept, train_acc, val_acc, test_acc,
-                         train_acc >= 1.0, last, list(self.history))
+                         train_acc >= 1.0, last, list(self.history), self.diverged_epoch)
 
     # ==== checkpoints ====
     def state_dict(self) -> dict:
@@ -209,7 +219,7 @@ class Trainer:
             "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
             "best_state": self.best_state, "first_interpolation": self.first_interpolation,
             "val_at_interpolation": self.val_at_interpolation,
-            "history": [vars(m) for m in self.history],
+            "history": [vars(m) for m in self.history], "diverged_epoch": self.diverged_epoch,
         }
 
     def load_state_dict(self, s: dict) -> None:
@@ -223,6 +233,7 @@ class Trainer:
         self.first_interpolation = s["first_interpolation"]
         self.val_at_interpolation = s["val_at_interpolation"]
         self.history = [EpochMetrics(**m) for m in s["history"]]
+        self.diverged_epoch = s.get("diverged_epoch", 0)  # checkpoints before 0.3: none diverged
 
     def save_checkpoint(self) -> bytes:
         buf = io.BytesIO()

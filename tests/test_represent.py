@@ -170,3 +170,31 @@ def test_samples_are_seeded_prefixes_and_capped():
     t = a.table()
     assert t.groupby("purpose").size().to_dict() == {"sparsity": 300, "cluster": 500}
     np.testing.assert_array_equal(t[t.purpose == "sparsity"]["index"], a.indices("sparsity"))
+
+
+def test_layer_task_on_nonfinite_representations_writes_nan_with_reasons(tmp_path):
+    """A diverged model's representations (NaN, inf): every measure NaN with its reason, no exception."""
+    import pandas as pd
+
+    from bnrep.config import table_hashes
+    from bnrep.experiments import SMOKE, get_experiment
+    from bnrep.probes import Probe
+    from bnrep.stages.analysis import NONFINITE, layer_task
+    from bnrep.store import Store
+
+    exp = get_experiment("digits-cnn").override(**SMOKE)
+    X = np.random.default_rng(0).random((40, 6)).astype(np.float32)
+    X[3, 2], X[7, 0] = np.nan, np.inf
+    y = np.arange(40) % 4
+    row = {"model_id": "cnn-nobn-s0", "norm": "none", "seed": 0}
+    layer_task(str(tmp_path), exp, row, Probe("conv2", 2, "ReLU", "features.4"), X, y, ("clustering", "measures"),
+               "torch", table_hashes(exp))
+    store = Store(str(tmp_path), exp.name)
+    km = store.read_table("kmeans")
+    assert list(km["k"]) == list(range(exp.k_min, exp.k_max + 1))
+    assert km["dbi"].isna().all() and km["inertia"].isna().all() and not km["optimal"].any()
+    assert (km["dbi_reason"] == NONFINITE).all()
+    for table, col, why in (("class_dbi", "dbi", "dbi_reason"), ("nc1", "value", "reason"),
+                            ("effective_rank", "value", "reason")):
+        t = store.read_table(table)
+        assert len(t) == 1 and pd.isna(t[col].iloc[0]) and t[why].iloc[0], table

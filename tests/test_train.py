@@ -194,3 +194,24 @@ def test_epochs_decide_as_a_full_evaluation(name):
         assert m.interpolated == interp
         assert m.train_acc == 1.0 if interp else math.isnan(m.train_acc)  # a full pass only where one was made
 
+
+
+@pytest.mark.parametrize("stop", ["interpolate", "early-stop"])
+def test_a_diverging_run_stops_and_says_so(digits, stop):
+    """lr 1e4 without a norm: the training loss becomes NaN or inf; the run stops at that epoch, records it,
+    and scores below every other run; a checkpoint carries it."""
+    exp, data = digits
+    t = Trainer(exp.override(max_epochs=20, stop=stop), data, "none", {"lr": 1e4, "momentum": 0.9}, seed=0,
+                device="cpu")
+    while not t.done:
+        t.step_epoch()
+    assert t.diverged_epoch == t.epoch < 20
+    assert [m.diverged for m in t.history] == [False] * (t.epoch - 1) + [True]
+    assert not math.isfinite(t.history[-1].train_loss)
+    assert t.history[-1].objective == train_mod.DIVERGED < -1
+    r = t.finish()
+    assert r.diverged_epoch == t.epoch
+    resumed = Trainer(exp.override(max_epochs=20, stop=stop), data, "none", {"lr": 1e4, "momentum": 0.9}, seed=0,
+                      device="cpu")
+    resumed.load_checkpoint(t.save_checkpoint())
+    assert resumed.done and resumed.diverged_epoch == t.epoch

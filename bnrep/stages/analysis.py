@@ -21,6 +21,7 @@ nc1, effective_rank, cka.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +33,7 @@ from bnrep.config import (RunOptions, UsageError, header, open_store, prepare, s
                           table_hashes, with_trained_config, write_config)
 from bnrep.data import check_data, load_data
 from bnrep.experiments import Experiment
-from bnrep.kmeans import optimal_k, sweep_kmeans
+from bnrep.kmeans import KMeansResult, optimal_k, sweep_kmeans
 from bnrep.lock import writer_lock
 from bnrep.metrics import channel_sparsity, davies_bouldin, effective_rank, layer_sparsity, linear_cka, nc1
 from bnrep.norms import sort_key
@@ -45,6 +46,7 @@ from bnrep.train import best_device
 
 
 # ==== the work of one task ====
+NONFINITE = "the representations contain NaN or inf (a diverged model?)"
 LAYER_WORK = {"clustering": ("class_dbi", "kmeans"), "measures": ("nc1", "effective_rank")}  # task part -> tables
 
 
@@ -93,9 +95,13 @@ def layer_task(out: str, exp: Experiment, row: dict, probe: Probe, X: np.ndarray
     keys = {**model_keys(row), "layer": probe.name, "layer_index": probe.index, "activation": probe.activation}
     part, where = f"{row['model_id']}-{probe.name}", placement()
     if "clustering" in work:
-        dbi, reason = davies_bouldin(Xt, yt)
-        results = sweep_kmeans(Xt, exp.k_min, exp.k_max, n_init=exp.n_init, seed=row["seed"], backend=backend)
-        best = optimal_k(results)  # the one place the optimal k is chosen
+        dbi, reason = davies_bouldin(Xt, yt)  # NaN with its reason for non-finite values
+        if bool(torch.isfinite(Xt).all()):
+            results = sweep_kmeans(Xt, exp.k_min, exp.k_max, n_init=exp.n_init, seed=row["seed"], backend=backend)
+        else:  # a diverged model (or an overflow): a result with a reason, never an exception
+            results = [KMeansResult(k, np.zeros(0, np.int64), math.nan, math.nan, NONFINITE)
+                       for k in range(exp.k_min, exp.k_max + 1)]
+        best = optimal_k(results)  # the one place the optimal k is chosen (None: every DBI NaN)
         km = pd.DataFrame([{**keys, "k": r.k, "dbi": r.dbi, "inertia": r.inertia, "optimal": r is best,
                             "dbi_reason": r.dbi_reason or ""} for r in results])
         store.write_part("kmeans", part, km, hashes["kmeans"], **where)

@@ -46,7 +46,7 @@ def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: b
            "bn": bn,
            "norm": norm, "seed": seed, "lr": float(hp["lr"]), "momentum": float(hp.get("momentum", 0.0)), "epochs": r.epochs,
            "best_epoch": r.best_epoch, "train_acc": r.train_acc, "val_acc": r.val_acc, "test_acc": r.test_acc,
-           "interpolated": r.interpolated}
+           "interpolated": r.interpolated, "diverged": bool(r.diverged_epoch), "diverged_epoch": r.diverged_epoch}
     digest = save_model(store, mid, r.model, exp, hp, row, data.num_classes)
     history = pd.DataFrame([{"model_id": mid, "bn": bn, "norm": norm, "seed": seed, **vars(m)} for m in r.history])
     where = {**placement(), "resumed_from_epoch": resumed_from}  # provenance, of a resumed trial too
