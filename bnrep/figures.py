@@ -154,7 +154,8 @@ def _log_if_positive(fig: Figure | None) -> Figure | None:
     """Log y axis where every plotted value is positive (NC1 spans orders of magnitude over depth)."""
     for ax in fig.axes if fig else []:
         ys = np.concatenate([np.asarray(c.lines[0].get_ydata(), float) for c in ax.containers] or [np.ones(1)])
-        if np.all(ys[np.isfinite(ys)] > 0):
+        finite = ys[np.isfinite(ys)]
+        if len(finite) and np.all(finite > 0):  # no finite value (every model diverged): linear
             ax.set_yscale("log")
     return fig
 
@@ -359,7 +360,7 @@ def fig_learning_curves(results) -> Figure | None:
     labels = _labels(rs)
     fig, axes = _grid(len(rs), 2, w=5.0, h=3.2)
     for row, r in enumerate(rs):
-        h = r.table("training_history")
+        h = r.table("training_history").replace([np.inf, -np.inf], np.nan)  # a diverged epoch's loss: a gap
         loss, acc = axes[row]
         # since 0.2.0 train_acc is a full pass only where one decided something; the curve is the
         # running accuracy of each epoch's own batches (older results: the full pass of every epoch)
@@ -370,7 +371,9 @@ def fig_learning_curves(results) -> Figure | None:
             plot_band(acc, h, "epoch", train_col, norm,
                       f"{labels[norm]} train" + (" (running)" if train_col != "train_acc" else ""), scale=100)
             plot_band(acc, h, "epoch", "val_acc", norm, f"{labels[norm]} validation", ls="--", scale=100)
-        loss.set(title=f"{r.label}: training loss", xlabel="epoch", ylabel="cross-entropy", yscale="log")
+        log = bool((h["train_loss"].dropna() > 0).any())  # every loss NaN (all diverged at once): linear
+        loss.set(title=f"{r.label}: training loss", xlabel="epoch", ylabel="cross-entropy",
+                 yscale="log" if log else "linear")
         acc.set(title=f"{r.label}: accuracy", xlabel="epoch", ylabel="accuracy (%)")
         for ax in (loss, acc):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -117,6 +117,19 @@ def report_is_current(out: str, experiment: str) -> bool:
 
 # ==== Table 1 ====
 
+def diverged_note(training: pd.DataFrame) -> str:
+    """'Diverged (training loss NaN or inf): 2 of 4 NBN models (epochs 3, 5)...' or '' (none, or older tables)."""
+    if "diverged" not in training or not training["diverged"].fillna(False).astype(bool).any():
+        return ""
+    d = training[training["diverged"].fillna(False).astype(bool)]
+    per = "; ".join(f"{len(g)} of {(training['norm'] == n).sum()} {SHORT.get(n, n)} models (epoch "
+                    f"{', '.join(str(int(e)) for e in sorted(g['diverged_epoch']))})"
+                    for n, g in d.groupby("norm", sort=False))
+    return (f"Diverged (training loss NaN or inf, training stopped): {per}. Their rows are kept as evidence; "
+            f"their accuracies are those of the diverged weights, and every measure of a representation with "
+            f"NaN or inf is NaN with its reason.")
+
+
 def table1(training: pd.DataFrame) -> pd.DataFrame:
     """Paper Table 1: accuracies in percent, mean and std over seeds, per (experiment, norm)."""
     t = training.assign(**{c: training[c] * 100 for c in ("train_acc", "val_acc", "test_acc")})
@@ -383,7 +396,12 @@ class _Writer:
         self.put("table1.csv", t.to_csv(index=False, float_format="%.4f"))
         self.put("table1.tex", table1_tex(t))
         text = pd.DataFrame(rows, columns=header).to_string(index=False)
-        return [("p", table1_caption(set(training["norm"]))), ("table", header, rows)], text
+        blocks = [("p", table1_caption(set(training["norm"]))), ("table", header, rows)]
+        diverged = diverged_note(training)
+        if diverged:
+            blocks.append(("p", diverged))
+            text += f"\n{diverged}"
+        return blocks, text
 
     def documents(self, blocks: list[tuple], title: str) -> None:
         self.put("report.md", render_md(blocks))

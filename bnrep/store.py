@@ -25,14 +25,16 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
 
     hparam_trials      one row per sweep trial; part = norm tag (bn, nobn, gn, ln)
         trial_id, bn, norm, lr, momentum, epochs, train_acc, train_acc_running,
-        val_acc, interpolated, objective, error, node_id (of its last epoch)
+        val_acc, interpolated, diverged, objective, error, node_id (of its last epoch)
+        (diverged: its training loss became NaN or inf; it stopped and scored -2)
     training           one row per trained model; part = model_id
         model_id, experiment, dataset, arch, model, bn, norm, seed, lr, momentum,
-        epochs, best_epoch, train_acc, val_acc, test_acc, interpolated
+        epochs, best_epoch, train_acc, val_acc, test_acc, interpolated, diverged,
+        diverged_epoch (0: never)
         (model: the model spec, bnrep.models; arch holds the same, for older notebooks)
     training_history   one row per model and epoch; part = model_id
         model_id, bn, norm, seed, epoch, lr, train_loss, train_acc, val_acc,
-        interpolated, objective, train_acc_running
+        interpolated, objective, train_acc_running, diverged
         (train_acc: a full pass over the training split where one decided
         something, i.e. 1.0 on the epoch an interpolation preset interpolates,
         NaN otherwise; train_acc_running: the epoch's own batches as they

@@ -1043,3 +1043,28 @@ def test_settings_print_hyperparameters_at_three_digits():
                            experiment="synthetic-cnn", dataset="synthetic", arch="cnn") for s in range(2)])
     rows = dict((r[0], r[1]) for r in report.settings_rows(Results(get_experiment("synthetic-cnn"), {"training": t})))
     assert rows["trained (BN)"].startswith("2 models, lr 0.0188, momentum 0.95, epochs 3")
+
+
+def test_table1_names_diverged_models_per_norm():
+    t = pd.DataFrame([dict(model_id=f"m-{n}-{s}", norm=n, diverged=n == "none" and s < 2,
+                           diverged_epoch=(3 + s) if n == "none" and s < 2 else 0) for n in ("batch", "none")
+                      for s in range(3)])
+    assert report.diverged_note(t).startswith("Diverged (training loss NaN or inf, training stopped): 2 of 3 NBN "
+                                              "models (epoch 3, 4).")
+    assert report.diverged_note(t.drop(columns=["diverged", "diverged_epoch"])) == ""  # older tables
+    assert report.diverged_note(t.assign(diverged=False)) == ""
+
+
+def test_figures_of_diverged_models_render():
+    """Every model diverged: NaN losses and NaN measures. The figures draw (linear axes), no exception."""
+    from bnrep.experiments import get_experiment
+    from bnrep.results import Results
+    h = pd.DataFrame([dict(model_id=f"m-{n}", norm=n, bn=n == "batch", seed=0, epoch=e, train_loss=np.nan if e > 1
+                           else np.inf, train_acc_running=0.1, val_acc=0.1, diverged=e == 2)
+                      for n in ("batch", "none") for e in (1, 2)])
+    nc = pd.DataFrame([dict(model_id=f"m-{n}", norm=n, bn=n == "batch", seed=0, layer=f"l{i}", layer_index=i,
+                            value=np.nan, reason="the representations contain NaN or inf")
+                       for n in ("batch", "none") for i in (1, 2)])
+    r = Results(get_experiment("synthetic-cnn"), {"training_history": h, "nc1": nc})
+    for make in (figures.fig_learning_curves, figures.fig_nc1):
+        assert figures.figure_bytes(make(r), "png").startswith(b"\x89PNG")

@@ -89,6 +89,7 @@ def trials_table(grid, norm: str) -> pd.DataFrame:
                      "train_acc_running": float(m.get("train_acc_running", "nan")),
                      "val_acc": float(m.get("val_acc", "nan")),
                      "interpolated": bool(m.get("interpolated", False)),
+                     "diverged": bool(m.get("diverged", False)),  # its loss became NaN or inf: scored last
                      "objective": float(m.get("objective", "nan")), "error": str(r.error or ""),
                      "node_id": str(m.get("node_id", ""))})  # the Ray node of its last epoch
     return pd.DataFrame(rows)
@@ -152,6 +153,9 @@ def run(exp: Experiment, opts: RunOptions) -> int:
                       + (f", momentum in {exp.momentum_choices}" if exp.optimizer == "sgd" else ""), flush=True)
                 trials = run_search(exp, opts, store, norm, gpus)
                 best[tag] = best_trial(trials)
+                if trials["diverged"].any():
+                    print(f"[hparam] {tag}: {int(trials['diverged'].sum())} of {len(trials)} trials diverged "
+                          f"(loss NaN or inf; scored below every other)", flush=True)
                 store.write_part("hparam_trials", tag, trials, stage_hashes(exp)["train_hash"])
                 store.write_json("hparam/best_hparams.json", best)
     print_best(best, exp)
