@@ -87,6 +87,7 @@ def check_data(exp: Experiment, data_root: str | None = None, download: bool = T
         cls, root = _torchvision_class(exp.dataset), _readable_root(data_root)
         if _missing_files(cls, root):
             _fetch(cls, root, download)
+        _check_files(cls, root)
 
 
 def input_shape(exp: Experiment) -> tuple[int, int, int]:
@@ -205,6 +206,64 @@ def _fetch(cls, root: str, download: bool) -> None:
         cls(root, train=False, download=True)  # fetches both splits; the test split is the cheaper load
     except Exception as e:  # offline (URLError), unwritable root (OSError), bad checksum (RuntimeError), ...
         raise _missing_error(cls, root, f"download failed: {_one_line(e)}", gz=True) from None
+
+
+def _check_files(cls, root: str) -> None:
+    """Each file parses, with the shape and label range of its dataset: DataError naming the first that
+    does not (a truncated download, a file of another dataset), before any trial or task reads it."""
+    folder, names = _expected_files(cls, root)
+    C, H, W = SHAPES[{"MNIST": "mnist", "FashionMNIST": "fashion-mnist", "CIFAR10": "cifar10"}[cls.__name__]]
+    counts = {}
+    for name in names:
+        path = os.path.join(folder, name)
+        problem = (_idx_problem(path, (H, W), counts) if hasattr(cls, "resources")
+                   else _cifar_problem(path, C * H * W) if name != cls.meta["filename"] else None)
+        if problem:
+            raise DataError(f"{path}: {problem}; replace it with the official file")
+    for split in ("train", "t10k"):
+        n = (counts.get(f"{split}-images"), counts.get(f"{split}-labels"))
+        if None not in n and n[0] != n[1]:
+            raise DataError(f"{folder}: {n[0]:,} {split} images but {n[1]:,} labels; replace them with the "
+                            f"official files")
+
+
+def _idx_problem(path: str, hw: tuple[int, int], counts: dict) -> str | None:
+    """Why an IDX file (LeCun's MNIST format) is not what it should be, or None."""
+    images = "images" in os.path.basename(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4 or head[:3] != b"\x00\x00\x08" or head[3] != (3 if images else 1):
+            return f"not an IDX {'image' if images else 'label'} file (magic {head.hex() or 'missing'})"
+        dims = np.frombuffer(f.read(4 * head[3]), ">u4")
+        if len(dims) != head[3]:
+            return "a truncated header"
+        if images and tuple(dims[1:]) != hw:
+            return f"images of {dims[1]}x{dims[2]} where {hw[0]}x{hw[1]} were expected"
+        body = f.read()
+    want = int(np.prod(dims))
+    if len(body) != want:
+        return f"{len(body):,} bytes of data where its header says {want:,} (truncated or padded)"
+    if not images and body and max(body) > NUM_CLASSES - 1:
+        return f"labels up to {max(body)}, outside 0..{NUM_CLASSES - 1}"
+    counts[os.path.basename(path).split("-")[0] + ("-images" if images else "-labels")] = int(dims[0])
+    return None
+
+
+def _cifar_problem(path: str, values: int) -> str | None:
+    """Why a CIFAR python batch is not what it should be, or None."""
+    import pickle
+
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="latin1")
+        data, labels = np.asarray(d["data"]), np.asarray(d.get("labels", d.get("fine_labels")))
+    except Exception as e:  # noqa: BLE001 - not a pickle, not a dict, no data: the same problem
+        return f"does not unpickle as a CIFAR batch ({_one_line(e)})"
+    if data.ndim != 2 or data.shape[1] != values:
+        return f"data of shape {data.shape} where (N, {values}) was expected"
+    if len(labels) != len(data) or (len(labels) and not 0 <= labels.min() <= labels.max() < NUM_CLASSES):
+        return f"{len(labels):,} labels for {len(data):,} images, or labels outside 0..{NUM_CLASSES - 1}"
+    return None
 
 
 def _missing_error(cls, root: str, why: str, gz: bool) -> DataError:

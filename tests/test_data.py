@@ -281,3 +281,45 @@ def test_preset_validation_holdout_is_5000_images(preset, cls, shape, tmp_path, 
     d = load_data(exp, str(tmp_path))
     assert (len(d.val), len(d.train), len(d.test)) == (5000, 600, N_TEST)
     assert np.bincount(d.val.y.numpy(), minlength=10).tolist() == [500] * 10  # stratified
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _wrong_labels(path):
+    data = bytearray(path.read_bytes())
+    data[-1] = 12
+    path.write_bytes(bytes(data))
+
+
+BROKEN = [  # (case, dataset class, file, how, the line's ending)
+    ("truncated images", datasets.MNIST, "MNIST/raw/train-images-idx3-ubyte", _truncate,
+     "train-images-idx3-ubyte: 46,940 bytes of data where its header says 47,040 (truncated or padded); "
+     "replace it with the official file"),
+    ("labels out of range", datasets.FashionMNIST, "FashionMNIST/raw/t10k-labels-idx1-ubyte", _wrong_labels,
+     "t10k-labels-idx1-ubyte: labels up to 12, outside 0..9; replace it with the official file"),
+    ("images of another size", datasets.MNIST, "MNIST/raw/t10k-images-idx3-ubyte",
+     lambda p: write_idx(p, np.zeros((N_TEST, 32, 32))),
+     "t10k-images-idx3-ubyte: images of 32x32 where 28x28 were expected; replace it with the official file"),
+    ("not an IDX file", datasets.MNIST, "MNIST/raw/train-labels-idx1-ubyte", lambda p: p.write_text("<html>"),
+     "train-labels-idx1-ubyte: not an IDX label file (magic 3c68746d); replace it with the official file"),
+    ("CIFAR batch of another shape", datasets.CIFAR10, "cifar-10-batches-py/data_batch_2",
+     lambda p: p.write_bytes(pickle.dumps({"data": np.zeros((4, 100), np.uint8), "labels": [0, 1, 2, 3]})),
+     "data_batch_2: data of shape (4, 100) where (N, 3072) was expected; replace it with the official file"),
+    ("CIFAR batch that is not a pickle", datasets.CIFAR10, "cifar-10-batches-py/test_batch",
+     lambda p: p.write_bytes(b"\x00" * 64), "test_batch: does not unpickle as a CIFAR batch"),
+]
+
+
+@pytest.mark.parametrize("case,cls,rel,break_it,ending", BROKEN, ids=[c[0] for c in BROKEN])
+def test_broken_dataset_files_are_one_line_before_any_work(case, cls, rel, break_it, ending, tmp_path, monkeypatch,
+                                                           offline):
+    write_dataset(cls, tmp_path, monkeypatch)
+    break_it(tmp_path / rel)
+    preset = {datasets.MNIST: "mnist-cnn", datasets.FashionMNIST: "fashion-mnist-cnn",
+              datasets.CIFAR10: "cifar10-vgg16"}[cls]
+    with pytest.raises(DataError) as err:
+        check_data(get_experiment(preset), str(tmp_path))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(str(tmp_path / rel)) and ending in msg
