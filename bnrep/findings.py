@@ -111,11 +111,13 @@ RULES = [
     f"(b) closer: over the first half of the shown layers, the mean |optimal k - classes| per model is "
     f"detectably smaller with BN. Both: supported; one: mixed; neither: not supported.",
     f"Inconclusive: a verdict built on models that missed their stopping rule (interpolate: not "
-    f"interpolated; early-stop: trained to the epoch cap), on fewer than {MIN_SEEDS} seeds per normalisation, "
+    f"interpolated; early-stop: trained to the epoch cap) or diverged (training loss NaN or inf), on fewer "
+    f"than {MIN_SEEDS} seeds per normalisation, "
     f"or on a sweep whose best learning rate (the one the models used) lies within {LR_EDGE:.0%} (log scale) "
     f"of an end of the search range (all claims); on layers above {MOSTLY_ZERO:.0%} zeros (claims 1-2). Dead "
     f"channels (zero for every sample at the smallest eps; layer_sparsity's dead_channels) are named next to "
-    f"the verdicts without changing them.",
+    f"the verdicts without changing them. Claims 1-2 count exact zeros after rectifiers (ReLU, ReLU6) only: "
+    f"probes after other activations are named next to the verdict and left out.",
     "Thresholds: claims 1 and 2 and the figures use the smallest sparsity threshold eps (the paper: 0, "
     "exactly zero). Where several thresholds were measured, claim 1 is also judged at each eps by the same "
     "rule, and its evidence says whether the verdict is robust to the threshold (the same at every eps) or "
@@ -372,6 +374,17 @@ def missed_stopping_rule(r: Results, norm: str) -> list[Condition]:
             for n, tag in _tags(r, norm).items() if missed[t["norm"] == n].any()]
 
 
+def diverged_models(r: Results, norm: str) -> list[Condition]:
+    """Models whose training loss became NaN or inf: their measures are NaN, so a verdict rests on the rest."""
+    t = pair(r.table("training"), norm)
+    if t.empty or "diverged" not in t:
+        return []
+    d = t["diverged"].fillna(False).astype(bool)
+    return [Condition(f"{int(d[t['norm'] == n].sum())} of {int((t['norm'] == n).sum())} {tag} models diverged "
+                      f"(training loss NaN or inf; their measures are NaN and left out)", ALL)
+            for n, tag in _tags(r, norm).items() if d[t["norm"] == n].any()]
+
+
 def too_few_seeds(r: Results, norm: str) -> list[Condition]:
     seeds = {}
     for df in r.tables.values():
@@ -452,7 +465,7 @@ def non_rectifier_layers(r: Results, norm: str) -> list[Condition]:
 
 def conditions(r: Results, norm: str) -> list[Condition]:
     """Everything in `r` that undermines the verdicts on `norm` against none."""
-    return [c for check in (missed_stopping_rule, too_few_seeds, lr_at_edge, mostly_zero_layers,
+    return [c for check in (missed_stopping_rule, diverged_models, too_few_seeds, lr_at_edge, mostly_zero_layers,
                             non_rectifier_layers) for c in check(r, norm)]
 
 

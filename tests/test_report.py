@@ -1068,3 +1068,16 @@ def test_figures_of_diverged_models_render():
     r = Results(get_experiment("synthetic-cnn"), {"training_history": h, "nc1": nc})
     for make in (figures.fig_learning_curves, figures.fig_nc1):
         assert figures.figure_bytes(make(r), "png").startswith(b"\x89PNG")
+
+
+def test_diverged_models_make_the_verdicts_inconclusive():
+    from bnrep.experiments import get_experiment
+    from bnrep.results import Results
+    t = pd.DataFrame([dict(model_id=f"m-{n}-{s}", norm=n, bn=n == "batch", seed=s, interpolated=True, epochs=3,
+                           test_acc=0.9, train_acc=1.0, val_acc=0.9, lr=0.01, diverged=n == "none" and s == 0,
+                           diverged_epoch=2 if n == "none" and s == 0 else 0)
+                      for n in ("batch", "none") for s in range(3)])
+    conds = findings.diverged_models(Results(get_experiment("synthetic-cnn"), {"training": t}), "batch")
+    assert [c.text for c in conds] == ["1 of 3 no BN models diverged (training loss NaN or inf; their measures "
+                                       "are NaN and left out)"]
+    assert conds[0].undermines and conds[0].claims == (1, 2, 3, 4)
