@@ -27,6 +27,10 @@ QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # Tune's old reporter, which verbose=0 silences entirely
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_DEDUP_LOGS": "1",
+    # Ctrl-C stops the run: a KeyboardInterrupt in the driver (bnrep.flags.main_guard: one line, exit 130,
+    # the lock released, Ray shut down) instead of Tune's own handler, which ends the grid quietly,
+    # prints its restore hint and lets bnrep train the models again
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
 }
 
 
@@ -64,6 +68,9 @@ def ray_session(address: str | None, model: str | None = None):
     import ray
 
     quiet = {"log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
+    # bnrep reads its own tables, never Tune's metrics: no warning about trials whose result files a
+    # kill or a Ctrl-C left missing ("Failed to fetch metrics ... FileNotFoundError")
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     shipped = user_module_path(model) if model else None
     if shipped:
         quiet["runtime_env"] = {"py_modules": [shipped]}

@@ -71,10 +71,7 @@ def tune_state_problem(store: Store, rel: str, param_space: dict | None = None) 
     from ray.tune import ExperimentAnalysis
 
     names = store.list_dir(rel)
-    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")  # warns of trials with no result yet
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
+    try:  # (bnrep.raysession quiets ExperimentAnalysis' warning about trials with no result yet)
         keys = pickle.loads(store.read_bytes(f"{rel}/tuner.pkl")).get("__flattened_param_space_keys")
         # the searcher's state (basic-variant-state-<time>.json, a pickle): the newest of each kind
         for prefix in {n.split("-", 1)[0] for n in names if n.endswith(".json")} - {"experiment_state"}:
@@ -83,8 +80,6 @@ def tune_state_problem(store: Store, rel: str, param_space: dict | None = None) 
     except Exception as e:  # a truncated or missing file: what a kill mid-copy leaves
         first = (str(e).splitlines() or [""])[0][:120]
         return f"its state does not load: {type(e).__name__}: {first}"
-    finally:
-        quiet.setLevel(level)
     if param_space is not None and keys is not None and keys != flat_keys(param_space):
         return f"it searched other keys ({', '.join(keys)})"
     for t in trials:
