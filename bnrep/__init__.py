@@ -7,7 +7,7 @@ and generalises it (normalisations, architectures, measures).
     >>> study = bnrep.open_results("runs", "digits-cnn")   # results in a notebook (bnrep.api)
 """
 
-__version__ = "0.2.0"  # the one place the version lives (pyproject.toml reads it)
+__version__ = "0.3.0"  # the one place the version lives (pyproject.toml reads it)
 
 
 def __getattr__(name: str):  # bnrep.open_results without importing torch for `bnrep status`
