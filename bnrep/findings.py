@@ -29,9 +29,10 @@ from scipy import stats
 
 from bnrep.correlations import (MIN_MODELS, P_MAX, R_MIN, correlate, only_between_groups, partial_corr,  # noqa: F401
                                 significant_signs)
-from bnrep.experiments import LR_EDGE, lr_edge
+from bnrep.conditions import MIN_SEEDS, MOSTLY_ZERO, Condition, conditions
+from bnrep.experiments import LR_EDGE
 from bnrep.results import (NORM_NAMES, N_CLASSES, REF, SHORT, Results, at_eps, eps_values, is_paper_pair, norm_labels,
-                           not_rectified, optimal_k, pair, pair_names, present_norms, rectified, shown)
+                           optimal_k, pair, pair_names, present_norms, rectified, shown)
 
 def welch_p(a, b) -> float:
     """Two-sided p of Welch's t-test over seeds (scipy, equal_var=False); NaN when a side has < 2 values.
@@ -68,8 +69,6 @@ def _p(p: float) -> str:
 SPARSITY_TOL = 0.01  # layer sparsity differences within 1 percentage point count as equal
 MOSTLY = 0.75  # one direction in >= 75% of layers (but not all) is a tendency: "mixed"
 K_TOL = 1  # "reaches the number of classes": seed-mean optimal k within +-1 of it
-MIN_SEEDS = 3  # fewer seeds per normalisation: every verdict is inconclusive
-MOSTLY_ZERO = 0.9  # a layer above 90% zeros (seed mean) undermines the sparsity verdicts
 
 CLAIMS = {
     1: "BatchNorm does not consistently induce nor prevent sparsity in hidden representations.",
@@ -345,129 +344,6 @@ def finding_early_clusters(kmeans: pd.DataFrame, first_layer: int, n_classes: in
 
 
 # ==== conditions that undermine verdicts (design.md: scientific output states its own limits) ====
-
-@dataclass(frozen=True)
-class Condition:
-    text: str  # named next to the verdicts of `claims`
-    claims: tuple[int, ...]
-    undermines: bool = True  # False: named only, the verdict stands
-
-
-ALL = (1, 2, 3, 4)
-
-
-def _tags(r: Results, norm: str) -> dict[str, str]:
-    a, ref = pair_names(norm, r.norms)
-    return {norm: a, REF: ref}
-
-
-def missed_stopping_rule(r: Results, norm: str) -> list[Condition]:
-    """Models that did not stop by their rule: not interpolated, or (early stopping) trained to the cap."""
-    t, e = pair(r.table("training"), norm), r.experiment
-    if t.empty or not {"interpolated", "epochs"} <= set(t):
-        return []
-    interpolate = e.stop == "interpolate"
-    missed = ~t["interpolated"].astype(bool) if interpolate else t["epochs"] >= e.max_epochs
-    why = "not interpolated" if interpolate else f"trained to the {e.max_epochs}-epoch cap without early stopping"
-    return [Condition(f"{int(missed[t['norm'] == n].sum())} of {int((t['norm'] == n).sum())} {tag} models "
-                      f"missed their stopping rule ({why})", ALL)
-            for n, tag in _tags(r, norm).items() if missed[t["norm"] == n].any()]
-
-
-def diverged_models(r: Results, norm: str) -> list[Condition]:
-    """Models whose training loss became NaN or inf: their measures are NaN, so a verdict rests on the rest."""
-    t = pair(r.table("training"), norm)
-    if t.empty or "diverged" not in t:
-        return []
-    d = t["diverged"].fillna(False).astype(bool)
-    return [Condition(f"{int(d[t['norm'] == n].sum())} of {int((t['norm'] == n).sum())} {tag} models diverged "
-                      f"(training loss NaN or inf; their measures are NaN and left out)", ALL)
-            for n, tag in _tags(r, norm).items() if d[t["norm"] == n].any()]
-
-
-def too_few_seeds(r: Results, norm: str) -> list[Condition]:
-    seeds = {}
-    for df in r.tables.values():
-        if {"norm", "seed"} <= set(df):
-            for n, k in df.groupby("norm")["seed"].nunique().items():
-                seeds[n] = max(seeds.get(n, 0), int(k))
-    return [Condition(f"only {seeds[n]} seed{'s' * (seeds[n] != 1)} of {tag} (need {MIN_SEEDS})", ALL)
-            for n, tag in _tags(r, norm).items() if 0 < seeds.get(n, 0) < MIN_SEEDS]
-
-
-def lr_at_edge(r: Results, norm: str) -> list[Condition]:
-    """The sweep's best learning rate within LR_EDGE (log scale) of an end of lr_range, when the models used it."""
-    trials, t = r.table("hparam_trials"), r.table("training")
-    lo, hi = r.experiment.lr_range
-    if trials.empty or not {"lr", "objective", "norm"} <= set(trials) or hi <= lo:
-        return []
-    out = []
-    for n, tag in _tags(r, norm).items():
-        g = trials[trials["norm"] == n].dropna(subset=["objective", "lr"])
-        if g.empty:
-            continue
-        lr = float(g.loc[g["objective"].idxmax(), "lr"])
-        used = t.empty or "lr" not in t or np.isclose(t.loc[t["norm"] == n, "lr"], lr, rtol=1e-6).any()
-        edge = lr_edge(lr, (lo, hi))
-        if used and edge:
-            out.append(Condition(f"the sweep's best learning rate for {tag}, {lr:.3g}, lies at the "
-                                 f"{edge} edge of its search range {lo:g}..{hi:g} (widen lr_range)", ALL))
-    return out
-
-
-def dead_channel_counts(r: Results, norm: str) -> pd.DataFrame:
-    """Per (norm, layer): dead channels summed over models at the smallest eps, and the number of models.
-
-    From layer_sparsity's `dead_channels`; tables written before that column count
-    channel_sparsity == 1 instead (the same definition: zero for every value of every sample).
-    """
-    ls = at_eps(pair(r.table("layer_sparsity"), norm))
-    if "dead_channels" in ls and ls["dead_channels"].notna().all():
-        src = ls.assign(n=ls["dead_channels"].astype(int))
-    else:
-        cs = at_eps(pair(r.table("channel_sparsity"), norm))
-        src = cs.assign(n=(cs["sparsity"] >= 1.0).astype(int)) if len(cs) else cs
-    if src.empty:
-        return pd.DataFrame(columns=["norm", "layer_index", "layer", "n", "models"])
-    g = src.groupby(["norm", "layer_index", "layer"]).agg(n=("n", "sum"), models=("model_id", "nunique"))
-    return g[g["n"] > 0].reset_index()
-
-
-def mostly_zero_layers(r: Results, norm: str) -> list[Condition]:
-    """Layers above MOSTLY_ZERO zeros (seed mean), and dead channels, both at the smallest eps."""
-    out, tags = [], _tags(r, norm)
-    ls = at_eps(pair(r.table("layer_sparsity"), norm))
-    if len(ls):
-        m = ls.groupby(["norm", "layer_index", "layer"])["sparsity"].mean().reset_index()
-        m = m[m["sparsity"] > MOSTLY_ZERO]
-        if len(m):
-            out.append(Condition(f"layers above {MOSTLY_ZERO:.0%} zeros: " + ", ".join(
-                f"{tags[x.norm]} {x.layer} {x.sparsity:.0%}" for x in m.itertuples()), (1, 2)))
-    dead = dead_channel_counts(r, norm)
-    if len(dead):
-        out.append(Condition("dead channels (zero for every sample), summed over models: " + ", ".join(
-            f"{tags[x.norm]} {x.layer} {x.n} in {x.models} models" for x in dead.itertuples()),
-            ALL, undermines=False))
-    return out
-
-
-def non_rectifier_layers(r: Results, norm: str) -> list[Condition]:
-    """Claims 1-2 count exact zeros, which mean something after a rectifier only: other probes are left out."""
-    nr = not_rectified(at_eps(pair(r.table("layer_sparsity"), norm)))
-    if not len(nr):
-        return []
-    layers = list(dict.fromkeys(nr.sort_values("layer_index")["layer"]))
-    return [Condition(f"sparsity judged on the rectifier layers only: {len(layers)} layer(s) after "
-                      f"{', '.join(sorted(set(nr['activation'])))} ({_names(layers[:6])}"
-                      f"{', ...' if len(layers) > 6 else ''}) left out, where exact zeros say little",
-                      (1, 2), undermines=False)]
-
-
-def conditions(r: Results, norm: str) -> list[Condition]:
-    """Everything in `r` that undermines the verdicts on `norm` against none."""
-    return [c for check in (missed_stopping_rule, diverged_models, too_few_seeds, lr_at_edge, mostly_zero_layers,
-                            non_rectifier_layers) for c in check(r, norm)]
-
 
 def _no_rectifier(number: int, kinds, norm: str) -> Finding:
     return Finding(number, claim(number, norm), "not evaluated",

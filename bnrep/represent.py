@@ -14,6 +14,7 @@ every model of an experiment sees the same images.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,10 +33,16 @@ COUNT_CHUNK = 2 ** 22  # activation values per zero-counting step: its int64 tem
 def model_probes(exp: Experiment) -> list[Probe]:
     """The probes the analysis measures: the study's model checked under each of its norms at its
     data's shape (one line otherwise: ModelError, NormError), its activations found (those of the
-    first norm: a swap changes no activation), then `exp.probes` chooses (ProbeError)."""
+    first norm: a swap changes no activation), then `exp.probes` chooses (ProbeError).
+    Built once per experiment and process: `bnrep run` checks before its stages, and each stage again."""
+    return list(_model_probes(exp))
+
+
+@functools.lru_cache(maxsize=8)
+def _model_probes(exp: Experiment) -> tuple[Probe, ...]:
     C, H, W = input_shape(exp)
     model = check_model(exp.model, exp.norms, (C, H, W), NUM_CLASSES)
-    return select_probes(find_probes(model, torch.zeros(2, C, H, W)), exp.probes, exp.model)
+    return tuple(select_probes(find_probes(model, torch.zeros(2, C, H, W)), exp.probes, exp.model))
 
 
 @dataclass

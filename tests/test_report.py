@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 
-from bnrep import figures, findings, report, results
+from bnrep import conditions, figures, findings, report, results
 from bnrep.experiments import get_experiment
 from bnrep.store import Store
 from bnrep.results import COLORS
@@ -551,8 +551,8 @@ def test_four_norm_report_and_architectures_side_by_side(tmp_path):
     assert "| measure | norm | digits-cnn (CNN Digits) | mnist-cnn (CNN MNIST) |" in md
     gn = [make_tables(e, **SMALL, seeds=s, acc=a, norms=NORMS4)["training"].query("norm == 'group'")["test_acc"] * 100
           for e, s, a in (("digits-cnn", 4, acc4), ("mnist-cnn", 2, None))]
-    assert f"| test accuracy (%) | GN | {report.fmt_pm(gn[0].mean(), gn[0].std(), 2)} | " \
-           f"{report.fmt_pm(gn[1].mean(), gn[1].std(), 2)} |" in md
+    assert f"| test accuracy (%) | GN | {results.fmt_pm(gn[0].mean(), gn[0].std(), 2)} | " \
+           f"{results.fmt_pm(gn[1].mean(), gn[1].std(), 2)} |" in md
 
 
 def test_settings_show_the_stage_hashes_of_config_json(tmp_path):
@@ -1077,7 +1077,7 @@ def test_diverged_models_make_the_verdicts_inconclusive():
                            test_acc=0.9, train_acc=1.0, val_acc=0.9, lr=0.01, diverged=n == "none" and s == 0,
                            diverged_epoch=2 if n == "none" and s == 0 else 0)
                       for n in ("batch", "none") for s in range(3)])
-    conds = findings.diverged_models(Results(get_experiment("synthetic-cnn"), {"training": t}), "batch")
+    conds = conditions.diverged_models(Results(get_experiment("synthetic-cnn"), {"training": t}), "batch")
     assert [c.text for c in conds] == ["1 of 3 no BN models diverged (training loss NaN or inf; their measures "
                                        "are NaN and left out)"]
     assert conds[0].undermines and conds[0].claims == (1, 2, 3, 4)

@@ -1,0 +1,68 @@
+"""The paper's Table 1: accuracies per (experiment, normalisation), mean and std over seeds, as a
+frame, Markdown/HTML rows, LaTeX and its caption, and the diverged models named beside it."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bnrep.norms import sort_key
+from bnrep.results import SHORT, fmt_pm, is_paper_pair, model_label, norm_labels, ordered
+
+
+def diverged_note(training: pd.DataFrame) -> str:
+    """'Diverged (training loss NaN or inf): 2 of 4 NBN models (epochs 3, 5)...' or '' (none, or older tables)."""
+    if "diverged" not in training or not training["diverged"].fillna(False).astype(bool).any():
+        return ""
+    d = training[training["diverged"].fillna(False).astype(bool)]
+    per = "; ".join(f"{len(g)} of {(training['norm'] == n).sum()} {SHORT.get(n, n)} models (epoch "
+                    f"{', '.join(str(int(e)) for e in sorted(g['diverged_epoch']))})"
+                    for n, g in d.groupby("norm", sort=False))
+    return (f"Diverged (training loss NaN or inf, training stopped): {per}. Their rows are kept as evidence; "
+            f"their accuracies are those of the diverged weights, and every measure of a representation with "
+            f"NaN or inf is NaN with its reason.")
+
+
+def table1(training: pd.DataFrame) -> pd.DataFrame:
+    """Paper Table 1: accuracies in percent, mean and std over seeds, per (experiment, norm)."""
+    t = training.assign(**{c: training[c] * 100 for c in ("train_acc", "val_acc", "test_acc")})
+    order = list(dict.fromkeys(t["experiment"]))
+    rows = []
+    for (exp, norm), g in t.groupby(["experiment", "norm"], sort=False):
+        row = {"experiment": exp, "model": model_label(g["arch"].iloc[0], g["dataset"].iloc[0]),
+               "bn": SHORT.get(norm, norm), "_n": sort_key(norm), "seeds": g["seed"].nunique(),
+               "interpolated": int(g["interpolated"].sum())}
+        for c in ("train_acc", "val_acc", "test_acc"):
+            row[f"{c}_mean"], row[f"{c}_std"] = g[c].mean(), g[c].std()
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    df["_o"] = df["experiment"].map(order.index)  # experiments as given; norms in display order (_n)
+    return df.sort_values(["_o", "_n"], ignore_index=True).drop(columns=["_o", "_n"])
+
+
+ACC_COLS = [("train_acc", "Training acc (%)"), ("val_acc", "Validation acc (%)"),
+            ("test_acc", "Evaluation (test) acc (%)")]
+
+
+def table1_rows(t: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    paper = set(t["bn"]) <= {"BN", "NBN"}
+    header = ["Model", "BN" if paper else "Norm", "Seeds"] + [h for _, h in ACC_COLS]
+    rows = [[r.model, r.bn, str(r.seeds)] + [fmt_pm(getattr(r, f"{c}_mean"), getattr(r, f"{c}_std"))
+                                              for c, _ in ACC_COLS] for r in t.itertuples()]
+    return header, rows
+
+
+def table1_tex(t: pd.DataFrame) -> str:
+    header, rows = table1_rows(t)
+    esc = lambda s: s.replace("%", r"\%").replace("±", r"$\pm$")  # noqa: E731
+    lines = [r"\begin{tabular}{llr" + "c" * len(ACC_COLS) + "}", r"\hline",
+             " & ".join(esc(h) for h in header) + r" \\", r"\hline"]
+    lines += [" & ".join(esc(c) for c in r) + r" \\" for r in rows]
+    return "\n".join(lines + [r"\hline", r"\end{tabular}"]) + "\n"
+
+
+def table1_caption(norms) -> str:
+    tags = ", ".join(f"{norm_labels(norms)[n]} ({SHORT[n]})" for n in ordered(norms))
+    if is_paper_pair(norms):
+        tags = "BatchNorm (BN) and no-BatchNorm (NBN)"
+    return (f"Train, validation and evaluation (test) accuracy in percent for the {tags} models; "
+            f"± is the standard deviation across seeds.")
