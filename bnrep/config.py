@@ -225,8 +225,8 @@ def open_store(out: str, exp: Experiment) -> Store:
         raise UsageError(f"--out {out}: bnrep writes results to a local or shared path, file:// or s3:// only "
                          f"(its one-writer lock needs create-if-absent writes; for Google Cloud Storage use its "
                          f"S3 endpoint: s3://BUCKET/PATH?endpoint_override=storage.googleapis.com with HMAC keys)")
-    store = Store(out, exp.name)
     try:
+        store = Store(out, exp.name)  # an s3:// URI resolves its bucket's region here: the network
         if store.local_path() is not None:
             _check_local_writable(Path(store.local_path()))
         else:  # object stores have no directories: a probe object, then gone

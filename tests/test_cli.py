@@ -291,3 +291,23 @@ def test_hand_edited_config_json_is_one_line_naming_the_file(text, why, tmp_path
         assert err.startswith(line) and len(err.splitlines()) == 1, (stage, err)
     assert {state for _, state, _ in stage_status(str(out), "digits-cnn")} == {"unknown"}
     assert tree(out) == before and not ray.is_initialized()
+
+
+@pytest.mark.parametrize("how", ["refused", "region"])
+def test_unreachable_bucket_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, how):
+    """An s3:// --out that cannot be reached: nothing listens at its endpoint, or its region cannot be
+    resolved (the first network call, when the store opens: a stand-in raises as pyarrow does offline)."""
+    import bnrep.store
+
+    out = "s3://bucket/runs?endpoint_override=127.0.0.1:1&scheme=http"  # port 1: connection refused
+    if how == "region":
+        def offline(out):
+            raise OSError("When resolving region for bucket 'bucket': AWS Error NETWORK_CONNECTION during "
+                          "HeadBucket operation: curlCode: 6, Could not resolve hostname")
+        monkeypatch.setattr(bnrep.store, "resolve", offline)
+        out = "s3://bucket/runs"
+    rc = flags.run_stage("hparam", ["--smoke-test", "--out", out])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: cannot write to --out {out}: ") and "bucket" in err
+    assert not ray.is_initialized()
