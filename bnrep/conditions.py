@@ -57,7 +57,7 @@ def diverged_models(r: Results, norm: str) -> list[Condition]:
         return []
     d = t["diverged"].fillna(False).astype(bool)
     return [Condition(f"{int(d[t['norm'] == n].sum())} of {int((t['norm'] == n).sum())} {tag} models diverged "
-                      f"(training loss NaN or inf; their measures are NaN and left out)", ALL)
+                      f"(training loss NaN or inf; not analysed, their measures are NaN and left out)", ALL)
             for n, tag in _tags(r, norm).items() if d[t["norm"] == n].any()]
 
 

@@ -157,9 +157,16 @@ def claim(number: int, norm: str = "batch") -> str:
     return CLAIMS[number].replace("BatchNorm", NORM_NAMES[norm]) if norm in NORM_NAMES else CLAIMS[number]
 
 
-def _not_evaluated(number: int, tables: list[str], norm: str = "batch") -> Finding:
-    return Finding(number, claim(number, norm), "not evaluated",
-                   f"needs results/{' and results/'.join(tables)}, which are missing.", norm=norm)
+def _not_evaluated(number: int, tables: dict[str, pd.DataFrame], norm: str = "batch") -> Finding:
+    """Why a claim could not be judged: its tables are missing, or hold no finite value on both sides."""
+    missing = [t for t, d in tables.items() if d.empty]
+    if missing:
+        why = f"needs results/{' and results/'.join(missing)}, which are missing."
+    else:
+        a, ref = pair_names(norm, present_norms(*tables.values()))
+        why = (f"results/{' and results/'.join(tables)} hold no finite value of both {a} and {ref} models in any "
+               f"layer (models that diverged are not analysed).")
+    return Finding(number, claim(number, norm), "not evaluated", why, norm=norm)
 
 
 def _names(layers) -> str:
@@ -170,7 +177,7 @@ def finding_sparsity(layer_sparsity: pd.DataFrame, norm: str = "batch") -> Findi
     """Claim 1: `norm` neither consistently increases nor decreases layer sparsity."""
     c = compare_layers(layer_sparsity, "sparsity", norm)
     if c.empty:
-        return _not_evaluated(1, ["layer_sparsity"], norm)
+        return _not_evaluated(1, {"layer_sparsity": layer_sparsity}, norm)
     a, ref = pair_names(norm, present_norms(layer_sparsity))
     d, seen = c["a"] - c["ref"], c["p"] < P_MAX
     more, less, n = c["layer"][(d > SPARSITY_TOL) & seen], c["layer"][(d < -SPARSITY_TOL) & seen], len(c)
@@ -230,8 +237,7 @@ def _between_groups_only(m: pd.DataFrame, across: dict[str, dict], partial: dict
 def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame, norm: str = "batch") -> Finding:
     """Claim 2: sparsity does not correlate with better generalisation (models of `norm` and none)."""
     if training.empty or layer_sparsity.empty:
-        return _not_evaluated(2, [t for t, d in [("training", training), ("layer_sparsity", layer_sparsity)]
-                                  if d.empty], norm)
+        return _not_evaluated(2, {"training": training, "layer_sparsity": layer_sparsity}, norm)
     norms = present_norms(training, layer_sparsity)
     m = model_sparsity(pair(training, norm), pair(layer_sparsity, norm))
     if len(m) < MIN_MODELS:
@@ -299,7 +305,7 @@ def finding_purity(class_dbi: pd.DataFrame, kmeans: pd.DataFrame, first_layer: i
         numbers["kmeans_dbi"] = {"layers": len(k), "lower": list(lower), "final_layer": last["layer"],
                                  "final": float(last["a"]), "final_ref": float(last["ref"]), "final_p": last["p"]}
     if not parts:
-        return _not_evaluated(3, ["class_dbi", "kmeans"], norm)
+        return _not_evaluated(3, {"class_dbi": class_dbi, "kmeans": kmeans}, norm)
     verdict = "supported" if all(parts) else "not supported" if not any(parts) else "mixed"
     if len(parts) == 1:
         notes.append("(only one of the two parts could be evaluated.)")
@@ -316,7 +322,7 @@ def finding_early_clusters(kmeans: pd.DataFrame, first_layer: int, n_classes: in
     """Claim 4: `norm` reaches ~n_classes clusters earlier; early optimal k closer to n_classes."""
     best = shown(pair(optimal_k(kmeans), norm), first_layer)
     if best.empty or best["norm"].nunique() < 2:
-        return _not_evaluated(4, ["kmeans"], norm)
+        return _not_evaluated(4, {"kmeans": kmeans}, norm)
     a, ref = pair_names(norm, present_norms(kmeans))
     layers = sorted(best["layer_index"].unique())
     early = layers[: math.ceil(len(layers) / 2)]
@@ -392,7 +398,7 @@ def finding_sparsity_across(per_exp: dict[str, Finding]) -> Finding:
             more, less = len(f.numbers["sparser"]), len(f.numbers["less_sparse"])
             dirs[name] = "sparser" if more > less else "less sparse" if less > more else "neither"
     if not dirs:
-        return _not_evaluated(1, ["layer_sparsity"], norm)
+        return Finding(1, claim(1, norm), "not evaluated", "no experiment's claim 1 could be evaluated.", norm=norm)
     same = len(set(dirs.values())) == 1 and "neither" not in dirs.values()
     all_consistent = all(per_exp[n].verdict == "not supported" for n in dirs)
     verdict = "supported" if not same else "not supported" if all_consistent else "mixed"

@@ -130,7 +130,7 @@ def _as_matrix(X, name: str = "X") -> torch.Tensor:
     return X if X.is_floating_point() else X.to(torch.float64)
 
 
-def _unusable(X: torch.Tensor) -> str | None:
+def unusable(X: torch.Tensor) -> str | None:
     """Why no measure of the samples X (N, d) means anything, or None."""
     if X.shape[0] == 0 or X.shape[1] == 0:
         return "no samples" if X.shape[0] == 0 else "no features"
@@ -147,7 +147,7 @@ def _unusable(X: torch.Tensor) -> str | None:
 def _degenerate(X: torch.Tensor, k: int) -> str | None:
     """Why the DBI of X (N, d) with k labels is undefined, or None."""
     N = X.shape[0]
-    reason = _unusable(X)
+    reason = unusable(X)
     if reason is not None:
         return reason
     if k < 2:
@@ -261,7 +261,7 @@ def nc1(X, labels) -> tuple[float, str | None]:
     N, d = X.shape
     codes = _encode_labels(labels, N, X.device)
     C = int(codes.max()) + 1 if codes.numel() else 0
-    reason = _unusable(X) or (f"fewer than 2 classes (got {C})" if C < 2 else None)
+    reason = unusable(X) or (f"fewer than 2 classes (got {C})" if C < 2 else None)
     if reason is not None:
         return float("nan"), reason
     means, counts = _class_means(X, codes, C)  # (C, d), (C,)
@@ -286,7 +286,7 @@ def linear_cka(X, Y) -> float:
     X, Y = _as_matrix(X, "X"), _as_matrix(Y, "Y").to(X.device)
     if X.shape[0] != Y.shape[0]:
         raise ValueError(f"X and Y must hold the same samples: {X.shape[0]} rows vs {Y.shape[0]}")
-    if _unusable(X) is not None or _unusable(Y) is not None:
+    if unusable(X) is not None or unusable(Y) is not None:
         return float("nan")
     Xc, Yc = _centred64(X), _centred64(Y)  # (N, d1), (N, d2)
     fro = torch.linalg.matrix_norm
@@ -305,7 +305,7 @@ def effective_rank(X) -> tuple[float, str | None]:
     (all zero) or a constant one (identical samples: nothing left after centring).
     """
     X = _as_matrix(X)
-    reason = _unusable(X)
+    reason = unusable(X)
     if reason is not None:
         return float("nan"), reason
     s = torch.linalg.svdvals(_centred64(X))  # (min(N, d),)

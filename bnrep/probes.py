@@ -63,6 +63,7 @@ class Probe:
     activation: str  # "ReLU", "GELU", ...
     path: str  # the module path (of the module calling the function, for a functional activation)
     channels_last: bool = False  # (N, H, W, C) or (N, T, C) output
+    channels: int = 0  # C of its output (0: not known)
 
     @property
     def rectifier(self) -> bool:
@@ -145,20 +146,25 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 @torch.no_grad()
 def find_probes(model: nn.Module, example: torch.Tensor) -> list[Probe]:
     """Every activation call of one forward pass of `example` (eval mode), in forward order."""
-    seen: list[tuple[str, str, bool]] = []  # (path, activation, channels last) per call
+    seen: list[tuple[str, str, bool, int]] = []  # (path, activation, channels last, channels) per call
+
+    def record(index, path, act, out):
+        last = _is_channels_last(out)
+        seen.append((path, act, last, out.shape[-1] if last else out.shape[1]))
+
     was_training = model.training
-    with tap(model.eval(), lambda index, path, act, out: seen.append((path, act, _is_channels_last(out)))):
+    with tap(model.eval(), record):
         model(example)
     model.train(was_training)
-    counts, calls = collections.Counter(path for path, _, _ in seen), collections.Counter()
+    counts, calls = collections.Counter(path for path, *_ in seen), collections.Counter()
     names = []
-    for path, _, _ in seen:  # a module called more than once: one probe per call, path:1, path:2
+    for path, *_ in seen:  # a module called more than once: one probe per call, path:1, path:2
         calls[path] += 1
         names.append(path if counts[path] == 1 else f"{path}:{calls[path]}")
     given = getattr(model, "probe_names", None)  # the built-in nets' names
     if given is not None and len(given) == len(names):
         names = list(given)
-    return [Probe(n, i, act, path, last) for i, (n, (path, act, last)) in enumerate(zip(names, seen), start=1)]
+    return [Probe(n, i, act, path, last, c) for i, (n, (path, act, last, c)) in enumerate(zip(names, seen), start=1)]
 
 
 def select_probes(probes: list[Probe], rule: str = "all", what: str = "the model") -> list[Probe]:

@@ -108,10 +108,11 @@ def node_id() -> str:
 
 def placement() -> dict:
     """Where this task or trial runs, as provenance: its Ray node and the GPUs
-    Ray assigned it (0 outside Ray; a fraction when several share one GPU)."""
+    Ray assigned it (0 outside a task: the driver, or no Ray; a fraction when several share one GPU)."""
     import ray
 
-    gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0) if ray.is_initialized() else 0.0
+    ctx = ray.get_runtime_context() if ray.is_initialized() else None
+    gpus = ctx.get_assigned_resources().get("GPU", 0.0) if ctx and ctx.worker.mode == ray._private.worker.WORKER_MODE else 0.0
     return {"node_id": node_id(), "gpus": float(gpus)}
 
 

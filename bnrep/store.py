@@ -42,10 +42,12 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
     samples            the analysis images; part = "indices"
         purpose (sparsity | cluster), position, index (into the training split)
     channel_sparsity   model x layer x eps x channel; part = model_id
-        model_id, bn, norm, seed, layer, layer_index, activation, channel, eps, sparsity
+        model_id, bn, norm, seed, layer, layer_index, activation, channel, eps, sparsity,
+        reason (why sparsity is NaN: a NaN or inf value in the channel, or a diverged
+        model, not analysed; "" otherwise; parts before 0.3 have none)
     layer_sparsity     model x layer x eps; part = model_id
         model_id, bn, norm, seed, layer, layer_index, activation, eps, sparsity,
-        dead_channels (channels with |x| <= eps for every value of every sample)
+        dead_channels (channels with |x| <= eps for every value of every sample), reason
         (activation: the probe's activation, ReLU, GELU, ...: exact zeros mean
         something only after a rectifier; older parts have none and were ReLU)
     class_dbi          model x layer; part = <model_id>-<layer>
@@ -59,9 +61,12 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
     effective_rank     model x layer; part = <model_id>-<layer>
         model_id, bn, norm, seed, layer, layer_index, activation, value, reason (Roy & Vetterli 2007)
     cka                model pair x layer; part = <layer>-<model_a>-<model_b>
-        model_a, model_b, norm_a, norm_b, seed_a, seed_b, layer, layer_index, cka
+        model_a, model_b, norm_a, norm_b, seed_a, seed_b, layer, layer_index, cka, reason
         (linear CKA, Kornblith et al. 2019, of the reduced representations of the
         clustering samples; every pair of norms at one seed, every pair of seeds in one norm)
+
+A model whose training diverged (training.diverged) is not analysed: every
+analysis row of it is NaN with the reason "diverged at epoch N: ...".
 
 Every part carries provenance in its schema metadata (`provenance`): bnrep
 version, git commit, the stage hash of config.json it was computed under

@@ -18,8 +18,8 @@ def diverged_note(training: pd.DataFrame) -> str:
                     f"{', '.join(str(int(e)) for e in sorted(g['diverged_epoch']))})"
                     for n, g in d.groupby("norm", sort=False))
     return (f"Diverged (training loss NaN or inf, training stopped): {per}. Their rows are kept as evidence; "
-            f"their accuracies are those of the diverged weights, and every measure of a representation with "
-            f"NaN or inf is NaN with its reason.")
+            f"their accuracies are those of the diverged weights, which are not analysed: every measure of "
+            f"them is NaN with the epoch it diverged.")
 
 
 def table1(training: pd.DataFrame) -> pd.DataFrame:

@@ -107,6 +107,36 @@ def test_every_stage_writes_its_outputs(reference):
     assert "report.html" in log
 
 
+def test_diverged_models_are_results_not_crashes(tmp_path):
+    """`--lr 10000`: every model's loss becomes NaN. Training records the epoch; the analysis measures no
+    diverged weights (no task: every row NaN with the epoch); the report is written and says so. Before:
+    the analysis died in k-means with a 70-line RayTaskError, exit 1, no report."""
+    from bnrep.stages.analysis import NOT_TRAINED
+
+    out = tmp_path / "runs"
+    r = bnrep("run", "--smoke-test", "--paper-hparams", "--lr", "10000", out=out)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    training = table(out, "training")
+    assert list(training["model_id"]) == MODELS and training["diverged"].all()
+    assert (training["diverged_epoch"] == training["epochs"]).all()  # stopped at once
+    history = table(out, "training_history")
+    assert history.groupby("model_id")["diverged"].sum().to_dict() == dict.fromkeys(MODELS, 1)
+    why = {m: NOT_TRAINED.format(epoch=e) for m, e in zip(training["model_id"], training["diverged_epoch"])}
+    for name, value, reason in (("channel_sparsity", "sparsity", "reason"), ("layer_sparsity", "sparsity", "reason"),
+                                ("class_dbi", "dbi", "dbi_reason"), ("kmeans", "dbi", "dbi_reason"),
+                                ("nc1", "value", "reason"), ("effective_rank", "value", "reason")):
+        t = table(out, name)
+        per_model = {"channel_sparsity": sum(CNN_CHANNELS.values()), "kmeans": len(CNN_CHANNELS) * len(K_VALUES)}
+        assert len(t) == len(MODELS) * per_model.get(name, len(CNN_CHANNELS)), name
+        assert t[value].isna().all() and (t[reason] == t["model_id"].map(why)).all(), name
+    cka = table(out, "cka")
+    assert len(cka) == len(PAIRS) * len(CNN_CHANNELS) and cka["cka"].isna().all()
+    assert (cka["reason"] == cka["model_a"].map(why)).all()
+    assert "Diverged (training loss NaN or inf, training stopped): 2 of 2 BN models (epoch" in r.stdout
+    assert (out / "digits-cnn" / "report" / "report.html").stat().st_size > 0
+    assert "Traceback" not in r.stdout + r.stderr
+
+
 def test_second_run_does_no_work(reference, tmp_path):
     src, _ = reference
     out = tmp_path / "runs"

@@ -1078,6 +1078,6 @@ def test_diverged_models_make_the_verdicts_inconclusive():
                            diverged_epoch=2 if n == "none" and s == 0 else 0)
                       for n in ("batch", "none") for s in range(3)])
     conds = conditions.diverged_models(Results(get_experiment("synthetic-cnn"), {"training": t}), "batch")
-    assert [c.text for c in conds] == ["1 of 3 no BN models diverged (training loss NaN or inf; their measures "
-                                       "are NaN and left out)"]
+    assert [c.text for c in conds] == ["1 of 3 no BN models diverged (training loss NaN or inf; not analysed, "
+                                       "their measures are NaN and left out)"]
     assert conds[0].undermines and conds[0].claims == (1, 2, 3, 4)

@@ -198,3 +198,35 @@ def test_layer_task_on_nonfinite_representations_writes_nan_with_reasons(tmp_pat
                             ("effective_rank", "value", "reason")):
         t = store.read_table(table)
         assert len(t) == 1 and pd.isna(t[col].iloc[0]) and t[why].iloc[0], table
+
+
+def test_nan_values_have_no_sparsity(tmp_path):
+    """NaN is neither zero nor non-zero: a channel with a NaN or inf value gets NaN sparsity (its layer too),
+    with the reason; the other channels keep their exact counts. Before: NaN counted as non-zero."""
+    import pandas as pd
+
+    from bnrep.config import table_hashes
+    from bnrep.experiments import SMOKE, get_experiment
+    from bnrep.stages.analysis import NONFINITE, write_sparsity
+    from bnrep.store import Store
+
+    class One(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(x)
+
+    X = torch.tensor([[[[1.0, float("nan")], [0.0, 3.0]], [[-2.0, 1.0], [-2.0, -2.0]]],
+                      [[[0.0, 0.0], [0.0, 4.0]], [[2.0, 0.0], [0.0, 0.0]]]])  # (N=2, C=2, 2, 2)
+    reps = extract_representations(One(), X, n_sparsity=2, device="cpu")
+    np.testing.assert_array_equal(reps[0].nonfinite, [1, 0])
+    exp = get_experiment("digits-cnn").override(**SMOKE, eps=(0.0,))
+    row = {"model_id": "m", "norm": "none", "seed": 0}
+    write_sparsity(Store(str(tmp_path), exp.name), exp, row, reps, table_hashes(exp))
+    chan = pd.read_parquet(tmp_path / exp.name / "results" / "channel_sparsity").sort_values("channel")
+    assert np.isnan(chan["sparsity"].iloc[0]) and chan["sparsity"].iloc[1] == 6 / 8  # 3 zeros + 3 from ReLU
+    assert list(chan["reason"]) == [NONFINITE, ""]
+    (layer,) = pd.read_parquet(tmp_path / exp.name / "results" / "layer_sparsity").itertuples()
+    assert np.isnan(layer.sparsity) and layer.reason == NONFINITE

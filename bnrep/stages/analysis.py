@@ -35,7 +35,8 @@ from bnrep.data import check_data, load_data
 from bnrep.experiments import Experiment
 from bnrep.kmeans import KMeansResult, optimal_k, sweep_kmeans
 from bnrep.lock import writer_lock
-from bnrep.metrics import channel_sparsity, davies_bouldin, effective_rank, layer_sparsity, linear_cka, nc1
+from bnrep.metrics import (channel_sparsity, davies_bouldin, effective_rank, layer_sparsity, linear_cka, nc1,
+                           unusable)
 from bnrep.norms import sort_key
 from bnrep.probes import Probe
 from bnrep.progress import wait_tasks
@@ -47,6 +48,7 @@ from bnrep.train import best_device
 
 # ==== the work of one task ====
 NONFINITE = "the representations contain NaN or inf (a diverged model?)"
+NOT_TRAINED = "diverged at epoch {epoch}: its weights are not a trained model (not analysed)"
 LAYER_WORK = {"clustering": ("class_dbi", "kmeans"), "measures": ("nc1", "effective_rank")}  # task part -> tables
 
 
@@ -70,14 +72,19 @@ def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, n_sparsi
 
 
 def write_sparsity(store: Store, exp: Experiment, row: dict, reps, hashes: dict[str, str]) -> None:
+    """Eq. 3-4 at every eps. A channel with a NaN or inf value has no sparsity (NaN), nor has its
+    layer: NaN is neither zero nor non-zero; `reason` says why."""
     keys, chan, lay = model_keys(row), [], []
     for r in reps:
+        bad = r.nonfinite > 0  # (C,)
+        reason = NONFINITE if bad.any() else ""
         for i, eps in enumerate(exp.eps):
-            s = channel_sparsity(r.zero_counts[i], r.values_per_channel)
+            s = np.where(bad, np.nan, channel_sparsity(r.zero_counts[i], r.values_per_channel))
             at = {**keys, "layer": r.name, "layer_index": r.index, "activation": r.activation}
-            chan.append(pd.DataFrame({**at, "channel": np.arange(len(s)), "sparsity": s, "eps": eps}))
-            lay.append({**at, "eps": eps,
-                        "sparsity": layer_sparsity(r.zero_counts[i], r.values_per_channel),
+            chan.append(pd.DataFrame({**at, "channel": np.arange(len(s)), "sparsity": s, "eps": eps,
+                                      "reason": np.where(bad, NONFINITE, "")}))
+            lay.append({**at, "eps": eps, "reason": reason,
+                        "sparsity": math.nan if reason else layer_sparsity(r.zero_counts[i], r.values_per_channel),
                         "dead_channels": int((s == 1.0).sum())})  # zero for every sample
     where = placement()  # provenance: which machine measured it, with what
     store.write_part("channel_sparsity", row["model_id"], pd.concat(chan, ignore_index=True),
@@ -117,10 +124,43 @@ def cka_task(out: str, exp: Experiment, a: dict, b: dict, layer: str, index: int
              Xb: np.ndarray, n: int, cka_hash: str) -> None:
     """Linear CKA between two models' reduced representations of one layer (the n clustering samples)."""
     store, dev = Store(out, exp.name), best_device()
-    value = linear_cka(torch.tensor(Xa[:n], device=dev), torch.tensor(Xb[:n], device=dev))
+    A, B = torch.tensor(Xa[:n], device=dev), torch.tensor(Xb[:n], device=dev)
+    reason = next((f"{m['model_id']}: {why}" for m, X in ((a, A), (b, B)) for why in [unusable(X)] if why), "")
+    write_cka(store, a, b, layer, index, linear_cka(A, B), reason, cka_hash)
+
+
+def write_cka(store: Store, a: dict, b: dict, layer: str, index: int, value: float, reason: str,
+              cka_hash: str) -> None:
     row = {"model_a": a["model_id"], "model_b": b["model_id"], "norm_a": a["norm"], "norm_b": b["norm"],
-           "seed_a": a["seed"], "seed_b": b["seed"], "layer": layer, "layer_index": index, "cka": value}
+           "seed_a": a["seed"], "seed_b": b["seed"], "layer": layer, "layer_index": index, "cka": value,
+           "reason": reason}
     store.write_part("cka", cka_part(layer, a, b), pd.DataFrame([row]), cka_hash, **placement())
+
+
+def write_not_analysed(store: Store, exp: Experiment, row: dict, probes: list[Probe], todo: "Plan",
+                       hashes: dict[str, str]) -> None:
+    """A diverged model's missing parts, on the driver: every measure NaN with the reason, no forward
+    pass (the grid keeps its row as evidence; its weights are not a trained model's)."""
+    why, keys, where = NOT_TRAINED.format(epoch=int(row["diverged_epoch"])), model_keys(row), placement()
+    at = [{**keys, "layer": q.name, "layer_index": q.index, "activation": q.activation} for q in probes]
+    mid = row["model_id"]
+    if mid in todo.sparsity:
+        chan = [pd.DataFrame({**k, "channel": np.arange(q.channels), "sparsity": math.nan, "eps": e, "reason": why})
+                for q, k in zip(probes, at) for e in exp.eps]
+        store.write_part("channel_sparsity", mid, pd.concat(chan, ignore_index=True), hashes["channel_sparsity"],
+                         **where)
+        store.write_part("layer_sparsity", mid, pd.DataFrame([{**k, "eps": e, "reason": why, "sparsity": math.nan,
+                                                               "dead_channels": 0} for k in at for e in exp.eps]),
+                         hashes["layer_sparsity"], **where)
+    for q, work in todo.layers.get(mid, []):
+        k = next(k for k in at if k["layer_index"] == q.index)
+        rows = {"class_dbi": [{**k, "dbi": math.nan, "dbi_reason": why}],
+                "kmeans": [{**k, "k": j, "dbi": math.nan, "inertia": math.nan, "optimal": False, "dbi_reason": why}
+                           for j in range(exp.k_min, exp.k_max + 1)],
+                "nc1": [{**k, "value": math.nan, "reason": why}],
+                "effective_rank": [{**k, "value": math.nan, "reason": why}]}
+        for table in (t for w in work for t in LAYER_WORK[w]):
+            store.write_part(table, f"{mid}-{q.name}", pd.DataFrame(rows[table]), hashes[table], **where)
 
 
 def cka_part(layer: str, a: dict, b: dict) -> str:
@@ -135,6 +175,11 @@ def cka_pairs(models: pd.DataFrame) -> list[tuple[dict, dict]]:
 
 
 # ==== the plan ====
+def diverged_mask(models: pd.DataFrame) -> pd.Series:
+    """Models whose training diverged (results before 0.3 have no column: none)."""
+    return models["diverged"].fillna(False).astype(bool) if "diverged" in models else pd.Series(False, models.index)
+
+
 def trained_models(store: Store, exp: Experiment) -> pd.DataFrame:
     """The experiment's trained models, each verified (UsageError names the file)."""
     df = store.read_table("training")
@@ -239,7 +284,9 @@ def run(exp: Experiment, opts: RunOptions) -> int:
 
 def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.DataFrame, samples: AnalysisSamples,
            probes: list[Probe], todo: Plan, hashes: dict[str, str]) -> None:
-    """Ray tasks: extract per model; one per (model, layer); CKA per (layer, pair)."""
+    """Ray tasks: extract per model; one per (model, layer); CKA per (layer, pair). A diverged model
+    gets no task: its rows (NaN, the epoch it diverged) are written here."""
+    diverged = set(models.loc[diverged_mask(models), "model_id"])
     with ray_session(opts.address, exp.model) as ray:
         check_shared_out(ray, store)
         gpus = default_gpus(ray, opts.gpus_per_task)
@@ -252,6 +299,9 @@ def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.Dat
         at = {p.index: i for i, p in enumerate(probes)}  # layer index -> position of its array
         arrays, pending = {}, []
         for mid in sorted(todo.extract()):
+            if mid in diverged:  # its rows say so; no task
+                write_not_analysed(store, exp, rows[mid], probes, todo, hashes)
+                continue
             refs = remote["extract"].remote(store.out, exp, rows[mid], images, samples.n_sparsity, probes,
                                             hashes if mid in todo.sparsity else None)
             arrays[mid] = refs if isinstance(refs, list) else [refs]
@@ -259,7 +309,13 @@ def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.Dat
             pending += [remote["layer_task"].remote(store.out, exp, rows[mid], q, arrays[mid][at[q.index]],
                                                     labels, work, opts.kmeans_backend, hashes)
                         for q, work in todo.layers.get(mid, [])]
-        pending += [remote["cka_task"].remote(store.out, exp, a, b, name, index, arrays[a["model_id"]][at[index]],
-                                              arrays[b["model_id"]][at[index]], samples.n_cluster, hashes["cka"])
-                    for a, b, name, index in todo.cka]
+        for a, b, name, index in todo.cka:
+            if diverged & {a["model_id"], b["model_id"]}:
+                why = next(NOT_TRAINED.format(epoch=int(m["diverged_epoch"])) for m in (a, b)
+                           if m["model_id"] in diverged)
+                write_cka(store, a, b, name, index, math.nan, why, hashes["cka"])
+            else:
+                pending.append(remote["cka_task"].remote(store.out, exp, a, b, name, index,
+                                                         arrays[a["model_id"]][at[index]], arrays[b["model_id"]][at[index]],
+                                                         samples.n_cluster, hashes["cka"]))
         wait_tasks(ray, pending, "analysis")
