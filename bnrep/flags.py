@@ -23,6 +23,7 @@ from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, SMOKE, ConfigError, E
 from bnrep.models import BUILTIN, ModelError
 from bnrep.norms import NAMES as NORMS, NormError
 from bnrep.probes import ProbeError
+from bnrep.store import StoreWriteError, write_error
 
 SCRIPTS = {  # stage -> script, in pipeline order
     "hparam": "sweeps/hparam.py",
@@ -213,6 +214,9 @@ def main_guard(fn) -> int:
         return 2
     except StageFailed as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except StoreWriteError as e:  # disk full, permission denied: the locks are released on the way out
+        print(f"error: {write_error(e) or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)

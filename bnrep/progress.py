@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 import time
 
+from bnrep.store import write_error
+
 LOG_EVERY_S = 60.0  # log files: at most one line per trial per this many seconds
 REDRAW_S = 1.0  # terminals: redraw the block at most this often
 
@@ -129,6 +131,11 @@ def tune_progress(stage: str, total: int, max_epochs: int, label, describe, stre
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._end(trial, describe(trial.last_result or {}))
 
+        def on_trial_recover(self, iteration, trials, trial, **info):  # Tune's traceback is quieted
+            self._print(f"[{stage}] trial {trial.trial_id} failed; restarting it from its last checkpoint "
+                        f"(its log: {trial.local_path or 'the Tune logs'})")
+            self._draw(force=True)
+
         def on_trial_error(self, iteration, trials, trial, **info):
             self._end(trial, f"trial {trial.trial_id} failed: see {trial.local_path or 'the Tune logs'}")
 
@@ -146,7 +153,12 @@ def wait_tasks(ray, pending: list, stage: str, stream=None) -> None:
     tty, step = out.isatty(), max(1, total // 10)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=None)
-        ray.get(ready)
+        try:
+            ray.get(ready)
+        except Exception as e:  # a task that could not write (disk full): its one line, not Ray's traceback
+            if write_error(e):
+                raise write_error(e) from None
+            raise
         done += len(ready)
         elapsed = time.monotonic() - t0
         left = f", ~{_duration(elapsed / done * (total - done))} left" if done < total else ""

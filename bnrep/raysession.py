@@ -58,6 +58,12 @@ def check_address(address: str | None) -> None:
                          f"shows it), or leave --address and RAY_ADDRESS unset for a private local Ray") from None
 
 
+def quiet_worker() -> None:
+    """Every Ray worker of a bnrep session, at start: a restarted trial says so in bnrep's progress
+    (bnrep.progress), not with Tune's "Restored on ... from checkpoint" on the console."""
+    logging.getLogger("ray.tune.trainable.trainable").setLevel(logging.WARNING)
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None, model: str | None = None):
     """Join `address` / $RAY_ADDRESS, or start a private local Ray; shut down
@@ -71,9 +77,13 @@ def ray_session(address: str | None, model: str | None = None):
     # bnrep reads its own tables, never Tune's metrics: no warning about trials whose result files a
     # kill or a Ctrl-C left missing ("Failed to fetch metrics ... FileNotFoundError")
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # a failed trial: a line from bnrep's progress (bnrep.progress), its traceback in the trial's own log,
+    # not on the console ("Trial task failed for trial ...": 40 lines per attempt)
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)  # "Trials did not complete": bnrep says which
     shipped = user_module_path(model) if model else None
-    if shipped:
-        quiet["runtime_env"] = {"py_modules": [shipped]}
+    quiet["runtime_env"] = {"worker_process_setup_hook": "bnrep.raysession.quiet_worker",
+                            **({"py_modules": [shipped]} if shipped else {})}
     address = address or os.environ.get("RAY_ADDRESS")
     started = False
     if not ray.is_initialized():

@@ -78,6 +78,7 @@ every load) and the epoch a restarted trial resumed from (`resumed_from_epoch`).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -137,6 +138,22 @@ def safe_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._~-]", lambda m: "".join(f"~{b:02x}" for b in m.group().encode()), name)
 
 
+class StoreWriteError(OSError):
+    """A write the store could not make (disk full, permission denied, read-only, bucket gone):
+    one line naming the file; nothing half-written is left where a reader would look."""
+
+
+def write_error(err: BaseException | None) -> StoreWriteError | None:
+    """The StoreWriteError behind an error (a Ray task's or a Tune trial's: their causes), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, StoreWriteError) and err.args and str(err.args[0]).startswith("cannot write "):
+            return StoreWriteError(err.args[0])  # the message alone (Ray wraps it in a traceback)
+        err = getattr(err, "cause", None) or err.__cause__
+    return None
+
+
 def is_uri(path: str) -> bool:
     return "://" in str(path)
 
@@ -192,6 +209,10 @@ class Store:
             return "file://" + p if p.startswith("/") else "file:///" + p
         return self._uri_prefix + p + self._uri_query
 
+    def display(self, *parts: str) -> str:
+        """The path as a user names it: a local path, or the URI without its options."""
+        return self.local_path(*parts) or self._uri_prefix + self.path(*parts)
+
     def local_path(self, *parts: str) -> str | None:
         return self.path(*parts) if isinstance(self.fs, pafs.LocalFileSystem) else None
 
@@ -203,14 +224,22 @@ class Store:
         self.fs.create_dir(self.path(*parts), recursive=True)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        """Atomic: temporary name in the same directory, then rename."""
+        """Atomic: temporary name in the same directory, then rename. A failed write (disk full,
+        permission denied) removes its temporary file and raises StoreWriteError naming `rel`."""
         final = self.path(rel)
         parent = final.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
         tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
-        self.fs.move(tmp, final)
+        try:
+            self.fs.create_dir(parent, recursive=True)
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, final)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(tmp)
+            why = e.strerror or str(e).strip().splitlines()[0]
+            raise StoreWriteError(f"cannot write {self.display(rel)}: {why}; free space or fix permissions "
+                                  f"there, then rerun the same command (results already written are kept)") from None
 
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as f:

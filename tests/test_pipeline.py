@@ -205,6 +205,41 @@ def assert_tables_equal(out, ref, names, exact=False):
         pd.testing.assert_frame_equal(got, want, check_exact=exact, rtol=1e-6, obj=name)
 
 
+FULL_DISK = os.path.join(os.path.dirname(__file__), "full_disk")  # its sitecustomize fills the disk at one file
+DONE_BEFORE = {"final": ("config.json", "hparam", "results/hparam_trials"),
+               "analysis": ("config.json", "hparam", "results/hparam_trials", "train/models", "results/training",
+                            "results/training_history"),
+               "report": ("config.json", "hparam", "train/models", "results")}
+STAGE_ARGS = {"final": ("final", "--smoke-test"), "analysis": ("analysis", "--smoke-test"), "report": ("report",)}
+
+
+@pytest.mark.parametrize("stage, rel", [("final", "train/models/cnn-nobn-s1/model.pt"),  # in a Tune trial
+                                        ("analysis", "results/kmeans/cnn-bn-s0-conv2.parquet"),  # in a Ray task
+                                        ("report", "report/report.html")])  # in the driver
+def test_a_full_disk_is_one_line_and_the_rerun_completes(reference, tmp_path, stage, rel):
+    """Disk full while a stage writes one file (half its bytes written, then ENOSPC, in whichever process
+    writes it): one line naming the file, exit 1, no half-written or temporary file left, the lock free;
+    the same command, once there is space, finishes with the reference's results."""
+    ref, _ = reference
+    out = tmp_path / "runs"
+    copy_stages(ref, out, *DONE_BEFORE[stage])
+    env = {**os.environ, "BNREP_FULL_DISK": rel,
+           "PYTHONPATH": os.pathsep.join(filter(None, [FULL_DISK, os.environ.get("PYTHONPATH")]))}
+    r = bnrep(*STAGE_ARGS[stage], out=out, env=env)
+    root = out / "digits-cnn"
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stderr.strip().splitlines() == [
+        f"error: cannot write {root / rel}: No space left on device; free space or fix permissions there, then "
+        f"rerun the same command (results already written are kept)"]
+    assert not (root / rel).exists()
+    assert not [p for p in root.rglob(".tmp-*") if "tune" not in p.parts]
+    r = bnrep(*STAGE_ARGS[stage], out=out)  # the lock is free, nothing half-written is read
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_tables_equal(out, ref, {"final": ["training", "training_history"], "analysis": ANALYSIS}.get(stage, []),
+                        exact=True)
+    assert (root / rel).stat().st_size > 0
+
+
 FINAL_TUNE = "train/tune/final"
 
 

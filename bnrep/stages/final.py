@@ -26,7 +26,7 @@ from bnrep.norms import SHORT, TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_shared_out, default_gpus, placement, ray_session
 from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, trial_dirname
-from bnrep.store import Store, tables
+from bnrep.store import Store, tables, write_error
 from bnrep.train import Trainer, best_device
 
 
@@ -113,6 +113,9 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
                            tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname),
                            run_config=run_config(opts, "final", store.uri("train", "tune"), progress))
     errors = [r.error for r in tuner.fit() if r.error]
+    for e in errors:
+        if write_error(e):  # disk full, permission denied: its one line
+            raise write_error(e)
     if errors:
         first = str(errors[0]).strip().splitlines()[-1][:300]
         raise StageFailed(f"{len(errors)} model(s) failed {opts.max_failures + 1} times, more than --max-failures "

@@ -15,7 +15,7 @@ import sys
 from bnrep import report
 from bnrep.config import load_experiment
 from bnrep.lock import writer_lock
-from bnrep.store import Store, git_commit
+from bnrep.store import Store, StoreWriteError, git_commit
 
 
 def check_name(out: str, name: str) -> None:
@@ -46,6 +46,8 @@ def run(out: str, experiments: list[str] | None, several: bool = False, force: b
         return 1
     try:
         return write(out, todo, several or experiments is None, force)
+    except StoreWriteError:  # names its file: one line from the caller (bnrep.flags.main_guard)
+        raise
     except OSError as e:
         print(f"error: cannot write the report under {out}: {e}", file=sys.stderr)
         return 1
