@@ -149,8 +149,7 @@ def reference(tmp_path_factory):
     try:
         for stage in STAGES:
             r = subprocess.run([sys.executable, str(ROOT / stage), *stage_flags(stage), "--out", out],
-                               env=env, cwd=tmp_path_factory.getbasetemp(), capture_output=True, text=True,
-                               timeout=1800)  # a guard against a hang
+                               env=env, cwd=tmp_path_factory.getbasetemp(), capture_output=True, text=True)
             assert r.returncode == 0, f"{stage} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -275,7 +274,7 @@ def auth_cluster(tmp_path):
         yield address, set(nodes), token, plain, proc.pid
     finally:
         proc.stdin.close()
-        proc.wait(timeout=120)
+        proc.wait()
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
@@ -297,12 +296,12 @@ def test_token_auth_runs_the_pipeline_with_the_token_and_refuses_others(auth_clu
     out = str(tmp_path / "runs")
     r = subprocess.run([sys.executable, "-m", "bnrep", "run", *FLAGS, "--address", address, "--out", out],
                        env={**plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}, cwd=tmp_path,
-                       capture_output=True, text=True, timeout=1800)  # ~2 min idle; a guard against a hang
+                       capture_output=True, text=True)  # ~2 min idle
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert set(table(out, "hparam_trials")["node_id"]) == nodes, "the sweep did not run on both workers"
     assert Store(out, EXPERIMENT).exists("report", "report.html")
     for name, p in refused.items():
-        log = p.communicate(timeout=180)[0]
+        log = p.communicate()[0]  # a refused client gives up by itself (RAY_gcs_rpc_server_connect_timeout_s)
         assert p.returncode != 0 and "connected" not in log.splitlines(), f"{name}: connected"
         assert "Unauthenticated" in log and "InvalidAuthToken" in log, f"{name}: not refused for its token:\n{log[-2000:]}"
 
@@ -455,10 +454,8 @@ def kill_node(cluster, node) -> None:
     for pid in tree:
         with contextlib.suppress(ProcessLookupError):  # a worker that had just ended
             os.kill(pid, signal.SIGKILL)
-    deadline = time.time() + 30  # SIGKILL cannot be ignored: only a wedged kernel would reach this
-    while any(map(is_running, tree)) and time.time() < deadline:
+    while any(map(is_running, tree)):  # SIGKILL cannot be ignored: they die, however loaded the machine
         time.sleep(0.01)
-    assert not any(map(is_running, tree)), "processes of the killed node still run"
     cluster.remove_node(node, allow_graceful=False)
 
 
@@ -481,7 +478,7 @@ def run_and_kill_worker(cluster, argv: list[str], victim, cwd, at_death=lambda n
         kill_node(cluster, next(n for n in workers(cluster) if n.node_id == node_id))
         at_death(node_id)
         replacement = cluster.add_node(num_cpus=1)
-        proc.wait(timeout=1800)  # ~1 min idle; a guard against a hang, not a clock
+        proc.wait()  # ~1 min idle
     finally:
         proc.kill()
     assert proc.returncode == 0, log.read_text()[-5000:]
@@ -691,7 +688,7 @@ def test_endpoint_in_the_uri_works_end_to_end(s3_env, tmp_path):
     env.update(RAY_TMPDIR=ray_tmp)
     try:
         r = subprocess.run([sys.executable, "-m", "bnrep", "run", *FLAGS, "--paper-hparams", "--out", out], env=env,
-                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                           cwd=tmp_path, capture_output=True, text=True)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

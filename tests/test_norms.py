@@ -22,7 +22,7 @@ LAYERS = 5
 
 def bnrep(*args, out):
     r = subprocess.run([sys.executable, "-m", "bnrep", *args, "--out", str(out)], capture_output=True, text=True,
-                       timeout=1200, cwd=out.parent)
+                       cwd=out.parent)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout
 

@@ -455,7 +455,7 @@ def test_driver_parser_is_reusable(driver):
 
 def test_driver_runs_as_a_script(tmp_path):
     r = subprocess.run([sys.executable, "analysis/report.py", "--experiment", "nope", "--out", str(tmp_path)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+                       cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: unknown experiment")
 
 
@@ -570,7 +570,7 @@ def test_status_does_not_import_matplotlib(full):
     code = ("import bnrep.status, sys; assert 'matplotlib' not in sys.modules; "
             f"rows = bnrep.status.stage_status({str(out)!r}, 'digits-cnn'); "
             "assert ('report', 'complete') in [r[:2] for r in rows], rows; assert 'matplotlib' not in sys.modules")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 

@@ -1,0 +1,61 @@
+"""Faults and moments chosen by state, in every process of a run (the driver, Ray workers, Tune trials).
+
+On PYTHONPATH, with
+- BNREP_FULL_DISK=<dir>/<name> (e.g. kmeans/m-conv2.parquet): writing that file (under its temporary
+  name) writes half of
+  its bytes, then fails with ENOSPC as a full disk does;
+- BNREP_STOP_AFTER=<dir>/<name>: once that file is complete (renamed into place), the process that
+  wrote it stops itself (SIGSTOP), so a test kills it at exactly that moment, whatever the machine's load.
+Everything else writes normally. It replaces the store's filesystem below bnrep's own write code, so
+that code runs as it would on a full disk.
+"""
+
+import os
+
+if os.environ.get("BNREP_FULL_DISK") or os.environ.get("BNREP_STOP_AFTER"):
+    import errno
+    import signal
+
+    import pyarrow.fs as pafs
+
+    import bnrep.store
+
+    full, stop = os.environ.get("BNREP_FULL_DISK"), os.environ.get("BNREP_STOP_AFTER")
+
+    def _is(path, rel):  # also under a temporary name: <dir>/.tmp-<id>-<name>
+        if not rel:
+            return False
+        folder, name = os.path.split(rel)
+        return os.path.dirname(path).endswith(folder) and path.endswith(name)
+
+    class _HalfWritten:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.stream.close()
+
+        def write(self, data):
+            self.stream.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    class Injected(pafs.LocalFileSystem):
+        def open_output_stream(self, path, *args, **kwargs):
+            stream = super().open_output_stream(path, *args, **kwargs)
+            return _HalfWritten(stream) if _is(path, full) else stream
+
+        def move(self, src, dest):
+            super().move(src, dest)
+            if _is(dest, stop):
+                os.kill(os.getpid(), signal.SIGSTOP)
+
+    _resolve = bnrep.store.resolve
+
+    def resolve(out):
+        fs, root = _resolve(out)
+        return (Injected(), root) if isinstance(fs, pafs.LocalFileSystem) else (fs, root)
+
+    bnrep.store.resolve = resolve
