@@ -215,3 +215,23 @@ def test_a_diverging_run_stops_and_says_so(digits, stop):
                       device="cpu")
     resumed.load_checkpoint(t.save_checkpoint())
     assert resumed.done and resumed.diverged_epoch == t.epoch
+
+
+def test_a_100_class_model_loads_with_its_class_count(tmp_path):
+    """load_model builds the model with the class count its file records (was: always 10)."""
+    from bnrep.checkpoints import load_model, save_model
+    from bnrep.models import build_model
+    from bnrep.store import Store
+
+    import pandas as pd
+
+    exp = get_experiment("digits-cnn")
+    store = Store(str(tmp_path), exp.name)
+    model = build_model(exp.model, "batch", 1, num_classes=100, size=(8, 8))
+    row = {"model_id": "cnn-bn-s0", "model": exp.model, "norm": "batch", "bn": True}
+    digest = save_model(store, "cnn-bn-s0", model, exp, {"lr": 0.1}, row, num_classes=100)
+    store.write_part("training", "cnn-bn-s0", pd.DataFrame([row]), "h", model_sha256=digest)
+    loaded = load_model(store, "cnn-bn-s0", exp)
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    assert loaded.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 100)
