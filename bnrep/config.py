@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bnrep
+from bnrep.datasets import class_names
 from bnrep.experiments import ConfigError, Experiment, get_experiment, renamed
 from bnrep.store import Store, git_commit, is_uri, tables
 
@@ -33,6 +34,7 @@ ANALYSIS_FIELDS = ("samples_sparsity", "samples_cluster", "k_min", "k_max", "n_i
 # Fields that change neither
 # (more seeds or norms only add models; figures only choose layers; probes only add or skip layers)
 FREE_FIELDS = ("description", "seeds", "norms", "channel_layers", "first_shown_layer", "probes")
+NEW_FIELDS = ("image_size",)  # training fields added since results were first written (None: absent then)
 
 
 OUT_SCHEMES = ("file", "s3")  # where results may live: the schemes the writer lock can make safe (bnrep.lock)
@@ -104,6 +106,9 @@ def stage_hashes(exp: Experiment) -> dict[str, str]:
     d = exp.to_dict()
     for f in FREE_FIELDS:
         d.pop(f)
+    for f in NEW_FIELDS:  # at their defaults, hashed as before they existed
+        if d[f] is None:
+            d.pop(f)
     d["arch"] = d.pop("model")  # hashed under the name it had before model specs, so old runs keep their hashes
     if len(d["eps"]) == 1:
         d["eps"] = d["eps"][0]
@@ -177,6 +182,7 @@ def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
     (write_config) once the stage starts work. Writes nothing."""
     hashes = stage_hashes(exp)
     record = {"experiment": exp.to_dict(), **hashes, "table_hashes": table_hashes(exp),
+              "classes": class_names(exp.dataset),  # the report's class names and count, wherever it runs
               "bnrep_version": bnrep.__version__,
               "git_commit": git_commit(), "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     if fresh or not store.exists("config.json"):

@@ -4,13 +4,17 @@
     >>> for idx in batches(len(data.train), 64, torch.Generator().manual_seed(0), "cpu"):
     ...     xb, yb = data.train.X[idx], data.train.y[idx]  # (B, C, H, W), (B,)
 
-Datasets (all 10 classes):
+Datasets (the table: bnrep.datasets):
     digits         scikit-learn's bundled 8x8 digits (1,797 images, offline); test = a
                    stratified `test_fraction` hold-out, validation = `val_size` of the rest
     mnist          torchvision MNIST, 28x28x1; test = official test set (10,000),
     fashion-mnist  torchvision FashionMNIST, 28x28x1;  validation = `val_size` held out
     cifar10        torchvision CIFAR10, 32x32x3;       from the official training set
+    cifar100       torchvision CIFAR100, 32x32x3, 100 classes (fine labels); as cifar10
     synthetic      seeded class-structured images of `image_shape`, split as digits
+    imagefolder:PATH  your images: PATH/train/<class>/..., PATH/test/<class>/..., PATH/val/
+                   optional (else `val_size` held out); `image_size` resizes the shorter side
+                   and centre-crops; classes are the folder names
 
 Splits depend only on `exp.split_seed` (private RNGs, never the global ones), so
 every model seed sees the same train/val/test images. Pixels are scaled to
@@ -28,21 +32,24 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
-from bnrep.experiments import Experiment
+from bnrep.datasets import DATASETS, FOLDER, DatasetError, folder_classes, folder_splits, image_files, parse_dataset
 
-NUM_CLASSES = 10  # every supported dataset
-TORCHVISION = ("mnist", "fashion-mnist", "cifar10")
-SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}  # (C, H, W)
+if TYPE_CHECKING:
+    from bnrep.experiments import Experiment
+
+NUM_CLASSES = 10  # the class count of model files written before 0.3, which did not record it
+TORCHVISION = tuple(n for n, d in DATASETS.items() if d.torchvision)
 SYNTHETIC_SEED = 20240901  # fixes the synthetic images; split_seed only splits them, as for real data
 
 
-class DataError(ValueError):
+class DataError(DatasetError):
     """Missing, unreadable or unsplittable data; the message is one line."""
 
 
@@ -73,6 +80,7 @@ class Data:
     name: str  # dataset name, as in Experiment.dataset
     mean: torch.Tensor | None = None  # (C,) training-split channel mean of [0, 1] pixels, on the splits' device
     std: torch.Tensor | None = None  # (C,) training-split channel std; X = (pixels - mean) / std
+    classes: tuple[str, ...] = ()  # class names (an image folder's folders; else "0", "1", ...)
 
 
 # ==== public API ====
@@ -83,32 +91,59 @@ def check_data(exp: Experiment, data_root: str | None = None, download: bool = T
     Cheap when the files are present (existence checks only). digits and
     synthetic need no files and always pass.
     """
-    if exp.dataset in TORCHVISION:
-        cls, root = _torchvision_class(exp.dataset), _readable_root(data_root)
+    kind, path = _parse(exp.dataset)
+    if kind in TORCHVISION:
+        cls, root = _torchvision_class(kind), _readable_root(data_root)
         if _missing_files(cls, root):
             _fetch(cls, root, download)
         _check_files(cls, root)
+    elif kind == FOLDER:
+        _read_folder(path, exp.image_size)  # every image decoded once: a bad one is named before Ray
 
 
 def input_shape(exp: Experiment) -> tuple[int, int, int]:
-    """(C, H, W) of `exp`'s images, without reading them (models are checked against it before Ray)."""
-    return tuple(exp.image_shape) if exp.dataset == "synthetic" else SHAPES[exp.dataset]
+    """(C, H, W) of `exp`'s images, without reading them all (models are checked against it before Ray)."""
+    kind, path = _parse(exp.dataset)
+    if kind == FOLDER:
+        first = next(image_files(os.path.join(folder_splits(path)["train"], folder_classes(path)[0])))
+        C, H, W = _folder_image(first, exp.image_size).shape
+        return C, H, W
+    return tuple(exp.image_shape) if kind == "synthetic" else DATASETS[kind].shape
+
+
+def num_classes(exp: Experiment) -> int:
+    """The class count of `exp`'s data: the models' heads, claim 4, Figure 5's line."""
+    kind, path = _parse(exp.dataset)
+    return len(folder_classes(path)) if kind == FOLDER else DATASETS[kind].num_classes
+
+
+def _parse(name: str) -> tuple[str, str]:
+    try:
+        return parse_dataset(name)
+    except DatasetError as e:
+        raise DataError(str(e)) from None
 
 
 def load_data(exp: Experiment, data_root: str | None = None, device="cpu", download: bool = True) -> Data:
     """All three splits of `exp.dataset` as normalised tensors on `device`."""
-    (X, y), (X_test, y_test), scale = _read(exp, data_root, download)  # X: (N, C, H, W), pixels * scale
-    train_idx, val_idx = _holdout(y, exp.val_size, exp.split_seed, "val_size")
-    train = _subset(X, y, train_idx, scale)
+    (X, y), (X_test, y_test), scale, val = _read(exp, data_root, download)  # X: (N, C, H, W), pixels * scale
+    if val is None:
+        train_idx, val_idx = _holdout(y, exp.val_size, exp.split_seed, "val_size")
+        train, val = _subset(X, y, train_idx, scale), _subset(X, y, val_idx, scale)
+    else:  # a folder's own val/: the seeded order still decides the training split's order
+        train_idx = torch.from_numpy(np.random.default_rng(exp.split_seed).permutation(len(y)))
+        train, val = _subset(X, y, train_idx, scale), _subset(*val, torch.arange(len(val[1])), scale)
     mean, std = _channel_stats(train.X)
     if exp.train_size is not None:
         train = _first(train, exp.train_size)
-    splits = [train, _subset(X, y, val_idx, scale), _subset(X_test, y_test, torch.arange(len(y_test)), scale)]
+    splits = [train, val, _subset(X_test, y_test, torch.arange(len(y_test)), scale)]
     for s in splits:
         s.X.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
     train, val, test = (s.to(device) for s in splits)
     _, C, H, _ = train.X.shape
-    return Data(train, val, test, NUM_CLASSES, C, H, exp.dataset, mean.to(device), std.to(device))
+    kind, path = _parse(exp.dataset)
+    classes = tuple(folder_classes(path)) if kind == FOLDER else tuple(map(str, range(DATASETS[kind].num_classes)))
+    return Data(train, val, test, len(classes), C, H, exp.dataset, mean.to(device), std.to(device), classes)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator, device):
@@ -126,16 +161,19 @@ def batches(n: int, batch_size: int, generator: torch.Generator, device):
 # ==== reading: (train images, labels), (test images, labels), pixel scale ====
 
 def _read(exp: Experiment, data_root, download):
-    if exp.dataset in TORCHVISION:
-        return (*_read_torchvision(exp.dataset, data_root, download), 255.0)
-    if exp.dataset == "digits":
+    """(train, test, pixel scale, val or None: held out from train)."""
+    kind, path = _parse(exp.dataset)
+    if kind in TORCHVISION:
+        return (*_read_torchvision(kind, data_root, download), 255.0, None)
+    if kind == FOLDER:
+        splits = _read_folder(path, exp.image_size)
+        return splits["train"], splits["test"], 255.0, splits.get("val")
+    if kind == "digits":
         (X, y), scale = _digits(), 16.0  # digits pixels are integers 0..16
-    elif exp.dataset == "synthetic":
-        (X, y), scale = _synthetic(exp.image_shape, exp.num_images), 1.0
     else:
-        raise DataError(f"unknown dataset {exp.dataset!r}")
+        (X, y), scale = _synthetic(exp.image_shape, exp.num_images), 1.0
     rest, test = _holdout(y, exp.test_fraction, exp.split_seed, "test_fraction")
-    return (X[rest], y[rest]), (X[test], y[test]), scale
+    return (X[rest], y[rest]), (X[test], y[test]), scale, None
 
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,9 +188,10 @@ def _synthetic(shape: tuple[int, int, int], n: int) -> tuple[torch.Tensor, torch
     """Per-class smooth random prototype + pixel noise, in [0, 1]; a small CNN learns it in a few epochs."""
     C, H, W = shape
     g = torch.Generator().manual_seed(SYNTHETIC_SEED)
-    coarse = torch.rand(NUM_CLASSES, C, 4, 4, generator=g)  # 4x4 grid of class-specific intensities
-    protos = F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)  # (10, C, H, W)
-    y = (torch.arange(n) % NUM_CLASSES)[torch.randperm(n, generator=g)]  # balanced classes
+    k = DATASETS["synthetic"].num_classes
+    coarse = torch.rand(k, C, 4, 4, generator=g)  # 4x4 grid of class-specific intensities
+    protos = F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)  # (k, C, H, W)
+    y = (torch.arange(n) % k)[torch.randperm(n, generator=g)]  # balanced classes
     X = protos[y] + 0.25 * torch.randn(n, C, H, W, generator=g)
     return X.clamp_(0, 1), y
 
@@ -171,6 +210,50 @@ def _read_torchvision(name: str, data_root, download):
     return [(_images(ds.data), torch.as_tensor(ds.targets, dtype=torch.long)) for ds in sets]
 
 
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # one channel; every other mode is read as RGB
+
+
+def _folder_image(path: str, size: int | None) -> torch.Tensor:
+    """One image as (C, H, W) uint8 (C: 1 for grey, 3 for colour), resized and centre-cropped to
+    size x size when `size` is given; DataError naming the file when it does not decode."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if im.mode in GREY_MODES else "RGB")  # decodes: a truncated file fails here
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        raise DataError(f"{path}: not a readable image ({_one_line(e)}); replace or remove it") from None
+    x = TF.pil_to_tensor(im)
+    if size is not None:
+        x = TF.center_crop(TF.resize(x, size, antialias=True), size)
+    return x
+
+
+def _read_folder(path: str, size: int | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every split of an image folder as ((N, C, H, W) uint8, (N,) labels); labels index the sorted
+    class folders. One line naming the file for an unreadable image, a channel count or size that
+    differs from the first image's."""
+    classes, out, first = folder_classes(path), {}, None
+    for split, root in folder_splits(path).items():
+        images, labels = [], []
+        for label, c in enumerate(classes):
+            for f in image_files(os.path.join(root, c)):
+                x = _folder_image(f, size)
+                if first is None:
+                    first = (f, x.shape)
+                elif x.shape[0] != first[1][0]:
+                    raise DataError(f"{f}: {x.shape[0]} channel(s) where {first[0]} has {first[1][0]}: "
+                                    f"convert the folder's images to one kind (grey or colour)")
+                elif x.shape != first[1]:
+                    raise DataError(f"{f}: {x.shape[1]}x{x.shape[2]} pixels where {first[0]} has "
+                                    f"{first[1][1]}x{first[1][2]}: pass --image-size S to resize every image")
+                images.append(x)
+                labels.append(label)
+        out[split] = (torch.stack(images), torch.tensor(labels, dtype=torch.long))
+    return out
+
+
 def _images(data) -> torch.Tensor:
     if isinstance(data, np.ndarray):  # CIFAR: (N, H, W, C) uint8
         return torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()
@@ -182,7 +265,7 @@ def _images(data) -> torch.Tensor:
 def _torchvision_class(name: str):
     from torchvision import datasets
 
-    return {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
+    return getattr(datasets, DATASETS[name].torchvision)
 
 
 def _expected_files(cls, root: str) -> tuple[str, list[str]]:
@@ -212,12 +295,13 @@ def _check_files(cls, root: str) -> None:
     """Each file parses, with the shape and label range of its dataset: DataError naming the first that
     does not (a truncated download, a file of another dataset), before any trial or task reads it."""
     folder, names = _expected_files(cls, root)
-    C, H, W = SHAPES[{"MNIST": "mnist", "FashionMNIST": "fashion-mnist", "CIFAR10": "cifar10"}[cls.__name__]]
+    d = next(d for d in DATASETS.values() if d.torchvision == cls.__name__)
+    (C, H, W), k = d.shape, d.num_classes
     counts = {}
     for name in names:
         path = os.path.join(folder, name)
-        problem = (_idx_problem(path, (H, W), counts) if hasattr(cls, "resources")
-                   else _cifar_problem(path, C * H * W) if name != cls.meta["filename"] else None)
+        problem = (_idx_problem(path, (H, W), counts, k) if hasattr(cls, "resources")
+                   else _cifar_problem(path, C * H * W, k) if name != cls.meta["filename"] else None)
         if problem:
             raise DataError(f"{path}: {problem}; replace it with the official file")
     for split in ("train", "t10k"):
@@ -227,7 +311,7 @@ def _check_files(cls, root: str) -> None:
                             f"official files")
 
 
-def _idx_problem(path: str, hw: tuple[int, int], counts: dict) -> str | None:
+def _idx_problem(path: str, hw: tuple[int, int], counts: dict, k: int) -> str | None:
     """Why an IDX file (LeCun's MNIST format) is not what it should be, or None."""
     images = "images" in os.path.basename(path)
     with open(path, "rb") as f:
@@ -243,13 +327,13 @@ def _idx_problem(path: str, hw: tuple[int, int], counts: dict) -> str | None:
     want = int(np.prod(dims))
     if len(body) != want:
         return f"{len(body):,} bytes of data where its header says {want:,} (truncated or padded)"
-    if not images and body and max(body) > NUM_CLASSES - 1:
-        return f"labels up to {max(body)}, outside 0..{NUM_CLASSES - 1}"
+    if not images and body and max(body) > k - 1:
+        return f"labels up to {max(body)}, outside 0..{k - 1}"
     counts[os.path.basename(path).split("-")[0] + ("-images" if images else "-labels")] = int(dims[0])
     return None
 
 
-def _cifar_problem(path: str, values: int) -> str | None:
+def _cifar_problem(path: str, values: int, k: int) -> str | None:
     """Why a CIFAR python batch is not what it should be, or None."""
     import pickle
 
@@ -261,8 +345,8 @@ def _cifar_problem(path: str, values: int) -> str | None:
         return f"does not unpickle as a CIFAR batch ({_one_line(e)})"
     if data.ndim != 2 or data.shape[1] != values:
         return f"data of shape {data.shape} where (N, {values}) was expected"
-    if len(labels) != len(data) or (len(labels) and not 0 <= labels.min() <= labels.max() < NUM_CLASSES):
-        return f"{len(labels):,} labels for {len(data):,} images, or labels outside 0..{NUM_CLASSES - 1}"
+    if len(labels) != len(data) or (len(labels) and not 0 <= labels.min() <= labels.max() < k):
+        return f"{len(labels):,} labels for {len(data):,} images, or labels outside 0..{k - 1}"
     return None
 
 

@@ -28,6 +28,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from bnrep.datasets import DatasetError, parse_dataset
 from bnrep.models import ModelError, parse_spec
 from bnrep.norms import NAMES as NORM_NAMES, REF, NormError, get_norm, sort_key
 
@@ -50,7 +51,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Experiment:
     name: str
-    dataset: str  # digits | mnist | fashion-mnist | cifar10 | synthetic
+    dataset: str  # a name in bnrep.datasets (digits, mnist, cifar10, cifar100, ...) or imagefolder:PATH
     model: str  # a model spec: cnn | vgg16 | resnet18 | torchvision:NAME | timm:NAME | package.module:function
     norms: tuple[str, ...] = ("batch", "none")  # normalisations compared (bnrep.norms); the paper's pair
 
@@ -73,6 +74,7 @@ class Experiment:
     train_size: int | None = None  # train on the first N images of the seeded training split
     split_seed: int = 0  # seeds the train/val split and analysis samples, never the model
     image_shape: tuple[int, int, int] = (1, 28, 28)  # synthetic dataset only: (C, H, W)
+    image_size: int | None = None  # imagefolder only: shorter side resized to this, then centre-cropped square
     num_images: int = 2000  # synthetic dataset only
 
     # ---- hparam sweep (paper 3.1.1-3.1.2) ----
@@ -205,7 +207,11 @@ def validate(e: Experiment) -> None:
         if not ok:
             raise ConfigError(f"{e.name}: {msg}")
 
-    need(e.dataset in DATASETS, f"unknown dataset {e.dataset!r} (valid: {', '.join(DATASETS)})")
+    try:
+        parse_dataset(e.dataset)
+    except DatasetError as err:
+        need(False, str(err))
+    need(e.image_size is None or e.image_size > 0, f"image_size must be > 0, got {e.image_size}")
     try:
         parse_spec(e.model)
         for n in e.norms:
@@ -243,7 +249,6 @@ def validate(e: Experiment) -> None:
     need(all(x > 0 for x in e.channel_layers), f"channel_layers must be > 0, got {e.channel_layers}")
 
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "synthetic")
 PAPER_NORMS = ("batch", "group", "layer", "none")  # the "-norms" presets' axis (Lubana et al. 2021's four)
 
 _MNIST_LIKE = dict(
@@ -294,6 +299,12 @@ PRESETS: dict[str, Experiment] = {
             name="cifar10-resnet18", model="resnet18", **_CIFAR_ADAM, **_RESNET_FIGS, norms=PAPER_NORMS,
             description="CIFAR10, ResNet-18 (CIFAR variant), batch/group/layer/none, Adam with the "
             "sweep's lr per norm, early stopping as cifar10-vgg16",
+        ),
+        Experiment(
+            name="cifar100-resnet18", model="resnet18", **{**_CIFAR_ADAM, "dataset": "cifar100"}, **_RESNET_FIGS,
+            norms=PAPER_NORMS,
+            description="CIFAR100 (100 classes), ResNet-18 (CIFAR variant), batch/group/layer/none, the recipe "
+            "of cifar10-resnet18",
         ),
         Experiment(
             name="synthetic-cnn", dataset="synthetic", **{**_MNIST_LIKE, "val_size": 0.1,

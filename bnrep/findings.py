@@ -31,7 +31,7 @@ from bnrep.correlations import (MIN_MODELS, P_MAX, R_MIN, correlate, only_betwee
                                 significant_signs)
 from bnrep.conditions import MIN_SEEDS, MOSTLY_ZERO, Condition, conditions
 from bnrep.experiments import LR_EDGE
-from bnrep.results import (NORM_NAMES, N_CLASSES, REF, SHORT, Results, at_eps, eps_values, is_paper_pair, norm_labels,
+from bnrep.results import (NORM_NAMES, REF, SHORT, Results, at_eps, eps_values, is_paper_pair, norm_labels,
                            optimal_k, pair, pair_names, present_norms, rectified, shown)
 
 def welch_p(a, b) -> float:
@@ -317,7 +317,7 @@ def _first_reach(curve: pd.Series, n_classes: int):
     return int(hit.index.min()) if len(hit) else None
 
 
-def finding_early_clusters(kmeans: pd.DataFrame, first_layer: int, n_classes: int = N_CLASSES,
+def finding_early_clusters(kmeans: pd.DataFrame, first_layer: int, n_classes: int = 10,
                            norm: str = "batch") -> Finding:
     """Claim 4: `norm` reaches ~n_classes clusters earlier; early optimal k closer to n_classes."""
     best = shown(pair(optimal_k(kmeans), norm), first_layer)

@@ -17,7 +17,7 @@ import warnings
 
 from bnrep.config import RunOptions, StageFailed, UsageError
 from bnrep.raysession import check_address
-from bnrep.data import DataError
+from bnrep.datasets import DATASETS, DatasetError
 from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, SMOKE, ConfigError, Experiment, get_experiment
 from bnrep.models import BUILTIN, ModelError
@@ -51,6 +51,11 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
                    help=f"the network: {', '.join(BUILTIN)}, torchvision:NAME, timm:NAME or "
                         "package.module:function (a callable(num_classes, in_channels) -> nn.Module); "
                         "default: the preset's")
+    p.add_argument("--dataset", default=None, metavar="NAME",
+                   help=f"the data: {', '.join(DATASETS)}, or imagefolder:PATH (PATH/train/<class>/*.png, "
+                        "PATH/test/<class>/..., PATH/val/ optional); default: the preset's")
+    p.add_argument("--image-size", type=int, default=None, metavar="S",
+                   help="imagefolder: resize the shorter side to S and centre-crop S x S (default: as stored)")
     p.add_argument("--smoke-test", action="store_true",
                    help="tiny everything (few epochs, trials, seeds and samples): seconds per stage")
     p.add_argument("--fresh", action="store_true",
@@ -140,7 +145,7 @@ def build_parser(stage: str, parser: argparse.ArgumentParser | None = None) -> a
 # ==== flags -> Experiment, RunOptions ====
 OVERRIDE_FLAGS = ("norms", "seeds", "max_epochs", "num_samples", "train_size", "batch_size", "lr", "momentum",
                   "samples_sparsity", "samples_cluster", "k_min", "k_max", "n_init", "eps",
-                  "probes")  # = Experiment fields
+                  "probes", "dataset", "image_size")  # = Experiment fields
 
 
 def resolve_experiment(args: argparse.Namespace) -> Experiment:
@@ -209,7 +214,7 @@ def main_guard(fn) -> int:
     plain_warnings()
     try:
         return fn() or 0
-    except (UsageError, ConfigError, DataError, LockError, ModelError, NormError, ProbeError) as e:
+    except (UsageError, ConfigError, DatasetError, LockError, ModelError, NormError, ProbeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except StageFailed as e:

@@ -41,7 +41,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 import bnrep
-from bnrep.config import load_experiment, read_hashes
+from bnrep.config import load_experiment, read_config, read_hashes
 from bnrep.documents import md_table, render_html, render_md
 from bnrep.correlations import MIN_MODELS, limits_sentence, predictor_rows, predictors
 from bnrep.flags import SCRIPTS
@@ -70,7 +70,7 @@ def load_results(out: str, name: str) -> Results:
     """One experiment's tables, its resolved experiment and its stage hashes (config.json)."""
     store = Store(out, name)
     return Results(load_experiment(store, name), {t: store.read_table(t) for t in TABLES},
-                   config=read_hashes(store))
+                   config=read_hashes(store), classes=tuple(read_config(store).get("classes", ())))
 
 
 def stage_command(table: str, experiment: str, out: str = "runs") -> str:
@@ -231,11 +231,23 @@ def _names(xs) -> str:
     return ", ".join(map(str, xs)) or "none"
 
 
+def class_text(r: Results) -> str:
+    """'3 (ash, beech, oak)'; index names (0, 1, ...) only as a count."""
+    names, n = r.classes, r.n_classes
+    if not n:
+        return "unknown (the data's classes were not recorded)"
+    if not names or list(names) == [str(i) for i in range(len(names))]:
+        return str(n)
+    shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
+    return f"{n} ({shown})"
+
+
 def settings_rows(r: Results) -> list[list[str]]:
     e, t = r.experiment, r.table("training")
     setting = "BN setting" if is_paper_pair(r.norms) else "normalisation"
     rows = [["experiment", f"{e.name} ({e.description})" if e.description else e.name],
-            ["dataset / model", f"{e.dataset} / {e.model}"],
+            ["dataset / model", f"{e.dataset}{f' at {e.image_size} px' if e.image_size else ''} / {e.model}"],
+            ["classes", class_text(r)],
             ["normalisations", ", ".join(f"{norm_labels(r.norms)[n]} ({SHORT[n]})" for n in r.norms)],
             ["optimiser", f"{e.optimizer}, lr {e.lr:.3g} (normalised) / {e.lr_for('none'):.3g} (no norm), momentum {e.momentum:.3g}, "
                           f"x{e.lr_gamma:g} every {e.lr_step_epochs} epochs, batch {e.batch_size}"],

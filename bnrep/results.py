@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from bnrep.datasets import DatasetError, num_classes
 from bnrep.experiments import Experiment, layer_indices
 from bnrep.models import model_label as spec_label
 from bnrep.probes import RECTIFIERS
 from bnrep.norms import COLORS, LABELS, NORMS as NORM_TABLE, REF, SHORT, ordered  # noqa: F401 (re-exported)
 from bnrep.store import with_norm
 
-N_CLASSES = 10  # every dataset here has 10 classes
 
 # ==== the normalisation axis: colour, label and tag of each norm come from bnrep.norms ====
 
@@ -56,11 +56,22 @@ class Results:
     """One experiment's tables (empty DataFrame where a table is missing) and its config.json record."""
     experiment: Experiment
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    n_classes: int = N_CLASSES
     config: dict = field(default_factory=dict)  # the stage hashes of config.json: train_hash, analysis_hash
+    classes: tuple[str, ...] = ()  # the data's class names, as config.json records them (() : from the table)
 
     def __post_init__(self) -> None:
         self.tables = {k: with_norm(v.copy()) for k, v in self.tables.items() if v is not None}
+
+    @property
+    def n_classes(self) -> int:
+        """The data's class count (claim 4, Figure 5's line): config.json's classes, else the dataset table's;
+        0 when neither knows (an image folder that is not here, results from before it was recorded)."""
+        if self.classes:
+            return len(self.classes)
+        try:
+            return num_classes(self.experiment.dataset)
+        except DatasetError:
+            return 0
 
     def table(self, name: str) -> pd.DataFrame:
         df = self.tables.get(name)

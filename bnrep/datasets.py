@@ -1,0 +1,117 @@
+"""The datasets bnrep reads: one table entry each, and the `imagefolder:PATH` family.
+
+    >>> DATASETS["cifar100"].num_classes
+    100
+    >>> parse_dataset("imagefolder:/data/leaves")       # ("imagefolder", "/data/leaves")
+
+This module knows names, shapes and class counts only (no torch: `bnrep status`
+and the experiment checks import it); bnrep.data reads the images. A dataset
+read by torchvision is one entry here (its class in `torchvision.datasets`);
+one with its own reader adds that reader to bnrep.data's `READERS`.
+
+An image folder is torchvision's ImageFolder layout:
+
+    PATH/train/<class>/*.png|jpg|...     required
+    PATH/test/<class>/...                required, the same classes
+    PATH/val/<class>/...                 optional (otherwise the seeded hold-out, `val_size`)
+
+Its classes are the folder names (sorted, as ImageFolder numbers them), its
+channels those of its images (1: grey, 3: colour; mixed is an error), its size
+that of its images, or `image_size` (shorter side resized, then centre-cropped).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+FOLDER = "imagefolder"  # the family: imagefolder:PATH
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    shape: tuple[int, int, int] | None  # (C, H, W) of its images (None: synthetic's image_shape)
+    num_classes: int
+    torchvision: str = ""  # its class in torchvision.datasets ("": bnrep.data reads it)
+    official_test: bool = True  # a test set of its own (False: a seeded `test_fraction` hold-out)
+    description: str = ""
+
+
+DATASETS: dict[str, Dataset] = {d.name: d for d in [
+    Dataset("digits", (1, 8, 8), 10, official_test=False,
+            description="scikit-learn's bundled 8x8 digits (1,797 images, offline)"),
+    Dataset("mnist", (1, 28, 28), 10, "MNIST", description="torchvision MNIST"),
+    Dataset("fashion-mnist", (1, 28, 28), 10, "FashionMNIST", description="torchvision FashionMNIST"),
+    Dataset("cifar10", (3, 32, 32), 10, "CIFAR10", description="torchvision CIFAR10"),
+    Dataset("cifar100", (3, 32, 32), 100, "CIFAR100", description="torchvision CIFAR100 (fine labels)"),
+    Dataset("synthetic", None, 10, official_test=False,
+            description="seeded class-structured images of image_shape, for tests"),
+]}
+
+
+class DatasetError(ValueError):
+    """A dataset name or image folder that cannot work; the message is one line."""
+
+
+def parse_dataset(name: str) -> tuple[str, str]:
+    """("cifar10", "") for a table entry, ("imagefolder", PATH) for the family; DatasetError otherwise."""
+    if name in DATASETS:
+        return name, ""
+    family, _, path = name.partition(":")
+    if family == FOLDER:
+        if not path:
+            raise DatasetError(f"dataset {name!r}: name the folder, imagefolder:PATH")
+        return FOLDER, os.path.abspath(os.path.expanduser(path))
+    raise DatasetError(f"unknown dataset {name!r} (valid: {', '.join(DATASETS)}, or imagefolder:PATH)")
+
+
+# ==== image folders: layout, classes, one-line errors (no image decoded here) ====
+def folder_splits(path: str) -> dict[str, str]:
+    """{"train": dir, "test": dir, ["val": dir]} of an image folder; DatasetError when the layout is wrong."""
+    if not os.path.isdir(path):
+        raise DatasetError(f"imagefolder:{path}: no such folder")
+    splits = {s: os.path.join(path, s) for s in ("train", "val", "test") if os.path.isdir(os.path.join(path, s))}
+    for need in ("train", "test"):
+        if need not in splits:
+            raise DatasetError(f"imagefolder:{path}: no {need}/ folder (expected {path}/{need}/<class>/<image>)")
+    return splits
+
+
+def folder_classes(path: str) -> list[str]:
+    """The class names of an image folder (its train/ subfolders, sorted), each present in every split
+    with at least one image; at least 2 classes."""
+    splits = folder_splits(path)
+    per = {s: sorted(d.name for d in os.scandir(root) if d.is_dir()) for s, root in splits.items()}
+    classes = per["train"]
+    if len(classes) < 2:
+        raise DatasetError(f"imagefolder:{path}: {len(classes)} class folder(s) in train/; need at least 2")
+    for split, names in per.items():
+        missing, extra = sorted(set(classes) - set(names)), sorted(set(names) - set(classes))
+        if missing:
+            raise DatasetError(f"imagefolder:{path}: class {missing[0]!r} is in train/ but not in {split}/ "
+                               f"({len(missing)} class(es) missing there)")
+        if extra:
+            raise DatasetError(f"imagefolder:{path}: class {extra[0]!r} is in {split}/ but not in train/")
+        for c in classes:
+            if not any(image_files(os.path.join(splits[split], c))):
+                raise DatasetError(f"imagefolder:{path}: {split}/{c}/ holds no image "
+                                   f"({', '.join(IMAGE_EXTENSIONS[:3])}, ...)")
+    return classes
+
+
+def image_files(folder: str):
+    """The images of one class folder, in name order (ImageFolder's order)."""
+    return (os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def num_classes(name: str) -> int:
+    kind, path = parse_dataset(name)
+    return len(folder_classes(path)) if kind == FOLDER else DATASETS[kind].num_classes
+
+
+def class_names(name: str) -> list[str]:
+    """The class names a report shows: an image folder's folder names, else the class indices."""
+    kind, path = parse_dataset(name)
+    return folder_classes(path) if kind == FOLDER else [str(i) for i in range(DATASETS[kind].num_classes)]

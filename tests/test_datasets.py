@@ -1,0 +1,176 @@
+"""Data a researcher brings: an image folder (imagefolder:PATH) and CIFAR-100, read as torchvision reads
+them; the class count comes from the data everywhere; bad folders are one line before any work."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bnrep import flags
+from bnrep.data import input_shape, load_data, num_classes
+from bnrep.experiments import SMOKE, get_experiment
+from tests.conftest import tree
+
+CLASSES = ("ash", "beech", "oak")
+
+
+def write_folder(root, splits=(("train", 12), ("test", 4)), classes=CLASSES, size=(8, 8), mode="RGB", seed=0):
+    """Class-structured PNGs: root/<split>/<class>/NNN.png."""
+    rng = np.random.default_rng(seed)
+    for split, n in splits:
+        for c, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                px = np.clip(rng.normal(0.2 + 0.3 * c, 0.1, (*size, 3)), 0, 1)
+                im = Image.fromarray((px * 255).astype(np.uint8))
+                (im.convert("L") if mode == "L" else im).save(d / f"{i:03d}.png")
+    return root
+
+
+def folder_exp(root, **kw):
+    return get_experiment("digits-cnn").override(dataset=f"imagefolder:{root}", **kw)
+
+
+def test_an_image_folder_reads_as_torchvision_s_imagefolder(tmp_path):
+    """Classes, labels and pixels equal torchvision's ImageFolder (the reference reader) on the same files;
+    the normalisation uses the training split's channel statistics."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    root = write_folder(tmp_path / "leaves")
+    exp = folder_exp(root, val_size=6)
+    data = load_data(exp)
+    assert data.classes == CLASSES and data.num_classes == num_classes(exp) == 3
+    assert input_shape(exp) == (3, 8, 8) and tuple(data.train.X.shape[1:]) == (3, 8, 8)
+    ref = ImageFolder(str(root / "test"))
+    assert tuple(ref.classes) == CLASSES
+    pixels = torch.stack([pil_to_tensor(ref.loader(p)) for p, _ in ref.samples]).float() / 255
+    want = (pixels - data.mean.view(1, -1, 1, 1)) / data.std.view(1, -1, 1, 1)
+    torch.testing.assert_close(data.test.X, want)
+    assert data.test.y.tolist() == [t for _, t in ref.samples]
+    assert len(data.train) + len(data.val) == 36 and len(data.val) == 6
+    train = torch.cat([data.train.X, data.val.X]) * data.std.view(1, -1, 1, 1) + data.mean.view(1, -1, 1, 1)
+    torch.testing.assert_close(data.mean, train[: len(data.train)].mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+
+
+def test_val_folder_and_image_size(tmp_path):
+    """PATH/val/ is the validation split when present; --image-size resizes the shorter side and centre-crops,
+    as torchvision's Resize + CenterCrop do; grey images stay one channel."""
+    from torchvision.transforms import v2
+
+    root = write_folder(tmp_path / "grey", splits=(("train", 6), ("val", 2), ("test", 2)), size=(12, 8), mode="L")
+    exp = folder_exp(root, image_size=6)
+    data = load_data(exp)
+    assert input_shape(exp) == (1, 6, 6) and len(data.val) == 6 and len(data.train) == 18
+    first = Image.open(root / "val" / "ash" / "000.png")
+    ref = v2.Compose([v2.PILToTensor(), v2.Resize(6, antialias=True), v2.CenterCrop(6)])(first).float() / 255
+    got = data.val.X[0] * data.std.view(-1, 1, 1) + data.mean.view(-1, 1, 1)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+
+
+def write_cifar100(root, n_train=30, n_test=10):
+    """CIFAR-100 python files as torchvision reads them (cifar-100-python/{train,test,meta})."""
+    d = root / "cifar-100-python"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in (("train", n_train), ("test", n_test)):
+        labels = (np.arange(n) * 7) % 100
+        with open(d / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "fine_labels": list(labels),
+                         "coarse_labels": list(labels // 5)}, f)
+    with open(d / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)],
+                     "coarse_label_names": [f"g{i}" for i in range(20)]}, f)
+
+
+def test_cifar100_class_count_reaches_the_head_and_claim_4(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+
+    import pandas as pd
+
+    from bnrep.findings import finding_early_clusters
+    from bnrep.results import Results
+    from bnrep.train import Trainer
+
+    monkeypatch.setattr(tv_cifar.CIFAR100, "_check_integrity", lambda self: True)  # the files are ours, not official
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
+    write_cifar100(tmp_path)
+    exp = get_experiment("cifar100-resnet18").override(**SMOKE, val_size=5, model="cnn")
+    data = load_data(exp, str(tmp_path), download=False)
+    assert data.num_classes == 100 and len(data.train) == 25 and len(data.test) == 10
+    trainer = Trainer(exp, data, "batch", {"lr": 0.01, "momentum": 0.0}, 0)
+    assert trainer.model(data.test.X[:2]).shape == (2, 100)
+    assert Results(exp).n_classes == 100
+    km = pd.DataFrame([dict(model_id=f"m-{n}-{s}", norm=n, bn=n == "batch", seed=s, layer=f"l{i}", layer_index=i, k=k, dbi=1.0,
+                            optimal=k == 14) for n in ("batch", "none") for s in range(2) for i in (1, 2) for k in
+                       (2, 14)])
+    assert "of 100 classes" in finding_early_clusters(km, 1, Results(exp).n_classes).detail
+
+
+def _truncate(root):
+    p = root / "train" / "oak" / "003.png"
+    p.write_bytes(p.read_bytes()[:60])
+    return p
+
+
+def _mixed(root):
+    p = root / "test" / "beech" / "001.png"
+    Image.open(p).convert("L").save(p)
+    return p
+
+
+def _sizes(root):
+    p = root / "train" / "ash" / "002.png"
+    Image.open(p).resize((10, 8)).save(p)
+    return p
+
+
+@pytest.mark.parametrize("case, damage, line", [
+    ("no train/", lambda r: os.rename(r / "train", r / "training"),
+     "imagefolder:{root}: no train/ folder (expected {root}/train/<class>/<image>)"),
+    ("class missing in test", lambda r: [os.remove(p) for p in (r / "test" / "oak").iterdir()] and
+     os.rmdir(r / "test" / "oak"),
+     "imagefolder:{root}: class 'oak' is in train/ but not in test/ (1 class(es) missing there)"),
+    ("one class", lambda r: [os.rename(r / s / c, r / "gone" / s / c) for s in ("train", "test") for c in ("beech", "oak")
+                             if (r / "gone" / s).mkdir(parents=True, exist_ok=True) is None],
+     "imagefolder:{root}: 1 class folder(s) in train/; need at least 2"),
+    ("truncated image", _truncate, "{file}: not a readable image ("),
+    ("mixed channels", _mixed, "{file}: 1 channel(s) where {root}/train/ash/000.png has 3: convert the folder's "
+                               "images to one kind (grey or colour)"),
+    ("sizes differ", _sizes, "{file}: 8x10 pixels where {root}/train/ash/000.png has 8x8: pass --image-size S to "
+                             "resize every image"),
+])
+def test_bad_image_folders_are_one_line_before_any_work(case, damage, line, tmp_path, capsys):
+    root = write_folder(tmp_path / "leaves")
+    file = damage(root)
+    out = tmp_path / "runs"
+    before = tree(tmp_path)
+    rc = flags.run_stage("final", ["--smoke-test", "--paper-hparams", "--dataset", f"imagefolder:{root}",
+                                   "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and line.format(root=root, file=file) in err, err
+    assert tree(tmp_path) == before and not out.exists()
+
+
+@pytest.mark.slow
+def test_an_image_folder_through_every_stage(tmp_path):
+    """bnrep run on a folder of 16x16 PNGs in 3 classes: the heads have 3 outputs, claim 4 counts 3 classes,
+    the report names the classes."""
+    import subprocess
+    import sys
+
+    root = write_folder(tmp_path / "leaves", splits=(("train", 60), ("test", 20)), size=(16, 16))
+    out = tmp_path / "runs"
+    r = subprocess.run([sys.executable, "-m", "bnrep", "run", "--smoke-test", "--paper-hparams", "--dataset",
+                        f"imagefolder:{root}", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = out / "digits-cnn"
+    blob = torch.load(exp / "train" / "models" / "cnn-bn-s0" / "model.pt", weights_only=True)
+    assert blob["num_classes"] == 3 and list(blob["state_dict"].values())[-1].shape == (3,)
+    report = (exp / "report" / "report.md").read_text()
+    assert "3 (ash, beech, oak)" in report and "of 3 classes" in report
