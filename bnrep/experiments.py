@@ -339,7 +339,58 @@ SMOKE = dict(max_epochs=3, sweep_max_epochs=2, num_samples=2, seeds=2, train_siz
 
 
 def get_experiment(name: str) -> Experiment:
+    """A preset by name, or the study a .toml file defines (load_study)."""
+    if name.endswith(".toml"):
+        return load_study(name)
     try:
         return PRESETS[name]
     except KeyError:
-        raise ConfigError(f"unknown experiment {name!r} (valid: {', '.join(PRESETS)})") from None
+        raise ConfigError(f"unknown experiment {name!r} (valid: {', '.join(PRESETS)}, or a study file "
+                          f"NAME.toml)") from None
+
+
+# ==== a study in a file ====
+_TOML_TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,), "tuple": (list, str)}  # "a,b" too
+
+
+def _toml_types(annotation: str) -> tuple[type, ...]:
+    """The TOML values a field takes, from its annotation ('float | None' -> int, float)."""
+    kinds = [a.strip().split("[")[0] for a in annotation.split("|")]
+    return tuple(t for k in kinds for t in _TOML_TYPES.get(k, ()))
+
+
+def load_study(path: str) -> Experiment:
+    """The experiment a TOML study file defines: `base = "PRESET"` (optional), then any Experiment
+    field; its name is the file's stem unless it sets `name`. ConfigError (one line, naming the file
+    and the key) for a file that does not read or parse, an unknown key, a value of the wrong type."""
+    import tomllib
+    from pathlib import Path
+
+    try:
+        with open(path, "rb") as f:
+            d = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"study file {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"study file {path}: not valid TOML ({e})") from None
+    fields = {f.name: f for f in dataclasses.fields(Experiment)}
+    base = d.pop("base", None)
+    if base is not None and (not isinstance(base, str) or base not in PRESETS):
+        raise ConfigError(f"study file {path}: base = {base!r} is not a preset (valid: {', '.join(PRESETS)})")
+    for key, value in renamed(d).items():
+        if key not in fields:
+            raise ConfigError(f"study file {path}: unknown key {key!r} (allowed: base, "
+                              f"{', '.join(fields)})")
+        types = _toml_types(str(fields[key].type))
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise ConfigError(f"study file {path}: {key} = {value!r} should be {str(fields[key].type)}")
+    d = {k: tuple(v) if isinstance(v, list) else v for k, v in renamed(d).items()}
+    d.setdefault("name", Path(path).stem)
+    missing = [k for k in ("dataset", "model") if k not in d and base is None]
+    if missing:
+        raise ConfigError(f"study file {path}: set {' and '.join(missing)} (or base = \"PRESET\" to start "
+                          f"from one: {', '.join(PRESETS)})")
+    try:
+        return PRESETS[base].with_model(d.pop("model", None)).override(**d) if base else Experiment(**d)
+    except ConfigError as e:  # a value out of range: the experiment's own check, said of the file
+        raise ConfigError(f"study file {path}: {str(e).split(': ', 1)[-1]}") from None

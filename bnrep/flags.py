@@ -42,7 +42,9 @@ DESCRIPTIONS = {
 # ==== flags ====
 def add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, metavar="NAME",
-                   help=f"experiment preset (default: {DEFAULT_EXPERIMENT}; valid: {', '.join(PRESETS)})")
+                   help=f"experiment preset (default: {DEFAULT_EXPERIMENT}; valid: {', '.join(PRESETS)}), a study "
+                        "file NAME.toml (base = a preset, then any experiment field), or the name of one that "
+                        "--out holds")
     p.add_argument("--out", default="./runs", metavar="PATH|URI",
                    help="results root, a local path or an s3:// or file:// URI (default: ./runs)")
     p.add_argument("--address", default=None, metavar="ADDR",
@@ -148,9 +150,31 @@ OVERRIDE_FLAGS = ("norms", "seeds", "max_epochs", "num_samples", "train_size", "
                   "probes", "dataset", "image_size")  # = Experiment fields
 
 
+def named_experiment(name: str, out: str | None) -> Experiment:
+    """A preset or a study file (get_experiment); else an experiment that --out holds (its config.json:
+    a study run from its file before, found by its name)."""
+    try:
+        return get_experiment(name)
+    except ConfigError:
+        if out is None or name.endswith(".toml") or "/" in name:
+            raise
+        from bnrep.config import load_experiment, read_config
+        from bnrep.store import Store
+
+        try:
+            store = Store(out, name)
+            if not read_config(store):
+                raise
+        except (OSError, ValueError):  # an --out that does not open: the unknown name is the error to show
+            raise ConfigError(f"unknown experiment {name!r} (valid: {', '.join(PRESETS)}, or a study file "
+                              f"NAME.toml)") from None
+        return load_experiment(store, name)
+
+
 def resolve_experiment(args: argparse.Namespace) -> Experiment:
-    """Preset, then --smoke-test, then explicit flags; validated (ConfigError)."""
-    exp = get_experiment(args.experiment).with_model(getattr(args, "model", None))
+    """Preset (or study file, or an experiment --out holds by name), then --smoke-test, then explicit
+    flags; validated (ConfigError)."""
+    exp = named_experiment(args.experiment, getattr(args, "out", None)).with_model(getattr(args, "model", None))
     if args.smoke_test:
         exp = exp.override(**SMOKE)
     flags = {f: getattr(args, f, None) for f in OVERRIDE_FLAGS}

@@ -158,19 +158,29 @@ def test_bad_image_folders_are_one_line_before_any_work(case, damage, line, tmp_
 
 
 @pytest.mark.slow
-def test_an_image_folder_through_every_stage(tmp_path):
-    """bnrep run on a folder of 16x16 PNGs in 3 classes: the heads have 3 outputs, claim 4 counts 3 classes,
-    the report names the classes."""
+def test_a_study_file_on_an_image_folder_through_every_stage(tmp_path):
+    """A study file (base preset, the folder, three norms) through `bnrep run --smoke-test` on 16x16 PNGs in
+    3 classes: the heads have 3 outputs, claim 4 counts 3 classes, the report names the classes; afterwards
+    the report and status find the study by its name."""
     import subprocess
     import sys
 
     root = write_folder(tmp_path / "leaves", splits=(("train", 60), ("test", 20)), size=(16, 16))
+    study = tmp_path / "leaf-study.toml"
+    study.write_text(f'base = "digits-cnn"\ndataset = "imagefolder:{root}"\nnorms = ["batch", "group", "none"]\n')
     out = tmp_path / "runs"
-    r = subprocess.run([sys.executable, "-m", "bnrep", "run", "--smoke-test", "--paper-hparams", "--dataset",
-                        f"imagefolder:{root}", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    exp = out / "digits-cnn"
-    blob = torch.load(exp / "train" / "models" / "cnn-bn-s0" / "model.pt", weights_only=True)
+
+    def bnrep(*args):
+        r = subprocess.run([sys.executable, "-m", "bnrep", *args, "--out", str(out)], capture_output=True, text=True,
+                           cwd=tmp_path)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return r.stdout
+
+    bnrep("run", "--experiment", str(study), "--smoke-test", "--paper-hparams")
+    exp = out / "leaf-study"
+    blob = torch.load(exp / "train" / "models" / "cnn-gn-s0" / "model.pt", weights_only=True)
     assert blob["num_classes"] == 3 and list(blob["state_dict"].values())[-1].shape == (3,)
     report = (exp / "report" / "report.md").read_text()
     assert "3 (ash, beech, oak)" in report and "of 3 classes" in report
+    assert "final      complete  6/6 models trained" in bnrep("status", "--experiment", "leaf-study")
+    assert "is up to date" in bnrep("report", "--experiment", "leaf-study")

@@ -174,3 +174,42 @@ def test_lr_edge_one_rule(position, edge):
     from bnrep.experiments import lr_edge
     lo, hi = 1e-4, 1e-1
     assert lr_edge(lo * (hi / lo) ** position, (lo, hi)) == edge
+
+
+def test_a_study_file_is_a_preset_plus_fields(tmp_path):
+    from bnrep.experiments import get_experiment
+
+    study = tmp_path / "bn-vs-gn.toml"
+    study.write_text('base = "cifar10-vgg16"\nmodel = "torchvision:resnet50"\nnorms = ["batch", "group", "none"]\n'
+                     'seeds = 3\nlr = 0.002\neps = "0,0.01"\n')
+    e = get_experiment(str(study))
+    base = get_experiment("cifar10-vgg16")
+    assert (e.name, e.model, e.norms, e.seeds, e.lr, e.eps) == (
+        "bn-vs-gn", "torchvision:resnet50", ("batch", "group", "none"), 3, 0.002, (0.0, 0.01))
+    assert (e.dataset, e.optimizer, e.max_epochs) == (base.dataset, base.optimizer, base.max_epochs)
+    assert e.channel_layers == () and e.first_shown_layer == 1  # another model: figure layers that fit any
+    study.write_text('name = "mine"\ndataset = "digits"\nmodel = "cnn"\n')
+    e = get_experiment(str(study))
+    assert (e.name, e.dataset, e.model, e.norms) == ("mine", "digits", "cnn", ("batch", "none"))
+
+
+@pytest.mark.parametrize("text, line", [
+    ('base = "digits-cnn"\nlearning_rate = 0.1\n', "unknown key 'learning_rate' (allowed: base, name, dataset, "),
+    ('base = "digits-cnn"\nseeds = "three"\n', "seeds = 'three' should be int"),
+    ('base = "digits-cnn"\nlr = -1\n', "learning rate must be > 0, got lr=-1"),
+    ('base = "digits-cnnn"\n', "base = 'digits-cnnn' is not a preset (valid: digits-cnn, "),
+    ('model = "cnn"\n', 'set dataset (or base = "PRESET" to start from one: digits-cnn, '),
+    ('norms = [\n', "not valid TOML ("),
+    (None, "No such file or directory"),
+])
+def test_a_bad_study_file_is_one_line_naming_the_file(text, line, tmp_path, capsys):
+    from bnrep import flags
+
+    study = tmp_path / "study.toml"
+    if text is not None:
+        study.write_text(text)
+    rc = flags.run_stage("final", ["--experiment", str(study), "--paper-hparams", "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: study file {study}: {line}"), err
+    assert not (tmp_path / "runs").exists()
