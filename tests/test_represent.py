@@ -33,6 +33,17 @@ def manual_activations(model, X):
     return acts
 
 
+class OnlyReLU(nn.Module):
+    """A 1-layer network whose activations are known exactly: its input, rectified."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(x)
+
+
 @pytest.mark.parametrize("arch,shape", [("cnn", (1, 8, 8)), ("cnn", (3, 32, 32)), ("vgg16", (3, 16, 16))])
 @pytest.mark.parametrize("norm", ["batch", "group", "layer", "none"])
 def test_matches_manual_forward(arch, shape, norm):
@@ -58,17 +69,9 @@ def test_matches_manual_forward(arch, shape, norm):
 
 def test_hand_computed_tensor():
     """A 1-layer network whose activations are known exactly."""
-    class One(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.relu = nn.ReLU()
-
-        def forward(self, x):
-            return self.relu(x)
-
     X = torch.tensor([[[[1.0, -1.0], [0.0, 3.0]], [[-2.0, -2.0], [-2.0, -2.0]]],
                       [[[0.0, 0.0], [0.0, 4.0]], [[2.0, 0.0], [0.0, 0.0]]]])  # (N=2, C=2, 2, 2)
-    (r,) = extract_representations(One(), X, n_sparsity=2, device="cpu")
+    (r,) = extract_representations(OnlyReLU(), X, n_sparsity=2, device="cpu")
     # channel 0: zeros at (-1, 0) in sample 0 and three in sample 1 -> 5/8; channel 1: 4 + 3 -> 7/8
     np.testing.assert_array_equal(r.zero_counts[0], [5, 7])
     assert r.values_per_channel == 8
@@ -210,17 +213,9 @@ def test_nan_values_have_no_sparsity(tmp_path):
     from bnrep.stages.analysis import NONFINITE, write_sparsity
     from bnrep.store import Store
 
-    class One(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.relu = nn.ReLU()
-
-        def forward(self, x):
-            return self.relu(x)
-
     X = torch.tensor([[[[1.0, float("nan")], [0.0, 3.0]], [[-2.0, 1.0], [-2.0, -2.0]]],
                       [[[0.0, 0.0], [0.0, 4.0]], [[2.0, 0.0], [0.0, 0.0]]]])  # (N=2, C=2, 2, 2)
-    reps = extract_representations(One(), X, n_sparsity=2, device="cpu")
+    reps = extract_representations(OnlyReLU(), X, n_sparsity=2, device="cpu")
     np.testing.assert_array_equal(reps[0].nonfinite, [1, 0])
     exp = get_experiment("digits-cnn").override(**SMOKE, eps=(0.0,))
     row = {"model_id": "m", "norm": "none", "seed": 0}
