@@ -75,7 +75,8 @@ def run_stages(exp, opts, store) -> int:
 
 # ==== bnrep list ====
 def cmd_list(args: argparse.Namespace) -> int:
-    from bnrep.data import DataError, check_data, default_data_root
+    from bnrep.data import check_data, default_data_root
+    from bnrep.datasets import DatasetError
     from bnrep.experiments import PRESETS
 
     root = args.data_root or default_data_root()
@@ -84,7 +85,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         try:
             check_data(e, root, download=False)
             here = "yes"
-        except DataError:
+        except DatasetError:
             here = "no"
         print(f"{name:20} {e.dataset:14} {e.model:9} {here:10} {e.description}")
     print(f"\n(data root: {root}; datasets download there on first use when the network allows)")

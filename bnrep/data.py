@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
-from bnrep.datasets import DATASETS, FOLDER, DatasetError, folder_classes, folder_splits, image_files, parse_dataset
+from bnrep.datasets import (DATASETS, FOLDER, DatasetError, class_names, folder_classes, folder_splits, image_files,
+                            parse_dataset)
 
 if TYPE_CHECKING:
     from bnrep.experiments import Experiment
@@ -91,7 +92,7 @@ def check_data(exp: Experiment, data_root: str | None = None, download: bool = T
     Cheap when the files are present (existence checks only). digits and
     synthetic need no files and always pass.
     """
-    kind, path = _parse(exp.dataset)
+    kind, path = parse_dataset(exp.dataset)
     if kind in TORCHVISION:
         cls, root = _torchvision_class(kind), _readable_root(data_root)
         if _missing_files(cls, root):
@@ -103,25 +104,12 @@ def check_data(exp: Experiment, data_root: str | None = None, download: bool = T
 
 def input_shape(exp: Experiment) -> tuple[int, int, int]:
     """(C, H, W) of `exp`'s images, without reading them all (models are checked against it before Ray)."""
-    kind, path = _parse(exp.dataset)
+    kind, path = parse_dataset(exp.dataset)
     if kind == FOLDER:
         first = next(image_files(os.path.join(folder_splits(path)["train"], folder_classes(path)[0])))
         C, H, W = _folder_image(first, exp.image_size).shape
         return C, H, W
     return tuple(exp.image_shape) if kind == "synthetic" else DATASETS[kind].shape
-
-
-def num_classes(exp: Experiment) -> int:
-    """The class count of `exp`'s data: the models' heads, claim 4, Figure 5's line."""
-    kind, path = _parse(exp.dataset)
-    return len(folder_classes(path)) if kind == FOLDER else DATASETS[kind].num_classes
-
-
-def _parse(name: str) -> tuple[str, str]:
-    try:
-        return parse_dataset(name)
-    except DatasetError as e:
-        raise DataError(str(e)) from None
 
 
 def load_data(exp: Experiment, data_root: str | None = None, device="cpu", download: bool = True) -> Data:
@@ -141,8 +129,7 @@ def load_data(exp: Experiment, data_root: str | None = None, device="cpu", downl
         s.X.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
     train, val, test = (s.to(device) for s in splits)
     _, C, H, _ = train.X.shape
-    kind, path = _parse(exp.dataset)
-    classes = tuple(folder_classes(path)) if kind == FOLDER else tuple(map(str, range(DATASETS[kind].num_classes)))
+    classes = tuple(class_names(exp.dataset))
     return Data(train, val, test, len(classes), C, H, exp.dataset, mean.to(device), std.to(device), classes)
 
 
@@ -162,7 +149,7 @@ def batches(n: int, batch_size: int, generator: torch.Generator, device):
 
 def _read(exp: Experiment, data_root, download):
     """(train, test, pixel scale, val or None: held out from train)."""
-    kind, path = _parse(exp.dataset)
+    kind, path = parse_dataset(exp.dataset)
     if kind in TORCHVISION:
         return (*_read_torchvision(kind, data_root, download), 255.0, None)
     if kind == FOLDER:

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bnrep.data import input_shape, num_classes
+from bnrep.data import input_shape
+from bnrep.datasets import num_classes
 from bnrep.experiments import Experiment
 from bnrep.metrics import chunk_rows, l2_normalise_rows
 from bnrep.models import check_model
@@ -41,7 +42,7 @@ def model_probes(exp: Experiment) -> list[Probe]:
 @functools.lru_cache(maxsize=8)
 def _model_probes(exp: Experiment) -> tuple[Probe, ...]:
     C, H, W = input_shape(exp)
-    model = check_model(exp.model, exp.norms, (C, H, W), num_classes(exp))
+    model = check_model(exp.model, exp.norms, (C, H, W), num_classes(exp.dataset))
     return tuple(select_probes(find_probes(model, torch.zeros(2, C, H, W)), exp.probes, exp.model))
 
 

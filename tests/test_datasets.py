@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from bnrep import flags
-from bnrep.data import input_shape, load_data, num_classes
+from bnrep.data import input_shape, load_data
+from bnrep.datasets import num_classes
 from bnrep.experiments import SMOKE, get_experiment
 from tests.conftest import tree
 
@@ -44,7 +45,7 @@ def test_an_image_folder_reads_as_torchvision_s_imagefolder(tmp_path):
     root = write_folder(tmp_path / "leaves")
     exp = folder_exp(root, val_size=6)
     data = load_data(exp)
-    assert data.classes == CLASSES and data.num_classes == num_classes(exp) == 3
+    assert data.classes == CLASSES and data.num_classes == num_classes(exp.dataset) == 3
     assert input_shape(exp) == (3, 8, 8) and tuple(data.train.X.shape[1:]) == (3, 8, 8)
     ref = ImageFolder(str(root / "test"))
     assert tuple(ref.classes) == CLASSES
