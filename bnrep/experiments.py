@@ -363,8 +363,12 @@ def load_study(path: str) -> Experiment:
     """The experiment a TOML study file defines: `base = "PRESET"` (optional), then any Experiment
     field; its name is the file's stem unless it sets `name`. ConfigError (one line, naming the file
     and the key) for a file that does not read or parse, an unknown key, a value of the wrong type."""
-    import tomllib
     from pathlib import Path
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     try:
         with open(path, "rb") as f:
