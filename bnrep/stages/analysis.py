@@ -49,6 +49,11 @@ from bnrep.train import best_device
 # ==== the work of one task ====
 NONFINITE = "the representations contain NaN or inf (a diverged model?)"
 NOT_TRAINED = "diverged at epoch {epoch}: its weights are not a trained model (not analysed)"
+
+
+def not_trained(row: dict) -> str:
+    """Why a diverged model's rows are NaN."""
+    return NOT_TRAINED.format(epoch=int(row["diverged_epoch"]))
 LAYER_WORK = {"clustering": ("class_dbi", "kmeans"), "measures": ("nc1", "effective_rank")}  # task part -> tables
 
 
@@ -141,7 +146,7 @@ def write_not_analysed(store: Store, exp: Experiment, row: dict, probes: list[Pr
                        hashes: dict[str, str]) -> None:
     """A diverged model's missing parts, on the driver: every measure NaN with the reason, no forward
     pass (the grid keeps its row as evidence; its weights are not a trained model's)."""
-    why, keys, where = NOT_TRAINED.format(epoch=int(row["diverged_epoch"])), model_keys(row), placement()
+    why, keys, where = not_trained(row), model_keys(row), placement()
     at = [{**keys, "layer": q.name, "layer_index": q.index, "activation": q.activation} for q in probes]
     mid = row["model_id"]
     if mid in todo.sparsity:
@@ -311,8 +316,7 @@ def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.Dat
                         for q, work in todo.layers.get(mid, [])]
         for a, b, name, index in todo.cka:
             if diverged & {a["model_id"], b["model_id"]}:
-                why = next(NOT_TRAINED.format(epoch=int(m["diverged_epoch"])) for m in (a, b)
-                           if m["model_id"] in diverged)
+                why = next(not_trained(m) for m in (a, b) if m["model_id"] in diverged)
                 write_cka(store, a, b, name, index, math.nan, why, hashes["cka"])
             else:
                 pending.append(remote["cka_task"].remote(store.out, exp, a, b, name, index,
