@@ -58,12 +58,6 @@ def check_address(address: str | None) -> None:
                          f"shows it), or leave --address and RAY_ADDRESS unset for a private local Ray") from None
 
 
-def quiet_worker() -> None:
-    """Every Ray worker of a bnrep session, at start: a restarted trial says so in bnrep's progress
-    (bnrep.progress), not with Tune's "Restored on ... from checkpoint" on the console."""
-    logging.getLogger("ray.tune.trainable.trainable").setLevel(logging.WARNING)
-
-
 @contextlib.contextmanager
 def ray_session(address: str | None, model: str | None = None):
     """Join `address` / $RAY_ADDRESS, or start a private local Ray; shut down
@@ -82,8 +76,8 @@ def ray_session(address: str | None, model: str | None = None):
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)  # "Trials did not complete": bnrep says which
     shipped = user_module_path(model) if model else None
-    quiet["runtime_env"] = {"worker_process_setup_hook": "bnrep.raysession.quiet_worker",
-                            **({"py_modules": [shipped]} if shipped else {})}
+    if shipped:  # (no other runtime_env: one changes how Ray starts workers, and training's last bits with it)
+        quiet["runtime_env"] = {"py_modules": [shipped]}
     address = address or os.environ.get("RAY_ADDRESS")
     started = False
     if not ray.is_initialized():

@@ -15,6 +15,10 @@ from bnrep.raysession import placement
 from bnrep.store import Store
 
 CHECKPOINT_FILE = "trainer.pt"
+# A trial's worker imports this module when it unpickles the trial, before Tune restores a restarted
+# trial: that restart is a line of bnrep's progress (bnrep.progress), not Tune's "Restored on ... from
+# checkpoint" on the console.
+logging.getLogger("ray.tune.trainable.trainable").setLevel(logging.WARNING)
 
 
 def open_training_stage(exp: Experiment, opts: RunOptions, stage: str) -> tuple[Store, dict]:
