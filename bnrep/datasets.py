@@ -6,8 +6,8 @@
 
 This module knows names, shapes and class counts only (no torch: `bnrep status`
 and the experiment checks import it); bnrep.data reads the images. A dataset
-read by torchvision is one entry here (its class in `torchvision.datasets`);
-one with its own reader adds that reader to bnrep.data's `READERS`.
+read by torchvision is one entry here (its class in `torchvision.datasets`):
+bnrep.data's reader and file checks are generic over it.
 
 An image folder is torchvision's ImageFolder layout:
 
@@ -34,20 +34,17 @@ class Dataset:
     name: str
     shape: tuple[int, int, int] | None  # (C, H, W) of its images (None: synthetic's image_shape)
     num_classes: int
-    torchvision: str = ""  # its class in torchvision.datasets ("": bnrep.data reads it)
-    official_test: bool = True  # a test set of its own (False: a seeded `test_fraction` hold-out)
-    description: str = ""
+    torchvision: str = ""  # its class in torchvision.datasets, whose official test set is the test split
+    #                        ("": bnrep.data reads it, and holds out a seeded `test_fraction` as the test split)
 
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in [
-    Dataset("digits", (1, 8, 8), 10, official_test=False,
-            description="scikit-learn's bundled 8x8 digits (1,797 images, offline)"),
-    Dataset("mnist", (1, 28, 28), 10, "MNIST", description="torchvision MNIST"),
-    Dataset("fashion-mnist", (1, 28, 28), 10, "FashionMNIST", description="torchvision FashionMNIST"),
-    Dataset("cifar10", (3, 32, 32), 10, "CIFAR10", description="torchvision CIFAR10"),
-    Dataset("cifar100", (3, 32, 32), 100, "CIFAR100", description="torchvision CIFAR100 (fine labels)"),
-    Dataset("synthetic", None, 10, official_test=False,
-            description="seeded class-structured images of image_shape, for tests"),
+    Dataset("digits", (1, 8, 8), 10),  # scikit-learn's bundled 8x8 digits (1,797 images, offline)
+    Dataset("mnist", (1, 28, 28), 10, "MNIST"),
+    Dataset("fashion-mnist", (1, 28, 28), 10, "FashionMNIST"),
+    Dataset("cifar10", (3, 32, 32), 10, "CIFAR10"),
+    Dataset("cifar100", (3, 32, 32), 100, "CIFAR100"),  # the 100 fine labels
+    Dataset("synthetic", None, 10),  # seeded class-structured images of image_shape, for tests
 ]}
 
 
@@ -107,8 +104,7 @@ def image_files(folder: str):
 
 
 def num_classes(name: str) -> int:
-    kind, path = parse_dataset(name)
-    return len(folder_classes(path)) if kind == FOLDER else DATASETS[kind].num_classes
+    return len(class_names(name))
 
 
 def class_names(name: str) -> list[str]:

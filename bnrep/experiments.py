@@ -381,14 +381,15 @@ def load_study(path: str) -> Experiment:
     base = d.pop("base", None)
     if base is not None and (not isinstance(base, str) or base not in PRESETS):
         raise ConfigError(f"study file {path}: base = {base!r} is not a preset (valid: {', '.join(PRESETS)})")
-    for key, value in renamed(d).items():
+    d = renamed(d)
+    for key, value in d.items():
         if key not in fields:
             raise ConfigError(f"study file {path}: unknown key {key!r} (allowed: base, "
                               f"{', '.join(fields)})")
         types = _toml_types(str(fields[key].type))
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
             raise ConfigError(f"study file {path}: {key} = {value!r} should be {str(fields[key].type)}")
-    d = {k: tuple(v) if isinstance(v, list) else v for k, v in renamed(d).items()}
+    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
     d.setdefault("name", Path(path).stem)
     missing = [k for k in ("dataset", "model") if k not in d and base is None]
     if missing:

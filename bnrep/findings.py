@@ -319,7 +319,11 @@ def _first_reach(curve: pd.Series, n_classes: int):
 
 def finding_early_clusters(kmeans: pd.DataFrame, first_layer: int, n_classes: int = 10,
                            norm: str = "batch") -> Finding:
-    """Claim 4: `norm` reaches ~n_classes clusters earlier; early optimal k closer to n_classes."""
+    """Claim 4: `norm` reaches ~n_classes clusters earlier; early optimal k closer to n_classes
+    (Results.n_classes: the data's; 0 when it is not known)."""
+    if not n_classes:
+        return Finding(4, claim(4, norm), "not evaluated", "the data's class count is not known (config.json "
+                       "records no classes and the image folder is not here).", norm=norm)
     best = shown(pair(optimal_k(kmeans), norm), first_layer)
     if best.empty or best["norm"].nunique() < 2:
         return _not_evaluated(4, {"kmeans": kmeans}, norm)

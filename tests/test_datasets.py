@@ -185,3 +185,19 @@ def test_a_study_file_on_an_image_folder_through_every_stage(tmp_path):
     assert "3 (ash, beech, oak)" in report and "of 3 classes" in report
     assert "final      complete  6/6 models trained" in bnrep("status", "--experiment", "leaf-study")
     assert "is up to date" in bnrep("report", "--experiment", "leaf-study")
+
+
+def test_claim_4_is_not_judged_against_an_unknown_class_count(tmp_path):
+    """Results of an image folder that is not here, with no classes recorded: claim 4 says so."""
+    import pandas as pd
+
+    from bnrep.findings import finding_early_clusters
+    from bnrep.results import Results
+
+    r = Results(folder_exp(tmp_path / "elsewhere"))
+    assert r.n_classes == 0
+    km = pd.DataFrame([dict(model_id=f"m-{n}", norm=n, bn=n == "batch", seed=0, layer="l1", layer_index=1, k=2,
+                            dbi=1.0, optimal=True) for n in ("batch", "none")])
+    f = finding_early_clusters(km, 1, r.n_classes)
+    assert f.verdict == "not evaluated" and "class count is not known" in f.detail
+    assert Results(folder_exp(tmp_path / "elsewhere"), classes=("a", "b", "c")).n_classes == 3
