@@ -54,7 +54,7 @@ class LayerReps:
     zero_counts: np.ndarray  # (n_eps, C) int64: values with |x| <= eps, over the sparsity samples
     values_per_channel: int  # N_sparsity * H * W: denominator of eq. 3
     reduced: torch.Tensor  # (N, C) float32, eq. 5 means with rows L2-normalised
-    nonfinite: np.ndarray  # (C,) int64: NaN or inf values over the sparsity samples (their sparsity is unknown)
+    nonfinite: np.ndarray  # (C,) int64: sparsity samples with a NaN or inf value there (sparsity unknown)
 
     @property
     def channels(self) -> int:
@@ -97,7 +97,6 @@ class _Reducer:
         self.start = 0  # row of the current batch's first sample
         self.means: torch.Tensor | None = None  # (N, C)
         self.zeros: torch.Tensor | None = None  # (n_eps, C)
-        self.nonfinite: torch.Tensor | None = None  # (C,)
         self.hw = 1
 
     def __call__(self, out: torch.Tensor, channels_last: bool) -> None:
@@ -110,7 +109,6 @@ class _Reducer:
         if self.means is None:
             self.means = torch.zeros(self.n, C, device=x.device)
             self.zeros = torch.zeros(len(self.eps), C, dtype=torch.int64, device=x.device)
-            self.nonfinite = torch.zeros(C, dtype=torch.int64, device=x.device)
             self.hw = H * W
         self.means[self.start:self.start + B] = x.mean(dim=(2, 3))  # eq. 5
         keep = max(0, min(B, self.n_sparse - self.start))  # rows that are sparsity samples
@@ -118,7 +116,6 @@ class _Reducer:
         for a in x[:keep].split(rows):  # chunks bound the temporaries: sum casts a bool mask to int64
             for i, e in enumerate(self.eps):  # |a| <= e as two bool masks: no float copy
                 self.zeros[i] += ((a <= e) & (a >= -e)).sum(dim=(0, 2, 3))
-            self.nonfinite += (~torch.isfinite(a)).sum(dim=(0, 2, 3))  # NaN is neither zero nor non-zero
         self.start += B
 
 
@@ -156,6 +153,12 @@ def extract_representations(model: torch.nn.Module, X: torch.Tensor, n_sparsity:
     if missing:
         raise ProbeError(f"probe {missing[0]} did not see every image ({len(missing)} probe(s)): the model's "
                          f"activations differ from those found when the analysis was planned")
-    return [LayerReps(p.name, p.index, p.activation, r.zeros.cpu().numpy(), n_sparse * r.hw,
-                      l2_normalise_rows(r.means, in_place=True).cpu(), r.nonfinite.cpu().numpy())
-            for p in probes for r in [reducers[p.index][0]]]
+    reps = []
+    for p in probes:
+        r = reducers[p.index][0]
+        # a NaN or inf value makes its sample's channel mean NaN or inf: found there, not in another pass
+        # over every value (NaN is neither zero nor non-zero: that channel's sparsity is unknown)
+        nonfinite = (~torch.isfinite(r.means[:n_sparse])).sum(dim=0).cpu().numpy()
+        reps.append(LayerReps(p.name, p.index, p.activation, r.zeros.cpu().numpy(), n_sparse * r.hw,
+                              l2_normalise_rows(r.means, in_place=True).cpu(), nonfinite))
+    return reps
