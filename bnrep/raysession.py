@@ -103,6 +103,26 @@ def check_shared_out(ray, store: Store) -> None:
               "a filesystem shared by every node at that path, else use an s3:// URI", flush=True)
 
 
+def quiet_when_stopped() -> None:
+    """Call first in a trial or task: a worker that Ray stops (SIGTERM, when a run ends or fails) while
+    Python runs a garbage-collection callback then prints nothing. Ray's SIGTERM handler raises
+    SystemExit; raised inside a weakref or __del__ callback, Python can only report it as unraisable
+    ("Exception ignored in ... SystemExit: 1", ten lines per worker, forwarded to the user's console
+    under bnrep's one-line error). Every other unraisable exception is reported as before."""
+    import sys
+
+    if getattr(sys.unraisablehook, "quiet_when_stopped", False):
+        return
+    report = sys.unraisablehook
+
+    def hook(unraisable):
+        if unraisable.exc_type is not SystemExit:
+            report(unraisable)
+
+    hook.quiet_when_stopped = True
+    sys.unraisablehook = hook
+
+
 def node_id() -> str:
     """The Ray node this task or trial runs on ('' outside Ray): provenance."""
     import ray

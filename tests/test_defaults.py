@@ -91,3 +91,52 @@ def test_local_out_on_several_nodes_warns(out, n_nodes, warns):
     assert ("warning: --out" in buf.getvalue()) == warns
     if warns:
         assert f"{n_nodes}-node cluster" in buf.getvalue() and len(buf.getvalue().splitlines()) == 1
+
+
+STOPPED_IN_A_CALLBACK = """
+import gc, os, signal, weakref
+from bnrep.raysession import quiet_when_stopped
+
+if {quiet}:
+    quiet_when_stopped()
+signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(1)))  # as Ray's workers do
+
+
+class Obj:
+    pass
+
+
+def on_collect(_):  # the SIGTERM arrives while Python runs this callback: its SystemExit is unraisable
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):
+        pass
+
+
+class Broken:
+    def __del__(self):
+        raise ValueError("a real problem")
+
+
+o = Obj()
+ref = weakref.ref(o, on_collect)
+del o
+gc.collect()
+Broken()  # any other unraisable exception is still reported
+print("went on")
+"""
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_worker_stopped_in_a_gc_callback_prints_nothing(quiet):
+    """Ray stops a trial's or task's worker with SIGTERM, whose handler raises SystemExit; arriving while
+    Python runs a weakref callback, that exception is unraisable and Python prints ten lines for it, which
+    Ray forwards to the user's console. A trial or task calls quiet_when_stopped first: those lines go,
+    other unraisable exceptions stay."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", STOPPED_IN_A_CALLBACK.format(quiet=quiet)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout == "went on\n", r.stderr
+    assert ("SystemExit" in r.stderr) is not quiet, r.stderr
+    assert "ValueError: a real problem" in r.stderr

@@ -40,7 +40,7 @@ from bnrep.metrics import (channel_sparsity, davies_bouldin, effective_rank, lay
 from bnrep.norms import sort_key
 from bnrep.probes import Probe
 from bnrep.progress import wait_tasks
-from bnrep.raysession import check_shared_out, default_gpus, placement, ray_session
+from bnrep.raysession import check_shared_out, default_gpus, placement, quiet_when_stopped, ray_session
 from bnrep.represent import AnalysisSamples, extract_representations, model_probes
 from bnrep.store import Store, tables
 from bnrep.train import best_device
@@ -67,6 +67,7 @@ def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, n_sparsi
     """Extract one model's representations of `images` (the analysis samples,
     in order); write its sparsity parts (unless `hashes` is None: only the
     arrays are wanted); return one (N, C) float32 array per probe."""
+    quiet_when_stopped()
     store, device = Store(out, exp.name), best_device()
     model = load_model(store, row["model_id"], exp, device)
     reps = extract_representations(model, images, n_sparsity, exp.eps, device=device,
@@ -101,6 +102,7 @@ def layer_task(out: str, exp: Experiment, row: dict, probe: Probe, X: np.ndarray
                work: tuple[str, ...], backend: str, hashes: dict[str, str]) -> None:
     """One (model, layer) on the clustering samples: 'clustering' = class-based DBI,
     the k-means sweep and the optimal k; 'measures' = NC1 and effective rank."""
+    quiet_when_stopped()
     store = Store(out, exp.name)
     Xt = torch.tensor(X[: len(y)], device=best_device())  # the clustering samples lead the extracted rows
     yt = torch.tensor(y, device=Xt.device)
@@ -128,6 +130,7 @@ def layer_task(out: str, exp: Experiment, row: dict, probe: Probe, X: np.ndarray
 def cka_task(out: str, exp: Experiment, a: dict, b: dict, layer: str, index: int, Xa: np.ndarray,
              Xb: np.ndarray, n: int, cka_hash: str) -> None:
     """Linear CKA between two models' reduced representations of one layer (the n clustering samples)."""
+    quiet_when_stopped()
     store, dev = Store(out, exp.name), best_device()
     A, B = torch.tensor(Xa[:n], device=dev), torch.tensor(Xb[:n], device=dev)
     reason = next((f"{m['model_id']}: {why}" for m, X in ((a, A), (b, B)) for why in [unusable(X)] if why), "")

@@ -24,7 +24,7 @@ from bnrep.lock import writer_lock
 from bnrep.models import model_id
 from bnrep.norms import SHORT, TAGS
 from bnrep.progress import tune_progress
-from bnrep.raysession import check_shared_out, default_gpus, placement, ray_session
+from bnrep.raysession import check_shared_out, default_gpus, placement, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, trial_dirname
 from bnrep.store import Store, tables, write_error
 from bnrep.train import Trainer, best_device
@@ -35,6 +35,7 @@ def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: b
     """One Tune trial = one model of the grid; saves it and its Parquet rows."""
     from ray import tune
 
+    quiet_when_stopped()
     seed, norm, hp = config["run"]["seed"], config["run"]["norm"], config["run"]["hparams"]
     mid, bn = model_id(exp.model, norm, seed), norm == "batch"
     store = Store(out, exp.name)

@@ -23,7 +23,7 @@ from bnrep.experiments import Experiment, lr_edge
 from bnrep.lock import writer_lock
 from bnrep.norms import TAGS
 from bnrep.progress import tune_progress
-from bnrep.raysession import check_shared_out, default_gpus, ray_session
+from bnrep.raysession import check_shared_out, default_gpus, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, trial_dirname
 from bnrep.store import Store
 from bnrep.train import Trainer, best_device
@@ -34,6 +34,7 @@ SWEEP_SEED = 0  # model seed of every sweep trial; the search itself is seeded t
 # ==== the work of one trial ====
 def trial(config: dict, exp: Experiment, data_root: str | None, amp: bool) -> None:
     """One Tune trial: train with the sampled hparams, report every epoch."""
+    quiet_when_stopped()
     data = load_data(exp, data_root, device=best_device())
     trainer = Trainer(exp, data, config["norm"], config, SWEEP_SEED, amp=amp,
                       max_epochs=exp.sweep_max_epochs or exp.max_epochs)
