@@ -6,6 +6,8 @@
     bnrep list                         # experiments, their data, whether it is here
     bnrep status --experiment digits-cnn
     bnrep final --seeds 2              # one stage: the same as python sweeps/final.py --seeds 2
+    bnrep import --experiment mine --dataset imagefolder:~/leaves --models models.csv
+                                       # models you trained: evaluated, recorded, then `bnrep run` measures them
 
 `bnrep run` calls the same library stage functions as the scripts
 (bnrep.stages.hparam, final, analysis, report) in order on one Ray session.
@@ -21,6 +23,7 @@ import sys
 import time
 
 from bnrep import __version__
+from bnrep.config import UsageError
 from bnrep.flags import SCRIPTS, build_parser as stage_parser, check_flags, main_guard, options, resolve_experiment, run_stage
 
 
@@ -46,21 +49,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bnrep.config import start_fresh
     from bnrep.lock import writer_lock
 
+    from bnrep.config import is_imported
+
     exp, opts, store = validate_run(args)
+    imported = is_imported(store)
+    if imported and opts.fresh:
+        raise UsageError(f"{store.out}/{exp.name} holds imported models: --fresh would delete them (import "
+                         f"them again with bnrep import --fresh)")
     with writer_lock(store, "run"):  # the stages find it held by this process
         if opts.fresh:
             start_fresh(store, "hparam" if not opts.paper_hparams else "final")
-        return run_stages(exp, dataclasses.replace(opts, fresh=False), store)
+        return run_stages(exp, dataclasses.replace(opts, fresh=False), store, imported)
 
 
-def run_stages(exp, opts, store) -> int:
+def run_stages(exp, opts, store, imported: bool = False) -> int:
     from bnrep.raysession import ray_session
     from bnrep.stages import analysis, final, hparam, report
 
     t0 = time.time()
     steps = [("hparam", lambda: hparam.run(exp, opts)), ("final", lambda: final.run(exp, opts)),
              ("analysis", lambda: analysis.run(exp, opts)), ("report", lambda: report.run(opts.out, [exp.name]))]
-    if opts.paper_hparams:
+    if imported:  # models bnrep import recorded: nothing to sweep or train
+        print(f"{exp.name}: imported models (bnrep import); no sweep, no training", flush=True)
+        steps = steps[2:]
+    elif opts.paper_hparams:
         steps = steps[1:]
     with ray_session(opts.address, exp.model):
         for i, (name, step) in enumerate(steps, 1):
@@ -71,6 +83,40 @@ def run_stages(exp, opts, store) -> int:
                 return rc
     print(f"\n==== done in {time.time() - t0:.0f} s: {store.uri('report', 'report.html')} ====")
     return 0
+
+
+# ==== bnrep import ====
+def cmd_import(args: argparse.Namespace) -> int:
+    from bnrep.experiments import ConfigError
+    from bnrep.flags import named_experiment
+    from bnrep.stages import imports
+
+    check_flags(args)
+    try:
+        exp = named_experiment(args.experiment, args.out)
+    except ConfigError:
+        if not args.dataset or args.experiment.endswith(".toml") or "/" in args.experiment:
+            raise
+        exp = None  # a new experiment of that name, on --dataset
+    return imports.run(exp, args.experiment, args.models, options(args), args.dataset, args.image_size)
+
+
+def import_parser(p: argparse.ArgumentParser) -> None:
+    from bnrep.datasets import DATASETS
+
+    p.add_argument("--experiment", required=True, metavar="NAME",
+                   help="a preset, a study file NAME.toml, an experiment --out holds, or a new name (with --dataset)")
+    p.add_argument("--models", required=True, metavar="FILE",
+                   help="CSV (model_id,model,norm,seed,weights; other columns kept as labels) or TOML ([[models]])")
+    p.add_argument("--dataset", default=None, metavar="NAME",
+                   help=f"the data to evaluate and measure them on: {', '.join(DATASETS)} or imagefolder:PATH "
+                        "(default: the experiment's)")
+    p.add_argument("--image-size", type=int, default=None, metavar="S",
+                   help="imagefolder: resize the shorter side to S and centre-crop S x S (default: as stored)")
+    p.add_argument("--out", default="./runs", metavar="PATH|URI", help="results root (default: ./runs)")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="where torchvision datasets live (default: $BNREP_DATA or ~/.cache/bnrep/data)")
+    p.add_argument("--fresh", action="store_true", help="delete the experiment's results and import every model anew")
 
 
 # ==== bnrep list ====
@@ -115,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("status", help="per stage: complete, partial or missing")
     sp.add_argument("--experiment", default="digits-cnn", metavar="NAME", help="experiment (default: digits-cnn)")
     sp.add_argument("--out", default="./runs", metavar="PATH|URI", help="results root (default: ./runs)")
+    import_parser(sub.add_parser("import", help="models you trained: check, evaluate and record them for the "
+                                                "analysis"))
     for name, script in SCRIPTS.items():
         sub.add_parser(name, help=f"one stage: same as python {script}", add_help=False)
     return p
@@ -125,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SCRIPTS:  # bnrep final --seeds 2 == python sweeps/final.py --seeds 2
         return run_stage(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
-    fn = {"run": cmd_run, "list": cmd_list, "status": cmd_status}[args.command]
+    fn = {"run": cmd_run, "import": cmd_import, "list": cmd_list, "status": cmd_status}[args.command]
     return main_guard(lambda: fn(args))
 
 

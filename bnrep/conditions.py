@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bnrep.experiments import lr_edge
-from bnrep.results import REF, Results, at_eps, not_rectified, pair, pair_names
+from bnrep.results import REF, Results, at_eps, imported_mask, not_rectified, pair, pair_names
 
 MIN_SEEDS = 3  # fewer seeds per normalisation: every verdict is inconclusive
 MOSTLY_ZERO = 0.9  # a layer above 90% zeros (seed mean) undermines the sparsity verdicts
@@ -37,9 +37,18 @@ def _tags(r: Results, norm: str) -> dict[str, str]:
     return {norm: a, REF: ref}
 
 
+def not_known_imported(r: Results, norm: str) -> list[Condition]:
+    """Imported models: whether they met a stopping rule, and the sweep, are not known; named, not judged."""
+    t = pair(r.table("training"), norm)
+    n = int(imported_mask(t).sum())
+    return [Condition(f"stopping rule and learning-rate sweep not known for imported models ({n} of {len(t)} "
+                      f"imported)", ALL, undermines=False)] if n else []
+
+
 def missed_stopping_rule(r: Results, norm: str) -> list[Condition]:
     """Models that did not stop by their rule: not interpolated, or (early stopping) trained to the cap."""
     t, e = pair(r.table("training"), norm), r.experiment
+    t = t[~imported_mask(t)] if len(t) else t  # imported: not known (not_known_imported)
     if t.empty or not {"interpolated", "epochs"} <= set(t):
         return []
     interpolate = e.stop == "interpolate"
@@ -141,5 +150,5 @@ def non_rectifier_layers(r: Results, norm: str) -> list[Condition]:
 
 def conditions(r: Results, norm: str) -> list[Condition]:
     """Everything in `r` that undermines the verdicts on `norm` against none."""
-    return [c for check in (missed_stopping_rule, diverged_models, too_few_seeds, lr_at_edge, mostly_zero_layers,
+    return [c for check in (missed_stopping_rule, not_known_imported, diverged_models, too_few_seeds, lr_at_edge, mostly_zero_layers,
                             non_rectifier_layers) for c in check(r, norm)]

@@ -133,6 +133,11 @@ def read_config(store: Store) -> dict:
     return rec
 
 
+def is_imported(store: Store) -> bool:
+    """The experiment's models were imported (`bnrep import`; config.json says so), not trained by bnrep."""
+    return bool(read_config(store).get("imported"))
+
+
 def load_experiment(store: Store, name: str | None = None) -> Experiment:
     """The experiment the results under `store` were made with (config.json),
     else the preset called `name` (default: the store's experiment).
@@ -223,16 +228,17 @@ def write_config(store: Store, record: dict) -> None:
 
 
 # ==== the results directory ====
-def open_store(out: str, exp: Experiment) -> Store:
-    """The experiment's store, checked writable without creating anything
+def open_store(out: str, exp: Experiment | str) -> Store:
+    """The store of the experiment `exp` (or of that name), checked writable without creating anything
     (UsageError otherwise), so a refused run leaves --out as it was."""
+    name = exp if isinstance(exp, str) else exp.name
     scheme = str(out).split("://", 1)[0] if is_uri(out) else "file"
     if scheme not in OUT_SCHEMES:
         raise UsageError(f"--out {out}: bnrep writes results to a local or shared path, file:// or s3:// only "
                          f"(its one-writer lock needs create-if-absent writes; for Google Cloud Storage use its "
                          f"S3 endpoint: s3://BUCKET/PATH?endpoint_override=storage.googleapis.com with HMAC keys)")
     try:
-        store = Store(out, exp.name)  # an s3:// URI resolves its bucket's region here: the network
+        store = Store(out, name)  # an s3:// URI resolves its bucket's region here: the network
         if store.local_path() is not None:
             _check_local_writable(Path(store.local_path()))
         else:  # object stores have no directories: a probe object, then gone

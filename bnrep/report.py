@@ -35,6 +35,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 
 import pandas as pd
@@ -46,9 +47,9 @@ from bnrep.documents import md_table, render_html, render_md
 from bnrep.correlations import MIN_MODELS, limits_sentence, predictor_rows, predictors
 from bnrep.flags import SCRIPTS
 from bnrep.findings import CLAIMS, Finding, finding_sparsity_across, findings, judged_norms, rules
-from bnrep.results import (REF, SHORT, Results, is_paper_pair, measure_numbers, norm_labels, ordered, rankings,
+from bnrep.results import (REF, SHORT, Results, imported_mask, is_paper_pair, measure_numbers, norm_labels, ordered, rankings,
                            side_by_side)
-from bnrep.table1 import diverged_note, table1, table1_caption, table1_rows, table1_tex
+from bnrep.table1 import diverged_note, imported_note, table1, table1_caption, table1_rows, table1_tex
 from bnrep.store import TABLES, Store, git_commit, tables
 
 TRAINING_TABLES = tables(stage="final")
@@ -249,10 +250,12 @@ def settings_rows(r: Results) -> list[list[str]]:
             ["dataset / model", f"{e.dataset}{f' at {e.image_size} px' if e.image_size else ''} / {e.model}"],
             ["classes", class_text(r)],
             ["normalisations", ", ".join(f"{norm_labels(r.norms)[n]} ({SHORT[n]})" for n in r.norms)],
-            ["optimiser", f"{e.optimizer}, lr {e.lr:.3g} (normalised) / {e.lr_for('none'):.3g} (no norm), momentum {e.momentum:.3g}, "
-                          f"x{e.lr_gamma:g} every {e.lr_step_epochs} epochs, batch {e.batch_size}"],
-            ["stopping", f"{e.stop}, at most {e.max_epochs} epochs"],
-            ["seeds", f"{e.seeds} per {setting}"],
+            *([["training", IMPORTED]] if r.imported else [
+                ["optimiser", f"{e.optimizer}, lr {e.lr:.3g} (normalised) / {e.lr_for('none'):.3g} (no norm), "
+                              f"momentum {e.momentum:.3g}, x{e.lr_gamma:g} every {e.lr_step_epochs} epochs, "
+                              f"batch {e.batch_size}"],
+                ["stopping", f"{e.stop}, at most {e.max_epochs} epochs"],
+                ["seeds", f"{e.seeds} per {setting}"]]),
             ["analysis", f"{_n_samples(r, 'sparsity', e.samples_sparsity)} training images for sparsity, "
                          f"{_n_samples(r, 'cluster', e.samples_cluster)} for clustering, "
                          f"k = {e.k_min}..{e.k_max}, zero threshold eps = {_names(f'{x:g}' for x in e.eps)}"],
@@ -262,8 +265,13 @@ def settings_rows(r: Results) -> list[list[str]]:
     # The stage hashes of config.json: the config_hash each Parquet part carries.
     rows += [[f"{stage} hash", r.config.get(f"{stage}_hash") or "unknown (no config.json)"]
              for stage in ("train", "analysis")]
-    for n in ordered(t["norm"]) if len(t) else []:
-        g = t[t["norm"] == n]
+    imported = imported_mask(t) if len(t) else pd.Series(dtype=bool)
+    for n in ordered(t.loc[imported, "norm"]) if len(t) else []:
+        g = t[(t["norm"] == n) & imported]
+        rows.append([f"imported ({SHORT[n]})", f"{len(g)} model{'s' * (len(g) != 1)}, seeds {_names(sorted(g['seed']))}, weights "
+                     + _names(os.path.basename(w) for w in g["weights"])])
+    for n in ordered(t.loc[~imported, "norm"]) if len(t) else []:
+        g = t[(t["norm"] == n) & ~imported]
         ep = sorted({g["epochs"].min(), g["epochs"].max()})
         lr, mom = (_names(f"{x:.3g}" for x in sorted(g[c].unique())) for c in ("lr", "momentum"))  # 3 digits
         rows.append([f"trained ({SHORT[n]})", f"{len(g)} models, lr {lr}, momentum {mom}, "
@@ -284,9 +292,15 @@ def provenance_rows(rs: list[Results]) -> list[list[str]]:
                 f"{t} ({len(r.table(t))} rows)" for t in REPORT_TABLES if t not in missing(r)) for r in rs)]]
 
 
+IMPORTED = "not known for imported models (bnrep import: trained elsewhere)"
+
+
 def missing_notes(r: Results, out: str) -> list[str]:
     notes = []
-    for group in (TRAINING_TABLES, MEASURE_TABLES):
+    if r.imported:  # no sweep, no training history: nothing a stage could produce
+        notes.append(f"{r.experiment.name}: imported models (bnrep import): no training history or sweep; the "
+                     f"parts that need them are left out.")
+    for group in (() if r.imported else TRAINING_TABLES, MEASURE_TABLES):
         miss = [t for t in group if t in missing(r)]
         if miss:
             them = "them" if len(miss) > 1 else "it"
@@ -349,10 +363,10 @@ class _Writer:
         self.put("table1.tex", table1_tex(t))
         text = pd.DataFrame(rows, columns=header).to_string(index=False)
         blocks = [("p", table1_caption(set(training["norm"]))), ("table", header, rows)]
-        diverged = diverged_note(training)
-        if diverged:
-            blocks.append(("p", diverged))
-            text += f"\n{diverged}"
+        for note in (diverged_note(training), imported_note(training)):
+            if note:
+                blocks.append(("p", note))
+                text += f"\n{note}"
         return blocks, text
 
     def documents(self, blocks: list[tuple], title: str) -> None:

@@ -87,6 +87,18 @@ class Results:
     def label(self) -> str:
         return experiment_label(self.experiment)
 
+    @property
+    def imported(self) -> bool:
+        """Its models were imported (bnrep import), not trained by bnrep: training facts are not known."""
+        return bool(self.config.get("imported")) or bool(imported_mask(self.table("training")).any())
+
+
+def imported_mask(training: pd.DataFrame) -> pd.Series:
+    """Models `bnrep import` recorded (no training history, no sweep); tables without the column: none."""
+    if "imported" not in training:
+        return pd.Series(False, index=training.index)
+    return training["imported"].astype("boolean").fillna(False).astype(bool)
+
 
 def model_label(arch: str, dataset: str) -> str:
     """As in the paper's Table 1: 'CNN MNIST', 'VGG-16 CIFAR10'."""

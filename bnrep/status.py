@@ -5,7 +5,7 @@ No Ray, no torch training, no matplotlib: `bnrep status` answers in a second.
 
 from __future__ import annotations
 
-from bnrep.config import load_experiment, read_hashes
+from bnrep.config import is_imported, load_experiment, read_hashes
 from bnrep.experiments import ConfigError, Experiment
 from bnrep.store import Store, tables
 
@@ -23,6 +23,8 @@ def stage_status(out: str, name: str) -> list[tuple[str, str, str]]:
         return [(s, "unknown", str(e)) for s in ("hparam", "final", "analysis", "report")]
     if not store.exists():
         return [(s, "missing", "no results") for s in ("hparam", "final", "analysis", "report")]
+    if is_imported(store):
+        return [*_imported_and_analysis(store, exp), _report(store), _writer(store)]
     return [_hparam(store, exp), *_final_and_analysis(store, exp), _report(store), _writer(store)]
 
 
@@ -52,9 +54,23 @@ def _final_and_analysis(store: Store, exp: Experiment) -> list[tuple[str, str, s
     want = [model_id(exp.model, n, s) for s in range(exp.seeds) for n in exp.norms]
     trained = [m for m in want if is_trained(store, m, hashes.get("train_hash", ""))]
     rows = [("final", _state(len(trained), len(want)), f"{len(trained)}/{len(want)} models trained")]
+    return rows + [_analysis(store, exp, trained)]
 
+
+def _imported_and_analysis(store: Store, exp: Experiment) -> list[tuple[str, str, str]]:
+    from bnrep.checkpoints import is_trained
+
+    train_hash = read_hashes(store).get("train_hash", "")
+    df = store.read_table("training")
+    ids = list(df["model_id"]) if len(df) else []
+    ok = [m for m in ids if is_trained(store, m, train_hash)]
+    return [("import", _state(len(ok), len(ids)), f"{len(ok)}/{len(ids)} imported models recorded (bnrep import; "
+             f"no sweep, no grid)"), _analysis(store, exp, ok)]
+
+
+def _analysis(store: Store, exp: Experiment, trained: list[str]) -> tuple[str, str, str]:
     if not trained:
-        return rows + [("analysis", "missing", "no trained models")]
+        return ("analysis", "missing", "no trained models")
     from bnrep.represent import model_probes
     from bnrep.stages.analysis import plan
 
@@ -63,7 +79,7 @@ def _final_and_analysis(store: Store, exp: Experiment) -> list[tuple[str, str, s
     left = plan(store, exp, models, model_probes(exp)).n_tasks()
     done = sum(len(store.parts(t)) for t in tables("analysis"))
     state = "complete" if not left else "partial" if done else "missing"
-    return rows + [("analysis", state, f"{left} tasks left" if left else "every part current")]
+    return ("analysis", state, f"{left} tasks left" if left else "every part current")
 
 
 def _report(store: Store) -> tuple[str, str, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bnrep.norms import sort_key
-from bnrep.results import SHORT, fmt_pm, is_paper_pair, model_label, norm_labels, ordered
+from bnrep.results import SHORT, fmt_pm, imported_mask, is_paper_pair, model_label, norm_labels, ordered
 
 
 def diverged_note(training: pd.DataFrame) -> str:
@@ -20,6 +20,16 @@ def diverged_note(training: pd.DataFrame) -> str:
     return (f"Diverged (training loss NaN or inf, training stopped): {per}. Their rows are kept as evidence; "
             f"their accuracies are those of the diverged weights, which are not analysed: every measure of "
             f"them is NaN with the epoch it diverged.")
+
+
+def imported_note(training: pd.DataFrame) -> str:
+    """'Imported (bnrep import): 2 BN models, 1 NBN model, ...' or '' (none imported)."""
+    t = training[imported_mask(training)]
+    if t.empty:
+        return ""
+    per = ", ".join(f"{len(g)} {SHORT.get(n, n)} model{'s' * (len(g) != 1)}" for n, g in t.groupby("norm", sort=False))
+    return (f"Imported (bnrep import; trained elsewhere, evaluated here on the same splits): {per}. Their "
+            f"training history, stopping rule and sweep are not known.")
 
 
 def table1(training: pd.DataFrame) -> pd.DataFrame:

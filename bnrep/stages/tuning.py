@@ -7,7 +7,7 @@ import logging
 import os
 import tempfile
 
-from bnrep.config import RunOptions, open_store, prepare
+from bnrep.config import RunOptions, UsageError, is_imported, open_store, prepare
 from bnrep.data import check_data
 from bnrep.represent import model_probes
 from bnrep.experiments import Experiment
@@ -27,7 +27,16 @@ def open_training_stage(exp: Experiment, opts: RunOptions, stage: str) -> tuple[
     check_data(exp, opts.data_root)
     model_probes(exp)  # the model builds under every norm, takes the data and has activations to measure
     store = open_store(opts.out, exp)
+    refuse_imported(store, stage)
     return store, prepare(store, exp, stage, opts.fresh)
+
+
+def refuse_imported(store: Store, stage: str) -> None:
+    """An experiment of imported models has no grid to sweep or train (UsageError)."""
+    if is_imported(store):
+        raise UsageError(f"{store.out}/{store.experiment} holds imported models (bnrep import): there is no grid "
+                         f"to {'sweep' if stage == 'hparam' else 'train'}; measure them with python "
+                         f"analysis/run.py --experiment {store.experiment}, or train in another experiment")
 
 
 def trial_dirname(trial) -> str:

@@ -1,0 +1,285 @@
+"""`bnrep import`: models a researcher already trained, measured like the grid's own.
+
+    bnrep import --experiment mine --dataset imagefolder:~/leaves --models models.csv
+    python analysis/run.py --experiment mine        # then the analysis and the report, unchanged
+    python analysis/report.py --experiment mine
+
+The models file is a CSV with the columns `model_id,model,norm,seed,weights`
+(any other column is kept as a label in results/training), or a TOML file of
+`[[models]]` tables with the same keys. `model` is a model spec
+(`torchvision:resnet18`, `mylab.nets:wide_cnn`, a built-in); every model of an
+experiment has the same one, so that its layers compare one by one. `norm`
+is `as-built` (the spec's own normalisation) or a norm of bnrep.norms, which
+the spec is built with and the report groups by. `weights` (relative to the
+models file's folder, or absolute) is a state_dict, or a checkpoint dict
+holding one under `state_dict`, `model_state_dict` or `model`, read with
+`torch.load(weights_only=True)`; the `module.` prefix of DataParallel and the
+`_orig_mod.` prefix of torch.compile are removed.
+
+Every entry is checked before anything is written: the file loads, its keys
+and shapes fit the spec (one line names the first that does not). Then each
+model is evaluated on the experiment's train/validation/test splits (Table 1)
+and recorded exactly as the grid records a trained model: train/models/<id>/
+model.pt with its sha256 in a results/training part under the train hash.
+config.json says `"imported": true`; the training stages refuse such an
+experiment, `bnrep run` analyses and reports it, and the report says which
+training facts (stopping rule, sweep) are not known for imported models.
+Importing again skips the models already there from the same file contents.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from bnrep.checkpoints import is_trained, sha256
+from bnrep.config import RunOptions, UsageError, header, open_store, prepare, read_config, stage_hashes, \
+    start_fresh, write_config
+from bnrep.data import check_data, input_shape, load_data
+from bnrep.datasets import class_names
+from bnrep.experiments import ConfigError, Experiment
+from bnrep.lock import writer_lock
+from bnrep.models import build_model
+from bnrep.norms import NormError, get_norm, ordered
+from bnrep.store import Store
+
+COLUMNS = ("model_id", "model", "norm", "seed", "weights")  # what every entry names
+WRITTEN = ("experiment", "dataset", "arch", "bn", "lr", "momentum", "epochs", "best_epoch", "train_acc",
+           "val_acc", "test_acc", "interpolated", "diverged", "diverged_epoch", "imported")  # bnrep's columns
+PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
+STATE_KEYS = ("state_dict", "model_state_dict", "model")  # where checkpoint dicts keep their weights
+NEW_VAL_SIZE = 0.1  # a new experiment's validation split, when the data has no val/: a tenth of train
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class ImportRefused(UsageError):
+    """A models file, entry or weights file that cannot be imported; one line, nothing written."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    model_id: str
+    model: str
+    norm: str
+    seed: int
+    weights: str  # absolute path
+    labels: dict  # the models file's other columns
+
+
+# ==== the models file ====
+def read_models(path: str) -> list[Entry]:
+    """The entries of a CSV or TOML models file, checked (ImportRefused names the file, entry and key)."""
+    if not os.path.isfile(path):
+        raise ImportRefused(f"models file {path} does not exist")
+    try:
+        rows = _toml_rows(path) if path.endswith(".toml") else _csv_rows(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ImportRefused(f"models file {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not rows:
+        raise ImportRefused(f"models file {path} names no models (columns: {','.join(COLUMNS)})")
+    folder, entries = os.path.dirname(os.path.abspath(path)), []
+    for where, row in rows:
+        at = f"models file {path}, {where}"
+        missing = [c for c in COLUMNS if row.get(c) in (None, "")]
+        if missing:
+            raise ImportRefused(f"{at}: no {', '.join(missing)} (every entry names {', '.join(COLUMNS)})")
+        clash = [c for c in row if c in WRITTEN]
+        if clash:
+            raise ImportRefused(f"{at}: column {clash[0]!r} is one bnrep writes itself; rename it")
+        mid, seed = str(row["model_id"]), str(row["seed"]).strip()
+        if not MODEL_ID.fullmatch(mid):
+            raise ImportRefused(f"{at}: model_id {mid!r} must be letters, digits, '_', '-' or '.'")
+        if not seed.isdigit():
+            raise ImportRefused(f"{at}: seed {row['seed']!r} must be a whole number >= 0 (a name belongs in "
+                                f"another column, kept as a label)")
+        try:
+            norm = get_norm(str(row["norm"])).name
+        except NormError as e:
+            raise ImportRefused(f"{at}: {e}") from None
+        weights = os.path.join(folder, os.path.expanduser(str(row["weights"])))
+        labels = {k: v for k, v in row.items() if k not in COLUMNS}
+        entries.append(Entry(mid, str(row["model"]), norm, int(seed), os.path.normpath(weights), labels))
+    seen = set()
+    for e in entries:
+        if e.model_id in seen:
+            raise ImportRefused(f"models file {path}: model_id {e.model_id!r} appears twice")
+        seen.add(e.model_id)
+    specs = list(dict.fromkeys(e.model for e in entries))
+    if len(specs) > 1:
+        raise ImportRefused(f"models file {path} names {len(specs)} model specs ({', '.join(specs)}): an "
+                            f"experiment compares one network layer by layer; import each into its own")
+    return entries
+
+
+def _csv_rows(path: str) -> list[tuple[str, dict]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        return [(f"line {reader.line_num}", {k.strip(): (v or "").strip() for k, v in row.items() if k})
+                for row in reader if any((v or "").strip() for v in row.values())]
+
+
+def _toml_rows(path: str) -> list[tuple[str, dict]]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    with open(path, "rb") as f:
+        try:
+            d = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ImportRefused(f"models file {path}: not valid TOML ({e})") from None
+    models = d.get("models")
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models) or set(d) - {"models"}:
+        raise ImportRefused(f"models file {path}: expected [[models]] tables only (keys: {', '.join(COLUMNS)})")
+    return [(f"[[models]] #{i}", m) for i, m in enumerate(models, 1)]
+
+
+# ==== the experiment ====
+def import_experiment(exp: Experiment | None, name: str, entries: list[Entry], dataset: str | None,
+                      image_size: int | None, earlier: tuple[str, ...] = ()) -> Experiment:
+    """The experiment the entries are recorded in: `exp` (a preset, a study file, an earlier import) with
+    their model and norms (and the `earlier` import's norms), or a new one called `name` on `dataset`."""
+    spec, norms = entries[0].model, tuple(ordered({e.norm for e in entries} | set(earlier)))
+    if exp is None:
+        if not dataset:
+            raise ConfigError(f"unknown experiment {name!r}: name a preset or a study file, or pass --dataset "
+                              f"to import into a new experiment called {name}")
+        return Experiment(name=name, dataset=dataset, model=spec, norms=norms, channel_layers=(),
+                          image_size=image_size, val_size=NEW_VAL_SIZE, description="imported models")
+    return exp.with_model(spec).override(norms=norms, dataset=dataset, image_size=image_size)
+
+
+# ==== the weights ====
+def state_dict(path: str) -> tuple[dict[str, torch.Tensor], str]:
+    """(the weights of `path` without DataParallel / torch.compile prefixes, the file's sha256)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ImportRefused(f"weights {path}: {e.strerror or e}") from None
+    try:
+        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - not a torch file, truncated, or objects beyond weights
+        if "Weights only load failed" in str(e):
+            raise ImportRefused(f"weights {path} holds Python objects besides tensors (a whole model saved with "
+                                f"torch.save(model)?): save model.state_dict() instead; bnrep loads weights "
+                                f"only (torch.load(weights_only=True))") from None
+        raise ImportRefused(f"weights {path} is not a PyTorch checkpoint (torch.load: {type(e).__name__}; "
+                            f"truncated, or another format)") from None
+    sd = _tensors(blob) or next((_tensors(blob[k]) for k in STATE_KEYS if isinstance(blob, dict) and k in blob),
+                                None)
+    if not sd:
+        raise ImportRefused(f"weights {path} holds no state_dict (a dict of tensors, or a checkpoint dict with "
+                            f"one under {', '.join(repr(k) for k in STATE_KEYS)})")
+    return {_unprefixed(k): v for k, v in sd.items()}, sha256(data)
+
+
+def _tensors(x) -> dict | None:
+    return x if isinstance(x, dict) and x and all(isinstance(v, torch.Tensor) for v in x.values()) else None
+
+
+def _unprefixed(key: str) -> str:
+    while key.startswith(PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def fitted(entry: Entry, exp: Experiment, shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
+    """The entry's model with its weights; ImportRefused naming the first key that does not fit."""
+    sd, _ = state_dict(entry.weights)
+    C, H, W = shape
+    model = build_model(entry.model, entry.norm, C, num_classes, (H, W))
+    want = model.state_dict()
+    what = f"weights {entry.weights} do not fit {entry.model} ({entry.norm}, {C} channels, {num_classes} classes)"
+    for k, v in want.items():
+        if k not in sd:
+            raise ImportRefused(f"{what}: {k} is missing from the file")
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise ImportRefused(f"{what}: {k} has shape {tuple(sd[k].shape)} in the file, {tuple(v.shape)} in "
+                                f"the model")
+    extra = [k for k in sd if k not in want]
+    if extra:
+        raise ImportRefused(f"{what}: the file's {extra[0]} is not in the model"
+                            + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    model.load_state_dict(sd)
+    return model
+
+
+# ==== the stage ====
+def imported_models(store: Store) -> dict[str, str]:
+    """model_id -> sha256 of the weights file it was imported from, for the models already here."""
+    df = store.read_table("training")
+    if df.empty or "imported" not in df:
+        return {}
+    return {r["model_id"]: (store.part_metadata("training", r["model_id"]) or {}).get("source_sha256", "")
+            for r in df.to_dict("records") if r.get("imported")}
+
+
+def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, dataset: str | None = None,
+        image_size: int | None = None) -> int:
+    # ==== every check before anything is written ====
+    entries = read_models(models_file)
+    store = open_store(opts.out, exp or name)
+    old = read_config(store)
+    earlier = () if opts.fresh or not old.get("imported") else tuple(old["experiment"]["norms"])
+    exp = import_experiment(exp, name, entries, dataset, image_size, earlier)
+    check_data(exp, opts.data_root)
+    shape, num_classes = input_shape(exp), len(class_names(exp.dataset))
+    if old and not old.get("imported") and not opts.fresh and store.has_table("training"):
+        raise UsageError(f"{store.out}/{exp.name} holds models that bnrep trained: import into another experiment "
+                         f"(--experiment NEW --dataset {exp.dataset}) or another --out")
+    record = {**prepare(store, exp, "final", opts.fresh), "imported": True}
+    train_hash = stage_hashes(exp)["train_hash"]
+    have = {} if opts.fresh else imported_models(store)
+    sources = {}
+    for e in entries:
+        _, sources[e.model_id] = state_dict(e.weights)
+        if have.get(e.model_id) not in (None, sources[e.model_id]):
+            raise ImportRefused(f"{store.out}/{exp.name} has {e.model_id} imported from other weights than "
+                                f"{e.weights}: use another model_id, or --fresh to import every model anew")
+        fitted(e, exp, shape, num_classes)
+    todo = [e for e in entries if not (have.get(e.model_id) and is_trained(store, e.model_id, train_hash))]
+    from bnrep.train import accuracy, best_device
+
+    device = best_device()
+    data = load_data(exp, opts.data_root, device=device) if todo else None  # splits it, or one line
+    print(header("import", exp, store), flush=True)
+    print(f"[import] {len(entries)} models; {len(entries) - len(todo)} already imported, {len(todo)} to "
+          f"evaluate", flush=True)
+    if not todo:
+        return 0
+
+    # ==== evaluate and record, one writer ====
+    from bnrep.checkpoints import save_model
+
+    with writer_lock(store, "import"):
+        if opts.fresh:
+            start_fresh(store, "hparam")  # everything: imported models replace whatever was there
+        write_config(store, record)
+        for e in todo:
+            model = fitted(e, exp, shape, num_classes).to(device)
+            acc = {s: accuracy(model, getattr(data, s), device) for s in ("train", "val", "test")}
+            row = {"model_id": e.model_id, "experiment": exp.name, "dataset": exp.dataset, "arch": e.model,
+                   "model": e.model, "bn": e.norm == "batch", "norm": e.norm, "seed": e.seed,
+                   "lr": math.nan, "momentum": math.nan, "epochs": math.nan, "best_epoch": math.nan,
+                   "train_acc": acc["train"], "val_acc": acc["val"], "test_acc": acc["test"],
+                   "interpolated": acc["train"] >= 1.0, "diverged": False, "diverged_epoch": math.nan,
+                   "imported": True, "weights": e.weights, **{k: str(v) for k, v in e.labels.items()}}
+            digest = save_model(store, e.model_id, model, exp, {}, row, num_classes)
+            store.write_part("training", e.model_id, pd.DataFrame([row]), train_hash, model_sha256=digest,
+                             source=e.weights, source_sha256=sources[e.model_id])
+            print(f"[import] {e.model_id}: {get_norm(e.norm).label}, seed {e.seed}, test_acc {acc['test']:.4f} "
+                  f"({e.weights})", flush=True)
+    print(f"[import] wrote {store.out}/{exp.name}/train/models and results/training; next: python analysis/run.py "
+          f"--experiment {exp.name}" + (f" --out {opts.out}" if opts.out not in ("./runs", "runs") else ""),
+          flush=True)
+    return 0
+
