@@ -95,9 +95,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         exp = named_experiment(args.experiment, args.out)
     except ConfigError:
-        if not args.dataset or args.experiment.endswith(".toml") or "/" in args.experiment:
+        if args.experiment.endswith(".toml") or "/" in args.experiment:
             raise
-        exp = None  # a new experiment of that name, on --dataset
+        exp = None  # a new experiment of that name, on --dataset (one line without it)
     return imports.run(exp, args.experiment, args.models, options(args), args.dataset, args.image_size)
 
 

@@ -14,7 +14,9 @@ the spec is built with and the report groups by. `weights` (relative to the
 models file's folder, or absolute) is a state_dict, or a checkpoint dict
 holding one under `state_dict`, `model_state_dict` or `model`, read with
 `torch.load(weights_only=True)`; the `module.` prefix of DataParallel and the
-`_orig_mod.` prefix of torch.compile are removed.
+`_orig_mod.` prefix of torch.compile are removed. A model without norms saved
+from code that put `nn.Identity` where they stood lacks the per-channel bias
+that bnrep's `none` keeps there: it loads with that bias zero, the same function.
 
 Every entry is checked before anything is written: the file loads, its keys
 and shapes fit the spec (one line names the first that does not). Then each
@@ -47,7 +49,7 @@ from bnrep.datasets import class_names
 from bnrep.experiments import ConfigError, Experiment
 from bnrep.lock import writer_lock
 from bnrep.models import build_model
-from bnrep.norms import NormError, get_norm, ordered
+from bnrep.norms import ChannelBias, NormError, get_norm, ordered
 from bnrep.store import Store
 
 COLUMNS = ("model_id", "model", "norm", "seed", "weights")  # what every entry names
@@ -198,9 +200,14 @@ def fitted(entry: Entry, exp: Experiment, shape: tuple[int, int, int], num_class
     C, H, W = shape
     model = build_model(entry.model, entry.norm, C, num_classes, (H, W))
     want = model.state_dict()
+    # `none` keeps a per-channel bias where a norm stood (norms.ChannelBias, zero at first); a model built
+    # without norms (norm_layer=nn.Identity) has none: zero is exactly its function
+    zero = {f"{p}.bias" for p, m in model.named_modules() if isinstance(m, ChannelBias)}
     what = f"weights {entry.weights} do not fit {entry.model} ({entry.norm}, {C} channels, {num_classes} classes)"
     for k, v in want.items():
-        if k not in sd:
+        if k not in sd and k in zero:
+            sd[k] = torch.zeros_like(v)
+        elif k not in sd:
             raise ImportRefused(f"{what}: {k} is missing from the file")
         if tuple(sd[k].shape) != tuple(v.shape):
             raise ImportRefused(f"{what}: {k} has shape {tuple(sd[k].shape)} in the file, {tuple(v.shape)} in "

@@ -1,0 +1,249 @@
+"""Models a researcher trained elsewhere: `bnrep import` checks torchvision-format checkpoints (saved by
+plain torch code, with DataParallel's and torch.compile's prefixes), evaluates them, and records them so
+that the analysis, the report, status and open_results work unchanged; every bad entry is one line that
+leaves the results directory as it was."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import torchvision
+
+from bnrep import cli
+from bnrep.data import load_data
+from bnrep.train import accuracy
+from tests.conftest import tree
+from tests.test_datasets import write_folder
+
+SPEC = "torchvision:resnet18"
+
+
+def resnet(seed: int, norm_layer=None) -> torch.nn.Module:
+    """A torchvision resnet18 for 3 classes, as a researcher's own code builds it (not bnrep)."""
+    torch.manual_seed(seed)
+    return torchvision.models.resnet18(num_classes=3, **({"norm_layer": norm_layer} if norm_layer else {}))
+
+
+def no_norm(width: int) -> torch.nn.Module:
+    return torch.nn.Identity()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """An image folder (3 classes, 16x16 RGB), three checkpoints written by plain torch code in three
+    formats, and models.csv naming them: (folder, models.csv, {model_id: the model as saved})."""
+    d = tmp_path_factory.mktemp("import")
+    root = write_folder(d / "leaves", splits=(("train", 20), ("test", 8)), size=(16, 16))
+    models = {"bn-s0": resnet(0), "bn-s1": resnet(1), "none-s0": resnet(2, no_norm)}
+    (d / "ckpt").mkdir()
+    torch.save(models["bn-s0"].state_dict(), d / "ckpt" / "plain.pt")  # a bare state_dict
+    torch.save({"epoch": 90, "model_state_dict": torch.nn.DataParallel(models["bn-s1"]).state_dict()},
+               d / "ckpt" / "parallel.pt")  # a training checkpoint; keys "module.conv1.weight", ...
+    torch.save({"state_dict": torch.compile(models["none-s0"]).state_dict()},  # keys "_orig_mod.conv1.weight"
+               d / "ckpt" / "compiled.pt")
+    (d / "models.csv").write_text("model_id,model,norm,seed,weights,lab_run\n"
+                                  f"bn-s0,{SPEC},batch,0,ckpt/plain.pt,run-a\n"
+                                  f"bn-s1,{SPEC},batch,1,ckpt/parallel.pt,run-b\n"
+                                  f"none-s0,{SPEC},none,0,{d / 'ckpt' / 'compiled.pt'},run-c\n")
+    return root, d / "models.csv", models
+
+
+def bnrep(*args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bnrep", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.slow
+def test_imported_checkpoints_through_analysis_and_report(checkpoints, tmp_path):
+    """Import (no training stage), then `bnrep run` measures and reports them: the accuracies are those of
+    the researcher's own models on the same splits, every model has its analysis rows, the report says
+    they were imported and what is not known, status and open_results find them; a second import
+    changes nothing; the training stages refuse the experiment."""
+    from bnrep.api import open_results
+    from bnrep.config import load_experiment
+    from bnrep.store import Store
+
+    root, csv, models = checkpoints
+    out = tmp_path / "runs"
+    args = ("--experiment", "leaves", "--models", csv, "--out", out)
+    r = bnrep("import", *args, "--dataset", f"imagefolder:{root}", cwd=tmp_path)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert "[import] 3 models; 0 already imported, 3 to evaluate" in r.stdout
+    store = Store(str(out), "leaves")
+    exp = load_experiment(store)
+    data = load_data(exp)
+    training = store.read_table("training").set_index("model_id").sort_index()
+    assert list(training.index) == ["bn-s0", "bn-s1", "none-s0"] and training["imported"].all()
+    assert list(training["lab_run"]) == ["run-a", "run-b", "run-c"] and training["lr"].isna().all()
+    for mid, model in models.items():  # the reference: the researcher's model itself, on bnrep's splits
+        for split in ("train", "val", "test"):
+            want = accuracy(model, getattr(data, split), torch.device("cpu"))
+            assert training.loc[mid, f"{split}_acc"] == pytest.approx(want, abs=1e-12), (mid, split)
+
+    before = tree(out)
+    again = bnrep("import", *args, cwd=tmp_path)  # found by name now; nothing to do
+    assert again.returncode == 0 and "3 already imported, 0 to evaluate" in again.stdout, again.stderr
+    assert tree(out) == before
+    refused = bnrep("final", "--experiment", "leaves", "--out", out, cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr == (
+        f"error: {out}/leaves holds imported models (bnrep import): there is no grid to train; measure them "
+        f"with python analysis/run.py --experiment leaves, or train in another experiment\n")
+
+    run = bnrep("run", "--experiment", "leaves", "--out", out, "--samples-sparsity", "40", "--samples-cluster",
+                "40", "--k-max", "4", "--n-init", "1", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "leaves: imported models (bnrep import); no sweep, no training" in run.stdout
+    assert "==== stage 1/2: analysis" in run.stdout and "hparam" not in run.stdout.split("stage 1/2")[1][:40]
+    for table in ("layer_sparsity", "class_dbi", "kmeans"):
+        assert set(store.read_table(table)["model_id"]) == set(models), table
+    report = (out / "leaves" / "report" / "report.md").read_text()
+    assert "Imported (bnrep import; trained elsewhere, evaluated here on the same splits): 2 BN models, " \
+           "1 NBN model." in report
+    assert "| imported (BN) | 2 models, seeds 0, 1, weights plain.pt, parallel.pt |" in report
+    assert "stopping rule and learning-rate sweep not known for imported models (3 of 3 imported)" in report
+    assert "missed their stopping rule" not in report and "sweeps/hparam.py" not in report
+    status = bnrep("status", "--experiment", "leaves", "--out", out, cwd=tmp_path).stdout
+    assert "import     complete  3/3 imported models recorded" in status
+    assert "analysis   complete  every part current" in status
+    study = open_results(str(out), "leaves")
+    assert sorted(study.results.table("training")["model_id"]) == sorted(models)
+
+
+def test_imported_weights_load_back_equal(checkpoints, tmp_path, capsys):
+    """Each imported model.pt holds exactly the researcher's tensors (prefixes removed; a no-norm model
+    gains zero biases where the norms stood), loads back through the analysis' own loader
+    (checkpoints.load_model, sha256 verified) and computes the researcher's model's logits."""
+    from bnrep.checkpoints import load_model
+    from bnrep.config import load_experiment
+    from bnrep.store import Store
+
+    root, csv, models = checkpoints
+    out = tmp_path / "runs"
+    assert cli.main(["import", "--experiment", "leaves", "--models", str(csv), "--out", str(out),
+                     "--dataset", f"imagefolder:{root}"]) == 0, capsys.readouterr().err
+    store = Store(str(out), "leaves")
+    exp = load_experiment(store)
+    assert exp.model == SPEC and exp.norms == ("batch", "none") and exp.dataset == f"imagefolder:{root}"
+    x = load_data(exp).test.X[:8]
+    for mid, model in models.items():
+        loaded = load_model(store, mid, exp).eval()
+        got, want = loaded.state_dict(), model.state_dict()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+        extra = set(got) - set(want)  # none: the zero bias bnrep's `none` keeps where a norm stood
+        assert all(k.endswith(".bias") and not got[k].any() for k in extra) and bool(extra) == (mid == "none-s0")
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), model.eval()(x))  # the researcher's model, the same function
+
+
+REFUSALS = {  # name -> (models.csv body, or a callable writing weights first; the one line)
+    "does not fit the spec": (
+        "bad,{spec},batch,0,ten.pt",
+        "weights {d}/ten.pt do not fit torchvision:resnet18 (batch, 3 channels, 3 classes): fc.weight has shape "
+        "(10, 512) in the file, (3, 512) in the model"),
+    "norm the file lacks": (
+        "bad,{spec},batch,0,none.pt",
+        "weights {d}/none.pt do not fit torchvision:resnet18 (batch, 3 channels, 3 classes): bn1.weight is "
+        "missing from the file"),
+    "missing file": ("bad,{spec},batch,0,absent.pt", "weights {d}/absent.pt: No such file or directory"),
+    "not a checkpoint": (
+        "bad,{spec},batch,0,notes.pt",
+        "weights {d}/notes.pt is not a PyTorch checkpoint (torch.load: KeyError; truncated, or another format)"),
+    "truncated": (
+        "bad,{spec},batch,0,truncated.pt",
+        "weights {d}/truncated.pt is not a PyTorch checkpoint (torch.load: RuntimeError; truncated, or another "
+        "format)"),
+    "a whole pickled model": (
+        "bad,{spec},batch,0,whole.pt",
+        "weights {d}/whole.pt holds Python objects besides tensors (a whole model saved with torch.save(model)?): "
+        "save model.state_dict() instead; bnrep loads weights only (torch.load(weights_only=True))"),
+    "no state_dict": (
+        "bad,{spec},batch,0,epoch.pt",
+        "weights {d}/epoch.pt holds no state_dict (a dict of tensors, or a checkpoint dict with one under "
+        "'state_dict', 'model_state_dict', 'model')"),
+    "two specs": (
+        "a,{spec},batch,0,ok.pt\nb,torchvision:resnet34,batch,1,ok.pt",
+        "models file {d}/models.csv names 2 model specs (torchvision:resnet18, torchvision:resnet34): an "
+        "experiment compares one network layer by layer; import each into its own"),
+    "a model_id twice": (
+        "a,{spec},batch,0,ok.pt\na,{spec},batch,1,ok.pt",
+        "models file {d}/models.csv: model_id 'a' appears twice"),
+    "no weights": ("a,{spec},batch,0,", "models file {d}/models.csv, line 2: no weights (every entry names "
+                                        "model_id, model, norm, seed, weights)"),
+    "a seed that is a name": (
+        "a,{spec},batch,first,ok.pt",
+        "models file {d}/models.csv, line 2: seed 'first' must be a whole number >= 0 (a name belongs in another "
+        "column, kept as a label)"),
+    "an unknown norm": ("a,{spec},batchy,0,ok.pt", "models file {d}/models.csv, line 2: unknown norm 'batchy'"),
+}
+
+
+@pytest.fixture(scope="module")
+def weights(checkpoints, tmp_path_factory):
+    """The files the refusals name, beside a models.csv of the case's rows."""
+    d = tmp_path_factory.mktemp("weights")
+    torch.save(resnet(0).state_dict(), d / "ok.pt")
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), d / "ten.pt")
+    torch.save(resnet(2, no_norm).state_dict(), d / "none.pt")
+    (d / "notes.pt").write_text("hello")
+    (d / "truncated.pt").write_bytes((d / "ok.pt").read_bytes()[:4000])
+    torch.save(resnet(0), d / "whole.pt")
+    torch.save({"epoch": 3}, d / "epoch.pt")
+    return d
+
+
+@pytest.fixture(scope="module")
+def imported(checkpoints, tmp_path_factory):
+    """A results root that already holds the imported experiment: a refusal must leave it as it was."""
+    root, csv, _ = checkpoints
+    out = tmp_path_factory.mktemp("held") / "runs"
+    assert cli.main(["import", "--experiment", "leaves", "--models", str(csv), "--out", str(out),
+                     "--dataset", f"imagefolder:{root}"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_a_bad_entry_is_one_line_and_changes_nothing(case, checkpoints, weights, imported, capsys):
+    rows, line = REFUSALS[case]
+    (weights / "models.csv").write_text("model_id,model,norm,seed,weights\n" + rows.format(spec=SPEC) + "\n")
+    before = tree(imported)
+    rc = cli.main(["import", "--experiment", "leaves", "--models", str(weights / "models.csv"),
+                   "--out", str(imported)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert line.format(d=weights) in err, err
+    assert tree(imported) == before
+
+
+def test_other_weights_under_an_imported_id_are_refused(checkpoints, weights, imported, capsys):
+    """A model_id that is already imported from other file contents: one line, nothing changed."""
+    (weights / "models.csv").write_text(f"model_id,model,norm,seed,weights\nbn-s0,{SPEC},batch,0,ok.pt\n")
+    torch.save(resnet(5).state_dict(), weights / "ok.pt")
+    before = tree(imported)
+    rc = cli.main(["import", "--experiment", "leaves", "--models", str(weights / "models.csv"),
+                   "--out", str(imported)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == (f"error: {imported}/leaves has bn-s0 imported from other weights than "
+                               f"{weights}/ok.pt: use another model_id, or --fresh to import every model anew\n")
+    assert tree(imported) == before
+
+
+def test_a_toml_models_file_reads_as_the_csv(checkpoints, tmp_path):
+    from bnrep.stages.imports import read_models
+
+    _, csv, _ = checkpoints
+    toml = csv.parent / "models.toml"
+    toml.write_text("".join(
+        f'[[models]]\nmodel_id = "{r.model_id}"\nmodel = "{r.model}"\nnorm = "{r.norm}"\nseed = {r.seed}\n'
+        f'weights = "{r.weights}"\nlab_run = "{r.lab_run}"\n\n' for r in pd.read_csv(csv).itertuples()))
+    assert read_models(str(toml)) == read_models(str(csv))
+
+
+def test_a_new_experiment_needs_a_dataset(checkpoints, tmp_path, capsys):
+    _, csv, _ = checkpoints
+    rc = cli.main(["import", "--experiment", "mine", "--models", str(csv), "--out", str(tmp_path / "runs")])
+    assert rc == 2 and capsys.readouterr().err == (
+        "error: unknown experiment 'mine': name a preset or a study file, or pass --dataset to import into a new "
+        "experiment called mine\n")
+    assert not (tmp_path / "runs").exists()
