@@ -195,7 +195,7 @@ def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
     old = read_config(store)
     keys = ["train_hash"] + (["analysis_hash"] if stage == "analysis" else [])
     for key in keys:
-        if old.get(key) != hashes[key] and not (key == "analysis_hash" and adds_only(old, exp)):
+        if key in old and old[key] != hashes[key] and not (key == "analysis_hash" and adds_only(old, exp)):
             diff = describe_diff(old.get("experiment", {}), exp.to_dict())
             what = "training" if key == "train_hash" else "analysis"
             raise UsageError(

@@ -21,6 +21,12 @@ every model seed sees the same train/val/test images. Pixels are scaled to
 [0, 1], then normalised per channel with the mean/std of the seeded training
 split (before any `train_size` cut, so val/test never change with it).
 
+An image folder larger than STREAM_FRACTION of this machine's memory (as
+float32 tensors) is not read into memory: its splits decode their images
+batch by batch (FolderImages: the same batches, pixels and normalisation as the
+in-memory path, so training does not depend on which path ran; statistics are
+exact integer sums either way). $BNREP_STREAMING=always|never forces a path.
+
 Real datasets are read from `data_root` (`$BNREP_DATA` or ~/.cache/bnrep/data)
 and downloaded there when missing and the network allows. Call `check_data` in
 the driver before starting Ray: it downloads once (not once per trial) and fails
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,6 +52,8 @@ from bnrep.datasets import (DATASETS, FOLDER, DatasetError, class_names, folder_
 if TYPE_CHECKING:
     from bnrep.experiments import Experiment
 
+STREAM_FRACTION = 0.25  # an image folder above this share of memory (float32, every split) streams
+DECODE_THREADS = 8  # a streamed batch's images decode in parallel (PIL releases the GIL)
 NUM_CLASSES = 10  # the class count of model files written before 0.3, which did not record it
 TORCHVISION = tuple(n for n, d in DATASETS.items() if d.torchvision)
 SYNTHETIC_SEED = 20240901  # fixes the synthetic images; split_seed only splits them, as for real data
@@ -58,9 +67,42 @@ def default_data_root() -> str:
     return os.path.expanduser(os.environ.get("BNREP_DATA") or "~/.cache/bnrep/data")
 
 
+class FolderImages:
+    """An image folder split that is not in memory: `X[idx]` (an index tensor or a slice) decodes those
+    images, resized as in memory, and normalises them exactly as the in-memory path does."""
+
+    def __init__(self, files: list[str], size: int | None, shape: tuple[int, int, int], mean=None, std=None,
+                 device="cpu"):
+        self.files, self.size, self.mean, self.std, self.device = files, size, mean, std, torch.device(device)
+        self.shape = torch.Size((len(files), *shape))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def pixels(self, idx) -> torch.Tensor:
+        """(B, C, H, W) uint8 of the images at `idx`, in that order."""
+        picked = self.files[idx] if isinstance(idx, slice) else [self.files[i] for i in torch.as_tensor(idx).tolist()]
+        with ThreadPoolExecutor(min(DECODE_THREADS, max(len(picked), 1))) as pool:
+            images = list(pool.map(lambda f: _folder_image(f, self.size), picked))
+        return torch.stack(images) if images else torch.zeros((0, *self.shape[1:]), dtype=torch.uint8)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        x = self.pixels(idx).float().div_(255.0)  # the in-memory path's operations, in its order
+        if self.mean is not None:
+            x.sub_(self.mean.view(1, -1, 1, 1)).div_(self.std.view(1, -1, 1, 1))
+        return x.to(self.device)
+
+    def subset(self, idx) -> "FolderImages":
+        files = self.files[idx] if isinstance(idx, slice) else [self.files[i] for i in torch.as_tensor(idx).tolist()]
+        return FolderImages(files, self.size, tuple(self.shape[1:]), self.mean, self.std, self.device)
+
+    def to(self, device, non_blocking: bool = False) -> "FolderImages":
+        return FolderImages(self.files, self.size, tuple(self.shape[1:]), self.mean, self.std, device)
+
+
 @dataclass
 class Split:
-    X: torch.Tensor  # (N, C, H, W) float32, normalised with training-split channel stats
+    X: torch.Tensor  # (N, C, H, W) float32, normalised with training-split channel stats (or FolderImages)
     y: torch.Tensor  # (N,) int64 class labels
 
     def __len__(self) -> int:
@@ -113,7 +155,11 @@ def input_shape(exp: Experiment) -> tuple[int, int, int]:
 
 
 def load_data(exp: Experiment, data_root: str | None = None, device="cpu", download: bool = True) -> Data:
-    """All three splits of `exp.dataset` as normalised tensors on `device`."""
+    """All three splits of `exp.dataset` as normalised tensors on `device` (an image folder larger than
+    memory allows: FolderImages, decoded batch by batch)."""
+    kind, path = parse_dataset(exp.dataset)
+    if kind == FOLDER and streams(exp, path):
+        return _stream_folder(exp, path, device)
     (X, y), (X_test, y_test), scale, val = _read(exp, data_root, download)  # X: (N, C, H, W), pixels * scale
     if val is None:
         train_idx, val_idx = _holdout(y, exp.val_size, exp.split_seed, "val_size")
@@ -122,6 +168,8 @@ def load_data(exp: Experiment, data_root: str | None = None, device="cpu", downl
         train_idx = torch.from_numpy(np.random.default_rng(exp.split_seed).permutation(len(y)))
         train, val = _subset(X, y, train_idx, scale), _subset(*val, torch.arange(len(val[1])), scale)
     mean, std = _channel_stats(train.X)
+    if kind == FOLDER:  # exact integer sums, as the streamed path computes them
+        mean, std = _pixel_stats(X[i] for i in train_idx.split(STATS_CHUNK))
     if exp.train_size is not None:
         train = _first(train, exp.train_size)
     splits = [train, val, _subset(X_test, y_test, torch.arange(len(y_test)), scale)]
@@ -131,6 +179,46 @@ def load_data(exp: Experiment, data_root: str | None = None, device="cpu", downl
     _, C, H, _ = train.X.shape
     classes = tuple(class_names(exp.dataset))
     return Data(train, val, test, len(classes), C, H, exp.dataset, mean.to(device), std.to(device), classes)
+
+
+def streams(exp: Experiment, path: str) -> bool:
+    """Whether the image folder at `path` is streamed: $BNREP_STREAMING (always|never), else when its
+    splits as float32 tensors would exceed STREAM_FRACTION of this machine's memory."""
+    force = os.environ.get("BNREP_STREAMING", "").strip().lower()
+    if force in ("always", "never"):
+        return force == "always"
+    if force:
+        raise DataError(f"BNREP_STREAMING={force}: expected always or never (or unset: by size)")
+    C, H, W = input_shape(exp)
+    classes = folder_classes(path)
+    n = sum(len(_folder_files(root, classes)[0]) for root in folder_splits(path).values())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return n * C * H * W * 4 > STREAM_FRACTION * memory
+
+
+def _stream_folder(exp: Experiment, path: str, device) -> Data:
+    """An image folder's splits as FolderImages: the in-memory path's files, order, split and statistics."""
+    classes, roots = folder_classes(path), folder_splits(path)
+    shape = input_shape(exp)
+    split = {s: (FolderImages(files, exp.image_size, shape), torch.tensor(labels, dtype=torch.long))
+             for s, (files, labels) in ((s, _folder_files(r, classes)) for s, r in roots.items())}
+    (images, y) = split["train"]
+    if "val" not in split:
+        train_idx, val_idx = _holdout(y, exp.val_size, exp.split_seed, "val_size")
+        val = (images.subset(val_idx), y[val_idx])
+    else:
+        train_idx = torch.from_numpy(np.random.default_rng(exp.split_seed).permutation(len(y)))
+        val = split["val"]
+    train = (images.subset(train_idx), y[train_idx])
+    mean, std = _pixel_stats(train[0].pixels(slice(i, i + STATS_CHUNK)) for i in range(0, len(train[1]), STATS_CHUNK))
+    if exp.train_size is not None:
+        if exp.train_size > len(train[1]):
+            warnings.warn(f"train_size={exp.train_size} exceeds the {len(train[1])} training images; using all "
+                          f"of them")
+        train = (train[0].subset(slice(0, exp.train_size)), train[1][: exp.train_size])
+    out = [Split(FolderImages(X.files, exp.image_size, shape, mean.to(device), std.to(device), device), y.to(device))
+           for X, y in (train, val, split["test"])]
+    return Data(*out, len(classes), shape[0], shape[1], exp.dataset, mean.to(device), std.to(device), tuple(classes))
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator, device):
@@ -223,22 +311,30 @@ def _read_folder(path: str, size: int | None) -> dict[str, tuple[torch.Tensor, t
     differs from the first image's."""
     classes, out, first = folder_classes(path), {}, None
     for split, root in folder_splits(path).items():
-        images, labels = [], []
-        for label, c in enumerate(classes):
-            for f in image_files(os.path.join(root, c)):
-                x = _folder_image(f, size)
-                if first is None:
-                    first = (f, x.shape)
-                elif x.shape[0] != first[1][0]:
-                    raise DataError(f"{f}: {x.shape[0]} channel(s) where {first[0]} has {first[1][0]}: "
-                                    f"convert the folder's images to one kind (grey or colour)")
-                elif x.shape != first[1]:
-                    raise DataError(f"{f}: {x.shape[1]}x{x.shape[2]} pixels where {first[0]} has "
-                                    f"{first[1][1]}x{first[1][2]}: pass --image-size S to resize every image")
-                images.append(x)
-                labels.append(label)
+        images, (files, labels) = [], _folder_files(root, classes)
+        for f in files:
+            x = _folder_image(f, size)
+            if first is None:
+                first = (f, x.shape)
+            elif x.shape[0] != first[1][0]:
+                raise DataError(f"{f}: {x.shape[0]} channel(s) where {first[0]} has {first[1][0]}: "
+                                f"convert the folder's images to one kind (grey or colour)")
+            elif x.shape != first[1]:
+                raise DataError(f"{f}: {x.shape[1]}x{x.shape[2]} pixels where {first[0]} has "
+                                f"{first[1][1]}x{first[1][2]}: pass --image-size S to resize every image")
+            images.append(x)
         out[split] = (torch.stack(images), torch.tensor(labels, dtype=torch.long))
     return out
+
+
+def _folder_files(root: str, classes: list[str]) -> tuple[list[str], list[int]]:
+    """(image paths, labels) of one split: class by class in sorted order, files in name order."""
+    files, labels = [], []
+    for label, c in enumerate(classes):
+        names = list(image_files(os.path.join(root, c)))
+        files += names
+        labels += [label] * len(names)
+    return files, labels
 
 
 def _images(data) -> torch.Tensor:
@@ -383,6 +479,21 @@ def _first(train: Split, n: int) -> Split:
     if n > len(train):
         warnings.warn(f"train_size={n} exceeds the {len(train)} training images; using all of them")
     return Split(train.X[:n].clone(), train.y[:n].clone())  # clone: don't keep the full split alive
+
+
+STATS_CHUNK = 1024  # images per step of _pixel_stats
+
+
+def _pixel_stats(chunks) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C,) mean and population std of [0, 1] pixels from uint8 (B, C, H, W) chunks: exact integer sums,
+    so any chunking (in memory or streamed) gives the same bits."""
+    s1 = s2 = n = 0
+    for x in chunks:
+        x = x.to(torch.int64)
+        s1, s2, n = s1 + x.sum(dim=(0, 2, 3)), s2 + (x * x).sum(dim=(0, 2, 3)), n + x.shape[0] * x.shape[2] * x.shape[3]
+    mean = s1.double() / n
+    std = (s2.double() / n - mean * mean).clamp_min(0).sqrt()
+    return (mean / 255).float(), (std / 255).float().clamp_min(1e-6)
 
 
 def _channel_stats(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,7 @@ import os
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -201,3 +202,52 @@ def test_claim_4_is_not_judged_against_an_unknown_class_count(tmp_path):
     f = finding_early_clusters(km, 1, r.n_classes)
     assert f.verdict == "not evaluated" and "class count is not known" in f.detail
     assert Results(folder_exp(tmp_path / "elsewhere"), classes=("a", "b", "c")).n_classes == 3
+
+
+@pytest.mark.parametrize("val", [False, True])  # held out from train/, or the folder's own val/
+def test_a_streamed_folder_trains_exactly_as_one_in_memory(tmp_path, monkeypatch, val):
+    """BNREP_STREAMING=always decodes batch by batch (FolderImages), =never reads the folder into memory:
+    the same splits, pixels and statistics, so a seeded model trains to the same bits either way."""
+    from bnrep.data import FolderImages
+    from bnrep.train import Trainer
+
+    splits = (("train", 14), ("val", 3), ("test", 4)) if val else (("train", 14), ("test", 4))
+    root = write_folder(tmp_path / "leaves", splits=splits, size=(12, 10))
+    exp = folder_exp(root, image_size=8, val_size=6, train_size=30, max_epochs=2, batch_size=8, stop="early-stop")
+    runs = {}
+    for mode in ("never", "always"):
+        monkeypatch.setenv("BNREP_STREAMING", mode)
+        data = load_data(exp)
+        assert isinstance(data.train.X, FolderImages) == (mode == "always")
+        t = Trainer(exp, data, "batch", {"lr": 0.05, "momentum": 0.9}, seed=3)
+        while not t.done:
+            t.step_epoch()
+        r = t.finish()
+        runs[mode] = (data, r)
+    (mem, a), (streamed, b) = runs["never"], runs["always"]
+    for s in ("train", "val", "test"):
+        x, y = getattr(mem, s), getattr(streamed, s)
+        assert torch.equal(x.y, y.y), s
+        assert torch.equal(x.X[torch.arange(len(x))], y.X[torch.arange(len(y))]), s
+    assert torch.equal(mem.mean, streamed.mean) and torch.equal(mem.std, streamed.std)
+    pd.testing.assert_frame_equal(pd.DataFrame([vars(m) for m in a.history]), pd.DataFrame([vars(m) for m in b.history]),
+                                  check_exact=True)
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    assert (a.train_acc, a.val_acc, a.test_acc) == (b.train_acc, b.val_acc, b.test_acc)
+
+
+def test_streaming_is_chosen_by_size(tmp_path, monkeypatch):
+    """Unforced, a folder streams when its float32 splits exceed STREAM_FRACTION of the memory."""
+    from bnrep import data as data_module
+    from bnrep.data import streams
+
+    root = write_folder(tmp_path / "leaves", splits=(("train", 4), ("test", 2)), size=(8, 8))
+    exp = folder_exp(root)
+    monkeypatch.delenv("BNREP_STREAMING", raising=False)
+    need = 18 * 3 * 8 * 8 * 4  # bytes of every split as float32
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    monkeypatch.setattr(data_module, "STREAM_FRACTION", need / memory * 1.01)
+    assert not streams(exp, str(root))
+    monkeypatch.setattr(data_module, "STREAM_FRACTION", need / memory * 0.99)
+    assert streams(exp, str(root))

@@ -244,6 +244,8 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
         raise UsageError(f"{store.out}/{exp.name} holds models that bnrep trained: import into another experiment "
                          f"(--experiment NEW --dataset {exp.dataset}) or another --out")
     record = {**prepare(store, exp, "final", opts.fresh), "imported": True}
+    for key in ("analysis_hash", "table_hashes"):  # the analysis records its own settings when it runs
+        record.pop(key)
     train_hash = stage_hashes(exp)["train_hash"]
     have = {} if opts.fresh else imported_models(store)
     sources = {}
