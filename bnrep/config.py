@@ -52,7 +52,7 @@ class StageFailed(RuntimeError):
 class RunOptions:
     """How a stage runs (where, on what resources), as opposed to what it computes (Experiment)."""
     out: str = "./runs"  # results root: a local path or a URI in OUT_SCHEMES (s3://, file://)
-    address: str | None = None  # Ray cluster to join (None: $RAY_ADDRESS, else a private local Ray)
+    address: str | None = None  # Ray cluster to join (None: $RAY_ADDRESS, else this machine's `ray start` one, else a private local Ray)
     data_root: str | None = None  # torchvision datasets (None: $BNREP_DATA or ~/.cache/bnrep/data)
     fresh: bool = False  # delete this stage's earlier results (and what depends on them) first
     paper_hparams: bool = False  # grid: the preset's lr/momentum instead of the sweep's best

@@ -103,6 +103,21 @@ def image_files(folder: str):
     return (os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.lower().endswith(IMAGE_EXTENSIONS))
 
 
+def folder_fingerprint(path: str) -> str:
+    """What a node sees of an image folder, cheaply (names and sizes, no decoding): '3 classes; train 120,
+    test 30 images; 1,234,567 bytes', or why it sees nothing."""
+    try:
+        classes, splits = folder_classes(path), folder_splits(path)
+    except DatasetError as e:
+        return str(e).split(": ", 1)[-1]
+    counts, size = [], 0
+    for split, root in splits.items():
+        files = [f for c in classes for f in image_files(os.path.join(root, c))]
+        counts.append(f"{split} {len(files)}")
+        size += sum(os.path.getsize(f) for f in files)
+    return f"{len(classes)} classes; {', '.join(counts)} images; {size:,} bytes"
+
+
 def num_classes(name: str) -> int:
     return len(class_names(name))
 

@@ -48,7 +48,8 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="./runs", metavar="PATH|URI",
                    help="results root, a local path or an s3:// or file:// URI (default: ./runs)")
     p.add_argument("--address", default=None, metavar="ADDR",
-                   help="join this Ray cluster (default: $RAY_ADDRESS, else a private local Ray)")
+                   help="join this Ray cluster (default: $RAY_ADDRESS, else the one `ray start` runs on this "
+                        "machine, else a private local Ray)")
     p.add_argument("--model", default=None, metavar="SPEC",
                    help=f"the network: {', '.join(BUILTIN)}, torchvision:NAME, timm:NAME or "
                         "package.module:function (a callable(num_classes, in_channels) -> nn.Module); "

@@ -60,7 +60,8 @@ def check_address(address: str | None) -> None:
 
 @contextlib.contextmanager
 def ray_session(address: str | None, model: str | None = None):
-    """Join `address` / $RAY_ADDRESS, or start a private local Ray; shut down
+    """Join `address` / $RAY_ADDRESS (else, as Ray does, a cluster that `ray start` runs on this machine),
+    or start a private local Ray; shut down
     only what this process started. The dashboard is never started here.
     `model`: the study's model spec; a researcher's own module is shipped to the workers."""
     for k, v in QUIET_ENV.items():
@@ -101,6 +102,34 @@ def check_shared_out(ray, store: Store) -> None:
     if len(nodes) > 1 and not is_uri(store.out):
         print(f"warning: --out {store.out} is a local path on a {len(nodes)}-node cluster; it must be "
               "a filesystem shared by every node at that path, else use an s3:// URI", flush=True)
+
+
+def check_nodes(ray, store: Store, dataset: str) -> None:
+    """Before any trial or task: the results and the data are the same on every node."""
+    check_shared_out(ray, store)
+    check_data_on_nodes(ray, dataset)
+
+
+def check_data_on_nodes(ray, dataset: str) -> None:
+    """Every node's trials and tasks read an image folder at its path, so every alive node must see the
+    same folder there (a filesystem they all mount); DatasetError (one line) naming the first that does
+    not. Each node lists the folder in a zero-CPU task (names and sizes, no decoding)."""
+    from bnrep.datasets import FOLDER, DatasetError, folder_fingerprint, parse_dataset
+
+    kind, path = parse_dataset(dataset)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if kind != FOLDER or len(nodes) < 2:
+        return
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    look, here = ray.remote(num_cpus=0, max_retries=0)(folder_fingerprint), folder_fingerprint(path)
+    seen = ray.get([look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                    .remote(path) for n in nodes])
+    for n, there in zip(nodes, seen):
+        if there != here:
+            raise DatasetError(f"imagefolder:{path} differs on node {n['NodeManagerAddress']} ({n['NodeID'][:8]}: "
+                               f"{there}; here: {here}): every node must see the folder at that path, on a "
+                               f"filesystem they all mount")
 
 
 def quiet_when_stopped() -> None:

@@ -251,3 +251,47 @@ def test_streaming_is_chosen_by_size(tmp_path, monkeypatch):
     assert not streams(exp, str(root))
     monkeypatch.setattr(data_module, "STREAM_FRACTION", need / memory * 0.99)
     assert streams(exp, str(root))
+
+
+BLIND = '''
+import os
+hidden = os.environ.get("BNREP_TEST_HIDE")
+if hidden:  # this node does not mount that folder
+    _isdir = os.path.isdir
+    os.path.isdir = lambda p: False if str(p).startswith(hidden) else _isdir(p)
+'''
+
+
+@pytest.mark.slow
+def test_a_folder_that_one_node_does_not_see_is_one_line(tmp_path):
+    """On a cluster every node reads the image folder at its path: a node that does not see it (here: a node
+    whose processes find no such folder, as on a disk only the head has) is named before any work; a
+    folder that every node sees passes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from bnrep.datasets import DatasetError, folder_fingerprint
+    from bnrep.raysession import check_data_on_nodes
+
+    hidden, shared = write_folder(tmp_path / "local"), write_folder(tmp_path / "shared")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(BLIND)
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        c.add_node(num_cpus=1)
+        blind = c.add_node(num_cpus=1, env_vars={"PYTHONPATH": f"{hooks}:{os.environ.get('PYTHONPATH', '')}",
+                                                 "BNREP_TEST_HIDE": str(hidden)})
+        c.wait_for_nodes()
+        ray.init(address=c.address)
+        check_data_on_nodes(ray, f"imagefolder:{shared}")
+        with pytest.raises(DatasetError) as e:
+            check_data_on_nodes(ray, f"imagefolder:{hidden}")
+        assert str(e.value) == (
+            f"imagefolder:{hidden} differs on node 127.0.0.1 ({blind.node_id[:8]}: no such folder; here: "
+            f"{folder_fingerprint(str(hidden))}): every node must see the folder at that path, on a filesystem "
+            f"they all mount")
+        assert folder_fingerprint(str(hidden)).startswith("3 classes; train 36, test 12 images; ")
+    finally:
+        ray.shutdown()
+        c.shutdown()

@@ -40,7 +40,7 @@ from bnrep.metrics import (channel_sparsity, davies_bouldin, effective_rank, lay
 from bnrep.norms import sort_key
 from bnrep.probes import Probe
 from bnrep.progress import wait_tasks
-from bnrep.raysession import check_shared_out, default_gpus, placement, quiet_when_stopped, ray_session
+from bnrep.raysession import check_nodes, default_gpus, placement, quiet_when_stopped, ray_session
 from bnrep.represent import AnalysisSamples, extract_representations, model_probes
 from bnrep.store import Store, tables
 from bnrep.train import best_device
@@ -296,7 +296,7 @@ def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.Dat
     gets no task: its rows (NaN, the epoch it diverged) are written here."""
     diverged = set(models.loc[diverged_mask(models), "model_id"])
     with ray_session(opts.address, exp.model) as ray:
-        check_shared_out(ray, store)
+        check_nodes(ray, store, exp.dataset)
         gpus = default_gpus(ray, opts.gpus_per_task)
         task = {"num_cpus": opts.cpus_per_task, "num_gpus": gpus, "max_retries": 3}
         remote = {f.__name__: ray.remote(f).options(**task) for f in (layer_task, cka_task)}

@@ -24,7 +24,7 @@ from bnrep.lock import writer_lock
 from bnrep.models import model_id
 from bnrep.norms import SHORT, TAGS
 from bnrep.progress import tune_progress
-from bnrep.raysession import check_shared_out, default_gpus, placement, quiet_when_stopped, ray_session
+from bnrep.raysession import check_nodes, default_gpus, placement, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, trial_dirname
 from bnrep.store import Store, tables, write_error
 from bnrep.train import Trainer, best_device
@@ -154,7 +154,7 @@ def run(exp: Experiment, opts: RunOptions) -> int:
             write_config(store, record)
             forget_analysis(store, [model_id(exp.model, g["norm"], g["seed"]) for g in todo])  # now stale
             with ray_session(opts.address, exp.model) as ray:
-                check_shared_out(ray, store)
+                check_nodes(ray, store, exp.dataset)
                 gpus = default_gpus(ray, opts.gpus_per_trial)
                 run_grid(exp, opts, store, todo, gpus, train_hash)
                 todo = untrained(exp, store, grid, train_hash)

@@ -23,7 +23,7 @@ from bnrep.experiments import Experiment, lr_edge
 from bnrep.lock import writer_lock
 from bnrep.norms import TAGS
 from bnrep.progress import tune_progress
-from bnrep.raysession import check_shared_out, default_gpus, quiet_when_stopped, ray_session
+from bnrep.raysession import check_nodes, default_gpus, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, trial_dirname
 from bnrep.store import Store
 from bnrep.train import Trainer, best_device
@@ -146,7 +146,7 @@ def run(exp: Experiment, opts: RunOptions) -> int:
         held.enter_context(writer_lock(store, "hparam"))  # one writer from here on (LockError: one line)
         write_config(store, record)
         with ray_session(opts.address, exp.model) as ray:
-            check_shared_out(ray, store)
+            check_nodes(ray, store, exp.dataset)
             gpus = default_gpus(ray, opts.gpus_per_trial)
             for norm in todo:
                 tag = TAGS[norm]
