@@ -102,7 +102,7 @@ def test_imported_checkpoints_through_analysis_and_report(checkpoints, tmp_path)
            "1 NBN model." in report
     assert "| imported (BN) | 2 models, seeds 0, 1, weights plain.pt, parallel.pt |" in report
     assert "stopping rule and learning-rate sweep not known for imported models (3 of 3 imported)" in report
-    assert "missed their stopping rule" not in report and "sweeps/hparam.py" not in report
+    assert "models missed their stopping rule" not in report and "sweeps/hparam.py" not in report
     status = bnrep("status", "--experiment", "leaves", "--out", out, cwd=tmp_path).stdout
     assert "import     complete  3/3 imported models recorded" in status
     assert "analysis   complete  every part current" in status
