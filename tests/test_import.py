@@ -107,7 +107,10 @@ def test_imported_checkpoints_through_analysis_and_report(checkpoints, tmp_path)
     assert "import     complete  3/3 imported models recorded" in status
     assert "analysis   complete  every part current" in status
     study = open_results(str(out), "leaves")
-    assert sorted(study.results.table("training")["model_id"]) == sorted(models)
+    assert sorted(study.training["model_id"]) == sorted(models) and study.training["imported"].all()
+    with torch.no_grad():  # a notebook gets the researcher's model back
+        x = study.data.test.X[:4]
+        torch.testing.assert_close(study.model("bn-s1").eval()(x), models["bn-s1"].eval()(x))
 
 
 def test_imported_weights_load_back_equal(checkpoints, tmp_path, capsys):
