@@ -90,8 +90,8 @@ def test_imported_checkpoints_through_analysis_and_report(checkpoints, tmp_path)
         f"error: {out}/leaves holds imported models (bnrep import): there is no grid to train; measure them "
         f"with python analysis/run.py --experiment leaves, or train in another experiment\n")
 
-    run = bnrep("run", "--experiment", "leaves", "--out", out, "--samples-sparsity", "40", "--samples-cluster",
-                "40", "--k-max", "4", "--n-init", "1", cwd=tmp_path)
+    run = bnrep("run", "--experiment", "leaves", "--out", out, "--probes", "layer4*", "--samples-sparsity", "40",
+                "--samples-cluster", "40", "--k-max", "4", "--n-init", "1", cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "leaves: imported models (bnrep import); no sweep, no training" in run.stdout
     assert "==== stage 1/2: analysis" in run.stdout and "hparam" not in run.stdout.split("stage 1/2")[1][:40]

@@ -25,7 +25,7 @@ from bnrep.models import model_id
 from bnrep.norms import SHORT, TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, default_gpus, placement, quiet_when_stopped, ray_session
-from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, trial_dirname
+from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, tune_config
 from bnrep.store import Store, tables, write_error
 from bnrep.train import Trainer, best_device
 
@@ -111,7 +111,7 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
         store.write_json("train/tune/plan.json", todo)
         progress = tune_progress("final", len(todo), exp.max_epochs, describe_config, describe_model)
         tuner = tune.Tuner(fn, param_space=space,
-                           tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname),
+                           tune_config=tune_config(),
                            run_config=run_config(opts, "final", store.uri("train", "tune"), progress))
     errors = [r.error for r in tuner.fit() if r.error]
     for e in errors:

@@ -24,7 +24,7 @@ from bnrep.lock import writer_lock
 from bnrep.norms import TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, default_gpus, quiet_when_stopped, ray_session
-from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, trial_dirname
+from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, tune_config
 from bnrep.store import Store
 from bnrep.train import Trainer, best_device
 
@@ -70,12 +70,11 @@ def run_search(exp: Experiment, opts: RunOptions, store: Store, norm: str, gpus:
     progress = tune_progress(f"hparam {tag}", exp.num_samples, max_t, describe_config, describe_trial)
     tuner = tune.Tuner(
         fn, param_space=space,
-        tune_config=tune.TuneConfig(
+        tune_config=tune_config(
             metric="objective", mode="max", num_samples=exp.num_samples,
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max_t,
                                     grace_period=max(1, max_t // 4), reduction_factor=3),
-            search_alg=BasicVariantGenerator(random_state=exp.split_seed),
-            trial_dirname_creator=trial_dirname),
+            search_alg=BasicVariantGenerator(random_state=exp.split_seed)),
         run_config=run_config(opts, tag, store.uri("hparam", "tune"), progress))
     return trials_table(tuner.fit(), norm)
 

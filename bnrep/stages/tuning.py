@@ -120,6 +120,16 @@ def flat_keys(space: dict, prefix: str = "") -> list[str]:
                   for k in (flat_keys(v, f"{prefix}{name}/") if isinstance(v, dict) else [f"{prefix}{name}"]))
 
 
+def tune_config(**kwargs):
+    """Tune's TuneConfig for a bnrep stage: short trial directories, and trials that reuse the worker
+    process of a finished one. A new process per trial imports torch, scikit-learn and bnrep and, at
+    the first optimiser, torch._dynamo: 9 s on a 2-core machine, more than a digits-cnn model trains
+    (benchmarks/overhead.py)."""
+    from ray import tune
+
+    return tune.TuneConfig(trial_dirname_creator=trial_dirname, reuse_actors=True, **kwargs)
+
+
 def run_config(opts: RunOptions, name: str, storage: str, callback):
     """Tune's RunConfig for a bnrep stage: quiet, one checkpoint kept, retries."""
     from ray import tune
