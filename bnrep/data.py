@@ -141,7 +141,7 @@ def check_data(exp: Experiment, data_root: str | None = None, download: bool = T
             _fetch(cls, root, download)
         _check_files(cls, root)
     elif kind == FOLDER:
-        _read_folder(path, exp.image_size)  # every image decoded once: a bad one is named before Ray
+        _read_folder(path, exp.image_size, keep=False)  # every image decoded once: a bad one is named before Ray
 
 
 def input_shape(exp: Experiment) -> tuple[int, int, int]:
@@ -305,10 +305,11 @@ def _folder_image(path: str, size: int | None) -> torch.Tensor:
     return x
 
 
-def _read_folder(path: str, size: int | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _read_folder(path: str, size: int | None, keep: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Every split of an image folder as ((N, C, H, W) uint8, (N,) labels); labels index the sorted
     class folders. One line naming the file for an unreadable image, a channel count or size that
-    differs from the first image's."""
+    differs from the first image's. keep=False: only those checks, one image in memory at a time
+    (a folder that streams does not fit)."""
     classes, out, first = folder_classes(path), {}, None
     for split, root in folder_splits(path).items():
         images, (files, labels) = [], _folder_files(root, classes)
@@ -322,8 +323,10 @@ def _read_folder(path: str, size: int | None) -> dict[str, tuple[torch.Tensor, t
             elif x.shape != first[1]:
                 raise DataError(f"{f}: {x.shape[1]}x{x.shape[2]} pixels where {first[0]} has "
                                 f"{first[1][1]}x{first[1][2]}: pass --image-size S to resize every image")
-            images.append(x)
-        out[split] = (torch.stack(images), torch.tensor(labels, dtype=torch.long))
+            if keep:
+                images.append(x)
+        if keep:
+            out[split] = (torch.stack(images), torch.tensor(labels, dtype=torch.long))
     return out
 
 
