@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
 
 from bnrep.datasets import (DATASETS, FOLDER, DatasetError, class_names, folder_classes, folder_splits, image_files,
                             parse_dataset)
@@ -462,6 +461,8 @@ def _one_line(e: BaseException) -> str:
 
 def _holdout(y: torch.Tensor, size: int | float, seed: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept, held-out) index tensors, both in seeded random order; stratified by class when possible."""
+    from sklearn.model_selection import train_test_split  # here: scikit-learn takes 2 s to import, and an
+    # analysis task or `bnrep status` never splits
     n = len(y)
     n_hold = round(size * n) if isinstance(size, float) else int(size)
     if not 0 < n_hold < n:
