@@ -194,9 +194,11 @@ def _unprefixed(key: str) -> str:
     return key
 
 
-def fitted(entry: Entry, exp: Experiment, shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
-    """The entry's model with its weights; ImportRefused naming the first key that does not fit."""
-    sd, _ = state_dict(entry.weights)
+def fitted(entry: Entry, exp: Experiment, shape: tuple[int, int, int], num_classes: int,
+           sd: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+    """The entry's model with its weights (`sd`: read from its file when not given); ImportRefused naming
+    the first key that does not fit."""
+    sd = dict(sd if sd is not None else state_dict(entry.weights)[0])
     C, H, W = shape
     model = build_model(entry.model, entry.norm, C, num_classes, (H, W))
     want = model.state_dict()
@@ -249,12 +251,12 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
     train_hash = stage_hashes(exp)["train_hash"]
     have = {} if opts.fresh else imported_models(store)
     sources = {}
-    for e in entries:
-        _, sources[e.model_id] = state_dict(e.weights)
+    for e in entries:  # each file read once here, and once more to record it (one model in memory at a time)
+        sd, sources[e.model_id] = state_dict(e.weights)
         if have.get(e.model_id) not in (None, sources[e.model_id]):
             raise ImportRefused(f"{store.out}/{exp.name} has {e.model_id} imported from other weights than "
                                 f"{e.weights}: use another model_id, or --fresh to import every model anew")
-        fitted(e, exp, shape, num_classes)
+        fitted(e, exp, shape, num_classes, sd)
     todo = [e for e in entries if not (have.get(e.model_id) and is_trained(store, e.model_id, train_hash))]
     from bnrep.train import accuracy, best_device
 
