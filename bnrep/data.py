@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,58 +44,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bnrep.datasets import (DATASETS, FOLDER, DatasetError, class_names, folder_classes, folder_splits, image_files,
+from bnrep.datasets import (DATASETS, FOLDER, DataError, class_names, folder_classes, folder_splits, one_line,
                             parse_dataset)
+from bnrep.folders import STATS_CHUNK, FolderImages, folder_files, folder_shape, pixel_stats, read_folder, streams
 
 if TYPE_CHECKING:
     from bnrep.experiments import Experiment
 
-STREAM_FRACTION = 0.25  # an image folder above this share of memory (float32, every split) streams
-DECODE_THREADS = 8  # a streamed batch's images decode in parallel (PIL releases the GIL)
 NUM_CLASSES = 10  # the class count of model files written before 0.3, which did not record it
 TORCHVISION = tuple(n for n, d in DATASETS.items() if d.torchvision)
 SYNTHETIC_SEED = 20240901  # fixes the synthetic images; split_seed only splits them, as for real data
 
 
-class DataError(DatasetError):
-    """Missing, unreadable or unsplittable data; the message is one line."""
-
-
 def default_data_root() -> str:
     return os.path.expanduser(os.environ.get("BNREP_DATA") or "~/.cache/bnrep/data")
-
-
-class FolderImages:
-    """An image folder split that is not in memory: `X[idx]` (an index tensor or a slice) decodes those
-    images, resized as in memory, and normalises them exactly as the in-memory path does."""
-
-    def __init__(self, files: list[str], size: int | None, shape: tuple[int, int, int], mean=None, std=None,
-                 device="cpu"):
-        self.files, self.size, self.mean, self.std, self.device = files, size, mean, std, torch.device(device)
-        self.shape = torch.Size((len(files), *shape))
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def pixels(self, idx) -> torch.Tensor:
-        """(B, C, H, W) uint8 of the images at `idx`, in that order."""
-        picked = self.files[idx] if isinstance(idx, slice) else [self.files[i] for i in torch.as_tensor(idx).tolist()]
-        with ThreadPoolExecutor(min(DECODE_THREADS, max(len(picked), 1))) as pool:
-            images = list(pool.map(lambda f: _folder_image(f, self.size), picked))
-        return torch.stack(images) if images else torch.zeros((0, *self.shape[1:]), dtype=torch.uint8)
-
-    def __getitem__(self, idx) -> torch.Tensor:
-        x = self.pixels(idx).float().div_(255.0)  # the in-memory path's operations, in its order
-        if self.mean is not None:
-            x.sub_(self.mean.view(1, -1, 1, 1)).div_(self.std.view(1, -1, 1, 1))
-        return x.to(self.device)
-
-    def subset(self, idx) -> "FolderImages":
-        files = self.files[idx] if isinstance(idx, slice) else [self.files[i] for i in torch.as_tensor(idx).tolist()]
-        return FolderImages(files, self.size, tuple(self.shape[1:]), self.mean, self.std, self.device)
-
-    def to(self, device, non_blocking: bool = False) -> "FolderImages":
-        return FolderImages(self.files, self.size, tuple(self.shape[1:]), self.mean, self.std, device)
 
 
 @dataclass
@@ -140,16 +101,14 @@ def check_data(exp: Experiment, data_root: str | None = None, download: bool = T
             _fetch(cls, root, download)
         _check_files(cls, root)
     elif kind == FOLDER:
-        _read_folder(path, exp.image_size, keep=False)  # every image decoded once: a bad one is named before Ray
+        read_folder(path, exp.image_size, keep=False)  # every image decoded once: a bad one is named before Ray
 
 
 def input_shape(exp: Experiment) -> tuple[int, int, int]:
     """(C, H, W) of `exp`'s images, without reading them all (models are checked against it before Ray)."""
     kind, path = parse_dataset(exp.dataset)
     if kind == FOLDER:
-        first = next(image_files(os.path.join(folder_splits(path)["train"], folder_classes(path)[0])))
-        C, H, W = _folder_image(first, exp.image_size).shape
-        return C, H, W
+        return folder_shape(path, exp.image_size)
     return tuple(exp.image_shape) if kind == "synthetic" else DATASETS[kind].shape
 
 
@@ -157,7 +116,7 @@ def load_data(exp: Experiment, data_root: str | None = None, device="cpu", downl
     """All three splits of `exp.dataset` as normalised tensors on `device` (an image folder larger than
     memory allows: FolderImages, decoded batch by batch)."""
     kind, path = parse_dataset(exp.dataset)
-    if kind == FOLDER and streams(exp, path):
+    if kind == FOLDER and streams(path, exp.image_size):
         return _stream_folder(exp, path, device)
     (X, y), (X_test, y_test), scale, val = _read(exp, data_root, download)  # X: (N, C, H, W), pixels * scale
     if val is None:
@@ -168,7 +127,7 @@ def load_data(exp: Experiment, data_root: str | None = None, device="cpu", downl
         train, val = _subset(X, y, train_idx, scale), _subset(*val, torch.arange(len(val[1])), scale)
     mean, std = _channel_stats(train.X)
     if kind == FOLDER:  # exact integer sums, as the streamed path computes them
-        mean, std = _pixel_stats(X[i] for i in train_idx.split(STATS_CHUNK))
+        mean, std = pixel_stats(X[i] for i in train_idx.split(STATS_CHUNK))
     if exp.train_size is not None:
         train = _first(train, exp.train_size)
     splits = [train, val, _subset(X_test, y_test, torch.arange(len(y_test)), scale)]
@@ -180,27 +139,12 @@ def load_data(exp: Experiment, data_root: str | None = None, device="cpu", downl
     return Data(train, val, test, len(classes), C, H, exp.dataset, mean.to(device), std.to(device), classes)
 
 
-def streams(exp: Experiment, path: str) -> bool:
-    """Whether the image folder at `path` is streamed: $BNREP_STREAMING (always|never), else when its
-    splits as float32 tensors would exceed STREAM_FRACTION of this machine's memory."""
-    force = os.environ.get("BNREP_STREAMING", "").strip().lower()
-    if force in ("always", "never"):
-        return force == "always"
-    if force:
-        raise DataError(f"BNREP_STREAMING={force}: expected always or never (or unset: by size)")
-    C, H, W = input_shape(exp)
-    classes = folder_classes(path)
-    n = sum(len(_folder_files(root, classes)[0]) for root in folder_splits(path).values())
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return n * C * H * W * 4 > STREAM_FRACTION * memory
-
-
 def _stream_folder(exp: Experiment, path: str, device) -> Data:
     """An image folder's splits as FolderImages: the in-memory path's files, order, split and statistics."""
     classes, roots = folder_classes(path), folder_splits(path)
     shape = input_shape(exp)
     split = {s: (FolderImages(files, exp.image_size, shape), torch.tensor(labels, dtype=torch.long))
-             for s, (files, labels) in ((s, _folder_files(r, classes)) for s, r in roots.items())}
+             for s, (files, labels) in ((s, folder_files(r, classes)) for s, r in roots.items())}
     (images, y) = split["train"]
     if "val" not in split:
         train_idx, val_idx = _holdout(y, exp.val_size, exp.split_seed, "val_size")
@@ -209,7 +153,7 @@ def _stream_folder(exp: Experiment, path: str, device) -> Data:
         train_idx = torch.from_numpy(np.random.default_rng(exp.split_seed).permutation(len(y)))
         val = split["val"]
     train = (images.subset(train_idx), y[train_idx])
-    mean, std = _pixel_stats(train[0].pixels(slice(i, i + STATS_CHUNK)) for i in range(0, len(train[1]), STATS_CHUNK))
+    mean, std = pixel_stats(train[0].pixels(slice(i, i + STATS_CHUNK)) for i in range(0, len(train[1]), STATS_CHUNK))
     if exp.train_size is not None:
         if exp.train_size > len(train[1]):
             warnings.warn(f"train_size={exp.train_size} exceeds the {len(train[1])} training images; using all "
@@ -240,7 +184,7 @@ def _read(exp: Experiment, data_root, download):
     if kind in TORCHVISION:
         return (*_read_torchvision(kind, data_root, download), 255.0, None)
     if kind == FOLDER:
-        splits = _read_folder(path, exp.image_size)
+        splits = read_folder(path, exp.image_size)
         return splits["train"], splits["test"], 255.0, splits.get("val")
     if kind == "digits":
         (X, y), scale = _digits(), 16.0  # digits pixels are integers 0..16
@@ -279,64 +223,9 @@ def _read_torchvision(name: str, data_root, download):
         sets = [cls(root, train=train, download=False) for train in (True, False)]
     except Exception as e:  # corrupt or non-official files: torchvision raises many kinds
         folder, names = _expected_files(cls, root)
-        raise DataError(f"{cls.__name__} files under {folder} did not load ({_one_line(e)}): "
+        raise DataError(f"{cls.__name__} files under {folder} did not load ({one_line(e)}): "
                         f"replace {', '.join(names)} with the official files") from None
     return [(_images(ds.data), torch.as_tensor(ds.targets, dtype=torch.long)) for ds in sets]
-
-
-GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # one channel; every other mode is read as RGB
-
-
-def _folder_image(path: str, size: int | None) -> torch.Tensor:
-    """One image as (C, H, W) uint8 (C: 1 for grey, 3 for colour), resized and centre-cropped to
-    size x size when `size` is given; DataError naming the file when it does not decode."""
-    from PIL import Image
-    from torchvision.transforms.v2 import functional as TF
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if im.mode in GREY_MODES else "RGB")  # decodes: a truncated file fails here
-    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
-        raise DataError(f"{path}: not a readable image ({_one_line(e)}); replace or remove it") from None
-    x = TF.pil_to_tensor(im)
-    if size is not None:
-        x = TF.center_crop(TF.resize(x, size, antialias=True), size)
-    return x
-
-
-def _read_folder(path: str, size: int | None, keep: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Every split of an image folder as ((N, C, H, W) uint8, (N,) labels); labels index the sorted
-    class folders. One line naming the file for an unreadable image, a channel count or size that
-    differs from the first image's. keep=False: only those checks, one image in memory at a time
-    (a folder that streams does not fit)."""
-    classes, out, first = folder_classes(path), {}, None
-    for split, root in folder_splits(path).items():
-        images, (files, labels) = [], _folder_files(root, classes)
-        for f in files:
-            x = _folder_image(f, size)
-            if first is None:
-                first = (f, x.shape)
-            elif x.shape[0] != first[1][0]:
-                raise DataError(f"{f}: {x.shape[0]} channel(s) where {first[0]} has {first[1][0]}: "
-                                f"convert the folder's images to one kind (grey or colour)")
-            elif x.shape != first[1]:
-                raise DataError(f"{f}: {x.shape[1]}x{x.shape[2]} pixels where {first[0]} has "
-                                f"{first[1][1]}x{first[1][2]}: pass --image-size S to resize every image")
-            if keep:
-                images.append(x)
-        if keep:
-            out[split] = (torch.stack(images), torch.tensor(labels, dtype=torch.long))
-    return out
-
-
-def _folder_files(root: str, classes: list[str]) -> tuple[list[str], list[int]]:
-    """(image paths, labels) of one split: class by class in sorted order, files in name order."""
-    files, labels = [], []
-    for label, c in enumerate(classes):
-        names = list(image_files(os.path.join(root, c)))
-        files += names
-        labels += [label] * len(names)
-    return files, labels
 
 
 def _images(data) -> torch.Tensor:
@@ -373,7 +262,7 @@ def _fetch(cls, root: str, download: bool) -> None:
     try:
         cls(root, train=False, download=True)  # fetches both splits; the test split is the cheaper load
     except Exception as e:  # offline (URLError), unwritable root (OSError), bad checksum (RuntimeError), ...
-        raise _missing_error(cls, root, f"download failed: {_one_line(e)}", gz=True) from None
+        raise _missing_error(cls, root, f"download failed: {one_line(e)}", gz=True) from None
 
 
 def _check_files(cls, root: str) -> None:
@@ -427,7 +316,7 @@ def _cifar_problem(path: str, values: int, k: int) -> str | None:
             d = pickle.load(f, encoding="latin1")
         data, labels = np.asarray(d["data"]), np.asarray(d.get("labels", d.get("fine_labels")))
     except Exception as e:  # noqa: BLE001 - not a pickle, not a dict, no data: the same problem
-        return f"does not unpickle as a CIFAR batch ({_one_line(e)})"
+        return f"does not unpickle as a CIFAR batch ({one_line(e)})"
     if data.ndim != 2 or data.shape[1] != values:
         return f"data of shape {data.shape} where (N, {values}) was expected"
     if len(labels) != len(data) or (len(labels) and not 0 <= labels.min() <= labels.max() < k):
@@ -450,11 +339,6 @@ def _readable_root(data_root: str | None) -> str:
     if os.path.exists(root) and not (os.path.isdir(root) and os.access(root, os.R_OK | os.X_OK)):
         raise DataError(f"data root {root} is not a readable directory (set --data-root or $BNREP_DATA)")
     return root
-
-
-def _one_line(e: BaseException) -> str:
-    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-    return (lines[-1] if lines else type(e).__name__)[:160]
 
 
 # ==== splitting and normalising ====
@@ -483,21 +367,6 @@ def _first(train: Split, n: int) -> Split:
     if n > len(train):
         warnings.warn(f"train_size={n} exceeds the {len(train)} training images; using all of them")
     return Split(train.X[:n].clone(), train.y[:n].clone())  # clone: don't keep the full split alive
-
-
-STATS_CHUNK = 1024  # images per step of _pixel_stats
-
-
-def _pixel_stats(chunks) -> tuple[torch.Tensor, torch.Tensor]:
-    """(C,) mean and population std of [0, 1] pixels from uint8 (B, C, H, W) chunks: exact integer sums,
-    so any chunking (in memory or streamed) gives the same bits."""
-    s1 = s2 = n = 0
-    for x in chunks:
-        x = x.to(torch.int64)
-        s1, s2, n = s1 + x.sum(dim=(0, 2, 3)), s2 + (x * x).sum(dim=(0, 2, 3)), n + x.shape[0] * x.shape[2] * x.shape[3]
-    mean = s1.double() / n
-    std = (s2.double() / n - mean * mean).clamp_min(0).sqrt()
-    return (mean / 255).float(), (std / 255).float().clamp_min(1e-6)
 
 
 def _channel_stats(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -52,6 +52,17 @@ class DatasetError(ValueError):
     """A dataset name or image folder that cannot work; the message is one line."""
 
 
+class DataError(DatasetError):
+    """Missing, unreadable or unsplittable data; the message is one line."""
+
+
+def one_line(e: BaseException) -> str:
+    """The last non-empty line of an exception's message (its cause, as libraries word it), at most 160
+    characters: for one-line errors."""
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:160]
+
+
 def parse_dataset(name: str) -> tuple[str, str]:
     """("cifar10", "") for a table entry, ("imagefolder", PATH) for the family; DatasetError otherwise."""
     if name in DATASETS:

@@ -208,7 +208,7 @@ def test_claim_4_is_not_judged_against_an_unknown_class_count(tmp_path):
 def test_a_streamed_folder_trains_exactly_as_one_in_memory(tmp_path, monkeypatch, val):
     """BNREP_STREAMING=always decodes batch by batch (FolderImages), =never reads the folder into memory:
     the same splits, pixels and statistics, so a seeded model trains to the same bits either way."""
-    from bnrep.data import FolderImages
+    from bnrep.folders import FolderImages
     from bnrep.train import Trainer
 
     splits = (("train", 14), ("val", 3), ("test", 4)) if val else (("train", 14), ("test", 4))
@@ -239,18 +239,18 @@ def test_a_streamed_folder_trains_exactly_as_one_in_memory(tmp_path, monkeypatch
 
 def test_streaming_is_chosen_by_size(tmp_path, monkeypatch):
     """Unforced, a folder streams when its float32 splits exceed STREAM_FRACTION of the memory."""
-    from bnrep import data as data_module
-    from bnrep.data import streams
+    from bnrep import folders
+    from bnrep.folders import streams
 
     root = write_folder(tmp_path / "leaves", splits=(("train", 4), ("test", 2)), size=(8, 8))
     exp = folder_exp(root)
     monkeypatch.delenv("BNREP_STREAMING", raising=False)
     need = 18 * 3 * 8 * 8 * 4  # bytes of every split as float32
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    monkeypatch.setattr(data_module, "STREAM_FRACTION", need / memory * 1.01)
-    assert not streams(exp, str(root))
-    monkeypatch.setattr(data_module, "STREAM_FRACTION", need / memory * 0.99)
-    assert streams(exp, str(root))
+    monkeypatch.setattr(folders, "STREAM_FRACTION", need / memory * 1.01)
+    assert not streams(str(root), exp.image_size)
+    monkeypatch.setattr(folders, "STREAM_FRACTION", need / memory * 0.99)
+    assert streams(str(root), exp.image_size)
 
 
 BLIND = '''
