@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bnrep.experiments import lr_edge
-from bnrep.results import REF, Results, at_eps, imported_mask, not_rectified, pair, pair_names
+from bnrep.results import Results, at_eps, imported_mask, not_rectified, pair, pair_names
 
 MIN_SEEDS = 3  # fewer seeds per normalisation: every verdict is inconclusive
 MOSTLY_ZERO = 0.9  # a layer above 90% zeros (seed mean) undermines the sparsity verdicts
@@ -33,13 +33,13 @@ ALL = (1, 2, 3, 4)
 
 
 def _tags(r: Results, norm: str) -> dict[str, str]:
-    a, ref = pair_names(norm, r.norms)
-    return {norm: a, REF: ref}
+    a, ref = pair_names(norm, r.norms, r.ref)
+    return {norm: a, r.ref: ref}
 
 
 def not_known_imported(r: Results, norm: str) -> list[Condition]:
     """Imported models: whether they met a stopping rule, and the sweep, are not known; named, not judged."""
-    t = pair(r.table("training"), norm)
+    t = pair(r.table("training"), norm, r.ref)
     n = int(imported_mask(t).sum())
     return [Condition(f"stopping rule and learning-rate sweep not known for imported models ({n} of {len(t)} "
                       f"imported)", ALL, undermines=False)] if n else []
@@ -47,34 +47,34 @@ def not_known_imported(r: Results, norm: str) -> list[Condition]:
 
 def missed_stopping_rule(r: Results, norm: str) -> list[Condition]:
     """Models that did not stop by their rule: not interpolated, or (early stopping) trained to the cap."""
-    t, e = pair(r.table("training"), norm), r.experiment
+    t, e = pair(r.table("training"), norm, r.ref), r.experiment
     t = t[~imported_mask(t)] if len(t) else t  # imported: not known (not_known_imported)
     if t.empty or not {"interpolated", "epochs"} <= set(t):
         return []
     interpolate = e.stop == "interpolate"
     missed = ~t["interpolated"].astype(bool) if interpolate else t["epochs"] >= e.max_epochs
     why = "not interpolated" if interpolate else f"trained to the {e.max_epochs}-epoch cap without early stopping"
-    return [Condition(f"{int(missed[t['norm'] == n].sum())} of {int((t['norm'] == n).sum())} {tag} models "
+    return [Condition(f"{int(missed[t['condition'] == n].sum())} of {int((t['condition'] == n).sum())} {tag} models "
                       f"missed their stopping rule ({why})", ALL)
-            for n, tag in _tags(r, norm).items() if missed[t["norm"] == n].any()]
+            for n, tag in _tags(r, norm).items() if missed[t["condition"] == n].any()]
 
 
 def diverged_models(r: Results, norm: str) -> list[Condition]:
     """Models whose training loss became NaN or inf: their measures are NaN, so a verdict rests on the rest."""
-    t = pair(r.table("training"), norm)
+    t = pair(r.table("training"), norm, r.ref)
     if t.empty or "diverged" not in t:
         return []
     d = t["diverged"].fillna(False).astype(bool)
-    return [Condition(f"{int(d[t['norm'] == n].sum())} of {int((t['norm'] == n).sum())} {tag} models diverged "
+    return [Condition(f"{int(d[t['condition'] == n].sum())} of {int((t['condition'] == n).sum())} {tag} models diverged "
                       f"(training loss NaN or inf; not analysed, their measures are NaN and left out)", ALL)
-            for n, tag in _tags(r, norm).items() if d[t["norm"] == n].any()]
+            for n, tag in _tags(r, norm).items() if d[t["condition"] == n].any()]
 
 
 def too_few_seeds(r: Results, norm: str) -> list[Condition]:
     seeds = {}
     for df in r.tables.values():
-        if {"norm", "seed"} <= set(df):
-            for n, k in df.groupby("norm")["seed"].nunique().items():
+        if {"condition", "seed"} <= set(df):
+            for n, k in df.groupby("condition")["seed"].nunique().items():
                 seeds[n] = max(seeds.get(n, 0), int(k))
     return [Condition(f"only {seeds[n]} seed{'s' * (seeds[n] != 1)} of {tag} (need {MIN_SEEDS})", ALL)
             for n, tag in _tags(r, norm).items() if 0 < seeds.get(n, 0) < MIN_SEEDS]
@@ -84,15 +84,15 @@ def lr_at_edge(r: Results, norm: str) -> list[Condition]:
     """The sweep's best learning rate within LR_EDGE (log scale) of an end of lr_range, when the models used it."""
     trials, t = r.table("hparam_trials"), r.table("training")
     lo, hi = r.experiment.lr_range
-    if trials.empty or not {"lr", "objective", "norm"} <= set(trials) or hi <= lo:
+    if trials.empty or not {"lr", "objective", "condition"} <= set(trials) or hi <= lo:
         return []
     out = []
     for n, tag in _tags(r, norm).items():
-        g = trials[trials["norm"] == n].dropna(subset=["objective", "lr"])
+        g = trials[trials["condition"] == n].dropna(subset=["objective", "lr"])
         if g.empty:
             continue
         lr = float(g.loc[g["objective"].idxmax(), "lr"])
-        used = t.empty or "lr" not in t or np.isclose(t.loc[t["norm"] == n, "lr"], lr, rtol=1e-6).any()
+        used = t.empty or "lr" not in t or np.isclose(t.loc[t["condition"] == n, "lr"], lr, rtol=1e-6).any()
         edge = lr_edge(lr, (lo, hi))
         if used and edge:
             out.append(Condition(f"the sweep's best learning rate for {tag}, {lr:.3g}, lies at the "
@@ -106,39 +106,39 @@ def dead_channel_counts(r: Results, norm: str) -> pd.DataFrame:
     From layer_sparsity's `dead_channels`; tables written before that column count
     channel_sparsity == 1 instead (the same definition: zero for every value of every sample).
     """
-    ls = at_eps(pair(r.table("layer_sparsity"), norm))
+    ls = at_eps(pair(r.table("layer_sparsity"), norm, r.ref))
     if "dead_channels" in ls and ls["dead_channels"].notna().all():
         src = ls.assign(n=ls["dead_channels"].astype(int))
     else:
-        cs = at_eps(pair(r.table("channel_sparsity"), norm))
+        cs = at_eps(pair(r.table("channel_sparsity"), norm, r.ref))
         src = cs.assign(n=(cs["sparsity"] >= 1.0).astype(int)) if len(cs) else cs
     if src.empty:
-        return pd.DataFrame(columns=["norm", "layer_index", "layer", "n", "models"])
-    g = src.groupby(["norm", "layer_index", "layer"]).agg(n=("n", "sum"), models=("model_id", "nunique"))
+        return pd.DataFrame(columns=["condition", "layer_index", "layer", "n", "models"])
+    g = src.groupby(["condition", "layer_index", "layer"]).agg(n=("n", "sum"), models=("model_id", "nunique"))
     return g[g["n"] > 0].reset_index()
 
 
 def mostly_zero_layers(r: Results, norm: str) -> list[Condition]:
     """Layers above MOSTLY_ZERO zeros (seed mean), and dead channels, both at the smallest eps."""
     out, tags = [], _tags(r, norm)
-    ls = at_eps(pair(r.table("layer_sparsity"), norm))
+    ls = at_eps(pair(r.table("layer_sparsity"), norm, r.ref))
     if len(ls):
-        m = ls.groupby(["norm", "layer_index", "layer"])["sparsity"].mean().reset_index()
+        m = ls.groupby(["condition", "layer_index", "layer"])["sparsity"].mean().reset_index()
         m = m[m["sparsity"] > MOSTLY_ZERO]
         if len(m):
             out.append(Condition(f"layers above {MOSTLY_ZERO:.0%} zeros: " + ", ".join(
-                f"{tags[x.norm]} {x.layer} {x.sparsity:.0%}" for x in m.itertuples()), (1, 2)))
+                f"{tags[x.condition]} {x.layer} {x.sparsity:.0%}" for x in m.itertuples()), (1, 2)))
     dead = dead_channel_counts(r, norm)
     if len(dead):
         out.append(Condition("dead channels (zero for every sample), summed over models: " + ", ".join(
-            f"{tags[x.norm]} {x.layer} {x.n} in {x.models} models" for x in dead.itertuples()),
+            f"{tags[x.condition]} {x.layer} {x.n} in {x.models} models" for x in dead.itertuples()),
             ALL, undermines=False))
     return out
 
 
 def non_rectifier_layers(r: Results, norm: str) -> list[Condition]:
     """Claims 1-2 count exact zeros, which mean something after a rectifier only: other probes are left out."""
-    nr = not_rectified(at_eps(pair(r.table("layer_sparsity"), norm)))
+    nr = not_rectified(at_eps(pair(r.table("layer_sparsity"), norm, r.ref)))
     if not len(nr):
         return []
     layers = list(dict.fromkeys(nr.sort_values("layer_index")["layer"]))

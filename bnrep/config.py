@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bnrep
+from bnrep.axis import name_of
 from bnrep.datasets import class_names
 from bnrep.experiments import ConfigError, Experiment, get_experiment, renamed
 from bnrep.store import Store, git_commit, is_uri, tables
@@ -32,8 +33,9 @@ from bnrep.store import Store, git_commit, is_uri, tables
 # Fields that change what the analysis stage computes but not the models.
 ANALYSIS_FIELDS = ("samples_sparsity", "samples_cluster", "k_min", "k_max", "n_init", "eps")
 # Fields that change neither
-# (more seeds or norms only add models; figures only choose layers; probes only add or skip layers)
-FREE_FIELDS = ("description", "seeds", "norms", "channel_layers", "first_shown_layer", "probes")
+# (more seeds or conditions only add models, a condition keeps its definition: prepare; the reference
+# only changes what is judged against what; figures only choose layers; probes only add or skip layers)
+FREE_FIELDS = ("description", "seeds", "conditions", "reference", "channel_layers", "first_shown_layer", "probes")
 NEW_FIELDS = ("image_size",)  # training fields added since results were first written (None: absent then)
 
 
@@ -193,6 +195,7 @@ def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
     if fresh or not store.exists("config.json"):
         return record
     old = read_config(store)
+    redefined(store, old, exp)
     keys = ["train_hash"] + (["analysis_hash"] if stage == "analysis" else [])
     for key in keys:
         if key in old and old[key] != hashes[key] and not (key == "analysis_hash" and adds_only(old, exp)):
@@ -202,6 +205,18 @@ def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
                 f"{store.out}/{exp.name} holds {what} results of a different configuration ({diff}); "
                 f"use another --out, the same flags as before, or --fresh to start over")
     return record
+
+
+def redefined(store: Store, old: dict, exp: Experiment) -> None:
+    """UsageError when a condition the results hold is defined otherwise now (its models would not be
+    what its name says); new conditions only add models."""
+    before = renamed(old.get("experiment", {})).get("conditions") or ()
+    before = {name_of(c): c for c in ([before] if isinstance(before, str) else before)}
+    for c in exp.conditions:
+        was = before.get(name_of(c))
+        if was is not None and was != c:
+            raise UsageError(f"{store.out}/{exp.name} holds condition {name_of(c)} as {was!r}, now {c!r}: "
+                             f"give the new one another tag, or --fresh to start over")
 
 
 def adds_only(old: dict, exp: Experiment) -> bool:

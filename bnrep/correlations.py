@@ -44,7 +44,7 @@ def correlate(x: pd.Series, y: pd.Series) -> dict:
             "spearman_r": float(s[0]), "spearman_p": float(s[1])}
 
 
-def partial_corr(m: pd.DataFrame, x: str, y: str, group: str = "norm") -> dict:
+def partial_corr(m: pd.DataFrame, x: str, y: str, group: str = "condition") -> dict:
     """Pearson r of x and y controlling for `group` (both minus their group means), with its p-value.
 
     Degrees of freedom n - 2 - (groups - 1): each group mean removed costs one.
@@ -92,7 +92,7 @@ def model_measures(r: Results) -> pd.DataFrame:
     t = r.table("training")
     if t.empty:
         return pd.DataFrame()
-    m = t.set_index("model_id")[["norm", "train_acc", "test_acc"]].dropna()
+    m = t.set_index("model_id")[["condition", "train_acc", "test_acc"]].dropna()
     m = m.assign(gap=m["train_acc"] - m["test_acc"])
     for name, get in MEASURES.items():
         m[name] = get(r).reindex(m.index)
@@ -104,9 +104,9 @@ def _row(m: pd.DataFrame, measure: str, target: str) -> dict | None:
     if len(d) < MIN_MODELS:
         return None
     across, partial = correlate(d[measure], d[target]), partial_corr(d, measure, target)
-    within = {n: correlate(g[measure], g[target])["spearman_r"] for n, g in d.groupby("norm")
+    within = {n: correlate(g[measure], g[target])["spearman_r"] for n, g in d.groupby("condition")
               if len(g) >= MIN_WITHIN}
-    groups = d["norm"].nunique() > 1
+    groups = d["condition"].nunique() > 1
     return {"measure": measure, "target": target, "models": len(d), **across,
             "within_spearman": {n: within[n] for n in ordered(within)},
             "partial_pearson_r": partial["pearson_r"] if groups else math.nan,
@@ -159,7 +159,7 @@ def limits_sentence(r: Results, rows: list[dict]) -> str:
     """What a correlation over these N models can and cannot show, with the real counts."""
     m = model_measures(r)
     n = int(m.dropna(subset=["test_acc"]).shape[0])
-    per = ", ".join(f"{k} {SHORT.get(g, g)}" for g, k in m["norm"].value_counts().reindex(ordered(m["norm"])).items())
+    per = ", ".join(f"{k} {SHORT.get(g, g)}" for g, k in m["condition"].value_counts().reindex(ordered(m["condition"])).items())
     return (f"These are correlations over {n} models ({per}). They show whether a measure and generalisation "
             f"moved together across these models, not that one causes the other, nor that it holds for other "
             f"models or data. With {n} models only strong correlations are distinguishable from chance: "

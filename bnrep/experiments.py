@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 from bnrep.datasets import DatasetError, parse_dataset
 from bnrep.models import ModelError, parse_spec
-from bnrep.norms import NAMES as NORM_NAMES, REF, NormError, get_norm, sort_key
+from bnrep.axis import ConditionError, canonical, from_table, name_of, overrides_of, register_all, split_items
+from bnrep.norms import NAMES as NORM_NAMES, REF, get_norm, sort_key
 
 DEFAULT_EXPERIMENT = "digits-cnn"
 
@@ -53,7 +54,10 @@ class Experiment:
     name: str
     dataset: str  # a name in bnrep.datasets (digits, mnist, cifar10, cifar100, ...) or imagefolder:PATH
     model: str  # a model spec: cnn | vgg16 | resnet18 | torchvision:NAME | timm:NAME | package.module:function
-    norms: tuple[str, ...] = ("batch", "none")  # normalisations compared (bnrep.norms); the paper's pair
+    # the axis compared (bnrep.axis): normalisations (bnrep.norms; the paper's pair by default), or
+    # conditions, a normalisation plus training overrides; `norms` names them
+    conditions: tuple[str, ...] = ("batch", "none")
+    reference: str = REF  # the condition every claim is judged against
 
     # ---- training (paper 3.1) ----
     optimizer: str = "sgd"  # sgd (Nesterov momentum) | adam (default betas/eps)
@@ -101,13 +105,13 @@ class Experiment:
 
     def __post_init__(self) -> None:
         # Lists (JSON), a comma string (a flag) or one number (old config.json eps) become tuples.
-        object.__setattr__(self, "norms", _as_tuple(self.norms, str, self.name, "norms"))
+        object.__setattr__(self, "conditions", _conditions(self.conditions, self.name))
         object.__setattr__(self, "eps", _as_tuple(self.eps, float, self.name, "eps"))
         object.__setattr__(self, "channel_layers", _as_tuple(self.channel_layers, layer_value, self.name, "channel_layers"))
         object.__setattr__(self, "first_shown_layer", layer_value(self.first_shown_layer))
         validate(self)
-        # One spelling per study: norms in the norm table's order, thresholds ascending.
-        object.__setattr__(self, "norms", tuple(sorted(self.norms, key=sort_key)))
+        # One spelling per study: conditions in the norm table's order, thresholds ascending.
+        object.__setattr__(self, "conditions", tuple(sorted(self.conditions, key=lambda c: sort_key(name_of(c)))))
         object.__setattr__(self, "eps", tuple(sorted(self.eps)))
 
     def override(self, **changes) -> "Experiment":
@@ -142,10 +146,26 @@ class Experiment:
         d = renamed(d)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
 
+    def __reduce__(self):
+        """Pickled (to Ray workers) as its dict and rebuilt by the constructor, which registers its conditions."""
+        return (type(self).from_dict, (self.to_dict(),))
+
+    @property
+    def norms(self) -> tuple[str, ...]:
+        """The names along the axis, in display order: a normalisation's name or a condition's tag."""
+        return tuple(name_of(c) for c in self.conditions)
+
+    def for_condition(self, name: str) -> "Experiment":
+        """The training recipe of condition `name`: this experiment with its overrides applied."""
+        changes = overrides_of(name)
+        if not changes:
+            return self
+        return self.override(conditions=(get_norm(name).norm,), reference=REF, **changes)  # one norm, plain
+
     def lr_for(self, norm: str) -> float:
-        """The preset learning rate: lr_nobn (if set) for norm none, lr for every norm."""
-        get_norm(norm)
-        return self.lr if norm != REF or self.lr_nobn is None else self.lr_nobn
+        """The preset learning rate: lr_nobn (if set) for norm none, lr for every norm (a condition's
+        `lr` override is already in self: for_condition)."""
+        return self.lr if get_norm(norm).norm != REF or self.lr_nobn is None else self.lr_nobn
 
     def paper_hparams(self, norm: str) -> dict:
         return {"lr": self.lr_for(norm), "momentum": self.momentum if self.optimizer == "sgd" else 0.0}
@@ -154,9 +174,23 @@ class Experiment:
         return dataclasses.asdict(self)
 
 
+OLD_NAMES = {"arch": "model", "norms": "conditions"}  # before model specs; before conditions
+
+
 def renamed(d: dict) -> dict:
-    """Fields under the names they had before (`arch`, now `model`), for old config.json files and code."""
-    return {("model" if k == "arch" else k): v for k, v in d.items()}
+    """Fields under the names they had before (OLD_NAMES), for old config.json files and code."""
+    return {OLD_NAMES.get(k, k): v for k, v in d.items()}
+
+
+def _conditions(v, name: str) -> tuple[str, ...]:
+    """Conditions as given (`batch,none` from --norms, `a; b:batch,batch_size=8`, a list) in their
+    canonical spelling, their tags registered (bnrep.axis)."""
+    try:
+        items = tuple(canonical(c) for c in split_items(v))
+        register_all(items)
+    except ConditionError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    return items
 
 
 def layer_value(x) -> int | float:
@@ -214,13 +248,18 @@ def validate(e: Experiment) -> None:
     need(e.image_size is None or e.image_size > 0, f"image_size must be > 0, got {e.image_size}")
     try:
         parse_spec(e.model)
-        for n in e.norms:
-            get_norm(n)
-    except (ModelError, NormError) as err:
+    except ModelError as err:
         need(False, str(err))
     need(len(e.norms) > 0, f"norms is empty: name at least one of {', '.join(NORM_NAMES)}")
     twice = sorted({n for n in e.norms if e.norms.count(n) > 1})
     need(not twice, f"norms lists {', '.join(twice)} more than once")
+    need(e.reference == REF or e.reference in e.norms,
+         f"reference {e.reference!r} is not one of the conditions ({', '.join(e.norms)})")
+    for n in e.norms:
+        try:
+            e.for_condition(n)
+        except ConfigError as err:
+            need(False, f"condition {n}: {str(err).removeprefix(e.name + ': ')}")
     need(e.optimizer in ("sgd", "adam"), f"unknown optimizer {e.optimizer!r} (valid: sgd, adam)")
     need(e.stop in ("interpolate", "early-stop"), f"unknown stop rule {e.stop!r}")
     for name in ("lr", "lr_nobn"):
@@ -249,6 +288,8 @@ def validate(e: Experiment) -> None:
     need(all(x > 0 for x in e.channel_layers), f"channel_layers must be > 0, got {e.channel_layers}")
 
 
+BATCH_SIZE_CONDITIONS = ("bn-b4:batch,batch_size=4", "bn-b16:batch,batch_size=16", "bn-b64:batch,batch_size=64",
+                         "gn-b4:group,batch_size=4", "gn-b64:group,batch_size=64")
 PAPER_NORMS = ("batch", "group", "layer", "none")  # the "-norms" presets' axis (Lubana et al. 2021's four)
 
 _MNIST_LIKE = dict(
@@ -275,9 +316,14 @@ PRESETS: dict[str, Experiment] = {
             "minutes on 2 CPU cores, no download",
         ),
         Experiment(
-            name="digits-cnn-norms", **_DIGITS, norms=PAPER_NORMS,
+            name="digits-cnn-norms", **_DIGITS, conditions=PAPER_NORMS,
             description="digits-cnn over batch, group, layer and none: the whole norm axis on a laptop "
             "(bnrep run --experiment digits-cnn-norms)",
+        ),
+        Experiment(
+            name="digits-cnn-batchsize", **_DIGITS, conditions=BATCH_SIZE_CONDITIONS, reference="bn-b64",
+            description="BatchNorm's batch-size question on a laptop: BN at batch 4, 16 and 64 against GroupNorm "
+            "at 4 and 64 (Wu & He 2018), judged against BN at 64",
         ),
         Experiment(name="mnist-cnn", dataset="mnist", **_MNIST_LIKE,
                    description="paper 3.1.1: MNIST, StandardCNN, SGD + Nesterov 0.99, stop at interpolation"),
@@ -288,7 +334,7 @@ PRESETS: dict[str, Experiment] = {
             description="paper 3.1.2: CIFAR10, VGG16, Adam, early stopping (patience 20%)",
         ),
         Experiment(
-            name="cifar10-vgg16-norms", model="vgg16", **_CIFAR_ADAM, **_VGG_FIGS, norms=PAPER_NORMS,
+            name="cifar10-vgg16-norms", model="vgg16", **_CIFAR_ADAM, **_VGG_FIGS, conditions=PAPER_NORMS,
             description="cifar10-vgg16 (the paper's recipe) over batch, group, layer and none",
         ),
         # Adam and the paper's VGG16 schedule rather than the usual SGD + momentum 0.9 ResNet recipe:
@@ -296,13 +342,13 @@ PRESETS: dict[str, Experiment] = {
         # per-parameter step sizes let one lr range (1e-5..1e-2) serve all four norms, the sweep
         # picking each norm's lr (lr / lr_nobn below are only the --paper-hparams fallback).
         Experiment(
-            name="cifar10-resnet18", model="resnet18", **_CIFAR_ADAM, **_RESNET_FIGS, norms=PAPER_NORMS,
+            name="cifar10-resnet18", model="resnet18", **_CIFAR_ADAM, **_RESNET_FIGS, conditions=PAPER_NORMS,
             description="CIFAR10, ResNet-18 (CIFAR variant), batch/group/layer/none, Adam with the "
             "sweep's lr per norm, early stopping as cifar10-vgg16",
         ),
         Experiment(
             name="cifar100-resnet18", model="resnet18", **{**_CIFAR_ADAM, "dataset": "cifar100"}, **_RESNET_FIGS,
-            norms=PAPER_NORMS,
+            conditions=PAPER_NORMS,
             description="CIFAR100 (100 classes), ResNet-18 (CIFAR variant), batch/group/layer/none, the recipe "
             "of cifar10-resnet18",
         ),
@@ -322,7 +368,7 @@ PRESETS: dict[str, Experiment] = {
             description="seeded class-structured 3x32x32 images through VGG16, for tests",
         ),
         Experiment(
-            name="synthetic-resnet18", dataset="synthetic", model="resnet18", norms=PAPER_NORMS, optimizer="adam",
+            name="synthetic-resnet18", dataset="synthetic", model="resnet18", conditions=PAPER_NORMS, optimizer="adam",
             lr=1e-3, lr_nobn=1e-4, momentum=0.0, lr_step_epochs=1, batch_size=32, max_epochs=3,
             stop="early-stop", val_size=0.1, lr_range=(1e-5, 1e-2), momentum_choices=(0.0,),
             num_samples=2, seeds=2, image_shape=(3, 16, 16), num_images=200,
@@ -382,6 +428,11 @@ def load_study(path: str) -> Experiment:
     if base is not None and (not isinstance(base, str) or base not in PRESETS):
         raise ConfigError(f"study file {path}: base = {base!r} is not a preset (valid: {', '.join(PRESETS)})")
     d = renamed(d)
+    if isinstance(d.get("conditions"), dict):  # [conditions] tag = {norm = ..., batch_size = ...}
+        try:
+            d["conditions"] = from_table(d["conditions"])
+        except ConditionError as e:
+            raise ConfigError(f"study file {path}: {e}") from None
     for key, value in d.items():
         if key not in fields:
             raise ConfigError(f"study file {path}: unknown key {key!r} (allowed: base, "

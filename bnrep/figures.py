@@ -83,9 +83,9 @@ def _width(rs_frames, per_layer: float = 0.22, least: float = 4.2) -> float:
 def plot_per_layer(ax, df: pd.DataFrame, value: str, ylabel: str, labels: dict[str, str],
                    hline: float | None = None, marked: set[int] = frozenset()) -> None:
     """Seed mean per layer with std error bars, one colour per normalisation."""
-    s = seed_stats(df, ["norm", "layer_index", "layer"], value)
-    for norm in ordered(s["norm"]):
-        d = s[s["norm"] == norm]
+    s = seed_stats(df, ["condition", "layer_index", "layer"], value)
+    for norm in ordered(s["condition"]):
+        d = s[s["condition"] == norm]
         ax.errorbar(d["layer_index"], d["mean"], yerr=d["std"].fillna(0), color=COLORS[norm],
                     marker="o", capsize=3, label=labels[norm])
     if hline is not None:
@@ -238,7 +238,7 @@ def layer_groups(layers: list[tuple[int, str]]) -> list[tuple[str, list[int]]]:
 def _model_group_sparsity(ls: pd.DataFrame, idx: list[int]) -> pd.DataFrame:
     """Per model and eps, layer sparsity averaged over the group's layers."""
     g = ls[ls["layer_index"].isin(idx)]
-    return g.groupby(["norm", "model_id", "eps"], as_index=False)["sparsity"].mean()
+    return g.groupby(["condition", "model_id", "eps"], as_index=False)["sparsity"].mean()
 
 
 def fig_sparsity_thresholds(results) -> Figure | None:
@@ -257,7 +257,7 @@ def fig_sparsity_thresholds(results) -> Figure | None:
         for col, (name, idx) in enumerate(gs):
             ax, m = axes[row, col], _model_group_sparsity(d, idx)
             for norm in present_norms(m):
-                s = seed_stats(m[m["norm"] == norm], ["eps"], "sparsity")
+                s = seed_stats(m[m["condition"] == norm], ["eps"], "sparsity")
                 ax.errorbar(s["eps"], s["mean"], yerr=s["std"].fillna(0), color=COLORS[norm], marker="o",
                             capsize=3, label=labels[norm])
             ax.set_xscale("symlog", linthresh=min(e for e in eps if e > 0))  # eps = 0 stays on the axis
@@ -272,7 +272,7 @@ def fig_sparsity_thresholds(results) -> Figure | None:
 def plot_band(ax, df: pd.DataFrame, x: str, value: str, norm: str, label: str | None = None,
               ls: str = "-", scale: float = 1.0) -> None:
     """Seed mean of `value` against `x` as a line, std as shading."""
-    s = seed_stats(df[df["norm"] == norm], [x], value)
+    s = seed_stats(df[df["condition"] == norm], [x], value)
     if s.empty:
         return
     m, sd = s["mean"] * scale, s["std"].fillna(0) * scale
@@ -451,8 +451,8 @@ def colours_text(norms) -> str:
 
 def _models(df: pd.DataFrame) -> pd.DataFrame:
     """(norm, seed) rows of a table; a pair table (cka) names both of its models."""
-    if "norm_a" in df and "norm" not in df:
-        return pd.concat([df[[f"norm_{s}", f"seed_{s}"]].set_axis(["norm", "seed"], axis=1) for s in "ab"])
+    if "condition_a" in df and "condition" not in df:
+        return pd.concat([df[[f"condition_{s}", f"seed_{s}"]].set_axis(["condition", "seed"], axis=1) for s in "ab"])
     return df
 
 

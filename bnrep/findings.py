@@ -48,15 +48,15 @@ def welch_p(a, b) -> float:
         return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def compare_layers(df: pd.DataFrame, value: str, norm: str = "batch") -> pd.DataFrame:
-    """Per layer, seed-mean of `value` for `norm` (`a`) and for `none` (`ref`) and Welch's p over seeds;
+def compare_layers(df: pd.DataFrame, value: str, norm: str = "batch", ref: str = REF) -> pd.DataFrame:
+    """Per layer, seed-mean of `value` for `norm` (`a`) and for the reference (`ref`, default none) and Welch's p over seeds;
     layers with values on both sides only."""
     cols = ["layer_index", "layer", "a", "ref", "p"]
     rows = []
     for (li, name), g in df.groupby(["layer_index", "layer"], sort=True) if len(df) else []:
-        a, ref = g.loc[g["norm"] == norm, value], g.loc[g["norm"] == REF, value]
-        if a.notna().any() and ref.notna().any():
-            rows.append([li, name, a.mean(), ref.mean(), welch_p(a, ref)])
+        a, b = g.loc[g["condition"] == norm, value], g.loc[g["condition"] == ref, value]
+        if a.notna().any() and b.notna().any():
+            rows.append([li, name, a.mean(), b.mean(), welch_p(a, b)])
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -141,8 +141,9 @@ class Finding:
     verdict: str  # supported | not supported | mixed | inconclusive | not evaluated
     detail: str
     numbers: dict = field(default_factory=dict)
-    norm: str = "batch"  # the normalisation judged against none
+    norm: str = "batch"  # the condition judged against the reference
     caveats: list[str] = field(default_factory=list)  # conditions that undermine the verdict, named
+    ref: str = REF  # the reference condition (Experiment.reference)
 
     @property
     def verdict_text(self) -> str:
@@ -158,28 +159,28 @@ def claim(number: int, norm: str = "batch") -> str:
     return CLAIMS[number].replace("BatchNorm", NORM_NAMES[norm]) if norm in NORM_NAMES else CLAIMS[number]
 
 
-def _not_evaluated(number: int, tables: dict[str, pd.DataFrame], norm: str = "batch") -> Finding:
+def _not_evaluated(number: int, tables: dict[str, pd.DataFrame], norm: str = "batch", ref: str = REF) -> Finding:
     """Why a claim could not be judged: its tables are missing, or hold no finite value on both sides."""
     missing = [t for t, d in tables.items() if d.empty]
     if missing:
         why = f"needs results/{' and results/'.join(missing)}, which are missing."
     else:
-        a, ref = pair_names(norm, present_norms(*tables.values()))
-        why = (f"results/{' and results/'.join(tables)} hold no finite value of both {a} and {ref} models in any "
+        a, b = pair_names(norm, present_norms(*tables.values()), ref)
+        why = (f"results/{' and results/'.join(tables)} hold no finite value of both {a} and {b} models in any "
                f"layer (models that diverged are not analysed).")
-    return Finding(number, claim(number, norm), "not evaluated", why, norm=norm)
+    return Finding(number, claim(number, norm), "not evaluated", why, norm=norm, ref=ref)
 
 
 def _names(layers) -> str:
     return ", ".join(map(str, layers)) or "none"
 
 
-def finding_sparsity(layer_sparsity: pd.DataFrame, norm: str = "batch") -> Finding:
+def finding_sparsity(layer_sparsity: pd.DataFrame, norm: str = "batch", ref: str = REF) -> Finding:
     """Claim 1: `norm` neither consistently increases nor decreases layer sparsity."""
-    c = compare_layers(layer_sparsity, "sparsity", norm)
+    c = compare_layers(layer_sparsity, "sparsity", norm, ref)
     if c.empty:
-        return _not_evaluated(1, {"layer_sparsity": layer_sparsity}, norm)
-    a, ref = pair_names(norm, present_norms(layer_sparsity))
+        return _not_evaluated(1, {"layer_sparsity": layer_sparsity}, norm, ref)
+    a, b = pair_names(norm, present_norms(layer_sparsity), ref)
     d, seen = c["a"] - c["ref"], c["p"] < P_MAX
     more, less, n = c["layer"][(d > SPARSITY_TOL) & seen], c["layer"][(d < -SPARSITY_TOL) & seen], len(c)
     if len(more) == n or len(less) == n:
@@ -191,24 +192,24 @@ def finding_sparsity(layer_sparsity: pd.DataFrame, norm: str = "batch") -> Findi
     per_layer = ", ".join(f"{l} {v * 100:+.1f} pp (p {_p(p)})" for l, v, p in zip(c["layer"], d, c["p"]))
     detail = (f"{a} sparser in {len(more)} of {n} layers ({_names(more)}), less sparse in {len(less)} "
               f"({_names(less)}), no detectable difference (within {SPARSITY_TOL * 100:g} pp or Welch p >= "
-              f"{P_MAX}) in {n - len(more) - len(less)}; mean difference {a} - {ref} {d.mean() * 100:+.1f} pp; "
+              f"{P_MAX}) in {n - len(more) - len(less)}; mean difference {a} - {b} {d.mean() * 100:+.1f} pp; "
               f"per layer: {per_layer}.")
     numbers = {"layers": n, "sparser": list(more), "less_sparse": list(less),
                "diff_pp": {l: round(v * 100, 3) for l, v in zip(c["layer"], d)},
                "welch_p": dict(zip(c["layer"], c["p"]))}
-    return Finding(1, claim(1, norm), verdict, detail, numbers, norm)
+    return Finding(1, claim(1, norm), verdict, detail, numbers, norm, ref=ref)
 
 
-def sparsity_by_eps(layer_sparsity: pd.DataFrame, norm: str = "batch") -> dict[float, Finding]:
+def sparsity_by_eps(layer_sparsity: pd.DataFrame, norm: str = "batch", ref: str = REF) -> dict[float, Finding]:
     """Claim 1 judged at each threshold eps in the table, by the same rule."""
-    return {e: finding_sparsity(at_eps(layer_sparsity, e), norm) for e in eps_values(layer_sparsity)}
+    return {e: finding_sparsity(at_eps(layer_sparsity, e), norm, ref) for e in eps_values(layer_sparsity)}
 
 
 def eps_robustness(f: Finding, by_eps: dict[float, Finding]) -> Finding:
     """Claim 1 (at the smallest eps) with its verdict at every eps and whether the threshold changes it."""
     if len(by_eps) < 2 or f.verdict == "not evaluated":
         return f
-    a = pair_names(f.norm, [f.norm, REF])[0]
+    a = pair_names(f.norm, [f.norm, f.ref], f.ref)[0]
     changed = [e for e, g in by_eps.items() if g.verdict != f.verdict]
     per = "; ".join(f"eps {e:g}: {g.verdict}" + ("" if g.verdict == "not evaluated" else
                     f" ({a} sparser in {len(g.numbers['sparser'])}, less sparse in "
@@ -225,32 +226,32 @@ def eps_robustness(f: Finding, by_eps: dict[float, Finding]) -> Finding:
 def model_sparsity(training: pd.DataFrame, layer_sparsity: pd.DataFrame) -> pd.DataFrame:
     """Per model: mean layer sparsity over all layers, test accuracy, gap (train - test)."""
     s = layer_sparsity.groupby("model_id")["sparsity"].mean().rename("sparsity")
-    t = training.set_index("model_id")[["norm", "train_acc", "test_acc"]]
+    t = training.set_index("model_id")[["condition", "train_acc", "test_acc"]]
     m = t.join(s, how="inner").dropna(subset=["sparsity", "test_acc", "train_acc"])
     return m.assign(gap=m["train_acc"] - m["test_acc"]).reset_index()
 
 
 def _between_groups_only(m: pd.DataFrame, across: dict[str, dict], partial: dict[str, dict]) -> list[str]:
     """Targets whose counted correlation does not survive controlling for the normalisation."""
-    return [y for y in across if m["norm"].nunique() > 1 and only_between_groups(across[y], partial[y])]
+    return [y for y in across if m["condition"].nunique() > 1 and only_between_groups(across[y], partial[y])]
 
 
-def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame, norm: str = "batch") -> Finding:
+def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame, norm: str = "batch", ref: str = REF) -> Finding:
     """Claim 2: sparsity does not correlate with better generalisation (models of `norm` and none)."""
     if training.empty or layer_sparsity.empty:
-        return _not_evaluated(2, {"training": training, "layer_sparsity": layer_sparsity}, norm)
+        return _not_evaluated(2, {"training": training, "layer_sparsity": layer_sparsity}, norm, ref)
     norms = present_norms(training, layer_sparsity)
-    m = model_sparsity(pair(training, norm), pair(layer_sparsity, norm))
+    m = model_sparsity(pair(training, norm, ref), pair(layer_sparsity, norm, ref))
     if len(m) < MIN_MODELS:
         return Finding(2, claim(2, norm), "not evaluated",
-                       f"only {len(m)} models with both tables; need {MIN_MODELS}.", norm=norm)
+                       f"only {len(m)} models with both tables; need {MIN_MODELS}.", norm=norm, ref=ref)
     test, gap = correlate(m["sparsity"], m["test_acc"]), correlate(m["sparsity"], m["gap"])
     st, sg = significant_signs(test), significant_signs(gap)
     better, worse = (1 in st or -1 in sg), (-1 in st or 1 in sg)
     verdict = "not supported" if better else "mixed" if worse else "supported"
     labels = norm_labels(norms)
     within = {labels[n]: correlate(g["sparsity"], g["test_acc"])["spearman_r"]
-              for n in (norm, REF) for g in [m[m["norm"] == n]] if len(g) >= 3}
+              for n in (norm, ref) for g in [m[m["condition"] == n]] if len(g) >= 3}
     partial = {"test_acc": partial_corr(m, "sparsity", "test_acc"), "gap": partial_corr(m, "sparsity", "gap")}
     setting = "BN setting" if is_paper_pair(norms) else "normalisation"
     detail = (f"across {len(m)} models, mean layer sparsity vs test accuracy: Pearson r = {test['pearson_r']:.2f} "
@@ -280,12 +281,12 @@ def _nan_note(df: pd.DataFrame) -> str:
     return f" {n} of {len(df)} DBI values NaN (dead layers), left out." if n else ""
 
 
-def finding_purity(class_dbi: pd.DataFrame, kmeans: pd.DataFrame, first_layer: int, norm: str = "batch") -> Finding:
+def finding_purity(class_dbi: pd.DataFrame, kmeans: pd.DataFrame, first_layer: int, norm: str = "batch", ref: str = REF) -> Finding:
     """Claim 3: class DBI lower with `norm` in most shown layers; k-means DBI lower at the final layer."""
     parts, notes, numbers = [], [], {}
-    a, ref = pair_names(norm, present_norms(class_dbi, kmeans))
-    cd = shown(pair(class_dbi, norm), first_layer)
-    c = compare_layers(cd, "dbi", norm)
+    a, b = pair_names(norm, present_norms(class_dbi, kmeans), ref)
+    cd = shown(pair(class_dbi, norm, ref), first_layer)
+    c = compare_layers(cd, "dbi", norm, ref)
     if len(c):
         seen = c["p"] < P_MAX
         lower, gap = c["layer"][(c["a"] < c["ref"]) & seen], float((c["ref"] - c["a"]).mean())
@@ -293,7 +294,7 @@ def finding_purity(class_dbi: pd.DataFrame, kmeans: pd.DataFrame, first_layer: i
         parts.append(len(lower) > len(c) / 2 and gap > 0)
         notes.append(f"class DBI lower with {a} in {len(lower)} of {len(c)} shown layers, higher in {len(higher)}, "
                      f"no detectable difference in {len(c) - len(lower) - len(higher)} "
-                     f"(mean gap {ref} - {a} {gap:+.2f}).{_nan_note(cd)}")
+                     f"(mean gap {b} - {a} {gap:+.2f}).{_nan_note(cd)}")
         numbers["class_dbi"] = {"layers": len(c), "lower": list(lower), "higher": list(higher), "mean_gap": gap,
                                 "welch_p": dict(zip(c["layer"], c["p"]))}
     k = compare_layers(shown(optimal_k(kmeans), first_layer), "dbi", norm)
@@ -301,16 +302,16 @@ def finding_purity(class_dbi: pd.DataFrame, kmeans: pd.DataFrame, first_layer: i
         lower, last = k["layer"][(k["a"] < k["ref"]) & (k["p"] < P_MAX)], k.iloc[-1]
         parts.append(bool(last["a"] < last["ref"] and last["p"] < P_MAX))
         notes.append(f"k-means DBI at optimal k detectably lower with {a} in {len(lower)} of {len(k)} layers; final "
-                     f"shown layer {last['layer']}: {a} {last['a']:.2f} vs {ref} {last['ref']:.2f} "
+                     f"shown layer {last['layer']}: {a} {last['a']:.2f} vs {b} {last['ref']:.2f} "
                      f"(Welch p {_p(last['p'])}).")
         numbers["kmeans_dbi"] = {"layers": len(k), "lower": list(lower), "final_layer": last["layer"],
                                  "final": float(last["a"]), "final_ref": float(last["ref"]), "final_p": last["p"]}
     if not parts:
-        return _not_evaluated(3, {"class_dbi": class_dbi, "kmeans": kmeans}, norm)
+        return _not_evaluated(3, {"class_dbi": class_dbi, "kmeans": kmeans}, norm, ref)
     verdict = "supported" if all(parts) else "not supported" if not any(parts) else "mixed"
     if len(parts) == 1:
         notes.append("(only one of the two parts could be evaluated.)")
-    return Finding(3, claim(3, norm), verdict, " ".join(notes), numbers, norm)
+    return Finding(3, claim(3, norm), verdict, " ".join(notes), numbers, norm, ref=ref)
 
 
 def _first_reach(curve: pd.Series, n_classes: int):
@@ -319,47 +320,48 @@ def _first_reach(curve: pd.Series, n_classes: int):
 
 
 def finding_early_clusters(kmeans: pd.DataFrame, first_layer: int, n_classes: int = 10,
-                           norm: str = "batch") -> Finding:
+                           norm: str = "batch", ref: str = REF) -> Finding:
     """Claim 4: `norm` reaches ~n_classes clusters earlier; early optimal k closer to n_classes
     (Results.n_classes: the data's; 0 when it is not known)."""
     if not n_classes:
         return Finding(4, claim(4, norm), "not evaluated", "the data's class count is not known (config.json "
-                       "records no classes and the image folder is not here).", norm=norm)
-    best = shown(pair(optimal_k(kmeans), norm), first_layer)
-    if best.empty or best["norm"].nunique() < 2:
-        return _not_evaluated(4, {"kmeans": kmeans}, norm)
-    a, ref = pair_names(norm, present_norms(kmeans))
+                       "records no classes and the image folder is not here).", norm=norm, ref=ref)
+    best = shown(pair(optimal_k(kmeans), norm, ref), first_layer)
+    if best.empty or best["condition"].nunique() < 2:
+        return _not_evaluated(4, {"kmeans": kmeans}, norm, ref)
+    a, ref_name = pair_names(norm, present_norms(kmeans), ref)
     layers = sorted(best["layer_index"].unique())
     early = layers[: math.ceil(len(layers) / 2)]
     e = best[best["layer_index"].isin(early)]
-    per_model = (e["k_opt"] - n_classes).abs().groupby([e["norm"], e["model_id"]]).mean()  # over early layers
-    dist = per_model.groupby(level="norm").mean()
-    p = welch_p(per_model.get(norm, []), per_model.get(REF, []))
-    curve = best.groupby(["norm", "layer_index"])["k_opt"].mean()
+    per_model = (e["k_opt"] - n_classes).abs().groupby([e["condition"], e["model_id"]]).mean()  # over early layers
+    dist = per_model.groupby(level="condition").mean()
+    p = welch_p(per_model.get(norm, []), per_model.get(ref, []))
+    curve = best.groupby(["condition", "layer_index"])["k_opt"].mean()
     reach = {n: _first_reach(curve.loc[n], n_classes) if n in curve.index.get_level_values(0) else None
-             for n in (norm, REF)}
-    earlier = reach[norm] is not None and (reach[REF] is None or reach[norm] < reach[REF])
-    closer = bool(dist.get(norm, math.inf) < dist.get(REF, math.inf) and p < P_MAX)
+             for n in (norm, ref)}
+    earlier = reach[norm] is not None and (reach[ref] is None or reach[norm] < reach[ref])
+    closer = bool(dist.get(norm, math.inf) < dist.get(ref, math.inf) and p < P_MAX)
     verdict = "supported" if earlier and closer else "mixed" if earlier or closer else "not supported"
     kmax = int(kmeans["k"].max())
     at = {n: "never" if v is None else f"at layer {v}" for n, v in reach.items()}
     detail = (f"seed-mean optimal k first within +-{K_TOL} of {n_classes} classes {at[norm]} with {a}, "
-              f"{at[REF]} without; mean |optimal k - {n_classes}| "
+              f"{at[ref]} without; mean |optimal k - {n_classes}| "
               f"over early layers {_names(early)}: {a} {dist.get(norm, math.nan):.2f}, "
-              f"{ref} {dist.get(REF, math.nan):.2f} (Welch p {_p(p)}).")
+              f"{ref_name} {dist.get(ref, math.nan):.2f} (Welch p {_p(p)}).")
     if kmax < n_classes - K_TOL:
         detail += f" Note: k only goes up to {kmax}, so {n_classes} clusters cannot be found."
     return Finding(4, claim(4, norm), verdict, detail,
                    {"first_layer_reaching": {SHORT[n]: v for n, v in reach.items()}, "early_layers": early,
-                    "early_distance": {SHORT[n]: float(v) for n, v in dist.items()}, "welch_p": p}, norm)
+                    "early_distance": {SHORT[n]: float(v) for n, v in dist.items()}, "welch_p": p}, norm, ref=ref)
 
 
 # ==== conditions that undermine verdicts (design.md: scientific output states its own limits) ====
 
-def _no_rectifier(number: int, kinds, norm: str) -> Finding:
+def _no_rectifier(number: int, kinds, norm: str, ref: str = REF) -> Finding:
     return Finding(number, claim(number, norm), "not evaluated",
                    f"no probe is a rectifier (activations: {', '.join(sorted(kinds))}): exact-zero sparsity says "
-                   f"little there; see the sparsity-threshold figure (analysis with --eps 0,0.01,0.1).", norm=norm)
+                   f"little there; see the sparsity-threshold figure (analysis with --eps 0,0.01,0.1).", norm=norm,
+                   ref=ref)
 
 
 def with_conditions(f: Finding, conds: list[Condition]) -> Finding:
@@ -372,38 +374,41 @@ def with_conditions(f: Finding, conds: list[Condition]) -> Finding:
 
 
 def judged_norms(r: Results) -> list[str]:
-    """The normalisations judged against none (the paper: batch)."""
-    return [n for n in r.norms if n != REF] or ["batch"]
+    """The conditions judged against the reference (the paper: batch against none)."""
+    return [n for n in r.norms if n != r.ref] or ["batch"]
 
 
 def findings(r: Results) -> list[Finding]:
-    """The four claims for each normalisation against none, with the conditions that undermine them."""
-    first, out = r.experiment.first_shown_layer, []
+    """The four claims for each condition against the reference (none unless the experiment names
+    another), with the conditions that undermine them."""
+    first, out, ref = r.experiment.first_shown_layer, [], r.ref
     ls_all = rectified(r.table("layer_sparsity"))  # claims 1-2: exact zeros after rectifiers
     ls = at_eps(ls_all)
     kinds = set(r.table("layer_sparsity").get("activation", pd.Series(dtype=str)).dropna())
     for n in judged_norms(r):
         conds = conditions(r, n)
-        fs = [eps_robustness(finding_sparsity(ls, n), sparsity_by_eps(ls_all, n)),
-              finding_generalisation(r.table("training"), ls, n)]
+        fs = [eps_robustness(finding_sparsity(ls, n, ref), sparsity_by_eps(ls_all, n, ref)),
+              finding_generalisation(r.table("training"), ls, n, ref)]
         if kinds and not len(ls_all):
-            fs = [_no_rectifier(1, kinds, n), _no_rectifier(2, kinds, n)]
-        fs += [finding_purity(r.table("class_dbi"), r.table("kmeans"), first, n),
-               finding_early_clusters(r.table("kmeans"), first, r.n_classes, n)]
+            fs = [_no_rectifier(1, kinds, n, ref), _no_rectifier(2, kinds, n, ref)]
+        fs += [finding_purity(r.table("class_dbi"), r.table("kmeans"), first, n, ref),
+               finding_early_clusters(r.table("kmeans"), first, r.n_classes, n, ref)]
         out += [with_conditions(f, conds) for f in fs]
     return out
 
 
 def finding_sparsity_across(per_exp: dict[str, Finding]) -> Finding:
     """Claim 1 across experiments: does a norm's dominant direction differ between experiments?"""
-    dirs, norm = {}, next(iter(per_exp.values())).norm if per_exp else "batch"
+    first = next(iter(per_exp.values()), Finding(1, "", "", ""))
+    dirs, norm, ref = {}, first.norm, first.ref
     a = SHORT.get(norm, norm)
     for name, f in per_exp.items():
         if f.verdict != "not evaluated":
             more, less = len(f.numbers["sparser"]), len(f.numbers["less_sparse"])
             dirs[name] = "sparser" if more > less else "less sparse" if less > more else "neither"
     if not dirs:
-        return Finding(1, claim(1, norm), "not evaluated", "no experiment's claim 1 could be evaluated.", norm=norm)
+        return Finding(1, claim(1, norm), "not evaluated", "no experiment's claim 1 could be evaluated.", norm=norm,
+                       ref=ref)
     same = len(set(dirs.values())) == 1 and "neither" not in dirs.values()
     all_consistent = all(per_exp[n].verdict == "not supported" for n in dirs)
     verdict = "supported" if not same else "not supported" if all_consistent else "mixed"
@@ -411,4 +416,5 @@ def finding_sparsity_across(per_exp: dict[str, Finding]) -> Finding:
     caveats = [f"{n}: {f.verdict_text}" for n, f in per_exp.items() if f.verdict == "inconclusive"]
     if caveats and verdict in JUDGED:
         verdict = "inconclusive"
-    return Finding(1, claim(1, norm) + " (across experiments)", verdict, detail, {"direction": dirs}, norm, caveats)
+    return Finding(1, claim(1, norm) + " (across experiments)", verdict, detail, {"direction": dirs}, norm, caveats,
+                   ref)

@@ -68,9 +68,16 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--norms", default=None, metavar="LIST",
-                   help=f"normalisations to compare, comma-separated, of {', '.join(NORMS)} "
-                        "(default: preset; the paper's: batch,none; as-built: the model's own)")
+    axis = p.add_mutually_exclusive_group()
+    axis.add_argument("--norms", default=None, metavar="LIST",
+                      help=f"normalisations to compare, comma-separated, of {', '.join(NORMS)} "
+                           "(default: preset; the paper's: batch,none; as-built: the model's own)")
+    axis.add_argument("--conditions", default=None, metavar="LIST",
+                      help="conditions to compare, ';'-separated: a norm, or TAG:NORM,FIELD=VALUE,... with training "
+                           "overrides, e.g. 'batch; bn-b8:batch,batch_size=8; gn-b8:group,batch_size=8' "
+                           "(fields: batch_size, weight_decay, lr, ...; label=, color= for the figures)")
+    p.add_argument("--reference", default=None, metavar="NAME",
+                   help="the condition every claim is judged against (default: none)")
     p.add_argument("--seeds", type=int, default=None, metavar="N", help="model seeds 0..N-1 (default: preset, 4)")
     p.add_argument("--max-epochs", type=int, default=None, metavar="N", help="epoch cap per model (default: preset)")
     p.add_argument("--num-samples", type=int, default=None, metavar="N",
@@ -146,7 +153,8 @@ def build_parser(stage: str, parser: argparse.ArgumentParser | None = None) -> a
 
 
 # ==== flags -> Experiment, RunOptions ====
-OVERRIDE_FLAGS = ("norms", "seeds", "max_epochs", "num_samples", "train_size", "batch_size", "lr", "momentum",
+OVERRIDE_FLAGS = ("norms", "conditions", "reference", "seeds", "max_epochs", "num_samples", "train_size",
+                  "batch_size", "lr", "momentum",
                   "samples_sparsity", "samples_cluster", "k_min", "k_max", "n_init", "eps",
                   "probes", "dataset", "image_size")  # = Experiment fields
 

@@ -34,6 +34,7 @@ module of another kind is left (`check_norm_kind`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -113,6 +114,13 @@ class Norm:
     bias: bool  # the layer before keeps its bias (no norm shift to make it redundant)
     kinds: tuple[type, ...] = ()  # the module types it builds: after a swap, no other norm type is left
     conv_type: type = nn.Conv2d  # the conv it asks for before it (weight standardisation: WSConv2d)
+    base: str = ""  # a condition (bnrep.axis): the normalisation it builds; "" for a normalisation itself
+    overrides: tuple[tuple[str, object], ...] = ()  # a condition's training fields, (field, value) sorted
+
+    @property
+    def norm(self) -> str:
+        """The normalisation this entry builds: its own name, or a condition's base."""
+        return self.base or self.name
 
     def build(self, width: int, conv: bool) -> nn.Module | None:
         make = self.conv if conv else self.linear
@@ -147,11 +155,23 @@ FAMILIES: dict[str, tuple[str, Callable[[int], Norm]]] = {
 }
 NAMES = (*NORMS, *(f"{f}:{arg}" for f, (arg, _) in FAMILIES.items()))  # what help texts and errors list
 
+# Conditions (a normalisation plus training overrides, bnrep.axis) by tag, registered by the
+# experiments that define them, so that every lookup below (tag, label, colour, order, the
+# modules it builds) answers for a condition as for the normalisation it builds.
+CONDITIONS: dict[str, Norm] = {}
+
+
+def register(condition: Norm) -> None:
+    CONDITIONS[condition.name] = condition
+
 
 def get_norm(name: str) -> Norm:
-    """The entry for `name` (`batch`, `group:8`, ...); NormError (one line) for an unknown one."""
+    """The entry for `name` (`batch`, `group:8`, a registered condition's tag, ...); NormError (one
+    line) for an unknown one."""
     if name in NORMS:
         return NORMS[name]
+    if name in CONDITIONS:
+        return CONDITIONS[name]
     family, _, arg = str(name).partition(":")
     if family in FAMILIES and arg:
         what, make = FAMILIES[family]
@@ -162,14 +182,19 @@ def get_norm(name: str) -> Norm:
 
 
 def sort_key(name: str) -> tuple:
-    """Display order: the table's, a family's members by their argument, unknown names last."""
+    """Display order: the table's, a family's members by their argument, a condition after the
+    normalisation it builds (by its overrides' values, then its tag), unknown names last."""
+    if name in CONDITIONS:
+        c = CONDITIONS[name]
+        values = tuple((k, v if isinstance(v, (int, float)) else math.inf, str(v)) for k, v in c.overrides)
+        return (*sort_key(c.base)[:2], 1, values, name)
     order = list(NORMS)
     family, _, arg = str(name).partition(":")
     if family in NORMS:
-        return (order.index(family), int(arg) if arg.isdigit() else -1)
+        return (order.index(family), int(arg) if arg.isdigit() else -1, 0, (), "")
     if family in FAMILIES:  # a family without a plain entry (ghost:B): after BatchNorm
-        return (order.index("batch") + 0.5, int(arg) if arg.isdigit() else -1)
-    return (len(order), 0)
+        return (order.index("batch") + 0.5, int(arg) if arg.isdigit() else -1, 0, (), "")
+    return (len(order), 0, 0, (), str(name))
 
 
 def ordered(names) -> list[str]:

@@ -47,8 +47,8 @@ from bnrep.documents import md_table, render_html, render_md
 from bnrep.correlations import MIN_MODELS, limits_sentence, predictor_rows, predictors
 from bnrep.flags import SCRIPTS
 from bnrep.findings import CLAIMS, Finding, finding_sparsity_across, findings, judged_norms, rules
-from bnrep.results import (REF, SHORT, Results, imported_mask, is_paper_pair, measure_numbers, norm_labels, ordered, rankings,
-                           side_by_side)
+from bnrep.results import (LABELS, REF, SHORT, Results, axis_word, imported_mask, is_paper_pair, measure_numbers,
+                           norm_labels, ordered, rankings, side_by_side)
 from bnrep.table1 import diverged_note, imported_note, table1, table1_caption, table1_rows, table1_tex
 from bnrep.store import TABLES, Store, git_commit, tables
 
@@ -128,8 +128,9 @@ def findings_blocks(r: Results, fs: list[Finding]) -> list[tuple]:
     by = {(f.number, f.norm): f for f in fs}
     matrix = [[str(i), c] + [by[(i, n)].verdict for n in judged] for i, c in _claims(fs)]
     evidence = [[str(f.number), SHORT[f.norm], f.verdict_text, f.detail] for f in fs]
-    blocks = [("p", f"Each claim judged for each normalisation against no normalisation ({SHORT[REF]}):"),
-              ("table", ["#", "Claim (paper section 6)"] + [f"{SHORT[n]} vs {SHORT[REF]}" for n in judged], matrix),
+    against = f"no normalisation ({SHORT[REF]})" if r.ref == REF else f"the reference {LABELS[r.ref]} ({SHORT[r.ref]})"
+    blocks = [("p", f"Each claim judged for each {axis_word(r.norms)} against {against}:"),
+              ("table", ["#", "Claim (paper section 6)"] + [f"{SHORT[n]} vs {SHORT[r.ref]}" for n in judged], matrix),
               ("table", ["#", "Norm", "Verdict", "Evidence"], evidence)]
     ranks = rankings(r)
     if ranks:
@@ -148,12 +149,12 @@ def eps_blocks(fs: list[Finding]) -> list[tuple]:
                                         f"{len(g['less_sparse'])} layers)")
     rows = [[e] + [cell(f.numbers["by_eps"][e], f.norm) if e in f.numbers["by_eps"] else "-" for f in ones]
             for e in dict.fromkeys(e for f in ones for e in f.numbers["by_eps"])]
-    said = [f"{SHORT[f.norm]} vs {SHORT[REF]}: " + ("robust to the threshold (the same verdict at every eps)"
+    said = [f"{SHORT[f.norm]} vs {SHORT[f.ref]}: " + ("robust to the threshold (the same verdict at every eps)"
             if f.numbers["robust_to_eps"] else "not robust to the threshold (the verdict changes at eps " +
             ", ".join(e for e, g in f.numbers["by_eps"].items() if g["verdict"] != f.verdict) + ")") for f in ones]
     return [("p", "Claim 1 at each sparsity threshold eps (|x| <= eps counts as zero). The verdict above and "
                   "every other sparsity number use the smallest eps (the paper's exact zero when eps = 0):"),
-            ("table", ["eps"] + [f"{SHORT[f.norm]} vs {SHORT[REF]}" for f in ones], rows), ("ul", said)]
+            ("table", ["eps"] + [f"{SHORT[f.norm]} vs {SHORT[f.ref]}" for f in ones], rows), ("ul", said)]
 
 
 def predictor_blocks(r: Results, heading: str = "Which measure predicts generalisation") -> list[tuple]:
@@ -266,12 +267,12 @@ def settings_rows(r: Results) -> list[list[str]]:
     rows += [[f"{stage} hash", r.config.get(f"{stage}_hash") or "unknown (no config.json)"]
              for stage in ("train", "analysis")]
     imported = imported_mask(t) if len(t) else pd.Series(dtype=bool)
-    for n in ordered(t.loc[imported, "norm"]) if len(t) else []:
-        g = t[(t["norm"] == n) & imported]
+    for n in ordered(t.loc[imported, "condition"]) if len(t) else []:
+        g = t[(t["condition"] == n) & imported]
         rows.append([f"imported ({SHORT[n]})", f"{len(g)} model{'s' * (len(g) != 1)}, seeds {_names(sorted(g['seed']))}, weights "
                      + _names(os.path.basename(w) for w in g["weights"])])
-    for n in ordered(t.loc[~imported, "norm"]) if len(t) else []:
-        g = t[(t["norm"] == n) & ~imported]
+    for n in ordered(t.loc[~imported, "condition"]) if len(t) else []:
+        g = t[(t["condition"] == n) & ~imported]
         ep = sorted({g["epochs"].min(), g["epochs"].max()})
         lr, mom = (_names(f"{x:.3g}" for x in sorted(g[c].unique())) for c in ("lr", "momentum"))  # 3 digits
         rows.append([f"trained ({SHORT[n]})", f"{len(g)} models, lr {lr}, momentum {mom}, "
@@ -362,7 +363,7 @@ class _Writer:
         self.put("table1.csv", t.to_csv(index=False, float_format="%.4f"))
         self.put("table1.tex", table1_tex(t))
         text = pd.DataFrame(rows, columns=header).to_string(index=False)
-        blocks = [("p", table1_caption(set(training["norm"]))), ("table", header, rows)]
+        blocks = [("p", table1_caption(set(training["condition"]))), ("table", header, rows)]
         for note in (diverged_note(training), imported_note(training)):
             if note:
                 blocks.append(("p", note))

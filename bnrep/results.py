@@ -19,7 +19,7 @@ from bnrep.datasets import DatasetError, num_classes
 from bnrep.experiments import Experiment, layer_indices
 from bnrep.models import model_label as spec_label
 from bnrep.probes import RECTIFIERS
-from bnrep.norms import COLORS, LABELS, NORMS as NORM_TABLE, REF, SHORT, ordered  # noqa: F401 (re-exported)
+from bnrep.norms import COLORS, LABELS, NORMS as NORM_TABLE, REF, SHORT, get_norm, ordered  # noqa: F401 (re-exported)
 from bnrep.store import with_norm
 
 
@@ -41,11 +41,19 @@ def norm_labels(norms) -> dict[str, str]:
 
 
 def present_norms(*dfs: pd.DataFrame) -> list[str]:
-    return ordered({n for df in dfs if "norm" in df for n in df["norm"].dropna().unique()})
+    return ordered({n for df in dfs if "condition" in df for n in df["condition"].dropna().unique()})
 
 
-def pair_names(norm: str, norms) -> tuple[str, str]:
-    """How the evidence names the two sides: ('BN', 'no BN') or ('GN', 'no norm')."""
+def axis_word(names) -> str:
+    """What the axis is called in tables: 'norm' while every entry is a normalisation, else 'condition'."""
+    return "condition" if any(get_norm(n).base for n in names if n in SHORT) else "norm"
+
+
+def pair_names(norm: str, norms, ref: str = REF) -> tuple[str, str]:
+    """How the evidence names the two sides: ('BN', 'no BN'), ('GN', 'no norm'), or against another
+    reference condition its tag ('bn-b4', 'BN')."""
+    if ref != REF:
+        return SHORT[norm], SHORT[ref]
     return SHORT[norm], "no BN" if is_paper_pair(norms) else "no norm"
 
 
@@ -82,6 +90,11 @@ class Results:
         """Normalisations with results, else those the experiment lists."""
         have = present_norms(*self.tables.values())
         return have or ordered(self.experiment.norms)
+
+    @property
+    def ref(self) -> str:
+        """The condition every claim is judged against (Experiment.reference; none by default)."""
+        return self.experiment.reference
 
     @property
     def label(self) -> str:
@@ -123,7 +136,7 @@ def seed_stats(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
 
 
 def n_seeds(df: pd.DataFrame) -> dict[str, int]:
-    return {n: int(k) for n, k in df.groupby("norm")["seed"].nunique().items()} if len(df) else {}
+    return {n: int(k) for n, k in df.groupby("condition")["seed"].nunique().items()} if len(df) else {}
 
 
 def seeds_text(df: pd.DataFrame) -> str:
@@ -169,7 +182,7 @@ def optimal_k(kmeans: pd.DataFrame) -> pd.DataFrame:
     The analysis stage marks at most one row per (model, layer) and none for a
     dead layer (every DBI NaN), so such a layer has no row here.
     """
-    cols = ["model_id", "bn", "norm", "seed", "layer", "layer_index", "k_opt", "dbi"]
+    cols = ["model_id", "bn", "norm", "condition", "seed", "layer", "layer_index", "k_opt", "dbi"]
     if kmeans.empty or "optimal" not in kmeans:
         return pd.DataFrame(columns=cols)
     best = kmeans[kmeans["optimal"].astype(bool)].sort_values(["model_id", "layer_index"])
@@ -181,18 +194,18 @@ def cka_pairs(cka: pd.DataFrame) -> pd.DataFrame:
     'cross' (two norms, one seed) or 'seeds' (one norm, two seeds); any other pair dropped."""
     if cka.empty:
         return cka.assign(first=[], second=[], kind=[])
-    same_norm, same_seed = cka["norm_a"] == cka["norm_b"], cka["seed_a"] == cka["seed_b"]
+    same_norm, same_seed = cka["condition_a"] == cka["condition_b"], cka["seed_a"] == cka["seed_b"]
     d = cka[same_norm != same_seed]
-    rank = {n: i for i, n in enumerate(ordered(set(d["norm_a"]) | set(d["norm_b"])))}
-    swap = d["norm_a"].map(rank) > d["norm_b"].map(rank)
-    return d.assign(first=d["norm_b"].where(swap, d["norm_a"]), second=d["norm_a"].where(swap, d["norm_b"]),
-                    kind=np.where(d["norm_a"] == d["norm_b"], "seeds", "cross"))
+    rank = {n: i for i, n in enumerate(ordered(set(d["condition_a"]) | set(d["condition_b"])))}
+    swap = d["condition_a"].map(rank) > d["condition_b"].map(rank)
+    return d.assign(first=d["condition_b"].where(swap, d["condition_a"]), second=d["condition_a"].where(swap, d["condition_b"]),
+                    kind=np.where(d["condition_a"] == d["condition_b"], "seeds", "cross"))
 
 
 def measure_numbers(r: Results) -> dict[str, list[dict]]:
     """Seed mean, std and counts per layer of NC1 and effective rank (per norm) and of CKA (per kind of
     pair: over the pairs), for findings.json."""
-    out = {t: seed_stats(r.table(t), ["norm", "layer_index", "layer"], "value").to_dict("records")
+    out = {t: seed_stats(r.table(t), ["condition", "layer_index", "layer"], "value").to_dict("records")
            for t in ("nc1", "effective_rank") if len(r.table(t))}
     p = cka_pairs(r.table("cka"))
     if len(p):
@@ -200,9 +213,9 @@ def measure_numbers(r: Results) -> dict[str, list[dict]]:
     return out
 
 
-def pair(df: pd.DataFrame, norm: str) -> pd.DataFrame:
-    """The rows of `norm` and of the reference (none)."""
-    return df[df["norm"].isin([norm, REF])] if len(df) else df
+def pair(df: pd.DataFrame, norm: str, ref: str = REF) -> pd.DataFrame:
+    """The rows of `norm` and of the reference `ref` (none unless the experiment names another)."""
+    return df[df["condition"].isin([norm, ref])] if len(df) else df
 
 
 # ==== rankings: several normalisations side by side ====
@@ -211,7 +224,7 @@ def _ranked(s: pd.DataFrame, lowest_first: bool, fmt: str) -> str:
     """'1. GN 0.80 ± 0.01; 2. BN 0.85 ± 0.02' from seed_stats rows keyed by norm."""
     s = s.dropna(subset=["mean"]).sort_values("mean", ascending=lowest_first)
     sd = lambda v: "n/a" if pd.isna(v) else format(v, fmt)  # noqa: E731  one seed: no std
-    return "; ".join(f"{i}. {SHORT.get(r.norm, r.norm)} {r.mean:{fmt}} ± {sd(r.std)}"
+    return "; ".join(f"{i}. {SHORT.get(r.condition, r.condition)} {r.mean:{fmt}} ± {sd(r.std)}"
                      for i, r in enumerate(s.itertuples(), start=1))
 
 
@@ -223,17 +236,17 @@ def rankings(r: Results) -> list[list[str]]:
     t = r.table("training")
     if len(t):
         rows.append(["best test accuracy (%, per model)",
-                     _ranked(seed_stats(t.assign(pct=t["test_acc"] * 100), ["norm"], "pct"), False, ".2f")])
+                     _ranked(seed_stats(t.assign(pct=t["test_acc"] * 100), ["condition"], "pct"), False, ".2f")])
     ls = at_eps(r.table("layer_sparsity"))
     if len(ls):
         per_model = _per_model(ls, "sparsity")
         rows.append(["sparsest layers (mean layer sparsity over layers, %)",
-                     _ranked(seed_stats(per_model.assign(pct=per_model["sparsity"] * 100), ["norm"], "pct"),
+                     _ranked(seed_stats(per_model.assign(pct=per_model["sparsity"] * 100), ["condition"], "pct"),
                              False, ".1f")])
     cd = shown(r.table("class_dbi"), r.experiment.first_shown_layer)
     for (li, name), g in cd.groupby(["layer_index", "layer"]) if len(cd) else []:
         rows.append([f"purest class clusters, {name} (class DBI, lower first)",
-                     _ranked(seed_stats(g, ["norm"], "dbi"), True, ".3f")])
+                     _ranked(seed_stats(g, ["condition"], "dbi"), True, ".3f")])
     return rows
 
 
@@ -255,14 +268,14 @@ def side_by_side(rs: list[Results]) -> tuple[list[str], list[list[str]]]:
             cells = []
             for r in rs:
                 d = get(r)
-                d = d[d["norm"] == n] if len(d) else d
+                d = d[d["condition"] == n] if len(d) else d
                 cells.append(fmt_pm(d[col].mean() * scale, d[col].std() * scale, digits) if len(d) else "-")
             rows.append([name, SHORT[n]] + cells)
-    return ["measure", "norm"] + [f"{r.experiment.name} ({r.label})" for r in rs], rows
+    return ["measure", axis_word(norms)] + [f"{r.experiment.name} ({r.label})" for r in rs], rows
 
 
 def _per_model(df: pd.DataFrame, col: str) -> pd.DataFrame:
-    return df.groupby(["norm", "model_id"], as_index=False)[col].mean() if len(df) else df
+    return df.groupby(["condition", "model_id"], as_index=False)[col].mean() if len(df) else df
 
 
 def _last_layer(df: pd.DataFrame) -> pd.DataFrame:

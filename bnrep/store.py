@@ -23,17 +23,17 @@ each table's stage, part layout and key columns). Part names pass through
 are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
 `bn` is "norm is batch", kept for notebooks written before the norm axis.
 
-    hparam_trials      one row per sweep trial; part = norm tag (bn, nobn, gn, ln)
-        trial_id, bn, norm, lr, momentum, epochs, train_acc, train_acc_running,
+    hparam_trials      one row per sweep trial; part = condition tag (bn, nobn, gn, ln, bn-b8)
+        trial_id, bn, norm, condition, lr, momentum, epochs, train_acc, train_acc_running,
         val_acc, interpolated, diverged, objective, error, node_id (of its last epoch)
         (diverged: its training loss became NaN or inf; it stopped and scored -2)
     training           one row per trained model; part = model_id
-        model_id, experiment, dataset, arch, model, bn, norm, seed, lr, momentum,
+        model_id, experiment, dataset, arch, model, bn, norm, condition, seed, lr, momentum,
         epochs, best_epoch, train_acc, val_acc, test_acc, interpolated, diverged,
         diverged_epoch (0: never)
         (model: the model spec, bnrep.models; arch holds the same, for older notebooks)
     training_history   one row per model and epoch; part = model_id
-        model_id, bn, norm, seed, epoch, lr, train_loss, train_acc, val_acc,
+        model_id, bn, norm, condition, seed, epoch, lr, train_loss, train_acc, val_acc,
         interpolated, objective, train_acc_running, diverged
         (train_acc: a full pass over the training split where one decided
         something, i.e. 1.0 on the epoch an interpolation preset interpolates,
@@ -42,28 +42,33 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
     samples            the analysis images; part = "indices"
         purpose (sparsity | cluster), position, index (into the training split)
     channel_sparsity   model x layer x eps x channel; part = model_id
-        model_id, bn, norm, seed, layer, layer_index, activation, channel, eps, sparsity,
+        model_id, bn, norm, condition, seed, layer, layer_index, activation, channel, eps, sparsity,
         reason (why sparsity is NaN: a NaN or inf value in the channel, or a diverged
         model, not analysed; "" otherwise; parts before 0.3 have none)
     layer_sparsity     model x layer x eps; part = model_id
-        model_id, bn, norm, seed, layer, layer_index, activation, eps, sparsity,
+        model_id, bn, norm, condition, seed, layer, layer_index, activation, eps, sparsity,
         dead_channels (channels with |x| <= eps for every value of every sample), reason
         (activation: the probe's activation, ReLU, GELU, ...: exact zeros mean
         something only after a rectifier; older parts have none and were ReLU)
     class_dbi          model x layer; part = <model_id>-<layer>
-        model_id, bn, norm, seed, layer, layer_index, activation, dbi, dbi_reason
+        model_id, bn, norm, condition, seed, layer, layer_index, activation, dbi, dbi_reason
     kmeans             model x layer x k; part = <model_id>-<layer>
-        model_id, bn, norm, seed, layer, layer_index, activation, k, dbi, inertia,
+        model_id, bn, norm, condition, seed, layer, layer_index, activation, k, dbi, inertia,
         optimal (the k with the lowest DBI: chosen here, once), dbi_reason
     nc1                model x layer; part = <model_id>-<layer>
-        model_id, bn, norm, seed, layer, layer_index, activation, value, reason
+        model_id, bn, norm, condition, seed, layer, layer_index, activation, value, reason
         (within-class variability collapse, Papyan et al. 2020; NaN + reason where undefined)
     effective_rank     model x layer; part = <model_id>-<layer>
-        model_id, bn, norm, seed, layer, layer_index, activation, value, reason (Roy & Vetterli 2007)
+        model_id, bn, norm, condition, seed, layer, layer_index, activation, value, reason (Roy & Vetterli 2007)
     cka                model pair x layer; part = <layer>-<model_a>-<model_b>
-        model_a, model_b, norm_a, norm_b, seed_a, seed_b, layer, layer_index, cka, reason
+        model_a, model_b, norm_a, norm_b, condition_a, condition_b, seed_a, seed_b, layer, layer_index, cka,
+        reason
         (linear CKA, Kornblith et al. 2019, of the reduced representations of the
-        clustering samples; every pair of norms at one seed, every pair of seeds in one norm)
+        clustering samples; every pair of conditions at one seed, every pair of seeds in one)
+
+`norm` is the normalisation a model was built with and `condition` the study axis's
+entry it belongs to (bnrep.axis: the norm's name, or a condition's tag such as bn-b8);
+parts written before conditions have none and read with condition = norm.
 
 A model whose training diverged (training.diverged) is not analysed: every
 analysis row of it is NaN with the reason "diverged at epoch N: ...".
@@ -125,9 +130,15 @@ def tables(stage: str | None = None, part: str | None = None) -> tuple[str, ...]
 
 
 def with_norm(df: pd.DataFrame) -> pd.DataFrame:
-    """Parts written before the norm axis have only `bn`: norm is batch or none."""
+    """Parts written before the norm axis have only `bn`: norm is batch or none; parts written before
+    conditions (bnrep.axis) have no `condition`: each model's condition is its norm."""
     if "bn" in df and "norm" not in df:
         df.insert(df.columns.get_loc("bn") + 1, "norm", df["bn"].map({True: "batch", False: "none"}))
+    for s in ("", "_a", "_b"):
+        if f"norm{s}" in df and f"condition{s}" not in df:
+            df.insert(df.columns.get_loc(f"norm{s}") + 1, f"condition{s}", df[f"norm{s}"])
+        elif f"condition{s}" in df and f"norm{s}" in df:  # parts of both kinds: the old ones' condition is their norm
+            df[f"condition{s}"] = df[f"condition{s}"].fillna(df[f"norm{s}"])
     return df
 
 

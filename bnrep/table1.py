@@ -14,9 +14,9 @@ def diverged_note(training: pd.DataFrame) -> str:
     if "diverged" not in training or not training["diverged"].fillna(False).astype(bool).any():
         return ""
     d = training[training["diverged"].fillna(False).astype(bool)]
-    per = "; ".join(f"{len(g)} of {(training['norm'] == n).sum()} {SHORT.get(n, n)} models (epoch "
+    per = "; ".join(f"{len(g)} of {(training['condition'] == n).sum()} {SHORT.get(n, n)} models (epoch "
                     f"{', '.join(str(int(e)) for e in sorted(g['diverged_epoch']))})"
-                    for n, g in d.groupby("norm", sort=False))
+                    for n, g in d.groupby("condition", sort=False))
     return (f"Diverged (training loss NaN or inf, training stopped): {per}. Their rows are kept as evidence; "
             f"their accuracies are those of the diverged weights, which are not analysed: every measure of "
             f"them is NaN with the epoch it diverged.")
@@ -27,7 +27,7 @@ def imported_note(training: pd.DataFrame) -> str:
     t = training[imported_mask(training)]
     if t.empty:
         return ""
-    per = ", ".join(f"{len(g)} {SHORT.get(n, n)} model{'s' * (len(g) != 1)}" for n, g in t.groupby("norm", sort=False))
+    per = ", ".join(f"{len(g)} {SHORT.get(n, n)} model{'s' * (len(g) != 1)}" for n, g in t.groupby("condition", sort=False))
     return (f"Imported (bnrep import; trained elsewhere, evaluated here on the same splits): {per}. Their "
             f"training history, stopping rule and sweep are not known.")
 
@@ -37,7 +37,7 @@ def table1(training: pd.DataFrame) -> pd.DataFrame:
     t = training.assign(**{c: training[c] * 100 for c in ("train_acc", "val_acc", "test_acc")})
     order = list(dict.fromkeys(t["experiment"]))
     rows = []
-    for (exp, norm), g in t.groupby(["experiment", "norm"], sort=False):
+    for (exp, norm), g in t.groupby(["experiment", "condition"], sort=False):
         row = {"experiment": exp, "model": model_label(g["arch"].iloc[0], g["dataset"].iloc[0]),
                "bn": SHORT.get(norm, norm), "_n": sort_key(norm), "seeds": g["seed"].nunique(),
                "interpolated": int(g["interpolated"].sum())}

@@ -102,7 +102,7 @@ def make_tables(experiment: str = "digits-cnn", seeds: int = 4, layers=CNN_LAYER
     for norm in norms:
         bn = rule_arg(norm)
         for seed in range(seeds):
-            key = dict(model_id=f"{TAGS[norm]}-s{seed}", bn=norm == "batch", norm=norm, seed=seed)
+            key = dict(model_id=f"{TAGS[norm]}-s{seed}", bn=norm == "batch", norm=norm, condition=norm, seed=seed)
             tr, va, te = acc(bn, seed)
             t["training"].append(dict(key, experiment=e.name, dataset=e.dataset, arch=e.arch, lr=0.01,
                                       momentum=0.99, epochs=epochs, train_acc=tr, val_acc=va, test_acc=te,
@@ -138,7 +138,7 @@ def measure_tables(training, layers, nc1, erank, cka_within, cka_cross, noise, r
     every pair of seeds in one norm), with their own random stream so the older tables keep their values."""
     g = np.random.default_rng(rng + 1000)
     per_layer = {"nc1": [], "effective_rank": [], "cka": []}
-    models = training[["model_id", "bn", "norm", "seed"]].to_dict("records")
+    models = training[["model_id", "bn", "norm", "condition", "seed"]].to_dict("records")
     for m in models:
         for li, name in enumerate(layers, start=1):
             lk = dict(m, layer=name, layer_index=li)
@@ -154,8 +154,8 @@ def measure_tables(training, layers, nc1, erank, cka_within, cka_cross, noise, r
             for li, name in enumerate(layers, start=1):
                 ra, rb = rule_arg(a["norm"]), rule_arg(b["norm"])
                 v = cka_within(ra, li) if same_norm else cka_cross(ra, rb, li)
-                per_layer["cka"].append(dict(model_a=a["model_id"], model_b=b["model_id"], norm_a=a["norm"],
-                                             norm_b=b["norm"], seed_a=a["seed"], seed_b=b["seed"], layer=name,
+                per_layer["cka"].append(dict(model_a=a["model_id"], model_b=b["model_id"], norm_a=a["norm"], condition_a=a["norm"],
+                                             norm_b=b["norm"], condition_b=b["norm"], seed_a=a["seed"], seed_b=b["seed"], layer=name,
                                              layer_index=li, cka=float(np.clip(v + g.uniform(-noise, noise), 0, 1))))
     return {k: pd.DataFrame(v) for k, v in per_layer.items()}
 

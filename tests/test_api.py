@@ -22,7 +22,7 @@ def test_configuration_and_tables(old_results):
     for name in ("training", "kmeans"):
         direct = pd.read_parquet(old_results / "synthetic-cnn" / "results" / name)
         got = getattr(study, name)
-        pd.testing.assert_frame_equal(got.drop(columns="norm").sort_values(list(direct.columns[:3]))
+        pd.testing.assert_frame_equal(got.drop(columns=["norm", "condition"]).sort_values(list(direct.columns[:3]))
                                       .reset_index(drop=True),
                                       direct.sort_values(list(direct.columns[:3])).reset_index(drop=True))
     with pytest.raises(KeyError, match="unknown table"):

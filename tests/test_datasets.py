@@ -107,7 +107,7 @@ def test_cifar100_class_count_reaches_the_head_and_claim_4(tmp_path, monkeypatch
     trainer = Trainer(exp, data, "batch", {"lr": 0.01, "momentum": 0.0}, 0)
     assert trainer.model(data.test.X[:2]).shape == (2, 100)
     assert Results(exp).n_classes == 100
-    km = pd.DataFrame([dict(model_id=f"m-{n}-{s}", norm=n, bn=n == "batch", seed=s, layer=f"l{i}", layer_index=i, k=k, dbi=1.0,
+    km = pd.DataFrame([dict(model_id=f"m-{n}-{s}", norm=n, condition=n, bn=n == "batch", seed=s, layer=f"l{i}", layer_index=i, k=k, dbi=1.0,
                             optimal=k == 14) for n in ("batch", "none") for s in range(2) for i in (1, 2) for k in
                        (2, 14)])
     assert "of 100 classes" in finding_early_clusters(km, 1, Results(exp).n_classes).detail
@@ -197,7 +197,7 @@ def test_claim_4_is_not_judged_against_an_unknown_class_count(tmp_path):
 
     r = Results(folder_exp(tmp_path / "elsewhere"))
     assert r.n_classes == 0
-    km = pd.DataFrame([dict(model_id=f"m-{n}", norm=n, bn=n == "batch", seed=0, layer="l1", layer_index=1, k=2,
+    km = pd.DataFrame([dict(model_id=f"m-{n}", norm=n, condition=n, bn=n == "batch", seed=0, layer="l1", layer_index=1, k=2,
                             dbi=1.0, optimal=True) for n in ("batch", "none")])
     f = finding_early_clusters(km, 1, r.n_classes)
     assert f.verdict == "not evaluated" and "class count is not known" in f.detail

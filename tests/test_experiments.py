@@ -141,7 +141,7 @@ def test_norms_presets_keep_their_recipe(variant, base):
     """The -norms presets and ResNet-18 change only the norms, the architecture and its figure layers."""
     a, b = get_experiment(variant).to_dict(), get_experiment(base).to_dict()
     changed = {k for k in a if a[k] != b[k]}
-    assert changed <= {"name", "description", "norms", "model", "channel_layers", "first_shown_layer"}
+    assert changed <= {"name", "description", "conditions", "model", "channel_layers", "first_shown_layer"}
 
 
 def test_default_experiment():

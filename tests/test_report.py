@@ -237,7 +237,7 @@ def test_band_figures_plot_the_table_values():
 # ==== findings ====
 
 def per_layer(value: str, bn_vals, nobn_vals, seeds: int = 2) -> pd.DataFrame:
-    rows = [dict(model_id=f"{bn}-{s}", bn=bn, norm="batch" if bn else "none", seed=s, layer=f"l{i}", layer_index=i,
+    rows = [dict(model_id=f"{bn}-{s}", bn=bn, norm="batch" if bn else "none", condition="batch" if bn else "none", seed=s, layer=f"l{i}", layer_index=i,
                  **{value: v + 1e-4 * s})
             for bn, vals in ((True, bn_vals), (False, nobn_vals)) for s in range(seeds)
             for i, v in enumerate(vals, start=1)]
@@ -262,8 +262,8 @@ def corr_data(test_acc) -> tuple[pd.DataFrame, pd.DataFrame]:
     ids = [f"m{i}" for i in range(n)]
     bn = [i % 2 == 0 for i in range(n)]
     norm = ["batch" if b else "none" for b in bn]
-    tr = pd.DataFrame(dict(model_id=ids, bn=bn, norm=norm, seed=range(n), train_acc=1.0, test_acc=test_acc))
-    ls = pd.DataFrame(dict(model_id=ids, bn=bn, norm=norm, seed=range(n), layer="l1", layer_index=1,
+    tr = pd.DataFrame(dict(model_id=ids, bn=bn, norm=norm, condition=norm, seed=range(n), train_acc=1.0, test_acc=test_acc))
+    ls = pd.DataFrame(dict(model_id=ids, bn=bn, norm=norm, condition=norm, seed=range(n), layer="l1", layer_index=1,
                            sparsity=np.arange(1, n + 1) / 10))
     return tr, ls
 
@@ -317,7 +317,7 @@ def test_finding_early_clusters(verdict):
 
 def test_optimal_k_skips_dead_layers_and_breaks_ties_low():
     """The analysis stage's contract: ties to the lowest k, no optimal row for a dead (all-NaN) layer."""
-    km = pd.DataFrame(dict(model_id="m", bn=True, norm="batch", seed=0, layer=["a"] * 3 + ["b"] * 2,
+    km = pd.DataFrame(dict(model_id="m", bn=True, norm="batch", condition="batch", seed=0, layer=["a"] * 3 + ["b"] * 2,
                            layer_index=[1] * 3 + [2] * 2, k=[2, 3, 4, 2, 3], dbi=[0.5, 0.3, 0.3, math.nan, math.nan],
                            inertia=1.0, optimal=[False, True, False, False, False]))
     best = results.optimal_k(km)
@@ -326,7 +326,7 @@ def test_optimal_k_skips_dead_layers_and_breaks_ties_low():
 
 def test_optimal_k_is_read_not_recomputed():
     """The report takes the stage's `optimal` row even where another k has a lower DBI."""
-    km = pd.DataFrame(dict(model_id="m", bn=True, norm="batch", seed=0, layer="a", layer_index=1, k=[2, 3, 4],
+    km = pd.DataFrame(dict(model_id="m", bn=True, norm="batch", condition="batch", seed=0, layer="a", layer_index=1, k=[2, 3, 4],
                            dbi=[0.1, 0.3, 0.5], inertia=1.0, optimal=[False, False, True]))
     assert results.optimal_k(km)[["k_opt", "dbi"]].values.tolist() == [[4, 0.5]]
 
@@ -588,7 +588,7 @@ def welch_reference(a, b) -> float:
 
 def noisy_layers(bn_vals, nobn_vals, noise) -> pd.DataFrame:
     """4 seeds; seed s adds noise[bn][s] to every layer."""
-    rows = [dict(model_id=f"{bn}-{s}", bn=bn, norm="batch" if bn else "none", seed=s, layer=f"l{i}", layer_index=i,
+    rows = [dict(model_id=f"{bn}-{s}", bn=bn, norm="batch" if bn else "none", condition="batch" if bn else "none", seed=s, layer=f"l{i}", layer_index=i,
                  sparsity=v + noise[bn][s])
             for bn, vals in ((True, bn_vals), (False, nobn_vals)) for s in range(4) for i, v in enumerate(vals, 1)]
     return pd.DataFrame(rows)
@@ -620,7 +620,7 @@ def test_welch_rule_is_stated_in_the_report(full):
 
 def test_partial_correlation_against_regression_residuals():
     g = np.random.default_rng(1)
-    m = pd.DataFrame(dict(norm=["batch"] * 5 + ["none"] * 5, x=g.normal(size=10), y=g.normal(size=10)))
+    m = pd.DataFrame(dict(norm=["batch"] * 5 + ["none"] * 5, condition=["batch"] * 5 + ["none"] * 5, x=g.normal(size=10), y=g.normal(size=10)))
     D = np.column_stack([np.ones(10), m["norm"] == "batch"]).astype(float)  # intercept + group dummy
     rx = m["x"] - D @ np.linalg.lstsq(D, m["x"], rcond=None)[0]
     ry = m["y"] - D @ np.linalg.lstsq(D, m["y"], rcond=None)[0]
@@ -635,9 +635,9 @@ def test_a_correlation_that_is_only_the_norm_groups_is_inconclusive():
     """BN models sparser and better, no BN models less sparse and worse; within each group no relation."""
     within_s, within_a = np.array([0, .02, .04, .06]), np.array([.015, -.005, -.015, .005])
     tr = pd.DataFrame(dict(model_id=[f"m{i}" for i in range(8)], bn=[True] * 4 + [False] * 4,
-                           norm=["batch"] * 4 + ["none"] * 4, seed=list(range(4)) * 2, train_acc=1.0,
+                           norm=["batch"] * 4 + ["none"] * 4, condition=["batch"] * 4 + ["none"] * 4, seed=list(range(4)) * 2, train_acc=1.0,
                            test_acc=np.r_[.98 + within_a, .90 + within_a]))
-    ls = tr[["model_id", "bn", "norm", "seed"]].assign(layer="l1", layer_index=1, sparsity=np.r_[.5 + within_s, .1 + within_s])
+    ls = tr[["model_id", "bn", "norm", "condition", "seed"]].assign(layer="l1", layer_index=1, sparsity=np.r_[.5 + within_s, .1 + within_s])
     f = findings.finding_generalisation(tr, ls)
     assert f.numbers["test_acc"]["pearson_r"] > 0.9 and f.numbers["test_acc"]["pearson_p"] < 0.05  # counts across
     assert f.verdict == "inconclusive", f.detail  # without the partial correlation: "not supported"
@@ -655,7 +655,7 @@ def set_rows(tables, name, query, **values):
 
 def trials(lr_bn: float, lr_nobn: float) -> pd.DataFrame:
     """Sweep trials: the best (objective 0.9) at the given learning rates, worse ones mid-range."""
-    return pd.DataFrame([dict(trial_id=f"{n}{i}", bn=n == "batch", norm=n, lr=lr, objective=obj)
+    return pd.DataFrame([dict(trial_id=f"{n}{i}", bn=n == "batch", norm=n, condition=n, lr=lr, objective=obj)
                          for n, best in (("batch", lr_bn), ("none", lr_nobn))
                          for i, (lr, obj) in enumerate([(best, 0.9), (0.01, 0.8), (0.02, 0.7)])])
 
@@ -901,7 +901,7 @@ def test_predictor_table_equals_scipy(make):
 def measure_case(nc1_of_acc) -> results.Results:
     """8 models; BN models 4 pp better; NC1 per model from its norm, test accuracy and seed."""
     tr = pd.DataFrame(dict(model_id=[f"m{i}" for i in range(8)], bn=[True] * 4 + [False] * 4,
-                           norm=["batch"] * 4 + ["none"] * 4, seed=list(range(4)) * 2, train_acc=1.0,
+                           norm=["batch"] * 4 + ["none"] * 4, condition=["batch"] * 4 + ["none"] * 4, seed=list(range(4)) * 2, train_acc=1.0,
                            test_acc=np.r_[.98 + np.array([.01, -.01, .005, -.005]), .94 + np.array([.01, -.01, .005, -.005])]))
     nc1 = tr[["model_id", "bn", "norm", "seed"]].assign(layer="l1", layer_index=1,
                                                         value=[nc1_of_acc(n, a, s) for n, a, s in zip(tr["norm"], tr["test_acc"], tr["seed"])])
@@ -943,9 +943,9 @@ def test_predictor_section_in_the_report_with_the_real_model_count(tmp_path):
     assert f"| {top['measure']} | " in md.split("## Which measure predicts generalisation")[1].split("\n| ---")[1]
     fj = json.loads((d / "findings.json").read_text())
     assert fj["predictors"][0]["pearson_r"] == pytest.approx(top["pearson_r"])
-    assert {m["norm"] for m in fj["measures"]["nc1"]} == set(NORMS4) and len(fj["measures"]["cka"]) == (6 + 4) * 5
+    assert {m["condition"] for m in fj["measures"]["nc1"]} == set(NORMS4) and len(fj["measures"]["cka"]) == (6 + 4) * 5
     nc1 = r.table("nc1").query("norm == 'group' and layer_index == 2")["value"]
-    row = next(m for m in fj["measures"]["nc1"] if m["norm"] == "group" and m["layer_index"] == 2)
+    row = next(m for m in fj["measures"]["nc1"] if m["condition"] == "group" and m["layer_index"] == 2)
     assert (row["mean"], row["std"]) == pytest.approx((nc1.mean(), nc1.std(ddof=1)))
 
 
@@ -982,7 +982,7 @@ def test_figures_stay_readable_at_49_probes():
     for norm in ("batch", "none"):
         for s in range(2):
             for i in range(1, 50):
-                key = dict(model_id=f"m-{norm}-{s}", norm=norm, bn=norm == "batch", seed=s, layer=f"l{i}",
+                key = dict(model_id=f"m-{norm}-{s}", norm=norm, condition=norm, bn=norm == "batch", seed=s, layer=f"l{i}",
                            layer_index=i, activation="GELU" if i % 7 == 0 else "ReLU", eps=0.0)
                 rows.append({**key, "sparsity": rng.random(), "dbi": rng.random()})
                 chans += [{**key, "channel": c, "sparsity": rng.random()} for c in range(4)]
@@ -1010,7 +1010,7 @@ def test_sparsity_claims_judge_rectifier_layers_only():
     from bnrep.experiments import get_experiment
     from bnrep.results import Results
     exp = get_experiment("synthetic-cnn").override(seeds=3)
-    rows = [dict(model_id=f"m-{n}-{s}", norm=n, bn=n == "batch", seed=s, layer=f"l{i}", layer_index=i, eps=0.0,
+    rows = [dict(model_id=f"m-{n}-{s}", norm=n, condition=n, bn=n == "batch", seed=s, layer=f"l{i}", layer_index=i, eps=0.0,
                  activation="ReLU" if i <= 3 else "GELU", sparsity=(0.6 if n == "batch" else 0.2) + 0.01 * s)
             for n in ("batch", "none") for s in range(3) for i in range(1, 6)]
     fs = {f.number: f for f in findings.findings(Results(exp, {"layer_sparsity": pd.DataFrame(rows)}))}
@@ -1027,7 +1027,7 @@ def test_sparsity_claims_judge_rectifier_layers_only():
 def test_claim_3_counts_only_detectable_differences(spread, lower):
     """Class DBI lower with BN in every layer on average, but within seed noise (Welch p >= P_MAX) when the
     seeds spread widely: those layers do not count as lower, and claim 3 is not supported by them."""
-    rows = [dict(model_id=f"m-{n}-{s}", norm=n, bn=n == "batch", seed=s, layer=f"l{i}", layer_index=i,
+    rows = [dict(model_id=f"m-{n}-{s}", norm=n, condition=n, bn=n == "batch", seed=s, layer=f"l{i}", layer_index=i,
                  dbi=(3.0 if n == "batch" else 3.2) + (s - 1) * (spread if n == "batch" else 0.3 * spread))
             for n in ("batch", "none") for s in range(3) for i in (1, 2, 3)]
     f = findings.finding_purity(pd.DataFrame(rows), pd.DataFrame(), 1)
@@ -1038,7 +1038,7 @@ def test_claim_3_counts_only_detectable_differences(spread, lower):
 def test_settings_print_hyperparameters_at_three_digits():
     from bnrep.experiments import get_experiment
     from bnrep.results import Results
-    t = pd.DataFrame([dict(model_id=f"m{s}", norm="batch", bn=True, seed=s, lr=0.01878985266149949, momentum=0.95,
+    t = pd.DataFrame([dict(model_id=f"m{s}", norm="batch", condition="batch", bn=True, seed=s, lr=0.01878985266149949, momentum=0.95,
                            epochs=3, interpolated=False, train_acc=0.5, val_acc=0.5, test_acc=0.5,
                            experiment="synthetic-cnn", dataset="synthetic", arch="cnn") for s in range(2)])
     rows = dict((r[0], r[1]) for r in report.settings_rows(Results(get_experiment("synthetic-cnn"), {"training": t})))
@@ -1046,7 +1046,7 @@ def test_settings_print_hyperparameters_at_three_digits():
 
 
 def test_table1_names_diverged_models_per_norm():
-    t = pd.DataFrame([dict(model_id=f"m-{n}-{s}", norm=n, diverged=n == "none" and s < 2,
+    t = pd.DataFrame([dict(model_id=f"m-{n}-{s}", norm=n, condition=n, diverged=n == "none" and s < 2,
                            diverged_epoch=(3 + s) if n == "none" and s < 2 else 0) for n in ("batch", "none")
                       for s in range(3)])
     assert report.diverged_note(t).startswith("Diverged (training loss NaN or inf, training stopped): 2 of 3 NBN "
@@ -1059,10 +1059,10 @@ def test_figures_of_diverged_models_render():
     """Every model diverged: NaN losses and NaN measures. The figures draw (linear axes), no exception."""
     from bnrep.experiments import get_experiment
     from bnrep.results import Results
-    h = pd.DataFrame([dict(model_id=f"m-{n}", norm=n, bn=n == "batch", seed=0, epoch=e, train_loss=np.nan if e > 1
+    h = pd.DataFrame([dict(model_id=f"m-{n}", norm=n, condition=n, bn=n == "batch", seed=0, epoch=e, train_loss=np.nan if e > 1
                            else np.inf, train_acc_running=0.1, val_acc=0.1, diverged=e == 2)
                       for n in ("batch", "none") for e in (1, 2)])
-    nc = pd.DataFrame([dict(model_id=f"m-{n}", norm=n, bn=n == "batch", seed=0, layer=f"l{i}", layer_index=i,
+    nc = pd.DataFrame([dict(model_id=f"m-{n}", norm=n, condition=n, bn=n == "batch", seed=0, layer=f"l{i}", layer_index=i,
                             value=np.nan, reason="the representations contain NaN or inf")
                        for n in ("batch", "none") for i in (1, 2)])
     r = Results(get_experiment("synthetic-cnn"), {"training_history": h, "nc1": nc})
@@ -1073,7 +1073,7 @@ def test_figures_of_diverged_models_render():
 def test_diverged_models_make_the_verdicts_inconclusive():
     from bnrep.experiments import get_experiment
     from bnrep.results import Results
-    t = pd.DataFrame([dict(model_id=f"m-{n}-{s}", norm=n, bn=n == "batch", seed=s, interpolated=True, epochs=3,
+    t = pd.DataFrame([dict(model_id=f"m-{n}-{s}", norm=n, condition=n, bn=n == "batch", seed=s, interpolated=True, epochs=3,
                            test_acc=0.9, train_acc=1.0, val_acc=0.9, lr=0.01, diverged=n == "none" and s == 0,
                            diverged_epoch=2 if n == "none" and s == 0 else 0)
                       for n in ("batch", "none") for s in range(3)])

@@ -189,7 +189,7 @@ def test_layer_task_on_nonfinite_representations_writes_nan_with_reasons(tmp_pat
     X = np.random.default_rng(0).random((40, 6)).astype(np.float32)
     X[3, 2], X[7, 0] = np.nan, np.inf
     y = np.arange(40) % 4
-    row = {"model_id": "cnn-nobn-s0", "norm": "none", "seed": 0}
+    row = {"model_id": "cnn-nobn-s0", "norm": "none", "condition": "none", "seed": 0}
     layer_task(str(tmp_path), exp, row, Probe("conv2", 2, "ReLU", "features.4"), X, y, ("clustering", "measures"),
                "torch", table_hashes(exp))
     store = Store(str(tmp_path), exp.name)
@@ -218,7 +218,7 @@ def test_nan_values_have_no_sparsity(tmp_path):
     reps = extract_representations(OnlyReLU(), X, n_sparsity=2, device="cpu")
     np.testing.assert_array_equal(reps[0].nonfinite, [1, 0])
     exp = get_experiment("digits-cnn").override(**SMOKE, eps=(0.0,))
-    row = {"model_id": "m", "norm": "none", "seed": 0}
+    row = {"model_id": "m", "norm": "none", "condition": "none", "seed": 0}
     write_sparsity(Store(str(tmp_path), exp.name), exp, row, reps, table_hashes(exp))
     chan = pd.read_parquet(tmp_path / exp.name / "results" / "channel_sparsity").sort_values("channel")
     assert np.isnan(chan["sparsity"].iloc[0]) and chan["sparsity"].iloc[1] == 6 / 8  # 3 zeros + 3 from ReLU

@@ -59,7 +59,8 @@ LAYER_WORK = {"clustering": ("class_dbi", "kmeans"), "measures": ("nc1", "effect
 
 def model_keys(row: dict) -> dict:
     """The columns that name a model in every analysis table."""
-    return {"model_id": row["model_id"], "bn": row["norm"] == "batch", "norm": row["norm"], "seed": row["seed"]}
+    return {"model_id": row["model_id"], "bn": row["norm"] == "batch", "norm": row["norm"],
+            "condition": row["condition"], "seed": row["seed"]}
 
 
 def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, n_sparsity: int, probes: list[Probe],
@@ -140,7 +141,7 @@ def cka_task(out: str, exp: Experiment, a: dict, b: dict, layer: str, index: int
 def write_cka(store: Store, a: dict, b: dict, layer: str, index: int, value: float, reason: str,
               cka_hash: str) -> None:
     row = {"model_a": a["model_id"], "model_b": b["model_id"], "norm_a": a["norm"], "norm_b": b["norm"],
-           "seed_a": a["seed"], "seed_b": b["seed"], "layer": layer, "layer_index": index, "cka": value,
+           "condition_a": a["condition"], "condition_b": b["condition"], "seed_a": a["seed"], "seed_b": b["seed"], "layer": layer, "layer_index": index, "cka": value,
            "reason": reason}
     store.write_part("cka", cka_part(layer, a, b), pd.DataFrame([row]), cka_hash, **placement())
 
@@ -176,10 +177,10 @@ def cka_part(layer: str, a: dict, b: dict) -> str:
 
 
 def cka_pairs(models: pd.DataFrame) -> list[tuple[dict, dict]]:
-    """Every pair of norms at one seed, and every pair of seeds within one norm (the baseline)."""
-    rows = sorted(models.to_dict("records"), key=lambda r: (sort_key(r["norm"]), r["seed"]))
+    """Every pair of conditions at one seed, and every pair of seeds within one condition (the baseline)."""
+    rows = sorted(models.to_dict("records"), key=lambda r: (sort_key(r["condition"]), r["seed"]))
     return [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]
-            if (a["seed"] == b["seed"]) != (a["norm"] == b["norm"])]
+            if (a["seed"] == b["seed"]) != (a["condition"] == b["condition"])]
 
 
 # ==== the plan ====

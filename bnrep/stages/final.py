@@ -1,4 +1,4 @@
-"""Stage 2: train the seed x normalisation grid with Ray Tune.
+"""Stage 2: train the seed x condition grid with Ray Tune (a condition: a normalisation, bnrep.axis).
 
 Each model trains to its preset's stopping rule, reporting a checkpoint to
 Tune every epoch; a failed trial (a node lost) restarts from its last
@@ -22,7 +22,7 @@ from bnrep.data import load_data
 from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
 from bnrep.models import model_id
-from bnrep.norms import SHORT, TAGS
+from bnrep.norms import SHORT, TAGS, get_norm
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, default_gpus, placement, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, tune_config
@@ -36,20 +36,22 @@ def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: b
     from ray import tune
 
     quiet_when_stopped()
-    seed, norm, hp = config["run"]["seed"], config["run"]["norm"], config["run"]["hparams"]
-    mid, bn = model_id(exp.model, norm, seed), norm == "batch"
+    seed, cond, hp = config["run"]["seed"], config["run"]["norm"], config["run"]["hparams"]  # norm: the condition
+    norm = get_norm(cond).norm
+    mid, bn = model_id(exp.model, cond, seed), norm == "batch"
     store = Store(out, exp.name)
     data = load_data(exp, data_root, device=best_device())
-    trainer = Trainer(exp, data, norm, hp, seed, amp=amp)
+    trainer = Trainer(exp.for_condition(cond), data, cond, hp, seed, amp=amp)
     resumed_from = train_in_tune(trainer, extra={"model_id": mid})
     r = trainer.finish()
     row = {"model_id": mid, "experiment": exp.name, "dataset": exp.dataset, "arch": exp.model, "model": exp.model,
            "bn": bn,
-           "norm": norm, "seed": seed, "lr": float(hp["lr"]), "momentum": float(hp.get("momentum", 0.0)), "epochs": r.epochs,
+           "norm": norm, "condition": cond, "seed": seed, "lr": float(hp["lr"]), "momentum": float(hp.get("momentum", 0.0)), "epochs": r.epochs,
            "best_epoch": r.best_epoch, "train_acc": r.train_acc, "val_acc": r.val_acc, "test_acc": r.test_acc,
            "interpolated": r.interpolated, "diverged": bool(r.diverged_epoch), "diverged_epoch": r.diverged_epoch}
-    digest = save_model(store, mid, r.model, exp, hp, row, data.num_classes)
-    history = pd.DataFrame([{"model_id": mid, "bn": bn, "norm": norm, "seed": seed, **vars(m)} for m in r.history])
+    digest = save_model(store, mid, r.model, trainer.exp, hp, row, data.num_classes)  # the recipe it trained with
+    history = pd.DataFrame([{"model_id": mid, "bn": bn, "norm": norm, "condition": cond, "seed": seed, **vars(m)}
+                            for m in r.history])
     where = {**placement(), "resumed_from_epoch": resumed_from}  # provenance, of a resumed trial too
     store.write_part("training_history", mid, history, train_hash, **where)
     store.write_part("training", mid, pd.DataFrame([row]), train_hash,  # last: marks the model complete
@@ -61,7 +63,7 @@ def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: b
 def grid_hparams(exp: Experiment, store: Store, paper: bool) -> dict[str, dict]:
     """hparams per normalisation: the sweep's best, or the preset's."""
     if paper:
-        return {n: exp.paper_hparams(n) for n in exp.norms}
+        return {n: exp.for_condition(n).paper_hparams(n) for n in exp.norms}
     if not store.exists("hparam/best_hparams.json"):
         raise UsageError(f"no sweep results in {store.out}/{exp.name}/hparam: run sweeps/hparam.py "
                          f"--experiment {exp.name} first, or pass --paper-hparams")
@@ -85,7 +87,7 @@ def forget_analysis(store: Store, mids: list[str]) -> None:
 def print_summary(df: pd.DataFrame) -> None:
     """Table-1-style: accuracy in percent, mean +- std over seeds."""
     print(f"\n{'model':16} {'seeds':>5} {'train %':>16} {'val %':>16} {'test %':>16} {'epochs':>7}")
-    for (arch, norm), g in df.groupby(["arch", "norm"], sort=False):
+    for (arch, norm), g in df.groupby(["arch", "condition"], sort=False):
         cells = [f"{100 * g[c].mean():7.3f} ± {100 * g[c].std():5.3f}" for c in ("train_acc", "val_acc", "test_acc")]
         name = f"{arch} {SHORT.get(norm, norm)}"
         print(f"{name:16} {len(g):5d} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} {g['epochs'].mean():7.1f}")

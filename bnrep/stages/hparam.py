@@ -1,4 +1,4 @@
-"""Stage 1: Ray Tune hyperparameter sweep, one search per normalisation.
+"""Stage 1: Ray Tune hyperparameter sweep, one search per condition (a normalisation, bnrep.axis).
 
 Searches learning rate (log-uniform) x momentum (SGD presets) with an ASHA
 scheduler. Objective (paper 3.1.1): validation accuracy at the epoch a model
@@ -21,7 +21,7 @@ from bnrep.config import RunOptions, StageFailed, header, stage_hashes, start_fr
 from bnrep.data import load_data
 from bnrep.experiments import Experiment, lr_edge
 from bnrep.lock import writer_lock
-from bnrep.norms import TAGS
+from bnrep.norms import TAGS, get_norm
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, default_gpus, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, tune_config
@@ -36,8 +36,9 @@ def trial(config: dict, exp: Experiment, data_root: str | None, amp: bool) -> No
     """One Tune trial: train with the sampled hparams, report every epoch."""
     quiet_when_stopped()
     data = load_data(exp, data_root, device=best_device())
-    trainer = Trainer(exp, data, config["norm"], config, SWEEP_SEED, amp=amp,
-                      max_epochs=exp.sweep_max_epochs or exp.max_epochs)
+    cond = exp.for_condition(config["norm"])  # config["norm"]: the condition (bnrep.axis)
+    trainer = Trainer(cond, data, config["norm"], config, SWEEP_SEED, amp=amp,
+                      max_epochs=cond.sweep_max_epochs or cond.max_epochs)
     train_in_tune(trainer)
 
 
@@ -45,6 +46,7 @@ def trial(config: dict, exp: Experiment, data_root: str | None, amp: bool) -> No
 def search_space(exp: Experiment, norm: str) -> dict:
     from ray import tune
 
+    exp = exp.for_condition(norm)
     space = {"norm": norm, "lr": tune.loguniform(*exp.lr_range)}
     if exp.optimizer == "sgd":
         space["momentum"] = tune.choice(list(exp.momentum_choices))
@@ -66,7 +68,7 @@ def run_search(exp: Experiment, opts: RunOptions, store: Store, norm: str, gpus:
         print(f"[hparam] {tag}: resuming the interrupted search in {path}", flush=True)
         return trials_table(tune.Tuner.restore(path, trainable=fn, param_space=space, resume_errored=True).fit(), norm)
     store.delete(rel)  # what a run killed before Tune saved a usable state left
-    max_t = exp.sweep_max_epochs or exp.max_epochs
+    max_t = exp.for_condition(norm).sweep_max_epochs or exp.for_condition(norm).max_epochs
     progress = tune_progress(f"hparam {tag}", exp.num_samples, max_t, describe_config, describe_trial)
     tuner = tune.Tuner(
         fn, param_space=space,
@@ -83,7 +85,8 @@ def trials_table(grid, norm: str) -> pd.DataFrame:
     rows = []
     for r in grid:
         m, cfg = r.metrics or {}, r.config or {}
-        rows.append({"trial_id": m.get("trial_id", ""), "bn": norm == "batch", "norm": norm, "lr": float(cfg.get("lr", "nan")),
+        rows.append({"trial_id": m.get("trial_id", ""), "bn": get_norm(norm).norm == "batch",
+                     "norm": get_norm(norm).norm, "condition": norm, "lr": float(cfg.get("lr", "nan")),
                      "momentum": float(cfg.get("momentum", 0.0)), "epochs": int(m.get("epoch", 0)),
                      "train_acc": float(m.get("train_acc", "nan")),
                      "train_acc_running": float(m.get("train_acc_running", "nan")),
@@ -150,7 +153,8 @@ def run(exp: Experiment, opts: RunOptions) -> int:
             for norm in todo:
                 tag = TAGS[norm]
                 print(f"[hparam] {tag}: {exp.num_samples} trials, lr in {exp.lr_range}"
-                      + (f", momentum in {exp.momentum_choices}" if exp.optimizer == "sgd" else ""), flush=True)
+                      + (f", momentum in {exp.momentum_choices}" if exp.for_condition(norm).optimizer == "sgd" else ""),
+                      flush=True)
                 trials = run_search(exp, opts, store, norm, gpus)
                 best[tag] = best_trial(trials)
                 if trials["diverged"].any():

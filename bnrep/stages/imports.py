@@ -53,7 +53,7 @@ from bnrep.norms import ChannelBias, NormError, get_norm, ordered
 from bnrep.store import Store
 
 COLUMNS = ("model_id", "model", "norm", "seed", "weights")  # what every entry names
-WRITTEN = ("experiment", "dataset", "arch", "bn", "lr", "momentum", "epochs", "best_epoch", "train_acc",
+WRITTEN = ("experiment", "dataset", "arch", "bn", "condition", "lr", "momentum", "epochs", "best_epoch", "train_acc",
            "val_acc", "test_acc", "interpolated", "diverged", "diverged_epoch", "imported")  # bnrep's columns
 PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
 STATE_KEYS = ("state_dict", "model_state_dict", "model")  # where checkpoint dicts keep their weights
@@ -154,7 +154,7 @@ def import_experiment(exp: Experiment | None, name: str, entries: list[Entry], d
         if not dataset:
             raise ConfigError(f"unknown experiment {name!r}: name a preset or a study file, or pass --dataset "
                               f"to import into a new experiment called {name}")
-        return Experiment(name=name, dataset=dataset, model=spec, norms=norms, channel_layers=(),
+        return Experiment(name=name, dataset=dataset, model=spec, conditions=norms, channel_layers=(),
                           image_size=image_size, val_size=NEW_VAL_SIZE, description="imported models")
     return exp.with_model(spec).override(norms=norms, dataset=dataset, image_size=image_size)
 
@@ -238,7 +238,7 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
     entries = read_models(models_file)
     store = open_store(opts.out, exp or name)
     old = read_config(store)
-    earlier = () if opts.fresh or not old.get("imported") else tuple(old["experiment"]["norms"])
+    earlier = () if opts.fresh or not old.get("imported") else Experiment.from_dict(old["experiment"]).norms
     exp = import_experiment(exp, name, entries, dataset, image_size, earlier)
     check_data(exp, opts.data_root)
     shape, num_classes = input_shape(exp), len(class_names(exp.dataset))
@@ -279,7 +279,8 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
             model = fitted(e, exp, shape, num_classes).to(device)
             acc = {s: accuracy(model, getattr(data, s), device) for s in ("train", "val", "test")}
             row = {"model_id": e.model_id, "experiment": exp.name, "dataset": exp.dataset, "arch": e.model,
-                   "model": e.model, "bn": e.norm == "batch", "norm": e.norm, "seed": e.seed,
+                   "model": e.model, "bn": e.norm == "batch", "norm": e.norm, "condition": e.norm,
+                   "seed": e.seed,
                    "lr": math.nan, "momentum": math.nan, "epochs": math.nan, "best_epoch": math.nan,
                    "train_acc": acc["train"], "val_acc": acc["val"], "test_acc": acc["test"],
                    "interpolated": acc["train"] >= 1.0, "diverged": False, "diverged_epoch": math.nan,

@@ -1,0 +1,188 @@
+"""The study's axis: conditions, each a normalisation plus optional training overrides.
+
+A study compares conditions. A condition without overrides is a normalisation
+(`batch`, `group:8`, `none`: bnrep.norms), so `--norms batch,none` is the
+paper's axis as before. A condition with overrides has a tag of its own:
+
+    --conditions "batch; bn-b8:batch,batch_size=8; gn-b8:group:32,batch_size=8; ghost:16; ws+group"
+
+    ITEM      [TAG:]NORM[,FIELD=VALUE ...][,label=TEXT][,color=COLOUR]
+    TAG       letters, digits and . _ + - (it names the models: cnn-bn-b8-s0); not a
+              normalisation's name or tag
+    FIELD     a training field of the experiment (OVERRIDES): batch_size, weight_decay, lr, ...
+
+Items are separated by `;`. A plain normalisation needs no tag (a tag given to
+it is dropped: its models are the normalisation's). The label defaults to the
+normalisation's label and the overrides ("BatchNorm, batch size 8"), the colour
+to a shade of the normalisation's colour family. Each condition is stored in
+one canonical spelling (`bn-b8:batch,batch_size=8`), which is what
+config.json records; `register` makes its tag known to every lookup of
+bnrep.norms (tag, label, colour, display order, the modules it builds).
+
+A study file (TOML) gives the same as a string, a list of items, or a table:
+
+    [conditions]
+    batch = {}                                   # a normalisation
+    bn-b8 = {norm = "batch", batch_size = 8, label = "BatchNorm, batch 8"}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from bnrep.norms import CONDITIONS, FAMILIES, NORMS, Norm, NormError, get_norm, register, sort_key
+
+# Training fields a condition may change, with their types (the rest of the recipe is shared).
+OVERRIDES = {"batch_size": int, "weight_decay": float, "optimizer": str, "lr": float, "momentum": float,
+             "lr_gamma": float, "lr_step_epochs": int, "max_epochs": int, "stop": str, "patience": float}
+KINDS = {int: "a whole number", float: "a number", str: "a word"}
+DISPLAY = ("label", "color")
+TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,31}")
+SHADES = {  # colours of conditions built on a normalisation, by their order among its conditions
+    "batch": ("navy", "royalblue", "deepskyblue", "lightskyblue", "slateblue", "cadetblue"),
+    "group": ("darkgreen", "limegreen", "yellowgreen", "olive", "seagreen", "darkseagreen"),
+    "none": ("saddlebrown", "gold", "peru", "darkorange", "khaki", "chocolate"),
+}
+OTHER_SHADES = ("crimson", "teal", "indigo", "goldenrod", "magenta", "dimgray")
+
+
+class ConditionError(ValueError):
+    """A condition that cannot be parsed; the message is one line."""
+
+
+def split_items(text) -> list[str]:
+    """`a; b` or `a,b` (--norms: norms only), or a list of items -> items, stripped, empty ones dropped."""
+    if isinstance(text, str):
+        parts = text.split(";") if ";" in text or "=" in text else text.split(",")
+    elif isinstance(text, (list, tuple)):
+        parts = list(text)
+    else:  # one value (a number in a hand-written file): the one-line error of an unknown norm follows
+        parts = [str(text)]
+    return [str(p).strip() for p in parts if str(p).strip()]
+
+
+def parse(item: str) -> tuple[str, str, dict, dict]:
+    """'bn-b8:batch,batch_size=8' -> (tag, norm, overrides, display); tag '' for a plain norm."""
+    head, *rest = [p.strip() for p in item.split(",")]
+    if is_norm(head):
+        tag, norm = "", head
+    else:
+        tag, _, norm = head.partition(":")
+        if not norm or tag in FAMILIES or tag in NORMS:  # no norm, or a family's bad argument: the table's one line
+            try:
+                get_norm(head)
+            except NormError as e:
+                raise ConditionError(str(e)) from None
+        if norm in CONDITIONS:
+            raise ConditionError(f"condition {item!r}: {norm!r} is a condition's tag, not a normalisation")
+        try:
+            get_norm(norm)
+        except NormError as e:
+            raise ConditionError(f"condition {item!r}: {e}") from None
+    overrides, display = {}, {}
+    for kv in rest:
+        key, eq, value = (x.strip() for x in kv.partition("="))
+        if not eq or not value:
+            raise ConditionError(f"condition {item!r}: {kv!r} is not FIELD=VALUE")
+        if key in DISPLAY:
+            display[key] = value
+        elif key in OVERRIDES:
+            try:
+                overrides[key] = OVERRIDES[key](value)
+            except ValueError:
+                raise ConditionError(f"condition {item!r}: {key} needs {KINDS[OVERRIDES[key]]}, "
+                                     f"got {value!r}") from None
+        else:
+            raise ConditionError(f"condition {item!r}: {key!r} is not a field a condition can change "
+                                 f"(valid: {', '.join(OVERRIDES)}, label, color)")
+    if overrides and not tag:
+        raise ConditionError(f"condition {item!r} changes {', '.join(overrides)}: give it a tag, "
+                             f"e.g. mine:{item}")
+    if not overrides:
+        if display:
+            raise ConditionError(f"condition {item!r}: label and color belong to conditions with overrides; "
+                                 f"a normalisation keeps its own")
+        tag = ""
+    if tag:
+        check_tag(tag, item)
+    return tag, norm, overrides, display
+
+
+def is_norm(name: str) -> bool:
+    """A normalisation of bnrep.norms (not a condition's tag)."""
+    if name in CONDITIONS:
+        return False
+    try:
+        get_norm(name)
+        return True
+    except NormError:
+        return False
+
+
+def check_tag(tag: str, item: str) -> None:
+    if not TAG.fullmatch(tag):
+        raise ConditionError(f"condition {item!r}: tag {tag!r} must be letters, digits and . _ + - "
+                             f"(at most 32, starting with a letter or digit)")
+    taken = {*NORMS, *FAMILIES, *(n.tag for n in NORMS.values())}
+    if tag in taken or re.fullmatch(r"(gn|gbn)\d+", tag):  # the family tags: group:G -> gnG, ghost:B -> gbnB
+        raise ConditionError(f"condition {item!r}: tag {tag!r} is a normalisation's name or tag; choose another")
+
+
+def canonical(item: str) -> str:
+    """The one spelling config.json stores: the norm's name, or TAG:NORM,fields sorted,label,color."""
+    tag, norm, overrides, display = parse(item)
+    if not tag:
+        return norm
+    fields = [f"{k}={v}" for k, v in sorted(overrides.items())] + [f"{k}={display[k]}" for k in DISPLAY if k in display]
+    return ",".join([f"{tag}:{norm}", *fields])
+
+
+def name_of(item: str) -> str:
+    """The condition's name on the axis and in every table: its tag, or the norm's name."""
+    tag, norm, _, _ = parse(item)
+    return tag or norm
+
+
+def entries(items) -> list[Norm]:
+    """The norm-table entries of conditions with overrides, coloured by their order per normalisation."""
+    out, per_base = [], {}
+    parsed = [p for p in map(parse, items) if p[0]]
+    # coloured in display order (the normalisation's, then the overrides' values): the same colours however given
+    parsed.sort(key=lambda p: (sort_key(p[1])[:2], [(k, str(v).zfill(12)) for k, v in sorted(p[2].items())], p[0]))
+    for tag, norm, overrides, display in parsed:
+        base = get_norm(norm)
+        family = base.name.partition(":")[0].removeprefix("ws+")
+        shades = SHADES.get(family, OTHER_SHADES)
+        i = per_base[family] = per_base.get(family, -1) + 1
+        said = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(overrides.items()))
+        out.append(dataclasses.replace(
+            base, name=tag, tag=tag, short=tag, label=display.get("label", f"{base.label}, {said}"),
+            color=display.get("color", shades[i % len(shades)]), base=base.name,
+            overrides=tuple(sorted(overrides.items()))))
+    return out
+
+
+def register_all(items) -> None:
+    for entry in entries(items):
+        register(entry)
+
+
+def overrides_of(name: str) -> dict:
+    """The training fields condition `name` changes ({} for a normalisation)."""
+    return dict(get_norm(name).overrides)
+
+
+def from_table(table: dict) -> list[str]:
+    """A study file's [conditions] table -> items: tag = {norm = ..., FIELD = VALUE, label, color}."""
+    items = []
+    for tag, spec in table.items():
+        if isinstance(spec, str):
+            spec = {"norm": spec}
+        if not isinstance(spec, dict):
+            raise ConditionError(f"[conditions] {tag}: give a table {{norm = ..., batch_size = ...}} or a norm name")
+        spec = dict(spec)
+        norm = str(spec.pop("norm", tag))
+        fields = [f"{k}={v}" for k, v in spec.items()]
+        items.append(",".join([f"{tag}:{norm}" if fields else norm, *fields]))
+    return items

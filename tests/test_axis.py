@@ -1,0 +1,179 @@
+"""Conditions (bnrep.axis): a normalisation plus training overrides, through parsing, the
+experiment, config.json, the study file, Ray's pickling, and one end-to-end run with a rerun
+that adds a condition."""
+
+import json
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bnrep.config import UsageError, load_experiment, prepare, stage_hashes
+from bnrep.experiments import ConfigError, Experiment, get_experiment, load_study
+from bnrep.models import model_id
+from bnrep.norms import COLORS, LABELS, SHORT, TAGS, get_norm
+from bnrep.store import TABLES, Store, tables
+
+BASE = get_experiment("digits-cnn")
+AXIS = "batch; bn-b8:batch,batch_size=8; gn-b8:group:32,batch_size=8,label=GN small; ghost:16; ws+group; none"
+
+
+def test_conditions_parse_to_one_spelling_and_register_their_tags():
+    e = BASE.override(conditions=AXIS)
+    assert e.conditions == ("batch", "bn-b8:batch,batch_size=8", "ghost:16",
+                            "gn-b8:group:32,batch_size=8,label=GN small", "ws+group", "none")
+    assert e.norms == ("batch", "bn-b8", "ghost:16", "gn-b8", "ws+group", "none")
+    assert (TAGS["bn-b8"], SHORT["bn-b8"], LABELS["bn-b8"]) == ("bn-b8", "bn-b8", "BatchNorm, batch size 8")
+    assert LABELS["gn-b8"] == "GN small" and get_norm("gn-b8").norm == "group:32"
+    assert model_id("cnn", "bn-b8", 0) == "cnn-bn-b8-s0" and model_id("cnn", "batch", 0) == "cnn-bn-s0"
+    assert e.for_condition("bn-b8").batch_size == 8 and e.batch_size == 64
+    assert e.for_condition("batch") is e  # a normalisation is the recipe as it is
+    # the modules a condition builds are its normalisation's
+    assert type(get_norm("gn-b8").build(64, conv=True)) is type(get_norm("group:32").build(64, conv=True))
+
+
+def test_norms_is_one_condition_per_norm_and_hashes_do_not_move():
+    assert BASE.override(norms="batch,none") == BASE
+    assert BASE.override(conditions="bn:batch; none") == BASE  # a tag on a plain norm is dropped: its models
+    for name in ("digits-cnn", "digits-cnn-norms", "mnist-cnn", "cifar10-vgg16"):
+        e = get_experiment(name)
+        # the hashes of every results directory written before conditions (recorded in tests/fixtures too)
+        assert stage_hashes(e.override(conditions=e.conditions + ("bn-b8:batch,batch_size=8",))) == stage_hashes(e)
+    # config.json written before conditions names the axis `norms`
+    old = {k: v for k, v in BASE.to_dict().items() if k not in ("conditions", "reference")}
+    assert Experiment.from_dict({**old, "norms": ["batch", "none"]}) == BASE
+
+
+def test_old_results_keep_their_hashes(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    src = Path(__file__).parent / "fixtures" / "results_v0_1_0"
+    shutil.copytree(src, tmp_path / "runs")
+    store = Store(str(tmp_path / "runs"), "synthetic-cnn")
+    rec = json.loads((tmp_path / "runs" / "synthetic-cnn" / "config.json").read_text())
+    assert stage_hashes(load_experiment(store)) == {k: rec[k] for k in ("train_hash", "analysis_hash")}
+    df = store.read_table("layer_sparsity")
+    assert (df["condition"] == df["norm"]).all()  # written before conditions: each model's is its norm
+
+
+def test_the_same_colours_however_the_conditions_are_given():
+    a = BASE.override(conditions="bn-b4:batch,batch_size=4; bn-b64:batch,batch_size=64; gn-b4:group,batch_size=4")
+    colours = [COLORS[n] for n in a.norms]
+    b = BASE.override(conditions="gn-b4:group,batch_size=4; bn-b64:batch,batch_size=64; bn-b4:batch,batch_size=4")
+    assert [COLORS[n] for n in b.norms] == colours and len(set(colours)) == 3
+    assert a.norms == ("bn-b4", "bn-b64", "gn-b4")  # by normalisation, then the overrides' values
+
+
+BAD = [
+    ("override without a tag", "batch,batch_size=8", "changes batch_size: give it a tag"),
+    ("not a field", "bn:batch,depth=3", "'depth' is not a field a condition can change"),
+    ("not a number", "bn:batch,batch_size=x", "batch_size needs a whole number, got 'x'"),
+    ("tag of a norm", "gn8:group,batch_size=8", "tag 'gn8' is a normalisation's name or tag"),
+    ("name of a norm", "layer:group,batch_size=8", "unknown norm 'layer:group'"),
+    ("unknown norm", "mine:batchnorm,batch_size=8", "unknown norm 'batchnorm'"),
+    ("bad tag", "my tag:batch,batch_size=8", "must be letters, digits"),
+    ("out of range", "b0:batch,batch_size=0", "condition b0: batch_size must be > 0, got 0"),
+    ("label on a norm", "batch,label=BN", "label and color belong to conditions with overrides"),
+    ("twice", "a:batch,batch_size=8; a:batch,batch_size=4", "norms lists a more than once"),
+    ("reference absent", None, "reference 'group' is not one of the conditions"),
+]
+
+
+@pytest.mark.parametrize("conditions, message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_conditions_are_one_line_config_errors(conditions, message):
+    with pytest.raises(ConfigError) as err:
+        BASE.override(conditions=conditions) if conditions else BASE.override(reference="group")
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).startswith("digits-cnn: ")
+
+
+def test_a_worker_rebuilds_the_conditions_it_is_sent():
+    """Ray pickles the experiment to its workers: the tags must mean the same there (a fresh process)."""
+    e = BASE.override(conditions="batch; bn-b8:batch,batch_size=8")
+    code = ("import pickle, sys; from bnrep.norms import get_norm; e = pickle.load(sys.stdin.buffer); "
+            "print(e.for_condition('bn-b8').batch_size, get_norm('bn-b8').norm, get_norm('bn-b8').color)")
+    r = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(e), capture_output=True)
+    assert r.stdout.decode().split() == ["8", "batch", COLORS["bn-b8"]], r.stderr.decode()[-2000:]
+
+
+def test_a_condition_redefined_under_its_tag_is_refused(tmp_path):
+    store = Store(str(tmp_path), "digits-cnn")
+    e = BASE.override(conditions="batch; bn-b8:batch,batch_size=8")
+    store.write_json("config.json", prepare(store, e, "final", fresh=False))
+    prepare(store, e.override(conditions=e.conditions + ("gn-b8:group,batch_size=8",)), "final", False)  # adds
+    with pytest.raises(UsageError, match=r"holds condition bn-b8 as 'bn-b8:batch,batch_size=8', now "
+                                         r"'bn-b8:batch,batch_size=16': give the new one another tag"):
+        prepare(store, e.override(conditions="batch; bn-b8:batch,batch_size=16"), "final", False)
+
+
+def test_a_study_file_takes_conditions_as_a_table(tmp_path):
+    f = tmp_path / "bs.toml"
+    f.write_text('base = "digits-cnn"\nreference = "bn-b64"\n[conditions]\nbatch = {}\n'
+                 'bn-b8 = {norm = "batch", batch_size = 8}\nbn-b64 = {norm = "batch", batch_size = 64}\n'
+                 'gn-b8 = {norm = "group:32", batch_size = 8, label = "GN at 8"}\n')
+    e = load_study(str(f))
+    assert e == BASE.override(name="bs", reference="bn-b64", conditions="batch; bn-b8:batch,batch_size=8; "
+                              "bn-b64:batch,batch_size=64; gn-b8:group:32,batch_size=8,label=GN at 8")
+    f.write_text('base = "digits-cnn"\n[conditions]\nbn-b8 = {norm = "batch", batch_size = "eight"}\n')
+    with pytest.raises(ConfigError, match=r"^study file .*bs.toml: condition .*batch_size needs a whole number"):
+        load_study(str(f))
+
+
+# ==== end to end: three conditions, then a fourth ====
+ARGS = ["--smoke-test", "--conditions", "batch; bn-b8:batch,batch_size=8; none"]
+KEYS = {name: list(t.keys) for name, t in TABLES.items()}
+
+
+def bnrep(*args, out):
+    return subprocess.run([sys.executable, "-m", "bnrep", *args, "--out", str(out)], capture_output=True, text=True)
+
+
+def mtimes(out, table):
+    return {p.name: p.stat().st_mtime_ns for p in (out / "digits-cnn" / "results" / table).glob("*.parquet")}
+
+
+@pytest.mark.slow
+def test_conditions_end_to_end_and_a_rerun_adding_one(tmp_path):
+    out = tmp_path / "runs"
+    r = bnrep("run", *ARGS, out=out)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    store = Store(str(out), "digits-cnn")
+    t = store.read_table("training")
+    assert sorted(t["model_id"]) == sorted(f"cnn-{c}-s{s}" for c in ("bn", "bn-b8", "nobn") for s in (0, 1))
+    assert dict(zip(t["model_id"], t["condition"]))["cnn-bn-b8-s0"] == "bn-b8"
+    assert set(t.loc[t["condition"] == "bn-b8", "norm"]) == {"batch"}
+    recipe = {m: torch.load(out / "digits-cnn" / "train" / "models" / m / "model.pt", weights_only=True)["experiment"]
+              for m in ("cnn-bn-b8-s1", "cnn-bn-s1")}
+    assert (recipe["cnn-bn-b8-s1"]["batch_size"], recipe["cnn-bn-s1"]["batch_size"]) == (8, 64)  # the trainer's
+    h = store.read_table("training_history")
+    assert set(h["condition"]) == {"batch", "bn-b8", "none"}
+    trials = store.read_table("hparam_trials")
+    assert trials.groupby("condition").size().to_dict() == {"batch": 2, "bn-b8": 2, "none": 2}
+    for name in (*tables("final"), *(t for t in tables("analysis") if t != "samples"), "hparam_trials"):
+        df = store.read_table(name)
+        cols = ["condition_a", "condition_b"] if name == "cka" else ["condition"]
+        assert set(cols) <= set(df) and df[cols].notna().all().all(), name
+        assert not df.duplicated(KEYS[name]).any(), name
+    cka = store.read_table("cka")
+    assert {"bn-b8"} <= set(cka["condition_a"]) | set(cka["condition_b"])
+    md = (out / "digits-cnn" / "report" / "report.md").read_text()
+    assert "BatchNorm, batch size 8" in md and "| bn-b8 |" in md
+
+    before = {name: mtimes(out, name) for name in ("training", "layer_sparsity", "kmeans", "hparam_trials")}
+    r = bnrep("run", "--smoke-test", "--conditions", "batch; bn-b8:batch,batch_size=8; gn-b8:group,batch_size=8; none",
+              out=out)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "[final] 6 of 8 models already trained" in r.stdout
+    for name, old in before.items():
+        now = mtimes(out, name)
+        assert {k: v for k, v in now.items() if k in old} == old, name  # nothing done again
+        assert all("gn-b8" in k for k in set(now) - set(old)) and set(now) - set(old), name
+    t = store.read_table("training")
+    assert len(t) == 8 and set(t.loc[t["condition"] == "gn-b8", "norm"]) == {"group"}
+    redefine = bnrep("final", "--smoke-test", "--paper-hparams", "--conditions", "batch; bn-b8:batch,batch_size=4",
+                     out=out)
+    assert redefine.returncode == 2 and "holds condition bn-b8 as" in redefine.stderr
+    assert len(redefine.stderr.strip().splitlines()) == 1
