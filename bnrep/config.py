@@ -89,6 +89,11 @@ TABLE_FIELDS = {
 }
 
 
+# Tables whose measures changed since parts were first written (a column added): parts of an older
+# version carry another hash, so a rerun recomputes that table once and nothing else.
+TABLE_VERSIONS = {"cka": 2}  # 2: debiased linear CKA next to linear CKA
+
+
 def _hash(x) -> str:
     return hashlib.sha256(json.dumps(x, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
@@ -97,7 +102,8 @@ def table_hashes(exp: Experiment) -> dict[str, str]:
     """The hash each analysis table's parts carry (recorded in config.json): the
     train hash and the fields the table depends on."""
     train = stage_hashes(exp)["train_hash"]
-    return {t: _hash({"train_hash": train, **{f: getattr(exp, f) for f in fields}})
+    return {t: _hash({"train_hash": train, **{f: getattr(exp, f) for f in fields},
+                      **({"version": TABLE_VERSIONS[t]} if t in TABLE_VERSIONS else {})})
             for t, fields in TABLE_FIELDS.items()}
 
 

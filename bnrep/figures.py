@@ -180,9 +180,9 @@ def _norm_pairs(p: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted(set(zip(cross["first"], cross["second"])), key=lambda ab: tuple(sort_key(n) for n in ab))
 
 
-def _cka_series(ax, d: pd.DataFrame, label: str, color: str, ls: str, marker: str) -> None:
+def _cka_series(ax, d: pd.DataFrame, label: str, color: str, ls: str, marker: str, value: str = "cka") -> None:
     """Mean CKA over the pairs per layer, error bars: std over the pairs (ddof=1)."""
-    s = seed_stats(d, ["layer_index", "layer"], "cka")
+    s = seed_stats(d, ["layer_index", "layer"], value)
     ax.errorbar(s["layer_index"], s["mean"], yerr=s["std"].fillna(0), color=color, ls=ls, marker=marker,
                 capsize=3, label=label)
 
@@ -206,12 +206,16 @@ def fig_cka(results) -> Figure | None:
             used.append(ax)
             cross = p[(p["kind"] == "cross") & (p["first"] == a) & (p["second"] == b)]
             _cka_series(ax, cross, f"{SHORT[a]} vs {SHORT[b]}, same seed", "black", "-", "s")
+            debiased = "cka_debiased" in cross and cross["cka_debiased"].notna().any()
+            if debiased:  # parts written before it have no such column
+                _cka_series(ax, cross, "the same, debiased", "gray", ":", "x", "cka_debiased")
             for n in (a, b):
                 seeds = p[(p["kind"] == "seeds") & (p["first"] == n)]
                 if len(seeds):
                     _cka_series(ax, seeds, f"{SHORT[n]} seed vs seed", COLORS[n], "--", "o")
             _layer_ticks(ax, cross)
-            ax.set(title=f"{r.label}: {SHORT[a]} vs {SHORT[b]}", xlabel="layer", ylabel="linear CKA", ylim=(0, 1.05))
+            ax.set(title=f"{r.label}: {SHORT[a]} vs {SHORT[b]}", xlabel="layer", ylabel="linear CKA",
+                   ylim=(-0.1 if debiased else 0, 1.05))
             ax.title.set_fontsize(10)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="lower left")
@@ -434,7 +438,10 @@ FIGURES = [
                "seed; dashed, in each normalisation's colour: two seeds of one normalisation (the seed-noise "
                "baseline). Mean over the pairs, error bars: standard deviation over the pairs ({seeds}). A "
                "cross-normalisation CKA clearly below both seed baselines means the normalisation changes what "
-               "the layer represents beyond seed noise; at the baseline, it does not.", "CKA per layer",
+               "the layer represents beyond seed noise; at the baseline, it does not. Gray dotted: the cross-"
+               "normalisation CKA debiased (unbiased HSIC; Nguyen, Raghu & Kornblith 2021), which is about 0 for "
+               "unrelated representations at any sample count, where linear CKA is inflated at small ones.",
+               "CKA per layer",
                "it needs CKA between two normalisations at the same seed"),
     FigureSpec("fig_learning_curves", fig_learning_curves, ("training_history",),
                "Beyond the paper: training loss (left) and training (solid) / validation (dashed) accuracy "

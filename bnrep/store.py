@@ -62,9 +62,11 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
         model_id, bn, norm, condition, seed, layer, layer_index, activation, value, reason (Roy & Vetterli 2007)
     cka                model pair x layer; part = <layer>-<model_a>-<model_b>
         model_a, model_b, norm_a, norm_b, condition_a, condition_b, seed_a, seed_b, layer, layer_index, cka,
-        reason
+        reason, cka_debiased, debiased_reason
         (linear CKA, Kornblith et al. 2019, of the reduced representations of the
-        clustering samples; every pair of conditions at one seed, every pair of seeds in one)
+        clustering samples; every pair of conditions at one seed, every pair of seeds in one;
+        cka_debiased: with the unbiased HSIC estimator, Nguyen, Raghu & Kornblith 2021: about 0
+        for independent data at any N, where linear CKA is inflated at small N)
 
 `norm` is the normalisation a model was built with and `condition` the study axis's
 entry it belongs to (bnrep.axis: the norm's name, or a condition's tag such as bn-b8);

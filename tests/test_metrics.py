@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn.metrics import davies_bouldin_score
 
-from bnrep.metrics import (channel_sparsity, davies_bouldin, effective_rank, layer_sparsity, linear_cka, nc1,
+from bnrep.metrics import (channel_sparsity, davies_bouldin, debiased_cka, effective_rank, layer_sparsity, linear_cka, nc1,
                            reduce_representation, sparsity_from_activations, zero_counts)
 
 # ==== sparsity ====
@@ -469,3 +469,51 @@ def test_nc1_cka_effective_rank_on_cuda():
     assert nc1(Xg, yg)[0] == pytest.approx(_nc1_numpy(X, y), rel=1e-8)
     assert linear_cka(Xg, Xg[:, :20].float()) == pytest.approx(_cka_numpy(X, X[:, :20].astype(np.float32)), rel=1e-6)
     assert effective_rank(Xg)[0] == pytest.approx(_effective_rank_numpy(X), rel=1e-10)
+
+
+# ==== debiased linear CKA (Song et al. 2012; Nguyen, Raghu & Kornblith 2021) ====
+
+def _debiased_cka_numpy(X, Y):
+    """N x N form: Gram matrices centred by the unbiased estimator (zero diagonal, U-statistic means)."""
+    def centre(G):
+        G, n = G.astype(float).copy(), len(G)
+        np.fill_diagonal(G, 0)
+        means = G.sum(axis=0) / (n - 2)
+        means -= means.sum() / (2 * (n - 1))
+        G -= means[:, None] + means[None, :]
+        np.fill_diagonal(G, 0)
+        return G
+    K, L = centre(X @ X.T), centre(Y @ Y.T)
+    return np.sum(K * L) / np.sqrt(np.sum(K * K) * np.sum(L * L))
+
+
+@pytest.mark.parametrize("name", CKA_SHAPES)
+def test_debiased_cka_matches_the_n_by_n_estimator(name):
+    X, Y = _cka_pair(*CKA_SHAPES[name])
+    got, reason = debiased_cka(torch.from_numpy(X), torch.from_numpy(Y))
+    assert reason is None and got == pytest.approx(_debiased_cka_numpy(X, Y), rel=1e-9)
+    assert debiased_cka(X + 7.0, Y - 3.0)[0] == pytest.approx(got, rel=1e-9)  # a shift changes nothing
+
+
+def test_debiased_cka_is_near_zero_on_independent_data_where_linear_cka_is_not():
+    rng = np.random.default_rng(0)
+    biased, debiased = [], []
+    for _ in range(20):
+        X, Y = rng.normal(size=(32, 64)), rng.normal(size=(32, 64))
+        biased.append(linear_cka(torch.from_numpy(X), torch.from_numpy(Y)))
+        debiased.append(debiased_cka(torch.from_numpy(X), torch.from_numpy(Y))[0])
+    assert np.mean(biased) > 0.5  # inflated at N = 32 with 64 features
+    assert abs(np.mean(debiased)) < 0.03 and max(map(abs, debiased)) < 0.25 < min(biased)
+    same = rng.normal(size=(32, 64))
+    assert debiased_cka(same, same @ np.linalg.qr(rng.normal(size=(64, 64)))[0])[0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("X, Y, reason", [
+    (np.zeros((10, 3)), np.ones((10, 2)), "dead layer: all representations are zero"),
+    (np.ones((10, 3)), np.arange(20.0).reshape(10, 2), "all samples are identical"),
+    (np.arange(9.0).reshape(3, 3), np.arange(6.0).reshape(3, 2), "at least 4 samples, got 3"),
+    (np.array([[0.0, np.nan]] * 5), np.ones((5, 2)), "NaN or inf"),
+])
+def test_debiased_cka_undefined_is_nan_with_a_reason(X, Y, reason):
+    value, why = debiased_cka(torch.from_numpy(X), torch.from_numpy(Y))
+    assert math.isnan(value) and reason in why

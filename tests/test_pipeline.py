@@ -95,6 +95,7 @@ def test_every_stage_writes_its_outputs(reference):
     cka = table(out, "cka")
     assert sorted(set(zip(cka.model_a, cka.model_b))) == sorted(PAIRS) and len(cka) == len(PAIRS) * len(CNN_CHANNELS)
     assert cka["cka"].between(0, 1 + 1e-6).all()
+    assert cka["cka_debiased"].between(-1, 1 + 1e-6).all() and (cka["debiased_reason"] == "").all()
     samples = table(out, "samples")
     assert samples.groupby("purpose").size().to_dict() == {"sparsity": 128, "cluster": 160}
 

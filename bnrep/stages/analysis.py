@@ -35,7 +35,7 @@ from bnrep.data import check_data, load_data
 from bnrep.experiments import Experiment
 from bnrep.kmeans import KMeansResult, optimal_k, sweep_kmeans
 from bnrep.lock import writer_lock
-from bnrep.metrics import (channel_sparsity, davies_bouldin, effective_rank, layer_sparsity, linear_cka, nc1,
+from bnrep.metrics import (channel_sparsity, davies_bouldin, debiased_cka, effective_rank, layer_sparsity, linear_cka, nc1,
                            unusable)
 from bnrep.norms import sort_key
 from bnrep.probes import Probe
@@ -135,14 +135,15 @@ def cka_task(out: str, exp: Experiment, a: dict, b: dict, layer: str, index: int
     store, dev = Store(out, exp.name), best_device()
     A, B = torch.tensor(Xa[:n], device=dev), torch.tensor(Xb[:n], device=dev)
     reason = next((f"{m['model_id']}: {why}" for m, X in ((a, A), (b, B)) for why in [unusable(X)] if why), "")
-    write_cka(store, a, b, layer, index, linear_cka(A, B), reason, cka_hash)
+    write_cka(store, a, b, layer, index, linear_cka(A, B), reason, cka_hash, debiased_cka(A, B))
 
 
 def write_cka(store: Store, a: dict, b: dict, layer: str, index: int, value: float, reason: str,
-              cka_hash: str) -> None:
+              cka_hash: str, debiased: tuple[float, str | None] = (math.nan, None)) -> None:
     row = {"model_a": a["model_id"], "model_b": b["model_id"], "norm_a": a["norm"], "norm_b": b["norm"],
-           "condition_a": a["condition"], "condition_b": b["condition"], "seed_a": a["seed"], "seed_b": b["seed"], "layer": layer, "layer_index": index, "cka": value,
-           "reason": reason}
+           "condition_a": a["condition"], "condition_b": b["condition"], "seed_a": a["seed"], "seed_b": b["seed"],
+           "layer": layer, "layer_index": index, "cka": value, "reason": reason,
+           "cka_debiased": debiased[0], "debiased_reason": reason or debiased[1] or ""}
     store.write_part("cka", cka_part(layer, a, b), pd.DataFrame([row]), cka_hash, **placement())
 
 
