@@ -168,6 +168,12 @@ def register_all(items) -> None:
         register(entry)
 
 
+def axis_word(names) -> str:
+    """What the axis is called in tables and prose: 'norm' while every entry is a normalisation,
+    else 'condition'."""
+    return "condition" if any(name in CONDITIONS for name in names) else "norm"
+
+
 def overrides_of(name: str) -> dict:
     """The training fields condition `name` changes ({} for a normalisation)."""
     return dict(get_norm(name).overrides)

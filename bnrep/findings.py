@@ -31,7 +31,7 @@ from bnrep.correlations import (MIN_MODELS, P_MAX, R_MIN, correlate, only_betwee
                                 significant_signs)
 from bnrep.conditions import MIN_SEEDS, MOSTLY_ZERO, Condition, conditions
 from bnrep.experiments import LR_EDGE
-from bnrep.results import (NORM_NAMES, REF, SHORT, Results, at_eps, eps_values, is_paper_pair, norm_labels,
+from bnrep.results import (LABELS, NORM_NAMES, REF, SHORT, Results, at_eps, eps_values, is_paper_pair, norm_labels,
                            optimal_k, pair, pair_names, present_norms, rectified, shown)
 
 def welch_p(a, b) -> float:
@@ -128,7 +128,11 @@ OTHER_NORMS_RULE = ("Other normalisations (GroupNorm GN, LayerNorm LN) are judge
                     "'BatchNorm' read as that normalisation; models of other normalisations are left out.")
 
 
-def rules(norms) -> list[str]:
+def rules(norms, ref: str = REF) -> list[str]:
+    if ref != REF:
+        return RULES + [f"Here every condition is judged against the reference condition {LABELS[ref]} "
+                        f"({SHORT[ref]}) by the same rules: 'BN' stands for the condition judged and 'no BN' for "
+                        f"the reference; models of other conditions are left out."]
     return RULES if is_paper_pair(norms) else RULES + [OTHER_NORMS_RULE]
 
 

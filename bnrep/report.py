@@ -47,7 +47,8 @@ from bnrep.documents import md_table, render_html, render_md
 from bnrep.correlations import MIN_MODELS, limits_sentence, predictor_rows, predictors
 from bnrep.flags import SCRIPTS
 from bnrep.findings import CLAIMS, Finding, finding_sparsity_across, findings, judged_norms, rules
-from bnrep.results import (LABELS, REF, SHORT, Results, axis_word, imported_mask, is_paper_pair, measure_numbers,
+from bnrep.axis import axis_word
+from bnrep.results import (LABELS, REF, SHORT, Results, imported_mask, is_paper_pair, measure_numbers,
                            norm_labels, ordered, rankings, side_by_side)
 from bnrep.table1 import diverged_note, imported_note, table1, table1_caption, table1_rows, table1_tex
 from bnrep.store import TABLES, Store, git_commit, tables
@@ -124,18 +125,19 @@ def findings_blocks(r: Results, fs: list[Finding]) -> list[tuple]:
     if len(judged) == 1:
         rows = [[str(f.number), f.claim, f.verdict_text, f.detail] for f in fs]
         return [("table", ["#", "Claim (paper section 6)", "Verdict", "Evidence"], rows), *eps_blocks(fs),
-                ("p", "How verdicts are decided:"), ("ul", rules(r.norms))]
+                ("p", "How verdicts are decided:"), ("ul", rules(r.norms, r.ref))]
     by = {(f.number, f.norm): f for f in fs}
     matrix = [[str(i), c] + [by[(i, n)].verdict for n in judged] for i, c in _claims(fs)]
     evidence = [[str(f.number), SHORT[f.norm], f.verdict_text, f.detail] for f in fs]
     against = f"no normalisation ({SHORT[REF]})" if r.ref == REF else f"the reference {LABELS[r.ref]} ({SHORT[r.ref]})"
-    blocks = [("p", f"Each claim judged for each {axis_word(r.norms)} against {against}:"),
+    each = {"norm": "normalisation", "condition": "condition"}[axis_word(r.norms)]
+    blocks = [("p", f"Each claim judged for each {each} against {against}:"),
               ("table", ["#", "Claim (paper section 6)"] + [f"{SHORT[n]} vs {SHORT[r.ref]}" for n in judged], matrix),
               ("table", ["#", "Norm", "Verdict", "Evidence"], evidence)]
     ranks = rankings(r)
     if ranks:
         blocks += [("p", "Rankings (best first; mean ± std over seeds):"), ("table", ["measure", "ranking"], ranks)]
-    return blocks + eps_blocks(fs) + [("p", "How verdicts are decided:"), ("ul", rules(r.norms))]
+    return blocks + eps_blocks(fs) + [("p", "How verdicts are decided:"), ("ul", rules(r.norms, r.ref))]
 
 
 def eps_blocks(fs: list[Finding]) -> list[tuple]:

@@ -19,7 +19,8 @@ from bnrep.datasets import DatasetError, num_classes
 from bnrep.experiments import Experiment, layer_indices
 from bnrep.models import model_label as spec_label
 from bnrep.probes import RECTIFIERS
-from bnrep.norms import COLORS, LABELS, NORMS as NORM_TABLE, REF, SHORT, get_norm, ordered  # noqa: F401 (re-exported)
+from bnrep.axis import axis_word
+from bnrep.norms import COLORS, LABELS, NORMS as NORM_TABLE, REF, SHORT, ordered  # noqa: F401 (re-exported)
 from bnrep.store import with_norm
 
 
@@ -42,11 +43,6 @@ def norm_labels(norms) -> dict[str, str]:
 
 def present_norms(*dfs: pd.DataFrame) -> list[str]:
     return ordered({n for df in dfs if "condition" in df for n in df["condition"].dropna().unique()})
-
-
-def axis_word(names) -> str:
-    """What the axis is called in tables: 'norm' while every entry is a normalisation, else 'condition'."""
-    return "condition" if any(get_norm(n).base for n in names if n in SHORT) else "norm"
 
 
 def pair_names(norm: str, norms, ref: str = REF) -> tuple[str, str]:

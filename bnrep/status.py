@@ -42,7 +42,10 @@ def _hparam(store: Store, exp: Experiment) -> tuple[str, str, str]:
     best = store.read_json("hparam/best_hparams.json") if store.exists("hparam/best_hparams.json") else {}
     done = sum(t in best and store.has_part("hparam_trials", t) for t in tags)
     resumable = [t for t in tags if t not in best and store.exists("hparam", "tune", t)]
-    return ("hparam", _state(done, len(tags)), f"{done}/{len(tags)} normalisations searched"
+    from bnrep.axis import axis_word
+
+    word = {"norm": "normalisations", "condition": "conditions"}[axis_word(exp.norms)]
+    return ("hparam", _state(done, len(tags)), f"{done}/{len(tags)} {word} searched"
             + (f"; interrupted search to resume: {', '.join(resumable)}" if resumable else ""))
 
 

@@ -4,6 +4,7 @@ that adds a condition."""
 
 import json
 import pickle
+import re
 import subprocess
 import sys
 
@@ -177,3 +178,29 @@ def test_conditions_end_to_end_and_a_rerun_adding_one(tmp_path):
                      out=out)
     assert redefine.returncode == 2 and "holds condition bn-b8 as" in redefine.stderr
     assert len(redefine.stderr.strip().splitlines()) == 1
+
+
+def test_claims_are_judged_against_the_reference_condition():
+    """bn-b4 sparser than bn-b64 in every layer (5 seeds, clear gap); gn-b4's rows must be left out."""
+    import numpy as np
+    import pandas as pd
+
+    from bnrep import findings
+    from bnrep.results import Results
+
+    e = BASE.override(conditions="bn-b4:batch,batch_size=4; bn-b64:batch,batch_size=64; gn-b4:group,batch_size=4",
+                      reference="bn-b64")
+    level = {"bn-b4": 0.6, "bn-b64": 0.3, "gn-b4": 0.9}
+    rng = np.random.default_rng(0)
+    ls = pd.DataFrame([dict(model_id=f"{c}-{s}", norm=get_norm(c).norm, condition=c, seed=s, layer=f"l{i}",
+                            layer_index=i, eps=0.0, activation="ReLU", sparsity=level[c] + rng.normal() * 0.01)
+                       for c in level for s in range(5) for i in range(1, 6)])
+    r = Results(e, {"layer_sparsity": ls})
+    assert r.ref == "bn-b64" and findings.judged_norms(r) == ["bn-b4", "gn-b4"]
+    f = findings.finding_sparsity(ls, "bn-b4", r.ref)
+    assert f.verdict == "not supported" and f.ref == "bn-b64"
+    diff = lambda d, a: float(re.search(rf"mean difference {a} - bn-b64 \+([\d.]+) pp", d).group(1))  # noqa: E731
+    assert "bn-b4 sparser in 5 of 5 layers" in f.detail and diff(f.detail, "bn-b4") == pytest.approx(30, abs=1)
+    g = findings.finding_sparsity(ls, "gn-b4", r.ref)
+    assert diff(g.detail, "gn-b4") == pytest.approx(60, abs=1)  # against bn-b64, bn-b4 left out
+    assert "judged against the reference condition BatchNorm, batch size 64 (bn-b64)" in findings.rules(r.norms, r.ref)[-1]
