@@ -5,6 +5,12 @@ k = 2..15 and keeps the k with the lowest Davies-Bouldin index. Run one k at a
 time, most of the time goes to small matrix products and Python overhead, so
 the torch backend runs every (k, restart) pair as one batch:
 
+- subsample (N > 256 k_max rows): the seeding and the Lloyd iterations of
+  every (k, restart) run on one seeded subsample of 256 k_max rows (as FAISS
+  trains on 256 rows per centre); the restart with the lowest inertia there
+  is kept per k and polished by Lloyd iterations on all rows (below) until
+  scikit-learn's rules hold on all rows. Most iterations then see 256 k_max
+  rows instead of N, and the polish starts close to a minimum;
 - seeding: greedy k-means++ (scikit-learn's variant) of k_max centres per
   restart; the first k centres of a k-means++ sequence are themselves a
   k-means++ seeding, so every k reuses a prefix (one seeding per restart);
@@ -20,7 +26,7 @@ the torch backend runs every (k, restart) pair as one batch:
   a last assignment to the final centres; converged runs leave the batch;
   empty clusters take the points farthest from their centres;
 - the restart with the lowest inertia is kept per k; its inertia is
-  recomputed from exact differences with a float64 sum.
+  recomputed from exact differences with a float64 sum over all rows.
 
     >>> results = sweep_kmeans(X, k_min=2, k_max=15)      # X: (N, d)
     >>> best = optimal_k(results)                        # lowest DBI
@@ -39,6 +45,7 @@ from bnrep.lloyd import Layout, kmeanspp, lloyd
 from bnrep.metrics import chunk_rows, davies_bouldin
 
 BACKENDS = ("torch", "sklearn")
+SUBSAMPLE = 256  # rows per centre of k_max in the first fit (FAISS's max_points_per_centroid)
 _BUFFER_FLOATS = 2**26  # float32 workspace per batch of runs (256 MiB); more runs -> chunks
 
 
@@ -63,22 +70,26 @@ class KMeansFit:
 
 def sweep_kmeans(X, k_min: int = 2, k_max: int = 15, n_init: int = 3, max_iter: int = 300,
                  tol: float = 1e-4, seed: int = 0, backend: str = "torch",
-                 device=None) -> list[KMeansResult]:
+                 device=None, subsample: int | None = SUBSAMPLE) -> list[KMeansResult]:
     """k-means for every k in k_min..k_max on rows X (N, d); one result per k.
 
     backend "torch" batches every k and restart (CPU or GPU: `device`, else
     X's device); "sklearn" runs sklearn.cluster.KMeans per k (the reference).
     n_init restarts per k keep the lowest inertia; tol is scikit-learn's
-    (relative to the mean feature variance); max_iter caps Lloyd iterations.
-    The same seed gives the same result on the same device (on CUDA, atomic
-    float sums may break exact near-ties differently between runs). Memory:
+    (relative to the mean feature variance); max_iter caps Lloyd iterations
+    (per stage). subsample (torch backend): when N > subsample * k_max, every
+    run is first fitted on one seeded subsample of subsample * k_max rows and
+    the restart kept per k is then polished on all rows until scikit-learn's
+    rules hold there; None or 0: every row from the start. The same seed
+    gives the same result on the same device (on CUDA, atomic float sums may
+    break exact near-ties differently between runs). Memory:
     about (k + 10) * N floats per (k, restart), processed in batches of 256 MiB.
     """
     X = _as_rows(X, device)
-    _validate(X, k_min, k_max, n_init, max_iter, tol, backend)
+    _validate(X, k_min, k_max, n_init, max_iter, tol, backend, subsample)
     ks = list(range(k_min, k_max + 1))
     sweep = _sweep_torch if backend == "torch" else _sweep_sklearn
-    labels, inertia, _ = sweep(X, ks, n_init, max_iter, tol, seed)
+    labels, inertia, _ = sweep(X, ks, n_init, max_iter, tol, seed, subsample)
     results = []
     for k, lab, inr in zip(ks, labels, inertia):
         dbi, reason = davies_bouldin(X, lab)
@@ -87,13 +98,14 @@ def sweep_kmeans(X, k_min: int = 2, k_max: int = 15, n_init: int = 3, max_iter: 
 
 
 def fit_kmeans(X, k_min: int = 2, k_max: int = 15, n_init: int = 3, max_iter: int = 300,
-               tol: float = 1e-4, seed: int = 0, device=None) -> list[KMeansFit]:
+               tol: float = 1e-4, seed: int = 0, device=None,
+               subsample: int | None = SUBSAMPLE) -> list[KMeansFit]:
     """The k-means half of sweep_kmeans (torch backend, same arguments and results)
     without the Davies-Bouldin index: one fit per k, with its centres."""
     X = _as_rows(X, device)
-    _validate(X, k_min, k_max, n_init, max_iter, tol, "torch")
+    _validate(X, k_min, k_max, n_init, max_iter, tol, "torch", subsample)
     ks = list(range(k_min, k_max + 1))
-    labels, inertia, centres = _sweep_torch(X, ks, n_init, max_iter, tol, seed)
+    labels, inertia, centres = _sweep_torch(X, ks, n_init, max_iter, tol, seed, subsample)
     return [KMeansFit(k, C, lab, float(inr)) for k, lab, inr, C in zip(ks, labels, inertia, centres)]
 
 
@@ -116,7 +128,7 @@ def _as_rows(X, device) -> torch.Tensor:
     return X
 
 
-def _validate(X, k_min, k_max, n_init, max_iter, tol, backend) -> None:
+def _validate(X, k_min, k_max, n_init, max_iter, tol, backend, subsample) -> None:
     if X.dim() != 2:
         raise ValueError(f"k-means needs rows X of shape (N, d), got {tuple(X.shape)}")
     N = X.shape[0]
@@ -128,6 +140,9 @@ def _validate(X, k_min, k_max, n_init, max_iter, tol, backend) -> None:
         raise ValueError(f"k_max must be < the number of samples (got k_max={k_max}, N={N})")
     if n_init < 1 or max_iter < 1 or tol < 0:
         raise ValueError(f"need n_init >= 1, max_iter >= 1, tol >= 0 (got {n_init}, {max_iter}, {tol})")
+    if subsample is not None and (not isinstance(subsample, (int, np.integer)) or isinstance(subsample, bool)
+                                  or subsample < 0):
+        raise ValueError(f"subsample must be None or an integer >= 0 (got {subsample!r})")
     if backend not in BACKENDS:
         raise ValueError(f"unknown k-means backend {backend!r} (choose from {', '.join(BACKENDS)})")
     if X.numel() and not bool(torch.isfinite(torch.stack(X.aminmax())).all()):  # NaN propagates
@@ -136,7 +151,7 @@ def _validate(X, k_min, k_max, n_init, max_iter, tol, backend) -> None:
 
 # ==== sklearn backend (reference) ====
 
-def _sweep_sklearn(X, ks, n_init, max_iter, tol, seed):
+def _sweep_sklearn(X, ks, n_init, max_iter, tol, seed, subsample):  # always every row
     from sklearn.cluster import KMeans
 
     Xn = X.detach().cpu().numpy()
@@ -176,29 +191,45 @@ def _run_chunks(k_run: list[int], N: int) -> list[range]:
     return chunks + [range(a, len(k_run))]
 
 
-def _sweep_torch(X, ks, n_init, max_iter, tol, seed):
+def _lloyd_runs(X, xx, k_run: list[int], init, max_iter: int, tol_abs: float):
+    """Lloyd on runs of k_run clusters from initial centres init (sum(k_run), d), run after run,
+    in batches that fit -> centres (k, d) and labels (n,) per run, inertia estimates (R,)."""
+    first = [0]
+    for k in k_run[:-1]:
+        first.append(first[-1] + k)
+    first = torch.tensor(first, device=X.device)  # (R,) row of each run's centre 0 in init
+    centres, labels, score = [], [], []
+    for rr in _run_chunks(k_run, X.shape[0]):
+        L = Layout(k_run[rr.start:rr.stop], X.device)
+        L, C, lab, est = lloyd(X, xx, init[first[rr.start + L.row_run] + L.row_j], L.k, max_iter, tol_abs)
+        centres += [C[L.run_rows(a)] for a in range(L.A)]
+        labels += list(lab)
+        score.append(est)
+    return centres, labels, torch.cat(score)
+
+
+def _sweep_torch(X, ks, n_init, max_iter, tol, seed, subsample):
     """Labels (one (N,) tensor per k), float64 inertia and centres (k, d) per k, batched over k and restarts."""
     dev, K, N = X.device, max(ks), X.shape[0]
     X32 = X.to(torch.float32).contiguous()  # (N, d)
     xx = (X32 * X32).sum(1)  # (N,)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    seeds = kmeanspp(X32, xx, K, n_init, gen)  # (n_init, K) point indices
     # scikit-learn's tol is relative to the mean feature variance: (E||x||^2 - ||E x||^2) / d
     mean = X32.mean(0).to(torch.float64)  # (d,)
     tol_abs = tol * float((xx.sum(dtype=torch.float64) / N - mean.square().sum()) / X.shape[1])
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    m = min(N, subsample * K) if subsample else N
+    if m < N:  # every restart and k is first fitted on the same seeded subsample
+        pick = torch.randperm(N, generator=gen, device=dev)[:m].sort().values
+        Xs, xxs = X32[pick], xx[pick]
+    else:
+        Xs, xxs = X32, xx
+    seeds = kmeanspp(Xs, xxs, K, n_init, gen)  # (n_init, K) point indices
     k_run = [k for k in ks for _ in range(n_init)]  # runs sorted by k
-    init_run = torch.arange(n_init, device=dev).repeat(len(ks))  # (R,) restart of each run
-
-    labels, score, centres = [], [], []
-    for rr in _run_chunks(k_run, N):
-        L = Layout(k_run[rr.start:rr.stop], dev)
-        C0 = X32[seeds[init_run[rr.start:rr.stop][L.row_run], L.row_j]]  # (S, d) k-means++ prefixes
-        L, C, lab, est = lloyd(X32, xx, C0, L.k, max_iter, tol_abs)
-        centres += [C[L.run_rows(a)] for a in range(L.A)]
-        labels.append(lab)
-        score.append(est)
-    labels, score = torch.cat(labels), torch.cat(score).view(len(ks), n_init)
-    best = score.argmin(1).tolist()  # restart kept per k
+    init = Xs[torch.cat([seeds[r % n_init, :k] for r, k in enumerate(k_run)])]  # k-means++ prefixes
+    centres, labels, score = _lloyd_runs(Xs, xxs, k_run, init, max_iter, tol_abs)
+    best = score.view(len(ks), n_init).argmin(1).tolist()  # restart kept per k
     runs = [ki * n_init + b for ki, b in enumerate(best)]
-    return ([labels[r] for r in runs], [_inertia64(X, centres[r], labels[r]) for r in runs],
-            [centres[r] for r in runs])
+    centres, labels = [centres[r] for r in runs], [labels[r] for r in runs]
+    if m < N:  # polish the kept restarts on every row until scikit-learn's rules hold there
+        centres, labels, _ = _lloyd_runs(X32, xx, list(ks), torch.cat(centres), max_iter, tol_abs)
+    return labels, [_inertia64(X, C, lab) for C, lab in zip(centres, labels)], centres
