@@ -73,7 +73,10 @@ def test_subsample_inertia_close_to_sklearn(name):
     X = _data(kind)
     ours = np.array([r.inertia for r in sweep_kmeans(X, 2, 15, n_init=n_init, seed=0, subsample=SUB)])
     ref = np.array([KMeans(k, n_init=n_init, random_state=0).fit(X).inertia_ for k in KS])
-    assert ours.mean() <= 1.005 * ref.mean()  # the bounds of test_inertia_close_to_sklearn
+    # the bounds of test_inertia_close_to_sklearn; measured here, seeds 0-7 (data and k-means seed
+    # alike), 24 rows per centre: worst mean ratio 1.0056, worst single k 1.0507 (blobs, seed 7:
+    # the restart is chosen on 360 rows), so these hold for seed 0, not for every seed
+    assert ours.mean() <= 1.005 * ref.mean()
     assert np.all(ours <= 1.03 * ref)
 
 
@@ -109,10 +112,13 @@ def test_subsample_only_when_it_is_fewer_rows(monkeypatch, subsample):
     X = _data("gaussian")
     seen = []
     monkeypatch.setattr(km, "lloyd", lambda X, *a: seen.append(len(X)) or lloyd.lloyd(X, *a))
-    res = sweep_kmeans(X, 2, 15, n_init=2, seed=5, subsample=subsample)
     if subsample == SUB:
+        sweep_kmeans(X, 2, 15, n_init=2, seed=5, subsample=subsample)
         assert seen == [SUB * 15, len(X)]  # one batch each: subsample, then the polish
         return
+    with monkeypatch.context() as m:  # no subsample drawn: the seeds are the ones of the old path
+        m.setattr(torch, "randperm", lambda *a, **kw: pytest.fail("drew a subsample"))
+        res = sweep_kmeans(X, 2, 15, n_init=2, seed=5, subsample=subsample)
     assert seen == [len(X)]
     for a, b in zip(res, sweep_kmeans(X, 2, 15, n_init=2, seed=5, subsample=None)):
         np.testing.assert_array_equal(a.labels, b.labels)
