@@ -11,7 +11,9 @@ same number of threads (torch.set_num_threads, threadpoolctl for
 scikit-learn, faiss.omp_set_num_threads):
 
     sklearn      sklearn.cluster.KMeans per k (tol 1e-4, max_iter 300)
-    bnrep        bnrep.kmeans.fit_kmeans: all k and restarts batched (tol 1e-4, max_iter 300)
+    bnrep        bnrep.kmeans.fit_kmeans: all k and restarts batched (tol 1e-4, max_iter 300), its default
+                 subsample: fitted on 256 x 15 rows, the kept restart per k polished on all rows
+    bnrep_full   the same with every row from the start (subsample=None)
     faiss        faiss.Kmeans per k, its defaults: niter 25, trained on a random
                  subsample of at most max_points_per_centroid=256 x k rows
     faiss_all    the same with every row (max_points_per_centroid = N)
@@ -84,8 +86,9 @@ def run_sklearn(X, seed, n_init):
     return [KMeans(k, n_init=n_init, random_state=seed).fit(X).cluster_centers_ for k in KS]
 
 
-def run_bnrep(X, seed, n_init):
-    return [f.centres.numpy() for f in fit_kmeans(torch.from_numpy(X), KS[0], KS[-1], n_init=n_init, seed=seed)]
+def run_bnrep(X, seed, n_init, **kw):
+    fits = fit_kmeans(torch.from_numpy(X), KS[0], KS[-1], n_init=n_init, seed=seed, **kw)
+    return [f.centres.numpy() for f in fits]
 
 
 def run_faiss(X, seed, n_init, all_rows: bool):
@@ -98,7 +101,7 @@ def run_faiss(X, seed, n_init, all_rows: bool):
     return out
 
 
-METHODS = {"sklearn": run_sklearn, "bnrep": run_bnrep,
+METHODS = {"sklearn": run_sklearn, "bnrep": run_bnrep, "bnrep_full": lambda X, s, n: run_bnrep(X, s, n, subsample=None),
            "faiss": lambda X, s, n: run_faiss(X, s, n, False), "faiss_all": lambda X, s, n: run_faiss(X, s, n, True)}
 
 
@@ -172,13 +175,16 @@ def main():
     p.add_argument("--seeds", type=int, default=3, help="seeds per data set (iteration counts vary by seed)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per seed; the fastest counts")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads for every method")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), help="methods to run (default: all; sklearn always)")
     p.add_argument("--profile", action="store_true", help="profile bnrep on each blob d instead of timing")
     args = p.parse_args()
     if args.n <= KS[-1] or args.n_init < 1 or args.seeds < 1 or args.repeats < 1:
         p.error("need --n > 15 and --n-init, --seeds, --repeats >= 1")
 
     torch.set_num_threads(args.threads)
-    methods = ["sklearn", "bnrep"] + (["faiss", "faiss_all"] if faiss is not None else [])
+    methods = ["sklearn", "bnrep", "bnrep_full"] + (["faiss", "faiss_all"] if faiss is not None else [])
+    if args.methods:
+        methods = ["sklearn"] + [m for m in methods[1:] if m in args.methods]
     if faiss is not None:
         faiss.omp_set_num_threads(args.threads)
     emit(kind="env", python=platform.python_version(), torch=torch.__version__, sklearn=sklearn.__version__,
