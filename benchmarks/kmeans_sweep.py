@@ -75,7 +75,7 @@ def digits_layers(epochs: int) -> dict[str, np.ndarray]:
 
     exp = get_experiment("digits-cnn").override(max_epochs=epochs)
     data = load_data(exp)
-    r = train(exp, data, True, exp.paper_hparams(True), seed=0, device="cpu")
+    r = train(exp, data, "batch", exp.paper_hparams("batch"), seed=0, device="cpu")
     reps = extract_representations(r.model, data.train.X, len(data.train), device="cpu")
     return {f"digits-{rep.name}": rep.reduced.numpy() for rep in reps}
 
