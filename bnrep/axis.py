@@ -125,7 +125,8 @@ def check_tag(tag: str, item: str) -> None:
         raise ConditionError(f"condition {item!r}: tag {tag!r} must be letters, digits and . _ + - "
                              f"(at most 32, starting with a letter or digit)")
     taken = {*NORMS, *FAMILIES, *(n.tag for n in NORMS.values())}
-    if tag in taken or re.fullmatch(r"(gn|gbn)\d+", tag):  # the family tags: group:G -> gnG, ghost:B -> gbnB
+    family_tags = "|".join(re.escape(make(1).tag.removesuffix("1")) for _, make in FAMILIES.values())  # gn, gbn
+    if tag in taken or re.fullmatch(rf"(?:{family_tags})\d+", tag):  # a family member's tag: group:8 -> gn8
         raise ConditionError(f"condition {item!r}: tag {tag!r} is a normalisation's name or tag; choose another")
 
 

@@ -68,7 +68,8 @@ def run_search(exp: Experiment, opts: RunOptions, store: Store, norm: str, gpus:
         print(f"[hparam] {tag}: resuming the interrupted search in {path}", flush=True)
         return trials_table(tune.Tuner.restore(path, trainable=fn, param_space=space, resume_errored=True).fit(), norm)
     store.delete(rel)  # what a run killed before Tune saved a usable state left
-    max_t = exp.for_condition(norm).sweep_max_epochs or exp.for_condition(norm).max_epochs
+    recipe = exp.for_condition(norm)
+    max_t = recipe.sweep_max_epochs or recipe.max_epochs
     progress = tune_progress(f"hparam {tag}", exp.num_samples, max_t, describe_config, describe_trial)
     tuner = tune.Tuner(
         fn, param_space=space,
