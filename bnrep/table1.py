@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from bnrep.axis import axis_word  # a condition's short name is its tag
 from bnrep.norms import sort_key
 from bnrep.results import SHORT, fmt_pm, imported_mask, is_paper_pair, model_label, norm_labels, ordered
 
@@ -55,7 +56,7 @@ ACC_COLS = [("train_acc", "Training acc (%)"), ("val_acc", "Validation acc (%)")
 
 def table1_rows(t: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     paper = set(t["bn"]) <= {"BN", "NBN"}
-    header = ["Model", "BN" if paper else "Norm", "Seeds"] + [h for _, h in ACC_COLS]
+    header = ["Model", "BN" if paper else axis_word(t["bn"]).capitalize(), "Seeds"] + [h for _, h in ACC_COLS]
     rows = [[r.model, r.bn, str(r.seeds)] + [fmt_pm(getattr(r, f"{c}_mean"), getattr(r, f"{c}_std"))
                                               for c, _ in ACC_COLS] for r in t.itertuples()]
     return header, rows

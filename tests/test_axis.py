@@ -124,7 +124,8 @@ def test_a_study_file_takes_conditions_as_a_table(tmp_path):
 
 
 # ==== end to end: three conditions, then a fourth ====
-ARGS = ["--smoke-test", "--conditions", "batch; bn-b8:batch,batch_size=8; none"]
+EXP = "synthetic-cnn"  # seeded class-structured 8x8 images, generated on the spot
+ARGS = ["--experiment", EXP, "--smoke-test", "--conditions", "batch; bn-b8:batch,batch_size=8; none"]
 KEYS = {name: list(t.keys) for name, t in TABLES.items()}
 
 
@@ -133,7 +134,7 @@ def bnrep(*args, out):
 
 
 def mtimes(out, table):
-    return {p.name: p.stat().st_mtime_ns for p in (out / "digits-cnn" / "results" / table).glob("*.parquet")}
+    return {p.name: p.stat().st_mtime_ns for p in (out / EXP / "results" / table).glob("*.parquet")}
 
 
 @pytest.mark.slow
@@ -141,12 +142,12 @@ def test_conditions_end_to_end_and_a_rerun_adding_one(tmp_path):
     out = tmp_path / "runs"
     r = bnrep("run", *ARGS, out=out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    store = Store(str(out), "digits-cnn")
+    store = Store(str(out), EXP)
     t = store.read_table("training")
     assert sorted(t["model_id"]) == sorted(f"cnn-{c}-s{s}" for c in ("bn", "bn-b8", "nobn") for s in (0, 1))
     assert dict(zip(t["model_id"], t["condition"]))["cnn-bn-b8-s0"] == "bn-b8"
     assert set(t.loc[t["condition"] == "bn-b8", "norm"]) == {"batch"}
-    recipe = {m: torch.load(out / "digits-cnn" / "train" / "models" / m / "model.pt", weights_only=True)["experiment"]
+    recipe = {m: torch.load(out / EXP / "train" / "models" / m / "model.pt", weights_only=True)["experiment"]
               for m in ("cnn-bn-b8-s1", "cnn-bn-s1")}
     assert (recipe["cnn-bn-b8-s1"]["batch_size"], recipe["cnn-bn-s1"]["batch_size"]) == (8, 64)  # the trainer's
     h = store.read_table("training_history")
@@ -160,11 +161,11 @@ def test_conditions_end_to_end_and_a_rerun_adding_one(tmp_path):
         assert not df.duplicated(KEYS[name]).any(), name
     cka = store.read_table("cka")
     assert {"bn-b8"} <= set(cka["condition_a"]) | set(cka["condition_b"])
-    md = (out / "digits-cnn" / "report" / "report.md").read_text()
-    assert "BatchNorm, batch size 8" in md and "| bn-b8 |" in md
+    md = (out / EXP / "report" / "report.md").read_text()
+    assert "BatchNorm, batch size 8" in md and "| bn-b8 |" in md and "| Model | Condition | Seeds |" in md
 
     before = {name: mtimes(out, name) for name in ("training", "layer_sparsity", "kmeans", "hparam_trials")}
-    r = bnrep("run", "--smoke-test", "--conditions", "batch; bn-b8:batch,batch_size=8; gn-b8:group,batch_size=8; none",
+    r = bnrep("run", *ARGS[:3], "--conditions", "batch; bn-b8:batch,batch_size=8; gn-b8:group,batch_size=8; none",
               out=out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "[final] 6 of 8 models already trained" in r.stdout
@@ -174,7 +175,7 @@ def test_conditions_end_to_end_and_a_rerun_adding_one(tmp_path):
         assert all("gn-b8" in k for k in set(now) - set(old)) and set(now) - set(old), name
     t = store.read_table("training")
     assert len(t) == 8 and set(t.loc[t["condition"] == "gn-b8", "norm"]) == {"group"}
-    redefine = bnrep("final", "--smoke-test", "--paper-hparams", "--conditions", "batch; bn-b8:batch,batch_size=4",
+    redefine = bnrep("final", *ARGS[:3], "--paper-hparams", "--conditions", "batch; bn-b8:batch,batch_size=4",
                      out=out)
     assert redefine.returncode == 2 and "holds condition bn-b8 as" in redefine.stderr
     assert len(redefine.stderr.strip().splitlines()) == 1
