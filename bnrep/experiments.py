@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from bnrep.datasets import DatasetError, parse_dataset
 from bnrep.models import ModelError, parse_spec
 from bnrep.axis import ConditionError, canonical, from_table, name_of, overrides_of, register_all, split_items
+from bnrep.axis import parse as parse_condition
 from bnrep.norms import NAMES as NORM_NAMES, REF, get_norm, sort_key
 
 DEFAULT_EXPERIMENT = "digits-cnn"
@@ -155,17 +156,26 @@ class Experiment:
         """The names along the axis, in display order: a normalisation's name or a condition's tag."""
         return tuple(name_of(c) for c in self.conditions)
 
+    def condition(self, name: str) -> tuple[str, dict]:
+        """(the normalisation, the training overrides) of condition `name`, as this experiment defines
+        it (not as another experiment in the same process may define the same tag)."""
+        for c in self.conditions:
+            tag, norm, overrides, _ = parse_condition(c)
+            if (tag or norm) == name:
+                return norm, overrides
+        return get_norm(name).norm, overrides_of(name)  # a name off the axis: the norm table's
+
     def for_condition(self, name: str) -> "Experiment":
         """The training recipe of condition `name`: this experiment with its overrides applied."""
-        changes = overrides_of(name)
+        norm, changes = self.condition(name)
         if not changes:
             return self
-        return self.override(conditions=(get_norm(name).norm,), reference=REF, **changes)  # one norm, plain
+        return self.override(conditions=(norm,), reference=REF, **changes)  # one norm, plain
 
     def lr_for(self, norm: str) -> float:
         """The preset learning rate: lr_nobn (if set) for norm none, lr for every norm (a condition's
         `lr` override is already in self: for_condition)."""
-        return self.lr if get_norm(norm).norm != REF or self.lr_nobn is None else self.lr_nobn
+        return self.lr if self.condition(norm)[0] != REF or self.lr_nobn is None else self.lr_nobn
 
     def paper_hparams(self, norm: str) -> dict:
         return {"lr": self.lr_for(norm), "momentum": self.momentum if self.optimizer == "sgd" else 0.0}

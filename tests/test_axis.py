@@ -35,6 +35,15 @@ def test_conditions_parse_to_one_spelling_and_register_their_tags():
     assert type(get_norm("gn-b8").build(64, conv=True)) is type(get_norm("group:32").build(64, conv=True))
 
 
+def test_each_experiment_trains_its_own_definition_of_a_tag():
+    """Two studies in one process (a notebook) may give one tag two meanings: each trains its own."""
+    a = BASE.override(conditions="batch; x:batch,batch_size=8")
+    b = BASE.override(conditions="batch; x:group,batch_size=16,weight_decay=0.001")
+    assert a.condition("x") == ("batch", {"batch_size": 8}) and a.for_condition("x").batch_size == 8
+    assert b.condition("x") == ("group", {"batch_size": 16, "weight_decay": 0.001})
+    assert (b.for_condition("x").batch_size, a.for_condition("x").weight_decay) == (16, 0.0)
+
+
 def test_norms_is_one_condition_per_norm_and_hashes_do_not_move():
     assert BASE.override(norms="batch,none") == BASE
     assert BASE.override(conditions="bn:batch; none") == BASE  # a tag on a plain norm is dropped: its models

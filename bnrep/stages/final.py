@@ -22,7 +22,7 @@ from bnrep.data import load_data
 from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
 from bnrep.models import model_id
-from bnrep.norms import SHORT, TAGS, get_norm
+from bnrep.norms import SHORT, TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, default_gpus, placement, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, tune_config
@@ -37,11 +37,11 @@ def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: b
 
     quiet_when_stopped()
     seed, cond, hp = config["run"]["seed"], config["run"]["norm"], config["run"]["hparams"]  # norm: the condition
-    norm = get_norm(cond).norm
+    norm = exp.condition(cond)[0]
     mid, bn = model_id(exp.model, cond, seed), norm == "batch"
     store = Store(out, exp.name)
     data = load_data(exp, data_root, device=best_device())
-    trainer = Trainer(exp.for_condition(cond), data, cond, hp, seed, amp=amp)
+    trainer = Trainer(exp.for_condition(cond), data, norm, hp, seed, amp=amp)  # the condition's recipe and norm
     resumed_from = train_in_tune(trainer, extra={"model_id": mid})
     r = trainer.finish()
     row = {"model_id": mid, "experiment": exp.name, "dataset": exp.dataset, "arch": exp.model, "model": exp.model,

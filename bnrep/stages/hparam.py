@@ -21,7 +21,7 @@ from bnrep.config import RunOptions, StageFailed, header, stage_hashes, start_fr
 from bnrep.data import load_data
 from bnrep.experiments import Experiment, lr_edge
 from bnrep.lock import writer_lock
-from bnrep.norms import TAGS, get_norm
+from bnrep.norms import TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, default_gpus, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, tune_config
@@ -37,7 +37,7 @@ def trial(config: dict, exp: Experiment, data_root: str | None, amp: bool) -> No
     quiet_when_stopped()
     data = load_data(exp, data_root, device=best_device())
     cond = exp.for_condition(config["norm"])  # config["norm"]: the condition (bnrep.axis)
-    trainer = Trainer(cond, data, config["norm"], config, SWEEP_SEED, amp=amp,
+    trainer = Trainer(cond, data, exp.condition(config["norm"])[0], config, SWEEP_SEED, amp=amp,
                       max_epochs=cond.sweep_max_epochs or cond.max_epochs)
     train_in_tune(trainer)
 
@@ -66,7 +66,8 @@ def run_search(exp: Experiment, opts: RunOptions, store: Store, norm: str, gpus:
     space, rel = search_space(exp, norm), f"hparam/tune/{tag}"
     if can_resume(store, rel, space, f"[hparam] {tag}:", "search", "searching anew (seeded: the same configurations)"):
         print(f"[hparam] {tag}: resuming the interrupted search in {path}", flush=True)
-        return trials_table(tune.Tuner.restore(path, trainable=fn, param_space=space, resume_errored=True).fit(), norm)
+        restored = tune.Tuner.restore(path, trainable=fn, param_space=space, resume_errored=True)
+        return trials_table(restored.fit(), norm, exp.condition(norm)[0])
     store.delete(rel)  # what a run killed before Tune saved a usable state left
     recipe = exp.for_condition(norm)
     max_t = recipe.sweep_max_epochs or recipe.max_epochs
@@ -79,15 +80,16 @@ def run_search(exp: Experiment, opts: RunOptions, store: Store, norm: str, gpus:
                                     grace_period=max(1, max_t // 4), reduction_factor=3),
             search_alg=BasicVariantGenerator(random_state=exp.split_seed)),
         run_config=run_config(opts, tag, store.uri("hparam", "tune"), progress))
-    return trials_table(tuner.fit(), norm)
+    return trials_table(tuner.fit(), norm, exp.condition(norm)[0])
 
 
-def trials_table(grid, norm: str) -> pd.DataFrame:
+def trials_table(grid, cond: str, norm: str) -> pd.DataFrame:
+    """One row per trial of condition `cond`, which builds normalisation `norm`."""
     rows = []
     for r in grid:
         m, cfg = r.metrics or {}, r.config or {}
-        rows.append({"trial_id": m.get("trial_id", ""), "bn": get_norm(norm).norm == "batch",
-                     "norm": get_norm(norm).norm, "condition": norm, "lr": float(cfg.get("lr", "nan")),
+        rows.append({"trial_id": m.get("trial_id", ""), "bn": norm == "batch", "norm": norm, "condition": cond,
+                     "lr": float(cfg.get("lr", "nan")),
                      "momentum": float(cfg.get("momentum", 0.0)), "epochs": int(m.get("epoch", 0)),
                      "train_acc": float(m.get("train_acc", "nan")),
                      "train_acc_running": float(m.get("train_acc_running", "nan")),
