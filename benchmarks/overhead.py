@@ -143,21 +143,22 @@ def plain_analysis(exp, data, out: str) -> list[float]:
     todo = analysis.plan(store, exp, models, probes)
     images = data.train.X[torch.as_tensor(samples.order)]
     labels = data.train.y[torch.as_tensor(samples.indices("cluster"))].numpy()
+    sample_labels = data.train.y[torch.as_tensor(samples.order)]
     rows = {r["model_id"]: r for r in models.to_dict("records")}
     times, arrays = [], {}
     for mid in sorted(todo.extract()):
-        s, arrays[mid] = timed(lambda: analysis.extract(out, exp, rows[mid], images, samples.n_sparsity, probes,
-                                                        hashes))
+        s, arrays[mid] = timed(lambda: analysis.extract(out, exp, rows[mid], images, sample_labels, samples.n_sparsity,
+                                                        samples.n_cluster, probes, todo.models.get(mid, ()), hashes))
         times.append(s)
         at = {p.index: i for i, p in enumerate(probes)}
         for q, work in todo.layers.get(mid, []):
             times.append(timed(lambda: analysis.layer_task(out, exp, rows[mid], q, arrays[mid][at[q.index]], labels,
                                                            work, "torch", hashes))[0])
     at = {p.index: i for i, p in enumerate(probes)}
-    for a, b, name, index in todo.cka:
-        times.append(timed(lambda: analysis.cka_task(out, exp, a, b, name, index, arrays[a["model_id"]][at[index]],
-                                                     arrays[b["model_id"]][at[index]], samples.n_cluster,
-                                                     hashes["cka"]))[0])
+    for a, b, name, index, work in todo.pairs:
+        times.append(timed(lambda: analysis.pair_task(out, exp, a, b, name, index, arrays[a["model_id"]][at[index]],
+                                                      arrays[b["model_id"]][at[index]], samples.n_cluster,
+                                                      work, hashes))[0])
     return times
 
 

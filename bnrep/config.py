@@ -28,6 +28,7 @@ import bnrep
 from bnrep.axis import name_of
 from bnrep.datasets import class_names
 from bnrep.experiments import ConfigError, Experiment, get_experiment, renamed
+from bnrep.measures import MEASURES
 from bnrep.store import Store, git_commit, is_uri, tables
 
 # Fields that change what the analysis stage computes but not the models.
@@ -77,21 +78,13 @@ class RunOptions:
 # What each analysis table depends on besides the models (train_hash). A part
 # carries its table's hash (`table_hashes`), so a change that leaves a table's
 # fields alone (more eps thresholds; a new measure) recomputes only the rest.
-TABLE_FIELDS = {
-    "samples": ("samples_sparsity", "samples_cluster"),
-    "channel_sparsity": ("samples_sparsity", "eps"),
-    "layer_sparsity": ("samples_sparsity", "eps"),
-    "class_dbi": ("samples_cluster",),
-    "kmeans": ("samples_cluster", "k_min", "k_max", "n_init"),
-    "nc1": ("samples_cluster",),
-    "effective_rank": ("samples_cluster",),
-    "cka": ("samples_cluster",),
-}
+TABLE_FIELDS = {"samples": ("samples_sparsity", "samples_cluster"),
+                **{m.table: m.fields for m in MEASURES.values()}}  # bnrep.measures
 
 
 # Tables whose measures changed since parts were first written (a column added): parts of an older
 # version carry another hash, so a rerun recomputes that table once and nothing else.
-TABLE_VERSIONS = {"cka": 2}  # 2: debiased linear CKA next to linear CKA
+TABLE_VERSIONS = {m.table: m.version for m in MEASURES.values() if m.version > 1}
 
 
 def _hash(x) -> str:

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bnrep.results import SHORT, Results, at_eps, optimal_k, ordered
+from bnrep.measures import MEASURES as MEASURE_TABLE
+from bnrep.results import SHORT, Results, ordered
 
 R_MIN = 0.5  # a correlation counts when |r| >= 0.5 ...
 P_MAX = 0.05  # ... and p < 0.05; also the level of Welch's t-test over seeds (bnrep.findings)
@@ -77,13 +78,12 @@ def _per_model(df: pd.DataFrame, col: str) -> pd.Series:
     return df.groupby("model_id")[col].mean() if len(df) and col in df else pd.Series(dtype=float)
 
 
-MEASURES = {  # name in the report -> per-model values from one experiment's tables
-    "layer sparsity (smallest eps)": lambda r: _per_model(at_eps(r.table("layer_sparsity")), "sparsity"),
-    "class DBI": lambda r: _per_model(r.table("class_dbi"), "dbi"),
-    "NC1": lambda r: _per_model(r.table("nc1"), "value"),
-    "effective rank": lambda r: _per_model(r.table("effective_rank"), "value"),
-    "k-means DBI at optimal k": lambda r: _per_model(optimal_k(r.table("kmeans")), "dbi"),
-}
+def _measure(m):
+    return lambda r: _per_model(m.select(r.table(m.table)) if m.select else r.table(m.table), m.values[0])
+
+
+MEASURES = {m.predictor: _measure(m)  # name in the report -> per-model values from one experiment's tables
+            for m in MEASURE_TABLE.values() if m.predictor}
 TARGETS = {"test_acc": "test accuracy", "gap": "generalisation gap (train - test)"}
 
 

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from bnrep.experiments import layer_indices
+from bnrep.measures import MEASURES
 from bnrep.norms import sort_key
 from bnrep.results import (COLORS, NORMS, SHORT, Results, at_eps, cka_pairs, eps_values, n_seeds, norm_labels,
                            not_rectified, optimal_k, ordered, present_norms, seed_stats, seeds_text, shown)
@@ -160,17 +161,41 @@ def _log_if_positive(fig: Figure | None) -> Figure | None:
     return fig
 
 
-def fig_nc1(results) -> Figure | None:
-    """Beyond the paper: NC1 (Papyan, Han & Donoho 2020) per layer; lower = classes more collapsed."""
-    return _log_if_positive(fig_per_layer(results, lambda r: r.table("nc1"), "value",
-                                          "NC1 (lower = more collapsed)",
-                                          "Within-class variability collapse (NC1) per layer"))
+def measure_figure(m):
+    """The per-layer figure of a measure of bnrep.measures: its headline value, a line per condition."""
+    def make(results) -> Figure | None:
+        fig = fig_per_layer(results, lambda r: r.table(m.table), m.values[0], m.ylabel, m.title)
+        return _log_if_positive(fig) if m.log else fig
+    make.__name__ = f"fig_{m.table}"
+    return make
 
 
-def fig_effective_rank(results) -> Figure | None:
-    """Beyond the paper: effective rank (Roy & Vetterli 2007) of the reduced representations per layer."""
-    return fig_per_layer(results, lambda r: r.table("effective_rank"), "value", "effective rank",
-                         "Effective rank of the reduced representations per layer")
+def fig_signal_propagation(results) -> Figure | None:
+    """Brock, De & Smith 2021: the average channel variance and squared channel mean of each activation's
+    input (solid) and output (dashed) against depth, a line per condition; panels per experiment."""
+    rs = [(r, r.table("signal_propagation")) for r in _as_list(results)]
+    rs = [(r, d) for r, d in rs if len(d)]
+    if not rs:
+        return None
+    labels = _labels([r for r, _ in rs])
+    fig, axes = _grid(2, len(rs), w=_width([d for _, d in rs]), h=3.2)
+    for i, (r, d) in enumerate(rs):
+        for row, (what, name) in enumerate((("var", "average channel variance"),
+                                            ("mean_sq", "average squared channel mean"))):
+            ax = axes[row, i]
+            for side, ls in (("input", "-"), ("output", "--")):
+                s = seed_stats(d, ["condition", "layer_index", "layer"], f"{side}_{what}")
+                for c in ordered(s["condition"]):
+                    e = s[s["condition"] == c]
+                    ax.errorbar(e["layer_index"], e["mean"], yerr=e["std"].fillna(0), color=COLORS[c], ls=ls,
+                                marker="o" if side == "input" else "x", capsize=2,
+                                label=f"{labels[c]}, {'pre-activation' if side == 'input' else 'output'}")
+            _layer_ticks(ax, s)
+            _panel(ax, title=f"{_panel_title(r, i, len(rs))}: {name}", xlabel="layer", ylabel=name)
+        axes[0, i].legend(fontsize=7)
+    _log_if_positive(fig)
+    fig.suptitle("Signal propagation: activation statistics against depth")
+    return fig
 
 
 # ==== CKA: does a normalisation change what a layer represents, beyond seed noise? ====
@@ -423,15 +448,8 @@ FIGURES = [
                "the paper's exact zero. Error bars: standard deviation across {seeds}.",
                "Layer sparsity against the threshold eps",
                "it needs layer sparsity at two or more thresholds: run the analysis with --eps 0,1e-3,1e-2,1e-1"),
-    FigureSpec("fig_nc1", fig_nc1, ("nc1",),
-               "Beyond the paper: within-class variability collapse NC1 = Tr(Σ_W Σ_B⁺)/C (Papyan, Han & Donoho "
-               "2020) of the reduced representations of the clustering samples per layer, for {colours} models; "
-               "lower means the classes are more collapsed around their means. Error bars: standard deviation "
-               "across {seeds}.{nan}", "NC1 per layer"),
-    FigureSpec("fig_effective_rank", fig_effective_rank, ("effective_rank",),
-               "Beyond the paper: effective rank (Roy & Vetterli 2007: exp of the entropy of the normalised "
-               "singular values of the centred reduced representations) per layer, for {colours} models. "
-               "Error bars: standard deviation across {seeds}.{nan}", "Effective rank per layer"),
+    *[FigureSpec(f"fig_{m.table}", measure_figure(m), (m.table,), m.caption, f"{m.name} per layer")
+      for m in MEASURES.values() if m.caption],  # bnrep.measures
     FigureSpec("fig_cka", fig_cka, ("cka",),
                "Beyond the paper: linear CKA (Kornblith et al. 2019) per layer between the reduced "
                "representations of two models on the same samples. Black squares: two normalisations at the same "
@@ -443,11 +461,21 @@ FIGURES = [
                "unrelated representations at any sample count, where linear CKA is inflated at small ones.",
                "CKA per layer",
                "it needs CKA between two normalisations at the same seed"),
+    FigureSpec("fig_signal_propagation", fig_signal_propagation, ("signal_propagation",),
+               "Beyond the paper: signal propagation (Brock, De & Smith 2021) of the analysis samples through "
+               "{colours} models: per layer, the average over channels of the channel variance (top) and of the "
+               "squared channel mean (bottom), over every sample and position, of each activation's input (the "
+               "pre-activation, solid) and output (dashed). Error bars: standard deviation across {seeds}.",
+               "Signal propagation"),
     FigureSpec("fig_learning_curves", fig_learning_curves, ("training_history",),
                "Beyond the paper: training loss (left) and training (solid) / validation (dashed) accuracy "
                "(right) per epoch, mean over the seeds still training at that epoch ({seeds} in all); "
                "shading: standard deviation."),
 ]
+
+def figure(name: str) -> FigureSpec:
+    return next(f for f in FIGURES if f.name == name)
+
 
 def colours_text(norms) -> str:
     """'BatchNorm (blue) and no-BatchNorm (orange)' style legend for captions."""
@@ -466,11 +494,10 @@ def _models(df: pd.DataFrame) -> pd.DataFrame:
 def caption(spec: FigureSpec, rs: list[Results]) -> str:
     df = pd.concat([r.table(spec.tables[0]) for r in rs], ignore_index=True)
     layers = "; ".join(f"{r.label}: from layer {r.experiment.first_shown_layer}" for r in rs)
-    nan, col = "", "dbi" if "dbi" in df else "value"
+    m, nan = MEASURES.get(spec.tables[0]), ""
+    col = m.values[0] if m else ""
     if col in df and df[col].isna().any():
-        what = ("DBI values are NaN (dead layers)" if col == "dbi" else
-                "values are NaN (undefined: dead layer, one class)")
-        nan = f" {int(df[col].isna().sum())} of {len(df)} {what} and left out of the means."
+        nan = f" {int(df[col].isna().sum())} of {len(df)} {m.nan_note} and left out of the means."
     norms = {n for r in rs for n in r.norms}
     return spec.caption.format(seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms))
 

@@ -83,8 +83,10 @@ class _Functions(TorchFunctionMode):
         self.tap = tap
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
         name = ACTIVATION_FUNCTIONS.get(func)
+        if name is not None and not self.tap.inside and self.tap.pre is not None and args:
+            self.tap.pre(self.tap.index + 1, args[0])  # before an in-place function overwrites it
+        out = func(*args, **(kwargs or {}))
         if name is not None and not self.tap.inside:
             where = self.tap.stack[-1] if self.tap.stack else ""
             self.tap.report(f"{where}.{func.__name__.rstrip('_')}" if where else func.__name__.rstrip("_"),
@@ -93,8 +95,9 @@ class _Functions(TorchFunctionMode):
 
 
 class _Tap:
-    def __init__(self, model: nn.Module, fn: Callable[[int, str, str, torch.Tensor], None]):
-        self.model, self.fn = model, fn
+    def __init__(self, model: nn.Module, fn: Callable[[int, str, str, torch.Tensor], None],
+                 pre: Callable[[int, torch.Tensor], None] | None = None):
+        self.model, self.fn, self.pre = model, fn, pre
         self.stack: list[str] = []  # module paths being run
         self.inside = 0  # depth inside activation modules (their own F.relu is not a second probe)
         self.index = 0  # activations called so far in this forward pass
@@ -107,13 +110,15 @@ class _Tap:
         handles = []
         for path, m in self.model.named_modules():
             act = is_activation(m)
-            handles.append(m.register_forward_pre_hook(lambda mod, a, p=path, act=act: self._enter(p, act)))
+            handles.append(m.register_forward_pre_hook(lambda mod, a, p=path, act=act: self._enter(p, act, a)))
             handles.append(m.register_forward_hook(lambda mod, a, out, p=path, act=act: self._leave(p, act, mod, out)))
         return handles
 
-    def _enter(self, path: str, act: bool) -> None:
+    def _enter(self, path: str, act: bool, args: tuple) -> None:
         if not path:  # the model itself: a new forward pass
             self.stack, self.inside, self.index = [], 0, 0
+        if act and not self.inside and self.pre is not None and args:
+            self.pre(self.index + 1, args[0])  # the pre-activation, before an in-place module overwrites it
         self.stack.append(path)
         self.inside += act
 
@@ -125,10 +130,12 @@ class _Tap:
 
 
 @contextlib.contextmanager
-def tap(model: nn.Module, fn: Callable[[int, str, str, torch.Tensor], None]):
+def tap(model: nn.Module, fn: Callable[[int, str, str, torch.Tensor], None],
+        pre: Callable[[int, torch.Tensor], None] | None = None):
     """While open, every forward pass of `model` calls fn(index, path, activation, output) for each
-    activation call (index: 1-based, in forward order)."""
-    t = _Tap(model, fn)
+    activation call (index: 1-based, in forward order), and pre(index, input) just before the call
+    (the pre-activation, as it is before an in-place activation overwrites it)."""
+    t = _Tap(model, fn, pre)
     handles = t.hooks()
     try:
         with _Functions(t):

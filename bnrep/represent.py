@@ -14,6 +14,7 @@ every model of an experiment sees the same images.
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 
@@ -46,6 +47,22 @@ def _model_probes(exp: Experiment) -> tuple[Probe, ...]:
     return tuple(select_probes(find_probes(model, torch.zeros(2, C, H, W)), exp.probes, exp.model))
 
 
+def has_running_statistics(model: torch.nn.Module) -> bool:
+    """A BatchNorm-like norm: its eval mode uses running statistics, its training mode the batch's."""
+    return any(getattr(m, "running_mean", None) is not None for m in model.modules())
+
+
+def with_batch_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` in eval mode except its norms with running statistics, which normalise with
+    each batch's statistics as in training (dropout stays off; the copy's running statistics absorb
+    the updates, the model's do not change)."""
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if getattr(m, "running_mean", None) is not None:
+            m.train()
+    return model
+
+
 @dataclass
 class LayerReps:
     name: str  # "conv3"
@@ -55,6 +72,9 @@ class LayerReps:
     values_per_channel: int  # N_sparsity * H * W: denominator of eq. 3
     reduced: torch.Tensor  # (N, C) float32, eq. 5 means with rows L2-normalised
     nonfinite: np.ndarray  # (C,) int64: sparsity samples with a NaN or inf value there (sparsity unknown)
+    moments: np.ndarray | None = None  # (4, C) float64 over all N samples and positions: sum and sum of
+    #   squares of the activation's input (pre-activation), then of its output (signal propagation)
+    moment_count: int = 0  # N * H * W: values per channel in each sum
 
     @property
     def channels(self) -> int:
@@ -97,19 +117,37 @@ class _Reducer:
         self.start = 0  # row of the current batch's first sample
         self.means: torch.Tensor | None = None  # (N, C)
         self.zeros: torch.Tensor | None = None  # (n_eps, C)
+        self.moments: torch.Tensor | None = None  # (4, C) float64: input sum, sum of squares; output's
         self.hw = 1
 
-    def __call__(self, out: torch.Tensor, channels_last: bool) -> None:
-        x = out.detach().float()
+    @staticmethod
+    def _bchw(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        x = t.detach().float()
         if channels_last:  # (B, H, W, C) or (B, T, C) -> channels first
             x = x.movedim(-1, 1)
         while x.dim() < 4:  # fully connected (B, C) or tokens (B, C, T) -> (B, C, H, W)
             x = x.unsqueeze(-1)
+        return x
+
+    def _accumulate(self, x: torch.Tensor, row: int) -> None:
+        if self.moments is None:
+            self.moments = torch.zeros(4, x.shape[1], dtype=torch.float64, device=x.device)
+        x = x.double()
+        self.moments[row] += x.sum(dim=(0, 2, 3))
+        self.moments[row + 1] += x.square().sum(dim=(0, 2, 3))
+
+    def pre(self, inp: torch.Tensor, channels_last: bool) -> None:
+        """The activation's input, just before it is called: its first and second moments."""
+        self._accumulate(self._bchw(inp, channels_last), 0)
+
+    def __call__(self, out: torch.Tensor, channels_last: bool) -> None:
+        x = self._bchw(out, channels_last)
         B, C, H, W = x.shape
         if self.means is None:
             self.means = torch.zeros(self.n, C, device=x.device)
             self.zeros = torch.zeros(len(self.eps), C, dtype=torch.int64, device=x.device)
             self.hw = H * W
+        self._accumulate(x, 2)
         self.means[self.start:self.start + B] = x.mean(dim=(2, 3))  # eq. 5
         keep = max(0, min(B, self.n_sparse - self.start))  # rows that are sparsity samples
         rows = chunk_rows(C * H * W, budget=COUNT_CHUNK, cap=None)
@@ -123,15 +161,16 @@ class _Reducer:
 def extract_representations(model: torch.nn.Module, X: torch.Tensor, n_sparsity: int,
                             eps: tuple[float, ...] = (0.0,), batch_size: int = 500,
                             device: torch.device | str | None = None,
-                            probes: list[Probe] | None = None) -> list[LayerReps]:
+                            probes: list[Probe] | None = None, batch_stats: bool = False) -> list[LayerReps]:
     """Representations of the `probes` (default: every activation) for the images X (N, C, H, W).
 
     Rows [0, n_sparsity) count toward sparsity; all N rows are reduced (eq. 5).
-    The model runs in eval mode; each output is reduced as it is made (before
+    The model runs in eval mode (`batch_stats`: a copy of it whose norms normalise with each batch's
+    statistics, `with_batch_statistics`, batches of `batch_size`); each output is reduced as it is made (before
     any in-place operation can change it); hooks are removed afterwards, also on error.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    model = model.to(device).eval()
+    model = with_batch_statistics(model).to(device) if batch_stats else model.to(device).eval()
     if probes is None:
         probes = find_probes(model, X[:2].to(device))
     n_sparse = min(n_sparsity, len(X))
@@ -143,7 +182,12 @@ def extract_representations(model: torch.nn.Module, X: torch.Tensor, n_sparsity:
             r, last = reducers[index]
             r(out, last)
 
-    with tap(model, reduce):
+    def before(index, inp):
+        if index in reducers and isinstance(inp, torch.Tensor):
+            r, last = reducers[index]
+            r.pre(inp, last)
+
+    with tap(model, reduce, before):
         for i in range(0, len(X), batch_size):
             xb = X[i:i + batch_size].to(device, non_blocking=True)
             if device.type == "cuda":
@@ -160,5 +204,6 @@ def extract_representations(model: torch.nn.Module, X: torch.Tensor, n_sparsity:
         # over every value (NaN is neither zero nor non-zero: that channel's sparsity is unknown)
         nonfinite = (~torch.isfinite(r.means[:n_sparse])).sum(dim=0).cpu().numpy()
         reps.append(LayerReps(p.name, p.index, p.activation, r.zeros.cpu().numpy(), n_sparse * r.hw,
-                              l2_normalise_rows(r.means, in_place=True).cpu(), nonfinite))
+                              l2_normalise_rows(r.means, in_place=True).cpu(), nonfinite,
+                              r.moments.cpu().numpy(), len(X) * r.hw))
     return reps

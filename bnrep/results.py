@@ -20,6 +20,7 @@ from bnrep.experiments import Experiment, layer_indices
 from bnrep.models import model_label as spec_label
 from bnrep.probes import RECTIFIERS
 from bnrep.axis import axis_word
+from bnrep.measures import MEASURES
 from bnrep.norms import COLORS, LABELS, NORMS as NORM_TABLE, REF, SHORT, ordered  # noqa: F401 (re-exported)
 from bnrep.store import with_norm
 
@@ -199,10 +200,10 @@ def cka_pairs(cka: pd.DataFrame) -> pd.DataFrame:
 
 
 def measure_numbers(r: Results) -> dict[str, list[dict]]:
-    """Seed mean, std and counts per layer of NC1 and effective rank (per norm) and of CKA (per kind of
-    pair: over the pairs), for findings.json."""
-    out = {t: seed_stats(r.table(t), ["condition", "layer_index", "layer"], "value").to_dict("records")
-           for t in ("nc1", "effective_rank") if len(r.table(t))}
+    """Seed mean, std and counts per layer of each measure with a per-layer figure (bnrep.measures: NC1,
+    effective rank, ...; per condition) and of CKA (per kind of pair: over the pairs), for findings.json."""
+    out = {m.table: seed_stats(r.table(m.table), ["condition", "layer_index", "layer"], m.values[0]).to_dict("records")
+           for m in MEASURES.values() if m.caption and len(r.table(m.table))}
     p = cka_pairs(r.table("cka"))
     if len(p):
         out["cka"] = seed_stats(p, ["kind", "first", "second", "layer_index", "layer"], "cka").to_dict("records")

@@ -67,6 +67,22 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
         clustering samples; every pair of conditions at one seed, every pair of seeds in one;
         cka_debiased: with the unbiased HSIC estimator, Nguyen, Raghu & Kornblith 2021: about 0
         for independent data at any N, where linear CKA is inflated at small N)
+    signal_propagation model x layer; part = model_id
+        model_id, bn, norm, condition, seed, layer, layer_index, activation, input_mean_sq, input_var,
+        output_mean_sq, output_var, reason (Brock, De & Smith 2021: over every analysis sample and
+        position, the mean over channels of the squared channel mean and of the channel variance of
+        the activation's input, the pre-activation, and of its output)
+    gradient_norms     model x layer; part = model_id
+        model_id, bn, norm, condition, seed, layer, layer_index, activation, gradient_norm, reason
+        (||d loss / d activation output|| averaged over the same 4 batches of 64 analysis samples for
+        every model, norms with running statistics using each batch's; Yang et al. 2019)
+    train_eval         model x layer; part = model_id
+        model_id, bn, norm, condition, seed, layer, layer_index, activation, cka, rel_diff, reason
+        (the clustering samples' reduced representations with batch statistics, at the condition's
+        batch size, against running statistics: linear CKA and ||R_batch - R_eval|| / ||R_eval||;
+        NaN with a reason for a model without running statistics; Wu & Johnson 2021)
+
+The analysis tables are bnrep.measures' table of measures: their stage, part, keys and hash come from it.
 
 `norm` is the normalisation a model was built with and `condition` the study axis's
 entry it belongs to (bnrep.axis: the norm's name, or a condition's tag such as bn-b8);
@@ -101,6 +117,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import bnrep
+from bnrep.measures import MEASURES
 
 
 @dataclass(frozen=True)
@@ -115,13 +132,7 @@ TABLES: dict[str, Table] = {  # the schema is in the module docstring
     "training": Table("final", "model", ("model_id",)),
     "training_history": Table("final", "model", ("model_id", "epoch")),
     "samples": Table("analysis", "samples", ("purpose", "position")),
-    "channel_sparsity": Table("analysis", "model", ("model_id", "layer_index", "eps", "channel")),
-    "layer_sparsity": Table("analysis", "model", ("model_id", "layer_index", "eps")),
-    "class_dbi": Table("analysis", "layer", ("model_id", "layer_index")),
-    "kmeans": Table("analysis", "layer", ("model_id", "layer_index", "k")),
-    "nc1": Table("analysis", "layer", ("model_id", "layer_index")),
-    "effective_rank": Table("analysis", "layer", ("model_id", "layer_index")),
-    "cka": Table("analysis", "pair", ("layer_index", "model_a", "model_b")),
+    **{m.table: Table("analysis", m.part, m.key_columns) for m in MEASURES.values()},  # bnrep.measures
 }
 
 

@@ -14,6 +14,8 @@ others; the defaults give group and layer norm values of their own.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -157,7 +159,27 @@ def measure_tables(training, layers, nc1, erank, cka_within, cka_cross, noise, r
                 per_layer["cka"].append(dict(model_a=a["model_id"], model_b=b["model_id"], norm_a=a["norm"], condition_a=a["norm"],
                                              norm_b=b["norm"], condition_b=b["norm"], seed_a=a["seed"], seed_b=b["seed"], layer=name,
                                              layer_index=li, cka=float(np.clip(v + g.uniform(-noise, noise), 0, 1))))
+    per_layer |= later_measures(models, layers, np.random.default_rng(rng + 2000))
     return {k: pd.DataFrame(v) for k, v in per_layer.items()}
+
+
+def later_measures(models, layers, g) -> dict[str, list[dict]]:
+    """signal_propagation, gradient_norms and train_eval: variance grows with depth without a norm,
+    gradients grow toward the input with BatchNorm (Yang et al. 2019); only BatchNorm has running statistics."""
+    t = {"signal_propagation": [], "gradient_norms": [], "train_eval": []}
+    for m in models:
+        bn = m["norm"] == "batch"
+        for li, name in enumerate(layers, start=1):
+            lk = dict(m, layer=name, layer_index=li, activation="ReLU", reason="")
+            var = 1.0 if bn else 1.5 ** li
+            t["signal_propagation"].append(dict(lk, input_mean_sq=0.1 * var * g.uniform(0.9, 1.1), input_var=var,
+                                                output_mean_sq=0.3 * var, output_var=0.35 * var * g.uniform(0.9, 1.1)))
+            t["gradient_norms"].append(dict(lk, gradient_norm=(2.0 ** (len(layers) - li) if bn else 1.0)
+                                            * g.uniform(0.9, 1.1)))
+            t["train_eval"].append(dict(lk, cka=0.99 - 0.01 * li + g.uniform(-0.005, 0.005) if bn else math.nan,
+                                        rel_diff=0.05 * li if bn else math.nan,
+                                        reason="" if bn else "no norm with running statistics"))
+    return t
 
 
 def write_tables(out, experiment: str, tables: dict[str, pd.DataFrame], parts: int = 2) -> None:

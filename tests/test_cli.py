@@ -203,7 +203,7 @@ def test_ray_runs_library_functions_by_reference():
 
     from bnrep.stages import analysis, final, hparam
 
-    for fn in (hparam.trial, final.trial, analysis.extract, analysis.layer_task, analysis.cka_task):
+    for fn in (hparam.trial, final.trial, analysis.extract, analysis.layer_task, analysis.pair_task):
         blob = cp.dumps(fn)
         assert fn.__module__.startswith("bnrep.stages.") and len(blob) < 200, (fn.__name__, len(blob))
 

@@ -614,12 +614,10 @@ if os.environ.get("BNREP_TEST_STALL_DIR"):  # the Ray workers of the one node st
     def parts(name, args):
         """(table, part) pairs the analysis task `name` writes, from its arguments."""
         if name == "extract":
-            mid = args["row"]["model_id"]
-            return [(t, mid) for t in ("channel_sparsity", "layer_sparsity")] if args["hashes"] else []
+            return [(t, args["row"]["model_id"]) for t in args["todo"]]
         if name == "layer_task":
-            part = f"{args['row']['model_id']}-{args['layer']}"
-            return [(t, part) for w in args["work"] for t in analysis.LAYER_WORK[w]]
-        return [("cka", analysis.cka_part(args["layer"], args["a"], args["b"]))]
+            return [(t, f"{args['row']['model_id']}-{args['probe'].name}") for t in args["todo"]]
+        return [(t, analysis.pair_part(args["layer"], args["a"], args["b"])) for t in args["todo"]]
 
     def stalling(task):
         @functools.wraps(task)
@@ -640,7 +638,7 @@ if os.environ.get("BNREP_TEST_STALL_DIR"):  # the Ray workers of the one node st
                 time.sleep(60)
         return first_task_never_ends
 
-    for name in ("extract", "layer_task", "cka_task"):
+    for name in ("extract", "layer_task", "pair_task"):
         setattr(analysis, name, stalling(getattr(analysis, name)))
 '''
 

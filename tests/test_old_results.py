@@ -26,7 +26,8 @@ def test_old_parts_read_with_a_norm_column(old_results):
 @pytest.mark.slow
 def test_old_results_resume_computing_only_the_new_measures(old_results, capsys):
     """Same hashes as then: no model retrained, no part recomputed; the rerun adds
-    only the measures that came later (NC1, effective rank, CKA)."""
+    only the measures that came later (NC1, effective rank, CKA, signal propagation, gradient norms, train
+    against eval mode)."""
     before = tree(old_results)
     args = ["--experiment", "synthetic-cnn", "--out", str(old_results)]
     assert flags.run_stage("final", [*args, "--paper-hparams"]) == 0
@@ -40,7 +41,7 @@ def test_old_results_resume_computing_only_the_new_measures(old_results, capsys)
     assert {k: v for k, v in after.items() if k in before} == {**before, "synthetic-cnn/config.json":
                                                                after["synthetic-cnn/config.json"]}
     added = {k.split("/")[2] for k in set(after) - set(before)}
-    assert added == {"nc1", "effective_rank", "cka"}
+    assert added == {"nc1", "effective_rank", "cka", "signal_propagation", "gradient_norms", "train_eval"}
     assert flags.run_stage("analysis", args) == 0  # and now nothing is left
     assert "4 models complete, 0 tasks to run" in capsys.readouterr().out
 

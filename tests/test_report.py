@@ -714,7 +714,7 @@ def test_conditions_named_next_to_the_verdicts_they_undermine(name):
 # ==== the measures beyond the paper: NC1, effective rank, CKA, sparsity thresholds ====
 
 @pytest.mark.parametrize("make,labels", [(cnn, LABEL), (cnn4, LABEL4)])
-@pytest.mark.parametrize("make_fig,table", [(figures.fig_nc1, "nc1"), (figures.fig_effective_rank, "effective_rank")])
+@pytest.mark.parametrize("make_fig,table", [(figures.figure("fig_nc1").make, "nc1"), (figures.figure("fig_effective_rank").make, "effective_rank")])
 def test_nc1_and_effective_rank_figures_plot_the_table_values(make, labels, make_fig, table):
     r = make()
     (ax,) = make_fig(r).axes
@@ -725,7 +725,7 @@ def test_nc1_and_effective_rank_figures_plot_the_table_values(make, labels, make
 def test_nc1_figure_leaves_nan_layers_out_of_the_means():
     t = set_rows(cnn().tables, "nc1", "model_id in ['bn-s0', 'nobn-s2'] and layer_index == 2", value=math.nan)
     r = results.Results(get_experiment("digits-cnn"), t)
-    (ax,) = figures.fig_nc1(r).axes
+    (ax,) = figures.figure("fig_nc1").make(r).axes
     check_errorbars(ax, r.table("nc1").dropna(subset=["value"]), "value")
     assert "2 of 40 values are NaN" in figures.caption(next(s for s in figures.FIGURES if s.name == "fig_nc1"), [r])
 
@@ -960,7 +960,8 @@ def test_report_builds_without_the_new_tables(tmp_path):
         assert f"{name} not drawn: no results/{table} (results written before this measure existed" in md
         assert f"{name} not drawn: no results/{table}" in html
     assert "Layer sparsity against the threshold eps not drawn: it needs layer sparsity at two or more thresholds" in md
-    new = {"fig_nc1", "fig_effective_rank", "fig_cka", "fig_sparsity_thresholds"}
+    new = {"fig_nc1", "fig_effective_rank", "fig_cka", "fig_sparsity_thresholds", "fig_signal_propagation",
+           "fig_gradient_norms", "fig_train_eval"}
     drawn = {f.rsplit(".", 1)[0] for f in res.files if f.startswith("fig_")}
     assert drawn == {s.name for s in figures.FIGURES} - new
     assert md.count("![fig_") == len(drawn) and html.count("data:image/png;base64,") == len(drawn)
@@ -1066,7 +1067,7 @@ def test_figures_of_diverged_models_render():
                             value=np.nan, reason="the representations contain NaN or inf")
                        for n in ("batch", "none") for i in (1, 2)])
     r = Results(get_experiment("synthetic-cnn"), {"training_history": h, "nc1": nc})
-    for make in (figures.fig_learning_curves, figures.fig_nc1):
+    for make in (figures.fig_learning_curves, figures.figure("fig_nc1").make):
         assert figures.figure_bytes(make(r), "png").startswith(b"\x89PNG")
 
 

@@ -190,7 +190,7 @@ def test_layer_task_on_nonfinite_representations_writes_nan_with_reasons(tmp_pat
     X[3, 2], X[7, 0] = np.nan, np.inf
     y = np.arange(40) % 4
     row = {"model_id": "cnn-nobn-s0", "norm": "none", "condition": "none", "seed": 0}
-    layer_task(str(tmp_path), exp, row, Probe("conv2", 2, "ReLU", "features.4"), X, y, ("clustering", "measures"),
+    layer_task(str(tmp_path), exp, row, Probe("conv2", 2, "ReLU", "features.4"), X, y, ("class_dbi", "kmeans", "nc1", "effective_rank"),
                "torch", table_hashes(exp))
     store = Store(str(tmp_path), exp.name)
     km = store.read_table("kmeans")
@@ -210,16 +210,21 @@ def test_nan_values_have_no_sparsity(tmp_path):
 
     from bnrep.config import table_hashes
     from bnrep.experiments import SMOKE, get_experiment
-    from bnrep.stages.analysis import NONFINITE, write_sparsity
+    from bnrep.measures import MEASURES, ModelRun
+    from bnrep.stages.analysis import NONFINITE, write_model_rows
     from bnrep.store import Store
 
     X = torch.tensor([[[[1.0, float("nan")], [0.0, 3.0]], [[-2.0, 1.0], [-2.0, -2.0]]],
                       [[[0.0, 0.0], [0.0, 4.0]], [[2.0, 0.0], [0.0, 0.0]]]])  # (N=2, C=2, 2, 2)
-    reps = extract_representations(OnlyReLU(), X, n_sparsity=2, device="cpu")
+    probes = find_probes(OnlyReLU(), X)
+    reps = extract_representations(OnlyReLU(), X, n_sparsity=2, device="cpu", probes=probes)
     np.testing.assert_array_equal(reps[0].nonfinite, [1, 0])
     exp = get_experiment("digits-cnn").override(**SMOKE, eps=(0.0,))
     row = {"model_id": "m", "norm": "none", "condition": "none", "seed": 0}
-    write_sparsity(Store(str(tmp_path), exp.name), exp, row, reps, table_hashes(exp))
+    run = ModelRun(exp, row, OnlyReLU(), reps, probes, X, torch.zeros(2), 2, torch.device("cpu"))
+    for table in ("channel_sparsity", "layer_sparsity"):
+        m = MEASURES[table]
+        write_model_rows(Store(str(tmp_path), exp.name), m, row, probes, m.compute(run), table_hashes(exp))
     chan = pd.read_parquet(tmp_path / exp.name / "results" / "channel_sparsity").sort_values("channel")
     assert np.isnan(chan["sparsity"].iloc[0]) and chan["sparsity"].iloc[1] == 6 / 8  # 3 zeros + 3 from ReLU
     assert list(chan["reason"]) == [NONFINITE, ""]

@@ -1,27 +1,28 @@
 """Stage 3: measure every trained model's representations with Ray tasks.
 
-One task per model extracts the post-activation representations (every
-probe of bnrep.probes, or those --probes chooses) of the analysis samples (GPU when the cluster has one) and writes sparsity at every eps
-threshold (paper eq. 3-4, one pass); its outputs are the per-layer N x C
-reduced representations (eq. 5), one object per layer, never written to
-disk. One task per (model, layer) then computes the class-based DBI, the
-k-means sweep k = 2..15 with the DBI of each k and the optimal k (paper 3.3),
-NC1 and the effective rank; one task per (layer, pair of models) the linear
-CKA. The sampled images travel to the tasks once, through the object store.
+The measures are bnrep.measures' table; this stage runs them. One task per model
+extracts the post-activation representations (every probe of bnrep.probes, or
+those --probes chooses) of the analysis samples (GPU when the cluster has one)
+in one streaming pass and writes the model measures (sparsity at every eps,
+paper eq. 3-4; signal propagation; gradient norms; batch against running
+statistics); its outputs are the per-layer N x C reduced representations
+(eq. 5), one object per layer, never written to disk. One task per (model,
+layer) then computes the layer measures (class-based DBI, the k-means sweep
+k = 2..15 with the DBI of each k and the optimal k, paper 3.3; NC1; effective
+rank); one task per (layer, pair of models) the pair measures (linear and
+debiased CKA). The sampled images travel to the tasks once, through the object store.
 
 Each analysis table's parts carry that table's hash (bnrep.config.TABLE_FIELDS),
 so a rerun with more eps thresholds, or with measures added since, computes
 only what is missing: no retraining, no second k-means sweep.
 
 Writes, under <out>/<experiment>/results/ (one Parquet part per task; schema
-in bnrep.store): samples, channel_sparsity, layer_sparsity, class_dbi, kmeans,
-nc1, effective_rank, cka.
+in bnrep.store): samples and one table per measure.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,10 +34,8 @@ from bnrep.config import (RunOptions, UsageError, header, open_store, prepare, s
                           table_hashes, with_trained_config, write_config)
 from bnrep.data import check_data, load_data
 from bnrep.experiments import Experiment
-from bnrep.kmeans import KMeansResult, optimal_k, sweep_kmeans
 from bnrep.lock import writer_lock
-from bnrep.metrics import (channel_sparsity, davies_bouldin, debiased_cka, effective_rank, layer_sparsity, linear_cka, nc1,
-                           unusable)
+from bnrep.measures import MEASURES, NONFINITE, ModelRun, of_kind  # noqa: F401 (NONFINITE: re-exported)
 from bnrep.norms import sort_key
 from bnrep.probes import Probe
 from bnrep.progress import wait_tasks
@@ -47,14 +46,12 @@ from bnrep.train import best_device
 
 
 # ==== the work of one task ====
-NONFINITE = "the representations contain NaN or inf (a diverged model?)"
 NOT_TRAINED = "diverged at epoch {epoch}: its weights are not a trained model (not analysed)"
 
 
 def not_trained(row: dict) -> str:
     """Why a diverged model's rows are NaN."""
     return NOT_TRAINED.format(epoch=int(row["diverged_epoch"]))
-LAYER_WORK = {"clustering": ("class_dbi", "kmeans"), "measures": ("nc1", "effective_rank")}  # task part -> tables
 
 
 def model_keys(row: dict) -> dict:
@@ -63,121 +60,101 @@ def model_keys(row: dict) -> dict:
             "condition": row["condition"], "seed": row["seed"]}
 
 
-def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, n_sparsity: int, probes: list[Probe],
-            hashes: dict[str, str] | None) -> list[np.ndarray]:
-    """Extract one model's representations of `images` (the analysis samples,
-    in order); write its sparsity parts (unless `hashes` is None: only the
-    arrays are wanted); return one (N, C) float32 array per probe."""
+def pair_keys(a: dict, b: dict, layer: str, index: int) -> dict:
+    """The columns that name a pair of models and a layer in a pair table."""
+    return {"model_a": a["model_id"], "model_b": b["model_id"], "norm_a": a["norm"], "norm_b": b["norm"],
+            "condition_a": a["condition"], "condition_b": b["condition"], "seed_a": a["seed"], "seed_b": b["seed"],
+            "layer": layer, "layer_index": index}
+
+
+def _frame(keys: dict, rows) -> pd.DataFrame:
+    """A measure's rows with the key columns in front."""
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+    for i, (k, v) in enumerate(keys.items()):
+        if k not in df:
+            df.insert(i, k, [v] * len(df))
+    return df
+
+
+def _layer_keys(row: dict, probes: list[Probe]) -> dict[int, dict]:
+    return {q.index: {**model_keys(row), "layer": q.name, "layer_index": q.index, "activation": q.activation}
+            for q in probes}
+
+
+def write_model_rows(store: Store, m, row: dict, probes: list[Probe], rows, hashes: dict[str, str]) -> None:
+    """One model table's part: rows with a layer_index each, the model's and layer's keys in front."""
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+    keys = pd.DataFrame(list(_layer_keys(row, probes).values()))
+    df = keys.merge(df, on="layer_index", how="right")
+    store.write_part(m.table, row["model_id"], df, hashes[m.table], **placement())
+
+
+def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, labels: torch.Tensor, n_sparsity: int,
+            n_cluster: int, probes: list[Probe], todo: tuple[str, ...], hashes: dict[str, str]) -> list[np.ndarray]:
+    """Extract one model's representations of `images` (the analysis samples, in order); write the
+    model measures' parts in `todo` (bnrep.measures); return one (N, C) float32 array per probe."""
     quiet_when_stopped()
     store, device = Store(out, exp.name), best_device()
     model = load_model(store, row["model_id"], exp, device)
     reps = extract_representations(model, images, n_sparsity, exp.eps, device=device,
                                    probes=probes)  # every eps, one pass
-    if hashes is not None:
-        write_sparsity(store, exp, row, reps, hashes)
+    run = ModelRun(exp.for_condition(row["condition"]), row, model, reps, probes, images, labels, n_cluster, device)
+    for table in todo:
+        write_model_rows(store, MEASURES[table], row, probes, MEASURES[table].compute(run), hashes)
     return [r.reduced.numpy() for r in reps]
 
 
-def write_sparsity(store: Store, exp: Experiment, row: dict, reps, hashes: dict[str, str]) -> None:
-    """Eq. 3-4 at every eps. A channel with a NaN or inf value has no sparsity (NaN), nor has its
-    layer: NaN is neither zero nor non-zero; `reason` says why."""
-    keys, chan, lay = model_keys(row), [], []
-    for r in reps:
-        bad = r.nonfinite > 0  # (C,)
-        reason = NONFINITE if bad.any() else ""
-        for i, eps in enumerate(exp.eps):
-            s = np.where(bad, np.nan, channel_sparsity(r.zero_counts[i], r.values_per_channel))
-            at = {**keys, "layer": r.name, "layer_index": r.index, "activation": r.activation}
-            chan.append(pd.DataFrame({**at, "channel": np.arange(len(s)), "sparsity": s, "eps": eps,
-                                      "reason": np.where(bad, NONFINITE, "")}))
-            lay.append({**at, "eps": eps, "reason": reason,
-                        "sparsity": math.nan if reason else layer_sparsity(r.zero_counts[i], r.values_per_channel),
-                        "dead_channels": int((s == 1.0).sum())})  # zero for every sample
-    where = placement()  # provenance: which machine measured it, with what
-    store.write_part("channel_sparsity", row["model_id"], pd.concat(chan, ignore_index=True),
-                     hashes["channel_sparsity"], **where)
-    store.write_part("layer_sparsity", row["model_id"], pd.DataFrame(lay), hashes["layer_sparsity"], **where)
-
-
 def layer_task(out: str, exp: Experiment, row: dict, probe: Probe, X: np.ndarray, y: np.ndarray,
-               work: tuple[str, ...], backend: str, hashes: dict[str, str]) -> None:
-    """One (model, layer) on the clustering samples: 'clustering' = class-based DBI,
-    the k-means sweep and the optimal k; 'measures' = NC1 and effective rank."""
+               todo: tuple[str, ...], backend: str, hashes: dict[str, str]) -> None:
+    """One (model, layer) on the clustering samples: the layer measures in `todo` (bnrep.measures)."""
     quiet_when_stopped()
     store = Store(out, exp.name)
     Xt = torch.tensor(X[: len(y)], device=best_device())  # the clustering samples lead the extracted rows
     yt = torch.tensor(y, device=Xt.device)
-    keys = {**model_keys(row), "layer": probe.name, "layer_index": probe.index, "activation": probe.activation}
-    part, where = f"{row['model_id']}-{probe.name}", placement()
-    if "clustering" in work:
-        dbi, reason = davies_bouldin(Xt, yt)  # NaN with its reason for non-finite values
-        if bool(torch.isfinite(Xt).all()):
-            results = sweep_kmeans(Xt, exp.k_min, exp.k_max, n_init=exp.n_init, seed=row["seed"], backend=backend)
-        else:  # a diverged model (or an overflow): a result with a reason, never an exception
-            results = [KMeansResult(k, np.zeros(0, np.int64), math.nan, math.nan, NONFINITE)
-                       for k in range(exp.k_min, exp.k_max + 1)]
-        best = optimal_k(results)  # the one place the optimal k is chosen (None: every DBI NaN)
-        km = pd.DataFrame([{**keys, "k": r.k, "dbi": r.dbi, "inertia": r.inertia, "optimal": r is best,
-                            "dbi_reason": r.dbi_reason or ""} for r in results])
-        store.write_part("kmeans", part, km, hashes["kmeans"], **where)
-        store.write_part("class_dbi", part, pd.DataFrame([{**keys, "dbi": dbi, "dbi_reason": reason or ""}]),
-                         hashes["class_dbi"], **where)
-    if "measures" in work:
-        for table, (value, reason) in (("nc1", nc1(Xt, yt)), ("effective_rank", effective_rank(Xt))):
-            store.write_part(table, part, pd.DataFrame([{**keys, "value": value, "reason": reason or ""}]),
-                             hashes[table], **where)
+    keys, where = _layer_keys(row, [probe])[probe.index], placement()
+    for table in todo:
+        rows = MEASURES[table].compute(Xt, yt, exp, row["seed"], backend)
+        store.write_part(table, f"{row['model_id']}-{probe.name}", _frame(keys, rows), hashes[table], **where)
 
 
-def cka_task(out: str, exp: Experiment, a: dict, b: dict, layer: str, index: int, Xa: np.ndarray,
-             Xb: np.ndarray, n: int, cka_hash: str) -> None:
-    """Linear CKA between two models' reduced representations of one layer (the n clustering samples)."""
+def pair_task(out: str, exp: Experiment, a: dict, b: dict, layer: str, index: int, Xa: np.ndarray,
+              Xb: np.ndarray, n: int, todo: tuple[str, ...], hashes: dict[str, str]) -> None:
+    """One layer of two models (the n clustering samples): the pair measures in `todo` (bnrep.measures)."""
     quiet_when_stopped()
     store, dev = Store(out, exp.name), best_device()
     A, B = torch.tensor(Xa[:n], device=dev), torch.tensor(Xb[:n], device=dev)
-    reason = next((f"{m['model_id']}: {why}" for m, X in ((a, A), (b, B)) for why in [unusable(X)] if why), "")
-    write_cka(store, a, b, layer, index, linear_cka(A, B), reason, cka_hash, debiased_cka(A, B))
+    for table in todo:
+        rows = MEASURES[table].compute(A, B, (a["model_id"], b["model_id"]))
+        write_pair(store, table, a, b, layer, index, rows, hashes)
 
 
-def write_cka(store: Store, a: dict, b: dict, layer: str, index: int, value: float, reason: str,
-              cka_hash: str, debiased: tuple[float, str | None] = (math.nan, None)) -> None:
-    row = {"model_a": a["model_id"], "model_b": b["model_id"], "norm_a": a["norm"], "norm_b": b["norm"],
-           "condition_a": a["condition"], "condition_b": b["condition"], "seed_a": a["seed"], "seed_b": b["seed"],
-           "layer": layer, "layer_index": index, "cka": value, "reason": reason,
-           "cka_debiased": debiased[0], "debiased_reason": reason or debiased[1] or ""}
-    store.write_part("cka", cka_part(layer, a, b), pd.DataFrame([row]), cka_hash, **placement())
+def write_pair(store: Store, table: str, a: dict, b: dict, layer: str, index: int, rows: list[dict],
+               hashes: dict[str, str]) -> None:
+    store.write_part(table, pair_part(layer, a, b), _frame(pair_keys(a, b, layer, index), rows), hashes[table],
+                     **placement())
 
 
 def write_not_analysed(store: Store, exp: Experiment, row: dict, probes: list[Probe], todo: "Plan",
                        hashes: dict[str, str]) -> None:
     """A diverged model's missing parts, on the driver: every measure NaN with the reason, no forward
     pass (the grid keeps its row as evidence; its weights are not a trained model's)."""
-    why, keys, where = not_trained(row), model_keys(row), placement()
-    at = [{**keys, "layer": q.name, "layer_index": q.index, "activation": q.activation} for q in probes]
-    mid = row["model_id"]
-    if mid in todo.sparsity:
-        chan = [pd.DataFrame({**k, "channel": np.arange(q.channels), "sparsity": math.nan, "eps": e, "reason": why})
-                for q, k in zip(probes, at) for e in exp.eps]
-        store.write_part("channel_sparsity", mid, pd.concat(chan, ignore_index=True), hashes["channel_sparsity"],
-                         **where)
-        store.write_part("layer_sparsity", mid, pd.DataFrame([{**k, "eps": e, "reason": why, "sparsity": math.nan,
-                                                               "dead_channels": 0} for k in at for e in exp.eps]),
-                         hashes["layer_sparsity"], **where)
-    for q, work in todo.layers.get(mid, []):
-        k = next(k for k in at if k["layer_index"] == q.index)
-        rows = {"class_dbi": [{**k, "dbi": math.nan, "dbi_reason": why}],
-                "kmeans": [{**k, "k": j, "dbi": math.nan, "inertia": math.nan, "optimal": False, "dbi_reason": why}
-                           for j in range(exp.k_min, exp.k_max + 1)],
-                "nc1": [{**k, "value": math.nan, "reason": why}],
-                "effective_rank": [{**k, "value": math.nan, "reason": why}]}
-        for table in (t for w in work for t in LAYER_WORK[w]):
-            store.write_part(table, f"{mid}-{q.name}", pd.DataFrame(rows[table]), hashes[table], **where)
+    why, mid, where = not_trained(row), row["model_id"], placement()
+    for table in todo.models.get(mid, ()):
+        m = MEASURES[table]
+        write_model_rows(store, m, row, probes, [{"layer_index": q.index, **r} for q in probes
+                                                 for r in m.not_analysed(exp, q, why)], hashes)
+    keys = _layer_keys(row, probes)
+    for q, tables_left in todo.layers.get(mid, []):
+        for table in tables_left:
+            store.write_part(table, f"{mid}-{q.name}", _frame(keys[q.index], MEASURES[table].not_analysed(exp, q, why)),
+                             hashes[table], **where)
 
 
-def cka_part(layer: str, a: dict, b: dict) -> str:
+def pair_part(layer: str, a: dict, b: dict) -> str:
     return f"{layer}-{a['model_id']}-{b['model_id']}"
 
 
-def cka_pairs(models: pd.DataFrame) -> list[tuple[dict, dict]]:
+def model_pairs(models: pd.DataFrame) -> list[tuple[dict, dict]]:
     """Every pair of conditions at one seed, and every pair of seeds within one condition (the baseline)."""
     rows = sorted(models.to_dict("records"), key=lambda r: (sort_key(r["condition"]), r["seed"]))
     return [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]
@@ -212,17 +189,17 @@ def check_k_max(exp: Experiment, n_cluster: int) -> None:
 
 @dataclass
 class Plan:
-    """What is left to compute; everything else has a current part."""
-    sparsity: set[str] = field(default_factory=set)  # models whose sparsity parts are missing
-    layers: dict[str, list] = field(default_factory=dict)  # model id -> [(probe, work)]
-    cka: list = field(default_factory=list)  # (row a, row b, layer, index)
+    """What is left to compute (table names of bnrep.measures); everything else has a current part."""
+    models: dict[str, tuple[str, ...]] = field(default_factory=dict)  # model id -> model tables missing
+    layers: dict[str, list] = field(default_factory=dict)  # model id -> [(probe, layer tables missing)]
+    pairs: list = field(default_factory=list)  # (row a, row b, layer, index, pair tables missing)
 
     def extract(self) -> set[str]:
         """Models that need a forward pass."""
-        return (self.sparsity | set(self.layers) | {r["model_id"] for a, b, *_ in self.cka for r in (a, b)})
+        return set(self.models) | set(self.layers) | {r["model_id"] for a, b, *_ in self.pairs for r in (a, b)}
 
     def n_tasks(self) -> int:
-        return len(self.extract()) + sum(map(len, self.layers.values())) + len(self.cka)
+        return len(self.extract()) + sum(map(len, self.layers.values())) + len(self.pairs)
 
 
 def plan(store: Store, exp: Experiment, models: pd.DataFrame, probes: list[Probe]) -> Plan:
@@ -234,14 +211,18 @@ def plan(store: Store, exp: Experiment, models: pd.DataFrame, probes: list[Probe
     p = Plan()
     for row in models.to_dict("records"):
         mid = row["model_id"]
-        if not (have("channel_sparsity", mid) and have("layer_sparsity", mid)):
-            p.sparsity.add(mid)
+        missing = tuple(m.table for m in of_kind("model") if not have(m.table, mid))
+        if missing:
+            p.models[mid] = missing
         for q in probes:
-            work = tuple(w for w, tables in LAYER_WORK.items() if not all(have(t, f"{mid}-{q.name}") for t in tables))
-            if work:
-                p.layers.setdefault(mid, []).append((q, work))
-    p.cka = [(a, b, q.name, q.index) for a, b in cka_pairs(models) for q in probes
-             if not have("cka", cka_part(q.name, a, b))]
+            missing = tuple(m.table for m in of_kind("layer") if not have(m.table, f"{mid}-{q.name}"))
+            if missing:
+                p.layers.setdefault(mid, []).append((q, missing))
+    for a, b in model_pairs(models):
+        for q in probes:
+            missing = tuple(m.table for m in of_kind("pair") if not have(m.table, pair_part(q.name, a, b)))
+            if missing:
+                p.pairs.append((a, b, q.name, q.index, missing))
     return p
 
 
@@ -301,9 +282,11 @@ def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.Dat
         check_nodes(ray, store, exp.dataset)
         gpus = default_gpus(ray, opts.gpus_per_task)
         task = {"num_cpus": opts.cpus_per_task, "num_gpus": gpus, "max_retries": 3}
-        remote = {f.__name__: ray.remote(f).options(**task) for f in (layer_task, cka_task)}
+        remote = {f.__name__: ray.remote(f).options(**task) for f in (layer_task, pair_task)}
         remote["extract"] = ray.remote(extract).options(num_returns=len(probes), **task)
-        images = ray.put(data.train.X[torch.as_tensor(samples.order)])  # shipped once, to every task
+        order = torch.as_tensor(samples.order)
+        images = ray.put(data.train.X[order])  # shipped once, to every task
+        sample_labels = ray.put(data.train.y[order])
         labels = ray.put(data.train.y[torch.as_tensor(samples.indices("cluster"))].numpy())
         rows = {r["model_id"]: r for r in models.to_dict("records")}
         at = {p.index: i for i, p in enumerate(probes)}  # layer index -> position of its array
@@ -312,19 +295,22 @@ def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.Dat
             if mid in diverged:  # its rows say so; no task
                 write_not_analysed(store, exp, rows[mid], probes, todo, hashes)
                 continue
-            refs = remote["extract"].remote(store.out, exp, rows[mid], images, samples.n_sparsity, probes,
-                                            hashes if mid in todo.sparsity else None)
+            refs = remote["extract"].remote(store.out, exp, rows[mid], images, sample_labels, samples.n_sparsity,
+                                            samples.n_cluster, probes, todo.models.get(mid, ()), hashes)
             arrays[mid] = refs if isinstance(refs, list) else [refs]
-            pending.append(arrays[mid][-1])  # completes with the extraction (and its sparsity parts)
+            pending.append(arrays[mid][-1])  # completes with the extraction (and its model parts)
             pending += [remote["layer_task"].remote(store.out, exp, rows[mid], q, arrays[mid][at[q.index]],
-                                                    labels, work, opts.kmeans_backend, hashes)
-                        for q, work in todo.layers.get(mid, [])]
-        for a, b, name, index in todo.cka:
+                                                    labels, left, opts.kmeans_backend, hashes)
+                        for q, left in todo.layers.get(mid, [])]
+        for a, b, name, index, left in todo.pairs:
             if diverged & {a["model_id"], b["model_id"]}:
                 why = next(not_trained(m) for m in (a, b) if m["model_id"] in diverged)
-                write_cka(store, a, b, name, index, math.nan, why, hashes["cka"])
+                q = next(q for q in probes if q.index == index)
+                for table in left:
+                    write_pair(store, table, a, b, name, index, MEASURES[table].not_analysed(exp, q, why), hashes)
             else:
-                pending.append(remote["cka_task"].remote(store.out, exp, a, b, name, index,
-                                                         arrays[a["model_id"]][at[index]], arrays[b["model_id"]][at[index]],
-                                                         samples.n_cluster, hashes["cka"]))
+                pending.append(remote["pair_task"].remote(store.out, exp, a, b, name, index,
+                                                          arrays[a["model_id"]][at[index]],
+                                                          arrays[b["model_id"]][at[index]],
+                                                          samples.n_cluster, left, hashes))
         wait_tasks(ray, pending, "analysis")

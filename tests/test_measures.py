@@ -1,0 +1,280 @@
+"""The measures table (bnrep.measures) and the measures added through it, each against a numpy or
+plain-torch computation written here: signal propagation, gradient norms, batch against running statistics."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnrep import config, correlations, figures, store
+from bnrep.experiments import SMOKE, get_experiment
+from bnrep.measures import (GRADIENT_BATCH, GRADIENT_BATCHES, MEASURES, NO_BATCH_STATISTICS, ModelRun, of_kind)
+from bnrep.models import build_model
+from bnrep.probes import find_probes
+from bnrep.represent import extract_representations
+
+EXP = get_experiment("digits-cnn").override(**SMOKE)
+
+
+def run_of(model, X, y, exp=EXP, n_cluster=None):
+    model.eval()
+    probes = find_probes(model, X[:2])
+    reps = extract_representations(model, X, len(X), exp.eps, device="cpu", probes=probes)
+    return ModelRun(exp, {"model_id": "m", "condition": "batch", "seed": 0}, model, reps, probes, X, y,
+                    n_cluster or len(X), torch.device("cpu"))
+
+
+def digits_like(norm, n=300, seed=0):
+    torch.manual_seed(seed)
+    model = build_model("cnn", norm, 1, 10, (8, 8))
+    X, y = torch.randn(n, 1, 8, 8) * 2 + 0.5, torch.arange(n) % 10
+    return model, X, y
+
+
+def trained_running_stats(model, X):
+    """Running statistics away from their initial (0, 1), as after training."""
+    model.train()
+    with torch.no_grad():
+        for xb in X.split(50):
+            model(xb)
+    return model.eval()
+
+
+# ==== the table: everything else derives from it ====
+
+def test_every_measure_has_its_table_hash_and_task():
+    th = config.table_hashes(EXP)
+    for name, m in MEASURES.items():
+        t = store.TABLES[name]
+        assert (t.stage, t.part, t.keys) == ("analysis", m.kind, m.key_columns)
+        assert config.TABLE_FIELDS[name] == m.fields and name in th
+    assert {m.table for m in of_kind("pair")} == {"cka"}
+    assert set(correlations.MEASURES) == {m.predictor for m in MEASURES.values() if m.predictor}
+    assert {f.name for f in figures.FIGURES} >= {f"fig_{m.table}" for m in MEASURES.values() if m.caption}
+
+
+def test_tables_measured_before_the_measures_table_keep_their_hashes():
+    """The hashes each table had when it was written by hand (TABLE_FIELDS, TABLE_VERSIONS): old parts stay current."""
+    old_fields = {"samples": ("samples_sparsity", "samples_cluster"), "channel_sparsity": ("samples_sparsity", "eps"),
+                  "layer_sparsity": ("samples_sparsity", "eps"), "class_dbi": ("samples_cluster",),
+                  "kmeans": ("samples_cluster", "k_min", "k_max", "n_init"), "nc1": ("samples_cluster",),
+                  "effective_rank": ("samples_cluster",), "cka": ("samples_cluster",)}
+    train = config.stage_hashes(EXP)["train_hash"]
+    for t, fields in old_fields.items():
+        extra = {"version": 2} if t == "cka" else {}
+        assert config.table_hashes(EXP)[t] == config._hash({"train_hash": train, **{f: getattr(EXP, f) for f in fields},
+                                                            **extra}), t
+
+
+def test_a_model_not_analysed_has_every_row_nan_with_the_reason():
+    probe = find_probes(build_model("cnn", "batch", 1, 10, (8, 8)), torch.zeros(2, 1, 8, 8))[1]
+    exp = EXP.override(eps=(0.0, 0.1))
+    rows = MEASURES["channel_sparsity"].not_analysed(exp, probe, "why")
+    assert len(rows) == 2 * probe.channels and all(math.isnan(r["sparsity"]) and r["reason"] == "why" for r in rows)
+    (km,) = {r["optimal"] for r in MEASURES["kmeans"].not_analysed(exp, probe, "why")}
+    assert km is False
+    (te,) = MEASURES["train_eval"].not_analysed(exp, probe, "why")
+    assert math.isnan(te["cka"]) and math.isnan(te["rel_diff"]) and te["reason"] == "why"
+
+
+# ==== signal propagation ====
+
+def pre_and_post(model, X):
+    """Every ReLU's input (cloned before it runs) and output, by forward hooks of our own."""
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda mod, a: seen.append([a[0].detach().clone()]))
+             for m in model.modules() if isinstance(m, nn.ReLU)]
+    hooks += [m.register_forward_hook(lambda mod, a, out: seen[-1].append(out.detach().clone()))
+              for m in model.modules() if isinstance(m, nn.ReLU)]
+    with torch.no_grad():
+        model.eval()(X)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def moments_numpy(x: np.ndarray) -> tuple[float, float]:
+    x = x.astype(np.float64)
+    x = x.reshape(x.shape[0], x.shape[1], -1).transpose(1, 0, 2).reshape(x.shape[1], -1)  # (C, N*H*W)
+    return float(np.mean(x.mean(axis=1) ** 2)), float(np.mean(x.var(axis=1)))
+
+
+@pytest.mark.parametrize("norm", ["batch", "none", "group"])
+def test_signal_propagation_matches_numpy(norm):
+    model, X, y = digits_like(norm)
+    model = trained_running_stats(model, X)
+    rows = MEASURES["signal_propagation"].compute(run_of(model, X, y))
+    seen = pre_and_post(model, X)
+    assert len(rows) == len(seen) == 5
+    for row, (pre, post) in zip(rows, seen):
+        (ims, iv), (oms, ov) = moments_numpy(pre.numpy()), moments_numpy(post.numpy())
+        assert row["reason"] == ""
+        assert (row["input_mean_sq"], row["input_var"], row["output_mean_sq"], row["output_var"]) == \
+            pytest.approx((ims, iv, oms, ov), rel=1e-6, abs=1e-12)
+
+
+class InPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(1, 3, 3), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return F.relu_(self.act(self.conv(x)) - 0.5).mean(dim=(2, 3))  # a module and a function, both in place
+
+
+def test_signal_propagation_sees_the_input_before_an_in_place_activation():
+    torch.manual_seed(1)
+    model, X = InPlace(), torch.randn(20, 1, 6, 6)
+    run = run_of(model, X, torch.zeros(20, dtype=torch.int64))
+    first, second = MEASURES["signal_propagation"].compute(run)
+    with torch.no_grad():
+        pre1 = model.conv(X)
+        pre2 = pre1.relu() - 0.5
+    assert (first["input_mean_sq"], first["input_var"]) == pytest.approx(moments_numpy(pre1.numpy()), rel=1e-6)
+    assert (second["input_mean_sq"], second["input_var"]) == pytest.approx(moments_numpy(pre2.numpy()), rel=1e-6)
+    assert first["input_mean_sq"] != pytest.approx(first["output_mean_sq"], rel=1e-3)
+
+
+def test_signal_propagation_of_a_nonfinite_model_is_nan_with_a_reason():
+    model, X, y = digits_like("none", n=40)
+    with torch.no_grad():
+        model.features[0].weight[0, 0, 0, 0] = float("inf")
+    rows = MEASURES["signal_propagation"].compute(run_of(model, X, y))
+    assert all(math.isnan(r["input_var"]) and "NaN or inf" in r["reason"] for r in rows)
+
+
+# ==== gradient norms ====
+
+def gradient_norms_reference(model, X, y):
+    """Per ReLU output: ||d mean CE / d output|| by retain_grad, norms normalising with each batch's
+    statistics, over the first GRADIENT_BATCHES batches of GRADIENT_BATCH samples."""
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train()
+    sums = None
+    for b in range(GRADIENT_BATCHES):
+        outs = []
+
+        def keep(mod, a, out):
+            out.retain_grad()
+            outs.append(out)
+
+        hooks = [m.register_forward_hook(keep) for m in model.modules() if isinstance(m, nn.ReLU)]
+        F.cross_entropy(model(X[b * GRADIENT_BATCH:(b + 1) * GRADIENT_BATCH]),
+                        y[b * GRADIENT_BATCH:(b + 1) * GRADIENT_BATCH]).backward()
+        for h in hooks:
+            h.remove()
+        norms = np.array([float(o.grad.double().norm()) for o in outs])
+        sums = norms if sums is None else sums + norms
+        model.zero_grad()
+    return sums / GRADIENT_BATCHES
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_gradient_norms_match_retain_grad_and_change_nothing(norm):
+    model, X, y = digits_like(norm, n=300)
+    model = trained_running_stats(model, X)
+    before = copy.deepcopy(model.state_dict())
+    rows = MEASURES["gradient_norms"].compute(run_of(model, X, y))
+    np.testing.assert_allclose([r["gradient_norm"] for r in rows], gradient_norms_reference(model, X, y), rtol=1e-6)
+    assert all(r["reason"] == "" for r in rows)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no parameter, no running statistic moved
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_gradient_norms_of_an_unused_layer_and_of_too_few_samples():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.fc, self.side = nn.Linear(4, 4), nn.Linear(4, 3), nn.ReLU()
+
+        def forward(self, x):
+            x = self.lin(x.flatten(1))
+            self.side(x)  # computed, never used by the loss
+            return self.fc(torch.relu(x))
+
+    X, y = torch.randn(10, 1, 2, 2), torch.arange(10) % 3
+    side, used = MEASURES["gradient_norms"].compute(run_of(Unused(), X, y))
+    assert math.isnan(side["gradient_norm"]) and "no gradient" in side["reason"]
+    assert used["gradient_norm"] > 0 and used["reason"] == ""
+    one = MEASURES["gradient_norms"].compute(run_of(Unused(), X[:1], y[:1]))
+    assert all(math.isnan(r["gradient_norm"]) and "fewer than 2" in r["reason"] for r in one)
+
+
+# ==== batch against running statistics ====
+
+def reduced_numpy(acts: torch.Tensor) -> np.ndarray:
+    m = acts.double().mean(dim=(2, 3)) if acts.dim() == 4 else acts.double()
+    return (m / m.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
+
+
+def cka_numpy(A: np.ndarray, B: np.ndarray) -> float:
+    A, B = A - A.mean(0), B - B.mean(0)
+    K, L = A @ A.T, B @ B.T
+    return float((K * L).sum() / np.sqrt((K * K).sum() * (L * L).sum()))
+
+
+def test_train_eval_matches_batches_by_hand():
+    model, X, y = digits_like("batch", n=150)
+    model = trained_running_stats(model, X)
+    exp = EXP.override(batch_size=32)
+    rows = MEASURES["train_eval"].compute(run_of(model, X, y, exp=exp, n_cluster=100))
+    n = 96  # whole batches of 32 out of the 100 clustering samples
+    evals, trains = pre_and_post(model, X[:n]), []
+    batch = copy.deepcopy(model).eval()
+    for m in batch.modules():
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            m.train()
+    per_batch = [pre_and_post_train(batch, xb) for xb in X[:n].split(32)]
+    trains = [torch.cat([pb[i] for pb in per_batch]) for i in range(len(evals))]
+    for row, (_, e), t in zip(rows, evals, trains):
+        A, B = reduced_numpy(e), reduced_numpy(t)
+        assert row["reason"] == ""
+        assert row["cka"] == pytest.approx(cka_numpy(A, B), rel=1e-6)
+        assert row["rel_diff"] == pytest.approx(np.linalg.norm(B - A) / np.linalg.norm(A), rel=1e-5)
+    assert rows[0]["cka"] < 1 - 1e-4  # batch statistics are not the running ones
+
+
+def pre_and_post_train(model, X):
+    outs = []
+    hooks = [m.register_forward_hook(lambda mod, a, out: outs.append(out.detach().clone()))
+             for m in model.modules() if isinstance(m, nn.ReLU)]
+    with torch.no_grad():
+        model(X)
+    for h in hooks:
+        h.remove()
+    return outs
+
+
+def test_train_eval_without_running_statistics_or_a_whole_batch_is_nan_with_a_reason():
+    model, X, y = digits_like("group", n=60)
+    rows = MEASURES["train_eval"].compute(run_of(model, X, y))
+    assert all(math.isnan(r["cka"]) and r["reason"] == NO_BATCH_STATISTICS for r in rows)
+    model, X, y = digits_like("batch", n=60)
+    rows = MEASURES["train_eval"].compute(run_of(model, X, y, exp=EXP.override(batch_size=64)))
+    assert all(math.isnan(r["cka"]) and "than one batch of 64" in r["reason"] for r in rows)
+
+
+def test_train_eval_of_a_dead_layer_names_it():
+    model, X, y = digits_like("batch", n=64)
+    with torch.no_grad():  # conv1's BatchNorm outputs -1 everywhere: ReLU gives zeros in both modes
+        model.features[1].weight.zero_()
+        model.features[1].bias.fill_(-1.0)
+    first = MEASURES["train_eval"].compute(run_of(model, X, y, exp=EXP.override(batch_size=16)))[0]
+    assert math.isnan(first["cka"]) and first["reason"] == "eval: dead layer: all representations are zero"
+
+
+def test_the_store_and_the_measures_table_load_without_torch():
+    """A process that imports the store first (a Ray worker's sitecustomize, a status check) must not load
+    torch before Ray sets its thread count: training's exact results depend on it."""
+    import subprocess
+    import sys
+
+    code = "import sys, bnrep.store, bnrep.measures; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
