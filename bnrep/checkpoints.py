@@ -71,6 +71,21 @@ def _load_blob(data: bytes, where: str, device="cpu") -> dict:
         raise ModelFileError(f"{where} does not load ({type(e).__name__})") from None
 
 
+def initial_model(store: Store, mid: str, exp: Experiment, device="cpu") -> torch.nn.Module:
+    """The model `mid` as its training started (epoch 0): built under its seed exactly as bnrep.train.Trainer
+    builds it (weights depend on the model seed only), with the architecture, norm and classes its verified
+    model file records."""
+    where = f"{store.out}/{store.experiment}/{model_path(mid)}"
+    blob = _load_blob(_read_verified(store, mid), where, "cpu")
+    m = blob["metrics"]
+    C, H, W = input_shape(exp)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(m["seed"]))
+        model = build_model(m.get("model") or exp.model, m.get("norm") or ("batch" if m["bn"] else "none"), C,
+                            blob.get("num_classes", NUM_CLASSES), (H, W))
+    return model.to(device)
+
+
 def is_trained(store: Store, mid: str, train_hash: str) -> bool:
     """Complete: the training part (current configuration) and a verified model file."""
     md = store.part_metadata("training", mid)  # one footer read for the hash and the sha256

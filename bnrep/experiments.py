@@ -101,6 +101,7 @@ class Experiment:
     channel_layers: tuple[float, ...] = CNN_CHANNEL_LAYERS  # Figures 1-2; () = at 1/4, 1/2, 3/4, all of the depth
     first_shown_layer: float = 1  # Figures 4-6 start here (VGG16: 6, as in the paper); < 1: a fraction of depth
     probes: str = "all"  # which activations to measure: all | globs on names | type:ReLU,GELU (bnrep.probes)
+    snapshots: tuple[int, ...] = ()  # also measure each model at these epochs (0: its initialisation)
 
     description: str = field(default="", compare=False)
 
@@ -108,6 +109,7 @@ class Experiment:
         # Lists (JSON), a comma string (a flag) or one number (old config.json eps) become tuples.
         object.__setattr__(self, "conditions", _conditions(self.conditions, self.name))
         object.__setattr__(self, "eps", _as_tuple(self.eps, float, self.name, "eps"))
+        object.__setattr__(self, "snapshots", tuple(sorted(set(_as_tuple(self.snapshots, int, self.name, "snapshots")))))
         object.__setattr__(self, "channel_layers", _as_tuple(self.channel_layers, layer_value, self.name, "channel_layers"))
         object.__setattr__(self, "first_shown_layer", layer_value(self.first_shown_layer))
         validate(self)
@@ -289,6 +291,8 @@ def validate(e: Experiment) -> None:
     need(e.val_size > 0, f"val_size must be > 0, got {e.val_size}")
     need(e.k_min >= 2, f"k_min must be >= 2, got {e.k_min}")
     need(e.k_max >= e.k_min, f"k_max must be >= k_min, got k_min={e.k_min}, k_max={e.k_max}")
+    need(set(e.snapshots) <= {0}, f"snapshots {', '.join(map(str, e.snapshots))}: only 0 (the initialisation, "
+                                  f"rebuilt from the model's seed) is measured; the grid saves no later epochs yet")
     need(len(e.eps) > 0, "eps is empty: give at least one threshold (the paper's: 0)")
     need(all(x >= 0 for x in e.eps), f"eps thresholds must be >= 0, got {', '.join(f'{x:g}' for x in e.eps)}")
     twice = sorted({x for x in e.eps if e.eps.count(x) > 1})

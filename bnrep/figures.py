@@ -412,6 +412,37 @@ def fig_learning_curves(results) -> Figure | None:
     return fig
 
 
+def fig_initialisation(results) -> Figure | None:
+    """Each per-layer measure at initialisation (epoch 0, dashed) and at the final epoch (solid), a line per
+    condition, a panel per measure (the first experiment with snapshots)."""
+    from bnrep.findings import snapshot_measures
+    r = next((r for r in _as_list(results) if any((d["epoch"] == 0).any() for d in r.snapshots.values())), None)
+    ms = [m for m in snapshot_measures() if r is not None and m.table in r.snapshots and len(r.table(m.table))]
+    if not ms:
+        return None
+    cols = min(4, len(ms))
+    fig, axes = _grid(math.ceil(len(ms) / cols), cols, w=_width([r.table(ms[0].table)]), h=3.0)
+    labels = _labels([r])
+    for ax, m in zip(axes.flat, ms):
+        pick = m.select or (lambda d: d)
+        for when, d, ls in (("final", r.table(m.table), "-"), ("init", r.snapshots[m.table], "--")):
+            s = seed_stats(pick(d[d["epoch"] == (0 if when == "init" else d["epoch"].iloc[0])]),
+                           ["condition", "layer_index", "layer"], m.values[0])
+            for c in ordered(s["condition"]):
+                e = s[s["condition"] == c]
+                ax.errorbar(e["layer_index"], e["mean"], yerr=e["std"].fillna(0), color=COLORS[c], ls=ls, capsize=2,
+                            marker="o" if when == "final" else "x", label=f"{labels[c]}, {when}")
+        _layer_ticks(ax, s)
+        _panel(ax, title=m.name or m.table, xlabel="layer", ylabel=m.ylabel or m.values[0])
+        if m.log or m.table == "signal_propagation":  # spans orders of magnitude over depth
+            ax.set_yscale("log")
+    _end_row(axes, 0, cols)
+    for ax in axes.flat[len(ms):]:
+        ax.set_axis_off()
+    fig.suptitle(f"{r.label}: at initialisation (dashed) and at the final epoch (solid)")
+    return fig
+
+
 @dataclass(frozen=True)
 class FigureSpec:
     name: str
@@ -467,6 +498,14 @@ FIGURES = [
                "squared channel mean (bottom), over every sample and position, of each activation's input (the "
                "pre-activation, solid) and output (dashed). Error bars: standard deviation across {seeds}.",
                "Signal propagation"),
+    FigureSpec("fig_initialisation", fig_initialisation, ("training",),
+               "Beyond the paper: each per-layer measure of the models at initialisation (epoch 0, dashed, the "
+               "weights each model's seed gives before any step; norms with running statistics normalise with "
+               "batch statistics there, at the condition's batch size, as the first step did) and at the final "
+               "epoch (solid), for {colours} "
+               "models. Error bars: standard deviation across {seeds}. A difference between conditions already "
+               "there at initialisation is the architecture's, not training's.",
+               "Measures at initialisation", "it needs the analysis run with --snapshots 0"),
     FigureSpec("fig_learning_curves", fig_learning_curves, ("training_history",),
                "Beyond the paper: training loss (left) and training (solid) / validation (dashed) accuracy "
                "(right) per epoch, mean over the seeds still training at that epoch ({seeds} in all); "

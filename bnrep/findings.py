@@ -31,6 +31,7 @@ from bnrep.correlations import (MIN_MODELS, P_MAX, R_MIN, correlate, only_betwee
                                 significant_signs)
 from bnrep.conditions import MIN_SEEDS, MOSTLY_ZERO, Condition, conditions
 from bnrep.experiments import LR_EDGE
+from bnrep.measures import MEASURES
 from bnrep.results import (LABELS, NORM_NAMES, REF, SHORT, Results, at_eps, eps_values, is_paper_pair, norm_labels,
                            optimal_k, pair, pair_names, present_norms, rectified, shown)
 
@@ -422,3 +423,34 @@ def finding_sparsity_across(per_exp: dict[str, Finding]) -> Finding:
         verdict = "inconclusive"
     return Finding(1, claim(1, norm) + " (across experiments)", verdict, detail, {"direction": dirs}, norm, caveats,
                    ref)
+
+
+# ==== at initialisation: were the final differences there before training? ====
+
+def snapshot_measures():
+    """The per-layer measures a snapshot has (bnrep.measures), each by its headline value."""
+    return [m for m in MEASURES.values() if m.snapshots and m.kind != "pair" and "channel" not in m.keys]
+
+
+def initialisation_rows(r: Results) -> list[list[str]]:
+    """Per measure and condition against the reference: the layers that differ beyond seed noise at the final
+    epoch, and how many of them differed the same way at initialisation (epoch 0); [] without epoch 0."""
+    rows = []
+    for m in snapshot_measures():
+        early = r.snapshots.get(m.table, pd.DataFrame())
+        early = early[early["epoch"] == 0] if len(early) else early
+        if early.empty or r.table(m.table).empty:
+            continue
+        pick = m.select or (lambda d: d)
+        for n in [c for c in r.norms if c != r.ref]:
+            fin, ini = (compare_layers(pick(d), m.values[0], n, r.ref) for d in (r.table(m.table), early))
+            fin = fin[fin["p"] < P_MAX]
+            ini = ini.set_index("layer_index")
+            same = [x.layer for x in fin.itertuples() if x.layer_index in ini.index and ini.at[x.layer_index, "p"] < P_MAX
+                    and np.sign(ini.at[x.layer_index, "a"] - ini.at[x.layer_index, "ref"]) == np.sign(x.a - x.ref)]
+            said = ("no layer differs at the final epoch" if fin.empty else "already at initialisation"
+                    if len(same) == len(fin) else "appeared in training" if not same else "partly at initialisation")
+            rows.append([m.name or m.table.replace("_", " "), f"{SHORT[n]} vs {SHORT[r.ref]}",
+                         f"{len(fin)} ({_names(fin['layer'])})" if len(fin) else "0",
+                         f"{len(same)} ({_names(same)})" if same else "0", said])
+    return rows

@@ -111,6 +111,9 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", default=None, metavar="LIST",
                    help="sparsity thresholds, comma-separated: |x| <= eps counts as zero, all counted in one "
                         "pass (default: 0, the paper's; e.g. 0,1e-3,1e-2,1e-1)")
+    p.add_argument("--snapshots", default=None, metavar="LIST",
+                   help="also measure every model at these epochs: 0 = its initialisation, rebuilt from its seed "
+                        "(the final model is always measured; k-means runs on the final model only)")
     p.add_argument("--probes", default=None, metavar="RULE",
                    help="activations to measure: all (default), comma-separated globs on probe names "
                         "('layer*.relu*'), or activation types ('type:ReLU,GELU')")
@@ -156,7 +159,7 @@ def build_parser(stage: str, parser: argparse.ArgumentParser | None = None) -> a
 OVERRIDE_FLAGS = ("norms", "conditions", "reference", "seeds", "max_epochs", "num_samples", "train_size",
                   "batch_size", "lr", "momentum",
                   "samples_sparsity", "samples_cluster", "k_min", "k_max", "n_init", "eps",
-                  "probes", "dataset", "image_size")  # = Experiment fields
+                  "probes", "snapshots", "dataset", "image_size")  # = Experiment fields
 
 
 def named_experiment(name: str, out: str | None) -> Experiment:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 # The functions import what they run (torch included) when they run: the store derives its schema from
 # this table without loading torch (a process that imports the store first keeps torch's thread setup).
 
+FINAL = -1  # the `epoch` of the rows of a model's final weights (snapshots: 0 = its initialisation)
 NONFINITE = "the representations contain NaN or inf (a diverged model?)"
 UNDEFINED = "values are NaN (undefined: dead layer, one class)"  # a figure caption's note, by default
 GRADIENT_BATCHES, GRADIENT_BATCH = 4, 64  # gradient norms: the first 4 x 64 analysis samples, every model
@@ -73,6 +74,7 @@ class Measure:
     nan_note: str = UNDEFINED
     predictor: str = ""  # its name in "which measure predicts generalisation" ("": it does not enter)
     select: Callable | None = None  # the rows that enter it (default: all), averaged over layers per model
+    snapshots: bool = True  # measured at every snapshot epoch too (False: the final model only)
 
     @property
     def part(self) -> str:
@@ -80,7 +82,7 @@ class Measure:
 
     @property
     def key_columns(self) -> tuple[str, ...]:
-        lead = ("layer_index", "model_a", "model_b") if self.kind == "pair" else ("model_id", "layer_index")
+        lead = ("layer_index", "model_a", "model_b", "epoch") if self.kind == "pair" else ("model_id", "epoch", "layer_index")
         return lead + self.keys
 
     def not_analysed(self, exp, probe, why: str) -> list[dict]:
@@ -264,9 +266,9 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
                                                           for c in range(q.channels)]),
     Measure("layer_sparsity", "model", _layer_sparsity, ("sparsity",), fields=("samples_sparsity", "eps"),
             keys=("eps",), grid=lambda exp, q: [{"eps": e} for e in exp.eps], fill={"dead_channels": 0},
-            predictor="layer sparsity (smallest eps)", select=_smallest_eps),
+            predictor="layer sparsity (smallest eps)", select=_smallest_eps, name="Layer sparsity"),
     Measure("class_dbi", "layer", _class_dbi, ("dbi",), ("dbi_reason",), fields=("samples_cluster",),
-            nan_note=DBI_NAN, predictor="class DBI"),
+            nan_note=DBI_NAN, predictor="class DBI", name="Class DBI"),
     Measure("nc1", "layer", _value("nc1"), ("value",), fields=("samples_cluster",), log=True,
             caption="Beyond the paper: within-class variability collapse NC1 = Tr(Σ_W Σ_B⁺)/C (Papyan, Han & "
                     "Donoho 2020) of the reduced representations of the clustering samples per layer, for "
@@ -283,11 +285,11 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
     Measure("kmeans", "layer", _kmeans, ("dbi", "inertia"), ("dbi_reason",),
             fields=("samples_cluster", "k_min", "k_max", "n_init"), keys=("k",),
             grid=lambda exp, q: [{"k": k} for k in range(exp.k_min, exp.k_max + 1)], fill={"optimal": False},
-            nan_note=DBI_NAN, predictor="k-means DBI at optimal k", select=_optimal_rows),
+            nan_note=DBI_NAN, predictor="k-means DBI at optimal k", select=_optimal_rows, snapshots=False),
     Measure("cka", "pair", _cka, ("cka", "cka_debiased"), ("reason", "debiased_reason"), fields=("samples_cluster",),
             version=2),  # 2: debiased linear CKA next to linear CKA
     Measure("signal_propagation", "model", _signal_propagation,
-            ("input_mean_sq", "input_var", "output_mean_sq", "output_var"), fields=SAMPLES),
+            ("input_var", "input_mean_sq", "output_var", "output_mean_sq"), fields=SAMPLES, name="Pre-activation variance"),
     Measure("gradient_norms", "model", _gradient_norms, ("gradient_norm",), fields=SAMPLES, log=True,
             caption=f"Beyond the paper: the norm of the loss gradient with respect to each activation's output "
                     f"(Yang et al. 2019), averaged over the same {GRADIENT_BATCHES} batches of {GRADIENT_BATCH} "

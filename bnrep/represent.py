@@ -170,9 +170,11 @@ def extract_representations(model: torch.nn.Module, X: torch.Tensor, n_sparsity:
     any in-place operation can change it); hooks are removed afterwards, also on error.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    model = with_batch_statistics(model).to(device) if batch_stats else model.to(device).eval()
-    if probes is None:
+    model = model.to(device).eval()
+    if probes is None:  # (find_probes leaves every module in eval mode)
         probes = find_probes(model, X[:2].to(device))
+    if batch_stats:
+        model = with_batch_statistics(model)
     n_sparse = min(n_sparsity, len(X))
     eps_t = torch.tensor(list(eps), dtype=torch.float32, device=device)
     reducers = {p.index: (_Reducer(len(X), n_sparse, eps_t), p.channels_last) for p in probes}
@@ -187,9 +189,12 @@ def extract_representations(model: torch.nn.Module, X: torch.Tensor, n_sparsity:
             r, last = reducers[index]
             r.pre(inp, last)
 
+    starts = list(range(0, len(X), batch_size))
+    if batch_stats and len(starts) > 1 and len(X) - starts[-1] == 1:
+        starts.pop()  # one sample has no batch statistics: it joins the batch before
     with tap(model, reduce, before):
-        for i in range(0, len(X), batch_size):
-            xb = X[i:i + batch_size].to(device, non_blocking=True)
+        for i, j in zip(starts, starts[1:] + [len(X)]):
+            xb = X[i:j].to(device, non_blocking=True)
             if device.type == "cuda":
                 xb = xb.contiguous(memory_format=torch.channels_last)
             model(xb)

@@ -20,7 +20,7 @@ from bnrep.experiments import Experiment, layer_indices
 from bnrep.models import model_label as spec_label
 from bnrep.probes import RECTIFIERS
 from bnrep.axis import axis_word
-from bnrep.measures import MEASURES
+from bnrep.measures import FINAL, MEASURES
 from bnrep.norms import COLORS, LABELS, NORMS as NORM_TABLE, REF, SHORT, ordered  # noqa: F401 (re-exported)
 from bnrep.store import with_norm
 
@@ -63,9 +63,20 @@ class Results:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     config: dict = field(default_factory=dict)  # the stage hashes of config.json: train_hash, analysis_hash
     classes: tuple[str, ...] = ()  # the data's class names, as config.json records them (() : from the table)
+    snapshots: dict[str, pd.DataFrame] = field(default_factory=dict)  # the rows of earlier epochs, per table
 
     def __post_init__(self) -> None:
-        self.tables = {k: with_norm(v.copy()) for k, v in self.tables.items() if v is not None}
+        """`tables` keeps the final models' rows (what the paper's figures and claims read); the rows of
+        snapshot epochs (analysis --snapshots) move to `snapshots`."""
+        tables = {k: with_norm(v.copy()) for k, v in self.tables.items() if v is not None}
+        early = {k: v["epoch"] != FINAL for k, v in tables.items() if "epoch" in v and "layer_index" in v}
+        self.snapshots = {**self.snapshots, **{k: tables[k][m].reset_index(drop=True) for k, m in early.items() if m.any()}}
+        self.tables = {k: v[~early[k]].reset_index(drop=True) if k in early and early[k].any() else v
+                       for k, v in tables.items()}
+
+    def at_epochs(self, name: str) -> pd.DataFrame:
+        """Every row of a table: the final models' (epoch -1) and the snapshots'."""
+        return pd.concat([self.table(name), self.snapshots.get(name, pd.DataFrame())], ignore_index=True)
 
     @property
     def n_classes(self) -> int:

@@ -84,6 +84,13 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
 
 The analysis tables are bnrep.measures' table of measures: their stage, part, keys and hash come from it.
 
+Every analysis table has `epoch`: -1 for the model's final weights (the rows the paper's figures and
+claims use; parts written before snapshots read so), 0 for the model at its initialisation when the
+analysis ran with --snapshots 0 (every measure but the k-means sweep; CKA between models at one epoch;
+norms with running statistics normalise with batch statistics at the condition's batch size there, as
+the first training step did: their running statistics are still 0 and 1).
+A snapshot's part is named by `<model_id>@e<epoch>` where the final model's is named by `<model_id>`.
+
 `norm` is the normalisation a model was built with and `condition` the study axis's
 entry it belongs to (bnrep.axis: the norm's name, or a condition's tag such as bn-b8);
 parts written before conditions have none and read with condition = norm.
@@ -117,7 +124,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import bnrep
-from bnrep.measures import MEASURES
+from bnrep.measures import FINAL, MEASURES
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,8 @@ def with_norm(df: pd.DataFrame) -> pd.DataFrame:
     conditions (bnrep.axis) have no `condition`: each model's condition is its norm."""
     if "bn" in df and "norm" not in df:
         df.insert(df.columns.get_loc("bn") + 1, "norm", df["bn"].map({True: "batch", False: "none"}))
+    if "layer_index" in df and "epoch" not in df:  # an analysis part written before snapshots: the final model
+        df.insert(df.columns.get_loc("layer_index"), "epoch", FINAL)
     for s in ("", "_a", "_b"):
         if f"norm{s}" in df and f"condition{s}" not in df:
             df.insert(df.columns.get_loc(f"norm{s}") + 1, f"condition{s}", df[f"norm{s}"])

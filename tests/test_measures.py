@@ -278,3 +278,100 @@ def test_the_store_and_the_measures_table_load_without_torch():
 
     code = "import sys, bnrep.store, bnrep.measures; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+# ==== snapshots: the models at initialisation ====
+
+def test_the_initial_model_is_the_one_training_started_from(tmp_path):
+    """initial_model rebuilds, from the model file's record, exactly the weights Trainer started from."""
+    import pandas as pd
+
+    from bnrep.checkpoints import initial_model, save_model
+    from bnrep.data import load_data
+    from bnrep.store import Store
+    from bnrep.train import Trainer
+
+    exp = get_experiment("synthetic-cnn").override(**SMOKE, conditions="group")
+    data = load_data(exp, None, device="cpu")
+    trainer = Trainer(exp, data, "group", {"lr": 0.01, "momentum": 0.9}, seed=3, device="cpu")
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.step_epoch()
+    store = Store(str(tmp_path), exp.name)
+    row = {"model_id": "m", "model": exp.model, "norm": "group", "bn": False, "seed": 3}
+    digest = save_model(store, "m", trainer.model, exp, {"lr": 0.01}, row, data.num_classes)
+    store.write_part("training", "m", pd.DataFrame([row]), "h", model_sha256=digest)
+    got = initial_model(store, "m", exp).state_dict()
+    assert set(got) == set(start) and all(torch.equal(got[k], start[k]) for k in start)
+    assert not all(torch.equal(trainer.model.state_dict()[k], start[k]) for k in start)  # it did train
+    state = torch.get_rng_state()  # the caller's RNG: forked, not reseeded
+    initial_model(store, "m", exp)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_batch_statistics_extraction_normalises_each_batch_and_keeps_one_sample_with_the_last():
+    model, X, y = digits_like("batch", n=33)
+    reps = extract_representations(model, X, 0, batch_size=16, device="cpu", batch_stats=True)
+    ref = copy.deepcopy(model).eval()
+    for m in ref.modules():
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            m.train()
+    with torch.no_grad():
+        outs = [pre_and_post_train(ref, xb)[-1] for xb in (X[:16], X[16:])]  # 16 + 17: not 16 + 16 + 1
+    torch.testing.assert_close(reps[-1].reduced, torch.tensor(reduced_numpy(torch.cat(outs)), dtype=torch.float32))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), digits_like("batch", n=33)[0].state_dict().values()))
+
+
+SYN = ["--experiment", "synthetic-cnn", "--smoke-test"]
+
+
+def bnrep_cli(*args, out):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "bnrep", *args, "--out", str(out)], capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_snapshot_at_initialisation_end_to_end(tmp_path):
+    """--snapshots 0 on an analysed grid computes only the epoch-0 parts (no k-means), every table then has
+    both epochs without duplicates, a rerun does nothing, and the report shows the initialisation."""
+    import pandas as pd
+
+    from bnrep.store import Store, tables
+
+    out = tmp_path / "runs"
+    for args in (("final", *SYN, "--paper-hparams"), ("analysis", *SYN)):
+        r = bnrep_cli(*args, out=out)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    store = Store(str(out), "synthetic-cnn")
+    final = {t: store.read_table(t) for t in tables("analysis") if t != "samples"}
+    r = bnrep_cli("analysis", *SYN, "--snapshots", "0", out=out)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    models, layers, pairs = 4, 5, 4  # 2 seeds x (batch, none); 2 norm pairs at one seed + 2 seed pairs
+    assert f"{models + models * layers + pairs * layers} tasks to run" in r.stdout
+    for t, before in final.items():
+        df = store.read_table(t)
+        keys = list(store_keys(t))
+        assert not df.duplicated(keys).any(), t
+        by = [k for k in keys if k != "epoch"]
+        old = df[df["epoch"] == -1].sort_values(by).reset_index(drop=True)
+        pd.testing.assert_frame_equal(old, before.sort_values(by).reset_index(drop=True), obj=t)  # untouched
+        # the same rows at initialisation, but no k-means sweep there
+        assert len(df[df["epoch"] == 0]) == (0 if t == "kmeans" else len(before)), t
+    sp = store.read_table("signal_propagation")
+    bn0 = sp[(sp["epoch"] == 0) & (sp["norm"] == "batch")]
+    # at initialisation BatchNorm (weight 1, bias 0) normalises each batch: every pre-activation has variance ~1
+    assert len(bn0) == 2 * layers and bn0["input_var"].between(0.95, 1.0 + 1e-6).all(), bn0["input_var"].tolist()
+    r = bnrep_cli("analysis", *SYN, "--snapshots", "0", out=out)
+    assert "0 tasks to run" in r.stdout
+    r = bnrep_cli("report", "--experiment", "synthetic-cnn", out=out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    md = (out / "synthetic-cnn" / "report" / "report.md").read_text()
+    assert "fig_initialisation.png" in md and "At initialisation (epoch 0) against the final epoch" in md
+    bad = bnrep_cli("analysis", *SYN, "--snapshots", "0,5", out=out)
+    assert bad.returncode == 2 and "only 0 (the initialisation" in bad.stderr
+
+
+def store_keys(table):
+    from bnrep.store import TABLES
+    return TABLES[table].keys

@@ -29,13 +29,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bnrep.checkpoints import ModelFileError, load_model
+from bnrep.checkpoints import ModelFileError, initial_model, load_model
 from bnrep.config import (RunOptions, UsageError, header, open_store, prepare, stage_hashes, start_fresh,
                           table_hashes, with_trained_config, write_config)
 from bnrep.data import check_data, load_data
 from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
-from bnrep.measures import MEASURES, NONFINITE, ModelRun, of_kind  # noqa: F401 (NONFINITE: re-exported)
+from bnrep.measures import FINAL, MEASURES, NONFINITE, ModelRun, of_kind  # noqa: F401 (NONFINITE: re-exported)
 from bnrep.norms import sort_key
 from bnrep.probes import Probe
 from bnrep.progress import wait_tasks
@@ -57,14 +57,14 @@ def not_trained(row: dict) -> str:
 def model_keys(row: dict) -> dict:
     """The columns that name a model in every analysis table."""
     return {"model_id": row["model_id"], "bn": row["norm"] == "batch", "norm": row["norm"],
-            "condition": row["condition"], "seed": row["seed"]}
+            "condition": row["condition"], "seed": row["seed"], "epoch": row.get("epoch", FINAL)}
 
 
 def pair_keys(a: dict, b: dict, layer: str, index: int) -> dict:
     """The columns that name a pair of models and a layer in a pair table."""
     return {"model_a": a["model_id"], "model_b": b["model_id"], "norm_a": a["norm"], "norm_b": b["norm"],
             "condition_a": a["condition"], "condition_b": b["condition"], "seed_a": a["seed"], "seed_b": b["seed"],
-            "layer": layer, "layer_index": index}
+            "epoch": a.get("epoch", FINAL), "layer": layer, "layer_index": index}
 
 
 def _frame(keys: dict, rows) -> pd.DataFrame:
@@ -86,7 +86,7 @@ def write_model_rows(store: Store, m, row: dict, probes: list[Probe], rows, hash
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     keys = pd.DataFrame(list(_layer_keys(row, probes).values()))
     df = keys.merge(df, on="layer_index", how="right")
-    store.write_part(m.table, row["model_id"], df, hashes[m.table], **placement())
+    store.write_part(m.table, unit(row), df, hashes[m.table], **placement())
 
 
 def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, labels: torch.Tensor, n_sparsity: int,
@@ -95,10 +95,14 @@ def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, labels: 
     model measures' parts in `todo` (bnrep.measures); return one (N, C) float32 array per probe."""
     quiet_when_stopped()
     store, device = Store(out, exp.name), best_device()
-    model = load_model(store, row["model_id"], exp, device)
-    reps = extract_representations(model, images, n_sparsity, exp.eps, device=device,
-                                   probes=probes)  # every eps, one pass
-    run = ModelRun(exp.for_condition(row["condition"]), row, model, reps, probes, images, labels, n_cluster, device)
+    model = (load_model(store, row["model_id"], exp, device) if row.get("epoch", FINAL) == FINAL else
+             initial_model(store, row["model_id"], exp, device))  # a snapshot: epoch 0, its initialisation
+    recipe, init = exp.for_condition(row["condition"]), row.get("epoch", FINAL) != FINAL
+    # every eps, one pass; at initialisation with batch statistics (the running ones are still 0 and 1, so
+    # eval mode would be no normalisation at all), in batches of the condition's size as its first step saw
+    reps = extract_representations(model, images, n_sparsity, exp.eps, device=device, probes=probes,
+                                   **({"batch_stats": True, "batch_size": recipe.batch_size} if init else {}))
+    run = ModelRun(recipe, row, model, reps, probes, images, labels, n_cluster, device)
     for table in todo:
         write_model_rows(store, MEASURES[table], row, probes, MEASURES[table].compute(run), hashes)
     return [r.reduced.numpy() for r in reps]
@@ -114,7 +118,7 @@ def layer_task(out: str, exp: Experiment, row: dict, probe: Probe, X: np.ndarray
     keys, where = _layer_keys(row, [probe])[probe.index], placement()
     for table in todo:
         rows = MEASURES[table].compute(Xt, yt, exp, row["seed"], backend)
-        store.write_part(table, f"{row['model_id']}-{probe.name}", _frame(keys, rows), hashes[table], **where)
+        store.write_part(table, f"{unit(row)}-{probe.name}", _frame(keys, rows), hashes[table], **where)
 
 
 def pair_task(out: str, exp: Experiment, a: dict, b: dict, layer: str, index: int, Xa: np.ndarray,
@@ -138,7 +142,7 @@ def write_not_analysed(store: Store, exp: Experiment, row: dict, probes: list[Pr
                        hashes: dict[str, str]) -> None:
     """A diverged model's missing parts, on the driver: every measure NaN with the reason, no forward
     pass (the grid keeps its row as evidence; its weights are not a trained model's)."""
-    why, mid, where = not_trained(row), row["model_id"], placement()
+    why, mid, where = not_trained(row), unit(row), placement()
     for table in todo.models.get(mid, ()):
         m = MEASURES[table]
         write_model_rows(store, m, row, probes, [{"layer_index": q.index, **r} for q in probes
@@ -150,15 +154,29 @@ def write_not_analysed(store: Store, exp: Experiment, row: dict, probes: list[Pr
                              hashes[table], **where)
 
 
+def unit(row: dict) -> str:
+    """What a part is named by: the model (its final weights), or the model at a snapshot epoch (m@e0)."""
+    epoch = row.get("epoch", FINAL)
+    return row["model_id"] if epoch == FINAL else f"{row['model_id']}@e{epoch}"
+
+
+def units(models: pd.DataFrame, exp: Experiment) -> list[dict]:
+    """Every model at its final weights, then at each snapshot epoch of the experiment."""
+    rows = models.to_dict("records")
+    return [{**r, "epoch": e} for e in (FINAL, *exp.snapshots) for r in rows]
+
+
 def pair_part(layer: str, a: dict, b: dict) -> str:
-    return f"{layer}-{a['model_id']}-{b['model_id']}"
+    return f"{layer}-{unit(a)}-{unit(b)}"
 
 
-def model_pairs(models: pd.DataFrame) -> list[tuple[dict, dict]]:
-    """Every pair of conditions at one seed, and every pair of seeds within one condition (the baseline)."""
-    rows = sorted(models.to_dict("records"), key=lambda r: (sort_key(r["condition"]), r["seed"]))
-    return [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]
-            if (a["seed"] == b["seed"]) != (a["condition"] == b["condition"])]
+def model_pairs(models: pd.DataFrame | list[dict]) -> list[tuple[dict, dict]]:
+    """Every pair of conditions at one seed, and every pair of seeds within one condition (the baseline),
+    at one epoch."""
+    rows = models.to_dict("records") if isinstance(models, pd.DataFrame) else models
+    rows = sorted(rows, key=lambda r: (r.get("epoch", FINAL), sort_key(r["condition"]), r["seed"]))
+    return [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:] if a.get("epoch", FINAL) == b.get("epoch", FINAL)
+            and (a["seed"] == b["seed"]) != (a["condition"] == b["condition"])]
 
 
 # ==== the plan ====
@@ -196,7 +214,7 @@ class Plan:
 
     def extract(self) -> set[str]:
         """Models that need a forward pass."""
-        return set(self.models) | set(self.layers) | {r["model_id"] for a, b, *_ in self.pairs for r in (a, b)}
+        return set(self.models) | set(self.layers) | {unit(r) for a, b, *_ in self.pairs for r in (a, b)}
 
     def n_tasks(self) -> int:
         return len(self.extract()) + sum(map(len, self.layers.values())) + len(self.pairs)
@@ -208,17 +226,17 @@ def plan(store: Store, exp: Experiment, models: pd.DataFrame, probes: list[Probe
     tables had their own hashes)."""
     th, ah = table_hashes(exp), stage_hashes(exp)["analysis_hash"]
     have = lambda t, part: store.has_part(t, part, (th[t], ah))  # noqa: E731
-    p = Plan()
-    for row in models.to_dict("records"):
-        mid = row["model_id"]
-        missing = tuple(m.table for m in of_kind("model") if not have(m.table, mid))
+    p, every = Plan(), units(models, exp)
+    for row in every:
+        mid, measures = unit(row), [m for m in MEASURES.values() if row["epoch"] == FINAL or m.snapshots]
+        missing = tuple(m.table for m in measures if m.kind == "model" and not have(m.table, mid))
         if missing:
             p.models[mid] = missing
         for q in probes:
-            missing = tuple(m.table for m in of_kind("layer") if not have(m.table, f"{mid}-{q.name}"))
+            missing = tuple(m.table for m in measures if m.kind == "layer" and not have(m.table, f"{mid}-{q.name}"))
             if missing:
                 p.layers.setdefault(mid, []).append((q, missing))
-    for a, b in model_pairs(models):
+    for a, b in model_pairs(every):
         for q in probes:
             missing = tuple(m.table for m in of_kind("pair") if not have(m.table, pair_part(q.name, a, b)))
             if missing:
@@ -288,11 +306,11 @@ def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.Dat
         images = ray.put(data.train.X[order])  # shipped once, to every task
         sample_labels = ray.put(data.train.y[order])
         labels = ray.put(data.train.y[torch.as_tensor(samples.indices("cluster"))].numpy())
-        rows = {r["model_id"]: r for r in models.to_dict("records")}
+        rows = {unit(r): r for r in units(models, exp)}
         at = {p.index: i for i, p in enumerate(probes)}  # layer index -> position of its array
         arrays, pending = {}, []
         for mid in sorted(todo.extract()):
-            if mid in diverged:  # its rows say so; no task
+            if rows[mid]["model_id"] in diverged and rows[mid]["epoch"] == FINAL:  # its rows say so; no task
                 write_not_analysed(store, exp, rows[mid], probes, todo, hashes)
                 continue
             refs = remote["extract"].remote(store.out, exp, rows[mid], images, sample_labels, samples.n_sparsity,
@@ -303,14 +321,13 @@ def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.Dat
                                                     labels, left, opts.kmeans_backend, hashes)
                         for q, left in todo.layers.get(mid, [])]
         for a, b, name, index, left in todo.pairs:
-            if diverged & {a["model_id"], b["model_id"]}:
+            if a["epoch"] == FINAL and diverged & {a["model_id"], b["model_id"]}:
                 why = next(not_trained(m) for m in (a, b) if m["model_id"] in diverged)
                 q = next(q for q in probes if q.index == index)
                 for table in left:
                     write_pair(store, table, a, b, name, index, MEASURES[table].not_analysed(exp, q, why), hashes)
             else:
                 pending.append(remote["pair_task"].remote(store.out, exp, a, b, name, index,
-                                                          arrays[a["model_id"]][at[index]],
-                                                          arrays[b["model_id"]][at[index]],
+                                                          arrays[unit(a)][at[index]], arrays[unit(b)][at[index]],
                                                           samples.n_cluster, left, hashes))
         wait_tasks(ray, pending, "analysis")
