@@ -1,6 +1,7 @@
-"""Figures: the paper's Figures 1-6 and the measures beyond it, from the result tables (the only matplotlib user).
+"""Figures: the paper's Figures 1-6 and the measures beyond it, from the result tables (with
+bnrep.plotting, their building blocks, the only matplotlib users).
 
-One colour per normalisation in every figure (`bnrep.results.COLORS`: BatchNorm
+One colour per condition in every figure (`bnrep.results.COLORS`: BatchNorm
 blue and no BatchNorm orange as in the paper, GroupNorm green, LayerNorm
 purple). Each function takes one `Results` or a list (a panel or row per
 experiment, side by side) and returns a Figure, or None when its table is
@@ -22,101 +23,13 @@ from matplotlib.ticker import MaxNLocator
 
 from bnrep.experiments import layer_indices
 from bnrep.measures import MEASURES
+from bnrep.plotting import (_as_list, _end_row, _grid, _labels, _layer_ticks, _log_if_positive, _panel, _panel_title,
+                            _width, fig_per_layer)
 from bnrep.norms import sort_key
-from bnrep.results import (COLORS, NORMS, SHORT, Results, at_eps, cka_pairs, eps_values, n_seeds, norm_labels,
-                           not_rectified, optimal_k, ordered, present_norms, seed_stats, seeds_text, shown)
+from bnrep.results import (COLORS, SHORT, Results, at_eps, cka_pairs, eps_values, n_seeds, norm_labels, optimal_k,
+                           ordered, present_norms, seed_stats, seeds_text, shown)
 
 DPI = 150
-
-
-def _grid(nrows: int, ncols: int, w: float = 4.2, h: float = 3.2) -> tuple[Figure, np.ndarray]:
-    fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
-
-
-def _panel(ax, **props) -> None:
-    """One panel of a grid figure: its title and labels (`ax.set`), small title, light grid."""
-    ax.set(**props)
-    ax.title.set_fontsize(9)
-    ax.grid(alpha=0.3)
-
-
-def _end_row(axes: np.ndarray, row: int, used: int) -> None:
-    """A grid row of `used` panels: the legend in its first, the rest of the row blank."""
-    axes[row, 0].legend(fontsize=7)
-    for ax in axes[row, used:]:
-        ax.set_axis_off()
-
-
-def _as_list(results) -> list[Results]:
-    return [results] if isinstance(results, Results) else list(results)
-
-
-def _labels(rs: list[Results]) -> dict[str, str]:
-    """Legend labels over every experiment of the figure (the same wording in every panel)."""
-    return norm_labels({n for r in rs for n in r.norms})
-
-
-def _panel_title(res: Results, i: int, n: int) -> str:
-    return f"({'abcdefghijklmnop'[i]}) {res.label}" if n > 1 else res.label
-
-
-MAX_TICK_LABELS = 24  # a layer axis labels at most this many layers (ResNet-50 has 49 probes)
-
-
-def _layer_ticks(ax, s: pd.DataFrame, marked: set[int] = frozenset()) -> None:
-    """Layer names on the x axis, thinned to MAX_TICK_LABELS (every k-th, the last always);
-    layers in `marked` get a '*' (not a rectifier)."""
-    ticks = s.drop_duplicates("layer_index").sort_values("layer_index")
-    step = math.ceil(len(ticks) / MAX_TICK_LABELS)
-    keep = ticks.iloc[[i for i in range(len(ticks)) if i % step == 0 or i == len(ticks) - 1]]
-    names = [f"{n}*" if i in marked else n for i, n in zip(keep["layer_index"], keep["layer"])]
-    ax.set_xticks(keep["layer_index"].tolist(), names, rotation=0 if len(keep) <= 6 else 45 if len(keep) <= 12 else 90,
-                  fontsize=8 if len(keep) > 12 else None)
-
-
-def _width(rs_frames, per_layer: float = 0.22, least: float = 4.2) -> float:
-    """Panel width in inches: wider for models with many layers."""
-    n = max((d["layer_index"].nunique() for d in rs_frames if len(d)), default=0)
-    return max(least, per_layer * n)
-
-
-def plot_per_layer(ax, df: pd.DataFrame, value: str, ylabel: str, labels: dict[str, str],
-                   hline: float | None = None, marked: set[int] = frozenset()) -> None:
-    """Seed mean per layer with std error bars, one colour per normalisation."""
-    s = seed_stats(df, ["condition", "layer_index", "layer"], value)
-    for norm in ordered(s["condition"]):
-        d = s[s["condition"] == norm]
-        ax.errorbar(d["layer_index"], d["mean"], yerr=d["std"].fillna(0), color=COLORS[norm],
-                    marker="o", capsize=3, label=labels[norm])
-    if hline is not None:
-        ax.axhline(hline, color="grey", ls="--", lw=1, label=f"{hline:g} classes")
-    _layer_ticks(ax, s, marked)
-    ax.set_xlabel("layer" + (" (*: not a rectifier)" if marked & set(s["layer_index"]) else ""))
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-
-
-def fig_per_layer(results, get, value: str, ylabel: str, title: str, hline=None) -> Figure | None:
-    """One panel per experiment, side by side (the paper's (a)/(b) layout); seeds in panel titles."""
-    rs = [(r, get(r)) for r in _as_list(results)]
-    rs = [(r, d) for r, d in rs if len(d)]
-    if not rs:
-        return None
-    labels = _labels([r for r, _ in rs])
-    fig, axes = _grid(1, len(rs), w=_width([d for _, d in rs]), h=3.5)
-    for i, (r, d) in enumerate(rs):
-        marked = set(not_rectified(d)["layer_index"]) if value == "sparsity" else set()
-        plot_per_layer(axes[0, i], d, value, ylabel, labels, hline, marked)
-        axes[0, i].set_title(f"{_panel_title(r, i, len(rs))}, {seeds_text(d)}", fontsize=10)
-    entries = {}  # every panel's legend entries once, normalisations first in display order
-    for ax in axes[0]:
-        entries.update(zip(*reversed(ax.get_legend_handles_labels())))
-    norm_rank = {labels[n]: sort_key(n) for n in labels}
-    names = sorted(entries, key=lambda l: norm_rank.get(l, (len(NORMS), 0)))
-    fig.legend([entries[l] for l in names], names, loc="outside lower center", ncols=len(names), fontsize=9)
-    fig.suptitle(title)
-    return fig
 
 
 def fig_layer_sparsity(results) -> Figure | None:
@@ -149,16 +62,6 @@ def fig_kmeans_dbi(results) -> Figure | None:
     """Paper Figure 6: k-means DBI at the optimal k per layer."""
     return fig_per_layer(results, _shown_optimal_k, "dbi", "k-means DBI at optimal k (lower = purer)",
                          "Class-agnostic (k-means) DBI at the optimal k per layer")
-
-
-def _log_if_positive(fig: Figure | None) -> Figure | None:
-    """Log y axis where every plotted value is positive (NC1 spans orders of magnitude over depth)."""
-    for ax in fig.axes if fig else []:
-        ys = np.concatenate([np.asarray(c.lines[0].get_ydata(), float) for c in ax.containers] or [np.ones(1)])
-        finite = ys[np.isfinite(ys)]
-        if len(finite) and np.all(finite > 0):  # no finite value (every model diverged): linear
-            ax.set_yscale("log")
-    return fig
 
 
 def measure_figure(m):

@@ -976,7 +976,8 @@ def test_figures_stay_readable_at_49_probes():
     probes are marked in the sparsity figure, and the channel panels sit at fractions of the depth."""
 
     from bnrep.experiments import get_experiment
-    from bnrep.figures import MAX_TICK_LABELS, fig_channel_sparsity, fig_class_dbi, fig_layer_sparsity
+    from bnrep.figures import fig_channel_sparsity, fig_class_dbi, fig_layer_sparsity
+    from bnrep.plotting import MAX_TICK_LABELS
     from bnrep.results import Results
     exp = get_experiment("cifar10-vgg16").with_model("torchvision:resnet50")
     rng, rows, chans = np.random.default_rng(0), [], []
