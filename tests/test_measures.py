@@ -348,7 +348,8 @@ def test_snapshot_at_initialisation_end_to_end(tmp_path):
     r = bnrep_cli("analysis", *SYN, "--snapshots", "0", out=out)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     models, layers, pairs = 4, 5, 4  # 2 seeds x (batch, none); 2 norm pairs at one seed + 2 seed pairs
-    assert f"{models + models * layers + pairs * layers} tasks to run" in r.stdout
+    assert (f"{models} models (final and epoch 0) x {layers} layers; 0 models complete, "
+            f"{models + models * layers + pairs * layers} tasks to run") in r.stdout
     for t, before in final.items():
         df = store.read_table(t)
         keys = list(store_keys(t))
@@ -363,7 +364,7 @@ def test_snapshot_at_initialisation_end_to_end(tmp_path):
     # at initialisation BatchNorm (weight 1, bias 0) normalises each batch: every pre-activation has variance ~1
     assert len(bn0) == 2 * layers and bn0["input_var"].between(0.95, 1.0 + 1e-6).all(), bn0["input_var"].tolist()
     r = bnrep_cli("analysis", *SYN, "--snapshots", "0", out=out)
-    assert "0 tasks to run" in r.stdout
+    assert f"{models} models complete, 0 tasks to run" in r.stdout
     r = bnrep_cli("report", "--experiment", "synthetic-cnn", out=out)
     assert r.returncode == 0, r.stderr[-2000:]
     md = (out / "synthetic-cnn" / "report" / "report.md").read_text()

@@ -277,7 +277,9 @@ def run(exp: Experiment, opts: RunOptions) -> int:
             held.enter_context(writer_lock(store, "analysis"))
             start_fresh(store, "analysis")
         todo = plan(store, exp, models, probes)
-        print(f"[analysis] {len(models)} models x {len(probes)} layers; {len(models) - len(todo.extract())} "
+        left = {r["model_id"] for r in units(models, exp) if unit(r) in todo.extract()}
+        at = f" (final and epoch {', '.join(map(str, exp.snapshots))})" if exp.snapshots else ""
+        print(f"[analysis] {len(models)} models{at} x {len(probes)} layers; {len(models) - len(left)} "
               f"models complete, {todo.n_tasks()} tasks to run", flush=True)
         if not todo.n_tasks():
             return 0
