@@ -477,3 +477,41 @@ def test_max_failures(fails, survives, tmp_path):
         assert r.returncode == 1 and err[-1].startswith("error: 1 model(s) failed 2 times, more than --max-failures 1")
         assert "injected failure of cnn-bn-s0" in err[-1]
         assert sorted(store.parts("training")) == [m for m in MODELS if m != "cnn-bn-s0"]
+
+
+def test_snapshot_at_initialisation_computes_only_its_parts(reference, tmp_path):
+    """--snapshots 0 on an analysed grid computes only the epoch-0 parts (no k-means, no train against eval
+    mode), leaves every final row as it was, a rerun does nothing, and the report shows the initialisation."""
+    from bnrep.measures import MEASURES
+
+    ref, _ = reference
+    out = tmp_path / "runs"
+    copy_stages(ref, out, "config.json", "hparam", "train/models", "results")
+    store = Store(str(out), "digits-cnn")
+    final = {t: store.read_table(t) for t in ANALYSIS if t != "samples"}
+    r = bnrep("analysis", "--smoke-test", "--snapshots", "0", out=out)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    models, layers, pairs = len(MODELS), 5, len(PAIRS)  # digits-cnn: conv1-4, fc1
+    assert (f"{models} models (final and epoch 0) x {layers} layers; 0 models complete, "
+            f"{models + models * layers + pairs * layers} tasks to run") in r.stdout
+    for t, before in final.items():
+        df = store.read_table(t)
+        assert not df.duplicated(list(TABLES[t].keys)).any(), t
+        by = [k for k in TABLES[t].keys if k != "epoch"]
+        old = df[df["epoch"] == -1].sort_values(by).reset_index(drop=True)
+        pd.testing.assert_frame_equal(old, before.sort_values(by).reset_index(drop=True), obj=t)
+        # the same rows at initialisation, but no k-means sweep (nor train against eval mode) there
+        assert len(df[df["epoch"] == 0]) == (len(before) if MEASURES[t].snapshots else 0), t
+    assert {t for t in final if not MEASURES[t].snapshots} == {"kmeans", "train_eval"}
+    sp = store.read_table("signal_propagation")
+    bn0 = sp[(sp["epoch"] == 0) & (sp["norm"] == "batch")]
+    # at initialisation BatchNorm (weight 1, bias 0) normalises each batch: every pre-activation has variance ~1
+    assert len(bn0) == 2 * layers and bn0["input_var"].between(0.95, 1.0 + 1e-6).all(), bn0["input_var"].tolist()
+    r = bnrep("analysis", "--smoke-test", "--snapshots", "0", out=out)
+    assert f"{models} models complete, 0 tasks to run" in r.stdout
+    r = bnrep("report", out=out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    md = (out / "digits-cnn" / "report" / "report.md").read_text()
+    assert "fig_initialisation.png" in md and "At initialisation (epoch 0) against the final epoch" in md
+    bad = bnrep("analysis", "--smoke-test", "--snapshots", "0,5", out=out)
+    assert bad.returncode == 2 and "only 0 (the initialisation" in bad.stderr
