@@ -454,3 +454,13 @@ def initialisation_rows(r: Results) -> list[list[str]]:
                          f"{len(fin)} ({_names(fin['layer'])})" if len(fin) else "0",
                          f"{len(same)} ({_names(same)})" if same else "0", said])
     return rows
+
+
+def initialisation_blocks(r: Results) -> list[tuple]:
+    """Report blocks, with --snapshots 0: which differences between conditions at the final epoch were there at initialisation."""
+    rows = initialisation_rows(r)
+    return [("p", f"At initialisation (epoch 0) against the final epoch: per measure, the layers where a condition "
+                  f"differs from {SHORT[r.ref]} beyond seed noise (Welch, p < {P_MAX}) at the final epoch, and how "
+                  f"many of those differed the same way before training:"),
+            ("table", ["measure", "pair", "layers that differ, final", "of those, the same at initialisation",
+                       "reading"], rows)] if rows else []

@@ -44,9 +44,9 @@ import pyarrow.fs as pafs
 import bnrep
 from bnrep.config import load_experiment, read_config, read_hashes
 from bnrep.documents import md_table, render_html, render_md
-from bnrep.correlations import MIN_MODELS, P_MAX, limits_sentence, predictor_rows, predictors
+from bnrep.correlations import MIN_MODELS, limits_sentence, predictor_rows, predictors
 from bnrep.flags import SCRIPTS
-from bnrep.findings import (CLAIMS, Finding, finding_sparsity_across, findings, initialisation_rows, judged_norms,
+from bnrep.findings import (CLAIMS, Finding, finding_sparsity_across, findings, initialisation_blocks, judged_norms,
                             rules)
 from bnrep.axis import axis_word
 from bnrep.results import (LABELS, REF, SHORT, Results, imported_mask, is_paper_pair, measure_numbers,
@@ -125,7 +125,7 @@ def findings_blocks(r: Results, fs: list[Finding]) -> list[tuple]:
     judged = judged_norms(r)
     if len(judged) == 1:
         rows = [[str(f.number), f.claim, f.verdict_text, f.detail] for f in fs]
-        return [("table", ["#", "Claim (paper section 6)", "Verdict", "Evidence"], rows), *eps_blocks(fs), *init_blocks(r),
+        return [("table", ["#", "Claim (paper section 6)", "Verdict", "Evidence"], rows), *eps_blocks(fs), *initialisation_blocks(r),
                 ("p", "How verdicts are decided:"), ("ul", rules(r.norms, r.ref))]
     by = {(f.number, f.norm): f for f in fs}
     matrix = [[str(i), c] + [by[(i, n)].verdict for n in judged] for i, c in _claims(fs)]
@@ -138,17 +138,7 @@ def findings_blocks(r: Results, fs: list[Finding]) -> list[tuple]:
     ranks = rankings(r)
     if ranks:
         blocks += [("p", "Rankings (best first; mean ± std over seeds):"), ("table", ["measure", "ranking"], ranks)]
-    return blocks + eps_blocks(fs) + init_blocks(r) + [("p", "How verdicts are decided:"), ("ul", rules(r.norms, r.ref))]
-
-
-def init_blocks(r: Results) -> list[tuple]:
-    """With --snapshots 0: which differences between conditions at the final epoch were there at initialisation."""
-    rows = initialisation_rows(r)
-    return [("p", f"At initialisation (epoch 0) against the final epoch: per measure, the layers where a condition "
-                  f"differs from {SHORT[r.ref]} beyond seed noise (Welch, p < {P_MAX}) at the final epoch, and how "
-                  f"many of those differed the same way before training:"),
-            ("table", ["measure", "pair", "layers that differ, final", "of those, the same at initialisation",
-                       "reading"], rows)] if rows else []
+    return blocks + eps_blocks(fs) + initialisation_blocks(r) + [("p", "How verdicts are decided:"), ("ul", rules(r.norms, r.ref))]
 
 
 def eps_blocks(fs: list[Finding]) -> list[tuple]:
