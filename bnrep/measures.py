@@ -78,7 +78,8 @@ class Measure:
 
     @property
     def part(self) -> str:
-        return {"model": "model", "layer": "layer", "pair": "pair"}[self.kind]
+        """How bnrep.store splits its table: one part per model, per (model, layer), per (layer, pair)."""
+        return self.kind
 
     @property
     def key_columns(self) -> tuple[str, ...]:
