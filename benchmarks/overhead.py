@@ -169,7 +169,7 @@ def same_tables(a: str, b: str, names) -> list[str]:
     differ = []
     for name in names:
         x, y = (pd.read_parquet(os.path.join(r, "results", name)) for r in (a, b))
-        key = [c for c in ("model_id", "model_a", "model_b", "layer_index", "k", "eps", "channel") if c in x]
+        key = [c for c in TABLES[name].keys if c in x]
         x, y = (d.sort_values(key).reset_index(drop=True) for d in (x, y))
         try:
             pd.testing.assert_frame_equal(x, y[x.columns], check_exact=False, rtol=1e-5)
