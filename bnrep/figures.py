@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from bnrep.experiments import layer_indices
 from bnrep.measures import MEASURES
 from bnrep.plotting import (_as_list, _end_row, _grid, _labels, _layer_ticks, _log_if_positive, _panel, _panel_title,
-                            _width, fig_per_layer)
+                            _width, condition_lines, fig_per_layer)
 from bnrep.norms import sort_key
 from bnrep.results import (COLORS, SHORT, Results, at_eps, cka_pairs, eps_values, n_seeds, norm_labels, optimal_k,
                            ordered, present_norms, seed_stats, seeds_text, shown)
@@ -86,13 +86,8 @@ def fig_signal_propagation(results) -> Figure | None:
         for row, (what, name) in enumerate((("var", "average channel variance"),
                                             ("mean_sq", "average squared channel mean"))):
             ax = axes[row, i]
-            for side, ls in (("input", "-"), ("output", "--")):
-                s = seed_stats(d, ["condition", "layer_index", "layer"], f"{side}_{what}")
-                for c in ordered(s["condition"]):
-                    e = s[s["condition"] == c]
-                    ax.errorbar(e["layer_index"], e["mean"], yerr=e["std"].fillna(0), color=COLORS[c], ls=ls,
-                                marker="o" if side == "input" else "x", capsize=2,
-                                label=f"{labels[c]}, {'pre-activation' if side == 'input' else 'output'}")
+            for side, said, ls, marker in (("input", "pre-activation", "-", "o"), ("output", "output", "--", "x")):
+                s = condition_lines(ax, d, f"{side}_{what}", labels, f", {said}", ls=ls, marker=marker, capsize=2)
             _layer_ticks(ax, s)
             _panel(ax, title=f"{_panel_title(r, i, len(rs))}: {name}", xlabel="layer", ylabel=name)
         axes[0, i].legend(fontsize=7)
@@ -328,16 +323,12 @@ def fig_initialisation(results) -> Figure | None:
     labels = _labels([r])
     for ax, m in zip(axes.flat, ms):
         pick = m.select or (lambda d: d)
-        for when, d, ls in (("final", r.table(m.table), "-"), ("init", r.snapshots[m.table], "--")):
-            s = seed_stats(pick(d[d["epoch"] == (0 if when == "init" else d["epoch"].iloc[0])]),
-                           ["condition", "layer_index", "layer"], m.values[0])
-            for c in ordered(s["condition"]):
-                e = s[s["condition"] == c]
-                ax.errorbar(e["layer_index"], e["mean"], yerr=e["std"].fillna(0), color=COLORS[c], ls=ls, capsize=2,
-                            marker="o" if when == "final" else "x", label=f"{labels[c]}, {when}")
+        early = r.snapshots[m.table]
+        for when, d, ls, marker in (("final", r.table(m.table), "-", "o"), ("init", early[early["epoch"] == 0], "--", "x")):
+            s = condition_lines(ax, pick(d), m.values[0], labels, f", {when}", ls=ls, marker=marker, capsize=2)
         _layer_ticks(ax, s)
         _panel(ax, title=m.name or m.table, xlabel="layer", ylabel=m.ylabel or m.values[0])
-        if m.log or m.table == "signal_propagation":  # spans orders of magnitude over depth
+        if m.log:  # spans orders of magnitude over depth
             ax.set_yscale("log")
     _end_row(axes, 0, cols)
     for ax in axes.flat[len(ms):]:

@@ -290,7 +290,8 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
     Measure("cka", "pair", _cka, ("cka", "cka_debiased"), ("reason", "debiased_reason"), fields=("samples_cluster",),
             version=2),  # 2: debiased linear CKA next to linear CKA
     Measure("signal_propagation", "model", _signal_propagation,
-            ("input_var", "input_mean_sq", "output_var", "output_mean_sq"), fields=SAMPLES, name="Pre-activation variance"),
+            ("input_var", "input_mean_sq", "output_var", "output_mean_sq"), fields=SAMPLES, name="Pre-activation variance",
+            log=True),
     Measure("gradient_norms", "model", _gradient_norms, ("gradient_norm",), fields=SAMPLES, log=True,
             caption=f"Beyond the paper: the norm of the loss gradient with respect to each activation's output "
                     f"(Yang et al. 2019), averaged over the same {GRADIENT_BATCHES} batches of {GRADIENT_BATCH} "

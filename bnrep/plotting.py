@@ -65,14 +65,22 @@ def _width(rs_frames, per_layer: float = 0.22, least: float = 4.2) -> float:
     return max(least, per_layer * n)
 
 
+def condition_lines(ax, df: pd.DataFrame, value: str, labels: dict[str, str], suffix: str = "",
+                    **style) -> pd.DataFrame:
+    """A line per condition of the seed mean of `value` per layer, std error bars, in the condition's colour
+    (`style`: line style, marker, ...; `suffix` follows each label). Returns the seed statistics."""
+    s = seed_stats(df, ["condition", "layer_index", "layer"], value)
+    for c in ordered(s["condition"]):
+        d = s[s["condition"] == c]
+        ax.errorbar(d["layer_index"], d["mean"], yerr=d["std"].fillna(0), color=COLORS[c], label=labels[c] + suffix,
+                    **style)
+    return s
+
+
 def plot_per_layer(ax, df: pd.DataFrame, value: str, ylabel: str, labels: dict[str, str],
                    hline: float | None = None, marked: set[int] = frozenset()) -> None:
     """Seed mean per layer with std error bars, one colour per normalisation."""
-    s = seed_stats(df, ["condition", "layer_index", "layer"], value)
-    for norm in ordered(s["condition"]):
-        d = s[s["condition"] == norm]
-        ax.errorbar(d["layer_index"], d["mean"], yerr=d["std"].fillna(0), color=COLORS[norm],
-                    marker="o", capsize=3, label=labels[norm])
+    s = condition_lines(ax, df, value, labels, marker="o", capsize=3)
     if hline is not None:
         ax.axhline(hline, color="grey", ls="--", lw=1, label=f"{hline:g} classes")
     _layer_ticks(ax, s, marked)

@@ -95,9 +95,8 @@ def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, labels: 
     model measures' parts in `todo` (bnrep.measures); return one (N, C) float32 array per probe."""
     quiet_when_stopped()
     store, device = Store(out, exp.name), best_device()
-    model = (load_model(store, row["model_id"], exp, device) if row.get("epoch", FINAL) == FINAL else
-             initial_model(store, row["model_id"], exp, device))  # a snapshot: epoch 0, its initialisation
-    recipe, init = exp.for_condition(row["condition"]), row.get("epoch", FINAL) != FINAL
+    recipe, init = exp.for_condition(row["condition"]), row.get("epoch", FINAL) != FINAL  # init: epoch 0
+    model = (initial_model if init else load_model)(store, row["model_id"], exp, device)
     # every eps, one pass; at initialisation with batch statistics (the running ones are still 0 and 1, so
     # eval mode would be no normalisation at all), in batches of the condition's size as its first step saw
     reps = extract_representations(model, images, n_sparsity, exp.eps, device=device, probes=probes,
@@ -170,12 +169,11 @@ def pair_part(layer: str, a: dict, b: dict) -> str:
     return f"{layer}-{unit(a)}-{unit(b)}"
 
 
-def model_pairs(models: pd.DataFrame | list[dict]) -> list[tuple[dict, dict]]:
+def model_pairs(rows: list[dict]) -> list[tuple[dict, dict]]:
     """Every pair of conditions at one seed, and every pair of seeds within one condition (the baseline),
-    at one epoch."""
-    rows = models.to_dict("records") if isinstance(models, pd.DataFrame) else models
-    rows = sorted(rows, key=lambda r: (r.get("epoch", FINAL), sort_key(r["condition"]), r["seed"]))
-    return [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:] if a.get("epoch", FINAL) == b.get("epoch", FINAL)
+    at one epoch (`rows`: `units`)."""
+    rows = sorted(rows, key=lambda r: (r["epoch"], sort_key(r["condition"]), r["seed"]))
+    return [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:] if a["epoch"] == b["epoch"]
             and (a["seed"] == b["seed"]) != (a["condition"] == b["condition"])]
 
 
