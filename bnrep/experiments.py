@@ -101,7 +101,7 @@ class Experiment:
     channel_layers: tuple[float, ...] = CNN_CHANNEL_LAYERS  # Figures 1-2; () = at 1/4, 1/2, 3/4, all of the depth
     first_shown_layer: float = 1  # Figures 4-6 start here (VGG16: 6, as in the paper); < 1: a fraction of depth
     probes: str = "all"  # which activations to measure: all | globs on names | type:ReLU,GELU (bnrep.probes)
-    snapshots: tuple[int, ...] = ()  # also measure each model at these epochs (0: its initialisation)
+    snapshots: tuple[int, ...] = ()  # also keep and measure each model at these epochs (0: its initialisation)
 
     description: str = field(default="", compare=False)
 
@@ -291,8 +291,10 @@ def validate(e: Experiment) -> None:
     need(e.val_size > 0, f"val_size must be > 0, got {e.val_size}")
     need(e.k_min >= 2, f"k_min must be >= 2, got {e.k_min}")
     need(e.k_max >= e.k_min, f"k_max must be >= k_min, got k_min={e.k_min}, k_max={e.k_max}")
-    need(set(e.snapshots) <= {0}, f"snapshots {', '.join(map(str, e.snapshots))}: only 0 (the initialisation, "
-                                  f"rebuilt from the model's seed) is measured; the grid saves no later epochs yet")
+    need(all(x >= 0 for x in e.snapshots), f"snapshot epochs must be >= 0 (0: the initialisation), got "
+                                            f"{', '.join(map(str, e.snapshots))}")
+    need(all(x <= e.max_epochs for x in e.snapshots), f"snapshot epoch {max(e.snapshots, default=0)} is beyond "
+                                                      f"max_epochs {e.max_epochs}: no model trains that long")
     need(len(e.eps) > 0, "eps is empty: give at least one threshold (the paper's: 0)")
     need(all(x >= 0 for x in e.eps), f"eps thresholds must be >= 0, got {', '.join(f'{x:g}' for x in e.eps)}")
     twice = sorted({x for x in e.eps if e.eps.count(x) > 1})

@@ -22,7 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from bnrep.experiments import layer_indices
-from bnrep.measures import MEASURES
+from bnrep.findings import headline_rows, snapshot_measures
+from bnrep.measures import FINAL, MEASURES
 from bnrep.plotting import (_as_list, _end_row, _grid, _labels, _layer_ticks, _log_if_positive, _panel, _panel_title,
                             _width, condition_lines, fig_per_layer)
 from bnrep.norms import sort_key
@@ -313,7 +314,6 @@ def fig_learning_curves(results) -> Figure | None:
 def fig_initialisation(results) -> Figure | None:
     """Each per-layer measure at initialisation (epoch 0, dashed) and at the final epoch (solid), a line per
     condition, a panel per measure (the first experiment with snapshots)."""
-    from bnrep.findings import snapshot_measures
     r = next((r for r in _as_list(results) if any((d["epoch"] == 0).any() for d in r.snapshots.values())), None)
     ms = [m for m in snapshot_measures() if r is not None and m.table in r.snapshots and len(r.table(m.table))]
     if not ms:
@@ -322,10 +322,10 @@ def fig_initialisation(results) -> Figure | None:
     fig, axes = _grid(math.ceil(len(ms) / cols), cols, w=_width([r.table(ms[0].table)]), h=3.0)
     labels = _labels([r])
     for ax, m in zip(axes.flat, ms):
-        pick = m.select or (lambda d: d)
         early = r.snapshots[m.table]
         for when, d, ls, marker in (("final", r.table(m.table), "-", "o"), ("init", early[early["epoch"] == 0], "--", "x")):
-            s = condition_lines(ax, pick(d), m.values[0], labels, f", {when}", ls=ls, marker=marker, capsize=2)
+            s = condition_lines(ax, headline_rows(m, d), m.values[0], labels, f", {when}", ls=ls, marker=marker,
+                                capsize=2)
         _layer_ticks(ax, s)
         _panel(ax, title=m.name or m.table, xlabel="layer", ylabel=m.ylabel or m.values[0])
         if m.log:  # spans orders of magnitude over depth
@@ -337,6 +337,41 @@ def fig_initialisation(results) -> Figure | None:
     return fig
 
 
+def through_training(m):
+    """The figure of a measure (bnrep.measures) against training epoch: at each snapshot epoch and at the
+    final model, the measure averaged over the layers of each group per model; a panel per layer group, a row
+    per experiment with snapshots, a line per condition (seed mean, std error bars)."""
+    def make(results) -> Figure | None:
+        rs = [(r, headline_rows(m, r.at_epochs(m.table))) for r in _as_list(results) if m.table in r.snapshots]
+        rs = [(r, d) for r, d in rs if len(d)]
+        if not rs:
+            return None
+        labels = _labels([r for r, _ in rs])
+        groups = [layer_groups(list(d.drop_duplicates("layer_index").sort_values("layer_index")[
+            ["layer_index", "layer"]].itertuples(index=False, name=None))) for _, d in rs]
+        fig, axes = _grid(len(rs), max(map(len, groups)), w=3.6, h=2.9)
+        for row, ((r, d), gs) in enumerate(zip(rs, groups)):
+            epochs = sorted(set(d["epoch"]) - {FINAL})
+            at = {**{e: i for i, e in enumerate(epochs)}, FINAL: len(epochs)}  # evenly spaced, final last
+            for col, (name, idx) in enumerate(gs):
+                ax, g = axes[row, col], d[d["layer_index"].isin(idx)]
+                g = g.groupby(["condition", "model_id", "epoch"], as_index=False)[m.values[0]].mean()
+                g["x"] = g["epoch"].map(at).astype(float)
+                for c in present_norms(g):
+                    s = seed_stats(g[g["condition"] == c], ["x"], m.values[0])
+                    ax.errorbar(s["x"], s["mean"], yerr=s["std"].fillna(0), color=COLORS[c], marker="o", capsize=3,
+                                label=labels[c])
+                ax.set_xticks(range(len(at)), [f"{e}" for e in epochs] + ["final"])
+                _panel(ax, title=f"{r.label}: {name}", xlabel="epoch", ylabel=m.ylabel or m.values[0])
+                if m.log and (g[m.values[0]].dropna() > 0).all():
+                    ax.set_yscale("log")
+            _end_row(axes, row, len(gs))
+        fig.suptitle(f"{m.name or m.table} through training ({seeds_text(rs[0][1])})")
+        return fig
+    make.__name__ = f"fig_{m.table}_epochs"
+    return make
+
+
 @dataclass(frozen=True)
 class FigureSpec:
     name: str
@@ -345,6 +380,7 @@ class FigureSpec:
     caption: str  # {colours}, {seeds}, {layers} and {nan} filled in per report
     title: str = ""  # how a note names the figure when it is not drawn (default: its name)
     needs: str = ""  # why it may not be drawn although its table is there
+    noted: bool = True  # the report says when it is not drawn (False: another figure's note says it)
 
 
 FIGURES = [
@@ -399,7 +435,16 @@ FIGURES = [
                "epoch (solid), for {colours} "
                "models. Error bars: standard deviation across {seeds}. A difference between conditions already "
                "there at initialisation is the architecture's, not training's.",
-               "Measures at initialisation", "it needs the analysis run with --snapshots 0"),
+               "Measures at initialisation and through training",
+               "it needs the analysis run with --snapshots (0: the initialisation; e.g. 0,1,5, with the grid "
+               "trained with the same --snapshots)"),
+    *[FigureSpec(f"fig_{m.table}_epochs", through_training(m), (m.table,),
+                 f"Beyond the paper: {m.name or m.table} against training epoch, averaged over the layers of each "
+                 f"group per model, for {{colours}} models: at each snapshot epoch (0: the initialisation) and at "
+                 f"the final model (the weights kept: the interpolating or best-validation epoch, which differs "
+                 f"between seeds). Epochs are evenly spaced. A model that stopped before a snapshot epoch has no "
+                 f"point there. Error bars: standard deviation across {{seeds}}.{{nan}}", noted=False)
+      for m in snapshot_measures()],
     FigureSpec("fig_learning_curves", fig_learning_curves, ("training_history",),
                "Beyond the paper: training loss (left) and training (solid) / validation (dashed) accuracy "
                "(right) per epoch, mean over the seeds still training at that epoch ({seeds} in all); "

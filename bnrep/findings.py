@@ -432,6 +432,12 @@ def snapshot_measures():
     return [m for m in MEASURES.values() if m.snapshots and m.kind != "pair" and "channel" not in m.keys]
 
 
+def headline_rows(m, df: pd.DataFrame) -> pd.DataFrame:
+    """One row per model and layer of a measure's table: its own selection (the optimal k), sparsity at the
+    smallest eps (the paper's 0)."""
+    return at_eps((m.select or (lambda d: d))(df)) if len(df) else df
+
+
 def initialisation_rows(r: Results) -> list[list[str]]:
     """Per measure and condition against the reference: the layers that differ beyond seed noise at the final
     epoch, and how many of them differed the same way at initialisation (epoch 0); [] without epoch 0."""
@@ -441,9 +447,8 @@ def initialisation_rows(r: Results) -> list[list[str]]:
         early = early[early["epoch"] == 0] if len(early) else early
         if early.empty or r.table(m.table).empty:
             continue
-        pick = m.select or (lambda d: d)
         for n in [c for c in r.norms if c != r.ref]:
-            fin, ini = (compare_layers(pick(d), m.values[0], n, r.ref) for d in (r.table(m.table), early))
+            fin, ini = (compare_layers(headline_rows(m, d), m.values[0], n, r.ref) for d in (r.table(m.table), early))
             fin = fin[fin["p"] < P_MAX]
             ini = ini.set_index("layer_index")
             same = [x.layer for x in fin.itertuples() if x.layer_index in ini.index and ini.at[x.layer_index, "p"] < P_MAX

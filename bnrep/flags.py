@@ -111,9 +111,6 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", default=None, metavar="LIST",
                    help="sparsity thresholds, comma-separated: |x| <= eps counts as zero, all counted in one "
                         "pass (default: 0, the paper's; e.g. 0,1e-3,1e-2,1e-1)")
-    p.add_argument("--snapshots", default=None, metavar="LIST",
-                   help="also measure every model at these epochs: 0 = its initialisation, rebuilt from its seed "
-                        "(the final model is always measured; k-means runs on the final model only)")
     p.add_argument("--probes", default=None, metavar="RULE",
                    help="activations to measure: all (default), comma-separated globs on probe names "
                         "('layer*.relu*'), or activation types ('type:ReLU,GELU')")
@@ -122,6 +119,13 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-task", type=float, default=1.0, metavar="N", help="CPUs per analysis task (default: 1)")
     p.add_argument("--gpus-per-task", type=float, default=None, metavar="F",
                    help="GPUs per extraction task, fractions allowed (default: 1 if the cluster has GPUs, else 0)")
+
+
+def add_snapshot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--snapshots", default=None, metavar="LIST",
+                   help="epochs to keep and measure besides the final model, comma-separated: the grid saves the "
+                        "weights after each (a model trained without one is trained again), the analysis "
+                        "measures them; 0 = the initialisation, rebuilt from the seed (k-means: final model only)")
 
 
 def add_report_args(p: argparse.ArgumentParser) -> None:
@@ -140,10 +144,10 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
 
 STAGE_FLAGS = {
     "hparam": (add_experiment_args, add_training_args),
-    "final": (add_experiment_args, add_training_args, add_paper_hparams),
-    "analysis": (add_experiment_args, add_analysis_args),
+    "final": (add_experiment_args, add_training_args, add_paper_hparams, add_snapshot_args),
+    "analysis": (add_experiment_args, add_analysis_args, add_snapshot_args),
     "report": (add_report_args,),
-    "run": (add_experiment_args, add_training_args, add_paper_hparams, add_analysis_args),
+    "run": (add_experiment_args, add_training_args, add_paper_hparams, add_analysis_args, add_snapshot_args),
 }
 
 

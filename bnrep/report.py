@@ -347,7 +347,7 @@ class _Writer:
         for spec in figures.FIGURES:
             fig = spec.make(rs)
             if fig is None:
-                blocks.append(("note", skipped_note(spec, rs, out)))
+                blocks += [("note", skipped_note(spec, rs, out))] if spec.noted else []
                 continue
             png = figures.figure_bytes(fig, "png")
             self.put(f"{spec.name}.png", png)

@@ -85,10 +85,10 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
 The analysis tables are bnrep.measures' table of measures: their stage, part, keys and hash come from it.
 
 Every analysis table has `epoch`: -1 for the model's final weights (the rows the paper's figures and
-claims use; parts written before snapshots read so), 0 for the model at its initialisation when the
-analysis ran with --snapshots 0 (every measure but the k-means sweep and train_eval; CKA between models at one epoch;
-norms with running statistics normalise with batch statistics at the condition's batch size there, as
-the first training step did: their running statistics are still 0 and 1).
+claims use; parts written before snapshots read so), else the snapshot epoch the analysis ran with
+(--snapshots: every measure but the k-means sweep and train_eval; CKA between models at one epoch).
+At 0, the initialisation, norms with running statistics normalise with batch statistics at the
+condition's batch size, as the first training step did (their running statistics are still 0 and 1).
 A snapshot's part is named by `<model_id>@e<epoch>` where the final model's is named by `<model_id>`.
 
 `norm` is the normalisation a model was built with and `condition` the study axis's

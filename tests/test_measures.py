@@ -308,6 +308,70 @@ def test_the_initial_model_is_the_one_training_started_from(tmp_path):
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_snapshot_files_are_verified_and_asked_epochs_decide_what_is_trained(tmp_path):
+    """The weights after a snapshot epoch load as saved; a flipped byte is refused naming the file; a model
+    is trained for a snapshot epoch it was asked for (also one it stopped before), not for another."""
+    import pandas as pd
+
+    from bnrep.checkpoints import (ModelFileError, is_trained, load_model, save_model, save_snapshot,
+                                   snapshot_path, snapshot_record, weights_sha256)
+    from bnrep.data import load_data
+    from bnrep.store import Store
+    from bnrep.train import Trainer
+
+    exp = get_experiment("synthetic-cnn").override(**SMOKE, conditions="batch")
+    data = load_data(exp, None, device="cpu")
+    trainer = Trainer(exp, data, "batch", {"lr": 0.05, "momentum": 0.9}, seed=1, device="cpu")
+    store = Store(str(tmp_path), exp.name)
+    trainer.step_epoch()
+    after1 = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    digests = {1: save_snapshot(store, "m", trainer.model, 1)}
+    trainer.step_epoch()
+    row = {"model_id": "m", "model": exp.model, "norm": "batch", "bn": True, "seed": 1}
+    digest = save_model(store, "m", trainer.model, exp, {"lr": 0.05}, row, data.num_classes)
+    store.write_part("training", "m", pd.DataFrame([row]), "h", model_sha256=digest,
+                     **snapshot_record([1, 7], digests))  # asked 1 and 7; it stopped before 7
+    got = load_model(store, "m", exp, epoch=1).state_dict()
+    assert all(torch.equal(got[k].cpu(), after1[k]) for k in after1)
+    final = load_model(store, "m", exp).state_dict()
+    assert not all(torch.equal(final[k].cpu(), after1[k]) for k in after1)  # epoch 2 moved on
+    # the weights' digest: equal for equal weights, whatever file they came from; one value moved: another
+    assert weights_sha256(load_model(store, "m", exp, epoch=1)) == weights_sha256(load_model(store, "m", exp, epoch=1))
+    assert weights_sha256(load_model(store, "m", exp)) == weights_sha256(trainer.model)
+    model = load_model(store, "m", exp)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-7
+    assert weights_sha256(model) != weights_sha256(trainer.model)
+    assert is_trained(store, "m", "h", (0, 1)) and is_trained(store, "m", "h", (1, 7))
+    assert not is_trained(store, "m", "h", (1, 5))  # never asked for 5: the grid trains it again
+    with pytest.raises(ModelFileError, match="was not saved by the grid"):
+        load_model(store, "m", exp, epoch=7)
+    path = tmp_path / exp.name / snapshot_path("m", 1)
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 1
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ModelFileError, match=r"epoch-1\.pt is not the model that was trained"):
+        load_model(store, "m", exp, epoch=1)
+    assert not is_trained(store, "m", "h", ())
+
+
+def test_forgetting_a_model_deletes_its_parts_its_snapshots_and_its_pairs_only(tmp_path):
+    import pandas as pd
+
+    from bnrep.stages.final import forget_analysis
+    from bnrep.store import Store
+
+    store = Store(str(tmp_path), "e")
+    names = ["cnn-bn-s1", "cnn-bn-s1-conv1", "cnn-bn-s1@e0-conv1", "cnn-bn-s1@e5", "conv1-cnn-bn-s1-cnn-none-s1",
+             "conv1-cnn-bn-s0-cnn-bn-s1@e2", "cnn-bn-s10", "cnn-bn-s10-conv1", "conv1-cnn-bn-s0-cnn-bn-s10",
+             "cnn-none-s1-fc1"]
+    for n in names:
+        store.write_part("nc1", n, pd.DataFrame({"x": [1]}))
+    forget_analysis(store, ["cnn-bn-s1"])
+    assert sorted(store.parts("nc1")) == ["cnn-bn-s10", "cnn-bn-s10-conv1", "cnn-none-s1-fc1",
+                                          "conv1-cnn-bn-s0-cnn-bn-s10"]
+
+
 def test_batch_statistics_extraction_normalises_each_batch_and_keeps_one_sample_with_the_last():
     model, X, y = digits_like("batch", n=33)
     reps = extract_representations(model, X, 0, batch_size=16, device="cpu", batch_stats=True)

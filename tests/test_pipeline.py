@@ -459,19 +459,26 @@ if os.environ.get("BNREP_TEST_FAILS"):  # every Python process of the run, Ray w
 def test_max_failures(fails, survives, tmp_path):
     """--max-failures 1: one failure of a trial is survived (it resumes from its checkpoint),
     a second ends the grid with a one-line error naming the flag; the other models are trained."""
+    from bnrep.checkpoints import load_model, saved_snapshots
+    from bnrep.experiments import SMOKE, get_experiment
+
     hooks, counts, out = tmp_path / "hooks", tmp_path / "failures", tmp_path / "runs"
     hooks.mkdir()
     counts.mkdir()
     (hooks / "sitecustomize.py").write_text(FAULTS)
     env = {**os.environ, "PYTHONPATH": f"{hooks}:{os.environ.get('PYTHONPATH', '')}",
            "BNREP_TEST_FAILS": str(fails), "BNREP_TEST_FAIL_DIR": str(counts)}
-    r = bnrep("final", "--smoke-test", "--paper-hparams", "--max-failures", "1", out=out, env=env)
+    r = bnrep("final", "--smoke-test", "--paper-hparams", "--max-failures", "1", "--snapshots", "1", out=out, env=env)
     assert len(os.listdir(counts)) == fails  # the failures happened, in Ray workers
     store = Store(str(out), "digits-cnn")
     if survives:
         assert r.returncode == 0, r.stderr[-3000:]
         assert sorted(store.parts("training")) == MODELS
-        assert store.part_metadata("training", "cnn-bn-s0")["resumed_from_epoch"] == "1"  # its last checkpoint
+        md = store.part_metadata("training", "cnn-bn-s0")
+        assert md["resumed_from_epoch"] == "1"  # its last checkpoint
+        # the snapshot of epoch 1, saved before the failure: its digest came back with the checkpoint
+        assert list(saved_snapshots(md)[1]) == [1]
+        load_model(store, "cnn-bn-s0", get_experiment("digits-cnn").override(**SMOKE), epoch=1)  # verified
     else:
         err = r.stderr.strip().splitlines()
         assert r.returncode == 1 and err[-1].startswith("error: 1 model(s) failed 2 times, more than --max-failures 1")
@@ -479,39 +486,78 @@ def test_max_failures(fails, survives, tmp_path):
         assert sorted(store.parts("training")) == [m for m in MODELS if m != "cnn-bn-s0"]
 
 
-def test_snapshot_at_initialisation_computes_only_its_parts(reference, tmp_path):
-    """--snapshots 0 on an analysed grid computes only the epoch-0 parts (no k-means, no train against eval
-    mode), leaves every final row as it was, a rerun does nothing, and the report shows the initialisation."""
+def measured(df, epoch, models=MODELS):
+    """(model or pair, layer, row count) of a table's rows at `epoch`, of the models in `models`."""
+    who = ["model_a", "model_b"] if "model_a" in df else ["model_id"]
+    d = df[(df["epoch"] == epoch) & df[who].isin(models).all(axis=1)]
+    return [(*k, n) for k, n in d.groupby([*who, "layer"]).size().items()]
+
+
+def test_snapshots_keep_the_weights_of_their_epochs_and_compute_only_their_parts(reference, tmp_path):
+    """--snapshots on a trained and analysed grid: the grid trains its models again to keep epochs 1 and 2
+    (the same final weights, so their analysis stays); the analysis at epochs 0 and 1 computes only those
+    parts (no k-means, no train against eval mode), leaves every final row as it was; one more snapshot
+    computes only its own parts; the report draws each measure through training; an epoch the grid did
+    not keep is a one-line error."""
+    from bnrep.checkpoints import snapshot_path
     from bnrep.measures import MEASURES
 
     ref, _ = reference
     out = tmp_path / "runs"
     copy_stages(ref, out, "config.json", "hparam", "train/models", "results")
-    store = Store(str(out), "digits-cnn")
+    store, before_store = Store(str(out), "digits-cnn"), Store(str(ref), "digits-cnn")
     final = {t: store.read_table(t) for t in ANALYSIS if t != "samples"}
-    r = bnrep("analysis", "--smoke-test", "--snapshots", "0", out=out)
+    r = bnrep("final", "--smoke-test", "--snapshots", "1,2", out=out)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    models, layers, pairs = len(MODELS), 5, len(PAIRS)  # digits-cnn: conv1-4, fc1
-    assert (f"{models} models (final and epoch 0) x {layers} layers; 0 models complete, "
-            f"{models + models * layers + pairs * layers} tasks to run") in r.stdout
+    assert f"[final] {len(MODELS)} trained without a snapshot at epoch 1, 2: trained again" in r.stdout
+    epochs = store.read_table("training").set_index("model_id")["epochs"]
+    for mid in MODELS:  # training is exact: the same final weights, each asked epoch it reached kept
+        md = store.part_metadata("training", mid)
+        assert md["weights_sha256"] == before_store.part_metadata("training", mid)["weights_sha256"], mid
+        kept = {e for e in (1, 2) if (out / "digits-cnn" / snapshot_path(mid, e)).exists()}
+        assert kept == {e for e in (1, 2) if e <= epochs[mid]} and md["snapshots_asked"] == "1,2", mid
+    reached = {e: [m for m in MODELS if epochs[m] >= e] for e in (0, 1, 2)}
+    layers = 5  # digits-cnn: conv1-4, fc1
+
+    def tasks(e):  # an extraction per model, a task per (model, layer) and per (pair, layer) at epoch e
+        pairs = [p for p in PAIRS if set(p) <= set(reached[e])]
+        return len(reached[e]) * (1 + layers) + len(pairs) * layers
+
+    r = bnrep("analysis", "--smoke-test", "--snapshots", "0,1", out=out)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert (f"{len(MODELS)} models (final and epoch 0, 1) x {layers} layers; 0 models complete, "
+            f"{tasks(0) + tasks(1)} tasks to run") in r.stdout
     for t, before in final.items():
         df = store.read_table(t)
         assert not df.duplicated(list(TABLES[t].keys)).any(), t
         by = [k for k in TABLES[t].keys if k != "epoch"]
         old = df[df["epoch"] == -1].sort_values(by).reset_index(drop=True)
         pd.testing.assert_frame_equal(old, before.sort_values(by).reset_index(drop=True), obj=t)
-        # the same rows at initialisation, but no k-means sweep (nor train against eval mode) there
-        assert len(df[df["epoch"] == 0]) == (len(before) if MEASURES[t].snapshots else 0), t
+        for e in (0, 1):  # the same rows at each epoch, but no k-means sweep (nor train against eval mode)
+            assert sorted(measured(df, e)) == (sorted(measured(before, -1, reached[e])) if MEASURES[t].snapshots
+                                               else []), (t, e)
     assert {t for t in final if not MEASURES[t].snapshots} == {"kmeans", "train_eval"}
     sp = store.read_table("signal_propagation")
     bn0 = sp[(sp["epoch"] == 0) & (sp["norm"] == "batch")]
     # at initialisation BatchNorm (weight 1, bias 0) normalises each batch: every pre-activation has variance ~1
     assert len(bn0) == 2 * layers and bn0["input_var"].between(0.95, 1.0 + 1e-6).all(), bn0["input_var"].tolist()
-    r = bnrep("analysis", "--smoke-test", "--snapshots", "0", out=out)
-    assert f"{models} models complete, 0 tasks to run" in r.stdout
+    ls = store.read_table("layer_sparsity").set_index(["model_id", "layer", "epoch"])["sparsity"]
+    assert (ls.xs(1, level="epoch") != ls.xs(-1, level="epoch").loc[ls.xs(1, level="epoch").index]).any()
+
+    r = bnrep("analysis", "--smoke-test", "--snapshots", "0,1,2", out=out)
+    assert f"{len(MODELS) - len(reached[2])} models complete, {tasks(2)} tasks to run" in r.stdout, r.stdout
+    for t, before in final.items():
+        df = store.read_table(t)
+        assert not df.duplicated(list(TABLES[t].keys)).any(), t
+        assert sorted(measured(df, 2)) == (sorted(measured(before, -1, reached[2])) if MEASURES[t].snapshots
+                                           else []), t
+    r = bnrep("analysis", "--smoke-test", "--snapshots", "0,1,2", out=out)
+    assert f"{len(MODELS)} models complete, 0 tasks to run" in r.stdout
     r = bnrep("report", out=out)
     assert r.returncode == 0, r.stderr[-2000:]
     md = (out / "digits-cnn" / "report" / "report.md").read_text()
     assert "fig_initialisation.png" in md and "At initialisation (epoch 0) against the final epoch" in md
-    bad = bnrep("analysis", "--smoke-test", "--snapshots", "0,5", out=out)
-    assert bad.returncode == 2 and "only 0 (the initialisation" in bad.stderr
+    assert "fig_layer_sparsity_epochs.png" in md and "fig_gradient_norms_epochs.png" in md
+    bad = bnrep("analysis", "--smoke-test", "--snapshots", "0,3", out=out)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
+        "error: cnn-bn-s0 was trained without a snapshot at epoch 3: run sweeps/final.py"), bad.stderr

@@ -338,12 +338,35 @@ def test_across_experiments_sparsity():
     assert findings.finding_sparsity_across({"a": more, "b": more}).verdict == "not supported"
 
 
+def test_a_measure_through_training_plots_each_epochs_seed_mean_per_layer_group():
+    """The figure against epoch: x = the snapshot epochs evenly spaced, then the final model; y = per model
+    the measure averaged over the group's layers, then the mean over seeds (hand-computed here)."""
+    final = cnn().tables["layer_sparsity"]
+    early = [final.assign(epoch=e, sparsity=final["sparsity"] * f) for e, f in ((0, 0.5), (4, 0.8))]
+    r = findings.Results(cnn().experiment, {**cnn().tables, "layer_sparsity": pd.concat([final, *early])})
+    fig = figures.figure("fig_layer_sparsity_epochs").make(r)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["CNN Digits: early layers (conv1-conv2)",
+                                                 "CNN Digits: middle layers (conv3-conv4)", "CNN Digits: late layer (fc1)"]
+    assert [t.get_text() for t in panels[0].get_xticklabels()] == ["0", "4", "final"]
+    for ax, idx in zip(panels, ([1, 2], [3, 4], [5])):
+        for c, line in zip(("batch", "none"), (c.lines[0] for c in ax.containers)):
+            rows = final[(final["condition"] == c) & final["layer_index"].isin(idx)]
+            want = rows.groupby("seed")["sparsity"].mean().mean()
+            np.testing.assert_allclose(np.asarray(line.get_xdata(), float), [0, 1, 2])
+            np.testing.assert_allclose(np.asarray(line.get_ydata(), float), [0.5 * want, 0.8 * want, want], rtol=1e-12)
+    assert figures.figure("fig_layer_sparsity_epochs").make(cnn()) is None  # no snapshots: not drawn
+
+
 # ==== whole reports ====
+# drawn only from an analysis with --snapshots (tests/test_measures.py, tests/test_pipeline.py)
+SNAPSHOT_FIGURES = {s.name for s in figures.FIGURES if s.name == "fig_initialisation" or s.name.endswith("_epochs")}
+
 
 def test_report_files_and_self_contained_html(full):
     out, res = full
     d = out / "digits-cnn" / "report"
-    figs = [s.name for s in figures.FIGURES if s.name != "fig_initialisation"]  # needs --snapshots 0: test_measures
+    figs = [s.name for s in figures.FIGURES if s.name not in SNAPSHOT_FIGURES]  # need --snapshots: test_pipeline
     for name in ["report.md", "report.html", "findings.json", "report_inputs.json", "table1.csv"] + \
             [f"{f}.{x}" for f in figs for x in ("png", "svg")]:
         assert (d / name).is_file() and name in res.files, name
@@ -961,7 +984,7 @@ def test_report_builds_without_the_new_tables(tmp_path):
         assert f"{name} not drawn: no results/{table}" in html
     assert "Layer sparsity against the threshold eps not drawn: it needs layer sparsity at two or more thresholds" in md
     new = {"fig_nc1", "fig_effective_rank", "fig_cka", "fig_sparsity_thresholds", "fig_signal_propagation",
-           "fig_gradient_norms", "fig_train_eval", "fig_initialisation"}
+           "fig_gradient_norms", "fig_train_eval", *SNAPSHOT_FIGURES}
     drawn = {f.rsplit(".", 1)[0] for f in res.files if f.startswith("fig_")}
     assert drawn == {s.name for s in figures.FIGURES} - new
     assert md.count("![fig_") == len(drawn) and html.count("data:image/png;base64,") == len(drawn)

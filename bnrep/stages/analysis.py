@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bnrep.checkpoints import ModelFileError, initial_model, load_model
-from bnrep.config import (RunOptions, UsageError, header, open_store, prepare, stage_hashes, start_fresh,
-                          table_hashes, with_trained_config, write_config)
+from bnrep.checkpoints import ModelFileError, load_model, saved_snapshots
+from bnrep.config import (RunOptions, UsageError, header, is_imported, open_store, prepare, stage_hashes,
+                          start_fresh, table_hashes, with_trained_config, write_config)
 from bnrep.data import check_data, load_data
 from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
@@ -95,8 +95,8 @@ def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, labels: 
     model measures' parts in `todo` (bnrep.measures); return one (N, C) float32 array per probe."""
     quiet_when_stopped()
     store, device = Store(out, exp.name), best_device()
-    recipe, init = exp.for_condition(row["condition"]), row.get("epoch", FINAL) != FINAL  # init: epoch 0
-    model = (initial_model if init else load_model)(store, row["model_id"], exp, device)
+    recipe, epoch = exp.for_condition(row["condition"]), row.get("epoch", FINAL)
+    model, init = load_model(store, row["model_id"], exp, device, epoch), epoch == 0
     # every eps, one pass; at initialisation with batch statistics (the running ones are still 0 and 1, so
     # eval mode would be no normalisation at all), in batches of the condition's size as its first step saw
     reps = extract_representations(model, images, n_sparsity, exp.eps, device=device, probes=probes,
@@ -160,9 +160,11 @@ def unit(row: dict) -> str:
 
 
 def units(models: pd.DataFrame, exp: Experiment) -> list[dict]:
-    """Every model at its final weights, then at each snapshot epoch of the experiment."""
+    """Every model at its final weights, then at each snapshot epoch of the experiment it reached (0, its
+    initialisation, always; `trained_models`' column snapshot_epochs, the others)."""
     rows = models.to_dict("records")
-    return [{**r, "epoch": e} for e in (FINAL, *exp.snapshots) for r in rows]
+    return [{**r, "epoch": e} for e in (FINAL, *exp.snapshots) for r in rows
+            if e in (FINAL, 0) or e in r.get("snapshot_epochs", ())]
 
 
 def pair_part(layer: str, a: dict, b: dict) -> str:
@@ -184,17 +186,38 @@ def diverged_mask(models: pd.DataFrame) -> pd.Series:
 
 
 def trained_models(store: Store, exp: Experiment) -> pd.DataFrame:
-    """The experiment's trained models, each verified (UsageError names the file)."""
+    """The experiment's trained models, each verified (UsageError names the file), with the column
+    snapshot_epochs: the epochs of exp.snapshots after 0 whose weights the grid kept (verified too)."""
     df = store.read_table("training")
     if df.empty:
         raise UsageError(f"no trained models in {store.out}/{exp.name}: run sweeps/final.py "
                          f"--experiment {exp.name} first")
+    later = [e for e in exp.snapshots if e > 0]
+    if exp.snapshots and is_imported(store):
+        raise UsageError(f"{store.out}/{exp.name} holds imported models: they have no training to take --snapshots "
+                         f"from (measure snapshots of models the grid trains)")
+    kept = []
     for mid in df["model_id"]:
+        asked, saved = saved_snapshots(store.part_metadata("training", mid))
+        if not set(later) <= asked:
+            missing = ", ".join(str(e) for e in later if e not in asked)
+            raise UsageError(f"{mid} was trained without a snapshot at epoch {missing}: run sweeps/final.py "
+                             f"--experiment {exp.name} --snapshots {','.join(map(str, exp.snapshots))} first "
+                             f"(it trains the models again, keeping those epochs)")
+        kept.append(tuple(e for e in later if e in saved))  # an epoch after the model stopped: not there
         try:
-            load_model(store, mid, exp)
+            for e in (FINAL, *kept[-1]):
+                load_model(store, mid, exp, epoch=e)
         except ModelFileError as e:
             raise UsageError(f"checkpoint {e}; rerun sweeps/final.py to retrain it") from None
+    df["snapshot_epochs"] = kept
     return df.sort_values("model_id").reset_index(drop=True)
+
+
+def stopped_before(models: pd.DataFrame, exp: Experiment) -> list[str]:
+    """Notes on the snapshot epochs some models never reached (they stopped training before)."""
+    return [f"{n} of {len(models)} models stopped training before epoch {e}: measured without it"
+            for e in exp.snapshots if e > 0 for n in [sum(e not in k for k in models["snapshot_epochs"])] if n]
 
 
 def check_k_max(exp: Experiment, n_cluster: int) -> None:
@@ -266,7 +289,7 @@ def run(exp: Experiment, opts: RunOptions) -> int:
     samples = AnalysisSamples.draw(len(data.train), exp.samples_sparsity, exp.samples_cluster, exp.split_seed)
     check_k_max(exp, samples.n_cluster)  # capped at what the training split holds
     print(header("analysis", exp, store), flush=True)
-    for note in samples.notes:
+    for note in (*samples.notes, *stopped_before(models, exp)):
         print(f"note: {note}", flush=True)
 
     # ==== skip complete work; one writer from here on ====

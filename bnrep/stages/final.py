@@ -6,6 +6,7 @@ checkpoint (FailureConfig), an interrupted grid resumes with Tuner.restore.
 
 Writes, under <out>/<experiment>/:
     train/models/<model_id>/model.pt       weights, preset, hparams, metrics (bnrep.checkpoints)
+    train/models/<model_id>/epoch-<e>.pt   the weights after epoch e, for each --snapshots epoch it reached
     results/training/<model_id>.parquet    one row per model; its metadata holds model.pt's sha256
     results/training_history/<model_id>.parquet   one row per epoch
 """
@@ -13,10 +14,11 @@ Writes, under <out>/<experiment>/:
 from __future__ import annotations
 
 import contextlib
+import re
 
 import pandas as pd
 
-from bnrep.checkpoints import is_trained, save_model
+from bnrep.checkpoints import is_trained, save_model, save_snapshot, snapshot_record, weights_sha256
 from bnrep.config import RunOptions, StageFailed, UsageError, header, stage_hashes, start_fresh, write_config
 from bnrep.data import load_data
 from bnrep.experiments import Experiment
@@ -26,7 +28,7 @@ from bnrep.norms import SHORT, TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, default_gpus, placement, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, tune_config
-from bnrep.store import Store, tables, write_error
+from bnrep.store import Store, safe_key, tables, write_error
 from bnrep.train import Trainer, best_device
 
 
@@ -42,7 +44,8 @@ def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: b
     store = Store(out, exp.name)
     data = load_data(exp, data_root, device=best_device())
     trainer = Trainer(exp.for_condition(cond), data, norm, hp, seed, amp=amp)  # the condition's recipe and norm
-    resumed_from = train_in_tune(trainer, extra={"model_id": mid})
+    resumed_from, digests = train_in_tune(trainer, extra={"model_id": mid}, snapshots=exp.snapshots,
+                                          keep=lambda epoch, model: save_snapshot(store, mid, model, epoch))
     r = trainer.finish()
     row = {"model_id": mid, "experiment": exp.name, "dataset": exp.dataset, "arch": exp.model, "model": exp.model,
            "bn": bn,
@@ -55,7 +58,7 @@ def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: b
     where = {**placement(), "resumed_from_epoch": resumed_from}  # provenance, of a resumed trial too
     store.write_part("training_history", mid, history, train_hash, **where)
     store.write_part("training", mid, pd.DataFrame([row]), train_hash,  # last: marks the model complete
-                     model_sha256=digest, **where)
+                     model_sha256=digest, weights_sha256=weights_sha256(r.model), **snapshot_record([e for e in exp.snapshots if e > 0], digests), **where)
     tune.report({"model_id": mid, "test_acc": r.test_acc, "saved": True})
 
 
@@ -76,11 +79,15 @@ def grid_hparams(exp: Experiment, store: Store, paper: bool) -> dict[str, dict]:
 
 
 def forget_analysis(store: Store, mids: list[str]) -> None:
-    """Delete the analysis parts of models about to be trained anew (stale, valid or not)."""
+    """Delete the analysis parts of models about to be trained anew (stale, valid or not): the parts of the
+    model, of its snapshots (m@e1) and of its pairs (layer-a-b)."""
+    if not mids:
+        return
+    at = re.escape(safe_key("@"))  # file names spell a part's @ so
+    names = re.compile("|".join(rf"(?:^|-){re.escape(safe_key(m))}(?:{at}e\d+)?(?:-|$)" for m in mids))
     for table in tables("analysis"):
         for name in store.list_dir(f"results/{table}"):
-            part = name.removesuffix(".parquet")
-            if any(part == m or part.startswith(m + "-") for m in mids):
+            if names.search(name.removesuffix(".parquet")):
                 store.delete(f"results/{table}/{name}")
 
 
@@ -135,7 +142,15 @@ def describe_model(r: dict) -> str:
 
 
 def untrained(exp: Experiment, store: Store, grid: list[dict], train_hash: str) -> list[dict]:
-    return [g for g in grid if not is_trained(store, model_id(exp.model, g["norm"], g["seed"]), train_hash)]
+    """The grid's models to train: not trained under `train_hash`, or trained without an asked snapshot."""
+    return [g for g in grid if not is_trained(store, model_id(exp.model, g["norm"], g["seed"]), train_hash,
+                                              exp.snapshots)]
+
+
+def weights_digests(store: Store, mids: list[str]) -> dict[str, str]:
+    """model id -> the digest of its final weights its training record holds ('' for records before it)."""
+    mds = {m: store.part_metadata("training", m) for m in mids}
+    return {m: md.get("weights_sha256", "") for m, md in mds.items() if md}
 
 
 # ==== the stage ====
@@ -150,19 +165,30 @@ def run(exp: Experiment, opts: RunOptions) -> int:
             held.enter_context(writer_lock(store, "final"))
             start_fresh(store, "final")
         todo = untrained(exp, store, grid, train_hash)
+        mids = [model_id(exp.model, g["norm"], g["seed"]) for g in todo]
+        again = [m for m in mids if is_trained(store, m, train_hash)]  # trained, but without an asked snapshot
         print(f"[final] {len(grid) - len(todo)} of {len(grid)} models already trained", flush=True)
+        if again:
+            print(f"[final] {len(again)} trained without a snapshot at epoch "
+                  f"{', '.join(str(e) for e in exp.snapshots if e > 0)}: trained again to keep it (their "
+                  f"analysis stays where the weights come out the same)", flush=True)
         if todo:
             held.enter_context(writer_lock(store, "final"))  # one writer from here on (LockError: one line)
             write_config(store, record)
-            forget_analysis(store, [model_id(exp.model, g["norm"], g["seed"]) for g in todo])  # now stale
-            with ray_session(opts.address, exp.model) as ray:
-                check_nodes(ray, store, exp.dataset)
-                gpus = default_gpus(ray, opts.gpus_per_trial)
-                run_grid(exp, opts, store, todo, gpus, train_hash)
-                todo = untrained(exp, store, grid, train_hash)
-                if todo:  # a restored grid whose trials ended without saving: train them anew
-                    store.delete("train/tune/plan.json")
+            forget_analysis(store, [m for m in mids if m not in again])  # now stale
+            before = weights_digests(store, again)
+            try:
+                with ray_session(opts.address, exp.model) as ray:
+                    check_nodes(ray, store, exp.dataset)
+                    gpus = default_gpus(ray, opts.gpus_per_trial)
                     run_grid(exp, opts, store, todo, gpus, train_hash)
+                    todo = untrained(exp, store, grid, train_hash)
+                    if todo:  # a restored grid whose trials ended without saving: train them anew
+                        store.delete("train/tune/plan.json")
+                        run_grid(exp, opts, store, todo, gpus, train_hash)
+            finally:  # also when the grid failed: a model saved with other weights (a GPU) has no analysis
+                after = weights_digests(store, again)
+                forget_analysis(store, [m for m in again if not before.get(m) or after.get(m) != before[m]])
 
     df = store.read_table("training")
     wanted = {model_id(exp.model, g["norm"], g["seed"]) for g in grid}

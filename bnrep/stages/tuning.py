@@ -3,6 +3,7 @@ starts, and the loop a Tune trial runs."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -15,6 +16,7 @@ from bnrep.raysession import placement
 from bnrep.store import Store
 
 CHECKPOINT_FILE = "trainer.pt"
+SNAPSHOTS_FILE = "snapshots.json"  # epoch -> sha256 of the snapshot files written so far
 # A trial's worker imports this module when it unpickles the trial, before Tune restores a restarted
 # trial: that restart is a line of bnrep's progress (bnrep.progress), not Tune's "Restored on ... from
 # checkpoint" on the console.
@@ -44,28 +46,41 @@ def trial_dirname(trial) -> str:
     return trial.trial_id
 
 
-def train_in_tune(trainer, extra: dict | None = None) -> int:
+def train_in_tune(trainer, extra: dict | None = None, snapshots=(), keep=None) -> tuple[int, dict[int, str]]:
     """Run `trainer` to its stopping rule inside a Tune trial: resume from the
     trial's last checkpoint if Tune restarted it, report every epoch with a
-    checkpoint so a failed trial loses at most one epoch. Returns the epoch it
-    resumed from (0: a fresh start)."""
+    checkpoint so a failed trial loses at most one epoch. After each epoch in
+    `snapshots`, `keep(epoch, model)` saves the weights and returns their
+    sha256; the digests travel in the checkpoint, so a resumed trial still
+    has those of the epochs before it. Returns the epoch it resumed from (0:
+    a fresh start) and the digests, epoch -> sha256."""
     from ray import tune
 
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint
+    digests: dict[int, str] = {}
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as d, open(os.path.join(d, CHECKPOINT_FILE), "rb") as f:
-            trainer.load_checkpoint(f.read())
+        with ckpt.as_directory() as d:
+            with open(os.path.join(d, CHECKPOINT_FILE), "rb") as f:
+                trainer.load_checkpoint(f.read())
+            if os.path.exists(os.path.join(d, SNAPSHOTS_FILE)):
+                with open(os.path.join(d, SNAPSHOTS_FILE)) as f:
+                    digests = {int(e): h for e, h in json.load(f).items()}
     resumed_from = trainer.epoch
     while not trainer.done:
         m = trainer.step_epoch()
+        if trainer.epoch in snapshots:
+            digests[trainer.epoch] = keep(trainer.epoch, trainer.model)
         metrics = {**vars(m), **(extra or {}), **placement(),
                    "stopped": trainer.done}  # not "done": Tune would end the trial
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, CHECKPOINT_FILE), "wb") as f:
                 f.write(trainer.save_checkpoint())
+            if digests:
+                with open(os.path.join(d, SNAPSHOTS_FILE), "w") as f:
+                    json.dump(digests, f)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-    return resumed_from
+    return resumed_from, digests
 
 
 def tune_state_problem(store: Store, rel: str, param_space: dict | None = None) -> str | None:
