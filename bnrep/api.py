@@ -6,6 +6,7 @@
     >>> study.kmeans.query("optimal")                       # every table as a pandas DataFrame
     >>> model = study.model("cnn-bn-s0")                    # weights loaded, sha256 verified
     >>> X = study.representations("cnn-bn-s0", "conv3")    # (N, C) reduced, on the saved samples
+    >>> X5 = study.representations("cnn-bn-s0", "conv3", epoch=5)  # a snapshot (--snapshots); 0: at init
 
 Nothing here writes: a notebook can read results while a run is adding to them.
 """
@@ -19,6 +20,7 @@ import torch
 
 from bnrep.config import load_experiment, read_hashes
 from bnrep.experiments import Experiment
+from bnrep.measures import FINAL
 from bnrep.store import TABLES, Store
 
 
@@ -66,24 +68,30 @@ class Study:
 
         return load_data(self.experiment, self.data_root, device="cpu", download=False)
 
-    def model(self, model_id: str, device="cpu") -> torch.nn.Module:
-        """A trained model with its weights, verified against the sha256 of its training row."""
+    def model(self, model_id: str, device="cpu", epoch: int = FINAL) -> torch.nn.Module:
+        """A trained model with its weights, verified against the sha256 of its training row; `epoch`: its
+        weights after a snapshot epoch the grid kept (--snapshots), 0 its initialisation."""
         from bnrep.checkpoints import load_model
 
-        return load_model(self.store, model_id, self.experiment, device).eval()
+        return load_model(self.store, model_id, self.experiment, device, epoch).eval()
 
-    def representations(self, model_id: str, layer: str, purpose: str = "cluster") -> torch.Tensor:
-        """A layer's reduced representations (paper eq. 5), recomputed on the saved
-        samples of `purpose` ('cluster' or 'sparsity'), rows in the samples' order."""
+    def representations(self, model_id: str, layer: str, purpose: str = "cluster", epoch: int = FINAL) -> torch.Tensor:
+        """A layer's reduced representations (paper eq. 5), recomputed on the saved samples of `purpose`
+        ('cluster' or 'sparsity'), rows in the samples' order, as the analysis measured them: of the
+        final model, or at a snapshot `epoch` (at 0 with batch statistics at the condition's batch size)."""
         from bnrep.probes import find_probes
         from bnrep.represent import extract_representations
 
-        model, X = self.model(model_id), self.data.train.X[self._indices(purpose)]
+        model, X = self.model(model_id, epoch=epoch), self.data.train.X[self._indices(purpose)]
         probes = find_probes(model, X[:2])
         chosen = [p for p in probes if p.name == layer]
         if not chosen:
             raise KeyError(f"{model_id} has no layer {layer!r} (layers: {', '.join(p.name for p in probes)})")
-        (rep,) = extract_representations(model, X, 0, device="cpu", probes=chosen)
+        init = {}
+        if epoch == 0:  # as bnrep.stages.analysis.extract measures the initialisation
+            row = self.training.set_index("model_id").loc[model_id]
+            init = {"batch_stats": True, "batch_size": self.experiment.for_condition(row["condition"]).batch_size}
+        (rep,) = extract_representations(model, X, 0, device="cpu", probes=chosen, **init)
         return rep.reduced
 
     def labels(self, purpose: str = "cluster") -> torch.Tensor:

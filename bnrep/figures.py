@@ -147,7 +147,7 @@ def fig_cka(results) -> Figure | None:
     for ax in axes.flat:
         if ax not in used:
             ax.set_axis_off()
-    fig.suptitle("Linear CKA per layer: two normalisations (same seed) against two seeds (same normalisation)")
+    fig.suptitle("Linear CKA per layer: two conditions (same seed) against two seeds (same condition)")
     return fig
 
 
@@ -413,15 +413,15 @@ FIGURES = [
       for m in MEASURES.values() if m.caption],  # bnrep.measures
     FigureSpec("fig_cka", fig_cka, ("cka",),
                "Beyond the paper: linear CKA (Kornblith et al. 2019) per layer between the reduced "
-               "representations of two models on the same samples. Black squares: two normalisations at the same "
-               "seed; dashed, in each normalisation's colour: two seeds of one normalisation (the seed-noise "
+               "representations of two models on the same samples. Black squares: two conditions (normalisations) "
+               "at the same seed; dashed, in each condition's colour: two seeds of one condition (the seed-noise "
                "baseline). Mean over the pairs, error bars: standard deviation over the pairs ({seeds}). A "
-               "cross-normalisation CKA clearly below both seed baselines means the normalisation changes what "
+               "cross-condition CKA clearly below both seed baselines means the condition changes what "
                "the layer represents beyond seed noise; at the baseline, it does not. Gray dotted: the cross-"
-               "normalisation CKA debiased (unbiased HSIC; Nguyen, Raghu & Kornblith 2021), which is about 0 for "
+               "condition CKA debiased (unbiased HSIC; Nguyen, Raghu & Kornblith 2021), which is about 0 for "
                "unrelated representations at any sample count, where linear CKA is inflated at small ones.",
                "CKA per layer",
-               "it needs CKA between two normalisations at the same seed"),
+               "it needs CKA between two conditions at the same seed"),
     FigureSpec("fig_signal_propagation", fig_signal_propagation, ("signal_propagation",),
                "Beyond the paper: signal propagation (Brock, De & Smith 2021) of the analysis samples through "
                "{colours} models: per layer, the average over channels of the channel variance (top) and of the "

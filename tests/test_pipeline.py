@@ -544,6 +544,16 @@ def test_snapshots_keep_the_weights_of_their_epochs_and_compute_only_their_parts
     ls = store.read_table("layer_sparsity").set_index(["model_id", "layer", "epoch"])["sparsity"]
     assert (ls.xs(1, level="epoch") != ls.xs(-1, level="epoch").loc[ls.xs(1, level="epoch").index]).any()
 
+    # the notebook API recomputes a snapshot's representations as the analysis measured them
+    import bnrep as api
+    from sklearn.metrics import davies_bouldin_score
+
+    study, dbi = api.open_results(str(out), "digits-cnn"), store.read_table("class_dbi")
+    for mid, epoch in (("cnn-bn-s0", 0), ("cnn-bn-s0", 1), ("cnn-nobn-s1", 1)):
+        X = study.representations(mid, "conv3", epoch=epoch).numpy().astype("float64")
+        want = dbi[(dbi["model_id"] == mid) & (dbi["layer"] == "conv3") & (dbi["epoch"] == epoch)]["dbi"]
+        assert davies_bouldin_score(X, study.labels().numpy()) == pytest.approx(want.item(), rel=1e-5), (mid, epoch)
+
     r = bnrep("analysis", "--smoke-test", "--snapshots", "0,1,2", out=out)
     assert f"{len(MODELS) - len(reached[2])} models complete, {tasks(2)} tasks to run" in r.stdout, r.stdout
     for t, before in final.items():
