@@ -37,7 +37,7 @@ ANALYSIS_FIELDS = ("samples_sparsity", "samples_cluster", "k_min", "k_max", "n_i
 # (more seeds or conditions only add models, a condition keeps its definition: prepare; the reference
 # only changes what is judged against what; figures only choose layers; probes only add or skip layers)
 FREE_FIELDS = ("description", "seeds", "conditions", "reference", "channel_layers", "first_shown_layer", "probes",
-               "snapshots")
+               "snapshots", "snapshot_kmeans")
 NEW_FIELDS = ("image_size",)  # training fields added since results were first written (None: absent then)
 
 
@@ -165,7 +165,8 @@ def with_trained_config(store: Store, exp: Experiment) -> Experiment:
     (config.json), analysis fields (and the probes) from this run's preset and flags."""
     if not store.exists("config.json"):
         return exp
-    return load_experiment(store).override(**{f: getattr(exp, f) for f in (*ANALYSIS_FIELDS, "probes", "snapshots")})
+    return load_experiment(store).override(**{f: getattr(exp, f) for f in (*ANALYSIS_FIELDS, "probes", "snapshots",
+                                                                           "snapshot_kmeans")})
 
 
 # What --fresh deletes for each stage: its own outputs and everything downstream.

@@ -102,6 +102,7 @@ class Experiment:
     first_shown_layer: float = 1  # Figures 4-6 start here (VGG16: 6, as in the paper); < 1: a fraction of depth
     probes: str = "all"  # which activations to measure: all | globs on names | type:ReLU,GELU (bnrep.probes)
     snapshots: tuple[int, ...] = ()  # also keep and measure each model at these epochs (0: its initialisation)
+    snapshot_kmeans: bool = False  # the k-means sweep at the snapshots too (else the final models only)
 
     description: str = field(default="", compare=False)
 

@@ -429,7 +429,7 @@ def finding_sparsity_across(per_exp: dict[str, Finding]) -> Finding:
 
 def snapshot_measures():
     """The per-layer measures a snapshot has (bnrep.measures), each by its headline value."""
-    return [m for m in MEASURES.values() if m.snapshots and m.kind != "pair" and "channel" not in m.keys]
+    return [m for m in MEASURES.values() if m.kind != "pair" and "channel" not in m.keys]
 
 
 def headline_rows(m, df: pd.DataFrame) -> pd.DataFrame:

@@ -125,7 +125,10 @@ def add_snapshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snapshots", default=None, metavar="LIST",
                    help="epochs to keep and measure besides the final model, comma-separated: the grid saves the "
                         "weights after each (a model trained without one is trained again), the analysis "
-                        "measures them; 0 = the initialisation, rebuilt from the seed (k-means: final model only)")
+                        "measures them; 0 = the initialisation, rebuilt from the seed (k-means: final models only)")
+    p.add_argument("--snapshot-kmeans", action="store_true", default=None,
+                   help="run the k-means sweep at every snapshot epoch too (by default the final models only: it "
+                        "is the expensive measure)")
 
 
 def add_report_args(p: argparse.ArgumentParser) -> None:
@@ -163,7 +166,7 @@ def build_parser(stage: str, parser: argparse.ArgumentParser | None = None) -> a
 OVERRIDE_FLAGS = ("norms", "conditions", "reference", "seeds", "max_epochs", "num_samples", "train_size",
                   "batch_size", "lr", "momentum",
                   "samples_sparsity", "samples_cluster", "k_min", "k_max", "n_init", "eps",
-                  "probes", "snapshots", "dataset", "image_size")  # = Experiment fields
+                  "probes", "snapshots", "snapshot_kmeans", "dataset", "image_size")  # = Experiment fields
 
 
 def named_experiment(name: str, out: str | None) -> Experiment:

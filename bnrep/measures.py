@@ -74,7 +74,12 @@ class Measure:
     nan_note: str = UNDEFINED
     predictor: str = ""  # its name in "which measure predicts generalisation" ("": it does not enter)
     select: Callable | None = None  # the rows that enter it (default: all), averaged over layers per model
-    snapshots: bool = True  # measured at every snapshot epoch too (False: the final model only)
+    snapshots: str = "all"  # at which snapshot epochs too: all | trained (after 0) | asked (--snapshot-kmeans)
+
+    def measured_at(self, epoch: int, exp) -> bool:
+        """Whether the model at `epoch` (FINAL: its final weights) has this measure's rows."""
+        return (epoch == FINAL or self.snapshots == "all" or (self.snapshots == "trained" and epoch > 0)
+                or (self.snapshots == "asked" and exp.snapshot_kmeans))
 
     @property
     def part(self) -> str:
@@ -286,7 +291,8 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
     Measure("kmeans", "layer", _kmeans, ("dbi", "inertia"), ("dbi_reason",),
             fields=("samples_cluster", "k_min", "k_max", "n_init"), keys=("k",),
             grid=lambda exp, q: [{"k": k} for k in range(exp.k_min, exp.k_max + 1)], fill={"optimal": False},
-            nan_note=DBI_NAN, predictor="k-means DBI at optimal k", select=_optimal_rows, snapshots=False),
+            nan_note=DBI_NAN, predictor="k-means DBI at optimal k", select=_optimal_rows,
+            snapshots="asked"),  # the expensive one: at the snapshots with --snapshot-kmeans only
     Measure("cka", "pair", _cka, ("cka", "cka_debiased"), ("reason", "debiased_reason"), fields=("samples_cluster",),
             version=2),  # 2: debiased linear CKA next to linear CKA
     Measure("signal_propagation", "model", _signal_propagation,
@@ -306,7 +312,7 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
                     "across {seeds}.{nan}",
             title="Batch against running statistics: CKA per layer", name="Train-mode against eval-mode CKA",
             ylabel="CKA(train mode, eval mode)", nan_note="values are NaN (no running statistics, or a dead layer)",
-            snapshots=False),  # at initialisation the running statistics are still 0 and 1: nothing to compare
+            snapshots="trained"),  # at initialisation the running statistics are still 0 and 1: nothing to compare
 ]}
 
 

@@ -86,7 +86,8 @@ The analysis tables are bnrep.measures' table of measures: their stage, part, ke
 
 Every analysis table has `epoch`: -1 for the model's final weights (the rows the paper's figures and
 claims use; parts written before snapshots read so), else the snapshot epoch the analysis ran with
-(--snapshots: every measure but the k-means sweep and train_eval; CKA between models at one epoch).
+(--snapshots: every measure, CKA between models at one epoch, but the k-means sweep unless
+--snapshot-kmeans, and train_eval from epoch 1 only).
 At 0, the initialisation, norms with running statistics normalise with batch statistics at the
 condition's batch size, as the first training step did (their running statistics are still 0 and 1).
 A snapshot's part is named by `<model_id>@e<epoch>` where the final model's is named by `<model_id>`.

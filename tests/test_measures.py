@@ -383,3 +383,16 @@ def test_batch_statistics_extraction_normalises_each_batch_and_keeps_one_sample_
         outs = [pre_and_post_train(ref, xb)[-1] for xb in (X[:16], X[16:])]  # 16 + 17: not 16 + 16 + 1
     torch.testing.assert_close(reps[-1].reduced, torch.tensor(reduced_numpy(torch.cat(outs)), dtype=torch.float32))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), digits_like("batch", n=33)[0].state_dict().values()))
+
+
+def test_which_measures_each_epoch_has():
+    """The final model every measure; a snapshot all but the k-means sweep (unless --snapshot-kmeans), and
+    train against eval mode only after epoch 0 (its running statistics are still 0 and 1 there)."""
+    from bnrep.measures import FINAL
+
+    exp = get_experiment("digits-cnn")
+    asked = exp.override(snapshot_kmeans=True)
+    lacks = lambda epoch, e: {m.table for m in MEASURES.values() if not m.measured_at(epoch, e)}  # noqa: E731
+    assert lacks(FINAL, exp) == set() and lacks(FINAL, asked) == set()
+    assert lacks(0, exp) == {"kmeans", "train_eval"} and lacks(3, exp) == {"kmeans"}
+    assert lacks(0, asked) == {"train_eval"} and lacks(3, asked) == set()

@@ -496,13 +496,15 @@ def measured(df, epoch, models=MODELS):
 def test_snapshots_keep_the_weights_of_their_epochs_and_compute_only_their_parts(reference, tmp_path):
     """--snapshots on a trained and analysed grid: the grid trains its models again to keep epochs 1 and 2
     (the same final weights, so their analysis stays); the analysis at epochs 0 and 1 computes only those
-    parts (no k-means, no train against eval mode), leaves every final row as it was; one more snapshot
-    computes only its own parts; the report draws each measure through training; an epoch the grid did
-    not keep is a one-line error."""
+    parts (no k-means, no train against eval mode at 0), leaves every final row as it was; one more snapshot
+    computes only its own parts, --snapshot-kmeans only the k-means sweeps; the report draws each measure
+    through training; an epoch the grid did not keep is a one-line error."""
     from bnrep.checkpoints import snapshot_path
+    from bnrep.experiments import SMOKE, get_experiment
     from bnrep.measures import MEASURES
 
     ref, _ = reference
+    exp = get_experiment("digits-cnn").override(**SMOKE)
     out = tmp_path / "runs"
     copy_stages(ref, out, "config.json", "hparam", "train/models", "results")
     store, before_store = Store(str(out), "digits-cnn"), Store(str(ref), "digits-cnn")
@@ -533,10 +535,11 @@ def test_snapshots_keep_the_weights_of_their_epochs_and_compute_only_their_parts
         by = [k for k in TABLES[t].keys if k != "epoch"]
         old = df[df["epoch"] == -1].sort_values(by).reset_index(drop=True)
         pd.testing.assert_frame_equal(old, before.sort_values(by).reset_index(drop=True), obj=t)
-        for e in (0, 1):  # the same rows at each epoch, but no k-means sweep (nor train against eval mode)
-            assert sorted(measured(df, e)) == (sorted(measured(before, -1, reached[e])) if MEASURES[t].snapshots
-                                               else []), (t, e)
-    assert {t for t in final if not MEASURES[t].snapshots} == {"kmeans", "train_eval"}
+        for e in (0, 1):  # the same rows at each epoch, but no k-means sweep (nor train against eval mode at 0)
+            assert sorted(measured(df, e)) == (sorted(measured(before, -1, reached[e]))
+                                               if MEASURES[t].measured_at(e, exp) else []), (t, e)
+    assert {t for t in final if not MEASURES[t].measured_at(0, exp)} == {"kmeans", "train_eval"}
+    assert {t for t in final if not MEASURES[t].measured_at(1, exp)} == {"kmeans"}
     sp = store.read_table("signal_propagation")
     bn0 = sp[(sp["epoch"] == 0) & (sp["norm"] == "batch")]
     # at initialisation BatchNorm (weight 1, bias 0) normalises each batch: every pre-activation has variance ~1
@@ -559,10 +562,18 @@ def test_snapshots_keep_the_weights_of_their_epochs_and_compute_only_their_parts
     for t, before in final.items():
         df = store.read_table(t)
         assert not df.duplicated(list(TABLES[t].keys)).any(), t
-        assert sorted(measured(df, 2)) == (sorted(measured(before, -1, reached[2])) if MEASURES[t].snapshots
-                                           else []), t
+        assert sorted(measured(df, 2)) == (sorted(measured(before, -1, reached[2]))
+                                           if MEASURES[t].measured_at(2, exp) else []), t
     r = bnrep("analysis", "--smoke-test", "--snapshots", "0,1,2", out=out)
     assert f"{len(MODELS)} models complete, 0 tasks to run" in r.stdout
+    # asked for, the k-means sweep at every snapshot: a forward pass and a layer task per model and epoch
+    r = bnrep("analysis", "--smoke-test", "--snapshots", "0,1,2", "--snapshot-kmeans", out=out)
+    n = sum(len(reached[e]) for e in (0, 1, 2))
+    assert f"0 models complete, {n * (1 + layers)} tasks to run" in r.stdout, r.stdout
+    km = store.read_table("kmeans")
+    assert not km.duplicated(list(TABLES["kmeans"].keys)).any()
+    for e in (0, 1, 2):
+        assert sorted(measured(km, e)) == sorted(measured(final["kmeans"], -1, reached[e])), e
     r = bnrep("report", out=out)
     assert r.returncode == 0, r.stderr[-2000:]
     md = (out / "digits-cnn" / "report" / "report.md").read_text()

@@ -249,7 +249,7 @@ def plan(store: Store, exp: Experiment, models: pd.DataFrame, probes: list[Probe
     have = lambda t, part: store.has_part(t, part, (th[t], ah))  # noqa: E731
     p, every = Plan(), units(models, exp)
     for row in every:
-        mid, measures = unit(row), [m for m in MEASURES.values() if row["epoch"] == FINAL or m.snapshots]
+        mid, measures = unit(row), [m for m in MEASURES.values() if m.measured_at(row["epoch"], exp)]
         missing = tuple(m.table for m in measures if m.kind == "model" and not have(m.table, mid))
         if missing:
             p.models[mid] = missing
