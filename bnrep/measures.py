@@ -292,6 +292,7 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
             fields=("samples_cluster", "k_min", "k_max", "n_init"), keys=("k",),
             grid=lambda exp, q: [{"k": k} for k in range(exp.k_min, exp.k_max + 1)], fill={"optimal": False},
             nan_note=DBI_NAN, predictor="k-means DBI at optimal k", select=_optimal_rows,
+            name="k-means DBI at the optimal k", ylabel="k-means DBI (optimal k)",
             snapshots="asked"),  # the expensive one: at the snapshots with --snapshot-kmeans only
     Measure("cka", "pair", _cka, ("cka", "cka_debiased"), ("reason", "debiased_reason"), fields=("samples_cluster",),
             version=2),  # 2: debiased linear CKA next to linear CKA

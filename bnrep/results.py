@@ -194,6 +194,7 @@ def optimal_k(kmeans: pd.DataFrame) -> pd.DataFrame:
     if kmeans.empty or "optimal" not in kmeans:
         return pd.DataFrame(columns=cols)
     best = kmeans[kmeans["optimal"].astype(bool)].sort_values(["model_id", "layer_index"])
+    cols += ["epoch"] if "epoch" in best else []  # snapshots (--snapshot-kmeans): a row per epoch
     return best.rename(columns={"k": "k_opt"})[cols].reset_index(drop=True)
 
 
