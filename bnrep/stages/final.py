@@ -57,8 +57,9 @@ def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: b
                             for m in r.history])
     where = {**placement(), "resumed_from_epoch": resumed_from}  # provenance, of a resumed trial too
     store.write_part("training_history", mid, history, train_hash, **where)
+    kept = snapshot_record([e for e in exp.snapshots if e > 0], digests)  # asked epochs, digests of those reached
     store.write_part("training", mid, pd.DataFrame([row]), train_hash,  # last: marks the model complete
-                     model_sha256=digest, weights_sha256=weights_sha256(r.model), **snapshot_record([e for e in exp.snapshots if e > 0], digests), **where)
+                     model_sha256=digest, weights_sha256=weights_sha256(r.model), **kept, **where)
     tune.report({"model_id": mid, "test_acc": r.test_acc, "saved": True})
 
 
@@ -170,8 +171,8 @@ def run(exp: Experiment, opts: RunOptions) -> int:
         print(f"[final] {len(grid) - len(todo)} of {len(grid)} models already trained", flush=True)
         if again:
             print(f"[final] {len(again)} trained without a snapshot at epoch "
-                  f"{', '.join(str(e) for e in exp.snapshots if e > 0)}: trained again to keep it (their "
-                  f"analysis stays where the weights come out the same)", flush=True)
+                  f"{', '.join(str(e) for e in exp.snapshots if e > 0)}: trained again to keep those epochs "
+                  f"(their analysis stays where the weights come out the same)", flush=True)
         if todo:
             held.enter_context(writer_lock(store, "final"))  # one writer from here on (LockError: one line)
             write_config(store, record)
