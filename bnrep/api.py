@@ -80,18 +80,16 @@ class Study:
         ('cluster' or 'sparsity'), rows in the samples' order, as the analysis measured them: of the
         final model, or at a snapshot `epoch` (at 0 with batch statistics at the condition's batch size)."""
         from bnrep.probes import find_probes
-        from bnrep.represent import extract_representations
+        from bnrep.represent import extract_representations, snapshot_mode
 
         model, X = self.model(model_id, epoch=epoch), self.data.train.X[self._indices(purpose)]
         probes = find_probes(model, X[:2])
         chosen = [p for p in probes if p.name == layer]
         if not chosen:
             raise KeyError(f"{model_id} has no layer {layer!r} (layers: {', '.join(p.name for p in probes)})")
-        init = {}
-        if epoch == 0:  # as bnrep.stages.analysis.extract measures the initialisation
-            row = self.training.set_index("model_id").loc[model_id]
-            init = {"batch_stats": True, "batch_size": self.experiment.for_condition(row["condition"]).batch_size}
-        (rep,) = extract_representations(model, X, 0, device="cpu", probes=chosen, **init)
+        condition = self.training.set_index("model_id").at[model_id, "condition"]
+        (rep,) = extract_representations(model, X, 0, device="cpu", probes=chosen,
+                                         **snapshot_mode(self.experiment, condition, epoch))  # as the analysis
         return rep.reduced
 
     def labels(self, purpose: str = "cluster") -> torch.Tensor:

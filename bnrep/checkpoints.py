@@ -60,25 +60,27 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _write(store: Store, rel: str, blob: dict) -> str:
+    """torch.save `blob` to `rel` atomically; its sha256."""
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    data = buf.getvalue()
+    store.write_bytes(rel, data)
+    return sha256(data)
+
+
 def save_model(store: Store, mid: str, model: torch.nn.Module, exp: Experiment, hparams: dict,
                row: dict, num_classes: int = NUM_CLASSES) -> str:
     """Write model.pt atomically; returns its sha256 (record it with the training row)."""
-    buf = io.BytesIO()
-    torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                "experiment": exp.to_dict(), "hparams": dict(hparams), "metrics": row,
-                "num_classes": num_classes}, buf)
-    data = buf.getvalue()
-    store.write_bytes(model_path(mid), data)
-    return sha256(data)
+    return _write(store, model_path(mid), {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                                           "experiment": exp.to_dict(), "hparams": dict(hparams), "metrics": row,
+                                           "num_classes": num_classes})
 
 
 def save_snapshot(store: Store, mid: str, model: torch.nn.Module, epoch: int) -> str:
     """Write the weights after `epoch` atomically; returns their sha256 (record it with the training row)."""
-    buf = io.BytesIO()
-    torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "epoch": epoch}, buf)
-    data = buf.getvalue()
-    store.write_bytes(snapshot_path(mid, epoch), data)
-    return sha256(data)
+    return _write(store, snapshot_path(mid, epoch),
+                  {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "epoch": epoch})
 
 
 def snapshot_record(asked, digests: dict[int, str]) -> dict[str, str]:

@@ -163,10 +163,20 @@ def layer_groups(layers: list[tuple[int, str]]) -> list[tuple[str, list[int]]]:
             for part, t in zip(("early", "middle", "late"), thirds)]
 
 
-def _model_group_sparsity(ls: pd.DataFrame, idx: list[int]) -> pd.DataFrame:
-    """Per model and eps, layer sparsity averaged over the group's layers."""
-    g = ls[ls["layer_index"].isin(idx)]
-    return g.groupby(["condition", "model_id", "eps"], as_index=False)["sparsity"].mean()
+def _layer_groups_of(d: pd.DataFrame) -> list[tuple[str, list[int]]]:
+    """`layer_groups` of the layers a table's rows name."""
+    return layer_groups(list(d.drop_duplicates("layer_index").sort_values("layer_index")[["layer_index", "layer"]]
+                             .itertuples(index=False, name=None)))
+
+
+def group_lines(ax, d: pd.DataFrame, idx: list[int], x: str, value: str, labels: dict[str, str]) -> pd.DataFrame:
+    """Per model and `x`, `value` averaged over the group's layers `idx`; then a line per condition of the seed
+    mean against `x`, std error bars. Returns the per-model means."""
+    g = d[d["layer_index"].isin(idx)].groupby(["condition", "model_id", x], as_index=False)[value].mean()
+    for c in present_norms(g):
+        s = seed_stats(g[g["condition"] == c], [x], value)
+        ax.errorbar(s[x], s["mean"], yerr=s["std"].fillna(0), color=COLORS[c], marker="o", capsize=3, label=labels[c])
+    return g
 
 
 def fig_sparsity_thresholds(results) -> Figure | None:
@@ -177,17 +187,13 @@ def fig_sparsity_thresholds(results) -> Figure | None:
     if not rs:
         return None
     labels = _labels([r for r, _ in rs])
-    groups = [layer_groups(list(d.drop_duplicates("layer_index").sort_values("layer_index")[["layer_index", "layer"]]
-                                .itertuples(index=False, name=None))) for _, d in rs]
+    groups = [_layer_groups_of(d) for _, d in rs]
     fig, axes = _grid(len(rs), max(map(len, groups)), w=3.8, h=3.0)
     for row, ((r, d), gs) in enumerate(zip(rs, groups)):
         eps = eps_values(d)
         for col, (name, idx) in enumerate(gs):
-            ax, m = axes[row, col], _model_group_sparsity(d, idx)
-            for norm in present_norms(m):
-                s = seed_stats(m[m["condition"] == norm], ["eps"], "sparsity")
-                ax.errorbar(s["eps"], s["mean"], yerr=s["std"].fillna(0), color=COLORS[norm], marker="o",
-                            capsize=3, label=labels[norm])
+            ax = axes[row, col]
+            group_lines(ax, d, idx, "eps", "sparsity", labels)
             ax.set_xscale("symlog", linthresh=min(e for e in eps if e > 0))  # eps = 0 stays on the axis
             ax.set_xticks(eps, [f"{e:g}" for e in eps])
             _panel(ax, title=f"{r.label}: {name}", xlabel="threshold eps (|x| <= eps counts as zero)",
@@ -347,20 +353,15 @@ def through_training(m):
         if not rs:
             return None
         labels = _labels([r for r, _ in rs])
-        groups = [layer_groups(list(d.drop_duplicates("layer_index").sort_values("layer_index")[
-            ["layer_index", "layer"]].itertuples(index=False, name=None))) for _, d in rs]
+        groups = [_layer_groups_of(d) for _, d in rs]
         fig, axes = _grid(len(rs), max(map(len, groups)), w=3.6, h=2.9)
         for row, ((r, d), gs) in enumerate(zip(rs, groups)):
             epochs = sorted(set(d["epoch"]) - {FINAL})
             at = {**{e: i for i, e in enumerate(epochs)}, FINAL: len(epochs)}  # evenly spaced, final last
+            d = d.assign(x=d["epoch"].map(at).astype(float))
             for col, (name, idx) in enumerate(gs):
-                ax, g = axes[row, col], d[d["layer_index"].isin(idx)]
-                g = g.groupby(["condition", "model_id", "epoch"], as_index=False)[m.values[0]].mean()
-                g["x"] = g["epoch"].map(at).astype(float)
-                for c in present_norms(g):
-                    s = seed_stats(g[g["condition"] == c], ["x"], m.values[0])
-                    ax.errorbar(s["x"], s["mean"], yerr=s["std"].fillna(0), color=COLORS[c], marker="o", capsize=3,
-                                label=labels[c])
+                ax = axes[row, col]
+                g = group_lines(ax, d, idx, "x", m.values[0], labels)
                 ax.set_xticks(range(len(at)), [f"{e}" for e in epochs] + ["final"])
                 _panel(ax, title=f"{r.label}: {name}", xlabel="epoch", ylabel=m.ylabel or m.values[0])
                 if m.log and (g[m.values[0]].dropna() > 0).all():

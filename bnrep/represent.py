@@ -157,6 +157,13 @@ class _Reducer:
         self.start += B
 
 
+def snapshot_mode(exp: Experiment, condition: str, epoch: int) -> dict:
+    """How a model at `epoch` is measured (extract_representations' keywords): at its initialisation (0) its
+    norms normalise with batch statistics, in batches of the condition's size as its first step saw (the
+    running ones are still 0 and 1: eval mode would be no normalisation at all); otherwise eval mode."""
+    return {"batch_stats": True, "batch_size": exp.for_condition(condition).batch_size} if epoch == 0 else {}
+
+
 @torch.inference_mode()
 def extract_representations(model: torch.nn.Module, X: torch.Tensor, n_sparsity: int,
                             eps: tuple[float, ...] = (0.0,), batch_size: int = 500,

@@ -40,7 +40,7 @@ from bnrep.norms import sort_key
 from bnrep.probes import Probe
 from bnrep.progress import wait_tasks
 from bnrep.raysession import check_nodes, default_gpus, placement, quiet_when_stopped, ray_session
-from bnrep.represent import AnalysisSamples, extract_representations, model_probes
+from bnrep.represent import AnalysisSamples, extract_representations, model_probes, snapshot_mode
 from bnrep.store import Store, tables
 from bnrep.train import best_device
 
@@ -95,13 +95,11 @@ def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, labels: 
     model measures' parts in `todo` (bnrep.measures); return one (N, C) float32 array per probe."""
     quiet_when_stopped()
     store, device = Store(out, exp.name), best_device()
-    recipe, epoch = exp.for_condition(row["condition"]), row.get("epoch", FINAL)
-    model, init = load_model(store, row["model_id"], exp, device, epoch), epoch == 0
-    # every eps, one pass; at initialisation with batch statistics (the running ones are still 0 and 1, so
-    # eval mode would be no normalisation at all), in batches of the condition's size as its first step saw
-    reps = extract_representations(model, images, n_sparsity, exp.eps, device=device, probes=probes,
-                                   **({"batch_stats": True, "batch_size": recipe.batch_size} if init else {}))
-    run = ModelRun(recipe, row, model, reps, probes, images, labels, n_cluster, device)
+    epoch = row.get("epoch", FINAL)
+    model = load_model(store, row["model_id"], exp, device, epoch)
+    reps = extract_representations(model, images, n_sparsity, exp.eps, device=device, probes=probes,  # every eps
+                                   **snapshot_mode(exp, row["condition"], epoch))
+    run = ModelRun(exp.for_condition(row["condition"]), row, model, reps, probes, images, labels, n_cluster, device)
     for table in todo:
         write_model_rows(store, MEASURES[table], row, probes, MEASURES[table].compute(run), hashes)
     return [r.reduced.numpy() for r in reps]
