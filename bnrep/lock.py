@@ -48,10 +48,9 @@ from typing import Callable
 
 import pyarrow.fs as pafs
 
-from bnrep.store import Store
+from bnrep.store import LOCK_DIR, Store
 
 LEASE_S = 60.0  # seconds a lock outlives its last renewal; renewed every LEASE_S / 3
-LOCK_DIR = ".lock"
 
 
 class LockError(Exception):
@@ -308,7 +307,10 @@ def writer_lock(store: Store, stage: str, **kw):
         return
     lock = _HELD[key] = acquire(store, stage, **kw)
     try:
+        store.remove_temporaries()  # of a writer killed before it could rename them
         yield lock
     finally:
         del _HELD[key]
+        if not lock.lost:  # its tasks are stopped by now (bnrep.progress.wait_tasks)
+            store.remove_temporaries()
         lock.release()

@@ -8,6 +8,7 @@ finished trial always gets one permanent line.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -152,11 +153,12 @@ def wait_tasks(ray, pending: list, stage: str, stream=None) -> None:
     total, done, t0 = len(pending), 0, time.monotonic()
     tty, step = out.isatty(), max(1, total // 10)
     while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=None)
         try:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=None)
             ray.get(ready)
-        except Exception as e:  # a task that could not write (disk full): its one line, not Ray's traceback
-            if write_error(e):
+        except BaseException as e:  # a failed task, Ctrl-C: stop the others before the stage ends
+            stop_tasks(ray, pending)
+            if isinstance(e, Exception) and write_error(e):  # disk full: its one line, not Ray's traceback
                 raise write_error(e) from None
             raise
         done += len(ready)
@@ -167,3 +169,14 @@ def wait_tasks(ray, pending: list, stage: str, stream=None) -> None:
             print("\r\x1b[K" + line, end="\n" if done == total else "", file=out, flush=True)
         elif done % step == 0 or done == total:
             print(line, file=out, flush=True)
+
+
+def stop_tasks(ray, pending: list, timeout_s: float = 60) -> None:
+    """Kill the tasks still running or queued and wait until they are gone, so that none writes after
+    the stage has ended (the files it was writing are then the lock holder's to remove)."""
+    for ref in pending:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=True)
+    if pending:
+        with contextlib.suppress(Exception):
+            ray.wait(pending, num_returns=len(pending), timeout=timeout_s)

@@ -127,6 +127,9 @@ import pyarrow.parquet as pq
 import bnrep
 from bnrep.measures import FINAL, MEASURES
 
+TEMPORARY = ".tmp-"  # a file being written: renamed when complete (Store.write_bytes)
+LOCK_DIR = ".lock"  # the writer lock's records (bnrep.lock)
+
 
 @dataclass(frozen=True)
 class Table:
@@ -257,12 +260,28 @@ class Store:
     def mkdir(self, *parts: str) -> None:
         self.fs.create_dir(self.path(*parts), recursive=True)
 
+    def remove_temporaries(self) -> list[str]:
+        """Delete the temporary files of writes that a killed process left half done (`.tmp-*`; not in
+        Ray Tune's folders, which Tune keeps, nor the lock's). Only the holder of the writer lock calls
+        this, when no task of its own is writing. Returns the paths removed."""
+        removed, dirs = [], [self.path()]
+        while dirs:
+            sel = pafs.FileSelector(dirs.pop(), allow_not_found=True)
+            for info in self.fs.get_file_info(sel):
+                if info.type == pafs.FileType.Directory and info.base_name not in ("tune", LOCK_DIR):
+                    dirs.append(info.path)
+                elif info.type == pafs.FileType.File and info.base_name.startswith(TEMPORARY):
+                    with contextlib.suppress(OSError):  # gone meanwhile: nothing to do
+                        self.fs.delete_file(info.path)
+                        removed.append(info.path)
+        return removed
+
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Atomic: temporary name in the same directory, then rename. A failed write (disk full,
         permission denied) removes its temporary file and raises StoreWriteError naming `rel`."""
         final = self.path(rel)
         parent = final.rsplit("/", 1)[0]
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
+        tmp = f"{parent}/{TEMPORARY}{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
         try:
             self.fs.create_dir(parent, recursive=True)
             with self.fs.open_output_stream(tmp) as f:

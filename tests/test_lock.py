@@ -98,6 +98,26 @@ def test_other_experiments_are_not_locked(out):
             pass
 
 
+def test_the_writer_removes_the_temporaries_of_killed_writes_and_keeps_tune_s(out):
+    """A write a kill interrupted leaves `.tmp-*` beside its file: the next writer removes them when it
+    takes the lock, and its own (a task it stopped) when it lets go; Ray Tune's folders are Tune's."""
+    store = Store(out, "a")
+    kept = ["results/cka/conv2-a-b.parquet", "train/tune/final/.tmp-trial-state", "hparam/tune/bn/.tmp-x"]
+    stale = ["results/cka/.tmp-0f-conv2-a-b.parquet", "train/models/m/.tmp-1e-model.pt", "report/.tmp-2d-r.html"]
+    for rel in kept + stale:
+        store.mkdir(rel.rsplit("/", 1)[0])
+        with store.fs.open_output_stream(store.path(rel)) as f:
+            f.write(b"half")
+    present = lambda: sorted(rel for rel in kept + stale + ["results/sparsity/.tmp-3c-p.parquet"]
+                             if store.exists(rel))
+    with writer_lock(store, "analysis", renew=False):
+        assert present() == sorted(kept)
+        store.mkdir("results/sparsity")
+        with store.fs.open_output_stream(store.path("results/sparsity/.tmp-3c-p.parquet")) as f:
+            f.write(b"half")  # a task killed mid-write
+    assert present() == sorted(kept)
+
+
 # ==== stale locks: lease and liveness ====
 def test_expired_lease_is_taken_over_and_a_live_one_is_not(out):
     """A holder on another host (no pid to check) that stopped renewing at

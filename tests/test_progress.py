@@ -2,9 +2,16 @@
 line per trial per minute in a log, a time estimate; driven with a fake clock."""
 
 import io
+import os
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
-from bnrep.progress import LOG_EVERY_S, TrialBoard, tune_progress
+import pytest
+import ray
+
+from bnrep.progress import LOG_EVERY_S, TrialBoard, tune_progress, wait_tasks
+from bnrep.store import StoreWriteError
 
 
 class Clock:
@@ -81,3 +88,38 @@ def test_terminal_block_is_rewritten_in_place():
     assert "model s0: epoch 1/10" in first and "model s1: epoch 0/10" in first
     assert rest.startswith("[final] 1/3 done acc 0.5 (4 s)\n")
     assert "model s0" not in rest.split("\n", 1)[1]  # the finished trial left the block
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its parent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_failed_task_stops_the_others_before_the_stage_ends(tmp_path):
+    """A task that cannot write ends the stage with its one line; a task still running then is killed
+    before wait_tasks returns (its half-written file is then the lock holder's to remove), not retried."""
+    pid_file = tmp_path / "pid"
+
+    @ray.remote(max_retries=3)
+    def busy(path):
+        Path(path + ".tmp").write_text(str(os.getpid()))
+        os.rename(path + ".tmp", path)  # (whole, when the other task sees it)
+        time.sleep(600)
+
+    @ray.remote
+    def full_disk(path):
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        raise StoreWriteError("cannot write results/x.parquet: No space left on device")
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        refs = [busy.remote(str(pid_file)), full_disk.remote(str(pid_file))]
+        with pytest.raises(StoreWriteError, match="^cannot write results/x.parquet: No space left on device$"):
+            wait_tasks(ray, refs, "analysis", stream=io.StringIO())
+        assert not alive(int(pid_file.read_text()))
+    finally:
+        ray.shutdown()
