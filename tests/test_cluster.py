@@ -341,7 +341,7 @@ def test_every_trial_has_tensorboard_scalars_per_epoch(reference):
             assert ev[f"ray/tune/{col}"] == want, f"{mid}: {col}"
     sweep = table(reference, "hparam_trials")
     for _, row in sweep.iterrows():
-        ev = scalars(f"{root}/hparam/tune/{'bn' if row['bn'] else 'nobn'}/{row['trial_id']}")
+        ev = scalars(f"{root}/hparam/tune/sweep/{'bn' if row['bn'] else 'nobn'}-{row['trial_id']}")
         assert [s for s, _ in ev["ray/tune/val_acc"]] == list(range(1, row["epochs"] + 1)), row["trial_id"]
         assert ev["ray/tune/val_acc"][-1][1] == np.float32(row["val_acc"]), row["trial_id"]
 

@@ -363,23 +363,23 @@ def test_truncated_part_and_checkpoint_are_recomputed(reference, tmp_path):
 def test_killed_during_the_sweep_resumes_through_tuner_restore(reference, tmp_path, damage):
     ref, _ = reference
     out = tmp_path / "runs"
-    tune_dir = out / "digits-cnn" / "hparam" / "tune" / "bn"
-    run_and_kill(out, lambda o: any(tune_dir.glob("*/checkpoint_*")), frozen=lambda o: tune_whole(o, "hparam/tune/bn"))
+    tune_dir = out / "digits-cnn" / "hparam" / "tune" / "sweep"
+    run_and_kill(out, lambda o: any(tune_dir.glob("*/checkpoint_*")), frozen=lambda o: tune_whole(o, "hparam/tune/sweep"))
     assert not (out / "digits-cnn" / "hparam" / "best_hparams.json").exists(), "the sweep ended before the kill"
     from bnrep.stages.tuning import tune_state_problem
 
-    store = Store(str(out), "digits-cnn")  # a search begun with other keys (before the norm axis) is not resumed
-    assert tune_state_problem(store, "hparam/tune/bn", {"bn": 1, "lr": 1, "momentum": 1}) == (
-        "it searched other keys (lr, momentum, norm)")
+    store = Store(str(out), "digits-cnn")  # a search begun with other keys (one search per norm) is not resumed
+    assert tune_state_problem(store, "hparam/tune/sweep", {"norm": 1, "lr": 1, "momentum": 1}) == (
+        "it searched other keys (run/grid_search)")
     if damage:
         damage(tune_dir)
     r = bnrep("run", "--smoke-test", out=out)
     assert r.returncode == 0, r.stderr[-3000:]
     if damage:
-        assert "[hparam] bn: cannot resume the interrupted search in" in r.stdout
+        assert "[hparam] cannot resume the interrupted sweep in" in r.stdout
         assert "searching anew (seeded: the same configurations)" in r.stdout
     else:
-        assert "[hparam] bn: resuming the interrupted search" in r.stdout
+        assert "[hparam] resuming the interrupted sweep" in r.stdout
     trials = table(out, "hparam_trials")
     assert trials.groupby("bn").size().to_dict() == {False: 2, True: 2} and trials["trial_id"].is_unique
     assert (trials["error"] == "").all()

@@ -1,20 +1,22 @@
 """Stage 1: Ray Tune hyperparameter sweep, one search per condition (a normalisation, bnrep.axis).
 
 Searches learning rate (log-uniform) x momentum (SGD presets) with an ASHA
-scheduler. Objective (paper 3.1.1): validation accuracy at the epoch a model
+scheduler per condition, every condition's trials in one Tune run. Objective (paper 3.1.1): validation accuracy at the epoch a model
 first interpolates, non-interpolating trials ranked below all that do; for
 early-stopping presets (paper 3.1.2) the best validation accuracy.
 
 Writes, under <out>/<experiment>/:
     results/hparam_trials/<tag>.parquet   one row per trial; tag = bn, nobn, gn, ln ... (bnrep.norms.TAGS)
     hparam/best_hparams.json              best trial per normalisation, keyed by tag
-    hparam/tune/<tag>/                    Ray Tune state (resumed with Tuner.restore)
+    hparam/tune/sweep/<tag>-<trial id>/   Ray Tune state (resumed with Tuner.restore)
+    hparam/tune/plan.json                 the configurations it searches
 """
 
 from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import pandas as pd
 
 from bnrep.config import RunOptions, StageFailed, header, stage_hashes, start_fresh, write_config
@@ -35,59 +37,75 @@ SWEEP_SEED = 0  # model seed of every sweep trial; the search itself is seeded t
 def trial(config: dict, exp: Experiment, data_root: str | None, amp: bool) -> None:
     """One Tune trial: train with the sampled hparams, report every epoch."""
     quiet_when_stopped()
+    run = config["run"]  # {"norm": the condition (bnrep.axis), "lr", "momentum"}
     data = load_data(exp, data_root, device=best_device())
-    cond = exp.for_condition(config["norm"])  # config["norm"]: the condition (bnrep.axis)
-    trainer = Trainer(cond, data, exp.condition(config["norm"])[0], config, SWEEP_SEED, amp=amp,
+    cond = exp.for_condition(run["norm"])
+    trainer = Trainer(cond, data, exp.condition(run["norm"])[0], run, SWEEP_SEED, amp=amp,
                       max_epochs=cond.sweep_max_epochs or cond.max_epochs)
-    train_in_tune(trainer)
+    train_in_tune(trainer, extra={"condition": run["norm"]})
 
 
-# ==== one search ====
-def search_space(exp: Experiment, norm: str) -> dict:
+# ==== the sweep: every condition's search in one Tune run ====
+def sampled(exp: Experiment, norm: str) -> list[dict]:
+    """The `num_samples` configurations searched for condition `norm`: learning rate log-uniform in its
+    range, momentum one of its choices (SGD). Seeded by the experiment's split seed alone, so every
+    condition with the same ranges tries the same configurations (a paired comparison)."""
+    recipe = exp.for_condition(norm)
+    rng = np.random.default_rng(exp.split_seed)
+    lo, hi = np.log(recipe.lr_range)
+    out = []
+    for _ in range(exp.num_samples):
+        c = {"norm": norm, "lr": float(np.exp(rng.uniform(lo, hi)))}
+        if recipe.optimizer == "sgd":
+            c["momentum"] = float(rng.choice(recipe.momentum_choices))
+        out.append(c)
+    return out
+
+
+def sweep_dirname(trial) -> str:
+    """A trial's directory says its condition: hparam/tune/sweep/bn-<trial id>."""
+    return f"{TAGS[trial.config['run']['norm']]}-{trial.trial_id}"
+
+
+def run_sweep(exp: Experiment, opts: RunOptions, store: Store, todo: list[str], gpus: float) -> pd.DataFrame:
+    """One Tune run searching every condition in `todo` (ASHA per condition); resumes an interrupted
+    one that planned the same configurations. One row per trial (trials_table)."""
     from ray import tune
 
-    exp = exp.for_condition(norm)
-    space = {"norm": norm, "lr": tune.loguniform(*exp.lr_range)}
-    if exp.optimizer == "sgd":
-        space["momentum"] = tune.choice(list(exp.momentum_choices))
-    return space
-
-
-def run_search(exp: Experiment, opts: RunOptions, store: Store, norm: str, gpus: float) -> pd.DataFrame:
-    """One Tune search for one normalisation; resumes an interrupted one."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator
+    from bnrep.stages.schedule import PerCondition
 
     fn = tune.with_resources(tune.with_parameters(trial, exp=exp, data_root=opts.data_root, amp=opts.amp),
                              {"cpu": opts.cpus_per_trial, "gpu": gpus})
-    tag = TAGS[norm]
-    path = store.uri("hparam", "tune", tag)
-    space, rel = search_space(exp, norm), f"hparam/tune/{tag}"
-    if can_resume(store, rel, space, f"[hparam] {tag}:", "search", "searching anew (seeded: the same configurations)"):
-        print(f"[hparam] {tag}: resuming the interrupted search in {path}", flush=True)
+    configs = [c for norm in todo for c in sampled(exp, norm)]
+    space, rel, plan = {"run": tune.grid_search(configs)}, "hparam/tune/sweep", "hparam/tune/plan.json"
+    path = store.uri(*rel.split("/"))
+    planned = store.read_json(plan) if store.exists(plan) else []
+    if planned == configs and can_resume(store, rel, space, "[hparam]", "sweep",
+                                         "searching anew (seeded: the same configurations)"):
+        print(f"[hparam] resuming the interrupted sweep in {path}", flush=True)
         restored = tune.Tuner.restore(path, trainable=fn, param_space=space, resume_errored=True)
-        return trials_table(restored.fit(), norm, exp.condition(norm)[0])
+        return trials_table(restored.fit(), exp)
     store.delete(rel)  # what a run killed before Tune saved a usable state left
-    recipe = exp.for_condition(norm)
-    max_t = recipe.sweep_max_epochs or recipe.max_epochs
-    progress = tune_progress(f"hparam {tag}", exp.num_samples, max_t, describe_config, describe_trial)
+    store.write_json(plan, configs)
+    max_t = {n: exp.for_condition(n).sweep_max_epochs or exp.for_condition(n).max_epochs for n in todo}
+    progress = tune_progress("hparam", len(configs), max(max_t.values()), describe_config, describe_trial)
+    asha = {n: dict(time_attr="training_iteration", max_t=t, grace_period=max(1, t // 4), reduction_factor=3)
+            for n, t in max_t.items()}
     tuner = tune.Tuner(
         fn, param_space=space,
-        tune_config=tune_config(
-            metric="objective", mode="max", num_samples=exp.num_samples,
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                                    grace_period=max(1, max_t // 4), reduction_factor=3),
-            search_alg=BasicVariantGenerator(random_state=exp.split_seed)),
-        run_config=run_config(opts, tag, store.uri("hparam", "tune"), progress))
-    return trials_table(tuner.fit(), norm, exp.condition(norm)[0])
+        tune_config=tune_config(metric="objective", mode="max", scheduler=PerCondition(asha),
+                                trial_dirname_creator=sweep_dirname),
+        run_config=run_config(opts, "sweep", store.uri("hparam", "tune"), progress))
+    return trials_table(tuner.fit(), exp)
 
 
-def trials_table(grid, cond: str, norm: str) -> pd.DataFrame:
-    """One row per trial of condition `cond`, which builds normalisation `norm`."""
+def trials_table(grid, exp: Experiment) -> pd.DataFrame:
+    """One row per trial; its condition from its configuration, the normalisation the condition builds."""
     rows = []
     for r in grid:
-        m, cfg = r.metrics or {}, r.config or {}
+        m, cfg = r.metrics or {}, (r.config or {}).get("run", {})
+        cond = cfg["norm"]
+        norm = exp.condition(cond)[0]
         rows.append({"trial_id": m.get("trial_id", ""), "bn": norm == "batch", "norm": norm, "condition": cond,
                      "lr": float(cfg.get("lr", "nan")),
                      "momentum": float(cfg.get("momentum", 0.0)), "epochs": int(m.get("epoch", 0)),
@@ -102,21 +120,22 @@ def trials_table(grid, cond: str, norm: str) -> pd.DataFrame:
 
 
 def describe_config(config: dict) -> str:
-    return f"lr {config.get('lr', float('nan')):.3g}" + (
-        f", momentum {config['momentum']:g}" if "momentum" in config else "")
+    run = config.get("run", {})
+    return f"{TAGS.get(run.get('norm'), '?')} lr {run.get('lr', float('nan')):.3g}" + (
+        f", momentum {run['momentum']:g}" if "momentum" in run else "")
 
 
 def describe_trial(r: dict) -> str:
-    return (f"trials done; last: lr {r.get('lr', float('nan')):.3g}, {r.get('epoch', 0)} epochs, "
+    return (f"trials done; last: {TAGS.get(r.get('condition'), '?')} lr {r.get('lr', float('nan')):.3g}, {r.get('epoch', 0)} epochs, "
             f"val_acc {r.get('val_acc', float('nan')):.4f}"
             + (", interpolated" if r.get("interpolated") else ""))
 
 
 # ==== the best trial ====
-def best_trial(trials: pd.DataFrame) -> dict:
+def best_trial(trials: pd.DataFrame, tag: str) -> dict:
     ok = trials[trials["error"] == ""].dropna(subset=["objective"])
     if ok.empty:
-        raise StageFailed(f"every trial failed ({trials['error'].iloc[0].strip().splitlines()[-1][:300]})")
+        raise StageFailed(f"every trial of {tag} failed ({trials['error'].iloc[0].strip().splitlines()[-1][:300]})")
     b = ok.sort_values(["objective", "val_acc"], ascending=False).iloc[0]
     return {"lr": float(b["lr"]), "momentum": float(b["momentum"]), "objective": float(b["objective"]),
             "val_acc": float(b["val_acc"]), "epochs": int(b["epochs"]), "trial_id": b["trial_id"]}
@@ -154,17 +173,26 @@ def run(exp: Experiment, opts: RunOptions) -> int:
             check_nodes(ray, store, exp.dataset)
             gpus = default_gpus(ray, opts.gpus_per_trial)
             for norm in todo:
-                tag = TAGS[norm]
-                print(f"[hparam] {tag}: {exp.num_samples} trials, lr in {exp.lr_range}"
-                      + (f", momentum in {exp.momentum_choices}" if exp.for_condition(norm).optimizer == "sgd" else ""),
+                recipe = exp.for_condition(norm)
+                print(f"[hparam] {TAGS[norm]}: {exp.num_samples} trials, lr in {recipe.lr_range}"
+                      + (f", momentum in {recipe.momentum_choices}" if recipe.optimizer == "sgd" else ""),
                       flush=True)
-                trials = run_search(exp, opts, store, norm, gpus)
-                best[tag] = best_trial(trials)
-                if trials["diverged"].any():
-                    print(f"[hparam] {tag}: {int(trials['diverged'].sum())} of {len(trials)} trials diverged "
-                          f"(loss NaN or inf; scored below every other)", flush=True)
-                store.write_part("hparam_trials", tag, trials, stage_hashes(exp)["train_hash"])
-                store.write_json("hparam/best_hparams.json", best)
+            every = run_sweep(exp, opts, store, todo, gpus)
+        failed = []
+        for norm in todo:  # each condition's trials, best and part; a condition whose trials all failed last
+            tag, trials = TAGS[norm], every[every["condition"] == norm].reset_index(drop=True)
+            try:
+                best[tag] = best_trial(trials, tag)
+            except StageFailed as e:
+                failed.append(e)
+                continue
+            if trials["diverged"].any():
+                print(f"[hparam] {tag}: {int(trials['diverged'].sum())} of {len(trials)} trials diverged "
+                      f"(loss NaN or inf; scored below every other)", flush=True)
+            store.write_part("hparam_trials", tag, trials, stage_hashes(exp)["train_hash"])
+            store.write_json("hparam/best_hparams.json", best)
+        if failed:
+            raise failed[0]
     print_best(best, exp)
     print(f"\nwrote {store.out}/{exp.name}/hparam/best_hparams.json")
     return 0

@@ -142,7 +142,7 @@ def tune_config(**kwargs):
     (benchmarks/overhead.py)."""
     from ray import tune
 
-    return tune.TuneConfig(trial_dirname_creator=trial_dirname, reuse_actors=True, **kwargs)
+    return tune.TuneConfig(**{"trial_dirname_creator": trial_dirname, "reuse_actors": True, **kwargs})
 
 
 def run_config(opts: RunOptions, name: str, storage: str, callback):
