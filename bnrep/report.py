@@ -342,16 +342,16 @@ class _Writer:
 
     def figures(self, rs: list[Results], out: str) -> list[tuple]:
         from bnrep import figures  # matplotlib only when drawing: `bnrep status` imports this module
+        from bnrep.drawing import draw
 
-        blocks = []
+        blocks, drawn = [], draw(rs)  # every figure, on every core
         for spec in figures.FIGURES:
-            fig = spec.make(rs)
-            if fig is None:
+            if drawn[spec.name] is None:
                 blocks += [("note", skipped_note(spec, rs, out))] if spec.noted else []
                 continue
-            png = figures.figure_bytes(fig, "png")
+            png, svg = drawn[spec.name]
             self.put(f"{spec.name}.png", png)
-            self.put(f"{spec.name}.svg", figures.figure_bytes(fig, "svg"))
+            self.put(f"{spec.name}.svg", svg)
             blocks.append(("fig", spec.name, figures.caption(spec, rs), png))
         return blocks
 

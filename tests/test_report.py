@@ -1106,3 +1106,26 @@ def test_diverged_models_make_the_verdicts_inconclusive():
     assert [c.text for c in conds] == ["1 of 3 no BN models diverged (training loss NaN or inf; not analysed, "
                                        "their measures are NaN and left out)"]
     assert conds[0].undermines and conds[0].claims == (1, 2, 3, 4)
+
+
+def test_figures_drawn_on_every_core_are_the_bytes_drawn_here(monkeypatch):
+    """The report's figures from forked workers (a report without Ray) and from Ray tasks (`bnrep run`)
+    are byte for byte the PNGs drawn in this process, the same ones missing."""
+    import ray
+
+    from bnrep import drawing
+
+    rs, names = [cnn()], ["fig_layer_sparsity", "fig_sparsity_thresholds", "fig_class_dbi", "fig_cka",
+                          "fig_optimal_k"]
+    here = drawing.draw_some(names, rs)
+    assert [k for k, v in here.items() if v is None] == ["fig_sparsity_thresholds"]  # one threshold only
+    monkeypatch.setenv(drawing.WORKERS_ENV, "2")
+    forked = drawing.draw(rs, names)
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        tasks = drawing.draw(rs, names)
+    finally:
+        ray.shutdown()
+    for way in (forked, tasks):
+        assert list(way) == list(here)
+        assert {k: v and v[0] for k, v in way.items()} == {k: v and v[0] for k, v in here.items()}

@@ -1,0 +1,71 @@
+"""The report's figures drawn on every core: each worker draws whole figures (PNG and SVG).
+
+Drawing is matplotlib's Python code, one core per figure, and a report has a dozen figures or more
+(about 12 s on one core for digits-cnn). Where this process runs Ray (`bnrep run`, between its
+stages), the figures are Ray tasks on this machine's workers, which have bnrep imported already;
+otherwise (`bnrep report`, a notebook) a pool of processes forked from this one (a fork
+shares the results without copying them; a forkserver would import torch again, 5 s). The forked
+workers draw only: they touch neither Ray, torch nor the writer lock. A figure's bytes are the same whichever process draws it.
+
+    drawn = draw(results_list)   # {figure name: (png bytes, svg bytes) or None}
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+WORKERS_ENV = "BNREP_DRAW_WORKERS"  # processes drawing figures (default: the cores, at most one per figure)
+_RESULTS: list = []  # in a forked worker: the results it draws from
+
+
+def draw_some(names: list[str], rs) -> dict[str, tuple[bytes, bytes] | None]:
+    """Figures `names` (bnrep.figures.FIGURES) of `rs` as PNG and SVG bytes, None where there is no data."""
+    from bnrep import figures
+
+    out = {}
+    for name in names:
+        fig = figures.figure(name).make(rs)
+        out[name] = None if fig is None else (figures.figure_bytes(fig, "png"), figures.figure_bytes(fig, "svg"))
+    return out
+
+
+def _forked(names: list[str]) -> dict:
+    return draw_some(names, _RESULTS)
+
+
+def workers(n_figures: int) -> int:
+    asked = os.environ.get(WORKERS_ENV)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(n_figures, int(asked) if asked else cores))
+
+
+def draw(rs: list, names: list[str] | None = None) -> dict[str, tuple[bytes, bytes] | None]:
+    """The figures `names` (default: every figure of the report, in bnrep.figures.FIGURES order)."""
+    from bnrep.figures import FIGURES
+
+    names = names or [spec.name for spec in FIGURES]
+    n = workers(len(names))
+    shares = [names[i::n] for i in range(n)]  # FIGURES alternates cheap and dear figures: dealt round-robin
+    ray = sys.modules.get("ray")
+    if n > 1 and ray is not None and ray.is_initialized():
+        task = ray.remote(draw_some).options(num_cpus=1, scheduling_strategy=local_node(ray))
+        ref = ray.put(rs)
+        done = {k: v for part in ray.get([task.remote(s, ref) for s in shares]) for k, v in part.items()}
+    elif n > 1 and "fork" in mp.get_all_start_methods():
+        _RESULTS[:] = rs  # the forked workers see it as it is now
+        with ProcessPoolExecutor(n, mp_context=mp.get_context("fork")) as pool:
+            done = {k: v for part in pool.map(_forked, shares) for k, v in part.items()}
+        _RESULTS.clear()
+    else:
+        done = draw_some(names, rs)
+    return {name: done[name] for name in names}
+
+
+def local_node(ray):
+    """Ray tasks on this machine: the results and the bytes do not cross the network."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
