@@ -41,12 +41,15 @@ def _hparam(store: Store, exp: Experiment) -> tuple[str, str, str]:
     tags = [TAGS[n] for n in exp.norms]
     best = store.read_json("hparam/best_hparams.json") if store.exists("hparam/best_hparams.json") else {}
     done = sum(t in best and store.has_part("hparam_trials", t) for t in tags)
-    resumable = [t for t in tags if t not in best and store.exists("hparam", "tune", t)]
+    plan = (store.read_json("hparam/tune/plan.json")
+            if store.exists("hparam/tune/plan.json") and store.exists("hparam", "tune", "sweep") else [])
+    planned = {TAGS.get(c.get("norm")) for c in plan}  # the conditions of the interrupted Tune run
+    resumable = [t for t in tags if t not in best and t in planned]
     from bnrep.axis import axis_word
 
     word = {"norm": "normalisations", "condition": "conditions"}[axis_word(exp.norms)]
     return ("hparam", _state(done, len(tags)), f"{done}/{len(tags)} {word} searched"
-            + (f"; interrupted search to resume: {', '.join(resumable)}" if resumable else ""))
+            + (f"; interrupted sweep to resume: {', '.join(resumable)}" if resumable else ""))
 
 
 def _final_and_analysis(store: Store, exp: Experiment) -> list[tuple[str, str, str]]:

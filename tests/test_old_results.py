@@ -55,6 +55,11 @@ def test_status_partial_in_every_stage(old_results):
     store.write_bytes("report/report.md", b"an old report")  # not made from these results
     rows = {s: (state, detail) for s, state, detail in stage_status(str(old_results), "synthetic-cnn")}
     assert rows["hparam"] == ("partial", "1/2 normalisations searched")
+    store.write_json("hparam/tune/plan.json", [{"norm": "batch", "lr": 0.01}, {"norm": "none", "lr": 0.01}])
+    assert stage_status(str(old_results), "synthetic-cnn")[0][2] == "1/2 normalisations searched"  # no Tune state
+    store.write_bytes("hparam/tune/sweep/tuner.pkl", b"Tune's state of the interrupted sweep")
+    assert stage_status(str(old_results), "synthetic-cnn")[0] == (
+        "hparam", "partial", "1/2 normalisations searched; interrupted sweep to resume: nobn")
     assert rows["final"] == ("partial", "3/4 models trained")
     # 3 extractions, NC1 + rank on 3 x 5 layers, CKA of 2 pairs (bn-s0 with nobn-s0 and with bn-s1) x 5 layers
     assert rows["analysis"] == ("partial", f"{3 + 3 * 5 + 2 * 5} tasks left")
