@@ -5,7 +5,8 @@ Drawing is matplotlib's Python code, one core per figure, and a report has a doz
 stages), the figures are Ray tasks on this machine's workers, which have bnrep imported already;
 otherwise (`bnrep report`, a notebook) a pool of processes forked from this one (a fork
 shares the results without copying them; a forkserver would import torch again, 5 s). The forked
-workers draw only: they touch neither Ray, torch nor the writer lock. A figure's bytes are the same whichever process draws it.
+workers draw only: they touch neither Ray, torch nor the writer lock. A figure's bytes are the
+same whichever process draws it.
 
     drawn = draw(results_list)   # {figure name: (png bytes, svg bytes) or None}
 """

@@ -175,6 +175,11 @@ class Experiment:
             return self
         return self.override(conditions=(norm,), reference=REF, **changes)  # one norm, plain
 
+    @property
+    def sweep_epochs(self) -> int:
+        """The epoch budget of a sweep trial: sweep_max_epochs, else max_epochs."""
+        return self.sweep_max_epochs or self.max_epochs
+
     def lr_for(self, norm: str) -> float:
         """The preset learning rate: lr_nobn (if set) for norm none, lr for every norm (a condition's
         `lr` override is already in self: for_condition)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bnrep.config import is_imported, load_experiment, read_hashes
 from bnrep.experiments import ConfigError, Experiment
-from bnrep.store import Store, tables
+from bnrep.store import SWEEP, SWEEP_PLAN, Store, tables
 
 
 def _state(done: int, total: int) -> str:
@@ -41,8 +41,7 @@ def _hparam(store: Store, exp: Experiment) -> tuple[str, str, str]:
     tags = [TAGS[n] for n in exp.norms]
     best = store.read_json("hparam/best_hparams.json") if store.exists("hparam/best_hparams.json") else {}
     done = sum(t in best and store.has_part("hparam_trials", t) for t in tags)
-    plan = (store.read_json("hparam/tune/plan.json")
-            if store.exists("hparam/tune/plan.json") and store.exists("hparam", "tune", "sweep") else [])
+    plan = store.read_json(SWEEP_PLAN) if store.exists(SWEEP_PLAN) and store.exists(SWEEP) else []
     planned = {TAGS.get(c.get("norm")) for c in plan}  # the conditions of the interrupted Tune run
     resumable = [t for t in tags if t not in best and t in planned]
     from bnrep.axis import axis_word

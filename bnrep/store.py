@@ -7,7 +7,8 @@ one directory per experiment:
     <out>/<experiment>/
       config.json                   resolved experiment + config hash
       hparam/best_hparams.json      best trial per BatchNorm setting
-      hparam/tune/                  Ray Tune storage of the sweep
+      hparam/tune/sweep/            Ray Tune storage of the sweep (SWEEP), one run for every condition
+      hparam/tune/plan.json         the configurations that run searches (SWEEP_PLAN)
       train/tune/                   Ray Tune storage of the final grid
       train/models/<model_id>/model.pt
       results/<table>/<part>.parquet   one part per unit of work
@@ -129,6 +130,7 @@ from bnrep.measures import FINAL, MEASURES
 
 TEMPORARY = ".tmp-"  # a file being written: renamed when complete (Store.write_bytes)
 LOCK_DIR = ".lock"  # the writer lock's records (bnrep.lock)
+SWEEP, SWEEP_PLAN = "hparam/tune/sweep", "hparam/tune/plan.json"  # the sweep's Tune run and its plan
 
 
 @dataclass(frozen=True)

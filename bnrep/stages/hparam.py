@@ -1,9 +1,10 @@
 """Stage 1: Ray Tune hyperparameter sweep, one search per condition (a normalisation, bnrep.axis).
 
 Searches learning rate (log-uniform) x momentum (SGD presets) with an ASHA
-scheduler per condition, every condition's trials in one Tune run. Objective (paper 3.1.1): validation accuracy at the epoch a model
-first interpolates, non-interpolating trials ranked below all that do; for
-early-stopping presets (paper 3.1.2) the best validation accuracy.
+scheduler per condition, every condition's trials in one Tune run. Objective
+(paper 3.1.1): validation accuracy at the epoch a model first interpolates,
+non-interpolating trials ranked below all that do; for early-stopping presets
+(paper 3.1.2) the best validation accuracy.
 
 Writes, under <out>/<experiment>/:
     results/hparam_trials/<tag>.parquet   one row per trial; tag = bn, nobn, gn, ln ... (bnrep.norms.TAGS)
@@ -27,7 +28,7 @@ from bnrep.norms import TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, default_gpus, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, tune_config
-from bnrep.store import Store
+from bnrep.store import SWEEP, SWEEP_PLAN, Store
 from bnrep.train import Trainer, best_device
 
 SWEEP_SEED = 0  # model seed of every sweep trial; the search itself is seeded too
@@ -41,7 +42,7 @@ def trial(config: dict, exp: Experiment, data_root: str | None, amp: bool) -> No
     data = load_data(exp, data_root, device=best_device())
     cond = exp.for_condition(run["norm"])
     trainer = Trainer(cond, data, exp.condition(run["norm"])[0], run, SWEEP_SEED, amp=amp,
-                      max_epochs=cond.sweep_max_epochs or cond.max_epochs)
+                      max_epochs=cond.sweep_epochs)
     train_in_tune(trainer, extra={"condition": run["norm"]})
 
 
@@ -77,25 +78,25 @@ def run_sweep(exp: Experiment, opts: RunOptions, store: Store, todo: list[str], 
     fn = tune.with_resources(tune.with_parameters(trial, exp=exp, data_root=opts.data_root, amp=opts.amp),
                              {"cpu": opts.cpus_per_trial, "gpu": gpus})
     configs = [c for norm in todo for c in sampled(exp, norm)]
-    space, rel, plan = {"run": tune.grid_search(configs)}, "hparam/tune/sweep", "hparam/tune/plan.json"
-    path = store.uri(*rel.split("/"))
-    planned = store.read_json(plan) if store.exists(plan) else []
-    if planned == configs and can_resume(store, rel, space, "[hparam]", "sweep",
+    space, path = {"run": tune.grid_search(configs)}, store.uri(*SWEEP.split("/"))
+    planned = store.read_json(SWEEP_PLAN) if store.exists(SWEEP_PLAN) else []
+    if planned == configs and can_resume(store, SWEEP, space, "[hparam]", "sweep",
                                          "searching anew (seeded: the same configurations)"):
         print(f"[hparam] resuming the interrupted sweep in {path}", flush=True)
         restored = tune.Tuner.restore(path, trainable=fn, param_space=space, resume_errored=True)
         return trials_table(restored.fit(), exp)
-    store.delete(rel)  # what a run killed before Tune saved a usable state left
-    store.write_json(plan, configs)
-    max_t = {n: exp.for_condition(n).sweep_max_epochs or exp.for_condition(n).max_epochs for n in todo}
+    store.delete(SWEEP)  # what a run killed before Tune saved a usable state left
+    store.write_json(SWEEP_PLAN, configs)
+    max_t = {n: exp.for_condition(n).sweep_epochs for n in todo}
     progress = tune_progress("hparam", len(configs), max(max_t.values()), describe_config, describe_trial)
+    storage, name = SWEEP.rsplit("/", 1)  # Tune's storage path and the run's name in it
     asha = {n: dict(time_attr="training_iteration", max_t=t, grace_period=max(1, t // 4), reduction_factor=3)
             for n, t in max_t.items()}
     tuner = tune.Tuner(
         fn, param_space=space,
         tune_config=tune_config(metric="objective", mode="max", scheduler=PerCondition(asha),
                                 trial_dirname_creator=sweep_dirname),
-        run_config=run_config(opts, "sweep", store.uri("hparam", "tune"), progress))
+        run_config=run_config(opts, name, store.uri(storage), progress))
     return trials_table(tuner.fit(), exp)
 
 
@@ -126,8 +127,8 @@ def describe_config(config: dict) -> str:
 
 
 def describe_trial(r: dict) -> str:
-    return (f"trials done; last: {TAGS.get(r.get('condition'), '?')} lr {r.get('lr', float('nan')):.3g}, {r.get('epoch', 0)} epochs, "
-            f"val_acc {r.get('val_acc', float('nan')):.4f}"
+    return (f"trials done; last: {TAGS.get(r.get('condition'), '?')} lr {r.get('lr', float('nan')):.3g}, "
+            f"{r.get('epoch', 0)} epochs, val_acc {r.get('val_acc', float('nan')):.4f}"
             + (", interpolated" if r.get("interpolated") else ""))
 
 
@@ -190,7 +191,7 @@ def run(exp: Experiment, opts: RunOptions) -> int:
                 print(f"[hparam] {tag}: {int(trials['diverged'].sum())} of {len(trials)} trials diverged "
                       f"(loss NaN or inf; scored below every other)", flush=True)
             store.write_part("hparam_trials", tag, trials, stage_hashes(exp)["train_hash"])
-            store.write_json("hparam/best_hparams.json", best)
+        store.write_json("hparam/best_hparams.json", best)
         if failed:
             raise failed[0]
     print_best(best, exp)
