@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -84,6 +84,13 @@ class Data:
     mean: torch.Tensor | None = None  # (C,) training-split channel mean of [0, 1] pixels, on the splits' device
     std: torch.Tensor | None = None  # (C,) training-split channel std; X = (pixels - mean) / std
     classes: tuple[str, ...] = ()  # class names (an image folder's folders; else "0", "1", ...)
+
+    def to(self, device) -> "Data":
+        """The same data on `device` (a trial loads nothing: the driver's copy comes through Ray's object
+        store and moves to the trial's device here)."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device),
+                       mean=move(self.mean), std=move(self.std))
 
 
 # ==== public API ====
@@ -159,7 +166,8 @@ def _stream_folder(exp: Experiment, path: str, device) -> Data:
             warnings.warn(f"train_size={exp.train_size} exceeds the {len(train[1])} training images; using all "
                           f"of them")
         train = (train[0].subset(slice(0, exp.train_size)), train[1][: exp.train_size])
-    out = [Split(FolderImages(X.files, exp.image_size, shape, mean.to(device), std.to(device), device), y.to(device))
+    # normalised on the CPU, where the images are decoded, then moved to `device`
+    out = [Split(FolderImages(X.files, exp.image_size, shape, mean, std, device), y.to(device))
            for X, y in (train, val, split["test"])]
     return Data(*out, len(classes), shape[0], shape[1], exp.dataset, mean.to(device), std.to(device), tuple(classes))
 

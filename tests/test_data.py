@@ -111,6 +111,23 @@ def test_split_to_device_and_len():
     assert len(t) == len(s) == 48 and torch.equal(t.X, s.X)
 
 
+def test_data_crosses_ray_and_moves_to_a_device_whole():
+    """A trial gets the driver's data through Ray's object store and moves it to its device: every
+    tensor of it (the meta device stands in for a GPU here), the original left where it was."""
+    import ray.cloudpickle as cp
+
+    data = load_data(SYNTH)
+    moved = cp.loads(cp.dumps(data)).to("meta")
+    for s in ("train", "val", "test"):
+        a, b = getattr(data, s), getattr(moved, s)
+        assert (b.X.device.type, b.y.device.type) == ("meta", "meta") and b.X.shape == a.X.shape, s
+        assert a.X.device.type == "cpu", s
+    assert (moved.mean.device.type, moved.std.device.type) == ("meta", "meta")
+    assert (moved.num_classes, moved.classes, moved.size) == (data.num_classes, data.classes, data.size)
+    back = cp.loads(cp.dumps(data)).to("cpu")
+    assert torch.equal(back.train.X, data.train.X) and torch.equal(back.test.y, data.test.y)
+
+
 # ==== batches ====
 
 @pytest.mark.parametrize("n, batch_size, sizes", [(10, 4, [4, 4, 2]), (8, 4, [4, 4]), (3, 64, [3])])

@@ -237,6 +237,24 @@ def test_a_streamed_folder_trains_exactly_as_one_in_memory(tmp_path, monkeypatch
     assert (a.train_acc, a.val_acc, a.test_acc) == (b.train_acc, b.val_acc, b.test_acc)
 
 
+def test_a_streamed_folder_moves_to_a_device_and_normalises_on_the_cpu(tmp_path, monkeypatch):
+    """A trial moves the driver's streamed splits to its device: the images decoded there are those of
+    the driver (they normalise on the CPU, where they are decoded, then move)."""
+    import ray.cloudpickle as cp
+
+    monkeypatch.setenv("BNREP_STREAMING", "always")
+    exp = folder_exp(write_folder(tmp_path / "leaves", splits=(("train", 14), ("test", 4)), size=(12, 10)),
+                     image_size=8, val_size=6)
+    data = load_data(exp)
+    idx = torch.arange(5)
+    assert data.train.X.mean.device.type == "cpu"
+    moved = cp.loads(cp.dumps(data)).to("meta")  # the meta device stands in for a GPU
+    assert moved.train.X[idx].device.type == "meta" and moved.train.y.device.type == "meta"
+    assert torch.equal(cp.loads(cp.dumps(data)).to("cpu").train.X[idx], data.train.X[idx])
+    direct = load_data(exp, device="meta")  # loaded for a device directly: decoded and normalised on the CPU
+    assert direct.test.X.mean.device.type == "cpu" and direct.test.X[idx[:3]].device.type == "meta"
+
+
 def test_streaming_is_chosen_by_size(tmp_path, monkeypatch):
     """Unforced, a folder streams when its float32 splits exceed STREAM_FRACTION of the memory."""
     from bnrep import folders

@@ -20,7 +20,7 @@ import pandas as pd
 
 from bnrep.checkpoints import is_trained, save_model, save_snapshot, snapshot_record, weights_sha256
 from bnrep.config import RunOptions, StageFailed, UsageError, header, stage_hashes, start_fresh, write_config
-from bnrep.data import load_data
+from bnrep.data import Data, load_data
 from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
 from bnrep.models import model_id
@@ -33,8 +33,9 @@ from bnrep.train import Trainer, best_device
 
 
 # ==== the work of one trial ====
-def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: bool, train_hash: str) -> None:
-    """One Tune trial = one model of the grid; saves it and its Parquet rows."""
+def trial(config: dict, exp: Experiment, out: str, data: Data, amp: bool, train_hash: str) -> None:
+    """One Tune trial = one model of the grid; saves it and its Parquet rows. `data`: the driver's,
+    through Ray's object store."""
     from ray import tune
 
     quiet_when_stopped()
@@ -42,7 +43,7 @@ def trial(config: dict, exp: Experiment, out: str, data_root: str | None, amp: b
     norm = exp.condition(cond)[0]
     mid, bn = model_id(exp.model, cond, seed), norm == "batch"
     store = Store(out, exp.name)
-    data = load_data(exp, data_root, device=best_device())
+    data = data.to(best_device())
     trainer = Trainer(exp.for_condition(cond), data, norm, hp, seed, amp=amp)  # the condition's recipe and norm
     resumed_from, digests = train_in_tune(trainer, extra={"model_id": mid}, snapshots=exp.snapshots,
                                           keep=lambda epoch, model: save_snapshot(store, mid, model, epoch))
@@ -107,8 +108,8 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
     from ray import tune
 
     fn = tune.with_resources(
-        tune.with_parameters(trial, exp=exp, out=store.out, data_root=opts.data_root, amp=opts.amp,
-                             train_hash=train_hash),
+        tune.with_parameters(trial, exp=exp, out=store.out, data=load_data(exp, opts.data_root), amp=opts.amp,
+                             train_hash=train_hash),  # the data loaded once, here
         {"cpu": opts.cpus_per_trial, "gpu": gpus})
     path, space = store.uri("train", "tune", "final"), {"run": tune.grid_search(todo)}
     planned = store.read_json("train/tune/plan.json") if store.exists("train/tune/plan.json") else []

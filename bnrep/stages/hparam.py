@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bnrep.config import RunOptions, StageFailed, header, stage_hashes, start_fresh, write_config
-from bnrep.data import load_data
+from bnrep.data import Data, load_data
 from bnrep.experiments import Experiment, lr_edge
 from bnrep.lock import writer_lock
 from bnrep.norms import TAGS
@@ -35,11 +35,12 @@ SWEEP_SEED = 0  # model seed of every sweep trial; the search itself is seeded t
 
 
 # ==== the work of one trial ====
-def trial(config: dict, exp: Experiment, data_root: str | None, amp: bool) -> None:
-    """One Tune trial: train with the sampled hparams, report every epoch."""
+def trial(config: dict, exp: Experiment, data: Data, amp: bool) -> None:
+    """One Tune trial: train with the sampled hparams, report every epoch. `data`: the driver's, through
+    Ray's object store (a trial process loads nothing: no scikit-learn import, no split, no decoding)."""
     quiet_when_stopped()
     run = config["run"]  # {"norm": the condition (bnrep.axis), "lr", "momentum"}
-    data = load_data(exp, data_root, device=best_device())
+    data = data.to(best_device())
     cond = exp.for_condition(run["norm"])
     trainer = Trainer(cond, data, exp.condition(run["norm"])[0], run, SWEEP_SEED, amp=amp,
                       max_epochs=cond.sweep_epochs)
@@ -75,7 +76,8 @@ def run_sweep(exp: Experiment, opts: RunOptions, store: Store, todo: list[str], 
 
     from bnrep.stages.schedule import PerCondition
 
-    fn = tune.with_resources(tune.with_parameters(trial, exp=exp, data_root=opts.data_root, amp=opts.amp),
+    data = load_data(exp, opts.data_root)  # once, here: every trial gets it from the object store
+    fn = tune.with_resources(tune.with_parameters(trial, exp=exp, data=data, amp=opts.amp),
                              {"cpu": opts.cpus_per_trial, "gpu": gpus})
     configs = [c for norm in todo for c in sampled(exp, norm)]
     space, path = {"run": tune.grid_search(configs)}, store.uri(*SWEEP.split("/"))
