@@ -76,8 +76,8 @@ def run_sweep(exp: Experiment, opts: RunOptions, store: Store, todo: list[str], 
 
     from bnrep.stages.schedule import PerCondition
 
-    data = load_data(exp, opts.data_root)  # once, here: every trial gets it from the object store
-    fn = tune.with_resources(tune.with_parameters(trial, exp=exp, data=data, amp=opts.amp),
+    # the data loaded once, here: every trial gets it from the object store (the driver keeps no copy)
+    fn = tune.with_resources(tune.with_parameters(trial, exp=exp, data=load_data(exp, opts.data_root), amp=opts.amp),
                              {"cpu": opts.cpus_per_trial, "gpu": gpus})
     configs = [c for norm in todo for c in sampled(exp, norm)]
     space, path = {"run": tune.grid_search(configs)}, store.uri(*SWEEP.split("/"))
