@@ -9,7 +9,8 @@ one directory per experiment:
       hparam/best_hparams.json      best trial per BatchNorm setting
       hparam/tune/sweep/            Ray Tune storage of the sweep (SWEEP), one run for every condition
       hparam/tune/plan.json         the configurations that run searches (SWEEP_PLAN)
-      train/tune/                   Ray Tune storage of the final grid
+      train/tune/final/             Ray Tune storage of the final grid (GRID)
+      train/tune/plan.json          the models that run trains (GRID_PLAN)
       train/models/<model_id>/model.pt
       results/<table>/<part>.parquet   one part per unit of work
       report/                       report.md, report.html, table1.*, fig_*
@@ -131,6 +132,7 @@ from bnrep.measures import FINAL, MEASURES
 TEMPORARY = ".tmp-"  # a file being written: renamed when complete (Store.write_bytes)
 LOCK_DIR = ".lock"  # the writer lock's records (bnrep.lock)
 SWEEP, SWEEP_PLAN = "hparam/tune/sweep", "hparam/tune/plan.json"  # the sweep's Tune run and its plan
+GRID, GRID_PLAN = "train/tune/final", "train/tune/plan.json"  # the final grid's Tune run and its plan
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from bnrep.norms import SHORT, TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, default_gpus, placement, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, tune_config
-from bnrep.store import Store, safe_key, tables, write_error
+from bnrep.store import GRID, GRID_PLAN, Store, safe_key, tables, write_error
 from bnrep.train import Trainer, best_device
 
 
@@ -111,19 +111,20 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
         tune.with_parameters(trial, exp=exp, out=store.out, data=load_data(exp, opts.data_root), amp=opts.amp,
                              train_hash=train_hash),  # the data loaded once, here
         {"cpu": opts.cpus_per_trial, "gpu": gpus})
-    path, space = store.uri("train", "tune", "final"), {"run": tune.grid_search(todo)}
-    planned = store.read_json("train/tune/plan.json") if store.exists("train/tune/plan.json") else []
+    path, space = store.uri(*GRID.split("/")), {"run": tune.grid_search(todo)}
+    planned = store.read_json(GRID_PLAN) if store.exists(GRID_PLAN) else []
     if planned and all(g in planned for g in todo) and can_resume(
-            store, "train/tune/final", space, "[final]", "grid", f"training its {len(todo)} unfinished models from the start"):
+            store, GRID, space, "[final]", "grid", f"training its {len(todo)} unfinished models from the start"):
         print(f"[final] resuming the interrupted grid in {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable=fn, param_space=space, resume_errored=True)
     else:
-        store.delete("train/tune/final")
-        store.write_json("train/tune/plan.json", todo)
+        store.delete(GRID)
+        store.write_json(GRID_PLAN, todo)
         progress = tune_progress("final", len(todo), exp.max_epochs, describe_config, describe_model)
+        storage, name = GRID.rsplit("/", 1)  # Tune's storage path and the run's name in it
         tuner = tune.Tuner(fn, param_space=space,
                            tune_config=tune_config(),
-                           run_config=run_config(opts, "final", store.uri("train", "tune"), progress))
+                           run_config=run_config(opts, name, store.uri(storage), progress))
     errors = [r.error for r in tuner.fit() if r.error]
     for e in errors:
         if write_error(e):  # disk full, permission denied: its one line
@@ -186,7 +187,7 @@ def run(exp: Experiment, opts: RunOptions) -> int:
                     run_grid(exp, opts, store, todo, gpus, train_hash)
                     todo = untrained(exp, store, grid, train_hash)
                     if todo:  # a restored grid whose trials ended without saving: train them anew
-                        store.delete("train/tune/plan.json")
+                        store.delete(GRID_PLAN)
                         run_grid(exp, opts, store, todo, gpus, train_hash)
             finally:  # also when the grid failed: a model saved with other weights (a GPU) has no analysis
                 after = weights_digests(store, again)
