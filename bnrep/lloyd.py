@@ -13,6 +13,7 @@ import math
 import torch
 
 _FULL = 0.8  # recompute every point when more than this fraction is unsure anywhere
+_SMALL = 2**16  # (K, A, n) entries up to which _assign reduces a padded table, not centre by centre
 _ROUNDING = 1e-6  # relative error allowed for float32 ||x||^2 - 2 x.c + ||c||^2 (about 16 ulp)
 
 
@@ -41,6 +42,9 @@ class Layout:
                                 for j, (_, a0) in enumerate(self.blocks)])  # (S,) centre index
         self.row_run = self.row_j.new_tensor(
             [a for _, a0 in self.blocks for a in range(a0, self.A)])  # (S,) run
+        self.padded = self.row_j * self.A + self.row_run  # (S,) row in a table of K slots per run
+        self.gaps = torch.tensor([j * self.A + a for j, (_, a0) in enumerate(self.blocks) for a in range(a0)],
+                                 dtype=torch.long, device=device)  # the slots j >= k of each run
 
     def rows(self, lab: torch.Tensor) -> torch.Tensor:
         """Row of each sample's centre, (A, N) int64, from labels (A, N)."""
@@ -108,6 +112,8 @@ def _assign(X, xx, C, L: Layout, ws: _Workspace):
     A, n = L.A, X.shape[0]
     cc = (C * C).sum(1, keepdim=True)  # (S, 1)
     G = torch.addmm(cc, C, X.T, alpha=-2, out=ws.take("G", L.S, n))  # (S, n): all runs, one matmul
+    if len(L.blocks) * A * n <= _SMALL:
+        return _assign_small(G, L, ws, n)
     v1, v2, w = ws.take("v1", A, n), ws.take("v2", A, n), ws.take("w", A, n)
     t = ws.take("t", A, n, torch.int32)
     lab = torch.zeros(A, n, dtype=torch.int32, device=X.device)
@@ -122,6 +128,17 @@ def _assign(X, xx, C, L: Layout, ws: _Workspace):
         # labels so far are < j, so max(lab, j * new_best) is branch-free masked assignment
         torch.maximum(lab[a0:], t[a0:].mul_(j), out=lab[a0:])
     return lab.long(), v1, v2
+
+
+def _assign_small(G, L: Layout, ws: _Workspace, n: int):
+    """_assign's reductions for a small batch in a few ops (each op's fixed cost dominates there):
+    the rows in a (K, A, n) table, missing centres +inf; a reduction along K is slow on big tables."""
+    K, A = len(L.blocks), L.A
+    P = ws.take("P", K * A, n)
+    P.index_copy_(0, L.padded, G).index_fill_(0, L.gaps, torch.inf)
+    P3 = P.view(K, A, n)
+    v1, lab = P3.min(0)  # ties: the lowest index, like argmin
+    return lab, v1, P3.scatter_(0, lab[None], torch.inf).amin(0)
 
 
 def _bounds(v1, v2, xx, C):

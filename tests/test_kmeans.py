@@ -271,3 +271,43 @@ def test_optimal_k_ties_go_to_the_smallest_k(order):
     dbi = {3: 0.4, 4: 0.5, 5: 0.4, 6: 0.4}
     res = [KMeansResult(k, np.zeros(3, np.int64), 1.0, dbi[k], None) for k in order]
     assert optimal_k(res).k == 3
+
+
+def test_small_batches_assign_exactly_as_big_ones(monkeypatch):
+    """_assign reduces a small batch in a padded table, a big one centre by centre: the same labels,
+    bounds and inertia to the bit (a whole sweep, both ways)."""
+    X = torch.from_numpy(_data("relu-blobs", 3))
+    seen = set()
+    small = lloyd._assign_small
+    monkeypatch.setattr(lloyd, "_assign_small", lambda *a: seen.add("small") or small(*a))
+    runs = {}
+    for name, size in (("small", 2**62), ("big", -1)):
+        monkeypatch.setattr(lloyd, "_SMALL", size)
+        seen.clear()
+        runs[name] = km.fit_kmeans(X, 2, 15, n_init=2, seed=6, subsample=SUB)
+        assert ("small" in seen) == (name == "small")
+    for a, b in zip(runs["small"], runs["big"]):
+        assert torch.equal(a.labels, b.labels) and torch.equal(a.centres, b.centres)
+        assert a.inertia == b.inertia
+
+
+@pytest.mark.parametrize("size", [2**62, -1])  # the padded table, centre by centre
+def test_exact_ties_go_to_the_lowest_centre(monkeypatch, size):
+    """A point as near to two centres (duplicated centres) takes the lower one, as argmin does;
+    the second-nearest distance then equals the nearest."""
+    monkeypatch.setattr(lloyd, "_SMALL", size)
+    g = torch.Generator().manual_seed(0)
+    k = [2, 3, 5, 5]
+    L = lloyd.Layout(k, "cpu")
+    per_run = [torch.rand(kk, 4, generator=g) for kk in k]
+    per_run[1][2] = per_run[1][0]  # run 1: centres 0 and 2 equal
+    per_run[3][1:4] = per_run[3][4]  # run 3: centres 1..4 equal
+    C = torch.empty(L.S, 4)
+    for a, c in enumerate(per_run):
+        C[L.run_rows(a)] = c
+    X = torch.cat([torch.rand(50, 4, generator=g), per_run[3][4:5], per_run[1][:1]])
+    lab, v1, v2 = lloyd._assign(X, (X * X).sum(1), C, L, lloyd._Workspace("cpu"))
+    for a, c in enumerate(per_run):
+        d = -2 * X @ c.T + (c * c).sum(1)  # (n, k), the same float32 sums as _assign's
+        assert torch.equal(lab[a], d.argmin(1))  # argmin: the first of equal minima
+    assert lab[3, 50] == 1 and lab[1, 51] == 0 and v1[3, 50] == v2[3, 50] and v1[1, 51] == v2[1, 51]
