@@ -12,7 +12,8 @@ scikit-learn, faiss.omp_set_num_threads):
 
     sklearn      sklearn.cluster.KMeans per k (tol 1e-4, max_iter 300)
     bnrep        bnrep.kmeans.fit_kmeans: all k and restarts batched (tol 1e-4, max_iter 300), its default
-                 subsample: fitted on 256 x 15 rows, the kept restart per k polished on all rows
+                 subsample: fitted on 64 x 15 rows (when that is at most half of them), the kept
+                 restart per k polished on all rows
     bnrep_full   the same with every row from the start (subsample=None)
     faiss        faiss.Kmeans per k, its defaults: niter 25, trained on a random
                  subsample of at most max_points_per_centroid=256 x k rows

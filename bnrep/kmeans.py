@@ -5,12 +5,15 @@ k = 2..15 and keeps the k with the lowest Davies-Bouldin index. Run one k at a
 time, most of the time goes to small matrix products and Python overhead, so
 the torch backend runs every (k, restart) pair as one batch:
 
-- subsample (N > 256 k_max rows): the seeding and the Lloyd iterations of
-  every (k, restart) run on one seeded subsample of 256 k_max rows (as FAISS
-  trains on 256 rows per centre); the restart with the lowest inertia there
-  is kept per k and polished by Lloyd iterations on all rows (below) until
-  scikit-learn's rules hold on all rows. Most iterations then see 256 k_max
-  rows instead of N, and the polish starts close to a minimum;
+- subsample (N > 2 x 64 k_max rows): the seeding and the Lloyd iterations of
+  every (k, restart) run on one seeded subsample of 64 k_max rows; the
+  restart with the lowest inertia there is kept per k and polished by Lloyd
+  iterations on all rows (below) until scikit-learn's rules hold on all rows.
+  Most iterations then see 64 k_max rows instead of N, and the polish starts
+  close to a minimum. (FAISS trains on up to 256 rows per centre and stops
+  there; with the polish, 64 give an inertia as close to scikit-learn's in
+  less time: README, benchmarks/kmeans_sweep.py.) A subsample of more than
+  half the rows does not pay, so smaller sets are fitted on all rows;
 - seeding: greedy k-means++ (scikit-learn's variant) of k_max centres per
   restart; the first k centres of a k-means++ sequence are themselves a
   k-means++ seeding, so every k reuses a prefix (one seeding per restart);
@@ -45,7 +48,7 @@ from bnrep.lloyd import Layout, kmeanspp, lloyd
 from bnrep.metrics import chunk_rows, davies_bouldin
 
 BACKENDS = ("torch", "sklearn")
-SUBSAMPLE = 256  # rows per centre of k_max in the first fit (FAISS's max_points_per_centroid)
+SUBSAMPLE = 64  # rows per centre of k_max in the first fit, when that is at most half the rows
 _BUFFER_FLOATS = 2**26  # float32 workspace per batch of runs (256 MiB); more runs -> chunks
 
 
@@ -77,10 +80,10 @@ def sweep_kmeans(X, k_min: int = 2, k_max: int = 15, n_init: int = 3, max_iter: 
     X's device); "sklearn" runs sklearn.cluster.KMeans per k (the reference).
     n_init restarts per k keep the lowest inertia; tol is scikit-learn's
     (relative to the mean feature variance); max_iter caps Lloyd iterations
-    (per stage). subsample (torch backend): when N > subsample * k_max, every
-    run is first fitted on one seeded subsample of subsample * k_max rows and
-    the restart kept per k is then polished on all rows until scikit-learn's
-    rules hold there; None or 0: every row from the start. The same seed
+    (per stage). subsample (torch backend): when subsample * k_max rows are at
+    most half of N, every run is first fitted on one seeded subsample of that
+    many rows and the restart kept per k is then polished on all rows until
+    scikit-learn's rules hold there; None or 0: every row from the start. The same seed
     gives the same result on the same device (on CUDA, atomic float sums may
     break exact near-ties differently between runs). Memory:
     about (k + 10) * N floats per (k, restart), processed in batches of 256 MiB.
@@ -217,7 +220,7 @@ def _sweep_torch(X, ks, n_init, max_iter, tol, seed, subsample):
     mean = X32.mean(0).to(torch.float64)  # (d,)
     tol_abs = tol * float((xx.sum(dtype=torch.float64) / N - mean.square().sum()) / X.shape[1])
     gen = torch.Generator(device=dev).manual_seed(seed)
-    m = min(N, subsample * K) if subsample else N
+    m = subsample * K if subsample and 2 * subsample * K <= N else N
     if m < N:  # every restart and k is first fitted on the same seeded subsample
         pick = torch.randperm(N, generator=gen, device=dev)[:m].sort().values
         Xs, xxs = X32[pick], xx[pick]

@@ -105,16 +105,16 @@ def test_subsample_same_seed_same_result():
         assert ra.inertia == rb.inertia and (ra.dbi == rb.dbi or math.isnan(ra.dbi))
 
 
-@pytest.mark.parametrize("subsample", [None, 0, SUB, 10**6])
+@pytest.mark.parametrize("subsample", [None, 0, SUB, 67, 66, 10**6])  # 67 * 15 = 1005 rows: over half of 2000
 def test_subsample_only_when_it_is_fewer_rows(monkeypatch, subsample):
-    """Lloyd runs on subsample * k_max rows, then on all rows, only when that is fewer rows;
-    otherwise (off, or subsample * k_max >= N) the result is exactly the one of every row."""
+    """Lloyd runs on subsample * k_max rows, then on all rows, only when that is at most half the
+    rows; otherwise (off, or more rows) the result is exactly the one of every row."""
     X = _data("gaussian")
     seen = []
     monkeypatch.setattr(km, "lloyd", lambda X, *a: seen.append(len(X)) or lloyd.lloyd(X, *a))
-    if subsample == SUB:
+    if subsample in (SUB, 66):
         sweep_kmeans(X, 2, 15, n_init=2, seed=5, subsample=subsample)
-        assert seen == [SUB * 15, len(X)]  # one batch each: subsample, then the polish
+        assert seen == [subsample * 15, len(X)]  # one batch each: subsample, then the polish
         return
     with monkeypatch.context() as m:  # no subsample drawn: the seeds are the ones of the old path
         m.setattr(torch, "randperm", lambda *a, **kw: pytest.fail("drew a subsample"))
