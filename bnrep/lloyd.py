@@ -113,7 +113,7 @@ def _assign(X, xx, C, L: Layout, ws: _Workspace):
     cc = (C * C).sum(1, keepdim=True)  # (S, 1)
     G = torch.addmm(cc, C, X.T, alpha=-2, out=ws.take("G", L.S, n))  # (S, n): all runs, one matmul
     if len(L.blocks) * A * n <= _SMALL:
-        return _assign_small(G, L, ws, n)
+        return _assign_small(G, L, ws)
     v1, v2, w = ws.take("v1", A, n), ws.take("v2", A, n), ws.take("w", A, n)
     t = ws.take("t", A, n, torch.int32)
     lab = torch.zeros(A, n, dtype=torch.int32, device=X.device)
@@ -130,10 +130,10 @@ def _assign(X, xx, C, L: Layout, ws: _Workspace):
     return lab.long(), v1, v2
 
 
-def _assign_small(G, L: Layout, ws: _Workspace, n: int):
+def _assign_small(G, L: Layout, ws: _Workspace):
     """_assign's reductions for a small batch in a few ops (each op's fixed cost dominates there):
     the rows in a (K, A, n) table, missing centres +inf; a reduction along K is slow on big tables."""
-    K, A = len(L.blocks), L.A
+    K, A, n = len(L.blocks), L.A, G.shape[1]
     P = ws.take("P", K * A, n)
     P.index_copy_(0, L.padded, G).index_fill_(0, L.gaps, torch.inf)
     P3 = P.view(K, A, n)
