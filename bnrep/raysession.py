@@ -58,6 +58,31 @@ def check_address(address: str | None) -> None:
                          f"shows it), or leave --address and RAY_ADDRESS unset for a private local Ray") from None
 
 
+def _staging_race(record: logging.LogRecord) -> bool:
+    """False for Tune's traceback of one harmless race, kept off the console: Tune saves its experiment
+    state (a `.<uuid>-tmp-...` file renamed into place) while its background copy of that folder to --out
+    may be listing it; the copy then fails on the vanished temporary and Tune logs it, as an error when
+    it waits for that copy and as a warning when it starts the next. A copy of the whole folder always
+    follows a save (the last one waited for), so nothing is lost. Every other record passes."""
+    e = record.exc_info[1] if record.exc_info else None
+    text = str(e) if e else record.getMessage()
+    vanished = isinstance(e, FileNotFoundError) or "FileNotFoundError" in text
+    return not (vanished and "-tmp-" in text)
+
+
+def quiet_ray_logs() -> None:
+    """Ray's loggers as bnrep's console wants them: its own lines, a failure once, no Tune noise."""
+    # bnrep reads its own tables, never Tune's metrics: no warning about trials whose result files a
+    # kill or a Ctrl-C left missing ("Failed to fetch metrics ... FileNotFoundError")
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # a failed trial: a line from bnrep's progress (bnrep.progress), its traceback in the trial's own log,
+    # not on the console ("Trial task failed for trial ...": 40 lines per attempt)
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)  # "Trials did not complete": bnrep says which
+    for name in ("ray.tune.execution.experiment_state", "ray.train._internal.syncer"):
+        logging.getLogger(name).addFilter(_staging_race)
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None, model: str | None = None):
     """Join `address` / $RAY_ADDRESS (else, as Ray does, a cluster that `ray start` runs on this machine),
@@ -69,13 +94,7 @@ def ray_session(address: str | None, model: str | None = None):
     import ray
 
     quiet = {"log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
-    # bnrep reads its own tables, never Tune's metrics: no warning about trials whose result files a
-    # kill or a Ctrl-C left missing ("Failed to fetch metrics ... FileNotFoundError")
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    # a failed trial: a line from bnrep's progress (bnrep.progress), its traceback in the trial's own log,
-    # not on the console ("Trial task failed for trial ...": 40 lines per attempt)
-    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
-    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)  # "Trials did not complete": bnrep says which
+    quiet_ray_logs()
     shipped = user_module_path(model) if model else None
     if shipped:  # (no other runtime_env: one changes how Ray starts workers, and training's last bits with it)
         quiet["runtime_env"] = {"py_modules": [shipped]}

@@ -2,33 +2,46 @@
 (a trial's first epoch; the analysis' task count). Once is enough: one line, exit 130, the writer lock
 released, nothing of Tune's own; the same command then resumes and finishes."""
 
+import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from bnrep.lock import current_writer
 from bnrep.store import Store
+from tests.processes import descendants, kill_tree
 
 pytestmark = pytest.mark.slow
 
 ARGS = ["run", "--smoke-test", "--paper-hparams"]
 LINE = "interrupted: rerun the same command to resume\n"
+HUNG_S = 300  # an interrupted run exits in seconds; one still there after this has hung: its stacks are shown
 
 
 def interrupted(out, moment: str) -> tuple[int, str, str]:
-    """Run, send SIGINT once the run has printed a line containing `moment`; (exit, stdout, stderr)."""
-    p = subprocess.Popen([sys.executable, "-m", "bnrep", *ARGS, "--out", str(out)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, cwd=out.parent)
-    seen = []
-    for line in p.stdout:  # state, not time: the line is printed when the run is there
-        seen.append(line)
-        if moment in line:
-            p.send_signal(signal.SIGINT)
-            break
-    rest, err = p.communicate()
-    return p.returncode, "".join(seen) + rest, err
+    """Run, send SIGINT once the run has printed a line containing `moment`; (exit, stdout, stderr).
+    The output goes to files, not pipes: a pipe's end is the end of every process holding it, and a
+    full stderr pipe nobody reads would stop the run before the moment."""
+    logs = out.parent / "stdout", out.parent / "stderr"
+    with open(logs[0], "w") as o, open(logs[1], "w") as e:
+        p = subprocess.Popen([sys.executable, "-m", "bnrep", *ARGS, "--out", str(out)], stdout=o, stderr=e,
+                             text=True, cwd=out.parent, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    while p.poll() is None and moment not in logs[0].read_text():  # state, not time: the line is there
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    try:
+        p.wait(timeout=HUNG_S)
+    except subprocess.TimeoutExpired:  # hung: every thread's stack (faulthandler), then the tree killed
+        ray = descendants(p.pid)
+        p.send_signal(signal.SIGABRT)
+        p.wait()
+        for pid in ray:
+            kill_tree(pid)
+        pytest.fail(f"no exit {HUNG_S} s after Ctrl-C; its threads:\n{logs[1].read_text()[-6000:]}")
+    return p.returncode, logs[0].read_text(), logs[1].read_text()
 
 
 def test_ctrl_c_in_training_and_in_analysis_then_resume(tmp_path):
