@@ -14,9 +14,7 @@ Exit codes: 0 written, 1 no results (the message names the stage to run) or
 the report could not be written, 2 bad arguments (unknown experiment).
 """
 
-import sys
-
-from bnrep.flags import run_stage
+from bnrep.flags import exit_process, run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,4 +22,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -21,9 +21,7 @@ digits-cnn (8 models) on 2 CPU cores: about a minute. A rerun skips parts
 that are complete and valid.
 """
 
-import sys
-
-from bnrep.flags import run_stage
+from bnrep.flags import exit_process, run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,4 +29,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -1,5 +1,3 @@
-import sys
+from bnrep.cli import console
 
-from bnrep.cli import main
-
-sys.exit(main())
+console()

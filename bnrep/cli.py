@@ -24,7 +24,7 @@ import time
 
 from bnrep import __version__
 from bnrep.config import UsageError
-from bnrep.flags import SCRIPTS, build_parser as stage_parser, check_flags, main_guard, options, resolve_experiment, run_stage
+from bnrep.flags import SCRIPTS, build_parser as stage_parser, check_flags, exit_process, main_guard, options, resolve_experiment, run_stage
 
 
 # ==== bnrep run ====
@@ -177,5 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     return main_guard(lambda: fn(args))
 
 
+def console() -> None:
+    """The `bnrep` command (and `python -m bnrep`)."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

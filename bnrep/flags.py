@@ -1,7 +1,7 @@
 """The command line: flags -> (Experiment, RunOptions) -> a stage.
 
 The one place argparse lives (besides `bnrep.cli`'s subcommands). The stage
-scripts in sweeps/ and analysis/ are `sys.exit(run_stage("final", argv))`.
+scripts in sweeps/ and analysis/ are `exit_process(run_stage("final", argv))`.
 
     resolve_experiment(args)   preset, then --smoke-test, then explicit flags; validated
     options(args)              where and how the stage runs (bnrep.config.RunOptions)
@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
+from typing import NoReturn
 
 from bnrep.config import RunOptions, StageFailed, UsageError
 from bnrep.raysession import check_address
@@ -250,6 +252,18 @@ def run_stage(stage: str, argv: list[str] | None = None) -> int:
 def plain_warnings() -> None:
     """Python warnings as one plain line (no file path, no source line)."""
     warnings.formatwarning = lambda message, category, *a, **k: f"note: {message}\n"
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a command's process with `code` (its entry point's last call). After Ctrl-C (130) the process
+    ends at once, bnrep's own cleanup done (the writer lock released, Ray shut down, in their `finally`):
+    the KeyboardInterrupt may have stopped another library mid-operation, and its exit handlers (Tune's
+    TensorBoard writers join their threads and queues at exit) could then wait forever."""
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def main_guard(fn) -> int:

@@ -17,9 +17,7 @@ digits-cnn (4 seeds x 2) on 2 CPU cores: about 2 minutes. A rerun trains
 only the models that are missing.
 """
 
-import sys
-
-from bnrep.flags import run_stage
+from bnrep.flags import exit_process, run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,4 +25,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

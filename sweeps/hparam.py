@@ -17,9 +17,7 @@ Writes, under <out>/<experiment>/:
 digits-cnn on 2 CPU cores: about a minute. A rerun skips finished searches.
 """
 
-import sys
-
-from bnrep.flags import run_stage
+from bnrep.flags import exit_process, run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,4 +25,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -13,6 +13,15 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (pytest's `pythonpath` puts it on sys.path)
 
 
+INJECT = ROOT / "tests" / "inject"  # its sitecustomize: a full disk, a stop at one file, a hang at exit
+
+
+def injected(**env) -> dict:
+    """The environment of a run whose processes load tests/inject (BNREP_FULL_DISK, BNREP_STOP_AFTER,
+    BNREP_HANG_AT_EXIT)."""
+    return {**os.environ, **env, "PYTHONPATH": os.pathsep.join(filter(None, [str(INJECT), os.environ.get("PYTHONPATH")]))}
+
+
 def tree(path: Path) -> dict[str, bytes]:
     """Every file under `path` with its bytes: compare before and after to prove nothing changed."""
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from bnrep.store import TABLES, Store, tables
+from tests.conftest import injected
 from tests.processes import freeze_tree, kill_tree, stopped, thaw
 
 
@@ -206,12 +207,6 @@ def assert_tables_equal(out, ref, names, exact=False):
         pd.testing.assert_frame_equal(got, want, check_exact=exact, rtol=1e-6, obj=name)
 
 
-INJECT = os.path.join(os.path.dirname(__file__), "inject")  # its sitecustomize: a full disk, a stop at one file
-
-
-def injected(**env) -> dict:
-    """The environment of a run whose processes load tests/inject (BNREP_FULL_DISK, BNREP_STOP_AFTER)."""
-    return {**os.environ, **env, "PYTHONPATH": os.pathsep.join(filter(None, [INJECT, os.environ.get("PYTHONPATH")]))}
 DONE_BEFORE = {"final": ("config.json", "hparam", "results/hparam_trials"),
                "analysis": ("config.json", "hparam", "results/hparam_trials", "train/models", "results/training",
                             "results/training_history"),

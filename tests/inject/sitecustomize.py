@@ -6,15 +6,19 @@ On PYTHONPATH, with
   its bytes, then fails with ENOSPC as a full disk does;
 - BNREP_STOP_AFTER=<dir>/<name>: once that file is complete (renamed into place), the process that
   wrote it stops itself (SIGSTOP), so a test kills it at exactly that moment, whatever the machine's load.
+- BNREP_STACKS_ON_USR2=1: SIGUSR2 writes every thread's stack to stderr (faulthandler), so a test can
+  show where a process it finds hung waits;
+- BNREP_HANG_AT_EXIT=1: the `bnrep` command's process, on its way out, runs an exit handler that never
+  returns, as a library's handler waiting for a thread or a queue that a Ctrl-C stopped would.
 Everything else writes normally. It replaces the store's filesystem below bnrep's own write code, so
 that code runs as it would on a full disk.
 """
 
 import os
+import signal
 
 if os.environ.get("BNREP_FULL_DISK") or os.environ.get("BNREP_STOP_AFTER"):
     import errno
-    import signal
 
     import pyarrow.fs as pafs
 
@@ -59,3 +63,19 @@ if os.environ.get("BNREP_FULL_DISK") or os.environ.get("BNREP_STOP_AFTER"):
         return (Injected(), root) if isinstance(fs, pafs.LocalFileSystem) else (fs, root)
 
     bnrep.store.resolve = resolve
+
+if os.environ.get("BNREP_HANG_AT_EXIT"):
+    import atexit
+    import sys
+    import threading
+
+    def _hang():
+        if sys.argv[0].endswith(os.path.join("bnrep", "__main__.py")):  # the driver, not Ray's workers
+            threading.Event().wait()
+
+    atexit.register(_hang)
+
+if os.environ.get("BNREP_STACKS_ON_USR2"):
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
