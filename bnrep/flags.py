@@ -11,6 +11,7 @@ scripts in sweeps/ and analysis/ are `exit_process(run_stage("final", argv))`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -260,8 +261,9 @@ def exit_process(code: int) -> NoReturn:
     the KeyboardInterrupt may have stopped another library mid-operation, and its exit handlers (Tune's
     TensorBoard writers join their threads and queues at exit) could then wait forever."""
     if code == 130:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a pipe whose reader the same Ctrl-C ended (`| tee`)
+                stream.flush()
         os._exit(code)
     sys.exit(code)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 
 from bnrep.models import user_module_path
@@ -58,16 +59,19 @@ def check_address(address: str | None) -> None:
                          f"shows it), or leave --address and RAY_ADDRESS unset for a private local Ray") from None
 
 
+_TUNE_TEMPORARY = re.compile(r"/\.[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}-tmp-")  # ray.tune.utils.util._atomic_save
+
+
 def _staging_race(record: logging.LogRecord) -> bool:
     """False for Tune's traceback of one harmless race, kept off the console: Tune saves its experiment
-    state (a `.<uuid>-tmp-...` file renamed into place) while its background copy of that folder to --out
+    state (a `.<uuid4>-tmp-...` file renamed into place) while its background copy of that folder to --out
     may be listing it; the copy then fails on the vanished temporary and Tune logs it, as an error when
     it waits for that copy and as a warning when it starts the next. A copy of the whole folder always
     follows a save (the last one waited for), so nothing is lost. Every other record passes."""
     e = record.exc_info[1] if record.exc_info else None
     text = str(e) if e else record.getMessage()
     vanished = isinstance(e, FileNotFoundError) or "FileNotFoundError" in text
-    return not (vanished and "-tmp-" in text)
+    return not (vanished and _TUNE_TEMPORARY.search(text))
 
 
 def quiet_ray_logs() -> None:
@@ -99,15 +103,13 @@ def ray_session(address: str | None, model: str | None = None):
     if shipped:  # (no other runtime_env: one changes how Ray starts workers, and training's last bits with it)
         quiet["runtime_env"] = {"py_modules": [shipped]}
     address = address or os.environ.get("RAY_ADDRESS")
-    started = False
-    if not ray.is_initialized():
-        if address:
+    started = not ray.is_initialized()
+    try:  # a Ctrl-C during ray.init too: what it started is shut down
+        if started and address:
             ray.init(address=address, **quiet)
-        else:  # Ray turns token auth on for a private cluster by default and warns that it did: as wanted
+        elif started:  # Ray turns token auth on for a private cluster by default and warns that it did: as wanted
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(include_dashboard=False, **quiet)
-        started = True
-    try:
         yield ray
     finally:
         if started:

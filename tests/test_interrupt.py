@@ -19,44 +19,55 @@ pytestmark = pytest.mark.slow
 
 ARGS = ["run", "--smoke-test", "--paper-hparams"]
 LINE = "interrupted: rerun the same command to resume\n"
-HUNG_S = 300  # an interrupted run exits in seconds; one still there after this has hung: its stacks are shown
+HUNG_S = 300  # each wait below takes 3-20 s here; a run still there after this has hung: its stacks are shown
 
 
-def interrupted(out, moment: str, **inject) -> tuple[int, str, str]:
-    """Run, send SIGINT once the run has printed a line containing `moment`; (exit, stdout, stderr).
-    The output goes to files, not pipes: a pipe's end is the end of every process holding it, and a
-    full stderr pipe nobody reads would stop the run before the moment."""
+def bnrep_run(out, moment: str | None = None, **inject) -> tuple[int, str, str]:
+    """`bnrep run` on `out`, with SIGINT once it has printed a line containing `moment` (if given);
+    (exit, stdout, stderr). The output goes to files, not pipes: a pipe's end is the end of every process
+    holding it, and a full stderr pipe nobody reads would stop the run before the moment."""
     logs = out.parent / "stdout", out.parent / "stderr"
     with open(logs[0], "w") as o, open(logs[1], "w") as e:
         p = subprocess.Popen([sys.executable, "-m", "bnrep", *ARGS, "--out", str(out)], stdout=o, stderr=e,
                              text=True, cwd=out.parent, env=injected(BNREP_STACKS_ON_USR2="1", **inject))
-    while p.poll() is None and moment not in logs[0].read_text():  # state, not time: the line is there
-        time.sleep(0.05)
-    p.send_signal(signal.SIGINT)
     try:
-        p.wait(timeout=HUNG_S)
-    except subprocess.TimeoutExpired:  # hung: every thread's stack, then the whole tree killed
-        ray = descendants(p.pid)
-        p.send_signal(signal.SIGUSR2)
-        shown = time.monotonic() + 60  # (a dump takes milliseconds; this only bounds a failure's report)
-        while "most recent call first" not in logs[1].read_text() and time.monotonic() < shown:
+        hung = time.monotonic() + HUNG_S
+        while moment and p.poll() is None and moment not in logs[0].read_text():  # state: the line is there
+            if time.monotonic() > hung:
+                raise subprocess.TimeoutExpired(p.args, HUNG_S)
             time.sleep(0.05)
-        for pid in (p.pid, *ray):
-            kill_tree(pid)
-        pytest.fail(f"no exit {HUNG_S} s after Ctrl-C; its threads:\n{logs[1].read_text()[-6000:]}")
+        if moment:
+            p.send_signal(signal.SIGINT)
+        p.wait(timeout=HUNG_S)
+    except subprocess.TimeoutExpired:
+        waited = f"{moment!r} printed" if moment and moment not in logs[0].read_text() else "exit"
+        pytest.fail(f"hung: no {waited} in {HUNG_S} s; its threads:\n{stacks(p, logs[1])[-6000:]}")
     return p.returncode, logs[0].read_text(), logs[1].read_text()
+
+
+def stacks(p: subprocess.Popen, stderr) -> str:
+    """Every thread's stack of the hung driver (SIGUSR2: faulthandler), then its whole tree killed."""
+    ray = descendants(p.pid)
+    p.send_signal(signal.SIGUSR2)
+    dumped, size = time.monotonic() + 60, -1  # (milliseconds; this only bounds a failure's report)
+    while time.monotonic() < dumped and ("most recent call first" not in stderr.read_text()
+                                         or stderr.stat().st_size != size):
+        size = stderr.stat().st_size
+        time.sleep(0.1)
+    for pid in (p.pid, *ray):
+        kill_tree(pid)
+    return stderr.read_text()
 
 
 def test_ctrl_c_in_training_and_in_analysis_then_resume(tmp_path):
     out = tmp_path / "runs"
-    rc, log, err = interrupted(out, "epoch 1/", BNREP_HANG_AT_EXIT="1")
+    rc, log, err = bnrep_run(out, "epoch 1/", BNREP_HANG_AT_EXIT="1")
     assert (rc, err) == (130, LINE), log[-2000:] + err[-2000:]
     assert current_writer(Store(str(out), "digits-cnn")) is None  # the lock released
-    rc, log, err = interrupted(out, "tasks to run")
+    rc, log, err = bnrep_run(out, "tasks to run")
     assert (rc, err) == (130, LINE), log[-2000:] + err[-2000:]
     assert "[final] 4 of 4 models already trained" in log or "models trained" in log
-    r = subprocess.run([sys.executable, "-m", "bnrep", *ARGS, "--out", str(out)], capture_output=True, text=True,
-                       cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "[final] 4 of 4 models already trained" in r.stdout
+    rc, log, err = bnrep_run(out)
+    assert rc == 0, log[-2000:] + err[-2000:]
+    assert "[final] 4 of 4 models already trained" in log
     assert (out / "digits-cnn" / "report" / "report.html").exists()

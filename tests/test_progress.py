@@ -151,7 +151,7 @@ def test_tunes_copy_racing_its_own_temporary_file_stays_off_the_console(tmp_path
     for log in (state, syncer):
         log.addHandler(handler)
     try:
-        race, missing = vanished(".83b1d479-tmp-basic-variant-state.json"), vanished("basic-variant-state.json")
+        race, missing = vanished(".83b1d479-c5e4-4a7d-a094-275e34c18e5d-tmp-basic-variant-state.json"), vanished("basic-variant-state.json")
         state.error("Saving experiment state to storage failed with exception: ", exc_info=race)
         syncer.warning("Last sync command failed with the following error:\n" +
                        "".join(traceback.format_exception(*race)))
