@@ -22,6 +22,13 @@ LINE = "interrupted: rerun the same command to resume\n"
 HUNG_S = 300  # each wait below takes 3-20 s here; a run still there after this has hung: its stacks are shown
 
 
+def foreground() -> None:
+    """SIGINT as a command typed in a terminal gets it. A suite started in the background by a
+    non-interactive shell (`nohup sh -c 'pytest' &`) ignores SIGINT, and every process inherits that:
+    a run started from there would never see the Ctrl-C (seen: it trained, analysed and reported)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def bnrep_run(out, moment: str | None = None, **inject) -> tuple[int, str, str]:
     """`bnrep run` on `out`, with SIGINT once it has printed a line containing `moment` (if given);
     (exit, stdout, stderr). The output goes to files, not pipes: a pipe's end is the end of every process
@@ -29,7 +36,8 @@ def bnrep_run(out, moment: str | None = None, **inject) -> tuple[int, str, str]:
     logs = out.parent / "stdout", out.parent / "stderr"
     with open(logs[0], "w") as o, open(logs[1], "w") as e:
         p = subprocess.Popen([sys.executable, "-m", "bnrep", *ARGS, "--out", str(out)], stdout=o, stderr=e,
-                             text=True, cwd=out.parent, env=injected(BNREP_STACKS_ON_USR2="1", **inject))
+                             text=True, cwd=out.parent, env=injected(BNREP_STACKS_ON_USR2="1", **inject),
+                             preexec_fn=foreground)
     try:
         hung = time.monotonic() + HUNG_S
         while moment and p.poll() is None and moment not in logs[0].read_text():  # state: the line is there
