@@ -18,7 +18,6 @@ import sys
 import warnings
 from typing import NoReturn
 
-from bnrep import interrupt
 from bnrep.config import RunOptions, StageFailed, UsageError
 from bnrep.raysession import check_address
 from bnrep.datasets import DATASETS, DatasetError
@@ -270,18 +269,10 @@ def exit_process(code: int) -> NoReturn:
 
 
 def main_guard(fn) -> int:
-    """Run `fn()`: bad input -> one line on stderr, exit 2; Ctrl-C -> exit 130 (also when a library
-    caught the KeyboardInterrupt: bnrep.interrupt)."""
+    """Run `fn()`: bad input -> one line on stderr, exit 2; Ctrl-C -> exit 130."""
     plain_warnings()
-    with interrupt.remembered():
-        return _guarded(fn)
-
-
-def _guarded(fn) -> int:
     try:
-        code = fn() or 0
-        interrupt.check()
-        return code
+        return fn() or 0
     except (UsageError, ConfigError, DatasetError, LockError, ModelError, NormError, ProbeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,7 +12,6 @@ import contextlib
 import sys
 import time
 
-from bnrep import interrupt
 from bnrep.store import write_error
 
 LOG_EVERY_S = 60.0  # log files: at most one line per trial per this many seconds
@@ -123,7 +122,6 @@ def tune_progress(stage: str, total: int, max_epochs: int, label, describe, stre
                 print(f"[{stage}] " + self.board.line(r, now).strip(), file=self.out, flush=True)
 
         def on_step_end(self, iteration, trials, **info):
-            interrupt.check()  # a Ctrl-C that a library caught still stops the run here
             self._draw()
 
         def _end(self, trial, what: str) -> None:
@@ -158,7 +156,6 @@ def wait_tasks(ray, pending: list, stage: str, stream=None) -> None:
         try:
             ready, pending = ray.wait(pending, num_returns=1, timeout=None)
             ray.get(ready)
-            interrupt.check()
         except BaseException as e:  # a failed task, Ctrl-C: stop the others before the stage ends
             stop_tasks(ray, pending)
             if isinstance(e, Exception) and write_error(e):  # disk full: its one line, not Ray's traceback

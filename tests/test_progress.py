@@ -2,9 +2,8 @@
 line per trial per minute in a log, a time estimate; driven with a fake clock."""
 
 import io
-import os
-import signal
 import sys
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -162,36 +161,3 @@ def test_tunes_copy_racing_its_own_temporary_file_stays_off_the_console(tmp_path
         for log in (state, syncer):
             log.removeHandler(handler)
     assert [(r.levelname, r.exc_info is missing) for r in seen] == [("ERROR", True), ("WARNING", False)]
-
-
-def swallowed_ctrl_c() -> None:
-    """A library that catches the KeyboardInterrupt and goes on."""
-    try:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(60)  # never slept through: the handler's KeyboardInterrupt ends it at once
-    except KeyboardInterrupt:
-        pass
-
-
-def test_a_ctrl_c_that_a_library_catches_still_stops_the_command(capsys):
-    """Seen once: a grid ran to its end after a Ctrl-C in its first epoch. The press is remembered:
-    the Tune run stops at its next step, the analysis at its next finished task, and the command
-    ends with the one line and 130 in any case; without a press nothing changes."""
-    from bnrep import interrupt
-    from bnrep.flags import main_guard
-
-    assert main_guard(lambda: swallowed_ctrl_c() or 0) == 130
-    assert capsys.readouterr().err == "interrupted: rerun the same command to resume\n"
-    assert main_guard(lambda: 0) == 0 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
-    with interrupt.remembered():
-        swallowed_ctrl_c()
-        with pytest.raises(KeyboardInterrupt):
-            tune_progress("final", 1, 3, str, str, stream=io.StringIO()).on_step_end(0, [])
-        cancelled = []  # Ray's calls that wait_tasks makes, on two tasks: the first done, the second running
-        fake = SimpleNamespace(wait=lambda refs, num_returns, timeout: (refs[:num_returns], refs[num_returns:]),
-                               get=lambda refs: None, cancel=lambda ref, force: cancelled.append(ref))
-        with pytest.raises(KeyboardInterrupt):
-            wait_tasks(fake, ["first", "second"], "analysis", stream=io.StringIO())
-        assert cancelled == ["second"]  # stopped, as for a Ctrl-C that reached bnrep
-    interrupt.check()  # outside a command: nothing remembered
