@@ -3,6 +3,7 @@
 released, nothing of Tune's own, no wait for other libraries' exit handlers (one that never returns is
 injected); the same command then resumes and finishes."""
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -22,11 +23,18 @@ LINE = "interrupted: rerun the same command to resume\n"
 HUNG_S = 300  # each wait below takes 3-20 s here; a run still there after this has hung: its stacks are shown
 
 
-def foreground() -> None:
-    """SIGINT as a command typed in a terminal gets it. A suite started in the background by a
-    non-interactive shell (`nohup sh -c 'pytest' &`) ignores SIGINT, and every process inherits that:
-    a run started from there would never see the Ctrl-C (seen: it trained, analysed and reported)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+@contextlib.contextmanager
+def foreground():
+    """Processes started within get SIGINT as a command typed in a terminal does. A suite started in
+    the background by a non-interactive shell (`nohup sh -c 'pytest' &`) ignores SIGINT, and a child
+    inherits an ignored signal (it would never see the Ctrl-C: seen, it trained, analysed and reported);
+    a signal with a handler is reset to its default in the child instead. (No preexec_fn: not safe in
+    a process with threads, as pytest's is after the in-process Ray tests.)"""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def bnrep_run(out, moment: str | None = None, **inject) -> tuple[int, str, str]:
@@ -34,10 +42,9 @@ def bnrep_run(out, moment: str | None = None, **inject) -> tuple[int, str, str]:
     (exit, stdout, stderr). The output goes to files, not pipes: a pipe's end is the end of every process
     holding it, and a full stderr pipe nobody reads would stop the run before the moment."""
     logs = out.parent / "stdout", out.parent / "stderr"
-    with open(logs[0], "w") as o, open(logs[1], "w") as e:
+    with open(logs[0], "w") as o, open(logs[1], "w") as e, foreground():
         p = subprocess.Popen([sys.executable, "-m", "bnrep", *ARGS, "--out", str(out)], stdout=o, stderr=e,
-                             text=True, cwd=out.parent, env=injected(BNREP_STACKS_ON_USR2="1", **inject),
-                             preexec_fn=foreground)
+                             text=True, cwd=out.parent, env=injected(BNREP_STACKS_ON_USR2="1", **inject))
     try:
         hung = time.monotonic() + HUNG_S
         while moment and p.poll() is None and moment not in logs[0].read_text():  # state: the line is there
