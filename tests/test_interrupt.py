@@ -13,8 +13,8 @@ import pytest
 
 from bnrep.lock import current_writer
 from bnrep.store import Store
-from tests.processes import descendants, kill_tree
 from tests.conftest import injected
+from tests.processes import descendants, kill_tree
 
 pytestmark = pytest.mark.slow
 
@@ -62,14 +62,14 @@ def bnrep_run(out, moment: str | None = None, **inject) -> tuple[int, str, str]:
 
 def stacks(p: subprocess.Popen, stderr) -> str:
     """Every thread's stack of the hung driver (SIGUSR2: faulthandler), then its whole tree killed."""
-    ray = descendants(p.pid)
+    tree = descendants(p.pid)  # now: Ray's processes are reparented once the driver is gone
     p.send_signal(signal.SIGUSR2)
     dumped, size = time.monotonic() + 60, -1  # (milliseconds; this only bounds a failure's report)
     while time.monotonic() < dumped and ("most recent call first" not in stderr.read_text()
                                          or stderr.stat().st_size != size):
         size = stderr.stat().st_size
         time.sleep(0.1)
-    for pid in (p.pid, *ray):
+    for pid in (p.pid, *tree):
         kill_tree(pid)
     return stderr.read_text()
 

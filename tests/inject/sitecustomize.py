@@ -8,8 +8,9 @@ On PYTHONPATH, with
   wrote it stops itself (SIGSTOP), so a test kills it at exactly that moment, whatever the machine's load.
 - BNREP_STACKS_ON_USR2=1: SIGUSR2 writes every thread's stack to stderr (faulthandler), so a test can
   show where a process it finds hung waits;
-- BNREP_HANG_AT_EXIT=1: the `python -m bnrep` process (not Ray's workers, not its children), on its way out, runs an exit handler that never
-  returns, as a library's handler waiting for a thread or a queue that a Ctrl-C stopped would.
+- BNREP_HANG_AT_EXIT=1: the `python -m bnrep` process (not Ray's workers, not its children), on its
+  way out, runs an exit handler that never returns, as a library's handler waiting for a thread or a
+  queue that a Ctrl-C stopped would.
 Everything else writes normally. It replaces the store's filesystem below bnrep's own write code, so
 that code runs as it would on a full disk.
 """
