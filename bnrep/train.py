@@ -32,6 +32,7 @@ from torch import nn
 from bnrep.data import Data, Split, batches
 from bnrep.experiments import Experiment
 from bnrep.models import build_model
+from bnrep.optim import SGD, Adam, StepLR
 
 DIVERGED = -2.0  # the objective of a diverged run: below every other (early stop: [0, 1]; interpolation: [-1, 1])
 EVAL_BATCH = 1024  # images per forward pass when only evaluating, GPU
@@ -101,7 +102,7 @@ class Trainer:
         self.model = self.model.to(memory_format=torch.channels_last)
         self.batch_stats = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         self.opt = self._optimizer()
-        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, exp.lr_step_epochs, exp.lr_gamma)
+        self.sched = StepLR(self.opt, exp.lr_step_epochs, exp.lr_gamma)
         self.gen = torch.Generator().manual_seed(seed)  # batch order, on CPU for portability
         self.loss_fn = nn.CrossEntropyLoss()
 
@@ -114,14 +115,13 @@ class Trainer:
         self.val_at_interpolation = float("nan")
         self.history: list[EpochMetrics] = []
 
-    def _optimizer(self) -> torch.optim.Optimizer:
-        params = self.model.parameters()
-        # foreach: multi-tensor updates, also on CPU (torch uses them only on GPU by default);
-        # bit-identical to the per-parameter loop
+    def _optimizer(self):
+        """bnrep.optim's SGD (Nesterov when momentum > 0) or Adam: torch.optim's foreach updates, bit for bit,
+        without the torch._dynamo import (see bnrep.optim)."""
+        params, wd = self.model.parameters(), self.exp.weight_decay
         if self.exp.optimizer == "adam":  # betas, eps at defaults (paper 3.1.2)
-            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.exp.weight_decay, foreach=True)
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.momentum > 0,
-                               weight_decay=self.exp.weight_decay, foreach=True)
+            return Adam(params, lr=self.lr, weight_decay=wd)
+        return SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=wd)
 
     # ==== one epoch ====
     def step_epoch(self) -> EpochMetrics:
