@@ -33,6 +33,7 @@ from bnrep.models import ModelError, parse_spec
 from bnrep.axis import ConditionError, canonical, from_table, name_of, overrides_of, register_all, split_items
 from bnrep.axis import parse as parse_condition
 from bnrep.norms import NAMES as NORM_NAMES, REF, get_norm, sort_key
+from bnrep.optim import OPTIMIZERS
 
 DEFAULT_EXPERIMENT = "digits-cnn"
 
@@ -278,7 +279,7 @@ def validate(e: Experiment) -> None:
             e.for_condition(n)
         except ConfigError as err:
             need(False, f"condition {n}: {str(err).removeprefix(e.name + ': ')}")
-    need(e.optimizer in ("sgd", "adam"), f"unknown optimizer {e.optimizer!r} (valid: sgd, adam)")
+    need(e.optimizer in OPTIMIZERS, f"unknown optimizer {e.optimizer!r} (valid: {', '.join(OPTIMIZERS)})")
     need(e.stop in ("interpolate", "early-stop"), f"unknown stop rule {e.stop!r}")
     for name in ("lr", "lr_nobn"):
         v = getattr(e, name)

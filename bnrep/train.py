@@ -32,7 +32,7 @@ from torch import nn
 from bnrep.data import Data, Split, batches
 from bnrep.experiments import Experiment
 from bnrep.models import build_model
-from bnrep.optim import SGD, Adam, StepLR
+from bnrep.optim import OPTIMIZERS, SGD, StepLR
 
 DIVERGED = -2.0  # the objective of a diverged run: below every other (early stop: [0, 1]; interpolation: [-1, 1])
 EVAL_BATCH = 1024  # images per forward pass when only evaluating, GPU
@@ -118,10 +118,9 @@ class Trainer:
     def _optimizer(self):
         """bnrep.optim's SGD (Nesterov when momentum > 0) or Adam: torch.optim's foreach updates, bit for bit,
         without the torch._dynamo import (see bnrep.optim)."""
-        params, wd = self.model.parameters(), self.exp.weight_decay
-        if self.exp.optimizer == "adam":  # betas, eps at defaults (paper 3.1.2)
-            return Adam(params, lr=self.lr, weight_decay=wd)
-        return SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=wd)
+        make = OPTIMIZERS[self.exp.optimizer]  # Adam: betas, eps at defaults (paper 3.1.2)
+        momentum = {"momentum": self.momentum} if make is SGD else {}
+        return make(self.model.parameters(), lr=self.lr, weight_decay=self.exp.weight_decay, **momentum)
 
     # ==== one epoch ====
     def step_epoch(self) -> EpochMetrics:

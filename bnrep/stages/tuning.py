@@ -137,9 +137,9 @@ def flat_keys(space: dict, prefix: str = "") -> list[str]:
 
 def tune_config(**kwargs):
     """Tune's TuneConfig for a bnrep stage: short trial directories, and trials that reuse the worker
-    process of a finished one. A new process per trial imports torch, scikit-learn and bnrep and, at
-    the first optimiser, torch._dynamo: 9 s on a 2-core machine, more than a digits-cnn model trains
-    (benchmarks/overhead.py)."""
+    process of a finished one. A new process per trial imports Ray Tune's trainable, torch and bnrep
+    (about 2 s of CPU, once 9 s with scikit-learn and torch._dynamo): more than a digits-cnn model
+    with BatchNorm trains (benchmarks/overhead.py)."""
     from ray import tune
 
     return tune.TuneConfig(**{"trial_dirname_creator": trial_dirname, "reuse_actors": True, **kwargs})
