@@ -1,23 +1,30 @@
 """The optimisers and the step schedule that training uses, computed as torch.optim computes them.
 
 torch.optim's methods are wrapped in `torch._disable_dynamo`, which imports
-torch._dynamo on their first call: 1.26 s of CPU in every trial process (as
-much as importing torch itself; two processes start per sweep and per grid on
-a 2-core machine), before the first epoch. These classes make the same
-`torch._foreach_*` calls, in the same order and with the same scalars, as
-torch.optim.SGD and torch.optim.Adam with `foreach=True` and
-torch.optim.lr_scheduler.StepLR, so the weights are bit-identical to theirs
-(tests/test_optim.py runs both side by side); their state dicts have
-torch.optim's layout, so a checkpoint written by either resumes in the other.
+torch._dynamo when an optimiser is built (its add_param_group): 1.26 s of CPU
+in a trial process (as much as importing torch itself; two processes start
+per sweep and per grid on a 2-core machine), before the first epoch. These
+classes make the same `torch._foreach_*` calls, in the same order and with
+the same scalars, as torch.optim.SGD and torch.optim.Adam with `foreach=True`
+and torch.optim.lr_scheduler.StepLR, so the weights are bit-identical to
+theirs (tests/test_optim.py runs both side by side). Their state dicts have
+torch.optim's layout, so a checkpoint written by either resumes in the other;
+the one difference is where Adam's step count lives after a load with a
+map_location (here always on the CPU, as in a fresh optimiser).
 
 Only what bnrep trains with: one parameter group, SGD with momentum
 (Nesterov when momentum > 0) and L2 weight decay, Adam with its default
-betas and eps and L2 weight decay, no AMSGrad, no closure.
+betas and eps and L2 weight decay; no dampening, AMSGrad, maximize or
+closure (a state saved with one is refused).
 """
 
 from __future__ import annotations
 
 import torch
+
+
+_PLAIN = {"dampening": 0, "maximize": False, "amsgrad": False, "capturable": False, "differentiable": False,
+          "decoupled_weight_decay": False}  # torch.optim's options, at the only values computed here
 
 
 class _Optimizer:
@@ -42,8 +49,14 @@ class _Optimizer:
 
     def load_state_dict(self, sd: dict) -> None:
         """As torch.optim loads: tensors to their parameter's device and dtype, the group's values (lr,
-        initial_lr, ...) as saved; Adam's step count a CPU scalar, as a fresh one (a map_location moves it)."""
+        initial_lr, ...) as saved. Adam's step count goes to the CPU, where a fresh one is (torch.optim
+        keeps it where a map_location put it; the value is the same). ValueError for a state saved
+        with a variant these classes do not compute (dampening, maximize, AMSGrad, ...)."""
         (saved,) = sd["param_groups"]
+        for key, value in _PLAIN.items():
+            if saved.get(key, value) != value:
+                raise ValueError(f"optimiser state saved with {key}={saved[key]!r}: bnrep.optim computes only "
+                                 f"{key}={value!r}")
         if len(saved["params"]) != len(self.params):
             raise ValueError(f"optimiser state for {len(saved['params'])} parameters, the model has {len(self.params)}")
         self.param_groups[0].update({k: v for k, v in saved.items() if k != "params"})
@@ -85,7 +98,10 @@ class SGD(_Optimizer):
                         for b, grad in zip(bufs, grads)]
                 for i, b in zip(idx, bufs):
                     self.state.setdefault(i, {})["momentum_buffer"] = b
-            grads = torch._foreach_add(grads, bufs, alpha=momentum) if g["nesterov"] else bufs
+            if g["nesterov"]:  # in place, as torch.optim (without weight decay: on the .grad tensors)
+                torch._foreach_add_(grads, bufs, alpha=momentum)
+            else:
+                grads = bufs
         torch._foreach_add_(params, grads, alpha=-g["lr"])
 
 

@@ -19,6 +19,8 @@ CASES = {  # name: (bnrep's, torch's), for the same parameters
                      lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.99, nesterov=True, foreach=True)),
     "sgd-plain": (lambda p: optim.SGD(p, lr=0.1),
                   lambda p: torch.optim.SGD(p, lr=0.1, foreach=True)),
+    "sgd-wd": (lambda p: optim.SGD(p, lr=0.1, weight_decay=1e-3),
+               lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=1e-3, foreach=True)),
     "adam": (lambda p: optim.Adam(p, lr=1e-3),
              lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True)),
     "adam-wd": (lambda p: optim.Adam(p, lr=3e-3, weight_decay=1e-4),
@@ -40,8 +42,8 @@ def _train(model, opt, sched, batches, after=None):
     for x, y in batches:
         opt.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(model(x), y).backward()
-        if after is not None and len(after) % 3 == 2:  # a parameter without a gradient is skipped, in both
-            list(model.parameters())[-1].grad = None
+        if after is not None and len(after) % 3 == 0:  # a parameter without a gradient is skipped, in both;
+            list(model.parameters())[-1].grad = None  # from step 1: its momentum buffer starts later
         opt.step()
         sched.step()
         if after is not None:
@@ -52,7 +54,7 @@ def _pair(name):
     ours, theirs = _model(), _model()
     mk_ours, mk_theirs = CASES[name]
     o, t = mk_ours(ours.parameters()), mk_theirs(theirs.parameters())
-    return (ours, o, optim.StepLR(o, 2, 0.9)), (theirs, t, torch.optim.lr_scheduler.StepLR(t, 2, 0.9))
+    return (ours, o, optim.StepLR(o, 3, 0.9)), (theirs, t, torch.optim.lr_scheduler.StepLR(t, 3, 0.9))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -63,10 +65,15 @@ def test_every_step_equals_torch_optim_bit_for_bit(name):
     _train(m2, o2, s2, _batches(), b)
     assert len(a) == 8
     for step, ((pa, lra), (pb, lrb)) in enumerate(zip(a, b), 1):
-        assert lra == lrb, step  # the schedule: 0.5x every 2 steps, the same float
+        assert lra == lrb, step  # the schedule: 0.9x every 3 steps, the same float
         for i, (x, y) in enumerate(zip(pa, pb)):
             assert torch.equal(x, y), (step, i)
-    assert s1.get_last_lr() == s2.get_last_lr() == [o2.defaults["lr"] * 0.9 * 0.9 * 0.9 * 0.9]
+    assert s1.get_last_lr() == s2.get_last_lr() == [o2.defaults["lr"] * 0.9 * 0.9]  # after steps 3 and 6
+    assert o1.state_dict()["param_groups"] == o2.state_dict()["param_groups"]  # torch.optim's layout
+    mine, theirs = o1.state_dict()["state"], o2.state_dict()["state"]
+    assert mine.keys() == theirs.keys() and all(
+        mine[i].keys() == theirs[i].keys() and all(torch.equal(mine[i][k], theirs[i][k]) for k in mine[i])
+        for i in mine)
 
 
 def _roundtrip(sd):
@@ -79,14 +86,14 @@ def _roundtrip(sd):
 @pytest.mark.parametrize("writer", ["torch", "bnrep"])
 def test_a_checkpoint_of_either_resumes_in_the_other(name, writer):
     (m1, o1, s1), (m2, o2, s2) = _pair(name)
-    first, rest = _batches(8)[:3], _batches(8)[3:]
+    first, rest = _batches(8)[:4], _batches(8)[4:]
     if writer == "torch":  # torch trains 3 steps and checkpoints; bnrep resumes from it
         src, dst = (m2, o2, s2), (m1, o1, s1)
     else:
         src, dst = (m1, o1, s1), (m2, o2, s2)
     ref = _model()  # the writer's own optimiser, never interrupted
     ref_o = CASES[name][0 if writer == "bnrep" else 1](ref.parameters())
-    ref_s = (optim.StepLR if writer == "bnrep" else torch.optim.lr_scheduler.StepLR)(ref_o, 2, 0.9)
+    ref_s = (optim.StepLR if writer == "bnrep" else torch.optim.lr_scheduler.StepLR)(ref_o, 3, 0.9)
     _train(*src, first)
     _train(ref, ref_o, ref_s, first)
     state = _roundtrip({"model": src[0].state_dict(), "opt": src[1].state_dict(), "sched": src[2].state_dict()})
@@ -94,11 +101,22 @@ def test_a_checkpoint_of_either_resumes_in_the_other(name, writer):
     dst[1].load_state_dict(state["opt"])
     dst[2].load_state_dict(state["sched"])
     assert dst[1].param_groups[0]["lr"] == src[1].param_groups[0]["lr"] == 0.9 * src[1].param_groups[0]["initial_lr"]
+    assert dst[2].last_epoch == 4
     _train(*dst, rest)
     _train(ref, ref_o, ref_s, rest)
     for i, (x, y) in enumerate(zip(dst[0].parameters(), ref.parameters())):
         assert torch.equal(x, y), i
     assert dst[2].get_last_lr() == ref_s.get_last_lr()
+
+
+@pytest.mark.parametrize("variant", [{"dampening": 0.1}, {"amsgrad": True}, {"maximize": True}])
+def test_a_state_saved_with_a_variant_not_computed_here_is_refused(variant):
+    name = "adam" if "amsgrad" in variant else "sgd-nesterov-wd"
+    (_, ours, _), (_, theirs, _) = _pair(name)
+    sd = theirs.state_dict()
+    sd["param_groups"][0].update(variant)
+    with pytest.raises(ValueError, match=next(iter(variant))):
+        ours.load_state_dict(sd)
 
 
 def test_training_does_not_import_torch_dynamo():
