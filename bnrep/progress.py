@@ -171,9 +171,21 @@ def wait_tasks(ray, pending: list, stage: str, stream=None) -> None:
             print(line, file=out, flush=True)
 
 
-def stop_tasks(ray, pending: list, timeout_s: float = 60) -> None:
-    """Kill the tasks still running or queued and wait until they are gone, so that none writes after
-    the stage has ended (the files it was writing are then the lock holder's to remove)."""
+def stop_tasks(ray, pending: list, grace_s: float = 10, timeout_s: float = 60) -> None:
+    """Stop the tasks still running or queued before the stage ends, so that none writes after it.
+
+    First as a Ctrl-C would: `ray.cancel` raises KeyboardInterrupt in each running task, which unwinds
+    it (its `finally` blocks run), and Ray resolves the task's result only after its code has stopped;
+    a queued task never starts. A task still not stopped after `grace_s` (blocked in one long native
+    call) has its worker process killed (force); Ray may report that before the process is gone, so
+    such a task's last temporary file can outlive the stage (the next lock holder removes it)."""
+    for ref in pending:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref)
+    if not pending:
+        return
+    with contextlib.suppress(Exception):
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=grace_s)
     for ref in pending:
         with contextlib.suppress(Exception):
             ray.cancel(ref, force=True)

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import ray
 
-from bnrep.progress import LOG_EVERY_S, TrialBoard, tune_progress, wait_tasks
+from bnrep.progress import LOG_EVERY_S, TrialBoard, stop_tasks, tune_progress, wait_tasks
 from bnrep.store import StoreWriteError
 
 
@@ -100,15 +100,19 @@ def alive(pid: int) -> bool:
 
 
 def test_a_failed_task_stops_the_others_before_the_stage_ends(tmp_path):
-    """A task that cannot write ends the stage with its one line; a task still running then is killed
-    before wait_tasks returns (its half-written file is then the lock holder's to remove), not retried."""
-    pid_file = tmp_path / "pid"
+    """A task that cannot write ends the stage with its one line; a task still running then has
+    stopped, its `finally` run, before wait_tasks returns (so it writes nothing after the stage ends),
+    and is not retried."""
+    started, stopped = tmp_path / "started", tmp_path / "stopped"
 
     @ray.remote(max_retries=3)
-    def busy(path):
-        Path(path + ".tmp").write_text(str(os.getpid()))
-        os.rename(path + ".tmp", path)  # (whole, when the other task sees it)
-        time.sleep(600)
+    def busy(started, stopped):
+        Path(started).write_text(str(os.getpid()))
+        try:
+            while True:  # Python between short calls, as the analysis' tasks run
+                time.sleep(0.01)
+        finally:
+            Path(stopped).write_text(str(os.getpid()))
 
     @ray.remote
     def full_disk(path):
@@ -118,10 +122,37 @@ def test_a_failed_task_stops_the_others_before_the_stage_ends(tmp_path):
 
     ray.init(num_cpus=2, include_dashboard=False)
     try:
-        refs = [busy.remote(str(pid_file)), full_disk.remote(str(pid_file))]
+        refs = [busy.remote(str(started), str(stopped)), full_disk.remote(str(started))]
         with pytest.raises(StoreWriteError, match="^cannot write results/x.parquet: No space left on device$"):
             wait_tasks(ray, refs, "analysis", stream=io.StringIO())
-        assert not alive(int(pid_file.read_text()))
+        assert stopped.read_text() == started.read_text()  # unwound in its own process, before the return
+        with pytest.raises(ray.exceptions.TaskCancelledError):  # cancelled, not retried
+            ray.get(refs[0], timeout=60)
+    finally:
+        ray.shutdown()
+
+
+def test_a_task_stuck_in_a_native_call_is_killed(tmp_path):
+    """A task that does not stop at the interrupt (one long native call) has its process killed."""
+    started = tmp_path / "started"
+
+    @ray.remote(max_retries=3)
+    def stuck(path):
+        Path(path).write_text(str(os.getpid()))
+        time.sleep(600)  # one C call: the interrupt is only seen when it returns
+
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        ref = stuck.remote(str(started))
+        while not started.exists():
+            time.sleep(0.01)
+        stop_tasks(ray, [ref], grace_s=1)
+        with pytest.raises((ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError)):
+            ray.get(ref, timeout=60)
+        pid, deadline = int(started.read_text()), time.monotonic() + 60  # Ray may answer before it is gone
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(pid)
     finally:
         ray.shutdown()
 
