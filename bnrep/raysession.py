@@ -19,7 +19,9 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import socket
+import threading
 
 from bnrep.models import user_module_path
 from bnrep.store import Store, is_uri
@@ -109,11 +111,29 @@ def ray_session(address: str | None, model: str | None = None):
             ray.init(address=address, **quiet)
         elif started:  # Ray turns token auth on for a private cluster by default and warns that it did: as wanted
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-            ray.init(include_dashboard=False, **quiet)
+            with sigint_default_in_children():
+                ray.init(include_dashboard=False, **quiet)
         yield ray
     finally:
         if started:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def sigint_default_in_children():
+    """Processes started inside get SIGINT's default disposition even when this one ignores it (a run
+    started in the background by a non-interactive shell: an ignored signal is inherited, a handled
+    one is reset in the child). Stopping a stage's tasks interrupts them through SIGINT's handler in
+    their Ray worker (bnrep.progress.stop_tasks); a worker that ignores SIGINT would run on until it
+    is killed. This process keeps its own disposition."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def check_shared_out(ray, store: Store) -> None:

@@ -12,6 +12,7 @@ import pytest
 import ray
 
 from bnrep.progress import LOG_EVERY_S, TrialBoard, stop_tasks, tune_progress, wait_tasks
+from bnrep.raysession import ray_session
 from bnrep.store import StoreWriteError
 
 
@@ -120,16 +121,32 @@ def test_a_failed_task_stops_the_others_before_the_stage_ends(tmp_path):
             time.sleep(0.01)
         raise StoreWriteError("cannot write results/x.parquet: No space left on device")
 
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
+    with ray_session(None):  # as bnrep starts Ray (its workers interruptible even if this process ignores SIGINT)
         refs = [busy.remote(str(started), str(stopped)), full_disk.remote(str(started))]
         with pytest.raises(StoreWriteError, match="^cannot write results/x.parquet: No space left on device$"):
             wait_tasks(ray, refs, "analysis", stream=io.StringIO())
         assert stopped.read_text() == started.read_text()  # unwound in its own process, before the return
         with pytest.raises(ray.exceptions.TaskCancelledError):  # cancelled, not retried
             ray.get(refs[0], timeout=60)
+
+
+def test_workers_take_sigint_even_when_the_run_ignores_it():
+    """A run started in the background by a non-interactive shell ignores SIGINT, and so would every Ray
+    worker it starts: then no task could be interrupted. The workers get SIGINT's default; the run keeps
+    its own disposition."""
+    import signal
+
+    @ray.remote
+    def disposition():
+        return signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with ray_session(None):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert ray.get(disposition.remote())
     finally:
-        ray.shutdown()
+        signal.signal(signal.SIGINT, before)
 
 
 def test_a_task_stuck_in_a_native_call_is_killed(tmp_path):
@@ -141,8 +158,7 @@ def test_a_task_stuck_in_a_native_call_is_killed(tmp_path):
         Path(path).write_text(str(os.getpid()))
         time.sleep(600)  # one C call: the interrupt is only seen when it returns
 
-    ray.init(num_cpus=1, include_dashboard=False)
-    try:
+    with ray_session(None):
         ref = stuck.remote(str(started))
         while not started.exists():
             time.sleep(0.01)
@@ -153,8 +169,6 @@ def test_a_task_stuck_in_a_native_call_is_killed(tmp_path):
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not alive(pid)
-    finally:
-        ray.shutdown()
 
 
 def test_tunes_copy_racing_its_own_temporary_file_stays_off_the_console(tmp_path):
