@@ -126,7 +126,8 @@ def sigint_default_in_children():
     one is reset in the child). Stopping a stage's tasks interrupts them through SIGINT's handler in
     their Ray worker (bnrep.progress.stop_tasks); a worker that ignores SIGINT would run on until it
     is killed. This process keeps its own disposition."""
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN or threading.current_thread() is not threading.main_thread():
+    main = threading.current_thread() is threading.main_thread()  # (signal handlers: the main thread only)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN or not main:
         yield
         return
     signal.signal(signal.SIGINT, signal.default_int_handler)
