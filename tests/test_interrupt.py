@@ -3,7 +3,6 @@
 released, nothing of Tune's own, no wait for other libraries' exit handlers (one that never returns is
 injected); the same command then resumes and finishes."""
 
-import contextlib
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import time
 import pytest
 
 from bnrep.lock import current_writer
+from bnrep.raysession import sigint_default_in_children
 from bnrep.store import Store
 from tests.conftest import injected
 from tests.processes import descendants, kill_tree
@@ -23,26 +23,14 @@ LINE = "interrupted: rerun the same command to resume\n"
 HUNG_S = 300  # each wait below takes 3-20 s here; a run still there after this has hung: its stacks are shown
 
 
-@contextlib.contextmanager
-def foreground():
-    """Processes started within get SIGINT as a command typed in a terminal does. A suite started in
-    the background by a non-interactive shell (`nohup sh -c 'pytest' &`) ignores SIGINT, and a child
-    inherits an ignored signal (it would never see the Ctrl-C: seen, it trained, analysed and reported);
-    a signal with a handler is reset to its default in the child instead. (No preexec_fn: not safe in
-    a process with threads, as pytest's is after the in-process Ray tests.)"""
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, before)
-
-
 def bnrep_run(out, moment: str | None = None, **inject) -> tuple[int, str, str]:
     """`bnrep run` on `out`, with SIGINT once it has printed a line containing `moment` (if given);
     (exit, stdout, stderr). The output goes to files, not pipes: a pipe's end is the end of every process
     holding it, and a full stderr pipe nobody reads would stop the run before the moment."""
     logs = out.parent / "stdout", out.parent / "stderr"
-    with open(logs[0], "w") as o, open(logs[1], "w") as e, foreground():
+    # the run takes SIGINT as a command typed in a terminal, even in a suite started in the background
+    # (which ignores SIGINT, and a child would inherit that); no preexec_fn: unsafe with pytest's threads
+    with open(logs[0], "w") as o, open(logs[1], "w") as e, sigint_default_in_children():
         p = subprocess.Popen([sys.executable, "-m", "bnrep", *ARGS, "--out", str(out)], stdout=o, stderr=e,
                              text=True, cwd=out.parent, env=injected(BNREP_STACKS_ON_USR2="1", **inject))
     try:
