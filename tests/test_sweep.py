@@ -1,14 +1,20 @@
 """The sweep's plan and scheduler: the configurations each condition searches, and ASHA within each
 condition while every condition's trials share one Tune run."""
 
+import heapq
+import json
 import math
 from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from bnrep.experiments import get_experiment
 from bnrep.stages.hparam import sampled
-from bnrep.stages.schedule import PerCondition
+from bnrep.stages.schedule import UNKNOWN, PerCondition, stopped_at, stopped_results
 
 ASHA = dict(time_attr="training_iteration", max_t=9, grace_period=1, reduction_factor=3)
 
@@ -31,8 +37,8 @@ def test_every_condition_searches_the_same_seeded_configurations_within_its_rang
     assert -3 <= logs[0] < -2.9 and -1.1 < logs[-1] <= -1 and -2.2 < logs[200] < -1.8
 
 
-def trial(tid: str, norm: str):
-    return SimpleNamespace(trial_id=tid, config={"run": {"norm": norm, "lr": 0.1}})
+def trial(tid: str, norm: str, lr: float = 0.1):
+    return SimpleNamespace(trial_id=tid, config={"run": {"norm": norm, "lr": lr}})
 
 
 def decisions(scheduler, results):
@@ -47,9 +53,13 @@ def decisions(scheduler, results):
     return out
 
 
+def plan(*trials):
+    return [t.config["run"] for t in trials]
+
+
 def test_asha_stops_a_trial_only_against_trials_of_its_own_condition():
-    b = [trial(f"b{i}", "batch") for i in range(3)]
-    n = [trial(f"n{i}", "none") for i in range(2)]
+    b = [trial(f"b{i}", "batch", 0.1 * i) for i in range(3)]
+    n = [trial(f"n{i}", "none", 0.1 * i) for i in range(2)]
     # three BatchNorm trials score high at the first rung, then the unnormalised ones score low
     results = [(b[0], 1, 0.9), (b[1], 1, 0.8), (b[2], 1, 0.7), (n[0], 1, 0.1), (n[1], 1, 0.05)]
     C, S = TrialScheduler.CONTINUE, TrialScheduler.STOP
@@ -57,15 +67,131 @@ def test_asha_stops_a_trial_only_against_trials_of_its_own_condition():
     # are cut against the BatchNorm ones
     assert decisions(ASHAScheduler(**ASHA), results) == [C, S, S, S, S]  # (a rung's first result goes on)
     # per condition: each condition's rung holds its own trials only, as in a search of its own
-    per = PerCondition({"batch": ASHA, "none": ASHA})
+    per = PerCondition({"batch": ASHA, "none": ASHA}, plan(*b, *n))
     assert decisions(per, results) == [C, S, S, C, S]
     alone = [decisions(ASHAScheduler(**ASHA), [r for r in results if r[0].config["run"]["norm"] == c])
              for c in ("batch", "none")]
     assert alone == [[C, S, S], [C, S]]
-    assert set(per.by) == {"batch", "none"}
 
 
 def test_each_condition_keeps_its_own_epoch_budget():
-    per = PerCondition({"batch": ASHA, "none": {**ASHA, "max_t": 3}})
     t, u = trial("b", "batch"), trial("n", "none")
+    per = PerCondition({"batch": ASHA, "none": {**ASHA, "max_t": 3}}, plan(t, u))
     assert decisions(per, [(t, 3, 0.5), (u, 3, 0.5)]) == [TrialScheduler.CONTINUE, TrialScheduler.STOP]
+
+
+# ==== the same trials stopped whatever the order results arrive in ====
+def histories(rng, n: int, max_t: int) -> list[list[float]]:
+    """Per trial, its objective after each epoch it trains unless stopped: some end early (they
+    interpolate), some tie at a rung."""
+    out = []
+    for _ in range(n):
+        end = int(rng.integers(1, max_t + 1)) if rng.random() < 0.4 else max_t
+        out.append([float(rng.choice([0.5, 0.6, 0.7]) if rng.random() < 0.3 else rng.random()) for _ in range(end)])
+    return out
+
+
+def simulate(scheduler, trials, values, slots: int, rng) -> list[int]:
+    """A Tune run in miniature: trials start in plan order on `slots` slots, each epoch takes a random
+    time, and each result goes to the scheduler as it arrives. The last epoch each trial reported."""
+    scheduler.set_search_properties("objective", "max")
+    for t in trials:
+        scheduler.on_trial_add(None, t)
+    clock, events, queue, last = 0.0, [], list(range(len(trials))), [0] * len(trials)
+
+    def start(i, at):
+        heapq.heappush(events, (at + rng.exponential(), i))
+
+    for _ in range(slots):
+        if queue:
+            start(queue.pop(0), clock)
+    while events:
+        clock, i = heapq.heappop(events)
+        last[i] += 1
+        result = {"training_iteration": last[i], "objective": values[i][last[i] - 1]}
+        if last[i] == len(values[i]):  # its own stopping rule: the last report, then the function returns
+            scheduler.on_trial_result(None, trials[i], result)
+            scheduler.on_trial_complete(None, trials[i], result)
+        elif scheduler.on_trial_result(None, trials[i], result) == TrialScheduler.STOP:
+            scheduler.on_trial_complete(None, trials[i], result)
+        else:
+            start(i, clock)
+            continue
+        if queue:
+            start(queue.pop(0), clock)
+    return last
+
+
+def outcome(trials, values, last, asha):
+    """The epoch each trial's row reports (bnrep.stages.hparam.trials_table's view)."""
+    results = [SimpleNamespace(config=t.config, metrics={"training_iteration": n, "objective": v[n - 1]},
+                               metrics_dataframe=pd.DataFrame({"training_iteration": range(1, n + 1),
+                                                               "objective": v[:n]}))
+               for t, v, n in zip(trials, values, last)]
+    return [m["training_iteration"] for m in stopped_results(results, asha, plan(*trials))]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_same_trials_stop_at_the_same_epochs_whatever_order_their_results_arrive_in(seed):
+    rng = np.random.default_rng(seed)
+    spec = dict(time_attr="training_iteration", max_t=27, grace_period=1, reduction_factor=3)  # rungs 1, 3, 9, 27
+    trials = [trial(f"t{i}", "batch", 0.01 * (i + 1)) for i in range(10)]
+    values = histories(rng, len(trials), 27)
+    # one slot: results arrive in plan order, and the decisions are Ray's ASHA's
+    one = simulate(PerCondition({"batch": spec}, plan(*trials)), trials, values, 1, rng)
+    assert one == simulate(ASHAScheduler(**spec), trials, values, 1, rng)
+    assert outcome(trials, values, one, {"batch": spec}) == one
+    # more slots, random epoch times: ASHA's outcome moves with the order; bnrep's does not
+    seen_asha, seen_ours = set(), set()
+    for slots in (2, 3, 4) * 8:
+        seen_asha.add(tuple(simulate(ASHAScheduler(**spec), trials, values, slots, rng)))
+        last = simulate(PerCondition({"batch": spec}, plan(*trials)), trials, values, slots, rng)
+        assert all(a >= b for a, b in zip(last, one))  # it trained on at most, waiting on a trial before it
+        seen_ours.add(tuple(outcome(trials, values, last, {"batch": spec})))
+    assert seen_ours == {tuple(one)}
+    assert len(seen_asha) > 1  # (else the schedules did not test the order)
+
+
+def test_a_decision_waits_for_the_trials_planned_before_it():
+    """The rule on its own: a trial at a rung is compared with the trials planned before it that reach
+    it; it waits while one of them may still do so."""
+    rungs = [1, 3]
+    # t1 beats t0 at rung 1 and is behind it at 3; t2 reached rung 1 first, while t0 and t1 trained
+    assert stopped_at([{}, {}, {1: 0.2}], [False] * 3, rungs, 3) == [None, None, UNKNOWN]
+    assert stopped_at([{1: 0.5}, {}, {1: 0.2}], [False] * 3, rungs, 3) == [None, None, UNKNOWN]
+    assert stopped_at([{1: 0.5}, {}, {1: 0.2}], [False, True, False], rungs, 3) == [None, None, 1]  # t1 ended
+    assert stopped_at([{1: 0.5}, {1: 0.9}, {1: 0.2}], [False] * 3, rungs, 3) == [None, None, 1]
+    assert stopped_at([{1: 0.5}, {1: 0.9}, {1: 0.95}], [False] * 3, rungs, 3) == [None, None, None]
+    # at rung 3: t0 (0.5) and t1 (0.4): t1 is stopped there; t2 is compared with both
+    h = [{1: 0.5, 3: 0.5}, {1: 0.9, 3: 0.4}, {1: 0.95, 3: 0.48}]
+    assert stopped_at(h, [False] * 3, rungs, 3) == [None, 3, None]  # 0.48 >= the 2/3 quantile of (0.5, 0.4)
+    # t1 stopped at rung 1 never reaches 3: t2 is compared with t0 alone there
+    assert stopped_at([h[0], {1: 0.1, 3: 0.4}, h[2]], [False] * 3, rungs, 3) == [None, 1, 3]
+
+
+def test_a_resumed_sweep_decides_with_what_its_trials_reported_before(tmp_path):
+    """Tuner.restore adds a trial that ended before the interruption with its status only: the
+    scheduler reads what it reported from its result.json, so the trials after it are compared with
+    it as in the uninterrupted run."""
+    from pyarrow import fs as pafs
+
+    spec = dict(time_attr="training_iteration", max_t=9, grace_period=1, reduction_factor=3)
+    first, second = trial("t0", "batch", 0.1), trial("t1", "batch", 0.2)
+    reported = [{"training_iteration": e, "objective": v} for e, v in ((1, 0.9), (2, 0.95), (3, 0.97))]
+    (tmp_path / "result.json").write_text("".join(json.dumps(r) + "\n" for r in reported))
+    first.status = "TERMINATED"
+    first.storage = SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(), trial_fs_path=str(tmp_path))
+    second.status = "PENDING"
+    second.storage = SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(), trial_fs_path=str(tmp_path / "new"))
+    resumed = PerCondition({"batch": spec}, plan(first, second))
+    resumed.set_search_properties("objective", "max")
+    for t in (first, second):
+        resumed.on_trial_add(None, t)
+    assert resumed.hist[0] == {1: 0.9, 3: 0.97} and resumed.hist[1] == {}
+    C, S = TrialScheduler.CONTINUE, TrialScheduler.STOP
+    results = [{"training_iteration": e, "objective": v} for e, v in ((1, 0.92), (2, 0.93), (3, 0.94))]
+    assert [resumed.on_trial_result(None, second, r) for r in results] == [C, C, S]  # 0.94 < t0's 0.97 at 3
+    # what the uninterrupted run decided: t0's results live, then t1's
+    live = [(first, r["training_iteration"], r["objective"]) for r in reported]
+    assert decisions(PerCondition({"batch": spec}, plan(first, second)),
+                     live + [(second, r["training_iteration"], r["objective"]) for r in results])[3:] == [C, C, S]

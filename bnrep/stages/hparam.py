@@ -80,33 +80,42 @@ def run_sweep(exp: Experiment, opts: RunOptions, store: Store, todo: list[str], 
     fn = tune.with_resources(tune.with_parameters(trial, exp=exp, data=load_data(exp, opts.data_root), amp=opts.amp),
                              {"cpu": opts.cpus_per_trial, "gpu": gpus})
     configs = [c for norm in todo for c in sampled(exp, norm)]
+    asha = {n: asha_spec(exp, n) for n in todo}
     space, path = {"run": tune.grid_search(configs)}, store.uri(*SWEEP.split("/"))
     planned = store.read_json(SWEEP_PLAN) if store.exists(SWEEP_PLAN) else []
     if planned == configs and can_resume(store, SWEEP, space, "[hparam]", "sweep",
                                          "searching anew (seeded: the same configurations)"):
         print(f"[hparam] resuming the interrupted sweep in {path}", flush=True)
         restored = tune.Tuner.restore(path, trainable=fn, param_space=space, resume_errored=True)
-        return trials_table(restored.fit(), exp)
+        return trials_table(restored.fit(), exp, asha, configs)
     store.delete(SWEEP)  # what a run killed before Tune saved a usable state left
     store.write_json(SWEEP_PLAN, configs)
-    max_t = {n: exp.for_condition(n).sweep_epochs for n in todo}
-    progress = tune_progress("hparam", len(configs), max(max_t.values()), describe_config, describe_trial)
+    progress = tune_progress("hparam", len(configs), max(s["max_t"] for s in asha.values()), describe_config,
+                             describe_trial)
     storage, name = SWEEP.rsplit("/", 1)  # Tune's storage path and the run's name in it
-    asha = {n: dict(time_attr="training_iteration", max_t=t, grace_period=max(1, t // 4), reduction_factor=3)
-            for n, t in max_t.items()}
     tuner = tune.Tuner(
         fn, param_space=space,
-        tune_config=tune_config(metric="objective", mode="max", scheduler=PerCondition(asha),
+        tune_config=tune_config(metric="objective", mode="max", scheduler=PerCondition(asha, configs),
                                 trial_dirname_creator=sweep_dirname),
         run_config=run_config(opts, name, store.uri(storage), progress))
-    return trials_table(tuner.fit(), exp)
+    return trials_table(tuner.fit(), exp, asha, configs)
 
 
-def trials_table(grid, exp: Experiment) -> pd.DataFrame:
-    """One row per trial; its condition from its configuration, the normalisation the condition builds."""
+def asha_spec(exp: Experiment, norm: str) -> dict:
+    """ASHA's arguments for condition `norm`: its epoch budget, rungs at a quarter of it, then x3."""
+    t = exp.for_condition(norm).sweep_epochs
+    return dict(time_attr="training_iteration", max_t=t, grace_period=max(1, t // 4), reduction_factor=3)
+
+
+def trials_table(grid, exp: Experiment, asha: dict[str, dict], plan: list[dict]) -> pd.DataFrame:
+    """One row per trial; its condition from its configuration, the normalisation the condition builds.
+    A trial the scheduler stopped at a rung after it trained on (bnrep.stages.schedule) has the
+    results of that rung."""
+    from bnrep.stages.schedule import stopped_results
+
     rows = []
-    for r in grid:
-        m, cfg = r.metrics or {}, (r.config or {}).get("run", {})
+    for r, m in zip(grid, stopped_results(list(grid), asha, plan)):
+        cfg = (r.config or {}).get("run", {})
         cond = cfg["norm"]
         norm = exp.condition(cond)[0]
         rows.append({"trial_id": m.get("trial_id", ""), "bn": norm == "batch", "norm": norm, "condition": cond,
