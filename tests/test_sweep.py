@@ -195,3 +195,22 @@ def test_a_resumed_sweep_decides_with_what_its_trials_reported_before(tmp_path):
     live = [(first, r["training_iteration"], r["objective"]) for r in reported]
     assert decisions(PerCondition({"batch": spec}, plan(first, second)),
                      live + [(second, r["training_iteration"], r["objective"]) for r in results])[3:] == [C, C, S]
+
+
+def test_of_trials_that_tie_the_one_planned_first_is_best_whatever_order_tune_lists_them_in():
+    from bnrep.stages.hparam import asha_spec, best_trial, trials_table
+
+    exp = get_experiment("digits-cnn").override(num_samples=4)
+    configs = sampled(exp, "none")
+    asha = {"none": asha_spec(exp, "none")}
+    scores = [0.90, 0.95, 0.95, 0.95]  # three tie on objective and validation accuracy
+
+    def result(i):
+        m = {"trial_id": f"t{i}", "training_iteration": 3, "epoch": 3, "objective": scores[i], "val_acc": scores[i]}
+        return SimpleNamespace(config={"run": configs[i]}, metrics=m, error=None,
+                               metrics_dataframe=pd.DataFrame([m]))
+
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):  # a resumed run lists its trials in another order
+        table = trials_table([result(i) for i in order], exp, asha, configs)
+        assert list(table["trial_id"]) == ["t0", "t1", "t2", "t3"]
+        assert best_trial(table, "nobn")["trial_id"] == "t1"

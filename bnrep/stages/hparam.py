@@ -110,11 +110,11 @@ def asha_spec(exp: Experiment, norm: str) -> dict:
 def trials_table(grid, exp: Experiment, asha: dict[str, dict], plan: list[dict]) -> pd.DataFrame:
     """One row per trial; its condition from its configuration, the normalisation the condition builds.
     A trial the scheduler stopped at a rung after it trained on (bnrep.stages.schedule) has the
-    results of that rung."""
+    results of that rung. Rows in plan order (Tune lists a resumed run's trials in another)."""
     from bnrep.stages.schedule import stopped_results
 
-    rows = []
-    for r, m in zip(grid, stopped_results(list(grid), asha, plan)):
+    rows, grid = [], sorted(grid, key=lambda r: plan.index(r.config["run"]))
+    for r, m in zip(grid, stopped_results(grid, asha, plan)):
         cfg = (r.config or {}).get("run", {})
         cond = cfg["norm"]
         norm = exp.condition(cond)[0]
@@ -145,10 +145,12 @@ def describe_trial(r: dict) -> str:
 
 # ==== the best trial ====
 def best_trial(trials: pd.DataFrame, tag: str) -> dict:
+    """The highest objective, then validation accuracy; of equals (ties are common: accuracies are
+    fractions of one validation split), the trial planned first (trials_table's order)."""
     ok = trials[trials["error"] == ""].dropna(subset=["objective"])
     if ok.empty:
         raise StageFailed(f"every trial of {tag} failed ({trials['error'].iloc[0].strip().splitlines()[-1][:300]})")
-    b = ok.sort_values(["objective", "val_acc"], ascending=False).iloc[0]
+    b = ok.sort_values(["objective", "val_acc"], ascending=False, kind="stable").iloc[0]
     return {"lr": float(b["lr"]), "momentum": float(b["momentum"]), "objective": float(b["objective"]),
             "val_acc": float(b["val_acc"]), "epochs": int(b["epochs"]), "trial_id": b["trial_id"]}
 
