@@ -22,7 +22,11 @@
    the slots Ray runs at once (cores // cpus per trial): what a perfect
    scheduler with no overhead would take for the same work.
 3. Checks that it is the same work: epochs per trial and model equal, and the
-   accuracies and every analysis table equal bnrep's.
+   accuracies and every analysis table equal bnrep's. sweep_epochs_trained
+   counts the epochs bnrep's trials trained, sweep_epochs_in_rows those the
+   plain sweep trains: more in the first when a trial trained on past a rung,
+   waiting on a trial planned before it, and was stopped there
+   (bnrep.stages.schedule).
 
 Prints one JSON line per stage: bnrep's wall, the plain wall, their ratio, the
 plain serial sum and the unit count, then a summary line with the load average
@@ -32,6 +36,7 @@ before and after.
 from __future__ import annotations
 
 import argparse
+import glob
 import heapq
 import json
 import os
@@ -85,6 +90,17 @@ def timed(fn) -> tuple[float, object]:
     t = time.perf_counter()
     r = fn()
     return time.perf_counter() - t, r
+
+
+def sweep_epochs_trained(out: str, experiment: str) -> int:
+    """Epochs bnrep's sweep trials trained (the last iteration each reported to Tune). More than its
+    rows say when a trial trained on past a rung while a trial planned before it had not reached it,
+    and was then stopped there (bnrep.stages.schedule): work the plain process does not do."""
+    total = 0
+    for tdir in glob.glob(os.path.join(out, experiment, "hparam", "tune", "sweep", "*", "result.json")):
+        with open(tdir) as f:
+            total += max((json.loads(line).get("training_iteration", 0) for line in f if line.strip()), default=0)
+    return total
 
 
 def plain_sweep(exp, data, trials: pd.DataFrame) -> tuple[list[float], list[int]]:
@@ -241,7 +257,9 @@ def main() -> None:
                           "plain_serial_s": round(sum(times), 1), "units": len(times), "slots": slots}), flush=True)
     print(json.dumps({"summary": a.experiment, "bnrep_run_s": round(walls["total"], 1),
                       "startup_s": round(walls["startup"], 1), "report_s": round(walls.get("report", 0), 1),
-                      "same_epochs": same_epochs, "same_test_acc": same_acc, "analysis_tables_differ": differ,
+                      "same_epochs": same_epochs, "sweep_epochs_in_rows": int(trials["epochs"].sum()),
+                      "sweep_epochs_trained": sweep_epochs_trained(out, a.experiment),
+                      "same_test_acc": same_acc, "analysis_tables_differ": differ,
                       "cpus": cpu, "load_before": [round(x, 2) for x in load_before],
                       "load_after": [round(x, 2) for x in os.getloadavg()]}), flush=True)
     if not a.keep:
