@@ -214,3 +214,28 @@ def test_of_trials_that_tie_the_one_planned_first_is_best_whatever_order_tune_li
         table = trials_table([result(i) for i in order], exp, asha, configs)
         assert list(table["trial_id"]) == ["t0", "t1", "t2", "t3"]
         assert best_trial(table, "nobn")["trial_id"] == "t1"
+
+
+def test_equal_configurations_are_separate_trials():
+    """A fixed learning rate and one momentum: every sample is the same configuration (they train
+    alike); each trial still has a place of its own in the plan."""
+    from bnrep.stages.hparam import asha_spec, trials_table
+
+    exp = get_experiment("digits-cnn").override(num_samples=3, lr_range=(0.01, 0.01), momentum_choices=(0.9,))
+    configs = sampled(exp, "none")
+    assert configs[0] == configs[1] == configs[2]
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={"run": dict(configs[i])}) for i in range(3)]
+    spec = dict(time_attr="training_iteration", max_t=9, grace_period=1, reduction_factor=3)
+    results = [(trials[0], 1, 0.5), (trials[1], 1, 0.4), (trials[2], 1, 0.6)]
+    per = PerCondition({"none": spec}, configs)
+    assert decisions(per, results) == decisions(ASHAScheduler(**spec), results)
+    assert sorted(per.tid.values()) == [0, 1, 2]
+
+    asha = {"none": asha_spec(exp, "none")}
+
+    def result(i):
+        m = {"trial_id": f"t{i}", "training_iteration": 2, "epoch": 2, "objective": 0.9, "val_acc": 0.9}
+        return SimpleNamespace(config={"run": dict(configs[i])}, metrics=m, error=None,
+                               metrics_dataframe=pd.DataFrame([m]))
+
+    assert sorted(trials_table([result(i) for i in (2, 0, 1)], exp, asha, configs)["trial_id"]) == ["t0", "t1", "t2"]

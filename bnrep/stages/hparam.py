@@ -111,9 +111,11 @@ def trials_table(grid, exp: Experiment, asha: dict[str, dict], plan: list[dict])
     """One row per trial; its condition from its configuration, the normalisation the condition builds.
     A trial the scheduler stopped at a rung after it trained on (bnrep.stages.schedule) has the
     results of that rung. Rows in plan order (Tune lists a resumed run's trials in another)."""
-    from bnrep.stages.schedule import stopped_results
+    from bnrep.stages.schedule import positions, stopped_results
 
-    rows, grid = [], sorted(grid, key=lambda r: plan.index(r.config["run"]))
+    grid = list(grid)
+    rows, grid = [], [r for _, r in sorted(zip(positions([r.config["run"] for r in grid], plan), grid),
+                                           key=lambda pr: pr[0])]
     for r, m in zip(grid, stopped_results(grid, asha, plan)):
         cfg = (r.config or {}).get("run", {})
         cond = cfg["norm"]

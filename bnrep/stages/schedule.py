@@ -26,6 +26,17 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 UNKNOWN = "unknown"  # a decision that waits for a trial planned earlier
 
 
+def positions(configs: list[dict], plan: list[dict], taken: set | None = None) -> list[int]:
+    """Plan position of each configuration; equal ones (a fixed lr and one momentum: every sample
+    alike) take successive free positions."""
+    taken, out = set(taken or ()), []
+    for c in configs:
+        p = next(p for p, q in enumerate(plan) if q == c and p not in taken)
+        taken.add(p)
+        out.append(p)
+    return out
+
+
 def rungs(max_t: int, grace_period: int, reduction_factor: float) -> list[int]:
     """ASHA's milestones (Ray's single bracket): grace_period * rf^k below max_t."""
     n = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
@@ -88,8 +99,8 @@ class PerCondition(FIFOScheduler):
 
     def _index(self, trial) -> int:
         i = self.tid.get(trial.trial_id)
-        if i is None:
-            i = self.tid[trial.trial_id] = self.plan.index(trial.config["run"])
+        if i is None:  # equal configurations (a fixed lr): the next free position (they train alike)
+            i = self.tid[trial.trial_id] = positions([trial.config["run"]], self.plan, set(self.tid.values()))[0]
             self.hist[i] = _reported(trial, self.asha[trial.config["run"]["norm"]], self._metric, self._sign())
         return i
 
@@ -166,7 +177,7 @@ def milestone_results(results: list[dict], spec: dict, metric: str, sign: float 
 def stopped_results(results: list, asha: dict[str, dict], plan: list[dict], metric: str = "objective") -> list[dict]:
     """Per Tune result (of a finished sweep, mode max): its metrics, or those at the rung the rule
     stopped it at when it trained past that rung (it waited there on a trial planned before it)."""
-    index = [plan.index((r.config or {})["run"]) for r in results]
+    index = positions([r.config["run"] for r in results], plan)
     history = [[] if r.metrics_dataframe is None else r.metrics_dataframe.to_dict("records") for r in results]
     at: dict[int, object] = {}
     for norm, spec in asha.items():
