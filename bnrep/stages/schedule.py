@@ -38,7 +38,7 @@ def positions(configs: list[dict], plan: list[dict], taken: set | None = None) -
 
 
 def rungs(max_t: int, grace_period: int, reduction_factor: float) -> list[int]:
-    """ASHA's milestones (Ray's single bracket): grace_period * rf^k below max_t."""
+    """ASHA's milestones (Ray's single bracket): grace_period * rf^k, k = 0, 1, ... up to max_t."""
     n = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
     return [grace_period * reduction_factor ** k for k in range(n)]
 
@@ -110,11 +110,8 @@ class PerCondition(FIFOScheduler):
     def _record(self, trial, result: dict | None, ended: bool) -> int:
         i = self._index(trial)
         spec = self.asha[trial.config["run"]["norm"]]
-        if result and spec["time_attr"] in result and self._metric in result:
-            at = result[spec["time_attr"]]
-            for r in rungs(spec["max_t"], spec["grace_period"], spec["reduction_factor"]):
-                if at >= r and r not in self.hist[i]:
-                    self.hist[i][r] = self._sign() * float(result[self._metric])
+        for r, v in milestone_results([result] if result else [], spec, self._metric, self._sign()).items():
+            self.hist[i].setdefault(r, v)  # the first result at or past each milestone
         self.ended[i] = ended
         self._decide(trial.config["run"]["norm"])
         return i
