@@ -4,6 +4,7 @@ condition while every condition's trials share one Tune run."""
 import heapq
 import json
 import math
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -239,3 +240,47 @@ def test_equal_configurations_are_separate_trials():
                                metrics_dataframe=pd.DataFrame([m]))
 
     assert sorted(trials_table([result(i) for i in (2, 0, 1)], exp, asha, configs)["trial_id"]) == ["t0", "t1", "t2"]
+
+
+@pytest.mark.slow
+def test_in_tune_a_trial_ahead_of_one_planned_before_it_trains_on_then_keeps_its_rungs_results(tmp_path):
+    """Real Tune on two slots. Trial 1 reaches the first rung while trial 0 holds back its first
+    result until trial 1 has reported epoch 3 (files, no clock): trial 1 trains on meanwhile. Once
+    trial 0 has reported, trial 1's next result is stopped (rung 1 decides against it) and its row
+    holds its rung's results; Ray's ASHA would have kept it (it reached the rung first)."""
+    import ray
+    from ray import tune
+
+    plan = [{"norm": "batch", "lr": 0.1}, {"norm": "batch", "lr": 0.2}]
+    spec = dict(time_attr="training_iteration", max_t=9, grace_period=1, reduction_factor=3)  # rungs 1, 3, 9
+
+    def wait_for(path):
+        for _ in range(60_000):  # (a cap only against a hang: the order comes from the files)
+            if path.exists():
+                return
+            time.sleep(0.01)
+        raise TimeoutError(path)
+
+    def fn(config):
+        me = plan.index(config["run"])
+        for epoch in range(1, 10):
+            if me == 0 and epoch == 1:
+                wait_for(tmp_path / "t1-epoch3")
+            if me == 1 and epoch == 4:
+                wait_for(tmp_path / "t0-epoch1")
+            tune.report({"objective": (0.9, 0.5)[me] + 0.001 * epoch})
+            (tmp_path / f"t{me}-epoch{epoch}").write_text("")  # written once Tune took the result
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        grid = tune.Tuner(fn, param_space={"run": tune.grid_search(plan)},
+                          tune_config=tune.TuneConfig(metric="objective", mode="max",
+                                                      scheduler=PerCondition({"batch": spec}, plan)),
+                          run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0)).fit()
+    finally:
+        ray.shutdown()
+    results = sorted(grid, key=lambda r: plan.index(r.config["run"]))
+    assert [r.error for r in results] == [None, None]
+    assert [r.metrics["training_iteration"] for r in results] == [9, 4]  # trial 1 trained 3 epochs past rung 1
+    rows = stopped_results(results, {"batch": spec}, plan)
+    assert [(m["training_iteration"], m["objective"]) for m in rows] == [(9, 0.909), (1, 0.501)]
