@@ -1,5 +1,6 @@
 """The sweep's plan and scheduler: the configurations each condition searches, and ASHA within each
-condition while every condition's trials share one Tune run."""
+condition while every condition's trials share one Tune run, in the plan's order so that the same
+trials stop at the same epochs whatever order their results arrive in."""
 
 import heapq
 import json
