@@ -114,8 +114,8 @@ def trials_table(grid, exp: Experiment, asha: dict[str, dict], plan: list[dict])
     from bnrep.stages.schedule import positions, stopped_results
 
     grid = list(grid)
-    rows, grid = [], [r for _, r in sorted(zip(positions([r.config["run"] for r in grid], plan), grid),
-                                           key=lambda pr: pr[0])]
+    order = positions([r.config["run"] for r in grid], plan)
+    grid, rows = [grid[k] for k in sorted(range(len(grid)), key=order.__getitem__)], []
     for r, m in zip(grid, stopped_results(grid, asha, plan)):
         cfg = (r.config or {}).get("run", {})
         cond = cfg["norm"]

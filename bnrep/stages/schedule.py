@@ -9,7 +9,7 @@ order) that reach the rung: ASHA's rule (reduction factor rf: stopped below the 
 those results) with the plan's order in place of the arrival order. When the arrival order is the
 plan's, the decisions are ASHA's. A trial that reaches a rung before a trial planned before it has
 settled there trains on, and is stopped at its next result if the rule stops it at that rung; its
-results are then those of the rung (`stopped_at`, used by the sweep's table).
+results are then those of the rung (`stopped_results`, used by the sweep's table).
 
 Imported when the sweep starts (it imports Ray Tune), not with the stage.
 """
