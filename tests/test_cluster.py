@@ -298,7 +298,10 @@ def test_token_auth_runs_the_pipeline_with_the_token_and_refuses_others(auth_clu
                        env={**plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}, cwd=tmp_path,
                        capture_output=True, text=True)  # ~2 min idle
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert set(table(out, "hparam_trials")["node_id"]) == nodes, "the sweep did not run on both workers"
+    # the trials ran on the workers (the head has no CPU): both joined with the token. (Not "on both":
+    # one worker's actor can run all four short smoke trials before the other's has started.)
+    ran_on = set(table(out, "hparam_trials")["node_id"])
+    assert ran_on and ran_on <= nodes, f"the sweep ran on {ran_on}, not on the workers {nodes}"
     assert Store(out, EXPERIMENT).exists("report", "report.html")
     for name, p in refused.items():
         log = p.communicate()[0]  # a refused client gives up by itself (RAY_gcs_rpc_server_connect_timeout_s)
@@ -341,9 +344,14 @@ def test_every_trial_has_tensorboard_scalars_per_epoch(reference):
             assert ev[f"ray/tune/{col}"] == want, f"{mid}: {col}"
     sweep = table(reference, "hparam_trials")
     for _, row in sweep.iterrows():
-        ev = scalars(f"{root}/hparam/tune/sweep/{'bn' if row['bn'] else 'nobn'}-{row['trial_id']}")
-        assert [s for s, _ in ev["ray/tune/val_acc"]] == list(range(1, row["epochs"] + 1)), row["trial_id"]
-        assert ev["ray/tune/val_acc"][-1][1] == np.float32(row["val_acc"]), row["trial_id"]
+        d = f"{root}/hparam/tune/sweep/{'bn' if row['bn'] else 'nobn'}-{row['trial_id']}"
+        ev = scalars(d)
+        trained = max(json.loads(line)["training_iteration"] for line in open(f"{d}/result.json"))
+        assert [s for s, _ in ev["ray/tune/val_acc"]] == list(range(1, trained + 1)), row["trial_id"]
+        # a trial may have trained on past the rung it was stopped at (waiting on one planned before
+        # it: bnrep.stages.schedule); its row holds that rung's epoch
+        assert trained >= row["epochs"], row["trial_id"]
+        assert dict(ev["ray/tune/val_acc"])[row["epochs"]] == np.float32(row["val_acc"]), row["trial_id"]
 
 
 # ==== URIs ====
@@ -401,14 +409,12 @@ def test_multinode_uses_both_workers_and_matches_single_node(multinode, referenc
     for name in ("training", "layer_sparsity", "class_dbi", "kmeans"):
         ran_on = {store.part_metadata(name, p)["node_id"] for p in store.parts(name)}
         assert ran_on == nodes, f"{name}: written on {ran_on}, workers are {nodes}"
-    # The sweep: same trials (Tune's trial ids differ); ASHA may stop a trial at
-    # another rung depending on which result arrives first, so compare each
-    # trial's values only where both runs trained it as long.
+    # The sweep: the same trials stopped at the same epochs with the same results, though more slots
+    # change the order results arrive in (bnrep.stages.schedule); Tune's trial ids and the nodes differ
     cols = ["bn", "lr", "momentum"]
-    a, b = (table(o, "hparam_trials").sort_values(cols).reset_index(drop=True) for o in (reference, out))
-    pd.testing.assert_frame_equal(a[cols], b[cols], check_exact=True)
-    same = a["epochs"] == b["epochs"]
-    pd.testing.assert_frame_equal(a.loc[same, ["val_acc", "objective"]], b.loc[same, ["val_acc", "objective"]])
+    a, b = (table(o, "hparam_trials").drop(columns=["trial_id", "node_id"]).sort_values(cols).reset_index(drop=True)
+            for o in (reference, out))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
     best = [{tag: {k: v for k, v in hp.items() if k != "trial_id"} for tag, hp in
              Store(o, EXPERIMENT).read_json("hparam/best_hparams.json").items()} for o in (reference, out)]
     assert best[0] == best[1]
