@@ -27,8 +27,9 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
 
     hparam_trials      one row per sweep trial; part = condition tag (bn, nobn, gn, ln, bn-b8)
         trial_id, bn, norm, condition, lr, momentum, epochs, train_acc, train_acc_running,
-        val_acc, interpolated, diverged, objective, error, node_id (of its last epoch)
-        (diverged: its training loss became NaN or inf; it stopped and scored -2)
+        val_acc, interpolated, diverged, objective, error, node_id (of the epoch the row holds)
+        (diverged: its training loss became NaN or inf; it stopped and scored -2. A trial stopped at a
+        rung holds that rung's epoch and results, also when it trained on past it: bnrep.stages.schedule)
     training           one row per trained model; part = model_id
         model_id, experiment, dataset, arch, model, bn, norm, condition, seed, lr, momentum,
         epochs, best_epoch, train_acc, val_acc, test_acc, interpolated, diverged,

@@ -405,10 +405,13 @@ def test_s3_pipeline_reads_back_with_pandas(multinode, s3_env):
 def test_multinode_uses_both_workers_and_matches_single_node(multinode, reference):
     out, nodes = multinode
     store = Store(out, EXPERIMENT)
-    assert set(table(out, "hparam_trials")["node_id"]) == nodes, "sweep trials did not run on both workers"
+    ran_on = {"hparam_trials": set(table(out, "hparam_trials")["node_id"])}
     for name in ("training", "layer_sparsity", "class_dbi", "kmeans"):
-        ran_on = {store.part_metadata(name, p)["node_id"] for p in store.parts(name)}
-        assert ran_on == nodes, f"{name}: written on {ran_on}, workers are {nodes}"
+        ran_on[name] = {store.part_metadata(name, p)["node_id"] for p in store.parts(name)}
+    # every unit of work on a worker (the head has no CPU), and both workers at work; not both in each
+    # stage: one worker's trial actor can run the four short smoke trials before the other's starts
+    assert all(r and r <= nodes for r in ran_on.values()), f"{ran_on}, workers are {nodes}"
+    assert set().union(*ran_on.values()) == nodes, f"{ran_on}, workers are {nodes}"
     # The sweep: the same trials stopped at the same epochs with the same results, though more slots
     # change the order results arrive in (bnrep.stages.schedule); Tune's trial ids and the nodes differ
     cols = ["bn", "lr", "momentum"]

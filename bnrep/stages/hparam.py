@@ -129,7 +129,7 @@ def trials_table(grid, exp: Experiment, asha: dict[str, dict], plan: list[dict])
                      "interpolated": bool(m.get("interpolated", False)),
                      "diverged": bool(m.get("diverged", False)),  # its loss became NaN or inf: scored last
                      "objective": float(m.get("objective", "nan")), "error": str(r.error or ""),
-                     "node_id": str(m.get("node_id", ""))})  # the Ray node of its last epoch
+                     "node_id": str(m.get("node_id", ""))})  # the Ray node of the epoch the row holds
     return pd.DataFrame(rows)
 
 
