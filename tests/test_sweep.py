@@ -5,6 +5,7 @@ trials stop at the same epochs whatever order their results arrive in."""
 import heapq
 import json
 import math
+import pickle
 import time
 from types import SimpleNamespace
 
@@ -248,7 +249,8 @@ def test_in_tune_a_trial_ahead_of_one_planned_before_it_trains_on_then_keeps_its
     """Real Tune on two slots. Trial 1 reaches the first rung while trial 0 holds back its first
     result until trial 1 has reported epoch 3 (files, no clock): trial 1 trains on meanwhile. Once
     trial 0 has reported, trial 1's next result is stopped (rung 1 decides against it) and its row
-    holds its rung's results; Ray's ASHA would have kept it (it reached the rung first)."""
+    holds its rung's results; Ray's ASHA would have kept it (it reached the rung first). Then the
+    run's state, as a sweep begun by an earlier bnrep would have left it, is refused for resuming."""
     import ray
     from ray import tune
 
@@ -277,7 +279,8 @@ def test_in_tune_a_trial_ahead_of_one_planned_before_it_trains_on_then_keeps_its
         grid = tune.Tuner(fn, param_space={"run": tune.grid_search(plan)},
                           tune_config=tune.TuneConfig(metric="objective", mode="max",
                                                       scheduler=PerCondition({"batch": spec}, plan)),
-                          run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0)).fit()
+                          run_config=tune.RunConfig(storage_path=str(tmp_path / "runs/exp/hparam/tune"),
+                                                    name="sweep", verbose=0)).fit()
     finally:
         ray.shutdown()
     results = sorted(grid, key=lambda r: plan.index(r.config["run"]))
@@ -285,3 +288,19 @@ def test_in_tune_a_trial_ahead_of_one_planned_before_it_trains_on_then_keeps_its
     assert [r.metrics["training_iteration"] for r in results] == [9, 4]  # trial 1 trained 3 epochs past rung 1
     rows = stopped_results(results, {"batch": spec}, plan)
     assert [(m["training_iteration"], m["objective"]) for m in rows] == [(9, 0.909), (1, 0.501)]
+
+    # Tuner.restore resumes with the scheduler pickled in tuner.pkl: one from an earlier bnrep (Ray's
+    # ASHA per condition, no plan) cannot resume, and the stage searches anew instead
+    from bnrep.stages.tuning import tune_state_problem
+    from bnrep.store import Store
+
+    store, pkl = Store(str(tmp_path / "runs"), "exp"), tmp_path / "runs/exp/hparam/tune/sweep/tuner.pkl"
+    assert tune_state_problem(store, "hparam/tune/sweep") is None
+    state = pickle.loads(pkl.read_bytes())
+    old = state["_tune_config"].scheduler
+    for name in ("state_version", "plan", "hist", "ended", "tid", "out"):
+        delattr(old, name)
+    old.by = {}  # what bnrep 0.3.0's PerCondition held
+    pkl.write_bytes(pickle.dumps(state))
+    assert tune_state_problem(store, "hparam/tune/sweep") == (
+        "an earlier bnrep began it, with a scheduler that keeps other state")

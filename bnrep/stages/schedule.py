@@ -83,10 +83,15 @@ class PerCondition(FIFOScheduler):
     share one Tune run (one start of the trial processes, and no slot idles at the end of one
     condition's search while another waits)."""
 
+    # Tuner.restore resumes with the scheduler pickled when the sweep began: one pickled by an
+    # earlier bnrep (1: Ray's ASHA per condition, no plan) cannot resume (bnrep.stages.tuning)
+    STATE_VERSION = 2
+
     def __init__(self, asha: dict[str, dict], plan: list[dict]):
         # asha: condition -> ASHAScheduler's arguments (time_attr, max_t, grace_period, reduction_factor);
         # plan: every trial's config["run"], in the order the sweep lists them
         super().__init__()
+        self.state_version = self.STATE_VERSION
         self.asha, self.plan, self._mode = asha, plan, None
         self.hist: dict[int, dict] = {}  # plan index -> milestone -> the trial's (signed) result there
         self.ended: dict[int, bool] = {}

@@ -100,7 +100,9 @@ def tune_state_problem(store: Store, rel: str, param_space: dict | None = None) 
 
     names = store.list_dir(rel)
     try:  # (bnrep.raysession quiets ExperimentAnalysis' warning about trials with no result yet)
-        keys = pickle.loads(store.read_bytes(f"{rel}/tuner.pkl")).get("__flattened_param_space_keys")
+        tuner = pickle.loads(store.read_bytes(f"{rel}/tuner.pkl"))
+        keys = tuner.get("__flattened_param_space_keys")
+        scheduler = getattr(tuner.get("_tune_config"), "scheduler", None)
         # the searcher's state (basic-variant-state-<time>.json, a pickle): the newest of each kind
         for prefix in {n.split("-", 1)[0] for n in names if n.endswith(".json")} - {"experiment_state"}:
             pickle.loads(store.read_bytes(f"{rel}/{max(n for n in names if n.startswith(prefix + '-'))}"))
@@ -110,6 +112,9 @@ def tune_state_problem(store: Store, rel: str, param_space: dict | None = None) 
         return f"its state does not load: {type(e).__name__}: {first}"
     if param_space is not None and keys is not None and keys != flat_keys(param_space):
         return f"it searched other keys ({', '.join(keys)})"
+    version = getattr(type(scheduler), "STATE_VERSION", None)  # a scheduler whose state Tune restores
+    if version is not None and getattr(scheduler, "state_version", 1) != version:
+        return "an earlier bnrep began it, with a scheduler that keeps other state"
     for t in trials:
         c = t.checkpoint
         if t.status != "TERMINATED" and c is not None and c.filesystem.get_file_info(c.path).type == pafs.FileType.NotFound:
