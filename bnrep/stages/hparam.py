@@ -152,7 +152,7 @@ def best_trial(trials: pd.DataFrame, tag: str) -> dict:
     ok = trials[trials["error"] == ""].dropna(subset=["objective"])
     if ok.empty:
         raise StageFailed(f"every trial of {tag} failed ({trials['error'].iloc[0].strip().splitlines()[-1][:300]})")
-    b = ok.sort_values(["objective", "val_acc"], ascending=False, kind="stable").iloc[0]
+    b = ok.sort_values(["objective", "val_acc"], ascending=False).iloc[0]  # (a sort on two columns is stable)
     return {"lr": float(b["lr"]), "momentum": float(b["momentum"]), "objective": float(b["objective"]),
             "val_acc": float(b["val_acc"]), "epochs": int(b["epochs"]), "trial_id": b["trial_id"]}
 

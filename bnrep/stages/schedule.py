@@ -37,10 +37,16 @@ def positions(configs: list[dict], plan: list[dict], taken: set | None = None) -
     return out
 
 
-def rungs(max_t: int, grace_period: int, reduction_factor: float) -> list[int]:
-    """ASHA's milestones (Ray's single bracket): grace_period * rf^k, k = 0, 1, ... up to max_t."""
-    n = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
-    return [grace_period * reduction_factor ** k for k in range(n)]
+def rungs(spec: dict) -> list[int]:
+    """ASHA's milestones (Ray's single bracket) for ASHAScheduler's arguments `spec`:
+    grace_period * rf^k, k = 0, 1, ... up to max_t."""
+    rf, first = spec["reduction_factor"], spec["grace_period"]
+    return [first * rf ** k for k in range(int(np.log(spec["max_t"] / first) / np.log(rf) + 1))]
+
+
+def decide(spec: dict, histories: list[dict], ended: list[bool]) -> list:
+    """stopped_at for one condition's trials under ASHAScheduler's arguments `spec`."""
+    return stopped_at(histories, ended, rungs(spec), spec["reduction_factor"])
 
 
 def stopped_at(histories: list[dict], ended: list[bool], milestones: list[int], rf: float) -> list:
@@ -124,10 +130,8 @@ class PerCondition(FIFOScheduler):
     def _decide(self, norm: str) -> None:
         spec = self.asha[norm]
         idx = [i for i, c in enumerate(self.plan) if c["norm"] == norm]
-        answer = stopped_at([self.hist.get(i, {}) for i in idx], [self.ended.get(i, False) for i in idx],
-                            rungs(spec["max_t"], spec["grace_period"], spec["reduction_factor"]),
-                            spec["reduction_factor"])
-        self.out.update(zip(idx, answer))
+        self.out.update(zip(idx, decide(spec, [self.hist.get(i, {}) for i in idx],
+                                        [self.ended.get(i, False) for i in idx])))
 
     def on_trial_add(self, tune_controller, trial):
         self._record(trial, None, getattr(trial, "status", None) in ("TERMINATED", "ERROR"))  # restored: its history
@@ -168,9 +172,10 @@ def _reported(trial, spec: dict, metric: str, sign: float) -> dict:
 def milestone_results(results: list[dict], spec: dict, metric: str, sign: float = 1.0) -> dict:
     """Milestone -> the first result at or past it, of a trial's results in order (signed)."""
     out: dict = {}
+    milestones = rungs(spec)
     for res in results:
         if spec["time_attr"] in res and metric in res:
-            for r in rungs(spec["max_t"], spec["grace_period"], spec["reduction_factor"]):
+            for r in milestones:
                 if res[spec["time_attr"]] >= r and r not in out:
                     out[r] = sign * float(res[metric])
     return out
@@ -184,9 +189,7 @@ def stopped_results(results: list, asha: dict[str, dict], plan: list[dict], metr
     at: dict[int, object] = {}
     for norm, spec in asha.items():
         mine = sorted((i, k) for k, i in enumerate(index) if plan[i]["norm"] == norm)
-        hist = [milestone_results(history[k], spec, metric) for _, k in mine]
-        answer = stopped_at(hist, [True] * len(mine), rungs(spec["max_t"], spec["grace_period"],
-                                                            spec["reduction_factor"]), spec["reduction_factor"])
+        answer = decide(spec, [milestone_results(history[k], spec, metric) for _, k in mine], [True] * len(mine))
         at.update({k: a for (_, k), a in zip(mine, answer)})
     out = []
     for k, r in enumerate(results):
