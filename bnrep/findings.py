@@ -268,7 +268,8 @@ def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame,
               f"r = {_num(partial['test_acc']['pearson_r'])} (p = {_p(partial['test_acc']['pearson_p'])}), "
               f"vs gap r = {_num(partial['gap']['pearson_r'])} (p = {_p(partial['gap']['pearson_p'])}).")
     f = Finding(2, claim(2, norm), verdict, detail, {"models": len(m), "test_acc": test, "gap": gap,
-                                                     "within_spearman_test_acc": within, "partial": partial}, norm)
+                                                     "within_spearman_test_acc": within, "partial": partial}, norm,
+                ref=ref)
     lost = _between_groups_only(m, {"test_acc": test, "gap": gap}, partial)
     if lost and verdict in JUDGED:
         f.verdict = "inconclusive"
@@ -302,17 +303,27 @@ def finding_purity(class_dbi: pd.DataFrame, kmeans: pd.DataFrame, first_layer: i
                      f"(mean gap {b} - {a} {gap:+.2f}).{_nan_note(cd)}")
         numbers["class_dbi"] = {"layers": len(c), "lower": list(lower), "higher": list(higher), "mean_gap": gap,
                                 "welch_p": dict(zip(c["layer"], c["p"]))}
-    k = compare_layers(shown(optimal_k(kmeans), first_layer), "dbi", norm)
+    best = shown(pair(optimal_k(kmeans), norm, ref), first_layer)
+    k = compare_layers(best, "dbi", norm, ref)
     if len(k):
         lower, last = k["layer"][(k["a"] < k["ref"]) & (k["p"] < P_MAX)], k.iloc[-1]
-        parts.append(bool(last["a"] < last["ref"] and last["p"] < P_MAX))
-        notes.append(f"k-means DBI at optimal k detectably lower with {a} in {len(lower)} of {len(k)} layers; final "
-                     f"shown layer {last['layer']}: {a} {last['a']:.2f} vs {b} {last['ref']:.2f} "
-                     f"(Welch p {_p(last['p'])}).")
-        numbers["kmeans_dbi"] = {"layers": len(k), "lower": list(lower), "final_layer": last["layer"],
-                                 "final": float(last["a"]), "final_ref": float(last["ref"]), "final_p": last["p"]}
+        notes.append(f"k-means DBI at optimal k detectably lower with {a} in {len(lower)} of {len(k)} layers; ")
+        numbers["kmeans_dbi"] = {"layers": len(k), "lower": list(lower)}
+        end = shown(pair(kmeans, norm, ref), first_layer).sort_values("layer_index").iloc[-1]  # dead or not
+        if last["layer_index"] == end["layer_index"]:
+            parts.append(bool(last["a"] < last["ref"] and last["p"] < P_MAX))
+            notes[-1] += (f"final shown layer {last['layer']}: {a} {last['a']:.2f} vs {b} {last['ref']:.2f} "
+                          f"(Welch p {_p(last['p'])}).")
+            numbers["kmeans_dbi"].update(final_layer=last["layer"], final=float(last["a"]),
+                                         final_ref=float(last["ref"]), final_p=last["p"])
+        else:  # the claim is about the final layer: an earlier one does not stand in for it
+            dead = [n for n, c in ((a, norm), (b, ref)) if not (best["layer_index"].eq(end["layer_index"])
+                                                                & best["condition"].eq(c)).any()]
+            notes[-1] += (f"the final shown layer {end['layer']} has no optimal k with {' or '.join(dead)} "
+                          f"(no finite DBI in any seed: a dead layer), so the final-layer part is not evaluated.")
     if not parts:
-        return _not_evaluated(3, {"class_dbi": class_dbi, "kmeans": kmeans}, norm, ref)
+        f = _not_evaluated(3, {"class_dbi": class_dbi, "kmeans": kmeans}, norm, ref)
+        return dataclasses.replace(f, detail=" ".join([f.detail, *notes]))
     verdict = "supported" if all(parts) else "not supported" if not any(parts) else "mixed"
     if len(parts) == 1:
         notes.append("(only one of the two parts could be evaluated.)")

@@ -214,3 +214,45 @@ def test_claims_are_judged_against_the_reference_condition():
     g = findings.finding_sparsity(ls, "gn-b4", r.ref)
     assert diff(g.detail, "gn-b4") == pytest.approx(60, abs=1)  # against bn-b64, bn-b4 left out
     assert "judged against the reference condition BatchNorm, batch size 64 (bn-b64)" in findings.rules(r.norms, r.ref)[-1]
+
+
+def _per_layer(level: dict, value: str, ks=(None,)):
+    """Rows of 4 seeds x 5 layers per condition: `value` = level[condition] (+ k, the first k optimal) + noise."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    return pd.DataFrame([dict(model_id=f"{c}-{s}", bn=c == "batch", norm=c, condition=c, seed=s, layer=f"l{i}",
+                              layer_index=i,
+                              **({} if k is None else {"k": k, "optimal": k == ks[0]}),
+                              **{value: level[c] + (k or 0) + rng.normal() * 0.01})
+                         for c in level for s in range(4) for i in range(1, 6) for k in ks])
+
+
+def test_claim_3_is_judged_against_the_reference_condition():
+    """Both parts of claim 3 compare with the reference (here GN, purer than BN), not with a `none`
+    condition beside it (less pure than BN): judged against none, BN would look purer."""
+    from bnrep import findings
+
+    level = {"batch": 3.0, "group": 2.0, "none": 4.0}
+    f = findings.finding_purity(_per_layer(level, "dbi"), _per_layer(level, "dbi", ks=(2, 3)), 1, "batch", "group")
+    assert f.verdict == "not supported" and f.ref == "group", f.detail
+    k = f.numbers["kmeans_dbi"]
+    assert k["final_layer"] == "l5" and k["final"] == pytest.approx(5.0, abs=0.05)
+    assert k["final_ref"] == pytest.approx(4.0, abs=0.05), "the reference's k-means DBI, not none's"
+    assert "final shown layer l5: BN 5.00 vs GN 4.00" in f.detail
+
+
+def test_claim_2_names_its_reference():
+    import pandas as pd
+
+    from bnrep import findings
+
+    norm = ["batch" if i % 2 == 0 else "group" for i in range(8)]
+    ids = [f"m{i}" for i in range(8)]
+    tr = pd.DataFrame(dict(model_id=ids, norm=norm, condition=norm, seed=range(8), train_acc=1.0,
+                           test_acc=[.90, .95, .92, .97, .97, .92, .95, .90]))
+    ls = pd.DataFrame(dict(model_id=ids, norm=norm, condition=norm, seed=range(8), layer="l1", layer_index=1,
+                           sparsity=[(i + 1) / 10 for i in range(8)]))
+    f = findings.finding_generalisation(tr, ls, "batch", "group")
+    assert f.verdict != "not evaluated" and f.ref == "group"

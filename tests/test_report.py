@@ -304,6 +304,19 @@ def test_finding_purity_nan_and_one_part():
     assert findings.finding_purity(pd.DataFrame(), pd.DataFrame(), 1).verdict == "not evaluated"
 
 
+def test_finding_purity_final_layer_dead_is_not_judged_on_an_earlier_one():
+    """The claim's k-means part is about the final layer: when BN's final layer is dead (no optimal
+    k in any seed), that part is not evaluated, not judged on the layer before it."""
+    t = make_tables(**SMALL)
+    km = t["kmeans"].copy()
+    dead = km["bn"] & (km["layer_index"] == km["layer_index"].max())
+    km.loc[dead, "dbi"], km.loc[dead, "optimal"] = math.nan, False
+    f = findings.finding_purity(t["class_dbi"], km, 1)
+    assert "final_layer" not in f.numbers["kmeans_dbi"] and f.numbers["kmeans_dbi"]["layers"] == 4
+    assert "has no optimal k with BN" in f.detail and "only one of the two parts" in f.detail
+    assert f.verdict == findings.finding_purity(t["class_dbi"], pd.DataFrame(), 1).verdict
+
+
 KOPT = {"supported": cnn_kopt,
         "mixed": lambda bn, li: ([2, 2, 10, 10, 10] if bn else [6, 6, 6, 10, 10])[li - 1],  # earlier, not closer
         "not supported": lambda bn, li: cnn_kopt(not bn, li)}
