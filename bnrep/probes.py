@@ -50,6 +50,13 @@ ACTIVATION_FUNCTIONS = {
     F.celu: "CELU", F.softplus: "Softplus", torch.tanh: "Tanh", torch.Tensor.tanh: "Tanh",
 }
 RECTIFIERS = {"ReLU", "ReLU6"}  # exact zeros below 0: what paper eq. 3-4 count
+# The last of these before an activation says which axis of its output holds the channels: a
+# convolution or a channel norm, axis 1 (NCHW, NCL); a linear layer, the last (ConvNeXt's NHWC
+# blocks, a transformer's (N, T, C) tokens). LayerNorm says nothing: timm's LayerNorm2d permutes
+# an NCHW map to NHWC and back around it.
+LAYOUT_FUNCTIONS = {**dict.fromkeys((F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+                                     F.conv_transpose3d, F.batch_norm, F.group_norm, F.instance_norm), False),
+                    F.linear: True}  # function -> its output has the channels last
 
 
 class ProbeError(ValueError):
@@ -87,6 +94,9 @@ class _Functions(TorchFunctionMode):
         if name is not None and not self.tap.inside and self.tap.pre is not None and args:
             self.tap.pre(self.tap.index + 1, args[0])  # before an in-place function overwrites it
         out = func(*args, **(kwargs or {}))
+        last = LAYOUT_FUNCTIONS.get(func)
+        if last is not None:
+            self.tap.channels_last = last
         if name is not None and not self.tap.inside:
             where = self.tap.stack[-1] if self.tap.stack else ""
             self.tap.report(f"{where}.{func.__name__.rstrip('_')}" if where else func.__name__.rstrip("_"),
@@ -101,6 +111,7 @@ class _Tap:
         self.stack: list[str] = []  # module paths being run
         self.inside = 0  # depth inside activation modules (their own F.relu is not a second probe)
         self.index = 0  # activations called so far in this forward pass
+        self.channels_last: bool | None = None  # the layout the last LAYOUT_FUNCTIONS call made
 
     def report(self, path: str, activation: str, out: torch.Tensor) -> None:
         self.index += 1
@@ -116,7 +127,7 @@ class _Tap:
 
     def _enter(self, path: str, act: bool, args: tuple) -> None:
         if not path:  # the model itself: a new forward pass
-            self.stack, self.inside, self.index = [], 0, 0
+            self.stack, self.inside, self.index, self.channels_last = [], 0, 0, None
         if act and not self.inside and self.pre is not None and args:
             self.pre(self.index + 1, args[0])  # the pre-activation, before an in-place module overwrites it
         self.stack.append(path)
@@ -134,20 +145,26 @@ def tap(model: nn.Module, fn: Callable[[int, str, str, torch.Tensor], None],
         pre: Callable[[int, torch.Tensor], None] | None = None):
     """While open, every forward pass of `model` calls fn(index, path, activation, output) for each
     activation call (index: 1-based, in forward order), and pre(index, input) just before the call
-    (the pre-activation, as it is before an in-place activation overwrites it)."""
+    (the pre-activation, as it is before an in-place activation overwrites it). Yields the tap: its
+    `channels_last` is the layout of the last LAYOUT_FUNCTIONS output (None: none yet this pass)."""
     t = _Tap(model, fn, pre)
     handles = t.hooks()
     try:
         with _Functions(t):
-            yield
+            yield t
     finally:
         for h in handles:
             h.remove()
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
-    """(N, H, W, C) from a ConvNeXt-style block (square maps, C apart), or (N, T, C) tokens."""
-    return x.dim() == 3 or (x.dim() == 4 and x.shape[1] == x.shape[2] != x.shape[3])
+def _is_channels_last(x: torch.Tensor, made_last: bool | None) -> bool:
+    """(N, H, W, C) or (N, T, C), as the layer that made it says (made_last: LAYOUT_FUNCTIONS); when
+    no such layer ran before it, a 3-D output or square maps with C apart."""
+    if x.dim() not in (3, 4):
+        return False
+    if made_last is not None:
+        return made_last
+    return x.dim() == 3 or x.shape[1] == x.shape[2] != x.shape[3]
 
 
 @torch.no_grad()
@@ -156,11 +173,11 @@ def find_probes(model: nn.Module, example: torch.Tensor) -> list[Probe]:
     seen: list[tuple[str, str, bool, int]] = []  # (path, activation, channels last, channels) per call
 
     def record(index, path, act, out):
-        last = _is_channels_last(out)
+        last = _is_channels_last(out, t.channels_last)
         seen.append((path, act, last, out.shape[-1] if last else out.shape[1]))
 
     was_training = model.training
-    with tap(model.eval(), record):
+    with tap(model.eval(), record) as t:
         model(example)
     model.train(was_training)
     counts, calls = collections.Counter(path for path, *_ in seen), collections.Counter()

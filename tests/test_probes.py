@@ -125,6 +125,39 @@ def test_timm_model():
     assert counts == {"as-built": 49, "group": 49, "none": 49}
 
 
+class NHWCBlock(nn.Module):
+    """A conv (NCHW) with F.relu, then ConvNeXt's NHWC half: LayerNorm and a linear layer over C, GELU."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(3, c, 3, padding=1), nn.LayerNorm(c)
+        self.fc, self.act = nn.Linear(c, 5), nn.GELU()
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        return self.act(self.fc(self.norm(x.permute(0, 2, 3, 1))))
+
+
+@pytest.mark.parametrize("h,w", [(4, 8), (4, 4), (8, 4)])
+def test_the_channel_axis_is_the_one_the_layer_before_made(h, w):
+    """The conv's output has as many channels (4) as rows: its channels are still axis 1 (non-square
+    images, a user's image folder), the GELU's after the linear layer the last; a Conv1d's axis 1.
+    Extraction reduces each over its channels (eq. 5)."""
+    torch.manual_seed(0)
+    model, X = NHWCBlock(4).eval(), torch.randn(6, 3, h, w)
+    probes = find_probes(model, X[:2])
+    assert [(p.name, p.channels_last, p.channels) for p in probes] == [("relu", False, 4), ("act", True, 5)]
+    with torch.no_grad():
+        A = F.relu(model.conv(X))
+        B = model.act(model.fc(model.norm(A.permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+    reps = extract_representations(model, X, n_sparsity=6, batch_size=4, device="cpu")
+    for r, T in zip(reps, (A, B)):
+        assert r.channels == T.shape[1] and r.values_per_channel == 6 * h * w
+        torch.testing.assert_close(r.reduced, reduce_representation(T))
+    conv1d = nn.Sequential(nn.Conv1d(2, 3, 3), nn.ReLU())
+    assert [(p.channels_last, p.channels) for p in find_probes(conv1d, torch.zeros(2, 2, 9))] == [(False, 3)]
+
+
 # ==== hooks: a reused module's calls, in-place activations ====
 
 class Reused(nn.Module):
