@@ -70,14 +70,30 @@ def diverged_models(r: Results, norm: str) -> list[Condition]:
             for n, tag in _tags(r, norm).items() if d[t["condition"] == n].any()]
 
 
+# the tables each claim reads, and the value a seed must have there to count
+CLAIM_TABLES = {1: {"layer_sparsity": "sparsity"}, 2: {"training": "test_acc", "layer_sparsity": "sparsity"},
+                3: {"class_dbi": "dbi", "kmeans": "dbi"}, 4: {"kmeans": "dbi"}}
+
+
 def too_few_seeds(r: Results, norm: str) -> list[Condition]:
-    seeds = {}
-    for df in r.tables.values():
-        if {"condition", "seed"} <= set(df):
-            for n, k in df.groupby("condition")["seed"].nunique().items():
-                seeds[n] = max(seeds.get(n, 0), int(k))
-    return [Condition(f"only {seeds[n]} seed{'s' * (seeds[n] != 1)} of {tag} (need {MIN_SEEDS})", ALL)
-            for n, tag in _tags(r, norm).items() if 0 < seeds.get(n, 0) < MIN_SEEDS]
+    """Per claim and condition, the seeds its verdict rests on: those with a finite value in the tables
+    it reads (the fewest over them). A partial analysis, or models not analysed, leave fewer than
+    were trained."""
+    short: dict[tuple[str, int], list[int]] = {}  # (condition, seeds) -> claims
+    for number, reads in CLAIM_TABLES.items():
+        for n in (norm, r.ref):
+            counts = [k for t, col in reads.items() for k in [_seeds(r.table(t), n, col)] if k]
+            if counts and min(counts) < MIN_SEEDS:
+                short.setdefault((n, min(counts)), []).append(number)
+    tags = _tags(r, norm)
+    return [Condition(f"only {k} seed{'s' * (k != 1)} of {tags[n]} (need {MIN_SEEDS})", tuple(claims))
+            for (n, k), claims in short.items()]
+
+
+def _seeds(df: pd.DataFrame, condition: str, value: str) -> int:
+    if not {"condition", "seed", value} <= set(df):
+        return 0
+    return int(df.loc[(df["condition"] == condition) & np.isfinite(df[value].astype(float)), "seed"].nunique())
 
 
 def lr_at_edge(r: Results, norm: str) -> list[Condition]:
@@ -91,10 +107,12 @@ def lr_at_edge(r: Results, norm: str) -> list[Condition]:
         g = trials[trials["condition"] == n].dropna(subset=["objective", "lr"])
         if g.empty:
             continue
-        lr = float(g.loc[g["objective"].idxmax(), "lr"])
-        used = t.empty or "lr" not in t or np.isclose(t.loc[t["condition"] == n, "lr"], lr, rtol=1e-6).any()
+        top = g[g["objective"] == g["objective"].max()]  # the sweep's best; of equals, any the models used
+        used = top["lr"] if t.empty or "lr" not in t else [x for x in top["lr"] if np.isclose(
+            t.loc[t["condition"] == n, "lr"], x, rtol=1e-6).any()]
+        lr = float(next(iter(used), top["lr"].iloc[0]))
         edge = lr_edge(lr, (lo, hi))
-        if used and edge:
+        if len(used) and edge:
             out.append(Condition(f"the sweep's best learning rate for {tag}, {lr:.3g}, lies at the "
                                  f"{edge} edge of its search range {lo:g}..{hi:g} (widen lr_range)", ALL))
     return out

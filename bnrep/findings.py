@@ -112,7 +112,7 @@ RULES = [
     f"detectably smaller with BN. Both: supported; one: mixed; neither: not supported.",
     f"Inconclusive: a verdict built on models that missed their stopping rule (interpolate: not "
     f"interpolated; early-stop: trained to the epoch cap) or diverged (training loss NaN or inf), on fewer "
-    f"than {MIN_SEEDS} seeds per normalisation, "
+    f"than {MIN_SEEDS} seeds per normalisation (seeds with values in the tables the claim reads), "
     f"or on a sweep whose best learning rate (the one the models used) lies within {LR_EDGE:.0%} (log scale) "
     f"of an end of the search range (all claims); on layers above {MOSTLY_ZERO:.0%} zeros (claims 1-2). Dead "
     f"channels (zero for every sample at the smallest eps; layer_sparsity's dead_channels) are named next to "

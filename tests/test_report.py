@@ -709,6 +709,14 @@ CONDITIONS = {  # name: (tables, experiment, text named, claims turned inconclus
     "best lr at the low edge": ({**set_rows(T, "training", "norm == 'none'", lr=0.00101), "hparam_trials": trials(0.01, 0.00101)},
                                 "digits-cnn", "the sweep's best learning rate for no BN, 0.00101, lies at the low edge "
                                               "of its search range 0.001..0.1 (widen lr_range)", {1, 2, 3, 4}),
+    "analysis of two of four seeds": (
+        {**T, **{t: T[t][T[t]["seed"] < 2] for t in ("layer_sparsity", "class_dbi", "kmeans")}}, "digits-cnn",
+        "only 2 seeds of BN (need 3)", {1, 2, 3, 4}),  # four trained: the verdicts rest on two
+    "best lr tied, the one used at the edge": (  # the models used the tie at the edge (best_trial's val_acc rule)
+        {**set_rows(T, "training", "norm == 'none'", lr=0.00101),
+         "hparam_trials": pd.concat([trials(0.01, 0.02), trials(0.01, 0.00101).iloc[3:4]])},
+        "digits-cnn", "the sweep's best learning rate for no BN, 0.00101, lies at the low edge "
+                      "of its search range 0.001..0.1 (widen lr_range)", {1, 2, 3, 4}),
     "best lr inside the range": ({**set_rows(T, "training", "norm == 'none'", lr=0.0017), "hparam_trials": trials(0.01, 0.0017)},
                                  "digits-cnn", None, set()),  # 11.5% of the log range from the low end
     "edge lr not used (paper hparams)": ({**T, "hparam_trials": trials(0.01, 0.00101)}, "digits-cnn", None, set()),
