@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 
-from bnrep import conditions, figures, findings, report, results
+from bnrep import conditions, correlations, figures, findings, report, results
 from bnrep.experiments import get_experiment
 from bnrep.store import Store
 from bnrep.results import COLORS
@@ -903,7 +903,9 @@ def reference_correlations(r) -> dict[tuple[str, str], dict]:
 
     t = r.table("training").set_index("model_id")
     ls, km = r.table("layer_sparsity"), r.table("kmeans")
-    per_model = {"layer sparsity (smallest eps)": ls[ls["eps"] == ls["eps"].min()].groupby("model_id")["sparsity"].mean(),
+    ls = ls[ls["activation"].isin(["ReLU", "ReLU6"])] if "activation" in ls else ls
+    per_model = {"layer sparsity (rectifiers, smallest eps)":
+                 ls[ls["eps"] == ls["eps"].min()].groupby("model_id")["sparsity"].mean(),
                  "class DBI": r.table("class_dbi").groupby("model_id")["dbi"].mean(),
                  "NC1": r.table("nc1").groupby("model_id")["value"].mean(),
                  "effective rank": r.table("effective_rank").groupby("model_id")["value"].mean(),
@@ -1011,7 +1013,7 @@ def test_report_builds_without_the_new_tables(tmp_path):
     assert md.count("![fig_") == len(drawn) and html.count("data:image/png;base64,") == len(drawn)
     fj = json.loads((d / "findings.json").read_text())
     assert fj["measures"] == {} and {x["measure"] for x in fj["predictors"]} == \
-        {"layer sparsity (smallest eps)", "class DBI", "k-means DBI at optimal k"}
+        {"layer sparsity (rectifiers, smallest eps)", "class DBI", "k-means DBI at optimal k"}
     assert [f.verdict for f in res.findings] == [f.verdict for f in findings.findings(cnn())]
 
 
@@ -1150,3 +1152,21 @@ def test_figures_drawn_on_every_core_are_the_bytes_drawn_here(monkeypatch):
     for way in (forked, tasks):
         assert list(way) == list(here)
         assert {k: v and v[0] for k, v in way.items()} == {k: v and v[0] for k, v in here.items()}
+
+
+def test_the_predictor_layer_sparsity_reads_what_claim_2_reads():
+    """Exact zeros after rectifiers only, as claim 2: a GELU layer whose 'sparsity' tracks test accuracy
+    must not make the predictor table contradict claim 2 in the same report."""
+    rows, models = [], []
+    for c in ("batch", "none"):
+        for s in range(4):
+            mid = dict(model_id=f"{c}-{s}", condition=c, norm=c, bn=c == "batch", seed=s)
+            models.append({**mid, "train_acc": 1.0, "test_acc": 0.9 + 0.01 * s})
+            rows += [{**mid, "layer": "relu1", "layer_index": 1, "eps": 0.0, "activation": "ReLU",
+                      "sparsity": 0.5 + 0.01 * ((s * 3) % 4)},
+                     {**mid, "layer": "gelu2", "layer_index": 2, "eps": 0.0, "activation": "GELU", "sparsity": 0.1 * s}]
+    r = results.Results(get_experiment("digits-cnn"), {"training": pd.DataFrame(models),
+                                                        "layer_sparsity": pd.DataFrame(rows)})
+    m = correlations.model_measures(r).set_index("model_id")
+    relu = {f"{c}-{s}": 0.5 + 0.01 * ((s * 3) % 4) for c in ("batch", "none") for s in range(4)}
+    assert m["layer sparsity (rectifiers, smallest eps)"].to_dict() == pytest.approx(relu)
