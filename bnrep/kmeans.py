@@ -16,7 +16,9 @@ the torch backend runs every (k, restart) pair as one batch:
   half the rows does not pay, so smaller sets are fitted on all rows;
 - seeding: greedy k-means++ (scikit-learn's variant) of k_max centres per
   restart; the first k centres of a k-means++ sequence are themselves a
-  k-means++ seeding, so every k reuses a prefix (one seeding per restart);
+  k-means++ seeding, so every k reuses a prefix (one seeding per restart;
+  its 2 + log k_max candidates per step are what scikit-learn tries for
+  k_max centres, a few more than it tries for a small k);
 - Lloyd iterations on all runs together: the centres of all runs are stacked
   (S = sum of k rows, no padding) and distances come from one (S, d) x (d, n)
   product, ||x||^2 - 2 x.c + ||c||^2 in float32;

@@ -69,7 +69,7 @@ def _sqdist(X, xx, Y) -> torch.Tensor:
 
 
 def kmeanspp(X, xx, K: int, n_init: int, gen) -> torch.Tensor:
-    """Greedy k-means++ (scikit-learn's), n_init restarts at once -> point indices (n_init, K)."""
+    """Greedy k-means++ (scikit-learn's, for K centres), n_init restarts at once -> point indices (n_init, K)."""
     N, I = X.shape[0], n_init
     T = 2 + int(math.log(K))  # candidates per step, as scikit-learn
     idx = torch.empty(I, K, dtype=torch.long, device=X.device)

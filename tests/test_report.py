@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from matplotlib.colors import to_hex
 
 from bnrep import conditions, correlations, figures, findings, report, results
@@ -328,12 +329,20 @@ def test_finding_early_clusters(verdict):
     assert f.verdict == verdict, f.detail
 
 
-def test_optimal_k_skips_dead_layers_and_breaks_ties_low():
-    """The analysis stage's contract: ties to the lowest k, no optimal row for a dead (all-NaN) layer."""
-    km = pd.DataFrame(dict(model_id="m", bn=True, norm="batch", condition="batch", seed=0, layer=["a"] * 3 + ["b"] * 2,
-                           layer_index=[1] * 3 + [2] * 2, k=[2, 3, 4, 2, 3], dbi=[0.5, 0.3, 0.3, math.nan, math.nan],
-                           inertia=1.0, optimal=[False, True, False, False, False]))
-    best = results.optimal_k(km)
+def test_optimal_k_skips_dead_layers_and_breaks_ties_low(monkeypatch):
+    """The analysis stage's rows (measures._kmeans, given each k's DBI) and the report reading them:
+    ties to the lowest k, no optimal row for a dead (all-NaN) layer."""
+    from bnrep import kmeans, measures
+
+    dbis = {"a": {2: 0.5, 3: 0.3, 4: 0.3}, "b": {2: math.nan, 3: math.nan}}
+    rows = []
+    for i, (layer, dbi) in enumerate(dbis.items(), start=1):
+        monkeypatch.setattr(kmeans, "sweep_kmeans", lambda X, *a, d=dbi, **kw: [
+            kmeans.KMeansResult(k, np.zeros(4, np.int64), 1.0, v, None) for k, v in d.items()])
+        exp = get_experiment("digits-cnn").override(k_min=2, k_max=max(dbi))
+        rows += [dict(model_id="m", bn=True, norm="batch", condition="batch", seed=0, layer=layer, layer_index=i, **r)
+                 for r in measures._kmeans(torch.zeros(4, 2), None, exp, 0, "torch")]
+    best = results.optimal_k(pd.DataFrame(rows))
     assert best[["layer", "k_opt", "dbi"]].values.tolist() == [["a", 3, 0.3]]
 
 
