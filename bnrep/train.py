@@ -240,7 +240,9 @@ class Trainer:
         return buf.getvalue()
 
     def load_checkpoint(self, blob: bytes) -> None:
-        self.load_state_dict(torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True))
+        # read on the CPU: the RNG states must stay CPU ByteTensors (on a GPU trainer, map_location=cuda made
+        # every resume fail); model and optimiser state go to their parameters' device as they load
+        self.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
 
 
 @torch.inference_mode()

@@ -91,6 +91,19 @@ def test_resume_from_checkpoint_is_exact(optimizer):
     assert _rows(r.history) == _rows(full.history)
 
 
+def test_a_checkpoint_resumes_on_any_device():
+    """The RNG states in a checkpoint are CPU ByteTensors whatever device the trainer is on: read onto
+    the trainer's device (a GPU), set_state refused them and no GPU trial could resume."""
+    exp = get_experiment("synthetic-cnn").override(max_epochs=2)
+    data, hp = load_data(exp), {"lr": 0.01, "momentum": 0.9}
+    t = Trainer(exp, data, "batch", hp, seed=1, device="cpu")
+    t.step_epoch()
+    resumed = Trainer(exp, data, "batch", hp, seed=2, device="cpu")
+    resumed.device = torch.device("meta")  # stands in for a GPU: any device but the CPU
+    resumed.load_checkpoint(t.save_checkpoint())
+    assert torch.equal(resumed.gen.get_state(), t.gen.get_state()) and resumed.epoch == 1
+
+
 def _rows(history: list[EpochMetrics]) -> list[dict]:
     """History rows with NaN as None, so that equal histories compare equal."""
     return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in vars(m).items()}
