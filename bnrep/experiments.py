@@ -255,6 +255,19 @@ def _as_tuple(v, kind, name: str, field_name: str) -> tuple:
         raise ConfigError(f"{name}: {field_name} must be a list of {what}, got {v!r}") from None
 
 
+def _batch_statistics(norm: str, batch_size: int) -> str | None:
+    """What is wrong with training `norm` on batches of batch_size: a norm that trains on batch
+    statistics needs 2 or more images; ghost:B virtual batches of 2 or more, fewer than the batch
+    (B >= batch_size is plain BatchNorm)."""
+    family, _, arg = norm.partition(":")
+    if family in ("batch", "ghost") and batch_size == 1:  # (< 1: the field check says so)
+        return f"{norm} normalises with batch statistics and cannot train on batches of 1 image (batch_size >= 2)"
+    if family == "ghost" and batch_size > 1 and not 2 <= int(arg) < batch_size:
+        return (f"{norm} needs virtual batches of 2 or more images, fewer than the batch size {batch_size} "
+                f"(ghost:B with B >= batch_size is BatchNorm)")
+    return None
+
+
 def validate(e: Experiment) -> None:
     def need(ok: bool, msg: str) -> None:
         if not ok:
@@ -276,17 +289,20 @@ def validate(e: Experiment) -> None:
          f"reference {e.reference!r} is not one of the conditions ({', '.join(e.norms)})")
     for n in e.norms:
         try:
-            e.for_condition(n)
+            c = e.for_condition(n)
         except ConfigError as err:
             need(False, f"condition {n}: {str(err).removeprefix(e.name + ': ')}")
+        problem = _batch_statistics(e.condition(n)[0], c.batch_size)
+        need(problem is None, f"{problem}" if n == e.condition(n)[0] else f"condition {n}: {problem}")
     need(e.optimizer in OPTIMIZERS, f"unknown optimizer {e.optimizer!r} (valid: {', '.join(OPTIMIZERS)})")
     need(e.stop in ("interpolate", "early-stop"), f"unknown stop rule {e.stop!r}")
     for name in ("lr", "lr_nobn"):
         v = getattr(e, name)
-        need(v is None or v > 0, f"learning rate must be > 0, got {name}={v}")
+        need(v is None or 0 < v < math.inf, f"learning rate must be > 0 and finite, got {name}={v}")
     need(0 <= e.momentum < 1, f"momentum must be in [0, 1), got {e.momentum}")
     need(all(0 <= m < 1 for m in e.momentum_choices), f"momentum must be in [0, 1), got {e.momentum_choices}")
-    need(0 < e.lr_range[0] <= e.lr_range[1], f"learning rate range must be 0 < low <= high, got {e.lr_range}")
+    need(0 < e.lr_range[0] <= e.lr_range[1] < math.inf,
+         f"learning rate range must be 0 < low <= high, finite, got {e.lr_range}")
     need(0 < e.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {e.lr_gamma}")
     for name in ("lr_step_epochs", "batch_size", "max_epochs", "num_samples", "samples_sparsity", "samples_cluster", "n_init"):
         need(getattr(e, name) > 0, f"{name} must be > 0, got {getattr(e, name)}")
@@ -294,7 +310,7 @@ def validate(e: Experiment) -> None:
     need(e.sweep_max_epochs is None or e.sweep_max_epochs > 0, f"sweep_max_epochs must be > 0, got {e.sweep_max_epochs}")
     need(e.train_size is None or e.train_size > 0, f"train_size must be > 0, got {e.train_size}")
     need(0 < e.patience <= 1, f"patience is a fraction of max_epochs in (0, 1], got {e.patience}")
-    need(e.weight_decay >= 0, f"weight_decay must be >= 0, got {e.weight_decay}")
+    need(0 <= e.weight_decay < math.inf, f"weight_decay must be >= 0 and finite, got {e.weight_decay}")
     need(e.val_size > 0, f"val_size must be > 0, got {e.val_size}")
     need(e.k_min >= 2, f"k_min must be >= 2, got {e.k_min}")
     need(e.k_max >= e.k_min, f"k_max must be >= k_min, got k_min={e.k_min}, k_max={e.k_max}")

@@ -173,7 +173,10 @@ class Trainer:
             total += loss.detach().double() * len(yb)  # float64, as the Python float sum it replaces
             correct += (logits.detach().argmax(1) == yb).sum()
             n += len(yb)
-        return total.item() / max(n, 1), (correct.item() / n if n else float("nan"))
+        if n == 0:  # (a train loss of 0 with no step taken would read as a perfect fit)
+            raise ValueError(f"no batch to train on (batch_size {self.exp.batch_size}, {len(y)} training images; "
+                             f"a model with BatchNorm skips a batch of one image)")
+        return total.item() / n, correct.item() / n
 
     def objective(self, val_acc: float) -> float:
         """Paper 3.1.1: validation accuracy at the first interpolating epoch; runs

@@ -86,6 +86,12 @@ BAD = [
     ("unknown norm", "mine:batchnorm,batch_size=8", "unknown norm 'batchnorm'"),
     ("bad tag", "my tag:batch,batch_size=8", "must be letters, digits"),
     ("out of range", "b0:batch,batch_size=0", "condition b0: batch_size must be > 0, got 0"),
+    ("BatchNorm on single images", "b1:batch,batch_size=1", "condition b1: batch normalises with batch statistics "
+                                                           "and cannot train on batches of 1 image"),
+    ("ghost of one", "ghost:1", "ghost:1 needs virtual batches of 2 or more images, fewer than the batch size 64"),
+    ("ghost of the batch", "g8:ghost:8,batch_size=8", "condition g8: ghost:8 needs virtual batches of 2 or more"),
+    ("infinite lr", "x:batch,lr=inf", "condition x: learning rate must be > 0 and finite, got lr=inf"),
+    ("infinite weight decay", "x:batch,weight_decay=inf", "condition x: weight_decay must be >= 0 and finite"),
     ("label on a norm", "batch,label=BN", "label and color belong to conditions with overrides"),
     ("twice", "a:batch,batch_size=8; a:batch,batch_size=4", "norms lists a more than once"),
     ("reference absent", None, "reference 'group' is not one of the conditions"),

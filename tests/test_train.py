@@ -104,6 +104,16 @@ def test_a_checkpoint_resumes_on_any_device():
     assert torch.equal(resumed.gen.get_state(), t.gen.get_state()) and resumed.epoch == 1
 
 
+def test_an_epoch_with_no_batch_to_train_on_fails_not_scores_a_zero_loss():
+    """A BatchNorm model skips batches of one image: with batches of one there is nothing to train
+    on, and a loss of 0 from no step at all would read as a perfect fit (validate refuses such
+    conditions; an as-built model with BatchNorm gets here)."""
+    exp = get_experiment("synthetic-cnn").override(conditions="none", batch_size=1, max_epochs=1)
+    t = Trainer(exp, load_data(exp), "batch", {"lr": 0.01, "momentum": 0.9}, seed=0, device="cpu")
+    with pytest.raises(ValueError, match="no batch to train on"):
+        t.step_epoch()
+
+
 def _rows(history: list[EpochMetrics]) -> list[dict]:
     """History rows with NaN as None, so that equal histories compare equal."""
     return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in vars(m).items()}
