@@ -110,8 +110,10 @@ def folder_classes(path: str) -> list[str]:
 
 
 def image_files(folder: str):
-    """The images of one class folder, in name order (ImageFolder's order)."""
-    return (os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.lower().endswith(IMAGE_EXTENSIONS))
+    """The images of one class folder and its sub-folders, in ImageFolder's order (sorted os.walk,
+    following links; names sorted in each folder)."""
+    return (os.path.join(root, f) for root, _, names in sorted(os.walk(folder, followlinks=True))
+            for f in sorted(names) if f.lower().endswith(IMAGE_EXTENSIONS))
 
 
 def folder_fingerprint(path: str) -> str:

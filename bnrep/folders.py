@@ -22,21 +22,39 @@ STREAM_FRACTION = 0.25  # an image folder above this share of memory (float32, e
 DECODE_THREADS = 8  # a streamed batch's images decode in parallel (PIL releases the GIL)
 
 
-GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # one channel; every other mode is read as RGB
+GREY_MODES = ("1", "L", "LA")  # one channel; every other mode but WIDE_MODES is read as RGB
+# one channel of 16-bit integers or floats -> the top of their range, mapped to 255 (PIL's convert("L")
+# would clip them to 0 and 255)
+WIDE_MODES = {"I": 65535.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "F": 1.0}
 
 
 def folder_image(path: str, size: int | None) -> torch.Tensor:
     """One image as (C, H, W) uint8 (C: 1 for grey, 3 for colour), resized and centre-cropped to
-    size x size when `size` is given; DataError naming the file when it does not decode."""
+    size x size when `size` is given; DataError naming the file when it does not decode. A 16-bit
+    image is scaled from 0..65535, a float one from 0..1, to 0..255 (one line when its values are
+    outside that range)."""
+    import numpy as np
     from PIL import Image
     from torchvision.transforms.v2 import functional as TF
 
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if im.mode in GREY_MODES else "RGB")  # decodes: a truncated file fails here
+            mode = im.mode
+            if mode in WIDE_MODES:
+                a = np.asarray(im, dtype=np.float64)  # decodes: a truncated file fails here
+            else:
+                im = im.convert("L" if mode in GREY_MODES else "RGB")
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
         raise DataError(f"{path}: not a readable image ({one_line(e)}); replace or remove it") from None
-    x = TF.pil_to_tensor(im)
+    if mode in WIDE_MODES:
+        top = WIDE_MODES[mode]
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if not (np.isfinite(a).all() and lo >= 0 and hi <= top):
+            raise DataError(f"{path}: {mode} image with values {lo:g}..{hi:g}, outside 0..{top:g}: scale the "
+                            f"folder's images to 0..{top:g} (or to 8 bits)")
+        x = torch.from_numpy(np.rint(a * (255 / top)).astype(np.uint8))[None]
+    else:
+        x = TF.pil_to_tensor(im)
     if size is not None:
         x = TF.center_crop(TF.resize(x, size, antialias=True), size)
     return x

@@ -59,6 +59,23 @@ def test_an_image_folder_reads_as_torchvision_s_imagefolder(tmp_path):
     torch.testing.assert_close(data.mean, train[: len(data.train)].mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
 
 
+def test_images_in_sub_folders_of_a_class_count_as_imagefolder_counts_them(tmp_path):
+    """ImageFolder walks each class folder's sub-folders (sessions, sources): the same images, in its order."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    root = write_folder(tmp_path / "leaves")
+    for c in ("ash", "oak"):
+        (root / "test" / c / "session2" / "b").mkdir(parents=True)
+        os.rename(root / "test" / c / "001.png", root / "test" / c / "session2" / "001.png")
+        os.rename(root / "test" / c / "002.png", root / "test" / c / "session2" / "b" / "000.png")
+    data = load_data(folder_exp(root, val_size=6))
+    ref = ImageFolder(str(root / "test"))
+    assert len(data.test) == len(ref) == 12 and data.test.y.tolist() == [t for _, t in ref.samples]
+    pixels = torch.stack([pil_to_tensor(ref.loader(p)) for p, _ in ref.samples]).float() / 255
+    torch.testing.assert_close(data.test.X, (pixels - data.mean.view(1, -1, 1, 1)) / data.std.view(1, -1, 1, 1))
+
+
 def test_val_folder_and_image_size(tmp_path):
     """PATH/val/ is the validation split when present; --image-size resizes the shorter side and centre-crops,
     as torchvision's Resize + CenterCrop do; grey images stay one channel."""
@@ -117,6 +134,25 @@ def _truncate(root):
     p = root / "train" / "oak" / "003.png"
     p.write_bytes(p.read_bytes()[:60])
     return p
+
+
+def test_16_bit_and_float_grey_images_keep_their_levels(tmp_path):
+    """A 16-bit grey image (microscopy, X-ray) is scaled from 0..65535 and a float one from 0..1 to
+    0..255, not clipped to two values; a float image outside 0..1 is one line naming the file."""
+    from bnrep.datasets import DataError
+    from bnrep.folders import folder_image
+
+    a = np.linspace(0, 65535, 64).reshape(8, 8).astype(np.uint16)
+    Image.fromarray(a).save(tmp_path / "g16.png")
+    f = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(f, mode="F").save(tmp_path / "f.tif")
+    for name, want in (("g16.png", a / 65535), ("f.tif", f)):
+        x = folder_image(str(tmp_path / name), None)
+        assert x.dtype == torch.uint8 and x.shape == (1, 8, 8)
+        assert torch.equal(x[0], torch.from_numpy(np.rint(want * 255).astype(np.uint8))), name
+    Image.fromarray(f * 4, mode="F").save(tmp_path / "big.tif")
+    with pytest.raises(DataError, match=r"big.tif: F image with values 0..4, outside 0..1: scale"):
+        folder_image(str(tmp_path / "big.tif"), None)
 
 
 def _mixed(root):
