@@ -36,6 +36,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
+from bnrep.datasets import one_line
 from bnrep.norms import AS_BUILT, NormError, get_norm, swap_norms
 
 CNN_WIDTHS = (16, 32, 64, 128)  # Nakkiran et al. 2019 'standard CNN'
@@ -279,14 +280,22 @@ def _timm(name: str, in_channels: int, num_classes: int) -> nn.Module:
 
 def _user(text: str, in_channels: int, num_classes: int) -> nn.Module:
     module, _, fn = text.partition(":")
+    see = f"(python -c 'import {module}; {module}.{fn}({num_classes}, {in_channels})' shows where)"
     try:
         build = getattr(importlib.import_module(module), fn)
     except ImportError as e:
-        raise ModelError(f"cannot import {module} for --model {text} ({type(e).__name__}: {e}); install it "
-                         f"or put its folder on PYTHONPATH") from None
+        raise ModelError(f"cannot import {module} for --model {text} ({type(e).__name__}: {one_line(e)}); "
+                         f"install it or put its folder on PYTHONPATH") from None
     except AttributeError:
         raise ModelError(f"{module} has no {fn!r} for --model {text}") from None
-    model = build(num_classes, in_channels)
+    except Exception as e:  # noqa: BLE001 - the user's module fails as it is imported (SyntaxError, NameError, ...)
+        raise ModelError(f"importing {module} for --model {text} failed: {type(e).__name__}: {one_line(e)} "
+                         f"(python -c 'import {module}' shows where)") from None
+    try:
+        model = build(num_classes, in_channels)
+    except Exception as e:  # noqa: BLE001 - any error of the user's builder is one line
+        raise ModelError(f"{text}(num_classes={num_classes}, in_channels={in_channels}) failed: "
+                         f"{type(e).__name__}: {one_line(e)} {see}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{text}(num_classes, in_channels) returned a {type(model).__name__}, not an nn.Module")
     return model
@@ -366,7 +375,11 @@ def user_module_path(spec: str) -> str | None:
     s = parse_spec(spec)
     if s.source != "module":
         return None
-    top = importlib.import_module(s.name.split(".")[0].split(":")[0])
+    name = s.name.split(".")[0].split(":")[0]
+    try:
+        top = importlib.import_module(name)
+    except Exception as e:  # noqa: BLE001 - (building the model imported it already: rare)
+        raise ModelError(f"importing {name} for --model {spec} failed: {type(e).__name__}: {one_line(e)}") from None
     path = list(getattr(top, "__path__", []))[:1] or [getattr(top, "__file__", None)]
     if not path[0] or any(part in ("site-packages", "dist-packages") for part in re.split(r"[\\/]", path[0])):
         return None

@@ -63,6 +63,12 @@ CASES = [  # (name, stage, argv, words the message must contain)
      ["tests.labnets.nets has no 'narrow'"]),
     ("model callable returns no module", "hparam", ["--model", "tests.labnets.nets:not_a_module"],
      ["tests.labnets.nets:not_a_module(num_classes, in_channels) returned a dict, not an nn.Module"]),
+    ("model module fails on import", "final", ["--model", "tests.labnets.fails_on_import:net"],
+     ["importing tests.labnets.fails_on_import for --model tests.labnets.fails_on_import:net failed: RuntimeError: "
+      "CONFIG_PATH is not set"]),
+    ("model builder raises", "hparam", ["--model", "tests.labnets.nets:needs_a_config"],
+     ["tests.labnets.nets:needs_a_config(num_classes=10, in_channels=1) failed: RuntimeError: my builder needs a "
+      "config file"]),
     ("model cannot take the images", "hparam", ["--model", "torchvision:convnext_tiny", "--norms", "batch"],
      ["torchvision:convnext_tiny cannot take 1x8x8 images (it needs at least 32x32;"]),
     ("user model needs another size", "hparam", ["--model", "tests.labnets.nets:flat_mlp"],
