@@ -249,12 +249,16 @@ def model_id(spec: str, norm: str, seed: int) -> str:
     return f"{model_slug(spec)}-{get_norm(norm).tag}-s{seed}"
 
 
+AUX_HEADS = ("googlenet", "inception_v3")  # torchvision models with auxiliary classifiers (trained: a tuple out)
+
+
 def _torchvision(name: str, in_channels: int, num_classes: int) -> nn.Module:
     import torchvision
 
     if name not in torchvision.models.list_models():
         raise ModelError(f"unknown torchvision model {name!r} (torchvision.models.list_models() has them)")
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    extra = {"aux_logits": False, "init_weights": True} if name in AUX_HEADS else {}  # logits alone, in training too
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
     return _first_conv_takes(model, in_channels) if in_channels != 3 else model
 
 
@@ -346,8 +350,24 @@ def check_model(spec: str, norms, shape: tuple[int, int, int], num_classes: int)
         if tuple(out.shape) != (2, num_classes):
             raise ModelError(f"{spec} gives outputs of shape {tuple(out.shape)} for 2 images, "
                              f"not (2, {num_classes}) logits")
+        try:
+            trained = _training_output(model, torch.zeros(2, C, H, W))
+        except Exception as e:  # noqa: BLE001 - a forward pass that works in eval mode only
+            raise ModelError(f"{spec} under {norm} fails in training mode on 2 images of {C}x{H}x{W}: "
+                             f"{type(e).__name__}: {one_line(e)}") from None
+        if not isinstance(trained, torch.Tensor):
+            raise ModelError(f"{spec} gives a {type(trained).__name__} in training mode, not a tensor of logits "
+                             f"(auxiliary heads? build it without them)")
         first = first or model
     return first
+
+
+def _training_output(model: nn.Module, x: torch.Tensor):
+    """What a training step would get from `model` (a copy: its running statistics and the RNG stay)."""
+    import copy
+
+    with torch.random.fork_rng(), torch.no_grad():
+        return copy.deepcopy(model).train()(x)
 
 
 def _cannot_take(spec: str, norm: str, C: int, size: tuple[int, int], num_classes: int,

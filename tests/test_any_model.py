@@ -78,3 +78,15 @@ def test_rerun_finds_everything_done(run):
     after = {k: v for k, v in tree(out).items() if "/.lock/" not in k}
     assert {k: v for k, v in after.items() if "/results/" in k or "/train/models/" in k} == \
         {k: v for k, v in before.items() if "/results/" in k or "/train/models/" in k}
+
+
+def test_torchvision_models_with_auxiliary_heads_train_on_their_logits():
+    """GoogLeNet and Inception v3 are built without their auxiliary classifiers: in training too they
+    give a tensor of logits (with them, a named tuple the loss cannot take)."""
+    import torch
+
+    from bnrep.models import check_model
+
+    for spec, size in (("torchvision:googlenet", 32), ("torchvision:inception_v3", 80)):
+        model = check_model(spec, ["batch"], (1, size, size), 3).train()
+        assert model(torch.zeros(2, 1, size, size)).shape == (2, 3), spec

@@ -69,6 +69,8 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("model builder raises", "hparam", ["--model", "tests.labnets.nets:needs_a_config"],
      ["tests.labnets.nets:needs_a_config(num_classes=10, in_channels=1) failed: RuntimeError: my builder needs a "
       "config file"]),
+    ("model gives a tuple in training", "final", ["--model", "tests.labnets.nets:aux_heads"],
+     ["tests.labnets.nets:aux_heads gives a tuple in training mode, not a tensor of logits"]),
     ("model cannot take the images", "hparam", ["--model", "torchvision:convnext_tiny", "--norms", "batch"],
      ["torchvision:convnext_tiny cannot take 1x8x8 images (it needs at least 32x32;"]),
     ("user model needs another size", "hparam", ["--model", "tests.labnets.nets:flat_mlp"],

@@ -48,3 +48,15 @@ def gated(num_classes: int, in_channels: int) -> nn.Module:
 
 def needs_a_config(num_classes: int, in_channels: int):
     raise RuntimeError("my builder needs a config file")
+
+
+class AuxHeads(WideCNN):
+    """A second classifier on the way, returned next to the logits in training (GoogLeNet's habit)."""
+
+    def forward(self, x: torch.Tensor):
+        logits = super().forward(x)
+        return (logits, logits.detach()) if self.training else logits
+
+
+def aux_heads(num_classes: int, in_channels: int) -> nn.Module:
+    return AuxHeads(num_classes, in_channels)
