@@ -86,6 +86,9 @@ def parse(item: str) -> tuple[str, str, dict, dict]:
         if not eq or not value:
             raise ConditionError(f"condition {item!r}: {kv!r} is not FIELD=VALUE")
         if key in DISPLAY:
+            if key == "color" and not _is_colour(value):
+                raise ConditionError(f"condition {item!r}: color {value!r} is not a colour matplotlib knows "
+                                     f"(a name like tab:red or navy, or #rrggbb)")
             display[key] = value
         elif key in OVERRIDES:
             try:
@@ -107,6 +110,12 @@ def parse(item: str) -> tuple[str, str, dict, dict]:
     if tag:
         check_tag(tag, item)
     return tag, norm, overrides, display
+
+
+def _is_colour(value: str) -> bool:
+    from matplotlib.colors import is_color_like
+
+    return is_color_like(value)
 
 
 def is_norm(name: str) -> bool:

@@ -92,6 +92,8 @@ BAD = [
     ("ghost of the batch", "g8:ghost:8,batch_size=8", "condition g8: ghost:8 needs virtual batches of 2 or more"),
     ("infinite lr", "x:batch,lr=inf", "condition x: learning rate must be > 0 and finite, got lr=inf"),
     ("infinite weight decay", "x:batch,weight_decay=inf", "condition x: weight_decay must be >= 0 and finite"),
+    ("not a colour", "b2:batch,batch_size=8,color=notacolour", "condition 'b2:batch,batch_size=8,color=notacolour': "
+                                                               "color 'notacolour' is not a colour matplotlib knows"),
     ("label on a norm", "batch,label=BN", "label and color belong to conditions with overrides"),
     ("twice", "a:batch,batch_size=8; a:batch,batch_size=4", "norms lists a more than once"),
     ("reference absent", None, "reference 'group' is not one of the conditions"),
