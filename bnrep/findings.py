@@ -215,13 +215,18 @@ def eps_robustness(f: Finding, by_eps: dict[float, Finding]) -> Finding:
     if len(by_eps) < 2 or f.verdict == "not evaluated":
         return f
     a = pair_names(f.norm, [f.norm, f.ref], f.ref)[0]
-    changed = [e for e, g in by_eps.items() if g.verdict != f.verdict]
+    missing = [e for e, g in by_eps.items() if g.verdict == "not evaluated"]  # (no results there: no change)
+    changed = [e for e, g in by_eps.items() if g.verdict != f.verdict and e not in missing]
     per = "; ".join(f"eps {e:g}: {g.verdict}" + ("" if g.verdict == "not evaluated" else
                     f" ({a} sparser in {len(g.numbers['sparser'])}, less sparse in "
                     f"{len(g.numbers['less_sparse'])} of {g.numbers['layers']} layers)") for e, g in by_eps.items())
     said = ("robust to the threshold: the same verdict at every eps" if not changed else
             f"not robust to the threshold: the verdict changes at eps {_names(f'{e:g}' for e in changed)}")
-    numbers = {**f.numbers, "robust_to_eps": not changed, "by_eps": {
+    if missing and not changed:
+        said = (f"robust to the threshold where it could be judged (not at eps {_names(f'{e:g}' for e in missing)}: "
+                f"no results on both sides there)")
+    numbers = {**f.numbers, "robust_to_eps": not changed, "changed_at": [f"{e:g}" for e in changed],
+               "not_evaluated_at": [f"{e:g}" for e in missing], "by_eps": {
         f"{e:g}": {"verdict": g.verdict, "sparser": g.numbers.get("sparser", []),
                    "less_sparse": g.numbers.get("less_sparse", []), "diff_pp": g.numbers.get("diff_pp", {})}
         for e, g in by_eps.items()}}

@@ -152,9 +152,11 @@ def eps_blocks(fs: list[Finding]) -> list[tuple]:
                                         f"{len(g['less_sparse'])} layers)")
     rows = [[e] + [cell(f.numbers["by_eps"][e], f.norm) if e in f.numbers["by_eps"] else "-" for f in ones]
             for e in dict.fromkeys(e for f in ones for e in f.numbers["by_eps"])]
-    said = [f"{SHORT[f.norm]} vs {SHORT[f.ref]}: " + ("robust to the threshold (the same verdict at every eps)"
-            if f.numbers["robust_to_eps"] else "not robust to the threshold (the verdict changes at eps " +
-            ", ".join(e for e, g in f.numbers["by_eps"].items() if g["verdict"] != f.verdict) + ")") for f in ones]
+    said = [f"{SHORT[f.norm]} vs {SHORT[f.ref]}: " + (
+        "not robust to the threshold (the verdict changes at eps " + ", ".join(f.numbers["changed_at"]) + ")"
+        if not f.numbers["robust_to_eps"] else "robust to the threshold (the same verdict at every eps)"
+        if not f.numbers["not_evaluated_at"] else "robust to the threshold where it could be judged (not "
+        "evaluated at eps " + ", ".join(f.numbers["not_evaluated_at"]) + ": no results on both sides)") for f in ones]
     return [("p", "Claim 1 at each sparsity threshold eps (|x| <= eps counts as zero). The verdict above and "
                   "every other sparsity number use the smallest eps (the paper's exact zero when eps = 0):"),
             ("table", ["eps"] + [f"{SHORT[f.norm]} vs {SHORT[f.ref]}" for f in ones], rows), ("ul", said)]

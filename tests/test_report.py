@@ -895,6 +895,23 @@ def test_claim_1_per_threshold_and_its_robustness(name, kw, by_eps, robust, tmp_
     assert fj["findings"][0]["numbers"]["robust_to_eps"] is robust
 
 
+def test_claim_1_not_evaluated_at_a_threshold_is_not_a_change(tmp_path):
+    """A threshold with no results on both sides (an interrupted analysis reached one model at eps 0.1)
+    leaves the verdict robust where it could be judged; it does not make it 'not robust'."""
+    r = cnn(eps=EPS3)
+    ls = r.table("layer_sparsity")
+    r = results.Results(r.experiment, {**r.tables, "layer_sparsity": ls[(ls["eps"] != 0.1) | ~ls["bn"]]})
+    f = findings.findings(r)[0]
+    assert f.numbers["by_eps"]["0.1"]["verdict"] == "not evaluated" and f.numbers["robust_to_eps"] is True
+    assert f.numbers["not_evaluated_at"] == ["0.1"] and f.numbers["changed_at"] == []
+    assert "robust to the threshold where it could be judged (not at eps 0.1" in f.detail
+    write_tables(tmp_path, "digits-cnn", r.tables)
+    report.build_report(str(tmp_path), "digits-cnn")
+    md = (tmp_path / "digits-cnn" / "report" / "report.md").read_text()
+    assert "BN vs NBN: robust to the threshold where it could be judged (not evaluated at eps 0.1" in md
+    assert "not robust" not in md
+
+
 def test_claim_1_with_one_threshold_says_nothing_of_robustness():
     f = findings.findings(cnn())[0]
     assert "by_eps" not in f.numbers and "robust" not in f.detail
