@@ -73,3 +73,6 @@ def test_old_results_status_and_report(old_results, capsys):
     assert flags.run_stage("report", ["--experiment", "synthetic-cnn", "--out", str(old_results)]) == 0
     md = (old_results / "synthetic-cnn/report/report.md").read_text()
     assert "BatchNorm" in md and "| BN |" in md and "| NBN |" in md
+    # the measures added since are not there: the report says the analysis is not finished, at the top
+    said = f"synthetic-cnn: the analysis stage is not finished ({4 + 4 * 5 + 4 * 5} tasks left): this report covers"
+    assert said in md.split("## Settings")[0] and said in capsys.readouterr().out
