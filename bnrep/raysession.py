@@ -40,14 +40,32 @@ QUIET_ENV = {
 CONNECT_TIMEOUT_S = 10  # an address that neither accepts nor refuses a connection (a dropped route)
 
 
+def _running_cluster() -> str | None:
+    """HOST:PORT of the Ray cluster `--address auto` finds (Ray's own lookup), UsageError when none
+    runs; None when this Ray has no such lookup (ray.init then decides)."""
+    from bnrep.config import UsageError
+
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:
+        return None
+    try:
+        return canonicalize_bootstrap_address("auto")
+    except ConnectionError:
+        raise UsageError("--address auto: no running Ray cluster on this machine (start one with `ray start "
+                         "--head`, or leave --address and RAY_ADDRESS unset for a private local Ray)") from None
+
+
 def check_address(address: str | None) -> None:
     """`--address` / $RAY_ADDRESS names a reachable Ray head, decided by one TCP connection to its
     port (refused at once when nothing listens), before any work; UsageError (one line) otherwise.
-    `auto` and `local` are Ray's own words and left to it."""
+    `auto` (the cluster `ray start` started on this machine) is looked up as Ray does; `local` is left to Ray."""
     from bnrep.config import UsageError
 
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address or address in ("auto", "local"):
+    if address == "auto":  # the cluster `ray start` last started on this machine, if one runs
+        address = _running_cluster()
+    if not address or address == "local":
         return
     host, _, port = address.split("://", 1)[-1].rpartition(":")
     if not host or not port.isdigit():

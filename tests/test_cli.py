@@ -275,6 +275,25 @@ def test_unreachable_places_are_one_line_before_any_work(stage, argv, line, tmp_
     assert not ray.is_initialized() and not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_address_auto_with_no_cluster_is_one_line(how, tmp_path, capsys, monkeypatch):
+    """`auto` (Ray's word for the cluster `ray start` started here) finds none: one line, nothing written.
+    Ray's lookup itself is what runs; only what it finds on this machine is set (nothing)."""
+    from ray._private import services
+
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: [])
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: None)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if how == "environment":
+        monkeypatch.setenv("RAY_ADDRESS", "auto")
+    rc = flags.run_stage("final", ["--smoke-test", "--paper-hparams", *(["--address", "auto"] * (how == "flag"))])
+    assert (rc, capsys.readouterr().err.strip()) == (2, "error: --address auto: no running Ray cluster on this "
+                                                        "machine (start one with `ray start --head`, or leave "
+                                                        "--address and RAY_ADDRESS unset for a private local Ray)")
+    assert not ray.is_initialized() and not list(tmp_path.iterdir())
+
+
 def test_ray_address_from_the_environment_is_checked_too(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
