@@ -278,6 +278,8 @@ def validate(e: Experiment) -> None:
     except DatasetError as err:
         need(False, str(err))
     need(e.image_size is None or e.image_size > 0, f"image_size must be > 0, got {e.image_size}")
+    need(e.image_size is None or str(e.dataset).startswith("imagefolder:"),
+         f"image_size resizes the images of an imagefolder:PATH dataset; {e.dataset} has a size of its own")
     try:
         parse_spec(e.model)
     except ModelError as err:

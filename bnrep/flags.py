@@ -228,6 +228,10 @@ def check_flags(args: argparse.Namespace) -> None:
         v = getattr(args, n, None)
         if v is not None and v < 0:
             raise UsageError(f"--{n.replace('_', '-')} must be >= 0, got {v}")
+    chosen = [f"--{n}" for n in ("lr", "momentum") if getattr(args, n, None) is not None]
+    if chosen and not getattr(args, "paper_hparams", False):
+        raise UsageError(f"{' and '.join(chosen)} set{'s' * (len(chosen) == 1)} the hyperparameters of --paper-hparams "
+                         f"runs; without it the sweep chooses them (its lr range: lr_range in a study file)")
     if hasattr(args, "address"):
         check_address(args.address)  # a typo in a cluster address: one line now, not minutes of retries
 
