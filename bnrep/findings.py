@@ -171,7 +171,11 @@ def _not_evaluated(number: int, tables: dict[str, pd.DataFrame], norm: str = "ba
         why = f"needs results/{' and results/'.join(missing)}, which are missing."
     else:
         a, b = pair_names(norm, present_norms(*tables.values()), ref)
-        why = (f"results/{' and results/'.join(tables)} hold no finite value of both {a} and {b} models in any "
+        has = lambda c: any("condition" in d and (d["condition"] == c).any() for d in tables.values())  # noqa: E731
+        why = (f"this study has no models of the reference condition, {b}: every claim compares {a} with it (add "
+               f"it to the conditions, or name another of them with --reference)." if not has(ref) else
+               f"results/{' and results/'.join(tables)} hold no {a} models." if not has(norm) else
+               f"results/{' and results/'.join(tables)} hold no finite value of both {a} and {b} models in any "
                f"layer (models that diverged are not analysed).")
     return Finding(number, claim(number, norm), "not evaluated", why, norm=norm, ref=ref)
 

@@ -1196,3 +1196,13 @@ def test_the_predictor_layer_sparsity_reads_what_claim_2_reads():
     m = correlations.model_measures(r).set_index("model_id")
     relu = {f"{c}-{s}": 0.5 + 0.01 * ((s * 3) % 4) for c in ("batch", "none") for s in range(4)}
     assert m["layer sparsity (rectifiers, smallest eps)"].to_dict() == pytest.approx(relu)
+
+
+def test_a_study_without_its_reference_says_so_not_that_models_diverged():
+    """`--norms batch`: the reference (none) has no models, and every claim says that is why."""
+    t = make_tables(**SMALL)
+    only_bn = {k: v[v["condition"] == "batch"] if "condition" in v else v for k, v in t.items()}
+    fs = findings.findings(results.Results(get_experiment("digits-cnn"), only_bn))
+    for f in fs[:1] + fs[2:]:  # (claim 2 correlates across whichever models there are)
+        assert f.verdict == "not evaluated"
+        assert f.detail.startswith("this study has no models of the reference condition, no BN"), f.detail
