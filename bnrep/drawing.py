@@ -57,12 +57,20 @@ def draw(rs: list, names: list[str] | None = None) -> dict[str, tuple[bytes, byt
         done = {k: v for part in ray.get([task.remote(s, ref) for s in shares]) for k, v in part.items()}
     elif n > 1 and "fork" in mp.get_all_start_methods():
         _RESULTS[:] = rs  # the forked workers see it as it is now
-        with ProcessPoolExecutor(n, mp_context=mp.get_context("fork")) as pool:
+        with ProcessPoolExecutor(n, mp_context=mp.get_context("fork"), initializer=_ignore_sigint) as pool:
             done = {k: v for part in pool.map(_forked, shares) for k, v in part.items()}
         _RESULTS.clear()
     else:
         done = draw_some(names, rs)
     return {name: done[name] for name in names}
+
+
+def _ignore_sigint() -> None:
+    """A drawing worker leaves Ctrl-C to the report's own process (one line, exit 130): Ctrl-C reaches the
+    whole process group, and each worker would print its own KeyboardInterrupt traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def local_node(ray):

@@ -1206,3 +1206,21 @@ def test_a_study_without_its_reference_says_so_not_that_models_diverged():
     for f in fs[:1] + fs[2:]:  # (claim 2 correlates across whichever models there are)
         assert f.verdict == "not evaluated"
         assert f.detail.startswith("this study has no models of the reference condition, no BN"), f.detail
+
+
+def _ctrl_c_here(share):
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C reaches every process of the terminal's group
+    return {name: None for name in share}
+
+
+def test_drawing_workers_leave_ctrl_c_to_the_report(monkeypatch):
+    """The forked workers that draw the figures ignore Ctrl-C: the report's own process says
+    `interrupted` in one line; each worker printed a KeyboardInterrupt traceback before it."""
+    from bnrep import drawing
+
+    monkeypatch.setenv(drawing.WORKERS_ENV, "2")
+    monkeypatch.setattr(drawing, "_forked", _ctrl_c_here)
+    assert drawing.draw([], ["a", "b"]) == {"a": None, "b": None}
