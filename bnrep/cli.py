@@ -143,6 +143,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from bnrep.status import stage_status
 
     rows = stage_status(args.out, args.experiment)
+    unknown = {detail for _, state, detail in rows if state == "unknown"}
+    if len(unknown) == 1 and all(state == "unknown" for _, state, _ in rows):  # the experiment itself: one line
+        print(f"error: {unknown.pop()}", file=sys.stderr)
+        return 2
     print(f"{args.out}/{args.experiment}")
     for stage, state, detail in rows:
         print(f"  {stage:10} {state:9} {detail}")

@@ -250,6 +250,12 @@ def test_status_counts_only_complete_work(results, capsys):
     assert "report     missing" in out
 
 
+def test_status_of_an_unknown_experiment_is_one_line(results, capsys):
+    assert cli.main(["status", "--experiment", "nope", "--out", str(results)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: unknown experiment 'nope' (valid: digits-cnn") and err.count("\n") == 1
+
+
 def test_analysis_takes_training_fields_from_the_trained_config(results):
     """final.py --max-epochs 3 (smoke) then analysis/run.py --k-max 4: the analysis
     keeps the models' training settings and applies only its own flags."""
