@@ -1,5 +1,6 @@
 """Bad input: one line on stderr, exit 2, before Ray starts, earlier results untouched."""
 
+import os
 import subprocess
 import sys
 import urllib.error
@@ -303,6 +304,16 @@ def test_address_auto_with_no_cluster_is_one_line(how, tmp_path, capsys, monkeyp
                                                         "machine (start one with `ray start --head`, or leave "
                                                         "--address and RAY_ADDRESS unset for a private local Ray)")
     assert not ray.is_initialized() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="a /proc file system (Linux)")
+def test_an_out_where_no_folder_can_be_made_is_one_line(capsys):
+    """/proc looks writable to the checks (a directory, access granted to root) but takes no folder: the
+    lock's first write fails, and says so in one line naming where."""
+    rc = flags.run_stage("final", ["--smoke-test", "--paper-hparams", "--out", "/proc/bnrep-runs"])
+    err = capsys.readouterr().err.strip()
+    assert rc in (1, 2) and len(err.splitlines()) == 1 and err.startswith("error: cannot write"), err
+    assert not os.path.exists("/proc/bnrep-runs") and not ray.is_initialized()
 
 
 def test_ray_address_from_the_environment_is_checked_too(tmp_path, capsys, monkeypatch):
