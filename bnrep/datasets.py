@@ -71,6 +71,9 @@ def parse_dataset(name: str) -> tuple[str, str]:
     if family == FOLDER:
         if not path:
             raise DatasetError(f"dataset {name!r}: name the folder, imagefolder:PATH")
+        if "://" in path:
+            raise DatasetError(f"dataset {name!r}: an image folder is read from a local or shared path (every node "
+                               f"must see it), not a URI; copy or mount it there")
         return FOLDER, os.path.abspath(os.path.expanduser(path))
     raise DatasetError(f"unknown dataset {name!r} (valid: {', '.join(DATASETS)}, or imagefolder:PATH)")
 
@@ -79,7 +82,8 @@ def parse_dataset(name: str) -> tuple[str, str]:
 def folder_splits(path: str) -> dict[str, str]:
     """{"train": dir, "test": dir, ["val": dir]} of an image folder; DatasetError when the layout is wrong."""
     if not os.path.isdir(path):
-        raise DatasetError(f"imagefolder:{path}: no such folder")
+        raise DatasetError(f"imagefolder:{path}: " + ("a file, not a folder" if os.path.exists(path) else
+                                                      "no such folder"))
     splits = {s: os.path.join(path, s) for s in ("train", "val", "test") if os.path.isdir(os.path.join(path, s))}
     for need in ("train", "test"):
         if need not in splits:

@@ -182,6 +182,21 @@ def _sizes(root):
     ("sizes differ", _sizes, "{file}: 8x10 pixels where {root}/train/ash/000.png has 8x8: pass --image-size S to "
                              "resize every image"),
 ])
+@pytest.mark.parametrize("name,line", [
+    ("imagefolder:s3://bucket/leaves", "dataset 'imagefolder:s3://bucket/leaves': an image folder is read from a "
+                                       "local or shared path"),
+    ("imagefolder:{file}", "imagefolder:{file}: a file, not a folder"),
+])
+def test_an_image_folder_that_is_a_uri_or_a_file_is_named_as_such(name, line, tmp_path):
+    from bnrep.datasets import DatasetError, folder_splits, parse_dataset
+
+    (tmp_path / "leaves.zip").write_bytes(b"PK")
+    name, line = (x.format(file=tmp_path / "leaves.zip") for x in (name, line))
+    with pytest.raises(DatasetError) as err:
+        folder_splits(parse_dataset(name)[1])
+    assert line in str(err.value)
+
+
 def test_bad_image_folders_are_one_line_before_any_work(case, damage, line, tmp_path, capsys):
     root = write_folder(tmp_path / "leaves")
     file = damage(root)
