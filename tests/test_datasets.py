@@ -167,21 +167,6 @@ def _sizes(root):
     return p
 
 
-@pytest.mark.parametrize("case, damage, line", [
-    ("no train/", lambda r: os.rename(r / "train", r / "training"),
-     "imagefolder:{root}: no train/ folder (expected {root}/train/<class>/<image>)"),
-    ("class missing in test", lambda r: [os.remove(p) for p in (r / "test" / "oak").iterdir()] and
-     os.rmdir(r / "test" / "oak"),
-     "imagefolder:{root}: class 'oak' is in train/ but not in test/ (1 class(es) missing there)"),
-    ("one class", lambda r: [os.rename(r / s / c, r / "gone" / s / c) for s in ("train", "test") for c in ("beech", "oak")
-                             if (r / "gone" / s).mkdir(parents=True, exist_ok=True) is None],
-     "imagefolder:{root}: 1 class folder(s) in train/; need at least 2"),
-    ("truncated image", _truncate, "{file}: not a readable image ("),
-    ("mixed channels", _mixed, "{file}: 1 channel(s) where {root}/train/ash/000.png has 3: convert the folder's "
-                               "images to one kind (grey or colour)"),
-    ("sizes differ", _sizes, "{file}: 8x10 pixels where {root}/train/ash/000.png has 8x8: pass --image-size S to "
-                             "resize every image"),
-])
 @pytest.mark.parametrize("name,line", [
     ("imagefolder:s3://bucket/leaves", "dataset 'imagefolder:s3://bucket/leaves': an image folder is read from a "
                                        "local or shared path"),
@@ -197,6 +182,21 @@ def test_an_image_folder_that_is_a_uri_or_a_file_is_named_as_such(name, line, tm
     assert line in str(err.value)
 
 
+@pytest.mark.parametrize("case, damage, line", [
+    ("no train/", lambda r: os.rename(r / "train", r / "training"),
+     "imagefolder:{root}: no train/ folder (expected {root}/train/<class>/<image>)"),
+    ("class missing in test", lambda r: [os.remove(p) for p in (r / "test" / "oak").iterdir()] and
+     os.rmdir(r / "test" / "oak"),
+     "imagefolder:{root}: class 'oak' is in train/ but not in test/ (1 class(es) missing there)"),
+    ("one class", lambda r: [os.rename(r / s / c, r / "gone" / s / c) for s in ("train", "test") for c in ("beech", "oak")
+                             if (r / "gone" / s).mkdir(parents=True, exist_ok=True) is None],
+     "imagefolder:{root}: 1 class folder(s) in train/; need at least 2"),
+    ("truncated image", _truncate, "{file}: not a readable image ("),
+    ("mixed channels", _mixed, "{file}: 1 channel(s) where {root}/train/ash/000.png has 3: convert the folder's "
+                               "images to one kind (grey or colour)"),
+    ("sizes differ", _sizes, "{file}: 8x10 pixels where {root}/train/ash/000.png has 8x8: pass --image-size S to "
+                             "resize every image"),
+])
 def test_bad_image_folders_are_one_line_before_any_work(case, damage, line, tmp_path, capsys):
     root = write_folder(tmp_path / "leaves")
     file = damage(root)
