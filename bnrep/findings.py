@@ -155,9 +155,17 @@ class Finding:
         """The verdict with the conditions that undermine it, side by side."""
         return self.verdict + (f" ({'; '.join(self.caveats)})" if self.caveats else "")
 
-    def line(self) -> str:
-        caveats = "".join(f"\n    - {c}" for c in self.caveats)
+    def line(self, said: tuple[str, ...] = ()) -> str:
+        """The finding as text; caveats in `said` (named once above it) are left out."""
+        caveats = "".join(f"\n    - {c}" for c in self.caveats if c not in said)
         return f"[{self.verdict}] {self.number}. {self.claim}{caveats}\n    {self.detail}"
+
+
+def lines(fs: list[Finding]) -> list[str]:
+    """Findings as text, a caveat every one of them names said once above them."""
+    common = tuple(c for c in fs[0].caveats if all(c in f.caveats for f in fs[1:])) if len(fs) > 1 else ()
+    head = ["Named for every claim below:", *(f"    - {c}" for c in common)] if common else []
+    return head + [f.line(common) for f in fs]
 
 
 def claim(number: int, norm: str = "batch") -> str:

@@ -48,6 +48,7 @@ from bnrep.correlations import MIN_MODELS, limits_sentence, predictor_rows, pred
 from bnrep.flags import SCRIPTS
 from bnrep.findings import (CLAIMS, Finding, finding_sparsity_across, findings, initialisation_blocks, judged_norms,
                             rules)
+from bnrep.findings import lines as finding_lines
 from bnrep.axis import axis_word
 from bnrep.results import (LABELS, REF, SHORT, Results, imported_mask, is_paper_pair, measure_numbers,
                            norm_labels, ordered, rankings, side_by_side)
@@ -410,7 +411,7 @@ def _summary(title: str, table_text: str, fs: dict[str, list[Finding]], notes: l
     """Plain text for the terminal; `fs` maps a heading to its findings."""
     parts = [title, "", "Table 1 (accuracy %, mean ± std over seeds):", table_text or "(no training results)"]
     for head, group in fs.items():
-        parts += ["", f"{head}:"] + [f.line() for f in group]
+        parts += ["", f"{head}:"] + finding_lines(group)
     return "\n".join(parts + [f"Note: {n}" for n in notes] + ["", f"report: {where}"])
 
 

@@ -1224,3 +1224,11 @@ def test_drawing_workers_leave_ctrl_c_to_the_report(monkeypatch):
     monkeypatch.setenv(drawing.WORKERS_ENV, "2")
     monkeypatch.setattr(drawing, "_forked", _ctrl_c_here)
     assert drawing.draw([], ["a", "b"]) == {"a": None, "b": None}
+
+
+def test_a_caveat_every_claim_names_is_said_once_in_the_summary(tmp_path):
+    write_tables(tmp_path, "digits-cnn", make_tables(**SMALL, seeds=2))
+    res = report.build_report(str(tmp_path), "digits-cnn")
+    text = "only 2 seeds of BN (need 3)"
+    assert all(text in f.caveats for f in res.findings) and len(res.findings) == 4
+    assert res.summary.count(text) == 1 and f"Named for every claim below:\n    - {text}" in res.summary
