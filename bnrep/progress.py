@@ -108,6 +108,14 @@ def tune_progress(stage: str, total: int, max_epochs: int, label, describe, stre
             self.out.flush()
             self.drawn, self.last_draw = len(lines), now
 
+        def setup(self, **info):  # at every Tune run's start, a resumed one's too (this object is then unpickled)
+            self.board = TrialBoard(stage, total, max_epochs, clock)  # its time and count, not the first run's
+            self.drawn, self.last_draw, self.logged, self.counted = 0, 0.0, {}, False
+
+        def on_step_begin(self, iteration, trials, **info):
+            if not self.counted:  # a resumed run: the trials an interrupted one finished count as done
+                self.board.done, self.counted = sum(t.status in ("TERMINATED", "ERROR") for t in trials), True
+
         def on_trial_start(self, iteration, trials, trial, **info):
             self.board.start(trial.trial_id, label(trial.config))
 

@@ -74,6 +74,26 @@ def test_log_gets_at_most_one_line_per_trial_per_minute():
         "[final] 1/3 done acc 0.5 (110 s)"]
 
 
+def test_a_resumed_run_counts_from_its_own_start_and_the_trials_done_before():
+    """Tune restores the interrupted run's callback (pickled with its state) and sets it up again: the
+    elapsed time is this run's, and the model the interrupted run finished counts as done."""
+    clock, log = Clock(), io.StringIO()
+    cb = callback(log, clock)
+    cb.setup()
+    a, b = trial("a", 0), trial("b", 1)
+    cb.on_step_begin(0, [])
+    cb.on_trial_start(0, [], a)
+    clock.t += 30
+    cb.on_trial_complete(0, [], a)  # then the run is interrupted
+    clock.t += 1000
+    cb.setup()  # the resumed run
+    cb.on_step_begin(0, [SimpleNamespace(status="TERMINATED"), SimpleNamespace(status="PENDING")])
+    cb.on_trial_start(0, [], b)
+    clock.t += 5
+    cb.on_trial_complete(0, [], b)
+    assert log.getvalue().splitlines() == ["[final] 1/3 done acc 0.5 (30 s)", "[final] 2/3 done acc 0.5 (5 s)"]
+
+
 def test_terminal_block_is_rewritten_in_place():
     clock, term = Clock(), Terminal()
     cb = callback(term, clock)

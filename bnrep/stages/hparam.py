@@ -141,7 +141,7 @@ def describe_config(config: dict) -> str:
 
 def describe_trial(r: dict) -> str:
     return (f"trials done; last: {TAGS.get(r.get('condition'), '?')} lr {r.get('lr', float('nan')):.3g}, "
-            f"{r.get('epoch', 0)} epochs, val_acc {r.get('val_acc', float('nan')):.4f}"
+            f"{r.get('epoch', 0)} epoch{'s' * (r.get('epoch', 0) != 1)}, val_acc {r.get('val_acc', float('nan')):.4f}"
             + (", interpolated" if r.get("interpolated") else ""))
 
 
