@@ -327,6 +327,9 @@ def _cifar_problem(path: str, values: int, k: int) -> str | None:
         return f"does not unpickle as a CIFAR batch ({one_line(e)})"
     if data.ndim != 2 or data.shape[1] != values:
         return f"data of shape {data.shape} where (N, {values}) was expected"
+    if labels.ndim != 1:
+        return "no labels (neither 'labels' nor 'fine_labels')" if labels.ndim == 0 else \
+            f"labels of shape {labels.shape} where (N,) was expected"
     if len(labels) != len(data) or (len(labels) and not 0 <= labels.min() <= labels.max() < k):
         return f"{len(labels):,} labels for {len(data):,} images, or labels outside 0..{k - 1}"
     return None

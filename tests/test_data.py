@@ -324,6 +324,9 @@ BROKEN = [  # (case, dataset class, file, how, the line's ending)
     ("CIFAR batch of another shape", datasets.CIFAR10, "cifar-10-batches-py/data_batch_2",
      lambda p: p.write_bytes(pickle.dumps({"data": np.zeros((4, 100), np.uint8), "labels": [0, 1, 2, 3]})),
      "data_batch_2: data of shape (4, 100) where (N, 3072) was expected; replace it with the official file"),
+    ("CIFAR batch without labels", datasets.CIFAR10, "cifar-10-batches-py/data_batch_1",
+     lambda p: p.write_bytes(pickle.dumps({"data": np.zeros((4, 3072), np.uint8)})),
+     "data_batch_1: no labels (neither 'labels' nor 'fine_labels'); replace it with the official file"),
     ("CIFAR batch that is not a pickle", datasets.CIFAR10, "cifar-10-batches-py/test_batch",
      lambda p: p.write_bytes(b"\x00" * 64), "test_batch: does not unpickle as a CIFAR batch"),
 ]
