@@ -232,6 +232,21 @@ def test_other_weights_under_an_imported_id_are_refused(checkpoints, weights, im
     assert tree(imported) == before
 
 
+def test_the_same_weights_described_otherwise_are_refused(checkpoints, imported, capsys):
+    """A corrected seed or label for a model already imported from the same file: one line naming what
+    changed, nothing changed (the rerun said '3 already imported' and kept the old seed and label)."""
+    _, csv, _ = checkpoints
+    changed = csv.parent / "models-changed.csv"
+    changed.write_text(csv.read_text().replace("bn-s0,{0},batch,0,ckpt/plain.pt,run-a".format(SPEC),
+                                               "bn-s0,{0},batch,5,ckpt/plain.pt,run-z".format(SPEC)))
+    before = tree(imported)
+    rc = cli.main(["import", "--experiment", "leaves", "--models", str(changed), "--out", str(imported)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == (f"error: {imported}/leaves has bn-s0 imported with seed 0 (now 5), lab_run run-a "
+                               f"(now run-z): use another model_id, or --fresh to import every model anew\n"), err
+    assert tree(imported) == before
+
+
 def test_a_toml_models_file_reads_as_the_csv(checkpoints, tmp_path):
     from bnrep.stages.imports import read_models
 

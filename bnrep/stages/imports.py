@@ -223,6 +223,16 @@ def fitted(entry: Entry, exp: Experiment, shape: tuple[int, int, int], num_class
 
 
 # ==== the stage ====
+def _changed(row: dict | None, e: Entry) -> list[str]:
+    """'seed 0 (now 5)', ... : what the models file says of an imported model that its record does not."""
+    if row is None:
+        return []
+    now = {"model": e.model, "norm": e.norm, "seed": e.seed, **{k: str(v) for k, v in e.labels.items()}}
+    was = {k: row.get(k) for k in now}
+    return [f"{k} {was[k]} (now {v})" for k, v in now.items()
+            if (int(was[k]) if k == "seed" and was[k] is not None else was[k]) != v]
+
+
 def imported_models(store: Store) -> dict[str, str]:
     """model_id -> sha256 of the weights file it was imported from, for the models already here."""
     df = store.read_table("training")
@@ -250,12 +260,17 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
         record.pop(key)
     train_hash = stage_hashes(exp)["train_hash"]
     have = {} if opts.fresh else imported_models(store)
+    recorded = {} if not have else {r["model_id"]: r for r in store.read_table("training").to_dict("records")}
     sources = {}
     for e in entries:  # each file read once here, and once more to record it (one model in memory at a time)
         sd, sources[e.model_id] = state_dict(e.weights)
         if have.get(e.model_id) not in (None, sources[e.model_id]):
             raise ImportRefused(f"{store.out}/{exp.name} has {e.model_id} imported from other weights than "
                                 f"{e.weights}: use another model_id, or --fresh to import every model anew")
+        changed = _changed(recorded.get(e.model_id), e) if have.get(e.model_id) else []
+        if changed:  # the same weights, described otherwise: the analysis groups by these
+            raise ImportRefused(f"{store.out}/{exp.name} has {e.model_id} imported with {', '.join(changed)}: "
+                                f"use another model_id, or --fresh to import every model anew")
         fitted(e, exp, shape, num_classes, sd)
     todo = [e for e in entries if not (have.get(e.model_id) and is_trained(store, e.model_id, train_hash))]
     from bnrep.train import accuracy, best_device
