@@ -131,6 +131,9 @@ def initial_model(store: Store, mid: str, exp: Experiment, device="cpu") -> torc
     where = f"{store.out}/{store.experiment}/{model_path(mid)}"
     blob = _load_blob(_read_verified(store, mid), where, "cpu")
     m = blob["metrics"]
+    if m.get("imported"):  # trained elsewhere: bnrep's draw under its seed is not how it started
+        raise ValueError(f"{mid} was imported (bnrep import): its initialisation is not known, so there is no "
+                         f"epoch 0 to load")
     C, H, W = input_shape(exp)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(m["seed"]))

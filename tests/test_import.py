@@ -138,6 +138,8 @@ def test_imported_weights_load_back_equal(checkpoints, tmp_path, capsys):
         assert all(k.endswith(".bias") and not got[k].any() for k in extra) and bool(extra) == (mid == "none-s0")
         with torch.no_grad():
             torch.testing.assert_close(loaded(x), model.eval()(x))  # the researcher's model, the same function
+        with pytest.raises(ValueError, match=f"{mid} was imported .bnrep import.: its initialisation is not known"):
+            load_model(store, mid, exp, epoch=0)  # (bnrep's own draw under the seed would be made up)
 
 
 REFUSALS = {  # name -> (models.csv body, or a callable writing weights first; the one line)
