@@ -24,7 +24,7 @@ import time
 
 from bnrep import __version__
 from bnrep.config import UsageError
-from bnrep.flags import SCRIPTS, build_parser as stage_parser, check_flags, exit_process, main_guard, options, resolve_experiment, run_stage
+from bnrep.flags import SCRIPTS, Parser, build_parser as stage_parser, check_flags, exit_process, main_guard, options, resolve_experiment, run_stage
 
 
 # ==== bnrep run ====
@@ -154,7 +154,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bnrep", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="bnrep", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"bnrep {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SCRIPTS:  # bnrep final --seeds 2 == python sweeps/final.py --seeds 2
-        return run_stage(argv[0], argv[1:])
+        return run_stage(argv[0], argv[1:], prog=f"bnrep {argv[0]}")
     args = build_parser().parse_args(argv)
     fn = {"run": cmd_run, "import": cmd_import, "list": cmd_list, "status": cmd_status}[args.command]
     return main_guard(lambda: fn(args))

@@ -157,9 +157,19 @@ STAGE_FLAGS = {
 }
 
 
-def build_parser(stage: str, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """The flags of `stage` (a stage name or "run"), on `parser` or a new one."""
-    p = parser or argparse.ArgumentParser(prog=SCRIPTS.get(stage), description=DESCRIPTIONS.get(stage))
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line (the usage block is --help's)."""
+
+    def error(self, message: str):
+        command = f"python {self.prog}" if self.prog.endswith(".py") else self.prog
+        self.exit(2, f"error: {self.prog}: {message} (see {command} --help)\n")
+
+
+def build_parser(stage: str, parser: argparse.ArgumentParser | None = None,
+                 prog: str | None = None) -> argparse.ArgumentParser:
+    """The flags of `stage` (a stage name or "run"), on `parser` or a new one (named `prog`: the command
+    typed, default the stage's script)."""
+    p = parser or Parser(prog=prog or SCRIPTS.get(stage), description=DESCRIPTIONS.get(stage))
     for add in STAGE_FLAGS[stage]:
         add(p)
     return p
@@ -236,22 +246,22 @@ def check_flags(args: argparse.Namespace) -> None:
         check_address(args.address)  # a typo in a cluster address: one line now, not minutes of retries
 
 
-def parse(stage: str, argv: list[str] | None) -> tuple[Experiment, RunOptions]:
+def parse(stage: str, argv: list[str] | None, prog: str | None = None) -> tuple[Experiment, RunOptions]:
     """A training or analysis stage's flags, checked and resolved (before any work)."""
-    args = build_parser(stage).parse_args(argv)
+    args = build_parser(stage, prog=prog).parse_args(argv)
     check_flags(args)
     return resolve_experiment(args), options(args)
 
 
 # ==== running ====
-def run_stage(stage: str, argv: list[str] | None = None) -> int:
-    """`python sweeps/final.py ARGS` == run_stage("final", ARGS)."""
+def run_stage(stage: str, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """`python sweeps/final.py ARGS` == run_stage("final", ARGS) (`bnrep final ARGS`: prog "bnrep final")."""
     module = importlib.import_module(f"bnrep.stages.{stage}")
     if stage == "report":
-        args = build_parser("report").parse_args(argv)
+        args = build_parser("report", prog=prog).parse_args(argv)
         chosen = None if args.all else (args.experiments or [args.experiment])
         return main_guard(lambda: module.run(args.out, chosen, several=bool(args.experiments), force=args.force))
-    return main_guard(lambda: module.run(*parse(stage, argv)))
+    return main_guard(lambda: module.run(*parse(stage, argv, prog)))
 
 
 def plain_warnings() -> None:

@@ -222,6 +222,19 @@ def test_ray_runs_library_functions_by_reference():
         assert fn.__module__.startswith("bnrep.stages.") and len(blob) < 200, (fn.__name__, len(blob))
 
 
+@pytest.mark.parametrize("argv,line", [
+    (["final", "--seeds", "abc"], "error: bnrep final: argument --seeds: invalid int value: 'abc' "
+                                  "(see bnrep final --help)"),
+    (["report", "--smoke-test"], "error: bnrep report: unrecognized arguments: --smoke-test (see bnrep report --help)"),
+    (["frobnicate"], "error: bnrep: argument COMMAND: invalid choice: 'frobnicate'"),
+])
+def test_a_flag_argparse_refuses_is_one_line_naming_the_command(argv, line, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(line) and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["status", "--help"], ["list", "--help"],
                                   ["hparam", "--help"], ["final", "--help"], ["analysis", "--help"],
                                   ["report", "--help"]])
