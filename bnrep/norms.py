@@ -336,11 +336,30 @@ def _replacement(norm: Norm, m: nn.Module, shape: torch.Size, where: str) -> nn.
         new = norm.build(c, conv=dims > 2) or ChannelBias(c)
     except NormError as e:
         raise NormError(f"{e} ({where})") from None
+    _keep_settings(new, m)
     if dims == 3 and not isinstance(new, ChannelBias):
         new = Sequence1d(new)
     new = ChannelsLast(new) if last else new
     after = dict(m.named_children())  # a norm with its activation inside (timm's norm_act layers)
     return NormThen(new, after) if after else new
+
+
+def _keep_settings(new: nn.Module, old: nn.Module) -> None:
+    """A norm replaced by one of its own kind keeps its author's settings and initial values (eps, momentum,
+    the affine weights: timm zero-initialises a block's last BatchNorm): the swap changes kinds only."""
+    batch = nn.modules.batchnorm._BatchNorm
+    same = (isinstance(new, batch) and isinstance(old, batch)
+            or type(new) is nn.GroupNorm and isinstance(old, nn.GroupNorm) and new.num_groups == old.num_groups
+            or type(new) is nn.LayerNorm and isinstance(old, nn.LayerNorm)
+            and new.normalized_shape == old.normalized_shape)
+    if not same:
+        return
+    new.eps = old.eps
+    if isinstance(new, batch):
+        new.momentum = old.momentum
+    mine = new.state_dict()
+    new.load_state_dict({k: v for k, v in old.state_dict().items() if k in mine and v.shape == mine[k].shape},
+                        strict=False)
 
 
 def swap_norms(model: nn.Module, name: str, example: torch.Tensor, what: str = "the model") -> nn.Module:

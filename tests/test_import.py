@@ -249,6 +249,28 @@ def test_the_same_weights_described_otherwise_are_refused(checkpoints, imported,
     assert tree(imported) == before
 
 
+def test_a_norm_the_swap_wraps_imports_under_its_own_names(tmp_path):
+    """Under batch, a norm holding its activation (timm's BatchNormAct2d) is swapped for a wrapper whose
+    BatchNorm sits one level down (`1.norm.weight`); the researcher's file names it `1.weight`. It imports,
+    and the imported model computes the researcher's function (eps and all)."""
+    from bnrep.experiments import get_experiment
+    from bnrep.stages.imports import Entry, fitted
+    from tests.labnets.nets import bnact_cnn
+
+    torch.manual_seed(0)
+    net = bnact_cnn(3, 3)
+    for t in net[1].weight, net[1].bias, net[1].running_mean:
+        t.data.normal_()
+    net[1].running_var.data.uniform_(0.5, 2)
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    entry = Entry("m", "tests.labnets.nets:bnact_cnn", "batch", 0, str(tmp_path / "w.pt"), {})
+    model = fitted(entry, get_experiment("digits-cnn"), (3, 8, 8), 3)
+    assert "1.norm.weight" in model.state_dict()
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), net.eval()(x))
+
+
 def test_a_toml_models_file_reads_as_the_csv(checkpoints, tmp_path):
     from bnrep.stages.imports import read_models
 

@@ -276,6 +276,18 @@ def test_a_norm_holding_its_activation_keeps_it():
     torch.testing.assert_close(model(x), torch.relu(gn(model[0](x))))
 
 
+@pytest.mark.parametrize("to,kept", [("batch", True), ("ghost:2", True), ("group", False)])
+def test_a_norm_swapped_for_its_own_kind_keeps_its_settings(to, kept):
+    """MobileNet's BatchNorm (eps 1e-3, momentum 0.01) and timm's zero-initialised last BatchNorm stay so under
+    batch (and ghost BatchNorm): the weight initialisation is the model's own. Another kind starts as torch's."""
+    bn = nn.BatchNorm2d(4, eps=1e-3, momentum=0.01)
+    nn.init.zeros_(bn.weight)
+    model = swap_norms(nn.Sequential(nn.Conv2d(2, 4, 1), bn), to, torch.zeros(2, 2, 3, 3))
+    new = model[1]
+    assert (new.eps, getattr(new, "momentum", None), bool(new.weight.any())) == (
+        (1e-3, 0.01, False) if kept else (1e-5, None, True))
+
+
 def test_check_norm_kind_finds_a_leftover():
     model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.GroupNorm(2, 4), nn.BatchNorm2d(4))
     with pytest.raises(NormError, match="still has a BatchNorm2d at 2 after the swap to group"):

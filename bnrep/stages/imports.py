@@ -49,7 +49,7 @@ from bnrep.datasets import class_names
 from bnrep.experiments import ConfigError, Experiment
 from bnrep.lock import writer_lock
 from bnrep.models import build_model
-from bnrep.norms import ChannelBias, NormError, get_norm, ordered
+from bnrep.norms import ChannelBias, ChannelsLast, NormError, NormThen, get_norm, ordered
 from bnrep.store import Store
 
 COLUMNS = ("model_id", "model", "norm", "seed", "weights")  # what every entry names
@@ -206,7 +206,10 @@ def fitted(entry: Entry, exp: Experiment, shape: tuple[int, int, int], num_class
     # without norms (norm_layer=nn.Identity) has none: zero is exactly its function
     zero = {f"{p}.bias" for p, m in model.named_modules() if isinstance(m, ChannelBias)}
     what = f"weights {entry.weights} do not fit {entry.model} ({entry.norm}, {C} channels, {num_classes} classes)"
+    plain = _unwrapped(model)
     for k, v in want.items():
+        if k not in sd and plain[k] in sd:  # the file has the module the swap wrapped, under its own name
+            sd[k] = sd.pop(plain[k])
         if k not in sd and k in zero:
             sd[k] = torch.zeros_like(v)
         elif k not in sd:
@@ -220,6 +223,25 @@ def fitted(entry: Entry, exp: Experiment, shape: tuple[int, int, int], num_class
                             + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
     model.load_state_dict(sd)
     return model
+
+
+def _unwrapped(model: torch.nn.Module) -> dict[str, str]:
+    """Each state_dict key of `model` -> its key in the model as its author built it: a norm the swap
+    wrapped (norms.NormThen's `norm`: timm's BatchNormAct2d; norms.ChannelsLast's `inner`: ConvNeXt's
+    LayerNorm) holds its tensors one level down."""
+    wraps = [(f"{p}.{a}." if p else f"{a}.", f"{p}." if p else "") for p, m in model.named_modules()
+             for a in (("norm",) if isinstance(m, NormThen) else ("inner",) if isinstance(m, ChannelsLast) else ())]
+    wraps.sort(key=lambda w: -len(w[0]))  # the innermost first
+    out = {}
+    for k in model.state_dict():
+        plain, before = k, None
+        while plain != before:  # a wrapper inside a wrapper
+            before = plain
+            for full, short in wraps:
+                if plain.startswith(full):
+                    plain = short + plain[len(full):]
+        out[k] = plain
+    return out
 
 
 # ==== the stage ====

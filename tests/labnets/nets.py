@@ -60,3 +60,19 @@ class AuxHeads(WideCNN):
 
 def aux_heads(num_classes: int, in_channels: int) -> nn.Module:
     return AuxHeads(num_classes, in_channels)
+
+
+class BNAct(nn.BatchNorm2d):
+    """timm's habit: the activation held inside the norm module (BatchNormAct2d)."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, eps=1e-3)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
+
+
+def bnact_cnn(num_classes: int, in_channels: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), BNAct(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
