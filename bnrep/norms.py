@@ -311,22 +311,33 @@ def _channels_last(m: nn.Module, shape: torch.Size) -> bool:
     return not (shape[1] == c and (shape[-1] != c or "2d" in type(m).__name__.lower()))
 
 
-def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Size]:
+def _input_shapes(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, torch.Size], set[str]]:
+    """One forward pass: the input shape of each norm module, and the convs whose output a norm takes."""
     shapes: dict[str, torch.Size] = {}
+    made: dict[int, tuple[str, torch.Tensor]] = {}  # id of a conv's output -> (its path, the tensor: kept alive)
+    fed: set[str] = set()
 
     def record(path: str):
         def hook(module, args) -> None:
             shapes.setdefault(path, args[0].shape)
+            if id(args[0]) in made:
+                fed.add(made[id(args[0])][0])
+        return hook
+
+    def conv_out(path: str):
+        def hook(module, args, out) -> None:
+            made[id(out)] = (path, out)
         return hook
 
     hooks = [m.register_forward_pre_hook(record(n)) for n, m in norm_modules(model)]
+    hooks += [m.register_forward_hook(conv_out(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     try:
         with torch.no_grad():
             model.eval()(example)
     finally:
         for h in hooks:
             h.remove()
-    return shapes
+    return shapes, fed
 
 
 def _replacement(norm: Norm, m: nn.Module, shape: torch.Size, where: str) -> nn.Module:
@@ -375,13 +386,14 @@ def swap_norms(model: nn.Module, name: str, example: torch.Tensor, what: str = "
     found = norm_modules(model)
     if not found:
         raise NormError(f"{what} has no normalisation layer to swap for {name}")
-    shapes = _input_shapes(model, example)
+    shapes, fed = _input_shapes(model, example)
     for path, m in found:
         if path not in shapes:
             continue  # never called in a forward pass: leave it (check_norm_kind says so)
         _replace(model, path, _replacement(norm, m, shapes[path], f"{what}: {path}"))
-    if norm.conv_type is not nn.Conv2d:  # weight standardisation: every conv, weights kept
-        for path, conv in [(p, c) for p, c in model.named_modules() if type(c) is nn.Conv2d]:
+    if norm.conv_type is not nn.Conv2d:  # weight standardisation: each conv a norm takes the output of (Qiao et
+        # al.; not a squeeze-excitation gate), weights kept
+        for path, conv in [(p, c) for p, c in model.named_modules() if type(c) is nn.Conv2d and p in fed]:
             _replace(model, path, _as_conv_type(conv, norm.conv_type))
     check_norm_kind(model, norm.name, what)
     return model

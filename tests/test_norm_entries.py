@@ -78,6 +78,29 @@ def test_ws_group_and_ghost_in_any_model(spec):
         assert model.train()(torch.randn(8, 3, 16, 16)).shape == (8, 10)
 
 
+class SqueezeExcite(nn.Module):
+    """conv -> BatchNorm -> ReLU, then a squeeze-excitation gate of two 1x1 convs with no norm after them."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.reduce, self.expand = nn.Conv2d(8, 2, 1), nn.Conv2d(2, 8, 1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        gate = torch.sigmoid(self.expand(torch.relu(self.reduce(x.mean((2, 3), keepdim=True)))))
+        return self.head((x * gate).mean((2, 3)))
+
+
+def test_ws_standardises_the_convs_a_norm_follows_not_a_gate():
+    from bnrep.norms import swap_norms
+
+    model = swap_norms(SqueezeExcite(), "ws+group", torch.zeros(2, 3, 8, 8))
+    assert [p for p, m in model.named_modules() if type(m) is WSConv2d] == ["conv"]
+    assert type(model.reduce) is type(model.expand) is nn.Conv2d
+
+
 def test_ws_swap_keeps_the_weights():
     torch.manual_seed(0)
     ref = build_model("torchvision:resnet18", "batch", 3, 10, (16, 16))
