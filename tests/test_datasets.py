@@ -13,7 +13,7 @@ from PIL import Image
 from bnrep import flags
 from bnrep.data import input_shape, load_data
 from bnrep.datasets import num_classes
-from bnrep.experiments import SMOKE, get_experiment
+from bnrep.experiments import SMOKE, ConfigError, get_experiment
 from tests.conftest import tree
 
 CLASSES = ("ash", "beech", "oak")
@@ -74,6 +74,21 @@ def test_images_in_sub_folders_of_a_class_count_as_imagefolder_counts_them(tmp_p
     assert len(data.test) == len(ref) == 12 and data.test.y.tolist() == [t for _, t in ref.samples]
     pixels = torch.stack([pil_to_tensor(ref.loader(p)) for p, _ in ref.samples]).float() / 255
     torch.testing.assert_close(data.test.X, (pixels - data.mean.view(1, -1, 1, 1)) / data.std.view(1, -1, 1, 1))
+
+
+def test_a_new_study_name_with_an_image_folder(tmp_path):
+    """`bnrep run --experiment leaves --dataset imagefolder:PATH`: a study called leaves (the default recipe
+    on those images), as `bnrep import` makes one; its later runs find it under --out by that name."""
+    root = write_folder(tmp_path / "leaves")
+    out = tmp_path / "runs"
+    argv = ["--experiment", "leaves", "--dataset", f"imagefolder:{root}", "--out", str(out)]
+    exp = flags.resolve_experiment(flags.build_parser("run").parse_args(argv))
+    assert exp.name == "leaves" and exp.dataset == f"imagefolder:{root}" and exp.model == "cnn"
+    assert exp.description.startswith("leaves: the digits-cnn recipe on imagefolder:")
+    for bad, line in ((["--experiment", "leaves"], "unknown experiment 'leaves'"),  # no data named: no study
+                      (["--experiment", "my leaves", "--dataset", f"imagefolder:{root}"], "a new study's name is")):
+        with pytest.raises(ConfigError, match=line):
+            flags.resolve_experiment(flags.build_parser("run").parse_args(bad))
 
 
 def test_val_folder_and_image_size(tmp_path):
