@@ -6,6 +6,8 @@ The fixture is `bnrep run --experiment synthetic-cnn --paper-hparams` as
 that code wrote it (config.json, results/, train/models/).
 """
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -76,3 +78,25 @@ def test_old_results_status_and_report(old_results, capsys):
     # the measures added since are not there: the report says the analysis is not finished, at the top
     said = f"synthetic-cnn: the analysis stage is not finished ({4 + 4 * 5 + 4 * 5} tasks left): this report covers"
     assert said in md.split("## Settings")[0] and said in capsys.readouterr().out
+
+
+def test_more_thresholds_are_recorded_once_their_work_lands(old_results, monkeypatch):
+    """`--eps 0,0.1` only adds to the results: an analysis interrupted before its work landed leaves
+    config.json as it was, so the earlier command (the default eps) still runs instead of being refused
+    as another configuration."""
+    from bnrep.stages import analysis
+
+    args = ["--experiment", "synthetic-cnn", "--out", str(old_results)]
+    config = old_results / "synthetic-cnn" / "config.json"
+    before = config.read_bytes()
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(analysis, "launch", interrupted)
+    assert flags.run_stage("analysis", [*args, "--eps", "0,0.1"]) == 130
+    assert config.read_bytes() == before
+    monkeypatch.setattr(analysis, "launch", lambda *a, **kw: None)  # (the work itself is not the point)
+    assert flags.run_stage("analysis", args) == 0
+    assert flags.run_stage("analysis", [*args, "--eps", "0,0.1"]) == 0  # landed: recorded
+    assert json.loads(config.read_text())["experiment"]["eps"] == [0.0, 0.1]

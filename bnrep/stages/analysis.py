@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 
 from bnrep.checkpoints import ModelFileError, load_model, saved_snapshots
-from bnrep.config import (RunOptions, UsageError, header, is_imported, open_store, prepare, stage_hashes,
-                          start_fresh, table_hashes, with_trained_config, write_config)
+from bnrep.config import (RunOptions, UsageError, header, is_imported, open_store, prepare, read_config,
+                          stage_hashes, start_fresh, table_hashes, with_trained_config, write_config)
 from bnrep.data import check_data, load_data
 from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
@@ -300,14 +300,23 @@ def run(exp: Experiment, opts: RunOptions) -> int:
         at = f" (final and epoch {', '.join(map(str, exp.snapshots))})" if exp.snapshots else ""
         print(f"[analysis] {len(models)} models{at} x {len(probes)} layers; {len(models) - len(left)} "
               f"models complete, {todo.n_tasks()} tasks to run", flush=True)
+        # settings that only add to recorded results (more eps) are recorded once their work has landed: an
+        # interrupted or failed run leaves the record as it was, and the earlier command still runs
+        grows = not opts.fresh and read_config(store).get("analysis_hash") not in (None, record["analysis_hash"])
         if not todo.n_tasks():
+            if grows:  # (all of it landed before a run could record it)
+                with writer_lock(store, "analysis"):
+                    write_config(store, record)
             return 0
         held.enter_context(writer_lock(store, "analysis"))  # LockError: one line
-        write_config(store, record)
+        if not grows:
+            write_config(store, record)
         hashes = table_hashes(exp)
         if not store.has_part("samples", "indices", (hashes["samples"], stage_hashes(exp)["analysis_hash"])):
             store.write_part("samples", "indices", samples.table(), hashes["samples"])
         launch(exp, opts, store, data, models, samples, probes, todo, hashes)
+        if grows:
+            write_config(store, record)
     print(f"[analysis] wrote {store.out}/{exp.name}/results/{{{','.join(tables('analysis'))}}}")
     return 0
 
