@@ -24,7 +24,8 @@ import time
 
 from bnrep import __version__
 from bnrep.config import UsageError
-from bnrep.flags import SCRIPTS, Parser, build_parser as stage_parser, check_flags, exit_process, main_guard, options, resolve_experiment, run_stage
+from bnrep.flags import (SCRIPTS, Parser, build_parser as stage_parser, check_flags, exit_process, main_guard,
+                         options, resolve_experiment, run_stage)
 
 
 # ==== bnrep run ====

@@ -43,7 +43,8 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("lr negative", "final", ["--paper-hparams", "--lr", "-1"], ["learning rate must be > 0"]),
     ("lr without paper hparams", "final", ["--lr", "0.05"], ["--lr sets the hyperparameters of --paper-hparams runs; "
                                                                "without it the sweep chooses them"]),
-    ("lr in the sweep", "hparam", ["--lr", "0.05", "--momentum", "0.9"], ["--lr and --momentum set the hyperparameters"]),
+    ("lr in the sweep", "hparam", ["--lr", "0.05", "--momentum", "0.9"],
+     ["--lr and --momentum set the hyperparameters"]),
     ("image size of digits", "final", ["--paper-hparams", "--image-size", "32"],
      ["image_size resizes the images of an imagefolder:PATH dataset; digits has a size of its own"]),
     ("momentum one", "final", ["--paper-hparams", "--momentum", "1.0"], ["momentum must be in [0, 1)"]),
