@@ -82,7 +82,7 @@ def parse_dataset(name: str) -> tuple[str, str]:
 def folder_splits(path: str) -> dict[str, str]:
     """{"train": dir, "test": dir, ["val": dir]} of an image folder; DatasetError when the layout is wrong."""
     if not os.path.isdir(path):
-        raise DatasetError(f"imagefolder:{path}: " + ("a file, not a folder" if os.path.exists(path) else
+        raise DatasetError(f"imagefolder:{path}: " + ("a file, not a folder" if os.path.isfile(path) else
                                                       "no such folder"))
     splits = {s: os.path.join(path, s) for s in ("train", "val", "test") if os.path.isdir(os.path.join(path, s))}
     for need in ("train", "test"):

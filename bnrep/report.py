@@ -314,17 +314,9 @@ def missing_notes(r: Results, out: str) -> list[str]:
             notes.append(f"{r.experiment.name}: no results/{', results/'.join(miss)} yet; run "
                          f"`{stage_command(miss[0], r.experiment.name, out)}` to produce {them}; "
                          f"the parts below that need {them} are left out.")
-    return notes + unfinished_notes(r.experiment.name, out)
+    from bnrep.status import unfinished
 
-
-def unfinished_notes(name: str, out: str) -> list[str]:
-    """Stages that stopped part-way (bnrep status: partial): the report covers what is done."""
-    from bnrep.status import stage_status
-
-    return [f"{name}: the {stage} stage is not finished ({detail}): this report covers what it has done; run "
-            f"the stage again with the flags it was started with (or `bnrep run` with them) to finish it."
-            for stage, state, detail in stage_status(out, name)
-            if state == "partial" and stage in ("final", "import", "analysis")]
+    return notes + unfinished(out, r.experiment.name)
 
 
 # ==== writing ====

@@ -28,6 +28,14 @@ def stage_status(out: str, name: str) -> list[tuple[str, str, str]]:
     return [_hparam(store, exp), *_final_and_analysis(store, exp), _report(store), _writer(store)]
 
 
+def unfinished(out: str, name: str) -> list[str]:
+    """The report's notes on the stages that stopped part-way (partial): it covers what they have done."""
+    return [f"{name}: the {stage} stage is not finished ({detail}): this report covers what it has done; run "
+            f"the stage again with the flags it was started with (or `bnrep run` with them) to finish it."
+            for stage, state, detail in stage_status(out, name)
+            if state == "partial" and stage in ("final", "import", "analysis")]
+
+
 def _writer(store: Store) -> tuple[str, str, str]:
     from bnrep.lock import current_writer, describe
 
