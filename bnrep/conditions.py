@@ -107,13 +107,12 @@ def lr_at_edge(r: Results, norm: str) -> list[Condition]:
         g = trials[trials["condition"] == n].dropna(subset=["objective", "lr"])
         if g.empty:
             continue
-        top = g[g["objective"] == g["objective"].max()]  # the sweep's best; of equals, any the models used
-        used = top["lr"] if t.empty or "lr" not in t else [x for x in top["lr"] if np.isclose(
-            t.loc[t["condition"] == n, "lr"], x, rtol=1e-6).any()]
-        lr = float(next(iter(used), top["lr"].iloc[0]))
-        edge = lr_edge(lr, (lo, hi))
-        if len(used) and edge:
-            out.append(Condition(f"the sweep's best learning rate for {tag}, {lr:.3g}, lies at the "
+        best = g.loc[g["objective"] == g["objective"].max(), "lr"]  # the sweep's best; of equals, the one used
+        trained = None if t.empty or "lr" not in t else t.loc[t["condition"] == n, "lr"]
+        used = [float(x) for x in best if trained is None or np.isclose(trained, x, rtol=1e-6).any()]
+        edge = lr_edge(used[0], (lo, hi)) if used else None
+        if edge:
+            out.append(Condition(f"the sweep's best learning rate for {tag}, {used[0]:.3g}, lies at the "
                                  f"{edge} edge of its search range {lo:g}..{hi:g} (widen lr_range)", ALL))
     return out
 

@@ -294,8 +294,9 @@ def validate(e: Experiment) -> None:
             c = e.for_condition(n)
         except ConfigError as err:
             need(False, f"condition {n}: {str(err).removeprefix(e.name + ': ')}")
-        problem = _batch_statistics(e.condition(n)[0], c.batch_size)
-        need(problem is None, f"{problem}" if n == e.condition(n)[0] else f"condition {n}: {problem}")
+        norm = e.condition(n)[0]
+        problem = _batch_statistics(norm, c.batch_size)
+        need(problem is None, problem if n == norm else f"condition {n}: {problem}")
     need(e.optimizer in OPTIMIZERS, f"unknown optimizer {e.optimizer!r} (valid: {', '.join(OPTIMIZERS)})")
     need(e.stop in ("interpolate", "early-stop"), f"unknown stop rule {e.stop!r}")
     for name in ("lr", "lr_nobn"):

@@ -207,28 +207,26 @@ def named_experiment(name: str, out: str | None) -> Experiment:
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 
-def _new_study(args: argparse.Namespace) -> bool:
+def _new_study(args: argparse.Namespace, unknown: ConfigError) -> Experiment:
     """--experiment NAME that is no preset, study file or experiment under --out, with --dataset: a new study
-    of that name (the default preset's recipe on that data), as `bnrep import` makes one."""
+    of that name (the default preset's recipe on that data), as `bnrep import` makes one; else `unknown`."""
     name, dataset = args.experiment, getattr(args, "dataset", None)
-    if not dataset or name in PRESETS or name.endswith(".toml") or "/" in name:
-        return False
-    try:
-        named_experiment(name, getattr(args, "out", None))
-        return False
-    except ConfigError:
-        if not STUDY_NAME.fullmatch(name):
-            raise ConfigError(f"--experiment {name!r}: a new study's name is letters, digits and . _ + - "
-                              f"(at most 64, starting with a letter or digit)") from None
-        return True
+    if not dataset or name.endswith(".toml") or "/" in name:
+        raise unknown
+    if not STUDY_NAME.fullmatch(name):
+        raise ConfigError(f"--experiment {name!r}: a new study's name is letters, digits and . _ + - "
+                          f"(at most 64, starting with a letter or digit)") from None
+    return get_experiment(DEFAULT_EXPERIMENT).override(
+        name=name, description=f"{name}: the {DEFAULT_EXPERIMENT} recipe on {dataset}")
 
 
 def resolve_experiment(args: argparse.Namespace) -> Experiment:
     """Preset (or study file, or an experiment --out holds by name), then --smoke-test, then explicit
     flags; validated (ConfigError)."""
-    exp = (named_experiment(args.experiment, getattr(args, "out", None)) if not _new_study(args) else
-           get_experiment(DEFAULT_EXPERIMENT).override(name=args.experiment, description=f"{args.experiment}: "
-                                                       f"the {DEFAULT_EXPERIMENT} recipe on {args.dataset}"))
+    try:
+        exp = named_experiment(args.experiment, getattr(args, "out", None))
+    except ConfigError as e:
+        exp = _new_study(args, e)
     exp = exp.with_model(getattr(args, "model", None))
     if args.smoke_test:
         exp = exp.override(**SMOKE)

@@ -231,15 +231,13 @@ def _unwrapped(model: torch.nn.Module) -> dict[str, str]:
     LayerNorm) holds its tensors one level down."""
     wraps = [(f"{p}.{a}." if p else f"{a}.", f"{p}." if p else "") for p, m in model.named_modules()
              for a in (("norm",) if isinstance(m, NormThen) else ("inner",) if isinstance(m, ChannelsLast) else ())]
-    wraps.sort(key=lambda w: -len(w[0]))  # the innermost first
+    wraps.sort(key=lambda w: -len(w[0]))  # the innermost first: a wrapper inside a wrapper, then the outer one
     out = {}
     for k in model.state_dict():
-        plain, before = k, None
-        while plain != before:  # a wrapper inside a wrapper
-            before = plain
-            for full, short in wraps:
-                if plain.startswith(full):
-                    plain = short + plain[len(full):]
+        plain = k
+        for full, short in wraps:
+            if plain.startswith(full):
+                plain = short + plain[len(full):]
         out[k] = plain
     return out
 
