@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     lp = sub.add_parser("list", help="experiments, their dataset and model, whether the data is here")
     lp.add_argument("--data-root", default=None, metavar="DIR",
                     help="where torchvision datasets live (default: $BNREP_DATA or ~/.cache/bnrep/data)")
-    sp = sub.add_parser("status", help="per stage: complete, partial or missing")
+    sp = sub.add_parser("status", help="per stage: complete, partial or missing (the sweep: skipped after "
+                                       "--paper-hparams)")
     sp.add_argument("--experiment", default="digits-cnn", metavar="NAME", help="experiment (default: digits-cnn)")
     sp.add_argument("--out", default="./runs", metavar="PATH|URI", help="results root (default: ./runs)")
     import_parser(sub.add_parser("import", help="models you trained: check, evaluate and record them for the "

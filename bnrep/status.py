@@ -55,8 +55,17 @@ def _hparam(store: Store, exp: Experiment) -> tuple[str, str, str]:
     from bnrep.axis import axis_word
 
     word = {"norm": "normalisations", "condition": "conditions"}[axis_word(exp.norms)]
+    if not done and not resumable and _paper_hparams_grid(store, exp):
+        return ("hparam", "skipped", "the grid trained with the preset's hyperparameters (--paper-hparams)")
     return ("hparam", _state(done, len(tags)), f"{done}/{len(tags)} {word} searched"
             + (f"; interrupted sweep to resume: {', '.join(resumable)}" if resumable else ""))
+
+
+def _paper_hparams_grid(store: Store, exp: Experiment) -> bool:
+    """Whether the grid has models and every one trained with its condition's preset lr and momentum."""
+    df = store.read_table("training")
+    rows = [r for r in zip(df["condition"], df["lr"], df["momentum"]) if r[0] in exp.norms] if len(df) else []
+    return bool(rows) and all(exp.for_condition(c).paper_hparams(c) == {"lr": lr, "momentum": m} for c, lr, m in rows)
 
 
 def _final_and_analysis(store: Store, exp: Experiment) -> list[tuple[str, str, str]]:

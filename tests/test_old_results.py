@@ -68,8 +68,16 @@ def test_status_partial_in_every_stage(old_results):
     assert rows["report"][0] == "partial" and rows["report"][1].endswith("(older than the results)")
 
 
+def test_a_sweep_is_skipped_only_when_every_model_trained_with_the_preset_s_hyperparameters(old_results):
+    store = Store(str(old_results), "synthetic-cnn")
+    row = store.read_table("training").query("model_id == 'cnn-nobn-s1'")
+    store.write_part("training", "cnn-nobn-s1", row.assign(lr=row["lr"] * 2))  # not the preset's lr
+    assert stage_status(str(old_results), "synthetic-cnn")[0] == ("hparam", "missing", "0/2 normalisations searched")
+
+
 def test_old_results_status_and_report(old_results, capsys):
     rows = {s: (state, detail) for s, state, detail in stage_status(str(old_results), "synthetic-cnn")}
+    assert rows["hparam"] == ("skipped", "the grid trained with the preset's hyperparameters (--paper-hparams)")
     assert rows["final"] == ("complete", "4/4 models trained")
     assert rows["analysis"] == ("partial", f"{4 + 4 * 5 + 4 * 5} tasks left")  # the measures added since
     assert flags.run_stage("report", ["--experiment", "synthetic-cnn", "--out", str(old_results)]) == 0

@@ -148,6 +148,7 @@ def test_second_run_does_no_work(reference, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "[hparam] complete: nothing to do" in r.stdout
     assert "[final] 4 of 4 models already trained" in r.stdout
+    assert "wrote" not in r.stdout  # no stage says it wrote
     assert "4 models complete, 0 tasks to run" in r.stdout
     assert "report is up to date" in r.stdout
     after = snapshot(out)

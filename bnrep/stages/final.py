@@ -168,6 +168,7 @@ def run(exp: Experiment, opts: RunOptions) -> int:
             held.enter_context(writer_lock(store, "final"))
             start_fresh(store, "final")
         todo = untrained(exp, store, grid, train_hash)
+        trained = bool(todo)
         mids = [model_id(exp.model, g["norm"], g["seed"]) for g in todo]
         again = [m for m in mids if is_trained(store, m, train_hash)]  # trained, but without an asked snapshot
         print(f"[final] {len(grid) - len(todo)} of {len(grid)} models already trained", flush=True)
@@ -196,5 +197,6 @@ def run(exp: Experiment, opts: RunOptions) -> int:
     df = store.read_table("training")
     wanted = {model_id(exp.model, g["norm"], g["seed"]) for g in grid}
     print_summary(df[df["model_id"].isin(wanted)])
-    print(f"\nwrote {store.out}/{exp.name}/results/training ({len(df)} models)")
+    if trained:  # (nothing written when every model was already trained)
+        print(f"\nwrote {store.out}/{exp.name}/results/training ({len(df)} models)")
     return 0
