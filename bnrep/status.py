@@ -64,7 +64,9 @@ def _hparam(store: Store, exp: Experiment) -> tuple[str, str, str]:
 def _paper_hparams_grid(store: Store, exp: Experiment) -> bool:
     """Whether the grid has models and every one trained with its condition's preset lr and momentum."""
     df = store.read_table("training")
-    rows = [r for r in zip(df["condition"], df["lr"], df["momentum"]) if r[0] in exp.norms] if len(df) else []
+    if not {"condition", "lr", "momentum"} <= set(df.columns):
+        return False
+    rows = [r for r in zip(df["condition"], df["lr"], df["momentum"]) if r[0] in exp.norms]
     return bool(rows) and all(exp.for_condition(c).paper_hparams(c) == {"lr": lr, "momentum": m} for c, lr, m in rows)
 
 
