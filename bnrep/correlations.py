@@ -131,8 +131,13 @@ def predictors(r: Results) -> list[dict]:
 
 # ==== as a table for the report ====
 
+def p_text(p: float) -> str:
+    """A p-value for the report: two significant digits; below 1e-16 (0 when it underflows) as such."""
+    return "n/a" if pd.isna(p) else "< 1e-16" if p < 1e-16 else f"{p:.2g}"
+
+
 def _rp(r: float, p: float) -> str:
-    return "n/a" if pd.isna(r) else f"{r:+.2f} (p {p:.2g})"
+    return "n/a" if pd.isna(r) else f"{r:+.2f} (p {p_text(p)})"
 
 
 def predictor_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:

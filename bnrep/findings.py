@@ -29,6 +29,7 @@ from scipy import stats
 
 from bnrep.correlations import (MIN_MODELS, P_MAX, R_MIN, correlate, only_between_groups, partial_corr,  # noqa: F401
                                 significant_signs)
+from bnrep.correlations import p_text as _p
 from bnrep.conditions import MIN_SEEDS, MOSTLY_ZERO, Condition, conditions
 from bnrep.experiments import LR_EDGE
 from bnrep.measures import MEASURES
@@ -61,8 +62,6 @@ def compare_layers(df: pd.DataFrame, value: str, norm: str = "batch", ref: str =
     return pd.DataFrame(rows, columns=cols)
 
 
-def _p(p: float) -> str:
-    return "n/a" if pd.isna(p) else f"{p:.2g}"
 
 
 # ==== verdict rules (documented in the report, RULES below) ====

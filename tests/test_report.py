@@ -656,6 +656,14 @@ def test_claim_1_counts_a_layer_only_beyond_seed_noise(name, noise, verdict, det
     assert f.numbers["welch_p"]["l1"] == pytest.approx(ref, rel=1e-9) and f"l1 +2.0 pp (p {ref:.2g})" in f.detail
 
 
+def test_a_p_value_below_float_precision_reads_as_such():
+    """Seeds without spread: Welch's t is infinite and p is 0, which the finding says as p < 1e-16."""
+    f = findings.finding_sparsity(noisy_layers([.50] * 5, [.48] * 5, {True: [0] * 4, False: [0] * 4}))
+    assert f.numbers["welch_p"]["l1"] == 0.0
+    assert "l1 +2.0 pp (p < 1e-16)" in f.detail and "(p 0)" not in f.detail
+    assert [correlations.p_text(p) for p in (0.0, 3e-17, 0.0341, float("nan"))] == ["< 1e-16", "< 1e-16", "0.034", "n/a"]
+
+
 def test_welch_rule_is_stated_in_the_report(full):
     out, _ = full
     md = (out / "digits-cnn" / "report" / "report.md").read_text()
