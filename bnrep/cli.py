@@ -80,7 +80,7 @@ def run_stages(exp, opts, store, imported: bool = False) -> int:
             print(f"\n==== stage {i}/{len(steps)}: {name} (as python {SCRIPTS[name]}) ====", flush=True)
             rc = step()
             if rc:
-                print(f"error: stage {name} failed (exit {rc}); rerun `bnrep run` to resume", file=sys.stderr)
+                print(f"error: stage {name} failed (exit {rc}); rerun the same command to resume", file=sys.stderr)
                 return rc
     print(f"\n==== done in {time.time() - t0:.0f} s: {store.uri('report', 'report.html')} ====")
     return 0

@@ -374,3 +374,19 @@ def test_unreachable_bucket_is_one_line_before_any_work(tmp_path, capsys, monkey
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"error: cannot write to --out {out}: ") and "bucket" in err
     assert not ray.is_initialized()
+
+
+def test_a_stage_that_fails_in_bnrep_run_says_to_rerun_the_same_command(monkeypatch, tmp_path, capsys):
+    """`bnrep run --smoke-test` resumes only with --smoke-test: the hint names no other command."""
+    import contextlib
+
+    from bnrep.experiments import get_experiment
+    from bnrep.stages import report
+
+    monkeypatch.setattr("bnrep.raysession.ray_session", lambda *a: contextlib.nullcontext())
+    monkeypatch.setattr(report, "run", lambda *a, **k: 1)  # e.g. the report could not be written
+    opts = config.RunOptions(out=str(tmp_path), paper_hparams=True)
+    monkeypatch.setattr("bnrep.stages.final.run", lambda *a: 0)
+    monkeypatch.setattr("bnrep.stages.analysis.run", lambda *a: 0)
+    assert cli.run_stages(get_experiment("digits-cnn"), opts, Store(str(tmp_path), "digits-cnn")) == 1
+    assert capsys.readouterr().err == "error: stage report failed (exit 1); rerun the same command to resume\n"
