@@ -140,6 +140,15 @@ def is_imported(store: Store) -> bool:
     return bool(read_config(store).get("imported"))
 
 
+def trained_with_preset_hparams(exp: Experiment, training) -> bool:
+    """Whether the grid has models (the training table) and every one trained with its condition's preset lr
+    and momentum (--paper-hparams), not with the sweep's best."""
+    if not len(training) or not {"condition", "lr", "momentum"} <= set(training.columns):
+        return False
+    rows = [r for r in zip(training["condition"], training["lr"], training["momentum"]) if r[0] in exp.norms]
+    return bool(rows) and all(exp.for_condition(c).paper_hparams(c) == {"lr": lr, "momentum": m} for c, lr, m in rows)
+
+
 def load_experiment(store: Store, name: str | None = None) -> Experiment:
     """The experiment the results under `store` were made with (config.json),
     else the preset called `name` (default: the store's experiment).

@@ -42,7 +42,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 import bnrep
-from bnrep.config import load_experiment, read_config, read_hashes
+from bnrep.config import load_experiment, read_config, read_hashes, trained_with_preset_hparams
 from bnrep.documents import md_table, render_html, render_md
 from bnrep.correlations import MIN_MODELS, limits_sentence, predictor_rows, predictors
 from bnrep.flags import SCRIPTS
@@ -258,9 +258,10 @@ def settings_rows(r: Results) -> list[list[str]]:
             ["classes", class_text(r)],
             ["normalisations", ", ".join(f"{norm_labels(r.norms)[n]} ({SHORT[n]})" for n in r.norms)],
             *([["training", IMPORTED]] if r.imported else [
-                ["optimiser", f"{e.optimizer}, lr {e.lr:.3g} (normalised) / {e.lr_for('none'):.3g} (no norm), "
-                              f"momentum {e.momentum:.3g}, x{e.lr_gamma:g} every {e.lr_step_epochs} epochs, "
-                              f"batch {e.batch_size}"],
+                ["optimiser", f"{e.optimizer}, lr decay x{e.lr_gamma:g} every {e.lr_step_epochs} epochs, "
+                              f"batch {e.batch_size}; lr and momentum per {setting}: "
+                              + ("the preset's (--paper-hparams)" if trained_with_preset_hparams(e, t) else
+                                 "the sweep's best") + " (rows 'trained' below)"],
                 ["stopping", f"{e.stop}, at most {e.max_epochs} epochs"],
                 ["seeds", f"{e.seeds} per {setting}"]]),
             ["analysis", f"{_n_samples(r, 'sparsity', e.samples_sparsity)} training images for sparsity, "

@@ -5,7 +5,7 @@ No Ray, no torch training, no matplotlib: `bnrep status` answers in a second.
 
 from __future__ import annotations
 
-from bnrep.config import is_imported, load_experiment, read_hashes
+from bnrep.config import is_imported, load_experiment, read_hashes, trained_with_preset_hparams
 from bnrep.experiments import ConfigError, Experiment
 from bnrep.store import SWEEP, SWEEP_PLAN, Store, tables
 
@@ -55,19 +55,10 @@ def _hparam(store: Store, exp: Experiment) -> tuple[str, str, str]:
     from bnrep.axis import axis_word
 
     word = {"norm": "normalisations", "condition": "conditions"}[axis_word(exp.norms)]
-    if not done and not resumable and _paper_hparams_grid(store, exp):
+    if not done and not resumable and trained_with_preset_hparams(exp, store.read_table("training")):
         return ("hparam", "skipped", "the grid trained with the preset's hyperparameters (--paper-hparams)")
     return ("hparam", _state(done, len(tags)), f"{done}/{len(tags)} {word} searched"
             + (f"; interrupted sweep to resume: {', '.join(resumable)}" if resumable else ""))
-
-
-def _paper_hparams_grid(store: Store, exp: Experiment) -> bool:
-    """Whether the grid has models and every one trained with its condition's preset lr and momentum."""
-    df = store.read_table("training")
-    if not {"condition", "lr", "momentum"} <= set(df.columns):
-        return False
-    rows = [r for r in zip(df["condition"], df["lr"], df["momentum"]) if r[0] in exp.norms]
-    return bool(rows) and all(exp.for_condition(c).paper_hparams(c) == {"lr": lr, "momentum": m} for c, lr, m in rows)
 
 
 def _final_and_analysis(store: Store, exp: Experiment) -> list[tuple[str, str, str]]:

@@ -1125,6 +1125,13 @@ def test_settings_print_hyperparameters_at_three_digits():
                            experiment="synthetic-cnn", dataset="synthetic", arch="cnn") for s in range(2)])
     rows = dict((r[0], r[1]) for r in report.settings_rows(Results(get_experiment("synthetic-cnn"), {"training": t})))
     assert rows["trained (BN)"].startswith("2 models, lr 0.0188, momentum 0.95, epochs 3")
+    # the optimiser row gives no lr or momentum of its own: the models trained with the sweep's best, not the preset's
+    assert rows["optimiser"] == ("sgd, lr decay x0.99 every 10 epochs, batch 64; lr and momentum per BN setting: the sweep's "
+                                 "best (rows 'trained' below)")
+    e = get_experiment("synthetic-cnn")
+    preset = t.assign(**e.paper_hparams("batch"))
+    rows = dict((r[0], r[1]) for r in report.settings_rows(Results(e, {"training": preset})))
+    assert rows["optimiser"].endswith("per BN setting: the preset's (--paper-hparams) (rows 'trained' below)")
 
 
 def test_table1_names_diverged_models_per_norm():
