@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from bnrep.datasets import DatasetError, parse_dataset
 from bnrep.models import ModelError, parse_spec
-from bnrep.axis import ConditionError, canonical, from_table, name_of, overrides_of, register_all, split_items
+from bnrep.axis import ConditionError, canonical, name_of, overrides_of, register_all, split_items
 from bnrep.axis import parse as parse_condition
 from bnrep.norms import NAMES as NORM_NAMES, REF, get_norm, sort_key
 from bnrep.optim import OPTIMIZERS
@@ -113,6 +113,8 @@ class Experiment:
         object.__setattr__(self, "eps", _as_tuple(self.eps, float, self.name, "eps"))
         object.__setattr__(self, "snapshots", tuple(sorted(set(_as_tuple(self.snapshots, int, self.name, "snapshots")))))
         object.__setattr__(self, "channel_layers", _as_tuple(self.channel_layers, layer_value, self.name, "channel_layers"))
+        for key, kind in (("lr_range", float), ("momentum_choices", float), ("image_shape", int)):
+            object.__setattr__(self, key, _as_tuple(getattr(self, key), kind, self.name, key))
         object.__setattr__(self, "first_shown_layer", layer_value(self.first_shown_layer))
         validate(self)
         # One spelling per study: conditions in the norm table's order, thresholds ascending.
@@ -249,10 +251,13 @@ def _as_tuple(v, kind, name: str, field_name: str) -> tuple:
     elif isinstance(v, (int, float)) and not isinstance(v, bool):
         v = [v]
     try:
-        return tuple(kind(x) for x in v)
+        out = tuple(kind(x) for x in v)
     except (TypeError, ValueError):
-        what = "names" if kind is str else "numbers"
-        raise ConfigError(f"{name}: {field_name} must be a list of {what}, got {v!r}") from None
+        out = None
+    if out is None or kind is int and any(float(x) != o for x, o in zip(v, out)):  # 0.5 is no epoch 0
+        what = "names" if kind is str else "whole numbers" if kind is int else "numbers"
+        raise ConfigError(f"{name}: {field_name} must be a list of {what}, got {v!r}")
+    return out
 
 
 def _batch_statistics(norm: str, batch_size: int) -> str | None:
@@ -304,8 +309,9 @@ def validate(e: Experiment) -> None:
         need(v is None or 0 < v < math.inf, f"learning rate must be > 0 and finite, got {name}={v}")
     need(0 <= e.momentum < 1, f"momentum must be in [0, 1), got {e.momentum}")
     need(all(0 <= m < 1 for m in e.momentum_choices), f"momentum must be in [0, 1), got {e.momentum_choices}")
-    need(0 < e.lr_range[0] <= e.lr_range[1] < math.inf,
-         f"learning rate range must be 0 < low <= high, finite, got {e.lr_range}")
+    need(len(e.lr_range) == 2 and 0 < e.lr_range[0] <= e.lr_range[1] < math.inf,
+         f"learning rate range must be two numbers 0 < low <= high, finite, got {e.lr_range}")
+    need(len(e.image_shape) == 3 and min(e.image_shape) > 0, f"image_shape must be (C, H, W) > 0, got {e.image_shape}")
     need(0 < e.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {e.lr_gamma}")
     for name in ("lr_step_epochs", "batch_size", "max_epochs", "num_samples", "samples_sparsity", "samples_cluster", "n_init"):
         need(getattr(e, name) > 0, f"{name} must be > 0, got {getattr(e, name)}")
@@ -314,7 +320,9 @@ def validate(e: Experiment) -> None:
     need(e.train_size is None or e.train_size > 0, f"train_size must be > 0, got {e.train_size}")
     need(0 < e.patience <= 1, f"patience is a fraction of max_epochs in (0, 1], got {e.patience}")
     need(0 <= e.weight_decay < math.inf, f"weight_decay must be >= 0 and finite, got {e.weight_decay}")
-    need(e.val_size > 0, f"val_size must be > 0, got {e.val_size}")
+    need(0 < e.val_size and (isinstance(e.val_size, int) or e.val_size < 1),
+         f"val_size must be a number of images > 0 or a fraction in (0, 1), got {e.val_size}")
+    need(0 < e.test_fraction < 1, f"test_fraction must be in (0, 1), got {e.test_fraction}")
     need(e.k_min >= 2, f"k_min must be >= 2, got {e.k_min}")
     need(e.k_max >= e.k_min, f"k_max must be >= k_min, got k_min={e.k_min}, k_max={e.k_max}")
     need(all(x >= 0 for x in e.snapshots), f"snapshot epochs must be >= 0 (0: the initialisation), got "
@@ -427,68 +435,13 @@ SMOKE = dict(max_epochs=3, sweep_max_epochs=2, num_samples=2, seeds=2, train_siz
 
 
 def get_experiment(name: str) -> Experiment:
-    """A preset by name, or the study a .toml file defines (load_study)."""
+    """A preset by name, or the study a .toml file defines (bnrep.studies.load_study)."""
     if name.endswith(".toml"):
+        from bnrep.studies import load_study  # (it builds on this module)
+
         return load_study(name)
     try:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown experiment {name!r} (valid: {', '.join(PRESETS)}, or a study file "
                           f"NAME.toml)") from None
-
-
-# ==== a study in a file ====
-_TOML_TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,), "tuple": (list, str)}  # "a,b" too
-
-
-def _toml_types(annotation: str) -> tuple[type, ...]:
-    """The TOML values a field takes, from its annotation ('float | None' -> int, float)."""
-    kinds = [a.strip().split("[")[0] for a in annotation.split("|")]
-    return tuple(t for k in kinds for t in _TOML_TYPES.get(k, ()))
-
-
-def load_study(path: str) -> Experiment:
-    """The experiment a TOML study file defines: `base = "PRESET"` (optional), then any Experiment
-    field; its name is the file's stem unless it sets `name`. ConfigError (one line, naming the file
-    and the key) for a file that does not read or parse, an unknown key, a value of the wrong type."""
-    from pathlib import Path
-
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-
-    try:
-        with open(path, "rb") as f:
-            d = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"study file {path}: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"study file {path}: not valid TOML ({e})") from None
-    fields = {f.name: f for f in dataclasses.fields(Experiment)}
-    base = d.pop("base", None)
-    if base is not None and (not isinstance(base, str) or base not in PRESETS):
-        raise ConfigError(f"study file {path}: base = {base!r} is not a preset (valid: {', '.join(PRESETS)})")
-    d = renamed(d)
-    if isinstance(d.get("conditions"), dict):  # [conditions] tag = {norm = ..., batch_size = ...}
-        try:
-            d["conditions"] = from_table(d["conditions"])
-        except ConditionError as e:
-            raise ConfigError(f"study file {path}: {e}") from None
-    for key, value in d.items():
-        if key not in fields:
-            raise ConfigError(f"study file {path}: unknown key {key!r} (allowed: base, "
-                              f"{', '.join(fields)})")
-        types = _toml_types(str(fields[key].type))
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            raise ConfigError(f"study file {path}: {key} = {value!r} should be {str(fields[key].type)}")
-    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    d.setdefault("name", Path(path).stem)
-    missing = [k for k in ("dataset", "model") if k not in d and base is None]
-    if missing:
-        raise ConfigError(f"study file {path}: set {' and '.join(missing)} (or base = \"PRESET\" to start "
-                          f"from one: {', '.join(PRESETS)})")
-    try:
-        return PRESETS[base].with_model(d.pop("model", None)).override(**d) if base else Experiment(**d)
-    except ConfigError as e:  # a value out of range: the experiment's own check, said of the file
-        raise ConfigError(f"study file {path}: {str(e).split(': ', 1)[-1]}") from None

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import importlib
 import os
-import re
 import sys
 import warnings
 from typing import NoReturn
@@ -24,6 +23,7 @@ from bnrep.raysession import check_address
 from bnrep.datasets import DATASETS, DatasetError
 from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, SMOKE, ConfigError, Experiment, get_experiment
+from bnrep.studies import NAME_RULE, STUDY_NAME
 from bnrep.models import BUILTIN, ModelError
 from bnrep.norms import NAMES as NORMS, NormError
 from bnrep.probes import ProbeError
@@ -204,9 +204,6 @@ def named_experiment(name: str, out: str | None) -> Experiment:
         return load_experiment(store, name)
 
 
-STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
-
-
 def _new_study(args: argparse.Namespace, unknown: ConfigError) -> Experiment:
     """--experiment NAME that is no preset, study file or experiment under --out, with --dataset: a new study
     of that name (the default preset's recipe on that data), as `bnrep import` makes one; else `unknown`."""
@@ -214,8 +211,7 @@ def _new_study(args: argparse.Namespace, unknown: ConfigError) -> Experiment:
     if not dataset or name.endswith(".toml") or "/" in name:
         raise unknown
     if not STUDY_NAME.fullmatch(name):
-        raise ConfigError(f"--experiment {name!r}: a new study's name is letters, digits and . _ + - "
-                          f"(at most 64, starting with a letter or digit)") from None
+        raise ConfigError(f"--experiment {name!r}: {NAME_RULE}") from None
     return get_experiment(DEFAULT_EXPERIMENT).override(
         name=name, description=f"{name}: the {DEFAULT_EXPERIMENT} recipe on {dataset}")
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from bnrep.config import UsageError, load_experiment, prepare, stage_hashes
-from bnrep.experiments import ConfigError, Experiment, get_experiment, load_study
+from bnrep.experiments import ConfigError, Experiment, get_experiment
+from bnrep.studies import load_study
 from bnrep.models import model_id
 from bnrep.norms import COLORS, LABELS, SHORT, TAGS, get_norm
 from bnrep.store import TABLES, Store, tables

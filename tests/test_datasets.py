@@ -86,7 +86,7 @@ def test_a_new_study_name_with_an_image_folder(tmp_path):
     assert exp.name == "leaves" and exp.dataset == f"imagefolder:{root}" and exp.model == "cnn"
     assert exp.description.startswith("leaves: the digits-cnn recipe on imagefolder:")
     for bad, line in ((["--experiment", "leaves"], "unknown experiment 'leaves'"),  # no data named: no study
-                      (["--experiment", "my leaves", "--dataset", f"imagefolder:{root}"], "a new study's name is")):
+                      (["--experiment", "my leaves", "--dataset", f"imagefolder:{root}"], "a study's name is")):
         with pytest.raises(ConfigError, match=line):
             flags.resolve_experiment(flags.build_parser("run").parse_args(bad))
 

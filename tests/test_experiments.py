@@ -191,6 +191,11 @@ def test_a_study_file_is_a_preset_plus_fields(tmp_path):
     study.write_text('name = "mine"\ndataset = "digits"\nmodel = "cnn"\n')
     e = get_experiment(str(study))
     assert (e.name, e.dataset, e.model, e.norms) == ("mine", "digits", "cnn", ("batch", "none"))
+    # every list as a TOML array or as "a,b", as the README says
+    study.write_text('base = "synthetic-cnn"\nlr_range = "1e-3,1e-1"\nmomentum_choices = "0.0,0.9"\n'
+                     'image_shape = "1,8,8"\nsnapshots = "0,2"\n')
+    e = get_experiment(str(study))
+    assert (e.lr_range, e.momentum_choices, e.image_shape, e.snapshots) == ((1e-3, 1e-1), (0.0, 0.9), (1, 8, 8), (0, 2))
 
 
 @pytest.mark.parametrize("text, line", [
@@ -201,6 +206,15 @@ def test_a_study_file_is_a_preset_plus_fields(tmp_path):
     ('model = "cnn"\n', 'set dataset (or base = "PRESET" to start from one: digits-cnn, '),
     ('norms = [\n', "not valid TOML ("),
     (None, "No such file or directory"),
+    ('base = "digits-cnn"\nname = "../escaped"\n', "name = '../escaped': a study's name is letters, digits and "),
+    ('base = "digits-cnn"\nname = ""\n', "name = '': a study's name is letters, digits and . _ + - "),
+    ('base = "digits-cnn"\nlr_range = ["a", "b"]\n', "lr_range must be a list of numbers, got ('a', 'b')"),
+    ('base = "digits-cnn"\nlr_range = [0.001, 0.01, 0.1]\n', "learning rate range must be two numbers 0 < low"),
+    ('base = "digits-cnn"\nmomentum_choices = "0.0,high"\n', "momentum_choices must be a list of numbers"),
+    ('base = "synthetic-cnn"\nimage_shape = [1, 8]\n', "image_shape must be (C, H, W) > 0, got (1, 8)"),
+    ('base = "digits-cnn"\nsnapshots = [0.5]\n', "snapshots must be a list of whole numbers, got (0.5,)"),
+    ('base = "digits-cnn"\nval_size = 1.5\n', "val_size must be a number of images > 0 or a fraction in (0, 1), "),
+    ('base = "digits-cnn"\ntest_fraction = 1.5\n', "test_fraction must be in (0, 1), got 1.5"),
 ])
 def test_a_bad_study_file_is_one_line_naming_the_file(text, line, tmp_path, capsys):
     from bnrep import flags

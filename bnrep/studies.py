@@ -1,0 +1,71 @@
+"""A study in a file: the experiment a TOML study file defines (`--experiment path/to/study.toml`),
+and the names a study may take (a folder under --out)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from bnrep.axis import ConditionError, from_table
+from bnrep.experiments import PRESETS, ConfigError, Experiment, renamed
+
+_TOML_TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,), "tuple": (list, str)}  # "a,b" too
+
+
+def _toml_types(annotation: str) -> tuple[type, ...]:
+    """The TOML values a field takes, from its annotation ('float | None' -> int, float)."""
+    kinds = [a.strip().split("[")[0] for a in annotation.split("|")]
+    return tuple(t for k in kinds for t in _TOML_TYPES.get(k, ()))
+
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")  # a study's name: a folder under --out
+NAME_RULE = "a study's name is letters, digits and . _ + - (at most 64, starting with a letter or digit)"
+
+
+def load_study(path: str) -> Experiment:
+    """The experiment a TOML study file defines: `base = "PRESET"` (optional), then any Experiment
+    field; its name is the file's stem unless it sets `name`. ConfigError (one line, naming the file
+    and the key) for a file that does not read or parse, an unknown key, a value of the wrong type."""
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    try:
+        with open(path, "rb") as f:
+            d = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"study file {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"study file {path}: not valid TOML ({e})") from None
+    fields = {f.name: f for f in dataclasses.fields(Experiment)}
+    base = d.pop("base", None)
+    if base is not None and (not isinstance(base, str) or base not in PRESETS):
+        raise ConfigError(f"study file {path}: base = {base!r} is not a preset (valid: {', '.join(PRESETS)})")
+    d = renamed(d)
+    if isinstance(d.get("conditions"), dict):  # [conditions] tag = {norm = ..., batch_size = ...}
+        try:
+            d["conditions"] = from_table(d["conditions"])
+        except ConditionError as e:
+            raise ConfigError(f"study file {path}: {e}") from None
+    for key, value in d.items():
+        if key not in fields:
+            raise ConfigError(f"study file {path}: unknown key {key!r} (allowed: base, "
+                              f"{', '.join(fields)})")
+        types = _toml_types(str(fields[key].type))
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise ConfigError(f"study file {path}: {key} = {value!r} should be {str(fields[key].type)}")
+    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    d.setdefault("name", Path(path).stem)
+    if not STUDY_NAME.fullmatch(d["name"]):  # a folder under --out: no '..', no '/', not empty
+        raise ConfigError(f"study file {path}: name = {d['name']!r}: {NAME_RULE}")
+    missing = [k for k in ("dataset", "model") if k not in d and base is None]
+    if missing:
+        raise ConfigError(f"study file {path}: set {' and '.join(missing)} (or base = \"PRESET\" to start "
+                          f"from one: {', '.join(PRESETS)})")
+    try:
+        return PRESETS[base].with_model(d.pop("model", None)).override(**d) if base else Experiment(**d)
+    except ConfigError as e:  # a value out of range: the experiment's own check, said of the file
+        raise ConfigError(f"study file {path}: {str(e).split(': ', 1)[-1]}") from None
