@@ -142,13 +142,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 # ==== bnrep status ====
 def cmd_status(args: argparse.Namespace) -> int:
     from bnrep.status import stage_status
+    from bnrep.studies import load_study
 
-    rows = stage_status(args.out, args.experiment)
+    study = load_study(args.experiment) if args.experiment.endswith(".toml") else None
+    name = study.name if study else args.experiment
+    rows = stage_status(args.out, name, study)
     unknown = {detail for _, state, detail in rows if state == "unknown"}
     if len(unknown) == 1 and all(state == "unknown" for _, state, _ in rows):  # the experiment itself: one line
         print(f"error: {unknown.pop()}", file=sys.stderr)
         return 2
-    print(f"{args.out}/{args.experiment}")
+    print(f"{args.out}/{name}")
     for stage, state, detail in rows:
         print(f"  {stage:10} {state:9} {detail}")
     return 0

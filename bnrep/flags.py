@@ -23,7 +23,7 @@ from bnrep.raysession import check_address
 from bnrep.datasets import DATASETS, DatasetError
 from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, SMOKE, ConfigError, Experiment, get_experiment
-from bnrep.studies import NAME_RULE, STUDY_NAME
+from bnrep.studies import NAME_RULE, STUDY_NAME, study_name
 from bnrep.models import BUILTIN, ModelError
 from bnrep.norms import NAMES as NORMS, NormError
 from bnrep.probes import ProbeError
@@ -276,8 +276,11 @@ def run_stage(stage: str, argv: list[str] | None = None, prog: str | None = None
     module = importlib.import_module(f"bnrep.stages.{stage}")
     if stage == "report":
         args = build_parser("report", prog=prog).parse_args(argv)
-        chosen = None if args.all else (args.experiments or [args.experiment])
-        return main_guard(lambda: module.run(args.out, chosen, several=bool(args.experiments), force=args.force))
+        def report() -> int:
+            chosen = None if args.all else [study_name(e) for e in args.experiments or [args.experiment]]
+            return module.run(args.out, chosen, several=bool(args.experiments), force=args.force)
+
+        return main_guard(report)
     return main_guard(lambda: module.run(*parse(stage, argv, prog)))
 
 

@@ -14,13 +14,16 @@ def _state(done: int, total: int) -> str:
     return "complete" if total and done >= total else ("partial" if done else "missing")
 
 
-def stage_status(out: str, name: str) -> list[tuple[str, str, str]]:
-    """(stage, complete|partial|missing, detail) for hparam, final, analysis, report."""
+def stage_status(out: str, name: str, study: Experiment | None = None) -> list[tuple[str, str, str]]:
+    """(stage, complete|partial|missing, detail) for hparam, final, analysis, report; `study`: the experiment
+    of a study file (`name` is its name), for a study with no results yet."""
     store = Store(out, name)
     try:
         exp = load_experiment(store, name)
     except ConfigError as e:
-        return [(s, "unknown", str(e)) for s in ("hparam", "final", "analysis", "report")]
+        if study is None:
+            return [(s, "unknown", str(e)) for s in ("hparam", "final", "analysis", "report")]
+        exp = study
     if not store.exists():
         return [(s, "missing", "no results") for s in ("hparam", "final", "analysis", "report")]
     if is_imported(store):

@@ -69,3 +69,9 @@ def load_study(path: str) -> Experiment:
         return PRESETS[base].with_model(d.pop("model", None)).override(**d) if base else Experiment(**d)
     except ConfigError as e:  # a value out of range: the experiment's own check, said of the file
         raise ConfigError(f"study file {path}: {str(e).split(': ', 1)[-1]}") from None
+
+
+def study_name(experiment: str) -> str:
+    """The name results are stored under for `--experiment`: a study file's own (its `name`, else its stem),
+    else the argument itself (a preset, or a study found by name under --out)."""
+    return load_study(experiment).name if experiment.endswith(".toml") else experiment

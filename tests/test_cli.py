@@ -390,3 +390,25 @@ def test_a_stage_that_fails_in_bnrep_run_says_to_rerun_the_same_command(monkeypa
     monkeypatch.setattr("bnrep.stages.analysis.run", lambda *a: 0)
     assert cli.run_stages(get_experiment("digits-cnn"), opts, Store(str(tmp_path), "digits-cnn")) == 1
     assert capsys.readouterr().err == "error: stage report failed (exit 1); rerun the same command to resume\n"
+
+
+def test_status_and_report_take_a_study_file_as_the_other_stages_do(tmp_path, capsys):
+    """--experiment path/to/study.toml names the study the file defines (its `name`), in status and report too."""
+    from bnrep.studies import load_study
+    from tests.report_fixtures import make_tables, write_tables
+
+    study, out = tmp_path / "files" / "bs.toml", tmp_path / "runs"
+    study.parent.mkdir()
+    study.write_text('base = "digits-cnn"\nname = "leaves"\n')
+    assert cli.main(["status", "--experiment", str(study), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"{out}/leaves" and printed[1].split() == ["hparam", "missing", "no", "results"]
+    store = Store(str(out), "leaves")
+    store.mkdir()
+    config.write_config(store, config.prepare(store, load_study(str(study)), "final", fresh=False))
+    tables = make_tables("digits-cnn", seeds=2)  # (the study's recipe is digits-cnn's)
+    write_tables(out, "leaves", {k: t.assign(experiment="leaves") if "experiment" in t else t for k, t in tables.items()})
+    assert flags.run_stage("report", ["--experiment", str(study), "--out", str(out)]) == 0
+    assert (out / "leaves" / "report" / "report.html").is_file() and not (out / "bs.toml").exists()
+    assert cli.main(["status", "--experiment", str(study), "--out", str(out)]) == 0
+    assert "report     complete" in capsys.readouterr().out
