@@ -174,6 +174,10 @@ REFUSALS = {  # name -> (models.csv body, or a callable writing weights first; t
     "a model_id twice": (
         "a,{spec},batch,0,ok.pt\na,{spec},batch,1,ok.pt",
         "models file {d}/models.csv: model_id 'a' appears twice"),
+    "a norm and seed twice": (
+        "a,{spec},batch,0,ok.pt\nb,{spec},batch,0,ok.pt",
+        "models file {d}/models.csv: a and b are both batch at seed 0; the analysis pairs models by normalisation "
+        "and seed: give each model its own seed"),
     "no weights": ("a,{spec},batch,0,", "models file {d}/models.csv, line 2: no weights (every entry names "
                                         "model_id, model, norm, seed, weights)"),
     "a seed that is a name": (
@@ -246,6 +250,22 @@ def test_the_same_weights_described_otherwise_are_refused(checkpoints, imported,
     err = capsys.readouterr().err
     assert rc == 2 and err == (f"error: {imported}/leaves has bn-s0 imported with seed 0 (now 5), lab_run run-a "
                                f"(now run-z): use another model_id, or --fresh to import every model anew\n"), err
+    assert tree(imported) == before
+
+
+def test_a_norm_and_seed_the_experiment_holds_and_a_dropped_label_are_refused(checkpoints, weights, imported, capsys):
+    """Another model at an imported model's norm and seed; the same weights with a label column left out."""
+    _, csv, _ = checkpoints
+    (weights / "models.csv").write_text(f"model_id,model,norm,seed,weights\nnew,{SPEC},batch,0,ok.pt\n")
+    dropped = csv.parent / "models-dropped.csv"
+    dropped.write_text("\n".join(line.rsplit(",", 1)[0] for line in csv.read_text().splitlines()) + "\n")
+    before = tree(imported)
+    for models, line in ((weights / "models.csv", f"error: {imported}/leaves: bn-s0 and new are both batch at seed 0; "
+                          f"the analysis pairs models by normalisation and seed: give each model its own seed\n"),
+                         (dropped, f"error: {imported}/leaves has bn-s0 imported with lab_run run-a (now none): use "
+                          f"another model_id, or --fresh to import every model anew\n")):
+        rc = cli.main(["import", "--experiment", "leaves", "--models", str(models), "--out", str(imported)])
+        assert (rc, capsys.readouterr().err) == (2, line)
     assert tree(imported) == before
 
 

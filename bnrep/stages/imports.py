@@ -113,11 +113,23 @@ def read_models(path: str) -> list[Entry]:
         if e.model_id in seen:
             raise ImportRefused(f"models file {path}: model_id {e.model_id!r} appears twice")
         seen.add(e.model_id)
+    for i, e in enumerate(entries):
+        _one_per_seed(f"models file {path}", e, entries[:i])
     specs = list(dict.fromkeys(e.model for e in entries))
     if len(specs) > 1:
         raise ImportRefused(f"models file {path} names {len(specs)} model specs ({', '.join(specs)}): an "
                             f"experiment compares one network layer by layer; import each into its own")
     return entries
+
+
+def _one_per_seed(where: str, e, others) -> None:
+    """ImportRefused when a model other than `e` has e's norm and seed (`others`: entries or recorded rows)."""
+    for o in others:
+        o = vars(o) if isinstance(o, Entry) else o
+        mid, norm, seed = o["model_id"], o["norm"], o["seed"]
+        if mid != e.model_id and (norm, int(seed)) == (e.norm, e.seed):
+            raise ImportRefused(f"{where}: {mid} and {e.model_id} are both {e.norm} at seed {e.seed}; the analysis "
+                                f"pairs models by normalisation and seed: give each model its own seed")
 
 
 def _csv_rows(path: str) -> list[tuple[str, dict]]:
@@ -249,8 +261,10 @@ def _changed(row: dict | None, e: Entry) -> list[str]:
         return []
     now = {"model": e.model, "norm": e.norm, "seed": e.seed, **{k: str(v) for k, v in e.labels.items()}}
     was = {k: row.get(k) for k in now}
+    dropped = [f"{k} {v} (now none)" for k, v in row.items()  # a label the file no longer gives
+               if k not in (*COLUMNS, *WRITTEN, *now) and isinstance(v, str)]
     return [f"{k} {was[k]} (now {v})" for k, v in now.items()
-            if (int(was[k]) if k == "seed" and was[k] is not None else was[k]) != v]
+            if (int(was[k]) if k == "seed" and was[k] is not None else was[k]) != v] + dropped
 
 
 def imported_models(store: Store) -> dict[str, str]:
@@ -292,6 +306,7 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
             raise ImportRefused(f"{store.out}/{exp.name} has {e.model_id} imported with {', '.join(changed)}: "
                                 f"use another model_id, or --fresh to import every model anew")
         fitted(e, exp, shape, num_classes, sd)
+        _one_per_seed(f"{store.out}/{exp.name}", e, recorded.values())
     todo = [e for e in entries if not (have.get(e.model_id) and is_trained(store, e.model_id, train_hash))]
     from bnrep.train import accuracy, best_device
 
