@@ -97,6 +97,10 @@ class Study:
         return self.data.train.y[self._indices(purpose)]
 
     def _indices(self, purpose: str) -> torch.Tensor:
+        from bnrep.represent import PURPOSES
+
+        if purpose not in PURPOSES:
+            raise ValueError(f"purpose {purpose!r}: the saved samples are {' or '.join(map(repr, PURPOSES))}")
         s = self.table("samples")
         return torch.as_tensor(s[s["purpose"] == purpose].sort_values("position")["index"].to_numpy().copy())
 

@@ -82,6 +82,9 @@ class LayerReps:
 
 
 @dataclass(frozen=True)
+PURPOSES = ("sparsity", "cluster")  # the two sets of samples (results/samples' purpose column)
+
+
 class AnalysisSamples:
     """The training images the analysis measures (the one home of the prefix rule)."""
     order: np.ndarray  # (max(n_sparsity, n_cluster),) indices into the training split, seeded order
@@ -106,7 +109,7 @@ class AnalysisSamples:
     def table(self) -> pd.DataFrame:
         """As results/samples stores it: purpose, position, index."""
         return pd.concat([pd.DataFrame({"purpose": p, "position": np.arange(len(ix)), "index": ix})
-                          for p in ("sparsity", "cluster") for ix in [self.indices(p)]], ignore_index=True)
+                          for p in PURPOSES for ix in [self.indices(p)]], ignore_index=True)
 
 
 class _Reducer:

@@ -42,6 +42,10 @@ def test_model_and_representations_reproduce_the_stored_dbi(old_results):
         np.testing.assert_allclose(torch.linalg.vector_norm(X, dim=1)[X.abs().sum(1) > 0], 1, rtol=1e-5)
         ref = davies_bouldin_score(X.numpy().astype(np.float64), study.labels().numpy())  # scikit-learn
         assert ref == pytest.approx(dbi[(mid, layer)], rel=1e-5)
+    assert len(study.labels("sparsity")) == 200  # synthetic-cnn's sparsity samples
+    for call in (lambda: study.labels("foo"), lambda: study.representations("cnn-bn-s0", "conv2", purpose="foo")):
+        with pytest.raises(ValueError, match=r"^purpose 'foo': the saved samples are 'sparsity' or 'cluster'$"):
+            call()
     assert tree(old_results) == before
 
 
