@@ -81,10 +81,10 @@ class LayerReps:
         return self.reduced.shape[1]
 
 
-@dataclass(frozen=True)
 PURPOSES = ("sparsity", "cluster")  # the two sets of samples (results/samples' purpose column)
 
 
+@dataclass(frozen=True)
 class AnalysisSamples:
     """The training images the analysis measures (the one home of the prefix rule)."""
     order: np.ndarray  # (max(n_sparsity, n_cluster),) indices into the training split, seeded order
