@@ -155,15 +155,17 @@ def name_of(item: str) -> str:
 
 
 def entries(items) -> list[Norm]:
-    """The norm-table entries of conditions with overrides, coloured by their order per normalisation."""
+    """The norm-table entries of conditions with overrides, coloured by their order per normalisation, in shades
+    that the study's plain normalisations do not wear."""
     out, per_base = [], {}
+    worn = {get_norm(p[1]).color for p in map(parse, items) if not p[0]}
     parsed = [p for p in map(parse, items) if p[0]]
     # coloured in display order (the normalisation's, then the overrides' values): the same colours however given
     parsed.sort(key=lambda p: (sort_key(p[1])[:2], [(k, str(v).zfill(12)) for k, v in sorted(p[2].items())], p[0]))
     for tag, norm, overrides, display in parsed:
         base = get_norm(norm)
         family = base.name.partition(":")[0].removeprefix("ws+")
-        shades = SHADES.get(family, OTHER_SHADES)
+        shades = [c for c in SHADES.get(family, OTHER_SHADES) if c not in worn]
         i = per_base[family] = per_base.get(family, -1) + 1
         said = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(overrides.items()))
         out.append(dataclasses.replace(

@@ -143,8 +143,9 @@ NORMS: dict[str, Norm] = {n.name: n for n in [
     Norm("none", "nobn", "NBN", "no norm", "tab:orange", None, None, bias=True),
 ]}
 # Families with an argument, `name:arg`: family -> (what the argument is called, arg -> the entry).
-GHOST_SHADES = ("lightblue", "deepskyblue", "steelblue", "navy", "slateblue", "darkblue")  # by log2(B)
-GROUP_SHADES = ("lightgreen", "limegreen", "tab:olive", "tab:cyan", "seagreen", "darkgreen")  # by log2(G)
+# by log2(B) and log2(G): apart from each other and from the shades of batch and group conditions (bnrep.axis.SHADES)
+GHOST_SHADES = ("turquoise", "lightsteelblue", "dodgerblue", "mediumblue", "darkslateblue", "cornflowerblue")
+GROUP_SHADES = ("lightgreen", "mediumaquamarine", "tab:olive", "tab:cyan", "olivedrab", "springgreen")
 FAMILIES: dict[str, tuple[str, Callable[[int], Norm]]] = {
     "ghost": ("B", lambda b: Norm(f"ghost:{b}", f"gbn{b}", f"GBN{b}", f"ghost BatchNorm ({b} per virtual batch)",
                             GHOST_SHADES[b.bit_length() % len(GHOST_SHADES)], lambda c: GhostBatchNorm2d(c, b),

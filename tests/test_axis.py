@@ -265,3 +265,20 @@ def test_claim_2_names_its_reference():
                            sparsity=[(i + 1) / 10 for i in range(8)]))
     f = findings.finding_generalisation(tr, ls, "batch", "group")
     assert f.verdict != "not evaluated" and f.ref == "group"
+
+
+def test_every_condition_of_a_study_wears_its_own_colour():
+    """Ghost and group sizes, batch and group conditions, plain norms: no two alike (RGB distance >= 0.15;
+    ghost:4 wore bn-b8's navy, ghost:16 a near-identical darkblue)."""
+    import itertools
+
+    import matplotlib.colors as mc
+    import numpy as np
+
+    e = BASE.override(conditions="batch; ghost:2; ghost:4; ghost:8; ghost:16; ghost:32; bn-b4:batch,batch_size=4; "
+                                 "bn-b8:batch,batch_size=8; bn-b16:batch,batch_size=16; bn-b32:batch,batch_size=32; "
+                                 "group; group:2; group:4; group:8; group:16; gn-b4:group,batch_size=4; "
+                                 "gn-b8:group,batch_size=8; layer; none; ws+group")
+    rgb = {n: np.array(mc.to_rgb(get_norm(n).color)) for n in e.norms}
+    closest = min((np.linalg.norm(rgb[a] - rgb[b]), a, b) for a, b in itertools.combinations(e.norms, 2))
+    assert closest[0] >= 0.15, closest
