@@ -118,7 +118,8 @@ def lr_at_edge(r: Results, norm: str) -> list[Condition]:
 
 
 def dead_channel_counts(r: Results, norm: str) -> pd.DataFrame:
-    """Per (norm, layer): dead channels summed over models at the smallest eps, and the number of models.
+    """Per (norm, layer): dead channels summed over models at the smallest eps (n), the models that have one
+    (models) and all the models (of).
 
     From layer_sparsity's `dead_channels`; tables written before that column count
     channel_sparsity == 1 instead (the same definition: zero for every value of every sample).
@@ -130,8 +131,9 @@ def dead_channel_counts(r: Results, norm: str) -> pd.DataFrame:
         cs = at_eps(pair(r.table("channel_sparsity"), norm, r.ref))
         src = cs.assign(n=(cs["sparsity"] >= 1.0).astype(int)) if len(cs) else cs
     if src.empty:
-        return pd.DataFrame(columns=["condition", "layer_index", "layer", "n", "models"])
-    g = src.groupby(["condition", "layer_index", "layer"]).agg(n=("n", "sum"), models=("model_id", "nunique"))
+        return pd.DataFrame(columns=["condition", "layer_index", "layer", "n", "models", "of"])
+    g = src.assign(dead=src["n"] > 0).groupby(["condition", "layer_index", "layer"]).agg(
+        n=("n", "sum"), models=("dead", "sum"), of=("model_id", "nunique"))  # models with one, of all
     return g[g["n"] > 0].reset_index()
 
 
@@ -148,7 +150,7 @@ def mostly_zero_layers(r: Results, norm: str) -> list[Condition]:
     dead = dead_channel_counts(r, norm)
     if len(dead):
         out.append(Condition("dead channels (zero for every sample), summed over models: " + ", ".join(
-            f"{tags[x.condition]} {x.layer} {x.n} in {x.models} models" for x in dead.itertuples()),
+            f"{tags[x.condition]} {x.layer} {x.n} in {x.models} of {x.of} models" for x in dead.itertuples()),
             ALL, undermines=False))
     return out
 

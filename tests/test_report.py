@@ -741,12 +741,12 @@ CONDITIONS = {  # name: (tables, experiment, text named, claims turned inconclus
                                 "digits-cnn", "layers above 90% zeros: no BN conv4 95%", {1, 2}),
     "a dead channel (named only)": (set_rows(T, "layer_sparsity", "model_id == 'bn-s0' and layer == 'conv1'",
                                              dead_channels=1),
-                                    "digits-cnn", "dead channels (zero for every sample), summed over models: BN conv1 1 in 4 models",
+                                    "digits-cnn", "dead channels (zero for every sample), summed over models: BN conv1 1 in 1 of 4 models",
                                     set()),
     "a dead channel, counted from channel_sparsity (tables before dead_channels)": (
         {**set_rows(T, "channel_sparsity", "model_id == 'bn-s0' and layer == 'conv1' and channel == 0", sparsity=1.0),
          "layer_sparsity": T["layer_sparsity"].drop(columns="dead_channels")},
-        "digits-cnn", "dead channels (zero for every sample), summed over models: BN conv1 1 in 4 models", set()),
+        "digits-cnn", "dead channels (zero for every sample), summed over models: BN conv1 1 in 1 of 4 models", set()),
     "dead channels at the larger eps only are not named": (
         make_tables(**SMALL, acc=acc, eps=(0.0, 0.5)), "digits-cnn", None, set()),  # eps 0.5: every channel zero
 }
