@@ -363,7 +363,7 @@ def finding_early_clusters(kmeans: pd.DataFrame, first_layer: int, n_classes: in
         return _not_evaluated(4, {"kmeans": kmeans}, norm, ref)
     a, ref_name = pair_names(norm, present_norms(kmeans), ref)
     layers = sorted(best["layer_index"].unique())
-    early = layers[: math.ceil(len(layers) / 2)]
+    early = [int(x) for x in layers[: math.ceil(len(layers) / 2)]]  # numbers in findings.json, not numpy's
     e = best[best["layer_index"].isin(early)]
     per_model = (e["k_opt"] - n_classes).abs().groupby([e["condition"], e["model_id"]]).mean()  # over early layers
     dist = per_model.groupby(level="condition").mean()

@@ -401,6 +401,9 @@ def test_report_files_and_self_contained_html(full):
     verdicts = [f["verdict"] for f in json.loads((d / "findings.json").read_text())["findings"]]
     assert verdicts == [f.verdict for f in res.findings] and "not evaluated" not in verdicts
     assert res.missing == [] and res.html.endswith("digits-cnn/report/report.html")
+    numbers = json.loads((d / "findings.json").read_text())["findings"][3]["numbers"]
+    assert numbers["early_layers"] == [1, 2, 3]  # numbers, not numpy's written as text
+    assert not re.findall(r'": "-?[0-9][0-9.e+-]*"', (d / "findings.json").read_text())  # nowhere else either
 
 
 def test_report_is_current(full, tmp_path):
