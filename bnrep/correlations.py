@@ -71,6 +71,18 @@ def only_between_groups(across: dict, partial: dict) -> bool:
     return bool(significant_signs(across) - significant_signs(partial, ("pearson",)))
 
 
+def between_groups_reason(across: dict, partial: dict) -> str:
+    """How a counted correlation (`only_between_groups`) fares once the normalisation is controlled for: weak
+    or of the other sign within the groups (it comes from their difference), or as strong as across them but
+    not significant (too few models within the groups to tell)."""
+    r, p = partial["pearson_r"], partial["pearson_p"]
+    said = f"partial r = {'n/a' if pd.isna(r) else f'{r:.2f}'}, p = {p_text(p)}"
+    if not pd.isna(r) and abs(r) >= R_MIN and int(np.sign(r)) in significant_signs(across):
+        return (f"is not significant once the normalisation is controlled for ({said}): too few models within "
+                f"the groups to tell it from the difference between them")
+    return f"comes only from the difference between the normalisation groups ({said})"
+
+
 # ==== the measures, one value per model ====
 
 def _per_model(df: pd.DataFrame, col: str) -> pd.Series:

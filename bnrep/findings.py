@@ -29,7 +29,7 @@ from scipy import stats
 
 from bnrep.correlations import (MIN_MODELS, P_MAX, R_MIN, correlate, only_between_groups, partial_corr,  # noqa: F401
                                 significant_signs)
-from bnrep.correlations import p_text as _p
+from bnrep.correlations import between_groups_reason, p_text as _p
 from bnrep.conditions import MIN_SEEDS, MOSTLY_ZERO, Condition, conditions
 from bnrep.experiments import LR_EDGE
 from bnrep.measures import MEASURES
@@ -289,8 +289,8 @@ def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame,
     lost = _between_groups_only(m, {"test_acc": test, "gap": gap}, partial)
     if lost and verdict in JUDGED:
         f.verdict = "inconclusive"
-        f.caveats.append(f"the correlation with {' and '.join('test accuracy' if y == 'test_acc' else 'the gap' for y in lost)} "
-                         f"comes only from the difference between the normalisation groups")
+        f.caveats += [f"the correlation with {'test accuracy' if y == 'test_acc' else 'the gap'} "
+                      f"{between_groups_reason({'test_acc': test, 'gap': gap}[y], partial[y])}" for y in lost]
     return f
 
 

@@ -44,7 +44,7 @@ import pyarrow.fs as pafs
 import bnrep
 from bnrep.config import load_experiment, read_config, read_hashes, trained_with_preset_hparams
 from bnrep.documents import md_table, render_html, render_md
-from bnrep.correlations import MIN_MODELS, limits_sentence, predictor_rows, predictors
+from bnrep.correlations import MIN_MODELS, between_groups_reason, limits_sentence, predictor_rows, predictors
 from bnrep.flags import SCRIPTS
 from bnrep.findings import (CLAIMS, Finding, finding_sparsity_across, findings, initialisation_blocks, judged_norms,
                             rules)
@@ -176,13 +176,13 @@ def predictor_blocks(r: Results, heading: str = "Which measure predicts generali
                     "generalisation gap (train - test accuracy). Sorted by strength: the larger |r| of Pearson "
                     "and Spearman across all models."),
               ("table", header, cells), ("p", limits_sentence(r, rows))]
-    only = [f"{x['measure']} vs {'test accuracy' if x['target'] == 'test_acc' else 'the gap'}" for x in rows
-            if x["between_groups_only"]]
+    only = [f"{x['measure']} vs {'test accuracy' if x['target'] == 'test_acc' else 'the gap'} "
+            f"{between_groups_reason(x, {'pearson_r': x['partial_pearson_r'], 'pearson_p': x['partial_pearson_p']})}"
+            for x in rows if x["between_groups_only"]]
     if only:
-        blocks.append(("note", f"The sign of {'; '.join(only)} comes only from the difference between the "
-                               f"normalisation groups: controlling for the normalisation (partial correlation), "
-                               f"it does not hold. Read it as a normalisation effect, not a link between the "
-                               f"measure and generalisation."))
+        blocks.append(("note", f"Across models, then within the normalisation groups: {'; '.join(only)}. Read "
+                               f"such a correlation as a normalisation effect, not a link between the measure "
+                               f"and generalisation."))
     return blocks
 
 

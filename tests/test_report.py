@@ -701,6 +701,22 @@ def test_a_correlation_that_is_only_the_norm_groups_is_inconclusive():
     assert f.numbers["partial"]["test_acc"]["pearson_r"] == pytest.approx(-0.4)
 
 
+def test_a_correlation_as_strong_within_the_groups_but_not_significant_says_too_few_models():
+    """3 models per group: within each, sparser is better too (partial r 0.65) but p = 0.23 at 3 degrees of
+    freedom; the caveat says too few models, not that the link comes only from the groups."""
+    within_s, within_a = np.array([0, .02, .04]), np.array([0, .03, .02])
+    tr = pd.DataFrame(dict(model_id=[f"m{i}" for i in range(6)], bn=[True] * 3 + [False] * 3,
+                           norm=["batch"] * 3 + ["none"] * 3, condition=["batch"] * 3 + ["none"] * 3,
+                           seed=list(range(3)) * 2, train_acc=1.0, test_acc=np.r_[.98 + within_a, .90 + within_a]))
+    ls = tr[["model_id", "bn", "norm", "condition", "seed"]].assign(layer="l1", layer_index=1,
+                                                                    sparsity=np.r_[.5 + within_s, .1 + within_s])
+    f = findings.finding_generalisation(tr, ls)
+    assert f.verdict == "inconclusive" and f.numbers["partial"]["test_acc"]["pearson_r"] == pytest.approx(0.6547, abs=1e-4)
+    assert f.caveats[0] == ("the correlation with test accuracy is not significant once the normalisation is "
+                            "controlled for (partial r = 0.65, p = 0.23): too few models within the groups to tell "
+                            "it from the difference between them")
+
+
 def set_rows(tables, name, query, **values):
     t = {k: v.copy() for k, v in tables.items()}
     idx = t[name].query(query).index
@@ -761,7 +777,7 @@ def test_conditions_named_next_to_the_verdicts_they_undermine(name):
     r = results.Results(get_experiment(exp), tables)
     fs = findings.findings(r)
     plain = [findings.finding_sparsity(results.at_eps(r.table("layer_sparsity"))),
-             findings.finding_generalisation(r.table("training"), r.table("layer_sparsity")),
+             findings.finding_generalisation(r.table("training"), results.at_eps(r.table("layer_sparsity"))),
              findings.finding_purity(r.table("class_dbi"), r.table("kmeans"), r.experiment.first_shown_layer),
              findings.finding_early_clusters(r.table("kmeans"), r.experiment.first_shown_layer)]
     assert not flipped or any(p.verdict in findings.JUDGED for p in plain if p.number in flipped)  # a real flip
