@@ -201,6 +201,13 @@ def from_table(table: dict) -> list[str]:
             raise ConditionError(f"[conditions] {tag}: give a table {{norm = ..., batch_size = ...}} or a norm name")
         spec = dict(spec)
         norm = str(spec.pop("norm", tag))
+        commas = [k for k, v in spec.items() if "," in str(v)]
+        if commas:  # a condition's fields are separated by commas (config.json keeps it as one string)
+            raise ConditionError(f"[conditions] {tag}: {commas[0]} {spec[commas[0]]!r} holds a comma, which "
+                                 f"separates a condition's fields: write it without one")
+        if not spec and tag != norm:
+            raise ConditionError(f"[conditions] {tag} = {{norm = {norm!r}}} changes no field: list it as {norm} "
+                                 f"(a normalisation keeps its own name), or give it a field to change")
         fields = [f"{k}={v}" for k, v in spec.items()]
         items.append(",".join([f"{tag}:{norm}" if fields else norm, *fields]))
     return items

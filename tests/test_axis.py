@@ -139,6 +139,14 @@ def test_a_study_file_takes_conditions_as_a_table(tmp_path):
     f.write_text('base = "digits-cnn"\n[conditions]\nbn-b8 = {norm = "batch", batch_size = "eight"}\n')
     with pytest.raises(ConfigError, match=r"^study file .*bs.toml: condition .*batch_size needs a whole number"):
         load_study(str(f))
+    f.write_text('base = "digits-cnn"\n[conditions]\nbn-b8 = {norm = "batch", batch_size = 8, label = "BN, batch 8"}\n')
+    with pytest.raises(ConfigError, match=r"^study file .*bs.toml: \[conditions\] bn-b8: label 'BN, batch 8' holds a "
+                                          r"comma, which separates a condition's fields: write it without one$"):
+        load_study(str(f))
+    f.write_text('base = "digits-cnn"\nreference = "gh"\n[conditions]\ngh = {norm = "ghost:16"}\nnone = {}\n')
+    with pytest.raises(ConfigError, match=r"^study file .*bs.toml: \[conditions\] gh = \{norm = 'ghost:16'\} changes "
+                                          r"no field: list it as ghost:16 \(a normalisation keeps its own name\)"):
+        load_study(str(f))
 
 
 # ==== end to end: three conditions, then a fourth ====
