@@ -203,6 +203,12 @@ def test_conditions_end_to_end_and_a_rerun_adding_one(tmp_path):
         assert all("gn-b8" in k for k in set(now) - set(old)) and set(now) - set(old), name
     t = store.read_table("training")
     assert len(t) == 8 and set(t.loc[t["condition"] == "gn-b8", "norm"]) == {"group"}
+    # TensorBoard (`--logdir train/tune`, `hparam/tune`) still shows the first run's models and trials
+    runs = {stage: {p.parent.relative_to(out / EXP / stage / "tune").as_posix().rsplit("_", 1)[0][:-6]
+                    for p in (out / EXP / stage / "tune").rglob("events.out.tfevents.*")} for stage in ("train", "hparam")}
+    assert runs["train"] == {f"earlier/1/{c}-s{s}" for c in ("bn", "bn-b8", "nobn") for s in (0, 1)} | {
+        f"final/gn-b8-s{s}" for s in (0, 1)}, runs["train"]
+    assert runs["hparam"] == {f"earlier/1/{c}" for c in ("bn", "bn-b8", "nobn")} | {"sweep/gn-b8"}, runs["hparam"]
     redefine = bnrep("final", *ARGS[:3], "--paper-hparams", "--conditions", "batch; bn-b8:batch,batch_size=4",
                      out=out)
     assert redefine.returncode == 2 and "holds condition bn-b8 as" in redefine.stderr

@@ -338,6 +338,7 @@ def test_every_trial_has_tensorboard_scalars_per_epoch(reference):
     assert len(trials) == history["model_id"].nunique()
     for d in trials:
         mid = json.loads(open(f"{d}/result.json").readline())["model_id"]
+        assert os.path.basename(d.rstrip("/")).startswith(mid.removeprefix("cnn-") + "-"), d  # named by its model
         h, ev = history[history["model_id"] == mid], scalars(d)
         for col in ("train_loss", "val_acc"):
             want = [(int(e), float(np.float32(v))) for e, v in zip(h["epoch"], h[col])]

@@ -27,7 +27,8 @@ from bnrep.models import model_id
 from bnrep.norms import SHORT, TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, default_gpus, placement, quiet_when_stopped, ray_session
-from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, tune_config
+from bnrep.stages.tuning import (can_resume, keep_tensorboard, open_training_stage, run_config, train_in_tune,
+                                 tune_config)
 from bnrep.store import GRID, GRID_PLAN, Store, safe_key, tables, write_error
 from bnrep.train import Trainer, best_device
 
@@ -118,12 +119,13 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
         print(f"[final] resuming the interrupted grid in {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable=fn, param_space=space, resume_errored=True)
     else:
+        keep_tensorboard(store, GRID)
         store.delete(GRID)
         store.write_json(GRID_PLAN, todo)
         progress = tune_progress("final", len(todo), exp.max_epochs, describe_config, describe_model)
         storage, name = GRID.rsplit("/", 1)  # Tune's storage path and the run's name in it
         tuner = tune.Tuner(fn, param_space=space,
-                           tune_config=tune_config(),
+                           tune_config=tune_config(trial_dirname_creator=grid_dirname),
                            run_config=run_config(opts, name, store.uri(storage), progress))
     errors = [r.error for r in tuner.fit() if r.error]
     for e in errors:
@@ -133,6 +135,11 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
         first = str(errors[0]).strip().splitlines()[-1][:300]
         raise StageFailed(f"{len(errors)} model(s) failed {opts.max_failures + 1} times, more than --max-failures "
                           f"{opts.max_failures}; last error: {first} (Tune logs: {path})")
+
+
+def grid_dirname(trial) -> str:
+    """A grid trial's directory names its model: train/tune/final/bn-s0-<trial id>."""
+    return f"{describe_config(trial.config)}-{trial.trial_id}"
 
 
 def describe_config(config: dict) -> str:

@@ -27,7 +27,8 @@ from bnrep.lock import writer_lock
 from bnrep.norms import TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, default_gpus, quiet_when_stopped, ray_session
-from bnrep.stages.tuning import can_resume, open_training_stage, run_config, train_in_tune, tune_config
+from bnrep.stages.tuning import (can_resume, keep_tensorboard, open_training_stage, run_config, train_in_tune,
+                                 tune_config)
 from bnrep.store import SWEEP, SWEEP_PLAN, Store
 from bnrep.train import Trainer, best_device
 
@@ -88,6 +89,7 @@ def run_sweep(exp: Experiment, opts: RunOptions, store: Store, todo: list[str], 
         print(f"[hparam] resuming the interrupted sweep in {path}", flush=True)
         restored = tune.Tuner.restore(path, trainable=fn, param_space=space, resume_errored=True)
         return trials_table(restored.fit(), exp, asha, configs)
+    keep_tensorboard(store, SWEEP)
     store.delete(SWEEP)  # what a run killed before Tune saved a usable state left
     store.write_json(SWEEP_PLAN, configs)
     progress = tune_progress("hparam", len(configs), max(s["max_t"] for s in asha.values()), describe_config,

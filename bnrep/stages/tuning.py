@@ -46,6 +46,29 @@ def trial_dirname(trial) -> str:
     return trial.trial_id
 
 
+TENSORBOARD = "events.out.tfevents"  # the prefix of a trial's TensorBoard event files (Tune's TBXLoggerCallback)
+
+
+def keep_tensorboard(store: Store, rel: str) -> None:
+    """Before a new Tune run replaces the one under `rel`: its trials' TensorBoard event files move to
+    <rel's folder>/earlier/<k>/<trial folder> (k = 1, 2, ...), so that `tensorboard --logdir` on the stage's
+    tune folder still shows the models and trials of earlier runs (a condition added later trains only its own)."""
+    from pyarrow import fs as pafs
+
+    found = store.fs.get_file_info(pafs.FileSelector(store.path(rel), allow_not_found=True))
+    trials = {i.base_name: [n for n in store.list_dir(f"{rel}/{i.base_name}") if n.startswith(TENSORBOARD)]
+              for i in found if i.type == pafs.FileType.Directory}
+    trials = {t: names for t, names in trials.items() if names}
+    if not trials:
+        return
+    earlier = f"{rel.rsplit('/', 1)[0]}/earlier"
+    k = 1 + max((int(n) for n in store.list_dir(earlier) if n.isdigit()), default=0)
+    for t, names in trials.items():
+        store.mkdir(f"{earlier}/{k}/{t}")
+        for n in names:
+            store.fs.move(store.path(f"{rel}/{t}/{n}"), store.path(f"{earlier}/{k}/{t}/{n}"))
+
+
 def train_in_tune(trainer, extra: dict | None = None, snapshots=(), keep=None) -> tuple[int, dict[int, str]]:
     """Run `trainer` to its stopping rule inside a Tune trial: resume from the
     trial's last checkpoint if Tune restarted it, report every epoch with a
