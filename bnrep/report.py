@@ -252,7 +252,7 @@ def class_text(r: Results) -> str:
 
 def settings_rows(r: Results) -> list[list[str]]:
     e, t = r.experiment, r.table("training")
-    setting = "BN setting" if is_paper_pair(r.norms) else "normalisation"
+    setting = "BN setting" if is_paper_pair(r.norms) else {"norm": "normalisation"}.get(axis_word(r.norms), "condition")
     rows = [["experiment", f"{e.name} ({e.description})" if e.description else e.name],
             ["dataset / model", f"{e.dataset}{f' at {e.image_size} px' if e.image_size else ''} / {e.model}"],
             ["classes", class_text(r)],
@@ -282,7 +282,8 @@ def settings_rows(r: Results) -> list[list[str]]:
         g = t[(t["condition"] == n) & ~imported]
         ep = sorted({g["epochs"].min(), g["epochs"].max()})
         lr, mom = (_names(f"{x:.3g}" for x in sorted(g[c].unique())) for c in ("lr", "momentum"))  # 3 digits
-        rows.append([f"trained ({SHORT[n]})", f"{len(g)} models, lr {lr}, momentum {mom}, "
+        own = "".join(f"{k.replace('_', ' ')} {v}, " for k, v in sorted(e.condition(n)[1].items()))  # its recipe's
+        rows.append([f"trained ({SHORT[n]})", f"{len(g)} models, {own}lr {lr}, momentum {mom}, "
                      f"epochs {'-'.join(map(str, ep))}, interpolated {int(g['interpolated'].sum())}/{len(g)}"])
     return rows
 

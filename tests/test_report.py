@@ -1153,6 +1153,20 @@ def test_settings_print_hyperparameters_at_three_digits():
     assert rows["optimiser"].endswith("per BN setting: the preset's (--paper-hparams) (rows 'trained' below)")
 
 
+def test_settings_give_each_condition_its_own_recipe():
+    from bnrep.experiments import get_experiment
+    from bnrep.results import Results
+    e = get_experiment("synthetic-cnn").override(conditions="batch; bn-b8:batch,batch_size=8; none")
+    t = pd.DataFrame([dict(model_id=f"m{c}{s}", norm="batch", condition=c, bn=True, seed=s, lr=0.01, momentum=0.9,
+                           epochs=3, interpolated=False, train_acc=0.5, val_acc=0.5, test_acc=0.5,
+                           experiment="synthetic-cnn", dataset="synthetic", arch="cnn")
+                      for c in ("batch", "bn-b8") for s in range(2)])
+    rows = dict((r[0], r[1]) for r in report.settings_rows(Results(e, {"training": t})))
+    assert rows["trained (bn-b8)"].startswith("2 models, batch size 8, lr 0.01, momentum 0.9, epochs 3")
+    assert rows["trained (BN)"].startswith("2 models, lr 0.01, momentum 0.9, epochs 3")
+    assert rows["seeds"] == "2 per condition"
+
+
 def test_table1_names_diverged_models_per_norm():
     t = pd.DataFrame([dict(model_id=f"m-{n}-{s}", norm=n, condition=n, diverged=n == "none" and s < 2,
                            diverged_epoch=(3 + s) if n == "none" and s < 2 else 0) for n in ("batch", "none")
