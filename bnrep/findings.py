@@ -476,12 +476,14 @@ def initialisation_rows(r: Results) -> list[list[str]]:
             continue
         for n in [c for c in r.norms if c != r.ref]:
             fin, ini = (compare_layers(headline_rows(m, d), m.values[0], n, r.ref) for d in (r.table(m.table), early))
-            fin = fin[fin["p"] < P_MAX]
-            ini = ini.set_index("layer_index")
-            same = [x.layer for x in fin.itertuples() if x.layer_index in ini.index and ini.at[x.layer_index, "p"] < P_MAX
-                    and np.sign(ini.at[x.layer_index, "a"] - ini.at[x.layer_index, "ref"]) == np.sign(x.a - x.ref)]
+            fin, ini = fin[fin["p"] < P_MAX], ini.set_index("layer_index")
+            gap = {x.layer: (x.a - x.ref, *(ini.loc[x.layer_index, ["a", "ref", "p"]] if x.layer_index in ini.index
+                                            else (math.nan,) * 3)) for x in fin.itertuples()}
+            same = [l for l, (g, a, b, p) in gap.items() if p < P_MAX and np.sign(a - b) == np.sign(g)]
+            like = [l for l, (g, a, b, p) in gap.items() if l not in same and (a - b) / g >= 0.5]  # >= half, noisy
             said = ("no layer differs at the final epoch" if fin.empty else "already at initialisation"
-                    if len(same) == len(fin) else "appeared in training" if not same else "partly at initialisation")
+                    if len(same) == len(fin) else "partly at initialisation" if same else "appeared in training"
+                    if not like else f"unclear: {_names(like)} as large at initialisation, within seed noise there")
             rows.append([m.name or m.table.replace("_", " "), f"{SHORT[n]} vs {SHORT[r.ref]}",
                          f"{len(fin)} ({_names(fin['layer'])})" if len(fin) else "0",
                          f"{len(same)} ({_names(same)})" if same else "0", said])

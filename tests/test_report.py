@@ -1167,6 +1167,27 @@ def test_settings_give_each_condition_its_own_recipe():
     assert rows["seeds"] == "2 per condition"
 
 
+@pytest.mark.parametrize("layers,same,reading", [
+    ([3], "1 (l3)", "already at initialisation"),
+    ([2], "0", "appeared in training"),
+    ([1, 2], "0", "unclear: l1 as large at initialisation, within seed noise there"),  # 2 seeds: p 0.15 at init
+    ([1, 2, 3], "1 (l3)", "partly at initialisation"),
+])
+def test_a_gap_as_large_at_initialisation_but_within_seed_noise_is_not_said_to_appear_in_training(layers, same, reading):
+    """Final gap 5 in every layer (seeds +-0.1); at epoch 0: l1 the same gap with seeds +-2, l2 none, l3 the same
+    gap with seeds +-0.1."""
+    from bnrep.experiments import get_experiment
+    from bnrep.results import Results
+    at_init = {1: (5, 2), 2: (0, 0.1), 3: (5, 0.1)}  # layer -> (gap at epoch 0, seed spread there)
+    rows = [dict(model_id=f"{c}{s}", condition=c, norm=c, bn=c == "batch", seed=s, layer=f"l{li}", layer_index=li,
+                 epoch=epoch, value=10 + gap * (c == "batch") + (spread if s else -spread))
+            for c in ("batch", "none") for s in (0, 1) for li in layers
+            for epoch, gap, spread in ((-1, 5, 0.1), (0, *at_init[li]))]
+    r = Results(get_experiment("synthetic-cnn"), {"effective_rank": pd.DataFrame(rows)})
+    assert findings.initialisation_rows(r) == [["Effective rank", "BN vs NBN",
+                                                f"{len(layers)} ({', '.join(f'l{i}' for i in layers)})", same, reading]]
+
+
 def test_table1_names_diverged_models_per_norm():
     t = pd.DataFrame([dict(model_id=f"m-{n}-{s}", norm=n, condition=n, diverged=n == "none" and s < 2,
                            diverged_epoch=(3 + s) if n == "none" and s < 2 else 0) for n in ("batch", "none")
