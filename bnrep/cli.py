@@ -42,8 +42,23 @@ def validate_run(args: argparse.Namespace):
     check_data(exp, opts.data_root)
     model_probes(exp)  # the model builds under every norm and takes the data
     store = open_store(opts.out, exp)
+    refuse_training_flags(args, store)
     prepare(store, exp, "hparam" if opts.fresh else "analysis", opts.fresh)
     return exp, opts, store
+
+
+TRAINING_FLAGS = ("norms", "conditions", "seeds", "max_epochs", "num_samples", "train_size", "batch_size", "lr",
+                  "momentum", "paper_hparams")  # what the sweep and the grid train
+
+
+def refuse_training_flags(args: argparse.Namespace, store) -> None:
+    """`bnrep run` on imported models (bnrep import) trains nothing: a flag that says what to train is refused."""
+    from bnrep.config import is_imported
+
+    given = [f"--{f.replace('_', '-')}" for f in TRAINING_FLAGS if getattr(args, f, None) not in (None, False)]
+    if given and not args.fresh and is_imported(store):
+        raise UsageError(f"{store.out}/{store.experiment} holds imported models (bnrep import): nothing is trained, "
+                         f"so {', '.join(given)} would change nothing; measure them without it")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -269,6 +269,19 @@ def test_a_norm_and_seed_the_experiment_holds_and_a_dropped_label_are_refused(ch
     assert tree(imported) == before
 
 
+def test_training_flags_on_imported_models_are_refused(imported, capsys):
+    """bnrep run on imported models runs the analysis and the report: --seeds, --norms, --max-epochs change nothing
+    there (they were dropped silently, or refused as 'another configuration')."""
+    before = tree(imported)
+    for flags_given, named in ((["--seeds", "7", "--norms", "batch,none"], "--norms, --seeds"),
+                               (["--max-epochs", "5"], "--max-epochs")):
+        rc = cli.main(["run", "--experiment", "leaves", "--out", str(imported), *flags_given])
+        assert (rc, capsys.readouterr().err) == (2, f"error: {imported}/leaves holds imported models (bnrep import): "
+                                                    f"nothing is trained, so {named} would change nothing; measure "
+                                                    f"them without it\n")
+    assert tree(imported) == before
+
+
 def test_a_norm_the_swap_wraps_imports_under_its_own_names(tmp_path):
     """Under batch, a norm holding its activation (timm's BatchNormAct2d) is swapped for a wrapper whose
     BatchNorm sits one level down (`1.norm.weight`); the researcher's file names it `1.weight`. It imports,
