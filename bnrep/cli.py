@@ -18,6 +18,7 @@ resumes; --fresh starts over.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import time
@@ -143,15 +144,34 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     root = args.data_root or default_data_root()
     print(f"{'experiment':20} {'dataset':14} {'model':9} {'data here':10} description")
-    for name, e in PRESETS.items():
+    for name, e in [*PRESETS.items(), *studies(args.out, exclude=PRESETS)]:
         try:
             check_data(e, root, download=False)
             here = "yes"
         except DatasetError:
             here = "no"
-        print(f"{name:20} {e.dataset:14} {e.model:9} {here:10} {e.description}")
-    print(f"\n(data root: {root}; datasets download there on first use when the network allows)")
+        print(f"{name:20} {e.dataset:14} {e.model:9} {here:10} {e.description or '(a study under --out)'}")
+    print(f"\n(data root: {root}; datasets download there on first use when the network allows; studies: "
+          f"those {args.out} holds, found by name)")
     return 0
+
+
+def studies(out: str, exclude=()) -> list[tuple[str, object]]:
+    """(name, experiment) of each study `out` holds (its config.json), presets left out; none when `out`
+    does not open."""
+    from bnrep.config import load_experiment
+    from bnrep.experiments import ConfigError
+    from bnrep.store import Store
+
+    try:
+        names = [n for n in Store(out, "").list_dir("") if n not in exclude and Store(out, n).exists("config.json")]
+    except (OSError, ValueError):
+        return []
+    found = []
+    for n in names:
+        with contextlib.suppress(ConfigError):
+            found.append((n, load_experiment(Store(out, n), n)))
+    return found
 
 
 # ==== bnrep status ====
@@ -179,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     stage_parser("run", sub.add_parser("run", help="the whole study: sweep, grid, analysis, report"))
     lp = sub.add_parser("list", help="experiments, their dataset and model, whether the data is here")
+    lp.add_argument("--out", default="./runs", metavar="PATH|URI", help="results root whose studies to list too "
+                                                                        "(default: ./runs)")
     lp.add_argument("--data-root", default=None, metavar="DIR",
                     help="where torchvision datasets live (default: $BNREP_DATA or ~/.cache/bnrep/data)")
     sp = sub.add_parser("status", help="per stage: complete, partial or missing (the sweep: skipped after "

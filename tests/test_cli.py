@@ -249,12 +249,20 @@ def test_help_lists_flags_with_defaults(argv):
         assert "default" in r.stdout
 
 
-def test_list_shows_every_experiment(capsys):
-    assert cli.main(["list"]) == 0
+def test_list_shows_every_experiment(tmp_path, capsys):
+    from bnrep.studies import load_study
+
+    study = tmp_path / "leaves.toml"
+    study.write_text('base = "digits-cnn"\ndescription = "my leaves"\n')
+    store = Store(str(tmp_path / "runs"), "leaves")  # a study run before, found by name under --out
+    store.mkdir()
+    config.write_config(store, config.prepare(store, load_study(str(study)), "final", fresh=False))
+    assert cli.main(["list", "--out", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     for name in ("digits-cnn", "mnist-cnn", "fashion-mnist-cnn", "cifar10-vgg16"):
         assert name in out
     assert "digits-cnn           digits         cnn       yes" in out
+    assert "leaves               digits         cnn       yes        my leaves" in out
 
 
 def test_status_counts_only_complete_work(results, capsys):
