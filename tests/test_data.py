@@ -98,7 +98,7 @@ def test_train_size_larger_than_the_split_keeps_all_and_warns():
     assert len(d.train) == 1294
 
 
-@pytest.mark.parametrize("change", [dict(val_size=1438), dict(val_size=0.9999), dict(test_fraction=1.0)],
+@pytest.mark.parametrize("change", [dict(val_size=1438), dict(val_size=0.9999), dict(test_fraction=0.9999)],
                          ids=["val-count-too-big", "val-fraction-everything", "test-everything"])
 def test_impossible_split_is_a_data_error(change):
     with pytest.raises(DataError, match="holds out"):
