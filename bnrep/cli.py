@@ -107,6 +107,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from bnrep.experiments import ConfigError
     from bnrep.flags import named_experiment
     from bnrep.stages import imports
+    from bnrep.studies import NAME_RULE, STUDY_NAME
 
     check_flags(args)
     try:
@@ -114,6 +115,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     except ConfigError:
         if args.experiment.endswith(".toml") or "/" in args.experiment:
             raise
+        if not STUDY_NAME.fullmatch(args.experiment):  # a folder under --out: no '..', not empty
+            raise ConfigError(f"--experiment {args.experiment!r}: {NAME_RULE}") from None
         exp = None  # a new experiment of that name, on --dataset (one line without it)
     return imports.run(exp, args.experiment, args.models, options(args), args.dataset, args.image_size)
 

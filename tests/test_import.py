@@ -269,6 +269,16 @@ def test_a_norm_and_seed_the_experiment_holds_and_a_dropped_label_are_refused(ch
     assert tree(imported) == before
 
 
+@pytest.mark.parametrize("name", ["..", "", "my leaves"])
+def test_a_new_experiment_s_name_is_a_folder_under_out(name, checkpoints, tmp_path, capsys):
+    _, csv, _ = checkpoints
+    rc = cli.main(["import", "--experiment", name, "--dataset", "synthetic", "--models", str(csv),
+                   "--out", str(tmp_path / "runs")])
+    assert (rc, capsys.readouterr().err) == (2, f"error: --experiment {name!r}: a study's name is letters, digits "
+                                                f"and . _ + - (at most 64, starting with a letter or digit)\n")
+    assert list(tmp_path.iterdir()) == []  # nothing written, under --out or beside it
+
+
 def test_training_flags_on_imported_models_are_refused(imported, capsys):
     """bnrep run on imported models runs the analysis and the report: --seeds, --norms, --max-epochs change nothing
     there (they were dropped silently, or refused as 'another configuration')."""
