@@ -69,7 +69,7 @@ def parse(item: str) -> tuple[str, str, dict, dict]:
         tag, norm = "", head
     else:
         tag, _, norm = head.partition(":")
-        if not norm or tag in FAMILIES or tag in NORMS and not is_norm(norm):  # no norm; ghost:x, batch:8
+        if not norm or (tag in FAMILIES or tag in NORMS) and not is_norm(norm):  # no norm; ghost:x, batch:8
             try:
                 get_norm(head)
             except NormError as e:

@@ -132,7 +132,9 @@ def dead_channel_counts(r: Results, norm: str) -> pd.DataFrame:
         src = cs.assign(n=(cs["sparsity"] >= 1.0).astype(int)) if len(cs) else cs
     if src.empty:
         return pd.DataFrame(columns=["condition", "layer_index", "layer", "n", "models", "of"])
-    g = src.assign(dead=src["n"] > 0).groupby(["condition", "layer_index", "layer"]).agg(
+    keys = ["condition", "layer_index", "layer"]
+    per_model = src.groupby([*keys, "model_id"])["n"].sum().reset_index()  # (channel_sparsity: a row per channel)
+    g = per_model.assign(dead=per_model["n"] > 0).groupby(keys).agg(
         n=("n", "sum"), models=("dead", "sum"), of=("model_id", "nunique"))  # models with one, of all
     return g[g["n"] > 0].reset_index()
 

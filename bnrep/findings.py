@@ -483,7 +483,7 @@ def initialisation_rows(r: Results) -> list[list[str]]:
             like = [l for l, (g, a, b, p) in gap.items() if l not in same and (a - b) / g >= 0.5]  # >= half, noisy
             said = ("no layer differs at the final epoch" if fin.empty else "already at initialisation"
                     if len(same) == len(fin) else "partly at initialisation" if same else "appeared in training"
-                    if not like else f"unclear: {_names(like)} as large at initialisation, within seed noise there")
+                    if not like else f"unclear: {_names(like)} at least half as large at epoch 0, within seed noise")
             rows.append([m.name or m.table.replace("_", " "), f"{SHORT[n]} vs {SHORT[r.ref]}",
                          f"{len(fin)} ({_names(fin['layer'])})" if len(fin) else "0",
                          f"{len(same)} ({_names(same)})" if same else "0", said])

@@ -282,7 +282,8 @@ def settings_rows(r: Results) -> list[list[str]]:
         g = t[(t["condition"] == n) & ~imported]
         ep = sorted({g["epochs"].min(), g["epochs"].max()})
         lr, mom = (_names(f"{x:.3g}" for x in sorted(g[c].unique())) for c in ("lr", "momentum"))  # 3 digits
-        own = "".join(f"{k.replace('_', ' ')} {v}, " for k, v in sorted(e.condition(n)[1].items()))  # its recipe's
+        own = "".join(f"{k.replace('_', ' ')} {v}, " for k, v in sorted(e.condition(n)[1].items())
+                      if k not in ("lr", "momentum"))  # its recipe's; lr and momentum: the models' own, next
         rows.append([f"trained ({SHORT[n]})", f"{len(g)} models, {own}lr {lr}, momentum {mom}, "
                      f"epochs {'-'.join(map(str, ep))}, interpolated {int(g['interpolated'].sum())}/{len(g)}"])
     return rows

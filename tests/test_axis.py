@@ -85,6 +85,7 @@ BAD = [
     ("tag of a norm", "gn8:group,batch_size=8", "tag 'gn8' is a normalisation's name or tag"),
     ("name of a norm", "layer:group,batch_size=8", "tag 'layer' is a normalisation's name or tag; choose another"),
     ("its own norm's name", "batch:batch,batch_size=8", "tag 'batch' is a normalisation's name or tag"),
+    ("a family's name", "group:batch,batch_size=8", "tag 'group' is a normalisation's name or tag"),
     ("an argument a norm does not take", "batch:8", "unknown norm 'batch:8' (valid: batch, group, "),
     ("unknown norm", "mine:batchnorm,batch_size=8", "unknown norm 'batchnorm'"),
     ("bad tag", "my tag:batch,batch_size=8", "must be letters, digits"),
