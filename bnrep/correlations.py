@@ -77,10 +77,17 @@ def between_groups_reason(across: dict, partial: dict) -> str:
     not significant (too few models within the groups to tell)."""
     r, p = partial["pearson_r"], partial["pearson_p"]
     said = f"partial r = {'n/a' if pd.isna(r) else f'{r:.2f}'}, p = {p_text(p)}"
-    if not pd.isna(r) and abs(r) >= R_MIN and int(np.sign(r)) in significant_signs(across):
+    if too_few_within(across, partial):
         return (f"is not significant once the normalisation is controlled for ({said}): too few models within "
                 f"the groups to tell it from the difference between them")
     return f"comes only from the difference between the normalisation groups ({said})"
+
+
+def too_few_within(across: dict, partial: dict) -> bool:
+    """The partial correlation is as strong (|r| >= R_MIN, the same sign) as a counted one across models, but
+    not significant: too few models within the groups, rather than a link that comes from the groups."""
+    r = partial["pearson_r"]
+    return not pd.isna(r) and abs(r) >= R_MIN and int(np.sign(r)) in significant_signs(across)
 
 
 # ==== the measures, one value per model ====
@@ -159,7 +166,9 @@ def predictor_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     for x in rows:
         within = ", ".join(f"{SHORT.get(n, n)} {'n/a' if pd.isna(v) else f'{v:+.2f}'}"
                            for n, v in x["within_spearman"].items()) or "n/a"
-        note = "sign only from the difference between the normalisation groups" if x["between_groups_only"] else ""
+        partial = {"pearson_r": x["partial_pearson_r"], "pearson_p": x["partial_pearson_p"]}
+        note = "" if not x["between_groups_only"] else "as strong within the groups, too few models to be significant" \
+            if too_few_within(x, partial) else "sign only from the difference between the normalisation groups"
         out.append([x["measure"], TARGETS[x["target"]], str(x["models"]), _rp(x["pearson_r"], x["pearson_p"]),
                     _rp(x["spearman_r"], x["spearman_p"]), within,
                     _rp(x["partial_pearson_r"], x["partial_pearson_p"]), note])

@@ -180,9 +180,8 @@ def predictor_blocks(r: Results, heading: str = "Which measure predicts generali
             f"{between_groups_reason(x, {'pearson_r': x['partial_pearson_r'], 'pearson_p': x['partial_pearson_p']})}"
             for x in rows if x["between_groups_only"]]
     if only:
-        blocks.append(("note", f"Across models, then within the normalisation groups: {'; '.join(only)}. Read "
-                               f"such a correlation as a normalisation effect, not a link between the measure "
-                               f"and generalisation."))
+        blocks.append(("note", f"Across models, then within the normalisation groups: {'; '.join(only)}. Neither "
+                               f"kind shows a link between the measure and generalisation."))
     return blocks
 
 

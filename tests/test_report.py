@@ -1026,6 +1026,17 @@ def test_a_predictor_whose_sign_is_only_the_groups_is_noted(name, nc1, flagged):
     assert (rows[0][-1] == NOTE) is flagged
 
 
+def test_a_predictor_as_strong_within_the_groups_but_over_too_few_models_is_noted_as_such():
+    from bnrep import correlations
+
+    row = dict(measure="NC1", target="test_acc", models=6, pearson_r=0.97, pearson_p=0.0016, spearman_r=0.89,
+               spearman_p=0.019, within_spearman={}, partial_pearson_r=0.65, partial_pearson_p=0.23,
+               between_groups_only=True)
+    assert correlations.predictor_rows([row])[1][0][-1] == "as strong within the groups, too few models to be significant"
+    weak = {**row, "partial_pearson_r": 0.1, "partial_pearson_p": 0.8}
+    assert correlations.predictor_rows([weak])[1][0][-1] == NOTE
+
+
 def test_predictor_section_in_the_report_with_the_real_model_count(tmp_path):
     r = cnn4(acc=acc_by_seed)
     write_tables(tmp_path, "digits-cnn", r.tables)
