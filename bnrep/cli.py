@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import dataclasses
 import sys
 import time
@@ -142,15 +143,17 @@ def import_parser(p: argparse.ArgumentParser) -> None:
 # ==== bnrep list ====
 def cmd_list(args: argparse.Namespace) -> int:
     from bnrep.data import check_data, default_data_root
-    from bnrep.datasets import DatasetError
+    from bnrep.datasets import FOLDER, DatasetError, parse_dataset
     from bnrep.experiments import PRESETS
 
     root = args.data_root or default_data_root()
     print(f"{'experiment':20} {'dataset':14} {'model':9} {'data here':10} description")
     for name, e in [*PRESETS.items(), *studies(args.out, exclude=PRESETS)]:
         try:
-            check_data(e, root, download=False)
-            here = "yes"
+            family, path = parse_dataset(e.dataset)
+            if family != FOLDER:
+                check_data(e, root, download=False)
+            here = "yes" if family != FOLDER or os.path.isdir(path) else "no"  # (a folder: not every image decoded)
         except DatasetError:
             here = "no"
         print(f"{name:20} {e.dataset:14} {e.model:9} {here:10} {e.description or '(a study under --out)'}")

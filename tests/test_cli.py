@@ -265,6 +265,31 @@ def test_list_shows_every_experiment(tmp_path, capsys):
     assert "leaves               digits         cnn       yes        my leaves" in out
 
 
+def test_list_does_not_decode_a_study_s_image_folder(tmp_path, capsys, monkeypatch):
+    """An image-folder study is 'here' when its folder is: listing does not read tens of thousands of images."""
+    import bnrep.data
+    from bnrep.studies import load_study
+
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / "pics" / split / c).mkdir(parents=True)
+            Image.new("L", (8, 8)).save(tmp_path / "pics" / split / c / "x.png")
+    study = tmp_path / "pics.toml"
+    study.write_text(f'base = "digits-cnn"\ndataset = "imagefolder:{tmp_path / "pics"}"\n')
+    store = Store(str(tmp_path / "runs"), "pics")
+    store.mkdir()
+    config.write_config(store, config.prepare(store, load_study(str(study)), "final", fresh=False))
+
+    def decoded(exp, *a, **k):
+        assert not exp.dataset.startswith("imagefolder:"), "listing decoded an image folder"
+
+    monkeypatch.setattr(bnrep.data, "check_data", decoded)
+    assert cli.main(["list", "--out", str(tmp_path / "runs")]) == 0
+    assert [line.split()[3] for line in capsys.readouterr().out.splitlines() if line.startswith("pics ")] == ["yes"]
+
+
 def test_status_counts_only_complete_work(results, capsys):
     assert cli.main(["status", "--experiment", "digits-cnn", "--out", str(results)]) == 0
     out = capsys.readouterr().out
