@@ -175,7 +175,7 @@ def studies(out: str, exclude=()) -> list[tuple[str, object]]:
         return []
     found = []
     for n in names:
-        with contextlib.suppress(ConfigError):
+        with contextlib.suppress(ConfigError, OSError, ValueError):  # a config.json that does not read: left out
             found.append((n, load_experiment(Store(out, n), n)))
     return found
 

@@ -252,7 +252,7 @@ def _as_tuple(v, kind, name: str, field_name: str) -> tuple:
         v = [v]
     try:
         out = tuple(kind(x) for x in v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (int(inf))
         out = None
     if out is None or kind is int and any(float(x) != o for x, o in zip(v, out)):  # 0.5 is no epoch 0
         what = "names" if kind is str else "whole numbers" if kind is int else "numbers"
@@ -309,6 +309,7 @@ def validate(e: Experiment) -> None:
         need(v is None or 0 < v < math.inf, f"learning rate must be > 0 and finite, got {name}={v}")
     need(0 <= e.momentum < 1, f"momentum must be in [0, 1), got {e.momentum}")
     need(all(0 <= m < 1 for m in e.momentum_choices), f"momentum must be in [0, 1), got {e.momentum_choices}")
+    need(len(e.momentum_choices) > 0 or e.optimizer != "sgd", "momentum_choices is empty: the sweep draws from it")
     need(len(e.lr_range) == 2 and 0 < e.lr_range[0] <= e.lr_range[1] < math.inf,
          f"learning rate range must be two numbers 0 < low <= high, finite, got {e.lr_range}")
     need(len(e.image_shape) == 3 and min(e.image_shape) > 0, f"image_shape must be (C, H, W) > 0, got {e.image_shape}")
@@ -321,7 +322,7 @@ def validate(e: Experiment) -> None:
     need(0 < e.patience <= 1, f"patience is a fraction of max_epochs in (0, 1], got {e.patience}")
     need(0 <= e.weight_decay < math.inf, f"weight_decay must be >= 0 and finite, got {e.weight_decay}")
     need(0 < e.val_size and (isinstance(e.val_size, int) or e.val_size < 1),
-         f"val_size must be a number of images > 0 or a fraction in (0, 1), got {e.val_size}")
+         f"val_size must be a whole number of images > 0 or a fraction in (0, 1), got {e.val_size}")
     need(0 < e.test_fraction < 1, f"test_fraction must be in (0, 1), got {e.test_fraction}")
     need(e.k_min >= 2, f"k_min must be >= 2, got {e.k_min}")
     need(e.k_max >= e.k_min, f"k_max must be >= k_min, got k_min={e.k_min}, k_max={e.k_max}")

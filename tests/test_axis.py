@@ -295,7 +295,8 @@ def test_every_condition_of_a_study_wears_its_own_colour():
     e = BASE.override(conditions="batch; ghost:2; ghost:4; ghost:8; ghost:16; ghost:32; bn-b4:batch,batch_size=4; "
                                  "bn-b8:batch,batch_size=8; bn-b16:batch,batch_size=16; bn-b32:batch,batch_size=32; "
                                  "group; group:2; group:4; group:8; group:16; gn-b4:group,batch_size=4; "
-                                 "gn-b8:group,batch_size=8; layer; none; ws+group")
+                                 "gn-b8:group,batch_size=8; layer; none; ws+group; n4:none,batch_size=4; "
+                                 "n8:none,batch_size=8; n16:none,batch_size=16; n32:none,batch_size=32")
     rgb = {n: np.array(mc.to_rgb(get_norm(n).color)) for n in e.norms}
     closest = min((np.linalg.norm(rgb[a] - rgb[b]), a, b) for a, b in itertools.combinations(e.norms, 2))
     assert closest[0] >= 0.15, closest

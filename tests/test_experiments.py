@@ -213,7 +213,9 @@ def test_a_study_file_is_a_preset_plus_fields(tmp_path):
     ('base = "digits-cnn"\nmomentum_choices = "0.0,high"\n', "momentum_choices must be a list of numbers"),
     ('base = "synthetic-cnn"\nimage_shape = [1, 8]\n', "image_shape must be (C, H, W) > 0, got (1, 8)"),
     ('base = "digits-cnn"\nsnapshots = [0.5]\n', "snapshots must be a list of whole numbers, got (0.5,)"),
-    ('base = "digits-cnn"\nval_size = 1.5\n', "val_size must be a number of images > 0 or a fraction in (0, 1), "),
+    ('base = "digits-cnn"\nval_size = 1.5\n', "val_size must be a whole number of images > 0 or a fraction in "),
+    ('base = "digits-cnn"\nsnapshots = [inf]\n', "snapshots must be a list of whole numbers, got (inf,)"),
+    ('base = "digits-cnn"\nmomentum_choices = []\n', "momentum_choices is empty: the sweep draws from it"),
     ('base = "digits-cnn"\ntest_fraction = 1.5\n', "test_fraction must be in (0, 1), got 1.5"),
 ])
 def test_a_bad_study_file_is_one_line_naming_the_file(text, line, tmp_path, capsys):
