@@ -40,7 +40,8 @@ class Study:
 
     @property
     def hashes(self) -> dict[str, str]:
-        """train_hash and analysis_hash: the config_hash of the Parquet parts."""
+        """train_hash and analysis_hash (config.json); training parts carry train_hash as their config_hash, each
+        analysis part its own table's hash (config.json's table_hashes)."""
         return read_hashes(self.store)
 
     @property

@@ -36,8 +36,9 @@ SCRIPTS = {  # stage -> script, in pipeline order
     "report": "analysis/report.py",
 }
 DESCRIPTIONS = {
-    "hparam": "Stage 1: Ray Tune hyperparameter sweep, one search per normalisation.",
-    "final": "Stage 2: train the seed x normalisation grid with Ray Tune.",
+    "hparam": "Stage 1: Ray Tune hyperparameter sweep, one search per condition (a normalisation, or one with "
+              "training overrides).",
+    "final": "Stage 2: train the seed x condition grid with Ray Tune.",
     "analysis": "Stage 3: measure every trained model's representations with Ray tasks.",
     "report": "Write the report: Table 1, the paper's Figures 1-6, findings, as Markdown and HTML.",
 }
@@ -85,7 +86,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=None, metavar="N", help="model seeds 0..N-1 (default: preset, 4)")
     p.add_argument("--max-epochs", type=int, default=None, metavar="N", help="epoch cap per model (default: preset)")
     p.add_argument("--num-samples", type=int, default=None, metavar="N",
-                   help="hparam trials per normalisation (default: preset)")
+                   help="hparam trials per condition (default: preset)")
     p.add_argument("--train-size", type=int, default=None, metavar="N",
                    help="train on the first N images of the seeded training split (default: all)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per step (default: preset, 64)")

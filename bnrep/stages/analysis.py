@@ -199,9 +199,11 @@ def trained_models(store: Store, exp: Experiment) -> pd.DataFrame:
         asked, saved = saved_snapshots(store.part_metadata("training", mid))
         if not set(later) <= asked:
             missing = ", ".join(str(e) for e in later if e not in asked)
+            out = "" if store.out.rstrip("/") in ("runs", "./runs") else f" --out {store.out}"
             raise UsageError(f"{mid} was trained without a snapshot at epoch {missing}: run sweeps/final.py "
-                             f"--experiment {exp.name} --snapshots {','.join(map(str, exp.snapshots))} first "
-                             f"(it trains the models again, keeping those epochs)")
+                             f"--experiment {exp.name}{out} --snapshots {','.join(map(str, exp.snapshots))} first, "
+                             f"with the flags the grid was trained with (it trains the models again, keeping "
+                             f"those epochs)")
         kept.append(tuple(e for e in later if e in saved))  # an epoch after the model stopped: not there
         try:
             for e in (FINAL, *kept[-1]):
