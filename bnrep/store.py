@@ -35,6 +35,8 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
         epochs, best_epoch, train_acc, val_acc, test_acc, interpolated, diverged,
         diverged_epoch (0: never)
         (model: the model spec, bnrep.models; arch holds the same, for older notebooks)
+        bnrep import adds: imported (True), weights (the file read), and the models file's other
+        columns as text (labels); lr, momentum, epochs and best_epoch are NaN there
     training_history   one row per model and epoch; part = model_id
         model_id, bn, norm, condition, seed, epoch, lr, train_loss, train_acc, val_acc,
         interpolated, objective, train_acc_running, diverged
