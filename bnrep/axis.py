@@ -42,7 +42,7 @@ TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,31}")
 SHADES = {  # colours of conditions built on a normalisation, by their order among its conditions
     "batch": ("navy", "royalblue", "deepskyblue", "lightskyblue", "slateblue", "cadetblue"),
     "group": ("darkgreen", "limegreen", "yellowgreen", "olive", "seagreen", "darkseagreen"),
-    "none": ("saddlebrown", "gold", "peru", "darkorange", "khaki", "chocolate"),
+    "none": ("saddlebrown", "gold", "peru", "tan", "khaki", "chocolate"),  # apart from none's tab:orange
 }
 OTHER_SHADES = ("crimson", "teal", "indigo", "goldenrod", "magenta", "dimgray")
 
@@ -112,12 +112,6 @@ def parse(item: str) -> tuple[str, str, dict, dict]:
     return tag, norm, overrides, display
 
 
-def _rgb(colour: str) -> tuple[float, float, float]:
-    from matplotlib.colors import to_rgb
-
-    return to_rgb(colour)
-
-
 def _is_colour(value: str) -> bool:
     from matplotlib.colors import is_color_like
 
@@ -164,15 +158,14 @@ def entries(items) -> list[Norm]:
     """The norm-table entries of conditions with overrides, coloured by their order per normalisation, in shades
     that the study's plain normalisations do not wear."""
     out, per_base = [], {}
-    worn = [_rgb(get_norm(p[1]).color) for p in map(parse, items) if not p[0]]
+    worn = {get_norm(p[1]).color for p in map(parse, items) if not p[0]}
     parsed = [p for p in map(parse, items) if p[0]]
     # coloured in display order (the normalisation's, then the overrides' values): the same colours however given
     parsed.sort(key=lambda p: (sort_key(p[1])[:2], [(k, str(v).zfill(12)) for k, v in sorted(p[2].items())], p[0]))
     for tag, norm, overrides, display in parsed:
         base = get_norm(norm)
         family = base.name.partition(":")[0].removeprefix("ws+")
-        shades = [c for c in SHADES.get(family, OTHER_SHADES)  # none within 0.15 (RGB) of a plain norm's colour
-                  if all(sum((a - b) ** 2 for a, b in zip(_rgb(c), w)) >= 0.15 ** 2 for w in worn)]
+        shades = [c for c in SHADES.get(family, OTHER_SHADES) if c not in worn]  # (no matplotlib: workers build these)
         i = per_base[family] = per_base.get(family, -1) + 1
         said = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(overrides.items()))
         out.append(dataclasses.replace(
