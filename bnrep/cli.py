@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import dataclasses
+import os
 import sys
 import time
 
@@ -148,7 +148,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     root = args.data_root or default_data_root()
     print(f"{'experiment':20} {'dataset':14} {'model':9} {'data here':10} description")
-    for name, e in [*PRESETS.items(), *studies(args.out, exclude=PRESETS)]:
+    for name, e in [*PRESETS.items(), *studies_under(args.out, exclude=PRESETS)]:
         try:
             family, path = parse_dataset(e.dataset)
             if family != FOLDER:
@@ -162,7 +162,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def studies(out: str, exclude=()) -> list[tuple[str, object]]:
+def studies_under(out: str, exclude=()) -> list[tuple[str, object]]:
     """(name, experiment) of each study `out` holds (its config.json), presets left out; none when `out`
     does not open."""
     from bnrep.config import load_experiment

@@ -135,6 +135,11 @@ def read_config(store: Store) -> dict:
     return rec
 
 
+def out_flag(out: str) -> str:
+    """' --out OUT' for a command printed as a hint; '' for the default results root."""
+    return "" if out.rstrip("/") in ("runs", "./runs") else f" --out {out}"
+
+
 def is_imported(store: Store) -> bool:
     """The experiment's models were imported (`bnrep import`; config.json says so), not trained by bnrep."""
     return bool(read_config(store).get("imported"))

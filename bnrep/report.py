@@ -42,7 +42,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 import bnrep
-from bnrep.config import load_experiment, read_config, read_hashes, trained_with_preset_hparams
+from bnrep.config import load_experiment, out_flag, read_config, read_hashes, trained_with_preset_hparams
 from bnrep.documents import md_table, render_html, render_md
 from bnrep.correlations import MIN_MODELS, between_groups_reason, limits_sentence, predictor_rows, predictors
 from bnrep.flags import SCRIPTS
@@ -78,8 +78,7 @@ def load_results(out: str, name: str) -> Results:
 
 
 def stage_command(table: str, experiment: str, out: str = "runs") -> str:
-    flag = "" if out.rstrip("/") in ("runs", "./runs") else f" --out {out}"
-    return f"python {SCRIPTS[TABLES[table].stage]} --experiment {experiment}{flag}"
+    return f"python {SCRIPTS[TABLES[table].stage]} --experiment {experiment}{out_flag(out)}"
 
 
 def find_experiments(out: str) -> list[str]:

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from bnrep.checkpoints import ModelFileError, load_model, saved_snapshots
-from bnrep.config import (RunOptions, UsageError, header, is_imported, open_store, prepare, read_config,
+from bnrep.config import (RunOptions, UsageError, header, is_imported, open_store, out_flag, prepare, read_config,
                           stage_hashes, start_fresh, table_hashes, with_trained_config, write_config)
 from bnrep.data import check_data, load_data
 from bnrep.experiments import Experiment
@@ -199,11 +199,10 @@ def trained_models(store: Store, exp: Experiment) -> pd.DataFrame:
         asked, saved = saved_snapshots(store.part_metadata("training", mid))
         if not set(later) <= asked:
             missing = ", ".join(str(e) for e in later if e not in asked)
-            out = "" if store.out.rstrip("/") in ("runs", "./runs") else f" --out {store.out}"
             raise UsageError(f"{mid} was trained without a snapshot at epoch {missing}: run sweeps/final.py "
-                             f"--experiment {exp.name}{out} --snapshots {','.join(map(str, exp.snapshots))} first, "
-                             f"with the flags the grid was trained with (it trains the models again, keeping "
-                             f"those epochs)")
+                             f"--experiment {exp.name}{out_flag(store.out)} --snapshots "
+                             f"{','.join(map(str, exp.snapshots))} first, with the flags the grid was trained with "
+                             f"(it trains the models again, keeping those epochs)")
         kept.append(tuple(e for e in later if e in saved))  # an epoch after the model stopped: not there
         try:
             for e in (FINAL, *kept[-1]):

@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 
 from bnrep.checkpoints import is_trained, sha256
-from bnrep.config import RunOptions, UsageError, header, open_store, prepare, read_config, stage_hashes, \
+from bnrep.config import RunOptions, UsageError, header, open_store, out_flag, prepare, read_config, stage_hashes, \
     start_fresh, write_config
 from bnrep.data import check_data, input_shape, load_data
 from bnrep.datasets import class_names
@@ -341,7 +341,7 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
             print(f"[import] {e.model_id}: {get_norm(e.norm).label}, seed {e.seed}, test_acc {acc['test']:.4f} "
                   f"({e.weights})", flush=True)
     print(f"[import] wrote {store.out}/{exp.name}/train/models and results/training; next: python analysis/run.py "
-          f"--experiment {exp.name}" + (f" --out {opts.out}" if opts.out not in ("./runs", "runs") else ""),
+          f"--experiment {exp.name}{out_flag(opts.out)}",
           flush=True)
     return 0
 
