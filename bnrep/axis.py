@@ -39,7 +39,8 @@ OVERRIDES = {"batch_size": int, "weight_decay": float, "optimizer": str, "lr": f
 KINDS = {int: "a whole number", float: "a number", str: "a word"}
 DISPLAY = ("label", "color")
 TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,31}")
-SHADES = {  # colours of conditions built on a normalisation, by their order among its conditions
+SHADES = {  # colours of conditions built on a normalisation, by their order among its conditions; apart (RGB >= 0.15)
+    # from every norm's own colour and the ghost/group sizes' (test_every_condition_of_a_study_wears_its_own_colour)
     "batch": ("navy", "royalblue", "deepskyblue", "lightskyblue", "slateblue", "cadetblue"),
     "group": ("darkgreen", "limegreen", "yellowgreen", "olive", "seagreen", "darkseagreen"),
     "none": ("saddlebrown", "gold", "peru", "tan", "khaki", "chocolate"),  # apart from none's tab:orange
@@ -155,17 +156,16 @@ def name_of(item: str) -> str:
 
 
 def entries(items) -> list[Norm]:
-    """The norm-table entries of conditions with overrides, coloured by their order per normalisation, in shades
-    that the study's plain normalisations do not wear."""
+    """The norm-table entries of conditions with overrides, coloured by their order per normalisation (the shades
+    are apart from every norm's own colour: SHADES)."""
     out, per_base = [], {}
-    worn = {get_norm(p[1]).color for p in map(parse, items) if not p[0]}
     parsed = [p for p in map(parse, items) if p[0]]
     # coloured in display order (the normalisation's, then the overrides' values): the same colours however given
     parsed.sort(key=lambda p: (sort_key(p[1])[:2], [(k, str(v).zfill(12)) for k, v in sorted(p[2].items())], p[0]))
     for tag, norm, overrides, display in parsed:
         base = get_norm(norm)
         family = base.name.partition(":")[0].removeprefix("ws+")
-        shades = [c for c in SHADES.get(family, OTHER_SHADES) if c not in worn]  # (no matplotlib: workers build these)
+        shades = SHADES.get(family, OTHER_SHADES)
         i = per_base[family] = per_base.get(family, -1) + 1
         said = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(overrides.items()))
         out.append(dataclasses.replace(
