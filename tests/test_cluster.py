@@ -232,8 +232,13 @@ def test_user_module_reaches_every_worker(cluster, s3_env, tmp_path):
     store, nodes = Store(out, EXPERIMENT), {n.node_id for n in workers(cluster)}
     mids = sorted(table(out, "training")["model_id"])
     assert mids == [f"labnets.nets-wide_cnn-{t}-s{s}" for t in ("bn", "nobn") for s in (0, 1)]
-    assert {store.part_metadata("training", m)["node_id"] for m in mids} == nodes  # trained on both workers
-    assert {store.part_metadata("layer_sparsity", m)["node_id"] for m in mids} <= nodes
+    ran_on = {name: {store.part_metadata(name, p)["node_id"] for p in store.parts(name)}
+              for name in ("training", "layer_sparsity", "class_dbi", "kmeans")}
+    # every part written by a worker node's process (the head, where the driver runs, has no CPU), and
+    # both workers at work; not both in each stage: under load, Tune can hand every trial to the trial
+    # process of the worker whose process started first (as in the multi-node test below)
+    assert all(r and r <= nodes for r in ran_on.values()), f"{ran_on}, workers are {nodes}"
+    assert set().union(*ran_on.values()) == nodes, f"{ran_on}, workers are {nodes}"
     ls = table(out, "layer_sparsity")
     assert sorted(set(ls["layer"])) == ["relu:1", "relu:2", "relu:3"]  # its three F.relu calls
     assert store.exists("report", "report.html")
