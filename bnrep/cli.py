@@ -152,7 +152,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         try:
             family, path = parse_dataset(e.dataset)
             if family != FOLDER:
-                check_data(e, root, download=False)
+                check_data(e, root, download=False, split=False)  # the files, not the study's split
             here = "yes" if family != FOLDER or os.path.isdir(path) else "no"  # (a folder: not every image decoded)
         except DatasetError:
             here = "no"

@@ -95,20 +95,29 @@ class Data:
 
 # ==== public API ====
 
-def check_data(exp: Experiment, data_root: str | None = None, download: bool = True) -> None:
-    """Fail fast (DataError) if `exp`'s dataset cannot be loaded; downloads it when missing.
+def check_data(exp: Experiment, data_root: str | None = None, download: bool = True, split: bool = True) -> None:
+    """Fail fast (DataError) if `exp`'s dataset cannot be loaded, or (split) cannot be split as `exp` asks:
+    `val_size` (and `test_fraction` where it applies) must leave images to train on. Downloads it when missing.
 
-    Cheap when the files are present (existence checks only). digits and
-    synthetic need no files and always pass.
+    Cheap when the files are present (existence and format checks, no image decoded but an image
+    folder's). digits and synthetic need no files.
     """
     kind, path = parse_dataset(exp.dataset)
+    n = None  # the images `val_size` is held out from (None: the data has its own validation split)
     if kind in TORCHVISION:
         cls, root = _torchvision_class(kind), _readable_root(data_root)
         if _missing_files(cls, root):
             _fetch(cls, root, download)
-        _check_files(cls, root)
+        n = _check_files(cls, root)
     elif kind == FOLDER:
         read_folder(path, exp.image_size, keep=False)  # every image decoded once: a bad one is named before Ray
+        splits = folder_splits(path)
+        n = None if "val" in splits else len(folder_files(splits["train"], folder_classes(path))[1])
+    elif split:  # bundled or generated: test_fraction of them is the test split
+        every = DATASETS[kind].images or exp.num_images
+        n = every - holdout_count(every, exp.test_fraction, "test_fraction")
+    if split and n is not None:
+        holdout_count(n, exp.val_size, "val_size")
 
 
 def input_shape(exp: Experiment) -> tuple[int, int, int]:
@@ -273,9 +282,10 @@ def _fetch(cls, root: str, download: bool) -> None:
         raise _missing_error(cls, root, f"download failed: {one_line(e)}", gz=True) from None
 
 
-def _check_files(cls, root: str) -> None:
+def _check_files(cls, root: str) -> int:
     """Each file parses, with the shape and label range of its dataset: DataError naming the first that
-    does not (a truncated download, a file of another dataset), before any trial or task reads it."""
+    does not (a truncated download, a file of another dataset), before any trial or task reads it.
+    Returns the number of training images."""
     folder, names = _expected_files(cls, root)
     d = next(d for d in DATASETS.values() if d.torchvision == cls.__name__)
     (C, H, W), k = d.shape, d.num_classes
@@ -283,7 +293,7 @@ def _check_files(cls, root: str) -> None:
     for name in names:
         path = os.path.join(folder, name)
         problem = (_idx_problem(path, (H, W), counts, k) if hasattr(cls, "resources")
-                   else _cifar_problem(path, C * H * W, k) if name != cls.meta["filename"] else None)
+                   else _cifar_problem(path, C * H * W, k, counts) if name != cls.meta["filename"] else None)
         if problem:
             raise DataError(f"{path}: {problem}; replace it with the official file")
     for split in ("train", "t10k"):
@@ -291,6 +301,8 @@ def _check_files(cls, root: str) -> None:
         if None not in n and n[0] != n[1]:
             raise DataError(f"{folder}: {n[0]:,} {split} images but {n[1]:,} labels; replace them with the "
                             f"official files")
+    train = {f for f, _ in getattr(cls, "train_list", [])}  # CIFAR's training batches
+    return counts["train-images"] if hasattr(cls, "resources") else sum(counts[f] for f in train)
 
 
 def _idx_problem(path: str, hw: tuple[int, int], counts: dict, k: int) -> str | None:
@@ -315,8 +327,8 @@ def _idx_problem(path: str, hw: tuple[int, int], counts: dict, k: int) -> str | 
     return None
 
 
-def _cifar_problem(path: str, values: int, k: int) -> str | None:
-    """Why a CIFAR python batch is not what it should be, or None."""
+def _cifar_problem(path: str, values: int, k: int, counts: dict) -> str | None:
+    """Why a CIFAR python batch is not what it should be, or None (its image count into `counts`)."""
     import pickle
 
     try:
@@ -332,6 +344,7 @@ def _cifar_problem(path: str, values: int, k: int) -> str | None:
             f"labels of shape {labels.shape} where (N,) was expected"
     if len(labels) != len(data) or (len(labels) and not 0 <= labels.min() <= labels.max() < k):
         return f"{len(labels):,} labels for {len(data):,} images, or labels outside 0..{k - 1}"
+    counts[os.path.basename(path)] = len(labels)
     return None
 
 
@@ -354,14 +367,21 @@ def _readable_root(data_root: str | None) -> str:
 
 # ==== splitting and normalising ====
 
+def holdout_count(n: int, size: int | float, what: str) -> int:
+    """How many of `n` images `size` holds out (a count, or a float fraction); DataError (one line) unless
+    it leaves 1..n-1 of them."""
+    n_hold = round(size * n) if isinstance(size, float) else int(size)
+    if not 0 < n_hold < n:
+        raise DataError(f"{what}={size} holds out {n_hold} of {n} images; it must leave 1..{n - 1}")
+    return n_hold
+
+
 def _holdout(y: torch.Tensor, size: int | float, seed: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept, held-out) index tensors, both in seeded random order; stratified by class when possible."""
     from sklearn.model_selection import train_test_split  # here: scikit-learn takes 2 s to import, and an
     # analysis task or `bnrep status` never splits
     n = len(y)
-    n_hold = round(size * n) if isinstance(size, float) else int(size)
-    if not 0 < n_hold < n:
-        raise DataError(f"{what}={size} holds out {n_hold} of {n} images; it must leave 1..{n - 1}")
+    n_hold = holdout_count(n, size, what)
     idx = np.arange(n)
     try:
         keep, hold = train_test_split(idx, test_size=n_hold, random_state=seed, stratify=y.numpy())

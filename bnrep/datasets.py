@@ -36,10 +36,11 @@ class Dataset:
     num_classes: int
     torchvision: str = ""  # its class in torchvision.datasets, whose official test set is the test split
     #                        ("": bnrep.data reads it, and holds out a seeded `test_fraction` as the test split)
+    images: int | None = None  # how many a bundled dataset holds (checked before Ray; None: files or settings say)
 
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in [
-    Dataset("digits", (1, 8, 8), 10),  # scikit-learn's bundled 8x8 digits (1,797 images, offline)
+    Dataset("digits", (1, 8, 8), 10, images=1797),  # scikit-learn's bundled 8x8 digits (offline)
     Dataset("mnist", (1, 28, 28), 10, "MNIST"),
     Dataset("fashion-mnist", (1, 28, 28), 10, "FashionMNIST"),
     Dataset("cifar10", (3, 32, 32), 10, "CIFAR10"),

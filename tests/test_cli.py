@@ -104,12 +104,15 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("no sweep yet", "final", ["--smoke-test", "--experiment", "synthetic-cnn"], ["run sweeps/hparam.py"]),
     ("no trained models", "analysis", ["--smoke-test", "--experiment", "synthetic-cnn"], ["sweeps/final.py"]),
     ("unknown report experiment", "report", ["--experiment", "nope"], ["unknown experiment 'nope'"]),
+    ("val_size leaves nothing to train on", "hparam", ["--experiment", "{tmp}/wide.toml"],
+     ["val_size=5000 holds out 5000 of 1438 images; it must leave 1..1437"]),
 ]
 
 
 @pytest.mark.parametrize("name,stage_name,argv,words", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(name, stage_name, argv, words, results, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "wide.toml").write_text('base = "digits-cnn"\nval_size = 5000\n')  # digits' 1,438 after the test split
     if name == "analysis of another config":  # earlier analysis with the smoke defaults
         store = Store(str(results), "digits-cnn")
         cfg = store.read_json("config.json")

@@ -105,6 +105,40 @@ def test_impossible_split_is_a_data_error(change):
         load_data(DIGITS.override(**change))
 
 
+def split_refusals(exp, root=None) -> tuple[int, str, str]:
+    """(images val_size is held out from, as load_data splits them; check_data's and load_data's error
+    for a val_size of all of them)."""
+    d = load_data(exp, root, download=False)
+    n = len(d.train) + len(d.val)
+    errors = []
+    for read in (check_data, load_data):
+        with pytest.raises(DataError) as e:
+            read(exp.override(val_size=n), root, download=False)
+        errors.append(str(e.value))
+    check_data(exp.override(val_size=n - 1), root, download=False)  # one image left to train on: fine
+    return n, *errors
+
+
+@pytest.mark.parametrize("dataset", ["digits", "synthetic", "mnist", "cifar10"])
+def test_an_impossible_split_is_refused_before_the_data_is_read(dataset, tmp_path, monkeypatch):
+    """check_data, which every stage runs before Ray starts, refuses a val_size that leaves nothing to
+    train on with load_data's own words, counting the images from the dataset table or the files'
+    headers; digits and synthetic also through test_fraction."""
+    root = None
+    if dataset in ("mnist", "cifar10"):
+        preset, cls, _ = TV_CASES[TV_IDS.index(dataset)]
+        write_dataset(cls, tmp_path, monkeypatch)
+        exp, root = get_experiment(preset).override(val_size=N_VAL), str(tmp_path)
+    else:
+        exp = DIGITS if dataset == "digits" else SYNTH.override(num_images=150)
+    n, before, after = split_refusals(exp, root)
+    assert before == after == f"val_size={n} holds out {n} of {n} images; it must leave 1..{n - 1}"
+    assert n == {"digits": 1438, "synthetic": 120, "mnist": N_TRAIN, "cifar10": N_TRAIN}[dataset]
+    if root is None:
+        with pytest.raises(DataError, match="^test_fraction=0.9999 holds out"):
+            check_data(exp.override(test_fraction=0.9999))
+
+
 def test_split_to_device_and_len():
     s = load_data(SYNTH).val
     t = s.to("cpu")

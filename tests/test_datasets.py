@@ -37,6 +37,20 @@ def folder_exp(root, **kw):
     return get_experiment("digits-cnn").override(dataset=f"imagefolder:{root}", **kw)
 
 
+def test_an_impossible_split_of_a_folder_is_refused_before_the_data_is_read(tmp_path):
+    """A folder without val/ holds val_size out of train/: check_data counts its files and refuses a
+    val_size of all of them with load_data's words; a folder with val/ holds nothing out."""
+    from bnrep.data import DataError, check_data
+    from tests.test_data import split_refusals
+
+    n, before, after = split_refusals(folder_exp(write_folder(tmp_path / "leaves"), val_size=6))
+    assert n == 36 and before == after == "val_size=36 holds out 36 of 36 images; it must leave 1..35"
+    with_val = write_folder(tmp_path / "split", splits=(("train", 12), ("val", 2), ("test", 4)))
+    check_data(folder_exp(with_val, val_size=10**6))  # its own val/: val_size is not used
+    with pytest.raises(DataError, match="holds out"):
+        check_data(folder_exp(tmp_path / "leaves", val_size=10**6))
+
+
 def test_an_image_folder_reads_as_torchvision_s_imagefolder(tmp_path):
     """Classes, labels and pixels equal torchvision's ImageFolder (the reference reader) on the same files;
     the normalisation uses the training split's channel statistics."""
