@@ -410,7 +410,7 @@ def _summary(title: str, table_text: str, fs: dict[str, list[Finding]], notes: l
 
 def _no_results(name: str, out: str) -> ReportError:
     return ReportError(f"no results for {name} under {out}: run `{stage_command('training', name, out)}` "
-                       f"(or `bnrep run --experiment {name}`) first")
+                       f"(or `bnrep run --experiment {name}{out_flag(out)}`) first")
 
 
 def _dest_store(out: str, dest: str | None) -> Store:

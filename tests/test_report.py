@@ -432,7 +432,9 @@ def test_no_results_is_a_one_line_error(tmp_path):
     with pytest.raises(report.ReportError) as e:
         report.build_report(str(tmp_path), "digits-cnn")
     msg = str(e.value)
-    assert "\n" not in msg and "python sweeps/final.py --experiment digits-cnn" in msg and "bnrep run" in msg
+    out = f" --out {tmp_path}"  # both commands it names write where the report looks
+    assert "\n" not in msg and f"python sweeps/final.py --experiment digits-cnn{out}`" in msg
+    assert f"`bnrep run --experiment digits-cnn{out}`" in msg
     assert not (tmp_path / "digits-cnn" / "report").exists()
 
 
