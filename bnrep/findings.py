@@ -62,6 +62,9 @@ def compare_layers(df: pd.DataFrame, value: str, norm: str = "batch", ref: str =
     return pd.DataFrame(rows, columns=cols)
 
 
+def _lower_higher(c: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """The layers where `a` is detectably (Welch p < P_MAX) below, and above, `ref` (compare_layers' rows)."""
+    return c["layer"][(c["a"] < c["ref"]) & (c["p"] < P_MAX)], c["layer"][(c["a"] > c["ref"]) & (c["p"] < P_MAX)]
 
 
 # ==== verdict rules (documented in the report, RULES below) ====
@@ -310,9 +313,7 @@ def finding_purity(class_dbi: pd.DataFrame, kmeans: pd.DataFrame, first_layer: i
     cd = shown(pair(class_dbi, norm, ref), first_layer)
     c = compare_layers(cd, "dbi", norm, ref)
     if len(c):
-        seen = c["p"] < P_MAX
-        lower, gap = c["layer"][(c["a"] < c["ref"]) & seen], float((c["ref"] - c["a"]).mean())
-        higher = c["layer"][(c["a"] > c["ref"]) & seen]
+        (lower, higher), gap = _lower_higher(c), float((c["ref"] - c["a"]).mean())
         parts.append(len(lower) > len(c) / 2 and gap > 0)
         notes.append(f"class DBI lower with {a} in {len(lower)} of {len(c)} shown layers, higher in {len(higher)}, "
                      f"no detectable difference in {len(c) - len(lower) - len(higher)} "
@@ -322,9 +323,10 @@ def finding_purity(class_dbi: pd.DataFrame, kmeans: pd.DataFrame, first_layer: i
     best = shown(pair(optimal_k(kmeans), norm, ref), first_layer)
     k = compare_layers(best, "dbi", norm, ref)
     if len(k):
-        lower, last = k["layer"][(k["a"] < k["ref"]) & (k["p"] < P_MAX)], k.iloc[-1]
-        notes.append(f"k-means DBI at optimal k detectably lower with {a} in {len(lower)} of {len(k)} layers; ")
-        numbers["kmeans_dbi"] = {"layers": len(k), "lower": list(lower)}
+        (lower, higher), last = _lower_higher(k), k.iloc[-1]
+        notes.append(f"k-means DBI at optimal k detectably lower with {a} in {len(lower)} of {len(k)} layers, "
+                     f"higher in {len(higher)}; ")
+        numbers["kmeans_dbi"] = {"layers": len(k), "lower": list(lower), "higher": list(higher)}
         end = shown(pair(kmeans, norm, ref), first_layer).sort_values("layer_index").iloc[-1]  # dead or not
         if last["layer_index"] == end["layer_index"]:
             parts.append(bool(last["a"] < last["ref"] and last["p"] < P_MAX))
@@ -439,8 +441,7 @@ def finding_sparsity_across(per_exp: dict[str, Finding]) -> Finding:
             more, less = len(f.numbers["sparser"]), len(f.numbers["less_sparse"])
             dirs[name] = "sparser" if more > less else "less sparse" if less > more else "neither"
     if not dirs:
-        return Finding(1, claim(1, norm), "not evaluated", "no experiment's claim 1 could be evaluated.", norm=norm,
-                       ref=ref)
+        return Finding(1, claim(1, norm), "not evaluated", "no experiment's claim 1 could be evaluated.", norm=norm, ref=ref)
     same = len(set(dirs.values())) == 1 and "neither" not in dirs.values()
     all_consistent = all(per_exp[n].verdict == "not supported" for n in dirs)
     verdict = "supported" if not same else "not supported" if all_consistent else "mixed"
@@ -448,8 +449,7 @@ def finding_sparsity_across(per_exp: dict[str, Finding]) -> Finding:
     caveats = [f"{n}: {f.verdict_text}" for n, f in per_exp.items() if f.verdict == "inconclusive"]
     if caveats and verdict in JUDGED:
         verdict = "inconclusive"
-    return Finding(1, claim(1, norm) + " (across experiments)", verdict, detail, {"direction": dirs}, norm, caveats,
-                   ref)
+    return Finding(1, claim(1, norm) + " (across experiments)", verdict, detail, {"direction": dirs}, norm, caveats, ref)
 
 
 # ==== at initialisation: were the final differences there before training? ====

@@ -267,6 +267,9 @@ def test_claim_3_is_judged_against_the_reference_condition():
     assert k["final_layer"] == "l5" and k["final"] == pytest.approx(5.0, abs=0.05)
     assert k["final_ref"] == pytest.approx(4.0, abs=0.05), "the reference's k-means DBI, not none's"
     assert "final shown layer l5: BN 5.00 vs GN 4.00" in f.detail
+    # both directions named, as for class DBI: BN is detectably less pure than GN in every layer
+    assert (k["lower"], k["higher"]) == ([], ["l1", "l2", "l3", "l4", "l5"])
+    assert "k-means DBI at optimal k detectably lower with BN in 0 of 5 layers, higher in 5;" in f.detail
 
 
 def test_claim_2_names_its_reference():
