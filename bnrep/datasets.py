@@ -79,6 +79,16 @@ def parse_dataset(name: str) -> tuple[str, str]:
     raise DatasetError(f"unknown dataset {name!r} (valid: {', '.join(DATASETS)}, or imagefolder:PATH)")
 
 
+def absolute_dataset(name: str, base: str | None = None) -> str:
+    """`name` with an image folder's path made absolute (a relative one: against `base`, default the current
+    directory; ~ expanded), so that results record the folder they were made from wherever a later command
+    runs. Any other name is returned as it is (parse_dataset judges it)."""
+    family, _, path = name.partition(":")
+    if family != FOLDER or not path or "://" in path:
+        return name
+    return f"{FOLDER}:{os.path.normpath(os.path.join(base or os.getcwd(), os.path.expanduser(path)))}"
+
+
 # ==== image folders: layout, classes, one-line errors (no image decoded here) ====
 def folder_splits(path: str) -> dict[str, str]:
     """{"train": dir, "test": dir, ["val": dir]} of an image folder; DatasetError when the layout is wrong."""

@@ -4,9 +4,11 @@ and the names a study may take (a folder under --out)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 from bnrep.axis import ConditionError, from_table
+from bnrep.datasets import absolute_dataset
 from bnrep.experiments import PRESETS, ConfigError, Experiment, renamed
 
 _TOML_TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,), "tuple": (list, str)}  # "a,b" too
@@ -58,6 +60,8 @@ def load_study(path: str) -> Experiment:
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
             raise ConfigError(f"study file {path}: {key} = {value!r} should be {str(fields[key].type)}")
     d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    if "dataset" in d:  # a relative image folder: next to the file, wherever the command runs
+        d["dataset"] = absolute_dataset(d["dataset"], os.path.dirname(os.path.abspath(path)))
     d.setdefault("name", Path(path).stem)
     if not STUDY_NAME.fullmatch(d["name"]):  # a folder under --out: no '..', no '/', not empty
         raise ConfigError(f"study file {path}: name = {d['name']!r}: {NAME_RULE}")

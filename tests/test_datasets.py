@@ -51,6 +51,27 @@ def test_an_impossible_split_of_a_folder_is_refused_before_the_data_is_read(tmp_
         check_data(folder_exp(tmp_path / "leaves", val_size=10**6))
 
 
+def test_a_relative_image_folder_is_recorded_as_the_folder_it_names(tmp_path, monkeypatch):
+    """imagefolder:PATH relative to the current directory (--dataset) or to the study file (dataset = in a
+    study file) is recorded absolute (config.json, the hashes): a later command from another directory reads
+    the same folder, or says it is not there, and never another folder of that relative name."""
+    from bnrep.studies import load_study
+
+    root = write_folder(tmp_path / "data" / "leaves")
+    monkeypatch.chdir(tmp_path / "data")
+    exp = folder_exp("leaves")
+    assert exp.dataset == f"imagefolder:{root}" and exp.to_dict()["dataset"] == f"imagefolder:{root}"
+    assert folder_exp("./leaves/../leaves").dataset == exp.dataset
+    (tmp_path / "studies").mkdir()
+    study = tmp_path / "studies" / "mine.toml"
+    study.write_text('base = "digits-cnn"\ndataset = "imagefolder:../data/leaves"\n')
+    monkeypatch.chdir(tmp_path)  # not where the study file is
+    assert load_study(str(study)).dataset == f"imagefolder:{root}"
+    monkeypatch.setenv("HOME", str(tmp_path / "data"))
+    assert folder_exp("~/leaves").dataset == f"imagefolder:{root}"
+    assert get_experiment("digits-cnn").override(dataset="mnist").dataset == "mnist"  # names stay names
+
+
 def test_an_image_folder_reads_as_torchvision_s_imagefolder(tmp_path):
     """Classes, labels and pixels equal torchvision's ImageFolder (the reference reader) on the same files;
     the normalisation uses the training split's channel statistics."""
