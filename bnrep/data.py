@@ -97,7 +97,8 @@ class Data:
 
 def check_data(exp: Experiment, data_root: str | None = None, download: bool = True, split: bool = True) -> None:
     """Fail fast (DataError) if `exp`'s dataset cannot be loaded, or (split) cannot be split as `exp` asks:
-    `val_size` (and `test_fraction` where it applies) must leave images to train on. Downloads it when missing.
+    `val_size` (and `test_fraction` where it applies) must leave images to train on, and an image folder's
+    hold-out a training image of every class. Downloads it when missing.
 
     Cheap when the files are present (existence and format checks, no image decoded but an image
     folder's). digits and synthetic need no files.
@@ -112,7 +113,8 @@ def check_data(exp: Experiment, data_root: str | None = None, download: bool = T
     elif kind == FOLDER:
         read_folder(path, exp.image_size, keep=False)  # every image decoded once: a bad one is named before Ray
         splits = folder_splits(path)
-        n = None if "val" in splits else len(folder_files(splits["train"], folder_classes(path))[1])
+        if split and "val" not in splits:  # held out of train/: every class keeps a training image
+            _train_val(torch.tensor(folder_files(splits["train"], folder_classes(path))[1]), exp)
     elif split:  # bundled or generated: test_fraction of them is the test split
         every = DATASETS[kind].images or exp.num_images
         n = every - holdout_count(every, exp.test_fraction, "test_fraction")
@@ -136,7 +138,7 @@ def load_data(exp: Experiment, data_root: str | None = None, device="cpu", downl
         return _stream_folder(exp, path, device)
     (X, y), (X_test, y_test), scale, val = _read(exp, data_root, download)  # X: (N, C, H, W), pixels * scale
     if val is None:
-        train_idx, val_idx = _holdout(y, exp.val_size, exp.split_seed, "val_size")
+        train_idx, val_idx = _train_val(y, exp)
         train, val = _subset(X, y, train_idx, scale), _subset(X, y, val_idx, scale)
     else:  # a folder's own val/: the seeded order still decides the training split's order
         train_idx = torch.from_numpy(np.random.default_rng(exp.split_seed).permutation(len(y)))
@@ -163,7 +165,7 @@ def _stream_folder(exp: Experiment, path: str, device) -> Data:
              for s, (files, labels) in ((s, folder_files(r, classes)) for s, r in roots.items())}
     (images, y) = split["train"]
     if "val" not in split:
-        train_idx, val_idx = _holdout(y, exp.val_size, exp.split_seed, "val_size")
+        train_idx, val_idx = _train_val(y, exp)
         val = (images.subset(val_idx), y[val_idx])
     else:
         train_idx = torch.from_numpy(np.random.default_rng(exp.split_seed).permutation(len(y)))
@@ -388,6 +390,19 @@ def _holdout(y: torch.Tensor, size: int | float, seed: int, what: str) -> tuple[
     except ValueError:  # a class too small to stratify: plain seeded permutation
         keep, hold = train_test_split(idx, test_size=n_hold, random_state=seed)
     return torch.from_numpy(keep), torch.from_numpy(hold)
+
+
+def _train_val(y: torch.Tensor, exp: Experiment) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training, validation) indices of the seeded `val_size` hold-out; DataError (one line) when a class of
+    an image folder would have no training image left (a class too small to stratify is split at random)."""
+    keep, hold = _holdout(y, exp.val_size, exp.split_seed, "val_size")
+    gone = sorted(set(y.tolist()) - set(y[keep].tolist())) if parse_dataset(exp.dataset)[0] == FOLDER else []
+    if gone:  # (an image folder's classes are the researcher's: a class of one image is an easy mistake)
+        name, n = class_names(exp.dataset)[gone[0]], int((y == gone[0]).sum())
+        raise DataError(f"class {name!r} has no training image once val_size={exp.val_size} holds out its {n} "
+                        f"image(s) (split_seed {exp.split_seed}): add images of it, or give the data its own "
+                        f"val/ split")
+    return keep, hold
 
 
 def _subset(X: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, scale: float) -> Split:

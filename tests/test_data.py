@@ -105,9 +105,9 @@ def test_impossible_split_is_a_data_error(change):
         load_data(DIGITS.override(**change))
 
 
-def split_refusals(exp, root=None) -> tuple[int, str, str]:
+def split_refusals(exp, root=None, keep=1) -> tuple[int, str, str]:
     """(images val_size is held out from, as load_data splits them; check_data's and load_data's error
-    for a val_size of all of them)."""
+    for a val_size of all of them). One that keeps `keep` images passes."""
     d = load_data(exp, root, download=False)
     n = len(d.train) + len(d.val)
     errors = []
@@ -115,7 +115,7 @@ def split_refusals(exp, root=None) -> tuple[int, str, str]:
         with pytest.raises(DataError) as e:
             read(exp.override(val_size=n), root, download=False)
         errors.append(str(e.value))
-    check_data(exp.override(val_size=n - 1), root, download=False)  # one image left to train on: fine
+    check_data(exp.override(val_size=n - keep), root, download=False)  # images left to train on: fine
     return n, *errors
 
 

@@ -3,6 +3,7 @@ them; the class count comes from the data everywhere; bad folders are one line b
 
 import os
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
@@ -43,12 +44,38 @@ def test_an_impossible_split_of_a_folder_is_refused_before_the_data_is_read(tmp_
     from bnrep.data import DataError, check_data
     from tests.test_data import split_refusals
 
-    n, before, after = split_refusals(folder_exp(write_folder(tmp_path / "leaves"), val_size=6))
+    n, before, after = split_refusals(folder_exp(write_folder(tmp_path / "leaves"), val_size=6), keep=3)  # 1 a class
     assert n == 36 and before == after == "val_size=36 holds out 36 of 36 images; it must leave 1..35"
     with_val = write_folder(tmp_path / "split", splits=(("train", 12), ("val", 2), ("test", 4)))
     check_data(folder_exp(with_val, val_size=10**6))  # its own val/: val_size is not used
     with pytest.raises(DataError, match="holds out"):
         check_data(folder_exp(tmp_path / "leaves", val_size=10**6))
+
+
+def test_a_class_the_hold_out_takes_whole_is_refused_before_the_data_is_read(tmp_path):
+    """A class of one training image cannot be stratified, so the hold-out is a seeded random one and can
+    take it: check_data (before Ray) and load_data refuse that split in one line naming the class; a seed
+    that leaves it in training passes. Which seeds take it: scikit-learn's split, computed here."""
+    from sklearn.model_selection import train_test_split
+
+    from bnrep.data import DataError, check_data
+
+    root = write_folder(tmp_path / "leaves", splits=(("train", 20), ("test", 2)))
+    for f in sorted((root / "train" / "oak").iterdir())[1:]:
+        f.unlink()  # oak: one training image, the last of the 41 labels
+    takes = [s for s in range(40) if 40 in train_test_split(np.arange(41), test_size=4, random_state=s)[1]]
+    keeps = [s for s in range(40) if s not in takes]
+    assert takes and keeps
+    for seed in (takes[0], keeps[0]):
+        exp = folder_exp(root, val_size=4, split_seed=seed)
+        if seed in keeps:
+            check_data(exp)
+            assert 2 in load_data(exp).train.y.tolist()
+            continue
+        line = f"class 'oak' has no training image once val_size=4 holds out its 1 image(s) (split_seed {seed})"
+        for read in (check_data, load_data):
+            with pytest.raises(DataError, match=re.escape(line)):
+                read(exp)
 
 
 def test_a_relative_image_folder_is_recorded_as_the_folder_it_names(tmp_path, monkeypatch):
