@@ -3,6 +3,7 @@ plain torch code, with DataParallel's and torch.compile's prefixes), evaluates t
 that the analysis, the report, status and open_results work unchanged; every bad entry is one line that
 leaves the results directory as it was."""
 
+import argparse
 import subprocess
 import sys
 
@@ -159,10 +160,19 @@ REFUSALS = {  # name -> (models.csv body, or a callable writing weights first; t
         "bad,{spec},batch,0,truncated.pt",
         "weights {d}/truncated.pt is not a PyTorch checkpoint (torch.load: RuntimeError; truncated, or another "
         "format)"),
+    "text torch cannot unpickle": (  # (torch says "Weights only load failed" of it too)
+        "bad,{spec},batch,0,text.pt",
+        "weights {d}/text.pt is not a PyTorch checkpoint (torch.load: UnpicklingError; truncated, or another format)"),
     "a whole pickled model": (
         "bad,{spec},batch,0,whole.pt",
-        "weights {d}/whole.pt holds Python objects besides tensors (a whole model saved with torch.save(model)?): "
-        "save model.state_dict() instead; bnrep loads weights only (torch.load(weights_only=True))"),
+        "weights {d}/whole.pt holds Python objects besides tensors (torchvision.models.resnet.ResNet; a whole model "
+        "saved with torch.save(model), or a checkpoint with its arguments or metrics): save model.state_dict(), or "
+        "a dict of tensors, instead; bnrep loads weights only (torch.load(weights_only=True))"),
+    "a checkpoint with its arguments": (
+        "bad,{spec},batch,0,with_args.pt",
+        "weights {d}/with_args.pt holds Python objects besides tensors (argparse.Namespace; a whole model saved with "
+        "torch.save(model), or a checkpoint with its arguments or metrics): save model.state_dict(), or a dict of "
+        "tensors, instead; bnrep loads weights only (torch.load(weights_only=True))"),
     "no state_dict": (
         "bad,{spec},batch,0,epoch.pt",
         "weights {d}/epoch.pt holds no state_dict (a dict of tensors, or a checkpoint dict with one under "
@@ -185,6 +195,10 @@ REFUSALS = {  # name -> (models.csv body, or a callable writing weights first; t
         "models file {d}/models.csv, line 2: seed 'first' must be a whole number >= 0 (a name belongs in another "
         "column, kept as a label)"),
     "an unknown norm": ("a,{spec},batchy,0,ok.pt", "models file {d}/models.csv, line 2: unknown norm 'batchy'"),
+    "more cells than columns": (  # a label with an unquoted comma would be cut short
+        "a,{spec},batch,0,ok.pt,extra",
+        "models file {d}/models.csv, line 2: 1 more cell(s) than the header's 5 columns (extra): quote a value that "
+        "holds a comma, or name the column in the header"),
 }
 
 
@@ -198,6 +212,8 @@ def weights(checkpoints, tmp_path_factory):
     (d / "notes.pt").write_text("hello")
     (d / "truncated.pt").write_bytes((d / "ok.pt").read_bytes()[:4000])
     torch.save(resnet(0), d / "whole.pt")
+    (d / "text.pt").write_text("not a checkpoint\n")
+    torch.save({"state_dict": resnet(0).state_dict(), "args": argparse.Namespace(lr=0.1)}, d / "with_args.pt")
     torch.save({"epoch": 3}, d / "epoch.pt")
     return d
 

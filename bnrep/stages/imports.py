@@ -134,9 +134,16 @@ def _one_per_seed(where: str, e, others) -> None:
 
 def _csv_rows(path: str) -> list[tuple[str, dict]]:
     with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        return [(f"line {reader.line_num}", {k.strip(): (v or "").strip() for k, v in row.items() if k})
-                for row in reader if any((v or "").strip() for v in row.values())]
+        reader, rows = csv.DictReader(f), []
+        for row in reader:
+            extra = row.pop(None, None)  # cells beyond the header's columns (an unquoted comma in a label)
+            if extra and any(v.strip() for v in extra):
+                raise ImportRefused(f"models file {path}, line {reader.line_num}: {len(extra)} more cell(s) than the "
+                                    f"header's {len(reader.fieldnames)} columns ({', '.join(extra)}): quote a value "
+                                    f"that holds a comma, or name the column in the header")
+            if any((v or "").strip() for v in row.values()):
+                rows.append((f"line {reader.line_num}", {k.strip(): (v or "").strip() for k, v in row.items() if k}))
+        return rows
 
 
 def _toml_rows(path: str) -> list[tuple[str, dict]]:
@@ -182,10 +189,12 @@ def state_dict(path: str) -> tuple[dict[str, torch.Tensor], str]:
     try:
         blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - not a torch file, truncated, or objects beyond weights
-        if "Weights only load failed" in str(e):
-            raise ImportRefused(f"weights {path} holds Python objects besides tensors (a whole model saved with "
-                                f"torch.save(model)?): save model.state_dict() instead; bnrep loads weights "
-                                f"only (torch.load(weights_only=True))") from None
+        found = re.search(r"GLOBAL ([\w.]*\w)", str(e))  # torch names the first object it refused to build
+        if found:
+            raise ImportRefused(f"weights {path} holds Python objects besides tensors ({found.group(1)}; a whole "
+                                f"model saved with torch.save(model), or a checkpoint with its arguments or "
+                                f"metrics): save model.state_dict(), or a dict of tensors, instead; bnrep loads "
+                                f"weights only (torch.load(weights_only=True))") from None
         raise ImportRefused(f"weights {path} is not a PyTorch checkpoint (torch.load: {type(e).__name__}; "
                             f"truncated, or another format)") from None
     sd = _tensors(blob) or next((_tensors(blob[k]) for k in STATE_KEYS if isinstance(blob, dict) and k in blob),
