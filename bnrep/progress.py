@@ -71,7 +71,7 @@ class TrialBoard:
 
 def tune_progress(stage: str, total: int, max_epochs: int, label, describe, stream=None, clock=time.monotonic):
     """A Tune callback showing `TrialBoard`; `label(config) -> str` names a
-    trial, `describe(last_result) -> str` says what a finished one achieved."""
+    trial, `describe(config, last_result) -> str` says what a finished one achieved."""
     from ray import tune
 
     class Progress(tune.Callback):
@@ -138,7 +138,7 @@ def tune_progress(stage: str, total: int, max_epochs: int, label, describe, stre
             self._draw(force=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._end(trial, describe(trial.last_result or {}))
+            self._end(trial, describe(trial.config, trial.last_result or {}))
 
         def on_trial_recover(self, iteration, trials, trial, **info):  # Tune's traceback is quieted
             self._print(f"[{stage}] trial {trial.trial_id} failed; restarting it from its last checkpoint "

@@ -34,7 +34,7 @@ def trial(tid, seed):
 
 
 def callback(stream, clock):
-    return tune_progress("final", 3, 10, lambda c: f"model s{c['seed']}", lambda r: f"done acc {r['acc']}",
+    return tune_progress("final", 3, 10, lambda c: f"model s{c['seed']}", lambda c, r: f"done acc {r['acc']}",
                          stream=stream, clock=clock)
 
 
@@ -72,6 +72,20 @@ def test_log_gets_at_most_one_line_per_trial_per_minute():
         "[final] model s0: epoch 1/10, val_acc 0.1000, 10s",
         "[final] model s0: epoch 6/10, val_acc 0.6000, 1m50s",
         "[final] 1/3 done acc 0.5 (110 s)"]
+
+
+def test_a_finished_sweep_trial_is_named_by_its_configured_rate():
+    """The sweep's line for a finished trial gives the rate the trial was configured with (hparam_trials'
+    and best_hparams.json's), not the decayed rate of its last epoch that its last result reports."""
+    from bnrep.stages.hparam import describe_config, describe_trial
+
+    log = io.StringIO()
+    cb = tune_progress("hparam", 2, 60, describe_config, describe_trial, stream=log, clock=Clock())
+    t = SimpleNamespace(trial_id="a", config={"run": {"norm": "batch", "lr": 0.000814, "momentum": 0.9}},
+                        last_result={"lr": 0.000806, "epoch": 2, "val_acc": 0.5, "condition": "batch"}, local_path="/x")
+    cb.on_trial_start(0, [], t)
+    cb.on_trial_complete(0, [], t)
+    assert log.getvalue().splitlines()[-1] == "[hparam] 1/2 trials done; last: bn lr 0.000814, 2 epochs, val_acc 0.5000 (0 s)"
 
 
 def test_a_resumed_run_counts_from_its_own_start_and_the_trials_done_before():

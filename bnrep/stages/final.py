@@ -147,7 +147,7 @@ def describe_config(config: dict) -> str:
     return f"{TAGS.get(run.get('norm'), '?')}-s{run.get('seed', '?')}"
 
 
-def describe_model(r: dict) -> str:
+def describe_model(config: dict, r: dict) -> str:
     return f"models trained; last: {r.get('model_id', '?')}, test_acc {r.get('test_acc', float('nan')):.4f}"
 
 

@@ -141,8 +141,11 @@ def describe_config(config: dict) -> str:
         f", momentum {run['momentum']:g}" if "momentum" in run else "")
 
 
-def describe_trial(r: dict) -> str:
-    return (f"trials done; last: {TAGS.get(r.get('condition'), '?')} lr {r.get('lr', float('nan')):.3g}, "
+def describe_trial(config: dict, r: dict) -> str:
+    """A finished trial: its configured rate (as hparam_trials and best_hparams.json say; the last result's
+    `lr` has decayed), its last result's epoch and accuracy."""
+    lr = config.get("run", {}).get("lr", float("nan"))
+    return (f"trials done; last: {TAGS.get(r.get('condition'), '?')} lr {lr:.3g}, "
             f"{r.get('epoch', 0)} epoch{'s' * (r.get('epoch', 0) != 1)}, val_acc {r.get('val_acc', float('nan')):.4f}"
             + (", interpolated" if r.get("interpolated") else ""))
 
