@@ -61,7 +61,7 @@ def fig_optimal_k(results) -> Figure | None:
 
 def fig_kmeans_dbi(results) -> Figure | None:
     """Paper Figure 6: k-means DBI at the optimal k per layer."""
-    return fig_per_layer(results, _shown_optimal_k, "dbi", "k-means DBI at optimal k (lower = purer)",
+    return fig_per_layer(results, _shown_optimal_k, "dbi", "k-means DBI at optimal k\n(lower = purer)",
                          "Class-agnostic (k-means) DBI at the optimal k per layer")
 
 
@@ -142,7 +142,7 @@ def fig_cka(results) -> Figure | None:
                    ylim=(-0.1 if debiased else 0, 1.05))
             ax.title.set_fontsize(10)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="lower left")
+            ax.legend(fontsize=7, loc="best")  # low CKA (often conv1 across conditions) sits lower left
         row0 += math.ceil(len(pairs) / cols)
     for ax in axes.flat:
         if ax not in used:
@@ -478,6 +478,8 @@ def caption(spec: FigureSpec, rs: list[Results]) -> str:
     if col in df and df[col].isna().any():
         nan = f" {int(df[col].isna().sum())} of {len(df)} {m.nan_note} and left out of the means."
     norms = {n for r in rs for n in r.norms}
+    if col in df and "condition" in df and df[col].notna().any():  # the conditions drawn (condition_lines)
+        norms &= set(df.loc[df[col].notna(), "condition"])
     return spec.caption.format(seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms))
 
 

@@ -68,10 +68,13 @@ def _width(rs_frames, per_layer: float = 0.22, least: float = 4.2) -> float:
 def condition_lines(ax, df: pd.DataFrame, value: str, labels: dict[str, str], suffix: str = "",
                     **style) -> pd.DataFrame:
     """A line per condition of the seed mean of `value` per layer, std error bars, in the condition's colour
-    (`style`: line style, marker, ...; `suffix` follows each label). Returns the seed statistics."""
+    (`style`: line style, marker, ...; `suffix` follows each label); a condition without a finite value is
+    neither drawn nor in the legend (train_eval of a norm with no running statistics). Returns the seed statistics."""
     s = seed_stats(df, ["condition", "layer_index", "layer"], value)
     for c in ordered(s["condition"]):
         d = s[s["condition"] == c]
+        if d["mean"].isna().all():
+            continue
         ax.errorbar(d["layer_index"], d["mean"], yerr=d["std"].fillna(0), color=COLORS[c], label=labels[c] + suffix,
                     **style)
     return s

@@ -812,6 +812,19 @@ def test_nc1_figure_leaves_nan_layers_out_of_the_means():
     assert "2 of 40 values are NaN" in figures.caption(next(s for s in figures.FIGURES if s.name == "fig_nc1"), [r])
 
 
+def test_a_condition_without_a_value_is_neither_drawn_nor_named():
+    """Train- against eval-mode CKA has values only for norms with running statistics: the figure draws and
+    its legend and caption name those, not the no-norm models whose every value is NaN."""
+    t = set_rows(cnn().tables, "nc1", "norm == 'none'", value=math.nan)
+    r = results.Results(get_experiment("digits-cnn"), t)
+    fig = figures.figure("fig_nc1").make(r)
+    (ax,) = fig.axes
+    assert ax.get_legend_handles_labels()[1] == [LABEL["batch"]] and len(ax.containers) == 1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [LABEL["batch"]]
+    text = figures.caption(figures.figure("fig_nc1"), [r])
+    assert "BatchNorm (blue) models" in text and "orange" not in text and "20 of 40 values are NaN" in text
+
+
 def cka_expected(cka: pd.DataFrame, a: str, b: str) -> tuple[list, list, list]:
     """Per layer, mean and std (ddof=1) of CKA over the pairs of models with norms {a, b}: two norms at the same
     seed when a != b, two seeds of one norm when a == b; written out with numpy."""
