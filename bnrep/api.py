@@ -18,7 +18,7 @@ from functools import cached_property
 import pandas as pd
 import torch
 
-from bnrep.config import load_experiment, read_hashes
+from bnrep.config import check_scheme, load_experiment, read_hashes
 from bnrep.experiments import Experiment
 from bnrep.measures import FINAL
 from bnrep.store import TABLES, Store
@@ -107,5 +107,6 @@ class Study:
 
 
 def open_results(out: str, experiment: str, data_root: str | None = None) -> Study:
-    """The results of `experiment` under `out`, read-only."""
+    """The results of `experiment` under `out`, read-only (UsageError: `out` is no place results are kept)."""
+    check_scheme(out)
     return Study(out, experiment, data_root)

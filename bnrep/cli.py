@@ -182,9 +182,11 @@ def studies_under(out: str, exclude=()) -> list[tuple[str, object]]:
 
 # ==== bnrep status ====
 def cmd_status(args: argparse.Namespace) -> int:
+    from bnrep.config import check_scheme
     from bnrep.status import stage_status
     from bnrep.studies import load_study
 
+    check_scheme(args.out)
     study = load_study(args.experiment) if args.experiment.endswith(".toml") else None
     name = study.name if study else args.experiment
     rows = stage_status(args.out, name, study)

@@ -258,15 +258,21 @@ def write_config(store: Store, record: dict) -> None:
 
 
 # ==== the results directory ====
+def check_scheme(out: str) -> None:
+    """UsageError (one line) unless `out` is a local path or a URI of OUT_SCHEMES: results are neither written
+    nor read elsewhere (reading gs:// without its network waits on retries for many minutes)."""
+    scheme = str(out).split("://", 1)[0] if is_uri(out) else "file"
+    if scheme not in OUT_SCHEMES:
+        raise UsageError(f"--out {out}: bnrep keeps results in a local or shared path, file:// or s3:// only "
+                         f"(its one-writer lock needs create-if-absent writes; for Google Cloud Storage use its "
+                         f"S3 endpoint: s3://BUCKET/PATH?endpoint_override=storage.googleapis.com with HMAC keys)")
+
+
 def open_store(out: str, exp: Experiment | str) -> Store:
     """The store of the experiment `exp` (or of that name), checked writable without creating anything
     (UsageError otherwise), so a refused run leaves --out as it was."""
     name = exp if isinstance(exp, str) else exp.name
-    scheme = str(out).split("://", 1)[0] if is_uri(out) else "file"
-    if scheme not in OUT_SCHEMES:
-        raise UsageError(f"--out {out}: bnrep writes results to a local or shared path, file:// or s3:// only "
-                         f"(its one-writer lock needs create-if-absent writes; for Google Cloud Storage use its "
-                         f"S3 endpoint: s3://BUCKET/PATH?endpoint_override=storage.googleapis.com with HMAC keys)")
+    check_scheme(out)
     try:
         store = Store(out, name)  # an s3:// URI resolves its bucket's region here: the network
         if store.local_path() is not None:

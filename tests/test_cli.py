@@ -1,6 +1,7 @@
 """Bad input: one line on stderr, exit 2, before Ray starts, earlier results untouched."""
 
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -318,10 +319,13 @@ def test_analysis_takes_training_fields_from_the_trained_config(results):
     assert config.stage_hashes(exp)["train_hash"] == store.read_json("config.json")["train_hash"]
 
 
+GS_LINE = ("--out gs://bucket/bnrep: bnrep keeps results in a local or shared path, file:// or s3:// only (its "
+           "one-writer lock needs create-if-absent writes; for Google Cloud Storage use its S3 endpoint: "
+           "s3://BUCKET/PATH?endpoint_override=storage.googleapis.com with HMAC keys)")
+
+
 @pytest.mark.parametrize("stage,argv,line", [
-    ("final", ["--out", "gs://bucket/bnrep"], "error: --out gs://bucket/bnrep: bnrep writes results to a local or "
-     "shared path, file:// or s3:// only (its one-writer lock needs create-if-absent writes; for Google Cloud "
-     "Storage use its S3 endpoint: s3://BUCKET/PATH?endpoint_override=storage.googleapis.com with HMAC keys)"),
+    ("final", ["--out", "gs://bucket/bnrep"], "error: " + GS_LINE),
     ("hparam", ["--address", "127.0.0.1:1"], "error: no Ray cluster at 127.0.0.1:1 (nothing listens there): check "
      "the address (`ray status` on the head shows it), or leave --address and RAY_ADDRESS unset for a private "
      "local Ray"),
@@ -335,6 +339,21 @@ def test_unreachable_places_are_one_line_before_any_work(stage, argv, line, tmp_
     rc = flags.run_stage(stage, ["--smoke-test", *argv])
     assert (rc, capsys.readouterr().err.strip()) == (2, line)
     assert not ray.is_initialized() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv", [["status", "--experiment", "digits-cnn"], ["report"], ["report", "--experiment",
+                                                                                    "digits-cnn"]])
+def test_readers_refuse_a_results_uri_bnrep_does_not_keep_results_in(argv, capsys):
+    """status and report read only where stages write: gs:// is one line at once, as for a stage (pyarrow's
+    GCS client, with no network, retries for many minutes first); and so is the notebook API."""
+    from bnrep import open_results
+    from bnrep.config import UsageError
+
+    assert cli.main([*argv, "--out", "gs://bucket/bnrep"]) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"error: {GS_LINE}\n")
+    with pytest.raises(UsageError, match=re.escape(GS_LINE)):
+        open_results("gs://bucket/bnrep", "digits-cnn")
 
 
 @pytest.mark.parametrize("how", ["flag", "environment"])
