@@ -40,8 +40,8 @@ def validate_run(args: argparse.Namespace):
 
     check_flags(args)
     exp, opts = resolve_experiment(args), options(args)
-    check_k_max(exp, exp.samples_cluster)
-    check_data(exp, opts.data_root)
+    n_train = check_data(exp, opts.data_root)
+    check_k_max(exp, min(exp.samples_cluster, n_train))  # the analysis samples of the training split
     model_probes(exp)  # the model builds under every norm and takes the data
     store = open_store(opts.out, exp)
     refuse_training_flags(args, store)

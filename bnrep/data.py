@@ -95,16 +95,18 @@ class Data:
 
 # ==== public API ====
 
-def check_data(exp: Experiment, data_root: str | None = None, download: bool = True, split: bool = True) -> None:
+def check_data(exp: Experiment, data_root: str | None = None, download: bool = True,
+               split: bool = True) -> int | None:
     """Fail fast (DataError) if `exp`'s dataset cannot be loaded, or (split) cannot be split as `exp` asks:
     `val_size` (and `test_fraction` where it applies) must leave images to train on, and an image folder's
-    hold-out a training image of every class. Downloads it when missing.
+    hold-out a training image of every class. Downloads it when missing. Returns (split) the number of
+    images the training split will hold, as load_data splits it (train_size included); else None.
 
     Cheap when the files are present (existence and format checks, no image decoded but an image
     folder's). digits and synthetic need no files.
     """
     kind, path = parse_dataset(exp.dataset)
-    n = None  # the images `val_size` is held out from (None: the data has its own validation split)
+    n, n_train = None, None  # the images `val_size` is held out from; those left to train on
     if kind in TORCHVISION:
         cls, root = _torchvision_class(kind), _readable_root(data_root)
         if _missing_files(cls, root):
@@ -113,13 +115,19 @@ def check_data(exp: Experiment, data_root: str | None = None, download: bool = T
     elif kind == FOLDER:
         read_folder(path, exp.image_size, keep=False)  # every image decoded once: a bad one is named before Ray
         splits = folder_splits(path)
-        if split and "val" not in splits:  # held out of train/: every class keeps a training image
-            _train_val(torch.tensor(folder_files(splits["train"], folder_classes(path))[1]), exp)
+        labels = folder_files(splits["train"], folder_classes(path))[1]
+        if "val" in splits:  # its own validation split: all of train/ trains
+            n_train = len(labels)
+        elif split:  # held out of train/: every class keeps a training image
+            n_train = len(_train_val(torch.tensor(labels), exp)[0])
     elif split:  # bundled or generated: test_fraction of them is the test split
         every = DATASETS[kind].images or exp.num_images
         n = every - holdout_count(every, exp.test_fraction, "test_fraction")
-    if split and n is not None:
-        holdout_count(n, exp.val_size, "val_size")
+    if not split:
+        return None
+    if n is not None:
+        n_train = n - holdout_count(n, exp.val_size, "val_size")
+    return min(n_train, exp.train_size) if exp.train_size is not None else n_train
 
 
 def input_shape(exp: Experiment) -> tuple[int, int, int]:

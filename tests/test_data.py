@@ -139,6 +139,24 @@ def test_an_impossible_split_is_refused_before_the_data_is_read(dataset, tmp_pat
             check_data(exp.override(test_fraction=0.9999))
 
 
+@pytest.mark.parametrize("dataset", ["digits", "digits, train_size", "synthetic", "mnist", "cifar10"])
+def test_check_data_counts_the_training_split_as_load_data_splits_it(dataset, tmp_path, monkeypatch):
+    """What `bnrep run` checks the analysis settings against before Ray starts (k_max below the clustering
+    samples the training split holds): check_data's count equals load_data's training split."""
+    root = None
+    if dataset in ("mnist", "cifar10"):
+        preset, cls, _ = TV_CASES[TV_IDS.index(dataset)]
+        write_dataset(cls, tmp_path, monkeypatch)
+        exp, root = get_experiment(preset).override(val_size=N_VAL), str(tmp_path)
+    else:
+        exp = SYNTH if dataset == "synthetic" else DIGITS.override(train_size=500 if "train_size" in dataset else None)
+    n = check_data(exp, root, download=False)
+    assert n == len(load_data(exp, root, download=False).train) == {
+        "digits": 1294, "digits, train_size": 500, "synthetic": len(load_data(SYNTH).train),
+        "mnist": N_TRAIN - N_VAL, "cifar10": N_TRAIN - N_VAL}[dataset]
+    assert check_data(exp, root, download=False, split=False) is None
+
+
 def test_split_to_device_and_len():
     s = load_data(SYNTH).val
     t = s.to("cpu")

@@ -78,6 +78,27 @@ def test_a_class_the_hold_out_takes_whole_is_refused_before_the_data_is_read(tmp
                 read(exp)
 
 
+def test_a_folder_too_small_for_the_k_means_sweep_is_refused_before_any_work(tmp_path, capsys):
+    """`bnrep run` on a folder whose training split holds no more images than k_max: one line before Ray
+    starts (not after the sweep and the grid), naming the count; check_data counts a folder's training
+    split as load_data splits it, with and without its own val/."""
+    import ray
+
+    from bnrep import cli
+    from bnrep.data import check_data
+
+    tiny = write_folder(tmp_path / "tiny", splits=(("train", 4), ("test", 2)))  # 12 images, 11 after the hold-out (0.1)
+    with_val = write_folder(tmp_path / "split", splits=(("train", 5), ("val", 2), ("test", 2)))
+    for exp in (folder_exp(tiny, val_size=2), folder_exp(with_val)):
+        assert check_data(exp) == len(load_data(exp).train)
+    out = tmp_path / "runs"
+    rc = cli.main(["run", "--dataset", f"imagefolder:{tiny}", "--out", str(out)])  # k_max 15, val_size 0.1
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: k_max 15 (--k-max) must be below the number of clustering samples (11: "), err
+    assert not ray.is_initialized() and not out.exists()
+
+
 def test_a_relative_image_folder_is_recorded_as_the_folder_it_names(tmp_path, monkeypatch):
     """imagefolder:PATH relative to the current directory (--dataset) or to the study file (dataset = in a
     study file) is recorded absolute (config.json, the hashes): a later command from another directory reads

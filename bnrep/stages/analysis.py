@@ -222,7 +222,9 @@ def stopped_before(models: pd.DataFrame, exp: Experiment) -> list[str]:
 def check_k_max(exp: Experiment, n_cluster: int) -> None:
     # k_min >= 2, k_max >= k_min and eps >= 0 are checked by the experiment itself.
     if exp.k_max >= n_cluster:
-        raise UsageError(f"--k-max {exp.k_max} must be below the number of clustering samples ({n_cluster})")
+        raise UsageError(f"k_max {exp.k_max} (--k-max) must be below the number of clustering samples "
+                         f"({n_cluster}: samples_cluster {exp.samples_cluster}, at most the training split's images): "
+                         f"pass a smaller --k-max, or give the study more training images")
 
 
 @dataclass
