@@ -140,6 +140,12 @@ def out_flag(out: str) -> str:
     return "" if out.rstrip("/") in ("runs", "./runs") else f" --out {out}"
 
 
+def command(stage: str, experiment: str, out: str = "runs") -> str:
+    """A stage's command printed as a hint: `bnrep STAGE --experiment NAME [--out OUT]`, which works from any
+    directory (python sweeps/STAGE.py and analysis/*.py are the same commands in a checkout of the repository)."""
+    return f"bnrep {stage} --experiment {experiment}{out_flag(out)}"
+
+
 def is_imported(store: Store) -> bool:
     """The experiment's models were imported (`bnrep import`; config.json says so), not trained by bnrep."""
     return bool(read_config(store).get("imported"))

@@ -42,10 +42,9 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 import bnrep
-from bnrep.config import load_experiment, out_flag, read_config, read_hashes, trained_with_preset_hparams
+from bnrep.config import command, load_experiment, out_flag, read_config, read_hashes, trained_with_preset_hparams
 from bnrep.documents import md_table, render_html, render_md
 from bnrep.correlations import MIN_MODELS, between_groups_reason, limits_sentence, predictor_rows, predictors
-from bnrep.flags import SCRIPTS
 from bnrep.findings import (CLAIMS, Finding, finding_sparsity_across, findings, initialisation_blocks, judged_norms,
                             rules)
 from bnrep.findings import lines as finding_lines
@@ -78,7 +77,7 @@ def load_results(out: str, name: str) -> Results:
 
 
 def stage_command(table: str, experiment: str, out: str = "runs") -> str:
-    return f"python {SCRIPTS[TABLES[table].stage]} --experiment {experiment}{out_flag(out)}"
+    return command(TABLES[table].stage, experiment, out)
 
 
 def find_experiments(out: str) -> list[str]:

@@ -89,7 +89,7 @@ def test_imported_checkpoints_through_analysis_and_report(checkpoints, tmp_path)
     refused = bnrep("final", "--experiment", "leaves", "--out", out, cwd=tmp_path)
     assert refused.returncode == 2 and refused.stderr == (
         f"error: {out}/leaves holds imported models (bnrep import): there is no grid to train; measure them "
-        f"with python analysis/run.py --experiment leaves, or train in another experiment\n")
+        f"with `bnrep analysis --experiment leaves --out {out}`, or train in another experiment\n")
 
     run = bnrep("run", "--experiment", "leaves", "--out", out, "--probes", "layer4*", "--samples-sparsity", "40",
                 "--samples-cluster", "40", "--k-max", "4", "--n-init", "1", cwd=tmp_path)

@@ -421,8 +421,8 @@ def test_partial_results_on_a_uri(tmp_path):
     out = f"file://{tmp_path}"
     res = report.build_report(out, "digits-cnn")
     md = (tmp_path / "digits-cnn" / "report" / "report.md").read_text()
-    assert f"`python analysis/run.py --experiment digits-cnn --out {out}`" in md
-    assert "results/training_history" in md and "sweeps/final.py" in md
+    assert f"`bnrep analysis --experiment digits-cnn --out {out}`" in md
+    assert "results/training_history" in md and f"`bnrep final --experiment digits-cnn --out {out}`" in md
     assert not any(f.startswith("fig_") for f in res.files) and "table1.md" in res.files
     assert [f.verdict for f in res.findings] == ["not evaluated"] * 4
     assert "98.500 ± 0.577" in (tmp_path / "digits-cnn" / "report" / "report.html").read_text()
@@ -433,7 +433,7 @@ def test_no_results_is_a_one_line_error(tmp_path):
         report.build_report(str(tmp_path), "digits-cnn")
     msg = str(e.value)
     out = f" --out {tmp_path}"  # both commands it names write where the report looks
-    assert "\n" not in msg and f"python sweeps/final.py --experiment digits-cnn{out}`" in msg
+    assert "\n" not in msg and f"`bnrep final --experiment digits-cnn{out}`" in msg
     assert f"`bnrep run --experiment digits-cnn{out}`" in msg
     assert not (tmp_path / "digits-cnn" / "report").exists()
 
@@ -480,7 +480,7 @@ def test_driver_exit_codes(driver, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown experiment 'nope'" in err
     assert driver.main(["--out", out]) == 1
-    assert "python sweeps/final.py --experiment digits-cnn" in capsys.readouterr().err
+    assert f"bnrep final --experiment digits-cnn --out {out}" in capsys.readouterr().err
     assert driver.main(["--all", "--out", out]) == 1
     for name in ("digits-cnn", "mnist-cnn"):
         write_tables(tmp_path, name, {"training": make_tables(name, **SMALL)["training"]})

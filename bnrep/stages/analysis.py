@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from bnrep.checkpoints import ModelFileError, load_model, saved_snapshots
-from bnrep.config import (RunOptions, UsageError, header, is_imported, open_store, out_flag, prepare, read_config,
+from bnrep.config import (RunOptions, UsageError, command, header, is_imported, open_store, prepare, read_config,
                           stage_hashes, start_fresh, table_hashes, with_trained_config, write_config)
 from bnrep.data import check_data, load_data
 from bnrep.experiments import Experiment
@@ -188,8 +188,8 @@ def trained_models(store: Store, exp: Experiment) -> pd.DataFrame:
     snapshot_epochs: the epochs of exp.snapshots after 0 whose weights the grid kept (verified too)."""
     df = store.read_table("training")
     if df.empty:
-        raise UsageError(f"no trained models in {store.out}/{exp.name}: run sweeps/final.py "
-                         f"--experiment {exp.name} first")
+        raise UsageError(f"no trained models in {store.out}/{exp.name}: run `{command('final', exp.name, store.out)}` "
+                         f"first")
     later = [e for e in exp.snapshots if e > 0]
     if exp.snapshots and is_imported(store):
         raise UsageError(f"{store.out}/{exp.name} holds imported models: they have no training to take --snapshots "
@@ -199,16 +199,16 @@ def trained_models(store: Store, exp: Experiment) -> pd.DataFrame:
         asked, saved = saved_snapshots(store.part_metadata("training", mid))
         if not set(later) <= asked:
             missing = ", ".join(str(e) for e in later if e not in asked)
-            raise UsageError(f"{mid} was trained without a snapshot at epoch {missing}: run sweeps/final.py "
-                             f"--experiment {exp.name}{out_flag(store.out)} --snapshots "
-                             f"{','.join(map(str, exp.snapshots))} first, with the flags the grid was trained with "
+            raise UsageError(f"{mid} was trained without a snapshot at epoch {missing}: run "
+                             f"`{command('final', exp.name, store.out)} --snapshots "
+                             f"{','.join(map(str, exp.snapshots))}` first, with the flags the grid was trained with "
                              f"(it trains the models again, keeping those epochs)")
         kept.append(tuple(e for e in later if e in saved))  # an epoch after the model stopped: not there
         try:
             for e in (FINAL, *kept[-1]):
                 load_model(store, mid, exp, epoch=e)
         except ModelFileError as e:
-            raise UsageError(f"checkpoint {e}; rerun sweeps/final.py to retrain it") from None
+            raise UsageError(f"checkpoint {e}; rerun `{command('final', exp.name, store.out)}` to retrain it") from None
     df["snapshot_epochs"] = kept
     return df.sort_values("model_id").reset_index(drop=True)
 

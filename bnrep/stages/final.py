@@ -19,7 +19,8 @@ import re
 import pandas as pd
 
 from bnrep.checkpoints import is_trained, save_model, save_snapshot, snapshot_record, weights_sha256
-from bnrep.config import RunOptions, StageFailed, UsageError, header, stage_hashes, start_fresh, write_config
+from bnrep.config import (RunOptions, StageFailed, UsageError, command, header, stage_hashes, start_fresh,
+                          write_config)
 from bnrep.data import Data, load_data
 from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
@@ -71,12 +72,12 @@ def grid_hparams(exp: Experiment, store: Store, paper: bool) -> dict[str, dict]:
     if paper:
         return {n: exp.for_condition(n).paper_hparams(n) for n in exp.norms}
     if not store.exists("hparam/best_hparams.json"):
-        raise UsageError(f"no sweep results in {store.out}/{exp.name}/hparam: run sweeps/hparam.py "
-                         f"--experiment {exp.name} first, or pass --paper-hparams")
+        raise UsageError(f"no sweep results in {store.out}/{exp.name}/hparam: run `{command('hparam', exp.name, store.out)}` "
+                         f"first, or pass --paper-hparams")
     best = store.read_json("hparam/best_hparams.json")
     missing = [TAGS[n] for n in exp.norms if TAGS[n] not in best]
     if missing:
-        raise UsageError(f"best_hparams.json lacks {', '.join(missing)}: rerun sweeps/hparam.py "
+        raise UsageError(f"best_hparams.json lacks {', '.join(missing)}: rerun `{command('hparam', exp.name, store.out)}` "
                          f"with the same --norms, or pass --paper-hparams")
     return {n: {k: best[TAGS[n]][k] for k in ("lr", "momentum")} for n in exp.norms}
 

@@ -1,8 +1,8 @@
 """`bnrep import`: models a researcher already trained, measured like the grid's own.
 
     bnrep import --experiment mine --dataset imagefolder:~/leaves --models models.csv
-    python analysis/run.py --experiment mine        # then the analysis and the report, unchanged
-    python analysis/report.py --experiment mine
+    bnrep analysis --experiment mine                # then the analysis and the report, unchanged
+    bnrep report --experiment mine
 
 The models file is a CSV with the columns `model_id,model,norm,seed,weights`
 (any other column is kept as a label in results/training), or a TOML file of
@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 
 from bnrep.checkpoints import is_trained, sha256
-from bnrep.config import RunOptions, UsageError, header, open_store, out_flag, prepare, read_config, stage_hashes, \
+from bnrep.config import RunOptions, UsageError, command, header, open_store, prepare, read_config, stage_hashes, \
     start_fresh, write_config
 from bnrep.data import check_data, input_shape, load_data
 from bnrep.datasets import class_names
@@ -349,8 +349,7 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
                              source=e.weights, source_sha256=sources[e.model_id])
             print(f"[import] {e.model_id}: {get_norm(e.norm).label}, seed {e.seed}, test_acc {acc['test']:.4f} "
                   f"({e.weights})", flush=True)
-    print(f"[import] wrote {store.out}/{exp.name}/train/models and results/training; next: python analysis/run.py "
-          f"--experiment {exp.name}{out_flag(opts.out)}",
-          flush=True)
+    print(f"[import] wrote {store.out}/{exp.name}/train/models and results/training; next: "
+          f"{command('analysis', exp.name, opts.out)}", flush=True)
     return 0
 

@@ -8,7 +8,7 @@ import logging
 import os
 import tempfile
 
-from bnrep.config import RunOptions, UsageError, is_imported, open_store, prepare
+from bnrep.config import RunOptions, UsageError, command, is_imported, open_store, prepare
 from bnrep.data import check_data
 from bnrep.represent import model_probes
 from bnrep.experiments import Experiment
@@ -37,8 +37,8 @@ def refuse_imported(store: Store, stage: str) -> None:
     """An experiment of imported models has no grid to sweep or train (UsageError)."""
     if is_imported(store):
         raise UsageError(f"{store.out}/{store.experiment} holds imported models (bnrep import): there is no grid "
-                         f"to {'sweep' if stage == 'hparam' else 'train'}; measure them with python "
-                         f"analysis/run.py --experiment {store.experiment}, or train in another experiment")
+                         f"to {'sweep' if stage == 'hparam' else 'train'}; measure them with "
+                         f"`{command('analysis', store.experiment, store.out)}`, or train in another experiment")
 
 
 def trial_dirname(trial) -> str:
