@@ -49,8 +49,8 @@ from bnrep.findings import (CLAIMS, Finding, finding_sparsity_across, findings, 
                             rules)
 from bnrep.findings import lines as finding_lines
 from bnrep.axis import axis_word
-from bnrep.results import (LABELS, REF, SHORT, Results, imported_mask, is_paper_pair, measure_numbers,
-                           norm_labels, ordered, rankings, side_by_side)
+from bnrep.results import (LABELS, REF, SHORT, Results, experiment_label, imported_mask, is_paper_pair, tell_apart,
+                           measure_numbers, norm_labels, ordered, rankings, side_by_side)
 from bnrep.table1 import diverged_note, imported_note, table1, table1_caption, table1_rows, table1_tex
 from bnrep.store import TABLES, Store, git_commit, tables
 
@@ -468,11 +468,12 @@ def _build_combined(out: str, names: list[str], dest: str | None) -> ReportResul
     w = _Writer(store, "")
     notes = [f"{r.experiment.name}: no results; run `{stage_command('training', r.experiment.name, out)}`."
              for r in loaded if r not in rs] + [n for r in rs for n in missing_notes(r, out)]
+    tell_apart(rs)  # panel titles: experiments of the same model and data, by name
     per_exp = {r.experiment.name: findings(r) for r in rs}
     t1_blocks, t1_text = w.table1(rs)
     fig_blocks = w.figures(rs, out)
     across = across_findings(per_exp)
-    title = "bnrep combined report: " + ", ".join(f"{r.experiment.name} ({r.label})" for r in rs)
+    title = "bnrep combined report: " + ", ".join(f"{r.experiment.name} ({experiment_label(r.experiment)})" for r in rs)
     blocks = [("h1", title), *[("note", n) for n in notes],
               *[b for r in rs for b in (("h2", f"Settings: {r.experiment.name}"),
                                          ("table", ["setting", "value"], settings_rows(r)))],

@@ -64,6 +64,7 @@ class Results:
     config: dict = field(default_factory=dict)  # the stage hashes of config.json: train_hash, analysis_hash
     classes: tuple[str, ...] = ()  # the data's class names, as config.json records them (() : from the table)
     snapshots: dict[str, pd.DataFrame] = field(default_factory=dict)  # the rows of earlier epochs, per table
+    shown_as: str = ""  # its label beside experiments of the same model and data (distinct_labels); "": label's own
 
     def __post_init__(self) -> None:
         """`tables` keeps the final models' rows (what the paper's figures and claims read); the rows of
@@ -106,7 +107,8 @@ class Results:
 
     @property
     def label(self) -> str:
-        return experiment_label(self.experiment)
+        """'CNN Digits' (the paper's Table 1 names), or `shown_as` where a combined report sets it."""
+        return self.shown_as or experiment_label(self.experiment)
 
     @property
     def imported(self) -> bool:
@@ -131,6 +133,19 @@ def model_label(arch: str, dataset: str) -> str:
 
 def experiment_label(e: Experiment) -> str:
     return model_label(e.model, e.dataset)
+
+
+def distinct_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Experiment name -> its label ('CNN Digits'), the name added where experiments share a label (a combined
+    report of digits-cnn and digits-cnn-norms: 'CNN Digits (digits-cnn)', 'CNN Digits (digits-cnn-norms)')."""
+    shared = {l for l in labels.values() if list(labels.values()).count(l) > 1}
+    return {n: f"{l} ({n})" if l in shared else l for n, l in labels.items()}
+
+
+def tell_apart(rs: list[Results]) -> None:
+    """Each of `rs` labelled apart from the others (distinct_labels): a combined report's panel titles."""
+    for r, label in zip(rs, distinct_labels({r.experiment.name: experiment_label(r.experiment) for r in rs}).values()):
+        r.shown_as = label
 
 
 # ==== aggregation ====
@@ -280,7 +295,7 @@ def side_by_side(rs: list[Results]) -> tuple[list[str], list[list[str]]]:
                 d = d[d["condition"] == n] if len(d) else d
                 cells.append(fmt_pm(d[col].mean() * scale, d[col].std() * scale, digits) if len(d) else "-")
             rows.append([name, SHORT[n]] + cells)
-    return ["measure", axis_word(norms)] + [f"{r.experiment.name} ({r.label})" for r in rs], rows
+    return ["measure", axis_word(norms)] + [f"{r.experiment.name} ({experiment_label(r.experiment)})" for r in rs], rows
 
 
 def _per_model(df: pd.DataFrame, col: str) -> pd.DataFrame:

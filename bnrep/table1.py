@@ -7,7 +7,8 @@ import pandas as pd
 
 from bnrep.axis import axis_word  # a condition's short name is its tag
 from bnrep.norms import sort_key
-from bnrep.results import SHORT, fmt_pm, imported_mask, is_paper_pair, model_label, norm_labels, ordered
+from bnrep.results import (SHORT, distinct_labels, fmt_pm, imported_mask, is_paper_pair, model_label, norm_labels,
+                           ordered)
 
 
 def diverged_note(training: pd.DataFrame) -> str:
@@ -46,6 +47,7 @@ def table1(training: pd.DataFrame) -> pd.DataFrame:
             row[f"{c}_mean"], row[f"{c}_std"] = g[c].mean(), g[c].std()
         rows.append(row)
     df = pd.DataFrame(rows)
+    df["model"] = df["experiment"].map(distinct_labels(dict(zip(df["experiment"], df["model"]))))
     df["_o"] = df["experiment"].map(order.index)  # experiments as given; norms in display order (_n)
     return df.sort_values(["_o", "_n"], ignore_index=True).drop(columns=["_o", "_n"])
 

@@ -454,6 +454,29 @@ def test_combined_report(tmp_path):
         report.build_report(str(tmp_path), ["cifar10-vgg16"])
 
 
+def test_a_combined_report_tells_apart_experiments_of_the_same_model_and_data(tmp_path):
+    """digits-cnn and digits-cnn-norms are both 'CNN Digits': Table 1's rows and the figures' panels name the
+    experiment beside it; a label of its own (CNN MNIST) stays as it is."""
+    import matplotlib.pyplot as plt
+
+    write_tables(tmp_path, "digits-cnn", cnn().tables)
+    write_tables(tmp_path, "digits-cnn-norms", make_tables("digits-cnn-norms", seeds=2, norms=NORMS4, **SMALL))
+    write_tables(tmp_path, "mnist-cnn", make_tables("mnist-cnn", seeds=2, **SMALL))
+    names = ["digits-cnn", "digits-cnn-norms", "mnist-cnn"]
+    report.build_report(str(tmp_path), names, dest=str(tmp_path / "both"))
+    t1 = pd.read_csv(tmp_path / "both" / "table1.csv")
+    assert dict(zip(t1["experiment"], t1["model"])) == {"digits-cnn": "CNN Digits (digits-cnn)", "mnist-cnn": "CNN MNIST",
+                                                        "digits-cnn-norms": "CNN Digits (digits-cnn-norms)"}
+    assert "| CNN Digits (digits-cnn-norms) | GN | 2 |" in (tmp_path / "both" / "report.md").read_text()
+    rs = [report.load_results(str(tmp_path), n) for n in names]
+    results.tell_apart(rs)  # as the combined report does before drawing
+    fig = figures.figure("fig_layer_sparsity").make(rs)
+    assert [ax.get_title() for ax in fig.axes] == ["(a) CNN Digits (digits-cnn), 4 seeds",
+                                                  "(b) CNN Digits (digits-cnn-norms), 2 seeds", "(c) CNN MNIST, 2 seeds"]
+    plt.close(fig)
+    assert report.load_results(str(tmp_path), "digits-cnn").label == "CNN Digits"  # its own report: as before
+
+
 def test_config_json_overrides_the_preset(tmp_path):
     e = get_experiment("digits-cnn").override(first_shown_layer=3, name="my-digits")
     Store(str(tmp_path), "my-digits").write_json("config.json", {"experiment": e.to_dict(), "config_hash": "x"})
