@@ -28,6 +28,7 @@ from bnrep import __version__
 from bnrep.config import UsageError
 from bnrep.flags import (SCRIPTS, Parser, build_parser as stage_parser, check_flags, exit_process, main_guard,
                          options, resolve_experiment, run_stage)
+from bnrep.studies import held_studies
 
 
 # ==== bnrep run ====
@@ -148,7 +149,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     root = args.data_root or default_data_root()
     print(f"{'experiment':20} {'dataset':14} {'model':9} {'data here':10} description")
-    for name, e in [*PRESETS.items(), *studies_under(args.out, exclude=PRESETS)]:
+    for name, e in [*PRESETS.items(), *studies_under(args.out)]:
         try:
             family, path = parse_dataset(e.dataset)
             if family != FOLDER:
@@ -162,19 +163,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def studies_under(out: str, exclude=()) -> list[tuple[str, object]]:
+def studies_under(out: str) -> list[tuple[str, object]]:
     """(name, experiment) of each study `out` holds (its config.json), presets left out; none when `out`
     does not open."""
     from bnrep.config import load_experiment
     from bnrep.experiments import ConfigError
     from bnrep.store import Store
 
-    try:
-        names = [n for n in Store(out, "").list_dir("") if n not in exclude and Store(out, n).exists("config.json")]
-    except (OSError, ValueError):
-        return []
     found = []
-    for n in names:
+    for n in held_studies(out):
         with contextlib.suppress(ConfigError, OSError, ValueError):  # a config.json that does not read: left out
             found.append((n, load_experiment(Store(out, n), n)))
     return found

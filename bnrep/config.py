@@ -30,6 +30,7 @@ from bnrep.datasets import class_names
 from bnrep.experiments import ConfigError, Experiment, get_experiment, renamed
 from bnrep.measures import MEASURES
 from bnrep.store import Store, git_commit, is_uri, tables
+from bnrep.studies import unknown_experiment
 
 # Fields that change what the analysis stage computes but not the models.
 ANALYSIS_FIELDS = ("samples_sparsity", "samples_cluster", "k_min", "k_max", "n_init", "eps")
@@ -171,7 +172,12 @@ def load_experiment(store: Store, name: str | None = None) -> Experiment:
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"{store.out}/{store.experiment}/config.json is unreadable "
                               f"({type(e).__name__}: {e}); use another --out or --fresh") from None
-    return get_experiment(name or store.experiment)
+    try:
+        return get_experiment(name or store.experiment)
+    except ConfigError as e:  # a name that is no preset and no study here: which are, and the closest
+        if not str(e).startswith("unknown experiment"):
+            raise
+        raise unknown_experiment(name or store.experiment, store.out) from None
 
 
 def read_hashes(store: Store) -> dict[str, str]:

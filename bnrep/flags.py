@@ -23,7 +23,7 @@ from bnrep.raysession import check_address
 from bnrep.datasets import DATASETS, DatasetError
 from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, SMOKE, ConfigError, Experiment, get_experiment
-from bnrep.studies import NAME_RULE, STUDY_NAME, study_name
+from bnrep.studies import NAME_RULE, STUDY_NAME, study_name, unknown_experiment
 from bnrep.models import BUILTIN, ModelError
 from bnrep.norms import NAMES as NORMS, NormError
 from bnrep.probes import ProbeError
@@ -197,18 +197,20 @@ def named_experiment(name: str, out: str | None) -> Experiment:
 
         try:
             store = Store(out, name)
-            if not read_config(store):
-                raise
+            if read_config(store):
+                return load_experiment(store, name)
         except (OSError, ValueError):  # an --out that does not open: the unknown name is the error to show
-            raise ConfigError(f"unknown experiment {name!r} (valid: {', '.join(PRESETS)}, or a study file "
-                              f"NAME.toml)") from None
-        return load_experiment(store, name)
+            pass
+        raise unknown_experiment(name, out) from None
 
 
 def _new_study(args: argparse.Namespace, unknown: ConfigError) -> Experiment:
     """--experiment NAME that is no preset, study file or experiment under --out, with --dataset: a new study
     of that name (the default preset's recipe on that data), as `bnrep import` makes one; else `unknown`."""
     name, dataset = args.experiment, getattr(args, "dataset", None)
+    plain = not (name.endswith(".toml") or "/" in name)
+    if not dataset and hasattr(args, "dataset") and plain and str(unknown).startswith("unknown experiment"):
+        raise ConfigError(f"{unknown} (a new study of that name needs --dataset)") from None
     if not dataset or name.endswith(".toml") or "/" in name:
         raise unknown
     if not STUDY_NAME.fullmatch(name):

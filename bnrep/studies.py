@@ -79,3 +79,24 @@ def study_name(experiment: str) -> str:
     """The name results are stored under for `--experiment`: a study file's own (its `name`, else its stem),
     else the argument itself (a preset, or a study found by name under --out)."""
     return load_study(experiment).name if experiment.endswith(".toml") else experiment
+
+
+def held_studies(out: str) -> list[str]:
+    """The names of the studies `out` holds (a folder with a config.json), presets left out; none when `out`
+    does not open."""
+    from bnrep.store import Store
+
+    try:
+        return [n for n in Store(out, "").list_dir("") if n not in PRESETS and Store(out, n).exists("config.json")]
+    except (OSError, ValueError):
+        return []
+
+
+def unknown_experiment(name: str, out: str) -> ConfigError:
+    """One line for an --experiment that names nothing: the presets, the studies --out holds, the closest."""
+    import difflib
+
+    held = held_studies(out)
+    close = difflib.get_close_matches(name, [*PRESETS, *held], n=1)
+    return ConfigError(f"unknown experiment {name!r} (valid: {', '.join([*PRESETS, *held])}, or a study file "
+                       f"NAME.toml)" + (f"; did you mean {close[0]!r}?" if close else ""))

@@ -310,6 +310,24 @@ def test_status_of_an_unknown_experiment_is_one_line(results, capsys):
     assert out == "" and err.startswith("error: unknown experiment 'nope' (valid: digits-cnn") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv", [["status"], ["report"], ["hparam"], ["run"]])
+def test_a_mistyped_study_name_names_the_studies_out_holds_and_the_closest(argv, tmp_path, capsys):
+    """`--experiment mien` where --out holds the study `mine`: the one line lists it with the presets and
+    asks about it (the training commands add that a new study needs --dataset); nothing is written."""
+    from bnrep.experiments import PRESETS, get_experiment
+
+    out = tmp_path / "runs"
+    Store(str(out), "mine").write_json("config.json", {"experiment": get_experiment("digits-cnn").override(
+        name="mine").to_dict()})
+    before = tree(out)
+    assert cli.main([*argv, "--experiment", "mien", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    line = (f"error: unknown experiment 'mien' (valid: {', '.join(PRESETS)}, mine, or a study file NAME.toml); "
+            f"did you mean 'mine'?")
+    assert err == line + (" (a new study of that name needs --dataset)" if argv[0] in ("hparam", "run") else "") + "\n"
+    assert tree(out) == before and not ray.is_initialized()
+
+
 def test_analysis_takes_training_fields_from_the_trained_config(results):
     """final.py --max-epochs 3 (smoke) then analysis/run.py --k-max 4: the analysis
     keeps the models' training settings and applies only its own flags."""
