@@ -34,19 +34,22 @@ from bnrep.studies import held_studies
 # ==== bnrep run ====
 def validate_run(args: argparse.Namespace):
     """Every check of every stage, before any work: (experiment, options, store)."""
-    from bnrep.config import open_store, prepare
+    from bnrep.config import is_imported, open_store, prepare, with_trained_config
     from bnrep.data import check_data
     from bnrep.represent import model_probes
     from bnrep.stages.analysis import check_k_max
 
     check_flags(args)
     exp, opts = resolve_experiment(args), options(args)
+    store = open_store(opts.out, exp)
+    refuse_training_flags(args, store)
+    imported = is_imported(store)
+    if imported:  # nothing trains: training fields as recorded (--smoke-test's too), the analysis's from the flags
+        exp = with_trained_config(store, exp)
     n_train = check_data(exp, opts.data_root)
     check_k_max(exp, min(exp.samples_cluster, n_train))  # the analysis samples of the training split
     model_probes(exp)  # the model builds under every norm and takes the data
-    store = open_store(opts.out, exp)
-    refuse_training_flags(args, store)
-    prepare(store, exp, "hparam" if opts.fresh else "analysis", opts.fresh)
+    prepare(store, exp, "hparam" if opts.fresh and not imported else "analysis", opts.fresh)
     return exp, opts, store
 
 
@@ -59,7 +62,7 @@ def refuse_training_flags(args: argparse.Namespace, store) -> None:
     from bnrep.config import is_imported
 
     given = [f"--{f.replace('_', '-')}" for f in TRAINING_FLAGS if getattr(args, f, None) not in (None, False)]
-    if given and not args.fresh and is_imported(store):
+    if given and is_imported(store):
         raise UsageError(f"{store.out}/{store.experiment} holds imported models (bnrep import): nothing is trained, "
                          f"so {', '.join(given)} would change nothing; measure them without it")
 
@@ -72,13 +75,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     exp, opts, store = validate_run(args)
     imported = is_imported(store)
-    if imported and opts.fresh:
-        raise UsageError(f"{store.out}/{exp.name} holds imported models: --fresh would delete them (import "
-                         f"them again with bnrep import --fresh)")
     with writer_lock(store, "run"):  # the stages find it held by this process
-        if opts.fresh:
+        if opts.fresh and not imported:
             start_fresh(store, "hparam" if not opts.paper_hparams else "final")
-        return run_stages(exp, dataclasses.replace(opts, fresh=False), store, imported)
+        # imported models stay (bnrep import --fresh imports them anew): the analysis starts over, as --fresh does
+        return run_stages(exp, dataclasses.replace(opts, fresh=opts.fresh and imported), store, imported)
 
 
 def run_stages(exp, opts, store, imported: bool = False) -> int:

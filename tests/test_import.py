@@ -107,6 +107,13 @@ def test_imported_checkpoints_through_analysis_and_report(checkpoints, tmp_path)
     status = bnrep("status", "--experiment", "leaves", "--out", out, cwd=tmp_path).stdout
     assert "import     complete  3/3 imported models recorded" in status
     assert "analysis   complete  every part current" in status
+    models_before, training_before = tree(out / "leaves" / "train"), store.read_table("training")
+    again = bnrep("run", "--experiment", "leaves", "--out", out, "--probes", "layer4*", "--samples-sparsity", "40",
+                  "--samples-cluster", "40", "--k-max", "3", "--n-init", "1", "--fresh", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]  # --fresh: the analysis anew
+    assert tree(out / "leaves" / "train") == models_before  # the imported models stay
+    pd.testing.assert_frame_equal(store.read_table("training"), training_before)
+    assert store.read_table("kmeans")["k"].max() == 3
     study = open_results(str(out), "leaves")
     assert sorted(study.training["model_id"]) == sorted(models) and study.training["imported"].all()
     with torch.no_grad():  # a notebook gets the researcher's model back
@@ -226,6 +233,25 @@ def imported(checkpoints, tmp_path_factory):
     assert cli.main(["import", "--experiment", "leaves", "--models", str(csv), "--out", str(out),
                      "--dataset", f"imagefolder:{root}"]) == 0
     return out
+
+
+def test_a_smoke_test_of_imported_models_shrinks_only_the_analysis(imported):
+    """`bnrep run --smoke-test` on imported models: nothing trains, so --smoke-test's training settings do not
+    apply (they were refused as a different configuration, and the --fresh the line suggested is refused
+    for imported models); its analysis settings do."""
+    from bnrep.config import load_experiment
+    from bnrep.experiments import SMOKE
+
+    args = cli.build_parser().parse_args(["run", "--experiment", "leaves", "--smoke-test", "--out", str(imported)])
+    before = tree(imported)
+    exp, _, store = cli.validate_run(args)
+    recorded = load_experiment(store)
+    assert (exp.max_epochs, exp.train_size, exp.seeds) == (recorded.max_epochs, recorded.train_size, recorded.seeds)
+    assert (exp.samples_sparsity, exp.samples_cluster, exp.k_max) != (recorded.samples_sparsity,
+                                                                      recorded.samples_cluster, recorded.k_max)
+    assert (exp.samples_sparsity, exp.samples_cluster, exp.k_max) == (SMOKE["samples_sparsity"],
+                                                                      SMOKE["samples_cluster"], SMOKE["k_max"])
+    assert tree(imported) == before
 
 
 @pytest.mark.parametrize("case", REFUSALS)
