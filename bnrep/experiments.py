@@ -28,7 +28,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from bnrep.datasets import DatasetError, absolute_dataset, parse_dataset
+from bnrep.datasets import DatasetError, parse_dataset
 from bnrep.models import ModelError, parse_spec
 from bnrep.axis import ConditionError, canonical, name_of, overrides_of, register_all, split_items
 from bnrep.axis import parse as parse_condition
@@ -116,7 +116,6 @@ class Experiment:
         for key, kind in (("lr_range", float), ("momentum_choices", float), ("image_shape", int)):
             object.__setattr__(self, key, _as_tuple(getattr(self, key), kind, self.name, key))
         object.__setattr__(self, "first_shown_layer", layer_value(self.first_shown_layer))
-        object.__setattr__(self, "dataset", absolute_dataset(self.dataset))  # imagefolder:PATH from any directory
         validate(self)
         # One spelling per study: conditions in the norm table's order, thresholds ascending.
         object.__setattr__(self, "conditions", tuple(sorted(self.conditions, key=lambda c: sort_key(name_of(c)))))

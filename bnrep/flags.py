@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from bnrep.config import RunOptions, StageFailed, UsageError
 from bnrep.raysession import check_address
-from bnrep.datasets import DATASETS, DatasetError
+from bnrep.datasets import DATASETS, DatasetError, absolute_dataset
 from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, SMOKE, ConfigError, Experiment, get_experiment
 from bnrep.studies import NAME_RULE, STUDY_NAME, study_name, unknown_experiment
@@ -232,6 +232,8 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
     flags = {f: getattr(args, f, None) for f in OVERRIDE_FLAGS}
     if flags.get("lr") is not None:  # an explicit lr applies to every normalisation
         flags["lr_nobn"] = flags["lr"]
+    if flags.get("dataset"):  # imagefolder:PATH as the folder it names, wherever a later command runs
+        flags["dataset"] = absolute_dataset(flags["dataset"])
     exp = exp.override(**flags)
     if exp.sweep_max_epochs and exp.sweep_max_epochs > exp.max_epochs:
         exp = exp.override(sweep_max_epochs=exp.max_epochs)

@@ -5,6 +5,8 @@ import os
 import pickle
 import re
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -100,24 +102,42 @@ def test_a_folder_too_small_for_the_k_means_sweep_is_refused_before_any_work(tmp
 
 
 def test_a_relative_image_folder_is_recorded_as_the_folder_it_names(tmp_path, monkeypatch):
-    """imagefolder:PATH relative to the current directory (--dataset) or to the study file (dataset = in a
-    study file) is recorded absolute (config.json, the hashes): a later command from another directory reads
-    the same folder, or says it is not there, and never another folder of that relative name."""
+    """imagefolder:PATH relative to the current directory (--dataset, bnrep import --dataset) or to the study
+    file (dataset = in a study file) is recorded absolute (config.json, the hashes): a later command from
+    another directory reads the same folder, or says it is not there, and never another folder of that
+    relative name. Results recorded before with a relative path keep it (their hashes, and a run by name)."""
+    from bnrep import config
+    from bnrep.stages.imports import import_experiment
+    from bnrep.store import Store
     from bnrep.studies import load_study
 
     root = write_folder(tmp_path / "data" / "leaves")
     monkeypatch.chdir(tmp_path / "data")
-    exp = folder_exp("leaves")
-    assert exp.dataset == f"imagefolder:{root}" and exp.to_dict()["dataset"] == f"imagefolder:{root}"
-    assert folder_exp("./leaves/../leaves").dataset == exp.dataset
+    for given in ("leaves", "./leaves/../leaves"):
+        args = flags.build_parser("hparam").parse_args(["--dataset", f"imagefolder:{given}"])
+        exp = flags.resolve_experiment(args)
+        assert exp.dataset == f"imagefolder:{root}" and exp.to_dict()["dataset"] == f"imagefolder:{root}"
+    assert import_experiment(None, "mine", [SimpleNamespace(model="cnn", norm="batch")], "imagefolder:leaves",
+                             None).dataset == f"imagefolder:{root}"
     (tmp_path / "studies").mkdir()
     study = tmp_path / "studies" / "mine.toml"
     study.write_text('base = "digits-cnn"\ndataset = "imagefolder:../data/leaves"\n')
     monkeypatch.chdir(tmp_path)  # not where the study file is
     assert load_study(str(study)).dataset == f"imagefolder:{root}"
     monkeypatch.setenv("HOME", str(tmp_path / "data"))
-    assert folder_exp("~/leaves").dataset == f"imagefolder:{root}"
-    assert get_experiment("digits-cnn").override(dataset="mnist").dataset == "mnist"  # names stay names
+    args = flags.build_parser("hparam").parse_args(["--dataset", "imagefolder:~/leaves"])
+    assert flags.resolve_experiment(args).dataset == f"imagefolder:{root}"
+    args = flags.build_parser("hparam").parse_args(["--dataset", "mnist"])
+    assert flags.resolve_experiment(args).dataset == "mnist"  # names stay names
+    # results written before, with the relative path: loaded as recorded, so their hashes still match
+    monkeypatch.chdir(tmp_path / "data")
+    old = folder_exp("leaves")
+    store = Store(str(tmp_path / "runs"), old.name)
+    store.mkdir()
+    config.write_config(store, config.prepare(store, old, "analysis", fresh=False))
+    again = config.load_experiment(store)
+    assert again.dataset == "imagefolder:leaves" and config.stage_hashes(again) == config.stage_hashes(old)
+    config.prepare(store, again, "analysis", fresh=False)  # no "different configuration"
 
 
 def test_an_image_folder_reads_as_torchvision_s_imagefolder(tmp_path):

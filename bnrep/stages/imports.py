@@ -45,7 +45,7 @@ from bnrep.checkpoints import is_trained, sha256
 from bnrep.config import RunOptions, UsageError, command, header, open_store, prepare, read_config, stage_hashes, \
     start_fresh, write_config
 from bnrep.data import check_data, input_shape, load_data
-from bnrep.datasets import class_names
+from bnrep.datasets import absolute_dataset, class_names
 from bnrep.experiments import ConfigError, Experiment
 from bnrep.lock import writer_lock
 from bnrep.models import build_model
@@ -169,6 +169,7 @@ def import_experiment(exp: Experiment | None, name: str, entries: list[Entry], d
     """The experiment the entries are recorded in: `exp` (a preset, a study file, an earlier import) with
     their model and norms (and the `earlier` import's norms), or a new one called `name` on `dataset`."""
     spec, norms = entries[0].model, tuple(ordered({e.norm for e in entries} | set(earlier)))
+    dataset = absolute_dataset(dataset) if dataset else dataset  # the folder it names, from any directory
     if exp is None:
         if not dataset:
             raise ConfigError(f"unknown experiment {name!r}: name a preset or a study file, or pass --dataset "
