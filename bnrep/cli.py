@@ -45,7 +45,14 @@ def validate_run(args: argparse.Namespace):
     refuse_training_flags(args, store)
     imported = is_imported(store)
     if imported:  # nothing trains: training fields as recorded (--smoke-test's too), the analysis's from the flags
-        exp = with_trained_config(store, exp)
+        recorded = with_trained_config(store, exp)
+        other = [f"--{f} {getattr(args, f)}" for f in ("model", "dataset")
+                 if getattr(args, f, None) is not None and getattr(exp, f) != getattr(recorded, f)]
+        if other:
+            raise UsageError(f"{store.out}/{store.experiment} holds models imported as {recorded.model} on "
+                             f"{recorded.dataset}: {' and '.join(other)} would be other models or data (import "
+                             f"them into another experiment)")
+        exp = recorded
     n_train = check_data(exp, opts.data_root)
     check_k_max(exp, min(exp.samples_cluster, n_train))  # the analysis samples of the training split
     model_probes(exp)  # the model builds under every norm and takes the data

@@ -143,8 +143,12 @@ def out_flag(out: str) -> str:
 
 def command(stage: str, experiment: str, out: str = "runs") -> str:
     """A stage's command printed as a hint: `bnrep STAGE --experiment NAME [--out OUT]`, which works from any
-    directory (python sweeps/STAGE.py and analysis/*.py are the same commands in a checkout of the repository)."""
-    return f"bnrep {stage} --experiment {experiment}{out_flag(out)}"
+    directory (python sweeps/STAGE.py and analysis/*.py are the same commands in a checkout of the repository).
+    A study --out does not hold yet is found by its file only: a placeholder names it."""
+    from bnrep.experiments import PRESETS
+
+    held = experiment in PRESETS or experiment == "NAME" or Store(out, experiment).exists("config.json")
+    return f"bnrep {stage} --experiment {experiment if held else f'<the study file of {experiment}>'}{out_flag(out)}"
 
 
 def is_imported(store: Store) -> bool:

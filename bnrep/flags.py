@@ -209,7 +209,8 @@ def _new_study(args: argparse.Namespace, unknown: ConfigError) -> Experiment:
     of that name (the default preset's recipe on that data), as `bnrep import` makes one; else `unknown`."""
     name, dataset = args.experiment, getattr(args, "dataset", None)
     plain = not (name.endswith(".toml") or "/" in name)
-    if not dataset and hasattr(args, "dataset") and plain and str(unknown).startswith("unknown experiment"):
+    trains = hasattr(args, "max_epochs")  # a training stage or `bnrep run`: a new study can start there
+    if not dataset and trains and plain and str(unknown).startswith("unknown experiment"):
         raise ConfigError(f"{unknown} (a new study of that name needs --dataset)") from None
     if not dataset or name.endswith(".toml") or "/" in name:
         raise unknown

@@ -144,8 +144,9 @@ def distinct_labels(labels: dict[str, str]) -> dict[str, str]:
 
 def tell_apart(rs: list[Results]) -> None:
     """Each of `rs` labelled apart from the others (distinct_labels): a combined report's panel titles."""
-    for r, label in zip(rs, distinct_labels({r.experiment.name: experiment_label(r.experiment) for r in rs}).values()):
-        r.shown_as = label
+    labels = distinct_labels({r.experiment.name: experiment_label(r.experiment) for r in rs})
+    for r in rs:  # (an experiment named twice: the same label twice)
+        r.shown_as = labels[r.experiment.name]
 
 
 # ==== aggregation ====

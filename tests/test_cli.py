@@ -59,7 +59,8 @@ CASES = [  # (name, stage, argv, words the message must contain)
      ["nowhere"]),
     ("k_min < 2", "analysis", ["--k-min", "1"], ["k_min must be >= 2"]),
     ("k_max < k_min", "analysis", ["--k-min", "5", "--k-max", "4"], ["k_max must be >= k_min"]),
-    ("k_max >= samples", "analysis", ["--samples-cluster", "10", "--k-max", "10"], ["clustering samples"]),
+    ("k_max >= samples", "analysis", ["--samples-cluster", "10", "--k-max", "10"],
+     ["must be below the number of clustering samples (10: samples_cluster 10,", "or a larger --samples-cluster"]),
     ("negative eps", "analysis", ["--eps", "-0.1"], ["eps thresholds must be >= 0, got -0.1"]),
     ("eps twice", "analysis", ["--eps", "0,0.01,0"], ["eps lists 0 more than once"]),
     ("unknown norm", "final", ["--norms", "batch,weight"], ["unknown norm 'weight'", "batch, group, ws+group, layer, instance, as-built, none, ghost:B, group:G"]),
@@ -326,6 +327,21 @@ def test_a_mistyped_study_name_names_the_studies_out_holds_and_the_closest(argv,
             f"did you mean 'mine'?")
     assert err == line + (" (a new study of that name needs --dataset)" if argv[0] in ("hparam", "run") else "") + "\n"
     assert tree(out) == before and not ray.is_initialized()
+
+
+def test_a_hint_names_the_study_file_of_a_study_out_does_not_hold(tmp_path, capsys):
+    """A study run from its file, before --out holds it, is found by that file only: the printed next step
+    names the file (a placeholder), not the study's name, which would be unknown there; the analysis,
+    where a new study cannot start, does not suggest --dataset."""
+    study = tmp_path / "mine.toml"
+    study.write_text('base = "digits-cnn"\n')
+    out = tmp_path / "runs"
+    assert flags.run_stage("final", ["--experiment", str(study), "--smoke-test", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"run `bnrep hparam --experiment <the study file of mine> --out {out}` first" in err, err
+    assert flags.run_stage("analysis", ["--experiment", "mien", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown experiment 'mien'") and "--dataset" not in err, err
 
 
 def test_analysis_takes_training_fields_from_the_trained_config(results):

@@ -103,7 +103,7 @@ def test_imported_checkpoints_through_analysis_and_report(checkpoints, tmp_path)
            "1 NBN model." in report
     assert "| imported (BN) | 2 models, seeds 0, 1, weights plain.pt, parallel.pt |" in report
     assert "stopping rule and learning-rate sweep not known for imported models (3 of 3 imported)" in report
-    assert "models missed their stopping rule" not in report and "sweeps/hparam.py" not in report
+    assert "models missed their stopping rule" not in report and "bnrep hparam" not in report
     status = bnrep("status", "--experiment", "leaves", "--out", out, cwd=tmp_path).stdout
     assert "import     complete  3/3 imported models recorded" in status
     assert "analysis   complete  every part current" in status
@@ -238,8 +238,8 @@ def imported(checkpoints, tmp_path_factory):
 def test_a_smoke_test_of_imported_models_shrinks_only_the_analysis(imported):
     """`bnrep run --smoke-test` on imported models: nothing trains, so --smoke-test's training settings do not
     apply (they were refused as a different configuration, and the --fresh the line suggested is refused
-    for imported models); its analysis settings do."""
-    from bnrep.config import load_experiment
+    for imported models); its analysis settings do. --dataset or --model other than recorded is refused."""
+    from bnrep.config import UsageError, load_experiment
     from bnrep.experiments import SMOKE
 
     args = cli.build_parser().parse_args(["run", "--experiment", "leaves", "--smoke-test", "--out", str(imported)])
@@ -251,6 +251,11 @@ def test_a_smoke_test_of_imported_models_shrinks_only_the_analysis(imported):
                                                                       recorded.samples_cluster, recorded.k_max)
     assert (exp.samples_sparsity, exp.samples_cluster, exp.k_max) == (SMOKE["samples_sparsity"],
                                                                       SMOKE["samples_cluster"], SMOKE["k_max"])
+    for flag, value in (("--dataset", "synthetic"), ("--model", "vgg16")):  # not silently measured on the old
+        args = cli.build_parser().parse_args(["run", "--experiment", "leaves", flag, value, "--out", str(imported)])
+        with pytest.raises(UsageError, match=f"holds models imported as {SPEC} on imagefolder:.*: {flag} {value} "
+                                             f"would be other models or data"):
+            cli.validate_run(args)
     assert tree(imported) == before
 
 

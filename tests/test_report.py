@@ -474,6 +474,9 @@ def test_a_combined_report_tells_apart_experiments_of_the_same_model_and_data(tm
     assert [ax.get_title() for ax in fig.axes] == ["(a) CNN Digits (digits-cnn), 4 seeds",
                                                   "(b) CNN Digits (digits-cnn-norms), 2 seeds", "(c) CNN MNIST, 2 seeds"]
     plt.close(fig)
+    twice = [report.load_results(str(tmp_path), n) for n in ("digits-cnn", "digits-cnn", "digits-cnn-norms")]
+    results.tell_apart(twice)  # (--experiments A A B)
+    assert [r.label for r in twice] == ["CNN Digits (digits-cnn)"] * 2 + ["CNN Digits (digits-cnn-norms)"]
     assert report.load_results(str(tmp_path), "digits-cnn").label == "CNN Digits"  # its own report: as before
 
 

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from bnrep.checkpoints import ModelFileError, load_model, saved_snapshots
-from bnrep.config import (RunOptions, UsageError, command, header, is_imported, open_store, prepare, read_config,
+from bnrep.config import (RunOptions, UsageError, command, header, is_imported, open_store, out_flag, prepare, read_config,
                           stage_hashes, start_fresh, table_hashes, with_trained_config, write_config)
 from bnrep.data import check_data, load_data
 from bnrep.experiments import Experiment
@@ -208,7 +208,9 @@ def trained_models(store: Store, exp: Experiment) -> pd.DataFrame:
             for e in (FINAL, *kept[-1]):
                 load_model(store, mid, exp, epoch=e)
         except ModelFileError as e:
-            raise UsageError(f"checkpoint {e}; rerun `{command('final', exp.name, store.out)}` to retrain it") from None
+            again = (f"import it again (bnrep import --fresh --experiment {exp.name}{out_flag(store.out)} --models "
+                     f"FILE)" if is_imported(store) else f"rerun `{command('final', exp.name, store.out)}` to retrain it")
+            raise UsageError(f"checkpoint {e}; {again}") from None
     df["snapshot_epochs"] = kept
     return df.sort_values("model_id").reset_index(drop=True)
 
@@ -224,7 +226,8 @@ def check_k_max(exp: Experiment, n_cluster: int) -> None:
     if exp.k_max >= n_cluster:
         raise UsageError(f"k_max {exp.k_max} (--k-max) must be below the number of clustering samples "
                          f"({n_cluster}: samples_cluster {exp.samples_cluster}, at most the training split's images): "
-                         f"pass a smaller --k-max, or give the study more training images")
+                         f"pass a smaller --k-max" + (", or a larger --samples-cluster" if n_cluster == exp.samples_cluster
+                                                      else ", or give the study more training images"))
 
 
 @dataclass
