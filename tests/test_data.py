@@ -119,18 +119,24 @@ def split_refusals(exp, root=None, keep=1) -> tuple[int, str, str]:
     return n, *errors
 
 
+def dataset_case(dataset: str, tmp_path, monkeypatch):
+    """(experiment, data root) of a split test: official-format files written for mnist and cifar10, else
+    digits (its first 500 training images for "digits, train_size") or 150 synthetic images."""
+    if dataset in ("mnist", "cifar10"):
+        preset, cls, _ = TV_CASES[TV_IDS.index(dataset)]
+        write_dataset(cls, tmp_path, monkeypatch)
+        return get_experiment(preset).override(val_size=N_VAL), str(tmp_path)
+    if dataset == "synthetic":
+        return SYNTH.override(num_images=150), None
+    return DIGITS.override(train_size=500 if "train_size" in dataset else None), None
+
+
 @pytest.mark.parametrize("dataset", ["digits", "synthetic", "mnist", "cifar10"])
 def test_an_impossible_split_is_refused_before_the_data_is_read(dataset, tmp_path, monkeypatch):
     """check_data, which every stage runs before Ray starts, refuses a val_size that leaves nothing to
     train on with load_data's own words, counting the images from the dataset table or the files'
     headers; digits and synthetic also through test_fraction."""
-    root = None
-    if dataset in ("mnist", "cifar10"):
-        preset, cls, _ = TV_CASES[TV_IDS.index(dataset)]
-        write_dataset(cls, tmp_path, monkeypatch)
-        exp, root = get_experiment(preset).override(val_size=N_VAL), str(tmp_path)
-    else:
-        exp = DIGITS if dataset == "digits" else SYNTH.override(num_images=150)
+    exp, root = dataset_case(dataset, tmp_path, monkeypatch)
     n, before, after = split_refusals(exp, root)
     assert before == after == f"val_size={n} holds out {n} of {n} images; it must leave 1..{n - 1}"
     assert n == {"digits": 1438, "synthetic": 120, "mnist": N_TRAIN, "cifar10": N_TRAIN}[dataset]
@@ -143,17 +149,11 @@ def test_an_impossible_split_is_refused_before_the_data_is_read(dataset, tmp_pat
 def test_check_data_counts_the_training_split_as_load_data_splits_it(dataset, tmp_path, monkeypatch):
     """What `bnrep run` checks the analysis settings against before Ray starts (k_max below the clustering
     samples the training split holds): check_data's count equals load_data's training split."""
-    root = None
-    if dataset in ("mnist", "cifar10"):
-        preset, cls, _ = TV_CASES[TV_IDS.index(dataset)]
-        write_dataset(cls, tmp_path, monkeypatch)
-        exp, root = get_experiment(preset).override(val_size=N_VAL), str(tmp_path)
-    else:
-        exp = SYNTH if dataset == "synthetic" else DIGITS.override(train_size=500 if "train_size" in dataset else None)
+    exp, root = dataset_case(dataset, tmp_path, monkeypatch)
     n = check_data(exp, root, download=False)
     assert n == len(load_data(exp, root, download=False).train) == {
-        "digits": 1294, "digits, train_size": 500, "synthetic": len(load_data(SYNTH).train),
-        "mnist": N_TRAIN - N_VAL, "cifar10": N_TRAIN - N_VAL}[dataset]
+        "digits": 1294, "digits, train_size": 500, "synthetic": 108, "mnist": N_TRAIN - N_VAL,
+        "cifar10": N_TRAIN - N_VAL}[dataset]
     assert check_data(exp, root, download=False, split=False) is None
 
 
