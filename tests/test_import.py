@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from bnrep import cli
+from bnrep import cli, flags
 from bnrep.data import load_data
 from bnrep.train import accuracy
 from tests.conftest import tree
@@ -257,6 +257,25 @@ def test_a_smoke_test_of_imported_models_shrinks_only_the_analysis(imported):
                                              f"would be other models or data"):
             cli.validate_run(args)
     assert tree(imported) == before
+
+
+def test_a_damaged_imported_model_is_imported_again_not_retrained(imported, tmp_path, capsys):
+    """An imported model.pt with a flipped bit: the analysis refuses it in one line that says to import it
+    again (bnrep final, which retrains a grid's model, refuses an experiment of imported models)."""
+    import shutil
+
+    out = tmp_path / "runs"
+    shutil.copytree(imported, out)
+    f = out / "leaves" / "train" / "models" / "bn-s0" / "model.pt"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    f.write_bytes(bytes(data))
+    before = tree(out)
+    assert flags.run_stage("analysis", ["--experiment", "leaves", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: checkpoint ") and err.endswith(
+        f"; import it again (bnrep import --fresh --experiment leaves --out {out} --models FILE)\n"), err
+    assert tree(out) == before
 
 
 @pytest.mark.parametrize("case", REFUSALS)
