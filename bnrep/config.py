@@ -147,7 +147,7 @@ def command(stage: str, experiment: str, out: str = "runs") -> str:
     A study --out does not hold yet is found by its file only: a placeholder names it."""
     from bnrep.experiments import PRESETS
 
-    held = experiment in PRESETS or experiment == "NAME" or Store(out, experiment).exists("config.json")
+    held = experiment in PRESETS or Store(out, experiment).exists("config.json")
     return f"bnrep {stage} --experiment {experiment if held else f'<the study file of {experiment}>'}{out_flag(out)}"
 
 

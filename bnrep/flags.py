@@ -212,7 +212,7 @@ def _new_study(args: argparse.Namespace, unknown: ConfigError) -> Experiment:
     trains = hasattr(args, "max_epochs")  # a training stage or `bnrep run`: a new study can start there
     if not dataset and trains and plain and str(unknown).startswith("unknown experiment"):
         raise ConfigError(f"{unknown} (a new study of that name needs --dataset)") from None
-    if not dataset or name.endswith(".toml") or "/" in name:
+    if not dataset or not plain:
         raise unknown
     if not STUDY_NAME.fullmatch(name):
         raise ConfigError(f"--experiment {name!r}: {NAME_RULE}") from None

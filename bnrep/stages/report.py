@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from bnrep import report
-from bnrep.config import check_scheme, command, load_experiment, out_flag
+from bnrep.config import check_scheme, load_experiment, out_flag
 from bnrep.lock import writer_lock
 from bnrep.store import Store, StoreWriteError, git_commit
 
@@ -29,7 +29,7 @@ def names(out: str, experiments: list[str] | None) -> list[str]:
         found = report.find_experiments(out)
         if not found:
             raise report.ReportError(f"no experiment has results under {out}: run "
-                                     f"`{command('final', 'NAME', out)}` (or `bnrep run{out_flag(out)}`) first")
+                                     f"`bnrep final --experiment NAME{out_flag(out)}` (or `bnrep run{out_flag(out)}`) first")
         return found
     for n in experiments:
         check_name(out, n)
