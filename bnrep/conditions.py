@@ -99,11 +99,13 @@ def _seeds(df: pd.DataFrame, condition: str, value: str) -> int:
 def lr_at_edge(r: Results, norm: str) -> list[Condition]:
     """The sweep's best learning rate within LR_EDGE (log scale) of an end of lr_range, when the models used it."""
     trials, t = r.table("hparam_trials"), r.table("training")
-    lo, hi = r.experiment.lr_range
-    if trials.empty or not {"lr", "objective", "condition"} <= set(trials) or hi <= lo:
+    if trials.empty or not {"lr", "objective", "condition"} <= set(trials):
         return []
     out = []
     for n, tag in _tags(r, norm).items():
+        lo, hi = r.experiment.for_condition(n).lr_range  # one value: the condition fixes its lr
+        if hi <= lo:
+            continue
         g = trials[trials["condition"] == n].dropna(subset=["objective", "lr"])
         if g.empty:
             continue

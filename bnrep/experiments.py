@@ -172,11 +172,17 @@ class Experiment:
         return get_norm(name).norm, overrides_of(name)  # a name off the axis: the norm table's
 
     def for_condition(self, name: str) -> "Experiment":
-        """The training recipe of condition `name`: this experiment with its overrides applied."""
+        """The training recipe of condition `name`: this experiment with its overrides applied. A
+        condition's `lr` or `momentum` is fixed: its sweep tries that value alone (lr_range, or
+        momentum_choices, of that one value), and its lr serves norm none too (no lr_nobn)."""
         norm, changes = self.condition(name)
         if not changes:
             return self
-        return self.override(conditions=(norm,), reference=REF, **changes)  # one norm, plain
+        fixed = {"lr_range": (changes["lr"],) * 2} if "lr" in changes else {}
+        if "momentum" in changes:
+            fixed["momentum_choices"] = (changes["momentum"],)
+        recipe = self.override(conditions=(norm,), reference=REF, **changes, **fixed)  # one norm, plain
+        return dataclasses.replace(recipe, lr_nobn=None) if "lr" in changes else recipe
 
     @property
     def sweep_epochs(self) -> int:

@@ -113,6 +113,13 @@ def test_lr_per_norm(preset, norm, lr):
     assert e.paper_hparams(norm) == {"lr": lr, "momentum": momentum}
 
 
+def test_a_conditions_lr_is_its_lr_with_norm_none_too():
+    e = get_experiment("cifar10-vgg16").override(conditions="batch; none; nb-fast:none,lr=0.003; bn-fast:batch,lr=0.003")
+    hp = {n: e.for_condition(n).paper_hparams(n)["lr"] for n in e.norms}
+    assert hp == {"batch": 1e-3, "bn-fast": 0.003, "none": 1e-4, "nb-fast": 0.003}  # not the preset's lr_nobn
+    assert e.for_condition("nb-fast").lr_range == (0.003, 0.003) and e.for_condition("none").lr_range == e.lr_range
+
+
 def test_lr_for_unknown_norm():
     with pytest.raises(ValueError, match="unknown norm 'bn'"):
         get_experiment("digits-cnn").lr_for("bn")

@@ -40,6 +40,17 @@ def test_every_condition_searches_the_same_seeded_configurations_within_its_rang
     assert -3 <= logs[0] < -2.9 and -1.1 < logs[-1] <= -1 and -2.2 < logs[200] < -1.8
 
 
+def test_a_condition_that_fixes_lr_or_momentum_searches_that_value_with_the_others_draws():
+    exp = get_experiment("digits-cnn").override(
+        num_samples=6, conditions="batch; bn-lr:batch,lr=0.05; bn-m:batch,momentum=0.5; none")
+    bn, fixed_lr, fixed_m = sampled(exp, "batch"), sampled(exp, "bn-lr"), sampled(exp, "bn-m")
+    assert [c["lr"] for c in fixed_lr] == [0.05] * 6  # exactly the condition's, every trial
+    assert [c["momentum"] for c in fixed_lr] == [c["momentum"] for c in bn]  # the other field: paired
+    assert [c["momentum"] for c in fixed_m] == [0.5] * 6
+    assert [c["lr"] for c in fixed_m] == [c["lr"] for c in bn]
+    assert sampled(exp, "none") == [{**c, "norm": "none"} for c in bn]  # the rest unchanged
+
+
 def trial(tid: str, norm: str, lr: float = 0.1):
     return SimpleNamespace(trial_id=tid, config={"run": {"norm": norm, "lr": lr}})
 

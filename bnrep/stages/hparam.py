@@ -52,17 +52,31 @@ def trial(config: dict, exp: Experiment, data: Data, amp: bool) -> None:
 def sampled(exp: Experiment, norm: str) -> list[dict]:
     """The `num_samples` configurations searched for condition `norm`: learning rate log-uniform in its
     range, momentum one of its choices (SGD). Seeded by the experiment's split seed alone, so every
-    condition with the same ranges tries the same configurations (a paired comparison)."""
+    condition with the same ranges tries the same configurations (a paired comparison). A condition that
+    fixes lr or momentum (Experiment.for_condition) tries that value with the others' draws."""
     recipe = exp.for_condition(norm)
     rng = np.random.default_rng(exp.split_seed)
-    lo, hi = np.log(recipe.lr_range)
+    lo, hi = recipe.lr_range
     out = []
     for _ in range(exp.num_samples):
-        c = {"norm": norm, "lr": float(np.exp(rng.uniform(lo, hi)))}
-        if recipe.optimizer == "sgd":
-            c["momentum"] = float(rng.choice(recipe.momentum_choices))
+        lr = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))  # drawn also when fixed: the same draws after
+        c = {"norm": norm, "lr": lo if lo == hi else lr}  # a fixed lr exactly (exp(log(x)) may miss x by an ulp)
+        if recipe.optimizer == "sgd":  # drawn from the study's choices (paired), then the condition's if fixed
+            m = float(rng.choice(exp.momentum_choices))
+            c["momentum"] = m if len(recipe.momentum_choices) > 1 else recipe.momentum_choices[0]
         out.append(c)
     return out
+
+
+def searched(recipe: Experiment) -> str:
+    """What a condition's sweep tries: 'lr in (0.001, 0.1), momentum in (0.0, 0.9)'; a value the condition
+    fixes, as that value ('lr 0.05')."""
+    lo, hi = recipe.lr_range
+    parts = [f"lr {lo:g}" if lo == hi else f"lr in {recipe.lr_range}"]
+    if recipe.optimizer == "sgd":
+        m = recipe.momentum_choices
+        parts.append(f"momentum {m[0]:g}" if len(m) == 1 else f"momentum in {m}")
+    return ", ".join(parts)
 
 
 def sweep_dirname(trial) -> str:
@@ -167,8 +181,9 @@ def print_best(best: dict, exp: Experiment) -> None:
     print(f"{'norm':8} {'lr':>10} {'momentum':>9} {'epochs':>7} {'val_acc':>8} {'objective':>10}")
     for tag, b in best.items():
         print(f"{tag:8} {b['lr']:10.3g} {b['momentum']:9.3g} {b['epochs']:7d} {b['val_acc']:8.4f} {b['objective']:10.4f}")
+    ranges = {TAGS[n]: exp.for_condition(n).lr_range for n in exp.norms}  # a condition's lr: no range
     for tag, b in best.items():
-        edge = lr_edge(b["lr"], exp.lr_range)
+        edge = lr_edge(b["lr"], ranges.get(tag, exp.lr_range))
         if edge:
             print(f"note: {tag}'s best lr {b['lr']:.3g} lies at the {edge} edge of the search range "
                   f"{exp.lr_range}; the optimum may lie outside it: widen lr_range", flush=True)
@@ -195,9 +210,7 @@ def run(exp: Experiment, opts: RunOptions) -> int:
             gpus = default_gpus(ray, opts.gpus_per_trial)
             for norm in todo:
                 recipe = exp.for_condition(norm)
-                print(f"[hparam] {TAGS[norm]}: {exp.num_samples} trials, lr in {recipe.lr_range}"
-                      + (f", momentum in {recipe.momentum_choices}" if recipe.optimizer == "sgd" else ""),
-                      flush=True)
+                print(f"[hparam] {TAGS[norm]}: {exp.num_samples} trials, {searched(recipe)}", flush=True)
             every = run_sweep(exp, opts, store, todo, gpus)
         failed = []
         for norm in todo:  # each condition's trials, best and part; a condition whose trials all failed last
