@@ -46,7 +46,10 @@ def load_study(path: str) -> Experiment:
     base = d.pop("base", None)
     if base is not None and (not isinstance(base, str) or base not in PRESETS):
         raise ConfigError(f"study file {path}: base = {base!r} is not a preset (valid: {', '.join(PRESETS)})")
-    d = renamed(d)
+    try:
+        d = renamed(d)
+    except ConfigError as e:
+        raise ConfigError(f"study file {path}: {e}") from None
     if isinstance(d.get("conditions"), dict):  # [conditions] tag = {norm = ..., batch_size = ...}
         try:
             d["conditions"] = from_table(d["conditions"])
@@ -65,6 +68,9 @@ def load_study(path: str) -> Experiment:
     d.setdefault("name", Path(path).stem)
     if not STUDY_NAME.fullmatch(d["name"]):  # a folder under --out: no '..', no '/', not empty
         raise ConfigError(f"study file {path}: name = {d['name']!r}: {NAME_RULE}")
+    if d["name"] in PRESETS:  # its results would go into (and mix with) the preset's folder under --out
+        raise ConfigError(f"study file {path}: its name {d['name']!r} is a preset's, whose results it would "
+                          f"mix with: give it a name of its own (name = \"...\", or rename the file)")
     missing = [k for k in ("dataset", "model") if k not in d and base is None]
     if missing:
         raise ConfigError(f"study file {path}: set {' and '.join(missing)} (or base = \"PRESET\" to start "

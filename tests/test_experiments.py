@@ -224,6 +224,10 @@ def test_a_study_file_is_a_preset_plus_fields(tmp_path):
     ('base = "digits-cnn"\nsnapshots = [inf]\n', "snapshots must be a list of whole numbers, got (inf,)"),
     ('base = "digits-cnn"\nmomentum_choices = []\n', "momentum_choices is empty: the sweep draws from it"),
     ('base = "digits-cnn"\ntest_fraction = 1.5\n', "test_fraction must be in (0, 1), got 1.5"),
+    ('base = "digits-cnn"\nnorms = ["batch"]\nconditions = ["group"]\n',
+     "norms and conditions are both set: give conditions alone (norms is its old name)"),
+    ('base = "digits-cnn"\nmodel = "cnn"\narch = "vgg16"\n', "arch and model are both set: give model alone"),
+    ('base = "digits-cnn"\nname = "digits-cnn"\nnorms = ["group"]\n', "its name 'digits-cnn' is a preset's, whose"),
 ])
 def test_a_bad_study_file_is_one_line_naming_the_file(text, line, tmp_path, capsys):
     from bnrep import flags
