@@ -445,6 +445,11 @@ SMOKE = dict(max_epochs=3, sweep_max_epochs=2, num_samples=2, seeds=2, train_siz
              samples_sparsity=128, samples_cluster=160, k_max=6, n_init=1)
 
 
+def smoke(exp: Experiment) -> Experiment:
+    """`exp` shrunk to at most SMOKE's sizes (a size already smaller, a study's seeds = 1, stays)."""
+    return exp.override(**{k: v if getattr(exp, k) is None else min(v, getattr(exp, k)) for k, v in SMOKE.items()})
+
+
 def get_experiment(name: str) -> Experiment:
     """A preset by name, or the study a .toml file defines (bnrep.studies.load_study)."""
     if name.endswith(".toml"):

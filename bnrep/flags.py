@@ -22,7 +22,7 @@ from bnrep.config import RunOptions, StageFailed, UsageError
 from bnrep.raysession import check_address
 from bnrep.datasets import DATASETS, DatasetError, absolute_dataset
 from bnrep.lock import LockError
-from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, SMOKE, ConfigError, Experiment, get_experiment
+from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, ConfigError, Experiment, get_experiment, smoke
 from bnrep.studies import NAME_RULE, STUDY_NAME, study_name, unknown_experiment
 from bnrep.models import BUILTIN, ModelError
 from bnrep.norms import NAMES as NORMS, NormError
@@ -65,7 +65,8 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=None, metavar="S",
                    help="imagefolder: resize the shorter side to S and centre-crop S x S (default: as stored)")
     p.add_argument("--smoke-test", action="store_true",
-                   help="tiny everything (few epochs, trials, seeds and samples): seconds per stage")
+                   help="tiny everything (few epochs, trials, seeds and samples; sizes already smaller "
+                        "stay): seconds per stage")
     p.add_argument("--fresh", action="store_true",
                    help="delete this stage's earlier results (and what depends on them) and start over")
     p.add_argument("--data-root", default=None, metavar="DIR",
@@ -229,7 +230,7 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
         exp = _new_study(args, e)
     exp = exp.with_model(getattr(args, "model", None))
     if args.smoke_test:
-        exp = exp.override(**SMOKE)
+        exp = smoke(exp)
     flags = {f: getattr(args, f, None) for f in OVERRIDE_FLAGS}
     if flags.get("lr") is not None:  # an explicit lr applies to every normalisation
         flags["lr_nobn"] = flags["lr"]

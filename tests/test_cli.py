@@ -38,6 +38,19 @@ def results(tmp_path):
 
 
 
+def test_smoke_test_shrinks_and_never_raises_a_size(tmp_path):
+    from bnrep.experiments import SMOKE
+
+    parse = flags.build_parser("final").parse_args
+    plain = flags.resolve_experiment(parse(["--smoke-test"]))
+    assert {k: getattr(plain, k) for k in SMOKE} == SMOKE  # a preset's sizes are all larger
+    study = tmp_path / "tiny.toml"
+    study.write_text('base = "digits-cnn"\nseeds = 1\nsamples_cluster = 100\nmax_epochs = 50\n')
+    e = flags.resolve_experiment(parse(["--experiment", str(study), "--smoke-test"]))
+    assert (e.seeds, e.samples_cluster, e.max_epochs, e.num_samples) == (1, 100, 3, 2)  # 1 and 100 stay
+    assert flags.resolve_experiment(parse(["--experiment", str(study), "--smoke-test", "--seeds", "3"])).seeds == 3
+
+
 CASES = [  # (name, stage, argv, words the message must contain)
     ("unknown experiment", "hparam", ["--experiment", "nope"], ["unknown experiment 'nope'", "digits-cnn"]),
     ("lr zero", "final", ["--paper-hparams", "--lr", "0"], ["learning rate must be > 0"]),
