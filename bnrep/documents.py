@@ -1,4 +1,5 @@
-"""Documents: Markdown and self-contained HTML from one list of blocks (no file access).
+"""Documents: Markdown and self-contained HTML from one list of blocks, and JSON every reader
+takes (no file access).
 
 A block is a tuple: ("h1" | "h2" | "p" | "note", text), ("ul", [items]),
 ("table", header, rows) or ("fig", name, caption, png bytes). The HTML embeds
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import html
+import json
+import math
 import re
 
 
@@ -77,3 +80,17 @@ def render_html(blocks: list[tuple], title: str) -> str:
     body = "\n".join(out)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def json_text(obj) -> str:
+    """Indented JSON that every JSON reader takes: a NaN or infinite number is null (Python's json
+    writes NaN, which JavaScript's and most others' parsers refuse); numbers as numbers."""
+    def finite(x):
+        if getattr(x, "shape", None) == () and hasattr(x, "item"):  # a numpy scalar: its Python number
+            x = x.item()
+        if isinstance(x, float):
+            return x if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        return [finite(v) for v in x] if isinstance(x, (list, tuple)) else x
+    return json.dumps(finite(obj), indent=2, default=str, allow_nan=False) + "\n"

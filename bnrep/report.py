@@ -43,7 +43,7 @@ import pyarrow.fs as pafs
 
 import bnrep
 from bnrep.config import command, load_experiment, out_flag, read_config, read_hashes, trained_with_preset_hparams
-from bnrep.documents import md_table, render_html, render_md
+from bnrep.documents import json_text, md_table, render_html, render_md
 from bnrep.correlations import MIN_MODELS, between_groups_reason, limits_sentence, predictor_rows, predictors
 from bnrep.findings import (CLAIMS, Finding, finding_sparsity_across, findings, initialisation_blocks, judged_norms,
                             rules)
@@ -451,7 +451,7 @@ def _build_one(out: str, name: str) -> ReportResult:
               ("h2", "Findings (paper section 6)"), *findings_blocks(r, fs), *predictor_blocks(r),
               ("h2", "Figures"), *fig_blocks]
     w.documents(blocks, title)
-    w.put("findings.json", json.dumps(_findings_json(r, fs), indent=2, default=str) + "\n")
+    w.put("findings.json", json_text(_findings_json(r, fs)))
     summary = _summary(title, t1_text, {"Findings": fs}, notes, store.uri("report", "report.html"))
     w.put("summary.txt", summary + "\n")
     store.write_json("report/report_inputs.json", fingerprint)  # last: marks the report complete
@@ -484,10 +484,8 @@ def _build_combined(out: str, names: list[str], dest: str | None) -> ReportResul
               ("table", *side_by_side(rs)),
               *combined_findings_blocks(rs, per_exp, across), ("h2", "Figures"), *fig_blocks]
     w.documents(blocks, title)
-    w.put("findings.json", json.dumps({"across": [dataclasses.asdict(f) for f in across],
-                                       **{r.experiment.name: _findings_json(r, per_exp[r.experiment.name])
-                                          for r in rs}},
-                                      indent=2, default=str) + "\n")
+    w.put("findings.json", json_text({"across": [dataclasses.asdict(f) for f in across],
+                                      **{r.experiment.name: _findings_json(r, per_exp[r.experiment.name]) for r in rs}}))
     where = store.uri()
     lost = sorted({f"{r.experiment.name}/{t}" for r in loaded for t in missing(r)})
     summary = _summary(title, t1_text, {"Findings across experiments": across,

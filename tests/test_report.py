@@ -404,6 +404,7 @@ def test_report_files_and_self_contained_html(full):
     numbers = json.loads((d / "findings.json").read_text())["findings"][3]["numbers"]
     assert numbers["early_layers"] == [1, 2, 3]  # numbers, not numpy's written as text
     assert not re.findall(r'": "-?[0-9][0-9.e+-]*"', (d / "findings.json").read_text())  # nowhere else either
+    json.loads((d / "findings.json").read_text(), parse_constant=pytest.fail)  # no NaN: strict readers take it
 
 
 def test_report_is_current(full, tmp_path):
