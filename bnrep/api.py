@@ -13,6 +13,7 @@ Nothing here writes: a notebook can read results while a run is adding to them.
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 
 import pandas as pd
@@ -21,16 +22,19 @@ import torch
 from bnrep.config import check_scheme, load_experiment, read_hashes
 from bnrep.experiments import Experiment
 from bnrep.measures import FINAL
-from bnrep.store import TABLES, Store
+from bnrep.store import TABLES, Store, is_uri
+from bnrep.studies import NAME_RULE, STUDY_NAME
 
 
 class Study:
     """One experiment's results under `out` (a local path or a pyarrow URI)."""
 
     def __init__(self, out: str, experiment: str, data_root: str | None = None):
+        if not isinstance(experiment, str) or not STUDY_NAME.fullmatch(experiment):
+            raise ValueError(f"experiment {experiment!r}: {NAME_RULE}")
         self.store = Store(out, experiment)
         if not self.store.exists("config.json"):
-            raise FileNotFoundError(f"no results of {experiment} under {out} (no config.json)")
+            raise FileNotFoundError(_not_held(out, experiment))
         self.data_root = data_root
 
     @cached_property
@@ -58,7 +62,9 @@ class Study:
     def __getattr__(self, name: str) -> pd.DataFrame:  # study.kmeans == study.table("kmeans")
         if name in TABLES:
             return self.table(name)
-        raise AttributeError(name)
+        if name.startswith("_"):  # copy, pickle and IPython probe these
+            raise AttributeError(name)
+        raise AttributeError(f"Study has no attribute {name!r} (its tables: {', '.join(TABLES)})")
 
     def __dir__(self):
         return [*super().__dir__(), *TABLES]
@@ -74,6 +80,14 @@ class Study:
         weights after a snapshot epoch the grid kept (--snapshots), 0 its initialisation."""
         from bnrep.checkpoints import load_model
 
+        ids = list(self.training["model_id"]) if "training" in self.tables else []
+        if model_id not in ids:
+            raise KeyError(f"no model {model_id!r} in {self.experiment.name} (models: {', '.join(ids) or 'none yet'})")
+        if epoch != FINAL and (not isinstance(epoch, int) or epoch < 0):
+            raise ValueError(f"epoch={epoch!r}: a snapshot epoch >= 0 (0: the initialisation), or leave it out "
+                             f"for the final weights")
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: no GPU is available to torch here")
         return load_model(self.store, model_id, self.experiment, device, epoch).eval()
 
     def representations(self, model_id: str, layer: str, purpose: str = "cluster", epoch: int = FINAL) -> torch.Tensor:
@@ -104,6 +118,25 @@ class Study:
             raise ValueError(f"purpose {purpose!r}: the saved samples are {' or '.join(map(repr, PURPOSES))}")
         s = self.table("samples")
         return torch.as_tensor(s[s["purpose"] == purpose].sort_values("position")["index"].to_numpy().copy())
+
+
+def _not_held(out: str, experiment: str) -> str:
+    """Why `out` has no results of `experiment`: what it holds, and the closest name; `out` itself a study's."""
+    import difflib
+
+    line = f"no results of {experiment!r} under {out} (no config.json there)"
+    if not is_uri(str(out)) and not os.path.isdir(out):
+        return f"{line}: there is no folder {out}"
+    try:
+        held = [n for n in Store(out, "").list_dir("") if Store(out, n).exists("config.json")]
+    except (OSError, ValueError):
+        return f"{line}; {out} does not open as a folder"
+    if Store(out, "").exists("config.json"):
+        parent, name = str(out).rstrip("/").rsplit("/", 1) if "/" in str(out).rstrip("/") else (".", str(out))
+        return f"{line}: {out} is itself a study's folder; open it as open_results({parent!r}, {name!r})"
+    close = difflib.get_close_matches(experiment, held, n=1)
+    return line + (f"; it holds {', '.join(held)}" if held else "; it holds no study") + (
+        f"; did you mean {close[0]!r}?" if close else "")
 
 
 def open_results(out: str, experiment: str, data_root: str | None = None) -> Study:

@@ -62,3 +62,32 @@ def test_a_model_with_a_flipped_byte_is_refused(old_results):
     study = bnrep.open_results(str(old_results), "synthetic-cnn")
     with pytest.raises(ModelFileError, match="cnn-bn-s1/model.pt"):
         study.model("cnn-bn-s1")
+
+
+def test_a_wrong_name_id_or_argument_says_what_is_there(old_results, tmp_path):
+    before = tree(old_results)
+    cases = [
+        (lambda: bnrep.open_results(str(old_results), "synthetic-cnx"), FileNotFoundError,
+         r"no results of 'synthetic-cnx' under .*; it holds synthetic-cnn; did you mean 'synthetic-cnn'\?$"),
+        (lambda: bnrep.open_results(str(old_results / "synthetic-cnn"), "synthetic-cnn"), FileNotFoundError,
+         r"is itself a study's folder; open it as open_results\('.*runs', 'synthetic-cnn'\)$"),
+        (lambda: bnrep.open_results(str(tmp_path / "nowhere"), "synthetic-cnn"), FileNotFoundError,
+         r": there is no folder .*nowhere$"),
+        (lambda: bnrep.open_results(str(old_results / "synthetic-cnn" / "results"), ".."), ValueError,
+         r"^experiment '\.\.': a study's name is letters"),
+    ]
+    study = bnrep.open_results(str(old_results), "synthetic-cnn")
+    cases += [
+        (lambda: study.kmean, AttributeError, r"^Study has no attribute 'kmean' \(its tables: hparam_trials, "),
+        (lambda: study.model("cnn-bn-s9"), KeyError,
+         r"no model 'cnn-bn-s9' in synthetic-cnn \(models: cnn-bn-s0, cnn-bn-s1, cnn-nobn-s0, cnn-nobn-s1\)"),
+        (lambda: study.representations("cnn-bn-s0", "conv2", epoch=-5), ValueError,
+         r"^epoch=-5: a snapshot epoch >= 0 \(0: the initialisation\), or leave it out"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((lambda: study.model("cnn-bn-s0", device="cuda"), ValueError,
+                      r"^device='cuda': no GPU is available to torch here$"))
+    for call, kind, message in cases:
+        with pytest.raises(kind, match=message):
+            call()
+    assert tree(old_results) == before
