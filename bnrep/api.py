@@ -7,6 +7,7 @@
     >>> model = study.model("cnn-bn-s0")                    # weights loaded, sha256 verified
     >>> X = study.representations("cnn-bn-s0", "conv3")    # (N, C) reduced, on the saved samples
     >>> X5 = study.representations("cnn-bn-s0", "conv3", epoch=5)  # a snapshot (--snapshots); 0: at init
+    >>> study.findings(), study.figures                    # the report's findings.json, its PNG figures
 
 Nothing here writes: a notebook can read results while a run is adding to them.
 """
@@ -19,7 +20,7 @@ from functools import cached_property
 import pandas as pd
 import torch
 
-from bnrep.config import check_scheme, load_experiment, read_hashes
+from bnrep.config import check_scheme, command, load_experiment, read_hashes
 from bnrep.experiments import Experiment
 from bnrep.measures import FINAL
 from bnrep.store import TABLES, Store, is_uri
@@ -68,6 +69,20 @@ class Study:
 
     def __dir__(self):
         return [*super().__dir__(), *TABLES]
+
+    def findings(self) -> dict:
+        """The report's findings.json: `findings` (each claim's verdict and its numbers), `predictors`,
+        `measures` (README: Reading the report); as `bnrep report` last wrote it."""
+        if not self.store.exists("report/findings.json"):
+            raise FileNotFoundError(f"{self.store.uri('report')} has no findings.json yet: run "
+                                    f"`{command('report', self.experiment.name, self.store.out)}`")
+        return self.store.read_json("report/findings.json")
+
+    @property
+    def figures(self) -> list[str]:
+        """Paths of the report's figures (PNG), by name; IPython.display.Image(path) shows one."""
+        names = sorted(n for n in self.store.list_dir("report") if n.startswith("fig_") and n.endswith(".png"))
+        return [self.store.uri("report", n) for n in names]
 
     @cached_property
     def data(self):

@@ -84,6 +84,8 @@ def test_a_wrong_name_id_or_argument_says_what_is_there(old_results, tmp_path):
         (lambda: study.representations("cnn-bn-s0", "conv2", epoch=-5), ValueError,
          r"^epoch=-5: a snapshot epoch >= 0 \(0: the initialisation\), or leave it out"),
     ]
+    cases.append((study.findings, FileNotFoundError, r"synthetic-cnn/report has no findings.json yet: run "
+                  r"`bnrep report --experiment synthetic-cnn --out .*runs`$"))
     if not torch.cuda.is_available():
         cases.append((lambda: study.model("cnn-bn-s0", device="cuda"), ValueError,
                       r"^device='cuda': no GPU is available to torch here$"))

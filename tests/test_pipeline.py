@@ -5,6 +5,7 @@ One uninterrupted `bnrep run --smoke-test` (module fixture) is the reference
 the other runs are compared with.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
+import bnrep as api
 from bnrep.store import TABLES, Store, tables
 from tests.conftest import injected
 from tests.processes import freeze_tree, kill_tree, stopped, thaw
@@ -102,6 +104,9 @@ def test_every_stage_writes_its_outputs(reference):
 
     for f in ("report.md", "report.html", "table1.md", "fig_layer_sparsity.png", "fig_class_dbi.png"):
         assert (exp / "report" / f).stat().st_size > 0, f
+    study = api.open_results(str(out), "digits-cnn")  # a notebook's way to the report
+    assert study.findings() == json.loads((exp / "report" / "findings.json").read_text())
+    assert study.figures == sorted(str(p) for p in (exp / "report").glob("fig_*.png")) and len(study.figures) > 5
     store = Store(str(out), "digits-cnn")
     assert {store.part_metadata("training", m)["resumed_from_epoch"] for m in MODELS} == {"0"}  # uninterrupted
     cfg = pd.read_json(exp / "config.json", typ="series")
@@ -544,7 +549,6 @@ def test_snapshots_keep_the_weights_of_their_epochs_and_compute_only_their_parts
     assert (ls.xs(1, level="epoch") != ls.xs(-1, level="epoch").loc[ls.xs(1, level="epoch").index]).any()
 
     # the notebook API recomputes a snapshot's representations as the analysis measured them
-    import bnrep as api
     from sklearn.metrics import davies_bouldin_score
 
     study, dbi = api.open_results(str(out), "digits-cnn"), store.read_table("class_dbi")
