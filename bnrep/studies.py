@@ -75,6 +75,9 @@ def load_study(path: str) -> Experiment:
     if missing:
         raise ConfigError(f"study file {path}: set {' and '.join(missing)} (or base = \"PRESET\" to start "
                           f"from one: {', '.join(PRESETS)})")
+    own = [k for k in d if k != "name"]
+    if base and "description" not in d:  # not the preset's own words: what this file changes
+        d["description"] = f"{base} with this study's {', '.join(own)}" if own else f"{base}, as it is"
     try:
         return PRESETS[base].with_model(d.pop("model", None)).override(**d) if base else Experiment(**d)
     except ConfigError as e:  # a value out of range: the experiment's own check, said of the file

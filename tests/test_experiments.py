@@ -195,6 +195,7 @@ def test_a_study_file_is_a_preset_plus_fields(tmp_path):
         "bn-vs-gn", "torchvision:resnet50", ("batch", "group", "none"), 3, 0.002, (0.0, 0.01))
     assert (e.dataset, e.optimizer, e.max_epochs) == (base.dataset, base.optimizer, base.max_epochs)
     assert e.channel_layers == () and e.first_shown_layer == 1  # another model: figure layers that fit any
+    assert e.description == "cifar10-vgg16 with this study's model, conditions, seeds, lr, eps"  # not the preset's words
     study.write_text('name = "mine"\ndataset = "digits"\nmodel = "cnn"\n')
     e = get_experiment(str(study))
     assert (e.name, e.dataset, e.model, e.norms) == ("mine", "digits", "cnn", ("batch", "none"))
