@@ -407,7 +407,7 @@ def _summary(title: str, table_text: str, fs: dict[str, list[Finding]], notes: l
     return "\n".join(parts + [f"Note: {n}" for n in notes] + ["", f"report: {where}"])
 
 
-def _no_results(name: str, out: str) -> ReportError:
+def no_results(name: str, out: str) -> ReportError:
     return ReportError(f"no results for {name} under {out}: run `{stage_command('training', name, out)}` "
                        f"(or `bnrep run --experiment {name}{out_flag(out)}`) first")
 
@@ -437,7 +437,7 @@ def _build_one(out: str, name: str) -> ReportResult:
     fingerprint = inputs_fingerprint(store)  # before reading: a part landing meanwhile marks it stale
     r = load_results(out, name)
     if len(missing(r)) == len(REPORT_TABLES):
-        raise _no_results(name, out)
+        raise no_results(name, out)
     store.delete("report/report_inputs.json")
     w = _Writer(store, "report/")
     notes, fs = missing_notes(r, out), findings(r)
@@ -463,7 +463,7 @@ def _build_combined(out: str, names: list[str], dest: str | None) -> ReportResul
     loaded = [load_results(out, n) for n in names]
     rs = [r for r in loaded if len(missing(r)) < len(REPORT_TABLES)]
     if not rs:
-        raise _no_results(" / ".join(names), out)
+        raise no_results(" / ".join(names), out)
     store = _dest_store(out, dest)
     w = _Writer(store, "")
     notes = [f"{r.experiment.name}: no results; run `{stage_command('training', r.experiment.name, out)}`."

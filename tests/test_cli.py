@@ -121,6 +121,8 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("no trained models", "analysis", ["--smoke-test", "--experiment", "synthetic-cnn"],
      ["run `bnrep final --experiment synthetic-cnn --out "]),
     ("unknown report experiment", "report", ["--experiment", "nope"], ["unknown experiment 'nope'"]),
+    ("report with no results", "report", ["--experiment", "digits-cnn-norms"],
+     ["no results for digits-cnn-norms under ", "`) first"]),
     ("val_size leaves nothing to train on", "hparam", ["--experiment", "{tmp}/wide.toml"],
      ["val_size=5000 holds out 5000 of 1438 images; it must leave 1..1437"]),
 ]

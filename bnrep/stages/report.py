@@ -42,9 +42,9 @@ def run(out: str, experiments: list[str] | None, several: bool = False, force: b
     print(f"bnrep report ({git_commit() or 'unknown commit'}) | {out}", flush=True)
     try:
         todo = names(out, experiments)
-    except report.ReportError as e:
+    except report.ReportError as e:  # nothing to report on: bad input, as a stage run out of order
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     try:
         return write(out, todo, several or experiments is None, force)
     except StoreWriteError:  # names its file: one line from the caller (bnrep.flags.main_guard)
@@ -63,6 +63,8 @@ def write(out: str, todo: list[str], several: bool, force: bool) -> int:
             written += 1
             continue
         try:
+            if not any(Store(out, n).has_table(t) for t in report.REPORT_TABLES):  # before the lock: no trace
+                raise report.no_results(n, out)
             with writer_lock(Store(out, n), "report"):
                 res = report.build_report(out, n)
         except report.ReportError as e:
@@ -74,5 +76,5 @@ def write(out: str, todo: list[str], several: bool, force: bool) -> int:
         with writer_lock(Store(out, "combined"), "report"):
             res = report.build_report(out, todo)  # a list: the combined report
         print(f"combined report: {res.html}")
-    return 0 if written else 1
+    return 0 if written else 2  # every experiment without results (each said why)
 
