@@ -90,6 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def run_stages(exp, opts, store, imported: bool = False) -> int:
+    from bnrep.experiments import reference_note
     from bnrep.raysession import ray_session
     from bnrep.stages import analysis, final, hparam, report
 
@@ -101,6 +102,8 @@ def run_stages(exp, opts, store, imported: bool = False) -> int:
         steps = steps[2:]
     elif opts.paper_hparams:
         steps = steps[1:]
+    if reference_note(exp):
+        print(reference_note(exp), flush=True)
     with ray_session(opts.address, exp.model):
         for i, (name, step) in enumerate(steps, 1):
             print(f"\n==== stage {i}/{len(steps)}: {name} (as python {SCRIPTS[name]}) ====", flush=True)

@@ -230,6 +230,15 @@ def layer_value(x) -> int | float:
     return int(x) if x >= 1 and x.is_integer() else x
 
 
+def reference_note(e: Experiment) -> str | None:
+    """A line for a study whose conditions leave out its reference (`none` by default): it trains and
+    measures, but no claim can be judged; None when the reference is among them."""
+    if e.reference in e.norms:
+        return None
+    return (f"note: {e.name} has no models of its reference condition {e.reference!r}: the report's claims will "
+            f"not be judged; --reference TAG judges them against one of {', '.join(e.norms)}")
+
+
 LR_EDGE = 0.1  # a best lr within 10% of lr_range's width (log scale) of an end, inclusive, lies at its edge
 
 
@@ -303,7 +312,8 @@ def validate(e: Experiment) -> None:
     twice = sorted({n for n in e.norms if e.norms.count(n) > 1})
     need(not twice, f"norms lists {', '.join(twice)} more than once")
     need(e.reference == REF or e.reference in e.norms,
-         f"reference {e.reference!r} is not one of the conditions ({', '.join(e.norms)})")
+         f"reference {e.reference!r} is not one of the conditions ({', '.join(e.norms)}): add it, or judge "
+         f"against one of them (--reference TAG; reference = \"TAG\" in a study file)")
     for n in e.norms:
         try:
             c = e.for_condition(n)

@@ -303,3 +303,12 @@ def test_every_condition_of_a_study_wears_its_own_colour():
     rgb = {n: np.array(mc.to_rgb(get_norm(n).color)) for n in e.norms}
     closest = min((np.linalg.norm(rgb[a] - rgb[b]), a, b) for a, b in itertools.combinations(e.norms, 2))
     assert closest[0] >= 0.15, closest
+
+
+def test_a_study_without_its_reference_is_told_so_before_it_trains():
+    from bnrep.experiments import reference_note
+
+    e = get_experiment("digits-cnn").override(conditions="batch,group")
+    assert reference_note(e) == ("note: digits-cnn has no models of its reference condition 'none': the report's "
+                                 "claims will not be judged; --reference TAG judges them against one of batch, group")
+    assert reference_note(e.override(reference="group")) is None and reference_note(get_experiment("digits-cnn")) is None
