@@ -314,6 +314,21 @@ def test_unusable_tune_state_trains_the_unfinished_models_anew(reference, killed
     assert_tables_equal(out, ref, ["layer_sparsity", "class_dbi"])
 
 
+def test_one_probe_is_measured_as_in_the_full_analysis(reference, tmp_path):
+    """--probes naming one layer (or a net with one activation): its rows are the full analysis' rows of
+    that layer (Ray returns a task's single result whole, not split into one object per probe)."""
+    ref, _ = reference
+    out = tmp_path / "runs"
+    copy_stages(ref, out, *DONE_BEFORE["analysis"])
+    r = bnrep("analysis", "--smoke-test", "--probes", "conv3", out=out)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    for name in ("class_dbi", "kmeans", "nc1", "effective_rank", "cka", "layer_sparsity"):
+        got, want = table(out, name), table(ref, name)
+        want = want[want["layer"] == "conv3"].reset_index(drop=True)
+        assert len(want) and set(got["layer"]) == {"conv3"}, name
+        pd.testing.assert_frame_equal(got, want, rtol=1e-6, obj=name)
+
+
 def test_killed_during_analysis_resumes_to_the_same_results(reference, tmp_path):
     ref, _ = reference
     out = tmp_path / "runs"

@@ -105,6 +105,13 @@ def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, labels: 
     return [r.reduced.numpy() for r in reps]
 
 
+def extract_one(*args) -> np.ndarray:
+    """extract's one array for a single probe: Ray keeps a task's single return whole (the list itself),
+    where it splits several returns into an object each."""
+    (X,) = extract(*args)
+    return X
+
+
 def layer_task(out: str, exp: Experiment, row: dict, probe: Probe, X: np.ndarray, y: np.ndarray,
                todo: tuple[str, ...], backend: str, hashes: dict[str, str]) -> None:
     """One (model, layer) on the clustering samples: the layer measures in `todo` (bnrep.measures)."""
@@ -337,7 +344,8 @@ def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.Dat
         gpus = default_gpus(ray, opts.gpus_per_task)
         task = {"num_cpus": opts.cpus_per_task, "num_gpus": gpus, "max_retries": 3}
         remote = {f.__name__: ray.remote(f).options(**task) for f in (layer_task, pair_task)}
-        remote["extract"] = ray.remote(extract).options(num_returns=len(probes), **task)
+        remote["extract"] = ray.remote(extract if len(probes) > 1 else extract_one).options(num_returns=len(probes),
+                                                                                           **task)
         order = torch.as_tensor(samples.order)
         images = ray.put(data.train.X[order])  # shipped once, to every task
         sample_labels = ray.put(data.train.y[order])
