@@ -71,12 +71,36 @@ def check_address(address: str | None) -> None:
     if not host or not port.isdigit():
         raise UsageError(f"--address {address}: expected HOST:PORT of a Ray head (as `ray start --head` prints it)")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S) as sock:
+            grpc = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true") or _speaks_http2(sock)
     except OSError as e:
         why = "nothing listens there" if isinstance(e, ConnectionRefusedError) else (
             f"no answer in {CONNECT_TIMEOUT_S} s" if isinstance(e, TimeoutError) else e.strerror or type(e).__name__)
         raise UsageError(f"no Ray cluster at {address} ({why}): check the address (`ray status` on the head "
                          f"shows it), or leave --address and RAY_ADDRESS unset for a private local Ray") from None
+    if not grpc:  # Ray would retry it for minutes with a warning every few seconds
+        raise UsageError(f"no Ray cluster at {address} (something listens there, but not a Ray head: it does not "
+                         f"answer as gRPC does; the dashboard's port is another): check the address (`ray status` "
+                         f"on the head shows it)")
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + b"\x04" + bytes(5)  # and an empty SETTINGS frame
+
+
+def _speaks_http2(sock: socket.socket) -> bool:
+    """Whatever listens on `sock` answers HTTP/2's connection preface with a SETTINGS frame, as every gRPC
+    server (a Ray head's GCS, a Ray Client server) must; an HTTP/1 server, a database, ... do not."""
+    sock.sendall(HTTP2_PREFACE)
+    got = b""
+    while len(got) < 9:
+        try:
+            more = sock.recv(9 - len(got))
+        except (TimeoutError, OSError):
+            return False
+        if not more:
+            return False
+        got += more
+    return got[3] == 0x04  # the frame type of the server's first frame
 
 
 _TUNE_TEMPORARY = re.compile(r"/\.[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}-tmp-")  # ray.tune.utils.util._atomic_save

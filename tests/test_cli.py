@@ -443,6 +443,37 @@ def test_ray_address_from_the_environment_is_checked_too(tmp_path, capsys, monke
     assert capsys.readouterr().err.startswith("error: no Ray cluster at 127.0.0.1:1 (nothing listens there)")
 
 
+@pytest.mark.parametrize("server", ["http", "silent"])
+def test_an_address_where_something_other_than_ray_listens_is_one_line(server, tmp_path, capsys, monkeypatch):
+    """An HTTP server (the dashboard's port given by mistake) or a listener that never answers: Ray would
+    retry for minutes; the check says so at once. A Ray head's GCS answers (the cluster tests join one)."""
+    import http.server
+    import socket
+    import threading
+
+    from bnrep import raysession
+
+    monkeypatch.setattr(raysession, "CONNECT_TIMEOUT_S", 2)  # the silent listener's wait, shortened
+    if server == "http":
+        quiet = type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
+        srv = http.server.HTTPServer(("127.0.0.1", 0), quiet)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        port, stop = srv.server_address[1], srv.shutdown
+    else:
+        srv = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel's backlog), never writes
+        port, stop = srv.getsockname()[1], srv.close
+    monkeypatch.chdir(tmp_path)
+    try:
+        rc = flags.run_stage("final", ["--smoke-test", "--paper-hparams", "--address", f"127.0.0.1:{port}"])
+    finally:
+        stop()
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == (f"error: no Ray cluster at 127.0.0.1:{port} (something listens there, but not a Ray "
+                               f"head: it does not answer as gRPC does; the dashboard's port is another): check the "
+                               f"address (`ray status` on the head shows it)")
+    assert not ray.is_initialized() and not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("text,why", [('{"experiment": {"name": ', "is not valid JSON (Expecting value: line 2 "
                                        "column 1 (char 25))"), ("[1, 2]", "is not a JSON object")])
 def test_hand_edited_config_json_is_one_line_naming_the_file(text, why, tmp_path, capsys):
