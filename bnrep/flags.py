@@ -19,7 +19,7 @@ import warnings
 from typing import NoReturn
 
 from bnrep.config import RunOptions, StageFailed, UsageError
-from bnrep.raysession import check_address
+from bnrep.raysession import STOPPED_BY, check_address, stop_on_sigterm
 from bnrep.datasets import DATASETS, DatasetError, absolute_dataset
 from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, ConfigError, Experiment, get_experiment, smoke
@@ -301,7 +301,7 @@ def exit_process(code: int) -> NoReturn:
     ends at once, bnrep's own cleanup done (the writer lock released, Ray shut down, in their `finally`):
     the KeyboardInterrupt may have stopped another library mid-operation, and its exit handlers (Tune's
     TensorBoard writers join their threads and queues at exit) could then wait forever."""
-    if code == 130:
+    if code in (130, 143):  # Ctrl-C, SIGTERM
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):  # a pipe whose reader the same Ctrl-C ended (`| tee`)
                 stream.flush()
@@ -310,8 +310,9 @@ def exit_process(code: int) -> NoReturn:
 
 
 def main_guard(fn) -> int:
-    """Run `fn()`: bad input -> one line on stderr, exit 2; Ctrl-C -> exit 130."""
+    """Run `fn()`: bad input -> one line on stderr, exit 2; Ctrl-C -> exit 130, SIGTERM -> 143."""
     plain_warnings()
+    stop_on_sigterm()
     try:
         return fn() or 0
     except (UsageError, ConfigError, DatasetError, LockError, ModelError, NormError, ProbeError) as e:
@@ -324,5 +325,8 @@ def main_guard(fn) -> int:
         print(f"error: {write_error(e) or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if STOPPED_BY:
+            print("stopped (SIGTERM): rerun the same command to resume", file=sys.stderr)
+            return 143
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130

@@ -155,10 +155,33 @@ def ray_session(address: str | None, model: str | None = None):
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             with sigint_default_in_children():
                 ray.init(include_dashboard=False, **quiet)
+        if started and _stop_on_sigterm:
+            stop_on_sigterm()
         yield ray
     finally:
         if started:
             ray.shutdown()
+
+
+STOPPED_BY: list[int] = []  # the signal that stopped this command, when it was SIGTERM rather than Ctrl-C
+_stop_on_sigterm = False
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (`kill`, `timeout`, a batch scheduler ending a job) stops a command as Ctrl-C does: a
+    KeyboardInterrupt in the main thread, so the same cleanup runs (tasks stopped, the lock released, Ray
+    shut down) and bnrep.flags.main_guard says one line. A command's entry point installs it; ray_session
+    installs it again after ray.init, which puts Ray's in its place (sys.exit, and a native stack dump)."""
+    global _stop_on_sigterm
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame):
+        STOPPED_BY.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    _stop_on_sigterm = True
 
 
 @contextlib.contextmanager

@@ -23,8 +23,8 @@ LINE = "interrupted: rerun the same command to resume\n"
 HUNG_S = 300  # each wait below takes 3-20 s here; a run still there after this has hung: its stacks are shown
 
 
-def bnrep_run(out, moment: str | None = None, **inject) -> tuple[int, str, str]:
-    """`bnrep run` on `out`, with SIGINT once it has printed a line containing `moment` (if given);
+def bnrep_run(out, moment: str | None = None, sig=signal.SIGINT, **inject) -> tuple[int, str, str]:
+    """`bnrep run` on `out`, with `sig` once it has printed a line containing `moment` (if given);
     (exit, stdout, stderr). The output goes to files, not pipes: a pipe's end is the end of every process
     holding it, and a full stderr pipe nobody reads would stop the run before the moment."""
     logs = out.parent / "stdout", out.parent / "stderr"
@@ -40,7 +40,7 @@ def bnrep_run(out, moment: str | None = None, **inject) -> tuple[int, str, str]:
                 raise subprocess.TimeoutExpired(p.args, HUNG_S)
             time.sleep(0.05)
         if moment:
-            p.send_signal(signal.SIGINT)
+            p.send_signal(sig)
         p.wait(timeout=HUNG_S)
     except subprocess.TimeoutExpired:
         waited = f"{moment!r} printed" if moment and moment not in logs[0].read_text() else "exit"
@@ -73,4 +73,16 @@ def test_ctrl_c_in_training_and_in_analysis_then_resume(tmp_path):
     rc, log, err = bnrep_run(out)
     assert rc == 0, log[-2000:] + err[-2000:]
     assert "[final] 4 of 4 models already trained" in log
+    assert (out / "digits-cnn" / "report" / "report.html").exists()
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_then_resume(tmp_path):
+    """`kill PID`, `timeout`, a batch scheduler: the driver alone gets SIGTERM. One line (not Ray's native
+    stack dump), exit 143, the lock released; the same command resumes and finishes."""
+    out = tmp_path / "runs"
+    rc, log, err = bnrep_run(out, "epoch 1/", sig=signal.SIGTERM)
+    assert (rc, err) == (143, "stopped (SIGTERM): rerun the same command to resume\n"), log[-2000:] + err[-2000:]
+    assert current_writer(Store(str(out), "digits-cnn")) is None
+    rc, log, err = bnrep_run(out)
+    assert rc == 0 and "[final] resuming the interrupted grid" in log, log[-2000:] + err[-2000:]
     assert (out / "digits-cnn" / "report" / "report.html").exists()
