@@ -391,6 +391,20 @@ def test_a_toml_models_file_reads_as_the_csv(checkpoints, tmp_path):
     assert read_models(str(toml)) == read_models(str(csv))
 
 
+def test_a_spreadsheets_csv_reads_as_the_csv_and_another_separator_is_named(checkpoints, capsys):
+    from bnrep.stages.imports import ImportRefused, read_models
+
+    _, csv, _ = checkpoints
+    bom = csv.parent / "excel.csv"  # Excel's "CSV UTF-8": a byte-order mark before the header
+    bom.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())
+    assert read_models(str(bom)) == read_models(str(csv))
+    semi = csv.parent / "semi.csv"
+    semi.write_text(csv.read_text().replace(",", ";"))
+    with pytest.raises(ImportRefused, match=r"line 1: one column, 'model_id;model;norm;seed;weights;lab_run': "
+                                            r"columns are separated by commas, not ';' \(save it as CSV with commas\)$"):
+        read_models(str(semi))
+
+
 def test_a_new_experiment_needs_a_dataset(checkpoints, tmp_path, capsys):
     _, csv, _ = checkpoints
     rc = cli.main(["import", "--experiment", "mine", "--models", str(csv), "--out", str(tmp_path / "runs")])

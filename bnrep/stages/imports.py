@@ -133,8 +133,13 @@ def _one_per_seed(where: str, e, others) -> None:
 
 
 def _csv_rows(path: str) -> list[tuple[str, dict]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's "CSV UTF-8" starts with a BOM
         reader, rows = csv.DictReader(f), []
+        header = reader.fieldnames or []
+        other = next((sep for sep in (";", "\t") if len(header) == 1 and sep in header[0]), None)
+        if other:
+            raise ImportRefused(f"models file {path}, line 1: one column, {header[0]!r}: columns are separated by "
+                                f"commas, not {'tabs' if other == chr(9) else repr(other)} (save it as CSV with commas)")
         for row in reader:
             extra = row.pop(None, None)  # cells beyond the header's columns (an unquoted comma in a label)
             if extra and any(v.strip() for v in extra):
