@@ -26,9 +26,10 @@ def stage_status(out: str, name: str, study: Experiment | None = None) -> list[t
         exp = study
     if not store.exists():
         return [(s, "missing", "no results") for s in ("hparam", "final", "analysis", "report")]
+    writer = _writer(store)
     if is_imported(store):
-        return [*_imported_and_analysis(store, exp), _report(store), _writer(store)]
-    return [_hparam(store, exp), *_final_and_analysis(store, exp), _report(store), _writer(store)]
+        return [*_imported_and_analysis(store, exp), _report(store), writer]
+    return [_hparam(store, exp, writer[1] == "running"), *_final_and_analysis(store, exp), _report(store), writer]
 
 
 def unfinished(out: str, name: str) -> list[str]:
@@ -46,7 +47,8 @@ def _writer(store: Store) -> tuple[str, str, str]:
     return ("writer", "running" if rec else "none", describe(rec) if rec else "no run holds the lock")
 
 
-def _hparam(store: Store, exp: Experiment) -> tuple[str, str, str]:
+def _hparam(store: Store, exp: Experiment, running: bool = False) -> tuple[str, str, str]:
+    """`running`: a writer holds the lock now, so a planned sweep is under way, not interrupted."""
     from bnrep.norms import TAGS
 
     tags = [TAGS[n] for n in exp.norms]
@@ -61,7 +63,8 @@ def _hparam(store: Store, exp: Experiment) -> tuple[str, str, str]:
     if not done and not resumable and trained_with_preset_hparams(exp, store.read_table("training")):
         return ("hparam", "skipped", "the grid trained with the preset's hyperparameters (--paper-hparams)")
     return ("hparam", _state(done, len(tags)), f"{done}/{len(tags)} {word} searched"
-            + (f"; interrupted sweep to resume: {', '.join(resumable)}" if resumable else ""))
+            + (f"; {'sweep running' if running else 'interrupted sweep to resume'}: {', '.join(resumable)}"
+               if resumable else ""))
 
 
 def _final_and_analysis(store: Store, exp: Experiment) -> list[tuple[str, str, str]]:

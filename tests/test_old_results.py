@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from bnrep import flags
+from bnrep.lock import writer_lock
 from bnrep.status import stage_status
 from bnrep.store import Store
 from tests.conftest import tree
@@ -62,6 +63,9 @@ def test_status_partial_in_every_stage(old_results):
     store.write_bytes("hparam/tune/sweep/tuner.pkl", b"Tune's state of the interrupted sweep")
     assert stage_status(str(old_results), "synthetic-cnn")[0] == (
         "hparam", "partial", "1/2 normalisations searched; interrupted sweep to resume: nobn")
+    with writer_lock(store, "hparam"):  # a run holds the lock: that sweep is under way, not interrupted
+        assert stage_status(str(old_results), "synthetic-cnn")[0] == (
+            "hparam", "partial", "1/2 normalisations searched; sweep running: nobn")
     assert rows["final"] == ("partial", "3/4 models trained")
     # 3 extractions, NC1 + rank on 3 x 5 layers, CKA of 2 pairs (bn-s0 with nobn-s0 and with bn-s1) x 5 layers
     assert rows["analysis"] == ("partial", f"{3 + 3 * 5 + 2 * 5} tasks left")
