@@ -28,6 +28,7 @@ import bnrep
 from bnrep.axis import name_of
 from bnrep.datasets import class_names
 from bnrep.experiments import ConfigError, Experiment, get_experiment, renamed
+from bnrep.lock import refuse_if_held
 from bnrep.measures import MEASURES
 from bnrep.store import Store, git_commit, is_uri, tables
 from bnrep.studies import unknown_experiment
@@ -286,7 +287,7 @@ def check_scheme(out: str) -> None:
 
 def open_store(out: str, exp: Experiment | str) -> Store:
     """The store of the experiment `exp` (or of that name), checked writable without creating anything
-    (UsageError otherwise), so a refused run leaves --out as it was."""
+    (UsageError otherwise), so a refused run leaves --out as it was; LockError when another run writes it."""
     name = exp if isinstance(exp, str) else exp.name
     check_scheme(out)
     try:
@@ -299,6 +300,7 @@ def open_store(out: str, exp: Experiment | str) -> Store:
             store.delete(probe)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot write to --out {out}: {str(e).splitlines()[0]}") from None
+    refuse_if_held(store)  # another run writes it now: that, before what its half-made results would say
     return store
 
 

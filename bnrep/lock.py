@@ -288,6 +288,16 @@ def acquire(store: Store, stage: str, lease_s: float = LEASE_S, clock: Callable[
     raise _refusal(store, _head(b)[1])  # another writer took this generation first
 
 
+def refuse_if_held(store: Store) -> None:
+    """LockError (the lock's own line) when another writer holds `store` now. A stage says so before its
+    other checks, whose findings (no trained models yet, another configuration) would describe the run under
+    way rather than what to do. The lock held by this process (`bnrep run` around its stages) is no refusal."""
+    if store.uri() not in _HELD and store.exists(LOCK_DIR):
+        rec = current_writer(store)
+        if rec is not None:
+            raise _refusal(store, rec)
+
+
 def _refusal(store: Store, rec: dict | None) -> LockError:
     who = describe(rec) if rec and not rec.get("released") else "another writer"
     return LockError(f"{store.uri()} is being written by {who}: wait for it to end or stop it "

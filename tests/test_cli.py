@@ -194,7 +194,9 @@ def test_checkpoint_with_a_flipped_byte(results, capsys):
     assert tree(results) == before and not ray.is_initialized()
 
 
-@pytest.mark.parametrize("argv", [["final", "--paper-hparams"], ["run", "--paper-hparams"], ["hparam"]])
+@pytest.mark.parametrize("argv", [["final", "--paper-hparams"], ["run", "--paper-hparams"], ["hparam"],
+                                  ["analysis"],  # (no trained models yet: the run under way makes them)
+                                  ["hparam", "--num-samples", "5"]])  # (another configuration than the run's)
 def test_a_second_writer_is_refused_before_ray_starts(argv, results, capsys):
     from bnrep import lock
 
