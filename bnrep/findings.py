@@ -1,7 +1,7 @@
 """Findings: the paper's section 6 claims judged on your results, and the statistics behind them.
 
-Every claim is judged for each normalisation against `none` (the paper: BatchNorm
-against no BatchNorm), from the tables described in `bnrep.store`, by the rules
+Every claim is judged for each condition against the study's reference (`none`
+unless set; the paper: BatchNorm against no BatchNorm, worded so), from the tables described in `bnrep.store`, by the rules
 in RULES (shown in every report): per-layer differences count only beyond seed
 noise (Welch's t-test), and a verdict built on data that cannot carry it
 (missed stopping rules, too few seeds, a learning rate at the edge of its
@@ -27,9 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bnrep.correlations import (MIN_MODELS, P_MAX, R_MIN, correlate, only_between_groups, partial_corr,  # noqa: F401
-                                significant_signs)
-from bnrep.correlations import between_groups_reason, p_text as _p
+from bnrep.correlations import (MIN_MODELS, P_MAX, R_MIN, between_groups_reason, correlate,  # noqa: F401
+                                only_between_groups, p_text as _p, partial_corr, significant_signs)
 from bnrep.conditions import MIN_SEEDS, MOSTLY_ZERO, Condition, conditions
 from bnrep.experiments import LR_EDGE
 from bnrep.measures import MEASURES
@@ -170,8 +169,9 @@ def lines(fs: list[Finding]) -> list[str]:
     return head + [f.line(common) for f in fs]
 
 
-def claim(number: int, norm: str = "batch") -> str:
-    return CLAIMS[number].replace("BatchNorm", NORM_NAMES[norm]) if norm in NORM_NAMES else CLAIMS[number]
+def claim(number: int, norm: str = "batch", ref: str = REF) -> str:
+    text = CLAIMS[number].replace("BatchNorm", NORM_NAMES[norm]) if norm in NORM_NAMES else CLAIMS[number]
+    return text if ref == REF else text.replace("trained without", f"with {NORM_NAMES.get(ref, ref)}")  # ref: its name
 
 
 def _not_evaluated(number: int, tables: dict[str, pd.DataFrame], norm: str = "batch", ref: str = REF) -> Finding:
@@ -187,7 +187,7 @@ def _not_evaluated(number: int, tables: dict[str, pd.DataFrame], norm: str = "ba
                f"results/{' and results/'.join(tables)} hold no {a} models." if not has(norm) else
                f"results/{' and results/'.join(tables)} hold no finite value of both {a} and {b} models in any "
                f"layer (models that diverged are not analysed).")
-    return Finding(number, claim(number, norm), "not evaluated", why, norm=norm, ref=ref)
+    return Finding(number, claim(number, norm, ref), "not evaluated", why, norm=norm, ref=ref)
 
 
 def _names(layers) -> str:
@@ -216,7 +216,7 @@ def finding_sparsity(layer_sparsity: pd.DataFrame, norm: str = "batch", ref: str
     numbers = {"layers": n, "sparser": list(more), "less_sparse": list(less),
                "diff_pp": {l: round(v * 100, 3) for l, v in zip(c["layer"], d)},
                "welch_p": dict(zip(c["layer"], c["p"]))}
-    return Finding(1, claim(1, norm), verdict, detail, numbers, norm, ref=ref)
+    return Finding(1, claim(1, norm, ref), verdict, detail, numbers, norm, ref=ref)
 
 
 def sparsity_by_eps(layer_sparsity: pd.DataFrame, norm: str = "batch", ref: str = REF) -> dict[float, Finding]:
@@ -267,7 +267,7 @@ def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame,
     norms = present_norms(training, layer_sparsity)
     m = model_sparsity(pair(training, norm, ref), pair(layer_sparsity, norm, ref))
     if len(m) < MIN_MODELS:
-        return Finding(2, claim(2, norm), "not evaluated",
+        return Finding(2, claim(2, norm, ref), "not evaluated",
                        f"only {len(m)} models with both tables; need {MIN_MODELS}.", norm=norm, ref=ref)
     test, gap = correlate(m["sparsity"], m["test_acc"]), correlate(m["sparsity"], m["gap"])
     st, sg = significant_signs(test), significant_signs(gap)
@@ -286,7 +286,7 @@ def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame,
               f". Controlling for the normalisation (partial Pearson): vs test accuracy "
               f"r = {_num(partial['test_acc']['pearson_r'])} (p = {_p(partial['test_acc']['pearson_p'])}), "
               f"vs gap r = {_num(partial['gap']['pearson_r'])} (p = {_p(partial['gap']['pearson_p'])}).")
-    f = Finding(2, claim(2, norm), verdict, detail, {"models": len(m), "test_acc": test, "gap": gap,
+    f = Finding(2, claim(2, norm, ref), verdict, detail, {"models": len(m), "test_acc": test, "gap": gap,
                                                      "within_spearman_test_acc": within, "partial": partial}, norm,
                 ref=ref)
     lost = _between_groups_only(m, {"test_acc": test, "gap": gap}, partial)
@@ -345,7 +345,7 @@ def finding_purity(class_dbi: pd.DataFrame, kmeans: pd.DataFrame, first_layer: i
     verdict = "supported" if all(parts) else "not supported" if not any(parts) else "mixed"
     if len(parts) == 1:
         notes.append("(only one of the two parts could be evaluated.)")
-    return Finding(3, claim(3, norm), verdict, " ".join(notes), numbers, norm, ref=ref)
+    return Finding(3, claim(3, norm, ref), verdict, " ".join(notes), numbers, norm, ref=ref)
 
 
 def _first_reach(curve: pd.Series, n_classes: int):
@@ -358,7 +358,7 @@ def finding_early_clusters(kmeans: pd.DataFrame, first_layer: int, n_classes: in
     """Claim 4: `norm` reaches ~n_classes clusters earlier; early optimal k closer to n_classes
     (Results.n_classes: the data's; 0 when it is not known)."""
     if not n_classes:
-        return Finding(4, claim(4, norm), "not evaluated", "the data's class count is not known (config.json "
+        return Finding(4, claim(4, norm, ref), "not evaluated", "the data's class count is not known (config.json "
                        "records no classes and the image folder is not here).", norm=norm, ref=ref)
     best = shown(pair(optimal_k(kmeans), norm, ref), first_layer)
     if best.empty or best["condition"].nunique() < 2:
@@ -379,12 +379,12 @@ def finding_early_clusters(kmeans: pd.DataFrame, first_layer: int, n_classes: in
     kmax = int(kmeans["k"].max())
     at = {n: "never" if v is None else f"at layer {v}" for n, v in reach.items()}
     detail = (f"seed-mean optimal k first within +-{K_TOL} of {n_classes} classes {at[norm]} with {a}, "
-              f"{at[ref]} without; mean |optimal k - {n_classes}| "
+              f"{at[ref]} {'without' if ref == REF else f'with {ref_name}'}; mean |optimal k - {n_classes}| "
               f"over early layers {_names(early)}: {a} {dist.get(norm, math.nan):.2f}, "
               f"{ref_name} {dist.get(ref, math.nan):.2f} (Welch p {_p(p)}).")
     if kmax < n_classes - K_TOL:
         detail += f" Note: k only goes up to {kmax}, so {n_classes} clusters cannot be found."
-    return Finding(4, claim(4, norm), verdict, detail,
+    return Finding(4, claim(4, norm, ref), verdict, detail,
                    {"first_layer_reaching": {SHORT[n]: v for n, v in reach.items()}, "early_layers": early,
                     "early_distance": {SHORT[n]: float(v) for n, v in dist.items()}, "welch_p": p}, norm, ref=ref)
 
@@ -392,7 +392,7 @@ def finding_early_clusters(kmeans: pd.DataFrame, first_layer: int, n_classes: in
 # ==== conditions that undermine verdicts (design.md: scientific output states its own limits) ====
 
 def _no_rectifier(number: int, kinds, norm: str, ref: str = REF) -> Finding:
-    return Finding(number, claim(number, norm), "not evaluated",
+    return Finding(number, claim(number, norm, ref), "not evaluated",
                    f"no probe is a rectifier (activations: {', '.join(sorted(kinds))}): exact-zero sparsity says "
                    f"little there; see the sparsity-threshold figure (analysis with --eps 0,0.01,0.1).", norm=norm,
                    ref=ref)
@@ -441,7 +441,7 @@ def finding_sparsity_across(per_exp: dict[str, Finding]) -> Finding:
             more, less = len(f.numbers["sparser"]), len(f.numbers["less_sparse"])
             dirs[name] = "sparser" if more > less else "less sparse" if less > more else "neither"
     if not dirs:
-        return Finding(1, claim(1, norm), "not evaluated", "no experiment's claim 1 could be evaluated.", norm=norm, ref=ref)
+        return Finding(1, claim(1, norm, ref), "not evaluated", "no experiment's claim 1 could be evaluated.", norm=norm, ref=ref)
     same = len(set(dirs.values())) == 1 and "neither" not in dirs.values()
     all_consistent = all(per_exp[n].verdict == "not supported" for n in dirs)
     verdict = "supported" if not same else "not supported" if all_consistent else "mixed"
@@ -449,7 +449,7 @@ def finding_sparsity_across(per_exp: dict[str, Finding]) -> Finding:
     caveats = [f"{n}: {f.verdict_text}" for n, f in per_exp.items() if f.verdict == "inconclusive"]
     if caveats and verdict in JUDGED:
         verdict = "inconclusive"
-    return Finding(1, claim(1, norm) + " (across experiments)", verdict, detail, {"direction": dirs}, norm, caveats, ref)
+    return Finding(1, claim(1, norm, ref) + " (across experiments)", verdict, detail, {"direction": dirs}, norm, caveats, ref)
 
 
 # ==== at initialisation: were the final differences there before training? ====

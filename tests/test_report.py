@@ -1339,6 +1339,16 @@ def test_a_study_without_its_reference_says_so_not_that_models_diverged():
         assert f.detail.startswith("this study has no models of the reference condition, no BN"), f.detail
 
 
+def test_a_claim_against_another_reference_names_it():
+    """Judged against `none` the paper's words; against another reference, that reference by its label
+    (the judged condition's own name put in first, so a reference label holding 'BatchNorm' stays whole)."""
+    get_experiment("digits-cnn").override(conditions="batch; bn-b32:batch,batch_size=32; none")  # registers bn-b32
+    assert findings.claim(3, "batch") == findings.CLAIMS[3]
+    assert findings.claim(3, "none", "bn-b32").startswith(
+        "no norm tends to produce purer representational clusters than models with BatchNorm, batch size 32, especially")
+    assert "trained without" not in findings.claim(3, "batch", "bn-b32")
+
+
 def _ctrl_c_here(share):
     import os
     import signal
