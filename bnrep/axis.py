@@ -180,6 +180,21 @@ def register_all(items) -> None:
         register(entry)
 
 
+def redefined(studies: dict[str, tuple[str, ...]]) -> str | None:
+    """A line naming a tag two studies ({name: conditions}) define differently, else None: one process
+    knows one definition per tag (register), so a report over both would label one study's models with
+    the other's definition."""
+    seen: dict[str, tuple[str, str]] = {}
+    for study, items in studies.items():
+        for item in items:
+            name = name_of(item)
+            if name in seen and seen[name][1] != item:
+                return (f"{seen[name][0]} and {study} define condition {name} differently ({seen[name][1]} / "
+                        f"{item}): report them one by one, or give one of them another tag")
+            seen.setdefault(name, (study, item))
+    return None
+
+
 def axis_word(names) -> str:
     """What the axis is called in tables and prose: 'norm' while every entry is a normalisation,
     else 'condition'."""

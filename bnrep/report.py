@@ -48,7 +48,7 @@ from bnrep.correlations import MIN_MODELS, between_groups_reason, limits_sentenc
 from bnrep.findings import (CLAIMS, Finding, finding_sparsity_across, findings, initialisation_blocks, judged_norms,
                             rules)
 from bnrep.findings import lines as finding_lines
-from bnrep.axis import axis_word
+from bnrep.axis import axis_word, redefined
 from bnrep.results import (LABELS, REF, SHORT, Results, experiment_label, imported_mask, is_paper_pair, tell_apart,
                            measure_numbers, norm_labels, ordered, rankings, side_by_side)
 from bnrep.table1 import diverged_note, imported_note, table1, table1_caption, table1_rows, table1_tex
@@ -464,6 +464,8 @@ def _build_combined(out: str, names: list[str], dest: str | None) -> ReportResul
     rs = [r for r in loaded if len(missing(r)) < len(REPORT_TABLES)]
     if not rs:
         raise no_results(" / ".join(names), out)
+    if redefined({r.experiment.name: r.experiment.conditions for r in rs}):
+        raise ReportError(redefined({r.experiment.name: r.experiment.conditions for r in rs}))
     store = _dest_store(out, dest)
     w = _Writer(store, "")
     notes = [f"{r.experiment.name}: no results; run `{stage_command('training', r.experiment.name, out)}`."

@@ -1349,6 +1349,27 @@ def test_a_claim_against_another_reference_names_it():
     assert "trained without" not in findings.claim(3, "batch", "bn-b32")
 
 
+def test_a_combined_report_of_studies_defining_one_tag_differently_is_refused(tmp_path, capsys):
+    """One process knows one definition per tag: a combined report would label one study's condition with
+    the other's. Each study's own report is still written; the combined one is refused in one line."""
+    from bnrep import config
+    from bnrep.stages import report as stage
+
+    t = make_tables(**SMALL)
+    for name, size in (("sa", 32), ("sb", 16)):
+        exp = get_experiment("digits-cnn").override(name=name, conditions=f"batch; bn-bx:batch,batch_size={size}; none")
+        store = Store(str(tmp_path), name)
+        config.write_config(store, config.prepare(store, exp, "final", fresh=False))
+        write_tables(tmp_path, name, {"training": t["training"]})
+    line = ("sa and sb define condition bn-bx differently (bn-bx:batch,batch_size=32 / bn-bx:batch,batch_size=16): "
+            "report them one by one, or give one of them another tag")
+    with pytest.raises(report.ReportError, match=re.escape(line)):
+        report.build_report(str(tmp_path), ["sa", "sb"])
+    assert stage.run(str(tmp_path), ["sa", "sb"], several=True) == 2
+    assert capsys.readouterr().err == f"error: combined report: {line}\n"
+    assert (tmp_path / "sa/report/report.html").is_file() and not (tmp_path / "combined/report.html").exists()
+
+
 def _ctrl_c_here(share):
     import os
     import signal

@@ -73,8 +73,12 @@ def write(out: str, todo: list[str], several: bool, force: bool) -> int:
         print(res.summary, flush=True)
         written += 1
     if several and written:
-        with writer_lock(Store(out, "combined"), "report"):
-            res = report.build_report(out, todo)  # a list: the combined report
+        try:
+            with writer_lock(Store(out, "combined"), "report"):
+                res = report.build_report(out, todo)  # a list: the combined report
+        except report.ReportError as e:  # (each experiment's own report is written)
+            print(f"error: combined report: {e}", file=sys.stderr)
+            return 2
         print(f"combined report: {res.html}")
     return 0 if written else 2  # every experiment without results (each said why)
 
