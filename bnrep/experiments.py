@@ -205,11 +205,7 @@ OLD_NAMES = {"arch": "model", "norms": "conditions"}  # before model specs; befo
 
 
 def renamed(d: dict) -> dict:
-    """Fields under the names they had before (OLD_NAMES), for old config.json files and code;
-    ConfigError when a field is given under both names (one would silently win)."""
-    for old, new in OLD_NAMES.items():
-        if old in d and new in d:
-            raise ConfigError(f"{old} and {new} are both set: give {new} alone ({old} is its old name)")
+    """Fields under the names they had before (OLD_NAMES), for old config.json files and code."""
     return {OLD_NAMES.get(k, k): v for k, v in d.items()}
 
 

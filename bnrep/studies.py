@@ -9,7 +9,7 @@ import re
 
 from bnrep.axis import ConditionError, from_table
 from bnrep.datasets import absolute_dataset
-from bnrep.experiments import PRESETS, ConfigError, Experiment, renamed
+from bnrep.experiments import OLD_NAMES, PRESETS, ConfigError, Experiment, renamed
 
 _TOML_TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,), "tuple": (list, str)}  # "a,b" too
 
@@ -46,10 +46,11 @@ def load_study(path: str) -> Experiment:
     base = d.pop("base", None)
     if base is not None and (not isinstance(base, str) or base not in PRESETS):
         raise ConfigError(f"study file {path}: base = {base!r} is not a preset (valid: {', '.join(PRESETS)})")
-    try:
-        d = renamed(d)
-    except ConfigError as e:
-        raise ConfigError(f"study file {path}: {e}") from None
+    both = [(old, new) for old, new in OLD_NAMES.items() if old in d and new in d]  # one would silently win
+    if both:
+        raise ConfigError(f"study file {path}: {both[0][0]} and {both[0][1]} are both set: give {both[0][1]} "
+                          f"alone ({both[0][0]} is its old name)")
+    d = renamed(d)
     if isinstance(d.get("conditions"), dict):  # [conditions] tag = {norm = ..., batch_size = ...}
         try:
             d["conditions"] = from_table(d["conditions"])
