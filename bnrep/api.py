@@ -86,9 +86,13 @@ class Study:
 
     @cached_property
     def data(self):
+        import warnings
+
         from bnrep.data import load_data
 
-        return load_data(self.experiment, self.data_root, device="cpu", download=False)
+        with warnings.catch_warnings():  # said when the study ran; a notebook reads the same data
+            warnings.filterwarnings("ignore", message=r"train_size=\d+ exceeds the")
+            return load_data(self.experiment, self.data_root, device="cpu", download=False)
 
     def model(self, model_id: str, device="cpu", epoch: int = FINAL) -> torch.nn.Module:
         """A trained model with its weights, verified against the sha256 of its training row; `epoch`: its

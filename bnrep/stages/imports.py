@@ -356,6 +356,6 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
             print(f"[import] {e.model_id}: {get_norm(e.norm).label}, seed {e.seed}, test_acc {acc['test']:.4f} "
                   f"({e.weights})", flush=True)
     print(f"[import] wrote {store.out}/{exp.name}/train/models and results/training; next: "
-          f"{command('analysis', exp.name, opts.out)}", flush=True)
+          f"{command('run', exp.name, opts.out)} (the analysis and the report)", flush=True)
     return 0
 
