@@ -146,6 +146,11 @@ def ray_session(address: str | None, model: str | None = None):
     shipped = user_module_path(model) if model else None
     if shipped:  # (no other runtime_env: one changes how Ray starts workers, and training's last bits with it)
         quiet["runtime_env"] = {"py_modules": [shipped]}
+    home = _beside_a_namesake()
+    if home:
+        from ray.job_config import JobConfig
+
+        quiet["job_config"] = JobConfig(_py_driver_sys_path=[home])
     address = address or os.environ.get("RAY_ADDRESS")
     started = not ray.is_initialized()
     try:  # a Ctrl-C during ray.init too: what it started is shut down
@@ -182,6 +187,21 @@ def stop_on_sigterm() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     _stop_on_sigterm = True
+
+
+def _beside_a_namesake() -> str | None:
+    """The folder bnrep's package sits in, when the current folder holds another `bnrep` (a results folder,
+    `--out bnrep`, or a clone's parent): Ray puts the driver's current folder first on its workers' sys.path,
+    and Python would import that folder as an empty namespace package in bnrep's place where bnrep is found
+    by an editable install's finder rather than by a path entry. With its own folder on the path too, Python
+    takes the real package (a regular package wins over namespace portions). None otherwise."""
+    import bnrep
+
+    package = os.path.dirname(os.path.abspath(bnrep.__file__))
+    there = os.path.join(os.getcwd(), "bnrep")
+    if os.path.exists(there) and os.path.realpath(there) != os.path.realpath(package):
+        return os.path.dirname(package)
+    return None
 
 
 @contextlib.contextmanager

@@ -314,6 +314,18 @@ def test_unusable_tune_state_trains_the_unfinished_models_anew(reference, killed
     assert_tables_equal(out, ref, ["layer_sparsity", "class_dbi"])
 
 
+def test_a_folder_named_bnrep_in_the_current_folder_is_not_imported_in_bnrep_s_place(tmp_path):
+    """The quickstart's `bnrep run --out /tmp/bnrep` typed in /tmp: Ray puts the current folder first on its
+    workers' path, where `bnrep/` (the results) would be an empty namespace package instead of the editable
+    install's bnrep, and every trial failed on `bnrep.__version__`. (The console script: `python -m bnrep`
+    itself would import the folder there, before any of bnrep's code runs.)"""
+    console = os.path.join(os.path.dirname(sys.executable), "bnrep")
+    r = subprocess.run([console, "final", "--smoke-test", "--paper-hparams", "--seeds", "1", "--max-failures", "0",
+                        "--out", str(tmp_path / "bnrep")], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert len(list((tmp_path / "bnrep" / "digits-cnn" / "results" / "training").glob("*.parquet"))) == 2
+
+
 def test_one_probe_is_measured_as_in_the_full_analysis(reference, tmp_path):
     """--probes naming one layer (or a net with one activation): its rows are the full analysis' rows of
     that layer (Ray returns a task's single result whole, not split into one object per probe)."""
