@@ -193,11 +193,12 @@ def read_hashes(store: Store) -> dict[str, str]:
 
 def with_trained_config(store: Store, exp: Experiment) -> Experiment:
     """The analysis of existing models: training fields as they were trained
-    (config.json), analysis fields (and the probes) from this run's preset and flags."""
+    (config.json), analysis fields (and the probes, and the reference the report judges against) from this
+    run's preset and flags."""
     if not store.exists("config.json"):
         return exp
     return load_experiment(store).override(**{f: getattr(exp, f) for f in (*ANALYSIS_FIELDS, "probes", "snapshots",
-                                                                           "snapshot_kmeans")})
+                                                                           "snapshot_kmeans", *REPORT_FIELDS)})
 
 
 # What --fresh deletes for each stage: its own outputs and everything downstream.
@@ -267,6 +268,18 @@ def describe_diff(old: dict, new: dict) -> str:
     changed = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new
                if k not in FREE_FIELDS and json.dumps(old.get(k), default=list) != json.dumps(new[k], default=list)]
     return ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "") if changed else "config hash differs"
+
+
+REPORT_FIELDS = ("reference",)  # free fields only the report reads: the run's own (with_trained_config)
+
+
+def report_fields_changed(store: Store, exp: Experiment) -> bool:
+    """config.json records other values of a field only the report reads (a new --reference) than `exp`:
+    the stage records them even with no work to do, so the report (config.json among its inputs) is
+    made anew rather than found up to date."""
+    old = read_config(store).get("experiment", {})
+    return bool(old) and any(json.dumps(old.get(f), default=list) != json.dumps(getattr(exp, f), default=list)
+                             for f in REPORT_FIELDS)
 
 
 def write_config(store: Store, record: dict) -> None:

@@ -326,6 +326,20 @@ def test_a_folder_named_bnrep_in_the_current_folder_is_not_imported_in_bnrep_s_p
     assert len(list((tmp_path / "bnrep" / "digits-cnn" / "results" / "training").glob("*.parquet"))) == 2
 
 
+def test_a_new_reference_on_finished_results_makes_the_report_anew(reference, tmp_path):
+    """Nothing to train or measure: the new reference is recorded all the same, and the report, found out
+    of date, judges every claim against it (it said 'up to date' and kept judging against none)."""
+    ref, _ = reference
+    out = tmp_path / "runs"
+    copy_stages(ref, out, "config.json", "hparam", "train/models", "results", "report")
+    r = bnrep("run", "--smoke-test", "--reference", "batch", out=out)
+    assert r.returncode == 0 and "0 tasks to run" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "up to date" not in r.stdout and "[final] 4 of 4 models already trained" in r.stdout
+    assert json.loads((out / "digits-cnn" / "config.json").read_text())["experiment"]["reference"] == "batch"
+    fj = json.loads((out / "digits-cnn" / "report" / "findings.json").read_text())
+    assert {f["ref"] for f in fj["findings"]} == {"batch"}
+
+
 def test_one_probe_is_measured_as_in_the_full_analysis(reference, tmp_path):
     """--probes naming one layer (or a net with one activation): its rows are the full analysis' rows of
     that layer (Ray returns a task's single result whole, not split into one object per probe)."""

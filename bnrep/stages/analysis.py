@@ -31,7 +31,8 @@ import torch
 
 from bnrep.checkpoints import ModelFileError, load_model, saved_snapshots
 from bnrep.config import (RunOptions, UsageError, command, header, is_imported, open_store, out_flag, prepare, read_config,
-                          stage_hashes, start_fresh, table_hashes, with_trained_config, write_config)
+                          report_fields_changed, stage_hashes, start_fresh, table_hashes, with_trained_config,
+                          write_config)
 from bnrep.data import check_data, load_data
 from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
@@ -317,7 +318,7 @@ def run(exp: Experiment, opts: RunOptions) -> int:
         # interrupted or failed run leaves the record as it was, and the earlier command still runs
         grows = not opts.fresh and read_config(store).get("analysis_hash") not in (None, record["analysis_hash"])
         if not todo.n_tasks():
-            if grows:  # (all of it landed before a run could record it)
+            if grows or report_fields_changed(store, exp):  # (all of it landed before a run could record it)
                 with writer_lock(store, "analysis"):
                     write_config(store, record)
             return 0
