@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bnrep.axis import axis_word
 from bnrep.measures import MEASURES as MEASURE_TABLE
 from bnrep.results import SHORT, Results, ordered
 
@@ -182,8 +183,9 @@ def _rp(r: float, p: float) -> str:
 
 
 def predictor_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    word = axis_word({n for x in rows for n in x["within_spearman"]})  # norm, or condition
     header = ["measure (mean over layers)", "vs", "models", "Pearson r (p)", "Spearman r (p)",
-              "Spearman within each norm", "partial Pearson r (p), norm controlled", "note"]
+              f"Spearman within each {word}", f"partial Pearson r (p), {word} controlled", "note"]
     out = []
     for x in rows:
         within = ", ".join(f"{SHORT.get(n, n)} {'n/a' if pd.isna(v) else f'{v:+.2f}'}"

@@ -125,9 +125,8 @@ RULES = [
     "rule, and its evidence says whether the verdict is robust to the threshold (the same at every eps) or "
     "at which eps it changes.",
 ]
-OTHER_NORMS_RULE = ("Other normalisations (GroupNorm GN, LayerNorm LN) are judged against no normalisation "
-                    "by the same rules, with 'BN' standing for the normalisation judged and the claim's "
-                    "'BatchNorm' read as that normalisation; models of other normalisations are left out.")
+OTHER_NORMS_RULE = ("Every condition is judged against no normalisation by the same rules, with 'BN' standing for "
+                    "the condition judged and the claim's 'BatchNorm' read as it; models of other conditions are left out.")
 
 
 def rules(norms, ref: str = REF) -> list[str]:
