@@ -35,13 +35,15 @@ def imported_note(training: pd.DataFrame) -> str:
 
 
 def table1(training: pd.DataFrame) -> pd.DataFrame:
-    """Paper Table 1: accuracies in percent, mean and std over seeds, per (experiment, norm)."""
+    """Paper Table 1: accuracies in percent, mean and std over seeds, per (experiment, condition); `bn` is
+    the paper's column (its short name: BN, NBN, bn-b8), `condition` and `norm` as in every table."""
     t = training.assign(**{c: training[c] * 100 for c in ("train_acc", "val_acc", "test_acc")})
     order = list(dict.fromkeys(t["experiment"]))
     rows = []
     for (exp, norm), g in t.groupby(["experiment", "condition"], sort=False):
         row = {"experiment": exp, "model": model_label(g["arch"].iloc[0], g["dataset"].iloc[0]),
-               "bn": SHORT.get(norm, norm), "_n": sort_key(norm), "seeds": g["seed"].nunique(),
+               "bn": SHORT.get(norm, norm), "condition": norm, "norm": g["norm"].iloc[0] if "norm" in g else norm,
+               "_n": sort_key(norm), "seeds": g["seed"].nunique(),
                "interpolated": int(g["interpolated"].sum())}
         for c in ("train_acc", "val_acc", "test_acc"):
             row[f"{c}_mean"], row[f"{c}_std"] = g[c].mean(), g[c].std()

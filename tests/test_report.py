@@ -64,6 +64,7 @@ def test_table1_files(full):
     assert r"CNN Digits & NBN & 4 & 100.000 $\pm$ 0.000 & 97.000 $\pm$ 1.291 & 97.000 $\pm$ 0.000 \\" in tex
     csv = pd.read_csv(d / "table1.csv")
     assert csv.loc[csv["bn"] == "BN", "test_acc_std"].item() == pytest.approx(0.5774, abs=1e-4)
+    assert csv[["bn", "condition", "norm"]].values.tolist() == [["BN", "batch", "batch"], ["NBN", "none", "none"]]
     assert "98.500 ± 0.577" in res.summary
 
 
