@@ -25,7 +25,7 @@ from bnrep.experiments import layer_indices
 from bnrep.findings import headline_rows, snapshot_measures
 from bnrep.measures import FINAL, MEASURES
 from bnrep.plotting import (_as_list, _end_row, _grid, _labels, _layer_ticks, _log_if_positive, _panel, _panel_title,
-                            _width, condition_lines, fig_per_layer)
+                            _width, condition_lines, fig_per_layer, legend_below, panels_legend)
 from bnrep.norms import sort_key
 from bnrep.results import (COLORS, SHORT, Results, at_eps, cka_pairs, eps_values, n_seeds, norm_labels, optimal_k,
                            ordered, present_norms, seed_stats, seeds_text, shown)
@@ -91,7 +91,8 @@ def fig_signal_propagation(results) -> Figure | None:
                 s = condition_lines(ax, d, f"{side}_{what}", labels, f", {said}", ls=ls, marker=marker, capsize=2)
             _layer_ticks(ax, s)
             _panel(ax, title=f"{_panel_title(r, i, len(rs))}: {name}", xlabel="layer", ylabel=name)
-        axes[0, i].legend(fontsize=7)
+    entries = {name: h for ax in axes[0] for h, name in zip(*ax.get_legend_handles_labels())}  # every panel's
+    legend_below(fig, list(entries.values()), list(entries), row=2)  # (in a panel, ten entries hid the curves)
     _log_if_positive(fig)
     fig.suptitle("Signal propagation: activation statistics against depth")
     return fig
@@ -199,6 +200,7 @@ def fig_sparsity_thresholds(results) -> Figure | None:
             _panel(ax, title=f"{r.label}: {name}", xlabel="threshold eps (|x| <= eps counts as zero)",
                    ylabel="layer sparsity", ylim=(-0.02, 1.02))
         _end_row(axes, row, len(gs))
+    panels_legend(fig, axes)
     fig.suptitle(f"Layer sparsity against the zero threshold, {seeds_text(rs[0][1])}")
     return fig
 
@@ -241,6 +243,7 @@ def fig_channel_sparsity(results) -> Figure | None:
             _panel(ax, title=f"{r.label}: {d['layer'].iloc[0]} (layer {li})", xlabel="channel",
                    ylabel="channel sparsity", ylim=(-0.02, 1.02))
         _end_row(axes, row, len(layers))
+    panels_legend(fig, axes)
     fig.suptitle(f"Channel sparsity (mean over seeds, shading: std), {seeds_text(rs[0].table('channel_sparsity'))}")
     return fig
 
@@ -280,7 +283,7 @@ def fig_kmeans_sweep(results) -> Figure | None:
     for ax in axes.flat:
         if ax not in used:
             ax.set_axis_off()
-    axes[0, 0].legend(fontsize=7)
+    panels_legend(fig, axes)
     some = f"; {max(nl)} of {all_layers} layers, evenly over the depth" if max(nl) < all_layers else ""
     fig.suptitle(f"k-means DBI against k (mean over seeds, shading: std), {seeds_text(rs[0][1])}{some}")
     return fig
@@ -329,16 +332,18 @@ def fig_initialisation(results) -> Figure | None:
     labels = _labels([r])
     for ax, m in zip(axes.flat, ms):
         early = r.snapshots[m.table]
-        for when, d, ls, marker in (("final", r.table(m.table), "-", "o"), ("init", early[early["epoch"] == 0], "--", "x")):
-            s = condition_lines(ax, headline_rows(m, d), m.values[0], labels, f", {when}", ls=ls, marker=marker,
-                                capsize=2)
-        _layer_ticks(ax, s)
+        drawn = {when: condition_lines(ax, headline_rows(m, d), m.values[0], labels, f", {when}", ls=ls, marker=marker,
+                                       capsize=2)
+                 for when, d, ls, marker in (("final", r.table(m.table), "-", "o"),
+                                             ("init", early[early["epoch"] == 0], "--", "x"))}
+        _layer_ticks(ax, drawn["final"])  # (a measure may have no rows at initialisation)
         _panel(ax, title=m.name or m.table, xlabel="layer", ylabel=m.ylabel or m.values[0])
         if m.log:  # spans orders of magnitude over depth
             ax.set_yscale("log")
     _end_row(axes, 0, cols)
     for ax in axes.flat[len(ms):]:
         ax.set_axis_off()
+    panels_legend(fig, axes, row=2)  # (final, init) of each condition side by side
     fig.suptitle(f"{r.label}: at initialisation (dashed) and at the final epoch (solid)")
     return fig
 
@@ -367,6 +372,7 @@ def through_training(m):
                 if m.log and (g[m.values[0]].dropna() > 0).all():
                     ax.set_yscale("log")
             _end_row(axes, row, len(gs))
+        panels_legend(fig, axes)
         fig.suptitle(f"{m.name or m.table} through training ({seeds_text(rs[0][1])})")
         return fig
     make.__name__ = f"fig_{m.table}_epochs"

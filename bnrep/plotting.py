@@ -18,6 +18,14 @@ def _grid(nrows: int, ncols: int, w: float = 4.2, h: float = 3.2) -> tuple[Figur
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
+LEGEND_ROW = 3  # entries per row of a legend below a figure: a longer row widens the figure, not the panels
+
+
+def legend_below(fig: Figure, handles, names, fontsize: float = 8, row: int = LEGEND_ROW) -> None:
+    """One legend for the whole figure, below its panels, in rows of at most `row` entries."""
+    fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), row), fontsize=fontsize)
+
+
 def _panel(ax, **props) -> None:
     """One panel of a grid figure: its title and labels (`ax.set`), small title, light grid."""
     ax.set(**props)
@@ -25,9 +33,14 @@ def _panel(ax, **props) -> None:
     ax.grid(alpha=0.3)
 
 
+def panels_legend(fig: Figure, axes: np.ndarray, row: int = LEGEND_ROW) -> None:
+    """legend_below with every panel's entries once (panels full from edge to edge leave a legend inside no room)."""
+    entries = {name: h for ax in np.ravel(axes) for h, name in zip(*ax.get_legend_handles_labels())}
+    legend_below(fig, list(entries.values()), list(entries), row=row)
+
+
 def _end_row(axes: np.ndarray, row: int, used: int) -> None:
-    """A grid row of `used` panels: the legend in its first, the rest of the row blank."""
-    axes[row, 0].legend(fontsize=7)
+    """A grid row of `used` panels: the rest of the row blank (the figure's legend: panels_legend)."""
     for ax in axes[row, used:]:
         ax.set_axis_off()
 
@@ -109,7 +122,7 @@ def fig_per_layer(results, get, value: str, ylabel: str, title: str, hline=None)
         entries.update(zip(*reversed(ax.get_legend_handles_labels())))
     norm_rank = {labels[n]: sort_key(n) for n in labels}
     names = sorted(entries, key=lambda l: norm_rank.get(l, (len(NORMS), 0)))
-    fig.legend([entries[l] for l in names], names, loc="outside lower center", ncols=len(names), fontsize=9)
+    legend_below(fig, [entries[l] for l in names], names, fontsize=9)
     fig.suptitle(title)
     return fig
 

@@ -124,7 +124,9 @@ def test_fig_channel_sparsity_panels(make, layers):
     for a in axes:
         assert [to_hex(l.get_color()) for l in a.lines] == [BLUE, ORANGE]
         assert len(a.lines[0].get_xdata()) == r.table("channel_sparsity").query("layer_index == 1")["channel"].nunique()
-    assert "seeds" in axes[0].get_legend().get_texts()[0].get_text()
+    fig = figures.fig_channel_sparsity(r)
+    assert [a.get_legend() for a in fig.axes] == [None] * len(fig.axes)  # full panels: the legend below them
+    assert "seeds" in fig.legends[0].get_texts()[0].get_text()
 
 
 def test_beyond_the_paper_figures():
