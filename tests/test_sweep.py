@@ -315,3 +315,14 @@ def test_in_tune_a_trial_ahead_of_one_planned_before_it_trains_on_then_keeps_its
     pkl.write_bytes(pickle.dumps(state))
     assert tune_state_problem(store, "hparam/tune/sweep") == (
         "an earlier bnrep began it, with a scheduler that keeps other state")
+
+
+def test_the_best_trials_print_in_the_study_s_order_whatever_order_they_were_found_in(capsys):
+    from bnrep.stages.hparam import print_best
+
+    exp = get_experiment("digits-cnn").override(conditions="batch; bn-b8:batch,batch_size=8; none")
+    row = dict(lr=0.01, momentum=0.9, epochs=3, val_acc=0.5, objective=0.5)
+    print_best({t: row for t in ("nobn", "bn-b8", "bn")}, exp)  # (a resumed sweep adds its conditions last)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:3] == ["Best trial per condition", "condition         lr  momentum  epochs  val_acc  objective"]
+    assert [line.split()[0] for line in lines[3:]] == ["bn", "bn-b8", "nobn"]

@@ -25,7 +25,7 @@ from bnrep.data import Data, load_data
 from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
 from bnrep.models import model_id
-from bnrep.norms import SHORT, TAGS
+from bnrep.norms import SHORT, TAGS, sort_key
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, default_gpus, placement, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import (can_resume, keep_tensorboard, open_training_stage, run_config, train_in_tune,
@@ -98,7 +98,7 @@ def forget_analysis(store: Store, mids: list[str]) -> None:
 def print_summary(df: pd.DataFrame) -> None:
     """Table-1-style: accuracy in percent, mean +- std over seeds."""
     print(f"\n{'model':16} {'seeds':>5} {'train %':>16} {'val %':>16} {'test %':>16} {'epochs':>7}")
-    for (arch, norm), g in df.groupby(["arch", "condition"], sort=False):
+    for (arch, norm), g in sorted(df.groupby(["arch", "condition"], sort=False), key=lambda kv: sort_key(kv[0][1])):
         cells = [f"{100 * g[c].mean():7.3f} ± {100 * g[c].std():5.3f}" for c in ("train_acc", "val_acc", "test_acc")]
         name = f"{arch} {SHORT.get(norm, norm)}"
         print(f"{name:16} {len(g):5d} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} {g['epochs'].mean():7.1f}")

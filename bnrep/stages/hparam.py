@@ -177,10 +177,15 @@ def best_trial(trials: pd.DataFrame, tag: str) -> dict:
 
 
 def print_best(best: dict, exp: Experiment) -> None:
-    print("\nBest trial per normalisation")
-    print(f"{'norm':8} {'lr':>10} {'momentum':>9} {'epochs':>7} {'val_acc':>8} {'objective':>10}")
+    from bnrep.axis import axis_word
+
+    word = axis_word(exp.norms)
+    order = [TAGS[n] for n in exp.norms if TAGS[n] in best]  # the study's display order, every run alike
+    best = {t: best[t] for t in order + [t for t in best if t not in order]}
+    print(f"\nBest trial per {'normalisation' if word == 'norm' else word}")
+    print(f"{word:9} {'lr':>10} {'momentum':>9} {'epochs':>7} {'val_acc':>8} {'objective':>10}")
     for tag, b in best.items():
-        print(f"{tag:8} {b['lr']:10.3g} {b['momentum']:9.3g} {b['epochs']:7d} {b['val_acc']:8.4f} {b['objective']:10.4f}")
+        print(f"{tag:9} {b['lr']:10.3g} {b['momentum']:9.3g} {b['epochs']:7d} {b['val_acc']:8.4f} {b['objective']:10.4f}")
     ranges = {TAGS[n]: exp.for_condition(n).lr_range for n in exp.norms}  # a condition's lr: no range
     for tag, b in best.items():
         edge = lr_edge(b["lr"], ranges.get(tag, exp.lr_range))
