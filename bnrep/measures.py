@@ -304,7 +304,8 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
     Measure("gradient_norms", "model", _gradient_norms, ("gradient_norm",), fields=SAMPLES, log=True,
             caption=f"Beyond the paper: the norm of the loss gradient with respect to each activation's output "
                     f"(Yang et al. 2019), averaged over the same {GRADIENT_BATCHES} batches of {GRADIENT_BATCH} "
-                    f"training images for every model, norms with running statistics using the batch's, for "
+                    f"training images for every model (whatever batch size it trained with), norms with running "
+                    f"statistics using the batch's, for "
                     f"{{colours}} models. Error bars: standard deviation across {{seeds}}.{{nan}}",
             title="Gradient norm per layer", name="Gradient norm", ylabel="‖∂loss/∂activation‖"),
     Measure("train_eval", "model", _train_eval, ("cka", "rel_diff"), fields=("samples_cluster",),
