@@ -180,8 +180,8 @@ def test_cluster_config_passes_ray_validation(name):
     validate_config(config)
     start = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in (ROOT / name).read_text()
-    assert config["file_mounts"] == {"~/bnrep": ".", TOKEN_ON_NODE: "~/.ray/auth_token"}
-    assert any("pip install -e ~/bnrep" in c for c in config["setup_commands"])
+    assert config["file_mounts"] == {"~/bnrep-src": ".", TOKEN_ON_NODE: "~/.ray/auth_token"}
+    assert any("pip install -e ~/bnrep-src" in c for c in config["setup_commands"])
     broken = {**raw, "head_start_ray_commandz": []}  # the validation can fail
     with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(broken))
