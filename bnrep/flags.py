@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import math
 import os
 import sys
 import warnings
@@ -252,16 +253,20 @@ POSITIVE = ("seeds", "max_epochs", "num_samples", "train_size", "batch_size", "c
             "samples_sparsity", "samples_cluster", "n_init", "cpus_per_task")
 
 
+RESOURCES = ("cpus_per_trial", "cpus_per_task", "gpus_per_trial", "gpus_per_task")
+RAY_PRECISION = 10_000  # Ray counts a resource in steps of 1/10,000
+
+
 def check_flags(args: argparse.Namespace) -> None:
-    """Counts > 0 and GPU fractions >= 0, named by their flag (UsageError)."""
-    for n in POSITIVE:
-        v = getattr(args, n, None)
-        if v is not None and v <= 0:
-            raise UsageError(f"--{n.replace('_', '-')} must be > 0, got {v}")
-    for n in ("gpus_per_trial", "gpus_per_task"):
-        v = getattr(args, n, None)
-        if v is not None and v < 0:
-            raise UsageError(f"--{n.replace('_', '-')} must be >= 0, got {v}")
+    """Counts > 0 and GPU fractions >= 0, finite, resources in Ray's steps, named by their flag (UsageError)."""
+    for n in (*POSITIVE, "gpus_per_trial", "gpus_per_task"):
+        v, flag = getattr(args, n, None), f"--{n.replace('_', '-')}"
+        if v is None:
+            continue
+        if not math.isfinite(v) or v < 0 or (v == 0 and n in POSITIVE):
+            raise UsageError(f"{flag} must be a finite number {'>' if n in POSITIVE else '>='} 0, got {v}")
+        if n in RESOURCES and abs(v * RAY_PRECISION - round(v * RAY_PRECISION)) > 1e-6:
+            raise UsageError(f"{flag} {v}: Ray counts resources in steps of {1 / RAY_PRECISION:g}")
     chosen = [f"--{n}" for n in ("lr", "momentum") if getattr(args, n, None) is not None]
     if chosen and not getattr(args, "paper_hparams", False):
         raise UsageError(f"{' and '.join(chosen)} set{'s' * (len(chosen) == 1)} the hyperparameters of --paper-hparams "

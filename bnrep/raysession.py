@@ -137,6 +137,7 @@ def ray_session(address: str | None, model: str | None = None):
     or start a private local Ray; shut down
     only what this process started. The dashboard is never started here.
     `model`: the study's model spec; a researcher's own module is shipped to the workers."""
+    global _PRIVATE
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
     import ray
@@ -162,12 +163,16 @@ def ray_session(address: str | None, model: str | None = None):
                 ray.init(include_dashboard=False, **quiet)
         if started and _stop_on_sigterm:
             stop_on_sigterm()
+        if started:
+            _PRIVATE = not address
         yield ray
     finally:
         if started:
+            _PRIVATE = False
             ray.shutdown()
 
 
+_PRIVATE = False  # the Ray of the session is this process's own local one (nothing else joins it)
 STOPPED_BY: list[int] = []  # the signal that stopped this command, when it was SIGTERM rather than Ctrl-C
 _stop_on_sigterm = False
 
@@ -296,8 +301,18 @@ def placement() -> dict:
     return {"node_id": node_id(), "gpus": float(gpus)}
 
 
-def default_gpus(ray, requested: float | None) -> float:
-    """GPUs per trial/task: the flag, else 1 when the cluster has GPUs, else 0."""
-    if requested is not None:
-        return requested
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+def default_gpus(ray, requested: float | None, cpus: float = 1, per: str = "trial") -> float:
+    """GPUs per trial/task: the flag, else 1 when the cluster has GPUs, else 0. On the private local Ray
+    (nothing can join it) a trial or task that asks more CPUs or GPUs than it has is UsageError, one line:
+    Ray would wait for them forever."""
+    have = ray.cluster_resources()
+    gpus = requested if requested is not None else 1.0 if have.get("GPU", 0) > 0 else 0.0
+    short = [f"{n:g} {w}{'s' * (n != 1)}" for n, w, h in ((cpus, "CPU", have.get("CPU", 0)),
+                                                         (gpus, "GPU", have.get("GPU", 0))) if n > h]
+    if _PRIVATE and short:
+        from bnrep.config import UsageError
+
+        raise UsageError(f"a {per} asks {' and '.join(short)} (--cpus-per-{per} / --gpus-per-{per}), more than this "
+                         f"machine's Ray has ({have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs): ask for at "
+                         f"most that, or join a cluster that has them (--address)")
+    return gpus

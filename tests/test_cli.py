@@ -121,6 +121,10 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("no trained models", "analysis", ["--smoke-test", "--experiment", "synthetic-cnn"],
      ["run `bnrep final --experiment synthetic-cnn --out "]),
     ("unknown report experiment", "report", ["--experiment", "nope"], ["unknown experiment 'nope'"]),
+    ("gpus not a number", "final", ["--gpus-per-trial", "nan"], ["--gpus-per-trial must be a finite number >= 0, got nan"]),
+    ("cpus infinite", "analysis", ["--cpus-per-task", "inf"], ["--cpus-per-task must be a finite number > 0, got inf"]),
+    ("cpus finer than Ray counts", "hparam", ["--cpus-per-trial", "0.33333"],
+     ["--cpus-per-trial 0.33333: Ray counts resources in steps of 0.0001"]),
     ("report with no results", "report", ["--experiment", "digits-cnn-norms"],
      ["no results for digits-cnn-norms under ", "`) first"]),
     ("val_size leaves nothing to train on", "hparam", ["--experiment", "{tmp}/wide.toml"],
@@ -215,6 +219,21 @@ def test_a_second_writer_is_refused_before_ray_starts(argv, results, capsys):
         assert f"writer     running   final on host {held.record['host']}" in capsys.readouterr().out
     finally:
         held.release()
+
+
+@pytest.mark.parametrize("stage,argv,line", [
+    ("final", ["--paper-hparams", "--cpus-per-trial", "3"], "a trial asks 3 CPUs (--cpus-per-trial / --gpus-per-trial)"),
+    ("hparam", ["--gpus-per-trial", "1"], "a trial asks 1 GPU (--cpus-per-trial / --gpus-per-trial)"),
+])
+def test_more_than_the_private_ray_has_is_one_line_not_a_wait(stage, argv, line, results, capsys, monkeypatch):
+    """Ray would wait for resources no node of the private local Ray can ever offer; nothing is written."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    before = {k: v for k, v in tree(results).items() if ".lock" not in k}
+    rc = flags.run_stage(stage, ["--smoke-test", *argv, "--out", str(results)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and err.startswith(f"error: {line}, more than this machine's Ray "
+                                                                     f"has ("), err
+    assert {k: v for k, v in tree(results).items() if ".lock" not in k} == before and not ray.is_initialized()
 
 
 def test_bnrep_run_validates_every_stage_first(results, capsys):

@@ -342,7 +342,7 @@ def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.Dat
     diverged = set(models.loc[diverged_mask(models), "model_id"])
     with ray_session(opts.address, exp.model) as ray:
         check_nodes(ray, store, exp.dataset)
-        gpus = default_gpus(ray, opts.gpus_per_task)
+        gpus = default_gpus(ray, opts.gpus_per_task, opts.cpus_per_task, "task")
         task = {"num_cpus": opts.cpus_per_task, "num_gpus": gpus, "max_retries": 3}
         remote = {f.__name__: ray.remote(f).options(**task) for f in (layer_task, pair_task)}
         remote["extract"] = ray.remote(extract if len(probes) > 1 else extract_one).options(num_returns=len(probes),

@@ -186,21 +186,23 @@ def run(exp: Experiment, opts: RunOptions) -> int:
                   f"(their analysis stays where the weights come out the same)", flush=True)
         if todo:
             held.enter_context(writer_lock(store, "final"))  # one writer from here on (LockError: one line)
-            write_config(store, record)
-            forget_analysis(store, [m for m in mids if m not in again])  # now stale
-            before = weights_digests(store, again)
+            before = None
             try:
                 with ray_session(opts.address, exp.model) as ray:
                     check_nodes(ray, store, exp.dataset)
-                    gpus = default_gpus(ray, opts.gpus_per_trial)
+                    gpus = default_gpus(ray, opts.gpus_per_trial, opts.cpus_per_trial)  # (before any write)
+                    write_config(store, record)
+                    forget_analysis(store, [m for m in mids if m not in again])  # now stale
+                    before = weights_digests(store, again)
                     run_grid(exp, opts, store, todo, gpus, train_hash)
                     todo = untrained(exp, store, grid, train_hash)
                     if todo:  # a restored grid whose trials ended without saving: train them anew
                         store.delete(GRID_PLAN)
                         run_grid(exp, opts, store, todo, gpus, train_hash)
             finally:  # also when the grid failed: a model saved with other weights (a GPU) has no analysis
-                after = weights_digests(store, again)
-                forget_analysis(store, [m for m in again if not before.get(m) or after.get(m) != before[m]])
+                if before is not None:
+                    after = weights_digests(store, again)
+                    forget_analysis(store, [m for m in again if not before.get(m) or after.get(m) != before[m]])
 
     df = store.read_table("training")
     wanted = {model_id(exp.model, g["norm"], g["seed"]) for g in grid}

@@ -209,10 +209,10 @@ def run(exp: Experiment, opts: RunOptions) -> int:
             print_best(best, exp)
             return 0
         held.enter_context(writer_lock(store, "hparam"))  # one writer from here on (LockError: one line)
-        write_config(store, record)
         with ray_session(opts.address, exp.model) as ray:
             check_nodes(ray, store, exp.dataset)
-            gpus = default_gpus(ray, opts.gpus_per_trial)
+            gpus = default_gpus(ray, opts.gpus_per_trial, opts.cpus_per_trial)  # (before any write)
+            write_config(store, record)
             for norm in todo:
                 recipe = exp.for_condition(norm)
                 print(f"[hparam] {TAGS[norm]}: {exp.num_samples} trials, {searched(recipe)}", flush=True)
