@@ -322,9 +322,12 @@ def _idx_problem(path: str, hw: tuple[int, int], counts: dict, k: int) -> str | 
         head = f.read(4)
         if len(head) < 4 or head[:3] != b"\x00\x00\x08" or head[3] != (3 if images else 1):
             return f"not an IDX {'image' if images else 'label'} file (magic {head.hex() or 'missing'})"
-        dims = np.frombuffer(f.read(4 * head[3]), ">u4")
-        if len(dims) != head[3]:
+        raw = f.read(4 * head[3])
+        if len(raw) != 4 * head[3]:
             return "a truncated header"
+        dims = np.frombuffer(raw, ">u4")
+        if dims[0] == 0:
+            return f"no {'image' if images else 'label'} (its header counts 0)"
         if images and tuple(dims[1:]) != hw:
             return f"images of {dims[1]}x{dims[2]} where {hw[0]}x{hw[1]} were expected"
         body = f.read()

@@ -373,6 +373,10 @@ BROKEN = [  # (case, dataset class, file, how, the line's ending)
      "t10k-images-idx3-ubyte: images of 32x32 where 28x28 were expected; replace it with the official file"),
     ("not an IDX file", datasets.MNIST, "MNIST/raw/train-labels-idx1-ubyte", lambda p: p.write_text("<html>"),
      "train-labels-idx1-ubyte: not an IDX label file (magic 3c68746d); replace it with the official file"),
+    ("header cut mid-number", datasets.MNIST, "MNIST/raw/train-labels-idx1-ubyte", lambda p: p.write_bytes(
+        p.read_bytes()[:6]), "train-labels-idx1-ubyte: a truncated header; replace it with the official file"),
+    ("no images", datasets.MNIST, "MNIST/raw/t10k-images-idx3-ubyte", lambda p: write_idx(p, np.zeros((0, 28, 28))),
+     "t10k-images-idx3-ubyte: no image (its header counts 0); replace it with the official file"),
     ("CIFAR batch of another shape", datasets.CIFAR10, "cifar-10-batches-py/data_batch_2",
      lambda p: p.write_bytes(pickle.dumps({"data": np.zeros((4, 100), np.uint8), "labels": [0, 1, 2, 3]})),
      "data_batch_2: data of shape (4, 100) where (N, 3072) was expected; replace it with the official file"),
