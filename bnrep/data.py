@@ -35,6 +35,7 @@ with a one-line `DataError` naming the files to place when offline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass, replace
@@ -279,7 +280,26 @@ def _expected_files(cls, root: str) -> tuple[str, list[str]]:
 
 def _missing_files(cls, root: str) -> list[str]:
     folder, names = _expected_files(cls, root)
+    for f in names:  # NAME.gz placed by hand: torchvision unpacks only what it downloads (by its checksum)
+        if not os.path.isfile(os.path.join(folder, f)) and os.path.isfile(os.path.join(folder, f + ".gz")):
+            _gunzip(os.path.join(folder, f + ".gz"), os.path.join(folder, f))
     return [f for f in names if not os.path.isfile(os.path.join(folder, f))]
+
+
+def _gunzip(src: str, dst: str) -> None:
+    """`src` decompressed to `dst` (whole, or not at all); DataError (one line) when it does not decompress."""
+    import gzip
+    import shutil
+
+    part = f"{dst}.part-{os.getpid()}"
+    try:
+        with gzip.open(src, "rb") as f, open(part, "wb") as out:
+            shutil.copyfileobj(f, out)
+        os.replace(part, dst)
+    except (OSError, EOFError) as e:
+        with contextlib.suppress(OSError):
+            os.remove(part)
+        raise DataError(f"{src}: does not decompress ({one_line(e)}); replace it with the official file") from None
 
 
 def _fetch(cls, root: str, download: bool) -> None:
@@ -385,7 +405,8 @@ def holdout_count(n: int, size: int | float, what: str) -> int:
     it leaves 1..n-1 of them."""
     n_hold = round(size * n) if isinstance(size, float) else int(size)
     if not 0 < n_hold < n:
-        raise DataError(f"{what}={size} holds out {n_hold} of {n} images; it must leave 1..{n - 1}")
+        raise DataError(f"{what}={size} holds out {n_hold} of {n} images; it must leave 1..{n - 1} (a study file "
+                        f"sets it: {what} = a count or a fraction)")
     return n_hold
 
 

@@ -138,7 +138,8 @@ def test_an_impossible_split_is_refused_before_the_data_is_read(dataset, tmp_pat
     headers; digits and synthetic also through test_fraction."""
     exp, root = dataset_case(dataset, tmp_path, monkeypatch)
     n, before, after = split_refusals(exp, root)
-    assert before == after == f"val_size={n} holds out {n} of {n} images; it must leave 1..{n - 1}"
+    assert before == after == (f"val_size={n} holds out {n} of {n} images; it must leave 1..{n - 1} (a study file "
+                                f"sets it: val_size = a count or a fraction)")
     assert n == {"digits": 1438, "synthetic": 120, "mnist": N_TRAIN, "cifar10": N_TRAIN}[dataset]
     if root is None:
         with pytest.raises(DataError, match="^test_fraction=0.9999 holds out"):
@@ -277,6 +278,26 @@ def test_torchvision_dataset_loads_from_official_files(preset, cls, shape, tmp_p
     expected = torch.as_tensor(X_test, dtype=torch.float32).view(N_TEST, shape[0], shape[1], shape[1]) / 255
     assert torch.allclose(pixels, expected, atol=1e-5)
     assert torch.equal(d.test.y, torch.as_tensor(y_test, dtype=torch.long))
+
+
+def test_idx_files_placed_gzipped_load_as_the_plain_ones(tmp_path, monkeypatch, offline):
+    """MNIST's files as distributed (NAME.gz), re-gzipped (so not the official checksum torchvision wants):
+    read offline, the same data; a .gz that does not decompress is one line."""
+    import gzip
+
+    write_dataset(datasets.MNIST, tmp_path / "plain", monkeypatch)
+    raw, gz = tmp_path / "plain" / "MNIST" / "raw", tmp_path / "gz" / "MNIST" / "raw"
+    gz.mkdir(parents=True)
+    for f in raw.iterdir():
+        (gz / f"{f.name}.gz").write_bytes(gzip.compress(f.read_bytes()))
+    exp = get_experiment("mnist-cnn").override(val_size=N_VAL)
+    a, b = load_data(exp, str(tmp_path / "plain")), load_data(exp, str(tmp_path / "gz"))
+    assert torch.equal(a.train.X, b.train.X) and torch.equal(a.test.y, b.test.y)
+    (gz / "t10k-labels-idx1-ubyte").unlink()
+    (gz / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: does not decompress \(.*\); replace it with"):
+        check_data(exp, str(tmp_path / "gz"))
+    assert not list(gz.glob("*.part-*"))
 
 
 @pytest.mark.parametrize("preset, cls, shape", TV_CASES, ids=TV_IDS)

@@ -47,7 +47,8 @@ def test_an_impossible_split_of_a_folder_is_refused_before_the_data_is_read(tmp_
     from tests.test_data import split_refusals
 
     n, before, after = split_refusals(folder_exp(write_folder(tmp_path / "leaves"), val_size=6), keep=3)  # 1 a class
-    assert n == 36 and before == after == "val_size=36 holds out 36 of 36 images; it must leave 1..35"
+    assert n == 36 and before == after == ("val_size=36 holds out 36 of 36 images; it must leave 1..35 (a study "
+                                         "file sets it: val_size = a count or a fraction)")
     with_val = write_folder(tmp_path / "split", splits=(("train", 12), ("val", 2), ("test", 4)))
     check_data(folder_exp(with_val, val_size=10**6))  # its own val/: val_size is not used
     with pytest.raises(DataError, match="holds out"):
