@@ -26,7 +26,7 @@ from pathlib import Path
 
 import bnrep
 from bnrep.axis import name_of
-from bnrep.datasets import class_names
+from bnrep.datasets import FOLDER, class_names, folder_fingerprint, parse_dataset
 from bnrep.experiments import ConfigError, Experiment, get_experiment, renamed
 from bnrep.lock import refuse_if_held
 from bnrep.measures import MEASURES
@@ -225,10 +225,18 @@ def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
               "classes": class_names(exp.dataset),  # the report's class names and count, wherever it runs
               "bnrep_version": bnrep.__version__,
               "git_commit": git_commit(), "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    family, path = parse_dataset(exp.dataset)
+    if family == FOLDER:  # what the folder held (names and sizes): a folder that changes between stages is refused
+        record["data"] = folder_fingerprint(path)
     if fresh or not store.exists("config.json"):
         return record
     old = read_config(store)
     redefined(store, old, exp)
+    same_folder = old.get("experiment", {}).get("dataset") == exp.dataset
+    if same_folder and old.get("data", record.get("data")) != record.get("data"):
+        raise UsageError(f"{store.out}/{exp.name}: the image folder {path} changed since its results were made (then "
+                         f"{old['data']}; now {record['data']}): one table would mix models of both; restore it, use "
+                         f"another --out, or --fresh to start over")
     keys = ["train_hash"] + (["analysis_hash"] if stage == "analysis" else [])
     for key in keys:
         if key in old and old[key] != hashes[key] and not (key == "analysis_hash" and adds_only(old, exp)):

@@ -263,8 +263,10 @@ def check_flags(args: argparse.Namespace) -> None:
         v, flag = getattr(args, n, None), f"--{n.replace('_', '-')}"
         if v is None:
             continue
-        if not math.isfinite(v) or v < 0 or (v == 0 and n in POSITIVE):
-            raise UsageError(f"{flag} must be a finite number {'>' if n in POSITIVE else '>='} 0, got {v}")
+        if not math.isfinite(v):
+            raise UsageError(f"{flag} must be a finite number, got {v}")
+        if v < 0 or (v == 0 and n in POSITIVE):
+            raise UsageError(f"{flag} must be {'>' if n in POSITIVE else '>='} 0, got {v}")
         if n in RESOURCES and abs(v * RAY_PRECISION - round(v * RAY_PRECISION)) > 1e-6:
             raise UsageError(f"{flag} {v}: Ray counts resources in steps of {1 / RAY_PRECISION:g}")
     chosen = [f"--{n}" for n in ("lr", "momentum") if getattr(args, n, None) is not None]

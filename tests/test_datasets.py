@@ -4,6 +4,7 @@ them; the class count comes from the data everywhere; bad folders are one line b
 import os
 import pickle
 import re
+import shutil
 
 from types import SimpleNamespace
 
@@ -483,3 +484,23 @@ def test_a_folder_that_one_node_does_not_see_is_one_line(tmp_path):
     finally:
         ray.shutdown()
         c.shutdown()
+
+
+def test_an_image_folder_that_changed_since_its_results_is_refused(tmp_path):
+    """Seeds or conditions added later, or the analysis rerun, would train or measure on other images than
+    the models already there: config.json keeps what the folder held (names and sizes) and a stage compares."""
+    from bnrep import config
+    from bnrep.store import Store
+
+    folder = write_folder(tmp_path / "leaves")
+    exp = get_experiment("digits-cnn").override(name="leaves", dataset=f"imagefolder:{folder}")
+    store = Store(str(tmp_path / "runs"), "leaves")
+    config.write_config(store, config.prepare(store, exp, "final", fresh=False))
+    assert store.read_json("config.json")["data"] == "3 classes; train 36, test 12 images; " + \
+        f"{sum(p.stat().st_size for p in folder.rglob('*.png')):,} bytes"
+    config.prepare(store, exp, "analysis", fresh=False)  # the same folder: fine
+    shutil.copy(folder / "train" / CLASSES[0] / "000.png", folder / "train" / CLASSES[0] / "999.png")
+    with pytest.raises(config.UsageError, match=r"the image folder .*leaves changed since its results were made "
+                                                r"\(then 3 classes; train 36, .*; now 3 classes; train 37, "):
+        config.prepare(store, exp, "final", fresh=False)
+    config.prepare(store, exp, "final", fresh=True)  # --fresh starts over on the folder as it is
