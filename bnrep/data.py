@@ -331,6 +331,14 @@ def _check_files(cls, root: str) -> int:
         if None not in n and n[0] != n[1]:
             raise DataError(f"{folder}: {n[0]:,} {split} images but {n[1]:,} labels; replace them with the "
                             f"official files")
+    if not hasattr(cls, "resources"):  # CIFAR: torchvision loads only the release's files (their MD5)
+        from torchvision.datasets import cifar
+
+        md5 = {**dict(cls.train_list + cls.test_list), cls.meta["filename"]: cls.meta["md5"]}
+        other = next((n for n in names if not cifar.check_integrity(os.path.join(folder, n), md5[n])), None)
+        if other:
+            raise DataError(f"{os.path.join(folder, other)}: not the release's file (its MD5 differs), which "
+                            f"torchvision does not load; replace it with the official file")
     train = {f for f, _ in getattr(cls, "train_list", [])}  # CIFAR's training batches
     return counts["train-images"] if hasattr(cls, "resources") else sum(counts[f] for f in train)
 

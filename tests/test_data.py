@@ -404,6 +404,9 @@ BROKEN = [  # (case, dataset class, file, how, the line's ending)
     ("CIFAR batch without labels", datasets.CIFAR10, "cifar-10-batches-py/data_batch_1",
      lambda p: p.write_bytes(pickle.dumps({"data": np.zeros((4, 3072), np.uint8)})),
      "data_batch_1: no labels (neither 'labels' nor 'fine_labels'); replace it with the official file"),
+    ("CIFAR meta that is not the release's", datasets.CIFAR10, "cifar-10-batches-py/batches.meta",
+     lambda p: p.write_bytes(pickle.dumps({"label_names": ["a"] * 10})),
+     "batches.meta: not the release's file (its MD5 differs), which torchvision does not load; replace it"),
     ("CIFAR batch that is not a pickle", datasets.CIFAR10, "cifar-10-batches-py/test_batch",
      lambda p: p.write_bytes(b"\x00" * 64), "test_batch: does not unpickle as a CIFAR batch"),
 ]
