@@ -103,9 +103,7 @@ def lr_at_edge(r: Results, norm: str) -> list[Condition]:
         return []
     out = []
     for n, tag in _tags(r, norm).items():
-        lo, hi = r.experiment.for_condition(n).lr_range  # one value: the condition fixes its lr
-        if hi <= lo:
-            continue
+        lo, hi = r.experiment.for_condition(n).lr_range  # one value (a condition's own lr): never at an edge
         g = trials[trials["condition"] == n].dropna(subset=["objective", "lr"])
         if g.empty:
             continue

@@ -464,8 +464,8 @@ def _build_combined(out: str, names: list[str], dest: str | None) -> ReportResul
     rs = [r for r in loaded if len(missing(r)) < len(REPORT_TABLES)]
     if not rs:
         raise no_results(" / ".join(names), out)
-    if redefined({r.experiment.name: r.experiment.conditions for r in rs}):
-        raise ReportError(redefined({r.experiment.name: r.experiment.conditions for r in rs}))
+    if clash := redefined({r.experiment.name: r.experiment.conditions for r in rs}):
+        raise ReportError(clash)
     store = _dest_store(out, dest)
     w = _Writer(store, "")
     notes = [f"{r.experiment.name}: no results; run `{stage_command('training', r.experiment.name, out)}`."
