@@ -22,7 +22,10 @@ keep their names (conv1..fc1, stem, s1b1.relu1, ...) through their `probe_names`
 
 Each output is handed to the callback when it is made, before any later
 in-place operation can overwrite it: an in-place activation is measured as it
-was. `--probes` chooses among them (`select_probes`).
+was. Only activations of the batch are probes: an activation applied to a
+parameter (a ReZero gate `tanh(alpha)`, a `softplus` scale) or to a tensor
+whose first axis is not the batch's is not a representation of the images.
+`--probes` chooses among them (`select_probes`).
 """
 
 from __future__ import annotations
@@ -50,10 +53,11 @@ ACTIVATION_FUNCTIONS = {
     F.celu: "CELU", F.softplus: "Softplus", torch.tanh: "Tanh", torch.Tensor.tanh: "Tanh",
 }
 RECTIFIERS = {"ReLU", "ReLU6"}  # exact zeros below 0: what paper eq. 3-4 count
-# The last of these before an activation says which axis of its output holds the channels: a
-# convolution or a channel norm, axis 1 (NCHW, NCL); a linear layer, the last (ConvNeXt's NHWC
-# blocks, a transformer's (N, T, C) tokens). LayerNorm says nothing: timm's LayerNorm2d permutes
-# an NCHW map to NHWC and back around it.
+# The last of these before an activation, among those whose output has as many axes as the
+# activation's, says which axis holds the channels: a convolution or a channel norm, axis 1 (NCHW,
+# NCL); a linear layer, the last (ConvNeXt's NHWC blocks, a transformer's (N, T, C) tokens). A linear
+# layer on pooled (N, C) features (a squeeze-excitation gate) says nothing about an NCHW map. LayerNorm
+# says nothing: timm's LayerNorm2d permutes an NCHW map to NHWC and back around it.
 LAYOUT_FUNCTIONS = {**dict.fromkeys((F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
                                      F.conv_transpose3d, F.batch_norm, F.group_norm, F.instance_norm), False),
                     F.linear: True}  # function -> its output has the channels last
@@ -91,14 +95,16 @@ class _Functions(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = ACTIVATION_FUNCTIONS.get(func)
-        if name is not None and not self.tap.inside and self.tap.pre is not None and args:
+        if name is not None and (self.tap.inside or not args or not self.tap.batched(args[0])):
+            name = None  # inside an activation module, or not an activation of the batch
+        if name is not None and self.tap.pre is not None:
             self.tap.pre(self.tap.index + 1, args[0])  # before an in-place function overwrites it
         out = func(*args, **(kwargs or {}))
         last = LAYOUT_FUNCTIONS.get(func)
-        if last is not None:
-            self.tap.channels_last = last
-        if name is not None and not self.tap.inside:
-            where = self.tap.stack[-1] if self.tap.stack else ""
+        if last is not None and isinstance(out, torch.Tensor):
+            self.tap.layouts[out.dim()] = last
+        if name is not None:
+            where = self.tap.stack[-1][0] if self.tap.stack else ""
             self.tap.report(f"{where}.{func.__name__.rstrip('_')}" if where else func.__name__.rstrip("_"),
                             name, out)
         return out
@@ -111,7 +117,12 @@ class _Tap:
         self.stack: list[str] = []  # module paths being run
         self.inside = 0  # depth inside activation modules (their own F.relu is not a second probe)
         self.index = 0  # activations called so far in this forward pass
-        self.channels_last: bool | None = None  # the layout the last LAYOUT_FUNCTIONS call made
+        self.batch: int | None = None  # the batch size of this forward pass
+        self.layouts: dict[int, bool] = {}  # number of axes -> channels last, as the last LAYOUT_FUNCTIONS made
+
+    def batched(self, x) -> bool:
+        """An activation's input or output is a representation of the batch: (batch, C, ...)."""
+        return isinstance(x, torch.Tensor) and x.dim() >= 2 and self.batch in (None, x.shape[0])
 
     def report(self, path: str, activation: str, out: torch.Tensor) -> None:
         self.index += 1
@@ -127,16 +138,19 @@ class _Tap:
 
     def _enter(self, path: str, act: bool, args: tuple) -> None:
         if not path:  # the model itself: a new forward pass
-            self.stack, self.inside, self.index, self.channels_last = [], 0, 0, None
-        if act and not self.inside and self.pre is not None and args:
+            self.stack, self.inside, self.index, self.layouts = [], 0, 0, {}
+            first = args[0] if args else None
+            self.batch = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() else None
+        probe = act and not self.inside and bool(args) and self.batched(args[0])
+        if probe and self.pre is not None:
             self.pre(self.index + 1, args[0])  # the pre-activation, before an in-place module overwrites it
-        self.stack.append(path)
+        self.stack.append((path, probe))
         self.inside += act
 
     def _leave(self, path: str, act: bool, mod: nn.Module, out) -> None:
-        self.stack.pop()
+        _, probe = self.stack.pop()
         self.inside -= act
-        if act and not self.inside:
+        if probe:
             self.report(path, type(mod).__name__, out)
 
 
@@ -146,7 +160,7 @@ def tap(model: nn.Module, fn: Callable[[int, str, str, torch.Tensor], None],
     """While open, every forward pass of `model` calls fn(index, path, activation, output) for each
     activation call (index: 1-based, in forward order), and pre(index, input) just before the call
     (the pre-activation, as it is before an in-place activation overwrites it). Yields the tap: its
-    `channels_last` is the layout of the last LAYOUT_FUNCTIONS output (None: none yet this pass)."""
+    `layouts` say, per number of axes, the layout of the last LAYOUT_FUNCTIONS output of this pass."""
     t = _Tap(model, fn, pre)
     handles = t.hooks()
     try:
@@ -173,7 +187,7 @@ def find_probes(model: nn.Module, example: torch.Tensor) -> list[Probe]:
     seen: list[tuple[str, str, bool, int]] = []  # (path, activation, channels last, channels) per call
 
     def record(index, path, act, out):
-        last = _is_channels_last(out, t.channels_last)
+        last = _is_channels_last(out, t.layouts.get(out.dim()))
         seen.append((path, act, last, out.shape[-1] if last else out.shape[1]))
 
     was_training = model.training

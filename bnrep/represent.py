@@ -200,8 +200,8 @@ def extract_representations(model: torch.nn.Module, X: torch.Tensor, n_sparsity:
             r.pre(inp, last)
 
     starts = list(range(0, len(X), batch_size))
-    if batch_stats and len(starts) > 1 and len(X) - starts[-1] == 1:
-        starts.pop()  # one sample has no batch statistics: it joins the batch before
+    if len(starts) > 1 and len(X) - starts[-1] == 1:
+        starts.pop()  # one sample has no batch statistics, nor a batch axis probes can tell apart: it joins the batch before
     with tap(model, reduce, before):
         for i, j in zip(starts, starts[1:] + [len(X)]):
             xb = X[i:j].to(device, non_blocking=True)

@@ -158,6 +158,66 @@ def test_the_channel_axis_is_the_one_the_layer_before_made(h, w):
     assert [(p.channels_last, p.channels) for p in find_probes(conv1d, torch.zeros(2, 2, 9))] == [(False, 3)]
 
 
+class SqueezeExcite(nn.Module):
+    """A residual block with the classic squeeze-excitation gate: nn.Linear on pooled (N, C) features
+    (the last linear layer before the block's ReLU), scaling an NCHW map of other width than C."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.fc1, self.fc2, self.relu = nn.Linear(c, 2), nn.Linear(2, c), nn.ReLU()
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        gate = torch.sigmoid(self.fc2(self.relu(self.fc1(x.mean(dim=(2, 3))))))
+        return self.relu(x * gate[:, :, None, None] + x)
+
+
+def test_a_linear_gate_on_pooled_features_leaves_the_map_channels_first():
+    """The SE gate's linear layers make (N, C) outputs: they say nothing about the (N, C, H, W) map the
+    block's ReLU makes after them, whose channels stay axis 1 (they were read as its width)."""
+    torch.manual_seed(0)
+    model, X = SqueezeExcite(8).eval(), torch.randn(6, 3, 16, 16)
+    probes = find_probes(model, X[:2])
+    assert [(p.name, p.channels_last, p.channels) for p in probes] == [("relu:1", False, 2), ("relu:2", False, 8)]
+    with torch.no_grad():
+        x = model.bn(model.conv(X))
+        out = torch.relu(x * torch.sigmoid(model.fc2(torch.relu(model.fc1(x.mean(dim=(2, 3))))))[:, :, None, None]
+                         + x)
+    (rep,) = extract_representations(model, X, n_sparsity=6, batch_size=4, device="cpu", probes=probes[1:])
+    torch.testing.assert_close(rep.reduced, reduce_representation(out))
+
+
+class ParameterActivations(nn.Module):
+    """Activations of parameters, not of the images: a ReZero gate tanh(alpha), a softplus scale of
+    shape (1, C, 1, 1), and an activation module applied to a (C,) parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(2, 3, 3, padding=1), nn.SiLU()
+        self.alpha, self.raw = nn.Parameter(torch.tensor(0.5)), nn.Parameter(torch.randn(1, 3, 1, 1))
+        self.shift = nn.Parameter(torch.randn(3))
+
+    def forward(self, x):
+        y = F.relu(self.conv(x)) * torch.tanh(self.alpha) * F.softplus(self.raw)
+        return self.act(y + self.act(self.shift)[:, None, None]).mean(dim=(2, 3))
+
+
+def test_activations_of_parameters_are_not_probes():
+    """Only the batch's activations are probes, the same ones at every batch size: 9 images in batches
+    of 4 leave a last batch of one, where a (1, C, 1, 1) parameter would look like a batch."""
+    torch.manual_seed(0)
+    model, X = ParameterActivations().eval(), torch.randn(9, 2, 5, 5)
+    probes = find_probes(model, X[:2])
+    assert [(p.name, p.activation, p.channels) for p in probes] == [("relu", "ReLU", 3), ("act", "SiLU", 3)]
+    with torch.no_grad():
+        first = torch.relu(model.conv(X))
+        second = F.silu(first * torch.tanh(model.alpha) * F.softplus(model.raw) + F.silu(model.shift)[:, None, None])
+    reps = extract_representations(model, X, n_sparsity=9, batch_size=4, device="cpu")
+    for r, A in zip(reps, (first, second)):
+        torch.testing.assert_close(r.reduced, reduce_representation(A))
+
+
 # ==== hooks: a reused module's calls, in-place activations ====
 
 class Reused(nn.Module):
