@@ -341,25 +341,37 @@ def check_model(spec: str, norms, shape: tuple[int, int, int], num_classes: int)
     C, H, W = shape
     first = None
     for norm in norms:
-        model = build_model(spec, norm, C, num_classes, (H, W)).eval()
-        try:
-            with torch.no_grad():
-                out = model(torch.zeros(2, C, H, W))
-        except Exception as e:  # noqa: BLE001 - any failure of the forward pass is the same refusal
-            raise _cannot_take(spec, norm, C, (H, W), num_classes, e) from None
-        if tuple(out.shape) != (2, num_classes):
-            raise ModelError(f"{spec} gives outputs of shape {tuple(out.shape)} for 2 images, "
-                             f"not (2, {num_classes}) logits")
-        try:
-            trained = _training_output(model, torch.zeros(2, C, H, W))
-        except Exception as e:  # noqa: BLE001 - a forward pass that works in eval mode only
-            raise ModelError(f"{spec} under {norm} fails in training mode on 2 images of {C}x{H}x{W}: "
-                             f"{type(e).__name__}: {one_line(e)}") from None
-        if not isinstance(trained, torch.Tensor):
-            raise ModelError(f"{spec} gives a {type(trained).__name__} in training mode, not a tensor of logits "
-                             f"(auxiliary heads? build it without them)")
+        model = build_model(spec, norm, C, num_classes, (H, W))
+        check_forward(model, spec, norm, shape, num_classes)
         first = first or model
     return first
+
+
+def check_forward(model: nn.Module, spec: str, norm: str, shape: tuple[int, int, int], num_classes: int) -> None:
+    """One forward pass of a (2, C, H, W) batch in eval mode and one in training mode (on a copy): logits
+    of shape (2, num_classes) both times, or one line (ModelError). Leaves `model` in eval mode."""
+    C, H, W = shape
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, C, H, W))
+    except Exception as e:  # noqa: BLE001 - any failure of the forward pass is the same refusal
+        raise _cannot_take(spec, norm, C, (H, W), num_classes, e) from None
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"{spec} gives a {type(out).__name__}, not a tensor of logits: bnrep needs a model "
+                         f"whose forward returns the (N, {num_classes}) logits alone (wrap it: "
+                         f"`lambda x: model(x)[0]` in a Module)")
+    if tuple(out.shape) != (2, num_classes):
+        raise ModelError(f"{spec} gives outputs of shape {tuple(out.shape)} for 2 images, "
+                         f"not (2, {num_classes}) logits")
+    try:
+        trained = _training_output(model, torch.zeros(2, C, H, W))
+    except Exception as e:  # noqa: BLE001 - a forward pass that works in eval mode only
+        raise ModelError(f"{spec} under {norm} fails in training mode on 2 images of {C}x{H}x{W}: "
+                         f"{type(e).__name__}: {one_line(e)}") from None
+    if not isinstance(trained, torch.Tensor):
+        raise ModelError(f"{spec} gives a {type(trained).__name__} in training mode, not a tensor of logits "
+                         f"(auxiliary heads? build it without them)")
 
 
 def _training_output(model: nn.Module, x: torch.Tensor):

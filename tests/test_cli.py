@@ -93,6 +93,8 @@ CASES = [  # (name, stage, argv, words the message must contain)
       "config file"]),
     ("model gives a tuple in training", "final", ["--model", "tests.labnets.nets:aux_heads"],
      ["tests.labnets.nets:aux_heads gives a tuple in training mode, not a tensor of logits"]),
+    ("model gives a tuple", "hparam", ["--model", "tests.labnets.nets:with_features"],
+     ["tests.labnets.nets:with_features gives a tuple, not a tensor of logits"]),
     ("model cannot take the images", "hparam", ["--model", "torchvision:convnext_tiny", "--norms", "batch"],
      ["torchvision:convnext_tiny cannot take 1x8x8 images (it needs at least 32x32;"]),
     ("user model needs another size", "hparam", ["--model", "tests.labnets.nets:flat_mlp"],

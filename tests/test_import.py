@@ -405,6 +405,29 @@ def test_a_spreadsheets_csv_reads_as_the_csv_and_another_separator_is_named(chec
         read_models(str(semi))
 
 
+@pytest.mark.parametrize("spec,norm,line", [
+    ("tests.labnets.nets:with_features", "batch", "tests.labnets.nets:with_features gives a tuple, not a tensor "
+                                                  "of logits"),
+    ("tests.labnets.nets:flat_mlp", "as-built", "tests.labnets.nets:flat_mlp cannot take 3x16x16 images"),
+])
+def test_a_model_that_cannot_give_logits_is_refused_before_anything_is_written(spec, norm, line, checkpoints,
+                                                                               tmp_path, capsys):
+    """Weights that fit a model whose forward pass gives no logits for the images (a (logits, features) tuple;
+    an as-built model for other image sizes, which no norm swap runs first): one line, and the new
+    experiment's folder is not made (a config.json there refused the corrected file as another configuration)."""
+    from bnrep.models import build_model
+
+    root, _, _ = checkpoints
+    torch.save(build_model(spec, norm, 3, 3, (16, 16)).state_dict(), tmp_path / "w.pt")
+    (tmp_path / "models.csv").write_text(f"model_id,model,norm,seed,weights\nm,{spec},{norm},0,w.pt\n")
+    out = tmp_path / "runs"
+    rc = cli.main(["import", "--experiment", "mine", "--models", str(tmp_path / "models.csv"), "--out", str(out),
+                   "--dataset", f"imagefolder:{root}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1 and line in err, err
+    assert not (out / "mine").exists()
+
+
 def test_a_new_experiment_needs_a_dataset(checkpoints, tmp_path, capsys):
     _, csv, _ = checkpoints
     rc = cli.main(["import", "--experiment", "mine", "--models", str(csv), "--out", str(tmp_path / "runs")])

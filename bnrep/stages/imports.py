@@ -48,7 +48,7 @@ from bnrep.data import check_data, input_shape, load_data
 from bnrep.datasets import absolute_dataset, class_names
 from bnrep.experiments import ConfigError, Experiment
 from bnrep.lock import writer_lock
-from bnrep.models import build_model
+from bnrep.models import build_model, check_forward
 from bnrep.norms import ChannelBias, ChannelsLast, NormError, NormThen, get_norm, ordered
 from bnrep.store import Store
 
@@ -320,7 +320,7 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
         if changed:  # the same weights, described otherwise: the analysis groups by these
             raise ImportRefused(f"{store.out}/{exp.name} has {e.model_id} imported with {', '.join(changed)}: "
                                 f"use another model_id, or --fresh to import every model anew")
-        fitted(e, exp, shape, num_classes, sd)
+        check_forward(fitted(e, exp, shape, num_classes, sd), e.model, e.norm, shape, num_classes)
         _one_per_seed(f"{store.out}/{exp.name}", e, recorded.values())
     todo = [e for e in entries if not (have.get(e.model_id) and is_trained(store, e.model_id, train_hash))]
     from bnrep.train import accuracy, best_device

@@ -76,3 +76,15 @@ class BNAct(nn.BatchNorm2d):
 def bnact_cnn(num_classes: int, in_channels: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), BNAct(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(4, num_classes))
+
+
+class WithFeatures(WideCNN):
+    """Returns (logits, features) always, as many research models do."""
+
+    def forward(self, x: torch.Tensor):
+        logits = super().forward(x)
+        return logits, x.mean(dim=(2, 3))
+
+
+def with_features(num_classes: int, in_channels: int) -> nn.Module:
+    return WithFeatures(num_classes, in_channels)
