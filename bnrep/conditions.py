@@ -46,17 +46,22 @@ def not_known_imported(r: Results, norm: str) -> list[Condition]:
 
 
 def missed_stopping_rule(r: Results, norm: str) -> list[Condition]:
-    """Models that did not stop by their rule: not interpolated, or (early stopping) trained to the cap."""
-    t, e = pair(r.table("training"), norm, r.ref), r.experiment
+    """Models that did not stop by their condition's rule: not interpolated, or (early stopping) trained to
+    the condition's cap."""
+    t = pair(r.table("training"), norm, r.ref)
     t = t[~imported_mask(t)] if len(t) else t  # imported: not known (not_known_imported)
     if t.empty or not {"interpolated", "epochs"} <= set(t):
         return []
-    interpolate = e.stop == "interpolate"
-    missed = ~t["interpolated"].astype(bool) if interpolate else t["epochs"] >= e.max_epochs
-    why = "not interpolated" if interpolate else f"trained to the {e.max_epochs}-epoch cap without early stopping"
-    return [Condition(f"{int(missed[t['condition'] == n].sum())} of {int((t['condition'] == n).sum())} {tag} models "
-                      f"missed their stopping rule ({why})", ALL)
-            for n, tag in _tags(r, norm).items() if missed[t["condition"] == n].any()]
+    out = []
+    for n, tag in _tags(r, norm).items():
+        rows, e = t[t["condition"] == n], r.experiment.for_condition(n)  # a condition may set its own stop, cap
+        interpolate = e.stop == "interpolate"
+        missed = ~rows["interpolated"].astype(bool) if interpolate else rows["epochs"] >= e.max_epochs
+        why = "not interpolated" if interpolate else f"trained to the {e.max_epochs}-epoch cap without early stopping"
+        if missed.any():
+            out.append(Condition(f"{int(missed.sum())} of {len(rows)} {tag} models missed their stopping rule ({why})",
+                                 ALL))
+    return out
 
 
 def diverged_models(r: Results, norm: str) -> list[Condition]:

@@ -823,6 +823,25 @@ def test_conditions_named_next_to_the_verdicts_they_undermine(name):
         assert [f.caveats for f in fs] == [p.caveats for p in plain]
 
 
+def test_a_condition_s_own_epoch_cap_is_its_stopping_rule():
+    """A condition that sets its own max_epochs (early stopping): a model trained to that cap missed its rule,
+    though the study's cap (300) is far; one trained to the study's cap under the reference did too."""
+    t = vgg_tables(channels=[2] * 13, seeds=3)
+    t = {k: v.assign(condition=v["condition"].replace("batch", "bn-e20")) if "condition" in v else v
+         for k, v in t.items()}
+    t = set_rows(set_rows(t, "training", "condition == 'bn-e20'", epochs=12), "training", "model_id == 'bn-s0'",
+                 epochs=20)
+    e = get_experiment("cifar10-vgg16").override(conditions="bn-e20:batch,max_epochs=20; none")
+    fs = findings.findings(results.Results(e, t))
+    assert all(f.verdict == "inconclusive" for f in fs)
+    assert "1 of 3 bn-e20 models missed their stopping rule (trained to the 20-epoch cap without early " \
+           "stopping)" in fs[0].caveats, fs[0].caveats
+    capped = set_rows(vgg_tables(channels=[2] * 13, seeds=3), "training", "model_id == 'nobn-s1'", epochs=300)
+    fs = findings.findings(results.Results(get_experiment("cifar10-vgg16"), capped))
+    assert "1 of 3 no BN models missed their stopping rule (trained to the 300-epoch cap without early stopping)" \
+        in fs[0].caveats
+
+
 # ==== the measures beyond the paper: NC1, effective rank, CKA, sparsity thresholds ====
 
 @pytest.mark.parametrize("make,labels", [(cnn, LABEL), (cnn4, LABEL4)])
