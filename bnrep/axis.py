@@ -142,7 +142,16 @@ def check_tag(tag: str, item: str) -> None:
 
 def canonical(item: str) -> str:
     """The one spelling config.json stores: the norm's name, or TAG:NORM,fields sorted,label,color."""
+    return _spell(*parse(item))
+
+
+def with_overrides(item: str, **changes) -> str:
+    """The condition `item` with some of its overrides' values changed (canonical spelling)."""
     tag, norm, overrides, display = parse(item)
+    return _spell(tag, norm, {**overrides, **changes}, display)
+
+
+def _spell(tag: str, norm: str, overrides: dict, display: dict) -> str:
     if not tag:
         return norm
     fields = [f"{k}={v}" for k, v in sorted(overrides.items())] + [f"{k}={display[k]}" for k in DISPLAY if k in display]

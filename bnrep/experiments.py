@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from bnrep.datasets import DatasetError, parse_dataset
 from bnrep.models import ModelError, parse_spec
-from bnrep.axis import ConditionError, canonical, name_of, overrides_of, register_all, split_items
+from bnrep.axis import ConditionError, canonical, name_of, overrides_of, register_all, split_items, with_overrides
 from bnrep.axis import parse as parse_condition
 from bnrep.norms import NAMES as NORM_NAMES, REF, get_norm, sort_key
 from bnrep.optim import OPTIMIZERS
@@ -452,8 +452,18 @@ SMOKE = dict(max_epochs=3, sweep_max_epochs=2, num_samples=2, seeds=2, train_siz
 
 
 def smoke(exp: Experiment) -> Experiment:
-    """`exp` shrunk to at most SMOKE's sizes (a size already smaller, a study's seeds = 1, stays)."""
-    return exp.override(**{k: v if getattr(exp, k) is None else min(v, getattr(exp, k)) for k, v in SMOKE.items()})
+    """`exp` shrunk to at most SMOKE's sizes (a size already smaller, a study's seeds = 1, stays), a
+    condition's own max_epochs too (capped_conditions)."""
+    return capped_conditions(exp.override(**{k: v if getattr(exp, k) is None else min(v, getattr(exp, k))
+                                             for k, v in SMOKE.items()}))
+
+
+def capped_conditions(exp: Experiment) -> Experiment:
+    """`exp` with no condition training longer than its max_epochs (a smoke test's conditions)."""
+    cap = exp.max_epochs
+    conditions = tuple(with_overrides(c, max_epochs=cap) if parse_condition(c)[2].get("max_epochs", 0) > cap else c
+                       for c in exp.conditions)
+    return exp if conditions == exp.conditions else exp.override(conditions=conditions)
 
 
 def get_experiment(name: str) -> Experiment:

@@ -23,7 +23,8 @@ from bnrep.config import RunOptions, StageFailed, UsageError
 from bnrep.raysession import STOPPED_BY, check_address, stop_on_sigterm
 from bnrep.datasets import DATASETS, DatasetError, absolute_dataset
 from bnrep.lock import LockError
-from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, ConfigError, Experiment, get_experiment, smoke
+from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, ConfigError, Experiment, capped_conditions, \
+    get_experiment, smoke
 from bnrep.studies import NAME_RULE, STUDY_NAME, study_name, unknown_experiment
 from bnrep.models import BUILTIN, ModelError
 from bnrep.norms import NAMES as NORMS, NormError
@@ -238,6 +239,8 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
     if flags.get("dataset"):  # imagefolder:PATH as the folder it names, wherever a later command runs
         flags["dataset"] = absolute_dataset(flags["dataset"])
     exp = exp.override(**flags)
+    if args.smoke_test:  # conditions given as a flag
+        exp = capped_conditions(exp)
     if exp.sweep_max_epochs and exp.sweep_max_epochs > exp.max_epochs:
         exp = exp.override(sweep_max_epochs=exp.max_epochs)
     return exp
