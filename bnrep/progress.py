@@ -32,12 +32,13 @@ class TrialBoard:
         self.running: dict[str, dict] = {}  # trial id -> label, epoch, val_acc, start
         self.epoch_seconds, self.epochs_seen = 0.0, 0
 
-    def start(self, tid: str, label: str) -> None:
-        self.running.setdefault(tid, {"label": label, "epoch": 0, "val_acc": float("nan"),
+    def start(self, tid: str, label: str, cap: int | None = None) -> None:
+        """A trial began; `cap`: its own epoch limit (a condition's max_epochs), at most max_epochs."""
+        self.running.setdefault(tid, {"label": label, "epoch": 0, "val_acc": float("nan"), "cap": cap or self.max_epochs,
                                       "start": self.clock(), "last": self.clock()})
 
-    def result(self, tid: str, label: str, epoch: int, val_acc: float) -> None:
-        self.start(tid, label)
+    def result(self, tid: str, label: str, epoch: int, val_acc: float, cap: int | None = None) -> None:
+        self.start(tid, label, cap)
         r, now = self.running[tid], self.clock()
         if epoch > r["epoch"]:
             self.epoch_seconds += now - r["last"]
@@ -54,7 +55,7 @@ class TrialBoard:
             return None
         per_epoch = self.epoch_seconds / self.epochs_seen
         pending = max(0, self.total - self.done - len(self.running))
-        epochs = sum(self.max_epochs - r["epoch"] for r in self.running.values()) + pending * self.max_epochs
+        epochs = sum(r["cap"] - r["epoch"] for r in self.running.values()) + pending * self.max_epochs
         return per_epoch * epochs / max(1, len(self.running))
 
     def lines(self) -> list[str]:
@@ -66,12 +67,18 @@ class TrialBoard:
 
     def line(self, r: dict, now: float) -> str:
         acc = "" if r["val_acc"] != r["val_acc"] else f", val_acc {r['val_acc']:.4f}"
-        return f"  {r['label']}: epoch {r['epoch']}/{self.max_epochs}{acc}, {_duration(now - r['start'])}"
+        return f"  {r['label']}: epoch {r['epoch']}/{r['cap']}{acc}, {_duration(now - r['start'])}"
 
 
-def tune_progress(stage: str, total: int, max_epochs: int, label, describe, stream=None, clock=time.monotonic):
-    """A Tune callback showing `TrialBoard`; `label(config) -> str` names a
-    trial, `describe(config, last_result) -> str` says what a finished one achieved."""
+def tune_progress(stage: str, total: int, caps: dict[str, int], label, describe, stream=None, clock=time.monotonic):
+    """A Tune callback showing `TrialBoard`; `caps`: each condition's epoch limit (a trial's condition is
+    its config's run.norm); `label(config) -> str` names a trial, `describe(config, last_result) -> str`
+    says what a finished one achieved."""
+    max_epochs = max(caps.values())
+
+    def cap(config: dict) -> int:
+        return caps.get(config.get("run", {}).get("norm"), max_epochs)
+
     from ray import tune
 
     class Progress(tune.Callback):
@@ -117,12 +124,12 @@ def tune_progress(stage: str, total: int, max_epochs: int, label, describe, stre
                 self.board.done, self.counted = sum(t.status in ("TERMINATED", "ERROR") for t in trials), True
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            self.board.start(trial.trial_id, label(trial.config))
+            self.board.start(trial.trial_id, label(trial.config), cap(trial.config))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             tid = trial.trial_id
             self.board.result(tid, label(trial.config), int(result.get("epoch", 0)),
-                              float(result.get("val_acc", float("nan"))))
+                              float(result.get("val_acc", float("nan"))), cap(trial.config))
             now = clock()
             if not self.tty and (tid not in self.logged or now - self.logged[tid] >= LOG_EVERY_S):
                 self.logged[tid] = now

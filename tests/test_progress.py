@@ -34,7 +34,7 @@ def trial(tid, seed):
 
 
 def callback(stream, clock):
-    return tune_progress("final", 3, 10, lambda c: f"model s{c['seed']}", lambda c, r: f"done acc {r['acc']}",
+    return tune_progress("final", 3, {"batch": 10}, lambda c: f"model s{c['seed']}", lambda c, r: f"done acc {r['acc']}",
                          stream=stream, clock=clock)
 
 
@@ -54,6 +54,23 @@ def test_board_estimates_an_upper_bound_of_the_time_left():
                          "  model s1: epoch 2/10, val_acc 0.6000, 4s"]
     b.finish("a")
     assert b.done == 1 and list(b.running) == ["b"]
+
+
+def test_each_trial_shows_its_own_condition_s_epoch_limit():
+    """A condition with its own max_epochs (2) shows it, and the time left counts its epochs, not the study's."""
+    clock, log = Clock(), io.StringIO()
+    cb = tune_progress("final", 2, {"batch": 10, "bn-e2": 2}, lambda c: c["run"]["norm"], lambda c, r: "done",
+                       stream=log, clock=clock)
+    short, long = (SimpleNamespace(trial_id=n, config={"run": {"norm": n, "seed": 0}}, last_result={}, local_path="/x")
+                   for n in ("bn-e2", "batch"))
+    for t in (short, long):
+        cb.on_trial_start(0, [], t)
+    clock.t += 4
+    for t in (short, long):
+        cb.on_trial_result(0, [], t, {"epoch": 1, "val_acc": 0.5})
+    assert log.getvalue().splitlines() == ["[final] bn-e2: epoch 1/2, val_acc 0.5000, 4s",
+                                           "[final] batch: epoch 1/10, val_acc 0.5000, 4s"]
+    assert cb.board.remaining_s() == 4 * (1 + 9) / 2  # 4 s an epoch; 1 + 9 epochs left, 2 at a time
 
 
 def test_log_gets_at_most_one_line_per_trial_per_minute():
@@ -80,7 +97,7 @@ def test_a_finished_sweep_trial_is_named_by_its_configured_rate():
     from bnrep.stages.hparam import describe_config, describe_trial
 
     log = io.StringIO()
-    cb = tune_progress("hparam", 2, 60, describe_config, describe_trial, stream=log, clock=Clock())
+    cb = tune_progress("hparam", 2, {"batch": 60}, describe_config, describe_trial, stream=log, clock=Clock())
     t = SimpleNamespace(trial_id="a", config={"run": {"norm": "batch", "lr": 0.000814, "momentum": 0.9}},
                         last_result={"lr": 0.000806, "epoch": 2, "val_acc": 0.5, "condition": "batch"}, local_path="/x")
     cb.on_trial_start(0, [], t)

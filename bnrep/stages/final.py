@@ -123,7 +123,8 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
         keep_tensorboard(store, GRID)
         store.delete(GRID)
         store.write_json(GRID_PLAN, todo)
-        progress = tune_progress("final", len(todo), exp.max_epochs, describe_config, describe_model)
+        caps = {n: exp.for_condition(n).max_epochs for n in exp.norms}
+        progress = tune_progress("final", len(todo), caps, describe_config, describe_model)
         storage, name = GRID.rsplit("/", 1)  # Tune's storage path and the run's name in it
         tuner = tune.Tuner(fn, param_space=space,
                            tune_config=tune_config(trial_dirname_creator=grid_dirname),

@@ -106,7 +106,7 @@ def run_sweep(exp: Experiment, opts: RunOptions, store: Store, todo: list[str], 
     keep_tensorboard(store, SWEEP)
     store.delete(SWEEP)  # what a run killed before Tune saved a usable state left
     store.write_json(SWEEP_PLAN, configs)
-    progress = tune_progress("hparam", len(configs), max(s["max_t"] for s in asha.values()), describe_config,
+    progress = tune_progress("hparam", len(configs), {n: s["max_t"] for n, s in asha.items()}, describe_config,
                              describe_trial)
     storage, name = SWEEP.rsplit("/", 1)  # Tune's storage path and the run's name in it
     tuner = tune.Tuner(
