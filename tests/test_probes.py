@@ -188,6 +188,33 @@ def test_a_linear_gate_on_pooled_features_leaves_the_map_channels_first():
     torch.testing.assert_close(rep.reduced, reduce_representation(out))
 
 
+class LinearNormTokens(nn.Module):
+    """LeViT's LinearNorm on (N, T, C) tokens: a linear layer, then BatchNorm1d on the tokens flattened to
+    (N * T, C) (channels first there), reshaped back; then the activation."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.fc, self.bn, self.act = nn.Linear(4, c), nn.BatchNorm1d(c), nn.Hardswish()
+
+    def forward(self, x):  # (N, 4, H, W) -> tokens (N, H * W, 4)
+        t = self.fc(x.flatten(2).transpose(1, 2))
+        return self.act(self.bn(t.flatten(0, 1)).reshape_as(t)).mean(dim=1)
+
+
+def test_tokens_normalised_flat_keep_their_channels_last():
+    """The BatchNorm's 2-D output says nothing about the 3-D tokens: their channels stay the last axis
+    (the linear layer's), not the 16 tokens."""
+    torch.manual_seed(0)
+    model, X = LinearNormTokens(6).eval(), torch.randn(5, 4, 4, 4)
+    probes = find_probes(model, X[:2])
+    assert [(p.channels_last, p.channels) for p in probes] == [(True, 6)]
+    with torch.no_grad():
+        t = model.fc(X.flatten(2).transpose(1, 2))
+        A = model.act(model.bn(t.flatten(0, 1)).reshape_as(t)).transpose(1, 2)  # (N, C, T)
+    (rep,) = extract_representations(model, X, n_sparsity=5, device="cpu")
+    torch.testing.assert_close(rep.reduced, reduce_representation(A[..., None]))
+
+
 class ParameterActivations(nn.Module):
     """Activations of parameters, not of the images: a ReZero gate tanh(alpha), a softplus scale of
     shape (1, C, 1, 1), and an activation module applied to a (C,) parameter."""
