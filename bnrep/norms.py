@@ -274,6 +274,18 @@ class NormThen(nn.Module):
         return x
 
 
+class PerToken(nn.Module):
+    """Runs a module made for (N, C) features on each token of (N, T, C): a transformer's LayerNorm
+    swapped for another norm normalises each token's features, as after a linear layer."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.reshape(-1, x.shape[-1])).view_as(x)
+
+
 class Sequence1d(nn.Module):
     """Runs a module made for (N, C, H, W) on (N, C, L) as (N, C, L, 1)."""
 
@@ -344,14 +356,18 @@ def _input_shapes(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, to
 def _replacement(norm: Norm, m: nn.Module, shape: torch.Size, where: str) -> nn.Module:
     c, last = _width(m), _channels_last(m, shape)
     dims = len(shape)  # (N, C) = 2, (N, C, L) or (N, L, C) = 3, images 4
+    tokens = dims == 3 and last  # (N, T, C): a transformer's tokens, normalised as after a linear layer
     try:
-        new = norm.build(c, conv=dims > 2) or ChannelBias(c)
+        new = norm.build(c, conv=dims > 2 and not tokens) or ChannelBias(c)
     except NormError as e:
         raise NormError(f"{e} ({where})") from None
     _keep_settings(new, m)
-    if dims == 3 and not isinstance(new, ChannelBias):
-        new = Sequence1d(new)
-    new = ChannelsLast(new) if last else new
+    if tokens and isinstance(new, (nn.GroupNorm, nn.LayerNorm)):
+        new = PerToken(new)  # each token's features
+    else:  # BatchNorm1d on tokens moved to (N, C, T): statistics over the batch's tokens
+        if dims == 3 and not tokens and not isinstance(new, ChannelBias):
+            new = Sequence1d(new)  # a module for (N, C, H, W) on (N, C, L)
+        new = ChannelsLast(new) if last else new
     after = dict(m.named_children())  # a norm with its activation inside (timm's norm_act layers)
     return NormThen(new, after) if after else new
 

@@ -9,8 +9,8 @@ from torch import fx, nn
 
 from bnrep.metrics import reduce_representation, sparsity_from_activations
 from bnrep.models import build_model, check_model, model_id, model_slug
-from bnrep.norms import (NORMS, ChannelBias, ChannelsLast, NormError, check_norm_kind, get_norm, norm_modules,
-                         swap_norms)
+from bnrep.norms import (NORMS, ChannelBias, ChannelsLast, NormError, PerToken, check_norm_kind, get_norm,
+                         norm_modules, swap_norms)
 from bnrep.probes import ACTIVATION_FUNCTIONS, find_probes, is_activation, select_probes
 from bnrep.represent import extract_representations
 from bnrep.store import safe_key
@@ -334,6 +334,43 @@ def test_channels_last_layernorm_swapped_keeps_its_layout():
     assert isinstance(model.norm, ChannelsLast) and isinstance(model.norm.inner, nn.BatchNorm2d)
     mean, var = x.mean(dim=(0, 2, 3), keepdim=True), x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
     torch.testing.assert_close(model.train()(x), (x - mean) / torch.sqrt(var + 1e-5))
+
+
+class Tokens(nn.Module):
+    """A transformer's habit: image patches embedded as (N, T, C) tokens, LayerNorm over each token's C."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.norm, self.head = nn.Linear(4, 6), nn.LayerNorm(6, eps=1e-6), nn.Linear(6, 3)
+
+    def tokens(self, x):  # (N, 4, H, W) -> (N, H * W, 4) -> (N, T, 6)
+        return self.embed(x.flatten(2).transpose(1, 2))
+
+    def forward(self, x):
+        return self.head(self.norm(self.tokens(x)).mean(dim=1))
+
+
+def test_a_transformer_s_tokens_are_normalised_as_after_a_linear_layer():
+    """Swapped on (N, T, C) tokens, a norm works on each token's features (README's "after a hidden FC
+    layer" column): `layer` is the model's own LayerNorm (its eps and weights), `group:2` two groups of
+    each token's 6 features, `batch` each feature over the batch's tokens; not the tokens x features of
+    a sample as one map."""
+    import copy
+
+    torch.manual_seed(0)
+    model, x = Tokens(), torch.randn(5, 4, 3, 3)
+    with torch.no_grad():
+        model.norm.weight.uniform_(), model.norm.bias.uniform_()
+        t = model.tokens(x)
+    layer = swap_norms(copy.deepcopy(model), "layer", x[:2])
+    assert isinstance(layer.norm, PerToken) and layer.norm.inner.eps == 1e-6
+    torch.testing.assert_close(layer.eval()(x), model.eval()(x))
+    g = t.reshape(5, 9, 2, 3)
+    by_group = (g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    torch.testing.assert_close(swap_norms(copy.deepcopy(model), "group:2", x[:2]).norm(t), by_group.reshape(5, 9, 6))
+    mean, var = t.mean(dim=(0, 1)), t.var(dim=(0, 1), unbiased=False)
+    torch.testing.assert_close(swap_norms(copy.deepcopy(model), "batch", x[:2]).norm.train()(t),
+                               (t - mean) / torch.sqrt(var + 1e-5))
 
 
 def test_none_is_a_per_channel_bias():

@@ -49,7 +49,7 @@ from bnrep.datasets import absolute_dataset, class_names
 from bnrep.experiments import ConfigError, Experiment
 from bnrep.lock import writer_lock
 from bnrep.models import build_model, check_forward
-from bnrep.norms import ChannelBias, ChannelsLast, NormError, NormThen, get_norm, ordered
+from bnrep.norms import ChannelBias, ChannelsLast, NormError, NormThen, PerToken, get_norm, ordered
 from bnrep.store import Store
 
 COLUMNS = ("model_id", "model", "norm", "seed", "weights")  # what every entry names
@@ -257,7 +257,8 @@ def _unwrapped(model: torch.nn.Module) -> dict[str, str]:
     wrapped (norms.NormThen's `norm`: timm's BatchNormAct2d; norms.ChannelsLast's `inner`: ConvNeXt's
     LayerNorm) holds its tensors one level down."""
     wraps = [(f"{p}.{a}." if p else f"{a}.", f"{p}." if p else "") for p, m in model.named_modules()
-             for a in (("norm",) if isinstance(m, NormThen) else ("inner",) if isinstance(m, ChannelsLast) else ())]
+             for a in (("norm",) if isinstance(m, NormThen) else ("inner",) if isinstance(m, (ChannelsLast, PerToken))
+                       else ())]
     wraps.sort(key=lambda w: -len(w[0]))  # the innermost first: a wrapper inside a wrapper, then the outer one
     out = {}
     for k in model.state_dict():
