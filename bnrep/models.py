@@ -352,11 +352,23 @@ def check_forward(model: nn.Module, spec: str, norm: str, shape: tuple[int, int,
     of shape (2, num_classes) both times, or one line (ModelError). Leaves `model` in eval mode."""
     C, H, W = shape
     model.eval()
+    single = []  # GroupNorm / LayerNorm that normalise one value per group: their output is their bias alone
+    hooks = [m.register_forward_pre_hook(lambda m, a, p=p: single.append((p, tuple(a[0].shape)))
+                                         if a[0][0].numel() == getattr(m, "num_groups", 1) else None)
+             for p, m in model.named_modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm))]
     try:
         with torch.no_grad():
             out = model(torch.zeros(2, C, H, W))
     except Exception as e:  # noqa: BLE001 - any failure of the forward pass is the same refusal
         raise _cannot_take(spec, norm, C, (H, W), num_classes, e) from None
+    finally:
+        for h in hooks:
+            h.remove()
+    if single:
+        path, inp = single[0]
+        raise ModelError(f"{spec} under {norm} on {C}x{H}x{W} images: {path} normalises one value per group (its "
+                         f"input is {inp}), so its output is its bias whatever the image and the model cannot learn; "
+                         f"choose fewer groups (group:G), another norm, or larger images")
     if not isinstance(out, torch.Tensor):
         raise ModelError(f"{spec} gives a {type(out).__name__}, not a tensor of logits: bnrep needs a model "
                          f"whose forward returns the (N, {num_classes}) logits alone (wrap it: "

@@ -101,6 +101,9 @@ CASES = [  # (name, stage, argv, words the message must contain)
       "config file"]),
     ("model gives a tuple in training", "final", ["--model", "tests.labnets.nets:aux_heads"],
      ["tests.labnets.nets:aux_heads gives a tuple in training mode, not a tensor of logits"]),
+    ("instance norm on 1x1 maps", "hparam", ["--model", "vgg16", "--norms", "batch,instance"],
+     ["vgg16 under instance on 1x8x8 images: features.25 normalises one value per group (its input is "
+      "(2, 512, 1, 1)), so its output is its bias whatever the image"]),
     ("model gives a tuple", "hparam", ["--model", "tests.labnets.nets:with_features"],
      ["tests.labnets.nets:with_features gives a tuple, not a tensor of logits"]),
     ("model cannot take the images", "hparam", ["--model", "torchvision:convnext_tiny", "--norms", "batch"],

@@ -373,6 +373,24 @@ def test_a_transformer_s_tokens_are_normalised_as_after_a_linear_layer():
                                (t - mean) / torch.sqrt(var + 1e-5))
 
 
+def test_a_norm_of_one_value_per_group_is_refused():
+    """GroupNorm over groups of one feature (group's rule on a hidden layer of width 24: 24 groups) outputs its
+    bias whatever the input: the model could not learn. LayerNorm over the 24 features is fine."""
+    from bnrep.models import ModelError, check_forward
+
+    def mlp(norm):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 24), norm, nn.ReLU(), nn.Linear(24, 10))
+
+    with pytest.raises(ModelError, match=r"^mine under group on 1x8x8 images: 2 normalises one value per group "
+                                         r"\(its input is \(2, 24\)\)"):
+        check_forward(mlp(get_norm("group").build(24, conv=False)), "mine", "group", (1, 8, 8), 10)
+    model = mlp(get_norm("group").build(24, conv=False))
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(model(x), model(torch.randn(2, 1, 8, 8)))  # indeed: the input does not matter
+    check_forward(mlp(nn.LayerNorm(24)), "mine", "layer", (1, 8, 8), 10)
+
+
 def test_none_is_a_per_channel_bias():
     model = swap_norms(nn.Sequential(nn.Conv2d(2, 3, 1, bias=False), nn.BatchNorm2d(3)), "none",
                        torch.zeros(2, 2, 4, 4))
