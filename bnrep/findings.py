@@ -169,8 +169,14 @@ def lines(fs: list[Finding]) -> list[str]:
 
 
 def claim(number: int, norm: str = "batch", ref: str = REF) -> str:
+    """The paper's claim about `norm`, judged against `ref`: a reference other than none is named in it."""
     text = CLAIMS[number].replace("BatchNorm", NORM_NAMES[norm]) if norm in NORM_NAMES else CLAIMS[number]
-    return text if ref == REF else text.replace("trained without", f"with {NORM_NAMES.get(ref, ref)}")  # ref: its name
+    if ref == REF:
+        return text
+    other, named = NORM_NAMES.get(ref, ref), NORM_NAMES.get(norm, norm)
+    old, new = {1: ("tions.", f"tions, compared with {other}."), 2: ("ion.", f"ion (models with {named} and with "
+                f"{other})."), 3: ("trained without", f"with {other}"), 4: ("network", f"network than {other}")}[number]
+    return text.replace(old, new)
 
 
 def _not_evaluated(number: int, tables: dict[str, pd.DataFrame], norm: str = "batch", ref: str = REF) -> Finding:

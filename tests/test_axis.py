@@ -235,6 +235,13 @@ def test_claims_are_judged_against_the_reference_condition():
     assert r.ref == "bn-b64" and findings.judged_norms(r) == ["bn-b4", "gn-b4"]
     f = findings.finding_sparsity(ls, "bn-b4", r.ref)
     assert f.verdict == "not supported" and f.ref == "bn-b64"
+    assert f.claim == ("BatchNorm, batch size 4 does not consistently induce nor prevent sparsity in hidden "
+                       "representations, compared with BatchNorm, batch size 64.")
+    assert findings.claim(2, "bn-b4", "bn-b64").endswith("(models with BatchNorm, batch size 4 and with BatchNorm, "
+                                                         "batch size 64).")
+    assert "than models with BatchNorm, batch size 64, especially" in findings.claim(3, "bn-b4", "bn-b64")
+    assert "earlier in the network than BatchNorm, batch size 64, and" in findings.claim(4, "bn-b4", "bn-b64")
+    assert [findings.claim(n) for n in range(1, 5)] == list(findings.CLAIMS.values())  # the paper's words
     diff = lambda d, a: float(re.search(rf"mean difference {a} - bn-b64 \+([\d.]+) pp", d).group(1))  # noqa: E731
     assert "bn-b4 sparser in 5 of 5 layers" in f.detail and diff(f.detail, "bn-b4") == pytest.approx(30, abs=1)
     g = findings.finding_sparsity(ls, "gn-b4", r.ref)
