@@ -279,6 +279,11 @@ def _timm(name: str, in_channels: int, num_classes: int) -> nn.Module:
         raise ModelError(f"timm:{name} needs timm: pip install \"bnrep[timm]\"") from None
     if not timm.is_model(name):
         raise ModelError(f"unknown timm model {name!r} (timm.list_models() has them)")
+    base, tag = timm.models.split_model_name_tag(name)
+    if tag:  # timm's pretrained-weights tag: bnrep never loads pretrained weights
+        raise ModelError(f"timm:{name} names pretrained weights ({tag}), but bnrep trains from random initial "
+                         f"weights: give timm:{base}; to measure pretrained weights, save them with torch.save("
+                         f"model.state_dict()) and bnrep import them")
     return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
 
 
@@ -317,8 +322,7 @@ def build_model(spec: str, norm: str, in_channels: int, num_classes: int = 10,
             raise NormError(f"{spec} is built for a norm: as-built is for models that bring their own "
                             f"(try batch)")
         return BUILTIN[s.text].build(n.name, in_channels, num_classes)
-    make = {"torchvision": _torchvision, "timm": _timm, "module": _user}[s.source]
-    model = make(s.name, in_channels, num_classes)
+    model = _from_elsewhere(spec, in_channels, num_classes)
     try:
         return swap_norms(model, n.name, torch.zeros(2, in_channels, *size), spec)
     except NormError as e:
@@ -327,6 +331,12 @@ def build_model(spec: str, norm: str, in_channels: int, num_classes: int = 10,
         raise
     except Exception as e:  # noqa: BLE001 - the forward pass that finds the norms' shapes failed
         raise _cannot_take(spec, norm, in_channels, size, num_classes, e) from None
+
+
+def _from_elsewhere(spec: str, in_channels: int, num_classes: int) -> nn.Module:
+    """A torchvision, timm or user model as its builder makes it."""
+    s = parse_spec(spec)
+    return {"torchvision": _torchvision, "timm": _timm, "module": _user}[s.source](s.name, in_channels, num_classes)
 
 
 def _torchvision_names() -> list[str]:
@@ -402,15 +412,27 @@ def _cannot_take(spec: str, norm: str, C: int, size: tuple[int, int], num_classe
 
 
 def _needs(spec: str, norm: str, C: int, H: int, num_classes: int) -> str:
-    """'it needs at least 32x32' from the smallest size in TRY_SIZES that runs."""
-    for size in (s for s in TRY_SIZES if s > H):
+    """What TRY_SIZES say of the sizes the model takes: 'it needs at least 32x32' (every size from one on
+    runs), 'of the sizes tried (8x8 to 224x224) only 224x224 runs' (a ViT's fixed size), or none runs."""
+    def runs(size: int) -> bool:
         try:
             with torch.no_grad():
-                build_model(spec, norm, C, num_classes, (size, size)).eval()(torch.zeros(2, C, size, size))
-            return f"it needs at least {size}x{size}"
+                x = torch.zeros(2, C, size, size)
+                model = (build_model(spec, norm, C, num_classes, (size, size)) if parse_spec(spec).source == "builtin"
+                         else swap_norms(_from_elsewhere(spec, C, num_classes), norm, x, spec))  # (no _cannot_take)
+                model.eval()(x)
+            return True
         except Exception:  # noqa: BLE001
-            continue
-    return f"no size up to {TRY_SIZES[-1]}x{TRY_SIZES[-1]} works either"
+            return False
+
+    tried = [s for s in TRY_SIZES if s != H]
+    ok = [s for s in tried if runs(s)]
+    if len(ok) > 1 and ok == tried[-len(ok):] and ok[0] > H:
+        return f"it needs at least {ok[0]}x{ok[0]}"
+    sizes = f"{TRY_SIZES[0]}x{TRY_SIZES[0]} to {TRY_SIZES[-1]}x{TRY_SIZES[-1]}"
+    if not ok:
+        return f"no size from {sizes} works either"
+    return f"of the sizes tried ({sizes}) only {', '.join(f'{s}x{s}' for s in ok)} run{'s' * (len(ok) == 1)}"
 
 
 def user_module_path(spec: str) -> str | None:

@@ -104,12 +104,15 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("instance norm on 1x1 maps", "hparam", ["--model", "vgg16", "--norms", "batch,instance"],
      ["vgg16 under instance on 1x8x8 images: features.25 normalises one value per group (its input is "
       "(2, 512, 1, 1)), so its output is its bias whatever the image"]),
+    ("timm pretrained tag", "hparam", ["--model", "timm:resnet18.a1_in1k"],
+     ["timm:resnet18.a1_in1k names pretrained weights (a1_in1k), but bnrep trains from random initial weights: give "
+      "timm:resnet18"]),
     ("model gives a tuple", "hparam", ["--model", "tests.labnets.nets:with_features"],
      ["tests.labnets.nets:with_features gives a tuple, not a tensor of logits"]),
     ("model cannot take the images", "hparam", ["--model", "torchvision:convnext_tiny", "--norms", "batch"],
      ["torchvision:convnext_tiny cannot take 1x8x8 images (it needs at least 32x32;"]),
     ("user model needs another size", "hparam", ["--model", "tests.labnets.nets:flat_mlp"],
-     ["tests.labnets.nets:flat_mlp cannot take 1x8x8 images (it needs at least 28x28;"]),
+     ["tests.labnets.nets:flat_mlp cannot take 1x8x8 images (of the sizes tried (8x8 to 224x224) only 28x28 runs;"]),
     ("swap without norm layers", "final", ["--model", "torchvision:vgg11"],
      ["torchvision:vgg11 has no normalisation layer to swap for batch; use its BatchNorm variant "
       "torchvision:vgg11_bn"]),
