@@ -4,6 +4,7 @@ per-layer figure is made of (seed mean with std error bars, one colour per condi
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -26,8 +27,14 @@ def legend_below(fig: Figure, handles, names, fontsize: float = 8, row: int = LE
     fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), row), fontsize=fontsize)
 
 
+PANEL_TITLE_CHARS = 40  # a panel title wraps at spaces after this many characters (a model and a layer's path)
+
+
 def _panel(ax, **props) -> None:
-    """One panel of a grid figure: its title and labels (`ax.set`), small title, light grid."""
+    """One panel of a grid figure: its title and labels (`ax.set`), small title (wrapped: a long one ran
+    into its neighbours), light grid."""
+    if len(props.get("title", "")) > PANEL_TITLE_CHARS:
+        props["title"] = textwrap.fill(props["title"], PANEL_TITLE_CHARS, break_long_words=False)
     ax.set(**props)
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)

@@ -569,6 +569,22 @@ def cnn4(**kw) -> findings.Results:
                             make_tables(**{**SMALL, "acc": acc4, "norms": NORMS4, **kw}))
 
 
+def test_an_image_folder_is_labelled_by_its_name():
+    """Panel titles and Table 1 name a study on an image folder by the folder, not its whole path."""
+    assert results.model_label("torchvision:resnet18", "imagefolder:/data/field trips/leaves/") == \
+        "torchvision:resnet18 leaves"
+    assert results.model_label("cnn", "digits") == "CNN Digits"
+    import matplotlib.pyplot as plt
+
+    from bnrep.plotting import _panel
+    fig, (short, long) = plt.subplots(1, 2)
+    _panel(short, title="CNN Digits: conv1")
+    _panel(long, title="timm:densenet121 leaves: features.denseblock4.denselayer16.relu2")  # ran into its neighbour
+    assert (short.get_title(), long.get_title()) == ("CNN Digits: conv1", "timm:densenet121 leaves:\n"
+                                                                         "features.denseblock4.denselayer16.relu2")
+    plt.close(fig)
+
+
 def test_one_colour_and_label_per_norm_in_every_figure():
     r = cnn4()
     (ax,) = figures.fig_layer_sparsity(r).axes
