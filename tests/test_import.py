@@ -202,6 +202,9 @@ REFUSALS = {  # name -> (models.csv body, or a callable writing weights first; t
         "models file {d}/models.csv, line 2: seed 'first' must be a whole number >= 0 (a name belongs in another "
         "column, kept as a label)"),
     "an unknown norm": ("a,{spec},batchy,0,ok.pt", "models file {d}/models.csv, line 2: unknown norm 'batchy'"),
+    "the same weights twice": (  # one model counted as two seeds
+        "a,{spec},batch,7,ok.pt\nb,{spec},batch,8,ok_copy.pt",
+        "a and b hold the same weights ({d}/ok_copy.pt): one model would count as two seeds; import it once"),
     "more cells than columns": (  # a label with an unquoted comma would be cut short
         "a,{spec},batch,0,ok.pt,extra",
         "models file {d}/models.csv, line 2: 1 more cell(s) than the header's 5 columns (extra): quote a value that "
@@ -214,6 +217,7 @@ def weights(checkpoints, tmp_path_factory):
     """The files the refusals name, beside a models.csv of the case's rows."""
     d = tmp_path_factory.mktemp("weights")
     torch.save(resnet(0).state_dict(), d / "ok.pt")
+    (d / "ok_copy.pt").write_bytes((d / "ok.pt").read_bytes())
     torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), d / "ten.pt")
     torch.save(resnet(2, no_norm).state_dict(), d / "none.pt")
     (d / "notes.pt").write_text("hello")
@@ -389,6 +393,10 @@ def test_a_toml_models_file_reads_as_the_csv(checkpoints, tmp_path):
         f'[[models]]\nmodel_id = "{r.model_id}"\nmodel = "{r.model}"\nnorm = "{r.norm}"\nseed = {r.seed}\n'
         f'weights = "{r.weights}"\nlab_run = "{r.lab_run}"\n\n' for r in pd.read_csv(csv).itertuples()))
     assert read_models(str(toml)) == read_models(str(csv))
+    # a label given in some entries only is empty in the others, as a CSV's empty cell: every part of the
+    # training table then has the column (pandas takes a table's columns from its first part)
+    toml.write_text(toml.read_text().replace('lab_run = "run-a"\n', ""))
+    assert [e.labels for e in read_models(str(toml))] == [{"lab_run": ""}, {"lab_run": "run-b"}, {"lab_run": "run-c"}]
 
 
 def test_a_spreadsheets_csv_reads_as_the_csv_and_another_separator_is_named(checkpoints, capsys):

@@ -36,6 +36,7 @@ import io
 import math
 import os
 import re
+import dataclasses
 from dataclasses import dataclass
 
 import pandas as pd
@@ -108,6 +109,9 @@ def read_models(path: str) -> list[Entry]:
         weights = os.path.join(folder, os.path.expanduser(str(row["weights"])))
         labels = {k: v for k, v in row.items() if k not in COLUMNS}
         entries.append(Entry(mid, str(row["model"]), norm, int(seed), os.path.normpath(weights), labels))
+    keys = list(dict.fromkeys(k for e in entries for k in e.labels))  # every part has every label column:
+    entries = [dataclasses.replace(e, labels={k: e.labels.get(k, "") for k in keys})  # pandas reads a table's
+               for e in entries]  # columns from its first part
     seen = set()
     for e in entries:
         if e.model_id in seen:
@@ -278,7 +282,7 @@ def _changed(row: dict | None, e: Entry) -> list[str]:
     now = {"model": e.model, "norm": e.norm, "seed": e.seed, **{k: str(v) for k, v in e.labels.items()}}
     was = {k: row.get(k) for k in now}
     dropped = [f"{k} {v} (now none)" for k, v in row.items()  # a label the file no longer gives
-               if k not in (*COLUMNS, *WRITTEN, *now) and isinstance(v, str)]
+               if k not in (*COLUMNS, *WRITTEN, *now) and isinstance(v, str) and v]
     return [f"{k} {was[k]} (now {v})" for k, v in now.items()
             if (int(was[k]) if k == "seed" and was[k] is not None else was[k]) != v] + dropped
 
@@ -314,6 +318,10 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
     sources = {}
     for e in entries:  # each file read once here, and once more to record it (one model in memory at a time)
         sd, sources[e.model_id] = state_dict(e.weights)
+        twin = next((m for m, h in {**have, **sources}.items() if m != e.model_id and h == sources[e.model_id]), None)
+        if twin:
+            raise ImportRefused(f"{twin} and {e.model_id} hold the same weights ({e.weights}): one model would count "
+                                f"as two seeds; import it once")
         if have.get(e.model_id) not in (None, sources[e.model_id]):
             raise ImportRefused(f"{store.out}/{exp.name} has {e.model_id} imported from other weights than "
                                 f"{e.weights}: use another model_id, or --fresh to import every model anew")
