@@ -401,8 +401,11 @@ def swap_norms(model: nn.Module, name: str, example: torch.Tensor, what: str = "
     if norm.name == AS_BUILT:
         return model
     found = norm_modules(model)
+    if not found and norm.name == "none":
+        return model  # a model built without norms is `none` as it is
     if not found:
-        raise NormError(f"{what} has no normalisation layer to swap for {name}")
+        raise NormError(f"{what} has no normalisation layer to swap for {name} (it has no normalisation: it is "
+                        f"`none` as built)")
     shapes, fed = _input_shapes(model, example)
     for path, m in found:
         if path not in shapes:

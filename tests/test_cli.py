@@ -114,8 +114,8 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("user model needs another size", "hparam", ["--model", "tests.labnets.nets:flat_mlp"],
      ["tests.labnets.nets:flat_mlp cannot take 1x8x8 images (of the sizes tried (8x8 to 224x224) only 28x28 runs;"]),
     ("swap without norm layers", "final", ["--model", "torchvision:vgg11"],
-     ["torchvision:vgg11 has no normalisation layer to swap for batch; use its BatchNorm variant "
-      "torchvision:vgg11_bn"]),
+     ["torchvision:vgg11 has no normalisation layer to swap for batch (it has no normalisation: it is `none` as "
+      "built); use its BatchNorm variant torchvision:vgg11_bn"]),
     ("group count does not divide", "hparam", ["--norms", "group:3"],
      ["group:3: 3 groups do not divide a layer of width 16"]),
     ("group count does not divide a swapped net", "final", ["--model", "torchvision:resnet18", "--norms", "group:5"],

@@ -401,6 +401,14 @@ def test_none_is_a_per_channel_bias():
     torch.testing.assert_close(model(x), model[0](x) + torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1))
 
 
+def test_a_model_without_norms_is_none_as_built():
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU())
+    assert swap_norms(model, "none", torch.zeros(2, 2, 5, 5)) is model
+    with pytest.raises(NormError, match=r"has no normalisation layer to swap for group \(it has no normalisation: "
+                                        r"it is `none` as built\)"):
+        swap_norms(model, "group", torch.zeros(2, 2, 5, 5))
+
+
 def test_a_norm_holding_its_activation_keeps_it():
     """timm's BatchNormAct2d applies its activation inside the norm module: the swap keeps it, after the new norm."""
     class BNAct(nn.BatchNorm2d):
