@@ -24,8 +24,8 @@ from matplotlib.ticker import MaxNLocator
 from bnrep.experiments import layer_indices
 from bnrep.findings import headline_rows, snapshot_measures
 from bnrep.measures import FINAL, MEASURES
-from bnrep.plotting import (_as_list, _end_row, _grid, _labels, _layer_ticks, _log_if_positive, _panel, _panel_title,
-                            _width, condition_lines, fig_per_layer, legend_below, panels_legend)
+from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_ticks, _log_if_positive, _panel,
+                            _panel_title, _width, condition_lines, fig_per_layer, legend_below, panels_legend)
 from bnrep.norms import sort_key
 from bnrep.results import (COLORS, SHORT, Results, at_eps, cka_pairs, eps_values, n_seeds, norm_labels, optimal_k,
                            ordered, present_norms, seed_stats, seeds_text, shown)
@@ -82,7 +82,7 @@ def fig_signal_propagation(results) -> Figure | None:
     if not rs:
         return None
     labels = _labels([r for r, _ in rs])
-    fig, axes = _grid(2, len(rs), w=_width([d for _, d in rs]), h=3.2)
+    fig, axes = _grid(2, len(rs), w=_width([d for _, d in rs]), h=_height([d for _, d in rs], 3.2))
     for i, (r, d) in enumerate(rs):
         for row, (what, name) in enumerate((("var", "average channel variance"),
                                             ("mean_sq", "average squared channel mean"))):
@@ -122,8 +122,10 @@ def fig_cka(results) -> Figure | None:
     rs = [(r, p, _norm_pairs(p)) for r, p in rs if len(p) and _norm_pairs(p)]
     if not rs:
         return None
-    cols = min(CKA_COLS, max(len(pairs) for _, _, pairs in rs))
-    fig, axes = _grid(sum(math.ceil(len(pairs) / cols) for _, _, pairs in rs), cols, w=4.4, h=3.4)
+    w = _width([p for _, p, _ in rs], least=4.4)  # wider for deep models, one column when that is wide
+    cols = min(CKA_COLS if w <= 2 * 4.4 else 1, max(len(pairs) for _, _, pairs in rs))
+    fig, axes = _grid(sum(math.ceil(len(pairs) / cols) for _, _, pairs in rs), cols, w=w,
+                      h=_height([p for _, p, _ in rs], 3.4))
     used, row0 = [], 0
     for r, p, pairs in rs:
         for i, (a, b) in enumerate(pairs):
@@ -328,7 +330,8 @@ def fig_initialisation(results) -> Figure | None:
     if not ms:
         return None
     cols = min(4, len(ms))
-    fig, axes = _grid(math.ceil(len(ms) / cols), cols, w=_width([r.table(ms[0].table)]), h=3.0)
+    fig, axes = _grid(math.ceil(len(ms) / cols), cols, w=_width([r.table(ms[0].table)]),
+                      h=_height([r.table(ms[0].table)], 3.0))
     labels = _labels([r])
     for ax, m in zip(axes.flat, ms):
         early = r.snapshots[m.table]

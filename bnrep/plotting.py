@@ -27,7 +27,7 @@ def legend_below(fig: Figure, handles, names, fontsize: float = 8, row: int = LE
     fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), row), fontsize=fontsize)
 
 
-PANEL_TITLE_CHARS = 40  # a panel title wraps at spaces after this many characters (a model and a layer's path)
+PANEL_TITLE_CHARS = 48  # a panel title wraps at spaces after this many characters (a model and a layer's path)
 
 
 def _panel(ax, **props) -> None:
@@ -74,15 +74,46 @@ def _layer_ticks(ax, s: pd.DataFrame, marked: set[int] = frozenset()) -> None:
     ticks = s.drop_duplicates("layer_index").sort_values("layer_index")
     step = math.ceil(len(ticks) / MAX_TICK_LABELS)
     keep = ticks.iloc[[i for i in range(len(ticks)) if i % step == 0 or i == len(ticks) - 1]]
-    names = [f"{n}*" if i in marked else n for i, n in zip(keep["layer_index"], keep["layer"])]
+    names = [f"{n}*" if i in marked else n for i, n in zip(keep["layer_index"], _tick_names(keep["layer"].tolist()))]
     ax.set_xticks(keep["layer_index"].tolist(), names, rotation=0 if len(keep) <= 6 else 45 if len(keep) <= 12 else 90,
                   fontsize=8 if len(keep) > 12 else None)
 
 
-def _width(rs_frames, per_layer: float = 0.22, least: float = 4.2) -> float:
-    """Panel width in inches: wider for models with many layers."""
+MAX_TICK_CHARS = 24  # a longer layer name shows its last components on an axis (a panel's height is fixed)
+
+
+def _tick_names(names: list[str]) -> list[str]:
+    """Layer names for an axis: a long module path shortened to its last dotted components that fit
+    MAX_TICK_CHARS, after '…' (features.denseblock3.denselayer14.norm2.act -> …denselayer14.norm2.act);
+    names that would then be the same keep more components until they differ."""
+    def tail(name: str, parts: int) -> str:
+        short = ".".join(name.split(".")[-parts:])
+        return name if short == name else "…" + short[-MAX_TICK_CHARS:] if parts == 1 else "…" + short
+
+    def fits(name: str) -> int:  # components kept: as many as fit, at least one
+        comps = name.split(".")
+        return max([1] + [k for k in range(1, len(comps) + 1) if len(".".join(comps[-k:])) <= MAX_TICK_CHARS])
+
+    keep = [fits(n) for n in names]
+    while True:
+        shown = [tail(n, k) for n, k in zip(names, keep)]
+        clash = {t for t in shown if shown.count(t) > 1}
+        if not clash:
+            return shown
+        keep = [k + 1 if t in clash else k for t, k in zip(shown, keep)]
+
+
+def _width(rs_frames, per_layer: float = 0.22, least: float = 4.2, most: float = 16.0) -> float:
+    """Panel width in inches: wider for models with many layers, up to `most` (DenseNet-121's 121 probes)."""
     n = max((d["layer_index"].nunique() for d in rs_frames if len(d)), default=0)
-    return max(least, per_layer * n)
+    return min(most, max(least, per_layer * n))
+
+
+def _height(rs_frames, base: float) -> float:
+    """Panel height in inches: `base`, taller for long layer names written upright on the axis."""
+    names = [t for d in rs_frames if len(d)
+             for t in _tick_names(d.drop_duplicates("layer_index").sort_values("layer_index")["layer"].tolist())]
+    return base + 0.07 * max(0, max(map(len, names), default=0) - 10)
 
 
 def condition_lines(ax, df: pd.DataFrame, value: str, labels: dict[str, str], suffix: str = "",
@@ -119,7 +150,7 @@ def fig_per_layer(results, get, value: str, ylabel: str, title: str, hline=None)
     if not rs:
         return None
     labels = _labels([r for r, _ in rs])
-    fig, axes = _grid(1, len(rs), w=_width([d for _, d in rs]), h=3.5)
+    fig, axes = _grid(1, len(rs), w=_width([d for _, d in rs]), h=_height([d for _, d in rs], 3.5))
     for i, (r, d) in enumerate(rs):
         marked = set(not_rectified(d)["layer_index"]) if value == "sparsity" else set()
         plot_per_layer(axes[0, i], d, value, ylabel, labels, hline, marked)

@@ -585,6 +585,17 @@ def test_an_image_folder_is_labelled_by_its_name():
     plt.close(fig)
 
 
+def test_long_layer_names_are_shortened_on_an_axis_but_stay_apart():
+    from bnrep.plotting import _tick_names
+
+    names = ["conv1", "layer1.0.relu:2", "features.denseblock3.denselayer14.norm2.act",
+             "features.denseblock2.denselayer14.norm2.act", "features.denseblock2.denselayer13.norm2.act",
+             "blocks.a_component_name_longer_than_the_limit"]
+    assert _tick_names(names) == ["conv1", "layer1.0.relu:2", "…denseblock3.denselayer14.norm2.act",
+                                  "…denseblock2.denselayer14.norm2.act", "…denselayer13.norm2.act",
+                                  "…me_longer_than_the_limit"]  # its last 24 characters
+
+
 def test_one_colour_and_label_per_norm_in_every_figure():
     r = cnn4()
     (ax,) = figures.fig_layer_sparsity(r).axes
