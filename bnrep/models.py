@@ -303,8 +303,8 @@ def _user(text: str, in_channels: int, num_classes: int) -> nn.Module:
     try:
         model = build(num_classes, in_channels)
     except Exception as e:  # noqa: BLE001 - any error of the user's builder is one line
-        raise ModelError(f"{text}(num_classes={num_classes}, in_channels={in_channels}) failed: "
-                         f"{type(e).__name__}: {one_line(e)} {see}") from None
+        raise ModelError(f"{text}({num_classes}, {in_channels}) failed: {type(e).__name__}: {one_line(e)} (bnrep "
+                         f"calls it with the class count and the image channels, in that order) {see}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{text}(num_classes, in_channels) returned a {type(model).__name__}, not an nn.Module")
     return model

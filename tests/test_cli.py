@@ -97,8 +97,8 @@ CASES = [  # (name, stage, argv, words the message must contain)
      ["importing tests.labnets.fails_on_import for --model tests.labnets.fails_on_import:net failed: RuntimeError: "
       "CONFIG_PATH is not set"]),
     ("model builder raises", "hparam", ["--model", "tests.labnets.nets:needs_a_config"],
-     ["tests.labnets.nets:needs_a_config(num_classes=10, in_channels=1) failed: RuntimeError: my builder needs a "
-      "config file"]),
+     ["tests.labnets.nets:needs_a_config(10, 1) failed: RuntimeError: my builder needs a config file (bnrep calls "
+      "it with the class count and the image channels, in that order)"]),
     ("model gives a tuple in training", "final", ["--model", "tests.labnets.nets:aux_heads"],
      ["tests.labnets.nets:aux_heads gives a tuple in training mode, not a tensor of logits"]),
     ("instance norm on 1x1 maps", "hparam", ["--model", "vgg16", "--norms", "batch,instance"],
