@@ -45,10 +45,11 @@ import bnrep
 from bnrep.config import command, load_experiment, out_flag, read_config, read_hashes, trained_with_preset_hparams
 from bnrep.documents import json_text, md_table, render_html, render_md
 from bnrep.correlations import MIN_MODELS, between_groups_reason, limits_sentence, predictor_rows, predictors
-from bnrep.findings import (CLAIMS, Finding, finding_sparsity_across, findings, initialisation_blocks, judged_norms,
-                            rules)
+from bnrep.findings import (CLAIMS, RULES, Finding, finding_sparsity_across, findings, initialisation_blocks,
+                            judged_norms, rules)
 from bnrep.findings import lines as finding_lines
 from bnrep.axis import axis_word, redefined
+from bnrep.norms import sort_key
 from bnrep.results import (LABELS, REF, SHORT, Results, experiment_label, imported_mask, is_paper_pair, tell_apart,
                            measure_numbers, norm_labels, ordered, rankings, side_by_side)
 from bnrep.table1 import diverged_note, imported_note, table1, table1_caption, table1_rows, table1_tex
@@ -191,15 +192,17 @@ def _claims(fs: list[Finding]) -> list[tuple[int, str]]:
 def combined_findings_blocks(rs: list[Results], per_exp: dict[str, list[Finding]],
                              across: list[Finding]) -> list[tuple]:
     """Claim 1 across experiments, a verdict matrix (claim x experiment and norm), then each experiment's evidence."""
-    paper = is_paper_pair({n for r in rs for n in r.norms})
+    paper = is_paper_pair({n for r in rs for n in r.norms}) and {r.ref for r in rs} == {REF}
     cols = [(name, n) for name, fs in per_exp.items() for n in dict.fromkeys(f.norm for f in fs)]
+    ref_of = {r.experiment.name: r.ref for r in rs}
     by = {(name, f.number, f.norm): f for name, fs in per_exp.items() for f in fs}
     matrix = [[str(i), c] + [by[(name, i, n)].verdict for name, n in cols]
               for i, c in _claims([f for fs in per_exp.values() for f in fs])]
     blocks = [("h2", "Findings (paper section 6)"), ("p", "Claim 1 across experiments:"),
               ("table", ["Norm", "Verdict", "Evidence"] if not paper else ["Verdict", "Evidence"],
-               [([] if paper else [SHORT[f.norm]]) + [f.verdict_text, f.detail] for f in across]),
-              ("table", ["#", "Claim"] + [name if paper else f"{name} {SHORT[n]}" for name, n in cols], matrix)]
+               [([] if paper else [_against(f.norm, f.ref)]) + [f.verdict_text, f.detail] for f in across]),
+              ("table", ["#", "Claim"] + [name if paper else f"{name} {_against(n, ref_of[name])}" for name, n in cols],
+               matrix)]
     for name, fs in per_exp.items():
         head = ["#", "Verdict", "Evidence"] if paper else ["#", "Norm", "Verdict", "Evidence"]
         blocks += [("h2", f"Findings: {name}"),
@@ -210,14 +213,32 @@ def combined_findings_blocks(rs: list[Results], per_exp: dict[str, list[Finding]
         if ranks:
             blocks += [("table", ["measure", "ranking (best first; mean ± std over seeds)"], ranks)]
         blocks += eps_blocks(fs) + predictor_blocks(r, f"Which measure predicts generalisation: {name}")
-    return blocks + [("p", "How verdicts are decided:"), ("ul", rules({n for r in rs for n in r.norms}))]
+    return blocks + [("p", "How verdicts are decided:"), ("ul", combined_rules(rs))]
+
+
+def _against(norm: str, ref: str) -> str:
+    """'BN', or 'BN vs bn-b16' for a condition judged against a reference other than none."""
+    return SHORT[norm] if ref == REF else f"{SHORT[norm]} vs {SHORT[ref]}"
+
+
+def combined_rules(rs: list[Results]) -> list[str]:
+    """The rules; experiments judged against different references each say which is theirs."""
+    refs: dict[str, list[str]] = {}
+    for r in rs:
+        refs.setdefault(r.ref, []).append(r.experiment.name)
+    norms = {n for r in rs for n in r.norms}
+    if len(refs) == 1:
+        return rules(norms, next(iter(refs)))
+    return RULES + [f"{', '.join(names)}: {line}" for ref, names in refs.items()
+                    for line in rules(norms, ref)[len(RULES):] or [f"every condition is judged against {LABELS[ref]}."]]
 
 
 def across_findings(per_exp: dict[str, list[Finding]]) -> list[Finding]:
-    """Claim 1 across experiments, one finding per normalisation judged."""
-    norms = ordered({f.norm for fs in per_exp.values() for f in fs})
+    """Claim 1 across experiments, one finding per normalisation and reference judged (experiments judged
+    against different references are not one comparison)."""
+    pairs = sorted({(f.norm, f.ref) for fs in per_exp.values() for f in fs}, key=lambda p: (sort_key(p[0]), sort_key(p[1])))
     return [finding_sparsity_across({name: f for name, fs in per_exp.items() for f in fs
-                                     if f.number == 1 and f.norm == n}) for n in norms]
+                                     if f.number == 1 and (f.norm, f.ref) == pair}) for pair in pairs]
 
 
 # ==== settings, provenance, notes ====
@@ -460,6 +481,8 @@ def _build_one(out: str, name: str) -> ReportResult:
 
 
 def _build_combined(out: str, names: list[str], dest: str | None) -> ReportResult:
+    if twice := next((n for n in names if names.count(n) > 1), None):  # its models would count twice in Table 1
+        raise ReportError(f"--experiments names {twice} twice: a combined report shows each experiment once")
     loaded = [load_results(out, n) for n in names]
     rs = [r for r in loaded if len(missing(r)) < len(REPORT_TABLES)]
     if not rs:

@@ -1419,6 +1419,31 @@ def test_a_combined_report_of_studies_defining_one_tag_differently_is_refused(tm
     assert (tmp_path / "sa/report/report.html").is_file() and not (tmp_path / "combined/report.html").exists()
 
 
+def test_a_combined_report_keeps_each_study_s_reference(tmp_path):
+    """ra judges BN against none, rb none against BN: claim 1 across experiments is two comparisons, not one
+    pooled under the first study's reference; the rules say which study has which reference. A study
+    named twice is refused (its models counted twice shrank Table 1's stds)."""
+    from bnrep import config
+
+    t = make_tables(**SMALL)
+    for name, ref in (("ra", "none"), ("rb", "batch")):
+        exp = get_experiment("digits-cnn").override(name=name, reference=ref)
+        store = Store(str(tmp_path), name)
+        config.write_config(store, config.prepare(store, exp, "final", fresh=False))
+        write_tables(tmp_path, name, t)
+    res = report.build_report(str(tmp_path), ["ra", "rb"])
+    across = json.loads((tmp_path / "combined" / "findings.json").read_text())["across"]
+    assert [(a["norm"], a["ref"]) for a in across] == [("batch", "none"), ("none", "batch")]
+    assert [sorted(a["numbers"]["direction"]) for a in across] == [["ra"], ["rb"]]
+    md = (tmp_path / "combined" / "report.md").read_text()
+    assert "rb: Here every condition is judged against the reference condition BatchNorm (BN)" in md
+    assert "| ra BN | rb NBN vs BN |" in md.replace("| # | Claim ", "|")
+    with pytest.raises(report.ReportError, match="^--experiments names ra twice: a combined report shows each "
+                                                 "experiment once$"):
+        report.build_report(str(tmp_path), ["ra", "rb", "ra"])
+    assert res.experiment
+
+
 def _ctrl_c_here(share):
     import os
     import signal
