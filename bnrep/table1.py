@@ -66,12 +66,20 @@ def table1_rows(t: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+       "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$"}  # LaTeX text mode
+
+
+def tex_text(s: str) -> str:
+    """`s` as LaTeX text: its special characters escaped (a condition tag bn_b16, a study my_study)."""
+    return "".join(TEX.get(ch, ch) for ch in s)
+
+
 def table1_tex(t: pd.DataFrame) -> str:
     header, rows = table1_rows(t)
-    esc = lambda s: s.replace("%", r"\%").replace("±", r"$\pm$")  # noqa: E731
     lines = [r"\begin{tabular}{llr" + "c" * len(ACC_COLS) + "}", r"\hline",
-             " & ".join(esc(h) for h in header) + r" \\", r"\hline"]
-    lines += [" & ".join(esc(c) for c in r) + r" \\" for r in rows]
+             " & ".join(map(tex_text, header)) + r" \\", r"\hline"]
+    lines += [" & ".join(map(tex_text, r)) + r" \\" for r in rows]
     return "\n".join(lines + [r"\hline", r"\end{tabular}"]) + "\n"
 
 

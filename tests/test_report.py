@@ -68,6 +68,13 @@ def test_table1_files(full):
     assert "98.500 ± 0.577" in res.summary
 
 
+def test_table1_tex_escapes_what_latex_reads_as_commands():
+    from bnrep.table1 import tex_text
+
+    assert tex_text("bn_b16 & my#1 50% {x} ~^ $5 a\\b ±") == (
+        r"bn\_b16 \& my\#1 50\% \{x\} \textasciitilde{}\textasciicircum{} \$5 a\textbackslash{}b $\pm$")
+
+
 def test_one_seed_has_no_std():
     t = report.table1(make_tables(seeds=1, **SMALL)["training"])
     assert report.table1_rows(t)[1][0][3] == "100.000 ± n/a"
