@@ -236,6 +236,9 @@ def eps_robustness(f: Finding, by_eps: dict[float, Finding]) -> Finding:
     a = pair_names(f.norm, [f.norm, f.ref], f.ref)[0]
     missing = [e for e, g in by_eps.items() if g.verdict == "not evaluated"]  # (no results there: no change)
     changed = [e for e, g in by_eps.items() if g.verdict != f.verdict and e not in missing]
+    base = _direction(f)  # the same verdict with the direction reversed is no robust finding either
+    reversed_at = [e for e, g in by_eps.items() if e not in missing + changed and "neither" != _direction(g) != base
+                   and base != "neither"]
     per = "; ".join(f"eps {e:g}: {g.verdict}" + ("" if g.verdict == "not evaluated" else
                     f" ({a} sparser in {len(g.numbers['sparser'])}, less sparse in "
                     f"{len(g.numbers['less_sparse'])} of {g.numbers['layers']} layers)") for e, g in by_eps.items())
@@ -244,7 +247,12 @@ def eps_robustness(f: Finding, by_eps: dict[float, Finding]) -> Finding:
     if missing and not changed:
         said = (f"robust to the threshold where it could be judged (not at eps {_names(f'{e:g}' for e in missing)}: "
                 f"no results on both sides there)")
-    numbers = {**f.numbers, "robust_to_eps": not changed, "changed_at": [f"{e:g}" for e in changed],
+    if reversed_at:
+        said = (f"not robust to the threshold: {a} is {base} in most layers at the smallest eps, the other way at eps "
+                f"{_names(f'{e:g}' for e in reversed_at)}" + (f"; the verdict changes at eps "
+                                                              f"{_names(f'{e:g}' for e in changed)}" if changed else ""))
+    numbers = {**f.numbers, "robust_to_eps": not changed and not reversed_at, "changed_at": [f"{e:g}" for e in changed],
+               "direction_reversed_at": [f"{e:g}" for e in reversed_at],
                "not_evaluated_at": [f"{e:g}" for e in missing], "by_eps": {
         f"{e:g}": {"verdict": g.verdict, "sparser": g.numbers.get("sparser", []),
                    "less_sparse": g.numbers.get("less_sparse", []), "diff_pp": g.numbers.get("diff_pp", {})}
@@ -436,6 +444,12 @@ def findings(r: Results) -> list[Finding]:
     return out
 
 
+def _direction(f: Finding) -> str:
+    """Claim 1's direction in most layers: 'sparser', 'less sparse' or 'neither'."""
+    more, less = len(f.numbers.get("sparser", [])), len(f.numbers.get("less_sparse", []))
+    return "sparser" if more > less else "less sparse" if less > more else "neither"
+
+
 def finding_sparsity_across(per_exp: dict[str, Finding]) -> Finding:
     """Claim 1 across experiments: does a norm's dominant direction differ between experiments?"""
     first = next(iter(per_exp.values()), Finding(1, "", "", ""))
@@ -443,8 +457,7 @@ def finding_sparsity_across(per_exp: dict[str, Finding]) -> Finding:
     a = SHORT.get(norm, norm)
     for name, f in per_exp.items():
         if f.verdict != "not evaluated":
-            more, less = len(f.numbers["sparser"]), len(f.numbers["less_sparse"])
-            dirs[name] = "sparser" if more > less else "less sparse" if less > more else "neither"
+            dirs[name] = _direction(f)
     if not dirs:
         return Finding(1, claim(1, norm, ref), "not evaluated", "no experiment's claim 1 could be evaluated.", norm=norm, ref=ref)
     same = len(set(dirs.values())) == 1 and "neither" not in dirs.values()

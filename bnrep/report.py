@@ -152,14 +152,22 @@ def eps_blocks(fs: list[Finding]) -> list[tuple]:
                                         f"{len(g['less_sparse'])} layers)")
     rows = [[e] + [cell(f.numbers["by_eps"][e], f.norm) if e in f.numbers["by_eps"] else "-" for f in ones]
             for e in dict.fromkeys(e for f in ones for e in f.numbers["by_eps"])]
-    said = [f"{SHORT[f.norm]} vs {SHORT[f.ref]}: " + (
-        "not robust to the threshold (the verdict changes at eps " + ", ".join(f.numbers["changed_at"]) + ")"
-        if not f.numbers["robust_to_eps"] else "robust to the threshold (the same verdict at every eps)"
-        if not f.numbers["not_evaluated_at"] else "robust to the threshold where it could be judged (not "
-        "evaluated at eps " + ", ".join(f.numbers["not_evaluated_at"]) + ": no results on both sides)") for f in ones]
+    said = [f"{SHORT[f.norm]} vs {SHORT[f.ref]}: {_robustness(f.numbers)}" for f in ones]
     return [("p", "Claim 1 at each sparsity threshold eps (|x| <= eps counts as zero). The verdict above and "
                   "every other sparsity number use the smallest eps (the paper's exact zero when eps = 0):"),
             ("table", ["eps"] + [f"{SHORT[f.norm]} vs {SHORT[f.ref]}" for f in ones], rows), ("ul", said)]
+
+
+def _robustness(n: dict) -> str:
+    """Whether claim 1's verdict and direction hold at every eps (eps_robustness' numbers)."""
+    why = ([f"the verdict changes at eps {', '.join(n['changed_at'])}"] if n["changed_at"] else []) + (
+        [f"the direction in most layers reverses at eps {', '.join(n['direction_reversed_at'])}"]
+        if n.get("direction_reversed_at") else [])
+    if why:
+        return f"not robust to the threshold ({'; '.join(why)})"
+    return ("robust to the threshold (the same verdict at every eps)" if not n["not_evaluated_at"] else
+            f"robust to the threshold where it could be judged (not evaluated at eps {', '.join(n['not_evaluated_at'])}"
+            f": no results on both sides)")
 
 
 def predictor_blocks(r: Results, heading: str = "Which measure predicts generalisation") -> list[tuple]:

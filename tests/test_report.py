@@ -995,9 +995,14 @@ def test_the_other_sparsity_figures_and_claims_use_the_smallest_eps():
 FLIP = lambda bn, li, eps: (.9 if bn is True else .5) if eps >= 0.1 else cnn_sparsity(bn, li)  # noqa: E731
 
 
+REVERSE = lambda bn, li, eps: (.7 - .2 * (li == 3) if bn is True else .6) if eps >= 0.1 else cnn_sparsity(bn, li)  # noqa: E731
+
+
 @pytest.mark.parametrize("name,kw,by_eps,robust", [
     ("the same verdict at every eps", {}, {"0": "mixed", "0.01": "mixed", "0.1": "mixed"}, True),
     ("BN sparser everywhere at eps 0.1", dict(sparsity_eps=FLIP), {"0": "mixed", "0.01": "mixed", "0.1": "not supported"},
+     False),
+    ("the direction reverses at eps 0.1", dict(sparsity_eps=REVERSE), {"0": "mixed", "0.01": "mixed", "0.1": "mixed"},
      False),
 ])
 def test_claim_1_per_threshold_and_its_robustness(name, kw, by_eps, robust, tmp_path):
@@ -1013,7 +1018,8 @@ def test_claim_1_per_threshold_and_its_robustness(name, kw, by_eps, robust, tmp_
     report.build_report(str(tmp_path), "digits-cnn")
     md = (tmp_path / "digits-cnn" / "report" / "report.md").read_text()
     said = "robust to the threshold (the same verdict at every eps)" if robust else \
-        "not robust to the threshold (the verdict changes at eps 0.1)"
+        "not robust to the threshold (the verdict changes at eps 0.1)" if "sparser everywhere" in name else \
+        "not robust to the threshold (the direction in most layers reverses at eps 0.1)"
     assert f"- BN vs NBN: {said}" in md and ("not robust" in md) is not robust
     assert "| 0.1 | " + by_eps["0.1"] + " (BN sparser in" in md
     fj = json.loads((tmp_path / "digits-cnn" / "report" / "findings.json").read_text())
