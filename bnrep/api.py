@@ -102,12 +102,10 @@ class Study:
         ids = list(self.training["model_id"]) if "training" in self.tables else []
         if model_id not in ids:
             raise KeyError(f"no model {model_id!r} in {self.experiment.name} (models: {', '.join(ids) or 'none yet'})")
-        if epoch != FINAL and (not isinstance(epoch, int) or epoch < 0):
+        if epoch != FINAL and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0):
             raise ValueError(f"epoch={epoch!r}: a snapshot epoch >= 0 (0: the initialisation), or leave it out "
                              f"for the final weights")
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={device!r}: no GPU is available to torch here")
-        return load_model(self.store, model_id, self.experiment, device, epoch).eval()
+        return load_model(self.store, model_id, self.experiment, _device(device), epoch).eval()
 
     def representations(self, model_id: str, layer: str, purpose: str = "cluster", epoch: int = FINAL) -> torch.Tensor:
         """A layer's reduced representations (paper eq. 5), recomputed on the saved samples of `purpose`
@@ -162,3 +160,20 @@ def open_results(out: str, experiment: str, data_root: str | None = None) -> Stu
     """The results of `experiment` under `out`, read-only (UsageError: `out` is no place results are kept)."""
     check_scheme(out)
     return Study(out, experiment, data_root)
+
+
+def _device(device) -> torch.device:
+    """`device` as torch.device, one that torch can use here (ValueError, one line): 'cpu:0' is 'cpu'."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device={device!r}: not a device torch knows (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")  # (torch.load cannot map storages to 'cpu:0')
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: no GPU is available to torch here")
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as e:
+        raise ValueError(f"device={device!r}: not available to torch here ({str(e).splitlines()[0][:80]})") from None
+    return dev

@@ -83,6 +83,9 @@ def test_a_wrong_name_id_or_argument_says_what_is_there(old_results, tmp_path):
          r"no model 'cnn-bn-s9' in synthetic-cnn \(models: cnn-bn-s0, cnn-bn-s1, cnn-nobn-s0, cnn-nobn-s1\)"),
         (lambda: study.representations("cnn-bn-s0", "conv2", epoch=-5), ValueError,
          r"^epoch=-5: a snapshot epoch >= 0 \(0: the initialisation\), or leave it out"),
+        (lambda: study.model("cnn-bn-s0", epoch=True), ValueError, r"^epoch=True: a snapshot epoch >= 0"),
+        (lambda: study.model("cnn-bn-s0", device="gpu"), ValueError,  # (the model file was blamed)
+         r"^device='gpu': not a device torch knows \(cpu, cuda, cuda:1, ...\)$"),
     ]
     cases.append((study.findings, FileNotFoundError, r"synthetic-cnn/report has no findings.json yet: run "
                   r"`bnrep report --experiment synthetic-cnn --out .*runs`$"))
@@ -92,4 +95,5 @@ def test_a_wrong_name_id_or_argument_says_what_is_there(old_results, tmp_path):
     for call, kind, message in cases:
         with pytest.raises(kind, match=message):
             call()
+    assert next(study.model("cnn-bn-s0", device="cpu:0").parameters()).device.type == "cpu"  # torch.load refused it
     assert tree(old_results) == before
