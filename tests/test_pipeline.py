@@ -237,6 +237,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_completes(reference, tmp_path, st
         f"error: cannot write {root / rel}: No space left on device; free space or fix permissions there, then "
         f"rerun the same command (results already written are kept)"]
     assert not (root / rel).exists()
+    assert "restarting it from its last checkpoint" not in r.stdout  # not retried: it would fail again, retrained
     assert not [p for p in root.rglob(".tmp-*") if "tune" not in p.parts]
     r = bnrep(*STAGE_ARGS[stage], out=out)  # the lock is free, nothing half-written is read
     assert r.returncode == 0, r.stderr[-3000:]

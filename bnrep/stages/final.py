@@ -28,9 +28,9 @@ from bnrep.models import model_id
 from bnrep.norms import SHORT, TAGS, sort_key
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, default_gpus, placement, quiet_when_stopped, ray_session
-from bnrep.stages.tuning import (can_resume, keep_tensorboard, open_training_stage, run_config, train_in_tune,
-                                 tune_config)
-from bnrep.store import GRID, GRID_PLAN, Store, safe_key, tables, write_error
+from bnrep.stages.tuning import (WRITE_FAILED, WriteFailed, can_resume, keep_tensorboard, open_training_stage,
+                                 run_config, train_in_tune, tune_config)
+from bnrep.store import GRID, GRID_PLAN, Store, StoreWriteError, safe_key, tables, write_error
 from bnrep.train import Trainer, best_device
 
 
@@ -43,8 +43,19 @@ def trial(config: dict, exp: Experiment, out: str, data: Data, amp: bool, train_
     quiet_when_stopped()
     seed, cond, hp = config["run"]["seed"], config["run"]["norm"], config["run"]["hparams"]  # norm: the condition
     norm = exp.condition(cond)[0]
-    mid, bn = model_id(exp.model, cond, seed), norm == "batch"
+    mid = model_id(exp.model, cond, seed)
     store = Store(out, exp.name)
+    try:
+        _train_and_save(store, mid, cond, norm, seed, hp, exp, data, amp, train_hash)
+    except StoreWriteError as e:  # a full disk fails every retry the same way: a result that stops the grid
+        tune.report({"model_id": mid, WRITE_FAILED: str(e.args[0])})
+
+
+def _train_and_save(store: Store, mid: str, cond: str, norm: str, seed: int, hp: dict, exp: Experiment, data: Data,
+                    amp: bool, train_hash: str) -> None:
+    from ray import tune
+
+    bn = norm == "batch"
     data = data.to(best_device())
     trainer = Trainer(exp.for_condition(cond), data, norm, hp, seed, amp=amp)  # the condition's recipe and norm
     resumed_from, digests = train_in_tune(trainer, extra={"model_id": mid}, snapshots=exp.snapshots,
@@ -128,8 +139,14 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
         storage, name = GRID.rsplit("/", 1)  # Tune's storage path and the run's name in it
         tuner = tune.Tuner(fn, param_space=space,
                            tune_config=tune_config(trial_dirname_creator=grid_dirname),
-                           run_config=run_config(opts, name, store.uri(storage), progress))
-    errors = [r.error for r in tuner.fit() if r.error]
+                           run_config=run_config(opts, name, store.uri(storage), progress, stop=WriteFailed()))
+    results = tuner.fit()
+    failed = next((r.metrics[WRITE_FAILED] for r in results if (r.metrics or {}).get(WRITE_FAILED)), None)
+    if failed:  # the other trials were stopped (WriteFailed), none retried; the rerun trains them anew (a
+        with contextlib.suppress(OSError, StoreWriteError):  # restored grid would end as this one did)
+            store.delete(GRID_PLAN)
+        raise StoreWriteError(failed)
+    errors = [r.error for r in results if r.error]
     for e in errors:
         if write_error(e):  # disk full, permission denied: its one line
             raise write_error(e)
@@ -150,6 +167,8 @@ def describe_config(config: dict) -> str:
 
 
 def describe_model(config: dict, r: dict) -> str:
+    if r.get(WRITE_FAILED):
+        return f"ended: {r.get('model_id', '?')} could not be saved"
     return f"models trained; last: {r.get('model_id', '?')}, test_acc {r.get('test_acc', float('nan')):.4f}"
 
 

@@ -173,10 +173,27 @@ def tune_config(**kwargs):
     return tune.TuneConfig(**{"trial_dirname_creator": trial_dirname, "reuse_actors": True, **kwargs})
 
 
-def run_config(opts: RunOptions, name: str, storage: str, callback):
-    """Tune's RunConfig for a bnrep stage: quiet, one checkpoint kept, retries."""
+def run_config(opts: RunOptions, name: str, storage: str, callback, stop=None):
+    """Tune's RunConfig for a bnrep stage: quiet, one checkpoint kept, retries; `stop`: a Stopper."""
     from ray import tune
 
-    return tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[callback],
+    return tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[callback], stop=stop,
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                           failure_config=tune.FailureConfig(max_failures=opts.max_failures))
+
+
+WRITE_FAILED = "write_failed"  # a trial's last result: the results directory refused a write (its one line)
+
+
+class WriteFailed:
+    """Tune's stop rule (a function of a trial's result): once a trial reports WRITE_FAILED (a full disk, a
+    denied write), every trial stops at its next result (a trial that had not started: after its first
+    epoch). Raised as an error, the write would be retried (FailureConfig) and fail again, each retry
+    after training the model anew."""
+
+    def __init__(self):
+        self.failed = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.failed = self.failed or bool(result.get(WRITE_FAILED))
+        return self.failed
