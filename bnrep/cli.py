@@ -27,7 +27,7 @@ import time
 from bnrep import __version__
 from bnrep.config import UsageError
 from bnrep.flags import (SCRIPTS, Parser, build_parser as stage_parser, check_flags, exit_process, main_guard,
-                         options, resolve_experiment, run_stage)
+                         options, rerun_hint, resolve_experiment, run_stage)
 from bnrep.studies import held_studies
 
 
@@ -109,7 +109,7 @@ def run_stages(exp, opts, store, imported: bool = False) -> int:
             print(f"\n==== stage {i}/{len(steps)}: {name} (as python {SCRIPTS[name]}) ====", flush=True)
             rc = step()
             if rc:
-                print(f"error: stage {name} failed (exit {rc}); rerun the same command to resume", file=sys.stderr)
+                print(f"error: stage {name} failed (exit {rc}); {rerun_hint(opts.fresh)}", file=sys.stderr)
                 return rc
     print(f"\n==== done in {time.time() - t0:.0f} s: {store.uri('report', 'report.html')} ====")
     return 0
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_stage(argv[0], argv[1:], prog=f"bnrep {argv[0]}")
     args = build_parser().parse_args(argv)
     fn = {"run": cmd_run, "import": cmd_import, "list": cmd_list, "status": cmd_status}[args.command]
-    return main_guard(lambda: fn(args))
+    return main_guard(lambda: fn(args), bool(getattr(args, "fresh", False)))
 
 
 def console() -> None:

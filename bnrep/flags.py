@@ -298,7 +298,8 @@ def run_stage(stage: str, argv: list[str] | None = None, prog: str | None = None
             return module.run(args.out, chosen, several=bool(args.experiments), force=args.force)
 
         return main_guard(report)
-    return main_guard(lambda: module.run(*parse(stage, argv, prog)))
+    fresh = "--fresh" in (sys.argv[1:] if argv is None else argv)
+    return main_guard(lambda: module.run(*parse(stage, argv, prog)), fresh)
 
 
 def plain_warnings() -> None:
@@ -319,8 +320,14 @@ def exit_process(code: int) -> NoReturn:
     sys.exit(code)
 
 
-def main_guard(fn) -> int:
-    """Run `fn()`: bad input -> one line on stderr, exit 2; Ctrl-C -> exit 130, SIGTERM -> 143."""
+def rerun_hint(fresh: bool) -> str:
+    """How to resume a stopped command: as typed, or (it had --fresh, which would start over) without --fresh."""
+    return "rerun the same command without --fresh to resume" if fresh else "rerun the same command to resume"
+
+
+def main_guard(fn, fresh: bool = False) -> int:
+    """Run `fn()`: bad input -> one line on stderr, exit 2; Ctrl-C -> exit 130, SIGTERM -> 143 (`fresh`: the
+    command had --fresh, which its rerun should not have)."""
     plain_warnings()
     stop_on_sigterm()
     try:
@@ -336,7 +343,7 @@ def main_guard(fn) -> int:
         return 1
     except KeyboardInterrupt:
         if STOPPED_BY:
-            print("stopped (SIGTERM): rerun the same command to resume", file=sys.stderr)
+            print(f"stopped (SIGTERM): {rerun_hint(fresh)}", file=sys.stderr)
             return 143
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        print(f"interrupted: {rerun_hint(fresh)}", file=sys.stderr)
         return 130

@@ -67,6 +67,10 @@ def check_address(address: str | None) -> None:
         address = _running_cluster()
     if not address or address == "local":
         return
+    if address.startswith("ray://"):  # Ray Client: this machine's driver, the cluster's workers and storage apart
+        raise UsageError(f"--address {address} is a Ray Client address, which bnrep does not use: run bnrep on a "
+                         f"node of the cluster with the head's HOST:PORT (as `ray start --head` prints it), or on "
+                         f"the head (ray submit, Ray Jobs: README, Cluster)")
     host, _, port = address.split("://", 1)[-1].rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"--address {address}: expected HOST:PORT of a Ray head (as `ray start --head` prints it)")

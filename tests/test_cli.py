@@ -419,6 +419,9 @@ GS_LINE = ("--out gs://bucket/bnrep: bnrep keeps results in a local or shared pa
      "local Ray"),
     ("analysis", ["--address", "127.0.0.1"], "error: --address 127.0.0.1: expected HOST:PORT of a Ray head (as "
      "`ray start --head` prints it)"),
+    ("final", ["--address", "ray://127.0.0.1:10001"], "error: --address ray://127.0.0.1:10001 is a Ray Client "
+     "address, which bnrep does not use: run bnrep on a node of the cluster with the head's HOST:PORT (as `ray start "
+     "--head` prints it), or on the head (ray submit, Ray Jobs: README, Cluster)"),
 ])
 def test_unreachable_places_are_one_line_before_any_work(stage, argv, line, tmp_path, capsys, monkeypatch):
     """A typo in a cluster address (nothing listens: refused at once) and a results URI bnrep cannot lock."""
@@ -586,3 +589,14 @@ def test_status_and_report_take_a_study_file_as_the_other_stages_do(tmp_path, ca
     assert (out / "leaves" / "report" / "report.html").is_file() and not (out / "bs.toml").exists()
     assert cli.main(["status", "--experiment", str(study), "--out", str(out)]) == 0
     assert "report     complete" in capsys.readouterr().out
+
+
+def test_a_command_with_fresh_stopped_says_to_rerun_it_without_fresh(capsys):
+    """Rerun as typed, --fresh would start over again: the line says to leave it out."""
+    def stopped():
+        raise KeyboardInterrupt
+
+    assert flags.main_guard(stopped, fresh=True) == 130
+    assert capsys.readouterr().err == "interrupted: rerun the same command without --fresh to resume\n"
+    assert flags.main_guard(stopped) == 130
+    assert capsys.readouterr().err == "interrupted: rerun the same command to resume\n"
