@@ -114,7 +114,7 @@ class _Tap:
     def __init__(self, model: nn.Module, fn: Callable[[int, str, str, torch.Tensor], None],
                  pre: Callable[[int, torch.Tensor], None] | None = None):
         self.model, self.fn, self.pre = model, fn, pre
-        self.stack: list[str] = []  # module paths being run
+        self.stack: list[tuple[str, bool]] = []  # (module path, a probe call) of the modules being run
         self.inside = 0  # depth inside activation modules (their own F.relu is not a second probe)
         self.index = 0  # activations called so far in this forward pass
         self.batch: int | None = None  # the batch size of this forward pass

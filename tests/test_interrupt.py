@@ -3,6 +3,7 @@
 released, nothing of Tune's own, no wait for other libraries' exit handlers (one that never returns is
 injected); the same command then resumes and finishes."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -84,5 +85,10 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_then_resume(tmp_path):
     assert (rc, err) == (143, "stopped (SIGTERM): rerun the same command to resume\n"), log[-2000:] + err[-2000:]
     assert current_writer(Store(str(out), "digits-cnn")) is None
     rc, log, err = bnrep_run(out)
-    assert rc == 0 and "[final] resuming the interrupted grid" in log, log[-2000:] + err[-2000:]
+    # the grid resumes: from Tune's state, or (the signal landed while Tune rewrote its state file, as a
+    # kill can: README) its unfinished models from the start, said in one line
+    resumed = "[final] resuming the interrupted grid" in log or re.search(
+        r"\[final\] cannot resume the interrupted grid in .* \(its state does not load: .*\): training its \d "
+        r"unfinished models from the start", log)
+    assert rc == 0 and resumed, log[-2000:] + err[-2000:]
     assert (out / "digits-cnn" / "report" / "report.html").exists()
