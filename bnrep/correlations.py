@@ -149,11 +149,14 @@ def _row(m: pd.DataFrame, measure: str, target: str) -> dict | None:
     within = {n: correlate(g[measure], g[target])["spearman_r"] for n, g in d.groupby("condition")
               if len(g) >= MIN_WITHIN}
     groups = d["condition"].nunique() > 1
+    lost = groups and only_between_groups(across, partial)  # counted across models, not once controlled
+    few = lost and too_few_within(across, partial)
     return {"measure": measure, "target": target, "models": len(d), **across,
             "within_spearman": {n: within[n] for n in ordered(within)},
             "partial_pearson_r": partial["pearson_r"] if groups else math.nan,
             "partial_pearson_p": partial["pearson_p"] if groups else math.nan,
-            "between_groups_only": groups and only_between_groups(across, partial)}
+            "between_groups_only": lost and not few,  # its sign comes from the groups' difference
+            "too_few_within": few}  # as strong within the groups, too few models there to be significant
 
 
 def strength(row: dict) -> float:
@@ -190,9 +193,8 @@ def predictor_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     for x in rows:
         within = ", ".join(f"{SHORT.get(n, n)} {'n/a' if pd.isna(v) else f'{v:+.2f}'}"
                            for n, v in x["within_spearman"].items()) or "n/a"
-        partial = {"pearson_r": x["partial_pearson_r"], "pearson_p": x["partial_pearson_p"]}
-        note = "" if not x["between_groups_only"] else "as strong within the groups, too few models to be significant" \
-            if too_few_within(x, partial) else "sign only from the difference between the normalisation groups"
+        note = "as strong within the groups, too few models to be significant" if x["too_few_within"] else \
+            "sign only from the difference between the normalisation groups" if x["between_groups_only"] else ""
         out.append([x["measure"], TARGETS[x["target"]], str(x["models"]), _rp(x["pearson_r"], x["pearson_p"]),
                     _rp(x["spearman_r"], x["spearman_p"]), within,
                     _rp(x["partial_pearson_r"], x["partial_pearson_p"]), note])

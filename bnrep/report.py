@@ -185,7 +185,7 @@ def predictor_blocks(r: Results, heading: str = "Which measure predicts generali
               ("table", header, cells), ("p", limits_sentence(r, rows))]
     only = [f"{x['measure']} vs {'test accuracy' if x['target'] == 'test_acc' else 'the gap'} "
             f"{between_groups_reason(x, {'pearson_r': x['partial_pearson_r'], 'pearson_p': x['partial_pearson_p']})}"
-            for x in rows if x["between_groups_only"]]
+            for x in rows if x["between_groups_only"] or x["too_few_within"]]
     if only:
         blocks.append(("note", f"Across models, then within the normalisation groups: {'; '.join(only)}. Neither "
                                f"kind shows a link between the measure and generalisation."))

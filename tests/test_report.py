@@ -1120,33 +1120,26 @@ def measure_case(nc1_of_acc) -> results.Results:
 
 
 NOTE = "sign only from the difference between the normalisation groups"
+FEW = "as strong within the groups, too few models to be significant"
 
 
-@pytest.mark.parametrize("name,nc1,flagged", [
-    ("NC1 follows accuracy within the groups too", lambda n, a, s: 10 - 100 * a, False),
+@pytest.mark.parametrize("name,nc1,note", [
+    ("NC1 follows accuracy within the groups too", lambda n, a, s: 10 - 100 * a, ""),
     ("NC1 differs by group only, within the sign turns", lambda n, a, s: {"batch": 1, "none": 2}[n] + [.3, .1, -.1, -.3][s],
-     True),
+     NOTE),
+    ("NC1 follows accuracy within the groups, partial r -0.61 over 8 models: p 0.15",
+     lambda n, a, s: {"batch": 1, "none": 2}[n] + {"batch": [0, .6, -.55, -.05], "none": [-.6, 0, .25, .35]}[n][s], FEW),
 ])
-def test_a_predictor_whose_sign_is_only_the_groups_is_noted(name, nc1, flagged):
+def test_a_predictor_whose_sign_is_only_the_groups_is_noted(name, nc1, note):
     from bnrep import correlations
 
     r = measure_case(nc1)
     (test, gap) = sorted(correlations.predictors(r), key=lambda x: x["target"] != "test_acc")
     assert test["pearson_r"] < -0.5 and test["pearson_p"] < 0.05, name  # counts across all 8 models
-    assert test["between_groups_only"] is flagged and gap["between_groups_only"] is flagged, name
-    header, rows = correlations.predictor_rows([test])
-    assert (rows[0][-1] == NOTE) is flagged
-
-
-def test_a_predictor_as_strong_within_the_groups_but_over_too_few_models_is_noted_as_such():
-    from bnrep import correlations
-
-    row = dict(measure="NC1", target="test_acc", models=6, pearson_r=0.97, pearson_p=0.0016, spearman_r=0.89,
-               spearman_p=0.019, within_spearman={}, partial_pearson_r=0.65, partial_pearson_p=0.23,
-               between_groups_only=True)
-    assert correlations.predictor_rows([row])[1][0][-1] == "as strong within the groups, too few models to be significant"
-    weak = {**row, "partial_pearson_r": 0.1, "partial_pearson_p": 0.8}
-    assert correlations.predictor_rows([weak])[1][0][-1] == NOTE
+    for x in (test, gap):  # findings.json's flags say what the report's note says
+        assert (x["between_groups_only"], x["too_few_within"]) == (note == NOTE, note == FEW), name
+    header, rows = correlations.predictor_rows([test, gap])
+    assert [row[-1] for row in rows] == [note, note]
 
 
 def test_predictor_section_in_the_report_with_the_real_model_count(tmp_path):
