@@ -10,9 +10,17 @@ and generalises it (normalisations, architectures, measures).
 __version__ = "0.3.0"  # the one place the version lives (pyproject.toml reads it)
 
 
-def __getattr__(name: str):  # bnrep.open_results without importing torch for `bnrep status`
-    if name in ("open_results", "Study"):
+_LAZY = ("open_results", "Study")  # bnrep.api's, imported on first use (`bnrep status` needs no torch)
+__all__ = [*_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
         from bnrep import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'bnrep' has no attribute {name!r}")
+
+
+def __dir__():  # tab completion and help(bnrep) offer them too
+    return sorted([*globals(), *_LAZY])

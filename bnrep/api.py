@@ -31,6 +31,7 @@ class Study:
     """One experiment's results under `out` (a local path or a pyarrow URI)."""
 
     def __init__(self, out: str, experiment: str, data_root: str | None = None):
+        out = _out(out)
         if not isinstance(experiment, str) or not STUDY_NAME.fullmatch(experiment):
             raise ValueError(f"experiment {experiment!r}: {NAME_RULE}")
         self.store = Store(out, experiment)
@@ -58,7 +59,12 @@ class Study:
         """Every valid part of a results table as one DataFrame (schema: bnrep.store)."""
         if name not in TABLES:
             raise KeyError(f"unknown table {name!r} (valid: {', '.join(TABLES)})")
-        return self.store.read_table(name)
+        df = self.store.read_table(name)
+        if df.empty:  # (a frame without columns would fail later, on its first column)
+            raise LookupError(f"{self.store.uri('results', name)} has no rows yet: the {TABLES[name].stage} stage "
+                              f"writes them (`{command(TABLES[name].stage, self.experiment.name, self.store.out)}`; "
+                              f"study.tables lists the tables written so far)")
+        return df
 
     def __getattr__(self, name: str) -> pd.DataFrame:  # study.kmeans == study.table("kmeans")
         if name in TABLES:
@@ -158,8 +164,14 @@ def _not_held(out: str, experiment: str) -> str:
 
 def open_results(out: str, experiment: str, data_root: str | None = None) -> Study:
     """The results of `experiment` under `out`, read-only (UsageError: `out` is no place results are kept)."""
-    check_scheme(out)
+    check_scheme(_out(out))
     return Study(out, experiment, data_root)
+
+
+def _out(out) -> str:
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out={out!r}: the folder (or URI) results are kept under, such as 'runs'")
+    return os.fspath(out)
 
 
 def _device(device) -> torch.device:
@@ -168,6 +180,8 @@ def _device(device) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise ValueError(f"device={device!r}: not a device torch knows (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "meta":  # (loading weights into it fails deep in torch)
+        raise ValueError(f"device={device!r}: a meta tensor holds no values; load the weights on cpu or cuda")
     if dev.type == "cpu":
         return torch.device("cpu")  # (torch.load cannot map storages to 'cpu:0')
     if dev.type == "cuda" and not torch.cuda.is_available():

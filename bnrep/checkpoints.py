@@ -105,9 +105,16 @@ def _read_verified(store: Store, mid: str, md: dict | None = None, epoch: int = 
     md = md if md is not None else store.part_metadata("training", mid)
     if md is None:
         raise ModelFileError(f"{where} has no training record (results/training/{mid}.parquet)")
-    want = md.get("model_sha256") if epoch == FINAL else saved_snapshots(md)[1].get(epoch)
+    asked, saved = saved_snapshots(md)
+    want = md.get("model_sha256") if epoch == FINAL else saved.get(epoch)
     if epoch != FINAL and not want:
-        raise ModelFileError(f"{where} was not saved by the grid (its training record lists no epoch {epoch})")
+        from bnrep.config import command
+
+        why = (f"the model stopped before epoch {epoch}" if epoch in asked else
+               f"the grid kept {'epochs ' + ', '.join(map(str, sorted(asked))) if asked else 'no snapshot'}: "
+               f"`{command('final', store.experiment, store.out)} --snapshots {epoch}` trains the models again, "
+               f"keeping it")
+        raise ModelFileError(f"{where} was not saved by the grid ({why})")
     try:
         data = store.read_bytes(rel)
     except (OSError, FileNotFoundError):

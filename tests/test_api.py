@@ -86,6 +86,15 @@ def test_a_wrong_name_id_or_argument_says_what_is_there(old_results, tmp_path):
         (lambda: study.model("cnn-bn-s0", epoch=True), ValueError, r"^epoch=True: a snapshot epoch >= 0"),
         (lambda: study.model("cnn-bn-s0", device="gpu"), ValueError,  # (the model file was blamed)
          r"^device='gpu': not a device torch knows \(cpu, cuda, cuda:1, ...\)$"),
+        (lambda: study.model("cnn-bn-s0", device="meta"), ValueError, r"^device='meta': a meta tensor holds no "),
+        (lambda: study.model("cnn-bn-s0", epoch=2), ModelFileError,  # (did not say how to keep one)
+         r"cnn-bn-s0/epoch-2.pt was not saved by the grid \(the grid kept no snapshot: `bnrep final --experiment "
+         r"synthetic-cnn --out .*runs --snapshots 2` trains the models again, keeping it\)$"),
+        (lambda: study.nc1, LookupError,  # results from before nc1: a frame without columns failed on its first
+         r"results/nc1 has no rows yet: the analysis stage writes them \(`bnrep analysis --experiment "
+         r"synthetic-cnn --out .*runs`; study.tables lists the tables written so far\)$"),
+        (lambda: bnrep.open_results(None, "synthetic-cnn"), TypeError,  # (os.stat's TypeError)
+         r"^out=None: the folder \(or URI\) results are kept under, such as 'runs'$"),
     ]
     cases.append((study.findings, FileNotFoundError, r"synthetic-cnn/report has no findings.json yet: run "
                   r"`bnrep report --experiment synthetic-cnn --out .*runs`$"))
@@ -97,3 +106,22 @@ def test_a_wrong_name_id_or_argument_says_what_is_there(old_results, tmp_path):
             call()
     assert next(study.model("cnn-bn-s0", device="cpu:0").parameters()).device.type == "cpu"  # torch.load refused it
     assert tree(old_results) == before
+
+
+def test_a_notebook_reading_before_the_analysis_wrote_its_samples_is_told_so(old_results):
+    import shutil
+
+    shutil.rmtree(old_results / "synthetic-cnn" / "results" / "samples")  # the analysis has not run yet
+    study = bnrep.open_results(old_results, "synthetic-cnn")  # (a Path works too)
+    for call in (study.labels, lambda: study.representations("cnn-bn-s0", "conv2")):
+        with pytest.raises(LookupError, match=r"results/samples has no rows yet: the analysis stage writes them"):
+            call()  # (was pandas' KeyError: 'purpose', six frames deep)
+    assert "samples" not in study.tables and "training" in study.tables
+
+
+def test_the_package_lists_what_it_offers():
+    import pydoc
+
+    assert {"open_results", "Study"} <= set(dir(bnrep))  # tab completion (they are imported on first use)
+    text = pydoc.render_doc(bnrep, renderer=pydoc.plaintext)  # help(bnrep)
+    assert "open_results(out" in text and "class Study" in text
