@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from bnrep.experiments import layer_indices
 from bnrep.findings import headline_rows, snapshot_measures
 from bnrep.measures import FINAL, MEASURES
-from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_ticks, _log_if_positive, _panel,
+from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_ticks, _log_if_positive, _panel, log_y,
                             _panel_title, _width, condition_lines, fig_per_layer, legend_below, panels_legend)
 from bnrep.norms import sort_key
 from bnrep.results import (COLORS, SHORT, Results, at_eps, cka_pairs, eps_values, n_seeds, norm_labels, optimal_k,
@@ -174,10 +174,13 @@ def _layer_groups_of(d: pd.DataFrame) -> list[tuple[str, list[int]]]:
 
 def group_lines(ax, d: pd.DataFrame, idx: list[int], x: str, value: str, labels: dict[str, str]) -> pd.DataFrame:
     """Per model and `x`, `value` averaged over the group's layers `idx`; then a line per condition of the seed
-    mean against `x`, std error bars. Returns the per-model means."""
+    mean against `x`, std error bars; a condition without a finite value is neither drawn nor in the legend
+    (train_eval of a norm with no running statistics). Returns the per-model means."""
     g = d[d["layer_index"].isin(idx)].groupby(["condition", "model_id", x], as_index=False)[value].mean()
     for c in present_norms(g):
         s = seed_stats(g[g["condition"] == c], [x], value)
+        if s["mean"].isna().all():
+            continue
         ax.errorbar(s[x], s["mean"], yerr=s["std"].fillna(0), color=COLORS[c], marker="o", capsize=3, label=labels[c])
     return g
 
@@ -342,7 +345,7 @@ def fig_initialisation(results) -> Figure | None:
         _layer_ticks(ax, drawn["final"])  # (a measure may have no rows at initialisation)
         _panel(ax, title=m.name or m.table, xlabel="layer", ylabel=m.ylabel or m.values[0])
         if m.log:  # spans orders of magnitude over depth
-            ax.set_yscale("log")
+            log_y(ax)
     _end_row(axes, 0, cols)
     for ax in axes.flat[len(ms):]:
         ax.set_axis_off()
@@ -373,7 +376,7 @@ def through_training(m):
                 ax.set_xticks(range(len(at)), [f"{e}" for e in epochs] + ["final"])
                 _panel(ax, title=f"{r.label}: {name}", xlabel="epoch", ylabel=m.ylabel or m.values[0])
                 if m.log and (g[m.values[0]].dropna() > 0).all():
-                    ax.set_yscale("log")
+                    log_y(ax)
             _end_row(axes, row, len(gs))
         panels_legend(fig, axes)
         fig.suptitle(f"{m.name or m.table} through training ({seeds_text(rs[0][1])})")
@@ -391,6 +394,7 @@ class FigureSpec:
     title: str = ""  # how a note names the figure when it is not drawn (default: its name)
     needs: str = ""  # why it may not be drawn although its table is there
     noted: bool = True  # the report says when it is not drawn (False: another figure's note says it)
+    epochs: bool = False  # it draws the snapshots' rows too, not only the final models' (its caption counts them)
 
 
 FIGURES = [
@@ -453,7 +457,7 @@ FIGURES = [
                  f"group per model, for {{colours}} models: at each snapshot epoch (0: the initialisation) and at "
                  f"the final model (the weights kept: the interpolating or best-validation epoch, which differs "
                  f"between seeds). Epochs are evenly spaced. A model that stopped before a snapshot epoch has no "
-                 f"point there. Error bars: standard deviation across {{seeds}}.{{nan}}", noted=False)
+                 f"point there. Error bars: standard deviation across {{seeds}}.{{nan}}", noted=False, epochs=True)
       for m in snapshot_measures()],
     FigureSpec("fig_learning_curves", fig_learning_curves, ("training_history",),
                "Beyond the paper: training loss (left) and training (solid) / validation (dashed) accuracy "
@@ -480,7 +484,8 @@ def _models(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def caption(spec: FigureSpec, rs: list[Results]) -> str:
-    df = pd.concat([r.table(spec.tables[0]) for r in rs], ignore_index=True)
+    df = pd.concat([r.at_epochs(spec.tables[0]) if spec.epochs else r.table(spec.tables[0]) for r in rs],
+                   ignore_index=True)
     layers = "; ".join(f"{r.label}: from layer {r.experiment.first_shown_layer}" for r in rs)
     m, nan = MEASURES.get(spec.tables[0]), ""
     col = m.values[0] if m else ""

@@ -274,9 +274,9 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
     Measure("layer_sparsity", "model", _layer_sparsity, ("sparsity",), fields=("samples_sparsity", "eps"),
             keys=("eps",), grid=lambda exp, q: [{"eps": e} for e in exp.eps], fill={"dead_channels": 0},
             predictor="layer sparsity (rectifiers, smallest eps)",
-            select=_rectified_smallest_eps, name="Layer sparsity"),
+            select=_rectified_smallest_eps, name="Layer sparsity", ylabel="layer sparsity"),
     Measure("class_dbi", "layer", _class_dbi, ("dbi",), ("dbi_reason",), fields=("samples_cluster",),
-            nan_note=DBI_NAN, predictor="class DBI", name="Class DBI"),
+            nan_note=DBI_NAN, predictor="class DBI", name="Class DBI", ylabel="class DBI"),
     Measure("nc1", "layer", _value("nc1"), ("value",), fields=("samples_cluster",), log=True,
             caption="Beyond the paper: within-class variability collapse NC1 = Tr(Σ_W Σ_B⁺)/C (Papyan, Han & "
                     "Donoho 2020) of the reduced representations of the clustering samples per layer, for "
@@ -300,7 +300,7 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
             version=2),  # 2: debiased linear CKA next to linear CKA
     Measure("signal_propagation", "model", _signal_propagation,
             ("input_var", "input_mean_sq", "output_var", "output_mean_sq"), fields=SAMPLES, name="Pre-activation variance",
-            log=True),
+            ylabel="pre-activation variance", log=True),
     Measure("gradient_norms", "model", _gradient_norms, ("gradient_norm",), fields=SAMPLES, log=True,
             caption=f"Beyond the paper: the norm of the loss gradient with respect to each activation's output "
                     f"(Yang et al. 2019), averaged over the same {GRADIENT_BATCHES} batches of {GRADIENT_BATCH} "

@@ -165,11 +165,20 @@ def fig_per_layer(results, get, value: str, ylabel: str, title: str, hline=None)
     return fig
 
 
+def log_y(ax) -> None:
+    """A log y axis whose labels say where the values sit also within a decade or two (NC1 at 0.2-3: only
+    10^0 was labelled), a subset of the ticks between powers of ten labelled as well."""
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    ax.set_yscale("log")
+    ax.yaxis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
 def _log_if_positive(fig: Figure | None) -> Figure | None:
     """Log y axis where every plotted value is positive (NC1 spans orders of magnitude over depth)."""
     for ax in fig.axes if fig else []:
         ys = np.concatenate([np.asarray(c.lines[0].get_ydata(), float) for c in ax.containers] or [np.ones(1)])
         finite = ys[np.isfinite(ys)]
         if len(finite) and np.all(finite > 0):  # no finite value (every model diverged): linear
-            ax.set_yscale("log")
+            log_y(ax)
     return fig

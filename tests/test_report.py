@@ -390,6 +390,18 @@ def test_a_measure_through_training_plots_each_epochs_seed_mean_per_layer_group(
     assert figures.figure("fig_layer_sparsity_epochs").make(cnn()) is None  # no snapshots: not drawn
 
 
+def test_a_condition_without_values_through_training_is_not_in_the_legend_and_the_caption_counts_every_epoch():
+    """train_eval of `none` is NaN at every epoch (no running statistics): no legend entry; the caption's NaN
+    count is over the rows the figure draws, the snapshot epoch's as well as the final models'."""
+    final = cnn().tables["train_eval"]
+    r = findings.Results(cnn().experiment, {**cnn().tables, "train_eval": pd.concat([final, final.assign(epoch=1)])})
+    spec = figures.figure("fig_train_eval_epochs")
+    fig = spec.make(r)
+    assert {t.get_text() for t in fig.legends[0].get_texts()} == {"BatchNorm"}  # (also listed no BatchNorm)
+    nan = int(final["cka"].isna().sum())
+    assert nan == len(final) / 2 and f" {2 * nan} of {2 * len(final)} values are NaN" in figures.caption(spec, [r])
+
+
 # ==== whole reports ====
 # drawn only from an analysis with --snapshots (tests/test_measures.py, tests/test_pipeline.py)
 SNAPSHOT_FIGURES = {s.name for s in figures.FIGURES if s.name == "fig_initialisation" or s.name.endswith("_epochs")}
