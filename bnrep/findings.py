@@ -286,15 +286,19 @@ def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame,
     st, sg = significant_signs(test), significant_signs(gap)
     better, worse = (1 in st or -1 in sg), (-1 in st or 1 in sg)
     verdict = "not supported" if better else "mixed" if worse else "supported"
+    same = [name for col, name in (("sparsity", "mean layer sparsity"), ("test_acc", "test accuracy"),
+                                   ("gap", "the generalisation gap")) if m[col].nunique() == 1]
+    if all(pd.isna(c[f"{k}_r"]) for c in (test, gap) for k in ("pearson", "spearman")):  # nothing to correlate
+        verdict = "inconclusive"  # (no correlation computed is not "no correlation")
     labels = norm_labels(norms)
     within = {labels[n]: correlate(g["sparsity"], g["test_acc"])["spearman_r"]
               for n in (norm, ref) for g in [m[m["condition"] == n]] if len(g) >= 3}
     partial = {"test_acc": partial_corr(m, "sparsity", "test_acc"), "gap": partial_corr(m, "sparsity", "gap")}
     setting = "BN setting" if is_paper_pair(norms) else "normalisation"
-    detail = (f"across {len(m)} models, mean layer sparsity vs test accuracy: Pearson r = {test['pearson_r']:.2f} "
-              f"(p = {test['pearson_p']:.3g}), Spearman {test['spearman_r']:.2f} (p = {test['spearman_p']:.3g}); "
-              f"vs generalisation gap: Pearson r = {gap['pearson_r']:.2f} (p = {gap['pearson_p']:.3g}), "
-              f"Spearman {gap['spearman_r']:.2f} (p = {gap['spearman_p']:.3g}). Within one {setting}, "
+    detail = (f"across {len(m)} models, mean layer sparsity vs test accuracy: Pearson r = {_num(test['pearson_r'])} "
+              f"(p = {_p(test['pearson_p'])}), Spearman {_num(test['spearman_r'])} (p = {_p(test['spearman_p'])}); "
+              f"vs generalisation gap: Pearson r = {_num(gap['pearson_r'])} (p = {_p(gap['pearson_p'])}), "
+              f"Spearman {_num(gap['spearman_r'])} (p = {_p(gap['spearman_p'])}). Within one {setting}, "
               f"Spearman vs test accuracy: " + (", ".join(f"{k} {_num(v)}" for k, v in within.items()) or "n/a") +
               f". Controlling for the normalisation (partial Pearson): vs test accuracy "
               f"r = {_num(partial['test_acc']['pearson_r'])} (p = {_p(partial['test_acc']['pearson_p'])}), "
@@ -302,6 +306,9 @@ def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame,
     f = Finding(2, claim(2, norm, ref), verdict, detail, {"models": len(m), "test_acc": test, "gap": gap,
                                                      "within_spearman_test_acc": within, "partial": partial}, norm,
                 ref=ref)
+    if verdict == "inconclusive":
+        f.caveats.append(f"no correlation can be computed: {' and '.join(same) or 'no measure'} "
+                         f"{'is' if len(same) == 1 else 'are'} the same for every model")
     lost = _between_groups_only(m, {"test_acc": test, "gap": gap}, partial)
     if lost and verdict in JUDGED:
         f.verdict = "inconclusive"

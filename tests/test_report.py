@@ -284,12 +284,17 @@ def corr_data(test_acc) -> tuple[pd.DataFrame, pd.DataFrame]:
     ("sparser generalises better", [.90, .91, .92, .93, .94, .95, .96, .97], "not supported"),
     ("sparser generalises worse", [.97, .96, .95, .94, .93, .92, .91, .90], "mixed"),
     ("too few models", [.9, .95, .92], "not evaluated"),
+    ("every model at 100%: nothing to correlate", [1.0] * 8, "inconclusive"),  # (was "supported")
 ])
 def test_finding_generalisation(name, test_acc, verdict):
     f = findings.finding_generalisation(*corr_data(test_acc))
     assert f.verdict == verdict, (name, f.detail)
     if verdict != "not evaluated":
-        assert "Pearson r" in f.detail and "Spearman" in f.detail
+        assert "Pearson r" in f.detail and "Spearman" in f.detail and "nan" not in f.detail
+    if verdict == "inconclusive":
+        assert f.caveats == ["no correlation can be computed: test accuracy and the generalisation gap are the "
+                             "same for every model"]
+        assert "Pearson r = n/a (constant) (p = n/a)" in f.detail
 
 
 FINAL_BN_WORSE = lambda bn, li: 1.0 + (0.3 if bn and li == 5 else 0.0)  # noqa: E731
