@@ -279,6 +279,8 @@ def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame,
         return _not_evaluated(2, {"training": training, "layer_sparsity": layer_sparsity}, norm, ref)
     norms = present_norms(training, layer_sparsity)
     m = model_sparsity(pair(training, norm, ref), pair(layer_sparsity, norm, ref))
+    if not {norm, ref} <= set(m["condition"]):  # (a correlation over one side alone says nothing of the claim)
+        return _not_evaluated(2, {"training": training, "layer_sparsity": layer_sparsity}, norm, ref)
     if len(m) < MIN_MODELS:
         return Finding(2, claim(2, norm, ref), "not evaluated",
                        f"only {len(m)} models with both tables; need {MIN_MODELS}.", norm=norm, ref=ref)

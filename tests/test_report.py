@@ -297,6 +297,14 @@ def test_finding_generalisation(name, test_acc, verdict):
         assert "Pearson r = n/a (constant) (p = n/a)" in f.detail
 
 
+def test_generalisation_without_reference_models_says_so():
+    tr, ls = corr_data([.90, .95, .92, .97, .97, .92, .95, .90])
+    tr, ls = (d.assign(condition=d["condition"].replace({"none": "group"})) for d in (tr, ls))  # batch and group
+    f = findings.finding_generalisation(tr, ls)
+    assert f.verdict == "not evaluated"  # (judged the 4 BN models alone: "supported")
+    assert f.detail.startswith("this study has no models of the reference condition, no norm: every claim compares BN")
+
+
 FINAL_BN_WORSE = lambda bn, li: 1.0 + (0.3 if bn and li == 5 else 0.0)  # noqa: E731
 
 
