@@ -323,6 +323,11 @@ def _num(v: float) -> str:
     return "n/a (constant)" if pd.isna(v) else f"{v:.2f}"
 
 
+def _value(x: float, sign: str = "") -> str:
+    """Two decimals, or two significant digits below 0.1 (DBI 0.009 against 0.004 read "0.01 vs 0.00")."""
+    return f"{x:{sign}.2f}" if abs(x) >= 0.1 or x == 0 or pd.isna(x) else f"{x:{sign}.2g}"
+
+
 def _nan_note(df: pd.DataFrame) -> str:
     n = int(df["dbi"].isna().sum()) if len(df) else 0
     return f" {n} of {len(df)} DBI values NaN (dead layers), left out." if n else ""
@@ -339,7 +344,7 @@ def finding_purity(class_dbi: pd.DataFrame, kmeans: pd.DataFrame, first_layer: i
         parts.append(len(lower) > len(c) / 2 and gap > 0)
         notes.append(f"class DBI lower with {a} in {len(lower)} of {len(c)} shown layers, higher in {len(higher)}, "
                      f"no detectable difference in {len(c) - len(lower) - len(higher)} "
-                     f"(mean gap {b} - {a} {gap:+.2f}).{_nan_note(cd)}")
+                     f"(mean gap {b} - {a} {_value(gap, '+')}).{_nan_note(cd)}")
         numbers["class_dbi"] = {"layers": len(c), "lower": list(lower), "higher": list(higher), "mean_gap": gap,
                                 "welch_p": dict(zip(c["layer"], c["p"]))}
     best = shown(pair(optimal_k(kmeans), norm, ref), first_layer)
@@ -352,7 +357,7 @@ def finding_purity(class_dbi: pd.DataFrame, kmeans: pd.DataFrame, first_layer: i
         end = shown(pair(kmeans, norm, ref), first_layer).sort_values("layer_index").iloc[-1]  # dead or not
         if last["layer_index"] == end["layer_index"]:
             parts.append(bool(last["a"] < last["ref"] and last["p"] < P_MAX))
-            notes[-1] += (f"final shown layer {last['layer']}: {a} {last['a']:.2f} vs {b} {last['ref']:.2f} "
+            notes[-1] += (f"final shown layer {last['layer']}: {a} {_value(last['a'])} vs {b} {_value(last['ref'])} "
                           f"(Welch p {_p(last['p'])}).")
             numbers["kmeans_dbi"].update(final_layer=last["layer"], final=float(last["a"]),
                                          final_ref=float(last["ref"]), final_p=last["p"])

@@ -319,6 +319,14 @@ def test_finding_purity(name, kw, verdict):
     assert f.verdict == verdict, (name, f.detail)
 
 
+def test_finding_purity_writes_small_dbi_values_with_two_significant_digits():
+    t = make_tables(**SMALL, kmeans_dbi=lambda bn, li: (0.004 if bn else 0.009) if li == 5 else 1.0)
+    f = findings.finding_purity(t["class_dbi"], t["kmeans"], 1)
+    end = results.optimal_k(t["kmeans"]).query("layer_index == 5").groupby("condition")["dbi"].mean()
+    assert f"fc1: BN {end['batch']:.2g} vs no BN {end['none']:.2g} (Welch p" in f.detail, f.detail  # (0.00 vs 0.02)
+    assert 0.001 < end["batch"] < 0.0095 and 0.01 < end["none"] < 0.1
+
+
 def test_finding_purity_nan_and_one_part():
     dead = lambda bn, li: math.nan if bn and li == 1 else (6.0 - li) * (0.8 if bn else 1.0)  # noqa: E731
     t = make_tables(**SMALL, class_dbi=dead)
