@@ -48,7 +48,7 @@ from bnrep.correlations import MIN_MODELS, between_groups_reason, limits_sentenc
 from bnrep.findings import (CLAIMS, RULES, Finding, finding_sparsity_across, findings, initialisation_blocks,
                             judged_norms, rules)
 from bnrep.findings import lines as finding_lines
-from bnrep.axis import axis_word, redefined
+from bnrep.axis import axis_word, overrides_of, redefined
 from bnrep.norms import sort_key
 from bnrep.results import (LABELS, REF, SHORT, Results, experiment_label, imported_mask, is_paper_pair, tell_apart,
                            measure_numbers, norm_labels, ordered, rankings, side_by_side)
@@ -276,6 +276,15 @@ def class_text(r: Results) -> str:
     return f"{n} ({shown})"
 
 
+def _field(r: Results, field: str, fmt: str = "{}") -> str:
+    """A training field as the settings say it: the experiment's, or each condition's where a condition
+    changes it ("batch (bn-b4 4, bn-b16 16)": no model trained at the experiment's own)."""
+    values = {n: overrides_of(n).get(field, getattr(r.experiment, field)) for n in r.norms}
+    if len(set(values.values())) <= 1:
+        return fmt.format(getattr(r.experiment, field) if not values else next(iter(values.values())))
+    return "(" + ", ".join(f"{SHORT.get(n, n)} {fmt.format(v)}" for n, v in values.items()) + ")"
+
+
 def settings_rows(r: Results) -> list[list[str]]:
     e, t = r.experiment, r.table("training")
     setting = "BN setting" if is_paper_pair(r.norms) else {"norm": "normalisation"}.get(axis_word(r.norms), "condition")
@@ -284,11 +293,12 @@ def settings_rows(r: Results) -> list[list[str]]:
             ["classes", class_text(r)],
             ["normalisations", ", ".join(f"{norm_labels(r.norms)[n]} ({SHORT[n]})" for n in r.norms)],
             *([["training", IMPORTED]] if r.imported else [
-                ["optimiser", f"{e.optimizer}, lr decay x{e.lr_gamma:g} every {e.lr_step_epochs} epochs, "
-                              f"batch {e.batch_size}; lr and momentum per {setting}: "
+                ["optimiser", f"{_field(r, 'optimizer')}, lr decay x{_field(r, 'lr_gamma', '{:g}')} every "
+                              f"{_field(r, 'lr_step_epochs')} epochs, batch {_field(r, 'batch_size')}; lr and "
+                              f"momentum per {setting}: "
                               + ("the preset's (--paper-hparams)" if trained_with_preset_hparams(e, t) else
                                  "the sweep's best") + " (rows 'trained' below)"],
-                ["stopping", f"{e.stop}, at most {e.max_epochs} epochs"],
+                ["stopping", f"{_field(r, 'stop')}, at most {_field(r, 'max_epochs')} epochs"],
                 ["seeds", f"{e.seeds} per {setting}"]]),
             ["analysis", f"{_n_samples(r, 'sparsity', e.samples_sparsity)} training images for sparsity, "
                          f"{_n_samples(r, 'cluster', e.samples_cluster)} for clustering, "

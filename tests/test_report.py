@@ -1315,6 +1315,11 @@ def test_settings_give_each_condition_its_own_recipe():
     assert rows["trained (bn-b8)"].startswith("2 models, batch size 8, lr 0.01, momentum 0.9, epochs 3")
     assert rows["trained (BN)"].startswith("2 models, lr 0.01, momentum 0.9, epochs 3")
     assert rows["seeds"] == "2 per condition"
+    assert ", batch (BN 64, bn-b8 8); " in rows["optimiser"]  # the models there (said "batch 64" alone)
+    e = e.override(conditions="bn-b4:batch,batch_size=4,max_epochs=20; nb-b4:none,batch_size=4")
+    t = t.assign(condition=["bn-b4", "nb-b4"] * 2)
+    rows = dict((r[0], r[1]) for r in report.settings_rows(Results(e, {"training": t})))
+    assert ", batch 4; " in rows["optimiser"] and rows["stopping"] == "interpolate, at most (bn-b4 20, nb-b4 30) epochs"
 
 
 @pytest.mark.parametrize("layers,same,reading", [
