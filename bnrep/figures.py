@@ -490,11 +490,22 @@ def caption(spec: FigureSpec, rs: list[Results]) -> str:
     m, nan = MEASURES.get(spec.tables[0]), ""
     col = m.values[0] if m else ""
     if col in df and df[col].isna().any():
-        nan = f" {int(df[col].isna().sum())} of {len(df)} {m.nan_note} and left out of the means."
+        nan = f" {int(df[col].isna().sum())} of {len(df)} {_why_nan(df, col, m)} and left out of the means."
     norms = {n for r in rs for n in r.norms}
     if col in df and "condition" in df and df[col].notna().any():  # the conditions drawn (condition_lines)
         norms &= set(df.loc[df[col].notna(), "condition"])
     return spec.caption.format(seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms))
+
+
+def _why_nan(df: pd.DataFrame, col: str, m) -> str:
+    """'values are NaN (count: reason; ...)' from the table's own reasons, most frequent first; the measure's
+    general note where some NaN row has no reason (parts written before reasons were kept)."""
+    why = df.loc[df[col].isna(), m.reasons[0]] if m.reasons[0] in df else pd.Series(dtype=object)
+    if why.empty or not (why.fillna("") != "").all():
+        return m.nan_note
+    counts = sorted(why.value_counts().items(), key=lambda x: (-x[1], x[0]))  # ties: alphabetical
+    listed = "; ".join(f"{n}: {reason}" for reason, n in counts[:3])
+    return f"values are NaN ({listed}{'; ...' if len(counts) > 3 else ''})"
 
 
 def figure_bytes(fig: Figure, fmt: str) -> bytes:
