@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     from bnrep.experiments import Experiment
 
 NUM_CLASSES = 10  # the class count of model files written before 0.3, which did not record it
-TORCHVISION = tuple(n for n, d in DATASETS.items() if d.torchvision)
 SYNTHETIC_SEED = 20240901  # fixes the synthetic images; split_seed only splits them, as for real data
 
 
@@ -108,7 +107,7 @@ def check_data(exp: Experiment, data_root: str | None = None, download: bool = T
     """
     kind, path = parse_dataset(exp.dataset)
     n, n_train = None, None  # the images `val_size` is held out from; those left to train on
-    if kind in TORCHVISION:
+    if kind != FOLDER and DATASETS[kind].torchvision:
         cls, root = _torchvision_class(kind), _readable_root(data_root)
         if _missing_files(cls, root):
             _fetch(cls, root, download)
@@ -121,9 +120,10 @@ def check_data(exp: Experiment, data_root: str | None = None, download: bool = T
             n_train = len(labels)
         elif split:  # held out of train/: every class keeps a training image
             n_train = len(_train_val(torch.tensor(labels), exp)[0])
-    elif split:  # bundled or generated: test_fraction of them is the test split
-        every = DATASETS[kind].images or exp.num_images
-        n = every - holdout_count(every, exp.test_fraction, "test_fraction")
+    else:  # read by its entry's reader (small: read here, checked against the entry): test_fraction is the test split
+        every = len(_read_bundled(exp)[1])
+        if split:
+            n = every - holdout_count(every, exp.test_fraction, "test_fraction")
     if not split:
         return None
     if n is not None:
@@ -136,7 +136,7 @@ def input_shape(exp: Experiment) -> tuple[int, int, int]:
     kind, path = parse_dataset(exp.dataset)
     if kind == FOLDER:
         return folder_shape(path, exp.image_size)
-    return tuple(exp.image_shape) if kind == "synthetic" else DATASETS[kind].shape
+    return DATASETS[kind].shape or tuple(exp.image_shape)  # (None: the experiment says, as synthetic)
 
 
 def load_data(exp: Experiment, data_root: str | None = None, device="cpu", download: bool = True) -> Data:
@@ -209,25 +209,53 @@ def batches(n: int, batch_size: int, generator: torch.Generator, device):
 def _read(exp: Experiment, data_root, download):
     """(train, test, pixel scale, val or None: held out from train)."""
     kind, path = parse_dataset(exp.dataset)
-    if kind in TORCHVISION:
+    if kind != FOLDER and DATASETS[kind].torchvision:
         return (*_read_torchvision(kind, data_root, download), 255.0, None)
     if kind == FOLDER:
         splits = read_folder(path, exp.image_size)
         return splits["train"], splits["test"], 255.0, splits.get("val")
-    if kind == "digits":
-        (X, y), scale = _digits(), 16.0  # digits pixels are integers 0..16
-    else:
-        (X, y), scale = _synthetic(exp.image_shape, exp.num_images), 1.0
+    X, y, scale = _read_bundled(exp)
     rest, test = _holdout(y, exp.test_fraction, exp.split_seed, "test_fraction")
     return (X[rest], y[rest]), (X[test], y[test]), scale, None
 
 
-def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+def _read_bundled(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(images, labels, pixel scale) from the reader of `exp.dataset`'s entry, checked against the entry
+    (DataError, one line: a reader that does not match its entry would train on the wrong data)."""
+    import importlib
+
+    d = DATASETS[exp.dataset]
+    if not d.reader:
+        raise DataError(f"dataset {d.name}: its entry in bnrep.datasets names neither a torchvision class nor a "
+                        f"reader (reader=\"module:function\")")
+    module, _, fn = d.reader.partition(":")
+    try:
+        X, y, scale = getattr(importlib.import_module(module), fn)(exp)
+    except (ImportError, AttributeError, TypeError, ValueError) as e:
+        raise DataError(f"dataset {d.name}: its reader {d.reader} failed ({type(e).__name__}: {one_line(e)})") from None
+    X, y = torch.as_tensor(X), torch.as_tensor(y).long()
+    shape, k = d.shape or tuple(exp.image_shape), d.num_classes
+    wrong = (f"images of shape {tuple(X.shape[1:])} where its entry says {shape}" if tuple(X.shape[1:]) != shape else
+             f"{len(X)} images but {len(y)} labels" if len(X) != len(y) else
+             f"labels outside 0..{k - 1} (its entry's {k} classes)" if len(y) and not 0 <= int(y.min()) <= int(y.max()) < k
+             else f"{len(X)} images where its entry says {d.images}" if d.images not in (None, len(X)) else "")
+    if wrong:
+        raise DataError(f"dataset {d.name}: its reader {d.reader} gave {wrong}")
+    return X, y, float(scale)
+
+
+def read_digits(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """scikit-learn's bundled 8x8 digits: (1797, 1, 8, 8) uint8 pixels 0..16, labels, pixel scale 16."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    X = torch.from_numpy(d.data.astype(np.uint8)).view(-1, 1, 8, 8)  # (1797, 1, 8, 8), values 0..16
-    return X, torch.from_numpy(d.target).long()
+    X = torch.from_numpy(d.data.astype(np.uint8)).view(-1, 1, 8, 8)
+    return X, torch.from_numpy(d.target).long(), 16.0
+
+
+def read_synthetic(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """exp.num_images seeded class-structured images of exp.image_shape in [0, 1] (pixel scale 1)."""
+    return (*_synthetic(exp.image_shape, exp.num_images), 1.0)
 
 
 def _synthetic(shape: tuple[int, int, int], n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,9 +293,15 @@ def _images(data) -> torch.Tensor:
 # ==== files: where torchvision looks, download, one-line errors ====
 
 def _torchvision_class(name: str):
+    """The entry's torchvision class, of a kind the reader and file checks know (DataError otherwise)."""
     from torchvision import datasets
 
-    return getattr(datasets, DATASETS[name].torchvision)
+    cls = getattr(datasets, DATASETS[name].torchvision, None)
+    if cls is None or not (hasattr(cls, "resources") or hasattr(cls, "train_list")):
+        raise DataError(f"dataset {name}: torchvision.datasets.{DATASETS[name].torchvision} is not a kind bnrep reads "
+                        f"(MNIST-style IDX files or CIFAR-style pickles); save its images as an image folder "
+                        f"and give imagefolder:PATH")
+    return cls
 
 
 def _expected_files(cls, root: str) -> tuple[str, list[str]]:

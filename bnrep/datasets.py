@@ -5,9 +5,18 @@
     >>> parse_dataset("imagefolder:/data/leaves")       # ("imagefolder", "/data/leaves")
 
 This module knows names, shapes and class counts only (no torch: `bnrep status`
-and the experiment checks import it); bnrep.data reads the images. A dataset
-read by torchvision is one entry here (its class in `torchvision.datasets`):
-bnrep.data's reader and file checks are generic over it.
+and the experiment checks import it); bnrep.data reads the images. A dataset is
+one entry here:
+
+- read by torchvision: its class in `torchvision.datasets`, one of the kinds
+  bnrep.data's reader and file checks know (MNIST-style IDX files: MNIST,
+  FashionMNIST, KMNIST; CIFAR-style pickles: CIFAR10, CIFAR100); another class
+  is refused in one line;
+- anything else small enough to hold in memory: `reader = "module:function"`,
+  a function of the experiment returning (images (N, C, H, W), labels (N,),
+  pixel scale), as `bnrep.data:read_digits`; the test split is a seeded
+  `test_fraction` hold-out. The images are checked against the entry's shape,
+  class count and `images` before any work starts.
 
 An image folder is torchvision's ImageFolder layout:
 
@@ -35,17 +44,21 @@ class Dataset:
     shape: tuple[int, int, int] | None  # (C, H, W) of its images (None: synthetic's image_shape)
     num_classes: int
     torchvision: str = ""  # its class in torchvision.datasets, whose official test set is the test split
-    #                        ("": bnrep.data reads it, and holds out a seeded `test_fraction` as the test split)
+    reader: str = ""  # else "module:function": exp -> (images, labels, pixel scale); a seeded `test_fraction`
+    #                   of them is the test split
     images: int | None = None  # how many a bundled dataset holds (checked before Ray; None: files or settings say)
+    label: str = ""  # its name in figures and Table 1 ("CNN MNIST"); "": the name
 
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in [
-    Dataset("digits", (1, 8, 8), 10, images=1797),  # scikit-learn's bundled 8x8 digits (offline)
-    Dataset("mnist", (1, 28, 28), 10, "MNIST"),
-    Dataset("fashion-mnist", (1, 28, 28), 10, "FashionMNIST"),
-    Dataset("cifar10", (3, 32, 32), 10, "CIFAR10"),
-    Dataset("cifar100", (3, 32, 32), 100, "CIFAR100"),  # the 100 fine labels
-    Dataset("synthetic", None, 10),  # seeded class-structured images of image_shape, for tests
+    Dataset("digits", (1, 8, 8), 10, reader="bnrep.data:read_digits", images=1797,  # scikit-learn's 8x8 digits
+            label="Digits"),
+    Dataset("mnist", (1, 28, 28), 10, "MNIST", label="MNIST"),
+    Dataset("fashion-mnist", (1, 28, 28), 10, "FashionMNIST", label="Fashion-MNIST"),
+    Dataset("cifar10", (3, 32, 32), 10, "CIFAR10", label="CIFAR10"),
+    Dataset("cifar100", (3, 32, 32), 100, "CIFAR100", label="CIFAR100"),  # the 100 fine labels
+    Dataset("synthetic", None, 10, reader="bnrep.data:read_synthetic",  # seeded class-structured images, for tests
+            label="Synthetic"),
 ]}
 
 

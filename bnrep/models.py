@@ -8,7 +8,7 @@ A model is named by a spec (the experiment's `model`, the `--model` flag):
                                 (pip install "bnrep[timm]")
     package.module:function     a researcher's own code: function(num_classes, in_channels) -> nn.Module
 
-`build_model(spec, norm, shape, num_classes)` is the one place a model is
+`build_model(spec, norm, in_channels, num_classes, size)` is the one place a model is
 made (training, loading, analysis, status). The built-in nets take the norm
 as they are built; any other model is built as its authors wrote it and its
 normalisation modules are swapped (`bnrep.norms.swap_norms`), unless the norm

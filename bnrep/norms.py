@@ -23,7 +23,7 @@ adding a normalisation is one entry here plus its tests (as timm's
     none       no norm module; the layer before keeps its bias (the paper's no-BN)
     as-built   a model's own normalisation, untouched (models a researcher brings)
 
-`swap_norms(model, norm)` replaces every normalisation module of any model
+`swap_norms(model, norm, example)` replaces every normalisation module of any model
 (BatchNorm, GroupNorm, LayerNorm, the channels-last LayerNorm of ConvNeXt
 blocks and the LayerNorm2d variants, InstanceNorm) by `norm`'s module at the
 same width, and for `none` by a per-channel bias (`ChannelBias`, the function

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from bnrep.datasets import FOLDER, DatasetError, num_classes
+from bnrep.datasets import DATASETS, FOLDER, DatasetError, num_classes
 from bnrep.experiments import Experiment, layer_indices
 from bnrep.models import model_label as spec_label
 from bnrep.probes import RECTIFIERS
@@ -128,8 +128,7 @@ def model_label(arch: str, dataset: str) -> str:
     """As in the paper's Table 1: 'CNN MNIST', 'VGG-16 CIFAR10'; an image folder by its name, 'cnn leaves'
     for imagefolder:/data/leaves (its whole path made panel titles run into each other)."""
     arch = spec_label(arch)
-    data = {"digits": "Digits", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
-            "cifar10": "CIFAR10", "synthetic": "Synthetic"}.get(dataset, dataset)
+    data = DATASETS[dataset].label or dataset if dataset in DATASETS else dataset
     if dataset.startswith(f"{FOLDER}:"):
         data = os.path.basename(os.path.normpath(dataset[len(FOLDER) + 1:])) or dataset
     return f"{arch} {data}"

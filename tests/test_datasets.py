@@ -504,3 +504,66 @@ def test_an_image_folder_that_changed_since_its_results_is_refused(tmp_path):
                                                 r"\(then 3 classes; train 36, .*; now 3 classes; train 37, "):
         config.prepare(store, exp, "final", fresh=False)
     config.prepare(store, exp, "final", fresh=True)  # --fresh starts over on the folder as it is
+
+
+# ---- a dataset entry of one's own: a reader named in the table ----
+
+def read_iris(exp):
+    """scikit-learn's iris as 1x2x2 images (its 4 features), 3 classes."""
+    from sklearn.datasets import load_iris
+
+    d = load_iris()
+    return torch.tensor(d.data, dtype=torch.float32).view(-1, 1, 2, 2), torch.tensor(d.target), 1.0
+
+
+def read_iris_as_4x4(exp):
+    X, y, scale = read_iris(exp)
+    return X.repeat(1, 1, 2, 2), y, scale
+
+
+@pytest.mark.parametrize("entry,line", [
+    (dict(reader="tests.test_datasets:read_iris"), None),
+    (dict(reader="tests.test_datasets:read_iris", images=100), r"^dataset iris: its reader tests\.test_datasets:read_iris "
+                                                                r"gave 150 images where its entry says 100$"),
+    (dict(reader="tests.test_datasets:read_iris_as_4x4"), r"gave images of shape \(1, 4, 4\) where its entry says "
+                                                          r"\(1, 2, 2\)$"),
+    (dict(reader="tests.test_datasets:read_iri"), r"^dataset iris: its reader tests\.test_datasets:read_iri failed "
+                                                  r"\(AttributeError: "),
+    (dict(), r"^dataset iris: its entry in bnrep.datasets names neither a torchvision class nor a reader"),
+])
+def test_a_dataset_entry_reads_through_its_reader_and_is_checked_against_it(entry, line, monkeypatch):
+    """One entry, its reader named there; a reader that does not match its entry is one line before any work
+    (an entry without a reader read 1,440 synthetic 28x28 images of 10 classes)."""
+    from bnrep import data, datasets
+    from bnrep.datasets import DataError, Dataset
+
+    monkeypatch.setitem(datasets.DATASETS, "iris", Dataset("iris", (1, 2, 2), 3, label="Iris", **entry))
+    exp = get_experiment("digits-cnn").override(dataset="iris", test_fraction=0.2, val_size=0.1)
+    if line:
+        with pytest.raises(DataError, match=line):
+            data.check_data(exp)
+        return
+    assert data.check_data(exp) == 150 - 30 - 12
+    d = load_data(exp)
+    assert (len(d.train), len(d.val), len(d.test)) == (108, 12, 30) and tuple(d.train.X.shape[1:]) == (1, 2, 2)
+    X, y, _ = read_iris(exp)
+    got = torch.cat([d.train.y, d.val.y, d.test.y])
+    assert sorted(got.tolist()) == sorted(y.tolist())  # every image once, with its own label
+    assert input_shape(exp) == (1, 2, 2) and num_classes("iris") == 3
+
+
+def test_a_torchvision_class_bnrep_does_not_read_is_one_line(monkeypatch, tmp_path):
+    from bnrep import data, datasets
+    from bnrep.datasets import DataError, Dataset
+
+    monkeypatch.setitem(datasets.DATASETS, "svhn", Dataset("svhn", (3, 32, 32), 10, "SVHN"))
+    exp = get_experiment("digits-cnn").override(dataset="svhn")
+    with pytest.raises(DataError, match=r"^dataset svhn: torchvision\.datasets\.SVHN is not a kind bnrep reads \(MNIST"):
+        data.check_data(exp, str(tmp_path), download=False)  # (was AttributeError: ... no attribute 'train_list')
+
+
+def test_every_dataset_entry_has_a_reader_and_a_label():
+    from bnrep.datasets import DATASETS
+
+    for d in DATASETS.values():
+        assert bool(d.torchvision) != bool(d.reader) and d.label, d.name
