@@ -230,7 +230,14 @@ TAGS, SHORT, LABELS, COLORS = (NormField(f) for f in ("tag", "short", "label", "
 
 
 # ==== swapping the normalisation of any model ====
-NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+_LAST_DIM = (nn.LayerNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))  # over the last dims they are given
+_TORCH_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, *_LAST_DIM)
+
+
+def norm_types() -> tuple[type, ...]:
+    """The module types a swap replaces: torch's normalisations and every type a table entry builds (a new
+    entry's own module is found in any model, and refused where it is left after a swap)."""
+    return (*_TORCH_NORMS, *dict.fromkeys(k for n in NORMS.values() for k in n.kinds))
 
 
 class ChannelBias(nn.Module):
@@ -299,17 +306,22 @@ class Sequence1d(nn.Module):
 
 def norm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(path, module) of every normalisation module, in registration order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, NORM_TYPES)]
+    types = norm_types()
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
 
 
 def _width(m: nn.Module) -> int:
     if isinstance(m, nn.GroupNorm):
         return m.num_channels
-    if isinstance(m, nn.LayerNorm):
+    if hasattr(m, "normalized_shape"):  # LayerNorm, RMSNorm
         if len(m.normalized_shape) != 1:
-            raise NormError(f"a LayerNorm over {tuple(m.normalized_shape)} has no channel dimension to swap")
+            raise NormError(f"a {type(m).__name__} over {tuple(m.normalized_shape)} has no channel dimension to swap")
         return m.normalized_shape[0]
-    return m.num_features
+    for name in ("num_features", "num_channels"):
+        if isinstance(getattr(m, name, None), int):
+            return getattr(m, name)
+    raise NormError(f"a {type(m).__name__} says nothing of its width (num_features, num_channels or "
+                    f"normalized_shape): it cannot be swapped")
 
 
 def _channels_last(m: nn.Module, shape: torch.Size) -> bool:
@@ -318,7 +330,7 @@ def _channels_last(m: nn.Module, shape: torch.Size) -> bool:
     BatchNorm, GroupNorm and InstanceNorm: dim 1. LayerNorm over the last dim
     (ConvNeXt blocks, transformers): channels last, unless it is a LayerNorm2d
     variant that permutes an (N, C, H, W) input itself (torchvision, timm)."""
-    if not isinstance(m, nn.LayerNorm) or len(shape) == 2:
+    if not isinstance(m, _LAST_DIM) or len(shape) == 2:
         return False
     c = _width(m)
     return not (shape[1] == c and (shape[-1] != c or "2d" in type(m).__name__.lower()))
@@ -354,7 +366,10 @@ def _input_shapes(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, to
 
 
 def _replacement(norm: Norm, m: nn.Module, shape: torch.Size, where: str) -> nn.Module:
-    c, last = _width(m), _channels_last(m, shape)
+    try:
+        c, last = _width(m), _channels_last(m, shape)
+    except NormError as e:
+        raise NormError(f"{e} ({where})") from None
     dims = len(shape)  # (N, C) = 2, (N, C, L) or (N, L, C) = 3, images 4
     tokens = dims == 3 and last  # (N, T, C): a transformer's tokens, normalised as after a linear layer
     try:

@@ -114,3 +114,61 @@ def test_entries():
     assert (g.tag, g.short, g.label) == ("gbn16", "GBN16", "ghost BatchNorm (16 per virtual batch)")
     w = get_norm("ws+group")
     assert (w.tag, w.short, w.conv_type) == ("wsgn", "WSGN", WSConv2d)
+
+
+class RMSNet(nn.Module):
+    """A conv, torch's RMSNorm over channels last (as a ConvNeXt block keeps its LayerNorm), a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.RMSNorm(8), nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.norm(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(torch.relu(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("name", ["batch", "group", "none"])
+def test_torch_rmsnorm_is_a_normalisation_a_swap_replaces(name):
+    """(it was not one: `none` kept it, and `batch` was refused as "has no normalisation")"""
+    from bnrep.norms import check_norm_kind, swap_norms
+
+    x = torch.randn(4, 3, 6, 6)
+    model = swap_norms(RMSNet(), name, x)
+    assert not any(isinstance(m, nn.RMSNorm) for m in model.modules())
+    check_norm_kind(model, name)
+    assert [type(m) for _, m in norm_modules(model)] == {"batch": [nn.BatchNorm2d], "group": [nn.GroupNorm],
+                                                          "none": []}[name]
+    assert model(x).shape == (4, 10)
+    if name == "batch":  # channels last: it normalises each of the 8 channels over the batch and the positions
+        h = model.conv(x)
+        torch.testing.assert_close(model.norm(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2),
+                                   nn.BatchNorm2d(8).train()(h))
+
+
+class ChannelRMSNorm(nn.Module):
+    """A table entry's own module: x / rms over the channels of each position."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.num_features, self.weight = c, nn.Parameter(torch.ones(c))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + 1e-6) * self.weight.view(1, -1, 1, 1)
+
+
+def test_a_new_entrys_module_is_found_in_any_model(monkeypatch):
+    """A norm added as one table entry: its module in a model is swapped away by another norm, and one left
+    after a swap is refused (a hand-written list of types knew only torch's)."""
+    from bnrep import norms
+    from bnrep.norms import NormError, check_norm_kind, swap_norms
+
+    entry = norms.Norm("rms", "rms", "RMS", "RMSNorm", "tab:red", ChannelRMSNorm, nn.LayerNorm, bias=False,
+                       kinds=(ChannelRMSNorm, nn.LayerNorm))
+    monkeypatch.setitem(norms.NORMS, "rms", entry)
+    model = build_model("cnn", "rms", 1, 10, (28, 28))
+    assert sum(isinstance(m, ChannelRMSNorm) for m in model.modules()) == 4
+    none = swap_norms(build_model("cnn", "rms", 1, 10, (28, 28)), "none", torch.zeros(2, 1, 28, 28))
+    assert not any(isinstance(m, ChannelRMSNorm) for m in none.modules())
+    with pytest.raises(NormError, match=r"still has a ChannelRMSNorm at .* after the swap to batch"):
+        check_norm_kind(model, "batch")
