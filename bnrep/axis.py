@@ -174,6 +174,7 @@ def entries(items) -> list[Norm]:
     for tag, norm, overrides, display in parsed:
         base = get_norm(norm)
         family = base.name.partition(":")[0].removeprefix("ws+")
+        family = family if family in SHADES else ""  # the other norms' conditions share one list, in turn
         shades = SHADES.get(family, OTHER_SHADES)
         i = per_base[family] = per_base.get(family, -1) + 1
         said = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(overrides.items()))

@@ -310,6 +310,14 @@ def test_every_condition_of_a_study_wears_its_own_colour():
     rgb = {n: np.array(mc.to_rgb(get_norm(n).color)) for n in e.norms}
     closest = min((np.linalg.norm(rgb[a] - rgb[b]), a, b) for a, b in itertools.combinations(e.norms, 2))
     assert closest[0] >= 0.15, closest
+    # every norm of the table with a batch-8 condition and a batch-4 one (layer's and instance's wore one crimson)
+    from bnrep.norms import NORMS
+
+    e = BASE.override(conditions="; ".join(f"{n}; {t}-b8:{n},batch_size=8; {t}-b4:{n},batch_size=4"
+                                           for n, t in ((n, get_norm(n).tag) for n in NORMS if n != "as-built")))
+    rgb = {n: np.array(mc.to_rgb(get_norm(n).color)) for n in e.norms}
+    closest = min((np.linalg.norm(rgb[a] - rgb[b]), a, b) for a, b in itertools.combinations(e.norms, 2))
+    assert closest[0] >= 0.15, closest
 
 
 def test_a_study_without_its_reference_is_told_so_before_it_trains():
