@@ -12,6 +12,7 @@ import pytest
 import ray
 
 from bnrep import cli, config, flags
+from bnrep.norms import NAMES
 from bnrep.store import Store
 from tests.conftest import ROOT, tree
 
@@ -84,7 +85,7 @@ CASES = [  # (name, stage, argv, words the message must contain)
      ["must be below the number of clustering samples (10: samples_cluster 10,", "or a larger --samples-cluster"]),
     ("negative eps", "analysis", ["--eps", "-0.1"], ["eps thresholds must be >= 0, got -0.1"]),
     ("eps twice", "analysis", ["--eps", "0,0.01,0"], ["eps lists 0 more than once"]),
-    ("unknown norm", "final", ["--norms", "batch,weight"], ["unknown norm 'weight'", "batch, group, ws+group, layer, instance, as-built, none, ghost:B, group:G"]),
+    ("unknown norm", "final", ["--norms", "batch,weight"], ["unknown norm 'weight'", ", ".join(NAMES)]),
     ("no norms", "hparam", ["--norms", ""], ["norms is empty"]),
     ("unknown model", "hparam", ["--model", "resnet50"], ["unknown model 'resnet50'", "torchvision:NAME"]),
     ("model module does not import", "final", ["--model", "nolab.nets:wide_cnn"],

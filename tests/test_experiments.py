@@ -8,7 +8,8 @@ import torch
 from bnrep.data import load_data
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, ConfigError, Experiment, get_experiment
 from bnrep.experiments import PAPER_NORMS as NORMS
-from bnrep.models import build_model
+from bnrep.models import BUILTIN, build_model
+from bnrep.norms import NAMES
 from bnrep.probes import find_probes
 
 BASE = get_experiment("synthetic-cnn")
@@ -24,31 +25,31 @@ OLD_CONFIG = json.loads("""{"name": "synthetic-vgg16", "dataset": "synthetic", "
  "k_min": 2, "k_max": 15, "n_init": 3, "eps": 0.01, "channel_layers": [6, 10, 13], "first_shown_layer": 6,
  "description": "seeded class-structured 3x32x32 images through VGG16, for tests"}""")
 
+NORM_NAMES = ", ".join(NAMES)  # the table's (a new entry joins every message)
+MODEL_NAMES = f"{', '.join(BUILTIN)}, torchvision:NAME, timm:NAME, or package.module:function"
 BAD = [  # (case, field changes, message)
     ("unknown norm", {"norms": ("batch", "batchnorm")},
-     "synthetic-cnn: unknown norm 'batchnorm' (valid: batch, group, ws+group, layer, instance, as-built, none, ghost:B, group:G)"),
+     f"synthetic-cnn: unknown norm 'batchnorm' (valid: {NORM_NAMES})"),
     ("unknown norm in a flag", {"norms": "batch,bn"},
-     "synthetic-cnn: unknown norm 'bn' (valid: batch, group, ws+group, layer, instance, as-built, none, ghost:B, group:G)"),
+     f"synthetic-cnn: unknown norm 'bn' (valid: {NORM_NAMES})"),
     ("group count not a number", {"norms": "group:x"},
      "synthetic-cnn: group:x: group:G needs a whole number G >= 1"),
     ("group count zero", {"norms": "group:0"},
      "synthetic-cnn: group:0: group:G needs a whole number G >= 1"),
-    ("empty norms", {"norms": ()}, "synthetic-cnn: norms is empty: name at least one of batch, group, ws+group, layer, instance, as-built, none, ghost:B, group:G"),
-    ("empty norms flag", {"norms": ""}, "synthetic-cnn: norms is empty: name at least one of batch, group, ws+group, layer, instance, as-built, none, ghost:B, group:G"),
+    ("empty norms", {"norms": ()}, f"synthetic-cnn: norms is empty: name at least one of {NORM_NAMES}"),
+    ("empty norms flag", {"norms": ""}, f"synthetic-cnn: norms is empty: name at least one of {NORM_NAMES}"),
     ("duplicate norm", {"norms": ("batch", "none", "batch")}, "synthetic-cnn: norms lists batch more than once"),
     ("duplicate norm flag", {"norms": "none,group,none,group"},
      "synthetic-cnn: norms lists group, none more than once"),
-    ("norms not a list", {"norms": 3.5}, "synthetic-cnn: unknown norm '3.5' (valid: batch, group, ws+group, layer, instance, as-built, none, ghost:B, group:G)"),
+    ("norms not a list", {"norms": 3.5}, f"synthetic-cnn: unknown norm '3.5' (valid: {NORM_NAMES})"),
     ("negative eps", {"eps": (0.0, -0.1)}, "synthetic-cnn: eps thresholds must be >= 0, got 0, -0.1"),
     ("nan eps", {"eps": float("nan")}, "synthetic-cnn: eps thresholds must be >= 0, got nan"),
     ("duplicate eps", {"eps": (0.01, 0, 0.01)}, "synthetic-cnn: eps lists 0.01 more than once"),
     ("duplicate eps, int and float", {"eps": "0,0.0"}, "synthetic-cnn: eps lists 0 more than once"),
     ("empty eps", {"eps": ()}, "synthetic-cnn: eps is empty: give at least one threshold (the paper's: 0)"),
     ("eps not numbers", {"eps": "0,abc"}, "synthetic-cnn: eps must be a list of numbers, got ['0', 'abc']"),
-    ("unknown model", {"model": "resnet50"}, "synthetic-cnn: unknown model 'resnet50' (valid: cnn, vgg16, "
-     "resnet18, torchvision:NAME, timm:NAME, or package.module:function)"),
-    ("model spec with a path", {"model": "my/nets.py:net"}, "synthetic-cnn: unknown model 'my/nets.py:net' (valid: "
-     "cnn, vgg16, resnet18, torchvision:NAME, timm:NAME, or package.module:function)"),
+    ("unknown model", {"model": "resnet50"}, f"synthetic-cnn: unknown model 'resnet50' (valid: {MODEL_NAMES})"),
+    ("model spec with a path", {"model": "my/nets.py:net"}, f"synthetic-cnn: unknown model 'my/nets.py:net' (valid: {MODEL_NAMES})"),
 ]
 
 

@@ -1,12 +1,14 @@
 """Models: shapes, probe layers, the norm axis, ResNet-18, input sizes, bad input."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
 
 from bnrep.experiments import PAPER_NORMS as NORMS
-from bnrep.models import BasicBlock, build_model, model_id
-from bnrep.norms import group_count
+from bnrep.models import BUILTIN, BasicBlock, build_model, model_id
+from bnrep.norms import NAMES, group_count
 from bnrep.probes import find_probes
 
 CNN_NAMES = ["conv1", "conv2", "conv3", "conv4", "fc1"]
@@ -248,12 +250,10 @@ def test_model_id(arch, norm, seed, expected):
 
 
 @pytest.mark.parametrize("arch,norm,match", [
-    ("cnn", "instancenorm", r"unknown norm 'instancenorm' \(valid: batch, group, ws\+group, layer, instance, as-built, "
-                            r"none, ghost:B, group:G\)"),
-    ("cnn", True, r"unknown norm True \(valid: batch, group, ws\+group, layer, instance, as-built, none, ghost:B, "
-                  r"group:G\)"),
-    ("resnet50", "batch", r"unknown model 'resnet50' \(valid: cnn, vgg16, resnet18, torchvision:NAME, timm:NAME, "
-                          r"or package.module:function\)"),
+    ("cnn", "instancenorm", rf"unknown norm 'instancenorm' \(valid: {re.escape(', '.join(NAMES))}\)"),
+    ("cnn", True, rf"unknown norm True \(valid: {re.escape(', '.join(NAMES))}\)"),
+    ("resnet50", "batch", rf"unknown model 'resnet50' \(valid: {re.escape(', '.join(BUILTIN))}, torchvision:NAME, "
+                          r"timm:NAME, or package.module:function\)"),
     ("cnn", "as-built", r"cnn is built for a norm: as-built is for models that bring their own \(try batch\)"),
 ])
 def test_bad_input(arch, norm, match):
