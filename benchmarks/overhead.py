@@ -51,8 +51,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from study import ANALYSIS_FLAGS, TRAIN_FLAGS, flags, write_fake_idx  # noqa: E402  (benchmarks/study.py)
+from study import ANALYSIS_FLAGS, TRAIN_FLAGS, flags, write_fake_idx  # benchmarks/study.py (the script's folder)
 
 HEADER = re.compile(r"^==== stage \d+/\d+: (\w+)")
 

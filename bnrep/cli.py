@@ -25,7 +25,8 @@ import sys
 import time
 
 from bnrep import __version__
-from bnrep.config import UsageError
+from bnrep.config import DEFAULT_OUT, UsageError
+from bnrep.experiments import DEFAULT_EXPERIMENT
 from bnrep.flags import (SCRIPTS, Parser, build_parser as stage_parser, check_flags, exit_process, main_guard,
                          options, rerun_hint, resolve_experiment, run_stage)
 from bnrep.studies import held_studies
@@ -146,7 +147,7 @@ def import_parser(p: argparse.ArgumentParser) -> None:
                         "(default: the experiment's)")
     p.add_argument("--image-size", type=int, default=None, metavar="S",
                    help="imagefolder: resize the shorter side to S and centre-crop S x S (default: as stored)")
-    p.add_argument("--out", default="./runs", metavar="PATH|URI", help="results root (default: ./runs)")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="PATH|URI", help=f"results root (default: {DEFAULT_OUT})")
     p.add_argument("--data-root", default=None, metavar="DIR",
                    help="where torchvision datasets live (default: $BNREP_DATA or ~/.cache/bnrep/data)")
     p.add_argument("--fresh", action="store_true", help="delete the experiment's results and import every model anew")
@@ -215,14 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     stage_parser("run", sub.add_parser("run", help="the whole study: sweep, grid, analysis, report"))
     lp = sub.add_parser("list", help="experiments, their dataset and model, whether the data is here")
-    lp.add_argument("--out", default="./runs", metavar="PATH|URI", help="results root whose studies to list too "
-                                                                        "(default: ./runs)")
+    lp.add_argument("--out", default=DEFAULT_OUT, metavar="PATH|URI", help="results root whose studies to list too "
+                                                                        f"(default: {DEFAULT_OUT})")
     lp.add_argument("--data-root", default=None, metavar="DIR",
                     help="where torchvision datasets live (default: $BNREP_DATA or ~/.cache/bnrep/data)")
     sp = sub.add_parser("status", help="per stage: complete, partial or missing (the sweep: skipped after "
                                        "--paper-hparams)")
-    sp.add_argument("--experiment", default="digits-cnn", metavar="NAME", help="experiment (default: digits-cnn)")
-    sp.add_argument("--out", default="./runs", metavar="PATH|URI", help="results root (default: ./runs)")
+    sp.add_argument("--experiment", default=DEFAULT_EXPERIMENT, metavar="NAME",
+                    help=f"experiment (default: {DEFAULT_EXPERIMENT})")
+    sp.add_argument("--out", default=DEFAULT_OUT, metavar="PATH|URI", help=f"results root (default: {DEFAULT_OUT})")
     import_parser(sub.add_parser("import", help="models you trained: check, evaluate and record them for the "
                                                 "analysis"))
     for name, script in SCRIPTS.items():

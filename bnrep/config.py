@@ -54,10 +54,13 @@ class StageFailed(RuntimeError):
     """Work that failed beyond its retries: one line, exit status 1; a rerun resumes."""
 
 
+DEFAULT_OUT = "./runs"  # the results root when --out is not given
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How a stage runs (where, on what resources), as opposed to what it computes (Experiment)."""
-    out: str = "./runs"  # results root: a local path or a URI in OUT_SCHEMES (s3://, file://)
+    out: str = DEFAULT_OUT  # results root: a local path or a URI in OUT_SCHEMES (s3://, file://)
     address: str | None = None  # Ray cluster to join (None: $RAY_ADDRESS, else this machine's `ray start` one, else a private local Ray)
     data_root: str | None = None  # torchvision datasets (None: $BNREP_DATA or ~/.cache/bnrep/data)
     fresh: bool = False  # delete this stage's earlier results (and what depends on them) first
@@ -139,7 +142,7 @@ def read_config(store: Store) -> dict:
 
 def out_flag(out: str) -> str:
     """' --out OUT' for a command printed as a hint; '' for the default results root."""
-    return "" if out.rstrip("/") in ("runs", "./runs") else f" --out {out}"
+    return "" if os.path.normpath(out) == os.path.normpath(DEFAULT_OUT) else f" --out {out}"
 
 
 def command(stage: str, experiment: str, out: str = "runs") -> str:

@@ -19,7 +19,7 @@ import sys
 import warnings
 from typing import NoReturn
 
-from bnrep.config import RunOptions, StageFailed, UsageError
+from bnrep.config import DEFAULT_OUT, RunOptions, StageFailed, UsageError
 from bnrep.raysession import STOPPED_BY, check_address, stop_on_sigterm
 from bnrep.datasets import DATASETS, DatasetError, absolute_dataset
 from bnrep.lock import LockError
@@ -52,8 +52,8 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
                    help=f"experiment preset (default: {DEFAULT_EXPERIMENT}; valid: {', '.join(PRESETS)}), a study "
                         "file NAME.toml (base = a preset, then any experiment field), or the name of one that "
                         "--out holds")
-    p.add_argument("--out", default="./runs", metavar="PATH|URI",
-                   help="results root, a local path or an s3:// or file:// URI (default: ./runs)")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="PATH|URI",
+                   help=f"results root, a local path or an s3:// or file:// URI (default: {DEFAULT_OUT})")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="join this Ray cluster (default: $RAY_ADDRESS, else the one `ray start` runs on this "
                         "machine, else a private local Ray)")
@@ -149,8 +149,8 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
     which.add_argument("--all", action="store_true",
                        help="every experiment that has results under --out, plus a combined report")
     p.add_argument("--force", action="store_true", help="rebuild the report even when it is up to date")
-    p.add_argument("--out", default="./runs", metavar="PATH|URI",
-                   help="results root, a local path or an s3:// or file:// URI (default: ./runs)")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="PATH|URI",
+                   help=f"results root, a local path or an s3:// or file:// URI (default: {DEFAULT_OUT})")
 
 
 STAGE_FLAGS = {

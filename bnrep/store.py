@@ -160,6 +160,12 @@ def tables(stage: str | None = None, part: str | None = None) -> tuple[str, ...]
                  if (stage is None or t.stage == stage) and (part is None or t.part == part))
 
 
+def norm_columns(norm: str, condition: str) -> dict:
+    """The columns that name a row's normalisation in every table; `bn` ("norm is batch") is kept for
+    notebooks written before the norm axis."""
+    return {"bn": norm == "batch", "norm": norm, "condition": condition}
+
+
 def with_norm(df: pd.DataFrame) -> pd.DataFrame:
     """Parts written before the norm axis have only `bn`: norm is batch or none; parts written before
     conditions (bnrep.axis) have no `condition`: each model's condition is its norm."""

@@ -42,7 +42,7 @@ from bnrep.probes import Probe
 from bnrep.progress import wait_tasks
 from bnrep.raysession import check_nodes, default_gpus, placement, quiet_when_stopped, ray_session
 from bnrep.represent import AnalysisSamples, extract_representations, model_probes, snapshot_mode
-from bnrep.store import Store, tables
+from bnrep.store import Store, norm_columns, tables
 from bnrep.train import best_device
 
 
@@ -57,8 +57,8 @@ def not_trained(row: dict) -> str:
 
 def model_keys(row: dict) -> dict:
     """The columns that name a model in every analysis table."""
-    return {"model_id": row["model_id"], "bn": row["norm"] == "batch", "norm": row["norm"],
-            "condition": row["condition"], "seed": row["seed"], "epoch": row.get("epoch", FINAL)}
+    return {"model_id": row["model_id"], **norm_columns(row["norm"], row["condition"]), "seed": row["seed"],
+            "epoch": row.get("epoch", FINAL)}
 
 
 def pair_keys(a: dict, b: dict, layer: str, index: int) -> dict:

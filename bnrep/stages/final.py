@@ -30,7 +30,7 @@ from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, default_gpus, placement, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import (WRITE_FAILED, WriteFailed, can_resume, keep_tensorboard, open_training_stage,
                                  run_config, train_in_tune, tune_config)
-from bnrep.store import GRID, GRID_PLAN, Store, StoreWriteError, safe_key, tables, write_error
+from bnrep.store import GRID, GRID_PLAN, Store, StoreWriteError, norm_columns, safe_key, tables, write_error
 from bnrep.train import Trainer, best_device
 
 
@@ -55,19 +55,17 @@ def _train_and_save(store: Store, mid: str, cond: str, norm: str, seed: int, hp:
                     amp: bool, train_hash: str) -> None:
     from ray import tune
 
-    bn = norm == "batch"
     data = data.to(best_device())
     trainer = Trainer(exp.for_condition(cond), data, norm, hp, seed, amp=amp)  # the condition's recipe and norm
     resumed_from, digests = train_in_tune(trainer, extra={"model_id": mid}, snapshots=exp.snapshots,
                                           keep=lambda epoch, model: save_snapshot(store, mid, model, epoch))
     r = trainer.finish()
     row = {"model_id": mid, "experiment": exp.name, "dataset": exp.dataset, "arch": exp.model, "model": exp.model,
-           "bn": bn,
-           "norm": norm, "condition": cond, "seed": seed, "lr": float(hp["lr"]), "momentum": float(hp.get("momentum", 0.0)), "epochs": r.epochs,
+           **norm_columns(norm, cond), "seed": seed, "lr": float(hp["lr"]), "momentum": float(hp.get("momentum", 0.0)), "epochs": r.epochs,
            "best_epoch": r.best_epoch, "train_acc": r.train_acc, "val_acc": r.val_acc, "test_acc": r.test_acc,
            "interpolated": r.interpolated, "diverged": bool(r.diverged_epoch), "diverged_epoch": r.diverged_epoch}
     digest = save_model(store, mid, r.model, trainer.exp, hp, row, data.num_classes)  # the recipe it trained with
-    history = pd.DataFrame([{"model_id": mid, "bn": bn, "norm": norm, "condition": cond, "seed": seed, **vars(m)}
+    history = pd.DataFrame([{"model_id": mid, **norm_columns(norm, cond), "seed": seed, **vars(m)}
                             for m in r.history])
     where = {**placement(), "resumed_from_epoch": resumed_from}  # provenance, of a resumed trial too
     store.write_part("training_history", mid, history, train_hash, **where)

@@ -29,7 +29,7 @@ from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, default_gpus, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import (can_resume, keep_tensorboard, open_training_stage, run_config, train_in_tune,
                                  tune_config)
-from bnrep.store import SWEEP, SWEEP_PLAN, Store
+from bnrep.store import SWEEP, SWEEP_PLAN, Store, norm_columns
 from bnrep.train import Trainer, best_device
 
 SWEEP_SEED = 0  # model seed of every sweep trial; the search itself is seeded too
@@ -136,7 +136,7 @@ def trials_table(grid, exp: Experiment, asha: dict[str, dict], plan: list[dict])
         cfg = (r.config or {}).get("run", {})
         cond = cfg["norm"]
         norm = exp.condition(cond)[0]
-        rows.append({"trial_id": m.get("trial_id", ""), "bn": norm == "batch", "norm": norm, "condition": cond,
+        rows.append({"trial_id": m.get("trial_id", ""), **norm_columns(norm, cond),
                      "lr": float(cfg.get("lr", "nan")),
                      "momentum": float(cfg.get("momentum", 0.0)), "epochs": int(m.get("epoch", 0)),
                      "train_acc": float(m.get("train_acc", "nan")),

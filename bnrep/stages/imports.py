@@ -51,7 +51,7 @@ from bnrep.experiments import ConfigError, Experiment
 from bnrep.lock import writer_lock
 from bnrep.models import build_model, check_forward
 from bnrep.norms import ChannelBias, ChannelsLast, NormError, NormThen, PerToken, get_norm, ordered
-from bnrep.store import Store
+from bnrep.store import Store, norm_columns
 
 COLUMNS = ("model_id", "model", "norm", "seed", "weights")  # what every entry names
 WRITTEN = ("experiment", "dataset", "arch", "bn", "condition", "lr", "momentum", "epochs", "best_epoch", "train_acc",
@@ -353,7 +353,7 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
             model = fitted(e, exp, shape, num_classes).to(device)
             acc = {s: accuracy(model, getattr(data, s), device) for s in ("train", "val", "test")}
             row = {"model_id": e.model_id, "experiment": exp.name, "dataset": exp.dataset, "arch": e.model,
-                   "model": e.model, "bn": e.norm == "batch", "norm": e.norm, "condition": e.norm,
+                   "model": e.model, **norm_columns(e.norm, e.norm),
                    "seed": e.seed,
                    "lr": math.nan, "momentum": math.nan, "epochs": math.nan, "best_epoch": math.nan,
                    "train_acc": acc["train"], "val_acc": acc["val"], "test_acc": acc["test"],
