@@ -291,12 +291,18 @@ def _user(text: str, in_channels: int, num_classes: int) -> nn.Module:
     module, _, fn = text.partition(":")
     see = f"(python -c 'import {module}; {module}.{fn}({num_classes}, {in_channels})' shows where)"
     try:
-        build = getattr(importlib.import_module(module), fn)
+        mod = importlib.import_module(module)
+        build = getattr(mod, fn)
     except ImportError as e:
         raise ModelError(f"cannot import {module} for --model {text} ({type(e).__name__}: {one_line(e)}); "
                          f"install it or put its folder on PYTHONPATH") from None
     except AttributeError:
-        raise ModelError(f"{module} has no {fn!r} for --model {text}") from None
+        import difflib
+
+        close = difflib.get_close_matches(fn, [n for n in dir(mod) if callable(getattr(mod, n, None))], n=1)
+        where = getattr(mod, "__file__", None) or ", ".join(getattr(mod, "__path__", [])) or "a namespace package"
+        raise ModelError(f"{module} (imported from {where}) has no {fn!r} for --model {text}"
+                         + (f"; did you mean {module}:{close[0]}?" if close else "")) from None
     except Exception as e:  # noqa: BLE001 - the user's module fails as it is imported (SyntaxError, NameError, ...)
         raise ModelError(f"importing {module} for --model {text} failed: {type(e).__name__}: {one_line(e)} "
                          f"(python -c 'import {module}' shows where)") from None

@@ -90,8 +90,9 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("unknown model", "hparam", ["--model", "resnet50"], ["unknown model 'resnet50'", "torchvision:NAME"]),
     ("model module does not import", "final", ["--model", "nolab.nets:wide_cnn"],
      ["cannot import nolab.nets for --model nolab.nets:wide_cnn", "No module named 'nolab'", "PYTHONPATH"]),
-    ("model function missing", "final", ["--model", "tests.labnets.nets:narrow"],
-     ["tests.labnets.nets has no 'narrow'"]),
+    ("model function missing", "final", ["--model", "tests.labnets.nets:wide_cn"],  # which file: a package may shadow it
+     ["tests.labnets.nets (imported from ", "tests/labnets/nets.py) has no 'wide_cn' for --model tests.labnets.nets:wide_cn; "
+      "did you mean tests.labnets.nets:wide_cnn?"]),
     ("model callable returns no module", "hparam", ["--model", "tests.labnets.nets:not_a_module"],
      ["tests.labnets.nets:not_a_module(num_classes, in_channels) returned a dict, not an nn.Module"]),
     ("model module fails on import", "final", ["--model", "tests.labnets.fails_on_import:net"],
