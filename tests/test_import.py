@@ -443,3 +443,19 @@ def test_a_new_experiment_needs_a_dataset(checkpoints, tmp_path, capsys):
         "error: unknown experiment 'mine': name a preset or a study file, or pass --dataset to import into a new "
         "experiment called mine\n")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("body,line", [
+    ("model_id,model,norm,seed,weight\na,cnn,batch,0,ok.pt",  # (said "no weights" alone)
+     r"line 2: no weights \(every entry names model_id, model, norm, seed, weights\); is 'weight' meant to be 'weights'\?$"),
+    ("model_id,model,norm,seed,weights,wieghts\na,cnn,batch,0,ok.pt,oops",  # (kept as a label column, silently)
+     r"line 2: column 'wieghts' is a letter or two from 'weights': fix the typo, or rename it if it is a label"),
+])
+def test_a_column_one_typo_from_a_required_one_is_named(body, line, tmp_path):
+    from bnrep.stages.imports import ImportRefused, read_models
+
+    (tmp_path / "models.csv").write_text(body + "\n")
+    with pytest.raises(ImportRefused, match=line):
+        read_models(str(tmp_path / "models.csv"))
+    (tmp_path / "labels.csv").write_text("model_id,model,norm,seed,weights,weight_decay,run\na,cnn,batch,0,ok.pt,0.1,x\n")
+    assert read_models(str(tmp_path / "labels.csv"))[0].labels == {"weight_decay": "0.1", "run": "x"}  # labels stay

@@ -91,8 +91,13 @@ def read_models(path: str) -> list[Entry]:
     for where, row in rows:
         at = f"models file {path}, {where}"
         missing = [c for c in COLUMNS if row.get(c) in (None, "")]
+        typo = _near_miss(row)
         if missing:
-            raise ImportRefused(f"{at}: no {', '.join(missing)} (every entry names {', '.join(COLUMNS)})")
+            raise ImportRefused(f"{at}: no {', '.join(missing)} (every entry names {', '.join(COLUMNS)})"
+                                + (f"; is {typo[0]!r} meant to be {typo[1]!r}?" if typo else ""))
+        if typo:  # it would be kept as a label, silently
+            raise ImportRefused(f"{at}: column {typo[0]!r} is a letter or two from {typo[1]!r}: fix the typo, or "
+                                f"rename it if it is a label of your own")
         clash = [c for c in row if c in WRITTEN]
         if clash:
             raise ImportRefused(f"{at}: column {clash[0]!r} is one bnrep writes itself; rename it")
@@ -124,6 +129,17 @@ def read_models(path: str) -> list[Entry]:
         raise ImportRefused(f"models file {path} names {len(specs)} model specs ({', '.join(specs)}): an "
                             f"experiment compares one network layer by layer; import each into its own")
     return entries
+
+
+def _near_miss(row: dict) -> tuple[str, str] | None:
+    """(a column, the entry's column it nearly spells: 'weight' or 'wieghts' for 'weights'), or None."""
+    import difflib
+
+    for k in row:
+        close = difflib.get_close_matches(str(k), [c for c in COLUMNS if c != k], n=1, cutoff=0.85)
+        if k not in COLUMNS and close:
+            return k, close[0]
+    return None
 
 
 def _one_per_seed(where: str, e, others) -> None:
