@@ -160,7 +160,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from bnrep.experiments import PRESETS
 
     root = args.data_root or default_data_root()
-    print(f"{'experiment':20} {'dataset':14} {'model':9} {'data here':10} description")
+    rows = [("experiment", "dataset", "model", "data here", "description")]
     for name, e in [*PRESETS.items(), *studies_under(args.out)]:
         try:
             family, path = parse_dataset(e.dataset)
@@ -169,7 +169,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             here = "yes" if family != FOLDER or os.path.isdir(path) else "no"  # (a folder: not every image decoded)
         except DatasetError:
             here = "no"
-        print(f"{name:20} {e.dataset:14} {e.model:9} {here:10} {e.description or '(a study under --out)'}")
+        rows.append((name, e.dataset, e.model, here, e.description or "(a study under --out)"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]  # columns as wide as their longest entry
+    for r in rows:
+        print("  ".join(f"{v:{w}}" for v, w in zip(r, widths)) + f"  {r[4]}")
     print(f"\n(data root: {root}; datasets download there on first use when the network allows; studies: "
           f"those {args.out} holds, found by name)")
     return 0

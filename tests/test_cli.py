@@ -314,7 +314,7 @@ def test_list_shows_every_experiment(tmp_path, capsys):
     from bnrep.studies import load_study
 
     study = tmp_path / "leaves.toml"
-    study.write_text('base = "digits-cnn"\ndescription = "my leaves"\n')
+    study.write_text('base = "digits-cnn"\ndescription = "my leaves"\nmodel = "tests.labnets.nets:wide_cnn"\n')
     store = Store(str(tmp_path / "runs"), "leaves")  # a study run before, found by name under --out
     store.mkdir()
     config.write_config(store, config.prepare(store, load_study(str(study)), "final", fresh=False))
@@ -322,8 +322,12 @@ def test_list_shows_every_experiment(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in ("digits-cnn", "mnist-cnn", "fashion-mnist-cnn", "cifar10-vgg16"):
         assert name in out
-    assert "digits-cnn           digits         cnn       yes" in out
-    assert "leaves               digits         cnn       yes        my leaves" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert rows["digits-cnn"].split()[1:4] == ["digits", "cnn", "yes"]
+    assert rows["leaves"].split()[1:] == ["digits", "tests.labnets.nets:wide_cnn", "yes", "my", "leaves"]
+    header = rows["experiment"]  # the columns line up, however long a study's dataset or model
+    assert {r.index(" yes ") + 1 for r in rows.values() if " yes " in r} == {header.index("data here")}
+    assert rows["leaves"].index("my leaves") == header.index("description")
 
 
 def test_list_does_not_decode_a_study_s_image_folder(tmp_path, capsys, monkeypatch):
