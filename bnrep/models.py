@@ -294,17 +294,21 @@ def _user(text: str, in_channels: int, num_classes: int) -> nn.Module:
         mod = importlib.import_module(module)
         build = getattr(mod, fn)
     except ImportError as e:
-        raise ModelError(f"cannot import {module} for --model {text} ({type(e).__name__}: {one_line(e)}); "
-                         f"install it or put its folder on PYTHONPATH") from None
+        import difflib
+
+        source = difflib.get_close_matches(module, SOURCES, n=1, cutoff=0.8)  # torchvison:resnet18
+        raise ModelError(f"cannot import {module} for model {text} ({type(e).__name__}: {one_line(e)}); "
+                         + (f"did you mean {source[0]}:{fn}?" if source else
+                            "install it or put its folder on PYTHONPATH")) from None
     except AttributeError:
         import difflib
 
         close = difflib.get_close_matches(fn, [n for n in dir(mod) if callable(getattr(mod, n, None))], n=1)
         where = getattr(mod, "__file__", None) or ", ".join(getattr(mod, "__path__", [])) or "a namespace package"
-        raise ModelError(f"{module} (imported from {where}) has no {fn!r} for --model {text}"
+        raise ModelError(f"{module} (imported from {where}) has no {fn!r} for model {text}"
                          + (f"; did you mean {module}:{close[0]}?" if close else "")) from None
     except Exception as e:  # noqa: BLE001 - the user's module fails as it is imported (SyntaxError, NameError, ...)
-        raise ModelError(f"importing {module} for --model {text} failed: {type(e).__name__}: {one_line(e)} "
+        raise ModelError(f"importing {module} for model {text} failed: {type(e).__name__}: {one_line(e)} "
                          f"(python -c 'import {module}' shows where)") from None
     try:
         model = build(num_classes, in_channels)
@@ -451,7 +455,7 @@ def user_module_path(spec: str) -> str | None:
     try:
         top = importlib.import_module(name)
     except Exception as e:  # noqa: BLE001 - (building the model imported it already: rare)
-        raise ModelError(f"importing {name} for --model {spec} failed: {type(e).__name__}: {one_line(e)}") from None
+        raise ModelError(f"importing {name} for model {spec} failed: {type(e).__name__}: {one_line(e)}") from None
     path = list(getattr(top, "__path__", []))[:1] or [getattr(top, "__file__", None)]
     if not path[0] or any(part in ("site-packages", "dist-packages") for part in re.split(r"[\\/]", path[0])):
         return None

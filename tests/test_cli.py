@@ -88,15 +88,18 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("unknown norm", "final", ["--norms", "batch,weight"], ["unknown norm 'weight'", ", ".join(NAMES)]),
     ("no norms", "hparam", ["--norms", ""], ["norms is empty"]),
     ("unknown model", "hparam", ["--model", "resnet50"], ["unknown model 'resnet50'", "torchvision:NAME"]),
+    ("a source misspelt", "final", ["--model", "torchvison:resnet18"],
+     ["cannot import torchvison for model torchvison:resnet18 (ModuleNotFoundError: No module named 'torchvison'); "
+      "did you mean torchvision:resnet18?"]),
     ("model module does not import", "final", ["--model", "nolab.nets:wide_cnn"],
-     ["cannot import nolab.nets for --model nolab.nets:wide_cnn", "No module named 'nolab'", "PYTHONPATH"]),
+     ["cannot import nolab.nets for model nolab.nets:wide_cnn", "No module named 'nolab'", "PYTHONPATH"]),
     ("model function missing", "final", ["--model", "tests.labnets.nets:wide_cn"],  # which file: a package may shadow it
-     ["tests.labnets.nets (imported from ", "tests/labnets/nets.py) has no 'wide_cn' for --model tests.labnets.nets:wide_cn; "
+     ["tests.labnets.nets (imported from ", "tests/labnets/nets.py) has no 'wide_cn' for model tests.labnets.nets:wide_cn; "
       "did you mean tests.labnets.nets:wide_cnn?"]),
     ("model callable returns no module", "hparam", ["--model", "tests.labnets.nets:not_a_module"],
      ["tests.labnets.nets:not_a_module(num_classes, in_channels) returned a dict, not an nn.Module"]),
     ("model module fails on import", "final", ["--model", "tests.labnets.fails_on_import:net"],
-     ["importing tests.labnets.fails_on_import for --model tests.labnets.fails_on_import:net failed: RuntimeError: "
+     ["importing tests.labnets.fails_on_import for model tests.labnets.fails_on_import:net failed: RuntimeError: "
       "CONFIG_PATH is not set"]),
     ("model builder raises", "hparam", ["--model", "tests.labnets.nets:needs_a_config"],
      ["tests.labnets.nets:needs_a_config(10, 1) failed: RuntimeError: my builder needs a config file (bnrep calls "
