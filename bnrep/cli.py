@@ -26,6 +26,7 @@ import time
 
 from bnrep import __version__
 from bnrep.config import DEFAULT_OUT, UsageError
+from bnrep.datasets import DATA_ROOT_HELP
 from bnrep.experiments import DEFAULT_EXPERIMENT
 from bnrep.flags import (SCRIPTS, Parser, build_parser as stage_parser, check_flags, exit_process, main_guard,
                          options, rerun_hint, resolve_experiment, run_stage)
@@ -149,7 +150,7 @@ def import_parser(p: argparse.ArgumentParser) -> None:
                    help="imagefolder: resize the shorter side to S and centre-crop S x S (default: as stored)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="PATH|URI", help=f"results root (default: {DEFAULT_OUT})")
     p.add_argument("--data-root", default=None, metavar="DIR",
-                   help="where torchvision datasets live (default: $BNREP_DATA or ~/.cache/bnrep/data)")
+                   help=DATA_ROOT_HELP)
     p.add_argument("--fresh", action="store_true", help="delete the experiment's results and import every model anew")
 
 
@@ -222,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--out", default=DEFAULT_OUT, metavar="PATH|URI", help="results root whose studies to list too "
                                                                         f"(default: {DEFAULT_OUT})")
     lp.add_argument("--data-root", default=None, metavar="DIR",
-                    help="where torchvision datasets live (default: $BNREP_DATA or ~/.cache/bnrep/data)")
+                    help=DATA_ROOT_HELP)
     sp = sub.add_parser("status", help="per stage: complete, partial or missing (the sweep: skipped after "
                                        "--paper-hparams)")
     sp.add_argument("--experiment", default=DEFAULT_EXPERIMENT, metavar="NAME",

@@ -62,7 +62,7 @@ class RunOptions:
     """How a stage runs (where, on what resources), as opposed to what it computes (Experiment)."""
     out: str = DEFAULT_OUT  # results root: a local path or a URI in OUT_SCHEMES (s3://, file://)
     address: str | None = None  # Ray cluster to join (None: $RAY_ADDRESS, else this machine's `ray start` one, else a private local Ray)
-    data_root: str | None = None  # torchvision datasets (None: $BNREP_DATA or ~/.cache/bnrep/data)
+    data_root: str | None = None  # torchvision datasets (None: bnrep.data.default_data_root)
     fresh: bool = False  # delete this stage's earlier results (and what depends on them) first
     paper_hparams: bool = False  # grid: the preset's lr/momentum instead of the sweep's best
     cpus_per_trial: float = 1.0

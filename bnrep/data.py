@@ -45,8 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bnrep.datasets import (DATASETS, FOLDER, DataError, class_names, folder_classes, folder_splits, one_line,
-                            parse_dataset)
+from bnrep.datasets import (DATA_ROOT, DATA_ROOT_ENV, DATASETS, FOLDER, DataError, class_names, folder_classes,
+                            folder_splits, one_line, parse_dataset)
 from bnrep.folders import STATS_CHUNK, FolderImages, folder_files, folder_shape, pixel_stats, read_folder, streams
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ SYNTHETIC_SEED = 20240901  # fixes the synthetic images; split_seed only splits 
 
 
 def default_data_root() -> str:
-    return os.path.expanduser(os.environ.get("BNREP_DATA") or "~/.cache/bnrep/data")
+    return os.path.expanduser(os.environ.get(DATA_ROOT_ENV) or DATA_ROOT)
 
 
 @dataclass

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 FOLDER = "imagefolder"  # the family: imagefolder:PATH
+DATA_ROOT_ENV, DATA_ROOT = "BNREP_DATA", "~/.cache/bnrep/data"  # where torchvision datasets live, by default
+DATA_ROOT_HELP = f"where torchvision datasets live (default: ${DATA_ROOT_ENV} or {DATA_ROOT})"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import NoReturn
 
 from bnrep.config import DEFAULT_OUT, RunOptions, StageFailed, UsageError
 from bnrep.raysession import STOPPED_BY, check_address, stop_on_sigterm
-from bnrep.datasets import DATASETS, DatasetError, absolute_dataset
+from bnrep.datasets import DATA_ROOT_HELP, DATASETS, DatasetError, absolute_dataset
 from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, ConfigError, Experiment, capped_conditions, \
     get_experiment, smoke
@@ -72,7 +72,7 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true",
                    help="delete this stage's earlier results (and what depends on them) and start over")
     p.add_argument("--data-root", default=None, metavar="DIR",
-                   help="where torchvision datasets live (default: $BNREP_DATA or ~/.cache/bnrep/data)")
+                   help=DATA_ROOT_HELP)
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
