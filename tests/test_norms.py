@@ -72,3 +72,28 @@ def test_more_thresholds_compute_only_sparsity(study):
     grows = ls.sort_values("eps").groupby(["model_id", "layer"])["sparsity"].is_monotonic_increasing
     assert grows.all()  # |x| <= eps counts more as eps grows
     assert "[final]" not in log  # the analysis alone: nothing retrained
+
+
+def test_the_schema_in_bnrep_store_names_every_column_the_stages_write(study):
+    """bnrep.store's docstring is where the schema is written down (the README points there): every column of
+    every table a run writes is named in its table's entry (a measure added without its schema failed this)."""
+    import re
+
+    import bnrep.store
+    from bnrep.store import TABLES
+
+    entries, name = {}, None
+    for line in bnrep.store.__doc__.splitlines():
+        head = re.match(r"^    (\w+) ", line)
+        if head and head.group(1) in TABLES:
+            name = head.group(1)
+        elif not line.startswith("        "):
+            name = None
+        if name:
+            entries.setdefault(name, set()).update(re.findall(r"[a-z_][a-z0-9_]*", line))
+    out, _ = study
+    store = Store(str(out), "synthetic-cnn")
+    assert set(TABLES) == set(entries)
+    for table in TABLES:
+        written = set(store.read_table(table).columns) - ({"epoch"} if TABLES[table].stage == "analysis" else set())
+        assert written and written <= entries[table], (table, written - entries[table])  # (epoch: said once for all)
