@@ -431,7 +431,11 @@ FIGURES = [
                "at the same seed; dashed, in each condition's colour: two seeds of one condition (the seed-noise "
                "baseline). Mean over the pairs, error bars: standard deviation over the pairs ({seeds}). A "
                "cross-condition CKA clearly below both seed baselines means the condition changes what "
-               "the layer represents beyond seed noise; at the baseline, it does not. Gray dotted: the cross-"
+               "the layer represents beyond seed noise; at the baseline, it does not. Two conditions that are one "
+               "network at initialisation (the same norm with another recipe, or ghost BatchNorm and BatchNorm) "
+               "start from the same weights at one seed, which raises their CKA above the baselines of "
+               "independent seeds: there, a CKA at or above the baselines does not show that training left the "
+               "representations alike. Gray dotted: the cross-"
                "condition CKA debiased (unbiased HSIC; Nguyen, Raghu & Kornblith 2021), which is about 0 for "
                "unrelated representations at any sample count, where linear CKA is inflated at small ones.",
                "CKA per layer",
@@ -448,7 +452,10 @@ FIGURES = [
                "batch statistics there, at the condition's batch size, as the first step did) and at the final "
                "epoch (solid), for {colours} "
                "models. Error bars: standard deviation across {seeds}. A difference between conditions already "
-               "there at initialisation is the architecture's, not training's.",
+               "there at initialisation is the architecture's, not training's; except between conditions that "
+               "are one network at initialisation (the same norm with another recipe, or ghost BatchNorm and "
+               "BatchNorm: the same weights at one seed), where it is the batch size the batch statistics were "
+               "measured at.",
                "Measures at initialisation and through training",
                "it needs the analysis run with --snapshots (0: the initialisation; e.g. 0,1,5, with the grid "
                "trained with the same --snapshots)"),

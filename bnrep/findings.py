@@ -32,6 +32,7 @@ from bnrep.correlations import (MIN_MODELS, P_MAX, R_MIN, between_groups_reason,
 from bnrep.conditions import MIN_SEEDS, MOSTLY_ZERO, Condition, conditions
 from bnrep.experiments import LR_EDGE
 from bnrep.measures import MEASURES
+from bnrep.norms import same_start
 from bnrep.results import (LABELS, NORM_NAMES, REF, SHORT, Results, at_eps, eps_values, is_paper_pair, norm_labels,
                            optimal_k, pair, pair_names, present_norms, rectified, shown)
 
@@ -513,7 +514,11 @@ def initialisation_rows(r: Results) -> list[list[str]]:
                                             else (math.nan,) * 3)) for x in fin.itertuples()}
             same = [l for l, (g, a, b, p) in gap.items() if p < P_MAX and np.sign(a - b) == np.sign(g)]
             like = [l for l, (g, a, b, p) in gap.items() if l not in same and (a - b) / g >= 0.5]  # >= half, noisy
-            said = ("no layer differs at the final epoch" if fin.empty else "already at initialisation"
+            said = ("no layer differs at the final epoch" if fin.empty else
+                    "appeared in training: at initialisation the two are one network with the same weights, whose "
+                    "epoch-0 differences come from the batch size its batch statistics were measured at"
+                    if same_start(n, r.ref) and (same or like) else "appeared in training"
+                    if same_start(n, r.ref) else "already at initialisation"
                     if len(same) == len(fin) else "partly at initialisation" if same else "appeared in training"
                     if not like else f"unclear: {_names(like)} at least half as large at epoch 0, within seed noise")
             rows.append([m.name or m.table.replace("_", " "), f"{SHORT[n]} vs {SHORT[r.ref]}",

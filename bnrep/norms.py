@@ -116,6 +116,7 @@ class Norm:
     conv_type: type = nn.Conv2d  # the conv it asks for before it (weight standardisation: WSConv2d)
     base: str = ""  # a condition (bnrep.axis): the normalisation it builds; "" for a normalisation itself
     overrides: tuple[tuple[str, object], ...] = ()  # a condition's training fields, (field, value) sorted
+    starts_as: str = ""  # the normalisation whose network it is at initialisation, where not its own
 
     @property
     def norm(self) -> str:
@@ -149,7 +150,8 @@ GROUP_SHADES = ("lightgreen", "mediumaquamarine", "tab:olive", "tab:cyan", "oliv
 FAMILIES: dict[str, tuple[str, Callable[[int], Norm]]] = {
     "ghost": ("B", lambda b: Norm(f"ghost:{b}", f"gbn{b}", f"GBN{b}", f"ghost BatchNorm ({b} per virtual batch)",
                             GHOST_SHADES[b.bit_length() % len(GHOST_SHADES)], lambda c: GhostBatchNorm2d(c, b),
-                            lambda c: GhostBatchNorm1d(c, b), bias=False, kinds=(GhostBatchNorm2d, GhostBatchNorm1d))),
+                            lambda c: GhostBatchNorm1d(c, b), bias=False, kinds=(GhostBatchNorm2d, GhostBatchNorm1d),
+                            starts_as="batch")),  # BatchNorm's parameters and statistics until it trains
     "group": ("G", lambda g: Norm(f"group:{g}", f"gn{g}", f"GN{g}", f"GroupNorm ({g} group{'s' * (g != 1)})",
                             GROUP_SHADES[g.bit_length() % len(GROUP_SHADES)], _exact_groups(g),
                             _exact_groups(g), bias=False, kinds=(nn.GroupNorm,))),
@@ -180,6 +182,13 @@ def get_norm(name: str) -> Norm:
             raise NormError(f"{name}: {family}:{what} needs a whole number {what} >= 1")
         return make(int(arg))
     raise NormError(f"unknown norm {name!r} (valid: {', '.join(NAMES)})")
+
+
+def same_start(a: str, b: str) -> bool:
+    """Whether models of conditions `a` and `b` are one network at initialisation, with the same weights at one
+    seed: one normalisation (conditions that change the recipe only), or ghost BatchNorm and BatchNorm."""
+    first = [get_norm(n).starts_as or get_norm(n).norm for n in (a, b)]
+    return first[0] == first[1]
 
 
 def sort_key(name: str) -> tuple:

@@ -15,7 +15,7 @@ from matplotlib.colors import to_hex
 from bnrep import conditions, correlations, figures, findings, report, results
 from bnrep.experiments import get_experiment
 from bnrep.store import Store
-from bnrep.results import COLORS
+from bnrep.results import COLORS, SHORT
 from tests.report_fixtures import CNN_LAYERS, cnn_kopt, cnn_sparsity, make_tables, vgg_tables, write_tables
 
 ROOT = report.__file__.rsplit("/bnrep/", 1)[0]
@@ -1521,3 +1521,31 @@ def test_a_caveat_every_claim_names_is_said_once_in_the_summary(tmp_path):
     text = "only 2 seeds of BN (need 3)"
     assert all(text in f.caveats for f in res.findings) and len(res.findings) == 4
     assert res.summary.count(text) == 1 and f"Named for every claim below:\n    - {text}" in res.summary
+
+
+@pytest.mark.parametrize("a,ref,one_network", [
+    ("bn-b8", "bn-b64", True),  # a recipe change: the same network
+    ("ghost:8", "bn-b64", True),  # a ghost BatchNorm is a BatchNorm until it trains
+    ("group", "bn-b64", False),
+])
+def test_an_epoch_0_difference_between_one_network_measured_at_two_batch_sizes_is_not_the_architecture(a, ref,
+                                                                                                     one_network):
+    """bn-b8 and bn-b64 (and ghost:8) start from the same weights at one seed; at epoch 0 their batch statistics
+    are taken at 8 and at 64, which alone makes them differ there (the report said "already at initialisation")."""
+    from bnrep.experiments import get_experiment
+    from bnrep.norms import same_start
+    from bnrep.results import Results
+
+    e = get_experiment("synthetic-cnn").override(
+        conditions=f"bn-b8:batch,batch_size=8; bn-b64:batch,batch_size=64; {a if a != 'bn-b8' else ''}",
+        reference=ref)
+    assert same_start(a, ref) is one_network
+    rows = [dict(model_id=f"{c}{s}", condition=c, norm=c, bn=False, seed=s, layer="l1", layer_index=1, epoch=epoch,
+                 value=10 + 5 * (c == a) + (0.1 if s else -0.1))
+            for c in (a, ref) for s in (0, 1) for epoch in (-1, 0)]
+    r = Results(e, {"effective_rank": pd.DataFrame(rows)})
+    (row,) = [x for x in findings.initialisation_rows(r) if x[1] == f"{SHORT[a]} vs {SHORT[ref]}"]
+    assert row[3] == "1 (l1)"  # the same gap at epoch 0 ...
+    assert row[4] == ("appeared in training: at initialisation the two are one network with the same weights, whose "
+                      "epoch-0 differences come from the batch size its batch statistics were measured at"
+                      if one_network else "already at initialisation")  # ... whose cause the reading names
