@@ -85,15 +85,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     exp, opts, store = validate_run(args)
     imported = is_imported(store)
     with writer_lock(store, "run"):  # the stages find it held by this process
-        if opts.fresh and not imported:
-            start_fresh(store, "hparam" if not opts.paper_hparams else "final")
         # imported models stay (bnrep import --fresh imports them anew): the analysis starts over, as --fresh does
-        return run_stages(exp, dataclasses.replace(opts, fresh=opts.fresh and imported), store, imported)
+        first = None if imported or not opts.fresh else "hparam" if not opts.paper_hparams else "final"
+        return run_stages(exp, dataclasses.replace(opts, fresh=opts.fresh and imported), store, imported,
+                          fresh=lambda: start_fresh(store, first) if first else None)
 
 
-def run_stages(exp, opts, store, imported: bool = False) -> int:
+def run_stages(exp, opts, store, imported: bool = False, fresh=lambda: None) -> int:
+    """The stages in one Ray session: every stage's resource check, then `fresh` (--fresh's deletion), then
+    the work (a refused run deletes nothing and trains nothing)."""
     from bnrep.experiments import reference_note
-    from bnrep.raysession import ray_session
+    from bnrep.raysession import check_resources, ray_session
     from bnrep.stages import analysis, final, hparam, report
 
     t0 = time.time()
@@ -106,7 +108,9 @@ def run_stages(exp, opts, store, imported: bool = False) -> int:
         steps = steps[1:]
     if reference_note(exp):
         print(reference_note(exp), flush=True)
-    with ray_session(opts.address, exp.model):
+    with ray_session(opts.address, exp.model) as ray:
+        check_resources(ray, opts, [name for name, _ in steps])
+        fresh()
         for i, (name, step) in enumerate(steps, 1):
             print(f"\n==== stage {i}/{len(steps)}: {name} (as python {SCRIPTS[name]}) ====", flush=True)
             rc = step()

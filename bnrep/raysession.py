@@ -305,6 +305,15 @@ def placement() -> dict:
     return {"node_id": node_id(), "gpus": float(gpus)}
 
 
+def check_resources(ray, opts, stages) -> None:
+    """The resource checks of `stages` (default_gpus: a trial or task asking more than the private local Ray
+    has is UsageError), all before any of them works or deletes (--fresh)."""
+    if {"hparam", "final"} & set(stages):
+        default_gpus(ray, opts.gpus_per_trial, opts.cpus_per_trial)
+    if "analysis" in stages:
+        default_gpus(ray, opts.gpus_per_task, opts.cpus_per_task, "task")
+
+
 def default_gpus(ray, requested: float | None, cpus: float = 1, per: str = "trial") -> float:
     """GPUs per trial/task: the flag, else 1 when the cluster has GPUs, else 0. On the private local Ray
     (nothing can join it) a trial or task that asks more CPUs or GPUs than it has is UsageError, one line:

@@ -257,6 +257,23 @@ def test_more_than_the_private_ray_has_is_one_line_not_a_wait(stage, argv, line,
     assert {k: v for k, v in tree(results).items() if ".lock" not in k} == before and not ray.is_initialized()
 
 
+@pytest.mark.parametrize("command,line", [
+    (["final", "--paper-hparams", "--fresh", "--cpus-per-trial", "3"], "a trial asks 3 CPUs"),  # (deleted all first)
+    (["hparam", "--fresh", "--gpus-per-trial", "1"], "a trial asks 1 GPU"),
+    (["run", "--paper-hparams", "--fresh", "--cpus-per-trial", "3"], "a trial asks 3 CPUs"),
+    (["run", "--paper-hparams", "--gpus-per-task", "1"], "a task asks 1 GPU"),  # (after the grid had trained)
+])
+def test_a_run_the_private_ray_cannot_serve_is_refused_before_it_deletes_or_trains(command, line, results, capsys,
+                                                                                   monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    before = {k: v for k, v in tree(results).items() if ".lock" not in k}
+    argv = [*command, "--smoke-test", "--out", str(results)]
+    rc = cli.main(argv) if command[0] == "run" else flags.run_stage(command[0], argv[1:])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.splitlines()[-1].startswith(f"error: {line} "), err
+    assert {k: v for k, v in tree(results).items() if ".lock" not in k} == before and not ray.is_initialized()
+
+
 def test_bnrep_run_validates_every_stage_first(results, capsys):
     before = tree(results)
     rc = cli.main(["run", "--smoke-test", "--k-max", "1", "--out", str(results)])

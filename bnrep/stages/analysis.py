@@ -40,7 +40,7 @@ from bnrep.measures import FINAL, MEASURES, NONFINITE, ModelRun, of_kind  # noqa
 from bnrep.norms import sort_key
 from bnrep.probes import Probe
 from bnrep.progress import wait_tasks
-from bnrep.raysession import check_nodes, default_gpus, placement, quiet_when_stopped, ray_session
+from bnrep.raysession import check_nodes, check_resources, default_gpus, placement, quiet_when_stopped, ray_session
 from bnrep.represent import AnalysisSamples, extract_representations, model_probes, snapshot_mode
 from bnrep.store import Store, norm_columns, tables
 from bnrep.train import best_device
@@ -306,8 +306,9 @@ def run(exp: Experiment, opts: RunOptions) -> int:
 
     # ==== skip complete work; one writer from here on ====
     with contextlib.ExitStack() as held:
-        if opts.fresh:  # the lock, then the deletion
+        if opts.fresh:  # the lock, the resource check, then the deletion (a refused run deletes nothing)
             held.enter_context(writer_lock(store, "analysis"))
+            check_resources(held.enter_context(ray_session(opts.address, exp.model)), opts, ["analysis"])
             start_fresh(store, "analysis")
         todo = plan(store, exp, models, probes)
         left = {r["model_id"] for r in units(models, exp) if unit(r) in todo.extract()}

@@ -27,7 +27,7 @@ from bnrep.lock import writer_lock
 from bnrep.models import model_id
 from bnrep.norms import SHORT, TAGS, sort_key
 from bnrep.progress import tune_progress
-from bnrep.raysession import check_nodes, default_gpus, placement, quiet_when_stopped, ray_session
+from bnrep.raysession import check_nodes, check_resources, default_gpus, placement, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import (WRITE_FAILED, WriteFailed, can_resume, keep_tensorboard, open_training_stage,
                                  run_config, train_in_tune, tune_config)
 from bnrep.store import GRID, GRID_PLAN, Store, StoreWriteError, norm_columns, safe_key, tables, write_error
@@ -190,8 +190,9 @@ def run(exp: Experiment, opts: RunOptions) -> int:
     train_hash = stage_hashes(exp)["train_hash"]
     grid = [{"seed": s, "norm": n, "hparams": hparams[n]} for s in range(exp.seeds) for n in exp.norms]
     with contextlib.ExitStack() as held:
-        if opts.fresh:  # the lock, then the deletion
+        if opts.fresh:  # the lock, the resource check, then the deletion (a refused run deletes nothing)
             held.enter_context(writer_lock(store, "final"))
+            check_resources(held.enter_context(ray_session(opts.address, exp.model)), opts, ["final"])
             start_fresh(store, "final")
         todo = untrained(exp, store, grid, train_hash)
         trained = bool(todo)

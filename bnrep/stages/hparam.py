@@ -26,7 +26,7 @@ from bnrep.experiments import Experiment, lr_edge
 from bnrep.lock import writer_lock
 from bnrep.norms import TAGS
 from bnrep.progress import tune_progress
-from bnrep.raysession import check_nodes, default_gpus, quiet_when_stopped, ray_session
+from bnrep.raysession import check_nodes, check_resources, default_gpus, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import (can_resume, keep_tensorboard, open_training_stage, run_config, train_in_tune,
                                  tune_config)
 from bnrep.store import SWEEP, SWEEP_PLAN, Store, norm_columns
@@ -199,8 +199,9 @@ def run(exp: Experiment, opts: RunOptions) -> int:
     store, record = open_training_stage(exp, opts, "hparam")  # every check before Ray starts
     print(header("hparam sweep", exp, store), flush=True)
     with contextlib.ExitStack() as held:
-        if opts.fresh:  # the lock, then the deletion
+        if opts.fresh:  # the lock, the resource check, then the deletion (a refused run deletes nothing)
             held.enter_context(writer_lock(store, "hparam"))
+            check_resources(held.enter_context(ray_session(opts.address, exp.model)), opts, ["hparam"])
             start_fresh(store, "hparam")
         best = store.read_json("hparam/best_hparams.json") if store.exists("hparam/best_hparams.json") else {}
         todo = [n for n in exp.norms if not (TAGS[n] in best and store.has_part("hparam_trials", TAGS[n]))]
