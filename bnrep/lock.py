@@ -73,10 +73,15 @@ class LocalBackend:
     def _tmp(self, data: bytes) -> str:
         os.makedirs(self.dir, exist_ok=True)
         tmp = os.path.join(self.dir, f".tmp-{uuid.uuid4().hex}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:  # a full disk: no empty record left behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         return tmp
 
     def create(self, name: str, data: bytes) -> bool:
@@ -251,8 +256,12 @@ class Lock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if not self.lost and self.backend.create(_gen_name(self.gen + 1), json.dumps({"released": True}).encode()):
-            self.backend.delete(_gen_name(self.gen))
+        try:
+            if not self.lost and self.backend.create(_gen_name(self.gen + 1), json.dumps({"released": True}).encode()):
+                self.backend.delete(_gen_name(self.gen))
+        except OSError:  # no room for the tombstone (a full disk): deleting this record frees the lock too (the
+            with contextlib.suppress(OSError):  # one before it is a tombstone, or a writer that had gone)
+                self.backend.delete(_gen_name(self.gen))
 
     def __enter__(self) -> "Lock":
         return self

@@ -110,6 +110,24 @@ def _speaks_http2(sock: socket.socket) -> bool:
 _TUNE_TEMPORARY = re.compile(r"/\.[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}-tmp-")  # ray.tune.utils.util._atomic_save
 
 
+_NO_ROOM = re.compile(r"\[Errno (28|122)\]|No space left on device|Disk quota exceeded")
+_said_no_room: list[bool] = []
+
+
+def _no_room(record: logging.LogRecord) -> bool:
+    """Tune's tracebacks of the saves a full disk failed (a page each, one per save and sync): one line, once;
+    the stage then ends with the one line of the write (bnrep.stages.tuning.fit). Every other record passes."""
+    e = record.exc_info[1] if record.exc_info else None
+    if not _NO_ROOM.search(f"{e or ''} {record.getMessage()}"):
+        return True
+    if _said_no_room:
+        return False
+    _said_no_room.append(True)
+    record.msg, record.args, record.exc_info, record.exc_text = (
+        "Ray Tune could not save its state under --out: no space left on device", (), None, None)
+    return True
+
+
 def _staging_race(record: logging.LogRecord) -> bool:
     """False for Tune's traceback of one harmless race, kept off the console: Tune saves its experiment
     state (a `.<uuid4>-tmp-...` file renamed into place) while its background copy of that folder to --out
@@ -133,6 +151,7 @@ def quiet_ray_logs() -> None:
     logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)  # "Trials did not complete": bnrep says which
     for name in ("ray.tune.execution.experiment_state", "ray.train._internal.syncer"):
         logging.getLogger(name).addFilter(_staging_race)
+        logging.getLogger(name).addFilter(_no_room)
 
 
 @contextlib.contextmanager

@@ -115,10 +115,12 @@ every load) and the epoch a restarted trial resumed from (`resumed_from_epoch`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -202,6 +204,31 @@ def write_error(err: BaseException | None) -> StoreWriteError | None:
             return StoreWriteError(err.args[0])  # the message alone (Ray wraps it in a traceback)
         err = getattr(err, "cause", None) or err.__cause__
     return None
+
+
+FULL_DISK = 16 * 2**20  # bytes free below which a failure of Ray Tune's own writes is taken as a full disk
+_NO_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+
+
+def storage_error(err: BaseException, store: Store, rel: str) -> StoreWriteError | None:
+    """Ray Tune failing on the store's disk (its state and checkpoints under `rel`) as the one line of a write
+    that could not be made, or None. Tune's errors seldom carry the OSError (an empty state file reads as
+    EOFError): a local disk with almost no space left is then taken as the cause."""
+    seen, why = set(), None
+    while err is not None and id(err) not in seen and why is None:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _NO_WRITE:
+            why = os.strerror(err.errno)
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    if why is None and not is_uri(store.out):
+        folder = store.path(rel)
+        while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
+        free = shutil.disk_usage(folder).free
+        why = f"No space left on device ({free / 2**20:.1f} MiB free)" if free < FULL_DISK else None
+    return None if why is None else StoreWriteError(
+        f"cannot write {store.display(rel)}: {why}; free space or fix permissions there, then rerun the same "
+        f"command (results already written are kept)")
 
 
 def is_uri(path: str) -> bool:

@@ -255,3 +255,26 @@ def test_a_contender_with_an_old_listing_withdraws(out, monkeypatch):
     assert lockmod._generations(lockmod.backend(store)) == [2]
     assert current_writer(store)["stage"] == "analysis"
     holder.release()
+
+
+def test_a_lock_released_on_a_full_disk_is_freed_and_leaves_no_empty_record(tmp_path, monkeypatch):
+    """No room for the release's tombstone (ENOSPC): the holder's own record is deleted instead, which frees
+    the lock; the failed write leaves no .tmp file (the lock stayed held, with empty temporaries beside it)."""
+    import errno
+
+    from bnrep import lock
+
+    store = Store(str(tmp_path / "runs"), "exp")
+    held = acquire(store, "final", renew=False)
+    real = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(lock.os, "fsync", full)
+    held.release()  # (raised OSError: No space left on device)
+    monkeypatch.setattr(lock.os, "fsync", real)
+    assert current_writer(store) is None
+    assert not [n for n in os.listdir(tmp_path / "runs" / "exp" / ".lock") if n.startswith(".tmp-")]
+    with writer_lock(store, "analysis", renew=False):  # free again
+        assert current_writer(store)["stage"] == "analysis"

@@ -326,3 +326,45 @@ def test_the_best_trials_print_in_the_study_s_order_whatever_order_they_were_fou
     lines = capsys.readouterr().out.splitlines()
     assert lines[1:3] == ["Best trial per condition", "condition         lr  momentum  epochs  val_acc  objective"]
     assert [line.split()[0] for line in lines[3:]] == ["bn", "bn-b8", "nobn"]
+
+
+def test_tune_failing_on_a_full_disk_is_the_one_line_of_a_write(tmp_path, monkeypatch):
+    """Tune's own state and checkpoints sit under --out: on a full disk tuner.fit() failed with pages of
+    tracebacks ending in EOFError (an empty state file); it is StoreWriteError's one line now. A failure with
+    room on the disk and no write error in it is raised as it was."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from bnrep.stages.tuning import fit
+    from bnrep.store import Store, StoreWriteError
+
+    store = Store(str(tmp_path / "runs"), "digits-cnn")
+
+    class Tuner:
+        def __init__(self, error):
+            self.error = error
+
+        def fit(self):
+            raise self.error
+
+    def failing(cause):
+        try:
+            raise cause
+        except OSError:
+            try:
+                raise EOFError("Ran out of input")  # as Tune's result grid, on the way out
+            except EOFError as e:
+                return e
+
+    usage = namedtuple("usage", "total used free")
+    with pytest.raises(StoreWriteError, match=r"^cannot write .*runs/digits-cnn/train/tune/final: No space left on "
+                                              r"device; free space or fix permissions there, then rerun the same "
+                                              r"command \(results already written are kept\)$"):
+        fit(Tuner(failing(OSError(errno.ENOSPC, "No space left on device"))), store, "train/tune/final")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(100 * 2**20, 99 * 2**20, 2**20))  # 1 MiB left
+    with pytest.raises(StoreWriteError, match=r": No space left on device \(1\.0 MiB free\); "):
+        fit(Tuner(EOFError("Ran out of input")), store, "train/tune/final")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(100 * 2**30, 2**30, 99 * 2**30))
+    with pytest.raises(EOFError, match="Ran out of input"):
+        fit(Tuner(EOFError("Ran out of input")), store, "train/tune/final")

@@ -28,7 +28,7 @@ from bnrep.models import model_id
 from bnrep.norms import SHORT, TAGS, sort_key
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, check_resources, default_gpus, placement, quiet_when_stopped, ray_session
-from bnrep.stages.tuning import (WRITE_FAILED, WriteFailed, can_resume, keep_tensorboard, open_training_stage,
+from bnrep.stages.tuning import (WRITE_FAILED, WriteFailed, can_resume, fit, keep_tensorboard, open_training_stage,
                                  run_config, train_in_tune, tune_config)
 from bnrep.store import GRID, GRID_PLAN, Store, StoreWriteError, norm_columns, safe_key, tables, write_error
 from bnrep.train import Trainer, best_device
@@ -138,7 +138,7 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
         tuner = tune.Tuner(fn, param_space=space,
                            tune_config=tune_config(trial_dirname_creator=grid_dirname),
                            run_config=run_config(opts, name, store.uri(storage), progress, stop=WriteFailed()))
-    results = tuner.fit()
+    results = fit(tuner, store, GRID)
     failed = next((r.metrics[WRITE_FAILED] for r in results if (r.metrics or {}).get(WRITE_FAILED)), None)
     if failed:  # the other trials were stopped (WriteFailed), none retried; the rerun trains them anew (a
         with contextlib.suppress(OSError, StoreWriteError):  # restored grid would end as this one did)

@@ -27,7 +27,7 @@ from bnrep.lock import writer_lock
 from bnrep.norms import TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, check_resources, default_gpus, quiet_when_stopped, ray_session
-from bnrep.stages.tuning import (can_resume, keep_tensorboard, open_training_stage, run_config, train_in_tune,
+from bnrep.stages.tuning import (can_resume, fit, keep_tensorboard, open_training_stage, run_config, train_in_tune,
                                  tune_config)
 from bnrep.store import SWEEP, SWEEP_PLAN, Store, norm_columns
 from bnrep.train import Trainer, best_device
@@ -102,7 +102,7 @@ def run_sweep(exp: Experiment, opts: RunOptions, store: Store, todo: list[str], 
                                          "searching anew (seeded: the same configurations)"):
         print(f"[hparam] resuming the interrupted sweep in {path}", flush=True)
         restored = tune.Tuner.restore(path, trainable=fn, param_space=space, resume_errored=True)
-        return trials_table(restored.fit(), exp, asha, configs)
+        return trials_table(fit(restored, store, SWEEP), exp, asha, configs)
     keep_tensorboard(store, SWEEP)
     store.delete(SWEEP)  # what a run killed before Tune saved a usable state left
     store.write_json(SWEEP_PLAN, configs)
@@ -114,7 +114,7 @@ def run_sweep(exp: Experiment, opts: RunOptions, store: Store, todo: list[str], 
         tune_config=tune_config(metric="objective", mode="max", scheduler=PerCondition(asha, configs),
                                 trial_dirname_creator=sweep_dirname),
         run_config=run_config(opts, name, store.uri(storage), progress))
-    return trials_table(tuner.fit(), exp, asha, configs)
+    return trials_table(fit(tuner, store, SWEEP), exp, asha, configs)
 
 
 def asha_spec(exp: Experiment, norm: str) -> dict:

@@ -13,7 +13,7 @@ from bnrep.data import check_data
 from bnrep.represent import model_probes
 from bnrep.experiments import Experiment
 from bnrep.raysession import placement
-from bnrep.store import Store
+from bnrep.store import Store, storage_error
 
 CHECKPOINT_FILE = "trainer.pt"
 SNAPSHOTS_FILE = "snapshots.json"  # epoch -> sha256 of the snapshot files written so far
@@ -161,6 +161,17 @@ def flat_keys(space: dict, prefix: str = "") -> list[str]:
     """The sorted '/'-joined key paths of a param_space, as Tune records them in tuner.pkl."""
     return sorted(k for name, v in space.items()
                   for k in (flat_keys(v, f"{prefix}{name}/") if isinstance(v, dict) else [f"{prefix}{name}"]))
+
+
+def fit(tuner, store: Store, rel: str):
+    """tuner.fit(); a failure of Tune's own writes under `rel` (a full disk) is StoreWriteError, one line."""
+    try:
+        return tuner.fit()
+    except Exception as e:  # noqa: BLE001 - what is not a write error is raised as it was
+        err = storage_error(e, store, rel)
+        if err is None:
+            raise
+        raise err from None
 
 
 def tune_config(**kwargs):
