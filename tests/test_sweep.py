@@ -368,3 +368,20 @@ def test_tune_failing_on_a_full_disk_is_the_one_line_of_a_write(tmp_path, monkey
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(100 * 2**30, 2**30, 99 * 2**30))
     with pytest.raises(EOFError, match="Ran out of input"):
         fit(Tuner(EOFError("Ran out of input")), store, "train/tune/final")
+
+
+def test_tune_s_tracebacks_of_saves_a_full_disk_failed_are_one_line_once(monkeypatch):
+    import logging
+
+    from bnrep import raysession
+
+    monkeypatch.setattr(raysession, "_said_no_room", [])
+    full = "Last sync command failed with the following error:\nTraceback ...\nOSError: [Errno 28] Error writing bytes"
+
+    def record(msg):
+        return logging.LogRecord("ray.train._internal.syncer", logging.WARNING, "syncer.py", 345, msg, (), None)
+
+    first, second, other = record(full), record(full), record("Last sync command failed: [Errno 110] timed out")
+    assert raysession._no_room(first) and first.getMessage() == ("Ray Tune could not save its state under --out: no "
+                                                                 "space left on device")
+    assert not raysession._no_room(second) and raysession._no_room(other) and "110" in other.getMessage()
