@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,7 +143,7 @@ def read_config(store: Store) -> dict:
 
 def out_flag(out: str) -> str:
     """' --out OUT' for a command printed as a hint; '' for the default results root."""
-    return "" if os.path.normpath(out) == os.path.normpath(DEFAULT_OUT) else f" --out {out}"
+    return "" if os.path.normpath(out) == os.path.normpath(DEFAULT_OUT) else f" --out {shlex.quote(str(out))}"
 
 
 def command(stage: str, experiment: str, out: str = "runs") -> str:

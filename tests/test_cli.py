@@ -626,3 +626,15 @@ def test_a_command_with_fresh_stopped_says_to_rerun_it_without_fresh(capsys):
     assert capsys.readouterr().err == "interrupted: rerun the same command without --fresh to resume\n"
     assert flags.main_guard(stopped) == 130
     assert capsys.readouterr().err == "interrupted: rerun the same command to resume\n"
+
+
+def test_a_printed_command_pastes_back_as_it_reads(tmp_path):
+    """The fix-it commands in messages quote a results folder with a space (pasted, `--out /a/out späce` was
+    two arguments); the default folder is left out."""
+    import shlex
+
+    out = str(tmp_path / "out späce ü")
+    line = config.command("final", "digits-cnn", out)
+    assert shlex.split(line) == ["bnrep", "final", "--experiment", "digits-cnn", "--out", out]
+    assert config.command("final", "digits-cnn", "./runs") == config.command("final", "digits-cnn", "runs/") == \
+        "bnrep final --experiment digits-cnn"
