@@ -67,7 +67,12 @@ class ReportError(RuntimeError):
 # ==== loading ====
 
 def missing(r: Results) -> list[str]:
-    return [t for t in REPORT_TABLES if r.table(t).empty]
+    """The tables a stage has yet to write (a pair table cannot exist with one model: not missing)."""
+    return [t for t in REPORT_TABLES if r.table(t).empty and not (TABLES[t].part == "pair" and _one_model(r))]
+
+
+def _one_model(r: Results) -> bool:
+    return r.table("training")["model_id"].nunique() < 2 if len(r.table("training")) else False
 
 
 def load_results(out: str, name: str) -> Results:
@@ -426,6 +431,8 @@ def skipped_note(spec, rs: list[Results], out: str) -> str:
     """Why a figure (a bnrep.figures.FigureSpec) is not in the report, and what would draw it."""
     name = spec.title or spec.name
     absent = [t for t in spec.tables if all(r.table(t).empty for r in rs)]
+    if absent and TABLES[absent[0]].part == "pair" and all(_one_model(r) for r in rs):
+        return f"{name} not drawn: it compares two models, and {'this study has' if len(rs) == 1 else 'each has'} one."
     if absent:
         return (f"{name} not drawn: no results/{absent[0]} (results written before this measure existed, or "
                 f"the stage has not run; `{stage_command(absent[0], rs[0].experiment.name, out)}` adds it).")

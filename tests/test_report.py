@@ -1549,3 +1549,16 @@ def test_an_epoch_0_difference_between_one_network_measured_at_two_batch_sizes_i
     assert row[4] == ("appeared in training: at initialisation the two are one network with the same weights, whose "
                       "epoch-0 differences come from the batch size its batch statistics were measured at"
                       if one_network else "already at initialisation")  # ... whose cause the reading names
+
+
+def test_a_study_of_one_model_is_not_told_to_run_the_analysis_for_cka(tmp_path):
+    """One model has no pair to compare: its report said 'no results/cka yet; run bnrep analysis ...', which
+    could never add it."""
+    tables = {t: (d[d["model_id"] == "bn-s0"] if "model_id" in d else d) for t, d in cnn().tables.items()
+              if t != "cka"}
+    assert tables["training"]["model_id"].tolist() == ["bn-s0"]
+    write_tables(tmp_path, "digits-cnn", tables, parts=1)
+    report.build_report(str(tmp_path), "digits-cnn")
+    md = (tmp_path / "digits-cnn" / "report" / "report.md").read_text()
+    assert "CKA per layer not drawn: it compares two models, and this study has one." in md
+    assert "results/cka" not in md
