@@ -358,6 +358,14 @@ def missing_notes(r: Results, out: str) -> list[str]:
             notes.append(f"{r.experiment.name}: no results/{', results/'.join(miss)} yet; run "
                          f"`{stage_command(miss[0], r.experiment.name, out)}` to produce {them}; "
                          f"the parts below that need {them} are left out.")
+    store = Store(out, r.experiment.name)
+    for t in TABLES:
+        bad = store.unreadable(t)
+        if bad:
+            notes.append(f"{r.experiment.name}: {len(bad)} part(s) of results/{t} do not read ("
+                         f"{store.display(f'results/{t}/{bad[0]}.parquet')}{', ...' if len(bad) > 1 else ''}: damaged, "
+                         f"or a copy cut short): they count as missing; `{stage_command(t, r.experiment.name, out)}` "
+                         f"writes them again.")
     from bnrep.status import unfinished
 
     return notes + unfinished(out, r.experiment.name)

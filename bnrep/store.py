@@ -392,6 +392,13 @@ class Store:
                  if n.endswith(".parquet") and not n.startswith(".")]
         return [n for n in names if self.has_part(table, n, config_hash)]
 
+    def unreadable(self, table: str) -> list[str]:
+        """Parts of `table` under their final name that do not read (writes are renamed into place whole: a
+        damaged file, a copy cut short); they count as absent everywhere."""
+        names = [n[: -len(".parquet")] for n in self.list_dir(f"results/{table}")
+                 if n.endswith(".parquet") and not n.startswith(".")]
+        return [n for n in names if self.part_metadata(table, n) is None]
+
     def read_table(self, table: str) -> pd.DataFrame:
         """Every valid part of `table` as one DataFrame (empty if none)."""
         frames = []

@@ -1562,3 +1562,15 @@ def test_a_study_of_one_model_is_not_told_to_run_the_analysis_for_cka(tmp_path):
     md = (tmp_path / "digits-cnn" / "report" / "report.md").read_text()
     assert "CKA per layer not drawn: it compares two models, and this study has one." in md
     assert "results/cka" not in md
+
+
+def test_a_damaged_part_is_named_in_the_report_not_passed_over(tmp_path):
+    """A part under its final name that does not read (a disk that filled during a copy, a file cut short)
+    counted as missing without a word."""
+    write_tables(tmp_path, "digits-cnn", cnn().tables)
+    nc1 = sorted((tmp_path / "digits-cnn" / "results" / "nc1").glob("*.parquet"))
+    nc1[0].write_bytes(nc1[0].read_bytes()[:100])
+    report.build_report(str(tmp_path), "digits-cnn")
+    md = (tmp_path / "digits-cnn" / "report" / "report.md").read_text()
+    assert (f"digits-cnn: 1 part(s) of results/nc1 do not read ({nc1[0]}: damaged, or a copy cut short): they count "
+            f"as missing; `bnrep analysis --experiment digits-cnn --out {tmp_path}` writes them again.") in md
