@@ -346,6 +346,8 @@ def validate(e: Experiment) -> None:
                                             f"{', '.join(map(str, e.snapshots))}")
     need(all(x <= e.max_epochs for x in e.snapshots), f"snapshot epoch {max(e.snapshots, default=0)} is beyond "
                                                       f"max_epochs {e.max_epochs}: no model trains that long")
+    need(not e.snapshot_kmeans or e.snapshots, "snapshot_kmeans (--snapshot-kmeans) runs the k-means sweep at the "
+                                               "snapshot epochs, and there are none: give them (--snapshots 0,1,5)")
     need(len(e.eps) > 0, "eps is empty: give at least one threshold (the paper's: 0)")
     need(all(x >= 0 for x in e.eps), f"eps thresholds must be >= 0, got {', '.join(f'{x:g}' for x in e.eps)}")
     twice = sorted({x for x in e.eps if e.eps.count(x) > 1})

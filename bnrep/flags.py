@@ -276,6 +276,8 @@ def check_flags(args: argparse.Namespace) -> None:
     if chosen and not getattr(args, "paper_hparams", False):
         raise UsageError(f"{' and '.join(chosen)} set{'s' * (len(chosen) == 1)} the hyperparameters of --paper-hparams "
                          f"runs; without it the sweep chooses them (its lr range: lr_range in a study file)")
+    if getattr(args, "paper_hparams", False) and getattr(args, "num_samples", None) is not None:
+        raise UsageError("--num-samples sizes the sweep, which --paper-hparams skips: give one of them")
     if hasattr(args, "address"):
         check_address(args.address)  # a typo in a cluster address: one line now, not minutes of retries
 

@@ -87,6 +87,10 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("eps twice", "analysis", ["--eps", "0,0.01,0"], ["eps lists 0 more than once"]),
     ("unknown norm", "final", ["--norms", "batch,weight"], ["unknown norm 'weight'", ", ".join(NAMES)]),
     ("no norms", "hparam", ["--norms", ""], ["norms is empty"]),
+    ("k-means at snapshots, without snapshots", "analysis", ["--snapshot-kmeans"],  # (accepted, did nothing)
+     ["snapshot_kmeans (--snapshot-kmeans) runs the k-means sweep at the snapshot epochs, and there are none"]),
+    ("a sweep's size without the sweep", "final", ["--paper-hparams", "--num-samples", "4"],
+     ["--num-samples sizes the sweep, which --paper-hparams skips: give one of them"]),
     ("unknown model", "hparam", ["--model", "resnet50"], ["unknown model 'resnet50'", "torchvision:NAME"]),
     ("a source misspelt", "final", ["--model", "torchvison:resnet18"],
      ["cannot import torchvison for model torchvison:resnet18 (ModuleNotFoundError: No module named 'torchvison'); "

@@ -108,7 +108,8 @@ def print_summary(df: pd.DataFrame) -> None:
     """Table-1-style: accuracy in percent, mean +- std over seeds."""
     print(f"\n{'model':16} {'seeds':>5} {'train %':>16} {'val %':>16} {'test %':>16} {'epochs':>7}")
     for (arch, norm), g in sorted(df.groupby(["arch", "condition"], sort=False), key=lambda kv: sort_key(kv[0][1])):
-        cells = [f"{100 * g[c].mean():7.3f} ± {100 * g[c].std():5.3f}" for c in ("train_acc", "val_acc", "test_acc")]
+        cells = [f"{100 * g[c].mean():7.3f} ± " + (f"{100 * g[c].std():5.3f}" if len(g) > 1 else "  n/a")
+                 for c in ("train_acc", "val_acc", "test_acc")]  # (one seed: no std)
         name = f"{arch} {SHORT.get(norm, norm)}"
         print(f"{name:16} {len(g):5d} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} {g['epochs'].mean():7.1f}")
 
