@@ -591,6 +591,7 @@ def test_a_stage_that_fails_in_bnrep_run_says_to_rerun_the_same_command(monkeypa
     from bnrep.stages import report
 
     monkeypatch.setattr("bnrep.raysession.ray_session", lambda *a: contextlib.nullcontext())
+    monkeypatch.setattr("bnrep.raysession.check_resources", lambda *a: None)
     monkeypatch.setattr(report, "run", lambda *a, **k: 1)  # e.g. the report could not be written
     opts = config.RunOptions(out=str(tmp_path), paper_hparams=True)
     monkeypatch.setattr("bnrep.stages.final.run", lambda *a: 0)

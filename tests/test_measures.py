@@ -391,7 +391,7 @@ def test_which_measures_each_epoch_has():
     from bnrep.measures import FINAL
 
     exp = get_experiment("digits-cnn")
-    asked = exp.override(snapshot_kmeans=True)
+    asked = exp.override(snapshots=(0, 3), snapshot_kmeans=True)
     lacks = lambda epoch, e: {m.table for m in MEASURES.values() if not m.measured_at(epoch, e)}  # noqa: E731
     assert lacks(FINAL, exp) == set() and lacks(FINAL, asked) == set()
     assert lacks(0, exp) == {"kmeans", "train_eval"} and lacks(3, exp) == {"kmeans"}
