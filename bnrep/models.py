@@ -290,26 +290,24 @@ def _timm(name: str, in_channels: int, num_classes: int) -> nn.Module:
 def _user(text: str, in_channels: int, num_classes: int) -> nn.Module:
     module, _, fn = text.partition(":")
     see = f"(python -c 'import {module}; {module}.{fn}({num_classes}, {in_channels})' shows where)"
+    import difflib
+
     try:
         mod = importlib.import_module(module)
-        build = getattr(mod, fn)
     except ImportError as e:
-        import difflib
-
         source = difflib.get_close_matches(module, SOURCES, n=1, cutoff=0.8)  # torchvison:resnet18
         raise ModelError(f"cannot import {module} for model {text} ({type(e).__name__}: {one_line(e)}); "
                          + (f"did you mean {source[0]}:{fn}?" if source else
                             "install it or put its folder on PYTHONPATH")) from None
-    except AttributeError:
-        import difflib
-
-        close = difflib.get_close_matches(fn, [n for n in dir(mod) if callable(getattr(mod, n, None))], n=1)
-        where = getattr(mod, "__file__", None) or ", ".join(getattr(mod, "__path__", [])) or "a namespace package"
-        raise ModelError(f"{module} (imported from {where}) has no {fn!r} for model {text}"
-                         + (f"; did you mean {module}:{close[0]}?" if close else "")) from None
     except Exception as e:  # noqa: BLE001 - the user's module fails as it is imported (SyntaxError, NameError, ...)
         raise ModelError(f"importing {module} for model {text} failed: {type(e).__name__}: {one_line(e)} "
                          f"(python -c 'import {module}' shows where)") from None
+    build = getattr(mod, fn, None)
+    if build is None:
+        close = difflib.get_close_matches(fn, [n for n in dir(mod) if callable(getattr(mod, n, None))], n=1)
+        where = getattr(mod, "__file__", None) or ", ".join(getattr(mod, "__path__", [])) or "a namespace package"
+        raise ModelError(f"{module} (imported from {where}) has no {fn!r} for model {text}"
+                         + (f"; did you mean {module}:{close[0]}?" if close else ""))
     try:
         model = build(num_classes, in_channels)
     except Exception as e:  # noqa: BLE001 - any error of the user's builder is one line

@@ -462,6 +462,15 @@ def _summary(title: str, table_text: str, fs: dict[str, list[Finding]], notes: l
 
 
 def no_results(name: str, out: str) -> ReportError:
+    from bnrep.lock import current_writer
+
+    try:
+        writer = current_writer(Store(out, name))
+    except (OSError, ValueError):  # (several studies named at once, or an --out that does not open)
+        writer = None
+    if writer:  # a run is making them now: a stage run beside it would be refused
+        return ReportError(f"no results for {name} under {out} yet: {writer.get('stage', 'a run')} on host "
+                           f"{writer.get('host')}, pid {writer.get('pid')}, is writing them; report once it is done")
     return ReportError(f"no results for {name} under {out}: run `{stage_command('training', name, out)}` "
                        f"(or `bnrep run --experiment {name}{out_flag(out)}`) first")
 

@@ -102,6 +102,9 @@ CASES = [  # (name, stage, argv, words the message must contain)
       "did you mean tests.labnets.nets:wide_cnn?"]),
     ("model callable returns no module", "hparam", ["--model", "tests.labnets.nets:not_a_module"],
      ["tests.labnets.nets:not_a_module(num_classes, in_channels) returned a dict, not an nn.Module"]),
+    ("model module raises AttributeError on import", "final", ["--model", "tests.labnets.attr_on_import:net"],
+     ["importing tests.labnets.attr_on_import for model tests.labnets.attr_on_import:net failed: AttributeError: "
+      "'types.SimpleNamespace' object has no attribute 'width'"]),  # (UnboundLocalError, a traceback)
     ("model module fails on import", "final", ["--model", "tests.labnets.fails_on_import:net"],
      ["importing tests.labnets.fails_on_import for model tests.labnets.fails_on_import:net failed: RuntimeError: "
       "CONFIG_PATH is not set"]),
@@ -643,3 +646,19 @@ def test_a_printed_command_pastes_back_as_it_reads(tmp_path):
     assert shlex.split(line) == ["bnrep", "final", "--experiment", "digits-cnn", "--out", out]
     assert config.command("final", "digits-cnn", "./runs") == config.command("final", "digits-cnn", "runs/") == \
         "bnrep final --experiment digits-cnn"
+
+
+def test_a_report_asked_for_while_a_run_writes_the_results_names_that_run(tmp_path, capsys):
+    """(it said to run bnrep final first, which the running writer's lock then refused)"""
+    from bnrep import lock
+
+    store = Store(str(tmp_path / "runs"), "digits-cnn")
+    held = lock.acquire(store, "final", renew=False)
+    try:
+        rc = cli.main(["report", "--out", str(tmp_path / "runs")])
+        err = capsys.readouterr().err.strip()
+        assert rc != 0 and err.splitlines()[-1].endswith(
+            f"yet: final on host {held.record['host']}, pid {held.record['pid']}, is writing them; report once it "
+            f"is done"), err
+    finally:
+        held.release()
