@@ -373,7 +373,7 @@ def test_killed_during_analysis_resumes_to_the_same_results(reference, tmp_path)
                                                           for t in ("channel_sparsity", "layer_sparsity"))}
     extract |= {m for pair in cka_left for m in pair}
     n_tasks = len(extract) + sum(layer_tasks.values()) + len(cka_left)
-    r = bnrep("run", "--smoke-test", out=out)
+    r = bnrep("analysis", "--smoke-test", out=out)  # the stage the kill hit (only its results are checked)
     assert r.returncode == 0, r.stderr[-3000:]
     line = next((l for l in r.stdout.splitlines() if "tasks to run" in l), r.stdout[-2000:])
     assert f"{len(MODELS) - len(extract)} models complete, {n_tasks} tasks to run" in line, (
@@ -402,17 +402,30 @@ def test_truncated_part_and_checkpoint_are_recomputed(reference, tmp_path):
     assert_tables_equal(out, ref, ["training", "layer_sparsity", "class_dbi", "kmeans"])
 
 
+SWEEP_TUNE = "hparam/tune/sweep"
+
+
+@pytest.fixture(scope="module")
+def killed_sweep(tmp_path_factory):
+    """A run killed in the sweep once a trial has a checkpoint and Tune's state on disk is whole. Each case
+    resumes a copy of it: the kill is the same in both, only the damage done to the copy differs."""
+    out = tmp_path_factory.mktemp("killed_sweep") / "runs"
+    tune_dir = out / "digits-cnn" / SWEEP_TUNE
+    run_and_kill(out, lambda o: any(tune_dir.glob("*/checkpoint_*")), frozen=lambda o: tune_whole(o, SWEEP_TUNE))
+    return out
+
+
 @pytest.mark.parametrize("damage", [None, truncate_state])
-def test_killed_during_the_sweep_resumes_through_tuner_restore(reference, tmp_path, damage):
+def test_killed_during_the_sweep_resumes_through_tuner_restore(reference, killed_sweep, tmp_path, damage):
     ref, _ = reference
     out = tmp_path / "runs"
-    tune_dir = out / "digits-cnn" / "hparam" / "tune" / "sweep"
-    run_and_kill(out, lambda o: any(tune_dir.glob("*/checkpoint_*")), frozen=lambda o: tune_whole(o, "hparam/tune/sweep"))
+    shutil.copytree(killed_sweep, out)
+    tune_dir = out / "digits-cnn" / SWEEP_TUNE
     assert not (out / "digits-cnn" / "hparam" / "best_hparams.json").exists(), "the sweep ended before the kill"
     from bnrep.stages.tuning import tune_state_problem
 
     store = Store(str(out), "digits-cnn")  # a search begun with other keys (one search per norm) is not resumed
-    assert tune_state_problem(store, "hparam/tune/sweep", {"norm": 1, "lr": 1, "momentum": 1}) == (
+    assert tune_state_problem(store, SWEEP_TUNE, {"norm": 1, "lr": 1, "momentum": 1}) == (
         "it searched other keys (run/grid_search)")
     if damage:
         damage(tune_dir)
