@@ -1,12 +1,13 @@
 """The report's figures drawn on every core: each worker draws whole figures (PNG and SVG).
 
 Drawing is matplotlib's Python code, one core per figure, and a report has a dozen figures or more
-(about 12 s on one core for digits-cnn). Where this process runs Ray (`bnrep run`, between its
-stages), the figures are Ray tasks on this machine's workers, which have bnrep imported already;
-otherwise (`bnrep report`, a notebook) a pool of processes forked from this one (a fork
-shares the results without copying them; a forkserver would import torch again, 5 s). The forked
-workers draw only: they touch neither Ray, torch nor the writer lock. A figure's bytes are the
-same whichever process draws it.
+(about 12 s on one core for digits-cnn). They are drawn by a pool of processes forked from this one
+(`bnrep report`, and `bnrep run` once its Ray session has ended): a fork shares the results and
+every imported module without copying them (a forkserver would import torch again, 5 s; Ray's
+workers import matplotlib and bnrep.figures, 3-4 s). Where this process runs Ray (a notebook that
+started it), which a fork must not copy, they are Ray tasks on this machine's workers instead. The
+forked workers draw only: they touch neither Ray, torch nor the writer lock. A figure's bytes are
+the same whichever process draws it.
 
     drawn = draw(results_list)   # {figure name: (png bytes, svg bytes) or None}
 """
