@@ -92,8 +92,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def run_stages(exp, opts, store, imported: bool = False, fresh=lambda: None) -> int:
-    """The stages in one Ray session: every stage's resource check, then `fresh` (--fresh's deletion), then
-    the work (a refused run deletes nothing and trains nothing)."""
+    """The stages in one Ray session (the report after it): every stage's resource check, then `fresh`
+    (--fresh's deletion), then the work (a refused run deletes nothing and trains nothing)."""
     from bnrep.experiments import reference_note
     from bnrep.raysession import check_resources, ray_session
     from bnrep.stages import analysis, final, hparam, report
@@ -108,6 +108,7 @@ def run_stages(exp, opts, store, imported: bool = False, fresh=lambda: None) -> 
         steps = steps[1:]
     if reference_note(exp):
         print(reference_note(exp), flush=True)
+
     def stage(i: int, name: str, step) -> int:
         print(f"\n==== stage {i}/{len(steps)}: {name} (as python {SCRIPTS[name]}) ====", flush=True)
         rc = step()
@@ -122,7 +123,7 @@ def run_stages(exp, opts, store, imported: bool = False, fresh=lambda: None) -> 
             if rc := stage(i, name, step):
                 return rc
     # the report needs no Ray: after its shutdown the figures are drawn by processes forked from this one,
-    # which have everything imported (Ray's workers imported matplotlib and bnrep.figures first: 3-4 s)
+    # which have everything imported (a Ray worker imported matplotlib and bnrep.figures first: 1.7 s)
     if rc := stage(len(steps), *steps[-1]):
         return rc
     print(f"\n==== done in {time.time() - t0:.0f} s: {store.uri('report', 'report.html')} ====")

@@ -4,7 +4,7 @@ Drawing is matplotlib's Python code, one core per figure, and a report has a doz
 (about 12 s on one core for digits-cnn). They are drawn by a pool of processes forked from this one
 (`bnrep report`, and `bnrep run` once its Ray session has ended): a fork shares the results and
 every imported module without copying them (a forkserver would import torch again, 5 s; Ray's
-workers import matplotlib and bnrep.figures, 3-4 s). Where this process runs Ray (a notebook that
+workers import matplotlib and bnrep.figures, 1.7 s). Where this process runs Ray (a notebook that
 started it), which a fork must not copy, they are Ray tasks on this machine's workers instead. The
 forked workers draw only: they touch neither Ray, torch nor the writer lock. A figure's bytes are
 the same whichever process draws it.
