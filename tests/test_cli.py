@@ -2,8 +2,6 @@
 
 import os
 import re
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 
@@ -663,3 +661,18 @@ def test_a_report_asked_for_while_a_run_writes_the_results_names_that_run(tmp_pa
             f"is done"), err
     finally:
         held.release()
+
+
+def test_run_draws_the_report_after_its_ray_session(tmp_path, capsys, monkeypatch):
+    """`bnrep run`'s report stage runs once Ray is shut down: its figures are drawn by processes forked from
+    the driver (bnrep.drawing), which must not copy a running Ray; the stages before it run inside Ray."""
+    from bnrep.stages import analysis, final, report
+
+    seen = []
+    monkeypatch.setattr(final, "run", lambda exp, opts: seen.append(("final", ray.is_initialized())) or 0)
+    monkeypatch.setattr(analysis, "run", lambda exp, opts: seen.append(("analysis", ray.is_initialized())) or 0)
+    monkeypatch.setattr(report, "run", lambda out, names: seen.append(("report", ray.is_initialized())) or 0)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cli.main(["run", "--smoke-test", "--paper-hparams", "--out", str(tmp_path / "runs")]) == 0
+    assert seen == [("final", True), ("analysis", True), ("report", False)]
+    assert "==== stage 3/3: report" in capsys.readouterr().out
