@@ -22,9 +22,11 @@ import re
 import signal
 import socket
 import threading
+from typing import TYPE_CHECKING
 
-from bnrep.models import user_module_path
-from bnrep.store import Store, is_uri
+if TYPE_CHECKING:
+    from bnrep.store import Store
+# (no torch here: every worker of the private Ray imports this module as it starts, see quiet_when_stopped)
 
 QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # Tune's old reporter, which verbose=0 silences entirely
@@ -166,6 +168,8 @@ def ray_session(address: str | None, model: str | None = None):
     import ray
 
     quiet = {"log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
+    from bnrep.models import user_module_path
+
     quiet_ray_logs()
     shipped = user_module_path(model) if model else None
     if shipped:  # (no other runtime_env: one changes how Ray starts workers, and training's last bits with it)
@@ -182,7 +186,7 @@ def ray_session(address: str | None, model: str | None = None):
             ray.init(address=address, **quiet)
         elif started:  # Ray turns token auth on for a private cluster by default and warns that it did: as wanted
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-            with sigint_default_in_children():
+            with sigint_default_in_children(), quiet_workers_from_the_start():
                 ray.init(include_dashboard=False, **quiet)
         if started and _stop_on_sigterm:
             stop_on_sigterm()
@@ -253,6 +257,8 @@ def sigint_default_in_children():
 def check_shared_out(ray, store: Store) -> None:
     """Warn when a multi-node cluster writes to a local path: every node must
     see the same results (a shared mount at that path, or an s3:// URI)."""
+    from bnrep.store import is_uri
+
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) > 1 and not is_uri(store.out):
         print(f"warning: --out {store.out} is a local path on a {len(nodes)}-node cluster; it must be "
@@ -288,11 +294,16 @@ def check_data_on_nodes(ray, dataset: str) -> None:
 
 
 def quiet_when_stopped() -> None:
-    """Call first in a trial or task: a worker that Ray stops (SIGTERM, when a run ends or fails) while
-    Python runs a garbage-collection callback then prints nothing. Ray's SIGTERM handler raises
-    SystemExit; raised inside a weakref or __del__ callback, Python can only report it as unraisable
-    ("Exception ignored in ... SystemExit: 1", ten lines per worker, forwarded to the user's console
-    under bnrep's one-line error). Every other unraisable exception is reported as before."""
+    """A worker that Ray stops (SIGTERM, when a run ends or fails) while Python runs a garbage-collection
+    callback then prints nothing. Ray's SIGTERM handler raises SystemExit; raised inside a weakref or
+    __del__ callback, Python can only report it as unraisable ("Exception ignored in ... SystemExit: 1",
+    ten lines per worker, forwarded to the user's console under bnrep's one-line error). Every other
+    unraisable exception is reported as before.
+
+    Every worker of the private local Ray runs it as it starts (quiet_workers_from_the_start): Tune may
+    start a trial's actor and stop it again before the trial runs (when it gives the trial an actor
+    that has finished another), and Ray stops it with SIGTERM amid its imports. A trial or task calls
+    it first as well, for the workers of a cluster, which bnrep does not start."""
     import sys
 
     if getattr(sys.unraisablehook, "quiet_when_stopped", False):
@@ -305,6 +316,23 @@ def quiet_when_stopped() -> None:
 
     hook.quiet_when_stopped = True
     sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def quiet_workers_from_the_start():
+    """Ray's worker setup hook (run by each worker as it starts, before any task or actor) set to
+    quiet_when_stopped, in the environment the private Ray's processes inherit from this one while it
+    starts (not a runtime_env: that changes how Ray starts workers). A hook already set stays."""
+    from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR as HOOK
+
+    if HOOK in os.environ:
+        yield
+        return
+    os.environ[HOOK] = f"{__name__}.quiet_when_stopped"
+    try:
+        yield
+    finally:
+        os.environ.pop(HOOK, None)
 
 
 def node_id() -> str:

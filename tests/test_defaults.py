@@ -140,3 +140,53 @@ def test_a_worker_stopped_in_a_gc_callback_prints_nothing(quiet):
     assert r.returncode == 0 and r.stdout == "went on\n", r.stderr
     assert ("SystemExit" in r.stderr) is not quiet, r.stderr
     assert "ValueError: a real problem" in r.stderr
+
+
+STOPPED_BEFORE_ITS_WORK = """
+import gc, os, signal, weakref
+from bnrep.raysession import ray_session
+
+
+class Obj:
+    pass
+
+
+class Broken:
+    def __del__(self):
+        raise ValueError("a real problem")
+
+
+def on_collect(_):  # Ray's SIGTERM arrives while Python runs this callback: its SystemExit is unraisable
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):
+        pass
+
+
+def stopped_amid_imports():  # no bnrep code has run in this worker (a trial's actor stopped as it starts)
+    o = Obj()
+    ref = weakref.ref(o, on_collect)
+    del o
+    gc.collect()
+    Broken()  # any other unraisable exception is still reported
+    with open("/proc/self/fd/2") as err:  # the worker's stderr, which Ray forwards to the user's console
+        return err.read()
+
+
+with ray_session(None) as ray:
+    print(ray.get(ray.remote(stopped_amid_imports).remote()))
+"""
+
+
+def test_a_private_ray_worker_stopped_before_any_bnrep_code_prints_nothing():
+    """Tune may start a trial's actor and stop it again before the trial runs (it gives the trial an
+    actor that has finished another); Ray stops it with SIGTERM, maybe amid a GC callback of its
+    imports. Every worker of the private Ray is quiet from its start, not only once a trial or task
+    of bnrep's has begun (a real run printed those ten lines under its one-line Ctrl-C message)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", STOPPED_BEFORE_ITS_WORK], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "ValueError: a real problem" in r.stdout, r.stdout  # the worker's stderr was read
+    assert "SystemExit" not in r.stdout + r.stderr, r.stdout + r.stderr
