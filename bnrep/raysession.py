@@ -167,9 +167,9 @@ def ray_session(address: str | None, model: str | None = None):
         os.environ.setdefault(k, v)
     import ray
 
-    quiet = {"log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
     from bnrep.models import user_module_path
 
+    quiet = {"log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
     quiet_ray_logs()
     shipped = user_module_path(model) if model else None
     if shipped:  # (no other runtime_env: one changes how Ray starts workers, and training's last bits with it)
