@@ -93,13 +93,8 @@ def test_local_out_on_several_nodes_warns(out, n_nodes, warns):
         assert f"{n_nodes}-node cluster" in buf.getvalue() and len(buf.getvalue().splitlines()) == 1
 
 
-STOPPED_IN_A_CALLBACK = """
+STOP_IN_A_CALLBACK = """
 import gc, os, signal, weakref
-from bnrep.raysession import quiet_when_stopped
-
-if {quiet}:
-    quiet_when_stopped()
-signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(1)))  # as Ray's workers do
 
 
 class Obj:
@@ -117,11 +112,21 @@ class Broken:
         raise ValueError("a real problem")
 
 
-o = Obj()
-ref = weakref.ref(o, on_collect)
-del o
-gc.collect()
-Broken()  # any other unraisable exception is still reported
+def stop_in_a_callback():
+    o = Obj()
+    ref = weakref.ref(o, on_collect)  # (held: a dead weakref calls nothing)
+    del o
+    gc.collect()
+    Broken()  # any other unraisable exception is still reported
+"""
+
+STOPPED_IN_A_CALLBACK = STOP_IN_A_CALLBACK + """
+from bnrep.raysession import quiet_when_stopped
+
+if {quiet}:
+    quiet_when_stopped()
+signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(1)))  # as Ray's workers do
+stop_in_a_callback()
 print("went on")
 """
 
@@ -142,32 +147,12 @@ def test_a_worker_stopped_in_a_gc_callback_prints_nothing(quiet):
     assert "ValueError: a real problem" in r.stderr
 
 
-STOPPED_BEFORE_ITS_WORK = """
-import gc, os, signal, weakref
+STOPPED_BEFORE_ITS_WORK = STOP_IN_A_CALLBACK + """
 from bnrep.raysession import ray_session
 
 
-class Obj:
-    pass
-
-
-class Broken:
-    def __del__(self):
-        raise ValueError("a real problem")
-
-
-def on_collect(_):  # Ray's SIGTERM arrives while Python runs this callback: its SystemExit is unraisable
-    os.kill(os.getpid(), signal.SIGTERM)
-    for _ in range(1000):
-        pass
-
-
 def stopped_amid_imports():  # no bnrep code has run in this worker (a trial's actor stopped as it starts)
-    o = Obj()
-    ref = weakref.ref(o, on_collect)
-    del o
-    gc.collect()
-    Broken()  # any other unraisable exception is still reported
+    stop_in_a_callback()  # Ray's own SIGTERM handler, as in every Ray worker
     with open("/proc/self/fd/2") as err:  # the worker's stderr, which Ray forwards to the user's console
         return err.read()
 
