@@ -186,7 +186,7 @@ def ray_session(address: str | None, model: str | None = None):
             ray.init(address=address, **quiet)
         elif started:  # Ray turns token auth on for a private cluster by default and warns that it did: as wanted
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-            with sigint_default_in_children(), quiet_workers_from_the_start():
+            with sigint_default_in_children(), private_ray_env():
                 ray.init(include_dashboard=False, **quiet)
         if started and _stop_on_sigterm:
             stop_on_sigterm()
@@ -300,7 +300,7 @@ def quiet_when_stopped() -> None:
     ten lines per worker, forwarded to the user's console under bnrep's one-line error). Every other
     unraisable exception is reported as before.
 
-    Every worker of the private local Ray runs it as it starts (quiet_workers_from_the_start): Tune may
+    Every worker of the private local Ray runs it as it starts (private_ray_env): Tune may
     start a trial's actor and stop it again before the trial runs (when it gives the trial an actor
     that has finished another), and Ray stops it with SIGTERM amid its imports. A trial or task calls
     it first as well, for the workers of a cluster, which bnrep does not start."""
@@ -318,21 +318,32 @@ def quiet_when_stopped() -> None:
     sys.unraisablehook = hook
 
 
+# The environment the private Ray's processes inherit while ray.init starts them (not a runtime_env: that
+# changes how Ray starts workers), besides Ray's worker setup hook (private_ray_env); a variable the
+# user has set stays as it is.
+PRIVATE_RAY_ENV = {
+    # no idle workers started with Ray, one per CPU: Tune's trials start workers of their own and never
+    # take them, and the analysis starts its task workers when it needs them (about 0.6 s of CPU each,
+    # at the start of every run, beside the driver's checks)
+    "RAY_enable_worker_prestart": "0",
+    "RAY_prestart_worker_first_driver": "0",
+}
+
+
 @contextlib.contextmanager
-def quiet_workers_from_the_start():
-    """Ray's worker setup hook (run by each worker as it starts, before any task or actor) set to
-    quiet_when_stopped, in the environment the private Ray's processes inherit from this one while it
-    starts (not a runtime_env: that changes how Ray starts workers). A hook already set stays."""
+def private_ray_env():
+    """PRIVATE_RAY_ENV, and Ray's worker setup hook (run by each worker as it starts, before any task or
+    actor) set to quiet_when_stopped, in this process's environment while the private Ray starts."""
     from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR as HOOK
 
-    if HOOK in os.environ:
-        yield
-        return
-    os.environ[HOOK] = f"{__name__}.quiet_when_stopped"
+    env = {**PRIVATE_RAY_ENV, HOOK: f"{__name__}.quiet_when_stopped"}
+    added = [k for k in env if k not in os.environ]
+    os.environ.update({k: env[k] for k in added})
     try:
         yield
     finally:
-        os.environ.pop(HOOK, None)
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def node_id() -> str:

@@ -157,16 +157,23 @@ def stopped_amid_imports():  # no bnrep code has run in this worker (a trial's a
         return err.read()
 
 
+def prestart():  # what Ray's processes were started with
+    return [os.environ.get(k) for k in ("RAY_enable_worker_prestart", "RAY_prestart_worker_first_driver")]
+
+
+os.environ["RAY_prestart_worker_first_driver"] = "1"  # the user's own setting
 with ray_session(None) as ray:
     print(ray.get(ray.remote(stopped_amid_imports).remote()))
+    print("worker", ray.get(ray.remote(prestart).remote()), "driver", prestart())
 """
 
 
-def test_a_private_ray_worker_stopped_before_any_bnrep_code_prints_nothing():
+def test_private_ray_workers_are_quiet_from_their_start_and_none_start_idle():
     """Tune may start a trial's actor and stop it again before the trial runs (it gives the trial an
     actor that has finished another); Ray stops it with SIGTERM, maybe amid a GC callback of its
     imports. Every worker of the private Ray is quiet from its start, not only once a trial or task
-    of bnrep's has begun (a real run printed those ten lines under its one-line Ctrl-C message)."""
+    of bnrep's has begun (a real run printed those ten lines under its one-line Ctrl-C message).
+    The private Ray starts no idle workers with itself (bnrep.raysession.PRIVATE_RAY_ENV)."""
     import subprocess
     import sys
 
@@ -175,3 +182,6 @@ def test_a_private_ray_worker_stopped_before_any_bnrep_code_prints_nothing():
     assert r.returncode == 0, r.stderr
     assert "ValueError: a real problem" in r.stdout, r.stdout  # the worker's stderr was read
     assert "SystemExit" not in r.stdout + r.stderr, r.stdout + r.stderr
+    # no idle workers started with Ray (Tune's trials never take them), unless the user says otherwise;
+    # the driver's own environment is as it was
+    assert "worker ['0', '1'] driver [None, '1']" in r.stdout, r.stdout
