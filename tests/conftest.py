@@ -9,6 +9,11 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray binds 127.0.0.1
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two test files at once, one per core (pyproject's addopts):
+    # one torch thread in each test process and in the runs it starts, as Ray gives each 1-CPU trial or
+    # task. With two, OpenMP threads spin on a core the other file's work needs (test_kmeans took 62 s
+    # beside an end-to-end file, against 7 s alone)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (pytest's `pythonpath` puts it on sys.path)
 
