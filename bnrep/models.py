@@ -29,7 +29,9 @@ weights. Their probes keep the names the builders give (`probe_names`).
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -287,14 +289,41 @@ def _timm(name: str, in_channels: int, num_classes: int) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
 
 
+def _is_prefix(name: str, module: str) -> bool:
+    """Whether `name` is `module` or one of its parent packages."""
+    return module == name or module.startswith(name + ".")
+
+
+def _import_user_module(module: str):
+    """importlib.import_module, also from the current folder as `python -m bnrep` finds it (first on
+    sys.path there): the `bnrep` command's sys.path has its script's folder instead. The current folder
+    then comes last, so it never hides an installed package (a folder named bnrep, a results folder)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        here = os.getcwd()
+        if not (e.name and _is_prefix(e.name, module)) or here in sys.path or "" in sys.path:
+            raise
+        sys.path.append(here)
+        try:
+            return importlib.import_module(module)
+        except ModuleNotFoundError as again:
+            if again.name and _is_prefix(again.name, module):  # not here either: as it was
+                sys.path.remove(here)
+            raise
+
+
 def _user(text: str, in_channels: int, num_classes: int) -> nn.Module:
     module, _, fn = text.partition(":")
     see = f"(python -c 'import {module}; {module}.{fn}({num_classes}, {in_channels})' shows where)"
     import difflib
 
     try:
-        mod = importlib.import_module(module)
+        mod = _import_user_module(module)
     except ImportError as e:
+        if isinstance(e, ModuleNotFoundError) and e.name and not _is_prefix(e.name, module):  # found; it imports
+            raise ModelError(f"importing {module} for model {text} failed: it needs {e.name}, which is not "  # another
+                             f"installed (python -c 'import {module}' shows where)") from None
         source = difflib.get_close_matches(module, SOURCES, n=1, cutoff=0.8)  # torchvison:resnet18
         raise ModelError(f"cannot import {module} for model {text} ({type(e).__name__}: {one_line(e)}); "
                          + (f"did you mean {source[0]}:{fn}?" if source else

@@ -103,6 +103,10 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("model module raises AttributeError on import", "final", ["--model", "tests.labnets.attr_on_import:net"],
      ["importing tests.labnets.attr_on_import for model tests.labnets.attr_on_import:net failed: AttributeError: "
       "'types.SimpleNamespace' object has no attribute 'width'"]),  # (UnboundLocalError, a traceback)
+    ("model module needs a package", "final", ["--model", "tests.labnets.needs_a_package:net"],
+     ["importing tests.labnets.needs_a_package for model tests.labnets.needs_a_package:net failed: it needs "
+      "bnrep_tests_not_installed, which is not installed (python -c 'import tests.labnets.needs_a_package' shows "
+      "where)"]),  # (was: "cannot import ...; install it or put its folder on PYTHONPATH", about the wrong module)
     ("model module fails on import", "final", ["--model", "tests.labnets.fails_on_import:net"],
      ["importing tests.labnets.fails_on_import for model tests.labnets.fails_on_import:net failed: RuntimeError: "
       "CONFIG_PATH is not set"]),
@@ -177,6 +181,37 @@ def test_bad_input(name, stage_name, argv, words, results, tmp_path, capsys):
         assert w in err
     assert not ray.is_initialized()
     assert tree(results) == before
+
+
+def test_the_bnrep_command_finds_a_model_module_in_the_current_folder(tmp_path):
+    """`python -m bnrep` finds mylab.nets in the current folder (Python puts it first on sys.path); the
+    `bnrep` command, whose sys.path has its script's folder instead, finds it too."""
+    import shutil
+    import subprocess
+    import sys
+
+    command = shutil.which("bnrep", path=os.path.dirname(sys.executable)) or shutil.which("bnrep")
+    assert command, "the bnrep command is not installed beside this Python"
+    (tmp_path / "mylab").mkdir()
+    (tmp_path / "mylab" / "nets.py").write_text("def text(num_classes, in_channels):\n    return 'a net'\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([command, "final", "--paper-hparams", "--model", "mylab.nets:text", "--out", "out"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    # imported and called: its result is refused, in one line, before any work
+    assert (r.returncode, r.stderr) == (2, "error: mylab.nets:text(num_classes, in_channels) returned a str, not an "
+                                           "nn.Module\n"), r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_grid_summary_keeps_its_columns_under_a_long_model_name(capsys):
+    from bnrep.stages.final import print_summary
+
+    rows = [dict(arch=arch, condition=c, train_acc=1.0, val_acc=0.9, test_acc=0.8, epochs=3)
+            for arch in ("torchvision:resnet18", "cnn") for c in ("batch", "none") for _ in range(2)]
+    print_summary(pd.DataFrame(rows))
+    header, *lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["torchvision:resnet18", "cnn"] * 2
+    assert {line.index(" 2 ") + 2 for line in lines} == {header.index("seeds") + 5}  # right-aligned under it
 
 
 def test_unwritable_out(tmp_path, capsys):

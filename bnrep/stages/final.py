@@ -106,12 +106,14 @@ def forget_analysis(store: Store, mids: list[str]) -> None:
 
 def print_summary(df: pd.DataFrame) -> None:
     """Table-1-style: accuracy in percent, mean +- std over seeds."""
-    print(f"\n{'model':16} {'seeds':>5} {'train %':>16} {'val %':>16} {'test %':>16} {'epochs':>7}")
-    for (arch, norm), g in sorted(df.groupby(["arch", "condition"], sort=False), key=lambda kv: sort_key(kv[0][1])):
+    groups = sorted(df.groupby(["arch", "condition"], sort=False), key=lambda kv: sort_key(kv[0][1]))
+    names = [f"{arch} {SHORT.get(norm, norm)}" for (arch, norm), _ in groups]
+    w = max([16, *map(len, names)])  # a long model spec (torchvision:resnet18) widens the first column
+    print(f"\n{'model':{w}} {'seeds':>5} {'train %':>16} {'val %':>16} {'test %':>16} {'epochs':>7}")
+    for name, (_, g) in zip(names, groups):
         cells = [f"{100 * g[c].mean():7.3f} ± " + (f"{100 * g[c].std():5.3f}" if len(g) > 1 else "  n/a")
                  for c in ("train_acc", "val_acc", "test_acc")]  # (one seed: no std)
-        name = f"{arch} {SHORT.get(norm, norm)}"
-        print(f"{name:16} {len(g):5d} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} {g['epochs'].mean():7.1f}")
+        print(f"{name:{w}} {len(g):5d} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} {g['epochs'].mean():7.1f}")
 
 
 def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], gpus: float,
