@@ -244,11 +244,14 @@ def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
     keys = ["train_hash"] + (["analysis_hash"] if stage == "analysis" else [])
     for key in keys:
         if key in old and old[key] != hashes[key] and not (key == "analysis_hash" and adds_only(old, exp)):
-            diff = describe_diff(old.get("experiment", {}), exp.to_dict())
+            before, now = old.get("experiment", {}), exp.to_dict()
             what = "training" if key == "train_hash" else "analysis"
+            other = [k for k in ("dataset", "model") if k in before and before[k] != now[k]]
+            advice = (f"another study: give it a name of its own (--experiment NAME, beside this one), use another "
+                      f"--out" if other else "use another --out, the same flags as before")
             raise UsageError(
-                f"{store.out}/{exp.name} holds {what} results of a different configuration ({diff}); "
-                f"use another --out, the same flags as before, or --fresh to start over")
+                f"{store.out}/{exp.name} holds {what} results of a different configuration "
+                f"({describe_diff(before, now)}); {advice}, or --fresh to delete those results and start over")
     return record
 
 

@@ -143,7 +143,11 @@ CASES = [  # (name, stage, argv, words the message must contain)
      ["--probes 'layer9*' matches none of the 5 probes of cnn (names like conv1; types ReLU)"]),
     ("norm twice", "final", ["--norms", "group,none,group"], ["norms lists group more than once"]),
     ("different config", "final", ["--smoke-test", "--max-epochs", "5", "--paper-hparams"],
-     ["different configuration", "max_epochs 3 -> 5", "--fresh"]),
+     ["different configuration", "max_epochs 3 -> 5", "use another --out, the same flags as before, or --fresh to "
+      "delete those results and start over"]),
+    ("another model in a study's folder", "final", ["--smoke-test", "--paper-hparams", "--model", "vgg16"],
+     ["different configuration (model 'cnn' -> 'vgg16'", "another study: give it a name of its own (--experiment "
+      "NAME, beside this one), use another --out, or --fresh to delete those results"]),
     ("analysis of another config", "analysis", ["--smoke-test", "--k-max", "5"],
      ["analysis results of a different configuration"]),
     ("no sweep yet", "final", ["--smoke-test", "--experiment", "synthetic-cnn"],
