@@ -210,9 +210,14 @@ def studies_under(out: str) -> list[tuple[str, object]]:
 def cmd_status(args: argparse.Namespace) -> int:
     from bnrep.config import check_scheme
     from bnrep.status import stage_status
+    from bnrep.store import is_uri
     from bnrep.studies import load_study
 
     check_scheme(args.out)
+    local = not is_uri(args.out)
+    if local and os.path.exists(args.out) and not os.path.isdir(args.out):
+        print(f"error: --out {args.out} is a file, not a folder of results", file=sys.stderr)
+        return 2
     study = load_study(args.experiment) if args.experiment.endswith(".toml") else None
     name = study.name if study else args.experiment
     rows = stage_status(args.out, name, study)
@@ -220,7 +225,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if len(unknown) == 1 and all(state == "unknown" for _, state, _ in rows):  # the experiment itself: one line
         print(f"error: {unknown.pop()}", file=sys.stderr)
         return 2
-    print(f"{args.out}/{name}")
+    print(f"{args.out}/{name}" + ("  (no such folder: nothing has run with this --out yet)"
+                                  if local and not os.path.exists(args.out) else ""))
     for stage, state, detail in rows:
         print(f"  {stage:10} {state:9} {detail}")
     return 0

@@ -428,6 +428,12 @@ def test_status_counts_only_complete_work(results, capsys):
     assert "report     missing" in out
 
 
+def test_status_of_a_file_as_out_is_one_line(tmp_path, capsys):
+    (tmp_path / "runs").write_text("not results")
+    assert cli.main(["status", "--out", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr() == ("", f"error: --out {tmp_path / 'runs'} is a file, not a folder of results\n")
+
+
 def test_status_of_an_unknown_experiment_is_one_line(results, capsys):
     assert cli.main(["status", "--experiment", "nope", "--out", str(results)]) == 2
     out, err = capsys.readouterr()
@@ -651,7 +657,8 @@ def test_status_and_report_take_a_study_file_as_the_other_stages_do(tmp_path, ca
     study.write_text('base = "digits-cnn"\nname = "leaves"\n')
     assert cli.main(["status", "--experiment", str(study), "--out", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == f"{out}/leaves" and printed[1].split() == ["hparam", "missing", "no", "results"]
+    assert printed[0] == f"{out}/leaves  (no such folder: nothing has run with this --out yet)"  # (or a typo)
+    assert printed[1].split() == ["hparam", "missing", "no", "results"]
     store = Store(str(out), "leaves")
     store.mkdir()
     config.write_config(store, config.prepare(store, load_study(str(study)), "final", fresh=False))
