@@ -14,6 +14,26 @@ from bnrep.experiments import OLD_NAMES, PRESETS, ConfigError, Experiment, renam
 _TOML_TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,), "tuple": (list, str)}  # "a,b" too
 
 
+_WORDS = {"float": ("a number", "numbers"), "int": ("a whole number", "whole numbers"), "str": ("a string", "strings"),
+          "bool": ("true or false", "")}
+
+
+def _in_words(annotation: str) -> str:
+    """A field's type as a study file gives it: 'tuple[str, ...]' -> 'a list of strings ([...] or "a,b")'."""
+    kinds = [a.strip() for a in annotation.split("|") if a.strip() != "None"]
+    if "int" in kinds and "float" in kinds:  # int | float: a number
+        kinds.remove("int")
+    words = []
+    for k in kinds:
+        if k.startswith("tuple["):
+            items = [i.strip() for i in k[len("tuple["):-1].split(",")]
+            n = "" if items[-1] == "..." else f"{len(items)} "
+            words.append(f'a list of {n}{_WORDS[items[0]][1]} ([...] or "a,b")')
+        else:
+            words.append(_WORDS[k][0])
+    return " or ".join(words)
+
+
 def _toml_types(annotation: str) -> tuple[type, ...]:
     """The TOML values a field takes, from its annotation ('float | None' -> int, float)."""
     kinds = [a.strip().split("[")[0] for a in annotation.split("|")]
@@ -50,6 +70,7 @@ def load_study(path: str) -> Experiment:
     if both:
         raise ConfigError(f"study file {path}: {both[0][0]} and {both[0][1]} are both set: give {both[0][1]} "
                           f"alone ({both[0][0]} is its old name)")
+    written = {new: old for old, new in OLD_NAMES.items() if old in d}  # a key under its old name, as written
     d = renamed(d)
     if isinstance(d.get("conditions"), dict):  # [conditions] tag = {norm = ..., batch_size = ...}
         try:
@@ -58,11 +79,15 @@ def load_study(path: str) -> Experiment:
             raise ConfigError(f"study file {path}: {e}") from None
     for key, value in d.items():
         if key not in fields:
-            raise ConfigError(f"study file {path}: unknown key {key!r} (allowed: base, "
-                              f"{', '.join(fields)})")
+            import difflib
+
+            close = difflib.get_close_matches(key, ["base", *fields, *OLD_NAMES], n=1)
+            raise ConfigError(f"study file {path}: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close
+                              else f" (allowed: base, {', '.join(fields)})"))
         types = _toml_types(str(fields[key].type))
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            raise ConfigError(f"study file {path}: {key} = {value!r} should be {str(fields[key].type)}")
+            raise ConfigError(f"study file {path}: {written.get(key, key)} = {value!r} should be "
+                              f"{_in_words(str(fields[key].type))}")
     d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
     if "dataset" in d:  # a relative image folder: next to the file, wherever the command runs
         d["dataset"] = absolute_dataset(d["dataset"], os.path.dirname(os.path.abspath(path)))

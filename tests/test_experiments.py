@@ -209,7 +209,9 @@ def test_a_study_file_is_a_preset_plus_fields(tmp_path):
 
 @pytest.mark.parametrize("text, line", [
     ('base = "digits-cnn"\nlearning_rate = 0.1\n', "unknown key 'learning_rate' (allowed: base, name, dataset, "),
-    ('base = "digits-cnn"\nseeds = "three"\n', "seeds = 'three' should be int"),
+    ('base = "digits-cnn"\nseeds = "three"\n', "seeds = 'three' should be a whole number"),
+    ('base = "digits-cnn"\nnorms = 5\n', "norms = 5 should be a list of strings ([...] or \"a,b\")"),  # as written
+    ('base = "digits-cnn"\nmax_epoch = 3\n', "unknown key 'max_epoch'; did you mean 'max_epochs'?"),
     ('base = "digits-cnn"\nlr = -1\n', "learning rate must be > 0 and finite, got lr=-1"),
     ('base = "digits-cnnn"\n', "base = 'digits-cnnn' is not a preset (valid: digits-cnn, "),
     ('model = "cnn"\n', 'set dataset (or base = "PRESET" to start from one: digits-cnn, '),
