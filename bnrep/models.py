@@ -233,7 +233,23 @@ def parse_spec(text: str) -> Spec:
     if name and re.fullmatch(r"[A-Za-z_][\w.]*", source) and name.isidentifier():
         return Spec(text, "module", text)
     raise ModelError(f"unknown model {text!r} (valid: {', '.join(BUILTIN)}, torchvision:NAME, timm:NAME, "
-                     f"or package.module:function)")
+                     f"or package.module:function){_builtin_or_torchvision(text)}")
+
+
+def _builtin_or_torchvision(text: str) -> str:
+    """'; did you mean ...?' for an unknown model name: torchvision's of that name, else a close built-in."""
+    import torchvision  # (only on this error's path)
+
+    return f"; did you mean torchvision:{text}?" if text in torchvision.models.list_models() else _did_you_mean(
+        text, list(BUILTIN))
+
+
+def _did_you_mean(name: str, names: list[str], prefix: str = "") -> str:
+    """'; did you mean PREFIX+CLOSEST?' for a mistyped name, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=1)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""
 
 
 def model_label(spec: str) -> str:
@@ -258,7 +274,8 @@ def _torchvision(name: str, in_channels: int, num_classes: int) -> nn.Module:
     import torchvision
 
     if name not in torchvision.models.list_models():
-        raise ModelError(f"unknown torchvision model {name!r} (torchvision.models.list_models() has them)")
+        raise ModelError(f"unknown torchvision model {name!r} (torchvision.models.list_models() has them)"
+                         + _did_you_mean(name, torchvision.models.list_models(), "torchvision:"))
     extra = {"aux_logits": False, "init_weights": True} if name in AUX_HEADS else {}  # logits alone, in training too
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
     return _first_conv_takes(model, in_channels) if in_channels != 3 else model
@@ -280,7 +297,8 @@ def _timm(name: str, in_channels: int, num_classes: int) -> nn.Module:
     except ImportError:
         raise ModelError(f"timm:{name} needs timm: pip install \"bnrep[timm]\"") from None
     if not timm.is_model(name):
-        raise ModelError(f"unknown timm model {name!r} (timm.list_models() has them)")
+        raise ModelError(f"unknown timm model {name!r} (timm.list_models() has them)"
+                         + _did_you_mean(name, timm.list_models(), "timm:"))
     base, tag = timm.models.split_model_name_tag(name)
     if tag:  # timm's pretrained-weights tag: bnrep never loads pretrained weights
         raise ModelError(f"timm:{name} names pretrained weights ({tag}), but bnrep trains from random initial "

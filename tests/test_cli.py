@@ -89,7 +89,12 @@ CASES = [  # (name, stage, argv, words the message must contain)
      ["snapshot_kmeans (--snapshot-kmeans) runs the k-means sweep at the snapshot epochs, and there are none"]),
     ("a sweep's size without the sweep", "final", ["--paper-hparams", "--num-samples", "4"],
      ["--num-samples sizes the sweep, which --paper-hparams skips: give one of them"]),
-    ("unknown model", "hparam", ["--model", "resnet50"], ["unknown model 'resnet50'", "torchvision:NAME"]),
+    ("unknown model", "hparam", ["--model", "resnet50"], ["unknown model 'resnet50'", "torchvision:NAME",
+                                                          "; did you mean torchvision:resnet50?"]),
+    ("model misspelt", "hparam", ["--model", "cnnn"], ["unknown model 'cnnn'", "; did you mean cnn?"]),
+    ("torchvision model misspelt", "final", ["--model", "torchvision:resnet188"],
+     ["unknown torchvision model 'resnet188' (torchvision.models.list_models() has them); did you mean "
+      "torchvision:resnet18?"]),
     ("a source misspelt", "final", ["--model", "torchvison:resnet18"],
      ["cannot import torchvison for model torchvison:resnet18 (ModuleNotFoundError: No module named 'torchvison'); "
       "did you mean torchvision:resnet18?"]),

@@ -48,7 +48,8 @@ BAD = [  # (case, field changes, message)
     ("duplicate eps, int and float", {"eps": "0,0.0"}, "synthetic-cnn: eps lists 0 more than once"),
     ("empty eps", {"eps": ()}, "synthetic-cnn: eps is empty: give at least one threshold (the paper's: 0)"),
     ("eps not numbers", {"eps": "0,abc"}, "synthetic-cnn: eps must be a list of numbers, got ['0', 'abc']"),
-    ("unknown model", {"model": "resnet50"}, f"synthetic-cnn: unknown model 'resnet50' (valid: {MODEL_NAMES})"),
+    ("unknown model", {"model": "resnet50"},
+     f"synthetic-cnn: unknown model 'resnet50' (valid: {MODEL_NAMES}); did you mean torchvision:resnet50?"),
     ("model spec with a path", {"model": "my/nets.py:net"}, f"synthetic-cnn: unknown model 'my/nets.py:net' (valid: {MODEL_NAMES})"),
 ]
 
