@@ -462,26 +462,34 @@ def _training_output(model: nn.Module, x: torch.Tensor):
 def _cannot_take(spec: str, norm: str, C: int, size: tuple[int, int], num_classes: int,
                  e: Exception) -> ModelError:
     H, W = size
-    return ModelError(f"{spec} cannot take {C}x{H}x{W} images ({_needs(spec, norm, C, max(H, W), num_classes)}; "
-                      f"{type(e).__name__}: {str(e).splitlines()[0][:120]})")
+    why = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    needs = _needs(spec, norm, C, max(H, W), num_classes)
+    if needs.startswith("no size"):  # no size works: the channels, when another count does
+        other = [c for c in (3, 1, 4) if c != C and _runs(spec, norm, c, max(H, W), num_classes)]
+        if other:
+            return ModelError(f"{spec} takes {other[0]}-channel images, not the data's {C} channel{'s' * (C != 1)}: its first layer "
+                              f"must use the in_channels bnrep passes it ({spec}(num_classes, in_channels)); {why}")
+    return ModelError(f"{spec} cannot take {C}x{H}x{W} images ({needs}; {why})")
+
+
+def _runs(spec: str, norm: str, C: int, size: int, num_classes: int) -> bool:
+    """Whether the model, built for C channels, runs on 2 images of C x size x size."""
+    try:
+        with torch.no_grad():
+            x = torch.zeros(2, C, size, size)
+            model = (build_model(spec, norm, C, num_classes, (size, size)) if parse_spec(spec).source == "builtin"
+                     else swap_norms(_from_elsewhere(spec, C, num_classes), norm, x, spec))  # (no _cannot_take)
+            model.eval()(x)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _needs(spec: str, norm: str, C: int, H: int, num_classes: int) -> str:
     """What TRY_SIZES say of the sizes the model takes: 'it needs at least 32x32' (every size from one on
     runs), 'of the sizes tried (8x8 to 224x224) only 224x224 runs' (a ViT's fixed size), or none runs."""
-    def runs(size: int) -> bool:
-        try:
-            with torch.no_grad():
-                x = torch.zeros(2, C, size, size)
-                model = (build_model(spec, norm, C, num_classes, (size, size)) if parse_spec(spec).source == "builtin"
-                         else swap_norms(_from_elsewhere(spec, C, num_classes), norm, x, spec))  # (no _cannot_take)
-                model.eval()(x)
-            return True
-        except Exception:  # noqa: BLE001
-            return False
-
     tried = [s for s in TRY_SIZES if s != H]
-    ok = [s for s in tried if runs(s)]
+    ok = [s for s in tried if _runs(spec, norm, C, s, num_classes)]
     if len(ok) > 1 and ok == tried[-len(ok):] and ok[0] > H:
         return f"it needs at least {ok[0]}x{ok[0]}"
     sizes = f"{TRY_SIZES[0]}x{TRY_SIZES[0]} to {TRY_SIZES[-1]}x{TRY_SIZES[-1]}"

@@ -130,6 +130,9 @@ CASES = [  # (name, stage, argv, words the message must contain)
      ["tests.labnets.nets:with_features gives a tuple, not a tensor of logits"]),
     ("model cannot take the images", "hparam", ["--model", "torchvision:convnext_tiny", "--norms", "batch"],
      ["torchvision:convnext_tiny cannot take 1x8x8 images (it needs at least 32x32;"]),
+    ("user model ignores in_channels", "final", ["--model", "tests.labnets.nets:rgb_only"],
+     ["tests.labnets.nets:rgb_only takes 3-channel images, not the data's 1 channel: its first layer must use the "
+      "in_channels bnrep passes it (tests.labnets.nets:rgb_only(num_classes, in_channels)); RuntimeError: "]),
     ("user model needs another size", "hparam", ["--model", "tests.labnets.nets:flat_mlp"],
      ["tests.labnets.nets:flat_mlp cannot take 1x8x8 images (of the sizes tried (8x8 to 224x224) only 28x28 runs;"]),
     ("swap without norm layers", "final", ["--model", "torchvision:vgg11"],
