@@ -20,7 +20,7 @@ from functools import cached_property
 import pandas as pd
 import torch
 
-from bnrep.config import check_scheme, command, load_experiment, read_hashes
+from bnrep.config import check_readable, command, load_experiment, read_hashes
 from bnrep.experiments import Experiment
 from bnrep.measures import FINAL
 from bnrep.store import TABLES, Store, is_uri
@@ -164,7 +164,7 @@ def _not_held(out: str, experiment: str) -> str:
 
 def open_results(out: str, experiment: str, data_root: str | None = None) -> Study:
     """The results of `experiment` under `out`, read-only (UsageError: `out` is no place results are kept)."""
-    check_scheme(_out(out))
+    check_readable(_out(out))
     return Study(out, experiment, data_root)
 
 

@@ -208,12 +208,12 @@ def studies_under(out: str) -> list[tuple[str, object]]:
 
 # ==== bnrep status ====
 def cmd_status(args: argparse.Namespace) -> int:
-    from bnrep.config import check_scheme
+    from bnrep.config import check_readable
     from bnrep.status import stage_status
     from bnrep.store import is_uri
     from bnrep.studies import load_study
 
-    check_scheme(args.out)
+    check_readable(args.out)
     local = not is_uri(args.out)
     if local and os.path.exists(args.out) and not os.path.isdir(args.out):
         print(f"error: --out {args.out} is a file, not a folder of results", file=sys.stderr)

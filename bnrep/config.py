@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,8 +248,8 @@ def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
             before, now = old.get("experiment", {}), exp.to_dict()
             what = "training" if key == "train_hash" else "analysis"
             other = [k for k in ("dataset", "model") if k in before and before[k] != now[k]]
-            advice = (f"another study: give it a name of its own (--experiment NAME, beside this one), use another "
-                      f"--out" if other else "use another --out, the same flags as before")
+            advice = ("another study: give it a name of its own (--experiment NAME, beside this one), use another "
+                      "--out" if other else "use another --out, the same flags as before")
             raise UsageError(
                 f"{store.out}/{exp.name} holds {what} results of a different configuration "
                 f"({describe_diff(before, now)}); {advice}, or --fresh to delete those results and start over")
@@ -311,6 +312,20 @@ def check_scheme(out: str) -> None:
         raise UsageError(f"--out {out}: bnrep keeps results in a local or shared path, file:// or s3:// only "
                          f"(its one-writer lock needs create-if-absent writes; for Google Cloud Storage use its "
                          f"S3 endpoint: s3://BUCKET/PATH?endpoint_override=storage.googleapis.com with HMAC keys)")
+    if scheme == "s3" and not re.split(r"[/?]", str(out).split("://", 1)[1], maxsplit=1)[0]:
+        raise UsageError(f"--out {out} names no bucket: give s3://BUCKET or s3://BUCKET/PATH")
+
+
+def check_readable(out: str) -> None:
+    """check_scheme, and for a URI one request to it: readers (status, report, the notebook API) refuse an
+    object store they cannot reach (no network, a wrong endpoint, no access) in one line (UsageError)."""
+    check_scheme(out)
+    if not is_uri(out):
+        return
+    try:
+        Store(out, "").exists("")
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read --out {out}: {str(e).splitlines()[0]}") from None
 
 
 def open_store(out: str, exp: Experiment | str) -> Store:

@@ -42,7 +42,7 @@ QUIET_ENV = {
 CONNECT_TIMEOUT_S = 10  # an address that neither accepts nor refuses a connection (a dropped route)
 
 
-def _running_cluster() -> str | None:
+def _running_cluster(given: str = "--address ") -> str | None:
     """HOST:PORT of the Ray cluster `--address auto` finds (Ray's own lookup), UsageError when none
     runs; None when this Ray has no such lookup (ray.init then decides)."""
     from bnrep.config import UsageError
@@ -54,8 +54,8 @@ def _running_cluster() -> str | None:
     try:
         return canonicalize_bootstrap_address("auto")
     except ConnectionError:
-        raise UsageError("--address auto: no running Ray cluster on this machine (start one with `ray start "
-                         "--head`, or leave --address and RAY_ADDRESS unset for a private local Ray)") from None
+        raise UsageError(f"{given}auto: no running Ray cluster on this machine (start one with `ray start "
+                         f"--head`, or leave --address and RAY_ADDRESS unset for a private local Ray)") from None
 
 
 def check_address(address: str | None) -> None:
@@ -64,18 +64,19 @@ def check_address(address: str | None) -> None:
     `auto` (the cluster `ray start` started on this machine) is looked up as Ray does; `local` is left to Ray."""
     from bnrep.config import UsageError
 
+    given = "--address " if address else "RAY_ADDRESS="  # how the user named it, in each message
     address = address or os.environ.get("RAY_ADDRESS")
     if address == "auto":  # the cluster `ray start` last started on this machine, if one runs
-        address = _running_cluster()
+        address = _running_cluster(given)
     if not address or address == "local":
         return
     if address.startswith("ray://"):  # Ray Client: this machine's driver, the cluster's workers and storage apart
-        raise UsageError(f"--address {address} is a Ray Client address, which bnrep does not use: run bnrep on a "
+        raise UsageError(f"{given}{address} is a Ray Client address, which bnrep does not use: run bnrep on a "
                          f"node of the cluster with the head's HOST:PORT (as `ray start --head` prints it), or on "
                          f"the head (ray submit, Ray Jobs: README, Cluster)")
     host, _, port = address.split("://", 1)[-1].rpartition(":")
     if not host or not port.isdigit():
-        raise UsageError(f"--address {address}: expected HOST:PORT of a Ray head (as `ray start --head` prints it)")
+        raise UsageError(f"{given}{address}: expected HOST:PORT of a Ray head (as `ray start --head` prints it)")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S) as sock:
             grpc = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true") or _speaks_http2(sock)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from bnrep import report
-from bnrep.config import check_scheme, load_experiment, out_flag
+from bnrep.config import check_readable, load_experiment, out_flag
 from bnrep.lock import writer_lock
 from bnrep.store import Store, StoreWriteError, git_commit
 
@@ -38,7 +38,7 @@ def names(out: str, experiments: list[str] | None) -> list[str]:
 
 def run(out: str, experiments: list[str] | None, several: bool = False, force: bool = False) -> int:
     """Report on `experiments` (None: all under `out`); `several` adds the combined report."""
-    check_scheme(out)
+    check_readable(out)
     print(f"bnrep report ({git_commit() or 'unknown commit'}) | {out}", flush=True)
     try:
         todo = names(out, experiments)
