@@ -167,7 +167,27 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         command = f"python {self.prog}" if self.prog.endswith(".py") else self.prog
-        self.exit(2, f"error: {self.prog}: {message} (see {command} --help)\n")
+        self.exit(2, f"error: {self.prog}: {message}{self._did_you_mean(message)} (see {command} --help)\n")
+
+    _argv: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)  # what _did_you_mean reads the command from
+        return super().parse_known_args(args, namespace)
+
+    def _did_you_mean(self, message: str) -> str:
+        """'; did you mean --smoke-test?' for a mistyped flag (argparse's 'unrecognized arguments: --smoketest')."""
+        import difflib
+
+        if not message.startswith("unrecognized arguments: "):
+            return ""
+        subs = [a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        # `bnrep run --smoketest`: argparse says so as `bnrep`; the flags are run's
+        parser = next((c[w] for w in self._argv for c in subs if w in c), self)
+        flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+        typed = [w.split("=")[0] for w in message.split(": ", 1)[1].split() if w.startswith("--")]
+        close = [c for w in typed for c in difflib.get_close_matches(w, flags, n=1)]
+        return f"; did you mean {close[0]}?" if close else ""
 
 
 def build_parser(stage: str, parser: argparse.ArgumentParser | None = None,

@@ -360,6 +360,10 @@ def test_ray_runs_library_functions_by_reference():
     (["final", "--seeds", "abc"], "error: bnrep final: argument --seeds: invalid int value: 'abc' "
                                   "(see bnrep final --help)"),
     (["report", "--smoke-test"], "error: bnrep report: unrecognized arguments: --smoke-test (see bnrep report --help)"),
+    (["run", "--smoketest"], "error: bnrep: unrecognized arguments: --smoketest; did you mean --smoke-test? (see "
+                             "bnrep --help)"),  # (argparse's error comes from bnrep's parser; the flag is run's)
+    (["analysis", "--k-mx", "5"], "error: bnrep analysis: unrecognized arguments: --k-mx 5; did you mean --k-max?"),
+    (["status", "--smoke-test"], "error: bnrep: unrecognized arguments: --smoke-test (see bnrep --help)"),  # run's only
     (["frobnicate"], "error: bnrep: argument COMMAND: invalid choice: 'frobnicate'"),
 ])
 def test_a_flag_argparse_refuses_is_one_line_naming_the_command(argv, line, capsys):
