@@ -467,8 +467,9 @@ def _cannot_take(spec: str, norm: str, C: int, size: tuple[int, int], num_classe
     if needs.startswith("no size"):  # no size works: the channels, when another count does
         other = [c for c in (3, 1, 4) if c != C and _runs(spec, norm, c, max(H, W), num_classes)]
         if other:
-            return ModelError(f"{spec} takes {other[0]}-channel images, not the data's {C} channel{'s' * (C != 1)}: its first layer "
-                              f"must use the in_channels bnrep passes it ({spec}(num_classes, in_channels)); {why}")
+            return ModelError(f"{spec} takes {other[0]}-channel images, not the data's {C} channel{'s' * (C != 1)}: "
+                              f"its first layer must use the in_channels bnrep passes it ({spec}(num_classes, "
+                              f"in_channels)); {why}")
     return ModelError(f"{spec} cannot take {C}x{H}x{W} images ({needs}; {why})")
 
 
