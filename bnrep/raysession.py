@@ -184,7 +184,7 @@ def ray_session(address: str | None, model: str | None = None):
     started = not ray.is_initialized()
     try:  # a Ctrl-C during ray.init too: what it started is shut down
         if started and address:
-            ray.init(address=address, **quiet)
+            join(ray, address, quiet)
         elif started:  # Ray turns token auth on for a private cluster by default and warns that it did: as wanted
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             with sigint_default_in_children(), private_ray_env():
@@ -198,6 +198,27 @@ def ray_session(address: str | None, model: str | None = None):
         if started:
             _PRIVATE = False
             ray.shutdown()
+
+
+def join(ray, address: str, quiet: dict) -> None:
+    """ray.init on the cluster at `address`; a cluster that refuses this process (its token authentication)
+    or does not answer as a Ray head is UsageError, one line (Ray raised a ConnectionError whose traceback
+    ran to 70 lines)."""
+    from bnrep.config import UsageError
+
+    try:
+        ray.init(address=address, **quiet)
+    except ConnectionError as e:
+        chain, c = [], e
+        while c is not None and c not in chain:  # (Ray's AuthenticationError hides itself as a context)
+            chain.append(c)
+            c = c.__cause__ or c.__context__
+        if any(type(c).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(c) for c in chain):
+            mode = os.environ.get("RAY_AUTH_MODE", "unset")
+            raise UsageError(f"the Ray cluster at {address} uses token authentication and refused this process "
+                             f"(RAY_AUTH_MODE is {mode}): export RAY_AUTH_MODE=token, with the cluster's token in "
+                             f"~/.ray/auth_token or RAY_AUTH_TOKEN (README, Security)") from None
+        raise UsageError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
 
 
 _PRIVATE = False  # the Ray of the session is this process's own local one (nothing else joins it)

@@ -4,6 +4,7 @@ import os
 import re
 import urllib.error
 import urllib.request
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -588,6 +589,37 @@ def test_an_out_where_no_folder_can_be_made_is_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert rc in (1, 2) and len(err.splitlines()) == 1 and err.startswith("error: cannot write"), err
     assert not os.path.exists("/proc/bnrep-runs") and not ray.is_initialized()
+
+
+@pytest.mark.parametrize("refused", [True, False])
+def test_a_cluster_that_refuses_to_be_joined_is_one_line(refused, monkeypatch):
+    """A Ray head that answers but refuses this process (its token authentication, RAY_AUTH_MODE unset
+    here) or its connection: one line saying what to set, not Ray's 70-line traceback. (The refusal's
+    exceptions are raised as ray.init raises them: a ConnectionError from a RuntimeError whose context
+    is the AuthenticationError.)"""
+    from ray.exceptions import AuthenticationError
+
+    from bnrep.config import UsageError
+    from bnrep.raysession import join
+
+    def init(address, **kw):
+        try:
+            try:
+                raise (AuthenticationError("Authentication token is missing or incorrect") if refused
+                       else OSError("connection reset"))
+            except Exception:
+                raise RuntimeError("Failed to connect to GCS.")  # (its context: the refusal)
+        except RuntimeError as e:
+            raise ConnectionError(f"Failed to connect to Ray cluster at {address}") from e
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with pytest.raises(UsageError) as e:
+        join(SimpleNamespace(init=init), "10.0.0.1:6379", {})
+    assert str(e.value) == (
+        "the Ray cluster at 10.0.0.1:6379 uses token authentication and refused this process (RAY_AUTH_MODE is "
+        "unset): export RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN "
+        "(README, Security)" if refused else
+        "cannot join the Ray cluster at 10.0.0.1:6379: Failed to connect to Ray cluster at 10.0.0.1:6379")
 
 
 def test_ray_address_from_the_environment_is_checked_too(tmp_path, capsys, monkeypatch):
