@@ -244,7 +244,9 @@ def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
                          f"another --out, or --fresh to start over")
     keys = ["train_hash"] + (["analysis_hash"] if stage == "analysis" else [])
     for key in keys:
-        if key in old and old[key] != hashes[key] and not (key == "analysis_hash" and adds_only(old, exp)):
+        if key in old and old[key] != hashes[key] and not (key == "analysis_hash" and (
+                adds_only(old, exp) or not any(store.list_dir(f"results/{t}") for t in tables("analysis")))):
+            # (analysis settings with no analysis results yet: nothing to mix with, the new ones hold)
             before, now = old.get("experiment", {}), exp.to_dict()
             what = "training" if key == "train_hash" else "analysis"
             other = [k for k in ("dataset", "model") if k in before and before[k] != now[k]]

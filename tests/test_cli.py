@@ -441,6 +441,25 @@ def test_status_counts_only_complete_work(results, capsys):
     assert "report     missing" in out
 
 
+def test_new_analysis_settings_before_any_analysis_result_are_not_a_conflict(tmp_path):
+    """A grid trained with one set of analysis settings, then analysed with others: no analysis result exists
+    to mix with, so the new settings hold (it was refused as 'holds analysis results of a different
+    configuration'); once a part exists, a change is refused as before."""
+    from bnrep.config import UsageError
+    from bnrep.experiments import SMOKE, get_experiment
+
+    smoke = get_experiment("digits-cnn").override(**SMOKE)
+    store = Store(str(tmp_path), "digits-cnn")
+    store.mkdir()
+    config.write_config(store, config.prepare(store, smoke, "final", fresh=False))
+    other = smoke.override(k_max=5)
+    assert config.prepare(store, other, "analysis", fresh=False)["analysis_hash"] != store.read_json(
+        "config.json")["analysis_hash"]
+    store.write_bytes("results/kmeans/cnn-bn-s0-conv1.parquet", b"")  # (any part: its presence is what counts)
+    with pytest.raises(UsageError, match="holds analysis results of a different configuration"):
+        config.prepare(store, other, "analysis", fresh=False)
+
+
 def test_status_of_a_file_as_out_is_one_line(tmp_path, capsys):
     (tmp_path / "runs").write_text("not results")
     assert cli.main(["status", "--out", str(tmp_path / "runs")]) == 2
