@@ -249,7 +249,8 @@ def eps_robustness(f: Finding, by_eps: dict[float, Finding]) -> Finding:
         said = (f"robust to the threshold where it could be judged (not at eps {_names(f'{e:g}' for e in missing)}: "
                 f"no results on both sides there)")
     if reversed_at:
-        said = (f"not robust to the threshold: {a} is {base} in most layers at the smallest eps, the other way at eps "
+        said = (f"not robust to the threshold: {a} is {base} in more layers than the other way round at the smallest "
+                f"eps, and more layers go the other way at eps "
                 f"{_names(f'{e:g}' for e in reversed_at)}" + (f"; the verdict changes at eps "
                                                               f"{_names(f'{e:g}' for e in changed)}" if changed else ""))
     numbers = {**f.numbers, "robust_to_eps": not changed and not reversed_at, "changed_at": [f"{e:g}" for e in changed],
@@ -460,7 +461,8 @@ def findings(r: Results) -> list[Finding]:
 
 
 def _direction(f: Finding) -> str:
-    """Claim 1's direction in most layers: 'sparser', 'less sparse' or 'neither'."""
+    """Claim 1's direction in more layers than the other way round (the layers that differ, not all of them):
+    'sparser', 'less sparse' or 'neither'."""
     more, less = len(f.numbers.get("sparser", [])), len(f.numbers.get("less_sparse", []))
     return "sparser" if more > less else "less sparse" if less > more else "neither"
 
@@ -478,7 +480,7 @@ def finding_sparsity_across(per_exp: dict[str, Finding]) -> Finding:
     same = len(set(dirs.values())) == 1 and "neither" not in dirs.values()
     all_consistent = all(per_exp[n].verdict == "not supported" for n in dirs)
     verdict = "supported" if not same else "not supported" if all_consistent else "mixed"
-    detail = "direction in most layers: " + "; ".join(f"{n}: {a} {d}" for n, d in dirs.items()) + "."
+    detail = "direction (in more layers than the other way round): " + "; ".join(f"{n}: {a} {d}" for n, d in dirs.items()) + "."
     caveats = [f"{n}: {f.verdict_text}" for n, f in per_exp.items() if f.verdict == "inconclusive"]
     if caveats and verdict in JUDGED:
         verdict = "inconclusive"

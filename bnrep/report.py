@@ -167,7 +167,7 @@ def eps_blocks(fs: list[Finding]) -> list[tuple]:
 def _robustness(n: dict) -> str:
     """Whether claim 1's verdict and direction hold at every eps (eps_robustness' numbers)."""
     why = ([f"the verdict changes at eps {', '.join(n['changed_at'])}"] if n["changed_at"] else []) + (
-        [f"the direction in most layers reverses at eps {', '.join(n['direction_reversed_at'])}"]
+        [f"more layers go the other way at eps {', '.join(n['direction_reversed_at'])}"]
         if n.get("direction_reversed_at") else [])
     if why:
         return f"not robust to the threshold ({'; '.join(why)})"

@@ -1059,7 +1059,7 @@ def test_claim_1_per_threshold_and_its_robustness(name, kw, by_eps, robust, tmp_
     md = (tmp_path / "digits-cnn" / "report" / "report.md").read_text()
     said = "robust to the threshold (the same verdict at every eps)" if robust else \
         "not robust to the threshold (the verdict changes at eps 0.1)" if "sparser everywhere" in name else \
-        "not robust to the threshold (the direction in most layers reverses at eps 0.1)"
+        "not robust to the threshold (more layers go the other way at eps 0.1)"
     assert f"- BN vs NBN: {said}" in md and ("not robust" in md) is not robust
     assert "| 0.1 | " + by_eps["0.1"] + " (BN sparser in" in md
     fj = json.loads((tmp_path / "digits-cnn" / "report" / "findings.json").read_text())
