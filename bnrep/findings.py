@@ -480,7 +480,8 @@ def finding_sparsity_across(per_exp: dict[str, Finding]) -> Finding:
     same = len(set(dirs.values())) == 1 and "neither" not in dirs.values()
     all_consistent = all(per_exp[n].verdict == "not supported" for n in dirs)
     verdict = "supported" if not same else "not supported" if all_consistent else "mixed"
-    detail = "direction (in more layers than the other way round): " + "; ".join(f"{n}: {a} {d}" for n, d in dirs.items()) + "."
+    detail = ("direction (in more layers than the other way round): "
+              + "; ".join(f"{n}: {a} {d}" for n, d in dirs.items()) + ".")
     caveats = [f"{n}: {f.verdict_text}" for n, f in per_exp.items() if f.verdict == "inconclusive"]
     if caveats and verdict in JUDGED:
         verdict = "inconclusive"
