@@ -110,7 +110,10 @@ def _read_verified(store: Store, mid: str, md: dict | None = None, epoch: int = 
     if epoch != FINAL and not want:
         from bnrep.config import command
 
+        cap = (store.read_json("config.json").get("experiment", {}).get("max_epochs")
+               if store.exists("config.json") else None)
         why = (f"the model stopped before epoch {epoch}" if epoch in asked else
+               f"the grid trains at most {cap} epochs" if isinstance(cap, int) and epoch > cap else
                f"the grid kept {'epochs ' + ', '.join(map(str, sorted(asked))) if asked else 'no snapshot'}: "
                f"`{command('final', store.experiment, store.out)} --snapshots {epoch}` trains the models again, "
                f"keeping it")

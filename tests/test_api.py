@@ -90,6 +90,8 @@ def test_a_wrong_name_id_or_argument_says_what_is_there(old_results, tmp_path):
         (lambda: study.model("cnn-bn-s0", epoch=2), ModelFileError,  # (did not say how to keep one)
          r"cnn-bn-s0/epoch-2.pt was not saved by the grid \(the grid kept no snapshot: `bnrep final --experiment "
          r"synthetic-cnn --out .*runs --snapshots 2` trains the models again, keeping it\)$"),
+        (lambda: study.model("cnn-bn-s0", epoch=10**6), ModelFileError,  # (offered --snapshots past max_epochs)
+         r"cnn-bn-s0/epoch-1000000.pt was not saved by the grid \(the grid trains at most \d+ epochs\)$"),
         (lambda: study.nc1, LookupError,  # results from before nc1: a frame without columns failed on its first
          r"results/nc1 has no rows yet: the analysis stage writes them \(`bnrep analysis --experiment "
          r"synthetic-cnn --out .*runs`; study.tables lists the tables written so far\)$"),
