@@ -155,21 +155,36 @@ def initial_model(store: Store, mid: str, exp: Experiment, device="cpu") -> torc
 def is_trained(store: Store, mid: str, train_hash: str, snapshots=()) -> bool:
     """Complete: the training part (current configuration) and a verified model file; with `snapshots`,
     trained by a grid asked for every one of those epochs after 0, each it reached verified too."""
+    return _training_state(store, mid, train_hash, snapshots) == (True, None)
+
+
+def damage(store: Store, mid: str, train_hash: str, snapshots=()) -> str | None:
+    """Why a model trained in the current configuration is not complete after all, in words (its model
+    file or a snapshot missing, truncated or replaced; its model file there without its training record);
+    None when it is complete, or was never trained in this configuration (nothing to say: it trains)."""
+    return _training_state(store, mid, train_hash, snapshots)[1]
+
+
+def _training_state(store: Store, mid: str, train_hash: str, snapshots) -> tuple[bool, str | None]:
+    """(complete, what is damaged)."""
     md = store.part_metadata("training", mid)  # one footer read for the hash and the sha256
-    if md is None or md.get("config_hash") != train_hash:
-        return False
+    if md is None:
+        return False, (f"its model file is there but not its training record (results/training/{mid}.parquet)"
+                       if store.exists(model_path(mid)) else None)
+    if md.get("config_hash") != train_hash:
+        return False, None
     asked, saved = saved_snapshots(md)
     if not {e for e in snapshots if e > 0} <= asked:
-        return False
+        return False, None
     try:
         data = _read_verified(store, mid, md)
         if not md.get("model_sha256"):
             _load_blob(data, mid)  # parts written before sha256 was recorded: does it load?
         for e in saved:
             _read_verified(store, mid, md, e)
-        return True
-    except ModelFileError:
-        return False
+        return True, None
+    except ModelFileError as e:
+        return False, str(e)
 
 
 def load_model(store: Store, mid: str, exp: Experiment, device="cpu", epoch: int = FINAL) -> torch.nn.Module:

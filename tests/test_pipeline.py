@@ -396,7 +396,10 @@ def test_truncated_part_and_checkpoint_are_recomputed(reference, tmp_path):
     torch.load(flipped, weights_only=True)
     r = bnrep("run", "--smoke-test", out=out)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "[final] 2 of 4 models already trained" in r.stdout  # both retrained
+    assert "[final] 2 of 4 models already trained" in r.stdout  # both retrained, each said why
+    for mid in ("cnn-bn-s0", "cnn-nobn-s0"):
+        assert (f"[final] {mid} trains again: {exp}/train/models/{mid}/model.pt is not the model that was trained "
+                f"(sha256 differs: corrupt or replaced)") in r.stdout, r.stdout
     torch.load(exp / "train/models/cnn-bn-s0/model.pt", weights_only=True)  # whole again
     assert (exp / "train/models/cnn-nobn-s0/model.pt").read_bytes() == (ref / "digits-cnn/train/models/cnn-nobn-s0/model.pt").read_bytes()
     assert_tables_equal(out, ref, ["training", "layer_sparsity", "class_dbi", "kmeans"])

@@ -18,7 +18,7 @@ import re
 
 import pandas as pd
 
-from bnrep.checkpoints import is_trained, save_model, save_snapshot, snapshot_record, weights_sha256
+from bnrep.checkpoints import damage, is_trained, save_model, save_snapshot, snapshot_record, weights_sha256
 from bnrep.config import (RunOptions, StageFailed, UsageError, command, header, stage_hashes, start_fresh,
                           write_config)
 from bnrep.data import Data, load_data
@@ -202,6 +202,10 @@ def run(exp: Experiment, opts: RunOptions) -> int:
         mids = [model_id(exp.model, g["norm"], g["seed"]) for g in todo]
         again = [m for m in mids if is_trained(store, m, train_hash)]  # trained, but without an asked snapshot
         print(f"[final] {len(grid) - len(todo)} of {len(grid)} models already trained", flush=True)
+        for m in mids:  # trained before, but a file is damaged or gone: say which, and why it trains again
+            why = damage(store, m, train_hash, exp.snapshots)
+            if why:
+                print(f"[final] {m} trains again: {why}", flush=True)
         if again:
             print(f"[final] {len(again)} trained without a snapshot at epoch "
                   f"{', '.join(str(e) for e in exp.snapshots if e > 0)}: trained again to keep those epochs "
