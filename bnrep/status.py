@@ -75,7 +75,11 @@ def _final_and_analysis(store: Store, exp: Experiment) -> list[tuple[str, str, s
     want = [model_id(exp.model, n, s) for s in range(exp.seeds) for n in exp.norms]
     trained = [m for m in want if is_trained(store, m, hashes.get("train_hash", ""))]
     rows = [("final", _state(len(trained), len(want)), f"{len(trained)}/{len(want)} models trained")]
-    return rows + [_analysis(store, exp, trained)]
+    stage, state, detail = _analysis(store, exp, trained)
+    if trained and len(trained) < len(want):  # what the untrained models need is not done either
+        state = "partial" if state == "complete" else state
+        detail += f" (of the trained models; {len(want) - len(trained)} to train first)"
+    return rows + [(stage, state, detail)]
 
 
 def _imported_and_analysis(store: Store, exp: Experiment) -> list[tuple[str, str, str]]:

@@ -394,6 +394,9 @@ def test_truncated_part_and_checkpoint_are_recomputed(reference, tmp_path):
     data[len(data) // 2] ^= 0x01  # one bit in the middle: it still loads, but is not the model trained
     flipped.write_bytes(bytes(data))
     torch.load(flipped, weights_only=True)
+    status = bnrep("status", "--experiment", "digits-cnn", out=out).stdout
+    assert "final      partial   2/4 models trained" in status, status  # the analysis is not complete either
+    assert "analysis   partial   " in status and "(of the trained models; 2 to train first)" in status, status
     r = bnrep("run", "--smoke-test", out=out)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "[final] 2 of 4 models already trained" in r.stdout  # both retrained, each said why
