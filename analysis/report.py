@@ -11,7 +11,8 @@ fig_*.{png,svg}, findings.json, report_inputs.json. No Ray, no GPU; a few
 seconds per experiment on 2 CPU cores.
 
 Exit codes: 0 written, 1 no results (the message names the stage to run) or
-the report could not be written, 2 bad arguments (unknown experiment).
+the report could not be written, 2 bad arguments (unknown experiment) or
+another run writes the results now (its one-writer lock).
 """
 
 from bnrep.flags import exit_process, run_stage
