@@ -149,7 +149,7 @@ def _not_held(out: str, experiment: str) -> str:
 
     line = f"no results of {experiment!r} under {out} (no config.json there)"
     if not is_uri(str(out)) and not os.path.isdir(out):
-        return f"{line}: there is no folder {out}"
+        return f"{line}: {out} is a file, not a folder" if os.path.exists(out) else f"{line}: there is no folder {out}"
     try:
         held = [n for n in Store(out, "").list_dir("") if Store(out, n).exists("config.json")]
     except (OSError, ValueError):

@@ -73,6 +73,8 @@ def test_a_wrong_name_id_or_argument_says_what_is_there(old_results, tmp_path):
          r"is itself a study's folder; open it as open_results\('.*runs', 'synthetic-cnn'\)$"),
         (lambda: bnrep.open_results(str(tmp_path / "nowhere"), "synthetic-cnn"), FileNotFoundError,
          r": there is no folder .*nowhere$"),
+        (lambda: bnrep.open_results(str(old_results / "synthetic-cnn" / "config.json"), "synthetic-cnn"),
+         FileNotFoundError, r": .*config\.json is a file, not a folder$"),  # (it said "there is no folder")
         (lambda: bnrep.open_results(str(old_results / "synthetic-cnn" / "results"), ".."), ValueError,
          r"^experiment '\.\.': a study's name is letters"),
     ]
