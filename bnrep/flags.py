@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import math
 import os
+import re
 import sys
 import warnings
 from typing import NoReturn
@@ -170,6 +171,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message}{self._did_you_mean(message)} (see {command} --help)\n")
 
     _argv: list[str] = []
+    _commands: dict = {}  # bnrep's subcommands' parsers, by name
+
+    def add_subparsers(self, **kwargs):
+        action = super().add_subparsers(**kwargs)
+        self._commands = action.choices
+        return action
 
     def parse_known_args(self, args=None, namespace=None):
         self._argv = list(sys.argv[1:] if args is None else args)  # what _did_you_mean reads the command from
@@ -181,10 +188,9 @@ class Parser(argparse.ArgumentParser):
 
         if not message.startswith("unrecognized arguments: "):
             return ""
-        subs = [a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)]
-        # `bnrep run --smoketest`: argparse says so as `bnrep`; the flags are run's
-        parser = next((c[w] for w in self._argv for c in subs if w in c), self)
-        flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+        # `bnrep run --smoketest`: argparse says so as `bnrep`; the flags are run's (as its --help lists them)
+        parser = next((self._commands[w] for w in self._argv if w in self._commands), self)
+        flags = sorted(set(re.findall(r"--[A-Za-z0-9][\w-]*", parser.format_help())))
         typed = [w.split("=")[0] for w in message.split(": ", 1)[1].split() if w.startswith("--")]
         close = [c for w in typed for c in difflib.get_close_matches(w, flags, n=1)]
         return f"; did you mean {close[0]}?" if close else ""

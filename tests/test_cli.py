@@ -184,6 +184,7 @@ def test_bad_input(name, stage_name, argv, words, results, tmp_path, capsys):
         cfg = store.read_json("config.json")
         cfg["analysis_hash"] = "0" * 12
         store.write_json("config.json", cfg)
+        store.write_bytes("results/kmeans/cnn-bn-s0-conv1.parquet", b"")  # its results (their presence counts)
     argv = [a.format(empty=tmp_path / "empty", tmp=tmp_path) for a in argv] + ["--out", str(results)]
     before = tree(results)
     rc = flags.run_stage(stage_name, argv)

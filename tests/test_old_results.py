@@ -70,7 +70,7 @@ def test_status_partial_in_every_stage(old_results):
             "hparam", "partial", "1/2 normalisations searched; sweep running: nobn")
     assert rows["final"] == ("partial", "3/4 models trained")
     # 3 extractions, NC1 + rank on 3 x 5 layers, CKA of 2 pairs (bn-s0 with nobn-s0 and with bn-s1) x 5 layers
-    assert rows["analysis"] == ("partial", f"{3 + 3 * 5 + 2 * 5} tasks left")
+    assert rows["analysis"] == ("partial", f"{3 + 3 * 5 + 2 * 5} tasks left (of the trained models; 1 to train first)")
     assert rows["report"][0] == "partial" and rows["report"][1].endswith("(older than the results)")
 
 
