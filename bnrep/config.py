@@ -153,8 +153,28 @@ def command(stage: str, experiment: str, out: str = "runs") -> str:
     A study --out does not hold yet is found by its file only: a placeholder names it."""
     from bnrep.experiments import PRESETS
 
-    held = experiment in PRESETS or Store(out, experiment).exists("config.json")
-    return f"bnrep {stage} --experiment {experiment if held else f'<the study file of {experiment}>'}{out_flag(out)}"
+    store = Store(out, experiment)
+    held = experiment in PRESETS or store.exists("config.json")
+    smoke_flag = " --smoke-test" if stage != "report" and made_by_smoke_test(store) else ""
+    return (f"bnrep {stage} --experiment {experiment if held else f'<the study file of {experiment}>'}"
+            f"{smoke_flag}{out_flag(out)}")
+
+
+def made_by_smoke_test(store: Store, exp: Experiment | None = None) -> bool:
+    """Whether the models under `store` were trained by `--smoke-test` of `exp` (default: the preset the
+    experiment is named after) and `exp` itself is not at the smoke test's sizes (most of them: it was given
+    --smoke-test, and another flag made the difference): a rerun that leaves the flag out is refused, so
+    hints carry it."""
+    from bnrep.experiments import PRESETS, SMOKE, smoke
+
+    exp = exp or PRESETS.get(store.experiment)
+    if exp is None or 2 * sum(getattr(exp, k) == v for k, v in SMOKE.items()) >= len(SMOKE):
+        return False
+    try:
+        made = read_config(store).get("train_hash")
+    except ConfigError:
+        return False
+    return made is not None and made == stage_hashes(smoke(exp))["train_hash"] != stage_hashes(exp)["train_hash"]
 
 
 def is_imported(store: Store) -> bool:
@@ -251,7 +271,9 @@ def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
             what = "training" if key == "train_hash" else "analysis"
             other = [k for k in ("dataset", "model") if k in before and before[k] != now[k]]
             advice = ("another study: give it a name of its own (--experiment NAME, beside this one), use another "
-                      "--out" if other else "use another --out, the same flags as before")
+                      "--out" if other else "they were made with --smoke-test: add it, use another --out"
+                      if key == "train_hash" and made_by_smoke_test(store, exp) else
+                      "use another --out, the same flags as before")
             raise UsageError(
                 f"{store.out}/{exp.name} holds {what} results of a different configuration "
                 f"({describe_diff(before, now)}); {advice}, or --fresh to delete those results and start over")

@@ -154,6 +154,9 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("different config", "final", ["--smoke-test", "--max-epochs", "5", "--paper-hparams"],
      ["different configuration", "max_epochs 3 -> 5", "use another --out, the same flags as before, or --fresh to "
       "delete those results and start over"]),
+    ("a smoke test's folder without --smoke-test", "final", ["--paper-hparams"],
+     ["different configuration (max_epochs 3 -> 200", "they were made with --smoke-test: add it, use another --out, "
+      "or --fresh to delete those results"]),
     ("another model in a study's folder", "final", ["--smoke-test", "--paper-hparams", "--model", "vgg16"],
      ["different configuration (model 'cnn' -> 'vgg16'", "another study: give it a name of its own (--experiment "
       "NAME, beside this one), use another --out, or --fresh to delete those results"]),
@@ -780,6 +783,26 @@ def test_a_printed_command_pastes_back_as_it_reads(tmp_path):
     assert shlex.split(line) == ["bnrep", "final", "--experiment", "digits-cnn", "--out", out]
     assert config.command("final", "digits-cnn", "./runs") == config.command("final", "digits-cnn", "runs/") == \
         "bnrep final --experiment digits-cnn"
+
+
+def test_a_printed_command_for_a_smoke_test_folder_carries_the_flag(results, tmp_path):
+    """Pasted without --smoke-test, a stage command on a smoke test's results was refused as a different
+    configuration; `bnrep report` takes no such flag, and other folders get none."""
+    import shlex
+
+    for stage in ("hparam", "final", "analysis", "run"):
+        argv = shlex.split(config.command(stage, "digits-cnn", str(results)))
+        assert argv == ["bnrep", stage, "--experiment", "digits-cnn", "--smoke-test", "--out", str(results)]
+        args = flags.build_parser(stage).parse_args(argv[2:])
+        exp = flags.resolve_experiment(args)
+        assert config.prepare(Store(str(results), exp.name), exp, "final", fresh=False)  # not refused
+    assert "--smoke-test" not in config.command("report", "digits-cnn", str(results))
+    assert "--smoke-test" not in config.command("final", "digits-cnn", str(tmp_path / "elsewhere"))
+    store = Store(str(tmp_path / "full"), "digits-cnn")  # the preset itself, trained in full
+    store.mkdir()
+    full = flags.resolve_experiment(flags.build_parser("final").parse_args([]))
+    config.write_config(store, config.prepare(store, full, "final", fresh=False))
+    assert "--smoke-test" not in config.command("final", "digits-cnn", str(tmp_path / "full"))
 
 
 def test_a_report_asked_for_while_a_run_writes_the_results_names_that_run(tmp_path, capsys):
