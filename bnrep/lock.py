@@ -219,6 +219,20 @@ def current_writer(store: Store, clock: Callable[[], float] = time.time) -> dict
     return rec if rec is not None and not is_stale(rec, clock()) else None
 
 
+def stop_requested(store: Store) -> bool:
+    """Whether the writer that holds `store` is stopping its work (Lock.set_stopping): a task of the
+    analysis asks before it starts, so that a stage stops its queued tasks without Ray's cancellation
+    (bnrep.progress.stop_tasks)."""
+    rec = current_writer(store)
+    return bool(rec and rec.get("stopping"))
+
+
+def stopping(store: Store) -> Callable[[bool], None]:
+    """`set_stopping` of the lock this process holds on `store` (a no-op when it holds none)."""
+    lock = _HELD.get(store.uri())
+    return lock.set_stopping if lock is not None else (lambda stopping: None)
+
+
 # ==== the held lock ====
 @dataclass
 class Lock:
@@ -230,14 +244,23 @@ class Lock:
     lost: bool = False  # another writer took over (this one missed its renewals for a whole lease)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _writing: threading.Lock = field(default_factory=threading.Lock)  # one record write at a time
 
     def renew(self) -> None:
         """Extend the lease, unless another writer took over meanwhile."""
-        if _generations(self.backend)[-1:] != [self.gen]:
-            self.lost = True
-            return
-        self.record["expires"] = self.clock() + self.lease_s
-        self.backend.overwrite(_gen_name(self.gen), json.dumps(self.record).encode())
+        with self._writing:
+            if _generations(self.backend)[-1:] != [self.gen]:
+                self.lost = True
+                return
+            self.record["expires"] = self.clock() + self.lease_s
+            self.backend.overwrite(_gen_name(self.gen), json.dumps(self.record).encode())
+
+    def set_stopping(self, stopping: bool) -> None:
+        """Say in the record that the holder is stopping its work (Ctrl-C, a failed task): a task that starts
+        now returns without working or writing (stop_requested)."""
+        with self._writing:
+            self.record["stopping"] = stopping
+        self.renew()
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.lease_s / 3) and not self.lost:

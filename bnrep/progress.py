@@ -161,9 +161,10 @@ def tune_progress(stage: str, total: int, caps: dict[str, int], label, describe,
     return Progress()
 
 
-def wait_tasks(ray, pending: list, stage: str, stream=None) -> None:
+def wait_tasks(ray, pending: list, stage: str, stream=None, stopping=None) -> None:
     """Block until every Ray task is done, showing a counter; raise the first error.
-    A live counter on a terminal, a line per tenth of the tasks in a log."""
+    A live counter on a terminal, a line per tenth of the tasks in a log. `stopping`: how the tasks are
+    told to stop (stop_tasks)."""
     out = stream or sys.stdout
     total, done, t0 = len(pending), 0, time.monotonic()
     tty, step = out.isatty(), max(1, total // 10)
@@ -172,7 +173,7 @@ def wait_tasks(ray, pending: list, stage: str, stream=None) -> None:
             ready, pending = ray.wait(pending, num_returns=1, timeout=None)
             ray.get(ready)
         except BaseException as e:  # a failed task, Ctrl-C: stop the others before the stage ends
-            stop_tasks(ray, pending)
+            stop_tasks(ray, pending, stopping=stopping)
             if isinstance(e, Exception) and write_error(e):  # disk full: its one line, not Ray's traceback
                 raise write_error(e) from None
             raise
@@ -186,19 +187,29 @@ def wait_tasks(ray, pending: list, stage: str, stream=None) -> None:
             print(line, file=out, flush=True)
 
 
-def stop_tasks(ray, pending: list, grace_s: float = 10, timeout_s: float = 60) -> None:
+def stop_tasks(ray, pending: list, grace_s: float = 10, timeout_s: float = 60, stopping=None) -> None:
     """Stop the tasks still running or queued before the stage ends, so that none writes after it.
 
-    First as a Ctrl-C would: `ray.cancel` raises KeyboardInterrupt in each running task, which unwinds
-    it (its `finally` blocks run), and Ray resolves the task's result only after its code has stopped;
-    a queued task never starts. A task still not stopped after `grace_s` (blocked in one long native
-    call) has its worker process killed (force); Ray may report that before the process is gone, so
-    such a task's last temporary file can outlive the stage (the next lock holder removes it)."""
-    for ref in pending:
-        with contextlib.suppress(Exception):
-            ray.cancel(ref)
+    With `stopping` (a function of a bool; the analysis: the writer lock's bnrep.lock.Lock.set_stopping),
+    the tasks are told to stop: one that starts from now on returns at once, writing nothing, and one
+    already running finishes its part. Without it, as a Ctrl-C would: `ray.cancel` raises KeyboardInterrupt
+    in each running task, which unwinds it (its `finally` blocks run); a queued task never starts. (Ray
+    2.60's driver can abort on that cancellation when a task completes at the same moment, "Tried to
+    complete task that was not pending": seen in 2 of 6 Ctrl-Cs amid the analysis' tasks, so the analysis
+    tells its tasks instead.) A task still not done after `grace_s` (a long part, or one native call) has
+    its worker process killed (force); Ray may report that before the process is gone, so such a task's
+    last temporary file can outlive the stage (the next lock holder removes it)."""
     if not pending:
         return
+    told = False
+    if stopping is not None:
+        with contextlib.suppress(Exception):  # (the lock's record not writable: a full disk) cancel instead
+            stopping(True)
+            told = True
+    if not told:
+        for ref in pending:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref)
     with contextlib.suppress(Exception):
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=grace_s)
     for ref in pending:
@@ -207,3 +218,6 @@ def stop_tasks(ray, pending: list, grace_s: float = 10, timeout_s: float = 60) -
     if pending:
         with contextlib.suppress(Exception):
             ray.wait(pending, num_returns=len(pending), timeout=timeout_s)
+    if told:
+        with contextlib.suppress(Exception):
+            stopping(False)

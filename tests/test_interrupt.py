@@ -68,7 +68,7 @@ def test_ctrl_c_in_training_and_in_analysis_then_resume(tmp_path):
     rc, log, err = bnrep_run(out, "epoch 1/", BNREP_HANG_AT_EXIT="1")
     assert (rc, err) == (130, LINE), log[-2000:] + err[-2000:]
     assert current_writer(Store(str(out), "digits-cnn")) is None  # the lock released
-    rc, log, err = bnrep_run(out, "tasks to run")
+    rc, log, err = bnrep_run(out, "tasks done (")  # tasks completing as the signal lands
     assert (rc, err) == (130, LINE), log[-2000:] + err[-2000:]
     assert "[final] 4 of 4 models already trained" in log or "models trained" in log
     rc, log, err = bnrep_run(out)

@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-from bnrep.lock import LockError, acquire, current_writer, writer_lock
+from bnrep.lock import LockError, acquire, current_writer, stop_requested, stopping, writer_lock
 from bnrep.store import Store
 
 BUCKET = "bnrep-lock"
@@ -90,6 +90,24 @@ def test_second_writer_is_refused_with_one_line_naming_the_first(out):
     assert current_writer(store) is None, "a released lock still names a writer"
     with writer_lock(store, "analysis", renew=False):  # free again
         assert current_writer(store)["stage"] == "analysis"
+
+
+def test_a_stopping_writer_says_so_to_its_tasks(out):
+    """The analysis' tasks ask the lock's record whether its holder is stopping (bnrep.progress.stop_tasks);
+    a renewal keeps the answer, and only the holder's own directory is told."""
+    store, other = Store(out, "exp"), Store(out, "other")
+    stopping(store)(True)  # held by no one here: nothing to tell, nothing written
+    assert not stop_requested(store) and tree(out) == {}
+    with writer_lock(store, "analysis", renew=False) as lock, writer_lock(other, "analysis", renew=False):
+        assert not stop_requested(store)
+        stopping(store)(True)
+        assert stop_requested(store) and not stop_requested(other)
+        lock.renew()
+        assert stop_requested(store)
+        stopping(store)(False)
+        assert not stop_requested(store)
+        stopping(store)(True)
+    assert not stop_requested(store)  # released: no writer, nothing to stop
 
 
 def test_other_experiments_are_not_locked(out):

@@ -181,6 +181,49 @@ def test_a_failed_task_stops_the_others_before_the_stage_ends(tmp_path):
             ray.get(refs[0], timeout=60)
 
 
+def test_tasks_told_to_stop_end_without_ray_cancelling_them(tmp_path, monkeypatch):
+    """With a way to tell its tasks (the analysis: its writer lock's record), stop_tasks cancels nothing:
+    Ray 2.60's driver can abort when a cancellation meets a task completing at that moment. The tasks
+    running finish their part, the queued ones start and return at once, and every one has ended,
+    the flag taken back, when stop_tasks returns."""
+    flag, started, parts = tmp_path / "stop", tmp_path / "started", tmp_path / "parts"
+    flag.write_text("0")
+
+    @ray.remote(num_cpus=1, max_retries=3)
+    def part(i, flag, started, parts):
+        if Path(flag).read_text() == "1":
+            return "skipped"
+        with open(started, "a") as f:
+            f.write(f"{i}\n")
+        time.sleep(1)
+        with open(parts, "a") as f:
+            f.write(f"{i}\n")
+        return "done"
+
+    told = []
+
+    def stopping(on):
+        told.append(on)
+        flag.write_text("1" if on else "0")
+
+    with ray_session(None):
+        cancelled = []
+        monkeypatch.setattr(ray, "cancel", lambda *a, **k: cancelled.append(a))
+        refs = [part.remote(i, str(flag), str(started), str(parts)) for i in range(12)]
+        while not started.exists():
+            time.sleep(0.01)
+        stop_tasks(ray, refs, stopping=stopping)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        assert len(ready) == len(refs)  # every task had ended
+        results = ray.get(refs)
+    assert cancelled == [] and told == [True, False] and flag.read_text() == "0"
+    ran = sorted(int(i) for i in started.read_text().split())
+    assert 1 <= len(ran) < len(refs)
+    assert sorted(int(i) for i in parts.read_text().split()) == ran  # each started part was finished
+    assert [i for i, r in enumerate(results) if r == "done"] == ran
+    assert all(r == "skipped" for i, r in enumerate(results) if i not in ran)
+
+
 def test_workers_take_sigint_even_when_the_run_ignores_it():
     """A run started in the background by a non-interactive shell ignores SIGINT, and so would every Ray
     worker it starts: then no task could be interrupted. The workers get SIGINT's default; the run keeps

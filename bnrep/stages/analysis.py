@@ -35,7 +35,7 @@ from bnrep.config import (RunOptions, UsageError, command, header, is_imported, 
                           write_config)
 from bnrep.data import check_data, load_data
 from bnrep.experiments import Experiment
-from bnrep.lock import writer_lock
+from bnrep.lock import stop_requested, stopping, writer_lock
 from bnrep.measures import FINAL, MEASURES, NONFINITE, ModelRun, of_kind  # noqa: F401 (NONFINITE: re-exported)
 from bnrep.norms import sort_key
 from bnrep.probes import Probe
@@ -96,6 +96,8 @@ def extract(out: str, exp: Experiment, row: dict, images: torch.Tensor, labels: 
     model measures' parts in `todo` (bnrep.measures); return one (N, C) float32 array per probe."""
     quiet_when_stopped()
     store, device = Store(out, exp.name), best_device()
+    if stop_requested(store):  # the run is stopping (Ctrl-C, a failed task): no work, nothing written
+        return [None] * len(probes)
     epoch = row.get("epoch", FINAL)
     model = load_model(store, row["model_id"], exp, device, epoch)
     reps = extract_representations(model, images, n_sparsity, exp.eps, device=device, probes=probes,  # every eps
@@ -118,6 +120,8 @@ def layer_task(out: str, exp: Experiment, row: dict, probe: Probe, X: np.ndarray
     """One (model, layer) on the clustering samples: the layer measures in `todo` (bnrep.measures)."""
     quiet_when_stopped()
     store = Store(out, exp.name)
+    if stop_requested(store):
+        return
     Xt = torch.tensor(X[: len(y)], device=best_device())  # the clustering samples lead the extracted rows
     yt = torch.tensor(y, device=Xt.device)
     keys, where = _layer_keys(row, [probe])[probe.index], placement()
@@ -131,6 +135,8 @@ def pair_task(out: str, exp: Experiment, a: dict, b: dict, layer: str, index: in
     """One layer of two models (the n clustering samples): the pair measures in `todo` (bnrep.measures)."""
     quiet_when_stopped()
     store, dev = Store(out, exp.name), best_device()
+    if stop_requested(store):
+        return
     A, B = torch.tensor(Xa[:n], device=dev), torch.tensor(Xb[:n], device=dev)
     for table in todo:
         rows = MEASURES[table].compute(A, B, (a["model_id"], b["model_id"]))
@@ -376,4 +382,4 @@ def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.Dat
                 pending.append(remote["pair_task"].remote(store.out, exp, a, b, name, index,
                                                           arrays[unit(a)][at[index]], arrays[unit(b)][at[index]],
                                                           samples.n_cluster, left, hashes))
-        wait_tasks(ray, pending, "analysis")
+        wait_tasks(ray, pending, "analysis", stopping=stopping(store))
