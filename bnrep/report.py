@@ -378,12 +378,23 @@ def _findings_json(r: Results, fs: list[Finding]) -> dict:
             "measures": measure_numbers(r)}
 
 
+WHERE = "\nreport: "  # the summary's last line names the report's file
+
+
 def _summary(title: str, table_text: str, fs: dict[str, list[Finding]], notes: list[str], where: str) -> str:
     """Plain text for the terminal; `fs` maps a heading to its findings."""
     parts = [title, "", "Table 1 (accuracy %, mean ± std over seeds):", table_text or "(no training results)"]
     for head, group in fs.items():
         parts += ["", f"{head}:"] + finding_lines(group)
-    return "\n".join(parts + [f"Note: {n}" for n in notes] + ["", f"report: {where}"])
+    return "\n".join(parts + [f"Note: {n}" for n in notes]) + "\n" + WHERE + where
+
+
+def saved_summary(store: Store) -> str:
+    """The summary an up-to-date report printed when it was made, naming the report where it is now (the
+    results folder may have been copied or moved since: `ray rsync-down`, another disk)."""
+    text = store.read_bytes("report/summary.txt").decode().rstrip("\n")
+    head, found, _ = text.rpartition(WHERE)
+    return head + WHERE + store.uri("report", "report.html") if found else text
 
 
 def no_results(name: str, out: str) -> ReportError:

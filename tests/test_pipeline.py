@@ -156,6 +156,7 @@ def test_second_run_does_no_work(reference, tmp_path):
     assert "wrote" not in r.stdout  # no stage says it wrote
     assert "4 models complete, 0 tasks to run" in r.stdout
     assert "report is up to date" in r.stdout
+    assert f"report: {out}/digits-cnn/report/report.html" in r.stdout and str(src) not in r.stdout  # copied here
     after = snapshot(out)
     changed = {k for k in before if before[k] != after.get(k)} | (set(after) - set(before))
     assert changed <= {"config.json"}, changed

@@ -59,7 +59,7 @@ def write(out: str, todo: list[str], several: bool, force: bool) -> int:
     for n in todo:
         if not force and report.report_is_current(out, n):
             print(f"[report] {n}: report is up to date (--force rebuilds it)")
-            print(Store(out, n).read_bytes("report/summary.txt").decode(), flush=True)
+            print(report.saved_summary(Store(out, n)), flush=True)
             written += 1
             continue
         try:
