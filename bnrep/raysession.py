@@ -77,6 +77,9 @@ def check_address(address: str | None) -> None:
     host, _, port = address.split("://", 1)[-1].rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"{given}{address}: expected HOST:PORT of a Ray head (as `ray start --head` prints it)")
+    if not 0 < int(port) < 65536:
+        raise UsageError(f"{given}{address}: port {int(port)} is not a TCP port (1-65535); the head's address is "
+                         f"HOST:PORT as `ray start --head` prints it")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S) as sock:
             grpc = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true") or _speaks_http2(sock)
