@@ -20,7 +20,7 @@ from functools import cached_property
 import pandas as pd
 import torch
 
-from bnrep.config import check_readable, command, load_experiment, read_hashes
+from bnrep.config import check_readable, command, is_imported, load_experiment, read_hashes
 from bnrep.experiments import Experiment
 from bnrep.measures import FINAL
 from bnrep.store import TABLES, Store, is_uri
@@ -60,6 +60,10 @@ class Study:
         if name not in TABLES:
             raise KeyError(f"unknown table {name!r} (valid: {', '.join(TABLES)})")
         df = self.store.read_table(name)
+        stage = TABLES[name].stage
+        if df.empty and stage in ("hparam", "final") and is_imported(self.store):
+            raise LookupError(f"{self.experiment.name} holds imported models (bnrep import): bnrep did not train "
+                              f"them, so there is no {name} table (study.tables lists the tables it has)")
         if df.empty:  # (a frame without columns would fail later, on its first column)
             raise LookupError(f"{self.store.uri('results', name)} has no rows yet: the {TABLES[name].stage} stage "
                               f"writes them (`{command(TABLES[name].stage, self.experiment.name, self.store.out)}`; "

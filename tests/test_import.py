@@ -239,6 +239,18 @@ def imported(checkpoints, tmp_path_factory):
     return out
 
 
+def test_a_notebook_asking_imported_models_for_training_tables_is_told_why_there_are_none(imported):
+    """(it was told to run `bnrep final` or `bnrep hparam`, which refuse imported models)"""
+    from bnrep.api import open_results
+
+    study = open_results(str(imported), "leaves")
+    for table in ("training_history", "hparam_trials"):
+        with pytest.raises(LookupError, match=f"^leaves holds imported models \\(bnrep import\\): bnrep did not "
+                                              f"train them, so there is no {table} table"):
+            study.table(table)
+    assert "imported" in study.training.columns  # what the import wrote is there
+
+
 def test_a_smoke_test_of_imported_models_shrinks_only_the_analysis(imported):
     """`bnrep run --smoke-test` on imported models: nothing trains, so --smoke-test's training settings do not
     apply (they were refused as a different configuration, and the --fresh the line suggested is refused
