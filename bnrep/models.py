@@ -230,6 +230,11 @@ def parse_spec(text: str) -> Spec:
     source, _, name = text.partition(":")
     if source in SOURCES and name:
         return Spec(text, source, name)
+    if source.endswith(".py") and name.isidentifier():  # mynets.py:tiny, ./lab/mynets.py:tiny: a file, not a module
+        module = os.path.basename(source)[:-3]
+        where = os.path.dirname(source)
+        raise ModelError(f"model {text!r} names a file; a model in your own code is module:function: give "
+                         f"{module}:{name}" + (f", run from {where} or with it on PYTHONPATH" if where else ""))
     if name and re.fullmatch(r"[A-Za-z_][\w.]*", source) and name.isidentifier():
         return Spec(text, "module", text)
     raise ModelError(f"unknown model {text!r} (valid: {', '.join(BUILTIN)}, torchvision:NAME, timm:NAME, "

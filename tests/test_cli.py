@@ -131,6 +131,10 @@ CASES = [  # (name, stage, argv, words the message must contain)
      ["tests.labnets.nets:with_features gives a tuple, not a tensor of logits"]),
     ("model cannot take the images", "hparam", ["--model", "torchvision:convnext_tiny", "--norms", "batch"],
      ["torchvision:convnext_tiny cannot take 1x8x8 images (it needs at least 32x32;"]),
+    ("a file for a module", "hparam", ["--model", "mynets.py:tiny"],
+     ["model 'mynets.py:tiny' names a file; a model in your own code is module:function: give mynets:tiny"]),
+    ("a file path for a module", "final", ["--model", "/lab/code/mynets.py:Tiny"],
+     ["give mynets:Tiny, run from /lab/code or with it on PYTHONPATH"]),
     ("user model ignores in_channels", "final", ["--model", "tests.labnets.nets:rgb_only"],
      ["tests.labnets.nets:rgb_only takes 3-channel images, not the data's 1 channel: its first layer must use the "
       "in_channels bnrep passes it (tests.labnets.nets:rgb_only(num_classes, in_channels)); RuntimeError: "]),
