@@ -32,6 +32,7 @@ from bnrep.datasets import FOLDER, class_names, folder_fingerprint, parse_datase
 from bnrep.experiments import ConfigError, Experiment, get_experiment, renamed
 from bnrep.lock import refuse_if_held
 from bnrep.measures import MEASURES
+from bnrep.norms import REF
 from bnrep.store import Store, git_commit, is_uri, tables
 from bnrep.studies import unknown_experiment
 
@@ -383,7 +384,11 @@ def _check_local_writable(path: Path) -> None:
 def header(stage: str, exp: Experiment, store: Store) -> str:
     """The first lines a stage prints: version, commit, what and where, the stage hashes."""
     h = stage_hashes(exp)
+    no_reference = exp.reference == REF and REF not in exp.norms and stage != "analysis"  # said before training
     return (f"bnrep {bnrep.__version__} ({git_commit() or 'unknown commit'}) | {stage} | "
             f"experiment {exp.name} -> {store.out}/{exp.name}\n"
             f"config: train {h['train_hash']}, analysis {h['analysis_hash']} "
-            f"({store.uri('config.json')})")
+            f"({store.uri('config.json')})" + (
+                f"\nnote: no condition trains without normalisation ({REF}) and no --reference names another: the "
+                f"report's claims compare with the reference, so none will be evaluated; add {REF} to the "
+                f"conditions, or name one of them with --reference TAG" if no_reference else ""))

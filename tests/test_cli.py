@@ -791,6 +791,19 @@ def test_a_printed_command_pastes_back_as_it_reads(tmp_path):
         "bnrep final --experiment digits-cnn"
 
 
+def test_a_study_with_no_reference_condition_is_told_before_it_trains(tmp_path):
+    """Without `none` among the conditions and no --reference, every claim of the report is 'not evaluated':
+    said when training starts, not first by the report hours later."""
+    parse = flags.build_parser("final").parse_args
+    store = Store(str(tmp_path), "digits-cnn")
+    note = "note: no condition trains without normalisation (none) and no --reference names another"
+    without = flags.resolve_experiment(parse(["--norms", "batch,group"]))
+    assert note in config.header("final grid", without, store) and note in config.header("hparam sweep", without, store)
+    assert note not in config.header("analysis", without, store)  # (the training stages said it)
+    for argv in ([], ["--norms", "batch,group", "--reference", "group"], ["--norms", "batch,none"]):
+        assert note not in config.header("final grid", flags.resolve_experiment(parse(argv)), store)
+
+
 def test_a_printed_command_for_a_smoke_test_folder_carries_the_flag(results, tmp_path):
     """Pasted without --smoke-test, a stage command on a smoke test's results was refused as a different
     configuration; `bnrep report` takes no such flag, and other folders get none."""
