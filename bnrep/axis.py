@@ -140,6 +140,25 @@ def check_tag(tag: str, item: str) -> None:
         raise ConditionError(f"condition {item!r}: tag {tag!r} is a normalisation's name or tag; choose another")
 
 
+def dropped_tag(item: str) -> str:
+    """The tag given to a plain normalisation (`x:group`), which parse drops; '' when there is none."""
+    head = item.split(",")[0].strip()
+    if is_norm(head) or ":" not in head:
+        return ""
+    return head.partition(":")[0] if not parse(item)[0] else ""
+
+
+def check_tags(items) -> None:
+    """ConditionError when a tag dropped from a plain normalisation names another condition of `items` (the user
+    meant two conditions of that tag; the tables would show one under it, the other under the norm's name)."""
+    names = {name_of(c) for c in items}
+    for c in items:
+        tag = dropped_tag(c)
+        if tag in names:
+            raise ConditionError(f"condition {c!r}: tag {tag!r} names another condition too; a plain "
+                                 f"normalisation needs no tag (its models are {parse(c)[1]}'s): give a tag once")
+
+
 def canonical(item: str) -> str:
     """The one spelling config.json stores: the norm's name, or TAG:NORM,fields sorted,label,color."""
     return _spell(*parse(item))

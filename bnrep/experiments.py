@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 from bnrep.datasets import DatasetError, parse_dataset
 from bnrep.models import ModelError, parse_spec
-from bnrep.axis import ConditionError, canonical, name_of, overrides_of, register_all, split_items, with_overrides
+from bnrep.axis import (ConditionError, canonical, check_tags, name_of, overrides_of, register_all, split_items,
+                        with_overrides)
 from bnrep.axis import parse as parse_condition
 from bnrep.norms import NAMES as NORM_NAMES, REF, get_norm, sort_key
 from bnrep.optim import OPTIMIZERS
@@ -213,7 +214,9 @@ def _conditions(v, name: str) -> tuple[str, ...]:
     """Conditions as given (`batch,none` from --norms, `a; b:batch,batch_size=8`, a list) in their
     canonical spelling, their tags registered (bnrep.axis)."""
     try:
-        items = tuple(canonical(c) for c in split_items(v))
+        given = split_items(v)
+        check_tags(given)
+        items = tuple(canonical(c) for c in given)
         register_all(items)
     except ConditionError as e:
         raise ConfigError(f"{name}: {e}") from None

@@ -57,6 +57,15 @@ def test_norms_is_one_condition_per_norm_and_hashes_do_not_move():
     assert Experiment.from_dict({**old, "norms": ["batch", "none"]}) == BASE
 
 
+def test_a_tag_dropped_from_a_plain_norm_may_not_name_another_condition():
+    """`bn-b8:group` is group (its tag dropped): beside a condition tagged bn-b8 the user meant two of that tag,
+    and the tables would have shown one under bn-b8, the other under group, without a word."""
+    with pytest.raises(ConfigError, match=r"^digits-cnn: condition 'bn-b8:group': tag 'bn-b8' names another "
+                                          r"condition too; a plain normalisation needs no tag"):
+        BASE.override(conditions="batch; bn-b8:batch,batch_size=8; bn-b8:group")
+    assert BASE.override(conditions="x:batch; x:none") == BASE  # dropped twice: two norms, no tag to confuse
+
+
 def test_old_results_keep_their_hashes(tmp_path):
     import shutil
     from pathlib import Path

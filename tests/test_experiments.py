@@ -50,7 +50,10 @@ BAD = [  # (case, field changes, message)
     ("eps not numbers", {"eps": "0,abc"}, "synthetic-cnn: eps must be a list of numbers, got ['0', 'abc']"),
     ("unknown model", {"model": "resnet50"},
      f"synthetic-cnn: unknown model 'resnet50' (valid: {MODEL_NAMES}); did you mean torchvision:resnet50?"),
-    ("model spec with a path", {"model": "my/nets.py:net"}, f"synthetic-cnn: unknown model 'my/nets.py:net' (valid: {MODEL_NAMES})"),
+    ("model spec with a path", {"model": "my/nets.py:net"}, "synthetic-cnn: model 'my/nets.py:net' names a file; a "
+     "model in your own code is module:function: give nets:net, run from my or with it on PYTHONPATH"),
+    ("model spec with a dotted path", {"model": "my.nets/x:net"}, f"synthetic-cnn: unknown model 'my.nets/x:net' "
+     f"(valid: {MODEL_NAMES})"),
 ]
 
 
