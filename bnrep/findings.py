@@ -217,7 +217,8 @@ def finding_sparsity(layer_sparsity: pd.DataFrame, norm: str = "batch", ref: str
     per_layer = ", ".join(f"{l} {v * 100:+.1f} pp (p {_p(p)})" for l, v, p in zip(c["layer"], d, c["p"]))
     detail = (f"{a} sparser in {len(more)} of {n} layers ({_names(more)}), less sparse in {len(less)} "
               f"({_names(less)}), no detectable difference (within {SPARSITY_TOL * 100:g} pp or Welch p >= "
-              f"{P_MAX}) in {n - len(more) - len(less)}; mean difference {a} - {b} {d.mean() * 100:+.1f} pp; "
+              f"{P_MAX}{', or untestable: under 2 seeds a side' if c['p'].isna().any() else ''}) in "
+              f"{n - len(more) - len(less)}; mean difference {a} - {b} {d.mean() * 100:+.1f} pp; "
               f"per layer: {per_layer}.")
     numbers = {"layers": n, "sparser": list(more), "less_sparse": list(less),
                "diff_pp": {l: round(v * 100, 3) for l, v in zip(c["layer"], d)},

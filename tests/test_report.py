@@ -268,6 +268,14 @@ def test_finding_sparsity(name, bn, nobn, verdict):
     assert f.verdict == verdict, (name, f.detail)
 
 
+def test_finding_sparsity_with_one_seed_says_its_gaps_were_untestable():
+    """A 20 pp gap on one seed counts as no detectable difference: the detail says why (it said 'within 1 pp
+    or Welch p >= 0.05' beside '-20.0 pp (p n/a)')."""
+    f = findings.finding_sparsity(per_layer("sparsity", [.3] * 5, [.5] * 5, seeds=1))
+    assert "no detectable difference (within 1 pp or Welch p >= 0.05, or untestable: under 2 seeds a side) in 5" in f.detail
+    assert "untestable" not in findings.finding_sparsity(per_layer("sparsity", [.3] * 5, [.5] * 5)).detail
+
+
 def corr_data(test_acc) -> tuple[pd.DataFrame, pd.DataFrame]:
     n = len(test_acc)
     ids = [f"m{i}" for i in range(n)]
