@@ -91,7 +91,10 @@ def parse_dataset(name: str) -> tuple[str, str]:
             raise DatasetError(f"dataset {name!r}: an image folder is read from a local or shared path (every node "
                                f"must see it), not a URI; copy or mount it there")
         return FOLDER, os.path.abspath(os.path.expanduser(path))
-    raise DatasetError(f"unknown dataset {name!r} (valid: {', '.join(DATASETS)}, or imagefolder:PATH)")
+    folder = os.path.expanduser(name)
+    hint = (f"; the folder {name} is there: give imagefolder:{name}" if os.path.isdir(os.path.join(folder, "train"))
+            else "")
+    raise DatasetError(f"unknown dataset {name!r} (valid: {', '.join(DATASETS)}, or imagefolder:PATH){hint}")
 
 
 def absolute_dataset(name: str, base: str | None = None) -> str:
@@ -113,7 +116,11 @@ def folder_splits(path: str) -> dict[str, str]:
     splits = {s: os.path.join(path, s) for s in ("train", "val", "test") if os.path.isdir(os.path.join(path, s))}
     for need in ("train", "test"):
         if need not in splits:
-            raise DatasetError(f"imagefolder:{path}: no {need}/ folder (expected {path}/{need}/<class>/<image>)")
+            parent = os.path.dirname(path)  # imagefolder:leaves/train: the split's folder, not the dataset's
+            above = (f"; {os.path.basename(path)}/ is a split of {parent}: give imagefolder:{parent}"
+                     if os.path.basename(path) in ("train", "val", "test") and os.path.isdir(os.path.join(parent, need))
+                     else "")
+            raise DatasetError(f"imagefolder:{path}: no {need}/ folder (expected {path}/{need}/<class>/<image>){above}")
     return splits
 
 

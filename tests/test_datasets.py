@@ -302,6 +302,20 @@ def test_an_image_folder_that_is_a_uri_or_a_file_is_named_as_such(name, line, tm
     assert line in str(err.value)
 
 
+def test_a_split_folder_or_a_bare_path_for_a_dataset_is_told_the_spec_it_meant(tmp_path, monkeypatch):
+    from bnrep.datasets import DatasetError, folder_splits, parse_dataset
+
+    root = write_folder(tmp_path / "leaves")
+    with pytest.raises(DatasetError, match=f"; train/ is a split of {root}: give imagefolder:{root}$"):
+        folder_splits(parse_dataset(f"imagefolder:{root}/train")[1])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetError, match=r"unknown dataset 'leaves' \(valid: .*\); the folder leaves is there: "
+                                           r"give imagefolder:leaves$"):
+        parse_dataset("leaves")
+    with pytest.raises(DatasetError, match=r"or imagefolder:PATH\)$"):  # no such folder: no hint
+        parse_dataset("beeches")
+
+
 @pytest.mark.parametrize("case, damage, line", [
     ("no train/", lambda r: os.rename(r / "train", r / "training"),
      "imagefolder:{root}: no train/ folder (expected {root}/train/<class>/<image>)"),
