@@ -133,5 +133,10 @@ def unknown_experiment(name: str, out: str) -> ConfigError:
 
     held = held_studies(out)
     close = difflib.get_close_matches(name, [*PRESETS, *held], n=1)
+    from bnrep.config import DEFAULT_OUT
+
+    missing = (out and "://" not in out and not os.path.isdir(out)  # where a study made by flags would be
+               and os.path.abspath(out) != os.path.abspath(DEFAULT_OUT))  # (--out given: a typo there?)
     return ConfigError(f"unknown experiment {name!r} (valid: {', '.join([*PRESETS, *held])}, or a study file "
-                       f"NAME.toml)" + (f"; did you mean {close[0]!r}?" if close else ""))
+                       f"NAME.toml)" + (f"; did you mean {close[0]!r}?" if close else "")
+                       + (f"; the results folder --out {out} does not exist" if missing else ""))

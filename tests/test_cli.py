@@ -480,6 +480,16 @@ def test_status_of_an_unknown_experiment_is_one_line(results, capsys):
     assert out == "" and err.startswith("error: unknown experiment 'nope' (valid: digits-cnn") and err.count("\n") == 1
 
 
+def test_a_study_name_with_an_out_that_does_not_exist_says_so(tmp_path, capsys):
+    """(a typo in --out read as an unknown study, and nothing said of the folder)"""
+    assert cli.main(["report", "--experiment", "folder1", "--out", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown experiment 'folder1'") and err.count("\n") == 1
+    assert err.endswith(f"; the results folder --out {tmp_path / 'nope'} does not exist\n")
+    assert cli.main(["report", "--experiment", "folder1", "--out", str(tmp_path)]) == 2
+    assert "does not exist" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["status"], ["report"], ["hparam"], ["run"]])
 def test_a_mistyped_study_name_names_the_studies_out_holds_and_the_closest(argv, tmp_path, capsys):
     """`--experiment mien` where --out holds the study `mine`: the one line lists it with the presets and
