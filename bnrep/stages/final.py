@@ -153,8 +153,9 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
             raise write_error(e)
     if errors:
         first = str(errors[0]).strip().splitlines()[-1][:300]
-        raise StageFailed(f"{len(errors)} model(s) failed {opts.max_failures + 1} times, more than --max-failures "
-                          f"{opts.max_failures}; last error: {first} (Tune logs: {path})")
+        tries = opts.max_failures + 1
+        raise StageFailed(f"{len(errors)} model(s) failed {'once' if tries == 1 else f'{tries} times'}, more than "
+                          f"--max-failures {opts.max_failures}; last error: {first} (Tune logs: {path})")
 
 
 def grid_dirname(trial) -> str:
