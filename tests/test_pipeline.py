@@ -644,5 +644,5 @@ def test_snapshots_keep_the_weights_of_their_epochs_and_compute_only_their_parts
     bad = bnrep("analysis", "--smoke-test", "--snapshots", "0,3", out=out)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
         f"error: cnn-bn-s0 was trained without a snapshot at epoch 3: run `bnrep final --experiment digits-cnn "
-        f"--out {out} --snapshots 0,3` first, with the flags the grid was trained with (it trains the models "
-        f"again, keeping those epochs)"), bad.stderr
+        f"--smoke-test --out {out} --snapshots 0,3` first, with the flags the grid was trained with (it trains the "
+        f"models again, keeping those epochs)"), bad.stderr
