@@ -30,7 +30,7 @@ def draw_some(names: list[str], rs) -> dict[str, tuple[bytes, bytes] | None]:
     out = {}
     for name in names:
         fig = figures.figure(name).make(rs)
-        out[name] = None if fig is None else (figures.figure_bytes(fig, "png"), figures.figure_bytes(fig, "svg"))
+        out[name] = None if fig is None else figures.png_and_svg(fig)
     return out
 
 
@@ -50,16 +50,17 @@ def draw(rs: list, names: list[str] | None = None) -> dict[str, tuple[bytes, byt
 
     names = names or [spec.name for spec in FIGURES]
     n = workers(len(names))
-    shares = [names[i::n] for i in range(n)]  # FIGURES alternates cheap and dear figures: dealt round-robin
     ray = sys.modules.get("ray")
-    if n > 1 and ray is not None and ray.is_initialized():
+    if n > 1 and ray is not None and ray.is_initialized():  # a task per worker: each imports matplotlib
+        shares = [names[i::n] for i in range(n)]  # FIGURES alternates cheap and dear figures: dealt round-robin
         task = ray.remote(draw_some).options(num_cpus=1, scheduling_strategy=local_node(ray))
         ref = ray.put(rs)
         done = {k: v for part in ray.get([task.remote(s, ref) for s in shares]) for k, v in part.items()}
     elif n > 1 and "fork" in mp.get_all_start_methods():
         _RESULTS[:] = rs  # the forked workers see it as it is now
         with ProcessPoolExecutor(n, mp_context=mp.get_context("fork"), initializer=_ignore_sigint) as pool:
-            done = {k: v for part in pool.map(_forked, shares) for k, v in part.items()}
+            # a figure at a time, to whichever worker is free: the figures' costs differ by 6x
+            done = {k: v for part in pool.map(_forked, [[name] for name in names]) for k, v in part.items()}
         _RESULTS.clear()
     else:
         done = draw_some(names, rs)

@@ -515,6 +515,14 @@ def _why_nan(df: pd.DataFrame, col: str, m) -> str:
     return f"values are NaN ({listed}{'; ...' if len(counts) > 3 else ''})"
 
 
+def png_and_svg(fig: Figure) -> tuple[bytes, bytes]:
+    """The figure as PNG and as SVG, laid out once: the PNG's constrained layout is kept for the SVG
+    (the layout is about a third of drawing a figure; the SVG's coordinates move by under 0.2 pt)."""
+    png = figure_bytes(fig, "png")
+    fig.set_layout_engine("none")  # the axes keep the positions the layout gave them
+    return png, figure_bytes(fig, "svg")
+
+
 def figure_bytes(fig: Figure, fmt: str) -> bytes:
     buf = io.BytesIO()
     meta = {"Date": None} if fmt == "svg" else {}  # reproducible SVG

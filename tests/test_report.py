@@ -1421,6 +1421,32 @@ def test_figures_drawn_on_every_core_are_the_bytes_drawn_here(monkeypatch):
         assert {k: v and v[0] for k, v in way.items()} == {k: v and v[0] for k, v in here.items()}
 
 
+def test_a_figure_is_laid_out_once_for_its_png_and_svg(monkeypatch):
+    """png_and_svg runs the constrained layout once (for the PNG) and keeps it for the SVG: the PNG is the
+    bytes figure_bytes draws alone, the SVG the page and text figure_bytes lays out again, within 0.5 pt."""
+    import re
+
+    from matplotlib import layout_engine
+
+    rs, calls = [cnn()], []
+    layout = layout_engine.do_constrained_layout
+    monkeypatch.setattr(layout_engine, "do_constrained_layout", lambda *a, **k: calls.append(1) or layout(*a, **k))
+    make = figures.figure("fig_kmeans_sweep").make
+    png, svg = figures.png_and_svg(make(rs))
+    assert len(calls) == 1
+    alone_png, alone_svg = figures.figure_bytes(make(rs), "png"), figures.figure_bytes(make(rs), "svg")
+    assert len(calls) == 3 and png == alone_png
+
+    def page(b):  # the SVG's width and height (pt) and its text, in order
+        s = b.decode()
+        return [float(v) for v in re.search(r'width="([\d.]+)pt" height="([\d.]+)pt"', s).groups()], \
+            re.findall(r"<!-- (.*?) -->", s)
+
+    (size, text), (alone_size, alone_text) = page(svg), page(alone_svg)
+    assert text == alone_text and len(text) > 20
+    assert np.allclose(size, alone_size, atol=0.5)
+
+
 def test_the_predictor_layer_sparsity_reads_what_claim_2_reads():
     """Exact zeros after rectifiers only, as claim 2: a GELU layer whose 'sparsity' tracks test accuracy
     must not make the predictor table contradict claim 2 in the same report."""
