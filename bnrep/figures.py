@@ -247,6 +247,7 @@ def fig_channel_sparsity(results) -> Figure | None:
                 plot_band(ax, d, "channel", "sparsity", norm, f"{labels[norm]} ({n_seeds(d).get(norm, 0)} seeds)")
             _panel(ax, title=f"{r.label}: {d['layer'].iloc[0]} (layer {li})", xlabel="channel",
                    ylabel="channel sparsity", ylim=(-0.02, 1.02))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # channels are whole: no tick at 2.5
         _end_row(axes, row, len(layers))
     panels_legend(fig, axes)
     fig.suptitle(f"Channel sparsity (mean over seeds, shading: std), {seeds_text(rs[0].table('channel_sparsity'))}")
