@@ -14,6 +14,7 @@ the same whichever process draws it.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import sys
@@ -58,10 +59,16 @@ def draw(rs: list, names: list[str] | None = None) -> dict[str, tuple[bytes, byt
         done = {k: v for part in ray.get([task.remote(s, ref) for s in shares]) for k, v in part.items()}
     elif n > 1 and "fork" in mp.get_all_start_methods():
         _RESULTS[:] = rs  # the forked workers see it as it is now
-        with ProcessPoolExecutor(n, mp_context=mp.get_context("fork"), initializer=_ignore_sigint) as pool:
-            # a figure at a time, to whichever worker is free: the figures' costs differ by 6x
-            done = {k: v for part in pool.map(_forked, [[name] for name in names]) for k, v in part.items()}
-        _RESULTS.clear()
+        # the workers' garbage collection leaves this process's objects alone: it would write to every one, and
+        # each page it writes is copied (the driver of `bnrep run` holds Ray, torch and pandas: 1.3 s more)
+        gc.freeze()
+        try:
+            with ProcessPoolExecutor(n, mp_context=mp.get_context("fork"), initializer=_ignore_sigint) as pool:
+                # a figure at a time, to whichever worker is free: the figures' costs differ by 6x
+                done = {k: v for part in pool.map(_forked, [[name] for name in names]) for k, v in part.items()}
+        finally:
+            gc.unfreeze()
+            _RESULTS.clear()
     else:
         done = draw_some(names, rs)
     return {name: done[name] for name in names}

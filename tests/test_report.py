@@ -1423,6 +1423,28 @@ def test_figures_drawn_on_every_core_are_the_bytes_drawn_here(monkeypatch):
         assert {k: v and v[0] for k, v in way.items()} == {k: v and v[0] for k, v in here.items()}
 
 
+def _freeze_count(names):  # a drawing worker's stand-in (module level: the pool pickles it by name)
+    import gc
+
+    return {name: (gc.get_freeze_count(), b"") for name in names}
+
+
+def test_forked_drawing_workers_find_the_drivers_objects_frozen(monkeypatch):
+    """A forked worker's garbage collection would write to every object it inherited (and each page
+    written is copied): they are frozen while the workers run (gc.freeze), and only then."""
+    import gc
+
+    from bnrep import drawing
+
+    monkeypatch.setenv(drawing.WORKERS_ENV, "2")
+    monkeypatch.setattr(drawing, "_forked", _freeze_count)
+    assert gc.get_freeze_count() == 0
+    got = drawing.draw([cnn()], ["fig_a", "fig_b", "fig_c"])
+    assert list(got) == ["fig_a", "fig_b", "fig_c"]
+    assert all(frozen > 10_000 for frozen, _ in got.values())  # the test process's modules and objects
+    assert gc.get_freeze_count() == 0
+
+
 def test_a_figure_is_laid_out_once_for_its_png_and_svg(monkeypatch):
     """png_and_svg runs the constrained layout once (for the PNG) and keeps it for the SVG: the PNG is the
     bytes figure_bytes draws alone, the SVG the page and text figure_bytes lays out again, within 0.5 pt."""
