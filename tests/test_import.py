@@ -158,7 +158,11 @@ REFUSALS = {  # name -> (models.csv body, or a callable writing weights first; t
     "norm the file lacks": (
         "bad,{spec},batch,0,none.pt",
         "weights {d}/none.pt do not fit torchvision:resnet18 (batch, 3 channels, 3 classes): bn1.weight is "
-        "missing from the file"),
+        "missing from the file; they fit norm none"),
+    "a BatchNorm model given as none": (  # its norm named from the norms its tensors fit
+        "bad,{spec},none,0,ok.pt",
+        "weights {d}/ok.pt do not fit torchvision:resnet18 (none, 3 channels, 3 classes): the file's bn1.weight is "
+        "not in the model (and 79 more); they fit norm batch or as-built"),
     "missing file": ("bad,{spec},batch,0,absent.pt", "weights {d}/absent.pt: No such file or directory"),
     "not a checkpoint": (
         "bad,{spec},batch,0,notes.pt",

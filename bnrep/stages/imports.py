@@ -49,8 +49,8 @@ from bnrep.data import check_data, input_shape, load_data
 from bnrep.datasets import absolute_dataset, class_names
 from bnrep.experiments import ConfigError, Experiment
 from bnrep.lock import writer_lock
-from bnrep.models import build_model, check_forward
-from bnrep.norms import ChannelBias, ChannelsLast, NormError, NormThen, PerToken, get_norm, ordered
+from bnrep.models import ModelError, build_model, check_forward
+from bnrep.norms import NORMS, ChannelBias, ChannelsLast, NormError, NormThen, PerToken, get_norm, ordered
 from bnrep.store import Store, norm_columns
 
 COLUMNS = ("model_id", "model", "norm", "seed", "weights")  # what every entry names
@@ -244,15 +244,35 @@ def _unprefixed(key: str) -> str:
 def fitted(entry: Entry, exp: Experiment, shape: tuple[int, int, int], num_classes: int,
            sd: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
     """The entry's model with its weights (`sd`: read from its file when not given); ImportRefused naming
-    the first key that does not fit."""
+    the first key that does not fit, and the norms the weights would fit (a BatchNorm model given as `none`)."""
     sd = dict(sd if sd is not None else state_dict(entry.weights)[0])
     C, H, W = shape
     model = build_model(entry.model, entry.norm, C, num_classes, (H, W))
+    why = _misfit(model, sd)
+    if why:
+        fits = [n for n in NORMS if n != entry.norm and _fits(entry.model, n, C, num_classes, (H, W), sd)]
+        raise ImportRefused(f"weights {entry.weights} do not fit {entry.model} ({entry.norm}, {C} channels, "
+                            f"{num_classes} classes): {why}"
+                            + (f"; they fit norm {' or '.join(fits)}" if fits else ""))
+    model.load_state_dict(sd)
+    return model
+
+
+def _fits(spec: str, norm: str, C: int, num_classes: int, size: tuple[int, int], sd: dict) -> bool:
+    """The tensors `sd` fit `spec` built under `norm` (False where that norm cannot be built into it)."""
+    try:
+        return _misfit(build_model(spec, norm, C, num_classes, size), dict(sd)) is None
+    except (ModelError, NormError):
+        return False
+
+
+def _misfit(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> str | None:
+    """Why the tensors `sd` do not fit `model` (the first key that does not), or None; `sd` is completed in
+    place for load_state_dict: keys renamed to the model's, zero biases where `none` keeps them."""
     want = model.state_dict()
     # `none` keeps a per-channel bias where a norm stood (norms.ChannelBias, zero at first); a model built
     # without norms (norm_layer=nn.Identity) has none: zero is exactly its function
     zero = {f"{p}.bias" for p, m in model.named_modules() if isinstance(m, ChannelBias)}
-    what = f"weights {entry.weights} do not fit {entry.model} ({entry.norm}, {C} channels, {num_classes} classes)"
     plain = _unwrapped(model)
     for k, v in want.items():
         if k not in sd and plain[k] in sd:  # the file has the module the swap wrapped, under its own name
@@ -260,16 +280,13 @@ def fitted(entry: Entry, exp: Experiment, shape: tuple[int, int, int], num_class
         if k not in sd and k in zero:
             sd[k] = torch.zeros_like(v)
         elif k not in sd:
-            raise ImportRefused(f"{what}: {k} is missing from the file")
+            return f"{k} is missing from the file"
         if tuple(sd[k].shape) != tuple(v.shape):
-            raise ImportRefused(f"{what}: {k} has shape {tuple(sd[k].shape)} in the file, {tuple(v.shape)} in "
-                                f"the model")
+            return f"{k} has shape {tuple(sd[k].shape)} in the file, {tuple(v.shape)} in the model"
     extra = [k for k in sd if k not in want]
     if extra:
-        raise ImportRefused(f"{what}: the file's {extra[0]} is not in the model"
-                            + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-    model.load_state_dict(sd)
-    return model
+        return f"the file's {extra[0]} is not in the model" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+    return None
 
 
 def _unwrapped(model: torch.nn.Module) -> dict[str, str]:
