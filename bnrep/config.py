@@ -383,9 +383,12 @@ def _check_local_writable(path: Path) -> None:
 
 def header(stage: str, exp: Experiment, store: Store) -> str:
     """The first lines a stage prints: version, commit, what and where, the stage hashes."""
+    from bnrep.experiments import at_smoke_sizes
+
     h = stage_hashes(exp)
     no_reference = exp.reference == REF and REF not in exp.norms and stage != "analysis"  # said before training
-    return (f"bnrep {bnrep.__version__} ({git_commit() or 'unknown commit'}) | {stage} | "
+    sizes = " at --smoke-test sizes" if at_smoke_sizes(exp) else ""
+    return (f"bnrep {bnrep.__version__} ({git_commit() or 'unknown commit'}) | {stage}{sizes} | "
             f"experiment {exp.name} -> {store.out}/{exp.name}\n"
             f"config: train {h['train_hash']}, analysis {h['analysis_hash']} "
             f"({store.uri('config.json')})" + (

@@ -463,6 +463,12 @@ def smoke(exp: Experiment) -> Experiment:
                                              for k, v in SMOKE.items()}))
 
 
+def at_smoke_sizes(exp: Experiment) -> bool:
+    """`exp` is no bigger than the smoke test makes it: given --smoke-test, or a study made with it, whose
+    config.json keeps those sizes for every later run (a stage's header says so)."""
+    return smoke(exp) == exp
+
+
 def capped_conditions(exp: Experiment) -> Experiment:
     """`exp` with no condition training longer than its max_epochs (a smoke test's conditions)."""
     cap = exp.max_epochs

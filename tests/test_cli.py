@@ -1,5 +1,6 @@
 """Bad input: one line on stderr, exit 2, before Ray starts, earlier results untouched."""
 
+import json
 import os
 import re
 import urllib.error
@@ -799,6 +800,21 @@ def test_a_printed_command_pastes_back_as_it_reads(tmp_path):
     assert shlex.split(line) == ["bnrep", "final", "--experiment", "digits-cnn", "--out", out]
     assert config.command("final", "digits-cnn", "./runs") == config.command("final", "digits-cnn", "runs/") == \
         "bnrep final --experiment digits-cnn"
+
+
+def test_a_header_says_when_a_study_is_at_smoke_test_sizes(tmp_path):
+    """--smoke-test, or a study made with it and read back from its config.json without the flag: the
+    header of every stage says so (a later run keeps the study's sizes); a full-size study's does not."""
+    from bnrep.experiments import Experiment
+
+    parse, store = flags.build_parser("final").parse_args, Store(str(tmp_path), "mine")
+    said = "| final grid at --smoke-test sizes |"
+    small = flags.resolve_experiment(parse(["--experiment", "mine", "--dataset", "digits", "--smoke-test"]))
+    assert said in config.header("final grid", small, store)
+    again = Experiment.from_dict(json.loads(json.dumps(small.to_dict())))  # as config.json gives it back
+    assert again == small and said in config.header("final grid", again, store)
+    for argv in ([], ["--experiment", "mine", "--dataset", "digits"], ["--max-epochs", "3"]):
+        assert "smoke-test" not in config.header("final grid", flags.resolve_experiment(parse(argv)), store)
 
 
 def test_a_study_with_no_reference_condition_is_told_before_it_trains(tmp_path):
