@@ -544,7 +544,8 @@ def test_max_failures(fails, survives, tmp_path):
         load_model(store, "cnn-bn-s0", get_experiment("digits-cnn").override(**SMOKE), epoch=1)  # verified
     else:
         err = r.stderr.strip().splitlines()
-        assert r.returncode == 1 and err[-1].startswith("error: 1 model(s) failed 2 times, more than --max-failures 1")
+        assert r.returncode == 1 and err[-1].startswith("error: 1 model(s) failed 2 times (cnn-bn-s0), more than "
+                                                       "--max-failures 1; last error: ")
         assert "injected failure of cnn-bn-s0" in err[-1]
         assert sorted(store.parts("training")) == [m for m in MODELS if m != "cnn-bn-s0"]
 

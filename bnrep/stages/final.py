@@ -147,15 +147,17 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
         with contextlib.suppress(OSError, StoreWriteError):  # restored grid would end as this one did)
             store.delete(GRID_PLAN)
         raise StoreWriteError(failed)
-    errors = [r.error for r in results if r.error]
-    for e in errors:
+    errored = [r for r in results if r.error]
+    for e in (r.error for r in errored):
         if write_error(e):  # disk full, permission denied: its one line
             raise write_error(e)
-    if errors:
-        first = str(errors[0]).strip().splitlines()[-1][:300]
+    if errored:
+        first = str(errored[0].error).strip().splitlines()[-1][:300]
         tries = opts.max_failures + 1
-        raise StageFailed(f"{len(errors)} model(s) failed {'once' if tries == 1 else f'{tries} times'}, more than "
-                          f"--max-failures {opts.max_failures}; last error: {first} (Tune logs: {path})")
+        names = sorted(model_id(exp.model, r.config["run"]["norm"], r.config["run"]["seed"]) for r in errored)
+        named = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        raise StageFailed(f"{len(errored)} model(s) failed {'once' if tries == 1 else f'{tries} times'} ({named}), "
+                          f"more than --max-failures {opts.max_failures}; last error: {first} (Tune logs: {path})")
 
 
 def grid_dirname(trial) -> str:
