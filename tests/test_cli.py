@@ -3,6 +3,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from types import SimpleNamespace
@@ -14,7 +16,7 @@ import ray
 from bnrep import cli, config, flags
 from bnrep.norms import NAMES
 from bnrep.store import Store
-from tests.conftest import ROOT, tree
+from tests.conftest import ROOT, injected, tree
 
 
 @pytest.fixture(autouse=True)
@@ -879,3 +881,21 @@ def test_run_draws_the_report_after_its_ray_session(tmp_path, capsys, monkeypatc
     assert cli.main(["run", "--smoke-test", "--paper-hparams", "--out", str(tmp_path / "runs")]) == 0
     assert seen == [("final", True), ("analysis", True), ("report", False)]
     assert "==== stage 3/3: report" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("thread", [False, True])
+def test_a_command_runs_its_exit_handlers_and_waits_for_its_threads(thread, tmp_path):
+    """A command's process ends without Python's teardown of its modules (bnrep.flags.exit_process), as a
+    normal exit otherwise: its exit handlers run, a thread still running when it returns is waited for,
+    and its output and exit status are complete."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = injected(BNREP_EXIT_MARKS=str(marks), **({"BNREP_EXIT_THREAD": "1"} if thread else {}))
+    for argv, rc, said in ((["list"], 0, "synthetic-resnet18"),  # the last line of its table
+                           (["status", "--experiment", "nosuch"], 2, "error: unknown experiment 'nosuch'")):
+        r = subprocess.run([sys.executable, "-m", "bnrep", *argv, "--out", str(tmp_path / "runs")], cwd=tmp_path,
+                           capture_output=True, text=True, env=env)
+        assert r.returncode == rc and said in r.stdout + r.stderr, r.stdout[-1000:] + r.stderr[-1000:]
+        assert sorted(p.name for p in marks.iterdir()) == ["atexit", "thread"][: 1 + thread]
+        for p in marks.iterdir():
+            p.unlink()

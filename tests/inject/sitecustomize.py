@@ -11,6 +11,9 @@ On PYTHONPATH, with
 - BNREP_HANG_AT_EXIT=1: the `python -m bnrep` process (not Ray's workers, not its children), on its
   way out, runs an exit handler that never returns, as a library's handler waiting for a thread or a
   queue that a Ctrl-C stopped would.
+- BNREP_EXIT_MARKS=<dir>: an exit handler writes <dir>/atexit; with BNREP_EXIT_THREAD=1 too, a thread
+  that outlives the main thread writes <dir>/thread once the main thread has ended (for a command
+  without Ray: every Python process of the run does this).
 Everything else writes normally. It replaces the store's filesystem below bnrep's own write code, so
 that code runs as it would on a full disk.
 """
@@ -82,3 +85,18 @@ if os.environ.get("BNREP_STACKS_ON_USR2"):
     import faulthandler
 
     faulthandler.register(signal.SIGUSR2, all_threads=True)
+
+if os.environ.get("BNREP_EXIT_MARKS"):  # what a command's exit still does (bnrep.flags.exit_process)
+    import atexit
+    import threading
+
+    def _mark(name):
+        open(os.path.join(os.environ["BNREP_EXIT_MARKS"], name), "w").close()
+
+    atexit.register(_mark, "atexit")  # an exit handler ran
+    if os.environ.get("BNREP_EXIT_THREAD"):  # a thread still running when the command returns, then done
+        def _outlive_main():
+            threading.main_thread().join()
+            _mark("thread")
+
+        threading.Thread(target=_outlive_main, name="outlives main").start()
