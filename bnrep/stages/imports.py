@@ -245,12 +245,12 @@ def fitted(entry: Entry, exp: Experiment, shape: tuple[int, int, int], num_class
            sd: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
     """The entry's model with its weights (`sd`: read from its file when not given); ImportRefused naming
     the first key that does not fit, and the norms the weights would fit (a BatchNorm model given as `none`)."""
-    sd = dict(sd if sd is not None else state_dict(entry.weights)[0])
-    C, H, W = shape
+    given = sd if sd is not None else state_dict(entry.weights)[0]
+    sd, (C, H, W) = dict(given), shape
     model = build_model(entry.model, entry.norm, C, num_classes, (H, W))
     why = _misfit(model, sd)
-    if why:
-        fits = [n for n in NORMS if n != entry.norm and _fits(entry.model, n, C, num_classes, (H, W), sd)]
+    if why:  # (the norms tried on the file's tensors, not on `sd` as _misfit left it)
+        fits = [n for n in NORMS if n != entry.norm and _fits(entry.model, n, C, num_classes, (H, W), given)]
         raise ImportRefused(f"weights {entry.weights} do not fit {entry.model} ({entry.norm}, {C} channels, "
                             f"{num_classes} classes): {why}"
                             + (f"; they fit norm {' or '.join(fits)}" if fits else ""))
