@@ -346,10 +346,16 @@ def exit_process(code: int) -> NoReturn:
     import atexit
     import threading
 
-    if code not in (130, 143) and threading.active_count() > 1:  # a normal exit, which waits for them
-        sys.exit(code)
     if code not in (130, 143):
-        atexit._run_exitfuncs()  # Ray's, logging's, temporary folders' ...: what a normal exit runs
+        if threading.active_count() > 1:  # a normal exit, which waits for them
+            sys.exit(code)
+        atexit._run_exitfuncs()  # Ray's, logging's, temporary folders' ...: what a normal exit runs (once)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - a closed pipe, a full disk: Python's own exit says so (exit 120)
+            sys.exit(code)
+        os._exit(code)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a pipe whose reader the same Ctrl-C ended (`| tee`)
             stream.flush()
