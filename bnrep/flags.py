@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import math
 import os
@@ -367,9 +368,21 @@ def rerun_hint(fresh: bool) -> str:
     return "rerun the same command without --fresh to resume" if fresh else "rerun the same command to resume"
 
 
+OUTPUT_ERRORS = {errno.EPIPE: "its reader has gone", errno.ENOSPC: "", errno.EDQUOT: ""}  # not bnrep's fault
+
+
+def cannot_write(e: OSError) -> int:
+    """A write that the system refused (`> /dev/full`, a pipe whose reader has gone, a full disk outside the
+    results, whose own writes name their file): one line, exit 1."""
+    why = OUTPUT_ERRORS[e.errno]
+    with contextlib.suppress(OSError, ValueError):
+        print(f"error: cannot write: {os.strerror(e.errno)}" + (f" ({why})" if why else ""), file=sys.stderr)
+    return 1
+
+
 def main_guard(fn, fresh: bool = False) -> int:
-    """Run `fn()`: bad input -> one line on stderr, exit 2; Ctrl-C -> exit 130, SIGTERM -> 143 (`fresh`: the
-    command had --fresh, which its rerun should not have)."""
+    """Run `fn()`: bad input -> one line on stderr, exit 2; a write the system refuses -> one line, exit 1;
+    Ctrl-C -> exit 130, SIGTERM -> 143 (`fresh`: the command had --fresh, which its rerun should not have)."""
     plain_warnings()
     stop_on_sigterm()
     try:
@@ -383,6 +396,10 @@ def main_guard(fn, fresh: bool = False) -> int:
     except StoreWriteError as e:  # disk full, permission denied: the locks are released on the way out
         print(f"error: {write_error(e) or e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        if e.errno not in OUTPUT_ERRORS:
+            raise
+        return cannot_write(e)
     except KeyboardInterrupt:
         if STOPPED_BY:
             print(f"stopped (SIGTERM): {rerun_hint(fresh)}", file=sys.stderr)

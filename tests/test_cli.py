@@ -899,3 +899,23 @@ def test_a_command_runs_its_exit_handlers_and_waits_for_its_threads(thread, tmp_
         assert sorted(p.name for p in marks.iterdir()) == ["atexit", "thread"][: 1 + thread]
         for p in marks.iterdir():
             p.unlink()
+
+
+@pytest.mark.parametrize("where", ["full", "closed"])
+def test_output_that_cannot_be_written_is_one_line(where, tmp_path):
+    """Standard output on a full device (`> /dev/full`) or a pipe whose reader has gone: one line on stderr
+    and exit 1, not a traceback, and no second complaint from the process's exit."""
+    if where == "full":
+        out = os.open("/dev/full", os.O_WRONLY)
+        said = "error: cannot write: No space left on device"
+    else:
+        reader, out = os.pipe()
+        os.close(reader)  # gone before the command writes a byte
+        said = "error: cannot write: Broken pipe (its reader has gone)"
+    try:
+        for argv in (["list"], ["status"]):
+            r = subprocess.run([sys.executable, "-m", "bnrep", *argv, "--out", str(tmp_path)], cwd=tmp_path,
+                               stdout=out, stderr=subprocess.PIPE, text=True, env=injected())
+            assert (r.returncode, r.stderr) == (1, said + "\n"), (argv, r.returncode, r.stderr[-2000:])
+    finally:
+        os.close(out)
