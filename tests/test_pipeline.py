@@ -117,12 +117,16 @@ def test_every_stage_writes_its_outputs(reference):
 def test_diverged_models_are_results_not_crashes(tmp_path):
     """`--lr 10000`: every model's loss becomes NaN. Training records the epoch; the analysis measures no
     diverged weights (no task: every row NaN with the epoch); the report is written and says so. Before:
-    the analysis died in k-means with a 70-line RayTaskError, exit 1, no report."""
+    the analysis died in k-means with a 70-line RayTaskError, exit 1, no report. (`--train-size` above the
+    data: the analysis says so under its header, with its other notes.)"""
     from bnrep.stages.analysis import NOT_TRAINED
 
     out = tmp_path / "runs"
-    r = bnrep("run", "--smoke-test", "--paper-hparams", "--lr", "10000", out=out)
+    r = bnrep("run", "--smoke-test", "--paper-hparams", "--lr", "10000", "--train-size", "99999", out=out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    said = r.stdout.split("==== stage 2/3: analysis")[1].splitlines()
+    assert said[1].startswith("bnrep ") and said[2].startswith("config: ")
+    assert said[3] == "note: train_size=99999 exceeds the 1294 training images; using all of them"
     training = table(out, "training")
     assert list(training["model_id"]) == MODELS and training["diverged"].all()
     assert (training["diverged_epoch"] == training["epochs"]).all()  # stopped at once

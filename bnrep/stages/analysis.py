@@ -23,6 +23,7 @@ in bnrep.store): samples and one table per measure.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -302,12 +303,13 @@ def run(exp: Experiment, opts: RunOptions) -> int:
     check_data(exp, opts.data_root)
     probes = model_probes(exp)  # the model checked at the data's shape; its activations, as --probes chooses
     record = prepare(store, exp, "analysis", opts.fresh)
-    data = load_data(exp, opts.data_root, device="cpu")
+    with warnings.catch_warnings(record=True) as said:  # said under the header, with the stage's other notes
+        data = load_data(exp, opts.data_root, device="cpu")
     models = trained_models(store, exp)
     samples = AnalysisSamples.draw(len(data.train), exp.samples_sparsity, exp.samples_cluster, exp.split_seed)
     check_k_max(exp, samples.n_cluster)  # capped at what the training split holds
     print(header("analysis", exp, store), flush=True)
-    for note in (*samples.notes, *stopped_before(models, exp)):
+    for note in (*(w.message for w in said), *samples.notes, *stopped_before(models, exp)):
         print(f"note: {note}", flush=True)
 
     # ==== skip complete work; one writer from here on ====
