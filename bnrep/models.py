@@ -412,14 +412,16 @@ def check_model(spec: str, norms, shape: tuple[int, int, int], num_classes: int)
     first = None
     for norm in norms:
         model = build_model(spec, norm, C, num_classes, (H, W))
-        check_forward(model, spec, norm, shape, num_classes)
+        check_forward(model, spec, norm, shape, num_classes, backward=True)
         first = first or model
     return first
 
 
-def check_forward(model: nn.Module, spec: str, norm: str, shape: tuple[int, int, int], num_classes: int) -> None:
-    """One forward pass of a (2, C, H, W) batch in eval mode and one in training mode (on a copy): logits
-    of shape (2, num_classes) both times, or one line (ModelError). Leaves `model` in eval mode."""
+def check_forward(model: nn.Module, spec: str, norm: str, shape: tuple[int, int, int], num_classes: int,
+                  backward: bool = False) -> None:
+    """One forward pass of a (2, C, H, W) batch in eval mode and one in training mode (on a copy; with its
+    backward pass if `backward`, for a model bnrep trains): logits of shape (2, num_classes) both times, or
+    one line (ModelError). Leaves `model` in eval mode."""
     C, H, W = shape
     model.eval()
     single = []  # GroupNorm / LayerNorm that normalise one value per group: their output is their bias alone
@@ -447,7 +449,7 @@ def check_forward(model: nn.Module, spec: str, norm: str, shape: tuple[int, int,
         raise ModelError(f"{spec} gives outputs of shape {tuple(out.shape)} for 2 images, "
                          f"not (2, {num_classes}) logits")
     try:
-        trained = _training_output(model, torch.zeros(2, C, H, W))
+        trained = _training_output(model, torch.zeros(2, C, H, W), backward)
     except Exception as e:  # noqa: BLE001 - a forward pass that works in eval mode only
         raise ModelError(f"{spec} under {norm} fails in training mode on 2 images of {C}x{H}x{W}: "
                          f"{type(e).__name__}: {one_line(e)}") from None
@@ -456,12 +458,16 @@ def check_forward(model: nn.Module, spec: str, norm: str, shape: tuple[int, int,
                          f"(auxiliary heads? build it without them)")
 
 
-def _training_output(model: nn.Module, x: torch.Tensor):
-    """What a training step would get from `model` (a copy: its running statistics and the RNG stay)."""
+def _training_output(model: nn.Module, x: torch.Tensor, backward: bool):
+    """What a training step would get from `model`, its backward pass run too if `backward` (on a copy: the
+    model's weights, running statistics and gradients and the RNG stay as they were)."""
     import copy
 
-    with torch.random.fork_rng(), torch.no_grad():
-        return copy.deepcopy(model).train()(x)
+    with torch.random.fork_rng(), torch.set_grad_enabled(backward):
+        out = copy.deepcopy(model).train()(x)
+        if backward and isinstance(out, torch.Tensor) and out.requires_grad:
+            out.float().sum().backward()  # fails where the model changes in place a tensor autograd needs
+        return out.detach() if isinstance(out, torch.Tensor) else out
 
 
 def _cannot_take(spec: str, norm: str, C: int, size: tuple[int, int], num_classes: int,
