@@ -148,17 +148,32 @@ def tune_progress(stage: str, total: int, caps: dict[str, int], label, describe,
             self._end(trial, describe(trial.config, trial.last_result or {}))
 
         def on_trial_recover(self, iteration, trials, trial, **info):  # Tune's traceback is quieted
-            self._print(f"[{stage}] trial {trial.trial_id} failed; restarting it from its last checkpoint "
-                        f"(its log: {trial.local_path or 'the Tune logs'})")
+            tries = trial.run_metadata.num_failures + 1
+            self._print(f"[{stage}] {label(trial.config)} failed ({last_error(trial)}); restarting it from its "
+                        f"last checkpoint, try {tries} of {trial.max_failures + 1} (its log: "
+                        f"{trial.local_path or 'the Tune logs'})")
             self._draw(force=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._end(trial, f"trial {trial.trial_id} failed: see {trial.local_path or 'the Tune logs'}")
+            n = trial.run_metadata.num_failures
+            self._end(trial, f"{label(trial.config)} failed{f' {n} times' if n > 1 else ''} ({last_error(trial)}): "
+                             f"see {trial.local_path or 'the Tune logs'}")
 
         def on_experiment_end(self, trials, **info):
             self._erase()
 
     return Progress()
+
+
+def last_error(trial) -> str:
+    """The last line of a Tune trial's latest error (its error file, which Tune writes before it tells the
+    callbacks): the exception as raised, at most 160 characters."""
+    try:
+        with open(trial.error_file or "", encoding="utf-8", errors="replace") as f:
+            lines = [s.strip() for s in f.read().splitlines() if s.strip()]
+    except OSError:
+        lines = []
+    return lines[-1][:160] if lines else "its error is in its log"
 
 
 def wait_tasks(ray, pending: list, stage: str, stream=None, stopping=None) -> None:

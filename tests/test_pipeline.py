@@ -7,6 +7,7 @@ the other runs are compared with.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -537,6 +538,14 @@ def test_max_failures(fails, survives, tmp_path):
            "BNREP_TEST_FAILS": str(fails), "BNREP_TEST_FAIL_DIR": str(counts)}
     r = bnrep("final", "--smoke-test", "--paper-hparams", "--max-failures", "1", "--snapshots", "1", out=out, env=env)
     assert len(os.listdir(counts)) == fails  # the failures happened, in Ray workers
+    said = [s for s in r.stdout.splitlines() if " failed" in s]  # each, as it happens: the model and its error
+    assert said[0].startswith("[final] bn-s0 failed (RuntimeError: injected failure of cnn-bn-s0); restarting it from "
+                              "its last checkpoint, try 2 of 2 (its log: ")
+    if survives:
+        assert len(said) == 1
+    else:  # its end, among the others' (in whichever order they end)
+        assert len(said) == 2 and re.match(r"\[final\] [1-4]/4 bn-s0 failed 2 times \(RuntimeError: injected failure "
+                                           r"of cnn-bn-s0\): see ", said[1]), said
     store = Store(str(out), "digits-cnn")
     if survives:
         assert r.returncode == 0, r.stderr[-3000:]
