@@ -90,8 +90,12 @@ class Study:
 
     @property
     def figures(self) -> list[str]:
-        """Paths of the report's figures (PNG), by name; IPython.display.Image(path) shows one."""
+        """Paths of the report's figures (PNG), by name; IPython.display.Image(path) shows one. Before the
+        report is drawn: FileNotFoundError, saying the command that draws it (not an empty list)."""
         names = sorted(n for n in self.store.list_dir("report") if n.startswith("fig_") and n.endswith(".png"))
+        if not names:
+            raise FileNotFoundError(f"{self.store.uri('report')} has no figures yet: run "
+                                    f"`{command('report', self.experiment.name, self.store.out)}`")
         return [self.store.uri("report", n) for n in names]
 
     @cached_property
@@ -168,7 +172,8 @@ def _not_held(out: str, experiment: str) -> str:
 
 def open_results(out: str, experiment: str, data_root: str | None = None) -> Study:
     """The results of `experiment` under `out`, read-only (UsageError: `out` is no place results are kept)."""
-    check_readable(_out(out))
+    out = _out(out)
+    check_readable(out, named=f"out={out!r}")
     return Study(out, experiment, data_root)
 
 

@@ -329,28 +329,30 @@ def write_config(store: Store, record: dict) -> None:
 
 
 # ==== the results directory ====
-def check_scheme(out: str) -> None:
+def check_scheme(out: str, named: str | None = None) -> None:
     """UsageError (one line) unless `out` is a local path or a URI of OUT_SCHEMES: results are neither written
-    nor read elsewhere (reading gs:// without its network waits on retries for many minutes)."""
+    nor read elsewhere (reading gs:// without its network waits on retries for many minutes). `named`: how
+    the message names `out` (the notebook API: out='...'; by default, the flag: --out ...)."""
+    named = named or f"--out {out}"
     scheme = str(out).split("://", 1)[0] if is_uri(out) else "file"
     if scheme not in OUT_SCHEMES:
-        raise UsageError(f"--out {out}: bnrep keeps results in a local or shared path, file:// or s3:// only "
+        raise UsageError(f"{named}: bnrep keeps results in a local or shared path, file:// or s3:// only "
                          f"(its one-writer lock needs create-if-absent writes; for Google Cloud Storage use its "
                          f"S3 endpoint: s3://BUCKET/PATH?endpoint_override=storage.googleapis.com with HMAC keys)")
     if scheme == "s3" and not re.split(r"[/?]", str(out).split("://", 1)[1], maxsplit=1)[0]:
-        raise UsageError(f"--out {out} names no bucket: give s3://BUCKET or s3://BUCKET/PATH")
+        raise UsageError(f"{named} names no bucket: give s3://BUCKET or s3://BUCKET/PATH")
 
 
-def check_readable(out: str) -> None:
+def check_readable(out: str, named: str | None = None) -> None:
     """check_scheme, and for a URI one request to it: readers (status, report, the notebook API) refuse an
     object store they cannot reach (no network, a wrong endpoint, no access) in one line (UsageError)."""
-    check_scheme(out)
+    check_scheme(out, named)
     if not is_uri(out):
         return
     try:
         Store(out, "").exists("")
     except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read --out {out}: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"cannot read {named or f'--out {out}'}: {str(e).splitlines()[0]}") from None
 
 
 def open_store(out: str, exp: Experiment | str) -> Store:

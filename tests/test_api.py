@@ -102,6 +102,8 @@ def test_a_wrong_name_id_or_argument_says_what_is_there(old_results, tmp_path):
     ]
     cases.append((study.findings, FileNotFoundError, r"synthetic-cnn/report has no findings.json yet: run "
                   r"`bnrep report --experiment synthetic-cnn --out .*runs`$"))
+    cases.append((lambda: study.figures, FileNotFoundError, r"synthetic-cnn/report has no figures yet: run "
+                  r"`bnrep report --experiment synthetic-cnn --out .*runs`$"))  # (was [], and [0] an IndexError)
     if not torch.cuda.is_available():
         cases.append((lambda: study.model("cnn-bn-s0", device="cuda"), ValueError,
                       r"^device='cuda': no GPU is available to torch here$"))
