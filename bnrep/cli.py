@@ -172,10 +172,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     from bnrep.data import check_data, default_data_root
     from bnrep.datasets import FOLDER, DatasetError, parse_dataset
     from bnrep.experiments import PRESETS
+    from bnrep.store import is_uri
 
+    if not_a_results_folder(args.out):
+        return 2
     root = args.data_root or default_data_root()
     rows = [("experiment", "dataset", "model", "data here", "description")]
-    for name, e in [*PRESETS.items(), *studies_under(args.out)]:
+    held = studies_under(args.out)
+    for name, e in [*PRESETS.items(), *held]:
         try:
             family, path = parse_dataset(e.dataset)
             if family != FOLDER:
@@ -187,9 +191,26 @@ def cmd_list(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]  # columns as wide as their longest entry
     for r in rows:
         print("  ".join(f"{v:{w}}" for v, w in zip(r, widths)) + f"  {r[4]}")
-    print(f"\n(data root: {root}; datasets download there on first use when the network allows; studies: "
-          f"those {args.out} holds, found by name)")
+    if not is_uri(args.out) and not os.path.exists(args.out):
+        held_said = "no such folder yet"
+    else:
+        held_said = (f"{len(held)} more {'study' if len(held) == 1 else 'studies'} above, each run by its name"
+                     if held else "no studies besides the presets")
+    print(f"\n(data root: {root}; datasets download there on first use when the network allows; --out "
+          f"{args.out}: {held_said})")
     return 0
+
+
+def not_a_results_folder(out: str) -> bool:
+    """check_readable, and a local `out` that is a file: one line on stderr (the caller exits 2)."""
+    from bnrep.config import check_readable
+    from bnrep.store import is_uri
+
+    check_readable(out)
+    if not is_uri(out) and os.path.exists(out) and not os.path.isdir(out):
+        print(f"error: --out {out} is a file, not a folder of results", file=sys.stderr)
+        return True
+    return False
 
 
 def studies_under(out: str) -> list[tuple[str, object]]:
@@ -208,16 +229,13 @@ def studies_under(out: str) -> list[tuple[str, object]]:
 
 # ==== bnrep status ====
 def cmd_status(args: argparse.Namespace) -> int:
-    from bnrep.config import check_readable
     from bnrep.status import stage_status
     from bnrep.store import is_uri
     from bnrep.studies import load_study
 
-    check_readable(args.out)
-    local = not is_uri(args.out)
-    if local and os.path.exists(args.out) and not os.path.isdir(args.out):
-        print(f"error: --out {args.out} is a file, not a folder of results", file=sys.stderr)
+    if not_a_results_folder(args.out):
         return 2
+    local = not is_uri(args.out)
     study = load_study(args.experiment) if args.experiment.endswith(".toml") else None
     name = study.name if study else args.experiment
     rows = stage_status(args.out, name, study)

@@ -421,6 +421,11 @@ def test_list_shows_every_experiment(tmp_path, capsys):
     header = rows["experiment"]  # the columns line up, however long a study's dataset or model
     assert {r.index(" yes ") + 1 for r in rows.values() if " yes " in r} == {header.index("data here")}
     assert rows["leaves"].index("my leaves") == header.index("description")
+    assert out.endswith(f"--out {tmp_path / 'runs'}: 1 more study above, each run by its name)\n")
+    assert cli.main(["list", "--out", str(tmp_path / "none")]) == 0
+    assert capsys.readouterr().out.endswith(f"--out {tmp_path / 'none'}: no such folder yet)\n")
+    assert cli.main(["list", "--out", str(study)]) == 2  # (was: the presets, "studies: those leaves.toml holds")
+    assert capsys.readouterr() == ("", f"error: --out {study} is a file, not a folder of results\n")
 
 
 def test_list_does_not_decode_a_study_s_image_folder(tmp_path, capsys, monkeypatch):
