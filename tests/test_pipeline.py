@@ -5,6 +5,7 @@ One uninterrupted `bnrep run --smoke-test` (module fixture) is the reference
 the other runs are compared with.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -268,6 +269,18 @@ def killed_grid(reference, tmp_path_factory):
     return out, n_done
 
 
+@contextlib.contextmanager
+def moved_away(folder):
+    """`folder` renamed while the block runs: a copy of it resumes with nothing at the path it was written
+    under (Tune's state holds that absolute path), as in a results folder moved to another disk."""
+    away = folder.with_name(folder.name + "-moved-away")
+    folder.rename(away)
+    try:
+        yield
+    finally:
+        away.rename(folder)
+
+
 def test_killed_during_training_resumes_to_the_same_results(reference, killed_grid, tmp_path):
     ref, _ = reference
     out = tmp_path / "runs"
@@ -275,7 +288,8 @@ def test_killed_during_training_resumes_to_the_same_results(reference, killed_gr
     n_done = killed_grid[1]
     status = bnrep("status", "--experiment", "digits-cnn", out=out)
     assert f"final      partial   {n_done}/4 models trained" in status.stdout
-    r = bnrep("run", "--smoke-test", out=out)
+    with moved_away(killed_grid[0]):
+        r = bnrep("run", "--smoke-test", out=out)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"[final] {n_done} of 4 models already trained" in r.stdout  # nothing of the killed run wrote later
     assert "[final] resuming the interrupted grid" in r.stdout  # Tuner.restore
@@ -441,7 +455,8 @@ def test_killed_during_the_sweep_resumes_through_tuner_restore(reference, killed
         "it searched other keys (run/grid_search)")
     if damage:
         damage(tune_dir)
-    r = bnrep("run", "--smoke-test", out=out)
+    with moved_away(killed_sweep):
+        r = bnrep("run", "--smoke-test", out=out)
     assert r.returncode == 0, r.stderr[-3000:]
     if damage:
         assert "[hparam] cannot resume the interrupted sweep in" in r.stdout
