@@ -91,9 +91,16 @@ def parse_dataset(name: str) -> tuple[str, str]:
             raise DatasetError(f"dataset {name!r}: an image folder is read from a local or shared path (every node "
                                f"must see it), not a URI; copy or mount it there")
         return FOLDER, os.path.abspath(os.path.expanduser(path))
+    import difflib
+
     folder = os.path.expanduser(name)
+    if path:  # imagefoldr:PATH
+        close = [f"{FOLDER}:{path}"] if difflib.get_close_matches(family.lower(), [FOLDER]) else []
+    else:
+        close = [c if c != FOLDER else f"{FOLDER}:PATH" for c in difflib.get_close_matches(name.lower(),
+                                                                                          [*DATASETS, FOLDER], n=1)]
     hint = (f"; the folder {name} is there: give imagefolder:{name}" if os.path.isdir(os.path.join(folder, "train"))
-            else "")
+            else f"; did you mean {close[0]}?" if close else "")
     raise DatasetError(f"unknown dataset {name!r} (valid: {', '.join(DATASETS)}, or imagefolder:PATH){hint}")
 
 

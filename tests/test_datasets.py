@@ -314,6 +314,10 @@ def test_a_split_folder_or_a_bare_path_for_a_dataset_is_told_the_spec_it_meant(t
         parse_dataset("leaves")
     with pytest.raises(DatasetError, match=r"or imagefolder:PATH\)$"):  # no such folder: no hint
         parse_dataset("beeches")
+    for typo, meant in (("mnst", "mnist"), ("CIFAR-10", "cifar10"), ("fashion_mnist", "fashion-mnist"),
+                        ("imagefoldr:leaves", "imagefolder:leaves"), ("image-folder", "imagefolder:PATH")):
+        with pytest.raises(DatasetError, match=rf"^unknown dataset '{typo}' \(valid: .*\); did you mean {meant}\?$"):
+            parse_dataset(typo)
 
 
 @pytest.mark.parametrize("case, damage, line", [
