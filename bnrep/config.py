@@ -333,6 +333,9 @@ def check_scheme(out: str, named: str | None = None) -> None:
     """UsageError (one line) unless `out` is a local path or a URI of OUT_SCHEMES: results are neither written
     nor read elsewhere (reading gs:// without its network waits on retries for many minutes). `named`: how
     the message names `out` (the notebook API: out='...'; by default, the flag: --out ...)."""
+    if not str(out).strip():  # (would be the current folder)
+        raise UsageError(f"{named or '--out'} is empty: give the folder (or URI) to keep results under, such as "
+                         f"{DEFAULT_OUT}")
     named = named or f"--out {out}"
     scheme = str(out).split("://", 1)[0] if is_uri(out) else "file"
     if scheme not in OUT_SCHEMES:

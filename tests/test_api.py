@@ -65,6 +65,8 @@ def test_a_model_with_a_flipped_byte_is_refused(old_results):
 
 
 def test_a_wrong_name_id_or_argument_says_what_is_there(old_results, tmp_path):
+    from bnrep.config import UsageError
+
     before = tree(old_results)
     cases = [
         (lambda: bnrep.open_results(str(old_results), "synthetic-cnx"), FileNotFoundError,
@@ -99,6 +101,8 @@ def test_a_wrong_name_id_or_argument_says_what_is_there(old_results, tmp_path):
          r"synthetic-cnn --out .*runs`; study.tables lists the tables written so far\)$"),
         (lambda: bnrep.open_results(None, "synthetic-cnn"), TypeError,  # (os.stat's TypeError)
          r"^out=None: the folder \(or URI\) results are kept under, such as 'runs'$"),
+        (lambda: bnrep.open_results("", "synthetic-cnn"), UsageError,  # (was: the current folder)
+         r"^out='' is empty: give the folder \(or URI\) to keep results under, such as ./runs$"),
     ]
     cases.append((study.findings, FileNotFoundError, r"synthetic-cnn/report has no findings.json yet: run "
                   r"`bnrep report --experiment synthetic-cnn --out .*runs`$"))

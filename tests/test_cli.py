@@ -553,6 +553,7 @@ GS_LINE = ("--out gs://bucket/bnrep: bnrep keeps results in a local or shared pa
 
 @pytest.mark.parametrize("stage,argv,line", [
     ("final", ["--out", "gs://bucket/bnrep"], "error: " + GS_LINE),
+    ("hparam", ["--out", ""], "error: --out is empty: give the folder (or URI) to keep results under, such as ./runs"),
     ("hparam", ["--address", "127.0.0.1:1"], "error: no Ray cluster at 127.0.0.1:1 (nothing listens there): check "
      "the address (`ray status` on the head shows it), or leave --address and RAY_ADDRESS unset for a private "
      "local Ray"),
