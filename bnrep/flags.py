@@ -289,8 +289,9 @@ RAY_PRECISION = 10_000  # Ray counts a resource in steps of 1/10,000
 
 
 def check_flags(args: argparse.Namespace) -> None:
-    """Counts > 0 and GPU fractions >= 0, finite, resources in Ray's steps, named by their flag (UsageError)."""
-    for n in (*POSITIVE, "gpus_per_trial", "gpus_per_task"):
+    """Counts > 0, GPU fractions and retries >= 0 (Tune would read --max-failures -1 as retrying for ever),
+    finite, resources in Ray's steps, named by their flag (UsageError)."""
+    for n in (*POSITIVE, "gpus_per_trial", "gpus_per_task", "max_failures"):
         v, flag = getattr(args, n, None), f"--{n.replace('_', '-')}"
         if v is None:
             continue

@@ -74,6 +74,7 @@ CASES = [  # (name, stage, argv, words the message must contain)
      ["image_size resizes the images of an imagefolder:PATH dataset; digits has a size of its own"]),
     ("momentum one", "final", ["--paper-hparams", "--momentum", "1.0"], ["momentum must be in [0, 1)"]),
     ("no seeds", "final", ["--seeds", "0"], ["--seeds must be > 0"]),
+    ("retries for ever", "hparam", ["--max-failures", "-1"], ["--max-failures must be >= 0, got -1"]),
     ("batch size", "hparam", ["--batch-size", "0"], ["--batch-size must be > 0"]),
     ("epochs", "hparam", ["--max-epochs", "-3"], ["--max-epochs must be > 0"]),
     ("gpus", "hparam", ["--gpus-per-trial", "-1"], ["--gpus-per-trial must be >= 0"]),
