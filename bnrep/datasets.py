@@ -72,9 +72,9 @@ class DataError(DatasetError):
     """Missing, unreadable or unsplittable data; the message is one line."""
 
 
-def one_line(e: BaseException) -> str:
-    """The last non-empty line of an exception's message (its cause, as libraries word it), at most 160
-    characters: for one-line errors."""
+def one_line(e: BaseException | str) -> str:
+    """The last non-empty line of an exception's message, or of an error's text (its cause, as libraries
+    word it), at most 160 characters: for one-line errors."""
     lines = [s.strip() for s in str(e).splitlines() if s.strip()]
     return (lines[-1] if lines else type(e).__name__)[:160]
 

@@ -12,6 +12,7 @@ import contextlib
 import sys
 import time
 
+from bnrep.datasets import one_line
 from bnrep.store import write_error
 
 LOG_EVERY_S = 60.0  # log files: at most one line per trial per this many seconds
@@ -167,13 +168,13 @@ def tune_progress(stage: str, total: int, caps: dict[str, int], label, describe,
 
 def last_error(trial) -> str:
     """The last line of a Tune trial's latest error (its error file, which Tune writes before it tells the
-    callbacks): the exception as raised, at most 160 characters."""
+    callbacks): the exception as raised, one line."""
     try:
         with open(trial.error_file or "", encoding="utf-8", errors="replace") as f:
-            lines = [s.strip() for s in f.read().splitlines() if s.strip()]
+            text = f.read()
     except OSError:
-        lines = []
-    return lines[-1][:160] if lines else "its error is in its log"
+        text = ""
+    return one_line(text) if text.strip() else "its error is in its log"
 
 
 def wait_tasks(ray, pending: list, stage: str, stream=None, stopping=None) -> None:
