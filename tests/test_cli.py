@@ -203,9 +203,11 @@ def test_bad_input(name, stage_name, argv, words, results, tmp_path, capsys):
     argv = [a.format(empty=tmp_path / "empty", tmp=tmp_path) for a in argv] + ["--out", str(results)]
     before = tree(results)
     rc = flags.run_stage(stage_name, argv)
-    err = capsys.readouterr().err.strip()
+    said = capsys.readouterr()
+    err = said.err.strip()
     assert rc == 2, err
     assert len(err.splitlines()) == 1, err
+    assert said.out == "", said.out  # refused before the stage's banner
     for w in words:
         assert w in err
     assert not ray.is_initialized()

@@ -4,8 +4,9 @@ Reads only <out>/<experiment>/results/ and config.json and writes
 <out>/<experiment>/report/ (and <out>/combined/ for several experiments).
 A report whose inputs have not changed is not rebuilt (`force` rebuilds it).
 
-Exit codes: 0 written, 1 no results (the message names the stage to run) or
-the report could not be written, 2 bad arguments (unknown experiment).
+Exit codes: 0 written, 1 the report could not be written, 2 bad arguments
+(an unknown experiment, or none named with results: the message names the
+stage to run).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from bnrep.store import Store, StoreWriteError, git_commit
 def check_name(out: str, name: str) -> None:
     """A preset, or an experiment whose resolved config.json is under `out` and reads (ConfigError otherwise)."""
     load_experiment(Store(out, name), name)
+
+
+def has_results(out: str, name: str) -> bool:
+    return any(Store(out, name).has_table(t) for t in report.REPORT_TABLES)
 
 
 def names(out: str, experiments: list[str] | None) -> list[str]:
@@ -39,12 +44,14 @@ def names(out: str, experiments: list[str] | None) -> list[str]:
 def run(out: str, experiments: list[str] | None, several: bool = False, force: bool = False) -> int:
     """Report on `experiments` (None: all under `out`); `several` adds the combined report."""
     check_readable(out)
-    print(f"bnrep report ({git_commit() or 'unknown commit'}) | {out}", flush=True)
     try:
         todo = names(out, experiments)
+        if not any(has_results(out, n) for n in todo):  # said before the banner, as the other stages do
+            raise report.no_results(todo[0], out)
     except report.ReportError as e:  # nothing to report on: bad input, as a stage run out of order
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(f"bnrep report ({git_commit() or 'unknown commit'}) | {out}", flush=True)
     try:
         return write(out, todo, several or experiments is None, force)
     except StoreWriteError:  # names its file: one line from the caller (bnrep.flags.main_guard)
@@ -63,7 +70,7 @@ def write(out: str, todo: list[str], several: bool, force: bool) -> int:
             written += 1
             continue
         try:
-            if not any(Store(out, n).has_table(t) for t in report.REPORT_TABLES):  # before the lock: no trace
+            if not has_results(out, n):  # before the lock: no trace
                 raise report.no_results(n, out)
             with writer_lock(Store(out, n), "report"):
                 res = report.build_report(out, n)
