@@ -14,11 +14,11 @@ the same whichever process draws it.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing as mp
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
 WORKERS_ENV = "BNREP_DRAW_WORKERS"  # processes drawing figures (default: the cores, at most one per figure)
 _RESULTS: list = []  # in a forked worker: the results it draws from
@@ -62,11 +62,12 @@ def draw(rs: list, names: list[str] | None = None) -> dict[str, tuple[bytes, byt
         # the workers' garbage collection leaves this process's objects alone: it would write to every one, and
         # each page it writes is copied (the driver of `bnrep run` holds Ray, torch and pandas: 1.3 s more)
         gc.freeze()
+        pool = mp.get_context("fork").Pool(n, initializer=_worker_start, initargs=(os.getpid(),))
         try:
-            with ProcessPoolExecutor(n, mp_context=mp.get_context("fork"), initializer=_ignore_sigint) as pool:
-                # a figure at a time, to whichever worker is free: the figures' costs differ by 6x
-                done = {k: v for part in pool.map(_forked, [[name] for name in names]) for k, v in part.items()}
+            # a figure at a time, to whichever worker is free: the figures' costs differ by 6x
+            done = {k: v for part in pool.imap(_forked, [[name] for name in names]) for k, v in part.items()}
         finally:
+            pool.terminate()  # at once, on Ctrl-C or SIGTERM too (a pool's own exit waits for every figure)
             gc.unfreeze()
             _RESULTS.clear()
     else:
@@ -74,12 +75,22 @@ def draw(rs: list, names: list[str] | None = None) -> dict[str, tuple[bytes, byt
     return {name: done[name] for name in names}
 
 
-def _ignore_sigint() -> None:
+def _worker_start(parent: int) -> None:
     """A drawing worker leaves Ctrl-C to the report's own process (one line, exit 130): Ctrl-C reaches the
-    whole process group, and each worker would print its own KeyboardInterrupt traceback."""
+    whole process group, and each worker would print its own KeyboardInterrupt traceback. SIGTERM ends it
+    at once (the pool's terminate). And it dies with its parent, however the parent ends (a second Ctrl-C
+    during the pool's terminate, a SIGKILL): it would otherwise wait for ever on a pipe no one reads,
+    holding the command's stdout open (`bnrep run | tee log` would never return)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with contextlib.suppress(Exception):  # Linux; elsewhere the terminate above is all there is
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent ended before the line above
+        os._exit(1)
 
 
 def local_node(ray):

@@ -201,6 +201,8 @@ def ray_session(address: str | None, model: str | None = None):
         if started:
             _PRIVATE = False
             ray.shutdown()
+            if _stop_on_sigterm:  # the shutdown put SIGTERM's default action back (Python's record of it unchanged)
+                stop_on_sigterm()
 
 
 def join(ray, address: str, quiet: dict) -> None:

@@ -44,7 +44,8 @@ def _signal(pids, sig) -> None:
             pass
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its parent."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has stopped for good
@@ -82,5 +83,5 @@ def kill_tree(pid: int) -> None:
     ignored: they die, however loaded the machine)."""
     tree = freeze_tree(pid)
     _signal(tree, signal.SIGKILL)
-    while any(_alive(p) for p in tree):
+    while any(alive(p) for p in tree):
         time.sleep(0.01)

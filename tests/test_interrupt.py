@@ -4,6 +4,7 @@ released, nothing of Tune's own, no wait for other libraries' exit handlers (one
 injected); the same command then resumes and finishes."""
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from bnrep.lock import current_writer
 from bnrep.raysession import sigint_default_in_children
 from bnrep.store import Store
 from tests.conftest import injected
-from tests.processes import descendants, kill_tree
+from tests.processes import alive, descendants, kill_tree
 
 pytestmark = pytest.mark.slow
 
@@ -92,3 +93,35 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_then_resume(tmp_path):
         r"unfinished models from the start", log)
     assert rc == 0 and resumed, log[-2000:] + err[-2000:]
     assert (out / "digits-cnn" / "report" / "report.html").exists()
+
+
+def test_a_run_stopped_while_its_figures_are_drawn_leaves_no_process(tmp_path):
+    """The report's figures are drawn by processes forked from the driver, after Ray's shutdown. SIGTERM
+    then: one line, exit 143, the lock released, and the drawing processes gone with it (Ray's shutdown had
+    put SIGTERM's default action back: the driver died of the signal, its lock held, and the drawing
+    processes, stuck on a pipe no one read, kept `bnrep run | tee` from ever returning). A driver killed
+    outright (SIGKILL) takes them with it too."""
+    out, held = tmp_path / "runs", tmp_path / "held"
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        held.mkdir()
+        logs = [open(tmp_path / name, "w") for name in ("stdout", "stderr")]
+        p = subprocess.Popen([sys.executable, "-m", "bnrep", *ARGS, "--out", str(out)], stdout=logs[0],
+                             stderr=logs[1], cwd=tmp_path, env=injected(BNREP_HOLD_DRAWING=str(held),
+                                                                        BNREP_DRAW_WORKERS="2"))
+        hung = time.monotonic() + HUNG_S
+        while len(list(held.iterdir())) < 2 and p.poll() is None and time.monotonic() < hung:
+            time.sleep(0.05)  # (each worker holds before its first figure)
+        drawing = [int(f.name) for f in held.iterdir()]
+        assert len(drawing) == 2 and p.poll() is None, (tmp_path / "stderr").read_text()[-2000:]
+        p.send_signal(sig)
+        p.wait(timeout=HUNG_S)
+        for f in logs:
+            f.close()
+        while any(map(alive, drawing)) and time.monotonic() < hung:  # SIGKILL: the kernel ends them, at once
+            time.sleep(0.05)
+        assert not any(map(alive, drawing)), drawing
+        if sig == signal.SIGTERM:
+            err = (tmp_path / "stderr").read_text()
+            assert (p.returncode, err) == (143, "stopped (SIGTERM): rerun the same command to resume\n"), err
+            assert current_writer(Store(str(out), "digits-cnn")) is None
+        shutil.rmtree(held)

@@ -14,6 +14,7 @@ import ray
 from bnrep.progress import LOG_EVERY_S, TrialBoard, stop_tasks, tune_progress, wait_tasks
 from bnrep.raysession import ray_session
 from bnrep.store import StoreWriteError
+from tests.processes import alive
 
 
 class Clock:
@@ -141,14 +142,6 @@ def test_terminal_block_is_rewritten_in_place():
     assert "model s0: epoch 1/10" in first and "model s1: epoch 0/10" in first
     assert rest.startswith("[final] 1/3 done acc 0.5 (4 s)\n")
     assert "model s0" not in rest.split("\n", 1)[1]  # the finished trial left the block
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie waiting for its parent."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_failed_task_stops_the_others_before_the_stage_ends(tmp_path):

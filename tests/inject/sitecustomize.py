@@ -11,6 +11,8 @@ On PYTHONPATH, with
 - BNREP_HANG_AT_EXIT=1: the `python -m bnrep` process (not Ray's workers, not its children), on its
   way out, runs an exit handler that never returns, as a library's handler waiting for a thread or a
   queue that a Ctrl-C stopped would.
+- BNREP_HOLD_DRAWING=<dir>: a process forked to draw the report's figures writes <dir>/<its pid> and
+  then waits for ever before its first figure, so a test signals the command while its figures are drawn;
 - BNREP_EXIT_MARKS=<dir>: an exit handler writes <dir>/atexit; with BNREP_EXIT_THREAD=1 too, a thread
   that outlives the main thread writes <dir>/thread once the main thread has ended (for a command
   without Ray: every Python process of the run does this).
@@ -100,3 +102,14 @@ if os.environ.get("BNREP_EXIT_MARKS"):  # what a command's exit still does (bnre
             _mark("thread")
 
         threading.Thread(target=_outlive_main, name="outlives main").start()
+
+if os.environ.get("BNREP_HOLD_DRAWING"):
+    import threading
+
+    import bnrep.drawing
+
+    def _held(names):
+        open(os.path.join(os.environ["BNREP_HOLD_DRAWING"], str(os.getpid())), "w").close()
+        threading.Event().wait()
+
+    bnrep.drawing._forked = _held
