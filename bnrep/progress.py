@@ -12,6 +12,7 @@ import contextlib
 import sys
 import time
 
+from bnrep.config import StageFailed
 from bnrep.datasets import one_line
 from bnrep.store import write_error
 
@@ -177,10 +178,12 @@ def last_error(trial) -> str:
     return one_line(text) if text.strip() else "its error is in its log"
 
 
-def wait_tasks(ray, pending: list, stage: str, stream=None, stopping=None) -> None:
+def wait_tasks(ray, pending: list, stage: str, stream=None, stopping=None, names: dict | None = None) -> None:
     """Block until every Ray task is done, showing a counter; raise the first error.
     A live counter on a terminal, a line per tenth of the tasks in a log. `stopping`: how the tasks are
-    told to stop (stop_tasks)."""
+    told to stop (stop_tasks). A task that raised (a researcher's model failing in its forward pass) or
+    whose process died for good is StageFailed, one line naming the task (`names`: ref -> what it does)
+    and its error, not Ray's traceback of the task."""
     out = stream or sys.stdout
     total, done, t0 = len(pending), 0, time.monotonic()
     tty, step = out.isatty(), max(1, total // 10)
@@ -192,6 +195,8 @@ def wait_tasks(ray, pending: list, stage: str, stream=None, stopping=None) -> No
             stop_tasks(ray, pending, stopping=stopping)
             if isinstance(e, Exception) and write_error(e):  # disk full: its one line, not Ray's traceback
                 raise write_error(e) from None
+            if isinstance(e, ray.exceptions.RayError):
+                raise task_failed(e, stage, (names or {}).get(ready[0]) if ready else None) from None
             raise
         done += len(ready)
         elapsed = time.monotonic() - t0
@@ -201,6 +206,14 @@ def wait_tasks(ray, pending: list, stage: str, stream=None, stopping=None) -> No
             print("\r\x1b[K" + line, end="\n" if done == total else "", file=out, flush=True)
         elif done % step == 0 or done == total:
             print(line, file=out, flush=True)
+
+
+def task_failed(e: BaseException, stage: str, name: str | None) -> StageFailed:
+    """One line for a failed task: what it did, its error's type and last line, what is kept."""
+    cause = getattr(e, "cause", None) or e  # a task's own exception, under Ray's RayTaskError
+    return StageFailed(f"{stage} task{f' {name}' if name else ''} failed: {type(cause).__name__}: "
+                       f"{one_line(cause)}; the other tasks were stopped and every part written is kept "
+                       f"(rerun the same command to resume once it is fixed)")
 
 
 def stop_tasks(ray, pending: list, grace_s: float = 10, timeout_s: float = 60, stopping=None) -> None:

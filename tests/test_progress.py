@@ -174,6 +174,25 @@ def test_a_failed_task_stops_the_others_before_the_stage_ends(tmp_path):
             ray.get(refs[0], timeout=60)
 
 
+def test_a_task_that_raises_is_one_line_naming_it():
+    """A researcher's model failing in its forward pass inside an analysis task: StageFailed (exit 1),
+    one line naming the task and the error, not Ray's traceback of the task (70 lines)."""
+    from bnrep.config import StageFailed
+
+    @ray.remote(max_retries=3)  # (Ray retries a task whose process died, not one that raised)
+    def forward():
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (64x10 and 12x3)")
+
+    with ray_session(None):
+        ref = forward.remote()
+        with pytest.raises(StageFailed) as e:
+            wait_tasks(ray, [ref], "analysis", stream=io.StringIO(), names={ref: "measuring m-s0 conv2"})
+    assert str(e.value) == ("analysis task measuring m-s0 conv2 failed: RuntimeError: mat1 and mat2 shapes cannot be "
+                            "multiplied (64x10 and 12x3); the other "
+                            "tasks were stopped and every part written is kept (rerun the same command to resume "
+                            "once it is fixed)")
+
+
 def test_tasks_told_to_stop_end_without_ray_cancelling_them(tmp_path, monkeypatch):
     """With a way to tell its tasks (the analysis: its writer lock's record), stop_tasks cancels nothing:
     Ray 2.60's driver can abort when a cancellation meets a task completing at that moment. The tasks

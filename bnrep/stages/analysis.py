@@ -362,7 +362,7 @@ def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.Dat
         labels = ray.put(data.train.y[torch.as_tensor(samples.indices("cluster"))].numpy())
         rows = {unit(r): r for r in units(models, exp)}
         at = {p.index: i for i, p in enumerate(probes)}  # layer index -> position of its array
-        arrays, pending = {}, []
+        arrays, pending, names = {}, [], {}  # names: what each task does, for its one-line failure
         for mid in sorted(todo.extract()):
             if rows[mid]["model_id"] in diverged and rows[mid]["epoch"] == FINAL:  # its rows say so; no task
                 write_not_analysed(store, exp, rows[mid], probes, todo, hashes)
@@ -371,9 +371,11 @@ def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.Dat
                                             samples.n_cluster, probes, todo.models.get(mid, ()), hashes)
             arrays[mid] = refs if isinstance(refs, list) else [refs]
             pending.append(arrays[mid][-1])  # completes with the extraction (and its model parts)
-            pending += [remote["layer_task"].remote(store.out, exp, rows[mid], q, arrays[mid][at[q.index]],
-                                                    labels, left, opts.kmeans_backend, hashes)
-                        for q, left in todo.layers.get(mid, [])]
+            names[pending[-1]] = f"extracting {mid}'s representations"
+            for q, left in todo.layers.get(mid, []):
+                pending.append(remote["layer_task"].remote(store.out, exp, rows[mid], q, arrays[mid][at[q.index]],
+                                                           labels, left, opts.kmeans_backend, hashes))
+                names[pending[-1]] = f"measuring {mid} {q.name}"
         for a, b, name, index, left in todo.pairs:
             if a["epoch"] == FINAL and diverged & {a["model_id"], b["model_id"]}:
                 why = next(not_trained(m) for m in (a, b) if m["model_id"] in diverged)
@@ -384,4 +386,5 @@ def launch(exp: Experiment, opts: RunOptions, store: Store, data, models: pd.Dat
                 pending.append(remote["pair_task"].remote(store.out, exp, a, b, name, index,
                                                           arrays[unit(a)][at[index]], arrays[unit(b)][at[index]],
                                                           samples.n_cluster, left, hashes))
-        wait_tasks(ray, pending, "analysis", stopping=stopping(store))
+                names[pending[-1]] = f"comparing {unit(a)} and {unit(b)} at {name}"
+        wait_tasks(ray, pending, "analysis", stopping=stopping(store), names=names)
