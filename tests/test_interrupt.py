@@ -3,6 +3,7 @@
 released, nothing of Tune's own, no wait for other libraries' exit handlers (one that never returns is
 injected); the same command then resumes and finishes."""
 
+import os
 import re
 import shutil
 import signal
@@ -125,3 +126,24 @@ def test_a_run_stopped_while_its_figures_are_drawn_leaves_no_process(tmp_path):
             assert (p.returncode, err) == (143, "stopped (SIGTERM): rerun the same command to resume\n"), err
             assert current_writer(Store(str(out), "digits-cnn")) is None
         shutil.rmtree(held)
+
+
+@pytest.mark.parametrize("how", ["python -m bnrep", "bnrep"])
+def test_ctrl_c_while_the_command_loads_is_one_line(tmp_path, how):
+    """A Ctrl-C in the command's first seconds, while its modules (torch) load: one line, exit 130, not
+    the traceback of an import; the same for the `bnrep` command (its entry point, bnrep.__main__)."""
+    held = tmp_path / "held"
+    command = [sys.executable, "-m", "bnrep"] if how != "bnrep" else [
+        shutil.which("bnrep", path=os.path.dirname(sys.executable)) or "bnrep"]
+    with sigint_default_in_children():
+        p = subprocess.Popen([*command, "run", "--smoke-test", "--out", str(tmp_path / "runs")], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=injected(BNREP_HOLD_IMPORT=str(held)))
+    hung = time.monotonic() + HUNG_S
+    while not held.exists() and p.poll() is None and time.monotonic() < hung:
+        time.sleep(0.05)
+    assert held.exists(), p.communicate()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=HUNG_S)
+    assert (p.returncode, out, err) == (130, "", LINE)
+    assert not (tmp_path / "runs").exists()

@@ -13,6 +13,8 @@ On PYTHONPATH, with
   queue that a Ctrl-C stopped would.
 - BNREP_HOLD_DRAWING=<dir>: a process forked to draw the report's figures writes <dir>/<its pid> and
   then waits for ever before its first figure, so a test signals the command while its figures are drawn;
+- BNREP_HOLD_IMPORT=<file>: the first `import torch` writes <file>, then waits for ever, so a test
+  signals a command while its modules load;
 - BNREP_EXIT_MARKS=<dir>: an exit handler writes <dir>/atexit; with BNREP_EXIT_THREAD=1 too, a thread
   that outlives the main thread writes <dir>/thread once the main thread has ended (for a command
   without Ray: every Python process of the run does this).
@@ -113,3 +115,16 @@ if os.environ.get("BNREP_HOLD_DRAWING"):
         threading.Event().wait()
 
     bnrep.drawing._forked = _held
+
+if os.environ.get("BNREP_HOLD_IMPORT"):
+    import sys
+    import time
+
+    class _HoldTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch":
+                open(os.environ["BNREP_HOLD_IMPORT"], "w").close()
+                while True:
+                    time.sleep(0.05)
+
+    sys.meta_path.insert(0, _HoldTorch())
