@@ -28,6 +28,7 @@ weights. Their probes keep the names the builders give (`probe_names`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
@@ -481,16 +482,27 @@ def _cannot_take(spec: str, norm: str, C: int, size: tuple[int, int], num_classe
             return ModelError(f"{spec} takes {other[0]}-channel images, not the data's {C} channel{'s' * (C != 1)}: "
                               f"its first layer must use the in_channels bnrep passes it ({spec}(num_classes, "
                               f"in_channels)); {why}")
+        # nothing runs: the forward pass itself fails, whatever the images (not a question of their size)
+        return ModelError(f"{spec}'s forward pass fails on 2 images of {C}x{H}x{W}, and on every other size from "
+                          f"{TRY_SIZES[0]}x{TRY_SIZES[0]} to {TRY_SIZES[-1]}x{TRY_SIZES[-1]} and channel count "
+                          f"tried: {why}")
     return ModelError(f"{spec} cannot take {C}x{H}x{W} images ({needs}; {why})")
 
 
-def _runs(spec: str, norm: str, C: int, size: int, num_classes: int) -> bool:
-    """Whether the model, built for C channels, runs on 2 images of C x size x size."""
+def _runs(spec: str, norm: str, C: int, size: int, num_classes: int, built: nn.Module | None = None) -> bool:
+    """Whether the model, built for C channels, runs on 2 images of C x size x size. `built`: a model from
+    elsewhere, built for C channels once (its size does not enter; building Inception v3 takes 2 s),
+    copied for each size."""
+    import copy
+
     try:
         with torch.no_grad():
             x = torch.zeros(2, C, size, size)
-            model = (build_model(spec, norm, C, num_classes, (size, size)) if parse_spec(spec).source == "builtin"
-                     else swap_norms(_from_elsewhere(spec, C, num_classes), norm, x, spec))  # (no _cannot_take)
+            if parse_spec(spec).source == "builtin":
+                model = build_model(spec, norm, C, num_classes, (size, size))
+            else:  # (no _cannot_take)
+                model = copy.deepcopy(built) if built is not None else _from_elsewhere(spec, C, num_classes)
+                model = swap_norms(model, norm, x, spec)
             model.eval()(x)
         return True
     except Exception:  # noqa: BLE001
@@ -501,7 +513,11 @@ def _needs(spec: str, norm: str, C: int, H: int, num_classes: int) -> str:
     """What TRY_SIZES say of the sizes the model takes: 'it needs at least 32x32' (every size from one on
     runs), 'of the sizes tried (8x8 to 224x224) only 224x224 runs' (a ViT's fixed size), or none runs."""
     tried = [s for s in TRY_SIZES if s != H]
-    ok = [s for s in tried if _runs(spec, norm, C, s, num_classes)]
+    built = None
+    if parse_spec(spec).source != "builtin":
+        with contextlib.suppress(Exception):  # (one that cannot be built fails in _runs, size by size)
+            built = _from_elsewhere(spec, C, num_classes)
+    ok = [s for s in tried if _runs(spec, norm, C, s, num_classes, built)]
     if len(ok) > 1 and ok == tried[-len(ok):] and ok[0] > H:
         return f"it needs at least {ok[0]}x{ok[0]}"
     sizes = f"{TRY_SIZES[0]}x{TRY_SIZES[0]} to {TRY_SIZES[-1]}x{TRY_SIZES[-1]}"
