@@ -389,6 +389,9 @@ def build_model(spec: str, norm: str, in_channels: int, num_classes: int = 10,
     except NormError as e:
         if "no normalisation layer" in str(e) and s.source == "torchvision" and f"{s.name}_bn" in _torchvision_names():
             raise NormError(f"{e}; use its BatchNorm variant {spec}_bn") from None
+        if "no normalisation layer" in str(e) and s.source == "module":  # the researcher's own: what to change
+            raise NormError(f"{e}; put a norm layer (nn.BatchNorm2d, which bnrep swaps for each norm) where each "
+                            f"should go in it, or study it as it is with --norms none") from None
         raise
     except Exception as e:  # noqa: BLE001 - the forward pass that finds the norms' shapes failed
         raise _cannot_take(spec, norm, in_channels, size, num_classes, e) from None

@@ -125,6 +125,10 @@ CASES = [  # (name, stage, argv, words the message must contain)
       "it with the class count and the image channels, in that order)"]),
     ("model gives a tuple in training", "final", ["--model", "tests.labnets.nets:aux_heads"],
      ["tests.labnets.nets:aux_heads gives a tuple in training mode, not a tensor of logits"]),
+    ("own model without norm layers", "final", ["--model", "tests.labnets.nets:plain_cnn"],
+     ["tests.labnets.nets:plain_cnn has no normalisation layer to swap for batch (it has no normalisation: it is "
+      "`none` as built); put a norm layer (nn.BatchNorm2d, which bnrep swaps for each norm) where each should go in "
+      "it, or study it as it is with --norms none"]),
     ("model fails whatever the images", "final", ["--model", "tests.labnets.nets:unfinished"],
      ["tests.labnets.nets:unfinished's forward pass fails on 2 images of 1x8x8, and on every other size from 8x8 to "
       "224x224 and channel count tried: NotImplementedError: the attention block is not written yet"]),

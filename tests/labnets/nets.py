@@ -30,6 +30,12 @@ def wide_cnn(num_classes: int, in_channels: int) -> nn.Module:
     return WideCNN(num_classes, in_channels)
 
 
+def plain_cnn(num_classes: int, in_channels: int) -> nn.Module:
+    """conv -> ReLU, no norm anywhere: a baseline as many researchers first write it."""
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, num_classes))
+
+
 def not_a_module(num_classes: int, in_channels: int):
     return {"layers": [num_classes, in_channels]}
 
