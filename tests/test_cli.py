@@ -167,6 +167,9 @@ CASES = [  # (name, stage, argv, words the message must contain)
      ["trained cnn; --model vgg16 is another model (analyse it in another --out, or train it with --fresh)"]),
     ("model without activations", "hparam", ["--model", "tests.labnets.nets:gated"],
      ["tests.labnets.nets:gated calls no activation bnrep knows"]),
+    ("analysis on other data", "analysis", ["--smoke-test", "--dataset", "synthetic"],
+     ["runs/digits-cnn was trained on digits, not synthetic: analyse it with --dataset digits, or the other data in "
+      "another --out"]),
     ("probes match nothing", "analysis", ["--smoke-test", "--probes", "layer9*"],
      ["--probes 'layer9*' matches none of the 5 probes of cnn (names like conv1; types ReLU)"]),
     ("norm twice", "final", ["--norms", "group,none,group"], ["norms lists group more than once"]),

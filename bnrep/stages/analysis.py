@@ -292,6 +292,9 @@ def resolve(exp: Experiment, opts: RunOptions) -> tuple[Experiment, Store]:
     if trained.model != exp.model:
         raise UsageError(f"{store.out}/{exp.name} trained {trained.model}; --model {exp.model} is another model "
                          f"(analyse it in another --out, or train it with --fresh)")
+    if trained.dataset != exp.dataset:  # (the images a model is measured on are those it was trained on)
+        raise UsageError(f"{store.out}/{exp.name} was trained on {trained.dataset}, not {exp.dataset}: analyse it "
+                         f"with --dataset {trained.dataset}, or the other data in another --out")
     exp = trained
     check_k_max(exp, exp.samples_cluster)
     return exp, store
