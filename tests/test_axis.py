@@ -336,3 +336,23 @@ def test_a_study_without_its_reference_is_told_so_before_it_trains():
     assert reference_note(e) == ("note: digits-cnn has no models of its reference condition 'none': the report's "
                                  "claims will not be judged; --reference TAG judges them against one of batch, group")
     assert reference_note(e.override(reference="group")) is None and reference_note(get_experiment("digits-cnn")) is None
+
+
+def test_a_batch_size_above_the_training_split_is_said_once_per_size(capsys):
+    """A condition whose batch holds more images than the training split trains one full-batch step per
+    epoch: it runs as asked, and the stage says so under its lines (its label's batch size does not apply)."""
+    from bnrep.config import RunOptions
+    from bnrep.experiments import smoke
+    from bnrep.stages.tuning import training_data
+
+    exp = smoke(BASE).override(conditions="batch; big:batch,batch_size=300; huge:none,batch_size=5000; "
+                                          "also:group:4,batch_size=300; none")
+    data = training_data(exp, RunOptions(), "final", exp.norms)
+    assert len(data.train) == 256
+    assert capsys.readouterr().out == (
+        "[final] note: batch size 300 (big, also) is above the 256 training images: each epoch is one step on all "
+        "of them\n"
+        "[final] note: batch size 5000 (huge) is above the 256 training images: each epoch is one step on all of "
+        "them\n")
+    training_data(exp, RunOptions(), "hparam", ["batch", "none"])  # 64 of 256: nothing to say
+    assert capsys.readouterr().out == ""

@@ -21,7 +21,7 @@ import pandas as pd
 from bnrep.checkpoints import damage, is_trained, save_model, save_snapshot, snapshot_record, weights_sha256
 from bnrep.config import (RunOptions, StageFailed, UsageError, command, header, stage_hashes, start_fresh,
                           write_config)
-from bnrep.data import Data, load_data
+from bnrep.data import Data
 from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
 from bnrep.models import model_id
@@ -29,7 +29,7 @@ from bnrep.norms import SHORT, TAGS, sort_key
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, check_resources, default_gpus, placement, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import (WRITE_FAILED, WriteFailed, can_resume, fit, keep_tensorboard, open_training_stage,
-                                 run_config, train_in_tune, tune_config)
+                                 run_config, train_in_tune, training_data, tune_config)
 from bnrep.store import GRID, GRID_PLAN, Store, StoreWriteError, norm_columns, safe_key, tables, write_error
 from bnrep.train import Trainer, best_device
 
@@ -122,7 +122,9 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
     from ray import tune
 
     fn = tune.with_resources(
-        tune.with_parameters(trial, exp=exp, out=store.out, data=load_data(exp, opts.data_root), amp=opts.amp,
+        tune.with_parameters(trial, exp=exp, out=store.out, amp=opts.amp,
+                             data=training_data(exp, opts, "final", [n for n in exp.norms
+                                                                    if any(g["norm"] == n for g in todo)]),
                              train_hash=train_hash),  # the data loaded once, here
         {"cpu": opts.cpus_per_trial, "gpu": gpus})
     path, space = store.uri(*GRID.split("/")), {"run": tune.grid_search(todo)}

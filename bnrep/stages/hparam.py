@@ -21,14 +21,14 @@ import numpy as np
 import pandas as pd
 
 from bnrep.config import RunOptions, StageFailed, header, stage_hashes, start_fresh, write_config
-from bnrep.data import Data, load_data
+from bnrep.data import Data
 from bnrep.experiments import Experiment, lr_edge
 from bnrep.lock import writer_lock
 from bnrep.norms import TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, check_resources, default_gpus, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import (can_resume, fit, keep_tensorboard, open_training_stage, run_config, train_in_tune,
-                                 tune_config)
+                                 training_data, tune_config)
 from bnrep.store import SWEEP, SWEEP_PLAN, Store, norm_columns
 from bnrep.train import Trainer, best_device
 
@@ -92,8 +92,9 @@ def run_sweep(exp: Experiment, opts: RunOptions, store: Store, todo: list[str], 
     from bnrep.stages.schedule import PerCondition
 
     # the data loaded once, here: every trial gets it from the object store (the driver keeps no copy)
-    fn = tune.with_resources(tune.with_parameters(trial, exp=exp, data=load_data(exp, opts.data_root), amp=opts.amp),
-                             {"cpu": opts.cpus_per_trial, "gpu": gpus})
+    fn = tune.with_resources(
+        tune.with_parameters(trial, exp=exp, data=training_data(exp, opts, "hparam", todo), amp=opts.amp),
+        {"cpu": opts.cpus_per_trial, "gpu": gpus})
     configs = [c for norm in todo for c in sampled(exp, norm)]
     asha = {n: asha_spec(exp, n) for n in todo}
     space, path = {"run": tune.grid_search(configs)}, store.uri(*SWEEP.split("/"))

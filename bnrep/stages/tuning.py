@@ -9,7 +9,7 @@ import os
 import tempfile
 
 from bnrep.config import RunOptions, UsageError, command, is_imported, open_store, prepare
-from bnrep.data import check_data
+from bnrep.data import Data, check_data, load_data
 from bnrep.represent import model_probes
 from bnrep.experiments import Experiment
 from bnrep.raysession import placement
@@ -22,6 +22,21 @@ SNAPSHOTS_FILE = "snapshots.json"  # epoch -> sha256 of the snapshot files writt
 # checkpoint" on the console.
 logging.getLogger("ray.tune.trainable.trainable").setLevel(logging.WARNING)
 
+
+
+def training_data(exp: Experiment, opts: RunOptions, stage: str, conditions) -> Data:
+    """The data the trials of `conditions` train on, loaded once in the driver. A condition whose batch size
+    is above the training split trains one step on all of it per epoch: said under the stage's lines (it
+    runs, as asked, but the number it is labelled with does not apply)."""
+    data = load_data(exp, opts.data_root)
+    n, over = len(data.train), {}
+    for c in conditions:
+        if (b := exp.for_condition(c).batch_size) > n:
+            over.setdefault(b, []).append(c)
+    for b, names in over.items():
+        print(f"[{stage}] note: batch size {b} ({', '.join(names)}) is above the {n} training images: each epoch "
+              f"is one step on all of them", flush=True)
+    return data
 
 def open_training_stage(exp: Experiment, opts: RunOptions, stage: str) -> tuple[Store, dict]:
     """Every check of a training stage ('hparam' or 'final') before Ray starts:
