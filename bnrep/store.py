@@ -207,7 +207,7 @@ def write_error(err: BaseException | None) -> StoreWriteError | None:
 
 
 FULL_DISK = 16 * 2**20  # bytes free below which a failure of Ray Tune's own writes is taken as a full disk
-_NO_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+NO_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)  # a write the system refuses: every retry too
 
 
 def storage_error(err: BaseException, store: Store, rel: str) -> StoreWriteError | None:
@@ -217,7 +217,7 @@ def storage_error(err: BaseException, store: Store, rel: str) -> StoreWriteError
     seen, why = set(), None
     while err is not None and id(err) not in seen and why is None:
         seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in _NO_WRITE:
+        if isinstance(err, OSError) and err.errno in NO_WRITE:
             why = os.strerror(err.errno)
         err = getattr(err, "cause", None) or err.__cause__ or err.__context__
     if why is None and not is_uri(store.out):
@@ -226,9 +226,13 @@ def storage_error(err: BaseException, store: Store, rel: str) -> StoreWriteError
             folder = os.path.dirname(folder)
         free = shutil.disk_usage(folder).free
         why = f"No space left on device ({free / 2**20:.1f} MiB free)" if free < FULL_DISK else None
-    return None if why is None else StoreWriteError(
-        f"cannot write {store.display(rel)}: {why}; free space or fix permissions there, then rerun the same "
-        f"command (results already written are kept)")
+    return None if why is None else cannot_write(store.display(rel), why)
+
+
+def cannot_write(where: str, why: str) -> StoreWriteError:
+    """The one line of a write the results' disk refused: where, why, and what to do."""
+    return StoreWriteError(f"cannot write {where}: {why}; free space or fix permissions there, then rerun the same "
+                           f"command (results already written are kept)")
 
 
 def is_uri(path: str) -> bool:
@@ -331,8 +335,7 @@ class Store:
             with contextlib.suppress(OSError):
                 self.fs.delete_file(tmp)
             why = e.strerror or str(e).strip().splitlines()[0]
-            raise StoreWriteError(f"cannot write {self.display(rel)}: {why}; free space or fix permissions "
-                                  f"there, then rerun the same command (results already written are kept)") from None
+            raise cannot_write(self.display(rel), why) from None
 
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as f:

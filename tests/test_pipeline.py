@@ -253,6 +253,25 @@ def test_a_full_disk_is_one_line_and_the_rerun_completes(reference, tmp_path, st
     assert (root / rel).stat().st_size > 0
 
 
+@pytest.mark.parametrize("stage, rel", [("hparam", "hparam/tune/sweep"), ("final", "train/tune/final")])
+def test_a_checkpoint_the_full_disk_refuses_stops_the_stage_at_once(reference, tmp_path, stage, rel):
+    """Ray Tune's copy of an epoch's checkpoint into a full results disk: one line naming the Tune run's
+    folder under --out, exit 1, and no trial retried (each retry failed the same way: the sweep took 49 s
+    instead of 15 s on a 6 MiB disk); the same command, once there is space, finishes."""
+    ref, _ = reference
+    out = tmp_path / "runs"
+    copy_stages(ref, out, *({"final": DONE_BEFORE["final"]}.get(stage, ())))
+    args = ("final", "--smoke-test") if stage == "final" else ("hparam", "--smoke-test")
+    r = bnrep(*args, out=out, env=injected(BNREP_FULL_CHECKPOINTS="1"))
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stderr.strip().splitlines() == [
+        f"error: cannot write {out / 'digits-cnn' / rel}: No space left on device; free space or fix permissions "
+        f"there, then rerun the same command (results already written are kept)"]
+    assert "restarting it from its last checkpoint" not in r.stdout
+    r = bnrep(*args, out=out)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 FINAL_TUNE = "train/tune/final"
 
 

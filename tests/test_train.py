@@ -2,6 +2,7 @@
 and epochs that evaluate only what decides stopping (against today's full evaluation)."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -258,3 +259,42 @@ def test_a_100_class_model_loads_with_its_class_count(tmp_path):
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)
     assert loaded.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 100)
+
+
+def test_a_checkpoint_the_disk_refuses_is_a_write_error_not_a_trial_failure(monkeypatch):
+    """Tune copying an epoch's checkpoint into a full results disk raises OSError(ENOSPC) in the trial: as a
+    trial error it was retried --max-failures times (each retry failing the same way) before the stage said
+    its one line. It is a StoreWriteError, which the grid's trial reports as a result that stops the grid."""
+    import errno
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    from bnrep.stages.tuning import train_in_tune
+    from bnrep.store import StoreWriteError
+
+    class OneEpoch:
+        epoch, done = 0, False
+
+        def step_epoch(self):
+            self.epoch, self.done = 1, True
+            return SimpleNamespace(train_loss=0.1)
+
+        def save_checkpoint(self) -> bytes:
+            return b"weights"
+
+    path = "/tmp/ray/session_1/artifacts/final/working_dirs/bn-s0-ca3ab_00001"
+    for code, raised in ((errno.ENOSPC, StoreWriteError), (errno.EDQUOT, StoreWriteError), (errno.EIO, OSError)):
+        def refuse(metrics, checkpoint=None, code=code):  # (Tune's OSError names the local copy it read)
+            raise OSError(code, os.strerror(code), path)
+
+        monkeypatch.setattr(tune, "report", refuse)
+        monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+        with pytest.raises(raised) as e:
+            train_in_tune(OneEpoch(), folder="/results/digits-cnn/train/tune/final")
+        if raised is StoreWriteError:
+            assert str(e.value) == (f"cannot write /results/digits-cnn/train/tune/final: {os.strerror(code)}; free "
+                                    f"space or fix permissions there, then rerun the same command (results already "
+                                    f"written are kept)")
+        else:  # another error stays a trial's failure (retried from its checkpoint)
+            assert type(e.value) is OSError and e.value.errno == errno.EIO

@@ -29,7 +29,7 @@ from bnrep.norms import SHORT, TAGS, sort_key
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, check_resources, default_gpus, placement, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import (WRITE_FAILED, WriteFailed, can_resume, fit, keep_tensorboard, open_training_stage,
-                                 run_config, train_in_tune, training_data, tune_config)
+                                 raise_write_failed, run_config, train_in_tune, training_data, tune_config)
 from bnrep.store import GRID, GRID_PLAN, Store, StoreWriteError, norm_columns, safe_key, tables, write_error
 from bnrep.train import Trainer, best_device
 
@@ -58,7 +58,8 @@ def _train_and_save(store: Store, mid: str, cond: str, norm: str, seed: int, hp:
     data = data.to(best_device())
     trainer = Trainer(exp.for_condition(cond), data, norm, hp, seed, amp=amp)  # the condition's recipe and norm
     resumed_from, digests = train_in_tune(trainer, extra={"model_id": mid}, snapshots=exp.snapshots,
-                                          keep=lambda epoch, model: save_snapshot(store, mid, model, epoch))
+                                          keep=lambda epoch, model: save_snapshot(store, mid, model, epoch),
+                                          folder=store.uri(*GRID.split("/")))
     r = trainer.finish()
     row = {"model_id": mid, "experiment": exp.name, "dataset": exp.dataset, "arch": exp.model, "model": exp.model,
            **norm_columns(norm, cond), "seed": seed, "lr": float(hp["lr"]), "momentum": float(hp.get("momentum", 0.0)), "epochs": r.epochs,
@@ -144,11 +145,7 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
                            tune_config=tune_config(trial_dirname_creator=grid_dirname),
                            run_config=run_config(opts, name, store.uri(storage), progress, stop=WriteFailed()))
     results = fit(tuner, store, GRID)
-    failed = next((r.metrics[WRITE_FAILED] for r in results if (r.metrics or {}).get(WRITE_FAILED)), None)
-    if failed:  # the other trials were stopped (WriteFailed), none retried; the rerun trains them anew (a
-        with contextlib.suppress(OSError, StoreWriteError):  # restored grid would end as this one did)
-            store.delete(GRID_PLAN)
-        raise StoreWriteError(failed)
+    raise_write_failed(results, store, GRID_PLAN)  # the rerun trains them anew
     errored = [r for r in results if r.error]
     for e in (r.error for r in errored):
         if write_error(e):  # disk full, permission denied: its one line

@@ -27,16 +27,16 @@ from bnrep.lock import writer_lock
 from bnrep.norms import TAGS
 from bnrep.progress import tune_progress
 from bnrep.raysession import check_nodes, check_resources, default_gpus, quiet_when_stopped, ray_session
-from bnrep.stages.tuning import (can_resume, fit, keep_tensorboard, open_training_stage, run_config, train_in_tune,
-                                 training_data, tune_config)
-from bnrep.store import SWEEP, SWEEP_PLAN, Store, norm_columns
-from bnrep.train import Trainer, best_device
+from bnrep.stages.tuning import (WRITE_FAILED, WriteFailed, can_resume, fit, keep_tensorboard, open_training_stage,
+                                 raise_write_failed, run_config, train_in_tune, training_data, tune_config)
+from bnrep.store import SWEEP, SWEEP_PLAN, Store, StoreWriteError, norm_columns
+from bnrep.train import DIVERGED, Trainer, best_device
 
 SWEEP_SEED = 0  # model seed of every sweep trial; the search itself is seeded too
 
 
 # ==== the work of one trial ====
-def trial(config: dict, exp: Experiment, data: Data, amp: bool) -> None:
+def trial(config: dict, exp: Experiment, data: Data, amp: bool, folder: str | None = None) -> None:
     """One Tune trial: train with the sampled hparams, report every epoch. `data`: the driver's, through
     Ray's object store (a trial process loads nothing: no scikit-learn import, no split, no decoding)."""
     quiet_when_stopped()
@@ -45,7 +45,12 @@ def trial(config: dict, exp: Experiment, data: Data, amp: bool) -> None:
     cond = exp.for_condition(run["norm"])
     trainer = Trainer(cond, data, exp.condition(run["norm"])[0], run, SWEEP_SEED, amp=amp,
                       max_epochs=cond.sweep_epochs)
-    train_in_tune(trainer, extra={"condition": run["norm"]})
+    try:
+        train_in_tune(trainer, extra={"condition": run["norm"]}, folder=folder)  # folder: the sweep's, under --out
+    except StoreWriteError as e:  # a full disk fails every retry the same way: a result that stops the sweep
+        from ray import tune
+
+        tune.report({"condition": run["norm"], "objective": DIVERGED, WRITE_FAILED: str(e.args[0])})
 
 
 # ==== the sweep: every condition's search in one Tune run ====
@@ -93,7 +98,8 @@ def run_sweep(exp: Experiment, opts: RunOptions, store: Store, todo: list[str], 
 
     # the data loaded once, here: every trial gets it from the object store (the driver keeps no copy)
     fn = tune.with_resources(
-        tune.with_parameters(trial, exp=exp, data=training_data(exp, opts, "hparam", todo), amp=opts.amp),
+        tune.with_parameters(trial, exp=exp, data=training_data(exp, opts, "hparam", todo), amp=opts.amp,
+                             folder=store.uri(*SWEEP.split("/"))),
         {"cpu": opts.cpus_per_trial, "gpu": gpus})
     configs = [c for norm in todo for c in sampled(exp, norm)]
     asha = {n: asha_spec(exp, n) for n in todo}
@@ -103,7 +109,7 @@ def run_sweep(exp: Experiment, opts: RunOptions, store: Store, todo: list[str], 
                                          "searching anew (seeded: the same configurations)"):
         print(f"[hparam] resuming the interrupted sweep in {path}", flush=True)
         restored = tune.Tuner.restore(path, trainable=fn, param_space=space, resume_errored=True)
-        return trials_table(fit(restored, store, SWEEP), exp, asha, configs)
+        return trials_table(written(fit(restored, store, SWEEP), store), exp, asha, configs)
     keep_tensorboard(store, SWEEP)
     store.delete(SWEEP)  # what a run killed before Tune saved a usable state left
     store.write_json(SWEEP_PLAN, configs)
@@ -114,8 +120,14 @@ def run_sweep(exp: Experiment, opts: RunOptions, store: Store, todo: list[str], 
         fn, param_space=space,
         tune_config=tune_config(metric="objective", mode="max", scheduler=PerCondition(asha, configs),
                                 trial_dirname_creator=sweep_dirname),
-        run_config=run_config(opts, name, store.uri(storage), progress))
-    return trials_table(fit(tuner, store, SWEEP), exp, asha, configs)
+        run_config=run_config(opts, name, store.uri(storage), progress, stop=WriteFailed()))
+    return trials_table(written(fit(tuner, store, SWEEP), store), exp, asha, configs)
+
+
+def written(results, store: Store):
+    """The sweep's results, unless a trial's checkpoint could not be written (StoreWriteError)."""
+    raise_write_failed(results, store, SWEEP_PLAN)
+    return results
 
 
 def asha_spec(exp: Experiment, norm: str) -> dict:
@@ -160,6 +172,8 @@ def describe_trial(config: dict, r: dict) -> str:
     """A finished trial: its configured rate (as hparam_trials and best_hparams.json say; the last result's
     `lr` has decayed), its last result's epoch and accuracy."""
     lr = config.get("run", {}).get("lr", float("nan"))
+    if r.get(WRITE_FAILED):
+        return f"ended: {TAGS.get(r.get('condition'), '?')} lr {lr:.3g} could not write its checkpoint"
     return (f"trials done; last: {TAGS.get(r.get('condition'), '?')} lr {lr:.3g}, "
             f"{r.get('epoch', 0)} epoch{'s' * (r.get('epoch', 0) != 1)}, val_acc {r.get('val_acc', float('nan')):.4f}"
             + (", interpolated" if r.get("interpolated") else ""))

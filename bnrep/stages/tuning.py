@@ -13,7 +13,7 @@ from bnrep.data import Data, check_data, load_data
 from bnrep.represent import model_probes
 from bnrep.experiments import Experiment
 from bnrep.raysession import placement
-from bnrep.store import Store, storage_error
+from bnrep.store import NO_WRITE, Store, StoreWriteError, cannot_write, storage_error
 
 CHECKPOINT_FILE = "trainer.pt"
 SNAPSHOTS_FILE = "snapshots.json"  # epoch -> sha256 of the snapshot files written so far
@@ -84,14 +84,17 @@ def keep_tensorboard(store: Store, rel: str) -> None:
             store.fs.move(store.path(f"{rel}/{t}/{n}"), store.path(f"{earlier}/{k}/{t}/{n}"))
 
 
-def train_in_tune(trainer, extra: dict | None = None, snapshots=(), keep=None) -> tuple[int, dict[int, str]]:
+def train_in_tune(trainer, extra: dict | None = None, snapshots=(), keep=None,
+                  folder: str | None = None) -> tuple[int, dict[int, str]]:
     """Run `trainer` to its stopping rule inside a Tune trial: resume from the
     trial's last checkpoint if Tune restarted it, report every epoch with a
     checkpoint so a failed trial loses at most one epoch. After each epoch in
     `snapshots`, `keep(epoch, model)` saves the weights and returns their
     sha256; the digests travel in the checkpoint, so a resumed trial still
     has those of the epochs before it. Returns the epoch it resumed from (0:
-    a fresh start) and the digests, epoch -> sha256."""
+    a fresh start) and the digests, epoch -> sha256. A checkpoint that the
+    results' disk refuses (full, read-only) is StoreWriteError naming `folder`
+    (the Tune run's folder there), not a failure for Tune to retry."""
     from ray import tune
 
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint
@@ -117,7 +120,12 @@ def train_in_tune(trainer, extra: dict | None = None, snapshots=(), keep=None) -
             if digests:
                 with open(os.path.join(d, SNAPSHOTS_FILE), "w") as f:
                     json.dump(digests, f)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            try:
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            except OSError as e:  # Tune's copy of the checkpoint into the results: a full disk fails every retry
+                if e.errno not in NO_WRITE:
+                    raise
+                raise cannot_write(folder or e.filename, os.strerror(e.errno)) from None
     return resumed_from, digests
 
 
@@ -209,6 +217,19 @@ def run_config(opts: RunOptions, name: str, storage: str, callback, stop=None):
 
 
 WRITE_FAILED = "write_failed"  # a trial's last result: the results directory refused a write (its one line)
+
+
+def raise_write_failed(results, store: Store, plan: str) -> None:
+    """The one line of a trial that reported WRITE_FAILED (the others were stopped, none retried), as
+    StoreWriteError; its plan deleted, so the rerun starts the run anew (a restored one would end as this
+    one did)."""
+    import contextlib
+
+    failed = next((r.metrics[WRITE_FAILED] for r in results if (r.metrics or {}).get(WRITE_FAILED)), None)
+    if failed:
+        with contextlib.suppress(OSError, StoreWriteError):
+            store.delete(plan)
+        raise StoreWriteError(failed)
 
 
 class WriteFailed:

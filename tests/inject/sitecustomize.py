@@ -11,6 +11,8 @@ On PYTHONPATH, with
 - BNREP_HANG_AT_EXIT=1: the `python -m bnrep` process (not Ray's workers, not its children), on its
   way out, runs an exit handler that never returns, as a library's handler waiting for a thread or a
   queue that a Ctrl-C stopped would.
+- BNREP_FULL_CHECKPOINTS=1: Ray Tune's copy of a trial's checkpoint into the results fails with ENOSPC
+  (naming the local copy it read, as Tune's does), as on a full results disk;
 - BNREP_HOLD_DRAWING=<dir>: a process forked to draw the report's figures writes <dir>/<its pid> and
   then waits for ever before its first figure, so a test signals the command while its figures are drawn;
 - BNREP_HOLD_IMPORT=<file>: the first `import torch` writes <file>, then waits for ever, so a test
@@ -128,3 +130,32 @@ if os.environ.get("BNREP_HOLD_IMPORT"):
                     time.sleep(0.05)
 
     sys.meta_path.insert(0, _HoldTorch())
+
+if os.environ.get("BNREP_FULL_CHECKPOINTS"):  # ray.tune patched once it is imported (not in every process)
+    import errno
+    import importlib.abc
+    import importlib.util
+    import sys
+
+    def _full_report(report):
+        def refused(metrics, *args, checkpoint=None, **kwargs):
+            if checkpoint is None:
+                return report(metrics, *args, **kwargs)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), checkpoint.path)
+        return refused
+
+    class _PatchTune(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name != "ray.tune":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                module.report = _full_report(module.report)
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, _PatchTune())
