@@ -96,13 +96,19 @@ def _imported_and_analysis(store: Store, exp: Experiment) -> list[tuple[str, str
 def _analysis(store: Store, exp: Experiment, trained: list[str]) -> tuple[str, str, str]:
     if not trained:
         return ("analysis", "missing", "no trained models")
+    from bnrep.models import ModelError
     from bnrep.represent import model_probes
     from bnrep.stages.analysis import plan
 
     models = store.read_table("training")
     models = models[models["model_id"].isin(trained)]
-    left = plan(store, exp, models, model_probes(exp)).n_tasks()
     done = sum(len(store.parts(t)) for t in tables("analysis"))
+    try:
+        probes = model_probes(exp)  # the layers: from the model itself
+    except ModelError as e:  # its code is not here (a laptop away from the cluster): what the store says
+        return ("analysis", "unknown" if done else "missing",
+                f"{done} part{'s' * (done != 1)} written; the parts left are known with the model's code: {e}")
+    left = plan(store, exp, models, probes).n_tasks()
     state = "complete" if not left else "partial" if done else "missing"
     return ("analysis", state, f"{left} tasks left" if left else "every part current")
 

@@ -474,6 +474,29 @@ def test_status_counts_only_complete_work(results, capsys):
     assert "report     missing" in out
 
 
+def test_status_without_the_models_code_answers_from_the_store(results, monkeypatch):
+    """A study of a researcher's own model, looked at where its code is not (a laptop away from the
+    cluster): the analysis' line says what the store holds and why the rest is not known, instead of the
+    whole command failing on the import (`bnrep report` too, whose notes ask for the same status)."""
+    import bnrep.represent
+    from bnrep import status
+    from bnrep.models import ModelError
+
+    why = "cannot import mylab for model mylab.nets:net (ModuleNotFoundError: No module named 'mylab')"
+
+    def gone(exp):
+        raise ModelError(why)
+
+    monkeypatch.setattr(bnrep.represent, "model_probes", gone)
+    store = Store(str(results), "digits-cnn")
+    exp = config.load_experiment(store, "digits-cnn")
+    assert status._analysis(store, exp, ["cnn-bn-s0"]) == (
+        "analysis", "missing", f"0 parts written; the parts left are known with the model's code: {why}")
+    store.write_part("kmeans", "cnn-bn-s0-conv1", pd.DataFrame([{"model_id": "cnn-bn-s0", "k": 2}]))
+    assert status._analysis(store, exp, ["cnn-bn-s0"]) == (
+        "analysis", "unknown", f"1 part written; the parts left are known with the model's code: {why}")
+
+
 def test_new_analysis_settings_before_any_analysis_result_are_not_a_conflict(tmp_path):
     """A grid trained with one set of analysis settings, then analysed with others: no analysis result exists
     to mix with, so the new settings hold (it was refused as 'holds analysis results of a different
