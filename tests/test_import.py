@@ -209,6 +209,14 @@ REFUSALS = {  # name -> (models.csv body, or a callable writing weights first; t
     "the same weights twice": (  # one model counted as two seeds
         "a,{spec},batch,7,ok.pt\nb,{spec},batch,8,ok_copy.pt",
         "a and b hold the same weights ({d}/ok_copy.pt): one model would count as two seeds; import it once"),
+    "the same weights in a checkpoint dict": (
+        "a,{spec},batch,7,ok.pt\nb,{spec},batch,8,ok_in_dict.pt",
+        "a and b hold the same weights ({d}/ok_in_dict.pt, saved another way): one model would count as two "
+        "seeds; import it once"),
+    "the same weights from DataParallel": (
+        "a,{spec},batch,7,ok.pt\nb,{spec},batch,8,ok_parallel.pt",
+        "a and b hold the same weights ({d}/ok_parallel.pt, saved another way): one model would count as two "
+        "seeds; import it once"),
     "more cells than columns": (  # a label with an unquoted comma would be cut short
         "a,{spec},batch,0,ok.pt,extra",
         "models file {d}/models.csv, line 2: 1 more cell(s) than the header's 5 columns (extra): quote a value that "
@@ -222,6 +230,8 @@ def weights(checkpoints, tmp_path_factory):
     d = tmp_path_factory.mktemp("weights")
     torch.save(resnet(0).state_dict(), d / "ok.pt")
     (d / "ok_copy.pt").write_bytes((d / "ok.pt").read_bytes())
+    torch.save({"model_state_dict": resnet(0).state_dict(), "epoch": 9}, d / "ok_in_dict.pt")
+    torch.save({f"module.{k}": v for k, v in resnet(0).state_dict().items()}, d / "ok_parallel.pt")
     torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), d / "ten.pt")
     torch.save(resnet(2, no_norm).state_dict(), d / "none.pt")
     (d / "notes.pt").write_text("hello")

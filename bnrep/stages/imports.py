@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from bnrep.checkpoints import is_trained, sha256
+from bnrep.checkpoints import is_trained, sha256, weights_sha256
 from bnrep.config import RunOptions, UsageError, command, header, open_store, prepare, read_config, stage_hashes, \
     start_fresh, write_config
 from bnrep.data import check_data, input_shape, load_data
@@ -348,7 +348,7 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
     train_hash = stage_hashes(exp)["train_hash"]
     have = {} if opts.fresh else imported_models(store)
     recorded = {} if not have else {r["model_id"]: r for r in store.read_table("training").to_dict("records")}
-    sources = {}
+    sources, same = {}, {}  # model_id -> the file's sha256, the weights' (bnrep.checkpoints.weights_sha256)
     for e in entries:  # each file read once here, and once more to record it (one model in memory at a time)
         sd, sources[e.model_id] = state_dict(e.weights)
         twin = next((m for m, h in {**have, **sources}.items() if m != e.model_id and h == sources[e.model_id]), None)
@@ -362,7 +362,13 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
         if changed:  # the same weights, described otherwise: the analysis groups by these
             raise ImportRefused(f"{store.out}/{exp.name} has {e.model_id} imported with {', '.join(changed)}: "
                                 f"use another model_id, or --fresh to import every model anew")
-        check_forward(fitted(e, exp, shape, num_classes, sd), e.model, e.norm, shape, num_classes)
+        model = fitted(e, exp, shape, num_classes, sd)
+        same[e.model_id] = weights_sha256(model)  # the same tensors in another file (a prefix, a checkpoint dict)
+        twin = next((m for m, h in same.items() if m != e.model_id and h == same[e.model_id]), None)
+        if twin:
+            raise ImportRefused(f"{twin} and {e.model_id} hold the same weights ({e.weights}, saved another way): "
+                                f"one model would count as two seeds; import it once")
+        check_forward(model, e.model, e.norm, shape, num_classes)
         _one_per_seed(f"{store.out}/{exp.name}", e, recorded.values())
     todo = [e for e in entries if not (have.get(e.model_id) and is_trained(store, e.model_id, train_hash))]
     from bnrep.train import accuracy, best_device
