@@ -308,6 +308,21 @@ def test_a_damaged_imported_model_is_imported_again_not_retrained(imported, tmp_
     assert tree(out) == before
 
 
+def test_a_model_left_out_of_the_file_is_said_to_stay(checkpoints, imported, capsys):
+    """A row deleted from the models file: the model imported before stays in the study (its tables, its
+    report): said, naming it, with how to import the file's models alone; nothing changes."""
+    root, csv, _ = checkpoints
+    fewer = csv.parent / "fewer.csv"
+    fewer.write_text("\n".join(csv.read_text().splitlines()[:3]) + "\n")  # the header, bn-s0 and bn-s1
+    before = tree(imported)
+    assert cli.main(["import", "--experiment", "leaves", "--models", str(fewer), "--out", str(imported)]) == 0
+    out = capsys.readouterr().out
+    assert "[import] 2 models; 2 already imported, 0 to evaluate" in out
+    assert (f"[import] note: {imported}/leaves also holds 1 model imported before and not in {fewer} (none-s0): "
+            f"it stays in the study; --fresh imports this file's models alone") in out
+    assert tree(imported) == before
+
+
 @pytest.mark.parametrize("case", REFUSALS)
 def test_a_bad_entry_is_one_line_and_changes_nothing(case, checkpoints, weights, imported, capsys):
     rows, line = REFUSALS[case]

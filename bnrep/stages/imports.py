@@ -378,6 +378,11 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
     print(header("import", exp, store), flush=True)
     print(f"[import] {len(entries)} models; {len(entries) - len(todo)} already imported, {len(todo)} to "
           f"evaluate", flush=True)
+    kept = sorted(set(have) - {e.model_id for e in entries})
+    if kept:  # imported before, and not in this file: still in the study, its tables and its report
+        print(f"[import] note: {store.out}/{exp.name} also holds {len(kept)} model{'s' * (len(kept) != 1)} imported "
+              f"before and not in {models_file} ({', '.join(kept)}): {'they stay' if len(kept) > 1 else 'it stays'} in "
+              f"the study; --fresh imports this file's models alone", flush=True)
     if not todo:
         return 0
 
