@@ -313,14 +313,6 @@ def validate(e: Experiment) -> None:
     need(e.reference == REF or e.reference in e.norms,
          f"reference {e.reference!r} is not one of the conditions ({', '.join(e.norms)}): add it, or judge "
          f"against one of them (--reference TAG; reference = \"TAG\" in a study file)")
-    for n in e.norms:
-        try:
-            c = e.for_condition(n)
-        except ConfigError as err:
-            need(False, f"condition {n}: {str(err).removeprefix(e.name + ': ')}")
-        norm = e.condition(n)[0]
-        problem = _batch_statistics(norm, c.batch_size)
-        need(problem is None, problem if n == norm else f"condition {n}: {problem}")
     need(e.optimizer in OPTIMIZERS, f"unknown optimizer {e.optimizer!r} (valid: {', '.join(OPTIMIZERS)})")
     need(e.stop in ("interpolate", "early-stop"), f"unknown stop rule {e.stop!r}")
     for name in ("lr", "lr_nobn"):
@@ -358,6 +350,16 @@ def validate(e: Experiment) -> None:
     need(e.first_shown_layer > 0, f"first_shown_layer must be > 0 (an index, or a fraction of depth), "
                                   f"got {e.first_shown_layer}")
     need(all(x > 0 for x in e.channel_layers), f"channel_layers must be > 0, got {e.channel_layers}")
+    # the conditions last: a condition's recipe is the experiment with its overrides, so a setting of the
+    # whole experiment that is out of range was blamed on the first condition
+    for n in e.norms:
+        try:
+            c = e.for_condition(n)
+        except ConfigError as err:
+            need(False, f"condition {n}: {str(err).removeprefix(e.name + ': ')}")
+        norm = e.condition(n)[0]
+        problem = _batch_statistics(norm, c.batch_size)
+        need(problem is None, problem if n == norm else f"condition {n}: {problem}")
 
 
 BATCH_SIZE_CONDITIONS = ("bn-b4:batch,batch_size=4", "bn-b16:batch,batch_size=16", "bn-b64:batch,batch_size=64",

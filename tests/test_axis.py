@@ -356,3 +356,16 @@ def test_a_batch_size_above_the_training_split_is_said_once_per_size(capsys):
         "them\n")
     training_data(exp, RunOptions(), "hparam", ["batch", "none"])  # 64 of 256: nothing to say
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("change, line", [
+    (dict(eps=(-1.0,)), "digits-cnn: eps thresholds must be >= 0, got -1"),
+    (dict(k_min=1), "digits-cnn: k_min must be >= 2, got 1"),
+    (dict(snapshots=(0, 1, 9999)), "digits-cnn: snapshot epoch 9999 is beyond"),
+])
+def test_a_setting_of_the_whole_experiment_is_not_blamed_on_a_condition(change, line):
+    """(it read 'digits-cnn: condition bn-b8: eps thresholds must be >= 0': the first condition's recipe,
+    the experiment with its overrides, was validated before the experiment's own settings)"""
+    with pytest.raises(ConfigError) as e:
+        BASE.override(conditions="batch; bn-b8:batch,batch_size=8; none", **change)
+    assert str(e.value).startswith(line) and "condition" not in str(e.value), str(e.value)
