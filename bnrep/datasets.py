@@ -27,6 +27,8 @@ An image folder is torchvision's ImageFolder layout:
 Its classes are the folder names (sorted, as ImageFolder numbers them), its
 channels those of its images (1: grey, 3: colour; mixed is an error), its size
 that of its images, or `image_size` (shorter side resized, then centre-cropped).
+Hidden files and folders (a name that starts with '.': Jupyter's
+.ipynb_checkpoints/, macOS's ._photo.jpg) are not part of it.
 """
 
 from __future__ import annotations
@@ -135,7 +137,8 @@ def folder_classes(path: str) -> list[str]:
     """The class names of an image folder (its train/ subfolders, sorted), each present in every split
     with at least one image; at least 2 classes."""
     splits = folder_splits(path)
-    per = {s: sorted(d.name for d in os.scandir(root) if d.is_dir()) for s, root in splits.items()}
+    per = {s: sorted(d.name for d in os.scandir(root) if d.is_dir() and not hidden(d.name))
+           for s, root in splits.items()}
     classes = per["train"]
     if len(classes) < 2:
         raise DatasetError(f"imagefolder:{path}: {len(classes)} class folder(s) in train/; need at least 2")
@@ -156,8 +159,19 @@ def folder_classes(path: str) -> list[str]:
 def image_files(folder: str):
     """The images of one class folder and its sub-folders, in ImageFolder's order (sorted os.walk,
     following links; names sorted in each folder)."""
-    return (os.path.join(root, f) for root, _, names in sorted(os.walk(folder, followlinks=True))
-            for f in sorted(names) if f.lower().endswith(IMAGE_EXTENSIONS))
+    return (os.path.join(root, f) for root, _, names in sorted(_walk(folder))
+            for f in sorted(names) if f.lower().endswith(IMAGE_EXTENSIONS) and not hidden(f))
+
+
+def hidden(name: str) -> bool:
+    """A hidden file or folder: not part of an image folder (.ipynb_checkpoints/, ._photo.jpg)."""
+    return name.startswith(".")
+
+
+def _walk(folder: str):
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not hidden(d)]  # (os.walk descends into what is left)
+        yield root, dirs, names
 
 
 def folder_fingerprint(path: str) -> str:

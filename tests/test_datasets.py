@@ -181,6 +181,25 @@ def test_images_in_sub_folders_of_a_class_count_as_imagefolder_counts_them(tmp_p
     torch.testing.assert_close(data.test.X, (pixels - data.mean.view(1, -1, 1, 1)) / data.std.view(1, -1, 1, 1))
 
 
+def test_hidden_files_and_folders_are_not_part_of_an_image_folder(tmp_path):
+    """Jupyter's .ipynb_checkpoints/ beside the classes (it was a class that 'holds no image'), one inside a
+    class with a copy of an image (counted twice), and macOS's ._001.png (not an image at all): left out, so
+    the folder reads as it does without them."""
+    import shutil
+
+    root = write_folder(tmp_path / "leaves")
+    want = load_data(folder_exp(root, val_size=6))
+    (root / "train" / ".ipynb_checkpoints").mkdir()
+    (root / "test" / "ash" / ".ipynb_checkpoints").mkdir()
+    shutil.copy(root / "test" / "ash" / "001.png", root / "test" / "ash" / ".ipynb_checkpoints" / "001.png")
+    (root / "test" / "oak" / "._001.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    got = load_data(folder_exp(root, val_size=6))
+    assert got.classes == want.classes == CLASSES
+    for split in ("train", "val", "test"):
+        torch.testing.assert_close(getattr(got, split).X, getattr(want, split).X, rtol=0, atol=0)
+        assert getattr(got, split).y.tolist() == getattr(want, split).y.tolist()
+
+
 def test_a_new_study_name_with_an_image_folder(tmp_path):
     """`bnrep run --experiment leaves --dataset imagefolder:PATH`: a study called leaves (the default recipe
     on those images), as `bnrep import` makes one; its later runs find it under --out by that name."""
