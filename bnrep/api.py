@@ -90,8 +90,9 @@ class Study:
 
     @property
     def figures(self) -> list[str]:
-        """Paths of the report's figures (PNG), by name; IPython.display.Image(path) shows one. Before the
-        report is drawn: FileNotFoundError, saying the command that draws it (not an empty list)."""
+        """Paths of the report's figures (PNG), a list sorted by file name; IPython.display.Image(path) shows
+        one. Before the report is drawn: FileNotFoundError, saying the command that draws it (not an empty
+        list)."""
         names = sorted(n for n in self.store.list_dir("report") if n.startswith("fig_") and n.endswith(".png"))
         if not names:
             raise FileNotFoundError(f"{self.store.uri('report')} has no figures yet: run "

@@ -70,8 +70,9 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
                    help="imagefolder: resize the shorter side to S and centre-crop S x S (default: as stored)")
     p.add_argument("--smoke-test", action="store_true",
                    help="tiny everything (few epochs, trials, seeds and samples; sizes already smaller "
-                        "stay): seconds per stage. A new study made with it keeps those sizes in its "
-                        "config.json, flag or not; each stage's first line says so")
+                        "stay): seconds per stage. A study of your own (--experiment NAME) made with it keeps "
+                        "those sizes in its config.json, flag or not; a preset's results need the flag again "
+                        "(a preset stands for its full sizes). Each stage's first line says which")
     p.add_argument("--fresh", action="store_true",
                    help="delete this stage's earlier results (and what depends on them) and start over")
     p.add_argument("--data-root", default=None, metavar="DIR",
