@@ -393,10 +393,26 @@ def header(stage: str, exp: Experiment, store: Store) -> str:
     h = stage_hashes(exp)
     no_reference = exp.reference == REF and REF not in exp.norms and stage != "analysis"  # said before training
     sizes = " at --smoke-test sizes" if at_smoke_sizes(exp) else ""
+    others = [] if stage == "import" else held_conditions(store, exp)
     return (f"bnrep {bnrep.__version__} ({git_commit() or 'unknown commit'}) | {stage}{sizes} | "
             f"experiment {exp.name} -> {store.out}/{exp.name}\n"
             f"config: train {h['train_hash']}, analysis {h['analysis_hash']} "
             f"({store.uri('config.json')})" + (
                 f"\nnote: no condition trains without normalisation ({REF}) and no --reference names another: the "
                 f"report's claims compare with the reference, so none will be evaluated; add {REF} to the "
-                f"conditions, or name one of them with --reference TAG" if no_reference else ""))
+                f"conditions, or name one of them with --reference TAG" if no_reference else "") + (
+                f"\nnote: {store.out}/{exp.name} also holds results of {', '.join(others)}, not among this run's "
+                f"conditions: they stay in its tables and its report (for these conditions alone: another --out, "
+                f"or --fresh)" if others else ""))
+
+
+def held_conditions(store: Store, exp: Experiment) -> list[str]:
+    """The conditions whose sweep trials or models the study holds and `exp` does not ask for (a rerun with
+    fewer conditions than before)."""
+    from bnrep.store import with_norm
+
+    held = set()
+    for table in ("hparam_trials", "training"):
+        if store.has_table(table):
+            held |= set(with_norm(store.read_table(table)).get("condition", []))
+    return sorted(held - set(exp.norms))

@@ -497,6 +497,22 @@ def test_status_without_the_models_code_answers_from_the_store(results, monkeypa
         "analysis", "unknown", f"1 part written; the parts left are known with the model's code: {why}")
 
 
+def test_a_rerun_with_fewer_conditions_says_what_the_study_still_holds(results):
+    """A study that trained bn-b8 too, rerun with the conditions 'batch; none': its sweep, grid table and
+    report still hold bn-b8 (rows are never deleted but by --fresh); each stage's header says so, where the
+    output showed three conditions for two asked without a word."""
+    from bnrep.config import header
+
+    store = Store(str(results), "digits-cnn")
+    exp = config.load_experiment(store, "digits-cnn")
+    assert "also holds" not in header("final grid", exp, store)
+    store.write_part("training", "cnn-bn-b8-s0", pd.DataFrame([{"model_id": "cnn-bn-b8-s0", "norm": "batch",
+                                                               "condition": "bn-b8", "seed": 0}]))
+    assert header("final grid", exp, store).splitlines()[-1] == (
+        f"note: {results}/digits-cnn also holds results of bn-b8, not among this run's conditions: they stay in its "
+        f"tables and its report (for these conditions alone: another --out, or --fresh)")
+
+
 def test_new_analysis_settings_before_any_analysis_result_are_not_a_conflict(tmp_path):
     """A grid trained with one set of analysis settings, then analysed with others: no analysis result exists
     to mix with, so the new settings hold (it was refused as 'holds analysis results of a different
