@@ -255,6 +255,22 @@ def test_the_grid_summary_keeps_its_columns_under_a_long_model_name(capsys):
     assert {line.index(" 2 ") + 2 for line in lines} == {header.index("seeds") + 5}  # right-aligned under it
 
 
+def test_the_grid_summary_says_which_models_diverged(capsys):
+    """(the grid's table showed a diverged model's accuracy like any other; only the report named it)"""
+    from bnrep.stages.final import print_summary
+
+    rows = [dict(model_id=f"cnn-{t}-s{s}", arch="cnn", condition=c, train_acc=0.1, val_acc=0.1, test_acc=0.1,
+                 epochs=3, diverged=(c == "batch" and s == 1) or (c == "none" and s == 0),
+                 diverged_epoch=2 if c == "batch" and s == 1 else 1 if c == "none" and s == 0 else 0)
+            for c, t in (("batch", "bn"), ("none", "nobn")) for s in range(2)]
+    print_summary(pd.DataFrame(rows))
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "note: 2 of 4 models diverged (training loss NaN or inf; the analysis measures none of them): "
+        "cnn-bn-s1 at epoch 2, cnn-nobn-s0 at epoch 1")
+    print_summary(pd.DataFrame(rows).assign(diverged=False))
+    assert "diverged" not in capsys.readouterr().out
+
+
 def test_unwritable_out(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

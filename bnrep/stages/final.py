@@ -115,6 +115,12 @@ def print_summary(df: pd.DataFrame) -> None:
         cells = [f"{100 * g[c].mean():7.3f} ± " + (f"{100 * g[c].std():5.3f}" if len(g) > 1 else "  n/a")
                  for c in ("train_acc", "val_acc", "test_acc")]  # (one seed: no std)
         print(f"{name:{w}} {len(g):5d} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} {g['epochs'].mean():7.1f}")
+    if "diverged" in df and df["diverged"].fillna(False).astype(bool).any():  # said where it happened, not only
+        d = df[df["diverged"].fillna(False).astype(bool)].sort_values("model_id")  # in the report
+        epochs = d["diverged_epoch"].fillna(0) if "diverged_epoch" in d else [0] * len(d)  # (0: not recorded)
+        at = [f"{m} at epoch {int(e)}" if e else m for m, e in zip(d["model_id"], epochs)]
+        print(f"note: {len(d)} of {len(df)} models diverged (training loss NaN or inf; the analysis measures none "
+              f"of them): {', '.join(at[:4])}{f' and {len(at) - 4} more' if len(at) > 4 else ''}")
 
 
 def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], gpus: float,
