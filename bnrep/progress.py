@@ -188,6 +188,7 @@ def wait_tasks(ray, pending: list, stage: str, stream=None, stopping=None, names
     total, done, t0 = len(pending), 0, time.monotonic()
     tty, step = out.isatty(), max(1, total // 10)
     while pending:
+        ready = []
         try:
             ready, pending = ray.wait(pending, num_returns=1, timeout=None)
             ray.get(ready)

@@ -23,7 +23,6 @@ SNAPSHOTS_FILE = "snapshots.json"  # epoch -> sha256 of the snapshot files writt
 logging.getLogger("ray.tune.trainable.trainable").setLevel(logging.WARNING)
 
 
-
 def training_data(exp: Experiment, opts: RunOptions, stage: str, conditions) -> Data:
     """The data the trials of `conditions` train on, loaded once in the driver. A condition whose batch size
     is above the training split trains one step on all of it per epoch: said under the stage's lines (it
