@@ -386,14 +386,17 @@ def _check_local_writable(path: Path) -> None:
         raise PermissionError(f"{path} is not writable")
 
 
-def header(stage: str, exp: Experiment, store: Store) -> str:
-    """The first lines a stage prints: version, commit, what and where, the stage hashes."""
+def header(stage: str, exp: Experiment, store: Store, fresh: bool = False) -> str:
+    """The first lines a stage prints: version, commit, what and where, the stage hashes (`fresh`: the
+    stage will delete its earlier results, FRESH)."""
     from bnrep.experiments import at_smoke_sizes
 
     h = stage_hashes(exp)
     no_reference = exp.reference == REF and REF not in exp.norms and stage != "analysis"  # said before training
     sizes = " at --smoke-test sizes" if at_smoke_sizes(exp) else ""
-    others = [] if stage == "import" else held_conditions(store, exp)
+    gone = FRESH.get(stage.split()[0], ()) if fresh else ()  # what the stage deletes before its work
+    kept = [t for t in ("hparam_trials", "training") if "results" not in gone and f"results/{t}" not in gone]
+    others = [] if stage == "import" else held_conditions(store, exp, kept)
     return (f"bnrep {bnrep.__version__} ({git_commit() or 'unknown commit'}) | {stage}{sizes} | "
             f"experiment {exp.name} -> {store.out}/{exp.name}\n"
             f"config: train {h['train_hash']}, analysis {h['analysis_hash']} "
@@ -406,13 +409,13 @@ def header(stage: str, exp: Experiment, store: Store) -> str:
                 f"or --fresh)" if others else ""))
 
 
-def held_conditions(store: Store, exp: Experiment) -> list[str]:
-    """The conditions whose sweep trials or models the study holds and `exp` does not ask for (a rerun with
-    fewer conditions than before)."""
+def held_conditions(store: Store, exp: Experiment, tables=("hparam_trials", "training")) -> list[str]:
+    """The conditions whose sweep trials or models the study holds (in `tables`) and `exp` does not ask
+    for (a rerun with fewer conditions than before)."""
     from bnrep.store import with_norm
 
     held = set()
-    for table in ("hparam_trials", "training"):
+    for table in tables:
         if store.has_table(table):
             held |= set(with_norm(store.read_table(table)).get("condition", []))
     return sorted(held - set(exp.norms))

@@ -19,6 +19,7 @@ import gc
 import multiprocessing as mp
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 WORKERS_ENV = "BNREP_DRAW_WORKERS"  # processes drawing figures (default: the cores, at most one per figure)
 _RESULTS: list = []  # in a forked worker: the results it draws from
@@ -62,12 +63,20 @@ def draw(rs: list, names: list[str] | None = None) -> dict[str, tuple[bytes, byt
         # the workers' garbage collection leaves this process's objects alone: it would write to every one, and
         # each page it writes is copied (the driver of `bnrep run` holds Ray, torch and pandas: 1.3 s more)
         gc.freeze()
-        pool = mp.get_context("fork").Pool(n, initializer=_worker_start, initargs=(os.getpid(),))
+        pool = None
         try:
+            pool = ProcessPoolExecutor(n, mp_context=mp.get_context("fork"), initializer=_worker_start,
+                                       initargs=(os.getpid(),))  # (a worker that dies: BrokenProcessPool)
             # a figure at a time, to whichever worker is free: the figures' costs differ by 6x
-            done = {k: v for part in pool.imap(_forked, [[name] for name in names]) for k, v in part.items()}
+            done = {k: v for part in pool.map(_forked, [[name] for name in names]) for k, v in part.items()}
+        except BaseException:  # Ctrl-C, SIGTERM, a figure's error: the workers end now, not after every figure
+            for p in list((getattr(pool, "_processes", None) or {}).values()):  # (no public way before 3.14)
+                with contextlib.suppress(Exception):
+                    p.kill()
+            raise
         finally:
-            pool.terminate()  # at once, on Ctrl-C or SIGTERM too (a pool's own exit waits for every figure)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             gc.unfreeze()
             _RESULTS.clear()
     else:
@@ -78,14 +87,14 @@ def draw(rs: list, names: list[str] | None = None) -> dict[str, tuple[bytes, byt
 def _worker_start(parent: int) -> None:
     """A drawing worker leaves Ctrl-C to the report's own process (one line, exit 130): Ctrl-C reaches the
     whole process group, and each worker would print its own KeyboardInterrupt traceback. SIGTERM ends it
-    at once (the pool's terminate). And it dies with its parent, however the parent ends (a second Ctrl-C
-    during the pool's terminate, a SIGKILL): it would otherwise wait for ever on a pipe no one reads,
-    holding the command's stdout open (`bnrep run | tee log` would never return)."""
+    at once. And it dies with its parent, however the parent ends (a second Ctrl-C while the workers are
+    killed, a SIGKILL): it would otherwise wait for ever on a pipe no one reads, holding the command's
+    stdout open (`bnrep run | tee log` would never return)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    with contextlib.suppress(Exception):  # Linux; elsewhere the terminate above is all there is
+    with contextlib.suppress(Exception):  # Linux; elsewhere the kill in draw is all there is
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

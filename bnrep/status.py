@@ -34,10 +34,11 @@ def stage_status(out: str, name: str, study: Experiment | None = None) -> list[t
 
 def unfinished(out: str, name: str) -> list[str]:
     """The report's notes on the stages that stopped part-way (partial): it covers what they have done."""
-    return [f"{name}: the {stage} stage is not finished ({detail}): this report covers what it has done; run "
-            f"the stage again with the flags it was started with (or `bnrep run` with them) to finish it."
+    return [f"{name}: the {stage} stage is {'not finished' if state == 'partial' else 'perhaps not finished'} "
+            f"({detail}): this report covers what it has done; run the stage again with the flags it was started "
+            f"with (or `bnrep run` with them) to finish it."
             for stage, state, detail in stage_status(out, name)
-            if state == "partial" and stage in ("final", "import", "analysis")]
+            if state in ("partial", "unknown") and stage in ("final", "import", "analysis")]
 
 
 def _writer(store: Store) -> tuple[str, str, str]:
@@ -96,6 +97,7 @@ def _imported_and_analysis(store: Store, exp: Experiment) -> list[tuple[str, str
 def _analysis(store: Store, exp: Experiment, trained: list[str]) -> tuple[str, str, str]:
     if not trained:
         return ("analysis", "missing", "no trained models")
+    from bnrep.datasets import DatasetError
     from bnrep.models import ModelError
     from bnrep.represent import model_probes
     from bnrep.stages.analysis import plan
@@ -105,9 +107,10 @@ def _analysis(store: Store, exp: Experiment, trained: list[str]) -> tuple[str, s
     done = sum(len(store.parts(t)) for t in tables("analysis"))
     try:
         probes = model_probes(exp)  # the layers: from the model itself
-    except ModelError as e:  # its code is not here (a laptop away from the cluster): what the store says
-        return ("analysis", "unknown" if done else "missing",
-                f"{done} part{'s' * (done != 1)} written; the parts left are known with the model's code: {e}")
+    except (ModelError, DatasetError) as e:  # its code or its image folder is not here (a laptop away from the
+        return ("analysis", "unknown" if done else "missing",  # cluster): what the store says
+                f"{done} part{'s' * (done != 1)} written; the parts left are known with the model's code and "
+                f"data: {e}")
     left = plan(store, exp, models, probes).n_tasks()
     state = "complete" if not left else "partial" if done else "missing"
     return ("analysis", state, f"{left} tasks left" if left else "every part current")

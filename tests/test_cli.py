@@ -265,8 +265,9 @@ def test_the_grid_summary_says_which_models_diverged(capsys):
             for c, t in (("batch", "bn"), ("none", "nobn")) for s in range(2)]
     print_summary(pd.DataFrame(rows))
     assert capsys.readouterr().out.splitlines()[-1] == (
-        "note: 2 of 4 models diverged (training loss NaN or inf; the analysis measures none of them): "
-        "cnn-bn-s1 at epoch 2, cnn-nobn-s0 at epoch 1")
+        "note: Diverged (training loss NaN or inf, training stopped): 1 of 2 BN models (epoch 2); 1 of 2 NBN models "
+        "(epoch 1). Their rows are kept as evidence; their accuracies are those of the diverged weights, which are "
+        "not analysed: every measure of them is NaN with the epoch it diverged.")
     print_summary(pd.DataFrame(rows).assign(diverged=False))
     assert "diverged" not in capsys.readouterr().out
 
@@ -507,10 +508,16 @@ def test_status_without_the_models_code_answers_from_the_store(results, monkeypa
     store = Store(str(results), "digits-cnn")
     exp = config.load_experiment(store, "digits-cnn")
     assert status._analysis(store, exp, ["cnn-bn-s0"]) == (
-        "analysis", "missing", f"0 parts written; the parts left are known with the model's code: {why}")
+        "analysis", "missing", f"0 parts written; the parts left are known with the model's code and data: {why}")
     store.write_part("kmeans", "cnn-bn-s0-conv1", pd.DataFrame([{"model_id": "cnn-bn-s0", "k": 2}]))
     assert status._analysis(store, exp, ["cnn-bn-s0"]) == (
-        "analysis", "unknown", f"1 part written; the parts left are known with the model's code: {why}")
+        "analysis", "unknown", f"1 part written; the parts left are known with the model's code and data: {why}")
+    monkeypatch.setattr(status, "stage_status", lambda out, name: [("final", "complete", "4/4 models trained"),
+                                                                   status._analysis(store, exp, ["cnn-bn-s0"])])
+    assert status.unfinished(str(results), "digits-cnn") == [  # the report's note
+        f"digits-cnn: the analysis stage is perhaps not finished (1 part written; the parts left are known with "
+        f"the model's code and data: {why}): this report covers what it has done; run the stage again with the "
+        f"flags it was started with (or `bnrep run` with them) to finish it."]
 
 
 def test_a_rerun_with_fewer_conditions_says_what_the_study_still_holds(results):
@@ -527,6 +534,8 @@ def test_a_rerun_with_fewer_conditions_says_what_the_study_still_holds(results):
     assert header("final grid", exp, store).splitlines()[-1] == (
         f"note: {results}/digits-cnn also holds results of bn-b8, not among this run's conditions: they stay in its "
         f"tables and its report (for these conditions alone: another --out, or --fresh)")
+    assert "also holds" not in header("final grid", exp, store, fresh=True)  # --fresh deletes the grid's models
+    assert "also holds" in header("analysis", exp, store, fresh=True)  # (the analysis' deletes its own tables)
 
 
 def test_new_analysis_settings_before_any_analysis_result_are_not_a_conflict(tmp_path):

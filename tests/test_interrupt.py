@@ -109,18 +109,22 @@ def test_a_run_stopped_while_its_figures_are_drawn_leaves_no_process(tmp_path):
         p = subprocess.Popen([sys.executable, "-m", "bnrep", *ARGS, "--out", str(out)], stdout=logs[0],
                              stderr=logs[1], cwd=tmp_path, env=injected(BNREP_HOLD_DRAWING=str(held),
                                                                         BNREP_DRAW_WORKERS="2"))
-        hung = time.monotonic() + HUNG_S
-        while len(list(held.iterdir())) < 2 and p.poll() is None and time.monotonic() < hung:
-            time.sleep(0.05)  # (each worker holds before its first figure)
-        drawing = [int(f.name) for f in held.iterdir()]
-        assert len(drawing) == 2 and p.poll() is None, (tmp_path / "stderr").read_text()[-2000:]
-        p.send_signal(sig)
-        p.wait(timeout=HUNG_S)
-        for f in logs:
-            f.close()
-        while any(map(alive, drawing)) and time.monotonic() < hung:  # SIGKILL: the kernel ends them, at once
-            time.sleep(0.05)
-        assert not any(map(alive, drawing)), drawing
+        hung, drawing = time.monotonic() + HUNG_S, []
+        try:
+            while len(list(held.iterdir())) < 2 and p.poll() is None and time.monotonic() < hung:
+                time.sleep(0.05)  # (each worker holds before its first figure)
+            drawing = [int(f.name) for f in held.iterdir()]
+            assert len(drawing) == 2 and p.poll() is None, (tmp_path / "stderr").read_text()[-2000:]
+            p.send_signal(sig)
+            p.wait(timeout=HUNG_S)
+            while any(map(alive, drawing)) and time.monotonic() < hung:  # SIGKILL: the kernel ends them at once
+                time.sleep(0.05)
+            assert not any(map(alive, drawing)), drawing
+        finally:  # a failure leaves nothing running: the run, and drawing processes that hold for ever
+            for pid in ([p.pid] if p.poll() is None else []) + [d for d in drawing if alive(d)]:
+                kill_tree(pid)
+            for f in logs:
+                f.close()
         if sig == signal.SIGTERM:
             err = (tmp_path / "stderr").read_text()
             assert (p.returncode, err) == (143, "stopped (SIGTERM): rerun the same command to resume\n"), err
@@ -142,8 +146,15 @@ def test_ctrl_c_while_the_command_loads_is_one_line(tmp_path, how):
     hung = time.monotonic() + HUNG_S
     while not held.exists() and p.poll() is None and time.monotonic() < hung:
         time.sleep(0.05)
-    assert held.exists(), p.communicate()
+    if not held.exists():
+        if p.poll() is None:
+            kill_tree(p.pid)
+        pytest.fail(f"the command did not reach `import torch`: {p.communicate(timeout=HUNG_S)}")
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=HUNG_S)
+    try:
+        out, err = p.communicate(timeout=HUNG_S)
+    finally:
+        if p.poll() is None:
+            kill_tree(p.pid)
     assert (p.returncode, out, err) == (130, "", LINE)
     assert not (tmp_path / "runs").exists()

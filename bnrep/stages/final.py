@@ -31,6 +31,7 @@ from bnrep.raysession import check_nodes, check_resources, default_gpus, placeme
 from bnrep.stages.tuning import (WRITE_FAILED, WriteFailed, can_resume, fit, keep_tensorboard, open_training_stage,
                                  raise_write_failed, run_config, train_in_tune, training_data, tune_config)
 from bnrep.store import GRID, GRID_PLAN, Store, StoreWriteError, norm_columns, safe_key, tables, write_error
+from bnrep.table1 import diverged_note
 from bnrep.train import Trainer, best_device
 
 
@@ -115,12 +116,8 @@ def print_summary(df: pd.DataFrame) -> None:
         cells = [f"{100 * g[c].mean():7.3f} ± " + (f"{100 * g[c].std():5.3f}" if len(g) > 1 else "  n/a")
                  for c in ("train_acc", "val_acc", "test_acc")]  # (one seed: no std)
         print(f"{name:{w}} {len(g):5d} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} {g['epochs'].mean():7.1f}")
-    if "diverged" in df and df["diverged"].fillna(False).astype(bool).any():  # said where it happened, not only
-        d = df[df["diverged"].fillna(False).astype(bool)].sort_values("model_id")  # in the report
-        epochs = d["diverged_epoch"].fillna(0) if "diverged_epoch" in d else [0] * len(d)  # (0: not recorded)
-        at = [f"{m} at epoch {int(e)}" if e else m for m, e in zip(d["model_id"], epochs)]
-        print(f"note: {len(d)} of {len(df)} models diverged (training loss NaN or inf; the analysis measures none "
-              f"of them): {', '.join(at[:4])}{f' and {len(at) - 4} more' if len(at) > 4 else ''}")
+    if diverged := diverged_note(df):  # said where it happened, as Table 1 says it
+        print(f"note: {diverged}")
 
 
 def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], gpus: float,
@@ -197,7 +194,7 @@ def weights_digests(store: Store, mids: list[str]) -> dict[str, str]:
 def run(exp: Experiment, opts: RunOptions) -> int:
     store, record = open_training_stage(exp, opts, "final")  # every check before Ray starts
     hparams = grid_hparams(exp, store, opts.paper_hparams)
-    print(header("final grid", exp, store), flush=True)
+    print(header("final grid", exp, store, opts.fresh), flush=True)
     train_hash = stage_hashes(exp)["train_hash"]
     grid = [{"seed": s, "norm": n, "hparams": hparams[n]} for s in range(exp.seeds) for n in exp.norms]
     with contextlib.ExitStack() as held:

@@ -212,7 +212,7 @@ def print_best(best: dict, exp: Experiment) -> None:
 # ==== the stage ====
 def run(exp: Experiment, opts: RunOptions) -> int:
     store, record = open_training_stage(exp, opts, "hparam")  # every check before Ray starts
-    print(header("hparam sweep", exp, store), flush=True)
+    print(header("hparam sweep", exp, store, opts.fresh), flush=True)
     with contextlib.ExitStack() as held:
         if opts.fresh:  # the lock, the resource check, then the deletion (a refused run deletes nothing)
             held.enter_context(writer_lock(store, "hparam"))
