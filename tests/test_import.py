@@ -213,6 +213,10 @@ REFUSALS = {  # name -> (models.csv body, or a callable writing weights first; t
         "a,{spec},batch,7,ok.pt\nb,{spec},batch,8,ok_in_dict.pt",
         "a and b hold the same weights ({d}/ok_in_dict.pt, saved another way): one model would count as two "
         "seeds; import it once"),
+    "the weights of a model imported before": (
+        "a,{spec},batch,7,bn_s0_again.pt",
+        "bn-s0 and a hold the same weights ({d}/bn_s0_again.pt, saved another way): one model would count as two "
+        "seeds; import it once"),
     "the same weights from DataParallel": (
         "a,{spec},batch,7,ok.pt\nb,{spec},batch,8,ok_parallel.pt",
         "a and b hold the same weights ({d}/ok_parallel.pt, saved another way): one model would count as two "
@@ -228,12 +232,13 @@ REFUSALS = {  # name -> (models.csv body, or a callable writing weights first; t
 def weights(checkpoints, tmp_path_factory):
     """The files the refusals name, beside a models.csv of the case's rows."""
     d = tmp_path_factory.mktemp("weights")
-    torch.save(resnet(0).state_dict(), d / "ok.pt")
+    torch.save(resnet(5).state_dict(), d / "ok.pt")  # (seeds the imported models do not have)
     (d / "ok_copy.pt").write_bytes((d / "ok.pt").read_bytes())
-    torch.save({"model_state_dict": resnet(0).state_dict(), "epoch": 9}, d / "ok_in_dict.pt")
-    torch.save({f"module.{k}": v for k, v in resnet(0).state_dict().items()}, d / "ok_parallel.pt")
+    torch.save({"model_state_dict": resnet(5).state_dict(), "epoch": 9}, d / "ok_in_dict.pt")
+    torch.save({f"module.{k}": v for k, v in resnet(5).state_dict().items()}, d / "ok_parallel.pt")
+    torch.save({"model_state_dict": resnet(0).state_dict()}, d / "bn_s0_again.pt")  # the imported bn-s0's
     torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), d / "ten.pt")
-    torch.save(resnet(2, no_norm).state_dict(), d / "none.pt")
+    torch.save(resnet(6, no_norm).state_dict(), d / "none.pt")
     (d / "notes.pt").write_text("hello")
     (d / "truncated.pt").write_bytes((d / "ok.pt").read_bytes()[:4000])
     torch.save(resnet(0), d / "whole.pt")

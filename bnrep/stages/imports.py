@@ -320,13 +320,15 @@ def _changed(row: dict | None, e: Entry) -> list[str]:
             if (int(was[k]) if k == "seed" and was[k] is not None else was[k]) != v] + dropped
 
 
-def imported_models(store: Store) -> dict[str, str]:
-    """model_id -> sha256 of the weights file it was imported from, for the models already here."""
+def imported_models(store: Store) -> dict[str, tuple[str, str]]:
+    """model_id -> (sha256 of the weights file it was imported from, of its weights: weights_sha256; '' for
+    a model imported before it was recorded), for the models already here."""
     df = store.read_table("training")
     if df.empty or "imported" not in df:
         return {}
-    return {r["model_id"]: (store.part_metadata("training", r["model_id"]) or {}).get("source_sha256", "")
+    meta = {r["model_id"]: store.part_metadata("training", r["model_id"]) or {}
             for r in df.to_dict("records") if r.get("imported")}
+    return {m: (d.get("source_sha256", ""), d.get("weights_sha256", "")) for m, d in meta.items()}
 
 
 def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, dataset: str | None = None,
@@ -346,9 +348,11 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
     for key in ("analysis_hash", "table_hashes"):  # the analysis records its own settings when it runs
         record.pop(key)
     train_hash = stage_hashes(exp)["train_hash"]
-    have = {} if opts.fresh else imported_models(store)
+    earlier = {} if opts.fresh else imported_models(store)
+    have = {m: file for m, (file, _) in earlier.items()}  # model_id -> the file's sha256
     recorded = {} if not have else {r["model_id"]: r for r in store.read_table("training").to_dict("records")}
-    sources, same = {}, {}  # model_id -> the file's sha256, the weights' (bnrep.checkpoints.weights_sha256)
+    sources = {}  # model_id -> the file's sha256; same: the weights' (bnrep.checkpoints.weights_sha256)
+    same = {m: weights for m, (_, weights) in earlier.items() if weights}
     for e in entries:  # each file read once here, and once more to record it (one model in memory at a time)
         sd, sources[e.model_id] = state_dict(e.weights)
         twin = next((m for m, h in {**have, **sources}.items() if m != e.model_id and h == sources[e.model_id]), None)
@@ -405,7 +409,7 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
                    "imported": True, "weights": e.weights, **{k: str(v) for k, v in e.labels.items()}}
             digest = save_model(store, e.model_id, model, exp, {}, row, num_classes)
             store.write_part("training", e.model_id, pd.DataFrame([row]), train_hash, model_sha256=digest,
-                             source=e.weights, source_sha256=sources[e.model_id])
+                             source=e.weights, source_sha256=sources[e.model_id], weights_sha256=same[e.model_id])
             print(f"[import] {e.model_id}: {get_norm(e.norm).label}, seed {e.seed}, test_acc {acc['test']:.4f} "
                   f"({e.weights})", flush=True)
     print(f"[import] wrote {store.out}/{exp.name}/train/models and results/training; next: "
