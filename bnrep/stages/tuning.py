@@ -3,6 +3,7 @@ starts, and the loop a Tune trial runs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ def training_data(exp: Experiment, opts: RunOptions, stage: str, conditions) -> 
         print(f"[{stage}] note: batch size {b} ({', '.join(names)}) is above the {n} training images: each epoch "
               f"is one step on all of them", flush=True)
     return data
+
 
 def open_training_stage(exp: Experiment, opts: RunOptions, stage: str) -> tuple[Store, dict]:
     """Every check of a training stage ('hparam' or 'final') before Ray starts:
@@ -222,8 +224,6 @@ def raise_write_failed(results, store: Store, plan: str) -> None:
     """The one line of a trial that reported WRITE_FAILED (the others were stopped, none retried), as
     StoreWriteError; its plan deleted, so the rerun starts the run anew (a restored one would end as this
     one did)."""
-    import contextlib
-
     failed = next((r.metrics[WRITE_FAILED] for r in results if (r.metrics or {}).get(WRITE_FAILED)), None)
     if failed:
         with contextlib.suppress(OSError, StoreWriteError):
