@@ -122,11 +122,15 @@ def plain_sweep(exp, data, trials: pd.DataFrame) -> tuple[list[float], list[int]
     return times, epochs
 
 
-def plain_grid(exp, data, models: pd.DataFrame) -> tuple[list[float], pd.DataFrame]:
+def plain_grid(exp, data, models: pd.DataFrame, store) -> tuple[list[float], pd.DataFrame]:
+    """Every model of the grid, in the order bnrep's grid starts them (bnrep.stages.final)."""
+    from bnrep.stages.final import longest_first
     from bnrep.train import Trainer
 
+    by = {(r.condition, int(r.seed)): r for r in models.itertuples()}
+    grid = [{"norm": n, "seed": s} for s in range(exp.seeds) for n in exp.norms if (n, s) in by]
     times, rows = [], []
-    for r in models.sort_values("model_id").itertuples():
+    for r in (by[g["norm"], g["seed"]] for g in longest_first(grid, store, paper=False)):
         hp = {"lr": r.lr, "momentum": r.momentum}
 
         def work():
@@ -228,7 +232,7 @@ def main() -> None:
     trials, models = store.read_table("hparam_trials"), store.read_table("training")
 
     sweep_t, sweep_epochs = plain_sweep(exp, data, trials)
-    grid_t, grid = plain_grid(exp, data, models)
+    grid_t, grid = plain_grid(exp, data, models, store)
     want = models.set_index("model_id").loc[grid["model_id"]]
     same_epochs = (list(sweep_epochs) == [int(e) for e in (trials.sort_values("trial_id") if "trial_id" in trials
                                                            else trials)["epochs"]]

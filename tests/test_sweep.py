@@ -1,6 +1,7 @@
 """The sweep's plan and scheduler: the configurations each condition searches, and ASHA within each
 condition while every condition's trials share one Tune run, in the plan's order so that the same
-trials stop at the same epochs whatever order their results arrive in."""
+trials stop at the same epochs whatever order their results arrive in; and the order the grid starts its
+models in."""
 
 import heapq
 import json
@@ -385,3 +386,21 @@ def test_tune_s_tracebacks_of_saves_a_full_disk_failed_are_one_line_once(monkeyp
     assert raysession._no_room(first) and first.getMessage() == ("Ray Tune could not save its state under --out: no "
                                                                  "space left on device")
     assert not raysession._no_room(second) and raysession._no_room(other) and "110" in other.getMessage()
+
+
+def test_the_grid_starts_the_conditions_whose_best_trial_trained_longest_first(tmp_path):
+    """The grid's models in the order Tune starts them: the condition whose best sweep trial trained the most
+    epochs first (there a long model started last trained alone while the other slot idled), seeds in order
+    within each; with --paper-hparams (no sweep) the order given."""
+    from bnrep.stages.final import longest_first
+    from bnrep.store import Store
+
+    store = Store(str(tmp_path), "digits-cnn")
+    store.write_json("hparam/best_hparams.json", {"bn": {"lr": 0.1, "momentum": 0.9, "epochs": 3},
+                                                  "nobn": {"lr": 0.1, "momentum": 0.9, "epochs": 16},
+                                                  "ln": {"lr": 0.1, "momentum": 0.9, "epochs": 7}})
+    grid = [{"seed": s, "norm": n, "hparams": {}} for s in range(3) for n in ("batch", "none", "layer")]
+    order = [(g["norm"], g["seed"]) for g in longest_first(grid, store, paper=False)]
+    assert order == [("none", 0), ("none", 1), ("none", 2), ("layer", 0), ("layer", 1), ("layer", 2),
+                     ("batch", 0), ("batch", 1), ("batch", 2)]
+    assert longest_first(grid, store, paper=True) == grid

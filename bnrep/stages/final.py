@@ -93,6 +93,18 @@ def grid_hparams(exp: Experiment, store: Store, paper: bool) -> dict[str, dict]:
     return {n: {k: best[TAGS[n]][k] for k in ("lr", "momentum")} for n in exp.norms}
 
 
+def longest_first(todo: list[dict], store: Store, paper: bool) -> list[dict]:
+    """The grid's models in the order Tune starts them: the conditions whose best sweep trial trained the
+    most epochs first, seeds in order within each (the given order without a sweep). A long model started
+    last trains alone at the end while the other slots idle; started first, the short ones fill the gaps.
+    The order changes no result (each model trains from its own seed)."""
+    if paper:  # (no sweep need have run)
+        return todo
+    best = store.read_json("hparam/best_hparams.json")  # (grid_hparams checked it)
+    epochs = {n: best.get(TAGS[n], {}).get("epochs", 0) for n in {g["norm"] for g in todo}}
+    return sorted(todo, key=lambda g: -epochs[g["norm"]])
+
+
 def forget_analysis(store: Store, mids: list[str]) -> None:
     """Delete the analysis parts of models about to be trained anew (stale, valid or not): the parts of the
     model, of its snapshots (m@e1) and of its pairs (layer-a-b)."""
@@ -225,11 +237,11 @@ def run(exp: Experiment, opts: RunOptions) -> int:
                     write_config(store, record)
                     forget_analysis(store, [m for m in mids if m not in again])  # now stale
                     before = weights_digests(store, again)
-                    run_grid(exp, opts, store, todo, gpus, train_hash)
+                    run_grid(exp, opts, store, longest_first(todo, store, opts.paper_hparams), gpus, train_hash)
                     todo = untrained(exp, store, grid, train_hash)
                     if todo:  # a restored grid whose trials ended without saving: train them anew
                         store.delete(GRID_PLAN)
-                        run_grid(exp, opts, store, todo, gpus, train_hash)
+                        run_grid(exp, opts, store, longest_first(todo, store, opts.paper_hparams), gpus, train_hash)
             finally:  # also when the grid failed: a model saved with other weights (a GPU) has no analysis
                 if before is not None:
                     after = weights_digests(store, again)
