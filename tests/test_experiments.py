@@ -11,6 +11,7 @@ from bnrep.experiments import PAPER_NORMS as NORMS
 from bnrep.models import BUILTIN, build_model
 from bnrep.norms import NAMES
 from bnrep.probes import find_probes
+from bnrep.store import Store
 
 BASE = get_experiment("synthetic-cnn")
 
@@ -248,3 +249,19 @@ def test_a_bad_study_file_is_one_line_naming_the_file(text, line, tmp_path, caps
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"error: study file {study}: {line}"), err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv, smoke", [(["--snapshots", "0,4"], False), (["--snapshots", "0,1,2,5"], False),
+                                         (["--smoke-test", "--snapshots", "0,2"], True), (["--smoke-test"], True),
+                                         ([], False)])
+def test_the_header_says_smoke_sizes_only_of_a_study_at_them_and_takes_a_snapshot_past_them(argv, smoke):
+    """Each stage's header says "at --smoke-test sizes" of a study no bigger than the smoke test makes it.
+    Deciding that built the smoke-sized study, which refused a snapshot past its 3 epochs: `--snapshots 0,4`
+    (the README's 0,1,5 too) failed in every stage with "snapshot epoch 4 is beyond max_epochs 3"."""
+    from bnrep import flags
+    from bnrep.config import header
+    from bnrep.experiments import at_smoke_sizes
+
+    exp = flags.resolve_experiment(flags.build_parser("final").parse_args(["--paper-hparams", *argv]))
+    assert at_smoke_sizes(exp) is smoke
+    assert ("at --smoke-test sizes" in header("final grid", exp, Store("/tmp/runs", exp.name), False)) is smoke
