@@ -298,3 +298,20 @@ def test_a_checkpoint_the_disk_refuses_is_a_write_error_not_a_trial_failure(monk
                                     f"written are kept)")
         else:  # another error stays a trial's failure (retried from its checkpoint)
             assert type(e.value) is OSError and e.value.errno == errno.EIO
+
+
+def test_the_grid_names_the_snapshot_epochs_its_models_were_trained_without(tmp_path):
+    """A grid asked for more snapshots than its models were trained with says which epochs are new: after
+    --snapshots 0,2 then 0,2,3 it said "trained without a snapshot at epoch 2, 3", epoch-2.pt there."""
+    import pandas as pd
+
+    from bnrep.checkpoints import snapshot_record
+    from bnrep.stages.final import unkept
+    from bnrep.store import Store
+
+    store = Store(str(tmp_path), "digits-cnn")
+    for mid, asked in (("cnn-bn-s0", [2]), ("cnn-bn-s1", [2]), ("cnn-nobn-s0", [1, 2])):
+        store.write_part("training", mid, pd.DataFrame([{"model_id": mid}]), "h", **snapshot_record(asked, {}))
+    assert unkept(store, ["cnn-bn-s0", "cnn-bn-s1"], (0, 2, 3)) == [3]
+    assert unkept(store, ["cnn-bn-s0", "cnn-nobn-s0"], (0, 1, 2, 3)) == [1, 3]
+    assert unkept(store, ["cnn-nobn-s0"], (0, 1, 2)) == []

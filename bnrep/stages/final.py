@@ -18,7 +18,8 @@ import re
 
 import pandas as pd
 
-from bnrep.checkpoints import damage, is_trained, save_model, save_snapshot, snapshot_record, weights_sha256
+from bnrep.checkpoints import (damage, is_trained, save_model, save_snapshot, saved_snapshots, snapshot_record,
+                               weights_sha256)
 from bnrep.config import (RunOptions, StageFailed, UsageError, command, header, stage_hashes, start_fresh,
                           write_config)
 from bnrep.data import Data
@@ -196,6 +197,12 @@ def untrained(exp: Experiment, store: Store, grid: list[dict], train_hash: str) 
                                               exp.snapshots)]
 
 
+def unkept(store: Store, mids: list[str], snapshots) -> list[int]:
+    """The epochs of `snapshots` after 0 that some of `mids` were trained without being asked to keep."""
+    return sorted({e for m in mids for e in snapshots
+                   if e > 0 and e not in saved_snapshots(store.part_metadata("training", m))[0]})
+
+
 def weights_digests(store: Store, mids: list[str]) -> dict[str, str]:
     """model id -> the digest of its final weights its training record holds ('' for records before it)."""
     mds = {m: store.part_metadata("training", m) for m in mids}
@@ -225,7 +232,7 @@ def run(exp: Experiment, opts: RunOptions) -> int:
                 print(f"[final] {m} trains again: {why}", flush=True)
         if again:
             print(f"[final] {len(again)} trained without a snapshot at epoch "
-                  f"{', '.join(str(e) for e in exp.snapshots if e > 0)}: trained again to keep those epochs "
+                  f"{', '.join(map(str, unkept(store, again, exp.snapshots)))}: trained again to keep those epochs "
                   f"(their analysis stays where the weights come out the same)", flush=True)
         if todo:
             held.enter_context(writer_lock(store, "final"))  # one writer from here on (LockError: one line)
