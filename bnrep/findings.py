@@ -365,10 +365,14 @@ def finding_purity(class_dbi: pd.DataFrame, kmeans: pd.DataFrame, first_layer: i
             numbers["kmeans_dbi"].update(final_layer=last["layer"], final=float(last["a"]),
                                          final_ref=float(last["ref"]), final_p=last["p"])
         else:  # the claim is about the final layer: an earlier one does not stand in for it
-            dead = [n for n, c in ((a, norm), (b, ref)) if not (best["layer_index"].eq(end["layer_index"])
-                                                                & best["condition"].eq(c)).any()]
-            notes[-1] += (f"the final shown layer {end['layer']} has no optimal k with {' or '.join(dead)} "
-                          f"(no finite DBI in any seed: a dead layer), so the final-layer part is not evaluated.")
+            at_end = kmeans[kmeans["layer_index"].eq(end["layer_index"])]
+            none = [(n, "no finite DBI in any seed: a dead layer" if at_end["condition"].eq(c).any()
+                     else "not measured yet: the analysis is not finished")
+                    for n, c in ((a, norm), (b, ref))
+                    if not (best["layer_index"].eq(end["layer_index"]) & best["condition"].eq(c)).any()]
+            notes[-1] += (f"the final shown layer {end['layer']} has no optimal k with "
+                          f"{' or '.join(f'{n} ({why})' for n, why in none)}, so the final-layer part is not "
+                          f"evaluated.")
     if not parts:
         f = _not_evaluated(3, {"class_dbi": class_dbi, "kmeans": kmeans}, norm, ref)
         return dataclasses.replace(f, detail=" ".join([f.detail, *notes]))

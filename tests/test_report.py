@@ -355,8 +355,20 @@ def test_finding_purity_final_layer_dead_is_not_judged_on_an_earlier_one():
     km.loc[dead, "dbi"], km.loc[dead, "optimal"] = math.nan, False
     f = findings.finding_purity(t["class_dbi"], km, 1)
     assert "final_layer" not in f.numbers["kmeans_dbi"] and f.numbers["kmeans_dbi"]["layers"] == 4
-    assert "has no optimal k with BN" in f.detail and "only one of the two parts" in f.detail
+    assert "has no optimal k with BN (no finite DBI in any seed: a dead layer)" in f.detail
+    assert "only one of the two parts" in f.detail
     assert f.verdict == findings.finding_purity(t["class_dbi"], pd.DataFrame(), 1).verdict
+
+
+def test_finding_purity_final_layer_not_measured_yet_is_said_so_not_called_dead():
+    """A report made while the analysis is unfinished: the no-BN models' final layer has no k-means rows
+    yet. It said "no finite DBI in any seed: a dead layer" of a layer the finished study measures."""
+    t = make_tables(**SMALL)
+    km = t["kmeans"]
+    km = km[~(~km["bn"] & (km["layer_index"] == km["layer_index"].max()))]
+    f = findings.finding_purity(t["class_dbi"], km, 1)
+    assert "has no optimal k with no BN (not measured yet: the analysis is not finished)" in f.detail, f.detail
+    assert "dead layer" not in f.detail and "final_layer" not in f.numbers["kmeans_dbi"]
 
 
 KOPT = {"supported": cnn_kopt,
