@@ -408,7 +408,7 @@ def no_results(name: str, out: str) -> ReportError:
         return ReportError(f"no results for {name} under {out} yet: {writer.get('stage', 'a run')} on host "
                            f"{writer.get('host')}, pid {writer.get('pid')}, is writing them; report once it is done")
     return ReportError(f"no results for {name} under {out}: run `{stage_command('training', name, out)}` "
-                       f"(or `bnrep run --experiment {name}{out_flag(out)}`) first")
+                       f"(or `{command('run', name, out)}`) first")
 
 
 def _dest_store(out: str, dest: str | None) -> Store:

@@ -511,6 +511,21 @@ def test_no_results_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "digits-cnn" / "report").exists()
 
 
+def test_no_results_of_a_smoke_study_names_commands_with_the_flag_it_was_made_with(tmp_path):
+    """Only a --smoke-test sweep done: both commands the report names carry --smoke-test (the second, `bnrep
+    run`, left it out and was refused: "holds training results of a different configuration")."""
+    from bnrep.config import prepare, write_config
+    from bnrep.experiments import get_experiment, smoke
+
+    store = Store(str(tmp_path), "digits-cnn")
+    write_config(store, prepare(store, smoke(get_experiment("digits-cnn")), "hparam", False))
+    with pytest.raises(report.ReportError) as e:
+        report.build_report(str(tmp_path), "digits-cnn")
+    out = f" --smoke-test --out {tmp_path}"
+    assert f"`bnrep final --experiment digits-cnn{out}`" in str(e.value)
+    assert f"`bnrep run --experiment digits-cnn{out}`" in str(e.value)
+
+
 def test_combined_report(tmp_path):
     write_tables(tmp_path, "digits-cnn", cnn().tables)
     write_tables(tmp_path, "mnist-cnn", make_tables("mnist-cnn", seeds=2, **SMALL))
