@@ -91,13 +91,13 @@ class Study:
     @property
     def figures(self) -> list[str]:
         """Paths of the report's figures (PNG), a list sorted by file name; IPython.display.Image(path) shows
-        one. Before the report is drawn: FileNotFoundError, saying the command that draws it (not an empty
-        list)."""
+        one. Local paths for a local study (given as a path or a file:// URI), URIs on S3. Before the report
+        is drawn: FileNotFoundError, saying the command that draws it (not an empty list)."""
         names = sorted(n for n in self.store.list_dir("report") if n.startswith("fig_") and n.endswith(".png"))
         if not names:
             raise FileNotFoundError(f"{self.store.uri('report')} has no figures yet: run "
                                     f"`{command('report', self.experiment.name, self.store.out)}`")
-        return [self.store.uri("report", n) for n in names]
+        return [self.store.display("report", n) for n in names]
 
     @cached_property
     def data(self):

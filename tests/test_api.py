@@ -32,6 +32,18 @@ def test_configuration_and_tables(old_results):
     assert tree(old_results) == before  # read-only
 
 
+def test_figures_are_paths_a_notebook_opens_of_a_study_named_by_path_or_file_uri(old_results):
+    """study.figures of a study opened as file:///...: they were file:// URIs, which neither os.path nor
+    IPython.display.Image opens."""
+    report = old_results / "synthetic-cnn" / "report"
+    report.mkdir()
+    for name in ("fig_b.png", "fig_a.png", "table1.md"):
+        (report / name).write_bytes(b"png")
+    want = [str(report / "fig_a.png"), str(report / "fig_b.png")]
+    for out in (str(old_results), f"file://{old_results}"):
+        assert bnrep.open_results(out, "synthetic-cnn").figures == want, out
+
+
 def test_model_and_representations_reproduce_the_stored_dbi(old_results):
     before = tree(old_results)
     study = bnrep.open_results(str(old_results), "synthetic-cnn")
