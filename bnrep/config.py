@@ -396,7 +396,9 @@ def header(stage: str, exp: Experiment, store: Store, fresh: bool = False) -> st
     sizes = " at --smoke-test sizes" if at_smoke_sizes(exp) else ""
     gone = FRESH.get(stage.split()[0], ()) if fresh else ()  # what the stage deletes before its work
     kept = [t for t in ("hparam_trials", "training") if "results" not in gone and f"results/{t}" not in gone]
-    others = [] if stage == "import" else held_conditions(store, exp, kept)
+    models = [] if stage == "import" else held_conditions(store, exp, [t for t in kept if t == "training"])
+    trials = [] if stage == "import" else [c for c in held_conditions(store, exp, [t for t in kept if t != "training"])
+                                           if c not in models]  # (a --fresh grid deleted their models)
     return (f"bnrep {bnrep.__version__} ({git_commit() or 'unknown commit'}) | {stage}{sizes} | "
             f"experiment {exp.name} -> {store.out}/{exp.name}\n"
             f"config: train {h['train_hash']}, analysis {h['analysis_hash']} "
@@ -404,9 +406,11 @@ def header(stage: str, exp: Experiment, store: Store, fresh: bool = False) -> st
                 f"\nnote: no condition trains without normalisation ({REF}) and no --reference names another: the "
                 f"report's claims compare with the reference, so none will be evaluated; add {REF} to the "
                 f"conditions, or name one of them with --reference TAG" if no_reference else "") + (
-                f"\nnote: {store.out}/{exp.name} also holds results of {', '.join(others)}, not among this run's "
+                f"\nnote: {store.out}/{exp.name} also holds results of {', '.join(models)}, not among this run's "
                 f"conditions: they stay in its tables and its report (for these conditions alone: another --out, "
-                f"or --fresh)" if others else ""))
+                f"or --fresh)" if models else "") + (
+                f"\nnote: {store.out}/{exp.name} also holds sweep trials of {', '.join(trials)} (no models), not among "
+                f"this run's conditions: they stay in results/hparam_trials" if trials else ""))
 
 
 def held_conditions(store: Store, exp: Experiment, tables=("hparam_trials", "training")) -> list[str]:

@@ -536,6 +536,14 @@ def test_a_rerun_with_fewer_conditions_says_what_the_study_still_holds(results):
         f"tables and its report (for these conditions alone: another --out, or --fresh)")
     assert "also holds" not in header("final grid", exp, store, fresh=True)  # --fresh deletes the grid's models
     assert "also holds" in header("analysis", exp, store, fresh=True)  # (the analysis' deletes its own tables)
+    # bn-b8 searched in the sweep, its models gone with a --fresh grid: its sweep trials alone stay, said so (the
+    # note said they "stay in its tables and its report", of models neither holds)
+    store.write_part("hparam_trials", "bn-b8", pd.DataFrame([{"trial_id": "t1", "norm": "batch", "condition": "bn-b8"}]))
+    trials_only = (f"note: {results}/digits-cnn also holds sweep trials of bn-b8 (no models), not among this run's "
+                   f"conditions: they stay in results/hparam_trials")
+    assert header("final grid", exp, store, fresh=True).splitlines()[-1] == trials_only
+    store.delete("results/training/cnn-bn-b8-s0.parquet")
+    assert header("analysis", exp, store).splitlines()[-1] == trials_only
 
 
 def test_new_analysis_settings_before_any_analysis_result_are_not_a_conflict(tmp_path):
