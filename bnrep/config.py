@@ -71,6 +71,7 @@ class RunOptions:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
     max_failures: int = 3  # retries of a failed trial from its last checkpoint
+    checkpoint_every: float = 60.0  # seconds of a trial's training between its checkpoints (0: every epoch)
     amp: bool = False  # bf16 autocast on GPU (ignored on CPU)
     cpus_per_task: float = 1.0
     gpus_per_task: float | None = None  # None: 1 when the cluster has GPUs, else 0

@@ -104,6 +104,10 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="GPUs per Tune trial, fractions allowed (default: 1 if the cluster has GPUs, else 0)")
     p.add_argument("--max-failures", type=int, default=3, metavar="N",
                    help="retries of a failed trial from its last checkpoint (default: 3)")
+    p.add_argument("--checkpoint-every", type=float, default=RunOptions.checkpoint_every, metavar="SECONDS",
+                   help="a trial checkpoints after the first epoch that ends SECONDS after its start or its last "
+                        "checkpoint: a failure loses at most SECONDS of its training plus one epoch; 0: every "
+                        "epoch (default: %(default)g)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on GPU (ignored on CPU)")
 
 
@@ -290,9 +294,10 @@ RAY_PRECISION = 10_000  # Ray counts a resource in steps of 1/10,000
 
 
 def check_flags(args: argparse.Namespace) -> None:
-    """Counts > 0, GPU fractions and retries >= 0 (Tune would read --max-failures -1 as retrying for ever),
+    """Counts > 0, GPU fractions, retries and the checkpoint interval >= 0 (Tune would read --max-failures -1
+    as retrying for ever),
     finite, resources in Ray's steps, named by their flag (UsageError)."""
-    for n in (*POSITIVE, "gpus_per_trial", "gpus_per_task", "max_failures"):
+    for n in (*POSITIVE, "gpus_per_trial", "gpus_per_task", "max_failures", "checkpoint_every"):
         v, flag = getattr(args, n, None), f"--{n.replace('_', '-')}"
         if v is None:
             continue

@@ -151,8 +151,9 @@ def tune_progress(stage: str, total: int, caps: dict[str, int], label, describe,
 
         def on_trial_recover(self, iteration, trials, trial, **info):  # Tune's traceback is quieted
             tries = trial.run_metadata.num_failures + 1
-            self._print(f"[{stage}] {label(trial.config)} failed ({last_error(trial)}); restarting it from its "
-                        f"last checkpoint, try {tries} of {trial.max_failures + 1} (its log: "
+            since = "its last checkpoint" if trial.checkpoint is not None else "the start (no checkpoint yet)"
+            self._print(f"[{stage}] {label(trial.config)} failed ({last_error(trial)}); restarting it from "
+                        f"{since}, try {tries} of {trial.max_failures + 1} (its log: "
                         f"{trial.local_path or 'the Tune logs'})")
             self._draw(force=True)
 

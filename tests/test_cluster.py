@@ -52,8 +52,11 @@ from bnrep.store import TABLES, Store, tables
 
 EXPERIMENT = "digits-cnn"
 FLAGS = ["--smoke-test"]
+# A checkpoint every epoch in the training stages: the tests read Tune's checkpoints in the results, and a node
+# killed mid-trial leaves one to resume from
+EVERY_EPOCH = ["--checkpoint-every", "0"]
 # Longer trials (about a second) for the node-failure test, so a node dies mid-training.
-LONG = [*FLAGS, "--max-epochs", "12"]
+LONG = [*FLAGS, *EVERY_EPOCH, "--max-epochs", "12"]
 STAGES = ("sweeps/hparam.py", "sweeps/final.py", "analysis/run.py", "analysis/report.py")
 REPORT = ("report.md", "report.html", "table1.csv", "findings.json")  # some of the report's files
 # Fast node-death detection (defaults take ~30 s): GCS health checks every 0.5 s.
@@ -68,7 +71,7 @@ AUTH_ENV = "RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$HOME/.ray/bnrep_auth_token"
 
 def stage_flags(stage: str) -> list[str]:
     """The report reads what the stages wrote: it takes no Ray and no smoke flags."""
-    return [] if stage == "analysis/report.py" else FLAGS
+    return [] if stage == "analysis/report.py" else [*FLAGS, *EVERY_EPOCH] if stage.startswith("sweeps/") else FLAGS
 
 
 def run_script(rel: str, argv: list[str]) -> int:

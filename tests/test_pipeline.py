@@ -244,13 +244,16 @@ def test_a_full_disk_is_one_line_and_the_rerun_completes(reference, tmp_path, st
         f"error: cannot write {root / rel}: No space left on device; free space or fix permissions there, then "
         f"rerun the same command (results already written are kept)"]
     assert not (root / rel).exists()
-    assert "restarting it from its last checkpoint" not in r.stdout  # not retried: it would fail again, retrained
+    assert "restarting it from" not in r.stdout  # not retried: it would fail again, retrained
     assert not [p for p in root.rglob(".tmp-*") if "tune" not in p.parts]
     r = bnrep(*STAGE_ARGS[stage], out=out)  # the lock is free, nothing half-written is read
     assert r.returncode == 0, r.stderr[-3000:]
     assert_tables_equal(out, ref, {"final": ["training", "training_history"], "analysis": ANALYSIS}.get(stage, []),
                         exact=True)
     assert (root / rel).stat().st_size > 0
+
+
+EVERY_EPOCH = ("--checkpoint-every", "0")  # a checkpoint after each epoch: the first one's is there to read
 
 
 @pytest.mark.parametrize("stage, rel", [("hparam", "hparam/tune/sweep"), ("final", "train/tune/final")])
@@ -261,13 +264,13 @@ def test_a_checkpoint_the_full_disk_refuses_stops_the_stage_at_once(reference, t
     ref, _ = reference
     out = tmp_path / "runs"
     copy_stages(ref, out, *({"final": DONE_BEFORE["final"]}.get(stage, ())))
-    args = ("final", "--smoke-test") if stage == "final" else ("hparam", "--smoke-test")
+    args = (stage, "--smoke-test", *EVERY_EPOCH)  # (a smoke trial is done before a 60 s interval)
     r = bnrep(*args, out=out, env=injected(BNREP_FULL_CHECKPOINTS="1"))
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-3000:]
     assert r.stderr.strip().splitlines() == [
         f"error: cannot write {out / 'digits-cnn' / rel}: No space left on device; free space or fix permissions "
         f"there, then rerun the same command (results already written are kept)"]
-    assert "restarting it from its last checkpoint" not in r.stdout
+    assert "restarting it from" not in r.stdout
     r = bnrep(*args, out=out)
     assert r.returncode == 0, r.stderr[-3000:]
 
@@ -282,7 +285,7 @@ def killed_grid(reference, tmp_path_factory):
     ref, _ = reference
     out = tmp_path_factory.mktemp("killed_grid") / "runs"
     copy_stages(ref, out, "config.json", "hparam", "results/hparam_trials")  # same best hparams as ref
-    run_and_kill(out, lambda o: len(parts(o, "training")) >= 1, frozen=lambda o: resumable(o, FINAL_TUNE))
+    run_and_kill(out, lambda o: len(parts(o, "training")) >= 1, *EVERY_EPOCH, frozen=lambda o: resumable(o, FINAL_TUNE))
     n_done = len(parts(out, "training"))
     assert n_done < len(MODELS), "training finished before the kill"
     return out, n_done
@@ -456,7 +459,8 @@ def killed_sweep(tmp_path_factory):
     resumes a copy of it: the kill is the same in both, only the damage done to the copy differs."""
     out = tmp_path_factory.mktemp("killed_sweep") / "runs"
     tune_dir = out / "digits-cnn" / SWEEP_TUNE
-    run_and_kill(out, lambda o: any(tune_dir.glob("*/checkpoint_*")), frozen=lambda o: tune_whole(o, SWEEP_TUNE))
+    run_and_kill(out, lambda o: any(tune_dir.glob("*/checkpoint_*")), *EVERY_EPOCH,
+                 frozen=lambda o: tune_whole(o, SWEEP_TUNE))
     return out
 
 
@@ -492,6 +496,28 @@ def test_killed_during_the_sweep_resumes_through_tuner_restore(reference, killed
     keys = ["norm", "lr", "momentum"]
     mine, ref_trials = (t.drop(columns=["trial_id", "node_id"]).sort_values(keys).reset_index(drop=True)
                         for t in (trials, table(ref, "hparam_trials")))
+    pd.testing.assert_frame_equal(mine, ref_trials, check_exact=True)
+
+
+def test_a_sweep_killed_before_any_checkpoint_resumes_its_trials_from_their_start(reference, tmp_path):
+    """With the default --checkpoint-every (60 s), a smoke trial never checkpoints: a run killed once
+    trials have reported epochs resumes them from their start (all they lose is those epochs) and the sweep
+    ends as the uninterrupted one did, the same trials stopped at the same epochs."""
+    ref, _ = reference
+    out = tmp_path / "runs"
+    tune_dir = out / "digits-cnn" / SWEEP_TUNE
+
+    def reported(o):
+        return any(f.stat().st_size for f in tune_dir.glob("*/result.json"))
+
+    run_and_kill(out, reported, frozen=lambda o: tune_whole(o, SWEEP_TUNE))
+    assert not list(tune_dir.glob("*/checkpoint_*"))
+    r = bnrep("hparam", "--smoke-test", out=out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[hparam] resuming the interrupted sweep" in r.stdout
+    keys = ["norm", "lr", "momentum"]
+    mine, ref_trials = (t.drop(columns=["trial_id", "node_id"]).sort_values(keys).reset_index(drop=True)
+                        for t in (table(out, "hparam_trials"), table(ref, "hparam_trials")))
     pd.testing.assert_frame_equal(mine, ref_trials, check_exact=True)
 
 
@@ -557,10 +583,11 @@ if os.environ.get("BNREP_TEST_FAILS"):  # every Python process of the run, Ray w
 '''
 
 
-@pytest.mark.parametrize("fails, survives", [(1, True), (2, False)])
-def test_max_failures(fails, survives, tmp_path):
-    """--max-failures 1: one failure of a trial is survived (it resumes from its checkpoint),
-    a second ends the grid with a one-line error naming the flag; the other models are trained."""
+@pytest.mark.parametrize("fails, survives, every", [(1, True, "0"), (1, True, None), (2, False, "0")])
+def test_max_failures(fails, survives, every, tmp_path):
+    """--max-failures 1: one failure of a trial is survived (it resumes from its checkpoint: with
+    --checkpoint-every 0 the one after epoch 1; with the default, 60 s, a smoke trial has none yet and starts
+    again), a second ends the grid with a one-line error naming the flag; the other models are trained."""
     from bnrep.checkpoints import load_model, saved_snapshots
     from bnrep.experiments import SMOKE, get_experiment
 
@@ -570,11 +597,13 @@ def test_max_failures(fails, survives, tmp_path):
     (hooks / "sitecustomize.py").write_text(FAULTS)
     env = {**os.environ, "PYTHONPATH": f"{hooks}:{os.environ.get('PYTHONPATH', '')}",
            "BNREP_TEST_FAILS": str(fails), "BNREP_TEST_FAIL_DIR": str(counts)}
-    r = bnrep("final", "--smoke-test", "--paper-hparams", "--max-failures", "1", "--snapshots", "1", out=out, env=env)
+    r = bnrep("final", "--smoke-test", "--paper-hparams", "--max-failures", "1", "--snapshots", "1",
+              *(("--checkpoint-every", every) if every else ()), out=out, env=env)
     assert len(os.listdir(counts)) == fails  # the failures happened, in Ray workers
     said = [s for s in r.stdout.splitlines() if " failed" in s]  # each, as it happens: the model and its error
-    assert said[0].startswith("[final] bn-s0 failed (RuntimeError: injected failure of cnn-bn-s0); restarting it from "
-                              "its last checkpoint, try 2 of 2 (its log: ")
+    since = "its last checkpoint" if every == "0" else "the start (no checkpoint yet)"
+    assert said[0].startswith(f"[final] bn-s0 failed (RuntimeError: injected failure of cnn-bn-s0); restarting it from "
+                              f"{since}, try 2 of 2 (its log: "), said
     if survives:
         assert len(said) == 1
     else:  # its end, among the others' (in whichever order they end)
@@ -585,8 +614,9 @@ def test_max_failures(fails, survives, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         assert sorted(store.parts("training")) == MODELS
         md = store.part_metadata("training", "cnn-bn-s0")
-        assert md["resumed_from_epoch"] == "1"  # its last checkpoint
-        # the snapshot of epoch 1, saved before the failure: its digest came back with the checkpoint
+        assert md["resumed_from_epoch"] == ("1" if every == "0" else "0")  # its last checkpoint, or none
+        # the snapshot of epoch 1, saved before the failure: its digest came back with the checkpoint (or the
+        # trial trained epoch 1 again and saved it again)
         assert list(saved_snapshots(md)[1]) == [1]
         load_model(store, "cnn-bn-s0", get_experiment("digits-cnn").override(**SMOKE), epoch=1)  # verified
     else:

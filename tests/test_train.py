@@ -300,6 +300,83 @@ def test_a_checkpoint_the_disk_refuses_is_a_write_error_not_a_trial_failure(monk
             assert type(e.value) is OSError and e.value.errno == errno.EIO
 
 
+class FakeEpochs:
+    """A trainer of `epochs` epochs that each take `seconds` on a clock of its own (`now`)."""
+
+    def __init__(self, epochs: int, seconds: float, now: float = 0.0):
+        self.epochs, self.seconds, self.epoch, self.now = epochs, seconds, 0, now
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.epochs
+
+    def step_epoch(self):
+        from types import SimpleNamespace
+
+        self.now += self.seconds
+        self.epoch += 1
+        return SimpleNamespace(epoch=self.epoch)
+
+    def save_checkpoint(self) -> bytes:
+        return str(self.epoch).encode()
+
+    def load_checkpoint(self, blob: bytes) -> None:
+        self.epoch = int(blob)
+
+
+@pytest.mark.parametrize("every, seconds, checkpointed", [
+    (60, 25, [3, 6, 9]),  # the first epoch ending 60 s after the start or the last checkpoint: 75 s, 150 s, 225 s
+    (60, 20, [3, 6, 9]),  # 60 s is due: at 60, 120, 180 s
+    (0, 25, list(range(1, 11))),  # every epoch
+    (60, 100, list(range(1, 11))),  # epochs longer than the interval: every epoch
+    (1e9, 25, []),  # none: a failure restarts the trial from its start
+])
+def test_a_trial_checkpoints_once_its_interval_has_passed_and_reports_every_epoch(every, seconds, checkpointed,
+                                                                                  monkeypatch):
+    """--checkpoint-every: after each epoch a trial reports its metrics (the stopping rules read each one),
+    with a checkpoint only after the first epoch that ends `every` s after the trial's start or its last
+    checkpoint; what a failure loses is the training since then: under `every` s plus one epoch."""
+    from ray import tune
+
+    from bnrep.stages.tuning import CHECKPOINT_FILE, train_in_tune
+
+    reported = []
+
+    def report(metrics, checkpoint=None):
+        blob = None
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d, open(os.path.join(d, CHECKPOINT_FILE), "rb") as f:
+                blob = f.read()
+        reported.append((metrics["epoch"], blob))
+
+    monkeypatch.setattr(tune, "report", report)
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    trainer = FakeEpochs(10, seconds)
+    assert train_in_tune(trainer, every=every, clock=lambda: trainer.now) == (0, {})
+    assert [e for e, _ in reported] == list(range(1, 11))  # every epoch reported
+    assert [e for e, blob in reported if blob is not None] == checkpointed
+    assert all(blob == str(e).encode() for e, blob in reported if blob is not None)  # the state after that epoch
+    lost = [trainer.seconds * (e - max([c for c in [0, *checkpointed] if c < e])) for e in range(1, 11)]
+    assert max(lost) < every + seconds or every == 0  # a failure after epoch e: the epochs since the checkpoint
+
+
+def test_a_resumed_trial_counts_its_interval_from_the_resume(monkeypatch, tmp_path):
+    """A trial Tune restarted from its checkpoint of epoch 4 trains on from there, and its next checkpoint is
+    due `every` s after the resume (its start), not after the checkpoint was first written."""
+    from ray import tune
+
+    from bnrep.stages.tuning import CHECKPOINT_FILE, train_in_tune
+
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"4")
+    reported = []
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reported.append(
+        (metrics["epoch"], checkpoint is not None)))
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(tmp_path)))
+    trainer = FakeEpochs(10, 25, now=1000.0)  # (a monotonic clock starts anywhere)
+    assert train_in_tune(trainer, every=60, clock=lambda: trainer.now)[0] == 4
+    assert reported == [(5, False), (6, False), (7, True), (8, False), (9, False), (10, True)]
+
+
 def test_the_grid_names_the_snapshot_epochs_its_models_were_trained_without(tmp_path):
     """A grid asked for more snapshots than its models were trained with says which epochs are new: after
     --snapshots 0,2 then 0,2,3 it said "trained without a snapshot at epoch 2, 3", epoch-2.pt there."""

@@ -37,9 +37,9 @@ from bnrep.train import Trainer, best_device
 
 
 # ==== the work of one trial ====
-def trial(config: dict, exp: Experiment, out: str, data: Data, amp: bool, train_hash: str) -> None:
-    """One Tune trial = one model of the grid; saves it and its Parquet rows. `data`: the driver's,
-    through Ray's object store."""
+def trial(config: dict, exp: Experiment, out: str, data: Data, amp: bool, every: float, train_hash: str) -> None:
+    """One Tune trial = one model of the grid; saves it and its Parquet rows; checkpoints every `every` s
+    (train_in_tune). `data`: the driver's, through Ray's object store."""
     from ray import tune
 
     quiet_when_stopped()
@@ -48,20 +48,20 @@ def trial(config: dict, exp: Experiment, out: str, data: Data, amp: bool, train_
     mid = model_id(exp.model, cond, seed)
     store = Store(out, exp.name)
     try:
-        _train_and_save(store, mid, cond, norm, seed, hp, exp, data, amp, train_hash)
+        _train_and_save(store, mid, cond, norm, seed, hp, exp, data, amp, every, train_hash)
     except StoreWriteError as e:  # a full disk fails every retry the same way: a result that stops the grid
         tune.report({"model_id": mid, WRITE_FAILED: str(e.args[0])})
 
 
 def _train_and_save(store: Store, mid: str, cond: str, norm: str, seed: int, hp: dict, exp: Experiment, data: Data,
-                    amp: bool, train_hash: str) -> None:
+                    amp: bool, every: float, train_hash: str) -> None:
     from ray import tune
 
     data = data.to(best_device())
     trainer = Trainer(exp.for_condition(cond), data, norm, hp, seed, amp=amp)  # the condition's recipe and norm
     resumed_from, digests = train_in_tune(trainer, extra={"model_id": mid}, snapshots=exp.snapshots,
                                           keep=lambda epoch, model: save_snapshot(store, mid, model, epoch),
-                                          folder=store.uri(*GRID.split("/")))
+                                          folder=store.uri(*GRID.split("/")), every=every)
     r = trainer.finish()
     row = {"model_id": mid, "experiment": exp.name, "dataset": exp.dataset, "arch": exp.model, "model": exp.model,
            **norm_columns(norm, cond), "seed": seed, "lr": float(hp["lr"]), "momentum": float(hp.get("momentum", 0.0)), "epochs": r.epochs,
@@ -139,7 +139,7 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
     from ray import tune
 
     fn = tune.with_resources(
-        tune.with_parameters(trial, exp=exp, out=store.out, amp=opts.amp,
+        tune.with_parameters(trial, exp=exp, out=store.out, amp=opts.amp, every=opts.checkpoint_every,
                              data=training_data(exp, opts, "final", [n for n in exp.norms
                                                                     if any(g["norm"] == n for g in todo)]),
                              train_hash=train_hash),  # the data loaded once, here

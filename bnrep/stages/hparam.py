@@ -36,9 +36,10 @@ SWEEP_SEED = 0  # model seed of every sweep trial; the search itself is seeded t
 
 
 # ==== the work of one trial ====
-def trial(config: dict, exp: Experiment, data: Data, amp: bool, folder: str | None = None) -> None:
-    """One Tune trial: train with the sampled hparams, report every epoch. `data`: the driver's, through
-    Ray's object store (a trial process loads nothing: no scikit-learn import, no split, no decoding)."""
+def trial(config: dict, exp: Experiment, data: Data, amp: bool, every: float, folder: str | None = None) -> None:
+    """One Tune trial: train with the sampled hparams, report every epoch, checkpoint every `every` s
+    (train_in_tune). `data`: the driver's, through Ray's object store (a trial process loads nothing: no
+    scikit-learn import, no split, no decoding)."""
     quiet_when_stopped()
     run = config["run"]  # {"norm": the condition (bnrep.axis), "lr", "momentum"}
     data = data.to(best_device())
@@ -46,7 +47,8 @@ def trial(config: dict, exp: Experiment, data: Data, amp: bool, folder: str | No
     trainer = Trainer(cond, data, exp.condition(run["norm"])[0], run, SWEEP_SEED, amp=amp,
                       max_epochs=cond.sweep_epochs)
     try:
-        train_in_tune(trainer, extra={"condition": run["norm"]}, folder=folder)  # folder: the sweep's, under --out
+        train_in_tune(trainer, extra={"condition": run["norm"]}, folder=folder,  # folder: the sweep's, under --out
+                      every=every)
     except StoreWriteError as e:  # a full disk fails every retry the same way: a result that stops the sweep
         from ray import tune
 
@@ -99,6 +101,7 @@ def run_sweep(exp: Experiment, opts: RunOptions, store: Store, todo: list[str], 
     # the data loaded once, here: every trial gets it from the object store (the driver keeps no copy)
     fn = tune.with_resources(
         tune.with_parameters(trial, exp=exp, data=training_data(exp, opts, "hparam", todo), amp=opts.amp,
+                             every=opts.checkpoint_every,
                              folder=store.uri(*SWEEP.split("/"))),
         {"cpu": opts.cpus_per_trial, "gpu": gpus})
     configs = [c for norm in todo for c in sampled(exp, norm)]

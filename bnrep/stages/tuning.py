@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 
 from bnrep.config import RunOptions, UsageError, command, is_imported, open_store, prepare
 from bnrep.data import Data, check_data, load_data
@@ -85,17 +86,22 @@ def keep_tensorboard(store: Store, rel: str) -> None:
             store.fs.move(store.path(f"{rel}/{t}/{n}"), store.path(f"{earlier}/{k}/{t}/{n}"))
 
 
-def train_in_tune(trainer, extra: dict | None = None, snapshots=(), keep=None,
-                  folder: str | None = None) -> tuple[int, dict[int, str]]:
+def train_in_tune(trainer, extra: dict | None = None, snapshots=(), keep=None, folder: str | None = None,
+                  every: float = 0.0, clock=time.monotonic) -> tuple[int, dict[int, str]]:
     """Run `trainer` to its stopping rule inside a Tune trial: resume from the
-    trial's last checkpoint if Tune restarted it, report every epoch with a
-    checkpoint so a failed trial loses at most one epoch. After each epoch in
-    `snapshots`, `keep(epoch, model)` saves the weights and returns their
-    sha256; the digests travel in the checkpoint, so a resumed trial still
-    has those of the epochs before it. Returns the epoch it resumed from (0:
-    a fresh start) and the digests, epoch -> sha256. A checkpoint that the
-    results' disk refuses (full, read-only) is StoreWriteError naming `folder`
-    (the Tune run's folder there), not a failure for Tune to retry."""
+    trial's last checkpoint if Tune restarted it, report every epoch (the
+    stopping rules read each), with a checkpoint after the first epoch that
+    ends `every` seconds (`clock`) after the trial began or resumed or last
+    checkpointed (0: after every epoch), so a failed trial loses at most
+    `every` seconds of training plus one epoch (a checkpoint's cost, the
+    state's serialisation and Tune's copy of it: benchmarks/checkpoint_cost.py).
+    After each epoch in `snapshots`, `keep(epoch, model)` saves the weights
+    and returns their sha256; the digests travel in the checkpoint, so a
+    resumed trial still has those of the epochs before it. Returns the epoch
+    it resumed from (0: a fresh start) and the digests, epoch -> sha256. A
+    checkpoint that the results' disk refuses (full, read-only) is
+    StoreWriteError naming `folder` (the Tune run's folder there), not a
+    failure for Tune to retry."""
     from ray import tune
 
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint
@@ -108,13 +114,17 @@ def train_in_tune(trainer, extra: dict | None = None, snapshots=(), keep=None,
             if os.path.exists(os.path.join(d, SNAPSHOTS_FILE)):
                 with open(os.path.join(d, SNAPSHOTS_FILE)) as f:
                     digests = {int(e): h for e, h in json.load(f).items()}
-    resumed_from = trainer.epoch
+    resumed_from, last = trainer.epoch, clock()
     while not trainer.done:
         m = trainer.step_epoch()
         if trainer.epoch in snapshots:
             digests[trainer.epoch] = keep(trainer.epoch, trainer.model)
         metrics = {**vars(m), **(extra or {}), **placement(),
                    "stopped": trainer.done}  # not "done": Tune would end the trial
+        if clock() - last < every:
+            tune.report(metrics)
+            continue
+        last = clock()
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, CHECKPOINT_FILE), "wb") as f:
                 f.write(trainer.save_checkpoint())
