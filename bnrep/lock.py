@@ -136,7 +136,8 @@ class S3Backend:
             return True
         except ClientError as e:  # 412: the name exists; 409: a concurrent conditional write won
             if e.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"):
-                return False
+                # boto3 retries a request whose answer it lost: the retry finds what the first attempt wrote
+                return self.read(name) == data  # (a record holds this process's pid and start: no other's bytes)
             raise
 
     def overwrite(self, name: str, data: bytes) -> None:

@@ -296,3 +296,34 @@ def test_a_lock_released_on_a_full_disk_is_freed_and_leaves_no_empty_record(tmp_
     assert not [n for n in os.listdir(tmp_path / "runs" / "exp" / ".lock") if n.startswith(".tmp-")]
     with writer_lock(store, "analysis", renew=False):  # free again
         assert current_writer(store)["stage"] == "analysis"
+
+
+def test_a_lock_write_whose_answer_was_lost_and_retried_is_the_writer_s_own(s3_server, tmp_path, monkeypatch):
+    """boto3 retries a request whose answer it lost (a reset connection, a slow server): the retried
+    conditional write of the lock's record finds the record its first attempt wrote and fails with 412. The
+    writer then took itself for another and refused ("being written by ... pid <its own>"), and the lock
+    stayed held by no one until its lease ran out. A record with its own bytes is its own."""
+    from botocore.exceptions import ClientError
+
+    from bnrep import lock as lock_module
+
+    init = lock_module.S3Backend.__init__
+
+    def answer_lost(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        put = self.client.put_object
+
+        def put_object(**kw):
+            put(**kw)  # it lands...
+            if "IfNoneMatch" in kw:  # ...and the retry is what answers
+                raise ClientError({"Error": {"Code": "PreconditionFailed"}}, "PutObject")
+
+        self.client.put_object = put_object
+
+    monkeypatch.setattr(lock_module.S3Backend, "__init__", answer_lost)
+    store = Store(f"s3://{BUCKET}/{tmp_path.name}", "exp")
+    with writer_lock(store, "final", renew=False) as held:
+        assert held.gen == 0 and current_writer(store)["pid"] == os.getpid()
+        with pytest.raises(LockError, match=f"final on host .*pid {os.getpid()},"):  # another record: refused
+            acquire(Store(f"s3://{BUCKET}/{tmp_path.name}", "exp"), "analysis", renew=False)
+    assert current_writer(store) is None
