@@ -229,6 +229,7 @@ def studies_under(out: str) -> list[tuple[str, object]]:
 
 # ==== bnrep status ====
 def cmd_status(args: argparse.Namespace) -> int:
+    from bnrep.config import refuse_study_folder
     from bnrep.status import stage_status
     from bnrep.store import is_uri
     from bnrep.studies import load_study
@@ -238,6 +239,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     local = not is_uri(args.out)
     study = load_study(args.experiment) if args.experiment.endswith(".toml") else None
     name = study.name if study else args.experiment
+    refuse_study_folder(args.out, name)
     rows = stage_status(args.out, name, study)
     unknown = {detail for _, state, detail in rows if state == "unknown"}
     if len(unknown) == 1 and all(state == "unknown" for _, state, _ in rows):  # the experiment itself: one line

@@ -359,11 +359,29 @@ def check_readable(out: str, named: str | None = None) -> None:
         raise UsageError(f"cannot read {named or f'--out {out}'}: {str(e).splitlines()[0]}") from None
 
 
+def study_folder(out: str, name: str | None = None) -> str | None:
+    """The folder above `out` when `out` is itself a study's folder (its config.json there) and holds no
+    study `name`: the --out meant (a study folder given as --out would get a study nested in it). Local only."""
+    if is_uri(str(out)) or not os.path.isfile(os.path.join(out, "config.json")) \
+            or (name is not None and os.path.isfile(os.path.join(out, name, "config.json"))):
+        return None
+    return os.path.dirname(os.path.abspath(out))
+
+
+def refuse_study_folder(out: str, name: str | None = None) -> None:
+    """UsageError (one line) when --out names a study's own folder rather than the folder of studies."""
+    parent = study_folder(out, name)
+    if parent is not None:
+        raise UsageError(f"--out {out} is a study's own folder (its config.json is there): give the folder that "
+                         f"holds it, --out {parent}")
+
+
 def open_store(out: str, exp: Experiment | str) -> Store:
     """The store of the experiment `exp` (or of that name), checked writable without creating anything
     (UsageError otherwise), so a refused run leaves --out as it was; LockError when another run writes it."""
     name = exp if isinstance(exp, str) else exp.name
     check_scheme(out)
+    refuse_study_folder(out, name)
     try:
         store = Store(out, name)  # an s3:// URI resolves its bucket's region here: the network
         if store.local_path() is not None:

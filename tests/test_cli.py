@@ -1018,3 +1018,18 @@ def test_output_that_cannot_be_written_is_one_line(where, tmp_path):
             assert (r.returncode, r.stderr) == (1, said + "\n"), (argv, r.returncode, r.stderr[-2000:])
     finally:
         os.close(out)
+
+
+@pytest.mark.parametrize("argv", [["status"], ["report"], ["report", "--all"], ["final", "--paper-hparams"],
+                                  ["run", "--smoke-test"], ["analysis"]])
+def test_a_study_s_own_folder_as_out_is_one_line_naming_the_folder_above(argv, results, capsys):
+    """`--out runs/digits-cnn` (the study's folder, not the folder of studies): status listed an empty
+    runs/digits-cnn/digits-cnn and the report suggested a command that would nest a new study inside it."""
+    study = results / "digits-cnn"
+    before = tree(results)
+    rc = (cli.main([*argv, "--out", str(study)]) if argv[0] in ("status", "run")
+          else flags.run_stage(argv[0], [*argv[1:], "--out", str(study)]))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == (f"error: --out {study} is a study's own folder (its config.json is there): give the "
+                               f"folder that holds it, --out {results}"), err
+    assert tree(results) == before and not ray.is_initialized()

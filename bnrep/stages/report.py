@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from bnrep import report
-from bnrep.config import check_readable, load_experiment, out_flag
+from bnrep.config import check_readable, load_experiment, out_flag, refuse_study_folder
 from bnrep.lock import writer_lock
 from bnrep.store import Store, StoreWriteError, git_commit
 
@@ -30,6 +30,8 @@ def has_results(out: str, name: str) -> bool:
 
 def names(out: str, experiments: list[str] | None) -> list[str]:
     """The experiments to report on; None: every experiment with results under `out`."""
+    for n in experiments or [None]:
+        refuse_study_folder(out, n)
     if experiments is None:
         found = report.find_experiments(out)
         if not found:
