@@ -144,7 +144,8 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
                                                                     if any(g["norm"] == n for g in todo)]),
                              train_hash=train_hash),  # the data loaded once, here
         {"cpu": opts.cpus_per_trial, "gpu": gpus})
-    path, space = store.uri(*GRID.split("/")), {"run": tune.grid_search(todo)}
+    path, space = store.uri(*GRID.split("/")), {"run": tune.grid_search(longest_first(todo, store,
+                                                                                     opts.paper_hparams))}
     planned = store.read_json(GRID_PLAN) if store.exists(GRID_PLAN) else []
     if planned and all(g in planned for g in todo) and can_resume(
             store, GRID, space, "[final]", "grid", f"training its {len(todo)} unfinished models from the start"):
@@ -199,8 +200,8 @@ def untrained(exp: Experiment, store: Store, grid: list[dict], train_hash: str) 
 
 def unkept(store: Store, mids: list[str], snapshots) -> list[int]:
     """The epochs of `snapshots` after 0 that some of `mids` were trained without being asked to keep."""
-    return sorted({e for m in mids for e in snapshots
-                   if e > 0 and e not in saved_snapshots(store.part_metadata("training", m))[0]})
+    asked = [saved_snapshots(store.part_metadata("training", m))[0] for m in mids]  # one footer read a model
+    return sorted({e for a in asked for e in snapshots if e > 0 and e not in a})
 
 
 def weights_digests(store: Store, mids: list[str]) -> dict[str, str]:
@@ -244,11 +245,11 @@ def run(exp: Experiment, opts: RunOptions) -> int:
                     write_config(store, record)
                     forget_analysis(store, [m for m in mids if m not in again])  # now stale
                     before = weights_digests(store, again)
-                    run_grid(exp, opts, store, longest_first(todo, store, opts.paper_hparams), gpus, train_hash)
+                    run_grid(exp, opts, store, todo, gpus, train_hash)
                     todo = untrained(exp, store, grid, train_hash)
                     if todo:  # a restored grid whose trials ended without saving: train them anew
                         store.delete(GRID_PLAN)
-                        run_grid(exp, opts, store, longest_first(todo, store, opts.paper_hparams), gpus, train_hash)
+                        run_grid(exp, opts, store, todo, gpus, train_hash)
             finally:  # also when the grid failed: a model saved with other weights (a GPU) has no analysis
                 if before is not None:
                     after = weights_digests(store, again)
