@@ -1,7 +1,9 @@
 """Shared test set-up: Ray stays on loopback, torch stays small."""
 
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # two test files at once, one per cor
     # task. With two, OpenMP threads spin on a core the other file's work needs (test_kmeans took 62 s
     # beside an end-to-end file, against 7 s alone)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def short_tmpdir(prefix: str) -> str:
+    """Ray's socket paths must stay under ~100 characters: no deep pytest paths."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+# Each test process has a Ray temp folder of its own, as two users of one machine would: a cluster one
+# process starts (ray.cluster_utils.Cluster writes its address to <RAY_TMPDIR>/ray/ray_current_cluster, as
+# `ray start` does) is never what a plain `ray.init()` in another process joins (a private run of one test
+# file joined, and lost, the three-node cluster of another's test)
+RAY_TMP = short_tmpdir(f"bnrep-{os.environ.get('PYTEST_XDIST_WORKER', 'tests')}-")
+os.environ["RAY_TMPDIR"] = RAY_TMP
+atexit.register(shutil.rmtree, RAY_TMP, ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (pytest's `pythonpath` puts it on sys.path)
 

@@ -35,7 +35,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import struct
 import time
 
@@ -46,7 +45,7 @@ import pyarrow.fs as pafs
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, short_tmpdir
 
 from bnrep.store import TABLES, Store, tables
 
@@ -79,11 +78,6 @@ def run_script(rel: str, argv: list[str]) -> int:
     from bnrep import flags
 
     return flags.run_stage({v: k for k, v in flags.SCRIPTS.items()}[rel], argv)
-
-
-def short_tmpdir(prefix: str) -> str:
-    """Ray's socket paths must stay under ~100 characters: no deep pytest paths."""
-    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
 
 
 def table(out: str, name: str) -> pd.DataFrame:
