@@ -66,6 +66,13 @@ def split_items(text) -> list[str]:
 def parse(item: str) -> tuple[str, str, dict, dict]:
     """'bn-b8:batch,batch_size=8' -> (tag, norm, overrides, display); tag '' for a plain norm."""
     head, *rest = [p.strip() for p in item.split(",")]
+    if "=" in head or head.endswith(":"):  # b8:batch_size=8, batch_size=8, b8: (the norm left out)
+        tag, colon, first = head.partition(":")
+        if not colon or "=" in tag:
+            tag, first = "TAG", head
+        field = next((kv for kv in (first, *rest) if "=" in kv), "batch_size=8")
+        raise ConditionError(f"condition {item!r} names no normalisation: a condition is TAG:NORM,FIELD=VALUE,... "
+                             f"(e.g. {tag}:batch,{field})")
     if is_norm(head):
         tag, norm = "", head
     else:

@@ -97,6 +97,12 @@ BAD = [
     ("a family's name", "group:batch,batch_size=8", "tag 'group' is a normalisation's name or tag"),
     ("an argument a norm does not take", "batch:8", "unknown norm 'batch:8' (valid: batch, group, "),
     ("unknown norm", "mine:batchnorm,batch_size=8", "unknown norm 'batchnorm'"),
+    ("no norm", "b8:batch_size=8", "condition 'b8:batch_size=8' names no normalisation: a condition is "
+                                   "TAG:NORM,FIELD=VALUE,... (e.g. b8:batch,batch_size=8)"),
+    ("no tag nor norm", "batch_size=8,lr=0.1", "condition 'batch_size=8,lr=0.1' names no normalisation: a "
+                                               "condition is TAG:NORM,FIELD=VALUE,... (e.g. TAG:batch,batch_size=8)"),
+    ("nothing after the tag", "b8:", "condition 'b8:' names no normalisation: a condition is TAG:NORM,FIELD=VALUE,"
+                                     "... (e.g. b8:batch,batch_size=8)"),
     ("bad tag", "my tag:batch,batch_size=8", "must be letters, digits"),
     ("out of range", "b0:batch,batch_size=0", "condition b0: batch_size must be > 0, got 0"),
     ("BatchNorm on single images", "b1:batch,batch_size=1", "condition b1: batch normalises with batch statistics "
