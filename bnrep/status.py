@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bnrep.config import is_imported, load_experiment, read_hashes, trained_with_preset_hparams
 from bnrep.experiments import ConfigError, Experiment
-from bnrep.store import SWEEP, SWEEP_PLAN, Store, tables
+from bnrep.store import GRID, GRID_PLAN, SWEEP, SWEEP_PLAN, Store, tables
 
 
 def _state(done: int, total: int) -> str:
@@ -29,7 +29,8 @@ def stage_status(out: str, name: str, study: Experiment | None = None) -> list[t
     writer = _writer(store)
     if is_imported(store):
         return [*_imported_and_analysis(store, exp), _report(store), writer]
-    return [_hparam(store, exp, writer[1] == "running"), *_final_and_analysis(store, exp), _report(store), writer]
+    running = writer[1] == "running"
+    return [_hparam(store, exp, running), *_final_and_analysis(store, exp, running), _report(store), writer]
 
 
 def unfinished(out: str, name: str) -> list[str]:
@@ -63,19 +64,27 @@ def _hparam(store: Store, exp: Experiment, running: bool = False) -> tuple[str, 
     word = {"norm": "normalisations", "condition": "conditions"}[axis_word(exp.norms)]
     if not done and not resumable and trained_with_preset_hparams(exp, store.read_table("training")):
         return ("hparam", "skipped", "the grid trained with the preset's hyperparameters (--paper-hparams)")
-    return ("hparam", _state(done, len(tags)), f"{done}/{len(tags)} {word} searched"
+    state = _state(done, len(tags))
+    return ("hparam", "partial" if resumable and state == "missing" else state, f"{done}/{len(tags)} {word} searched"
             + (f"; {'sweep running' if running else 'interrupted sweep to resume'}: {', '.join(resumable)}"
                if resumable else ""))
 
 
-def _final_and_analysis(store: Store, exp: Experiment) -> list[tuple[str, str, str]]:
+def _final_and_analysis(store: Store, exp: Experiment, running: bool = False) -> list[tuple[str, str, str]]:
+    """`running`: a writer holds the lock now, so a planned grid is under way, not interrupted."""
     from bnrep.checkpoints import is_trained
     from bnrep.models import model_id
 
     hashes = read_hashes(store)
     want = [model_id(exp.model, n, s) for s in range(exp.seeds) for n in exp.norms]
     trained = [m for m in want if is_trained(store, m, hashes.get("train_hash", ""))]
-    rows = [("final", _state(len(trained), len(want)), f"{len(trained)}/{len(want)} models trained")]
+    plan = store.read_json(GRID_PLAN) if store.exists(GRID_PLAN) and store.exists(GRID) else []
+    resumable = [m for m in (model_id(exp.model, g["norm"], g["seed"]) for g in plan) if m in want and m not in trained]
+    state = _state(len(trained), len(want))
+    rows = [("final", "partial" if resumable and state == "missing" else state,
+             f"{len(trained)}/{len(want)} models trained" + (
+                 f"; {'grid running' if running else 'interrupted grid to resume'}: {len(resumable)} "
+                 f"model{'s' * (len(resumable) != 1)}" if resumable else ""))]
     stage, state, detail = _analysis(store, exp, trained)
     if trained and len(trained) < len(want):  # what the untrained models need is not done either
         state = "partial" if state == "complete" else state

@@ -494,6 +494,31 @@ def test_status_counts_only_complete_work(results, capsys):
     assert "report     missing" in out
 
 
+def test_status_names_an_interrupted_grid_and_a_running_one(results):
+    """A grid stopped (Ctrl-C, a kill) before its first model was saved has Tune's state to resume from: the
+    stage is partial, not missing, and says what resumes; while a run holds the lock, that grid is running.
+    The sweep likewise."""
+    from bnrep.lock import writer_lock
+    from bnrep.status import stage_status
+    from bnrep.store import GRID, GRID_PLAN, SWEEP, SWEEP_PLAN
+
+    store = Store(str(results), "digits-cnn")
+    assert stage_status(str(results), "digits-cnn")[1] == ("final", "missing", "0/4 models trained")
+    plan = [{"seed": s, "norm": n, "hparams": {}} for s in (0, 1) for n in ("batch", "none")]
+    store.write_json(GRID_PLAN, plan[:3])
+    assert stage_status(str(results), "digits-cnn")[1][1] == "missing"  # a plan, but no Tune state: nothing resumes
+    store.write_bytes(f"{GRID}/tuner.pkl", b"Tune's state of the interrupted grid")
+    store.write_json(SWEEP_PLAN, [{"norm": "none"}])
+    store.write_bytes(f"{SWEEP}/tuner.pkl", b"Tune's state of the interrupted sweep")
+    store.delete("hparam/best_hparams.json")
+    rows = stage_status(str(results), "digits-cnn")
+    assert rows[:2] == [("hparam", "partial", "0/2 normalisations searched; interrupted sweep to resume: nobn"),
+                        ("final", "partial", "0/4 models trained; interrupted grid to resume: 3 models")]
+    with writer_lock(store, "final"):
+        assert stage_status(str(results), "digits-cnn")[1] == ("final", "partial",
+                                                              "0/4 models trained; grid running: 3 models")
+
+
 def test_status_without_the_models_code_answers_from_the_store(results, monkeypatch):
     """A study of a researcher's own model, looked at where its code is not (a laptop away from the
     cluster): the analysis' line says what the store holds and why the rest is not known, instead of the

@@ -309,7 +309,9 @@ def test_killed_during_training_resumes_to_the_same_results(reference, killed_gr
     shutil.copytree(killed_grid[0], out)
     n_done = killed_grid[1]
     status = bnrep("status", "--experiment", "digits-cnn", out=out)
-    assert f"final      partial   {n_done}/4 models trained" in status.stdout
+    left = len(MODELS) - n_done  # Tune's state of the grid holds them: `bnrep status` says they resume
+    assert (f"final      partial   {n_done}/4 models trained; interrupted grid to resume: {left} "
+            f"model{'s' * (left != 1)}") in status.stdout
     with moved_away(killed_grid[0]):
         r = bnrep("run", "--smoke-test", out=out)
     assert r.returncode == 0, r.stderr[-3000:]
