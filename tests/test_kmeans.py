@@ -307,7 +307,11 @@ def test_exact_ties_go_to_the_lowest_centre(monkeypatch, size):
         C[L.run_rows(a)] = c
     X = torch.cat([torch.rand(50, 4, generator=g), per_run[3][4:5], per_run[1][:1]])
     lab, v1, v2 = lloyd._assign(X, (X * X).sum(1), C, L, lloyd._Workspace("cpu"))
-    for a, c in enumerate(per_run):
-        d = -2 * X @ c.T + (c * c).sum(1)  # (n, k), the same float32 sums as _assign's
-        assert torch.equal(lab[a], d.argmin(1))  # argmin: the first of equal minima
+    # the same float32 table as _assign's (one matmul of every centre; not one per run, nor X @ c.T: a GEMM
+    # may round a duplicated centre's column apart from the others', as the AVX-512 kernel does at the edge
+    # of its tiles, and the reference would no longer have ties)
+    G = torch.addmm((C * C).sum(1, keepdim=True), C, X.T, alpha=-2)
+    assert torch.equal(G[L.run_rows(3)][1:4], G[L.run_rows(3)][4:].expand(3, -1)), "duplicated centres' rows differ"
+    for a in range(len(k)):
+        assert torch.equal(lab[a], G[L.run_rows(a)].argmin(0))  # argmin: the first of equal minima
     assert lab[3, 50] == 1 and lab[1, 51] == 0 and v1[3, 50] == v2[3, 50] and v1[1, 51] == v2[1, 51]
