@@ -29,7 +29,7 @@ import torch
 from bnrep.data import NUM_CLASSES, input_shape
 from bnrep.experiments import Experiment
 from bnrep.measures import FINAL
-from bnrep.models import build_model
+from bnrep.models import build_model, seeded_model
 from bnrep.store import Store
 
 
@@ -146,9 +146,8 @@ def initial_model(store: Store, mid: str, exp: Experiment, device="cpu") -> torc
                          f"epoch 0 to load")
     C, H, W = input_shape(exp)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(m["seed"]))
-        model = build_model(m.get("model") or exp.model, m.get("norm") or ("batch" if m["bn"] else "none"), C,
-                            blob.get("num_classes", NUM_CLASSES), (H, W))
+        model = seeded_model(m.get("model") or exp.model, m.get("norm") or ("batch" if m["bn"] else "none"),
+                             int(m["seed"]), C, blob.get("num_classes", NUM_CLASSES), (H, W))
     return model.to(device)
 
 

@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from bnrep.experiments import layer_indices
 from bnrep.findings import headline_rows, snapshot_measures
+from bnrep.initial import shared_start_text
 from bnrep.measures import FINAL, MEASURES
 from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_ticks, _log_if_positive, _panel, log_y,
                             _panel_title, _width, condition_lines, fig_per_layer, legend_below, panels_legend)
@@ -391,7 +392,7 @@ class FigureSpec:
     name: str
     make: object  # results -> Figure | None
     tables: tuple[str, ...]
-    caption: str  # {colours}, {seeds}, {layers} and {nan} filled in per report
+    caption: str  # {colours}, {seeds}, {layers}, {nan} and {shared} (bnrep.initial) filled in per report
     title: str = ""  # how a note names the figure when it is not drawn (default: its name)
     needs: str = ""  # why it may not be drawn although its table is there
     noted: bool = True  # the report says when it is not drawn (False: another figure's note says it)
@@ -432,11 +433,7 @@ FIGURES = [
                "at the same seed; dashed, in each condition's colour: two seeds of one condition (the seed-noise "
                "baseline). Mean over the pairs, error bars: standard deviation over the pairs ({seeds}). A "
                "cross-condition CKA clearly below both seed baselines means the condition changes what "
-               "the layer represents beyond seed noise; at the baseline, it does not. Two conditions that are one "
-               "network at initialisation (the same norm with another recipe, or ghost BatchNorm and BatchNorm) "
-               "start from the same weights at one seed, which raises their CKA above the baselines of "
-               "independent seeds: there, a CKA at or above the baselines does not show that training left the "
-               "representations alike. Gray dotted: the cross-"
+               "the layer represents beyond seed noise; at the baseline, it does not. {shared} Gray dotted: the cross-"
                "condition CKA debiased (unbiased HSIC; Nguyen, Raghu & Kornblith 2021), which is about 0 for "
                "unrelated representations at any sample count, where linear CKA is inflated at small ones.",
                "CKA per layer",
@@ -502,7 +499,10 @@ def caption(spec: FigureSpec, rs: list[Results]) -> str:
     norms = {n for r in rs for n in r.norms}
     if col in df and "condition" in df and df[col].notna().any():  # the conditions drawn (condition_lines)
         norms &= set(df.loc[df[col].notna(), "condition"])
-    return spec.caption.format(seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms))
+    shared = shared_start_text(rs, lambda r: _norm_pairs(cka_pairs(r.table("cka"))), SHORT) if (
+        "{shared}" in spec.caption) else ""  # (models built: only where the caption says it)
+    return spec.caption.format(seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms),
+                               shared=shared)
 
 
 def _why_nan(df: pd.DataFrame, col: str, m) -> str:

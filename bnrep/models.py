@@ -397,6 +397,14 @@ def build_model(spec: str, norm: str, in_channels: int, num_classes: int = 10,
         raise _cannot_take(spec, norm, in_channels, size, num_classes, e) from None
 
 
+def seeded_model(spec: str, norm: str, seed: int, in_channels: int, num_classes: int,
+                 size: tuple[int, int]) -> nn.Module:
+    """The model training starts from at `seed`: torch's RNG seeded, then built (its initial weights
+    depend on the seed alone)."""
+    torch.manual_seed(seed)
+    return build_model(spec, norm, in_channels, num_classes, size)
+
+
 def _from_elsewhere(spec: str, in_channels: int, num_classes: int) -> nn.Module:
     """A torchvision, timm or user model as its builder makes it."""
     s = parse_spec(spec)

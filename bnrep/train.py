@@ -31,7 +31,7 @@ from torch import nn
 
 from bnrep.data import Data, Split, batches
 from bnrep.experiments import Experiment
-from bnrep.models import build_model
+from bnrep.models import seeded_model
 from bnrep.optim import OPTIMIZERS, SGD, StepLR
 
 DIVERGED = -2.0  # the objective of a diverged run: below every other (early stop: [0, 1]; interpolation: [-1, 1])
@@ -94,9 +94,8 @@ class Trainer:
         self.patience = max(1, math.ceil(exp.patience * self.max_epochs))  # epochs (paper: 20%)
         self.lr, self.momentum = float(hparams["lr"]), float(hparams.get("momentum", 0.0))
 
-        torch.manual_seed(seed)  # weight init depends on the model seed only
-        self.model = build_model(exp.model, norm, data.channels, data.num_classes,
-                                 tuple(data.train.X.shape[2:])).to(self.device)
+        self.model = seeded_model(exp.model, norm, seed, data.channels, data.num_classes,
+                                  tuple(data.train.X.shape[2:])).to(self.device)
         # channels_last on CPU too: oneDNN convs and max pooling skip layout reorders (2 cores:
         # StandardCNN 28x28 ~1.4x, VGG16 32x32 ~1.05x images/s; benchmarks/train_throughput.py)
         self.model = self.model.to(memory_format=torch.channels_last)

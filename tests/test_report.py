@@ -1659,3 +1659,39 @@ def test_a_damaged_part_is_named_in_the_report_not_passed_over(tmp_path):
     md = (tmp_path / "digits-cnn" / "report" / "report.md").read_text()
     assert (f"digits-cnn: 1 part(s) of results/nc1 do not read ({nc1[0]}: damaged, or a copy cut short): they count "
             f"as missing; `bnrep analysis --experiment digits-cnn --out {tmp_path}` writes them again.") in md
+
+
+def test_the_cka_caption_names_the_kernels_two_conditions_start_from_at_one_seed():
+    """Which pairs of models start from the same kernels is read off the models, built as training builds
+    them: on StandardCNN, every kernel for BN, GN and LN (a norm draws no weights), the first convolution only
+    against no BN (whose convolutions draw a bias too). The caption said that only one norm under two recipes
+    (or ghost BN and BN) starts alike, which left the BN/GN CKA at one seed read as if from independent starts."""
+    import torch
+
+    from bnrep.models import build_model
+
+    def kernels(norm):  # the test's own build: torch's RNG seeded, the model built, as Trainer does
+        torch.manual_seed(0)
+        return {n: p for n, p in build_model("cnn", norm, 1, 10, (8, 8)).named_parameters() if p.dim() > 1}
+
+    k = {n: kernels(n) for n in NORMS4}
+    same = {(a, b): [n.removesuffix(".weight") for n in k[a] if torch.equal(k[a][n], k[b].get(n, torch.empty(0)))]
+            for a, b in [("batch", "group"), ("batch", "none")]}
+    assert same[("batch", "group")] == [n.removesuffix(".weight") for n in k["batch"]] and len(k["batch"]) == 6
+    assert same[("batch", "none")] == ["features.0"]
+    text = figures.caption(figures.figure("fig_cka"), [cnn4()])
+    assert ("(read off the models, built as training builds them): BN and GN, BN and LN, GN and LN: all 6 kernels; "
+            "BN and NBN, GN and NBN, LN and NBN: 1 of 6 kernels (features.0). A same-seed CKA of such a pair starts "
+            "above the baselines of independent seeds") in text
+    assert "BN and NBN: 1 of 6 kernels (features.0)." in figures.caption(figures.figure("fig_cka"), [cnn()])
+
+
+def test_the_cka_caption_on_imported_models_and_where_the_model_is_not_here():
+    r = cnn()
+    r.tables["training"] = r.tables["training"].assign(imported=True)
+    assert ": imported models, whose initial weights are not known here. " in figures.caption(
+        figures.figure("fig_cka"), [r])
+    away = results.Results(get_experiment("digits-cnn").with_model("nosuch_pkg.mod:build"), cnn().tables)
+    assert ("them): not checked here (cannot import nosuch_pkg.mod for model nosuch_pkg.mod:build "
+            "(ModuleNotFoundError: No module named 'nosuch_pkg'); install it or put its folder on PYTHONPATH). "
+            ) in figures.caption(figures.figure("fig_cka"), [away])

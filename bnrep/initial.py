@@ -1,0 +1,71 @@
+"""What two conditions' models start from: the weights they share at one seed, read off the models.
+
+A normalisation draws no random weights (its scale is 1, its shift 0), so at one seed the models of
+two normalisations can start from the same convolution and linear kernels: every kernel for BatchNorm
+and GroupNorm of StandardCNN, the first convolution only for BatchNorm and none (whose convolutions
+also draw a bias, which moves every later draw). Whether they do is decided by building both models
+as training does (bnrep.models.seeded_model), not by a rule about norm names: a researcher's own
+model draws in its own order. A same-seed CKA of such a pair starts above the baselines of
+independent seeds, which the CKA figure's caption says.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import torch
+
+from bnrep.experiments import Experiment
+
+
+@functools.lru_cache(maxsize=32)
+def initial_kernels(exp: Experiment, condition: str, seed: int = 0) -> dict[str, str]:
+    """name -> digest (shape and bytes) of every kernel (a parameter of 2+ dimensions: convolutions,
+    linear layers) of `condition`'s model as `seed` initialises it. Torch's global RNG is left as it was."""
+    from bnrep.data import input_shape
+    from bnrep.datasets import num_classes
+    from bnrep.models import seeded_model
+
+    C, H, W = input_shape(exp)
+    with torch.random.fork_rng(devices=[]):
+        model = seeded_model(exp.model, condition, seed, C, num_classes(exp.dataset), (H, W))
+    return {name: f"{tuple(p.shape)}:{hashlib.sha256(p.detach().contiguous().numpy().tobytes()).hexdigest()}"
+            for name, p in model.named_parameters() if p.dim() > 1}
+
+
+def shared_initial_weights(exp: Experiment, a: str, b: str, seed: int = 0) -> tuple[list[str], int]:
+    """The kernels that the models of conditions `a` and `b` start from alike at `seed` (by name, in
+    `a`'s order), and how many kernels `a`'s model has."""
+    ka, kb = initial_kernels(exp, a, seed), initial_kernels(exp, b, seed)
+    return [n for n, digest in ka.items() if kb.get(n) == digest], len(ka)
+
+
+def shared_start_text(rs, pairs_of, short: dict) -> str:
+    """The caption's sentence on the pairs of conditions whose models start from shared weights at one seed,
+    per experiment in `rs` (bnrep.results.Results); `pairs_of(r)`: the pairs of conditions it compares."""
+    said = []
+    for r in rs:
+        at = f"{r.label}: " if len(rs) > 1 else ""
+        if r.imported:
+            said.append(f"{at}imported models, whose initial weights are not known here")
+            continue
+        try:
+            shared = {(a, b): shared_initial_weights(r.experiment, a, b) for a, b in pairs_of(r)}
+        except (ValueError, OSError) as e:  # the model's code or its data is not here (ModelError, DatasetError)
+            said.append(f"{at}not checked here ({str(e).splitlines()[0]})")
+            continue
+        groups: dict[str, list[str]] = {}
+        for (a, b), (names, total) in shared.items():
+            if names:
+                which = (f"all {total} kernels" if len(names) == total else
+                         f"{len(names)} of {total} kernels ({', '.join(n.removesuffix('.weight') for n in names[:3])}"
+                         f"{', ...' if len(names) > 3 else ''})")
+                groups.setdefault(which, []).append(f"{short.get(a, a)} and {short.get(b, b)}")
+        said.append(at + ("; ".join(f"{', '.join(pairs)}: {which}" for which, pairs in groups.items()) if groups
+                          else "no pair shares a kernel"))
+    return ("At one seed, the models of two conditions start from the same convolution and linear kernels where "
+            "the normalisation draws no weights of its own (read off the models, built as training builds them): "
+            + "; ".join(said) + ". A same-seed CKA of such a pair starts above the baselines of independent seeds: "
+            "in the layers those kernels feed, a CKA at or above the baselines does not show that training left the "
+            "representations alike.")
