@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from bnrep.experiments import layer_indices
 from bnrep.findings import headline_rows, snapshot_measures
 from bnrep.initial import shared_start_text
-from bnrep.measures import FINAL, MEASURES
+from bnrep.measures import FINAL, MEASURES, gradient_batches_text
 from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_ticks, _log_if_positive, _panel, log_y,
                             _panel_title, _width, condition_lines, fig_per_layer, legend_below, panels_legend)
 from bnrep.norms import sort_key
@@ -392,7 +392,7 @@ class FigureSpec:
     name: str
     make: object  # results -> Figure | None
     tables: tuple[str, ...]
-    caption: str  # {colours}, {seeds}, {layers}, {nan} and {shared} (bnrep.initial) filled in per report
+    caption: str  # {colours}, {seeds}, {layers}, {nan}, {shared} (bnrep.initial), {gradient_batches} filled per report
     title: str = ""  # how a note names the figure when it is not drawn (default: its name)
     needs: str = ""  # why it may not be drawn although its table is there
     noted: bool = True  # the report says when it is not drawn (False: another figure's note says it)
@@ -502,7 +502,20 @@ def caption(spec: FigureSpec, rs: list[Results]) -> str:
     shared = shared_start_text(rs, lambda r: _norm_pairs(cka_pairs(r.table("cka"))), SHORT) if (
         "{shared}" in spec.caption) else ""  # (models built: only where the caption says it)
     return spec.caption.format(seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms),
-                               shared=shared)
+                               shared=shared, gradient_batches=_gradient_batches(rs))
+
+
+def _gradient_batches(rs: list[Results]) -> str:
+    """The gradient norms' batches in words, per experiment where they differ: from the samples its analysis
+    drew (results/samples; else the experiment's sample counts, as asked)."""
+    def n(r):
+        s = r.table("samples")
+        e = r.experiment
+        return int(s.groupby("purpose").size().max()) if len(s) else max(e.samples_sparsity, e.samples_cluster)
+
+    said = {r.label: gradient_batches_text(n(r)) for r in rs}
+    return next(iter(said.values())) if len(set(said.values())) == 1 else "; ".join(
+        f"{label}: {text}" for label, text in said.items()) + ","
 
 
 def _why_nan(df: pd.DataFrame, col: str, m) -> str:

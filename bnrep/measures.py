@@ -144,6 +144,23 @@ def _signal_propagation(run: ModelRun) -> list[dict]:
     return rows
 
 
+def gradient_batches(n: int) -> list[int]:
+    """The sizes of the batches the gradient norms average over, of `n` analysis samples: the first
+    GRADIENT_BATCHES batches of GRADIENT_BATCH, the last one shorter where the samples run out, none of
+    one image (no batch statistics)."""
+    return [b for b in (min(GRADIENT_BATCH, n - s) for s in range(0, min(n, GRADIENT_BATCHES * GRADIENT_BATCH),
+                                                                     GRADIENT_BATCH)) if b >= 2]
+
+
+def gradient_batches_text(n: int) -> str:
+    """'4 batches of 64', '3 batches (64, 64, 32)': the caption's words for gradient_batches(n)."""
+    sizes = gradient_batches(n)
+    if not sizes:
+        return "no batch (fewer than 2 analysis samples)"
+    return (f"{len(sizes)} batch{'es' * (len(sizes) != 1)} of {sizes[0]}" if len(set(sizes)) == 1 else
+            f"{len(sizes)} batches ({', '.join(map(str, sizes))})")
+
+
 def _gradient_norms(run: ModelRun) -> list[dict]:
     """Yang et al. 2019: per probe, the norm of the gradient of the batch's mean cross-entropy with
     respect to the activation's output, averaged over the first GRADIENT_BATCHES batches of
@@ -156,13 +173,10 @@ def _gradient_norms(run: ModelRun) -> list[dict]:
     from bnrep.represent import with_batch_statistics
     model = with_batch_statistics(run.model)
     wanted = {r.index for r in run.reps}
-    n = min(len(run.images), GRADIENT_BATCHES * GRADIENT_BATCH)
     sums, missed, batches = dict.fromkeys(wanted, 0.0), set(), 0
-    for start in range(0, n, GRADIENT_BATCH):
-        xb = run.images[start:start + GRADIENT_BATCH].to(run.device)
-        yb = run.labels[start:start + GRADIENT_BATCH].to(run.device)
-        if len(xb) < 2:  # a batch of one has no batch statistics
-            break
+    for size in gradient_batches(len(run.images)):
+        xb = run.images[batches * GRADIENT_BATCH:batches * GRADIENT_BATCH + size].to(run.device)
+        yb = run.labels[batches * GRADIENT_BATCH:batches * GRADIENT_BATCH + size].to(run.device)
         norms = {}
 
         def keep(index, path, activation, out):
@@ -302,11 +316,10 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
             ("input_var", "input_mean_sq", "output_var", "output_mean_sq"), fields=SAMPLES, name="Pre-activation variance",
             ylabel="pre-activation variance", log=True),
     Measure("gradient_norms", "model", _gradient_norms, ("gradient_norm",), fields=SAMPLES, log=True,
-            caption=f"Beyond the paper: the norm of the loss gradient with respect to each activation's output "
-                    f"(Yang et al. 2019), averaged over the same {GRADIENT_BATCHES} batches of {GRADIENT_BATCH} "
-                    f"training images for every model (whatever batch size it trained with), norms with running "
-                    f"statistics using the batch's, for "
-                    f"{{colours}} models. Error bars: standard deviation across {{seeds}}.{{nan}}",
+            caption="Beyond the paper: the norm of the loss gradient with respect to each activation's output "
+                    "(Yang et al. 2019), averaged over the same {gradient_batches} analysis samples for every model "
+                    "(whatever batch size it trained with), norms with running statistics using the batch's, for "
+                    "{colours} models. Error bars: standard deviation across {seeds}.{nan}",
             title="Gradient norm per layer", name="Gradient norm", ylabel="‖∂loss/∂activation‖"),
     Measure("train_eval", "model", _train_eval, ("cka", "rel_diff"), fields=("samples_cluster",),
             caption="Beyond the paper (Wu & Johnson 2021): linear CKA between the clustering samples' reduced "

@@ -1695,3 +1695,14 @@ def test_the_cka_caption_on_imported_models_and_where_the_model_is_not_here():
     assert ("them): not checked here (cannot import nosuch_pkg.mod for model nosuch_pkg.mod:build "
             "(ModuleNotFoundError: No module named 'nosuch_pkg'); install it or put its folder on PYTHONPATH). "
             ) in figures.caption(figures.figure("fig_cka"), [away])
+
+
+@pytest.mark.parametrize("n, batches", [(5000, "4 batches of 64"), (160, "3 batches (64, 64, 32)"),
+                                        (65, "1 batch of 64")])
+def test_the_gradient_norm_caption_gives_the_batches_the_analysis_had(n, batches):
+    """A smoke-sized analysis has 160 samples: the gradient norms average 3 batches (64, 64, 32), which the
+    caption said were 4 batches of 64 (a last batch of one image has no batch statistics and is left out)."""
+    r = cnn()
+    r.tables["samples"] = pd.DataFrame({"purpose": "cluster", "position": range(n), "index": range(n)})
+    assert (f"averaged over the same {batches} analysis samples for every model" in
+            figures.caption(figures.figure("fig_gradient_norms"), [r]))
