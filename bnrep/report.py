@@ -267,7 +267,15 @@ def provenance_rows(rs: list[Results]) -> list[list[str]]:
             ["written", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")],
             ["models", str(len(models))],
             ["tables", "; ".join(f"{r.experiment.name}: " + ", ".join(
-                f"{t} ({len(r.table(t))} rows)" for t in REPORT_TABLES if t not in missing(r)) for r in rs)]]
+                f"{t} ({_rows(r, t)})" for t in REPORT_TABLES if t not in missing(r)) for r in rs)]]
+
+
+def _rows(r: Results, t: str) -> str:
+    """'120 rows', or '120 rows, 360 more at snapshot epochs 0, 1, 5' (analysis --snapshots)."""
+    early = r.snapshots.get(t, pd.DataFrame())
+    epochs = sorted(set(early["epoch"])) if "epoch" in early else []
+    return f"{len(r.table(t))} rows" + (f", {len(early)} more at snapshot epoch{'s' * (len(epochs) != 1)} "
+                                        f"{', '.join(map(str, epochs))}" if len(early) else "")
 
 
 

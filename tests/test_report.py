@@ -1706,3 +1706,14 @@ def test_the_gradient_norm_caption_gives_the_batches_the_analysis_had(n, batches
     r.tables["samples"] = pd.DataFrame({"purpose": "cluster", "position": range(n), "index": range(n)})
     assert (f"averaged over the same {batches} analysis samples for every model" in
             figures.caption(figures.figure("fig_gradient_norms"), [r]))
+
+
+def test_the_provenance_counts_the_rows_of_the_snapshot_epochs_too():
+    """A table with snapshots holds the final models' rows and as many per snapshot epoch: the provenance
+    counted the final ones only."""
+    final = cnn().tables["layer_sparsity"]
+    early = [final.assign(epoch=e) for e in (0, 4)]
+    r = findings.Results(cnn().experiment, {**cnn().tables, "layer_sparsity": pd.concat([final, *early])})
+    (tables,) = [v for k, v in report.provenance_rows([r]) if k == "tables"]
+    assert f"layer_sparsity ({len(final)} rows, {2 * len(final)} more at snapshot epochs 0, 4)" in tables
+    assert f"class_dbi ({len(cnn().tables['class_dbi'])} rows)" in tables
