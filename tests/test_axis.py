@@ -213,6 +213,8 @@ def test_conditions_end_to_end_and_a_rerun_adding_one(tmp_path):
               out=out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "[final] 6 of 8 models already trained" in r.stdout
+    # their own measures are current; their representations are needed again for CKA with the new models
+    assert "; 6 models complete (6 of them extracted again for the CKA left to compute), " in r.stdout, r.stdout
     for name, old in before.items():
         now = mtimes(out, name)
         assert {k: v for k, v in now.items() if k in old} == old, name  # nothing done again

@@ -322,10 +322,13 @@ def run(exp: Experiment, opts: RunOptions) -> int:
             check_resources(held.enter_context(ray_session(opts.address, exp.model)), opts, ["analysis"])
             start_fresh(store, "analysis")
         todo = plan(store, exp, models, probes)
-        left = {r["model_id"] for r in units(models, exp) if unit(r) in todo.extract()}
+        every = units(models, exp)
+        own = {r["model_id"] for r in every if unit(r) in todo.models or unit(r) in todo.layers}  # its measures
+        again = {r["model_id"] for r in every if unit(r) in todo.extract()} - own  # for CKA with other models only
         at = f" (final and epoch {', '.join(map(str, exp.snapshots))})" if exp.snapshots else ""
-        print(f"[analysis] {len(models)} models{at} x {len(probes)} layers; {len(models) - len(left)} "
-              f"models complete, {todo.n_tasks()} tasks to run", flush=True)
+        print(f"[analysis] {len(models)} models{at} x {len(probes)} layers; {len(models) - len(own)} models complete"
+              + (f" ({len(again)} of them extracted again for the CKA left to compute)" if again else "")
+              + f", {todo.n_tasks()} tasks to run", flush=True)
         # settings that only add to recorded results (more eps) are recorded once their work has landed: an
         # interrupted or failed run leaves the record as it was, and the earlier command still runs
         grows = not opts.fresh and read_config(store).get("analysis_hash") not in (None, record["analysis_hash"])
