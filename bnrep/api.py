@@ -20,7 +20,8 @@ from functools import cached_property
 import pandas as pd
 import torch
 
-from bnrep.config import check_readable, command, is_imported, load_experiment, read_hashes
+from bnrep.config import (check_readable, command, is_imported, load_experiment, read_hashes,
+                          trained_with_preset_hparams)
 from bnrep.experiments import Experiment
 from bnrep.measures import FINAL
 from bnrep.store import TABLES, Store, is_uri
@@ -64,6 +65,11 @@ class Study:
         if df.empty and stage in ("hparam", "final") and is_imported(self.store):
             raise LookupError(f"{self.experiment.name} holds imported models (bnrep import): bnrep did not train "
                               f"them, so there is no {name} table (study.tables lists the tables it has)")
+        if df.empty and name == "hparam_trials" and trained_with_preset_hparams(self.experiment,
+                                                                                 self.store.read_table("training")):
+            raise LookupError(f"{self.experiment.name}'s grid trained with the preset's hyperparameters "
+                              f"(--paper-hparams): no sweep ran, so there is no hparam_trials table (the lr and "
+                              f"momentum each model trained with are in study.training)")
         if df.empty:  # (a frame without columns would fail later, on its first column)
             raise LookupError(f"{self.store.uri('results', name)} has no rows yet: the {TABLES[name].stage} stage "
                               f"writes them (`{command(TABLES[name].stage, self.experiment.name, self.store.out)}`; "

@@ -147,3 +147,24 @@ def test_the_package_lists_what_it_offers():
     assert {"open_results", "Study"} <= set(dir(bnrep))  # tab completion (they are imported on first use)
     text = pydoc.render_doc(bnrep, renderer=pydoc.plaintext)  # help(bnrep)
     assert "open_results(out" in text and "class Study" in text
+
+
+def test_the_sweep_table_of_a_grid_trained_with_the_presets_hyperparameters_says_no_sweep_ran(old_results):
+    """--paper-hparams skips the sweep: study.hparam_trials told the researcher to run `bnrep hparam`."""
+    from bnrep.store import Store
+
+    store = Store(str(old_results), "synthetic-cnn")
+    assert not (old_results / "synthetic-cnn" / "results" / "hparam_trials").exists()  # (0.1.0 kept no trials)
+    exp = bnrep.open_results(old_results, "synthetic-cnn").experiment
+
+    def trained_with(hparams):
+        for mid, row in store.read_table("training").groupby("model_id"):
+            store.write_part("training", mid, row.assign(**hparams(row["condition"].iloc[0])),
+                             store.part_metadata("training", mid)["config_hash"])
+        return bnrep.open_results(old_results, "synthetic-cnn")
+
+    with pytest.raises(LookupError, match=r"results/hparam_trials has no rows yet: the hparam stage writes them"):
+        trained_with(lambda c: {"lr": 0.0123, "momentum": 0.9}).hparam_trials  # a sweep's best: run the sweep
+    with pytest.raises(LookupError, match=r"^synthetic-cnn's grid trained with the preset's hyperparameters "
+                                          r"\(--paper-hparams\): no sweep ran, so there is no hparam_trials table"):
+        trained_with(lambda c: exp.for_condition(c).paper_hparams(c)).hparam_trials
