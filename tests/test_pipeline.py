@@ -312,16 +312,43 @@ def test_killed_during_training_resumes_to_the_same_results(reference, killed_gr
     left = len(MODELS) - n_done  # Tune's state of the grid holds them: `bnrep status` says they resume
     assert (f"final      partial   {n_done}/4 models trained; interrupted grid to resume: {left} "
             f"model{'s' * (left != 1)}") in status.stdout
+    saved = {p: p.stat().st_mtime_ns for p in (out / "digits-cnn" / "train" / "models").glob("*/model.pt")}
     with moved_away(killed_grid[0]):
         r = bnrep("run", "--smoke-test", out=out)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"[final] {n_done} of 4 models already trained" in r.stdout  # nothing of the killed run wrote later
+    assert len(saved) == n_done and {p: p.stat().st_mtime_ns for p in saved} == saved  # not trained again
     assert "[final] resuming the interrupted grid" in r.stdout  # Tuner.restore
     assert_tables_equal(out, ref, ["training", "training_history"], exact=True)  # resume is bit-exact
     store = Store(str(out), "digits-cnn")
     resumed = {m: int(store.part_metadata("training", m)["resumed_from_epoch"]) for m in MODELS}
     assert max(resumed.values()) > 0, resumed  # a resume, not a restart from scratch
     assert_tables_equal(out, ref, ["layer_sparsity", "channel_sparsity", "class_dbi", "kmeans"])
+
+
+def test_a_grid_trial_of_a_model_saved_before_the_stop_trains_nothing(reference, tmp_path, monkeypatch):
+    """A Ctrl-C between a model's save and Tune's next save of its state: the resumed grid reruns that trial,
+    which Tune's state holds unfinished. The trial reports the saved model and trains nothing: it trained the
+    model again, from its start (no checkpoint within --checkpoint-every), over the saved files."""
+    from ray import tune
+
+    from bnrep.config import load_experiment, read_hashes
+    from bnrep.stages import final
+    from tests.conftest import tree
+
+    out = tmp_path / "runs"
+    shutil.copytree(reference[0], out)
+    store = Store(str(out), "digits-cnn")
+    exp, before, said = load_experiment(store), tree(out), []
+    monkeypatch.setattr(final, "Trainer", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(tune, "report", said.append)
+    hp = {"lr": 0.01, "momentum": 0.9}
+    final.trial({"run": {"seed": 1, "norm": "none", "hparams": hp}}, exp, str(out), None, False, 60.0,
+                read_hashes(store)["train_hash"])
+    test_acc = store.read_table("training").set_index("model_id").loc["cnn-nobn-s1", "test_acc"]
+    assert said == [{"model_id": "cnn-nobn-s1", "test_acc": test_acc, "saved": True, "already_trained": True}]
+    assert tree(out) == before
+    assert final.describe_model({}, said[0]).endswith(" (saved before the stop: not trained again)")
 
 
 def truncate_state(tune_dir):  # killed while Tune copied its state to storage

@@ -47,6 +47,12 @@ def trial(config: dict, exp: Experiment, out: str, data: Data, amp: bool, every:
     norm = exp.condition(cond)[0]
     mid = model_id(exp.model, cond, seed)
     store = Store(out, exp.name)
+    if is_trained(store, mid, train_hash, exp.snapshots):  # saved before a stop that Tune's state had not recorded
+        # yet (Ctrl-C, a kill, a lost node): the resumed grid reruns the trial; the model is not trained again
+        t = store.read_table("training")
+        tune.report({"model_id": mid, "test_acc": float(t.loc[t["model_id"] == mid, "test_acc"].iloc[0]),
+                     "saved": True, "already_trained": True})
+        return
     try:
         _train_and_save(store, mid, cond, norm, seed, hp, exp, data, amp, every, train_hash)
     except StoreWriteError as e:  # a full disk fails every retry the same way: a result that stops the grid
@@ -189,7 +195,8 @@ def describe_config(config: dict) -> str:
 def describe_model(config: dict, r: dict) -> str:
     if r.get(WRITE_FAILED):
         return f"ended: {r.get('model_id', '?')} could not be saved"
-    return f"models trained; last: {r.get('model_id', '?')}, test_acc {r.get('test_acc', float('nan')):.4f}"
+    return (f"models trained; last: {r.get('model_id', '?')}, test_acc {r.get('test_acc', float('nan')):.4f}"
+            + (" (saved before the stop: not trained again)" if r.get("already_trained") else ""))
 
 
 def untrained(exp: Experiment, store: Store, grid: list[dict], train_hash: str) -> list[dict]:
