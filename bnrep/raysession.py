@@ -212,7 +212,9 @@ def join(ray, address: str, quiet: dict) -> None:
     from bnrep.config import UsageError
 
     try:
-        ray.init(address=address, **quiet)
+        with held_stderr() as said:  # Ray's C++ client warns once a second while a cluster refuses it (20 lines)
+            ray.init(address=address, **quiet)
+        os.write(2, said[0])  # joined: Ray's lines, as they were
     except ConnectionError as e:
         chain, c = [], e
         while c is not None and c not in chain:  # (Ray's AuthenticationError hides itself as a context)
@@ -224,6 +226,27 @@ def join(ray, address: str, quiet: dict) -> None:
                              f"(RAY_AUTH_MODE is {mode}): export RAY_AUTH_MODE=token, with the cluster's token in "
                              f"~/.ray/auth_token or RAY_AUTH_TOKEN (README, Security)") from None
         raise UsageError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+
+
+@contextlib.contextmanager
+def held_stderr():
+    """The block's writes to file descriptor 2 (this process's C++ code too) held in a temporary file, and
+    appended to the list it yields once the block ends; the caller decides whether they are shown."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved, said = os.dup(2), []
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield said
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            f.seek(0)
+            said.append(f.read())
 
 
 _PRIVATE = False  # the Ray of the session is this process's own local one (nothing else joins it)

@@ -758,17 +758,21 @@ def test_an_out_where_no_folder_can_be_made_is_one_line(capsys):
 
 
 @pytest.mark.parametrize("refused", [True, False])
-def test_a_cluster_that_refuses_to_be_joined_is_one_line(refused, monkeypatch):
+def test_a_cluster_that_refuses_to_be_joined_is_one_line(refused, monkeypatch, capfd):
     """A Ray head that answers but refuses this process (its token authentication, RAY_AUTH_MODE unset
-    here) or its connection: one line saying what to set, not Ray's 70-line traceback. (The refusal's
-    exceptions are raised as ray.init raises them: a ConnectionError from a RuntimeError whose context
-    is the AuthenticationError.)"""
+    here) or its connection: one line saying what to set, not Ray's 70-line traceback, nor the warning its
+    C++ client writes to stderr once a second while it retries (20 lines). (The refusal's exceptions are
+    raised as ray.init raises them: a ConnectionError from a RuntimeError whose context is the
+    AuthenticationError.)"""
     from ray.exceptions import AuthenticationError
 
     from bnrep.config import UsageError
     from bnrep.raysession import join
 
     def init(address, **kw):
+        for _ in range(20):  # as gcs_client.cc does, on file descriptor 2
+            os.write(2, b"[2026-12-07 01:51:53,819 W 19556 19556] gcs_client.cc:210: Failed to get cluster ID "
+                        b"from GCS server: Unauthenticated: RPC error: InvalidAuthToken\n")
         try:
             try:
                 raise (AuthenticationError("Authentication token is missing or incorrect") if refused
@@ -786,6 +790,13 @@ def test_a_cluster_that_refuses_to_be_joined_is_one_line(refused, monkeypatch):
         "unset): export RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN "
         "(README, Security)" if refused else
         "cannot join the Ray cluster at 10.0.0.1:6379: Failed to connect to Ray cluster at 10.0.0.1:6379")
+    assert capfd.readouterr() == ("", "")  # the one line above is all the user sees
+
+    def joins(address, **kw):
+        os.write(2, b"a line Ray writes while it joins\n")
+
+    join(SimpleNamespace(init=joins), "10.0.0.1:6379", {})
+    assert capfd.readouterr() == ("", "a line Ray writes while it joins\n")  # shown once joined
 
 
 def test_ray_address_from_the_environment_is_checked_too(tmp_path, capsys, monkeypatch):
