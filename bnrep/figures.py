@@ -433,7 +433,7 @@ FIGURES = [
                "at the same seed; dashed, in each condition's colour: two seeds of one condition (the seed-noise "
                "baseline). Mean over the pairs, error bars: standard deviation over the pairs ({seeds}). A "
                "cross-condition CKA clearly below both seed baselines means the condition changes what "
-               "the layer represents beyond seed noise; at the baseline, it does not. {shared} Gray dotted: the cross-"
+               "the layer represents beyond seed noise; at the baseline, it does not.{shared} Gray dotted: the cross-"
                "condition CKA debiased (unbiased HSIC; Nguyen, Raghu & Kornblith 2021), which is about 0 for "
                "unrelated representations at any sample count, where linear CKA is inflated at small ones.",
                "CKA per layer",
@@ -501,6 +501,7 @@ def caption(spec: FigureSpec, rs: list[Results]) -> str:
         norms &= set(df.loc[df[col].notna(), "condition"])
     shared = shared_start_text(rs, lambda r: _norm_pairs(cka_pairs(r.table("cka"))), SHORT) if (
         "{shared}" in spec.caption) else ""  # (models built: only where the caption says it)
+    shared = f" {shared}" if shared else ""
     return spec.caption.format(seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms),
                                shared=shared, gradient_batches=_gradient_batches(rs))
 

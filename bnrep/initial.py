@@ -47,8 +47,7 @@ def shared_start_text(rs, pairs_of, short: dict) -> str:
     said = []
     for r in rs:
         at = f"{r.label}: " if len(rs) > 1 else ""
-        if r.imported:
-            said.append(f"{at}imported models, whose initial weights are not known here")
+        if r.imported:  # trained elsewhere, from weights bnrep did not draw: nothing to say of their start
             continue
         try:
             shared = {(a, b): shared_initial_weights(r.experiment, a, b) for a, b in pairs_of(r)}
@@ -64,6 +63,8 @@ def shared_start_text(rs, pairs_of, short: dict) -> str:
                 groups.setdefault(which, []).append(f"{short.get(a, a)} and {short.get(b, b)}")
         said.append(at + ("; ".join(f"{', '.join(pairs)}: {which}" for which, pairs in groups.items()) if groups
                           else "no pair shares a kernel"))
+    if not said:
+        return ""
     return ("At one seed, the models of two conditions start from the same convolution and linear kernels where "
             "the normalisation draws no weights of its own (read off the models, built as training builds them): "
             + "; ".join(said) + ". A same-seed CKA of such a pair starts above the baselines of independent seeds: "

@@ -1688,9 +1688,10 @@ def test_the_cka_caption_names_the_kernels_two_conditions_start_from_at_one_seed
 
 def test_the_cka_caption_on_imported_models_and_where_the_model_is_not_here():
     r = cnn()
-    r.tables["training"] = r.tables["training"].assign(imported=True)
-    assert ": imported models, whose initial weights are not known here. " in figures.caption(
-        figures.figure("fig_cka"), [r])
+    r.tables["training"] = r.tables["training"].assign(imported=True)  # trained elsewhere: no word of their start
+    assert "at the baseline, it does not. Gray dotted: " in figures.caption(figures.figure("fig_cka"), [r])
+    assert "BN and NBN: 1 of 6 kernels (features.0). A same-seed" in figures.caption(  # beside a study it trained
+        figures.figure("fig_cka"), [r, cnn()])
     away = results.Results(get_experiment("digits-cnn").with_model("nosuch_pkg.mod:build"), cnn().tables)
     assert ("them): not checked here (cannot import nosuch_pkg.mod for model nosuch_pkg.mod:build "
             "(ModuleNotFoundError: No module named 'nosuch_pkg'); install it or put its folder on PYTHONPATH). "
