@@ -397,6 +397,7 @@ class FigureSpec:
     needs: str = ""  # why it may not be drawn although its table is there
     noted: bool = True  # the report says when it is not drawn (False: another figure's note says it)
     epochs: bool = False  # it draws the snapshots' rows too, not only the final models' (its caption counts them)
+    from_training: bool = False  # it needs what bnrep's own training keeps (snapshots): never for imported models
 
 
 FIGURES = [
@@ -456,7 +457,7 @@ FIGURES = [
                "measured at.",
                "Measures at initialisation and through training",
                "it needs the analysis run with --snapshots (0: the initialisation; e.g. 0,1,5, with the grid "
-               "trained with the same --snapshots)"),
+               "trained with the same --snapshots)", from_training=True),
     *[FigureSpec(f"fig_{m.table}_epochs", through_training(m), (m.table,),
                  f"Beyond the paper: {m.name or m.table} against training epoch, averaged over the layers of each "
                  f"group per model, for {{colours}} models: at each snapshot epoch (0: the initialisation) and at "

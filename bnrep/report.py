@@ -36,13 +36,14 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 
 import pandas as pd
 import pyarrow.fs as pafs
 
 import bnrep
-from bnrep.config import command, load_experiment, out_flag, read_config, read_hashes
+from bnrep.config import command, load_experiment, read_config, read_hashes
 from bnrep.documents import json_text, md_table, render_html, render_md
 from bnrep.correlations import MIN_MODELS, between_groups_reason, limits_sentence, predictor_rows, predictors
 from bnrep.findings import (CLAIMS, RULES, Finding, finding_sparsity_across, findings, initialisation_blocks,
@@ -54,7 +55,7 @@ from bnrep.settings import settings_rows
 from bnrep.results import (LABELS, REF, SHORT, Results, experiment_label, is_paper_pair, tell_apart, measure_numbers,
                            rankings, side_by_side)
 from bnrep.table1 import diverged_note, imported_note, table1, table1_caption, table1_rows, table1_tex
-from bnrep.store import TABLES, Store, git_commit, tables
+from bnrep.store import TABLES, Store, git_commit, is_uri, tables
 
 TRAINING_TABLES = tables(stage="final")
 MEASURE_TABLES = tuple(t for t in tables(stage="analysis") if TABLES[t].part != "samples")
@@ -372,6 +373,8 @@ def skipped_note(spec, rs: list[Results], out: str) -> str:
     """Why a figure (a bnrep.figures.FigureSpec) is not in the report, and what would draw it."""
     name = spec.title or spec.name
     absent = [t for t in spec.tables if all(r.table(t).empty for r in rs)]
+    if all(r.imported for r in rs) and (spec.from_training or absent and TABLES[absent[0]].stage in ("hparam", "final")):
+        return f"{name} not drawn: imported models (bnrep import) were trained elsewhere, without bnrep's record of it."
     if absent and TABLES[absent[0]].part == "pair" and all(_one_model(r) for r in rs):
         return f"{name} not drawn: it compares two models, and {'this study has' if len(rs) == 1 else 'each has'} one."
     if absent:
@@ -439,6 +442,11 @@ def build_report(out: str, experiments: str | list[str], dest: str | None = None
     return _build_combined(out, list(experiments), dest)
 
 
+def _shown(out: str) -> str:
+    """`out` as the documents' commands give it: a local path made absolute (a report is read from anywhere)."""
+    return out if is_uri(out) else os.path.abspath(out)
+
+
 def _build_one(out: str, name: str) -> ReportResult:
     store = Store(out, name)
     fingerprint = inputs_fingerprint(store)  # before reading: a part landing meanwhile marks it stale
@@ -447,9 +455,9 @@ def _build_one(out: str, name: str) -> ReportResult:
         raise no_results(name, out)
     store.delete("report/report_inputs.json")
     w = _Writer(store, "report/")
-    notes, fs = missing_notes(r, out), findings(r)
+    notes, fs = missing_notes(r, _shown(out)), findings(r)
     t1_blocks, t1_text = w.table1([r])
-    fig_blocks = w.figures([r], out)
+    fig_blocks = w.figures([r], _shown(out))
     title = f"bnrep report: {r.experiment.name} ({r.label})"
     blocks = [("h1", title), *[("note", n) for n in notes],
               ("h2", "Settings"), ("table", ["setting", "value"], settings_rows(r)),
@@ -477,12 +485,12 @@ def _build_combined(out: str, names: list[str], dest: str | None) -> ReportResul
         raise ReportError(clash)
     store = _dest_store(out, dest)
     w = _Writer(store, "")
-    notes = [f"{r.experiment.name}: no results; run `{stage_command('training', r.experiment.name, out)}`."
-             for r in loaded if r not in rs] + [n for r in rs for n in missing_notes(r, out)]
+    notes = [f"{r.experiment.name}: no results; run `{stage_command('training', r.experiment.name, _shown(out))}`."
+             for r in loaded if r not in rs] + [n for r in rs for n in missing_notes(r, _shown(out))]
     tell_apart(rs)  # panel titles: experiments of the same model and data, by name
     per_exp = {r.experiment.name: findings(r) for r in rs}
     t1_blocks, t1_text = w.table1(rs)
-    fig_blocks = w.figures(rs, out)
+    fig_blocks = w.figures(rs, _shown(out))
     across = across_findings(per_exp)
     title = "bnrep combined report: " + ", ".join(f"{r.experiment.name} ({experiment_label(r.experiment)})" for r in rs)
     blocks = [("h1", title), *[("note", n) for n in notes],

@@ -1718,3 +1718,21 @@ def test_the_provenance_counts_the_rows_of_the_snapshot_epochs_too():
     (tables,) = [v for k, v in report.provenance_rows([r]) if k == "tables"]
     assert f"layer_sparsity ({len(final)} rows, {2 * len(final)} more at snapshot epochs 0, 4)" in tables
     assert f"class_dbi ({len(cnn().tables['class_dbi'])} rows)" in tables
+
+
+def test_the_notes_on_figures_imported_models_cannot_have_do_not_ask_for_training(tmp_path, monkeypatch):
+    """An imported study has no training history and no snapshots: the report told the researcher to run
+    `bnrep final` (refused: no grid to train) and the analysis with --snapshots (refused: no training to take
+    them from). A note's command names --out as an absolute path: a report is read from anywhere."""
+    r = cnn()
+    r.tables["training"] = r.tables["training"].assign(imported=True)
+    r.tables["training_history"] = pd.DataFrame()
+    said = {n: report.skipped_note(figures.figure(n), [r], "runs") for n in ("fig_learning_curves",
+                                                                             "fig_initialisation")}
+    assert said == {n: f"{figures.figure(n).title or n} not drawn: imported models (bnrep import) were trained "
+                       f"elsewhere, without bnrep's record of it." for n in said}
+    trained = cnn()
+    trained.tables["training_history"] = pd.DataFrame()
+    monkeypatch.chdir(tmp_path)
+    assert report.skipped_note(figures.figure("fig_learning_curves"), [trained], report._shown("runs")).endswith(
+        f"`bnrep final --experiment digits-cnn --out {tmp_path / 'runs'}` adds it).")
