@@ -253,7 +253,7 @@ def _new_study(args: argparse.Namespace, unknown: ConfigError) -> Experiment:
     if not STUDY_NAME.fullmatch(name):
         raise ConfigError(f"--experiment {name!r}: {NAME_RULE}") from None
     return get_experiment(DEFAULT_EXPERIMENT).override(
-        name=name, description=f"{name}: the {DEFAULT_EXPERIMENT} recipe on {dataset}")
+        name=name, description=f"{name}: the {DEFAULT_EXPERIMENT} recipe on {absolute_dataset(dataset)}")
 
 
 def resolve_experiment(args: argparse.Namespace) -> Experiment:

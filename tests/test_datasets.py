@@ -200,7 +200,7 @@ def test_hidden_files_and_folders_are_not_part_of_an_image_folder(tmp_path):
         assert getattr(got, split).y.tolist() == getattr(want, split).y.tolist()
 
 
-def test_a_new_study_name_with_an_image_folder(tmp_path):
+def test_a_new_study_name_with_an_image_folder(tmp_path, monkeypatch):
     """`bnrep run --experiment leaves --dataset imagefolder:PATH`: a study called leaves (the default recipe
     on those images), as `bnrep import` makes one; its later runs find it under --out by that name."""
     root = write_folder(tmp_path / "leaves")
@@ -209,6 +209,11 @@ def test_a_new_study_name_with_an_image_folder(tmp_path):
     exp = flags.resolve_experiment(flags.build_parser("run").parse_args(argv))
     assert exp.name == "leaves" and exp.dataset == f"imagefolder:{root}" and exp.model == "cnn"
     assert exp.description.startswith("leaves: the digits-cnn recipe on imagefolder:")
+    (tmp_path / "proj").mkdir()
+    monkeypatch.chdir(tmp_path / "proj")
+    typed = ["--experiment", "leaves", "--dataset", "imagefolder:../leaves", "--out", str(out)]
+    exp = flags.resolve_experiment(flags.build_parser("run").parse_args(typed))  # a path relative to here
+    assert exp.description == f"leaves: the digits-cnn recipe on imagefolder:{root}"  # as results record it
     for bad, line in ((["--experiment", "leaves"], "unknown experiment 'leaves'"),  # no data named: no study
                       (["--experiment", "my leaves", "--dataset", f"imagefolder:{root}"], "a study's name is")):
         with pytest.raises(ConfigError, match=line):
