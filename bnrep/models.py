@@ -367,7 +367,9 @@ def _user(text: str, in_channels: int, num_classes: int) -> nn.Module:
         raise ModelError(f"{text}({num_classes}, {in_channels}) failed: {type(e).__name__}: {one_line(e)} (bnrep "
                          f"calls it with the class count and the image channels, in that order) {see}") from None
     if not isinstance(model, nn.Module):
-        raise ModelError(f"{text}(num_classes, in_channels) returned a {type(model).__name__}, not an nn.Module")
+        kind = type(model).__name__
+        raise ModelError(f"{text}(num_classes, in_channels) returned {'an' if kind[0] in 'aeiouAEIOU' else 'a'} "
+                         f"{kind}, not an nn.Module")
     return model
 
 

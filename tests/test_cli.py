@@ -113,6 +113,8 @@ CASES = [  # (name, stage, argv, words the message must contain)
       "did you mean tests.labnets.nets:wide_cnn?"]),
     ("model callable returns no module", "hparam", ["--model", "tests.labnets.nets:not_a_module"],
      ["tests.labnets.nets:not_a_module(num_classes, in_channels) returned a dict, not an nn.Module"]),
+    ("model callable returns a number", "hparam", ["--model", "tests.labnets.nets:a_number"],
+     ["tests.labnets.nets:a_number(num_classes, in_channels) returned an int, not an nn.Module"]),
     ("model module raises AttributeError on import", "final", ["--model", "tests.labnets.attr_on_import:net"],
      ["importing tests.labnets.attr_on_import for model tests.labnets.attr_on_import:net failed: AttributeError: "
       "'types.SimpleNamespace' object has no attribute 'width'"]),  # (UnboundLocalError, a traceback)

@@ -128,3 +128,7 @@ def rgb_only(num_classes, in_channels):
     """Ignores in_channels: its first layer takes RGB whatever the data (bnrep must say so)."""
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(8, num_classes))
+
+
+def a_number(num_classes: int, in_channels: int):
+    return num_classes
