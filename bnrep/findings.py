@@ -154,7 +154,12 @@ class Finding:
     @property
     def verdict_text(self) -> str:
         """The verdict with the conditions that undermine it, side by side."""
-        return self.verdict + (f" ({'; '.join(self.caveats)})" if self.caveats else "")
+        return self.verdict_said()
+
+    def verdict_said(self, said: tuple[str, ...] = ()) -> str:
+        """verdict_text without the caveats in `said` (named once above a table of findings)."""
+        caveats = [c for c in self.caveats if c not in said]
+        return self.verdict + (f" ({'; '.join(caveats)})" if caveats else "")
 
     def line(self, said: tuple[str, ...] = ()) -> str:
         """The finding as text; caveats in `said` (named once above it) are left out."""
@@ -162,11 +167,19 @@ class Finding:
         return f"[{self.verdict}] {self.number}. {self.claim}{caveats}\n    {self.detail}"
 
 
+def common_caveats(fs: list[Finding]) -> tuple[str, ...]:
+    """The caveats every one of several findings names: said once, above them."""
+    return tuple(c for c in fs[0].caveats if all(c in f.caveats for f in fs[1:])) if len(fs) > 1 else ()
+
+
 def lines(fs: list[Finding]) -> list[str]:
     """Findings as text, a caveat every one of them names said once above them."""
-    common = tuple(c for c in fs[0].caveats if all(c in f.caveats for f in fs[1:])) if len(fs) > 1 else ()
-    head = ["Named for every claim below:", *(f"    - {c}" for c in common)] if common else []
+    common = common_caveats(fs)
+    head = [f"{COMMON_HEAD}:", *(f"    - {c}" for c in common)] if common else []
     return head + [f.line(common) for f in fs]
+
+
+COMMON_HEAD = "Named for every claim below"
 
 
 def claim(number: int, norm: str = "batch", ref: str = REF) -> str:

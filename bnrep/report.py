@@ -46,8 +46,8 @@ import bnrep
 from bnrep.config import command, load_experiment, read_config, read_hashes
 from bnrep.documents import json_text, md_table, render_html, render_md
 from bnrep.correlations import MIN_MODELS, between_groups_reason, limits_sentence, predictor_rows, predictors
-from bnrep.findings import (CLAIMS, RULES, Finding, finding_sparsity_across, findings, initialisation_blocks,
-                            judged_norms, rules)
+from bnrep.findings import (CLAIMS, COMMON_HEAD, RULES, Finding, common_caveats, finding_sparsity_across, findings,
+                            initialisation_blocks, judged_norms, rules)
 from bnrep.findings import lines as finding_lines
 from bnrep.axis import axis_word, redefined
 from bnrep.norms import sort_key
@@ -129,17 +129,18 @@ def report_is_current(out: str, experiment: str) -> bool:
 
 def findings_blocks(r: Results, fs: list[Finding]) -> list[tuple]:
     """The paper pair: one table as the paper's section 6. Several norms: claims x norms, evidence, rankings."""
-    judged = judged_norms(r)
+    judged, said = judged_norms(r), common_caveats(fs)
+    head = [("p", f"{COMMON_HEAD}:"), ("ul", list(said))] if said else []  # (a page of dead channels, once)
     if len(judged) == 1:
-        rows = [[str(f.number), f.claim, f.verdict_text, f.detail] for f in fs]
-        return [("table", ["#", "Claim (paper section 6)", "Verdict", "Evidence"], rows), *eps_blocks(fs), *initialisation_blocks(r),
-                ("p", "How verdicts are decided:"), ("ul", rules(r.norms, r.ref))]
+        rows = [[str(f.number), f.claim, f.verdict_said(said), f.detail] for f in fs]
+        return [*head, ("table", ["#", "Claim (paper section 6)", "Verdict", "Evidence"], rows), *eps_blocks(fs),
+                *initialisation_blocks(r), ("p", "How verdicts are decided:"), ("ul", rules(r.norms, r.ref))]
     by = {(f.number, f.norm): f for f in fs}
     matrix = [[str(i), c] + [by[(i, n)].verdict for n in judged] for i, c in _claims(fs)]
-    evidence = [[str(f.number), SHORT[f.norm], f.verdict_text, f.detail] for f in fs]
+    evidence = [[str(f.number), SHORT[f.norm], f.verdict_said(said), f.detail] for f in fs]
     against = f"no normalisation ({SHORT[REF]})" if r.ref == REF else f"the reference {LABELS[r.ref]} ({SHORT[r.ref]})"
     each = {"norm": "normalisation", "condition": "condition"}[axis_word(r.norms)]
-    blocks = [("p", f"Each claim judged for each {each} against {against}:"),
+    blocks = [*head, ("p", f"Each claim judged for each {each} against {against}:"),
               ("table", ["#", "Claim (paper section 6)"] + [f"{SHORT[n]} vs {SHORT[r.ref]}" for n in judged], matrix),
               ("table", ["#", "Norm", "Verdict", "Evidence"], evidence)]
     ranks = rankings(r)

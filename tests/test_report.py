@@ -1606,6 +1606,8 @@ def test_a_caveat_every_claim_names_is_said_once_in_the_summary(tmp_path):
     text = "only 2 seeds of BN (need 3)"
     assert all(text in f.caveats for f in res.findings) and len(res.findings) == 4
     assert res.summary.count(text) == 1 and f"Named for every claim below:\n    - {text}" in res.summary
+    md = (tmp_path / "digits-cnn" / "report" / "report.md").read_text()  # (a page of dead channels in every cell)
+    assert md.count(text) == 1 and f"Named for every claim below:\n\n- {text}\n" in md, md[:3000]
 
 
 @pytest.mark.parametrize("a,ref,one_network", [
