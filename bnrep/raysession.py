@@ -235,14 +235,22 @@ def held_stderr():
     import sys
     import tempfile
 
-    sys.stderr.flush()
-    saved, said = os.dup(2), []
+    if sys.stderr:  # (None in a process started without file descriptor 2)
+        sys.stderr.flush()
+    said = []
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (a daemon's): nothing to hold
+        yield said
+        said.append(b"")
+        return
     with tempfile.TemporaryFile() as f:
         os.dup2(f.fileno(), 2)
         try:
             yield said
         finally:
-            sys.stderr.flush()
+            if sys.stderr:
+                sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             f.seek(0)

@@ -1071,3 +1071,12 @@ def test_a_study_s_own_folder_as_out_is_one_line_naming_the_folder_above(argv, r
     assert rc == 2 and err == (f"error: --out {study} is a study's own folder (its config.json is there): give the "
                                f"folder that holds it, --out {results}"), err
     assert tree(results) == before and not ray.is_initialized()
+
+
+def test_holding_stderr_where_there_is_none():
+    """A process without file descriptor 2 (a daemon's) joins as any other: nothing to hold back."""
+    code = ("from bnrep.raysession import held_stderr\nwith held_stderr() as said:\n    x = 1\n"
+            "print(said)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=False, stdout=subprocess.PIPE, text=True,
+                       preexec_fn=lambda: os.close(2))
+    assert (r.returncode, r.stdout) == (0, "[b'']\n")
