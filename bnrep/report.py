@@ -21,7 +21,7 @@ side (no Ray here):
 
 Accuracies and sparsities are fractions in the tables, percent in the report.
 Tables in memory and the norm axis: `bnrep.results`; claims, verdict rules and
-statistics: `bnrep.findings`; correlations with generalisation: `bnrep.correlations`; the
+statistics: `bnrep.findings`, as the report's blocks `bnrep.verdicts`; correlations with generalisation: `bnrep.correlations`; the
 Settings table: `bnrep.settings`;
 Markdown / HTML: `bnrep.documents`; figures: `bnrep.figures`, the only matplotlib
 importer, loaded only when a report is written (`bnrep status` never loads it).
@@ -45,15 +45,13 @@ import pyarrow.fs as pafs
 import bnrep
 from bnrep.config import command, load_experiment, read_config, read_hashes
 from bnrep.documents import json_text, md_table, render_html, render_md
-from bnrep.correlations import MIN_MODELS, between_groups_reason, limits_sentence, predictor_rows, predictors
-from bnrep.findings import (CLAIMS, COMMON_HEAD, RULES, Finding, common_caveats, finding_sparsity_across, findings,
-                            initialisation_blocks, judged_norms, rules)
+from bnrep.correlations import predictors
+from bnrep.findings import Finding, findings
 from bnrep.findings import lines as finding_lines
-from bnrep.axis import axis_word, redefined
-from bnrep.norms import sort_key
+from bnrep.axis import redefined
 from bnrep.settings import settings_rows
-from bnrep.results import (LABELS, REF, SHORT, Results, experiment_label, is_paper_pair, tell_apart, measure_numbers,
-                           rankings, side_by_side)
+from bnrep.results import Results, experiment_label, tell_apart, measure_numbers, side_by_side
+from bnrep.verdicts import across_findings, combined_findings_blocks, findings_blocks, predictor_blocks
 from bnrep.table1 import diverged_note, imported_note, table1, table1_caption, table1_rows, table1_tex
 from bnrep.store import TABLES, Store, git_commit, is_uri, tables
 
@@ -123,138 +121,6 @@ def report_is_current(out: str, experiment: str) -> bool:
         return False
     return (rec.get("inputs_hash") == inputs_fingerprint(store)["inputs_hash"]
             and store.exists("report/report.html"))
-
-
-# ==== findings as blocks ====
-
-def findings_blocks(r: Results, fs: list[Finding]) -> list[tuple]:
-    """The paper pair: one table as the paper's section 6. Several norms: claims x norms, evidence, rankings."""
-    judged, said = judged_norms(r), common_caveats(fs)
-    head = [("p", f"{COMMON_HEAD}:"), ("ul", list(said))] if said else []  # (a page of dead channels, once)
-    if len(judged) == 1:
-        rows = [[str(f.number), f.claim, f.verdict_said(said), f.detail] for f in fs]
-        return [*head, ("table", ["#", "Claim (paper section 6)", "Verdict", "Evidence"], rows), *eps_blocks(fs),
-                *initialisation_blocks(r), ("p", "How verdicts are decided:"), ("ul", rules(r.norms, r.ref))]
-    by = {(f.number, f.norm): f for f in fs}
-    matrix = [[str(i), c] + [by[(i, n)].verdict for n in judged] for i, c in _claims(fs)]
-    evidence = [[str(f.number), SHORT[f.norm], f.verdict_said(said), f.detail] for f in fs]
-    against = f"no normalisation ({SHORT[REF]})" if r.ref == REF else f"the reference {LABELS[r.ref]} ({SHORT[r.ref]})"
-    each = {"norm": "normalisation", "condition": "condition"}[axis_word(r.norms)]
-    blocks = [*head, ("p", f"Each claim judged for each {each} against {against}:"),
-              ("table", ["#", "Claim (paper section 6)"] + [f"{SHORT[n]} vs {SHORT[r.ref]}" for n in judged], matrix),
-              ("table", ["#", "Norm", "Verdict", "Evidence"], evidence)]
-    ranks = rankings(r)
-    if ranks:
-        blocks += [("p", "Rankings (best first; mean ± std over seeds):"), ("table", ["measure", "ranking"], ranks)]
-    return blocks + eps_blocks(fs) + initialisation_blocks(r) + [("p", "How verdicts are decided:"), ("ul", rules(r.norms, r.ref))]
-
-
-def eps_blocks(fs: list[Finding]) -> list[tuple]:
-    """Claim 1 at each sparsity threshold: a row per eps, a column per normalisation judged, and
-    whether each verdict is robust to the threshold. Nothing with one threshold."""
-    ones = [f for f in fs if f.number == 1 and "by_eps" in f.numbers]
-    if not ones:
-        return []
-    cell = lambda g, n: g["verdict"] + ("" if g["verdict"] == "not evaluated" else  # noqa: E731
-                                        f" ({SHORT[n]} sparser in {len(g['sparser'])}, less sparse in "
-                                        f"{len(g['less_sparse'])} layers)")
-    rows = [[e] + [cell(f.numbers["by_eps"][e], f.norm) if e in f.numbers["by_eps"] else "-" for f in ones]
-            for e in dict.fromkeys(e for f in ones for e in f.numbers["by_eps"])]
-    said = [f"{SHORT[f.norm]} vs {SHORT[f.ref]}: {_robustness(f.numbers)}" for f in ones]
-    return [("p", "Claim 1 at each sparsity threshold eps (|x| <= eps counts as zero). The verdict above and "
-                  "every other sparsity number use the smallest eps (the paper's exact zero when eps = 0):"),
-            ("table", ["eps"] + [f"{SHORT[f.norm]} vs {SHORT[f.ref]}" for f in ones], rows), ("ul", said)]
-
-
-def _robustness(n: dict) -> str:
-    """Whether claim 1's verdict and direction hold at every eps (eps_robustness' numbers)."""
-    why = ([f"the verdict changes at eps {', '.join(n['changed_at'])}"] if n["changed_at"] else []) + (
-        [f"more layers go the other way at eps {', '.join(n['direction_reversed_at'])}"]
-        if n.get("direction_reversed_at") else [])
-    if why:
-        return f"not robust to the threshold ({'; '.join(why)})"
-    return ("robust to the threshold (the same verdict at every eps)" if not n["not_evaluated_at"] else
-            f"robust to the threshold where it could be judged (not evaluated at eps {', '.join(n['not_evaluated_at'])}"
-            f": no results on both sides)")
-
-
-def predictor_blocks(r: Results, heading: str = "Which measure predicts generalisation") -> list[tuple]:
-    """The correlations of each layer-averaged measure with test accuracy and the gap, strongest first."""
-    rows = predictors(r)
-    if not rows:
-        return [("h2", heading), ("p", f"Not computed: needs results/training and a measure for at least "
-                                       f"{MIN_MODELS} models.")]
-    header, cells = predictor_rows(rows)
-    blocks = [("h2", heading),
-              ("p", "Per model, each measure is averaged over its layers (those with a value; sparsity at the "
-                    "smallest eps, k-means DBI at the optimal k) and correlated with test accuracy and with the "
-                    "generalisation gap (train - test accuracy). Sorted by strength: the larger |r| of Pearson "
-                    "and Spearman across all models."),
-              ("table", header, cells), ("p", limits_sentence(r, rows))]
-    only = [f"{x['measure']} vs {'test accuracy' if x['target'] == 'test_acc' else 'the gap'} "
-            f"{between_groups_reason(x, {'pearson_r': x['partial_pearson_r'], 'pearson_p': x['partial_pearson_p']})}"
-            for x in rows if x["between_groups_only"] or x["too_few_within"]]
-    if only:
-        blocks.append(("note", f"Across models, then within the normalisation groups: {'; '.join(only)}. Neither "
-                               f"kind shows a link between the measure and generalisation."))
-    return blocks
-
-
-def _claims(fs: list[Finding]) -> list[tuple[int, str]]:
-    """(number, claim as the paper words it) for the claims in `fs`."""
-    return [(i, CLAIMS[i]) for i in sorted({f.number for f in fs})]
-
-
-def combined_findings_blocks(rs: list[Results], per_exp: dict[str, list[Finding]],
-                             across: list[Finding]) -> list[tuple]:
-    """Claim 1 across experiments, a verdict matrix (claim x experiment and norm), then each experiment's evidence."""
-    paper = is_paper_pair({n for r in rs for n in r.norms}) and {r.ref for r in rs} == {REF}
-    cols = [(name, n) for name, fs in per_exp.items() for n in dict.fromkeys(f.norm for f in fs)]
-    ref_of = {r.experiment.name: r.ref for r in rs}
-    by = {(name, f.number, f.norm): f for name, fs in per_exp.items() for f in fs}
-    matrix = [[str(i), c] + [by[(name, i, n)].verdict for name, n in cols]
-              for i, c in _claims([f for fs in per_exp.values() for f in fs])]
-    blocks = [("h2", "Findings (paper section 6)"), ("p", "Claim 1 across experiments:"),
-              ("table", ["Norm", "Verdict", "Evidence"] if not paper else ["Verdict", "Evidence"],
-               [([] if paper else [_against(f.norm, f.ref)]) + [f.verdict_text, f.detail] for f in across]),
-              ("table", ["#", "Claim"] + [name if paper else f"{name} {_against(n, ref_of[name])}" for name, n in cols],
-               matrix)]
-    for name, fs in per_exp.items():
-        head = ["#", "Verdict", "Evidence"] if paper else ["#", "Norm", "Verdict", "Evidence"]
-        blocks += [("h2", f"Findings: {name}"),
-                   ("table", head, [[str(f.number)] + ([] if paper else [SHORT[f.norm]]) + [f.verdict_text, f.detail]
-                                    for f in fs])]
-        r = next(r for r in rs if r.experiment.name == name)
-        ranks = rankings(r)
-        if ranks:
-            blocks += [("table", ["measure", "ranking (best first; mean ± std over seeds)"], ranks)]
-        blocks += eps_blocks(fs) + predictor_blocks(r, f"Which measure predicts generalisation: {name}")
-    return blocks + [("p", "How verdicts are decided:"), ("ul", combined_rules(rs))]
-
-
-def _against(norm: str, ref: str) -> str:
-    """'BN', or 'BN vs bn-b16' for a condition judged against a reference other than none."""
-    return SHORT[norm] if ref == REF else f"{SHORT[norm]} vs {SHORT[ref]}"
-
-
-def combined_rules(rs: list[Results]) -> list[str]:
-    """The rules; experiments judged against different references each say which is theirs."""
-    refs: dict[str, list[str]] = {}
-    for r in rs:
-        refs.setdefault(r.ref, []).append(r.experiment.name)
-    norms = {n for r in rs for n in r.norms}
-    if len(refs) == 1:
-        return rules(norms, next(iter(refs)))
-    return RULES + [f"{', '.join(names)}: {line}" for ref, names in refs.items()
-                    for line in rules(norms, ref)[len(RULES):] or [f"every condition is judged against {LABELS[ref]}."]]
-
-
-def across_findings(per_exp: dict[str, list[Finding]]) -> list[Finding]:
-    """Claim 1 across experiments, one finding per normalisation and reference judged (experiments judged
-    against different references are not one comparison)."""
-    pairs = sorted({(f.norm, f.ref) for fs in per_exp.values() for f in fs}, key=lambda p: (sort_key(p[0]), sort_key(p[1])))
-    return [finding_sparsity_across({name: f for name, fs in per_exp.items() for f in fs
-                                     if f.number == 1 and (f.norm, f.ref) == pair}) for pair in pairs]
 
 
 # ==== provenance, notes (the settings table: bnrep.settings) ====
