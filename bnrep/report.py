@@ -21,8 +21,8 @@ side (no Ray here):
 
 Accuracies and sparsities are fractions in the tables, percent in the report.
 Tables in memory and the norm axis: `bnrep.results`; claims, verdict rules and
-statistics: `bnrep.findings`, as the report's blocks `bnrep.verdicts`; correlations with generalisation: `bnrep.correlations`; the
-Settings table: `bnrep.settings`;
+statistics: `bnrep.findings`, as the report's blocks `bnrep.verdicts`; correlations
+with generalisation: `bnrep.correlations`; the Settings table: `bnrep.settings`;
 Markdown / HTML: `bnrep.documents`; figures: `bnrep.figures`, the only matplotlib
 importer, loaded only when a report is written (`bnrep status` never loads it).
 
