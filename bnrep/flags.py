@@ -89,7 +89,8 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                            "overrides, e.g. 'batch; bn-b8:batch,batch_size=8; gn-b8:group,batch_size=8' "
                            "(fields: batch_size, weight_decay, lr, ...; label=, color= for the figures)")
     p.add_argument("--reference", default=None, metavar="NAME",
-                   help="the condition every claim is judged against (default: none)")
+                   help="the condition every claim is judged against (default: the preset's or study's; none "
+                        "for the paper's presets)")
     p.add_argument("--seeds", type=int, default=None, metavar="N", help="model seeds 0..N-1 (default: preset, 4)")
     p.add_argument("--max-epochs", type=int, default=None, metavar="N", help="epoch cap per model (default: preset)")
     p.add_argument("--num-samples", type=int, default=None, metavar="N",

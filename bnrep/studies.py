@@ -83,7 +83,7 @@ def load_study(path: str) -> Experiment:
 
             close = difflib.get_close_matches(key, ["base", *fields, *OLD_NAMES], n=1)
             raise ConfigError(f"study file {path}: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close
-                              else f" (allowed: base, {', '.join(fields)})"))
+                              else f" (allowed: base, {', '.join(fields)}; norms for conditions)"))
         types = _toml_types(str(fields[key].type))
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
             raise ConfigError(f"study file {path}: {written.get(key, key)} = {value!r} should be "

@@ -265,3 +265,12 @@ def test_the_header_says_smoke_sizes_only_of_a_study_at_them_and_takes_a_snapsho
     exp = flags.resolve_experiment(flags.build_parser("final").parse_args(["--paper-hparams", *argv]))
     assert at_smoke_sizes(exp) is smoke
     assert ("at --smoke-test sizes" in header("final grid", exp, Store("/tmp/runs", exp.name), False)) is smoke
+
+
+def test_an_unknown_study_key_lists_norms_too(tmp_path):
+    """The allowed keys are Experiment's fields; `norms`, the README's key for the conditions, was not among them."""
+    from bnrep.experiments import ConfigError
+
+    (tmp_path / "s.toml").write_text('base = "digits-cnn"\nlearning_rate = 0.1\n')
+    with pytest.raises(ConfigError, match=r", description; norms for conditions\)$"):
+        get_experiment(str(tmp_path / "s.toml"))
