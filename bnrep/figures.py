@@ -23,13 +23,11 @@ from matplotlib.ticker import MaxNLocator
 
 from bnrep.experiments import layer_indices
 from bnrep.findings import headline_rows, snapshot_measures
-from bnrep.initial import shared_start_text
-from bnrep.measures import FINAL, MEASURES, gradient_batches_text
+from bnrep.measures import FINAL, MEASURES
 from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_ticks, _log_if_positive, _panel, log_y,
                             _panel_title, _width, condition_lines, fig_per_layer, legend_below, panels_legend)
-from bnrep.norms import sort_key
-from bnrep.results import (COLORS, SHORT, Results, at_eps, cka_pairs, eps_values, n_seeds, norm_labels, optimal_k,
-                           ordered, present_norms, seed_stats, seeds_text, shown)
+from bnrep.results import (COLORS, SHORT, Results, at_eps, cka_pairs, eps_values, n_seeds, norm_pairs, optimal_k,
+                           present_norms, seed_stats, seeds_text, shown)
 
 DPI = 150
 
@@ -101,11 +99,6 @@ def fig_signal_propagation(results) -> Figure | None:
 
 # ==== CKA: does a normalisation change what a layer represents, beyond seed noise? ====
 
-def _norm_pairs(p: pd.DataFrame) -> list[tuple[str, str]]:
-    cross = p[p["kind"] == "cross"]
-    return sorted(set(zip(cross["first"], cross["second"])), key=lambda ab: tuple(sort_key(n) for n in ab))
-
-
 def _cka_series(ax, d: pd.DataFrame, label: str, color: str, ls: str, marker: str, value: str = "cka") -> None:
     """Mean CKA over the pairs per layer, error bars: std over the pairs (ddof=1)."""
     s = seed_stats(d, ["layer_index", "layer"], value)
@@ -120,7 +113,7 @@ def fig_cka(results) -> Figure | None:
     """Beyond the paper: per layer, CKA(norm A vs norm B, same seed) next to CKA(seed vs seed) of each norm;
     a panel per pair of norms, a row per experiment."""
     rs = [(r, cka_pairs(r.table("cka"))) for r in _as_list(results)]
-    rs = [(r, p, _norm_pairs(p)) for r, p in rs if len(p) and _norm_pairs(p)]
+    rs = [(r, p, norm_pairs(p)) for r, p in rs if len(p) and norm_pairs(p)]
     if not rs:
         return None
     w = _width([p for _, p, _ in rs], least=4.4)  # wider for deep models, one column when that is wide
@@ -392,7 +385,7 @@ class FigureSpec:
     name: str
     make: object  # results -> Figure | None
     tables: tuple[str, ...]
-    caption: str  # {colours}, {seeds}, {layers}, {nan}, {shared} (bnrep.initial), {gradient_batches} filled per report
+    caption: str  # its placeholders filled per report: bnrep.captions
     title: str = ""  # how a note names the figure when it is not drawn (default: its name)
     needs: str = ""  # why it may not be drawn although its table is there
     noted: bool = True  # the report says when it is not drawn (False: another figure's note says it)
@@ -473,62 +466,6 @@ FIGURES = [
 
 def figure(name: str) -> FigureSpec:
     return next(f for f in FIGURES if f.name == name)
-
-
-def colours_text(norms) -> str:
-    """'BatchNorm (blue) and no-BatchNorm (orange)' style legend for captions."""
-    labels = norm_labels(norms)
-    parts = [f"{labels[n]} ({COLORS[n].removeprefix('tab:')})" for n in ordered(norms)]
-    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)
-
-
-def _models(df: pd.DataFrame) -> pd.DataFrame:
-    """(norm, seed) rows of a table; a pair table (cka) names both of its models."""
-    if "condition_a" in df and "condition" not in df:
-        return pd.concat([df[[f"condition_{s}", f"seed_{s}"]].set_axis(["condition", "seed"], axis=1) for s in "ab"])
-    return df
-
-
-def caption(spec: FigureSpec, rs: list[Results]) -> str:
-    df = pd.concat([r.at_epochs(spec.tables[0]) if spec.epochs else r.table(spec.tables[0]) for r in rs],
-                   ignore_index=True)
-    layers = "; ".join(f"{r.label}: from layer {r.experiment.first_shown_layer}" for r in rs)
-    m, nan = MEASURES.get(spec.tables[0]), ""
-    col = m.values[0] if m else ""
-    if col in df and df[col].isna().any():
-        nan = f" {int(df[col].isna().sum())} of {len(df)} {_why_nan(df, col, m)} and left out of the means."
-    norms = {n for r in rs for n in r.norms}
-    if col in df and "condition" in df and df[col].notna().any():  # the conditions drawn (condition_lines)
-        norms &= set(df.loc[df[col].notna(), "condition"])
-    shared = shared_start_text(rs, lambda r: _norm_pairs(cka_pairs(r.table("cka"))), SHORT) if (
-        "{shared}" in spec.caption) else ""  # (models built: only where the caption says it)
-    shared = f" {shared}" if shared else ""
-    return spec.caption.format(seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms),
-                               shared=shared, gradient_batches=_gradient_batches(rs))
-
-
-def _gradient_batches(rs: list[Results]) -> str:
-    """The gradient norms' batches in words, per experiment where they differ: from the samples its analysis
-    drew (results/samples; else the experiment's sample counts, as asked)."""
-    def n(r):
-        s = r.table("samples")
-        e = r.experiment
-        return int(s.groupby("purpose").size().max()) if len(s) else max(e.samples_sparsity, e.samples_cluster)
-
-    said = {r.label: gradient_batches_text(n(r)) for r in rs}
-    return next(iter(said.values())) if len(set(said.values())) == 1 else "; ".join(
-        f"{label}: {text}" for label, text in said.items()) + ","
-
-
-def _why_nan(df: pd.DataFrame, col: str, m) -> str:
-    """'values are NaN (count: reason; ...)' from the table's own reasons, most frequent first; the measure's
-    general note where some NaN row has no reason (parts written before reasons were kept)."""
-    why = df.loc[df[col].isna(), m.reasons[0]] if m.reasons[0] in df else pd.Series(dtype=object)
-    if why.empty or not (why.fillna("") != "").all():
-        return m.nan_note
-    counts = sorted(why.value_counts().items(), key=lambda x: (-x[1], x[0]))  # ties: alphabetical
-    listed = "; ".join(f"{n}: {reason}" for reason, n in counts[:3])
-    return f"values are NaN ({listed}{'; ...' if len(counts) > 3 else ''})"
 
 
 def png_and_svg(fig: Figure) -> tuple[bytes, bytes]:

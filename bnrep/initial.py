@@ -17,6 +17,7 @@ import hashlib
 import torch
 
 from bnrep.experiments import Experiment
+from bnrep.results import SHORT, cka_pairs, norm_pairs
 
 
 @functools.lru_cache(maxsize=32)
@@ -41,16 +42,17 @@ def shared_initial_weights(exp: Experiment, a: str, b: str, seed: int = 0) -> tu
     return [n for n, digest in ka.items() if kb.get(n) == digest], len(ka)
 
 
-def shared_start_text(rs, pairs_of, short: dict) -> str:
-    """The caption's sentence on the pairs of conditions whose models start from shared weights at one seed,
-    per experiment in `rs` (bnrep.results.Results); `pairs_of(r)`: the pairs of conditions it compares."""
+def shared_start_text(rs) -> str:
+    """The CKA caption's sentence on the pairs of conditions (those its table compares) whose models start
+    from shared weights at one seed, per experiment in `rs` (bnrep.results.Results)."""
     said = []
     for r in rs:
         at = f"{r.label}: " if len(rs) > 1 else ""
         if r.imported:  # trained elsewhere, from weights bnrep did not draw: nothing to say of their start
             continue
         try:
-            shared = {(a, b): shared_initial_weights(r.experiment, a, b) for a, b in pairs_of(r)}
+            shared = {(a, b): shared_initial_weights(r.experiment, a, b)
+                      for a, b in norm_pairs(cka_pairs(r.table("cka")))}
         except (ValueError, OSError) as e:  # the model's code or its data is not here (ModelError, DatasetError)
             said.append(f"{at}not checked here ({str(e).splitlines()[0]})")
             continue
@@ -60,7 +62,7 @@ def shared_start_text(rs, pairs_of, short: dict) -> str:
                 which = (f"all {total} kernels" if len(names) == total else
                          f"{len(names)} of {total} kernels ({', '.join(n.removesuffix('.weight') for n in names[:3])}"
                          f"{', ...' if len(names) > 3 else ''})")
-                groups.setdefault(which, []).append(f"{short.get(a, a)} and {short.get(b, b)}")
+                groups.setdefault(which, []).append(f"{SHORT[a]} and {SHORT[b]}")
         said.append(at + ("; ".join(f"{', '.join(pairs)}: {which}" for which, pairs in groups.items()) if groups
                           else "no pair shares a kernel"))
     if not said:

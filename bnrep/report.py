@@ -200,6 +200,7 @@ class _Writer:
 
     def figures(self, rs: list[Results], out: str) -> list[tuple]:
         from bnrep import figures  # matplotlib only when drawing: `bnrep status` imports this module
+        from bnrep.captions import caption
         from bnrep.drawing import draw
 
         blocks, drawn = [], draw(rs)  # every figure, on every core
@@ -210,7 +211,7 @@ class _Writer:
             png, svg = drawn[spec.name]
             self.put(f"{spec.name}.png", png)
             self.put(f"{spec.name}.svg", svg)
-            blocks.append(("fig", spec.name, figures.caption(spec, rs), png))
+            blocks.append(("fig", spec.name, caption(spec, rs), png))
         return blocks
 
     def table1(self, rs: list[Results]) -> tuple[list[tuple], str]:

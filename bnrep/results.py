@@ -22,7 +22,7 @@ from bnrep.models import model_label as spec_label
 from bnrep.probes import RECTIFIERS
 from bnrep.axis import axis_word
 from bnrep.measures import FINAL, MEASURES
-from bnrep.norms import COLORS, LABELS, NORMS as NORM_TABLE, REF, SHORT, ordered  # noqa: F401 (re-exported)
+from bnrep.norms import COLORS, LABELS, NORMS as NORM_TABLE, REF, SHORT, ordered, sort_key  # noqa: F401 (re-exported)
 from bnrep.store import with_norm
 
 
@@ -228,6 +228,12 @@ def cka_pairs(cka: pd.DataFrame) -> pd.DataFrame:
     swap = d["condition_a"].map(rank) > d["condition_b"].map(rank)
     return d.assign(first=d["condition_b"].where(swap, d["condition_a"]), second=d["condition_a"].where(swap, d["condition_b"]),
                     kind=np.where(d["condition_a"] == d["condition_b"], "seeds", "cross"))
+
+
+def norm_pairs(p: pd.DataFrame) -> list[tuple[str, str]]:
+    """The pairs of conditions compared in cka_pairs' rows `p`, in display order."""
+    cross = p[p["kind"] == "cross"]
+    return sorted(set(zip(cross["first"], cross["second"])), key=lambda ab: tuple(sort_key(n) for n in ab))
 
 
 def measure_numbers(r: Results) -> dict[str, list[dict]]:

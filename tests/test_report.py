@@ -12,7 +12,7 @@ import pytest
 import torch
 from matplotlib.colors import to_hex
 
-from bnrep import conditions, correlations, figures, findings, report, results
+from bnrep import captions, conditions, correlations, figures, findings, report, results
 from bnrep.experiments import get_experiment
 from bnrep.store import Store
 from bnrep.results import COLORS, SHORT
@@ -442,14 +442,14 @@ def test_a_condition_without_values_through_training_is_not_in_the_legend_and_th
     fig = spec.make(r)
     assert {t.get_text() for t in fig.legends[0].get_texts()} == {"BatchNorm"}  # (also listed no BatchNorm)
     nan = int(final["cka"].isna().sum())
-    assert nan == len(final) / 2 and f" {2 * nan} of {2 * len(final)} values are NaN" in figures.caption(spec, [r])
+    assert nan == len(final) / 2 and f" {2 * nan} of {2 * len(final)} values are NaN" in captions.caption(spec, [r])
     # the reasons are the table's, counted (the measure's general note blamed running statistics for all)
     few = "fewer clustering samples (55) than one batch of 64"
     bn = final["condition"] == "batch"
     final = final.assign(cka=final["cka"].where(~bn), reason=final["reason"].where(~bn, few))
     r = findings.Results(cnn().experiment, {**cnn().tables, "train_eval": final})
     assert (f" {len(final)} of {len(final)} values are NaN ({nan}: {few}; {nan}: no norm with running statistics) and "
-            f"left out of the means.") in figures.caption(figures.figure("fig_train_eval"), [r])
+            f"left out of the means.") in captions.caption(figures.figure("fig_train_eval"), [r])
 
 
 # ==== whole reports ====
@@ -969,7 +969,7 @@ def test_nc1_figure_leaves_nan_layers_out_of_the_means():
     r = results.Results(get_experiment("digits-cnn"), t)
     (ax,) = figures.figure("fig_nc1").make(r).axes
     check_errorbars(ax, r.table("nc1").dropna(subset=["value"]), "value")
-    assert "2 of 40 values are NaN" in figures.caption(next(s for s in figures.FIGURES if s.name == "fig_nc1"), [r])
+    assert "2 of 40 values are NaN" in captions.caption(next(s for s in figures.FIGURES if s.name == "fig_nc1"), [r])
 
 
 def test_a_condition_without_a_value_is_neither_drawn_nor_named():
@@ -981,7 +981,7 @@ def test_a_condition_without_a_value_is_neither_drawn_nor_named():
     (ax,) = fig.axes
     assert ax.get_legend_handles_labels()[1] == [LABEL["batch"]] and len(ax.containers) == 1
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [LABEL["batch"]]
-    text = figures.caption(figures.figure("fig_nc1"), [r])
+    text = captions.caption(figures.figure("fig_nc1"), [r])
     assert "BatchNorm (blue) models" in text and "orange" not in text and "20 of 40 values are NaN" in text
 
 
@@ -1681,23 +1681,23 @@ def test_the_cka_caption_names_the_kernels_two_conditions_start_from_at_one_seed
             for a, b in [("batch", "group"), ("batch", "none")]}
     assert same[("batch", "group")] == [n.removesuffix(".weight") for n in k["batch"]] and len(k["batch"]) == 6
     assert same[("batch", "none")] == ["features.0"]
-    text = figures.caption(figures.figure("fig_cka"), [cnn4()])
+    text = captions.caption(figures.figure("fig_cka"), [cnn4()])
     assert ("(read off the models, built as training builds them): BN and GN, BN and LN, GN and LN: all 6 kernels; "
             "BN and NBN, GN and NBN, LN and NBN: 1 of 6 kernels (features.0). A same-seed CKA of such a pair starts "
             "above the baselines of independent seeds") in text
-    assert "BN and NBN: 1 of 6 kernels (features.0)." in figures.caption(figures.figure("fig_cka"), [cnn()])
+    assert "BN and NBN: 1 of 6 kernels (features.0)." in captions.caption(figures.figure("fig_cka"), [cnn()])
 
 
 def test_the_cka_caption_on_imported_models_and_where_the_model_is_not_here():
     r = cnn()
     r.tables["training"] = r.tables["training"].assign(imported=True)  # trained elsewhere: no word of their start
-    assert "at the baseline, it does not. Gray dotted: " in figures.caption(figures.figure("fig_cka"), [r])
-    assert "BN and NBN: 1 of 6 kernels (features.0). A same-seed" in figures.caption(  # beside a study it trained
+    assert "at the baseline, it does not. Gray dotted: " in captions.caption(figures.figure("fig_cka"), [r])
+    assert "BN and NBN: 1 of 6 kernels (features.0). A same-seed" in captions.caption(  # beside a study it trained
         figures.figure("fig_cka"), [r, cnn()])
     away = results.Results(get_experiment("digits-cnn").with_model("nosuch_pkg.mod:build"), cnn().tables)
     assert ("them): not checked here (cannot import nosuch_pkg.mod for model nosuch_pkg.mod:build "
             "(ModuleNotFoundError: No module named 'nosuch_pkg'); install it or put its folder on PYTHONPATH). "
-            ) in figures.caption(figures.figure("fig_cka"), [away])
+            ) in captions.caption(figures.figure("fig_cka"), [away])
 
 
 @pytest.mark.parametrize("n, batches", [(5000, "4 batches of 64"), (160, "3 batches (64, 64, 32)"),
@@ -1708,7 +1708,7 @@ def test_the_gradient_norm_caption_gives_the_batches_the_analysis_had(n, batches
     r = cnn()
     r.tables["samples"] = pd.DataFrame({"purpose": "cluster", "position": range(n), "index": range(n)})
     assert (f"averaged over the same {batches} analysis samples for every model" in
-            figures.caption(figures.figure("fig_gradient_norms"), [r]))
+            captions.caption(figures.figure("fig_gradient_norms"), [r]))
 
 
 def test_the_provenance_counts_the_rows_of_the_snapshot_epochs_too():

@@ -1,0 +1,69 @@
+"""A figure's caption, filled per report: how many seeds, which layers are shown, the values left out
+and why, the conditions' colours, the kernels two conditions start from alike (bnrep.initial) and the
+gradient norms' batches. The captions' texts are bnrep.figures' and bnrep.measures' table entries."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bnrep.initial import shared_start_text
+from bnrep.measures import MEASURES, gradient_batches_text
+from bnrep.results import COLORS, Results, norm_labels, ordered, seeds_text
+
+
+def colours_text(norms) -> str:
+    """'BatchNorm (blue) and no-BatchNorm (orange)' style legend for captions."""
+    labels = norm_labels(norms)
+    parts = [f"{labels[n]} ({COLORS[n].removeprefix('tab:')})" for n in ordered(norms)]
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)
+
+
+def _models(df: pd.DataFrame) -> pd.DataFrame:
+    """(norm, seed) rows of a table; a pair table (cka) names both of its models."""
+    if "condition_a" in df and "condition" not in df:
+        return pd.concat([df[[f"condition_{s}", f"seed_{s}"]].set_axis(["condition", "seed"], axis=1) for s in "ab"])
+    return df
+
+
+def caption(spec, rs: list[Results]) -> str:
+    """`spec`'s (a bnrep.figures.FigureSpec) caption with its placeholders filled for the results `rs`:
+    {seeds}, {layers}, {nan} (the values left out, and why), {colours}, {shared} (bnrep.initial) and
+    {gradient_batches}."""
+    df = pd.concat([r.at_epochs(spec.tables[0]) if spec.epochs else r.table(spec.tables[0]) for r in rs],
+                   ignore_index=True)
+    layers = "; ".join(f"{r.label}: from layer {r.experiment.first_shown_layer}" for r in rs)
+    m, nan = MEASURES.get(spec.tables[0]), ""
+    col = m.values[0] if m else ""
+    if col in df and df[col].isna().any():
+        nan = f" {int(df[col].isna().sum())} of {len(df)} {_why_nan(df, col, m)} and left out of the means."
+    norms = {n for r in rs for n in r.norms}
+    if col in df and "condition" in df and df[col].notna().any():  # the conditions drawn (condition_lines)
+        norms &= set(df.loc[df[col].notna(), "condition"])
+    shared = shared_start_text(rs) if "{shared}" in spec.caption else ""  # (models built: only where it is said)
+    shared = f" {shared}" if shared else ""
+    return spec.caption.format(seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms),
+                               shared=shared, gradient_batches=_gradient_batches(rs))
+
+
+def _gradient_batches(rs: list[Results]) -> str:
+    """The gradient norms' batches in words, per experiment where they differ: from the samples its analysis
+    drew (results/samples; else the experiment's sample counts, as asked)."""
+    def n(r):
+        s = r.table("samples")
+        e = r.experiment
+        return int(s.groupby("purpose").size().max()) if len(s) else max(e.samples_sparsity, e.samples_cluster)
+
+    said = {r.label: gradient_batches_text(n(r)) for r in rs}
+    return next(iter(said.values())) if len(set(said.values())) == 1 else "; ".join(
+        f"{label}: {text}" for label, text in said.items()) + ","
+
+
+def _why_nan(df: pd.DataFrame, col: str, m) -> str:
+    """'values are NaN (count: reason; ...)' from the table's own reasons, most frequent first; the measure's
+    general note where some NaN row has no reason (parts written before reasons were kept)."""
+    why = df.loc[df[col].isna(), m.reasons[0]] if m.reasons[0] in df else pd.Series(dtype=object)
+    if why.empty or not (why.fillna("") != "").all():
+        return m.nan_note
+    counts = sorted(why.value_counts().items(), key=lambda x: (-x[1], x[0]))  # ties: alphabetical
+    listed = "; ".join(f"{n}: {reason}" for reason, n in counts[:3])
+    return f"values are NaN ({listed}{'; ...' if len(counts) > 3 else ''})"
