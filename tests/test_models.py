@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from bnrep.experiments import PAPER_NORMS as NORMS
-from bnrep.models import BUILTIN, BasicBlock, build_model, model_id
+from bnrep.models import BUILTIN, build_model, model_id
+from bnrep.nets import BasicBlock
 from bnrep.norms import NAMES, group_count
 from bnrep.probes import find_probes
 
