@@ -42,7 +42,8 @@ def caption(spec, rs: list[Results]) -> str:
     shared = shared_start_text(rs) if "{shared}" in spec.caption else ""  # (models built: only where it is said)
     shared = f" {shared}" if shared else ""
     return spec.caption.format(seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms),
-                               shared=shared, gradient_batches=_gradient_batches(rs))
+                               shared=shared,
+                               gradient_batches=_gradient_batches(rs) if "{gradient_batches}" in spec.caption else "")
 
 
 def _gradient_batches(rs: list[Results]) -> str:
