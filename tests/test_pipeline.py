@@ -199,13 +199,22 @@ def tune_whole(out, rel):
     return tune_state_problem(Store(str(out), "digits-cnn"), rel) is None
 
 
-def resumable(out, rel):
+def resumable(out, rel, done=lambda trial: False):
     """Tune's state under <experiment>/rel is whole and names a checkpoint of
-    a trial that has not finished: a restore resumes a trial past epoch 0."""
+    a trial that has not finished (nor is `done`): a restore resumes a trial past epoch 0."""
     from ray.tune import ExperimentAnalysis
 
-    return tune_whole(out, rel) and any(t.status != "TERMINATED" and t.checkpoint is not None
+    return tune_whole(out, rel) and any(t.status != "TERMINATED" and t.checkpoint is not None and not done(t)
                                         for t in ExperimentAnalysis(str(out / "digits-cnn" / rel)).trials)
+
+
+def saved(out):
+    """Whether a grid trial's model has its training row (the model is done, whatever Tune's state says of
+    its trial: the resumed grid reruns that trial without training)."""
+    from bnrep.models import model_id
+
+    return lambda t: f"{model_id('cnn', t.config['run']['norm'], t.config['run']['seed'])}.parquet" in parts(
+        out, "training")
 
 
 def parts(out, name):
@@ -281,11 +290,11 @@ FINAL_TUNE = "train/tune/final"
 @pytest.fixture(scope="module")
 def killed_grid(reference, tmp_path_factory):
     """A run killed in the final grid once a model is done, Tune's state on disk
-    is whole and it names a checkpoint of an unfinished model; (runs, models done)."""
+    is whole and it names a checkpoint of a model not yet saved; (runs, models done)."""
     ref, _ = reference
     out = tmp_path_factory.mktemp("killed_grid") / "runs"
     copy_stages(ref, out, "config.json", "hparam", "results/hparam_trials")  # same best hparams as ref
-    run_and_kill(out, lambda o: len(parts(o, "training")) >= 1, *EVERY_EPOCH, frozen=lambda o: resumable(o, FINAL_TUNE))
+    run_and_kill(out, lambda o: len(parts(o, "training")) >= 1, *EVERY_EPOCH, frozen=lambda o: resumable(o, FINAL_TUNE, saved(o)))
     n_done = len(parts(out, "training"))
     assert n_done < len(MODELS), "training finished before the kill"
     return out, n_done
