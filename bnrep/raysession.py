@@ -199,10 +199,26 @@ def ray_session(address: str | None, model: str | None = None):
         yield ray
     finally:
         if started:
+            if _PRIVATE:
+                stop_monitor(ray)
             _PRIVATE = False
             ray.shutdown()
             if _stop_on_sigterm:  # the shutdown put SIGTERM's default action back (Python's record of it unchanged)
                 stop_on_sigterm()
+
+
+def stop_monitor(ray) -> None:
+    """Stop the private Ray's autoscaler monitor before ray.shutdown() does: ray.shutdown() stops the GCS
+    first and then sends the monitor SIGTERM, on which it reports its own end to the GCS just stopped, and
+    waits a second for it before killing it (a second of every private session's end). The monitor of a
+    one-machine Ray scales nothing and keeps no state: killed here, it has ended when ray.shutdown() looks."""
+    import subprocess
+
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    for info in getattr(node, "all_processes", {}).get("monitor", ()):  # (Ray's process type names it so)
+        with contextlib.suppress(OSError, AttributeError, subprocess.TimeoutExpired):
+            info.process.kill()
+            info.process.wait(timeout=5)
 
 
 def join(ray, address: str, quiet: dict) -> None:

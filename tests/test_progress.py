@@ -256,6 +256,25 @@ def test_workers_take_sigint_even_when_the_run_ignores_it():
         signal.signal(signal.SIGINT, before)
 
 
+def test_a_private_ray_ends_without_waiting_on_its_monitor(monkeypatch):
+    """ray.shutdown() stops the GCS, then sends the autoscaler monitor SIGTERM, on which the monitor reports
+    its end to the GCS just stopped, and kills it a second later. The private Ray's monitor has already
+    ended when ray.shutdown() begins, and every process of that Ray has ended when the session does."""
+    seen, real = {}, ray.shutdown
+
+    def shutdown(*args, **kwargs):
+        node = ray._private.worker._global_node
+        seen["monitor"] = [i.process.poll() for i in node.all_processes["monitor"]]
+        seen["processes"] = [i.process for infos in node.all_processes.values() for i in infos]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "shutdown", shutdown)
+    with ray_session(None):
+        pass
+    assert seen["monitor"] == [-9]  # killed, and reaped, before ray.shutdown()
+    assert len(seen["processes"]) >= 3 and all(p.poll() is not None for p in seen["processes"])
+
+
 def test_a_task_stuck_in_a_native_call_is_killed(tmp_path):
     """A task that does not stop at the interrupt (one long native call) has its process killed."""
     started = tmp_path / "started"
