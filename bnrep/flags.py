@@ -172,11 +172,20 @@ STAGE_FLAGS = {
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with its errors in one line (the usage block is --help's)."""
+    """argparse with its errors in one line (the usage block is --help's), and no abbreviated flags: argparse
+    would take `--norm batch` for `--norms` and `--seed 3` for `--seeds`, while a misspelt flag is refused."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message: str):
-        command = f"python {self.prog}" if self.prog.endswith(".py") else self.prog
+        prog = self._command().prog  # `bnrep run --smoketest`: argparse says it as `bnrep`; the flags are run's
+        command = f"python {prog}" if prog.endswith(".py") else prog
         self.exit(2, f"error: {self.prog}: {message}{self._did_you_mean(message)} (see {command} --help)\n")
+
+    def _command(self) -> argparse.ArgumentParser:
+        """The parser of the subcommand typed (`bnrep run ...`: run's), else this one."""
+        return next((self._commands[w] for w in self._argv if w in self._commands), self)
 
     _argv: list[str] = []
     _commands: dict = {}  # bnrep's subcommands' parsers, by name
@@ -196,11 +205,10 @@ class Parser(argparse.ArgumentParser):
 
         if not message.startswith("unrecognized arguments: "):
             return ""
-        # `bnrep run --smoketest`: argparse says so as `bnrep`; the flags are run's (as its --help lists them)
-        parser = next((self._commands[w] for w in self._argv if w in self._commands), self)
-        flags = sorted(set(re.findall(r"--[A-Za-z0-9][\w-]*", parser.format_help())))
+        flags = sorted(set(re.findall(r"--[A-Za-z0-9][\w-]*", self._command().format_help())))  # as --help lists them
         typed = [w.split("=")[0] for w in message.split(": ", 1)[1].split() if w.startswith("--")]
-        close = [c for w in typed for c in difflib.get_close_matches(w, flags, n=1)]
+        close = [c for w in typed for c in ([f for f in flags if f.startswith(w)][:1]  # a flag shortened
+                                            or difflib.get_close_matches(w, flags, n=1))]
         return f"; did you mean {close[0]}?" if close else ""
 
 

@@ -412,9 +412,16 @@ def test_ray_runs_library_functions_by_reference():
                                   "(see bnrep final --help)"),
     (["report", "--smoke-test"], "error: bnrep report: unrecognized arguments: --smoke-test (see bnrep report --help)"),
     (["run", "--smoketest"], "error: bnrep: unrecognized arguments: --smoketest; did you mean --smoke-test? (see "
-                             "bnrep --help)"),  # (argparse's error comes from bnrep's parser; the flag is run's)
+                             "bnrep run --help)"),  # (argparse's error comes from bnrep's parser; the flag is run's)
     (["analysis", "--k-mx", "5"], "error: bnrep analysis: unrecognized arguments: --k-mx 5; did you mean --k-max?"),
-    (["status", "--smoke-test"], "error: bnrep: unrecognized arguments: --smoke-test (see bnrep --help)"),  # run's only
+    (["status", "--smoke-test"], "error: bnrep: unrecognized arguments: --smoke-test (see bnrep status --help)"),
+    # a flag shortened is refused as a misspelt one is (argparse would take --norm for --norms, --seed for --seeds)
+    (["run", "--norm", "batch"], "error: bnrep: unrecognized arguments: --norm batch; did you mean --norms? (see "
+                                 "bnrep run --help)"),
+    (["final", "--seed", "3"], "error: bnrep final: unrecognized arguments: --seed 3; did you mean --seeds? (see "
+                               "bnrep final --help)"),
+    (["status", "--exp", "x"], "error: bnrep: unrecognized arguments: --exp x; did you mean --experiment? (see "
+                               "bnrep status --help)"),
     (["frobnicate"], "error: bnrep: argument COMMAND: invalid choice: 'frobnicate'"),
 ])
 def test_a_flag_argparse_refuses_is_one_line_naming_the_command(argv, line, capsys):
