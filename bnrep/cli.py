@@ -94,6 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_stages(exp, opts, store, imported: bool = False, fresh=lambda: None) -> int:
     """The stages in one Ray session (the report after it): every stage's resource check, then `fresh`
     (--fresh's deletion), then the work (a refused run deletes nothing and trains nothing)."""
+    from bnrep.config import held_conditions
     from bnrep.experiments import reference_note
     from bnrep.raysession import check_resources, ray_session
     from bnrep.stages import analysis, final, hparam, report
@@ -106,8 +107,8 @@ def run_stages(exp, opts, store, imported: bool = False, fresh=lambda: None) -> 
         steps = steps[2:]
     elif opts.paper_hparams:
         steps = steps[1:]
-    if reference_note(exp):
-        print(reference_note(exp), flush=True)
+    if imported and (note := reference_note(exp, held_conditions(store, exp, ["training"]))):  # (a training
+        print(note, flush=True)  # stage's header says it)
 
     def stage(i: int, name: str, step) -> int:
         print(f"\n==== stage {i}/{len(steps)}: {name} (as python {SCRIPTS[name]}) ====", flush=True)

@@ -32,7 +32,6 @@ from bnrep.datasets import FOLDER, class_names, folder_fingerprint, parse_datase
 from bnrep.experiments import ConfigError, Experiment, get_experiment, renamed
 from bnrep.lock import refuse_if_held
 from bnrep.measures import MEASURES
-from bnrep.norms import REF
 from bnrep.store import Store, git_commit, is_uri, tables
 from bnrep.studies import unknown_experiment
 
@@ -408,23 +407,22 @@ def _check_local_writable(path: Path) -> None:
 def header(stage: str, exp: Experiment, store: Store, fresh: bool = False) -> str:
     """The first lines a stage prints: version, commit, what and where, the stage hashes (`fresh`: the
     stage will delete its earlier results, FRESH)."""
-    from bnrep.experiments import at_smoke_sizes
+    from bnrep.experiments import at_smoke_sizes, reference_note
 
     h = stage_hashes(exp)
-    no_reference = exp.reference == REF and REF not in exp.norms and stage != "analysis"  # said before training
     sizes = " at --smoke-test sizes" if at_smoke_sizes(exp) else ""
     gone = FRESH.get(stage.split()[0], ()) if fresh else ()  # what the stage deletes before its work
     kept = [t for t in ("hparam_trials", "training") if "results" not in gone and f"results/{t}" not in gone]
     models = [] if stage == "import" else held_conditions(store, exp, [t for t in kept if t == "training"])
     trials = [] if stage == "import" else [c for c in held_conditions(store, exp, [t for t in kept if t != "training"])
                                            if c not in models]  # (a --fresh grid deleted their models)
+    how = f"`bnrep run --experiment {exp.name}{out_flag(store.out)} --reference TAG`" if stage == "import" else None
+    no_reference = stage != "analysis" and reference_note(exp, models, **({"how": how} if how else {}))  # before training
     return (f"bnrep {bnrep.__version__} ({git_commit() or 'unknown commit'}) | {stage}{sizes} | "
             f"experiment {exp.name} -> {store.out}/{exp.name}\n"
             f"config: train {h['train_hash']}, analysis {h['analysis_hash']} "
             f"({store.uri('config.json')})" + (
-                f"\nnote: no condition trains without normalisation ({REF}) and no --reference names another: the "
-                f"report's claims compare with the reference, so none will be evaluated; add {REF} to the "
-                f"conditions, or name one of them with --reference TAG" if no_reference else "") + (
+                f"\n{no_reference}" if no_reference else "") + (
                 f"\nnote: {store.out}/{exp.name} also holds results of {', '.join(models)}, not among this run's "
                 f"conditions: they stay in its tables and its report (for these conditions alone: another --out, "
                 f"or --fresh)" if models else "") + (

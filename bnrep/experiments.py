@@ -229,13 +229,16 @@ def layer_value(x) -> int | float:
     return int(x) if x >= 1 and x.is_integer() else x
 
 
-def reference_note(e: Experiment) -> str | None:
-    """A line for a study whose conditions leave out its reference (`none` by default): it trains and
-    measures, but no claim can be judged; None when the reference is among them."""
-    if e.reference in e.norms:
+def reference_note(e: Experiment, held=(), how: str = "--reference TAG") -> str | None:
+    """A line for a study whose conditions, and the models its results already hold (`held`: their
+    conditions), leave out its reference (`none` by default): it trains and measures, but no claim can be
+    judged; None otherwise. `how`: the way to name another reference (a command, where the one that prints
+    the note takes no --reference)."""
+    if e.reference in e.norms or e.reference in held:
         return None
-    return (f"note: {e.name} has no models of its reference condition {e.reference!r}: the report's claims will "
-            f"not be judged; --reference TAG judges them against one of {', '.join(e.norms)}")
+    return (f"note: {e.name} has no models of its reference condition {e.reference!r}: the report's claims compare "
+            f"with it, so none will be judged; add {e.reference} to the conditions, or name one of "
+            f"{', '.join(e.norms)} with {how}")
 
 
 LR_EDGE = 0.1  # a best lr within 10% of lr_range's width (log scale) of an end, inclusive, lies at its edge

@@ -342,8 +342,10 @@ def test_a_study_without_its_reference_is_told_so_before_it_trains():
 
     e = get_experiment("digits-cnn").override(conditions="batch,group")
     assert reference_note(e) == ("note: digits-cnn has no models of its reference condition 'none': the report's "
-                                 "claims will not be judged; --reference TAG judges them against one of batch, group")
+                                 "claims compare with it, so none will be judged; add none to the conditions, or "
+                                 "name one of batch, group with --reference TAG")
     assert reference_note(e.override(reference="group")) is None and reference_note(get_experiment("digits-cnn")) is None
+    assert reference_note(e, held=["none"]) is None  # models of it already in the study's results
 
 
 def test_a_batch_size_above_the_training_split_is_said_once_per_size(capsys):

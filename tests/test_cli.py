@@ -966,14 +966,26 @@ def test_a_header_says_when_a_study_is_at_smoke_test_sizes(tmp_path):
 def test_a_study_with_no_reference_condition_is_told_before_it_trains(tmp_path):
     """Without `none` among the conditions and no --reference, every claim of the report is 'not evaluated':
     said when training starts, not first by the report hours later."""
+    import pandas as pd
+
     parse = flags.build_parser("final").parse_args
     store = Store(str(tmp_path), "digits-cnn")
-    note = "note: no condition trains without normalisation (none) and no --reference names another"
+    note = ("note: digits-cnn has no models of its reference condition 'none': the report's claims compare with it, "
+            "so none will be judged; add none to the conditions, or name one of batch, group with --reference TAG")
     without = flags.resolve_experiment(parse(["--norms", "batch,group"]))
     assert note in config.header("final grid", without, store) and note in config.header("hparam sweep", without, store)
     assert note not in config.header("analysis", without, store)  # (the training stages said it)
     for argv in ([], ["--norms", "batch,group", "--reference", "group"], ["--norms", "batch,none"]):
-        assert note not in config.header("final grid", flags.resolve_experiment(parse(argv)), store)
+        assert "reference condition" not in config.header("final grid", flags.resolve_experiment(parse(argv)), store)
+    # bnrep import takes no --reference: the note names the command that does
+    imported = config.header("import", without, store)
+    assert ("or name one of batch, group with `bnrep run --experiment digits-cnn --out "
+            f"{tmp_path} --reference TAG`") in imported, imported
+    # a run of some conditions of a study that holds models of the reference: the report judges against them
+    store.write_part("training", "cnn-none-s0", pd.DataFrame([{"model_id": "cnn-none-s0", "norm": "none",
+                                                               "condition": "none", "seed": 0}]), "h")
+    header = config.header("final grid", without, store)
+    assert "reference condition" not in header and "also holds results of none" in header, header
 
 
 def test_a_printed_command_for_a_smoke_test_folder_carries_the_flag(results, tmp_path):
