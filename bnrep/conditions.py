@@ -157,7 +157,7 @@ def mostly_zero_layers(r: Results, norm: str) -> list[Condition]:
     dead = dead_channel_counts(r, norm)
     if len(dead):
         out.append(Condition("dead channels (zero for every sample), summed over models: " + ", ".join(
-            f"{tags[x.condition]} {x.layer} {x.n} in {x.models} of {x.of} models" for x in dead.itertuples()),
+            f"{tags[x.condition]} {x.layer}: {x.n} in {x.models} of {x.of} models" for x in dead.itertuples()),
             ALL, undermines=False))
     return out
 

@@ -424,10 +424,11 @@ def finding_early_clusters(kmeans: pd.DataFrame, first_layer: int, n_classes: in
     closer = bool(dist.get(norm, math.inf) < dist.get(ref, math.inf) and p < P_MAX)
     verdict = "supported" if earlier and closer else "mixed" if earlier or closer else "not supported"
     kmax = int(kmeans["k"].max())
-    at = {n: "never" if v is None else f"at layer {v}" for n, v in reach.items()}
+    name = best.drop_duplicates("layer_index").set_index("layer_index")["layer"]  # as the other claims say them
+    at = {n: "never" if v is None else f"at {name[v]}" for n, v in reach.items()}
     detail = (f"seed-mean optimal k first within +-{K_TOL} of {n_classes} classes {at[norm]} with {a}, "
               f"{at[ref]} {'without' if ref == REF else f'with {ref_name}'}; mean |optimal k - {n_classes}| "
-              f"over early layers {_names(early)}: {a} {dist.get(norm, math.nan):.2f}, "
+              f"over the early layers {_names(name[early])}: {a} {dist.get(norm, math.nan):.2f}, "
               f"{ref_name} {dist.get(ref, math.nan):.2f} (Welch p {_p(p)}).")
     if kmax < n_classes - K_TOL:
         detail += f" Note: k only goes up to {kmax}, so {n_classes} clusters cannot be found."

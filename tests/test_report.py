@@ -380,6 +380,10 @@ KOPT = {"supported": cnn_kopt,
 def test_finding_early_clusters(verdict):
     f = findings.finding_early_clusters(make_tables(**SMALL, kopt=KOPT[verdict])["kmeans"], 1)
     assert f.verdict == verdict, f.detail
+    if verdict == "mixed":  # layers by name, as the other claims and the figures say them (a Sequential's: "6")
+        assert f.detail.startswith("seed-mean optimal k first within +-1 of 10 classes at conv3 with BN, at conv4 "
+                                   "without; mean |optimal k - 10| over the early layers conv1, conv2, conv3: "), f.detail
+        assert f.numbers["first_layer_reaching"] == {"BN": 3, "NBN": 4} and f.numbers["early_layers"] == [1, 2, 3]
 
 
 def test_optimal_k_skips_dead_layers_and_breaks_ties_low(monkeypatch):
@@ -903,12 +907,12 @@ CONDITIONS = {  # name: (tables, experiment, text named, claims turned inconclus
                                 "digits-cnn", "layers above 90% zeros: no BN conv4 95%", {1, 2}),
     "a dead channel (named only)": (set_rows(T, "layer_sparsity", "model_id == 'bn-s0' and layer == 'conv1'",
                                              dead_channels=1),
-                                    "digits-cnn", "dead channels (zero for every sample), summed over models: BN conv1 1 in 1 of 4 models",
+                                    "digits-cnn", "dead channels (zero for every sample), summed over models: BN conv1: 1 in 1 of 4 models",
                                     set()),
     "a dead channel, counted from channel_sparsity (tables before dead_channels)": (
         {**set_rows(T, "channel_sparsity", "model_id == 'bn-s0' and layer == 'conv1' and channel < 3", sparsity=1.0),
          "layer_sparsity": T["layer_sparsity"].drop(columns="dead_channels")},
-        "digits-cnn", "dead channels (zero for every sample), summed over models: BN conv1 3 in 1 of 4 models", set()),
+        "digits-cnn", "dead channels (zero for every sample), summed over models: BN conv1: 3 in 1 of 4 models", set()),
     "dead channels at the larger eps only are not named": (
         make_tables(**SMALL, acc=acc, eps=(0.0, 0.5)), "digits-cnn", None, set()),  # eps 0.5: every channel zero
 }
