@@ -66,7 +66,7 @@ def _hparam(store: Store, exp: Experiment, running: bool = False) -> tuple[str, 
         return ("hparam", "skipped", "the grid trained with the preset's hyperparameters (--paper-hparams)")
     state = _state(done, len(tags))
     return ("hparam", "partial" if resumable and state == "missing" else state, f"{done}/{len(tags)} {word} searched"
-            + (f"; {'sweep running' if running else 'interrupted sweep to resume'}: {', '.join(resumable)}"
+            + (f"; {'sweep running' if running else 'unfinished sweep to resume'}: {', '.join(resumable)}"
                if resumable else ""))
 
 
@@ -83,7 +83,7 @@ def _final_and_analysis(store: Store, exp: Experiment, running: bool = False) ->
     state = _state(len(trained), len(want))
     rows = [("final", "partial" if resumable and state == "missing" else state,
              f"{len(trained)}/{len(want)} models trained" + (
-                 f"; {'grid running' if running else 'interrupted grid to resume'}: {len(resumable)} "
+                 f"; {'grid running' if running else 'unfinished grid to resume'}: {len(resumable)} "
                  f"model{'s' * (len(resumable) != 1)}" if resumable else ""))]
     stage, state, detail = _analysis(store, exp, trained)
     if trained and len(trained) < len(want):  # what the untrained models need is not done either

@@ -521,8 +521,8 @@ def test_status_names_an_interrupted_grid_and_a_running_one(results):
     store.write_bytes(f"{SWEEP}/tuner.pkl", b"Tune's state of the interrupted sweep")
     store.delete("hparam/best_hparams.json")
     rows = stage_status(str(results), "digits-cnn")
-    assert rows[:2] == [("hparam", "partial", "0/2 normalisations searched; interrupted sweep to resume: nobn"),
-                        ("final", "partial", "0/4 models trained; interrupted grid to resume: 3 models")]
+    assert rows[:2] == [("hparam", "partial", "0/2 normalisations searched; unfinished sweep to resume: nobn"),
+                        ("final", "partial", "0/4 models trained; unfinished grid to resume: 3 models")]
     with writer_lock(store, "final"):
         assert stage_status(str(results), "digits-cnn")[1] == ("final", "partial",
                                                               "0/4 models trained; grid running: 3 models")

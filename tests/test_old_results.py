@@ -64,7 +64,7 @@ def test_status_partial_in_every_stage(old_results):
     assert stage_status(str(old_results), "synthetic-cnn")[0][2] == "1/2 normalisations searched"  # no Tune state
     store.write_bytes("hparam/tune/sweep/tuner.pkl", b"Tune's state of the interrupted sweep")
     assert stage_status(str(old_results), "synthetic-cnn")[0] == (
-        "hparam", "partial", "1/2 normalisations searched; interrupted sweep to resume: nobn")
+        "hparam", "partial", "1/2 normalisations searched; unfinished sweep to resume: nobn")
     with writer_lock(store, "hparam"):  # a run holds the lock: that sweep is under way, not interrupted
         assert stage_status(str(old_results), "synthetic-cnn")[0] == (
             "hparam", "partial", "1/2 normalisations searched; sweep running: nobn")

@@ -319,7 +319,7 @@ def test_killed_during_training_resumes_to_the_same_results(reference, killed_gr
     n_done = killed_grid[1]
     status = bnrep("status", "--experiment", "digits-cnn", out=out)
     left = len(MODELS) - n_done  # Tune's state of the grid holds them: `bnrep status` says they resume
-    assert (f"final      partial   {n_done}/4 models trained; interrupted grid to resume: {left} "
+    assert (f"final      partial   {n_done}/4 models trained; unfinished grid to resume: {left} "
             f"model{'s' * (left != 1)}") in status.stdout
     done = [name.removesuffix(".parquet") for name in parts(out, "training")]  # (a model.pt without its row: not done)
     saved = {p: p.stat().st_mtime_ns for p in (out / "digits-cnn" / "train" / "models" / m / "model.pt" for m in done)}

@@ -404,3 +404,36 @@ def test_the_grid_starts_the_conditions_whose_best_trial_trained_longest_first(t
     assert order == [("none", 0), ("none", 1), ("none", 2), ("layer", 0), ("layer", 1), ("layer", 2),
                      ("batch", 0), ("batch", 1), ("batch", 2)]
     assert longest_first(grid, store, paper=True) == grid
+
+
+def test_conditions_whose_every_trial_failed_are_each_named_once_the_others_are_recorded(tmp_path):
+    """A fault of the model's own code fails every trial of every condition alike: the stage's one line names
+    each condition with no trial left, and the conditions with one are recorded first (a rerun keeps them)."""
+    from bnrep.config import StageFailed
+    from bnrep.stages.hparam import asha_spec, record_best, trials_table
+    from bnrep.store import Store
+
+    exp = get_experiment("digits-cnn-norms").override(num_samples=2)
+    plan = [c for n in exp.norms for c in sampled(exp, n)]
+    asha = {n: asha_spec(exp, n) for n in exp.norms}
+    crash = "Traceback (most recent call last):\n  ...\nRuntimeError: shapes cannot be multiplied (2x8 and 6x3)"
+
+    def result(config, ok):
+        m = {"trial_id": f"t{plan.index(config)}", "training_iteration": 3, "epoch": 3, "objective": 0.9, "val_acc": 0.9}
+        return SimpleNamespace(config={"run": config}, metrics=m if ok else {}, error=None if ok else crash,
+                               metrics_dataframe=pd.DataFrame([m]) if ok else None)
+
+    ok = {exp.norms[0]}  # the first condition's trials ran; every other condition's failed
+    every = trials_table([result(c, c["norm"] in ok) for c in plan], exp, asha, plan)
+    store = Store(str(tmp_path), exp.name)
+    with pytest.raises(StageFailed) as e:
+        record_best(store, exp, every, list(exp.norms), {})
+    from bnrep.norms import TAGS
+
+    failed = [TAGS[n] for n in exp.norms[1:]]
+    assert str(e.value) == (f"every trial of {', '.join(failed[:-1])} and {failed[-1]} failed ({failed[0]}: "
+                            "RuntimeError: shapes cannot be multiplied (2x8 and 6x3))")
+    assert list(store.read_json("hparam/best_hparams.json")) == [TAGS[exp.norms[0]]]
+    assert store.has_part("hparam_trials", TAGS[exp.norms[0]]) and not store.has_part("hparam_trials", failed[0])
+    with pytest.raises(StageFailed, match=f"^every trial of {failed[0]} failed \\(RuntimeError: shapes"):
+        record_best(Store(str(tmp_path / "one"), exp.name), exp, every, list(exp.norms[:2]), {})

@@ -183,12 +183,17 @@ def describe_trial(config: dict, r: dict) -> str:
 
 
 # ==== the best trial ====
+def first_error(trials: pd.DataFrame) -> str:
+    """The last line of the first trial's error (its traceback's exception)."""
+    return trials["error"].iloc[0].strip().splitlines()[-1][:300]
+
+
 def best_trial(trials: pd.DataFrame, tag: str) -> dict:
     """The highest objective, then validation accuracy; of equals (ties are common: accuracies are
     fractions of one validation split), the trial planned first (trials_table's order)."""
     ok = trials[trials["error"] == ""].dropna(subset=["objective"])
     if ok.empty:
-        raise StageFailed(f"every trial of {tag} failed ({trials['error'].iloc[0].strip().splitlines()[-1][:300]})")
+        raise StageFailed(f"every trial of {tag} failed ({first_error(trials)})")
     b = ok.sort_values(["objective", "val_acc"], ascending=False).iloc[0]  # (a sort on two columns is stable)
     return {"lr": float(b["lr"]), "momentum": float(b["momentum"]), "objective": float(b["objective"]),
             "val_acc": float(b["val_acc"]), "epochs": int(b["epochs"]), "trial_id": b["trial_id"]}
@@ -210,6 +215,29 @@ def print_best(best: dict, exp: Experiment) -> None:
         if edge:
             print(f"note: {tag}'s best lr {b['lr']:.3g} lies at the {edge} edge of the search range "
                   f"{exp.lr_range}; the optimum may lie outside it: widen lr_range", flush=True)
+
+
+def record_best(store: Store, exp: Experiment, every: pd.DataFrame, todo: list[str], best: dict) -> None:
+    """Each condition of `todo`: its trials' part and its best trial, into `best` and best_hparams.json. A
+    condition whose trials all failed is StageFailed once the others are recorded, naming each such condition."""
+    failed = []
+    for norm in todo:
+        tag, trials = TAGS[norm], every[every["condition"] == norm].reset_index(drop=True)
+        try:
+            best[tag] = best_trial(trials, tag)
+        except StageFailed as e:
+            failed.append((tag, trials, e))
+            continue
+        if trials["diverged"].any():
+            print(f"[hparam] {tag}: {int(trials['diverged'].sum())} of {len(trials)} trials diverged "
+                  f"(loss NaN or inf; scored below every other)", flush=True)
+        store.write_part("hparam_trials", tag, trials, stage_hashes(exp)["train_hash"])
+    store.write_json("hparam/best_hparams.json", best)
+    if len(failed) == 1:
+        raise failed[0][2]
+    if failed:  # each condition named; the first error (a fault of the model's code fails them all alike)
+        raise StageFailed(f"every trial of {', '.join(t for t, _, _ in failed[:-1])} and {failed[-1][0]} failed "
+                          f"({failed[0][0]}: {first_error(failed[0][1])})")
 
 
 # ==== the stage ====
@@ -236,21 +264,7 @@ def run(exp: Experiment, opts: RunOptions) -> int:
                 recipe = exp.for_condition(norm)
                 print(f"[hparam] {TAGS[norm]}: {exp.num_samples} trials, {searched(recipe)}", flush=True)
             every = run_sweep(exp, opts, store, todo, gpus)
-        failed = []
-        for norm in todo:  # each condition's trials, best and part; a condition whose trials all failed last
-            tag, trials = TAGS[norm], every[every["condition"] == norm].reset_index(drop=True)
-            try:
-                best[tag] = best_trial(trials, tag)
-            except StageFailed as e:
-                failed.append(e)
-                continue
-            if trials["diverged"].any():
-                print(f"[hparam] {tag}: {int(trials['diverged'].sum())} of {len(trials)} trials diverged "
-                      f"(loss NaN or inf; scored below every other)", flush=True)
-            store.write_part("hparam_trials", tag, trials, stage_hashes(exp)["train_hash"])
-        store.write_json("hparam/best_hparams.json", best)
-        if failed:
-            raise failed[0]
+        record_best(store, exp, every, todo, best)
     print_best(best, exp)
     print(f"\nwrote {store.out}/{exp.name}/hparam/best_hparams.json")
     return 0
