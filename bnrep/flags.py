@@ -379,6 +379,15 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
+def without_fresh(line: str, fresh: bool) -> str:
+    """An error's line; after a command with --fresh, its advice to rerun the same command says to leave
+    --fresh out (it would delete the results the line says are kept)."""
+    return line.replace(RERUN, f"{RERUN} without --fresh") if fresh else line
+
+
+RERUN = "rerun the same command"  # (the advice of a failure whose results are kept)
+
+
 def rerun_hint(fresh: bool) -> str:
     """How to resume a stopped command: as typed, or (it had --fresh, which would start over) without --fresh."""
     return "rerun the same command without --fresh to resume" if fresh else "rerun the same command to resume"
@@ -407,10 +416,10 @@ def main_guard(fn, fresh: bool = False) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except StageFailed as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {without_fresh(str(e), fresh)}", file=sys.stderr)
         return 1
     except StoreWriteError as e:  # disk full, permission denied: the locks are released on the way out
-        print(f"error: {write_error(e) or e}", file=sys.stderr)
+        print(f"error: {without_fresh(str(write_error(e) or e), fresh)}", file=sys.stderr)
         return 1
     except OSError as e:
         if e.errno not in OUTPUT_ERRORS:

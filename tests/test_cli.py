@@ -934,6 +934,22 @@ def test_a_command_with_fresh_stopped_says_to_rerun_it_without_fresh(capsys):
     assert capsys.readouterr().err == "interrupted: rerun the same command without --fresh to resume\n"
     assert flags.main_guard(stopped) == 130
     assert capsys.readouterr().err == "interrupted: rerun the same command to resume\n"
+    # a task that failed, a write the disk refused: what was written is kept, which --fresh would delete
+    from bnrep.progress import task_failed
+    from bnrep.store import cannot_write
+
+    for error, said in ((task_failed(ValueError("bad forward"), "analysis", "measuring m-s0 conv2"),
+                         "every part written is kept (rerun the same command without --fresh to resume once it is "
+                         "fixed)\n"),
+                        (cannot_write("results/x.parquet", "No space left on device"),
+                         "then rerun the same command without --fresh (results already written are kept)\n")):
+        def fails():
+            raise error
+
+        assert flags.main_guard(fails, fresh=True) == 1
+        assert capsys.readouterr().err.endswith(said)
+        assert flags.main_guard(fails) == 1
+        assert capsys.readouterr().err.endswith(said.replace(" without --fresh", ""))
 
 
 def test_a_printed_command_pastes_back_as_it_reads(tmp_path):
