@@ -274,7 +274,7 @@ def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
             advice = ("another study: give it a name of its own (--experiment NAME, beside this one), use another "
                       "--out" if other else "they were made with --smoke-test: add it, use another --out"
                       if key == "train_hash" and made_by_smoke_test(store, exp) else
-                      "use another --out, the same flags as before")
+                      "use the same settings as before (the flags, or the study file's values), another --out")
             raise UsageError(
                 f"{store.out}/{exp.name} holds {what} results of a different configuration "
                 f"({describe_diff(before, now)}); {advice}, or --fresh to delete those results and start over")

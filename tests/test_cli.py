@@ -179,8 +179,8 @@ CASES = [  # (name, stage, argv, words the message must contain)
      ["--probes 'layer9*' matches none of the 5 probes of cnn (names like conv1; types ReLU)"]),
     ("norm twice", "final", ["--norms", "group,none,group"], ["norms lists group more than once"]),
     ("different config", "final", ["--smoke-test", "--max-epochs", "5", "--paper-hparams"],
-     ["different configuration", "max_epochs 3 -> 5", "use another --out, the same flags as before, or --fresh to "
-      "delete those results and start over"]),
+     ["different configuration", "max_epochs 3 -> 5", "use the same settings as before (the flags, or the study "
+      "file's values), another --out, or --fresh to delete those results and start over"]),
     ("a smoke test's folder without --smoke-test", "final", ["--paper-hparams"],
      ["different configuration (max_epochs 3 -> 200", "they were made with --smoke-test: add it, use another --out, "
       "or --fresh to delete those results"]),
