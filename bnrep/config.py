@@ -258,11 +258,11 @@ def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
         return record
     old = read_config(store)
     redefined(store, old, exp)
-    same_folder = old.get("experiment", {}).get("dataset") == exp.dataset
-    if same_folder and old.get("data", record.get("data")) != record.get("data"):
-        raise UsageError(f"{store.out}/{exp.name}: the image folder {path} changed since its results were made (then "
-                         f"{old['data']}; now {record['data']}): one table would mix models of both; restore it, use "
-                         f"another --out, or --fresh to start over")
+    changed = folder_changed(old, exp, record.get("data"))
+    if changed:
+        raise UsageError(f"{store.out}/{exp.name}: the image folder {path} changed since its results were made "
+                         f"({changed}): one table would mix models of both; restore it, use another --out, or --fresh "
+                         f"to start over")
     keys = ["train_hash"] + (["analysis_hash"] if stage == "analysis" else [])
     for key in keys:
         if key in old and old[key] != hashes[key] and not (key == "analysis_hash" and (
@@ -279,6 +279,17 @@ def prepare(store: Store, exp: Experiment, stage: str, fresh: bool) -> dict:
                 f"{store.out}/{exp.name} holds {what} results of a different configuration "
                 f"({describe_diff(before, now)}); {advice}, or --fresh to delete those results and start over")
     return record
+
+
+def folder_changed(old: dict, exp: Experiment, now: str | None = None) -> str | None:
+    """How the image folder of `exp` differs from the one its results were made from (`old`: their
+    config.json): 'then <fingerprint>; now <fingerprint>' (`now`: the folder's, when known); None when it
+    is the same, or the study's data is not an image folder it recorded."""
+    family, path = parse_dataset(exp.dataset)
+    if family != FOLDER or "data" not in old or old.get("experiment", {}).get("dataset") != exp.dataset:
+        return None
+    now = now or folder_fingerprint(path)
+    return None if old["data"] == now else f"then {old['data']}; now {now}"
 
 
 def redefined(store: Store, old: dict, exp: Experiment) -> None:

@@ -26,11 +26,20 @@ def stage_status(out: str, name: str, study: Experiment | None = None) -> list[t
         exp = study
     if not store.exists():
         return [(s, "missing", "no results") for s in ("hparam", "final", "analysis", "report")]
-    writer = _writer(store)
+    writer, data = _writer(store), _data(store, exp)
     if is_imported(store):
-        return [*_imported_and_analysis(store, exp), _report(store), writer]
+        return [*data, *_imported_and_analysis(store, exp), _report(store), writer]
     running = writer[1] == "running"
-    return [_hparam(store, exp, running), *_final_and_analysis(store, exp, running), _report(store), writer]
+    return [*data, _hparam(store, exp, running), *_final_and_analysis(store, exp, running), _report(store), writer]
+
+
+def _data(store: Store, exp: Experiment) -> list[tuple[str, str, str]]:
+    """A row when the study's image folder is not what its results were made from (a run refuses it)."""
+    from bnrep.config import folder_changed, read_config
+
+    changed = folder_changed(read_config(store), exp)
+    return [("data", "changed", f"the image folder {exp.dataset.split(':', 1)[1]} changed since the results were "
+             f"made ({changed}): a run refuses it; restore it, or --fresh to start over")] if changed else []
 
 
 def unfinished(out: str, name: str) -> list[str]:

@@ -541,10 +541,18 @@ def test_an_image_folder_that_changed_since_its_results_is_refused(tmp_path):
     assert store.read_json("config.json")["data"] == "3 classes; train 36, test 12 images; " + \
         f"{sum(p.stat().st_size for p in folder.rglob('*.png')):,} bytes"
     config.prepare(store, exp, "analysis", fresh=False)  # the same folder: fine
+    from bnrep.status import stage_status
+
+    assert [s for s, *_ in stage_status(store.out, "leaves")] == ["hparam", "final", "analysis", "report", "writer"]
     shutil.copy(folder / "train" / CLASSES[0] / "000.png", folder / "train" / CLASSES[0] / "999.png")
     with pytest.raises(config.UsageError, match=r"the image folder .*leaves changed since its results were made "
                                                 r"\(then 3 classes; train 36, .*; now 3 classes; train 37, "):
         config.prepare(store, exp, "final", fresh=False)
+    # bnrep status says so first (its stages read what the results hold, as they were)
+    stage, state, detail = stage_status(store.out, "leaves")[0]
+    assert (stage, state) == ("data", "changed") and detail.startswith(
+        f"the image folder {folder} changed since the results were made (then 3 classes; train 36, "), detail
+    assert detail.endswith("): a run refuses it; restore it, or --fresh to start over") and "now 3 classes; train 37," in detail
     config.prepare(store, exp, "final", fresh=True)  # --fresh starts over on the folder as it is
 
 
