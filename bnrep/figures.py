@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from bnrep.experiments import layer_indices
 from bnrep.findings import headline_rows, snapshot_measures
-from bnrep.measures import FINAL, MEASURES
+from bnrep.measures import FINAL, MEASURES, all_nan
 from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_ticks, _log_if_positive, _panel, log_y,
                             _panel_title, _width, condition_lines, fig_per_layer, legend_below, panels_legend)
 from bnrep.results import (COLORS, SHORT, Results, at_eps, cka_pairs, eps_values, n_seeds, norm_pairs, optimal_k,
@@ -67,6 +67,8 @@ def fig_kmeans_dbi(results) -> Figure | None:
 def measure_figure(m):
     """The per-layer figure of a measure of bnrep.measures: its headline value, a line per condition."""
     def make(results) -> Figure | None:
+        if all_nan(m, _as_list(results)):  # (the report's note says why instead: bnrep.report.skipped_note)
+            return None
         fig = fig_per_layer(results, lambda r: r.table(m.table), m.values[0], m.ylabel, m.title)
         return _log_if_positive(fig) if m.log else fig
     make.__name__ = f"fig_{m.table}"

@@ -333,5 +333,12 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
 ]}
 
 
+def all_nan(m: Measure, rs) -> bool:
+    """Whether measure `m` has rows in `rs` (bnrep.results.Results) and every headline value of them is NaN
+    (each row's `reason` says why): a figure of it would be empty axes."""
+    tables = [r.table(m.table) for r in rs]
+    return any(len(t) for t in tables) and all(t[m.values[0]].isna().all() for t in tables if len(t))
+
+
 def of_kind(kind: str) -> tuple[Measure, ...]:
     return tuple(m for m in MEASURES.values() if m.kind == kind)

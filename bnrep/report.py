@@ -52,6 +52,7 @@ from bnrep.axis import redefined
 from bnrep.settings import settings_rows
 from bnrep.results import Results, experiment_label, tell_apart, measure_numbers, side_by_side
 from bnrep.verdicts import across_findings, combined_findings_blocks, findings_blocks, predictor_blocks
+from bnrep.measures import MEASURES, all_nan
 from bnrep.table1 import diverged_note, imported_note, table1, table1_caption, table1_rows, table1_tex
 from bnrep.store import TABLES, Store, git_commit, is_uri, tables
 
@@ -248,6 +249,10 @@ def skipped_note(spec, rs: list[Results], out: str) -> str:
     if absent:
         return (f"{name} not drawn: no results/{absent[0]} (results written before this measure existed, or "
                 f"the stage has not run; `{stage_command(absent[0], rs[0].experiment.name, out)}` adds it).")
+    m = MEASURES.get(spec.tables[0]) if spec.name == f"fig_{spec.tables[0]}" else None  # a measure's own figure
+    if m is not None and all_nan(m, rs):
+        why = sorted({x for r in rs for x in r.table(m.table).get("reason", ()) if x})
+        return f"{name} not drawn: every value is NaN ({'; '.join(why) or 'no reason recorded'})."
     return f"{name} not drawn: {spec.needs or 'no data to plot'}."
 
 

@@ -1245,6 +1245,25 @@ def test_predictor_section_in_the_report_with_the_real_model_count(tmp_path):
     assert (row["mean"], row["std"]) == pytest.approx((nc1.mean(), nc1.std(ddof=1)))
 
 
+def test_a_measure_whose_every_value_is_nan_is_a_note_saying_why_not_an_empty_figure(tmp_path):
+    """A small image folder: fewer clustering samples than one batch, so train_eval has a row per layer and
+    model, each NaN with its reason; the report says so where the figure would be, as for a table absent."""
+    tables = cnn().tables
+    why = "fewer clustering samples (48) than one batch of 64"
+    tables["train_eval"] = tables["train_eval"].assign(cka=math.nan, rel_diff=math.nan, reason=why)
+    write_tables(tmp_path, "digits-cnn", tables)
+    report.build_report(str(tmp_path), "digits-cnn")
+    d = tmp_path / "digits-cnn" / "report"
+    assert f"Train-mode against eval-mode CKA per layer not drawn: every value is NaN ({why})." in \
+        (d / "report.md").read_text()
+    assert not (d / "fig_train_eval.png").exists() and (d / "fig_nc1.png").exists()
+    one = tables["train_eval"].index[0]  # one value: drawn, its caption counting the NaN
+    tables["train_eval"].loc[one, ["cka", "reason"]] = [0.9, ""]
+    write_tables(tmp_path, "digits-cnn", tables)
+    report.build_report(str(tmp_path), "digits-cnn")
+    assert (d / "fig_train_eval.png").exists() and "CKA per layer not drawn" not in (d / "report.md").read_text()
+
+
 # ---- results written before the new tables ----
 
 def test_report_builds_without_the_new_tables(tmp_path):
