@@ -1423,7 +1423,8 @@ def test_table1_names_diverged_models_per_norm():
 
 
 def test_figures_of_diverged_models_render():
-    """Every model diverged: NaN losses and NaN measures. The figures draw (linear axes), no exception."""
+    """Every model diverged: NaN losses and NaN measures. The learning curves draw (linear axes), no exception;
+    a measure with no value is the note of why, not empty axes."""
     from bnrep.experiments import get_experiment
     from bnrep.results import Results
     h = pd.DataFrame([dict(model_id=f"m-{n}", norm=n, condition=n, bn=n == "batch", seed=0, epoch=e, train_loss=np.nan if e > 1
@@ -1433,8 +1434,10 @@ def test_figures_of_diverged_models_render():
                             value=np.nan, reason="the representations contain NaN or inf")
                        for n in ("batch", "none") for i in (1, 2)])
     r = Results(get_experiment("synthetic-cnn"), {"training_history": h, "nc1": nc})
-    for make in (figures.fig_learning_curves, figures.figure("fig_nc1").make):
-        assert figures.figure_bytes(make(r), "png").startswith(b"\x89PNG")
+    assert figures.figure_bytes(figures.fig_learning_curves(r), "png").startswith(b"\x89PNG")
+    assert figures.figure("fig_nc1").make(r) is None
+    assert report.skipped_note(figures.figure("fig_nc1"), [r], "runs") == (
+        "NC1 per layer not drawn: every value is NaN (the representations contain NaN or inf).")
 
 
 def test_diverged_models_make_the_verdicts_inconclusive():
