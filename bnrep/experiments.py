@@ -236,9 +236,10 @@ def reference_note(e: Experiment, held=(), how: str = "--reference TAG") -> str 
     the note takes no --reference)."""
     if e.reference in e.norms or e.reference in held:
         return None
+    other = (f", or name one of {', '.join(e.norms)} with {how}" if len(e.norms) > 1 else
+             f" ({e.norms[0]}, the one condition, judged against itself would compare nothing)")
     return (f"note: {e.name} has no models of its reference condition {e.reference!r}: the report's claims compare "
-            f"with it, so none will be judged; add {e.reference} to the conditions, or name one of "
-            f"{', '.join(e.norms)} with {how}")
+            f"with it, so none will be judged; add {e.reference} to the conditions{other}")
 
 
 LR_EDGE = 0.1  # a best lr within 10% of lr_range's width (log scale) of an end, inclusive, lies at its edge

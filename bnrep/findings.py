@@ -456,8 +456,10 @@ def with_conditions(f: Finding, conds: list[Condition]) -> Finding:
 
 
 def judged_norms(r: Results) -> list[str]:
-    """The conditions judged against the reference (the paper: batch against none)."""
-    return [n for n in r.norms if n != r.ref] or ["batch"]
+    """The conditions judged against the reference (the paper: batch against none); with the reference alone,
+    the paper's other side of the comparison (batch, or none where batch is the reference), judged 'not
+    evaluated' for want of its models, never the reference against itself."""
+    return [n for n in r.norms if n != r.ref] or ["batch" if r.ref != "batch" else REF]
 
 
 def findings(r: Results) -> list[Finding]:

@@ -346,6 +346,25 @@ def test_a_study_without_its_reference_is_told_so_before_it_trains():
                                  "name one of batch, group with --reference TAG")
     assert reference_note(e.override(reference="group")) is None and reference_note(get_experiment("digits-cnn")) is None
     assert reference_note(e, held=["none"]) is None  # models of it already in the study's results
+    one = get_experiment("digits-cnn").override(conditions="batch")  # nothing else to name as the reference
+    assert reference_note(one) == ("note: digits-cnn has no models of its reference condition 'none': the report's "
+                                   "claims compare with it, so none will be judged; add none to the conditions "
+                                   "(batch, the one condition, judged against itself would compare nothing)")
+
+
+def test_a_reference_that_is_the_only_condition_is_never_judged_against_itself():
+    """Imported BatchNorm models alone, with --reference batch: the claims are the paper's other side (none
+    against BatchNorm), not evaluated for want of its models; never BN - BN +0.0 pp with p 1."""
+    from bnrep.findings import findings
+    from bnrep.results import Results
+    from tests.report_fixtures import make_tables
+
+    tables = {k: t[t["condition"] == "batch"] if "condition" in t else t
+              for k, t in make_tables("digits-cnn", seeds=2).items()}
+    r = Results(get_experiment("digits-cnn").override(conditions="batch", reference="batch"), tables)
+    fs = findings(r)
+    assert [(f.norm, f.ref) for f in fs] == [("none", "batch")] * 4
+    assert [f.verdict for f in fs] == ["not evaluated"] * 4, [f.detail for f in fs]
 
 
 def test_a_batch_size_above_the_training_split_is_said_once_per_size(capsys):
