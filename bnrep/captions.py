@@ -35,7 +35,7 @@ def caption(spec, rs: list[Results]) -> str:
     m, nan = MEASURES.get(spec.tables[0]), ""
     col = m.values[0] if m else ""
     if col in df and df[col].isna().any():
-        nan = f" {int(df[col].isna().sum())} of {len(df)} {_why_nan(df, col, m)} and left out of the means."
+        nan = f" {int(df[col].isna().sum())} of {len(df)} {why_nan(df, col, m)} and left out of the means."
     norms = {n for r in rs for n in r.norms}
     if col in df and "condition" in df and df[col].notna().any():  # the conditions drawn (condition_lines)
         norms &= set(df.loc[df[col].notna(), "condition"])
@@ -59,12 +59,19 @@ def _gradient_batches(rs: list[Results]) -> str:
         f"{label}: {text}" for label, text in said.items()) + ","
 
 
-def _why_nan(df: pd.DataFrame, col: str, m) -> str:
-    """'values are NaN (count: reason; ...)' from the table's own reasons, most frequent first; the measure's
-    general note where some NaN row has no reason (parts written before reasons were kept)."""
-    why = df.loc[df[col].isna(), m.reasons[0]] if m.reasons[0] in df else pd.Series(dtype=object)
+def why_nan(df: pd.DataFrame, col: str, m) -> str:
+    """'values are NaN (count, conditions: reason; ...)' from the table's own reasons, most frequent first;
+    the measure's general note where some NaN row has no reason (parts written before reasons were kept)."""
+    nan = df[df[col].isna()]
+    why = nan[m.reasons[0]] if m.reasons[0] in nan else pd.Series(dtype=object)
     if why.empty or not (why.fillna("") != "").all():
         return m.nan_note
     counts = sorted(why.value_counts().items(), key=lambda x: (-x[1], x[0]))  # ties: alphabetical
-    listed = "; ".join(f"{n}: {reason}" for reason, n in counts[:3])
+    labels = norm_labels(set(nan["condition"])) if "condition" in nan else {}
+
+    def whose(reason) -> str:  # the conditions of the rows with that reason
+        names = [labels[c] for c in ordered(set(nan.loc[why == reason, "condition"]))]
+        return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+    listed = "; ".join(f"{n}{f', {whose(reason)}' if labels else ''}: {reason}" for reason, n in counts[:3])
     return f"values are NaN ({listed}{'; ...' if len(counts) > 3 else ''})"

@@ -251,8 +251,10 @@ def skipped_note(spec, rs: list[Results], out: str) -> str:
                 f"the stage has not run; `{stage_command(absent[0], rs[0].experiment.name, out)}` adds it).")
     m = MEASURES.get(spec.tables[0]) if spec.name == f"fig_{spec.tables[0]}" else None  # a measure's own figure
     if m is not None and all_nan(m, rs):
-        why = sorted({x for r in rs for x in r.table(m.table).get("reason", ()) if x})
-        return f"{name} not drawn: every value is NaN ({'; '.join(why) or 'no reason recorded'})."
+        from bnrep.captions import why_nan
+
+        df = pd.concat([r.table(m.table) for r in rs], ignore_index=True)
+        return f"{name} not drawn: all {len(df)} {why_nan(df, m.values[0], m)}."
     return f"{name} not drawn: {spec.needs or 'no data to plot'}."
 
 

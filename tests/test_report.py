@@ -452,8 +452,8 @@ def test_a_condition_without_values_through_training_is_not_in_the_legend_and_th
     bn = final["condition"] == "batch"
     final = final.assign(cka=final["cka"].where(~bn), reason=final["reason"].where(~bn, few))
     r = findings.Results(cnn().experiment, {**cnn().tables, "train_eval": final})
-    assert (f" {len(final)} of {len(final)} values are NaN ({nan}: {few}; {nan}: no norm with running statistics) and "
-            f"left out of the means.") in captions.caption(figures.figure("fig_train_eval"), [r])
+    assert (f" {len(final)} of {len(final)} values are NaN ({nan}, BatchNorm: {few}; {nan}, no BatchNorm: no norm with "
+            f"running statistics) and left out of the means.") in captions.caption(figures.figure("fig_train_eval"), [r])
 
 
 # ==== whole reports ====
@@ -1254,8 +1254,8 @@ def test_a_measure_whose_every_value_is_nan_is_a_note_saying_why_not_an_empty_fi
     write_tables(tmp_path, "digits-cnn", tables)
     report.build_report(str(tmp_path), "digits-cnn")
     d = tmp_path / "digits-cnn" / "report"
-    assert f"Train-mode against eval-mode CKA per layer not drawn: every value is NaN ({why})." in \
-        (d / "report.md").read_text()
+    assert (f"Train-mode against eval-mode CKA per layer not drawn: all 40 values are NaN (40, BatchNorm and no "
+            f"BatchNorm: {why}).") in (d / "report.md").read_text()
     assert not (d / "fig_train_eval.png").exists() and (d / "fig_nc1.png").exists()
     one = tables["train_eval"].index[0]  # one value: drawn, its caption counting the NaN
     tables["train_eval"].loc[one, ["cka", "reason"]] = [0.9, ""]
@@ -1437,7 +1437,8 @@ def test_figures_of_diverged_models_render():
     assert figures.figure_bytes(figures.fig_learning_curves(r), "png").startswith(b"\x89PNG")
     assert figures.figure("fig_nc1").make(r) is None
     assert report.skipped_note(figures.figure("fig_nc1"), [r], "runs") == (
-        "NC1 per layer not drawn: every value is NaN (the representations contain NaN or inf).")
+        "NC1 per layer not drawn: all 4 values are NaN (4, BatchNorm and no BatchNorm: the representations contain "
+        "NaN or inf).")
 
 
 def test_diverged_models_make_the_verdicts_inconclusive():
