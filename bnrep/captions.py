@@ -8,7 +8,7 @@ import pandas as pd
 
 from bnrep.initial import shared_start_text
 from bnrep.measures import MEASURES, gradient_batches_text
-from bnrep.results import COLORS, Results, norm_labels, ordered, seeds_text
+from bnrep.results import COLORS, Results, first_shown_text, norm_labels, ordered, seeds_text
 
 
 def colours_text(norms) -> str:
@@ -31,7 +31,7 @@ def caption(spec, rs: list[Results]) -> str:
     {gradient_batches}."""
     df = pd.concat([r.at_epochs(spec.tables[0]) if spec.epochs else r.table(spec.tables[0]) for r in rs],
                    ignore_index=True)
-    layers = "; ".join(f"{r.label}: from layer {r.experiment.first_shown_layer}" for r in rs)
+    layers = "; ".join(f"{r.label}: from {first_shown_text(r)}" for r in rs)
     m, nan = MEASURES.get(spec.tables[0]), ""
     col = m.values[0] if m else ""
     if col in df and df[col].isna().any():

@@ -181,6 +181,21 @@ def shown(df: pd.DataFrame, first_layer: float) -> pd.DataFrame:
     return df[df["layer_index"] >= layer_indices([first_layer], int(df["layer_index"].max()))[0]]
 
 
+def first_shown_text(r: Results) -> str:
+    """The first layer Figures 4-6 show, as captions and the Settings say it: by name, as the figures' axes
+    and the claims do, with its position ('2 (layer 1)' for a Sequential's child 2); its position alone
+    before any table names it."""
+    first = r.experiment.first_shown_layer
+    fraction = f"{first:g} of the depth" if first < 1 else ""
+    t = next((t for t in (r.table(n) for n in ("kmeans", "class_dbi", "layer_sparsity")) if len(t)), None)
+    if t is None:
+        return f"layer {first:g}" + (f" ({fraction})" if fraction else "")
+    i = layer_indices([first], int(t["layer_index"].max()))[0]
+    name = t.loc[t["layer_index"] == i, "layer"]
+    where = f"layer {i}" + (f", {fraction}" if fraction else "")
+    return f"{name.iloc[0]} ({where})" if len(name) else where
+
+
 def rectified(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of probes after a rectifier (ReLU, ReLU6), where exact zeros mean something (paper
     eq. 3-4); tables written before the activation column hold ReLU probes only."""

@@ -10,7 +10,7 @@ import pandas as pd
 from bnrep.axis import axis_word, overrides_of
 from bnrep.config import trained_with_preset_hparams
 from bnrep.findings import _names  # "a, b" or "none", as the findings write lists
-from bnrep.results import SHORT, Results, imported_mask, is_paper_pair, norm_labels, ordered
+from bnrep.results import SHORT, Results, first_shown_text, imported_mask, is_paper_pair, norm_labels, ordered
 
 AUTO_TEXT = "layers at a quarter, half, three quarters and all of the depth"  # channel_layers=()
 IMPORTED = "not known for imported models (bnrep import: trained elsewhere)"
@@ -62,8 +62,7 @@ def settings_rows(r: Results) -> list[list[str]]:
                          f"{_n_samples(r, 'cluster', e.samples_cluster)} for clustering, "
                          f"k = {e.k_min}..{e.k_max}, zero threshold eps = {_names(f'{x:g}' for x in e.eps)}"],
             ["layers shown", f"channel sparsity: {_names(e.channel_layers) if e.channel_layers else AUTO_TEXT}; "
-                             f"Figures 4-6 from layer {e.first_shown_layer}"
-                             f"{' (a fraction of the depth)' if e.first_shown_layer < 1 else ''}"]]
+                             f"Figures 4-6 from {first_shown_text(r)}"]]
     # The stage hashes of config.json: the config_hash each Parquet part carries.
     rows += [[f"{stage} hash", r.config.get(f"{stage}_hash") or "unknown (no config.json)"]
              for stage in ("train", "analysis")]

@@ -1765,3 +1765,20 @@ def test_the_notes_on_figures_imported_models_cannot_have_do_not_ask_for_trainin
     monkeypatch.chdir(tmp_path)
     assert report.skipped_note(figures.figure("fig_learning_curves"), [trained], report._shown("runs")).endswith(
         f"`bnrep final --experiment digits-cnn --out {tmp_path / 'runs'}` adds it).")
+
+
+def test_captions_and_settings_name_the_first_shown_layer_as_the_axes_do():
+    """A Sequential model's layers are named by position ('2', '6'): the captions and the Settings say the
+    first layer Figures 4-6 show by that name, with its position (they said 'layer 1' beside axes of 2 and 6)."""
+    from bnrep.results import first_shown_text
+    from bnrep.settings import settings_rows
+
+    tables = {k: t.assign(layer=(t["layer_index"] * 4 - 2).astype(str)) if "layer" in t else t
+              for k, t in cnn().tables.items()}  # conv1..fc1 -> "2", "6", "10", "14", "18"
+    r = findings.Results(get_experiment("digits-cnn"), tables)
+    assert first_shown_text(r) == "2 (layer 1)"
+    assert "(CNN Digits: from 2 (layer 1))" in captions.caption(figures.figure("fig_optimal_k"), [r])
+    assert dict(settings_rows(r))["layers shown"].endswith("; Figures 4-6 from 2 (layer 1)")
+    half = findings.Results(get_experiment("digits-cnn").override(first_shown_layer=0.5), tables)
+    assert first_shown_text(half) == "10 (layer 3, 0.5 of the depth)"
+    assert first_shown_text(findings.Results(get_experiment("digits-cnn"), {})) == "layer 1"  # no table yet
