@@ -181,7 +181,7 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         prog = self._command().prog  # `bnrep run --smoketest`: argparse says it as `bnrep`; the flags are run's
         command = f"python {prog}" if prog.endswith(".py") else prog
-        self.exit(2, f"error: {self.prog}: {message}{self._did_you_mean(message)} (see {command} --help)\n")
+        self.exit(2, f"error: {prog}: {message}{self._did_you_mean(message)} (see {command} --help)\n")
 
     def _command(self) -> argparse.ArgumentParser:
         """The parser of the subcommand typed (`bnrep run ...`: run's), else this one."""

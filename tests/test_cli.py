@@ -411,16 +411,16 @@ def test_ray_runs_library_functions_by_reference():
     (["final", "--seeds", "abc"], "error: bnrep final: argument --seeds: invalid int value: 'abc' "
                                   "(see bnrep final --help)"),
     (["report", "--smoke-test"], "error: bnrep report: unrecognized arguments: --smoke-test (see bnrep report --help)"),
-    (["run", "--smoketest"], "error: bnrep: unrecognized arguments: --smoketest; did you mean --smoke-test? (see "
+    (["run", "--smoketest"], "error: bnrep run: unrecognized arguments: --smoketest; did you mean --smoke-test? (see "
                              "bnrep run --help)"),  # (argparse's error comes from bnrep's parser; the flag is run's)
     (["analysis", "--k-mx", "5"], "error: bnrep analysis: unrecognized arguments: --k-mx 5; did you mean --k-max?"),
-    (["status", "--smoke-test"], "error: bnrep: unrecognized arguments: --smoke-test (see bnrep status --help)"),
+    (["status", "--smoke-test"], "error: bnrep status: unrecognized arguments: --smoke-test (see bnrep status --help)"),
     # a flag shortened is refused as a misspelt one is (argparse would take --norm for --norms, --seed for --seeds)
-    (["run", "--norm", "batch"], "error: bnrep: unrecognized arguments: --norm batch; did you mean --norms? (see "
+    (["run", "--norm", "batch"], "error: bnrep run: unrecognized arguments: --norm batch; did you mean --norms? (see "
                                  "bnrep run --help)"),
     (["final", "--seed", "3"], "error: bnrep final: unrecognized arguments: --seed 3; did you mean --seeds? (see "
                                "bnrep final --help)"),
-    (["status", "--exp", "x"], "error: bnrep: unrecognized arguments: --exp x; did you mean --experiment? (see "
+    (["status", "--exp", "x"], "error: bnrep status: unrecognized arguments: --exp x; did you mean --experiment? (see "
                                "bnrep status --help)"),
     (["frobnicate"], "error: bnrep: argument COMMAND: invalid choice: 'frobnicate'"),
 ])
