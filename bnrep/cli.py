@@ -30,7 +30,7 @@ from bnrep.datasets import DATA_ROOT_HELP
 from bnrep.experiments import DEFAULT_EXPERIMENT
 from bnrep.flags import (SCRIPTS, Parser, build_parser as stage_parser, check_flags, exit_process, main_guard,
                          options, rerun_hint, resolve_experiment, run_stage)
-from bnrep.studies import held_studies
+from bnrep.studies import held_studies, named_study_file
 
 
 # ==== bnrep run ====
@@ -82,7 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from bnrep.config import is_imported
 
-    exp, opts, store = validate_run(args)
+    with named_study_file(args.experiment):
+        exp, opts, store = validate_run(args)
     imported = is_imported(store)
     with writer_lock(store, "run"):  # the stages find it held by this process
         # imported models stay (bnrep import --fresh imports them anew): the analysis starts over, as --fresh does

@@ -448,7 +448,7 @@ def holdout_count(n: int, size: int | float, what: str) -> int:
     n_hold = round(size * n) if isinstance(size, float) else int(size)
     if not 0 < n_hold < n:
         raise DataError(f"{what}={size} holds out {n_hold} of {n} images; it must leave 1..{n - 1} (a study file "
-                        f"sets it: {what} = a count or a fraction)")
+                        f"sets it: {what} = a count or a fraction)", field=what)
     return n_hold
 
 

@@ -71,7 +71,12 @@ class DatasetError(ValueError):
 
 
 class DataError(DatasetError):
-    """Missing, unreadable or unsplittable data; the message is one line."""
+    """Missing, unreadable or unsplittable data; the message is one line. `field`: the experiment field whose
+    value the data refuses (val_size), where it is one."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 def one_line(e: BaseException | str) -> str:

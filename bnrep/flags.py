@@ -27,7 +27,7 @@ from bnrep.datasets import DATA_ROOT_HELP, DATASETS, DatasetError, absolute_data
 from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, ConfigError, Experiment, capped_conditions, \
     get_experiment, smoke
-from bnrep.studies import NAME_RULE, STUDY_NAME, study_name, unknown_experiment
+from bnrep.studies import NAME_RULE, STUDY_NAME, named_study_file, study_name, unknown_experiment
 from bnrep.models import BUILTIN, ModelError
 from bnrep.norms import NAMES as NORMS, NormError
 from bnrep.probes import ProbeError
@@ -326,11 +326,13 @@ def check_flags(args: argparse.Namespace) -> None:
         check_address(args.address)  # a typo in a cluster address: one line now, not minutes of retries
 
 
-def parse(stage: str, argv: list[str] | None, prog: str | None = None) -> tuple[Experiment, RunOptions]:
-    """A training or analysis stage's flags, checked and resolved (before any work)."""
+def run_parsed(module, stage: str, argv: list[str] | None, prog: str | None = None) -> int:
+    """A training or analysis stage on its flags, checked and resolved before any work."""
     args = build_parser(stage, prog=prog).parse_args(argv)
     check_flags(args)
-    return resolve_experiment(args), options(args)
+    exp, opts = resolve_experiment(args), options(args)
+    with named_study_file(args.experiment):
+        return module.run(exp, opts)
 
 
 # ==== running ====
@@ -345,7 +347,7 @@ def run_stage(stage: str, argv: list[str] | None = None, prog: str | None = None
 
         return main_guard(report)
     fresh = "--fresh" in (sys.argv[1:] if argv is None else argv)
-    return main_guard(lambda: module.run(*parse(stage, argv, prog)), fresh)
+    return main_guard(lambda: run_parsed(module, stage, argv, prog), fresh)
 
 
 def plain_warnings() -> None:

@@ -3,12 +3,13 @@ and the names a study may take (a folder under --out)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 
 from bnrep.axis import ConditionError, from_table
-from bnrep.datasets import absolute_dataset
+from bnrep.datasets import DataError, absolute_dataset
 from bnrep.experiments import OLD_NAMES, PRESETS, ConfigError, Experiment, renamed
 
 _TOML_TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,), "tuple": (list, str)}  # "a,b" too
@@ -108,6 +109,18 @@ def load_study(path: str) -> Experiment:
         return PRESETS[base].with_model(d.pop("model", None)).override(**d) if base else Experiment(**d)
     except ConfigError as e:  # a value out of range: the experiment's own check, said of the file
         raise ConfigError(f"study file {path}: {str(e).split(': ', 1)[-1]}") from None
+
+
+@contextlib.contextmanager
+def named_study_file(experiment: str):
+    """Within it, a data check that refuses a value of the experiment (DataError.field: val_size, test_fraction)
+    names the study file `experiment` is, as the file's own errors do."""
+    try:
+        yield
+    except DataError as e:
+        if not (e.field and experiment.endswith(".toml")):
+            raise
+        raise DataError(f"study file {experiment}: {e}", field=e.field) from None
 
 
 def study_name(experiment: str) -> str:
