@@ -428,7 +428,7 @@ def header(stage: str, exp: Experiment, store: Store, fresh: bool = False) -> st
     trials = [] if stage == "import" else [c for c in held_conditions(store, exp, [t for t in kept if t != "training"])
                                            if c not in models]  # (a --fresh grid deleted their models)
     how = f"`bnrep run --experiment {exp.name}{out_flag(store.out)} --reference TAG`" if stage == "import" else None
-    no_reference = stage != "analysis" and reference_note(exp, models, **({"how": how} if how else {}))  # before training
+    no_reference = stage != "analysis" and reference_note(exp, models, how)  # said before training
     return (f"bnrep {bnrep.__version__} ({git_commit() or 'unknown commit'}) | {stage}{sizes} | "
             f"experiment {exp.name} -> {store.out}/{exp.name}\n"
             f"config: train {h['train_hash']}, analysis {h['analysis_hash']} "

@@ -229,14 +229,14 @@ def layer_value(x) -> int | float:
     return int(x) if x >= 1 and x.is_integer() else x
 
 
-def reference_note(e: Experiment, held=(), how: str = "--reference TAG") -> str | None:
+def reference_note(e: Experiment, held=(), how: str | None = None) -> str | None:
     """A line for a study whose conditions, and the models its results already hold (`held`: their
     conditions), leave out its reference (`none` by default): it trains and measures, but no claim can be
     judged; None otherwise. `how`: the way to name another reference (a command, where the one that prints
     the note takes no --reference)."""
     if e.reference in e.norms or e.reference in held:
         return None
-    other = (f", or name one of {', '.join(e.norms)} with {how}" if len(e.norms) > 1 else
+    other = (f", or name one of {', '.join(e.norms)} with {how or '--reference TAG'}" if len(e.norms) > 1 else
              f" ({e.norms[0]}, the one condition, judged against itself would compare nothing)")
     return (f"note: {e.name} has no models of its reference condition {e.reference!r}: the report's claims compare "
             f"with it, so none will be judged; add {e.reference} to the conditions{other}")

@@ -36,9 +36,10 @@ def stage_status(out: str, name: str, study: Experiment | None = None) -> list[t
 def _data(store: Store, exp: Experiment) -> list[tuple[str, str, str]]:
     """A row when the study's image folder is not what its results were made from (a run refuses it)."""
     from bnrep.config import folder_changed, read_config
+    from bnrep.datasets import parse_dataset
 
     changed = folder_changed(read_config(store), exp)
-    return [("data", "changed", f"the image folder {exp.dataset.split(':', 1)[1]} changed since the results were "
+    return [("data", "changed", f"the image folder {parse_dataset(exp.dataset)[1]} changed since the results were "
              f"made ({changed}): a run refuses it; restore it, or --fresh to start over")] if changed else []
 
 

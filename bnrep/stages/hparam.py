@@ -225,19 +225,19 @@ def record_best(store: Store, exp: Experiment, every: pd.DataFrame, todo: list[s
         tag, trials = TAGS[norm], every[every["condition"] == norm].reset_index(drop=True)
         try:
             best[tag] = best_trial(trials, tag)
-        except StageFailed as e:
-            failed.append((tag, trials, e))
+        except StageFailed:
+            failed.append((tag, trials))
             continue
         if trials["diverged"].any():
             print(f"[hparam] {tag}: {int(trials['diverged'].sum())} of {len(trials)} trials diverged "
                   f"(loss NaN or inf; scored below every other)", flush=True)
         store.write_part("hparam_trials", tag, trials, stage_hashes(exp)["train_hash"])
     store.write_json("hparam/best_hparams.json", best)
-    if len(failed) == 1:
-        raise failed[0][2]
     if failed:  # each condition named; the first error (a fault of the model's code fails them all alike)
-        raise StageFailed(f"every trial of {', '.join(t for t, _, _ in failed[:-1])} and {failed[-1][0]} failed "
-                          f"({failed[0][0]}: {first_error(failed[0][1])})")
+        tags = [t for t, _ in failed]
+        named = ", ".join(tags[:-1]) + f" and {tags[-1]}" if len(tags) > 1 else tags[0]
+        raise StageFailed(f"every trial of {named} failed ({f'{tags[0]}: ' if len(tags) > 1 else ''}"
+                          f"{first_error(failed[0][1])})")
 
 
 # ==== the stage ====
