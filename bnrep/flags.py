@@ -104,7 +104,8 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-trial", type=float, default=None, metavar="F",
                    help="GPUs per Tune trial, fractions allowed (default: 1 if the cluster has GPUs, else 0)")
     p.add_argument("--max-failures", type=int, default=3, metavar="N",
-                   help="retries of a failed trial from its last checkpoint (default: 3)")
+                   help="retries of a failed trial from its last checkpoint; an epoch that fails twice "
+                        "with the same error is not tried again (default: 3)")
     p.add_argument("--checkpoint-every", type=float, default=RunOptions.checkpoint_every, metavar="SECONDS",
                    help="a trial checkpoints after the first epoch that ends SECONDS after its start or its last "
                         "checkpoint: a failure loses at most SECONDS of its training plus one epoch; 0: every "

@@ -18,6 +18,7 @@ from bnrep.store import write_error
 
 LOG_EVERY_S = 60.0  # log files: at most one line per trial per this many seconds
 REDRAW_S = 1.0  # terminals: redraw the block at most this often
+FAILED_AGAIN = "failed_again"  # a trial's last result: its epoch failed as on its last try (the error, one line)
 
 
 def _duration(s: float) -> str:
@@ -129,6 +130,8 @@ def tune_progress(stage: str, total: int, caps: dict[str, int], label, describe,
             self.board.start(trial.trial_id, label(trial.config), cap(trial.config))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get(FAILED_AGAIN):  # no epoch: the trial's end (on_trial_complete) says it
+                return
             tid = trial.trial_id
             self.board.result(tid, label(trial.config), int(result.get("epoch", 0)),
                               float(result.get("val_acc", float("nan"))), cap(trial.config))
@@ -147,7 +150,15 @@ def tune_progress(stage: str, total: int, caps: dict[str, int], label, describe,
             self._draw(force=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._end(trial, describe(trial.config, trial.last_result or {}))
+            r = trial.last_result or {}
+            if r.get(FAILED_AGAIN):  # (bnrep.stages.tuning.RepeatedFailure)
+                n, epoch = trial.run_metadata.num_failures + 1, r.get("failed_epoch", "?")
+                how = f"twice in epoch {epoch}" if n == 2 else f"{n} times, the last two in epoch {epoch}"
+                self._end(trial, f"{label(trial.config)} failed {how} with the same error ({r[FAILED_AGAIN]}): not "
+                                 f"tried again (its training is seeded, so a try fails alike); see "
+                                 f"{trial.local_path or 'the Tune logs'}")
+            else:
+                self._end(trial, describe(trial.config, r))
 
         def on_trial_recover(self, iteration, trials, trial, **info):  # Tune's traceback is quieted
             tries = trial.run_metadata.num_failures + 1

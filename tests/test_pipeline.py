@@ -612,22 +612,27 @@ if os.environ.get("BNREP_TEST_FAILS"):  # every Python process of the run, Ray w
     step_epoch = train.Trainer.step_epoch
 
     def failing(self):
-        """cnn-bn-s0's second epoch fails, the first BNREP_TEST_FAILS times (counted in files)."""
+        """cnn-bn-s0's second epoch fails, the first BNREP_TEST_FAILS times (counted in files), each time
+        alike, or with BNREP_TEST_ALIKE=0 each time with another message."""
         d = os.environ["BNREP_TEST_FAIL_DIR"]
-        if self.epoch == 1 and self.seed == 0 and self.norm == "batch" and len(os.listdir(d)) < int(os.environ["BNREP_TEST_FAILS"]):
-            open(os.path.join(d, str(len(os.listdir(d)))), "w").close()
-            raise RuntimeError("injected failure of cnn-bn-s0")
+        n = len(os.listdir(d))
+        if self.epoch == 1 and self.seed == 0 and self.norm == "batch" and n < int(os.environ["BNREP_TEST_FAILS"]):
+            open(os.path.join(d, str(n)), "w").close()
+            raise RuntimeError(f"injected failure{'' if os.environ['BNREP_TEST_ALIKE'] == '1' else f' {n}'} of cnn-bn-s0")
         return step_epoch(self)
 
     train.Trainer.step_epoch = failing
 '''
 
 
-@pytest.mark.parametrize("fails, survives, every", [(1, True, "0"), (1, True, None), (2, False, "0")])
-def test_max_failures(fails, survives, every, tmp_path):
+@pytest.mark.parametrize("fails, alike, retries, survives, every", [
+    (1, True, 1, True, "0"), (1, True, 1, True, None), (2, False, 1, False, "0"), (3, True, 3, False, "0")])
+def test_max_failures(fails, alike, retries, survives, every, tmp_path):
     """--max-failures 1: one failure of a trial is survived (it resumes from its checkpoint: with
     --checkpoint-every 0 the one after epoch 1; with the default, 60 s, a smoke trial has none yet and starts
-    again), a second ends the grid with a one-line error naming the flag; the other models are trained."""
+    again), a second ends the grid with a one-line error naming the flag; the other models are trained. An
+    epoch that fails twice alike (the same error) is not tried a third time, whatever --max-failures allows:
+    the trial's training is seeded, so it would fail alike again."""
     from bnrep.checkpoints import load_model, saved_snapshots
     from bnrep.experiments import SMOKE, get_experiment
 
@@ -636,19 +641,23 @@ def test_max_failures(fails, survives, every, tmp_path):
     counts.mkdir()
     (hooks / "sitecustomize.py").write_text(FAULTS)
     env = {**os.environ, "PYTHONPATH": f"{hooks}:{os.environ.get('PYTHONPATH', '')}",
-           "BNREP_TEST_FAILS": str(fails), "BNREP_TEST_FAIL_DIR": str(counts)}
-    r = bnrep("final", "--smoke-test", "--paper-hparams", "--max-failures", "1", "--snapshots", "1",
+           "BNREP_TEST_FAILS": str(fails), "BNREP_TEST_FAIL_DIR": str(counts), "BNREP_TEST_ALIKE": str(int(alike))}
+    r = bnrep("final", "--smoke-test", "--paper-hparams", "--max-failures", str(retries), "--snapshots", "1",
               *(("--checkpoint-every", every) if every else ()), out=out, env=env)
-    assert len(os.listdir(counts)) == fails  # the failures happened, in Ray workers
+    assert len(os.listdir(counts)) == min(fails, 2 if alike else fails)  # the failures happened, in Ray workers
     said = [s for s in r.stdout.splitlines() if " failed" in s]  # each, as it happens: the model and its error
     since = "its last checkpoint" if every == "0" else "the start (no checkpoint yet)"
-    assert said[0].startswith(f"[final] bn-s0 failed (RuntimeError: injected failure of cnn-bn-s0); restarting it from "
-                              f"{since}, try 2 of 2 (its log: "), said
+    assert said[0].startswith(f"[final] bn-s0 failed (RuntimeError: injected failure{'' if alike else ' 0'} of "
+                              f"cnn-bn-s0); restarting it from {since}, try 2 of {retries + 1} (its log: "), said
     if survives:
         assert len(said) == 1
-    else:  # its end, among the others' (in whichever order they end)
+    elif alike:  # its end, among the others' (in whichever order they end): the second try failed alike
+        assert len(said) == 2 and re.match(r"\[final\] [1-4]/4 bn-s0 failed twice in epoch 2 with the same error "
+                                           r"\(RuntimeError: injected failure of cnn-bn-s0\): not tried again \(its "
+                                           r"training is seeded, so a try fails alike\); see ", said[1]), said
+    else:
         assert len(said) == 2 and re.match(r"\[final\] [1-4]/4 bn-s0 failed 2 times \(RuntimeError: injected failure "
-                                           r"of cnn-bn-s0\): see ", said[1]), said
+                                           r"1 of cnn-bn-s0\): see ", said[1]), said
     store = Store(str(out), "digits-cnn")
     if survives:
         assert r.returncode == 0, r.stderr[-3000:]
@@ -661,9 +670,11 @@ def test_max_failures(fails, survives, every, tmp_path):
         load_model(store, "cnn-bn-s0", get_experiment("digits-cnn").override(**SMOKE), epoch=1)  # verified
     else:
         err = r.stderr.strip().splitlines()
-        assert r.returncode == 1 and err[-1].startswith("error: 1 model(s) failed 2 times (cnn-bn-s0), more than "
-                                                       "--max-failures 1; last error: ")
-        assert "injected failure of cnn-bn-s0" in err[-1]
+        why = ("failed twice in the same epoch with the same error (cnn-bn-s0), not tried again (their training is "
+               "seeded, so a try fails alike)" if alike else "failed 2 times (cnn-bn-s0), more than --max-failures 1")
+        assert r.returncode == 1 and err[-1].startswith(f"error: 1 model(s) {why}; last error: RuntimeError: "
+                                                       f"injected failure{'' if alike else ' 1'} of cnn-bn-s0 (Tune "
+                                                       f"logs: "), err[-1]
         assert sorted(store.parts("training")) == [m for m in MODELS if m != "cnn-bn-s0"]
 
 

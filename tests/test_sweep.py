@@ -408,23 +408,36 @@ def test_the_grid_starts_the_conditions_whose_best_trial_trained_longest_first(t
 
 def test_conditions_whose_every_trial_failed_are_each_named_once_the_others_are_recorded(tmp_path):
     """A fault of the model's own code fails every trial of every condition alike: the stage's one line names
-    each condition with no trial left, and the conditions with one are recorded first (a rerun keeps them)."""
+    each condition with no trial left, and the conditions with one are recorded first (a rerun keeps them). A
+    trial whose epoch failed twice alike (its last result says so: not tried again) is a failed trial."""
     from bnrep.config import StageFailed
+    from bnrep.progress import FAILED_AGAIN
     from bnrep.stages.hparam import asha_spec, record_best, trials_table
+    from bnrep.stages.tuning import RepeatedFailure
     from bnrep.store import Store
+    from bnrep.train import DIVERGED
 
     exp = get_experiment("digits-cnn-norms").override(num_samples=2)
     plan = [c for n in exp.norms for c in sampled(exp, n)]
     asha = {n: asha_spec(exp, n) for n in exp.norms}
     crash = "Traceback (most recent call last):\n  ...\nRuntimeError: shapes cannot be multiplied (2x8 and 6x3)"
+    again = {"condition": exp.norms[-1], "objective": DIVERGED,  # as bnrep.stages.hparam.trial reports it
+             **RepeatedFailure(2, "ValueError: a batch of 3 images").result()}
 
     def result(config, ok):
         m = {"trial_id": f"t{plan.index(config)}", "training_iteration": 3, "epoch": 3, "objective": 0.9, "val_acc": 0.9}
+        if config["norm"] == exp.norms[-1]:  # each of its trials failed twice alike in epoch 2
+            m = {"trial_id": f"t{plan.index(config)}", "training_iteration": 2, "epoch": 1, "objective": 0.5,
+                 "val_acc": 0.5}
+            return SimpleNamespace(config={"run": config}, metrics={**again, "training_iteration": 3}, error=None,
+                                   metrics_dataframe=pd.DataFrame([m, {**again, "training_iteration": 3}]))
         return SimpleNamespace(config={"run": config}, metrics=m if ok else {}, error=None if ok else crash,
                                metrics_dataframe=pd.DataFrame([m]) if ok else None)
 
     ok = {exp.norms[0]}  # the first condition's trials ran; every other condition's failed
     every = trials_table([result(c, c["norm"] in ok) for c in plan], exp, asha, plan)
+    assert (every[every["condition"] == exp.norms[-1]]["error"] == "ValueError: a batch of 3 images").all()
+    assert every[every["condition"] == exp.norms[-1]]["error"].size == 2
     store = Store(str(tmp_path), exp.name)
     with pytest.raises(StageFailed) as e:
         record_best(store, exp, every, list(exp.norms), {})
@@ -437,3 +450,5 @@ def test_conditions_whose_every_trial_failed_are_each_named_once_the_others_are_
     assert store.has_part("hparam_trials", TAGS[exp.norms[0]]) and not store.has_part("hparam_trials", failed[0])
     with pytest.raises(StageFailed, match=f"^every trial of {failed[0]} failed \\(RuntimeError: shapes"):
         record_best(Store(str(tmp_path / "one"), exp.name), exp, every, list(exp.norms[:2]), {})
+    with pytest.raises(StageFailed, match=f"^every trial of {failed[-1]} failed \\(ValueError: a batch of 3 images\\)$"):
+        record_best(Store(str(tmp_path / "two"), exp.name), exp, every, [exp.norms[0], exp.norms[-1]], {})

@@ -261,6 +261,54 @@ def test_a_100_class_model_loads_with_its_class_count(tmp_path):
     assert loaded.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 100)
 
 
+def test_an_epoch_that_fails_as_on_the_last_try_is_not_tried_again(monkeypatch, tmp_path):
+    """A trial's epoch raises: Tune retries it (the error raised as it was), unless its last try failed in
+    the same epoch with the same error; then it is RepeatedFailure, whose result ends the trial. The record
+    of a try is found from either of Tune's local folders of the trial (driver_artifacts, working_dirs)."""
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    from bnrep.progress import FAILED_AGAIN
+    from bnrep.stages.tuning import RepeatedFailure, train_in_tune
+
+    class Failing:
+        done, model = False, None
+
+        def __init__(self, epoch, error):
+            self.epoch, self.error = epoch, error
+
+        def step_epoch(self):
+            raise self.error
+
+    where = {"dir": ""}
+    monkeypatch.setattr(tune, "get_context", lambda: SimpleNamespace(get_trial_dir=lambda: where["dir"]))
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+
+    def attempt(layout, epoch, error, trial="bn-s0-ca3ab_00001"):
+        where["dir"] = str(tmp_path / "final" / layout / trial)
+        with pytest.raises(Exception) as e:
+            train_in_tune(Failing(epoch, error))
+        return e.value
+
+    first = attempt("working_dirs", 1, RuntimeError("shapes (3x8 and 6x3)"))
+    assert type(first) is RuntimeError  # Tune's to retry
+    assert type(attempt("working_dirs", 1, RuntimeError("shapes (3x9 and 6x3)"))) is RuntimeError  # another error
+    assert type(attempt("working_dirs", 2, RuntimeError("shapes (3x9 and 6x3)"))) is RuntimeError  # another epoch
+    assert type(attempt("working_dirs", 2, ValueError("shapes (3x9 and 6x3)"))) is ValueError  # another type
+    assert type(attempt("working_dirs", 2, ValueError("shapes (3x9 and 6x3)"), trial="bn-s1-ca3ab_00002")) is ValueError
+    again = attempt("driver_artifacts", 2, ValueError("shapes (3x9 and 6x3)\nsee the model's code"))
+    assert type(again) is not RepeatedFailure  # (its message differs in its second line)
+    again = attempt("driver_artifacts", 2, ValueError("shapes (3x9 and 6x3)\nsee the model's code"))
+    assert type(again) is RepeatedFailure and again.result() == {FAILED_AGAIN: "see the model's code", "failed_epoch": 3}
+    assert type(again.__cause__) is ValueError
+    (tmp_path / "full").write_text("")  # a record that cannot be written: every failure Tune's to retry
+    where["dir"] = str(tmp_path / "full" / "working_dirs" / "bn-s0-ca3ab_00001")
+    for _ in range(2):
+        with pytest.raises(OSError, match="^EIO$"):
+            train_in_tune(Failing(5, OSError("EIO")))
+
+
 def test_a_checkpoint_the_disk_refuses_is_a_write_error_not_a_trial_failure(monkeypatch):
     """Tune copying an epoch's checkpoint into a full results disk raises OSError(ENOSPC) in the trial: as a
     trial error it was retried --max-failures times (each retry failing the same way) before the stage said

@@ -27,10 +27,11 @@ from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
 from bnrep.models import model_id
 from bnrep.norms import SHORT, TAGS, sort_key
-from bnrep.progress import tune_progress
+from bnrep.progress import FAILED_AGAIN, tune_progress
 from bnrep.raysession import check_nodes, check_resources, default_gpus, placement, quiet_when_stopped, ray_session
-from bnrep.stages.tuning import (WRITE_FAILED, WriteFailed, can_resume, fit, keep_tensorboard, open_training_stage,
-                                 raise_write_failed, run_config, train_in_tune, training_data, tune_config)
+from bnrep.stages.tuning import (WRITE_FAILED, RepeatedFailure, WriteFailed, can_resume, fit, keep_tensorboard,
+                                 open_training_stage, raise_write_failed, run_config, train_in_tune, training_data,
+                                 tune_config)
 from bnrep.store import GRID, GRID_PLAN, Store, StoreWriteError, norm_columns, safe_key, tables, write_error
 from bnrep.table1 import diverged_note
 from bnrep.train import Trainer, best_device
@@ -57,6 +58,8 @@ def trial(config: dict, exp: Experiment, out: str, data: Data, amp: bool, every:
         _train_and_save(store, mid, cond, norm, seed, hp, exp, data, amp, every, train_hash)
     except StoreWriteError as e:  # a full disk fails every retry the same way: a result that stops the grid
         tune.report({"model_id": mid, WRITE_FAILED: str(e.args[0])})
+    except RepeatedFailure as e:  # the model's end (failed_models), not Tune's next try
+        tune.report({"model_id": mid, **e.result()})
 
 
 def _train_and_save(store: Store, mid: str, cond: str, norm: str, seed: int, hp: dict, exp: Experiment, data: Data,
@@ -169,17 +172,31 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
                            run_config=run_config(opts, name, store.uri(storage), progress, stop=WriteFailed()))
     results = fit(tuner, store, GRID)
     raise_write_failed(results, store, GRID_PLAN)  # the rerun trains them anew
-    errored = [r for r in results if r.error]
-    for e in (r.error for r in errored):
+    for e in (r.error for r in results if r.error):
         if write_error(e):  # disk full, permission denied: its one line
             raise write_error(e)
-    if errored:
-        first = str(errored[0].error).strip().splitlines()[-1][:300]
-        tries = opts.max_failures + 1
-        names = sorted(model_id(exp.model, r.config["run"]["norm"], r.config["run"]["seed"]) for r in errored)
-        named = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-        raise StageFailed(f"{len(errored)} model(s) failed {'once' if tries == 1 else f'{tries} times'} ({named}), "
-                          f"more than --max-failures {opts.max_failures}; last error: {first} (Tune logs: {path})")
+    if any(r.error or (r.metrics or {}).get(FAILED_AGAIN) for r in results):
+        raise StageFailed(failed_models(results, exp, opts.max_failures, path))
+
+
+def failed_models(results, exp: Experiment, max_failures: int, path: str) -> str:
+    """The grid's one line for its failed models: those Tune tried --max-failures + 1 times, and those whose
+    epoch failed twice alike (RepeatedFailure, not tried again); each named, with the first one's error."""
+    def named(rs) -> str:
+        names = sorted(model_id(exp.model, r.config["run"]["norm"], r.config["run"]["seed"]) for r in rs)
+        return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+    retried = [r for r in results if r.error]
+    again = [r for r in results if not r.error and (r.metrics or {}).get(FAILED_AGAIN)]
+    tries, said = max_failures + 1, []
+    if retried:
+        said.append(f"{len(retried)} model(s) failed {'once' if tries == 1 else f'{tries} times'} ({named(retried)}), "
+                    f"more than --max-failures {max_failures}")
+    if again:
+        said.append(f"{len(again)} model(s) failed twice in the same epoch with the same error ({named(again)}), "
+                    f"not tried again (their training is seeded, so a try fails alike)")
+    first = (str(retried[0].error).strip().splitlines()[-1] if retried else again[0].metrics[FAILED_AGAIN])[:300]
+    return f"{'; '.join(said)}; last error: {first} (Tune logs: {path})"
 
 
 def grid_dirname(trial) -> str:

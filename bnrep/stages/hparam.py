@@ -25,10 +25,11 @@ from bnrep.data import Data
 from bnrep.experiments import Experiment, lr_edge
 from bnrep.lock import writer_lock
 from bnrep.norms import TAGS
-from bnrep.progress import tune_progress
+from bnrep.progress import FAILED_AGAIN, tune_progress
 from bnrep.raysession import check_nodes, check_resources, default_gpus, quiet_when_stopped, ray_session
-from bnrep.stages.tuning import (WRITE_FAILED, WriteFailed, can_resume, fit, keep_tensorboard, open_training_stage,
-                                 raise_write_failed, run_config, train_in_tune, training_data, tune_config)
+from bnrep.stages.tuning import (WRITE_FAILED, RepeatedFailure, WriteFailed, can_resume, fit, keep_tensorboard,
+                                 open_training_stage, raise_write_failed, run_config, train_in_tune, training_data,
+                                 tune_config)
 from bnrep.store import SWEEP, SWEEP_PLAN, Store, StoreWriteError, norm_columns
 from bnrep.train import DIVERGED, Trainer, best_device
 
@@ -53,6 +54,10 @@ def trial(config: dict, exp: Experiment, data: Data, amp: bool, every: float, fo
         from ray import tune
 
         tune.report({"condition": run["norm"], "objective": DIVERGED, WRITE_FAILED: str(e.args[0])})
+    except RepeatedFailure as e:  # the trial's end (its error in the sweep's table), not Tune's next try
+        from ray import tune
+
+        tune.report({"condition": run["norm"], "objective": DIVERGED, **e.result()})
 
 
 # ==== the sweep: every condition's search in one Tune run ====
@@ -160,7 +165,8 @@ def trials_table(grid, exp: Experiment, asha: dict[str, dict], plan: list[dict])
                      "val_acc": float(m.get("val_acc", "nan")),
                      "interpolated": bool(m.get("interpolated", False)),
                      "diverged": bool(m.get("diverged", False)),  # its loss became NaN or inf: scored last
-                     "objective": float(m.get("objective", "nan")), "error": str(r.error or ""),
+                     "objective": float(m.get("objective", "nan")),
+                     "error": str(r.error or (r.metrics or {}).get(FAILED_AGAIN, "")),
                      "node_id": str(m.get("node_id", ""))})  # the Ray node of the epoch the row holds
     return pd.DataFrame(rows)
 

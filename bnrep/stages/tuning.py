@@ -12,6 +12,8 @@ import time
 
 from bnrep.config import RunOptions, UsageError, command, is_imported, open_store, prepare
 from bnrep.data import Data, check_data, load_data
+from bnrep.datasets import one_line
+from bnrep.progress import FAILED_AGAIN
 from bnrep.represent import model_probes
 from bnrep.experiments import Experiment
 from bnrep.raysession import placement
@@ -19,6 +21,7 @@ from bnrep.store import NO_WRITE, Store, StoreWriteError, cannot_write, storage_
 
 CHECKPOINT_FILE = "trainer.pt"
 SNAPSHOTS_FILE = "snapshots.json"  # epoch -> sha256 of the snapshot files written so far
+FAILURES = "bnrep-failures"  # beside a Tune run's local folders: each trial's last failure (failed_before)
 # A trial's worker imports this module when it unpickles the trial, before Tune restores a restarted
 # trial: that restart is a line of bnrep's progress (bnrep.progress), not Tune's "Restored on ... from
 # checkpoint" on the console.
@@ -101,7 +104,9 @@ def train_in_tune(trainer, extra: dict | None = None, snapshots=(), keep=None, f
     it resumed from (0: a fresh start) and the digests, epoch -> sha256. A
     checkpoint that the results' disk refuses (full, read-only) is
     StoreWriteError naming `folder` (the Tune run's folder there), not a
-    failure for Tune to retry."""
+    failure for Tune to retry. An epoch that fails as it failed on the
+    trial's last try (the same epoch, the same error) is RepeatedFailure: the
+    training is seeded, so Tune's next try would fail the same way."""
     from ray import tune
 
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint
@@ -116,7 +121,12 @@ def train_in_tune(trainer, extra: dict | None = None, snapshots=(), keep=None, f
                     digests = {int(e): h for e, h in json.load(f).items()}
     resumed_from, last = trainer.epoch, clock()
     while not trainer.done:
-        m = trainer.step_epoch()
+        try:
+            m = trainer.step_epoch()
+        except Exception as e:  # noqa: BLE001 - Tune retries it, unless this try repeats the last
+            if failed_before(trainer.epoch + 1, e):
+                raise RepeatedFailure(trainer.epoch + 1, one_line(f"{type(e).__name__}: {e}")) from e
+            raise
         if trainer.epoch in snapshots:
             digests[trainer.epoch] = keep(trainer.epoch, trainer.model)
         metrics = {**vars(m), **(extra or {}), **placement(),
@@ -138,6 +148,43 @@ def train_in_tune(trainer, extra: dict | None = None, snapshots=(), keep=None, f
                     raise
                 raise cannot_write(folder or e.filename, os.strerror(e.errno)) from None
     return resumed_from, digests
+
+
+class RepeatedFailure(Exception):
+    """A trial's epoch failed as it did on the trial's last try: the same epoch, the same error. Training
+    is seeded (the batch order travels in the checkpoint), so a further try fails alike; the trial
+    reports FAILED_AGAIN instead of raising for Tune to retry it."""
+
+    def __init__(self, epoch: int, error: str):
+        super().__init__(epoch, error)
+        self.epoch, self.error = epoch, error
+
+    def result(self) -> dict:
+        """The trial's last result: what the stage and its progress display read."""
+        return {FAILED_AGAIN: self.error, "failed_epoch": self.epoch}
+
+
+def failed_before(epoch: int, e: Exception) -> bool:
+    """Whether this Tune trial's last try failed in `epoch` with the error `e` (its type and message);
+    records this failure for the next try. The record is a file on the trial's node, beside Tune's local
+    folders of the run (a trial's try runs in <run>/working_dirs/<trial> or <run>/driver_artifacts/<trial>):
+    a try restarted on another node (its node lost) has its full --max-failures."""
+    from ray import tune
+
+    trial_dir = os.path.normpath(tune.get_context().get_trial_dir())
+    folder = os.path.join(os.path.dirname(os.path.dirname(trial_dir)), FAILURES)
+    path = os.path.join(folder, os.path.basename(trial_dir) + ".json")
+    now = {"epoch": epoch, "error": f"{type(e).__name__}: {e}"}
+    try:
+        with open(path, encoding="utf-8") as f:
+            before = json.load(f)
+    except (OSError, ValueError):
+        before = None
+    with contextlib.suppress(OSError):  # unrecorded (a full disk): the next try is Tune's, as before
+        os.makedirs(folder, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(now, f)
+    return before == now
 
 
 def tune_state_problem(store: Store, rel: str, param_space: dict | None = None) -> str | None:
