@@ -101,8 +101,8 @@ def run_stages(exp, opts, store, imported: bool = False, fresh=lambda: None) -> 
     from bnrep.stages import analysis, final, hparam, report
 
     t0 = time.time()
-    steps = [("hparam", lambda: hparam.run(exp, opts)), ("final", lambda: final.run(exp, opts)),
-             ("analysis", lambda: analysis.run(exp, opts)), ("report", lambda: report.run(opts.out, [exp.name]))]
+    steps = [("hparam", lambda o: hparam.run(exp, o)), ("final", lambda o: final.run(exp, o)),
+             ("analysis", lambda o: analysis.run(exp, o)), ("report", lambda o: report.run(o.out, [exp.name]))]
     if imported:  # models bnrep import recorded: nothing to sweep or train
         print(f"{exp.name}: imported models (bnrep import); no sweep, no training", flush=True)
         steps = steps[2:]
@@ -113,7 +113,7 @@ def run_stages(exp, opts, store, imported: bool = False, fresh=lambda: None) -> 
 
     def stage(i: int, name: str, step) -> int:
         print(f"\n==== stage {i}/{len(steps)}: {name} (as python {SCRIPTS[name]}) ====", flush=True)
-        rc = step()
+        rc = step(opts if i == 1 else dataclasses.replace(opts, notes=False))  # the study's notes said once
         if rc:
             print(f"error: stage {name} failed (exit {rc}); {rerun_hint(opts.fresh)}", file=sys.stderr)
         return rc

@@ -75,6 +75,7 @@ class RunOptions:
     cpus_per_task: float = 1.0
     gpus_per_task: float | None = None  # None: 1 when the cluster has GPUs, else 0
     kmeans_backend: str = "torch"  # torch (batched) | sklearn (reference)
+    notes: bool = True  # a stage's header says the study's notes (bnrep run: its first stage's alone)
 
     def absolute(self) -> "RunOptions":
         """Ray workers and Tune trials run in other directories: absolute local paths."""
@@ -415,20 +416,22 @@ def _check_local_writable(path: Path) -> None:
         raise PermissionError(f"{path} is not writable")
 
 
-def header(stage: str, exp: Experiment, store: Store, fresh: bool = False) -> str:
+def header(stage: str, exp: Experiment, store: Store, fresh: bool = False, notes: bool = True) -> str:
     """The first lines a stage prints: version, commit, what and where, the stage hashes (`fresh`: the
-    stage will delete its earlier results, FRESH)."""
+    stage will delete its earlier results, FRESH), then, with `notes`, what the study holds besides this
+    run's conditions and the lack of a reference condition."""
     from bnrep.experiments import at_smoke_sizes, reference_note
 
     h = stage_hashes(exp)
     sizes = " at --smoke-test sizes" if at_smoke_sizes(exp) else ""
     gone = FRESH.get(stage.split()[0], ()) if fresh else ()  # what the stage deletes before its work
     kept = [t for t in ("hparam_trials", "training") if "results" not in gone and f"results/{t}" not in gone]
-    models = [] if stage == "import" else held_conditions(store, exp, [t for t in kept if t == "training"])
-    trials = [] if stage == "import" else [c for c in held_conditions(store, exp, [t for t in kept if t != "training"])
-                                           if c not in models]  # (a --fresh grid deleted their models)
+    said = stage == "import" or not notes
+    models = [] if said else held_conditions(store, exp, [t for t in kept if t == "training"])
+    trials = [] if said else [c for c in held_conditions(store, exp, [t for t in kept if t != "training"])
+                              if c not in models]  # (a --fresh grid deleted their models)
     how = f"`bnrep run --experiment {exp.name}{out_flag(store.out)} --reference TAG`" if stage == "import" else None
-    no_reference = stage != "analysis" and reference_note(exp, models, how)  # said before training
+    no_reference = notes and stage != "analysis" and reference_note(exp, models, how)  # said before training
     return (f"bnrep {bnrep.__version__} ({git_commit() or 'unknown commit'}) | {stage}{sizes} | "
             f"experiment {exp.name} -> {store.out}/{exp.name}\n"
             f"config: train {h['train_hash']}, analysis {h['analysis_hash']} "

@@ -1,5 +1,6 @@
 """Bad input: one line on stderr, exit 2, before Ray starts, earlier results untouched."""
 
+import dataclasses
 import json
 import os
 import re
@@ -588,6 +589,37 @@ def test_a_rerun_with_fewer_conditions_says_what_the_study_still_holds(results):
     assert header("final grid", exp, store, fresh=True).splitlines()[-1] == trials_only
     store.delete("results/training/cnn-bn-b8-s0.parquet")
     assert header("analysis", exp, store).splitlines()[-1] == trials_only
+
+
+def test_bnrep_run_says_the_study_notes_in_its_first_stage_alone(tmp_path, monkeypatch):
+    """bnrep run's stages each print their header: the study's notes (what it holds besides this run's
+    conditions, no reference condition) came once per training stage; the first stage run says them."""
+    import contextlib
+
+    from bnrep import cli, raysession
+    from bnrep.config import RunOptions, header
+    from bnrep.experiments import get_experiment
+    from bnrep.stages import analysis, final, hparam, report
+
+    store = Store(str(tmp_path), "digits-cnn")
+    exp = get_experiment("digits-cnn").override(conditions=("batch", "group"))
+    store.write_part("training", "cnn-bn-b8-s0", pd.DataFrame([{"model_id": "cnn-bn-b8-s0", "norm": "batch",
+                                                               "condition": "bn-b8", "seed": 0}]))
+    with_notes = header("final grid", exp, store)
+    assert "also holds results of bn-b8" in with_notes and "reference condition" in with_notes, with_notes
+    assert "note:" not in header("final grid", exp, store, notes=False)
+    seen = []
+    for name, module in (("hparam", hparam), ("final", final), ("analysis", analysis)):
+        monkeypatch.setattr(module, "run", lambda exp, opts, name=name: seen.append((name, opts.notes)) or 0)
+    monkeypatch.setattr(report, "run", lambda out, names: seen.append(("report", None)) or 0)
+    monkeypatch.setattr(raysession, "ray_session", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(raysession, "check_resources", lambda *a, **k: None)
+    opts = RunOptions(out=str(tmp_path))
+    for kw, first in (({}, "hparam"), ({"paper_hparams": True}, "final"), ({"imported": True}, "analysis")):
+        seen.clear()
+        imported = kw.pop("imported", False)
+        assert cli.run_stages(exp, dataclasses.replace(opts, **kw), store, imported) == 0
+        assert [n for n, on in seen if on] == [first] and seen[-1] == ("report", None), seen
 
 
 def test_new_analysis_settings_before_any_analysis_result_are_not_a_conflict(tmp_path):

@@ -311,7 +311,7 @@ def run(exp: Experiment, opts: RunOptions) -> int:
     models = trained_models(store, exp)
     samples = AnalysisSamples.draw(len(data.train), exp.samples_sparsity, exp.samples_cluster, exp.split_seed)
     check_k_max(exp, samples.n_cluster)  # capped at what the training split holds
-    print(header("analysis", exp, store, opts.fresh), flush=True)
+    print(header("analysis", exp, store, opts.fresh, opts.notes), flush=True)
     for note in (*(w.message for w in said), *samples.notes, *stopped_before(models, exp)):
         print(f"note: {note}", flush=True)
 

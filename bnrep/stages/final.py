@@ -238,7 +238,7 @@ def weights_digests(store: Store, mids: list[str]) -> dict[str, str]:
 def run(exp: Experiment, opts: RunOptions) -> int:
     store, record = open_training_stage(exp, opts, "final")  # every check before Ray starts
     hparams = grid_hparams(exp, store, opts.paper_hparams)
-    print(header("final grid", exp, store, opts.fresh), flush=True)
+    print(header("final grid", exp, store, opts.fresh, opts.notes), flush=True)
     train_hash = stage_hashes(exp)["train_hash"]
     grid = [{"seed": s, "norm": n, "hparams": hparams[n]} for s in range(exp.seeds) for n in exp.norms]
     with contextlib.ExitStack() as held:

@@ -249,7 +249,7 @@ def record_best(store: Store, exp: Experiment, every: pd.DataFrame, todo: list[s
 # ==== the stage ====
 def run(exp: Experiment, opts: RunOptions) -> int:
     store, record = open_training_stage(exp, opts, "hparam")  # every check before Ray starts
-    print(header("hparam sweep", exp, store, opts.fresh), flush=True)
+    print(header("hparam sweep", exp, store, opts.fresh, opts.notes), flush=True)
     with contextlib.ExitStack() as held:
         if opts.fresh:  # the lock, the resource check, then the deletion (a refused run deletes nothing)
             held.enter_context(writer_lock(store, "hparam"))
