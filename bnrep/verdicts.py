@@ -7,23 +7,24 @@ from __future__ import annotations
 
 from bnrep.axis import axis_word
 from bnrep.correlations import MIN_MODELS, between_groups_reason, limits_sentence, predictor_rows, predictors
-from bnrep.findings import (CLAIMS, COMMON_HEAD, RULES, Finding, common_caveats, finding_sparsity_across,
-                            initialisation_blocks, judged_norms, rules)
+from bnrep.findings import (CLAIMS, COMMON_HEAD, RULES, Finding, common_head, finding_sparsity_across,
+                            initialisation_blocks, judged_norms, rules, said_once)
 from bnrep.norms import sort_key
 from bnrep.results import LABELS, REF, SHORT, Results, is_paper_pair, rankings
 
 
 def findings_blocks(r: Results, fs: list[Finding]) -> list[tuple]:
     """The paper pair: one table as the paper's section 6. Several norms: claims x norms, evidence, rankings."""
-    judged, said = judged_norms(r), common_caveats(fs)
+    judged, (said, per) = judged_norms(r), said_once(fs)
     head = [("p", f"{COMMON_HEAD}:"), ("ul", list(said))] if said else []  # (a page of dead channels, once)
+    head += [b for n, c in per.items() for b in (("p", f"{common_head(n)}:"), ("ul", list(c)))]
     if len(judged) == 1:
         rows = [[str(f.number), f.claim, f.verdict_said(said), f.detail] for f in fs]
         return [*head, ("table", ["#", "Claim (paper section 6)", "Verdict", "Evidence"], rows), *eps_blocks(fs),
                 *initialisation_blocks(r), ("p", "How verdicts are decided:"), ("ul", rules(r.norms, r.ref))]
     by = {(f.number, f.norm): f for f in fs}
     matrix = [[str(i), c] + [by[(i, n)].verdict for n in judged] for i, c in _claims(fs)]
-    evidence = [[str(f.number), SHORT[f.norm], f.verdict_said(said), f.detail] for f in fs]
+    evidence = [[str(f.number), SHORT[f.norm], f.verdict_said(said + per.get(f.norm, ())), f.detail] for f in fs]
     against = f"no normalisation ({SHORT[REF]})" if r.ref == REF else f"the reference {LABELS[r.ref]} ({SHORT[r.ref]})"
     each = {"norm": "normalisation", "condition": "condition"}[axis_word(r.norms)]
     blocks = [*head, ("p", f"Each claim judged for each {each} against {against}:"),

@@ -1635,6 +1635,18 @@ def test_a_caveat_every_claim_names_is_said_once_in_the_summary(tmp_path):
     assert res.summary.count(text) == 1 and f"Named for every claim below:\n    - {text}" in res.summary
     md = (tmp_path / "digits-cnn" / "report" / "report.md").read_text()  # (a page of dead channels in every cell)
     assert md.count(text) == 1 and f"Named for every claim below:\n\n- {text}\n" in md, md[:3000]
+    # several conditions: what every claim about one of them names is said once, above its claims
+    write_tables(tmp_path / "three", "digits-cnn", make_tables(**SMALL, seeds=2, norms=("batch", "layer", "none")))
+    res = report.build_report(str(tmp_path / "three"), "digits-cnn")
+    md = (tmp_path / "three" / "digits-cnn" / "report" / "report.md").read_text()
+    for short in ("BN", "LN"):
+        text = f"only 2 seeds of {short} (need 3)"
+        mine = [f for f in res.findings if SHORT[f.norm] == short]
+        assert len(mine) == 4 and all(text in f.caveats for f in mine) and len(res.findings) == 8
+        assert res.summary.count(text) == 1, res.summary
+        said = res.summary.index(f"Named for every claim about {short}:\n    - {text}")
+        assert said < res.summary.index(f"1. {mine[0].claim}")  # above its first claim
+        assert md.count(text) == 1 and f"Named for every claim about {short}:\n\n- {text}\n" in md, md[:3000]
 
 
 @pytest.mark.parametrize("a,ref,one_network", [
