@@ -676,6 +676,12 @@ def test_max_failures(fails, alike, retries, survives, every, tmp_path):
                                                        f"injected failure{'' if alike else ' 1'} of cnn-bn-s0 (Tune "
                                                        f"logs: "), err[-1]
         assert sorted(store.parts("training")) == [m for m in MODELS if m != "cnn-bn-s0"]
+        if alike:  # the model's code fixed, the same command trains it (a restored grid held it as ended)
+            r = bnrep("final", "--smoke-test", "--paper-hparams", "--max-failures", str(retries), "--snapshots", "1",
+                      "--checkpoint-every", every, out=out)
+            assert r.returncode == 0, r.stderr[-3000:]
+            assert "[final] 3 of 4 models already trained" in r.stdout and "resuming" not in r.stdout, r.stdout
+            assert sorted(store.parts("training")) == MODELS
 
 
 def measured(df, epoch, models=MODELS):

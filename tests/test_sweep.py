@@ -436,6 +436,15 @@ def test_conditions_whose_every_trial_failed_are_each_named_once_the_others_are_
 
     ok = {exp.norms[0]}  # the first condition's trials ran; every other condition's failed
     every = trials_table([result(c, c["norm"] in ok) for c in plan], exp, asha, plan)
+    from bnrep.stages.hparam import written
+    from bnrep.store import SWEEP_PLAN
+
+    planned = Store(str(tmp_path / "planned"), exp.name)  # a restored sweep would hold those trials as ended:
+    planned.write_json(SWEEP_PLAN, plan)  # the rerun, the model's code fixed, searches anew
+    written([result(c, True) for c in plan if c["norm"] != exp.norms[-1]], planned)
+    assert planned.exists(SWEEP_PLAN)
+    written([result(c, c["norm"] in ok) for c in plan], planned)
+    assert not planned.exists(SWEEP_PLAN)
     assert (every[every["condition"] == exp.norms[-1]]["error"] == "ValueError: a batch of 3 images").all()
     assert every[every["condition"] == exp.norms[-1]]["error"].size == 2
     store = Store(str(tmp_path), exp.name)

@@ -29,9 +29,9 @@ from bnrep.models import model_id
 from bnrep.norms import SHORT, TAGS, sort_key
 from bnrep.progress import FAILED_AGAIN, tune_progress
 from bnrep.raysession import check_nodes, check_resources, default_gpus, placement, quiet_when_stopped, ray_session
-from bnrep.stages.tuning import (WRITE_FAILED, RepeatedFailure, WriteFailed, can_resume, fit, keep_tensorboard,
-                                 open_training_stage, raise_write_failed, run_config, train_in_tune, training_data,
-                                 tune_config)
+from bnrep.stages.tuning import (WRITE_FAILED, RepeatedFailure, WriteFailed, can_resume, fit, forget_repeated,
+                                 keep_tensorboard, open_training_stage, raise_write_failed, run_config, train_in_tune,
+                                 training_data, tune_config)
 from bnrep.store import GRID, GRID_PLAN, Store, StoreWriteError, norm_columns, safe_key, tables, write_error
 from bnrep.table1 import diverged_note
 from bnrep.train import Trainer, best_device
@@ -172,6 +172,7 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
                            run_config=run_config(opts, name, store.uri(storage), progress, stop=WriteFailed()))
     results = fit(tuner, store, GRID)
     raise_write_failed(results, store, GRID_PLAN)  # the rerun trains them anew
+    forget_repeated(results, store, GRID_PLAN)
     for e in (r.error for r in results if r.error):
         if write_error(e):  # disk full, permission denied: its one line
             raise write_error(e)

@@ -27,9 +27,9 @@ from bnrep.lock import writer_lock
 from bnrep.norms import TAGS
 from bnrep.progress import FAILED_AGAIN, tune_progress
 from bnrep.raysession import check_nodes, check_resources, default_gpus, quiet_when_stopped, ray_session
-from bnrep.stages.tuning import (WRITE_FAILED, RepeatedFailure, WriteFailed, can_resume, fit, keep_tensorboard,
-                                 open_training_stage, raise_write_failed, run_config, train_in_tune, training_data,
-                                 tune_config)
+from bnrep.stages.tuning import (WRITE_FAILED, RepeatedFailure, WriteFailed, can_resume, fit, forget_repeated,
+                                 keep_tensorboard, open_training_stage, raise_write_failed, run_config, train_in_tune,
+                                 training_data, tune_config)
 from bnrep.store import SWEEP, SWEEP_PLAN, Store, StoreWriteError, norm_columns
 from bnrep.train import DIVERGED, Trainer, best_device
 
@@ -135,6 +135,7 @@ def run_sweep(exp: Experiment, opts: RunOptions, store: Store, todo: list[str], 
 def written(results, store: Store):
     """The sweep's results, unless a trial's checkpoint could not be written (StoreWriteError)."""
     raise_write_failed(results, store, SWEEP_PLAN)
+    forget_repeated(results, store, SWEEP_PLAN)
     return results
 
 

@@ -288,6 +288,15 @@ def raise_write_failed(results, store: Store, plan: str) -> None:
         raise StoreWriteError(failed)
 
 
+def forget_repeated(results, store: Store, plan: str) -> None:
+    """A trial whose epoch failed twice alike (RepeatedFailure) ended, where a failed one erred: the Tune run
+    restored would not train it again, once its model's code is fixed. So the run's plan is deleted, and
+    the rerun starts the stage's unfinished work anew (models saved are kept; seeded, the same trials)."""
+    if any((r.metrics or {}).get(FAILED_AGAIN) for r in results):
+        with contextlib.suppress(OSError, StoreWriteError):
+            store.delete(plan)
+
+
 class WriteFailed:
     """Tune's stop rule (a function of a trial's result): once a trial reports WRITE_FAILED (a full disk, a
     denied write), every trial stops at its next result (a trial that had not started: after its first
