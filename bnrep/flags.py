@@ -98,8 +98,6 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-size", type=int, default=None, metavar="N",
                    help="train on the first N images of the seeded training split (default: all)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per step (default: preset, 64)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate for --paper-hparams runs (default: preset)")
-    p.add_argument("--momentum", type=float, default=None, help="SGD Nesterov momentum (default: preset)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="N", help="CPUs per Tune trial (default: 1)")
     p.add_argument("--gpus-per-trial", type=float, default=None, metavar="F",
                    help="GPUs per Tune trial, fractions allowed (default: 1 if the cluster has GPUs, else 0)")
@@ -116,6 +114,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
 def add_paper_hparams(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paper-hparams", action="store_true",
                    help="skip the sweep: the preset's (paper's) lr and momentum instead of the sweep's best")
+    p.add_argument("--lr", type=float, default=None, help="learning rate for --paper-hparams runs (default: preset)")
+    p.add_argument("--momentum", type=float, default=None,
+                   help="SGD Nesterov momentum for --paper-hparams runs (default: preset)")
 
 
 def add_analysis_args(p: argparse.ArgumentParser) -> None:
@@ -206,11 +207,35 @@ class Parser(argparse.ArgumentParser):
 
         if not message.startswith("unrecognized arguments: "):
             return ""
-        flags = sorted(set(re.findall(r"--[A-Za-z0-9][\w-]*", self._command().format_help())))  # as --help lists them
+        own = self._command()
+        flags = usage_flags(own)
         typed = [w.split("=")[0] for w in message.split(": ", 1)[1].split() if w.startswith("--")]
-        close = [c for w in typed for c in ([f for f in flags if f.startswith(w)][:1]  # a flag shortened
-                                            or difflib.get_close_matches(w, flags, n=1))]
-        return f"; did you mean {close[0]}?" if close else ""
+        bnrep = own.prog.startswith("bnrep")
+        for w in typed:  # a flag of another command (--paper-hparams given to the sweep)
+            if others := commands_with(w, bnrep):
+                return f"; {w} is a flag of {_and(others)}"
+        everyone = sorted({f for stage in (*SCRIPTS, "run") for f in usage_flags(build_parser(stage))})
+        for w in typed:  # a flag shortened, else the closest flag of this command or another
+            close = [f for f in flags if f.startswith(w)][:1] or difflib.get_close_matches(w, everyone, n=1)
+            if close:
+                return f"; did you mean {close[0]}?" + ("" if close[0] in flags else
+                                                        f" (a flag of {_and(commands_with(close[0], bnrep))})")
+        return ""
+
+
+def _and(names: list[str]) -> str:
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
+
+
+def usage_flags(parser: argparse.ArgumentParser) -> list[str]:
+    """The --flags `parser` takes, as its usage line lists them (not those its help text mentions)."""
+    return sorted(set(re.findall(r"--[A-Za-z0-9][\w-]*", parser.format_usage())))
+
+
+def commands_with(flag: str, bnrep: bool) -> list[str]:
+    """The stage commands and `bnrep run` that take `flag`: `bnrep STAGE` or its script, as `bnrep` says."""
+    return [("bnrep " + stage if bnrep or stage == "run" else SCRIPTS[stage])
+            for stage in (*SCRIPTS, "run") if flag in usage_flags(build_parser(stage, prog=f"bnrep {stage}"))]
 
 
 def build_parser(stage: str, parser: argparse.ArgumentParser | None = None,

@@ -69,8 +69,6 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("lr negative", "final", ["--paper-hparams", "--lr", "-1"], ["learning rate must be > 0"]),
     ("lr without paper hparams", "final", ["--lr", "0.05"], ["--lr sets the hyperparameters of --paper-hparams runs; "
                                                                "without it the sweep chooses them"]),
-    ("lr in the sweep", "hparam", ["--lr", "0.05", "--momentum", "0.9"],
-     ["--lr and --momentum set the hyperparameters"]),
     ("image size of digits", "final", ["--paper-hparams", "--image-size", "32"],
      ["image_size resizes the images of an imagefolder:PATH dataset; digits has a size of its own"]),
     ("momentum one", "final", ["--paper-hparams", "--momentum", "1.0"], ["momentum must be in [0, 1)"]),
@@ -418,11 +416,19 @@ def test_ray_runs_library_functions_by_reference():
 @pytest.mark.parametrize("argv,line", [
     (["final", "--seeds", "abc"], "error: bnrep final: argument --seeds: invalid int value: 'abc' "
                                   "(see bnrep final --help)"),
-    (["report", "--smoke-test"], "error: bnrep report: unrecognized arguments: --smoke-test (see bnrep report --help)"),
+    (["report", "--smoke-test"], "error: bnrep report: unrecognized arguments: --smoke-test; --smoke-test is a flag of "
+                                 "bnrep hparam, bnrep final, bnrep analysis and bnrep run (see bnrep report --help)"),
+    # a flag of another command, named as such (it was 'did you mean' the flag typed, or one its help mentions)
+    (["hparam", "--paper-hparams"], "error: bnrep hparam: unrecognized arguments: --paper-hparams; --paper-hparams is "
+                                    "a flag of bnrep final and bnrep run (see bnrep hparam --help)"),
+    (["hparam", "--lr", "0.1"], "error: bnrep hparam: unrecognized arguments: --lr 0.1; --lr is a flag of bnrep final "
+                                "and bnrep run (see bnrep hparam --help)"),  # (the sweep's help listed it)
+    (["analysis", "--paper-hparam"], "error: bnrep analysis: unrecognized arguments: --paper-hparam; did you mean "
+                                     "--paper-hparams? (a flag of bnrep final and bnrep run) (see bnrep analysis --help)"),
     (["run", "--smoketest"], "error: bnrep run: unrecognized arguments: --smoketest; did you mean --smoke-test? (see "
                              "bnrep run --help)"),  # (argparse's error comes from bnrep's parser; the flag is run's)
     (["analysis", "--k-mx", "5"], "error: bnrep analysis: unrecognized arguments: --k-mx 5; did you mean --k-max?"),
-    (["status", "--smoke-test"], "error: bnrep status: unrecognized arguments: --smoke-test (see bnrep status --help)"),
+    (["status", "--zzz"], "error: bnrep status: unrecognized arguments: --zzz (see bnrep status --help)"),
     # a flag shortened is refused as a misspelt one is (argparse would take --norm for --norms, --seed for --seeds)
     (["run", "--norm", "batch"], "error: bnrep run: unrecognized arguments: --norm batch; did you mean --norms? (see "
                                  "bnrep run --help)"),
