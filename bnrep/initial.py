@@ -20,19 +20,50 @@ from bnrep.experiments import Experiment
 from bnrep.results import SHORT, cka_pairs, norm_pairs
 
 
-@functools.lru_cache(maxsize=32)
 def initial_kernels(exp: Experiment, condition: str, seed: int = 0) -> dict[str, str]:
     """name -> digest (shape and bytes) of every kernel (a parameter of 2+ dimensions: convolutions,
     linear layers) of `condition`'s model as `seed` initialises it. Torch's global RNG is left as it was."""
+    return _kernels(exp, condition, seed)[0]
+
+
+def kernel_layers(exp: Experiment, condition: str, seed: int = 0) -> dict[str, str]:
+    """name -> the layer (a probe, as the tables name it) each kernel of `condition`'s model feeds: the
+    first activation called after its module in a forward pass; 'the output' after the last one."""
+    return _kernels(exp, condition, seed)[1]
+
+
+@functools.lru_cache(maxsize=32)
+def _kernels(exp: Experiment, condition: str, seed: int) -> tuple[dict[str, str], dict[str, str]]:
     from bnrep.data import input_shape
     from bnrep.datasets import num_classes
     from bnrep.models import seeded_model
+    from bnrep.probes import find_probes, tap
 
     C, H, W = input_shape(exp)
     with torch.random.fork_rng(devices=[]):
         model = seeded_model(exp.model, condition, seed, C, num_classes(exp.dataset), (H, W))
-    return {name: f"{tuple(p.shape)}:{hashlib.sha256(p.detach().contiguous().numpy().tobytes()).hexdigest()}"
-            for name, p in model.named_parameters() if p.dim() > 1}
+    digests = {name: f"{tuple(p.shape)}:{hashlib.sha256(p.detach().contiguous().numpy().tobytes()).hexdigest()}"
+               for name, p in model.named_parameters() if p.dim() > 1}
+    example = torch.zeros(2, C, H, W)
+    probes = [p.name for p in find_probes(model, example)]
+    owned = {path: [f"{path}.{n}" if path else n for n, p in m.named_parameters(recurse=False) if p.dim() > 1]
+             for path, m in model.named_modules()}
+    calls, waiting, layers = [], [], {}  # in forward order: ("kernels", names) after a module, ("probe", index)
+    handles = [m.register_forward_hook(lambda mod, a, out, names=owned[path]: calls.append(("kernels", names)))
+               for path, m in model.named_modules() if owned[path]]
+    try:
+        with torch.no_grad(), tap(model.eval(), lambda index, *_: calls.append(("probe", index))):
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    for what, x in calls:
+        if what == "kernels":
+            waiting += [n for n in x if n not in layers and n not in waiting]
+        else:
+            layers.update({n: probes[x - 1] for n in waiting})
+            waiting = []
+    return digests, {n: layers.get(n, "the output") for n in digests}
 
 
 def shared_initial_weights(exp: Experiment, a: str, b: str, seed: int = 0) -> tuple[list[str], int]:
@@ -59,9 +90,9 @@ def shared_start_text(rs) -> str:
         groups: dict[str, list[str]] = {}
         for (a, b), (names, total) in shared.items():
             if names:
+                fed = list(dict.fromkeys(kernel_layers(r.experiment, a)[n] for n in names))  # as the tables name them
                 which = (f"all {total} kernels" if len(names) == total else
-                         f"{len(names)} of {total} kernels ({', '.join(n.removesuffix('.weight') for n in names[:3])}"
-                         f"{', ...' if len(names) > 3 else ''})")
+                         f"{len(names)} of {total} kernels (into {', '.join(fed[:3])}{', ...' if len(fed) > 3 else ''})")
                 groups.setdefault(which, []).append(f"{SHORT[a]} and {SHORT[b]}")
         said.append(at + ("; ".join(f"{', '.join(pairs)}: {which}" for which, pairs in groups.items()) if groups
                           else "no pair shares a kernel"))

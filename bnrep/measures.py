@@ -153,12 +153,13 @@ def gradient_batches(n: int) -> list[int]:
 
 
 def gradient_batches_text(n: int) -> str:
-    """'4 batches of 64', '3 batches (64, 64, 32)': the caption's words for gradient_batches(n)."""
+    """'4 batches of 64 analysis samples', '3 batches of analysis samples (64, 64 and 32)': the caption's
+    words for gradient_batches(n)."""
     sizes = gradient_batches(n)
     if not sizes:
         return "no batch (fewer than 2 analysis samples)"
-    return (f"{len(sizes)} batch{'es' * (len(sizes) != 1)} of {sizes[0]}" if len(set(sizes)) == 1 else
-            f"{len(sizes)} batches ({', '.join(map(str, sizes))})")
+    return (f"{len(sizes)} batch{'es' * (len(sizes) != 1)} of {sizes[0]} analysis samples" if len(set(sizes)) == 1
+            else f"{len(sizes)} batches of analysis samples ({', '.join(map(str, sizes[:-1]))} and {sizes[-1]})")
 
 
 def _gradient_norms(run: ModelRun) -> list[dict]:
@@ -317,7 +318,7 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
             ylabel="pre-activation variance", log=True),
     Measure("gradient_norms", "model", _gradient_norms, ("gradient_norm",), fields=SAMPLES, log=True,
             caption="Beyond the paper: the norm of the loss gradient with respect to each activation's output "
-                    "(Yang et al. 2019), averaged over the same {gradient_batches} analysis samples for every model "
+                    "(Yang et al. 2019), averaged over the same {gradient_batches} for every model "
                     "(whatever batch size it trained with), norms with running statistics using the batch's, for "
                     "{colours} models. Error bars: standard deviation across {seeds}.{nan}",
             title="Gradient norm per layer", name="Gradient norm", ylabel="‖∂loss/∂activation‖"),

@@ -1722,16 +1722,31 @@ def test_the_cka_caption_names_the_kernels_two_conditions_start_from_at_one_seed
     assert same[("batch", "none")] == ["features.0"]
     text = captions.caption(figures.figure("fig_cka"), [cnn4()])
     assert ("(read off the models, built as training builds them): BN and GN, BN and LN, GN and LN: all 6 kernels; "
-            "BN and NBN, GN and NBN, LN and NBN: 1 of 6 kernels (features.0). A same-seed CKA of such a pair starts "
+            "BN and NBN, GN and NBN, LN and NBN: 1 of 6 kernels (into conv1). A same-seed CKA of such a pair starts "
             "above the baselines of independent seeds") in text
-    assert "BN and NBN: 1 of 6 kernels (features.0)." in captions.caption(figures.figure("fig_cka"), [cnn()])
+    assert "BN and NBN: 1 of 6 kernels (into conv1)." in captions.caption(figures.figure("fig_cka"), [cnn()])
+
+
+def test_a_kernel_is_named_by_the_layer_it_feeds():
+    """The CKA caption named the shared kernels by module path (features.0), a name no table or figure uses:
+    each is named by the probe its module's output reaches first (the layer the figures call conv1)."""
+    from bnrep.initial import kernel_layers
+
+    exp = get_experiment("digits-cnn")
+    assert kernel_layers(exp, "batch") == {"features.0.weight": "conv1", "features.3.weight": "conv2",
+                                           "features.7.weight": "conv3", "features.11.weight": "conv4",
+                                           "classifier.0.weight": "fc1", "classifier.3.weight": "the output"}
+    fed = kernel_layers(exp.with_model("torchvision:resnet18"), "batch")  # a shortcut's 1x1 convolution: the
+    assert fed["layer2.0.downsample.0.weight"] == fed["layer2.0.conv2.weight"] == "layer2.0.relu:2"  # block's end
+    assert (fed["conv1.weight"], fed["layer1.0.conv1.weight"], fed["fc.weight"]) == ("relu", "layer1.0.relu:1",
+                                                                                      "the output")
 
 
 def test_the_cka_caption_on_imported_models_and_where_the_model_is_not_here():
     r = cnn()
     r.tables["training"] = r.tables["training"].assign(imported=True)  # trained elsewhere: no word of their start
     assert "at the baseline, it does not. Gray dotted: " in captions.caption(figures.figure("fig_cka"), [r])
-    assert "BN and NBN: 1 of 6 kernels (features.0). A same-seed" in captions.caption(  # beside a study it trained
+    assert "BN and NBN: 1 of 6 kernels (into conv1). A same-seed" in captions.caption(  # beside a study it trained
         figures.figure("fig_cka"), [r, cnn()])
     away = results.Results(get_experiment("digits-cnn").with_model("nosuch_pkg.mod:build"), cnn().tables)
     assert ("them): not checked here (cannot import nosuch_pkg.mod for model nosuch_pkg.mod:build "
@@ -1739,14 +1754,16 @@ def test_the_cka_caption_on_imported_models_and_where_the_model_is_not_here():
             ) in captions.caption(figures.figure("fig_cka"), [away])
 
 
-@pytest.mark.parametrize("n, batches", [(5000, "4 batches of 64"), (160, "3 batches (64, 64, 32)"),
-                                        (65, "1 batch of 64")])
+@pytest.mark.parametrize("n, batches", [(5000, "4 batches of 64 analysis samples"),
+                                        (160, "3 batches of analysis samples (64, 64 and 32)"),
+                                        (65, "1 batch of 64 analysis samples")])
 def test_the_gradient_norm_caption_gives_the_batches_the_analysis_had(n, batches):
     """A smoke-sized analysis has 160 samples: the gradient norms average 3 batches (64, 64, 32), which the
-    caption said were 4 batches of 64 (a last batch of one image has no batch statistics and is left out)."""
+    caption said were 4 batches of 64 (a last batch of one image has no batch statistics and is left out),
+    then '3 batches (64, 64, 32) analysis samples'."""
     r = cnn()
     r.tables["samples"] = pd.DataFrame({"purpose": "cluster", "position": range(n), "index": range(n)})
-    assert (f"averaged over the same {batches} analysis samples for every model" in
+    assert (f"averaged over the same {batches} for every model" in
             captions.caption(figures.figure("fig_gradient_norms"), [r]))
 
 
