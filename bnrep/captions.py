@@ -27,8 +27,8 @@ def _models(df: pd.DataFrame) -> pd.DataFrame:
 
 def caption(spec, rs: list[Results]) -> str:
     """`spec`'s (a bnrep.figures.FigureSpec) caption with its placeholders filled for the results `rs`:
-    {seeds}, {layers}, {nan} (the values left out, and why), {colours}, {shared} (bnrep.initial) and
-    {gradient_batches}."""
+    {seeds}, {layers}, {nan} (the values left out, and why), {colours}, {shared} (bnrep.initial),
+    {k_searched} and {gradient_batches}."""
     df = pd.concat([r.at_epochs(spec.tables[0]) if spec.epochs else r.table(spec.tables[0]) for r in rs],
                    ignore_index=True)
     layers = "; ".join(f"{r.label}: from {first_shown_text(r)}" for r in rs)
@@ -42,8 +42,24 @@ def caption(spec, rs: list[Results]) -> str:
     shared = shared_start_text(rs) if "{shared}" in spec.caption else ""  # (models built: only where it is said)
     shared = f" {shared}" if shared else ""
     return spec.caption.format(seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms),
-                               shared=shared,
+                               shared=shared, k_searched=_k_searched(rs) if "{k_searched}" in spec.caption else "",
                                gradient_batches=_gradient_batches(rs) if "{gradient_batches}" in spec.caption else "")
+
+
+def _k_searched(rs: list[Results]) -> str:
+    """'2..15; dashed line: the 10 classes' per experiment where they differ; the classes said to lie past
+    the k searched where they do (no line is drawn: a k-means sweep to 6 cannot find 10 clusters)."""
+    from bnrep.figures import k_searched
+
+    def text(r):
+        lo, hi = k_searched(r)
+        where = ("dashed line: the" if lo <= r.n_classes <= hi else
+                 "beyond it (no line drawn) lie the" if r.n_classes > hi else "below it (no line drawn) lie the")
+        return f"{lo}..{hi}; {where} {r.n_classes} classes"
+
+    said = {r.label: text(r) for r in rs}
+    return next(iter(said.values())) if len(set(said.values())) == 1 else "; ".join(
+        f"{label}: {t}" for label, t in said.items())
 
 
 def _gradient_batches(rs: list[Results]) -> str:

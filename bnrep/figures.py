@@ -48,12 +48,26 @@ def _shown_optimal_k(r: Results) -> pd.DataFrame:
     return shown(optimal_k(r.table("kmeans")), r.experiment.first_shown_layer)
 
 
+def k_searched(r: Results) -> tuple[int, int]:
+    """The smallest and largest k of the study's k-means sweep (its table; else as its experiment asks)."""
+    k = r.table("kmeans")["k"] if "k" in r.table("kmeans") else pd.Series(dtype=float)
+    return (int(k.min()), int(k.max())) if k.notna().any() else (r.experiment.k_min, r.experiment.k_max)
+
+
 def fig_optimal_k(results) -> Figure | None:
-    """Paper Figure 5: optimal number of k-means clusters (lowest DBI) per layer."""
-    rs = _as_list(results)
+    """Paper Figure 5: optimal number of k-means clusters (lowest DBI) per layer. Each panel's y axis is
+    the k its sweep searched (an error bar past it is cut there: no seed's k lies beyond), the number of
+    classes a dashed line where it lies within."""
+    def within(r):
+        lo, hi = k_searched(r)
+        return r.n_classes if lo <= r.n_classes <= hi else None
+
+    rs = [r for r in _as_list(results) if len(_shown_optimal_k(r))]  # fig_per_layer's panels
     fig = fig_per_layer(rs, _shown_optimal_k, "k_opt", "optimal k (lowest k-means DBI)",
-                        "Optimal number of k-means clusters per layer", hline=rs[0].n_classes if rs else None)
-    for ax in fig.axes if fig else []:
+                        "Optimal number of k-means clusters per layer", hline=within)
+    for ax, r in zip(fig.axes if fig else [], rs):
+        lo, hi = k_searched(r)
+        ax.set_ylim(lo - 0.5, hi + 0.5)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
@@ -408,7 +422,8 @@ FIGURES = [
                "models; lower is purer. Error bars: standard deviation across {seeds}.{nan}"),
     FigureSpec("fig_optimal_k", fig_optimal_k, ("kmeans",),
                "Paper Figure 5: average optimal number of k-means clusters (the k with the lowest DBI) per "
-               "layer ({layers}); dashed line: number of classes. Error bars: standard deviation across {seeds}."),
+               "layer ({layers}); the y axis spans the k searched, {k_searched}. Error bars: standard deviation "
+               "across {seeds}, cut at the k searched."),
     FigureSpec("fig_kmeans_dbi", fig_kmeans_dbi, ("kmeans",),
                "Paper Figure 6: average class-agnostic (k-means) DBI at the optimal k per layer ({layers}); "
                "lower is purer. Error bars: standard deviation across {seeds}.{nan}"),

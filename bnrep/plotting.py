@@ -144,7 +144,8 @@ def plot_per_layer(ax, df: pd.DataFrame, value: str, ylabel: str, labels: dict[s
 
 
 def fig_per_layer(results, get, value: str, ylabel: str, title: str, hline=None) -> Figure | None:
-    """One panel per experiment, side by side (the paper's (a)/(b) layout); seeds in panel titles."""
+    """One panel per experiment, side by side (the paper's (a)/(b) layout); seeds in panel titles.
+    `hline(r)`: a panel's dashed line (None: none)."""
     rs = [(r, get(r)) for r in _as_list(results)]
     rs = [(r, d) for r, d in rs if len(d)]
     if not rs:
@@ -153,7 +154,7 @@ def fig_per_layer(results, get, value: str, ylabel: str, title: str, hline=None)
     fig, axes = _grid(1, len(rs), w=_width([d for _, d in rs]), h=_height([d for _, d in rs], 3.5))
     for i, (r, d) in enumerate(rs):
         marked = set(not_rectified(d)["layer_index"]) if value == "sparsity" else set()
-        plot_per_layer(axes[0, i], d, value, ylabel, labels, hline, marked)
+        plot_per_layer(axes[0, i], d, value, ylabel, labels, hline(r) if hline else None, marked)
         axes[0, i].set_title(f"{_panel_title(r, i, len(rs))}, {seeds_text(d)}", fontsize=10)
     entries = {}  # every panel's legend entries once, normalisations first in display order
     for ax in axes[0]:

@@ -116,6 +116,18 @@ def test_fig_optimal_k_and_kmeans_dbi():
     assert series(ax)["BatchNorm"][1] == [cnn_kopt(True, i) for i in range(1, 6)]
     assert series(ax)["no BatchNorm"][1] == [cnn_kopt(False, i) for i in range(1, 6)]
     assert [tuple(l.get_ydata()) for l in ax.lines if l.get_label() == "10 classes"] == [(10, 10)]
+    assert ax.get_ylim() == (1.5, 12.5)  # the k searched, 2..12
+    assert "the y axis spans the k searched, 2..12; dashed line: the 10 classes." in captions.caption(
+        figures.figure("fig_optimal_k"), [r])
+    # a sweep to k = 6 (a smoke test's): 10 clusters cannot be found, and no bar reaches past the k searched; the
+    # dashed line at 10 with bars to 6.8 was drawn there
+    small = findings.Results(r.experiment, {**r.tables, "kmeans": r.tables["kmeans"].query("k <= 6").assign(
+        optimal=lambda d: d.groupby(["model_id", "layer"])["dbi"].transform("min") == d["dbi"])})
+    (ax,) = figures.fig_optimal_k(small).axes
+    assert ax.get_ylim() == (1.5, 6.5) and not [l for l in ax.lines if l.get_label() == "10 classes"]
+    assert "the y axis spans the k searched, 2..6; beyond it (no line drawn) lie the 10 classes. Error bars: " \
+           "standard deviation across 4 seeds, cut at the k searched." in captions.caption(
+               figures.figure("fig_optimal_k"), [small])
     (ax,) = figures.fig_kmeans_dbi(r).axes
     assert {c for c, _ in series(ax).values()} == {BLUE, ORANGE} and ticks(ax) == CNN_LAYERS
 
