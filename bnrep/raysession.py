@@ -441,23 +441,34 @@ def check_resources(ray, opts, stages) -> None:
     """The resource checks of `stages` (default_gpus: a trial or task asking more than the private local Ray
     has is UsageError), all before any of them works or deletes (--fresh)."""
     if {"hparam", "final"} & set(stages):
-        default_gpus(ray, opts.gpus_per_trial, opts.cpus_per_trial)
+        default_gpus(ray, opts.gpus_per_trial, opts.cpus_per_trial, say=False)  # (each stage says its note)
     if "analysis" in stages:
-        default_gpus(ray, opts.gpus_per_task, opts.cpus_per_task, "task")
+        default_gpus(ray, opts.gpus_per_task, opts.cpus_per_task, "task", say=False)
 
 
-def default_gpus(ray, requested: float | None, cpus: float = 1, per: str = "trial") -> float:
-    """GPUs per trial/task: the flag, else 1 when the cluster has GPUs, else 0. On the private local Ray
-    (nothing can join it) a trial or task that asks more CPUs or GPUs than it has is UsageError, one line:
-    Ray would wait for them forever."""
+def default_gpus(ray, requested: float | None, cpus: float = 1, per: str = "trial", say: bool = True) -> float:
+    """GPUs per trial/task: the flag, else 1 when the cluster has GPUs, else 0. A trial or task runs on one
+    node: on the private local Ray (nothing can join it) one that asks more CPUs or GPUs than it has is
+    UsageError, one line (Ray would wait for them forever); on a cluster that no node of has room for
+    one, the wait for a node to join (an autoscaler's) is said, with `say`, once, before it begins."""
     have = ray.cluster_resources()
     gpus = requested if requested is not None else 1.0 if have.get("GPU", 0) > 0 else 0.0
-    short = [f"{n:g} {w}{'s' * (n != 1)}" for n, w, h in ((cpus, "CPU", have.get("CPU", 0)),
-                                                         (gpus, "GPU", have.get("GPU", 0))) if n > h]
-    if _PRIVATE and short:
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        return gpus
+    if _PRIVATE:  # (one node)
         from bnrep.config import UsageError
 
+        short = [f"{n:g} {w}{'s' * (n != 1)}" for n, w, h in ((cpus, "CPU", have.get("CPU", 0)),
+                                                             (gpus, "GPU", have.get("GPU", 0))) if n > h]
         raise UsageError(f"a {per} asks {' and '.join(short)} (--cpus-per-{per} / --gpus-per-{per}), more than this "
                          f"machine's Ray has ({have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs): ask for at "
                          f"most that, or join a cluster that has them (--address)")
+    if say:
+        asks = " and ".join(f"{n:g} {w}{'s' * (n != 1)}" for n, w in ((cpus, "CPU"), (gpus, "GPU")) if n)
+        most = {w: max((n.get(w, 0) for n in nodes), default=0) for w in ("CPU", "GPU")}
+        print(f"note: no node of the cluster has room for a {per} ({asks}; its {len(nodes)} node"
+              f"{'s' * (len(nodes) != 1)} have at most {most['CPU']:g} CPUs and {most['GPU']:g} GPUs each): the "
+              f"{per}s wait until one joins (an autoscaler's worker, or `ray start --address` on "
+              f"another machine); Ctrl-C stops the wait, and the same command resumes", flush=True)
     return gpus

@@ -706,3 +706,31 @@ def test_endpoint_in_the_uri_works_end_to_end(s3_env, tmp_path):
     assert len(store.read_table("training")) == 4 and store.exists("report", "report.html")
     for name in ANALYSIS:
         assert len(store.read_table(name)), name
+
+
+def test_a_trial_no_node_has_room_for_waits_for_one_to_join_and_says_so(cluster, tmp_path):
+    """A trial asking 2 CPUs of a cluster whose nodes have 1 each (a head of none: cluster.yaml's): Ray waits
+    for a node to join, and bnrep said nothing while Ray logged its autoscaler's warnings. The stage says
+    the wait in one line before it; a node that has room joins, and the sweep runs on it to its end."""
+    log = tmp_path / "driver.log"  # a file, not a pipe: a full pipe would stall the driver while we poll
+    argv = [str(ROOT / "sweeps/hparam.py"), "--smoke-test", "--norms", "batch", "--num-samples", "1",
+            "--cpus-per-trial", "2", "--address", cluster.address, "--out", str(tmp_path / "runs")]
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, *argv], cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT)
+    node = None
+    try:
+        note = ("note: no node of the cluster has room for a trial (2 CPUs; its 3 nodes have at most 1 CPUs and 0 "
+                "GPUs each): the trials wait until one joins (an autoscaler's worker, or `ray start --address` on "
+                "another machine); Ctrl-C stops the wait, and the same command resumes")
+        while "[hparam] bn: 1 trials" not in log.read_text() and proc.poll() is None:  # the sweep's first line
+            time.sleep(0.05)  # (no clock: however slow the machine, wait for it)
+        assert proc.poll() is None and note in log.read_text().split("[hparam] bn: 1 trials")[0], log.read_text()
+        assert not Store(str(tmp_path / "runs"), EXPERIMENT).exists("hparam", "best_hparams.json")
+        node = cluster.add_node(num_cpus=2)
+        assert proc.wait() == 0, log.read_text()[-3000:]
+    finally:
+        proc.kill()
+        if node is not None:
+            cluster.remove_node(node)
+    trials = Store(str(tmp_path / "runs"), EXPERIMENT).read_table("hparam_trials")
+    assert len(trials) == 1 and set(trials["node_id"]) == {node.node_id}
