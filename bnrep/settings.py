@@ -9,6 +9,7 @@ import pandas as pd
 
 from bnrep.axis import axis_word, overrides_of
 from bnrep.config import trained_with_preset_hparams
+from bnrep.experiments import at_smoke_sizes
 from bnrep.findings import _names  # "a, b" or "none", as the findings write lists
 from bnrep.results import SHORT, Results, first_shown_text, imported_mask, is_paper_pair, norm_labels, ordered
 
@@ -46,7 +47,8 @@ def _field(r: Results, field: str, fmt: str = "{}") -> str:
 def settings_rows(r: Results) -> list[list[str]]:
     e, t = r.experiment, r.table("training")
     setting = "BN setting" if is_paper_pair(r.norms) else {"norm": "normalisation"}.get(axis_word(r.norms), "condition")
-    rows = [["experiment", f"{e.name} ({e.description})" if e.description else e.name],
+    sizes = " at --smoke-test sizes" if at_smoke_sizes(e) else ""
+    rows = [["experiment", (f"{e.name} ({e.description})" if e.description else e.name) + sizes],
             ["dataset / model", f"{e.dataset}{f' at {e.image_size} px' if e.image_size else ''} / {e.model}"],
             ["classes", class_text(r)],
             ["normalisations", ", ".join(f"{norm_labels(r.norms)[n]} ({SHORT[n]})" for n in r.norms)],
