@@ -232,7 +232,7 @@ def studies_under(out: str) -> list[tuple[str, object]]:
 # ==== bnrep status ====
 def cmd_status(args: argparse.Namespace) -> int:
     from bnrep.config import refuse_study_folder
-    from bnrep.status import stage_status
+    from bnrep.status import sizes_note, stage_status
     from bnrep.store import is_uri
     from bnrep.studies import load_study
 
@@ -248,7 +248,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"error: {unknown.pop()}", file=sys.stderr)
         return 2
     print(f"{args.out}/{name}" + ("  (no such folder: nothing has run with this --out yet)"
-                                  if local and not os.path.exists(args.out) else ""))
+                                  if local and not os.path.exists(args.out) else sizes_note(args.out, name)))
     for stage, state, detail in rows:
         print(f"  {stage:10} {state:9} {detail}")
     return 0

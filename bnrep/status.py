@@ -33,6 +33,27 @@ def stage_status(out: str, name: str, study: Experiment | None = None) -> list[t
     return [*data, _hparam(store, exp, running), *_final_and_analysis(store, exp, running), _report(store), writer]
 
 
+def sizes_note(out: str, name: str) -> str:
+    """What the status' heading says of the study's sizes: at --smoke-test sizes; or, for results with no
+    config.json yet (a run stopped in its first seconds), that the counts are the experiment's as named,
+    which the run's flags may have changed; else nothing."""
+    from bnrep.config import read_config
+    from bnrep.experiments import at_smoke_sizes
+
+    store = Store(out, name)
+    try:
+        if not store.exists():
+            return ""
+        if not read_config(store):
+            return (f"  (no config.json yet: the run stopped before it wrote it; the counts are {name}'s as named, "
+                    f"without that run's flags such as --smoke-test or --seeds)")
+        exp = load_experiment(store, name)
+    except (ConfigError, OSError):  # (the rows say it)
+        return ""
+    return (f"  (at --smoke-test sizes: {exp.seeds} seeds, at most {exp.max_epochs} epochs, {exp.train_size} "
+            f"training images)") if at_smoke_sizes(exp) else ""
+
+
 def _data(store: Store, exp: Experiment) -> list[tuple[str, str, str]]:
     """A row when the study's image folder is not what its results were made from (a run refuses it)."""
     from bnrep.config import folder_changed, read_config

@@ -515,6 +515,16 @@ def test_status_counts_only_complete_work(results, capsys):
     assert "hparam     missing   0/2 normalisations searched" in out  # best_hparams but no trials table
     assert "final      missing   0/4 models trained" in out  # a training row without its model file
     assert "report     missing" in out
+    # its heading says the sizes: a smoke test's counts (4 models, not the preset's 8); without config.json (a
+    # run stopped in its first seconds) the counts are the preset's, which the heading says too
+    assert out.splitlines()[0] == (f"{results}/digits-cnn  (at --smoke-test sizes: 2 seeds, at most 3 epochs, 256 "
+                                   f"training images)")
+    Store(str(results), "digits-cnn").delete("config.json")
+    assert cli.main(["status", "--experiment", "digits-cnn", "--out", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == (f"{results}/digits-cnn  (no config.json yet: the run stopped before it wrote it; "
+                                   f"the counts are digits-cnn's as named, without that run's flags such as "
+                                   f"--smoke-test or --seeds)") and "0/8 models trained" in out, out
 
 
 def test_status_names_an_interrupted_grid_and_a_running_one(results):
