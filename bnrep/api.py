@@ -128,18 +128,22 @@ class Study:
                              f"for the final weights")
         return load_model(self.store, model_id, self.experiment, _device(device), epoch).eval()
 
-    def representations(self, model_id: str, layer: str, purpose: str = "cluster", epoch: int = FINAL) -> torch.Tensor:
+    def representations(self, model_id: str, layer: str | int, purpose: str = "cluster",
+                        epoch: int = FINAL) -> torch.Tensor:
         """A layer's reduced representations (paper eq. 5), recomputed on the saved samples of `purpose`
         ('cluster' or 'sparsity'), rows in the samples' order, as the analysis measured them: of the
-        final model, or at a snapshot `epoch` (at 0 with batch statistics at the condition's batch size)."""
+        final model, or at a snapshot `epoch` (at 0 with batch statistics at the condition's batch size).
+        `layer`: its name, or its number as the tables' layer_index gives it (1: the first)."""
         from bnrep.probes import find_probes
         from bnrep.represent import extract_representations, snapshot_mode
 
         model, X = self.model(model_id, epoch=epoch), self.data.train.X[self._indices(purpose)]
         probes = find_probes(model, X[:2])
-        chosen = [p for p in probes if p.name == layer]
+        number = isinstance(layer, int) and not isinstance(layer, bool)
+        chosen = [p for p in probes if (p.index if number else p.name) == layer]
         if not chosen:
-            raise KeyError(f"{model_id} has no layer {layer!r} (layers: {', '.join(p.name for p in probes)})")
+            raise KeyError(f"{model_id} has no layer {layer!r} (layers: "
+                           + ", ".join(f"{p.index} {p.name}" if number else p.name for p in probes) + ")")
         condition = self.training.set_index("model_id").at[model_id, "condition"]
         (rep,) = extract_representations(model, X, 0, device="cpu", probes=chosen,
                                          **snapshot_mode(self.experiment, condition, epoch))  # as the analysis
@@ -182,6 +186,81 @@ def open_results(out: str, experiment: str, data_root: str | None = None) -> Stu
     out = _out(out)
     check_readable(out, named=f"out={out!r}")
     return Study(out, experiment, data_root)
+
+
+class RunFailed(RuntimeError):
+    """bnrep.run ended with an error: the command's one line (`status`: its exit status, 2 for bad input)."""
+
+    def __init__(self, line: str, status: int):
+        super().__init__(line)
+        self.status = status
+
+
+def run(experiment: str = "digits-cnn", out: str | os.PathLike = "./runs", **flags) -> Study:
+    """`bnrep run` from Python (a notebook): the same checks, stages, lines and resume as the command, in this
+    process (its private Ray shut down at the end). Flags as keywords, named with underscores: smoke_test=True,
+    norms="batch,none" (or a list), seeds=3, paper_hparams=True, address="10.0.0.5:6379". Returns the finished
+    study (open_results). A flag the command refuses, or a stage that fails, is RunFailed with the command's
+    one line; Ctrl-C, once the run has stopped, is KeyboardInterrupt (the same call resumes it). The process's
+    signal handlers and warning filters are as they were after it."""
+    import contextlib
+    import signal
+    import sys
+    import warnings
+
+    from bnrep import cli
+
+    out, experiment = _out(out), os.fspath(experiment)
+    argv = ["run", "--experiment", experiment, "--out", out]
+    for key, value in flags.items():
+        if value is None or value is False:  # a switch left off
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, (list, tuple)):
+            value = ("; " if key == "conditions" else ",").join(map(str, value))
+        argv += [flag] if value is True else [flag, str(value)]
+    said = _Kept(sys.stderr)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(said):
+            try:
+                status = cli.main(argv)
+            except SystemExit as e:  # argparse's refusal of a flag: its line is on stderr
+                status = e.code if isinstance(e.code, int) else 2
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if status in (130, 143):
+        raise KeyboardInterrupt(said.last_error() or "interrupted")
+    if status:
+        raise RunFailed(said.last_error() or f"bnrep run ended with exit status {status}", status)
+    if experiment.endswith(".toml"):
+        from bnrep.studies import load_study
+
+        experiment = load_study(experiment).name
+    return open_results(out, experiment)
+
+
+class _Kept:
+    """A text stream that writes through to `stream` and keeps the last line that starts with 'error:'."""
+
+    def __init__(self, stream):
+        self.stream, self.error = stream, ""
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.startswith(("error: ", "interrupted: ", "stopped (SIGTERM): ")):
+                self.error = line
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def last_error(self) -> str:
+        return self.error.removeprefix("error: ")
+
+    def __getattr__(self, name):  # isatty, fileno, encoding: the stream's
+        return getattr(self.stream, name)
 
 
 def _out(out) -> str:

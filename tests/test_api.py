@@ -55,6 +55,11 @@ def test_model_and_representations_reproduce_the_stored_dbi(old_results):
         ref = davies_bouldin_score(X.numpy().astype(np.float64), study.labels().numpy())  # scikit-learn
         assert ref == pytest.approx(dbi[(mid, layer)], rel=1e-5)
     assert len(study.labels("sparsity")) == 200  # synthetic-cnn's sparsity samples
+    # a layer by its number, as the tables' layer_index gives it (1-based; it was a KeyError naming names)
+    index = study.class_dbi.set_index("layer")["layer_index"].to_dict()
+    assert torch.equal(study.representations("cnn-bn-s0", index["conv2"]), study.representations("cnn-bn-s0", "conv2"))
+    with pytest.raises(KeyError, match=r"cnn-bn-s0 has no layer 9 \(layers: 1 conv1, 2 conv2, "):
+        study.representations("cnn-bn-s0", 9)
     for call in (lambda: study.labels("foo"), lambda: study.representations("cnn-bn-s0", "conv2", purpose="foo")):
         with pytest.raises(ValueError, match=r"^purpose 'foo': the saved samples are 'sparsity' or 'cluster'$"):
             call()
@@ -168,3 +173,28 @@ def test_the_sweep_table_of_a_grid_trained_with_the_presets_hyperparameters_says
     with pytest.raises(LookupError, match=r"^synthetic-cnn's grid trained with the preset's hyperparameters "
                                           r"\(--paper-hparams\): no sweep ran, so there is no hparam_trials table"):
         trained_with(lambda c: exp.for_condition(c).paper_hparams(c)).hparam_trials
+
+
+def test_a_study_runs_from_python_and_its_errors_are_exceptions(tmp_path, capsys):
+    """bnrep.run: `bnrep run` from a notebook. It was there only as bnrep.cli.main(["run", ...]), whose refusal
+    of a flag was SystemExit(2) and which left its SIGTERM handler in the notebook's process."""
+    import signal
+    import warnings
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    filters = list(warnings.filters)
+    out = tmp_path / "runs"
+    with pytest.raises(bnrep.RunFailed, match=r"^--seeds must be > 0, got 0$") as e:
+        bnrep.run(out=out, smoke_test=True, seeds=0)
+    assert e.value.status == 2 and not out.exists()
+    with pytest.raises(bnrep.RunFailed, match=r"^bnrep run: unrecognized arguments: --seed 3; did you mean --seeds\?"):
+        bnrep.run(out=out, seed=3)
+    assert "error: --seeds must be > 0, got 0" in capsys.readouterr().err  # (said as the command says it, too)
+    study = bnrep.run(out=out, smoke_test=True, paper_hparams=True, norms=["batch", "none"], seeds=1)
+    assert isinstance(study, bnrep.Study) and sorted(study.training["model_id"]) == ["cnn-bn-s0", "cnn-nobn-s0"]
+    assert study.findings()["findings"] and len(study.figures) > 5
+    trained = tree(out / "digits-cnn" / "results" / "training")
+    again = bnrep.run(out=str(out), smoke_test=True, paper_hparams=True, norms="batch,none", seeds=1)  # done: no work
+    assert tree(out / "digits-cnn" / "results" / "training") == trained
+    pd.testing.assert_frame_equal(again.kmeans, study.kmeans)
+    assert {s: signal.getsignal(s) for s in before} == before and warnings.filters == filters
