@@ -199,12 +199,38 @@ def ray_session(address: str | None, model: str | None = None):
         yield ray
     finally:
         if started:
-            if _PRIVATE:
-                stop_monitor(ray)
-            _PRIVATE = False
-            ray.shutdown()
-            if _stop_on_sigterm:  # the shutdown put SIGTERM's default action back (Python's record of it unchanged)
-                stop_on_sigterm()
+            with interrupts_held():  # a second Ctrl-C (or a SIGTERM) waits until Ray has stopped
+                if _PRIVATE:
+                    stop_monitor(ray)
+                _PRIVATE = False
+                ray.shutdown()
+                if _stop_on_sigterm:  # the shutdown put SIGTERM's default action back (Python's record unchanged)
+                    stop_on_sigterm()
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Ctrl-C and SIGTERM held while Ray stops, then delivered (to the handlers there were before): one
+    that interrupted ray.shutdown() midway ended this process with Ray's processes half stopped, and the
+    raylet, killed with it, never stopped its agents, which lingered a minute (their parent gone). In
+    the main thread only (signal handlers live there); an ignored signal stays ignored, and SIGTERM is
+    held only where bnrep's own handler takes it (stop_on_sigterm)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, *((signal.SIGTERM,) if _stop_on_sigterm else ()))}
+    for s, h in before.items():
+        if h is not signal.SIG_IGN:
+            signal.signal(s, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for s, h in before.items():
+            if h is not signal.SIG_IGN:
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
+        if held:
+            signal.raise_signal(held[0])  # as it would have been: KeyboardInterrupt, or stop_on_sigterm's
 
 
 def stop_monitor(ray) -> None:

@@ -4,6 +4,7 @@ line per trial per minute in a log, a time estimate; driven with a fake clock.""
 import io
 import sys
 import os
+import signal
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -273,6 +274,31 @@ def test_a_private_ray_ends_without_waiting_on_its_monitor(monkeypatch):
         pass
     assert seen["monitor"] == [-9]  # killed, and reaped, before ray.shutdown()
     assert len(seen["processes"]) >= 3 and all(p.poll() is not None for p in seen["processes"])
+
+
+def test_a_second_ctrl_c_waits_until_ray_has_stopped(monkeypatch):
+    """A Ctrl-C (or SIGTERM) that came while ray.shutdown() ran ended the process with Ray half stopped: the
+    raylet, killed with its driver, never stopped its agents, which lingered a minute. It is held until Ray
+    has stopped, then raised; every process of that Ray has ended by then."""
+    seen, real = {}, ray.shutdown
+
+    def shutdown(*args, **kwargs):
+        node = ray._private.worker._global_node
+        seen["processes"] = [i.process for infos in node.all_processes.values() for i in infos]
+        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, as the shutdown begins
+        seen["shutting down"] = True
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "shutdown", shutdown)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with ray_session(None):
+                pass
+    finally:
+        real()  # (what a failure of this test would leave)
+    assert seen["shutting down"] and len(seen["processes"]) >= 3
+    assert all(p.poll() is not None for p in seen["processes"]), [p.args for p in seen["processes"] if p.poll() is None]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_task_stuck_in_a_native_call_is_killed(tmp_path):
