@@ -167,42 +167,6 @@ class Finding:
         return f"[{self.verdict}] {self.number}. {self.claim}{caveats}\n    {self.detail}"
 
 
-def common_caveats(fs: list[Finding]) -> tuple[str, ...]:
-    """The caveats every one of several findings names: said once, above them."""
-    return tuple(c for c in fs[0].caveats if all(c in f.caveats for f in fs[1:])) if len(fs) > 1 else ()
-
-
-def said_once(fs: list[Finding]) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
-    """The caveats said once above findings: those every one of them names, then per condition (of
-    several) those every one of its findings names besides (a condition's seeds, its dead channels)."""
-    common, per = common_caveats(fs), {}
-    for norm in dict.fromkeys(f.norm for f in fs):
-        mine = [f for f in fs if f.norm == norm]
-        if 1 < len(mine) < len(fs):
-            per[norm] = tuple(c for c in common_caveats(mine) if c not in common)
-    return common, {n: c for n, c in per.items() if c}
-
-
-def lines(fs: list[Finding]) -> list[str]:
-    """Findings as text, a caveat every one of them names said once above them, one every finding of a
-    condition names said once above its first."""
-    common, per = said_once(fs)
-    out = [f"{COMMON_HEAD}:", *(f"    - {c}" for c in common)] if common else []
-    for f in fs:
-        if f.norm in per and f is next(g for g in fs if g.norm == f.norm):
-            out += [f"{common_head(f.norm)}:", *(f"    - {c}" for c in per[f.norm])]
-        out.append(f.line(common + per.get(f.norm, ())))
-    return out
-
-
-COMMON_HEAD = "Named for every claim below"
-
-
-def common_head(norm: str) -> str:
-    """The heading of the caveats every claim about `norm` names (said_once)."""
-    return f"Named for every claim about {SHORT[norm]}"
-
-
 def claim(number: int, norm: str = "batch", ref: str = REF) -> str:
     """The paper's claim about `norm`, judged against `ref`: a reference other than none is named in it."""
     text = CLAIMS[number].replace("BatchNorm", NORM_NAMES[norm]) if norm in NORM_NAMES else CLAIMS[number]

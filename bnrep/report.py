@@ -48,11 +48,11 @@ from bnrep.documents import json_text, md_table, render_html, render_md
 from bnrep.correlations import predictors
 from bnrep.experiments import at_smoke_sizes
 from bnrep.findings import Finding, findings
-from bnrep.findings import lines as finding_lines
 from bnrep.axis import redefined
 from bnrep.settings import settings_rows
 from bnrep.results import Results, experiment_label, tell_apart, measure_numbers, side_by_side
 from bnrep.verdicts import across_findings, combined_findings_blocks, findings_blocks, predictor_blocks
+from bnrep.verdicts import lines as finding_lines  # (the summary's text)
 from bnrep.measures import MEASURES, all_nan
 from bnrep.table1 import diverged_note, imported_note, table1, table1_caption, table1_rows, table1_tex
 from bnrep.store import TABLES, Store, git_commit, is_uri, tables

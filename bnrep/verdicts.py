@@ -1,4 +1,5 @@
-"""The findings as a report's blocks (bnrep.documents renders them): the paper's section 6 table, a claim
+"""The findings as a report's blocks (bnrep.documents renders them) and as the summary's text (`lines`, the
+caveats every claim names said once above them): the paper's section 6 table, a claim
 per condition with its evidence, claim 1 per sparsity threshold, the initialisation table, which measure
 predicts generalisation, and the combined report's findings across experiments. The verdicts themselves
 are bnrep.findings'; the correlations bnrep.correlations'."""
@@ -7,10 +8,46 @@ from __future__ import annotations
 
 from bnrep.axis import axis_word
 from bnrep.correlations import MIN_MODELS, between_groups_reason, limits_sentence, predictor_rows, predictors
-from bnrep.findings import (CLAIMS, COMMON_HEAD, RULES, Finding, common_head, finding_sparsity_across,
-                            initialisation_blocks, judged_norms, rules, said_once)
+from bnrep.findings import (CLAIMS, RULES, Finding, finding_sparsity_across, initialisation_blocks, judged_norms,
+                            rules)
 from bnrep.norms import sort_key
 from bnrep.results import LABELS, REF, SHORT, Results, is_paper_pair, rankings
+
+
+def common_caveats(fs: list[Finding]) -> tuple[str, ...]:
+    """The caveats every one of several findings names: said once, above them."""
+    return tuple(c for c in fs[0].caveats if all(c in f.caveats for f in fs[1:])) if len(fs) > 1 else ()
+
+
+def said_once(fs: list[Finding]) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """The caveats said once above findings: those every one of them names, then per condition (of
+    several) those every one of its findings names besides (a condition's seeds, its dead channels)."""
+    common, per = common_caveats(fs), {}
+    for norm in dict.fromkeys(f.norm for f in fs):
+        mine = [f for f in fs if f.norm == norm]
+        if 1 < len(mine) < len(fs):
+            per[norm] = tuple(c for c in common_caveats(mine) if c not in common)
+    return common, {n: c for n, c in per.items() if c}
+
+
+def lines(fs: list[Finding]) -> list[str]:
+    """Findings as text, a caveat every one of them names said once above them, one every finding of a
+    condition names said once above its first."""
+    common, per = said_once(fs)
+    out = [f"{COMMON_HEAD}:", *(f"    - {c}" for c in common)] if common else []
+    for f in fs:
+        if f.norm in per and f is next(g for g in fs if g.norm == f.norm):
+            out += [f"{common_head(f.norm)}:", *(f"    - {c}" for c in per[f.norm])]
+        out.append(f.line(common + per.get(f.norm, ())))
+    return out
+
+
+COMMON_HEAD = "Named for every claim below"
+
+
+def common_head(norm: str) -> str:
+    """The heading of the caveats every claim about `norm` names (said_once)."""
+    return f"Named for every claim about {SHORT[norm]}"
 
 
 def findings_blocks(r: Results, fs: list[Finding]) -> list[tuple]:
