@@ -242,7 +242,8 @@ def run(experiment: str = "digits-cnn", out: str | os.PathLike = "./runs", **fla
 
 
 class _Kept:
-    """A text stream that writes through to `stream` and keeps the last line that starts with 'error:'."""
+    """A text stream that writes through to `stream` and keeps the command's last one-line ending (error:,
+    interrupted:, stopped (SIGTERM):)."""
 
     def __init__(self, stream):
         self.stream, self.error = stream, ""
