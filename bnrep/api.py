@@ -14,6 +14,7 @@ Nothing here writes: a notebook can read results while a run is adding to them.
 
 from __future__ import annotations
 
+import numbers
 import os
 from functools import cached_property
 
@@ -139,7 +140,8 @@ class Study:
 
         model, X = self.model(model_id, epoch=epoch), self.data.train.X[self._indices(purpose)]
         probes = find_probes(model, X[:2])
-        number = isinstance(layer, int) and not isinstance(layer, bool)
+        number = isinstance(layer, numbers.Integral) and not isinstance(layer, bool)  # numpy's too (a table's)
+        layer = int(layer) if number else layer
         chosen = [p for p in probes if (p.index if number else p.name) == layer]
         if not chosen:
             raise KeyError(f"{model_id} has no layer {layer!r} (layers: "
@@ -206,6 +208,7 @@ def run(experiment: str = "digits-cnn", out: str | os.PathLike = "./runs", **fla
     import contextlib
     import signal
     import sys
+    import threading
     import warnings
 
     from bnrep import cli
@@ -220,7 +223,8 @@ def run(experiment: str = "digits-cnn", out: str | os.PathLike = "./runs", **fla
             value = ("; " if key == "conditions" else ",").join(map(str, value))
         argv += [flag] if value is True else [flag, str(value)]
     said = _Kept(sys.stderr)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    main = threading.current_thread() is threading.main_thread()  # (signal handlers live in the main thread)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
         with warnings.catch_warnings(), contextlib.redirect_stderr(said):
             try:
@@ -229,7 +233,8 @@ def run(experiment: str = "digits-cnn", out: str | os.PathLike = "./runs", **fla
                 status = e.code if isinstance(e.code, int) else 2
     finally:
         for s, h in handlers.items():
-            signal.signal(s, h)
+            if h is not None:  # (None: a handler not installed from Python, left as it is now)
+                signal.signal(s, h)
     if status in (130, 143):
         raise KeyboardInterrupt(said.last_error() or "interrupted")
     if status:

@@ -437,6 +437,7 @@ def main_guard(fn, fresh: bool = False) -> int:
     """Run `fn()`: bad input -> one line on stderr, exit 2; a write the system refuses -> one line, exit 1;
     Ctrl-C -> exit 130, SIGTERM -> 143 (`fresh`: the command had --fresh, which its rerun should not have)."""
     plain_warnings()
+    STOPPED_BY.clear()  # (this command's: bnrep.run may run several in one process)
     stop_on_sigterm()
     try:
         return fn() or 0

@@ -21,6 +21,13 @@ REDRAW_S = 1.0  # terminals: redraw the block at most this often
 FAILED_AGAIN = "failed_again"  # a trial's last result: its epoch failed as on its last try (the error, one line)
 
 
+def failed_again(result: dict) -> str:
+    """The error of a result that ends a trial whose epoch failed twice alike, else "" (a table of a trial's
+    results has the column as NaN in the others)."""
+    v = (result or {}).get(FAILED_AGAIN)
+    return v if isinstance(v, str) else ""
+
+
 def _duration(s: float) -> str:
     s = int(s)
     return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
@@ -130,7 +137,7 @@ def tune_progress(stage: str, total: int, caps: dict[str, int], label, describe,
             self.board.start(trial.trial_id, label(trial.config), cap(trial.config))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if result.get(FAILED_AGAIN):  # no epoch: the trial's end (on_trial_complete) says it
+            if failed_again(result):  # no epoch: the trial's end (on_trial_complete) says it
                 return
             tid = trial.trial_id
             self.board.result(tid, label(trial.config), int(result.get("epoch", 0)),
@@ -151,10 +158,10 @@ def tune_progress(stage: str, total: int, caps: dict[str, int], label, describe,
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             r = trial.last_result or {}
-            if r.get(FAILED_AGAIN):  # (bnrep.stages.tuning.RepeatedFailure)
+            if failed_again(r):  # (bnrep.stages.tuning.RepeatedFailure)
                 n, epoch = trial.run_metadata.num_failures + 1, r.get("failed_epoch", "?")
                 how = f"twice in epoch {epoch}" if n == 2 else f"{n} times, the last two in epoch {epoch}"
-                self._end(trial, f"{label(trial.config)} failed {how} with the same error ({r[FAILED_AGAIN]}): not "
+                self._end(trial, f"{label(trial.config)} failed {how} with the same error ({failed_again(r)}): not "
                                  f"tried again (its training is seeded, so a try fails alike); see "
                                  f"{trial.local_path or 'the Tune logs'}")
             else:

@@ -212,24 +212,34 @@ def ray_session(address: str | None, model: str | None = None):
 def interrupts_held():
     """Ctrl-C and SIGTERM held while Ray stops, then delivered (to the handlers there were before): one
     that interrupted ray.shutdown() midway ended this process with Ray's processes half stopped, and the
-    raylet, killed with it, never stopped its agents, which lingered a minute (their parent gone). In
-    the main thread only (signal handlers live there); an ignored signal stays ignored, and SIGTERM is
+    raylet, killed with it, never stopped its agents, which lingered a minute (their parent gone). A
+    further one is delivered at once (a shutdown that hangs can still be stopped). In the main thread only (signal handlers live there); an ignored signal stays ignored, and SIGTERM is
     held only where bnrep's own handler takes it (stop_on_sigterm)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held: list[int] = []
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, *((signal.SIGTERM,) if _stop_on_sigterm else ()))}
-    for s, h in before.items():
-        if h is not signal.SIG_IGN:
-            signal.signal(s, lambda signum, frame: held.append(signum))
-    try:
-        yield
-    finally:
+
+    def restore():
         for s, h in before.items():
             if h is not signal.SIG_IGN:
                 signal.signal(s, h if h is not None else signal.SIG_DFL)
-        if held:
+
+    def hold(signum, frame):
+        held.append(signum)
+        if len(held) > 1:  # pressed again (a shutdown that hangs): delivered now, as before
+            restore()
+            signal.raise_signal(signum)
+
+    for s, h in before.items():
+        if h is not signal.SIG_IGN:
+            signal.signal(s, hold)
+    try:
+        yield
+    finally:
+        restore()
+        if len(held) == 1:
             signal.raise_signal(held[0])  # as it would have been: KeyboardInterrupt, or stop_on_sigterm's
 
 

@@ -58,6 +58,8 @@ def test_model_and_representations_reproduce_the_stored_dbi(old_results):
     # a layer by its number, as the tables' layer_index gives it (1-based; it was a KeyError naming names)
     index = study.class_dbi.set_index("layer")["layer_index"].to_dict()
     assert torch.equal(study.representations("cnn-bn-s0", index["conv2"]), study.representations("cnn-bn-s0", "conv2"))
+    number = study.class_dbi.query("layer == 'conv2'")["layer_index"].iloc[0]  # numpy's int, as a table gives it
+    assert torch.equal(study.representations("cnn-bn-s0", number), study.representations("cnn-bn-s0", "conv2"))
     with pytest.raises(KeyError, match=r"cnn-bn-s0 has no layer 9 \(layers: 1 conv1, 2 conv2, "):
         study.representations("cnn-bn-s0", 9)
     for call in (lambda: study.labels("foo"), lambda: study.representations("cnn-bn-s0", "conv2", purpose="foo")):
@@ -198,3 +200,11 @@ def test_a_study_runs_from_python_and_its_errors_are_exceptions(tmp_path, capsys
     assert tree(out / "digits-cnn" / "results" / "training") == trained
     pd.testing.assert_frame_equal(again.kmeans, study.kmeans)
     assert {s: signal.getsignal(s) for s in before} == before and warnings.filters == filters
+    # from another thread (no signal handlers there): its outcome, not "signal only works in main thread"
+    import threading
+
+    raised = []
+    t = threading.Thread(target=lambda: raised.append(pytest.raises(bnrep.RunFailed, bnrep.run, out=out, seed=3)))
+    t.start()
+    t.join()
+    assert "unrecognized arguments: --seed 3" in str(raised[0].value)

@@ -628,6 +628,10 @@ if os.environ.get("BNREP_TEST_FAILS"):  # every Python process of the run, Ray w
         return step_epoch(self)
 
     train.Trainer.step_epoch = failing
+if os.environ.get("BNREP_TEST_KEEP_PLAN"):  # the driver stops before it deletes the grid's plan (a Ctrl-C then)
+    import bnrep.stages.tuning as tuning
+
+    tuning.forget_repeated = lambda *args: None
 '''
 
 
@@ -647,7 +651,8 @@ def test_max_failures(fails, alike, retries, survives, every, tmp_path):
     counts.mkdir()
     (hooks / "sitecustomize.py").write_text(FAULTS)
     env = {**os.environ, "PYTHONPATH": f"{hooks}:{os.environ.get('PYTHONPATH', '')}",
-           "BNREP_TEST_FAILS": str(fails), "BNREP_TEST_FAIL_DIR": str(counts), "BNREP_TEST_ALIKE": str(int(alike))}
+           "BNREP_TEST_FAILS": str(fails), "BNREP_TEST_FAIL_DIR": str(counts), "BNREP_TEST_ALIKE": str(int(alike)),
+           **({"BNREP_TEST_KEEP_PLAN": "1"} if alike else {})}
     r = bnrep("final", "--smoke-test", "--paper-hparams", "--max-failures", str(retries), "--snapshots", "1",
               *(("--checkpoint-every", every) if every else ()), out=out, env=env)
     assert len(os.listdir(counts)) == min(fails, 2 if alike else fails)  # the failures happened, in Ray workers
@@ -682,11 +687,14 @@ def test_max_failures(fails, alike, retries, survives, every, tmp_path):
                                                        f"injected failure{'' if alike else ' 1'} of cnn-bn-s0 (Tune "
                                                        f"logs: "), err[-1]
         assert sorted(store.parts("training")) == [m for m in MODELS if m != "cnn-bn-s0"]
-        if alike:  # the model's code fixed, the same command trains it (a restored grid held it as ended)
+        if alike:  # the model's code fixed, the same command trains it: a restored grid held it as ended (its plan
+            # is deleted when the stage ends; here, as after a Ctrl-C, it was not)
             r = bnrep("final", "--smoke-test", "--paper-hparams", "--max-failures", str(retries), "--snapshots", "1",
                       "--checkpoint-every", every, out=out)
             assert r.returncode == 0, r.stderr[-3000:]
             assert "[final] 3 of 4 models already trained" in r.stdout and "resuming" not in r.stdout, r.stdout
+            assert re.search(r"\[final\] cannot resume the interrupted grid in .* \(trial \w+ ended after its epoch "
+                             r"failed twice alike\): training its 1 unfinished models from the start", r.stdout), r.stdout
             assert sorted(store.parts("training")) == MODELS
 
 

@@ -300,6 +300,22 @@ def test_a_second_ctrl_c_waits_until_ray_has_stopped(monkeypatch):
     assert all(p.poll() is not None for p in seen["processes"]), [p.args for p in seen["processes"] if p.poll() is None]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
+    def hangs(*args, **kwargs):  # a shutdown that never ends: a further Ctrl-C still stops the command
+        seen["pressed"] = 0
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)
+            seen["pressed"] += 1
+        time.sleep(60)  # (a hold that kept the second press too: this test fails after it)
+
+    monkeypatch.setattr(ray, "shutdown", hangs)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with ray_session(None):
+                pass
+    finally:
+        real()
+    assert seen["pressed"] == 1 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
 
 def test_a_task_stuck_in_a_native_call_is_killed(tmp_path):
     """A task that does not stop at the interrupt (one long native call) has its process killed."""

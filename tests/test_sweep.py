@@ -461,3 +461,23 @@ def test_conditions_whose_every_trial_failed_are_each_named_once_the_others_are_
         record_best(Store(str(tmp_path / "one"), exp.name), exp, every, list(exp.norms[:2]), {})
     with pytest.raises(StageFailed, match=f"^every trial of {failed[-1]} failed \\(ValueError: a batch of 3 images\\)$"):
         record_best(Store(str(tmp_path / "two"), exp.name), exp, every, [exp.norms[0], exp.norms[-1]], {})
+
+
+def test_a_trial_that_failed_twice_alike_counts_as_failed_at_its_rungs():
+    """Its end (a result with the error and the sweep's DIVERGED objective, at one more iteration) scored it at
+    a rung it never finished: stopped_at then stopped a trial that an erred one (no result there) would not."""
+    from bnrep.progress import FAILED_AGAIN
+    from bnrep.stages.schedule import milestone_results
+    from bnrep.train import DIVERGED
+
+    spec = {"time_attr": "training_iteration", "max_t": 9, "grace_period": 1, "reduction_factor": 3}
+    ended = {"training_iteration": 1, "objective": DIVERGED, FAILED_AGAIN: "ValueError: a batch of 3 images"}
+    assert milestone_results([ended], spec, "objective") == {}
+    assert milestone_results([{"training_iteration": 1, "objective": 0.5}, {**ended, "training_iteration": 2}],
+                             spec, "objective") == {1: 0.5}
+    # a table of results has the column as NaN in rows that are no such end: those count
+    assert milestone_results([{"training_iteration": 1, "objective": 0.5, FAILED_AGAIN: float("nan")}], spec,
+                             "objective") == {1: 0.5}
+    histories = [{1: 0.9}, milestone_results([ended], spec, "objective"), {1: 0.5}]
+    assert stopped_at(histories, [True] * 3, [1, 3, 9], 3) == stopped_at([{1: 0.9}, {}, {1: 0.5}], [True] * 3,
+                                                                         [1, 3, 9], 3)

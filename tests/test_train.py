@@ -300,8 +300,20 @@ def test_an_epoch_that_fails_as_on_the_last_try_is_not_tried_again(monkeypatch, 
     again = attempt("driver_artifacts", 2, ValueError("shapes (3x9 and 6x3)\nsee the model's code"))
     assert type(again) is not RepeatedFailure  # (its message differs in its second line)
     again = attempt("driver_artifacts", 2, ValueError("shapes (3x9 and 6x3)\nsee the model's code"))
-    assert type(again) is RepeatedFailure and again.result() == {FAILED_AGAIN: "see the model's code", "failed_epoch": 3}
+    assert type(again) is RepeatedFailure and again.result() == {FAILED_AGAIN: "ValueError: shapes (3x9 and 6x3)",
+                                                                 "failed_epoch": 3}  # its first line
     assert type(again.__cause__) is ValueError
+
+    class FailingInEvaluation(Failing):  # as Trainer.step_epoch, which counts the epoch before it evaluates
+        def step_epoch(self):
+            self.epoch += 1
+            raise self.error
+
+    where["dir"] = str(tmp_path / "final" / "working_dirs" / "bn-s2-ca3ab_00003")
+    for _ in range(2):
+        with pytest.raises(Exception) as e:
+            train_in_tune(FailingInEvaluation(4, RuntimeError("eval mode")))
+    assert type(e.value) is RepeatedFailure and e.value.epoch == 5  # the epoch it trained (was 6)
     (tmp_path / "full").write_text("")  # a record that cannot be written: every failure Tune's to retry
     where["dir"] = str(tmp_path / "full" / "working_dirs" / "bn-s0-ca3ab_00001")
     for _ in range(2):

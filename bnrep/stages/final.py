@@ -27,7 +27,7 @@ from bnrep.experiments import Experiment
 from bnrep.lock import writer_lock
 from bnrep.models import model_id
 from bnrep.norms import SHORT, TAGS, sort_key
-from bnrep.progress import FAILED_AGAIN, tune_progress
+from bnrep.progress import failed_again, tune_progress
 from bnrep.raysession import check_nodes, check_resources, default_gpus, placement, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import (WRITE_FAILED, RepeatedFailure, WriteFailed, can_resume, fit, forget_repeated,
                                  keep_tensorboard, open_training_stage, raise_write_failed, run_config, train_in_tune,
@@ -176,7 +176,7 @@ def run_grid(exp: Experiment, opts: RunOptions, store: Store, todo: list[dict], 
     for e in (r.error for r in results if r.error):
         if write_error(e):  # disk full, permission denied: its one line
             raise write_error(e)
-    if any(r.error or (r.metrics or {}).get(FAILED_AGAIN) for r in results):
+    if any(r.error or failed_again(r.metrics) for r in results):
         raise StageFailed(failed_models(results, exp, opts.max_failures, path))
 
 
@@ -188,7 +188,7 @@ def failed_models(results, exp: Experiment, max_failures: int, path: str) -> str
         return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
     retried = [r for r in results if r.error]
-    again = [r for r in results if not r.error and (r.metrics or {}).get(FAILED_AGAIN)]
+    again = [r for r in results if not r.error and failed_again(r.metrics)]
     tries, said = max_failures + 1, []
     if retried:
         said.append(f"{len(retried)} model(s) failed {'once' if tries == 1 else f'{tries} times'} ({named(retried)}), "
@@ -196,7 +196,7 @@ def failed_models(results, exp: Experiment, max_failures: int, path: str) -> str
     if again:
         said.append(f"{len(again)} model(s) failed twice in the same epoch with the same error ({named(again)}), "
                     f"not tried again (their training is seeded, so a try fails alike)")
-    first = (str(retried[0].error).strip().splitlines()[-1] if retried else again[0].metrics[FAILED_AGAIN])[:300]
+    first = (str(retried[0].error).strip().splitlines()[-1] if retried else failed_again(again[0].metrics))[:300]
     return f"{'; '.join(said)}; last error: {first} (Tune logs: {path})"
 
 

@@ -25,7 +25,7 @@ from bnrep.data import Data
 from bnrep.experiments import Experiment, lr_edge
 from bnrep.lock import writer_lock
 from bnrep.norms import TAGS
-from bnrep.progress import FAILED_AGAIN, tune_progress
+from bnrep.progress import failed_again, tune_progress
 from bnrep.raysession import check_nodes, check_resources, default_gpus, quiet_when_stopped, ray_session
 from bnrep.stages.tuning import (WRITE_FAILED, RepeatedFailure, WriteFailed, can_resume, fit, forget_repeated,
                                  keep_tensorboard, open_training_stage, raise_write_failed, run_config, train_in_tune,
@@ -167,7 +167,7 @@ def trials_table(grid, exp: Experiment, asha: dict[str, dict], plan: list[dict])
                      "interpolated": bool(m.get("interpolated", False)),
                      "diverged": bool(m.get("diverged", False)),  # its loss became NaN or inf: scored last
                      "objective": float(m.get("objective", "nan")),
-                     "error": str(r.error or (r.metrics or {}).get(FAILED_AGAIN, "")),
+                     "error": str(r.error or failed_again(r.metrics)),
                      "node_id": str(m.get("node_id", ""))})  # the Ray node of the epoch the row holds
     return pd.DataFrame(rows)
 

@@ -23,6 +23,8 @@ import warnings
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from bnrep.progress import failed_again
+
 UNKNOWN = "unknown"  # a decision that waits for a trial planned earlier
 
 
@@ -170,11 +172,13 @@ def _reported(trial, spec: dict, metric: str, sign: float) -> dict:
 
 
 def milestone_results(results: list[dict], spec: dict, metric: str, sign: float = 1.0) -> dict:
-    """Milestone -> the first result at or past it, of a trial's results in order (signed)."""
+    """Milestone -> the first result at or past it, of a trial's results in order (signed). A trial's end
+    after its epoch failed twice alike (bnrep.progress.failed_again) is no result: such a trial counts as one
+    that failed, at the rungs it had reached."""
     out: dict = {}
     milestones = rungs(spec)
     for res in results:
-        if spec["time_attr"] in res and metric in res:
+        if spec["time_attr"] in res and metric in res and not failed_again(res):
             for r in milestones:
                 if res[spec["time_attr"]] >= r and r not in out:
                     out[r] = sign * float(res[metric])

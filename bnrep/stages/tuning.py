@@ -12,8 +12,7 @@ import time
 
 from bnrep.config import RunOptions, UsageError, command, is_imported, open_store, prepare
 from bnrep.data import Data, check_data, load_data
-from bnrep.datasets import one_line
-from bnrep.progress import FAILED_AGAIN
+from bnrep.progress import FAILED_AGAIN, failed_again
 from bnrep.represent import model_probes
 from bnrep.experiments import Experiment
 from bnrep.raysession import placement
@@ -121,11 +120,12 @@ def train_in_tune(trainer, extra: dict | None = None, snapshots=(), keep=None, f
                     digests = {int(e): h for e, h in json.load(f).items()}
     resumed_from, last = trainer.epoch, clock()
     while not trainer.done:
+        epoch = trainer.epoch + 1  # (step_epoch counts it before its evaluation, which may be what raises)
         try:
             m = trainer.step_epoch()
         except Exception as e:  # noqa: BLE001 - Tune retries it, unless this try repeats the last
-            if failed_before(trainer.epoch + 1, e):
-                raise RepeatedFailure(trainer.epoch + 1, one_line(f"{type(e).__name__}: {e}")) from e
+            if failed_before(epoch, e):  # its first line: a CUDA error's last is advice on compiling torch
+                raise RepeatedFailure(epoch, f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"[:300]) from e
             raise
         if trainer.epoch in snapshots:
             digests[trainer.epoch] = keep(trainer.epoch, trainer.model)
@@ -223,6 +223,8 @@ def tune_state_problem(store: Store, rel: str, param_space: dict | None = None) 
         c = t.checkpoint
         if t.status != "TERMINATED" and c is not None and c.filesystem.get_file_info(c.path).type == pafs.FileType.NotFound:
             return f"trial {t.trial_id}'s last checkpoint {c.path} is gone"
+        if failed_again(t.last_result):  # restored, it stays ended (forget_repeated, for a run stopped before it)
+            return f"trial {t.trial_id} ended after its epoch failed twice alike"
     return None
 
 
@@ -292,7 +294,7 @@ def forget_repeated(results, store: Store, plan: str) -> None:
     """A trial whose epoch failed twice alike (RepeatedFailure) ended, where a failed one erred: the Tune run
     restored would not train it again, once its model's code is fixed. So the run's plan is deleted, and
     the rerun starts the stage's unfinished work anew (models saved are kept; seeded, the same trials)."""
-    if any((r.metrics or {}).get(FAILED_AGAIN) for r in results):
+    if any(failed_again(r.metrics) for r in results):
         with contextlib.suppress(OSError, StoreWriteError):
             store.delete(plan)
 
