@@ -1170,3 +1170,23 @@ def test_holding_stderr_where_there_is_none():
     r = subprocess.run([sys.executable, "-c", code], capture_output=False, stdout=subprocess.PIPE, text=True,
                        preexec_fn=lambda: os.close(2))
     assert (r.returncode, r.stdout) == (0, "[b'']\n")
+
+
+def test_a_ctrl_c_after_an_earlier_commands_sigterm_is_a_ctrl_c(capsys):
+    """STOPPED_BY outlived its command: in one process (bnrep.run, twice), a Ctrl-C after a run that SIGTERM
+    stopped was 'stopped (SIGTERM)', exit 143."""
+    import signal
+
+    from bnrep.raysession import STOPPED_BY
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        STOPPED_BY.append(signal.SIGTERM)  # an earlier command's
+        assert flags.main_guard(interrupted) == 130
+        assert capsys.readouterr().err.startswith("interrupted: ")
+    finally:
+        STOPPED_BY.clear()
+        signal.signal(signal.SIGTERM, before)
