@@ -469,6 +469,12 @@ def smoke(exp: Experiment) -> Experiment:
                                              for k, v in SMOKE.items()}))
 
 
+def smoke_sizes_text(exp: Experiment) -> str:
+    """The sizes a --smoke-test study has, in words (the report's note, the status' heading)."""
+    return (f"at most {exp.max_epochs} epochs, {exp.seeds} seeds, {exp.train_size} training images, "
+            f"k up to {exp.k_max}")
+
+
 def at_smoke_sizes(exp: Experiment) -> bool:
     """`exp` is no bigger than the smoke test makes it: given --smoke-test, or a study made with it, whose
     config.json keeps those sizes for every later run (a stage's header says so). Decided without

@@ -50,7 +50,8 @@ def _shown_optimal_k(r: Results) -> pd.DataFrame:
 
 def k_searched(r: Results) -> tuple[int, int]:
     """The smallest and largest k of the study's k-means sweep (its table; else as its experiment asks)."""
-    k = r.table("kmeans")["k"] if "k" in r.table("kmeans") else pd.Series(dtype=float)
+    km = r.table("kmeans")
+    k = km["k"] if "k" in km else pd.Series(dtype=float)
     return (int(k.min()), int(k.max())) if k.notna().any() else (r.experiment.k_min, r.experiment.k_max)
 
 

@@ -46,7 +46,7 @@ import bnrep
 from bnrep.config import command, load_experiment, read_config, read_hashes
 from bnrep.documents import json_text, md_table, render_html, render_md
 from bnrep.correlations import predictors
-from bnrep.experiments import at_smoke_sizes
+from bnrep.experiments import at_smoke_sizes, smoke_sizes_text
 from bnrep.findings import Finding, findings
 from bnrep.axis import redefined
 from bnrep.settings import settings_rows
@@ -152,9 +152,8 @@ def _rows(r: Results, t: str) -> str:
 def missing_notes(r: Results, out: str) -> list[str]:
     e, notes = r.experiment, []
     if at_smoke_sizes(e):  # what the terminal's header said; a report passed around says it too
-        notes.append(f"{e.name}: run at --smoke-test sizes (at most {e.max_epochs} epochs, {e.seeds} seeds, "
-                     f"{e.train_size} training images, k up to {e.k_max}): a check that the study runs end to end; "
-                     f"its verdicts say nothing of the paper's claims.")
+        notes.append(f"{e.name}: run at --smoke-test sizes ({smoke_sizes_text(e)}): a check that the study runs "
+                     f"end to end; its verdicts say nothing of the paper's claims.")
     if r.imported:  # no sweep, no training history: nothing a stage could produce
         notes.append(f"{r.experiment.name}: imported models (bnrep import): no training history or sweep; the "
                      f"parts that need them are left out.")

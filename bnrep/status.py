@@ -38,7 +38,7 @@ def sizes_note(out: str, name: str) -> str:
     config.json yet (a run stopped in its first seconds), that the counts are the experiment's as named,
     which the run's flags may have changed; else nothing."""
     from bnrep.config import read_config
-    from bnrep.experiments import at_smoke_sizes
+    from bnrep.experiments import at_smoke_sizes, smoke_sizes_text
 
     store = Store(out, name)
     try:
@@ -50,8 +50,7 @@ def sizes_note(out: str, name: str) -> str:
         exp = load_experiment(store, name)
     except (ConfigError, OSError):  # (the rows say it)
         return ""
-    return (f"  (at --smoke-test sizes: {exp.seeds} seeds, at most {exp.max_epochs} epochs, {exp.train_size} "
-            f"training images)") if at_smoke_sizes(exp) else ""
+    return f"  (at --smoke-test sizes: {smoke_sizes_text(exp)})" if at_smoke_sizes(exp) else ""
 
 
 def _data(store: Store, exp: Experiment) -> list[tuple[str, str, str]]:

@@ -276,6 +276,18 @@ def test_a_private_ray_ends_without_waiting_on_its_monitor(monkeypatch):
     assert len(seen["processes"]) >= 3 and all(p.poll() is not None for p in seen["processes"])
 
 
+def interrupted_session(monkeypatch, shutdown, real) -> None:
+    """A private Ray session whose ray.shutdown() is `shutdown`: it ends in KeyboardInterrupt; `real`, Ray's own
+    shutdown, afterwards (what a failure of the test would leave)."""
+    monkeypatch.setattr(ray, "shutdown", shutdown)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with ray_session(None):
+                pass
+    finally:
+        real()
+
+
 def test_a_second_ctrl_c_waits_until_ray_has_stopped(monkeypatch):
     """A Ctrl-C (or SIGTERM) that came while ray.shutdown() ran ended the process with Ray half stopped: the
     raylet, killed with its driver, never stopped its agents, which lingered a minute. It is held until Ray
@@ -289,13 +301,7 @@ def test_a_second_ctrl_c_waits_until_ray_has_stopped(monkeypatch):
         seen["shutting down"] = True
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ray, "shutdown", shutdown)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            with ray_session(None):
-                pass
-    finally:
-        real()  # (what a failure of this test would leave)
+    interrupted_session(monkeypatch, shutdown, real)
     assert seen["shutting down"] and len(seen["processes"]) >= 3
     assert all(p.poll() is not None for p in seen["processes"]), [p.args for p in seen["processes"] if p.poll() is None]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -307,13 +313,7 @@ def test_a_second_ctrl_c_waits_until_ray_has_stopped(monkeypatch):
             seen["pressed"] += 1
         time.sleep(60)  # (a hold that kept the second press too: this test fails after it)
 
-    monkeypatch.setattr(ray, "shutdown", hangs)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            with ray_session(None):
-                pass
-    finally:
-        real()
+    interrupted_session(monkeypatch, hangs, real)
     assert seen["pressed"] == 1 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
