@@ -278,8 +278,10 @@ def test_a_private_ray_ends_without_waiting_on_its_monitor(monkeypatch):
 
 def interrupted_session(monkeypatch, shutdown, real) -> None:
     """A private Ray session whose ray.shutdown() is `shutdown`: it ends in KeyboardInterrupt; `real`, Ray's own
-    shutdown, afterwards (what a failure of the test would leave)."""
+    shutdown, afterwards (what a failure of the test would leave). Ctrl-C as a terminal's command has it,
+    whatever an earlier test in this process left."""
     monkeypatch.setattr(ray, "shutdown", shutdown)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (the test puts back what was there)
     try:
         with pytest.raises(KeyboardInterrupt):
             with ray_session(None):
@@ -288,7 +290,15 @@ def interrupted_session(monkeypatch, shutdown, real) -> None:
         real()
 
 
-def test_a_second_ctrl_c_waits_until_ray_has_stopped(monkeypatch):
+@pytest.fixture
+def sigint_kept():
+    """SIGINT's handler as it was before the test, put back after it."""
+    was = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, was)
+
+
+def test_a_second_ctrl_c_waits_until_ray_has_stopped(monkeypatch, sigint_kept):
     """A Ctrl-C (or SIGTERM) that came while ray.shutdown() ran ended the process with Ray half stopped: the
     raylet, killed with its driver, never stopped its agents, which lingered a minute. It is held until Ray
     has stopped, then raised; every process of that Ray has ended by then."""
