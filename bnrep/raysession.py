@@ -60,7 +60,8 @@ def _running_cluster(given: str = "--address ") -> str | None:
 
 def check_address(address: str | None) -> None:
     """`--address` / $RAY_ADDRESS names a reachable Ray head, decided by one TCP connection to its
-    port (refused at once when nothing listens), before any work; UsageError (one line) otherwise.
+    port (refused at once when nothing listens) and, where a gRPC server answers, one call of Ray's GCS
+    client (a head that refuses this process's token), before any work; UsageError (one line) otherwise.
     `auto` (the cluster `ray start` started on this machine) is looked up as Ray does; `local` is left to Ray."""
     from bnrep.config import UsageError
 
@@ -92,6 +93,34 @@ def check_address(address: str | None) -> None:
         raise UsageError(f"no Ray cluster at {address} (something listens there, but not a Ray head: it does not "
                          f"answer as gRPC does; the dashboard's port is another): check the address (`ray status` "
                          f"on the head shows it)")
+    if _refuses_token(address):
+        raise UsageError(token_refused(address))
+
+
+def token_refused(address: str) -> str:
+    """What to set when the head at `address` refuses this process for its token authentication."""
+    mode = os.environ.get("RAY_AUTH_MODE", "unset")
+    return (f"the Ray cluster at {address} uses token authentication and refused this process (RAY_AUTH_MODE is "
+            f"{mode}): export RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN "
+            f"(README, Security)")
+
+
+def _refuses_token(address: str) -> bool:
+    """The head at `address` (a gRPC server, as check_address found) refuses this process's token: one call
+    of Ray's own GCS client, answered in milliseconds, where ray.init tries 20 times a second apart."""
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # (another Ray: join says it, after Ray's retries)
+        return False
+    with held_stderr():  # its C++ client warns of the refusal on file descriptor 2
+        try:
+            GcsClient(address=address)
+        except AuthenticationError:
+            return True
+        except Exception:  # anything else is ray.init's to meet and say (join)
+            return False
+    return False
 
 
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + b"\x04" + bytes(5)  # and an empty SETTINGS frame
@@ -273,10 +302,7 @@ def join(ray, address: str, quiet: dict) -> None:
             chain.append(c)
             c = c.__cause__ or c.__context__
         if any(type(c).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(c) for c in chain):
-            mode = os.environ.get("RAY_AUTH_MODE", "unset")
-            raise UsageError(f"the Ray cluster at {address} uses token authentication and refused this process "
-                             f"(RAY_AUTH_MODE is {mode}): export RAY_AUTH_MODE=token, with the cluster's token in "
-                             f"~/.ray/auth_token or RAY_AUTH_TOKEN (README, Security)") from None
+            raise UsageError(token_refused(address)) from None
         raise UsageError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
 
 

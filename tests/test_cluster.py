@@ -254,6 +254,11 @@ sys.stdin.read()  # runs until the test closes stdin
 c.shutdown()
 """
 CLIENT = "import sys, ray; ray.init(address=sys.argv[1]); print('connected')"
+NO_INIT = ("import runpy, sys, ray\n"  # bnrep, whose process may not get as far as ray.init (Ray's 20 s of retries)
+           "def init(*args, **kwargs): raise SystemExit('ray.init was called')\n"
+           "ray.init = init\n"
+           "sys.argv = ['bnrep', *sys.argv[1:]]\n"
+           "runpy.run_module('bnrep', run_name='__main__')")
 
 
 @pytest.fixture
@@ -292,6 +297,14 @@ def test_token_auth_runs_the_pipeline_with_the_token_and_refuses_others(auth_clu
                for name, extra in {"no token": {},
                                    "wrong token": {"RAY_AUTH_MODE": "token",
                                                    "RAY_AUTH_TOKEN_PATH": str(wrong)}}.items()}
+    for extra, mode in (({}, "unset"), ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(wrong)}, "token")):
+        r = subprocess.run([sys.executable, "-c", NO_INIT, "hparam", *FLAGS, "--address", address, "--out",
+                            str(tmp_path / "refused")], env={**plain, **extra}, capture_output=True, text=True)
+        assert (r.returncode, r.stdout, r.stderr) == (2, "", (
+            f"error: the Ray cluster at {address} uses token authentication and refused this process (RAY_AUTH_MODE "
+            f"is {mode}): export RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token or "
+            f"RAY_AUTH_TOKEN (README, Security)\n")), "refused before ray.init, in one line"
+    assert not (tmp_path / "refused").exists()
     secret = token.read_text()
     for p in process_tree(pid):  # the token is in no command line (`ps`) and no environment of the cluster
         with contextlib.suppress(OSError):
