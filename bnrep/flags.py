@@ -22,7 +22,8 @@ import warnings
 from typing import NoReturn
 
 from bnrep.config import DEFAULT_OUT, RunOptions, StageFailed, UsageError
-from bnrep.raysession import STOPPED_BY, check_address, stop_on_sigterm
+from bnrep.address import check_address
+from bnrep.raysession import STOPPED_BY, stop_on_sigterm
 from bnrep.datasets import DATA_ROOT_HELP, DATASETS, DatasetError, absolute_dataset
 from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, ConfigError, Experiment, capped_conditions, \

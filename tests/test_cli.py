@@ -831,7 +831,7 @@ def test_a_cluster_that_refuses_to_be_joined_is_one_line(refused, monkeypatch, c
     from ray.exceptions import AuthenticationError
 
     from bnrep.config import UsageError
-    from bnrep.raysession import join
+    from bnrep.address import join
 
     def init(address, **kw):
         for _ in range(20):  # as gcs_client.cc does, on file descriptor 2
@@ -878,9 +878,9 @@ def test_an_address_where_something_other_than_ray_listens_is_one_line(server, t
     import socket
     import threading
 
-    from bnrep import raysession
+    from bnrep import address
 
-    monkeypatch.setattr(raysession, "CONNECT_TIMEOUT_S", 2)  # the silent listener's wait, shortened
+    monkeypatch.setattr(address, "CONNECT_TIMEOUT_S", 2)  # the silent listener's wait, shortened
     if server == "http":
         quiet = type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
         srv = http.server.HTTPServer(("127.0.0.1", 0), quiet)
@@ -1165,7 +1165,7 @@ def test_a_study_s_own_folder_as_out_is_one_line_naming_the_folder_above(argv, r
 
 def test_holding_stderr_where_there_is_none():
     """A process without file descriptor 2 (a daemon's) joins as any other: nothing to hold back."""
-    code = ("from bnrep.raysession import held_stderr\nwith held_stderr() as said:\n    x = 1\n"
+    code = ("from bnrep.address import held_stderr\nwith held_stderr() as said:\n    x = 1\n"
             "print(said)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=False, stdout=subprocess.PIPE, text=True,
                        preexec_fn=lambda: os.close(2))
