@@ -13,8 +13,9 @@ paper's axis as before. A condition with overrides has a tag of its own:
 
 Items are separated by `;`. A plain normalisation needs no tag (a tag given to
 it is dropped: its models are the normalisation's). The label defaults to the
-normalisation's label and the overrides ("BatchNorm, batch size 8"), the colour
-to a shade of the normalisation's colour family. Each condition is stored in
+normalisation's label and the overrides ("BatchNorm at batch size 8": no comma, since
+captions list conditions with commas), the colour to a shade of the normalisation's colour
+family (ghost BatchNorm's is BatchNorm's). Each condition is stored in
 one canonical spelling (`bn-b8:batch,batch_size=8`), which is what
 config.json records; `register` makes its tag known to every lookup of
 bnrep.norms (tag, label, colour, display order, the modules it builds).
@@ -45,6 +46,7 @@ SHADES = {  # colours of conditions built on a normalisation, by their order amo
     "group": ("darkgreen", "limegreen", "yellowgreen", "olive", "seagreen", "darkseagreen"),
     "none": ("saddlebrown", "gold", "peru", "tan", "khaki", "chocolate"),  # apart from none's tab:orange
 }
+SHADE_FAMILY = {"ghost": "batch"}  # a family whose conditions take another's shades (one list: each its own colour)
 OTHER_SHADES = ("crimson", "teal", "indigo", "goldenrod", "magenta", "dimgray")
 
 
@@ -200,12 +202,13 @@ def entries(items) -> list[Norm]:
     for tag, norm, overrides, display in parsed:
         base = get_norm(norm)
         family = base.name.partition(":")[0].removeprefix("ws+")
+        family = SHADE_FAMILY.get(family, family)
         family = family if family in SHADES else ""  # the other norms' conditions share one list, in turn
         shades = SHADES.get(family, OTHER_SHADES)
         i = per_base[family] = per_base.get(family, -1) + 1
-        said = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(overrides.items()))
+        said = " and ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(overrides.items()))
         out.append(dataclasses.replace(
-            base, name=tag, tag=tag, short=tag, label=display.get("label", f"{base.label}, {said}"),
+            base, name=tag, tag=tag, short=tag, label=display.get("label", f"{base.label} at {said}"),
             color=display.get("color", shades[i % len(shades)]), base=base.name,
             overrides=tuple(sorted(overrides.items()))))
     return out

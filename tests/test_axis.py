@@ -27,7 +27,7 @@ def test_conditions_parse_to_one_spelling_and_register_their_tags():
     assert e.conditions == ("batch", "bn-b8:batch,batch_size=8", "ghost:16",
                             "gn-b8:group:32,batch_size=8,label=GN small", "ws+group", "none")
     assert e.norms == ("batch", "bn-b8", "ghost:16", "gn-b8", "ws+group", "none")
-    assert (TAGS["bn-b8"], SHORT["bn-b8"], LABELS["bn-b8"]) == ("bn-b8", "bn-b8", "BatchNorm, batch size 8")
+    assert (TAGS["bn-b8"], SHORT["bn-b8"], LABELS["bn-b8"]) == ("bn-b8", "bn-b8", "BatchNorm at batch size 8")
     assert LABELS["gn-b8"] == "GN small" and get_norm("gn-b8").norm == "group:32"
     assert model_id("cnn", "bn-b8", 0) == "cnn-bn-b8-s0" and model_id("cnn", "batch", 0) == "cnn-bn-s0"
     assert e.for_condition("bn-b8").batch_size == 8 and e.batch_size == 64
@@ -206,7 +206,7 @@ def test_conditions_end_to_end_and_a_rerun_adding_one(tmp_path):
     cka = store.read_table("cka")
     assert {"bn-b8"} <= set(cka["condition_a"]) | set(cka["condition_b"])
     md = (out / EXP / "report" / "report.md").read_text()
-    assert "BatchNorm, batch size 8" in md and "| bn-b8 |" in md and "| Model | Condition | Seeds |" in md
+    assert "BatchNorm at batch size 8" in md and "| bn-b8 |" in md and "| Model | Condition | Seeds |" in md
 
     before = {name: mtimes(out, name) for name in ("training", "layer_sparsity", "kmeans", "hparam_trials")}
     r = bnrep("run", *ARGS[:3], "--conditions", "batch; bn-b8:batch,batch_size=8; gn-b8:group,batch_size=8; none",
@@ -252,18 +252,18 @@ def test_claims_are_judged_against_the_reference_condition():
     assert r.ref == "bn-b64" and findings.judged_norms(r) == ["bn-b4", "gn-b4"]
     f = findings.finding_sparsity(ls, "bn-b4", r.ref)
     assert f.verdict == "not supported" and f.ref == "bn-b64"
-    assert f.claim == ("BatchNorm, batch size 4 does not consistently induce nor prevent sparsity in hidden "
-                       "representations, compared with BatchNorm, batch size 64.")
-    assert findings.claim(2, "bn-b4", "bn-b64").endswith("(models with BatchNorm, batch size 4 and with BatchNorm, "
+    assert f.claim == ("BatchNorm at batch size 4 does not consistently induce nor prevent sparsity in hidden "
+                       "representations, compared with BatchNorm at batch size 64.")
+    assert findings.claim(2, "bn-b4", "bn-b64").endswith("(models with BatchNorm at batch size 4 and with BatchNorm at "
                                                          "batch size 64).")
-    assert "than models with BatchNorm, batch size 64, especially" in findings.claim(3, "bn-b4", "bn-b64")
-    assert "earlier in the network than BatchNorm, batch size 64, and" in findings.claim(4, "bn-b4", "bn-b64")
+    assert "than models with BatchNorm at batch size 64, especially" in findings.claim(3, "bn-b4", "bn-b64")
+    assert "earlier in the network than BatchNorm at batch size 64, and" in findings.claim(4, "bn-b4", "bn-b64")
     assert [findings.claim(n) for n in range(1, 5)] == list(findings.CLAIMS.values())  # the paper's words
     diff = lambda d, a: float(re.search(rf"mean difference {a} - bn-b64 \+([\d.]+) pp", d).group(1))  # noqa: E731
     assert "bn-b4 sparser in 5 of 5 layers" in f.detail and diff(f.detail, "bn-b4") == pytest.approx(30, abs=1)
     g = findings.finding_sparsity(ls, "gn-b4", r.ref)
     assert diff(g.detail, "gn-b4") == pytest.approx(60, abs=1)  # against bn-b64, bn-b4 left out
-    assert "judged against the reference condition BatchNorm, batch size 64 (bn-b64)" in findings.rules(r.norms, r.ref)[-1]
+    assert "judged against the reference condition BatchNorm at batch size 64 (bn-b64)" in findings.rules(r.norms, r.ref)[-1]
 
 
 def _per_layer(level: dict, value: str, ks=(None,)):
@@ -323,10 +323,15 @@ def test_every_condition_of_a_study_wears_its_own_colour():
                                  "bn-b8:batch,batch_size=8; bn-b16:batch,batch_size=16; bn-b32:batch,batch_size=32; "
                                  "group; group:2; group:4; group:8; group:16; gn-b4:group,batch_size=4; "
                                  "gn-b8:group,batch_size=8; layer; none; ws+group; n4:none,batch_size=4; "
-                                 "n8:none,batch_size=8; n16:none,batch_size=16; n32:none,batch_size=32")
+                                 "n8:none,batch_size=8; n16:none,batch_size=16; n32:none,batch_size=32; "
+                                 "gbn4-b16:ghost:4,batch_size=16")
     rgb = {n: np.array(mc.to_rgb(get_norm(n).color)) for n in e.norms}
     closest = min((np.linalg.norm(rgb[a] - rgb[b]), a, b) for a, b in itertools.combinations(e.norms, 2))
     assert closest[0] >= 0.15, closest
+    # a ghost condition is drawn as BatchNorm's kin, as plain ghost sizes are (it wore crimson, an outsider's)
+    from bnrep.axis import SHADES
+
+    assert get_norm("gbn4-b16").color in SHADES["batch"]
     # every norm of the table with a batch-8 condition and a batch-4 one (layer's and instance's wore one crimson)
     from bnrep.norms import NORMS
 
