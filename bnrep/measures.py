@@ -37,7 +37,7 @@ FINAL = -1  # the `epoch` of the rows of a model's final weights (snapshots: 0 =
 NONFINITE = "the representations contain NaN or inf (a diverged model?)"
 UNDEFINED = "values are NaN (undefined: dead layer, one class)"  # a figure caption's note, by default
 GRADIENT_BATCHES, GRADIENT_BATCH = 4, 64  # gradient norms: the first 4 x 64 analysis samples, every model
-NO_BATCH_STATISTICS = "no norm with running statistics: train and eval mode normalise alike"
+NO_BATCH_STATISTICS = "without running statistics, train and eval mode normalise alike"  # (after the conditions named)
 
 
 @dataclass

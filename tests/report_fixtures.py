@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from bnrep.experiments import get_experiment
+from bnrep.measures import NO_BATCH_STATISTICS
 from bnrep.store import Store
 
 CNN_LAYERS = ["conv1", "conv2", "conv3", "conv4", "fc1"]
@@ -178,7 +179,7 @@ def later_measures(models, layers, g) -> dict[str, list[dict]]:
                                             * g.uniform(0.9, 1.1)))
             t["train_eval"].append(dict(lk, cka=0.99 - 0.01 * li + g.uniform(-0.005, 0.005) if bn else math.nan,
                                         rel_diff=0.05 * li if bn else math.nan,
-                                        reason="" if bn else "no norm with running statistics"))
+                                        reason="" if bn else NO_BATCH_STATISTICS))
     return t
 
 

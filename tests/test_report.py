@@ -464,8 +464,8 @@ def test_a_condition_without_values_through_training_is_not_in_the_legend_and_th
     bn = final["condition"] == "batch"
     final = final.assign(cka=final["cka"].where(~bn), reason=final["reason"].where(~bn, few))
     r = findings.Results(cnn().experiment, {**cnn().tables, "train_eval": final})
-    assert (f" {len(final)} of {len(final)} values are NaN ({nan}, BatchNorm: {few}; {nan}, no BatchNorm: no norm with "
-            f"running statistics) and left out of the means.") in captions.caption(figures.figure("fig_train_eval"), [r])
+    assert (f" {len(final)} of {len(final)} values are NaN ({nan}, BatchNorm: {few}; {nan}, no BatchNorm: without running "
+            f"statistics, train and eval mode normalise alike) and left out of the means.") in captions.caption(figures.figure("fig_train_eval"), [r])
 
 
 # ==== whole reports ====
