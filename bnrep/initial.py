@@ -5,8 +5,10 @@ two normalisations can start from the same convolution and linear kernels: every
 and GroupNorm of StandardCNN, the first convolution only for BatchNorm and none (whose convolutions
 also draw a bias, which moves every later draw). Whether they do is decided by building both models
 as training does (bnrep.models.seeded_model), not by a rule about norm names: a researcher's own
-model draws in its own order. A same-seed CKA of such a pair starts above the baselines of
-independent seeds, which the CKA figure's caption says.
+model draws in its own order. A kernel counts as shared when its bytes and the class of the module
+that uses it are the same: weight standardisation's WSConv2d standardises the kernel it holds, so
+its forward pass starts from another kernel than Conv2d's with the same bytes. A same-seed CKA of
+such a pair can start above the baselines of independent seeds, which the CKA figure's caption says.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from bnrep.results import SHORT, cka_pairs, norm_pairs
 
 
 def initial_kernels(exp: Experiment, condition: str, seed: int = 0) -> dict[str, str]:
-    """name -> digest (shape and bytes) of every kernel (a parameter of 2+ dimensions: convolutions,
-    linear layers) of `condition`'s model as `seed` initialises it. Torch's global RNG is left as it was."""
+    """name -> digest (the class of the module using it, shape and bytes) of every kernel (a parameter of
+    2+ dimensions: convolutions, linear layers) of `condition`'s model as `seed` initialises it. Torch's
+    global RNG is left as it was."""
     return _kernels(exp, condition, seed)[0]
 
 
@@ -42,12 +45,14 @@ def _kernels(exp: Experiment, condition: str, seed: int) -> tuple[dict[str, str]
     C, H, W = input_shape(exp)
     with torch.random.fork_rng(devices=[]):
         model = seeded_model(exp.model, condition, seed, C, num_classes(exp.dataset), (H, W))
-    digests = {name: f"{tuple(p.shape)}:{hashlib.sha256(p.detach().contiguous().numpy().tobytes()).hexdigest()}"
+    owned = {path: [f"{path}.{n}" if path else n for n, p in m.named_parameters(recurse=False) if p.dim() > 1]
+             for path, m in model.named_modules()}
+    used_by = {name: type(m).__qualname__ for path, m in model.named_modules() for name in owned[path]}
+    digests = {name: f"{used_by[name]}{tuple(p.shape)}:"
+                     f"{hashlib.sha256(p.detach().contiguous().numpy().tobytes()).hexdigest()}"
                for name, p in model.named_parameters() if p.dim() > 1}
     example = torch.zeros(2, C, H, W)
     probes = [p.name for p in find_probes(model, example)]
-    owned = {path: [f"{path}.{n}" if path else n for n, p in m.named_parameters(recurse=False) if p.dim() > 1]
-             for path, m in model.named_modules()}
     calls, waiting, layers = [], [], {}  # in forward order: ("kernels", names) after a module, ("probe", index)
     handles = [m.register_forward_hook(lambda mod, a, out, names=owned[path]: calls.append(("kernels", names)))
                for path, m in model.named_modules() if owned[path]]
@@ -100,6 +105,7 @@ def shared_start_text(rs) -> str:
         return ""
     return ("At one seed, the models of two conditions start from the same convolution and linear kernels where "
             "the normalisation draws no weights of its own (read off the models, built as training builds them): "
-            + "; ".join(said) + ". A same-seed CKA of such a pair starts above the baselines of independent seeds: "
-            "in the layers those kernels feed, a CKA at or above the baselines does not show that training left the "
+            + "; ".join(said) + ". A same-seed CKA of such a pair can start above the baselines of independent seeds "
+            "(the cka table's epoch-0 rows, when the analysis measured snapshots, say whether it does): in the layers "
+            "those kernels feed, a CKA at or above the baselines does not by itself show that training left the "
             "representations alike.")
