@@ -53,3 +53,20 @@ def old_results(tmp_path):
     """A copy of results written by bnrep 0.1.0 (tests/fixtures/results_v0_1_0: synthetic-cnn)."""
     shutil.copytree(ROOT / "tests" / "fixtures" / "results_v0_1_0", tmp_path / "runs")
     return tmp_path / "runs"
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_as_found(request):
+    """Ctrl-C's disposition in this test process is put back after each test, and a test that left it
+    ignored is named in the warnings summary: the interrupted-session tests send SIGINT, and in one
+    full-suite run found it ignored by an earlier test of their process (which one, unknown then)."""
+    import signal
+    import warnings
+
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before and before is not None:
+        signal.signal(signal.SIGINT, before)
+        if after is signal.SIG_IGN:
+            warnings.warn(f"{request.node.nodeid} left SIGINT ignored in its process (put back)")
