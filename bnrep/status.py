@@ -152,7 +152,8 @@ def _analysis(store: Store, exp: Experiment, trained: list[str]) -> tuple[str, s
                 f"data: {e}")
     left = plan(store, exp, models, probes).n_tasks()
     state = "complete" if not left else "partial" if done else "missing"
-    return ("analysis", state, f"{left} tasks left" if left else "every part current")
+    at = f" (final weights and epochs {', '.join(map(str, exp.snapshots))})" if exp.snapshots else ""
+    return ("analysis", state, (f"{left} tasks left" if left else "every part current") + at)
 
 
 def _report(store: Store) -> tuple[str, str, str]:
