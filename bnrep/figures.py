@@ -21,11 +21,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from bnrep.epoch_figures import fig_initialisation, through_training
 from bnrep.experiments import layer_indices
-from bnrep.findings import headline_rows, snapshot_measures
-from bnrep.measures import FINAL, MEASURES, all_nan
-from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_ticks, _log_if_positive, _panel, log_y,
-                            _panel_title, _width, condition_lines, fig_per_layer, legend_below, panels_legend)
+from bnrep.findings import snapshot_measures
+from bnrep.measures import MEASURES, all_nan
+from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_groups_of, _layer_ticks,
+                            _log_if_positive, _panel, _panel_title, _width, condition_lines, fig_per_layer, group_lines,
+                            legend_below, panels_legend)
 from bnrep.results import (COLORS, SHORT, Results, at_eps, cka_pairs, eps_values, n_seeds, norm_pairs, optimal_k,
                            present_norms, seed_stats, seeds_text, shown)
 
@@ -167,35 +169,6 @@ def fig_cka(results) -> Figure | None:
 
 # ==== sparsity against the threshold eps ====
 
-def layer_groups(layers: list[tuple[int, str]]) -> list[tuple[str, list[int]]]:
-    """(name, layer indices): each layer alone when there are at most 4, else early / middle / late thirds."""
-    if len(layers) <= 4:
-        return [(name, [li]) for li, name in layers]
-    thirds = np.array_split(np.arange(len(layers)), 3)  # sizes differ by at most one, the larger first
-    return [(f"{part} layers ({layers[t[0]][1]}-{layers[t[-1]][1]})" if len(t) > 1 else
-             f"{part} layer ({layers[t[0]][1]})", [layers[i][0] for i in t])
-            for part, t in zip(("early", "middle", "late"), thirds)]
-
-
-def _layer_groups_of(d: pd.DataFrame) -> list[tuple[str, list[int]]]:
-    """`layer_groups` of the layers a table's rows name."""
-    return layer_groups(list(d.drop_duplicates("layer_index").sort_values("layer_index")[["layer_index", "layer"]]
-                             .itertuples(index=False, name=None)))
-
-
-def group_lines(ax, d: pd.DataFrame, idx: list[int], x: str, value: str, labels: dict[str, str]) -> pd.DataFrame:
-    """Per model and `x`, `value` averaged over the group's layers `idx`; then a line per condition of the seed
-    mean against `x`, std error bars; a condition without a finite value is neither drawn nor in the legend
-    (train_eval of a norm with no running statistics). Returns the per-model means."""
-    g = d[d["layer_index"].isin(idx)].groupby(["condition", "model_id", x], as_index=False)[value].mean()
-    for c in present_norms(g):
-        s = seed_stats(g[g["condition"] == c], [x], value)
-        if s["mean"].isna().all():
-            continue
-        ax.errorbar(s[x], s["mean"], yerr=s["std"].fillna(0), color=COLORS[c], marker="o", capsize=3, label=labels[c])
-    return g
-
-
 def fig_sparsity_thresholds(results) -> Figure | None:
     """Beyond the paper: layer sparsity against the threshold eps, a panel per layer group, a row per experiment.
     None unless some experiment measured at least two thresholds."""
@@ -335,66 +308,6 @@ def fig_learning_curves(results) -> Figure | None:
             ax.legend(fontsize=7)
     fig.suptitle("Learning curves (mean over the seeds still training at each epoch, shading: std)")
     return fig
-
-
-def fig_initialisation(results) -> Figure | None:
-    """Each per-layer measure at initialisation (epoch 0, dashed) and at the final epoch (solid), a line per
-    condition, a panel per measure (the first experiment with snapshots)."""
-    r = next((r for r in _as_list(results) if any((d["epoch"] == 0).any() for d in r.snapshots.values())), None)
-    ms = [m for m in snapshot_measures() if r is not None and m.table in r.snapshots and len(r.table(m.table))]
-    if not ms:
-        return None
-    cols = min(4, len(ms))
-    fig, axes = _grid(math.ceil(len(ms) / cols), cols, w=_width([r.table(ms[0].table)]),
-                      h=_height([r.table(ms[0].table)], 3.0))
-    labels = _labels([r])
-    for ax, m in zip(axes.flat, ms):
-        early = r.snapshots[m.table]
-        drawn = {when: condition_lines(ax, headline_rows(m, d), m.values[0], labels, f", {when}", ls=ls, marker=marker,
-                                       capsize=2)
-                 for when, d, ls, marker in (("final", r.table(m.table), "-", "o"),
-                                             ("init", early[early["epoch"] == 0], "--", "x"))}
-        _layer_ticks(ax, drawn["final"])  # (a measure may have no rows at initialisation)
-        _panel(ax, title=m.name or m.table, xlabel="layer", ylabel=m.ylabel or m.values[0])
-        if m.log:  # spans orders of magnitude over depth
-            log_y(ax)
-    _end_row(axes, 0, cols)
-    for ax in axes.flat[len(ms):]:
-        ax.set_axis_off()
-    panels_legend(fig, axes, row=2)  # (final, init) of each condition side by side
-    fig.suptitle(f"{r.label}: at initialisation (dashed) and at the final epoch (solid)")
-    return fig
-
-
-def through_training(m):
-    """The figure of a measure (bnrep.measures) against training epoch: at each snapshot epoch and at the
-    final model, the measure averaged over the layers of each group per model; a panel per layer group, a row
-    per experiment with snapshots, a line per condition (seed mean, std error bars)."""
-    def make(results) -> Figure | None:
-        rs = [(r, headline_rows(m, r.at_epochs(m.table))) for r in _as_list(results) if m.table in r.snapshots]
-        rs = [(r, d) for r, d in rs if len(d)]
-        if not rs:
-            return None
-        labels = _labels([r for r, _ in rs])
-        groups = [_layer_groups_of(d) for _, d in rs]
-        fig, axes = _grid(len(rs), max(map(len, groups)), w=3.6, h=2.9)
-        for row, ((r, d), gs) in enumerate(zip(rs, groups)):
-            epochs = sorted(set(d["epoch"]) - {FINAL})
-            at = {**{e: i for i, e in enumerate(epochs)}, FINAL: len(epochs)}  # evenly spaced, final last
-            d = d.assign(x=d["epoch"].map(at).astype(float))
-            for col, (name, idx) in enumerate(gs):
-                ax = axes[row, col]
-                g = group_lines(ax, d, idx, "x", m.values[0], labels)
-                ax.set_xticks(range(len(at)), [f"{e}" for e in epochs] + ["final"])
-                _panel(ax, title=f"{r.label}: {name}", xlabel="epoch", ylabel=m.ylabel or m.values[0])
-                if m.log and (g[m.values[0]].dropna() > 0).all():
-                    log_y(ax)
-            _end_row(axes, row, len(gs))
-        panels_legend(fig, axes)
-        fig.suptitle(f"{m.name or m.table} through training ({seeds_text(rs[0][1])})")
-        return fig
-    make.__name__ = f"fig_{m.table}_epochs"
-    return make
 
 
 @dataclass(frozen=True)

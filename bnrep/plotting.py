@@ -11,7 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bnrep.norms import sort_key
-from bnrep.results import COLORS, NORMS, Results, norm_labels, not_rectified, ordered, seed_stats, seeds_text
+from bnrep.results import (COLORS, NORMS, Results, norm_labels, not_rectified, ordered, present_norms, seed_stats,
+                           seeds_text)
 
 
 def _grid(nrows: int, ncols: int, w: float = 4.2, h: float = 3.2) -> tuple[Figure, np.ndarray]:
@@ -114,6 +115,35 @@ def _height(rs_frames, base: float) -> float:
     names = [t for d in rs_frames if len(d)
              for t in _tick_names(d.drop_duplicates("layer_index").sort_values("layer_index")["layer"].tolist())]
     return base + 0.07 * max(0, max(map(len, names), default=0) - 10)
+
+
+def layer_groups(layers: list[tuple[int, str]]) -> list[tuple[str, list[int]]]:
+    """(name, layer indices): each layer alone when there are at most 4, else early / middle / late thirds."""
+    if len(layers) <= 4:
+        return [(name, [li]) for li, name in layers]
+    thirds = np.array_split(np.arange(len(layers)), 3)  # sizes differ by at most one, the larger first
+    return [(f"{part} layers ({layers[t[0]][1]}-{layers[t[-1]][1]})" if len(t) > 1 else
+             f"{part} layer ({layers[t[0]][1]})", [layers[i][0] for i in t])
+            for part, t in zip(("early", "middle", "late"), thirds)]
+
+
+def _layer_groups_of(d: pd.DataFrame) -> list[tuple[str, list[int]]]:
+    """`layer_groups` of the layers a table's rows name."""
+    return layer_groups(list(d.drop_duplicates("layer_index").sort_values("layer_index")[["layer_index", "layer"]]
+                             .itertuples(index=False, name=None)))
+
+
+def group_lines(ax, d: pd.DataFrame, idx: list[int], x: str, value: str, labels: dict[str, str]) -> pd.DataFrame:
+    """Per model and `x`, `value` averaged over the group's layers `idx`; then a line per condition of the seed
+    mean against `x`, std error bars; a condition without a finite value is neither drawn nor in the legend
+    (train_eval of a norm with no running statistics). Returns the per-model means."""
+    g = d[d["layer_index"].isin(idx)].groupby(["condition", "model_id", x], as_index=False)[value].mean()
+    for c in present_norms(g):
+        s = seed_stats(g[g["condition"] == c], [x], value)
+        if s["mean"].isna().all():
+            continue
+        ax.errorbar(s[x], s["mean"], yerr=s["std"].fillna(0), color=COLORS[c], marker="o", capsize=3, label=labels[c])
+    return g
 
 
 def condition_lines(ax, df: pd.DataFrame, value: str, labels: dict[str, str], suffix: str = "",

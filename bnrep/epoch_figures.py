@@ -1,0 +1,74 @@
+"""The figures of the snapshots (bnrep.figures' table lists them): each per-layer measure at
+initialisation against the final epoch, and each measure against training epoch."""
+
+from __future__ import annotations
+
+import math
+
+from matplotlib.figure import Figure
+
+from bnrep.findings import headline_rows, snapshot_measures
+from bnrep.measures import FINAL
+from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_groups_of, _layer_ticks, _panel, _width,
+                            condition_lines, group_lines, log_y, panels_legend)
+from bnrep.results import seeds_text
+
+
+def fig_initialisation(results) -> Figure | None:
+    """Each per-layer measure at initialisation (epoch 0, dashed) and at the final epoch (solid), a line per
+    condition, a panel per measure (the first experiment with snapshots)."""
+    r = next((r for r in _as_list(results) if any((d["epoch"] == 0).any() for d in r.snapshots.values())), None)
+    ms = [m for m in snapshot_measures() if r is not None and m.table in r.snapshots and len(r.table(m.table))]
+    if not ms:
+        return None
+    cols = min(4, len(ms))
+    fig, axes = _grid(math.ceil(len(ms) / cols), cols, w=_width([r.table(ms[0].table)]),
+                      h=_height([r.table(ms[0].table)], 3.0))
+    labels = _labels([r])
+    for ax, m in zip(axes.flat, ms):
+        early = r.snapshots[m.table]
+        drawn = {when: condition_lines(ax, headline_rows(m, d), m.values[0], labels, f", {when}", ls=ls, marker=marker,
+                                       capsize=2)
+                 for when, d, ls, marker in (("final", r.table(m.table), "-", "o"),
+                                             ("init", early[early["epoch"] == 0], "--", "x"))}
+        _layer_ticks(ax, drawn["final"])  # (a measure may have no rows at initialisation)
+        _panel(ax, title=m.name or m.table, xlabel="layer", ylabel=m.ylabel or m.values[0])
+        if m.log:  # spans orders of magnitude over depth
+            log_y(ax)
+    _end_row(axes, 0, cols)
+    for ax in axes.flat[len(ms):]:
+        ax.set_axis_off()
+    panels_legend(fig, axes, row=2)  # (final, init) of each condition side by side
+    fig.suptitle(f"{r.label}: at initialisation (dashed) and at the final epoch (solid)")
+    return fig
+
+
+def through_training(m):
+    """The figure of a measure (bnrep.measures) against training epoch: at each snapshot epoch and at the
+    final model, the measure averaged over the layers of each group per model; a panel per layer group, a row
+    per experiment with snapshots, a line per condition (seed mean, std error bars)."""
+    def make(results) -> Figure | None:
+        rs = [(r, headline_rows(m, r.at_epochs(m.table))) for r in _as_list(results) if m.table in r.snapshots]
+        rs = [(r, d) for r, d in rs if len(d)]
+        if not rs:
+            return None
+        labels = _labels([r for r, _ in rs])
+        groups = [_layer_groups_of(d) for _, d in rs]
+        fig, axes = _grid(len(rs), max(map(len, groups)), w=3.6, h=2.9)
+        for row, ((r, d), gs) in enumerate(zip(rs, groups)):
+            epochs = sorted(set(d["epoch"]) - {FINAL})
+            at = {**{e: i for i, e in enumerate(epochs)}, FINAL: len(epochs)}  # evenly spaced, final last
+            d = d.assign(x=d["epoch"].map(at).astype(float))
+            for col, (name, idx) in enumerate(gs):
+                ax = axes[row, col]
+                g = group_lines(ax, d, idx, "x", m.values[0], labels)
+                ax.set_xticks(range(len(at)), [f"{e}" for e in epochs] + ["final"])
+                _panel(ax, title=f"{r.label}: {name}", xlabel="epoch", ylabel=m.ylabel or m.values[0])
+                if m.log and (g[m.values[0]].dropna() > 0).all():
+                    log_y(ax)
+            _end_row(axes, row, len(gs))
+        panels_legend(fig, axes)
+        fig.suptitle(f"{m.name or m.table} through training ({seeds_text(rs[0][1])})")
+        return fig
+    make.__name__ = f"fig_{m.table}_epochs"
+    return make
