@@ -13,6 +13,27 @@ from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_
                             condition_lines, group_lines, log_y, panels_legend)
 from bnrep.results import seeds_text
 
+# How a snapshot's model is run for a measure, said under each figure against epoch: the representations'
+# measures as bnrep.represent.snapshot_mode runs it; gradient norms and train- against eval-mode as
+# bnrep.measures' functions do (always batch statistics; both modes, from epoch 1).
+MEASURED = ("At epoch 0 (the initialisation) norms with running statistics normalise with batch statistics, at "
+            "the condition's batch size, as the first step did; at every later snapshot and in the final model "
+            "they run in eval mode, with the running statistics as they stood then, so BatchNorm's values at early "
+            "epochs reflect running statistics that have not converged yet (ghost BatchNorm's, updated once per "
+            "virtual batch, converge sooner).")
+MEASURED_BY = {
+    "gradient_norms": "Every epoch is measured with batch statistics (norms with running statistics normalise with "
+                      "each batch's, as in training); the running statistics are not used.",
+    "train_eval": "It starts at epoch 1 (at epoch 0 the running statistics are still 0 and 1: nothing to compare): "
+                  "at each epoch, batch statistics against the running statistics as they stood then, which have "
+                  "not converged yet at early epochs.",
+}
+
+
+def measured_at_epochs(m) -> str:
+    """How the measure `m` (bnrep.measures) is measured at each epoch, in words (norms with running statistics)."""
+    return MEASURED_BY.get(m.table, MEASURED)
+
 
 def fig_initialisation(results) -> Figure | None:
     """Each per-layer measure at initialisation (epoch 0, dashed) and at the final epoch (solid), a line per

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from bnrep.epoch_figures import fig_initialisation, through_training
+from bnrep.epoch_figures import fig_initialisation, measured_at_epochs, through_training
 from bnrep.experiments import layer_indices
 from bnrep.findings import snapshot_measures
 from bnrep.measures import MEASURES, all_nan
@@ -284,7 +285,7 @@ def fig_learning_curves(results) -> Figure | None:
     rs = [r for r in _as_list(results) if len(r.table("training_history"))]
     if not rs:
         return None
-    labels = _labels(rs)
+    labels, running = _labels(rs), False
     fig, axes = _grid(len(rs), 2, w=5.0, h=3.2)
     for row, r in enumerate(rs):
         h = r.table("training_history").replace([np.inf, -np.inf], np.nan)  # a diverged epoch's loss: a gap
@@ -295,17 +296,19 @@ def fig_learning_curves(results) -> Figure | None:
             else "train_acc"
         for norm in present_norms(h):
             plot_band(loss, h, "epoch", "train_loss", norm, f"{labels[norm]} ({n_seeds(h).get(norm, 0)} seeds)")
-            plot_band(acc, h, "epoch", train_col, norm,
-                      f"{labels[norm]} train" + (" (running)" if train_col != "train_acc" else ""), scale=100)
-            plot_band(acc, h, "epoch", "val_acc", norm, f"{labels[norm]} validation", ls="--", scale=100)
+            plot_band(acc, h, "epoch", train_col, norm, scale=100)
+            plot_band(acc, h, "epoch", "val_acc", norm, ls="--", scale=100)
         log = bool((h["train_loss"].dropna() > 0).any())  # every loss NaN (all diverged at once): linear
-        loss.set(title=f"{r.label}: training loss", xlabel="epoch", ylabel="cross-entropy",
-                 yscale="log" if log else "linear")
-        acc.set(title=f"{r.label}: accuracy", xlabel="epoch", ylabel="accuracy (%)")
+        _panel(loss, title=f"{r.label}: training loss", xlabel="epoch", ylabel="cross-entropy",
+               yscale="log" if log else "linear")
+        _panel(acc, title=f"{r.label}: accuracy", xlabel="epoch", ylabel="accuracy (%)")
         for ax in (loss, acc):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+        running |= train_col != "train_acc"
+    # below the panels (a legend inside hid the curves): a colour per condition, then what each line style is
+    styles = [Line2D([], [], color="black", ls=ls, lw=1.2) for ls in ("-", "--")]
+    entries = {name: h for ax in axes[:, 0] for h, name in zip(*ax.get_legend_handles_labels())}
+    legend_below(fig, [*entries.values(), *styles], [*entries, "train (running)" if running else "train", "validation"])
     fig.suptitle("Learning curves (mean over the seeds still training at each epoch, shading: std)")
     return fig
 
@@ -336,11 +339,11 @@ FIGURES = [
                "models; lower is purer. Error bars: standard deviation across {seeds}.{nan}"),
     FigureSpec("fig_optimal_k", fig_optimal_k, ("kmeans",),
                "Paper Figure 5: average optimal number of k-means clusters (the k with the lowest DBI) per "
-               "layer ({layers}); the y axis spans the k searched, {k_searched}. Error bars: standard deviation "
-               "across {seeds}, cut at the k searched."),
+               "layer ({layers}) for {colours} models; the y axis spans the k searched, {k_searched}. Error bars: "
+               "standard deviation across {seeds}, cut at the k searched."),
     FigureSpec("fig_kmeans_dbi", fig_kmeans_dbi, ("kmeans",),
-               "Paper Figure 6: average class-agnostic (k-means) DBI at the optimal k per layer ({layers}); "
-               "lower is purer. Error bars: standard deviation across {seeds}.{nan}"),
+               "Paper Figure 6: average class-agnostic (k-means) DBI at the optimal k per layer ({layers}) for "
+               "{colours} models; lower is purer. Error bars: standard deviation across {seeds}.{nan}"),
     FigureSpec("fig_kmeans_sweep", fig_kmeans_sweep, ("kmeans",),
                "Beyond the paper: k-means DBI against k for each layer ({layers}), {colours}. "
                "Shading: standard deviation across {seeds}."),
@@ -360,7 +363,8 @@ FIGURES = [
                "cross-condition CKA clearly below both seed baselines means the condition changes what "
                "the layer represents beyond seed noise; at the baseline, it does not.{shared} Gray dotted: the cross-"
                "condition CKA debiased (unbiased HSIC; Nguyen, Raghu & Kornblith 2021), which is about 0 for "
-               "unrelated representations at any sample count, where linear CKA is inflated at small ones.",
+               "unrelated representations at any sample count, where linear CKA is inflated at small ones."
+               "{undrawn_epochs}",
                "CKA per layer",
                "it needs CKA between two conditions at the same seed"),
     FigureSpec("fig_signal_propagation", fig_signal_propagation, ("signal_propagation",),
@@ -386,13 +390,18 @@ FIGURES = [
                  f"Beyond the paper: {m.name or m.table} against training epoch, averaged over the layers of each "
                  f"group per model, for {{colours}} models: at each snapshot epoch (0: the initialisation) and at "
                  f"the final model (the weights kept: the interpolating or best-validation epoch, which differs "
-                 f"between seeds). Epochs are evenly spaced. A model that stopped before a snapshot epoch has no "
-                 f"point there. Error bars: standard deviation across {{seeds}}.{{nan}}", noted=False, epochs=True)
+                 f"between seeds). Epochs are evenly spaced. {measured_at_epochs(m)} A model that stopped before a "
+                 f"snapshot epoch has no point there. Error bars: standard deviation across {{seeds}}.{{nan}}",
+                 noted=False, epochs=True)
       for m in snapshot_measures()],
     FigureSpec("fig_learning_curves", fig_learning_curves, ("training_history",),
-               "Beyond the paper: training loss (left) and training (solid) / validation (dashed) accuracy "
-               "(right) per epoch, mean over the seeds still training at that epoch ({seeds} in all); "
-               "shading: standard deviation."),
+               "Beyond the paper: training loss (left) and accuracy (right) per epoch for {colours} models, mean "
+               "over the seeds still training at that epoch ({seeds} in all); shading: standard deviation. Solid, "
+               "train (running): the fraction of each epoch's own training batches classified correctly as they "
+               "trained (train mode, each batch before its optimiser step; results before 0.2.0: a full pass in "
+               "eval mode after each epoch); dashed: validation accuracy, eval mode after each epoch. Table 1's "
+               "training accuracy is a full pass over the training split in eval mode after training, so for "
+               "norms with running statistics (BatchNorm) it can differ from the last running value."),
 ]
 
 def figure(name: str) -> FigureSpec:

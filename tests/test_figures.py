@@ -1,0 +1,86 @@
+"""Figures a reader can read: legends off the curves, tick labels apart, error bars within what was measured,
+captions that say what is drawn and how it was measured (the report tests check the plotted values)."""
+
+import pandas as pd
+import pytest
+
+from bnrep import captions, figures, findings, results
+from bnrep.experiments import get_experiment
+from bnrep.findings import snapshot_measures
+from bnrep.represent import snapshot_mode
+from tests.report_fixtures import make_tables
+
+SMALL = dict(channels=[3] * 5, k_range=range(2, 13), epochs=6)  # small and fast to draw
+COLOURS = "BatchNorm (blue) and no BatchNorm (orange)"
+
+
+def cnn(**kw) -> findings.Results:
+    return results.Results(get_experiment("digits-cnn"), make_tables(**{**SMALL, **kw}))
+
+
+def with_snapshots(r: findings.Results, table: str, epochs=(0, 1)) -> findings.Results:
+    """`r` with its final rows of `table` repeated at the snapshot `epochs`."""
+    final = r.tables[table]
+    return findings.Results(r.experiment, {**r.tables, table: pd.concat([final, *(final.assign(epoch=e)
+                                                                                   for e in epochs)])})
+
+
+def caption(name: str, r: findings.Results) -> str:
+    return captions.caption(figures.figure(name), [r])
+
+
+# ==== captions ====
+
+@pytest.mark.parametrize("name", ["fig_optimal_k", "fig_kmeans_dbi", "fig_learning_curves"])
+def test_per_layer_and_learning_curve_captions_name_the_condition_colours(name):
+    assert f"for {COLOURS} models" in caption(name, cnn())
+
+
+# How each snapshot epoch is measured, as the code does it: the representations with batch statistics at epoch 0
+# and running statistics after (bnrep.represent.snapshot_mode); gradient norms always with batch statistics;
+# train- against eval-mode from epoch 1
+EPOCH_0 = ("At epoch 0 (the initialisation) norms with running statistics normalise with batch statistics, at the "
+           "condition's batch size, as the first step did; at every later snapshot and in the final model they run "
+           "in eval mode, with the running statistics as they stood then, so BatchNorm's values at early epochs "
+           "reflect running statistics that have not converged yet")
+MEASURED = {"gradient_norms": "Every epoch is measured with batch statistics (norms with running statistics "
+                              "normalise with each batch's, as in training); the running statistics are not used.",
+            "train_eval": "It starts at epoch 1 (at epoch 0 the running statistics are still 0 and 1: nothing to "
+                          "compare): at each epoch, batch statistics against the running statistics as they stood "
+                          "then, which have not converged yet at early epochs."}
+
+
+@pytest.mark.parametrize("table", [m.table for m in snapshot_measures()])
+def test_a_figure_against_epoch_says_how_each_epoch_is_measured(table):
+    exp = get_experiment("digits-cnn")
+    assert snapshot_mode(exp, "batch", 0) == {"batch_stats": True, "batch_size": exp.batch_size}
+    assert snapshot_mode(exp, "batch", 1) == {}  # eval mode: the running statistics
+    r = with_snapshots(cnn(), table, (1,) if table == "train_eval" else (0, 1))
+    assert MEASURED.get(table, EPOCH_0) in caption(f"fig_{table}_epochs", r)
+
+
+def test_the_cka_caption_says_where_the_snapshot_cka_is_that_no_figure_draws():
+    r = with_snapshots(cnn(), "cka", (0, 1, 2))
+    n = 3 * len(cnn().tables["cka"])
+    said = (f" The values at the snapshot epochs 0, 1 and 2 ({n} rows) are in the Parquet table cka (its rows with "
+            f"epoch >= 0; in a notebook, bnrep.open_results(...).cka); no figure draws them.")
+    assert caption("fig_cka", r).endswith(said)
+    assert "snapshot" not in caption("fig_cka", cnn())  # none measured: nothing to say
+
+
+# ==== learning curves ====
+
+def test_the_learning_curves_legend_is_below_the_panels_and_the_caption_says_what_train_running_is():
+    r = cnn()
+    h = r.tables["training_history"]
+    r = findings.Results(r.experiment, {**r.tables, "training_history": h.assign(train_acc_running=h["train_acc"])})
+    for res, train in ((r, "train (running)"), (cnn(), "train")):  # (results before 0.2.0: a full pass each epoch)
+        fig = figures.fig_learning_curves(res)
+        assert [ax.get_legend() for ax in fig.axes] == [None, None]  # (inside, it hid the curves)
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+            "BatchNorm (4 seeds)", "no BatchNorm (4 seeds)", train, "validation"]
+    text = caption("fig_learning_curves", cnn())
+    assert ("Solid, train (running): the fraction of each epoch's own training batches classified correctly as they "
+            "trained (train mode, each batch before its optimiser step") in text
+    assert ("Table 1's training accuracy is a full pass over the training split in eval mode after training, so for "
+            "norms with running statistics (BatchNorm) it can differ from the last running value.") in text
