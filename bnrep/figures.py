@@ -58,17 +58,21 @@ def k_searched(r: Results) -> tuple[int, int]:
     return (int(k.min()), int(k.max())) if k.notna().any() else (r.experiment.k_min, r.experiment.k_max)
 
 
+DODGE = 0.4  # layers between the first and the last condition at a layer of the optimal-k figure
+
+
 def fig_optimal_k(results) -> Figure | None:
     """Paper Figure 5: optimal number of k-means clusters (lowest DBI) per layer. Each panel's y axis is
     the k its sweep searched (an error bar past it is cut there: no seed's k lies beyond), the number of
-    classes a dashed line where it lies within."""
+    classes a dashed line where it lies within; the conditions side by side at each layer (their k are often
+    equal: one line hid the others)."""
     def within(r):
         lo, hi = k_searched(r)
         return r.n_classes if lo <= r.n_classes <= hi else None
 
     rs = [r for r in _as_list(results) if len(_shown_optimal_k(r))]  # fig_per_layer's panels
     fig = fig_per_layer(rs, _shown_optimal_k, "k_opt", "optimal k (lowest k-means DBI)",
-                        "Optimal number of k-means clusters per layer", hline=within)
+                        "Optimal number of k-means clusters per layer", hline=within, dodge=DODGE, clip=k_searched)
     for ax, r in zip(fig.axes if fig else [], rs):
         lo, hi = k_searched(r)
         ax.set_ylim(lo - 0.5, hi + 0.5)
@@ -340,7 +344,8 @@ FIGURES = [
     FigureSpec("fig_optimal_k", fig_optimal_k, ("kmeans",),
                "Paper Figure 5: average optimal number of k-means clusters (the k with the lowest DBI) per "
                "layer ({layers}) for {colours} models; the y axis spans the k searched, {k_searched}. Error bars: "
-               "standard deviation across {seeds}, cut at the k searched."),
+               "standard deviation across {seeds}, cut at the k searched. At each layer the conditions sit side by "
+               "side, slightly apart, so that equal values stay visible."),
     FigureSpec("fig_kmeans_dbi", fig_kmeans_dbi, ("kmeans",),
                "Paper Figure 6: average class-agnostic (k-means) DBI at the optimal k per layer ({layers}) for "
                "{colours} models; lower is purer. Error bars: standard deviation across {seeds}.{nan}"),

@@ -147,24 +147,28 @@ def group_lines(ax, d: pd.DataFrame, idx: list[int], x: str, value: str, labels:
 
 
 def condition_lines(ax, df: pd.DataFrame, value: str, labels: dict[str, str], suffix: str = "",
-                    **style) -> pd.DataFrame:
+                    dodge: float = 0.0, clip: tuple[float, float] | None = None, **style) -> pd.DataFrame:
     """A line per condition of the seed mean of `value` per layer, std error bars, in the condition's colour
     (`style`: line style, marker, ...; `suffix` follows each label); a condition without a finite value is
-    neither drawn nor in the legend (train_eval of a norm with no running statistics). Returns the seed statistics."""
+    neither drawn nor in the legend (train_eval of a norm with no running statistics). `dodge`: the conditions
+    side by side at each layer, this far apart from the first to the last (in layers), so that equal values
+    stay visible; `clip`: (low, high), the values there can be, where an error bar is cut. Returns the seed
+    statistics."""
     s = seed_stats(df, ["condition", "layer_index", "layer"], value)
-    for c in ordered(s["condition"]):
+    drawn = [c for c in ordered(s["condition"]) if s.loc[s["condition"] == c, "mean"].notna().any()]
+    for i, c in enumerate(drawn):
         d = s[s["condition"] == c]
-        if d["mean"].isna().all():
-            continue
-        ax.errorbar(d["layer_index"], d["mean"], yerr=d["std"].fillna(0), color=COLORS[c], label=labels[c] + suffix,
-                    **style)
+        x = d["layer_index"] + (dodge * (i / (len(drawn) - 1) - 0.5) if len(drawn) > 1 else 0.0)
+        m, sd = d["mean"], d["std"].fillna(0)
+        yerr = sd if clip is None else [np.minimum(sd, m - clip[0]), np.minimum(sd, clip[1] - m)]
+        ax.errorbar(x, m, yerr=yerr, color=COLORS[c], label=labels[c] + suffix, **style)
     return s
 
 
 def plot_per_layer(ax, df: pd.DataFrame, value: str, ylabel: str, labels: dict[str, str],
-                   hline: float | None = None, marked: set[int] = frozenset()) -> None:
-    """Seed mean per layer with std error bars, one colour per normalisation."""
-    s = condition_lines(ax, df, value, labels, marker="o", capsize=3)
+                   hline: float | None = None, marked: set[int] = frozenset(), **lines) -> None:
+    """Seed mean per layer with std error bars, one colour per normalisation (`lines`: condition_lines')."""
+    s = condition_lines(ax, df, value, labels, marker="o", capsize=3, **lines)
     if hline is not None:
         ax.axhline(hline, color="grey", ls="--", lw=1, label=f"{hline:g} classes")
     _layer_ticks(ax, s, marked)
@@ -173,9 +177,11 @@ def plot_per_layer(ax, df: pd.DataFrame, value: str, ylabel: str, labels: dict[s
     ax.grid(alpha=0.3)
 
 
-def fig_per_layer(results, get, value: str, ylabel: str, title: str, hline=None) -> Figure | None:
+def fig_per_layer(results, get, value: str, ylabel: str, title: str, hline=None, dodge: float = 0.0,
+                  clip=None) -> Figure | None:
     """One panel per experiment, side by side (the paper's (a)/(b) layout); seeds in panel titles.
-    `hline(r)`: a panel's dashed line (None: none)."""
+    `hline(r)`: a panel's dashed line (None: none); `clip(r)`: where its error bars are cut, and `dodge`
+    (condition_lines)."""
     rs = [(r, get(r)) for r in _as_list(results)]
     rs = [(r, d) for r, d in rs if len(d)]
     if not rs:
@@ -184,7 +190,8 @@ def fig_per_layer(results, get, value: str, ylabel: str, title: str, hline=None)
     fig, axes = _grid(1, len(rs), w=_width([d for _, d in rs]), h=_height([d for _, d in rs], 3.5))
     for i, (r, d) in enumerate(rs):
         marked = set(not_rectified(d)["layer_index"]) if value == "sparsity" else set()
-        plot_per_layer(axes[0, i], d, value, ylabel, labels, hline(r) if hline else None, marked)
+        plot_per_layer(axes[0, i], d, value, ylabel, labels, hline(r) if hline else None, marked, dodge=dodge,
+                       clip=clip(r) if clip else None)
         axes[0, i].set_title(f"{_panel_title(r, i, len(rs))}, {seeds_text(d)}", fontsize=10)
     entries = {}  # every panel's legend entries once, normalisations first in display order
     for ax in axes[0]:

@@ -84,3 +84,41 @@ def test_the_learning_curves_legend_is_below_the_panels_and_the_caption_says_wha
             "trained (train mode, each batch before its optimiser step") in text
     assert ("Table 1's training accuracy is a full pass over the training split in eval mode after training, so for "
             "norms with running statistics (BatchNorm) it can differ from the last running value.") in text
+
+
+# ==== optimal k ====
+
+def bars(ax) -> dict[str, tuple[list, list, list, list]]:
+    """label -> (x, y, bottom, top of each error bar) of the error-bar series on an axes."""
+    out = {}
+    for c in ax.containers:
+        line, _, (segments,) = c.lines
+        ends = [(seg[0][1], seg[1][1]) for seg in segments.get_segments()]
+        out[c.get_label()] = (list(line.get_xdata()), list(line.get_ydata()), [min(e) for e in ends],
+                              [max(e) for e in ends])
+    return out
+
+
+def test_optimal_k_error_bars_stay_within_the_k_searched_and_equal_values_stay_apart():
+    """A sweep of k = 2..6 where half the seeds find 2 clusters and half 6, in both conditions alike: mean 4, std
+    2.31, whose bars ran past 2 and 6 (no seed's k lies there), and one condition's line hid the other's."""
+    r = cnn()
+    km = r.tables["kmeans"].query("k <= 6")
+    km = km.assign(optimal=km["k"] == km["seed"].map(lambda s: 2 if s % 2 else 6))
+    (ax,) = figures.fig_optimal_k(findings.Results(r.experiment, {**r.tables, "kmeans": km})).axes
+    (xb, yb, bottom_b, top_b), (xn, yn, bottom_n, top_n) = bars(ax)["BatchNorm"], bars(ax)["no BatchNorm"]
+    assert yb == yn == [4.0] * 5 and 4 + pd.Series([2, 6, 2, 6]).std() > 6
+    assert bottom_b == bottom_n == [2.0] * 5 and top_b == top_n == [6.0] * 5  # cut at the k searched
+    off = [x - li for x, li in zip(xb, range(1, 6))]
+    assert off[0] < 0 and off == pytest.approx([off[0]] * 5)  # side by side, about the layer
+    assert [x - li for x, li in zip(xn, range(1, 6))] == pytest.approx([-off[0]] * 5)
+    # seeds that disagree a little (k_jitter): each bar the std both ways, cut only at 2 and 12
+    r = cnn(k_jitter=1)
+    (ax,) = figures.fig_optimal_k(r).axes
+    for label, norm in (("BatchNorm", "batch"), ("no BatchNorm", "none")):
+        x, y, bottom, top = bars(ax)[label]
+        k = r.tables["kmeans"].query("optimal and norm == @norm").groupby("layer_index")["k"]
+        assert y == pytest.approx(k.mean().tolist())
+        assert bottom == pytest.approx([max(m - s, 2) for m, s in zip(k.mean(), k.std())])
+        assert top == pytest.approx([min(m + s, 12) for m, s in zip(k.mean(), k.std())])
+    assert bars(ax)["BatchNorm"][2][0] == 2 and k.std().max() > 0  # (BN's conv1, 2.25 +- 0.5: cut)

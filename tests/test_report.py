@@ -201,13 +201,17 @@ def expected(df: pd.DataFrame, x: str, value: str, norm: str, scale: float = 1.0
 LABEL = {"batch": "BatchNorm", "none": "no BatchNorm"}
 
 
-def check_errorbars(ax, df, value, labels=LABEL):
+def check_errorbars(ax, df, value, labels=LABEL, dx=None, clip=(-math.inf, math.inf)):
+    """`dx`: norm -> how far its points sit from their layers, `clip`: where the bars are cut (the optimal-k
+    figure's conditions side by side, its bars within the k searched)."""
     got = errorbars(ax)
     assert set(got) == set(labels[n] for n in df["norm"].unique())
     for norm in df["norm"].unique():
         xs, mean, std = expected(df, "layer_index", value, norm)
         gx, gy, gerr = got[labels[norm]]
-        assert gx == xs and gy == pytest.approx(mean, abs=1e-12) and gerr == pytest.approx(std, abs=1e-12)
+        assert gx == pytest.approx([x + (dx or {}).get(norm, 0) for x in xs], abs=1e-12)
+        half = [(min(m + s, clip[1]) - max(m - s, clip[0])) / 2 for m, s in zip(mean, std)]
+        assert gy == pytest.approx(mean, abs=1e-12) and gerr == pytest.approx(half, abs=1e-12)
 
 
 def check_bands(ax, df, x, value, norms, scale=1.0, lines=None):
@@ -235,7 +239,11 @@ def test_per_layer_figures_plot_the_table_values(make):
              (figures.fig_kmeans_dbi, optimal_rows(r.table("kmeans")).query("layer_index >= @first"), "dbi")]
     for make_fig, df, value in cases:
         (ax,) = make_fig(r).axes
-        check_errorbars(ax, df, value)
+        side_by_side = {"batch": -figures.DODGE / 2, "none": figures.DODGE / 2}
+        if make_fig is figures.fig_optimal_k:
+            check_errorbars(ax, df, value, dx=side_by_side, clip=figures.k_searched(r))
+        else:
+            check_errorbars(ax, df, value)
 
 
 def test_band_figures_plot_the_table_values():
