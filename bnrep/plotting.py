@@ -8,7 +8,10 @@ import textwrap
 
 import numpy as np
 import pandas as pd
+from matplotlib import rcParams
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.ticker import LogFormatterSciNotation
 
 from bnrep.norms import sort_key
 from bnrep.results import (COLORS, NORMS, Results, norm_labels, not_rectified, ordered, present_norms, seed_stats,
@@ -203,13 +206,36 @@ def fig_per_layer(results, get, value: str, ylabel: str, title: str, hline=None,
     return fig
 
 
+# The coefficients between powers of ten labelled on a log axis, densest first: a panel labels the densest set
+# whose labels stand LABEL_GAP label heights apart on it (2, 3, 4 and 6 of two decades on a short panel collided)
+MINOR_LABELS = ((2, 3, 4, 5, 6, 7, 8, 9), (2, 3, 4, 6), (2, 3, 5), (2, 5), (3,), ())
+LABEL_GAP = 2.0
+
+
+class _SpacedLogFormatter(LogFormatterSciNotation):
+    """Labels of the ticks between powers of ten (minor ticks) only where they cannot collide on the panel."""
+
+    def set_locs(self, locs=None):
+        super().set_locs(locs)
+        lo, hi = sorted(self.axis.get_view_interval())
+        box = self.axis.axes.get_window_extent()
+        size = (box.height if self.axis.axis_name == "y" else box.width) * 72 / self.axis.figure.dpi  # points
+        if lo <= 0 or hi <= lo or size <= 0:
+            return
+        per_decade = size / math.log10(hi / lo)  # points
+        need = LABEL_GAP * FontProperties(size=rcParams[f"{self.axis.axis_name}tick.labelsize"]).get_size_in_points()
+        for subs in MINOR_LABELS:
+            gaps = np.diff(np.log10([1, *subs, 10]))  # (the powers of ten are labelled too)
+            if gaps.min() * per_decade >= need:
+                self._sublabels = {1, *subs}
+                return
+
+
 def log_y(ax) -> None:
     """A log y axis whose labels say where the values sit also within a decade or two (NC1 at 0.2-3: only
-    10^0 was labelled), a subset of the ticks between powers of ten labelled as well."""
-    from matplotlib.ticker import LogFormatterSciNotation
-
+    10^0 was labelled): the ticks between powers of ten labelled as well, as many as fit the panel."""
     ax.set_yscale("log")
-    ax.yaxis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.yaxis.set_minor_formatter(_SpacedLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
 def _log_if_positive(fig: Figure | None) -> Figure | None:

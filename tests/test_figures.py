@@ -122,3 +122,37 @@ def test_optimal_k_error_bars_stay_within_the_k_searched_and_equal_values_stay_a
         assert bottom == pytest.approx([max(m - s, 2) for m, s in zip(k.mean(), k.std())])
         assert top == pytest.approx([min(m + s, 12) for m, s in zip(k.mean(), k.std())])
     assert bars(ax)["BatchNorm"][2][0] == 2 and k.std().max() > 0  # (BN's conv1, 2.25 +- 0.5: cut)
+
+
+# ==== log axes ====
+
+def y_labels(ax) -> list:
+    """The window extents of the y tick labels drawn on `ax` (powers of ten and the ticks between), bottom up."""
+    box = ax.get_window_extent()
+    drawn = [t for t in ax.yaxis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
+    extents = [t.get_window_extent() for t in drawn]
+    return sorted((e for e in extents if box.y0 - 1 <= (e.y0 + e.y1) / 2 <= box.y1 + 1), key=lambda e: e.y0)
+
+
+def gradient_norms_at(batch: float, none: float) -> findings.Results:
+    """cnn() with every gradient norm of BatchNorm `batch` and of no BatchNorm `none`, at epochs 0, 1 and final."""
+    r = cnn()
+    g = r.tables["gradient_norms"]
+    g = g.assign(gradient_norm=g["condition"].map({"batch": batch, "none": none}))
+    return with_snapshots(findings.Results(r.experiment, {**r.tables, "gradient_norms": g}), "gradient_norms", (0, 1))
+
+
+@pytest.mark.parametrize("name,batch,none", [
+    ("two decades, a short panel", 0.3, 0.003),  # 4e-3 ran into 3e-3 (fig_gradient_norms_epochs)
+    ("within a decade", 0.8, 0.3),  # 10^0 alone, or no label at all, would not say where the values sit
+])
+def test_log_axis_labels_between_powers_of_ten_only_where_they_do_not_collide(name, batch, none):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    r = gradient_norms_at(batch, none)
+    for fig in (figures.figure("fig_gradient_norms_epochs").make(r), figures.figure("fig_gradient_norms").make(r)):
+        FigureCanvasAgg(fig).draw()
+        for ax in [a for a in fig.axes if a.get_yscale() == "log"]:
+            labels = y_labels(ax)
+            assert all(a.y1 <= b.y0 for a, b in zip(labels, labels[1:])), name  # none overlaps the next
+            assert len(labels) >= 2, name  # (labelled between the powers of ten where those are few)
