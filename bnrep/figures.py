@@ -236,7 +236,8 @@ def fig_channel_sparsity(results) -> Figure | None:
                 plot_band(ax, d, "channel", "sparsity", norm, f"{labels[norm]} ({n_seeds(d).get(norm, 0)} seeds)")
             _panel(ax, title=f"{r.label}: {d['layer'].iloc[0]} (layer {li})", xlabel="channel",
                    ylabel="channel sparsity", ylim=(-0.02, 1.02))
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # channels are whole: no tick at 2.5
+            ax.set_xlim(d["channel"].min(), d["channel"].max())  # (a margin ticked channel 64 of conv3's 0-63)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 4, 8, 10]))  # whole, widths of 2^n
         _end_row(axes, row, len(layers))
     panels_legend(fig, axes)
     fig.suptitle(f"Channel sparsity (mean over seeds, shading: std), {seeds_text(rs[0].table('channel_sparsity'))}")

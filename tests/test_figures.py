@@ -156,3 +156,18 @@ def test_log_axis_labels_between_powers_of_ten_only_where_they_do_not_collide(na
             labels = y_labels(ax)
             assert all(a.y1 <= b.y0 for a, b in zip(labels, labels[1:])), name  # none overlaps the next
             assert len(labels) >= 2, name  # (labelled between the powers of ten where those are few)
+
+
+# ==== channel sparsity ====
+
+def test_channel_sparsity_ticks_only_channels_that_exist():
+    """conv3's 64 channels (0-63) had a tick at 64, past the last one."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = figures.fig_channel_sparsity(cnn(channels=[16, 32, 64, 128, 100]))
+    FigureCanvasAgg(fig).draw()
+    for ax, n in zip([a for a in fig.axes if a.axison], (16, 32, 64, 128)):  # digits-cnn's channel layers 1-4
+        lo, hi = ax.get_xlim()
+        shown = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert len(shown) > 2 and all(t == int(t) and 0 <= t <= n - 1 for t in shown), (n, shown)
+        assert (lo, hi) == (0, n - 1)
