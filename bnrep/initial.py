@@ -8,7 +8,8 @@ as training does (bnrep.models.seeded_model), not by a rule about norm names: a 
 model draws in its own order. A kernel counts as shared when its bytes and the class of the module
 that uses it are the same: weight standardisation's WSConv2d standardises the kernel it holds, so
 its forward pass starts from another kernel than Conv2d's with the same bytes. A same-seed CKA of
-such a pair can start above the baselines of independent seeds, which the CKA figure's caption says.
+such a pair can start above the baselines of independent seeds (the cka table's epoch-0 rows say whether
+it did, where the analysis measured snapshots), which the CKA figure's caption says.
 """
 
 from __future__ import annotations
@@ -105,7 +106,6 @@ def shared_start_text(rs) -> str:
         return ""
     return ("At one seed, the models of two conditions start from the same convolution and linear kernels where "
             "the normalisation draws no weights of its own (read off the models, built as training builds them): "
-            + "; ".join(said) + ". A same-seed CKA of such a pair can start above the baselines of independent seeds "
-            "(the cka table's epoch-0 rows, when the analysis measured snapshots, say whether it does): in the layers "
+            + "; ".join(said) + ". A same-seed CKA of such a pair can start above the baselines of independent seeds: in the layers "
             "those kernels feed, a CKA at or above the baselines does not by itself show that training left the "
             "representations alike.")
