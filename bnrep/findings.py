@@ -32,7 +32,6 @@ from bnrep.correlations import (MIN_MODELS, P_MAX, R_MIN, between_groups_reason,
 from bnrep.conditions import MIN_SEEDS, MOSTLY_ZERO, Condition, conditions
 from bnrep.experiments import LR_EDGE
 from bnrep.measures import MEASURES
-from bnrep.norms import same_start
 from bnrep.results import (LABELS, NORM_NAMES, REF, SHORT, Results, at_eps, eps_values, is_paper_pair, norm_labels,
                            optimal_k, pair, pair_names, present_norms, rectified, shown)
 
@@ -505,42 +504,3 @@ def headline_rows(m, df: pd.DataFrame) -> pd.DataFrame:
     """One row per model and layer of a measure's table: its own selection (the optimal k), sparsity at the
     smallest eps (the paper's 0)."""
     return at_eps((m.select or (lambda d: d))(df)) if len(df) else df
-
-
-def initialisation_rows(r: Results) -> list[list[str]]:
-    """Per measure and condition against the reference: the layers that differ beyond seed noise at the final
-    epoch, and how many of them differed the same way at initialisation (epoch 0); [] without epoch 0."""
-    rows = []
-    for m in snapshot_measures():
-        early = r.snapshots.get(m.table, pd.DataFrame())
-        early = early[early["epoch"] == 0] if len(early) else early
-        if early.empty or r.table(m.table).empty:
-            continue
-        for n in [c for c in r.norms if c != r.ref]:
-            fin, ini = (compare_layers(headline_rows(m, d), m.values[0], n, r.ref) for d in (r.table(m.table), early))
-            fin, ini = fin[fin["p"] < P_MAX], ini.set_index("layer_index")
-            gap = {x.layer: (x.a - x.ref, *(ini.loc[x.layer_index, ["a", "ref", "p"]] if x.layer_index in ini.index
-                                            else (math.nan,) * 3)) for x in fin.itertuples()}
-            same = [l for l, (g, a, b, p) in gap.items() if p < P_MAX and np.sign(a - b) == np.sign(g)]
-            like = [l for l, (g, a, b, p) in gap.items() if l not in same and (a - b) / g >= 0.5]  # >= half, noisy
-            said = ("no layer differs at the final epoch" if fin.empty else
-                    "appeared in training: at initialisation the two are one network with the same weights, whose "
-                    "epoch-0 differences come from the batch size its batch statistics were measured at"
-                    if same_start(n, r.ref) and (same or like) else "appeared in training"
-                    if same_start(n, r.ref) else "already at initialisation"
-                    if len(same) == len(fin) else "partly at initialisation" if same else "appeared in training"
-                    if not like else f"unclear: {_names(like)} at least half as large at epoch 0, within seed noise")
-            rows.append([m.name or m.table.replace("_", " "), f"{SHORT[n]} vs {SHORT[r.ref]}",
-                         f"{len(fin)} ({_names(fin['layer'])})" if len(fin) else "0",
-                         f"{len(same)} ({_names(same)})" if same else "0", said])
-    return rows
-
-
-def initialisation_blocks(r: Results) -> list[tuple]:
-    """Report blocks, with --snapshots 0: which differences between conditions at the final epoch were there at initialisation."""
-    rows = initialisation_rows(r)
-    return [("p", f"At initialisation (epoch 0) against the final epoch: per measure, the layers where a condition "
-                  f"differs from {SHORT[r.ref]} beyond seed noise (Welch, p < {P_MAX}) at the final epoch, and how "
-                  f"many of those differed the same way before training:"),
-            ("table", ["measure", "pair", "layers that differ, final", "of those, the same at initialisation",
-                       "reading"], rows)] if rows else []

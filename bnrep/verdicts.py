@@ -6,11 +6,16 @@ are bnrep.findings'; the correlations bnrep.correlations'."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+import pandas as pd
+
 from bnrep.axis import axis_word
 from bnrep.correlations import MIN_MODELS, between_groups_reason, limits_sentence, predictor_rows, predictors
-from bnrep.findings import (CLAIMS, RULES, Finding, finding_sparsity_across, initialisation_blocks, judged_norms,
-                            rules)
-from bnrep.norms import sort_key
+from bnrep.findings import (CLAIMS, P_MAX, RULES, Finding, _names, compare_layers, finding_sparsity_across, headline_rows,
+                            judged_norms, rules, snapshot_measures)
+from bnrep.norms import same_start, sort_key
 from bnrep.results import LABELS, REF, SHORT, Results, is_paper_pair, rankings
 
 
@@ -179,3 +184,44 @@ def across_findings(per_exp: dict[str, list[Finding]]) -> list[Finding]:
     pairs = sorted({(f.norm, f.ref) for fs in per_exp.values() for f in fs}, key=lambda p: (sort_key(p[0]), sort_key(p[1])))
     return [finding_sparsity_across({name: f for name, fs in per_exp.items() for f in fs
                                      if f.number == 1 and (f.norm, f.ref) == pair}) for pair in pairs]
+
+
+# ==== at initialisation: were the final differences there before training? ====
+
+def initialisation_rows(r: Results) -> list[list[str]]:
+    """Per measure and condition against the reference: the layers that differ beyond seed noise at the final
+    epoch, and how many of them differed the same way at initialisation (epoch 0); [] without epoch 0."""
+    rows = []
+    for m in snapshot_measures():
+        early = r.snapshots.get(m.table, pd.DataFrame())
+        early = early[early["epoch"] == 0] if len(early) else early
+        if early.empty or r.table(m.table).empty:
+            continue
+        for n in [c for c in r.norms if c != r.ref]:
+            fin, ini = (compare_layers(headline_rows(m, d), m.values[0], n, r.ref) for d in (r.table(m.table), early))
+            fin, ini = fin[fin["p"] < P_MAX], ini.set_index("layer_index")
+            gap = {x.layer: (x.a - x.ref, *(ini.loc[x.layer_index, ["a", "ref", "p"]] if x.layer_index in ini.index
+                                            else (math.nan,) * 3)) for x in fin.itertuples()}
+            same = [l for l, (g, a, b, p) in gap.items() if p < P_MAX and np.sign(a - b) == np.sign(g)]
+            like = [l for l, (g, a, b, p) in gap.items() if l not in same and (a - b) / g >= 0.5]  # >= half, noisy
+            said = ("no layer differs at the final epoch" if fin.empty else
+                    "appeared in training: at initialisation the two are one network with the same weights, whose "
+                    "epoch-0 differences come from the batch size its batch statistics were measured at"
+                    if same_start(n, r.ref) and (same or like) else "appeared in training"
+                    if same_start(n, r.ref) else "already at initialisation"
+                    if len(same) == len(fin) else "partly at initialisation" if same else "appeared in training"
+                    if not like else f"unclear: {_names(like)} at least half as large at epoch 0, within seed noise")
+            rows.append([m.name or m.table.replace("_", " "), f"{SHORT[n]} vs {SHORT[r.ref]}",
+                         f"{len(fin)} ({_names(fin['layer'])})" if len(fin) else "0",
+                         f"{len(same)} ({_names(same)})" if same else "0", said])
+    return rows
+
+
+def initialisation_blocks(r: Results) -> list[tuple]:
+    """Report blocks, with --snapshots 0: which differences between conditions at the final epoch were there at initialisation."""
+    rows = initialisation_rows(r)
+    return [("p", f"At initialisation (epoch 0) against the final epoch: per measure, the layers where a condition "
+                  f"differs from {SHORT[r.ref]} beyond seed noise (Welch, p < {P_MAX}) at the final epoch, and how "
+                  f"many of those differed the same way before training:"),
+            ("table", ["measure", "pair", "layers that differ, final", "of those, the same at initialisation",
+                       "reading"], rows)] if rows else []

@@ -12,7 +12,7 @@ import pytest
 import torch
 from matplotlib.colors import to_hex
 
-from bnrep import captions, conditions, correlations, figures, findings, report, results
+from bnrep import captions, conditions, correlations, figures, findings, report, results, verdicts
 from bnrep.experiments import get_experiment
 from bnrep.store import Store
 from bnrep.results import COLORS, SHORT
@@ -1428,7 +1428,7 @@ def test_a_gap_as_large_at_initialisation_but_within_seed_noise_is_not_said_to_a
             for c in ("batch", "none") for s in (0, 1) for li in layers
             for epoch, gap, spread in ((-1, 5, 0.1), (0, *at_init[li]))]
     r = Results(get_experiment("synthetic-cnn"), {"effective_rank": pd.DataFrame(rows)})
-    assert findings.initialisation_rows(r) == [["Effective rank", "BN vs NBN",
+    assert verdicts.initialisation_rows(r) == [["Effective rank", "BN vs NBN",
                                                 f"{len(layers)} ({', '.join(f'l{i}' for i in layers)})", same, reading]]
 
 
@@ -1690,7 +1690,7 @@ def test_an_epoch_0_difference_between_one_network_measured_at_two_batch_sizes_i
                  value=10 + 5 * (c == a) + (0.1 if s else -0.1))
             for c in (a, ref) for s in (0, 1) for epoch in (-1, 0)]
     r = Results(e, {"effective_rank": pd.DataFrame(rows)})
-    (row,) = [x for x in findings.initialisation_rows(r) if x[1] == f"{SHORT[a]} vs {SHORT[ref]}"]
+    (row,) = [x for x in verdicts.initialisation_rows(r) if x[1] == f"{SHORT[a]} vs {SHORT[ref]}"]
     assert row[3] == "1 (l1)"  # the same gap at epoch 0 ...
     assert row[4] == ("appeared in training: at initialisation the two are one network with the same weights, whose "
                       "epoch-0 differences come from the batch size its batch statistics were measured at"
