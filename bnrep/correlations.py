@@ -177,8 +177,17 @@ def predictors(r: Results) -> list[dict]:
 # ==== as a table for the report ====
 
 def p_text(p: float) -> str:
-    """A p-value for the report: two significant digits; below 1e-16 (0 when it underflows) as such."""
-    return "n/a" if pd.isna(p) else "< 1e-16" if p < 1e-16 else f"{p:.2g}"
+    """A p-value for the report: two significant digits, more where two would hide which side of P_MAX it lies
+    on (0.0496 and 0.0502 both read "0.05", one counted and one not); below 1e-16 (0 when it underflows) as such."""
+    if pd.isna(p):
+        return "n/a"
+    if p < 1e-16:
+        return "< 1e-16"
+    for digits in range(2, 7):
+        said = f"{p:.{digits}g}"
+        if float(said) != P_MAX and (float(said) < P_MAX) == (p < P_MAX):
+            return said
+    return f"{p:.2g}"  # p = P_MAX itself: "0.05", not counted (p < P_MAX counts)
 
 
 def _rp(r: float, p: float) -> str:

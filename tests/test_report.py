@@ -834,6 +834,20 @@ def test_a_p_value_below_float_precision_reads_as_such():
     assert [correlations.p_text(p) for p in (0.0, 3e-17, 0.0341, float("nan"))] == ["< 1e-16", "< 1e-16", "0.034", "n/a"]
 
 
+@pytest.mark.parametrize("name,p,said", [
+    ("just below the threshold: counted, so not 0.05", 0.0496, "0.0496"),
+    ("just above it: not counted, told apart from the one below", 0.0502, "0.0502"),
+    ("closer still", 0.04999, "0.04999"),
+    ("the threshold itself: not counted", 0.05, "0.05"),
+    ("two digits already on the right side", 0.049, "0.049"),
+    ("far from it: two digits", 0.0549, "0.055"),
+    ("far below it", 0.0341, "0.034"),
+])
+def test_a_p_value_near_the_threshold_shows_its_side(name, p, said):
+    """0.0496 (counted, p < 0.05) and 0.0502 (not) both read "0.05" in one report."""
+    assert correlations.p_text(p) == said, name
+
+
 def test_welch_rule_is_stated_in_the_report(full):
     out, _ = full
     md = (out / "digits-cnn" / "report" / "report.md").read_text()
