@@ -88,22 +88,28 @@ def significant_signs(c: dict, methods=("pearson", "spearman")) -> set[int]:
     return {int(np.sign(c[f"{m}_r"])) for m in methods if abs(c[f"{m}_r"]) >= R_MIN and c[f"{m}_p"] < P_MAX}
 
 
+def group_word(names) -> str:
+    """What the groups a correlation is controlled for are called: 'normalisation' while every one of `names` is a
+    normalisation, else 'condition' (BatchNorm at batch 16 and at batch 64 are one normalisation)."""
+    return "normalisation" if axis_word(names) == "norm" else "condition"
+
+
 def only_between_groups(across: dict, partial: dict) -> bool:
     """A counted across-model correlation that does not count, with the same sign, once the
     normalisation is controlled for: its sign comes from the difference between the groups."""
     return bool(significant_signs(across) - significant_signs(partial, ("pearson",)))
 
 
-def between_groups_reason(across: dict, partial: dict) -> str:
-    """How a counted correlation (`only_between_groups`) fares once the normalisation is controlled for: weak
-    or of the other sign within the groups (it comes from their difference), or as strong as across them but
-    not significant (too few models within the groups to tell)."""
+def between_groups_reason(across: dict, partial: dict, word: str = "normalisation") -> str:
+    """How a counted correlation (`only_between_groups`) fares once the `word` (group_word) is controlled for:
+    weak or of the other sign within the groups (it comes from their difference), or as strong as across them
+    but not significant (too few models within the groups to tell)."""
     r, p = partial["pearson_r"], partial["pearson_p"]
     said = f"partial r = {'n/a' if pd.isna(r) else f'{r:.2f}'}, p = {p_text(p)}"
     if too_few_within(across, partial):
-        return (f"is not significant once the normalisation is controlled for ({said}): too few models within "
+        return (f"is not significant once the {word} is controlled for ({said}): too few models within "
                 f"the groups to tell it from the difference between them")
-    return f"comes only from the difference between the normalisation groups ({said})"
+    return f"comes only from the difference between the {word} groups ({said})"
 
 
 def too_few_within(across: dict, partial: dict) -> bool:
@@ -194,8 +200,10 @@ def _rp(r: float, p: float) -> str:
     return "n/a" if pd.isna(r) else f"{r:+.2f} (p {p_text(p)})"
 
 
-def predictor_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    word = axis_word({n for x in rows for n in x["within_spearman"]})  # norm, or condition
+def predictor_rows(rows: list[dict], norms) -> tuple[list[str], list[list[str]]]:
+    """The predictor table, its words from the study's conditions `norms` (the within-group values of a
+    condition with fewer than MIN_WITHIN models are absent)."""
+    word = axis_word(norms)  # norm, or condition
     header = ["measure (mean over layers)", "vs", "models", "Pearson r (p)", "Spearman r (p)",
               f"Spearman within each {word}", f"partial Pearson r (p), {word} controlled", "note"]
     out = []
@@ -203,7 +211,7 @@ def predictor_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         within = ", ".join(f"{SHORT.get(n, n)} {'n/a' if pd.isna(v) else f'{v:+.2f}'}"
                            for n, v in x["within_spearman"].items()) or "n/a"
         note = "as strong within the groups, too few models to be significant" if x["too_few_within"] else \
-            "sign only from the difference between the normalisation groups" if x["between_groups_only"] else ""
+            f"sign only from the difference between the {group_word(norms)} groups" if x["between_groups_only"] else ""
         out.append([x["measure"], TARGETS[x["target"]], str(x["models"]), _rp(x["pearson_r"], x["pearson_p"]),
                     _rp(x["spearman_r"], x["spearman_p"]), within,
                     _rp(x["partial_pearson_r"], x["partial_pearson_p"]), note])
@@ -220,11 +228,20 @@ def limits_sentence(r: Results, rows: list[dict]) -> str:
     """What a correlation over these N models can and cannot show, with the real counts."""
     m = model_measures(r)
     n = int(m.dropna(subset=["test_acc"]).shape[0])
-    per = ", ".join(f"{k} {SHORT.get(g, g)}" for g, k in m["condition"].value_counts().reindex(ordered(m["condition"])).items())
+    counts = m["condition"].value_counts().reindex(ordered(m["condition"]))
+    per = ", ".join(f"{k} {SHORT.get(g, g)}" for g, k in counts.items())
+    word, group = axis_word(r.norms), group_word(r.norms)
+    few = [SHORT.get(g, g) for g, k in counts.items() if k < MIN_WITHIN]
     return (f"These are correlations over {n} models ({per}). They show whether a measure and generalisation "
             f"moved together across these models, not that one causes the other, nor that it holds for other "
             f"models or data. With {n} models only strong correlations are distinguishable from chance: "
             f"|Pearson r| >= {r_critical(n):.2f} for p < {P_MAX}, and the p-values are not corrected for the "
-            f"{len(rows)} correlations in the table. Across normalisations, a correlation can be the difference "
-            f"between the normalisation groups alone (both the measure and the accuracy differ by norm): the "
-            f"within-norm and partial columns show what is left inside the groups.")
+            f"{len(rows)} correlations in the table. Across {group}s, a correlation can be the difference "
+            f"between the {group} groups alone (both the measure and the accuracy differ by {word}): the "
+            f"within-{word} and partial columns show what is left inside the groups."
+            + (f" A Spearman r within a {word} needs at least {MIN_WITHIN} models of it: "
+               f"{'every ' + word if len(few) == len(counts) else _list(few)} has fewer, hence n/a." if few else ""))
+
+
+def _list(names) -> str:
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bnrep.correlations import (MIN_MODELS, P_MAX, R_MIN, between_groups_reason, correlate,  # noqa: F401
-                                only_between_groups, p_text as _p, partial_corr, significant_signs)
+from bnrep.correlations import (MIN_MODELS, MIN_WITHIN, P_MAX, R_MIN, between_groups_reason, correlate,  # noqa: F401
+                                group_word, only_between_groups, p_text as _p, partial_corr, significant_signs)
 from bnrep.conditions import MIN_SEEDS, MOSTLY_ZERO, Condition, conditions
 from bnrep.experiments import LR_EDGE
 from bnrep.measures import MEASURES
@@ -130,11 +130,18 @@ OTHER_NORMS_RULE = ("Every condition is judged against no normalisation by the s
 
 
 def rules(norms, ref: str = REF) -> list[str]:
+    """RULES, their groups named as the study's axis names them (conditions: BatchNorm at batch 16 and at 64 are
+    one normalisation), and what 'BN' stands for where the study is not the paper's pair."""
+    if is_paper_pair(norms) and ref == REF:
+        return RULES
+    word = group_word(norms)
+    worded = [x.replace("each BN setting", f"each {word}").replace("for the normalisation", f"for the {word}")
+              .replace("seeds per normalisation", f"seeds per {word}") for x in RULES]
     if ref != REF:
-        return RULES + [f"Here every condition is judged against the reference condition {LABELS[ref]} "
-                        f"({SHORT[ref]}) by the same rules: 'BN' stands for the condition judged and 'no BN' for "
-                        f"the reference; models of other conditions are left out."]
-    return RULES if is_paper_pair(norms) else RULES + [OTHER_NORMS_RULE]
+        return worded + [f"Here every condition is judged against the reference condition {LABELS[ref]} "
+                         f"({SHORT[ref]}) by the same rules: 'BN' stands for the condition judged and 'no BN' for "
+                         f"the reference; models of other conditions are left out."]
+    return worded + [OTHER_NORMS_RULE]
 
 
 # ==== findings (paper section 6) ====
@@ -292,17 +299,16 @@ def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame,
                                    ("gap", "the generalisation gap")) if m[col].nunique() == 1]
     if all(pd.isna(c[f"{k}_r"]) for c in (test, gap) for k in ("pearson", "spearman")):  # nothing to correlate
         verdict = "inconclusive"  # (no correlation computed is not "no correlation")
-    labels = norm_labels(norms)
+    labels, word = norm_labels(norms), group_word((norm, ref))  # normalisation, or condition: what differs
     within = {labels[n]: correlate(g["sparsity"], g["test_acc"])["spearman_r"]
-              for n in (norm, ref) for g in [m[m["condition"] == n]] if len(g) >= 3}
+              for n in (norm, ref) for g in [m[m["condition"] == n]] if len(g) >= MIN_WITHIN}
     partial = {"test_acc": partial_corr(m, "sparsity", "test_acc"), "gap": partial_corr(m, "sparsity", "gap")}
-    setting = "BN setting" if is_paper_pair(norms) else "normalisation"
+    setting = "BN setting" if is_paper_pair(norms) else word
     detail = (f"across {len(m)} models, mean layer sparsity vs test accuracy: Pearson r = {_num(test['pearson_r'])} "
               f"(p = {_p(test['pearson_p'])}), Spearman {_num(test['spearman_r'])} (p = {_p(test['spearman_p'])}); "
               f"vs generalisation gap: Pearson r = {_num(gap['pearson_r'])} (p = {_p(gap['pearson_p'])}), "
               f"Spearman {_num(gap['spearman_r'])} (p = {_p(gap['spearman_p'])}). Within one {setting}, "
-              f"Spearman vs test accuracy: " + (", ".join(f"{k} {_num(v)}" for k, v in within.items()) or "n/a") +
-              f". Controlling for the normalisation (partial Pearson): vs test accuracy "
+              f"Spearman vs test accuracy: {_within_text(within, [labels[norm], labels[ref]])}. Controlling for the {word} (partial Pearson): vs test accuracy "
               f"r = {_num(partial['test_acc']['pearson_r'])} (p = {_p(partial['test_acc']['pearson_p'])}), "
               f"vs gap r = {_num(partial['gap']['pearson_r'])} (p = {_p(partial['gap']['pearson_p'])}).")
     f = Finding(2, claim(2, norm, ref), verdict, detail, {"models": len(m), "test_acc": test, "gap": gap,
@@ -315,8 +321,16 @@ def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame,
     if lost and verdict in JUDGED:
         f.verdict = "inconclusive"
         f.caveats += [f"the correlation with {'test accuracy' if y == 'test_acc' else 'the gap'} "
-                      f"{between_groups_reason({'test_acc': test, 'gap': gap}[y], partial[y])}" for y in lost]
+                      f"{between_groups_reason({'test_acc': test, 'gap': gap}[y], partial[y], word)}" for y in lost]
     return f
+
+
+def _within_text(within: dict[str, float], groups: list[str]) -> str:
+    """Spearman r within each group, or n/a and why (fewer than MIN_WITHIN models)."""
+    if not within:
+        return f"n/a (fewer than {MIN_WITHIN} models of each)"
+    return ", ".join(f"{g} {_num(within[g])}" if g in within else f"{g} n/a (fewer than {MIN_WITHIN} models)"
+                     for g in groups)
 
 
 def _num(v: float) -> str:

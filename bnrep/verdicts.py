@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from bnrep.axis import axis_word
-from bnrep.correlations import MIN_MODELS, between_groups_reason, limits_sentence, predictor_rows, predictors
+from bnrep.correlations import (MIN_MODELS, between_groups_reason, group_word, limits_sentence, predictor_rows,
+                                predictors)
 from bnrep.findings import (CLAIMS, P_MAX, RULES, Finding, _names, compare_layers, finding_sparsity_across, headline_rows,
                             judged_norms, rules, snapshot_measures)
 from bnrep.norms import same_start, sort_key
@@ -113,7 +114,8 @@ def predictor_blocks(r: Results, heading: str = "Which measure predicts generali
     if not rows:
         return [("h2", heading), ("p", f"Not computed: needs results/training and a measure for at least "
                                        f"{MIN_MODELS} models.")]
-    header, cells = predictor_rows(rows)
+    header, cells = predictor_rows(rows, r.norms)
+    word = group_word(r.norms)  # normalisation, or condition
     blocks = [("h2", heading),
               ("p", "Per model, each measure is averaged over its layers (those with a value; sparsity at the "
                     "smallest eps, k-means DBI at the optimal k) and correlated with test accuracy and with the "
@@ -121,10 +123,10 @@ def predictor_blocks(r: Results, heading: str = "Which measure predicts generali
                     "and Spearman across all models."),
               ("table", header, cells), ("p", limits_sentence(r, rows))]
     only = [f"{x['measure']} vs {'test accuracy' if x['target'] == 'test_acc' else 'the gap'} "
-            f"{between_groups_reason(x, {'pearson_r': x['partial_pearson_r'], 'pearson_p': x['partial_pearson_p']})}"
+            f"{between_groups_reason(x, {'pearson_r': x['partial_pearson_r'], 'pearson_p': x['partial_pearson_p']}, word)}"
             for x in rows if x["between_groups_only"] or x["too_few_within"]]
     if only:
-        blocks.append(("note", f"Across models, then within the normalisation groups: {'; '.join(only)}. Neither "
+        blocks.append(("note", f"Across models, then within the {word} groups: {'; '.join(only)}. Neither "
                                f"kind shows a link between the measure and generalisation."))
     return blocks
 
@@ -174,7 +176,7 @@ def combined_rules(rs: list[Results]) -> list[str]:
     norms = {n for r in rs for n in r.norms}
     if len(refs) == 1:
         return rules(norms, next(iter(refs)))
-    return RULES + [f"{', '.join(names)}: {line}" for ref, names in refs.items()
+    return rules(norms, next(iter(refs)))[:len(RULES)] + [f"{', '.join(names)}: {line}" for ref, names in refs.items()
                     for line in rules(norms, ref)[len(RULES):] or [f"every condition is judged against {LABELS[ref]}."]]
 
 

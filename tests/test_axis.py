@@ -403,3 +403,61 @@ def test_a_setting_of_the_whole_experiment_is_not_blamed_on_a_condition(change, 
     with pytest.raises(ConfigError) as e:
         BASE.override(conditions="batch; bn-b8:batch,batch_size=8; none", **change)
     assert str(e.value).startswith(line) and "condition" not in str(e.value), str(e.value)
+
+
+def _batch_size_study():
+    """bn-b16 sparser and better than bn-b64 (the reference), 2 seeds each; within each condition no link."""
+    import pandas as pd
+
+    from bnrep.results import Results
+
+    e = BASE.override(conditions="bn-b16:batch,batch_size=16; bn-b64:batch,batch_size=64", reference="bn-b64")
+    cond = ["bn-b16", "bn-b16", "bn-b64", "bn-b64"]
+    key = dict(model_id=[f"m{i}" for i in range(4)], norm="batch", condition=cond, seed=[0, 1, 0, 1])
+    tr = pd.DataFrame(dict(key, train_acc=1.0, test_acc=[.9805, .9795, .9005, .8995]))
+    ls = pd.DataFrame(dict(key, layer="l1", layer_index=1, eps=0.0, activation="ReLU", sparsity=[.51, .49, .09, .11]))
+    return Results(e, {"training": tr, "layer_sparsity": ls})
+
+
+def test_claim_2_names_the_groups_it_controls_for_as_conditions():
+    """bn-b16 and bn-b64 are one normalisation: what is controlled for is the condition (the batch size), and a
+    within-condition Spearman r is n/a for a reason the finding gives."""
+    from bnrep import findings
+
+    r = _batch_size_study()
+    f = findings.finding_generalisation(r.table("training"), r.table("layer_sparsity"), "bn-b16", r.ref)
+    assert f.verdict == "inconclusive", f.detail
+    assert ("Within one condition, Spearman vs test accuracy: n/a (fewer than 3 models of each). Controlling for "
+            "the condition (partial Pearson): vs test accuracy r = 0.00 (p = 1)") in f.detail
+    assert f.caveats == [f"the correlation with {y} comes only from the difference between the condition groups "
+                         f"(partial r = {r}, p = 1)" for y, r in (("test accuracy", "0.00"), ("the gap", "-0.00"))]
+    assert "normalisation" not in f.detail
+
+
+def test_which_measure_predicts_generalisation_names_the_groups_as_conditions_with_two_seeds():
+    """The header said 'norm' in every study with fewer than 3 seeds (decided from the within-group values,
+    none of which exist then); the n/a of the within column is said once, with its reason."""
+    from bnrep import correlations, verdicts
+
+    r = _batch_size_study()
+    blocks = verdicts.predictor_blocks(r)
+    (header, rows), = [b[1:] for b in blocks if b[0] == "table"]
+    assert header[5:7] == ["Spearman within each condition", "partial Pearson r (p), condition controlled"]
+    assert rows[0][5] == "n/a" and rows[0][-1] == "sign only from the difference between the condition groups"
+    limits = correlations.limits_sentence(r, correlations.predictors(r))
+    assert limits.endswith("Across conditions, a correlation can be the difference between the condition groups "
+                           "alone (both the measure and the accuracy differ by condition): the within-condition and "
+                           "partial columns show what is left inside the groups. A Spearman r within a condition "
+                           "needs at least 3 models of it: every condition has fewer, hence n/a.")
+    (note,) = [b[1] for b in blocks if b[0] == "note"]
+    assert note.startswith("Across models, then within the condition groups: layer sparsity")
+    assert "comes only from the difference between the condition groups (partial r = 0.00, p = 1)" in note
+    rule = next(x for x in findings_rules(r) if x.startswith("2 (sparsity"))
+    assert ("the Spearman correlation within each condition and the partial (Pearson) correlation controlling for "
+            "the condition") in rule
+
+
+def findings_rules(r):
+    from bnrep.findings import rules
+
+    return rules(r.norms, r.ref)

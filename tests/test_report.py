@@ -1253,7 +1253,7 @@ def test_a_predictor_whose_sign_is_only_the_groups_is_noted(name, nc1, note):
     assert test["pearson_r"] < -0.5 and test["pearson_p"] < 0.05, name  # counts across all 8 models
     for x in (test, gap):  # findings.json's flags say what the report's note says
         assert (x["between_groups_only"], x["too_few_within"]) == (note == NOTE, note == FEW), name
-    header, rows = correlations.predictor_rows([test, gap])
+    header, rows = correlations.predictor_rows([test, gap], r.norms)
     assert [row[-1] for row in rows] == [note, note]
 
 
