@@ -29,6 +29,7 @@ from scipy import stats
 
 from bnrep.correlations import (MIN_MODELS, MIN_WITHIN, P_MAX, R_MIN, between_groups_reason, correlate,  # noqa: F401
                                 group_word, only_between_groups, p_text as _p, partial_corr, significant_signs)
+from bnrep.axis import overrides_of
 from bnrep.conditions import MIN_SEEDS, MOSTLY_ZERO, Condition, conditions
 from bnrep.experiments import LR_EDGE
 from bnrep.measures import MEASURES
@@ -174,14 +175,33 @@ class Finding:
 
 
 def claim(number: int, norm: str = "batch", ref: str = REF) -> str:
-    """The paper's claim about `norm`, judged against `ref`: a reference other than none is named in it."""
-    text = CLAIMS[number].replace("BatchNorm", NORM_NAMES[norm]) if norm in NORM_NAMES else CLAIMS[number]
-    if ref == REF:
-        return text
-    other, named = NORM_NAMES.get(ref, ref), NORM_NAMES.get(norm, norm)
-    old, new = {1: ("tions.", f"tions, compared with {other}."), 2: ("ion.", f"ion (models with {named} and with "
-                f"{other})."), 3: ("trained without", f"with {other}"), 4: ("network", f"network than {other}")}[number]
-    return text.replace(old, new)
+    """The paper's claim about `norm`, judged against `ref`: the reference is named in it unless the paper's
+    'without' says it all (`ref` none, `norm` differing from it in the normalisation alone)."""
+    return worded(number, NORM_NAMES.get(norm, norm), reference_name(norm, ref) if names_reference(norm, ref) else None)
+
+
+def worded(number: int, named: str, other: str | None = None) -> str:
+    """Claim `number` about `named` (the paper: BatchNorm) against `other` (None: the paper's 'trained without')."""
+    text = CLAIMS[number] if named == "BatchNorm" else (
+        CLAIMS[number].replace("where BatchNorm clusters", "where its clusters").replace("BatchNorm", named))
+    if other is not None:
+        old, new = {1: ("tions.", f"tions, compared with {other}."), 2: ("ion.", f"ion (models with {named} and with "
+                    f"{other})."), 3: ("trained without", f"with {other}"), 4: ("network", f"network than {other}")}[number]
+        text = text.replace(old, new)
+    return text[:1].upper() + text[1:]
+
+
+def names_reference(norm: str, ref: str = REF) -> bool:
+    """Whether a claim names its reference: one other than none, or none where `norm` changes the recipe too
+    (without what: the normalisation, or the batch size?)."""
+    return ref != REF or bool(overrides_of(norm))
+
+
+def reference_name(norm: str, ref: str = REF) -> str:
+    """The reference as a claim about `norm` names it, with the study's recipe where `norm` changes it and the
+    reference does not ('no norm at the study's batch size')."""
+    own = [k.replace("_", " ") for k in overrides_of(norm) if k not in overrides_of(ref)]
+    return NORM_NAMES.get(ref, ref) + (f" at the study's {' and '.join(own)}" if own else "")
 
 
 def _not_evaluated(number: int, tables: dict[str, pd.DataFrame], norm: str = "batch", ref: str = REF) -> Finding:
@@ -425,7 +445,7 @@ def finding_early_clusters(kmeans: pd.DataFrame, first_layer: int, n_classes: in
     name = best.drop_duplicates("layer_index").set_index("layer_index")["layer"]  # as the other claims say them
     at = {n: "never" if v is None else f"at {name[v]}" for n, v in reach.items()}
     detail = (f"seed-mean optimal k first within +-{K_TOL} of {n_classes} classes {at[norm]} with {a}, "
-              f"{at[ref]} {'without' if ref == REF else f'with {ref_name}'}; mean |optimal k - {n_classes}| "
+              f"{at[ref]} {f'with {ref_name}' if names_reference(norm, ref) else 'without'}; mean |optimal k - {n_classes}| "
               f"over the early layers {_names(name[early])}: {a} {dist.get(norm, math.nan):.2f}, "
               f"{ref_name} {dist.get(ref, math.nan):.2f} (Welch p {_p(p)}).")
     if kmax < n_classes - K_TOL:

@@ -461,3 +461,28 @@ def findings_rules(r):
     from bnrep.findings import rules
 
     return rules(r.norms, r.ref)
+
+
+def test_a_claim_against_none_names_it_where_the_condition_changes_the_recipe_too():
+    """gbn4-b16 differs from none in its norm and its batch size: "than models trained without" left open
+    without what; a plain ghost:8 keeps the paper's words. A claim starts with a capital."""
+    from bnrep import findings
+
+    BASE.override(conditions="batch; gbn4-b16:ghost:4,batch_size=16; ghost:8; none")  # registers gbn4-b16
+    assert findings.claim(1, "gbn4-b16") == (
+        "Ghost BatchNorm (4 per virtual batch) at batch size 16 does not consistently induce nor prevent sparsity in "
+        "hidden representations, compared with no norm at the study's batch size.")
+    assert findings.claim(3, "gbn4-b16") == (
+        "Ghost BatchNorm (4 per virtual batch) at batch size 16 tends to produce purer representational clusters "
+        "than models with no norm at the study's batch size, especially in the case of class-based representations. "
+        "For class-agnostic representation, results are less clear, except at the final layer, where its clusters "
+        "are again purer.")
+    assert findings.claim(4, "gbn4-b16").startswith("Ghost BatchNorm (4 per virtual batch) at batch size 16 forms "
+                                                    "class-agnostic clusters earlier in the network than no norm at "
+                                                    "the study's batch size, and")
+    assert findings.claim(3, "ghost:8").startswith("Ghost BatchNorm (8 per virtual batch) tends to produce purer "
+                                                   "representational clusters than models trained without, especially")
+    assert findings.claim(1, "bn-b4", "bn-b64").endswith("compared with BatchNorm at batch size 64.")  # its own size
+    level = {"gbn4-b16": 0.0, "none": 0.0}
+    f = findings.finding_early_clusters(_per_layer(level, "dbi", ks=(2, 3)), 1, 10, "gbn4-b16")
+    assert "first within +-1 of 10 classes never with gbn4-b16, never with no norm; mean" in f.detail, f.detail

@@ -1593,7 +1593,7 @@ def test_a_claim_against_another_reference_names_it():
     get_experiment("digits-cnn").override(conditions="batch; bn-b32:batch,batch_size=32; none")  # registers bn-b32
     assert findings.claim(3, "batch") == findings.CLAIMS[3]
     assert findings.claim(3, "none", "bn-b32").startswith(
-        "no norm tends to produce purer representational clusters than models with BatchNorm at batch size 32, especially")
+        "No norm tends to produce purer representational clusters than models with BatchNorm at batch size 32, especially")
     assert "trained without" not in findings.claim(3, "batch", "bn-b32")
 
 
