@@ -15,7 +15,7 @@ from bnrep.axis import axis_word
 from bnrep.correlations import (MIN_MODELS, between_groups_reason, group_word, limits_sentence, predictor_rows,
                                 predictors)
 from bnrep.findings import (CLAIMS, P_MAX, RULES, Finding, _names, compare_layers, finding_sparsity_across, headline_rows,
-                            judged_norms, rules, snapshot_measures)
+                            judged_norms, names_reference, rules, snapshot_measures, worded)
 from bnrep.norms import same_start, sort_key
 from bnrep.results import LABELS, REF, SHORT, Results, is_paper_pair, rankings
 
@@ -67,12 +67,13 @@ def findings_blocks(r: Results, fs: list[Finding]) -> list[tuple]:
                 *initialisation_blocks(r), ("p", "How verdicts are decided:"), ("ul", rules(r.norms, r.ref))]
     by = {(f.number, f.norm): f for f in fs}
     matrix = [[str(i), c] + [by[(i, n)].verdict for n in judged] for i, c in _claims(fs)]
-    evidence = [[str(f.number), SHORT[f.norm], f.verdict_said(said + per.get(f.norm, ())), f.detail] for f in fs]
+    evidence = [[str(f.number), SHORT[f.norm], f.claim, f.verdict_said(said + per.get(f.norm, ())), f.detail] for f in fs]
     against = f"no normalisation ({SHORT[REF]})" if r.ref == REF else f"the reference {LABELS[r.ref]} ({SHORT[r.ref]})"
-    each = {"norm": "normalisation", "condition": "condition"}[axis_word(r.norms)]
-    blocks = [*head, ("p", f"Each claim judged for each {each} against {against}:"),
+    each = group_word(r.norms)
+    blocks = [*head, ("p", f"Each claim judged for each {each} against {against}; the second table gives each claim "
+                           f"as worded for the {each} it judges, with its evidence:"),
               ("table", ["#", "Claim (paper section 6)"] + [f"{SHORT[n]} vs {SHORT[r.ref]}" for n in judged], matrix),
-              ("table", ["#", "Norm", "Verdict", "Evidence"], evidence)]
+              ("table", ["#", axis_word(r.norms).capitalize(), "Claim tested", "Verdict", "Evidence"], evidence)]
     ranks = rankings(r)
     if ranks:
         blocks += [("p", "Rankings (best first; mean ± std over seeds):"), ("table", ["measure", "ranking"], ranks)]
@@ -132,29 +133,36 @@ def predictor_blocks(r: Results, heading: str = "Which measure predicts generali
 
 
 def _claims(fs: list[Finding]) -> list[tuple[int, str]]:
-    """(number, claim as the paper words it) for the claims in `fs`."""
-    return [(i, CLAIMS[i]) for i in sorted({f.number for f in fs})]
+    """(number, claim) for the claims in `fs`, worded for every column of a matrix of them: the paper's words
+    where each is BatchNorm against none, else for 'the condition judged' against 'the reference'."""
+    numbers = sorted({f.number for f in fs})
+    if all((f.norm, f.ref) == ("batch", REF) for f in fs):
+        return [(i, CLAIMS[i]) for i in numbers]
+    judged = f"the {group_word({f.norm for f in fs} | {f.ref for f in fs})} judged"
+    other = "the reference" if any(names_reference(f.norm, f.ref) for f in fs) else None  # else 'trained without'
+    return [(i, worded(i, judged, other)) for i in numbers]
 
 
 def combined_findings_blocks(rs: list[Results], per_exp: dict[str, list[Finding]],
                              across: list[Finding]) -> list[tuple]:
     """Claim 1 across experiments, a verdict matrix (claim x experiment and norm), then each experiment's evidence."""
     paper = is_paper_pair({n for r in rs for n in r.norms}) and {r.ref for r in rs} == {REF}
+    word = axis_word({n for r in rs for n in r.norms}).capitalize()  # Norm, or Condition
     cols = [(name, n) for name, fs in per_exp.items() for n in dict.fromkeys(f.norm for f in fs)]
     ref_of = {r.experiment.name: r.ref for r in rs}
     by = {(name, f.number, f.norm): f for name, fs in per_exp.items() for f in fs}
     matrix = [[str(i), c] + [by[(name, i, n)].verdict for name, n in cols]
               for i, c in _claims([f for fs in per_exp.values() for f in fs])]
     blocks = [("h2", "Findings (paper section 6)"), ("p", "Claim 1 across experiments:"),
-              ("table", ["Norm", "Verdict", "Evidence"] if not paper else ["Verdict", "Evidence"],
+              ("table", [word, "Verdict", "Evidence"] if not paper else ["Verdict", "Evidence"],
                [([] if paper else [_against(f.norm, f.ref)]) + [f.verdict_text, f.detail] for f in across]),
               ("table", ["#", "Claim"] + [name if paper else f"{name} {_against(n, ref_of[name])}" for name, n in cols],
                matrix)]
     for name, fs in per_exp.items():
-        head = ["#", "Verdict", "Evidence"] if paper else ["#", "Norm", "Verdict", "Evidence"]
+        head = ["#", "Verdict", "Evidence"] if paper else ["#", word, "Claim tested", "Verdict", "Evidence"]
         blocks += [("h2", f"Findings: {name}"),
-                   ("table", head, [[str(f.number)] + ([] if paper else [SHORT[f.norm]]) + [f.verdict_text, f.detail]
-                                    for f in fs])]
+                   ("table", head, [[str(f.number)] + ([] if paper else [SHORT[f.norm], f.claim]) + [f.verdict_text,
+                                                                                                    f.detail] for f in fs])]
         r = next(r for r in rs if r.experiment.name == name)
         ranks = rankings(r)
         if ranks:
