@@ -44,6 +44,12 @@ def _field(r: Results, field: str, fmt: str = "{}") -> str:
     return "(" + ", ".join(f"{SHORT.get(n, n)} {fmt.format(v)}" for n, v in values.items()) + ")"
 
 
+def label_and_tag(label: str, tag: str) -> str:
+    """'BatchNorm (BN)'; a label ending in parentheses takes the tag inside them: 'ghost BatchNorm (8 per
+    virtual batch; GBN8)', not '... batch) (GBN8)'."""
+    return f"{label[:-1]}; {tag})" if label.endswith(")") else f"{label} ({tag})"
+
+
 def settings_rows(r: Results) -> list[list[str]]:
     e, t = r.experiment, r.table("training")
     setting = "BN setting" if is_paper_pair(r.norms) else {"norm": "normalisation"}.get(axis_word(r.norms), "condition")
@@ -51,7 +57,8 @@ def settings_rows(r: Results) -> list[list[str]]:
     rows = [["experiment", (f"{e.name} ({e.description})" if e.description else e.name) + sizes],
             ["dataset / model", f"{e.dataset}{f' at {e.image_size} px' if e.image_size else ''} / {e.model}"],
             ["classes", class_text(r)],
-            ["normalisations", ", ".join(f"{norm_labels(r.norms)[n]} ({SHORT[n]})" for n in r.norms)],
+            [{"norm": "normalisations"}.get(axis_word(r.norms), "conditions"),
+             ", ".join(label_and_tag(norm_labels(r.norms)[n], SHORT[n]) for n in r.norms)],
             *([["training", IMPORTED]] if r.imported else [
                 ["optimiser", f"{_field(r, 'optimizer')}, lr decay x{_field(r, 'lr_gamma', '{:g}')} every "
                               f"{_field(r, 'lr_step_epochs')} epochs, batch {_field(r, 'batch_size')}; lr and "

@@ -1405,6 +1405,14 @@ def test_settings_print_hyperparameters_at_three_digits():
     assert rows["optimiser"].endswith("per BN setting: the preset's (--paper-hparams) (rows 'trained' below)")
 
 
+def test_settings_name_a_label_in_parentheses_with_its_tag_inside_them():
+    from bnrep.experiments import get_experiment
+    from bnrep.results import Results
+    e = get_experiment("synthetic-cnn").override(conditions="batch; ghost:8; none")
+    rows = dict((r[0], r[1]) for r in report.settings_rows(Results(e, {})))
+    assert rows["normalisations"] == "BatchNorm (BN), ghost BatchNorm (8 per virtual batch; GBN8), no norm (NBN)"
+
+
 def test_settings_give_each_condition_its_own_recipe():
     from bnrep.experiments import get_experiment
     from bnrep.results import Results
@@ -1418,6 +1426,7 @@ def test_settings_give_each_condition_its_own_recipe():
     assert rows["trained (bn-b8)"].startswith("2 models, batch size 8, lr 0.01, momentum 0.9, epochs 3")
     assert rows["trained (BN)"].startswith("2 models, lr 0.01, momentum 0.9, epochs 3")
     assert rows["seeds"] == "2 per condition"
+    assert rows["conditions"] == "BatchNorm (BN), BatchNorm at batch size 8 and lr 0.05 (bn-b8)" and "normalisations" not in rows
     assert ", batch (BN 64, bn-b8 8); " in rows["optimiser"]  # the models there (said "batch 64" alone)
     e = e.override(conditions="bn-b4:batch,batch_size=4,max_epochs=20; nb-b4:none,batch_size=4")
     t = t.assign(condition=["bn-b4", "nb-b4"] * 2)
