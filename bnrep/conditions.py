@@ -155,10 +155,10 @@ def mostly_zero_layers(r: Results, norm: str) -> list[Condition]:
             out.append(Condition(f"layers above {MOSTLY_ZERO:.0%} zeros: " + ", ".join(
                 f"{tags[x.condition]} {x.layer} {x.sparsity:.0%}" for x in m.itertuples()), (1, 2)))
     dead = dead_channel_counts(r, norm)
-    if len(dead):
+    for n in dict.fromkeys(dead["condition"]):  # one line per condition: the reference's is said once above all
         out.append(Condition("dead channels (zero for every sample), summed over models: " + ", ".join(
-            f"{tags[x.condition]} {x.layer}: {x.n} in {x.models} of {x.of} models" for x in dead.itertuples()),
-            ALL, undermines=False))
+            f"{tags[x.condition]} {x.layer}: {x.n} in {x.models} of {x.of} models"
+            for x in dead[dead["condition"] == n].itertuples()), ALL, undermines=False))
     return out
 
 

@@ -952,6 +952,19 @@ CONDITIONS = {  # name: (tables, experiment, text named, claims turned inconclus
 }
 
 
+def test_the_reference_s_dead_channels_are_said_once_above_every_condition_s_claims():
+    """Dead channels of the reference (none) and of LN: the reference's line was repeated under every condition,
+    merged into each condition's own."""
+    t = make_tables(**SMALL, acc=acc, norms=("batch", "layer", "none"))
+    t = set_rows(t, "layer_sparsity", "model_id == 'nobn-s0' and layer == 'fc1'", dead_channels=2)
+    t = set_rows(t, "layer_sparsity", "model_id == 'ln-s1' and layer == 'conv1'", dead_channels=1)
+    fs = findings.findings(results.Results(get_experiment("digits-cnn"), t))
+    common, per = verdicts.said_once(fs)
+    dead = "dead channels (zero for every sample), summed over models: "
+    assert [c for c in common if c.startswith(dead)] == [dead + "no norm fc1: 2 in 1 of 4 models"]
+    assert per == {"layer": (dead + "LN conv1: 1 in 1 of 4 models",)}
+
+
 @pytest.mark.parametrize("name", list(CONDITIONS))
 def test_conditions_named_next_to_the_verdicts_they_undermine(name):
     tables, exp, text, flipped = CONDITIONS[name]
