@@ -376,7 +376,8 @@ def finding_purity(class_dbi: pd.DataFrame, kmeans: pd.DataFrame, first_layer: i
     if len(c):
         (lower, higher), gap = _lower_higher(c), float((c["ref"] - c["a"]).mean())
         parts.append(len(lower) > len(c) / 2 and gap > 0)
-        notes.append(f"class DBI lower with {a} in {len(lower)} of {len(c)} shown layers, higher in {len(higher)}, "
+        notes.append(f"class DBI lower with {a} in {len(lower)} of {len(c)} shown layers ({_names(lower)}), higher in "
+                     f"{len(higher)} ({_names(higher)}), "
                      f"no detectable difference in {len(c) - len(lower) - len(higher)} "
                      f"(mean gap {b} - {a} {_value(gap, '+')}).{_nan_note(cd)}")
         numbers["class_dbi"] = {"layers": len(c), "lower": list(lower), "higher": list(higher), "mean_gap": gap,
@@ -385,8 +386,8 @@ def finding_purity(class_dbi: pd.DataFrame, kmeans: pd.DataFrame, first_layer: i
     k = compare_layers(best, "dbi", norm, ref)
     if len(k):
         (lower, higher), last = _lower_higher(k), k.iloc[-1]
-        notes.append(f"k-means DBI at optimal k detectably lower with {a} in {len(lower)} of {len(k)} layers, "
-                     f"higher in {len(higher)}; ")
+        notes.append(f"k-means DBI at optimal k detectably lower with {a} in {len(lower)} of {len(k)} layers "
+                     f"({_names(lower)}), higher in {len(higher)} ({_names(higher)}); ")
         numbers["kmeans_dbi"] = {"layers": len(k), "lower": list(lower), "higher": list(higher)}
         end = shown(pair(kmeans, norm, ref), first_layer).sort_values("layer_index").iloc[-1]  # dead or not
         if last["layer_index"] == end["layer_index"]:

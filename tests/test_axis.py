@@ -293,7 +293,10 @@ def test_claim_3_is_judged_against_the_reference_condition():
     assert "final shown layer l5: BN 5.00 vs GN 4.00" in f.detail
     # both directions named, as for class DBI: BN is detectably less pure than GN in every layer
     assert (k["lower"], k["higher"]) == ([], ["l1", "l2", "l3", "l4", "l5"])
-    assert "k-means DBI at optimal k detectably lower with BN in 0 of 5 layers, higher in 5;" in f.detail
+    assert ("k-means DBI at optimal k detectably lower with BN in 0 of 5 layers (none), higher in 5 (l1, l2, l3, l4, "
+            "l5);") in f.detail
+    assert ("class DBI lower with BN in 0 of 5 shown layers (none), higher in 5 (l1, l2, l3, l4, l5), no detectable "
+            "difference in 0") in f.detail  # the layers named, as claim 1 names them
 
 
 def test_claim_2_names_its_reference():
