@@ -8,14 +8,14 @@ import pandas as pd
 
 from bnrep.initial import shared_start_text
 from bnrep.measures import MEASURES, gradient_batches_text
-from bnrep.results import COLORS, Results, first_shown_text, norm_labels, ordered, seeds_text
+from bnrep.results import COLORS, Results, and_list, first_shown_text, norm_labels, ordered, seeds_text
 
 
 def colours_text(norms) -> str:
     """'BatchNorm (blue) and no-BatchNorm (orange)' style legend for captions."""
     labels = norm_labels(norms)
     parts = [f"{labels[n]} ({COLORS[n].removeprefix('tab:')})" for n in ordered(norms)]
-    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)
+    return and_list(parts)
 
 
 def _models(df: pd.DataFrame) -> pd.DataFrame:
@@ -56,8 +56,7 @@ def _undrawn_epochs(rs: list[Results], table: str) -> str:
     if early.empty:
         return ""
     epochs = [str(e) for e in sorted(set(early["epoch"]))]
-    said = ", ".join(epochs[:-1]) + " and " + epochs[-1] if len(epochs) > 1 else epochs[0]
-    return (f" The values at the snapshot epoch{'s' * (len(epochs) > 1)} {said} ({len(early)} rows) are in the "
+    return (f" The values at the snapshot epoch{'s' * (len(epochs) > 1)} {and_list(epochs)} ({len(early)} rows) are in the "
             f"Parquet table {table} (its rows with epoch >= 0; in a notebook, bnrep.open_results(...).{table}); no "
             f"figure draws them.")
 
@@ -102,8 +101,7 @@ def why_nan(df: pd.DataFrame, col: str, m) -> str:
     labels = norm_labels(set(nan["condition"])) if "condition" in nan else {}
 
     def whose(reason) -> str:  # the conditions of the rows with that reason
-        names = [labels[c] for c in ordered(set(nan.loc[why == reason, "condition"]))]
-        return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+        return and_list(labels[c] for c in ordered(set(nan.loc[why == reason, "condition"])))
 
-    listed = "; ".join(f"{n}{f', {whose(reason)}' if labels else ''}: {reason}" for reason, n in counts[:3])
+    listed = "; ".join(f"{n}{f' of {whose(reason)}' if labels else ''}: {reason}" for reason, n in counts[:3])
     return f"values are NaN ({listed}{'; ...' if len(counts) > 3 else ''})"

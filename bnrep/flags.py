@@ -24,6 +24,7 @@ from typing import NoReturn
 from bnrep.config import DEFAULT_OUT, RunOptions, StageFailed, UsageError
 from bnrep.address import check_address
 from bnrep.raysession import STOPPED_BY, stop_on_sigterm
+from bnrep.results import and_list
 from bnrep.datasets import DATA_ROOT_HELP, DATASETS, DatasetError, absolute_dataset
 from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, ConfigError, Experiment, capped_conditions, \
@@ -214,18 +215,14 @@ class Parser(argparse.ArgumentParser):
         bnrep = own.prog.startswith("bnrep")
         for w in typed:  # a flag of another command (--paper-hparams given to the sweep)
             if others := commands_with(w, bnrep):
-                return f"; {w} is a flag of {_and(others)}"
+                return f"; {w} is a flag of {and_list(others)}"
         everyone = sorted({f for stage in (*SCRIPTS, "run") for f in usage_flags(build_parser(stage))})
         for w in typed:  # a flag shortened, else the closest flag of this command or another
             close = [f for f in flags if f.startswith(w)][:1] or difflib.get_close_matches(w, everyone, n=1)
             if close:
                 return f"; did you mean {close[0]}?" + ("" if close[0] in flags else
-                                                        f" (a flag of {_and(commands_with(close[0], bnrep))})")
+                                                        f" (a flag of {and_list(commands_with(close[0], bnrep))})")
         return ""
-
-
-def _and(names: list[str]) -> str:
-    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
 
 
 def usage_flags(parser: argparse.ArgumentParser) -> list[str]:

@@ -20,7 +20,7 @@ import hashlib
 import torch
 
 from bnrep.experiments import Experiment
-from bnrep.results import SHORT, cka_pairs, norm_pairs
+from bnrep.results import SHORT, and_list, cka_pairs, norm_pairs
 
 
 def initial_kernels(exp: Experiment, condition: str, seed: int = 0) -> dict[str, str]:
@@ -36,12 +36,19 @@ def kernel_layers(exp: Experiment, condition: str, seed: int = 0) -> dict[str, s
     return _kernels(exp, condition, seed)[1]
 
 
+def norm_groups(exp: Experiment, condition: str) -> list[tuple[str, int, int]]:
+    """(layer it feeds, groups, channels) of each GroupNorm of `condition`'s model, in forward order."""
+    return _kernels(exp, condition, 0)[2]
+
+
 @functools.lru_cache(maxsize=32)
-def _kernels(exp: Experiment, condition: str, seed: int) -> tuple[dict[str, str], dict[str, str]]:
+def _kernels(exp: Experiment, condition: str, seed: int):
+    from torch import nn
+
     from bnrep.data import input_shape
     from bnrep.datasets import num_classes
     from bnrep.models import seeded_model
-    from bnrep.probes import find_probes, tap
+    from bnrep.probes import layers_fed
 
     C, H, W = input_shape(exp)
     with torch.random.fork_rng(devices=[]):
@@ -52,24 +59,12 @@ def _kernels(exp: Experiment, condition: str, seed: int) -> tuple[dict[str, str]
     digests = {name: f"{used_by[name]}{tuple(p.shape)}:"
                      f"{hashlib.sha256(p.detach().contiguous().numpy().tobytes()).hexdigest()}"
                for name, p in model.named_parameters() if p.dim() > 1}
-    example = torch.zeros(2, C, H, W)
-    probes = [p.name for p in find_probes(model, example)]
-    calls, waiting, layers = [], [], {}  # in forward order: ("kernels", names) after a module, ("probe", index)
-    handles = [m.register_forward_hook(lambda mod, a, out, names=owned[path]: calls.append(("kernels", names)))
-               for path, m in model.named_modules() if owned[path]]
-    try:
-        with torch.no_grad(), tap(model.eval(), lambda index, *_: calls.append(("probe", index))):
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    for what, x in calls:
-        if what == "kernels":
-            waiting += [n for n in x if n not in layers and n not in waiting]
-        else:
-            layers.update({n: probes[x - 1] for n in waiting})
-            waiting = []
-    return digests, {n: layers.get(n, "the output") for n in digests}
+    groups = {path: m for path, m in model.named_modules() if isinstance(m, nn.GroupNorm)}
+    fed = layers_fed(model, torch.zeros(2, C, H, W), {path: m for path, m in model.named_modules()
+                                                      if owned[path] or path in groups})
+    layers = {name: fed[path] for path in fed for name in owned[path]}
+    return (digests, {n: layers[n] for n in digests},
+            [(fed[path], m.num_groups, m.num_channels) for path, m in groups.items()])
 
 
 def shared_initial_weights(exp: Experiment, a: str, b: str, seed: int = 0) -> tuple[list[str], int]:
@@ -109,3 +104,29 @@ def shared_start_text(rs) -> str:
             + "; ".join(said) + ". A same-seed CKA of such a pair can start above the baselines of independent seeds: in the layers "
             "those kernels feed, a CKA at or above the baselines does not by itself show that training left the "
             "representations alike.")
+
+
+def groups_text(r) -> str:
+    """The Settings' line on the GroupNorm conditions of Results `r`: the groups of each norm layer, by the
+    layer it feeds; conditions alike share one line. A group of one channel normalises each channel of each
+    image alone, as InstanceNorm does (StandardCNN's conv1 and conv2 at 32 groups), which it says. ''
+    without any such condition."""
+    from bnrep.norms import get_norm
+
+    said: dict[str, list[str]] = {}
+    alone = False
+    for n in r.norms:
+        if get_norm(n).norm.removeprefix("ws+").partition(":")[0] != "group":
+            continue
+        try:
+            layers = norm_groups(r.experiment, n)
+        except (ValueError, OSError):  # the model's code or its data is not here: nothing to read it from
+            continue
+        alone |= any(g == c for _, g, c in layers)
+        parts = [f"{layer} {g} group{'s' * (g != 1)} of {c // g} channel{'s' * (c // g != 1)}" if i == 0 else
+                 f"{layer} {g} of {c // g}" for i, (layer, g, c) in enumerate(layers)]
+        said.setdefault(", ".join(parts[:8]) + (f", ... ({len(parts)} norm layers)" if len(parts) > 8 else ""),
+                        []).append(SHORT[n])
+    return "; ".join(f"{and_list(names)}: {text}" for text, names in said.items()) + (
+        " (a group of 1 channel normalises each channel of each image alone, as InstanceNorm does)"
+        if alone else "")

@@ -205,6 +205,30 @@ def find_probes(model: nn.Module, example: torch.Tensor) -> list[Probe]:
     return [Probe(n, i, act, path, last, c) for i, (n, (path, act, last, c)) in enumerate(zip(names, seen), start=1)]
 
 
+@torch.no_grad()
+def layers_fed(model: nn.Module, example: torch.Tensor, modules: dict[str, nn.Module]) -> dict[str, str]:
+    """path -> the layer (a probe, as the tables name it) each of `modules` feeds: the first activation called
+    after it in a forward pass of `example` (eval mode); 'the output' after the last one."""
+    probes = [p.name for p in find_probes(model, example)]
+    calls: list[tuple[str, object]] = []  # in forward order: ("module", path) after it, ("probe", index)
+    handles = [m.register_forward_hook(lambda mod, a, out, path=path: calls.append(("module", path)))
+               for path, m in modules.items()]
+    try:
+        with tap(model.eval(), lambda index, *_: calls.append(("probe", index))):
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    fed, waiting = {}, []
+    for what, x in calls:
+        if what == "module":
+            waiting += [x] if x not in fed and x not in waiting else []
+        else:
+            fed.update({path: probes[x - 1] for path in waiting})
+            waiting = []
+    return {path: fed.get(path, "the output") for path in modules}
+
+
 def select_probes(probes: list[Probe], rule: str = "all", what: str = "the model") -> list[Probe]:
     """`all`; comma-separated globs on names (`layer*.relu*`); or `type:ReLU,GELU` (activation types)."""
     rule = (rule or "all").strip()

@@ -166,6 +166,12 @@ def n_seeds(df: pd.DataFrame) -> dict[str, int]:
     return {n: int(k) for n, k in df.groupby("condition")["seed"].nunique().items()} if len(df) else {}
 
 
+def and_list(names) -> str:
+    """'a', 'a and b', 'a, b and c': a list in prose."""
+    names = list(names)
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+
 def seeds_text(df: pd.DataFrame) -> str:
     n = n_seeds(df)
     if len(set(n.values())) == 1:

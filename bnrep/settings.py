@@ -11,6 +11,7 @@ from bnrep.axis import axis_word, overrides_of
 from bnrep.config import trained_with_preset_hparams
 from bnrep.experiments import at_smoke_sizes
 from bnrep.findings import _names  # "a, b" or "none", as the findings write lists
+from bnrep.initial import groups_text
 from bnrep.results import SHORT, Results, first_shown_text, imported_mask, is_paper_pair, norm_labels, ordered
 
 AUTO_TEXT = "layers at a quarter, half, three quarters and all of the depth"  # channel_layers=()
@@ -59,6 +60,7 @@ def settings_rows(r: Results) -> list[list[str]]:
             ["classes", class_text(r)],
             [{"norm": "normalisations"}.get(axis_word(r.norms), "conditions"),
              ", ".join(label_and_tag(norm_labels(r.norms)[n], SHORT[n]) for n in r.norms)],
+            *([["GroupNorm groups", groups]] if (groups := groups_text(r)) else []),
             *([["training", IMPORTED]] if r.imported else [
                 ["optimiser", f"{_field(r, 'optimizer')}, lr decay x{_field(r, 'lr_gamma', '{:g}')} every "
                               f"{_field(r, 'lr_step_epochs')} epochs, batch {_field(r, 'batch_size')}; lr and "

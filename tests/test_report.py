@@ -472,7 +472,7 @@ def test_a_condition_without_values_through_training_is_not_in_the_legend_and_th
     bn = final["condition"] == "batch"
     final = final.assign(cka=final["cka"].where(~bn), reason=final["reason"].where(~bn, few))
     r = findings.Results(cnn().experiment, {**cnn().tables, "train_eval": final})
-    assert (f" {len(final)} of {len(final)} values are NaN ({nan}, BatchNorm: {few}; {nan}, no BatchNorm: without running "
+    assert (f" {len(final)} of {len(final)} values are NaN ({nan} of BatchNorm: {few}; {nan} of no BatchNorm: without running "
             f"statistics, train and eval mode normalise alike) and left out of the means.") in captions.caption(figures.figure("fig_train_eval"), [r])
 
 
@@ -1301,7 +1301,7 @@ def test_a_measure_whose_every_value_is_nan_is_a_note_saying_why_not_an_empty_fi
     write_tables(tmp_path, "digits-cnn", tables)
     report.build_report(str(tmp_path), "digits-cnn")
     d = tmp_path / "digits-cnn" / "report"
-    assert (f"Train-mode against eval-mode CKA per layer not drawn: all 40 values are NaN (40, BatchNorm and no "
+    assert (f"Train-mode against eval-mode CKA per layer not drawn: all 40 values are NaN (40 of BatchNorm and no "
             f"BatchNorm: {why}).") in (d / "report.md").read_text()
     assert not (d / "fig_train_eval.png").exists() and (d / "fig_nc1.png").exists()
     one = tables["train_eval"].index[0]  # one value: drawn, its caption counting the NaN
@@ -1426,6 +1426,28 @@ def test_settings_name_a_label_in_parentheses_with_its_tag_inside_them():
     assert rows["normalisations"] == "BatchNorm (BN), ghost BatchNorm (8 per virtual batch; GBN8), no norm (NBN)"
 
 
+def test_settings_give_the_groups_of_each_groupnorm_layer_read_off_the_model():
+    """GroupNorm at 32 groups on StandardCNN's 16- and 32-channel layers is one channel per group (as
+    InstanceNorm normalises): the report named it GroupNorm only, while its conv1-2 CKA and channel means read
+    as an instance norm's. Read off the built model, by the layer each norm feeds; conditions alike share one
+    line; BatchNorm and LayerNorm have none."""
+    from bnrep.experiments import get_experiment
+    from bnrep.initial import norm_groups
+    from bnrep.results import Results
+
+    e = get_experiment("digits-cnn").override(conditions="batch; group; gn-b4:group,batch_size=4; group:4; "
+                                                          "ws+group; layer; none")
+    assert norm_groups(e, "group") == [("conv1", 16, 16), ("conv2", 32, 32), ("conv3", 32, 64), ("conv4", 32, 128),
+                                       ("fc1", 25, 100)]  # fc1: 100 wide, 25 the largest count <= 32 dividing it
+    rows = dict((r[0], r[1]) for r in report.settings_rows(Results(e, {})))
+    assert rows["GroupNorm groups"] == (
+        "GN, gn-b4 and WSGN: conv1 16 groups of 1 channel, conv2 32 of 1, conv3 32 of 2, conv4 32 of 4, "
+        "fc1 25 of 4; GN4: conv1 4 groups of 4 channels, conv2 4 of 8, conv3 4 of 16, conv4 4 of 32, fc1 4 of 25 "
+        "(a group of 1 channel normalises each channel of each image alone, as InstanceNorm does)")
+    rows = dict((r[0], r[1]) for r in report.settings_rows(Results(e.override(conditions="batch; layer; none"), {})))
+    assert "GroupNorm groups" not in rows
+
+
 def test_settings_give_each_condition_its_own_recipe():
     from bnrep.experiments import get_experiment
     from bnrep.results import Results
@@ -1493,7 +1515,7 @@ def test_figures_of_diverged_models_render():
     assert figures.figure_bytes(figures.fig_learning_curves(r), "png").startswith(b"\x89PNG")
     assert figures.figure("fig_nc1").make(r) is None
     assert report.skipped_note(figures.figure("fig_nc1"), [r], "runs") == (
-        "NC1 per layer not drawn: all 4 values are NaN (4, BatchNorm and no BatchNorm: the representations contain "
+        "NC1 per layer not drawn: all 4 values are NaN (4 of BatchNorm and no BatchNorm: the representations contain "
         "NaN or inf).")
 
 

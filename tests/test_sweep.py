@@ -411,7 +411,6 @@ def test_conditions_whose_every_trial_failed_are_each_named_once_the_others_are_
     each condition with no trial left, and the conditions with one are recorded first (a rerun keeps them). A
     trial whose epoch failed twice alike (its last result says so: not tried again) is a failed trial."""
     from bnrep.config import StageFailed
-    from bnrep.progress import FAILED_AGAIN
     from bnrep.stages.hparam import asha_spec, record_best, trials_table
     from bnrep.stages.tuning import RepeatedFailure
     from bnrep.store import Store
