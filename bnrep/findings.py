@@ -33,8 +33,8 @@ from bnrep.axis import overrides_of
 from bnrep.conditions import MIN_SEEDS, MOSTLY_ZERO, Condition, conditions
 from bnrep.experiments import LR_EDGE
 from bnrep.measures import MEASURES
-from bnrep.results import (LABELS, NORM_NAMES, REF, SHORT, Results, at_eps, eps_values, is_paper_pair, norm_labels,
-                           optimal_k, pair, pair_names, present_norms, rectified, shown)
+from bnrep.results import (LABELS, NORM_NAMES, REF, SHORT, Results, at_eps, eps_values, is_paper_pair, label_and_tag,
+                           norm_labels, optimal_k, pair, pair_names, present_norms, rectified, shown)
 
 def welch_p(a, b) -> float:
     """Two-sided p of Welch's t-test over seeds (scipy, equal_var=False); NaN when a side has < 2 values.
@@ -139,9 +139,9 @@ def rules(norms, ref: str = REF) -> list[str]:
     worded = [x.replace("each BN setting", f"each {word}").replace("for the normalisation", f"for the {word}")
               .replace("seeds per normalisation", f"seeds per {word}") for x in RULES]
     if ref != REF:
-        return worded + [f"Here every condition is judged against the reference condition {LABELS[ref]} "
-                         f"({SHORT[ref]}) by the same rules: 'BN' stands for the condition judged and 'no BN' for "
-                         f"the reference; models of other conditions are left out."]
+        return worded + [f"Here every condition is judged against the reference condition "
+                         f"{label_and_tag(LABELS[ref], SHORT[ref])} by the same rules: 'BN' stands for the condition "
+                         f"judged and 'no BN' for the reference; models of other conditions are left out."]
     return worded + [OTHER_NORMS_RULE]
 
 

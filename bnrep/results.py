@@ -166,6 +166,12 @@ def n_seeds(df: pd.DataFrame) -> dict[str, int]:
     return {n: int(k) for n, k in df.groupby("condition")["seed"].nunique().items()} if len(df) else {}
 
 
+def label_and_tag(label: str, tag: str) -> str:
+    """'BatchNorm (BN)'; a label ending in parentheses takes the tag inside them: 'ghost BatchNorm (8 per
+    virtual batch; GBN8)', not '... batch) (GBN8)'."""
+    return f"{label[:-1]}; {tag})" if label.endswith(")") else f"{label} ({tag})"
+
+
 def and_list(names) -> str:
     """'a', 'a and b', 'a, b and c': a list in prose."""
     names = list(names)

@@ -12,7 +12,7 @@ from bnrep.config import trained_with_preset_hparams
 from bnrep.experiments import at_smoke_sizes
 from bnrep.findings import _names  # "a, b" or "none", as the findings write lists
 from bnrep.initial import groups_text
-from bnrep.results import SHORT, Results, first_shown_text, imported_mask, is_paper_pair, norm_labels, ordered
+from bnrep.results import SHORT, Results, label_and_tag, first_shown_text, imported_mask, is_paper_pair, norm_labels, ordered
 
 AUTO_TEXT = "layers at a quarter, half, three quarters and all of the depth"  # channel_layers=()
 IMPORTED = "not known for imported models (bnrep import: trained elsewhere)"
@@ -43,12 +43,6 @@ def _field(r: Results, field: str, fmt: str = "{}") -> str:
     if len(set(values.values())) <= 1:
         return fmt.format(getattr(r.experiment, field) if not values else next(iter(values.values())))
     return "(" + ", ".join(f"{SHORT.get(n, n)} {fmt.format(v)}" for n, v in values.items()) + ")"
-
-
-def label_and_tag(label: str, tag: str) -> str:
-    """'BatchNorm (BN)'; a label ending in parentheses takes the tag inside them: 'ghost BatchNorm (8 per
-    virtual batch; GBN8)', not '... batch) (GBN8)'."""
-    return f"{label[:-1]}; {tag})" if label.endswith(")") else f"{label} ({tag})"
 
 
 def settings_rows(r: Results) -> list[list[str]]:

@@ -7,8 +7,8 @@ import pandas as pd
 
 from bnrep.axis import axis_word  # a condition's short name is its tag
 from bnrep.norms import sort_key
-from bnrep.results import (SHORT, distinct_labels, fmt_pm, imported_mask, is_paper_pair, model_label, norm_labels,
-                           ordered)
+from bnrep.results import (SHORT, distinct_labels, fmt_pm, imported_mask, is_paper_pair, label_and_tag, model_label,
+                           norm_labels, ordered)
 
 
 def diverged_note(training: pd.DataFrame) -> str:
@@ -84,7 +84,7 @@ def table1_tex(t: pd.DataFrame) -> str:
 
 
 def table1_caption(norms) -> str:
-    tags = ", ".join(f"{norm_labels(norms)[n]} ({SHORT[n]})" for n in ordered(norms))
+    tags = ", ".join(label_and_tag(norm_labels(norms)[n], SHORT[n]) for n in ordered(norms))
     if is_paper_pair(norms):
         tags = "BatchNorm (BN) and no-BatchNorm (NBN)"
     return (f"Train, validation and evaluation (test) accuracy in percent for the {tags} models; "

@@ -17,7 +17,7 @@ from bnrep.correlations import (MIN_MODELS, between_groups_reason, group_word, l
 from bnrep.findings import (CLAIMS, P_MAX, RULES, Finding, _names, compare_layers, finding_sparsity_across, headline_rows,
                             judged_norms, names_reference, rules, snapshot_measures, worded)
 from bnrep.norms import same_start, sort_key
-from bnrep.results import LABELS, REF, SHORT, Results, is_paper_pair, rankings
+from bnrep.results import LABELS, REF, SHORT, Results, is_paper_pair, label_and_tag, rankings
 
 
 def common_caveats(fs: list[Finding]) -> tuple[str, ...]:
@@ -68,7 +68,7 @@ def findings_blocks(r: Results, fs: list[Finding]) -> list[tuple]:
     by = {(f.number, f.norm): f for f in fs}
     matrix = [[str(i), c] + [by[(i, n)].verdict for n in judged] for i, c in _claims(fs)]
     evidence = [[str(f.number), SHORT[f.norm], f.claim, f.verdict_said(said + per.get(f.norm, ())), f.detail] for f in fs]
-    against = f"no normalisation ({SHORT[REF]})" if r.ref == REF else f"the reference {LABELS[r.ref]} ({SHORT[r.ref]})"
+    against = f"no normalisation ({SHORT[REF]})" if r.ref == REF else f"the reference {label_and_tag(LABELS[r.ref], SHORT[r.ref])}"
     each = group_word(r.norms)
     blocks = [*head, ("p", f"Each claim judged for each {each} against {against}; the second table gives each claim "
                            f"as worded for the {each} it judges, with its evidence:"),

@@ -1426,6 +1426,16 @@ def test_settings_name_a_label_in_parentheses_with_its_tag_inside_them():
     assert rows["normalisations"] == "BatchNorm (BN), ghost BatchNorm (8 per virtual batch; GBN8), no norm (NBN)"
 
 
+def test_a_label_in_parentheses_takes_its_tag_inside_them_wherever_the_report_names_a_condition():
+    """Table 1's caption and the rules for a ghost-BN reference said 'ghost BatchNorm (8 per virtual batch)
+    (GBN8)'."""
+    from bnrep.table1 import table1_caption
+
+    assert "ghost BatchNorm (8 per virtual batch; GBN8)" in table1_caption(["batch", "ghost:8", "none"])
+    assert "reference condition ghost BatchNorm (8 per virtual batch; GBN8) by" in findings.rules(
+        ["batch", "ghost:8"], "ghost:8")[-1]
+
+
 def test_settings_give_the_groups_of_each_groupnorm_layer_read_off_the_model():
     """GroupNorm at 32 groups on StandardCNN's 16- and 32-channel layers is one channel per group (as
     InstanceNorm normalises): the report named it GroupNorm only, while its conv1-2 CKA and channel means read
