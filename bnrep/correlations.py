@@ -100,6 +100,12 @@ def only_between_groups(across: dict, partial: dict) -> bool:
     return bool(significant_signs(across) - significant_signs(partial, ("pearson",)))
 
 
+def only_within_groups(across: dict, partial: dict) -> bool:
+    """A correlation that counts (Pearson) once the groups are controlled for, with a sign the across-model
+    correlation does not count: the difference between the groups hides it across models."""
+    return bool(significant_signs(partial, ("pearson",)) - significant_signs(across))
+
+
 def between_groups_reason(across: dict, partial: dict, word: str = "normalisation") -> str:
     """How a counted correlation (`only_between_groups`) fares once the `word` (group_word) is controlled for:
     weak or of the other sign within the groups (it comes from their difference), or as strong as across them
@@ -157,12 +163,14 @@ def _row(m: pd.DataFrame, measure: str, target: str) -> dict | None:
     groups = d["condition"].nunique() > 1
     lost = groups and only_between_groups(across, partial)  # counted across models, not once controlled
     few = lost and too_few_within(across, partial)
+    hidden = groups and only_within_groups(across, partial)
     return {"measure": measure, "target": target, "models": len(d), **across,
             "within_spearman": {n: within[n] for n in ordered(within)},
             "partial_pearson_r": partial["pearson_r"] if groups else math.nan,
             "partial_pearson_p": partial["pearson_p"] if groups else math.nan,
             "between_groups_only": lost and not few,  # its sign comes from the groups' difference
-            "too_few_within": few}  # as strong within the groups, too few models there to be significant
+            "too_few_within": few,  # as strong within the groups, too few models there to be significant
+            "within_groups_only": hidden}  # counts once the groups are controlled for, not across them
 
 
 def strength(row: dict) -> float:
@@ -211,7 +219,9 @@ def predictor_rows(rows: list[dict], norms) -> tuple[list[str], list[list[str]]]
         within = ", ".join(f"{SHORT.get(n, n)} {'n/a' if pd.isna(v) else f'{v:+.2f}'}"
                            for n, v in x["within_spearman"].items()) or "n/a"
         note = "as strong within the groups, too few models to be significant" if x["too_few_within"] else \
-            f"sign only from the difference between the {group_word(norms)} groups" if x["between_groups_only"] else ""
+            f"sign only from the difference between the {group_word(norms)} groups" if x["between_groups_only"] else \
+            f"counts only within the {group_word(norms)} groups (their difference hides it across models)" \
+            if x.get("within_groups_only") else ""
         out.append([x["measure"], TARGETS[x["target"]], str(x["models"]), _rp(x["pearson_r"], x["pearson_p"]),
                     _rp(x["spearman_r"], x["spearman_p"]), within,
                     _rp(x["partial_pearson_r"], x["partial_pearson_p"]), note])

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bnrep.axis import axis_word
-from bnrep.correlations import (MIN_MODELS, between_groups_reason, group_word, limits_sentence, predictor_rows,
+from bnrep.correlations import (MIN_MODELS, between_groups_reason, group_word, limits_sentence, p_text, predictor_rows,
                                 predictors)
 from bnrep.findings import (CLAIMS, P_MAX, RULES, Finding, _names, compare_layers, finding_sparsity_across, headline_rows,
                             judged_norms, names_reference, rules, snapshot_measures, worded)
@@ -129,6 +129,14 @@ def predictor_blocks(r: Results, heading: str = "Which measure predicts generali
     if only:
         blocks.append(("note", f"Across models, then within the {word} groups: {'; '.join(only)}. Neither "
                                f"kind shows a link between the measure and generalisation."))
+    hidden = [f"{x['measure']} vs {'test accuracy' if x['target'] == 'test_acc' else 'the gap'} (partial r = "
+              f"{x['partial_pearson_r']:.2f}, p = {p_text(x['partial_pearson_p'])}; across models r = "
+              f"{x['pearson_r']:.2f}, p = {p_text(x['pearson_p'])})" for x in rows if x.get("within_groups_only")]
+    if hidden:
+        blocks.append(("note", f"Within the {word} groups, not across them: {'; '.join(hidden)}. Once the "
+                               f"{word} is controlled for, the measure and generalisation move together, which the "
+                               f"difference between the groups hides across models; a link within these groups, "
+                               f"not a cause."))
     return blocks
 
 

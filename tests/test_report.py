@@ -1270,6 +1270,28 @@ def test_a_predictor_whose_sign_is_only_the_groups_is_noted(name, nc1, note):
     assert [row[-1] for row in rows] == [note, note]
 
 
+def test_a_predictor_that_counts_only_within_the_groups_is_noted():
+    """NC1 falls with accuracy inside each norm (partial r -1.00, p 1e-06), while BN models, better, have the
+    higher NC1: across all 8 models r +0.57, p 0.14. The table sorts by the across-model r, where the row sat
+    low with an empty note; it now says so, and a note under the table says what it shows and does not."""
+    from bnrep import correlations, verdicts
+
+    r = measure_case(lambda n, a, s: {"batch": 1.2, "none": 1}[n] - 10 * (a - {"batch": .98, "none": .94}[n])
+                     + [.01, -.02, .015, -.005][s])
+    rows = correlations.predictors(r)
+    assert [x["within_groups_only"] for x in rows] == [True, True]
+    assert [x["between_groups_only"] or x["too_few_within"] for x in rows] == [False, False]
+    _, cells = correlations.predictor_rows(rows, r.norms)
+    assert [c[-1] for c in cells] == ["counts only within the normalisation groups (their difference hides it "
+                                      "across models)"] * 2
+    notes = [b[1] for b in verdicts.predictor_blocks(r) if b[0] == "note"]
+    assert notes == ["Within the normalisation groups, not across them: NC1 vs test accuracy (partial r = -1.00, "
+                     "p = 1e-06; across models r = 0.57, p = 0.14); NC1 vs the gap (partial r = 1.00, p = 1e-06; "
+                     "across models r = -0.57, p = 0.14). Once the normalisation is controlled for, the measure "
+                     "and generalisation move together, which the difference between the groups hides across "
+                     "models; a link within these groups, not a cause."]
+
+
 def test_predictor_section_in_the_report_with_the_real_model_count(tmp_path):
     r = cnn4(acc=acc_by_seed)
     write_tables(tmp_path, "digits-cnn", r.tables)
