@@ -331,6 +331,9 @@ class FigureSpec:
     from_training: bool = False  # it needs what bnrep's own training keeps (snapshots): never for imported models
 
 
+# under a figure with a log y axis and error bars (a bar cannot reach 0 or below there)
+LOG_BARS = " On the log axis, a bar whose mean - std is 0 or below runs to the panel's lower edge."
+
 FIGURES = [
     FigureSpec("fig_channel_sparsity", fig_channel_sparsity, ("channel_sparsity",),
                "Paper Figures 1-2: average channel sparsity (fraction of exactly-zero post-ReLU values per "
@@ -359,7 +362,8 @@ FIGURES = [
                "the paper's exact zero. Error bars: standard deviation across {seeds}.",
                "Layer sparsity against the threshold eps",
                "it needs layer sparsity at two or more thresholds: run the analysis with --eps 0,1e-3,1e-2,1e-1"),
-    *[FigureSpec(f"fig_{m.table}", measure_figure(m), (m.table,), m.caption, f"{m.name} per layer")
+    *[FigureSpec(f"fig_{m.table}", measure_figure(m), (m.table,), m.caption + (LOG_BARS if m.log else ""),
+                 f"{m.name} per layer")
       for m in MEASURES.values() if m.caption],  # bnrep.measures
     FigureSpec("fig_cka", fig_cka, ("cka",),
                "Beyond the paper: linear CKA (Kornblith et al. 2019) per layer between the reduced "
@@ -377,8 +381,8 @@ FIGURES = [
                "Beyond the paper: signal propagation (Brock, De & Smith 2021) of the analysis samples through "
                "{colours} models: per layer, the average over channels of the channel variance (top) and of the "
                "squared channel mean (bottom), over every sample and position, of each activation's input (the "
-               "pre-activation, solid) and output (dashed). Error bars: standard deviation across {seeds}.",
-               "Signal propagation"),
+               "pre-activation, solid) and output (dashed). Error bars: standard deviation across {seeds}."
+               + LOG_BARS, "Signal propagation"),
     FigureSpec("fig_initialisation", fig_initialisation, ("training",),
                "Beyond the paper: each per-layer measure of the models at initialisation (epoch 0, dashed, the "
                "weights each model's seed gives before any step; norms with running statistics normalise with "
@@ -388,7 +392,8 @@ FIGURES = [
                "there at initialisation is the architecture's, not training's; except between conditions that "
                "are one network at initialisation (the same norm with another recipe, or ghost BatchNorm and "
                "BatchNorm: the same weights at one seed), where it is the batch size the batch statistics were "
-               "measured at.",
+               "measured at. Measures that span orders of magnitude have a log y axis: there, a bar whose mean - std "
+               "is 0 or below runs to the panel's lower edge.",
                "Measures at initialisation and through training",
                "it needs the analysis run with --snapshots (0: the initialisation; e.g. 0,1,5, with the grid "
                "trained with the same --snapshots)", from_training=True),
@@ -397,8 +402,8 @@ FIGURES = [
                  f"group per model, for {{colours}} models: at each snapshot epoch (0: the initialisation) and at "
                  f"the final model (the weights kept: the interpolating or best-validation epoch, which differs "
                  f"between seeds). Epochs are evenly spaced. {measured_at_epochs(m)} A model that stopped before a "
-                 f"snapshot epoch has no point there. Error bars: standard deviation across {{seeds}}.{{nan}}",
-                 noted=False, epochs=True)
+                 f"snapshot epoch has no point there. Error bars: standard deviation across {{seeds}}."
+                 + (LOG_BARS if m.log else "") + "{nan}", noted=False, epochs=True)
       for m in snapshot_measures()],
     FigureSpec("fig_learning_curves", fig_learning_curves, ("training_history",),
                "Beyond the paper: training loss (left) and accuracy (right) per epoch for {colours} models, mean "

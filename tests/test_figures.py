@@ -171,3 +171,13 @@ def test_channel_sparsity_ticks_only_channels_that_exist():
         shown = [t for t in ax.get_xticks() if lo <= t <= hi]
         assert len(shown) > 2 and all(t == int(t) and 0 <= t <= n - 1 for t in shown), (n, shown)
         assert (lo, hi) == (0, n - 1)
+
+
+def test_a_log_axis_caption_says_where_a_bar_below_zero_goes():
+    """On a log axis a bar whose mean - std is 0 or below runs to the panel's edge, which read as a huge
+    uncertainty (ghost BN's conv1 signal propagation): every figure with a log y axis says so, the linear
+    ones do not."""
+    logged = {f.name for f in figures.FIGURES if "a bar whose mean - std is 0 or below runs to the panel's lower edge"
+              in f.caption}
+    assert logged == {"fig_nc1", "fig_gradient_norms", "fig_signal_propagation", "fig_nc1_epochs",
+                      "fig_signal_propagation_epochs", "fig_gradient_norms_epochs", "fig_initialisation"}
