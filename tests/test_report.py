@@ -1458,6 +1458,19 @@ def test_a_label_in_parentheses_takes_its_tag_inside_them_wherever_the_report_na
         ["batch", "ghost:8"], "ghost:8")[-1]
 
 
+def test_settings_say_when_a_preset_s_study_has_conditions_of_its_own():
+    """`bnrep run --conditions ...` on digits-cnn writes to digits-cnn: its report read as the preset's BN
+    against none, description and all."""
+    from bnrep.experiments import get_experiment
+    from bnrep.results import Results
+
+    e = get_experiment("digits-cnn")
+    said = dict((r[0], r[1]) for r in report.settings_rows(Results(e.override(conditions="batch; ghost:8; none"), {})))
+    assert said["experiment"].endswith("no download; this study's conditions, not the preset's BN and NBN)")
+    said = dict((r[0], r[1]) for r in report.settings_rows(Results(e, {})))
+    assert "this study's conditions" not in said["experiment"]
+
+
 def test_settings_give_the_groups_of_each_groupnorm_layer_read_off_the_model():
     """GroupNorm at 32 groups on StandardCNN's 16- and 32-channel layers is one channel per group (as
     InstanceNorm normalises): the report named it GroupNorm only, while its conv1-2 CKA and channel means read
