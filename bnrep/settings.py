@@ -12,7 +12,8 @@ from bnrep.config import trained_with_preset_hparams
 from bnrep.experiments import PRESETS, at_smoke_sizes
 from bnrep.findings import _names  # "a, b" or "none", as the findings write lists
 from bnrep.initial import groups_text
-from bnrep.results import SHORT, Results, and_list, label_and_tag, first_shown_text, imported_mask, is_paper_pair, norm_labels, ordered
+from bnrep.results import (SHORT, Results, and_list, first_shown_text, imported_mask, is_paper_pair, label_and_tag,
+                           norm_labels, ordered)
 
 AUTO_TEXT = "layers at a quarter, half, three quarters and all of the depth"  # channel_layers=()
 IMPORTED = "not known for imported models (bnrep import: trained elsewhere)"
@@ -51,7 +52,7 @@ def settings_rows(r: Results) -> list[list[str]]:
     sizes = " at --smoke-test sizes" if at_smoke_sizes(e) else ""
     preset = PRESETS.get(e.name)
     own = (f"; this study's conditions, not the preset's {and_list(SHORT.get(n, n) for n in preset.norms)}"
-           if preset is not None and tuple(preset.norms) != tuple(e.norms) else "")
+           if preset is not None and set(preset.norms) != set(e.norms) else "")  # (in any order)
     rows = [["experiment", (f"{e.name} ({e.description}{own})" if e.description else e.name + own) + sizes],
             ["dataset / model", f"{e.dataset}{f' at {e.image_size} px' if e.image_size else ''} / {e.model}"],
             ["classes", class_text(r)],
