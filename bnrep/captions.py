@@ -7,14 +7,14 @@ from __future__ import annotations
 import pandas as pd
 
 from bnrep.initial import shared_start_text
-from bnrep.measures import MEASURES, gradient_batches_text
-from bnrep.results import COLORS, Results, and_list, first_shown_text, norm_labels, ordered, seeds_text
+from bnrep.measures import MEASURES, OLD_REASONS, gradient_batches_text
+from bnrep.results import COLORS, Results, and_list, first_shown_text, label_and_tag, norm_labels, ordered, seeds_text
 
 
 def colours_text(norms) -> str:
     """'BatchNorm (blue) and no-BatchNorm (orange)' style legend for captions."""
     labels = norm_labels(norms)
-    parts = [f"{labels[n]} ({COLORS[n].removeprefix('tab:')})" for n in ordered(norms)]
+    parts = [label_and_tag(labels[n], COLORS[n].removeprefix('tab:')) for n in ordered(norms)]
     return and_list(parts)
 
 
@@ -94,7 +94,7 @@ def why_nan(df: pd.DataFrame, col: str, m) -> str:
     """'values are NaN (count, conditions: reason; ...)' from the table's own reasons, most frequent first;
     the measure's general note where some NaN row has no reason (parts written before reasons were kept)."""
     nan = df[df[col].isna()]
-    why = nan[m.reasons[0]] if m.reasons[0] in nan else pd.Series(dtype=object)
+    why = nan[m.reasons[0]].replace(OLD_REASONS) if m.reasons[0] in nan else pd.Series(dtype=object)
     if why.empty or not (why.fillna("") != "").all():
         return m.nan_note
     counts = sorted(why.value_counts().items(), key=lambda x: (-x[1], x[0]))  # ties: alphabetical

@@ -27,7 +27,7 @@ from scipy import stats
 
 from bnrep.axis import axis_word
 from bnrep.measures import MEASURES as MEASURE_TABLE
-from bnrep.results import SHORT, Results, ordered
+from bnrep.results import SHORT, Results, and_list, ordered
 
 R_MIN = 0.5  # a correlation counts when |r| >= 0.5 ...
 P_MAX = 0.05  # ... and p < 0.05; also the level of Welch's t-test over seeds (bnrep.findings)
@@ -163,14 +163,15 @@ def _row(m: pd.DataFrame, measure: str, target: str) -> dict | None:
     groups = d["condition"].nunique() > 1
     lost = groups and only_between_groups(across, partial)  # counted across models, not once controlled
     few = lost and too_few_within(across, partial)
-    hidden = groups and only_within_groups(across, partial)
+    hidden = groups and only_within_groups(across, partial)  # (with `lost`: the sign reverses within the groups)
     return {"measure": measure, "target": target, "models": len(d), **across,
             "within_spearman": {n: within[n] for n in ordered(within)},
             "partial_pearson_r": partial["pearson_r"] if groups else math.nan,
             "partial_pearson_p": partial["pearson_p"] if groups else math.nan,
             "between_groups_only": lost and not few,  # its sign comes from the groups' difference
             "too_few_within": few,  # as strong within the groups, too few models there to be significant
-            "within_groups_only": hidden}  # counts once the groups are controlled for, not across them
+            "within_groups_only": hidden and not lost,  # counts once the groups are controlled for, not across them
+            "reverses_within": hidden and lost}  # counts both ways, of the other sign within the groups
 
 
 def strength(row: dict) -> float:
@@ -201,7 +202,7 @@ def p_text(p: float) -> str:
         said = f"{p:.{digits}g}"
         if float(said) != P_MAX and (float(said) < P_MAX) == (p < P_MAX):
             return said
-    return f"{p:.2g}"  # p = P_MAX itself: "0.05", not counted (p < P_MAX counts)
+    return f"< {P_MAX:g}" if p < P_MAX else f"{p:.2g}"  # within 1e-7 of P_MAX: its side; P_MAX itself: "0.05"
 
 
 def _rp(r: float, p: float) -> str:
@@ -219,6 +220,8 @@ def predictor_rows(rows: list[dict], norms) -> tuple[list[str], list[list[str]]]
         within = ", ".join(f"{SHORT.get(n, n)} {'n/a' if pd.isna(v) else f'{v:+.2f}'}"
                            for n, v in x["within_spearman"].items()) or "n/a"
         note = "as strong within the groups, too few models to be significant" if x["too_few_within"] else \
+            f"reverses within the {group_word(norms)} groups (across models, the sign is their difference)" \
+            if x.get("reverses_within") else \
             f"sign only from the difference between the {group_word(norms)} groups" if x["between_groups_only"] else \
             f"counts only within the {group_word(norms)} groups (their difference hides it across models)" \
             if x.get("within_groups_only") else ""
@@ -250,8 +253,6 @@ def limits_sentence(r: Results, rows: list[dict]) -> str:
             f"between the {group} groups alone (both the measure and the accuracy differ by {word}): the "
             f"within-{word} and partial columns show what is left inside the groups."
             + (f" A Spearman r within a {word} needs at least {MIN_WITHIN} models of it: "
-               f"{'every ' + word if len(few) == len(counts) else _list(few)} has fewer, hence n/a." if few else ""))
+               f"{'every ' + word if len(few) == len(counts) else and_list(few)} has fewer, hence n/a." if few else ""))
 
 
-def _list(names) -> str:
-    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)

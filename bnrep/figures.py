@@ -367,7 +367,7 @@ FIGURES = [
       for m in MEASURES.values() if m.caption],  # bnrep.measures
     FigureSpec("fig_cka", fig_cka, ("cka",),
                "Beyond the paper: linear CKA (Kornblith et al. 2019) per layer between the reduced "
-               "representations of two models on the same samples. Black squares: two conditions (normalisations) "
+               "representations of two models on the same samples. Black squares: two conditions "
                "at the same seed; dashed, in each condition's colour: two seeds of one condition (the seed-noise "
                "baseline). Mean over the pairs, error bars: standard deviation over the pairs ({seeds}). A "
                "cross-condition CKA clearly below both seed baselines means the condition changes what "

@@ -89,7 +89,7 @@ RULES = [
     f"Welch's t-test over seeds (scipy.stats.ttest_ind, equal_var=False), two-sided p < {P_MAX} (two groups "
     f"without spread and different means count as different; one seed: untestable). Other layers: no "
     f"detectable difference.",
-    f"1 (sparsity): per layer, compare the seed-mean layer sparsity with and without BatchNorm; "
+    f"1 (sparsity): per layer, compare the seed-mean layer sparsity with and without BN; "
     f"differences within {SPARSITY_TOL * 100:g} percentage point, or not detectable, count as equal. BN "
     f"sparser in every layer, or less sparse in every layer: not supported (it consistently induces / "
     f"prevents). Only one direction (other layers equal), or one direction in at least {MOSTLY:.0%} of the "

@@ -114,7 +114,7 @@ def groups_text(r) -> str:
     from bnrep.norms import get_norm
 
     said: dict[str, list[str]] = {}
-    alone = False
+    alone = []  # the conditions with a group of one channel
     for n in r.norms:
         if get_norm(n).norm.removeprefix("ws+").partition(":")[0] != "group":
             continue
@@ -122,11 +122,11 @@ def groups_text(r) -> str:
             layers = norm_groups(r.experiment, n)
         except (ValueError, OSError):  # the model's code or its data is not here: nothing to read it from
             continue
-        alone |= any(g == c for _, g, c in layers)
+        alone += [SHORT[n]] if any(g == c for _, g, c in layers) else []
         parts = [f"{layer} {g} group{'s' * (g != 1)} of {c // g} channel{'s' * (c // g != 1)}" if i == 0 else
                  f"{layer} {g} of {c // g}" for i, (layer, g, c) in enumerate(layers)]
         said.setdefault(", ".join(parts[:8]) + (f", ... ({len(parts)} norm layers)" if len(parts) > 8 else ""),
                         []).append(SHORT[n])
     return "; ".join(f"{and_list(names)}: {text}" for text, names in said.items()) + (
-        " (a group of 1 channel normalises each channel of each image alone, as InstanceNorm does)"
-        if alone else "")
+        f". In {and_list(alone)}, a group of 1 channel normalises each channel of each image alone, as "
+        f"InstanceNorm does" if alone else "")

@@ -38,6 +38,8 @@ NONFINITE = "the representations contain NaN or inf (a diverged model?)"
 UNDEFINED = "values are NaN (undefined: dead layer, one class)"  # a figure caption's note, by default
 GRADIENT_BATCHES, GRADIENT_BATCH = 4, 64  # gradient norms: the first 4 x 64 analysis samples, every model
 NO_BATCH_STATISTICS = "without running statistics, train and eval mode normalise alike"  # (after the conditions named)
+# reasons as earlier analyses wrote them into the tables -> as said now (the old words read as the condition 'no norm')
+OLD_REASONS = {"no norm with running statistics: train and eval mode normalise alike": NO_BATCH_STATISTICS}
 
 
 @dataclass

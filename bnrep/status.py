@@ -139,6 +139,7 @@ def _analysis(store: Store, exp: Experiment, trained: list[str]) -> tuple[str, s
     from bnrep.datasets import DatasetError
     from bnrep.models import ModelError
     from bnrep.represent import model_probes
+    from bnrep.results import and_list
     from bnrep.stages.analysis import plan
 
     models = store.read_table("training")
@@ -152,7 +153,8 @@ def _analysis(store: Store, exp: Experiment, trained: list[str]) -> tuple[str, s
                 f"data: {e}")
     left = plan(store, exp, models, probes).n_tasks()
     state = "complete" if not left else "partial" if done else "missing"
-    at = f" (final weights and epochs {', '.join(map(str, exp.snapshots))})" if exp.snapshots else ""
+    at = (f" (final weights and epoch{'s' * (len(exp.snapshots) > 1)} {and_list(map(str, exp.snapshots))})"
+          if exp.snapshots else "")
     return ("analysis", state, (f"{left} tasks left" if left else "every part current") + at)
 
 

@@ -72,7 +72,8 @@ def findings_blocks(r: Results, fs: list[Finding]) -> list[tuple]:
     each = group_word(r.norms)
     blocks = [*head, ("p", f"Each claim judged for each {each} against {against}; the second table gives each claim "
                            f"as worded for the {each} it judges, with its evidence:"),
-              ("table", ["#", "Claim (paper section 6)"] + [f"{SHORT[n]} vs {SHORT[r.ref]}" for n in judged], matrix),
+              ("table", ["#", f"Claim (paper section 6, worded for the {each} judged)"]
+               + [f"{SHORT[n]} vs {SHORT[r.ref]}" for n in judged], matrix),
               ("table", ["#", axis_word(r.norms).capitalize(), "Claim tested", "Verdict", "Evidence"], evidence)]
     ranks = rankings(r)
     if ranks:
@@ -125,18 +126,26 @@ def predictor_blocks(r: Results, heading: str = "Which measure predicts generali
               ("table", header, cells), ("p", limits_sentence(r, rows))]
     only = [f"{x['measure']} vs {'test accuracy' if x['target'] == 'test_acc' else 'the gap'} "
             f"{between_groups_reason(x, {'pearson_r': x['partial_pearson_r'], 'pearson_p': x['partial_pearson_p']}, word)}"
-            for x in rows if x["between_groups_only"] or x["too_few_within"]]
+            for x in rows if (x["between_groups_only"] or x["too_few_within"]) and not x.get("reverses_within")]
     if only:
         blocks.append(("note", f"Across models, then within the {word} groups: {'; '.join(only)}. Neither "
                                f"kind shows a link between the measure and generalisation."))
-    hidden = [f"{x['measure']} vs {'test accuracy' if x['target'] == 'test_acc' else 'the gap'} (partial r = "
-              f"{x['partial_pearson_r']:.2f}, p = {p_text(x['partial_pearson_p'])}; across models r = "
-              f"{x['pearson_r']:.2f}, p = {p_text(x['pearson_p'])})" for x in rows if x.get("within_groups_only")]
+    def both(x) -> str:
+        return (f"{x['measure']} vs {'test accuracy' if x['target'] == 'test_acc' else 'the gap'} (partial r = "
+                f"{x['partial_pearson_r']:.2f}, p = {p_text(x['partial_pearson_p'])}; across models r = "
+                f"{x['pearson_r']:.2f}, p = {p_text(x['pearson_p'])})")
+
+    hidden = [both(x) for x in rows if x.get("within_groups_only")]
     if hidden:
         blocks.append(("note", f"Within the {word} groups, not across them: {'; '.join(hidden)}. Once the "
                                f"{word} is controlled for, the measure and generalisation move together, which the "
                                f"difference between the groups hides across models; a link within these groups, "
                                f"not a cause."))
+    turned = [both(x) for x in rows if x.get("reverses_within")]
+    if turned:
+        blocks.append(("note", f"Reversed within the {word} groups: {'; '.join(turned)}. Across models the sign "
+                               f"is the difference between the groups; within them the measure and generalisation "
+                               f"move the other way: a link within these groups, not a cause."))
     return blocks
 
 

@@ -509,7 +509,8 @@ def test_the_findings_matrix_words_each_claim_for_the_condition_judged_and_the_r
     fs = findings.findings(r)
     blocks = verdicts.findings_blocks(r, fs)
     (matrix, evidence) = [b[1:] for b in blocks if b[0] == "table"][:2]
-    assert matrix[0] == ["#", "Claim (paper section 6)", "bn-b4 vs bn-b64", "bn-b16 vs bn-b64"]
+    assert matrix[0] == ["#", "Claim (paper section 6, worded for the condition judged)", "bn-b4 vs bn-b64",
+                         "bn-b16 vs bn-b64"]
     assert [row[1] for row in matrix[1]] == [
         "The condition judged does not consistently induce nor prevent sparsity in hidden representations, compared "
         "with the reference.",

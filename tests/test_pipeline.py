@@ -791,7 +791,7 @@ def test_snapshots_keep_the_weights_of_their_epochs_and_compute_only_their_parts
     assert "fig_initialisation.png" in md and "At initialisation (epoch 0) against the final epoch" in md
     assert "fig_layer_sparsity_epochs.png" in md and "fig_gradient_norms_epochs.png" in md
     st = bnrep("status", out=out)  # what was measured, said where a study's state is read
-    assert "analysis   complete  every part current (final weights and epochs 0, 1, 2)" in st.stdout, st.stdout
+    assert "analysis   complete  every part current (final weights and epochs 0, 1 and 2)" in st.stdout, st.stdout
     bad = bnrep("analysis", "--smoke-test", "--snapshots", "0,3", out=out)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
         f"error: cnn-bn-s0 was trained without a snapshot at epoch 3: run `bnrep final --experiment digits-cnn "

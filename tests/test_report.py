@@ -13,6 +13,7 @@ import torch
 from matplotlib.colors import to_hex
 
 from bnrep import captions, conditions, correlations, figures, findings, report, results, verdicts
+from bnrep.measures import NO_BATCH_STATISTICS
 from bnrep.experiments import get_experiment
 from bnrep.store import Store
 from bnrep.results import COLORS, SHORT
@@ -472,8 +473,14 @@ def test_a_condition_without_values_through_training_is_not_in_the_legend_and_th
     bn = final["condition"] == "batch"
     final = final.assign(cka=final["cka"].where(~bn), reason=final["reason"].where(~bn, few))
     r = findings.Results(cnn().experiment, {**cnn().tables, "train_eval": final})
-    assert (f" {len(final)} of {len(final)} values are NaN ({nan} of BatchNorm: {few}; {nan} of no BatchNorm: without running "
-            f"statistics, train and eval mode normalise alike) and left out of the means.") in captions.caption(figures.figure("fig_train_eval"), [r])
+    said = (f" {len(final)} of {len(final)} values are NaN ({nan} of BatchNorm: {few}; {nan} of no BatchNorm: without "
+            f"running statistics, train and eval mode normalise alike) and left out of the means.")
+    assert said in captions.caption(figures.figure("fig_train_eval"), [r])
+    # as an earlier analysis wrote the reason into the table (it read as the condition 'no norm'): as now
+    old = final.assign(reason=final["reason"].replace(
+        {NO_BATCH_STATISTICS: "no norm with running statistics: train and eval mode normalise alike"}))
+    assert said in captions.caption(figures.figure("fig_train_eval"),
+                                    [findings.Results(cnn().experiment, {**cnn().tables, "train_eval": old})])
 
 
 # ==== whole reports ====
@@ -758,7 +765,7 @@ def test_four_norm_report_and_architectures_side_by_side(tmp_path):
     write_tables(tmp_path, "mnist-cnn", make_tables("mnist-cnn", seeds=2, norms=NORMS4, **SMALL))
     res = report.build_report(str(tmp_path), "digits-cnn")
     md = (tmp_path / "digits-cnn" / "report" / "report.md").read_text()
-    assert "| # | Claim (paper section 6) | BN vs NBN | GN vs NBN | LN vs NBN |" in md
+    assert "| # | Claim (paper section 6, worded for the normalisation judged) | BN vs NBN | GN vs NBN | LN vs NBN |" in md
     assert "Rankings (best first; mean ± std over seeds):" in md and len(res.findings) == 12
     assert "GroupNorm (green)" in md and "LayerNorm (purple)" in md
     report.build_report(str(tmp_path), ["digits-cnn", "mnist-cnn"])
@@ -842,6 +849,7 @@ def test_a_p_value_below_float_precision_reads_as_such():
     ("two digits already on the right side", 0.049, "0.049"),
     ("far from it: two digits", 0.0549, "0.055"),
     ("far below it", 0.0341, "0.034"),
+    ("within 1e-7 of it, below: counted, so its side", 0.0499999999, "< 0.05"),
 ])
 def test_a_p_value_near_the_threshold_shows_its_side(name, p, said):
     """0.0496 (counted, p < 0.05) and 0.0502 (not) both read "0.05" in one report."""
@@ -1292,6 +1300,27 @@ def test_a_predictor_that_counts_only_within_the_groups_is_noted():
                      "models; a link within these groups, not a cause."]
 
 
+def test_a_predictor_whose_sign_reverses_within_the_groups_is_one_note_not_two_that_disagree():
+    """Simpson's case: NC1 falls with accuracy inside each norm (partial r -1.00), BN models, better, have much
+    higher NC1 (across models r +0.90, p 0.0021). Both notes applied: 'comes only from the difference between
+    the groups ... neither kind shows a link' beside 'within the groups ... move together'."""
+    from bnrep import correlations, verdicts
+
+    r = measure_case(lambda n, a, s: {"batch": 3, "none": 1}[n] - 10 * (a - {"batch": .98, "none": .94}[n])
+                     + [.01, -.02, .015, -.005][s])
+    rows = correlations.predictors(r)
+    assert [(x["reverses_within"], x["within_groups_only"]) for x in rows] == [(True, False)] * 2
+    _, cells = correlations.predictor_rows(rows, r.norms)
+    assert [c[-1] for c in cells] == ["reverses within the normalisation groups (across models, the sign is their "
+                                      "difference)"] * 2
+    notes = [b[1] for b in verdicts.predictor_blocks(r) if b[0] == "note"]
+    assert notes == ["Reversed within the normalisation groups: NC1 vs test accuracy (partial r = -1.00, p = 1e-06; "
+                     "across models r = 0.90, p = 0.0021); NC1 vs the gap (partial r = 1.00, p = 1e-06; across models "
+                     "r = -0.90, p = 0.0021). Across models the sign is the difference between the groups; within "
+                     "them the measure and generalisation move the other way: a link within these groups, not a "
+                     "cause."]
+
+
 def test_predictor_section_in_the_report_with_the_real_model_count(tmp_path):
     r = cnn4(acc=acc_by_seed)
     write_tables(tmp_path, "digits-cnn", r.tables)
@@ -1487,8 +1516,9 @@ def test_settings_give_the_groups_of_each_groupnorm_layer_read_off_the_model():
     rows = dict((r[0], r[1]) for r in report.settings_rows(Results(e, {})))
     assert rows["GroupNorm groups"] == (
         "GN, gn-b4 and WSGN: conv1 16 groups of 1 channel, conv2 32 of 1, conv3 32 of 2, conv4 32 of 4, "
-        "fc1 25 of 4; GN4: conv1 4 groups of 4 channels, conv2 4 of 8, conv3 4 of 16, conv4 4 of 32, fc1 4 of 25 "
-        "(a group of 1 channel normalises each channel of each image alone, as InstanceNorm does)")
+        "fc1 25 of 4; GN4: conv1 4 groups of 4 channels, conv2 4 of 8, conv3 4 of 16, conv4 4 of 32, fc1 4 of 25. "
+        "In GN, gn-b4 and WSGN, a group of 1 channel normalises each channel of each image alone, as InstanceNorm "
+        "does")
     rows = dict((r[0], r[1]) for r in report.settings_rows(Results(e.override(conditions="batch; layer; none"), {})))
     assert "GroupNorm groups" not in rows
 
