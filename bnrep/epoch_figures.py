@@ -23,7 +23,8 @@ MEASURED = ("At epoch 0 (the initialisation) norms with running statistics norma
             "virtual batch, converge sooner).")
 MEASURED_BY = {
     "gradient_norms": "Every epoch is measured with batch statistics (norms with running statistics normalise with "
-                      "each batch's, as in training); the running statistics are not used.",
+                      "each analysis batch's own, whatever batch size the model trained with); the running "
+                      "statistics are not used.",
     "train_eval": "It starts at epoch 1 (at epoch 0 the running statistics are still 0 and 1: nothing to compare): "
                   "at each epoch, batch statistics against the running statistics as they stood then, which have "
                   "not converged yet at early epochs.",
