@@ -97,6 +97,10 @@ def measure_figure(m):
     return make
 
 
+SIDES = (("input", "-", "o"), ("output", "--", "x"))  # signal propagation: an activation's input, its output
+OUTPUT = ", output"  # (the output lines' legend suffix: they share the condition's entry)
+
+
 def fig_signal_propagation(results) -> Figure | None:
     """Brock, De & Smith 2021: the average channel variance and squared channel mean of each activation's
     input (solid) and output (dashed) against depth, a line per condition; panels per experiment."""
@@ -110,12 +114,16 @@ def fig_signal_propagation(results) -> Figure | None:
         for row, (what, name) in enumerate((("var", "average channel variance"),
                                             ("mean_sq", "average squared channel mean"))):
             ax = axes[row, i]
-            for side, said, ls, marker in (("input", "pre-activation", "-", "o"), ("output", "output", "--", "x")):
-                s = condition_lines(ax, d, f"{side}_{what}", labels, f", {said}", ls=ls, marker=marker, capsize=2)
+            for side, ls, marker in SIDES:
+                s = condition_lines(ax, d, f"{side}_{what}", labels, "" if side == "input" else OUTPUT, ls=ls,
+                                    marker=marker, capsize=2)
             _layer_ticks(ax, s)
             _panel(ax, title=f"{_panel_title(r, i, len(rs))}: {name}", xlabel="layer", ylabel=name)
-    entries = {name: h for ax in axes[0] for h, name in zip(*ax.get_legend_handles_labels())}  # every panel's
-    legend_below(fig, list(entries.values()), list(entries), row=2)  # (in a panel, ten entries hid the curves)
+    # below the panels (in a panel, ten entries hid the curves): a colour per condition, then what each style is
+    entries = {name: h for ax in axes[0] for h, name in zip(*ax.get_legend_handles_labels())
+               if not name.endswith(OUTPUT)}
+    styles = [Line2D([], [], color="black", ls=ls, marker=marker) for _, ls, marker in SIDES]
+    legend_below(fig, [*entries.values(), *styles], [*entries, "pre-activation", "output"])
     _log_if_positive(fig)
     fig.suptitle("Signal propagation: activation statistics against depth")
     return fig

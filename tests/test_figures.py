@@ -182,3 +182,16 @@ def test_a_log_axis_caption_says_where_a_bar_below_zero_goes():
               in f.caption}
     assert logged == {"fig_nc1", "fig_gradient_norms", "fig_signal_propagation", "fig_nc1_epochs",
                       "fig_signal_propagation_epochs", "fig_gradient_norms_epochs", "fig_initialisation"}
+
+
+def test_signal_propagation_has_a_legend_entry_per_condition_and_one_per_line_style():
+    """Its legend listed every condition twice (', pre-activation' and ', output'): ten long entries wider than
+    the figure's single column of panels. A colour per condition, then what the solid and dashed lines are."""
+    r = cnn()
+    fig = figures.fig_signal_propagation(findings.Results(r.experiment.override(norms="batch,group,none"),
+                                                          make_tables(norms=("batch", "group", "none"))))
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["BatchNorm", "GroupNorm", "no norm", "pre-activation",
+                                                         "output"]
+    styles = legend.legend_handles[-2:]
+    assert [(h.get_linestyle(), h.get_marker()) for h in styles] == [("-", "o"), ("--", "x")]
