@@ -2,6 +2,7 @@
 
     >>> import bnrep
     >>> study = bnrep.open_results("runs", "digits-cnn")   # or "s3://bucket/bnrep"
+    >>> study        # <bnrep.Study digits-cnn in runs: cnn on digits, conditions batch, none; 8 models; ...>
     >>> study.experiment.norms, study.hashes               # the configuration it was made with
     >>> study.kmeans.query("optimal")                       # every table as a pandas DataFrame
     >>> model = study.model("cnn-bn-s0")                    # weights loaded, sha256 verified
@@ -86,6 +87,17 @@ class Study:
 
     def __dir__(self):
         return [*super().__dir__(), *TABLES]
+
+    def __repr__(self) -> str:
+        """What a notebook shows for the study: its name and place, model, data, conditions, models trained
+        and tables; never an error (a notebook shows the repr of whatever a cell returns)."""
+        where = f"{self.store.experiment} in {self.store.out}"
+        try:
+            e, n = self.experiment, len(self.store.parts("training"))
+            return (f"<bnrep.Study {where}: {e.model} on {e.dataset}, conditions {', '.join(e.norms)}; {n} "
+                    f"model{'s' * (n != 1)}; tables {', '.join(self.tables) or 'none yet'}>")
+        except Exception as err:  # (a config.json it cannot read: said, not raised)
+            return f"<bnrep.Study {where} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})>"
 
     def findings(self) -> dict:
         """The report's findings.json: `findings` (each claim's verdict and its numbers), `predictors`,

@@ -27,6 +27,10 @@ def test_configuration_and_tables(old_results):
                                       .reset_index(drop=True),
                                       direct.sort_values(list(direct.columns[:3])).reset_index(drop=True))
     assert (study.kmeans["epoch"] == -1).all()  # written before snapshots: the final models' rows
+    # what a notebook cell that returns the study shows (it showed <bnrep.api.Study object at 0x...>)
+    n = len(pd.read_parquet(old_results / "synthetic-cnn" / "results" / "training"))
+    assert repr(study) == (f"<bnrep.Study synthetic-cnn in {old_results}: cnn on synthetic, conditions batch, none; "
+                           f"{n} models; tables {', '.join(study.tables)}>")
     with pytest.raises(KeyError, match="unknown table"):
         study.table("nope")
     assert tree(old_results) == before  # read-only
@@ -208,3 +212,14 @@ def test_a_study_runs_from_python_and_its_errors_are_exceptions(tmp_path, capsys
     t.start()
     t.join()
     assert "unrecognized arguments: --seed 3" in str(raised[0].value)
+
+
+def test_a_study_whose_config_cannot_be_read_still_has_a_repr(tmp_path):
+    """A notebook shows the repr of whatever a cell returns: an unreadable config.json is said there, not
+    raised (the error comes when the study is used)."""
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "config.json").write_text("{not json")
+    study = bnrep.open_results(str(tmp_path), "s")
+    assert repr(study).startswith(f"<bnrep.Study s in {tmp_path} (") and repr(study).endswith(")>")
+    with pytest.raises(Exception):
+        study.experiment
