@@ -2,7 +2,7 @@
 
     >>> import bnrep
     >>> study = bnrep.open_results("runs", "digits-cnn")   # or "s3://bucket/bnrep"
-    >>> study        # <bnrep.Study digits-cnn in runs: cnn on digits, conditions batch, none; 8 models; ...>
+    >>> study        # <bnrep.Study digits-cnn in /path/to/runs: cnn on digits, conditions batch, none; 8 models; ...>
     >>> study.experiment.norms, study.hashes               # the configuration it was made with
     >>> study.kmeans.query("optimal")                       # every table as a pandas DataFrame
     >>> model = study.model("cnn-bn-s0")                    # weights loaded, sha256 verified
