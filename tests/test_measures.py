@@ -396,3 +396,38 @@ def test_which_measures_each_epoch_has():
     assert lacks(FINAL, exp) == set() and lacks(FINAL, asked) == set()
     assert lacks(0, exp) == {"kmeans", "train_eval"} and lacks(3, exp) == {"kmeans"}
     assert lacks(0, asked) == {"train_eval"} and lacks(3, asked) == set()
+
+
+def test_models_of_an_earlier_run_s_condition_without_the_snapshots_are_measured_at_their_final_weights(tmp_path):
+    """A study extended with conditions and --snapshots: the grid trains this run's conditions again with the
+    snapshots; the models of an earlier run's condition, which the study keeps, have none. The analysis refused
+    the whole study, naming a command that would not train them either; it measures them without the snapshot
+    epochs and says so. A model of this run's conditions without them is still refused."""
+    import pandas as pd
+
+    from bnrep.checkpoints import save_model, save_snapshot, snapshot_record
+    from bnrep.config import UsageError
+    from bnrep.data import load_data
+    from bnrep.stages.analysis import stopped_before, trained_models
+    from bnrep.store import Store
+    from bnrep.train import Trainer
+
+    exp = get_experiment("synthetic-cnn").override(**SMOKE, conditions="batch; group")
+    data, store = load_data(exp, None, device="cpu"), Store(str(tmp_path), exp.name)
+    for mid, norm, snapshots in (("m-bn", "batch", True), ("m-gn", "group", False)):
+        trainer = Trainer(exp, data, norm, {"lr": 0.05, "momentum": 0.9}, seed=0, device="cpu")
+        trainer.step_epoch()
+        digests = {1: save_snapshot(store, mid, trainer.model, 1)} if snapshots else {}
+        row = {"model_id": mid, "model": exp.model, "norm": norm, "bn": norm == "batch", "seed": 0}
+        digest = save_model(store, mid, trainer.model, exp, {"lr": 0.05}, row, data.num_classes)
+        store.write_part("training", mid, pd.DataFrame([row]), "h", model_sha256=digest,
+                         **snapshot_record([1] if snapshots else [], digests))
+    now = exp.override(conditions="batch", snapshots=(0, 1))  # group: an earlier run's condition
+    models = trained_models(store, now).set_index("model_id")
+    assert models.loc["m-bn", "snapshot_epochs"] == (1,) and models.loc["m-gn", "snapshot_epochs"] == ()
+    assert stopped_before(models.reset_index(), now) == [
+        "1 model of group (an earlier run's conditions, not among this run's) were trained without snapshots at "
+        "epoch 1: measured at their initialisation and final weights only (through training too: run bnrep final "
+        "with --conditions naming them as well, and --snapshots 0,1)"]
+    with pytest.raises(UsageError, match="m-gn was trained without a snapshot at epoch 1"):
+        trained_models(store, exp.override(snapshots=(0, 1)))  # group among this run's conditions

@@ -209,10 +209,14 @@ def trained_models(store: Store, exp: Experiment) -> pd.DataFrame:
     if exp.snapshots and is_imported(store):
         raise UsageError(f"{store.out}/{exp.name} holds imported models: they have no training to take --snapshots "
                          f"from (measure snapshots of models the grid trains)")
-    kept = []
+    kept, earlier = [], []  # earlier: models of an earlier run's condition, trained without the snapshots
+    condition = dict(zip(df["model_id"], df["condition"]))
     for mid in df["model_id"]:
         asked, saved = saved_snapshots(store.part_metadata("training", mid))
-        if not set(later) <= asked:
+        if not set(later) <= asked and condition[mid] not in exp.norms:  # kept in the study, not asked for now:
+            earlier.append(mid)  # measured at its initialisation and final weights (without_snapshots says so)
+            asked = saved = set()
+        elif not set(later) <= asked:
             missing = ", ".join(str(e) for e in later if e not in asked)
             raise UsageError(f"{mid} was trained without a snapshot at epoch {missing}: run "
                              f"`{command('final', exp.name, store.out)} --snapshots "
@@ -227,13 +231,23 @@ def trained_models(store: Store, exp: Experiment) -> pd.DataFrame:
                      f"FILE)" if is_imported(store) else f"rerun `{command('final', exp.name, store.out)}` to retrain it")
             raise UsageError(f"checkpoint {e}; {again}") from None
     df["snapshot_epochs"] = kept
+    df["without_snapshots"] = df["model_id"].isin(earlier)
     return df.sort_values("model_id").reset_index(drop=True)
 
 
 def stopped_before(models: pd.DataFrame, exp: Experiment) -> list[str]:
     """Notes on the snapshot epochs some models never reached (they stopped training before)."""
-    return [f"{n} of {len(models)} models stopped training before epoch {e}: measured without it"
-            for e in exp.snapshots if e > 0 for n in [sum(e not in k for k in models["snapshot_epochs"])] if n]
+    trained = models[~models["without_snapshots"]] if "without_snapshots" in models else models
+    said = [f"{n} of {len(models)} models stopped training before epoch {e}: measured without it"
+            for e in exp.snapshots if e > 0 for n in [sum(e not in k for k in trained["snapshot_epochs"])] if n]
+    earlier = models.loc[models.get("without_snapshots", pd.Series(False, models.index)), "condition"]
+    later = [e for e in exp.snapshots if e > 0]
+    if len(earlier):
+        said.append(f"{len(earlier)} model{'s' * (len(earlier) != 1)} of {', '.join(dict.fromkeys(earlier))} (an earlier run's conditions, not "
+                    f"among this run's) were trained without snapshots at epoch {', '.join(map(str, later))}: measured "
+                    f"at their initialisation and final weights only (through training too: run bnrep final with "
+                    f"--conditions naming them as well, and --snapshots {','.join(map(str, exp.snapshots))})")
+    return said
 
 
 def check_k_max(exp: Experiment, n_cluster: int) -> None:
