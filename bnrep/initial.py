@@ -123,10 +123,16 @@ def groups_text(r) -> str:
         except (ValueError, OSError):  # the model's code or its data is not here: nothing to read it from
             continue
         alone += [SHORT[n]] if any(g == c for _, g, c in layers) else []
-        parts = [f"{layer} {g} group{'s' * (g != 1)} of {c // g} channel{'s' * (c // g != 1)}" if i == 0 else
-                 f"{layer} {g} of {c // g}" for i, (layer, g, c) in enumerate(layers)]
-        said.setdefault(", ".join(parts[:8]) + (f", ... ({len(parts)} norm layers)" if len(parts) > 8 else ""),
-                        []).append(SHORT[n])
+        runs: list[list] = []  # [first layer, last layer, groups, channels per group]: consecutive alike, one
+        for layer, g, c in layers:
+            if runs and runs[-1][2:] == [g, c // g]:
+                runs[-1][1] = layer
+            else:
+                runs.append([layer, layer, g, c // g])
+        parts = [f"{a if a == b else f'{a} to {b}'} {g}" + (f" group{'s' * (g != 1)} of {k} channel{'s' * (k != 1)}"
+                                                          if i == 0 else f" of {k}")
+                 for i, (a, b, g, k) in enumerate(runs)]
+        said.setdefault(", ".join(parts), []).append(SHORT[n])
     return "; ".join(f"{and_list(names)}: {text}" for text, names in said.items()) + (
         f". In {and_list(alone)}, a group of 1 channel normalises each channel of each image alone, as "
         f"InstanceNorm does" if alone else "")

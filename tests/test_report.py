@@ -1521,6 +1521,12 @@ def test_settings_give_the_groups_of_each_groupnorm_layer_read_off_the_model():
         "does")
     rows = dict((r[0], r[1]) for r in report.settings_rows(Results(e.override(conditions="batch; layer; none"), {})))
     assert "GroupNorm groups" not in rows
+    # ResNet-18's 20 norm layers (a block's shortcut norm feeds the probe its second norm feeds): alike in a run,
+    # said once (the first 8 were listed, the rest '...', and one probe twice)
+    e = get_experiment("synthetic-resnet18")
+    rows = dict((r[0], r[1]) for r in report.settings_rows(Results(e, {})))
+    assert rows["GroupNorm groups"] == ("GN: stem to s1b2.out 32 groups of 2 channels, s2b1.relu1 to s2b2.out 32 of 4, "
+                                        "s3b1.relu1 to s3b2.out 32 of 8, s4b1.relu1 to s4b2.out 32 of 16")
 
 
 def test_settings_give_each_condition_its_own_recipe():
