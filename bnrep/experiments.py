@@ -471,8 +471,8 @@ def smoke(exp: Experiment) -> Experiment:
 
 def smoke_sizes_text(exp: Experiment) -> str:
     """The sizes a --smoke-test study has, in words (the report's note, the status' heading)."""
-    return (f"at most {exp.max_epochs} epochs, {exp.seeds} seeds, {exp.train_size} training images, "
-            f"k up to {exp.k_max}")
+    return (f"at most {exp.max_epochs} epochs, {exp.seeds} seeds, up to {exp.train_size} training images (fewer "
+            f"where the data has fewer), k up to {exp.k_max}")
 
 
 def at_smoke_sizes(exp: Experiment) -> bool:

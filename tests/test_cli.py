@@ -517,8 +517,9 @@ def test_status_counts_only_complete_work(results, capsys):
     assert "report     missing" in out
     # its heading says the sizes: a smoke test's counts (4 models, not the preset's 8); without config.json (a
     # run stopped in its first seconds) the counts are the preset's, which the heading says too
-    assert out.splitlines()[0] == (f"{results}/digits-cnn  (at --smoke-test sizes: at most 3 epochs, 2 seeds, 256 "
-                                   f"training images, k up to 6)")  # (as the report's note says them)
+    assert out.splitlines()[0] == (f"{results}/digits-cnn  (at --smoke-test sizes: at most 3 epochs, 2 seeds, up to "
+                                   f"256 training images (fewer where the data has fewer), k up to 6)")  # (as the
+    # report's note says them; synthetic-resnet18's training split holds 144)
     Store(str(results), "digits-cnn").delete("config.json")
     assert cli.main(["status", "--experiment", "digits-cnn", "--out", str(results)]) == 0
     out = capsys.readouterr().out

@@ -107,8 +107,9 @@ def test_every_stage_writes_its_outputs(reference):
 
     for f in ("report.md", "report.html", "table1.md", "fig_layer_sparsity.png", "fig_class_dbi.png"):
         assert (exp / "report" / f).stat().st_size > 0, f
-    smoke = ("digits-cnn: run at --smoke-test sizes (at most 3 epochs, 2 seeds, 256 training images, k up to 6): a "
-             "check that the study runs end to end; its verdicts say nothing of the paper's claims.")
+    smoke = ("digits-cnn: run at --smoke-test sizes (at most 3 epochs, 2 seeds, up to 256 training images (fewer where "
+             "the data has fewer), k up to 6): a check that the study runs end to end; its verdicts say nothing of the "
+             "paper's claims.")
     for f in ("report.md", "report.html", "summary.txt"):  # said where the terminal's header is not at hand
         assert smoke in html.unescape((exp / "report" / f).read_text()), f
     assert "no download) at --smoke-test sizes |" in (exp / "report" / "report.md").read_text()  # Settings
