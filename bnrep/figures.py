@@ -29,8 +29,8 @@ from bnrep.measures import MEASURES, all_nan
 from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_groups_of, _layer_ticks,
                             _log_if_positive, _panel, _panel_title, _width, condition_lines, fig_per_layer, group_lines,
                             legend_below, panels_legend)
-from bnrep.results import (COLORS, SHORT, Results, at_eps, cka_pairs, eps_values, n_seeds, norm_pairs, optimal_k,
-                           present_norms, seed_stats, seeds_text, shown)
+from bnrep.results import (COLORS, SHORT, Results, at_eps, cka_pairs, eps_values, label_and_tag, n_seeds, norm_pairs,
+                           optimal_k, present_norms, seed_stats, seeds_text, shown)
 
 DPI = 150
 
@@ -241,7 +241,8 @@ def fig_channel_sparsity(results) -> Figure | None:
         for col, li in enumerate(layers):
             ax, d = axes[row, col], cs[cs["layer_index"] == li]
             for norm in present_norms(d):
-                plot_band(ax, d, "channel", "sparsity", norm, f"{labels[norm]} ({n_seeds(d).get(norm, 0)} seeds)")
+                plot_band(ax, d, "channel", "sparsity", norm,
+                          label_and_tag(labels[norm], f"{n_seeds(d).get(norm, 0)} seeds"))
             _panel(ax, title=f"{r.label}: {d['layer'].iloc[0]} (layer {li})", xlabel="channel",
                    ylabel="channel sparsity", ylim=(-0.02, 1.02))
             ax.set_xlim(d["channel"].min(), d["channel"].max())  # (a margin ticked channel 64 of conv3's 0-63)
@@ -308,7 +309,8 @@ def fig_learning_curves(results) -> Figure | None:
         train_col = "train_acc_running" if "train_acc_running" in h and h["train_acc_running"].notna().any() \
             else "train_acc"
         for norm in present_norms(h):
-            plot_band(loss, h, "epoch", "train_loss", norm, f"{labels[norm]} ({n_seeds(h).get(norm, 0)} seeds)")
+            plot_band(loss, h, "epoch", "train_loss", norm,
+                      label_and_tag(labels[norm], f"{n_seeds(h).get(norm, 0)} seeds"))
             plot_band(acc, h, "epoch", train_col, norm, scale=100)
             plot_band(acc, h, "epoch", "val_acc", norm, ls="--", scale=100)
         log = bool((h["train_loss"].dropna() > 0).any())  # every loss NaN (all diverged at once): linear

@@ -195,3 +195,12 @@ def test_signal_propagation_has_a_legend_entry_per_condition_and_one_per_line_st
                                                          "output"]
     styles = legend.legend_handles[-2:]
     assert [(h.get_linestyle(), h.get_marker()) for h in styles] == [("-", "o"), ("--", "x")]
+
+
+def test_a_legend_entry_of_a_label_in_parentheses_takes_the_seeds_inside_them():
+    """'ghost BatchNorm (8 per virtual batch) (2 seeds)' in the learning curves' and channel sparsity's legends."""
+    e = cnn().experiment.override(norms="ghost:8,none")  # (ghost:8 known from here on)
+    ghost = {"condition": {"batch": "ghost:8"}, "norm": {"batch": "ghost:8"}}
+    t = {k: v.replace(ghost) for k, v in make_tables().items()}
+    fig = figures.fig_learning_curves(findings.Results(e, t))
+    assert "ghost BatchNorm (8 per virtual batch; 4 seeds)" in [x.get_text() for x in fig.legends[0].get_texts()]
