@@ -234,23 +234,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     from bnrep.config import refuse_study_folder
     from bnrep.status import sizes_note, stage_status
     from bnrep.store import is_uri
-    from bnrep.studies import load_study
+    from bnrep.studies import held_studies, load_study
 
     if not_a_results_folder(args.out):
         return 2
     local = not is_uri(args.out)
-    study = load_study(args.experiment) if args.experiment.endswith(".toml") else None
-    name = study.name if study else args.experiment
-    refuse_study_folder(args.out, name)
-    rows = stage_status(args.out, name, study)
-    unknown = {detail for _, state, detail in rows if state == "unknown"}
-    if len(unknown) == 1 and all(state == "unknown" for _, state, _ in rows):  # the experiment itself: one line
-        print(f"error: {unknown.pop()}", file=sys.stderr)
-        return 2
-    print(f"{args.out}/{name}" + ("  (no such folder: nothing has run with this --out yet)"
-                                  if local and not os.path.exists(args.out) else sizes_note(args.out, name)))
-    for stage, state, detail in rows:
-        print(f"  {stage:10} {state:9} {detail}")
+    # without --experiment: every study --out holds (presets too), else the default experiment's (none yet)
+    for i, given in enumerate([args.experiment] if args.experiment else held_studies(args.out, presets=True)
+                              or [DEFAULT_EXPERIMENT]):
+        study = load_study(given) if given.endswith(".toml") else None
+        name = study.name if study else given
+        refuse_study_folder(args.out, name)
+        rows = stage_status(args.out, name, study)
+        unknown = {detail for _, state, detail in rows if state == "unknown"}
+        if len(unknown) == 1 and all(state == "unknown" for _, state, _ in rows):  # the experiment itself: one line
+            print(f"error: {unknown.pop()}", file=sys.stderr)
+            return 2
+        print(("\n" if i else "") + f"{args.out}/{name}" + (
+            "  (no such folder: nothing has run with this --out yet)" if local and not os.path.exists(args.out)
+            else sizes_note(args.out, name)))
+        for stage, state, detail in rows:
+            print(f"  {stage:10} {state:9} {detail}")
     return 0
 
 
@@ -267,8 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=DATA_ROOT_HELP)
     sp = sub.add_parser("status", help="per stage: complete, partial or missing (the sweep: skipped after "
                                        "--paper-hparams)")
-    sp.add_argument("--experiment", default=DEFAULT_EXPERIMENT, metavar="NAME",
-                    help=f"experiment (default: {DEFAULT_EXPERIMENT})")
+    sp.add_argument("--experiment", default=None, metavar="NAME",
+                    help=f"experiment (default: every study --out holds; {DEFAULT_EXPERIMENT} while it holds none)")
     sp.add_argument("--out", default=DEFAULT_OUT, metavar="PATH|URI", help=f"results root (default: {DEFAULT_OUT})")
     import_parser(sub.add_parser("import", help="models you trained: check, evaluate and record them for the "
                                                 "analysis"))

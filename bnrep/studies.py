@@ -129,13 +129,14 @@ def study_name(experiment: str) -> str:
     return load_study(experiment).name if experiment.endswith(".toml") else experiment
 
 
-def held_studies(out: str) -> list[str]:
-    """The names of the studies `out` holds (a folder with a config.json), presets left out; none when `out`
-    does not open."""
+def held_studies(out: str, presets: bool = False) -> list[str]:
+    """The names of the studies `out` holds (a folder with a config.json), sorted, presets left out unless
+    `presets`; none when `out` does not open."""
     from bnrep.store import Store
 
     try:
-        return [n for n in Store(out, "").list_dir("") if n not in PRESETS and Store(out, n).exists("config.json")]
+        return sorted(n for n in Store(out, "").list_dir("") if (presets or n not in PRESETS)
+                      and Store(out, n).exists("config.json"))
     except (OSError, ValueError):
         return []
 

@@ -680,6 +680,24 @@ def test_a_study_name_with_an_out_that_does_not_exist_says_so(tmp_path, capsys):
     assert "does not exist" not in capsys.readouterr().err
 
 
+def test_status_without_an_experiment_tells_of_every_study_out_holds(tmp_path, capsys):
+    """`bnrep status --out runs` where runs holds synthetic-resnet18 and a study of one's own: it told of
+    digits-cnn, missing at every stage, and of neither; with nothing there yet, of the default experiment."""
+    from bnrep.experiments import get_experiment
+
+    out = tmp_path / "runs"
+    for name, preset in (("synthetic-resnet18", "synthetic-resnet18"), ("mine", "digits-cnn")):
+        Store(str(out), name).write_json("config.json", {"experiment": get_experiment(preset).override(
+            name=name).to_dict()})
+    assert cli.main(["status", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert [line for line in said.splitlines() if line.startswith(str(out))] == [f"{out}/mine",
+                                                                                 f"{out}/synthetic-resnet18"], said
+    assert cli.main(["status", "--out", str(tmp_path / "new")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (f"{tmp_path / 'new'}/digits-cnn  (no such folder: nothing "
+                                                       f"has run with this --out yet)")
+
+
 @pytest.mark.parametrize("argv", [["status"], ["report"], ["hparam"], ["run"]])
 def test_a_mistyped_study_name_names_the_studies_out_holds_and_the_closest(argv, tmp_path, capsys):
     """`--experiment mien` where --out holds the study `mine`: the one line lists it with the presets and
