@@ -14,8 +14,9 @@ import pandas as pd
 from bnrep.axis import axis_word
 from bnrep.correlations import (MIN_MODELS, between_groups_reason, group_word, limits_sentence, p_text, predictor_rows,
                                 predictors)
-from bnrep.findings import (CLAIMS, P_MAX, RULES, Finding, _names, compare_layers, finding_sparsity_across, headline_rows,
-                            judged_norms, names_reference, rules, snapshot_measures, worded)
+from bnrep.findings import (CLAIMS, P_MAX, RULES, SPARSITY_TOL, Finding, _names, compare_layers,
+                            finding_sparsity_across, headline_rows, judged_norms, names_reference, rules,
+                            snapshot_measures, worded)
 from bnrep.norms import same_start, sort_key
 from bnrep.results import LABELS, REF, SHORT, Results, is_paper_pair, label_and_tag, rankings
 
@@ -226,10 +227,13 @@ def initialisation_rows(r: Results) -> list[list[str]]:
             continue
         for n in [c for c in r.norms if c != r.ref]:
             fin, ini = (compare_layers(headline_rows(m, d), m.values[0], n, r.ref) for d in (r.table(m.table), early))
-            fin, ini = fin[fin["p"] < P_MAX], ini.set_index("layer_index")
+            tol = SPARSITY_TOL if m.table == "layer_sparsity" else 0  # claim 1's rule: within 1 pp is no difference
+            fin = fin[(fin["p"] < P_MAX) & ((fin["a"] - fin["ref"]).abs() > tol)]
+            ini = ini.set_index("layer_index")
             gap = {x.layer: (x.a - x.ref, *(ini.loc[x.layer_index, ["a", "ref", "p"]] if x.layer_index in ini.index
                                             else (math.nan,) * 3)) for x in fin.itertuples()}
-            same = [l for l, (g, a, b, p) in gap.items() if p < P_MAX and np.sign(a - b) == np.sign(g)]
+            same = [l for l, (g, a, b, p) in gap.items()
+                    if p < P_MAX and abs(a - b) > tol and np.sign(a - b) == np.sign(g)]
             like = [l for l, (g, a, b, p) in gap.items() if l not in same and (a - b) / g >= 0.5]  # >= half, noisy
             said = ("no layer differs at the final epoch" if fin.empty else
                     "appeared in training: at initialisation the two are one network with the same weights, whose "

@@ -1571,6 +1571,20 @@ def test_a_gap_as_large_at_initialisation_but_within_seed_noise_is_not_said_to_a
                                                 f"{len(layers)} ({', '.join(f'l{i}' for i in layers)})", same, reading]]
 
 
+def test_the_initialisation_table_counts_a_sparsity_gap_as_claim_1_does():
+    """Claim 1 counts a layer sparsity difference within 1 pp as none; the initialisation table counted any
+    significant one (ResNet-18's stem, +0.5 pp: 11 layers differ there, 10 in claim 1 on the same page)."""
+    from bnrep.experiments import get_experiment
+    from bnrep.results import Results
+    gaps = {1: 0.005, 2: 0.05}  # layer -> BN's sparsity above no BN's (seeds +-0.0002: significant both)
+    rows = [dict(model_id=f"{c}{s}", condition=c, norm=c, bn=c == "batch", seed=s, layer=f"l{li}", layer_index=li,
+                 epoch=epoch, eps=0.0, sparsity=0.4 + gap * (c == "batch") + (0.0002 if s else -0.0002))
+            for c in ("batch", "none") for s in (0, 1) for li in gaps for epoch, gap in ((-1, gaps[li]), (0, gaps[li]))]
+    r = Results(get_experiment("synthetic-cnn"), {"layer_sparsity": pd.DataFrame(rows)})
+    (row,) = [x for x in verdicts.initialisation_rows(r) if x[0] == "Layer sparsity"]
+    assert row == ["Layer sparsity", "BN vs NBN", "1 (l2)", "1 (l2)", "already at initialisation"]
+
+
 def test_table1_names_diverged_models_per_norm():
     t = pd.DataFrame([dict(model_id=f"m-{n}-{s}", norm=n, condition=n, diverged=n == "none" and s < 2,
                            diverged_epoch=(3 + s) if n == "none" and s < 2 else 0) for n in ("batch", "none")
