@@ -90,13 +90,16 @@ def shared_start_text(rs) -> str:
             continue
         groups: dict[str, list[str]] = {}
         for (a, b), (names, total) in shared.items():
-            if names:
+            if not names:  # said too, so that a pair left out does not read as not checked
+                groups.setdefault("none", []).append(f"{SHORT[a]} and {SHORT[b]}")
+            else:
                 fed = list(dict.fromkeys(kernel_layers(r.experiment, a)[n] for n in names))  # as the tables name them
                 which = (f"all {total} kernels" if len(names) == total else
                          f"{len(names)} of {total} kernels (into {', '.join(fed[:3])}{', ...' if len(fed) > 3 else ''})")
                 groups.setdefault(which, []).append(f"{SHORT[a]} and {SHORT[b]}")
-        said.append(at + ("; ".join(f"{', '.join(pairs)}: {which}" for which, pairs in groups.items()) if groups
-                          else "no pair shares a kernel"))
+        none = groups.pop("none", [])
+        said.append(at + ("; ".join(f"{', '.join(pairs)}: {which}" for which, pairs in [*groups.items(), ("none", none)]
+                                    if pairs) if groups else "no pair shares a kernel"))
     if not said:
         return ""
     return ("At one seed, the models of two conditions start from the same convolution and linear kernels where "

@@ -1911,6 +1911,17 @@ def test_a_kernel_that_weight_standardisation_uses_is_not_shared_with_a_plain_co
     every = ["features.0.weight", "features.3.weight", "features.7.weight", "features.11.weight",
              "classifier.0.weight", "classifier.3.weight"]
     assert shared_initial_weights(exp, "batch", "ghost:8") == (every, 6)
+    # the caption names every pair compared, one that shares nothing too (left out, it read as not checked)
+    from types import SimpleNamespace
+
+    from bnrep.initial import shared_start_text
+
+    e = exp.override(conditions="batch; ws+group; none")
+    cka = pd.DataFrame([dict(condition_a=a, condition_b=b, seed_a=0, seed_b=0)
+                        for a, b in (("batch", "ws+group"), ("batch", "none"), ("ws+group", "none"))])
+    r = SimpleNamespace(label="x", imported=False, experiment=e, table=lambda name: cka)
+    assert ("them): BN and WSGN: 2 of 6 kernels (into fc1, the output); BN and NBN: 1 of 6 kernels (into conv1); WSGN "
+            "and NBN: none. A same-seed") in shared_start_text([r])
 
 
 def test_a_kernel_is_named_by_the_layer_it_feeds():
