@@ -94,8 +94,8 @@ def shared_start_text(rs) -> str:
                 groups.setdefault("none", []).append(f"{SHORT[a]} and {SHORT[b]}")
             else:
                 fed = list(dict.fromkeys(kernel_layers(r.experiment, a)[n] for n in names))  # as the tables name them
-                which = (f"all {total} kernels" if len(names) == total else
-                         f"{len(names)} of {total} kernels (into {', '.join(fed[:3])}{', ...' if len(fed) > 3 else ''})")
+                into = ", ".join(fed[:3]) + (", ..." if len(fed) > 3 else "")
+                which = f"all {total} kernels" if len(names) == total else f"{len(names)} of {total} kernels (into {into})"
                 groups.setdefault(which, []).append(f"{SHORT[a]} and {SHORT[b]}")
         none = groups.pop("none", [])
         said.append(at + ("; ".join(f"{', '.join(pairs)}: {which}" for which, pairs in [*groups.items(), ("none", none)]
@@ -104,9 +104,9 @@ def shared_start_text(rs) -> str:
         return ""
     return ("At one seed, the models of two conditions start from the same convolution and linear kernels where "
             "the normalisation draws no weights of its own (read off the models, built as training builds them): "
-            + "; ".join(said) + ". A same-seed CKA of such a pair can start above the baselines of independent seeds: in the layers "
-            "those kernels feed, a CKA at or above the baselines does not by itself show that training left the "
-            "representations alike.")
+            + "; ".join(said) + ". A same-seed CKA of such a pair can start above the baselines of independent "
+            "seeds: in the layers those kernels feed, a CKA at or above the baselines does not by itself show that "
+            "training left the representations alike.")
 
 
 def groups_text(r) -> str:
