@@ -38,7 +38,7 @@ DPI = 150
 def fig_layer_sparsity(results) -> Figure | None:
     """Paper Figure 3: layer sparsity for every layer."""
     return fig_per_layer(results, lambda r: at_eps(r.table("layer_sparsity")), "sparsity",
-                         "layer sparsity (fraction of zeros)", "Layer sparsity per layer")
+                         "layer sparsity (fraction of zeros)", "Layer sparsity per layer", clip=lambda r: (0.0, 1.0))
 
 
 def fig_class_dbi(results) -> Figure | None:
@@ -208,14 +208,15 @@ def fig_sparsity_thresholds(results) -> Figure | None:
 
 
 def plot_band(ax, df: pd.DataFrame, x: str, value: str, norm: str, label: str | None = None,
-              ls: str = "-", scale: float = 1.0) -> None:
-    """Seed mean of `value` against `x` as a line, std as shading."""
+              ls: str = "-", scale: float = 1.0, clip: tuple[float, float] = (-np.inf, np.inf)) -> None:
+    """Seed mean of `value` against `x` as a line, std as shading, cut at `clip` (the values there can be)."""
     s = seed_stats(df[df["condition"] == norm], [x], value)
     if s.empty:
         return
     m, sd = s["mean"] * scale, s["std"].fillna(0) * scale
     ax.plot(s[x], m, color=COLORS[norm], ls=ls, lw=1.2, label=label)
-    ax.fill_between(s[x], m - sd, m + sd, color=COLORS[norm], alpha=0.25, lw=0)
+    ax.fill_between(s[x], np.maximum(m - sd, clip[0] * scale), np.minimum(m + sd, clip[1] * scale), color=COLORS[norm],
+                    alpha=0.25, lw=0)
 
 
 def _channel_layers(r: Results) -> list[int]:
@@ -242,7 +243,7 @@ def fig_channel_sparsity(results) -> Figure | None:
             ax, d = axes[row, col], cs[cs["layer_index"] == li]
             for norm in present_norms(d):
                 plot_band(ax, d, "channel", "sparsity", norm,
-                          label_and_tag(labels[norm], f"{n_seeds(d).get(norm, 0)} seeds"))
+                          label_and_tag(labels[norm], f"{n_seeds(d).get(norm, 0)} seeds"), clip=(0.0, 1.0))
             _panel(ax, title=f"{r.label}: {d['layer'].iloc[0]} (layer {li})", xlabel="channel",
                    ylabel="channel sparsity", ylim=(-0.02, 1.02))
             ax.set_xlim(d["channel"].min(), d["channel"].max())  # (a margin ticked channel 64 of conv3's 0-63)
@@ -311,8 +312,8 @@ def fig_learning_curves(results) -> Figure | None:
         for norm in present_norms(h):
             plot_band(loss, h, "epoch", "train_loss", norm,
                       label_and_tag(labels[norm], f"{n_seeds(h).get(norm, 0)} seeds"))
-            plot_band(acc, h, "epoch", train_col, norm, scale=100)
-            plot_band(acc, h, "epoch", "val_acc", norm, ls="--", scale=100)
+            plot_band(acc, h, "epoch", train_col, norm, scale=100, clip=(0.0, 1.0))
+            plot_band(acc, h, "epoch", "val_acc", norm, ls="--", scale=100, clip=(0.0, 1.0))
         log = bool((h["train_loss"].dropna() > 0).any())  # every loss NaN (all diverged at once): linear
         _panel(loss, title=f"{r.label}: training loss", xlabel="epoch", ylabel="cross-entropy",
                yscale="log" if log else "linear")
@@ -348,10 +349,10 @@ FIGURES = [
     FigureSpec("fig_channel_sparsity", fig_channel_sparsity, ("channel_sparsity",),
                "Paper Figures 1-2: average channel sparsity (fraction of exactly-zero post-ReLU values per "
                "channel) for {colours} models in the selected layers, "
-               "channels in index order. Shading: standard deviation across {seeds}."),
+               "channels in index order. Shading: standard deviation across {seeds}, cut at 0 and 1."),
     FigureSpec("fig_layer_sparsity", fig_layer_sparsity, ("layer_sparsity",),
                "Paper Figure 3: average layer sparsity for {colours} models. "
-               "Error bars: standard deviation across {seeds}."),
+               "Error bars: standard deviation across {seeds}, cut at 0 and 1."),
     FigureSpec("fig_class_dbi", fig_class_dbi, ("class_dbi",),
                "Paper Figure 4: average class-based DBI per layer ({layers}) for {colours} "
                "models; lower is purer. Error bars: standard deviation across {seeds}.{nan}"),

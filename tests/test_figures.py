@@ -1,6 +1,7 @@
 """Figures a reader can read: legends off the curves, tick labels apart, error bars within what was measured,
 captions that say what is drawn and how it was measured (the report tests check the plotted values)."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -204,3 +205,23 @@ def test_a_legend_entry_of_a_label_in_parentheses_takes_the_seeds_inside_them():
     t = {k: v.replace(ghost) for k, v in make_tables().items()}
     fig = figures.fig_learning_curves(findings.Results(e, t))
     assert "ghost BatchNorm (8 per virtual batch; 4 seeds)" in [x.get_text() for x in fig.legends[0].get_texts()]
+
+
+def test_sparsity_error_bars_and_shading_stay_within_0_and_1():
+    """A fraction of zeros: a layer 96% zero in one seed and 44% in the other drew a bar to 1.07, and channel
+    sparsity's shading went above 1 (ResNet-18's no-norm s4b2.relu1)."""
+    r = cnn()
+    ls = r.tables["layer_sparsity"]
+    last = ls["layer_index"] == ls["layer_index"].max()
+    ls = ls.assign(sparsity=ls["sparsity"].where(~last, np.where(ls["seed"] % 2, 0.98, 0.5)))
+    cs = r.tables["channel_sparsity"]
+    cs = cs.assign(sparsity=np.where(cs["seed"] % 2, 0.99, 0.2))
+    r = findings.Results(r.experiment, {**r.tables, "layer_sparsity": ls, "channel_sparsity": cs})
+    (ax,) = figures.fig_layer_sparsity(r).axes
+    tops = [seg[:, 1].max() for c in ax.containers for col in c.lines[2] for seg in col.get_segments()]
+    assert max(tops) == pytest.approx(1.0) and min(
+        seg[:, 1].min() for c in ax.containers for col in c.lines[2] for seg in col.get_segments()) >= 0
+    for ax in figures.fig_channel_sparsity(r).axes:
+        for band in ax.collections:
+            ys = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
+            assert ys.max() <= 1.0 + 1e-12 and ys.min() >= -1e-12
