@@ -4,13 +4,14 @@ initialisation against the final epoch, and each measure against training epoch.
 from __future__ import annotations
 
 import math
+import textwrap
 
 from matplotlib.figure import Figure
 
 from bnrep.findings import headline_rows, snapshot_measures
 from bnrep.measures import FINAL
 from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_groups_of, _layer_ticks, _panel, _width,
-                            condition_lines, group_lines, log_y, panels_legend)
+                            condition_lines, group_lines, log_y, panels_legend, styles_legend)
 from bnrep.results import seeds_text
 
 # How a snapshot's model is run for a measure, said under each figure against epoch: the representations'
@@ -36,6 +37,9 @@ def measured_at_epochs(m) -> str:
     return MEASURED_BY.get(m.table, MEASURED)
 
 
+INIT = ", init"  # (the initialisation's lines' legend suffix: they share the condition's entry)
+
+
 def fig_initialisation(results) -> Figure | None:
     """Each per-layer measure at initialisation (epoch 0, dashed) and at the final epoch (solid), a line per
     condition, a panel per measure (the first experiment with snapshots)."""
@@ -49,18 +53,18 @@ def fig_initialisation(results) -> Figure | None:
     labels = _labels([r])
     for ax, m in zip(axes.flat, ms):
         early = r.snapshots[m.table]
-        drawn = {when: condition_lines(ax, headline_rows(m, d), m.values[0], labels, f", {when}", ls=ls, marker=marker,
-                                       capsize=2)
+        drawn = {when: condition_lines(ax, headline_rows(m, d), m.values[0], labels, "" if when == "final" else INIT,
+                                       ls=ls, marker=marker, capsize=2)
                  for when, d, ls, marker in (("final", r.table(m.table), "-", "o"),
                                              ("init", early[early["epoch"] == 0], "--", "x"))}
         _layer_ticks(ax, drawn["final"])  # (a measure may have no rows at initialisation)
-        _panel(ax, title=m.name or m.table, xlabel="layer", ylabel=m.ylabel or m.values[0])
+        _panel(ax, title=m.name or m.table, xlabel="layer", ylabel=textwrap.fill(m.ylabel or m.values[0], 24))
         if m.log:  # spans orders of magnitude over depth
             log_y(ax)
     _end_row(axes, 0, cols)
     for ax in axes.flat[len(ms):]:
         ax.set_axis_off()
-    panels_legend(fig, axes, row=2)  # (final, init) of each condition side by side
+    styles_legend(fig, axes, [("final epoch", "-", "o"), ("initialisation (epoch 0)", "--", "x")], skip=INIT)
     fig.suptitle(f"{r.label}: at initialisation (dashed) and at the final epoch (solid)")
     return fig
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from bnrep.epoch_figures import fig_initialisation, measured_at_epochs, through_training
@@ -28,7 +27,7 @@ from bnrep.findings import snapshot_measures
 from bnrep.measures import MEASURES, all_nan
 from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_groups_of, _layer_ticks,
                             _log_if_positive, _panel, _panel_title, _width, condition_lines, fig_per_layer, group_lines,
-                            legend_below, panels_legend)
+                            panels_legend, styles_legend)
 from bnrep.results import (COLORS, SHORT, Results, at_eps, cka_pairs, eps_values, label_and_tag, n_seeds, norm_pairs,
                            optimal_k, present_norms, seed_stats, seeds_text, shown)
 
@@ -119,11 +118,8 @@ def fig_signal_propagation(results) -> Figure | None:
                                     marker=marker, capsize=2)
             _layer_ticks(ax, s)
             _panel(ax, title=f"{_panel_title(r, i, len(rs))}: {name}", xlabel="layer", ylabel=name)
-    # below the panels (in a panel, ten entries hid the curves): a colour per condition, then what each style is
-    entries = {name: h for ax in axes[0] for h, name in zip(*ax.get_legend_handles_labels())
-               if not name.endswith(OUTPUT)}
-    styles = [Line2D([], [], color="black", ls=ls, marker=marker) for _, ls, marker in SIDES]
-    legend_below(fig, [*entries.values(), *styles], [*entries, "pre-activation", "output"])
+    # below the panels (in a panel, ten entries hid the curves)
+    styles_legend(fig, axes[0], [("pre-activation", "-", "o"), ("output", "--", "x")], skip=OUTPUT)
     _log_if_positive(fig)
     fig.suptitle("Signal propagation: activation statistics against depth")
     return fig
@@ -321,10 +317,8 @@ def fig_learning_curves(results) -> Figure | None:
         for ax in (loss, acc):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         running |= train_col != "train_acc"
-    # below the panels (a legend inside hid the curves): a colour per condition, then what each line style is
-    styles = [Line2D([], [], color="black", ls=ls, lw=1.2) for ls in ("-", "--")]
-    entries = {name: h for ax in axes[:, 0] for h, name in zip(*ax.get_legend_handles_labels())}
-    legend_below(fig, [*entries.values(), *styles], [*entries, "train (running)" if running else "train", "validation"])
+    # below the panels (a legend inside hid the curves)
+    styles_legend(fig, axes[:, 0], [("train (running)" if running else "train", "-", None), ("validation", "--", None)])
     fig.suptitle("Learning curves (mean over the seeds still training at each epoch, shading: std)")
     return fig
 

@@ -44,6 +44,18 @@ def _panel(ax, **props) -> None:
     ax.grid(alpha=0.3)
 
 
+def styles_legend(fig: Figure, axes, styles: list[tuple[str, str, str | None]], skip: str | None = None) -> None:
+    """legend_below with a colour per condition (every panel's entries once; those ending in `skip` left out:
+    the same conditions in another line style), then one black entry per line style, (name, ls, marker).
+    A condition drawn in two styles took two long entries each, wider than the figure."""
+    from matplotlib.lines import Line2D
+
+    entries = {name: h for ax in np.ravel(axes) for h, name in zip(*ax.get_legend_handles_labels())
+               if not (skip and name.endswith(skip))}
+    legend_below(fig, [*entries.values(), *(Line2D([], [], color="black", ls=ls, marker=marker, lw=1.2)
+                                            for _, ls, marker in styles)], [*entries, *(s[0] for s in styles)])
+
+
 def panels_legend(fig: Figure, axes: np.ndarray, row: int = LEGEND_ROW) -> None:
     """legend_below with every panel's entries once (panels full from edge to edge leave a legend inside no room)."""
     entries = {name: h for ax in np.ravel(axes) for h, name in zip(*ax.get_legend_handles_labels())}

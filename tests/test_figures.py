@@ -225,3 +225,12 @@ def test_sparsity_error_bars_and_shading_stay_within_0_and_1():
         for band in ax.collections:
             ys = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
             assert ys.max() <= 1.0 + 1e-12 and ys.min() >= -1e-12
+
+
+def test_the_initialisation_figure_has_a_legend_entry_per_condition_and_one_per_line_style():
+    """Its legend listed every condition twice (', final' and ', init'); the final and the initialisation are
+    the line styles, said once."""
+    fig = figures.figure("fig_initialisation").make(with_snapshots(cnn(), "layer_sparsity", (0,)))
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["BatchNorm", "no BatchNorm", "final epoch",
+                                                         "initialisation (epoch 0)"]
