@@ -145,15 +145,22 @@ def dead_channel_counts(r: Results, norm: str) -> pd.DataFrame:
 
 
 def mostly_zero_layers(r: Results, norm: str) -> list[Condition]:
-    """Layers above MOSTLY_ZERO zeros (seed mean), and dead channels, both at the smallest eps."""
+    """Layers above MOSTLY_ZERO zeros (seed mean; named, not judged, where one model is and the mean is not),
+    and dead channels, both at the smallest eps."""
     out, tags = [], _tags(r, norm)
     ls = at_eps(pair(r.table("layer_sparsity"), norm, r.ref))
     if len(ls):
-        m = ls.groupby(["condition", "layer_index", "layer"])["sparsity"].mean().reset_index()
-        m = m[m["sparsity"] > MOSTLY_ZERO]
+        mean = ls.groupby(["condition", "layer_index", "layer"])["sparsity"].mean().rename("mean").reset_index()
+        m = mean[mean["mean"] > MOSTLY_ZERO]
         if len(m):
             out.append(Condition(f"layers above {MOSTLY_ZERO:.0%} zeros: " + ", ".join(
-                f"{tags[x.condition]} {x.layer} {x.sparsity:.0%}" for x in m.itertuples()), (1, 2)))
+                f"{tags[x.condition]} {x.layer} {x.mean:.0%}" for x in m.itertuples()), (1, 2)))
+        one = ls[ls["sparsity"] > MOSTLY_ZERO].merge(mean[mean["mean"] <= MOSTLY_ZERO])
+        if len(one):  # a near-dead layer in one model, which its seed mean hides
+            said = ", ".join(f"{tags[x.condition]} {x.layer} {x.sparsity:.0%} at seed {x.seed} (mean {x.mean:.0%})"
+                             for x in one.sort_values(["condition", "layer_index", "seed"]).itertuples())
+            out.append(Condition(f"a layer above {MOSTLY_ZERO:.0%} zeros in one model, not in the seed mean: {said}",
+                                 ALL, undermines=False))
     dead = dead_channel_counts(r, norm)
     for n in dict.fromkeys(dead["condition"]):  # one line per condition: the reference's is said once above all
         out.append(Condition("dead channels (zero for every sample), summed over models: " + ", ".join(
