@@ -1282,47 +1282,36 @@ def test_a_predictor_whose_sign_is_only_the_groups_is_noted(name, nc1, note):
     assert [row[-1] for row in rows] == [note, note]
 
 
-def test_a_predictor_that_counts_only_within_the_groups_is_noted():
+WITHIN = ("counts only within the normalisation groups (their difference hides it across models)",
+          "Within the normalisation groups, not across them: NC1 vs test accuracy (partial r = -1.00, p = 1e-06; across "
+          "models r = 0.57, p = 0.14); NC1 vs the gap (partial r = 1.00, p = 1e-06; across models r = -0.57, p = 0.14). "
+          "Once the normalisation is controlled for, the measure and generalisation move together, which the "
+          "difference between the groups hides across models; a link within these groups, not a cause.")
+REVERSED = ("reverses within the normalisation groups (across models, the sign is their difference)",
+            "Reversed within the normalisation groups: NC1 vs test accuracy (partial r = -1.00, p = 1e-06; across "
+            "models r = 0.90, p = 0.0021); NC1 vs the gap (partial r = 1.00, p = 1e-06; across models r = -0.90, p = "
+            "0.0021). Across models the sign is the difference between the groups; within them the measure and "
+            "generalisation move the other way: a link within these groups, not a cause.")
+
+
+@pytest.mark.parametrize("bn_nc1,flag,said", [(1.2, "within_groups_only", WITHIN), (3, "reverses_within", REVERSED)])
+def test_a_predictor_that_counts_within_the_groups_is_noted(bn_nc1, flag, said):
     """NC1 falls with accuracy inside each norm (partial r -1.00, p 1e-06), while BN models, better, have the
-    higher NC1: across all 8 models r +0.57, p 0.14. The table sorts by the across-model r, where the row sat
-    low with an empty note; it now says so, and a note under the table says what it shows and does not."""
+    higher NC1. A little higher: across all 8 models r +0.57, p 0.14, and the row sat low in the table (sorted by
+    the across-model r) with an empty note. Much higher (Simpson's case): across models r +0.90, p 0.0021, and
+    two notes applied that disagreed ('comes only from the difference between the groups ... neither kind shows a
+    link' beside 'within the groups ... move together'); now one."""
     from bnrep import correlations, verdicts
 
-    r = measure_case(lambda n, a, s: {"batch": 1.2, "none": 1}[n] - 10 * (a - {"batch": .98, "none": .94}[n])
+    r = measure_case(lambda n, a, s: {"batch": bn_nc1, "none": 1}[n] - 10 * (a - {"batch": .98, "none": .94}[n])
                      + [.01, -.02, .015, -.005][s])
     rows = correlations.predictors(r)
-    assert [x["within_groups_only"] for x in rows] == [True, True]
-    assert [x["between_groups_only"] or x["too_few_within"] for x in rows] == [False, False]
+    assert [(x["within_groups_only"], x["reverses_within"]) for x in rows] == [(flag == "within_groups_only",
+                                                                                 flag == "reverses_within")] * 2
+    assert not any(x["too_few_within"] for x in rows)
     _, cells = correlations.predictor_rows(rows, r.norms)
-    assert [c[-1] for c in cells] == ["counts only within the normalisation groups (their difference hides it "
-                                      "across models)"] * 2
-    notes = [b[1] for b in verdicts.predictor_blocks(r) if b[0] == "note"]
-    assert notes == ["Within the normalisation groups, not across them: NC1 vs test accuracy (partial r = -1.00, "
-                     "p = 1e-06; across models r = 0.57, p = 0.14); NC1 vs the gap (partial r = 1.00, p = 1e-06; "
-                     "across models r = -0.57, p = 0.14). Once the normalisation is controlled for, the measure "
-                     "and generalisation move together, which the difference between the groups hides across "
-                     "models; a link within these groups, not a cause."]
-
-
-def test_a_predictor_whose_sign_reverses_within_the_groups_is_one_note_not_two_that_disagree():
-    """Simpson's case: NC1 falls with accuracy inside each norm (partial r -1.00), BN models, better, have much
-    higher NC1 (across models r +0.90, p 0.0021). Both notes applied: 'comes only from the difference between
-    the groups ... neither kind shows a link' beside 'within the groups ... move together'."""
-    from bnrep import correlations, verdicts
-
-    r = measure_case(lambda n, a, s: {"batch": 3, "none": 1}[n] - 10 * (a - {"batch": .98, "none": .94}[n])
-                     + [.01, -.02, .015, -.005][s])
-    rows = correlations.predictors(r)
-    assert [(x["reverses_within"], x["within_groups_only"]) for x in rows] == [(True, False)] * 2
-    _, cells = correlations.predictor_rows(rows, r.norms)
-    assert [c[-1] for c in cells] == ["reverses within the normalisation groups (across models, the sign is their "
-                                      "difference)"] * 2
-    notes = [b[1] for b in verdicts.predictor_blocks(r) if b[0] == "note"]
-    assert notes == ["Reversed within the normalisation groups: NC1 vs test accuracy (partial r = -1.00, p = 1e-06; "
-                     "across models r = 0.90, p = 0.0021); NC1 vs the gap (partial r = 1.00, p = 1e-06; across models "
-                     "r = -0.90, p = 0.0021). Across models the sign is the difference between the groups; within "
-                     "them the measure and generalisation move the other way: a link within these groups, not a "
-                     "cause."]
+    assert [c[-1] for c in cells] == [said[0]] * 2
+    assert [b[1] for b in verdicts.predictor_blocks(r) if b[0] == "note"] == [said[1]]
 
 
 def test_predictor_section_in_the_report_with_the_real_model_count(tmp_path):
