@@ -176,7 +176,7 @@ def test_second_run_does_no_work(reference, tmp_path):
 
 
 # ==== interruption ====
-def run_and_kill(out, when, *args, frozen=lambda out: True):
+def run_and_kill(out, when, *args, frozen=lambda out: True, env=None):
     """Start `bnrep run`, SIGKILL it and every process it started (Ray included)
     once when(out) holds and, with every one of them frozen, frozen(out) holds
     too (else thaw and wait on); when this returns, nothing of that run can
@@ -184,7 +184,7 @@ def run_and_kill(out, when, *args, frozen=lambda out: True):
     the moment or ends."""
     p = subprocess.Popen([sys.executable, "-m", "bnrep", "run", "--smoke-test", *args, "--out", str(out)],
                          cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+                         start_new_session=True, env=env)
     try:
         while True:
             assert p.poll() is None, "the run ended before it could be interrupted"
@@ -557,7 +557,11 @@ def test_a_sweep_killed_before_any_checkpoint_resumes_its_trials_from_their_star
     def reported(o):
         return any(f.stat().st_size for f in tune_dir.glob("*/result.json"))
 
-    run_and_kill(out, reported, frozen=lambda o: tune_whole(o, SWEEP_TUNE))
+    # Tune saves its state at most every 10 s by default: a smoke sweep on a loaded machine could end before a
+    # state it wrote was whole at a moment trials had reported, and the run was killed past the sweep (the rerun
+    # had nothing to resume; seen once in a full-suite run). Saved at every step, the moment comes early.
+    run_and_kill(out, reported, frozen=lambda o: tune_whole(o, SWEEP_TUNE),
+                 env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0"})
     assert not list(tune_dir.glob("*/checkpoint_*"))
     r = bnrep("hparam", "--smoke-test", out=out)
     assert r.returncode == 0, r.stderr[-3000:]
