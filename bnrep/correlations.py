@@ -219,16 +219,24 @@ def predictor_rows(rows: list[dict], norms) -> tuple[list[str], list[list[str]]]
     for x in rows:
         within = ", ".join(f"{SHORT.get(n, n)} {'n/a' if pd.isna(v) else f'{v:+.2f}'}"
                            for n, v in x["within_spearman"].items()) or "n/a"
-        note = "as strong within the groups, too few models to be significant" if x["too_few_within"] else \
-            f"reverses within the {group_word(norms)} groups (across models, the sign is their difference)" \
-            if x.get("reverses_within") else \
-            f"sign only from the difference between the {group_word(norms)} groups" if x["between_groups_only"] else \
-            f"counts only within the {group_word(norms)} groups (their difference hides it across models)" \
-            if x.get("within_groups_only") else ""
+        note = _note(x, group_word(norms))
         out.append([x["measure"], TARGETS[x["target"]], str(x["models"]), _rp(x["pearson_r"], x["pearson_p"]),
                     _rp(x["spearman_r"], x["spearman_p"]), within,
                     _rp(x["partial_pearson_r"], x["partial_pearson_p"]), note])
     return header, out
+
+
+def _note(x: dict, group: str) -> str:
+    """A predictor row's note: how its correlation fares once the `group`s are controlled for."""
+    if x["too_few_within"]:
+        return "as strong within the groups, too few models to be significant"
+    if x.get("reverses_within"):
+        return f"reverses within the {group} groups (across models, the sign is their difference)"
+    if x["between_groups_only"]:
+        return f"sign only from the difference between the {group} groups"
+    if x.get("within_groups_only"):
+        return f"counts only within the {group} groups (their difference hides it across models)"
+    return ""
 
 
 def r_critical(n: int, alpha: float = P_MAX) -> float:

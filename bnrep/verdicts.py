@@ -68,8 +68,10 @@ def findings_blocks(r: Results, fs: list[Finding]) -> list[tuple]:
                 *initialisation_blocks(r), ("p", "How verdicts are decided:"), ("ul", rules(r.norms, r.ref))]
     by = {(f.number, f.norm): f for f in fs}
     matrix = [[str(i), c] + [by[(i, n)].verdict for n in judged] for i, c in _claims(fs)]
-    evidence = [[str(f.number), SHORT[f.norm], f.claim, f.verdict_said(said + per.get(f.norm, ())), f.detail] for f in fs]
-    against = f"no normalisation ({SHORT[REF]})" if r.ref == REF else f"the reference {label_and_tag(LABELS[r.ref], SHORT[r.ref])}"
+    evidence = [[str(f.number), SHORT[f.norm], f.claim, f.verdict_said(said + per.get(f.norm, ())), f.detail]
+                for f in fs]
+    against = (f"no normalisation ({SHORT[REF]})" if r.ref == REF else
+               f"the reference {label_and_tag(LABELS[r.ref], SHORT[r.ref])}")
     each = group_word(r.norms)
     blocks = [*head, ("p", f"Each claim judged for each {each} against {against}; the second table gives each claim "
                            f"as worded for the {each} it judges, with its evidence:"),
@@ -125,17 +127,22 @@ def predictor_blocks(r: Results, heading: str = "Which measure predicts generali
                     "generalisation gap (train - test accuracy). Sorted by strength: the larger |r| of Pearson "
                     "and Spearman across all models."),
               ("table", header, cells), ("p", limits_sentence(r, rows))]
-    only = [f"{x['measure']} vs {'test accuracy' if x['target'] == 'test_acc' else 'the gap'} "
-            f"{between_groups_reason(x, {'pearson_r': x['partial_pearson_r'], 'pearson_p': x['partial_pearson_p']}, word)}"
-            for x in rows if (x["between_groups_only"] or x["too_few_within"]) and not x.get("reverses_within")]
+
+    def vs(x) -> str:
+        return f"{x['measure']} vs {'test accuracy' if x['target'] == 'test_acc' else 'the gap'}"
+
+    def partial(x) -> dict:
+        return {"pearson_r": x["partial_pearson_r"], "pearson_p": x["partial_pearson_p"]}
+
+    def both(x) -> str:
+        return (f"{vs(x)} (partial r = {x['partial_pearson_r']:.2f}, p = {p_text(x['partial_pearson_p'])}; across "
+                f"models r = {x['pearson_r']:.2f}, p = {p_text(x['pearson_p'])})")
+
+    only = [f"{vs(x)} {between_groups_reason(x, partial(x), word)}" for x in rows
+            if (x["between_groups_only"] or x["too_few_within"]) and not x.get("reverses_within")]
     if only:
         blocks.append(("note", f"Across models, then within the {word} groups: {'; '.join(only)}. Neither "
                                f"kind shows a link between the measure and generalisation."))
-    def both(x) -> str:
-        return (f"{x['measure']} vs {'test accuracy' if x['target'] == 'test_acc' else 'the gap'} (partial r = "
-                f"{x['partial_pearson_r']:.2f}, p = {p_text(x['partial_pearson_p'])}; across models r = "
-                f"{x['pearson_r']:.2f}, p = {p_text(x['pearson_p'])})")
-
     hidden = [both(x) for x in rows if x.get("within_groups_only")]
     if hidden:
         blocks.append(("note", f"Within the {word} groups, not across them: {'; '.join(hidden)}. Once the "
