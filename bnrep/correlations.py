@@ -1,8 +1,8 @@
 """Which measure predicts generalisation: correlations over the models of one experiment.
 
-Per model, each measure is averaged over the layers that have a value (layer
-sparsity at the smallest eps, class DBI, NC1, effective rank, k-means DBI at the
-optimal k) and correlated with test accuracy and with the generalisation gap
+Per model, each measure with a `predictor` name in bnrep.measures is averaged over
+the layers that have a value (layer sparsity at the smallest eps, class DBI, NC1,
+effective rank, linear probe accuracy, k-means DBI at the optimal k) and correlated with test accuracy and with the generalisation gap
 (train - test accuracy): Pearson and Spearman across all models (scipy.stats,
 two-sided p), Spearman within each normalisation, and the partial Pearson
 correlation controlling for the normalisation. Also the home of the two

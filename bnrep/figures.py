@@ -90,7 +90,8 @@ def measure_figure(m):
     def make(results) -> Figure | None:
         if all_nan(m, _as_list(results)):  # (the report's note says why instead: bnrep.report.skipped_note)
             return None
-        fig = fig_per_layer(results, lambda r: r.table(m.table), m.values[0], m.ylabel, m.title)
+        fig = fig_per_layer(results, lambda r: r.table(m.table), m.values[0], m.ylabel, m.title,
+                            clip=(lambda r: m.bounds) if m.bounds else None)
         return _log_if_positive(fig) if m.log else fig
     make.__name__ = f"fig_{m.table}"
     return make

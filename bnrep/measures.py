@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 FINAL = -1  # the `epoch` of the rows of a model's final weights (snapshots: 0 = its initialisation)
 NONFINITE = "the representations contain NaN or inf (a diverged model?)"
 UNDEFINED = "values are NaN (undefined: dead layer, one class)"  # a figure caption's note, by default
+PROBE_FOLDS = 5  # the linear probe's cross-validation folds (fewer where the largest class has fewer samples)
 GRADIENT_BATCHES, GRADIENT_BATCH = 4, 64  # gradient norms: the first 4 x 64 analysis samples, every model
 NO_BATCH_STATISTICS = "without running statistics, train and eval mode normalise alike"  # (after the conditions named)
 # reasons as earlier analyses wrote them into the tables -> as said now (the old words read as the condition 'no norm')
@@ -73,6 +74,7 @@ class Measure:
     name: str = ""  # how a note names it ("NC1": "NC1 per layer not drawn: ...")
     ylabel: str = ""
     log: bool = False  # log y axis when every value is positive
+    bounds: tuple[float, float] | None = None  # the values it can take (an accuracy: 0 and 1): error bars stop there
     nan_note: str = UNDEFINED
     predictor: str = ""  # its name in "which measure predicts generalisation" ("": it does not enter)
     select: Callable | None = None  # the rows that enter it (default: all), averaged over layers per model
@@ -259,6 +261,12 @@ def _value(name: str) -> Callable:
     return compute
 
 
+def _linear_probe(X: torch.Tensor, y: torch.Tensor, exp, seed: int, backend: str) -> list[dict]:
+    from bnrep import metrics
+    accuracy, reason = metrics.linear_probe(X, y, PROBE_FOLDS, seed=seed)  # folds shuffled with the model's seed
+    return [{"accuracy": accuracy, "reason": reason or ""}]
+
+
 # ==== pair measures: one layer of two models ====
 
 def _cka(A: torch.Tensor, B: torch.Tensor, names: tuple[str, str] = ("a", "b")) -> list[dict]:
@@ -307,6 +315,14 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
                     "Error bars: standard deviation across {seeds}.{nan}",
             title="Effective rank of the reduced representations per layer", name="Effective rank", ylabel="effective rank",
             predictor="effective rank"),
+    Measure("linear_probe", "layer", _linear_probe, ("accuracy",), fields=("samples_cluster",), bounds=(0.0, 1.0),
+            caption="Beyond the paper: linear probe accuracy (Alain & Bengio 2017) per layer: a multinomial "
+                    "logistic regression on the standardised reduced representations of the clustering samples, "
+                    f"{PROBE_FOLDS}-fold stratified cross-validation, for {{colours}} models; higher means the "
+                    "classes are more linearly separable in the layer. Error bars: standard deviation across "
+                    "{seeds}.{nan}",
+            title="Linear probe accuracy per layer", name="Linear probe accuracy",
+            ylabel="linear probe accuracy (cross-validated)", predictor="linear probe accuracy"),
     Measure("kmeans", "layer", _kmeans, ("dbi", "inertia"), ("dbi_reason",),
             fields=("samples_cluster", "k_min", "k_max", "n_init"), keys=("k",),
             grid=lambda exp, q: [{"k": k} for k in range(exp.k_min, exp.k_max + 1)], fill={"optimal": False},

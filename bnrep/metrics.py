@@ -9,11 +9,14 @@
   collapse NC1 (Papyan et al. 2020), linear CKA between two models (Kornblith
   et al. 2019) and effective rank (Roy & Vetterli 2007); float64 on the input's
   device, d x d matrices only, NaN with a reason where a measure is undefined.
+  The linear probe (Alain & Bengio 2017): cross-validated logistic regression
+  accuracy, scikit-learn's, on the CPU.
 
     >>> channel, layer = sparsity_from_activations(A)          # A: (N, C, H, W)
     >>> X = reduce_representation(A)                           # (N, C)
     >>> dbi, reason = davies_bouldin(X, y)
     >>> collapse, reason = nc1(X, y); rank, reason = effective_rank(X)
+    >>> accuracy, reason = linear_probe(X, y, folds=5, seed=0)  # cross-validated
     >>> similarity = linear_cka(X, X_other_model)              # same N samples
 """
 
@@ -350,3 +353,45 @@ def effective_rank(X) -> tuple[float, str | None]:
     p = s / s.sum()
     p = p[p > 0]  # 0 log 0 = 0
     return float(torch.exp(-(p * p.log()).sum())), None
+
+
+def linear_probe(X, labels, folds: int, seed: int = 0) -> tuple[float, str | None]:
+    """Linear probe accuracy (Alain & Bengio 2017) of rows X (N, d) for `labels` (N,).
+
+    Stratified `folds`-fold cross-validation (scikit-learn's StratifiedKFold, shuffled with `seed`;
+    fewer folds where the largest class has fewer samples): on each fold's training rows, the
+    features are standardised (scikit-learn's StandardScaler: a constant feature keeps scale 1) and a
+    multinomial logistic regression is fitted (LogisticRegression: L2, C = 1, lbfgs, at most 1,000
+    iterations); the value is the fraction of all N samples its fold's model classifies correctly.
+    A training fold with one class predicts that class. Chance is about 1 / classes.
+
+    Returns (accuracy, reason); NaN with the reason for no samples, non-finite values, a dead layer
+    (all zero), identical samples, or fewer than 2 classes or 2 folds. Float64 on the CPU.
+    """
+    X = _as_matrix(X)
+    codes = _encode_labels(labels, X.shape[0], "cpu").numpy()
+    counts = np.bincount(codes)
+    n_splits = min(folds, int(counts.max()) if counts.size else 0)
+    reason = (unusable(X) or (f"fewer than 2 classes (got {counts.size})" if counts.size < 2 else None)
+              or ("fewer than 2 samples in every class: no fold to hold out" if n_splits < 2 else None))
+    if reason is not None:
+        return math.nan, reason
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+    Z = X.detach().to("cpu", torch.float64).numpy()
+    correct = 0
+    with warnings.catch_warnings():  # a class with fewer samples than folds; a fit at its iteration cap
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for train, test in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(Z, codes):
+            if len(np.unique(codes[train])) < 2:
+                correct += int((codes[test] == codes[train][0]).sum())
+                continue
+            scale = StandardScaler().fit(Z[train])
+            fit = LogisticRegression(max_iter=1000).fit(scale.transform(Z[train]), codes[train])
+            correct += int((fit.predict(scale.transform(Z[test])) == codes[test]).sum())
+    return correct / len(codes), None

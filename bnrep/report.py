@@ -12,9 +12,9 @@ side (no Ray here):
                                       which measure predicts generalisation, figures
         table1.md, table1.csv, table1.tex
         fig_*.png, fig_*.svg          paper Figures 1-6, then beyond the paper (k sweep, thresholds, NC1,
-                                      effective rank, CKA, learning curves); no data: a note instead
+                                      effective rank, linear probe, CKA, learning curves); no data: a note
         findings.json                 {"findings": verdicts and numbers, "predictors": correlations,
-                                       "measures": per-layer NC1 / effective rank / CKA}, for machines
+                                       "measures": per-layer seed statistics of each measure}, for machines
         summary.txt                   what the terminal shows
         report_inputs.json            fingerprint of the input parts (report_is_current)
     <out>/combined/                   build_report(out, [A, B]): the same files, a panel per experiment

@@ -65,6 +65,9 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
         (within-class variability collapse, Papyan et al. 2020; NaN + reason where undefined)
     effective_rank     model x layer; part = <model_id>-<layer>
         model_id, bn, norm, condition, seed, layer, layer_index, activation, value, reason (Roy & Vetterli 2007)
+    linear_probe       model x layer; part = <model_id>-<layer>
+        model_id, bn, norm, condition, seed, layer, layer_index, activation, accuracy, reason
+        (Alain & Bengio 2017: 5-fold cross-validated logistic regression accuracy, bnrep.metrics.linear_probe)
     cka                model pair x layer; part = <layer>-<model_a>-<model_b>
         model_a, model_b, norm_a, norm_b, condition_a, condition_b, seed_a, seed_b, layer, layer_index, cka,
         reason, cka_debiased, debiased_reason

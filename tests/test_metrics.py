@@ -1,8 +1,9 @@
 """Sparsity (eqs. 3-4), reduced representations (eq. 5), the Davies-Bouldin index,
-NC1, linear CKA and effective rank.
+NC1, linear CKA, effective rank and the linear probe.
 
 References: values worked out by hand on small known tensors, numpy on random
-ones (formulas written out below), and sklearn.metrics.davies_bouldin_score.
+ones (formulas written out below), sklearn.metrics.davies_bouldin_score, and
+scikit-learn's cross_val_predict for the probe.
 """
 
 import math
@@ -12,8 +13,8 @@ import pytest
 import torch
 from sklearn.metrics import davies_bouldin_score
 
-from bnrep.metrics import (channel_sparsity, davies_bouldin, debiased_cka, effective_rank, layer_sparsity, linear_cka, nc1,
-                           reduce_representation, sparsity_from_activations, zero_counts)
+from bnrep.metrics import (channel_sparsity, davies_bouldin, debiased_cka, effective_rank, layer_sparsity, linear_cka,
+                           linear_probe, nc1, reduce_representation, sparsity_from_activations, zero_counts)
 
 # ==== sparsity ====
 
@@ -517,3 +518,75 @@ def test_debiased_cka_is_near_zero_on_independent_data_where_linear_cka_is_not()
 def test_debiased_cka_undefined_is_nan_with_a_reason(X, Y, reason):
     value, why = debiased_cka(torch.from_numpy(X), torch.from_numpy(Y))
     assert math.isnan(value) and reason in why
+
+
+# ==== the linear probe (Alain & Bengio 2017) ====
+
+def _probe_reference(X, y, folds, seed):
+    """scikit-learn's own cross-validated predictions: a pipeline refitted per fold, the same folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    pred = cross_val_predict(pipe, X, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    return float((pred == y).mean())
+
+
+def _overlapping_classes(seed, n=300, d=12, k=4, spread=1.5):
+    g = np.random.default_rng(seed)
+    y = np.repeat(np.arange(k), n // k)
+    return g.normal(size=(k, d))[y] + spread * g.normal(size=(len(y), d)), y
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_linear_probe_matches_scikit_learn(seed):
+    X, y = _overlapping_classes(seed)
+    got, reason = linear_probe(torch.from_numpy(X).float(), torch.from_numpy(y), 5, seed=seed)
+    want = _probe_reference(X.astype(np.float32).astype(np.float64), y, 5, seed)
+    assert reason is None and 0.4 < got < 0.95  # neither chance nor separable: the folds' fits decide it
+    assert got == want
+
+
+def test_linear_probe_separable_is_one_and_shuffled_labels_near_chance():
+    g = np.random.default_rng(3)
+    y = np.repeat(np.arange(4), 100)
+    X = np.eye(4)[y] * 5 + 0.1 * g.normal(size=(400, 4))  # each class its own axis
+    assert linear_probe(torch.from_numpy(X), y, 5) == (1.0, None)
+    noise = g.normal(size=(400, 20))  # features that know nothing of the labels
+    chance, _ = linear_probe(torch.from_numpy(noise), y, 5)
+    assert chance < 0.4  # 4 classes: chance 0.25
+
+
+def test_linear_probe_is_unchanged_by_scaling_a_feature_and_moves_with_the_seed():
+    X, y = _overlapping_classes(4)
+    scaled = X * np.r_[1000.0, np.ones(X.shape[1] - 1)] + 50.0  # standardised per fold: the same fits
+    a = linear_probe(torch.from_numpy(X), y, 5, seed=7)[0]
+    assert linear_probe(torch.from_numpy(scaled), y, 5, seed=7)[0] == pytest.approx(a, abs=1 / len(y))
+    assert linear_probe(torch.from_numpy(X), y, 5, seed=7)[0] == a  # deterministic for a seed
+    assert len({linear_probe(torch.from_numpy(X), y, 5, seed=s)[0] for s in range(6)}) > 1  # other folds
+
+
+def test_linear_probe_with_small_classes_uses_fewer_folds():
+    X, y = _overlapping_classes(5, n=12, d=3, k=4, spread=0.5)  # 3 samples a class: 3 folds
+    got, reason = linear_probe(torch.from_numpy(X), y, 5, seed=1)
+    assert reason is None and got == _probe_reference(X, y, 3, 1)
+    # a class with one sample: the fold that holds it out trains on the others alone
+    y1 = np.r_[np.zeros(6, int), 1]
+    X1 = np.r_[np.zeros((6, 2)), np.ones((1, 2))] + np.arange(7)[:, None] * 0.01
+    assert linear_probe(torch.from_numpy(X1), y1, 5) == (6 / 7, None)
+
+
+PROBE_UNDEFINED = {
+    "dead-layer": (np.zeros((6, 3)), [0, 1] * 3, "dead layer"),
+    "nan-values": (np.r_[np.ones((5, 2)), [[np.nan, 1.0]]], [0, 1] * 3, "representations contain"),
+    "one-class": (np.arange(12.0).reshape(6, 2), [0] * 6, "fewer than 2 classes"),
+    "every-class-one-sample": (np.arange(6.0).reshape(3, 2), [0, 1, 2], "fewer than 2 samples in every class"),
+}
+
+
+@pytest.mark.parametrize("name", PROBE_UNDEFINED)
+def test_linear_probe_undefined(name):
+    X, y, reason = PROBE_UNDEFINED[name]
+    value, why = linear_probe(torch.from_numpy(X), np.array(y), 5)
+    assert math.isnan(value) and why.startswith(reason)

@@ -1027,6 +1027,21 @@ def test_nc1_and_effective_rank_figures_plot_the_table_values(make, labels, make
     assert ticks(ax) == CNN_LAYERS and ax.get_yscale() == ("log" if table == "nc1" else "linear")
 
 
+def test_linear_probe_figure_plots_the_table_and_cuts_its_bars_at_1():
+    """An accuracy: a layer at 1.0 in one seed and 0.7 in the next drew its bar past 1 before `bounds`."""
+    r = cnn()
+    (ax,) = figures.figure("fig_linear_probe").make(r).axes
+    check_errorbars(ax, r.table("linear_probe"), "accuracy", LABEL, clip=(0.0, 1.0))
+    assert ticks(ax) == CNN_LAYERS and ax.get_yscale() == "linear"
+    lp = r.tables["linear_probe"]
+    lp = lp.assign(accuracy=lp["accuracy"].where(lp["layer_index"] != 5, np.where(lp["seed"] % 2, 1.0, 0.7)))
+    r = results.Results(r.experiment, {**r.tables, "linear_probe": lp})
+    (ax,) = figures.figure("fig_linear_probe").make(r).axes
+    check_errorbars(ax, r.table("linear_probe"), "accuracy", LABEL, clip=(0.0, 1.0))
+    tops = [seg[:, 1].max() for c in ax.containers for col in c.lines[2] for seg in col.get_segments()]
+    assert max(tops) == pytest.approx(1.0)
+
+
 def test_nc1_figure_leaves_nan_layers_out_of_the_means():
     t = set_rows(cnn().tables, "nc1", "model_id in ['bn-s0', 'nobn-s2'] and layer_index == 2", value=math.nan)
     r = results.Results(get_experiment("digits-cnn"), t)
@@ -1206,6 +1221,7 @@ def reference_correlations(r) -> dict[tuple[str, str], dict]:
                  "class DBI": r.table("class_dbi").groupby("model_id")["dbi"].mean(),
                  "NC1": r.table("nc1").groupby("model_id")["value"].mean(),
                  "effective rank": r.table("effective_rank").groupby("model_id")["value"].mean(),
+                 "linear probe accuracy": r.table("linear_probe").groupby("model_id")["accuracy"].mean(),
                  "k-means DBI at optimal k": km[km["optimal"]].groupby("model_id")["dbi"].mean()}
     targets = {"test_acc": t["test_acc"], "gap": t["train_acc"] - t["test_acc"]}
     out = {}
@@ -1237,7 +1253,7 @@ def test_predictor_table_equals_scipy(make):
 
     r = make(acc=acc_by_seed)
     rows, ref = correlations.predictors(r), reference_correlations(r)
-    assert {(x["measure"], x["target"]) for x in rows} == set(ref) and len(rows) == 10
+    assert {(x["measure"], x["target"]) for x in rows} == set(ref) and len(rows) == 12
     for x in rows:
         want = ref[(x["measure"], x["target"])]
         assert x["models"] == len(r.table("training"))
