@@ -46,7 +46,6 @@ SHADES = {  # colours of conditions built on a normalisation, by their order amo
     "group": ("darkgreen", "limegreen", "yellowgreen", "olive", "seagreen", "darkseagreen"),
     "none": ("saddlebrown", "gold", "peru", "tan", "khaki", "chocolate"),  # apart from none's tab:orange
 }
-SHADE_FAMILY = {"ghost": "batch"}  # a family whose conditions take another's shades (one list: each its own colour)
 OTHER_SHADES = ("crimson", "teal", "indigo", "goldenrod", "magenta", "dimgray")
 
 
@@ -201,8 +200,7 @@ def entries(items) -> list[Norm]:
     parsed.sort(key=lambda p: (sort_key(p[1])[:2], [(k, str(v).zfill(12)) for k, v in sorted(p[2].items())], p[0]))
     for tag, norm, overrides, display in parsed:
         base = get_norm(norm)
-        family = base.name.partition(":")[0].removeprefix("ws+")
-        family = SHADE_FAMILY.get(family, family)
+        family = base.starts_as or base.name.partition(":")[0].removeprefix("ws+")  # ghost:B's, renorm:W's: batch's
         family = family if family in SHADES else ""  # the other norms' conditions share one list, in turn
         shades = SHADES.get(family, OTHER_SHADES)
         i = per_base[family] = per_base.get(family, -1) + 1

@@ -284,10 +284,10 @@ def _as_tuple(v, kind, name: str, field_name: str) -> tuple:
 
 def _batch_statistics(norm: str, batch_size: int) -> str | None:
     """What is wrong with training `norm` on batches of batch_size: a norm that trains on batch
-    statistics needs 2 or more images; ghost:B virtual batches of 2 or more, fewer than the batch
-    (B >= batch_size is plain BatchNorm)."""
+    statistics (bnrep.norms.Norm.batch_statistics) needs 2 or more images; ghost:B virtual batches of 2
+    or more, fewer than the batch (B >= batch_size is plain BatchNorm)."""
     family, _, arg = norm.partition(":")
-    if family in ("batch", "ghost") and batch_size == 1:  # (< 1: the field check says so)
+    if get_norm(norm).batch_statistics and batch_size == 1:  # (< 1: the field check says so)
         return f"{norm} normalises with batch statistics and cannot train on batches of 1 image (batch_size >= 2)"
     if family == "ghost" and batch_size > 1 and not 2 <= int(arg) < batch_size:
         return (f"{norm} needs virtual batches of 2 or more images, fewer than the batch size {batch_size} "

@@ -18,6 +18,10 @@ adding a normalisation is one entry here plus its tests (as timm's
     ghost:B    BatchNorm whose training statistics come from virtual batches of B samples (Hoffer
                et al. 2017, "Train longer, generalize better"); running statistics updated per
                virtual batch, eval mode as BatchNorm
+    renorm:W   Batch Renormalization (Ioffe 2017): BatchNorm whose training output is corrected toward the
+               running statistics by r and d (constants to the gradient), clipped to |log r| <= log r_max
+               and |d| <= d_max; r_max and d_max grow linearly from 1 and 0 (BatchNorm) to 3 and 5 over
+               the first W training batches; eval mode as BatchNorm
     ws+group   weight standardisation of every conv (each filter mean 0, std 1 over its fan-in in
                the forward pass; Qiao et al. 2019) followed by `group`'s GroupNorm
     none       no norm module; the layer before keeps its bias (the paper's no-BN)
@@ -93,6 +97,55 @@ def _ghost(base: type) -> type:
 
 GhostBatchNorm2d, GhostBatchNorm1d = _ghost(nn.BatchNorm2d), _ghost(nn.BatchNorm1d)
 
+RENORM_R_MAX, RENORM_D_MAX = 3.0, 5.0  # Ioffe 2017's limits once relaxed (its ImageNet schedule reaches them)
+
+
+def _renorm(base: type) -> type:
+    class Renorm(base):
+        """Batch Renormalization (Ioffe 2017). Training: with the batch's mean and (biased) std mu_B,
+        sigma_B and the running mean and std mu, sigma (each std with eps inside the root),
+        x_hat = (x - mu_B) / sigma_B * r + d, r = clip(sigma_B / sigma, 1/r_max, r_max),
+        d = clip((mu_B - mu) / sigma, -d_max, d_max), r and d without gradient; then the affine
+        parameters, and the running statistics updated as BatchNorm's (momentum, unbiased variance).
+        r_max, d_max grow linearly from 1, 0 (BatchNorm's output) to RENORM_R_MAX, RENORM_D_MAX over the
+        first `warmup` training batches (counted in num_batches_tracked: a checkpoint keeps the count).
+        Eval mode: plain BatchNorm."""
+
+        def __init__(self, num_features: int, warmup: int):
+            super().__init__(num_features)
+            self.warmup = warmup
+
+        def limits(self) -> tuple[float, float]:
+            """(r_max, d_max) for the next training batch."""
+            ramp = min(1.0, int(self.num_batches_tracked) / self.warmup)
+            return 1.0 + (RENORM_R_MAX - 1.0) * ramp, RENORM_D_MAX * ramp
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            n = x.numel() // max(x.shape[1], 1)
+            if not self.training or n < 2:  # one value per channel: BatchNorm's own error
+                return super().forward(x)
+            dims, shape = [0, *range(2, x.dim())], (1, -1, *[1] * (x.dim() - 2))
+            mean, var = x.mean(dims), x.var(dims, unbiased=False)
+            std, running_std = (var + self.eps).sqrt(), (self.running_var + self.eps).sqrt()
+            r_max, d_max = self.limits()
+            r = (std.detach() / running_std).clamp(1.0 / r_max, r_max)
+            d = ((mean.detach() - self.running_mean) / running_std).clamp(-d_max, d_max)
+            y = (x - mean.view(shape)) * (r / std).view(shape) + d.view(shape)
+            if self.affine:
+                y = y * self.weight.view(shape) + self.bias.view(shape)
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                step = self.momentum if self.momentum is not None else 1.0 / int(self.num_batches_tracked)
+                self.running_mean.lerp_(mean, step)
+                self.running_var.lerp_(var * (n / (n - 1)), step)
+            return y
+
+    Renorm.__name__ = Renorm.__qualname__ = f"BatchRenorm{base.__name__[-2:]}"
+    return Renorm
+
+
+BatchRenorm2d, BatchRenorm1d = _renorm(nn.BatchNorm2d), _renorm(nn.BatchNorm1d)
+
 
 def _exact_groups(groups: int) -> Callable[[int], nn.Module]:
     def build(width: int) -> nn.Module:
@@ -117,6 +170,11 @@ class Norm:
     base: str = ""  # a condition (bnrep.axis): the normalisation it builds; "" for a normalisation itself
     overrides: tuple[tuple[str, object], ...] = ()  # a condition's training fields, (field, value) sorted
     starts_as: str = ""  # the normalisation whose network it is at initialisation, where not its own
+
+    @property
+    def batch_statistics(self) -> bool:
+        """Whether it trains on each batch's statistics (BatchNorm and its kin): a batch of one image cannot train it."""
+        return any(issubclass(k, nn.modules.batchnorm._BatchNorm) for k in self.kinds)
 
     @property
     def norm(self) -> str:
@@ -146,12 +204,17 @@ NORMS: dict[str, Norm] = {n.name: n for n in [
 # Families with an argument, `name:arg`: family -> (what the argument is called, arg -> the entry).
 # by log2(B) and log2(G): apart from each other and from the shades of batch and group conditions (bnrep.axis.SHADES)
 GHOST_SHADES = ("turquoise", "lightsteelblue", "dodgerblue", "mediumblue", "darkslateblue", "cornflowerblue")
+RENORM_SHADES = ("firebrick", "salmon", "darkred", "indianred", "orangered", "rosybrown")
 GROUP_SHADES = ("lightgreen", "mediumaquamarine", "tab:olive", "tab:cyan", "olivedrab", "springgreen")
 FAMILIES: dict[str, tuple[str, Callable[[int], Norm]]] = {
     "ghost": ("B", lambda b: Norm(f"ghost:{b}", f"gbn{b}", f"GBN{b}", f"ghost BatchNorm ({b} per virtual batch)",
                             GHOST_SHADES[b.bit_length() % len(GHOST_SHADES)], lambda c: GhostBatchNorm2d(c, b),
                             lambda c: GhostBatchNorm1d(c, b), bias=False, kinds=(GhostBatchNorm2d, GhostBatchNorm1d),
                             starts_as="batch")),  # BatchNorm's parameters and statistics until it trains
+    "renorm": ("W", lambda w: Norm(f"renorm:{w}", f"brn{w}", f"BRN{w}", f"Batch Renorm ({w}-batch warm-up)",
+                                   RENORM_SHADES[w.bit_length() % len(RENORM_SHADES)], lambda c: BatchRenorm2d(c, w),
+                                   lambda c: BatchRenorm1d(c, w), bias=False, kinds=(BatchRenorm2d, BatchRenorm1d),
+                                   starts_as="batch")),  # BatchNorm's parameters and statistics until it trains
     "group": ("G", lambda g: Norm(f"group:{g}", f"gn{g}", f"GN{g}", f"GroupNorm ({g} group{'s' * (g != 1)})",
                             GROUP_SHADES[g.bit_length() % len(GROUP_SHADES)], _exact_groups(g),
                             _exact_groups(g), bias=False, kinds=(nn.GroupNorm,))),
@@ -202,8 +265,9 @@ def sort_key(name: str) -> tuple:
     family, _, arg = str(name).partition(":")
     if family in NORMS:
         return (order.index(family), int(arg) if arg.isdigit() else -1, 0, (), "")
-    if family in FAMILIES:  # a family without a plain entry (ghost:B): after BatchNorm
-        return (order.index("batch") + 0.5, int(arg) if arg.isdigit() else -1, 0, (), "")
+    if family in FAMILIES:  # a family without a plain entry (ghost:B, renorm:W): after BatchNorm, in the table's order
+        return (order.index("batch") + (1 + list(FAMILIES).index(family)) / (1 + len(FAMILIES)),
+                int(arg) if arg.isdigit() else -1, 0, (), "")
     return (len(order), 0, 0, (), str(name))
 
 

@@ -327,14 +327,15 @@ def test_every_condition_of_a_study_wears_its_own_colour():
                                  "group; group:2; group:4; group:8; group:16; gn-b4:group,batch_size=4; "
                                  "gn-b8:group,batch_size=8; layer; none; ws+group; n4:none,batch_size=4; "
                                  "n8:none,batch_size=8; n16:none,batch_size=16; n32:none,batch_size=32; "
-                                 "gbn4-b16:ghost:4,batch_size=16")
+                                 "gbn4-b16:ghost:4,batch_size=16; renorm:2; renorm:4; renorm:8; renorm:16; renorm:32; "
+                                 "renorm:64; brn-b8:renorm:100,batch_size=8; ln-b8:layer,batch_size=8")
     rgb = {n: np.array(mc.to_rgb(get_norm(n).color)) for n in e.norms}
     closest = min((np.linalg.norm(rgb[a] - rgb[b]), a, b) for a, b in itertools.combinations(e.norms, 2))
     assert closest[0] >= 0.15, closest
     # a ghost condition is drawn as BatchNorm's kin, as plain ghost sizes are (it wore crimson, an outsider's)
     from bnrep.axis import SHADES
 
-    assert get_norm("gbn4-b16").color in SHADES["batch"]
+    assert get_norm("gbn4-b16").color in SHADES["batch"] and get_norm("brn-b8").color in SHADES["batch"]
     # every norm of the table with a batch-8 condition and a batch-4 one (layer's and instance's wore one crimson)
     from bnrep.norms import NORMS
 

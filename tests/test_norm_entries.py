@@ -1,5 +1,6 @@
-"""Norm-table entries against computations written here: ghost batch norm (Hoffer et al. 2017) and
-weight standardisation + GroupNorm (Qiao et al. 2019), in built-in nets and in swapped ones."""
+"""Norm-table entries against computations written here: ghost batch norm (Hoffer et al. 2017),
+batch renormalization (Ioffe 2017) and weight standardisation + GroupNorm (Qiao et al. 2019), in
+built-in nets and in swapped ones."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ import torch
 from torch import nn
 
 from bnrep.models import build_model
-from bnrep.norms import GhostBatchNorm1d, GhostBatchNorm2d, WSConv2d, get_norm, norm_modules
+from bnrep.norms import (BatchRenorm1d, BatchRenorm2d, GhostBatchNorm1d, GhostBatchNorm2d, WSConv2d, get_norm,
+                         norm_modules)
 
 
 def _bn_numpy(x: np.ndarray, axes: tuple[int, ...], eps: float = 1e-5) -> np.ndarray:
@@ -45,6 +47,78 @@ def test_ghost_batchnorm_after_linear_layers():
     out = GhostBatchNorm1d(7, 4).double().train()(x).detach().numpy()
     for a in range(0, 12, 4):
         np.testing.assert_allclose(out[a:a + 4], _bn_numpy(x.numpy()[a:a + 4], (0,)), rtol=1e-10, atol=1e-10)
+
+
+def _renorm_numpy(x, axes, mu, var_run, r_max, d_max, eps=1e-5):
+    """Ioffe 2017, Algorithm 1, written out: the output, r and d."""
+    mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    std, std_run = np.sqrt(var + eps), np.sqrt(var_run + eps)
+    r = np.clip(std / std_run, 1 / r_max, r_max)
+    d = np.clip((mean - mu) / std_run, -d_max, d_max)
+    return (x - mean) / std * r + d, r, d
+
+
+def test_batch_renorm_is_batchnorm_before_its_warm_up_and_ioffes_algorithm_after():
+    """Step 0: r_max = 1, d_max = 0, BatchNorm's output and running statistics exactly; after the W-batch warm-up:
+    Algorithm 1 with r_max = 3, d_max = 5, clipping where the running statistics are far off; halfway, 2 and 2.5."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 4, 5, dtype=torch.float64) * torch.tensor([2.0, 0.1, 30.0]).view(1, 3, 1, 1) + 4
+    brn, bn = BatchRenorm2d(3, 10).double().train(), nn.BatchNorm2d(3).double().train()
+    torch.testing.assert_close(brn(x), bn(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(brn.state_dict(), bn.state_dict())
+    brn.num_batches_tracked.fill_(5)
+    assert brn.limits() == (2.0, 2.5)
+    brn.num_batches_tracked.fill_(10)
+    assert brn.limits() == (3.0, 5.0)
+    mu, var_run = brn.running_mean.numpy().copy(), brn.running_var.numpy().copy()
+    want, r, d = _renorm_numpy(x.numpy(), (0, 2, 3), mu.reshape(1, 3, 1, 1), var_run.reshape(1, 3, 1, 1), 3.0, 5.0)
+    assert (r.ravel() == 3.0).any() or (r.ravel() == 1 / 3).any()  # a channel clipped: the test sees the clip
+    np.testing.assert_allclose(brn(x).detach().numpy(), want, rtol=1e-10, atol=1e-10)
+    chunk = x.numpy().transpose(1, 0, 2, 3).reshape(3, -1)
+    np.testing.assert_allclose(brn.running_mean.numpy(), 0.9 * mu + 0.1 * chunk.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(brn.running_var.numpy(), 0.9 * var_run + 0.1 * chunk.var(axis=1, ddof=1), rtol=1e-12)
+    assert int(brn.num_batches_tracked) == 11
+    brn.eval()
+    ref = nn.BatchNorm2d(3).double().eval()
+    ref.load_state_dict(brn.state_dict())
+    torch.testing.assert_close(brn(x), ref(x))
+
+
+def test_batch_renorm_gradient_treats_r_and_d_as_constants():
+    """The gradient of Algorithm 1 with r and d held fixed (Ioffe 2017, section 3), against autograd through
+    the same formula with r and d detached by hand, after linear layers."""
+    torch.manual_seed(1)
+    x = (torch.randn(8, 6, dtype=torch.float64) * 3 + 2).requires_grad_()
+    brn = BatchRenorm1d(6, 1).double().train()
+    brn.num_batches_tracked.fill_(1)  # past its one-batch warm-up
+    brn.running_mean.fill_(0.5)
+    brn.running_var.fill_(4.0)
+    g = torch.randn(8, 6, dtype=torch.float64)
+    (brn(x) * g).sum().backward()
+    got = x.grad.clone()
+    x.grad = None
+    mean, var = x.mean(0), x.var(0, unbiased=False)
+    std = (var + 1e-5).sqrt()
+    r = (std / (4.0 + 1e-5) ** 0.5).clamp(1 / 3, 3).detach()
+    d = ((mean - 0.5) / (4.0 + 1e-5) ** 0.5).clamp(-5, 5).detach()
+    (((x - mean) / std * r + d) * g).sum().backward()
+    torch.testing.assert_close(got, x.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_batch_renorm_entry_builds_trains_and_checks_its_batch_size():
+    from bnrep.experiments import ConfigError, get_experiment
+
+    e = get_norm("renorm:100")
+    assert (e.tag, e.short, e.label, e.starts_as, e.batch_statistics) == (
+        "brn100", "BRN100", "Batch Renorm (100-batch warm-up)", "batch", True)
+    assert not get_norm("group").batch_statistics and get_norm("ghost:4").batch_statistics
+    torch.manual_seed(0)
+    model = build_model("tests.labnets.nets:wide_cnn", "renorm:3", 3, 10, (16, 16))
+    assert {type(m) for _, m in norm_modules(model)} <= {BatchRenorm2d, BatchRenorm1d}
+    assert all(m.warmup == 3 for _, m in norm_modules(model))
+    assert model.train()(torch.randn(8, 3, 16, 16)).shape == (8, 10)
+    with pytest.raises(ConfigError, match="renorm:3 normalises with batch statistics and cannot train on batches of 1"):
+        get_experiment("digits-cnn").override(norms="renorm:3,none", batch_size=1)
 
 
 def test_weight_standardised_filters_have_mean_0_std_1():
