@@ -426,7 +426,7 @@ def test_a_norm_holding_its_activation_keeps_it():
     torch.testing.assert_close(model(x), torch.relu(gn(model[0](x))))
 
 
-@pytest.mark.parametrize("to,kept", [("batch", True), ("ghost:2", True), ("group", False)])
+@pytest.mark.parametrize("to,kept", [("batch", True), ("ghost:2", True), ("renorm:2", True), ("group", False)])
 def test_a_norm_swapped_for_its_own_kind_keeps_its_settings(to, kept):
     """MobileNet's BatchNorm (eps 1e-3, momentum 0.01) and timm's zero-initialised last BatchNorm stay so under
     batch (and ghost BatchNorm): the weight initialisation is the model's own. Another kind starts as torch's."""

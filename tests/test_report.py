@@ -1920,6 +1920,7 @@ def test_a_kernel_that_weight_standardisation_uses_is_not_shared_with_a_plain_co
     every = ["features.0.weight", "features.3.weight", "features.7.weight", "features.11.weight",
              "classifier.0.weight", "classifier.3.weight"]
     assert shared_initial_weights(exp, "batch", "ghost:8") == (every, 6)
+    assert shared_initial_weights(exp, "batch", "renorm:100") == (every, 6)
     # the caption names every pair compared, one that shares nothing too (left out, it read as not checked)
     from types import SimpleNamespace
 
