@@ -11,6 +11,7 @@ Datasets (the table: bnrep.datasets):
     fashion-mnist  torchvision FashionMNIST, 28x28x1;  validation = `val_size` held out
     cifar10        torchvision CIFAR10, 32x32x3;       from the official training set
     cifar100       torchvision CIFAR100, 32x32x3, 100 classes (fine labels); as cifar10
+    kmnist         torchvision KMNIST (Kuzushiji-MNIST), 28x28x1; as mnist
     synthetic      seeded class-structured images of `image_shape`, split as digits
     imagefolder:PATH  your images: PATH/train/<class>/..., PATH/test/<class>/..., PATH/val/
                    optional (else `val_size` held out); `image_size` resizes the shorter side

@@ -59,6 +59,7 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in [
             label="Digits"),
     Dataset("mnist", (1, 28, 28), 10, "MNIST", label="MNIST"),
     Dataset("fashion-mnist", (1, 28, 28), 10, "FashionMNIST", label="Fashion-MNIST"),
+    Dataset("kmnist", (1, 28, 28), 10, "KMNIST", label="Kuzushiji-MNIST"),  # Clanuwat et al. 2018: cursive Japanese
     Dataset("cifar10", (3, 32, 32), 10, "CIFAR10", label="CIFAR10"),
     Dataset("cifar100", (3, 32, 32), 100, "CIFAR100", label="CIFAR100"),  # the 100 fine labels
     Dataset("synthetic", None, 10, reader="bnrep.data:read_synthetic",  # seeded class-structured images, for tests

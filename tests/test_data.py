@@ -17,6 +17,7 @@ import torch
 from torchvision import datasets
 
 from bnrep.data import DataError, batches, check_data, default_data_root, load_data, _holdout
+from bnrep.datasets import DATASETS
 from bnrep.experiments import get_experiment
 
 DIGITS = get_experiment("digits-cnn")
@@ -252,8 +253,13 @@ def offline(monkeypatch):
 
 
 TV_CASES = [("mnist-cnn", datasets.MNIST, (1, 28)), ("fashion-mnist-cnn", datasets.FashionMNIST, (1, 28)),
-            ("cifar10-vgg16", datasets.CIFAR10, (3, 32))]
-TV_IDS = ["mnist", "fashion-mnist", "cifar10"]
+            ("cifar10-vgg16", datasets.CIFAR10, (3, 32)), ("kmnist", datasets.KMNIST, (1, 28))]
+TV_IDS = ["mnist", "fashion-mnist", "cifar10", "kmnist"]
+
+
+def tv_experiment(preset: str):
+    """A preset, or a dataset with no preset of its own on the MNIST-shaped CNN (as --dataset gives it)."""
+    return get_experiment("mnist-cnn").override(dataset=preset) if preset in DATASETS else get_experiment(preset)
 
 
 def write_dataset(cls, root, monkeypatch):
@@ -264,7 +270,7 @@ def write_dataset(cls, root, monkeypatch):
 @pytest.mark.parametrize("preset, cls, shape", TV_CASES, ids=TV_IDS)
 def test_torchvision_dataset_loads_from_official_files(preset, cls, shape, tmp_path, monkeypatch, offline):
     written = write_dataset(cls, tmp_path, monkeypatch)
-    exp = get_experiment(preset).override(val_size=N_VAL)
+    exp = tv_experiment(preset).override(val_size=N_VAL)
     check_data(exp, str(tmp_path))
     d = load_data(exp, str(tmp_path))
     assert (d.channels, d.size) == shape
@@ -303,7 +309,7 @@ def test_idx_files_placed_gzipped_load_as_the_plain_ones(tmp_path, monkeypatch, 
 @pytest.mark.parametrize("preset, cls, shape", TV_CASES, ids=TV_IDS)
 def test_torchvision_split_is_deterministic_and_normalised(preset, cls, shape, tmp_path, monkeypatch):
     write_dataset(cls, tmp_path, monkeypatch)
-    exp = get_experiment(preset).override(val_size=N_VAL)
+    exp = tv_experiment(preset).override(val_size=N_VAL)
     torch.manual_seed(0)
     a = load_data(exp, str(tmp_path), download=False)
     torch.manual_seed(1)
@@ -317,6 +323,7 @@ EXPECTED_FILES = {
     "mnist-cnn": ("MNIST/raw", ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
     "fashion-mnist-cnn": ("FashionMNIST/raw", ["train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"]),
     "cifar10-vgg16": ("cifar-10-batches-py", ["data_batch_1", "data_batch_5", "test_batch", "batches.meta"]),
+    "kmnist": ("KMNIST/raw", ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
 }
 
 
@@ -326,7 +333,7 @@ EXPECTED_FILES = {
 def test_missing_offline_is_one_line_naming_files_and_folder(load, preset, download, why, tmp_path, offline):
     folder, names = EXPECTED_FILES[preset]
     with pytest.raises(DataError) as err:
-        load(get_experiment(preset), str(tmp_path / "data"), download=download)
+        load(tv_experiment(preset), str(tmp_path / "data"), download=download)
     msg = str(err.value)
     assert "\n" not in msg and why in msg and str(tmp_path / "data" / folder) in msg
     assert all(name in msg for name in names)
@@ -366,7 +373,7 @@ def test_preset_validation_holdout_is_5000_images(preset, cls, shape, tmp_path, 
     """The presets' own hold-out (every other test overrides it): 5,000 of the official training set."""
     monkeypatch.setitem(globals(), "N_TRAIN", 5600)  # a training set with a 5,000 hold-out to spare
     write_dataset(cls, tmp_path, monkeypatch)
-    exp = get_experiment(preset)
+    exp = tv_experiment(preset)
     assert exp.val_size == 5000
     d = load_data(exp, str(tmp_path))
     assert (len(d.val), len(d.train), len(d.test)) == (5000, 600, N_TEST)
