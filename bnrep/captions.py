@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from bnrep.epoch_figures import measured_text
 from bnrep.initial import shared_start_text
 from bnrep.measures import MEASURES, OLD_REASONS, gradient_batches_text
 from bnrep.results import COLORS, Results, and_list, first_shown_text, label_and_tag, norm_labels, ordered, seeds_text
@@ -28,8 +29,8 @@ def _models(df: pd.DataFrame) -> pd.DataFrame:
 def caption(spec, rs: list[Results]) -> str:
     """`spec`'s (a bnrep.figures.FigureSpec) caption with its placeholders filled for the results `rs`:
     {seeds}, {layers}, {nan} (the values left out, and why), {colours}, {shared} (bnrep.initial),
-    {k_searched}, {gradient_batches} and {undrawn_epochs} (where the snapshots' rows of a table no figure draws
-    are)."""
+    {k_searched}, {gradient_batches}, {undrawn_epochs} (where the snapshots' rows of a table no figure draws
+    are) and {measured} (how the snapshots of the conditions drawn ran: bnrep.epoch_figures.measured_text)."""
     df = pd.concat([r.at_epochs(spec.tables[0]) if spec.epochs else r.table(spec.tables[0]) for r in rs],
                    ignore_index=True)
     layers = "; ".join(f"{r.label}: from {first_shown_text(r)}" for r in rs)
@@ -46,7 +47,7 @@ def caption(spec, rs: list[Results]) -> str:
                                shared=shared, k_searched=_k_searched(rs) if "{k_searched}" in spec.caption else "",
                                gradient_batches=_gradient_batches(rs) if "{gradient_batches}" in spec.caption else "",
                                undrawn_epochs=_undrawn_epochs(rs, spec.tables[0]) if "{undrawn_epochs}" in spec.caption
-                               else "")
+                               else "", measured=measured_text(norms) if "{measured}" in spec.caption else "")
 
 
 def _undrawn_epochs(rs: list[Results], table: str) -> str:

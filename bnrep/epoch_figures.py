@@ -12,16 +12,13 @@ from bnrep.findings import headline_rows, snapshot_measures
 from bnrep.measures import FINAL
 from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_groups_of, _layer_ticks, _panel, _width,
                             condition_lines, group_lines, log_y, panels_legend, styles_legend)
-from bnrep.results import seeds_text
+from bnrep.norms import get_norm
+from bnrep.results import and_list, norm_labels, ordered, seeds_text
 
 # How a snapshot's model is run for a measure, said under each figure against epoch: the representations'
 # measures as bnrep.represent.snapshot_mode runs it; gradient norms and train- against eval-mode as
 # bnrep.measures' functions do (always batch statistics; both modes, from epoch 1).
-MEASURED = ("At epoch 0 (the initialisation) norms with running statistics normalise with batch statistics, at "
-            "the condition's batch size, as the first step did; at every later snapshot and in the final model "
-            "they run in eval mode, with the running statistics as they stood then, so BatchNorm's values at early "
-            "epochs reflect running statistics that have not converged yet (ghost BatchNorm's, updated once per "
-            "virtual batch, converge sooner).")
+MEASURED = "{measured}"  # (bnrep.captions fills it for the conditions drawn: measured_text)
 MEASURED_BY = {
     "gradient_norms": "Every epoch is measured with batch statistics (norms with running statistics normalise with "
                       "each analysis batch's own, whatever batch size the model trained with); the running "
@@ -35,6 +32,23 @@ MEASURED_BY = {
 def measured_at_epochs(m) -> str:
     """How the measure `m` (bnrep.measures) is measured at each epoch, in words (norms with running statistics)."""
     return MEASURED_BY.get(m.table, MEASURED)
+
+
+def measured_text(norms) -> str:
+    """How the snapshots of the conditions `norms` run (bnrep.represent.snapshot_mode), for the figures against
+    epoch: the conditions with running statistics named; none named where no condition keeps them."""
+    labels = norm_labels(norms)
+    kept = [n for n in ordered(norms) if get_norm(n).batch_statistics]
+    if not kept:
+        return ("No condition here keeps running statistics: every epoch is measured as training normalised, "
+                "eval mode throughout.")
+    virtual = any(get_norm(n).norm.startswith("ghost:") for n in kept)
+    return ("At epoch 0 (the initialisation) norms with running statistics normalise with batch statistics, at "
+            "the condition's batch size, as the first step did; at every later snapshot and in the final model "
+            f"they run in eval mode, with the running statistics as they stood then, so the values of "
+            f"{and_list(labels[n] for n in kept)} at early epochs reflect running statistics that have not "
+            "converged yet" + (" (ghost BatchNorm's, updated once per virtual batch, converge sooner)." if virtual
+                               else "."))
 
 
 INIT = ", init"  # (the initialisation's lines' legend suffix: they share the condition's entry)

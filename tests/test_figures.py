@@ -42,8 +42,8 @@ def test_per_layer_and_learning_curve_captions_name_the_condition_colours(name):
 # train- against eval-mode from epoch 1
 EPOCH_0 = ("At epoch 0 (the initialisation) norms with running statistics normalise with batch statistics, at the "
            "condition's batch size, as the first step did; at every later snapshot and in the final model they run "
-           "in eval mode, with the running statistics as they stood then, so BatchNorm's values at early epochs "
-           "reflect running statistics that have not converged yet")
+           "in eval mode, with the running statistics as they stood then, so the values of BatchNorm at early epochs "
+           "reflect running statistics that have not converged yet.")
 MEASURED = {"gradient_norms": "Every epoch is measured with batch statistics (norms with running statistics "
                               "normalise with each analysis batch's own, whatever batch size the model trained "
                               "with); the running statistics are not used.",
@@ -59,6 +59,21 @@ def test_a_figure_against_epoch_says_how_each_epoch_is_measured(table):
     assert snapshot_mode(exp, "batch", 1) == {}  # eval mode: the running statistics
     r = with_snapshots(cnn(), table, (1,) if table == "train_eval" else (0, 1))
     assert MEASURED.get(table, EPOCH_0) in caption(f"fig_{table}_epochs", r)
+
+
+def test_a_figure_against_epoch_names_the_conditions_with_running_statistics_and_no_others():
+    """It said 'BatchNorm's values ... have not converged yet' in a study of GroupNorm and no norm."""
+    r = with_snapshots(cnn(), "nc1", (0, 1))
+    swap = {"condition": {"batch": "group"}, "norm": {"batch": "group"}, "bn": {True: False}}
+    gn = findings.Results(r.experiment.override(norms="group,none"), {k: v.replace(swap) for k, v in r.tables.items()})
+    said = caption("fig_nc1_epochs", gn)
+    assert "No condition here keeps running statistics: every epoch is measured as training normalised" in said
+    assert "BatchNorm" not in said and "running statistics that have not converged" not in said
+    mixed = {"condition": {"batch": "ghost:8"}, "norm": {"batch": "ghost:8"}}
+    r8 = findings.Results(r.experiment.override(norms="ghost:8,none"), {k: v.replace(mixed) for k, v in r.tables.items()})
+    assert ("so the values of ghost BatchNorm (8 per virtual batch) at early epochs reflect running statistics that "
+            "have not converged yet (ghost BatchNorm's, updated once per virtual batch, converge sooner).") in caption(
+        "fig_nc1_epochs", r8)
 
 
 def test_the_cka_caption_says_where_the_snapshot_cka_is_that_no_figure_draws():
