@@ -174,13 +174,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     from bnrep.data import check_data, default_data_root
     from bnrep.datasets import FOLDER, DatasetError, parse_dataset
     from bnrep.experiments import PRESETS
-    from bnrep.store import is_uri
+    from bnrep.store import Store, is_uri
+    from bnrep.studies import held_studies
 
     if not_a_results_folder(args.out):
         return 2
     root = args.data_root or default_data_root()
-    rows = [("experiment", "dataset", "model", "data here", "description")]
-    held = studies_under(args.out)
+    rows = [("experiment", "dataset", "model", "data here", "results here", "description")]
+    held, with_results = studies_under(args.out), set(held_studies(args.out, presets=True))
     for name, e in [*PRESETS.items(), *held]:
         try:
             family, path = parse_dataset(e.dataset)
@@ -189,15 +190,21 @@ def cmd_list(args: argparse.Namespace) -> int:
             here = "yes" if family != FOLDER or os.path.isdir(path) else "no"  # (a folder: not every image decoded)
         except DatasetError:
             here = "no"
-        rows.append((name, e.dataset, e.model, here, e.description or "(a study under --out)"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]  # columns as wide as their longest entry
+        results = ("no" if name not in with_results else  # its report written, or results short of one
+                   "report" if Store(args.out, name).exists("report", "report.md") else "started")
+        rows.append((name, e.dataset, e.model, here, results, e.description or "(a study under --out)"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]  # columns as wide as their longest entry
     for r in rows:
-        print("  ".join(f"{v:{w}}" for v, w in zip(r, widths)) + f"  {r[4]}")
+        print("  ".join(f"{v:{w}}" for v, w in zip(r, widths)) + f"  {r[5]}")
     if not is_uri(args.out) and not os.path.exists(args.out):
         held_said = "no such folder yet"
     else:
-        held_said = (f"{len(held)} more {'study' if len(held) == 1 else 'studies'} above, each run by its name"
-                     if held else "no studies besides the presets")
+        presets = sorted(with_results & set(PRESETS))
+        held_said = "; ".join(
+            [f"results of {len(presets)} preset{'s' * (len(presets) != 1)} ({', '.join(presets)}; bnrep status "
+             f"--out {args.out} says how far each got)"] * bool(presets)
+            + [f"{len(held)} more {'study' if len(held) == 1 else 'studies'} above, each run by its name"
+               if held else "no studies besides the presets"])
     print(f"\n(data root: {root}; datasets download there on first use when the network allows; --out "
           f"{args.out}: {held_said})")
     return 0

@@ -15,6 +15,7 @@ import pytest
 import ray
 
 from bnrep import cli, config, flags
+from bnrep.experiments import get_experiment
 from bnrep.norms import NAMES
 from bnrep.store import Store
 from tests.conftest import ROOT, injected, tree
@@ -472,12 +473,27 @@ def test_list_shows_every_experiment(tmp_path, capsys):
     for name in ("digits-cnn", "mnist-cnn", "fashion-mnist-cnn", "cifar10-vgg16"):
         assert name in out
     rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
-    assert rows["digits-cnn"].split()[1:4] == ["digits", "cnn", "yes"]
-    assert rows["leaves"].split()[1:] == ["digits", "tests.labnets.nets:wide_cnn", "yes", "my", "leaves"]
+    assert rows["digits-cnn"].split()[1:5] == ["digits", "cnn", "yes", "no"]
+    assert rows["leaves"].split()[1:] == ["digits", "tests.labnets.nets:wide_cnn", "yes", "started", "my", "leaves"]
     header = rows["experiment"]  # the columns line up, however long a study's dataset or model
     assert {r.index(" yes ") + 1 for r in rows.values() if " yes " in r} == {header.index("data here")}
+    assert rows["leaves"].index("started") == header.index("results here")
     assert rows["leaves"].index("my leaves") == header.index("description")
     assert out.endswith(f"--out {tmp_path / 'runs'}: 1 more study above, each run by its name)\n")
+    # a preset's results under --out: counted, and how far they got (they read as no study at all)
+    for name, report in (("digits-cnn", True), ("mnist-cnn", False)):
+        preset = Store(str(tmp_path / "runs"), name)
+        preset.mkdir()
+        config.write_config(preset, config.prepare(preset, get_experiment(name), "final", fresh=False))
+        if report:
+            preset.write_bytes("report/report.md", b"# report\n")
+    assert cli.main(["list", "--out", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert rows["digits-cnn"].split()[4] == "report" and rows["mnist-cnn"].split()[4] == "started"
+    assert rows["cifar10-vgg16"].split()[4] == "no"
+    assert out.endswith(f"--out {tmp_path / 'runs'}: results of 2 presets (digits-cnn, mnist-cnn; bnrep status "
+                        f"--out {tmp_path / 'runs'} says how far each got); 1 more study above, each run by its name)\n")
     assert cli.main(["list", "--out", str(tmp_path / "none")]) == 0
     assert capsys.readouterr().out.endswith(f"--out {tmp_path / 'none'}: no such folder yet)\n")
     assert cli.main(["list", "--out", str(study)]) == 2  # (was: the presets, "studies: those leaves.toml holds")
