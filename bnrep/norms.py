@@ -5,8 +5,9 @@ types, the model_id tag, the short and long labels of tables and legends, the
 colour of every figure, how it is built after a conv (N, C, H, W) or a linear
 layer (N, C) of a given width, and whether the layer before it keeps a bias.
 Results, figures, findings, the trainer and the model code read this table;
-adding a normalisation is one entry here plus its tests (as timm's
-`layers/create_norm.py` does with `_NORM_MAP`).
+adding a normalisation is one entry here plus its tests, and its layer in
+bnrep.norm_layers where torch has none (as timm's `layers/create_norm.py` does
+with `_NORM_MAP`, its layers in modules of their own).
 
     batch      BatchNorm2d after convs, BatchNorm1d after hidden linear layers (the paper's BN)
     group      GroupNorm with 32 groups where 32 divides C, else the largest divisor of C below 32
@@ -45,6 +46,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from bnrep.norm_layers import BatchRenorm1d, BatchRenorm2d, GhostBatchNorm1d, GhostBatchNorm2d, WSConv2d
+
 GN_GROUPS = 32  # Wu & He 2018's default group count
 AS_BUILT = "as-built"
 REF = "none"  # the reference every claim compares against
@@ -57,94 +60,6 @@ class NormError(ValueError):
 def group_count(channels: int, groups: int = GN_GROUPS) -> int:
     """`groups` if it divides `channels`, else the largest divisor of `channels` below it."""
     return max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
-
-
-class WSConv2d(nn.Conv2d):
-    """A conv whose filters are standardised in every forward pass: mean 0, std 1 over each
-    filter's fan-in (in_channels/groups x kh x kw), the weights learnt as usual (Qiao et al. 2019)."""
-
-    EPS = 1e-5  # added to the std, as the paper's code does
-
-    def standardised_weight(self) -> torch.Tensor:
-        w = self.weight  # (out, in/groups, kh, kw)
-        mean = w.mean(dim=(1, 2, 3), keepdim=True)
-        std = w.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
-        return (w - mean) / (std + self.EPS)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.standardised_weight(), self.bias)
-
-
-def _ghost(base: type) -> type:
-    class Ghost(base):
-        """BatchNorm over virtual batches of `virtual` samples in training (a short last one joins
-        the one before: a single sample has no batch statistics); plain BatchNorm in eval mode."""
-
-        def __init__(self, num_features: int, virtual: int):
-            super().__init__(num_features)
-            self.virtual = virtual
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if not self.training or len(x) <= self.virtual:
-                return super().forward(x)
-            sizes = [self.virtual] * (len(x) // self.virtual)
-            sizes[-1] += len(x) % self.virtual
-            return torch.cat([super(Ghost, self).forward(c) for c in x.split(sizes)])
-
-    Ghost.__name__ = Ghost.__qualname__ = f"Ghost{base.__name__}"
-    return Ghost
-
-
-GhostBatchNorm2d, GhostBatchNorm1d = _ghost(nn.BatchNorm2d), _ghost(nn.BatchNorm1d)
-
-RENORM_R_MAX, RENORM_D_MAX = 3.0, 5.0  # Ioffe 2017's limits once relaxed (its ImageNet schedule reaches them)
-
-
-def _renorm(base: type) -> type:
-    class Renorm(base):
-        """Batch Renormalization (Ioffe 2017). Training: with the batch's mean and (biased) std mu_B,
-        sigma_B and the running mean and std mu, sigma (each std with eps inside the root),
-        x_hat = (x - mu_B) / sigma_B * r + d, r = clip(sigma_B / sigma, 1/r_max, r_max),
-        d = clip((mu_B - mu) / sigma, -d_max, d_max), r and d without gradient; then the affine
-        parameters, and the running statistics updated as BatchNorm's (momentum, unbiased variance).
-        r_max, d_max grow linearly from 1, 0 (BatchNorm's output) to RENORM_R_MAX, RENORM_D_MAX over the
-        first `warmup` training batches (counted in num_batches_tracked: a checkpoint keeps the count).
-        Eval mode: plain BatchNorm."""
-
-        def __init__(self, num_features: int, warmup: int):
-            super().__init__(num_features)
-            self.warmup = warmup
-
-        def limits(self) -> tuple[float, float]:
-            """(r_max, d_max) for the next training batch."""
-            ramp = min(1.0, int(self.num_batches_tracked) / self.warmup)
-            return 1.0 + (RENORM_R_MAX - 1.0) * ramp, RENORM_D_MAX * ramp
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            n = x.numel() // max(x.shape[1], 1)
-            if not self.training or n < 2:  # one value per channel: BatchNorm's own error
-                return super().forward(x)
-            dims, shape = [0, *range(2, x.dim())], (1, -1, *[1] * (x.dim() - 2))
-            mean, var = x.mean(dims), x.var(dims, unbiased=False)
-            std, running_std = (var + self.eps).sqrt(), (self.running_var + self.eps).sqrt()
-            r_max, d_max = self.limits()
-            r = (std.detach() / running_std).clamp(1.0 / r_max, r_max)
-            d = ((mean.detach() - self.running_mean) / running_std).clamp(-d_max, d_max)
-            y = (x - mean.view(shape)) * (r / std).view(shape) + d.view(shape)
-            if self.affine:
-                y = y * self.weight.view(shape) + self.bias.view(shape)
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                step = self.momentum if self.momentum is not None else 1.0 / int(self.num_batches_tracked)
-                self.running_mean.lerp_(mean, step)
-                self.running_var.lerp_(var * (n / (n - 1)), step)
-            return y
-
-    Renorm.__name__ = Renorm.__qualname__ = f"BatchRenorm{base.__name__[-2:]}"
-    return Renorm
-
-
-BatchRenorm2d, BatchRenorm1d = _renorm(nn.BatchNorm2d), _renorm(nn.BatchNorm1d)
 
 
 def _exact_groups(groups: int) -> Callable[[int], nn.Module]:

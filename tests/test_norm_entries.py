@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from bnrep.models import build_model
-from bnrep.norms import (BatchRenorm1d, BatchRenorm2d, GhostBatchNorm1d, GhostBatchNorm2d, WSConv2d, get_norm,
-                         norm_modules)
+from bnrep.norm_layers import BatchRenorm1d, BatchRenorm2d, GhostBatchNorm1d, GhostBatchNorm2d, WSConv2d
+from bnrep.norms import get_norm, norm_modules
 
 
 def _bn_numpy(x: np.ndarray, axes: tuple[int, ...], eps: float = 1e-5) -> np.ndarray:
