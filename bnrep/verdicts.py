@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 
 from bnrep.axis import axis_word
-from bnrep.correlations import (MIN_MODELS, between_groups_reason, group_word, limits_sentence, p_text, predictor_rows,
-                                predictors)
-from bnrep.findings import (CLAIMS, P_MAX, RULES, SPARSITY_TOL, Finding, _names, compare_layers,
-                            finding_sparsity_across, headline_rows, judged_norms, names_reference, rules,
-                            snapshot_measures, worded)
+from bnrep.correlations import (MIN_MODELS, P_MAX, between_groups_reason, group_word, limits_sentence, p_text,
+                                predictor_rows, predictors)
+from bnrep.findings import (Finding, _names, compare_layers, finding_sparsity_across, headline_rows, judged_norms,
+                            names_reference, snapshot_measures, worded)
+from bnrep.rules import CLAIMS, RULES, SPARSITY_TOL, rules
 from bnrep.norms import same_start, sort_key
 from bnrep.results import LABELS, REF, SHORT, Results, is_paper_pair, label_and_tag, rankings
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from matplotlib.colors import to_hex
 
-from bnrep import captions, conditions, correlations, figures, findings, report, results, verdicts
+from bnrep import captions, conditions, correlations, figures, findings, report, results, rules, verdicts
 from bnrep.measures import NO_BATCH_STATISTICS
 from bnrep.experiments import get_experiment
 from bnrep.store import Store
@@ -985,7 +985,7 @@ def test_conditions_named_next_to_the_verdicts_they_undermine(name):
              findings.finding_generalisation(r.table("training"), results.at_eps(r.table("layer_sparsity"))),
              findings.finding_purity(r.table("class_dbi"), r.table("kmeans"), r.experiment.first_shown_layer),
              findings.finding_early_clusters(r.table("kmeans"), r.experiment.first_shown_layer)]
-    assert not flipped or any(p.verdict in findings.JUDGED for p in plain if p.number in flipped)  # a real flip
+    assert not flipped or any(p.verdict in rules.JUDGED for p in plain if p.number in flipped)  # a real flip
     for f, p in zip(fs, plain):
         if f.number in flipped:  # (claim 2 of these fixtures is inconclusive already: see the test above)
             assert f.verdict == "inconclusive" and text in f.caveats and text in f.verdict_text, (name, f.number)
@@ -1492,7 +1492,7 @@ def test_a_label_in_parentheses_takes_its_tag_inside_them_wherever_the_report_na
     from bnrep.table1 import table1_caption
 
     assert "ghost BatchNorm (8 per virtual batch; GBN8)" in table1_caption(["batch", "ghost:8", "none"])
-    assert "reference condition ghost BatchNorm (8 per virtual batch; GBN8) by" in findings.rules(
+    assert "reference condition ghost BatchNorm (8 per virtual batch; GBN8) by" in rules.rules(
         ["batch", "ghost:8"], "ghost:8")[-1]
 
 
@@ -1739,7 +1739,7 @@ def test_a_claim_against_another_reference_names_it():
     """Judged against `none` the paper's words; against another reference, that reference by its label
     (the judged condition's own name put in first, so a reference label holding 'BatchNorm' stays whole)."""
     get_experiment("digits-cnn").override(conditions="batch; bn-b32:batch,batch_size=32; none")  # registers bn-b32
-    assert findings.claim(3, "batch") == findings.CLAIMS[3]
+    assert findings.claim(3, "batch") == rules.CLAIMS[3]
     assert findings.claim(3, "none", "bn-b32").startswith(
         "No norm tends to produce purer representational clusters than models with BatchNorm at batch size 32, especially")
     assert "trained without" not in findings.claim(3, "batch", "bn-b32")
