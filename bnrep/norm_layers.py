@@ -60,15 +60,19 @@ def _renorm(base: type) -> type:
         parameters, and the running statistics updated as BatchNorm's (momentum, unbiased variance).
         r_max, d_max grow linearly from 1, 0 (BatchNorm's output) to RENORM_R_MAX, RENORM_D_MAX over the
         first `warmup` training batches (counted in num_batches_tracked: a checkpoint keeps the count).
-        Eval mode: plain BatchNorm."""
+        Eval mode: plain BatchNorm. With track_running_stats off (bnrep.represent.with_batch_statistics),
+        training mode renormalises with the statistics as they stand and updates nothing, the count
+        included. Statistics in float32 under autocast, as BatchNorm keeps them; no host sync per step."""
 
         def __init__(self, num_features: int, warmup: int):
+            if warmup < 1:
+                raise ValueError(f"Batch Renorm needs a warm-up of 1 or more batches, got {warmup}")
             super().__init__(num_features)
             self.warmup = warmup
 
-        def limits(self) -> tuple[float, float]:
-            """(r_max, d_max) for the next training batch."""
-            ramp = min(1.0, int(self.num_batches_tracked) / self.warmup)
+        def limits(self) -> tuple[torch.Tensor, torch.Tensor]:
+            """(r_max, d_max) for the next training batch, as 0-d tensors on the module's device."""
+            ramp = (self.num_batches_tracked.to(self.running_var.dtype) / self.warmup).clamp(max=1.0)
             return 1.0 + (RENORM_R_MAX - 1.0) * ramp, RENORM_D_MAX * ramp
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,20 +80,22 @@ def _renorm(base: type) -> type:
             if not self.training or n < 2:  # one value per channel: BatchNorm's own error
                 return super().forward(x)
             dims, shape = [0, *range(2, x.dim())], (1, -1, *[1] * (x.dim() - 2))
-            mean, var = x.mean(dims), x.var(dims, unbiased=False)
+            xf = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16, fp16 (autocast): float32
+            mean, var = xf.mean(dims), xf.var(dims, unbiased=False)
             std, running_std = (var + self.eps).sqrt(), (self.running_var + self.eps).sqrt()
             r_max, d_max = self.limits()
-            r = (std.detach() / running_std).clamp(1.0 / r_max, r_max)
-            d = ((mean.detach() - self.running_mean) / running_std).clamp(-d_max, d_max)
-            y = (x - mean.view(shape)) * (r / std).view(shape) + d.view(shape)
+            r = torch.minimum(torch.maximum(std.detach() / running_std, 1.0 / r_max), r_max)
+            d = torch.minimum(torch.maximum((mean.detach() - self.running_mean) / running_std, -d_max), d_max)
+            y = (xf - mean.view(shape)) * (r / std).view(shape) + d.view(shape)
             if self.affine:
                 y = y * self.weight.view(shape) + self.bias.view(shape)
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                step = self.momentum if self.momentum is not None else 1.0 / int(self.num_batches_tracked)
-                self.running_mean.lerp_(mean, step)
-                self.running_var.lerp_(var * (n / (n - 1)), step)
-            return y
+            if self.track_running_stats:
+                with torch.no_grad():
+                    self.num_batches_tracked.add_(1)
+                    step = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked
+                    self.running_mean.lerp_(mean.to(self.running_mean.dtype), step)
+                    self.running_var.lerp_((var * (n / (n - 1))).to(self.running_var.dtype), step)
+            return y.to(x.dtype)
 
     Renorm.__name__ = Renorm.__qualname__ = f"BatchRenorm{base.__name__[-2:]}"
     return Renorm

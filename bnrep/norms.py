@@ -388,9 +388,9 @@ def _keep_settings(new: nn.Module, old: nn.Module) -> None:
     new.eps = old.eps
     if isinstance(new, batch):
         new.momentum = old.momentum
-    mine = new.state_dict()
-    new.load_state_dict({k: v for k, v in old.state_dict().items() if k in mine and v.shape == mine[k].shape},
-                        strict=False)
+    mine = new.state_dict()  # (not the step count: training's, and Batch Renorm's warm-up counts from it)
+    new.load_state_dict({k: v for k, v in old.state_dict().items() if k in mine and v.shape == mine[k].shape
+                         and k != "num_batches_tracked"}, strict=False)
 
 
 def swap_norms(model: nn.Module, name: str, example: torch.Tensor, what: str = "the model") -> nn.Module:

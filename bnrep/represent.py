@@ -53,13 +53,15 @@ def has_running_statistics(model: torch.nn.Module) -> bool:
 
 
 def with_batch_statistics(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `model` in eval mode except its norms with running statistics, which normalise with
-    each batch's statistics as in training (dropout stays off; the copy's running statistics absorb
-    the updates, the model's do not change)."""
+    """A copy of `model` in eval mode except its norms with running statistics, which run in training mode,
+    as in a training step, without updating anything (track_running_stats off): BatchNorm normalises with
+    each batch's statistics, Batch Renorm corrects them toward the running statistics as they stand (its
+    step count too), whatever batches pass before. Dropout stays off; the model does not change."""
     model = copy.deepcopy(model).eval()
     for m in model.modules():
         if getattr(m, "running_mean", None) is not None:
             m.train()
+            m.track_running_stats = False
     return model
 
 

@@ -67,9 +67,9 @@ def test_batch_renorm_is_batchnorm_before_its_warm_up_and_ioffes_algorithm_after
     torch.testing.assert_close(brn(x), bn(x), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(brn.state_dict(), bn.state_dict())
     brn.num_batches_tracked.fill_(5)
-    assert brn.limits() == (2.0, 2.5)
+    assert tuple(map(float, brn.limits())) == (2.0, 2.5)
     brn.num_batches_tracked.fill_(10)
-    assert brn.limits() == (3.0, 5.0)
+    assert tuple(map(float, brn.limits())) == (3.0, 5.0)
     mu, var_run = brn.running_mean.numpy().copy(), brn.running_var.numpy().copy()
     want, r, d = _renorm_numpy(x.numpy(), (0, 2, 3), mu.reshape(1, 3, 1, 1), var_run.reshape(1, 3, 1, 1), 3.0, 5.0)
     assert (r.ravel() == 3.0).any() or (r.ravel() == 1 / 3).any()  # a channel clipped: the test sees the clip
@@ -103,6 +103,55 @@ def test_batch_renorm_gradient_treats_r_and_d_as_constants():
     d = ((mean - 0.5) / (4.0 + 1e-5) ** 0.5).clamp(-5, 5).detach()
     (((x - mean) / std * r + d) * g).sum().backward()
     torch.testing.assert_close(got, x.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_batch_renorm_running_statistics_as_batchnorm_with_a_cumulative_average_too():
+    """momentum=None: BatchNorm's cumulative average of the batch statistics (the output renormalised, the
+    statistics the batches' own)."""
+    torch.manual_seed(2)
+    brn, bn = BatchRenorm2d(3, 1).double().train(), nn.BatchNorm2d(3).double().train()
+    brn.momentum = bn.momentum = None
+    for _ in range(3):
+        x = torch.randn(8, 3, 2, 2, dtype=torch.float64) * 3 + 1
+        brn(x), bn(x)
+    torch.testing.assert_close(brn.state_dict(), bn.state_dict())
+
+
+def test_batch_renorm_under_bfloat16_autocast_keeps_float32_statistics():
+    """--amp: a conv's bf16 output into Batch Renorm (it raised on its running statistics' dtype); statistics
+    in float32 as BatchNorm keeps them, the output in the input's dtype."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), BatchRenorm2d(4, 1)).train()
+    net[1].num_batches_tracked.fill_(1)  # renormalising
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(torch.randn(6, 3, 8, 8))
+    assert out.dtype == torch.bfloat16 and net[1].running_mean.dtype == torch.float32
+    assert net[1].running_mean.abs().sum() > 0 and int(net[1].num_batches_tracked) == 2
+
+
+def test_batch_statistics_copy_of_batch_renorm_updates_nothing_and_starts_as_batchnorm():
+    """The analysis' training-mode copy (epoch 0, gradient norms, train- against eval-mode): Batch Renorm
+    updated its running statistics and step count after every analysis batch, so from the second batch on its
+    epoch-0 representations drifted from BatchNorm's (0.2-0.7 relative) though both nets are one at a seed."""
+    from bnrep.represent import with_batch_statistics
+
+    x = torch.randn(4 * 16, 3, 16, 16)
+    outs = {}
+    for norm in ("batch", "renorm:20"):
+        torch.manual_seed(0)
+        model = build_model("cnn", norm, 3, 10, (16, 16))
+        copy = with_batch_statistics(model)
+        outs[norm] = torch.cat([copy(b) for b in x.split(16)])
+        before = {k: v.clone() for k, v in copy.state_dict().items()}
+        copy(x[:16])
+        torch.testing.assert_close(copy.state_dict(), before)  # nothing moved, the step count included
+        torch.testing.assert_close(model.state_dict(), build_model_state(norm))  # nor the model's
+    torch.testing.assert_close(outs["renorm:20"], outs["batch"], rtol=1e-4, atol=1e-5)
+
+
+def build_model_state(norm):
+    torch.manual_seed(0)
+    return build_model("cnn", norm, 3, 10, (16, 16)).state_dict()
 
 
 def test_batch_renorm_entry_builds_trains_and_checks_its_batch_size():

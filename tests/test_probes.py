@@ -432,10 +432,12 @@ def test_a_norm_swapped_for_its_own_kind_keeps_its_settings(to, kept):
     batch (and ghost BatchNorm): the weight initialisation is the model's own. Another kind starts as torch's."""
     bn = nn.BatchNorm2d(4, eps=1e-3, momentum=0.01)
     nn.init.zeros_(bn.weight)
+    bn.num_batches_tracked.fill_(7)  # trained before: the new norm's own steps count from 0 (Batch Renorm's warm-up)
     model = swap_norms(nn.Sequential(nn.Conv2d(2, 4, 1), bn), to, torch.zeros(2, 2, 3, 3))
     new = model[1]
     assert (new.eps, getattr(new, "momentum", None), bool(new.weight.any())) == (
         (1e-3, 0.01, False) if kept else (1e-5, None, True))
+    assert int(getattr(new, "num_batches_tracked", 0)) == 0
 
 
 def test_check_norm_kind_finds_a_leftover():
