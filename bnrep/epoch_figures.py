@@ -20,9 +20,9 @@ from bnrep.results import and_list, norm_labels, ordered, seeds_text
 # bnrep.measures' functions do (always batch statistics; both modes, from epoch 1).
 MEASURED = "{measured}"  # (bnrep.captions fills it for the conditions drawn: measured_text)
 MEASURED_BY = {
-    "gradient_norms": "Every epoch is measured with batch statistics (norms with running statistics normalise with "
-                      "each analysis batch's own, whatever batch size the model trained with); the running "
-                      "statistics are not used.",
+    "gradient_norms": "Every epoch is measured as a training step runs (norms with running statistics in training "
+                      "mode on each analysis batch, whatever batch size the model trained with: BatchNorm with the "
+                      "batch's own statistics, its running statistics not used); nothing is updated.",
     "train_eval": "It starts at epoch 1 (at epoch 0 the running statistics are still 0 and 1: nothing to compare): "
                   "at each epoch, batch statistics against the running statistics as they stood then, which have "
                   "not converged yet at early epochs.",
@@ -68,7 +68,7 @@ def fig_initialisation(results) -> Figure | None:
     for ax, m in zip(axes.flat, ms):
         early = r.snapshots[m.table]
         drawn = {when: condition_lines(ax, headline_rows(m, d), m.values[0], labels, "" if when == "final" else INIT,
-                                       ls=ls, marker=marker, capsize=2)
+                                       ls=ls, marker=marker, capsize=2, clip=m.bounds)
                  for when, d, ls, marker in (("final", r.table(m.table), "-", "o"),
                                              ("init", early[early["epoch"] == 0], "--", "x"))}
         _layer_ticks(ax, drawn["final"])  # (a measure may have no rows at initialisation)
@@ -101,7 +101,7 @@ def through_training(m):
             d = d.assign(x=d["epoch"].map(at).astype(float))
             for col, (name, idx) in enumerate(gs):
                 ax = axes[row, col]
-                g = group_lines(ax, d, idx, "x", m.values[0], labels)
+                g = group_lines(ax, d, idx, "x", m.values[0], labels, clip=m.bounds)
                 ax.set_xticks(range(len(at)), [f"{e}" for e in epochs] + ["final"])
                 _panel(ax, title=f"{r.label}: {name}", xlabel="epoch", ylabel=m.ylabel or m.values[0])
                 if m.log and (g[m.values[0]].dropna() > 0).all():

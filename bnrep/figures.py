@@ -396,8 +396,8 @@ FIGURES = [
                "epoch (solid), for {colours} "
                "models. Error bars: standard deviation across {seeds}. A difference between conditions already "
                "there at initialisation is the architecture's, not training's; except between conditions that "
-               "are one network at initialisation (the same norm with another recipe, or ghost BatchNorm and "
-               "BatchNorm: the same weights at one seed), where it is the batch size the batch statistics were "
+               "are one network at initialisation (the same norm with another recipe, or BatchNorm and a norm "
+               "built on it, ghost BatchNorm or Batch Renorm: the same weights at one seed), where it is the batch size the batch statistics were "
                "measured at. Measures that span orders of magnitude have a log y axis: there, a bar whose mean - std "
                "is 0 or below runs to the panel's lower edge.",
                "Measures at initialisation and through training",

@@ -320,7 +320,7 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
                     "logistic regression on the standardised reduced representations of the clustering samples, "
                     f"{PROBE_FOLDS}-fold stratified cross-validation, for {{colours}} models; higher means the "
                     "classes are more linearly separable in the layer. Error bars: standard deviation across "
-                    "{seeds}.{nan}",
+                    "{seeds}, cut at 0 and 1.{nan}",
             title="Linear probe accuracy per layer", name="Linear probe accuracy",
             ylabel="linear probe accuracy (cross-validated)", predictor="linear probe accuracy"),
     Measure("kmeans", "layer", _kmeans, ("dbi", "inertia"), ("dbi_reason",),
@@ -337,15 +337,17 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
     Measure("gradient_norms", "model", _gradient_norms, ("gradient_norm",), fields=SAMPLES, log=True,
             caption="Beyond the paper: the norm of the loss gradient with respect to each activation's output "
                     "(Yang et al. 2019), averaged over the same {gradient_batches} for every model "
-                    "(whatever batch size it trained with), norms with running statistics using the batch's, for "
+                    "(whatever batch size it trained with), norms with running statistics in training mode as in a "
+                    "training step (BatchNorm: the batch's statistics; nothing updated), for "
                     "{colours} models. Error bars: standard deviation across {seeds}.{nan}",
             title="Gradient norm per layer", name="Gradient norm", ylabel="‖∂loss/∂activation‖"),
-    Measure("train_eval", "model", _train_eval, ("cka", "rel_diff"), fields=("samples_cluster",),
+    Measure("train_eval", "model", _train_eval, ("cka", "rel_diff"), fields=("samples_cluster",), bounds=(0.0, 1.0),
             caption="Beyond the paper (Wu & Johnson 2021): linear CKA between the clustering samples' reduced "
-                    "representations with batch statistics (train mode at the condition's batch size, no update) "
+                    "representations in train mode (batch statistics, at the condition's batch size, no update) "
                     "and with running statistics (eval mode), per layer, for {colours} models with BatchNorm-like "
-                    "norms; 1 means the two modes represent the samples alike. Error bars: standard deviation "
-                    "across {seeds}.{nan}",
+                    "norms; 1 means the two modes represent the samples alike. Batch Renorm's train mode is corrected "
+                    "toward its running statistics, so it reaches 1 wherever its r and d are not clipped. Error "
+                    "bars: standard deviation across {seeds}, cut at 0 and 1.{nan}",
             title="Batch against running statistics: CKA per layer", name="Train-mode against eval-mode CKA",
             ylabel="CKA(train mode, eval mode)", nan_note="values are NaN (no running statistics, or a dead layer)",
             snapshots="trained"),  # at initialisation the running statistics are still 0 and 1: nothing to compare

@@ -164,7 +164,8 @@ def get_norm(name: str) -> Norm:
 
 def same_start(a: str, b: str) -> bool:
     """Whether models of conditions `a` and `b` are one network at initialisation, with the same weights at one
-    seed: one normalisation (conditions that change the recipe only), or ghost BatchNorm and BatchNorm."""
+    seed: one normalisation (conditions that change the recipe only), or BatchNorm and a norm built on it
+    (its entry's starts_as: ghost BatchNorm, Batch Renorm)."""
     first = [get_norm(n).starts_as or get_norm(n).norm for n in (a, b)]
     return first[0] == first[1]
 

@@ -148,16 +148,24 @@ def _layer_groups_of(d: pd.DataFrame) -> list[tuple[str, list[int]]]:
                              .itertuples(index=False, name=None)))
 
 
-def group_lines(ax, d: pd.DataFrame, idx: list[int], x: str, value: str, labels: dict[str, str]) -> pd.DataFrame:
+def _bars(mean: pd.Series, sd: pd.Series, clip: tuple[float, float] | None):
+    """Error bars of +-sd about `mean`, cut at `clip` (low, high: the values there can be) where given."""
+    sd = sd.fillna(0)
+    return sd if clip is None else [np.minimum(sd, mean - clip[0]), np.minimum(sd, clip[1] - mean)]
+
+
+def group_lines(ax, d: pd.DataFrame, idx: list[int], x: str, value: str, labels: dict[str, str],
+                clip: tuple[float, float] | None = None) -> pd.DataFrame:
     """Per model and `x`, `value` averaged over the group's layers `idx`; then a line per condition of the seed
-    mean against `x`, std error bars; a condition without a finite value is neither drawn nor in the legend
-    (train_eval of a norm with no running statistics). Returns the per-model means."""
+    mean against `x`, std error bars (cut at `clip`); a condition without a finite value is neither drawn nor in
+    the legend (train_eval of a norm with no running statistics). Returns the per-model means."""
     g = d[d["layer_index"].isin(idx)].groupby(["condition", "model_id", x], as_index=False)[value].mean()
     for c in present_norms(g):
         s = seed_stats(g[g["condition"] == c], [x], value)
         if s["mean"].isna().all():
             continue
-        ax.errorbar(s[x], s["mean"], yerr=s["std"].fillna(0), color=COLORS[c], marker="o", capsize=3, label=labels[c])
+        ax.errorbar(s[x], s["mean"], yerr=_bars(s["mean"], s["std"], clip), color=COLORS[c], marker="o", capsize=3,
+                    label=labels[c])
     return g
 
 
@@ -174,9 +182,8 @@ def condition_lines(ax, df: pd.DataFrame, value: str, labels: dict[str, str], su
     for i, c in enumerate(drawn):
         d = s[s["condition"] == c]
         x = d["layer_index"] + (dodge * (i / (len(drawn) - 1) - 0.5) if len(drawn) > 1 else 0.0)
-        m, sd = d["mean"], d["std"].fillna(0)
-        yerr = sd if clip is None else [np.minimum(sd, m - clip[0]), np.minimum(sd, clip[1] - m)]
-        ax.errorbar(x, m, yerr=yerr, color=COLORS[c], label=labels[c] + suffix, **style)
+        ax.errorbar(x, d["mean"], yerr=_bars(d["mean"], d["std"], clip), color=COLORS[c], label=labels[c] + suffix,
+                    **style)
     return s
 
 

@@ -44,9 +44,10 @@ EPOCH_0 = ("At epoch 0 (the initialisation) norms with running statistics normal
            "condition's batch size, as the first step did; at every later snapshot and in the final model they run "
            "in eval mode, with the running statistics as they stood then, so the values of BatchNorm at early epochs "
            "reflect running statistics that have not converged yet.")
-MEASURED = {"gradient_norms": "Every epoch is measured with batch statistics (norms with running statistics "
-                              "normalise with each analysis batch's own, whatever batch size the model trained "
-                              "with); the running statistics are not used.",
+MEASURED = {"gradient_norms": "Every epoch is measured as a training step runs (norms with running statistics in "
+                              "training mode on each analysis batch, whatever batch size the model trained with: "
+                              "BatchNorm with the batch's own statistics, its running statistics not used); nothing "
+                              "is updated.",
             "train_eval": "It starts at epoch 1 (at epoch 0 the running statistics are still 0 and 1: nothing to "
                           "compare): at each epoch, batch statistics against the running statistics as they stood "
                           "then, which have not converged yet at early epochs."}
@@ -240,6 +241,22 @@ def test_sparsity_error_bars_and_shading_stay_within_0_and_1():
         for band in ax.collections:
             ys = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
             assert ys.max() <= 1.0 + 1e-12 and ys.min() >= -1e-12
+
+
+def test_a_bounded_measure_s_bars_stop_at_its_bounds_through_training_and_at_initialisation_too():
+    """The linear probe's accuracy (bounds 0 and 1): cut in its per-layer figure only, its bars ran past 1 in the
+    figures against epoch and at initialisation."""
+    r = cnn()
+    lp = r.tables["linear_probe"]
+    lp = lp.assign(accuracy=np.where(lp["seed"] % 2, 1.0, 0.6))  # every layer: 0.8 +- 0.23
+    r = with_snapshots(findings.Results(r.experiment, {**r.tables, "linear_probe": lp}), "linear_probe", (0, 1))
+
+    def tops(fig):
+        return [seg[:, 1].max() for ax in fig.axes for c in ax.containers for col in c.lines[2]
+                for seg in col.get_segments()]
+
+    for fig in (figures.figure("fig_linear_probe_epochs").make(r), figures.fig_initialisation(r)):
+        assert tops(fig) and max(tops(fig)) == pytest.approx(1.0)
 
 
 def test_the_initialisation_figure_has_a_legend_entry_per_condition_and_one_per_line_style():
