@@ -33,7 +33,7 @@ from bnrep.models import ModelError, parse_spec
 from bnrep.axis import (ConditionError, canonical, check_tags, name_of, overrides_of, register_all, split_items,
                         with_overrides)
 from bnrep.axis import parse as parse_condition
-from bnrep.norms import NAMES as NORM_NAMES, REF, get_norm, sort_key
+from bnrep.norms import NAMES as NORM_NAMES, REF, get_norm, place_members, sort_key
 from bnrep.optim import OPTIMIZERS
 
 DEFAULT_EXPERIMENT = "digits-cnn"
@@ -218,6 +218,7 @@ def _conditions(v, name: str) -> tuple[str, ...]:
         check_tags(given)
         items = tuple(canonical(c) for c in given)
         register_all(items)
+        place_members([name_of(c) for c in items])  # two ghost sizes of one study: two colours
     except ConditionError as e:
         raise ConfigError(f"{name}: {e}") from None
     return items

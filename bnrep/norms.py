@@ -39,6 +39,7 @@ module of another kind is left (`check_norm_kind`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -135,6 +136,26 @@ FAMILIES: dict[str, tuple[str, Callable[[int], Norm]]] = {
                             _exact_groups(g), bias=False, kinds=(nn.GroupNorm,))),
 }
 NAMES = (*NORMS, *(f"{f}:{arg}" for f, (arg, _) in FAMILIES.items()))  # what help texts and errors list
+FAMILY_SHADES = {"ghost": GHOST_SHADES, "renorm": RENORM_SHADES, "group": GROUP_SHADES}  # each member's, by its argument
+# Members that share their argument's shade with an earlier member of the study that named them: the family's next
+# free shade there (place_members), so that no two members of one study look alike (ghost:8 and ghost:12).
+_PLACED: dict[str, str] = {}
+
+
+def place_members(names) -> None:
+    """Colour the family members among a study's conditions `names` apart from each other: in order of their
+    argument, each keeps its argument's shade, or takes the family's first shade no earlier member took."""
+    for family, shades in FAMILY_SHADES.items():
+        members = sorted({n for n in names if n.partition(":")[0] == family and n.partition(":")[2].isdigit()},
+                         key=lambda n: int(n.partition(":")[2]))
+        used = set()
+        for name in members:
+            _PLACED.pop(name, None)
+            own = get_norm(name).color
+            color = own if own not in used else next((s for s in shades if s not in used), own)
+            if color != own:
+                _PLACED[name] = color
+            used.add(color)
 
 # Conditions (a normalisation plus training overrides, bnrep.axis) by tag, registered by the
 # experiments that define them, so that every lookup below (tag, label, colour, order, the
@@ -158,7 +179,8 @@ def get_norm(name: str) -> Norm:
         what, make = FAMILIES[family]
         if not arg.isdigit() or int(arg) < 1:
             raise NormError(f"{name}: {family}:{what} needs a whole number {what} >= 1")
-        return make(int(arg))
+        entry = make(int(arg))
+        return dataclasses.replace(entry, color=_PLACED[name]) if name in _PLACED else entry
     raise NormError(f"unknown norm {name!r} (valid: {', '.join(NAMES)})")
 
 
