@@ -317,8 +317,9 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
             predictor="effective rank"),
     Measure("linear_probe", "layer", _linear_probe, ("accuracy",), fields=("samples_cluster",), bounds=(0.0, 1.0),
             caption="Beyond the paper: linear probe accuracy (Alain & Bengio 2017) per layer: a multinomial "
-                    "logistic regression on the standardised reduced representations of the clustering samples, "
-                    f"{PROBE_FOLDS}-fold stratified cross-validation, for {{colours}} models; higher means the "
+                    "logistic regression on the standardised reduced representations of the clustering samples "
+                    "(training images), fitted and scored "
+                    f"by {PROBE_FOLDS}-fold stratified cross-validation, for {{colours}} models; higher means the "
                     "classes are more linearly separable in the layer. Error bars: standard deviation across "
                     "{seeds}, cut at 0 and 1.{nan}",
             title="Linear probe accuracy per layer", name="Linear probe accuracy",
