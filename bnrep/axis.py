@@ -45,6 +45,7 @@ SHADES = {  # colours of conditions built on a normalisation, by their order amo
     "batch": ("navy", "royalblue", "deepskyblue", "lightskyblue", "slateblue", "cadetblue"),
     "group": ("darkgreen", "limegreen", "yellowgreen", "olive", "seagreen", "darkseagreen"),
     "none": ("saddlebrown", "gold", "peru", "tan", "khaki", "chocolate"),  # apart from none's tab:orange
+    "renorm": ("red", "mediumvioletred", "tomato", "deeppink", "palevioletred", "darkmagenta"),  # its sizes' reds
 }
 OTHER_SHADES = ("crimson", "teal", "indigo", "goldenrod", "magenta", "dimgray")
 
@@ -200,8 +201,9 @@ def entries(items) -> list[Norm]:
     parsed.sort(key=lambda p: (sort_key(p[1])[:2], [(k, str(v).zfill(12)) for k, v in sorted(p[2].items())], p[0]))
     for tag, norm, overrides, display in parsed:
         base = get_norm(norm)
-        family = base.starts_as or base.name.partition(":")[0].removeprefix("ws+")  # ghost:B's, renorm:W's: batch's
-        family = family if family in SHADES else ""  # the other norms' conditions share one list, in turn
+        family = base.name.partition(":")[0].removeprefix("ws+")  # its own list, else that of the norm it is built
+        family = family if family in SHADES else base.starts_as if base.starts_as in SHADES else ""  # on (ghost:B)
+        #                                                     (the other norms' conditions share one list, in turn)
         shades = SHADES.get(family, OTHER_SHADES)
         i = per_base[family] = per_base.get(family, -1) + 1
         said = " and ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(overrides.items()))

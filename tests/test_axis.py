@@ -339,7 +339,7 @@ def test_every_condition_of_a_study_wears_its_own_colour():
     # a ghost condition is drawn as BatchNorm's kin, as plain ghost sizes are (it wore crimson, an outsider's)
     from bnrep.axis import SHADES
 
-    assert get_norm("gbn4-b16").color in SHADES["batch"] and get_norm("brn-b8").color in SHADES["batch"]
+    assert get_norm("gbn4-b16").color in SHADES["batch"] and get_norm("brn-b8").color in SHADES["renorm"]
     # every norm of the table with a batch-8 condition and a batch-4 one (layer's and instance's wore one crimson)
     from bnrep.norms import NORMS
 

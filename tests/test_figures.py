@@ -77,6 +77,17 @@ def test_a_figure_against_epoch_names_the_conditions_with_running_statistics_and
         "fig_nc1_epochs", r8)
 
 
+def test_a_nan_note_names_no_norm_as_the_study_does():
+    """A study of ghost BatchNorm and no norm: the train- against eval-mode caption said '... of no BatchNorm' (the
+    paper pair's word, judged from the NaN rows' conditions alone) where every other place says 'no norm'."""
+    r = cnn()
+    ghost = {"condition": {"batch": "ghost:8"}, "norm": {"batch": "ghost:8"}}
+    r8 = findings.Results(r.experiment.override(norms="ghost:8,none"), {k: v.replace(ghost) for k, v in r.tables.items()})
+    said = caption("fig_train_eval", r8)
+    assert "of no norm: without running statistics" in said and "no BatchNorm" not in said
+    assert "of no BatchNorm: without running statistics" in caption("fig_train_eval", r)  # the paper's pair
+
+
 def test_the_cka_caption_says_where_the_snapshot_cka_is_that_no_figure_draws():
     r = with_snapshots(cnn(), "cka", (0, 1, 2))
     n = 3 * len(cnn().tables["cka"])
