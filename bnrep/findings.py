@@ -99,7 +99,7 @@ class Finding:
 def claim(number: int, norm: str = "batch", ref: str = REF) -> str:
     """The paper's claim about `norm`, judged against `ref`: the reference is named in it unless the paper's
     'without' says it all (`ref` none, `norm` differing from it in the normalisation alone)."""
-    return worded(number, NORM_NAMES.get(norm, norm), reference_name(norm, ref) if names_reference(norm, ref) else None)
+    return worded(number, reference_name(ref, norm), reference_name(norm, ref) if names_reference(norm, ref) else None)
 
 
 def worded(number: int, named: str, other: str | None = None) -> str:
@@ -120,8 +120,9 @@ def names_reference(norm: str, ref: str = REF) -> bool:
 
 
 def reference_name(norm: str, ref: str = REF) -> str:
-    """The reference as a claim about `norm` names it, with the study's recipe where `norm` changes it and the
-    reference does not ('no norm at the study's batch size')."""
+    """`ref` as a claim comparing it with `norm` names it, with the study's recipe where `norm` changes it and
+    `ref` does not ('no norm at the study's batch size'; the judged side too: 'BatchNorm at the study's batch
+    size' against BatchNorm at batch size 4)."""
     own = [k.replace("_", " ") for k in overrides_of(norm) if k not in overrides_of(ref)]
     return NORM_NAMES.get(ref, ref) + (f" at the study's {' and '.join(own)}" if own else "")
 

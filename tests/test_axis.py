@@ -471,6 +471,19 @@ def findings_rules(r):
     return rules(r.norms, r.ref)
 
 
+def test_a_claim_against_a_reference_with_overrides_names_the_judged_side_s_recipe_too():
+    """Against bn-b4, BatchNorm at the default batch read 'BatchNorm ... compared with BatchNorm at batch size 4', and
+    claim 3's 'where BatchNorm clusters are again purer' named neither side."""
+    from bnrep import findings
+
+    BASE.override(conditions="batch; bn-b4:batch,batch_size=4; none")  # registers bn-b4
+    assert findings.claim(1, "batch", "bn-b4") == ("BatchNorm at the study's batch size does not consistently induce "
+                                                   "nor prevent sparsity in hidden representations, compared with "
+                                                   "BatchNorm at batch size 4.")
+    assert findings.claim(3, "batch", "bn-b4").endswith("where its clusters are again purer.")
+    assert findings.claim(1, "none", "bn-b4").startswith("No norm at the study's batch size does not")
+
+
 def test_a_claim_against_none_names_it_where_the_condition_changes_the_recipe_too():
     """gbn4-b16 differs from none in its norm and its batch size: "than models trained without" left open
     without what; a plain ghost:8 keeps the paper's words. A claim starts with a capital."""

@@ -1741,7 +1741,8 @@ def test_a_claim_against_another_reference_names_it():
     get_experiment("digits-cnn").override(conditions="batch; bn-b32:batch,batch_size=32; none")  # registers bn-b32
     assert findings.claim(3, "batch") == rules.CLAIMS[3]
     assert findings.claim(3, "none", "bn-b32").startswith(
-        "No norm tends to produce purer representational clusters than models with BatchNorm at batch size 32, especially")
+        "No norm at the study's batch size tends to produce purer representational clusters than models with BatchNorm "
+        "at batch size 32, especially")
     assert "trained without" not in findings.claim(3, "batch", "bn-b32")
 
 
