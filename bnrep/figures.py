@@ -397,8 +397,11 @@ FIGURES = [
                "models. Error bars: standard deviation across {seeds}. A difference between conditions already "
                "there at initialisation is the architecture's, not training's; except between conditions that "
                "are one network at initialisation (the same norm with another recipe, or BatchNorm and a norm "
-               "built on it, ghost BatchNorm or Batch Renorm: the same weights at one seed), where it is the batch size the batch statistics were "
-               "measured at. Measures that span orders of magnitude have a log y axis: there, a bar whose mean - std "
+               "built on it, ghost BatchNorm or Batch Renorm: the same weights at one seed), where it is the "
+               "batch size the batch statistics were measured at (not in the gradient norms: every model's are "
+               "measured in the same batches of analysis samples, so such conditions are equal there at epoch 0). "
+               "Train- against eval-mode CKA has no epoch-0 point: the running statistics are still 0 and 1. "
+               "Measures that span orders of magnitude have a log y axis: there, a bar whose mean - std "
                "is 0 or below runs to the panel's lower edge.",
                "Measures at initialisation and through training",
                "it needs the analysis run with --snapshots (0: the initialisation; e.g. 0,1,5, with the grid "
