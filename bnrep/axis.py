@@ -89,7 +89,8 @@ def parse(item: str) -> tuple[str, str, dict, dict]:
         try:
             get_norm(norm)
         except NormError as e:
-            raise ConditionError(f"condition {item!r}: {e}") from None
+            hint = f"; did you mean {head.lower()}?" if is_norm(head.lower()) else ""  # Renorm:20 read as a tag
+            raise ConditionError(f"condition {item!r}: {e}{hint}") from None
     overrides, display = {}, {}
     for kv in rest:
         key, eq, value = (x.strip() for x in kv.partition("="))

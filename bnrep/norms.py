@@ -181,6 +181,9 @@ def get_norm(name: str) -> Norm:
             raise NormError(f"{name}: {family}:{what} needs a whole number {what} >= 1")
         entry = make(int(arg))
         return dataclasses.replace(entry, color=_PLACED[name]) if name in _PLACED else entry
+    if family in FAMILIES:  # renorm, ghost: the argument left out
+        what = FAMILIES[family][0]
+        raise NormError(f"{name}: the norm needs its {what}, {family}:{what} (a whole number {what} >= 1)")
     raise NormError(f"unknown norm {name!r} (valid: {', '.join(NAMES)})")
 
 

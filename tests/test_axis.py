@@ -545,3 +545,15 @@ def test_the_findings_matrix_words_each_claim_for_the_condition_judged_and_the_r
     assert [row[2] for row in evidence[1]] == [f.claim for f in fs]
     assert ("p", "Each claim judged for each condition against the reference BatchNorm at batch size 64 (bn-b64); "
                  "the second table gives each claim as worded for the condition it judges, with its evidence:") in blocks
+
+
+@pytest.mark.parametrize("given,said", [
+    ("Renorm:20,none", r"condition 'Renorm:20': unknown norm '20' \(valid: .*\); did you mean renorm:20\?$"),
+    ("Ghost:8,none", r"did you mean ghost:8\?$"),
+    ("renorm,none", r"renorm: the norm needs its W, renorm:W \(a whole number W >= 1\)$"),
+    ("ghost,none", r"ghost: the norm needs its B, ghost:B \(a whole number B >= 1\)$"),
+])
+def test_a_family_typed_without_its_argument_or_capitalised_is_named(given, said):
+    """'Renorm:20' read as a tag and '20' as its norm; a bare 'renorm' got the list of every norm."""
+    with pytest.raises(ConfigError, match=said):
+        get_experiment("digits-cnn").override(norms=given)
