@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from bnrep.experiments import lr_edge
-from bnrep.results import Results, at_eps, imported_mask, not_rectified, pair, pair_names
+from bnrep.norms import get_norm
+from bnrep.results import LABELS, Results, at_eps, imported_mask, not_rectified, pair, pair_names
 
 MIN_SEEDS = 3  # fewer seeds per normalisation: every verdict is inconclusive
 MOSTLY_ZERO = 0.9  # a layer above 90% zeros (seed mean) undermines the sparsity verdicts
@@ -61,6 +62,25 @@ def missed_stopping_rule(r: Results, norm: str) -> list[Condition]:
         if missed.any():
             out.append(Condition(f"{int(missed.sum())} of {len(rows)} {tag} models missed their stopping rule ({why})",
                                  ALL))
+    return out
+
+
+def unfinished_ramp(r: Results, norm: str) -> list[Condition]:
+    """Models of a norm with a warm-up (Batch Renorm's W batches) whose kept weights come from before its end:
+    the comparison is with a norm not yet wholly itself (named, not judged). Results without `steps`: nothing."""
+    t = pair(r.table("training"), norm, r.ref)
+    if t.empty or "steps" not in t:
+        return []
+    out = []
+    for n, tag in _tags(r, norm).items():
+        ramp = get_norm(n).ramp if n in LABELS else 0
+        short = t[(t["condition"] == n) & (t["steps"] < ramp)]
+        if ramp and len(short):
+            lo, hi = int(short["steps"].min()), int(short["steps"].max())
+            steps = f"{lo}" if lo == hi else f"{lo}-{hi}"
+            out.append(Condition(f"{len(short)} of {int((t['condition'] == n).sum())} {tag} models kept weights from "
+                                 f"before the end of their {ramp}-batch warm-up (after {steps} steps): the norm was "
+                                 f"not yet wholly itself", ALL, undermines=False))
     return out
 
 
@@ -183,5 +203,5 @@ def non_rectifier_layers(r: Results, norm: str) -> list[Condition]:
 
 def conditions(r: Results, norm: str) -> list[Condition]:
     """Everything in `r` that undermines the verdicts on `norm` against none."""
-    return [c for check in (missed_stopping_rule, not_known_imported, diverged_models, too_few_seeds, lr_at_edge, mostly_zero_layers,
-                            non_rectifier_layers) for c in check(r, norm)]
+    return [c for check in (missed_stopping_rule, not_known_imported, diverged_models, unfinished_ramp, too_few_seeds, lr_at_edge,
+                            mostly_zero_layers, non_rectifier_layers) for c in check(r, norm)]

@@ -86,6 +86,7 @@ class Norm:
     base: str = ""  # a condition (bnrep.axis): the normalisation it builds; "" for a normalisation itself
     overrides: tuple[tuple[str, object], ...] = ()  # a condition's training fields, (field, value) sorted
     starts_as: str = ""  # the normalisation whose network it is at initialisation, where not its own
+    ramp: int = 0  # training batches before it is wholly itself (Batch Renorm's warm-up W); 0: from the first
 
     @property
     def batch_statistics(self) -> bool:
@@ -130,7 +131,7 @@ FAMILIES: dict[str, tuple[str, Callable[[int], Norm]]] = {
     "renorm": ("W", lambda w: Norm(f"renorm:{w}", f"brn{w}", f"BRN{w}", f"Batch Renorm ({w}-batch warm-up)",
                                    RENORM_SHADES[w.bit_length() % len(RENORM_SHADES)], lambda c: BatchRenorm2d(c, w),
                                    lambda c: BatchRenorm1d(c, w), bias=False, kinds=(BatchRenorm2d, BatchRenorm1d),
-                                   starts_as="batch")),  # BatchNorm's parameters and statistics until it trains
+                                   starts_as="batch", ramp=w)),  # BatchNorm's parameters and statistics until it trains
     "group": ("G", lambda g: Norm(f"group:{g}", f"gn{g}", f"GN{g}", f"GroupNorm ({g} group{'s' * (g != 1)})",
                             GROUP_SHADES[g.bit_length() % len(GROUP_SHADES)], _exact_groups(g),
                             _exact_groups(g), bias=False, kinds=(nn.GroupNorm,))),

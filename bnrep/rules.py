@@ -59,7 +59,8 @@ RULES = [
     f"of an end of the search range (all claims); on layers above {MOSTLY_ZERO:.0%} zeros (claims 1-2). Dead "
     f"channels (zero for every sample at the smallest eps; layer_sparsity's dead_channels) are named next to "
     f"the verdicts without changing them, as is, for models trained elsewhere (bnrep import), that their "
-    f"stopping rule and sweep are not known. Claims 1-2 count exact zeros after rectifiers (ReLU, ReLU6) only: "
+    f"stopping rule and sweep are not known, and models whose norm had not ended its warm-up (Batch Renorm's "
+    f"W batches) at the weights kept. Claims 1-2 count exact zeros after rectifiers (ReLU, ReLU6) only: "
     f"probes after other activations are named next to the verdict and left out.",
     "Thresholds: claims 1 and 2 and the figures use the smallest sparsity threshold eps (the paper: 0, "
     "exactly zero). Where several thresholds were measured, claim 1 is also judged at each eps by the same "

@@ -1016,6 +1016,22 @@ def test_a_condition_s_own_epoch_cap_is_its_stopping_rule():
         in fs[0].caveats
 
 
+def test_a_batch_renorm_model_kept_before_the_end_of_its_warm_up_is_named_beside_the_verdicts():
+    """renorm:20 at batch 64 trained 12 steps of its 20-batch warm-up (r_max 2.2, d_max 3.0 at its end), and no
+    report said so; the verdicts stand (named only), and results written before `steps` say nothing."""
+    e = get_experiment("digits-cnn").override(norms="renorm:20,none")
+    brn = {"condition": {"batch": "renorm:20"}, "norm": {"batch": "renorm:20"}}
+    t = {k: v.replace(brn) for k, v in make_tables(seeds=3).items()}
+    steps = t["training"]["model_id"].map({"bn-s0": 12, "bn-s1": 19, "bn-s2": 20}).fillna(400)
+    t["training"] = t["training"].assign(steps=steps)
+    said = "2 of 3 BRN20 models kept weights from before the end of their 20-batch warm-up (after 12-19 steps)"
+    fs = findings.findings(results.Results(e, t))
+    assert all(any(c.startswith(said) for c in f.caveats) for f in fs), fs[0].caveats
+    plain = findings.findings(results.Results(e, {**t, "training": t["training"].drop(columns="steps")}))
+    assert [f.verdict for f in fs] == [f.verdict for f in plain]
+    assert not any("warm-up" in c for f in plain for c in f.caveats)
+
+
 # ==== the measures beyond the paper: NC1, effective rank, CKA, sparsity thresholds ====
 
 @pytest.mark.parametrize("make,labels", [(cnn, LABEL), (cnn4, LABEL4)])

@@ -14,6 +14,7 @@ Writes, under <out>/<experiment>/:
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 
 import pandas as pd
@@ -75,7 +76,8 @@ def _train_and_save(store: Store, mid: str, cond: str, norm: str, seed: int, hp:
     row = {"model_id": mid, "experiment": exp.name, "dataset": exp.dataset, "arch": exp.model, "model": exp.model,
            **norm_columns(norm, cond), "seed": seed, "lr": float(hp["lr"]), "momentum": float(hp.get("momentum", 0.0)), "epochs": r.epochs,
            "best_epoch": r.best_epoch, "train_acc": r.train_acc, "val_acc": r.val_acc, "test_acc": r.test_acc,
-           "interpolated": r.interpolated, "diverged": bool(r.diverged_epoch), "diverged_epoch": r.diverged_epoch}
+           "interpolated": r.interpolated, "diverged": bool(r.diverged_epoch), "diverged_epoch": r.diverged_epoch,
+           "steps": r.best_epoch * math.ceil(len(data.train) / trainer.exp.batch_size)}  # to the kept weights
     digest = save_model(store, mid, r.model, trainer.exp, hp, row, data.num_classes)  # the recipe it trained with
     history = pd.DataFrame([{"model_id": mid, **norm_columns(norm, cond), "seed": seed, **vars(m)}
                             for m in r.history])

@@ -55,7 +55,7 @@ from bnrep.store import Store, norm_columns
 
 COLUMNS = ("model_id", "model", "norm", "seed", "weights")  # what every entry names
 WRITTEN = ("experiment", "dataset", "arch", "bn", "condition", "lr", "momentum", "epochs", "best_epoch", "train_acc",
-           "val_acc", "test_acc", "interpolated", "diverged", "diverged_epoch", "imported")  # bnrep's columns
+           "val_acc", "test_acc", "interpolated", "diverged", "diverged_epoch", "steps", "imported")  # bnrep's columns
 PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
 STATE_KEYS = ("state_dict", "model_state_dict", "model")  # where checkpoint dicts keep their weights
 NEW_VAL_SIZE = 0.1  # a new experiment's validation split, when the data has no val/: a tenth of train
@@ -405,7 +405,7 @@ def run(exp: Experiment | None, name: str, models_file: str, opts: RunOptions, d
                    "seed": e.seed,
                    "lr": math.nan, "momentum": math.nan, "epochs": math.nan, "best_epoch": math.nan,
                    "train_acc": acc["train"], "val_acc": acc["val"], "test_acc": acc["test"],
-                   "interpolated": acc["train"] >= 1.0, "diverged": False, "diverged_epoch": math.nan,
+                   "interpolated": acc["train"] >= 1.0, "diverged": False, "diverged_epoch": math.nan, "steps": math.nan,
                    "imported": True, "weights": e.weights, **{k: str(v) for k, v in e.labels.items()}}
             digest = save_model(store, e.model_id, model, exp, {}, row, num_classes)
             store.write_part("training", e.model_id, pd.DataFrame([row]), train_hash, model_sha256=digest,
