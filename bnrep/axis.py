@@ -202,9 +202,9 @@ def entries(items) -> list[Norm]:
     parsed.sort(key=lambda p: (sort_key(p[1])[:2], [(k, str(v).zfill(12)) for k, v in sorted(p[2].items())], p[0]))
     for tag, norm, overrides, display in parsed:
         base = get_norm(norm)
-        family = base.name.partition(":")[0].removeprefix("ws+")  # its own list, else that of the norm it is built
-        family = family if family in SHADES else base.starts_as if base.starts_as in SHADES else ""  # on (ghost:B)
-        #                                                     (the other norms' conditions share one list, in turn)
+        # its family's own list, else that of the norm it is built on (ghost:B: batch's); the other norms share one
+        family = base.name.partition(":")[0].removeprefix("ws+")
+        family = family if family in SHADES else base.starts_as if base.starts_as in SHADES else ""
         shades = SHADES.get(family, OTHER_SHADES)
         i = per_base[family] = per_base.get(family, -1) + 1
         said = " and ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(overrides.items()))

@@ -362,9 +362,9 @@ def linear_probe(X, labels, folds: int, seed: int = 0) -> tuple[float, str | Non
     fewer folds where the largest class has fewer samples): on each fold's training rows, the
     features are standardised (scikit-learn's StandardScaler: a constant feature keeps scale 1) and a
     multinomial logistic regression is fitted (LogisticRegression: L2, C = 1, lbfgs, at most 1,000
-    iterations, one BLAS thread); the value is the fraction of all N samples its fold's model classifies correctly.
-    A training fold with one class predicts that class. Chance is about the largest class's share (1 / classes
-    for balanced ones).
+    iterations, one BLAS thread); the value is the fraction of all N samples its fold's model
+    classifies correctly. A training fold with one class predicts that class. Chance is about the
+    largest class's share (1 / classes for balanced ones).
 
     Returns (accuracy, reason); NaN with the reason for no samples, non-finite values, a dead layer
     (all zero), identical samples, or fewer than 2 classes or 2 folds. Float64 on the CPU.
