@@ -99,7 +99,7 @@ def why_nan(df: pd.DataFrame, col: str, m) -> str:
     if why.empty or not (why.fillna("") != "").all():
         return m.nan_note
     counts = sorted(why.value_counts().items(), key=lambda x: (-x[1], x[0]))  # ties: alphabetical
-    labels = norm_labels(set(df["condition"])) if "condition" in nan else {}  # (the study's: 'no norm' unless BN's pair)
+    labels = norm_labels(set(df["condition"])) if "condition" in nan else {}  # the study's ('no BatchNorm': BN's pair)
 
     def whose(reason) -> str:  # the conditions of the rows with that reason
         return and_list(labels[c] for c in ordered(set(nan.loc[why == reason, "condition"])))

@@ -202,6 +202,7 @@ def non_rectifier_layers(r: Results, norm: str) -> list[Condition]:
 
 
 def conditions(r: Results, norm: str) -> list[Condition]:
-    """Everything in `r` that undermines the verdicts on `norm` against none."""
-    return [c for check in (missed_stopping_rule, not_known_imported, diverged_models, unfinished_ramp, too_few_seeds, lr_at_edge,
-                            mostly_zero_layers, non_rectifier_layers) for c in check(r, norm)]
+    """Everything in `r` that undermines the verdicts on `norm` against none, or is named beside them."""
+    checks = (missed_stopping_rule, not_known_imported, diverged_models, unfinished_ramp, too_few_seeds, lr_at_edge,
+              mostly_zero_layers, non_rectifier_layers)
+    return [c for check in checks for c in check(r, norm)]
