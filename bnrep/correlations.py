@@ -71,11 +71,15 @@ def _orderings(n: int) -> np.ndarray:
 def partial_corr(m: pd.DataFrame, x: str, y: str, group: str = "condition") -> dict:
     """Pearson r of x and y controlling for `group` (both minus their group means), with its p-value.
 
-    Degrees of freedom n - 2 - (groups - 1): each group mean removed costs one.
+    Degrees of freedom: the sum of (models - 1) over the groups in which both x and y vary, minus 1 (with every
+    group varying, n - 2 - (groups - 1): each group mean removed costs one). A group in which x or y is the same
+    for every model (test accuracy 1.0 for every seed) says nothing within itself; counted, it would make a link
+    seen in one group of two models, whose residuals correlate at +-1 by construction, look significant.
     """
     rx = m[x] - m.groupby(group)[x].transform("mean")
     ry = m[y] - m.groupby(group)[y].transform("mean")
-    dof = len(m) - 2 - (m[group].nunique() - 1)
+    varying = m.groupby(group).filter(lambda g: g[x].nunique() > 1 and g[y].nunique() > 1)
+    dof = len(varying) - varying[group].nunique() - 1
     if dof < 1 or rx.std() == 0 or ry.std() == 0:
         return {"pearson_r": math.nan, "pearson_p": math.nan}
     r = float(np.clip(np.corrcoef(rx, ry)[0, 1], -1, 1))

@@ -876,6 +876,23 @@ def test_partial_correlation_against_regression_residuals():
     assert got["pearson_r"] == pytest.approx(r, rel=1e-9) and got["pearson_p"] == pytest.approx(p, rel=1e-9)
 
 
+def test_partial_correlation_counts_only_the_groups_that_vary():
+    """Every BN and GN model at 100% test accuracy, the no-BN pair at 50 and 83%: only that pair varies within its
+    group, and two points correlate at +-1 whatever they are, so the partial r has no degree of freedom left (n/a),
+    where counting every group's models gave p < 1e-3 at 6 - 2 - 2 = 2 of them. A second varying group gives 1."""
+    m = pd.DataFrame(dict(condition=["batch"] * 2 + ["group"] * 2 + ["none"] * 2,
+                          x=[.30, .34, .20, .26, .11, .19], y=[1.0, 1.0, 1.0, 1.0, .50, .83]))
+    assert math.isnan(findings.partial_corr(m, "x", "y")["pearson_r"])
+    m.loc[[2, 3], "y"] = [.97, .99]  # GN varies too: 4 models in 2 varying groups, 4 - 2 - 1 = 1 degree of freedom
+    got = findings.partial_corr(m, "x", "y")
+    rx = m["x"] - m.groupby("condition")["x"].transform("mean")
+    ry = m["y"] - m.groupby("condition")["y"].transform("mean")
+    r = np.sum(rx * ry) / math.sqrt(np.sum(rx ** 2) * np.sum(ry ** 2))
+    from scipy.stats import t as student_t
+    assert got["pearson_r"] == pytest.approx(r, rel=1e-9)
+    assert got["pearson_p"] == pytest.approx(2 * student_t.sf(abs(r) * math.sqrt(1 / (1 - r ** 2)), 1), rel=1e-9)
+
+
 def test_a_correlation_that_is_only_the_norm_groups_is_inconclusive():
     """BN models sparser and better, no BN models less sparse and worse; within each group no relation."""
     within_s, within_a = np.array([0, .02, .04, .06]), np.array([.015, -.005, -.015, .005])
