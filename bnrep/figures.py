@@ -212,6 +212,10 @@ def plot_band(ax, df: pd.DataFrame, x: str, value: str, norm: str, label: str | 
         return
     m, sd = s["mean"] * scale, s["std"].fillna(0) * scale
     ax.plot(s[x], m, color=COLORS[norm], ls=ls, lw=1.2, label=label)
+    fin = m.notna().to_numpy()
+    alone = fin & ~np.r_[False, fin[:-1]] & ~np.r_[fin[1:], False]  # no line reaches it (one epoch, or NaN around)
+    if alone.any():
+        ax.plot(s[x][alone], m[alone], color=COLORS[norm], ls="none", marker="o" if ls == "-" else "x", ms=4)
     ax.fill_between(s[x], np.maximum(m - sd, clip[0] * scale), np.minimum(m + sd, clip[1] * scale), color=COLORS[norm],
                     alpha=0.25, lw=0)
 
@@ -421,7 +425,8 @@ FIGURES = [
                "trained (train mode, each batch before its optimiser step; results before 0.2.0: a full pass in "
                "eval mode after each epoch); dashed: validation accuracy, eval mode after each epoch. Table 1's "
                "training accuracy is a full pass over the training split in eval mode after training, so for "
-               "norms with running statistics (BatchNorm) it can differ from the last running value."),
+               "norms with running statistics (BatchNorm) it can differ from the last running value. An epoch with "
+               "no line to it (the only epoch of models that stopped after one) is a point: o train, x validation."),
 ]
 
 def figure(name: str) -> FigureSpec:

@@ -235,6 +235,21 @@ def test_a_legend_entry_of_a_label_in_parentheses_takes_the_seeds_inside_them():
     assert "ghost BatchNorm (8 per virtual batch; 4 seeds)" in [x.get_text() for x in fig.legends[0].get_texts()]
 
 
+def test_a_condition_that_trained_one_epoch_is_a_point_in_the_learning_curves():
+    """BatchNorm models that interpolated after epoch 1: a line through one point is not drawn, so its legend
+    entry had nothing in the panels; the point now has a marker (o train, x validation), the others none."""
+    r = cnn()
+    h = r.tables["training_history"]
+    r.tables["training_history"] = h[(h["condition"] != "batch") | (h["epoch"] == 1)]
+    loss, acc = figures.fig_learning_curves(r).axes
+    one = h[(h["condition"] == "batch") & (h["epoch"] == 1)]
+    points = {(ax, l.get_marker()): (list(l.get_xdata()), list(l.get_ydata()))
+              for ax in (loss, acc) for l in ax.lines if l.get_linestyle() == "None"}
+    assert points == {(loss, "o"): ([1], [pytest.approx(one["train_loss"].mean())]),
+                      (acc, "o"): ([1], [pytest.approx(100 * one["train_acc"].mean())]),
+                      (acc, "x"): ([1], [pytest.approx(100 * one["val_acc"].mean())])}
+
+
 def test_sparsity_error_bars_and_shading_stay_within_0_and_1():
     """A fraction of zeros: a layer 96% zero in one seed and 44% in the other drew a bar to 1.07, and channel
     sparsity's shading went above 1 (ResNet-18's no-norm s4b2.relu1)."""
