@@ -25,7 +25,7 @@ from bnrep.epoch_figures import fig_initialisation, measured_at_epochs, through_
 from bnrep.experiments import layer_indices
 from bnrep.findings import snapshot_measures
 from bnrep.measures import MEASURES, all_nan
-from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_groups_of, _layer_ticks,
+from bnrep.plotting import (_as_list, _bars, _end_row, _grid, _height, _labels, _layer_groups_of, _layer_ticks,
                             _log_if_positive, _panel, _panel_title, _width, condition_lines, fig_per_layer, group_lines,
                             panels_legend, styles_legend)
 from bnrep.results import (COLORS, SHORT, Results, at_eps, cka_pairs, eps_values, label_and_tag, n_seeds, norm_pairs,
@@ -128,11 +128,14 @@ def fig_signal_propagation(results) -> Figure | None:
 
 # ==== CKA: does a normalisation change what a layer represents, beyond seed noise? ====
 
+CKA_BOUNDS = {"cka": (0.0, 1.0), "cka_debiased": (-1.0, 1.0)}  # the values each can take (Cauchy-Schwarz)
+
+
 def _cka_series(ax, d: pd.DataFrame, label: str, color: str, ls: str, marker: str, value: str = "cka") -> None:
-    """Mean CKA over the pairs per layer, error bars: std over the pairs (ddof=1)."""
+    """Mean CKA over the pairs per layer, error bars: std over the pairs (ddof=1), cut at CKA_BOUNDS."""
     s = seed_stats(d, ["layer_index", "layer"], value)
-    ax.errorbar(s["layer_index"], s["mean"], yerr=s["std"].fillna(0), color=color, ls=ls, marker=marker,
-                capsize=3, label=label)
+    ax.errorbar(s["layer_index"], s["mean"], yerr=_bars(s["mean"], s["std"], CKA_BOUNDS[value]), color=color, ls=ls,
+                marker=marker, capsize=3, label=label)
 
 
 CKA_COLS = 3  # panels (pairs of norms) per row
@@ -379,11 +382,12 @@ FIGURES = [
                "Beyond the paper: linear CKA (Kornblith et al. 2019) per layer between the reduced "
                "representations of two models on the same samples. Black squares: two conditions "
                "at the same seed; dashed, in each condition's colour: two seeds of one condition (the seed-noise "
-               "baseline). Mean over the pairs, error bars: standard deviation over the pairs ({seeds}). A "
+               "baseline). Mean over the pairs, error bars: standard deviation over the pairs ({seeds}), cut at 0 and 1. A "
                "cross-condition CKA clearly below both seed baselines means the condition changes what "
                "the layer represents beyond seed noise; at the baseline, it does not.{shared} Gray dotted: the cross-"
                "condition CKA debiased (unbiased HSIC; Nguyen, Raghu & Kornblith 2021), which is about 0 for "
-               "unrelated representations at any sample count, where linear CKA is inflated at small ones."
+               "unrelated representations at any sample count, where linear CKA is inflated at small ones (its bars cut "
+               "at -1 and 1)."
                "{undrawn_epochs}",
                "CKA per layer",
                "it needs CKA between two conditions at the same seed"),

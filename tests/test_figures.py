@@ -286,6 +286,24 @@ def test_a_bounded_measure_s_bars_stop_at_its_bounds_through_training_and_at_ini
         assert tops(fig) and max(tops(fig)) == pytest.approx(1.0)
 
 
+def test_cka_error_bars_stop_at_the_values_cka_can_take():
+    """Two pairs at 0.05 and 0.95 (0.5 +- 0.64): the bars ran below 0 and above 1; the debiased CKA's, at -0.95 and
+    0.95, stop at -1 and 1."""
+    r = cnn()
+    ck = r.tables["cka"]
+    odd = (ck["seed_a"] % 2).to_numpy()
+    ck = ck.assign(cka=np.where(odd, 0.95, 0.05), cka_debiased=np.where(odd, 0.95, -0.95))
+    fig = figures.fig_cka(findings.Results(r.experiment, {**r.tables, "cka": ck}))
+    ends = {}
+    for ax in fig.axes:
+        for c in ax.containers:
+            ys = np.concatenate([seg[:, 1] for col in c.lines[2] for seg in col.get_segments()])
+            ends.setdefault(c.get_label(), []).extend([ys.min(), ys.max()])
+    cross = next(k for k in ends if k.endswith("same seed"))
+    assert min(ends[cross]) == pytest.approx(0.0) and max(ends[cross]) == pytest.approx(1.0)
+    assert min(ends["the same, debiased"]) == pytest.approx(-1.0) and max(ends["the same, debiased"]) == pytest.approx(1.0)
+
+
 def test_the_initialisation_figure_has_a_legend_entry_per_condition_and_one_per_line_style():
     """Its legend listed every condition twice (', final' and ', init'); the final and the initialisation are
     the line styles, said once."""
