@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 import re
 import sys
@@ -269,6 +270,17 @@ def check_model(spec: str, norms, shape: tuple[int, int, int], num_classes: int)
     return first
 
 
+# what a GroupNorm / LayerNorm does with so few values per group: standardised, one value is always 0 and two are
+# always -1 and +1, so its output is its bias, or its bias plus or minus its weight: one bit per group
+FEW_PER_GROUP = {1: ("one value", "its output is its bias whatever the image"),
+                 2: ("two values", "each group's output is its bias plus or minus its weight: one bit")}
+
+
+def _per_group(m: nn.Module, x: torch.Tensor) -> int:
+    """How many values a GroupNorm (of a sample's) or LayerNorm (of its normalized_shape) standardises together."""
+    return math.prod(m.normalized_shape) if isinstance(m, nn.LayerNorm) else x[0].numel() // m.num_groups
+
+
 def check_forward(model: nn.Module, spec: str, norm: str, shape: tuple[int, int, int], num_classes: int,
                   backward: bool = False) -> None:
     """One forward pass of a (2, C, H, W) batch in eval mode and one in training mode (on a copy; with its
@@ -276,9 +288,9 @@ def check_forward(model: nn.Module, spec: str, norm: str, shape: tuple[int, int,
     one line (ModelError). Leaves `model` in eval mode."""
     C, H, W = shape
     model.eval()
-    single = []  # GroupNorm / LayerNorm that normalise one value per group: their output is their bias alone
-    hooks = [m.register_forward_pre_hook(lambda m, a, p=p: single.append((p, tuple(a[0].shape)))
-                                         if a[0][0].numel() == getattr(m, "num_groups", 1) else None)
+    few = []  # GroupNorm / LayerNorm that normalise one or two values per group (see FEW_PER_GROUP)
+    hooks = [m.register_forward_pre_hook(lambda m, a, p=p: few.append((p, tuple(a[0].shape), per))
+                                         if (per := _per_group(m, a[0])) in FEW_PER_GROUP else None)
              for p, m in model.named_modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm))]
     try:
         with torch.no_grad():
@@ -288,11 +300,12 @@ def check_forward(model: nn.Module, spec: str, norm: str, shape: tuple[int, int,
     finally:
         for h in hooks:
             h.remove()
-    if single:
-        path, inp = single[0]
-        raise ModelError(f"{spec} under {norm} on {C}x{H}x{W} images: {path} normalises one value per group (its "
-                         f"input is {inp}), so its output is its bias whatever the image and the model cannot learn; "
-                         f"choose fewer groups (group:G), another norm, or larger images")
+    if few:
+        path, inp, per = few[0]
+        what, then = FEW_PER_GROUP[per]
+        raise ModelError(f"{spec} under {norm} on {C}x{H}x{W} images: {path} normalises {what} per group (its "
+                         f"input is {inp}), so {then} and the model cannot learn; choose fewer groups (group:G), "
+                         f"another norm, or larger images")
     if not isinstance(out, torch.Tensor):
         raise ModelError(f"{spec} gives a {type(out).__name__}, not a tensor of logits: bnrep needs a model "
                          f"whose forward returns the (N, {num_classes}) logits alone (wrap it: "
