@@ -4,7 +4,7 @@ Each check takes one experiment's results and the normalisation judged against
 none, and returns `Condition`s: a sentence, the claims it concerns, and whether
 it makes their verdicts inconclusive (models that missed their stopping rule or
 diverged, too few seeds, a best learning rate at the edge of its range, layers
-that are mostly zeros) or is only named beside them (dead channels, probes that
+that are mostly zeros, an optimal k at the top of the k range) or is only named beside them (dead channels, probes that
 are not rectifiers). The rules printed in every report say the same.
 """
 
@@ -17,7 +17,8 @@ import pandas as pd
 
 from bnrep.experiments import lr_edge
 from bnrep.norms import get_norm
-from bnrep.results import LABELS, Results, at_eps, imported_mask, not_rectified, pair, pair_names
+from bnrep.results import (LABELS, Results, at_eps, early_layers, imported_mask, not_rectified, optimal_k, pair,
+                           pair_names, shown)
 
 MIN_SEEDS = 3  # fewer seeds per normalisation: every verdict is inconclusive
 MOSTLY_ZERO = 0.9  # a layer above 90% zeros (seed mean) undermines the sparsity verdicts
@@ -189,6 +190,24 @@ def mostly_zero_layers(r: Results, norm: str) -> list[Condition]:
     return out
 
 
+def optimal_k_at_top(r: Results, norm: str) -> list[Condition]:
+    """Models whose optimal k in claim 4's early layers is the largest k searched: their optimum may lie above it,
+    so the distance to the class count there is censored (as a learning rate at the edge of its range)."""
+    best = shown(pair(optimal_k(r.table("kmeans")), norm, r.ref), r.experiment.first_shown_layer)
+    if best.empty:
+        return []
+    top = int(r.table("kmeans")["k"].max())
+    e = best[best["layer_index"].isin(early_layers(best))]
+    at = e[e["k_opt"] == top].groupby("condition")["model_id"].nunique()
+    if not len(at):
+        return []
+    of = e.groupby("condition")["model_id"].nunique()
+    tags = _tags(r, norm)
+    said = " and ".join(f"{at[n]} of {of[n]} {tags[n]} models" for n in tags if n in at.index)
+    return [Condition(f"optimal k at the largest k searched ({top}) in the early layers of {said}: the optimum may "
+                      f"lie above it (a larger --k-max searches further)", (4,))]
+
+
 def non_rectifier_layers(r: Results, norm: str) -> list[Condition]:
     """Claims 1-2 count exact zeros, which mean something after a rectifier only: other probes are left out."""
     nr = not_rectified(at_eps(pair(r.table("layer_sparsity"), norm, r.ref)))
@@ -204,5 +223,5 @@ def non_rectifier_layers(r: Results, norm: str) -> list[Condition]:
 def conditions(r: Results, norm: str) -> list[Condition]:
     """Everything in `r` that undermines the verdicts on `norm` against none, or is named beside them."""
     checks = (missed_stopping_rule, not_known_imported, diverged_models, unfinished_ramp, too_few_seeds, lr_at_edge,
-              mostly_zero_layers, non_rectifier_layers)
+              mostly_zero_layers, optimal_k_at_top, non_rectifier_layers)
     return [c for check in checks for c in check(r, norm)]

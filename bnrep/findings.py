@@ -32,8 +32,8 @@ from bnrep.correlations import (MIN_MODELS, MIN_WITHIN, P_MAX, between_groups_re
 from bnrep.axis import overrides_of
 from bnrep.conditions import Condition, conditions
 from bnrep.measures import MEASURES
-from bnrep.results import (NORM_NAMES, REF, SHORT, Results, at_eps, eps_values, is_paper_pair, norm_labels, optimal_k,
-                           pair, pair_names, present_norms, rectified, shown)
+from bnrep.results import (NORM_NAMES, REF, SHORT, Results, at_eps, early_layers, eps_values, is_paper_pair,
+                           norm_labels, optimal_k, pair, pair_names, present_norms, rectified, shown)
 from bnrep.rules import CLAIMS, JUDGED, K_TOL, MOSTLY, SPARSITY_TOL
 
 def welch_p(a, b) -> float:
@@ -353,8 +353,7 @@ def finding_early_clusters(kmeans: pd.DataFrame, first_layer: int, n_classes: in
     if best.empty or best["condition"].nunique() < 2:
         return _not_evaluated(4, {"kmeans": kmeans}, norm, ref)
     a, ref_name = pair_names(norm, present_norms(kmeans), ref)
-    layers = sorted(best["layer_index"].unique())
-    early = [int(x) for x in layers[: math.ceil(len(layers) / 2)]]  # numbers in findings.json, not numpy's
+    early = early_layers(best)
     e = best[best["layer_index"].isin(early)]
     per_model = (e["k_opt"] - n_classes).abs().groupby([e["condition"], e["model_id"]]).mean()  # over early layers
     dist = per_model.groupby(level="condition").mean()

@@ -10,6 +10,7 @@ plotting.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -191,6 +192,12 @@ def shown(df: pd.DataFrame, first_layer: float) -> pd.DataFrame:
     if not len(df):
         return df
     return df[df["layer_index"] >= layer_indices([first_layer], int(df["layer_index"].max()))[0]]
+
+
+def early_layers(best: pd.DataFrame) -> list[int]:
+    """Claim 4's early layers: the first half (rounded up) of the layer indices in `best` (the shown layers)."""
+    layers = sorted(best["layer_index"].unique())
+    return [int(x) for x in layers[: math.ceil(len(layers) / 2)]]  # numbers in findings.json, not numpy's
 
 
 def first_shown_text(r: Results) -> str:

@@ -975,6 +975,13 @@ CONDITIONS = {  # name: (tables, experiment, text named, claims turned inconclus
         {**set_rows(T, "channel_sparsity", "model_id == 'bn-s0' and layer == 'conv1' and channel < 3", sparsity=1.0),
          "layer_sparsity": T["layer_sparsity"].drop(columns="dead_channels")},
         "digits-cnn", "dead channels (zero for every sample), summed over models: BN conv1: 3 in 1 of 4 models", set()),
+    "an optimal k at the top of the k range early": (  # BN's conv1 at 12, the largest k of SMALL's k_range
+        make_tables(**SMALL, acc=acc, kopt=lambda bn, li: 12 if bn is True and li == 1 else cnn_kopt(bn, li)),
+        "digits-cnn", "optimal k at the largest k searched (12) in the early layers of 4 of 4 BN models: the optimum "
+                      "may lie above it (a larger --k-max searches further)", {4}),
+    "an optimal k at the top of the k range in the last layer only": (  # not an early layer: not claim 4's
+        make_tables(**SMALL, acc=acc, kopt=lambda bn, li: 12 if li == 5 else cnn_kopt(bn, li)), "digits-cnn",
+        None, set()),
     "dead channels at the larger eps only are not named": (
         make_tables(**SMALL, acc=acc, eps=(0.0, 0.5)), "digits-cnn", None, set()),  # eps 0.5: every channel zero
 }
