@@ -40,7 +40,9 @@ module of another kind is left (`check_norm_kind`).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -179,13 +181,28 @@ def get_norm(name: str) -> Norm:
     if family in FAMILIES and arg:
         what, make = FAMILIES[family]
         if not arg.isdigit() or int(arg) < 1:
-            raise NormError(f"{name}: {family}:{what} needs a whole number {what} >= 1")
+            raise NormError(f"{name}: {family}:{what} needs a whole number {what} >= 1{did_you_mean(name)}")
         entry = make(int(arg))
         return dataclasses.replace(entry, color=_PLACED[name]) if name in _PLACED else entry
     if family in FAMILIES:  # renorm, ghost: the argument left out
         what = FAMILIES[family][0]
         raise NormError(f"{name}: the norm needs its {what}, {family}:{what} (a whole number {what} >= 1)")
-    raise NormError(f"unknown norm {name!r} (valid: {', '.join(NAMES)})")
+    raise NormError(f"unknown norm {name!r} (valid: {', '.join(NAMES)}){did_you_mean(str(name))}")
+
+
+def did_you_mean(name: str) -> str:
+    """'; did you mean ghost:4?' for a name a case, a space or a slip of the keys away from a norm's (Ghost:4,
+    ghost: 4, ghots:4, batchh, WS+Group), or a norm's tag (bn, GN), else ''."""
+    said = re.sub(r"\s+", "", name.lower())
+    family, colon, arg = said.partition(":")
+    if colon:
+        near = difflib.get_close_matches(family, FAMILIES, n=1, cutoff=0.6)
+        guess = f"{near[0]}:{arg}" if near and arg.isdigit() else ""
+    else:  # a norm's tag or short name (bn, GN) is its name's
+        tags = {k.lower(): n.name for n in NORMS.values() for k in (n.tag, n.short)}
+        near = [tags[said]] if said in tags else difflib.get_close_matches(said, NORMS, n=1, cutoff=0.6)
+        guess = near[0] if near else ""
+    return f"; did you mean {guess}?" if guess and guess != name else ""
 
 
 def same_start(a: str, b: str) -> bool:

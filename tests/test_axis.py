@@ -548,12 +548,21 @@ def test_the_findings_matrix_words_each_claim_for_the_condition_judged_and_the_r
 
 
 @pytest.mark.parametrize("given,said", [
-    ("Renorm:20,none", r"condition 'Renorm:20': unknown norm '20' \(valid: .*\); did you mean renorm:20\?$"),
+    ("Renorm:20,none", r"condition 'Renorm:20': unknown norm 'Renorm:20' \(valid: .*\); did you mean renorm:20\?$"),
     ("Ghost:8,none", r"did you mean ghost:8\?$"),
+    ("batch,ghots:4", r"condition 'ghots:4': unknown norm 'ghots:4' \(valid: .*\); did you mean ghost:4\?$"),
+    ("renrom:10,none", r"unknown norm 'renrom:10' .*; did you mean renorm:10\?$"),  # (was: unknown norm '10')
+    ("ghost: 4,none", r"ghost: 4: ghost:B needs a whole number B >= 1; did you mean ghost:4\?$"),
+    ("WS+Group,none", r"unknown norm 'WS\+Group' .*; did you mean ws\+group\?$"),
+    ("batchh,none", r"unknown norm 'batchh' .*; did you mean batch\?$"),
+    ("bn-b4:batchh,batch_size=4; none", r"condition 'bn-b4:batchh,batch_size=4': unknown norm 'batchh' .*; did you "
+                                        r"mean batch\?$"),
+    ("mine:7,none", r"condition 'mine:7': unknown norm 'mine:7' \(valid: [^;]*\)$"),  # nothing near it
     ("renorm,none", r"renorm: the norm needs its W, renorm:W \(a whole number W >= 1\)$"),
     ("ghost,none", r"ghost: the norm needs its B, ghost:B \(a whole number B >= 1\)$"),
 ])
 def test_a_family_typed_without_its_argument_or_capitalised_is_named(given, said):
-    """'Renorm:20' read as a tag and '20' as its norm; a bare 'renorm' got the list of every norm."""
+    """'Renorm:20' read as a tag and '20' as its norm; a bare 'renorm' got the list of every norm; a misspelt
+    family ('ghots:4') was named as an unknown norm '4', and a misspelt norm got no suggestion."""
     with pytest.raises(ConfigError, match=said):
         get_experiment("digits-cnn").override(norms=given)

@@ -30,9 +30,9 @@ NORM_NAMES = ", ".join(NAMES)  # the table's (a new entry joins every message)
 MODEL_NAMES = f"{', '.join(BUILTIN)}, torchvision:NAME, timm:NAME, or package.module:function"
 BAD = [  # (case, field changes, message)
     ("unknown norm", {"norms": ("batch", "batchnorm")},
-     f"synthetic-cnn: unknown norm 'batchnorm' (valid: {NORM_NAMES})"),
+     f"synthetic-cnn: unknown norm 'batchnorm' (valid: {NORM_NAMES}); did you mean batch?"),
     ("unknown norm in a flag", {"norms": "batch,bn"},
-     f"synthetic-cnn: unknown norm 'bn' (valid: {NORM_NAMES})"),
+     f"synthetic-cnn: unknown norm 'bn' (valid: {NORM_NAMES}); did you mean batch?"),
     ("group count not a number", {"norms": "group:x"},
      "synthetic-cnn: group:x: group:G needs a whole number G >= 1"),
     ("group count zero", {"norms": "group:0"},
