@@ -91,7 +91,7 @@ def measure_figure(m):
         if all_nan(m, _as_list(results)):  # (the report's note says why instead: bnrep.report.skipped_note)
             return None
         fig = fig_per_layer(results, lambda r: r.table(m.table), m.values[0], m.ylabel, m.title,
-                            clip=(lambda r: m.bounds) if m.bounds else None)
+                            clip=(lambda r: m.bounds) if m.bounds else None, dodge=DODGE if m.bounds else 0.0)
         return _log_if_positive(fig) if m.log else fig
     make.__name__ = f"fig_{m.table}"
     return make
@@ -344,6 +344,8 @@ class FigureSpec:
     from_training: bool = False  # it needs what bnrep's own training keeps (snapshots): never for imported models
 
 
+# under a figure whose conditions sit apart at each layer (a bounded measure's values often meet at its bound)
+SIDE_BY_SIDE = " At each layer the conditions sit side by side, slightly apart, so that equal values stay visible."
 # under a figure with a log y axis and error bars (a bar cannot reach 0 or below there)
 LOG_BARS = " On the log axis, a bar whose mean - std is 0 or below runs to the panel's lower edge."
 
@@ -375,19 +377,19 @@ FIGURES = [
                "the paper's exact zero. Error bars: standard deviation across {seeds}.",
                "Layer sparsity against the threshold eps",
                "it needs layer sparsity at two or more thresholds: run the analysis with --eps 0,1e-3,1e-2,1e-1"),
-    *[FigureSpec(f"fig_{m.table}", measure_figure(m), (m.table,), m.caption + (LOG_BARS if m.log else ""),
-                 f"{m.name} per layer")
+    *[FigureSpec(f"fig_{m.table}", measure_figure(m), (m.table,),
+                 m.caption + (LOG_BARS if m.log else "") + (SIDE_BY_SIDE if m.bounds else ""), f"{m.name} per layer")
       for m in MEASURES.values() if m.caption],  # bnrep.measures
     FigureSpec("fig_cka", fig_cka, ("cka",),
                "Beyond the paper: linear CKA (Kornblith et al. 2019) per layer between the reduced "
                "representations of two models on the same samples. Black squares: two conditions "
                "at the same seed; dashed, in each condition's colour: two seeds of one condition (the seed-noise "
-               "baseline). Mean over the pairs, error bars: standard deviation over the pairs ({seeds}), cut at 0 and 1. A "
-               "cross-condition CKA clearly below both seed baselines means the condition changes what "
+               "baseline). Mean over the pairs, error bars: standard deviation over the pairs ({seeds}), cut at 0 "
+               "and 1. A cross-condition CKA clearly below both seed baselines means the condition changes what "
                "the layer represents beyond seed noise; at the baseline, it does not.{shared} Gray dotted: the cross-"
                "condition CKA debiased (unbiased HSIC; Nguyen, Raghu & Kornblith 2021), which is about 0 for "
-               "unrelated representations at any sample count, where linear CKA is inflated at small ones (its bars cut "
-               "at -1 and 1)."
+               "unrelated representations at any sample count, where linear CKA is inflated at small ones (its "
+               "bars cut at -1 and 1)."
                "{undrawn_epochs}",
                "CKA per layer",
                "it needs CKA between two conditions at the same seed"),

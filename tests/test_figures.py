@@ -304,6 +304,18 @@ def test_cka_error_bars_stop_at_the_values_cka_can_take():
     assert min(ends["the same, debiased"]) == pytest.approx(-1.0) and max(ends["the same, debiased"]) == pytest.approx(1.0)
 
 
+def test_a_bounded_measure_s_conditions_sit_apart_so_that_equal_values_stay_visible():
+    """Every probe at accuracy 1.0: the no-BN line lay on the BN line at every layer, which vanished; they sit
+    side by side now (as the optimal k's), and the caption says so."""
+    r = cnn()
+    r.tables["linear_probe"] = r.tables["linear_probe"].assign(accuracy=1.0)
+    (ax,) = figures.figure("fig_linear_probe").make(r).axes
+    xs = [list(c.lines[0].get_xdata()) for c in ax.containers]
+    assert len(xs) == 2 and all(b - a == pytest.approx(figures.DODGE) for a, b in zip(*xs))
+    assert figures.SIDE_BY_SIDE in figures.figure("fig_linear_probe").caption
+    assert figures.SIDE_BY_SIDE not in figures.figure("fig_nc1").caption  # unbounded: no pile-up at a bound
+
+
 def test_the_initialisation_figure_has_a_legend_entry_per_condition_and_one_per_line_style():
     """Its legend listed every condition twice (', final' and ', init'); the final and the initialisation are
     the line styles, said once."""

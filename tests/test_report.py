@@ -1068,16 +1068,18 @@ def test_nc1_and_effective_rank_figures_plot_the_table_values(make, labels, make
 
 
 def test_linear_probe_figure_plots_the_table_and_cuts_its_bars_at_1():
-    """An accuracy: a layer at 1.0 in one seed and 0.7 in the next drew its bar past 1 before `bounds`."""
+    """An accuracy: a layer at 1.0 in one seed and 0.7 in the next drew its bar past 1 before `bounds`. The
+    conditions sit side by side at each layer (a bounded measure's)."""
     r = cnn()
     (ax,) = figures.figure("fig_linear_probe").make(r).axes
-    check_errorbars(ax, r.table("linear_probe"), "accuracy", LABEL, clip=(0.0, 1.0))
+    apart = {"batch": -figures.DODGE / 2, "none": figures.DODGE / 2}
+    check_errorbars(ax, r.table("linear_probe"), "accuracy", LABEL, dx=apart, clip=(0.0, 1.0))
     assert ticks(ax) == CNN_LAYERS and ax.get_yscale() == "linear"
     lp = r.tables["linear_probe"]
     lp = lp.assign(accuracy=lp["accuracy"].where(lp["layer_index"] != 5, np.where(lp["seed"] % 2, 1.0, 0.7)))
     r = results.Results(r.experiment, {**r.tables, "linear_probe": lp})
     (ax,) = figures.figure("fig_linear_probe").make(r).axes
-    check_errorbars(ax, r.table("linear_probe"), "accuracy", LABEL, clip=(0.0, 1.0))
+    check_errorbars(ax, r.table("linear_probe"), "accuracy", LABEL, dx=apart, clip=(0.0, 1.0))
     tops = [seg[:, 1].max() for c in ax.containers for col in c.lines[2] for seg in col.get_segments()]
     assert max(tops) == pytest.approx(1.0)
 
