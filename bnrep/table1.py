@@ -31,7 +31,9 @@ def imported_note(training: pd.DataFrame) -> str:
         return ""
     per = ", ".join(f"{len(g)} {SHORT.get(n, n)} model{'s' * (len(g) != 1)}" for n, g in t.groupby("condition", sort=False))
     return (f"Imported (bnrep import; trained elsewhere, evaluated here on the same splits): {per}. Their "
-            f"training history, stopping rule and sweep are not known.")
+            f"training history, stopping rule and sweep are not known. Their validation split is bnrep's: unless "
+            f"the data has one of its own (an image folder's val/), a seeded hold-out of the training split, "
+            f"which they may have trained on.")
 
 
 def table1(training: pd.DataFrame) -> pd.DataFrame:

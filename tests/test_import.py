@@ -121,6 +121,20 @@ def test_imported_checkpoints_through_analysis_and_report(checkpoints, tmp_path)
         torch.testing.assert_close(study.model("bn-s1").eval()(x), models["bn-s1"].eval()(x))
 
 
+def test_the_imported_note_says_their_validation_images_may_be_training_images():
+    """Without a val/ folder the validation split is held out of train/, on which a model trained elsewhere may
+    have trained: the README said so, Table 1's note did not."""
+    from bnrep.table1 import imported_note
+
+    t = pd.DataFrame(dict(condition=["batch", "batch", "none"], imported=[True, True, True]))
+    assert imported_note(t) == (
+        "Imported (bnrep import; trained elsewhere, evaluated here on the same splits): 2 BN models, 1 NBN model. "
+        "Their training history, stopping rule and sweep are not known. Their validation split is bnrep's: unless "
+        "the data has one of its own (an image folder's val/), a seeded hold-out of the training split, which they "
+        "may have trained on.")
+    assert imported_note(t.assign(imported=False)) == ""
+
+
 def test_imported_weights_load_back_equal(checkpoints, tmp_path, capsys):
     """Each imported model.pt holds exactly the researcher's tensors (prefixes removed; a no-norm model
     gains zero biases where the norms stood), loads back through the analysis' own loader
