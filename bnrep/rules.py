@@ -68,20 +68,32 @@ RULES = [
     "rule, and its evidence says whether the verdict is robust to the threshold (the same at every eps) or "
     "at which eps it changes.",
 ]
-OTHER_NORMS_RULE = ("Every condition is judged against no normalisation by the same rules, with 'BN' standing for "
-                    "the condition judged and the claim's 'BatchNorm' read as it; models of other conditions are left out.")
+OTHER_NORMS_RULE = ("Every condition is judged against no normalisation (the reference) by the same rules, the "
+                    "claim's 'BatchNorm' read as the condition judged; models of other conditions are left out.")
+# the rules' words for the paper's pair (BN, no BN) as a study of other conditions says them, in this order
+JUDGED_WORDS = (("with and without BN", "with the condition judged and with the reference"),
+                ("(BN and no BN)", "(the condition judged and the reference)"),
+                ("BN changes both sparsity and accuracy, so an across-model correlation can be the BN effect alone",
+                 "The condition changes both sparsity and accuracy, so an across-model correlation can be its effect "
+                 "alone"),
+                ("equal. BN sparser", "equal. The condition judged sparser"),
+                ("only BN reaches it", "only the condition judged reaches it"),
+                ("with BN", "with the condition judged"))
 
 
 def rules(norms, ref: str = REF) -> list[str]:
     """RULES, their groups named as the study's axis names them (conditions: BatchNorm at batch 16 and at 64 are
-    one normalisation), and what 'BN' stands for where the study is not the paper's pair."""
+    one normalisation), and the paper's 'BN' and 'no BN' worded as the condition judged and the reference where
+    the study is not the paper's pair."""
     if is_paper_pair(norms) and ref == REF:
         return RULES
     word = group_word(norms)
     worded = [x.replace("each BN setting", f"each {word}").replace("for the normalisation", f"for the {word}")
               .replace("seeds per normalisation", f"seeds per {word}") for x in RULES]
+    for paper, judged in JUDGED_WORDS:
+        worded = [x.replace(paper, judged) for x in worded]
     if ref != REF:
         return worded + [f"Here every condition is judged against the reference condition "
-                         f"{label_and_tag(LABELS[ref], SHORT[ref])} by the same rules: 'BN' stands for the condition "
-                         f"judged and 'no BN' for the reference; models of other conditions are left out."]
+                         f"{label_and_tag(LABELS[ref], SHORT[ref])} by the same rules, the claim's 'BatchNorm' read as "
+                         f"the condition judged; models of other conditions are left out."]
     return worded + [OTHER_NORMS_RULE]

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from bnrep import rules as verdict_rules
 from bnrep.config import UsageError, load_experiment, prepare, stage_hashes
 from bnrep.experiments import ConfigError, Experiment, get_experiment
 from bnrep.studies import load_study
@@ -264,6 +265,18 @@ def test_claims_are_judged_against_the_reference_condition():
     g = findings.finding_sparsity(ls, "gn-b4", r.ref)
     assert diff(g.detail, "gn-b4") == pytest.approx(60, abs=1)  # against bn-b64, bn-b4 left out
     assert "judged against the reference condition BatchNorm at batch size 64 (bn-b64)" in rules.rules(r.norms, r.ref)[-1]
+
+
+@pytest.mark.parametrize("norms,ref", [(("batch", "group", "none"), "none"), (("batch", "group", "none"), "batch"),
+                                       (("group", "layer"), "layer")])
+def test_the_rules_of_other_conditions_say_the_condition_judged_and_the_reference_not_bn_and_no_bn(norms, ref):
+    """Against the reference BatchNorm, 'no BN' stood for BatchNorm itself: the rules said 'BN' and 'no BN' and a
+    line that they stand for the condition judged and the reference. The paper's pair keeps the paper's words."""
+    said = " ".join(verdict_rules.rules(norms, ref)).replace("BatchNorm (BN)", "")  # (the reference's own label and tag)
+    assert not re.search(r"\bBN\b", said), said
+    assert "with the condition judged and with the reference" in said and "only the condition judged reaches" in said
+    paper = " ".join(verdict_rules.rules(("batch", "none")))
+    assert "with and without BN" in paper and "the condition judged" not in paper
 
 
 def _per_layer(level: dict, value: str, ks=(None,)):
