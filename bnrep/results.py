@@ -289,11 +289,16 @@ def pair(df: pd.DataFrame, norm: str, ref: str = REF) -> pd.DataFrame:
 # ==== rankings: several normalisations side by side ====
 
 def _ranked(s: pd.DataFrame, lowest_first: bool, fmt: str) -> str:
-    """'1. GN 0.80 ± 0.01; 2. BN 0.85 ± 0.02' from seed_stats rows keyed by norm."""
-    s = s.dropna(subset=["mean"]).sort_values("mean", ascending=lowest_first)
+    """'1. GN 0.80 ± 0.01; 2. BN 0.85 ± 0.02' from seed_stats rows keyed by norm; means equal as shown share a
+    rank ('1. BN 100.00 ± 0.00; 1. GBN4 100.00 ± 0.00; 3. ...'), in display order."""
+    s = s.dropna(subset=["mean"])
+    s = s.iloc[[list(s["condition"]).index(c) for c in ordered(s["condition"])]]  # ties in display order
+    s = s.sort_values("mean", ascending=lowest_first, kind="stable")
     sd = lambda v: "n/a" if pd.isna(v) else format(v, fmt)  # noqa: E731  one seed: no std
-    return "; ".join(f"{i}. {SHORT.get(r.condition, r.condition)} {r.mean:{fmt}} ± {sd(r.std)}"
-                     for i, r in enumerate(s.itertuples(), start=1))
+    shown = [format(m, fmt) for m in s["mean"]]
+    ranks = [shown.index(x) + 1 for x in shown]  # (sorted: equal shown means are neighbours)
+    return "; ".join(f"{k}. {SHORT.get(r.condition, r.condition)} {m} ± {sd(r.std)}"
+                     for k, m, r in zip(ranks, shown, s.itertuples()))
 
 
 def rankings(r: Results) -> list[list[str]]:

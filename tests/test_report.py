@@ -760,6 +760,17 @@ def test_rankings_per_measure_with_seed_spread():
     assert f"1. GN {t.mean():.2f} ± {t.std(ddof=1):.2f};" in rows["best test accuracy (%, per model)"]
 
 
+def test_equal_means_share_a_rank_in_display_order():
+    """Every BN, GN and LN model at 100% test accuracy: ranked 1., 2., 3. before, as if one were better."""
+    r = cnn4()
+    t = r.tables["training"]
+    r.tables["training"] = t.assign(test_acc=t["test_acc"].where(t["norm"] == "none", 1.0))
+    got = dict(results.rankings(r))["best test accuracy (%, per model)"]
+    nobn = t.query("norm == 'none'")["test_acc"].to_numpy() * 100
+    assert got == (f"1. BN 100.00 ± 0.00; 1. GN 100.00 ± 0.00; 1. LN 100.00 ± 0.00; "
+                   f"4. NBN {nobn.mean():.2f} ± {nobn.std(ddof=1):.2f}")
+
+
 def test_four_norm_report_and_architectures_side_by_side(tmp_path):
     write_tables(tmp_path, "digits-cnn", cnn4().tables)
     write_tables(tmp_path, "mnist-cnn", make_tables("mnist-cnn", seeds=2, norms=NORMS4, **SMALL))
