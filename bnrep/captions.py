@@ -4,11 +4,14 @@ gradient norms' batches. The captions' texts are bnrep.figures' and bnrep.measur
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 from bnrep.epoch_figures import measured_text
 from bnrep.initial import shared_start_text
 from bnrep.measures import MEASURES, OLD_REASONS, gradient_batches_text
+from bnrep.norms import get_norm
 from bnrep.results import COLORS, Results, and_list, first_shown_text, label_and_tag, norm_labels, ordered, seeds_text
 
 
@@ -26,11 +29,22 @@ def _models(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+FAMILY_ONLY = re.compile(r"<<([\w+-]+): (.*?)>>", re.S)  # <<renorm: a sentence only where Batch Renorm is drawn>>
+
+
+def for_families(text: str, norms) -> str:
+    """`text` with each <<family: words>> kept as its words where a condition of that family (renorm, ghost) is
+    among `norms`, else left out."""
+    families = {get_norm(n).norm.partition(":")[0] for n in norms}
+    return FAMILY_ONLY.sub(lambda m: m.group(2) if m.group(1) in families else "", text)
+
+
 def caption(spec, rs: list[Results]) -> str:
     """`spec`'s (a bnrep.figures.FigureSpec) caption with its placeholders filled for the results `rs`:
     {seeds}, {layers}, {nan} (the values left out, and why), {colours}, {shared} (bnrep.initial),
     {k_searched}, {gradient_batches}, {undrawn_epochs} (where the snapshots' rows of a table no figure draws
-    are) and {measured} (how the snapshots of the conditions drawn ran: bnrep.epoch_figures.measured_text)."""
+    are) and {measured} (how the snapshots of the conditions drawn ran: bnrep.epoch_figures.measured_text);
+    a <<family: sentence>> only where a condition of that family is drawn (for_families)."""
     df = pd.concat([r.at_epochs(spec.tables[0]) if spec.epochs else r.table(spec.tables[0]) for r in rs],
                    ignore_index=True)
     layers = "; ".join(f"{r.label}: from {first_shown_text(r)}" for r in rs)
@@ -43,7 +57,7 @@ def caption(spec, rs: list[Results]) -> str:
         norms &= set(df.loc[df[col].notna(), "condition"])
     shared = shared_start_text(rs) if "{shared}" in spec.caption else ""  # (models built: only where it is said)
     shared = f" {shared}" if shared else ""
-    return spec.caption.format(seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms),
+    return for_families(spec.caption, norms).format(seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms),
                                shared=shared, k_searched=_k_searched(rs) if "{k_searched}" in spec.caption else "",
                                gradient_batches=_gradient_batches(rs) if "{gradient_batches}" in spec.caption else "",
                                undrawn_epochs=_undrawn_epochs(rs, spec.tables[0]) if "{undrawn_epochs}" in spec.caption

@@ -346,9 +346,9 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
             caption="Beyond the paper (Wu & Johnson 2021): linear CKA between the clustering samples' reduced "
                     "representations in train mode (batch statistics, at the condition's batch size, no update) "
                     "and with running statistics (eval mode), per layer, for {colours} models with BatchNorm-like "
-                    "norms; 1 means the two modes represent the samples alike. Batch Renorm's train mode is corrected "
-                    "toward its running statistics, so it reaches 1 wherever its r and d are not clipped. Error "
-                    "bars: standard deviation across {seeds}, cut at 0 and 1.{nan}",
+                    "norms; 1 means the two modes represent the samples alike. <<renorm: Batch Renorm's train mode is "
+                    "corrected toward its running statistics, so it reaches 1 wherever its r and d are not clipped. "
+                    ">>Error bars: standard deviation across {seeds}, cut at 0 and 1.{nan}",
             title="Batch against running statistics: CKA per layer", name="Train-mode against eval-mode CKA",
             ylabel="CKA(train mode, eval mode)", nan_note="values are NaN (no running statistics, or a dead layer)",
             snapshots="trained"),  # at initialisation the running statistics are still 0 and 1: nothing to compare

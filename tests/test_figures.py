@@ -46,9 +46,8 @@ EPOCH_0 = ("At epoch 0 (the initialisation) norms with running statistics normal
            "reflect running statistics that have not converged yet.")
 MEASURED = {"gradient_norms": "Every epoch is measured as a training step runs (norms with running statistics in "
                               "training mode on each analysis batch, whatever batch size the model trained with: "
-                              "BatchNorm with the batch's own statistics, its running statistics not used; Batch "
-                              "Renorm with them, corrected toward its running statistics as they stood); nothing is "
-                              "updated.",
+                              "BatchNorm with the batch's own statistics, its running statistics not used); "
+                              "nothing is updated.",
             "train_eval": "It starts at epoch 1 (at epoch 0 the running statistics are still 0 and 1: nothing to "
                           "compare): at each epoch, batch statistics against the running statistics as they stood "
                           "then, which have not converged yet at early epochs."}
@@ -61,6 +60,23 @@ def test_a_figure_against_epoch_says_how_each_epoch_is_measured(table):
     assert snapshot_mode(exp, "batch", 1) == {}  # eval mode: the running statistics
     r = with_snapshots(cnn(), table, (1,) if table == "train_eval" else (0, 1))
     assert MEASURED.get(table, EPOCH_0) in caption(f"fig_{table}_epochs", r)
+
+
+def test_a_sentence_on_batch_renorm_is_in_a_caption_only_where_batch_renorm_is_drawn():
+    """The train- against eval-mode and gradient captions explained Batch Renorm in studies without it."""
+    swap = {"condition": {"batch": "renorm:20"}, "norm": {"batch": "renorm:20"}}
+    for table, sentence in (("train_eval", "Batch Renorm's train mode is corrected toward its running statistics, so "
+                                           "it reaches 1 wherever its r and d are not clipped. Error bars"),
+                            ("gradient_norms", "its running statistics not used; Batch Renorm with them, corrected "
+                                               "toward its running statistics as they stood); nothing is updated.")):
+        r = with_snapshots(cnn(), table, (1,))
+        brn = findings.Results(r.experiment.override(norms="batch,renorm:20,none"),
+                               {k: pd.concat([v, v[v["condition"] == "batch"].replace(swap)]) if "condition" in v else v
+                                for k, v in r.tables.items()})
+        name = f"fig_{table}_epochs" if table == "gradient_norms" else f"fig_{table}"
+        plain, with_brn = caption(name, r), caption(name, brn)
+        assert "Renorm" not in plain and "<<" not in plain and "  " not in plain, plain
+        assert sentence in with_brn and "<<" not in with_brn, with_brn
 
 
 def test_a_figure_against_epoch_names_the_conditions_with_running_statistics_and_no_others():
