@@ -40,8 +40,14 @@ def check_address(address: str | None) -> None:
     `auto` (the cluster `ray start` started on this machine) is looked up as Ray does; `local` is left to Ray."""
     from bnrep.config import UsageError
 
+    if address is not None and not address.strip():  # --address "$HEAD" with HEAD unset: not a private Ray
+        raise UsageError("--address is empty: give the head's HOST:PORT (as `ray start --head` prints it), or leave "
+                         "--address out for a private local Ray")
     given = "--address " if address else "RAY_ADDRESS="  # how the user named it, in each message
     address = address or os.environ.get("RAY_ADDRESS")
+    missing = token_missing(cluster=bool(address) and address != "local")
+    if missing:
+        raise UsageError(missing)
     if address == "auto":  # the cluster `ray start` last started on this machine, if one runs
         address = _running_cluster(given)
     if not address or address == "local":
@@ -70,6 +76,29 @@ def check_address(address: str | None) -> None:
                          f"on the head shows it)")
     if _refuses_token(address):
         raise UsageError(token_refused(address))
+
+
+def token_missing(cluster: bool) -> str | None:
+    """Why this process has no token where RAY_AUTH_MODE=token asks for one (Ray reads RAY_AUTH_TOKEN, else the
+    file RAY_AUTH_TOKEN_PATH names, else ~/.ray/auth_token), or None. A private Ray makes ~/.ray/auth_token when it
+    is missing, so `cluster` False asks only that a RAY_AUTH_TOKEN_PATH given be readable; a cluster's head needs
+    its own token here (without one Ray's client ended the process with no word)."""
+    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() != "token" or os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return None
+    given = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if not given and not cluster:
+        return None
+    path = os.path.expanduser(given or "~/.ray/auth_token")
+    try:
+        with open(path) as f:
+            if f.read().strip():
+                return None
+        why = "is empty"
+    except OSError as e:
+        why = f"cannot be read ({e.strerror or type(e).__name__})"
+    where = f"RAY_AUTH_TOKEN_PATH={given}" if given else path
+    return (f"RAY_AUTH_MODE is token, but this process has no token: {where} {why} and RAY_AUTH_TOKEN is unset; "
+            f"put the cluster's token there, or export RAY_AUTH_TOKEN (README, Security)")
 
 
 def token_refused(address: str) -> str:

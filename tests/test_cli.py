@@ -905,6 +905,41 @@ def test_ray_address_from_the_environment_is_checked_too(tmp_path, capsys, monke
     assert capsys.readouterr().err.startswith("error: no Ray cluster at 127.0.0.1:1 (nothing listens there)")
 
 
+@pytest.mark.parametrize("case", ["path unreadable, a cluster", "path unreadable, a private Ray", "path empty",
+                                  "no token, a cluster", "empty --address"])
+def test_a_process_without_the_token_it_is_told_to_use_is_one_line(case, tmp_path, capsys, monkeypatch):
+    """RAY_AUTH_MODE=token with a token file that cannot be read: Ray's client ended the process with exit 1 and
+    no word (joining a cluster), or ray.init raised a 38-line traceback (a private Ray). Neither starts now. An
+    empty --address ran a private Ray without a word."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    gone, empty = tmp_path / "gone", tmp_path / "empty"
+    empty.write_text("\n")
+    path, address, said = {
+        "path unreadable, a cluster": (gone, "127.0.0.1:1", f"RAY_AUTH_TOKEN_PATH={gone} cannot be read (No such file or "
+                                                            f"directory) and RAY_AUTH_TOKEN is unset"),
+        "path unreadable, a private Ray": (gone, None, f"RAY_AUTH_TOKEN_PATH={gone} cannot be read"),
+        "path empty": (empty, "127.0.0.1:1", f"RAY_AUTH_TOKEN_PATH={empty} is empty"),
+        "no token, a cluster": (None, "127.0.0.1:1", f"{tmp_path}/.ray/auth_token cannot be read"),
+        "empty --address": (None, "", "--address is empty: give the head's HOST:PORT"),
+    }[case]
+    if path:
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(path))
+    else:
+        monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    argv = ["--smoke-test", "--paper-hparams", *(["--address", address] if address is not None else [])]
+    assert flags.run_stage("final", argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and said in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)  # a token in the environment: the next check (nothing listens)
+    if address:
+        assert flags.run_stage("final", argv) == 2
+        assert capsys.readouterr().err.startswith("error: no Ray cluster at 127.0.0.1:1 (nothing listens there)")
+
+
 @pytest.mark.parametrize("server", ["http", "silent"])
 def test_an_address_where_something_other_than_ray_listens_is_one_line(server, tmp_path, capsys, monkeypatch):
     """An HTTP server (the dashboard's port given by mistake) or a listener that never answers: Ray would
