@@ -63,6 +63,10 @@ def load_study(path: str) -> Experiment:
         raise ConfigError(f"study file {path}: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"study file {path}: not valid TOML ({e})") from None
+    except UnicodeDecodeError as e:  # (TOML is UTF-8: a comment saved as Latin-1 by an editor)
+        line = e.object[:e.start].count(b"\n") + 1
+        raise ConfigError(f"study file {path}: line {line} is not UTF-8 (byte {e.object[e.start]:#04x}), which TOML "
+                          f"files must be: save it as UTF-8") from None
     fields = {f.name: f for f in dataclasses.fields(Experiment)}
     base = d.pop("base", None)
     if base is not None and (not isinstance(base, str) or base not in PRESETS):

@@ -221,6 +221,8 @@ def test_a_study_file_is_a_preset_plus_fields(tmp_path):
     ('base = "digits-cnnn"\n', "base = 'digits-cnnn' is not a preset (valid: digits-cnn, "),
     ('model = "cnn"\n', 'set dataset (or base = "PRESET" to start from one: digits-cnn, '),
     ('norms = [\n', "not valid TOML ("),
+    ('base = "digits-cnn"\n# \xe9tude\nseeds = 2\n'.encode("latin-1"),  # a comment saved as Latin-1: a traceback
+     "line 2 is not UTF-8 (byte 0xe9), which TOML files must be: save it as UTF-8"),
     (None, "No such file or directory"),
     ('base = "digits-cnn"\nname = "../escaped"\n', "name = '../escaped': a study's name is letters, digits and "),
     ('base = "digits-cnn"\nname = ""\n', "name = '': a study's name is letters, digits and . _ + - "),
@@ -243,7 +245,7 @@ def test_a_bad_study_file_is_one_line_naming_the_file(text, line, tmp_path, caps
 
     study = tmp_path / "study.toml"
     if text is not None:
-        study.write_text(text)
+        study.write_bytes(text if isinstance(text, bytes) else text.encode())
     rc = flags.run_stage("final", ["--experiment", str(study), "--paper-hparams", "--out", str(tmp_path / "runs")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1, err
