@@ -26,7 +26,7 @@ from bnrep.data import input_shape
 from bnrep.datasets import num_classes
 from bnrep.experiments import Experiment
 from bnrep.metrics import chunk_rows, l2_normalise_rows
-from bnrep.models import check_model
+from bnrep.models import ModelError, check_model
 from bnrep.probes import Probe, ProbeError, find_probes, select_probes, tap
 
 COUNT_CHUNK = 2 ** 22  # activation values per zero-counting step: its int64 temporary stays <= 32 MiB
@@ -44,7 +44,16 @@ def model_probes(exp: Experiment) -> list[Probe]:
 def _model_probes(exp: Experiment) -> tuple[Probe, ...]:
     C, H, W = input_shape(exp)
     model = check_model(exp.model, exp.norms, (C, H, W), num_classes(exp.dataset))
-    return tuple(select_probes(find_probes(model, torch.zeros(2, C, H, W)), exp.probes, exp.model))
+    try:
+        found = find_probes(model, torch.zeros(2, C, H, W))
+    except Exception as e:  # noqa: BLE001 - the model runs (check_model), but not with the hooks that read it
+        raise ModelError(f"{exp.model}: its activations cannot be read: bnrep reads each through a forward hook, "
+                         f"and with the hooks on, {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                         f"{HOOKLESS if 'ScriptModule' in str(e) else ''}") from None
+    return tuple(select_probes(found, exp.probes, exp.model))
+
+
+HOOKLESS = " (a TorchScript module takes no hooks: build the model of plain nn.Modules, torch.jit.script left out)"
 
 
 def has_running_statistics(model: torch.nn.Module) -> bool:

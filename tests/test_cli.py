@@ -170,6 +170,10 @@ CASES = [  # (name, stage, argv, words the message must contain)
     ("as-built on a built-in net", "hparam", ["--norms", "as-built"], ["cnn is built for a norm"]),
     ("analysis of another model", "analysis", ["--smoke-test", "--model", "vgg16"],
      ["trained cnn; --model vgg16 is another model (analyse it in another --out, or train it with --fresh)"]),
+    ("model with a TorchScript block", "hparam", ["--model", "tests.labnets.nets:scripted"],  # (was a traceback)
+     ["tests.labnets.nets:scripted: its activations cannot be read: bnrep reads each through a forward hook, and "
+      "with the hooks on, RuntimeError: register_forward_pre_hook is not supported on ScriptModules (a TorchScript "
+      "module takes no hooks: build the model of plain nn.Modules, torch.jit.script left out)"]),
     ("model without activations", "hparam", ["--model", "tests.labnets.nets:gated"],
      ["tests.labnets.nets:gated calls no activation bnrep knows"]),
     ("analysis on other data", "analysis", ["--smoke-test", "--dataset", "synthetic"],

@@ -132,3 +132,10 @@ def rgb_only(num_classes, in_channels):
 
 def a_number(num_classes: int, in_channels: int):
     return num_classes
+
+
+def scripted(num_classes: int, in_channels: int) -> nn.Module:
+    """A TorchScript block inside a plain net: it trains, but takes no forward hooks."""
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.BatchNorm2d(4),
+                         torch.jit.script(nn.Sequential(nn.ReLU())), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
