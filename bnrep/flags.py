@@ -23,7 +23,7 @@ from typing import NoReturn
 
 from bnrep.config import DEFAULT_OUT, RunOptions, StageFailed, UsageError
 from bnrep.address import check_address
-from bnrep.raysession import STOPPED_BY, stop_on_sigterm
+from bnrep.raysession import INTERRUPTED, STOPPED_BY, noting_interrupts, stop_on_sigterm
 from bnrep.results import and_list
 from bnrep.datasets import DATA_ROOT_HELP, DATASETS, DatasetError, absolute_dataset
 from bnrep.lock import LockError
@@ -436,7 +436,13 @@ def main_guard(fn, fresh: bool = False) -> int:
     Ctrl-C -> exit 130, SIGTERM -> 143 (`fresh`: the command had --fresh, which its rerun should not have)."""
     plain_warnings()
     STOPPED_BY.clear()  # (this command's: bnrep.run may run several in one process)
+    INTERRUPTED.clear()
     stop_on_sigterm()
+    with noting_interrupts():
+        return _guarded(fn, fresh)
+
+
+def _guarded(fn, fresh: bool) -> int:
     try:
         return fn() or 0
     except (UsageError, ConfigError, DatasetError, LockError, ModelError, NormError, ProbeError) as e:
@@ -453,8 +459,16 @@ def main_guard(fn, fresh: bool = False) -> int:
             raise
         return cannot_write(e)
     except KeyboardInterrupt:
-        if STOPPED_BY:
-            print(f"stopped (SIGTERM): {rerun_hint(fresh)}", file=sys.stderr)
-            return 143
-        print(f"interrupted: {rerun_hint(fresh)}", file=sys.stderr)
-        return 130
+        return _stopped(fresh)
+    except Exception:
+        if not (INTERRUPTED or STOPPED_BY):
+            raise
+        return _stopped(fresh)  # what the stop caused (an import it cut midway fails another way): the stop's
+
+
+def _stopped(fresh: bool) -> int:
+    if STOPPED_BY:
+        print(f"stopped (SIGTERM): {rerun_hint(fresh)}", file=sys.stderr)
+        return 143
+    print(f"interrupted: {rerun_hint(fresh)}", file=sys.stderr)
+    return 130

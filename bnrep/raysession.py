@@ -205,6 +205,30 @@ def stop_on_sigterm() -> None:
     _stop_on_sigterm = True
 
 
+INTERRUPTED: list[int] = []  # a Ctrl-C reached this command (noting_interrupts)
+
+
+@contextlib.contextmanager
+def noting_interrupts():
+    """Ctrl-C recorded in INTERRUPTED as it raises KeyboardInterrupt, so that an error it causes later is known
+    as its own (an import cut midway, which a library then meets as a RecursionError). In the main thread, where
+    SIGINT has Python's default handler; the handler there before comes back after."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def note(signum, frame):
+        INTERRUPTED.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _beside_a_namesake() -> str | None:
     """The folder bnrep's package sits in, when the current folder holds another `bnrep` (a results folder,
     `--out bnrep`, or a clone's parent): Ray puts the driver's current folder first on its workers' sys.path,

@@ -1264,3 +1264,27 @@ def test_a_ctrl_c_after_an_earlier_commands_sigterm_is_a_ctrl_c(capsys):
     finally:
         STOPPED_BY.clear()
         signal.signal(signal.SIGTERM, before)
+
+
+def test_an_error_that_a_ctrl_c_caused_is_the_ctrl_c(capsys):
+    """A Ctrl-C that cut an import midway (numpy's, under scikit-learn's) surfaced later as a RecursionError
+    traceback, exit 1: the command was interrupted, and says so (130). Without a Ctrl-C the error is its own;
+    SIGINT's handler is Python's again afterwards."""
+    import signal
+
+    def import_cut_midway():
+        try:
+            signal.raise_signal(signal.SIGINT)  # the handler runs here: KeyboardInterrupt
+        except KeyboardInterrupt:
+            pass  # a library that met it and went on, half-imported
+        raise RecursionError("maximum recursion depth exceeded")
+
+    def plain_bug():
+        raise RecursionError("maximum recursion depth exceeded")
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert flags.main_guard(import_cut_midway) == 130
+    assert capsys.readouterr().err == "interrupted: rerun the same command to resume\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(RecursionError):
+        flags.main_guard(plain_bug)
