@@ -208,7 +208,11 @@ def _head(b) -> tuple[int, dict | None]:
     if not gens:
         return -1, None
     data = b.read(_gen_name(gens[-1]))
-    return gens[-1], (json.loads(data) if data else None)
+    try:  # (bnrep writes each record whole; one cut or edited outside it is no record)
+        rec = json.loads(data) if data else None
+    except ValueError:
+        rec = None
+    return gens[-1], rec if isinstance(rec, dict) else None
 
 
 def current_writer(store: Store, clock: Callable[[], float] = time.time) -> dict | None:

@@ -327,3 +327,18 @@ def test_a_lock_write_whose_answer_was_lost_and_retried_is_the_writer_s_own(s3_s
         with pytest.raises(LockError, match=f"final on host .*pid {os.getpid()},"):  # another record: refused
             acquire(Store(f"s3://{BUCKET}/{tmp_path.name}", "exp"), "analysis", renew=False)
     assert current_writer(store) is None
+
+
+@pytest.mark.parametrize("record", ['{"host": "vm", "pid": 12', "[1, 2]"])
+def test_a_record_cut_or_edited_outside_bnrep_is_no_record(record, tmp_path):
+    """A lock record that is not a JSON object (cut by a crash of the disk, edited by hand): `bnrep status` and
+    `bnrep run` raised a JSONDecodeError traceback; it is read as no writer, as an empty record was."""
+    store = Store(str(tmp_path / "runs"), "exp")
+    with writer_lock(store, "final", renew=False):
+        pass
+    folder = tmp_path / "runs" / "exp" / ".lock"
+    last = max(int(n[:-5]) for n in os.listdir(folder) if n[:-5].isdigit())
+    (folder / f"{last + 1:012d}.json").write_text(record)  # (as bnrep names them)
+    assert current_writer(store) is None
+    with writer_lock(store, "analysis", renew=False):  # taken over
+        assert current_writer(store)["stage"] == "analysis"
