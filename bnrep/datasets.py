@@ -80,11 +80,18 @@ class DataError(DatasetError):
         self.field = field
 
 
+ONE_LINE_MAX = 300  # characters of an error's line quoted in another's (bnrep's own one-line errors fit)
+
+
 def one_line(e: BaseException | str) -> str:
     """The last non-empty line of an exception's message, or of an error's text (its cause, as libraries
-    word it), at most 160 characters: for one-line errors."""
+    word it), at most ONE_LINE_MAX characters, cut between words: for one-line errors."""
     lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-    return (lines[-1] if lines else type(e).__name__)[:160]
+    line = lines[-1] if lines else type(e).__name__
+    if len(line) <= ONE_LINE_MAX:
+        return line
+    cut = line[:ONE_LINE_MAX].rsplit(" ", 1)[0]
+    return f"{cut} ..."
 
 
 def parse_dataset(name: str) -> tuple[str, str]:

@@ -1288,3 +1288,18 @@ def test_an_error_that_a_ctrl_c_caused_is_the_ctrl_c(capsys):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with pytest.raises(RecursionError):
         flags.main_guard(plain_bug)
+
+
+def test_a_failed_task_quotes_its_error_whole_or_cut_between_words():
+    """A model's one-line error (about 230 characters) was cut at 160 in the middle of its cause's word ('boom in
+    a wo'); a library's long line is cut between words, marked."""
+    from bnrep.datasets import ONE_LINE_MAX, one_line
+    from bnrep.models import ModelError
+    from bnrep.progress import task_failed
+
+    own = ModelError("mylab.nets:flag_fails's forward pass fails on 2 images of 1x8x8, and on every other size from "
+                     "8x8 to 224x224 and channel count tried: RuntimeError: boom in a worker's eval forward")
+    assert f"ModelError: {own}; the other tasks were stopped" in str(task_failed(own, "analysis", "extracting m"))
+    long = "Traceback (most recent call last):\n  ...\n" + "word " * 100 + "end"
+    cut = one_line(RuntimeError(long))
+    assert cut.endswith(" ...") and len(cut) <= ONE_LINE_MAX + 4 and cut[:-4].split(" ")[-1] == "word"
