@@ -18,6 +18,9 @@ def stage_status(out: str, name: str, study: Experiment | None = None) -> list[t
     """(stage, complete|partial|missing, detail) for hparam, final, analysis, report; `study`: the experiment
     of a study file (`name` is its name), for a study with no results yet."""
     store = Store(out, name)
+    if store.is_file():  # (a run says the same and refuses it)
+        return [(s, "unknown", f"{store.display()} is a file, not a study's folder")
+                for s in ("hparam", "final", "analysis", "report")]
     try:
         exp = load_experiment(store, name)
     except ConfigError as e:
@@ -42,7 +45,7 @@ def sizes_note(out: str, name: str) -> str:
 
     store = Store(out, name)
     try:
-        if not store.exists():
+        if not store.exists() or store.is_file():
             return ""
         if not read_config(store):
             return (f"  (no config.json yet: the run stopped before it wrote it; the counts are {name}'s as named, "

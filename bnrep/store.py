@@ -304,6 +304,9 @@ class Store:
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
 
+    def is_file(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type == pafs.FileType.File
+
     def mkdir(self, *parts: str) -> None:
         self.fs.create_dir(self.path(*parts), recursive=True)
 

@@ -682,6 +682,12 @@ def test_status_of_a_file_as_out_is_one_line(tmp_path, capsys):
     (tmp_path / "runs").write_text("not results")
     assert cli.main(["status", "--out", str(tmp_path / "runs")]) == 2
     assert capsys.readouterr() == ("", f"error: --out {tmp_path / 'runs'} is a file, not a folder of results\n")
+    (tmp_path / "runs").unlink()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "digits-cnn").write_text("not a study")  # (it said "no config.json yet", every stage missing)
+    for argv in (["--experiment", "digits-cnn"], []):
+        assert cli.main(["status", "--out", str(tmp_path / "runs"), *argv]) == 2
+        assert capsys.readouterr() == ("", f"error: {tmp_path / 'runs' / 'digits-cnn'} is a file, not a study's folder\n")
 
 
 def test_status_of_an_unknown_experiment_is_one_line(results, capsys):
