@@ -48,7 +48,7 @@ from typing import Callable
 
 import pyarrow.fs as pafs
 
-from bnrep.store import LOCK_DIR, Store, StoreWriteError
+from bnrep.store import LOCK_DIR, Store, cannot_write
 
 LEASE_S = 60.0  # seconds a lock outlives its last renewal; renewed every LEASE_S / 3
 
@@ -355,7 +355,7 @@ def writer_lock(store: Store, stage: str, **kw):
     try:
         lock = _HELD[key] = acquire(store, stage, **kw)
     except OSError as e:  # a place open_store's checks could not see (/proc, a mount that refuses): one line
-        raise StoreWriteError(f"cannot write {store.uri(LOCK_DIR)}: {e.strerror or type(e).__name__}") from None
+        raise cannot_write(store.display(LOCK_DIR), e.strerror or type(e).__name__) from None
     try:
         store.remove_temporaries()  # of a writer killed before it could rename them
         yield lock

@@ -863,6 +863,8 @@ def test_an_out_where_no_folder_can_be_made_is_one_line(capsys):
     rc = flags.run_stage("final", ["--smoke-test", "--paper-hparams", "--out", "/proc/bnrep-runs"])
     err = capsys.readouterr().err.strip()
     assert rc in (1, 2) and len(err.splitlines()) == 1 and err.startswith("error: cannot write"), err
+    assert err.endswith("; free space or fix permissions there, then rerun the same command (results already "
+                        "written are kept)"), err  # what to do, as every refused write says
     assert not os.path.exists("/proc/bnrep-runs") and not ray.is_initialized()
 
 
