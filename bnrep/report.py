@@ -17,6 +17,7 @@ side (no Ray here):
                                        "measures": per-layer seed statistics of each measure}, for machines
         summary.txt                   what the terminal shows
         report_inputs.json            fingerprint of the input parts (report_is_current)
+        .next/                        the files of a report being written, moved into place when all are
     <out>/combined/                   build_report(out, [A, B]): the same files, a panel per experiment
 
 Accuracies and sparsities are fractions in the tables, percent in the report.
@@ -193,15 +194,32 @@ class ReportResult:
         return f"{self.report_dir}/report.html"
 
 
+STAGING = ".next/"  # a report's files are written here first, then moved into place together (_Writer.commit)
+
+
 class _Writer:
-    """Writes report files through a Store (works on s3:// too) and remembers their names."""
+    """Writes report files through a Store (works on s3:// too) and remembers their names. Each file goes to
+    a staging folder first; `commit` moves them all into place, so that a report that fails midway (a full
+    disk, Ctrl-C) leaves the one before it whole, not its report.md beside the earlier report.html."""
 
     def __init__(self, store: Store, prefix: str):
         self.store, self.prefix, self.files = store, prefix, []
+        store.delete(f"{prefix}{STAGING}")  # (the files of a report stopped before its commit)
 
     def put(self, name: str, data: bytes | str) -> None:
-        self.store.write_bytes(f"{self.prefix}{name}", data.encode() if isinstance(data, str) else data)
+        self.store.write_bytes(f"{self.prefix}{STAGING}{name}", data.encode() if isinstance(data, str) else data)
         self.files.append(name)
+
+    def commit(self, fingerprint: dict | None = None) -> None:
+        """Every file put into place; `fingerprint` (report_inputs.json, which marks a report complete) last."""
+        if fingerprint is not None:
+            self.store.delete(f"{self.prefix}report_inputs.json")
+        for name in self.files:
+            self.store.move(f"{self.prefix}{STAGING}{name}", f"{self.prefix}{name}")
+        self.store.delete(f"{self.prefix}{STAGING}")
+        if fingerprint is not None:
+            self.store.write_json(f"{self.prefix}report_inputs.json", fingerprint)
+            self.files.append("report_inputs.json")
 
     def figures(self, rs: list[Results], out: str) -> list[tuple]:
         from bnrep import figures  # matplotlib only when drawing: `bnrep status` imports this module
@@ -332,7 +350,6 @@ def _build_one(out: str, name: str) -> ReportResult:
     r = load_results(out, name)
     if len(missing(r)) == len(REPORT_TABLES):
         raise no_results(name, out)
-    store.delete("report/report_inputs.json")
     w = _Writer(store, "report/")
     notes, fs = missing_notes(r, _shown(out)), findings(r)
     t1_blocks, t1_text = w.table1([r])
@@ -348,8 +365,7 @@ def _build_one(out: str, name: str) -> ReportResult:
     w.put("findings.json", json_text(_findings_json(r, fs)))
     summary = _summary(title, t1_text, {"Findings": fs}, notes, store.uri("report", "report.html"))
     w.put("summary.txt", summary + "\n")
-    store.write_json("report/report_inputs.json", fingerprint)  # last: marks the report complete
-    w.files.append("report_inputs.json")
+    w.commit(fingerprint)
     return ReportResult(r.experiment.name, store.uri("report"), w.files, missing(r), fs, summary)
 
 
@@ -389,5 +405,6 @@ def _build_combined(out: str, names: list[str], dest: str | None) -> ReportResul
     summary = _summary(title, t1_text, {"Findings across experiments": across,
                                         **{f"Findings {n}": f for n, f in per_exp.items()}},
                        notes, f"{where}/report.html")
+    w.commit()
     return ReportResult("combined", where, w.files, lost, across + [f for fs in per_exp.values() for f in fs],
                         summary)

@@ -343,6 +343,13 @@ class Store:
             why = e.strerror or str(e).strip().splitlines()[0]
             raise cannot_write(self.display(rel), why) from None
 
+    def move(self, rel: str, to: str) -> None:
+        """`rel` renamed `to` (replacing it: one rename on a local disk); a refused move is StoreWriteError."""
+        try:
+            self.fs.move(self.path(rel), self.path(to))
+        except OSError as e:
+            raise cannot_write(self.display(to), e.strerror or str(e).strip().splitlines()[0]) from None
+
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as f:
             return f.read()

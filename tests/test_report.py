@@ -1938,6 +1938,35 @@ def test_a_damaged_part_is_named_in_the_report_not_passed_over(tmp_path):
             f"as missing; `bnrep analysis --experiment digits-cnn --out {tmp_path}` writes them again.") in md
 
 
+def test_a_report_that_fails_midway_leaves_the_one_before_whole(tmp_path, monkeypatch):
+    """A full disk while a new report was written (judged against another reference): report.md was the new
+    one beside the earlier report.html, findings.json and summary.txt, report_inputs.json deleted. The files are
+    staged and moved into place together now; the next report that succeeds leaves no staging folder."""
+    from bnrep.store import Store, StoreWriteError, cannot_write
+
+    write_tables(tmp_path, "digits-cnn", cnn().tables)
+    report.build_report(str(tmp_path), "digits-cnn")
+    folder = tmp_path / "digits-cnn" / "report"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real = Store.write_bytes
+
+    def full_at_findings(self, rel, data):
+        if rel.endswith("findings.json"):
+            raise cannot_write(self.display(rel), "No space left on device")
+        real(self, rel, data)
+
+    monkeypatch.setattr(Store, "write_bytes", full_at_findings)
+    (tmp_path / "digits-cnn" / "results" / "nc1").rename(tmp_path / "nc1-away")  # the new report would differ
+    with pytest.raises(StoreWriteError):
+        report.build_report(str(tmp_path), "digits-cnn")
+    after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert after == before and "report_inputs.json" in after
+    monkeypatch.setattr(Store, "write_bytes", real)
+    report.build_report(str(tmp_path), "digits-cnn")
+    assert not (folder / ".next").exists() and (folder / "report.md").read_bytes() != before["report.md"]
+    assert {p.name for p in folder.iterdir()} == set(before)
+
+
 def test_the_cka_caption_names_the_kernels_two_conditions_start_from_at_one_seed():
     """Which pairs of models start from the same kernels is read off the models, built as training builds
     them: on StandardCNN, every kernel for BN, GN and LN (a norm draws no weights), the first convolution only
