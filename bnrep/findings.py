@@ -135,12 +135,22 @@ def _not_evaluated(number: int, tables: dict[str, pd.DataFrame], norm: str = "ba
     else:
         a, b = pair_names(norm, present_norms(*tables.values()), ref)
         has = lambda c: any("condition" in d and (d["condition"] == c).any() for d in tables.values())  # noqa: E731
+        empty = [name for c, name in ((norm, a), (ref, b)) if not any(_finite(d[d["condition"] == c])
+                                                                       for d in tables.values() if "condition" in d)]
         why = (f"this study has no models of the reference condition, {b}: every claim compares {a} with it (add "
                f"it to the conditions, or name another of them with --reference)." if not has(ref) else
                f"results/{' and results/'.join(tables)} hold no {a} models." if not has(norm) else
-               f"results/{' and results/'.join(tables)} hold no finite value of both {a} and {b} models in any "
-               f"layer (models that diverged are not analysed).")
+               f"results/{' and results/'.join(tables)} hold no finite value of {' or '.join(empty)} models "
+               f"(models that diverged are not analysed)." if empty else
+               f"results/{' and results/'.join(tables)} hold no layer with a finite value of both {a} and {b} "
+               f"models.")
     return Finding(number, claim(number, norm, ref), "not evaluated", why, norm=norm, ref=ref)
+
+
+def _finite(d: pd.DataFrame) -> bool:
+    """Any finite measured value in `d` (its float columns: a diverged model's are NaN, its keys are not)."""
+    values = d.select_dtypes("float")
+    return bool(len(values.columns)) and bool(np.isfinite(values.to_numpy()).any())
 
 
 def _names(layers) -> str:

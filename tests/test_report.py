@@ -299,6 +299,21 @@ def test_finding_sparsity_with_one_seed_says_its_gaps_were_untestable():
     assert "untestable" not in findings.finding_sparsity(per_layer("sparsity", [.3] * 5, [.5] * 5)).detail
 
 
+def test_a_claim_not_evaluated_names_the_side_without_values():
+    """Every no-BN model diverged (its values NaN): the reason said 'no finite value of both BN and no BN
+    models', as if BN's were missing too. Values on both sides but in no common layer say that."""
+    ls = per_layer("sparsity", [.3] * 5, [.5] * 5)
+    diverged = ls.assign(sparsity=ls["sparsity"].where(ls["condition"] == "batch"))
+    f = findings.finding_sparsity(diverged)
+    assert f.verdict == "not evaluated"
+    assert f.detail == ("results/layer_sparsity hold no finite value of no BN models (models that diverged are not "
+                        "analysed).")
+    apart = ls[((ls["condition"] == "batch") & (ls["layer_index"] <= 2)) | ((ls["condition"] == "none") &
+                                                                             (ls["layer_index"] > 2))]
+    assert findings.finding_sparsity(apart).detail == ("results/layer_sparsity hold no layer with a finite value of "
+                                                       "both BN and no BN models.")
+
+
 def corr_data(test_acc) -> tuple[pd.DataFrame, pd.DataFrame]:
     n = len(test_acc)
     ids = [f"m{i}" for i in range(n)]
