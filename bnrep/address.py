@@ -104,6 +104,12 @@ def token_missing(cluster: bool) -> str | None:
 def token_refused(address: str) -> str:
     """What to set when the head at `address` refuses this process for its token authentication."""
     mode = os.environ.get("RAY_AUTH_MODE", "unset")
+    if mode.strip().lower() == "token":  # a token it has, but not the cluster's
+        source = ("RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN", "").strip() else
+                  f"RAY_AUTH_TOKEN_PATH={os.environ['RAY_AUTH_TOKEN_PATH']}" if os.environ.get("RAY_AUTH_TOKEN_PATH")
+                  else "~/.ray/auth_token")
+        return (f"the Ray cluster at {address} uses token authentication and refused this process's token (from "
+                f"{source}): give it the cluster's token there (README, Security)")
     return (f"the Ray cluster at {address} uses token authentication and refused this process (RAY_AUTH_MODE is "
             f"{mode}): export RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN "
             f"(README, Security)")

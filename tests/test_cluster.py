@@ -297,13 +297,22 @@ def test_token_auth_runs_the_pipeline_with_the_token_and_refuses_others(auth_clu
                for name, extra in {"no token": {},
                                    "wrong token": {"RAY_AUTH_MODE": "token",
                                                    "RAY_AUTH_TOKEN_PATH": str(wrong)}}.items()}
+    said = {"unset": f"refused this process (RAY_AUTH_MODE is unset): export RAY_AUTH_MODE=token, with the "
+                     f"cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN (README, Security)",
+            "token": f"refused this process's token (from RAY_AUTH_TOKEN_PATH={wrong}): give it the cluster's token "
+                     f"there (README, Security)"}  # (it told a process in token mode to export token mode)
     for extra, mode in (({}, "unset"), ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(wrong)}, "token")):
         r = subprocess.run([sys.executable, "-c", NO_INIT, "hparam", *FLAGS, "--address", address, "--out",
                             str(tmp_path / "refused")], env={**plain, **extra}, capture_output=True, text=True)
         assert (r.returncode, r.stdout, r.stderr) == (2, "", (
-            f"error: the Ray cluster at {address} uses token authentication and refused this process (RAY_AUTH_MODE "
-            f"is {mode}): export RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token or "
-            f"RAY_AUTH_TOKEN (README, Security)\n")), "refused before ray.init, in one line"
+            f"error: the Ray cluster at {address} uses token authentication and {said[mode]}\n")), \
+            "refused before ray.init, in one line"
+    for extra in ({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "gone")}, {"HOME": str(tmp_path)}):  # no token here at all
+        r = subprocess.run([sys.executable, "-c", NO_INIT, "hparam", *FLAGS, "--address", address, "--out",
+                            str(tmp_path / "refused")], env={**plain, "RAY_AUTH_MODE": "token", **extra},
+                           capture_output=True, text=True)  # (Ray's client ended the process, exit 1, no word)
+        assert (r.returncode, r.stdout) == (2, "") and r.stderr.startswith(
+            "error: RAY_AUTH_MODE is token, but this process has no token: ") and r.stderr.count("\n") == 1, r.stderr
     assert not (tmp_path / "refused").exists()
     secret = token.read_text()
     for p in process_tree(pid):  # the token is in no command line (`ps`) and no environment of the cluster
