@@ -102,11 +102,18 @@ def shared_start_text(rs) -> str:
                                     if pairs) if groups else "no pair shares a kernel"))
     if not said:
         return ""
+    from bnrep.norms import get_norm
+
+    ws = any(get_norm(n).norm.startswith("ws+") for r in rs for n in r.experiment.norms)
     return ("At one seed, the models of two conditions start from the same convolution and linear kernels where "
             "the normalisation draws no weights of its own (read off the models, built as training builds them): "
             + "; ".join(said) + ". A same-seed CKA of such a pair can start above the baselines of independent "
             "seeds: in the layers those kernels feed, a CKA at or above the baselines does not by itself show that "
-            "training left the representations alike.")
+            "training left the representations alike." + (WS_KERNELS if ws else ""))
+
+
+WS_KERNELS = (" A weight-standardised convolution standardises the kernel it holds, so its start differs from a "
+              "plain convolution's holding the same initial kernel, and is not counted as shared.")
 
 
 def groups_text(r) -> str:

@@ -2030,6 +2030,11 @@ def test_a_kernel_that_weight_standardisation_uses_is_not_shared_with_a_plain_co
     r = SimpleNamespace(label="x", imported=False, experiment=e, table=lambda name: cka)
     assert ("them): BN and WSGN: 2 of 6 kernels (into fc1, the output); BN and NBN: 1 of 6 kernels (into conv1); WSGN "
             "and NBN: none. A same-seed") in shared_start_text([r])
+    assert shared_start_text([r]).endswith(" A weight-standardised convolution standardises the kernel it holds, so "
+                                           "its start differs from a plain convolution's holding the same initial "
+                                           "kernel, and is not counted as shared.")  # (a reader counted 2 of 6 wrong)
+    r.experiment = exp.override(conditions="batch; none")
+    assert "weight-standardised" not in shared_start_text([r])
 
 
 def test_a_kernel_is_named_by_the_layer_it_feeds():
