@@ -57,7 +57,8 @@ def caption(spec, rs: list[Results]) -> str:
         norms &= set(df.loc[df[col].notna(), "condition"])
     shared = shared_start_text(rs) if "{shared}" in spec.caption else ""  # (models built: only where it is said)
     shared = f" {shared}" if shared else ""
-    return for_families(spec.caption, norms).format(seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms),
+    return for_families(spec.caption, norms).format(
+                               seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms),
                                shared=shared, k_searched=_k_searched(rs) if "{k_searched}" in spec.caption else "",
                                gradient_batches=_gradient_batches(rs) if "{gradient_batches}" in spec.caption else "",
                                undrawn_epochs=_undrawn_epochs(rs, spec.tables[0]) if "{undrawn_epochs}" in spec.caption

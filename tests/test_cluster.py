@@ -297,8 +297,8 @@ def test_token_auth_runs_the_pipeline_with_the_token_and_refuses_others(auth_clu
                for name, extra in {"no token": {},
                                    "wrong token": {"RAY_AUTH_MODE": "token",
                                                    "RAY_AUTH_TOKEN_PATH": str(wrong)}}.items()}
-    said = {"unset": f"refused this process (RAY_AUTH_MODE is unset): export RAY_AUTH_MODE=token, with the "
-                     f"cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN (README, Security)",
+    said = {"unset": "refused this process (RAY_AUTH_MODE is unset): export RAY_AUTH_MODE=token, with the "
+                     "cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN (README, Security)",
             "token": f"refused this process's token (from RAY_AUTH_TOKEN_PATH={wrong}): give it the cluster's token "
                      f"there (README, Security)"}  # (it told a process in token mode to export token mode)
     for extra, mode in (({}, "unset"), ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(wrong)}, "token")):
