@@ -30,7 +30,7 @@ from scipy import stats
 from bnrep.correlations import (MIN_MODELS, MIN_WITHIN, P_MAX, between_groups_reason, correlate, group_word,
                                 only_between_groups, p_text as _p, partial_corr, significant_signs)
 from bnrep.axis import overrides_of
-from bnrep.conditions import Condition, conditions
+from bnrep.conditions import CLAIM_TABLES, Condition, conditions
 from bnrep.measures import MEASURES
 from bnrep.results import (NORM_NAMES, REF, SHORT, Results, at_eps, early_layers, eps_values, is_paper_pair,
                            norm_labels, optimal_k, pair, pair_names, present_norms, rectified, shown)
@@ -135,8 +135,10 @@ def _not_evaluated(number: int, tables: dict[str, pd.DataFrame], norm: str = "ba
     else:
         a, b = pair_names(norm, present_norms(*tables.values()), ref)
         has = lambda c: any("condition" in d and (d["condition"] == c).any() for d in tables.values())  # noqa: E731
-        empty = [name for c, name in ((norm, a), (ref, b)) if not any(_finite(d[d["condition"] == c])
-                                                                       for d in tables.values() if "condition" in d)]
+        value = CLAIM_TABLES[number]  # (table -> the value a model must have there)
+        empty = [name for c, name in ((norm, a), (ref, b))
+                 if not any(np.isfinite(d.loc[d["condition"] == c, value[t]].to_numpy(float)).any()
+                            for t, d in tables.items() if "condition" in d and value.get(t) in d)]
         why = (f"this study has no models of the reference condition, {b}: every claim compares {a} with it (add "
                f"it to the conditions, or name another of them with --reference)." if not has(ref) else
                f"results/{' and results/'.join(tables)} hold no {a} models." if not has(norm) else
@@ -145,12 +147,6 @@ def _not_evaluated(number: int, tables: dict[str, pd.DataFrame], norm: str = "ba
                f"results/{' and results/'.join(tables)} hold no layer with a finite value of both {a} and {b} "
                f"models.")
     return Finding(number, claim(number, norm, ref), "not evaluated", why, norm=norm, ref=ref)
-
-
-def _finite(d: pd.DataFrame) -> bool:
-    """Any finite measured value in `d` (its float columns: a diverged model's are NaN, its keys are not)."""
-    values = d.select_dtypes("float")
-    return bool(len(values.columns)) and bool(np.isfinite(values.to_numpy()).any())
 
 
 def _names(layers) -> str:

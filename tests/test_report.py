@@ -302,7 +302,7 @@ def test_finding_sparsity_with_one_seed_says_its_gaps_were_untestable():
 def test_a_claim_not_evaluated_names_the_side_without_values():
     """Every no-BN model diverged (its values NaN): the reason said 'no finite value of both BN and no BN
     models', as if BN's were missing too. Values on both sides but in no common layer say that."""
-    ls = per_layer("sparsity", [.3] * 5, [.5] * 5)
+    ls = per_layer("sparsity", [.3] * 5, [.5] * 5).assign(eps=0.0, dead_channels=0)  # (its other columns: finite)
     diverged = ls.assign(sparsity=ls["sparsity"].where(ls["condition"] == "batch"))
     f = findings.finding_sparsity(diverged)
     assert f.verdict == "not evaluated"
