@@ -445,25 +445,29 @@ def main_guard(fn, fresh: bool = False) -> int:
 def _guarded(fn, fresh: bool) -> int:
     try:
         return fn() or 0
-    except (UsageError, ConfigError, DatasetError, LockError, ModelError, NormError, ProbeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except StageFailed as e:
-        print(f"error: {without_fresh(str(e), fresh)}", file=sys.stderr)
-        return 1
-    except StoreWriteError as e:  # disk full, permission denied: the locks are released on the way out
-        print(f"error: {without_fresh(str(write_error(e) or e), fresh)}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        if e.errno not in OUTPUT_ERRORS:
-            raise
-        return cannot_write(e)
     except KeyboardInterrupt:
         return _stopped(fresh)
-    except Exception:
-        if not (INTERRUPTED or STOPPED_BY):
-            raise
-        return _stopped(fresh)  # what the stop caused (an import it cut midway fails another way): the stop's
+    except Exception as e:
+        if INTERRUPTED or STOPPED_BY:  # what the stop caused (an import it cut midway, a connection it broke)
+            return _stopped(fresh)
+        return _error(e, fresh)
+
+
+def _error(e: Exception, fresh: bool) -> int:
+    """Bad input -> one line, exit 2; a failed stage, a write the system refused -> one line, exit 1; any other
+    error is raised again (a defect: its traceback)."""
+    if isinstance(e, (UsageError, ConfigError, DatasetError, LockError, ModelError, NormError, ProbeError)):
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if isinstance(e, StageFailed):
+        print(f"error: {without_fresh(str(e), fresh)}", file=sys.stderr)
+        return 1
+    if isinstance(e, StoreWriteError):  # disk full, permission denied: the locks are released on the way out
+        print(f"error: {without_fresh(str(write_error(e) or e), fresh)}", file=sys.stderr)
+        return 1
+    if isinstance(e, OSError) and e.errno in OUTPUT_ERRORS:
+        return cannot_write(e)
+    raise e
 
 
 def _stopped(fresh: bool) -> int:

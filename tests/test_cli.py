@@ -1,5 +1,6 @@
 """Bad input: one line on stderr, exit 2, before Ray starts, earlier results untouched."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -1290,10 +1291,23 @@ def test_an_error_that_a_ctrl_c_caused_is_the_ctrl_c(capsys):
     def plain_bug():
         raise RecursionError("maximum recursion depth exceeded")
 
+    def connection_cut():  # an OSError of no output errno, and an error of bnrep's own, after the Ctrl-C
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        raise ConnectionError("the GCS closed the connection")
+
+    def config_cut():
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        raise flags.UsageError("cannot import mylab.nets (KeyboardInterrupt)")
+
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert flags.main_guard(import_cut_midway) == 130
     assert capsys.readouterr().err == "interrupted: rerun the same command to resume\n"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    for cut in (connection_cut, config_cut):  # (the first was a traceback, the second 'error: ...', exit 2)
+        assert flags.main_guard(cut) == 130
+        assert capsys.readouterr().err == "interrupted: rerun the same command to resume\n"
     with pytest.raises(RecursionError):
         flags.main_guard(plain_bug)
 
