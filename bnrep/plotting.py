@@ -150,8 +150,9 @@ def _layer_groups_of(d: pd.DataFrame) -> list[tuple[str, list[int]]]:
 
 def _bars(mean: pd.Series, sd: pd.Series, clip: tuple[float, float] | None):
     """Error bars of +-sd about `mean`, cut at `clip` (low, high: the values there can be) where given."""
-    sd = sd.fillna(0)
-    return sd if clip is None else [np.minimum(sd, mean - clip[0]), np.minimum(sd, clip[1] - mean)]
+    sd = sd.fillna(0)  # (a mean a rounding past its bound, as a CKA of 1 + 2e-16: a bar of 0 there, not below)
+    return sd if clip is None else [np.maximum(np.minimum(sd, mean - clip[0]), 0),
+                                    np.maximum(np.minimum(sd, clip[1] - mean), 0)]
 
 
 def group_lines(ax, d: pd.DataFrame, idx: list[int], x: str, value: str, labels: dict[str, str],

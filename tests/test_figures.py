@@ -318,6 +318,9 @@ def test_cka_error_bars_stop_at_the_values_cka_can_take():
     cross = next(k for k in ends if k.endswith("same seed"))
     assert min(ends[cross]) == pytest.approx(0.0) and max(ends[cross]) == pytest.approx(1.0)
     assert min(ends["the same, debiased"]) == pytest.approx(-1.0) and max(ends["the same, debiased"]) == pytest.approx(1.0)
+    # a CKA a rounding past 1 (linear_cka(X, 3X) = 1.0000000000000002): matplotlib refused the negative bar
+    at_one = findings.Results(r.experiment, {**r.tables, "cka": ck.assign(cka=1.0 + 2e-16, cka_debiased=1.0 + 4e-16)})
+    assert figures.fig_cka(at_one) is not None
 
 
 def test_a_bounded_measure_s_conditions_sit_apart_so_that_equal_values_stay_visible():
