@@ -17,7 +17,7 @@ side (no Ray here):
                                        "measures": per-layer seed statistics of each measure}, for machines
         summary.txt                   what the terminal shows
         report_inputs.json            fingerprint of the input parts (report_is_current)
-        .next/                        the files of a report being written, moved into place when all are
+        .bnrep-staging/               the files of a report being written, moved into place when all are
     <out>/combined/                   build_report(out, [A, B]): the same files, a panel per experiment
 
 Accuracies and sparsities are fractions in the tables, percent in the report.
@@ -194,7 +194,7 @@ class ReportResult:
         return f"{self.report_dir}/report.html"
 
 
-STAGING = ".next/"  # a report's files are written here first, then moved into place together (_Writer.commit)
+STAGING = ".bnrep-staging/"  # a report's files are written here first, then moved into place (_Writer.commit)
 
 
 class _Writer:
@@ -211,15 +211,24 @@ class _Writer:
         self.files.append(name)
 
     def commit(self, fingerprint: dict | None = None) -> None:
-        """Every file put into place; `fingerprint` (report_inputs.json, which marks a report complete) last."""
-        if fingerprint is not None:
-            self.store.delete(f"{self.prefix}report_inputs.json")
-        for name in self.files:
-            self.store.move(f"{self.prefix}{STAGING}{name}", f"{self.prefix}{name}")
-        self.store.delete(f"{self.prefix}{STAGING}")
-        if fingerprint is not None:
-            self.store.write_json(f"{self.prefix}report_inputs.json", fingerprint)
-            self.files.append("report_inputs.json")
+        """Every file put into place, with Ctrl-C and SIGTERM held until the last is (a failed move of an object
+        store's copy can still leave a mix, which the missing marker says); the figures of an earlier report that
+        this one does not draw removed; `fingerprint` (report_inputs.json, which marks a report complete) last."""
+        from bnrep.figures import FIGURES
+        from bnrep.raysession import interrupts_held
+
+        ours = {f"{spec.name}.{ext}" for spec in FIGURES for ext in ("png", "svg")}  # (only bnrep's own names)
+        with interrupts_held():
+            if fingerprint is not None:
+                self.store.delete(f"{self.prefix}report_inputs.json")
+            for name in self.files:
+                self.store.move(f"{self.prefix}{STAGING}{name}", f"{self.prefix}{name}")
+            for name in set(self.store.list_dir(self.prefix.rstrip("/"))) & ours - set(self.files):
+                self.store.delete(f"{self.prefix}{name}")
+            self.store.delete(f"{self.prefix}{STAGING}")
+            if fingerprint is not None:
+                self.store.write_json(f"{self.prefix}report_inputs.json", fingerprint)
+                self.files.append("report_inputs.json")
 
     def figures(self, rs: list[Results], out: str) -> list[tuple]:
         from bnrep import figures  # matplotlib only when drawing: `bnrep status` imports this module

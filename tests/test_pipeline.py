@@ -616,6 +616,34 @@ def test_killed_during_the_report_gives_a_complete_report_on_rerun(reference, tm
         assert (report / f).stat().st_size > 0, f
 
 
+def test_killed_while_a_new_report_is_written_leaves_the_one_before_whole(reference, tmp_path):
+    """Killed once a figure of the new report is written (staged, not in place yet): the report folder is the
+    one before it, file for file, still marked complete; the rerun moves the new one into place."""
+    ref, _ = reference
+    out = tmp_path / "runs"
+    shutil.copytree(ref, out)
+    report = out / "digits-cnn" / "report"
+    before = {p.name: p.read_bytes() for p in report.iterdir() if p.is_file()}
+    p = subprocess.Popen([sys.executable, "-m", "bnrep", "report", "--force", "--out", str(out)], cwd=out.parent,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                         env=injected(BNREP_STOP_AFTER="report/.bnrep-staging/fig_layer_sparsity.png"))
+    try:
+        while not stopped(p.pid):
+            assert p.poll() is None, "the report ended without staging fig_layer_sparsity.png"
+            time.sleep(0.02)
+        assert (report / ".bnrep-staging" / "fig_layer_sparsity.png").exists()
+    finally:
+        kill_tree(p.pid)
+        p.wait()
+    assert {p.name: p.read_bytes() for p in report.iterdir() if p.is_file()} == before
+    from bnrep.report import report_is_current
+
+    assert report_is_current(str(out), "digits-cnn")
+    r = bnrep("report", "--force", out=out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (report / ".bnrep-staging").exists() and {p.name for p in report.iterdir()} == set(before)
+
+
 FAULTS = '''
 import os
 if os.environ.get("BNREP_TEST_FAILS"):  # every Python process of the run, Ray workers included

@@ -1977,9 +1977,11 @@ def test_a_report_that_fails_midway_leaves_the_one_before_whole(tmp_path, monkey
     after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     assert after == before and "report_inputs.json" in after
     monkeypatch.setattr(Store, "write_bytes", real)
+    (folder / "my notes.txt").write_text("mine")  # (not bnrep's: left alone)
     report.build_report(str(tmp_path), "digits-cnn")
-    assert not (folder / ".next").exists() and (folder / "report.md").read_bytes() != before["report.md"]
-    assert {p.name for p in folder.iterdir()} == set(before)
+    assert not (folder / ".bnrep-staging").exists() and (folder / "report.md").read_bytes() != before["report.md"]
+    # the NC1 figure this report does not draw (its table moved away) is gone with the report that drew it
+    assert {p.name for p in folder.iterdir()} == set(before) - {"fig_nc1.png", "fig_nc1.svg"} | {"my notes.txt"}
 
 
 def test_the_cka_caption_names_the_kernels_two_conditions_start_from_at_one_seed():
