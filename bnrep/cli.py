@@ -36,10 +36,11 @@ from bnrep.studies import held_studies, named_study_file
 # ==== bnrep run ====
 def validate_run(args: argparse.Namespace):
     """Every check of every stage, before any work: (experiment, options, store)."""
-    from bnrep.config import is_imported, open_store, prepare, with_trained_config
+    from bnrep.config import is_imported, open_store, prepare, stage_hashes, with_trained_config
     from bnrep.data import check_data
     from bnrep.represent import model_probes
     from bnrep.stages.analysis import check_k_max
+    from bnrep.stages.final import untrained
 
     check_flags(args)
     exp, opts = resolve_experiment(args), options(args)
@@ -57,7 +58,10 @@ def validate_run(args: argparse.Namespace):
         exp = recorded
     n_train = check_data(exp, opts.data_root)
     check_k_max(exp, min(exp.samples_cluster, n_train))  # the analysis samples of the training split
-    model_probes(exp)  # the model builds under every norm and takes the data
+    grid = [{"seed": s, "norm": n} for s in range(exp.seeds) for n in exp.norms]
+    trains = not imported and (opts.fresh or bool(untrained(exp, store, grid, stage_hashes(exp)["train_hash"])))
+    model_probes(exp, training=trains)  # the model builds under every norm and takes the data (to train: enough
+    # values per norm group)
     prepare(store, exp, "hparam" if opts.fresh and not imported else "analysis", opts.fresh)
     return exp, opts, store
 

@@ -258,22 +258,25 @@ def _torchvision_names() -> list[str]:
     return torchvision.models.list_models()
 
 
-def check_model(spec: str, norms, shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def check_model(spec: str, norms, shape: tuple[int, int, int], num_classes: int, training: bool = True) -> nn.Module:
     """Build `spec` under every norm and run one forward pass of a (2, C, H, W) batch;
-    returns the model of the first norm. One line (ModelError, NormError) for any failure."""
+    returns the model of the first norm. One line (ModelError, NormError) for any failure. `training`: bnrep
+    will train it (a norm of two values per group is refused then; models already trained are analysed)."""
     C, H, W = shape
     first = None
     for norm in norms:
         model = build_model(spec, norm, C, num_classes, (H, W))
-        check_forward(model, spec, norm, shape, num_classes, backward=True)
+        check_forward(model, spec, norm, shape, num_classes, backward=True, few=FEW_PER_GROUP if training else ONE)
         first = first or model
     return first
 
 
 # what a GroupNorm / LayerNorm does with so few values per group: standardised, one value is always 0 and two are
 # always -1 and +1, so its output is its bias, or its bias plus or minus its weight: one bit per group
-FEW_PER_GROUP = {1: ("one value", "its output is its bias whatever the image"),
-                 2: ("two values", "each group's output is its bias plus or minus its weight: one bit")}
+FEW_PER_GROUP = {1: ("one value", "its output is its bias whatever the image, and the model cannot learn"),
+                 2: ("two values", "each group's output is its bias plus or minus its weight, one bit, through "
+                                   "which no gradient reaches the layers before it")}
+ONE = {1: FEW_PER_GROUP[1]}  # what refuses a model already trained too: it outputs the same whatever the image
 
 
 def _per_group(m: nn.Module, x: torch.Tensor) -> int:
@@ -282,15 +285,17 @@ def _per_group(m: nn.Module, x: torch.Tensor) -> int:
 
 
 def check_forward(model: nn.Module, spec: str, norm: str, shape: tuple[int, int, int], num_classes: int,
-                  backward: bool = False) -> None:
+                  backward: bool = False, few: dict = ONE) -> None:
     """One forward pass of a (2, C, H, W) batch in eval mode and one in training mode (on a copy; with its
     backward pass if `backward`, for a model bnrep trains): logits of shape (2, num_classes) both times, or
-    one line (ModelError). Leaves `model` in eval mode."""
+    one line (ModelError); a GroupNorm / LayerNorm of as few values per group as `few` has is refused.
+    Leaves `model` in eval mode."""
     C, H, W = shape
     model.eval()
+    refused = few
     few = []  # GroupNorm / LayerNorm that normalise one or two values per group (see FEW_PER_GROUP)
     hooks = [m.register_forward_pre_hook(lambda m, a, p=p: few.append((p, tuple(a[0].shape), per))
-                                         if (per := _per_group(m, a[0])) in FEW_PER_GROUP else None)
+                                         if (per := _per_group(m, a[0])) in refused else None)
              for p, m in model.named_modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm))]
     try:
         with torch.no_grad():
@@ -304,8 +309,7 @@ def check_forward(model: nn.Module, spec: str, norm: str, shape: tuple[int, int,
         path, inp, per = few[0]
         what, then = FEW_PER_GROUP[per]
         raise ModelError(f"{spec} under {norm} on {C}x{H}x{W} images: {path} normalises {what} per group (its "
-                         f"input is {inp}), so {then} and the model cannot learn; choose fewer groups (group:G), "
-                         f"another norm, or larger images")
+                         f"input is {inp}), so {then}; choose fewer groups (group:G), another norm, or larger images")
     if not isinstance(out, torch.Tensor):
         raise ModelError(f"{spec} gives a {type(out).__name__}, not a tensor of logits: bnrep needs a model "
                          f"whose forward returns the (N, {num_classes}) logits alone (wrap it: "

@@ -32,18 +32,19 @@ from bnrep.probes import Probe, ProbeError, find_probes, select_probes, tap
 COUNT_CHUNK = 2 ** 22  # activation values per zero-counting step: its int64 temporary stays <= 32 MiB
 
 
-def model_probes(exp: Experiment) -> list[Probe]:
+def model_probes(exp: Experiment, training: bool = True) -> list[Probe]:
     """The probes the analysis measures: the study's model checked under each of its norms at its
     data's shape (one line otherwise: ModelError, NormError), its activations found (those of the
     first norm: a swap changes no activation), then `exp.probes` chooses (ProbeError).
-    Built once per experiment and process: `bnrep run` checks before its stages, and each stage again."""
-    return list(_model_probes(exp))
+    Built once per experiment and process: `bnrep run` checks before its stages, and each stage again.
+    `training`: bnrep will train the models (bnrep.models.check_model)."""
+    return list(_model_probes(exp, training))
 
 
 @functools.lru_cache(maxsize=8)
-def _model_probes(exp: Experiment) -> tuple[Probe, ...]:
+def _model_probes(exp: Experiment, training: bool) -> tuple[Probe, ...]:
     C, H, W = input_shape(exp)
-    model = check_model(exp.model, exp.norms, (C, H, W), num_classes(exp.dataset))
+    model = check_model(exp.model, exp.norms, (C, H, W), num_classes(exp.dataset), training)
     try:
         found = find_probes(model, torch.zeros(2, C, H, W))
     except Exception as e:  # noqa: BLE001 - the model runs (check_model), but not with the hooks that read it

@@ -149,7 +149,7 @@ def _analysis(store: Store, exp: Experiment, trained: list[str]) -> tuple[str, s
     models = models[models["model_id"].isin(trained)]
     done = sum(len(store.parts(t)) for t in tables("analysis"))
     try:
-        probes = model_probes(exp)  # the layers: from the model itself
+        probes = model_probes(exp, training=False)  # the layers: from the model itself
     except (ModelError, DatasetError) as e:  # its code or its image folder is not here (a laptop away from the
         return ("analysis", "unknown" if done else "missing",  # cluster): what the store says
                 f"{done} part{'s' * (done != 1)} written; the parts left are known with the model's code and "

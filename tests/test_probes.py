@@ -393,28 +393,34 @@ def test_a_norm_of_one_value_per_group_is_refused():
 
 def test_a_norm_of_two_values_per_group_is_refused():
     """GroupNorm over groups of two features (group's rule on a hidden layer of width 64: 32 groups) standardises
-    each pair to -1 and +1: one bit per group (a study's whole GroupNorm result came from it). LayerNorm over two
-    values likewise; groups of four, or two channels of a map, are fine."""
+    each pair to -1 and +1: one bit per group (a study's whole GroupNorm result came from it). Refused for a model
+    bnrep trains; one already trained is analysed. LayerNorm over two values likewise; groups of four, or two
+    channels of a map, are fine."""
     from bnrep.models import ModelError, check_forward
 
     def mlp(norm, width=64):
         torch.manual_seed(0)
         return nn.Sequential(nn.Flatten(), nn.Linear(64, width), norm, nn.ReLU(), nn.Linear(width, 10))
 
+    from bnrep.models import FEW_PER_GROUP
+
     with pytest.raises(ModelError, match=r"^mine under group on 1x8x8 images: 2 normalises two values per group \(its "
                                          r"input is \(2, 64\)\), so each group's output is its bias plus or minus "
-                                         r"its weight: one bit and the model cannot learn; choose fewer groups"):
-        check_forward(mlp(get_norm("group").build(64, conv=False)), "mine", "group", (1, 8, 8), 10)
+                                         r"its weight, one bit, through which no gradient reaches the layers before "
+                                         r"it; choose fewer groups"):
+        check_forward(mlp(get_norm("group").build(64, conv=False)), "mine", "group", (1, 8, 8), 10, few=FEW_PER_GROUP)
+    check_forward(mlp(get_norm("group").build(64, conv=False)), "mine", "group", (1, 8, 8), 10)  # trained: analysed
     assert get_norm("group").build(64, conv=False).num_groups == 32
     y = nn.GroupNorm(32, 64, affine=False)(100 * torch.randn(5, 64, generator=torch.Generator().manual_seed(0)))
     torch.testing.assert_close(y[:, 0::2], -y[:, 1::2], atol=1e-4, rtol=0)  # indeed: every pair standardised to -1 and +1
     torch.testing.assert_close(y.abs(), torch.ones(5, 64), atol=1e-3, rtol=0)
     with pytest.raises(ModelError, match="normalises two values per group"):
         check_forward(nn.Sequential(nn.Flatten(), nn.Linear(64, 20), nn.Unflatten(1, (10, 2)), nn.LayerNorm(2),
-                                    nn.Flatten(), nn.Linear(20, 10)), "mine", "layer", (1, 8, 8), 10)
-    check_forward(mlp(nn.GroupNorm(16, 64)), "mine", "group:16", (1, 8, 8), 10)  # 4 per group
+                                    nn.Flatten(), nn.Linear(20, 10)), "mine", "layer", (1, 8, 8), 10,
+                      few=FEW_PER_GROUP)
+    check_forward(mlp(nn.GroupNorm(16, 64)), "mine", "group:16", (1, 8, 8), 10, few=FEW_PER_GROUP)  # 4 per group
     check_forward(nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10)),
-                  "mine", "group:2", (1, 8, 8), 10)  # 2 channels of 6x6: 72 values per group
+                  "mine", "group:2", (1, 8, 8), 10, few=FEW_PER_GROUP)  # 2 channels of 6x6: 72 values per group
 
 
 def test_none_is_a_per_channel_bias():

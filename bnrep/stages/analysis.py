@@ -318,7 +318,7 @@ def run(exp: Experiment, opts: RunOptions) -> int:
     # ==== every check before Ray starts ====
     exp, store = resolve(exp, opts)
     check_data(exp, opts.data_root)
-    probes = model_probes(exp)  # the model checked at the data's shape; its activations, as --probes chooses
+    probes = model_probes(exp, training=False)  # the model checked at the data's shape; its activations
     record = prepare(store, exp, "analysis", opts.fresh)
     with warnings.catch_warnings(record=True) as said:  # said under the header, with the stage's other notes
         data = load_data(exp, opts.data_root, device="cpu")
