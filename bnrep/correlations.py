@@ -74,7 +74,8 @@ def partial_corr(m: pd.DataFrame, x: str, y: str, group: str = "condition") -> d
     Degrees of freedom: the sum of (models - 1) over the groups in which both x and y vary, minus 1 (with every
     group varying, n - 2 - (groups - 1): each group mean removed costs one). A group in which x or y is the same
     for every model (test accuracy 1.0 for every seed) says nothing within itself; counted, it would make a link
-    seen in one group of two models, whose residuals correlate at +-1 by construction, look significant.
+    seen in one group of two models, whose residuals correlate at +-1 by construction, look significant. r is
+    still taken over every group (a constant side's residuals only lower |r|), so the p-value is conservative.
     """
     rx = m[x] - m.groupby(group)[x].transform("mean")
     ry = m[y] - m.groupby(group)[y].transform("mean")

@@ -904,11 +904,14 @@ def test_partial_correlation_against_regression_residuals():
 
 def test_partial_correlation_counts_only_the_groups_that_vary():
     """Every BN and GN model at 100% test accuracy, the no-BN pair at 50 and 83%: only that pair varies within its
-    group, and two points correlate at +-1 whatever they are, so the partial r has no degree of freedom left (n/a),
-    where counting every group's models gave p < 1e-3 at 6 - 2 - 2 = 2 of them. A second varying group gives 1."""
+    group, so the partial r has no degree of freedom left (n/a), where counting every group's models gave 2 of
+    them. Where the measure too varies in that pair alone, the two residuals correlate at -1 whatever they are,
+    which at 2 degrees of freedom read as p = 0. A second varying group gives 1 degree of freedom."""
     m = pd.DataFrame(dict(condition=["batch"] * 2 + ["group"] * 2 + ["none"] * 2,
                           x=[.30, .34, .20, .26, .11, .19], y=[1.0, 1.0, 1.0, 1.0, .50, .83]))
     assert math.isnan(findings.partial_corr(m, "x", "y")["pearson_r"])
+    alone = m.assign(x=[.3, .3, .2, .2, .19, .11])  # the measure as constant outside the no-BN pair
+    assert math.isnan(findings.partial_corr(alone, "x", "y")["pearson_r"])  # (was r = -1.00, p = 0)
     m.loc[[2, 3], "y"] = [.97, .99]  # GN varies too: 4 models in 2 varying groups, 4 - 2 - 1 = 1 degree of freedom
     got = findings.partial_corr(m, "x", "y")
     rx = m["x"] - m.groupby("condition")["x"].transform("mean")
