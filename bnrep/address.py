@@ -97,8 +97,11 @@ def token_missing(cluster: bool) -> str | None:
     except OSError as e:
         why = f"cannot be read ({e.strerror or type(e).__name__})"
     where = f"RAY_AUTH_TOKEN_PATH={given}" if given else path
-    return (f"RAY_AUTH_MODE is token, but this process has no token: {where} {why} and RAY_AUTH_TOKEN is unset; "
-            f"put the cluster's token there, or export RAY_AUTH_TOKEN (README, Security)")
+    env = "empty" if "RAY_AUTH_TOKEN" in os.environ else "unset"
+    advice = ("put the cluster's token there, or export RAY_AUTH_TOKEN" if cluster else
+              "fix or unset RAY_AUTH_TOKEN_PATH (a private Ray makes ~/.ray/auth_token itself)")
+    return f"RAY_AUTH_MODE is token, but this process has no token: {where} {why} and RAY_AUTH_TOKEN is {env}; " \
+           f"{advice} (README, Security)"
 
 
 def token_refused(address: str) -> str:

@@ -932,8 +932,12 @@ def test_a_process_without_the_token_it_is_told_to_use_is_one_line(case, tmp_pat
     empty.write_text("\n")
     path, address, said = {
         "path unreadable, a cluster": (gone, "127.0.0.1:1", f"RAY_AUTH_TOKEN_PATH={gone} cannot be read (No such file or "
-                                                            f"directory) and RAY_AUTH_TOKEN is unset"),
-        "path unreadable, a private Ray": (gone, None, f"RAY_AUTH_TOKEN_PATH={gone} cannot be read"),
+                                                            f"directory) and RAY_AUTH_TOKEN is unset; put the "
+                                                            f"cluster's token there, or export RAY_AUTH_TOKEN"),
+        "path unreadable, a private Ray": (gone, None, f"RAY_AUTH_TOKEN_PATH={gone} cannot be read (No such file or "
+                                                       f"directory) and RAY_AUTH_TOKEN is unset; fix or unset "
+                                                       f"RAY_AUTH_TOKEN_PATH (a private Ray makes ~/.ray/auth_token "
+                                                       f"itself)"),
         "path empty": (empty, "127.0.0.1:1", f"RAY_AUTH_TOKEN_PATH={empty} is empty"),
         "no token, a cluster": (None, "127.0.0.1:1", f"{tmp_path}/.ray/auth_token cannot be read"),
         "empty --address": (None, "", "--address is empty: give the head's HOST:PORT"),
