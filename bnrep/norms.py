@@ -197,11 +197,11 @@ def did_you_mean(name: str) -> str:
     family, colon, arg = said.partition(":")
     if colon:
         near = difflib.get_close_matches(family, FAMILIES, n=1, cutoff=0.6)
-        guess = f"{near[0]}:{arg}" if near and arg.isdigit() else ""
+        guess = f"{near[0]}:{arg}" if near and arg.isdigit() and int(arg) >= 1 else ""
     else:  # a norm's tag or short name (bn, GN) is its name's
         tags = {k.lower(): n.name for n in NORMS.values() for k in (n.tag, n.short)}
-        near = [tags[said]] if said in tags else difflib.get_close_matches(said, NORMS, n=1, cutoff=0.6)
-        guess = near[0] if near else ""
+        near = [tags[said]] if said in tags else difflib.get_close_matches(said, [*NORMS, *FAMILIES], n=1, cutoff=0.6)
+        guess = (f"{near[0]}:{FAMILIES[near[0]][0]}" if near[0] in FAMILIES else near[0]) if near else ""  # ghots: ghost:B
     return f"; did you mean {guess}?" if guess and guess != name else ""
 
 

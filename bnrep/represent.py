@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from bnrep.data import input_shape
-from bnrep.datasets import num_classes
+from bnrep.datasets import num_classes, one_line
 from bnrep.experiments import Experiment
 from bnrep.metrics import chunk_rows, l2_normalise_rows
 from bnrep.models import ModelError, check_model
@@ -49,7 +49,7 @@ def _model_probes(exp: Experiment, training: bool) -> tuple[Probe, ...]:
         found = find_probes(model, torch.zeros(2, C, H, W))
     except Exception as e:  # noqa: BLE001 - the model runs (check_model), but not with the hooks that read it
         raise ModelError(f"{exp.model}: its activations cannot be read: bnrep reads each through a forward hook, "
-                         f"and with the hooks on, {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                         f"and with the hooks on, {type(e).__name__}: {one_line(e)}"
                          f"{HOOKLESS if 'ScriptModule' in str(e) else ''}") from None
     return tuple(select_probes(found, exp.probes, exp.model))
 

@@ -571,6 +571,8 @@ def test_the_findings_matrix_words_each_claim_for_the_condition_judged_and_the_r
     ("bn-b4:batchh,batch_size=4; none", r"condition 'bn-b4:batchh,batch_size=4': unknown norm 'batchh' .*; did you "
                                         r"mean batch\?$"),
     ("mine:7,none", r"condition 'mine:7': unknown norm 'mine:7' \(valid: [^;]*\)$"),  # nothing near it
+    ("batch,ghots", r"unknown norm 'ghots' .*; did you mean ghost:B\?$"),  # a family misspelt, its argument left out
+    ("Renorm:0,none", r"unknown norm 'Renorm:0' \(valid: [^;]*\)$"),  # renorm:0 is no norm either
     ("renorm,none", r"renorm: the norm needs its W, renorm:W \(a whole number W >= 1\)$"),
     ("ghost,none", r"ghost: the norm needs its B, ghost:B \(a whole number B >= 1\)$"),
 ])
