@@ -197,6 +197,8 @@ def optimal_k_at_top(r: Results, norm: str) -> list[Condition]:
     if best.empty:
         return []
     top = int(r.table("kmeans")["k"].max())
+    if top == int(r.table("kmeans")["k"].min()):  # one k searched: no optimum to choose, nothing censored by it
+        return []
     e = best[best["layer_index"].isin(early_layers(best))]
     at = e[e["k_opt"] == top].groupby("condition")["model_id"].nunique()
     if not len(at):

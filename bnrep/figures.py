@@ -384,12 +384,13 @@ FIGURES = [
                "Beyond the paper: linear CKA (Kornblith et al. 2019) per layer between the reduced "
                "representations of two models on the same samples. Black squares: two conditions "
                "at the same seed; dashed, in each condition's colour: two seeds of one condition (the seed-noise "
-               "baseline). Mean over the pairs, error bars: standard deviation over the pairs ({seeds}), cut at 0 "
-               "and 1. A cross-condition CKA clearly below both seed baselines means the condition changes what "
+               "baseline). Mean over the pairs, error bars: standard deviation over the pairs ({seeds}), cut at "
+               f"{CKA_BOUNDS['cka'][0]:g} and {CKA_BOUNDS['cka'][1]:g}. A cross-condition CKA clearly below both "
+               "seed baselines means the condition changes what "
                "the layer represents beyond seed noise; at the baseline, it does not.{shared} Gray dotted: the cross-"
                "condition CKA debiased (unbiased HSIC; Nguyen, Raghu & Kornblith 2021), which is about 0 for "
                "unrelated representations at any sample count, where linear CKA is inflated at small ones (its "
-               "bars cut at -1 and 1)."
+               f"bars cut at {CKA_BOUNDS['cka_debiased'][0]:g} and {CKA_BOUNDS['cka_debiased'][1]:g})."
                "{undrawn_epochs}",
                "CKA per layer",
                "it needs CKA between two conditions at the same seed"),
