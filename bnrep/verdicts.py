@@ -223,6 +223,12 @@ def across_findings(per_exp: dict[str, list[Finding]]) -> list[Finding]:
 
 # ==== at initialisation: were the final differences there before training? ====
 
+# a pair of conditions that is one network at initialisation (bnrep.norms.same_start) and differed there
+ONE_NETWORK = (" (at initialisation the two are one network with the same weights: their epoch-0 differences come "
+               "only from the batch statistics each normalises with there, at its batch size or in its virtual "
+               "batches)")
+
+
 def initialisation_rows(r: Results) -> list[list[str]]:
     """Per measure and condition against the reference: the layers that differ beyond seed noise at the final
     epoch, and how many of them differed the same way at initialisation (epoch 0); [] without epoch 0."""
@@ -242,13 +248,11 @@ def initialisation_rows(r: Results) -> list[list[str]]:
             same = [l for l, (g, a, b, p) in gap.items()
                     if p < P_MAX and abs(a - b) > tol and np.sign(a - b) == np.sign(g)]
             like = [l for l, (g, a, b, p) in gap.items() if l not in same and (a - b) / g >= 0.5]  # >= half, noisy
-            said = ("no layer differs at the final epoch" if fin.empty else
-                    "appeared in training: at initialisation the two are one network with the same weights, whose "
-                    "epoch-0 differences come from the batch size its batch statistics were measured at"
-                    if same_start(n, r.ref) and (same or like) else "appeared in training"
-                    if same_start(n, r.ref) else "already at initialisation"
+            said = ("no layer differs at the final epoch" if fin.empty else "already at initialisation"
                     if len(same) == len(fin) else "partly at initialisation" if same else "appeared in training"
                     if not like else f"unclear: {_names(like)} at least half as large at epoch 0, within seed noise")
+            if not fin.empty and same_start(n, r.ref) and (same or like):
+                said += ONE_NETWORK
             rows.append([m.name or m.table.replace("_", " "), f"{SHORT[n]} vs {SHORT[r.ref]}",
                          f"{len(fin)} ({_names(fin['layer'])})" if len(fin) else "0",
                          f"{len(same)} ({_names(same)})" if same else "0", said])
