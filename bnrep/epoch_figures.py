@@ -22,8 +22,9 @@ MEASURED = "{measured}"  # (bnrep.captions fills it for the conditions drawn: me
 MEASURED_BY = {
     "gradient_norms": "Every epoch is measured as a training step runs (norms with running statistics in training "
                       "mode on each analysis batch, whatever batch size the model trained with: BatchNorm with the "
-                      "batch's own statistics, its running statistics not used<<renorm: ; Batch Renorm with them, "
-                      "corrected toward its running statistics as they stood>>); nothing is updated.",
+                      "batch's own statistics, its running statistics not used<<ghost: ; ghost BatchNorm with each of its "
+                      "virtual batches'>><<renorm: ; Batch Renorm with them, corrected toward its running statistics "
+                      "as they stood>>); nothing is updated.",
     "train_eval": "It starts at epoch 1 (at epoch 0 the running statistics are still 0 and 1: nothing to compare): "
                   "at each epoch, batch statistics against the running statistics as they stood then, which have "
                   "not converged yet at early epochs.",

@@ -410,7 +410,8 @@ FIGURES = [
                "are one network at initialisation (the same norm with another recipe, or BatchNorm and a norm "
                "built on it, ghost BatchNorm or Batch Renorm: the same weights at one seed), where it is the "
                "batch size the batch statistics were measured at (not in the gradient norms: every model's are "
-               "measured in the same batches of analysis samples, so such conditions are equal there at epoch 0). "
+               "measured in the same batches of analysis samples, so such conditions are equal there at epoch 0"
+               "<<ghost: , except ghost BatchNorm's, which normalises each in its virtual batches as in training>>). "
                "Train- against eval-mode CKA has no epoch-0 point: the running statistics are still 0 and 1. "
                "Measures that span orders of magnitude have a log y axis: there, a bar whose mean - std "
                "is 0 or below runs to the panel's lower edge.",

@@ -339,7 +339,8 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
             caption="Beyond the paper: the norm of the loss gradient with respect to each activation's output "
                     "(Yang et al. 2019), averaged over the same {gradient_batches} for every model "
                     "(whatever batch size it trained with), norms with running statistics in training mode as in a "
-                    "training step (BatchNorm: the batch's statistics; nothing updated), for "
+                    "training step (BatchNorm: the batch's statistics<<ghost: ; ghost BatchNorm: each virtual "
+                    "batch's, so its statistics are of fewer samples than BatchNorm's here>>; nothing updated), for "
                     "{colours} models. Error bars: standard deviation across {seeds}.{nan}",
             title="Gradient norm per layer", name="Gradient norm", ylabel="‖∂loss/∂activation‖"),
     Measure("train_eval", "model", _train_eval, ("cka", "rel_diff"), fields=("samples_cluster",), bounds=(0.0, 1.0),

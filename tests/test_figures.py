@@ -79,6 +79,20 @@ def test_a_sentence_on_batch_renorm_is_in_a_caption_only_where_batch_renorm_is_d
         assert sentence in with_brn and "<<" not in with_brn, with_brn
 
 
+def test_the_gradient_captions_say_ghost_batchnorm_normalises_in_its_virtual_batches():
+    """Ghost BatchNorm's gradient norms are measured as it trains, each virtual batch of the analysis batch apart:
+    its epoch-0 values differ from BatchNorm's (same weights), which the captions said were equal there."""
+    swap = {"condition": {"batch": "ghost:8"}, "norm": {"batch": "ghost:8"}}
+    r = with_snapshots(cnn(), "gradient_norms", (0, 1))
+    ghost = findings.Results(r.experiment.override(norms="batch,ghost:8,none"),
+                             {k: pd.concat([v, v[v["condition"] == "batch"].replace(swap)]) if "condition" in v else v
+                              for k, v in r.tables.items()})
+    for name, sentence in (("fig_gradient_norms", "ghost BatchNorm: each virtual batch's, so its statistics are of "
+                                                  "fewer samples than BatchNorm's here"),
+                           ("fig_gradient_norms_epochs", "; ghost BatchNorm with each of its virtual batches'")):
+        assert sentence in caption(name, ghost) and "ghost" not in caption(name, r).lower(), name
+
+
 def test_a_figure_against_epoch_names_the_conditions_with_running_statistics_and_no_others():
     """It said 'BatchNorm's values ... have not converged yet' in a study of GroupNorm and no norm."""
     r = with_snapshots(cnn(), "nc1", (0, 1))
