@@ -184,8 +184,10 @@ def sparsity_by_eps(layer_sparsity: pd.DataFrame, norm: str = "batch", ref: str 
     return {e: finding_sparsity(at_eps(layer_sparsity, e), norm, ref) for e in eps_values(layer_sparsity)}
 
 
-def eps_robustness(f: Finding, by_eps: dict[float, Finding]) -> Finding:
-    """Claim 1 (at the smallest eps) with its verdict at every eps and whether the threshold changes it."""
+def eps_robustness(f: Finding, by_eps: dict[float, Finding], undermined: bool = False) -> Finding:
+    """Claim 1 (at the smallest eps) with its verdict at every eps and whether the threshold changes it;
+    `undermined`: a condition makes the verdict inconclusive (bnrep.conditions), which the per-eps verdicts of
+    the rule alone would otherwise seem to contradict."""
     if len(by_eps) < 2 or f.verdict == "not evaluated":
         return f
     a = pair_names(f.norm, [f.norm, f.ref], f.ref)[0]
@@ -213,7 +215,8 @@ def eps_robustness(f: Finding, by_eps: dict[float, Finding]) -> Finding:
         f"{e:g}": {"verdict": g.verdict, "sparser": g.numbers.get("sparser", []),
                    "less_sparse": g.numbers.get("less_sparse", []), "diff_pp": g.numbers.get("diff_pp", {})}
         for e, g in by_eps.items()}}
-    return dataclasses.replace(f, detail=f"{f.detail} By threshold: {per}; {said}.", numbers=numbers)
+    alone = " (the rule alone: the conditions named make the verdict itself inconclusive)" if undermined else ""
+    return dataclasses.replace(f, detail=f"{f.detail} By threshold{alone}: {per}; {said}.", numbers=numbers)
 
 
 def model_sparsity(training: pd.DataFrame, layer_sparsity: pd.DataFrame) -> pd.DataFrame:
@@ -418,7 +421,8 @@ def findings(r: Results) -> list[Finding]:
     kinds = set(r.table("layer_sparsity").get("activation", pd.Series(dtype=str)).dropna())
     for n in judged_norms(r):
         conds = conditions(r, n)
-        fs = [eps_robustness(finding_sparsity(ls, n, ref), sparsity_by_eps(ls_all, n, ref)),
+        undermined = any(c.undermines and 1 in c.claims for c in conds)
+        fs = [eps_robustness(finding_sparsity(ls, n, ref), sparsity_by_eps(ls_all, n, ref), undermined),
               finding_generalisation(r.table("training"), ls, n, ref)]
         if kinds and not len(ls_all):
             fs = [_no_rectifier(1, kinds, n, ref), _no_rectifier(2, kinds, n, ref)]

@@ -1257,6 +1257,23 @@ def test_claim_1_per_threshold_and_its_robustness(name, kw, by_eps, robust, tmp_
     assert fj["findings"][0]["numbers"]["robust_to_eps"] is robust
 
 
+def test_claim_1_per_threshold_under_a_condition_that_undermines_it_says_they_are_the_rule_alone(tmp_path):
+    """Two seeds make claim 1 inconclusive, while its per-eps verdicts read 'mixed' at every eps, 'robust to the
+    threshold': they contradicted the headline without a word."""
+    r = cnn(eps=EPS3, seeds=2)
+    f = findings.findings(r)[0]
+    assert f.verdict == "inconclusive" and set(g["verdict"] for g in f.numbers["by_eps"].values()) == {"mixed"}
+    assert "By threshold (the rule alone: the conditions named make the verdict itself inconclusive): eps 0: mixed" \
+        in f.detail
+    write_tables(tmp_path, "digits-cnn", r.tables)
+    report.build_report(str(tmp_path), "digits-cnn")
+    md = (tmp_path / "digits-cnn" / "report" / "report.md").read_text()
+    assert ("These are the rule's verdicts alone: where the conditions named above make a verdict inconclusive, they "
+            "make it so at every eps:") in md
+    healthy = findings.findings(cnn(eps=EPS3))[0]
+    assert "the rule alone" not in healthy.detail
+
+
 def test_claim_1_not_evaluated_at_a_threshold_is_not_a_change(tmp_path):
     """A threshold with no results on both sides (an interrupted analysis reached one model at eps 0.1)
     leaves the verdict robust where it could be judged; it does not make it 'not robust'."""
