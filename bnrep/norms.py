@@ -122,7 +122,7 @@ NORMS: dict[str, Norm] = {n.name: n for n in [
 ]}
 # Families with an argument, `name:arg`: family -> (what the argument is called, arg -> the entry).
 # by log2(B) and log2(G): apart from each other and from the shades of batch and group conditions (bnrep.axis.SHADES)
-GHOST_SHADES = ("turquoise", "lightsteelblue", "dodgerblue", "mediumblue", "darkslateblue", "cornflowerblue")
+GHOST_SHADES = ("turquoise", "lightsteelblue", "dodgerblue", "mediumblue", "darkcyan", "cornflowerblue")
 RENORM_SHADES = ("firebrick", "salmon", "darkred", "indianred", "orangered", "rosybrown")
 GROUP_SHADES = ("lightgreen", "mediumaquamarine", "tab:olive", "tab:cyan", "olivedrab", "springgreen")
 FAMILIES: dict[str, tuple[str, Callable[[int], Norm]]] = {

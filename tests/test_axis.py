@@ -349,6 +349,15 @@ def test_every_condition_of_a_study_wears_its_own_colour():
         rgb = {n: np.array(mc.to_rgb(get_norm(n).color)) for n in study.norms}
         closest = min((np.linalg.norm(rgb[a] - rgb[b]), a, b) for a, b in itertools.combinations(study.norms, 2))
         assert closest[0] >= 0.15, closest
+    # the small-batch comparison: BatchNorm at batch 8 (the first batch condition's navy) beside ghost:4, :8 and :16
+    # differs in hue or in lightness, not only by RGB distance (ghost:8's darkslateblue read as navy in the figures)
+    import colorsys
+
+    study = BASE.override(conditions="bn-b8:batch,batch_size=8; bn-b64:batch,batch_size=64; ghost:4; ghost:8; ghost:16")
+    hsv = {n: colorsys.rgb_to_hsv(*mc.to_rgb(get_norm(n).color)) for n in study.norms}
+    for g in ("ghost:4", "ghost:8", "ghost:16"):
+        (h1, _, v1), (h2, _, v2) = hsv["bn-b8"], hsv[g]
+        assert min(abs(h1 - h2), 1 - abs(h1 - h2)) * 360 >= 20 or abs(v1 - v2) >= 0.25, (g, get_norm(g).color)
     # a ghost condition is drawn as BatchNorm's kin, as plain ghost sizes are (it wore crimson, an outsider's)
     from bnrep.axis import SHADES
 
