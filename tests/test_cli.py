@@ -584,7 +584,7 @@ def test_status_without_the_models_code_answers_from_the_store(results, monkeypa
 
     why = "cannot import mylab for model mylab.nets:net (ModuleNotFoundError: No module named 'mylab')"
 
-    def gone(exp):
+    def gone(exp, training=True):
         raise ModelError(why)
 
     monkeypatch.setattr(bnrep.represent, "model_probes", gone)
