@@ -28,7 +28,7 @@ from bnrep.results import and_list
 from bnrep.datasets import DATA_ROOT_HELP, DATASETS, DatasetError, absolute_dataset
 from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, ConfigError, Experiment, capped_conditions, \
-    get_experiment, smoke
+    get_experiment, smoke, twin_conditions
 from bnrep.studies import NAME_RULE, STUDY_NAME, named_study_file, study_name, unknown_experiment
 from bnrep.models import BUILTIN, ModelError
 from bnrep.norms import NAMES as NORMS, NormError
@@ -309,6 +309,9 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
         exp = capped_conditions(exp)
     if exp.sweep_max_epochs and exp.sweep_max_epochs > exp.max_epochs:
         exp = exp.override(sweep_max_epochs=exp.max_epochs)
+    twins = twin_conditions(exp)
+    if twins:
+        raise ConfigError(twins)
     return exp
 
 

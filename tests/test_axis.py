@@ -149,12 +149,12 @@ def test_a_condition_redefined_under_its_tag_is_refused(tmp_path):
 
 def test_a_study_file_takes_conditions_as_a_table(tmp_path):
     f = tmp_path / "bs.toml"
-    f.write_text('base = "digits-cnn"\nreference = "bn-b64"\n[conditions]\nbatch = {}\n'
-                 'bn-b8 = {norm = "batch", batch_size = 8}\nbn-b64 = {norm = "batch", batch_size = 64}\n'
+    f.write_text('base = "digits-cnn"\nreference = "bn-b32"\n[conditions]\nbatch = {}\n'
+                 'bn-b8 = {norm = "batch", batch_size = 8}\nbn-b32 = {norm = "batch", batch_size = 32}\n'
                  'gn-b8 = {norm = "group:32", batch_size = 8, label = "GN at 8"}\n')
     e = load_study(str(f))
-    assert e == BASE.override(name="bs", reference="bn-b64", conditions="batch; bn-b8:batch,batch_size=8; "
-                              "bn-b64:batch,batch_size=64; gn-b8:group:32,batch_size=8,label=GN at 8")
+    assert e == BASE.override(name="bs", reference="bn-b32", conditions="batch; bn-b8:batch,batch_size=8; "
+                              "bn-b32:batch,batch_size=32; gn-b8:group:32,batch_size=8,label=GN at 8")
     f.write_text('base = "digits-cnn"\n[conditions]\nbn-b8 = {norm = "batch", batch_size = "eight"}\n')
     with pytest.raises(ConfigError, match=r"^study file .*bs.toml: condition .*batch_size needs a whole number"):
         load_study(str(f))

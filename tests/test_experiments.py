@@ -212,6 +212,28 @@ def test_a_study_file_is_a_preset_plus_fields(tmp_path):
     assert (e.lr_range, e.momentum_choices, e.image_shape, e.snapshots) == ((1e-3, 1e-1), (0.0, 0.9), (1, 8, 8), (0, 2))
 
 
+@pytest.mark.parametrize("conditions, said", [
+    ("batch; bn-b64:batch,batch_size=64", "conditions batch and bn-b64 train the same models (bn-b64 trains batch with "
+                                          "batch_size=64, as batch does); list one of them"),  # 64: the study's own
+    ("x:group,batch_size=8; y:group,batch_size=8", "conditions x and y train the same models (y trains group with "
+                                                   "batch_size=8, as x does); list one of them"),
+])
+def test_two_conditions_that_would_train_the_same_models_are_refused_before_a_run(conditions, said, tmp_path, capsys):
+    """They were accepted, and the grid trained the same models twice under two tags. Refused where a run is asked
+    for; an experiment holding them (results made before) still opens."""
+    from bnrep import flags
+    from bnrep.experiments import twin_conditions
+
+    e = get_experiment("synthetic-cnn").override(conditions=conditions)  # (opens: config.json of earlier results)
+    assert twin_conditions(e) == f"synthetic-cnn: {said}"
+    rc = flags.run_stage("final", ["--experiment", "synthetic-cnn", "--conditions", conditions, "--paper-hparams",
+                                   "--out", str(tmp_path / "runs")])
+    assert (rc, capsys.readouterr().err) == (2, f"error: synthetic-cnn: {said}\n")
+    assert not (tmp_path / "runs").exists()
+    assert twin_conditions(get_experiment("synthetic-cnn").override(conditions="batch; bn-b8:batch,batch_size=8; "
+                                                                    "l:batch,lr=0.01; l2:batch,lr=0.02")) is None
+
+
 @pytest.mark.parametrize("text, line", [
     ('base = "digits-cnn"\nlearning_rate = 0.1\n', "unknown key 'learning_rate' (allowed: base, name, dataset, "),
     ('base = "digits-cnn"\nseeds = "three"\n', "seeds = 'three' should be a whole number"),
