@@ -33,10 +33,11 @@ are fractions in [0, 1]; `layer_index` is 1-based as in the paper's figures;
     training           one row per trained model; part = model_id
         model_id, experiment, dataset, arch, model, bn, norm, condition, seed, lr, momentum,
         epochs, best_epoch, train_acc, val_acc, test_acc, interpolated, diverged,
-        diverged_epoch (0: never), steps (optimiser steps to the kept weights; results before it: none)
+        diverged_epoch (0: never), steps (optimiser steps to the kept weights; results before it: none),
+        batch_size (the condition's; results before it: none)
         (model: the model spec, bnrep.models; arch holds the same, for older notebooks)
         bnrep import adds: imported (True), weights (the file read), and the models file's other
-        columns as text (labels); lr, momentum, epochs, best_epoch and steps are NaN there
+        columns as text (labels, a batch_size among them); lr, momentum, epochs, best_epoch and steps are NaN there
     training_history   one row per model and epoch; part = model_id
         model_id, bn, norm, condition, seed, epoch, lr, train_loss, train_acc, val_acc,
         interpolated, objective, train_acc_running, diverged

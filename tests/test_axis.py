@@ -195,6 +195,7 @@ def test_conditions_end_to_end_and_a_rerun_adding_one(tmp_path):
     recipe = {m: torch.load(out / EXP / "train" / "models" / m / "model.pt", weights_only=True)["experiment"]
               for m in ("cnn-bn-b8-s1", "cnn-bn-s1")}
     assert (recipe["cnn-bn-b8-s1"]["batch_size"], recipe["cnn-bn-s1"]["batch_size"]) == (8, 64)  # the trainer's
+    assert dict(zip(t["model_id"], t["batch_size"])) == {m: 8 if "b8" in m else 64 for m in t["model_id"]}  # its row's
     h = store.read_table("training_history")
     assert set(h["condition"]) == {"batch", "bn-b8", "none"}
     trials = store.read_table("hparam_trials")

@@ -83,6 +83,7 @@ def test_every_stage_writes_its_outputs(reference):
     assert list(training["model_id"]) == MODELS
     assert training[["train_acc", "val_acc", "test_acc"]].apply(lambda c: c.between(0, 1)).all().all()
     assert (training["steps"] == training["best_epoch"] * 4).all()  # 256 smoke training images, batches of 64
+    assert (training["batch_size"] == 64).all()  # the recipe's, as a batch-size study groups models by it
     history = pd.read_parquet(exp / "results" / "training_history")
     assert history.groupby("model_id")["epoch"].max().to_dict() == dict(zip(training.model_id, training.epochs))
     for mid in MODELS:

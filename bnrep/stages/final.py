@@ -77,7 +77,8 @@ def _train_and_save(store: Store, mid: str, cond: str, norm: str, seed: int, hp:
            **norm_columns(norm, cond), "seed": seed, "lr": float(hp["lr"]), "momentum": float(hp.get("momentum", 0.0)), "epochs": r.epochs,
            "best_epoch": r.best_epoch, "train_acc": r.train_acc, "val_acc": r.val_acc, "test_acc": r.test_acc,
            "interpolated": r.interpolated, "diverged": bool(r.diverged_epoch), "diverged_epoch": r.diverged_epoch,
-           "steps": r.best_epoch * math.ceil(len(data.train) / trainer.exp.batch_size)}  # to the kept weights
+           "steps": r.best_epoch * math.ceil(len(data.train) / trainer.exp.batch_size),  # to the kept weights
+           "batch_size": trainer.exp.batch_size}  # the condition's (a batch-size study groups by it)
     digest = save_model(store, mid, r.model, trainer.exp, hp, row, data.num_classes)  # the recipe it trained with
     history = pd.DataFrame([{"model_id": mid, **norm_columns(norm, cond), "seed": seed, **vars(m)}
                             for m in r.history])
