@@ -207,7 +207,8 @@ def optimal_k_at_top(r: Results, norm: str) -> list[Condition]:
     tags = _tags(r, norm)
     said = " and ".join(f"{at[n]} of {of[n]} {tags[n]} models" for n in tags if n in at.index)
     return [Condition(f"optimal k at the largest k searched ({top}) in the early layers of {said}: the optimum may "
-                      f"lie above it (a larger --k-max searches further)", (4,))]
+                      f"lie above it (`bnrep analysis --fresh --k-max {2 * top}` searches further, the training "
+                      f"kept)", (4,))]
 
 
 def non_rectifier_layers(r: Results, norm: str) -> list[Condition]:

@@ -1010,7 +1010,8 @@ CONDITIONS = {  # name: (tables, experiment, text named, claims turned inconclus
     "an optimal k at the top of the k range early": (  # BN's conv1 at 12, the largest k of SMALL's k_range
         make_tables(**SMALL, acc=acc, kopt=lambda bn, li: 12 if bn is True and li == 1 else cnn_kopt(bn, li)),
         "digits-cnn", "optimal k at the largest k searched (12) in the early layers of 4 of 4 BN models: the optimum "
-                      "may lie above it (a larger --k-max searches further)", {4}),
+                      "may lie above it (`bnrep analysis --fresh --k-max 24` searches further, the training kept)",
+        {4}),
     "one k searched (every optimum at it, nothing censored)": (
         make_tables(**{**SMALL, "k_range": range(12, 13)}, acc=acc), "digits-cnn", None, set()),
     "an optimal k at the top of the k range in the last layer only": (  # not an early layer: not claim 4's
