@@ -267,3 +267,20 @@ def from_table(table: dict) -> list[str]:
         fields = [f"{k}={v}" for k, v in spec.items()]
         items.append(",".join([f"{tag}:{norm}" if fields else norm, *fields]))
     return items
+
+
+def twin_conditions(e) -> str | None:
+    """Why two of the conditions of `e` (a bnrep.experiments.Experiment) would train the same models (an
+    override that repeats the study's own value: `batch` beside `bn-b64:batch,batch_size=64` at batch size 64),
+    or None. Checked where a run is asked for (bnrep.flags.resolve_experiment), not where results are read:
+    results made so still open."""
+    recipes: dict = {}
+    for n in e.norms:
+        norm, changes = e.condition(n)  # (an lr or momentum set is fixed, not swept: never the study's own)
+        own = {k: v for k, v in changes.items() if k in ("lr", "momentum") or getattr(e, k) != v}
+        twin = recipes.setdefault((norm, tuple(sorted(own.items()))), n)
+        if twin != n:
+            said = ", ".join(f"{k}={v}" for k, v in changes.items()) or "the study's recipe"
+            return (f"{e.name}: conditions {twin} and {n} train the same models ({n} trains {norm} with {said}, as "
+                    f"{twin} does); list one of them")
+    return None

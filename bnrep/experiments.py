@@ -367,22 +367,6 @@ def validate(e: Experiment) -> None:
         need(problem is None, problem if n == norm else f"condition {n}: {problem}")
 
 
-def twin_conditions(e: Experiment) -> str | None:
-    """Why two of `e`'s conditions would train the same models (an override that repeats the study's own value:
-    `batch` beside `bn-b64:batch,batch_size=64` at batch size 64), or None. Checked where a run is asked for
-    (bnrep.flags.resolve_experiment), not where results are read: results made so still open."""
-    recipes: dict = {}
-    for n in e.norms:
-        norm, changes = e.condition(n)  # (an lr or momentum set is fixed, not swept: never the study's own)
-        own = {k: v for k, v in changes.items() if k in ("lr", "momentum") or getattr(e, k) != v}
-        twin = recipes.setdefault((norm, tuple(sorted(own.items()))), n)
-        if twin != n:
-            said = ", ".join(f"{k}={v}" for k, v in changes.items()) or "the study's recipe"
-            return (f"{e.name}: conditions {twin} and {n} train the same models ({n} trains {norm} with {said}, as "
-                    f"{twin} does); list one of them")
-    return None
-
-
 BATCH_SIZE_CONDITIONS = ("bn-b4:batch,batch_size=4", "bn-b16:batch,batch_size=16", "bn-b64:batch,batch_size=64",
                          "gn-b4:group,batch_size=4", "gn-b64:group,batch_size=64")
 PAPER_NORMS = ("batch", "group", "layer", "none")  # the "-norms" presets' axis (Lubana et al. 2021's four)

@@ -23,12 +23,13 @@ from typing import NoReturn
 
 from bnrep.config import DEFAULT_OUT, RunOptions, StageFailed, UsageError
 from bnrep.address import check_address
+from bnrep.axis import twin_conditions
 from bnrep.raysession import INTERRUPTED, STOPPED_BY, noting_interrupts, stop_on_sigterm
 from bnrep.results import and_list
 from bnrep.datasets import DATA_ROOT_HELP, DATASETS, DatasetError, absolute_dataset
 from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, ConfigError, Experiment, capped_conditions, \
-    get_experiment, smoke, twin_conditions
+    get_experiment, smoke
 from bnrep.studies import NAME_RULE, STUDY_NAME, named_study_file, study_name, unknown_experiment
 from bnrep.models import BUILTIN, ModelError
 from bnrep.norms import NAMES as NORMS, NormError

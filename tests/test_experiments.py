@@ -222,7 +222,7 @@ def test_two_conditions_that_would_train_the_same_models_are_refused_before_a_ru
     """They were accepted, and the grid trained the same models twice under two tags. Refused where a run is asked
     for; an experiment holding them (results made before) still opens."""
     from bnrep import flags
-    from bnrep.experiments import twin_conditions
+    from bnrep.axis import twin_conditions
 
     e = get_experiment("synthetic-cnn").override(conditions=conditions)  # (opens: config.json of earlier results)
     assert twin_conditions(e) == f"synthetic-cnn: {said}"
