@@ -85,6 +85,9 @@ def fig_initialisation(results) -> Figure | None:
     return fig
 
 
+YLABEL_WIDTH = 24  # characters per line of a panel's y label in a row of panels 3.6 inches wide
+
+
 def through_training(m):
     """The figure of a measure (bnrep.measures) against training epoch: at each snapshot epoch and at the
     final model, the measure averaged over the layers of each group per model; a panel per layer group, a row
@@ -105,7 +108,8 @@ def through_training(m):
                 ax = axes[row, col]
                 g = group_lines(ax, d, idx, "x", m.values[0], labels, clip=m.bounds)
                 ax.set_xticks(range(len(at)), [f"{e}" for e in epochs] + ["final"])
-                _panel(ax, title=f"{r.label}: {name}", xlabel="epoch", ylabel=m.ylabel or m.values[0])
+                _panel(ax, title=f"{r.label}: {name}", xlabel="epoch",  # (a long label ran into the next panel)
+                       ylabel=textwrap.fill(m.ylabel or m.values[0], YLABEL_WIDTH) if col == 0 else "")
                 if m.log and (g[m.values[0]].dropna() > 0).all():
                     log_y(ax)
             _end_row(axes, row, len(gs))

@@ -93,6 +93,13 @@ def test_the_gradient_captions_say_ghost_batchnorm_normalises_in_its_virtual_bat
         assert sentence in caption(name, ghost) and "ghost" not in caption(name, r).lower(), name
 
 
+def test_a_figure_against_epoch_labels_its_y_axis_once_per_row_in_lines_that_fit():
+    """'linear probe accuracy (cross-validated)' on every panel ran into the next panel and under the title."""
+    fig = figures.figure("fig_linear_probe_epochs").make(with_snapshots(cnn(), "linear_probe", (0, 1)))
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.axison]
+    assert labels[0] == "linear probe accuracy\n(cross-validated)" and not any(labels[1:]), labels
+
+
 def test_a_figure_against_epoch_names_the_conditions_with_running_statistics_and_no_others():
     """It said 'BatchNorm's values ... have not converged yet' in a study of GroupNorm and no norm."""
     r = with_snapshots(cnn(), "nc1", (0, 1))
