@@ -298,21 +298,21 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
     except ConfigError as e:
         exp = _new_study(args, e)
     exp = exp.with_model(getattr(args, "model", None))
-    if args.smoke_test:
-        exp = smoke(exp)
     flags = {f: getattr(args, f, None) for f in OVERRIDE_FLAGS}
     if flags.get("lr") is not None:  # an explicit lr applies to every normalisation
         flags["lr_nobn"] = flags["lr"]
     if flags.get("dataset"):  # imagefolder:PATH as the folder it names, wherever a later command runs
         flags["dataset"] = absolute_dataset(flags["dataset"])
+    twins = twin_conditions(exp.override(**flags))  # the study as asked: --smoke-test's caps may make two alike
+    if twins:
+        raise ConfigError(twins)
+    if args.smoke_test:
+        exp = smoke(exp)
     exp = exp.override(**flags)
     if args.smoke_test:  # conditions given as a flag
         exp = capped_conditions(exp)
     if exp.sweep_max_epochs and exp.sweep_max_epochs > exp.max_epochs:
         exp = exp.override(sweep_max_epochs=exp.max_epochs)
-    twins = twin_conditions(exp)
-    if twins:
-        raise ConfigError(twins)
     return exp
 
 
