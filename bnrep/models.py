@@ -266,7 +266,7 @@ def check_model(spec: str, norms, shape: tuple[int, int, int], num_classes: int,
     first = None
     for norm in norms:
         model = build_model(spec, norm, C, num_classes, (H, W))
-        check_forward(model, spec, norm, shape, num_classes, backward=True, few=FEW_PER_GROUP if training else ONE)
+        check_forward(model, spec, norm, shape, num_classes, backward=True, refuse=FEW_PER_GROUP if training else ONE)
         first = first or model
     return first
 
@@ -285,17 +285,16 @@ def _per_group(m: nn.Module, x: torch.Tensor) -> int:
 
 
 def check_forward(model: nn.Module, spec: str, norm: str, shape: tuple[int, int, int], num_classes: int,
-                  backward: bool = False, few: dict = ONE) -> None:
+                  backward: bool = False, refuse: dict = ONE) -> None:
     """One forward pass of a (2, C, H, W) batch in eval mode and one in training mode (on a copy; with its
     backward pass if `backward`, for a model bnrep trains): logits of shape (2, num_classes) both times, or
-    one line (ModelError); a GroupNorm / LayerNorm of as few values per group as `few` has is refused.
+    one line (ModelError); a GroupNorm / LayerNorm of as few values per group as `refuse` names is refused.
     Leaves `model` in eval mode."""
     C, H, W = shape
     model.eval()
-    refused = few
-    few = []  # GroupNorm / LayerNorm that normalise one or two values per group (see FEW_PER_GROUP)
+    few = []  # GroupNorm / LayerNorm that normalise so few values per group (FEW_PER_GROUP)
     hooks = [m.register_forward_pre_hook(lambda m, a, p=p: few.append((p, tuple(a[0].shape), per))
-                                         if (per := _per_group(m, a[0])) in refused else None)
+                                         if (per := _per_group(m, a[0])) in refuse else None)
              for p, m in model.named_modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm))]
     try:
         with torch.no_grad():

@@ -408,7 +408,7 @@ def test_a_norm_of_two_values_per_group_is_refused():
                                          r"input is \(2, 64\)\), so each group's output is its bias plus or minus "
                                          r"its weight, one bit, through which no gradient reaches the layers before "
                                          r"it; choose fewer groups"):
-        check_forward(mlp(get_norm("group").build(64, conv=False)), "mine", "group", (1, 8, 8), 10, few=FEW_PER_GROUP)
+        check_forward(mlp(get_norm("group").build(64, conv=False)), "mine", "group", (1, 8, 8), 10, refuse=FEW_PER_GROUP)
     check_forward(mlp(get_norm("group").build(64, conv=False)), "mine", "group", (1, 8, 8), 10)  # trained: analysed
     assert get_norm("group").build(64, conv=False).num_groups == 32
     y = nn.GroupNorm(32, 64, affine=False)(100 * torch.randn(5, 64, generator=torch.Generator().manual_seed(0)))
@@ -417,10 +417,10 @@ def test_a_norm_of_two_values_per_group_is_refused():
     with pytest.raises(ModelError, match="normalises two values per group"):
         check_forward(nn.Sequential(nn.Flatten(), nn.Linear(64, 20), nn.Unflatten(1, (10, 2)), nn.LayerNorm(2),
                                     nn.Flatten(), nn.Linear(20, 10)), "mine", "layer", (1, 8, 8), 10,
-                      few=FEW_PER_GROUP)
-    check_forward(mlp(nn.GroupNorm(16, 64)), "mine", "group:16", (1, 8, 8), 10, few=FEW_PER_GROUP)  # 4 per group
+                      refuse=FEW_PER_GROUP)
+    check_forward(mlp(nn.GroupNorm(16, 64)), "mine", "group:16", (1, 8, 8), 10, refuse=FEW_PER_GROUP)  # 4 per group
     check_forward(nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10)),
-                  "mine", "group:2", (1, 8, 8), 10, few=FEW_PER_GROUP)  # 2 channels of 6x6: 72 values per group
+                  "mine", "group:2", (1, 8, 8), 10, refuse=FEW_PER_GROUP)  # 2 channels of 6x6: 72 values per group
 
 
 def test_none_is_a_per_channel_bias():
