@@ -293,10 +293,10 @@ def _ranked(s: pd.DataFrame, lowest_first: bool, fmt: str) -> str:
     rank ('1. BN 100.00 ± 0.00; 1. GBN4 100.00 ± 0.00; 3. ...'), in display order."""
     s = s.dropna(subset=["mean"])
     s = s.iloc[[list(s["condition"]).index(c) for c in ordered(s["condition"])]]  # ties in display order
-    s = s.assign(shown=[float(format(m, fmt)) for m in s["mean"]])  # (99.996 and 99.998 show alike: a tie)
-    s = s.sort_values("shown", ascending=lowest_first, kind="stable")  # ties as shown: in display order
+    s = s.assign(shown=[format(m, fmt) for m in s["mean"]])  # (99.996 and 99.998 show alike: a tie)
+    s = s.sort_values("shown", key=lambda x: x.astype(float), ascending=lowest_first, kind="stable")  # ties kept
     sd = lambda v: "n/a" if pd.isna(v) else format(v, fmt)  # noqa: E731  one seed: no std
-    shown = [format(m, fmt) for m in s["mean"]]
+    shown = list(s["shown"])
     ranks = [shown.index(x) + 1 for x in shown]  # (sorted: equal shown means are neighbours)
     return "; ".join(f"{k}. {SHORT.get(r.condition, r.condition)} {m} ± {sd(r.std)}"
                      for k, m, r in zip(ranks, shown, s.itertuples()))
