@@ -224,6 +224,7 @@ def run(experiment: str = "digits-cnn", out: str | os.PathLike = "./runs", **fla
     import warnings
 
     from bnrep import cli
+    from bnrep.raysession import STOP_SIGNALS, STOPPED_CODES
 
     out, experiment = _out(out), os.fspath(experiment)
     argv = ["run", "--experiment", experiment, "--out", out]
@@ -236,7 +237,7 @@ def run(experiment: str = "digits-cnn", out: str | os.PathLike = "./runs", **fla
         argv += [flag] if value is True else [flag, str(value)]
     said = _Kept(sys.stderr)
     main = threading.current_thread() is threading.main_thread()  # (signal handlers live in the main thread)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, *STOP_SIGNALS)} if main else {}
     try:
         with warnings.catch_warnings(), contextlib.redirect_stderr(said):
             try:
@@ -247,7 +248,7 @@ def run(experiment: str = "digits-cnn", out: str | os.PathLike = "./runs", **fla
         for s, h in handlers.items():
             if h is not None:  # (None: a handler not installed from Python, left as it is now)
                 signal.signal(s, h)
-    if status in (130, 143):
+    if status in STOPPED_CODES:
         raise KeyboardInterrupt(said.last_error() or "interrupted")
     if status:
         raise RunFailed(said.last_error() or f"bnrep run ended with exit status {status}", status)
@@ -260,14 +261,14 @@ def run(experiment: str = "digits-cnn", out: str | os.PathLike = "./runs", **fla
 
 class _Kept:
     """A text stream that writes through to `stream` and keeps the command's last one-line ending (error:,
-    interrupted:, stopped (SIGTERM):)."""
+    interrupted:, stopped (SIGTERM):, stopped (SIGHUP):)."""
 
     def __init__(self, stream):
         self.stream, self.error = stream, ""
 
     def write(self, text: str) -> int:
         for line in text.splitlines():
-            if line.startswith(("error: ", "interrupted: ", "stopped (SIGTERM): ")):
+            if line.startswith(("error: ", "interrupted: ", "stopped (")):
                 self.error = line
         return self.stream.write(text)
 

@@ -17,6 +17,7 @@ import importlib
 import math
 import os
 import re
+import signal
 import sys
 import warnings
 from typing import NoReturn
@@ -24,7 +25,7 @@ from typing import NoReturn
 from bnrep.config import DEFAULT_OUT, RunOptions, StageFailed, UsageError
 from bnrep.address import check_address
 from bnrep.axis import twin_conditions
-from bnrep.raysession import INTERRUPTED, STOPPED_BY, noting_interrupts, stop_on_sigterm
+from bnrep.raysession import INTERRUPTED, STOPPED_BY, STOPPED_CODES, noting_interrupts, stop_on_sigterm
 from bnrep.results import and_list
 from bnrep.datasets import DATA_ROOT_HELP, DATASETS, DatasetError, absolute_dataset
 from bnrep.lock import LockError
@@ -393,7 +394,7 @@ def exit_process(code: int) -> NoReturn:
     import atexit
     import threading
 
-    if code not in (130, 143):
+    if code not in STOPPED_CODES:
         if threading.active_count() > 1:  # a normal exit, which waits for them
             sys.exit(code)
         atexit._run_exitfuncs()  # Ray's, logging's, temporary folders' ...: what a normal exit runs (once)
@@ -437,7 +438,7 @@ def cannot_write(e: OSError) -> int:
 
 def main_guard(fn, fresh: bool = False) -> int:
     """Run `fn()`: bad input -> one line on stderr, exit 2; a write the system refuses -> one line, exit 1;
-    Ctrl-C -> exit 130, SIGTERM -> 143 (`fresh`: the command had --fresh, which its rerun should not have)."""
+    Ctrl-C -> exit 130, SIGTERM -> 143, SIGHUP -> 129 (`fresh`: the command had --fresh, which its rerun should not have)."""
     plain_warnings()
     STOPPED_BY.clear()  # (this command's: bnrep.run may run several in one process)
     INTERRUPTED.clear()
@@ -475,8 +476,12 @@ def _error(e: Exception, fresh: bool) -> int:
 
 
 def _stopped(fresh: bool) -> int:
+    """One line, and the shell's exit status for the signal (128 + its number). The line may find no terminal
+    left to write to (SIGHUP: it closed)."""
     if STOPPED_BY:
-        print(f"stopped (SIGTERM): {rerun_hint(fresh)}", file=sys.stderr)
-        return 143
-    print(f"interrupted: {rerun_hint(fresh)}", file=sys.stderr)
-    return 130
+        line, code = f"stopped ({signal.Signals(STOPPED_BY[0]).name}): ", 128 + STOPPED_BY[0]
+    else:
+        line, code = "interrupted: ", 130
+    with contextlib.suppress(OSError, ValueError):
+        print(line + rerun_hint(fresh), file=sys.stderr)
+    return code

@@ -136,16 +136,16 @@ def ray_session(address: str | None, model: str | None = None):
 
 @contextlib.contextmanager
 def interrupts_held():
-    """Ctrl-C and SIGTERM held while Ray stops, then delivered (to the handlers there were before): one
+    """Ctrl-C, SIGTERM and SIGHUP held while Ray stops, then delivered (to the handlers there were before): one
     that interrupted ray.shutdown() midway ended this process with Ray's processes half stopped, and the
     raylet, killed with it, never stopped its agents, which lingered a minute (their parent gone). A
-    further one is delivered at once (a shutdown that hangs can still be stopped). In the main thread only (signal handlers live there); an ignored signal stays ignored, and SIGTERM is
+    further one is delivered at once (a shutdown that hangs can still be stopped). In the main thread only (signal handlers live there); an ignored signal stays ignored, and SIGTERM and SIGHUP are
     held only where bnrep's own handler takes it (stop_on_sigterm)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held: list[int] = []
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, *((signal.SIGTERM,) if _stop_on_sigterm else ()))}
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, *(STOP_SIGNALS if _stop_on_sigterm else ()))}
 
     def restore():
         for s, h in before.items():
@@ -184,15 +184,18 @@ def stop_monitor(ray) -> None:
 
 
 _PRIVATE = False  # the Ray of the session is this process's own local one (nothing else joins it)
-STOPPED_BY: list[int] = []  # the signal that stopped this command, when it was SIGTERM rather than Ctrl-C
+STOPPED_BY: list[int] = []  # the signal that stopped this command, when it was one of STOP_SIGNALS rather than Ctrl-C
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+STOPPED_CODES = (130, *(128 + s for s in STOP_SIGNALS))  # a command's exit status when Ctrl-C or one of these stopped it
 _stop_on_sigterm = False
 
 
 def stop_on_sigterm() -> None:
-    """SIGTERM (`kill`, `timeout`, a batch scheduler ending a job) stops a command as Ctrl-C does: a
-    KeyboardInterrupt in the main thread, so the same cleanup runs (tasks stopped, the lock released, Ray
-    shut down) and bnrep.flags.main_guard says one line. A command's entry point installs it; ray_session
-    installs it again after ray.init, which puts Ray's in its place (sys.exit, and a native stack dump)."""
+    """SIGTERM (`kill`, `timeout`, a batch scheduler ending a job) and SIGHUP (the terminal closed, an SSH
+    connection dropped) stop a command as Ctrl-C does: a KeyboardInterrupt in the main thread, so the same
+    cleanup runs (tasks stopped, the lock released, Ray shut down) and bnrep.flags.main_guard says one line.
+    A SIGHUP that is ignored (`nohup`) stays ignored. A command's entry point installs it; ray_session installs
+    it again after ray.init, which puts Ray's in its place (sys.exit, and a native stack dump)."""
     global _stop_on_sigterm
     if threading.current_thread() is not threading.main_thread():
         return
@@ -201,7 +204,9 @@ def stop_on_sigterm() -> None:
         STOPPED_BY.append(signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
+    for s in STOP_SIGNALS:
+        if s == signal.SIGTERM or signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, stop)
     _stop_on_sigterm = True
 
 

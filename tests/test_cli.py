@@ -1280,6 +1280,32 @@ def test_a_ctrl_c_after_an_earlier_commands_sigterm_is_a_ctrl_c(capsys):
         signal.signal(signal.SIGTERM, before)
 
 
+def test_sighup_stops_a_command_as_sigterm_does_unless_nohup_ignores_it(capsys):
+    """A closed terminal or a dropped SSH connection (SIGHUP) killed a command without its cleanup (the lock
+    held, Ray's processes left): it now stops as SIGTERM does, one line, exit 129. Under `nohup` (SIGHUP
+    ignored) the command goes on."""
+    import signal
+
+    from bnrep.raysession import STOPPED_BY
+
+    def hung_up():
+        signal.raise_signal(signal.SIGHUP)
+        return 0
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        assert flags.main_guard(hung_up) == 129
+        assert capsys.readouterr().err == "stopped (SIGHUP): rerun the same command to resume\n"
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup
+        assert flags.main_guard(hung_up) == 0
+        assert capsys.readouterr().err == ""
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        STOPPED_BY.clear()
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
 def test_an_error_that_a_ctrl_c_caused_is_the_ctrl_c(capsys):
     """A Ctrl-C that cut an import midway (numpy's, under scikit-learn's) surfaced later as a RecursionError
     traceback, exit 1: the command was interrupted, and says so (130). Without a Ctrl-C the error is its own;

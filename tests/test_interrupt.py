@@ -3,6 +3,7 @@
 released, nothing of Tune's own, no wait for other libraries' exit handlers (one that never returns is
 injected); the same command then resumes and finishes."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -33,7 +34,7 @@ def bnrep_run(out, moment: str | None = None, sig=signal.SIGINT, **inject) -> tu
     logs = out.parent / "stdout", out.parent / "stderr"
     # the run takes SIGINT as a command typed in a terminal, even in a suite started in the background
     # (which ignores SIGINT, and a child would inherit that); no preexec_fn: unsafe with pytest's threads
-    with open(logs[0], "w") as o, open(logs[1], "w") as e, sigint_default_in_children():
+    with open(logs[0], "w") as o, open(logs[1], "w") as e, sigint_default_in_children(), hangup_default():
         p = subprocess.Popen([sys.executable, "-m", "bnrep", *ARGS, "--out", str(out)], stdout=o, stderr=e,
                              text=True, cwd=out.parent, env=injected(BNREP_STACKS_ON_USR2="1", **inject))
     try:
@@ -49,6 +50,17 @@ def bnrep_run(out, moment: str | None = None, sig=signal.SIGINT, **inject) -> tu
         waited = f"{moment!r} printed" if moment and moment not in logs[0].read_text() else "exit"
         pytest.fail(f"hung: no {waited} in {HUNG_S} s; its threads:\n{stacks(p, logs[1])[-6000:]}")
     return p.returncode, logs[0].read_text(), logs[1].read_text()
+
+
+@contextlib.contextmanager
+def hangup_default():
+    """Processes started inside get SIGHUP's default disposition: a suite started under `nohup` ignores it,
+    and a run would inherit that (a run that a test stops with SIGHUP would go on)."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def stacks(p: subprocess.Popen, stderr) -> str:
@@ -79,20 +91,25 @@ def test_ctrl_c_in_training_and_in_analysis_then_resume(tmp_path):
     assert (out / "digits-cnn" / "report" / "report.html").exists()
 
 
-def test_sigterm_stops_a_run_as_ctrl_c_does_then_resume(tmp_path):
+def test_sigterm_and_sighup_stop_a_run_as_ctrl_c_does_then_resume(tmp_path):
     """`kill PID`, `timeout`, a batch scheduler: the driver alone gets SIGTERM. One line (not Ray's native
-    stack dump), exit 143, the lock released; the same command resumes and finishes."""
+    stack dump), exit 143, the lock released; the same command resumes. A closed terminal's SIGHUP (in the
+    analysis here) does the same, exit 129; then the same command finishes."""
     out = tmp_path / "runs"
     rc, log, err = bnrep_run(out, "epoch 1/", sig=signal.SIGTERM)
     assert (rc, err) == (143, "stopped (SIGTERM): rerun the same command to resume\n"), log[-2000:] + err[-2000:]
     assert current_writer(Store(str(out), "digits-cnn")) is None
-    rc, log, err = bnrep_run(out)
+    rc, log, err = bnrep_run(out, "tasks done (", sig=signal.SIGHUP)
+    assert (rc, err) == (129, "stopped (SIGHUP): rerun the same command to resume\n"), log[-2000:] + err[-2000:]
+    assert current_writer(Store(str(out), "digits-cnn")) is None
     # the grid resumes: from Tune's state, or (the signal landed while Tune rewrote its state file, as a
     # kill can: README) its unfinished models from the start, said in one line
     resumed = "[final] resuming the interrupted grid" in log or re.search(
         r"\[final\] cannot resume the interrupted grid in .* \(its state does not load: .*\): training its \d "
         r"unfinished models from the start", log)
-    assert rc == 0 and resumed, log[-2000:] + err[-2000:]
+    assert resumed, log[-2000:] + err[-2000:]
+    rc, log, err = bnrep_run(out)
+    assert rc == 0 and "[final] 4 of 4 models already trained" in log, log[-2000:] + err[-2000:]
     assert (out / "digits-cnn" / "report" / "report.html").exists()
 
 
