@@ -14,7 +14,8 @@ side (no Ray here):
         fig_*.png, fig_*.svg          paper Figures 1-6, then beyond the paper (k sweep, thresholds, NC1,
                                       effective rank, linear probe, CKA, learning curves); no data: a note
         findings.json                 {"findings": verdicts and numbers, "predictors": correlations,
-                                       "measures": per-layer seed statistics of each measure}, for machines
+                                       "measures": per-layer seed statistics of each measure,
+                                       "initialisation": the initialisation table}, for machines
         summary.txt                   what the terminal shows
         report_inputs.json            fingerprint of the input parts (report_is_current)
         .bnrep-staging/               the files of a report being written, moved into place when all are
@@ -52,7 +53,7 @@ from bnrep.findings import Finding, findings
 from bnrep.axis import redefined
 from bnrep.settings import settings_rows
 from bnrep.results import Results, experiment_label, tell_apart, measure_numbers, side_by_side
-from bnrep.verdicts import across_findings, combined_findings_blocks, findings_blocks, predictor_blocks
+from bnrep.verdicts import across_findings, combined_findings_blocks, findings_blocks, initialisation, predictor_blocks
 from bnrep.verdicts import lines as finding_lines  # (the summary's text)
 from bnrep.measures import MEASURES, all_nan
 from bnrep.table1 import diverged_note, imported_note, table1, table1_caption, table1_rows, table1_tex
@@ -290,9 +291,10 @@ def skipped_note(spec, rs: list[Results], out: str) -> str:
 
 
 def _findings_json(r: Results, fs: list[Finding]) -> dict:
-    """Verdicts with their numbers (claim 1 per eps inside), the generalisation correlations, per-layer measures."""
+    """Verdicts with their numbers (claim 1 per eps inside), the generalisation correlations, per-layer measures,
+    and (with snapshots at epoch 0) which final differences were there at initialisation."""
     return {"findings": [dataclasses.asdict(f) for f in fs], "predictors": predictors(r),
-            "measures": measure_numbers(r)}
+            "measures": measure_numbers(r), "initialisation": initialisation(r)}
 
 
 WHERE = "\nreport: "  # the summary's last line names the report's file

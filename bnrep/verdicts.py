@@ -232,10 +232,12 @@ ONE_NETWORK = (" (at initialisation the two are one network with the same weight
                "batches)")
 
 
-def initialisation_rows(r: Results) -> list[list[str]]:
+def initialisation(r: Results) -> list[dict]:
     """Per measure and condition against the reference: the layers that differ beyond seed noise at the final
-    epoch, and how many of them differed the same way at initialisation (epoch 0); [] without epoch 0."""
-    rows = []
+    epoch, those of them that differed the same way at initialisation (epoch 0), and the reading; [] without
+    epoch 0. As findings.json has them: `measure` (its table), `condition`, `reference`, `final_layers`,
+    `initial_layers`, `reading`, `one_network` (the two are one network at initialisation)."""
+    out = []
     for m in snapshot_measures():
         early = r.snapshots.get(m.table, pd.DataFrame())
         early = early[early["epoch"] == 0] if len(early) else early
@@ -254,12 +256,19 @@ def initialisation_rows(r: Results) -> list[list[str]]:
             said = ("no layer differs at the final epoch" if fin.empty else "already at initialisation"
                     if len(same) == len(fin) else "partly at initialisation" if same else "appeared in training"
                     if not like else f"unclear: {_names(like)} at least half as large at epoch 0, within seed noise")
-            if not fin.empty and same_start(n, r.ref) and (same or like):
-                said += ONE_NETWORK
-            rows.append([m.name or m.table.replace("_", " "), f"{SHORT[n]} vs {SHORT[r.ref]}",
-                         f"{len(fin)} ({_names(fin['layer'])})" if len(fin) else "0",
-                         f"{len(same)} ({_names(same)})" if same else "0", said])
-    return rows
+            one = bool(not fin.empty and same_start(n, r.ref) and (same or like))
+            out.append(dict(measure=m.table, condition=n, reference=r.ref, final_layers=list(fin["layer"]),
+                            initial_layers=same, reading=said + (ONE_NETWORK if one else ""), one_network=one))
+    return out
+
+
+def initialisation_rows(r: Results) -> list[list[str]]:
+    """The initialisation table's rows (`initialisation`), as the report shows them."""
+    names = {m.table: m.name or m.table.replace("_", " ") for m in snapshot_measures()}
+    return [[names[x["measure"]], f"{SHORT[x['condition']]} vs {SHORT[x['reference']]}",
+             f"{len(x['final_layers'])} ({_names(x['final_layers'])})" if x["final_layers"] else "0",
+             f"{len(x['initial_layers'])} ({_names(x['initial_layers'])})" if x["initial_layers"] else "0",
+             x["reading"]] for x in initialisation(r)]
 
 
 def initialisation_blocks(r: Results) -> list[tuple]:

@@ -1672,6 +1672,10 @@ def test_a_gap_as_large_at_initialisation_but_within_seed_noise_is_not_said_to_a
     r = Results(get_experiment("synthetic-cnn"), {"effective_rank": pd.DataFrame(rows)})
     assert verdicts.initialisation_rows(r) == [["Effective rank", "BN vs NBN",
                                                 f"{len(layers)} ({', '.join(f'l{i}' for i in layers)})", same, reading]]
+    (x,) = verdicts.initialisation(r)  # as findings.json has it
+    assert x == dict(measure="effective_rank", condition="batch", reference="none",
+                     final_layers=[f"l{i}" for i in layers], initial_layers=["l3"] if 3 in layers else [],
+                     reading=reading, one_network=False)
 
 
 def test_the_initialisation_table_counts_a_sparsity_gap_as_claim_1_does():
