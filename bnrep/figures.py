@@ -26,8 +26,8 @@ from bnrep.experiments import layer_indices
 from bnrep.findings import snapshot_measures
 from bnrep.measures import MEASURES, all_nan
 from bnrep.plotting import (_as_list, _bars, _end_row, _grid, _height, _labels, _layer_groups_of, _layer_ticks,
-                            _log_if_positive, _panel, _panel_title, _width, condition_lines, fig_per_layer, group_lines,
-                            panels_legend, styles_legend)
+                            _log_if_positive, _panel, _panel_title, _width, condition_lines, fig_per_layer, fraction_range,
+                            group_lines, panels_legend, styles_legend)
 from bnrep.results import (COLORS, SHORT, Results, at_eps, cka_pairs, eps_values, label_and_tag, n_seeds, norm_pairs,
                            optimal_k, present_norms, seed_stats, seeds_text, shown)
 
@@ -196,11 +196,12 @@ def fig_sparsity_thresholds(results) -> Figure | None:
         eps = eps_values(d)
         for col, (name, idx) in enumerate(gs):
             ax = axes[row, col]
-            group_lines(ax, d, idx, "eps", "sparsity", labels)
+            group_lines(ax, d, idx, "eps", "sparsity", labels, clip=(0, 1))
             ax.set_xscale("symlog", linthresh=min(e for e in eps if e > 0))  # eps = 0 stays on the axis
             ax.set_xticks(eps, [f"{e:g}" for e in eps])
             _panel(ax, title=f"{r.label}: {name}", xlabel="threshold eps (|x| <= eps counts as zero)",
-                   ylabel="layer sparsity", ylim=(-0.02, 1.02))
+                   ylabel="layer sparsity")
+        fraction_range(axes[row, :len(gs)])
         _end_row(axes, row, len(gs))
     panels_legend(fig, axes)
     fig.suptitle(f"Layer sparsity against the zero threshold, {seeds_text(rs[0][1])}")

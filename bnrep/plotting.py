@@ -62,6 +62,22 @@ def panels_legend(fig: Figure, axes: np.ndarray, row: int = LEGEND_ROW) -> None:
     legend_below(fig, list(entries.values()), list(entries), row=row)
 
 
+FRACTION_SPAN = 0.2  # the least y range of fraction_range: a smaller gap than a tenth of it is not made to look large
+
+
+def fraction_range(axes) -> None:
+    """One y range for panels of a fraction (0..1): the range their lines and bars take, with a margin, at least
+    FRACTION_SPAN wide and never beyond 0..1. On the whole 0..1, lines a few points apart (five conditions
+    at one sparsity) were drawn over each other; the panels share it, so that their heights compare."""
+    lows, highs = zip(*(ax.dataLim.intervaly for ax in axes))  # (what was drawn, its bars included)
+    lo, hi = max(min(lows), 0.0), min(max(highs), 1.0)
+    if hi - lo < FRACTION_SPAN:
+        mid = min(max((lo + hi) / 2, FRACTION_SPAN / 2), 1 - FRACTION_SPAN / 2)
+        lo, hi = mid - FRACTION_SPAN / 2, mid + FRACTION_SPAN / 2
+    for ax in axes:
+        ax.set_ylim(lo - 0.02, hi + 0.02)
+
+
 def _end_row(axes: np.ndarray, row: int, used: int) -> None:
     """A grid row of `used` panels: the rest of the row blank (the figure's legend: panels_legend)."""
     for ax in axes[row, used:]:

@@ -1207,7 +1207,30 @@ def test_sparsity_threshold_figure_plots_group_means_over_seeds(r):
             assert gx == list(EPS3)
             assert gy == pytest.approx([np.mean(v) for v in per_model.values()], abs=1e-12)
             assert gerr == pytest.approx([np.std(v, ddof=1) for v in per_model.values()], abs=1e-12)
+            assert ax.get_ylim()[0] < min(gy) and max(gy) < ax.get_ylim()[1]
         assert ax.get_xscale() == "symlog"
+    assert len({a.get_ylim() for a in axes}) == 1  # one range for the row (plotting.fraction_range)
+
+
+@pytest.mark.parametrize("lines,want", [
+    ([0.40, 0.42], (0.29, 0.53)),  # close: the least span (0.2) about their middle, then the margin
+    ([0.0, 0.9], (-0.02, 0.92)),  # wide: their own range
+    ([0.99, 1.0], (0.78, 1.02)),  # close at the top: the least span ends at 1
+    ([-0.3, 1.4], (-0.02, 1.02)),  # (bars past the ends: cut at 0..1)
+])
+def test_fraction_panels_share_the_range_their_lines_take(lines, want):
+    """On the whole 0..1, five conditions a few points apart drew over each other in the threshold figure: its
+    panels now take the range their lines take, shared, at least 0.2 wide, within 0..1 (and a margin)."""
+    import matplotlib.pyplot as plt
+
+    from bnrep.plotting import fraction_range
+
+    fig, axes = plt.subplots(1, 2)
+    axes[0].plot([0, 1], [lines[0]] * 2)
+    axes[1].plot([0, 1], [lines[1]] * 2)
+    fraction_range(axes)
+    assert [ax.get_ylim() for ax in axes] == [pytest.approx(want)] * 2
+    plt.close(fig)
 
 
 def test_sparsity_threshold_figure_needs_two_thresholds():
