@@ -375,7 +375,8 @@ FIGURES = [
     FigureSpec("fig_sparsity_thresholds", fig_sparsity_thresholds, ("layer_sparsity",),
                "Beyond the paper: layer sparsity (fraction of post-ReLU values with |x| <= eps) against the "
                "threshold eps, averaged over the layers of each group per model, for {colours} models; eps = 0 is "
-               "the paper's exact zero. Error bars: standard deviation across {seeds}.",
+               "the paper's exact zero. Error bars: standard deviation across {seeds}. The y axis spans the values "
+               "drawn (at least 0.2 of the 0..1 a sparsity can take), one range per row.",
                "Layer sparsity against the threshold eps",
                "it needs layer sparsity at two or more thresholds: run the analysis with --eps 0,1e-3,1e-2,1e-1"),
     *[FigureSpec(f"fig_{m.table}", measure_figure(m), (m.table,),
