@@ -42,9 +42,8 @@ def for_families(text: str, norms) -> str:
 def caption(spec, rs: list[Results]) -> str:
     """`spec`'s (a bnrep.figures.FigureSpec) caption with its placeholders filled for the results `rs`:
     {seeds}, {layers}, {nan} (the values left out, and why), {colours}, {shared} (bnrep.initial),
-    {k_searched}, {gradient_batches}, {undrawn_epochs} (where the snapshots' rows of a table no figure draws
-    are) and {measured} (how the snapshots of the conditions drawn ran: bnrep.epoch_figures.measured_text);
-    a <<family: sentence>> only where a condition of that family is drawn (for_families)."""
+    {k_searched}, {gradient_batches} and {measured} (how the snapshots of the conditions drawn ran:
+    bnrep.epoch_figures.measured_text); a <<family: sentence>> only where a condition of that family is drawn (for_families)."""
     df = pd.concat([r.at_epochs(spec.tables[0]) if spec.epochs else r.table(spec.tables[0]) for r in rs],
                    ignore_index=True)
     layers = "; ".join(f"{r.label}: from {first_shown_text(r)}" for r in rs)
@@ -61,20 +60,7 @@ def caption(spec, rs: list[Results]) -> str:
                                seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms),
                                shared=shared, k_searched=_k_searched(rs) if "{k_searched}" in spec.caption else "",
                                gradient_batches=_gradient_batches(rs) if "{gradient_batches}" in spec.caption else "",
-                               undrawn_epochs=_undrawn_epochs(rs, spec.tables[0]) if "{undrawn_epochs}" in spec.caption
-                               else "", measured=measured_text(norms) if "{measured}" in spec.caption else "")
-
-
-def _undrawn_epochs(rs: list[Results], table: str) -> str:
-    """' The values at the snapshot epochs 0, 1 and 2 (375 rows) are in the Parquet table cka (...); no figure
-    draws them.' where the snapshots have rows of `table`, else ''."""
-    early = pd.concat([r.snapshots.get(table, pd.DataFrame()) for r in rs], ignore_index=True)
-    if early.empty:
-        return ""
-    epochs = [str(e) for e in sorted(set(early["epoch"]))]
-    return (f" The values at the snapshot epoch{'s' * (len(epochs) > 1)} {and_list(epochs)} ({len(early)} rows) are in the "
-            f"Parquet table {table} (its rows with epoch >= 0; in a notebook, bnrep.open_results(...).{table}); no "
-            f"figure draws them.")
+                               measured=measured_text(norms) if "{measured}" in spec.caption else "")
 
 
 def _k_searched(rs: list[Results]) -> str:

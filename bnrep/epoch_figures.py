@@ -6,14 +6,16 @@ from __future__ import annotations
 import math
 import textwrap
 
+import pandas as pd
 from matplotlib.figure import Figure
 
 from bnrep.findings import headline_rows, snapshot_measures
 from bnrep.measures import FINAL
-from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_groups_of, _layer_ticks, _panel, _width,
-                            condition_lines, group_lines, log_y, panels_legend, styles_legend)
+from bnrep.plotting import (CKA_BOUNDS, _as_list, _bars, _end_row, _grid, _height, _labels, _layer_groups_of,
+                            _layer_ticks, _panel, _width, condition_lines, group_lines, log_y, panels_legend,
+                            styles_legend)
 from bnrep.norms import get_norm
-from bnrep.results import and_list, norm_labels, ordered, seeds_text
+from bnrep.results import COLORS, SHORT, and_list, cka_pairs, norm_labels, norm_pairs, ordered, seed_stats, seeds_text
 
 # How a snapshot's model is run for a measure, said under each figure against epoch: the representations'
 # measures as bnrep.represent.snapshot_mode runs it; gradient norms and train- against eval-mode as
@@ -85,6 +87,14 @@ def fig_initialisation(results) -> Figure | None:
     return fig
 
 
+def epoch_axis(d: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The rows `d` with `x`, their place on an axis of training epochs: the snapshot epochs evenly spaced, the
+    final models last; and the axis' tick labels."""
+    epochs = sorted(set(d["epoch"]) - {FINAL})
+    at = {**{e: i for i, e in enumerate(epochs)}, FINAL: len(epochs)}
+    return d.assign(x=d["epoch"].map(at).astype(float)), [f"{e}" for e in epochs] + ["final"]
+
+
 YLABEL_WIDTH = 24  # characters per line of a panel's y label in a row of panels 3.6 inches wide
 
 
@@ -101,13 +111,11 @@ def through_training(m):
         groups = [_layer_groups_of(d) for _, d in rs]
         fig, axes = _grid(len(rs), max(map(len, groups)), w=3.6, h=2.9)
         for row, ((r, d), gs) in enumerate(zip(rs, groups)):
-            epochs = sorted(set(d["epoch"]) - {FINAL})
-            at = {**{e: i for i, e in enumerate(epochs)}, FINAL: len(epochs)}  # evenly spaced, final last
-            d = d.assign(x=d["epoch"].map(at).astype(float))
+            d, ticks = epoch_axis(d)
             for col, (name, idx) in enumerate(gs):
                 ax = axes[row, col]
                 g = group_lines(ax, d, idx, "x", m.values[0], labels, clip=m.bounds)
-                ax.set_xticks(range(len(at)), [f"{e}" for e in epochs] + ["final"])
+                ax.set_xticks(range(len(ticks)), ticks)
                 _panel(ax, title=f"{r.label}: {name}", xlabel="epoch",  # (a long label ran into the next panel)
                        ylabel=textwrap.fill(m.ylabel or m.values[0], YLABEL_WIDTH) if col == 0 else "")
                 if m.log and (g[m.values[0]].dropna() > 0).all():
@@ -118,3 +126,39 @@ def through_training(m):
         return fig
     make.__name__ = f"fig_{m.table}_epochs"
     return make
+
+
+def fig_cka_epochs(results) -> Figure | None:
+    """Linear CKA against training epoch: a row per pair of conditions (of each experiment with the snapshots'
+    CKA), a panel per layer group; per pair of models, the CKA averaged over the group's layers, then the mean
+    over the pairs (std error bars) of two conditions at one seed (black) and of two seeds of each condition
+    (dashed, its colour)."""
+    rows = []
+    for r in _as_list(results):
+        p = cka_pairs(r.at_epochs("cka")) if "cka" in r.snapshots else pd.DataFrame()
+        rows += [(r, p, a, b) for a, b in (norm_pairs(p) if len(p) else [])]
+    if not rows:
+        return None
+    groups = [_layer_groups_of(p) for _, p, _, _ in rows]
+    fig, axes = _grid(len(rows), max(map(len, groups)), w=3.6, h=2.9)
+    for row, ((r, p, a, b), gs) in enumerate(zip(rows, groups)):
+        p, ticks = epoch_axis(p)
+        lines = [(p[(p["kind"] == "cross") & (p["first"] == a) & (p["second"] == b)],
+                  f"{SHORT[a]} vs {SHORT[b]}, same seed", "black", "-", "s"),
+                 *((p[(p["kind"] == "seeds") & (p["first"] == n)], f"{SHORT[n]} seed vs seed", COLORS[n], "--", "o")
+                   for n in (a, b))]
+        for col, (name, idx) in enumerate(gs):
+            ax = axes[row, col]
+            for d, label, color, ls, marker in lines:
+                g = d[d["layer_index"].isin(idx)].groupby(["model_a", "model_b", "x"], as_index=False)["cka"].mean()
+                s = seed_stats(g, ["x"], "cka")
+                if s["mean"].notna().any():
+                    ax.errorbar(s["x"], s["mean"], yerr=_bars(s["mean"], s["std"], CKA_BOUNDS["cka"]), color=color,
+                                ls=ls, marker=marker, capsize=3, label=label)
+            ax.set_xticks(range(len(ticks)), ticks)
+            _panel(ax, title=f"{r.label}: {SHORT[a]} vs {SHORT[b]}, {name}", xlabel="epoch",
+                   ylabel="linear CKA" if col == 0 else "", ylim=(0, 1.05))
+        _end_row(axes, row, len(gs))
+    panels_legend(fig, axes)
+    fig.suptitle("Linear CKA through training: two conditions at one seed against two seeds of one condition")
+    return fig

@@ -21,11 +21,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from bnrep.epoch_figures import fig_initialisation, measured_at_epochs, through_training
+from bnrep.epoch_figures import fig_cka_epochs, fig_initialisation, measured_at_epochs, through_training
 from bnrep.experiments import layer_indices
 from bnrep.findings import snapshot_measures
 from bnrep.measures import MEASURES, all_nan
-from bnrep.plotting import (_as_list, _bars, _end_row, _grid, _height, _labels, _layer_groups_of, _layer_ticks,
+from bnrep.plotting import (CKA_BOUNDS, _as_list, _bars, _end_row, _grid, _height, _labels, _layer_groups_of, _layer_ticks,
                             _log_if_positive, _panel, _panel_title, _width, condition_lines, fig_per_layer, fraction_range,
                             group_lines, panels_legend, styles_legend)
 from bnrep.results import (COLORS, SHORT, Results, at_eps, cka_pairs, eps_values, label_and_tag, n_seeds, norm_pairs,
@@ -128,7 +128,6 @@ def fig_signal_propagation(results) -> Figure | None:
 
 # ==== CKA: does a normalisation change what a layer represents, beyond seed noise? ====
 
-CKA_BOUNDS = {"cka": (0.0, 1.0), "cka_debiased": (-1.0, 1.0)}  # the values each can take (Cauchy-Schwarz)
 
 
 def _cka_series(ax, d: pd.DataFrame, label: str, color: str, ls: str, marker: str, value: str = "cka") -> None:
@@ -392,8 +391,7 @@ FIGURES = [
                "the layer represents beyond seed noise; at the baseline, it does not.{shared} Gray dotted: the cross-"
                "condition CKA debiased (unbiased HSIC; Nguyen, Raghu & Kornblith 2021), which is about 0 for "
                "unrelated representations at any sample count, where linear CKA is inflated at small ones (its "
-               f"bars cut at {CKA_BOUNDS['cka_debiased'][0]:g} and {CKA_BOUNDS['cka_debiased'][1]:g})."
-               "{undrawn_epochs}",
+               f"bars cut at {CKA_BOUNDS['cka_debiased'][0]:g} and {CKA_BOUNDS['cka_debiased'][1]:g}).",
                "CKA per layer",
                "it needs CKA between two conditions at the same seed"),
     FigureSpec("fig_signal_propagation", fig_signal_propagation, ("signal_propagation",),
@@ -428,6 +426,16 @@ FIGURES = [
                  f"snapshot epoch has no point there. Error bars: standard deviation across {{seeds}}."
                  + (LOG_BARS if m.log else "") + "{nan}", noted=False, epochs=True)
       for m in snapshot_measures()],
+    FigureSpec("fig_cka_epochs", fig_cka_epochs, ("cka",),
+               "Beyond the paper: linear CKA against training epoch, per pair of conditions, averaged over the "
+               "layers of each group per pair of models: at each snapshot epoch (0: the initialisation) and at the "
+               "final models. Black squares: the two conditions at the same seed; dashed, in each condition's "
+               "colour: two seeds of one condition (the seed-noise baseline). A cross-condition CKA that falls "
+               "below both baselines as training goes on is a difference that training made.{shared} Epochs are "
+               "evenly spaced. {measured} A model that stopped before a snapshot epoch has no pair there. Mean "
+               f"over the pairs ({{seeds}}), error bars: standard deviation over the pairs, cut at "
+               f"{CKA_BOUNDS['cka'][0]:g} and {CKA_BOUNDS['cka'][1]:g}.{{nan}}",
+               "CKA through training", noted=False, epochs=True),
     FigureSpec("fig_learning_curves", fig_learning_curves, ("training_history",),
                "Beyond the paper: training loss (left) and accuracy (right) per epoch for {colours} models, mean "
                "over the seeds still training at that epoch ({seeds} in all); shading: standard deviation. Solid, "

@@ -97,6 +97,9 @@ def _panel_title(res: Results, i: int, n: int) -> str:
     return f"({'abcdefghijklmnop'[i]}) {res.label}" if n > 1 else res.label
 
 
+CKA_BOUNDS = {"cka": (0.0, 1.0), "cka_debiased": (-1.0, 1.0)}  # the values each can take (Cauchy-Schwarz)
+
+
 MAX_TICK_LABELS = 24  # a layer axis labels at most this many layers (ResNet-50 has 49 probes)
 
 

@@ -126,13 +126,14 @@ def test_a_nan_note_names_no_norm_as_the_study_does():
     assert "of no BatchNorm: without running statistics" in caption("fig_train_eval", r)  # the paper's pair
 
 
-def test_the_cka_caption_says_where_the_snapshot_cka_is_that_no_figure_draws():
+def test_the_snapshots_cka_has_its_own_figure_whose_caption_says_how_the_snapshots_ran():
+    """The CKA caption said where the snapshots' CKA was, that no figure drew; fig_cka_epochs draws it, and says
+    how each epoch's models ran and which kernels a pair shares at one seed."""
     r = with_snapshots(cnn(), "cka", (0, 1, 2))
-    n = 3 * len(cnn().tables["cka"])
-    said = (f" The values at the snapshot epochs 0, 1 and 2 ({n} rows) are in the Parquet table cka (its rows with "
-            f"epoch >= 0; in a notebook, bnrep.open_results(...).cka); no figure draws them.")
-    assert caption("fig_cka", r).endswith(said)
-    assert "snapshot" not in caption("fig_cka", cnn())  # none measured: nothing to say
+    assert "snapshot" not in caption("fig_cka", r)
+    said = caption("fig_cka_epochs", r)
+    assert EPOCH_0 in said and "BN and NBN: 1 of 6 kernels (into conv1)." in said, said
+    assert said.endswith("Mean over the pairs (4 seeds), error bars: standard deviation over the pairs, cut at 0 and 1.")
 
 
 # ==== learning curves ====

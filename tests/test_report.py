@@ -1179,6 +1179,41 @@ def test_cka_figure_cross_norm_next_to_seed_baselines(make, pairs):
             to_hex(COLORS[b]) and colours[f"{SHORT4[a]} vs {SHORT4[b]}, same seed"] == "#000000"
 
 
+def test_cka_through_training_averages_each_pair_of_models_over_a_group_then_over_the_pairs():
+    """The snapshots' CKA was in the tables with no figure: now a row per pair of conditions, a panel per layer
+    group, x the snapshot epochs then the final models; values by hand from the table."""
+    r = cnn4()
+    final = r.table("cka")
+    scale = {0: 0.5, 2: 0.9}  # the snapshots' CKA: the final's, scaled per epoch
+    snaps = pd.concat([final.assign(epoch=e, cka=final["cka"] * f) for e, f in scale.items()])
+    r = results.Results(r.experiment, {**r.tables, "cka": pd.concat([final, snaps])})
+    axes = [a for a in figures.figure("fig_cka_epochs").make(r).axes if a.axison]
+    groups = GROUPS["CNN Digits"]
+    pairs = [("batch", "group"), ("batch", "layer"), ("batch", "none"), ("group", "layer"), ("group", "none"),
+             ("layer", "none")]
+    assert [a.get_title().replace("\n", " ") for a in axes] == [f"CNN Digits: {SHORT4[a]} vs {SHORT4[b]}, {g}"
+                                                                for a, b in pairs for g in groups]
+    for i, (a, b) in enumerate(pairs):
+        for j, idx in enumerate(groups.values()):
+            ax = axes[i * len(groups) + j]
+            assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "2", "final"]
+            got = errorbars(ax)
+            for label, (x, y) in {f"{SHORT4[a]} vs {SHORT4[b]}, same seed": (a, b), f"{SHORT4[a]} seed vs seed": (a, a),
+                                  f"{SHORT4[b]} seed vs seed": (b, b)}.items():
+                means, stds = [], []
+                for epoch in (0, 2, -1):
+                    d = r.table("cka") if epoch == -1 else snaps[snaps["epoch"] == epoch]
+                    d = d[(((d["norm_a"] == x) & (d["norm_b"] == y)) | ((d["norm_a"] == y) & (d["norm_b"] == x)))
+                          & ((d["seed_a"] == d["seed_b"]) == (x != y)) & d["layer_index"].isin(idx)]
+                    per_pair = [g["cka"].mean() for _, g in d.groupby(["model_a", "model_b"])]
+                    means.append(np.mean(per_pair))
+                    stds.append(np.std(per_pair, ddof=1))
+                gx, gy, gerr = got[label]
+                assert gx == [0, 1, 2] and gy == pytest.approx(means, abs=1e-12), (label, idx)
+                assert gerr == pytest.approx(stds, abs=1e-12), (label, idx)
+    assert figures.figure("fig_cka_epochs").make(cnn4()) is None  # no snapshots: not drawn
+
+
 GROUPS = {  # layer groups by hand: each layer alone up to 4 layers, else thirds (the larger first)
     "CNN Digits": {"early layers (conv1-conv2)": [1, 2], "middle layers (conv3-conv4)": [3, 4], "late layer (fc1)": [5]},
     "VGG-16 CIFAR10": {"early layers (conv1-conv5)": [1, 2, 3, 4, 5], "middle layers (conv6-conv9)": [6, 7, 8, 9],
