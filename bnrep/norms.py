@@ -34,7 +34,8 @@ blocks and the LayerNorm2d variants, InstanceNorm) by `norm`'s module at the
 same width, and for `none` by a per-channel bias (`ChannelBias`, the function
 class of the conv bias the norm made redundant). It finds where each module
 keeps its channels from one forward pass, and proves afterwards that no
-module of another kind is left (`check_norm_kind`).
+module of another kind is left (`check_norm_kind`). A module named as a norm that
+it cannot replace (`foreign_norms`: timm's EvoNorm) is refused, not kept.
 """
 
 from __future__ import annotations
@@ -337,9 +338,39 @@ class Sequence1d(nn.Module):
 
 
 def norm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(path, module) of every normalisation module, in registration order."""
+    """(path, module) of every normalisation module a swap replaces, in registration order."""
     types = norm_types()
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, types) or _last_dim_norm(m)]
+
+
+# a class named as a normalisation: EvoNorm2dS0, FilterResponseNormTlu2d, GlobalResponseNorm, PixelNorm, mynorm
+# (not NormedLinear, a cosine classifier, nor Normalize, a fixed input scaling)
+_NAMED_AS_NORM = re.compile(r"Norm(?![a-z])|norm$")
+
+
+def _named_as_norm(m: nn.Module) -> bool:
+    return bool(_NAMED_AS_NORM.search(type(m).__name__))
+
+
+def _last_dim_norm(m: nn.Module) -> bool:
+    """torch's LayerNorm and RMSNorm, and any normalisation with a one-dimensional `normalized_shape` (timm's
+    RmsNorm and RmsNorm2d, a LayerNorm of a model's own): over the last dim they are given, or over an image's
+    channels for a 2d variant (_channels_last)."""
+    if isinstance(m, _LAST_DIM):
+        return True
+    shape = getattr(m, "normalized_shape", None)
+    return _named_as_norm(m) and isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 1
+
+
+def foreign_norms(model: nn.Module) -> list[tuple[str, str]]:
+    """(path, class name) of each module named as a normalisation that a swap cannot replace (timm's EvoNorm and
+    FilterResponseNorm, ConvNeXt-V2's GlobalResponseNorm, torchvision's FrozenBatchNorm2d, a norm of a model's
+    own): left in place, `none` would not be no normalisation. Innermost ones only: a block that holds norms
+    (a PreNorm wrapper, timm's NormMlpClassifierHead) is not one."""
+    known = {id(m) for _, m in norm_modules(model)}
+    return [(path, type(m).__name__) for path, m in model.named_modules()
+            if id(m) not in known and not isinstance(m, NormThen) and _named_as_norm(m)
+            and not any(id(c) in known or _named_as_norm(c) for c in list(m.modules())[1:])]
 
 
 def _width(m: nn.Module) -> int:
@@ -362,7 +393,7 @@ def _channels_last(m: nn.Module, shape: torch.Size) -> bool:
     BatchNorm, GroupNorm and InstanceNorm: dim 1. LayerNorm over the last dim
     (ConvNeXt blocks, transformers): channels last, unless it is a LayerNorm2d
     variant that permutes an (N, C, H, W) input itself (torchvision, timm)."""
-    if not isinstance(m, _LAST_DIM) or len(shape) == 2:
+    if not _last_dim_norm(m) or len(shape) == 2:
         return False
     c = _width(m)
     return not (shape[1] == c and (shape[-1] != c or "2d" in type(m).__name__.lower()))
@@ -447,6 +478,11 @@ def swap_norms(model: nn.Module, name: str, example: torch.Tensor, what: str = "
     norm = get_norm(name)
     if norm.name == AS_BUILT:
         return model
+    if foreign := foreign_norms(model):
+        path, kind = foreign[0]
+        raise NormError(f"{what}: {kind} at {path}" + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
+                        + f" cannot be swapped for {name} (swapped: torch's norms, their subclasses and norms with "
+                        f"a normalized_shape); study the model as-built")
     found = norm_modules(model)
     if not found and norm.name == "none":
         return model  # a model built without norms is `none` as it is

@@ -295,3 +295,109 @@ def test_a_new_entrys_module_is_found_in_any_model(monkeypatch):
     assert not any(isinstance(m, ChannelRMSNorm) for m in none.modules())
     with pytest.raises(NormError, match=r"still has a ChannelRMSNorm at .* after the swap to batch"):
         check_norm_kind(model, "batch")
+
+
+# ==== normalisations a swap does not know ====
+
+class EvoNormLike2d(nn.Module):
+    """A normalisation of a model's own with no width to swap it at (as timm's EvoNorm2dS0 or
+    FilterResponseNormTlu2d): x over the std of each sample's (C, H, W), times a weight."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1, c, 1, 1))
+
+    def forward(self, x):
+        return x / (x.var((1, 2, 3), keepdim=True) + 1e-5).sqrt() * self.weight
+
+
+class PixelNorm(nn.Module):  # no parameters at all (StyleGAN's): a normalisation all the same
+    def __init__(self, c):
+        super().__init__()
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + 1e-8)
+
+
+class OwnRmsNorm2d(nn.Module):
+    """A model's own RMSNorm over an image's channels, with a `normalized_shape` (as timm's RmsNorm2d)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.normalized_shape, self.weight = (c,), nn.Parameter(torch.ones(c))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + 1e-6) * self.weight.view(1, -1, 1, 1)
+
+
+class Normalize(nn.Module):  # a fixed scaling of the input: not a normalisation layer
+    def forward(self, x):
+        return (x - 0.5) / 0.25
+
+
+class NormedLinear(nn.Linear):  # a cosine classifier: not a normalisation layer
+    def forward(self, x):
+        return nn.functional.linear(nn.functional.normalize(x, dim=1), nn.functional.normalize(self.weight, dim=1))
+
+
+class PreNorm(nn.Module):  # a block that holds a norm: its LayerNorm is swapped, the block is not a norm
+    def __init__(self, c):
+        super().__init__()
+        self.norm, self.fc = nn.LayerNorm(c), nn.Linear(c, c)
+
+    def forward(self, x):
+        return self.fc(self.norm(x))
+
+
+class Net(nn.Module):
+    def __init__(self, norm):
+        super().__init__()
+        self.scale, self.conv, self.norm = Normalize(), nn.Conv2d(3, 8, 3, padding=1), norm(8)
+        self.block, self.head = PreNorm(8), NormedLinear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.norm(self.conv(self.scale(x)))).mean((2, 3))
+        return self.head(torch.relu(self.block(x)))
+
+
+@pytest.mark.parametrize("kind", [EvoNormLike2d, PixelNorm])
+@pytest.mark.parametrize("name", ["batch", "group", "none"])
+def test_a_normalisation_a_swap_cannot_replace_is_refused_not_kept(kind, name):
+    """timm's EvoNorm, FilterResponseNorm, GlobalResponseNorm and a norm of a model's own were not seen: `batch`
+    was refused as "has no normalisation" and `none` trained the model with its norms in place, under the label
+    "no norm". Refused in one line now; as-built keeps it."""
+    from bnrep.norms import NormError, swap_norms
+
+    x = torch.randn(4, 3, 6, 6)
+    with pytest.raises(NormError, match=rf"^the model: {kind.__name__} at norm cannot be swapped for {name} \(swapped: "
+                                        r"torch's norms, .*\); study the model as-built$"):
+        swap_norms(Net(kind), name, x)
+    assert isinstance(swap_norms(Net(kind), "as-built", x).norm, kind)
+
+
+@pytest.mark.parametrize("name", ["batch", "none"])
+def test_a_norm_with_a_normalized_shape_is_swapped_and_names_that_say_norm_otherwise_are_not_norms(name):
+    """A model's own RMSNorm2d (a `normalized_shape`, channels first) is swapped as torch's are; an input
+    Normalize, a NormedLinear head and a PreNorm block (whose LayerNorm is swapped) stay as they are."""
+    from bnrep.norms import ChannelBias, check_norm_kind, swap_norms
+
+    x = torch.randn(4, 3, 6, 6)
+    model = swap_norms(Net(OwnRmsNorm2d), name, x)
+    check_norm_kind(model, name)
+    assert (type(model.norm), type(model.block.norm)) == {"batch": (nn.BatchNorm2d, nn.BatchNorm1d),
+                                                          "none": (ChannelBias, ChannelBias)}[name]
+    assert (type(model.scale), type(model.block), type(model.head)) == (Normalize, PreNorm, NormedLinear)
+    if name == "batch":  # channels first: each of the 8 channels over the batch and the positions
+        h = model.conv(model.scale(x))
+        torch.testing.assert_close(model.norm.train()(h), nn.BatchNorm2d(8).train()(h))
+
+
+def test_timm_norms_a_swap_cannot_replace_are_refused_and_its_rmsnorm2d_is_swapped():
+    pytest.importorskip("timm")
+    from bnrep.norms import NormError
+
+    with pytest.raises(NormError, match=r"^timm:test_efficientnet_evos: EvoNorm2dS0 at bn1 and 12 more cannot be "
+                                        r"swapped for none "):
+        build_model("timm:test_efficientnet_evos", "none", 3, 3, (32, 32))
+    model = build_model("timm:convnext_atto_rms", "none", 3, 3, (32, 32))
+    assert not [m for m in model.modules() if type(m).__name__.startswith("RmsNorm")]
