@@ -101,8 +101,8 @@ class _Functions(TorchFunctionMode):
             self.tap.pre(self.tap.index + 1, args[0])  # before an in-place function overwrites it
         out = func(*args, **(kwargs or {}))
         last = LAYOUT_FUNCTIONS.get(func)
-        if last is not None and isinstance(out, torch.Tensor):
-            self.tap.layouts[out.dim()] = last
+        if last is not None and isinstance(out, torch.Tensor) and out.dim() >= 2:
+            self.tap.layouts[out.dim()] = (last, out.shape[-1] if last else out.shape[1])
         if name is not None:
             where = self.tap.stack[-1][0] if self.tap.stack else ""
             self.tap.report(f"{where}.{func.__name__.rstrip('_')}" if where else func.__name__.rstrip("_"),
@@ -118,7 +118,8 @@ class _Tap:
         self.inside = 0  # depth inside activation modules (their own F.relu is not a second probe)
         self.index = 0  # activations called so far in this forward pass
         self.batch: int | None = None  # the batch size of this forward pass
-        self.layouts: dict[int, bool] = {}  # number of axes -> channels last, as the last LAYOUT_FUNCTIONS made
+        self.layouts: dict[int, tuple[bool, int]] = {}  # number of axes -> (channels last, the channel count), as
+        # the last LAYOUT_FUNCTIONS output of as many axes made
 
     def batched(self, x) -> bool:
         """An activation's input or output is a representation of the batch: (batch, C, ...)."""
@@ -171,13 +172,17 @@ def tap(model: nn.Module, fn: Callable[[int, str, str, torch.Tensor], None],
             h.remove()
 
 
-def _is_channels_last(x: torch.Tensor, made_last: bool | None) -> bool:
-    """(N, H, W, C) or (N, T, C), as the layer that made it says (made_last: LAYOUT_FUNCTIONS); when
-    no such layer ran before it, a 3-D output or square maps with C apart."""
+def _is_channels_last(x: torch.Tensor, made: tuple[bool, int] | None) -> bool:
+    """(N, H, W, C) or (N, T, C), as the layer that made it says (made: its layout and channel count, from
+    LAYOUT_FUNCTIONS), unless its channel count is on the other axis only (its output permuted since: a linear
+    layer on NHWC, then back to NCHW); when no such layer ran before it, a 3-D output or square maps with C
+    apart."""
     if x.dim() not in (3, 4):
         return False
-    if made_last is not None:
-        return made_last
+    if made is not None:
+        last, c = made
+        said, other = (x.shape[-1], x.shape[1]) if last else (x.shape[1], x.shape[-1])
+        return last if said == c or other != c else not last
     return x.dim() == 3 or x.shape[1] == x.shape[2] != x.shape[3]
 
 

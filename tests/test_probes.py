@@ -158,6 +158,29 @@ def test_the_channel_axis_is_the_one_the_layer_before_made(h, w):
     assert [(p.channels_last, p.channels) for p in find_probes(conv1d, torch.zeros(2, 2, 9))] == [(False, 3)]
 
 
+class PermutedLinear(nn.Module):
+    """A pointwise linear layer on NHWC, its output permuted back to NCHW before the GELU."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pw = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 6)
+
+    def forward(self, x):
+        return F.gelu(self.pw(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+
+def test_a_linear_layer_s_output_permuted_back_has_its_channels_first():
+    """The linear layer made its output channels last, but the GELU takes it permuted back to NCHW: its 6
+    channels are axis 1. They were read as the last axis (the image's 7 columns), and every measure of the
+    layer reduced over the wrong axis."""
+    torch.manual_seed(0)
+    model, X = PermutedLinear().eval(), torch.randn(4, 3, 5, 7)
+    (probe,) = find_probes(model, X[:2])
+    assert (probe.channels_last, probe.channels) == (False, 6)
+    (rep,) = extract_representations(model, X, n_sparsity=4, device="cpu")
+    torch.testing.assert_close(rep.reduced, reduce_representation(model(X).detach()))
+
+
 class SqueezeExcite(nn.Module):
     """A residual block with the classic squeeze-excitation gate: nn.Linear on pooled (N, C) features
     (the last linear layer before the block's ReLU), scaling an NCHW map of other width than C."""
