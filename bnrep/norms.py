@@ -400,21 +400,24 @@ def _channels_last(m: nn.Module, shape: torch.Size) -> bool:
 
 
 def _input_shapes(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, torch.Size], set[str]]:
-    """One forward pass: the input shape of each norm module, and the convs whose output a norm takes."""
+    """One forward pass: the input shape of each norm module, and the convs whose output a norm takes (as it is,
+    or a view of it: torchvision's ConvNeXt permutes a conv's output to NHWC for its LayerNorm)."""
     shapes: dict[str, torch.Size] = {}
-    made: dict[int, tuple[str, torch.Tensor]] = {}  # id of a conv's output -> (its path, the tensor: kept alive)
+    made: dict[int, tuple[str, torch.Tensor]] = {}  # a conv's output's storage -> (its path, the tensor: kept alive)
     fed: set[str] = set()
 
     def record(path: str):
         def hook(module, args) -> None:
-            shapes.setdefault(path, args[0].shape)
-            if id(args[0]) in made:
-                fed.add(made[id(args[0])][0])
+            x = args[0]
+            shapes.setdefault(path, x.shape)
+            path_out = made.get(x.untyped_storage().data_ptr())
+            if path_out and path_out[1].numel() == x.numel():
+                fed.add(path_out[0])
         return hook
 
     def conv_out(path: str):
         def hook(module, args, out) -> None:
-            made[id(out)] = (path, out)
+            made[out.untyped_storage().data_ptr()] = (path, out)
         return hook
 
     hooks = [m.register_forward_pre_hook(record(n)) for n, m in norm_modules(model)]

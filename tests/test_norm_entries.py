@@ -401,3 +401,17 @@ def test_timm_norms_a_swap_cannot_replace_are_refused_and_its_rmsnorm2d_is_swapp
         build_model("timm:test_efficientnet_evos", "none", 3, 3, (32, 32))
     model = build_model("timm:convnext_atto_rms", "none", 3, 3, (32, 32))
     assert not [m for m in model.modules() if type(m).__name__.startswith("RmsNorm")]
+
+
+def test_ws_standardises_a_conv_whose_output_a_norm_takes_permuted():
+    """torchvision's ConvNeXt and Swin permute a conv's output to NHWC for its LayerNorm: the norm takes a view
+    of the conv's output, not the tensor itself, and `ws+group` left those convs as they were (ConvNeXt-T: 1 of
+    its 22 convs standardised, the stem; WS + GroupNorm was GroupNorm there)."""
+    from bnrep.norms import swap_norms
+
+    model = swap_norms(RMSNet(), "ws+group", torch.zeros(2, 3, 6, 6))
+    assert type(model.conv) is WSConv2d
+    convnext = build_model("torchvision:convnext_tiny", "ws+group", 3, 10, (32, 32))
+    plain = [p for p, m in convnext.named_modules() if type(m) is nn.Conv2d]
+    assert plain == ["features.2.1", "features.4.1", "features.6.1"]  # the downsampling convs: after a norm
+    assert sum(type(m) is WSConv2d for m in convnext.modules()) == 19
