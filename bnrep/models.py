@@ -37,7 +37,7 @@ from torch import nn
 
 from bnrep.datasets import one_line
 from bnrep.nets import resnet18, standard_cnn, vgg16
-from bnrep.norms import AS_BUILT, NormError, get_norm, swap_norms
+from bnrep.norms import AS_BUILT, NormError, get_norm, norm_modules, swap_norms
 
 class ModelError(ValueError):
     """A spec that names no model, or a model that cannot take the data; the message is one line."""
@@ -263,10 +263,16 @@ def check_model(spec: str, norms, shape: tuple[int, int, int], num_classes: int,
     returns the model of the first norm. One line (ModelError, NormError) for any failure. `training`: bnrep
     will train it (a norm of two values per group is refused then; models already trained are analysed)."""
     C, H, W = shape
-    first = None
+    first, built = None, {}
     for norm in norms:
         model = build_model(spec, norm, C, num_classes, (H, W))
         check_forward(model, spec, norm, shape, num_classes, backward=True, refuse=FEW_PER_GROUP if training else ONE)
+        twin = built.setdefault((repr(model), get_norm(norm).overrides), norm)  # (the modules, their settings)
+        if twin != norm and training:
+            kinds = sorted({type(m).__name__ for _, m in norm_modules(model)})
+            raise ModelError(f"{spec}: conditions {twin} and {norm} build the same network "
+                             f"({', '.join(kinds) or 'no normalisation layer'}, the same modules and settings) and "
+                             f"train with the same recipe: they would train the same models; list one of them")
         first = first or model
     return first
 

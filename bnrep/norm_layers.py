@@ -35,6 +35,9 @@ def _ghost(base: type) -> type:
             super().__init__(num_features)
             self.virtual = virtual
 
+        def extra_repr(self) -> str:
+            return f"{super().extra_repr()}, virtual={self.virtual}"
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if not self.training or len(x) <= self.virtual:
                 return super().forward(x)
@@ -69,6 +72,9 @@ def _renorm(base: type) -> type:
                 raise ValueError(f"Batch Renorm needs a warm-up of 1 or more batches, got {warmup}")
             super().__init__(num_features)
             self.warmup = warmup
+
+        def extra_repr(self) -> str:
+            return f"{super().extra_repr()}, warmup={self.warmup}"
 
         def limits(self) -> tuple[torch.Tensor, torch.Tensor]:
             """(r_max, d_max) for the next training batch, as 0-d tensors on the module's device."""

@@ -280,6 +280,9 @@ class ChannelBias(nn.Module):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(width))
 
+    def extra_repr(self) -> str:
+        return str(len(self.bias))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.bias.view(-1, *([1] * (x.dim() - 2)))  # (N, C, ...) + (C, 1, ...)
 

@@ -136,6 +136,14 @@ CASES = [  # (name, stage, argv, words the message must contain)
      ["tests.labnets.nets:plain_cnn has no normalisation layer to swap for batch (it has no normalisation: it is "
       "`none` as built); put a norm layer (nn.BatchNorm2d, which bnrep swaps for each norm) where each should go in "
       "it, or study it as it is with --norms none"]),
+    ("two conditions of one network: no norms", "final", ["--model", "tests.labnets.nets:plain_cnn", "--norms",
+                                                             "none,as-built"],
+     ["tests.labnets.nets:plain_cnn: conditions as-built and none build the same network (no normalisation layer, the "
+      "same modules and settings) and train with the same recipe: they would train the same models; list one of them"]),
+    ("two conditions of one network: its own norm", "final", ["--model", "tests.labnets.nets:wide_cnn", "--norms",
+                                                              "batch,as-built"],
+     ["tests.labnets.nets:wide_cnn: conditions batch and as-built build the same network (BatchNorm2d, the same "
+      "modules and settings)"]),
     ("model fails whatever the images", "final", ["--model", "tests.labnets.nets:unfinished"],
      ["tests.labnets.nets:unfinished's forward pass fails on 2 images of 1x8x8, and on every other size from 8x8 to "
       "224x224 and channel count tried: NotImplementedError: the attention block is not written yet"]),

@@ -415,3 +415,12 @@ def test_ws_standardises_a_conv_whose_output_a_norm_takes_permuted():
     plain = [p for p, m in convnext.named_modules() if type(m) is nn.Conv2d]
     assert plain == ["features.2.1", "features.4.1", "features.6.1"]  # the downsampling convs: after a norm
     assert sum(type(m) is WSConv2d for m in convnext.modules()) == 19
+
+
+def test_members_of_one_family_are_not_one_network():
+    """Two conditions that build the same network are refused (bnrep.models.check_model compares the built
+    modules): ghost BatchNorm and Batch Renorm at two sizes differ only in their argument, which their modules
+    now show, and are not refused."""
+    from bnrep.models import check_model
+
+    check_model("cnn", ["batch", "ghost:4", "ghost:8", "renorm:10", "renorm:20", "none"], (1, 8, 8), 10)
