@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fnmatch
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -75,6 +76,7 @@ class Probe:
     path: str  # the module path (of the module calling the function, for a functional activation)
     channels_last: bool = False  # (N, H, W, C) or (N, T, C) output
     channels: int = 0  # C of its output (0: not known)
+    gate: bool = False  # inside a squeeze-excitation module: the gate's bottleneck (measured when named only)
 
     @property
     def rectifier(self) -> bool:
@@ -207,7 +209,27 @@ def find_probes(model: nn.Module, example: torch.Tensor) -> list[Probe]:
     given = getattr(model, "probe_names", None)  # the built-in nets' names
     if given is not None and len(given) == len(names):
         names = list(given)
-    return [Probe(n, i, act, path, last, c) for i, (n, (path, act, last, c)) in enumerate(zip(names, seen), start=1)]
+    return [Probe(n, i, act, path, last, c, in_gate(model, path))
+            for i, (n, (path, act, last, c)) in enumerate(zip(names, seen), start=1)]
+
+
+# a squeeze-excitation module by its class name: torchvision's SqueezeExcitation, timm's SqueezeExcite, SEModule and
+# EffectiveSEModule, the SEBlock / SELayer of a model's own
+GATE_MODULE = re.compile(r"Squeeze|SE(Module|Block|Layer)\b|SE(Module|Block|Layer)?$|EffectiveSE")
+
+
+def in_gate(model: nn.Module, path: str) -> bool:
+    """Whether the activation at `path` runs inside a squeeze-excitation module: its bottleneck on pooled (N, C, 1, 1)
+    channel descriptors computes the gate that scales a block's maps, not a representation of the images."""
+    parts = path.split(".") if path else []
+    for i in range(len(parts)):
+        try:
+            m = model.get_submodule(".".join(parts[:i + 1]))
+        except AttributeError:
+            return False
+        if GATE_MODULE.search(type(m).__name__) and not is_activation(m):
+            return True
+    return False
 
 
 @torch.no_grad()
@@ -235,16 +257,17 @@ def layers_fed(model: nn.Module, example: torch.Tensor, modules: dict[str, nn.Mo
 
 
 def select_probes(probes: list[Probe], rule: str = "all", what: str = "the model") -> list[Probe]:
-    """`all`; comma-separated globs on names (`layer*.relu*`); or `type:ReLU,GELU` (activation types)."""
+    """`all`; comma-separated globs on names (`layer*.relu*`); or `type:ReLU,GELU` (activation types). `all` and
+    `type:` leave out the activations inside squeeze-excitation gates (Probe.gate); a glob that names one takes it."""
     rule = (rule or "all").strip()
     if not probes:
         raise ProbeError(f"{what} calls no activation bnrep knows (modules or functions named ReLU, ReLU6, "
                          f"LeakyReLU, GELU, SiLU, Hardswish, Mish, ELU, Tanh, ...): nothing to measure")
     if rule == "all":
-        chosen = probes
+        chosen = [p for p in probes if not p.gate]
     elif rule.startswith("type:"):
         kinds = {k.strip().lower() for k in rule[5:].split(",") if k.strip()}
-        chosen = [p for p in probes if p.activation.lower() in kinds]
+        chosen = [p for p in probes if p.activation.lower() in kinds and not p.gate]
     else:
         globs = [g.strip() for g in rule.split(",") if g.strip()]
         chosen = [p for p in probes if any(fnmatch.fnmatchcase(p.name, g) for g in globs)]

@@ -211,6 +211,44 @@ def test_a_linear_gate_on_pooled_features_leaves_the_map_channels_first():
     torch.testing.assert_close(rep.reduced, reduce_representation(out))
 
 
+class SEBlock(nn.Module):
+    """A squeeze-excitation gate of a model's own: pooled channels, a 1x1 bottleneck with a ReLU, a sigmoid."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.reduce, self.relu, self.expand = nn.Conv2d(c, 2, 1), nn.ReLU(), nn.Conv2d(2, c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.expand(self.relu(self.reduce(x.mean((2, 3), keepdim=True)))))
+
+
+class SENet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act, self.se, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), SEBlock(8), nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.se(self.act(self.conv(x)))
+        return self.head(F.relu(x).mean((2, 3)))
+
+
+def test_the_bottleneck_of_a_squeeze_excitation_gate_is_measured_only_when_named():
+    """The ReLU inside an SE gate acts on pooled (N, C, 1, 1) descriptors that compute the gate, not on the
+    images' maps: probed by default it was 10 of MobileNetV3-Small's 14 rectifier layers, and claim 1 and the
+    dead-channel lists were mostly about gates. Found (the index stays the identity), left out of `all` and
+    `type:`, measured when a glob names it."""
+    probes = find_probes(SENet(), torch.zeros(2, 3, 6, 6))
+    assert [(p.name, p.index, p.gate) for p in probes] == [("act", 1, False), ("se.relu", 2, True), ("relu", 3, False)]
+    assert [p.name for p in select_probes(probes)] == [p.name for p in select_probes(probes, "type:ReLU")] == \
+        ["act", "relu"]
+    assert [p.name for p in select_probes(probes, "se.*,act")] == ["act", "se.relu"]
+    mnv3 = build_model("torchvision:mobilenet_v3_small", "batch", 3, 10, (32, 32))
+    found = find_probes(mnv3, torch.zeros(2, 3, 32, 32))
+    assert [p.name for p in found if p.gate] == [f"features.{i}.block.{2 if i > 3 else 1}.activation"
+                                                 for i in (1, 4, 5, 6, 7, 8, 9, 10, 11)]
+    assert len(select_probes(found)) == len(found) - 9 == 24
+
+
 class LinearNormTokens(nn.Module):
     """LeViT's LinearNorm on (N, T, C) tokens: a linear layer, then BatchNorm1d on the tokens flattened to
     (N * T, C) (channels first there), reshaped back; then the activation."""
@@ -325,7 +363,7 @@ def test_select_probes():
     assert {p.activation for p in select_probes(probes, "type:hardswish")} == {"Hardswish"}
     chosen = select_probes(probes, "features.1*,classifier.*")
     assert chosen and all(p.name.startswith(("features.1", "classifier.")) for p in chosen)
-    assert select_probes(probes, "all") == probes
+    assert select_probes(probes, "all") == [p for p in probes if not p.gate]  # (squeeze-excitation gates: below)
     assert [p.rectifier for p in probes[:3]] == [p.activation == "ReLU" for p in probes[:3]]
 
 
