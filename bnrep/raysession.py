@@ -267,15 +267,64 @@ def sigint_default_in_children():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+SEES_WAIT_S = 5  # how long a node looks for the driver's file (a shared filesystem's own delay)
+NODE_ANSWER_S = 60  # how long the check waits for a node's answer (one just killed may still be listed as alive)
+
+
 def check_shared_out(ray, store: Store) -> None:
-    """Warn when a multi-node cluster writes to a local path: every node must
-    see the same results (a shared mount at that path, or an s3:// URI)."""
+    """A multi-node cluster writing to a local path: every alive node must see the results directory at that
+    path (a filesystem they all mount), else the trials and tasks it runs write where the driver never looks
+    (every rerun trained them again, and ended in a traceback). The driver writes a file of a fresh name in it,
+    and each node looks for it in a zero-CPU task; UsageError (one line) naming the first that does not see
+    it. A URI (s3://, file://) says where, explicitly: not checked."""
+    import uuid
+
+    from bnrep.config import UsageError
     from bnrep.store import is_uri
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1 and not is_uri(store.out):
-        print(f"warning: --out {store.out} is a local path on a {len(nodes)}-node cluster; it must be "
-              "a filesystem shared by every node at that path, else use an s3:// URI", flush=True)
+    if len(nodes) < 2 or is_uri(store.out):
+        return
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    token = uuid.uuid4().hex
+    marker = os.path.join(store.path(), f".bnrep-seen-{token}")
+    os.makedirs(store.path(), exist_ok=True)
+    with open(marker, "w") as f:
+        f.write(token)
+    try:
+        look = ray.remote(num_cpus=0, max_retries=0)(sees)
+        asked = [look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                 .remote(marker, token) for n in nodes]
+        answered, _ = ray.wait(asked, num_returns=len(asked), timeout=NODE_ANSWER_S)
+        seen = {r: ray.get(r) for r in answered}
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(marker)
+    for n, r in zip(nodes, asked):
+        where = f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})"
+        if r not in seen:
+            print(f"warning: node {where} did not say within {NODE_ANSWER_S} s whether it sees --out {store.out}",
+                  flush=True)
+        elif not seen[r]:
+            raise UsageError(f"--out {store.out} is not the same directory on node {where}: every node must see "
+                             f"the results at that path (a filesystem they all mount, at the same path), or give "
+                             f"an s3:// URI")
+
+
+def sees(path: str, token: str) -> bool:
+    """Whether this node sees the file at `path` holding `token` (looked for up to SEES_WAIT_S)."""
+    import time
+
+    until = time.monotonic() + SEES_WAIT_S
+    while True:
+        with contextlib.suppress(OSError):
+            with open(path) as f:
+                if f.read() == token:
+                    return True
+        if time.monotonic() > until:
+            return False
+        time.sleep(0.2)
 
 
 def check_nodes(ray, store: Store, dataset: str) -> None:

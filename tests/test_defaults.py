@@ -3,6 +3,7 @@ and the warning about a local --out on several nodes."""
 
 import glob
 import io
+import os
 import json
 from contextlib import redirect_stdout
 from types import SimpleNamespace
@@ -74,23 +75,60 @@ def test_amp_is_ignored_on_cpu():
         assert torch.equal(runs[0][k], runs[1][k]), k  # no autocast on CPU: the same weights
 
 
-def nodes(n):
-    return SimpleNamespace(nodes=lambda: [{"Alive": True}] * n + [{"Alive": False}])
+class Nodes:
+    """The calls of Ray that check_shared_out makes, on `n` alive nodes (and a dead one): each node's task runs
+    here, bnrep.raysession.sees itself, except on the nodes in `blind`, which see another disk at the path."""
+
+    def __init__(self, n: int, blind=()):
+        self.n, self.blind, self.asked = n, set(blind), []
+
+    def nodes(self):
+        return [{"Alive": True, "NodeID": f"{i + 1:056x}", "NodeManagerAddress": f"10.0.0.{i + 1}"}
+                for i in range(self.n)] + [{"Alive": False, "NodeID": f"{99:056x}"}]
+
+    def remote(self, **kw):
+        def task(fn):
+            def on(scheduling_strategy):
+                node = int(scheduling_strategy.node_id, 16)
+                return SimpleNamespace(remote=lambda *a: self.asked.append(node) or (node, node not in self.blind
+                                                                                     and fn(*a)))
+            return SimpleNamespace(options=on)
+        return task
+
+    def wait(self, refs, num_returns, timeout):
+        return refs, []
+
+    def get(self, ref):
+        return ref[1]
 
 
-@pytest.mark.parametrize("out, n_nodes, warns", [
-    ("/tmp/runs", 2, True),  # a local path on two nodes: results would scatter
-    ("/tmp/runs", 1, False),
-    ("s3://bucket/runs", 2, False),
-    ("file:///shared/runs", 2, False),  # a URI says where, explicitly
+@pytest.mark.parametrize("out, n_nodes, blind, checked", [
+    ("{tmp}/runs", 3, (), True),  # a shared filesystem: every node sees the driver's file
+    ("{tmp}/runs", 3, (2,), True),  # node 2 has its own disk at that path
+    ("{tmp}/runs", 1, (), False),  # one node: nothing to check
+    ("s3://bucket/runs", 3, (), False),  # a URI says where, explicitly
+    ("file:///shared/runs", 3, (), False),
 ])
-def test_local_out_on_several_nodes_warns(out, n_nodes, warns):
+def test_every_node_must_see_a_local_out(out, n_nodes, blind, checked, tmp_path, monkeypatch):
+    """A local --out on a multi-node cluster was a warning: a node with its own disk at that path trained and
+    wrote there, the driver saw nothing, and every rerun trained again and ended in a traceback. Each node now
+    looks for a file the driver writes there; one that does not see it is named in one line."""
+    from bnrep.config import UsageError
+
+    monkeypatch.setattr("bnrep.raysession.SEES_WAIT_S", 0)
+    ray, out = Nodes(n_nodes, blind), out.format(tmp=tmp_path)
+    store = Store(out, "x") if "s3" not in out else SimpleNamespace(out=out)
     buf = io.StringIO()
     with redirect_stdout(buf):
-        check_shared_out(nodes(n_nodes), Store(out, "x") if "s3" not in out else SimpleNamespace(out=out))
-    assert ("warning: --out" in buf.getvalue()) == warns
-    if warns:
-        assert f"{n_nodes}-node cluster" in buf.getvalue() and len(buf.getvalue().splitlines()) == 1
+        if blind:
+            with pytest.raises(UsageError, match=rf"^--out {out} is not the same directory on node 10.0.0.2 "
+                                                 r"\(00000000\): every node must see the results at that path"):
+                check_shared_out(ray, store)
+        else:
+            check_shared_out(ray, store)
+    assert ray.asked == ([1, 2, 3] if checked else []) and buf.getvalue() == ""
+    if "s3" not in out and checked:
+        assert os.listdir(store.path()) == []  # the driver's file removed
 
 
 STOP_IN_A_CALLBACK = """
