@@ -1364,3 +1364,17 @@ def test_a_failed_task_quotes_its_error_whole_or_cut_between_words():
     long = "Traceback (most recent call last):\n  ...\n" + "word " * 100 + "end"
     cut = one_line(RuntimeError(long))
     assert cut.endswith(" ...") and len(cut) <= ONE_LINE_MAX + 4 and cut[:-4].split(" ")[-1] == "word"
+
+
+def test_a_grid_whose_trials_leave_no_results_here_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    """Trials that wrote where the driver does not look (a node with a disk of its own at --out's path) left the
+    grid 'done' with nothing in the training table: the stage ended in a KeyError traceback, and so did every
+    rerun. Trained twice and still missing: one line, exit 1."""
+    from bnrep.stages import final
+
+    monkeypatch.setattr(final, "run_grid", lambda *a, **k: None)  # trials that end, their results elsewhere
+    out = tmp_path / "runs"
+    assert flags.run_stage("final", ["--smoke-test", "--paper-hparams", "--out", str(out)]) == 1
+    assert capsys.readouterr().err == (f"error: 4 of the grid's models ended without their results in {out}/digits-cnn "
+                                       f"(first cnn-bn-s0): their trials wrote where this driver does not look; rerun "
+                                       f"the same command\n")

@@ -278,6 +278,11 @@ def run(exp: Experiment, opts: RunOptions) -> int:
                     if todo:  # a restored grid whose trials ended without saving: train them anew
                         store.delete(GRID_PLAN)
                         run_grid(exp, opts, store, todo, gpus, train_hash)
+                        if left := untrained(exp, store, grid, train_hash):  # (a node with a disk of its own)
+                            first = model_id(exp.model, left[0]["norm"], left[0]["seed"])
+                            raise StageFailed(f"{len(left)} of the grid's models ended without their results in "
+                                              f"{store.out}/{exp.name} (first {first}): their trials wrote where "
+                                              f"this driver does not look; rerun the same command")
             finally:  # also when the grid failed: a model saved with other weights (a GPU) has no analysis
                 if before is not None:
                     after = weights_digests(store, again)
@@ -285,7 +290,8 @@ def run(exp: Experiment, opts: RunOptions) -> int:
 
     df = store.read_table("training")
     wanted = {model_id(exp.model, g["norm"], g["seed"]) for g in grid}
-    print_summary(df[df["model_id"].isin(wanted)])
+    if len(df):
+        print_summary(df[df["model_id"].isin(wanted)])
     if trained:  # (nothing written when every model was already trained)
         print(f"\nwrote {store.out}/{exp.name}/results/training ({len(df)} models)")
     return 0
