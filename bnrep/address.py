@@ -56,7 +56,10 @@ def check_address(address: str | None) -> None:
         raise UsageError(f"{given}{address} is a Ray Client address, which bnrep does not use: run bnrep on a "
                          f"node of the cluster with the head's HOST:PORT (as `ray start --head` prints it), or on "
                          f"the head (ray submit, Ray Jobs: README, Cluster)")
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if "://" in address:  # (it passed the connection below, and ray.init then failed with a traceback)
+        raise UsageError(f"{given}{address}: a Ray head's address has no scheme: HOST:PORT as `ray start --head` "
+                         f"prints it (an http:// address is the dashboard's, for `ray job submit`)")
+    host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"{given}{address}: expected HOST:PORT of a Ray head (as `ray start --head` prints it)")
     if not 0 < int(port) < 65536:
