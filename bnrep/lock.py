@@ -183,11 +183,24 @@ def _pid_alive(pid: int, start: str | None) -> bool:
     return start is None or len(stat) <= 19 or stat[19] == start
 
 
+def pid_space() -> str | None:
+    """Where a pid names one process: this boot of this machine, and its pid namespace (Linux). Two containers
+    with the host's network share its host name, not its pids; nor do two clones of a machine's image."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f"{f.read().strip()}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+
+
 def is_stale(rec: dict, now: float) -> bool:
-    """Released, past its lease, or (written on this host) its process has ended."""
+    """Released, past its lease, or (written where this process's pids name the same processes: this host, in
+    this boot and pid namespace) its process has ended. A record from before pid spaces were recorded is judged
+    by its host name alone."""
     if rec.get("released") or now > rec["expires"]:
         return True
-    return rec["host"] == socket.gethostname() and not _pid_alive(rec["pid"], rec.get("proc_start"))
+    here = rec["host"] == socket.gethostname() and rec.get("pid_space", pid_space()) == pid_space()
+    return here and not _pid_alive(rec["pid"], rec.get("proc_start"))
 
 
 def describe(rec: dict) -> str:
@@ -307,7 +320,8 @@ def acquire(store: Store, stage: str, lease_s: float = LEASE_S, clock: Callable[
     if rec is not None and not is_stale(rec, clock()):
         raise _refusal(store, rec)
     host, pid = socket.gethostname(), os.getpid()
-    mine = {"host": host, "pid": pid, "proc_start": _process_start(pid), "stage": stage, "lease_s": lease_s,
+    mine = {"host": host, "pid": pid, "pid_space": pid_space(), "proc_start": _process_start(pid), "stage": stage,
+            "lease_s": lease_s,
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "expires": clock() + lease_s}
     name = _gen_name(gen + 1)

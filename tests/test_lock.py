@@ -196,6 +196,21 @@ def test_killed_holder_is_taken_over_at_once_and_a_live_one_is_not(out, tmp_path
         assert current_writer(store)["pid"] == os.getpid() and lock.gen == 1
 
 
+def test_a_dead_pid_of_another_pid_space_is_not_a_dead_writer():
+    """Two containers with the host's network share its host name, not its pids: a writer in one (pid 3 there)
+    was judged dead from the other, which has no pid 3, and both wrote the report at once. A pid now counts
+    only in the boot and pid namespace it was recorded in; elsewhere the lease decides."""
+    from bnrep.lock import is_stale, pid_space
+
+    p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(p.stdout)  # a process that has ended (and been reaped)
+    rec = {"host": socket.gethostname(), "pid": dead, "expires": 100.0}
+    assert pid_space() and is_stale({**rec, "pid_space": pid_space()}, now=50.0)
+    assert is_stale(rec, now=50.0)  # recorded before pid spaces were: its host name alone, as before
+    elsewhere = {**rec, "pid_space": pid_space().split("/")[0] + "/pid:[1]"}  # another pid namespace
+    assert not is_stale(elsewhere, now=50.0) and is_stale(elsewhere, now=101.0)
+
+
 # ==== the race ====
 def contender(out: str, me: int, start, done, results) -> None:
     """One process of the race: every round, wait at the barrier, try, report,
