@@ -117,8 +117,8 @@ def token_refused(address: str) -> str:
         return (f"the Ray cluster at {address} uses token authentication and refused this process's token (from "
                 f"{source}): give it the cluster's token there (README, Security)")
     return (f"the Ray cluster at {address} uses token authentication and refused this process (RAY_AUTH_MODE is "
-            f"{mode}): export RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN "
-            f"(README, Security)")
+            f"{mode}): export RAY_AUTH_MODE=token, with the cluster's token in RAY_AUTH_TOKEN, in the file "
+            f"RAY_AUTH_TOKEN_PATH names, or in ~/.ray/auth_token (README, Security)")
 
 
 def _refuses_token(address: str) -> bool:

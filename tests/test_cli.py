@@ -911,8 +911,8 @@ def test_a_cluster_that_refuses_to_be_joined_is_one_line(refused, monkeypatch, c
         join(SimpleNamespace(init=init), "10.0.0.1:6379", {})
     assert str(e.value) == (
         "the Ray cluster at 10.0.0.1:6379 uses token authentication and refused this process (RAY_AUTH_MODE is "
-        "unset): export RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN "
-        "(README, Security)" if refused else
+        "unset): export RAY_AUTH_MODE=token, with the cluster's token in RAY_AUTH_TOKEN, in the file "
+        "RAY_AUTH_TOKEN_PATH names, or in ~/.ray/auth_token (README, Security)" if refused else
         "cannot join the Ray cluster at 10.0.0.1:6379: Failed to connect to Ray cluster at 10.0.0.1:6379")
     assert capfd.readouterr() == ("", "")  # the one line above is all the user sees
 

@@ -298,7 +298,8 @@ def test_token_auth_runs_the_pipeline_with_the_token_and_refuses_others(auth_clu
                                    "wrong token": {"RAY_AUTH_MODE": "token",
                                                    "RAY_AUTH_TOKEN_PATH": str(wrong)}}.items()}
     said = {"unset": "refused this process (RAY_AUTH_MODE is unset): export RAY_AUTH_MODE=token, with the "
-                     "cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN (README, Security)",
+                     "cluster's token in RAY_AUTH_TOKEN, in the file RAY_AUTH_TOKEN_PATH names, or in "
+                     "~/.ray/auth_token (README, Security)",
             "token": f"refused this process's token (from RAY_AUTH_TOKEN_PATH={wrong}): give it the cluster's token "
                      f"there (README, Security)"}  # (it told a process in token mode to export token mode)
     for extra, mode in (({}, "unset"), ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(wrong)}, "token")):

@@ -223,3 +223,16 @@ def test_private_ray_workers_are_quiet_from_their_start_and_none_start_idle():
     # no idle workers started with Ray (Tune's trials never take them), unless the user says otherwise;
     # the driver's own environment is as it was
     assert "worker ['0', '1'] driver [None, '1']" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("n, have", [
+    (1, "its one node has 1 CPUs and 0 GPUs"),  # ("its 1 node have at most ...")
+    (2, "its 2 nodes have at most 1 CPUs and 0 GPUs each"),
+])
+def test_the_wait_for_a_node_with_room_says_what_the_nodes_have(n, have, capsys):
+    from bnrep.raysession import default_gpus
+
+    ray = SimpleNamespace(cluster_resources=lambda: {"CPU": n}, nodes=lambda: [{"Alive": True,
+                                                                              "Resources": {"CPU": 1}}] * n)
+    assert default_gpus(ray, None, cpus=2) == 0.0
+    assert capsys.readouterr().out.startswith(f"note: no node of the cluster has room for a trial (2 CPUs; {have}): ")
