@@ -392,7 +392,11 @@ def _needs(spec: str, norm: str, C: int, H: int, num_classes: int) -> str:
             built = _from_elsewhere(spec, C, num_classes)
     ok = [s for s in tried if _runs(spec, norm, C, s, num_classes, built)]
     if len(ok) > 1 and ok == tried[-len(ok):] and ok[0] > H:
-        return f"it needs at least {ok[0]}x{ok[0]}"
+        lo, hi = max([H, *(s for s in tried if s < ok[0])]), ok[0]  # the least size that runs lies in (lo, hi]
+        while hi - lo > 1:  # (inception_v3: 75x75, not the 96x96 tried)
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if _runs(spec, norm, C, mid, num_classes, built) else (mid, hi)
+        return f"it needs at least {hi}x{hi}"
     sizes = f"{TRY_SIZES[0]}x{TRY_SIZES[0]} to {TRY_SIZES[-1]}x{TRY_SIZES[-1]}"
     if not ok:
         return f"no size from {sizes} works either"

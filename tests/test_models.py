@@ -265,3 +265,12 @@ def test_bad_input(arch, norm, match):
 def test_model_id_bad_norm():
     with pytest.raises(ValueError, match="unknown norm 'bn'"):
         model_id("cnn", "bn", 0)
+
+
+def test_the_least_size_a_model_takes_is_found_between_the_sizes_tried():
+    """inception_v3 was said to need at least 96x96, the first of the sizes tried that ran; 75x75 runs."""
+    from bnrep.models import ModelError, check_model
+
+    with pytest.raises(ModelError, match=r"^torchvision:inception_v3 cannot take 1x8x8 images \(it needs at least "
+                                         r"75x75; "):
+        check_model("torchvision:inception_v3", ["batch"], (1, 8, 8), 10)
