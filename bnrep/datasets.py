@@ -87,11 +87,12 @@ def one_line(e: BaseException | str) -> str:
     """The last non-empty line of an exception's message, or of an error's text (its cause, as libraries
     word it), at most ONE_LINE_MAX characters, cut between words: for one-line errors."""
     lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-    line = lines[-1] if lines else type(e).__name__
-    if len(line) <= ONE_LINE_MAX:
-        return line
-    cut = line[:ONE_LINE_MAX].rsplit(" ", 1)[0]
-    return f"{cut} ..."
+    return cut_words(lines[-1] if lines else type(e).__name__, ONE_LINE_MAX)
+
+
+def cut_words(line: str, most: int, more: str = " ...") -> str:
+    """`line` whole, or cut between words to at most `most` characters, `more` after it."""
+    return line if len(line) <= most else line[:most].rsplit(" ", 1)[0] + more
 
 
 def parse_dataset(name: str) -> tuple[str, str]:

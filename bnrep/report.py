@@ -46,6 +46,7 @@ import pyarrow.fs as pafs
 
 import bnrep
 from bnrep.config import command, load_experiment, read_config, read_hashes
+from bnrep.datasets import cut_words
 from bnrep.documents import json_text, md_table, render_html, render_md
 from bnrep.correlations import predictors
 from bnrep.experiments import at_smoke_sizes, smoke_sizes_text
@@ -300,11 +301,16 @@ def _findings_json(r: Results, fs: list[Finding]) -> dict:
 WHERE = "\nreport: "  # the summary's last line names the report's file
 
 
+SUMMARY_LINE_MAX = 1000  # characters of a finding's line in the terminal (a deep model's per-layer lists run to 7,000)
+
+
 def _summary(title: str, table_text: str, fs: dict[str, list[Finding]], notes: list[str], where: str) -> str:
-    """Plain text for the terminal; `fs` maps a heading to its findings."""
+    """Plain text for the terminal; `fs` maps a heading to its findings, each line cut at SUMMARY_LINE_MAX."""
     parts = [title, "", "Table 1 (accuracy %, mean ± std over seeds):", table_text or "(no training results)"]
     for head, group in fs.items():
-        parts += ["", f"{head}:"] + finding_lines(group)
+        parts += ["", f"{head}:"] + [cut_words(line, SUMMARY_LINE_MAX, f" ... ({len(line):,} characters: in full in "
+                                                                       f"report.md and findings.json)")
+                                     for said in finding_lines(group) for line in said.split("\n")]
     return "\n".join(parts + [f"Note: {n}" for n in notes]) + "\n" + WHERE + where
 
 

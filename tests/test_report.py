@@ -2213,3 +2213,18 @@ def test_captions_and_settings_name_the_first_shown_layer_as_the_axes_do():
     half = findings.Results(get_experiment("digits-cnn").override(first_shown_layer=0.5), tables)
     assert first_shown_text(half) == "10 (layer 3, 0.5 of the depth)"
     assert first_shown_text(findings.Results(get_experiment("digits-cnn"), {})) == "layer 1"  # no table yet
+
+
+def test_a_finding_of_a_deep_model_is_cut_in_the_terminal_and_whole_in_the_report():
+    """DenseNet-121's claim 1 listed 121 layers on one terminal line of 7,143 characters: the summary cuts a line
+    at SUMMARY_LINE_MAX between words and says where the rest is."""
+    from bnrep.findings import Finding
+
+    layers = ", ".join(f"features.denseblock{i % 4 + 1}.denselayer{i}.relu1 +1.0 pp (p 0.01)" for i in range(121))
+    f = Finding(1, "BatchNorm does not consistently induce nor prevent sparsity.", "supported", f"per layer: {layers}")
+    text = report._summary("title", "", {"Findings": [f]}, [], "report.html")
+    (line,) = [x for x in text.splitlines() if "per layer:" in x]
+    (whole,) = [x for x in f.line().split("\n") if "per layer:" in x]
+    assert len(whole) > 7000 and len(line) < report.SUMMARY_LINE_MAX + 100
+    assert line.endswith(f" ... ({len(whole):,} characters: in full in report.md and findings.json)")
+    assert whole.startswith(line.split(" ... (")[0])
