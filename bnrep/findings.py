@@ -139,8 +139,8 @@ def _not_evaluated(number: int, tables: dict[str, pd.DataFrame], norm: str = "ba
         empty = [name for c, name in ((norm, a), (ref, b))
                  if not any(np.isfinite(d.loc[d["condition"] == c, value[t]].to_numpy(float)).any()
                             for t, d in tables.items() if "condition" in d and value.get(t) in d)]
-        why = (f"this study has no models of the reference condition, {b}: every claim compares {a} with it (add "
-               f"it to the conditions, or name another of them with --reference)." if not has(ref) else
+        why = (f"this study has no models of its reference condition ({b}, `{ref}`): every claim compares {a} with "
+               f"that condition (add it to the conditions, or name another of them with --reference)." if not has(ref) else
                f"results/{' and results/'.join(tables)} hold no {a} models." if not has(norm) else
                f"results/{' and results/'.join(tables)} hold no finite value of {' or '.join(empty)} models "
                f"(models that diverged are not analysed)." if empty else

@@ -348,7 +348,8 @@ def test_generalisation_without_reference_models_says_so():
     tr, ls = (d.assign(condition=d["condition"].replace({"none": "group"})) for d in (tr, ls))  # batch and group
     f = findings.finding_generalisation(tr, ls)
     assert f.verdict == "not evaluated"  # (judged the 4 BN models alone: "supported")
-    assert f.detail.startswith("this study has no models of the reference condition, no norm: every claim compares BN")
+    assert f.detail.startswith("this study has no models of its reference condition (no norm, `none`): every claim "
+                               "compares BN with that condition")
 
 
 FINAL_BN_WORSE = lambda bn, li: 1.0 + (0.3 if bn and li == 5 else 0.0)  # noqa: E731
@@ -1888,7 +1889,7 @@ def test_a_study_without_its_reference_says_so_not_that_models_diverged():
     fs = findings.findings(results.Results(get_experiment("digits-cnn"), only_bn))
     for f in fs[:1] + fs[2:]:  # (claim 2 correlates across whichever models there are)
         assert f.verdict == "not evaluated"
-        assert f.detail.startswith("this study has no models of the reference condition, no BN"), f.detail
+        assert f.detail.startswith("this study has no models of its reference condition (no BN, `none`)"), f.detail
 
 
 def test_a_claim_against_another_reference_names_it():
