@@ -346,9 +346,10 @@ def norm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, types) or _last_dim_norm(m)]
 
 
-# a class named as a normalisation: EvoNorm2dS0, FilterResponseNormTlu2d, GlobalResponseNorm, PixelNorm, mynorm
-# (not NormedLinear, a cosine classifier, nor Normalize, a fixed input scaling)
-_NAMED_AS_NORM = re.compile(r"Norm(?![a-z])|norm$")
+# a class named as a normalisation: its name ends in Norm and at most a short suffix (EvoNorm2dS0,
+# FilterResponseNormTlu2d, GlobalResponseNorm, PixelNorm, mynorm) or in Normalization; not NormedLinear (a cosine
+# classifier), Normalize (a fixed input scaling), Conv2dNormActivation or NormFreeBlock (blocks)
+_NAMED_AS_NORM = re.compile(r"(Norm|norm)(?![a-z])\w{0,6}$|Normali[sz]ation\w{0,3}$")
 
 
 def _named_as_norm(m: nn.Module) -> bool:
@@ -373,6 +374,9 @@ def foreign_norms(model: nn.Module) -> list[tuple[str, str]]:
     known = {id(m) for _, m in norm_modules(model)}
     return [(path, type(m).__name__) for path, m in model.named_modules()
             if id(m) not in known and not isinstance(m, NormThen) and _named_as_norm(m)
+            and "parametrizations" not in path.split(".")  # weight_norm, spectral_norm: a weight's, not a layer's
+            and (not list(m.children()) or any(True for _ in m.parameters(recurse=False))
+                 or any(True for _ in m.buffers(recurse=False)))  # its own computation: not a block of others
             and not any(id(c) in known or _named_as_norm(c) for c in list(m.modules())[1:])]
 
 
@@ -487,8 +491,8 @@ def swap_norms(model: nn.Module, name: str, example: torch.Tensor, what: str = "
     if foreign := foreign_norms(model):
         path, kind = foreign[0]
         raise NormError(f"{what}: {kind} at {path}" + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
-                        + f" cannot be swapped for {name} (swapped: torch's norms, their subclasses and norms with "
-                        f"a normalized_shape); study the model as-built")
+                        + f" cannot be swapped for {name} (swapped: BatchNorm, GroupNorm, InstanceNorm, LayerNorm, "
+                        f"RMSNorm, their subclasses, norms with a normalized_shape); study the model as-built")
     found = norm_modules(model)
     if not found and norm.name == "none":
         return model  # a model built without norms is `none` as it is

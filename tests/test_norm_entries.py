@@ -370,7 +370,7 @@ def test_a_normalisation_a_swap_cannot_replace_is_refused_not_kept(kind, name):
 
     x = torch.randn(4, 3, 6, 6)
     with pytest.raises(NormError, match=rf"^the model: {kind.__name__} at norm cannot be swapped for {name} \(swapped: "
-                                        r"torch's norms, .*\); study the model as-built$"):
+                                        r"BatchNorm, GroupNorm, .*\); study the model as-built$"):
         swap_norms(Net(kind), name, x)
     assert isinstance(swap_norms(Net(kind), "as-built", x).norm, kind)
 
@@ -390,6 +390,24 @@ def test_a_norm_with_a_normalized_shape_is_swapped_and_names_that_say_norm_other
     if name == "batch":  # channels first: each of the 8 channels over the batch and the positions
         h = model.conv(model.scale(x))
         torch.testing.assert_close(model.norm.train()(h), nn.BatchNorm2d(8).train()(h))
+
+
+def test_blocks_named_after_their_norm_and_weight_reparametrisations_are_not_norms():
+    """Conv2dNormActivation without its norm (torchvision's MaxViT stem), a NormFree block, weight_norm and
+    spectral_norm (a weight's, not a layer's) were refused as normalisations a swap cannot replace."""
+    import torchvision
+    from torchvision.ops import Conv2dNormActivation
+
+    from bnrep.norms import foreign_norms
+
+    reparametrised = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(3, 4)), nn.ReLU(),
+                                   nn.utils.parametrizations.spectral_norm(nn.Linear(4, 2)))
+    for model in (torchvision.models.maxvit_t(), Conv2dNormActivation(3, 4, norm_layer=None), reparametrised):
+        assert foreign_norms(model) == []
+    assert foreign_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.LocalResponseNorm(2))) == [("1", "LocalResponseNorm")]
+    timm = pytest.importorskip("timm")
+    for name in ("nf_resnet26", "efficientvit_b0", "rdnet_tiny"):
+        assert foreign_norms(timm.create_model(name)) == [], name
 
 
 def test_timm_norms_a_swap_cannot_replace_are_refused_and_its_rmsnorm2d_is_swapped():
