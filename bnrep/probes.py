@@ -104,7 +104,7 @@ class _Functions(TorchFunctionMode):
         out = func(*args, **(kwargs or {}))
         last = LAYOUT_FUNCTIONS.get(func)
         if last is not None and isinstance(out, torch.Tensor) and out.dim() >= 2:
-            self.tap.layouts[out.dim()] = (last, out.shape[-1] if last else out.shape[1])
+            self.tap.layouts[out.dim()] = (last, tuple(out.shape))
         if name is not None:
             where = self.tap.stack[-1][0] if self.tap.stack else ""
             self.tap.report(f"{where}.{func.__name__.rstrip('_')}" if where else func.__name__.rstrip("_"),
@@ -120,8 +120,8 @@ class _Tap:
         self.inside = 0  # depth inside activation modules (their own F.relu is not a second probe)
         self.index = 0  # activations called so far in this forward pass
         self.batch: int | None = None  # the batch size of this forward pass
-        self.layouts: dict[int, tuple[bool, int]] = {}  # number of axes -> (channels last, the channel count), as
-        # the last LAYOUT_FUNCTIONS output of as many axes made
+        self.layouts: dict[int, tuple[bool, tuple]] = {}  # number of axes -> (channels last, its shape), as the last
+        # LAYOUT_FUNCTIONS output of as many axes made
 
     def batched(self, x) -> bool:
         """An activation's input or output is a representation of the batch: (batch, C, ...)."""
@@ -174,28 +174,29 @@ def tap(model: nn.Module, fn: Callable[[int, str, str, torch.Tensor], None],
             h.remove()
 
 
-def _is_channels_last(x: torch.Tensor, made: tuple[bool, int] | None) -> bool:
-    """(N, H, W, C) or (N, T, C), as the layer that made it says (made: its layout and channel count, from
-    LAYOUT_FUNCTIONS), unless its channel count is on the other axis only (its output permuted since: a linear
-    layer on NHWC, then back to NCHW); when no such layer ran before it, a 3-D output or square maps with C
-    apart."""
+def _is_channels_last(x: torch.Tensor, made: tuple[bool, tuple] | None) -> bool:
+    """(N, H, W, C) or (N, T, C), as the layer that made it says (made: its layout and output shape, from
+    LAYOUT_FUNCTIONS), unless `x` is that output permuted with its channels moved to the other end (a linear layer
+    on NHWC, then back to NCHW); when no such layer ran before it, a 3-D output or square maps with C apart."""
     if x.dim() not in (3, 4):
         return False
     if made is not None:
-        last, c = made
+        last, shape = made
+        c = shape[-1] if last else shape[1]
         said, other = (x.shape[-1], x.shape[1]) if last else (x.shape[1], x.shape[-1])
-        return last if said == c or other != c else not last
+        permuted = tuple(x.shape) != shape and sorted(x.shape) == sorted(shape)
+        return not last if permuted and said != c and other == c else last
     return x.dim() == 3 or x.shape[1] == x.shape[2] != x.shape[3]
 
 
 @torch.no_grad()
 def find_probes(model: nn.Module, example: torch.Tensor) -> list[Probe]:
     """Every activation call of one forward pass of `example` (eval mode), in forward order."""
-    seen: list[tuple[str, str, bool, int]] = []  # (path, activation, channels last, channels) per call
+    seen: list[tuple[str, str, bool, int, bool]] = []  # (path, activation, channels last, channels, gate) per call
 
     def record(index, path, act, out):
         last = _is_channels_last(out, t.layouts.get(out.dim()))
-        seen.append((path, act, last, out.shape[-1] if last else out.shape[1]))
+        seen.append((path, act, last, out.shape[-1] if last else out.shape[1], in_gate(model, path, out, last)))
 
     was_training = model.training
     with tap(model.eval(), record) as t:
@@ -209,18 +210,22 @@ def find_probes(model: nn.Module, example: torch.Tensor) -> list[Probe]:
     given = getattr(model, "probe_names", None)  # the built-in nets' names
     if given is not None and len(given) == len(names):
         names = list(given)
-    return [Probe(n, i, act, path, last, c, in_gate(model, path))
-            for i, (n, (path, act, last, c)) in enumerate(zip(names, seen), start=1)]
+    return [Probe(n, i, act, path, last, c, gate)
+            for i, (n, (path, act, last, c, gate)) in enumerate(zip(names, seen), start=1)]
 
 
 # a squeeze-excitation module by its class name: torchvision's SqueezeExcitation, timm's SqueezeExcite, SEModule and
 # EffectiveSEModule, the SEBlock / SELayer of a model's own
-GATE_MODULE = re.compile(r"Squeeze|SE(Module|Block|Layer)\b|SE(Module|Block|Layer)?$|EffectiveSE")
+GATE_MODULE = re.compile(r"^(\w*SqueezeExcit\w*|\w*SE(Module|Block|Layer)|SE)$")
 
 
-def in_gate(model: nn.Module, path: str) -> bool:
-    """Whether the activation at `path` runs inside a squeeze-excitation module: its bottleneck on pooled (N, C, 1, 1)
-    channel descriptors computes the gate that scales a block's maps, not a representation of the images."""
+def in_gate(model: nn.Module, path: str, out: torch.Tensor, last: bool) -> bool:
+    """Whether the activation at `path` (its output `out`, channels `last` or not) runs inside a squeeze-excitation
+    module on pooled channel descriptors, (N, C) or (N, C, 1, 1): it computes the gate that scales a block's maps,
+    not a representation of the images."""
+    spatial = out.shape[1:-1] if last else out.shape[2:]
+    if any(n != 1 for n in spatial):
+        return False
     parts = path.split(".") if path else []
     for i in range(len(parts)):
         try:

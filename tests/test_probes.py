@@ -249,6 +249,39 @@ def test_the_bottleneck_of_a_squeeze_excitation_gate_is_measured_only_when_named
     assert len(select_probes(found)) == len(found) - 9 == 24
 
 
+class Fire(nn.Module):
+    """SqueezeNet's fire module: two convs of other widths, concatenated, then the ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(3, 32, 3, padding=1)
+
+    def forward(self, x):
+        return F.relu(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3))
+
+
+class BlockSE(nn.Module):  # a block named after its gate, holding the main path's activation
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.conv(x)).mean((2, 3))
+
+
+def test_a_concatenation_s_channels_stay_first_and_only_pooled_activations_in_an_se_module_are_gates():
+    """The concatenation of a 16- and a 32-channel conv, 32 columns wide, was read as channels last (the width of
+    the last conv on the last axis); a main-path activation inside a class named after its gate (timm's BlockESE,
+    a SqueezeNet held as a backbone) was left out as a gate."""
+    assert [(p.channels_last, p.channels) for p in find_probes(Fire(), torch.zeros(2, 3, 32, 32))] == [(False, 48)]
+    assert [p.gate for p in find_probes(BlockSE(), torch.zeros(2, 3, 6, 6))] == [False]
+    se = SEBlock(8)
+    assert [p.gate for p in find_probes(nn.Sequential(nn.Conv2d(3, 8, 3), se), torch.zeros(2, 3, 6, 6))] == [True]
+    squeezenet = nn.Sequential()
+    squeezenet.backbone = build_model("torchvision:squeezenet1_1", "as-built", 3, 10, (64, 64))
+    assert not any(p.gate for p in find_probes(squeezenet, torch.zeros(2, 3, 64, 64)))
+
+
 class LinearNormTokens(nn.Module):
     """LeViT's LinearNorm on (N, T, C) tokens: a linear layer, then BatchNorm1d on the tokens flattened to
     (N * T, C) (channels first there), reshaped back; then the activation."""
