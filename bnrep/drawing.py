@@ -87,14 +87,15 @@ def draw(rs: list, names: list[str] | None = None) -> dict[str, tuple[bytes, byt
 def _worker_start(parent: int) -> None:
     """A drawing worker leaves Ctrl-C to the report's own process (one line, exit 130): Ctrl-C reaches the
     whole process group, and each worker would print its own KeyboardInterrupt traceback. SIGTERM and SIGHUP
-    (a closed terminal's, to the whole group) end it at once. And it dies with its parent, however the parent ends (a second Ctrl-C while the workers are
+    (a closed terminal's, to the whole group) end it at once; a SIGHUP that `nohup` ignores stays ignored. And it dies with its parent, however the parent ends (a second Ctrl-C while the workers are
     killed, a SIGKILL): it would otherwise wait for ever on a pipe no one reads, holding the command's
     stdout open (`bnrep run | tee log` would never return)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for s in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
     with contextlib.suppress(Exception):  # Linux; elsewhere the kill in draw is all there is
         import ctypes
 

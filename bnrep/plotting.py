@@ -69,8 +69,8 @@ def fraction_range(axes) -> None:
     """One y range for panels of a fraction (0..1): the range their lines and bars take, with a margin, at least
     FRACTION_SPAN wide and never beyond 0..1. On the whole 0..1, lines a few points apart (five conditions
     at one sparsity) were drawn over each other; the panels share it, so that their heights compare."""
-    lows, highs = zip(*(ax.dataLim.intervaly for ax in axes))  # (what was drawn, its bars included)
-    lo, hi = max(min(lows), 0.0), min(max(highs), 1.0)
+    drawn = [ax.dataLim.intervaly for ax in axes if np.isfinite(ax.dataLim.intervaly).all()]  # (bars included)
+    lo, hi = (max(min(a for a, _ in drawn), 0.0), min(max(b for _, b in drawn), 1.0)) if drawn else (0.0, 1.0)
     if hi - lo < FRACTION_SPAN:
         mid = min(max((lo + hi) / 2, FRACTION_SPAN / 2), 1 - FRACTION_SPAN / 2)
         lo, hi = mid - FRACTION_SPAN / 2, mid + FRACTION_SPAN / 2

@@ -276,7 +276,8 @@ def check_shared_out(ray, store: Store) -> None:
     path (a filesystem they all mount), else the trials and tasks it runs write where the driver never looks
     (every rerun trained them again, and ended in a traceback). The driver writes a file of a fresh name in it,
     and each node looks for it in a zero-CPU task; UsageError (one line) naming the first that does not see
-    it. A URI (s3://, file://) says where, explicitly: not checked."""
+    it. A URI (s3://, file://) says where, explicitly: not checked; nor are nodes that join later (an
+    autoscaler's)."""
     import uuid
 
     from bnrep.config import UsageError
@@ -296,16 +297,22 @@ def check_shared_out(ray, store: Store) -> None:
         look = ray.remote(num_cpus=0, max_retries=0)(sees)
         asked = [look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                  .remote(marker, token) for n in nodes]
-        answered, _ = ray.wait(asked, num_returns=len(asked), timeout=NODE_ANSWER_S)
-        seen = {r: ray.get(r) for r in answered}
+        answered, unanswered = ray.wait(asked, num_returns=len(asked), timeout=NODE_ANSWER_S)
+        seen = {}
+        for r in answered:
+            with contextlib.suppress(Exception):  # (a node that died meanwhile: its task failed)
+                seen[r] = ray.get(r)
+        for r in unanswered:
+            with contextlib.suppress(Exception):
+                ray.cancel(r, force=True)
     finally:
         with contextlib.suppress(OSError):
             os.remove(marker)
     for n, r in zip(nodes, asked):
         where = f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})"
         if r not in seen:
-            print(f"warning: node {where} did not say within {NODE_ANSWER_S} s whether it sees --out {store.out}",
-                  flush=True)
+            print(f"warning: node {where} did not say within {NODE_ANSWER_S} s whether it sees --out {store.out} "
+                  f"(it may have left the cluster)", flush=True)
         elif not seen[r]:
             raise UsageError(f"--out {store.out} is not the same directory on node {where}: every node must see "
                              f"the results at that path (a filesystem they all mount, at the same path), or give "

@@ -1379,5 +1379,6 @@ def test_a_grid_whose_trials_leave_no_results_here_fails_in_one_line(tmp_path, m
     out = tmp_path / "runs"
     assert flags.run_stage("final", ["--smoke-test", "--paper-hparams", "--out", str(out)]) == 1
     assert capsys.readouterr().err == (f"error: 4 of the grid's models ended without their results in {out}/digits-cnn "
-                                       f"(first cnn-bn-s0): their trials wrote where this driver does not look; rerun "
-                                       f"the same command\n")
+                                       f"(first cnn-bn-s0), trained twice: were they trained on a node that does not "
+                                       f"share that path? Every node must see it (a shared filesystem), or give an "
+                                       f"s3:// URI\n")

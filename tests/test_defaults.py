@@ -79,8 +79,8 @@ class Nodes:
     """The calls of Ray that check_shared_out makes, on `n` alive nodes (and a dead one): each node's task runs
     here, bnrep.raysession.sees itself, except on the nodes in `blind`, which see another disk at the path."""
 
-    def __init__(self, n: int, blind=()):
-        self.n, self.blind, self.asked = n, set(blind), []
+    def __init__(self, n: int, blind=(), dead=()):
+        self.n, self.blind, self.dead, self.asked = n, set(blind), set(dead), []
 
     def nodes(self):
         return [{"Alive": True, "NodeID": f"{i + 1:056x}", "NodeManagerAddress": f"10.0.0.{i + 1}"}
@@ -99,6 +99,8 @@ class Nodes:
         return refs, []
 
     def get(self, ref):
+        if ref[0] in self.dead:  # its node died after it was listed: the task failed
+            raise RuntimeError("NodeDiedError")
         return ref[1]
 
 
@@ -129,6 +131,28 @@ def test_every_node_must_see_a_local_out(out, n_nodes, blind, checked, tmp_path,
     assert ray.asked == ([1, 2, 3] if checked else []) and buf.getvalue() == ""
     if "s3" not in out and checked:
         assert os.listdir(store.path()) == []  # the driver's file removed
+
+
+def test_a_node_that_died_since_it_was_listed_is_a_warning_not_a_traceback(tmp_path, capsys):
+    ray, store = Nodes(3, dead=(3,)), Store(str(tmp_path / "runs"), "x")
+    check_shared_out(ray, store)
+    assert capsys.readouterr().out == (f"warning: node 10.0.0.3 (00000000) did not say within 60 s whether it sees "
+                                       f"--out {tmp_path}/runs (it may have left the cluster)\n")
+
+
+def test_a_drawing_worker_keeps_nohup_s_ignored_hangup():
+    """A drawing worker set SIGHUP's default: under nohup, a logout while the report's figures were drawn killed
+    the workers and the command ended in a BrokenProcessPool traceback."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import os, signal\nsignal.signal(signal.SIGHUP, {0})\nfrom bnrep.drawing import _worker_start\n"
+            "_worker_start(os.getppid())\nprint(int(signal.getsignal(signal.SIGHUP)), int(signal.getsignal(signal.SIGTERM)))")
+    ign, dfl = str(int(signal.SIG_IGN)), str(int(signal.SIG_DFL))
+    for before, after in (("signal.SIG_IGN", ign), ("print", dfl)):  # nohup's; a handler, as bnrep's
+        r = subprocess.run([sys.executable, "-c", code.format(before)], capture_output=True, text=True)
+        assert r.stdout.split() == [after, dfl], r.stderr
 
 
 STOP_IN_A_CALLBACK = """

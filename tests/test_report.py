@@ -1261,11 +1261,13 @@ def test_fraction_panels_share_the_range_their_lines_take(lines, want):
 
     from bnrep.plotting import fraction_range
 
-    fig, axes = plt.subplots(1, 2)
+    fig, axes = plt.subplots(1, 3)
     axes[0].plot([0, 1], [lines[0]] * 2)
-    axes[1].plot([0, 1], [lines[1]] * 2)
+    axes[1].plot([0, 1], [lines[1]] * 2)  # (the third: nothing drawn)
     fraction_range(axes)
-    assert [ax.get_ylim() for ax in axes] == [pytest.approx(want)] * 2
+    assert [ax.get_ylim() for ax in axes] == [pytest.approx(want)] * 3
+    fraction_range(axes[2:])  # a row with nothing drawn at all (every value NaN): the whole range
+    assert axes[2].get_ylim() == pytest.approx((-0.02, 1.02))
     plt.close(fig)
 
 

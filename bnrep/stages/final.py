@@ -281,8 +281,9 @@ def run(exp: Experiment, opts: RunOptions) -> int:
                         if left := untrained(exp, store, grid, train_hash):  # (a node with a disk of its own)
                             first = model_id(exp.model, left[0]["norm"], left[0]["seed"])
                             raise StageFailed(f"{len(left)} of the grid's models ended without their results in "
-                                              f"{store.out}/{exp.name} (first {first}): their trials wrote where "
-                                              f"this driver does not look; rerun the same command")
+                                              f"{store.out}/{exp.name} (first {first}), trained twice: were they "
+                                              f"trained on a node that does not share that path? Every node must "
+                                              f"see it (a shared filesystem), or give an s3:// URI")
             finally:  # also when the grid failed: a model saved with other weights (a GPU) has no analysis
                 if before is not None:
                     after = weights_digests(store, again)
