@@ -57,8 +57,10 @@ def check_address(address: str | None) -> None:
                          f"node of the cluster with the head's HOST:PORT (as `ray start --head` prints it), or on "
                          f"the head (ray submit, Ray Jobs: README, Cluster)")
     if "://" in address:  # (it passed the connection below, and ray.init then failed with a traceback)
+        scheme, _, bare = address.partition("://")
         raise UsageError(f"{given}{address}: a Ray head's address has no scheme: HOST:PORT as `ray start --head` "
-                         f"prints it (an http:// address is the dashboard's, for `ray job submit`)")
+                         f"prints it ({bare}?)" + (f"; an {scheme}:// address is the dashboard's, for `ray job "
+                                                  f"submit`" if scheme in ("http", "https") else ""))
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"{given}{address}: expected HOST:PORT of a Ray head (as `ray start --head` prints it)")

@@ -462,8 +462,8 @@ def default_gpus(ray, requested: float | None, cpus: float = 1, per: str = "tria
     if say:
         asks = " and ".join(f"{n:g} {w}{'s' * (n != 1)}" for n, w in ((cpus, "CPU"), (gpus, "GPU")) if n)
         most = {w: max((n.get(w, 0) for n in nodes), default=0) for w in ("CPU", "GPU")}
-        have = (f"its {len(nodes)} nodes have at most {most['CPU']:g} CPUs and {most['GPU']:g} GPUs each"
-                if len(nodes) != 1 else f"its one node has {most['CPU']:g} CPUs and {most['GPU']:g} GPUs")
+        has = " and ".join(f"{most[w]:g} {w}{'s' * (most[w] != 1)}" for w in ("CPU", "GPU"))
+        have = f"its {len(nodes)} nodes have at most {has} each" if len(nodes) != 1 else f"its one node has {has}"
         print(f"note: no node of the cluster has room for a {per} ({asks}; {have}): the "
               f"{per}s wait until one joins (an autoscaler's worker, or `ray start --address` on "
               f"another machine); Ctrl-C stops the wait, and the same command resumes", flush=True)

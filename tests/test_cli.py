@@ -794,8 +794,10 @@ GS_LINE = ("--out gs://bucket/bnrep: bnrep keeps results in a local or shared pa
     ("hparam", ["--address", "127.0.0.1:99999"], "error: --address 127.0.0.1:99999: port 99999 is not a TCP port "
      "(1-65535); the head's address is HOST:PORT as `ray start --head` prints it"),
     ("final", ["--address", "http://127.0.0.1:1"], "error: --address http://127.0.0.1:1: a Ray head's address has "
-     "no scheme: HOST:PORT as `ray start --head` prints it (an http:// address is the dashboard's, for `ray job "
-     "submit`)"),  # (at a head's own port it passed the check, and ray.init failed with a traceback)
+     "no scheme: HOST:PORT as `ray start --head` prints it (127.0.0.1:1?); an http:// address is the dashboard's, "
+     "for `ray job submit`"),
+    ("final", ["--address", "tcp://127.0.0.1:1"], "error: --address tcp://127.0.0.1:1: a Ray head's address has "
+     "no scheme: HOST:PORT as `ray start --head` prints it (127.0.0.1:1?)"),  # (at a head's own port it passed the check, and ray.init failed with a traceback)
     ("final", ["--address", "ray://127.0.0.1:10001"], "error: --address ray://127.0.0.1:10001 is a Ray Client "
      "address, which bnrep does not use: run bnrep on a node of the cluster with the head's HOST:PORT (as `ray start "
      "--head` prints it), or on the head (ray submit, Ray Jobs: README, Cluster)"),

@@ -743,7 +743,7 @@ def test_a_trial_no_node_has_room_for_waits_for_one_to_join_and_says_so(cluster,
         proc = subprocess.Popen([sys.executable, *argv], cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT)
     node = None
     try:
-        note = re.escape("note: no node of the cluster has room for a trial (2 CPUs; its N nodes have at most 1 CPUs "
+        note = re.escape("note: no node of the cluster has room for a trial (2 CPUs; its N nodes have at most 1 CPU "
                          "and 0 GPUs each): the trials wait until one joins (an autoscaler's worker, or `ray start "
                          "--address` on another machine); Ctrl-C stops the wait, and the same command resumes\n")
         note = note.replace("N", r"\d+")  # (the head, the workers, the replacements of those other tests killed)

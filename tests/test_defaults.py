@@ -250,8 +250,8 @@ def test_private_ray_workers_are_quiet_from_their_start_and_none_start_idle():
 
 
 @pytest.mark.parametrize("n, have", [
-    (1, "its one node has 1 CPUs and 0 GPUs"),  # ("its 1 node have at most ...")
-    (2, "its 2 nodes have at most 1 CPUs and 0 GPUs each"),
+    (1, "its one node has 1 CPU and 0 GPUs"),  # ("its 1 node have at most 1 CPUs ...")
+    (2, "its 2 nodes have at most 1 CPU and 0 GPUs each"),
 ])
 def test_the_wait_for_a_node_with_room_says_what_the_nodes_have(n, have, capsys):
     from bnrep.raysession import default_gpus
