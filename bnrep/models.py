@@ -11,7 +11,7 @@ A model is named by a spec (the experiment's `model`, the `--model` flag):
 `build_model(spec, norm, in_channels, num_classes, size)` is the one place a model is
 made (training, loading, analysis, status). The built-in nets take the norm
 as they are built; any other model is built as its authors wrote it and its
-normalisation modules are swapped (`bnrep.norms.swap_norms`), unless the norm
+normalisation modules are swapped (`bnrep.swap.swap_norms`), unless the norm
 is `as-built`. The data's channel and class counts reach every builder
 (torchvision's models take 3 channels: their first conv is rebuilt for others).
 `check_model` builds every norm of a study at the data's shape, runs one
@@ -37,7 +37,8 @@ from torch import nn
 
 from bnrep.datasets import one_line
 from bnrep.nets import resnet18, standard_cnn, vgg16
-from bnrep.norms import AS_BUILT, NormError, get_norm, norm_modules, swap_norms
+from bnrep.norms import AS_BUILT, NormError, get_norm
+from bnrep.swap import norm_modules, swap_norms
 
 class ModelError(ValueError):
     """A spec that names no model, or a model that cannot take the data; the message is one line."""

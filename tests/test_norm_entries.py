@@ -9,7 +9,8 @@ from torch import nn
 
 from bnrep.models import build_model
 from bnrep.norm_layers import BatchRenorm1d, BatchRenorm2d, GhostBatchNorm1d, GhostBatchNorm2d, WSConv2d
-from bnrep.norms import get_norm, norm_modules
+from bnrep.norms import get_norm
+from bnrep.swap import norm_modules
 
 
 def _bn_numpy(x: np.ndarray, axes: tuple[int, ...], eps: float = 1e-5) -> np.ndarray:
@@ -217,7 +218,7 @@ class SqueezeExcite(nn.Module):
 
 
 def test_ws_standardises_the_convs_a_norm_follows_not_a_gate():
-    from bnrep.norms import swap_norms
+    from bnrep.swap import swap_norms
 
     model = swap_norms(SqueezeExcite(), "ws+group", torch.zeros(2, 3, 8, 8))
     assert [p for p, m in model.named_modules() if type(m) is WSConv2d] == ["conv"]
@@ -254,7 +255,7 @@ class RMSNet(nn.Module):
 @pytest.mark.parametrize("name", ["batch", "group", "none"])
 def test_torch_rmsnorm_is_a_normalisation_a_swap_replaces(name):
     """(it was not one: `none` kept it, and `batch` was refused as "has no normalisation")"""
-    from bnrep.norms import check_norm_kind, swap_norms
+    from bnrep.swap import check_norm_kind, swap_norms
 
     x = torch.randn(4, 3, 6, 6)
     model = swap_norms(RMSNet(), name, x)
@@ -284,7 +285,8 @@ def test_a_new_entrys_module_is_found_in_any_model(monkeypatch):
     """A norm added as one table entry: its module in a model is swapped away by another norm, and one left
     after a swap is refused (a hand-written list of types knew only torch's)."""
     from bnrep import norms
-    from bnrep.norms import NormError, check_norm_kind, swap_norms
+    from bnrep.norms import NormError
+    from bnrep.swap import check_norm_kind, swap_norms
 
     entry = norms.Norm("rms", "rms", "RMS", "RMSNorm", "tab:red", ChannelRMSNorm, nn.LayerNorm, bias=False,
                        kinds=(ChannelRMSNorm, nn.LayerNorm))
@@ -366,7 +368,8 @@ def test_a_normalisation_a_swap_cannot_replace_is_refused_not_kept(kind, name):
     """timm's EvoNorm, FilterResponseNorm, GlobalResponseNorm and a norm of a model's own were not seen: `batch`
     was refused as "has no normalisation" and `none` trained the model with its norms in place, under the label
     "no norm". Refused in one line now; as-built keeps it."""
-    from bnrep.norms import NormError, swap_norms
+    from bnrep.norms import NormError
+    from bnrep.swap import swap_norms
 
     x = torch.randn(4, 3, 6, 6)
     with pytest.raises(NormError, match=rf"^the model: {kind.__name__} at norm cannot be swapped for {name} \(swapped: "
@@ -379,7 +382,7 @@ def test_a_normalisation_a_swap_cannot_replace_is_refused_not_kept(kind, name):
 def test_a_norm_with_a_normalized_shape_is_swapped_and_names_that_say_norm_otherwise_are_not_norms(name):
     """A model's own RMSNorm2d (a `normalized_shape`, channels first) is swapped as torch's are; an input
     Normalize, a NormedLinear head and a PreNorm block (whose LayerNorm is swapped) stay as they are."""
-    from bnrep.norms import ChannelBias, check_norm_kind, swap_norms
+    from bnrep.swap import ChannelBias, check_norm_kind, swap_norms
 
     x = torch.randn(4, 3, 6, 6)
     model = swap_norms(Net(OwnRmsNorm2d), name, x)
@@ -398,7 +401,7 @@ def test_blocks_named_after_their_norm_and_weight_reparametrisations_are_not_nor
     import torchvision
     from torchvision.ops import Conv2dNormActivation
 
-    from bnrep.norms import foreign_norms
+    from bnrep.swap import foreign_norms
 
     reparametrised = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(3, 4)), nn.ReLU(),
                                    nn.utils.parametrizations.spectral_norm(nn.Linear(4, 2)))
@@ -425,7 +428,7 @@ def test_ws_standardises_a_conv_whose_output_a_norm_takes_permuted():
     """torchvision's ConvNeXt and Swin permute a conv's output to NHWC for its LayerNorm: the norm takes a view
     of the conv's output, not the tensor itself, and `ws+group` left those convs as they were (ConvNeXt-T: 1 of
     its 22 convs standardised, the stem; WS + GroupNorm was GroupNorm there)."""
-    from bnrep.norms import swap_norms
+    from bnrep.swap import swap_norms
 
     model = swap_norms(RMSNet(), "ws+group", torch.zeros(2, 3, 6, 6))
     assert type(model.conv) is WSConv2d

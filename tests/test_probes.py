@@ -9,8 +9,8 @@ from torch import fx, nn
 
 from bnrep.metrics import reduce_representation, sparsity_from_activations
 from bnrep.models import build_model, check_model, model_id, model_slug
-from bnrep.norms import (NORMS, ChannelBias, ChannelsLast, NormError, PerToken, check_norm_kind, get_norm,
-                         norm_modules, swap_norms)
+from bnrep.norms import NORMS, NormError, get_norm
+from bnrep.swap import ChannelBias, ChannelsLast, PerToken, check_norm_kind, norm_modules, swap_norms
 from bnrep.probes import ACTIVATION_FUNCTIONS, find_probes, is_activation, select_probes
 from bnrep.represent import extract_representations
 from bnrep.store import safe_key

@@ -50,7 +50,8 @@ from bnrep.datasets import absolute_dataset, class_names
 from bnrep.experiments import ConfigError, Experiment
 from bnrep.lock import writer_lock
 from bnrep.models import ModelError, build_model, check_forward
-from bnrep.norms import NORMS, ChannelBias, ChannelsLast, NormError, NormThen, PerToken, get_norm, ordered
+from bnrep.norms import NORMS, NormError, get_norm, ordered
+from bnrep.swap import ChannelBias, ChannelsLast, NormThen, PerToken
 from bnrep.store import Store, norm_columns
 
 COLUMNS = ("model_id", "model", "norm", "seed", "weights")  # what every entry names
@@ -270,7 +271,7 @@ def _misfit(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> str | None:
     """Why the tensors `sd` do not fit `model` (the first key that does not), or None; `sd` is completed in
     place for load_state_dict: keys renamed to the model's, zero biases where `none` keeps them."""
     want = model.state_dict()
-    # `none` keeps a per-channel bias where a norm stood (norms.ChannelBias, zero at first); a model built
+    # `none` keeps a per-channel bias where a norm stood (swap.ChannelBias, zero at first); a model built
     # without norms (norm_layer=nn.Identity) has none: zero is exactly its function
     zero = {f"{p}.bias" for p, m in model.named_modules() if isinstance(m, ChannelBias)}
     plain = _unwrapped(model)
@@ -291,7 +292,7 @@ def _misfit(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> str | None:
 
 def _unwrapped(model: torch.nn.Module) -> dict[str, str]:
     """Each state_dict key of `model` -> its key in the model as its author built it: a norm the swap
-    wrapped (norms.NormThen's `norm`: timm's BatchNormAct2d; norms.ChannelsLast's `inner`: ConvNeXt's
+    wrapped (swap.NormThen's `norm`: timm's BatchNormAct2d; swap.ChannelsLast's `inner`: ConvNeXt's
     LayerNorm) holds its tensors one level down."""
     wraps = [(f"{p}.{a}." if p else f"{a}.", f"{p}." if p else "") for p, m in model.named_modules()
              for a in (("norm",) if isinstance(m, NormThen) else ("inner",) if isinstance(m, (ChannelsLast, PerToken))
