@@ -275,7 +275,7 @@ def check_shared_out(ray, store: Store) -> None:
     """A multi-node cluster writing to a local path: every alive node must see the results directory at that
     path (a filesystem they all mount), else the trials and tasks it runs write where the driver never looks
     (every rerun trained them again, and ended in a traceback). The driver writes a file of a fresh name in it,
-    and each node looks for it in a zero-CPU task; UsageError (one line) naming the first that does not see
+    and each node looks for it (ask_every_node); UsageError (one line) naming the first that does not see
     it. A URI (s3://, file://) says where, explicitly: not checked; nor are nodes that join later (an
     autoscaler's)."""
     import uuid
@@ -283,40 +283,23 @@ def check_shared_out(ray, store: Store) -> None:
     from bnrep.config import UsageError
     from bnrep.store import is_uri
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) < 2 or is_uri(store.out):
+    if is_uri(store.out) or len(alive_nodes(ray)) < 2:
         return
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     token = uuid.uuid4().hex
     marker = os.path.join(store.path(), f".bnrep-seen-{token}")
     os.makedirs(store.path(), exist_ok=True)
     with open(marker, "w") as f:
         f.write(token)
     try:
-        look = ray.remote(num_cpus=0, max_retries=0)(sees)
-        asked = [look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                 .remote(marker, token) for n in nodes]
-        answered, unanswered = ray.wait(asked, num_returns=len(asked), timeout=NODE_ANSWER_S)
-        seen = {}
-        for r in answered:
-            with contextlib.suppress(Exception):  # (a node that died meanwhile: its task failed)
-                seen[r] = ray.get(r)
-        for r in unanswered:
-            with contextlib.suppress(Exception):
-                ray.cancel(r, force=True)
+        answers = ask_every_node(ray, f"whether it sees --out {store.out}", sees, marker, token)
     finally:
         with contextlib.suppress(OSError):
             os.remove(marker)
-    for n, r in zip(nodes, asked):
-        where = f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})"
-        if r not in seen:
-            print(f"warning: node {where} did not say within {NODE_ANSWER_S} s whether it sees --out {store.out} "
-                  f"(it may have left the cluster)", flush=True)
-        elif not seen[r]:
-            raise UsageError(f"--out {store.out} is not the same directory on node {where}: every node must see "
-                             f"the results at that path (a filesystem they all mount, at the same path), or give "
-                             f"an s3:// URI")
+    for n, seen in answers:
+        if seen is False:
+            raise UsageError(f"--out {store.out} is not the same directory on node {node_text(n)}: every node must "
+                             f"see the results at that path (a filesystem they all mount, at the same path), or "
+                             f"give an s3:// URI")
 
 
 def sees(path: str, token: str) -> bool:
@@ -334,6 +317,42 @@ def sees(path: str, token: str) -> bool:
         time.sleep(0.2)
 
 
+def alive_nodes(ray) -> list[dict]:
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def node_text(n: dict) -> str:
+    return f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})"
+
+
+NO_ANSWER = object()  # a node's answer in ask_every_node when it gave none
+
+
+def ask_every_node(ray, what: str, fn, *args) -> list[tuple[dict, object]]:
+    """(node, fn(*args) as run there) for every alive node, each in a zero-CPU task pinned to it; a node that
+    does not answer within NODE_ANSWER_S, or whose task failed (it died after it was listed), answers NO_ANSWER
+    and is named in a warning (`what` it did not say), its task cancelled."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = alive_nodes(ray)
+    task = ray.remote(num_cpus=0, max_retries=0)(fn)
+    asked = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(*args)
+             for n in nodes]
+    answered, unanswered = ray.wait(asked, num_returns=len(asked), timeout=NODE_ANSWER_S)
+    got = {}
+    for r in answered:
+        with contextlib.suppress(Exception):  # (a node that died meanwhile: its task failed)
+            got[r] = ray.get(r)
+    for r in unanswered:
+        with contextlib.suppress(Exception):
+            ray.cancel(r, force=True)
+    for n, r in zip(nodes, asked):
+        if r not in got:
+            print(f"warning: node {node_text(n)} did not say within {NODE_ANSWER_S} s {what} (it may have left the "
+                  f"cluster)", flush=True)
+    return [(n, got.get(r, NO_ANSWER)) for n, r in zip(nodes, asked)]
+
+
 def check_nodes(ray, store: Store, dataset: str) -> None:
     """Before any trial or task: the results and the data are the same on every node."""
     check_shared_out(ray, store)
@@ -343,20 +362,15 @@ def check_nodes(ray, store: Store, dataset: str) -> None:
 def check_data_on_nodes(ray, dataset: str) -> None:
     """Every node's trials and tasks read an image folder at its path, so every alive node must see the
     same folder there (a filesystem they all mount); DatasetError (one line) naming the first that does
-    not. Each node lists the folder in a zero-CPU task (names and sizes, no decoding)."""
+    not. Each node lists the folder (ask_every_node: names and sizes, no decoding)."""
     from bnrep.datasets import FOLDER, DatasetError, folder_fingerprint, parse_dataset
 
     kind, path = parse_dataset(dataset)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if kind != FOLDER or len(nodes) < 2:
+    if kind != FOLDER or len(alive_nodes(ray)) < 2:
         return
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    look, here = ray.remote(num_cpus=0, max_retries=0)(folder_fingerprint), folder_fingerprint(path)
-    seen = ray.get([look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                    .remote(path) for n in nodes])
-    for n, there in zip(nodes, seen):
-        if there != here:
+    here = folder_fingerprint(path)
+    for n, there in ask_every_node(ray, f"what it sees at imagefolder:{path}", folder_fingerprint, path):
+        if there is not NO_ANSWER and there != here:
             raise DatasetError(f"imagefolder:{path} differs on node {n['NodeManagerAddress']} ({n['NodeID'][:8]}: "
                                f"{there}; here: {here}): every node must see the folder at that path, on a "
                                f"filesystem they all mount")

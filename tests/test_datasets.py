@@ -488,8 +488,15 @@ BLIND = '''
 import os
 hidden = os.environ.get("BNREP_TEST_HIDE")
 if hidden:  # this node does not mount that folder
-    _isdir = os.path.isdir
+    import builtins
+    _isdir, _open = os.path.isdir, builtins.open
     os.path.isdir = lambda p: False if str(p).startswith(hidden) else _isdir(p)
+
+    def _hidden_open(p, *a, **k):
+        if str(p).startswith(hidden):
+            raise FileNotFoundError(2, "No such file or directory", str(p))
+        return _open(p, *a, **k)
+    builtins.open = _hidden_open
 '''
 
 
@@ -523,6 +530,18 @@ def test_a_folder_that_one_node_does_not_see_is_one_line(tmp_path):
             f"{folder_fingerprint(str(hidden))}): every node must see the folder at that path, on a filesystem "
             f"they all mount")
         assert folder_fingerprint(str(hidden)).startswith("3 classes; train 36, test 12 images; ")
+        # the results directory too (bnrep.raysession.check_shared_out): a node with its own disk at --out's path
+        from bnrep.config import UsageError
+        from bnrep.raysession import check_shared_out
+        from bnrep.store import Store
+
+        check_shared_out(ray, Store(str(shared / "runs"), "x"))
+        with pytest.raises(UsageError) as e:
+            check_shared_out(ray, Store(str(hidden / "runs"), "x"))
+        assert str(e.value) == (f"--out {hidden}/runs is not the same directory on node 127.0.0.1 "
+                                f"({blind.node_id[:8]}): every node must see the results at that path (a filesystem "
+                                f"they all mount, at the same path), or give an s3:// URI")
+        assert os.listdir(hidden / "runs" / "x") == []  # the driver's file removed
     finally:
         ray.shutdown()
         c.shutdown()
