@@ -42,18 +42,26 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-# Activation modules by class name, lower case (torch's, and timm's classes of the same names).
-# Gates (Sigmoid, Hardsigmoid) are not hidden representations and are not probed.
+# Activation modules by class name, lower case: every activation torch.nn defines, timm's of other names
+# (and timm's memory-efficient `...Me` twins, `is_activation`), MetaFormer's StarReLU and SquaredReLU.
+# Gates (Sigmoid, Hardsigmoid) and normalisers over a whole axis (Softmax and kin) are not hidden representations
+# and are not probed.
 ACTIVATION_MODULES = {"relu", "relu6", "leakyrelu", "prelu", "rrelu", "elu", "celu", "selu", "gelu", "geglu",
-                      "gelutanh", "quickgelu", "silu", "swish", "mish", "hardswish", "softplus", "tanh"}
+                      "gelutanh", "quickgelu", "silu", "swish", "mish", "hardswish", "hardmish", "softplus", "tanh",
+                      "hardtanh", "softsign", "tanhshrink", "hardshrink", "softshrink", "threshold", "logsigmoid",
+                      "glu", "starrelu", "squaredrelu"}
 # Functional activations -> the activation's name in the tables.
 ACTIVATION_FUNCTIONS = {
     F.relu: "ReLU", F.relu_: "ReLU", torch.relu: "ReLU", torch.relu_: "ReLU", torch.Tensor.relu: "ReLU",
     torch.Tensor.relu_: "ReLU", F.relu6: "ReLU6", F.leaky_relu: "LeakyReLU", F.leaky_relu_: "LeakyReLU",
-    F.gelu: "GELU", F.silu: "SiLU", F.mish: "Mish", F.hardswish: "Hardswish", F.elu: "ELU", F.selu: "SELU",
-    F.celu: "CELU", F.softplus: "Softplus", torch.tanh: "Tanh", torch.Tensor.tanh: "Tanh",
+    F.gelu: "GELU", F.silu: "SiLU", F.mish: "Mish", F.hardswish: "Hardswish", F.elu: "ELU", F.elu_: "ELU",
+    F.selu: "SELU", F.selu_: "SELU", F.celu: "CELU", F.celu_: "CELU", F.prelu: "PReLU", F.rrelu: "RReLU",
+    F.rrelu_: "RReLU", F.softplus: "Softplus", torch.tanh: "Tanh", torch.tanh_: "Tanh", torch.Tensor.tanh: "Tanh",
+    torch.Tensor.tanh_: "Tanh", F.hardtanh: "Hardtanh", F.hardtanh_: "Hardtanh", F.softsign: "Softsign",
+    F.tanhshrink: "Tanhshrink", F.hardshrink: "Hardshrink", F.softshrink: "Softshrink", F.threshold: "Threshold",
+    F.threshold_: "Threshold", F.logsigmoid: "LogSigmoid", F.glu: "GLU",
 }
-RECTIFIERS = {"ReLU", "ReLU6"}  # exact zeros below 0: what paper eq. 3-4 count
+RECTIFIERS = {"ReLU", "ReLU6", "SquaredReLU"}  # exact zeros below 0: what paper eq. 3-4 count
 # The last of these before an activation, among those whose output has as many axes as the
 # activation's, says which axis holds the channels: a convolution or a channel norm, axis 1 (NCHW,
 # NCL); a linear layer, the last (ConvNeXt's NHWC blocks, a transformer's (N, T, C) tokens). A linear
@@ -85,7 +93,8 @@ class Probe:
 
 
 def is_activation(m: nn.Module) -> bool:
-    return type(m).__name__.lower() in ACTIVATION_MODULES
+    name = type(m).__name__.lower()
+    return name in ACTIVATION_MODULES or (name.endswith("me") and name[:-2] in ACTIVATION_MODULES)
 
 
 class _Functions(TorchFunctionMode):

@@ -216,7 +216,7 @@ def first_shown_text(r: Results) -> str:
 
 
 def rectified(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows of probes after a rectifier (ReLU, ReLU6), where exact zeros mean something (paper
+    """Rows of probes after a rectifier (probes.RECTIFIERS), where exact zeros mean something (paper
     eq. 3-4); tables written before the activation column hold ReLU probes only."""
     return df[df["activation"].isin(RECTIFIERS)] if len(df) and "activation" in df else df
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from bnrep.conditions import MIN_SEEDS, MOSTLY_ZERO
 from bnrep.correlations import MIN_MODELS, P_MAX, R_MIN, group_word
 from bnrep.experiments import LR_EDGE
+from bnrep.probes import RECTIFIERS
 from bnrep.results import LABELS, REF, SHORT, is_paper_pair, label_and_tag
 
 SPARSITY_TOL = 0.01  # layer sparsity differences within 1 percentage point count as equal
@@ -61,7 +62,7 @@ RULES = [
     f"channels (zero for every sample at the smallest eps; layer_sparsity's dead_channels) are named next to "
     f"the verdicts without changing them, as is, for models trained elsewhere (bnrep import), that their "
     f"stopping rule and sweep are not known, and models whose norm had not ended its warm-up (Batch Renorm's "
-    f"W batches) at the weights kept. Claims 1-2 count exact zeros after rectifiers (ReLU, ReLU6) only: "
+    f"W batches) at the weights kept. Claims 1-2 count exact zeros after rectifiers ({', '.join(sorted(RECTIFIERS))}) only: "
     f"probes after other activations are named next to the verdict and left out.",
     "Thresholds: claims 1 and 2 and the figures use the smallest sparsity threshold eps (the paper: 0, "
     "exactly zero). Where several thresholds were measured, claim 1 is also judged at each eps by the same "

@@ -339,6 +339,53 @@ def test_activations_of_parameters_are_not_probes():
         torch.testing.assert_close(r.reduced, reduce_representation(A))
 
 
+NOT_PROBED = {"Sigmoid", "Hardsigmoid", "Softmax", "Softmin", "LogSoftmax", "Softmax2d", "MultiheadAttention"}
+
+
+class EachActivation(nn.Module):
+    """A conv, then one of `acts` after the other, each as a module or a function."""
+
+    def __init__(self, acts):
+        super().__init__()
+        self.conv, self.acts = nn.Conv2d(2, 4, 3, padding=1), acts
+
+    def forward(self, x):
+        x = self.conv(x)
+        for a in self.acts:
+            x = a(x)
+        return x.sum(dim=(2, 3))
+
+
+def test_every_activation_torch_and_timm_define_is_a_probe():
+    """The reference: the classes torch.nn's activation module defines (but gates and softmaxes) and timm's
+    activation layers, each probed under its own name; and every F.* activation function."""
+    import inspect
+
+    import torch.nn.modules.activation as torch_acts
+    timm_layers = pytest.importorskip("timm.layers")
+    args = {"Threshold": (0.1, 0.0), "GLU": (1,)}
+    classes = [c for n, c in sorted(vars(torch_acts).items()) if inspect.isclass(c) and issubclass(c, nn.Module)
+               and c.__module__ == torch_acts.__name__ and n not in NOT_PROBED]
+    classes += [timm_layers.HardMish, timm_layers.QuickGELU, timm_layers.GELUTanh, timm_layers.Swish,
+                timm_layers.activations_me.SwishMe, timm_layers.activations_me.HardMishMe]
+    from timm.models.metaformer import SquaredReLU, StarReLU
+    classes += [StarReLU, SquaredReLU]
+    X = torch.randn(3, 2, 5, 5)
+    for c in classes:
+        acts = nn.ModuleList([c(*args.get(c.__name__, ())), nn.Conv2d(4 if c.__name__ != "GLU" else 2, 4, 1)])
+        (p,) = find_probes(EachActivation(acts), X)
+        assert (p.name, p.activation) == ("acts.0", c.__name__)
+        assert p.rectifier == (c.__name__ in {"ReLU", "ReLU6", "SquaredReLU"})  # exact zeros below 0
+    functions = {F.threshold: (0.1, 0.0), F.threshold_: (0.1, 0.0), F.glu: (1,)}
+    for f, name in ACTIVATION_FUNCTIONS.items():
+        fn = (lambda x, f=f: f(x.clone(), *functions.get(f, ()))) if f not in (F.prelu,) else \
+            (lambda x: F.prelu(x, torch.full((1,), 0.25)))
+        (p,) = find_probes(EachActivation([fn]), X)
+        assert p.activation == name, f
+    assert len(classes) >= 30  # 22 of torch.nn's, 8 of timm's
+    assert not find_probes(EachActivation([nn.Sigmoid(), nn.Hardsigmoid(), nn.Softmax(1), torch.sigmoid]), X)
+
+
 # ==== hooks: a reused module's calls, in-place activations ====
 
 class Reused(nn.Module):
