@@ -11,11 +11,11 @@ from matplotlib.figure import Figure
 
 from bnrep.findings import headline_rows, snapshot_measures
 from bnrep.measures import FINAL
-from bnrep.plotting import (CKA_BOUNDS, _as_list, _bars, _end_row, _grid, _height, _labels, _layer_groups_of,
-                            _layer_ticks, _panel, _width, condition_lines, group_lines, log_y, panels_legend,
+from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_groups_of, _layer_ticks, _panel,
+                            _width, cka_line, cka_lines, condition_lines, group_lines, log_y, panels_legend,
                             styles_legend)
 from bnrep.norms import get_norm
-from bnrep.results import COLORS, SHORT, and_list, cka_pairs, norm_labels, norm_pairs, ordered, seed_stats, seeds_text
+from bnrep.results import SHORT, and_list, cka_pairs, norm_labels, norm_pairs, ordered, seeds_text
 
 # How a snapshot's model is run for a measure, said under each figure against epoch: the representations'
 # measures as bnrep.represent.snapshot_mode runs it; gradient norms and train- against eval-mode as
@@ -143,18 +143,12 @@ def fig_cka_epochs(results) -> Figure | None:
     fig, axes = _grid(len(rows), max(map(len, groups)), w=3.6, h=2.9)
     for row, ((r, p, a, b), gs) in enumerate(zip(rows, groups)):
         p, ticks = epoch_axis(p)
-        lines = [(p[(p["kind"] == "cross") & (p["first"] == a) & (p["second"] == b)],
-                  f"{SHORT[a]} vs {SHORT[b]}, same seed", "black", "-", "s"),
-                 *((p[(p["kind"] == "seeds") & (p["first"] == n)], f"{SHORT[n]} seed vs seed", COLORS[n], "--", "o")
-                   for n in (a, b))]
+        lines = cka_lines(p, a, b)
         for col, (name, idx) in enumerate(gs):
             ax = axes[row, col]
-            for d, label, color, ls, marker in lines:
-                g = d[d["layer_index"].isin(idx)].groupby(["model_a", "model_b", "x"], as_index=False)["cka"].mean()
-                s = seed_stats(g, ["x"], "cka")
-                if s["mean"].notna().any():
-                    ax.errorbar(s["x"], s["mean"], yerr=_bars(s["mean"], s["std"], CKA_BOUNDS["cka"]), color=color,
-                                ls=ls, marker=marker, capsize=3, label=label)
+            for d, style in lines:
+                cka_line(ax, d[d["layer_index"].isin(idx)].groupby(["model_a", "model_b", "x"], as_index=False)["cka"]
+                         .mean(), "x", style)
             ax.set_xticks(range(len(ticks)), ticks)
             _panel(ax, title=f"{r.label}: {SHORT[a]} vs {SHORT[b]}, {name}", xlabel="epoch",
                    ylabel="linear CKA" if col == 0 else "", ylim=(0, 1.05))

@@ -25,9 +25,9 @@ from bnrep.epoch_figures import fig_cka_epochs, fig_initialisation, measured_at_
 from bnrep.experiments import layer_indices
 from bnrep.findings import snapshot_measures
 from bnrep.measures import MEASURES, all_nan
-from bnrep.plotting import (CKA_BOUNDS, _as_list, _bars, _end_row, _grid, _height, _labels, _layer_groups_of, _layer_ticks,
-                            _log_if_positive, _panel, _panel_title, _width, condition_lines, fig_per_layer, fraction_range,
-                            group_lines, panels_legend, styles_legend)
+from bnrep.plotting import (CKA_BOUNDS, _as_list, _end_row, _grid, _height, _labels, _layer_groups_of, _layer_ticks,
+                            _log_if_positive, _panel, _panel_title, _width, cka_line, cka_lines, condition_lines,
+                            fig_per_layer, fraction_range, group_lines, panels_legend, styles_legend)
 from bnrep.results import (COLORS, SHORT, Results, at_eps, cka_pairs, eps_values, label_and_tag, n_seeds, norm_pairs,
                            optimal_k, present_norms, seed_stats, seeds_text, shown)
 
@@ -130,13 +130,6 @@ def fig_signal_propagation(results) -> Figure | None:
 
 
 
-def _cka_series(ax, d: pd.DataFrame, label: str, color: str, ls: str, marker: str, value: str = "cka") -> None:
-    """Mean CKA over the pairs per layer, error bars: std over the pairs (ddof=1), cut at CKA_BOUNDS."""
-    s = seed_stats(d, ["layer_index", "layer"], value)
-    ax.errorbar(s["layer_index"], s["mean"], yerr=_bars(s["mean"], s["std"], CKA_BOUNDS[value]), color=color, ls=ls,
-                marker=marker, capsize=3, label=label)
-
-
 CKA_COLS = 3  # panels (pairs of norms) per row
 
 
@@ -156,15 +149,14 @@ def fig_cka(results) -> Figure | None:
         for i, (a, b) in enumerate(pairs):
             ax = axes[row0 + i // cols, i % cols]
             used.append(ax)
-            cross = p[(p["kind"] == "cross") & (p["first"] == a) & (p["second"] == b)]
-            _cka_series(ax, cross, f"{SHORT[a]} vs {SHORT[b]}, same seed", "black", "-", "s")
+            (cross, style), *seeds = cka_lines(p, a, b)
+            cka_line(ax, cross, "layer_index", style, keys=("layer",))
             debiased = "cka_debiased" in cross and cross["cka_debiased"].notna().any()
             if debiased:  # parts written before it have no such column
-                _cka_series(ax, cross, "the same, debiased", "gray", ":", "x", "cka_debiased")
-            for n in (a, b):
-                seeds = p[(p["kind"] == "seeds") & (p["first"] == n)]
-                if len(seeds):
-                    _cka_series(ax, seeds, f"{SHORT[n]} seed vs seed", COLORS[n], "--", "o")
+                cka_line(ax, cross, "layer_index", dict(label="the same, debiased", color="gray", ls=":", marker="x"),
+                         "cka_debiased", keys=("layer",))
+            for d, style in seeds:
+                cka_line(ax, d, "layer_index", style, keys=("layer",))
             _layer_ticks(ax, cross)
             ax.set(title=f"{r.label}: {SHORT[a]} vs {SHORT[b]}", xlabel="layer", ylabel="linear CKA",
                    ylim=(-0.1 if debiased else 0, 1.05))

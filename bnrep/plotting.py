@@ -14,8 +14,8 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import LogFormatterSciNotation
 
 from bnrep.norms import sort_key
-from bnrep.results import (COLORS, NORMS, Results, norm_labels, not_rectified, ordered, present_norms, seed_stats,
-                           seeds_text)
+from bnrep.results import (COLORS, NORMS, SHORT, Results, norm_labels, not_rectified, ordered, present_norms,
+                           seed_stats, seeds_text)
 
 
 def _grid(nrows: int, ncols: int, w: float = 4.2, h: float = 3.2) -> tuple[Figure, np.ndarray]:
@@ -172,6 +172,23 @@ def _bars(mean: pd.Series, sd: pd.Series, clip: tuple[float, float] | None):
     sd = sd.fillna(0)  # (a mean a rounding past its bound, as a CKA of 1 + 2e-16: a bar of 0 there, not below)
     return sd if clip is None else [np.maximum(np.minimum(sd, mean - clip[0]), 0),
                                     np.maximum(np.minimum(sd, clip[1] - mean), 0)]
+
+
+def cka_lines(p: pd.DataFrame, a: str, b: str) -> list[tuple[pd.DataFrame, dict]]:
+    """The lines of a CKA panel for conditions a and b (`cka_pairs` rows): the two at one seed (black), then two
+    seeds of each (dashed, its colour); each its rows and its style."""
+    cross = p[(p["kind"] == "cross") & (p["first"] == a) & (p["second"] == b)]
+    return [(cross, dict(label=f"{SHORT[a]} vs {SHORT[b]}, same seed", color="black", ls="-", marker="s")),
+            *((p[(p["kind"] == "seeds") & (p["first"] == n)],
+               dict(label=f"{SHORT[n]} seed vs seed", color=COLORS[n], ls="--", marker="o")) for n in (a, b))]
+
+
+def cka_line(ax, d: pd.DataFrame, x: str, style: dict, value: str = "cka", keys: tuple[str, ...] = ()) -> None:
+    """Mean CKA over the pairs of models per `x` (and `keys`), error bars: std over the pairs (ddof=1), cut at
+    CKA_BOUNDS; nothing where no pair has a value."""
+    s = seed_stats(d, [x, *keys], value)
+    if len(s) and s["mean"].notna().any():
+        ax.errorbar(s[x], s["mean"], yerr=_bars(s["mean"], s["std"], CKA_BOUNDS[value]), capsize=3, **style)
 
 
 def group_lines(ax, d: pd.DataFrame, idx: list[int], x: str, value: str, labels: dict[str, str],
