@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bnrep.config import command
 from bnrep.experiments import lr_edge
 from bnrep.norms import get_norm
 from bnrep.results import (LABELS, Results, at_eps, early_layers, imported_mask, not_rectified, optimal_k, pair,
@@ -206,9 +207,10 @@ def optimal_k_at_top(r: Results, norm: str) -> list[Condition]:
     of = e.groupby("condition")["model_id"].nunique()
     tags = _tags(r, norm)
     said = " and ".join(f"{at[n]} of {of[n]} {tags[n]} models" for n in tags if n in at.index)
+    further = (f"`{command('analysis', r.experiment.name, r.out)} --fresh --k-max {2 * top}` searches further, the "
+               f"training kept, then `{command('report', r.experiment.name, r.out)}`")
     return [Condition(f"optimal k at the largest k searched ({top}) in the early layers of {said}: the optimum may "
-                      f"lie above it (`bnrep analysis --fresh --k-max {2 * top}` searches further, the training "
-                      f"kept)", (4,))]
+                      f"lie above it ({further})", (4,))]
 
 
 def non_rectifier_layers(r: Results, norm: str) -> list[Condition]:

@@ -84,7 +84,7 @@ def load_results(out: str, name: str) -> Results:
     """One experiment's tables, its resolved experiment and its stage hashes (config.json)."""
     store = Store(out, name)
     return Results(load_experiment(store, name), {t: store.read_table(t) for t in TABLES},
-                   config=read_hashes(store), classes=tuple(read_config(store).get("classes", ())))
+                   config=read_hashes(store), classes=tuple(read_config(store).get("classes", ())), out=out)
 
 
 def stage_command(table: str, experiment: str, out: str = "runs") -> str:

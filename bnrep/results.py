@@ -22,6 +22,7 @@ from bnrep.experiments import Experiment, layer_indices
 from bnrep.models import model_label as spec_label
 from bnrep.probes import RECTIFIERS
 from bnrep.axis import axis_word
+from bnrep.config import DEFAULT_OUT
 from bnrep.measures import FINAL, MEASURES
 from bnrep.norms import COLORS, LABELS, NORMS as NORM_TABLE, REF, SHORT, ordered, sort_key  # noqa: F401 (re-exported)
 from bnrep.store import with_norm
@@ -67,6 +68,7 @@ class Results:
     classes: tuple[str, ...] = ()  # the data's class names, as config.json records them (() : from the table)
     snapshots: dict[str, pd.DataFrame] = field(default_factory=dict)  # the rows of earlier epochs, per table
     shown_as: str = ""  # its label beside experiments of the same model and data (distinct_labels); "": label's own
+    out: str = DEFAULT_OUT  # the results root it was read from (the commands the findings suggest name it)
 
     def __post_init__(self) -> None:
         """`tables` keeps the final models' rows (what the paper's figures and claims read); the rows of

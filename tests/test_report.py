@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import shlex
 import subprocess
 import sys
 
@@ -1011,7 +1012,8 @@ CONDITIONS = {  # name: (tables, experiment, text named, claims turned inconclus
     "an optimal k at the top of the k range early": (  # BN's conv1 at 12, the largest k of SMALL's k_range
         make_tables(**SMALL, acc=acc, kopt=lambda bn, li: 12 if bn is True and li == 1 else cnn_kopt(bn, li)),
         "digits-cnn", "optimal k at the largest k searched (12) in the early layers of 4 of 4 BN models: the optimum "
-                      "may lie above it (`bnrep analysis --fresh --k-max 24` searches further, the training kept)",
+                      "may lie above it (`bnrep analysis --experiment digits-cnn --fresh --k-max 24` searches "
+                      "further, the training kept, then `bnrep report --experiment digits-cnn`)",
         {4}),
     "one k searched (every optimum at it, nothing censored)": (
         make_tables(**{**SMALL, "k_range": range(12, 13)}, acc=acc), "digits-cnn", None, set()),
@@ -1021,6 +1023,17 @@ CONDITIONS = {  # name: (tables, experiment, text named, claims turned inconclus
     "dead channels at the larger eps only are not named": (
         make_tables(**SMALL, acc=acc, eps=(0.0, 0.5)), "digits-cnn", None, set()),  # eps 0.5: every channel zero
 }
+
+
+def test_the_command_a_finding_suggests_names_the_study_and_its_results_root(tmp_path):
+    """Typed as shown, the k-means hint ran the default study in ./runs (and its --fresh deleted that analysis)."""
+    out = tmp_path / "my results"
+    write_tables(out, "digits-cnn", make_tables(**SMALL, acc=acc, kopt=lambda bn, li: 12 if bn is True and li == 1
+                                                else cnn_kopt(bn, li)))
+    (claim4,) = [f for f in findings.findings(report.load_results(str(out), "digits-cnn")) if f.number == 4]
+    quoted = shlex.quote(str(out))
+    assert (f"`bnrep analysis --experiment digits-cnn --out {quoted} --fresh --k-max 24` searches further, the "
+            f"training kept, then `bnrep report --experiment digits-cnn --out {quoted}`") in claim4.verdict_text
 
 
 def test_the_reference_s_dead_channels_are_said_once_above_every_condition_s_claims():
