@@ -5,7 +5,7 @@ none, and returns `Condition`s: a sentence, the claims it concerns, and whether
 it makes their verdicts inconclusive (models that missed their stopping rule or
 diverged, too few seeds, a best learning rate at the edge of its range, layers
 that are mostly zeros, an optimal k at the top of the k range) or is only named beside them (dead channels, probes that
-are not rectifiers). The rules printed in every report say the same.
+are not rectifiers, running statistics that lag the weights). The rules printed in every report say the same.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 
 from bnrep.config import command
 from bnrep.experiments import lr_edge
-from bnrep.norms import get_norm
+from bnrep.norms import AS_BUILT, get_norm
 from bnrep.results import (LABELS, Results, at_eps, early_layers, imported_mask, not_rectified, optimal_k, pair,
                            pair_names, shown)
 
@@ -95,6 +95,37 @@ def diverged_models(r: Results, norm: str) -> list[Condition]:
     return [Condition(f"{int(d[t['condition'] == n].sum())} of {int((t['condition'] == n).sum())} {tag} models diverged "
                       f"(training loss NaN or inf; not analysed, their measures are NaN and left out)", ALL)
             for n, tag in _tags(r, norm).items() if d[t["condition"] == n].any()]
+
+
+EVAL_GAP = 0.10  # eval-mode training accuracy this far below the train-mode accuracy of the epoch kept: named
+
+
+def running_statistics_lag(r: Results, norm: str) -> list[Condition]:
+    """Models of a norm with running statistics (BatchNorm and its kin; a model's own norms) whose training
+    accuracy in eval mode (Table 1's train acc, as every measure is taken) lies more than EVAL_GAP below
+    their accuracy in train mode over the epoch whose weights were kept (training_history's running accuracy):
+    the running statistics lag the weights (too few steps, a high momentum), so the measured network is not
+    the one that trained. Named, not judged. Results without the running accuracy: nothing."""
+    t, h = pair(r.table("training"), norm, r.ref), r.table("training_history")
+    if t.empty or h.empty or "train_acc_running" not in h or "best_epoch" not in t:
+        return []
+    t = t[~imported_mask(t) & ~t.get("diverged", pd.Series(False, index=t.index)).fillna(False).astype(bool)]
+    kept = t.merge(h[["model_id", "epoch", "train_acc_running"]], left_on=["model_id", "best_epoch"],
+                   right_on=["model_id", "epoch"])
+    out = []
+    for n, tag in _tags(r, norm).items():
+        if n in LABELS and get_norm(n).norm != AS_BUILT and not get_norm(n).batch_statistics:
+            continue  # no running statistics: eval mode is train mode (a model's own norms: not known)
+        rows = kept[kept["condition"] == n]
+        lag = rows[rows["train_acc_running"] - rows["train_acc"] > EVAL_GAP]
+        if len(lag):
+            out.append(Condition(
+                f"{len(lag)} of {int((t['condition'] == n).sum())} {tag} models classify their training data worse "
+                f"in eval mode, as every measure is taken ({lag['train_acc'].mean():.0%} on average), than in "
+                f"train mode over the epoch kept ({lag['train_acc_running'].mean():.0%}): their running statistics "
+                f"lag the weights (too few training steps?), so the network measured is not quite the one "
+                f"trained", ALL, undermines=False))
+    return out
 
 
 # the tables each claim reads, and the value a seed must have there to count
@@ -227,6 +258,6 @@ def non_rectifier_layers(r: Results, norm: str) -> list[Condition]:
 
 def conditions(r: Results, norm: str) -> list[Condition]:
     """Everything in `r` that undermines the verdicts on `norm` against none, or is named beside them."""
-    checks = (missed_stopping_rule, not_known_imported, diverged_models, unfinished_ramp, too_few_seeds, lr_at_edge,
-              mostly_zero_layers, optimal_k_at_top, non_rectifier_layers)
+    checks = (missed_stopping_rule, not_known_imported, diverged_models, unfinished_ramp, running_statistics_lag,
+              too_few_seeds, lr_at_edge, mostly_zero_layers, optimal_k_at_top, non_rectifier_layers)
     return [c for check in checks for c in check(r, norm)]

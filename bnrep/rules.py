@@ -4,7 +4,7 @@ judging itself is bnrep.findings'."""
 
 from __future__ import annotations
 
-from bnrep.conditions import MIN_SEEDS, MOSTLY_ZERO
+from bnrep.conditions import EVAL_GAP, MIN_SEEDS, MOSTLY_ZERO
 from bnrep.correlations import MIN_MODELS, P_MAX, R_MIN, group_word
 from bnrep.experiments import LR_EDGE
 from bnrep.probes import RECTIFIERS
@@ -62,7 +62,9 @@ RULES = [
     f"channels (zero for every sample at the smallest eps; layer_sparsity's dead_channels) are named next to "
     f"the verdicts without changing them, as is, for models trained elsewhere (bnrep import), that their "
     f"stopping rule and sweep are not known, and models whose norm had not ended its warm-up (Batch Renorm's "
-    f"W batches) at the weights kept. Claims 1-2 count exact zeros after rectifiers ({', '.join(sorted(RECTIFIERS))}) only: "
+    f"W batches) at the weights kept, and models whose training accuracy in eval mode (running statistics, as "
+    f"every measure is taken) lies more than {EVAL_GAP:.0%} below their train-mode accuracy over the epoch kept. "
+    f"Claims 1-2 count exact zeros after rectifiers ({', '.join(sorted(RECTIFIERS))}) only: "
     f"probes after other activations are named next to the verdict and left out.",
     "Thresholds: claims 1 and 2 and the figures use the smallest sparsity threshold eps (the paper: 0, "
     "exactly zero). Where several thresholds were measured, claim 1 is also judged at each eps by the same "
