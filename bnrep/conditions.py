@@ -216,7 +216,7 @@ def mostly_zero_layers(r: Results, norm: str) -> list[Condition]:
                                  ALL, undermines=False))
     dead = dead_channel_counts(r, norm)
     for n in dict.fromkeys(dead["condition"]):  # one line per condition: the reference's is said once above all
-        out.append(Condition("dead channels (zero for every sample), summed over models: " + ", ".join(
+        out.append(Condition("dead channels (zero on every sparsity sample), summed over models: " + ", ".join(
             f"{tags[x.condition]} {x.layer}: {x.n} in {x.models} of {x.of} models"
             for x in dead[dead["condition"] == n].itertuples()), ALL, undermines=False))
     return out

@@ -117,7 +117,7 @@ def _channel_sparsity(run: ModelRun) -> pd.DataFrame:
 
 
 def _layer_sparsity(run: ModelRun) -> list[dict]:
-    """Eq. 4 at every eps, and the channels that are zero for every sample."""
+    """Eq. 4 at every eps, and the channels that are zero for every sparsity sample."""
     from bnrep import metrics
     rows = []
     for r in run.reps:
@@ -127,7 +127,7 @@ def _layer_sparsity(run: ModelRun) -> list[dict]:
             s = np.where(r.nonfinite > 0, np.nan, s)
             rows.append({"layer_index": r.index, "eps": eps, "reason": reason,
                          "sparsity": math.nan if reason else metrics.layer_sparsity(r.zero_counts[i], r.values_per_channel),
-                         "dead_channels": int((s == 1.0).sum())})  # zero for every sample
+                         "dead_channels": int((s == 1.0).sum())})  # zero for every sparsity sample
     return rows
 
 

@@ -59,7 +59,7 @@ RULES = [
     f"or on a sweep whose best learning rate (the one the models used) lies within {LR_EDGE:.0%} (log scale) "
     f"of an end of the search range (all claims); on layers above {MOSTLY_ZERO:.0%} zeros (claims 1-2); on an "
     f"optimal k at the largest k searched in the early layers (claim 4: the optimum may lie above it). Dead "
-    f"channels (zero for every sample at the smallest eps; layer_sparsity's dead_channels) are named next to "
+    f"channels (zero on every sparsity sample at the smallest eps; layer_sparsity's dead_channels) are named next to "
     f"the verdicts without changing them, as is, for models trained elsewhere (bnrep import), that their "
     f"stopping rule and sweep are not known, and models whose norm had not ended its warm-up (Batch Renorm's "
     f"W batches) at the weights kept, and models whose training accuracy in eval mode (running statistics, as "

@@ -1029,12 +1029,12 @@ CONDITIONS = {  # name: (tables, experiment, text named, claims turned inconclus
         "a layer above 90% zeros in one model, not in the seed mean: no BN conv4 96% at seed 1 (mean 70%)", set()),
     "a dead channel (named only)": (set_rows(T, "layer_sparsity", "model_id == 'bn-s0' and layer == 'conv1'",
                                              dead_channels=1),
-                                    "digits-cnn", "dead channels (zero for every sample), summed over models: BN conv1: 1 in 1 of 4 models",
+                                    "digits-cnn", "dead channels (zero on every sparsity sample), summed over models: BN conv1: 1 in 1 of 4 models",
                                     set()),
     "a dead channel, counted from channel_sparsity (tables before dead_channels)": (
         {**set_rows(T, "channel_sparsity", "model_id == 'bn-s0' and layer == 'conv1' and channel < 3", sparsity=1.0),
          "layer_sparsity": T["layer_sparsity"].drop(columns="dead_channels")},
-        "digits-cnn", "dead channels (zero for every sample), summed over models: BN conv1: 3 in 1 of 4 models", set()),
+        "digits-cnn", "dead channels (zero on every sparsity sample), summed over models: BN conv1: 3 in 1 of 4 models", set()),
     "an optimal k at the top of the k range early": (  # BN's conv1 at 12, the largest k of SMALL's k_range
         make_tables(**SMALL, acc=acc, kopt=lambda bn, li: 12 if bn is True and li == 1 else cnn_kopt(bn, li)),
         "digits-cnn", "optimal k at the largest k searched (12) in the early layers of 4 of 4 BN models: the optimum "
@@ -1070,7 +1070,7 @@ def test_the_reference_s_dead_channels_are_said_once_above_every_condition_s_cla
     t = set_rows(t, "layer_sparsity", "model_id == 'ln-s1' and layer == 'conv1'", dead_channels=1)
     fs = findings.findings(results.Results(get_experiment("digits-cnn"), t))
     common, per = verdicts.said_once(fs)
-    dead = "dead channels (zero for every sample), summed over models: "
+    dead = "dead channels (zero on every sparsity sample), summed over models: "
     assert [c for c in common if c.startswith(dead)] == [dead + "no norm fc1: 2 in 1 of 4 models"]
     assert per == {"layer": (dead + "LN conv1: 1 in 1 of 4 models",)}
 
