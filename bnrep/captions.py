@@ -42,8 +42,8 @@ def for_families(text: str, norms) -> str:
 def caption(spec, rs: list[Results]) -> str:
     """`spec`'s (a bnrep.figures.FigureSpec) caption with its placeholders filled for the results `rs`:
     {seeds}, {layers}, {nan} (the values left out, and why), {colours}, {shared} (bnrep.initial),
-    {k_searched}, {gradient_batches} and {measured} (how the snapshots of the conditions drawn ran:
-    bnrep.epoch_figures.measured_text); a <<family: sentence>> only where a condition of that family is drawn (for_families)."""
+    {k_searched}, {gradient_batches}, {measured} (how the snapshots of the conditions drawn ran:
+    bnrep.epoch_figures.measured_text) and {running} (running_text); a <<family: sentence>> only where a condition of that family is drawn (for_families)."""
     df = pd.concat([r.at_epochs(spec.tables[0]) if spec.epochs else r.table(spec.tables[0]) for r in rs],
                    ignore_index=True)
     layers = "; ".join(f"{r.label}: from {first_shown_text(r)}" for r in rs)
@@ -60,7 +60,16 @@ def caption(spec, rs: list[Results]) -> str:
                                seeds=seeds_text(_models(df)), layers=layers, nan=nan, colours=colours_text(norms),
                                shared=shared, k_searched=_k_searched(rs) if "{k_searched}" in spec.caption else "",
                                gradient_batches=_gradient_batches(rs) if "{gradient_batches}" in spec.caption else "",
-                               measured=measured_text(norms) if "{measured}" in spec.caption else "")
+                               measured=measured_text(norms) if "{measured}" in spec.caption else "",
+                               running=running_text(norms) if "{running}" in spec.caption else "")
+
+
+def running_text(norms) -> str:
+    """' (here BatchNorm and ghost BatchNorm ...)': the conditions among `norms` that keep running statistics;
+    ' (none here)' where none does."""
+    kept = [n for n in ordered(norms) if get_norm(n).batch_statistics]
+    labels = norm_labels(kept)
+    return f" (here {and_list(labels[n] for n in kept)})" if kept else " (none here)"
 
 
 def _k_searched(rs: list[Results]) -> str:

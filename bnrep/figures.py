@@ -361,7 +361,8 @@ FIGURES = [
                "Paper Figure 6: average class-agnostic (k-means) DBI at the optimal k per layer ({layers}) for "
                "{colours} models; lower is purer. Error bars: standard deviation across {seeds}.{nan}"),
     FigureSpec("fig_kmeans_sweep", fig_kmeans_sweep, ("kmeans",),
-               "Beyond the paper: k-means DBI against k for each layer ({layers}), {colours}. "
+               f"Beyond the paper: k-means DBI against k per layer ({{layers}}; at most {MAX_SWEEP_PANELS} layers, "
+               "evenly over the depth, the first and last kept), {colours}. "
                "Shading: standard deviation across {seeds}."),
     FigureSpec("fig_sparsity_thresholds", fig_sparsity_thresholds, ("layer_sparsity",),
                "Beyond the paper: layer sparsity (fraction of post-ReLU values with |x| <= eps) against the "
@@ -435,7 +436,8 @@ FIGURES = [
                "trained (train mode, each batch before its optimiser step; results before 0.2.0: a full pass in "
                "eval mode after each epoch); dashed: validation accuracy, eval mode after each epoch. Table 1's "
                "training accuracy is a full pass over the training split in eval mode after training, so for "
-               "norms with running statistics (BatchNorm) it can differ from the last running value. An epoch with "
+               "norms with running statistics{running} it can differ from the last running value, by much where "
+               "those statistics lag the weights. An epoch with "
                "no line to it (the only epoch of models that stopped after one) is a point: o train, x validation."),
 ]
 

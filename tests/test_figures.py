@@ -151,7 +151,13 @@ def test_the_learning_curves_legend_is_below_the_panels_and_the_caption_says_wha
     assert ("Solid, train (running): the fraction of each epoch's own training batches classified correctly as they "
             "trained (train mode, each batch before its optimiser step") in text
     assert ("Table 1's training accuracy is a full pass over the training split in eval mode after training, so for "
-            "norms with running statistics (BatchNorm) it can differ from the last running value.") in text
+            "norms with running statistics (here BatchNorm) it can differ from the last running value, by much where "
+            "those statistics lag the weights.") in text
+    # the conditions of the study drawn, not BatchNorm always
+    assert captions.running_text(["none", "ghost:16", "group", "batch"]) == \
+        " (here BatchNorm and ghost BatchNorm (16 per virtual batch))"
+    assert "norms with running statistics (none here) it" in caption("fig_learning_curves",
+                                                                      cnn(norms=("group", "none")))
 
 
 # ==== optimal k ====
