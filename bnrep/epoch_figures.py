@@ -143,7 +143,8 @@ def fig_cka_epochs(results) -> Figure | None:
     fig, axes = _grid(len(rows), max(map(len, groups)), w=3.6, h=2.9)
     for row, ((r, p, a, b), gs) in enumerate(zip(rows, groups)):
         p, ticks = epoch_axis(p)
-        lines = cka_lines(p, a, b)
+        (cross, style), *seeds = cka_lines(p, a, b)  # the row's title names its pair: one legend entry for all rows
+        lines = [(cross, {**style, "label": "the row's two conditions, same seed"}), *seeds]
         for col, (name, idx) in enumerate(gs):
             ax = axes[row, col]
             for d, style in lines:

@@ -136,6 +136,15 @@ def test_the_snapshots_cka_has_its_own_figure_whose_caption_says_how_the_snapsho
     assert said.endswith("Mean over the pairs (4 seeds), error bars: standard deviation over the pairs, cut at 0 and 1.")
 
 
+def test_the_cka_through_training_legend_has_one_entry_per_line_kind_not_one_per_pair():
+    """A row per pair of conditions, its title naming the pair: the legend listed every pair's same-seed line,
+    all of them black squares."""
+    r = with_snapshots(cnn(norms=("batch", "group", "none")), "cka", (0, 1))
+    fig = figures.fig_cka_epochs(r)
+    assert len(fig.axes) >= 3 and [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "the row's two conditions, same seed", "BN seed vs seed", "GN seed vs seed", "NBN seed vs seed"]
+
+
 # ==== learning curves ====
 
 def test_the_learning_curves_legend_is_below_the_panels_and_the_caption_says_what_train_running_is():
