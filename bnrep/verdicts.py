@@ -141,11 +141,19 @@ def predictor_blocks(r: Results, heading: str = "Which measure predicts generali
         return (f"{vs(x)} (partial r = {x['partial_pearson_r']:.2f}, p = {p_text(x['partial_pearson_p'])}; across "
                 f"models r = {x['pearson_r']:.2f}, p = {p_text(x['pearson_p'])})")
 
-    only = [f"{vs(x)} {between_groups_reason(x, partial(x), word)}" for x in rows
-            if (x["between_groups_only"] or x["too_few_within"]) and not x.get("reverses_within")]
+    only = [x for x in rows if (x["between_groups_only"] or x["too_few_within"]) and not x.get("reverses_within")]
     if only:
-        blocks.append(("note", f"Across models, then within the {word} groups: {'; '.join(only)}. Neither "
-                               f"kind shows a link between the measure and generalisation."))
+        kinds = {bool(x["too_few_within"]) for x in only}
+        last = {frozenset({False}): "None of these shows a link between the measure and generalisation beyond the "
+                                    f"difference between the {word} groups.",
+                frozenset({True}): f"Too few models lie within the {word} groups to tell whether the link holds "
+                                   "there: the data cannot decide.",
+                frozenset({False, True}): "Where the sign comes from the difference between the groups, no link "
+                                          "between the measure and generalisation shows beyond it; where too few "
+                                          "models lie within the groups, the data cannot decide."}[frozenset(kinds)]
+        blocks.append(("note", f"Across models, then within the {word} groups: "
+                               f"{'; '.join(f'{vs(x)} {between_groups_reason(x, partial(x), word)}' for x in only)}. "
+                               f"{last}"))
     hidden = [both(x) for x in rows if x.get("within_groups_only")]
     if hidden:
         blocks.append(("note", f"Within the {word} groups, not across them: {'; '.join(hidden)}. Once the "

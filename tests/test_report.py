@@ -1490,6 +1490,33 @@ def test_a_predictor_whose_sign_is_only_the_groups_is_noted(name, nc1, note):
         assert (x["between_groups_only"], x["too_few_within"]) == (note == NOTE, note == FEW), name
     header, rows = correlations.predictor_rows([test, gap], r.norms)
     assert [row[-1] for row in rows] == [note, note]
+    from bnrep import verdicts
+    notes = [b[1] for b in verdicts.predictor_blocks(r) if b[0] == "note"]
+    assert notes == ([] if not note else [notes[0]]) and (not note or notes[0].endswith(CLOSING[note]))
+
+
+CLOSING = {NOTE: "None of these shows a link between the measure and generalisation beyond the difference between "
+                 "the normalisation groups.",
+           FEW: "Too few models lie within the normalisation groups to tell whether the link holds there: the data "
+                "cannot decide."}
+
+
+def test_a_note_on_both_kinds_says_which_shows_no_link_and_which_cannot_decide():
+    """'Neither kind shows a link' closed the note also where a row was as strong within the groups but over too
+    few models: there the data cannot decide."""
+    from bnrep import verdicts
+
+    groups_only = measure_case(lambda n, a, s: {"batch": 1, "none": 2}[n] + [.3, .1, -.1, -.3][s])
+    few = measure_case(lambda n, a, s: {"batch": 1, "none": 2}[n] + {"batch": [0, .6, -.55, -.05],
+                                                                      "none": [-.6, 0, .25, .35]}[n][s])
+    r = results.Results(get_experiment("digits-cnn"), {**groups_only.tables,
+                                                       "effective_rank": few.tables["nc1"]})
+    (note,) = [b[1] for b in verdicts.predictor_blocks(r) if b[0] == "note"]
+    assert "NC1 vs test accuracy comes only from the difference" in note
+    assert "effective rank vs test accuracy is not significant once the normalisation is controlled for" in note
+    assert note.endswith("Where the sign comes from the difference between the groups, no link between the measure "
+                         "and generalisation shows beyond it; where too few models lie within the groups, the data "
+                         "cannot decide.")
 
 
 WITHIN = ("counts only within the normalisation groups (their difference hides it across models)",
