@@ -80,6 +80,11 @@ class Finding:
     caveats: list[str] = field(default_factory=list)  # conditions that undermine the verdict, named
     ref: str = REF  # the reference condition (Experiment.reference)
 
+    def record(self) -> dict:
+        """As findings.json holds it: its `norm` named `condition` (the condition judged, as the tables and the
+        finding's numbers name it)."""
+        return {("condition" if k == "norm" else k): v for k, v in dataclasses.asdict(self).items()}
+
     @property
     def verdict_text(self) -> str:
         """The verdict with the conditions that undermine it, side by side."""
@@ -252,7 +257,7 @@ def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame,
     if all(pd.isna(c[f"{k}_r"]) for c in (test, gap) for k in ("pearson", "spearman")):  # nothing to correlate
         verdict = "inconclusive"  # (no correlation computed is not "no correlation")
     labels, word = norm_labels(norms), group_word((norm, ref))  # normalisation, or condition: what differs
-    within = {labels[n]: correlate(g["sparsity"], g["test_acc"])["spearman_r"]
+    within = {n: correlate(g["sparsity"], g["test_acc"])["spearman_r"]  # by condition, as every table names it
               for n in (norm, ref) for g in [m[m["condition"] == n]] if len(g) >= MIN_WITHIN}
     partial = {"test_acc": partial_corr(m, "sparsity", "test_acc"), "gap": partial_corr(m, "sparsity", "gap")}
     setting = "BN setting" if is_paper_pair(norms) else word
@@ -260,7 +265,7 @@ def finding_generalisation(training: pd.DataFrame, layer_sparsity: pd.DataFrame,
               f"(p = {_p(test['pearson_p'])}), Spearman {_num(test['spearman_r'])} (p = {_p(test['spearman_p'])}); "
               f"vs generalisation gap: Pearson r = {_num(gap['pearson_r'])} (p = {_p(gap['pearson_p'])}), "
               f"Spearman {_num(gap['spearman_r'])} (p = {_p(gap['spearman_p'])}). Within one {setting}, "
-              f"Spearman vs test accuracy: {_within_text(within, [labels[norm], labels[ref]])}. Controlling for the {word} (partial Pearson): vs test accuracy "
+              f"Spearman vs test accuracy: {_within_text({labels[n]: v for n, v in within.items()}, [labels[norm], labels[ref]])}. Controlling for the {word} (partial Pearson): vs test accuracy "
               f"r = {_num(partial['test_acc']['pearson_r'])} (p = {_p(partial['test_acc']['pearson_p'])}), "
               f"vs gap r = {_num(partial['gap']['pearson_r'])} (p = {_p(partial['gap']['pearson_p'])}).")
     f = Finding(2, claim(2, norm, ref), verdict, detail, {"models": len(m), "test_acc": test, "gap": gap,
@@ -383,8 +388,8 @@ def finding_early_clusters(kmeans: pd.DataFrame, first_layer: int, n_classes: in
     if kmax < n_classes - K_TOL:
         detail += f" Note: k only goes up to {kmax}, so {n_classes} clusters cannot be found."
     return Finding(4, claim(4, norm, ref), verdict, detail,
-                   {"first_layer_reaching": {SHORT[n]: v for n, v in reach.items()}, "early_layers": early,
-                    "early_distance": {SHORT[n]: float(v) for n, v in dist.items()}, "welch_p": p}, norm, ref=ref)
+                   {"first_layer_reaching": reach, "early_layers": early,  # by condition, as every table names it
+                    "early_distance": {n: float(v) for n, v in dist.items()}, "welch_p": p}, norm, ref=ref)
 
 
 # ==== conditions that undermine verdicts (design.md: scientific output states its own limits) ====

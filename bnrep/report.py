@@ -34,7 +34,6 @@ importer, loaded only when a report is written (`bnrep status` never loads it).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -294,7 +293,7 @@ def skipped_note(spec, rs: list[Results], out: str) -> str:
 def _findings_json(r: Results, fs: list[Finding]) -> dict:
     """Verdicts with their numbers (claim 1 per eps inside), the generalisation correlations, per-layer measures,
     and (with snapshots at epoch 0) which final differences were there at initialisation."""
-    return {"findings": [dataclasses.asdict(f) for f in fs], "predictors": predictors(r),
+    return {"findings": [f.record() for f in fs], "predictors": predictors(r),
             "measures": measure_numbers(r), "initialisation": initialisation(r)}
 
 
@@ -415,7 +414,7 @@ def _build_combined(out: str, names: list[str], dest: str | None) -> ReportResul
               ("table", *side_by_side(rs)),
               *combined_findings_blocks(rs, per_exp, across), ("h2", "Figures"), *fig_blocks]
     w.documents(blocks, title)
-    w.put("findings.json", json_text({"across": [dataclasses.asdict(f) for f in across],
+    w.put("findings.json", json_text({"across": [f.record() for f in across],
                                       **{r.experiment.name: _findings_json(r, per_exp[r.experiment.name]) for r in rs}}))
     where = store.uri()
     lost = sorted({f"{r.experiment.name}/{t}" for r in loaded for t in missing(r)})

@@ -421,7 +421,7 @@ def test_finding_early_clusters(verdict):
     if verdict == "mixed":  # layers by name, as the other claims and the figures say them (a Sequential's: "6")
         assert f.detail.startswith("seed-mean optimal k first within +-1 of 10 classes at conv3 with BN, at conv4 "
                                    "without; mean |optimal k - 10| over the early layers conv1, conv2, conv3: "), f.detail
-        assert f.numbers["first_layer_reaching"] == {"BN": 3, "NBN": 4} and f.numbers["early_layers"] == [1, 2, 3]
+        assert f.numbers["first_layer_reaching"] == {"batch": 3, "none": 4} and f.numbers["early_layers"] == [1, 2, 3]
 
 
 def test_optimal_k_skips_dead_layers_and_breaks_ties_low(monkeypatch):
@@ -521,8 +521,13 @@ def test_report_files_and_self_contained_html(full):
     verdicts = [f["verdict"] for f in json.loads((d / "findings.json").read_text())["findings"]]
     assert verdicts == [f.verdict for f in res.findings] and "not evaluated" not in verdicts
     assert res.missing == [] and res.html.endswith("digits-cnn/report/report.html")
-    numbers = json.loads((d / "findings.json").read_text())["findings"][3]["numbers"]
+    fj = json.loads((d / "findings.json").read_text())["findings"]
+    numbers = fj[3]["numbers"]
     assert numbers["early_layers"] == [1, 2, 3]  # numbers, not numpy's written as text
+    # every condition named as the tables name it (a script joins them): claim 2's keys were labels, claim 4's tags
+    assert [(f["condition"], f["ref"]) for f in fj] == [("batch", "none")] * 4 and "norm" not in fj[0]
+    assert set(fj[1]["numbers"]["within_spearman_test_acc"]) == set(numbers["first_layer_reaching"]) == \
+        set(numbers["early_distance"]) == {"batch", "none"}
     assert not re.findall(r'": "-?[0-9][0-9.e+-]*"', (d / "findings.json").read_text())  # nowhere else either
     json.loads((d / "findings.json").read_text(), parse_constant=pytest.fail)  # no NaN: strict readers take it
 
@@ -1238,7 +1243,7 @@ def test_cka_through_training_averages_each_pair_of_models_over_a_group_then_ove
             ax = axes[i * len(groups) + j]
             assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "2", "final"]
             got = errorbars(ax)
-            for label, (x, y) in {f"{SHORT4[a]} vs {SHORT4[b]}, same seed": (a, b), f"{SHORT4[a]} seed vs seed": (a, a),
+            for label, (x, y) in {"the row's two conditions, same seed": (a, b), f"{SHORT4[a]} seed vs seed": (a, a),
                                   f"{SHORT4[b]} seed vs seed": (b, b)}.items():
                 means, stds = [], []
                 for epoch in (0, 2, -1):
@@ -2006,7 +2011,7 @@ def test_a_combined_report_keeps_each_study_s_reference(tmp_path):
         write_tables(tmp_path, name, t)
     res = report.build_report(str(tmp_path), ["ra", "rb"])
     across = json.loads((tmp_path / "combined" / "findings.json").read_text())["across"]
-    assert [(a["norm"], a["ref"]) for a in across] == [("batch", "none"), ("none", "batch")]
+    assert [(a["condition"], a["ref"]) for a in across] == [("batch", "none"), ("none", "batch")]
     assert [sorted(a["numbers"]["direction"]) for a in across] == [["ra"], ["rb"]]
     md = (tmp_path / "combined" / "report.md").read_text()
     assert "rb: Here every condition is judged against the reference condition BatchNorm (BN)" in md
