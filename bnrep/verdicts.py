@@ -266,7 +266,8 @@ def initialisation(r: Results) -> list[dict]:
                     if not like else f"unclear: {_names(like)} at least half as large at epoch 0, within seed noise")
             one = bool(not fin.empty and same_start(n, r.ref) and (same or like))
             out.append(dict(measure=m.table, condition=n, reference=r.ref, final_layers=list(fin["layer"]),
-                            initial_layers=same, reading=said + (ONE_NETWORK if one else ""), one_network=one))
+                            initial_layers=same, reading=said + (ONE_NETWORK if one else ""),
+                            one_network=bool(same_start(n, r.ref))))  # (the note: where it explains a difference)
     return out
 
 

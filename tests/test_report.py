@@ -2090,6 +2090,13 @@ def test_an_epoch_0_difference_between_one_network_measured_at_two_batch_sizes_i
     assert row[3] == "1 (l1)"  # the same gap at epoch 0 ...
     assert row[4] == "already at initialisation" + (verdicts.ONE_NETWORK if one_network else "")  # its cause named
     assert "virtual batches" in verdicts.ONE_NETWORK and "batch size" in verdicts.ONE_NETWORK
+    # findings.json's one_network says what its name says, whether or not the two differed at epoch 0 (it was the
+    # note's flag: False for one network that did not differ there)
+    same_at_0 = Results(e, {"effective_rank": pd.DataFrame([{**x, "value": 10 + (0.1 if x["seed"] else -0.1)}
+                                                             if x["epoch"] == 0 else x for x in rows])})
+    for res, reading in ((r, "already at initialisation"), (same_at_0, "appeared in training")):
+        (rec,) = [x for x in verdicts.initialisation(res) if x["condition"] == a]
+        assert rec["reading"].startswith(reading) and rec["one_network"] is one_network
 
 
 def test_a_study_of_one_model_is_not_told_to_run_the_analysis_for_cka(tmp_path):
