@@ -4,7 +4,6 @@ initialisation against the final epoch, and each measure against training epoch.
 from __future__ import annotations
 
 import math
-import textwrap
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -13,7 +12,7 @@ from bnrep.findings import headline_rows, snapshot_measures
 from bnrep.measures import FINAL
 from bnrep.plotting import (_as_list, _end_row, _grid, _height, _labels, _layer_groups_of, _layer_ticks, _panel,
                             _width, cka_line, cka_lines, condition_lines, group_lines, log_y, panels_legend,
-                            styles_legend)
+                            styles_legend, ylabel_lines)
 from bnrep.norms import get_norm
 from bnrep.results import SHORT, and_list, cka_pairs, norm_labels, norm_pairs, ordered, seeds_text
 
@@ -76,7 +75,7 @@ def fig_initialisation(results) -> Figure | None:
                  for when, d, ls, marker in (("final", r.table(m.table), "-", "o"),
                                              ("init", early[early["epoch"] == 0], "--", "x"))}
         _layer_ticks(ax, drawn["final"])  # (a measure may have no rows at initialisation)
-        _panel(ax, title=m.name or m.table, xlabel="layer", ylabel=textwrap.fill(m.ylabel or m.values[0], 24))
+        _panel(ax, title=m.name or m.table, xlabel="layer", ylabel=ylabel_lines(m.ylabel or m.values[0]))
         if m.log:  # spans orders of magnitude over depth
             log_y(ax)
     _end_row(axes, 0, cols)
@@ -95,7 +94,6 @@ def epoch_axis(d: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return d.assign(x=d["epoch"].map(at).astype(float)), [f"{e}" for e in epochs] + ["final"]
 
 
-YLABEL_WIDTH = 24  # characters per line of a panel's y label in a row of panels 3.6 inches wide
 
 
 def through_training(m):
@@ -117,7 +115,7 @@ def through_training(m):
                 g = group_lines(ax, d, idx, "x", m.values[0], labels, clip=m.bounds)
                 ax.set_xticks(range(len(ticks)), ticks)
                 _panel(ax, title=f"{r.label}: {name}", xlabel="epoch",  # (a long label ran into the next panel)
-                       ylabel=textwrap.fill(m.ylabel or m.values[0], YLABEL_WIDTH) if col == 0 else "")
+                       ylabel=ylabel_lines(m.ylabel or m.values[0]) if col == 0 else "")
                 if m.log and (g[m.values[0]].dropna() > 0).all():
                     log_y(ax)
             _end_row(axes, row, len(gs))

@@ -351,7 +351,7 @@ MEASURES: dict[str, Measure] = {m.table: m for m in [
                     "corrected toward its running statistics, so it reaches 1 wherever its r and d are not clipped. "
                     ">>Error bars: standard deviation across {seeds}, cut at 0 and 1.{nan}",
             title="Batch against running statistics: CKA per layer", name="Train-mode against eval-mode CKA",
-            ylabel="CKA(train mode, eval mode)", nan_note="values are NaN (no running statistics, or a dead layer)",
+            ylabel="CKA (train mode, eval mode)", nan_note="values are NaN (no running statistics, or a dead layer)",
             snapshots="trained"),  # at initialisation the running statistics are still 0 and 1: nothing to compare
 ]}
 

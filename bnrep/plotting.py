@@ -287,6 +287,20 @@ class _SpacedLogFormatter(LogFormatterSciNotation):
                 return
 
 
+YLABEL_WIDTH = 24  # characters per line of a panel's y label in a row of panels 3.6 inches wide
+
+
+def ylabel_lines(label: str, width: int = YLABEL_WIDTH) -> str:
+    """A y label in lines of at most `width` characters where it can be, its parenthesis whole on a line of its
+    own ("NC1" / "(lower = more collapsed)"), not broken inside ("CKA (train mode, eval" / "mode)")."""
+    if len(label) <= width:
+        return label
+    head, paren, tail = label.partition(" (")
+    if paren and len(tail) + 1 <= width:
+        return textwrap.fill(head, width, break_long_words=False) + "\n(" + tail
+    return textwrap.fill(label, width, break_long_words=False)
+
+
 def log_y(ax) -> None:
     """A log y axis whose labels say where the values sit also within a decade or two (NC1 at 0.2-3: only
     10^0 was labelled): the ticks between powers of ten labelled as well, as many as fit the panel."""

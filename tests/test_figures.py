@@ -145,6 +145,18 @@ def test_the_cka_through_training_legend_has_one_entry_per_line_kind_not_one_per
         "the row's two conditions, same seed", "BN seed vs seed", "GN seed vs seed", "NBN seed vs seed"]
 
 
+@pytest.mark.parametrize("label,lines", [
+    ("CKA (train mode, eval mode)", "CKA\n(train mode, eval mode)"),  # was "CKA(train mode, eval" / "mode)"
+    ("NC1 (lower = more collapsed)", "NC1\n(lower = more collapsed)"),
+    ("linear probe accuracy (cross-validated)", "linear probe accuracy\n(cross-validated)"),
+    ("k-means DBI (optimal k)", "k-means DBI (optimal k)"),  # fits one line
+    ("a long label with no parenthesis in it", "a long label with no\nparenthesis in it"),
+])
+def test_a_y_label_breaks_before_its_parenthesis_not_inside_it(label, lines):
+    from bnrep.plotting import ylabel_lines
+    assert ylabel_lines(label) == lines
+
+
 # ==== learning curves ====
 
 def test_the_learning_curves_legend_is_below_the_panels_and_the_caption_says_what_train_running_is():
