@@ -192,6 +192,16 @@ def name_of(item: str) -> str:
     return tag or norm
 
 
+def hue_family(name: str) -> str:
+    """The family of hues a condition's colour is drawn from: its normalisation's SHADES family (batch, group,
+    none, renorm), else that of the norm it starts as (ghost:B: batch's); "" for the other norms, which share
+    OTHER_SHADES."""
+    entry = get_norm(name)
+    base = get_norm(entry.base) if entry.base else entry
+    family = base.name.partition(":")[0].removeprefix("ws+")
+    return family if family in SHADES else base.starts_as if base.starts_as in SHADES else ""
+
+
 def entries(items) -> list[Norm]:
     """The norm-table entries of conditions with overrides, coloured by their order per normalisation (the shades
     are apart from every norm's own colour: SHADES)."""
@@ -201,9 +211,7 @@ def entries(items) -> list[Norm]:
     parsed.sort(key=lambda p: (sort_key(p[1])[:2], [(k, str(v).zfill(12)) for k, v in sorted(p[2].items())], p[0]))
     for tag, norm, overrides, display in parsed:
         base = get_norm(norm)
-        # its family's own list, else that of the norm it is built on (ghost:B: batch's); the other norms share one
-        family = base.name.partition(":")[0].removeprefix("ws+")
-        family = family if family in SHADES else base.starts_as if base.starts_as in SHADES else ""
+        family = hue_family(base.name)
         shades = SHADES.get(family, OTHER_SHADES)
         i = per_base[family] = per_base.get(family, -1) + 1
         said = " and ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(overrides.items()))

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import LogFormatterSciNotation
 
+from bnrep.axis import hue_family
 from bnrep.norms import sort_key
 from bnrep.results import (COLORS, NORMS, SHORT, Results, norm_labels, not_rectified, ordered, present_norms,
                            seed_stats, seeds_text)
@@ -91,6 +92,21 @@ def _as_list(results) -> list[Results]:
 def _labels(rs: list[Results]) -> dict[str, str]:
     """Legend labels over every experiment of the figure (the same wording in every panel)."""
     return norm_labels({n for r in rs for n in r.norms})
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # a line's markers among conditions of one family of hues
+
+
+def condition_markers(names) -> dict[str, str]:
+    """A marker per condition of `names` (every condition of the figure's studies, so that it is the same in each
+    figure): "o", unless earlier conditions (display order) share its family of hues (BatchNorm, BatchNorm at
+    batch size 16, ghost BatchNorm: three blues), then the next of MARKERS, so that they differ in shape too."""
+    out, seen = {}, {}
+    for n in ordered(names):
+        family = hue_family(n) or n  # (the other norms' colours are apart from each other)
+        out[n] = MARKERS[seen.get(family, 0) % len(MARKERS)]
+        seen[family] = seen.get(family, 0) + 1
+    return out
 
 
 def _panel_title(res: Results, i: int, n: int) -> str:
@@ -201,33 +217,33 @@ def group_lines(ax, d: pd.DataFrame, idx: list[int], x: str, value: str, labels:
         s = seed_stats(g[g["condition"] == c], [x], value)
         if s["mean"].isna().all():
             continue
-        ax.errorbar(s[x], s["mean"], yerr=_bars(s["mean"], s["std"], clip), color=COLORS[c], marker="o", capsize=3,
-                    label=labels[c])
+        ax.errorbar(s[x], s["mean"], yerr=_bars(s["mean"], s["std"], clip), color=COLORS[c],
+                    marker=condition_markers(labels)[c], capsize=3, label=labels[c])
     return g
 
 
 def condition_lines(ax, df: pd.DataFrame, value: str, labels: dict[str, str], suffix: str = "",
                     dodge: float = 0.0, clip: tuple[float, float] | None = None, **style) -> pd.DataFrame:
     """A line per condition of the seed mean of `value` per layer, std error bars, in the condition's colour
-    (`style`: line style, marker, ...; `suffix` follows each label); a condition without a finite value is
-    neither drawn nor in the legend (train_eval of a norm with no running statistics). `dodge`: the conditions
-    side by side at each layer, this far apart from the first to the last (in layers), so that equal values
-    stay visible; `clip`: (low, high), the values there can be, where an error bar is cut. Returns the seed
-    statistics."""
+    (`style`: line style, marker (else condition_markers'), ...; `suffix` follows each label); a condition without
+    a finite value is neither drawn nor in the legend (train_eval of a norm with no running statistics). `dodge`:
+    the conditions side by side at each layer, this far apart from the first to the last (in layers), so that
+    equal values stay visible; `clip`: (low, high), the values there can be, where an error bar is cut. Returns
+    the seed statistics."""
     s = seed_stats(df, ["condition", "layer_index", "layer"], value)
     drawn = [c for c in ordered(s["condition"]) if s.loc[s["condition"] == c, "mean"].notna().any()]
     for i, c in enumerate(drawn):
         d = s[s["condition"] == c]
         x = d["layer_index"] + (dodge * (i / (len(drawn) - 1) - 0.5) if len(drawn) > 1 else 0.0)
         ax.errorbar(x, d["mean"], yerr=_bars(d["mean"], d["std"], clip), color=COLORS[c], label=labels[c] + suffix,
-                    **style)
+                    **{"marker": condition_markers(labels)[c], **style})
     return s
 
 
 def plot_per_layer(ax, df: pd.DataFrame, value: str, ylabel: str, labels: dict[str, str],
                    hline: float | None = None, marked: set[int] = frozenset(), **lines) -> None:
     """Seed mean per layer with std error bars, one colour per normalisation (`lines`: condition_lines')."""
-    s = condition_lines(ax, df, value, labels, marker="o", capsize=3, **lines)
+    s = condition_lines(ax, df, value, labels, capsize=3, **lines)
     if hline is not None:
         ax.axhline(hline, color="grey", ls="--", lw=1, label=f"{hline:g} classes")
     _layer_ticks(ax, s, marked)

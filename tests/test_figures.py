@@ -157,6 +157,25 @@ def test_a_y_label_breaks_before_its_parenthesis_not_inside_it(label, lines):
     assert ylabel_lines(label) == lines
 
 
+def test_conditions_of_one_family_of_hues_differ_in_marker_too():
+    """BatchNorm, BatchNorm at batch size 16 and ghost BatchNorm wear three blues that a reader could not tell
+    apart, all with circles; now each its own marker, the same in every figure; other families keep circles."""
+    from matplotlib.figure import Figure
+
+    from bnrep.axis import register_all
+    from bnrep.plotting import condition_lines, condition_markers
+    register_all(["bn-b16:batch,batch_size=16"])
+    names = ["none", "ghost:16", "bn-b16", "batch", "group", "group:8", "renorm:4", "layer"]
+    assert condition_markers(names) == {"batch": "o", "bn-b16": "s", "ghost:16": "^", "renorm:4": "o", "group": "o",
+                                        "group:8": "s", "layer": "o", "none": "o"}
+    assert set(condition_markers(["batch", "none"]).values()) == {"o"}  # the paper's pair as before
+    df = pd.DataFrame([dict(condition=c, model_id=f"{c}{s}", seed=s, layer="l1", layer_index=1, v=float(s))
+                       for c in ("batch", "bn-b16", "ghost:16", "none") for s in (0, 1)])
+    ax = Figure().add_subplot()
+    condition_lines(ax, df, "v", results.norm_labels(names))
+    assert [ln.get_marker() for ln in ax.get_lines()] == ["o", "s", "^", "o"]
+
+
 # ==== learning curves ====
 
 def test_the_learning_curves_legend_is_below_the_panels_and_the_caption_says_what_train_running_is():
