@@ -40,7 +40,7 @@ def validate_run(args: argparse.Namespace):
     from bnrep.data import check_data
     from bnrep.represent import model_probes
     from bnrep.stages.analysis import check_k_max
-    from bnrep.stages.final import untrained
+    from bnrep.stages.final import check_kept_hparams, untrained
 
     check_flags(args)
     exp, opts = resolve_experiment(args), options(args)
@@ -63,6 +63,8 @@ def validate_run(args: argparse.Namespace):
     model_probes(exp, training=trains)  # the model builds under every norm and takes the data (to train: enough
     # values per norm group)
     prepare(store, exp, "hparam" if opts.fresh and not imported else "analysis", opts.fresh)
+    if not imported and not opts.fresh:  # (before the sweep: a sweep whose grid would keep other models is refused)
+        check_kept_hparams(exp, store, opts.paper_hparams)
     return exp, opts, store
 
 

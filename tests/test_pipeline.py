@@ -590,6 +590,50 @@ def test_fresh_recomputes_the_stage_and_downstream_only(reference, tmp_path):
     assert_tables_equal(out, ref, ANALYSIS)
 
 
+def test_models_trained_with_other_hyperparameters_are_not_kept_under_the_ones_asked(reference, tmp_path):
+    """--paper-hparams on a study whose grid the sweep's best trained printed '[final] 4 of 4 models already
+    trained' and reported the sweep's models as the run asked; without it, on a grid the preset's values trained,
+    a new sweep ran and the grid kept the old models. Both are refused before any work, files untouched."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bnrep.experiments import get_experiment
+
+    ref, _ = reference
+    out = tmp_path / "runs"
+    shutil.copytree(ref, out)
+    before = snapshot(out)
+    preset = get_experiment("digits-cnn").paper_hparams("batch")
+    for stage in ("run", "final"):
+        r = bnrep(stage, "--smoke-test", "--paper-hparams", out=out)
+        assert r.returncode == 2 and r.stdout == "", r.stdout[-2000:]
+        (line,) = r.stderr.strip().splitlines()
+        assert "holds models trained with the sweep's best hyperparameters (cnn-bn-s0: lr " in line, line
+        assert (f"and keeps them; this run gives the grid the preset's (lr {preset['lr']:.4g}, momentum "
+                f"{preset['momentum']:g}): run without --paper-hparams to go on with them, or --fresh") in line, line
+    assert snapshot(out) == before
+    # the reverse: a grid the preset's values trained (each condition's), no sweep run yet
+    exp = out / "digits-cnn"
+    for f in (exp / "results" / "training").glob("*.parquet"):
+        t = pq.read_table(f)
+        hp = [get_experiment("digits-cnn").paper_hparams(n) for n in t.column("norm").to_pylist()]
+        for col in ("lr", "momentum"):
+            t = t.set_column(t.schema.get_field_index(col), col, pa.array([h[col] for h in hp], pa.float64()))
+        pq.write_table(t, f)
+    shutil.rmtree(exp / "hparam")
+    shutil.rmtree(exp / "results" / "hparam_trials")
+    before = snapshot(out)
+    r = bnrep("run", "--smoke-test", out=out)
+    assert r.returncode == 2 and r.stdout == "", r.stdout[-2000:]
+    (line,) = r.stderr.strip().splitlines()
+    assert "holds models trained with the preset's (--paper-hparams) hyperparameters (cnn-bn-s0: lr " in line, line
+    assert ("this run gives the grid the sweep's best (the sweep has yet to run): pass --paper-hparams to go on with "
+            "them, or --fresh to train the grid anew (another --out keeps both)") in line, line
+    assert snapshot(out) == before
+    r = bnrep("status", "--experiment", "digits-cnn", out=out)  # the models are still whole: kept as they are
+    assert r.returncode == 0 and "4/4 models trained" in r.stdout, r.stdout
+
+
 def test_killed_during_the_report_gives_a_complete_report_on_rerun(reference, tmp_path):
     ref, _ = reference
     out = tmp_path / "runs"

@@ -106,6 +106,39 @@ def grid_hparams(exp: Experiment, store: Store, paper: bool) -> dict[str, dict]:
     return {n: {k: best[TAGS[n]][k] for k in ("lr", "momentum")} for n in exp.norms}
 
 
+def check_kept_hparams(exp: Experiment, store: Store, paper: bool) -> None:
+    """Refuse (UsageError, one line) a run whose grid would keep models trained with other hyperparameters than it
+    gives the rest: the sweep's best against --paper-hparams' preset values, or the reverse (a model already
+    trained is kept, and the report would call its study one of the hyperparameters asked). --fresh trains anew."""
+    grid = [{"seed": s, "norm": n} for s in range(exp.seeds) for n in exp.norms]
+    todo = untrained(exp, store, grid, stage_hashes(exp)["train_hash"])
+    kept = {model_id(exp.model, g["norm"], g["seed"]): g["norm"] for g in grid if g not in todo}
+    t = store.read_table("training") if kept else pd.DataFrame()
+    if t.empty or not {"model_id", "lr", "momentum"} <= set(t):
+        return
+    t = t[t["model_id"].isin(kept)]
+    preset = {n: exp.for_condition(n).paper_hparams(n) for n in exp.norms}
+    swept = not paper and not store.exists("hparam/best_hparams.json")  # the sweep has yet to choose
+    asked = preset if paper or swept else grid_hparams(exp, store, False)
+    for mid, lr, momentum in zip(t["model_id"], t["lr"], t["momentum"]):
+        want = asked[kept[mid]]
+        same = math.isclose(lr, want["lr"], rel_tol=1e-9) and math.isclose(momentum, want["momentum"], rel_tol=1e-9)
+        if same != swept:  # (yet to sweep: a model trained with the preset's values is the clash)
+            continue
+        if swept:
+            given, keep = "the sweep's best (the sweep has yet to run)", "pass --paper-hparams to go on with them"
+        else:
+            given = (f"{'the preset' if paper else 'the sweep'}'s (lr {want['lr']:.4g}, momentum {want['momentum']:g})")
+            keep = "run without --paper-hparams" if paper else "pass --paper-hparams"
+            keep += " to go on with them"
+        p = preset[kept[mid]]
+        trained = ("the preset's (--paper-hparams)" if math.isclose(lr, p["lr"], rel_tol=1e-9) and
+                   math.isclose(momentum, p["momentum"], rel_tol=1e-9) else "the sweep's best" if paper else "other")
+        raise UsageError(f"{store.out}/{exp.name} holds models trained with {trained} hyperparameters ({mid}: lr "
+                         f"{lr:.4g}, momentum {momentum:g}), and keeps them; this run gives the grid {given}: {keep}, "
+                         f"or --fresh to train the grid anew (another --out keeps both)")
+
+
 def longest_first(todo: list[dict], store: Store, paper: bool) -> list[dict]:
     """The grid's models in the order Tune starts them: the conditions whose best sweep trial trained the
     most epochs first, seeds in order within each (the given order without a sweep). A long model started
@@ -242,6 +275,8 @@ def weights_digests(store: Store, mids: list[str]) -> dict[str, str]:
 def run(exp: Experiment, opts: RunOptions) -> int:
     store, record = open_training_stage(exp, opts, "final")  # every check before Ray starts
     hparams = grid_hparams(exp, store, opts.paper_hparams)
+    if not opts.fresh:
+        check_kept_hparams(exp, store, opts.paper_hparams)
     print(header("final grid", exp, store, opts.fresh, opts.notes), flush=True)
     train_hash = stage_hashes(exp)["train_hash"]
     grid = [{"seed": s, "norm": n, "hparams": hparams[n]} for s in range(exp.seeds) for n in exp.norms]
