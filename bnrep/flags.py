@@ -291,15 +291,38 @@ def _new_study(args: argparse.Namespace, unknown: ConfigError) -> Experiment:
         name=name, description=f"{name}: the {DEFAULT_EXPERIMENT} recipe on {absolute_dataset(dataset)}")
 
 
+def recorded_data(args: argparse.Namespace, name: str) -> dict:
+    """The model and dataset the study `name` under --out was made with (its config.json), where no flag names
+    them: a later stage, or a rerun, goes on with them ({} where --out holds nothing). A local --out only: an
+    object store is reached once its checks have run (an endpoint that does not answer would hang here), and its
+    stages take --model and --dataset as given."""
+    from bnrep.config import read_config
+    from bnrep.experiments import renamed
+    from bnrep.store import Store, is_uri
+
+    out = getattr(args, "out", None)
+    if not out or is_uri(out):
+        return {}
+
+    try:
+        made = renamed(read_config(Store(out, name)).get("experiment", {}))  # (older files: arch, not model)
+    except (OSError, ValueError):  # an --out that does not open: the stage's own check says so
+        return {}
+    return {f: made[f] for f in ("model", "dataset") if made.get(f) and getattr(args, f, None) is None}
+
+
 def resolve_experiment(args: argparse.Namespace) -> Experiment:
-    """Preset (or study file, or an experiment --out holds by name), then --smoke-test, then explicit
-    flags; validated (ConfigError)."""
+    """Preset (or study file, or an experiment --out holds by name) with the model and data --out recorded for it
+    (recorded_data), then --smoke-test, then explicit flags; validated (ConfigError)."""
     try:
         exp = named_experiment(args.experiment, getattr(args, "out", None))
     except ConfigError as e:
         exp = _new_study(args, e)
-    exp = exp.with_model(getattr(args, "model", None))
+    held = recorded_data(args, exp.name)
+    exp = exp.with_model(getattr(args, "model", None) or held.get("model"))
     flags = {f: getattr(args, f, None) for f in OVERRIDE_FLAGS}
+    if flags.get("dataset") is None and held.get("dataset"):
+        flags["dataset"] = held["dataset"]
     if flags.get("lr") is not None:  # an explicit lr applies to every normalisation
         flags["lr_nobn"] = flags["lr"]
     if flags.get("dataset"):  # imagefolder:PATH as the folder it names, wherever a later command runs

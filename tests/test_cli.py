@@ -44,6 +44,28 @@ def results(tmp_path):
 
 
 
+def test_a_later_stage_goes_on_with_the_model_and_data_its_study_was_made_with(tmp_path, capsys):
+    """`bnrep analysis --out X` after `bnrep run --model torchvision:resnet18 --out X` was refused with '--model
+    cnn is another model', a flag never typed; every stage now takes the model and data --out recorded for the
+    study where no flag names them."""
+    out = tmp_path / "runs"
+    made = flags.resolve_experiment(flags.build_parser("final").parse_args(
+        ["--smoke-test", "--model", "tests.labnets.nets:wide_cnn", "--dataset", "synthetic", "--out", str(out)]))
+    store = Store(str(out), made.name)
+    store.mkdir()
+    config.write_config(store, config.prepare(store, made, "final", fresh=False))
+    for stage in ("hparam", "final", "analysis", "run"):
+        e = flags.resolve_experiment(flags.build_parser(stage).parse_args(["--smoke-test", "--out", str(out)]))
+        assert (e.model, e.dataset) == ("tests.labnets.nets:wide_cnn", "synthetic"), stage
+    named = flags.resolve_experiment(flags.build_parser("analysis").parse_args(["--model", "cnn", "--out", str(out)]))
+    assert (named.model, named.dataset) == ("cnn", "synthetic")  # a flag still says what it says
+    elsewhere = flags.resolve_experiment(flags.build_parser("analysis").parse_args(["--out", str(tmp_path / "x")]))
+    assert (elsewhere.model, elsewhere.dataset) == ("cnn", "digits")  # nothing recorded: the preset's
+    assert flags.run_stage("analysis", ["--smoke-test", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "another model" not in err and "no trained models" in err, err  # (it goes on: nothing trained yet)
+
+
 def test_smoke_test_shrinks_and_never_raises_a_size(tmp_path):
     from bnrep.experiments import SMOKE
 
