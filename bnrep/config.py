@@ -428,6 +428,7 @@ def header(stage: str, exp: Experiment, store: Store, fresh: bool = False, notes
     kept = [t for t in ("hparam_trials", "training") if "results" not in gone and f"results/{t}" not in gone]
     said = stage == "import" or not notes
     models = [] if said else held_conditions(store, exp, [t for t in kept if t == "training"])
+    seeds = [] if said or "training" not in kept else held_seeds(store, exp)
     trials = [] if said else [c for c in held_conditions(store, exp, [t for t in kept if t != "training"])
                               if c not in models]  # (a --fresh grid deleted their models)
     how = f"`bnrep run --experiment {exp.name}{out_flag(store.out)} --reference TAG`" if stage == "import" else None
@@ -440,8 +441,25 @@ def header(stage: str, exp: Experiment, store: Store, fresh: bool = False, notes
                 f"\nnote: {store.out}/{exp.name} also holds results of {', '.join(models)}, not among this run's "
                 f"conditions: they stay in its tables and its report (for these conditions alone: another --out, "
                 f"or --fresh)" if models else "") + (
+                f"\nnote: {store.out}/{exp.name} also holds models of seed{'s' * (len(seeds) > 1)} "
+                f"{', '.join(map(str, seeds))}, beyond this run's {exp.seeds}: they stay in its tables and its report "
+                f"(for {exp.seeds} seed{'s' * (exp.seeds > 1)} alone: another --out, or --fresh)" if seeds else "") + (
                 f"\nnote: {store.out}/{exp.name} also holds sweep trials of {', '.join(trials)} (no models), not among "
                 f"this run's conditions: they stay in results/hparam_trials" if trials else ""))
+
+
+def held_seeds(store: Store, exp: Experiment) -> list[int]:
+    """The seeds of this run's conditions whose models the study holds beyond `exp.seeds` (a rerun with fewer
+    seeds than before: the analysis and the report take every model the study holds)."""
+    if not store.has_table("training"):
+        return []
+    t = store.read_table("training")
+    if "seed" not in t:
+        return []
+    from bnrep.store import with_norm
+
+    t = with_norm(t)
+    return sorted({int(s) for s in t.loc[t["condition"].isin(exp.norms), "seed"] if int(s) >= exp.seeds})
 
 
 def held_conditions(store: Store, exp: Experiment, tables=("hparam_trials", "training")) -> list[str]:

@@ -634,6 +634,24 @@ def test_status_without_the_models_code_answers_from_the_store(results, monkeypa
         f"flags it was started with (or `bnrep run` with them) to finish it."]
 
 
+def test_a_rerun_with_fewer_seeds_says_the_study_holds_more(results):
+    """`bnrep run --seeds 3` on a study of 4 seeds: the grid said '6 of 6 models already trained', the analysis
+    and the report then took all 8 models without a word."""
+    from bnrep.config import header
+
+    store = Store(str(results), "digits-cnn")
+    exp = config.load_experiment(store, "digits-cnn")  # 2 seeds at --smoke-test sizes
+    assert "also holds" not in header("final grid", exp, store)
+    for s in (2, 3):
+        store.write_part("training", f"cnn-bn-s{s}", pd.DataFrame([{"model_id": f"cnn-bn-s{s}", "norm": "batch",
+                                                                   "condition": "batch", "seed": s}]))
+    assert header("analysis", exp, store).splitlines()[-1] == (
+        f"note: {results}/digits-cnn also holds models of seeds 2, 3, beyond this run's 2: they stay in its tables "
+        f"and its report (for 2 seeds alone: another --out, or --fresh)")
+    assert "also holds" not in header("final grid", exp.override(seeds=4), store)
+    assert "also holds" not in header("final grid", exp, store, fresh=True)  # --fresh deletes the grid's models
+
+
 def test_a_rerun_with_fewer_conditions_says_what_the_study_still_holds(results):
     """A study that trained bn-b8 too, rerun with the conditions 'batch; none': its sweep, grid table and
     report still hold bn-b8 (rows are never deleted but by --fresh); each stage's header says so, where the
