@@ -35,6 +35,11 @@ from bnrep.models import seeded_model
 from bnrep.optim import OPTIMIZERS, SGD, StepLR
 
 DIVERGED = -2.0  # the objective of a diverged run: below every other (early stop: [0, 1]; interpolation: [-1, 1])
+OBJECTIVE_WORDS = {  # Trainer.objective, by the stopping rule, as the sweep's table says it
+    "interpolate": "the validation accuracy at the epoch a trial first interpolated; val_acc - 1 for one that never "
+                   "did (below every one that did)",
+    "early-stop": "the best validation accuracy of the trial",
+}
 EVAL_BATCH = 1024  # images per forward pass when only evaluating, GPU
 EVAL_BATCH_CPU = 64  # CPU: small batches stay in cache (StandardCNN 28x28: ~3.8x the images/s of 1024)
 

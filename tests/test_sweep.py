@@ -326,7 +326,12 @@ def test_the_best_trials_print_in_the_study_s_order_whatever_order_they_were_fou
     print_best({t: row for t in ("nobn", "bn-b8", "bn")}, exp)  # (a resumed sweep adds its conditions last)
     lines = capsys.readouterr().out.splitlines()
     assert lines[1:3] == ["Best trial per condition", "condition         lr  momentum  epochs  val_acc  objective"]
-    assert [line.split()[0] for line in lines[3:]] == ["bn", "bn-b8", "nobn"]
+    assert [line.split()[0] for line in lines[3:6]] == ["bn", "bn-b8", "nobn"]
+    assert lines[6:] == ["objective: the validation accuracy at the epoch a trial first interpolated; val_acc - 1 for "
+                         "one that never did (below every one that did); val_acc: at the trial's last epoch"]
+    print_best({"bn": row}, get_experiment("cifar10-vgg16"))  # (the table never said what its objective was)
+    assert capsys.readouterr().out.splitlines()[4] == ("objective: the best validation accuracy of the trial; "
+                                                       "val_acc: at the trial's last epoch")
 
 
 def test_tune_failing_on_a_full_disk_is_the_one_line_of_a_write(tmp_path, monkeypatch):

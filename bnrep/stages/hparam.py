@@ -31,7 +31,7 @@ from bnrep.stages.tuning import (WRITE_FAILED, RepeatedFailure, WriteFailed, can
                                  keep_tensorboard, open_training_stage, raise_write_failed, run_config, train_in_tune,
                                  training_data, tune_config)
 from bnrep.store import SWEEP, SWEEP_PLAN, Store, StoreWriteError, norm_columns
-from bnrep.train import DIVERGED, Trainer, best_device
+from bnrep.train import DIVERGED, OBJECTIVE_WORDS, Trainer, best_device
 
 SWEEP_SEED = 0  # model seed of every sweep trial; the search itself is seeded too
 
@@ -216,6 +216,9 @@ def print_best(best: dict, exp: Experiment) -> None:
     print(f"{word:9} {'lr':>10} {'momentum':>9} {'epochs':>7} {'val_acc':>8} {'objective':>10}")
     for tag, b in best.items():
         print(f"{tag:9} {b['lr']:10.3g} {b['momentum']:9.3g} {b['epochs']:7d} {b['val_acc']:8.4f} {b['objective']:10.4f}")
+    rules = dict.fromkeys(exp.for_condition(n).stop for n in exp.norms)  # (a condition may set its own)
+    print("objective: " + "; ".join(f"{OBJECTIVE_WORDS[r]}{f' ({r})' if len(rules) > 1 else ''}" for r in rules)
+          + "; val_acc: at the trial's last epoch")
     ranges = {TAGS[n]: exp.for_condition(n).lr_range for n in exp.norms}  # a condition's lr: no range
     for tag, b in best.items():
         edge = lr_edge(b["lr"], ranges.get(tag, exp.lr_range))
