@@ -209,7 +209,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         held_said = "; ".join(
             [f"results of {len(presets)} preset{'s' * (len(presets) != 1)} ({', '.join(presets)}; bnrep status "
              f"--out {args.out} says how far each got)"] * bool(presets)
-            + [f"{len(held)} more {'study' if len(held) == 1 else 'studies'} above, each run by its name"
+            + [f"{len(held)} more {'study' if len(held) == 1 else 'studies'} (the table's last "
+               f"{'row' if len(held) == 1 else f'{len(held)} rows'}), each run by its name"
                if held else "no studies besides the presets"])
     print(f"\n(data root: {root}; datasets download there on first use when the network allows; --out "
           f"{args.out}: {held_said})")

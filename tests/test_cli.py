@@ -515,7 +515,7 @@ def test_list_shows_every_experiment(tmp_path, capsys):
     assert {r.index(" yes ") + 1 for r in rows.values() if " yes " in r} == {header.index("data here")}
     assert rows["leaves"].index("started") == header.index("results here")
     assert rows["leaves"].index("my leaves") == header.index("description")
-    assert out.endswith(f"--out {tmp_path / 'runs'}: 1 more study above, each run by its name)\n")
+    assert out.endswith(f"--out {tmp_path / 'runs'}: 1 more study (the table's last row), each run by its name)\n")
     # a preset's results under --out: counted, and how far they got (they read as no study at all)
     for name, report in (("digits-cnn", True), ("mnist-cnn", False)):
         preset = Store(str(tmp_path / "runs"), name)
@@ -529,7 +529,7 @@ def test_list_shows_every_experiment(tmp_path, capsys):
     assert rows["digits-cnn"].split()[4] == "report" and rows["mnist-cnn"].split()[4] == "started"
     assert rows["cifar10-vgg16"].split()[4] == "no"
     assert out.endswith(f"--out {tmp_path / 'runs'}: results of 2 presets (digits-cnn, mnist-cnn; bnrep status "
-                        f"--out {tmp_path / 'runs'} says how far each got); 1 more study above, each run by its name)\n")
+                        f"--out {tmp_path / 'runs'} says how far each got); 1 more study (the table's last row), each run by its name)\n")
     assert cli.main(["list", "--out", str(tmp_path / "none")]) == 0
     assert capsys.readouterr().out.endswith(f"--out {tmp_path / 'none'}: no such folder yet)\n")
     assert cli.main(["list", "--out", str(study)]) == 2  # (was: the presets, "studies: those leaves.toml holds")
