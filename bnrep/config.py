@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -184,13 +185,19 @@ def is_imported(store: Store) -> bool:
     return bool(read_config(store).get("imported"))
 
 
+def same_hparams(a: dict, b: dict) -> bool:
+    """Two {lr, momentum} alike (as stored and read back: within float rounding)."""
+    return all(math.isclose(a[k], b[k], rel_tol=1e-9, abs_tol=1e-12) for k in ("lr", "momentum"))
+
+
 def trained_with_preset_hparams(exp: Experiment, training) -> bool:
     """Whether the grid has models (the training table) and every one trained with its condition's preset lr
     and momentum (--paper-hparams), not with the sweep's best."""
     if not len(training) or not {"condition", "lr", "momentum"} <= set(training.columns):
         return False
     rows = [r for r in zip(training["condition"], training["lr"], training["momentum"]) if r[0] in exp.norms]
-    return bool(rows) and all(exp.for_condition(c).paper_hparams(c) == {"lr": lr, "momentum": m} for c, lr, m in rows)
+    return bool(rows) and all(same_hparams(exp.for_condition(c).paper_hparams(c), {"lr": lr, "momentum": m})
+                              for c, lr, m in rows)
 
 
 def load_experiment(store: Store, name: str | None = None) -> Experiment:

@@ -597,6 +597,7 @@ def test_models_trained_with_other_hyperparameters_are_not_kept_under_the_ones_a
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from bnrep import config
     from bnrep.experiments import get_experiment
 
     ref, _ = reference
@@ -612,6 +613,16 @@ def test_models_trained_with_other_hyperparameters_are_not_kept_under_the_ones_a
         assert (f"and keeps them; this run gives the grid the preset's (lr {preset['lr']:.4g}, momentum "
                 f"{preset['momentum']:g}): run without --paper-hparams to go on with them, or --fresh") in line, line
     assert snapshot(out) == before
+    # a condition added to the swept study: the sweep has yet to choose its values, the models kept are the sweep's
+    from bnrep import flags
+    from bnrep.stages.final import check_kept_hparams, untrained
+
+    more = flags.resolve_experiment(flags.build_parser("run").parse_args(
+        ["--smoke-test", "--norms", "batch,group,none", "--out", str(out)]))
+    store = Store(str(out), "digits-cnn")
+    grid = [{"seed": s, "norm": n} for s in range(more.seeds) for n in more.norms]
+    assert len(untrained(more, store, grid, config.stage_hashes(more)["train_hash"])) == 2  # GN's alone: 4 kept
+    check_kept_hparams(more, store, paper=False)  # (refused: "best_hparams.json lacks gn")
     # the reverse: a grid the preset's values trained (each condition's), no sweep run yet
     exp = out / "digits-cnn"
     for f in (exp / "results" / "training").glob("*.parquet"):

@@ -21,7 +21,7 @@ import pandas as pd
 
 from bnrep.checkpoints import (damage, is_trained, save_model, save_snapshot, saved_snapshots, snapshot_record,
                                weights_sha256)
-from bnrep.config import (RunOptions, StageFailed, UsageError, command, header, stage_hashes, start_fresh,
+from bnrep.config import (RunOptions, StageFailed, UsageError, command, header, same_hparams, stage_hashes, start_fresh,
                           write_config)
 from bnrep.data import Data
 from bnrep.experiments import Experiment
@@ -118,22 +118,21 @@ def check_kept_hparams(exp: Experiment, store: Store, paper: bool) -> None:
         return
     t = t[t["model_id"].isin(kept)]
     preset = {n: exp.for_condition(n).paper_hparams(n) for n in exp.norms}
-    swept = not paper and not store.exists("hparam/best_hparams.json")  # the sweep has yet to choose
-    asked = preset if paper or swept else grid_hparams(exp, store, False)
+    best = store.read_json("hparam/best_hparams.json") if not paper and store.exists("hparam/best_hparams.json") \
+        else {}
     for mid, lr, momentum in zip(t["model_id"], t["lr"], t["momentum"]):
-        want = asked[kept[mid]]
-        same = math.isclose(lr, want["lr"], rel_tol=1e-9) and math.isclose(momentum, want["momentum"], rel_tol=1e-9)
-        if same != swept:  # (yet to sweep: a model trained with the preset's values is the clash)
+        n = kept[mid]
+        swept = not paper and TAGS[n] not in best  # the sweep has yet to choose this condition's
+        want = preset[n] if paper or swept else {k: best[TAGS[n]][k] for k in ("lr", "momentum")}
+        if same_hparams({"lr": lr, "momentum": momentum}, want) != swept:  # (yet to sweep: the preset's is the clash)
             continue
         if swept:
             given, keep = "the sweep's best (the sweep has yet to run)", "pass --paper-hparams to go on with them"
         else:
             given = (f"{'the preset' if paper else 'the sweep'}'s (lr {want['lr']:.4g}, momentum {want['momentum']:g})")
-            keep = "run without --paper-hparams" if paper else "pass --paper-hparams"
-            keep += " to go on with them"
-        p = preset[kept[mid]]
-        trained = ("the preset's (--paper-hparams)" if math.isclose(lr, p["lr"], rel_tol=1e-9) and
-                   math.isclose(momentum, p["momentum"], rel_tol=1e-9) else "the sweep's best" if paper else "other")
+            keep = ("run without --paper-hparams" if paper else "pass --paper-hparams") + " to go on with them"
+        trained = ("the preset's (--paper-hparams)" if same_hparams({"lr": lr, "momentum": momentum}, preset[n]) else
+                   "the sweep's best" if paper else "other")
         raise UsageError(f"{store.out}/{exp.name} holds models trained with {trained} hyperparameters ({mid}: lr "
                          f"{lr:.4g}, momentum {momentum:g}), and keeps them; this run gives the grid {given}: {keep}, "
                          f"or --fresh to train the grid anew (another --out keeps both)")
