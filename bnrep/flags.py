@@ -292,16 +292,17 @@ def _new_study(args: argparse.Namespace, unknown: ConfigError) -> Experiment:
 
 
 def recorded_data(args: argparse.Namespace, name: str) -> dict:
-    """The model and dataset the study `name` under --out was made with (its config.json), where no flag names
-    them: a later stage, or a rerun, goes on with them ({} where --out holds nothing). A local --out only: an
-    object store is reached once its checks have run (an endpoint that does not answer would hang here), and its
-    stages take --model and --dataset as given."""
+    """The model and dataset the preset `name`'s study under --out was made with (its config.json), where no flag
+    names them: a later stage, or a rerun, goes on with them ({} where --out holds nothing). Not under --fresh
+    (which starts the preset's study anew), nor for a study file or a study found by its name (their model and
+    data are their own). A local --out only: an object store is reached once its checks have run (an endpoint
+    that does not answer would hang here), and its stages take --model and --dataset as given."""
     from bnrep.config import read_config
-    from bnrep.experiments import renamed
+    from bnrep.experiments import PRESETS, renamed
     from bnrep.store import Store, is_uri
 
     out = getattr(args, "out", None)
-    if not out or is_uri(out):
+    if not out or is_uri(out) or getattr(args, "experiment", None) not in PRESETS or getattr(args, "fresh", False):
         return {}
 
     try:

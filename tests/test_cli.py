@@ -61,6 +61,16 @@ def test_a_later_stage_goes_on_with_the_model_and_data_its_study_was_made_with(t
     assert (named.model, named.dataset) == ("cnn", "synthetic")  # a flag still says what it says
     elsewhere = flags.resolve_experiment(flags.build_parser("analysis").parse_args(["--out", str(tmp_path / "x")]))
     assert (elsewhere.model, elsewhere.dataset) == ("cnn", "digits")  # nothing recorded: the preset's
+    fresh = flags.resolve_experiment(flags.build_parser("run").parse_args(["--fresh", "--out", str(out)]))
+    assert (fresh.model, fresh.dataset) == ("cnn", "digits")  # --fresh starts the preset's study anew
+    study = tmp_path / "mine.toml"  # a study file's model and data are its own, whatever --out recorded
+    study.write_text('base = "digits-cnn"\nmodel = "cnn"\n')
+    Store(str(out), "mine").mkdir()
+    config.write_config(Store(str(out), "mine"), config.prepare(Store(str(out), "mine"), made.override(name="mine"),
+                                                                "final", fresh=False))
+    own = flags.resolve_experiment(flags.build_parser("run").parse_args(["--experiment", str(study), "--out",
+                                                                         str(out)]))
+    assert (own.name, own.model, own.dataset) == ("mine", "cnn", "digits")
     assert flags.run_stage("analysis", ["--smoke-test", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "another model" not in err and "no trained models" in err, err  # (it goes on: nothing trained yet)
