@@ -11,7 +11,7 @@ import pandas as pd
 from bnrep.epoch_figures import measured_text
 from bnrep.initial import shared_start_text
 from bnrep.measures import MEASURES, OLD_REASONS, gradient_batches_text
-from bnrep.norms import get_norm
+from bnrep.norms import AS_BUILT, get_norm
 from bnrep.results import COLORS, Results, and_list, first_shown_text, label_and_tag, norm_labels, ordered, seeds_text
 
 
@@ -67,9 +67,11 @@ def caption(spec, rs: list[Results]) -> str:
 def running_text(norms) -> str:
     """' (here BatchNorm and ghost BatchNorm ...)': the conditions among `norms` that keep running statistics;
     ' (none here)' where none does."""
-    kept = [n for n in ordered(norms) if get_norm(n).batch_statistics]
+    own = {n for n in norms if get_norm(n).norm == AS_BUILT}  # a model's own norms: BatchNorm, perhaps
+    kept = [n for n in ordered(norms) if get_norm(n).batch_statistics or n in own]
     labels = norm_labels(kept)
-    return f" (here {and_list(labels[n] for n in kept)})" if kept else " (none here)"
+    said = [labels[n] + (" models, where their own norms keep them" if n in own else "") for n in kept]
+    return f" (here {and_list(said)})" if kept else " (none here)"
 
 
 def _k_searched(rs: list[Results]) -> str:

@@ -63,7 +63,8 @@ RULES = [
     f"the verdicts without changing them, as is, for models trained elsewhere (bnrep import), that their "
     f"stopping rule and sweep are not known, and models whose norm had not ended its warm-up (Batch Renorm's "
     f"W batches) at the weights kept, and models whose training accuracy in eval mode (running statistics, as "
-    f"every measure is taken) lies more than {EVAL_GAP:.0%} below their train-mode accuracy over the epoch kept. "
+    f"every measure is taken) lies more than {EVAL_GAP * 100:g} percentage points below their train-mode "
+    f"accuracy over the epoch kept. "
     f"Claims 1-2 count exact zeros after rectifiers ({', '.join(sorted(RECTIFIERS))}) only: "
     f"probes after other activations are named next to the verdict and left out.",
     "Thresholds: claims 1 and 2 and the figures use the smallest sparsity threshold eps (the paper: 0, "

@@ -196,6 +196,7 @@ def test_the_learning_curves_legend_is_below_the_panels_and_the_caption_says_wha
     # the conditions of the study drawn, not BatchNorm always
     assert captions.running_text(["none", "ghost:16", "group", "batch"]) == \
         " (here BatchNorm and ghost BatchNorm (16 per virtual batch))"
+    assert captions.running_text(["none", "as-built"]) == " (here as built models, where their own norms keep them)"
     assert "norms with running statistics (none here) it" in caption("fig_learning_curves",
                                                                       cnn(norms=("group", "none")))
 
