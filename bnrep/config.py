@@ -435,7 +435,8 @@ def header(stage: str, exp: Experiment, store: Store, fresh: bool = False, notes
     kept = [t for t in ("hparam_trials", "training") if "results" not in gone and f"results/{t}" not in gone]
     said = stage == "import" or not notes
     models = [] if said else held_conditions(store, exp, [t for t in kept if t == "training"])
-    seeds = [] if said or "training" not in kept else held_seeds(store, exp)
+    seeds = [] if said or "training" not in kept or is_imported(store) else held_seeds(store, exp)  # (imported
+    # models carry the seeds their CSV gave them)
     trials = [] if said else [c for c in held_conditions(store, exp, [t for t in kept if t != "training"])
                               if c not in models]  # (a --fresh grid deleted their models)
     how = f"`bnrep run --experiment {exp.name}{out_flag(store.out)} --reference TAG`" if stage == "import" else None
@@ -447,10 +448,11 @@ def header(stage: str, exp: Experiment, store: Store, fresh: bool = False, notes
                 f"\n{no_reference}" if no_reference else "") + (
                 f"\nnote: {store.out}/{exp.name} also holds results of {', '.join(models)}, not among this run's "
                 f"conditions: they stay in its tables and its report (for these conditions alone: another --out, "
-                f"or --fresh)" if models else "") + (
+                f"or the grid's --fresh: bnrep final or bnrep run)" if models else "") + (
                 f"\nnote: {store.out}/{exp.name} also holds models of seed{'s' * (len(seeds) > 1)} "
                 f"{', '.join(map(str, seeds))}, beyond this run's {exp.seeds}: they stay in its tables and its report "
-                f"(for {exp.seeds} seed{'s' * (exp.seeds > 1)} alone: another --out, or --fresh)" if seeds else "") + (
+                f"(for {exp.seeds} seed{'s' * (exp.seeds > 1)} alone: another --out, or the grid's --fresh: "
+                f"bnrep final or bnrep run)" if seeds else "") + (
                 f"\nnote: {store.out}/{exp.name} also holds sweep trials of {', '.join(trials)} (no models), not among "
                 f"this run's conditions: they stay in results/hparam_trials" if trials else ""))
 

@@ -657,9 +657,11 @@ def test_a_rerun_with_fewer_seeds_says_the_study_holds_more(results):
                                                                    "condition": "batch", "seed": s}]))
     assert header("analysis", exp, store).splitlines()[-1] == (
         f"note: {results}/digits-cnn also holds models of seeds 2, 3, beyond this run's 2: they stay in its tables "
-        f"and its report (for 2 seeds alone: another --out, or --fresh)")
+        f"and its report (for 2 seeds alone: another --out, or the grid's --fresh: bnrep final or bnrep run)")
     assert "also holds" not in header("final grid", exp.override(seeds=4), store)
     assert "also holds" not in header("final grid", exp, store, fresh=True)  # --fresh deletes the grid's models
+    store.write_json("config.json", {**store.read_json("config.json"), "imported": True})
+    assert "also holds" not in header("analysis", exp, store)  # imported models: the seeds their CSV gave them
 
 
 def test_a_rerun_with_fewer_conditions_says_what_the_study_still_holds(results):
@@ -675,7 +677,8 @@ def test_a_rerun_with_fewer_conditions_says_what_the_study_still_holds(results):
                                                                "condition": "bn-b8", "seed": 0}]))
     assert header("final grid", exp, store).splitlines()[-1] == (
         f"note: {results}/digits-cnn also holds results of bn-b8, not among this run's conditions: they stay in its "
-        f"tables and its report (for these conditions alone: another --out, or --fresh)")
+        f"tables and its report (for these conditions alone: another --out, or the grid's --fresh: bnrep final or "
+        f"bnrep run)")
     assert "also holds" not in header("final grid", exp, store, fresh=True)  # --fresh deletes the grid's models
     assert "also holds" in header("analysis", exp, store, fresh=True)  # (the analysis' deletes its own tables)
     # bn-b8 searched in the sweep, its models gone with a --fresh grid: its sweep trials alone stay, said so (the
