@@ -99,8 +99,10 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # a line's markers among con
 
 def condition_markers(names) -> dict[str, str]:
     """A marker per condition of `names` (every condition of the figure's studies, so that it is the same in each
-    figure): "o", unless earlier conditions (display order) share its family of hues (BatchNorm, BatchNorm at
-    batch size 16, ghost BatchNorm: three blues), then the next of MARKERS, so that they differ in shape too."""
+    figure that marks conditions by shape: the per-layer and through-training lines; the signal-propagation,
+    initialisation and CKA figures keep their markers for what else they tell apart): "o", unless earlier
+    conditions (display order) share its family of hues (BatchNorm, BatchNorm at batch size 16, ghost BatchNorm:
+    three blues), then the next of MARKERS, so that they differ in shape too."""
     out, seen = {}, {}
     for n in ordered(names):
         family = hue_family(n) or n  # (the other norms' colours are apart from each other)
