@@ -243,8 +243,9 @@ ONE_NETWORK = (" (at initialisation the two are one network with the same weight
 def initialisation(r: Results) -> list[dict]:
     """Per measure and condition against the reference: the layers that differ beyond seed noise at the final
     epoch, those of them that differed the same way at initialisation (epoch 0), and the reading; [] without
-    epoch 0. As findings.json has them: `measure` (its table), `condition`, `reference`, `final_layers`,
-    `initial_layers`, `reading`, `one_network` (the two are one network at initialisation)."""
+    epoch 0. As findings.json has them: `measure` (its table), `condition`, `ref` (the reference, as each finding
+    names it), `final_layers`, `initial_layers`, `reading`, `one_network` (the two are one network at
+    initialisation)."""
     out = []
     for m in snapshot_measures():
         early = r.snapshots.get(m.table, pd.DataFrame())
@@ -265,7 +266,7 @@ def initialisation(r: Results) -> list[dict]:
                     if len(same) == len(fin) else "partly at initialisation" if same else "appeared in training"
                     if not like else f"unclear: {_names(like)} at least half as large at epoch 0, within seed noise")
             one = bool(not fin.empty and same_start(n, r.ref) and (same or like))
-            out.append(dict(measure=m.table, condition=n, reference=r.ref, final_layers=list(fin["layer"]),
+            out.append(dict(measure=m.table, condition=n, ref=r.ref, final_layers=list(fin["layer"]),
                             initial_layers=same, reading=said + (ONE_NETWORK if one else ""),
                             one_network=bool(same_start(n, r.ref))))  # (the note: where it explains a difference)
     return out
@@ -274,7 +275,7 @@ def initialisation(r: Results) -> list[dict]:
 def initialisation_rows(r: Results) -> list[list[str]]:
     """The initialisation table's rows (`initialisation`), as the report shows them."""
     names = {m.table: m.name or m.table.replace("_", " ") for m in snapshot_measures()}
-    return [[names[x["measure"]], f"{SHORT[x['condition']]} vs {SHORT[x['reference']]}",
+    return [[names[x["measure"]], f"{SHORT[x['condition']]} vs {SHORT[x['ref']]}",
              f"{len(x['final_layers'])} ({_names(x['final_layers'])})" if x["final_layers"] else "0",
              f"{len(x['initial_layers'])} ({_names(x['initial_layers'])})" if x["initial_layers"] else "0",
              x["reading"]] for x in initialisation(r)]

@@ -880,7 +880,7 @@ def test_snapshots_keep_the_weights_of_their_epochs_and_compute_only_their_parts
     md = (out / "digits-cnn" / "report" / "report.md").read_text()
     assert "fig_initialisation.png" in md and "At initialisation (epoch 0) against the final epoch" in md
     init = json.loads((out / "digits-cnn" / "report" / "findings.json").read_text())["initialisation"]
-    assert {(x["condition"], x["reference"]) for x in init} == {("batch", "none")} and len(init) >= 5, init
+    assert {(x["condition"], x["ref"]) for x in init} == {("batch", "none")} and len(init) >= 5, init
     assert all(x["reading"] in md and set(x["initial_layers"]) <= set(x["final_layers"]) for x in init), init
     assert "fig_layer_sparsity_epochs.png" in md and "fig_gradient_norms_epochs.png" in md and "fig_cka_epochs.png" in md
     st = bnrep("status", out=out)  # what was measured, said where a study's state is read
