@@ -1805,7 +1805,7 @@ def test_a_gap_as_large_at_initialisation_but_within_seed_noise_is_not_said_to_a
     assert verdicts.initialisation_rows(r) == [["Effective rank", "BN vs NBN",
                                                 f"{len(layers)} ({', '.join(f'l{i}' for i in layers)})", same, reading]]
     (x,) = verdicts.initialisation(r)  # as findings.json has it
-    assert x == dict(measure="effective_rank", condition="batch", reference="none",
+    assert x == dict(measure="effective_rank", condition="batch", ref="none",
                      final_layers=[f"l{i}" for i in layers], initial_layers=["l3"] if 3 in layers else [],
                      reading=reading, one_network=False)
 
