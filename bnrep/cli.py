@@ -141,7 +141,7 @@ def run_stages(exp, opts, store, imported: bool = False, fresh=lambda: None) -> 
 # ==== bnrep import ====
 def cmd_import(args: argparse.Namespace) -> int:
     from bnrep.experiments import ConfigError
-    from bnrep.flags import named_experiment
+    from bnrep.studies import named_experiment
     from bnrep.stages import imports
     from bnrep.studies import NAME_RULE, STUDY_NAME
 

@@ -31,7 +31,7 @@ from bnrep.datasets import DATA_ROOT_HELP, DATASETS, DatasetError, absolute_data
 from bnrep.lock import LockError
 from bnrep.experiments import DEFAULT_EXPERIMENT, PRESETS, ConfigError, Experiment, capped_conditions, \
     get_experiment, smoke
-from bnrep.studies import NAME_RULE, STUDY_NAME, named_study_file, study_name, unknown_experiment
+from bnrep.studies import NAME_RULE, STUDY_NAME, named_experiment, named_study_file, recorded_data, study_name
 from bnrep.models import BUILTIN, ModelError
 from bnrep.norms import NAMES as NORMS, NormError
 from bnrep.probes import ProbeError
@@ -255,26 +255,6 @@ OVERRIDE_FLAGS = ("norms", "conditions", "reference", "seeds", "max_epochs", "nu
                   "probes", "snapshots", "snapshot_kmeans", "dataset", "image_size")  # = Experiment fields
 
 
-def named_experiment(name: str, out: str | None) -> Experiment:
-    """A preset or a study file (get_experiment); else an experiment that --out holds (its config.json:
-    a study run from its file before, found by its name)."""
-    try:
-        return get_experiment(name)
-    except ConfigError:
-        if out is None or name.endswith(".toml") or "/" in name:
-            raise
-        from bnrep.config import load_experiment, read_config
-        from bnrep.store import Store
-
-        try:
-            store = Store(out, name)
-            if read_config(store):
-                return load_experiment(store, name)
-        except (OSError, ValueError):  # an --out that does not open: the unknown name is the error to show
-            pass
-        raise unknown_experiment(name, out) from None
-
-
 def _new_study(args: argparse.Namespace, unknown: ConfigError) -> Experiment:
     """--experiment NAME that is no preset, study file or experiment under --out, with --dataset: a new study
     of that name (the default preset's recipe on that data), as `bnrep import` makes one; else `unknown`."""
@@ -289,27 +269,6 @@ def _new_study(args: argparse.Namespace, unknown: ConfigError) -> Experiment:
         raise ConfigError(f"--experiment {name!r}: {NAME_RULE}") from None
     return get_experiment(DEFAULT_EXPERIMENT).override(
         name=name, description=f"{name}: the {DEFAULT_EXPERIMENT} recipe on {absolute_dataset(dataset)}")
-
-
-def recorded_data(args: argparse.Namespace, name: str) -> dict:
-    """The model and dataset the preset `name`'s study under --out was made with (its config.json), where no flag
-    names them: a later stage, or a rerun, goes on with them ({} where --out holds nothing). Not under --fresh
-    (which starts the preset's study anew), nor for a study file or a study found by its name (their model and
-    data are their own). A local --out only: an object store is reached once its checks have run (an endpoint
-    that does not answer would hang here), and its stages take --model and --dataset as given."""
-    from bnrep.config import read_config
-    from bnrep.experiments import PRESETS, renamed
-    from bnrep.store import Store, is_uri
-
-    out = getattr(args, "out", None)
-    if not out or is_uri(out) or getattr(args, "experiment", None) not in PRESETS or getattr(args, "fresh", False):
-        return {}
-
-    try:
-        made = renamed(read_config(Store(out, name)).get("experiment", {}))  # (older files: arch, not model)
-    except (OSError, ValueError):  # an --out that does not open: the stage's own check says so
-        return {}
-    return {f: made[f] for f in ("model", "dataset") if made.get(f) and getattr(args, f, None) is None}
 
 
 def resolve_experiment(args: argparse.Namespace) -> Experiment:

@@ -1,5 +1,6 @@
 """A study in a file: the experiment a TOML study file defines (`--experiment path/to/study.toml`),
-and the names a study may take (a folder under --out)."""
+the names a study may take (a folder under --out), and the study a name finds (named_experiment) with what
+--out recorded of it (recorded_data)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import re
 
 from bnrep.axis import ConditionError, from_table
 from bnrep.datasets import DataError, absolute_dataset
-from bnrep.experiments import OLD_NAMES, PRESETS, ConfigError, Experiment, renamed
+from bnrep.experiments import OLD_NAMES, PRESETS, ConfigError, Experiment, get_experiment, renamed
 
 _TOML_TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,), "tuple": (list, str)}  # "a,b" too
 
@@ -158,3 +159,43 @@ def unknown_experiment(name: str, out: str) -> ConfigError:
     return ConfigError(f"unknown experiment {name!r} (valid: {', '.join([*PRESETS, *held])}, or a study file "
                        f"NAME.toml)" + (f"; did you mean {close[0]!r}?" if close else "")
                        + (f"; the results folder --out {out} does not exist" if missing else ""))
+
+
+def named_experiment(name: str, out: str | None) -> Experiment:
+    """A preset or a study file (get_experiment); else an experiment that --out holds (its config.json:
+    a study run from its file before, found by its name)."""
+    try:
+        return get_experiment(name)
+    except ConfigError:
+        if out is None or name.endswith(".toml") or "/" in name:
+            raise
+        from bnrep.config import load_experiment, read_config
+        from bnrep.store import Store
+
+        try:
+            store = Store(out, name)
+            if read_config(store):
+                return load_experiment(store, name)
+        except (OSError, ValueError):  # an --out that does not open: the unknown name is the error to show
+            pass
+        raise unknown_experiment(name, out) from None
+
+
+def recorded_data(args, name: str) -> dict:
+    """The model and dataset the preset `name`'s study under --out was made with (its config.json), where no flag
+    names them: a later stage, or a rerun, goes on with them ({} where --out holds nothing). Not under --fresh
+    (which starts the preset's study anew), nor for a study file or a study found by its name (their model and
+    data are their own). A local --out only: an object store is reached once its checks have run (an endpoint
+    that does not answer would hang here), and its stages take --model and --dataset as given."""
+    from bnrep.config import read_config
+    from bnrep.store import Store, is_uri
+
+    out = getattr(args, "out", None)
+    if not out or is_uri(out) or getattr(args, "experiment", None) not in PRESETS or getattr(args, "fresh", False):
+        return {}
+
+    try:
+        made = renamed(read_config(Store(out, name)).get("experiment", {}))  # (older files: arch, not model)
+    except (OSError, ValueError):  # an --out that does not open: the stage's own check says so
+        return {}
+    return {f: made[f] for f in ("model", "dataset") if made.get(f) and getattr(args, f, None) is None}
