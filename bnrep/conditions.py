@@ -10,12 +10,13 @@ are not rectifiers, running statistics that lag the weights). The rules printed 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from bnrep.config import command
+from bnrep.config import DEFAULT_OUT, command
 from bnrep.experiments import lr_edge
 from bnrep.norms import AS_BUILT, get_norm
 from bnrep.results import (LABELS, Results, at_eps, early_layers, imported_mask, not_rectified, optimal_k, pair,
@@ -238,8 +239,11 @@ def optimal_k_at_top(r: Results, norm: str) -> list[Condition]:
     of = e.groupby("condition")["model_id"].nunique()
     tags = _tags(r, norm)
     said = " and ".join(f"{at[n]} of {of[n]} {tags[n]} models" for n in tags if n in at.index)
-    further = (f"`{command('analysis', r.experiment.name, r.out)} --fresh --k-max {2 * top}` searches further, the "
-               f"training kept, then `{command('report', r.experiment.name, r.out)}`")
+    name = r.experiment.name  # (the study's folder by a placeholder: a report stays true wherever it is moved)
+    place = "" if os.path.normpath(r.out) == os.path.normpath(DEFAULT_OUT) else " --out OUT"
+    further = (f"`{command('analysis', name, r.out, show_out=False)}{place} --fresh --k-max {2 * top}` searches "
+               f"further, the training kept, then `{command('report', name, r.out, show_out=False)}{place}`"
+               + (f" (OUT: the folder that holds {name})" if place else ""))
     return [Condition(f"optimal k at the largest k searched ({top}) in the early layers of {said}: the optimum may "
                       f"lie above it ({further})", (4,))]
 

@@ -150,17 +150,18 @@ def out_flag(out: str) -> str:
     return "" if os.path.normpath(out) == os.path.normpath(DEFAULT_OUT) else f" --out {shlex.quote(str(out))}"
 
 
-def command(stage: str, experiment: str, out: str = "runs") -> str:
+def command(stage: str, experiment: str, out: str = "runs", show_out: bool = True) -> str:
     """A stage's command printed as a hint: `bnrep STAGE --experiment NAME [--out OUT]`, which works from any
     directory (python sweeps/STAGE.py and analysis/*.py are the same commands in a checkout of the repository).
-    A study --out does not hold yet is found by its file only: a placeholder names it."""
+    A study --out does not hold yet is found by its file only: a placeholder names it. `show_out` False: without
+    --out (a document that stays true wherever its folder is moved names it otherwise)."""
     from bnrep.experiments import PRESETS
 
     store = Store(out, experiment)
     held = experiment in PRESETS or store.exists("config.json")
     smoke_flag = " --smoke-test" if stage != "report" and made_by_smoke_test(store) else ""
     return (f"bnrep {stage} --experiment {experiment if held else f'<the study file of {experiment}>'}"
-            f"{smoke_flag}{out_flag(out)}")
+            f"{smoke_flag}{out_flag(out) if show_out else ''}")
 
 
 def made_by_smoke_test(store: Store, exp: Experiment | None = None) -> bool:

@@ -3,7 +3,6 @@
 import json
 import math
 import re
-import shlex
 import subprocess
 import sys
 
@@ -1062,9 +1061,9 @@ def test_the_command_a_finding_suggests_names_the_study_and_its_results_root(tmp
     write_tables(out, "digits-cnn", make_tables(**SMALL, acc=acc, kopt=lambda bn, li: 12 if bn is True and li == 1
                                                 else cnn_kopt(bn, li)))
     (claim4,) = [f for f in findings.findings(report.load_results(str(out), "digits-cnn")) if f.number == 4]
-    quoted = shlex.quote(str(out))
-    assert (f"`bnrep analysis --experiment digits-cnn --out {quoted} --fresh --k-max 24` searches further, the "
-            f"training kept, then `bnrep report --experiment digits-cnn --out {quoted}`") in claim4.verdict_text
+    assert ("`bnrep analysis --experiment digits-cnn --out OUT --fresh --k-max 24` searches further, the training "
+            "kept, then `bnrep report --experiment digits-cnn --out OUT` (OUT: the folder that holds digits-cnn)"
+            ) in claim4.verdict_text  # (a path would be wrong once the study is moved: its report stays current)
 
 
 def test_the_reference_s_dead_channels_are_said_once_above_every_condition_s_claims():
