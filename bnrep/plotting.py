@@ -215,12 +215,13 @@ def group_lines(ax, d: pd.DataFrame, idx: list[int], x: str, value: str, labels:
     mean against `x`, std error bars (cut at `clip`); a condition without a finite value is neither drawn nor in
     the legend (train_eval of a norm with no running statistics). Returns the per-model means."""
     g = d[d["layer_index"].isin(idx)].groupby(["condition", "model_id", x], as_index=False)[value].mean()
+    markers = condition_markers(labels)
     for c in present_norms(g):
         s = seed_stats(g[g["condition"] == c], [x], value)
         if s["mean"].isna().all():
             continue
         ax.errorbar(s[x], s["mean"], yerr=_bars(s["mean"], s["std"], clip), color=COLORS[c],
-                    marker=condition_markers(labels)[c], capsize=3, label=labels[c])
+                    marker=markers[c], capsize=3, label=labels[c])
     return g
 
 
@@ -234,11 +235,12 @@ def condition_lines(ax, df: pd.DataFrame, value: str, labels: dict[str, str], su
     the seed statistics."""
     s = seed_stats(df, ["condition", "layer_index", "layer"], value)
     drawn = [c for c in ordered(s["condition"]) if s.loc[s["condition"] == c, "mean"].notna().any()]
+    markers = condition_markers(labels)
     for i, c in enumerate(drawn):
         d = s[s["condition"] == c]
         x = d["layer_index"] + (dodge * (i / (len(drawn) - 1) - 0.5) if len(drawn) > 1 else 0.0)
         ax.errorbar(x, d["mean"], yerr=_bars(d["mean"], d["std"], clip), color=COLORS[c], label=labels[c] + suffix,
-                    **{"marker": condition_markers(labels)[c], **style})
+                    **{"marker": markers[c], **style})
     return s
 
 
